@@ -1,0 +1,91 @@
+//! Anonymous network namespaces (`ip netns add`, without a name under /run/netns) and threads that live in them.
+//!
+//! A namespace exists as long as a file descriptor or a thread refers to it; nothing is created in the host
+//! namespace, so a killed run leaves nothing behind.
+
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::thread;
+
+use nix::sched::{setns, unshare, CloneFlags};
+
+use crate::error::{Context, Error, Result};
+
+/// A network namespace held by its `/proc/thread-self/ns/net` descriptor.
+#[derive(Debug)]
+pub struct Netns {
+    fd: OwnedFd,
+}
+
+impl Netns {
+    /// `unshare(CLONE_NEWNET)` on a short-lived thread; the new namespace is kept alive by its descriptor.
+    pub fn new_anonymous() -> Result<Netns> {
+        let worker = thread::Builder::new()
+            .name("netns-create".into())
+            .spawn(|| -> Result<Netns> {
+                unshare(CloneFlags::CLONE_NEWNET).map_err(|e| match e {
+                    nix::Error::EPERM => Error::Missing {
+                        what: "permission to create network namespaces".into(),
+                        hint: "run as root, or where unprivileged user namespaces are allowed \
+                               (sysctl kernel.unprivileged_userns_clone=1)"
+                            .into(),
+                    },
+                    other => Error::sys("unshare(CLONE_NEWNET) (ip netns add)", other),
+                })?;
+                let file = File::open("/proc/thread-self/ns/net")
+                    .context(|| "open /proc/thread-self/ns/net".to_string())?;
+                Ok(Netns { fd: OwnedFd::from(file) })
+            })
+            .context(|| "spawn namespace thread".to_string())?;
+        worker.join().map_err(|_| Error::Internal("namespace thread panicked".into()))?
+    }
+
+    /// `ip netns exec`: moves the calling thread into this namespace, for good.
+    pub fn enter(&self) -> Result<()> {
+        setns(self.fd.as_fd(), CloneFlags::CLONE_NEWNET).context(|| "setns(CLONE_NEWNET)".to_string())
+    }
+
+    /// Runs `f` on a new thread inside this namespace. Sockets it creates stay in the namespace.
+    pub fn spawn<T, F>(&self, name: &str, f: F) -> Result<thread::JoinHandle<Result<T>>>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Result<T> + Send + 'static,
+    {
+        let fd = self.fd.try_clone().context(|| "dup namespace fd".to_string())?;
+        thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || {
+                setns(fd.as_fd(), CloneFlags::CLONE_NEWNET).context(|| "setns(CLONE_NEWNET)".to_string())?;
+                drop(fd);
+                f()
+            })
+            .context(|| format!("spawn thread {name}"))
+    }
+
+    /// Runs `f` inside this namespace and waits for it; `f` may borrow from the caller.
+    pub fn run<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send,
+        F: FnOnce() -> Result<T> + Send,
+    {
+        thread::scope(|scope| {
+            let worker = thread::Builder::new()
+                .name("netns-run".into())
+                .spawn_scoped(scope, || {
+                    setns(self.fd.as_fd(), CloneFlags::CLONE_NEWNET)
+                        .context(|| "setns(CLONE_NEWNET)".to_string())?;
+                    f()
+                })
+                .context(|| "spawn thread inside namespace".to_string())?;
+            worker.join().map_err(|_| Error::Internal("thread inside namespace panicked".into()))?
+        })
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    pub fn raw_fd(&self) -> i32 {
+        self.fd.as_raw_fd()
+    }
+}

@@ -1,0 +1,3 @@
+//! Scenario files: the YAML wire schema, its validation into a [`plan::Plan`], and discovery on disk.
+
+pub mod plan;

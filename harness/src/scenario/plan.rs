@@ -1,0 +1,733 @@
+//! The validated plan: what a scenario will do, with every name resolved and every duration typed.
+//!
+//! A `Plan` is built only by `scenario::validate` from the wire schema; everything downstream (topology,
+//! firewall, actors, observer, verdict, report) reads the plan and never the YAML.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// A position in the scenario file, 1-based, as editors show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Default)]
+pub struct Location {
+    pub line: usize,
+    pub column: usize,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.line, self.column)
+    }
+}
+
+/// One of the two hosts of a scenario; each is its own network namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostId {
+    Client,
+    Server,
+}
+
+impl HostId {
+    pub const ALL: [HostId; 2] = [HostId::Client, HostId::Server];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            HostId::Client => "client",
+            HostId::Server => "server",
+        }
+    }
+
+    pub fn peer(self) -> HostId {
+        match self {
+            HostId::Client => HostId::Server,
+            HostId::Server => HostId::Client,
+        }
+    }
+
+    pub fn index(self) -> usize {
+        match self {
+            HostId::Client => 0,
+            HostId::Server => 1,
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<HostId> {
+        match name {
+            "client" => Some(HostId::Client),
+            "server" => Some(HostId::Server),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for HostId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A whole scenario, ready to run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    /// Path relative to the scenario root without `.yaml`, e.g. `keepalive/idle`; also the report folder.
+    pub name: String,
+    pub file: PathBuf,
+    pub description: String,
+    pub source: Option<String>,
+    /// Minutes-long default-sysctl variant: ignored unless asked for.
+    pub slow: bool,
+    /// Hard deadline for the whole run; the run is ended there whatever is still blocked.
+    pub deadline: Duration,
+    /// Default tolerance of every timing expectation.
+    pub tolerance: Duration,
+    /// Observer sampling interval (`ss` polling period).
+    pub sample_interval: Duration,
+    pub link: LinkPlan,
+    /// Indexed by `HostId::index()`.
+    pub hosts: [HostPlan; 2],
+    /// Sorted by name.
+    pub faults: Vec<FaultPlan>,
+    pub expect: RunExpectations,
+}
+
+impl Plan {
+    pub fn host(&self, id: HostId) -> &HostPlan {
+        &self.hosts[id.index()]
+    }
+
+    /// Finds a step by host and name.
+    pub fn step(&self, host: HostId, name: &str) -> Option<&StepPlan> {
+        self.host(host).steps.iter().find(|s| s.name.as_deref() == Some(name))
+    }
+}
+
+/// `ip link add ... type veth peer ...` with `mtu`.
+#[derive(Debug, Clone, Serialize)]
+pub struct LinkPlan {
+    pub mtu: u32,
+    /// Keep IPv6 enabled on the link (off by default so router solicitations stay out of the capture).
+    pub ipv6: bool,
+}
+
+/// One host: `ip netns` + `ip addr add` + `sysctl -w` + its socket program.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostPlan {
+    pub id: HostId,
+    pub address: Ipv4Addr,
+    pub prefix_len: u8,
+    /// `sysctl -w name=value` inside the host's namespace, sorted by name.
+    pub sysctls: Vec<Sysctl>,
+    pub steps: Vec<StepPlan>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Sysctl {
+    /// Dotted name, e.g. `net.ipv4.tcp_syn_retries`.
+    pub name: String,
+    pub value: String,
+}
+
+impl Sysctl {
+    /// The file under /proc/sys that holds it.
+    pub fn proc_path(&self) -> PathBuf {
+        PathBuf::from("/proc/sys").join(self.name.replace('.', "/"))
+    }
+}
+
+/// One step of a host's socket program.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepPlan {
+    /// 0-based position in the host's program.
+    pub index: usize,
+    pub name: Option<String>,
+    /// Socket the step acts on: a name given by `as:` on socket/accept, or the most recent one.
+    pub socket: Option<String>,
+    pub action: Action,
+    pub expect: StepExpectation,
+    pub location: Location,
+}
+
+impl StepPlan {
+    /// How the step is named in messages: its name, or `#index action`.
+    pub fn label(&self) -> String {
+        match &self.name {
+            Some(name) => format!("{name} ({})", self.action.kind()),
+            None => format!("#{} {}", self.index + 1, self.action.kind()),
+        }
+    }
+}
+
+/// What a step does, in terms of the Linux call it makes.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// `socket(AF_INET, SOCK_STREAM)` then `setsockopt` for each option; `as` names it.
+    Socket { name: Option<String>, options: Vec<SockOpt>, nonblocking: bool },
+    /// `setsockopt` on the step's socket.
+    SetOpt { options: Vec<SockOpt> },
+    /// `bind(port)` on the host's address.
+    Bind { port: u16 },
+    /// `bind` (if a port is given) then `listen(backlog)`.
+    Listen { port: Option<u16>, backlog: u32 },
+    /// `accept()`; the new socket becomes the current one and may be named.
+    Accept { name: Option<String> },
+    /// `connect(peer address, port)`; nonblocking returns EINPROGRESS at once.
+    Connect { to: HostId, port: u16, nonblocking: bool },
+    /// `poll()` for the given events with a timeout; outcome is the returned events or `timeout`.
+    Poll { events: Vec<PollEvent>, timeout: Duration },
+    /// `send()` of `bytes` bytes, `repeat` times, `every` apart; `until` stops the loop on a condition.
+    Send { bytes: usize, repeat: SendRepeat, every: Option<Duration>, until: Option<SendUntil> },
+    /// `recv(max)`; `until_eof` reads until EOF or an error.
+    Recv { max: usize, until_eof: bool },
+    /// `shutdown(how)`.
+    Shutdown { how: ShutdownHow },
+    /// `close()`.
+    Close,
+    /// Does nothing for the given time.
+    Sleep { duration: Duration },
+    /// `getsockopt(level, name)`; SO_ERROR gives `ok` or the pending errno.
+    GetOpt { option: SockOptName },
+    /// Waits until another host's named step has started or finished.
+    Wait { host: HostId, step: String, edge: StepEdge },
+    /// Runs a real program inside the host's namespace.
+    Exec(ExecPlan),
+}
+
+impl Action {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::Socket { .. } => "socket",
+            Action::SetOpt { .. } => "setsockopt",
+            Action::Bind { .. } => "bind",
+            Action::Listen { .. } => "listen",
+            Action::Accept { .. } => "accept",
+            Action::Connect { .. } => "connect",
+            Action::Poll { .. } => "poll",
+            Action::Send { .. } => "send",
+            Action::Recv { .. } => "recv",
+            Action::Shutdown { .. } => "shutdown",
+            Action::Close => "close",
+            Action::Sleep { .. } => "sleep",
+            Action::GetOpt { .. } => "getsockopt",
+            Action::Wait { .. } => "wait",
+            Action::Exec(_) => "exec",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SendRepeat {
+    Times(u32),
+    /// Until the condition in `until` ends the loop (bounded by the scenario deadline).
+    Forever,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SendUntil {
+    /// Stop at the first error; the outcome is that error.
+    Error,
+    /// Stop when the send buffer is full (EAGAIN on a nonblocking send); outcome is the bytes sent.
+    WouldBlock,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum ShutdownHow {
+    Rd,
+    Wr,
+    Rdwr,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StepEdge {
+    Started,
+    Finished,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PollEvent {
+    #[serde(rename = "POLLIN")]
+    In,
+    #[serde(rename = "POLLOUT")]
+    Out,
+    #[serde(rename = "POLLERR")]
+    Err,
+    #[serde(rename = "POLLHUP")]
+    Hup,
+    #[serde(rename = "POLLRDHUP")]
+    RdHup,
+    #[serde(rename = "POLLPRI")]
+    Pri,
+}
+
+impl PollEvent {
+    pub const ALL: [PollEvent; 6] =
+        [PollEvent::In, PollEvent::Out, PollEvent::Err, PollEvent::Hup, PollEvent::RdHup, PollEvent::Pri];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PollEvent::In => "POLLIN",
+            PollEvent::Out => "POLLOUT",
+            PollEvent::Err => "POLLERR",
+            PollEvent::Hup => "POLLHUP",
+            PollEvent::RdHup => "POLLRDHUP",
+            PollEvent::Pri => "POLLPRI",
+        }
+    }
+
+    pub fn bits(self) -> i16 {
+        match self {
+            PollEvent::In => libc::POLLIN,
+            PollEvent::Out => libc::POLLOUT,
+            PollEvent::Err => libc::POLLERR,
+            PollEvent::Hup => libc::POLLHUP,
+            PollEvent::RdHup => libc::POLLRDHUP,
+            PollEvent::Pri => libc::POLLPRI,
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<PollEvent> {
+        PollEvent::ALL.into_iter().find(|e| e.name() == name)
+    }
+}
+
+/// A socket option by its Linux name with the level and type it has there.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SockOptName {
+    SO_KEEPALIVE,
+    SO_RCVBUF,
+    SO_SNDBUF,
+    SO_LINGER,
+    SO_REUSEADDR,
+    SO_REUSEPORT,
+    SO_ERROR,
+    TCP_NODELAY,
+    TCP_KEEPIDLE,
+    TCP_KEEPINTVL,
+    TCP_KEEPCNT,
+    TCP_USER_TIMEOUT,
+    TCP_SYNCNT,
+    TCP_DEFER_ACCEPT,
+    TCP_LINGER2,
+    TCP_MAXSEG,
+    TCP_QUICKACK,
+    TCP_NOTSENT_LOWAT,
+}
+
+/// `setsockopt(level, name, value)`.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct SockOpt {
+    pub name: SockOptName,
+    pub value: SockOptValue,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SockOptValue {
+    Int(i32),
+    /// `struct linger { l_onoff, l_linger }`.
+    Linger { on: bool, seconds: i32 },
+}
+
+/// A real program run inside a host's namespace.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExecPlan {
+    pub program: String,
+    pub args: Vec<String>,
+    /// Sorted by name.
+    pub env: Vec<(String, String)>,
+    pub stdin: Option<String>,
+    /// Killed (SIGKILL) when it runs longer; never longer than the scenario deadline.
+    pub timeout: Duration,
+    /// Run in the background: the step finishes at once and the program is reaped at the end.
+    pub background: bool,
+    pub stdout: Vec<String>,
+    pub stderr: Vec<String>,
+}
+
+/// What a step must give, and when.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct StepExpectation {
+    pub outcome: Option<ExpectedOutcome>,
+    /// Elapsed time from the step's start to its end.
+    pub after: Option<Duration>,
+    /// Scenario time at which the step ends.
+    pub at: Option<Duration>,
+    /// Tolerance for `after` / `at`; the scenario default when not given.
+    pub tolerance: Duration,
+    pub location: Location,
+}
+
+/// The result a step must give.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpectedOutcome {
+    Ok,
+    Bytes(u64),
+    Eof,
+    /// An errno by name, e.g. `ETIMEDOUT`.
+    Error(Errno),
+    /// Exactly these `poll` events returned.
+    Events(Vec<PollEvent>),
+    /// `poll` timed out with no event.
+    Timeout,
+    /// An exec'd program's exit status.
+    Exit(i32),
+}
+
+/// An errno value with its Linux name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Errno(pub i32);
+
+/// Everything a TCP test can meet, by name.
+pub const ERRNO_NAMES: &[(&str, i32)] = &[
+    ("EPERM", libc::EPERM),
+    ("ENOENT", libc::ENOENT),
+    ("EINTR", libc::EINTR),
+    ("EIO", libc::EIO),
+    ("EBADF", libc::EBADF),
+    ("EAGAIN", libc::EAGAIN),
+    ("ENOMEM", libc::ENOMEM),
+    ("EACCES", libc::EACCES),
+    ("EFAULT", libc::EFAULT),
+    ("EBUSY", libc::EBUSY),
+    ("EINVAL", libc::EINVAL),
+    ("EMFILE", libc::EMFILE),
+    ("EPIPE", libc::EPIPE),
+    ("ENOTSOCK", libc::ENOTSOCK),
+    ("EDESTADDRREQ", libc::EDESTADDRREQ),
+    ("EMSGSIZE", libc::EMSGSIZE),
+    ("EPROTOTYPE", libc::EPROTOTYPE),
+    ("ENOPROTOOPT", libc::ENOPROTOOPT),
+    ("EPROTONOSUPPORT", libc::EPROTONOSUPPORT),
+    ("EOPNOTSUPP", libc::EOPNOTSUPP),
+    ("EADDRINUSE", libc::EADDRINUSE),
+    ("EADDRNOTAVAIL", libc::EADDRNOTAVAIL),
+    ("ENETDOWN", libc::ENETDOWN),
+    ("ENETUNREACH", libc::ENETUNREACH),
+    ("ENETRESET", libc::ENETRESET),
+    ("ECONNABORTED", libc::ECONNABORTED),
+    ("ECONNRESET", libc::ECONNRESET),
+    ("ENOBUFS", libc::ENOBUFS),
+    ("EISCONN", libc::EISCONN),
+    ("ENOTCONN", libc::ENOTCONN),
+    ("ESHUTDOWN", libc::ESHUTDOWN),
+    ("ETIMEDOUT", libc::ETIMEDOUT),
+    ("ECONNREFUSED", libc::ECONNREFUSED),
+    ("EHOSTDOWN", libc::EHOSTDOWN),
+    ("EHOSTUNREACH", libc::EHOSTUNREACH),
+    ("EALREADY", libc::EALREADY),
+    ("EINPROGRESS", libc::EINPROGRESS),
+    ("EPROTO", libc::EPROTO),
+];
+
+impl Errno {
+    pub fn parse(name: &str) -> Option<Errno> {
+        ERRNO_NAMES.iter().find(|(n, _)| *n == name).map(|(_, v)| Errno(*v))
+    }
+
+    pub fn name(self) -> String {
+        ERRNO_NAMES
+            .iter()
+            .find(|(_, v)| *v == self.0)
+            .map(|(n, _)| (*n).to_string())
+            .unwrap_or_else(|| format!("errno {}", self.0))
+    }
+}
+
+impl fmt::Display for Errno {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+/// `nft add rule inet netfault <chain> <match> <action>` switched on and off by triggers.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultPlan {
+    pub name: String,
+    /// Host whose namespace holds the rule.
+    pub host: HostId,
+    pub direction: Direction,
+    pub matcher: PacketMatch,
+    pub action: FaultAction,
+    pub from: Trigger,
+    pub until: Option<Trigger>,
+    pub location: Location,
+}
+
+/// Which netfilter hook the rule sits on.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// `hook input`: packets arriving at the host (the default, as a lossy network would).
+    Ingress,
+    /// `hook output`: packets the host sends (its own TCP sees local congestion).
+    Egress,
+}
+
+/// What a fault rule matches; `None` fields match anything.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct PacketMatch {
+    pub protocol: Option<Protocol>,
+    pub sport: Option<u16>,
+    pub dport: Option<u16>,
+    /// `tcp flags & mask == value`.
+    pub tcp_flags: Option<TcpFlagsMatch>,
+    pub payload: Option<PayloadMatch>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Icmp,
+}
+
+/// `tcp flags & mask == value`, with flags as in the TCP header (FIN=0x01 ... CWR=0x80).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct TcpFlagsMatch {
+    pub mask: u8,
+    pub value: u8,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadMatch {
+    /// No TCP payload (pure ACKs, SYNs, FINs without data).
+    Empty,
+    NonEmpty,
+}
+
+/// What the rule does to a matched packet.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultAction {
+    /// `drop`.
+    Drop,
+    /// `reject with tcp reset`.
+    RejectTcpReset,
+    /// `reject with icmp type port-unreachable`.
+    RejectIcmpPortUnreachable,
+    /// `reject with icmp type host-unreachable`.
+    RejectIcmpHostUnreachable,
+    /// `reject with icmp type net-unreachable`.
+    RejectIcmpNetUnreachable,
+    /// `reject with icmp type admin-prohibited`.
+    RejectIcmpAdminProhibited,
+}
+
+/// When a fault switches on or off.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// Scenario time since t0.
+    At(Duration),
+    /// A host's named step started or finished, plus an optional delay.
+    Step { host: HostId, step: String, edge: StepEdge, delay: Duration },
+    /// A socket of the host reached a TCP state (as `ss` names it, e.g. `ESTABLISHED`).
+    State { host: HostId, state: TcpState, delay: Duration },
+    /// The n-th packet (1-based) matching the filter, seen on the host's interface.
+    Packet { host: HostId, filter: PacketFilter, nth: u32, delay: Duration },
+    /// At least `bytes` of TCP payload left the host.
+    Bytes { host: HostId, bytes: u64, delay: Duration },
+}
+
+/// TCP states as `ss` prints them, plus `CLOSED` for a socket that is gone.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "SCREAMING-KEBAB-CASE")]
+pub enum TcpState {
+    Established,
+    SynSent,
+    SynRecv,
+    FinWait1,
+    FinWait2,
+    TimeWait,
+    Close,
+    CloseWait,
+    LastAck,
+    Listen,
+    Closing,
+    /// Not a kernel state: the socket disappeared from sock_diag.
+    Gone,
+}
+
+impl TcpState {
+    pub const ALL: [TcpState; 12] = [
+        TcpState::Established,
+        TcpState::SynSent,
+        TcpState::SynRecv,
+        TcpState::FinWait1,
+        TcpState::FinWait2,
+        TcpState::TimeWait,
+        TcpState::Close,
+        TcpState::CloseWait,
+        TcpState::LastAck,
+        TcpState::Listen,
+        TcpState::Closing,
+        TcpState::Gone,
+    ];
+
+    /// The kernel's `TCP_*` state number (include/net/tcp_states.h); `Gone` has none.
+    pub fn from_kernel(state: u8) -> Option<TcpState> {
+        Some(match state {
+            1 => TcpState::Established,
+            2 => TcpState::SynSent,
+            3 => TcpState::SynRecv,
+            4 => TcpState::FinWait1,
+            5 => TcpState::FinWait2,
+            6 => TcpState::TimeWait,
+            7 => TcpState::Close,
+            8 => TcpState::CloseWait,
+            9 => TcpState::LastAck,
+            10 => TcpState::Listen,
+            11 => TcpState::Closing,
+            12 => TcpState::SynRecv, // TCP_NEW_SYN_RECV: a request socket, shown by ss as SYN-RECV
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TcpState::Established => "ESTABLISHED",
+            TcpState::SynSent => "SYN-SENT",
+            TcpState::SynRecv => "SYN-RECV",
+            TcpState::FinWait1 => "FIN-WAIT-1",
+            TcpState::FinWait2 => "FIN-WAIT-2",
+            TcpState::TimeWait => "TIME-WAIT",
+            TcpState::Close => "CLOSE",
+            TcpState::CloseWait => "CLOSE-WAIT",
+            TcpState::LastAck => "LAST-ACK",
+            TcpState::Listen => "LISTEN",
+            TcpState::Closing => "CLOSING",
+            TcpState::Gone => "GONE",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<TcpState> {
+        let upper = name.to_ascii_uppercase().replace('_', "-");
+        let upper = if upper == "ESTAB" { "ESTABLISHED".to_string() } else { upper };
+        TcpState::ALL.into_iter().find(|s| s.name() == upper)
+    }
+}
+
+impl fmt::Display for TcpState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `ss -o` timer names (`idiag_timer`).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum TimerKind {
+    /// Retransmission of SYN, SYN-ACK or data (also the loss probe).
+    On,
+    Keepalive,
+    Timewait,
+    /// Zero-window probe.
+    Persist,
+}
+
+impl TimerKind {
+    pub fn from_kernel(timer: u8) -> Option<TimerKind> {
+        match timer {
+            1 => Some(TimerKind::On),
+            2 => Some(TimerKind::Keepalive),
+            3 => Some(TimerKind::Timewait),
+            4 => Some(TimerKind::Persist),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TimerKind::On => "on",
+            TimerKind::Keepalive => "keepalive",
+            TimerKind::Timewait => "timewait",
+            TimerKind::Persist => "persist",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<TimerKind> {
+        [TimerKind::On, TimerKind::Keepalive, TimerKind::Timewait, TimerKind::Persist]
+            .into_iter()
+            .find(|t| t.name() == name)
+    }
+}
+
+impl fmt::Display for TimerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Selects packets in the timeline: who sent them, TCP flags, payload size.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct PacketFilter {
+    /// Sending host.
+    pub from: Option<HostId>,
+    /// TCP flags that must be exactly these (`S`, `SA`, `A`, `PA`, `FA`, `R`, `RA`...), as tcpdump prints them.
+    pub flags: Option<u8>,
+    /// Payload length exactly this.
+    pub len: Option<u32>,
+}
+
+/// Whole-run expectations checked against the timeline.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunExpectations {
+    pub packets: Vec<PacketExpectation>,
+    pub states: Vec<StateExpectation>,
+    pub timers: Vec<TimerExpectation>,
+}
+
+/// Packets matching `filter`: how many, and when.
+#[derive(Debug, Clone, Serialize)]
+pub struct PacketExpectation {
+    pub filter: PacketFilter,
+    /// Exactly this many (`0` = none at all).
+    pub count: Option<u32>,
+    /// Times at which they are seen, in order; the count must match when given.
+    pub at: Vec<Duration>,
+    /// Only packets seen in this scenario-time window count.
+    pub window: Option<(Duration, Duration)>,
+    pub tolerance: Duration,
+    pub location: Location,
+}
+
+/// A socket of `host` goes through these states in order (other states may come between).
+#[derive(Debug, Clone, Serialize)]
+pub struct StateExpectation {
+    pub host: HostId,
+    /// Which socket: local or remote port; `None` = any socket of the host that is not a listener.
+    pub port: Option<u16>,
+    pub sequence: Vec<StateStep>,
+    pub tolerance: Duration,
+    pub location: Location,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StateStep {
+    pub state: TcpState,
+    /// Scenario time at which the socket enters the state.
+    pub at: Option<Duration>,
+}
+
+/// A socket of `host` shows `timer`, with its retransmission / probe count reaching `retrans`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TimerExpectation {
+    pub host: HostId,
+    pub port: Option<u16>,
+    pub timer: TimerKind,
+    pub retrans: Option<u32>,
+    /// The state the socket is in when the timer is seen.
+    pub state: Option<TcpState>,
+    pub location: Location,
+}
