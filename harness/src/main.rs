@@ -1,1 +1,5 @@
-fn main() {}
+//! The `netfault` binary: see `netfault --help`.
+
+fn main() -> std::process::ExitCode {
+    netfault::cli::main()
+}

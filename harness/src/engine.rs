@@ -1,0 +1,356 @@
+//! One scenario run inside the child process: set up, start the programs, switch faults on their triggers,
+//! stop at the end or the deadline, and hand back the timeline.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::mpsc::RecvTimeoutError;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::actors::{self, ActorContext, ProcessRegistry, StepBoard};
+use crate::capture::{Capture, CaptureStats};
+use crate::clock::{Clock, EventSink};
+use crate::error::{Error, Result};
+use crate::firewall::{self, Firewall};
+use crate::netns::Netns;
+use crate::observe::{Observer, ObserverStats};
+use crate::scenario::plan::{Direction, FaultPlan, HostId, Plan, StepEdge, Trigger};
+use crate::timeline::{Event, EventKind, PacketDirection, Timeline};
+use crate::topology;
+
+/// What a run produced, before judging.
+#[derive(Debug)]
+pub struct RunOutput {
+    pub timeline: Timeline,
+    /// Time from t0 to the end of the programs (or the deadline).
+    pub duration: Duration,
+    /// Namespaces, veth, addresses, nftables and capture set up, then torn down.
+    pub setup: Duration,
+    pub teardown: Duration,
+    pub deadline_hit: bool,
+    pub capture: [CaptureStats; 2],
+    pub observer: [ObserverStats; 2],
+    /// Packets each fault's rule matched, per fault name.
+    pub fault_hits: Vec<(String, u64)>,
+}
+
+/// How often the hub wakes to look at time triggers and the programs when nothing happens.
+const IDLE_TICK: Duration = Duration::from_millis(5);
+
+/// Runs `plan`, writing the pcaps into `report_dir`. Returns harness errors only; the verdict comes later.
+pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
+    let setup_started = Instant::now();
+    let namespaces = [Netns::new_anonymous()?, Netns::new_anonymous()?];
+    let topology = topology::build(plan, &namespaces[0], &namespaces[1])?;
+    let mut firewalls = Vec::with_capacity(2);
+    for host in HostId::ALL {
+        firewalls.push(Firewall::install(&namespaces[host.index()], host, &plan.faults)?);
+    }
+    let clock = Clock::start();
+    let (sink, events) = EventSink::new(clock);
+    let mut captures = Vec::with_capacity(2);
+    let mut observers = Vec::with_capacity(2);
+    for host in HostId::ALL {
+        let ns = &namespaces[host.index()];
+        let pcap = report_dir.join(format!("{host}.pcap"));
+        captures.push(Capture::start(ns, host, topology.link(host).ifindex, &pcap, sink.clone())?);
+        observers.push(Observer::start(ns, host, plan.sample_interval, sink.clone())?);
+    }
+    let setup = setup_started.elapsed();
+
+    let deadline = clock.t0() + plan.deadline;
+    let board = StepBoard::new();
+    let processes = ProcessRegistry::new();
+    let mut programs: Vec<JoinHandle<Result<()>>> = Vec::with_capacity(2);
+    for host in HostId::ALL {
+        let host_plan = plan.host(host).clone();
+        let ctx = ActorContext {
+            host,
+            own_address: plan.host(host).address,
+            peer_address: plan.host(host.peer()).address,
+            board: Arc::clone(&board),
+            processes: Arc::clone(&processes),
+            sink: sink.clone(),
+            deadline,
+            plan: plan.clone(),
+        };
+        programs.push(namespaces[host.index()].spawn(&format!("{host}-program"), move || actors::run_host(&host_plan, ctx))?);
+    }
+    drop(sink);
+
+    let mut schedule = FaultSchedule::new(&plan.faults);
+    let mut collected: Vec<Event> = Vec::new();
+    let mut deadline_hit = false;
+    let mut switch = |events: &mut Vec<Event>, firewalls: &mut Vec<Firewall>, now: Duration| -> Result<()> {
+        for (fault, on) in schedule.due(now) {
+            let firewall = &mut firewalls[fault.host.index()];
+            let kind = if on {
+                firewall.activate(&fault.name)?;
+                EventKind::FaultOn { fault: fault.name.clone() }
+            } else {
+                firewall.deactivate(&fault.name)?;
+                EventKind::FaultOff { fault: fault.name.clone() }
+            };
+            events.push(Event { t: clock.now(), host: fault.host, kind });
+        }
+        Ok(())
+    };
+    let mut fault_events = Vec::new();
+    switch(&mut fault_events, &mut firewalls, clock.now())?;
+    loop {
+        let now = clock.now();
+        if programs.iter().all(JoinHandle::is_finished) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            deadline_hit = true;
+            break;
+        }
+        let wake = schedule.next_due().map_or(IDLE_TICK, |due| due.saturating_sub(now).min(IDLE_TICK));
+        match events.recv_timeout(wake) {
+            Ok(event) => {
+                schedule.observe(plan, &event);
+                collected.push(event);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        switch(&mut fault_events, &mut firewalls, clock.now())?;
+    }
+    let duration = clock.now();
+
+    let teardown_started = Instant::now();
+    board.close();
+    processes.kill_all();
+    if deadline_hit {
+        collected.push(Event { t: duration, host: HostId::Client, kind: EventKind::Deadline { step: None } });
+    }
+    let mut observer_stats = Vec::with_capacity(2);
+    for observer in observers {
+        observer_stats.push(observer.stop()?);
+    }
+    let mut capture_stats = Vec::with_capacity(2);
+    for capture in captures {
+        capture_stats.push(capture.stop()?);
+    }
+    let mut fault_hits = Vec::new();
+    for firewall in &mut firewalls {
+        fault_hits.extend(firewall.counters()?);
+    }
+    fault_hits.sort();
+    let mut program_errors = Vec::new();
+    for (host, program) in HostId::ALL.into_iter().zip(programs) {
+        if program.is_finished() {
+            match program.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => program_errors.push(format!("{host} program: {e}")),
+                Err(_) => program_errors.push(format!("{host} program panicked")),
+            }
+        }
+    }
+    // Everything else is still queued in the channel: packets decoded during stop, last samples.
+    collected.extend(events.try_iter());
+    collected.extend(fault_events);
+    if !program_errors.is_empty() {
+        return Err(Error::Internal(program_errors.join("; ")));
+    }
+    let mut timeline = Timeline::new(collected);
+    if deadline_hit {
+        mark_running_steps(&mut timeline, plan);
+    }
+    annotate_faults(&mut timeline, plan);
+    drop(firewalls);
+    drop(namespaces);
+    let teardown = teardown_started.elapsed();
+    let [capture_client, capture_server] = into_pair(capture_stats)?;
+    let [observer_client, observer_server] = into_pair(observer_stats)?;
+    Ok(RunOutput {
+        timeline,
+        duration,
+        setup,
+        teardown,
+        deadline_hit,
+        capture: [capture_client, capture_server],
+        observer: [observer_client, observer_server],
+        fault_hits,
+    })
+}
+
+fn into_pair<T>(items: Vec<T>) -> Result<[T; 2]> {
+    items.try_into().map_err(|_| Error::Internal("expected one item per host".into()))
+}
+
+/// Names, in the deadline event, the steps that were still running.
+fn mark_running_steps(timeline: &mut Timeline, plan: &Plan) {
+    let mut running: Vec<String> = Vec::new();
+    for host in HostId::ALL {
+        for step in &plan.host(host).steps {
+            let record = crate::verdict::step_record(timeline, host, step.index);
+            if record.start.is_some() && record.end.is_none() {
+                running.push(format!("{host} step {}", step.label()));
+            }
+        }
+    }
+    for event in &mut timeline.events {
+        if let EventKind::Deadline { step } = &mut event.kind {
+            *step = (!running.is_empty()).then(|| running.join(", "));
+        }
+    }
+}
+
+/// Marks each captured packet that an active ingress fault's rule matched on arrival, and the sender's copy of it.
+pub fn annotate_faults(timeline: &mut Timeline, plan: &Plan) {
+    let mut active: HashMap<&str, bool> = HashMap::new();
+    let mut hits: Vec<(usize, String)> = Vec::new();
+    for (index, event) in timeline.events.iter().enumerate() {
+        match &event.kind {
+            EventKind::FaultOn { fault } => {
+                active.insert(fault.as_str(), true);
+            }
+            EventKind::FaultOff { fault } => {
+                active.insert(fault.as_str(), false);
+            }
+            EventKind::Packet(packet) if packet.direction == PacketDirection::In => {
+                let hit = plan.faults.iter().find(|fault| {
+                    fault.host == event.host
+                        && fault.direction == Direction::Ingress
+                        && active.get(fault.name.as_str()).copied().unwrap_or(false)
+                        && firewall::matches(fault, event.host, packet)
+                });
+                if let Some(fault) = hit {
+                    hits.push((index, fault.name.clone()));
+                }
+            }
+            _ => {}
+        }
+    }
+    for (index, fault) in hits {
+        let event = &timeline.events[index];
+        let EventKind::Packet(arrived) = &event.kind else { continue };
+        let sender = event.host.peer();
+        let key = (arrived.ip_id, arrived.src, arrived.dst, arrived.flags, arrived.len);
+        let sent = timeline.events[..index].iter().rposition(|e| {
+            e.host == sender
+                && matches!(&e.kind, EventKind::Packet(p)
+                    if p.direction == PacketDirection::Out && (p.ip_id, p.src, p.dst, p.flags, p.len) == key)
+        });
+        for position in [Some(index), sent].into_iter().flatten() {
+            if let EventKind::Packet(packet) = &mut timeline.events[position].kind {
+                packet.fault = Some(fault.clone());
+            }
+        }
+    }
+}
+
+/// One side (on or off) of a fault's schedule.
+#[derive(Debug, Clone, PartialEq)]
+enum Arm {
+    Waiting,
+    Due(Duration),
+    Done,
+}
+
+/// The faults' triggers: armed by events, due at a time, applied once.
+struct FaultSchedule<'a> {
+    faults: Vec<(&'a FaultPlan, Arm, Arm, u64)>,
+}
+
+impl<'a> FaultSchedule<'a> {
+    fn new(faults: &'a [FaultPlan]) -> FaultSchedule<'a> {
+        let arm = |trigger: Option<&Trigger>| match trigger {
+            Some(Trigger::At(t)) => Arm::Due(*t),
+            Some(_) => Arm::Waiting,
+            None => Arm::Done,
+        };
+        FaultSchedule {
+            faults: faults.iter().map(|f| (f, arm(Some(&f.from)), arm(f.until.as_ref()), 0)).collect(),
+        }
+    }
+
+    /// Arms the triggers that `event` satisfies.
+    fn observe(&mut self, plan: &Plan, event: &Event) {
+        for (fault, on, off, counter) in &mut self.faults {
+            for (trigger, arm) in [(Some(&fault.from), &mut *on), (fault.until.as_ref(), &mut *off)] {
+                let Some(trigger) = trigger else { continue };
+                if *arm != Arm::Waiting {
+                    continue;
+                }
+                if let Some(delay) = fires_on(plan, trigger, event, counter) {
+                    *arm = Arm::Due(event.t + delay);
+                }
+            }
+        }
+    }
+
+    fn next_due(&self) -> Option<Duration> {
+        self.faults
+            .iter()
+            .flat_map(|(_, on, off, _)| [on, off])
+            .filter_map(|arm| match arm {
+                Arm::Due(t) => Some(*t),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// Switches due now, in fault order: `(fault, true)` to switch on, `(fault, false)` to switch off.
+    fn due(&mut self, now: Duration) -> Vec<(&'a FaultPlan, bool)> {
+        let mut switches = Vec::new();
+        for (fault, on, off, _) in &mut self.faults {
+            if matches!(on, Arm::Due(t) if *t <= now) {
+                *on = Arm::Done;
+                switches.push((*fault, true));
+            }
+            // A fault switches off only after it was on; an `until` that fires first cancels it.
+            if matches!(off, Arm::Due(t) if *t <= now) {
+                let was_on = *on == Arm::Done;
+                *off = Arm::Done;
+                if was_on {
+                    switches.push((*fault, false));
+                } else {
+                    *on = Arm::Done;
+                }
+            }
+        }
+        switches
+    }
+}
+
+/// Whether `event` fires `trigger`; returns the trigger's delay. `counter` counts packets or bytes seen so far.
+fn fires_on(plan: &Plan, trigger: &Trigger, event: &Event, counter: &mut u64) -> Option<Duration> {
+    match (trigger, &event.kind) {
+        (Trigger::Step { host, step, edge, delay }, EventKind::StepStart { step: index, .. })
+            if *edge == StepEdge::Started && event.host == *host && plan.step(*host, step)?.index == *index =>
+        {
+            Some(*delay)
+        }
+        (Trigger::Step { host, step, edge, delay }, EventKind::StepEnd { step: index, .. })
+            if *edge == StepEdge::Finished && event.host == *host && plan.step(*host, step)?.index == *index =>
+        {
+            Some(*delay)
+        }
+        (Trigger::State { host, state, delay }, EventKind::Socket(socket))
+            if event.host == *host && socket.state == *state =>
+        {
+            Some(*delay)
+        }
+        (Trigger::Packet { host, filter, nth, delay }, EventKind::Packet(packet))
+            if event.host == *host
+                && packet.protocol == "tcp"
+                && (filter.from.is_none_or(|from| (from == event.host) == (packet.direction == PacketDirection::Out)))
+                && filter.flags.is_none_or(|flags| flags == packet.flags)
+                && filter.len.is_none_or(|len| len == packet.len) =>
+        {
+            *counter += 1;
+            (*counter >= u64::from(*nth)).then_some(*delay)
+        }
+        (Trigger::Bytes { host, bytes, delay }, EventKind::Packet(packet))
+            if event.host == *host && packet.direction == PacketDirection::Out && packet.protocol == "tcp" =>
+        {
+            *counter += u64::from(packet.len);
+            (*counter >= *bytes).then_some(*delay)
+        }
+        _ => None,
+    }
+}

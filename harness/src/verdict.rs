@@ -1,0 +1,423 @@
+//! The verdict: a pure function of the plan's expectations and the run's timeline.
+//!
+//! A verdict failure means the kernel behaved otherwise than the scenario says; it is not a harness error.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::scenario::plan::{
+    ExpectedOutcome, HostId, Location, PacketExpectation, PacketFilter, Plan, StateExpectation, StepExpectation,
+    StepPlan, TcpState, TimerExpectation,
+};
+use crate::timeline::{format_secs, Event, EventKind, Outcome, PacketDirection, PacketEvent, SocketEvent, Timeline};
+
+/// One expectation the run did not meet.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Failure {
+    /// Where the expectation is written in the scenario file.
+    pub location: Location,
+    /// What was checked, e.g. `client step read (recv)`.
+    pub subject: String,
+    pub expected: String,
+    pub actual: String,
+    /// Scenario time the failure is about, to show the timeline around it.
+    #[serde(skip)]
+    pub around: Option<Duration>,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}: expected {}, got {}", self.location.line, self.subject, self.expected, self.actual)
+    }
+}
+
+/// Every expectation checked, and those that failed.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Verdict {
+    pub checks: usize,
+    pub failures: Vec<Failure>,
+}
+
+impl Verdict {
+    pub fn passed(&self) -> bool {
+        self.failures.is_empty()
+    }
+
+    fn check(&mut self, result: Result<(), Failure>) {
+        self.checks += 1;
+        if let Err(failure) = result {
+            self.failures.push(failure);
+        }
+    }
+}
+
+/// The start and end of one step as the timeline recorded them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepRecord {
+    pub host: HostId,
+    pub index: usize,
+    #[serde(serialize_with = "secs_opt")]
+    pub start: Option<Duration>,
+    #[serde(serialize_with = "secs_opt")]
+    pub end: Option<Duration>,
+    pub outcome: Option<Outcome>,
+    pub detail: Option<String>,
+}
+
+impl StepRecord {
+    pub fn elapsed(&self) -> Option<Duration> {
+        Some(self.end?.saturating_sub(self.start?))
+    }
+}
+
+/// Finds the start and end events of a host's step.
+pub fn step_record(timeline: &Timeline, host: HostId, index: usize) -> StepRecord {
+    let mut record = StepRecord { host, index, start: None, end: None, outcome: None, detail: None };
+    for event in timeline.events.iter().filter(|e| e.host == host) {
+        match &event.kind {
+            EventKind::StepStart { step, .. } if *step == index => record.start = Some(event.t),
+            EventKind::StepEnd { step, outcome, detail, .. } if *step == index => {
+                record.end = Some(event.t);
+                record.outcome = Some(outcome.clone());
+                record.detail.clone_from(detail);
+            }
+            _ => {}
+        }
+    }
+    record
+}
+
+/// Judges a run: every step expectation, then every whole-run expectation.
+pub fn judge(plan: &Plan, timeline: &Timeline) -> Verdict {
+    let mut verdict = Verdict::default();
+    for host in &plan.hosts {
+        for step in &host.steps {
+            let record = step_record(timeline, host.id, step.index);
+            judge_step(&mut verdict, host.id, step, &record);
+        }
+    }
+    for expectation in &plan.expect.packets {
+        verdict.check(judge_packets(expectation, timeline));
+    }
+    for expectation in &plan.expect.states {
+        verdict.check(judge_states(expectation, timeline));
+    }
+    for expectation in &plan.expect.timers {
+        verdict.check(judge_timer(expectation, timeline));
+    }
+    verdict
+}
+
+fn judge_step(verdict: &mut Verdict, host: HostId, step: &StepPlan, record: &StepRecord) {
+    let expect = &step.expect;
+    let subject = format!("{host} step {}", step.label());
+    let failure = |expected: String, actual: String, around: Option<Duration>| Failure {
+        location: expect.location,
+        subject: subject.clone(),
+        expected,
+        actual,
+        around,
+    };
+    if let Some(detail) = record.detail.as_deref().filter(|d| d.starts_with(PATTERN_MISSING)) {
+        verdict.check(Err(failure("output matching every pattern".into(), detail.to_string(), record.end)));
+    }
+    let has_expectation = expect.outcome.is_some() || expect.after.is_some() || expect.at.is_some();
+    if !has_expectation {
+        return;
+    }
+    let (Some(end), Some(outcome)) = (record.end, record.outcome.as_ref()) else {
+        let actual = match record.start {
+            Some(start) => format!("still running at the end of the run (started at {}s)", format_secs(start)),
+            None => "never started".to_string(),
+        };
+        verdict.check(Err(failure(describe_expectation(expect), actual, record.start)));
+        return;
+    };
+    if *outcome == Outcome::Unfinished {
+        verdict.check(Err(failure(describe_expectation(expect), "unfinished at the deadline".into(), Some(end))));
+        return;
+    }
+    if let Some(expected) = &expect.outcome {
+        let result = if outcome_matches(expected, outcome) {
+            Ok(())
+        } else {
+            Err(failure(describe_outcome(expected), outcome.to_string(), Some(end)))
+        };
+        verdict.check(result);
+    }
+    if let (Some(after), Some(elapsed)) = (expect.after, record.elapsed()) {
+        let result = if within(elapsed, after, expect.tolerance) {
+            Ok(())
+        } else {
+            Err(failure(
+                format!("to end after {}s ± {}s", format_secs(after), format_secs(expect.tolerance)),
+                format!("{} after {}s", outcome, format_secs(elapsed)),
+                Some(end),
+            ))
+        };
+        verdict.check(result);
+    }
+    if let Some(at) = expect.at {
+        let result = if within(end, at, expect.tolerance) {
+            Ok(())
+        } else {
+            Err(failure(
+                format!("to end at {}s ± {}s", format_secs(at), format_secs(expect.tolerance)),
+                format!("{} at {}s", outcome, format_secs(end)),
+                Some(end),
+            ))
+        };
+        verdict.check(result);
+    }
+}
+
+/// Prefix of a step detail saying that an exec'd program's output lacked a required pattern.
+pub const PATTERN_MISSING: &str = "pattern not found";
+
+fn within(actual: Duration, expected: Duration, tolerance: Duration) -> bool {
+    actual.abs_diff(expected) <= tolerance
+}
+
+fn outcome_matches(expected: &ExpectedOutcome, actual: &Outcome) -> bool {
+    match (expected, actual) {
+        (ExpectedOutcome::Ok, Outcome::Ok) => true,
+        (ExpectedOutcome::Bytes(n), Outcome::Bytes(m)) => n == m,
+        (ExpectedOutcome::Eof, Outcome::Eof) => true,
+        (ExpectedOutcome::Error(errno), Outcome::Error(name)) => errno.name() == *name,
+        (ExpectedOutcome::Events(events), Outcome::Events(names)) => {
+            let mut expected: Vec<&str> = events.iter().map(|e| e.name()).collect();
+            let mut actual: Vec<&str> = names.iter().map(String::as_str).collect();
+            expected.sort_unstable();
+            actual.sort_unstable();
+            expected == actual
+        }
+        (ExpectedOutcome::Timeout, Outcome::Timeout) => true,
+        (ExpectedOutcome::Exit(code), Outcome::Exit { code: Some(actual), .. }) => code == actual,
+        _ => false,
+    }
+}
+
+pub fn describe_outcome(expected: &ExpectedOutcome) -> String {
+    match expected {
+        ExpectedOutcome::Ok => "ok".into(),
+        ExpectedOutcome::Bytes(n) => format!("{n} bytes"),
+        ExpectedOutcome::Eof => "EOF".into(),
+        ExpectedOutcome::Error(errno) => errno.name(),
+        ExpectedOutcome::Events(events) => events.iter().map(|e| e.name()).collect::<Vec<_>>().join("|"),
+        ExpectedOutcome::Timeout => "timeout".into(),
+        ExpectedOutcome::Exit(code) => format!("exit {code}"),
+    }
+}
+
+/// The whole expectation of a step in words, e.g. `ETIMEDOUT after 14.000000s ± 0.300000s`.
+pub fn describe_expectation(expect: &StepExpectation) -> String {
+    let mut parts = Vec::new();
+    if let Some(outcome) = &expect.outcome {
+        parts.push(describe_outcome(outcome));
+    }
+    if let Some(after) = expect.after {
+        parts.push(format!("after {}s ± {}s", format_secs(after), format_secs(expect.tolerance)));
+    }
+    if let Some(at) = expect.at {
+        parts.push(format!("at {}s ± {}s", format_secs(at), format_secs(expect.tolerance)));
+    }
+    parts.join(" ")
+}
+
+/// Packets sent by a host as its own capture saw them leave (each packet once).
+pub fn sent_packets<'a>(timeline: &'a Timeline, filter: &'a PacketFilter) -> impl Iterator<Item = (Duration, &'a PacketEvent)> + 'a {
+    timeline.events.iter().filter_map(move |event| match &event.kind {
+        EventKind::Packet(packet)
+            if packet.direction == PacketDirection::Out
+                && filter.from.is_none_or(|from| from == event.host)
+                && packet.protocol == "tcp"
+                && filter.flags.is_none_or(|flags| flags == packet.flags)
+                && filter.len.is_none_or(|len| len == packet.len) =>
+        {
+            Some((event.t, packet))
+        }
+        _ => None,
+    })
+}
+
+pub fn describe_filter(filter: &PacketFilter) -> String {
+    let mut parts = vec!["packets".to_string()];
+    if let Some(from) = filter.from {
+        parts.push(format!("from {from}"));
+    }
+    if let Some(flags) = filter.flags {
+        parts.push(format!("[{}]", crate::timeline::format_tcp_flags(flags)));
+    }
+    if let Some(len) = filter.len {
+        parts.push(format!("length {len}"));
+    }
+    parts.join(" ")
+}
+
+fn judge_packets(expectation: &PacketExpectation, timeline: &Timeline) -> Result<(), Failure> {
+    let times: Vec<Duration> = sent_packets(timeline, &expectation.filter)
+        .map(|(t, _)| t)
+        .filter(|t| expectation.window.is_none_or(|(start, end)| *t >= start && *t <= end))
+        .collect();
+    let mut subject = describe_filter(&expectation.filter);
+    if let Some((start, end)) = expectation.window {
+        subject.push_str(&format!(" within [{}s, {}s]", format_secs(start), format_secs(end)));
+    }
+    let list = |ts: &[Duration]| {
+        if ts.is_empty() {
+            "none".to_string()
+        } else {
+            ts.iter().map(|t| format!("{}s", format_secs(*t))).collect::<Vec<_>>().join(", ")
+        }
+    };
+    let fail = |expected: String, around: Option<Duration>| Failure {
+        location: expectation.location,
+        subject: subject.clone(),
+        expected,
+        actual: format!("{} at {}", times.len(), list(&times)),
+        around,
+    };
+    if let Some(count) = expectation.count {
+        if times.len() != count as usize {
+            return Err(fail(format!("{count}"), times.first().copied()));
+        }
+    }
+    if !expectation.at.is_empty() {
+        let expected = format!("at {} ± {}s", list(&expectation.at), format_secs(expectation.tolerance));
+        if times.len() != expectation.at.len() {
+            return Err(fail(expected, times.first().copied().or(expectation.at.first().copied())));
+        }
+        for (actual, wanted) in times.iter().zip(&expectation.at) {
+            if !within(*actual, *wanted, expectation.tolerance) {
+                return Err(fail(expected, Some(*wanted)));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Each socket's consecutive distinct states with the time it entered them, in first-seen order.
+pub fn socket_histories(timeline: &Timeline, host: HostId) -> Vec<(String, Vec<(TcpState, Duration)>)> {
+    let mut histories: Vec<(String, Vec<(TcpState, Duration)>)> = Vec::new();
+    for event in timeline.events.iter().filter(|e| e.host == host) {
+        let EventKind::Socket(socket) = &event.kind else { continue };
+        let position = match histories.iter().position(|(name, _)| *name == socket.socket) {
+            Some(position) => position,
+            None => {
+                histories.push((socket.socket.clone(), Vec::new()));
+                histories.len() - 1
+            }
+        };
+        let history = &mut histories[position].1;
+        if history.last().map(|(state, _)| *state) != Some(socket.state) {
+            history.push((socket.state, event.t));
+        }
+    }
+    histories
+}
+
+fn socket_selected(socket: &str, events: &[&SocketEvent], port: Option<u16>, listeners: bool) -> bool {
+    let is_listener = socket.ends_with("*:*");
+    if is_listener && !listeners {
+        return false;
+    }
+    port.is_none_or(|port| events.iter().any(|e| e.local_port == port || e.remote_port == port))
+}
+
+fn judge_states(expectation: &StateExpectation, timeline: &Timeline) -> Result<(), Failure> {
+    let wants_listener = expectation.sequence.iter().any(|s| s.state == TcpState::Listen);
+    let mut seen = Vec::new();
+    for (socket, history) in socket_histories(timeline, expectation.host) {
+        let events: Vec<&SocketEvent> = socket_events(timeline, expectation.host, &socket).collect();
+        if !socket_selected(&socket, &events, expectation.port, wants_listener) {
+            continue;
+        }
+        if history_matches(&history, expectation) {
+            return Ok(());
+        }
+        let states: Vec<String> =
+            history.iter().map(|(state, t)| format!("{state}@{}s", format_secs(*t))).collect();
+        seen.push(format!("{socket}: {}", states.join(" ")));
+    }
+    let expected: Vec<String> = expectation
+        .sequence
+        .iter()
+        .map(|step| match step.at {
+            Some(at) => format!("{}@{}s", step.state, format_secs(at)),
+            None => step.state.to_string(),
+        })
+        .collect();
+    let mut subject = format!("{} socket states", expectation.host);
+    if let Some(port) = expectation.port {
+        subject.push_str(&format!(" (port {port})"));
+    }
+    Err(Failure {
+        location: expectation.location,
+        subject,
+        expected: format!("{} (± {}s)", expected.join(" then "), format_secs(expectation.tolerance)),
+        actual: if seen.is_empty() { "no such socket observed".into() } else { seen.join("; ") },
+        around: expectation.sequence.iter().find_map(|s| s.at),
+    })
+}
+
+fn socket_events<'a>(timeline: &'a Timeline, host: HostId, socket: &'a str) -> impl Iterator<Item = &'a SocketEvent> {
+    timeline.events.iter().filter_map(move |e: &Event| match &e.kind {
+        EventKind::Socket(s) if e.host == host && s.socket == socket => Some(s),
+        _ => None,
+    })
+}
+
+/// The expected states appear in the history in order (others may come between), each at its time if given.
+fn history_matches(history: &[(TcpState, Duration)], expectation: &StateExpectation) -> bool {
+    let mut remaining = history.iter();
+    expectation.sequence.iter().all(|wanted| {
+        remaining.any(|(state, t)| {
+            *state == wanted.state && wanted.at.is_none_or(|at| within(*t, at, expectation.tolerance))
+        })
+    })
+}
+
+fn judge_timer(expectation: &TimerExpectation, timeline: &Timeline) -> Result<(), Failure> {
+    let mut best: Option<(u32, Duration)> = None;
+    for event in timeline.events.iter().filter(|e| e.host == expectation.host) {
+        let EventKind::Socket(socket) = &event.kind else { continue };
+        if expectation.port.is_some_and(|port| socket.local_port != port && socket.remote_port != port) {
+            continue;
+        }
+        if socket.timer != Some(expectation.timer) || expectation.state.is_some_and(|s| s != socket.state) {
+            continue;
+        }
+        if best.is_none_or(|(retrans, _)| socket.retrans > retrans) {
+            best = Some((socket.retrans, event.t));
+        }
+        if expectation.retrans.is_none_or(|wanted| socket.retrans >= wanted) {
+            return Ok(());
+        }
+    }
+    let mut subject = format!("{} timer {}", expectation.host, expectation.timer);
+    if let Some(state) = expectation.state {
+        subject.push_str(&format!(" in {state}"));
+    }
+    Err(Failure {
+        location: expectation.location,
+        subject,
+        expected: match expectation.retrans {
+            Some(n) => format!("the timer with its count reaching {n}"),
+            None => "the timer to be seen".into(),
+        },
+        actual: match best {
+            Some((retrans, t)) => format!("count at most {retrans} (last rise at {}s)", format_secs(t)),
+            None => "never seen".into(),
+        },
+        around: best.map(|(_, t)| t),
+    })
+}
+
+fn secs_opt<S: serde::Serializer>(t: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_some(&t.as_secs_f64()),
+        None => s.serialize_none(),
+    }
+}
