@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what netfault needs on a Debian or Ubuntu machine, only what is missing. Run as root.
+set -euo pipefail
+
+packages=(
+  pkg-config libnftnl-dev libmnl-dev   # build: the nftnl and mnl crates link against these
+  nftables iproute2 ethtool tcpdump    # inspection tools used by tests and for reading reports
+  curl netcat-openbsd socat            # real programs that exec steps run
+)
+missing=()
+for package in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "ci/setup.sh: missing packages (${missing[*]}); run as root to install them" >&2
+    exit 1
+  fi
+  echo "ci/setup.sh: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+command -v cargo >/dev/null || { echo "ci/setup.sh: cargo not found; install Rust (rustup) first" >&2; exit 1; }
