@@ -1,3 +1,276 @@
 //! Scenario files: the YAML wire schema, its validation into a [`plan::Plan`], and discovery on disk.
+//!
+//! `load` = read bytes -> refuse oversized or non-UTF-8 files -> index node positions (one document, bounded
+//! nesting, unique keys) -> serde into [`schema::ScenarioWire`] -> [`validate::validate`] into a `Plan`.
+//! Every error names the file, line and column, what is wrong and what is allowed.
 
+pub mod duration;
+pub mod locate;
+pub mod names;
 pub mod plan;
+pub mod schema;
+pub mod validate;
+
+use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
+
+use regex::Regex;
+use serde::de::IgnoredAny;
+
+use crate::error::ScenarioError;
+use crate::scenario::locate::{location_of_offset, SourceIndex, StructureError};
+use crate::scenario::names::{closest, suggestion};
+use crate::scenario::plan::{Location, Plan};
+use crate::scenario::schema::{describe_expected, ScenarioWire};
+
+/// Largest scenario file accepted; real ones are a few KiB.
+pub const MAX_FILE_SIZE: usize = 1024 * 1024;
+
+/// Reads, parses and validates `file`; the plan is named by the path of `file` relative to `root`, without
+/// `.yaml` / `.yml`, with `/` separators (the file stem when `file` is not under `root`).
+pub fn load(root: &Path, file: &Path) -> Result<Plan, ScenarioError> {
+    let bytes = std::fs::read(file).map_err(|e| {
+        ScenarioError::new(
+            file,
+            None,
+            format!(
+                "cannot read the scenario file (cat {}): {e}",
+                file.display()
+            ),
+        )
+    })?;
+    check_size(file, bytes.len())?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        let offset = e.valid_up_to();
+        ScenarioError::new(
+            file,
+            Some(location_of_offset(&bytes, offset)),
+            format!(
+                "not UTF-8: byte 0x{:02x} at offset {offset} is not valid UTF-8; scenario files must be UTF-8 text",
+                bytes[offset]
+            ),
+        )
+    })?;
+    parse(&scenario_name(root, file), file, text)
+}
+
+/// Parses and validates scenario `text` read from `file` into a plan called `name`.
+pub fn parse(name: &str, file: &Path, text: &str) -> Result<Plan, ScenarioError> {
+    check_size(file, text.len())?;
+    let index = SourceIndex::build(text).map_err(|e| structure_error(file, text, e))?;
+    let wire: ScenarioWire =
+        serde_norway::from_str(text).map_err(|e| serde_error(file, text, &index, &e))?;
+    validate::validate(name, file, &wire, &index)
+}
+
+/// Every `*.yaml` / `*.yml` file under `root`, recursively, sorted by path; just `root` if it is a file.
+pub fn discover(root: &Path) -> std::io::Result<Vec<PathBuf>> {
+    if root.is_file() {
+        return Ok(vec![root.to_path_buf()]);
+    }
+    let mut found = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if is_scenario_file(&path) {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+fn is_scenario_file(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    )
+}
+
+/// `keepalive/idle` for `root/keepalive/idle.yaml`.
+pub fn scenario_name(root: &Path, file: &Path) -> String {
+    let stem_of = |path: &Path| {
+        let mut parts: Vec<String> = path
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        if let Some(last) = parts.last_mut() {
+            for extension in [".yaml", ".yml"] {
+                if let Some(stem) = last.strip_suffix(extension) {
+                    *last = stem.to_string();
+                    break;
+                }
+            }
+        }
+        parts.join("/")
+    };
+    match file.strip_prefix(root) {
+        Ok(relative) if !relative.as_os_str().is_empty() => stem_of(relative),
+        _ => stem_of(Path::new(file.file_name().unwrap_or(file.as_os_str()))),
+    }
+}
+
+fn check_size(file: &Path, size: usize) -> Result<(), ScenarioError> {
+    if size <= MAX_FILE_SIZE {
+        return Ok(());
+    }
+    Err(ScenarioError::new(
+        file,
+        Some(Location { line: 1, column: 1 }),
+        format!(
+            "file is {size} bytes; scenario files are limited to 1 MiB ({MAX_FILE_SIZE} bytes)"
+        ),
+    ))
+}
+
+/// A structural error of the index; for plain syntax errors libyaml (what serde reads with) says more, such as
+/// where an unclosed bracket opened, so its message wins when it has one.
+fn structure_error(file: &Path, text: &str, error: StructureError) -> ScenarioError {
+    if error.syntax {
+        if let Err(libyaml) = serde_norway::from_str::<IgnoredAny>(text) {
+            if let Some(location) = libyaml.location() {
+                let location = Location {
+                    line: location.line(),
+                    column: location.column(),
+                };
+                return ScenarioError::new(
+                    file,
+                    Some(location),
+                    syntax_message(text, location, &libyaml.to_string()),
+                );
+            }
+        }
+    }
+    ScenarioError::new(file, Some(error.location), error.message)
+}
+
+/// `not valid YAML: <libyaml's words>`, positions as `line:column`, with a hint for tab indentation.
+fn syntax_message(text: &str, location: Location, libyaml: &str) -> String {
+    let own_position = format!(" at line {} column {}", location.line, location.column);
+    let message = libyaml.replacen(&own_position, "", 1);
+    let mut message = MARK.replace_all(&message, " at $1:$2").into_owned();
+    let offending = text
+        .lines()
+        .nth(location.line.saturating_sub(1))
+        .and_then(|l| l.chars().nth(location.column - 1));
+    if offending == Some('\t') {
+        message.push_str("; YAML indents with spaces, not tabs");
+    }
+    format!("not valid YAML: {message}")
+}
+
+static MARK: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r" at line (\d+) column (\d+)").expect("constant pattern"));
+
+/// Turns a serde_norway error into one that says where, what is wrong and what is allowed.
+fn serde_error(
+    file: &Path,
+    text: &str,
+    index: &SourceIndex,
+    error: &serde_norway::Error,
+) -> ScenarioError {
+    let location = error.location().map(|l| Location {
+        line: l.line(),
+        column: l.column(),
+    });
+    let full = error.to_string();
+    let without_position = match full.rfind(" at line ") {
+        Some(cut) if location.is_some() => &full[..cut],
+        _ => full.as_str(),
+    };
+    let (path, message) = match without_position.split_once(": ") {
+        Some((path, rest)) if !path.contains(' ') => (path, rest),
+        _ => ("", without_position),
+    };
+    let context = describe_path(path);
+    let message = if let Some(rest) = message.strip_prefix("unknown field `") {
+        let (given, allowed) = rest.split_once('`').unwrap_or((rest, ""));
+        let allowed: Vec<&str> = allowed.split('`').skip(1).step_by(2).collect();
+        if allowed.is_empty() {
+            format!("unknown key \"{given}\" in {context}; it takes no keys: write nothing or {{}}")
+        } else {
+            let mut text = format!(
+                "unknown key \"{given}\" in {context}{}allowed: {}",
+                suggestion(given, allowed.iter().copied()),
+                allowed.join(", ")
+            );
+            if allowed.contains(&"expect") {
+                if let Some(inner) = closest(given, STEP_EXPECT_KEYS) {
+                    text.push_str(&format!(" (`{inner}` goes inside the step's expect, e.g. expect: {{ {inner}: ... }})"));
+                }
+            }
+            text
+        }
+    } else if let Some(rest) = message.strip_prefix("invalid type: ") {
+        let (found, expected) = rest
+            .split_once(", expected ")
+            .unwrap_or((rest, "something else"));
+        format!(
+            "wrong type for {context}: found {found}, expected {}",
+            describe_expected(expected)
+        )
+    } else if message == "repetition limit exceeded" {
+        return ScenarioError::new(
+            file,
+            index.first_alias().or(location),
+            "aliases (*name) expand to more than 100 times the file's size; write the values out instead",
+        );
+    } else if path.is_empty() {
+        match location {
+            Some(at) => syntax_message(text, at, &full),
+            None => message.to_string(),
+        }
+    } else {
+        format!("{context}: {message}")
+    };
+    ScenarioError::new(
+        file,
+        location.or(Some(Location { line: 1, column: 1 })),
+        message,
+    )
+}
+
+/// Keys of a step's `expect:` map, suggested when one of them is written on the step itself.
+const STEP_EXPECT_KEYS: [&str; 6] = ["result", "events", "exit", "after", "at", "tolerance"];
+
+/// How messages name the node at a serde path: `step client[2]`, `fault faults[0]`, `the top level`.
+fn describe_path(path: &str) -> String {
+    if path.is_empty() || path == "." {
+        return "the top level".into();
+    }
+    let last = path.rsplit('.').next().unwrap_or(path);
+    let noun = match last.split_once('[') {
+        Some((list, _)) => match list {
+            "client" | "server" => "step",
+            "faults" => "fault",
+            "packets" => "packet expectation",
+            "states" => "state expectation",
+            "timers" => "timer expectation",
+            "sequence" => "state step",
+            _ => "item",
+        },
+        None if path.starts_with("sysctl.") && path.matches('.').count() > 1 => "sysctl value",
+        None => match (last, path.matches('.').count()) {
+            ("hosts" | "link" | "sysctl" | "expect", 0) => last,
+            (_, 1) if path.starts_with("hosts.") => "host",
+            (_, 1) if path.starts_with("sysctl.") => "sysctl host",
+            ("expect", _) => "step expect",
+            ("from" | "until", _) => "trigger",
+            ("packet", _) => "packet filter",
+            ("action", _) => "fault action",
+            _ => last,
+        },
+    };
+    if noun == path {
+        format!("`{path}`")
+    } else {
+        format!("{noun} `{path}`")
+    }
+}
+
+#[cfg(test)]
+mod tests;

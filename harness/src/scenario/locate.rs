@@ -1,0 +1,449 @@
+//! Source positions of a scenario file: which line and column each YAML node and key sits at, so that errors
+//! found after deserializing still point into the file. Also the structural checks that must run before serde
+//! sees the text: one document, bounded nesting, unique keys, plain keys.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use yaml_rust2::parser::{Event, Parser};
+use yaml_rust2::scanner::{Marker, TScalarStyle};
+
+use crate::scenario::plan::Location;
+
+/// Deepest nesting of maps and lists a scenario may use; real scenarios need about 6.
+pub const MAX_DEPTH: usize = 64;
+
+/// A path to a node as serde_norway prints it: `client[2].expect.result`, `faults[0].from`; empty = the top.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodePath {
+    segments: Vec<Segment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+impl NodePath {
+    /// The top-level map.
+    pub fn root() -> NodePath {
+        NodePath::default()
+    }
+
+    /// The value under `key` of this map.
+    pub fn key(&self, key: &str) -> NodePath {
+        let mut path = self.clone();
+        path.segments.push(Segment::Key(key.to_string()));
+        path
+    }
+
+    /// Item `index` (0-based) of this list.
+    pub fn index(&self, index: usize) -> NodePath {
+        let mut path = self.clone();
+        path.segments.push(Segment::Index(index));
+        path
+    }
+
+    /// The enclosing node; the top stays the top.
+    pub fn parent(&self) -> NodePath {
+        let mut path = self.clone();
+        path.segments.pop();
+        path
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.segments.is_empty()
+    }
+
+    /// The last map key of the path, if the path ends in one.
+    pub fn last_key(&self) -> Option<&str> {
+        match self.segments.last() {
+            Some(Segment::Key(key)) => Some(key),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for NodePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, segment) in self.segments.iter().enumerate() {
+            match segment {
+                Segment::Key(key) if i == 0 => f.write_str(key)?,
+                Segment::Key(key) => write!(f, ".{key}")?,
+                Segment::Index(index) => write!(f, "[{index}]")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a node is: the node itself, and for a map value the key that introduces it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct NodePosition {
+    value: Location,
+    key: Option<Location>,
+}
+
+/// Positions of every node of a scenario file by [`NodePath`], built from yaml-rust2's marked events.
+#[derive(Debug, Clone, Default)]
+pub struct SourceIndex {
+    nodes: HashMap<String, NodePosition>,
+    first_alias: Option<Location>,
+}
+
+/// A structural problem found while indexing: where, and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StructureError {
+    pub location: Location,
+    pub message: String,
+    /// The text is not YAML at all (as opposed to YAML that a scenario may not use).
+    pub syntax: bool,
+}
+
+enum Frame {
+    Map {
+        path: NodePath,
+        pending_key: Option<(String, Location)>,
+        keys: HashMap<String, Location>,
+        first_key_seen: bool,
+    },
+    Seq {
+        path: NodePath,
+        next: usize,
+    },
+}
+
+fn location(marker: &Marker) -> Location {
+    Location {
+        line: marker.line(),
+        column: marker.col() + 1,
+    }
+}
+
+impl SourceIndex {
+    /// Indexes `text`, refusing what serde must never see: syntax errors, several documents, nesting deeper
+    /// than [`MAX_DEPTH`], duplicate keys and keys that are maps or lists.
+    pub fn build(text: &str) -> Result<SourceIndex, StructureError> {
+        let mut index = SourceIndex::default();
+        let mut parser = Parser::new_from_str(text);
+        let mut stack: Vec<Frame> = Vec::new();
+        let mut documents = 0;
+        loop {
+            let (event, marker) = parser.next_token().map_err(|e| StructureError {
+                location: location(e.marker()),
+                message: format!("not valid YAML: {}", e.info()),
+                syntax: true,
+            })?;
+            let here = location(&marker);
+            match event {
+                Event::StreamEnd => return Ok(index),
+                Event::DocumentStart => {
+                    documents += 1;
+                    if documents > 1 {
+                        return Err(StructureError {
+                            location: here,
+                            message: "a scenario file holds exactly one YAML document; remove the second `---` \
+                                      or move it into its own file"
+                                .into(),
+                            syntax: false,
+                        });
+                    }
+                }
+                Event::MappingEnd | Event::SequenceEnd => {
+                    stack.pop();
+                }
+                Event::Scalar(text, style, _, _) => {
+                    if let Some(Frame::Map {
+                        pending_key: pending @ None,
+                        keys,
+                        path,
+                        first_key_seen,
+                    }) = stack.last_mut()
+                    {
+                        if let Some(first) = keys.get(&text) {
+                            return Err(StructureError {
+                                location: here,
+                                message: format!(
+                                    "duplicate key \"{text}\" (first given at {first}); each key may appear once per map"
+                                ),
+                                syntax: false,
+                            });
+                        }
+                        if !*first_key_seen {
+                            *first_key_seen = true;
+                            index.fix_block_map_start(path, here);
+                        }
+                        keys.insert(text.clone(), here);
+                        *pending = Some((text, here));
+                        continue;
+                    }
+                    let empty = text.is_empty() && style == TScalarStyle::Plain;
+                    index.add_value(&mut stack, here, empty);
+                }
+                Event::Alias(_) => {
+                    index.reject_complex_key(&stack, here)?;
+                    index.first_alias.get_or_insert(here);
+                    index.add_value(&mut stack, here, false);
+                }
+                Event::MappingStart(..) | Event::SequenceStart(..) => {
+                    index.reject_complex_key(&stack, here)?;
+                    if stack.len() >= MAX_DEPTH {
+                        return Err(StructureError {
+                            location: here,
+                            message: format!(
+                                "nested more than {MAX_DEPTH} levels deep; a scenario needs only a few levels"
+                            ),
+                            syntax: false,
+                        });
+                    }
+                    let path = index.add_value(&mut stack, here, false);
+                    stack.push(match event {
+                        Event::MappingStart(..) => Frame::Map {
+                            path,
+                            pending_key: None,
+                            keys: HashMap::new(),
+                            first_key_seen: false,
+                        },
+                        _ => Frame::Seq { path, next: 0 },
+                    });
+                }
+                Event::StreamStart | Event::DocumentEnd | Event::Nothing => {}
+            }
+        }
+    }
+
+    fn reject_complex_key(&self, stack: &[Frame], here: Location) -> Result<(), StructureError> {
+        match stack.last() {
+            Some(Frame::Map {
+                pending_key: None, ..
+            }) => Err(StructureError {
+                location: here,
+                message: "map keys must be plain names, not lists, maps or *aliases".into(),
+                syntax: false,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// yaml-rust2 marks a block map at the end of its first key; the first key is where the map really starts.
+    fn fix_block_map_start(&mut self, path: &NodePath, first_key: Location) {
+        if let Some(node) = self.nodes.get_mut(&path.to_string()) {
+            if first_key < node.value {
+                node.value = first_key;
+            }
+        }
+    }
+
+    /// Records a value node under its parent and returns its path.
+    fn add_value(&mut self, stack: &mut [Frame], here: Location, empty_scalar: bool) -> NodePath {
+        let (path, key) = match stack.last_mut() {
+            None => (NodePath::root(), None),
+            Some(Frame::Seq { path, next }) => {
+                *next += 1;
+                (path.index(*next - 1), None)
+            }
+            Some(Frame::Map {
+                path, pending_key, ..
+            }) => match pending_key.take() {
+                Some((key, key_at)) => (path.key(&key), Some(key_at)),
+                None => (path.clone(), None),
+            },
+        };
+        // An empty value (`close:`) is marked at the next token, often lines below: its key is the better place.
+        let value = match key {
+            Some(key_at) if empty_scalar => key_at,
+            _ => here,
+        };
+        self.nodes
+            .entry(path.to_string())
+            .or_insert(NodePosition { value, key });
+        path
+    }
+
+    /// Where the node at `path` starts, or its nearest indexed ancestor (nodes reached through an alias have
+    /// no position of their own); `1:1` for the top.
+    pub fn value(&self, path: &NodePath) -> Location {
+        self.position(path)
+            .map(|node| node.value)
+            .unwrap_or(Location { line: 1, column: 1 })
+    }
+
+    /// Where the key introducing `path` is; the node itself when it is a list item or has no key.
+    pub fn key(&self, path: &NodePath) -> Location {
+        self.position(path)
+            .map(|node| node.key.unwrap_or(node.value))
+            .unwrap_or(Location { line: 1, column: 1 })
+    }
+
+    /// Whether the file has a node at exactly `path`.
+    pub fn contains(&self, path: &NodePath) -> bool {
+        self.nodes.contains_key(&path.to_string())
+    }
+
+    /// The first `*alias` of the file, where an alias-expansion error is best shown.
+    pub fn first_alias(&self) -> Option<Location> {
+        self.first_alias
+    }
+
+    fn position(&self, path: &NodePath) -> Option<NodePosition> {
+        let mut path = path.clone();
+        loop {
+            if let Some(node) = self.nodes.get(&path.to_string()) {
+                return Some(*node);
+            }
+            if path.is_root() {
+                return None;
+            }
+            path = path.parent();
+        }
+    }
+}
+
+/// Line and column (1-based, in characters) of byte `offset` of `text`; used where only a byte offset is known.
+pub fn location_of_offset(bytes: &[u8], offset: usize) -> Location {
+    let before = &bytes[..offset.min(bytes.len())];
+    let line_start = before
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map(|i| i + 1)
+        .unwrap_or(0);
+    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+    let column = String::from_utf8_lossy(&before[line_start..])
+        .chars()
+        .count()
+        + 1;
+    Location { line, column }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(line: usize, column: usize) -> Location {
+        Location { line, column }
+    }
+
+    const TEXT: &str = "\
+description: |
+  text
+faults:
+  - name: blackhole
+    from: { after: client.connect }
+client:
+  - close
+  - connect: { port: 9000 }
+    expect:
+      result: ok
+  - accept:
+server: []
+";
+
+    #[test]
+    fn indexes_values_and_keys() {
+        let index = SourceIndex::build(TEXT).unwrap();
+        let root = NodePath::root();
+        assert_eq!(index.value(&root), at(1, 1));
+        assert_eq!(index.key(&root.key("description")), at(1, 1));
+        assert_eq!(index.value(&root.key("description")), at(2, 3));
+        let fault = root.key("faults").index(0);
+        assert_eq!(index.value(&fault), at(4, 5));
+        assert_eq!(index.value(&fault.key("name")), at(4, 11));
+        assert_eq!(index.key(&fault.key("from")), at(5, 5));
+        assert_eq!(index.value(&fault.key("from")), at(5, 11));
+        assert_eq!(index.value(&fault.key("from").key("after")), at(5, 20));
+        let client = root.key("client");
+        assert_eq!(index.value(&client.index(0)), at(7, 5));
+        assert_eq!(index.value(&client.index(1)), at(8, 5));
+        assert_eq!(
+            index.value(&client.index(1).key("connect").key("port")),
+            at(8, 22)
+        );
+        assert_eq!(index.value(&client.index(1).key("expect")), at(10, 7));
+        assert_eq!(
+            index.key(&client.index(1).key("expect").key("result")),
+            at(10, 7)
+        );
+        assert_eq!(
+            index.value(&client.index(1).key("expect").key("result")),
+            at(10, 15)
+        );
+        assert_eq!(index.value(&client.index(2).key("accept")), at(11, 5));
+        assert_eq!(index.value(&root.key("server")), at(12, 9));
+    }
+
+    #[test]
+    fn missing_paths_fall_back_to_the_nearest_ancestor() {
+        let index = SourceIndex::build(TEXT).unwrap();
+        let connect = NodePath::root().key("client").index(1).key("connect");
+        assert_eq!(index.value(&connect.key("to")), index.value(&connect));
+        assert!(!index.contains(&connect.key("to")));
+        assert!(index.contains(&connect.key("port")));
+    }
+
+    #[test]
+    fn paths_print_like_serde_norway() {
+        let path = NodePath::root()
+            .key("client")
+            .index(2)
+            .key("expect")
+            .key("result");
+        assert_eq!(path.to_string(), "client[2].expect.result");
+        assert_eq!(path.parent().to_string(), "client[2].expect");
+        assert_eq!(path.last_key(), Some("result"));
+        assert_eq!(NodePath::root().to_string(), "");
+    }
+
+    #[test]
+    fn refuses_duplicate_keys_at_the_second() {
+        let err = SourceIndex::build("a: 1\nb:\n  c: 1\n  c: 2\n").unwrap_err();
+        assert_eq!(err.location, at(4, 3));
+        assert!(
+            err.message
+                .contains("duplicate key \"c\" (first given at 3:3)"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn refuses_two_documents() {
+        let err = SourceIndex::build("a: 1\n---\na: 2\n").unwrap_err();
+        assert_eq!(err.location.line, 2);
+        assert!(err.message.contains("exactly one YAML document"));
+    }
+
+    #[test]
+    fn refuses_deep_nesting() {
+        let text = format!("a: {}1{}\n", "[".repeat(100), "]".repeat(100));
+        let err = SourceIndex::build(&text).unwrap_err();
+        assert_eq!(err.location, at(1, 4 + MAX_DEPTH - 1));
+        assert!(err.message.contains("nested more than 64 levels"));
+    }
+
+    #[test]
+    fn refuses_complex_keys() {
+        let err = SourceIndex::build("? [a, b]\n: 1\n").unwrap_err();
+        assert!(
+            err.message.contains("map keys must be plain names"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn reports_syntax_errors_with_position() {
+        let err = SourceIndex::build("a: [1, 2\nb: 3\n").unwrap_err();
+        assert!(err.message.starts_with("not valid YAML"), "{}", err.message);
+        assert!(err.location.line >= 1);
+    }
+
+    #[test]
+    fn offsets_map_to_character_columns() {
+        let bytes = "ab\nxé\u{00ff}z".as_bytes();
+        assert_eq!(location_of_offset(bytes, 0), at(1, 1));
+        assert_eq!(location_of_offset(bytes, 3), at(2, 1));
+        assert_eq!(location_of_offset(bytes, 4), at(2, 2));
+        assert_eq!(location_of_offset(bytes, 6), at(2, 3));
+    }
+}
