@@ -5,6 +5,7 @@
 
 pub mod clock;
 pub mod error;
+pub mod firewall;
 pub mod netns;
 pub mod scenario;
 pub mod timeline;
