@@ -118,7 +118,8 @@ impl Selection {
 
 /// Would this fault's rule select this packet, seen on `host`'s veth end in the packet's direction?
 /// Used to mark the captured packets a fault dropped or rejected. A fault that `check` refuses
-/// matches nothing.
+/// matches nothing. Packets an egress fault stops never reach the capture (AF_PACKET sees outgoing
+/// packets after the output hook); ingress ones are captured before the input hook drops them.
 pub fn matches(fault: &FaultPlan, host: HostId, packet: &PacketEvent) -> bool {
     let hook_direction = match fault.direction {
         Direction::Ingress => PacketDirection::In,
@@ -197,11 +198,23 @@ mod tests {
         let packet = tcp(In, 40000, 9000, SYN, 0);
         assert!(matches(&f, HostId::Server, &packet));
         assert!(!matches(&f, HostId::Client, &packet));
-        assert!(!matches(&f, HostId::Server, &tcp(Out, 9000, 40000, SYN | ACK, 0)));
+        assert!(!matches(
+            &f,
+            HostId::Server,
+            &tcp(Out, 9000, 40000, SYN | ACK, 0)
+        ));
 
         let egress = fault(HostId::Client, Direction::Egress, PacketMatch::default());
-        assert!(matches(&egress, HostId::Client, &tcp(Out, 40000, 9000, SYN, 0)));
-        assert!(!matches(&egress, HostId::Client, &tcp(In, 9000, 40000, SYN | ACK, 0)));
+        assert!(matches(
+            &egress,
+            HostId::Client,
+            &tcp(Out, 40000, 9000, SYN, 0)
+        ));
+        assert!(!matches(
+            &egress,
+            HostId::Client,
+            &tcp(In, 9000, 40000, SYN | ACK, 0)
+        ));
     }
 
     #[test]
@@ -259,7 +272,11 @@ mod tests {
             },
         );
         assert!(matches(&syn_only, HostId::Server, &tcp(In, 1, 2, SYN, 0)));
-        assert!(!matches(&syn_only, HostId::Server, &tcp(In, 1, 2, SYN | ACK, 0)));
+        assert!(!matches(
+            &syn_only,
+            HostId::Server,
+            &tcp(In, 1, 2, SYN | ACK, 0)
+        ));
         assert!(!matches(&syn_only, HostId::Server, &tcp(In, 1, 2, ACK, 0)));
         assert!(!matches(&syn_only, HostId::Server, &udp(In, 1, 2)));
 
@@ -274,9 +291,21 @@ mod tests {
                 ..PacketMatch::default()
             },
         );
-        assert!(matches(&ack_ignoring_psh, HostId::Server, &tcp(In, 1, 2, ACK, 0)));
-        assert!(matches(&ack_ignoring_psh, HostId::Server, &tcp(In, 1, 2, PSH | ACK, 9)));
-        assert!(!matches(&ack_ignoring_psh, HostId::Server, &tcp(In, 1, 2, FIN | ACK, 0)));
+        assert!(matches(
+            &ack_ignoring_psh,
+            HostId::Server,
+            &tcp(In, 1, 2, ACK, 0)
+        ));
+        assert!(matches(
+            &ack_ignoring_psh,
+            HostId::Server,
+            &tcp(In, 1, 2, PSH | ACK, 9)
+        ));
+        assert!(!matches(
+            &ack_ignoring_psh,
+            HostId::Server,
+            &tcp(In, 1, 2, FIN | ACK, 0)
+        ));
     }
 
     #[test]

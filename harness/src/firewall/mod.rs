@@ -20,7 +20,9 @@ use std::ffi::{CStr, CString};
 use std::io;
 
 use nftnl::expr::{Bitwise, Cmp, CmpOp, IcmpCode, Meta, RejectionType, Verdict};
-use nftnl::{Batch, Chain, ChainType, FinalizedBatch, Hook, MsgType, Policy, ProtoFamily, Rule, Table};
+use nftnl::{
+    Batch, Chain, ChainType, FinalizedBatch, Hook, MsgType, Policy, ProtoFamily, Rule, Table,
+};
 
 pub use matcher::{check, matches};
 
@@ -66,7 +68,7 @@ impl InstalledFault {
     fn new(fault: &FaultPlan) -> Result<InstalledFault> {
         let refused = |why: String| {
             Error::Internal(format!(
-                "fault {} at line {}: {why}",
+                "fault {} (line {}): {why}",
                 fault.name, fault.location
             ))
         };
@@ -91,8 +93,10 @@ impl Firewall {
     /// `nft add table inet netfault`, its base chains, and for each of `host`'s faults
     /// `nft add counter inet netfault fault_<name>`, `nft add chain inet netfault fault_<name>` and
     /// `nft add rule inet netfault input|output jump fault_<name>`, all in one batch. Every fault
-    /// starts off (its chain is empty). Faults of other hosts in `faults` are skipped. A table left
-    /// from an earlier install in the same namespace is replaced.
+    /// starts off (its chain is empty); the batch also adds and flushes each fault's rules, so the
+    /// kernel checks them now rather than at their first activation mid-run. Faults of other hosts
+    /// in `faults` are skipped. A table left from an earlier install in the same namespace is
+    /// replaced.
     pub fn install(ns: &Netns, host: HostId, faults: &[FaultPlan]) -> Result<Firewall> {
         let mut own = faults
             .iter()
@@ -107,14 +111,16 @@ impl Firewall {
             )));
         }
         let mut socket = NetfilterSocket::open(ns)?;
+        let has_payload = own.iter().any(|fault| fault.selection.payload.is_some());
         socket.apply(&install_batch(&own)).map_err(|e| {
             Error::sys(
                 format!(
-                    "install faults of {host} (nft add table inet netfault; add chain ... input \
-                     {{ type filter hook input priority filter; policy accept; }}; ... {} fault chains)",
+                    "install {} fault(s) of {host} (nft add table inet netfault; nft add chain \
+                     inet netfault input {{ type filter hook input priority filter; policy \
+                     accept; }}; ...)",
                     own.len()
                 ),
-                payload_hint(e, own.iter().any(|f| f.selection.payload.is_some())),
+                payload_hint(e, has_payload),
             )
         })?;
         Ok(Firewall {
@@ -124,34 +130,36 @@ impl Firewall {
         })
     }
 
-    /// `nft add rule inet netfault fault_<name> <match> counter name fault_<name> <action>`, as one
+    /// `nft add rule inet netfault fault_<name> <match> counter name fault_<name> <action>`, in one
     /// batch that first flushes the chain: switches the fault on, and is idempotent.
     pub fn activate(&mut self, fault: &str) -> Result<()> {
         let installed = find(&self.faults, self.host, fault)?;
-        let batch = rules_batch(installed, true);
-        let what = || {
-            let mut text = format!("switch fault {fault} on (nft flush chain inet netfault {0}; nft add rule inet netfault {0} ", installed.chain_name());
-            text.push_str(&rule_text(installed).join("; nft add rule ... "));
-            text.push(')');
-            text
-        };
-        let has_payload = installed.selection.payload.is_some();
         self.socket
-            .apply(&batch)
-            .map_err(|e| Error::sys(what(), payload_hint(e, has_payload)))
+            .apply(&switch_batch(installed, true))
+            .map_err(|e| {
+                let chain = installed.chain_name();
+                let rules = rule_text(installed).join("; ");
+                Error::sys(
+                    format!(
+                        "switch fault {fault} on (nft flush chain inet netfault {chain}; {rules})"
+                    ),
+                    payload_hint(e, installed.selection.payload.is_some()),
+                )
+            })
     }
 
     /// `nft flush chain inet netfault fault_<name>`: switches the fault off (idempotent).
     pub fn deactivate(&mut self, fault: &str) -> Result<()> {
         let installed = find(&self.faults, self.host, fault)?;
-        let batch = rules_batch(installed, false);
         let chain = installed.chain_name();
-        self.socket.apply(&batch).map_err(|e| {
-            Error::sys(
-                format!("switch fault {fault} off (nft flush chain inet netfault {chain})"),
-                e,
-            )
-        })
+        self.socket
+            .apply(&switch_batch(installed, false))
+            .map_err(|e| {
+                Error::sys(
+                    format!("switch fault {fault} off (nft flush chain inet netfault {chain})"),
+                    e,
+                )
+            })
     }
 
     /// Packets each fault's rules have hit so far, across every time it was on
@@ -159,7 +167,10 @@ impl Firewall {
     pub fn counters(&mut self) -> Result<Vec<(String, u64)>> {
         let values = self.socket.counters(FAMILY, TABLE).map_err(|e| {
             Error::sys(
-                format!("read fault counters of {} (nft list counters table inet netfault)", self.host),
+                format!(
+                    "read fault counters of {} (nft list counters table inet netfault)",
+                    self.host
+                ),
                 e,
             )
         })?;
@@ -180,7 +191,6 @@ impl Firewall {
             })
             .collect()
     }
-
 }
 
 fn find<'a>(faults: &'a [InstalledFault], host: HostId, fault: &str) -> Result<&'a InstalledFault> {
@@ -222,7 +232,10 @@ fn install_batch(faults: &[InstalledFault]) -> FinalizedBatch {
     batch.add(&input, MsgType::Add);
     batch.add(&output, MsgType::Add);
     for fault in faults {
-        batch.add(&CounterObject::new(FAMILY, TABLE, &fault.chain), MsgType::Add);
+        batch.add(
+            &CounterObject::new(FAMILY, TABLE, &fault.chain),
+            MsgType::Add,
+        );
         batch.add(&Chain::new(&fault.chain, &table), MsgType::Add);
         let base = match fault.direction {
             Direction::Ingress => &input,
@@ -233,45 +246,62 @@ fn install_batch(faults: &[InstalledFault]) -> FinalizedBatch {
             chain: fault.chain.clone(),
         });
         batch.add(&jump, MsgType::Add);
+        let chain = Chain::new(&fault.chain, &table);
+        add_fault_rules(&mut batch, &chain, fault);
+        flush(&mut batch, &chain);
     }
     batch.finalize()
 }
 
 /// Flushes the fault's chain and, when `on`, adds its rules: one batch, applied atomically.
-fn rules_batch(fault: &InstalledFault, on: bool) -> FinalizedBatch {
+fn switch_batch(fault: &InstalledFault, on: bool) -> FinalizedBatch {
     let table = Table::new(TABLE, FAMILY);
     let chain = Chain::new(&fault.chain, &table);
     let mut batch = Batch::with_page_size(BATCH_PAGE_SIZE);
-    // A rule deletion without a handle flushes the chain.
-    batch.add(&Rule::new(&chain), MsgType::Del);
+    flush(&mut batch, &chain);
     if on {
-        if fault.selection.payload == Some(PayloadMatch::Empty) {
-            let mut skip_data = Rule::new(&chain);
-            add_protocol(&mut skip_data, protocol_number(Protocol::Tcp));
-            skip_data.add_expr(&FIRST_PAYLOAD_BYTE);
-            skip_data.add_expr(&Verdict::Return);
-            batch.add(&skip_data, MsgType::Add);
-        }
-        for alternative in &fault.selection.alternatives {
-            let mut rule = Rule::new(&chain);
-            add_alternative(&mut rule, alternative);
-            if fault.selection.payload == Some(PayloadMatch::NonEmpty) {
-                rule.add_expr(&FIRST_PAYLOAD_BYTE);
-            }
-            rule.add_expr(&CounterRef { name: &fault.chain });
-            rule.add_expr(&verdict(fault.action));
-            batch.add(&rule, MsgType::Add);
-        }
+        add_fault_rules(&mut batch, &chain, fault);
     }
     batch.finalize()
 }
 
-/// `@ih,0,8`: loadable only if the transport payload has a first byte.
-const FIRST_PAYLOAD_BYTE: RawPayload = RawPayload {
-    base: PayloadBase::Inner,
-    offset: 0,
-    len: 1,
-};
+/// `nft flush chain`: a rule deletion without a handle deletes every rule of the chain.
+fn flush(batch: &mut Batch, chain: &Chain) {
+    batch.add(&Rule::new(chain), MsgType::Del);
+}
+
+fn add_fault_rules(batch: &mut Batch, chain: &Chain, fault: &InstalledFault) {
+    if fault.selection.payload == Some(PayloadMatch::Empty) {
+        let mut skip_data = Rule::new(chain);
+        add_protocol(&mut skip_data, protocol_number(Protocol::Tcp));
+        add_payload_exists(&mut skip_data);
+        skip_data.add_expr(&Verdict::Return);
+        // A constant far below NFTNL_UDATA_COMMENT_MAXLEN (128 bytes): it always fits.
+        let _ = skip_data.set_comment(c"tcp payload not empty: not this fault's packet");
+        batch.add(&skip_data, MsgType::Add);
+    }
+    for alternative in &fault.selection.alternatives {
+        let mut rule = Rule::new(chain);
+        add_alternative(&mut rule, alternative);
+        if fault.selection.payload == Some(PayloadMatch::NonEmpty) {
+            add_payload_exists(&mut rule);
+        }
+        rule.add_expr(&CounterRef { name: &fault.chain });
+        rule.add_expr(&verdict(fault.action));
+        batch.add(&rule, MsgType::Add);
+    }
+}
+
+/// `@ih,0,8 >= 0x0`: the load succeeds only if the transport payload has a first byte, and the
+/// always-true comparison makes `nft list` show the condition (it hides a load nothing reads).
+fn add_payload_exists(rule: &mut Rule) {
+    rule.add_expr(&RawPayload {
+        base: PayloadBase::Inner,
+        offset: 0,
+        len: 1,
+    });
+    rule.add_expr(&Cmp::new(CmpOp::Gte, 0u8));
+}
 
 /// TCP header byte 13 holds the flags (FIN=0x01 ... CWR=0x80).
 const TCP_FLAGS_BYTE: u32 = 13;
@@ -330,14 +360,17 @@ fn verdict(action: FaultAction) -> Verdict {
     }
 }
 
-/// The fault's rules in `nft` syntax, for messages.
+/// The fault's rules as `nft add rule` commands, for messages.
 fn rule_text(fault: &InstalledFault) -> Vec<String> {
     let mut rules = Vec::new();
     if fault.selection.payload == Some(PayloadMatch::Empty) {
-        rules.push("meta l4proto tcp @ih,0,8 return".to_string());
+        rules.push(format!(
+            "nft add rule inet netfault {} meta l4proto tcp @ih,0,8 >= 0x0 return",
+            fault.chain_name()
+        ));
     }
     for alternative in &fault.selection.alternatives {
-        let mut parts = Vec::new();
+        let mut parts = vec![format!("nft add rule inet netfault {}", fault.chain_name())];
         if let Some(protocol) = alternative.protocol {
             parts.push(format!("meta l4proto {}", protocol_name(protocol)));
         }
@@ -354,7 +387,7 @@ fn rule_text(fault: &InstalledFault) -> Vec<String> {
             ));
         }
         if fault.selection.payload == Some(PayloadMatch::NonEmpty) {
-            parts.push("@ih,0,8".to_string());
+            parts.push("@ih,0,8 >= 0x0".to_string());
         }
         parts.push(format!("counter name {}", fault.chain_name()));
         parts.push(
