@@ -3,7 +3,9 @@
 //! Data flows one way: YAML -> [`scenario::plan::Plan`] -> run (child process) -> [`timeline::Timeline`]
 //! -> [`verdict`] -> [`report`].
 
+pub mod capture;
 pub mod clock;
+pub mod decode;
 pub mod error;
 pub mod netns;
 pub mod scenario;
