@@ -40,8 +40,11 @@ const NOMINAL_FRAME_SIZE: usize = 1 << 11;
 const BLOCK_RETIRE_TIMEOUT_MS: u32 = 4;
 /// Longest sleep of an idle capture thread; kernel drop counters are read at least this often.
 const IDLE_POLL: Duration = Duration::from_millis(100);
-/// After a stop request: keep taking blocks this long, so the partly filled block is retired and written.
-const DRAIN_GRACE: Duration = Duration::from_millis(20);
+/// After a stop request, frames sent just before it may still be on their way through the kernel: keep
+/// taking blocks at least this long.
+const DRAIN_MIN: Duration = Duration::from_millis(2);
+/// ... and at most this long, waiting for the kernel to retire the block it is filling (a few retire timeouts).
+const DRAIN_MAX: Duration = Duration::from_millis(30);
 /// `stop` gives up on a capture thread that has not finished by then (a stuck disk, not a slow network).
 const STOP_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest frame written whole (tcpdump's default `-s`); with offloads off no frame comes close.
@@ -76,12 +79,9 @@ impl Capture {
     /// [`EventKind::Packet`] for each IPv4 frame at the kernel's timestamp of it.
     pub fn start(ns: &Netns, host: HostId, ifindex: u32, pcap: &Path, sink: EventSink) -> Result<Capture> {
         let (ifname, socket, ring) = ns.run(|| {
-            let ifname = nix::net::if_::if_indextoname(ifindex)
-                .map_err(|e| {
-                    Error::sys(format!("find interface {ifindex} of {host} to capture (ip link show)"), e)
-                })?
-                .to_string_lossy()
-                .into_owned();
+            let ifname = interface_name(ifindex).map_err(|e| {
+                Error::sys(format!("find interface {ifindex} of {host} to capture (ip link show)"), e)
+            })?;
             let (socket, ring) = open_ring(ifindex, &ifname, host)?;
             Ok((ifname, socket, ring))
         })?;
@@ -115,16 +115,13 @@ impl Capture {
         };
         thread::Builder::new()
             .name(format!("capture-{host}"))
-            .spawn(move || {
-                // The receiver is gone only if the Capture was dropped without stop(); nobody is waiting then.
-                let _ = done.send(reader.run());
-            })
+            .spawn(move || reader.run(done))
             .map_err(|e| Error::sys(format!("spawn capture thread ({command})"), e))?;
         Ok(Capture { command, stop_signal, finished })
     }
 
     /// Stops the capture (`kill -INT` to tcpdump): takes what the kernel still holds for at most
-    /// `DRAIN_GRACE`, flushes and closes the pcap, and returns the counts.
+    /// `DRAIN_MAX`, flushes and closes the pcap, and returns the counts.
     pub fn stop(self) -> Result<CaptureStats> {
         signal(&self.stop_signal);
         match self.finished.recv_timeout(STOP_TIMEOUT) {
@@ -144,6 +141,18 @@ impl Drop for Capture {
     fn drop(&mut self) {
         signal(&self.stop_signal);
     }
+}
+
+/// `ip link show` name of `ifindex` in the calling thread's namespace.
+fn interface_name(ifindex: u32) -> io::Result<String> {
+    let mut name = [0u8; libc::IF_NAMESIZE];
+    // SAFETY: name has the IF_NAMESIZE bytes if_indextoname may write.
+    let found = unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr().cast()) };
+    if found.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    let len = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    Ok(String::from_utf8_lossy(&name[..len]).into_owned())
 }
 
 fn new_eventfd(command: &str) -> Result<OwnedFd> {
@@ -319,6 +328,20 @@ impl Ring {
         Some(unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(block * BLOCK_SIZE), BLOCK_SIZE) })
     }
 
+    /// Whether the kernel is still filling `block` and has put frames in it (which it hands over when the
+    /// block retire timeout expires).
+    fn open_block_has_frames(&self, block: usize) -> bool {
+        if self.block_status(block).load(Ordering::Acquire) & libc::TP_STATUS_USER != 0 {
+            return true;
+        }
+        // SAFETY: as for the status word; the kernel updates the count while it fills the block, so it is
+        // only read atomically.
+        let frames = unsafe {
+            AtomicU32::from_ptr(self.base.as_ptr().add(block * BLOCK_SIZE + BLOCK_NUM_PACKETS_OFFSET).cast())
+        };
+        frames.load(Ordering::Relaxed) != 0
+    }
+
     fn release(&self, block: usize) {
         self.block_status(block).store(libc::TP_STATUS_KERNEL, Ordering::Release);
     }
@@ -387,7 +410,24 @@ struct RingReader {
 }
 
 impl RingReader {
-    fn run(mut self) -> Result<CaptureStats> {
+    /// Captures until stopped, then sends the counts (or what failed) once the pcap is flushed and closed.
+    /// The ring and socket are released only after that: closing a packet socket waits for an RCU grace
+    /// period, which `stop` need not wait for.
+    fn run(mut self, done: mpsc::SyncSender<Result<CaptureStats>>) {
+        let captured = self.capture_until_stopped();
+        let RingReader { command, socket, ring, pcap, stats, .. } = self;
+        let result = match (captured, pcap.into_writer().into_inner()) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Err(e)) => Err(Error::sys(format!("flush pcap ({command})"), e.into_error())),
+            (Ok(()), Ok(_closed_on_drop)) => Ok(stats),
+        };
+        // The receiver is gone only if the Capture was dropped without stop(); nobody is waiting then.
+        let _ = done.send(result);
+        drop(ring);
+        drop(socket);
+    }
+
+    fn capture_until_stopped(&mut self) -> Result<()> {
         let mut stop_requested: Option<Instant> = None;
         let mut drops_read = Instant::now();
         loop {
@@ -397,21 +437,22 @@ impl RingReader {
                 drops_read = Instant::now();
             }
             let timeout = match stop_requested {
-                Some(since) if since.elapsed() >= DRAIN_GRACE => break,
-                Some(since) => DRAIN_GRACE - since.elapsed(),
                 None => IDLE_POLL,
+                Some(since) => {
+                    let waited = since.elapsed();
+                    let drained = waited >= DRAIN_MIN && !self.ring.open_block_has_frames(self.next_block);
+                    if drained || waited >= DRAIN_MAX {
+                        break;
+                    }
+                    DRAIN_MIN.saturating_sub(waited).max(Duration::from_millis(1))
+                }
             };
             if self.wait(timeout, stop_requested.is_none())? {
                 stop_requested = Some(Instant::now());
             }
         }
         self.take_ready_blocks()?;
-        self.read_kernel_drops()?;
-        let RingReader { command, socket, ring, pcap, stats, .. } = self;
-        drop(ring);
-        drop(socket);
-        pcap.into_writer().into_inner().map_err(|e| Error::sys(format!("flush pcap ({command})"), e.into_error()))?;
-        Ok(stats)
+        self.read_kernel_drops()
     }
 
     /// Sleeps until a block is ready or `timeout` passes; with `watch_stop`, also wakes on a stop request
@@ -460,5 +501,293 @@ impl RingReader {
         })?;
         self.stats.kernel_drops += drops;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::fs;
+    use std::io::{Read, Write};
+    use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
+    use std::path::PathBuf;
+    use std::process::Command;
+
+    use pcap_file::pcap::PcapReader;
+
+    use super::*;
+    use crate::timeline::{format_tcp_flags, Event, PacketDirection, PacketEvent};
+
+    const CLIENT_IF: &str = "nfc";
+    const SERVER_IF: &str = "nfs";
+    const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+    const SERVER_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+    const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// Two namespaces joined by a veth pair with offloads and IPv6 off, set up with `ip` and `ethtool`
+    /// run from threads inside the namespaces (children inherit the thread's namespace).
+    struct VethPair {
+        client: Netns,
+        server: Netns,
+        client_ifindex: u32,
+        server_ifindex: u32,
+    }
+
+    fn run_command(args: &[&str]) -> String {
+        let output = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        assert!(output.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    fn veth_pair() -> VethPair {
+        let client = Netns::new_anonymous().unwrap();
+        let server = Netns::new_anonymous().unwrap();
+        let server_ns = format!("/proc/{}/fd/{}", std::process::id(), server.raw_fd());
+        client
+            .run(|| {
+                run_command(&["ip", "link", "add", CLIENT_IF, "type", "veth", "peer", "name", SERVER_IF, "netns", &server_ns]);
+                Ok(())
+            })
+            .unwrap();
+        let client_ifindex = configure(&client, CLIENT_IF, CLIENT_ADDR);
+        let server_ifindex = configure(&server, SERVER_IF, SERVER_ADDR);
+        VethPair { client, server, client_ifindex, server_ifindex }
+    }
+
+    fn configure(ns: &Netns, ifname: &str, address: Ipv4Addr) -> u32 {
+        ns.run(|| {
+            run_command(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+            run_command(&["ethtool", "-K", ifname, "tx", "off", "tso", "off", "gso", "off", "gro", "off"]);
+            run_command(&["ip", "addr", "add", &format!("{address}/24"), "dev", ifname]);
+            run_command(&["ip", "link", "set", ifname, "up"]);
+            run_command(&["ip", "link", "set", "lo", "up"]);
+            Ok(nix::net::if_::if_nametoindex(ifname)?)
+        })
+        .unwrap()
+    }
+
+    struct TestDir(PathBuf);
+
+    impl TestDir {
+        fn new(name: &str) -> TestDir {
+            let dir = std::env::temp_dir().join(format!("netfault-capture-{name}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).unwrap();
+            TestDir(dir)
+        }
+
+        fn file(&self, name: &str) -> PathBuf {
+            self.0.join(name)
+        }
+    }
+
+    impl Drop for TestDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn packets_of(events: &[Event], host: HostId) -> Vec<(Duration, PacketEvent)> {
+        events
+            .iter()
+            .filter(|e| e.host == host)
+            .filter_map(|e| match &e.kind {
+                EventKind::Packet(p) => Some((e.t, p.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// `tcpdump -n -r <pcap> [filter]`, one line per packet.
+    fn tcpdump_read(pcap: &Path, extra: &[&str]) -> Vec<String> {
+        let pcap = pcap.to_str().unwrap();
+        let mut args = vec!["tcpdump", "-n", "-r", pcap];
+        args.extend_from_slice(extra);
+        run_command(&args).lines().map(str::to_string).collect()
+    }
+
+    /// Frame count, summed wire lengths and timestamps, read back with pcap-file.
+    fn read_pcap(pcap: &Path) -> (u64, u64, Vec<Duration>) {
+        let mut reader = PcapReader::new(File::open(pcap).unwrap()).unwrap();
+        assert_eq!(reader.header().datalink, DataLink::ETHERNET);
+        let (mut count, mut bytes, mut times) = (0, 0, Vec::new());
+        while let Some(packet) = reader.next_packet() {
+            let packet = packet.unwrap();
+            count += 1;
+            bytes += u64::from(packet.orig_len);
+            times.push(packet.timestamp);
+        }
+        (count, bytes, times)
+    }
+
+    fn summary(p: &PacketEvent) -> (PacketDirection, String, u32, u32, u32) {
+        (p.direction, format_tcp_flags(p.flags), p.seq, p.ack, p.len)
+    }
+
+    #[test]
+    fn captures_a_tcp_exchange_on_both_veth_ends() {
+        let pair = veth_pair();
+        let dir = TestDir::new("exchange");
+        let (client_pcap, server_pcap) = (dir.file("client.pcap"), dir.file("server.pcap"));
+        let clock = Clock::start();
+        let (sink, events) = EventSink::new(clock);
+        let listener = pair.server.run(|| Ok(TcpListener::bind((SERVER_ADDR, 9000)).unwrap())).unwrap();
+        let client_capture =
+            Capture::start(&pair.client, HostId::Client, pair.client_ifindex, &client_pcap, sink.clone()).unwrap();
+        let server_capture =
+            Capture::start(&pair.server, HostId::Server, pair.server_ifindex, &server_pcap, sink.clone()).unwrap();
+        drop(sink);
+
+        let before_connect = clock.now();
+        let mut client = pair
+            .client
+            .run(|| Ok(TcpStream::connect_timeout(&(SERVER_ADDR, 9000).into(), IO_TIMEOUT).unwrap()))
+            .unwrap();
+        let after_connect = clock.now();
+        // Events arrive while the capture runs, within a block retire timeout or so.
+        let first = events.recv_timeout(Duration::from_millis(500)).expect("no live packet event");
+        let (mut server, _) = listener.accept().unwrap(); // already in the backlog: connect returned
+        for stream in [&client, &server] {
+            stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        }
+        client.write_all(b"hello").unwrap();
+        let mut buf = [0u8; 5];
+        server.read_exact(&mut buf).unwrap();
+        server.write_all(b"world").unwrap();
+        client.read_exact(&mut buf).unwrap();
+        drop(client);
+        assert_eq!(server.read(&mut buf).unwrap(), 0, "server sees the client's FIN");
+        drop(server);
+
+        let stopping = Instant::now();
+        let client_stats = client_capture.stop().unwrap();
+        let client_stop = stopping.elapsed();
+        let server_stats = server_capture.stop().unwrap();
+        let both_stopped = stopping.elapsed();
+        assert!(client_stop < Duration::from_millis(150), "client capture took {client_stop:?} to stop");
+        assert!(both_stopped < Duration::from_millis(300), "both captures took {both_stopped:?} to stop");
+
+        let events: Vec<Event> = std::iter::once(first).chain(events.try_iter()).collect();
+        let client_packets = packets_of(&events, HostId::Client);
+        let server_packets = packets_of(&events, HostId::Server);
+        use PacketDirection::{In, Out};
+        let handshake = |packets: &[(Duration, PacketEvent)]| -> Vec<_> {
+            packets.iter().take(3).map(|(_, p)| summary(p)).collect()
+        };
+        assert_eq!(
+            handshake(&client_packets),
+            [(Out, "S".into(), 0, 0, 0), (In, "S.".into(), 0, 1, 0), (Out, ".".into(), 1, 1, 0)]
+        );
+        assert_eq!(
+            handshake(&server_packets),
+            [(In, "S".into(), 0, 0, 0), (Out, "S.".into(), 0, 1, 0), (In, ".".into(), 1, 1, 0)]
+        );
+        let syn = &client_packets[0].1;
+        assert_eq!((syn.src, syn.dst, syn.dport, syn.protocol.as_str()), (CLIENT_ADDR, SERVER_ADDR, 9000, "tcp"));
+        assert!(syn.options.starts_with("mss 1460,sackOK,TS val "), "SYN options: {}", syn.options);
+        assert!(syn.options.contains(" ecr 0,nop,wscale "), "SYN options: {}", syn.options);
+
+        // Event times are the kernel's: the SYN and SYN-ACK fall inside connect(), not when the thread read them.
+        let slack = Duration::from_millis(1);
+        for (t, p) in &client_packets[..2] {
+            assert!(
+                *t + slack >= before_connect && *t <= after_connect + slack,
+                "{p:?} at {t:?}, connect ran {before_connect:?}..{after_connect:?}"
+            );
+        }
+
+        let client_lines: Vec<_> = client_packets.iter().map(|(_, p)| summary(p)).collect();
+        for expected in [
+            (Out, "P.".to_string(), 1, 1, 5),
+            (In, "P.".to_string(), 1, 6, 5),
+            (Out, "F.".to_string(), 6, 6, 0),
+            (In, "F.".to_string(), 6, 7, 0),
+            (Out, ".".to_string(), 7, 7, 0),
+        ] {
+            assert!(client_lines.contains(&expected), "{expected:?} missing from {client_lines:#?}");
+        }
+
+        // Both ends saw the same packets, byte for byte in what the timeline shows.
+        let wire = |packets: &[(Duration, PacketEvent)]| {
+            let mut counts = BTreeMap::new();
+            for (_, p) in packets {
+                let key = format!("{} > {} {} {} {} {} {} {}", p.src, p.dst, p.ip_id, p.flags, p.seq, p.ack, p.len, p.options);
+                *counts.entry(key).or_insert(0) += 1;
+            }
+            counts
+        };
+        assert_eq!(wire(&client_packets), wire(&server_packets));
+
+        for (pcap, stats, packets) in
+            [(&client_pcap, client_stats, &client_packets), (&server_pcap, server_stats, &server_packets)]
+        {
+            assert_eq!(stats.kernel_drops, 0);
+            let (count, bytes, times) = read_pcap(pcap);
+            assert_eq!((count, bytes), (stats.packets, stats.bytes), "{}", pcap.display());
+            assert_eq!(tcpdump_read(pcap, &[]).len() as u64, stats.packets, "tcpdump -r {}", pcap.display());
+            assert_eq!(tcpdump_read(pcap, &["ip"]).len(), packets.len(), "IPv4 frames vs events");
+            // The pcap keeps real time; the event is the same instant on the run's clock.
+            let ipv4_times: Vec<Duration> = times.iter().rev().take(packets.len()).rev().copied().collect();
+            let event_times: Vec<Duration> = packets.iter().map(|(t, _)| *t).collect();
+            let pcap_times: Vec<Duration> =
+                ipv4_times.iter().map(|ts| clock.since_t0(SystemTime::UNIX_EPOCH + *ts)).collect();
+            assert_eq!(pcap_times, event_times);
+
+            let verbose = tcpdump_read(pcap, &["-v", "tcp"]).join("\n");
+            assert!(verbose.contains("(correct)"), "{verbose}");
+            assert!(!verbose.contains("incorrect"), "{verbose}");
+        }
+    }
+
+    #[test]
+    fn kernel_icmp_port_unreachable_is_decoded() {
+        let pair = veth_pair();
+        let dir = TestDir::new("icmp");
+        let (sink, events) = EventSink::new(Clock::start());
+        let pcap = dir.file("client.pcap");
+        let capture = Capture::start(&pair.client, HostId::Client, pair.client_ifindex, &pcap, sink).unwrap();
+        let socket = pair.client.run(|| Ok(UdpSocket::bind((CLIENT_ADDR, 5000)).unwrap())).unwrap();
+        socket.send_to(b"anyone?", (SERVER_ADDR, 9999)).unwrap();
+        socket.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        socket.connect((SERVER_ADDR, 9999)).unwrap();
+        socket.send(b"anyone?").unwrap();
+        let refused = socket.recv(&mut [0u8; 16]).unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused);
+        let stats = capture.stop().unwrap();
+
+        let events: Vec<Event> = events.try_iter().collect();
+        let packets: Vec<PacketEvent> = packets_of(&events, HostId::Client).into_iter().map(|(_, p)| p).collect();
+        let udp = packets.iter().find(|p| p.protocol == "udp").expect("UDP datagram");
+        assert_eq!((udp.direction, udp.sport, udp.dport, udp.len), (PacketDirection::Out, 5000, 9999, 7));
+        let icmp = packets.iter().find(|p| p.protocol == "icmp").expect("ICMP reply");
+        assert_eq!((icmp.direction, icmp.src, icmp.dst), (PacketDirection::In, SERVER_ADDR, CLIENT_ADDR));
+        assert_eq!(icmp.options, "10.0.0.2 udp port 9999 unreachable");
+        assert_eq!(tcpdump_read(&pcap, &[]).len() as u64, stats.packets);
+    }
+
+    #[test]
+    fn an_idle_capture_stops_promptly_with_an_empty_readable_pcap() {
+        let pair = veth_pair();
+        let dir = TestDir::new("idle");
+        let (sink, _events) = EventSink::new(Clock::start());
+        let pcap = dir.file("server.pcap");
+        let capture = Capture::start(&pair.server, HostId::Server, pair.server_ifindex, &pcap, sink).unwrap();
+        thread::sleep(Duration::from_millis(150));
+        let stopping = Instant::now();
+        let stats = capture.stop().unwrap();
+        let took = stopping.elapsed();
+        assert!(took < Duration::from_millis(100), "stop took {took:?}");
+        assert_eq!(stats, CaptureStats::default());
+        assert!(tcpdump_read(&pcap, &[]).is_empty());
+    }
+
+    #[test]
+    fn start_fails_on_a_missing_interface_and_says_which() {
+        let ns = Netns::new_anonymous().unwrap();
+        let dir = TestDir::new("missing");
+        let (sink, _events) = EventSink::new(Clock::start());
+        let err = Capture::start(&ns, HostId::Client, 4242, &dir.file("x.pcap"), sink).unwrap_err();
+        assert!(err.to_string().contains("interface 4242 of client"), "{err}");
+        assert!(!dir.file("x.pcap").exists());
     }
 }
