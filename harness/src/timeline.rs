@@ -83,6 +83,8 @@ pub struct PacketEvent {
     pub dst: Ipv4Addr,
     /// `tcp`, `udp`, `icmp` or the protocol number.
     pub protocol: String,
+    /// IPv4 identification field (tells a retransmission from the original: `tcpdump -v` shows it as `id`).
+    pub ip_id: u16,
     pub sport: u16,
     pub dport: u16,
     /// TCP flags byte (FIN=0x01 ... CWR=0x80).
