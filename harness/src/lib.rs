@@ -6,5 +6,6 @@
 pub mod clock;
 pub mod error;
 pub mod netns;
+pub mod observe;
 pub mod scenario;
 pub mod timeline;
