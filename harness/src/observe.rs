@@ -15,7 +15,9 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use netlink_packet_sock_diag::constants::{AF_INET, INET_DIAG_INFO, IPPROTO_TCP, SOCK_DIAG_BY_FAMILY};
+use netlink_packet_sock_diag::constants::{
+    AF_INET, INET_DIAG_INFO, IPPROTO_TCP, SOCK_DIAG_BY_FAMILY,
+};
 use netlink_packet_sock_diag::inet::nlas::TcpInfo;
 use netlink_sys::protocols::NETLINK_SOCK_DIAG;
 use netlink_sys::{Socket, SocketAddr};
@@ -132,12 +134,11 @@ impl SocketSample {
     }
 }
 
-/// A NETLINK_SOCK_DIAG socket of one namespace (what `ss` opens), with its request and receive buffer kept for
-/// reuse between dumps.
+/// A NETLINK_SOCK_DIAG socket of one namespace (what `ss` opens), with its receive buffer kept for reuse
+/// between dumps.
 #[derive(Debug)]
 pub struct DiagSocket {
     socket: Socket,
-    request: [u8; REQUEST_LEN],
     buffer: Vec<u8>,
     seq: u32,
 }
@@ -149,15 +150,21 @@ impl DiagSocket {
     }
 
     fn open_in_current_namespace() -> Result<DiagSocket> {
-        let socket = Socket::new(NETLINK_SOCK_DIAG)
-            .context(|| "open sock_diag socket (ss -tan: socket(AF_NETLINK, SOCK_DGRAM, NETLINK_SOCK_DIAG))".into())?;
+        let socket = Socket::new(NETLINK_SOCK_DIAG).context(|| {
+            "open sock_diag socket (ss -tan: socket(AF_NETLINK, SOCK_DGRAM, NETLINK_SOCK_DIAG))"
+                .into()
+        })?;
         socket
             .connect(&SocketAddr::new(0, 0))
             .context(|| "connect sock_diag socket to the kernel (ss -tan)".into())?;
         let timeout = TimeVal::milliseconds(RECEIVE_TIMEOUT.as_millis() as i64);
         setsockopt(&socket, sockopt::ReceiveTimeout, &timeout)
             .context(|| "set SO_RCVTIMEO on the sock_diag socket".into())?;
-        Ok(DiagSocket { socket, request: encode_request(0), buffer: vec![0; RECEIVE_BUFFER_LEN], seq: 0 })
+        Ok(DiagSocket {
+            socket,
+            buffer: vec![0; RECEIVE_BUFFER_LEN],
+            seq: 0,
+        })
     }
 
     fn next_seq(&mut self) -> u32 {
@@ -166,7 +173,8 @@ impl DiagSocket {
     }
 }
 
-/// `ss -tanoi` once: every TCP socket of the namespace the calling thread's socket belongs to.
+/// `ss -tanoi` once: every IPv4 TCP socket of the namespace `socket` was opened in, request (SYN-RECV) and
+/// TIME-WAIT sockets included, in the kernel's hash-table order.
 pub fn dump(socket: &mut DiagSocket) -> Result<Vec<SocketSample>> {
     let mut samples = Vec::new();
     dump_into(socket, &mut samples)?;
@@ -177,24 +185,30 @@ pub fn dump(socket: &mut DiagSocket) -> Result<Vec<SocketSample>> {
 pub fn dump_into(socket: &mut DiagSocket, samples: &mut Vec<SocketSample>) -> Result<()> {
     samples.clear();
     let seq = socket.next_seq();
-    socket.request[8..12].copy_from_slice(&seq.to_ne_bytes());
     let sent = socket
         .socket
-        .send(&socket.request, 0)
+        .send(&encode_request(seq), 0)
         .context(|| "send sock_diag dump request (ss -tan)".into())?;
     if sent != REQUEST_LEN {
-        return Err(Error::Internal(format!("sock_diag dump request (ss -tan): sent {sent} of {REQUEST_LEN} bytes")));
+        return Err(Error::Internal(format!(
+            "sock_diag dump request (ss -tan): sent {sent} of {REQUEST_LEN} bytes"
+        )));
     }
     loop {
         let mut free: &mut [u8] = &mut socket.buffer[..];
         // MSG_TRUNC makes recv return the datagram's full length, so a truncated one is detected, not parsed.
-        let len = socket.socket.recv(&mut free, libc::MSG_TRUNC).map_err(|e| match e.kind() {
-            io::ErrorKind::WouldBlock => Error::sys(
-                format!("receive sock_diag dump (ss -tan): no answer within {RECEIVE_TIMEOUT:?}"),
-                e,
-            ),
-            _ => Error::sys("receive sock_diag dump (ss -tan)", e),
-        })?;
+        let len =
+            match socket.socket.recv(&mut free, libc::MSG_TRUNC) {
+                Ok(len) => len,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(Error::sys(
+                    format!(
+                        "receive sock_diag dump (ss -tan): no answer within {RECEIVE_TIMEOUT:?}"
+                    ),
+                    e,
+                )),
+                Err(e) => return Err(Error::sys("receive sock_diag dump (ss -tan)", e)),
+            };
         if len > socket.buffer.len() {
             return Err(Error::Internal(format!(
                 "sock_diag dump (ss -tan): a {len}-byte datagram does not fit the {}-byte buffer",
@@ -254,16 +268,30 @@ fn parse_datagram(datagram: &[u8], seq: u32, samples: &mut Vec<SocketSample>) ->
         match i32::from(kind) {
             libc::NLMSG_DONE => {
                 // A dump that failed inside the kernel ends with a negative errno in NLMSG_DONE.
-                let code = if payload.len() >= 4 { read_i32(payload, 0) } else { 0 };
+                let code = if payload.len() >= 4 {
+                    read_i32(payload, 0)
+                } else {
+                    0
+                };
                 if code < 0 {
-                    return Err(Error::sys("sock_diag dump (ss -tan)", io::Error::from_raw_os_error(-code)));
+                    return Err(Error::sys(
+                        "sock_diag dump (ss -tan)",
+                        io::Error::from_raw_os_error(-code),
+                    ));
                 }
                 return Ok(Progress::Done);
             }
             libc::NLMSG_ERROR => {
-                let code = if payload.len() >= 4 { read_i32(payload, 0) } else { -libc::EPROTO };
+                let code = if payload.len() >= 4 {
+                    read_i32(payload, 0)
+                } else {
+                    -libc::EPROTO
+                };
                 if code != 0 {
-                    return Err(Error::sys("sock_diag dump request (ss -tan)", io::Error::from_raw_os_error(-code)));
+                    return Err(Error::sys(
+                        "sock_diag dump request (ss -tan)",
+                        io::Error::from_raw_os_error(-code),
+                    ));
                 }
             }
             _ if kind == SOCK_DIAG_BY_FAMILY => {
@@ -293,8 +321,14 @@ fn parse_inet_diag_msg(message: &[u8]) -> Result<Option<SocketSample>> {
     };
     let timer = TimerKind::from_kernel(message[2]);
     // inet_diag_sockid: sport, dport (big endian), src[4], dst[4] (an IPv4 address in the first word), if, cookie.
-    let local = SocketAddrV4::new(ipv4_at(message, 8), u16::from_be_bytes([message[4], message[5]]));
-    let remote = SocketAddrV4::new(ipv4_at(message, 24), u16::from_be_bytes([message[6], message[7]]));
+    let local = SocketAddrV4::new(
+        ipv4_at(message, 8),
+        u16::from_be_bytes([message[4], message[5]]),
+    );
+    let remote = SocketAddrV4::new(
+        ipv4_at(message, 24),
+        u16::from_be_bytes([message[6], message[7]]),
+    );
     let mut tcpi = None;
     let mut attributes = &message[INET_DIAG_MSG_LEN..];
     while attributes.len() >= ATTRIBUTE_HEADER_LEN {
@@ -324,8 +358,8 @@ fn parse_inet_diag_msg(message: &[u8]) -> Result<Option<SocketSample>> {
     }))
 }
 
-/// `None` when the kernel's `struct tcp_info` is shorter than the one netlink-packet-sock-diag knows
-/// (kernels before 5.19): the summary is extra detail, not worth failing a dump for.
+/// `None` when the kernel's `struct tcp_info` is shorter than the one netlink-packet-sock-diag knows (older
+/// kernels, without `tcpi_snd_wnd`): the summary is extra detail, not worth failing a dump for.
 fn summarize_tcp_info(payload: &[u8]) -> Option<TcpInfoSummary> {
     let info = TcpInfo::parse(payload).ok()?;
     Some(TcpInfoSummary {
@@ -418,11 +452,12 @@ impl ChangeTracker {
     /// in one sample, the first row counts.
     fn update(&mut self, samples: &[SocketSample], mut emit: impl FnMut(SocketEvent)) {
         self.current.clear();
-        self.current.extend(samples.iter().enumerate().map(|(row, sample)| Tracked {
-            key: sample.key(),
-            observed: sample.observed(),
-            row,
-        }));
+        self.current
+            .extend(samples.iter().enumerate().map(|(row, sample)| Tracked {
+                key: sample.key(),
+                observed: sample.observed(),
+                row,
+            }));
         self.current.sort_by_key(|tracked| tracked.key);
         self.current.dedup_by_key(|tracked| tracked.key);
         let (mut old, mut new) = (0, 0);
@@ -487,7 +522,9 @@ impl Sampler {
         self.total_dump_time += took;
         self.max_dump_time = self.max_dump_time.max(took);
         let (sink, host) = (&self.sink, self.host);
-        self.tracker.update(&self.samples, |event| sink.emit_at(t, host, EventKind::Socket(event)));
+        self.tracker.update(&self.samples, |event| {
+            sink.emit_at(t, host, EventKind::Socket(event))
+        });
         Ok(())
     }
 
@@ -540,9 +577,16 @@ impl Observer {
     ///
     /// The first sample is taken before this returns, so a namespace without sock_diag fails here. Events are
     /// stamped with the time their dump was requested.
-    pub fn start(ns: &Netns, host: HostId, interval: Duration, sink: EventSink) -> Result<Observer> {
+    pub fn start(
+        ns: &Netns,
+        host: HostId,
+        interval: Duration,
+        sink: EventSink,
+    ) -> Result<Observer> {
         if interval.is_zero() {
-            return Err(Error::Internal(format!("observer of {host}: the sampling interval must not be zero")));
+            return Err(Error::Internal(format!(
+                "observer of {host}: the sampling interval must not be zero"
+            )));
         }
         let mut sampler = Sampler {
             socket: DiagSocket::open_in(ns)?,
@@ -564,7 +608,12 @@ impl Observer {
                 let _ = finished_tx.send(sampler.run(interval, stop_rx));
             })
             .context(|| format!("spawn the socket observer thread of {host}"))?;
-        Ok(Observer { host, stop, finished, thread })
+        Ok(Observer {
+            host,
+            stop,
+            finished,
+            thread,
+        })
     }
 
     /// Takes one last sample, stops the thread (bounded), returns the number of samples taken and the mean dump
@@ -574,18 +623,19 @@ impl Observer {
         let _ = self.stop.send(());
         match self.finished.recv_timeout(STOP_TIMEOUT) {
             Ok(result) => {
-                self.thread
-                    .join()
-                    .map_err(|_| Error::Internal(format!("socket observer thread of {} panicked", self.host)))?;
+                self.thread.join().map_err(|_| {
+                    Error::Internal(format!("socket observer thread of {} panicked", self.host))
+                })?;
                 result
             }
             Err(mpsc::RecvTimeoutError::Timeout) => Err(Error::Internal(format!(
                 "socket observer of {} did not stop within {STOP_TIMEOUT:?}",
                 self.host
             ))),
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                Err(Error::Internal(format!("socket observer thread of {} panicked", self.host)))
-            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(Error::Internal(format!(
+                "socket observer thread of {} panicked",
+                self.host
+            ))),
         }
     }
 }
@@ -683,7 +733,14 @@ mod tests {
     }
 
     /// A `struct tcp_info` of this kernel's size with the summarized fields set.
-    fn tcp_info(rto_us: u32, retransmits: u8, probes: u8, backoff: u8, unacked: u32, notsent: u32) -> Vec<u8> {
+    fn tcp_info(
+        rto_us: u32,
+        retransmits: u8,
+        probes: u8,
+        backoff: u8,
+        unacked: u32,
+        notsent: u32,
+    ) -> Vec<u8> {
         let mut info = vec![0u8; 280];
         info[2] = retransmits;
         info[3] = probes;
@@ -695,27 +752,50 @@ mod tests {
     }
 
     #[test]
+    fn sockets_and_observers_can_move_between_threads() {
+        fn assert_send<T: Send>() {}
+        assert_send::<DiagSocket>();
+        assert_send::<Observer>();
+    }
+
+    #[test]
     fn request_asks_for_every_ipv4_tcp_socket_with_tcp_info() {
         let request = encode_request(7);
         assert_eq!(read_u32(&request, 0), 72);
         assert_eq!(u16::from_ne_bytes([request[4], request[5]]), 20);
         assert_eq!(u16::from_ne_bytes([request[6], request[7]]), 0x301);
         assert_eq!(read_u32(&request, 8), 7);
-        assert_eq!(&request[16..20], &[libc::AF_INET as u8, libc::IPPROTO_TCP as u8, 1 << 1, 0]);
+        assert_eq!(
+            &request[16..20],
+            &[libc::AF_INET as u8, libc::IPPROTO_TCP as u8, 1 << 1, 0]
+        );
         let states = read_u32(&request, 20);
-        assert_eq!(states, 0b1_1111_1111_1110, "ESTABLISHED (1) ..= NEW_SYN_RECV (12)");
+        assert_eq!(
+            states, 0b1_1111_1111_1110,
+            "ESTABLISHED (1) ..= NEW_SYN_RECV (12)"
+        );
         assert!(request[24..].iter().all(|&b| b == 0), "no socket filter");
     }
 
     #[test]
     fn keepalive_row_keeps_probe_count_and_expiry() {
         let mut row = diag_row(1, "10.0.0.1:40000", "10.0.0.2:9000");
-        (row.timer, row.retrans, row.expires, row.recv_q, row.send_q, row.inode) = (2, 3, 1500, 5, 7, 42);
+        (
+            row.timer,
+            row.retrans,
+            row.expires,
+            row.recv_q,
+            row.send_q,
+            row.inode,
+        ) = (2, 3, 1500, 5, 7, 42);
         let info = tcp_info(204_000, 0, 3, 0, 1, 11);
         let mut datagram = diag_message(9, &row, &[(INET_DIAG_INFO, info), (99, vec![1, 2, 3])]);
         datagram.extend(done(9, 0));
         let mut samples = Vec::new();
-        assert_eq!(parse_datagram(&datagram, 9, &mut samples).unwrap(), Progress::Done);
+        assert_eq!(
+            parse_datagram(&datagram, 9, &mut samples).unwrap(),
+            Progress::Done
+        );
         assert_eq!(
             samples,
             vec![SocketSample {
@@ -743,21 +823,42 @@ mod tests {
     #[test]
     fn request_socket_and_time_wait_rows_have_timers_but_no_tcp_info() {
         let mut request_sock = diag_row(12, "10.0.0.2:9000", "10.0.0.1:40000");
-        (request_sock.timer, request_sock.retrans, request_sock.expires) = (1, 2, 800);
+        (
+            request_sock.timer,
+            request_sock.retrans,
+            request_sock.expires,
+        ) = (1, 2, 800);
         let mut time_wait = diag_row(6, "10.0.0.1:40001", "10.0.0.2:9000");
         (time_wait.timer, time_wait.expires) = (3, 59_000);
         let mut datagram = diag_message(1, &request_sock, &[]);
         datagram.extend(diag_message(1, &time_wait, &[]));
         let mut samples = Vec::new();
-        assert_eq!(parse_datagram(&datagram, 1, &mut samples).unwrap(), Progress::More);
+        assert_eq!(
+            parse_datagram(&datagram, 1, &mut samples).unwrap(),
+            Progress::More
+        );
         assert_eq!(samples.len(), 2);
         assert_eq!(
-            (samples[0].state, samples[0].timer, samples[0].retrans, samples[0].expires),
-            (TcpState::SynRecv, Some(TimerKind::On), 2, Some(Duration::from_millis(800)))
+            (
+                samples[0].state,
+                samples[0].timer,
+                samples[0].retrans,
+                samples[0].expires
+            ),
+            (
+                TcpState::SynRecv,
+                Some(TimerKind::On),
+                2,
+                Some(Duration::from_millis(800))
+            )
         );
         assert_eq!(
             (samples[1].state, samples[1].timer, samples[1].expires),
-            (TcpState::TimeWait, Some(TimerKind::Timewait), Some(Duration::from_secs(59)))
+            (
+                TcpState::TimeWait,
+                Some(TimerKind::Timewait),
+                Some(Duration::from_secs(59))
+            )
         );
         assert!(samples.iter().all(|s| s.tcpi.is_none()));
     }
@@ -768,12 +869,23 @@ mod tests {
         let mut ipv6 = diag_row(1, "10.0.0.1:3", "10.0.0.2:4");
         ipv6.family = libc::AF_INET6 as u8;
         datagram.extend(diag_message(4, &ipv6, &[]));
-        datagram.extend(diag_message(4, &diag_row(13, "10.0.0.1:5", "0.0.0.0:0"), &[]));
-        datagram.extend(diag_message(4, &diag_row(10, "10.0.0.1:6", "0.0.0.0:0"), &[]));
+        datagram.extend(diag_message(
+            4,
+            &diag_row(13, "10.0.0.1:5", "0.0.0.0:0"),
+            &[],
+        ));
+        datagram.extend(diag_message(
+            4,
+            &diag_row(10, "10.0.0.1:6", "0.0.0.0:0"),
+            &[],
+        ));
         datagram.extend(done(3, 0));
         datagram.extend(done(4, 0));
         let mut samples = Vec::new();
-        assert_eq!(parse_datagram(&datagram, 4, &mut samples).unwrap(), Progress::Done);
+        assert_eq!(
+            parse_datagram(&datagram, 4, &mut samples).unwrap(),
+            Progress::Done
+        );
         assert_eq!(samples.len(), 1);
         assert_eq!(samples[0].label(), "10.0.0.1:6 -> *:*");
         assert!(samples[0].is_listener());
@@ -792,10 +904,16 @@ mod tests {
             other => panic!("expected ENOMEM, got {other:?}"),
         }
         let short = netlink_message(SOCK_DIAG_BY_FAMILY, 5, &[libc::AF_INET as u8; 40]);
-        assert!(matches!(parse_datagram(&short, 5, &mut Vec::new()), Err(Error::Internal(_))));
+        assert!(matches!(
+            parse_datagram(&short, 5, &mut Vec::new()),
+            Err(Error::Internal(_))
+        ));
         let mut overlong = done(5, 0);
         overlong[0..4].copy_from_slice(&200u32.to_ne_bytes());
-        assert!(matches!(parse_datagram(&overlong, 5, &mut Vec::new()), Err(Error::Internal(_))));
+        assert!(matches!(
+            parse_datagram(&overlong, 5, &mut Vec::new()),
+            Err(Error::Internal(_))
+        ));
     }
 
     #[test]
@@ -807,11 +925,17 @@ mod tests {
         connection.expires = Some(Duration::from_secs(7));
         let events = changes(&mut tracker, &[connection.clone(), listener.clone()]);
         let labels: Vec<_> = events.iter().map(|e| e.socket.as_str()).collect();
-        assert_eq!(labels, ["10.0.0.2:9000 -> *:*", "10.0.0.2:9000 -> 10.0.0.1:40000"]);
+        assert_eq!(
+            labels,
+            ["10.0.0.2:9000 -> *:*", "10.0.0.2:9000 -> 10.0.0.1:40000"]
+        );
         assert_eq!((events[0].local_port, events[0].remote_port), (9000, 0));
         assert_eq!(events[1].expires, Some(Duration::from_secs(7)));
         connection.expires = Some(Duration::from_secs(6));
-        assert!(changes(&mut tracker, &[listener, connection]).is_empty(), "expires counting down is no change");
+        assert!(
+            changes(&mut tracker, &[listener, connection]).is_empty(),
+            "expires counting down is no change"
+        );
     }
 
     #[test]
@@ -845,13 +969,21 @@ mod tests {
         server.timer = None;
         server.inode = 77;
         let events = changes(&mut tracker, &[listener.clone(), server.clone()]);
-        assert_eq!(events.iter().map(|e| e.state).collect::<Vec<_>>(), [TcpState::Established]);
+        assert_eq!(
+            events.iter().map(|e| e.state).collect::<Vec<_>>(),
+            [TcpState::Established]
+        );
         let events = changes(&mut tracker, &[listener]);
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].socket, "10.0.0.2:9000 -> 10.0.0.1:40000");
         assert_eq!(events[0].state, TcpState::Gone);
-        assert_eq!((events[0].timer, events[0].retrans, events[0].recv_q), (None, 0, 0));
-        assert!(changes(&mut tracker, &[]).iter().all(|e| e.state == TcpState::Gone && e.socket.ends_with("*:*")));
+        assert_eq!(
+            (events[0].timer, events[0].retrans, events[0].recv_q),
+            (None, 0, 0)
+        );
+        assert!(changes(&mut tracker, &[])
+            .iter()
+            .all(|e| e.state == TcpState::Gone && e.socket.ends_with("*:*")));
     }
 
     #[test]
@@ -862,7 +994,603 @@ mod tests {
         let mut second = first.clone();
         second.inode = 2;
         second.recv_q = 1;
-        assert_eq!(changes(&mut tracker, &[first.clone(), second.clone()]).len(), 2);
+        assert_eq!(
+            changes(&mut tracker, &[first.clone(), second.clone()]).len(),
+            2
+        );
         assert!(changes(&mut tracker, &[second, first]).is_empty());
+    }
+}
+
+/// Real sockets in namespaces made for each test (root needed; these fail, not skip, without it). Client and
+/// server talk over `lo` inside one namespace; `ss` is the reference.
+#[cfg(test)]
+mod kernel_tests {
+    use std::io::Write;
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::process::Command;
+
+    use nix::sys::socket::{
+        bind, connect, listen, socket, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn,
+    };
+
+    use super::*;
+    use crate::clock::Clock;
+    use crate::timeline::Event;
+
+    const PORT: u16 = 9000;
+
+    /// `ip link set lo up|down` in the calling thread's namespace.
+    fn set_loopback(up: bool) -> Result<()> {
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        // SAFETY: ifreq is plain old data; all zero is a valid value.
+        let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (dst, src) in request.ifr_name.iter_mut().zip(b"lo\0") {
+            *dst = *src as libc::c_char;
+        }
+        // SAFETY: SIOCGIFFLAGS / SIOCSIFFLAGS read and write the ifreq passed by pointer, which outlives the call.
+        unsafe {
+            if libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) < 0 {
+                return Err(Error::last_os("ip link show lo (SIOCGIFFLAGS)"));
+            }
+            let flags = request.ifr_ifru.ifru_flags;
+            let up_flag = libc::IFF_UP as libc::c_short;
+            request.ifr_ifru.ifru_flags = if up {
+                flags | up_flag
+            } else {
+                flags & !up_flag
+            };
+            if libc::ioctl(fd.as_raw_fd(), libc::SIOCSIFFLAGS, &request) < 0 {
+                return Err(Error::last_os("ip link set lo up/down (SIOCSIFFLAGS)"));
+            }
+        }
+        Ok(())
+    }
+
+    fn namespace_with_loopback() -> Netns {
+        let ns = Netns::new_anonymous().unwrap();
+        ns.run(|| set_loopback(true)).unwrap();
+        ns
+    }
+
+    fn loopback(port: u16) -> SockaddrIn {
+        SockaddrIn::from(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
+    }
+
+    /// `listen(backlog)` on 127.0.0.1:9000 in `ns`, optionally with TCP_DEFER_ACCEPT (seconds).
+    fn listener(ns: &Netns, backlog: i32, defer_accept_secs: Option<libc::c_int>) -> TcpListener {
+        ns.run(|| {
+            let fd = socket(
+                AddressFamily::Inet,
+                SockType::Stream,
+                SockFlag::SOCK_CLOEXEC,
+                None,
+            )?;
+            if let Some(secs) = defer_accept_secs {
+                // SAFETY: setsockopt reads an int from a pointer valid for the call.
+                let rc = unsafe {
+                    libc::setsockopt(
+                        fd.as_raw_fd(),
+                        libc::IPPROTO_TCP,
+                        libc::TCP_DEFER_ACCEPT,
+                        (&secs as *const libc::c_int).cast(),
+                        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                    )
+                };
+                if rc < 0 {
+                    return Err(Error::last_os("setsockopt TCP_DEFER_ACCEPT"));
+                }
+            }
+            bind(fd.as_raw_fd(), &loopback(PORT))?;
+            listen(&fd, Backlog::new(backlog)?)?;
+            Ok(TcpListener::from(fd))
+        })
+        .unwrap()
+    }
+
+    fn connect_in(ns: &Netns) -> TcpStream {
+        ns.run(|| TcpStream::connect((Ipv4Addr::LOCALHOST, PORT)).context(|| "connect".into()))
+            .unwrap()
+    }
+
+    /// A connect(2) that does not wait for the handshake.
+    fn connect_nonblocking(ns: &Netns) -> OwnedFd {
+        ns.run(|| {
+            let fd = socket(
+                AddressFamily::Inet,
+                SockType::Stream,
+                SockFlag::SOCK_NONBLOCK,
+                None,
+            )?;
+            match connect(fd.as_raw_fd(), &loopback(PORT)) {
+                Ok(()) | Err(nix::Error::EINPROGRESS) => Ok(fd),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .unwrap()
+    }
+
+    /// Dumps until `done` holds for the sample (every 10 ms, at most 8 s).
+    fn wait_for(
+        socket: &mut DiagSocket,
+        what: &str,
+        done: impl Fn(&[SocketSample]) -> bool,
+    ) -> Vec<SocketSample> {
+        let deadline = Instant::now() + Duration::from_secs(8);
+        loop {
+            let samples = dump(socket).unwrap();
+            if done(&samples) {
+                return samples;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; last sample: {samples:#?}"
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn find<'a>(samples: &'a [SocketSample], label: &str) -> Option<&'a SocketSample> {
+        samples.iter().find(|s| s.label() == label)
+    }
+
+    fn server_side(port: u16) -> String {
+        format!("127.0.0.1:{PORT} -> 127.0.0.1:{port}")
+    }
+
+    fn client_side(port: u16) -> String {
+        format!("127.0.0.1:{port} -> 127.0.0.1:{PORT}")
+    }
+
+    const LISTENER: &str = "127.0.0.1:9000 -> *:*";
+
+    /// One socket line of `ss -tanoi`.
+    #[derive(Debug)]
+    struct SsRow {
+        state: TcpState,
+        recv_q: u32,
+        send_q: u32,
+        local: String,
+        peer: String,
+        /// Timer name and its third field.
+        timer: Option<(String, u32)>,
+    }
+
+    /// `ip netns exec <ns> ss -tanoi`, through the namespace descriptor this process holds.
+    fn ss(ns: &Netns) -> Vec<SsRow> {
+        let output = Command::new("nsenter")
+            .arg(format!(
+                "--net=/proc/{}/fd/{}",
+                std::process::id(),
+                ns.raw_fd()
+            ))
+            .args(["ss", "-tanoi"])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "ss failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let text = String::from_utf8(output.stdout).unwrap();
+        text.lines()
+            .skip(1)
+            .filter(|line| !line.starts_with(char::is_whitespace))
+            .map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let timer = fields
+                    .iter()
+                    .find_map(|f| f.strip_prefix("timer:("))
+                    .map(|t| {
+                        let parts: Vec<&str> = t.trim_end_matches(')').split(',').collect();
+                        (parts[0].to_string(), parts[2].parse().unwrap())
+                    });
+                SsRow {
+                    state: TcpState::parse(fields[0])
+                        .unwrap_or_else(|| panic!("ss state in {line:?}")),
+                    recv_q: fields[1].parse().unwrap(),
+                    send_q: fields[2].parse().unwrap(),
+                    local: fields[3].to_string(),
+                    peer: fields[4].to_string(),
+                    timer,
+                }
+            })
+            .collect()
+    }
+
+    /// The same sockets with the same state, queues and timer name as `ss`; the timer's third field too when
+    /// `compare_retrans`.
+    fn assert_same_as_ss(samples: &[SocketSample], rows: &[SsRow], compare_retrans: bool) {
+        assert_eq!(samples.len(), rows.len(), "dump {samples:#?}\nss {rows:#?}");
+        for sample in samples {
+            let peer = if sample.is_listener() {
+                format!("{}:*", sample.remote.ip())
+            } else {
+                sample.remote.to_string()
+            };
+            let row = rows
+                .iter()
+                .find(|r| r.local == sample.local.to_string() && r.peer == peer)
+                .unwrap_or_else(|| panic!("{} missing from ss {rows:#?}", sample.label()));
+            assert_eq!(
+                (row.state, row.recv_q, row.send_q),
+                (sample.state, sample.recv_q, sample.send_q),
+                "{row:?}"
+            );
+            let timer = row.timer.as_ref().map(|(name, _)| name.as_str());
+            assert_eq!(
+                timer,
+                sample.timer.map(TimerKind::name),
+                "{row:?} vs {sample:?}"
+            );
+            if compare_retrans {
+                assert_eq!(
+                    row.timer.as_ref().map(|(_, n)| *n),
+                    sample.timer.map(|_| sample.retrans),
+                    "{row:?}"
+                );
+            }
+        }
+    }
+
+    fn socket_events(rx: &mpsc::Receiver<Event>, host: HostId) -> Vec<SocketEvent> {
+        rx.try_iter()
+            .filter(|event| event.host == host)
+            .filter_map(|event| match event.kind {
+                EventKind::Socket(socket) => Some(socket),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn states_of(events: &[SocketEvent], label: &str) -> Vec<TcpState> {
+        events
+            .iter()
+            .filter(|e| e.socket == label)
+            .map(|e| e.state)
+            .collect()
+    }
+
+    /// `expected` appears in `seen` in this order, other states allowed between.
+    fn assert_passes_through(seen: &[TcpState], expected: &[TcpState]) {
+        let mut rest = seen.iter();
+        for state in expected {
+            assert!(
+                rest.any(|s| s == state),
+                "{seen:?} does not pass through {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn listener_queues_and_established_pairs_match_ss() {
+        let ns = namespace_with_loopback();
+        let _listener = listener(&ns, 8, None);
+        let mut first = connect_in(&ns);
+        let second = connect_in(&ns);
+        first.write_all(&[7; 100]).unwrap();
+        let (first_port, second_port) = (
+            first.local_addr().unwrap().port(),
+            second.local_addr().unwrap().port(),
+        );
+        let mut diag = DiagSocket::open_in(&ns).unwrap();
+        let samples = wait_for(&mut diag, "100 bytes queued on the server side", |s| {
+            find(s, &server_side(first_port)).is_some_and(|server| server.recv_q == 100)
+                && find(s, &client_side(first_port))
+                    .is_some_and(|client| client.send_q == 0 && client.timer.is_none())
+        });
+        let rows = ss(&ns);
+        assert_same_as_ss(&samples, &rows, true);
+        assert_eq!(samples.len(), 5);
+        let listen = find(&samples, LISTENER).unwrap();
+        assert_eq!(
+            (listen.state, listen.recv_q, listen.send_q),
+            (TcpState::Listen, 2, 8),
+            "accept queue / backlog"
+        );
+        assert!(listen.inode != 0);
+        for label in [
+            client_side(first_port),
+            server_side(first_port),
+            client_side(second_port),
+            server_side(second_port),
+        ] {
+            let socket =
+                find(&samples, &label).unwrap_or_else(|| panic!("{label} not in {samples:#?}"));
+            assert_eq!(socket.state, TcpState::Established, "{label}");
+            let tcpi = socket
+                .tcpi
+                .unwrap_or_else(|| panic!("no tcp_info for {label}"));
+            assert!(
+                tcpi.rto >= Duration::from_millis(200),
+                "{label}: rto {:?}",
+                tcpi.rto
+            );
+        }
+        assert_eq!(find(&samples, &server_side(second_port)).unwrap().recv_q, 0);
+    }
+
+    #[test]
+    fn deferred_accept_shows_syn_recv_until_data_arrives() {
+        let ns = namespace_with_loopback();
+        let _listener = listener(&ns, 8, Some(10));
+        let (sink, events) = EventSink::new(Clock::start());
+        let observer =
+            Observer::start(&ns, HostId::Server, Duration::from_millis(10), sink).unwrap();
+        let mut client = connect_in(&ns);
+        let port = client.local_addr().unwrap().port();
+        let mut diag = DiagSocket::open_in(&ns).unwrap();
+        let samples = wait_for(&mut diag, "the request socket", |s| {
+            find(s, &server_side(port)).is_some()
+        });
+        let request = find(&samples, &server_side(port)).unwrap();
+        assert_eq!(
+            (request.state, request.timer, request.inode),
+            (TcpState::SynRecv, Some(TimerKind::On), 0)
+        );
+        assert!(request.tcpi.is_none());
+        assert_eq!(
+            find(&samples, &client_side(port)).unwrap().state,
+            TcpState::Established
+        );
+        assert_same_as_ss(&samples, &ss(&ns), true);
+
+        // Hold SYN-RECV for several sampling intervals so the observer sees it too.
+        thread::sleep(Duration::from_millis(50));
+        client.write_all(b"hello").unwrap();
+        let samples = wait_for(&mut diag, "the accepted connection", |s| {
+            find(s, &server_side(port)).is_some_and(|server| server.state == TcpState::Established)
+        });
+        let server = find(&samples, &server_side(port)).unwrap();
+        assert_eq!((server.recv_q, server.timer), (5, None));
+        assert_eq!(find(&samples, LISTENER).unwrap().recv_q, 1);
+        assert_same_as_ss(&samples, &ss(&ns), true);
+
+        let stats = observer.stop().unwrap();
+        assert!(stats.samples >= 2, "{stats:?}");
+        let events = socket_events(&events, HostId::Server);
+        let server_events: Vec<_> = events
+            .iter()
+            .filter(|e| e.socket == server_side(port))
+            .collect();
+        assert_eq!(
+            server_events
+                .iter()
+                .map(|e| (e.state, e.timer))
+                .collect::<Vec<_>>(),
+            [
+                (TcpState::SynRecv, Some(TimerKind::On)),
+                (TcpState::Established, None)
+            ],
+            "{events:#?}"
+        );
+        assert_eq!(server_events[1].recv_q, 5);
+        assert_eq!(
+            states_of(&events, LISTENER),
+            [TcpState::Listen, TcpState::Listen],
+            "accept queue 0 -> 1"
+        );
+    }
+
+    #[test]
+    fn keepalive_timer_and_unanswered_probe_count_match_ss() {
+        let ns = namespace_with_loopback();
+        let listener = listener(&ns, 8, None);
+        let client = connect_in(&ns);
+        let (_server, _) = listener.accept().unwrap();
+        setsockopt(&client, sockopt::KeepAlive, &true).unwrap();
+        setsockopt(&client, sockopt::TcpKeepIdle, &1).unwrap();
+        setsockopt(&client, sockopt::TcpKeepInterval, &1).unwrap();
+        setsockopt(&client, sockopt::TcpKeepCount, &30).unwrap();
+        let label = client_side(client.local_addr().unwrap().port());
+        let mut diag = DiagSocket::open_in(&ns).unwrap();
+        let samples = wait_for(&mut diag, "a keepalive timer", |s| {
+            find(s, &label).is_some_and(|c| c.timer == Some(TimerKind::Keepalive))
+        });
+        assert_eq!(find(&samples, &label).unwrap().retrans, 0);
+        assert_same_as_ss(&samples, &ss(&ns), true);
+
+        // With lo down every probe fails to leave the host, so none is answered and the count climbs.
+        ns.run(|| set_loopback(false)).unwrap();
+        wait_for(&mut diag, "two unanswered keepalive probes", |s| {
+            find(s, &label).is_some_and(|c| c.retrans >= 2)
+        });
+        let mut compared = false;
+        for _ in 0..5 {
+            // A probe may fire between the dump and ss; compare only when the dumps on both sides agree.
+            let before = dump(&mut diag).unwrap();
+            let rows = ss(&ns);
+            let after = dump(&mut diag).unwrap();
+            let (b, a) = (
+                find(&before, &label).unwrap(),
+                find(&after, &label).unwrap(),
+            );
+            if (b.timer, b.retrans) == (a.timer, a.retrans) {
+                assert_same_as_ss(&before, &rows, true);
+                assert_eq!(b.timer, Some(TimerKind::Keepalive));
+                assert_eq!(
+                    b.tcpi.unwrap().probes as u32,
+                    b.retrans,
+                    "tcpi_probes is the ss probe count"
+                );
+                compared = true;
+                break;
+            }
+        }
+        assert!(compared, "the probe count kept changing under ss");
+    }
+
+    #[test]
+    fn syn_retransmissions_to_a_full_accept_queue_count_up_without_countdown_events() {
+        let ns = namespace_with_loopback();
+        // Backlog 0 holds one connection; the next SYN finds the accept queue full and is dropped.
+        let _listener = listener(&ns, 0, None);
+        let _queued = connect_in(&ns);
+        let (sink, events) = EventSink::new(Clock::start());
+        let observer =
+            Observer::start(&ns, HostId::Client, Duration::from_millis(10), sink).unwrap();
+        let syn_sent = connect_nonblocking(&ns);
+        let port = nix::sys::socket::getsockname::<SockaddrIn>(syn_sent.as_raw_fd())
+            .unwrap()
+            .port();
+        let mut diag = DiagSocket::open_in(&ns).unwrap();
+        let samples = wait_for(&mut diag, "the first SYN retransmission", |s| {
+            find(s, &client_side(port)).is_some_and(|c| c.retrans == 1)
+        });
+        let client = find(&samples, &client_side(port)).unwrap();
+        assert_eq!(
+            (client.state, client.timer),
+            (TcpState::SynSent, Some(TimerKind::On))
+        );
+        assert_same_as_ss(&samples, &ss(&ns), false);
+        thread::sleep(Duration::from_millis(50));
+        let stats = observer.stop().unwrap();
+        assert!(stats.samples >= 50, "{stats:?}");
+        let events: Vec<_> = socket_events(&events, HostId::Client)
+            .into_iter()
+            .filter(|e| e.socket == client_side(port))
+            .collect();
+        assert_eq!(
+            events
+                .iter()
+                .map(|e| (e.state, e.timer, e.retrans))
+                .collect::<Vec<_>>(),
+            [
+                (TcpState::SynSent, Some(TimerKind::On), 0),
+                (TcpState::SynSent, Some(TimerKind::On), 1)
+            ],
+            "one event per retransmission, none for the countdown: {events:#?}"
+        );
+    }
+
+    #[test]
+    fn orderly_close_goes_through_fin_wait_2_and_time_wait_and_closed_sockets_are_gone() {
+        let ns = namespace_with_loopback();
+        let listener = listener(&ns, 8, None);
+        let client = connect_in(&ns);
+        let (server, _) = listener.accept().unwrap();
+        let port = client.local_addr().unwrap().port();
+        let (sink, events) = EventSink::new(Clock::start());
+        let observer =
+            Observer::start(&ns, HostId::Client, Duration::from_millis(5), sink).unwrap();
+        let mut diag = DiagSocket::open_in(&ns).unwrap();
+
+        client.shutdown(Shutdown::Write).unwrap();
+        wait_for(&mut diag, "FIN-WAIT-2 / CLOSE-WAIT", |s| {
+            find(s, &client_side(port)).is_some_and(|c| c.state == TcpState::FinWait2)
+                && find(s, &server_side(port)).is_some_and(|c| c.state == TcpState::CloseWait)
+        });
+        // Hold the half-closed state for several sampling intervals so the observer sees it too.
+        thread::sleep(Duration::from_millis(50));
+        drop(server);
+        let samples = wait_for(&mut diag, "TIME-WAIT", |s| {
+            find(s, &client_side(port)).is_some_and(|c| c.state == TcpState::TimeWait)
+                && find(s, &server_side(port)).is_none()
+        });
+        let time_wait = find(&samples, &client_side(port)).unwrap();
+        assert_eq!(time_wait.timer, Some(TimerKind::Timewait));
+        assert!(
+            time_wait.expires.unwrap() > Duration::from_secs(50),
+            "{time_wait:?}"
+        );
+        assert_same_as_ss(&samples, &ss(&ns), true);
+        drop(listener);
+        wait_for(&mut diag, "the listener to close", |s| {
+            find(s, LISTENER).is_none()
+        });
+        thread::sleep(Duration::from_millis(20));
+        let stats = observer.stop().unwrap();
+        assert!(
+            stats.mean_dump_time > Duration::ZERO && stats.max_dump_time >= stats.mean_dump_time
+        );
+
+        let events = socket_events(&events, HostId::Client);
+        let client_states = states_of(&events, &client_side(port));
+        assert_passes_through(
+            &client_states,
+            &[
+                TcpState::Established,
+                TcpState::FinWait2,
+                TcpState::TimeWait,
+            ],
+        );
+        assert_eq!(client_states.last(), Some(&TcpState::TimeWait));
+        let server_states = states_of(&events, &server_side(port));
+        assert_passes_through(
+            &server_states,
+            &[TcpState::Established, TcpState::CloseWait, TcpState::Gone],
+        );
+        assert_eq!(server_states.last(), Some(&TcpState::Gone));
+        assert_eq!(
+            states_of(&events, LISTENER),
+            [TcpState::Listen, TcpState::Gone]
+        );
+        let gone = events.iter().find(|e| e.state == TcpState::Gone).unwrap();
+        assert_eq!((gone.timer, gone.expires), (None, None));
+    }
+
+    /// Median of 1000 dumps of five sockets, printed (`cargo test --lib dump_time -- --nocapture`).
+    fn median_dump_time(ns: &Netns) -> Duration {
+        let listener = listener(ns, 8, None);
+        let _clients = [connect_in(ns), connect_in(ns)];
+        let _servers = [listener.accept().unwrap(), listener.accept().unwrap()];
+        let mut diag = DiagSocket::open_in(ns).unwrap();
+        let mut samples = Vec::new();
+        let mut times: Vec<Duration> = (0..1000)
+            .map(|_| {
+                let started = Instant::now();
+                dump_into(&mut diag, &mut samples).unwrap();
+                let took = started.elapsed();
+                assert_eq!(samples.len(), 5);
+                took
+            })
+            .collect();
+        times.sort();
+        times[times.len() / 2]
+    }
+
+    fn ehash_entries(ns: &Netns) -> i64 {
+        ns.run(|| {
+            let text = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_ehash_entries")
+                .context(|| "read tcp_ehash_entries".into())?;
+            Ok(text.trim().parse().unwrap())
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn dump_time_median_of_1000() {
+        let shared = namespace_with_loopback();
+        let shared_median = median_dump_time(&shared);
+        let shared_entries = ehash_entries(&shared);
+        assert!(
+            shared_entries < 0,
+            "a namespace made from the host's shares its established hash table"
+        );
+
+        // A namespace created from inside one whose tcp_child_ehash_entries is set gets a private, small table,
+        // and a dump walks only that.
+        let parent = Netns::new_anonymous().unwrap();
+        parent
+            .run(|| {
+                std::fs::write("/proc/sys/net/ipv4/tcp_child_ehash_entries", "1024")
+                    .context(|| "sysctl -w net.ipv4.tcp_child_ehash_entries=1024".into())
+            })
+            .unwrap();
+        let private = parent.run(Netns::new_anonymous).unwrap();
+        private.run(|| set_loopback(true)).unwrap();
+        assert_eq!(ehash_entries(&private), 1024);
+        let private_median = median_dump_time(&private);
+        println!(
+            "sock_diag dump of 5 sockets, median of 1000: {shared_median:?} with the shared established hash \
+             ({} buckets), {private_median:?} with a private one (1024 buckets)",
+            -shared_entries
+        );
     }
 }
