@@ -3,6 +3,7 @@
 //! Data flows one way: YAML -> [`scenario::plan::Plan`] -> run (child process) -> [`timeline::Timeline`]
 //! -> [`verdict`] -> [`report`].
 
+pub mod actors;
 pub mod clock;
 pub mod error;
 pub mod netns;
