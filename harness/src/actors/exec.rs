@@ -86,7 +86,10 @@ impl ProcessRegistry {
             let (background, foreground): (Vec<Group>, Vec<Group>) =
                 state.groups.drain(..).partition(|g| g.background.is_some());
             state.groups = foreground;
-            background.into_iter().filter_map(|g| g.background).collect()
+            background
+                .into_iter()
+                .filter_map(|g| g.background)
+                .collect()
         };
         self.closed_changed.notify_all();
         for mut child in background {
@@ -120,7 +123,11 @@ impl ProcessRegistry {
             if now >= until {
                 return;
             }
-            state = self.closed_changed.wait_timeout(state, until - now).unwrap_or_else(PoisonError::into_inner).0;
+            state = self
+                .closed_changed
+                .wait_timeout(state, until - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
     }
 }
@@ -167,12 +174,22 @@ fn wait_for_exit(pidfd: &OwnedFd, until: Instant) -> io::Result<bool> {
 /// `program args...` with the given variables added to the harness's environment, leading its own process
 /// group, killed when its forking thread exits.
 fn command(plan: &ExecPlan, capture_output: bool) -> Command {
-    let output = || if capture_output { Stdio::piped() } else { Stdio::null() };
+    let output = || {
+        if capture_output {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        }
+    };
     let mut command = Command::new(&plan.program);
     command
         .args(&plan.args)
         .envs(plan.env.iter().map(|(name, value)| (name, value)))
-        .stdin(if plan.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if plan.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(output())
         .stderr(output())
         .process_group(0);
@@ -186,7 +203,15 @@ fn command(plan: &ExecPlan, capture_output: bool) -> Command {
 /// `prctl(PR_SET_PDEATHSIG, SIGKILL)` in the child before exec.
 fn die_with_forking_thread() -> io::Result<()> {
     // SAFETY: plain system call with integer arguments.
-    let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) };
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
     if rc == 0 {
         Ok(())
     } else {
@@ -195,8 +220,14 @@ fn die_with_forking_thread() -> io::Result<()> {
 }
 
 fn spawn_failure(plan: &ExecPlan, e: &io::Error) -> (Outcome, Option<String>) {
-    let name = e.raw_os_error().map(|n| Errno(n).name()).unwrap_or_else(|| e.to_string());
-    (Outcome::Error(name), Some(format!("cannot run {}: {e}", plan.program)))
+    let name = e
+        .raw_os_error()
+        .map(|n| Errno(n).name())
+        .unwrap_or_else(|| e.to_string());
+    (
+        Outcome::Error(name),
+        Some(format!("cannot run {}: {e}", plan.program)),
+    )
 }
 
 /// What a program wrote on one stream: the beginning and the end, with the size of what was left out.
@@ -239,7 +270,10 @@ impl Capture {
 }
 
 /// Reads `source` to its end on its own thread; the capture arrives on the returned channel.
-fn spawn_reader(name: &str, mut source: impl Read + Send + 'static) -> Result<mpsc::Receiver<Capture>> {
+fn spawn_reader(
+    name: &str,
+    mut source: impl Read + Send + 'static,
+) -> Result<mpsc::Receiver<Capture>> {
     let (tx, rx) = mpsc::channel();
     thread::Builder::new()
         .name(name.to_string())
@@ -277,7 +311,10 @@ fn collect(rx: Option<mpsc::Receiver<Capture>>, until: Instant) -> Capture {
         return Capture::default();
     };
     rx.recv_timeout(until.saturating_duration_since(Instant::now()))
-        .unwrap_or(Capture { unfinished: true, ..Capture::default() })
+        .unwrap_or(Capture {
+            unfinished: true,
+            ..Capture::default()
+        })
 }
 
 /// Kills and forgets a foreground program's group if its step leaves early (a harness error).
@@ -327,15 +364,28 @@ pub fn run_foreground(
     let pid = child.id();
     let pgid = pid as i32;
     registry.register(pgid, None);
-    let group = ForegroundGroup { pgid, registry, armed: true };
+    let group = ForegroundGroup {
+        pgid,
+        registry,
+        armed: true,
+    };
     let pidfd = pidfd_open(pid).context(|| format!("pidfd_open({pid}) for {}", plan.program))?;
     if let (Some(stdin), Some(text)) = (child.stdin.take(), &plan.stdin) {
         spawn_stdin_writer(stdin, text.clone())?;
     }
-    let stdout = child.stdout.take().map(|s| spawn_reader("exec-stdout", s)).transpose()?;
-    let stderr = child.stderr.take().map(|s| spawn_reader("exec-stderr", s)).transpose()?;
+    let stdout = child
+        .stdout
+        .take()
+        .map(|s| spawn_reader("exec-stdout", s))
+        .transpose()?;
+    let stderr = child
+        .stderr
+        .take()
+        .map(|s| spawn_reader("exec-stderr", s))
+        .transpose()?;
 
-    let exited = wait_for_exit(&pidfd, end).context(|| format!("poll pidfd of {}", plan.program))?;
+    let exited =
+        wait_for_exit(&pidfd, end).context(|| format!("poll pidfd of {}", plan.program))?;
     let mut note = None;
     if !exited {
         kill_group(pgid);
@@ -345,10 +395,13 @@ pub fn run_foreground(
             "killed (SIGKILL) at the scenario deadline".to_string()
         };
         note = Some(cause);
-        wait_for_exit(&pidfd, Instant::now() + DEATH_WAIT).context(|| format!("poll pidfd of {}", plan.program))?;
+        wait_for_exit(&pidfd, Instant::now() + DEATH_WAIT)
+            .context(|| format!("poll pidfd of {}", plan.program))?;
     }
     group.finish();
-    let status = child.try_wait().context(|| format!("waitpid({pid}) for {}", plan.program))?;
+    let status = child
+        .try_wait()
+        .context(|| format!("waitpid({pid}) for {}", plan.program))?;
     let outputs_until = Instant::now() + OUTPUT_WAIT;
     let stdout = collect(stdout, outputs_until);
     let stderr = collect(stderr, outputs_until);
@@ -359,7 +412,15 @@ pub fn run_foreground(
             Outcome::Unfinished
         }
         Some(_) if !exited && own_end > deadline => Outcome::Unfinished,
-        Some(status) => Outcome::Exit { code: status.code(), signal: status.signal() },
+        // The runner's kill_all at the deadline: the program did not end on its own.
+        Some(status) if status.signal() == Some(libc::SIGKILL) && Instant::now() >= deadline => {
+            note = Some("killed (SIGKILL) at the scenario deadline".to_string());
+            Outcome::Unfinished
+        }
+        Some(status) => Outcome::Exit {
+            code: status.code(),
+            signal: status.signal(),
+        },
     };
     let (stdout, stderr) = (stdout.text(), stderr.text());
     let failures = pattern_failures(plan, &stdout, &stderr);
@@ -370,7 +431,10 @@ pub fn run_foreground(
 /// multi-line: `^` and `$` match at line boundaries.
 pub fn pattern_failures(plan: &ExecPlan, stdout: &str, stderr: &str) -> Vec<String> {
     let mut failures = Vec::new();
-    for (stream, patterns, text) in [("stdout", &plan.stdout, stdout), ("stderr", &plan.stderr, stderr)] {
+    for (stream, patterns, text) in [
+        ("stdout", &plan.stdout, stdout),
+        ("stderr", &plan.stderr, stderr),
+    ] {
         for pattern in patterns {
             match RegexBuilder::new(pattern).multi_line(true).build() {
                 Ok(re) if re.is_match(text) => {}
@@ -402,7 +466,12 @@ fn first_lines(text: &str) -> String {
 }
 
 /// `pattern not found: stdout /x/; <note>; stdout: first | lines; stderr: ...`, or nothing to say.
-fn exec_detail(failures: &[String], note: Option<String>, stdout: &str, stderr: &str) -> Option<String> {
+fn exec_detail(
+    failures: &[String],
+    note: Option<String>,
+    stdout: &str,
+    stderr: &str,
+) -> Option<String> {
     let mut parts = Vec::new();
     if !failures.is_empty() {
         parts.push(format!("{PATTERN_FAILURE_PREFIX}{}", failures.join(", ")));
@@ -460,7 +529,9 @@ impl BackgroundLauncher {
         let job: Job = Box::new(move || {
             let _ = reply.send(start_background(&mut command, stdin, &registry));
         });
-        self.jobs.send(job).map_err(|_| Error::Internal("the exec keeper thread has ended".into()))?;
+        self.jobs
+            .send(job)
+            .map_err(|_| Error::Internal("the exec keeper thread has ended".into()))?;
         let started = answer
             .recv_timeout(Duration::from_secs(10))
             .map_err(|_| Error::Internal(format!("starting {} took over 10 s", plan.program)))?;
@@ -485,7 +556,11 @@ impl BackgroundLauncher {
     }
 }
 
-fn start_background(command: &mut Command, stdin: Option<String>, registry: &ProcessRegistry) -> io::Result<u32> {
+fn start_background(
+    command: &mut Command,
+    stdin: Option<String>,
+    registry: &ProcessRegistry,
+) -> io::Result<u32> {
     let mut child = command.spawn()?;
     let pid = child.id();
     let input = child.stdin.take();
@@ -500,7 +575,7 @@ fn start_background(command: &mut Command, stdin: Option<String>, registry: &Pro
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn plan(program: &str, args: &[&str]) -> ExecPlan {
@@ -537,23 +612,83 @@ mod tests {
         let failures = pattern_failures(&exec, "hello\nworld\n", "");
         assert_eq!(failures.len(), 2, "{failures:?}");
         assert_eq!(failures[0], "stdout /absent/");
-        assert!(failures[1].starts_with("stderr /(/ (invalid regex"), "{}", failures[1]);
+        assert!(
+            failures[1].starts_with("stderr /(/ (invalid regex"),
+            "{}",
+            failures[1]
+        );
     }
 
     #[test]
     fn detail_lists_failures_then_first_lines() {
-        let detail = exec_detail(&["stdout /x/".into()], Some("note".into()), "a\n\nb\nc\nd\n", "").unwrap();
-        assert_eq!(detail, "pattern not found: stdout /x/; note; stdout: a | b | c | ...");
+        let detail = exec_detail(
+            &["stdout /x/".into()],
+            Some("note".into()),
+            "a\n\nb\nc\nd\n",
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            detail,
+            "pattern not found: stdout /x/; note; stdout: a | b | c | ..."
+        );
         assert_eq!(exec_detail(&[], None, "", "\n"), None);
+    }
+
+    /// The state letter of `/proc/<pid>/stat` (`S`, `Z`...), or `None` once the process is reaped.
+    pub(crate) fn process_state(pid: &str) -> Option<char> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(") ")?.1.chars().next()
+    }
+
+    #[test]
+    fn background_programs_die_with_the_keeper_thread() {
+        let registry = ProcessRegistry::new();
+        let launcher = BackgroundLauncher::start(Arc::clone(&registry), Instant::now()).unwrap();
+        let mut sleeper = plan("sleep", &["100"]);
+        sleeper.background = true;
+        let (outcome, detail) = launcher.launch(&sleeper).unwrap();
+        assert_eq!(outcome, Outcome::Ok);
+        let detail = detail.unwrap();
+        let pid = detail
+            .strip_prefix("pid ")
+            .unwrap()
+            .split(',')
+            .next()
+            .unwrap()
+            .to_string();
+        drop(launcher);
+        let state = process_state(&pid);
+        assert!(
+            matches!(state, Some(c) if c != 'Z'),
+            "not running while the keeper waits for kill_all: {state:?}"
+        );
+        // The keeper gives up KEEPER_GRACE after the deadline; PR_SET_PDEATHSIG then kills the program, which
+        // stays a zombie until kill_all reaps it.
+        let give_up = Instant::now() + KEEPER_GRACE + Duration::from_secs(3);
+        while process_state(&pid) != Some('Z') && Instant::now() < give_up {
+            thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            process_state(&pid),
+            Some('Z'),
+            "killed when the keeper thread ended"
+        );
+        registry.kill_all();
+        assert_eq!(process_state(&pid), None, "reaped by kill_all");
+        assert_eq!(registry.running(), 0);
     }
 
     #[test]
     fn missing_program_is_enoent() {
         let registry = ProcessRegistry::new();
         let exec = plan("/nonexistent/netfault-program", &[]);
-        let (outcome, detail) = run_foreground(&exec, &registry, Instant::now() + Duration::from_secs(5)).unwrap();
+        let (outcome, detail) =
+            run_foreground(&exec, &registry, Instant::now() + Duration::from_secs(5)).unwrap();
         assert_eq!(outcome, Outcome::Error("ENOENT".into()));
-        assert!(detail.unwrap().starts_with("cannot run /nonexistent/netfault-program"));
+        assert!(detail
+            .unwrap()
+            .starts_with("cannot run /nonexistent/netfault-program"));
         assert_eq!(registry.running(), 0);
     }
 }

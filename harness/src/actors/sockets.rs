@@ -14,8 +14,7 @@ use crate::scenario::plan::ShutdownHow;
 /// been given since.
 pub const NO_SOCKET: RawFd = -1;
 
-/// The sockets a host's program made and still holds open. Dropping it closes them: keep it until the run
-/// ends, so that no FIN or RST leaves just because a program ran out of steps.
+/// The sockets a host's program made, open or closed by a step; dropping it closes those still open.
 #[derive(Debug, Default)]
 pub struct HostSockets {
     entries: Vec<Entry>,
@@ -54,7 +53,10 @@ impl HostSockets {
     /// The named socket (the last one given that name), or the current one.
     pub fn lookup(&self, name: Option<&str>) -> Lookup {
         let index = match name {
-            Some(name) => self.entries.iter().rposition(|e| e.name.as_deref() == Some(name)),
+            Some(name) => self
+                .entries
+                .iter()
+                .rposition(|e| e.name.as_deref() == Some(name)),
             None => self.current,
         };
         match index.map(|i| &self.entries[i]) {
@@ -75,15 +77,13 @@ impl HostSockets {
     /// Takes the named (or current) socket out for closing; it stays known as closed.
     pub fn take(&mut self, name: Option<&str>) -> Option<OwnedFd> {
         let index = match name {
-            Some(name) => self.entries.iter().rposition(|e| e.name.as_deref() == Some(name)),
+            Some(name) => self
+                .entries
+                .iter()
+                .rposition(|e| e.name.as_deref() == Some(name)),
             None => self.current,
         }?;
         self.entries[index].fd.take()
-    }
-
-    /// How many sockets are still open.
-    pub fn open_count(&self) -> usize {
-        self.entries.iter().filter(|e| e.fd.is_some()).count()
     }
 }
 
@@ -103,13 +103,18 @@ fn sockaddr(addr: SocketAddrV4) -> libc::sockaddr_in {
     libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: addr.port().to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from(*addr.ip()).to_be() },
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*addr.ip()).to_be(),
+        },
         sin_zero: [0; 8],
     }
 }
 
 fn from_sockaddr(raw: &libc::sockaddr_in) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::from(u32::from_be(raw.sin_addr.s_addr)), u16::from_be(raw.sin_port))
+    SocketAddrV4::new(
+        Ipv4Addr::from(u32::from_be(raw.sin_addr.s_addr)),
+        u16::from_be(raw.sin_port),
+    )
 }
 
 const SOCKADDR_IN_LEN: libc::socklen_t = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
@@ -120,7 +125,8 @@ fn empty_sockaddr() -> libc::sockaddr_in {
 
 /// `socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC [| SOCK_NONBLOCK], 0)`.
 pub fn tcp_socket(nonblocking: bool) -> io::Result<OwnedFd> {
-    let flags = libc::SOCK_STREAM | libc::SOCK_CLOEXEC | if nonblocking { libc::SOCK_NONBLOCK } else { 0 };
+    let flags =
+        libc::SOCK_STREAM | libc::SOCK_CLOEXEC | if nonblocking { libc::SOCK_NONBLOCK } else { 0 };
     // SAFETY: plain system call; a non-negative result is a new descriptor owned by no one else.
     let fd = check(unsafe { libc::socket(libc::AF_INET, flags, 0) })?;
     // SAFETY: `fd` was just returned by socket(2).
@@ -131,7 +137,14 @@ pub fn tcp_socket(nonblocking: bool) -> io::Result<OwnedFd> {
 pub fn bind(fd: RawFd, addr: SocketAddrV4) -> io::Result<()> {
     let raw = sockaddr(addr);
     // SAFETY: `raw` is a valid sockaddr_in of the length passed.
-    check(unsafe { libc::bind(fd, (&raw as *const libc::sockaddr_in).cast(), SOCKADDR_IN_LEN) }).map(drop)
+    check(unsafe {
+        libc::bind(
+            fd,
+            (&raw as *const libc::sockaddr_in).cast(),
+            SOCKADDR_IN_LEN,
+        )
+    })
+    .map(drop)
 }
 
 /// `listen(fd, backlog)`.
@@ -147,10 +160,18 @@ pub fn accept(fd: RawFd) -> io::Result<(OwnedFd, SocketAddrV4)> {
     let mut len = SOCKADDR_IN_LEN;
     // SAFETY: `peer` is a writable sockaddr_in and `len` its size.
     let new_fd = check(unsafe {
-        libc::accept4(fd, (&mut peer as *mut libc::sockaddr_in).cast(), &mut len, libc::SOCK_CLOEXEC)
+        libc::accept4(
+            fd,
+            (&mut peer as *mut libc::sockaddr_in).cast(),
+            &mut len,
+            libc::SOCK_CLOEXEC,
+        )
     })?;
     // SAFETY: `new_fd` was just returned by accept4(2).
-    Ok((unsafe { OwnedFd::from_raw_fd(new_fd) }, from_sockaddr(&peer)))
+    Ok((
+        unsafe { OwnedFd::from_raw_fd(new_fd) },
+        from_sockaddr(&peer),
+    ))
 }
 
 /// `connect(fd, addr)`. With `nonblocking`, O_NONBLOCK is set just for this call (so it returns EINPROGRESS
@@ -160,7 +181,14 @@ pub fn connect(fd: RawFd, addr: SocketAddrV4, nonblocking: bool) -> io::Result<(
     let raw = sockaddr(addr);
     let call = || {
         // SAFETY: `raw` is a valid sockaddr_in of the length passed.
-        check(unsafe { libc::connect(fd, (&raw as *const libc::sockaddr_in).cast(), SOCKADDR_IN_LEN) }).map(drop)
+        check(unsafe {
+            libc::connect(
+                fd,
+                (&raw as *const libc::sockaddr_in).cast(),
+                SOCKADDR_IN_LEN,
+            )
+        })
+        .map(drop)
     };
     if !nonblocking {
         return call();
@@ -191,7 +219,9 @@ pub fn local_addr(fd: RawFd) -> io::Result<SocketAddrV4> {
     let mut local = empty_sockaddr();
     let mut len = SOCKADDR_IN_LEN;
     // SAFETY: `local` is a writable sockaddr_in and `len` its size.
-    check(unsafe { libc::getsockname(fd, (&mut local as *mut libc::sockaddr_in).cast(), &mut len) })?;
+    check(unsafe {
+        libc::getsockname(fd, (&mut local as *mut libc::sockaddr_in).cast(), &mut len)
+    })?;
     Ok(from_sockaddr(&local))
 }
 
@@ -225,10 +255,21 @@ pub fn close(fd: OwnedFd) -> io::Result<()> {
     check(unsafe { libc::close(raw) }).map(drop)
 }
 
+/// `close(-1)`: a `close` step on a socket already closed or never made; the kernel answers EBADF.
+pub fn close_no_socket() -> io::Result<()> {
+    // SAFETY: -1 is never an open descriptor, so nothing is closed.
+    check(unsafe { libc::close(NO_SOCKET) }).map(drop)
+}
+
 /// `poll([{fd, events}], 1, timeout)`: the returned events, or `None` on timeout.
 pub fn poll(fd: RawFd, events: i16, timeout: Duration) -> io::Result<Option<i16>> {
-    let mut pollfd = libc::pollfd { fd, events, revents: 0 };
-    let millis = libc::c_int::try_from(timeout.as_nanos().div_ceil(1_000_000)).unwrap_or(libc::c_int::MAX);
+    let mut pollfd = libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    let millis =
+        libc::c_int::try_from(timeout.as_nanos().div_ceil(1_000_000)).unwrap_or(libc::c_int::MAX);
     // SAFETY: `pollfd` is one valid, writable pollfd.
     let ready = check(unsafe { libc::poll(&mut pollfd, 1, millis) })?;
     Ok((ready > 0).then_some(pollfd.revents))
@@ -256,8 +297,10 @@ mod tests {
                 assert_eq!(sockets.lookup(Some("a")), Lookup::Closed);
                 assert!(sockets.take(Some("a")).is_none());
                 assert_eq!(sockets.lookup(None), Lookup::Open(second));
-                assert_eq!(sockets.open_count(), 1);
-                assert_eq!(send(NO_SOCKET, b"x", 0).unwrap_err().raw_os_error(), Some(libc::EBADF));
+                assert_eq!(
+                    send(NO_SOCKET, b"x", 0).unwrap_err().raw_os_error(),
+                    Some(libc::EBADF)
+                );
                 Ok(())
             })
             .unwrap();
@@ -277,7 +320,10 @@ mod tests {
                 assert_eq!(fcntl_getfl(fd).unwrap() & libc::O_NONBLOCK, 0);
                 let nonblocking = tcp_socket(true).unwrap();
                 let _ = connect(nonblocking.as_raw_fd(), target, true);
-                assert_ne!(fcntl_getfl(nonblocking.as_raw_fd()).unwrap() & libc::O_NONBLOCK, 0);
+                assert_ne!(
+                    fcntl_getfl(nonblocking.as_raw_fd()).unwrap() & libc::O_NONBLOCK,
+                    0
+                );
                 Ok(())
             })
             .unwrap();
@@ -291,7 +337,8 @@ mod tests {
                 let socket = tcp_socket(false).unwrap();
                 let start = std::time::Instant::now();
                 // An unconnected TCP socket (state CLOSE) reports POLLHUP at once, whatever the timeout.
-                let revents = poll(socket.as_raw_fd(), libc::POLLIN, Duration::from_secs(5)).unwrap();
+                let revents =
+                    poll(socket.as_raw_fd(), libc::POLLIN, Duration::from_secs(5)).unwrap();
                 assert_eq!(revents, Some(libc::POLLHUP));
                 assert!(start.elapsed() < Duration::from_secs(1));
                 Ok(())
