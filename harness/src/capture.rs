@@ -52,7 +52,7 @@ const SNAPLEN: u32 = 262_144;
 const PCAP_BUFFER_SIZE: usize = 1 << 20;
 
 /// What one capture saw, as tcpdump reports when it stops.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CaptureStats {
     /// Frames written to the pcap (`N packets captured`).
     pub packets: u64,

@@ -59,6 +59,10 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
     }
     let setup = setup_started.elapsed();
 
+    // Faults due at t0 are on before either program makes its first call.
+    let mut schedule = FaultSchedule::new(&plan.faults);
+    let mut fault_events = Vec::new();
+    apply_due(&mut schedule, &mut firewalls, &clock, &mut fault_events)?;
     let deadline = clock.t0() + plan.deadline;
     let board = StepBoard::new();
     let processes = ProcessRegistry::new();
@@ -79,25 +83,8 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
     }
     drop(sink);
 
-    let mut schedule = FaultSchedule::new(&plan.faults);
     let mut collected: Vec<Event> = Vec::new();
     let mut deadline_hit = false;
-    let mut switch = |events: &mut Vec<Event>, firewalls: &mut Vec<Firewall>, now: Duration| -> Result<()> {
-        for (fault, on) in schedule.due(now) {
-            let firewall = &mut firewalls[fault.host.index()];
-            let kind = if on {
-                firewall.activate(&fault.name)?;
-                EventKind::FaultOn { fault: fault.name.clone() }
-            } else {
-                firewall.deactivate(&fault.name)?;
-                EventKind::FaultOff { fault: fault.name.clone() }
-            };
-            events.push(Event { t: clock.now(), host: fault.host, kind });
-        }
-        Ok(())
-    };
-    let mut fault_events = Vec::new();
-    switch(&mut fault_events, &mut firewalls, clock.now())?;
     loop {
         let now = clock.now();
         if programs.iter().all(JoinHandle::is_finished) {
@@ -116,7 +103,7 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
-        switch(&mut fault_events, &mut firewalls, clock.now())?;
+        apply_due(&mut schedule, &mut firewalls, &clock, &mut fault_events)?;
     }
     let duration = clock.now();
 
@@ -175,6 +162,27 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
         observer: [observer_client, observer_server],
         fault_hits,
     })
+}
+
+/// Switches the faults that are due now and records each switch on the timeline.
+fn apply_due(
+    schedule: &mut FaultSchedule<'_>,
+    firewalls: &mut [Firewall],
+    clock: &Clock,
+    events: &mut Vec<Event>,
+) -> Result<()> {
+    for (fault, on) in schedule.due(clock.now()) {
+        let firewall = &mut firewalls[fault.host.index()];
+        let kind = if on {
+            firewall.activate(&fault.name)?;
+            EventKind::FaultOn { fault: fault.name.clone() }
+        } else {
+            firewall.deactivate(&fault.name)?;
+            EventKind::FaultOff { fault: fault.name.clone() }
+        };
+        events.push(Event { t: clock.now(), host: fault.host, kind });
+    }
+    Ok(())
 }
 
 fn into_pair<T>(items: Vec<T>) -> Result<[T; 2]> {

@@ -490,7 +490,7 @@ impl ChangeTracker {
 }
 
 /// What an observer did: how many dumps, and what one cost.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct ObserverStats {
     pub samples: u64,
     /// Mean wall time of one dump (request, receive, decode), without the comparison with the previous sample.

@@ -159,6 +159,7 @@ mod tests {
     fn tcp(direction: PacketDirection, sport: u16, dport: u16, flags: u8, len: u32) -> PacketEvent {
         PacketEvent {
             direction,
+            ip_id: 0,
             src: Ipv4Addr::new(10, 0, 0, 1),
             dst: Ipv4Addr::new(10, 0, 0, 2),
             protocol: "tcp".into(),

@@ -328,6 +328,7 @@ impl PollEvent {
 }
 
 /// A socket option by its Linux name with the level and type it has there.
+#[allow(non_camel_case_types)] // named exactly as in <sys/socket.h> and <netinet/tcp.h>, as users write them
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, PartialOrd, Ord)]
 pub enum SockOptName {
     SO_KEEPALIVE,
