@@ -486,7 +486,7 @@ fn wait_blocks_until_the_other_hosts_step_finishes() {
         "finished-edge wait ended at {:?}, before the nap ({nap_end:?})",
         client[1].t
     );
-    assert!(client[1].t - nap_end < Duration::from_millis(100));
+    assert!(client[1].t - nap_end < Duration::from_millis(500));
     assert!(client[2].t >= run.start_time(HostId::Server, 1));
 }
 
@@ -629,6 +629,31 @@ fn exec_timeout_kills_the_program_and_its_group() {
     assert!(
         dead(state),
         "grandchild {grandchild} survived the timeout: state {state:?}"
+    );
+}
+
+#[test]
+fn exec_output_held_by_an_escaped_process_is_reported() {
+    // setsid takes the sleeper out of the program's group: it is not killed with it and keeps stdout open.
+    let escaping = exec("sh", &["-c", "setsid sleep 2 & sleep 0.3; echo started"]);
+    let client = vec![step(Action::Exec(escaping))];
+    let run = run(client, vec![], Duration::from_secs(20));
+    let end = &run.ends(HostId::Client)[0];
+    assert_eq!(
+        end.outcome,
+        Outcome::Exit {
+            code: Some(0),
+            signal: None
+        }
+    );
+    assert_eq!(
+        end.detail.as_deref(),
+        Some("output still held open by a process outside the program's group; stdout: started")
+    );
+    let took = end.t - run.start_time(HostId::Client, 0);
+    assert!(
+        took < Duration::from_millis(1800),
+        "waited {took:?} for the escaped process's output"
     );
 }
 
