@@ -269,29 +269,36 @@ impl Capture {
     }
 }
 
-/// Reads `source` to its end on its own thread; the capture arrives on the returned channel.
-fn spawn_reader(
-    name: &str,
-    mut source: impl Read + Send + 'static,
-) -> Result<mpsc::Receiver<Capture>> {
-    let (tx, rx) = mpsc::channel();
+/// A stream being read on its own thread: what it gave so far, and a signal at its end of file.
+struct Reader {
+    capture: Arc<Mutex<Capture>>,
+    done: mpsc::Receiver<()>,
+}
+
+/// Reads `source` to its end on its own thread.
+fn spawn_reader(name: &str, mut source: impl Read + Send + 'static) -> Result<Reader> {
+    let capture = Arc::new(Mutex::new(Capture::default()));
+    let (done_tx, done) = mpsc::channel();
+    let shared = Arc::clone(&capture);
     thread::Builder::new()
         .name(name.to_string())
         .spawn(move || {
-            let mut capture = Capture::default();
             let mut buf = [0u8; 8192];
             loop {
                 match source.read(&mut buf) {
                     Ok(0) => break,
-                    Ok(n) => capture.push(&buf[..n]),
+                    Ok(n) => shared
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(&buf[..n]),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(_) => break,
                 }
             }
-            let _ = tx.send(capture);
+            let _ = done_tx.send(());
         })
         .context(|| format!("spawn thread {name}"))?;
-    Ok(rx)
+    Ok(Reader { capture, done })
 }
 
 /// Writes `text` to the program's stdin and closes it, on its own thread (the program may never read it; the
@@ -306,15 +313,22 @@ fn spawn_stdin_writer(mut stdin: impl Write + Send + 'static, text: String) -> R
     Ok(())
 }
 
-fn collect(rx: Option<mpsc::Receiver<Capture>>, until: Instant) -> Capture {
-    let Some(rx) = rx else {
+/// What the stream gave by its end of file, or by `until` (then marked unfinished).
+fn collect(reader: Option<Reader>, until: Instant) -> Capture {
+    let Some(reader) = reader else {
         return Capture::default();
     };
-    rx.recv_timeout(until.saturating_duration_since(Instant::now()))
-        .unwrap_or(Capture {
-            unfinished: true,
-            ..Capture::default()
-        })
+    let finished = reader
+        .done
+        .recv_timeout(until.saturating_duration_since(Instant::now()))
+        .is_ok();
+    let mut capture = reader
+        .capture
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    capture.unfinished = !finished;
+    capture
 }
 
 /// Kills and forgets a foreground program's group if its step leaves early (a harness error).
@@ -413,7 +427,9 @@ pub fn run_foreground(
         }
         Some(_) if !exited && own_end > deadline => Outcome::Unfinished,
         // The runner's kill_all at the deadline: the program did not end on its own.
-        Some(status) if status.signal() == Some(libc::SIGKILL) && Instant::now() >= deadline => {
+        Some(status)
+            if exited && status.signal() == Some(libc::SIGKILL) && Instant::now() >= deadline =>
+        {
             note = Some("killed (SIGKILL) at the scenario deadline".to_string());
             Outcome::Unfinished
         }
@@ -422,6 +438,13 @@ pub fn run_foreground(
             signal: status.signal(),
         },
     };
+    if stdout.unfinished || stderr.unfinished {
+        let held = "output still held open by a process outside the program's group";
+        note = Some(match note {
+            Some(note) => format!("{note}; {held}"),
+            None => held.to_string(),
+        });
+    }
     let (stdout, stderr) = (stdout.text(), stderr.text());
     let failures = pattern_failures(plan, &stdout, &stderr);
     Ok((outcome, exec_detail(&failures, note, &stdout, &stderr)))

@@ -8,9 +8,18 @@
 //! for the stale number (a real program's stale number may meanwhile name another thread's descriptor; -1
 //! never does). `poll` on it gives `POLLNVAL`, as the kernel does for a closed descriptor.
 //!
+//! Outcomes: `getsockopt SO_ERROR` gives `ok` or the pending errno (detail `SO_ERROR 110`); any other option
+//! gives `ok` with the value in the detail (`value 5`, `on, 3 s`). `send` counts the bytes the kernel took,
+//! partial sends included. An `exec` whose output lacks a pattern says so at the start of its detail
+//! ([`PATTERN_FAILURE_PREFIX`]).
+//!
 //! When the program ends, the sockets it still holds are closed, as a process's are when it exits (FIN, or
 //! RST when unread data is left): a scenario keeps a connection open past its last call with a final `sleep`
 //! or `wait`.
+//!
+//! Start: a `connect` to the other host first waits (before its `StepStart`) until the other host's `listen`
+//! on that port has finished, when that listen is part of the other host's setup (see `listen_to_await`):
+//! the two programs start together, and the connect must not race the listen.
 //!
 //! Time: the actor never waits past the scenario deadline by its own waits (`sleep`, `wait`, `poll`, `send
 //! every`, exec timeouts); such a step cut by the deadline ends `Unfinished`. Blocking socket calls
@@ -78,6 +87,12 @@ pub fn run_host(host: &HostPlan, ctx: ActorContext) -> Result<()> {
         launcher: None,
     };
     for step in &host.steps {
+        if let Some((peer, listen)) = listen_to_await(&actor.ctx.plan, host.id, step) {
+            actor
+                .ctx
+                .board
+                .wait(peer, listen, StepEdge::Finished, actor.ctx.deadline);
+        }
         if Instant::now() >= actor.ctx.deadline {
             break;
         }
@@ -110,6 +125,34 @@ pub fn run_host(host: &HostPlan, ctx: ActorContext) -> Result<()> {
 }
 
 type StepResult = (Outcome, Option<String>);
+
+/// The peer's `listen` step that a `connect` waits for before it starts: both programs start at once, and
+/// a connect must not race the listen the peer makes as its first thing. Only a listen on the connect's port
+/// within the peer's setup (its first steps, all `socket` / `setsockopt` / `bind` / `listen`) counts; a
+/// listen the peer makes later (after a `sleep` or a `wait`) is ordered by the scenario itself, which may
+/// mean a connect to be refused.
+fn listen_to_await(plan: &Plan, host: HostId, step: &StepPlan) -> Option<(HostId, usize)> {
+    let Action::Connect { to, port, .. } = step.action else {
+        return None;
+    };
+    if to == host {
+        return None;
+    }
+    let mut bound = None;
+    for peer_step in &plan.host(to).steps {
+        match peer_step.action {
+            Action::Listen {
+                port: listen_port, ..
+            } if listen_port.or(bound) == Some(port) => {
+                return Some((to, peer_step.index));
+            }
+            Action::Bind { port } => bound = Some(port),
+            Action::Socket { .. } | Action::SetOpt { .. } | Action::Listen { .. } => {}
+            _ => return None,
+        }
+    }
+    None
+}
 
 struct Actor {
     ctx: ActorContext,

@@ -229,6 +229,16 @@ impl Run {
 
 /// Runs both programs in one new namespace with `lo` up, both hosts on 127.0.0.1, and collects the events.
 fn run(client: Vec<StepPlan>, server: Vec<StepPlan>, deadline: Duration) -> Run {
+    run_with_server_late(client, server, deadline, Duration::ZERO)
+}
+
+/// As `run`, with the server's program started `server_late` after the client's.
+fn run_with_server_late(
+    client: Vec<StepPlan>,
+    server: Vec<StepPlan>,
+    deadline: Duration,
+    server_late: Duration,
+) -> Run {
     let netns = Netns::new_anonymous().expect("new namespace: these tests must run as root");
     netns.run(lo_up).unwrap();
     let board = StepBoard::new();
@@ -250,8 +260,14 @@ fn run(client: Vec<StepPlan>, server: Vec<StepPlan>, deadline: Duration) -> Run 
             plan: plan.clone(),
         };
         let done = done_tx.clone();
+        let late = if host.id == HostId::Server {
+            server_late
+        } else {
+            Duration::ZERO
+        };
         let handle = netns
             .spawn(host.id.name(), move || {
+                std::thread::sleep(late);
                 let result = run_host(&host, ctx);
                 let _ = done.send(());
                 result
@@ -350,6 +366,44 @@ fn conversation_then_peer_close_gives_eof() {
     assert_eq!(starts, 10);
     assert!(run.events.iter().any(|e| matches!(&e.kind,
         EventKind::StepStart { step: 3, label } if label == "closed (close)")));
+}
+
+#[test]
+fn connect_waits_for_the_peers_setup_listen() {
+    // As scenarios are written: no explicit wait, and here the server's program even starts late.
+    let server = vec![
+        step(Action::Socket {
+            name: None,
+            options: vec![],
+            nonblocking: false,
+        }),
+        step(Action::Bind { port: PORT }),
+        step(Action::Listen {
+            port: None,
+            backlog: 4,
+        }),
+        step(accept()),
+    ];
+    let client = vec![step(connect())];
+    let run = run_with_server_late(
+        client,
+        server,
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+    );
+    assert_eq!(run.outcomes(HostId::Client), vec![Outcome::Ok]);
+    assert!(
+        run.start_time(HostId::Client, 0) >= run.ends(HostId::Server)[2].t,
+        "connect started before the listen ended"
+    );
+}
+
+#[test]
+fn connect_does_not_wait_for_a_listen_the_peer_orders_itself() {
+    let server = vec![step(sleep(300)), listen()];
+    let client = vec![step(connect())];
+    let run = run(client, server, Duration::from_secs(10));
+    assert_eq!(run.outcomes(HostId::Client), vec![error("ECONNREFUSED")]);
 }
 
 #[test]
@@ -486,7 +540,7 @@ fn wait_blocks_until_the_other_hosts_step_finishes() {
         "finished-edge wait ended at {:?}, before the nap ({nap_end:?})",
         client[1].t
     );
-    assert!(client[1].t - nap_end < Duration::from_millis(100));
+    assert!(client[1].t - nap_end < Duration::from_millis(500));
     assert!(client[2].t >= run.start_time(HostId::Server, 1));
 }
 
@@ -629,6 +683,31 @@ fn exec_timeout_kills_the_program_and_its_group() {
     assert!(
         dead(state),
         "grandchild {grandchild} survived the timeout: state {state:?}"
+    );
+}
+
+#[test]
+fn exec_output_held_by_an_escaped_process_is_reported() {
+    // setsid takes the sleeper out of the program's group: it is not killed with it and keeps stdout open.
+    let escaping = exec("sh", &["-c", "setsid sleep 2 & sleep 0.3; echo started"]);
+    let client = vec![step(Action::Exec(escaping))];
+    let run = run(client, vec![], Duration::from_secs(20));
+    let end = &run.ends(HostId::Client)[0];
+    assert_eq!(
+        end.outcome,
+        Outcome::Exit {
+            code: Some(0),
+            signal: None
+        }
+    );
+    assert_eq!(
+        end.detail.as_deref(),
+        Some("output still held open by a process outside the program's group; stdout: started")
+    );
+    let took = end.t - run.start_time(HostId::Client, 0);
+    assert!(
+        took < Duration::from_millis(1800),
+        "waited {took:?} for the escaped process's output"
     );
 }
 
@@ -987,4 +1066,52 @@ fn pure_helpers() {
         Some("a; b")
     );
     assert_eq!(join_detail([None]), None);
+    let connect_step = step(connect());
+    let setups = [
+        (vec![listen()], Some(0)),
+        (
+            vec![
+                step(Action::Bind { port: PORT }),
+                step(Action::Listen {
+                    port: None,
+                    backlog: 1,
+                }),
+            ],
+            Some(1),
+        ),
+        (
+            vec![
+                step(Action::Listen {
+                    port: Some(PORT + 1),
+                    backlog: 1,
+                }),
+                listen(),
+            ],
+            Some(1),
+        ),
+        (vec![step(sleep(1)), listen()], None),
+        (
+            vec![step(Action::Listen {
+                port: Some(PORT + 1),
+                backlog: 1,
+            })],
+            None,
+        ),
+        (vec![], None),
+    ];
+    for (server, expected) in setups {
+        let plan = plan(vec![connect_step.clone()], server, Duration::from_secs(1));
+        let awaited = listen_to_await(&plan, HostId::Client, &connect_step);
+        assert_eq!(
+            awaited,
+            expected.map(|index| (HostId::Server, index)),
+            "{:?}",
+            plan.hosts[1].steps
+        );
+        assert_eq!(
+            listen_to_await(&plan, HostId::Server, &connect_step),
+            None,
+            "a connect to its own host"
+        );
+    }
 }
