@@ -8,3 +8,5 @@ pub mod error;
 pub mod netns;
 pub mod scenario;
 pub mod timeline;
+pub mod topology;
+pub mod userns;
