@@ -102,6 +102,39 @@ mod tests {
     }
 
     #[test]
+<<<<<<< HEAD
+=======
+    fn refused_user_namespaces_say_what_to_do() {
+        let error = missing_privileges(
+            "unshare(CLONE_NEWUSER) (unshare --user)",
+            io::Error::from_raw_os_error(libc::EPERM),
+        );
+        let Error::Missing { what, hint } = &error else {
+            panic!("{error}")
+        };
+        assert_eq!(what, "privileges for network namespaces");
+        assert!(
+            hint.starts_with(
+                "unshare(CLONE_NEWUSER) (unshare --user) failed: Operation not permitted"
+            ),
+            "{hint}"
+        );
+        assert!(
+            hint.contains("run as root (or with CAP_NET_ADMIN + CAP_SYS_ADMIN)"),
+            "{hint}"
+        );
+        assert!(
+            hint.contains("kernel.unprivileged_userns_clone=1"),
+            "{hint}"
+        );
+        assert!(
+            hint.contains("kernel.apparmor_restrict_unprivileged_userns=0"),
+            "{hint}"
+        );
+    }
+
+    #[test]
+>>>>>>> wip/topology
     fn root_needs_nothing() {
         assert!(nix::unistd::geteuid().is_root(), "kernel tests run as root");
         assert_eq!(acquire().unwrap(), Privilege::Root);

@@ -1,0 +1,193 @@
+//! Rootless mode for real: an unprivileged process (uid 65534 when started as root) enters its own user
+//! namespace, creates two network namespaces, builds a topology and connects TCP across it.
+//!
+//! `harness = false`: `userns::acquire` needs a single-threaded process, which libtest's runner is not.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use netfault::error::{Context, Result};
+use netfault::netns::Netns;
+use netfault::scenario::plan::{HostId, HostPlan, LinkPlan, Plan, RunExpectations, Sysctl};
+use netfault::topology;
+use netfault::userns::{self, Privilege};
+
+const CHILD_ENV: &str = "NETFAULT_ROOTLESS_CHILD";
+const NOBODY: u32 = 65534;
+const CHILD_TIMEOUT: Duration = Duration::from_secs(30);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+
+fn main() -> ExitCode {
+    let unprivileged = !nix::unistd::geteuid().is_root();
+    let outcome = if std::env::var_os(CHILD_ENV).is_some() || unprivileged {
+        rootless_run().map_err(|e| e.to_string())
+    } else {
+        run_as_nobody()
+    };
+    match outcome {
+        Ok(report) => {
+            println!("test rootless ... ok ({report})");
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("test rootless ... FAILED: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// As root: re-runs this binary as uid/gid 65534 with no supplementary groups, from a copy every user may
+/// execute (the target directory may sit under a private home).
+fn run_as_nobody() -> Result<String, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let dir = std::env::temp_dir().join(format!("netfault-rootless-{}", std::process::id()));
+    fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+    let copy = dir.join("rootless");
+    let result = copy_and_run(&exe, &dir, &copy);
+    fs::remove_dir_all(&dir).map_err(|e| format!("rm -r {}: {e}", dir.display()))?;
+    result
+}
+
+fn copy_and_run(exe: &PathBuf, dir: &PathBuf, copy: &PathBuf) -> Result<String, String> {
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+    fs::copy(exe, copy).map_err(|e| format!("cp {} {}: {e}", exe.display(), copy.display()))?;
+    fs::set_permissions(copy, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+
+    // std drops the supplementary groups itself when it switches uid as root.
+    let mut child = Command::new(copy)
+        .env(CHILD_ENV, "1")
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .current_dir("/")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("spawn {} as uid {NOBODY}: {e}", copy.display()))?;
+    let deadline = Instant::now() + CHILD_TIMEOUT;
+    let status = loop {
+        match child.try_wait().map_err(|e| e.to_string())? {
+            Some(status) => break status,
+            None if Instant::now() > deadline => {
+                child.kill().map_err(|e| e.to_string())?;
+                child.wait().map_err(|e| e.to_string())?;
+                return Err(format!(
+                    "the unprivileged run took longer than {CHILD_TIMEOUT:?}"
+                ));
+            }
+            None => thread::sleep(Duration::from_millis(10)),
+        }
+    };
+    let output = child.wait_with_output().map_err(|e| e.to_string())?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !status.success() {
+        return Err(format!(
+            "unprivileged run failed ({status}): {stdout}{stderr}"
+        ));
+    }
+    let report = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("test rootless ... ok ("));
+    match report {
+        Some(report) => Ok(format!("as uid {NOBODY}: {}", report.trim_end_matches(')'))),
+        None => Err(format!(
+            "unprivileged run printed no result: {stdout}{stderr}"
+        )),
+    }
+}
+
+fn host(id: HostId, address: Ipv4Addr, sysctls: Vec<Sysctl>) -> HostPlan {
+    HostPlan {
+        id,
+        address,
+        prefix_len: 24,
+        sysctls,
+        steps: Vec::new(),
+    }
+}
+
+fn plan() -> Plan {
+    let syn_retries = Sysctl {
+        name: "net.ipv4.tcp_syn_retries".into(),
+        value: "2".into(),
+    };
+    Plan {
+        name: "rootless".into(),
+        file: PathBuf::from("rootless.yaml"),
+        description: "rootless topology".into(),
+        source: None,
+        slow: false,
+        deadline: Duration::from_secs(10),
+        tolerance: Duration::from_millis(100),
+        sample_interval: Duration::from_millis(10),
+        link: LinkPlan {
+            mtu: 1500,
+            ipv6: false,
+        },
+        hosts: [
+            host(HostId::Client, CLIENT, vec![syn_retries]),
+            host(HostId::Server, SERVER, Vec::new()),
+        ],
+        faults: Vec::new(),
+        expect: RunExpectations::default(),
+    }
+}
+
+/// Unprivileged and still single-threaded: acquire first, then namespaces, topology and a TCP exchange.
+fn rootless_run() -> Result<String> {
+    let uid = nix::unistd::geteuid();
+    let privilege = userns::acquire()?;
+    if privilege != Privilege::Rootless {
+        return Err(netfault::error::Error::Internal(format!(
+            "uid {uid}: expected rootless, got {privilege:?}"
+        )));
+    }
+    let start = Instant::now();
+    let client = Netns::new_anonymous()?;
+    let server = Netns::new_anonymous()?;
+    let topology = topology::build(&plan(), &client, &server)?;
+    let built = start.elapsed();
+
+    let syn_retries = client.run(|| {
+        fs::read_to_string("/proc/sys/net/ipv4/tcp_syn_retries")
+            .context(|| "read tcp_syn_retries in client".into())
+    })?;
+    if syn_retries.trim() != "2" {
+        return Err(netfault::error::Error::Internal(format!(
+            "tcp_syn_retries in client is {syn_retries:?}"
+        )));
+    }
+
+    let listener =
+        server.run(|| TcpListener::bind((SERVER, 7000)).context(|| "listen in server".into()))?;
+    let to = SocketAddr::from((topology.server.address, 7000));
+    let mut stream = client.run(|| {
+        TcpStream::connect_timeout(&to, Duration::from_secs(2)).context(|| "connect".into())
+    })?;
+    // The handshake is complete once connect returns: the connection already waits in the accept queue.
+    let (mut accepted, peer) = listener.accept().context(|| "accept".into())?;
+    accepted
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .context(|| "SO_RCVTIMEO".into())?;
+    stream.write_all(b"ping").context(|| "send".into())?;
+    let mut received = [0u8; 4];
+    accepted
+        .read_exact(&mut received)
+        .context(|| "recv".into())?;
+    if &received != b"ping" || peer.ip() != topology.client.address {
+        return Err(netfault::error::Error::Internal(format!(
+            "received {received:?} from {peer}"
+        )));
+    }
+    Ok(format!(
+        "original uid {uid}, namespaces + topology in {built:?}, TCP {peer} -> {to} exchanged data"
+    ))
+}
