@@ -197,18 +197,11 @@ pub fn dump_into(socket: &mut DiagSocket, samples: &mut Vec<SocketSample>) -> Re
     loop {
         let mut free: &mut [u8] = &mut socket.buffer[..];
         // MSG_TRUNC makes recv return the datagram's full length, so a truncated one is detected, not parsed.
-        let len =
-            match socket.socket.recv(&mut free, libc::MSG_TRUNC) {
-                Ok(len) => len,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(Error::sys(
-                    format!(
-                        "receive sock_diag dump (ss -tan): no answer within {RECEIVE_TIMEOUT:?}"
-                    ),
-                    e,
-                )),
-                Err(e) => return Err(Error::sys("receive sock_diag dump (ss -tan)", e)),
-            };
+        let len = match socket.socket.recv(&mut free, libc::MSG_TRUNC) {
+            Ok(len) => len,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(receive_error(e)),
+        };
         if len > socket.buffer.len() {
             return Err(Error::Internal(format!(
                 "sock_diag dump (ss -tan): a {len}-byte datagram does not fit the {}-byte buffer",
@@ -218,6 +211,16 @@ pub fn dump_into(socket: &mut DiagSocket, samples: &mut Vec<SocketSample>) -> Re
         if parse_datagram(&socket.buffer[..len], seq, samples)? == Progress::Done {
             return Ok(());
         }
+    }
+}
+
+fn receive_error(e: io::Error) -> Error {
+    if e.kind() == io::ErrorKind::WouldBlock {
+        let what =
+            format!("receive sock_diag dump (ss -tan): no answer within {RECEIVE_TIMEOUT:?}");
+        Error::sys(what, e)
+    } else {
+        Error::sys("receive sock_diag dump (ss -tan)", e)
     }
 }
 
