@@ -514,8 +514,8 @@ struct Sampler {
 
 impl Sampler {
     /// One dump, and its changes as events stamped with the time the dump was requested: the kernel walks its
-    /// socket table after that instant, so a change seen at `t` happened before `t` + the dump time (tens of
-    /// microseconds) and after the previous sample's `t`.
+    /// socket table after that instant, so a change seen at `t` happened before `t` + the dump time (20 to 200
+    /// microseconds, see `ObserverStats`) and after the previous sample's `t`.
     fn sample(&mut self) -> Result<()> {
         let requested = Instant::now();
         let t = requested.saturating_duration_since(self.sink.clock().t0());
