@@ -197,18 +197,11 @@ pub fn dump_into(socket: &mut DiagSocket, samples: &mut Vec<SocketSample>) -> Re
     loop {
         let mut free: &mut [u8] = &mut socket.buffer[..];
         // MSG_TRUNC makes recv return the datagram's full length, so a truncated one is detected, not parsed.
-        let len =
-            match socket.socket.recv(&mut free, libc::MSG_TRUNC) {
-                Ok(len) => len,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(Error::sys(
-                    format!(
-                        "receive sock_diag dump (ss -tan): no answer within {RECEIVE_TIMEOUT:?}"
-                    ),
-                    e,
-                )),
-                Err(e) => return Err(Error::sys("receive sock_diag dump (ss -tan)", e)),
-            };
+        let len = match socket.socket.recv(&mut free, libc::MSG_TRUNC) {
+            Ok(len) => len,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(receive_error(e)),
+        };
         if len > socket.buffer.len() {
             return Err(Error::Internal(format!(
                 "sock_diag dump (ss -tan): a {len}-byte datagram does not fit the {}-byte buffer",
@@ -218,6 +211,16 @@ pub fn dump_into(socket: &mut DiagSocket, samples: &mut Vec<SocketSample>) -> Re
         if parse_datagram(&socket.buffer[..len], seq, samples)? == Progress::Done {
             return Ok(());
         }
+    }
+}
+
+fn receive_error(e: io::Error) -> Error {
+    if e.kind() == io::ErrorKind::WouldBlock {
+        let what =
+            format!("receive sock_diag dump (ss -tan): no answer within {RECEIVE_TIMEOUT:?}");
+        Error::sys(what, e)
+    } else {
+        Error::sys("receive sock_diag dump (ss -tan)", e)
     }
 }
 
@@ -511,8 +514,8 @@ struct Sampler {
 
 impl Sampler {
     /// One dump, and its changes as events stamped with the time the dump was requested: the kernel walks its
-    /// socket table after that instant, so a change seen at `t` happened before `t` + the dump time (tens of
-    /// microseconds) and after the previous sample's `t`.
+    /// socket table after that instant, so a change seen at `t` happened before `t` + the dump time (20 to 200
+    /// microseconds, see `ObserverStats`) and after the previous sample's `t`.
     fn sample(&mut self) -> Result<()> {
         let requested = Instant::now();
         let t = requested.saturating_duration_since(self.sink.clock().t0());
