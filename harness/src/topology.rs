@@ -7,11 +7,7 @@ use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, RawFd};
-<<<<<<< HEAD
-use std::time::Duration;
-=======
 use std::time::{Duration, Instant};
->>>>>>> wip/topology
 
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED,
@@ -69,18 +65,6 @@ pub fn link_mac(host: HostId) -> [u8; 6] {
     [0x02, 0, 0, 0, 0, host.index() as u8 + 1]
 }
 
-<<<<<<< HEAD
-/// Builds the wire of `plan` inside the two namespaces. In `ip` terms, for each host:
-///
-/// ```text
-/// sysctl -w net.ipv6.conf.{all,default}.disable_ipv6=1   (unless link.ipv6)
-/// sysctl -w <the host's sysctls>
-/// ip link set lo up
-/// ip link add nf0 mtu M address 02:00:00:00:00:01 type veth peer name nf0 netns <server> mtu M address 02:00:00:00:00:02
-/// ethtool -K nf0 tso off gso off gro off sg off tx off
-/// ip addr add <address>/<prefix> dev nf0
-/// ip link set nf0 up
-=======
 /// Builds the wire of `plan` inside the two namespaces. In command-line terms:
 ///
 /// ```text
@@ -92,7 +76,6 @@ pub fn link_mac(host: HostId) -> [u8; 6] {
 /// each host:     ethtool -K nf0 tx off sg off tso off gso off gro off
 ///                ip addr add <address>/<prefix> dev nf0
 ///                ip link set nf0 up
->>>>>>> wip/topology
 /// ```
 ///
 /// Offloads go off before the link goes up, so no frame ever leaves with a deferred checksum or as a
@@ -129,11 +112,7 @@ fn prepare_host(plan: &Plan, host: HostId) -> Result<Rtnl> {
     for sysctl in &plan.host(host).sysctls {
         write_sysctl(sysctl).map_err(|e| e.into_error(host))?;
     }
-<<<<<<< HEAD
-    let mut rtnl = Rtnl::open().map_err(|e| prefix_error(e, host))?;
-=======
     let mut rtnl = Rtnl::open().map_err(|e| in_host(e, host))?;
->>>>>>> wip/topology
     rtnl.execute(vec![Request::new(
         RouteNetlinkMessage::NewLink(link_up_by_name("lo")),
         0,
@@ -142,11 +121,7 @@ fn prepare_host(plan: &Plan, host: HostId) -> Result<Rtnl> {
     Ok(rtnl)
 }
 
-<<<<<<< HEAD
-fn prefix_error(error: Error, host: HostId) -> Error {
-=======
 fn in_host(error: Error, host: HostId) -> Error {
->>>>>>> wip/topology
     match error {
         Error::Sys { what, source } => Error::Sys {
             what: format!("{what} in {host}"),
@@ -324,13 +299,8 @@ fn configure_link_end(rtnl: &mut Rtnl, host: &HostPlan) -> Result<HostLink> {
     })
 }
 
-<<<<<<< HEAD
-/// `ethtool -K <ifname> tx off sg off tso off gso off gro off lro off` and the like, in three ioctls:
-/// every transmit checksum, scatter-gather, segmentation and receive-aggregation feature the device can
-=======
 /// `ethtool -K <ifname> tx off sg off tso off gso off gro off lro off` and the like, by feature name
 /// (ETHTOOL_GSTRINGS, ETHTOOL_GFEATURES, ETHTOOL_SFEATURES, as ethtool itself does): every transmit checksum, scatter-gather, segmentation and receive-aggregation feature the device can
->>>>>>> wip/topology
 /// change goes off, so the capture sees the segments the wire carries, with their final checksums.
 /// Fails if one of them is still active afterwards (a feature the device cannot turn off).
 pub fn turn_off_offloads(socket: RawFd, ifname: &str) -> io::Result<()> {
@@ -556,20 +526,11 @@ impl Rtnl {
         let batch_what = whats.join("; ");
         self.send(&datagram, &batch_what)?;
 
-<<<<<<< HEAD
-        let mut acked = vec![false; whats.len()];
-        while acked.iter().any(|done| !done) {
-            for message in self.receive(&batch_what)? {
-                let Some(index) = message.header.sequence_number.checked_sub(first_sequence) else {
-                    continue;
-                };
-=======
         let deadline = Instant::now() + NETLINK_REPLY_TIMEOUT;
         let mut acked = vec![false; whats.len()];
         while acked.iter().any(|done| !done) {
             for message in self.receive(&batch_what, deadline)? {
                 let index = message.header.sequence_number.wrapping_sub(first_sequence);
->>>>>>> wip/topology
                 let Some(slot) = acked.get_mut(index as usize) else {
                     continue;
                 };
@@ -599,14 +560,9 @@ impl Rtnl {
             sequence,
         );
         self.send(&datagram, what)?;
-<<<<<<< HEAD
-        loop {
-            for message in self.receive(what)? {
-=======
         let deadline = Instant::now() + NETLINK_REPLY_TIMEOUT;
         loop {
             for message in self.receive(what, deadline)? {
->>>>>>> wip/topology
                 if message.header.sequence_number != sequence {
                     continue;
                 }
@@ -643,24 +599,6 @@ impl Rtnl {
         Ok(())
     }
 
-<<<<<<< HEAD
-    /// One datagram from the kernel, split into its messages. Times out after [`NETLINK_REPLY_TIMEOUT`].
-    fn receive(&mut self, what: &str) -> Result<Vec<NetlinkMessage<RouteNetlinkMessage>>> {
-        self.buffer.clear();
-        let length = self
-            .socket
-            .recv(&mut self.buffer, libc::MSG_TRUNC)
-            .map_err(|e| {
-                if e.kind() == io::ErrorKind::WouldBlock {
-                    Error::sys(
-                        format!("{what}: no netlink answer within {NETLINK_REPLY_TIMEOUT:?}"),
-                        io::Error::from(io::ErrorKind::TimedOut),
-                    )
-                } else {
-                    Error::sys(format!("{what}: receive netlink answer"), e)
-                }
-            })?;
-=======
     /// One datagram from the kernel, split into its messages. Each receive waits at most
     /// [`NETLINK_REPLY_TIMEOUT`], and none starts after `deadline`.
     fn receive(
@@ -686,7 +624,6 @@ impl Rtnl {
                 Err(e) => return Err(Error::sys(format!("{what}: receive netlink answer"), e)),
             }
         };
->>>>>>> wip/topology
         if length > self.buffer.len() {
             return Err(Error::Internal(format!(
                 "{what}: netlink answer of {length} bytes does not fit in {} bytes",

@@ -102,8 +102,6 @@ mod tests {
     }
 
     #[test]
-<<<<<<< HEAD
-=======
     fn refused_user_namespaces_say_what_to_do() {
         let error = missing_privileges(
             "unshare(CLONE_NEWUSER) (unshare --user)",
@@ -134,7 +132,6 @@ mod tests {
     }
 
     #[test]
->>>>>>> wip/topology
     fn root_needs_nothing() {
         assert!(nix::unistd::geteuid().is_root(), "kernel tests run as root");
         assert_eq!(acquire().unwrap(), Privilege::Root);
