@@ -108,7 +108,7 @@ impl Capture {
             stop_signal: Arc::clone(&stop_signal),
             pcap: writer,
             decoder: Decoder::new(),
-            clock: sink.clock(),
+            clock: sink.clock().clone(),
             sink,
             host,
             stats: CaptureStats::default(),
@@ -629,8 +629,8 @@ mod tests {
         let pair = veth_pair();
         let dir = TestDir::new("exchange");
         let (client_pcap, server_pcap) = (dir.file("client.pcap"), dir.file("server.pcap"));
-        let clock = Clock::start();
-        let (sink, events) = EventSink::new(clock);
+        let clock = Clock::started();
+        let (sink, events) = EventSink::new(clock.clone());
         let listener = pair.server.run(|| Ok(TcpListener::bind((SERVER_ADDR, 9000)).unwrap())).unwrap();
         let client_capture =
             Capture::start(&pair.client, HostId::Client, pair.client_ifindex, &client_pcap, sink.clone()).unwrap();
@@ -743,7 +743,7 @@ mod tests {
     fn kernel_icmp_port_unreachable_is_decoded() {
         let pair = veth_pair();
         let dir = TestDir::new("icmp");
-        let (sink, events) = EventSink::new(Clock::start());
+        let (sink, events) = EventSink::new(Clock::started());
         let pcap = dir.file("client.pcap");
         let capture = Capture::start(&pair.client, HostId::Client, pair.client_ifindex, &pcap, sink).unwrap();
         let socket = pair.client.run(|| Ok(UdpSocket::bind((CLIENT_ADDR, 5000)).unwrap())).unwrap();
@@ -769,7 +769,7 @@ mod tests {
     fn an_idle_capture_stops_promptly_with_an_empty_readable_pcap() {
         let pair = veth_pair();
         let dir = TestDir::new("idle");
-        let (sink, _events) = EventSink::new(Clock::start());
+        let (sink, _events) = EventSink::new(Clock::started());
         let pcap = dir.file("server.pcap");
         let capture = Capture::start(&pair.server, HostId::Server, pair.server_ifindex, &pcap, sink).unwrap();
         thread::sleep(Duration::from_millis(150));
@@ -785,7 +785,7 @@ mod tests {
     fn start_fails_on_a_missing_interface_and_says_which() {
         let ns = Netns::new_anonymous().unwrap();
         let dir = TestDir::new("missing");
-        let (sink, _events) = EventSink::new(Clock::start());
+        let (sink, _events) = EventSink::new(Clock::started());
         let err = Capture::start(&ns, HostId::Client, 4242, &dir.file("x.pcap"), sink).unwrap_err();
         assert!(err.to_string().contains("interface 4242 of client"), "{err}");
         assert!(!dir.file("x.pcap").exists());

@@ -1,35 +1,56 @@
 //! The run's single clock: t0 taken once, every event stamped relative to it.
 
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::scenario::plan::HostId;
 use crate::timeline::{Event, EventKind};
 
 /// t0 on the monotonic clock, and the wall-clock time of the same instant for pcap timestamps.
-#[derive(Debug, Clone, Copy)]
+///
+/// A clock can be handed out before it starts (capture and observer are set up first); until
+/// [`Clock::start`] every time reads as zero, and every copy sees t0 once it is set.
+#[derive(Debug, Clone, Default)]
 pub struct Clock {
-    t0: Instant,
-    t0_wall: SystemTime,
+    t0: Arc<OnceLock<(Instant, SystemTime)>>,
 }
 
 impl Clock {
-    pub fn start() -> Clock {
-        Clock { t0: Instant::now(), t0_wall: SystemTime::now() }
+    /// A clock whose t0 is not set yet.
+    pub fn unstarted() -> Clock {
+        Clock::default()
     }
 
-    /// Time since t0.
+    /// A clock started now.
+    pub fn started() -> Clock {
+        let clock = Clock::unstarted();
+        clock.start();
+        clock
+    }
+
+    /// Sets t0 to now; later calls keep the first t0.
+    pub fn start(&self) {
+        let _ = self.t0.set((Instant::now(), SystemTime::now()));
+    }
+
+    /// Time since t0 (zero before the start).
     pub fn now(&self) -> Duration {
-        self.t0.elapsed()
+        self.at(Instant::now())
     }
 
-    pub fn t0(&self) -> Instant {
-        self.t0
+    /// Time from t0 to a monotonic instant (zero if it is before t0 or the clock has not started).
+    pub fn at(&self, instant: Instant) -> Duration {
+        self.t0.get().map_or(Duration::ZERO, |(t0, _)| instant.saturating_duration_since(*t0))
+    }
+
+    /// t0 on the monotonic clock; `None` before the start.
+    pub fn t0(&self) -> Option<Instant> {
+        self.t0.get().map(|(t0, _)| *t0)
     }
 
     /// Converts a kernel wall-clock timestamp (a packet's) to time since t0; earlier than t0 gives zero.
     pub fn since_t0(&self, wall: SystemTime) -> Duration {
-        wall.duration_since(self.t0_wall).unwrap_or(Duration::ZERO)
+        self.t0.get().map_or(Duration::ZERO, |(_, t0_wall)| wall.duration_since(*t0_wall).unwrap_or(Duration::ZERO))
     }
 }
 
@@ -46,8 +67,8 @@ impl EventSink {
         (EventSink { tx, clock }, rx)
     }
 
-    pub fn clock(&self) -> Clock {
-        self.clock
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// Records `kind` on `host` now.

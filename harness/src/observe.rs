@@ -518,7 +518,7 @@ impl Sampler {
     /// microseconds, see `ObserverStats`) and after the previous sample's `t`.
     fn sample(&mut self) -> Result<()> {
         let requested = Instant::now();
-        let t = requested.saturating_duration_since(self.sink.clock().t0());
+        let t = self.sink.clock().at(requested);
         dump_into(&mut self.socket, &mut self.samples)?;
         let took = requested.elapsed();
         self.count += 1;
@@ -1323,7 +1323,7 @@ mod kernel_tests {
     fn deferred_accept_shows_syn_recv_until_data_arrives() {
         let ns = namespace_with_loopback();
         let _listener = listener(&ns, 8, Some(10));
-        let (sink, events) = EventSink::new(Clock::start());
+        let (sink, events) = EventSink::new(Clock::started());
         let observer =
             Observer::start(&ns, HostId::Server, Duration::from_millis(10), sink).unwrap();
         let mut client = connect_in(&ns);
@@ -1435,7 +1435,7 @@ mod kernel_tests {
         // Backlog 0 holds one connection; the next SYN finds the accept queue full and is dropped.
         let _listener = listener(&ns, 0, None);
         let _queued = connect_in(&ns);
-        let (sink, events) = EventSink::new(Clock::start());
+        let (sink, events) = EventSink::new(Clock::started());
         let observer =
             Observer::start(&ns, HostId::Client, Duration::from_millis(10), sink).unwrap();
         let syn_sent = connect_nonblocking(&ns);
@@ -1479,7 +1479,7 @@ mod kernel_tests {
         let client = connect_in(&ns);
         let (server, _) = listener.accept().unwrap();
         let port = client.local_addr().unwrap().port();
-        let (sink, events) = EventSink::new(Clock::start());
+        let (sink, events) = EventSink::new(Clock::started());
         let observer =
             Observer::start(&ns, HostId::Client, Duration::from_millis(5), sink).unwrap();
         let mut diag = DiagSocket::open_in(&ns).unwrap();

@@ -15,7 +15,7 @@ use libtest_mimic::{Arguments, Failed, Trial};
 use crate::error::{Context, Error, Result};
 use crate::report::{self, Status, Summary};
 use crate::scenario::{self, plan::Plan};
-use crate::{engine, userns, verdict};
+use crate::{engine, netns, userns, verdict};
 
 /// Time a child gets beyond its scenario deadline for set-up, teardown and writing its report.
 pub const CHILD_GRACE: Duration = Duration::from_secs(20);
@@ -160,6 +160,7 @@ pub fn child_main(root: &Path, reports: &Path, file: &Path) -> ExitCode {
 fn run_here(root: &Path, reports: &Path, file: &Path) -> Result<Summary> {
     // Entering a user namespace needs a single-threaded process: do it before anything spawns a thread.
     userns::acquire()?;
+    netns::enter_private_parent()?;
     let plan = scenario::load(root, file)?;
     let dir = report::report_dir(reports, &plan.name)?;
     if dir.exists() {

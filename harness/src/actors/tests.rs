@@ -243,7 +243,7 @@ fn run_with_server_late(
     netns.run(lo_up).unwrap();
     let board = StepBoard::new();
     let processes = ProcessRegistry::new();
-    let (sink, events) = EventSink::new(Clock::start());
+    let (sink, events) = EventSink::new(Clock::started());
     let plan = plan(client, server, deadline);
     let deadline = Instant::now() + deadline;
     let (done_tx, done_rx) = mpsc::channel();
@@ -1037,7 +1037,7 @@ fn calls_on_a_closed_socket_get_ebadf_and_poll_gets_pollnval() {
 
 #[test]
 fn a_program_for_the_wrong_host_is_refused() {
-    let (sink, _events) = EventSink::new(Clock::start());
+    let (sink, _events) = EventSink::new(Clock::started());
     let ctx = ActorContext {
         host: HostId::Client,
         own_address: Ipv4Addr::LOCALHOST,
