@@ -99,6 +99,9 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
         let wake = schedule.next_due().map_or(IDLE_TICK, |due| due.saturating_sub(now).min(IDLE_TICK));
         match events.recv_timeout(wake) {
             Ok(event) => {
+                if wants_fresh_sample(&event) {
+                    observers.iter().for_each(Observer::poke);
+                }
                 schedule.observe(plan, &event);
                 collected.push(event);
             }
@@ -164,6 +167,16 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
         observer: [observer_client, observer_server],
         fault_hits,
     })
+}
+
+/// Packets that change TCP states (SYN, FIN, RST) and step ends: worth a socket sample at once.
+fn wants_fresh_sample(event: &Event) -> bool {
+    const STATE_CHANGING_FLAGS: u8 = 0x01 | 0x02 | 0x04;
+    match &event.kind {
+        EventKind::Packet(packet) => packet.flags & STATE_CHANGING_FLAGS != 0,
+        EventKind::StepEnd { .. } => true,
+        _ => false,
+    }
 }
 
 /// Switches the faults that are due now and records each switch on the timeline.

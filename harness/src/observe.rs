@@ -540,13 +540,18 @@ impl Sampler {
         }
     }
 
-    /// Samples every `interval` until told to stop (or the `Observer` is dropped), then once more.
-    fn run(mut self, interval: Duration, stop: mpsc::Receiver<()>) -> Result<ObserverStats> {
+    /// Samples every `interval`, and at once when poked, until told to stop (or the `Observer` is dropped),
+    /// then once more.
+    fn run(mut self, interval: Duration, signals: mpsc::Receiver<Signal>) -> Result<ObserverStats> {
         let mut next = Instant::now() + interval;
         loop {
-            match stop.recv_timeout(next.saturating_duration_since(Instant::now())) {
+            match signals.recv_timeout(next.saturating_duration_since(Instant::now())) {
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Ok(Signal::SampleNow) => {
+                    self.sample()?;
+                    continue;
+                }
+                Ok(Signal::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                     self.sample()?;
                     return Ok(self.stats());
                 }
@@ -562,11 +567,19 @@ impl Sampler {
     }
 }
 
+/// What the owner of an observer tells its thread.
+#[derive(Debug, Clone, Copy)]
+enum Signal {
+    /// Something just happened (a SYN, FIN or RST, a step's end): sample now rather than at the next tick.
+    SampleNow,
+    Stop,
+}
+
 /// `watch -n <interval> ss -tanoi` inside one host's namespace, as timeline events.
 #[derive(Debug)]
 pub struct Observer {
     host: HostId,
-    stop: mpsc::Sender<()>,
+    stop: mpsc::Sender<Signal>,
     finished: mpsc::Receiver<Result<ObserverStats>>,
     thread: thread::JoinHandle<()>,
 }
@@ -619,11 +632,18 @@ impl Observer {
         })
     }
 
+    /// `ss -tanoi` right now: asks for a sample between ticks, so short-lived states (a handshake, a FIN
+    /// exchange) are seen even when they last less than the sampling interval.
+    pub fn poke(&self) {
+        // A stopped thread needs no sample.
+        let _ = self.stop.send(Signal::SampleNow);
+    }
+
     /// Takes one last sample, stops the thread (bounded), returns the number of samples taken and the mean dump
     /// time. A dump that failed while running ends the sampling early and is reported here.
     pub fn stop(self) -> Result<ObserverStats> {
         // The thread is gone already if a dump failed; its result waits in `finished`.
-        let _ = self.stop.send(());
+        let _ = self.stop.send(Signal::Stop);
         match self.finished.recv_timeout(STOP_TIMEOUT) {
             Ok(result) => {
                 self.thread.join().map_err(|_| {

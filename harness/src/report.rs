@@ -76,9 +76,27 @@ struct ResultFile<'a> {
     failures: &'a [Failure],
     steps: Vec<StepReport<'a>>,
     capture: &'a [crate::capture::CaptureStats; 2],
-    observer: &'a [crate::observe::ObserverStats; 2],
+    observer: [ObserverReport; 2],
     fault_hits: &'a [(String, u64)],
     events: &'a Timeline,
+}
+
+/// The observer's figures in result.json, in microseconds.
+#[derive(Debug, Serialize)]
+struct ObserverReport {
+    samples: u64,
+    mean_dump_us: f64,
+    max_dump_us: f64,
+}
+
+impl From<crate::observe::ObserverStats> for ObserverReport {
+    fn from(stats: crate::observe::ObserverStats) -> ObserverReport {
+        ObserverReport {
+            samples: stats.samples,
+            mean_dump_us: stats.mean_dump_time.as_secs_f64() * 1e6,
+            max_dump_us: stats.max_dump_time.as_secs_f64() * 1e6,
+        }
+    }
 }
 
 /// Writes result.json and timeline.txt next to the pcaps; returns the summary.
@@ -120,7 +138,7 @@ pub fn write(plan: &Plan, output: &RunOutput, verdict: &Verdict, dir: &Path) -> 
         failures: &verdict.failures,
         steps,
         capture: &output.capture,
-        observer: &output.observer,
+        observer: output.observer.map(ObserverReport::from),
         fault_hits: &output.fault_hits,
         events: &output.timeline,
     };
@@ -187,6 +205,20 @@ fn render_timeline(plan: &Plan, output: &RunOutput, verdict: &Verdict) -> String
         output.setup.as_secs_f64() * 1e3,
         output.teardown.as_secs_f64() * 1e3,
     ));
+    for host in HostId::ALL {
+        let capture = &output.capture[host.index()];
+        let observer = &output.observer[host.index()];
+        text.push_str(&format!(
+            "# {host}: {}.pcap {} packets, {} dropped by the capture; {} socket samples\n",
+            host.name(),
+            capture.packets,
+            capture.kernel_drops,
+            observer.samples
+        ));
+    }
+    for (fault, hits) in &output.fault_hits {
+        text.push_str(&format!("# fault {fault}: {hits} packets matched\n"));
+    }
     for failure in &verdict.failures {
         text.push_str(&format!("# FAIL {failure}\n"));
     }
