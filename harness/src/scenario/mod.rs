@@ -160,7 +160,27 @@ fn syntax_message(text: &str, location: Location, libyaml: &str) -> String {
     if offending == Some('\t') {
         message.push_str("; YAML indents with spaces, not tabs");
     }
+    if let Some(step) = bare_step_above(text, location.line) {
+        message.push_str(&format!(
+            "; a bare step like `- {step}` cannot take keys: write it as a map, `- {step}: {{}}`, to add name, on, as or expect"
+        ));
+    }
     format!("not valid YAML: {message}")
+}
+
+/// The action of a bare list item (`- close`) on the last non-blank line before `line`, if there is one.
+fn bare_step_above(text: &str, line: usize) -> Option<&str> {
+    let above = text
+        .lines()
+        .take(line.saturating_sub(1))
+        .filter(|l| !l.trim().is_empty())
+        .last()?;
+    let item = above.trim().strip_prefix("- ")?.trim();
+    (!item.is_empty()
+        && item
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+    .then_some(item)
 }
 
 static MARK: LazyLock<Regex> =
