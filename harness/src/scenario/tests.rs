@@ -1476,3 +1476,24 @@ fn more_bad_inputs_with_positions() {
         problems.join("\n")
     );
 }
+
+#[test]
+fn format_reference_examples_are_valid() {
+    let reference = include_str!("FORMAT.md");
+    let mut checked = 0;
+    for block in reference.split("```yaml\n").skip(1) {
+        let yaml = block.split("```").next().unwrap_or("");
+        let text = if yaml.starts_with("description:") {
+            yaml.to_string()
+        } else if yaml.starts_with("  - ") || yaml.starts_with("    expect:") {
+            continue;
+        } else {
+            format!("description: d\nclient:\n  - connect: {{ port: 9000 }}\n    name: connect\n{yaml}")
+        };
+        if let Err(e) = parse_text(&text) {
+            panic!("FORMAT.md example does not load: {e}\n{text}");
+        }
+        checked += 1;
+    }
+    assert!(checked >= 6, "only {checked} examples checked");
+}
