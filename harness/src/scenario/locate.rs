@@ -107,13 +107,13 @@ pub struct StructureError {
 
 enum Frame {
     Map {
-        path: NodePath,
+        path: String,
         pending_key: Option<(String, Location)>,
         keys: HashMap<String, Location>,
         first_key_seen: bool,
     },
     Seq {
-        path: NodePath,
+        path: String,
         next: usize,
     },
 }
@@ -283,26 +283,27 @@ impl SourceIndex {
     }
 
     /// yaml-rust2 marks a block map at the end of its first key; the first key is where the map really starts.
-    fn fix_block_map_start(&mut self, path: &NodePath, first_key: Location) {
-        if let Some(node) = self.nodes.get_mut(&path.to_string()) {
+    fn fix_block_map_start(&mut self, path: &str, first_key: Location) {
+        if let Some(node) = self.nodes.get_mut(path) {
             if first_key < node.value {
                 node.value = first_key;
             }
         }
     }
 
-    /// Records a value node under its parent and returns its path.
-    fn add_value(&mut self, stack: &mut [Frame], here: Location, empty_scalar: bool) -> NodePath {
+    /// Records a value node under its parent and returns its path, spelt as [`NodePath`] displays it.
+    fn add_value(&mut self, stack: &mut [Frame], here: Location, empty_scalar: bool) -> String {
         let (path, key) = match stack.last_mut() {
-            None => (NodePath::root(), None),
+            None => (String::new(), None),
             Some(Frame::Seq { path, next }) => {
                 *next += 1;
-                (path.index(*next - 1), None)
+                (format!("{path}[{}]", *next - 1), None)
             }
             Some(Frame::Map {
                 path, pending_key, ..
             }) => match pending_key.take() {
-                Some((key, key_at)) => (path.key(&key), Some(key_at)),
+                Some((key, key_at)) if path.is_empty() => (key, Some(key_at)),
+                Some((key, key_at)) => (format!("{path}.{key}"), Some(key_at)),
                 None => (path.clone(), None),
             },
         };
@@ -312,7 +313,7 @@ impl SourceIndex {
             _ => here,
         };
         self.nodes
-            .entry(path.to_string())
+            .entry(path.clone())
             .or_insert(NodePosition { value, key });
         path
     }

@@ -218,6 +218,9 @@ fn serde_error(
                 suggestion(given, allowed.iter().copied()),
                 allowed.join(", ")
             );
+            if given == "<<" {
+                text.push_str(" (merge keys are not supported: write the keys out)");
+            }
             if allowed.contains(&"expect") {
                 if let Some(inner) = closest(given, STEP_EXPECT_KEYS) {
                     text.push_str(&format!(" (`{inner}` goes inside the step's expect, e.g. expect: {{ {inner}: ... }})"));
@@ -229,6 +232,11 @@ fn serde_error(
         let (found, expected) = rest
             .split_once(", expected ")
             .unwrap_or((rest, "something else"));
+        let found = if found == "enum" {
+            "a YAML tag (!name), which scenarios do not use"
+        } else {
+            found
+        };
         format!(
             "wrong type for {context}: found {found}, expected {}",
             describe_expected(expected)

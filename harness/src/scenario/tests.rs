@@ -1464,6 +1464,30 @@ fn more_bad_inputs_with_positions() {
     );
     refused("description:\n", 1, 1, "missing \"description\"");
     refused(
+        "description: d\ntimeout: !x 5s\n",
+        2,
+        10,
+        "found a YAML tag (!name)",
+    );
+    refused(
+        "description: d\nfaults:\n  - &f { name: a, at: server, action: drop }\n  - { <<: *f, name: b }\n",
+        4,
+        7,
+        "unknown key \"<<\" in fault `faults[1]`; allowed: name, at, direction, match, action, from, until (merge keys",
+    );
+    refused(
+        "description: d\nclient:\n  - ~\n",
+        3,
+        5,
+        "a step is an action name like `close`",
+    );
+    refused(
+        "description: d\nclient:\n  - connect: { port: 90.5 }\n",
+        3,
+        22,
+        "port must be a whole number 1..65535, not 90.5",
+    );
+    refused(
         "- description: d\n",
         1,
         1,
@@ -1488,7 +1512,9 @@ fn format_reference_examples_are_valid() {
         } else if yaml.starts_with("  - ") || yaml.starts_with("    expect:") {
             continue;
         } else {
-            format!("description: d\nclient:\n  - connect: {{ port: 9000 }}\n    name: connect\n{yaml}")
+            format!(
+                "description: d\nclient:\n  - connect: {{ port: 9000 }}\n    name: connect\n{yaml}"
+            )
         };
         if let Err(e) = parse_text(&text) {
             panic!("FORMAT.md example does not load: {e}\n{text}");
