@@ -11,6 +11,8 @@ pub mod plan;
 pub mod schema;
 pub mod validate;
 
+use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
@@ -29,7 +31,7 @@ pub const MAX_FILE_SIZE: usize = 1024 * 1024;
 /// Reads, parses and validates `file`; the plan is named by the path of `file` relative to `root`, without
 /// `.yaml` / `.yml`, with `/` separators (the file stem when `file` is not under `root`).
 pub fn load(root: &Path, file: &Path) -> Result<Plan, ScenarioError> {
-    let bytes = std::fs::read(file).map_err(|e| {
+    let unreadable = |e: std::io::Error| {
         ScenarioError::new(
             file,
             None,
@@ -38,7 +40,12 @@ pub fn load(root: &Path, file: &Path) -> Result<Plan, ScenarioError> {
                 file.display()
             ),
         )
-    })?;
+    };
+    // Reading one byte past the limit is enough to refuse a file without reading all of a huge one.
+    let mut bytes = Vec::new();
+    File::open(file)
+        .and_then(|f| f.take(MAX_FILE_SIZE as u64 + 1).read_to_end(&mut bytes))
+        .map_err(unreadable)?;
     check_size(file, bytes.len())?;
     let text = std::str::from_utf8(&bytes).map_err(|e| {
         let offset = e.valid_up_to();
@@ -122,7 +129,7 @@ fn check_size(file: &Path, size: usize) -> Result<(), ScenarioError> {
         file,
         Some(Location { line: 1, column: 1 }),
         format!(
-            "file is {size} bytes; scenario files are limited to 1 MiB ({MAX_FILE_SIZE} bytes)"
+            "file is larger than 1 MiB ({MAX_FILE_SIZE} bytes), the limit for a scenario file; real ones are a few KiB"
         ),
     ))
 }

@@ -1053,7 +1053,7 @@ fn load_reports_unreadable_and_oversized_files() {
     let error = load(&dir.0, &big).unwrap_err();
     assert_eq!(error.location, Some(at(1, 1)));
     assert!(
-        error.message.contains("limited to 1 MiB"),
+        error.message.contains("larger than 1 MiB"),
         "{}",
         error.message
     );
