@@ -15,12 +15,28 @@ fn expected_error(file: &Path) -> Result<Expected, String> {
     let bytes = std::fs::read(file).map_err(|e| format!("cannot read: {e}"))?;
     let text = String::from_utf8_lossy(&bytes);
     let header = text.lines().next().unwrap_or("");
-    let rest = header.strip_prefix("# error: ").ok_or("first line must be `# error: LINE:COLUMN: message`")?;
+    let rest = header
+        .strip_prefix("# error: ")
+        .ok_or("first line must be `# error: LINE:COLUMN: message`")?;
     let mut parts = rest.splitn(3, ':');
-    let line = parts.next().and_then(|n| n.trim().parse().ok()).ok_or("bad LINE in header")?;
-    let column = parts.next().and_then(|n| n.trim().parse().ok()).ok_or("bad COLUMN in header")?;
-    let message = parts.next().map(str::trim).filter(|m| !m.is_empty()).ok_or("empty message in header")?;
-    Ok(Expected { line, column, message: message.to_string() })
+    let line = parts
+        .next()
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or("bad LINE in header")?;
+    let column = parts
+        .next()
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or("bad COLUMN in header")?;
+    let message = parts
+        .next()
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .ok_or("empty message in header")?;
+    Ok(Expected {
+        line,
+        column,
+        message: message.to_string(),
+    })
 }
 
 fn corpus() -> (PathBuf, Vec<PathBuf>) {
@@ -32,7 +48,11 @@ fn corpus() -> (PathBuf, Vec<PathBuf>) {
 #[test]
 fn every_bad_scenario_fails_with_its_announced_error() {
     let (root, files) = corpus();
-    assert!(files.len() >= 30, "the corpus holds {} files; it must keep at least 30", files.len());
+    assert!(
+        files.len() >= 30,
+        "the corpus holds {} files; it must keep at least 30",
+        files.len()
+    );
     let mut failures = Vec::new();
     for file in &files {
         let expected = match expected_error(file) {
@@ -51,16 +71,27 @@ fn every_bad_scenario_fails_with_its_announced_error() {
         };
         let shown = error.to_string();
         let prefix = format!("{}:{}:{}: ", file.display(), expected.line, expected.column);
-        if error.file != *file || !shown.starts_with(&prefix) || !error.message.contains(&expected.message) {
+        if error.file != *file
+            || !shown.starts_with(&prefix)
+            || !error.message.contains(&expected.message)
+        {
             failures.push(format!(
                 "{}\n    expected: {}:{}: ...{}...\n    got:      {}",
                 file.display(),
                 expected.line,
                 expected.column,
                 expected.message,
-                shown.strip_prefix(&format!("{}:", file.display())).unwrap_or(&shown)
+                shown
+                    .strip_prefix(&format!("{}:", file.display()))
+                    .unwrap_or(&shown)
             ));
         }
     }
-    assert!(failures.is_empty(), "{} of {} bad scenarios differ:\n{}", failures.len(), files.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} bad scenarios differ:\n{}",
+        failures.len(),
+        files.len(),
+        failures.join("\n")
+    );
 }

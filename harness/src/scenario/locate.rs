@@ -13,6 +13,10 @@ use crate::scenario::plan::Location;
 /// Deepest nesting of maps and lists a scenario may use; real scenarios need about 6.
 pub const MAX_DEPTH: usize = 64;
 
+/// Most nodes (keys and values) a file may hold once its `*aliases` are expanded; real scenarios hold a few
+/// hundred. Counted before serde expands anything, so an alias bomb costs neither time nor memory.
+pub const MAX_EXPANDED_NODES: u64 = 100_000;
+
 /// A path to a node as serde_norway prints it: `client[2].expect.result`, `faults[0].from`; empty = the top.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodePath {
@@ -103,15 +107,53 @@ pub struct StructureError {
 
 enum Frame {
     Map {
-        path: NodePath,
+        path: String,
         pending_key: Option<(String, Location)>,
         keys: HashMap<String, Location>,
         first_key_seen: bool,
     },
     Seq {
-        path: NodePath,
+        path: String,
         next: usize,
     },
+}
+
+/// Counts nodes as serde will see them, with every alias replaced by a copy of its anchor.
+#[derive(Default)]
+struct Expansion {
+    total: u64,
+    anchor_sizes: HashMap<usize, u64>,
+    /// Anchor id and `total` before each open map or list.
+    open: Vec<(usize, u64)>,
+}
+
+impl Expansion {
+    fn scalar(&mut self, anchor: usize) {
+        self.total += 1;
+        if anchor != 0 {
+            self.anchor_sizes.insert(anchor, 1);
+        }
+    }
+
+    fn start(&mut self, anchor: usize) {
+        self.open.push((anchor, self.total));
+        self.total += 1;
+    }
+
+    fn end(&mut self) {
+        if let Some((anchor, before)) = self.open.pop() {
+            if anchor != 0 {
+                self.anchor_sizes.insert(anchor, self.total - before);
+            }
+        }
+    }
+
+    fn alias(&mut self, anchor: usize) -> u64 {
+        self.total = self
+            .total
+            .saturating_add(self.anchor_sizes.get(&anchor).copied().unwrap_or(1));
+        self.total
+    }
 }
 
 fn location(marker: &Marker) -> Location {
@@ -129,6 +171,7 @@ impl SourceIndex {
         let mut parser = Parser::new_from_str(text);
         let mut stack: Vec<Frame> = Vec::new();
         let mut documents = 0;
+        let mut expansion = Expansion::default();
         loop {
             let (event, marker) = parser.next_token().map_err(|e| StructureError {
                 location: location(e.marker()),
@@ -152,8 +195,10 @@ impl SourceIndex {
                 }
                 Event::MappingEnd | Event::SequenceEnd => {
                     stack.pop();
+                    expansion.end();
                 }
-                Event::Scalar(text, style, _, _) => {
+                Event::Scalar(text, style, anchor, _) => {
+                    expansion.scalar(anchor);
                     if let Some(Frame::Map {
                         pending_key: pending @ None,
                         keys,
@@ -181,13 +226,24 @@ impl SourceIndex {
                     let empty = text.is_empty() && style == TScalarStyle::Plain;
                     index.add_value(&mut stack, here, empty);
                 }
-                Event::Alias(_) => {
+                Event::Alias(anchor) => {
                     index.reject_complex_key(&stack, here)?;
+                    if expansion.alias(anchor) > MAX_EXPANDED_NODES {
+                        return Err(StructureError {
+                            location: here,
+                            message: format!(
+                                "aliases (*name) expand this file to more than {MAX_EXPANDED_NODES} values; a \
+                                 scenario needs far fewer: write the values out or use fewer aliases"
+                            ),
+                            syntax: false,
+                        });
+                    }
                     index.first_alias.get_or_insert(here);
                     index.add_value(&mut stack, here, false);
                 }
-                Event::MappingStart(..) | Event::SequenceStart(..) => {
+                Event::MappingStart(anchor, _) | Event::SequenceStart(anchor, _) => {
                     index.reject_complex_key(&stack, here)?;
+                    expansion.start(anchor);
                     if stack.len() >= MAX_DEPTH {
                         return Err(StructureError {
                             location: here,
@@ -227,26 +283,27 @@ impl SourceIndex {
     }
 
     /// yaml-rust2 marks a block map at the end of its first key; the first key is where the map really starts.
-    fn fix_block_map_start(&mut self, path: &NodePath, first_key: Location) {
-        if let Some(node) = self.nodes.get_mut(&path.to_string()) {
+    fn fix_block_map_start(&mut self, path: &str, first_key: Location) {
+        if let Some(node) = self.nodes.get_mut(path) {
             if first_key < node.value {
                 node.value = first_key;
             }
         }
     }
 
-    /// Records a value node under its parent and returns its path.
-    fn add_value(&mut self, stack: &mut [Frame], here: Location, empty_scalar: bool) -> NodePath {
+    /// Records a value node under its parent and returns its path, spelt as [`NodePath`] displays it.
+    fn add_value(&mut self, stack: &mut [Frame], here: Location, empty_scalar: bool) -> String {
         let (path, key) = match stack.last_mut() {
-            None => (NodePath::root(), None),
+            None => (String::new(), None),
             Some(Frame::Seq { path, next }) => {
                 *next += 1;
-                (path.index(*next - 1), None)
+                (format!("{path}[{}]", *next - 1), None)
             }
             Some(Frame::Map {
                 path, pending_key, ..
             }) => match pending_key.take() {
-                Some((key, key_at)) => (path.key(&key), Some(key_at)),
+                Some((key, key_at)) if path.is_empty() => (key, Some(key_at)),
+                Some((key, key_at)) => (format!("{path}.{key}"), Some(key_at)),
                 None => (path.clone(), None),
             },
         };
@@ -256,7 +313,7 @@ impl SourceIndex {
             _ => here,
         };
         self.nodes
-            .entry(path.to_string())
+            .entry(path.clone())
             .or_insert(NodePosition { value, key });
         path
     }
@@ -419,6 +476,38 @@ server: []
         let err = SourceIndex::build(&text).unwrap_err();
         assert_eq!(err.location, at(1, 4 + MAX_DEPTH - 1));
         assert!(err.message.contains("nested more than 64 levels"));
+    }
+
+    #[test]
+    fn refuses_alias_bombs_before_expanding() {
+        let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for level in 1..10 {
+            let items = vec![format!("*a{}", level - 1); 10].join(", ");
+            text.push_str(&format!("a{level}: &a{level} [{items}]\n"));
+        }
+        let err = SourceIndex::build(&text).unwrap_err();
+        assert!(
+            err.message
+                .contains("expand this file to more than 100000 values"),
+            "{}",
+            err.message
+        );
+        assert_eq!(
+            err.location.line, 5,
+            "level 4 is the first to pass 100000 nodes"
+        );
+    }
+
+    #[test]
+    fn counts_aliases_of_scalars_and_maps() {
+        let mut expansion = Expansion::default();
+        expansion.start(1);
+        expansion.scalar(0);
+        expansion.scalar(2);
+        expansion.end();
+        assert_eq!(expansion.anchor_sizes.get(&1), Some(&3));
+        assert_eq!(expansion.alias(1), 6);
+        assert_eq!(expansion.alias(2), 7);
     }
 
     #[test]

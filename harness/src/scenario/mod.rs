@@ -11,6 +11,8 @@ pub mod plan;
 pub mod schema;
 pub mod validate;
 
+use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
@@ -29,7 +31,7 @@ pub const MAX_FILE_SIZE: usize = 1024 * 1024;
 /// Reads, parses and validates `file`; the plan is named by the path of `file` relative to `root`, without
 /// `.yaml` / `.yml`, with `/` separators (the file stem when `file` is not under `root`).
 pub fn load(root: &Path, file: &Path) -> Result<Plan, ScenarioError> {
-    let bytes = std::fs::read(file).map_err(|e| {
+    let unreadable = |e: std::io::Error| {
         ScenarioError::new(
             file,
             None,
@@ -38,7 +40,12 @@ pub fn load(root: &Path, file: &Path) -> Result<Plan, ScenarioError> {
                 file.display()
             ),
         )
-    })?;
+    };
+    // Reading one byte past the limit is enough to refuse a file without reading all of a huge one.
+    let mut bytes = Vec::new();
+    File::open(file)
+        .and_then(|f| f.take(MAX_FILE_SIZE as u64 + 1).read_to_end(&mut bytes))
+        .map_err(unreadable)?;
     check_size(file, bytes.len())?;
     let text = std::str::from_utf8(&bytes).map_err(|e| {
         let offset = e.valid_up_to();
@@ -122,7 +129,7 @@ fn check_size(file: &Path, size: usize) -> Result<(), ScenarioError> {
         file,
         Some(Location { line: 1, column: 1 }),
         format!(
-            "file is {size} bytes; scenario files are limited to 1 MiB ({MAX_FILE_SIZE} bytes)"
+            "file is larger than 1 MiB ({MAX_FILE_SIZE} bytes), the limit for a scenario file; real ones are a few KiB"
         ),
     ))
 }
@@ -160,7 +167,27 @@ fn syntax_message(text: &str, location: Location, libyaml: &str) -> String {
     if offending == Some('\t') {
         message.push_str("; YAML indents with spaces, not tabs");
     }
+    if let Some(step) = bare_step_above(text, location.line) {
+        message.push_str(&format!(
+            "; a bare step like `- {step}` cannot take keys: write it as a map, `- {step}: {{}}`, to add name, on, as or expect"
+        ));
+    }
     format!("not valid YAML: {message}")
+}
+
+/// The action of a bare list item (`- close`) on the last non-blank line before `line`, if there is one.
+fn bare_step_above(text: &str, line: usize) -> Option<&str> {
+    let above = text
+        .lines()
+        .take(line.saturating_sub(1))
+        .filter(|l| !l.trim().is_empty())
+        .last()?;
+    let item = above.trim().strip_prefix("- ")?.trim();
+    (!item.is_empty()
+        && item
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+    .then_some(item)
 }
 
 static MARK: LazyLock<Regex> =
@@ -198,6 +225,9 @@ fn serde_error(
                 suggestion(given, allowed.iter().copied()),
                 allowed.join(", ")
             );
+            if given == "<<" {
+                text.push_str(" (merge keys are not supported: write the keys out)");
+            }
             if allowed.contains(&"expect") {
                 if let Some(inner) = closest(given, STEP_EXPECT_KEYS) {
                     text.push_str(&format!(" (`{inner}` goes inside the step's expect, e.g. expect: {{ {inner}: ... }})"));
@@ -209,6 +239,11 @@ fn serde_error(
         let (found, expected) = rest
             .split_once(", expected ")
             .unwrap_or((rest, "something else"));
+        let found = if found == "enum" {
+            "a YAML tag (!name), which scenarios do not use"
+        } else {
+            found
+        };
         format!(
             "wrong type for {context}: found {found}, expected {}",
             describe_expected(expected)

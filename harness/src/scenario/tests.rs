@@ -1,12 +1,1525 @@
-//! Unit tests of the scenario loader: good files to plans, bad files to positioned messages.
+//! Unit tests of the scenario loader: good files to plans, every syntax form, bad inputs to positioned messages.
+//! The corpus of bad files with their expected errors is tests/bad-scenarios/ (checked by tests/bad_scenarios.rs).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
+use super::plan::*;
 use super::*;
 
-#[test]
-fn debug_complete() {
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn at(line: usize, column: usize) -> Location {
+    Location { line, column }
+}
+
+fn parse_text(text: &str) -> Result<Plan, ScenarioError> {
+    parse("test", Path::new("test.yaml"), text)
+}
+
+fn plan(text: &str) -> Plan {
+    match parse_text(text) {
+        Ok(plan) => plan,
+        Err(e) => panic!("{e}\n--- in ---\n{text}"),
+    }
+}
+
+/// Parses `text`, which must fail at `line:column` with a message containing `part`; says how it differs.
+fn mismatch(text: &str, line: usize, column: usize, part: &str) -> Option<String> {
+    let error = match parse_text(text) {
+        Ok(_) => {
+            return Some(format!(
+                "accepted, expected {line}:{column}: {part}\n--- in ---\n{text}"
+            ))
+        }
+        Err(error) => error,
+    };
+    let position_ok =
+        error.location == Some(at(line, column)) && error.file == Path::new("test.yaml");
+    if position_ok && error.message.contains(part) {
+        return None;
+    }
+    Some(format!(
+        "expected {line}:{column}: ...{part}...\n     got {error}\n--- in ---\n{text}"
+    ))
+}
+
+/// Parses `text`, which must fail at `line:column` with a message containing `part`.
+fn refused(text: &str, line: usize, column: usize, part: &str) {
+    if let Some(problem) = mismatch(text, line, column, part) {
+        panic!("{problem}");
+    }
+}
+
+/// The steps of `host` in a scenario that has only `description` and the given program text.
+fn steps(program: &str) -> Vec<StepPlan> {
+    let plan = plan(&format!("description: d\n{program}"));
+    let mut steps = plan.hosts[0].steps.clone();
+    steps.extend(plan.hosts[1].steps.clone());
+    steps
+}
+
+fn actions(program: &str) -> Vec<Action> {
+    steps(program).into_iter().map(|s| s.action).collect()
+}
+
+fn good_file() -> (PathBuf, PathBuf) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/good-scenarios");
-    let plan = load(&root, &root.join("complete.yaml"));
-    println!("{plan:#?}");
+    let file = root.join("complete.yaml");
+    (root, file)
+}
+
+#[test]
+fn complete_scenario_becomes_the_expected_plan() {
+    let (root, file) = good_file();
+    let plan = load(&root, &file).unwrap();
+    assert_eq!(plan.name, "complete");
+    assert_eq!(plan.file, file);
+    assert!(plan
+        .description
+        .starts_with("Client enables keepalive 5/3/3."));
+    assert!(plan.description.ends_with("read fails with ETIMEDOUT.\n"));
+    assert_eq!(plan.source.as_deref(), Some("seed 000, test_idle.py"));
+    assert!(!plan.slow);
+    assert_eq!(plan.deadline, secs(40));
+    assert_eq!(plan.tolerance, ms(300));
+    assert_eq!(plan.sample_interval, ms(10));
+    assert_eq!(plan.link.mtu, 1500);
+    assert!(!plan.link.ipv6);
+
+    let client = plan.host(HostId::Client);
+    assert_eq!(client.id, HostId::Client);
+    assert_eq!(client.address.to_string(), "10.0.0.1");
+    assert_eq!(client.prefix_len, 24);
+    assert_eq!(
+        client.sysctls,
+        vec![
+            Sysctl {
+                name: "net.ipv4.tcp_rmem".into(),
+                value: "4096 131072 6291456".into()
+            },
+            Sysctl {
+                name: "net.ipv4.tcp_syn_retries".into(),
+                value: "2".into()
+            },
+        ]
+    );
+    let server = plan.host(HostId::Server);
+    assert_eq!(server.address.to_string(), "10.0.0.2");
+    assert_eq!(
+        server.sysctls,
+        vec![Sysctl {
+            name: "net.core.somaxconn".into(),
+            value: "64".into()
+        }]
+    );
+
+    assert_eq!(client.steps.len(), 5);
+    let socket = &client.steps[0];
+    assert_eq!(socket.index, 0);
+    assert_eq!(socket.location, at(41, 5));
+    match &socket.action {
+        Action::Socket {
+            name,
+            options,
+            nonblocking,
+        } => {
+            assert_eq!(name.as_deref(), Some("main"));
+            assert!(!nonblocking);
+            assert_eq!(
+                options,
+                &vec![
+                    SockOpt {
+                        name: SockOptName::SO_KEEPALIVE,
+                        value: SockOptValue::Int(1)
+                    },
+                    SockOpt {
+                        name: SockOptName::TCP_KEEPIDLE,
+                        value: SockOptValue::Int(5)
+                    },
+                    SockOpt {
+                        name: SockOptName::TCP_KEEPINTVL,
+                        value: SockOptValue::Int(3)
+                    },
+                    SockOpt {
+                        name: SockOptName::TCP_KEEPCNT,
+                        value: SockOptValue::Int(3)
+                    },
+                    SockOpt {
+                        name: SockOptName::SO_LINGER,
+                        value: SockOptValue::Linger {
+                            on: true,
+                            seconds: 0
+                        }
+                    },
+                ]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        &client.steps[1].action,
+        Action::Wait { host: HostId::Server, step, edge: StepEdge::Finished } if step == "listen"
+    ));
+    let connect = plan.step(HostId::Client, "connect").unwrap();
+    assert_eq!(connect.index, 2);
+    assert_eq!(connect.label(), "connect (connect)");
+    assert!(matches!(
+        connect.action,
+        Action::Connect {
+            to: HostId::Server,
+            port: 9000,
+            nonblocking: false
+        }
+    ));
+    assert_eq!(connect.expect.outcome, Some(ExpectedOutcome::Ok));
+    assert_eq!(connect.expect.after, Some(Duration::ZERO));
+    assert_eq!(connect.expect.tolerance, ms(50));
+    assert_eq!(connect.expect.location, at(46, 13));
+    assert_eq!(connect.location, at(44, 5));
+    let read = &client.steps[3];
+    assert_eq!(read.socket.as_deref(), Some("main"));
+    assert!(matches!(
+        read.action,
+        Action::Recv {
+            max: 10,
+            until_eof: false
+        }
+    ));
+    assert_eq!(
+        read.expect.outcome,
+        Some(ExpectedOutcome::Error(Errno(libc::ETIMEDOUT)))
+    );
+    assert_eq!(read.expect.after, Some(secs(14)));
+    assert_eq!(read.expect.tolerance, ms(300));
+    assert_eq!(read.label(), "#4 recv");
+    assert!(matches!(client.steps[4].action, Action::Close));
+    assert_eq!(client.steps[4].expect.location, client.steps[4].location);
+
+    assert_eq!(server.steps.len(), 3);
+    assert!(matches!(
+        server.steps[0].action,
+        Action::Listen {
+            port: Some(9000),
+            backlog: 16
+        }
+    ));
+    assert!(matches!(&server.steps[1].action, Action::Accept { name: Some(n) } if n == "conn"));
+    assert_eq!(server.steps[2].socket.as_deref(), Some("conn"));
+
+    let names: Vec<&str> = plan.faults.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["ack-reset", "blackhole"],
+        "faults are sorted by name"
+    );
+    let ack_reset = &plan.faults[0];
+    assert_eq!(ack_reset.host, HostId::Client);
+    assert_eq!(ack_reset.direction, Direction::Egress);
+    assert_eq!(
+        ack_reset.matcher,
+        PacketMatch {
+            protocol: Some(Protocol::Tcp),
+            sport: Some(1234),
+            dport: None,
+            tcp_flags: Some(TcpFlagsMatch {
+                mask: 0x02 | 0x10 | 0x01 | 0x04,
+                value: 0x10
+            }),
+            payload: Some(PayloadMatch::Empty),
+        }
+    );
+    assert_eq!(ack_reset.action, FaultAction::RejectTcpReset);
+    assert_eq!(
+        ack_reset.from,
+        Trigger::Packet {
+            host: HostId::Client,
+            filter: PacketFilter {
+                from: Some(HostId::Client),
+                flags: Some(0x10),
+                len: Some(0)
+            },
+            nth: 3,
+            delay: ms(100),
+        }
+    );
+    assert_eq!(ack_reset.until, None);
+    assert_eq!(ack_reset.location, at(26, 5));
+    let blackhole = &plan.faults[1];
+    assert_eq!(blackhole.host, HostId::Server);
+    assert_eq!(blackhole.direction, Direction::Ingress);
+    assert_eq!(
+        blackhole.matcher,
+        PacketMatch {
+            protocol: Some(Protocol::Tcp),
+            dport: Some(9000),
+            ..PacketMatch::default()
+        }
+    );
+    assert_eq!(blackhole.action, FaultAction::Drop);
+    assert_eq!(
+        blackhole.from,
+        Trigger::Step {
+            host: HostId::Client,
+            step: "connect".into(),
+            edge: StepEdge::Finished,
+            delay: Duration::ZERO
+        }
+    );
+    assert_eq!(blackhole.until, Some(Trigger::At(secs(30))));
+
+    let packets = &plan.expect.packets;
+    assert_eq!(packets.len(), 3);
+    assert_eq!(
+        packets[0].filter,
+        PacketFilter {
+            from: Some(HostId::Client),
+            flags: Some(0x10),
+            len: Some(0)
+        }
+    );
+    assert_eq!(packets[0].at, vec![secs(5), secs(8), secs(11)]);
+    assert_eq!(packets[0].count, Some(3));
+    assert_eq!(packets[0].window, None);
+    assert_eq!(packets[0].tolerance, ms(300));
+    assert_eq!(packets[0].location, at(53, 7));
+    assert_eq!(packets[1].filter.flags, Some(0x04));
+    assert_eq!(packets[1].count, Some(1));
+    assert_eq!(packets[1].window, Some((secs(13), secs(15))));
+    assert_eq!(packets[2].filter.flags, Some(0x01 | 0x10));
+    assert_eq!(packets[2].count, Some(0));
+
+    let state = &plan.expect.states[0];
+    assert_eq!(state.host, HostId::Server);
+    assert_eq!(state.port, Some(9000));
+    assert_eq!(state.tolerance, ms(500));
+    assert_eq!(state.sequence.len(), 2);
+    assert_eq!(state.sequence[0].state, TcpState::SynRecv);
+    assert_eq!(state.sequence[0].at, None);
+    assert_eq!(state.sequence[1].state, TcpState::Gone);
+    assert_eq!(state.sequence[1].at, Some(secs(7)));
+
+    let timer = &plan.expect.timers[0];
+    assert_eq!(timer.host, HostId::Client);
+    assert_eq!(timer.timer, TimerKind::Keepalive);
+    assert_eq!(timer.retrans, Some(2));
+    assert_eq!(timer.state, Some(TcpState::Established));
+    assert_eq!(timer.port, Some(9000));
+}
+
+#[test]
+fn defaults_fill_a_minimal_scenario() {
+    let plan = plan("description: nothing happens\n");
+    assert_eq!(plan.name, "test");
+    assert_eq!(plan.description, "nothing happens");
+    assert_eq!(plan.source, None);
+    assert!(!plan.slow);
+    assert_eq!(plan.deadline, secs(60));
+    assert_eq!(plan.tolerance, ms(250));
+    assert_eq!(plan.sample_interval, ms(10));
+    assert_eq!(plan.link.mtu, 1500);
+    assert!(!plan.link.ipv6);
+    assert_eq!(plan.hosts[0].id, HostId::Client);
+    assert_eq!(plan.hosts[0].address.to_string(), "10.0.0.1");
+    assert_eq!(plan.hosts[1].id, HostId::Server);
+    assert_eq!(plan.hosts[1].address.to_string(), "10.0.0.2");
+    assert_eq!(plan.hosts[1].prefix_len, 24);
+    assert!(plan
+        .hosts
+        .iter()
+        .all(|h| h.steps.is_empty() && h.sysctls.is_empty()));
+    assert!(plan.faults.is_empty());
+    assert!(
+        plan.expect.packets.is_empty()
+            && plan.expect.states.is_empty()
+            && plan.expect.timers.is_empty()
+    );
+}
+
+#[test]
+fn top_level_settings() {
+    let plan = plan(
+        "description: d\nslow: true\ntimeout: 2m\ntolerance: 1.5s\nsample: 1ms\n\
+         hosts:\n  client: { address: 192.168.7.9/16 }\n  server: { address: 192.168.200.1/16 }\n\
+         link: { mtu: 9000, ipv6: true }\n",
+    );
+    assert!(plan.slow);
+    assert_eq!(plan.deadline, secs(120));
+    assert_eq!(plan.tolerance, ms(1500));
+    assert_eq!(plan.sample_interval, ms(1));
+    assert_eq!(plan.hosts[0].address.to_string(), "192.168.7.9");
+    assert_eq!(plan.hosts[0].prefix_len, 16);
+    assert_eq!(plan.hosts[1].address.to_string(), "192.168.200.1");
+    assert_eq!(plan.link.mtu, 9000);
+    assert!(plan.link.ipv6);
+    let only_server = self::plan("description: d\nhosts:\n  server: { address: 10.0.0.9/24 }\n");
+    assert_eq!(only_server.hosts[0].address.to_string(), "10.0.0.1");
+    assert_eq!(only_server.hosts[1].address.to_string(), "10.0.0.9");
+}
+
+#[test]
+fn bare_steps_and_empty_parameters() {
+    let got = actions(
+        "server:\n  - socket\n  - listen\n  - accept\n  - read\n  - recv\n  - close\n  - accept: {}\n  - close: {}\n  - close:\n",
+    );
+    assert!(
+        matches!(got[0], Action::Socket { name: None, ref options, nonblocking: false } if options.is_empty())
+    );
+    assert!(matches!(
+        got[1],
+        Action::Listen {
+            port: None,
+            backlog: 128
+        }
+    ));
+    assert!(matches!(got[2], Action::Accept { name: None }));
+    assert!(matches!(
+        got[3],
+        Action::Recv {
+            max: 65536,
+            until_eof: false
+        }
+    ));
+    assert!(matches!(
+        got[4],
+        Action::Recv {
+            max: 65536,
+            until_eof: false
+        }
+    ));
+    assert!(matches!(got[5], Action::Close));
+    assert!(matches!(got[6], Action::Accept { name: None }));
+    assert!(matches!(got[7], Action::Close));
+    assert!(matches!(got[8], Action::Close));
+}
+
+#[test]
+fn socket_options_in_every_form() {
+    let got = actions(
+        "client:\n  - socket: { SO_KEEPALIVE: true, TCP_NODELAY: false, SO_LINGER: 5, SO_RCVBUF: 65536 }\n\
+         \x20 - socket: {}\n  - setsockopt: { TCP_USER_TIMEOUT: 5000, SO_LINGER: { on: false } }\n  - getsockopt: SO_ERROR\n  - getsockopt: TCP_MAXSEG\n",
+    );
+    match &got[0] {
+        Action::Socket { options, .. } => assert_eq!(
+            options,
+            &vec![
+                SockOpt {
+                    name: SockOptName::SO_KEEPALIVE,
+                    value: SockOptValue::Int(1)
+                },
+                SockOpt {
+                    name: SockOptName::TCP_NODELAY,
+                    value: SockOptValue::Int(0)
+                },
+                SockOpt {
+                    name: SockOptName::SO_LINGER,
+                    value: SockOptValue::Linger {
+                        on: true,
+                        seconds: 5
+                    }
+                },
+                SockOpt {
+                    name: SockOptName::SO_RCVBUF,
+                    value: SockOptValue::Int(65536)
+                },
+            ]
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(&got[1], Action::Socket { options, .. } if options.is_empty()));
+    match &got[2] {
+        Action::SetOpt { options } => assert_eq!(
+            options,
+            &vec![
+                SockOpt {
+                    name: SockOptName::TCP_USER_TIMEOUT,
+                    value: SockOptValue::Int(5000)
+                },
+                SockOpt {
+                    name: SockOptName::SO_LINGER,
+                    value: SockOptValue::Linger {
+                        on: false,
+                        seconds: 0
+                    }
+                },
+            ]
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        got[3],
+        Action::GetOpt {
+            option: SockOptName::SO_ERROR
+        }
+    ));
+    assert!(matches!(
+        got[4],
+        Action::GetOpt {
+            option: SockOptName::TCP_MAXSEG
+        }
+    ));
+}
+
+#[test]
+fn connect_bind_listen_poll() {
+    let got = actions(
+        "client:\n  - bind: { port: 5555 }\n  - connect: { port: \"9000\", nonblocking: true }\n\
+         \x20 - poll: { events: [POLLOUT, POLLERR, POLLOUT], timeout: 0s }\n  - poll: { events: POLLIN, timeout: 3s }\n\
+         server:\n  - listen: { port: 9000 }\n  - connect: { to: server, port: 22 }\n",
+    );
+    assert!(matches!(got[0], Action::Bind { port: 5555 }));
+    assert!(matches!(
+        got[1],
+        Action::Connect {
+            to: HostId::Server,
+            port: 9000,
+            nonblocking: true
+        }
+    ));
+    match &got[2] {
+        Action::Poll { events, timeout } => {
+            assert_eq!(events, &vec![PollEvent::Out, PollEvent::Err]);
+            assert_eq!(*timeout, Duration::ZERO);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        matches!(&got[3], Action::Poll { events, timeout } if events == &vec![PollEvent::In] && *timeout == secs(3))
+    );
+    assert!(matches!(
+        got[4],
+        Action::Listen {
+            port: Some(9000),
+            backlog: 128
+        }
+    ));
+    assert!(matches!(
+        got[5],
+        Action::Connect {
+            to: HostId::Server,
+            port: 22,
+            nonblocking: false
+        }
+    ));
+}
+
+#[test]
+fn connect_defaults_to_the_peer() {
+    let got =
+        actions("server:\n  - connect: { port: 9000 }\nclient:\n  - connect: { port: 9000 }\n");
+    assert!(
+        matches!(
+            got[0],
+            Action::Connect {
+                to: HostId::Server,
+                ..
+            }
+        ),
+        "client connects to server"
+    );
+    assert!(
+        matches!(
+            got[1],
+            Action::Connect {
+                to: HostId::Client,
+                ..
+            }
+        ),
+        "server connects to client"
+    );
+}
+
+#[test]
+fn send_and_recv_forms() {
+    let got = actions(
+        "client:\n  - send: { bytes: 1000 }\n  - write: { bytes: 10, repeat: 5, every: 200ms }\n\
+         \x20 - send: { bytes: 65536, repeat: forever, until: would-block }\n  - write: { bytes: 1, until: error }\n\
+         \x20 - read: { max: 10 }\n  - recv: { until: eof }\n",
+    );
+    assert!(matches!(
+        got[0],
+        Action::Send {
+            bytes: 1000,
+            repeat: SendRepeat::Times(1),
+            every: None,
+            until: None
+        }
+    ));
+    assert!(
+        matches!(got[1], Action::Send { bytes: 10, repeat: SendRepeat::Times(5), every: Some(d), until: None } if d == ms(200))
+    );
+    assert!(matches!(
+        got[2],
+        Action::Send {
+            bytes: 65536,
+            repeat: SendRepeat::Forever,
+            every: None,
+            until: Some(SendUntil::WouldBlock)
+        }
+    ));
+    assert!(matches!(
+        got[3],
+        Action::Send {
+            bytes: 1,
+            repeat: SendRepeat::Times(1),
+            until: Some(SendUntil::Error),
+            ..
+        }
+    ));
+    assert!(matches!(
+        got[4],
+        Action::Recv {
+            max: 10,
+            until_eof: false
+        }
+    ));
+    assert!(matches!(
+        got[5],
+        Action::Recv {
+            max: 65536,
+            until_eof: true
+        }
+    ));
+}
+
+#[test]
+fn shutdown_sleep_and_wait_forms() {
+    let got = actions(
+        "client:\n  - shutdown: RD\n  - shutdown: SHUT_WR\n  - shutdown: RDWR\n  - sleep: 8s\n\
+         \x20 - wait: server.accept\n  - wait: { for: server.accept, edge: started }\n  - wait: { for: server.accept }\n\
+         server:\n  - listen: { port: 1 }\n  - accept: {}\n    name: accept\n",
+    );
+    assert!(matches!(
+        got[0],
+        Action::Shutdown {
+            how: ShutdownHow::Rd
+        }
+    ));
+    assert!(matches!(
+        got[1],
+        Action::Shutdown {
+            how: ShutdownHow::Wr
+        }
+    ));
+    assert!(matches!(
+        got[2],
+        Action::Shutdown {
+            how: ShutdownHow::Rdwr
+        }
+    ));
+    assert!(matches!(got[3], Action::Sleep { duration } if duration == secs(8)));
+    assert!(
+        matches!(&got[4], Action::Wait { host: HostId::Server, step, edge: StepEdge::Finished } if step == "accept")
+    );
+    assert!(matches!(
+        &got[5],
+        Action::Wait {
+            host: HostId::Server,
+            edge: StepEdge::Started,
+            ..
+        }
+    ));
+    assert!(matches!(
+        &got[6],
+        Action::Wait {
+            edge: StepEdge::Finished,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn exec_with_everything() {
+    let got = actions(
+        "timeout: 50s\nclient:\n  - exec:\n      program: curl\n      args: [\"-s\", 3, http://10.0.0.2:9000/]\n\
+         \x20     env: { ZED: z, LANG: C }\n      stdin: hello\n      timeout: 30s\n      background: true\n\
+         \x20     stdout: [\"^HTTP/1\\\\.1 200\", ok]\n      stderr: refused\n    expect: { exit: 7 }\n\
+         \x20 - exec: { program: true }\n",
+    );
+    match &got[0] {
+        Action::Exec(exec) => {
+            assert_eq!(exec.program, "curl");
+            assert_eq!(exec.args, vec!["-s", "3", "http://10.0.0.2:9000/"]);
+            assert_eq!(
+                exec.env,
+                vec![("LANG".into(), "C".into()), ("ZED".into(), "z".into())]
+            );
+            assert_eq!(exec.stdin.as_deref(), Some("hello"));
+            assert_eq!(exec.timeout, secs(30));
+            assert!(exec.background);
+            assert_eq!(exec.stdout, vec!["^HTTP/1\\.1 200", "ok"]);
+            assert_eq!(exec.stderr, vec!["refused"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    match &got[1] {
+        Action::Exec(exec) => {
+            assert_eq!(exec.program, "true");
+            assert_eq!(exec.timeout, secs(50), "defaults to the scenario timeout");
+            assert!(
+                !exec.background
+                    && exec.args.is_empty()
+                    && exec.env.is_empty()
+                    && exec.stdin.is_none()
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let steps = steps("client:\n  - exec: { program: sh }\n    expect: { exit: 7 }\n");
+    assert_eq!(steps[0].expect.outcome, Some(ExpectedOutcome::Exit(7)));
+}
+
+#[test]
+fn step_expectations_in_every_form() {
+    let steps = steps(
+        "tolerance: 100ms\nclient:\n  - connect: { port: 1 }\n    expect: ok\n  - connect: { port: 1 }\n    expect: ECONNREFUSED\n\
+         \x20 - read: { max: 5 }\n    expect: eof\n  - read: { max: 5 }\n    expect: 5\n\
+         \x20 - poll: { events: [POLLIN], timeout: 1s }\n    expect: timeout\n\
+         \x20 - poll: { events: [POLLIN], timeout: 1s }\n    expect: { events: [POLLIN, POLLRDHUP], at: 3s }\n\
+         \x20 - send: { bytes: 10 }\n    expect: { result: 10, after: 2s, tolerance: 1s }\n  - close: {}\n    expect: { at: 4s }\n",
+    );
+    let outcomes: Vec<_> = steps.iter().map(|s| s.expect.outcome.clone()).collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            Some(ExpectedOutcome::Ok),
+            Some(ExpectedOutcome::Error(Errno(libc::ECONNREFUSED))),
+            Some(ExpectedOutcome::Eof),
+            Some(ExpectedOutcome::Bytes(5)),
+            Some(ExpectedOutcome::Timeout),
+            Some(ExpectedOutcome::Events(vec![
+                PollEvent::In,
+                PollEvent::RdHup
+            ])),
+            Some(ExpectedOutcome::Bytes(10)),
+            None,
+        ]
+    );
+    assert_eq!(steps[5].expect.at, Some(secs(3)));
+    assert_eq!(steps[5].expect.tolerance, ms(100));
+    assert_eq!(steps[6].expect.after, Some(secs(2)));
+    assert_eq!(steps[6].expect.tolerance, secs(1));
+    assert_eq!(steps[7].expect.at, Some(secs(4)));
+    assert_eq!(steps[1].expect.location, at(7, 13));
+}
+
+#[test]
+fn triggers_in_every_form() {
+    let plan = plan(
+        "description: d\nclient:\n  - connect: { port: 9000 }\n    name: connect\nfaults:\n\
+         \x20 - { name: a, at: server, action: drop, from: 2s, until: client.connect }\n\
+         \x20 - { name: b, at: server, action: drop, from: { at: 1.5s }, until: { after: client.connect, delay: 1s } }\n\
+         \x20 - { name: c, at: server, action: drop, from: { started: client.connect } }\n\
+         \x20 - { name: d, at: server, action: drop, from: { state: ESTAB, host: client, delay: 10ms } }\n\
+         \x20 - { name: e, at: server, action: drop, from: { packet: { from: server, flags: SA }, host: client } }\n\
+         \x20 - { name: f, at: server, action: drop, from: { packet: { flags: R, from: client } } }\n\
+         \x20 - { name: g, at: server, action: drop, from: { bytes: 1000, host: client, delay: 0s } }\n",
+    );
+    let trigger = |i: usize| (plan.faults[i].from.clone(), plan.faults[i].until.clone());
+    let connect = |edge, delay| Trigger::Step {
+        host: HostId::Client,
+        step: "connect".into(),
+        edge,
+        delay,
+    };
+    assert_eq!(
+        trigger(0),
+        (
+            Trigger::At(secs(2)),
+            Some(connect(StepEdge::Finished, Duration::ZERO))
+        )
+    );
+    assert_eq!(
+        trigger(1),
+        (
+            Trigger::At(ms(1500)),
+            Some(connect(StepEdge::Finished, secs(1)))
+        )
+    );
+    assert_eq!(
+        trigger(2),
+        (connect(StepEdge::Started, Duration::ZERO), None)
+    );
+    assert_eq!(
+        trigger(3).0,
+        Trigger::State {
+            host: HostId::Client,
+            state: TcpState::Established,
+            delay: ms(10)
+        }
+    );
+    assert_eq!(
+        trigger(4).0,
+        Trigger::Packet {
+            host: HostId::Client,
+            filter: PacketFilter {
+                from: Some(HostId::Server),
+                flags: Some(0x12),
+                len: None
+            },
+            nth: 1,
+            delay: Duration::ZERO
+        }
+    );
+    assert!(
+        matches!(
+            trigger(5).0,
+            Trigger::Packet {
+                host: HostId::Client,
+                nth: 1,
+                ..
+            }
+        ),
+        "host defaults to packet.from"
+    );
+    assert_eq!(
+        trigger(6).0,
+        Trigger::Bytes {
+            host: HostId::Client,
+            bytes: 1000,
+            delay: Duration::ZERO
+        }
+    );
+}
+
+#[test]
+fn fault_actions_and_matches() {
+    let plan = plan(
+        "description: d\nfaults:\n  - { name: a, at: client, action: drop }\n\
+         \x20 - { name: b, at: client, action: { reject: icmp-port-unreachable } }\n\
+         \x20 - { name: c, at: client, action: { reject: icmp-host-unreachable }, match: { protocol: udp, dport: 53 } }\n\
+         \x20 - { name: d, at: client, action: { reject: icmp-net-unreachable }, match: { protocol: icmp } }\n\
+         \x20 - { name: e, at: client, action: { reject: icmp-admin-prohibited }, match: { flags: { mask: SF, value: S } } }\n\
+         \x20 - { name: f, at: client, action: reject-tcp-reset, match: { payload: nonempty } }\n\
+         \x20 - { name: g, at: client, action: reject-icmp-port-unreachable, direction: egress }\n",
+    );
+    let actions: Vec<FaultAction> = plan.faults.iter().map(|f| f.action).collect();
+    assert_eq!(
+        actions,
+        vec![
+            FaultAction::Drop,
+            FaultAction::RejectIcmpPortUnreachable,
+            FaultAction::RejectIcmpHostUnreachable,
+            FaultAction::RejectIcmpNetUnreachable,
+            FaultAction::RejectIcmpAdminProhibited,
+            FaultAction::RejectTcpReset,
+            FaultAction::RejectIcmpPortUnreachable,
+        ]
+    );
+    assert_eq!(plan.faults[0].matcher, PacketMatch::default());
+    assert_eq!(
+        plan.faults[0].from,
+        Trigger::At(Duration::ZERO),
+        "faults are on from the start by default"
+    );
+    assert_eq!(
+        plan.faults[2].matcher,
+        PacketMatch {
+            protocol: Some(Protocol::Udp),
+            dport: Some(53),
+            ..PacketMatch::default()
+        }
+    );
+    assert_eq!(plan.faults[3].matcher.protocol, Some(Protocol::Icmp));
+    assert_eq!(
+        plan.faults[4].matcher.tcp_flags,
+        Some(TcpFlagsMatch {
+            mask: 0x03,
+            value: 0x02
+        })
+    );
+    assert_eq!(
+        plan.faults[4].matcher.protocol,
+        Some(Protocol::Tcp),
+        "flags imply tcp"
+    );
+    assert_eq!(plan.faults[5].matcher.payload, Some(PayloadMatch::NonEmpty));
+    assert_eq!(plan.faults[5].matcher.protocol, Some(Protocol::Tcp));
+    assert_eq!(plan.faults[6].direction, Direction::Egress);
+}
+
+#[test]
+fn tcp_flag_letters() {
+    let plan = plan(
+        "description: d\nexpect:\n  packets:\n    - { flags: S, count: 1 }\n    - { flags: SA, count: 1 }\n\
+         \x20   - { flags: S., count: 1 }\n    - { flags: P., count: 1 }\n    - { flags: FUEWR, count: 1 }\n",
+    );
+    let flags: Vec<Option<u8>> = plan.expect.packets.iter().map(|p| p.filter.flags).collect();
+    assert_eq!(
+        flags,
+        vec![
+            Some(0x02),
+            Some(0x12),
+            Some(0x12),
+            Some(0x18),
+            Some(0x01 | 0x20 | 0x40 | 0x80 | 0x04)
+        ]
+    );
+}
+
+#[test]
+fn run_expectations_forms() {
+    let plan = plan(
+        "description: d\ntolerance: 100ms\nexpect:\n  packets:\n    - { from: client, flags: R, at: 14s, tolerance: 1s }\n\
+         \x20   - { count: 2, within: [1s, 1s] }\n  states:\n    - host: client\n      sequence: [ESTABLISHED, fin-wait-1, CLOSE]\n\
+         \x20 timers:\n    - { host: server, timer: on }\n    - { host: client, timer: persist, retrans: 0 }\n",
+    );
+    let packets = &plan.expect.packets;
+    assert_eq!(packets[0].at, vec![secs(14)]);
+    assert_eq!(packets[0].count, Some(1));
+    assert_eq!(packets[0].tolerance, secs(1));
+    assert_eq!(packets[1].filter, PacketFilter::default());
+    assert_eq!(packets[1].window, Some((secs(1), secs(1))));
+    assert_eq!(packets[1].tolerance, ms(100));
+    let states: Vec<TcpState> = plan.expect.states[0]
+        .sequence
+        .iter()
+        .map(|s| s.state)
+        .collect();
+    assert_eq!(
+        states,
+        vec![TcpState::Established, TcpState::FinWait1, TcpState::Close]
+    );
+    assert_eq!(plan.expect.states[0].port, None);
+    assert_eq!(plan.expect.states[0].tolerance, ms(100));
+    assert_eq!(plan.expect.timers[0].timer, TimerKind::On);
+    assert_eq!(plan.expect.timers[0].retrans, None);
+    assert_eq!(plan.expect.timers[1].retrans, Some(0));
+    assert_eq!(plan.expect.timers[1].location, at(12, 7));
+}
+
+#[test]
+fn aliases_are_expanded() {
+    let plan = plan(
+        "description: d\nfaults:\n  - { name: a, at: server, action: drop, match: &web { protocol: tcp, dport: 80 } }\n\
+         \x20 - { name: b, at: client, action: drop, match: *web }\n",
+    );
+    assert_eq!(plan.faults[1].matcher.dport, Some(80));
+}
+
+#[test]
+fn sysctls_are_sorted_scalars() {
+    let plan = plan(
+        "description: d\nsysctl:\n  server:\n    net.ipv4.tcp_retries2: 3\n    net.core.somaxconn: \"16\"\n    net.ipv4.conf.all.rp_filter: 0\n",
+    );
+    let names: Vec<(&str, &str)> = plan.hosts[1]
+        .sysctls
+        .iter()
+        .map(|s| (s.name.as_str(), s.value.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            ("net.core.somaxconn", "16"),
+            ("net.ipv4.conf.all.rp_filter", "0"),
+            ("net.ipv4.tcp_retries2", "3")
+        ]
+    );
+    assert_eq!(
+        plan.hosts[1].sysctls[2].proc_path(),
+        PathBuf::from("/proc/sys/net/ipv4/tcp_retries2")
+    );
+}
+
+#[test]
+fn sysctl_allowlist_is_per_namespace_only() {
+    let allowed: Vec<&str> = validate::allowed_sysctls().collect();
+    assert!(allowed.len() > 300, "{} entries", allowed.len());
+    for name in [
+        "net.ipv4.tcp_syn_retries",
+        "net.ipv4.tcp_keepalive_time",
+        "net.core.somaxconn",
+        "net.ipv4.conf.default.rp_filter",
+    ] {
+        assert!(allowed.contains(&name), "{name} missing");
+    }
+    for entry in &allowed {
+        let allowed_prefix = ["net.ipv4.", "net.ipv6.", "net.core.", "net.netfilter."]
+            .iter()
+            .any(|p| entry.starts_with(p));
+        assert!(allowed_prefix, "{entry}");
+        for tree in [
+            "net.ipv4.conf.",
+            "net.ipv6.conf.",
+            "net.ipv4.neigh.",
+            "net.ipv6.neigh.",
+        ] {
+            if let Some(rest) = entry.strip_prefix(tree) {
+                assert!(
+                    rest.starts_with("all.") || rest.starts_with("default."),
+                    "per-interface entry {entry}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn names_come_from_the_path_under_root() {
+    let root = Path::new("/s");
+    assert_eq!(
+        scenario_name(root, Path::new("/s/keepalive/idle.yaml")),
+        "keepalive/idle"
+    );
+    assert_eq!(scenario_name(root, Path::new("/s/a/b/c.yml")), "a/b/c");
+    assert_eq!(scenario_name(root, Path::new("/s/top.yaml")), "top");
+    assert_eq!(
+        scenario_name(root, Path::new("/elsewhere/x/other.yaml")),
+        "other"
+    );
+    assert_eq!(
+        scenario_name(Path::new("/s/top.yaml"), Path::new("/s/top.yaml")),
+        "top"
+    );
+}
+
+/// A directory under the system temp dir, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(label: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("netfault-{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn discover_finds_yaml_files_sorted() {
+    let dir = TempDir::new("discover");
+    for file in [
+        "b/z.yaml",
+        "b/a.yml",
+        "a.yaml",
+        "notes.txt",
+        "c/d/e.yaml",
+        "c/README.md",
+    ] {
+        let path = dir.0.join(file);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, "description: d\n").unwrap();
+    }
+    let found: Vec<String> = discover(&dir.0)
+        .unwrap()
+        .iter()
+        .map(|p| {
+            p.strip_prefix(&dir.0)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert_eq!(found, ["a.yaml", "b/a.yml", "b/z.yaml", "c/d/e.yaml"]);
+    let single = dir.0.join("a.yaml");
+    assert_eq!(discover(&single).unwrap(), vec![single.clone()]);
+    assert!(discover(&dir.0.join("missing")).is_err());
+
+    let plan = load(&dir.0, &dir.0.join("c/d/e.yaml")).unwrap();
+    assert_eq!(plan.name, "c/d/e");
+    assert_eq!(plan.file, dir.0.join("c/d/e.yaml"));
+}
+
+#[test]
+fn load_reports_unreadable_and_oversized_files() {
+    let dir = TempDir::new("load");
+    let missing = dir.0.join("missing.yaml");
+    let error = load(&dir.0, &missing).unwrap_err();
+    assert_eq!(error.file, missing);
+    assert!(
+        error.message.contains("cannot read the scenario file"),
+        "{}",
+        error.message
+    );
+
+    let big = dir.0.join("big.yaml");
+    let mut text = String::from("description: d\n");
+    while text.len() <= MAX_FILE_SIZE {
+        text.push_str("# padding padding padding padding padding padding padding padding\n");
+    }
+    std::fs::write(&big, &text).unwrap();
+    let error = load(&dir.0, &big).unwrap_err();
+    assert_eq!(error.location, Some(at(1, 1)));
+    assert!(
+        error.message.contains("larger than 1 MiB"),
+        "{}",
+        error.message
+    );
+}
+
+#[test]
+fn billion_laughs_fails_fast() {
+    let mut text = String::from("description: d\nexpect:\n  packets:\n    - &p0 { count: 1 }\n");
+    for level in 1..12 {
+        let items = vec![format!("*p{}", level - 1); 9].join(", ");
+        text.push_str(&format!("    - &p{level} [{items}]\n"));
+    }
+    let started = Instant::now();
+    let error = parse_text(&text).unwrap_err();
+    assert!(started.elapsed() < secs(1), "took {:?}", started.elapsed());
+    assert!(
+        error
+            .message
+            .contains("aliases (*name) expand this file to more than 100000 values"),
+        "{}",
+        error.message
+    );
+    assert_eq!(
+        error.location.map(|l| l.line),
+        Some(9),
+        "level 5 is the first to pass 100000 values"
+    );
+}
+
+#[test]
+fn wide_alias_bomb_fails_fast() {
+    // One long list referenced from many places: few jumps for serde's own limit, but billions of values.
+    let times = vec!["1s"; 30_000].join(", ");
+    let mut text =
+        format!("description: d\nexpect:\n  packets:\n    - {{ count: 1, at: &t [{times}] }}\n");
+    for _ in 0..30_000 {
+        text.push_str("    - { at: *t }\n");
+    }
+    assert!(text.len() < MAX_FILE_SIZE);
+    let started = Instant::now();
+    let error = parse_text(&text).unwrap_err();
+    assert!(started.elapsed() < secs(2), "took {:?}", started.elapsed());
+    assert!(
+        error.message.contains("expand this file"),
+        "{}",
+        error.message
+    );
+    assert_eq!(
+        error.location,
+        Some(at(7, 13)),
+        "the third copy passes 100000 values"
+    );
+}
+
+#[test]
+fn tabs_get_a_hint() {
+    refused("description: d\nclient:\n\t- close\n", 3, 1, "not tabs");
+}
+
+#[test]
+fn keys_under_a_bare_step_get_a_hint() {
+    refused(
+        "description: d\nclient:\n  - close\n    expect: ok\n",
+        4,
+        11,
+        "a bare step like `- close` cannot take keys: write it as a map, `- close: {}`",
+    );
+}
+
+#[test]
+fn more_bad_inputs_with_positions() {
+    let mut problems = Vec::new();
+    let mut refused = |text: &str, line: usize, column: usize, part: &str| {
+        problems.extend(mismatch(text, line, column, part));
+    };
+    refused(
+        "description: d\nfaults: { name: x }\n",
+        2,
+        9,
+        "wrong type for `faults`: found map, expected a sequence",
+    );
+    refused(
+        "description: d\nclient: close\n",
+        2,
+        9,
+        "wrong type for `client`",
+    );
+    refused(
+        "description: d\nclient:\n  - 42\n",
+        3,
+        5,
+        "a step is an action name like `close`",
+    );
+    refused(
+        "description: d\nclient:\n  - accept: { backlog: 3 }\n",
+        3,
+        15,
+        "unknown key \"backlog\" in accept `client[0].accept`; it takes no keys",
+    );
+    refused(
+        "description: d\nclient:\n  - listen: { port: 1 }\n  - accept: {}\n    as: 9\n",
+        5,
+        9,
+        "socket name 9 is not allowed",
+    );
+    refused("description: d\nclient:\n  - socket\n  - socket: {}\n    as: a\n  - socket: {}\n    as: a\n", 7, 9, "socket name \"a\" is already given");
+    refused(
+        "description: d\nclient:\n  - sleep: 0s\n",
+        3,
+        12,
+        "sleep must be more than 0s",
+    );
+    refused(
+        "description: d\ntimeout: 10s\nclient:\n  - sleep: 11s\n",
+        4,
+        12,
+        "sleep 11s is beyond the scenario timeout 10s",
+    );
+    refused(
+        "description: d\ntolerance: 0s\n",
+        2,
+        12,
+        "tolerance must be more than 0s",
+    );
+    refused(
+        "description: d\ntolerance: 2m\n",
+        2,
+        12,
+        "tolerance 120s is longer than the scenario timeout 60s",
+    );
+    refused(
+        "description: d\nslow: maybe\n",
+        2,
+        7,
+        "slow must be true or false, not \"maybe\"",
+    );
+    refused(
+        "description: d\nclient:\n  - send: { bytes: 0 }\n",
+        3,
+        20,
+        "bytes 0 is out of range; allowed: 1..16777216",
+    );
+    refused(
+        "description: d\nclient:\n  - send: { bytes: 1, repeat: 0 }\n",
+        3,
+        31,
+        "repeat must be a count 1..4294967295 or `forever`",
+    );
+    refused(
+        "description: d\nclient:\n  - send: { bytes: 1, until: full }\n",
+        3,
+        30,
+        "unknown send until \"full\"; allowed: error, would-block",
+    );
+    refused(
+        "description: d\nclient:\n  - read: { until: close }\n",
+        3,
+        20,
+        "unknown recv until \"close\"; allowed: eof",
+    );
+    refused(
+        "description: d\nclient:\n  - send: { bytes: 1 }\n    expect: eof\n",
+        4,
+        13,
+        "`eof` only fits recv/read steps",
+    );
+    refused(
+        "description: d\nclient:\n  - connect: { port: 1 }\n    expect: 5\n",
+        4,
+        13,
+        "`a byte count` only fits send and recv steps",
+    );
+    refused(
+        "description: d\nclient:\n  - connect: { port: 1 }\n    expect: { exit: 1 }\n",
+        4,
+        15,
+        "`exit` only fits exec steps",
+    );
+    refused(
+        "description: d\nclient:\n  - exec: { program: x }\n    expect: { result: ok, exit: 1 }\n",
+        4,
+        27,
+        "give only one of result, events, exit",
+    );
+    refused(
+        "description: d\nclient:\n  - connect: { port: 1 }\n    expect: { at: 61s }\n",
+        4,
+        19,
+        "at 61s is beyond the scenario timeout 60s",
+    );
+    refused(
+        "description: d\nclient:\n  - exec: { program: x, env: { 1X: y } }\n",
+        3,
+        32,
+        "environment variable name \"1X\" is not allowed",
+    );
+    refused(
+        "description: d\nclient:\n  - exec: { args: [a] }\n",
+        3,
+        11,
+        "exec needs \"program\"",
+    );
+    refused(
+        "description: d\nclient:\n  - wait: connect\n",
+        3,
+        11,
+        "\"connect\" is not a step reference; write host.step",
+    );
+    refused(
+        "description: d\nclient:\n  - wait: cleint.connect\n",
+        3,
+        11,
+        "unknown host \"cleint\" in step reference \"cleint.connect\"; did you mean client?",
+    );
+    refused(
+        "description: d\nclient:\n  - wait: server.accept\n",
+        3,
+        11,
+        "server has no named steps; name one with `name: accept`",
+    );
+    refused(
+        "description: d\nclient:\n  - wait: { for: server.x, edge: ended }\n",
+        3,
+        34,
+        "unknown edge \"ended\"; allowed: started, finished",
+    );
+    refused(
+        "description: d\nclient:\n  - socket: { SO_LINGER: { seconds: 3 } }\n",
+        3,
+        26,
+        "SO_LINGER needs \"on\"",
+    );
+    refused(
+        "description: d\nclient:\n  - socket: { TCP_NODELAY: { on: true } }\n",
+        3,
+        28,
+        "TCP_NODELAY takes a number, not a map",
+    );
+    refused(
+        "description: d\nclient:\n  - socket: { TCP_KEEPCNT: 0 }\n",
+        3,
+        28,
+        "TCP_KEEPCNT 0 is out of range; allowed: 1..127",
+    );
+    refused(
+        "description: d\nclient:\n  - socket: { SO_KEEPALIVE: 2 }\n",
+        3,
+        29,
+        "SO_KEEPALIVE 2 is out of range; allowed: 0..1",
+    );
+    refused(
+        "description: d\nclient:\n  - setsockopt: {}\n",
+        3,
+        17,
+        "setsockopt needs at least one option",
+    );
+    refused(
+        "description: d\nclient:\n  - poll: { events: [], timeout: 1s }\n",
+        3,
+        21,
+        "poll needs at least one event",
+    );
+    refused(
+        "description: d\nclient:\n  - poll: { events: [POLLIN] }\n",
+        3,
+        11,
+        "poll needs \"timeout\"",
+    );
+    refused(
+        "description: d\nclient:\n  - close: {}\n    name: 'a b'\n",
+        4,
+        11,
+        "step name \"a b\" is not allowed",
+    );
+    refused(
+        "description: d\nclient:\n  - close: {}\n    on: x\n    name: n\n",
+        4,
+        9,
+        "no socket named \"x\" on client",
+    );
+    refused(
+        "description: d\nclient:\n  - sleep: 1s\n    on: x\n",
+        4,
+        5,
+        "\"on\" picks the socket a step acts on; a sleep step acts on no existing socket",
+    );
+    refused(
+        "description: d\nfaults:\n  - { name: a, at: server, action: drop, from: 5s, until: 5s }\n",
+        3,
+        59,
+        "until 5s is not after from 5s",
+    );
+    refused(
+        "description: d\nfaults:\n  - { name: a, at: server, action: drop, from: 61s }\n",
+        3,
+        48,
+        "from 61s is beyond the scenario timeout 60s",
+    );
+    refused("description: d\nfaults:\n  - { name: a, at: server, action: drop, from: { at: 1s, delay: 1s } }\n", 3, 58, "`delay` does not go with `at` in a trigger");
+    refused("description: d\nfaults:\n  - { name: a, at: server, action: drop, from: { bytes: 10, nth: 2, host: client } }\n", 3, 61, "`nth` does not go with `bytes`");
+    refused("description: d\nfaults:\n  - { name: a, at: server, action: drop, from: { packet: { flags: S } } }\n", 3, 48, "a packet trigger needs `host`");
+    refused(
+        "description: d\nfaults:\n  - { name: a, at: server, action: drop, from: {} }\n",
+        3,
+        48,
+        "from trigger needs one of: at, after, started, state, packet, bytes",
+    );
+    refused(
+        "description: d\nfaults:\n  - { name: a, at: server, action: reject }\n",
+        3,
+        36,
+        "unknown fault action \"reject\"",
+    );
+    refused("description: d\nfaults:\n  - { name: a, at: server, action: { reject: icmp-unreachable } }\n", 3, 46, "unknown reject kind \"icmp-unreachable\"");
+    refused("description: d\nfaults:\n  - { name: a, at: server, action: drop, match: { protocol: icmp, dport: 1 } }\n", 3, 67, "icmp has no ports");
+    refused("description: d\nfaults:\n  - { name: a, at: server, action: drop, match: { protocol: udp, flags: S } }\n", 3, 66, "`flags` only matches TCP packets");
+    refused("description: d\nfaults:\n  - { name: a, at: server, action: drop, match: { flags: { mask: S, value: SA } } }\n", 3, 76, "value sets flags that the mask leaves out");
+    refused("description: d\nfaults:\n  - { name: a, at: server, action: drop, match: { payload: some } }\n", 3, 60, "unknown payload \"some\"; allowed: empty, nonempty");
+    refused(
+        "description: d\nfaults:\n  - { name: a, at: server, action: drop, direction: in }\n",
+        3,
+        53,
+        "unknown direction \"in\"; allowed: ingress, egress",
+    );
+    refused(
+        "description: d\nexpect:\n  packets:\n    - { from: client }\n",
+        4,
+        7,
+        "a packet expectation needs `count`",
+    );
+    refused(
+        "description: d\nexpect:\n  packets:\n    - { count: 1, within: [1s] }\n",
+        4,
+        27,
+        "within must be a window [start, end]",
+    );
+    refused(
+        "description: d\nexpect:\n  packets:\n    - { at: [2s, 1s] }\n",
+        4,
+        18,
+        "increasing order",
+    );
+    refused(
+        "description: d\nexpect:\n  states:\n    - { host: client, sequence: [] }\n",
+        4,
+        33,
+        "sequence needs at least one state",
+    );
+    refused(
+        "description: d\nexpect:\n  states:\n    - { sequence: [LISTEN] }\n",
+        4,
+        7,
+        "state expectation needs \"host\"",
+    );
+    refused(
+        "description: d\nexpect:\n  timers:\n    - { host: client }\n",
+        4,
+        7,
+        "timer expectation needs \"timer\"",
+    );
+    refused(
+        "description: d\nexpect:\n  timers:\n    - { host: client, timer: on, state: SYN_SNET }\n",
+        4,
+        41,
+        "unknown TCP state \"SYN_SNET\"; did you mean SYN-SENT?",
+    );
+    refused(
+        "description: d\nhosts:\n  client: { address: 10.0.0.0/24 }\n",
+        3,
+        22,
+        "network or broadcast address",
+    );
+    refused(
+        "description: d\nhosts:\n  client: { address: 127.0.0.1/8 }\n",
+        3,
+        22,
+        "not a unicast host address",
+    );
+    refused(
+        "description: d\nhosts:\n  client: { address: 10.0.0.300/24 }\n",
+        3,
+        22,
+        "not an IPv4 address with prefix",
+    );
+    refused(
+        "description: d\nhosts:\n  client: {}\n",
+        3,
+        11,
+        "host client needs \"address\"",
+    );
+    refused(
+        "description: d\nlink: { ipv6: 2 }\n",
+        2,
+        15,
+        "ipv6 must be true or false, not 2",
+    );
+    refused(
+        "description: d\nsysctl:\n  client: { net.ipv4.tcp_syn_retries: true }\n",
+        3,
+        39,
+        "must be set to a number or text",
+    );
+    refused(
+        "description: d\nsysctl:\n  router: {}\n",
+        3,
+        3,
+        "unknown key \"router\" in `sysctl`; allowed: client, server",
+    );
+    refused("description:\n", 1, 1, "missing \"description\"");
+    refused(
+        "description: d\ntimeout: !x 5s\n",
+        2,
+        10,
+        "found a YAML tag (!name)",
+    );
+    refused(
+        "description: d\nfaults:\n  - &f { name: a, at: server, action: drop }\n  - { <<: *f, name: b }\n",
+        4,
+        7,
+        "unknown key \"<<\" in fault `faults[1]`; allowed: name, at, direction, match, action, from, until (merge keys",
+    );
+    refused(
+        "description: d\nclient:\n  - ~\n",
+        3,
+        5,
+        "a step is an action name like `close`",
+    );
+    refused(
+        "description: d\nclient:\n  - connect: { port: 90.5 }\n",
+        3,
+        22,
+        "port must be a whole number 1..65535, not 90.5",
+    );
+    refused(
+        "- description: d\n",
+        1,
+        1,
+        "wrong type for the top level: found sequence, expected a map with keys description",
+    );
+    assert!(
+        problems.is_empty(),
+        "{} bad inputs differ:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+}
+
+#[test]
+fn format_reference_examples_are_valid() {
+    let reference = include_str!("FORMAT.md");
+    let mut checked = 0;
+    for block in reference.split("```yaml\n").skip(1) {
+        let yaml = block.split("```").next().unwrap_or("");
+        let text = if yaml.starts_with("description:") {
+            yaml.to_string()
+        } else if yaml.starts_with("  - ") || yaml.starts_with("    expect:") {
+            continue;
+        } else {
+            format!(
+                "description: d\nclient:\n  - connect: {{ port: 9000 }}\n    name: connect\n{yaml}"
+            )
+        };
+        if let Err(e) = parse_text(&text) {
+            panic!("FORMAT.md example does not load: {e}\n{text}");
+        }
+        checked += 1;
+    }
+    assert!(checked >= 6, "only {checked} examples checked");
 }

@@ -1,0 +1,995 @@
+//! Validation of the hosts' socket programs: steps, actions, socket options, step expectations, waits.
+
+use super::*;
+
+impl Validator<'_> {
+    pub(super) fn collect_step_names(&mut self, host: HostId, program: &[StepWire]) -> Checked<()> {
+        let program_path = NodePath::root().key(host.name());
+        let mut names: Vec<(String, usize)> = Vec::new();
+        for (i, step) in program.iter().enumerate() {
+            let ScalarOr::Map(step) = step else { continue };
+            let Some(name) = &step.name else { continue };
+            let path = program_path.index(i).key("name");
+            let name = match name {
+                Scalar::Str(text) if is_name(text, true) => text.clone(),
+                other => {
+                    return Err(self.fail(
+                        &path,
+                        format!("step name {other} is not allowed; use letters, digits, _ and -, e.g. connect"),
+                    ))
+                }
+            };
+            if let Some((_, first)) = names.iter().find(|(n, _)| *n == name) {
+                let first_at = self.index.value(&program_path.index(*first).key("name"));
+                return Err(self.fail(
+                    &path,
+                    format!("duplicate step name \"{name}\" on {host} (first at {first_at}); step names are unique per host"),
+                ));
+            }
+            names.push((name, i));
+        }
+        self.step_names[host.index()] = names;
+        Ok(())
+    }
+
+    pub(super) fn program(&self, host: HostId, program: &[StepWire]) -> Checked<Vec<StepPlan>> {
+        let program_path = NodePath::root().key(host.name());
+        let mut state = ProgramState::default();
+        let mut steps = Vec::with_capacity(program.len());
+        for (i, step) in program.iter().enumerate() {
+            steps.push(self.step(host, i, &program_path.index(i), step, &mut state)?);
+        }
+        Ok(steps)
+    }
+
+    fn step(
+        &self,
+        host: HostId,
+        index: usize,
+        path: &NodePath,
+        wire: &StepWire,
+        state: &mut ProgramState,
+    ) -> Checked<StepPlan> {
+        let location = self.index.value(path);
+        let map = match wire {
+            ScalarOr::Scalar(Scalar::Str(name)) => {
+                let action = self.bare_action(path, name, state)?;
+                return Ok(StepPlan {
+                    index,
+                    name: None,
+                    socket: None,
+                    action,
+                    expect: StepExpectation { tolerance: self.tolerance, location, ..StepExpectation::default() },
+                    location,
+                });
+            }
+            ScalarOr::Scalar(other) => {
+                return Err(self.fail(
+                    path,
+                    format!(
+                        "a step is an action name like `close` or a map with one action like `connect: {{ port: 9000 }}`, \
+                         not {other}; actions: {}",
+                        list(ACTION_KEYS)
+                    ),
+                ))
+            }
+            ScalarOr::Map(map) => map,
+        };
+
+        let present = self.present_actions(path, map);
+        let (key, action_path) = match present.as_slice() {
+            [] => {
+                return Err(self.fail(
+                    path,
+                    format!(
+                        "step has no action; give exactly one of: {} (with optional name, on, as, expect)",
+                        list(ACTION_KEYS)
+                    ),
+                ))
+            }
+            [one] => one.clone(),
+            [..] => {
+                let mut by_position = present.clone();
+                by_position.sort_by_key(|(_, p)| self.index.key(p));
+                let names: Vec<&str> = by_position.iter().map(|(k, _)| *k).collect();
+                let (second, second_path) = &by_position[1];
+                return Err(self.fail_key(
+                    second_path,
+                    format!(
+                        "step has {} actions ({}); a step does exactly one thing: move `{second}` into a step of its own",
+                        names.len(),
+                        list(&names)
+                    ),
+                ));
+            }
+        };
+
+        let as_name = match &map.as_name {
+            Some(value) => {
+                let as_path = path.key("as");
+                if !matches!(key, "socket" | "accept") {
+                    return Err(self.fail_key(
+                        &as_path,
+                        format!("\"as\" names the new socket of a socket or accept step; a {key} step makes no socket"),
+                    ));
+                }
+                let name = match value {
+                    Scalar::Str(text) if is_name(text, true) => text.clone(),
+                    other => {
+                        return Err(self.fail(
+                            &as_path,
+                            format!("socket name {other} is not allowed; use letters, digits, _ and -, e.g. conn"),
+                        ))
+                    }
+                };
+                if state.sockets.contains(&name) {
+                    return Err(self.fail(
+                        &as_path,
+                        format!("socket name \"{name}\" is already given by an earlier step on {host}; pick another"),
+                    ));
+                }
+                Some(name)
+            }
+            None => None,
+        };
+        let socket = match &map.on {
+            Some(value) => {
+                let on_path = path.key("on");
+                if matches!(key, "socket" | "sleep" | "wait" | "exec") {
+                    return Err(self.fail_key(
+                        &on_path,
+                        format!("\"on\" picks the socket a step acts on; a {key} step acts on no existing socket"),
+                    ));
+                }
+                let name = value.text();
+                if !state.sockets.contains(&name) {
+                    let known = if state.sockets.is_empty() {
+                        "no socket is named before this step; name one with `as:` on a socket or accept step".to_string()
+                    } else {
+                        format!("named so far: {}", list(&state.sockets))
+                    };
+                    return Err(self.fail(
+                        &on_path,
+                        format!(
+                            "no socket named {value} on {host}{}{known}",
+                            suggestion(&name, state.sockets.iter().map(String::as_str))
+                        ),
+                    ));
+                }
+                Some(name)
+            }
+            None => None,
+        };
+
+        let action = self.action(host, key, &action_path, map, as_name.clone(), state)?;
+        if let Some(name) = as_name {
+            state.sockets.push(name);
+        }
+        let name = map.name.as_ref().map(Scalar::text);
+        let expect =
+            self.step_expectation(&path.key("expect"), map.expect.as_ref(), &action, location)?;
+        Ok(StepPlan {
+            index,
+            name,
+            socket,
+            action,
+            expect,
+            location,
+        })
+    }
+
+    /// The action keys present in a step map, with their paths as written (`write` stays `write`).
+    fn present_actions(&self, path: &NodePath, map: &StepMapWire) -> Vec<(&'static str, NodePath)> {
+        let aliased = |canonical: &'static str, alias: &'static str| {
+            let alias_path = path.key(alias);
+            if self.index.contains(&alias_path) {
+                (alias, alias_path)
+            } else {
+                (canonical, path.key(canonical))
+            }
+        };
+        let flags = [
+            (map.socket.is_some(), "socket"),
+            (map.setsockopt.is_some(), "setsockopt"),
+            (map.bind.is_some(), "bind"),
+            (map.listen.is_some(), "listen"),
+            (map.accept.is_some(), "accept"),
+            (map.connect.is_some(), "connect"),
+            (map.poll.is_some(), "poll"),
+            (map.send.is_some(), "send"),
+            (map.recv.is_some(), "recv"),
+            (map.shutdown.is_some(), "shutdown"),
+            (map.close.is_some(), "close"),
+            (map.sleep.is_some(), "sleep"),
+            (map.getsockopt.is_some(), "getsockopt"),
+            (map.wait.is_some(), "wait"),
+            (map.exec.is_some(), "exec"),
+        ];
+        flags
+            .into_iter()
+            .filter(|(set, _)| *set)
+            .map(|(_, key)| match key {
+                "send" => aliased("send", "write"),
+                "recv" => aliased("recv", "read"),
+                _ => (key, path.key(key)),
+            })
+            .collect()
+    }
+
+    fn bare_action(
+        &self,
+        path: &NodePath,
+        name: &str,
+        state: &mut ProgramState,
+    ) -> Checked<Action> {
+        match name {
+            "socket" => Ok(Action::Socket {
+                name: None,
+                options: Vec::new(),
+                nonblocking: false,
+            }),
+            "listen" => {
+                state.listening = true;
+                Ok(Action::Listen {
+                    port: None,
+                    backlog: DEFAULT_BACKLOG,
+                })
+            }
+            "accept" => {
+                self.require_listener(path, state)?;
+                Ok(Action::Accept { name: None })
+            }
+            "recv" | "read" => Ok(Action::Recv {
+                max: DEFAULT_RECV_MAX,
+                until_eof: false,
+            }),
+            "close" => Ok(Action::Close),
+            known if ACTION_KEYS.contains(&known) => Err(self.fail(
+                path,
+                format!(
+                    "`{known}` needs parameters, e.g. `- {}`; only {} may be written bare",
+                    example_of(known),
+                    list(BARE_ACTIONS)
+                ),
+            )),
+            unknown => Err(self.fail(
+                path,
+                format!(
+                    "unknown action \"{unknown}\"{}actions: {}",
+                    suggestion(unknown, ACTION_KEYS.iter().copied()),
+                    list(ACTION_KEYS)
+                ),
+            )),
+        }
+    }
+
+    fn require_listener(&self, path: &NodePath, state: &ProgramState) -> Checked<()> {
+        if state.listening {
+            return Ok(());
+        }
+        Err(self.fail(
+            path,
+            "accept needs a listening socket first: add `- listen: { port: 9000 }` before it",
+        ))
+    }
+
+    fn action(
+        &self,
+        host: HostId,
+        key: &str,
+        path: &NodePath,
+        map: &StepMapWire,
+        as_name: Option<String>,
+        state: &mut ProgramState,
+    ) -> Checked<Action> {
+        if let Some(options) = &map.socket {
+            return Ok(Action::Socket {
+                name: as_name,
+                options: self.sockopts(path, options)?,
+                nonblocking: false,
+            });
+        }
+        if let Some(options) = &map.setsockopt {
+            if options.0.is_empty() {
+                return Err(self.fail(path, "setsockopt needs at least one option, e.g. `setsockopt: { TCP_USER_TIMEOUT: 5000 }`"));
+            }
+            return Ok(Action::SetOpt {
+                options: self.sockopts(path, options)?,
+            });
+        }
+        if let Some(bind) = &map.bind {
+            let port = self.required(
+                &bind.port,
+                path,
+                "bind",
+                "port",
+                "the local port, e.g. `bind: { port: 9000 }`",
+            )?;
+            return Ok(Action::Bind {
+                port: self.port(&path.key("port"), port, "port")?,
+            });
+        }
+        if let Some(listen) = &map.listen {
+            let port = match &listen.port {
+                Some(port) => Some(self.port(&path.key("port"), port, "port")?),
+                None => None,
+            };
+            let backlog = match &listen.backlog {
+                Some(backlog) => {
+                    self.int(&path.key("backlog"), backlog, "backlog", 0, 65535)? as u32
+                }
+                None => DEFAULT_BACKLOG,
+            };
+            state.listening = true;
+            return Ok(Action::Listen { port, backlog });
+        }
+        if map.accept.is_some() {
+            self.require_listener(path, state)?;
+            return Ok(Action::Accept { name: as_name });
+        }
+        if let Some(connect) = &map.connect {
+            let to = match &connect.to {
+                Some(to) => self.host(&path.key("to"), to)?,
+                None => host.peer(),
+            };
+            let port = self.required(
+                &connect.port,
+                path,
+                "connect",
+                "port",
+                "the peer's port, e.g. `connect: { port: 9000 }`",
+            )?;
+            let port = self.port(&path.key("port"), port, "port")?;
+            let nonblocking = match &connect.nonblocking {
+                Some(value) => self.boolean(&path.key("nonblocking"), value, "nonblocking")?,
+                None => false,
+            };
+            return Ok(Action::Connect {
+                to,
+                port,
+                nonblocking,
+            });
+        }
+        if let Some(poll) = &map.poll {
+            let events_wire = self.required(
+                &poll.events,
+                path,
+                "poll",
+                "events",
+                "e.g. `events: [POLLIN, POLLOUT]`",
+            )?;
+            let events = self.poll_events(&path.key("events"), events_wire)?;
+            if events.is_empty() {
+                return Err(self.fail(
+                    &path.key("events"),
+                    "poll needs at least one event, e.g. [POLLIN]",
+                ));
+            }
+            let timeout = self.required(
+                &poll.timeout,
+                path,
+                "poll",
+                "timeout",
+                "how long poll waits, e.g. `timeout: 5s`",
+            )?;
+            let timeout = self.run_time(&path.key("timeout"), timeout, "poll timeout")?;
+            return Ok(Action::Poll { events, timeout });
+        }
+        if let Some(send) = &map.send {
+            return self.send(path, send);
+        }
+        if let Some(recv) = &map.recv {
+            let max = match &recv.max {
+                Some(max) => {
+                    self.int(&path.key("max"), max, "max", 1, MAX_BUFFER as i128)? as usize
+                }
+                None => DEFAULT_RECV_MAX,
+            };
+            let until_eof = match &recv.until {
+                Some(until) => {
+                    if until != &Scalar::Str("eof".into()) {
+                        return Err(self.fail(
+                            &path.key("until"),
+                            format!("unknown recv until {until}; allowed: eof"),
+                        ));
+                    }
+                    true
+                }
+                None => false,
+            };
+            return Ok(Action::Recv { max, until_eof });
+        }
+        if let Some(how) = &map.shutdown {
+            return Ok(Action::Shutdown {
+                how: self.pick(path, how, SHUTDOWN_HOW, "shutdown mode")?,
+            });
+        }
+        if map.close.is_some() {
+            return Ok(Action::Close);
+        }
+        if let Some(duration) = &map.sleep {
+            let duration = self.run_time(path, duration, "sleep")?;
+            if duration.is_zero() {
+                return Err(self.fail(path, "sleep must be more than 0s, e.g. `sleep: 8s`"));
+            }
+            return Ok(Action::Sleep { duration });
+        }
+        if let Some(option) = &map.getsockopt {
+            return Ok(Action::GetOpt {
+                option: self.pick(path, option, SOCKOPT_NAMES, "socket option")?,
+            });
+        }
+        if let Some(wait) = &map.wait {
+            return self.wait(host, path, wait);
+        }
+        if let Some(exec) = &map.exec {
+            return self.exec(path, exec);
+        }
+        Err(self.fail(path, format!("step action `{key}` is not handled")))
+    }
+
+    fn sockopts(
+        &self,
+        path: &NodePath,
+        options: &Entries<ScalarOr<LingerWire>>,
+    ) -> Checked<Vec<SockOpt>> {
+        let mut result = Vec::with_capacity(options.0.len());
+        for (name, value) in &options.0 {
+            let option_path = path.key(name);
+            let Some((_, option)) = SOCKOPT_NAMES.iter().find(|(n, _)| n == name) else {
+                let names = SOCKOPT_NAMES.iter().map(|(n, _)| *n);
+                return Err(self.fail_key(
+                    &option_path,
+                    format!(
+                        "unknown socket option \"{name}\"{}allowed: {}",
+                        suggestion(name, names.clone()),
+                        list(names)
+                    ),
+                ));
+            };
+            let value = self.sockopt_value(&option_path, *option, name, value)?;
+            result.push(SockOpt {
+                name: *option,
+                value,
+            });
+        }
+        Ok(result)
+    }
+
+    fn sockopt_value(
+        &self,
+        path: &NodePath,
+        option: SockOptName,
+        name: &str,
+        value: &ScalarOr<LingerWire>,
+    ) -> Checked<SockOptValue> {
+        use SockOptName::*;
+        let scalar = match value {
+            ScalarOr::Map(linger) if option == SO_LINGER => {
+                let on = self.required(&linger.on, path, "SO_LINGER", "on", "true or false")?;
+                let on = self.boolean(&path.key("on"), on, "SO_LINGER on")?;
+                let seconds = match &linger.seconds {
+                    Some(seconds) => self.int(
+                        &path.key("seconds"),
+                        seconds,
+                        "SO_LINGER seconds",
+                        0,
+                        i128::from(i32::MAX),
+                    )? as i32,
+                    None => 0,
+                };
+                return Ok(SockOptValue::Linger { on, seconds });
+            }
+            ScalarOr::Map(_) => {
+                return Err(self.fail(
+                    path,
+                    format!(
+                        "{name} takes a number, not a map; only SO_LINGER takes {{ on, seconds }}"
+                    ),
+                ))
+            }
+            ScalarOr::Scalar(scalar) => scalar,
+        };
+        if option == SO_ERROR {
+            return Err(self.fail_key(
+                path,
+                "SO_ERROR is read-only; read it with `getsockopt: SO_ERROR`",
+            ));
+        }
+        if option == SO_LINGER {
+            let seconds =
+                self.int(path, scalar, "SO_LINGER seconds", 0, i128::from(i32::MAX))? as i32;
+            return Ok(SockOptValue::Linger { on: true, seconds });
+        }
+        let (min, max) = match option {
+            SO_KEEPALIVE | SO_REUSEADDR | SO_REUSEPORT | TCP_NODELAY | TCP_QUICKACK => {
+                if let Scalar::Bool(b) = scalar {
+                    return Ok(SockOptValue::Int(i32::from(*b)));
+                }
+                (0, 1)
+            }
+            TCP_KEEPIDLE | TCP_KEEPINTVL => (1, 32767),
+            TCP_KEEPCNT | TCP_SYNCNT => (1, 127),
+            _ => (0, i128::from(i32::MAX)),
+        };
+        Ok(SockOptValue::Int(
+            self.int(path, scalar, name, min, max)? as i32
+        ))
+    }
+
+    fn poll_events(&self, path: &NodePath, events: &ScalarList) -> Checked<Vec<PollEvent>> {
+        let mut result = BTreeSet::new();
+        for (i, event) in events.items.iter().enumerate() {
+            let event_path = if events.list {
+                path.index(i)
+            } else {
+                path.clone()
+            };
+            let names = PollEvent::ALL.map(PollEvent::name);
+            let parsed = match event {
+                Scalar::Str(text) => PollEvent::parse(text),
+                _ => None,
+            };
+            match parsed {
+                Some(parsed) => {
+                    result.insert(parsed);
+                }
+                None => {
+                    return Err(self.fail(
+                        &event_path,
+                        format!(
+                            "unknown poll event {event}{}allowed: {}",
+                            suggestion(&event.text(), names),
+                            list(names)
+                        ),
+                    ))
+                }
+            }
+        }
+        Ok(result.into_iter().collect())
+    }
+
+    fn send(&self, path: &NodePath, send: &SendWire) -> Checked<Action> {
+        let bytes = self.required(
+            &send.bytes,
+            path,
+            "send",
+            "bytes",
+            "how many bytes each send() writes, e.g. `bytes: 1000`",
+        )?;
+        let bytes = self.int(&path.key("bytes"), bytes, "bytes", 1, MAX_BUFFER as i128)? as usize;
+        let repeat = match &send.repeat {
+            Some(Scalar::Str(text)) if text == "forever" => SendRepeat::Forever,
+            Some(repeat) => {
+                let repeat_path = path.key("repeat");
+                match self.int(&repeat_path, repeat, "repeat", 1, i128::from(u32::MAX)) {
+                    Ok(n) => SendRepeat::Times(n as u32),
+                    Err(_) => {
+                        return Err(self.fail(
+                            &repeat_path,
+                            format!(
+                                "repeat must be a count 1..{} or `forever`, not {repeat}",
+                                u32::MAX
+                            ),
+                        ))
+                    }
+                }
+            }
+            None => SendRepeat::Times(1),
+        };
+        let every = match &send.every {
+            Some(every) => {
+                let every_path = path.key("every");
+                let every = self.run_time(&every_path, every, "every")?;
+                if every.is_zero() {
+                    return Err(self.fail(
+                        &every_path,
+                        "every must be more than 0s; leave it out to send back to back",
+                    ));
+                }
+                Some(every)
+            }
+            None => None,
+        };
+        let until = match &send.until {
+            Some(until) => Some(self.pick(&path.key("until"), until, SEND_UNTIL, "send until")?),
+            None => None,
+        };
+        if repeat == SendRepeat::Forever && until.is_none() {
+            return Err(self.fail(
+                &path.key("repeat"),
+                "`repeat: forever` needs `until: error` or `until: would-block` to end the loop",
+            ));
+        }
+        Ok(Action::Send {
+            bytes,
+            repeat,
+            every,
+            until,
+        })
+    }
+
+    /// `client.connect` as host and step name, checked against the named steps.
+    pub(super) fn step_ref(&self, path: &NodePath, value: &Scalar) -> Checked<(HostId, String)> {
+        let text = value.text();
+        let Some((host_name, step)) = text.split_once('.') else {
+            return Err(self.fail(
+                path,
+                format!("{value} is not a step reference; write host.step, e.g. client.connect"),
+            ));
+        };
+        let Some(host) = HostId::parse(host_name) else {
+            return Err(self.fail(
+                path,
+                format!(
+                    "unknown host \"{host_name}\" in step reference {value}{}hosts are: client, server",
+                    suggestion(host_name, ["client", "server"])
+                ),
+            ));
+        };
+        let names = &self.step_names[host.index()];
+        if !names.iter().any(|(n, _)| n == step) {
+            let known = if names.is_empty() {
+                format!("{host} has no named steps; name one with `name: {step}`")
+            } else {
+                format!(
+                    "named steps on {host}: {}",
+                    list(names.iter().map(|(n, _)| n))
+                )
+            };
+            return Err(self.fail(
+                path,
+                format!(
+                    "no step named \"{step}\" on {host}{}{known}",
+                    suggestion(step, names.iter().map(|(n, _)| n.as_str()))
+                ),
+            ));
+        }
+        Ok((host, step.to_string()))
+    }
+
+    fn wait(&self, host: HostId, path: &NodePath, wait: &ScalarOr<WaitWire>) -> Checked<Action> {
+        let (target_path, target, edge) = match wait {
+            ScalarOr::Scalar(target) => (path.clone(), target, StepEdge::Finished),
+            ScalarOr::Map(map) => {
+                let target = self.required(
+                    &map.target,
+                    path,
+                    "wait",
+                    "for",
+                    "the step to wait for, e.g. `for: server.accept`",
+                )?;
+                let edge = match &map.edge {
+                    Some(edge) => self.pick(&path.key("edge"), edge, EDGES, "edge")?,
+                    None => StepEdge::Finished,
+                };
+                (path.key("for"), target, edge)
+            }
+        };
+        let (target_host, step) = self.step_ref(&target_path, target)?;
+        if target_host == host {
+            return Err(self.fail(
+                &target_path,
+                format!(
+                    "{host} cannot wait for its own step {}: steps of one host already run in order; wait for a step of {}",
+                    target.text(),
+                    host.peer()
+                ),
+            ));
+        }
+        Ok(Action::Wait {
+            host: target_host,
+            step,
+            edge,
+        })
+    }
+
+    fn exec(&self, path: &NodePath, exec: &ExecWire) -> Checked<Action> {
+        let program = self.required(
+            &exec.program,
+            path,
+            "exec",
+            "program",
+            "the program to run, e.g. `program: curl`",
+        )?;
+        let program = self.text(&path.key("program"), program, "program")?;
+        let args = match &exec.args {
+            Some(args) => args.items.iter().map(Scalar::text).collect(),
+            None => Vec::new(),
+        };
+        let mut env = Vec::new();
+        if let Some(entries) = &exec.env {
+            for (name, value) in &entries.0 {
+                let env_path = path.key("env").key(name);
+                let valid = name
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !valid {
+                    return Err(self.fail_key(
+                        &env_path,
+                        format!("environment variable name \"{name}\" is not allowed; use letters, digits and _, e.g. LANG"),
+                    ));
+                }
+                env.push((name.clone(), value.text()));
+            }
+        }
+        env.sort();
+        let stdin = exec.stdin.as_ref().map(Scalar::text);
+        let timeout = match &exec.timeout {
+            Some(timeout) => {
+                let timeout_path = path.key("timeout");
+                let timeout = self.run_time(&timeout_path, timeout, "exec timeout")?;
+                if timeout.is_zero() {
+                    return Err(
+                        self.fail(&timeout_path, "exec timeout must be more than 0s, e.g. 30s")
+                    );
+                }
+                timeout
+            }
+            None => self.deadline,
+        };
+        let background = match &exec.background {
+            Some(value) => self.boolean(&path.key("background"), value, "background")?,
+            None => false,
+        };
+        let stdout = self.patterns(&path.key("stdout"), exec.stdout.as_ref(), "stdout")?;
+        let stderr = self.patterns(&path.key("stderr"), exec.stderr.as_ref(), "stderr")?;
+        Ok(Action::Exec(ExecPlan {
+            program,
+            args,
+            env,
+            stdin,
+            timeout,
+            background,
+            stdout,
+            stderr,
+        }))
+    }
+
+    fn patterns(
+        &self,
+        path: &NodePath,
+        patterns: Option<&ScalarList>,
+        what: &str,
+    ) -> Checked<Vec<String>> {
+        let Some(patterns) = patterns else {
+            return Ok(Vec::new());
+        };
+        let mut result = Vec::with_capacity(patterns.items.len());
+        for (i, pattern) in patterns.items.iter().enumerate() {
+            let pattern_path = if patterns.list {
+                path.index(i)
+            } else {
+                path.clone()
+            };
+            let text = pattern.text();
+            if let Err(e) = Regex::new(&text) {
+                let reason = e.to_string();
+                let reason = reason
+                    .lines()
+                    .find_map(|line| line.strip_prefix("error: "))
+                    .unwrap_or(reason.lines().last().unwrap_or("invalid"))
+                    .to_string();
+                return Err(self.fail(
+                    &pattern_path,
+                    format!("{what} pattern \"{text}\" is not a valid regular expression: {reason} (syntax: Rust regex crate)"),
+                ));
+            }
+            result.push(text);
+        }
+        Ok(result)
+    }
+
+    fn step_expectation(
+        &self,
+        path: &NodePath,
+        wire: Option<&ScalarOr<StepExpectWire>>,
+        action: &Action,
+        step_location: Location,
+    ) -> Checked<StepExpectation> {
+        let mut expect = StepExpectation {
+            tolerance: self.tolerance,
+            location: step_location,
+            ..StepExpectation::default()
+        };
+        let Some(wire) = wire else { return Ok(expect) };
+        expect.location = self.index.value(path);
+        let map = match wire {
+            ScalarOr::Scalar(result) => {
+                expect.outcome = Some(self.outcome(path, result, action)?);
+                return Ok(expect);
+            }
+            ScalarOr::Map(map) => map,
+        };
+        let mut given: Vec<(&str, NodePath)> = Vec::new();
+        if let Some(result) = &map.result {
+            given.push(("result", path.key("result")));
+            expect.outcome = Some(self.outcome(&path.key("result"), result, action)?);
+        }
+        if let Some(events) = &map.events {
+            let events_path = path.key("events");
+            given.push(("events", events_path.clone()));
+            if !matches!(action, Action::Poll { .. }) {
+                return Err(self.fail_key(
+                    &events_path,
+                    format!(
+                        "`events` only fits poll steps; this is a {} step",
+                        action.kind()
+                    ),
+                ));
+            }
+            expect.outcome = Some(ExpectedOutcome::Events(
+                self.poll_events(&events_path, events)?,
+            ));
+        }
+        if let Some(exit) = &map.exit {
+            let exit_path = path.key("exit");
+            given.push(("exit", exit_path.clone()));
+            if !matches!(action, Action::Exec(_)) {
+                return Err(self.fail_key(
+                    &exit_path,
+                    format!(
+                        "`exit` only fits exec steps; this is a {} step",
+                        action.kind()
+                    ),
+                ));
+            }
+            expect.outcome = Some(ExpectedOutcome::Exit(
+                self.int(&exit_path, exit, "exit", 0, 255)? as i32,
+            ));
+        }
+        if given.len() > 1 {
+            given.sort_by_key(|(_, p)| self.index.key(p));
+            return Err(self.fail_key(
+                &given[1].1,
+                format!(
+                    "give only one of result, events, exit; this expect has {}",
+                    list(given.iter().map(|(k, _)| *k))
+                ),
+            ));
+        }
+        if let Some(after) = &map.after {
+            expect.after = Some(self.run_time(&path.key("after"), after, "after")?);
+        }
+        if let Some(at) = &map.at {
+            expect.at = Some(self.run_time(&path.key("at"), at, "at")?);
+        }
+        if let Some(tolerance) = &map.tolerance {
+            expect.tolerance = self.tolerance(&path.key("tolerance"), tolerance)?;
+        }
+        Ok(expect)
+    }
+
+    fn outcome(
+        &self,
+        path: &NodePath,
+        value: &Scalar,
+        action: &Action,
+    ) -> Checked<ExpectedOutcome> {
+        let kind = action.kind();
+        let only = |what: &str, fits: &str| {
+            self.fail(
+                path,
+                format!("`{what}` only fits {fits} steps; this is a {kind} step"),
+            )
+        };
+        match value {
+            Scalar::Int(n) => {
+                if !matches!(action, Action::Send { .. } | Action::Recv { .. }) {
+                    return Err(only("a byte count", "send and recv"));
+                }
+                let bytes = u64::try_from(*n).map_err(|_| {
+                    self.fail(
+                        path,
+                        format!("byte count {n} is negative; expect 0 or more bytes"),
+                    )
+                })?;
+                Ok(ExpectedOutcome::Bytes(bytes))
+            }
+            Scalar::Str(text) if text == "ok" => Ok(ExpectedOutcome::Ok),
+            Scalar::Str(text) if text == "eof" => {
+                if !matches!(action, Action::Recv { .. }) {
+                    return Err(only("eof", "recv/read"));
+                }
+                Ok(ExpectedOutcome::Eof)
+            }
+            Scalar::Str(text) if text == "timeout" => {
+                if !matches!(action, Action::Poll { .. }) {
+                    return Err(only("timeout", "poll"));
+                }
+                Ok(ExpectedOutcome::Timeout)
+            }
+            Scalar::Str(text)
+                if text.starts_with('E') && text.chars().all(|c| c.is_ascii_uppercase()) =>
+            {
+                Ok(ExpectedOutcome::Error(self.errno(path, value)?))
+            }
+            other => {
+                let words = ["ok", "eof", "timeout"];
+                let hint = suggestion(&other.text(), words.into_iter().chain(errno_names()));
+                Err(self.fail(
+                    path,
+                    format!(
+                        "unknown result {other}{hint}allowed: ok, eof, timeout, a byte count, or an errno: {}",
+                        list(errno_names())
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// Refuses two hosts that wait for each other: each blocked before the step the other waits for.
+    pub(super) fn check_wait_deadlocks(&self, steps: &[Vec<StepPlan>; 2]) -> Checked<()> {
+        let position = |host: HostId, name: &str| {
+            steps[host.index()]
+                .iter()
+                .position(|s| s.name.as_deref() == Some(name))
+        };
+        // (waiting host, its step index, target step index, edge)
+        let mut waits = Vec::new();
+        for host in HostId::ALL {
+            for step in &steps[host.index()] {
+                if let Action::Wait {
+                    host: target_host,
+                    step: target,
+                    edge,
+                } = &step.action
+                {
+                    if let Some(target_index) = position(*target_host, target) {
+                        waits.push((host, step.index, target_index, *edge));
+                    }
+                }
+            }
+        }
+        // `blocker` holds its host until the wait ends; the target is out of reach if it lies beyond the blocker.
+        let blocks = |blocker: usize, target: usize, edge: StepEdge| {
+            blocker < target || (blocker == target && edge == StepEdge::Finished)
+        };
+        for &(host, index, target, edge) in &waits {
+            for &(other_host, other_index, other_target, other_edge) in &waits {
+                if other_host == host.peer()
+                    && blocks(other_index, target, edge)
+                    && blocks(index, other_target, other_edge)
+                {
+                    let step_path = NodePath::root().key(host.name()).index(index);
+                    let peer = host.peer();
+                    let peer_steps = &steps[peer.index()];
+                    let own_steps = &steps[host.index()];
+                    let name_of =
+                        |steps: &[StepPlan], i: usize| steps[i].name.clone().unwrap_or_default();
+                    return Err(self.fail(
+                        &step_path,
+                        format!(
+                            "deadlock: this step waits for {peer}.{}, but {peer} reaches that step only after its \
+                             step {}, which waits for {host}.{}, a step that comes after this one; reorder the steps \
+                             so that one host can go on",
+                            name_of(peer_steps, target),
+                            peer_steps[other_index].label(),
+                            name_of(own_steps, other_target),
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A one-line example of an action that needs parameters, for "needs parameters" errors.
+fn example_of(action: &str) -> &'static str {
+    match action {
+        "setsockopt" => "setsockopt: { TCP_USER_TIMEOUT: 5000 }",
+        "bind" => "bind: { port: 9000 }",
+        "connect" => "connect: { port: 9000 }",
+        "poll" => "poll: { events: [POLLIN], timeout: 5s }",
+        "send" | "write" => "send: { bytes: 1000 }",
+        "shutdown" => "shutdown: WR",
+        "sleep" => "sleep: 5s",
+        "getsockopt" => "getsockopt: SO_ERROR",
+        "wait" => "wait: server.accept",
+        "exec" => "exec: { program: curl, args: [\"http://10.0.0.2:9000/\"] }",
+        _ => "close",
+    }
+}
