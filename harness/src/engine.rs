@@ -391,10 +391,8 @@ fn fires_on(plan: &Plan, trigger: &Trigger, event: &Event, counter: &mut u64) ->
         }
         (Trigger::Packet { host, filter, nth, delay }, EventKind::Packet(packet))
             if event.host == *host
-                && packet.protocol == "tcp"
                 && (filter.from.is_none_or(|from| (from == event.host) == (packet.direction == PacketDirection::Out)))
-                && filter.flags.is_none_or(|flags| flags == packet.flags)
-                && filter.len.is_none_or(|len| len == packet.len) =>
+                && crate::verdict::packet_matches(filter, packet) =>
         {
             *counter += 1;
             (*counter >= u64::from(*nth)).then_some(*delay)
