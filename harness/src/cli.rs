@@ -11,7 +11,9 @@ const USAGE: &str = "\
 netfault: inject network faults into real Linux TCP stacks and record what the kernel did
 
 usage:
-  netfault run [--jobs N] [--reports DIR] [PATH...]   run scenarios (default: scenarios/) in parallel
+  netfault run [--jobs N] [--reports DIR] [--slow] [PATH...]
+                                                      run scenarios (default: scenarios/) in parallel;
+                                                      `slow: true` ones only with --slow
   netfault check [PATH...]                            validate scenarios without running anything
   netfault list [PATH...]                             list scenarios with their deadline and whether slow
   netfault test [--root DIR] [--reports DIR] [-- LIBTEST-ARGS...]
@@ -53,6 +55,8 @@ struct Options {
     jobs: Option<usize>,
     reports: Option<PathBuf>,
     root: Option<PathBuf>,
+    /// `--slow`: run the minutes-long `slow: true` scenarios too.
+    slow: bool,
     paths: Vec<PathBuf>,
     passthrough: Vec<String>,
 }
@@ -73,6 +77,7 @@ fn parse_options(args: &[String], allowed: &[&str]) -> Result<Options, String> {
             }
             "--reports" if allowed.contains(&"--reports") => options.reports = Some(PathBuf::from(value(arg)?)),
             "--root" if allowed.contains(&"--root") => options.root = Some(PathBuf::from(value(arg)?)),
+            "--slow" if allowed.contains(&"--slow") => options.slow = true,
             flag if flag.starts_with('-') => return Err(format!("unknown option {flag:?}")),
             path => options.paths.push(PathBuf::from(path)),
         }
@@ -88,7 +93,7 @@ fn exe() -> PathBuf {
 }
 
 fn run(args: &[String]) -> ExitCode {
-    let options = match parse_options(args, &["--jobs", "--reports"]) {
+    let options = match parse_options(args, &["--jobs", "--reports", "--slow"]) {
         Ok(options) => options,
         Err(e) => return usage_error(&e),
     };
@@ -103,6 +108,7 @@ fn run(args: &[String]) -> ExitCode {
         }
     };
     let reports = options.reports.unwrap_or_else(|| PathBuf::from("reports"));
+    let (loaded, skipped): (Vec<_>, Vec<_>) = loaded.into_iter().partition(|(_, plan)| options.slow || !plan.slow);
     let jobs: Vec<(Job, std::time::Duration)> = loaded
         .into_iter()
         .map(|(job, plan)| (Job { reports: reports.clone(), ..job }, plan.deadline))
@@ -125,8 +131,12 @@ fn run(args: &[String]) -> ExitCode {
     let count = |status| summaries.iter().filter(|s| s.status == status).count();
     let (passed, failed, errors) = (count(Status::Pass), count(Status::Fail), count(Status::Error));
     let longest = summaries.iter().map(|s| s.duration).fold(0.0, f64::max);
+    let skipped = match skipped.len() {
+        0 => String::new(),
+        n => format!(", {n} slow skipped (--slow runs them)"),
+    };
     println!(
-        "\n{passed} passed, {} failed; wall time {:.2}s, longest scenario {longest:.2}s",
+        "\n{passed} passed, {} failed{skipped}; wall time {:.2}s, longest scenario {longest:.2}s",
         failed + errors,
         started.elapsed().as_secs_f64()
     );
