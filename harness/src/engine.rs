@@ -83,12 +83,16 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
         let (gate_tx, gate_rx) = mpsc::channel::<Instant>();
         gates.push(gate_tx);
         let ready = ready_tx.clone();
+        let start_clock = clock.clone();
         programs.push(namespaces[host.index()].spawn(&format!("{host}-program"), move || {
             // The engine may be gone (a failed start): then there is nothing to run.
             let _ = ready.send(host);
             ctx.deadline = gate_rx
                 .recv_timeout(PROGRAM_START_TIMEOUT)
                 .map_err(|_| Error::Internal(format!("{host} program was never told to start")))?;
+            // t0 is taken by the first program thread to run (the clock keeps the first start), not by the
+            // engine: on a busy machine the woken threads may wait tens of ms for a CPU.
+            start_clock.start();
             actors::run_host(&host_plan, ctx)
         })?);
     }
@@ -107,9 +111,9 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
     let mut schedule = FaultSchedule::new(&plan.faults);
     let mut fault_events = Vec::new();
     apply_due(&mut schedule, &mut firewalls, &clock, &mut fault_events)?;
-    // t0 is the moment the programs start: scenario times read as the seed scripts' times.
-    clock.start();
-    let deadline = clock.t0().unwrap_or_else(Instant::now) + plan.deadline;
+    // t0 is the moment the programs start (scenario times read as the seed scripts' times): the first program
+    // thread to run takes it. The deadline counts from the start signal, a little before.
+    let deadline = Instant::now() + plan.deadline;
     for gate in &gates {
         // A program thread that is gone already reports its own error when joined.
         let _ = gate.send(deadline);

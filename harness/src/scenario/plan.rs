@@ -767,7 +767,16 @@ pub struct PacketExpectation {
     /// Only packets seen in this scenario-time window count.
     pub window: Option<(Duration, Duration)>,
     pub tolerance: Duration,
+    /// Times (`at`, `window`) count from the end of this step, and only packets from then on count.
+    pub since: Option<StepAnchor>,
     pub location: Location,
+}
+
+/// A named step of a host whose end is the zero of an expectation's times (`since: client.connect`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct StepAnchor {
+    pub host: HostId,
+    pub step: String,
 }
 
 /// A socket of `host` goes through these states in order (other states may come between).
@@ -778,6 +787,8 @@ pub struct StateExpectation {
     pub port: Option<u16>,
     pub sequence: Vec<StateStep>,
     pub tolerance: Duration,
+    /// `at` times count from the end of this step.
+    pub since: Option<StepAnchor>,
     pub location: Location,
 }
 
@@ -834,6 +845,8 @@ pub struct QueueExpectation {
     /// No selected socket ever shows more than this.
     pub max: Option<u32>,
     pub tolerance: Duration,
+    /// `at` times count from the end of this step.
+    pub since: Option<StepAnchor>,
     pub location: Location,
 }
 

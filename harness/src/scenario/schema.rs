@@ -539,6 +539,7 @@ pub struct PacketExpectWire {
     pub at: Option<ScalarList>,
     pub within: Option<ScalarList>,
     pub tolerance: Option<Scalar>,
+    pub since: Option<Scalar>,
 }
 
 /// One item of `expect: { states: [...] }`.
@@ -549,6 +550,7 @@ pub struct StateExpectWire {
     pub port: Option<Scalar>,
     pub sequence: Option<Vec<ScalarOr<StateStepWire>>>,
     pub tolerance: Option<Scalar>,
+    pub since: Option<Scalar>,
 }
 
 /// `{ state: GONE, at: 7s }` in a state sequence.
@@ -581,6 +583,7 @@ pub struct QueueExpectWire {
     pub sequence: Option<Vec<ScalarOr<QueueStepWire>>>,
     pub max: Option<Scalar>,
     pub tolerance: Option<Scalar>,
+    pub since: Option<Scalar>,
 }
 
 /// `{ value: 1, at: 8s }` in a queue sequence.

@@ -1572,4 +1572,6 @@ fn bad_queue_expectations_and_packet_filters() {
     refused(&format!("{head}  packets:\n    - {{ window: 70000, count: 1 }}\n"), 4, 17, "window");
     refused(&format!("{head}  packets:\n    - {{ protocol: icmp, flags: R, count: 1 }}\n"), 4, 25, "selects TCP segments");
     refused(&format!("{head}  packets:\n    - {{ protocol: sctp, count: 1 }}\n"), 4, 19, "unknown protocol");
+    refused(&format!("{head}  packets:\n    - {{ count: 1, since: client.nope }}\n"), 4, 26, "no step named \"nope\" on client");
+    refused(&format!("{head}  states:\n    - {{ host: client, sequence: [GONE], since: connect }}\n"), 4, 48, "not a step reference");
 }

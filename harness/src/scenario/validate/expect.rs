@@ -91,8 +91,18 @@ impl Validator<'_> {
             sequence,
             max,
             tolerance,
+            since: self.anchor(path, wire.since.as_ref())?,
             location: self.index.value(path),
         })
+    }
+
+    /// `since: client.connect`: the named step whose end the expectation's times count from.
+    fn anchor(&self, path: &NodePath, since: Option<&Scalar>) -> Checked<Option<StepAnchor>> {
+        let Some(since) = since else {
+            return Ok(None);
+        };
+        let (host, step) = self.step_ref(&path.key("since"), since)?;
+        Ok(Some(StepAnchor { host, step }))
     }
 
     fn packet_expectation(
@@ -180,6 +190,7 @@ impl Validator<'_> {
             at,
             window,
             tolerance,
+            since: self.anchor(path, wire.since.as_ref())?,
             location: self.index.value(path),
         })
     }
@@ -249,6 +260,7 @@ impl Validator<'_> {
             port,
             sequence,
             tolerance,
+            since: self.anchor(path, wire.since.as_ref())?,
             location: self.index.value(path),
         })
     }
