@@ -15,7 +15,7 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -84,10 +84,41 @@ pub fn build(plan: &Plan, client: &Netns, server: &Netns) -> Result<Topology> {
     let mut client_rtnl = client.run(|| prepare_host(plan, HostId::Client))?;
     let mut server_rtnl = server.run(|| prepare_host(plan, HostId::Server))?;
     create_veth_pair(&mut client_rtnl, plan.link.mtu, server)?;
-    Ok(Topology {
+    let topology = Topology {
         client: configure_link_end(&mut client_rtnl, plan.host(HostId::Client))?,
         server: configure_link_end(&mut server_rtnl, plan.host(HostId::Server))?,
-    })
+    };
+    wait_until_operational(&mut client_rtnl, HostId::Client)?;
+    wait_until_operational(&mut server_rtnl, HostId::Server)?;
+    Ok(topology)
+}
+
+/// Longest wait for a veth end to become operational once both ends are up.
+const OPERATIONAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Waits until `ip link show nf0` says `state UP`. The end set up first found its peer down, so its queueing
+/// discipline stays the drop-everything placeholder until the kernel's link-watch work sees the carrier come
+/// on and attaches the real one, which also sets the operational state. That work runs asynchronously and,
+/// behind the RTNL lock on a busy machine, seconds late: packets sent before it (the first ARP request of a
+/// connect) would be dropped.
+fn wait_until_operational(rtnl: &mut Rtnl, host: HostId) -> Result<()> {
+    let what = format!("look up {LINK_NAME} in {host} (ip link show {LINK_NAME})");
+    let deadline = Instant::now() + OPERATIONAL_TIMEOUT;
+    loop {
+        let link = rtnl.get_link(LINK_NAME, &what)?;
+        let up = link.attributes.iter().any(|attribute| matches!(attribute, LinkAttribute::OperState(State::Up)));
+        if up {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Internal(format!(
+                "{LINK_NAME} in {host} was not operationally up {}s after both veth ends were set up \
+                 (ip link show {LINK_NAME}: state is not UP)",
+                OPERATIONAL_TIMEOUT.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// Runs on a thread inside the host's namespace: sysctls (which resolve against the calling thread's
@@ -750,6 +781,7 @@ mod tests {
             slow: false,
             deadline: Duration::from_secs(10),
             tolerance: Duration::from_millis(100),
+            early_tolerance: None,
             sample_interval: Duration::from_millis(10),
             link: LinkPlan { mtu, ipv6: false },
             hosts: [

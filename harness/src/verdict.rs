@@ -191,11 +191,15 @@ fn judge_step(verdict: &mut Verdict, host: HostId, step: &StepPlan, record: &Ste
         verdict.check(result);
     }
     if let (Some(after), Some(elapsed)) = (expect.after, record.elapsed()) {
-        let result = if within(elapsed, after, expect.tolerance) {
+        let result = if within(elapsed, after, expect.tolerance, expect.early_tolerance) {
             Ok(())
         } else {
             Err(failure(
-                format!("to end after {}s ± {}s", format_secs(after), format_secs(expect.tolerance)),
+                format!(
+                    "to end after {}s {}",
+                    format_secs(after),
+                    describe_tolerance(expect.tolerance, expect.early_tolerance)
+                ),
                 format!("{} after {}s", outcome, format_secs(elapsed)),
                 Some(end),
             ))
@@ -203,11 +207,15 @@ fn judge_step(verdict: &mut Verdict, host: HostId, step: &StepPlan, record: &Ste
         verdict.check(result);
     }
     if let Some(at) = expect.at {
-        let result = if within(end, at, expect.tolerance) {
+        let result = if within(end, at, expect.tolerance, expect.early_tolerance) {
             Ok(())
         } else {
             Err(failure(
-                format!("to end at {}s ± {}s", format_secs(at), format_secs(expect.tolerance)),
+                format!(
+                    "to end at {}s {}",
+                    format_secs(at),
+                    describe_tolerance(expect.tolerance, expect.early_tolerance)
+                ),
                 format!("{} at {}s", outcome, format_secs(end)),
                 Some(end),
             ))
@@ -219,8 +227,21 @@ fn judge_step(verdict: &mut Verdict, host: HostId, step: &StepPlan, record: &Ste
 /// Prefix of a step detail saying that an exec'd program's output lacked a required pattern.
 pub const PATTERN_MISSING: &str = "pattern not found";
 
-fn within(actual: Duration, expected: Duration, tolerance: Duration) -> bool {
-    actual.abs_diff(expected) <= tolerance
+/// `actual` is at most `late` after `expected` and at most `early` (by default `late`) before it.
+fn within(actual: Duration, expected: Duration, late: Duration, early: Option<Duration>) -> bool {
+    if actual >= expected {
+        actual - expected <= late
+    } else {
+        expected - actual <= early.unwrap_or(late)
+    }
+}
+
+/// `± 0.250000s`, or `-0.000000s/+0.500000s` when earliness and lateness differ.
+pub fn describe_tolerance(late: Duration, early: Option<Duration>) -> String {
+    match early {
+        Some(early) if early != late => format!("-{}s/+{}s", format_secs(early), format_secs(late)),
+        _ => format!("± {}s", format_secs(late)),
+    }
 }
 
 fn outcome_matches(expected: &ExpectedOutcome, actual: &Outcome) -> bool {
@@ -261,10 +282,14 @@ pub fn describe_expectation(expect: &StepExpectation) -> String {
         parts.push(describe_outcome(outcome));
     }
     if let Some(after) = expect.after {
-        parts.push(format!("after {}s ± {}s", format_secs(after), format_secs(expect.tolerance)));
+        parts.push(format!(
+            "after {}s {}",
+            format_secs(after),
+            describe_tolerance(expect.tolerance, expect.early_tolerance)
+        ));
     }
     if let Some(at) = expect.at {
-        parts.push(format!("at {}s ± {}s", format_secs(at), format_secs(expect.tolerance)));
+        parts.push(format!("at {}s {}", format_secs(at), describe_tolerance(expect.tolerance, expect.early_tolerance)));
     }
     parts.join(" ")
 }
@@ -352,12 +377,16 @@ fn judge_packets(expectation: &PacketExpectation, anchor: Anchor, timeline: &Tim
         }
     }
     if !expectation.at.is_empty() {
-        let expected = format!("at {} ± {}s", list(&expectation.at), format_secs(expectation.tolerance));
+        let expected = format!(
+            "at {} {}",
+            list(&expectation.at),
+            describe_tolerance(expectation.tolerance, expectation.early_tolerance)
+        );
         if times.len() != expectation.at.len() {
             return Err(fail(expected, times.first().copied().or(expectation.at.first().copied())));
         }
         for (actual, wanted) in times.iter().zip(&expectation.at) {
-            if !within(*actual, *wanted, expectation.tolerance) {
+            if !within(*actual, *wanted, expectation.tolerance, expectation.early_tolerance) {
                 return Err(fail(expected, Some(*wanted)));
             }
         }
@@ -423,7 +452,12 @@ fn judge_states(expectation: &StateExpectation, anchor: Anchor, timeline: &Timel
     Err(Failure {
         location: expectation.location,
         subject,
-        expected: format!("{} (± {}s){}", expected.join(" then "), format_secs(expectation.tolerance), anchor.label),
+        expected: format!(
+            "{} ({}){}",
+            expected.join(" then "),
+            describe_tolerance(expectation.tolerance, expectation.early_tolerance),
+            anchor.label
+        ),
         actual: if seen.is_empty() { "no such socket observed".into() } else { seen.join("; ") },
         around: expectation.sequence.iter().find_map(|s| s.at).map(|at| at + anchor.t),
     })
@@ -442,7 +476,10 @@ fn history_matches(history: &[(TcpState, Duration)], expectation: &StateExpectat
     let mut remaining = history.iter();
     expectation.sequence.iter().all(|wanted| {
         remaining.any(|(state, t)| {
-            *state == wanted.state && wanted.at.is_none_or(|at| within(*t, anchor + at, expectation.tolerance))
+            *state == wanted.state
+                && wanted
+                    .at
+                    .is_none_or(|at| within(*t, anchor + at, expectation.tolerance, expectation.early_tolerance))
         })
     })
 }
@@ -568,7 +605,10 @@ fn judge_queue(expectation: &QueueExpectation, anchor: Anchor, timeline: &Timeli
         let mut remaining = history.iter();
         expectation.sequence.iter().all(|wanted| {
             remaining.any(|(value, t)| {
-                *value == wanted.value && wanted.at.is_none_or(|at| within(*t, anchor.t + at, expectation.tolerance))
+                *value == wanted.value
+                    && wanted
+                        .at
+                        .is_none_or(|at| within(*t, anchor.t + at, expectation.tolerance, expectation.early_tolerance))
             })
         })
     };
@@ -587,7 +627,12 @@ fn judge_queue(expectation: &QueueExpectation, anchor: Anchor, timeline: &Timeli
     Err(Failure {
         location: expectation.location,
         subject,
-        expected: format!("{} (± {}s){}", expected.join(" then "), format_secs(expectation.tolerance), anchor.label),
+        expected: format!(
+            "{} ({}){}",
+            expected.join(" then "),
+            describe_tolerance(expectation.tolerance, expectation.early_tolerance),
+            anchor.label
+        ),
         actual: seen(),
         around: expectation.sequence.iter().find_map(|s| s.at).map(|at| at + anchor.t),
     })
@@ -676,6 +721,7 @@ mod tests {
             sequence: sequence.iter().map(|(value, at)| QueueStep { value: *value, at: at.map(ms) }).collect(),
             max,
             tolerance: ms(100),
+            early_tolerance: None,
             since: None,
             location: Location { line: 3, column: 7 },
         }
@@ -800,5 +846,18 @@ mod tests {
         assert_eq!(verdict.failures.len(), 1);
         assert_eq!(verdict.failures[0].expected, "client.connect to finish");
         assert_eq!(verdict.failures[0].actual, "it never finished");
+    }
+
+    #[test]
+    fn tolerances_bound_each_side() {
+        assert!(within(ms(1300), ms(1000), ms(300), Some(ms(0))));
+        assert!(!within(ms(1301), ms(1000), ms(300), Some(ms(0))));
+        assert!(!within(ms(999), ms(1000), ms(300), Some(ms(0))), "no earliness allowed");
+        assert!(within(ms(990), ms(1000), ms(300), Some(ms(10))));
+        assert!(within(ms(700), ms(1000), ms(300), None), "symmetric by default");
+        assert!(!within(ms(699), ms(1000), ms(300), None));
+        assert_eq!(describe_tolerance(ms(300), None), "± 0.300000s");
+        assert_eq!(describe_tolerance(ms(300), Some(ms(300))), "± 0.300000s");
+        assert_eq!(describe_tolerance(ms(300), Some(ms(0))), "-0.000000s/+0.300000s");
     }
 }

@@ -266,7 +266,7 @@ pub struct ScenarioWire {
     pub source: Option<Scalar>,
     pub slow: Option<Scalar>,
     pub timeout: Option<Scalar>,
-    pub tolerance: Option<Scalar>,
+    pub tolerance: Option<ScalarOr<ToleranceWire>>,
     pub sample: Option<Scalar>,
     pub hosts: Option<HostsWire>,
     pub link: Option<LinkWire>,
@@ -513,7 +513,7 @@ pub struct StepExpectWire {
     pub exit: Option<Scalar>,
     pub after: Option<Scalar>,
     pub at: Option<Scalar>,
-    pub tolerance: Option<Scalar>,
+    pub tolerance: Option<ScalarOr<ToleranceWire>>,
 }
 
 /// The top-level `expect:`.
@@ -538,7 +538,7 @@ pub struct PacketExpectWire {
     pub count: Option<Scalar>,
     pub at: Option<ScalarList>,
     pub within: Option<ScalarList>,
-    pub tolerance: Option<Scalar>,
+    pub tolerance: Option<ScalarOr<ToleranceWire>>,
     pub since: Option<Scalar>,
 }
 
@@ -549,7 +549,7 @@ pub struct StateExpectWire {
     pub host: Option<Scalar>,
     pub port: Option<Scalar>,
     pub sequence: Option<Vec<ScalarOr<StateStepWire>>>,
-    pub tolerance: Option<Scalar>,
+    pub tolerance: Option<ScalarOr<ToleranceWire>>,
     pub since: Option<Scalar>,
 }
 
@@ -572,6 +572,14 @@ pub struct TimerExpectWire {
     pub port: Option<Scalar>,
 }
 
+/// `tolerance: { early: 0s, late: 500ms }`: a timing that may deviate by different amounts either way.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToleranceWire {
+    pub early: Option<Scalar>,
+    pub late: Option<Scalar>,
+}
+
 /// One item of `expect: { queues: [...] }`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -582,7 +590,7 @@ pub struct QueueExpectWire {
     pub queue: Option<Scalar>,
     pub sequence: Option<Vec<ScalarOr<QueueStepWire>>>,
     pub max: Option<Scalar>,
-    pub tolerance: Option<Scalar>,
+    pub tolerance: Option<ScalarOr<ToleranceWire>>,
     pub since: Option<Scalar>,
 }
 
@@ -673,6 +681,7 @@ pub const MAP_DESCRIPTIONS: &[(&str, &str)] = &[
         "a map like { host: server, listener: true, queue: recv, sequence: [0, 1] }",
     ),
     ("QueueStepWire", "a map like { value: 1, at: 8s }"),
+    ("ToleranceWire", "a duration like 250ms, or a map like { early: 0s, late: 500ms }"),
     (
         "TimerExpectWire",
         "a map like { host: client, timer: keepalive }",

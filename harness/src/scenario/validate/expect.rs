@@ -79,9 +79,9 @@ impl Validator<'_> {
                 "a queue expectation needs a `sequence` of values (e.g. [0, { value: 1, at: 8s }]) or a `max`, or both",
             ));
         }
-        let tolerance = match &wire.tolerance {
+        let (tolerance, early_tolerance) = match &wire.tolerance {
             Some(tolerance) => self.tolerance(&path.key("tolerance"), tolerance)?,
-            None => self.tolerance,
+            None => (self.tolerance, self.early_tolerance),
         };
         Ok(QueueExpectation {
             host,
@@ -91,6 +91,7 @@ impl Validator<'_> {
             sequence,
             max,
             tolerance,
+            early_tolerance,
             since: self.anchor(path, wire.since.as_ref())?,
             location: self.index.value(path),
         })
@@ -180,9 +181,9 @@ impl Validator<'_> {
             }
             None => None,
         };
-        let tolerance = match &wire.tolerance {
+        let (tolerance, early_tolerance) = match &wire.tolerance {
             Some(tolerance) => self.tolerance(&path.key("tolerance"), tolerance)?,
-            None => self.tolerance,
+            None => (self.tolerance, self.early_tolerance),
         };
         Ok(PacketExpectation {
             filter,
@@ -190,6 +191,7 @@ impl Validator<'_> {
             at,
             window,
             tolerance,
+            early_tolerance,
             since: self.anchor(path, wire.since.as_ref())?,
             location: self.index.value(path),
         })
@@ -251,15 +253,16 @@ impl Validator<'_> {
                 }
             });
         }
-        let tolerance = match &wire.tolerance {
+        let (tolerance, early_tolerance) = match &wire.tolerance {
             Some(tolerance) => self.tolerance(&path.key("tolerance"), tolerance)?,
-            None => self.tolerance,
+            None => (self.tolerance, self.early_tolerance),
         };
         Ok(StateExpectation {
             host,
             port,
             sequence,
             tolerance,
+            early_tolerance,
             since: self.anchor(path, wire.since.as_ref())?,
             location: self.index.value(path),
         })
