@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::scenario::plan::{
     ExpectedOutcome, HostId, Location, PacketExpectation, PacketFilter, Plan, Protocol, QueueExpectation, QueueKind,
-    StateExpectation, StepAnchor, StepExpectation, StepPlan, TcpState, TimerExpectation,
+    Since, StateExpectation, StepExpectation, StepPlan, TcpState, TimerExpectation,
 };
 use crate::timeline::{format_secs, Event, EventKind, Outcome, PacketDirection, PacketEvent, SocketEvent, Timeline};
 
@@ -131,26 +131,50 @@ impl Anchor {
     }
 }
 
-/// Finds when the `since` step ended; a step that never ended fails the expectation that counts from it.
+/// Finds when the `since` step ended or its packet left; a step that never ended, or a packet never seen,
+/// fails the expectation that counts from it.
 pub fn resolve_anchor(
     plan: &Plan,
     timeline: &Timeline,
-    since: Option<&StepAnchor>,
+    since: Option<&Since>,
     location: Location,
 ) -> Result<Anchor, Failure> {
-    let Some(since) = since else { return Ok(Anchor::t0()) };
-    let name = format!("{}.{}", since.host, since.step);
-    let end = plan.step(since.host, &since.step).and_then(|step| step_record(timeline, since.host, step.index).end);
-    match end {
+    let (name, t, missing) = match since {
+        None => return Ok(Anchor::t0()),
+        Some(Since::Step { host, step }) => {
+            let name = format!("{host}.{step}");
+            let end = plan.step(*host, step).and_then(|step| step_record(timeline, *host, step.index).end);
+            (name.clone(), end, (format!("{name} to finish"), "it never finished".to_string()))
+        }
+        Some(Since::Packet { filter, nth }) => {
+            let name = format!("the {} of the {}", ordinal(*nth), describe_filter(filter));
+            let seen: Vec<Duration> = sent_packets(timeline, filter).map(|(t, _)| t).collect();
+            let t = seen.get(*nth as usize - 1).copied();
+            (name.clone(), t, (format!("{name} to be sent"), format!("{} such packets", seen.len())))
+        }
+    };
+    match t {
         Some(t) => Ok(Anchor { t, label: format!(" since {name} ({}s)", format_secs(t)) }),
         None => Err(Failure {
             location,
             subject: format!("times since {name}"),
-            expected: format!("{name} to finish"),
-            actual: "it never finished".into(),
+            expected: missing.0,
+            actual: missing.1,
             around: None,
         }),
     }
+}
+
+/// `1st`, `2nd`, `3rd`, `4th`, ... `11th`, `21st`.
+fn ordinal(n: u32) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (_, 11..=13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
 }
 
 fn judge_step(verdict: &mut Verdict, host: HostId, step: &StepPlan, record: &StepRecord) {
@@ -806,7 +830,7 @@ mod tests {
              \x20 queues:\n    - { host: server, listener: true, queue: recv, sequence: [{ value: 1, at: 5s }], since: client.connect }\n",
         )
         .unwrap();
-        assert_eq!(plan.expect.packets[0].since, Some(StepAnchor { host: HostId::Client, step: "connect".into() }));
+        assert_eq!(plan.expect.packets[0].since, Some(Since::Step { host: HostId::Client, step: "connect".into() }));
         let mut events = vec![
             step_event(0, HostId::Client, 0, false),
             step_event(1000, HostId::Client, 0, true),
@@ -859,5 +883,41 @@ mod tests {
         assert_eq!(describe_tolerance(ms(300), None), "± 0.300000s");
         assert_eq!(describe_tolerance(ms(300), Some(ms(300))), "± 0.300000s");
         assert_eq!(describe_tolerance(ms(300), Some(ms(0))), "-0.000000s/+0.300000s");
+    }
+
+    #[test]
+    fn times_since_a_packet_count_from_its_kernel_timestamp() {
+        let plan = crate::scenario::parse(
+            "anchor",
+            std::path::Path::new("anchor.yaml"),
+            "description: d\nexpect:\n  packets:\n\
+             \x20   - { from: server, flags: \".\", window: 64, at: [0.2s, 0.6s], since: { packet: { from: server, window: 0 } }, tolerance: 10ms }\n\
+             \x20   - { from: server, count: 2, since: { packet: { from: server, window: 0 }, nth: 2 } }\n\
+             \x20   - { from: server, count: 0, since: { packet: { from: client } } }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            plan.expect.packets[1].since,
+            Some(Since::Packet {
+                filter: PacketFilter { from: Some(HostId::Server), window: Some(0), ..PacketFilter::default() },
+                nth: 2
+            })
+        );
+        let timeline = Timeline::new(vec![
+            packet(100, HostId::Server, "tcp", 0x10, 64, 0),
+            packet(1000, HostId::Server, "tcp", 0x10, 0, 0),
+            packet(1200, HostId::Server, "tcp", 0x10, 64, 0),
+            packet(1500, HostId::Server, "tcp", 0x10, 0, 0),
+            packet(1600, HostId::Server, "tcp", 0x10, 64, 0),
+        ]);
+        let verdict = judge(&plan, &timeline);
+        assert_eq!(verdict.failures.len(), 1, "{:?}", verdict.failures);
+        let failure = &verdict.failures[0];
+        assert_eq!(failure.subject, "times since the 1st of the packets from client");
+        assert_eq!(failure.expected, "the 1st of the packets from client to be sent");
+        assert_eq!(failure.actual, "0 such packets");
+        assert_eq!(ordinal(2), "2nd");
+        assert_eq!(ordinal(13), "13th");
+        assert_eq!(ordinal(23), "23rd");
     }
 }

@@ -774,16 +774,21 @@ pub struct PacketExpectation {
     pub tolerance: Duration,
     /// Allowed earliness when it differs from `tolerance` (which is then the allowed lateness).
     pub early_tolerance: Option<Duration>,
-    /// Times (`at`, `window`) count from the end of this step, and only packets from then on count.
-    pub since: Option<StepAnchor>,
+    /// Times (`at`, `window`) count from this step's end or packet, and only packets from then on count.
+    pub since: Option<Since>,
     pub location: Location,
 }
 
-/// A named step of a host whose end is the zero of an expectation's times (`since: client.connect`).
+/// What an expectation's times count from (`since:`) instead of t0.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct StepAnchor {
-    pub host: HostId,
-    pub step: String,
+#[serde(rename_all = "snake_case")]
+pub enum Since {
+    /// The end of a named step: `since: client.connect`.
+    Step { host: HostId, step: String },
+    /// The n-th (1-based) packet matching the filter, as its sender's capture saw it leave:
+    /// `since: { packet: { from: server, window: 0 }, nth: 1 }`. Its kernel timestamp is exact, where a
+    /// step's end is stamped by a thread that may run late.
+    Packet { filter: PacketFilter, nth: u32 },
 }
 
 /// A socket of `host` goes through these states in order (other states may come between).
@@ -796,8 +801,8 @@ pub struct StateExpectation {
     pub tolerance: Duration,
     /// Allowed earliness when it differs from `tolerance` (which is then the allowed lateness).
     pub early_tolerance: Option<Duration>,
-    /// `at` times count from the end of this step.
-    pub since: Option<StepAnchor>,
+    /// `at` times count from this step's end or packet.
+    pub since: Option<Since>,
     pub location: Location,
 }
 
@@ -856,8 +861,8 @@ pub struct QueueExpectation {
     pub tolerance: Duration,
     /// Allowed earliness when it differs from `tolerance` (which is then the allowed lateness).
     pub early_tolerance: Option<Duration>,
-    /// `at` times count from the end of this step.
-    pub since: Option<StepAnchor>,
+    /// `at` times count from this step's end or packet.
+    pub since: Option<Since>,
     pub location: Location,
 }
 

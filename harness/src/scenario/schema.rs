@@ -539,7 +539,7 @@ pub struct PacketExpectWire {
     pub at: Option<ScalarList>,
     pub within: Option<ScalarList>,
     pub tolerance: Option<ScalarOr<ToleranceWire>>,
-    pub since: Option<Scalar>,
+    pub since: Option<ScalarOr<SinceWire>>,
 }
 
 /// One item of `expect: { states: [...] }`.
@@ -550,7 +550,7 @@ pub struct StateExpectWire {
     pub port: Option<Scalar>,
     pub sequence: Option<Vec<ScalarOr<StateStepWire>>>,
     pub tolerance: Option<ScalarOr<ToleranceWire>>,
-    pub since: Option<Scalar>,
+    pub since: Option<ScalarOr<SinceWire>>,
 }
 
 /// `{ state: GONE, at: 7s }` in a state sequence.
@@ -580,6 +580,14 @@ pub struct ToleranceWire {
     pub late: Option<Scalar>,
 }
 
+/// The map form of `since:`: `{ packet: { from: server, window: 0 }, nth: 1 }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinceWire {
+    pub packet: Option<PacketFilterWire>,
+    pub nth: Option<Scalar>,
+}
+
 /// One item of `expect: { queues: [...] }`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -591,7 +599,7 @@ pub struct QueueExpectWire {
     pub sequence: Option<Vec<ScalarOr<QueueStepWire>>>,
     pub max: Option<Scalar>,
     pub tolerance: Option<ScalarOr<ToleranceWire>>,
-    pub since: Option<Scalar>,
+    pub since: Option<ScalarOr<SinceWire>>,
 }
 
 /// `{ value: 1, at: 8s }` in a queue sequence.
@@ -681,6 +689,7 @@ pub const MAP_DESCRIPTIONS: &[(&str, &str)] = &[
         "a map like { host: server, listener: true, queue: recv, sequence: [0, 1] }",
     ),
     ("QueueStepWire", "a map like { value: 1, at: 8s }"),
+    ("SinceWire", "a step like client.connect, or a map like { packet: { from: server, window: 0 }, nth: 1 }"),
     ("ToleranceWire", "a duration like 250ms, or a map like { early: 0s, late: 500ms }"),
     (
         "TimerExpectWire",

@@ -1574,6 +1574,9 @@ fn bad_queue_expectations_and_packet_filters() {
     refused(&format!("{head}  packets:\n    - {{ protocol: sctp, count: 1 }}\n"), 4, 19, "unknown protocol");
     refused(&format!("{head}  packets:\n    - {{ count: 1, since: client.nope }}\n"), 4, 26, "no step named \"nope\" on client");
     refused(&format!("{head}  states:\n    - {{ host: client, sequence: [GONE], since: connect }}\n"), 4, 48, "not a step reference");
+    refused(&format!("{head}  packets:\n    - {{ count: 1, since: {{ nth: 2 }} }}\n"), 4, 26, "since needs \"packet\"");
+    refused(&format!("{head}  packets:\n    - {{ count: 1, since: {{ packet: {{}}, nth: 0 }} }}\n"), 4, 45, "nth 0 is out of range");
+    refused(&format!("{head}  packets:\n    - {{ count: 1, since: {{ packet: {{ flags: Q }} }} }}\n"), 4, 45, "unknown TCP flag");
 }
 
 #[test]

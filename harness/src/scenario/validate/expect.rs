@@ -97,13 +97,26 @@ impl Validator<'_> {
         })
     }
 
-    /// `since: client.connect`: the named step whose end the expectation's times count from.
-    fn anchor(&self, path: &NodePath, since: Option<&Scalar>) -> Checked<Option<StepAnchor>> {
-        let Some(since) = since else {
-            return Ok(None);
+    /// `since: client.connect` (the named step whose end the expectation's times count from) or
+    /// `since: { packet: {...}, nth: 2 }` (the n-th packet matching the filter).
+    fn anchor(&self, path: &NodePath, since: Option<&ScalarOr<SinceWire>>) -> Checked<Option<Since>> {
+        let path = path.key("since");
+        let map = match since {
+            None => return Ok(None),
+            Some(ScalarOr::Scalar(step)) => {
+                let (host, step) = self.step_ref(&path, step)?;
+                return Ok(Some(Since::Step { host, step }));
+            }
+            Some(ScalarOr::Map(map)) => map,
         };
-        let (host, step) = self.step_ref(&path.key("since"), since)?;
-        Ok(Some(StepAnchor { host, step }))
+        let example = "e.g. { packet: { from: server, window: 0 }, nth: 1 }";
+        let packet = self.required(&map.packet, &path, "since", "packet", example)?;
+        let filter = self.packet_filter(&path.key("packet"), packet)?;
+        let nth = match &map.nth {
+            Some(nth) => self.int(&path.key("nth"), nth, "nth", 1, i128::from(u32::MAX))? as u32,
+            None => 1,
+        };
+        Ok(Some(Since::Packet { filter, nth }))
     }
 
     fn packet_expectation(
