@@ -13,6 +13,7 @@ pub mod error;
 pub mod firewall;
 pub mod netns;
 pub mod observe;
+pub mod pidns;
 pub mod report;
 pub mod runner;
 pub mod scenario;

@@ -15,7 +15,7 @@ use libtest_mimic::{Arguments, Failed, Trial};
 use crate::error::{Context, Error, Result};
 use crate::report::{self, Status, Summary};
 use crate::scenario::{self, plan::Plan};
-use crate::{engine, netns, userns, verdict};
+use crate::{engine, netns, pidns, userns, verdict};
 
 /// Time a child gets beyond its scenario deadline for set-up, teardown and writing its report.
 pub const CHILD_GRACE: Duration = Duration::from_secs(20);
@@ -160,6 +160,8 @@ pub fn child_main(root: &Path, reports: &Path, file: &Path) -> ExitCode {
 fn run_here(root: &Path, reports: &Path, file: &Path) -> Result<Summary> {
     // Entering a user namespace needs a single-threaded process: do it before anything spawns a thread.
     userns::acquire()?;
+    // From here on this process is pid 1 of its own PID namespace: what its programs start dies with it.
+    pidns::become_init()?;
     netns::enter_private_parent()?;
     let plan = scenario::load(root, file)?;
     let dir = report::report_dir(reports, &plan.name)?;
