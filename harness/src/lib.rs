@@ -17,6 +17,8 @@ pub mod pidns;
 pub mod report;
 pub mod runner;
 pub mod scenario;
+pub mod selftest;
+pub mod supervise;
 pub mod timeline;
 pub mod topology;
 pub mod userns;

@@ -78,12 +78,13 @@ struct ResultFile<'a> {
     capture: &'a [crate::capture::CaptureStats; 2],
     observer: &'a [crate::observe::ObserverStats; 2],
     fault_hits: &'a [(String, u64)],
+    program_errors: &'a [String],
     events: &'a Timeline,
 }
 
 /// Writes result.json and timeline.txt next to the pcaps; returns the summary.
 pub fn write(plan: &Plan, output: &RunOutput, verdict: &Verdict, dir: &Path) -> Result<Summary> {
-    let status = if verdict.passed() { Status::Pass } else { Status::Fail };
+    let status = status_of(output, verdict);
     let mut steps = Vec::new();
     for host in &plan.hosts {
         for step in &host.steps {
@@ -122,6 +123,7 @@ pub fn write(plan: &Plan, output: &RunOutput, verdict: &Verdict, dir: &Path) -> 
         capture: &output.capture,
         observer: &output.observer,
         fault_hits: &output.fault_hits,
+        program_errors: &output.program_errors,
         events: &output.timeline,
     };
     let json = serde_json::to_string_pretty(&result).map_err(|e| Error::Internal(format!("encode result.json: {e}")))?;
@@ -135,8 +137,22 @@ pub fn write(plan: &Plan, output: &RunOutput, verdict: &Verdict, dir: &Path) -> 
         setup_ms: output.setup.as_secs_f64() * 1e3,
         teardown_ms: output.teardown.as_secs_f64() * 1e3,
         report: dir.to_path_buf(),
-        messages: verdict.failures.iter().map(|f| explain(plan, f, &output.timeline)).collect(),
+        messages: output
+            .program_errors
+            .iter()
+            .map(|e| format!("harness error: {e}"))
+            .chain(verdict.failures.iter().map(|f| explain(plan, f, &output.timeline)))
+            .collect(),
     })
+}
+
+/// A program that failed inside the harness makes the run a harness error, whatever the verdict.
+fn status_of(output: &RunOutput, verdict: &Verdict) -> Status {
+    match (output.program_errors.is_empty(), verdict.passed()) {
+        (false, _) => Status::Error,
+        (true, true) => Status::Pass,
+        (true, false) => Status::Fail,
+    }
 }
 
 /// A failure with the timeline lines around it, as shown by `cargo test` and `netfault run`.
@@ -180,13 +196,20 @@ fn render_timeline(plan: &Plan, output: &RunOutput, verdict: &Verdict) -> String
     }
     text.push_str(&format!(
         "# verdict: {} ({} checks, {} failed); ran {}s; setup {:.1} ms, teardown {:.1} ms\n",
-        if verdict.passed() { "PASS" } else { "FAIL" },
+        match status_of(output, verdict) {
+            Status::Pass => "PASS",
+            Status::Fail => "FAIL",
+            Status::Error => "ERROR",
+        },
         verdict.checks,
         verdict.failures.len(),
         format_secs(output.duration),
         output.setup.as_secs_f64() * 1e3,
         output.teardown.as_secs_f64() * 1e3,
     ));
+    for error in &output.program_errors {
+        text.push_str(&format!("# HARNESS ERROR {error}\n"));
+    }
     for failure in &verdict.failures {
         text.push_str(&format!("# FAIL {failure}\n"));
     }
