@@ -7,8 +7,14 @@
 //! exit status; its forked child is pid 1 of the new namespace and runs the scenario. The child dies with the
 //! parent (PR_SET_PDEATHSIG), and the parent with the runner (the runner sets the same on it), so a SIGKILL
 //! anywhere up the chain takes the whole namespace down.
+//!
+//! SIGTERM (or SIGINT) to the parent is the orderly stop: it SIGKILLs the child and still waits for it. The
+//! kernel reaps every other process of the namespace before init's exit can be waited for, so once the
+//! parent has exited, nothing of the scenario is left; after a SIGKILL of the parent, that happens shortly
+//! after instead.
 
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -23,6 +29,19 @@ use crate::userns;
 /// Exit status the relaying parent gives when its child ended without one (killed by a signal): 128 + signal,
 /// as a shell reports it.
 const SIGNAL_EXIT_BASE: i32 = 128;
+
+/// The scenario process, as the relaying parent sees it (0 before the fork).
+static SCENARIO_PID: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn kill_scenario(_signal: libc::c_int) {
+    let pid = SCENARIO_PID.load(Ordering::SeqCst);
+    if pid > 0 {
+        // SAFETY: kill(2) is async-signal-safe; the pid is our unreaped child, so it cannot have been reused.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+}
 
 /// `unshare --pid --fork --kill-child`: returns in a forked child that is pid 1 of a new PID namespace; the
 /// calling process never returns from here but waits for that child and exits with its status (128 + signal
@@ -54,11 +73,34 @@ pub fn become_init() -> Result<()> {
         }
         ForkResult::Parent { child } => {
             drop(parent_alive);
+            SCENARIO_PID.store(child.as_raw(), Ordering::SeqCst);
+            if let Err(e) = forward_stop_signals() {
+                eprintln!("netfault: {e}");
+                kill_scenario(libc::SIGKILL);
+            }
             let code = relay_exit(child);
             drop(parent_holds);
             std::process::exit(code)
         }
     }
+}
+
+/// SIGTERM and SIGINT to the relaying parent SIGKILL the scenario process, whose exit the parent then relays.
+fn forward_stop_signals() -> Result<()> {
+    for (signal, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
+        // SAFETY: the handler only loads an atomic and calls kill(2); the struct is initialised before use.
+        let rc = unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = kill_scenario as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut())
+        };
+        if rc != 0 {
+            return Err(Error::last_os(format!("sigaction({name}) in the scenario's relaying parent")));
+        }
+    }
+    Ok(())
 }
 
 /// `prctl(PR_SET_PDEATHSIG, SIGKILL)`.

@@ -160,9 +160,7 @@ enum Ended {
     Stopped(StopReason),
 }
 
-/// Waits for the child at most `limit`, or until the supervisor says stop; kills it (SIGKILL) in both cases.
-/// Its own child, the scenario's PID-namespace init, dies with it (PR_SET_PDEATHSIG), and with that every
-/// process of the scenario.
+/// Waits for the child at most `limit`, or until the supervisor says stop; stops it in both cases.
 fn wait_bounded(child: &mut Child, limit: Duration, supervisor: &Supervisor) -> Result<Ended> {
     let started = Instant::now();
     loop {
@@ -177,22 +175,39 @@ fn wait_bounded(child: &mut Child, limit: Duration, supervisor: &Supervisor) -> 
                 continue;
             }
         };
-        let _ = child.kill();
-        reap_killed(child);
+        stop_child(child);
         return Ok(ended);
     }
 }
 
-/// Reaps a SIGKILLed child, waiting at most [`OUTPUT_CLOSE_WAIT`] (a process stuck in the kernel may take
-/// long to die; the runner goes on and the watchdog bounds the rest).
-fn reap_killed(child: &mut Child) {
-    let until = Instant::now() + OUTPUT_CLOSE_WAIT;
+/// Stops a scenario process: SIGTERM, on which it SIGKILLs its PID namespace's init and waits for it (see
+/// [`pidns`]), so that when it has exited every process of the scenario is gone; SIGKILL if it has not
+/// exited within [`OUTPUT_CLOSE_WAIT`] (the namespace then dies shortly after, through PR_SET_PDEATHSIG).
+/// Each wait is bounded; a process stuck in the kernel is left to the watchdog.
+fn stop_child(child: &mut Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // SAFETY: plain system call; the child is not reaped yet, so its pid cannot have been reused.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+    if reaped_within(child, OUTPUT_CLOSE_WAIT) {
+        return;
+    }
+    let _ = child.kill();
+    reaped_within(child, OUTPUT_CLOSE_WAIT);
+}
+
+/// Whether the child exited (and was reaped) within `limit`.
+fn reaped_within(child: &mut Child, limit: Duration) -> bool {
+    let until = Instant::now() + limit;
     while Instant::now() < until {
         match child.try_wait() {
             Ok(None) => thread::sleep(Duration::from_millis(5)),
-            Ok(Some(_)) | Err(_) => return,
+            Ok(Some(_)) | Err(_) => return true,
         }
     }
+    false
 }
 
 /// The hidden child command: runs one scenario in this process and prints its summary as the last stdout line.
@@ -267,7 +282,11 @@ pub fn load_all(paths: &[PathBuf]) -> Result<Vec<(Job, Plan)>, Vec<String>> {
         }
         for file in files {
             match scenario::load(&root, &file) {
-                Ok(plan) => plans.push((Job { file, root: root.clone(), reports: PathBuf::new(), run: None }, plan)),
+                // Refused here too, not only by the child: `check` must say so, and `run` must run nothing.
+                Ok(plan) => match report::report_dir(Path::new("reports"), &plan.name) {
+                    Ok(_) => plans.push((Job { file, root: root.clone(), reports: PathBuf::new(), run: None }, plan)),
+                    Err(e) => errors.push(format!("{}: {e}", file.display())),
+                },
                 Err(e) => errors.push(e.to_string()),
             }
         }

@@ -7,6 +7,8 @@
 //! (including one that left its process group and session with setsid). The run's namespaces are those its
 //! processes are in or hold a descriptor of, taken while it runs; afterwards none of them may exist anywhere.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::Read;
@@ -16,7 +18,8 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-const TOKEN_VAR: &str = "NETFAULT_CLEANUP_TOKEN";
+use common::{pids, run_processes, workspace, TOKEN_VAR};
+
 const FIXTURE: &str = "harness/tests/fixtures/cleanup/long.yaml";
 /// The fixture's background programs: a `sleep 1000` on each host and a `setsid sleep 1000` on the client.
 const SLEEPS: usize = 3;
@@ -35,10 +38,6 @@ const SYSCTLS: [&str; 6] = [
     "net/ipv4/tcp_keepalive_intvl",
     "net/ipv4/tcp_child_ehash_entries",
 ];
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// What of the host a run must leave as it was.
 #[derive(Debug, PartialEq, Eq)]
@@ -76,10 +75,6 @@ fn ns_inode(link: &Path) -> Option<u64> {
     target.to_str()?.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
 }
 
-fn pids() -> Vec<u32> {
-    fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()
-}
-
 /// Network namespaces the process is in (any of its threads) or holds a descriptor of.
 fn namespaces_of(pid: u32) -> BTreeSet<u64> {
     let mut found = BTreeSet::new();
@@ -99,25 +94,6 @@ fn all_namespaces() -> BTreeSet<u64> {
     let lsns = command_output("lsns", &["-t", "net", "-n", "-o", "NS"]);
     found.extend(lsns.lines().filter_map(|line| line.trim().parse::<u64>().ok()));
     found
-}
-
-fn is_zombie(pid: u32) -> bool {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The state follows the parenthesised command name, which may itself hold spaces or parentheses.
-    stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
-}
-
-/// Live processes of the run: those whose environment carries its token.
-fn run_processes(token: &str) -> Vec<(u32, String)> {
-    let needle = format!("{TOKEN_VAR}={token}");
-    pids()
-        .into_iter()
-        .filter(|pid| {
-            let environ = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-            environ.split(|b| *b == 0).any(|entry| entry == needle.as_bytes()) && !is_zombie(*pid)
-        })
-        .map(|pid| (pid, fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default().replace('\0', " ")))
-        .collect()
 }
 
 struct Run {
@@ -275,6 +251,9 @@ fn interrupt(name: &str, signo: i32, signame: &str) {
     assert!(text.contains(&format!("interrupted by {signame}")), "{text}");
     assert!(text.contains("ERROR long"), "the stopped scenario is reported: {text}");
     assert!(took < STOP_WAIT, "stopped in {took:?}");
+    // An orderly stop waits for the scenario's PID namespace to be empty before the runner exits.
+    let left = run_processes(&run.token);
+    assert!(left.is_empty(), "processes of the run outlived the stopped runner: {left:?}");
     assert_nothing_left(&run, &running, &before);
 }
 
