@@ -85,7 +85,8 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
             deadline,
             plan: plan.clone(),
         };
-        let program = namespaces[host.index()].spawn(&format!("{host}-program"), move || actors::run_host(&host_plan, ctx))?;
+        let program =
+            namespaces[host.index()].spawn(&format!("{host}-program"), move || actors::run_host(&host_plan, ctx))?;
         programs.push((host, Some(program)));
     }
     drop(sink);

@@ -17,10 +17,10 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use nix::errno::Errno;
+use nix::fcntl::OFlag;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::wait::{waitpid, WaitStatus};
-use nix::fcntl::OFlag;
 use nix::unistd::{fork, pipe2, ForkResult, Pid};
 
 use crate::error::{Context, Error, Result};
@@ -53,7 +53,8 @@ pub fn become_init() -> Result<()> {
     userns::require_single_thread()?;
     // The parent holds the write end for as long as it lives: the child sees it closed if the parent died
     // before the child asked to die with it.
-    let (parent_alive, parent_holds) = pipe2(OFlag::O_CLOEXEC).context(|| "pipe2(O_CLOEXEC) to watch the relaying parent".to_string())?;
+    let (parent_alive, parent_holds) =
+        pipe2(OFlag::O_CLOEXEC).context(|| "pipe2(O_CLOEXEC) to watch the relaying parent".to_string())?;
     unshare(CloneFlags::CLONE_NEWPID).map_err(|e| match e {
         Errno::EPERM => Error::Missing {
             what: "permission to create PID namespaces".into(),
@@ -97,7 +98,9 @@ fn forward_stop_signals() -> Result<()> {
             libc::sigaction(signal, &action, std::ptr::null_mut())
         };
         if rc != 0 {
-            return Err(Error::last_os(format!("sigaction({name}) in the scenario's relaying parent")));
+            return Err(Error::last_os(format!(
+                "sigaction({name}) in the scenario's relaying parent"
+            )));
         }
     }
     Ok(())
@@ -108,7 +111,9 @@ fn die_with_parent() -> Result<()> {
     // SAFETY: plain system call with integer arguments.
     let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) };
     if rc != 0 {
-        return Err(Error::last_os("prctl(PR_SET_PDEATHSIG, SIGKILL) for the scenario process"));
+        return Err(Error::last_os(
+            "prctl(PR_SET_PDEATHSIG, SIGKILL) for the scenario process",
+        ));
     }
     Ok(())
 }
@@ -120,7 +125,11 @@ fn parent_gone(parent_alive: &OwnedFd) -> Result<bool> {
     loop {
         match poll(&mut fds, PollTimeout::ZERO) {
             Ok(0) => return Ok(false),
-            Ok(_) => return Ok(fds[0].revents().is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLIN))),
+            Ok(_) => {
+                return Ok(fds[0]
+                    .revents()
+                    .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLIN)))
+            }
             Err(Errno::EINTR) => continue,
             Err(e) => return Err(Error::sys("poll the relaying parent's pipe", e)),
         }

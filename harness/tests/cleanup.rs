@@ -48,8 +48,15 @@ struct HostState {
 }
 
 fn command_output(program: &str, args: &[&str]) -> String {
-    let output = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program} {args:?}: {e}"));
-    assert!(output.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} {args:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
@@ -66,7 +73,11 @@ fn host_state() -> HostState {
             (name.to_string(), value.trim().to_string())
         })
         .collect();
-    HostState { links, ruleset: command_output("nft", &["list", "ruleset"]), sysctls }
+    HostState {
+        links,
+        ruleset: command_output("nft", &["list", "ruleset"]),
+        sysctls,
+    }
 }
 
 /// `net:[4026532318]` -> 4026532318.
@@ -79,9 +90,15 @@ fn ns_inode(link: &Path) -> Option<u64> {
 fn namespaces_of(pid: u32) -> BTreeSet<u64> {
     let mut found = BTreeSet::new();
     for dir in ["task", "fd"] {
-        let Ok(entries) = fs::read_dir(format!("/proc/{pid}/{dir}")) else { continue };
+        let Ok(entries) = fs::read_dir(format!("/proc/{pid}/{dir}")) else {
+            continue;
+        };
         for entry in entries.flatten() {
-            let path = if dir == "task" { entry.path().join("ns/net") } else { entry.path() };
+            let path = if dir == "task" {
+                entry.path().join("ns/net")
+            } else {
+                entry.path()
+            };
             found.extend(ns_inode(&path));
         }
     }
@@ -131,7 +148,13 @@ fn start(name: &str, env: &[(&str, &str)]) -> Run {
         .unwrap();
     let stdout = read_in_background(child.stdout.take().unwrap());
     let stderr = read_in_background(child.stderr.take().unwrap());
-    Run { child, token, reports, stdout, stderr }
+    Run {
+        child,
+        token,
+        reports,
+        stdout,
+        stderr,
+    }
 }
 
 /// What the run had while it ran.
@@ -145,18 +168,30 @@ fn wait_until_running(run: &Run) -> Running {
     let until = Instant::now() + START_WAIT;
     loop {
         let processes = run_processes(&run.token);
-        let sleeps: Vec<u32> =
-            processes.iter().filter(|(_, cmd)| cmd.starts_with("sleep 1000")).map(|(pid, _)| *pid).collect();
+        let sleeps: Vec<u32> = processes
+            .iter()
+            .filter(|(_, cmd)| cmd.starts_with("sleep 1000"))
+            .map(|(pid, _)| *pid)
+            .collect();
         if sleeps.len() == SLEEPS {
             let host = namespaces_of(std::process::id());
-            let namespaces: BTreeSet<u64> =
-                processes.iter().flat_map(|(pid, _)| namespaces_of(*pid)).filter(|ns| !host.contains(ns)).collect();
+            let namespaces: BTreeSet<u64> = processes
+                .iter()
+                .flat_map(|(pid, _)| namespaces_of(*pid))
+                .filter(|ns| !host.contains(ns))
+                .collect();
             // The runner's private parent namespace and one per host, at least.
-            assert!(namespaces.len() >= 3, "namespaces of the run: {namespaces:?} ({processes:?})");
+            assert!(
+                namespaces.len() >= 3,
+                "namespaces of the run: {namespaces:?} ({processes:?})"
+            );
             assert_scenario_really_changes_things(&sleeps);
             return Running { namespaces, processes };
         }
-        assert!(Instant::now() < until, "background programs not up after {START_WAIT:?}: {processes:?}");
+        assert!(
+            Instant::now() < until,
+            "background programs not up after {START_WAIT:?}: {processes:?}"
+        );
         thread::sleep(Duration::from_millis(20));
     }
 }
@@ -170,13 +205,34 @@ fn assert_scenario_really_changes_things(sleeps: &[u32]) {
         full.extend(args);
         command_output("nsenter", &full)
     };
-    let syn_retries: Vec<String> =
-        sleeps.iter().map(|pid| inside(*pid, "sysctl", &["-n", "net.ipv4.tcp_syn_retries"]).trim().to_string()).collect();
-    assert!(syn_retries.contains(&"2".to_string()), "client namespace has tcp_syn_retries 2: {syn_retries:?}");
-    let rulesets: Vec<String> = sleeps.iter().map(|pid| inside(*pid, "nft", &["list", "ruleset"])).collect();
-    assert!(rulesets.iter().any(|r| r.contains("table")), "a scenario namespace has nftables rules: {rulesets:?}");
-    let links: Vec<String> = sleeps.iter().map(|pid| inside(*pid, "ip", &["-o", "link", "show", "type", "veth"])).collect();
-    assert!(links.iter().all(|l| !l.trim().is_empty()), "each scenario namespace has its veth end: {links:?}");
+    let syn_retries: Vec<String> = sleeps
+        .iter()
+        .map(|pid| {
+            inside(*pid, "sysctl", &["-n", "net.ipv4.tcp_syn_retries"])
+                .trim()
+                .to_string()
+        })
+        .collect();
+    assert!(
+        syn_retries.contains(&"2".to_string()),
+        "client namespace has tcp_syn_retries 2: {syn_retries:?}"
+    );
+    let rulesets: Vec<String> = sleeps
+        .iter()
+        .map(|pid| inside(*pid, "nft", &["list", "ruleset"]))
+        .collect();
+    assert!(
+        rulesets.iter().any(|r| r.contains("table")),
+        "a scenario namespace has nftables rules: {rulesets:?}"
+    );
+    let links: Vec<String> = sleeps
+        .iter()
+        .map(|pid| inside(*pid, "ip", &["-o", "link", "show", "type", "veth"]))
+        .collect();
+    assert!(
+        links.iter().all(|l| !l.trim().is_empty()),
+        "each scenario namespace has its veth end: {links:?}"
+    );
 }
 
 /// Waits at most `limit` for the runner to exit.
@@ -213,19 +269,34 @@ fn assert_nothing_left(run: &Run, running: &Running, before: &HostState) {
         if left.is_empty() {
             break;
         }
-        assert!(Instant::now() < until, "processes of the run still alive {VANISH_WAIT:?} later: {left:?}");
+        assert!(
+            Instant::now() < until,
+            "processes of the run still alive {VANISH_WAIT:?} later: {left:?}"
+        );
         thread::sleep(Duration::from_millis(20));
     }
     let existing = all_namespaces();
     let leaked: Vec<&u64> = running.namespaces.intersection(&existing).collect();
-    assert!(leaked.is_empty(), "namespaces of the run still exist: {leaked:?} (run had {:?})", running.namespaces);
-    assert_eq!(&host_state(), before, "the host's links, nftables ruleset or sysctls changed");
+    assert!(
+        leaked.is_empty(),
+        "namespaces of the run still exist: {leaked:?} (run had {:?})",
+        running.namespaces
+    );
+    assert_eq!(
+        &host_state(),
+        before,
+        "the host's links, nftables ruleset or sysctls changed"
+    );
     let _ = fs::remove_dir_all(&run.reports);
 }
 
 fn signal(pid: u32, signal: i32) {
     // SAFETY: plain system call; the pid is a child of this test that has not been reaped.
-    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, signal) }, 0, "kill -{signal} {pid}");
+    assert_eq!(
+        unsafe { libc::kill(pid as libc::pid_t, signal) },
+        0,
+        "kill -{signal} {pid}"
+    );
 }
 
 #[test]
@@ -253,7 +324,10 @@ fn interrupt(name: &str, signo: i32, signame: &str) {
     assert!(took < STOP_WAIT, "stopped in {took:?}");
     // An orderly stop waits for the scenario's PID namespace to be empty before the runner exits.
     let left = run_processes(&run.token);
-    assert!(left.is_empty(), "processes of the run outlived the stopped runner: {left:?}");
+    assert!(
+        left.is_empty(),
+        "processes of the run outlived the stopped runner: {left:?}"
+    );
     assert_nothing_left(&run, &running, &before);
 }
 
@@ -285,7 +359,10 @@ fn sigkill_of_the_scenario_process_is_reported_and_leaves_nothing() {
     let text = output(&run);
     assert_eq!(status.code(), Some(2), "{text}");
     assert!(text.contains("ERROR long"), "{text}");
-    assert!(text.contains("killed by SIGKILL"), "the runner says how its scenario process ended: {text}");
+    assert!(
+        text.contains("killed by SIGKILL"),
+        "the runner says how its scenario process ended: {text}"
+    );
     assert_nothing_left(&run, &running, &before);
 }
 
@@ -297,7 +374,10 @@ fn a_panicking_step_is_a_reported_harness_error_and_leaves_nothing() {
     let status = wait_exit(&mut run, Duration::from_secs(20));
     let text = output(&run);
     assert_eq!(status.code(), Some(2), "{text}");
-    assert!(text.contains("harness error: client program panicked: deliberate panic in client step block"), "{text}");
+    assert!(
+        text.contains("harness error: client program panicked: deliberate panic in client step block"),
+        "{text}"
+    );
     let result = fs::read_to_string(run.reports.join("long/result.json")).expect("the report is still written");
     assert!(result.contains("\"status\": \"error\""), "{result}");
     assert!(result.contains("deliberate panic"), "{result}");

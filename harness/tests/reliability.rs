@@ -6,7 +6,7 @@
 mod common;
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,11 @@ fn netfault(token: &str, env: &[(&str, &str)], args: &[&str]) -> (Output, Durati
 }
 
 fn text(output: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
 }
 
 fn scratch(name: &str) -> PathBuf {
@@ -43,7 +47,7 @@ fn assert_no_process_left(token: &str) {
     assert!(left.is_empty(), "processes of the run outlived it: {left:?}");
 }
 
-fn result_json(dir: &PathBuf) -> serde_json::Value {
+fn result_json(dir: &Path) -> serde_json::Value {
     let text = fs::read_to_string(dir.join("result.json")).expect("result.json is written");
     serde_json::from_str(&text).unwrap()
 }
@@ -51,18 +55,37 @@ fn result_json(dir: &PathBuf) -> serde_json::Value {
 #[test]
 fn a_read_nobody_answers_ends_at_the_deadline_naming_the_steps() {
     let reports = scratch("read-forever");
-    let (output, took) =
-        netfault("read-forever", &[], &["run", "--reports", reports.to_str().unwrap(), "harness/tests/fixtures/hang/read-forever.yaml"]);
+    let (output, took) = netfault(
+        "read-forever",
+        &[],
+        &[
+            "run",
+            "--reports",
+            reports.to_str().unwrap(),
+            "harness/tests/fixtures/hang/read-forever.yaml",
+        ],
+    );
     let text = text(&output);
     assert_eq!(output.status.code(), Some(1), "{text}");
-    assert!(took < Duration::from_secs(10), "the 2 s deadline ended the run: took {took:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "the 2 s deadline ended the run: took {took:?}"
+    );
     // The step with an expectation fails on it; the one without fails on the deadline.
-    assert!(text.contains("read-forever.yaml:17:13: line 17: client step stuck-read (recv): expected 10 bytes, got still running"), "{text}");
+    assert!(
+        text.contains(
+            "read-forever.yaml:17:13: line 17: client step stuck-read (recv): expected 10 bytes, got still running"
+        ),
+        "{text}"
+    );
     assert!(
         text.contains("read-forever.yaml:10:5: line 10: server step server-read (recv): expected to end before the scenario deadline (2.000000s), got still running at the deadline"),
         "{text}"
     );
-    assert!(text.contains("DEADLINE reached; still running: client step stuck-read (recv), server step server-read (recv)"), "{text}");
+    assert!(
+        text.contains("DEADLINE reached; still running: client step stuck-read (recv), server step server-read (recv)"),
+        "{text}"
+    );
     let dir = reports.join("read-forever");
     for file in ["timeline.txt", "client.pcap", "server.pcap"] {
         assert!(dir.join(file).is_file(), "{file} written");
@@ -72,7 +95,10 @@ fn a_read_nobody_answers_ends_at_the_deadline_naming_the_steps() {
     assert_eq!(result["status"], "fail");
     // The partial timeline holds what happened before the deadline: the handshake and both reads starting.
     let timeline = fs::read_to_string(dir.join("timeline.txt")).unwrap();
-    assert!(timeline.contains("Flags [S.]") && timeline.contains("stuck-read (recv) ..."), "{timeline}");
+    assert!(
+        timeline.contains("Flags [S.]") && timeline.contains("stuck-read (recv) ..."),
+        "{timeline}"
+    );
     assert_no_process_left("read-forever");
     let _ = fs::remove_dir_all(&reports);
 }
@@ -80,12 +106,23 @@ fn a_read_nobody_answers_ends_at_the_deadline_naming_the_steps() {
 #[test]
 fn a_program_that_never_exits_is_killed_at_the_deadline() {
     let reports = scratch("exec-forever");
-    let (output, took) =
-        netfault("exec-forever", &[], &["run", "--reports", reports.to_str().unwrap(), "harness/tests/fixtures/hang/exec-forever.yaml"]);
+    let (output, took) = netfault(
+        "exec-forever",
+        &[],
+        &[
+            "run",
+            "--reports",
+            reports.to_str().unwrap(),
+            "harness/tests/fixtures/hang/exec-forever.yaml",
+        ],
+    );
     let text = text(&output);
     assert_eq!(output.status.code(), Some(1), "{text}");
     assert!(took < Duration::from_secs(10), "took {took:?}");
-    assert!(text.contains("client step stuck-exec (exec): expected exit 0, got unfinished at the deadline"), "{text}");
+    assert!(
+        text.contains("client step stuck-exec (exec): expected exit 0, got unfinished at the deadline"),
+        "{text}"
+    );
     assert!(text.contains("killed (SIGKILL) at the scenario deadline"), "{text}");
     let dir = reports.join("exec-forever");
     assert_eq!(result_json(&dir)["status"], "fail");
@@ -100,12 +137,24 @@ fn the_cargo_test_driver_names_the_blocked_step() {
     let (output, _) = netfault(
         "driver-hang",
         &[],
-        &["test", "--root", "harness/tests/fixtures/hang", "--reports", reports.to_str().unwrap(), "--", "--exact", "read-forever.yaml"],
+        &[
+            "test",
+            "--root",
+            "harness/tests/fixtures/hang",
+            "--reports",
+            reports.to_str().unwrap(),
+            "--",
+            "--exact",
+            "read-forever.yaml",
+        ],
     );
     let text = text(&output);
     assert_ne!(output.status.code(), Some(0), "{text}");
     assert!(text.contains("1 failed"), "{text}");
-    assert!(text.contains("server step server-read (recv): expected to end before the scenario deadline"), "{text}");
+    assert!(
+        text.contains("server step server-read (recv): expected to end before the scenario deadline"),
+        "{text}"
+    );
     let _ = fs::remove_dir_all(&reports);
 }
 
@@ -129,9 +178,18 @@ fn run_stops_at_its_suite_deadline_and_reports_every_scenario() {
     );
     let text = text(&output);
     assert_eq!(output.status.code(), Some(2), "{text}");
-    assert!(took < Duration::from_secs(8), "the 3 s suite deadline ended the run: took {took:?}");
-    assert!(text.contains("ERROR long") && text.contains("stopped: the suite deadline (3s) passed"), "{text}");
-    assert!(text.contains("not started: the suite deadline (3s) passed"), "the queued scenario is reported: {text}");
+    assert!(
+        took < Duration::from_secs(8),
+        "the 3 s suite deadline ended the run: took {took:?}"
+    );
+    assert!(
+        text.contains("ERROR long") && text.contains("stopped: the suite deadline (3s) passed"),
+        "{text}"
+    );
+    assert!(
+        text.contains("not started: the suite deadline (3s) passed"),
+        "the queued scenario is reported: {text}"
+    );
     assert!(text.contains("1 running scenario(s) killed, 1 not started"), "{text}");
     assert_no_process_left("suite-deadline");
     let _ = fs::remove_dir_all(&reports);
@@ -143,12 +201,21 @@ fn the_cargo_test_driver_stops_at_netfault_suite_deadline() {
     let (output, took) = netfault(
         "driver-deadline",
         &[("NETFAULT_SUITE_DEADLINE", "3s")],
-        &["test", "--root", "harness/tests/fixtures/cleanup", "--reports", reports.to_str().unwrap()],
+        &[
+            "test",
+            "--root",
+            "harness/tests/fixtures/cleanup",
+            "--reports",
+            reports.to_str().unwrap(),
+        ],
     );
     let text = text(&output);
     assert_eq!(output.status.code(), Some(2), "{text}");
     assert!(took < Duration::from_secs(8), "took {took:?}");
-    assert!(text.contains("stopped: the suite deadline (3s) passed"), "the trial says why it failed: {text}");
+    assert!(
+        text.contains("stopped: the suite deadline (3s) passed"),
+        "the trial says why it failed: {text}"
+    );
     assert!(text.contains("netfault: the suite deadline (3s) passed"), "{text}");
     assert_no_process_left("driver-deadline");
     let _ = fs::remove_dir_all(&reports);
@@ -156,7 +223,11 @@ fn the_cargo_test_driver_stops_at_netfault_suite_deadline() {
 
 #[test]
 fn a_bad_suite_deadline_is_refused() {
-    let (output, _) = netfault("bad-deadline", &[], &["run", "--deadline", "10", "harness/tests/fixtures/hang"]);
+    let (output, _) = netfault(
+        "bad-deadline",
+        &[],
+        &["run", "--deadline", "10", "harness/tests/fixtures/hang"],
+    );
     let text = text(&output);
     assert_eq!(output.status.code(), Some(2), "{text}");
     assert!(text.contains("suite deadline: duration \"10\" needs a unit"), "{text}");
@@ -165,8 +236,16 @@ fn a_bad_suite_deadline_is_refused() {
 #[test]
 fn a_setsid_program_dies_with_the_run() {
     let reports = scratch("setsid");
-    let (output, _) =
-        netfault("setsid", &[], &["run", "--reports", reports.to_str().unwrap(), "harness/tests/fixtures/hang/setsid-escape.yaml"]);
+    let (output, _) = netfault(
+        "setsid",
+        &[],
+        &[
+            "run",
+            "--reports",
+            reports.to_str().unwrap(),
+            "harness/tests/fixtures/hang/setsid-escape.yaml",
+        ],
+    );
     let text = text(&output);
     assert_eq!(output.status.code(), Some(0), "{text}");
     assert_no_process_left("setsid");
@@ -186,14 +265,21 @@ fn refused_before_running(file: &str, message: &[&str]) {
     let said = text(&output);
     assert_eq!(output.status.code(), Some(2), "{said}");
     assert!(said.contains("nothing was run"), "{said}");
-    assert!(!reports.exists(), "run on an invalid scenario created {}", reports.display());
+    assert!(
+        !reports.exists(),
+        "run on an invalid scenario created {}",
+        reports.display()
+    );
 }
 
 #[test]
 fn a_host_wide_sysctl_is_refused_before_anything_runs() {
     refused_before_running(
         "harness/tests/fixtures/confine/pid-max.yaml",
-        &["pid-max.yaml:6:13:", "\"kernel.pid_max\" is not a per-namespace sysctl: setting it would change the host"],
+        &[
+            "pid-max.yaml:6:13:",
+            "\"kernel.pid_max\" is not a per-namespace sysctl: setting it would change the host",
+        ],
     );
 }
 
@@ -221,18 +307,30 @@ fn a_symlinked_scenario_folder_reports_under_reports() {
     let outside = scratch("symlink-outside");
     fs::create_dir_all(root.join("scenarios")).unwrap();
     fs::create_dir_all(&outside).unwrap();
-    fs::copy(workspace().join("harness/tests/fixtures/hang/setsid-escape.yaml"), outside.join("x.yaml")).unwrap();
+    fs::copy(
+        workspace().join("harness/tests/fixtures/hang/setsid-escape.yaml"),
+        outside.join("x.yaml"),
+    )
+    .unwrap();
     std::os::unix::fs::symlink(&outside, root.join("scenarios/linked")).unwrap();
     let reports = root.join("reports");
     let (output, _) = netfault(
         "symlink",
         &[],
-        &["run", "--reports", reports.to_str().unwrap(), root.join("scenarios").to_str().unwrap()],
+        &[
+            "run",
+            "--reports",
+            reports.to_str().unwrap(),
+            root.join("scenarios").to_str().unwrap(),
+        ],
     );
     let text = text(&output);
     assert_eq!(output.status.code(), Some(0), "{text}");
     assert!(reports.join("linked/x/result.json").is_file(), "{text}");
-    let written: Vec<_> = fs::read_dir(&outside).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let written: Vec<_> = fs::read_dir(&outside)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(written, vec!["x.yaml"], "nothing written next to the linked scenario");
     let _ = fs::remove_dir_all(&root);
     let _ = fs::remove_dir_all(&outside);
@@ -244,7 +342,12 @@ fn exec_programs_run_in_the_scenario_namespace_and_die_with_it() {
     let (output, _) = netfault(
         "exec-namespace",
         &[],
-        &["run", "--reports", reports.to_str().unwrap(), "harness/tests/fixtures/confine/exec-namespace.yaml"],
+        &[
+            "run",
+            "--reports",
+            reports.to_str().unwrap(),
+            "harness/tests/fixtures/confine/exec-namespace.yaml",
+        ],
     );
     let text = text(&output);
     assert_eq!(output.status.code(), Some(0), "{text}");
@@ -257,11 +360,24 @@ fn exec_programs_run_in_the_scenario_namespace_and_die_with_it() {
             .find(|s| s["host"] == host && s["name"] == "where")
             .unwrap_or_else(|| panic!("{host} step where in {result}"));
         let detail = step["detail"].as_str().unwrap();
-        detail.strip_prefix("stdout: ").unwrap_or(detail).lines().next().unwrap().trim().to_string()
+        detail
+            .strip_prefix("stdout: ")
+            .unwrap_or(detail)
+            .lines()
+            .next()
+            .unwrap()
+            .trim()
+            .to_string()
     };
-    let host = fs::read_link("/proc/self/ns/net").unwrap().to_string_lossy().into_owned();
+    let host = fs::read_link("/proc/self/ns/net")
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
     let (client, server) = (namespace_of("client"), namespace_of("server"));
-    assert!(client.starts_with("net:[") && server.starts_with("net:["), "{client} {server}");
+    assert!(
+        client.starts_with("net:[") && server.starts_with("net:["),
+        "{client} {server}"
+    );
     assert_ne!(client, host, "the client's program ran in the machine's namespace");
     assert_ne!(server, host, "the server's program ran in the machine's namespace");
     assert_ne!(client, server, "each host's program runs in its own host's namespace");
