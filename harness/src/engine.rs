@@ -33,6 +33,9 @@ pub struct RunOutput {
     pub observer: [ObserverStats; 2],
     /// Packets each fault's rule matched, per fault name.
     pub fault_hits: Vec<(String, u64)>,
+    /// A host program that failed inside the harness (an error or a panic), not by the kernel's doing: the
+    /// run is a harness error, its timeline and captures are still reported.
+    pub program_errors: Vec<String>,
 }
 
 /// How often the hub wakes to look at time triggers and the programs when nothing happens.
@@ -68,7 +71,8 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
     let deadline = clock.t0().unwrap_or_else(Instant::now) + plan.deadline;
     let board = StepBoard::new();
     let processes = ProcessRegistry::new();
-    let mut programs: Vec<JoinHandle<Result<()>>> = Vec::with_capacity(2);
+    // Each host's program until it ends and is joined.
+    let mut programs: Vec<(HostId, Option<JoinHandle<Result<()>>>)> = Vec::with_capacity(2);
     for host in HostId::ALL {
         let host_plan = plan.host(host).clone();
         let ctx = ActorContext {
@@ -81,15 +85,20 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
             deadline,
             plan: plan.clone(),
         };
-        programs.push(namespaces[host.index()].spawn(&format!("{host}-program"), move || actors::run_host(&host_plan, ctx))?);
+        let program =
+            namespaces[host.index()].spawn(&format!("{host}-program"), move || actors::run_host(&host_plan, ctx))?;
+        programs.push((host, Some(program)));
     }
     drop(sink);
 
     let mut collected: Vec<Event> = Vec::new();
     let mut deadline_hit = false;
+    let mut program_errors = Vec::new();
     loop {
         let now = clock.now();
-        if programs.iter().all(JoinHandle::is_finished) {
+        program_errors.extend(join_finished(&mut programs));
+        // A program that failed inside the harness ends the run at once: the other one may wait for it forever.
+        if !program_errors.is_empty() || programs.iter().all(|(_, program)| program.is_none()) {
             break;
         }
         if Instant::now() >= deadline {
@@ -131,22 +140,10 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
         fault_hits.extend(firewall.counters()?);
     }
     fault_hits.sort();
-    let mut program_errors = Vec::new();
-    for (host, program) in HostId::ALL.into_iter().zip(programs) {
-        if program.is_finished() {
-            match program.join() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => program_errors.push(format!("{host} program: {e}")),
-                Err(_) => program_errors.push(format!("{host} program panicked")),
-            }
-        }
-    }
+    program_errors.extend(join_finished(&mut programs));
     // Everything else is still queued in the channel: packets decoded during stop, last samples.
     collected.extend(events.try_iter());
     collected.extend(fault_events);
-    if !program_errors.is_empty() {
-        return Err(Error::Internal(program_errors.join("; ")));
-    }
     let mut timeline = Timeline::new(collected);
     if deadline_hit {
         mark_running_steps(&mut timeline, plan);
@@ -166,6 +163,7 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
         capture: [capture_client, capture_server],
         observer: [observer_client, observer_server],
         fault_hits,
+        program_errors,
     })
 }
 
@@ -177,6 +175,32 @@ fn wants_fresh_sample(event: &Event) -> bool {
         EventKind::StepEnd { .. } => true,
         _ => false,
     }
+}
+
+/// Joins the programs that have ended; returns how those that failed failed. A program still blocked in a
+/// call stays unjoined: it dies with the process.
+fn join_finished(programs: &mut [(HostId, Option<JoinHandle<Result<()>>>)]) -> Vec<String> {
+    let mut errors = Vec::new();
+    for (host, slot) in programs.iter_mut() {
+        if !slot.as_ref().is_some_and(JoinHandle::is_finished) {
+            continue;
+        }
+        match slot.take().map(JoinHandle::join) {
+            Some(Ok(Err(e))) => errors.push(format!("{host} program: {e}")),
+            Some(Err(payload)) => errors.push(format!("{host} program panicked: {}", panic_text(&*payload))),
+            Some(Ok(Ok(()))) | None => {}
+        }
+    }
+    errors
+}
+
+/// The message a panic was raised with.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 /// Switches the faults that are due now and records each switch on the timeline.
@@ -204,13 +228,21 @@ fn into_pair<T>(items: Vec<T>) -> Result<[T; 2]> {
     items.try_into().map_err(|_| Error::Internal("expected one item per host".into()))
 }
 
-/// Names, in the deadline event, the steps that were still running.
+/// Names, in the deadline event, the steps that were still running: not ended, or ended only as the run
+/// stopped them (an exec killed by `kill_all` ends after the deadline event; one the actor's own bounded wait
+/// cut ends `unfinished`).
 fn mark_running_steps(timeline: &mut Timeline, plan: &Plan) {
+    let deadline_at = timeline.events.iter().find_map(|e| matches!(e.kind, EventKind::Deadline { .. }).then_some(e.t));
     let mut running: Vec<String> = Vec::new();
     for host in HostId::ALL {
         for step in &plan.host(host).steps {
             let record = crate::verdict::step_record(timeline, host, step.index);
-            if record.start.is_some() && record.end.is_none() {
+            let cut = match (record.end, &record.outcome) {
+                (None, _) => true,
+                (Some(_), Some(crate::timeline::Outcome::Unfinished)) => true,
+                (Some(end), _) => deadline_at.is_some_and(|deadline| end >= deadline),
+            };
+            if record.start.is_some() && cut {
                 running.push(format!("{host} step {}", step.label()));
             }
         }

@@ -98,6 +98,7 @@ pub fn judge(plan: &Plan, timeline: &Timeline) -> Verdict {
             judge_step(&mut verdict, host.id, step, &record);
         }
     }
+    judge_deadline(&mut verdict, plan, timeline);
     for expectation in &plan.expect.packets {
         verdict.check(judge_packets(expectation, timeline));
     }
@@ -170,6 +171,41 @@ fn judge_step(verdict: &mut Verdict, host: HostId, step: &StepPlan, record: &Ste
             ))
         };
         verdict.check(result);
+    }
+}
+
+/// A run must end by itself: a step the scenario deadline cut (still running then, or ended `unfinished` by
+/// it) fails the run, named at its line, even when it expects nothing. A step with an expectation has already
+/// failed on it in [`judge_step`].
+fn judge_deadline(verdict: &mut Verdict, plan: &Plan, timeline: &Timeline) {
+    let deadline_at = timeline.events.iter().find_map(|e| matches!(e.kind, EventKind::Deadline { .. }).then_some(e.t));
+    for host in &plan.hosts {
+        for step in &host.steps {
+            let expect = &step.expect;
+            if expect.outcome.is_some() || expect.after.is_some() || expect.at.is_some() {
+                continue;
+            }
+            let record = step_record(timeline, host.id, step.index);
+            let Some(start) = record.start else { continue };
+            let actual = match (record.end, &record.outcome) {
+                // Without a deadline a step can only be left unended by a program that failed in the harness,
+                // which the run reports as a harness error.
+                (None, _) if deadline_at.is_none() => continue,
+                (None, _) => format!("still running at the deadline (started at {}s)", format_secs(start)),
+                (Some(end), Some(Outcome::Unfinished)) => match &record.detail {
+                    Some(detail) => format!("unfinished at {}s: {detail}", format_secs(end)),
+                    None => format!("unfinished at {}s", format_secs(end)),
+                },
+                _ => continue,
+            };
+            verdict.check(Err(Failure {
+                location: step.location,
+                subject: format!("{} step {}", host.id, step.label()),
+                expected: format!("to end before the scenario deadline ({}s)", format_secs(plan.deadline)),
+                actual,
+                around: deadline_at.or(record.end).or(Some(start)),
+            }));
+        }
     }
 }
 
