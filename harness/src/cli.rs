@@ -12,8 +12,9 @@ const USAGE: &str = "\
 netfault: inject network faults into real Linux TCP stacks and record what the kernel did
 
 usage:
-  netfault run [--jobs N] [--reports DIR] [--deadline DURATION] [--repeat N] [PATH...]
-                                                      run scenarios (default: scenarios/) in parallel
+  netfault run [--jobs N] [--reports DIR] [--deadline DURATION] [--repeat N] [--slow] [PATH...]
+                                                      run scenarios (default: scenarios/) in parallel;
+                                                      `slow: true` ones only with --slow
   netfault check [PATH...]                            validate scenarios without running anything
   netfault list [PATH...]                             list scenarios with their deadline and whether slow
   netfault test [--root DIR] [--reports DIR] [-- LIBTEST-ARGS...]
@@ -64,6 +65,8 @@ struct Options {
     repeat: Option<usize>,
     run: Option<usize>,
     root: Option<PathBuf>,
+    /// `--slow`: run the minutes-long `slow: true` scenarios too.
+    slow: bool,
     paths: Vec<PathBuf>,
     passthrough: Vec<String>,
 }
@@ -97,6 +100,7 @@ fn parse_options(args: &[String], allowed: &[&str]) -> Result<Options, String> {
                 options.run = Some(text.parse().map_err(|_| format!("--run {text:?}: need a number"))?);
             }
             "--root" if allowed.contains(&"--root") => options.root = Some(PathBuf::from(value(arg)?)),
+            "--slow" if allowed.contains(&"--slow") => options.slow = true,
             flag if flag.starts_with('-') => return Err(format!("unknown option {flag:?}")),
             path => options.paths.push(PathBuf::from(path)),
         }
@@ -112,7 +116,7 @@ fn exe() -> PathBuf {
 }
 
 fn run(args: &[String]) -> ExitCode {
-    let options = match parse_options(args, &["--jobs", "--reports", "--deadline", "--repeat"]) {
+    let options = match parse_options(args, &["--jobs", "--reports", "--deadline", "--repeat", "--slow"]) {
         Ok(options) => options,
         Err(e) => return usage_error(&e),
     };
@@ -127,6 +131,7 @@ fn run(args: &[String]) -> ExitCode {
         }
     };
     let reports = options.reports.unwrap_or_else(|| PathBuf::from("reports"));
+    let (loaded, skipped): (Vec<_>, Vec<_>) = loaded.into_iter().partition(|(_, plan)| options.slow || !plan.slow);
     let mut jobs: Vec<(Job, Duration)> = Vec::new();
     let mut runs: Vec<(String, usize)> = Vec::new();
     match options.repeat {
@@ -178,8 +183,12 @@ fn run(args: &[String]) -> ExitCode {
     if let Some(repeat) = options.repeat {
         print!("{}", repeat_table(&runs, &summaries, repeat, parallel));
     }
+    let skipped = match skipped.len() {
+        0 => String::new(),
+        n => format!(", {n} slow skipped (--slow runs them)"),
+    };
     println!(
-        "\n{passed} passed, {} failed; wall time {:.2}s, longest scenario {longest:.2}s",
+        "\n{passed} passed, {} failed{skipped}; wall time {:.2}s, longest scenario {longest:.2}s",
         failed + errors,
         started.elapsed().as_secs_f64()
     );

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::mpsc::RecvTimeoutError;
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -40,6 +40,8 @@ pub struct RunOutput {
 
 /// How often the hub wakes to look at time triggers and the programs when nothing happens.
 const IDLE_TICK: Duration = Duration::from_millis(5);
+/// How long program threads may take to be running in their namespaces, and then to be told to start.
+const PROGRAM_START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs `plan`, writing the pcaps into `report_dir`. Returns harness errors only; the verdict comes later.
 pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
@@ -61,33 +63,61 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
         observers.push(Observer::start(ns, host, plan.sample_interval, sink.clone())?);
     }
     let setup = setup_started.elapsed();
-    // t0 is the moment the programs start: scenario times read as the seed scripts' times.
-    clock.start();
 
-    // Faults due at t0 are on before either program makes its first call.
-    let mut schedule = FaultSchedule::new(&plan.faults);
-    let mut fault_events = Vec::new();
-    apply_due(&mut schedule, &mut firewalls, &clock, &mut fault_events)?;
-    let deadline = clock.t0().unwrap_or_else(Instant::now) + plan.deadline;
+    // Both program threads are spawned, inside their namespaces and waiting before t0 is taken: creating and
+    // scheduling a thread on a busy machine can take a few hundred ms, and that must not count as scenario time.
     let board = StepBoard::new();
     let processes = ProcessRegistry::new();
+    let (ready_tx, ready_rx) = mpsc::channel::<HostId>();
+    let mut gates: Vec<mpsc::Sender<Instant>> = Vec::with_capacity(2);
     // Each host's program until it ends and is joined.
     let mut programs: Vec<(HostId, Option<JoinHandle<Result<()>>>)> = Vec::with_capacity(2);
     for host in HostId::ALL {
         let host_plan = plan.host(host).clone();
-        let ctx = ActorContext {
+        let mut ctx = ActorContext {
             host,
             own_address: plan.host(host).address,
             peer_address: plan.host(host.peer()).address,
             board: Arc::clone(&board),
             processes: Arc::clone(&processes),
             sink: sink.clone(),
-            deadline,
+            deadline: Instant::now() + plan.deadline,
             plan: plan.clone(),
         };
-        let program =
-            namespaces[host.index()].spawn(&format!("{host}-program"), move || actors::run_host(&host_plan, ctx))?;
+        let (gate_tx, gate_rx) = mpsc::channel::<Instant>();
+        gates.push(gate_tx);
+        let ready = ready_tx.clone();
+        let program = namespaces[host.index()].spawn(&format!("{host}-program"), move || {
+            // The engine may be gone (a failed start): then there is nothing to run.
+            let _ = ready.send(host);
+            ctx.deadline = gate_rx
+                .recv_timeout(PROGRAM_START_TIMEOUT)
+                .map_err(|_| Error::Internal(format!("{host} program was never told to start")))?;
+            actors::run_host(&host_plan, ctx)
+        })?;
         programs.push((host, Some(program)));
+    }
+    drop(ready_tx);
+    for _ in HostId::ALL {
+        if ready_rx.recv_timeout(PROGRAM_START_TIMEOUT).is_err() {
+            return Err(Error::Internal(format!(
+                "the program threads were not running {}s after their start (spawn in namespace)",
+                PROGRAM_START_TIMEOUT.as_secs()
+            )));
+        }
+    }
+
+    // Faults due at t0 are on before either program makes its first call. They are switched before t0 is
+    // taken (their events read 0 s): an nftables commit can take tens of ms on a busy machine.
+    let mut schedule = FaultSchedule::new(&plan.faults);
+    let mut fault_events = Vec::new();
+    apply_due(&mut schedule, &mut firewalls, &clock, &mut fault_events)?;
+    // t0 is the moment the programs start: scenario times read as the seed scripts' times.
+    clock.start();
+    let deadline = clock.t0().unwrap_or_else(Instant::now) + plan.deadline;
+    for gate in &gates {
+        // A program thread that is gone already reports its own error when joined.
+        let _ = gate.send(deadline);
     }
     drop(sink);
 
@@ -392,10 +422,8 @@ fn fires_on(plan: &Plan, trigger: &Trigger, event: &Event, counter: &mut u64) ->
         }
         (Trigger::Packet { host, filter, nth, delay }, EventKind::Packet(packet))
             if event.host == *host
-                && packet.protocol == "tcp"
                 && (filter.from.is_none_or(|from| (from == event.host) == (packet.direction == PacketDirection::Out)))
-                && filter.flags.is_none_or(|flags| flags == packet.flags)
-                && filter.len.is_none_or(|len| len == packet.len) =>
+                && crate::verdict::packet_matches(filter, packet) =>
         {
             *counter += 1;
             (*counter >= u64::from(*nth)).then_some(*delay)

@@ -8,8 +8,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::scenario::plan::{
-    ExpectedOutcome, HostId, Location, PacketExpectation, PacketFilter, Plan, StateExpectation, StepExpectation,
-    StepPlan, TcpState, TimerExpectation,
+    ExpectedOutcome, HostId, Location, PacketExpectation, PacketFilter, Plan, Protocol, QueueExpectation, QueueKind,
+    StateExpectation, StepExpectation, StepPlan, TcpState, TimerExpectation,
 };
 use crate::timeline::{format_secs, Event, EventKind, Outcome, PacketDirection, PacketEvent, SocketEvent, Timeline};
 
@@ -107,6 +107,9 @@ pub fn judge(plan: &Plan, timeline: &Timeline) -> Verdict {
     }
     for expectation in &plan.expect.timers {
         verdict.check(judge_timer(expectation, timeline));
+    }
+    for expectation in &plan.expect.queues {
+        verdict.check(judge_queue(expectation, timeline));
     }
     verdict
 }
@@ -268,14 +271,26 @@ pub fn sent_packets<'a>(timeline: &'a Timeline, filter: &'a PacketFilter) -> imp
         EventKind::Packet(packet)
             if packet.direction == PacketDirection::Out
                 && filter.from.is_none_or(|from| from == event.host)
-                && packet.protocol == "tcp"
-                && filter.flags.is_none_or(|flags| flags == packet.flags)
-                && filter.len.is_none_or(|len| len == packet.len) =>
+                && packet_matches(filter, packet) =>
         {
             Some((event.t, packet))
         }
         _ => None,
     })
+}
+
+/// Whether a packet has the filter's protocol (TCP unless it says otherwise), flags, payload length and window;
+/// `from` is left to the caller, which knows the capturing host.
+pub fn packet_matches(filter: &PacketFilter, packet: &PacketEvent) -> bool {
+    let protocol = match filter.protocol {
+        None | Some(Protocol::Tcp) => "tcp",
+        Some(Protocol::Udp) => "udp",
+        Some(Protocol::Icmp) => "icmp",
+    };
+    packet.protocol == protocol
+        && filter.flags.is_none_or(|flags| flags == packet.flags)
+        && filter.len.is_none_or(|len| len == packet.len)
+        && filter.window.is_none_or(|window| window == packet.window)
 }
 
 pub fn describe_filter(filter: &PacketFilter) -> String {
@@ -288,6 +303,16 @@ pub fn describe_filter(filter: &PacketFilter) -> String {
     }
     if let Some(len) = filter.len {
         parts.push(format!("length {len}"));
+    }
+    if let Some(window) = filter.window {
+        parts.push(format!("win {window}"));
+    }
+    if let Some(protocol) = filter.protocol.filter(|p| *p != Protocol::Tcp) {
+        parts.push(format!("({})", match protocol {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Icmp => "icmp",
+        }));
     }
     parts.join(" ")
 }
@@ -448,6 +473,116 @@ fn judge_timer(expectation: &TimerExpectation, timeline: &Timeline) -> Result<()
             None => "never seen".into(),
         },
         around: best.map(|(_, t)| t),
+    })
+}
+
+/// Each selected socket's consecutive distinct values of one queue with the time it took them, in first-seen
+/// order; a socket's history ends when it is gone.
+pub fn queue_histories(timeline: &Timeline, expectation: &QueueExpectation) -> Vec<(String, Vec<(u32, Duration)>)> {
+    let mut histories: Vec<(String, Vec<(u32, Duration)>)> = Vec::new();
+    for event in timeline.events.iter().filter(|e| e.host == expectation.host) {
+        let EventKind::Socket(socket) = &event.kind else { continue };
+        let is_listener = socket.socket.ends_with("*:*");
+        if socket.state == TcpState::Gone
+            || is_listener != expectation.listener
+            || expectation.port.is_some_and(|port| socket.local_port != port && socket.remote_port != port)
+        {
+            continue;
+        }
+        let value = match expectation.queue {
+            QueueKind::Recv => socket.recv_q,
+            QueueKind::Send => socket.send_q,
+        };
+        let position = match histories.iter().position(|(name, _)| *name == socket.socket) {
+            Some(position) => position,
+            None => {
+                histories.push((socket.socket.clone(), Vec::new()));
+                histories.len() - 1
+            }
+        };
+        let history = &mut histories[position].1;
+        if history.last().map(|(v, _)| *v) != Some(value) {
+            history.push((value, event.t));
+        }
+    }
+    histories
+}
+
+fn judge_queue(expectation: &QueueExpectation, timeline: &Timeline) -> Result<(), Failure> {
+    let histories = queue_histories(timeline, expectation);
+    let mut subject = format!(
+        "{} {}{} {}",
+        expectation.host,
+        if expectation.listener { "listener " } else { "" },
+        match expectation.port {
+            Some(port) => format!("(port {port})"),
+            None => "(any port)".to_string(),
+        },
+        expectation.queue.name()
+    );
+    let describe = |history: &[(u32, Duration)]| {
+        history.iter().map(|(v, t)| format!("{v}@{}s", format_secs(*t))).collect::<Vec<_>>().join(" ")
+    };
+    let seen = || {
+        if histories.is_empty() {
+            "no such socket observed".to_string()
+        } else {
+            histories.iter().map(|(socket, h)| format!("{socket}: {}", describe(h))).collect::<Vec<_>>().join("; ")
+        }
+    };
+    if let Some(max) = expectation.max {
+        let over = histories
+            .iter()
+            .flat_map(|(_, history)| history.iter())
+            .find(|(value, _)| *value > max);
+        if let Some((value, t)) = over {
+            return Err(Failure {
+                location: expectation.location,
+                subject,
+                expected: format!("never more than {max}"),
+                actual: format!("{value} at {}s ({})", format_secs(*t), seen()),
+                around: Some(*t),
+            });
+        }
+        if histories.is_empty() {
+            return Err(Failure {
+                location: expectation.location,
+                subject,
+                expected: format!("a socket to observe, never more than {max}"),
+                actual: seen(),
+                around: None,
+            });
+        }
+    }
+    if expectation.sequence.is_empty() {
+        return Ok(());
+    }
+    let matches = |history: &[(u32, Duration)]| {
+        let mut remaining = history.iter();
+        expectation.sequence.iter().all(|wanted| {
+            remaining.any(|(value, t)| {
+                *value == wanted.value && wanted.at.is_none_or(|at| within(*t, at, expectation.tolerance))
+            })
+        })
+    };
+    if histories.iter().any(|(_, history)| matches(history)) {
+        return Ok(());
+    }
+    subject.push_str(" values");
+    let expected: Vec<String> = expectation
+        .sequence
+        .iter()
+        .map(|step| match step.at {
+            Some(at) => format!("{}@{}s", step.value, format_secs(at)),
+            None => step.value.to_string(),
+        })
+        .collect();
+    Err(Failure {
+        location: expectation.location,
+        subject,
+        expected: format!("{} (± {}s)", expected.join(" then "), format_secs(expectation.tolerance)),
+        actual: seen(),
+        around: expectation.sequence.iter().find_map(|s| s.at),
     })
 }
 
@@ -621,5 +756,139 @@ expect:
         assert!(!history_matches(&history, expectation));
         let history = vec![(TcpState::SynSent, ms(1)), (TcpState::Established, ms(2)), (TcpState::Gone, ms(7000))];
         assert!(history_matches(&history, expectation));
+    }
+}
+
+#[cfg(test)]
+mod queue_and_filter_tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::scenario::plan::QueueStep;
+    use crate::timeline::{Event, SocketEvent};
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn socket(t: u64, label: &str, remote_port: u16, state: TcpState, recv_q: u32, send_q: u32) -> Event {
+        Event {
+            t: ms(t),
+            host: HostId::Server,
+            kind: EventKind::Socket(SocketEvent {
+                socket: label.to_string(),
+                local_port: 9000,
+                remote_port,
+                state,
+                timer: None,
+                expires: None,
+                retrans: 0,
+                recv_q,
+                send_q,
+            }),
+        }
+    }
+
+    fn packet(t: u64, host: HostId, protocol: &str, flags: u8, window: u16, len: u32) -> Event {
+        Event {
+            t: ms(t),
+            host,
+            kind: EventKind::Packet(PacketEvent {
+                direction: PacketDirection::Out,
+                src: Ipv4Addr::new(10, 0, 0, 2),
+                dst: Ipv4Addr::new(10, 0, 0, 1),
+                protocol: protocol.to_string(),
+                ip_id: 0,
+                sport: 9000,
+                dport: 40000,
+                flags,
+                seq: 0,
+                ack: 0,
+                window,
+                len,
+                options: String::new(),
+                fault: None,
+            }),
+        }
+    }
+
+    const LISTENER: &str = "10.0.0.2:9000 -> *:*";
+    const CONNECTION: &str = "10.0.0.2:9000 -> 10.0.0.1:40000";
+
+    /// A listener whose accept queue goes 0 -> 1 at 8 s, and a connection with 11 unread bytes at 8 s.
+    fn accept_queue_timeline() -> Timeline {
+        Timeline::new(vec![
+            socket(1, LISTENER, 0, TcpState::Listen, 0, 128),
+            socket(2, CONNECTION, 40000, TcpState::SynRecv, 0, 0),
+            socket(8000, LISTENER, 0, TcpState::Listen, 1, 128),
+            socket(8000, CONNECTION, 40000, TcpState::Established, 11, 0),
+            socket(10000, CONNECTION, 40000, TcpState::Gone, 0, 0),
+        ])
+    }
+
+    fn queue(listener: bool, sequence: &[(u32, Option<u64>)], max: Option<u32>) -> QueueExpectation {
+        QueueExpectation {
+            host: HostId::Server,
+            port: Some(9000),
+            listener,
+            queue: QueueKind::Recv,
+            sequence: sequence.iter().map(|(value, at)| QueueStep { value: *value, at: at.map(ms) }).collect(),
+            max,
+            tolerance: ms(100),
+            location: Location { line: 3, column: 7 },
+        }
+    }
+
+    #[test]
+    fn listener_recv_q_sequence_with_times() {
+        let timeline = accept_queue_timeline();
+        assert_eq!(judge_queue(&queue(true, &[(0, None), (1, Some(8000))], Some(1)), &timeline), Ok(()));
+        let late = judge_queue(&queue(true, &[(0, None), (1, Some(7000))], None), &timeline).unwrap_err();
+        assert_eq!(late.subject, "server listener (port 9000) Recv-Q values");
+        assert_eq!(late.expected, "0 then 1@7.000000s (± 0.100000s)");
+        assert_eq!(late.actual, "10.0.0.2:9000 -> *:*: 0@0.001000s 1@8.000000s");
+        assert_eq!(late.around, Some(ms(7000)));
+        let out_of_order = judge_queue(&queue(true, &[(1, None), (0, None)], None), &timeline);
+        assert!(out_of_order.is_err(), "values must come in the given order");
+    }
+
+    #[test]
+    fn listener_and_connection_queues_are_apart() {
+        let timeline = accept_queue_timeline();
+        assert_eq!(judge_queue(&queue(false, &[(0, None), (11, Some(8000))], Some(11)), &timeline), Ok(()));
+        assert!(judge_queue(&queue(false, &[(1, None)], None), &timeline).is_err(), "1 is the listener's value");
+        let over = judge_queue(&queue(false, &[], Some(10)), &timeline).unwrap_err();
+        assert_eq!(over.expected, "never more than 10");
+        assert!(over.actual.starts_with("11 at 8.000000s"), "{}", over.actual);
+        assert_eq!(over.around, Some(ms(8000)));
+    }
+
+    #[test]
+    fn gone_sockets_end_their_history_and_unseen_sockets_fail() {
+        let timeline = accept_queue_timeline();
+        assert_eq!(judge_queue(&queue(false, &[(11, None)], Some(11)), &timeline), Ok(()), "GONE's 0 is no value");
+        let mut elsewhere = queue(true, &[], Some(5));
+        elsewhere.port = Some(8080);
+        let unseen = judge_queue(&elsewhere, &timeline).unwrap_err();
+        assert_eq!(unseen.actual, "no such socket observed");
+    }
+
+    #[test]
+    fn packet_filter_by_window_and_protocol() {
+        let timeline = Timeline::new(vec![
+            packet(1, HostId::Server, "tcp", 0x10, 0, 0),
+            packet(2, HostId::Server, "tcp", 0x10, 576, 0),
+            packet(3, HostId::Server, "icmp", 0, 0, 0),
+        ]);
+        let count = |filter: PacketFilter| sent_packets(&timeline, &filter).count();
+        let zero_window = PacketFilter { flags: Some(0x10), window: Some(0), ..PacketFilter::default() };
+        assert_eq!(count(zero_window.clone()), 1);
+        assert_eq!(count(PacketFilter { window: Some(576), ..PacketFilter::default() }), 1);
+        assert_eq!(count(PacketFilter::default()), 2, "no protocol means TCP only");
+        let icmp = PacketFilter { from: Some(HostId::Server), protocol: Some(Protocol::Icmp), ..PacketFilter::default() };
+        assert_eq!(count(icmp.clone()), 1);
+        assert_eq!(count(PacketFilter { from: Some(HostId::Client), ..icmp.clone() }), 0);
+        assert_eq!(describe_filter(&zero_window), "packets [.] win 0");
+        assert_eq!(describe_filter(&icmp), "packets from server (icmp)");
     }
 }

@@ -732,7 +732,7 @@ impl fmt::Display for TimerKind {
     }
 }
 
-/// Selects packets in the timeline: who sent them, TCP flags, payload size.
+/// Selects packets in the timeline: who sent them, TCP flags, payload size, advertised window, protocol.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct PacketFilter {
     /// Sending host.
@@ -741,6 +741,10 @@ pub struct PacketFilter {
     pub flags: Option<u8>,
     /// Payload length exactly this.
     pub len: Option<u32>,
+    /// TCP window field exactly this, unscaled, as tcpdump prints it (`win 0`).
+    pub window: Option<u16>,
+    /// `None` means TCP; `icmp` selects the ICMP errors a host sends (e.g. from a reject rule).
+    pub protocol: Option<Protocol>,
 }
 
 /// Whole-run expectations checked against the timeline.
@@ -749,6 +753,7 @@ pub struct RunExpectations {
     pub packets: Vec<PacketExpectation>,
     pub states: Vec<StateExpectation>,
     pub timers: Vec<TimerExpectation>,
+    pub queues: Vec<QueueExpectation>,
 }
 
 /// Packets matching `filter`: how many, and when.
@@ -793,4 +798,48 @@ pub struct TimerExpectation {
     /// The state the socket is in when the timer is seen.
     pub state: Option<TcpState>,
     pub location: Location,
+}
+
+/// `ss` Recv-Q or Send-Q.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueKind {
+    /// `Recv-Q`: unread bytes; for a listener, connections waiting in the accept queue.
+    Recv,
+    /// `Send-Q`: unacknowledged and unsent bytes; for a listener, its backlog.
+    Send,
+}
+
+impl QueueKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            QueueKind::Recv => "Recv-Q",
+            QueueKind::Send => "Send-Q",
+        }
+    }
+}
+
+/// A socket of `host` shows these values of one queue in order (other values may come between), and never
+/// more than `max`.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueExpectation {
+    pub host: HostId,
+    /// Which socket: local or remote port; `None` = any.
+    pub port: Option<u16>,
+    /// Only listeners (`LISTEN`) when true, only other sockets when false.
+    pub listener: bool,
+    pub queue: QueueKind,
+    /// Values in the order they are seen; may be empty when only `max` is asked.
+    pub sequence: Vec<QueueStep>,
+    /// No selected socket ever shows more than this.
+    pub max: Option<u32>,
+    pub tolerance: Duration,
+    pub location: Location,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueStep {
+    pub value: u32,
+    /// Scenario time at which the queue takes this value.
+    pub at: Option<Duration>,
 }

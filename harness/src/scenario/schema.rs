@@ -370,6 +370,8 @@ pub struct PacketFilterWire {
     pub from: Option<Scalar>,
     pub flags: Option<Scalar>,
     pub len: Option<Scalar>,
+    pub window: Option<Scalar>,
+    pub protocol: Option<Scalar>,
 }
 
 /// One item of a host's program: a bare action name or a map with one action key.
@@ -521,6 +523,7 @@ pub struct RunExpectWire {
     pub packets: Option<Vec<PacketExpectWire>>,
     pub states: Option<Vec<StateExpectWire>>,
     pub timers: Option<Vec<TimerExpectWire>>,
+    pub queues: Option<Vec<QueueExpectWire>>,
 }
 
 /// One item of `expect: { packets: [...] }`.
@@ -530,6 +533,8 @@ pub struct PacketExpectWire {
     pub from: Option<Scalar>,
     pub flags: Option<Scalar>,
     pub len: Option<Scalar>,
+    pub window: Option<Scalar>,
+    pub protocol: Option<Scalar>,
     pub count: Option<Scalar>,
     pub at: Option<ScalarList>,
     pub within: Option<ScalarList>,
@@ -563,6 +568,27 @@ pub struct TimerExpectWire {
     pub retrans: Option<Scalar>,
     pub state: Option<Scalar>,
     pub port: Option<Scalar>,
+}
+
+/// One item of `expect: { queues: [...] }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueExpectWire {
+    pub host: Option<Scalar>,
+    pub port: Option<Scalar>,
+    pub listener: Option<Scalar>,
+    pub queue: Option<Scalar>,
+    pub sequence: Option<Vec<ScalarOr<QueueStepWire>>>,
+    pub max: Option<Scalar>,
+    pub tolerance: Option<Scalar>,
+}
+
+/// `{ value: 1, at: 8s }` in a queue sequence.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueStepWire {
+    pub value: Option<Scalar>,
+    pub at: Option<Scalar>,
 }
 
 /// How serde names each wire map type in "expected ..." messages, and what to tell the user instead.
@@ -629,7 +655,7 @@ pub const MAP_DESCRIPTIONS: &[(&str, &str)] = &[
         "StepExpectWire",
         "a map like { result: ETIMEDOUT, after: 14s }",
     ),
-    ("RunExpectWire", "a map with keys packets, states, timers"),
+    ("RunExpectWire", "a map with keys packets, states, timers, queues"),
     (
         "PacketExpectWire",
         "a map like { from: client, flags: \"R\", count: 1 }",
@@ -639,6 +665,11 @@ pub const MAP_DESCRIPTIONS: &[(&str, &str)] = &[
         "a map like { host: server, sequence: [SYN-RECV, GONE] }",
     ),
     ("StateStepWire", "a map like { state: GONE, at: 7s }"),
+    (
+        "QueueExpectWire",
+        "a map like { host: server, listener: true, queue: recv, sequence: [0, 1] }",
+    ),
+    ("QueueStepWire", "a map like { value: 1, at: 8s }"),
     (
         "TimerExpectWire",
         "a map like { host: client, timer: keepalive }",

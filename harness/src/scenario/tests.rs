@@ -243,7 +243,8 @@ fn complete_scenario_becomes_the_expected_plan() {
             filter: PacketFilter {
                 from: Some(HostId::Client),
                 flags: Some(0x10),
-                len: Some(0)
+                len: Some(0),
+                ..PacketFilter::default()
             },
             nth: 3,
             delay: ms(100),
@@ -281,7 +282,8 @@ fn complete_scenario_becomes_the_expected_plan() {
         PacketFilter {
             from: Some(HostId::Client),
             flags: Some(0x10),
-            len: Some(0)
+            len: Some(0),
+            ..PacketFilter::default()
         }
     );
     assert_eq!(packets[0].at, vec![secs(5), secs(8), secs(11)]);
@@ -761,7 +763,8 @@ fn triggers_in_every_form() {
             filter: PacketFilter {
                 from: Some(HostId::Server),
                 flags: Some(0x12),
-                len: None
+                len: None,
+                ..PacketFilter::default()
             },
             nth: 1,
             delay: Duration::ZERO
@@ -1522,4 +1525,51 @@ fn format_reference_examples_are_valid() {
         checked += 1;
     }
     assert!(checked >= 6, "only {checked} examples checked");
+}
+
+#[test]
+fn queue_expectations_and_packet_windows() {
+    let plan = plan(
+        "description: d\ntolerance: 100ms\nexpect:\n  packets:\n    - { from: server, flags: \".\", window: 0, count: 1 }\n\
+         \x20   - { from: server, protocol: icmp, count: 2 }\n    - { from: client, protocol: tcp, flags: S, count: 1 }\n\
+         \x20 queues:\n    - { host: server, port: 9000, listener: true, queue: recv, sequence: [0, { value: 1, at: 8s }], max: 1 }\n\
+         \x20   - { host: client, queue: send, max: 40, tolerance: 1s }\n",
+    );
+    let packets = &plan.expect.packets;
+    assert_eq!(
+        packets[0].filter,
+        PacketFilter { from: Some(HostId::Server), flags: Some(0x10), window: Some(0), ..PacketFilter::default() }
+    );
+    assert_eq!(packets[1].filter.protocol, Some(Protocol::Icmp));
+    assert_eq!(packets[2].filter.protocol, None, "tcp is the default and is stored as such");
+    let queues = &plan.expect.queues;
+    assert_eq!(queues.len(), 2);
+    assert_eq!(queues[0].host, HostId::Server);
+    assert_eq!(queues[0].port, Some(9000));
+    assert!(queues[0].listener);
+    assert_eq!(queues[0].queue, QueueKind::Recv);
+    let values: Vec<(u32, Option<Duration>)> = queues[0].sequence.iter().map(|s| (s.value, s.at)).collect();
+    assert_eq!(values, vec![(0, None), (1, Some(secs(8)))]);
+    assert_eq!(queues[0].max, Some(1));
+    assert_eq!(queues[0].tolerance, ms(100));
+    assert_eq!(queues[0].location, at(9, 7));
+    assert!(!queues[1].listener);
+    assert_eq!(queues[1].queue, QueueKind::Send);
+    assert!(queues[1].sequence.is_empty());
+    assert_eq!(queues[1].tolerance, secs(1));
+}
+
+#[test]
+fn bad_queue_expectations_and_packet_filters() {
+    let head = "description: d\nexpect:\n";
+    refused(&format!("{head}  queues:\n    - {{ host: server, queue: recv }}\n"), 4, 7, "needs a `sequence`");
+    refused(&format!("{head}  queues:\n    - {{ host: server, sequence: [1] }}\n"), 4, 7, "queue");
+    refused(&format!("{head}  queues:\n    - {{ host: server, queue: rcv, max: 1 }}\n"), 4, 30, "unknown queue");
+    refused(&format!("{head}  queues:\n    - {{ queue: recv, max: 1 }}\n"), 4, 7, "host");
+    refused(&format!("{head}  queues:\n    - {{ host: server, queue: recv, sequence: [-1] }}\n"), 4, 47, "queue value");
+    refused(&format!("{head}  queues:\n    - {{ host: server, queue: recv, sequence: [{{ at: 1s }}] }}\n"), 4, 47, "value");
+    refused(&format!("{head}  queues:\n    - {{ host: server, queue: recv, max: 1, listener: maybe }}\n"), 4, 54, "listener");
+    refused(&format!("{head}  packets:\n    - {{ window: 70000, count: 1 }}\n"), 4, 17, "window");
+    refused(&format!("{head}  packets:\n    - {{ protocol: icmp, flags: R, count: 1 }}\n"), 4, 25, "selects TCP segments");
+    refused(&format!("{head}  packets:\n    - {{ protocol: sctp, count: 1 }}\n"), 4, 19, "unknown protocol");
 }

@@ -202,6 +202,9 @@ fn state_names() -> impl Iterator<Item = &'static str> {
 }
 
 const TIMER_NAMES: [&str; 4] = ["on", "keepalive", "timewait", "persist"];
+/// `queue:` of a queue expectation.
+const QUEUES: &[(&str, QueueKind)] = &[("recv", QueueKind::Recv), ("send", QueueKind::Send)];
+
 const PROTOCOLS: &[(&str, Protocol)] = &[
     ("tcp", Protocol::Tcp),
     ("udp", Protocol::Udp),

@@ -1,4 +1,4 @@
-//! Validation of whole-run expectations: packets, socket states and timers.
+//! Validation of whole-run expectations: packets, socket states, timers and queues.
 
 use super::*;
 
@@ -27,7 +27,72 @@ impl Validator<'_> {
                 .timers
                 .push(self.timer_expectation(&path.key("timers").index(i), timer)?);
         }
+        for (i, queue) in wire.queues.as_deref().unwrap_or(&[]).iter().enumerate() {
+            expect
+                .queues
+                .push(self.queue_expectation(&path.key("queues").index(i), queue)?);
+        }
         Ok(expect)
+    }
+
+    fn queue_expectation(&self, path: &NodePath, wire: &QueueExpectWire) -> Checked<QueueExpectation> {
+        let host = self.required(&wire.host, path, "queue expectation", "host", "client or server")?;
+        let host = self.host(&path.key("host"), host)?;
+        let port = match &wire.port {
+            Some(port) => Some(self.port(&path.key("port"), port, "port")?),
+            None => None,
+        };
+        let listener = match &wire.listener {
+            Some(listener) => self.boolean(&path.key("listener"), listener, "listener")?,
+            None => false,
+        };
+        let queue = self.required(&wire.queue, path, "queue expectation", "queue", "recv (Recv-Q) or send (Send-Q)")?;
+        let queue = self.pick(&path.key("queue"), queue, QUEUES, "queue")?;
+        let max = match &wire.max {
+            Some(max) => Some(self.int(&path.key("max"), max, "max", 0, i128::from(u32::MAX))? as u32),
+            None => None,
+        };
+        let mut sequence = Vec::new();
+        for (i, step) in wire.sequence.as_deref().unwrap_or(&[]).iter().enumerate() {
+            let step_path = path.key("sequence").index(i);
+            let value_of = |value: &Scalar, value_path: &NodePath| {
+                self.int(value_path, value, "queue value", 0, i128::from(u32::MAX)).map(|v| v as u32)
+            };
+            sequence.push(match step {
+                ScalarOr::Scalar(value) => QueueStep { value: value_of(value, &step_path)?, at: None },
+                ScalarOr::Map(map) => {
+                    let value =
+                        self.required(&map.value, &step_path, "queue step", "value", "e.g. { value: 1, at: 8s }")?;
+                    QueueStep {
+                        value: value_of(value, &step_path.key("value"))?,
+                        at: match &map.at {
+                            Some(at) => Some(self.run_time(&step_path.key("at"), at, "at")?),
+                            None => None,
+                        },
+                    }
+                }
+            });
+        }
+        if sequence.is_empty() && max.is_none() {
+            return Err(self.fail(
+                path,
+                "a queue expectation needs a `sequence` of values (e.g. [0, { value: 1, at: 8s }]) or a `max`, or both",
+            ));
+        }
+        let tolerance = match &wire.tolerance {
+            Some(tolerance) => self.tolerance(&path.key("tolerance"), tolerance)?,
+            None => self.tolerance,
+        };
+        Ok(QueueExpectation {
+            host,
+            port,
+            listener,
+            queue,
+            sequence,
+            max,
+            tolerance,
+            location: self.index.value(path),
+        })
     }
 
     fn packet_expectation(
@@ -41,6 +106,8 @@ impl Validator<'_> {
                 from: wire.from.clone(),
                 flags: wire.flags.clone(),
                 len: wire.len.clone(),
+                window: wire.window.clone(),
+                protocol: wire.protocol.clone(),
             },
         )?;
         let mut at = Vec::new();

@@ -363,6 +363,24 @@ impl Validator<'_> {
         path: &NodePath,
         wire: &PacketFilterWire,
     ) -> Checked<PacketFilter> {
+        let protocol = match &wire.protocol {
+            Some(protocol) => match self.pick(&path.key("protocol"), protocol, PROTOCOLS, "protocol")? {
+                Protocol::Tcp => None,
+                other => Some(other),
+            },
+            None => None,
+        };
+        if protocol.is_some() {
+            let protocol_name = wire.protocol.as_ref().map(Scalar::text).unwrap_or_default();
+            for (key, given) in [("flags", &wire.flags), ("len", &wire.len), ("window", &wire.window)] {
+                if given.is_some() {
+                    return Err(self.fail_key(
+                        &path.key(key),
+                        format!("`{key}` selects TCP segments, not {protocol_name} packets; drop it or the protocol"),
+                    ));
+                }
+            }
+        }
         Ok(PacketFilter {
             from: match &wire.from {
                 Some(from) => Some(self.host(&path.key("from"), from)?),
@@ -376,6 +394,11 @@ impl Validator<'_> {
                 Some(len) => Some(self.int(&path.key("len"), len, "len", 0, 65535)? as u32),
                 None => None,
             },
+            window: match &wire.window {
+                Some(window) => Some(self.int(&path.key("window"), window, "window", 0, 65535)? as u16),
+                None => None,
+            },
+            protocol,
         })
     }
 }
