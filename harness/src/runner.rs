@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -11,6 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Failed, Trial};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::error::{Context, Error, Result};
 use crate::report::{self, Status, Summary};
@@ -114,8 +116,31 @@ fn read_to_end_in_background<R: Read + Send + 'static>(pipe: Option<R>) -> threa
 }
 
 /// Waits for the child at most `limit`; kills it (SIGKILL) past that and returns `None`.
-fn wait_bounded(child: &mut Child, limit: Duration) -> Result<Option<std::process::ExitStatus>> {
+///
+/// Sleeps in poll(2) on a pidfd, so the exit is seen the moment it happens; kernels without pidfd_open
+/// (< 5.3) fall back to looking every 20 ms.
+pub fn wait_bounded(child: &mut Child, limit: Duration) -> Result<Option<std::process::ExitStatus>> {
     let started = Instant::now();
+    // SAFETY: pidfd_open takes a pid and flags, no memory; a non-negative result is a new descriptor we own.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
+    if raw >= 0 {
+        // SAFETY: raw was just returned by pidfd_open and is owned by nobody else.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(raw as RawFd) };
+        loop {
+            let left = limit.saturating_sub(started.elapsed());
+            let millis = u16::try_from(left.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
+            let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::from(millis)) {
+                Ok(0) if left.is_zero() => break,
+                Ok(0) | Err(nix::errno::Errno::EINTR) => {}
+                Ok(_) => return child.wait().map(Some).context(|| "wait for scenario process".to_string()),
+                Err(e) => return Err(Error::sys("wait for scenario process: poll(pidfd)", e)),
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        return Ok(None);
+    }
     loop {
         if let Some(status) = child.try_wait().context(|| "wait for scenario process".to_string())? {
             return Ok(Some(status));
@@ -320,5 +345,21 @@ fn trial_result(summary: Summary) -> Result<(), Failed> {
                 summary.report.display()
             )))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_wait_sees_an_exit_at_once_and_kills_past_the_limit() {
+        let mut child = Command::new("sleep").arg("5").spawn().unwrap();
+        let started = Instant::now();
+        assert_eq!(wait_bounded(&mut child, Duration::from_millis(100)).unwrap(), None);
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(100) && waited < Duration::from_secs(2), "{waited:?}");
+        let mut child = Command::new("sh").args(["-c", "exit 3"]).spawn().unwrap();
+        assert_eq!(wait_bounded(&mut child, Duration::from_secs(5)).unwrap().unwrap().code(), Some(3));
     }
 }
