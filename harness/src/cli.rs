@@ -19,6 +19,7 @@ usage:
   netfault list [PATH...]                             list scenarios with their deadline and whether slow
   netfault test [--root DIR] [--reports DIR] [-- LIBTEST-ARGS...]
                                                       the cargo-test driver on any folder of scenarios
+  netfault bench setup|suite|capture|timing [...]     measure netfault against the ip/nft/tcpdump recipe
 
 PATH is a scenario file or a folder searched for *.yaml. Reports go to reports/<scenario>/
 (timeline.txt, result.json, client.pcap, server.pcap). Exit status: 0 all passed, 1 a scenario failed,
@@ -42,6 +43,7 @@ pub fn main() -> ExitCode {
         "check" => check(rest),
         "list" => list(rest),
         "test" => test(rest),
+        "bench" => crate::bench::main(rest),
         runner::CHILD_COMMAND => child(rest),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::actors::{self, ActorContext, ProcessRegistry, StepBoard};
@@ -17,7 +17,7 @@ use crate::netns::Netns;
 use crate::observe::{Observer, ObserverStats};
 use crate::scenario::plan::{Direction, FaultPlan, HostId, Plan, StepEdge, Trigger};
 use crate::timeline::{Event, EventKind, PacketDirection, Timeline};
-use crate::topology;
+use crate::topology::{self, Topology};
 
 /// What a run produced, before judging.
 #[derive(Debug)]
@@ -46,22 +46,9 @@ const PROGRAM_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Runs `plan`, writing the pcaps into `report_dir`. Returns harness errors only; the verdict comes later.
 pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
     let setup_started = Instant::now();
-    let namespaces = [Netns::new_anonymous()?, Netns::new_anonymous()?];
-    let topology = topology::build(plan, &namespaces[0], &namespaces[1])?;
-    let mut firewalls = Vec::with_capacity(2);
-    for host in HostId::ALL {
-        firewalls.push(Firewall::install(&namespaces[host.index()], host, &plan.faults)?);
-    }
     let clock = Clock::unstarted();
     let (sink, events) = EventSink::new(clock.clone());
-    let mut captures = Vec::with_capacity(2);
-    let mut observers = Vec::with_capacity(2);
-    for host in HostId::ALL {
-        let ns = &namespaces[host.index()];
-        let pcap = report_dir.join(format!("{host}.pcap"));
-        captures.push(Capture::start(ns, host, topology.link(host).ifindex, &pcap, sink.clone())?);
-        observers.push(Observer::start(ns, host, plan.sample_interval, sink.clone())?);
-    }
+    let Rig { namespaces, mut firewalls, captures, observers, .. } = set_up(plan, report_dir, &sink)?;
     let setup = setup_started.elapsed();
 
     // Both program threads are spawned, inside their namespaces and waiting before t0 is taken: creating and
@@ -161,10 +148,7 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
     for observer in observers {
         observer_stats.push(observer.stop()?);
     }
-    let mut capture_stats = Vec::with_capacity(2);
-    for capture in captures {
-        capture_stats.push(capture.stop()?);
-    }
+    let capture_stats = stop_captures(captures)?;
     let mut fault_hits = Vec::new();
     for firewall in &mut firewalls {
         fault_hits.extend(firewall.counters()?);
@@ -231,6 +215,68 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> &str {
         .copied()
         .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("(no message)")
+}
+
+/// What a run sets up before t0, one of each per host (indexed by `HostId::index()`).
+pub struct Rig {
+    pub namespaces: [Netns; 2],
+    pub topology: Topology,
+    pub firewalls: Vec<Firewall>,
+    pub captures: Vec<Capture>,
+    pub observers: Vec<Observer>,
+}
+
+/// Namespaces, the wire, the faults (all off), a capture (into `report_dir/<host>.pcap`) and an observer per
+/// host, all sending their events to `sink`.
+///
+/// Each `Capture::start` waits for an RCU grace period (`setsockopt(PACKET_RX_RING)` calls `synchronize_net`),
+/// 10-30 ms on a busy machine and most of the set-up time: both captures start at once on their own threads
+/// while this one installs the faults and starts the observers, so the run waits for about one grace period.
+pub fn set_up(plan: &Plan, report_dir: &Path, sink: &EventSink) -> Result<Rig> {
+    let namespaces = [Netns::new_anonymous()?, Netns::new_anonymous()?];
+    let topology = topology::build(plan, &namespaces[0], &namespaces[1])?;
+    let (captures, firewalls, observers) = thread::scope(|scope| {
+        let starting: Vec<_> = HostId::ALL
+            .into_iter()
+            .map(|host| {
+                let ns = &namespaces[host.index()];
+                let ifindex = topology.link(host).ifindex;
+                let pcap = report_dir.join(format!("{host}.pcap"));
+                let sink = sink.clone();
+                scope.spawn(move || Capture::start(ns, host, ifindex, &pcap, sink))
+            })
+            .collect();
+        let mut firewalls = Vec::with_capacity(2);
+        let mut observers = Vec::with_capacity(2);
+        let rest = HostId::ALL.into_iter().try_for_each(|host| {
+            let ns = &namespaces[host.index()];
+            firewalls.push(Firewall::install(ns, host, &plan.faults)?);
+            observers.push(Observer::start(ns, host, plan.sample_interval, sink.clone())?);
+            Ok::<(), Error>(())
+        });
+        let captures = join_all(starting, "capture start");
+        rest?;
+        Ok::<_, Error>((captures?, firewalls, observers))
+    })?;
+    Ok(Rig { namespaces, topology, firewalls, captures, observers })
+}
+
+/// `Capture::stop` on every capture at once: each waits a few milliseconds for frames still in flight, and
+/// those waits overlap.
+pub fn stop_captures(captures: Vec<Capture>) -> Result<Vec<CaptureStats>> {
+    thread::scope(|scope| {
+        let stopping: Vec<_> = captures.into_iter().map(|capture| scope.spawn(move || capture.stop())).collect();
+        join_all(stopping, "capture stop")
+    })
+}
+
+/// Joins scoped threads in order; the first error (or panic) wins, after every thread has been joined.
+fn join_all<T>(handles: Vec<thread::ScopedJoinHandle<'_, Result<T>>>, what: &str) -> Result<Vec<T>> {
+    let results: Vec<Result<T>> = handles
+        .into_iter()
+        .map(|handle| handle.join().unwrap_or_else(|_| Err(Error::Internal(format!("{what} thread panicked")))))
+        .collect();
+    results.into_iter().collect()
 }
 
 /// Switches the faults that are due now and records each switch on the timeline.

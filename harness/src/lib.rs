@@ -4,6 +4,7 @@
 //! [`timeline::Timeline`] -> [`verdict`] -> [`report`].
 
 pub mod actors;
+pub mod bench;
 pub mod capture;
 pub mod cli;
 pub mod clock;

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -11,6 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Failed, Trial};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::error::{Context, Error, Result};
 use crate::report::{self, Status, Summary};
@@ -160,9 +162,13 @@ enum Ended {
     Stopped(StopReason),
 }
 
+/// How often a wait for a scenario process looks at the supervisor.
+const SUPERVISOR_TICK: Duration = Duration::from_millis(20);
+
 /// Waits for the child at most `limit`, or until the supervisor says stop; stops it in both cases.
 fn wait_bounded(child: &mut Child, limit: Duration, supervisor: &Supervisor) -> Result<Ended> {
     let started = Instant::now();
+    let exit_signal = pidfd(child);
     loop {
         if let Some(status) = child.try_wait().context(|| "wait for scenario process".to_string())? {
             return Ok(Ended::Exited(status));
@@ -171,12 +177,51 @@ fn wait_bounded(child: &mut Child, limit: Duration, supervisor: &Supervisor) -> 
             Some(reason) => Ended::Stopped(reason),
             None if started.elapsed() >= limit => Ended::TimedOut,
             None => {
-                thread::sleep(Duration::from_millis(20));
+                nap_until_exit(exit_signal.as_ref(), limit.saturating_sub(started.elapsed()).min(SUPERVISOR_TICK));
                 continue;
             }
         };
         stop_child(child);
         return Ok(ended);
+    }
+}
+
+/// Waits for a helper program at most `limit`; kills it (SIGKILL) past that and returns `None`.
+pub fn wait_with_timeout(child: &mut Child, limit: Duration) -> Result<Option<std::process::ExitStatus>> {
+    let started = Instant::now();
+    let exit_signal = pidfd(child);
+    loop {
+        if let Some(status) = child.try_wait().context(|| "wait for a program".to_string())? {
+            return Ok(Some(status));
+        }
+        let left = limit.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(None);
+        }
+        nap_until_exit(exit_signal.as_ref(), left);
+    }
+}
+
+/// `pidfd_open(2)` of a child: readable the moment it exits. `None` on kernels without it (< 5.3).
+fn pidfd(child: &Child) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags, no memory; a non-negative result is a new descriptor we own.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
+    // SAFETY: raw was just returned by pidfd_open and is owned by nobody else.
+    (raw >= 0).then(|| unsafe { OwnedFd::from_raw_fd(raw as RawFd) })
+}
+
+/// Sleeps at most `limit`, waking at once when the process behind `exit_signal` exits (20 ms steps without one).
+fn nap_until_exit(exit_signal: Option<&OwnedFd>, limit: Duration) {
+    match exit_signal {
+        Some(fd) => {
+            let millis = u16::try_from(limit.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
+            let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+            // An interrupted or failed poll only ends this nap early; the caller looks again.
+            let _ = poll(&mut fds, PollTimeout::from(millis));
+        }
+        None => thread::sleep(limit.min(SUPERVISOR_TICK)),
     }
 }
 
@@ -442,5 +487,21 @@ fn trial_result(summary: Summary) -> Result<(), Failed> {
                 summary.report.display()
             )))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_wait_sees_an_exit_at_once_and_kills_past_the_limit() {
+        let mut child = Command::new("sleep").arg("5").spawn().unwrap();
+        let started = Instant::now();
+        assert_eq!(wait_with_timeout(&mut child, Duration::from_millis(100)).unwrap(), None);
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(100) && waited < Duration::from_secs(2), "{waited:?}");
+        let mut child = Command::new("sh").args(["-c", "exit 3"]).spawn().unwrap();
+        assert_eq!(wait_with_timeout(&mut child, Duration::from_secs(5)).unwrap().unwrap().code(), Some(3));
     }
 }
