@@ -48,6 +48,21 @@ pub struct Summary {
     pub messages: Vec<String>,
 }
 
+impl Summary {
+    /// A scenario the harness could not run to a verdict.
+    pub fn harness_error(name: String, report: &Path, message: String) -> Summary {
+        Summary {
+            name,
+            status: Status::Error,
+            duration: 0.0,
+            setup_ms: 0.0,
+            teardown_ms: 0.0,
+            report: report.to_path_buf(),
+            messages: vec![message],
+        }
+    }
+}
+
 /// One step in result.json.
 #[derive(Debug, Serialize)]
 struct StepReport<'a> {

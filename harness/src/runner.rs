@@ -56,27 +56,11 @@ pub fn run_in_child(exe: &Path, job: &Job, deadline: Duration, supervisor: &Supe
         name = format!("{name} #{run}");
     }
     if let Some(reason) = supervisor.stop_reason() {
-        return Summary {
-            name,
-            status: Status::Error,
-            duration: 0.0,
-            setup_ms: 0.0,
-            teardown_ms: 0.0,
-            report: job.reports.clone(),
-            messages: vec![format!("not started: {reason}")],
-        };
+        return Summary::harness_error(name, &job.reports, format!("not started: {reason}"));
     }
     match spawn_and_wait(exe, job, deadline, supervisor) {
         Ok(summary) => summary,
-        Err(e) => Summary {
-            name,
-            status: Status::Error,
-            duration: 0.0,
-            setup_ms: 0.0,
-            teardown_ms: 0.0,
-            report: job.reports.clone(),
-            messages: vec![e.to_string()],
-        },
+        Err(e) => Summary::harness_error(name, &job.reports, e.to_string()),
     }
 }
 
@@ -260,15 +244,7 @@ fn reaped_within(child: &mut Child, limit: Duration) -> bool {
 pub fn child_main(root: &Path, reports: &Path, file: &Path, run: Option<usize>) -> ExitCode {
     let summary = match run_here(root, reports, file, run) {
         Ok(summary) => summary,
-        Err(e) => Summary {
-            name: display_name(root, file),
-            status: Status::Error,
-            duration: 0.0,
-            setup_ms: 0.0,
-            teardown_ms: 0.0,
-            report: reports.to_path_buf(),
-            messages: vec![e.to_string()],
-        },
+        Err(e) => Summary::harness_error(display_name(root, file), reports, e.to_string()),
     };
     match serde_json::to_string(&summary) {
         Ok(line) => println!("{line}"),

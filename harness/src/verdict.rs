@@ -152,29 +152,28 @@ fn judge_step(verdict: &mut Verdict, host: HostId, step: &StepPlan, record: &Ste
         verdict.check(result);
     }
     if let (Some(after), Some(elapsed)) = (expect.after, record.elapsed()) {
-        let result = if within(elapsed, after, expect.tolerance) {
-            Ok(())
-        } else {
-            Err(failure(
-                format!("to end after {}s ± {}s", format_secs(after), format_secs(expect.tolerance)),
-                format!("{} after {}s", outcome, format_secs(elapsed)),
-                Some(end),
-            ))
-        };
-        verdict.check(result);
+        verdict.check(judge_time("after", after, elapsed, expect.tolerance, outcome).map_err(|(e, a)| failure(e, a, Some(end))));
     }
     if let Some(at) = expect.at {
-        let result = if within(end, at, expect.tolerance) {
-            Ok(())
-        } else {
-            Err(failure(
-                format!("to end at {}s ± {}s", format_secs(at), format_secs(expect.tolerance)),
-                format!("{} at {}s", outcome, format_secs(end)),
-                Some(end),
-            ))
-        };
-        verdict.check(result);
+        verdict.check(judge_time("at", at, end, expect.tolerance, outcome).map_err(|(e, a)| failure(e, a, Some(end))));
     }
+}
+
+/// A step's end `after` its start or `at` a scenario time: `(expected, actual)` texts when out of tolerance.
+fn judge_time(
+    word: &str,
+    expected: Duration,
+    actual: Duration,
+    tolerance: Duration,
+    outcome: &Outcome,
+) -> Result<(), (String, String)> {
+    if within(actual, expected, tolerance) {
+        return Ok(());
+    }
+    Err((
+        format!("to end {word} {}s ± {}s", format_secs(expected), format_secs(tolerance)),
+        format!("{outcome} {word} {}s", format_secs(actual)),
+    ))
 }
 
 /// A run must end by itself: a step the scenario deadline cut (still running then, or ended `unfinished` by
