@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::mpsc::RecvTimeoutError;
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::firewall::{self, Firewall};
 use crate::netns::Netns;
 use crate::observe::{Observer, ObserverStats};
+use crate::priority;
 use crate::scenario::plan::{Direction, FaultPlan, HostId, Plan, StepEdge, Trigger};
 use crate::timeline::{Event, EventKind, PacketDirection, Timeline};
 use crate::topology;
@@ -41,6 +42,9 @@ pub struct RunOutput {
 /// How often the hub wakes to look at time triggers and the programs when nothing happens.
 const IDLE_TICK: Duration = Duration::from_millis(5);
 
+/// How long the program threads may take to start and enter their namespaces.
+const PROGRAM_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Runs `plan`, writing the pcaps into `report_dir`. Returns harness errors only; the verdict comes later.
 pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
     let setup_started = Instant::now();
@@ -60,7 +64,54 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
         captures.push(Capture::start(ns, host, topology.link(host).ifindex, &pcap, sink.clone())?);
         observers.push(Observer::start(ns, host, plan.sample_interval, sink.clone())?);
     }
+    let board = StepBoard::new();
+    let processes = ProcessRegistry::new();
+    // The program threads start and enter their namespaces first, then wait for t0: on a loaded machine
+    // starting a thread was measured to take up to 0.7 s, which must not count as scenario time.
+    let (ready_tx, ready) = mpsc::channel::<()>();
+    let mut starts = Vec::with_capacity(2);
+    // Each host's program until it ends and is joined.
+    let mut programs: Vec<(HostId, Option<JoinHandle<Result<()>>>)> = Vec::with_capacity(2);
+    for host in HostId::ALL {
+        let host_plan = plan.host(host).clone();
+        let mut ctx = ActorContext {
+            host,
+            own_address: plan.host(host).address,
+            peer_address: plan.host(host.peer()).address,
+            board: Arc::clone(&board),
+            processes: Arc::clone(&processes),
+            sink: sink.clone(),
+            deadline: Instant::now() + plan.deadline,
+            plan: plan.clone(),
+        };
+        let (start_tx, start) = mpsc::channel::<Instant>();
+        let ready_tx = ready_tx.clone();
+        let program = namespaces[host.index()].spawn(&format!("{host}-program"), move || {
+            // Best effort: without the privilege the thread stays ordinary and its times are less exact.
+            let _ = priority::raise_current_thread();
+            let _ = ready_tx.send(());
+            // The deadline comes with the start; a hub that gave up before (a setup error) sends none.
+            match start.recv_timeout(PROGRAM_READY_TIMEOUT) {
+                Ok(deadline) => {
+                    ctx.deadline = deadline;
+                    actors::run_host(&host_plan, ctx)
+                }
+                Err(_) => Ok(()),
+            }
+        })?;
+        programs.push((host, Some(program)));
+        starts.push(start_tx);
+    }
+    drop(ready_tx);
+    drop(sink);
+    for _ in HostId::ALL {
+        ready.recv_timeout(PROGRAM_READY_TIMEOUT).map_err(|_| {
+            Error::Internal(format!("the program threads did not start within {}s", PROGRAM_READY_TIMEOUT.as_secs()))
+        })?;
+    }
     let setup = setup_started.elapsed();
+    // The hub too reacts to events in time (fault triggers); it goes back to ordinary before the teardown.
+    let _ = priority::raise_current_thread();
     // t0 is the moment the programs start: scenario times read as the seed scripts' times.
     clock.start();
 
@@ -69,27 +120,10 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
     let mut fault_events = Vec::new();
     apply_due(&mut schedule, &mut firewalls, &clock, &mut fault_events)?;
     let deadline = clock.t0().unwrap_or_else(Instant::now) + plan.deadline;
-    let board = StepBoard::new();
-    let processes = ProcessRegistry::new();
-    // Each host's program until it ends and is joined.
-    let mut programs: Vec<(HostId, Option<JoinHandle<Result<()>>>)> = Vec::with_capacity(2);
-    for host in HostId::ALL {
-        let host_plan = plan.host(host).clone();
-        let ctx = ActorContext {
-            host,
-            own_address: plan.host(host).address,
-            peer_address: plan.host(host.peer()).address,
-            board: Arc::clone(&board),
-            processes: Arc::clone(&processes),
-            sink: sink.clone(),
-            deadline,
-            plan: plan.clone(),
-        };
-        let program =
-            namespaces[host.index()].spawn(&format!("{host}-program"), move || actors::run_host(&host_plan, ctx))?;
-        programs.push((host, Some(program)));
+    for start in starts {
+        // A thread that is gone has failed; the hub's join reports it.
+        let _ = start.send(deadline);
     }
-    drop(sink);
 
     let mut collected: Vec<Event> = Vec::new();
     let mut deadline_hit = false;
@@ -117,6 +151,7 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
         apply_due(&mut schedule, &mut firewalls, &clock, &mut fault_events)?;
     }
     let duration = clock.now();
+    let _ = priority::lower_current_thread();
 
     let teardown_started = Instant::now();
     board.close();
