@@ -154,7 +154,7 @@ fn run(args: &[String]) -> ExitCode {
     let parallel = options.jobs.unwrap_or_else(|| runner::default_parallelism(jobs.len()));
     let limits: Vec<Duration> = jobs.iter().map(|(_, deadline)| *deadline + runner::CHILD_GRACE).collect();
     let supervisor = Supervisor::new(options.deadline.unwrap_or_else(|| supervise::default_budget(&limits, parallel)));
-    if let Err(e) = supervise::catch_stop_signals().and_then(|()| supervisor.start_watchdog(STOP_GRACE)) {
+    if let Err(e) = supervise::catch_stop_signals().and_then(|()| supervisor.start_watchdog(runner::STOP_GRACE)) {
         eprintln!("netfault: {e}");
         return ExitCode::from(2);
     }
@@ -201,9 +201,6 @@ fn run(args: &[String]) -> ExitCode {
         ExitCode::SUCCESS
     }
 }
-
-/// How long after a stop the watchdog lets `run` finish its report before it exits anyway.
-const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Removes the scenario's old report folder (`rm -r reports/<scenario>`) before its repetitions fill it.
 fn clear_report(reports: &Path, name: &str) -> crate::error::Result<()> {
