@@ -161,7 +161,7 @@ fn run(args: &[String]) -> ExitCode {
     let parallel = options.jobs.unwrap_or_else(|| runner::default_parallelism(jobs.len()));
     let limits: Vec<Duration> = jobs.iter().map(|(_, deadline)| *deadline + runner::CHILD_GRACE).collect();
     let supervisor = Supervisor::new(options.deadline.unwrap_or_else(|| supervise::default_budget(&limits, parallel)));
-    if let Err(e) = supervise::catch_stop_signals().and_then(|()| supervisor.start_watchdog(STOP_GRACE)) {
+    if let Err(e) = supervise::catch_stop_signals().and_then(|()| supervisor.start_watchdog(runner::STOP_GRACE)) {
         eprintln!("netfault: {e}");
         return ExitCode::from(2);
     }
@@ -212,9 +212,6 @@ fn run(args: &[String]) -> ExitCode {
         ExitCode::SUCCESS
     }
 }
-
-/// How long after a stop the watchdog lets `run` finish its report before it exits anyway.
-const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Removes the scenario's old report folder (`rm -r reports/<scenario>`) before its repetitions fill it.
 fn clear_report(reports: &Path, name: &str) -> crate::error::Result<()> {
@@ -334,5 +331,48 @@ fn child(args: &[String]) -> ExitCode {
     match options.paths.as_slice() {
         [file] => runner::child_main(&root, &reports, Path::new(file), options.run),
         _ => usage_error("the child command runs exactly one scenario file"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(name: &str, status: Status, message: &str) -> Summary {
+        Summary {
+            name: name.into(),
+            status,
+            duration: 1.0,
+            setup_ms: 1.0,
+            teardown_ms: 1.0,
+            report: PathBuf::from("reports").join(name),
+            messages: if message.is_empty() { vec![] } else { vec![format!("{message}\n  timeline around 1s:")] },
+        }
+    }
+
+    #[test]
+    fn repeat_table_counts_each_scenario_and_lists_the_flaky_ones_with_their_bad_runs() {
+        let runs: Vec<(String, usize)> = [("a", 1), ("b", 1), ("c", 1), ("a", 2), ("b", 2), ("c", 2)]
+            .iter()
+            .map(|(name, run)| (name.to_string(), *run))
+            .collect();
+        let summaries = vec![
+            summary("a", Status::Pass, ""),
+            summary("b", Status::Pass, ""),
+            summary("c", Status::Fail, "c.yaml:3:5: line 3: wrong"),
+            summary("a", Status::Pass, ""),
+            summary("b", Status::Error, "stopped: interrupted by SIGINT"),
+            summary("c", Status::Fail, "c.yaml:3:5: line 3: wrong"),
+        ];
+        let table = repeat_table(&runs, &summaries, 2, 6);
+        assert!(table.contains("2 runs of each of 3 scenario(s), 6 at a time:"), "{table}");
+        assert!(table.contains(&format!("{:<40} {:>5} {:>5} {:>5}", "a", 2, 0, 0)), "{table}");
+        assert!(table.contains(&format!("{:<40} {:>5} {:>5} {:>5}", "b", 1, 0, 1)), "{table}");
+        assert!(table.contains(&format!("{:<40} {:>5} {:>5} {:>5}", "c", 0, 2, 0)), "{table}");
+        assert!(
+            table.contains("flaky: 1\n  b: 1/2 passed\n    run-2: stopped: interrupted by SIGINT\n"),
+            "only the first line of a message: {table}"
+        );
+        assert!(table.contains("never passed: 1\n  c: 0/2 passed\n    run-1: c.yaml:3:5: line 3: wrong\n"), "{table}");
     }
 }

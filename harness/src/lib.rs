@@ -15,6 +15,7 @@ pub mod firewall;
 pub mod netns;
 pub mod observe;
 pub mod pidns;
+pub mod priority;
 pub mod report;
 pub mod runner;
 pub mod scenario;

@@ -30,7 +30,7 @@ pub const CHILD_COMMAND: &str = "__run-one";
 const OUTPUT_CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// How long after a stop (signal or suite deadline) the watchdog lets the runner finish before exiting it.
-const STOP_GRACE: Duration = Duration::from_secs(10);
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Where a scenario lives and where its report goes.
 #[derive(Debug, Clone)]
@@ -96,7 +96,7 @@ fn spawn_and_wait(exe: &Path, job: &Job, deadline: Duration, supervisor: &Superv
     match (ended, summary) {
         (Ended::Exited(_), Some(summary)) => Ok(summary),
         (Ended::Stopped(reason), _) => Err(Error::Internal(format!(
-            "stopped: {reason}; the scenario process was killed after {:.1}s, its report is incomplete{}",
+            "stopped: {reason}; the scenario process was killed after {:.1}s, before its report{}",
             started.elapsed().as_secs_f64(),
             tail("child stderr", &stderr)
         ))),

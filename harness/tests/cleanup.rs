@@ -378,6 +378,10 @@ fn a_panicking_step_is_a_reported_harness_error_and_leaves_nothing() {
         text.contains("harness error: client program panicked: deliberate panic in client step block"),
         "{text}"
     );
+    assert!(
+        !text.contains("scenario deadline"),
+        "a run ended by a harness error is not a deadline: {text}"
+    );
     let result = fs::read_to_string(run.reports.join("long/result.json")).expect("the report is still written");
     assert!(result.contains("\"status\": \"error\""), "{result}");
     assert!(result.contains("deliberate panic"), "{result}");

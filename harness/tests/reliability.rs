@@ -384,3 +384,44 @@ fn exec_programs_run_in_the_scenario_namespace_and_die_with_it() {
     assert_no_process_left("exec-namespace");
     let _ = fs::remove_dir_all(&reports);
 }
+
+#[test]
+fn repeat_runs_each_scenario_n_times_and_counts_them() {
+    let reports = scratch("repeat");
+    let (output, _) = netfault(
+        "repeat",
+        &[],
+        &[
+            "run",
+            "--repeat",
+            "3",
+            "--reports",
+            reports.to_str().unwrap(),
+            "harness/tests/fixtures/hang/setsid-escape.yaml",
+            "harness/tests/fixtures/failing/wrong-errno.yaml",
+        ],
+    );
+    let text = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("3 runs of each of 2 scenario(s), 6 at a time:"), "{text}");
+    assert!(
+        text.contains(&format!("{:<40} {:>5} {:>5} {:>5}", "setsid-escape", 3, 0, 0)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{:<40} {:>5} {:>5} {:>5}", "wrong-errno", 0, 3, 0)),
+        "{text}"
+    );
+    assert!(
+        text.contains("flaky: 0\nnever passed: 1\n  wrong-errno: 0/3 passed\n    run-1: "),
+        "{text}"
+    );
+    for run in 1..=3 {
+        for name in ["setsid-escape", "wrong-errno"] {
+            let dir = reports.join(name).join(format!("run-{run}"));
+            assert!(dir.join("result.json").is_file(), "{} written", dir.display());
+        }
+    }
+    assert_no_process_left("repeat");
+    let _ = fs::remove_dir_all(&reports);
+}
