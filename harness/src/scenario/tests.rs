@@ -1108,6 +1108,28 @@ fn wide_alias_bomb_fails_fast() {
     );
 }
 
+/// Fuzz finding: after a lone `\r` libyaml counted lines the file does not have (error at 56:3 of 8 lines).
+#[test]
+fn line_breaks_other_than_lf_are_refused_where_they_are() {
+    for (line_break, what) in [
+        ("\r", "a carriage return (\\r) without a line feed"),
+        ("\u{85}", "a next-line character (U+0085)"),
+        ("\u{2028}", "a line separator (U+2028)"),
+        ("\u{2029}", "a paragraph separator (U+2029)"),
+    ] {
+        let text = format!("description: d\nhosts:\n  cl{line_break}{line_break}ient: {{ address: 10.0.0.1/24 }}\n");
+        refused(&text, 3, 5, what);
+    }
+    refused(
+        "description: d\r\nclient:\r\n  - clos\r",
+        3,
+        9,
+        "carriage return",
+    );
+    let plan = plan("description: d\r\nclient:\r\n  - close\r\n");
+    assert!(matches!(plan.hosts[0].steps[0].action, Action::Close));
+}
+
 #[test]
 fn tabs_get_a_hint() {
     refused("description: d\nclient:\n\t- close\n", 3, 1, "not tabs");
@@ -1121,6 +1143,25 @@ fn keys_under_a_bare_step_get_a_hint() {
         11,
         "a bare step like `- close` cannot take keys: write it as a map, `- close: {}`",
     );
+}
+
+#[test]
+fn unknown_anchors_are_named() {
+    refused(
+        "description: d\nclient:\n  - connect: *nowhere\n",
+        3,
+        14,
+        "unknown anchor: the alias *nowhere refers to no `&nowhere` given before it in the file",
+    );
+}
+
+#[test]
+fn only_lines_under_a_bare_step_get_its_hint() {
+    let error = parse_text("description: \"open\nclient:\n  - close\n").unwrap_err();
+    assert!(error.message.contains("quoted scalar"), "{}", error.message);
+    assert!(!error.message.contains("bare step"), "{}", error.message);
+    let error = parse_text("description: d\nclient:\n  - close\nserver: [\n").unwrap_err();
+    assert!(!error.message.contains("bare step"), "{}", error.message);
 }
 
 #[test]
