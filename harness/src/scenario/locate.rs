@@ -461,6 +461,34 @@ server: []
     }
 
     #[test]
+    fn keys_that_look_like_paths_are_their_own_nodes() {
+        let index = SourceIndex::build("a.b: 1\na:\n  b: 2\n").unwrap();
+        let root = NodePath::root();
+        assert_eq!(index.value(&root.key("a.b")), at(1, 6));
+        assert_eq!(index.value(&root.key("a").key("b")), at(3, 6));
+        assert!(!index.contains(&root.key("a").key("c")));
+    }
+
+    #[test]
+    fn a_long_key_is_stored_once_for_all_nodes_below_it() {
+        // Found probing 1 MiB files: paths repeated a 10 KB key in each of 480000 list items, 5 GB in all.
+        let key = "k".repeat(10_000);
+        let text = format!("? {key}\n: [{}]\n", vec!["1"; 100_000].join(","));
+        let index = SourceIndex::build(&text).unwrap();
+        let list = NodePath::root().key(&key);
+        assert_eq!(index.value(&list.index(99_999)), at(2, 4 + 2 * 99_999));
+        let stored: usize = index
+            .children
+            .keys()
+            .map(|(_, segment)| match segment {
+                Segment::Key(key) => key.len(),
+                Segment::Index(_) => 0,
+            })
+            .sum();
+        assert_eq!(stored, key.len());
+    }
+
+    #[test]
     fn paths_print_like_serde_norway() {
         let path = NodePath::root()
             .key("client")
