@@ -1,10 +1,11 @@
 //! Fuzz target over scenario parsing and validation (`netfault::scenario::parse_bytes`, which is `parse` after
 //! the size and UTF-8 checks `load` makes): it must never panic, never hang, and must keep its promises.
 //!
-//! On error: a non-empty message about the given file, at a position inside the text (line >= 1, column >= 1,
-//! line at most one past the last line, column at most one past the end of its line). On success: a plan whose
-//! every number is in the range FORMAT.md allows, whose names are unique and resolved, and whose lists are sorted
-//! where plan.rs says so. Both ways: the same input gives the same answer twice, and a plan serializes to JSON.
+//! On error: a non-empty message without control characters about the given file, at a position inside the
+//! text (line >= 1, column >= 1, line at most one past the last line, column at most one past the end of its
+//! line). On success: a plan whose every number is in the range FORMAT.md allows, whose names are unique and
+//! resolved, and whose lists are sorted where plan.rs says so. Both ways: the same input gives the same answer
+//! twice, and a plan serializes to JSON.
 
 #![no_main]
 
@@ -69,6 +70,10 @@ impl Lines {
 
 fn check_error(error: &ScenarioError, lines: &Lines) {
     assert!(!error.message.trim().is_empty(), "empty error message: {error:?}");
+    assert!(
+        !error.message.contains(char::is_control),
+        "control character in the message: {error:?}"
+    );
     assert_eq!(error.file, Path::new(FILE), "error names another file: {error:?}");
     if let Some(at) = error.location {
         assert!(

@@ -69,6 +69,24 @@ pub fn parse_bytes(name: &str, file: &Path, bytes: &[u8]) -> Result<Plan, Scenar
 
 /// Parses and validates scenario `text` read from `file` into a plan called `name`.
 pub fn parse(name: &str, file: &Path, text: &str) -> Result<Plan, ScenarioError> {
+    parse_text(name, file, text).map_err(|mut error| {
+        error.message = printable(&error.message);
+        error
+    })
+}
+
+/// `text` with control and other invisible characters escaped as Rust writes them (`\u{1b}`, `\t`): messages
+/// quote names and values from the file, which must not move the terminal's cursor or hide text.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '"' | '\'' | '\\' => c.to_string(),
+            _ => c.escape_debug().to_string(),
+        })
+        .collect()
+}
+
+fn parse_text(name: &str, file: &Path, text: &str) -> Result<Plan, ScenarioError> {
     check_size(file, text.len())?;
     check_line_breaks(file, text)?;
     let index = SourceIndex::build(text).map_err(|e| structure_error(file, text, e))?;

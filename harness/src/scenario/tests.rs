@@ -1246,6 +1246,32 @@ fn keys_under_a_bare_step_get_a_hint() {
 }
 
 #[test]
+fn messages_escape_control_characters_of_the_file() {
+    refused(
+        "description: d\nclient:\n  - connect: { port: \"90\\e[31m00\" }\n",
+        3,
+        22,
+        "port must be a whole number 1..65535, not \"90\\u{1b}[31m00\"",
+    );
+    refused(
+        "description: d\n\"a\\tb\\u202e\": 1\n",
+        2,
+        1,
+        "unknown key \"a\\tb\\u{202e}\" in the top level",
+    );
+}
+
+#[test]
+fn floats_show_as_written() {
+    refused(
+        "description: d\nclient:\n  - connect: { port: 9000.0 }\n",
+        3,
+        22,
+        "port must be a whole number 1..65535, not 9000.0",
+    );
+}
+
+#[test]
 fn unknown_anchors_are_named() {
     refused(
         "description: d\nclient:\n  - connect: *nowhere\n",
