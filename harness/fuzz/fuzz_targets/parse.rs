@@ -145,6 +145,11 @@ fn check_hosts(plan: &Plan) {
                 sysctl.name
             );
             assert!(!sysctl.value.trim().is_empty(), "sysctl {} empty", sysctl.name);
+            assert!(
+                !sysctl.value.contains(|c: char| c.is_control() && c != '\t'),
+                "sysctl {:?}",
+                sysctl.value
+            );
         }
     }
     let [client, server] = &plan.hosts;
@@ -227,6 +232,10 @@ fn check_program(plan: &Plan, host: HostId, lines: &Lines) {
             }
             Action::Exec(exec) => {
                 assert!(!exec.program.is_empty(), "exec without program");
+                let strings = exec.args.iter().chain(exec.env.iter().map(|(_, value)| value));
+                for text in std::iter::once(&exec.program).chain(strings) {
+                    assert!(!text.contains('\0'), "NUL in exec: {exec:?}");
+                }
                 assert!(!exec.timeout.is_zero(), "exec timeout 0s");
                 within_run("exec timeout", exec.timeout, deadline);
                 for pair in exec.env.windows(2) {

@@ -1262,6 +1262,45 @@ fn messages_escape_control_characters_of_the_file() {
 }
 
 #[test]
+fn exec_strings_and_sysctl_values_that_cannot_be_used_are_refused() {
+    let exec = |params: &str| format!("description: d\nclient:\n  - exec: {{ {params} }}\n");
+    refused(
+        &exec("program: \"a\\0b\""),
+        3,
+        22,
+        "the program of exec holds a NUL character",
+    );
+    refused(
+        &exec("program: a, args: [x, \"\\0\"]"),
+        3,
+        35,
+        "an argument of exec holds a NUL",
+    );
+    refused(
+        &exec("program: a, args: \"\\0\""),
+        3,
+        31,
+        "an argument of exec holds a NUL",
+    );
+    refused(
+        &exec("program: a, env: { A: \"\\0\" }"),
+        3,
+        35,
+        "an environment variable of exec holds a NUL",
+    );
+    refused(
+        "description: d\nsysctl:\n  client: { net.ipv4.tcp_congestion_control: \"reno\\ncubic\" }\n",
+        3,
+        46,
+        "sysctl net.ipv4.tcp_congestion_control is set to \"reno\\ncubic\", which holds a line break",
+    );
+    let plan = plan(
+        "description: d\nsysctl:\n  client: { net.ipv4.tcp_rmem: \"4096\\t131072 6291456\" }\n",
+    );
+    assert_eq!(plan.hosts[0].sysctls[0].value, "4096\t131072 6291456");
+}
+
+#[test]
 fn floats_show_as_written() {
     refused(
         "description: d\nclient:\n  - connect: { port: 9000.0 }\n",

@@ -685,6 +685,15 @@ impl Validator<'_> {
                 }
                 let value = match value {
                     Scalar::Int(n) => n.to_string(),
+                    Scalar::Str(text) if text.contains(|c: char| c.is_control() && c != '\t') => {
+                        return Err(self.fail(
+                            &entry_path,
+                            format!(
+                                "sysctl {name} is set to {value}, which holds a line break or control character; \
+                                 a sysctl value is one line, e.g. \"4096 131072 6291456\""
+                            ),
+                        ))
+                    }
                     Scalar::Str(text) if !text.trim().is_empty() => text.clone(),
                     other => {
                         return Err(self.fail(

@@ -696,11 +696,23 @@ impl Validator<'_> {
             "program",
             "the program to run, e.g. `program: curl`",
         )?;
-        let program = self.text(&path.key("program"), program, "program")?;
-        let args = match &exec.args {
-            Some(args) => args.items.iter().map(Scalar::text).collect(),
-            None => Vec::new(),
-        };
+        let program_path = path.key("program");
+        let program = self.text(&program_path, program, "program")?;
+        self.no_nul(&program_path, &program, "the program")?;
+        let mut args = Vec::new();
+        if let Some(list) = &exec.args {
+            let args_path = path.key("args");
+            for (i, arg) in list.items.iter().enumerate() {
+                let arg_path = if list.list {
+                    args_path.index(i)
+                } else {
+                    args_path.clone()
+                };
+                let arg = arg.text();
+                self.no_nul(&arg_path, &arg, "an argument")?;
+                args.push(arg);
+            }
+        }
         let mut env = Vec::new();
         if let Some(entries) = &exec.env {
             for (name, value) in &entries.0 {
@@ -716,7 +728,9 @@ impl Validator<'_> {
                         format!("environment variable name \"{name}\" is not allowed; use letters, digits and _, e.g. LANG"),
                     ));
                 }
-                env.push((name.clone(), value.text()));
+                let value = value.text();
+                self.no_nul(&env_path, &value, "an environment variable")?;
+                env.push((name.clone(), value));
             }
         }
         env.sort();
@@ -1001,6 +1015,17 @@ impl Validator<'_> {
                     ),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// Refuses a NUL character, which execve cannot pass: better found now than once the run has started.
+    fn no_nul(&self, path: &NodePath, text: &str, what: &str) -> Checked<()> {
+        if text.contains('\0') {
+            return Err(self.fail(
+                path,
+                format!("{what} of exec holds a NUL character (\\0), which no program can receive; remove it"),
+            ));
         }
         Ok(())
     }
