@@ -74,6 +74,11 @@ fn check_error(error: &ScenarioError, lines: &Lines) {
         !error.message.contains(char::is_control),
         "control character in the message: {error:?}"
     );
+    // libyaml's reader errors give a byte offset ("at position 153") instead of a line and column.
+    assert!(
+        !error.message.contains(" at position "),
+        "position not turned into line:column: {error:?}"
+    );
     assert_eq!(error.file, Path::new(FILE), "error names another file: {error:?}");
     if let Some(at) = error.location {
         assert!(

@@ -88,7 +88,7 @@ fn printable(text: &str) -> String {
 
 fn parse_text(name: &str, file: &Path, text: &str) -> Result<Plan, ScenarioError> {
     check_size(file, text.len())?;
-    check_line_breaks(file, text)?;
+    check_characters(file, text)?;
     let index = SourceIndex::build(text).map_err(|e| structure_error(file, text, e))?;
     let wire: ScenarioWire =
         serde_norway::from_str(text).map_err(|e| serde_error(file, text, &index, &e))?;
@@ -159,25 +159,45 @@ fn check_size(file: &Path, size: usize) -> Result<(), ScenarioError> {
     ))
 }
 
-/// Refuses line breaks other than `\n` and `\r\n`: the YAML parsers start a new line at a lone `\r` (and libyaml
-/// at U+0085, U+2028 and U+2029), most editors do not, so every position after one would point elsewhere.
-fn check_line_breaks(file: &Path, text: &str) -> Result<(), ScenarioError> {
+/// Refuses characters YAML does not allow in a file (control characters other than tab and line breaks,
+/// U+FFFE, U+FFFF), which libyaml reports by byte offset only, and line breaks other than `\n` and `\r\n`: the
+/// YAML parsers start a new line at a lone `\r` (and libyaml at U+0085, U+2028 and U+2029), most editors do not,
+/// so every position after one would point elsewhere.
+fn check_characters(file: &Path, text: &str) -> Result<(), ScenarioError> {
     let mut chars = text.char_indices().peekable();
     while let Some((offset, c)) = chars.next() {
-        let what = match c {
+        let message = match c {
+            '\t' | '\n' => continue,
             '\r' if chars.peek().is_some_and(|(_, next)| *next == '\n') => continue,
-            '\r' => "a carriage return (\\r) without a line feed",
-            '\u{85}' => "a next-line character (U+0085)",
-            '\u{2028}' => "a line separator (U+2028)",
-            '\u{2029}' => "a paragraph separator (U+2029)",
+            '\r' | '\u{85}' | '\u{2028}' | '\u{2029}' => {
+                let what = match c {
+                    '\r' => "a carriage return (\\r) without a line feed",
+                    '\u{85}' => "a next-line character (U+0085)",
+                    '\u{2028}' => "a line separator (U+2028)",
+                    _ => "a paragraph separator (U+2029)",
+                };
+                format!(
+                    "{what} breaks the line here for YAML but not in most editors; end lines with \\n (Unix) or \\r\\n (Windows) only"
+                )
+            }
+            _ if c.is_control() || c == '\u{fffe}' || c == '\u{ffff}' => {
+                let code = u32::from(c);
+                let escape = if code <= 0xff {
+                    format!("\\x{code:02x}")
+                } else {
+                    format!("\\u{code:04x}")
+                };
+                format!(
+                    "character U+{code:04X} is not allowed in YAML: remove it, or write it as the escape \"{escape}\" \
+                     inside a double-quoted string"
+                )
+            }
             _ => continue,
         };
         return Err(ScenarioError::new(
             file,
             Some(location_of_offset(text.as_bytes(), offset)),
-            format!(
-                "{what} breaks the line here for YAML but not in most editors; end lines with \\n (Unix) or \\r\\n (Windows) only"
-            ),
+            message,
         ));
     }
     Ok(())

@@ -1230,6 +1230,27 @@ fn deadlock_check_finds_the_first_pairwise_deadlock() {
     );
 }
 
+/// Fuzz finding: libyaml refused a control character "at position 153" while the error said 1:1.
+#[test]
+fn characters_yaml_refuses_are_shown_where_they_are() {
+    refused(
+        "description: d\nclient:\n  - clo\u{e}se\n",
+        3,
+        8,
+        "character U+000E is not allowed in YAML: remove it, or write it as the escape \"\\x0e\"",
+    );
+    refused("description: \"a\u{7f}\"\n", 1, 16, "character U+007F");
+    refused("description: a\u{9b}\n", 1, 15, "character U+009B");
+    refused(
+        "description: a\u{ffff}\n",
+        1,
+        15,
+        "character U+FFFF is not allowed in YAML: remove it, or write it as the escape \"\\uffff\"",
+    );
+    let plan = plan("description: \"tab\\there\\x0e\"\n");
+    assert_eq!(plan.description, "tab\there\u{e}");
+}
+
 #[test]
 fn tabs_get_a_hint() {
     refused("description: d\nclient:\n\t- close\n", 3, 1, "not tabs");
