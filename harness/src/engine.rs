@@ -76,6 +76,7 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
         let (gate_tx, gate_rx) = mpsc::channel::<Instant>();
         gates.push(gate_tx);
         let ready = ready_tx.clone();
+        let start_clock = clock.clone();
         let program = namespaces[host.index()].spawn(&format!("{host}-program"), move || {
             // Best effort: without the privilege the thread stays ordinary and its times are less exact.
             let _ = priority::raise_current_thread();
@@ -84,6 +85,9 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
             ctx.deadline = gate_rx
                 .recv_timeout(PROGRAM_START_TIMEOUT)
                 .map_err(|_| Error::Internal(format!("{host} program was never told to start")))?;
+            // t0 is taken by the first program thread to run (the clock keeps the first start), not by the
+            // engine: on a busy machine the woken threads may wait tens of ms for a CPU.
+            start_clock.start();
             actors::run_host(&host_plan, ctx)
         })?;
         programs.push((host, Some(program)));
@@ -105,9 +109,9 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
     apply_due(&mut schedule, &mut firewalls, &clock, &mut fault_events)?;
     // The hub too reacts to events in time (fault triggers); it goes back to ordinary before the teardown.
     let _ = priority::raise_current_thread();
-    // t0 is the moment the programs start: scenario times read as the seed scripts' times.
-    clock.start();
-    let deadline = clock.t0().unwrap_or_else(Instant::now) + plan.deadline;
+    // t0 is the moment the programs start (scenario times read as the seed scripts' times): the first program
+    // thread to run takes it. The deadline counts from the start signal, a little before.
+    let deadline = Instant::now() + plan.deadline;
     for gate in &gates {
         // A program thread that is gone already reports its own error when joined.
         let _ = gate.send(deadline);

@@ -792,6 +792,7 @@ mod tests {
             slow: false,
             deadline: Duration::from_secs(10),
             tolerance: Duration::from_millis(100),
+            early_tolerance: None,
             sample_interval: Duration::from_millis(10),
             link: LinkPlan { mtu, ipv6: false },
             hosts: [

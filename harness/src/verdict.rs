@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::scenario::plan::{
     ExpectedOutcome, HostId, Location, PacketExpectation, PacketFilter, Plan, Protocol, QueueExpectation, QueueKind,
-    StateExpectation, StepExpectation, StepPlan, TcpState, TimerExpectation,
+    Since, StateExpectation, StepExpectation, StepPlan, TcpState, TimerExpectation,
 };
 use crate::timeline::{format_secs, Event, EventKind, Outcome, PacketDirection, PacketEvent, SocketEvent, Timeline};
 
@@ -100,18 +100,82 @@ pub fn judge(plan: &Plan, timeline: &Timeline) -> Verdict {
     }
     judge_deadline(&mut verdict, plan, timeline);
     for expectation in &plan.expect.packets {
-        verdict.check(judge_packets(expectation, timeline));
+        let anchor = resolve_anchor(plan, timeline, expectation.since.as_ref(), expectation.location);
+        verdict.check(anchor.and_then(|anchor| judge_packets(expectation, anchor, timeline)));
     }
     for expectation in &plan.expect.states {
-        verdict.check(judge_states(expectation, timeline));
+        let anchor = resolve_anchor(plan, timeline, expectation.since.as_ref(), expectation.location);
+        verdict.check(anchor.and_then(|anchor| judge_states(expectation, anchor, timeline)));
     }
     for expectation in &plan.expect.timers {
         verdict.check(judge_timer(expectation, timeline));
     }
     for expectation in &plan.expect.queues {
-        verdict.check(judge_queue(expectation, timeline));
+        let anchor = resolve_anchor(plan, timeline, expectation.since.as_ref(), expectation.location);
+        verdict.check(anchor.and_then(|anchor| judge_queue(expectation, anchor, timeline)));
     }
     verdict
+}
+
+/// The zero of an expectation's times: t0, or the end of its `since` step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Anchor {
+    /// Scenario time of the zero.
+    pub t: Duration,
+    /// ` since client.connect (0.039000s)`, or empty for t0.
+    pub label: String,
+}
+
+impl Anchor {
+    pub fn t0() -> Anchor {
+        Anchor { t: Duration::ZERO, label: String::new() }
+    }
+}
+
+/// Finds when the `since` step ended or its packet left; a step that never ended, or a packet never seen,
+/// fails the expectation that counts from it.
+pub fn resolve_anchor(
+    plan: &Plan,
+    timeline: &Timeline,
+    since: Option<&Since>,
+    location: Location,
+) -> Result<Anchor, Failure> {
+    let (name, t, missing) = match since {
+        None => return Ok(Anchor::t0()),
+        Some(Since::Step { host, step }) => {
+            let name = format!("{host}.{step}");
+            let end = plan.step(*host, step).and_then(|step| step_record(timeline, *host, step.index).end);
+            (name.clone(), end, (format!("{name} to finish"), "it never finished".to_string()))
+        }
+        Some(Since::Packet { filter, nth }) => {
+            let name = format!("the {} of the {}", ordinal(*nth), describe_filter(filter));
+            let seen: Vec<Duration> = sent_packets(timeline, filter).map(|(t, _)| t).collect();
+            let t = seen.get(*nth as usize - 1).copied();
+            (name.clone(), t, (format!("{name} to be sent"), format!("{} such packets", seen.len())))
+        }
+    };
+    match t {
+        Some(t) => Ok(Anchor { t, label: format!(" since {name} ({}s)", format_secs(t)) }),
+        None => Err(Failure {
+            location,
+            subject: format!("times since {name}"),
+            expected: missing.0,
+            actual: missing.1,
+            around: None,
+        }),
+    }
+}
+
+/// `1st`, `2nd`, `3rd`, `4th`, ... `11th`, `21st`.
+fn ordinal(n: u32) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (_, 11..=13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
 }
 
 fn judge_step(verdict: &mut Verdict, host: HostId, step: &StepPlan, record: &StepRecord) {
@@ -152,10 +216,10 @@ fn judge_step(verdict: &mut Verdict, host: HostId, step: &StepPlan, record: &Ste
         verdict.check(result);
     }
     if let (Some(after), Some(elapsed)) = (expect.after, record.elapsed()) {
-        verdict.check(judge_time("after", after, elapsed, expect.tolerance, outcome).map_err(|(e, a)| failure(e, a, Some(end))));
+        verdict.check(judge_time("after", after, elapsed, expect, outcome).map_err(|(e, a)| failure(e, a, Some(end))));
     }
     if let Some(at) = expect.at {
-        verdict.check(judge_time("at", at, end, expect.tolerance, outcome).map_err(|(e, a)| failure(e, a, Some(end))));
+        verdict.check(judge_time("at", at, end, expect, outcome).map_err(|(e, a)| failure(e, a, Some(end))));
     }
 }
 
@@ -164,14 +228,18 @@ fn judge_time(
     word: &str,
     expected: Duration,
     actual: Duration,
-    tolerance: Duration,
+    expect: &StepExpectation,
     outcome: &Outcome,
 ) -> Result<(), (String, String)> {
-    if within(actual, expected, tolerance) {
+    if within(actual, expected, expect.tolerance, expect.early_tolerance) {
         return Ok(());
     }
     Err((
-        format!("to end {word} {}s ± {}s", format_secs(expected), format_secs(tolerance)),
+        format!(
+            "to end {word} {}s {}",
+            format_secs(expected),
+            describe_tolerance(expect.tolerance, expect.early_tolerance)
+        ),
         format!("{outcome} {word} {}s", format_secs(actual)),
     ))
 }
@@ -214,8 +282,21 @@ fn judge_deadline(verdict: &mut Verdict, plan: &Plan, timeline: &Timeline) {
 /// Prefix of a step detail saying that an exec'd program's output lacked a required pattern.
 pub const PATTERN_MISSING: &str = "pattern not found";
 
-fn within(actual: Duration, expected: Duration, tolerance: Duration) -> bool {
-    actual.abs_diff(expected) <= tolerance
+/// `actual` is at most `late` after `expected` and at most `early` (by default `late`) before it.
+fn within(actual: Duration, expected: Duration, late: Duration, early: Option<Duration>) -> bool {
+    if actual >= expected {
+        actual - expected <= late
+    } else {
+        expected - actual <= early.unwrap_or(late)
+    }
+}
+
+/// `± 0.250000s`, or `-0.000000s/+0.500000s` when earliness and lateness differ.
+pub fn describe_tolerance(late: Duration, early: Option<Duration>) -> String {
+    match early {
+        Some(early) if early != late => format!("-{}s/+{}s", format_secs(early), format_secs(late)),
+        _ => format!("± {}s", format_secs(late)),
+    }
 }
 
 fn outcome_matches(expected: &ExpectedOutcome, actual: &Outcome) -> bool {
@@ -256,10 +337,14 @@ pub fn describe_expectation(expect: &StepExpectation) -> String {
         parts.push(describe_outcome(outcome));
     }
     if let Some(after) = expect.after {
-        parts.push(format!("after {}s ± {}s", format_secs(after), format_secs(expect.tolerance)));
+        parts.push(format!(
+            "after {}s {}",
+            format_secs(after),
+            describe_tolerance(expect.tolerance, expect.early_tolerance)
+        ));
     }
     if let Some(at) = expect.at {
-        parts.push(format!("at {}s ± {}s", format_secs(at), format_secs(expect.tolerance)));
+        parts.push(format!("at {}s {}", format_secs(at), describe_tolerance(expect.tolerance, expect.early_tolerance)));
     }
     parts.join(" ")
 }
@@ -316,15 +401,17 @@ pub fn describe_filter(filter: &PacketFilter) -> String {
     parts.join(" ")
 }
 
-fn judge_packets(expectation: &PacketExpectation, timeline: &Timeline) -> Result<(), Failure> {
+fn judge_packets(expectation: &PacketExpectation, anchor: Anchor, timeline: &Timeline) -> Result<(), Failure> {
+    // Times relative to the anchor; packets before it do not count.
     let times: Vec<Duration> = sent_packets(timeline, &expectation.filter)
-        .map(|(t, _)| t)
+        .filter_map(|(t, _)| t.checked_sub(anchor.t))
         .filter(|t| expectation.window.is_none_or(|(start, end)| *t >= start && *t <= end))
         .collect();
     let mut subject = describe_filter(&expectation.filter);
     if let Some((start, end)) = expectation.window {
         subject.push_str(&format!(" within [{}s, {}s]", format_secs(start), format_secs(end)));
     }
+    subject.push_str(&anchor.label);
     let list = |ts: &[Duration]| {
         if ts.is_empty() {
             "none".to_string()
@@ -337,7 +424,7 @@ fn judge_packets(expectation: &PacketExpectation, timeline: &Timeline) -> Result
         subject: subject.clone(),
         expected,
         actual: format!("{} at {}", times.len(), list(&times)),
-        around,
+        around: around.map(|t| t + anchor.t),
     };
     if let Some(count) = expectation.count {
         if times.len() != count as usize {
@@ -345,12 +432,16 @@ fn judge_packets(expectation: &PacketExpectation, timeline: &Timeline) -> Result
         }
     }
     if !expectation.at.is_empty() {
-        let expected = format!("at {} ± {}s", list(&expectation.at), format_secs(expectation.tolerance));
+        let expected = format!(
+            "at {} {}",
+            list(&expectation.at),
+            describe_tolerance(expectation.tolerance, expectation.early_tolerance)
+        );
         if times.len() != expectation.at.len() {
             return Err(fail(expected, times.first().copied().or(expectation.at.first().copied())));
         }
         for (actual, wanted) in times.iter().zip(&expectation.at) {
-            if !within(*actual, *wanted, expectation.tolerance) {
+            if !within(*actual, *wanted, expectation.tolerance, expectation.early_tolerance) {
                 return Err(fail(expected, Some(*wanted)));
             }
         }
@@ -386,7 +477,7 @@ fn socket_selected(socket: &str, events: &[&SocketEvent], port: Option<u16>, lis
     port.is_none_or(|port| events.iter().any(|e| e.local_port == port || e.remote_port == port))
 }
 
-fn judge_states(expectation: &StateExpectation, timeline: &Timeline) -> Result<(), Failure> {
+fn judge_states(expectation: &StateExpectation, anchor: Anchor, timeline: &Timeline) -> Result<(), Failure> {
     let wants_listener = expectation.sequence.iter().any(|s| s.state == TcpState::Listen);
     let mut seen = Vec::new();
     for (socket, history) in socket_histories(timeline, expectation.host) {
@@ -394,7 +485,7 @@ fn judge_states(expectation: &StateExpectation, timeline: &Timeline) -> Result<(
         if !socket_selected(&socket, &events, expectation.port, wants_listener) {
             continue;
         }
-        if history_matches(&history, expectation) {
+        if history_matches(&history, expectation, anchor.t) {
             return Ok(());
         }
         let states: Vec<String> =
@@ -416,9 +507,14 @@ fn judge_states(expectation: &StateExpectation, timeline: &Timeline) -> Result<(
     Err(Failure {
         location: expectation.location,
         subject,
-        expected: format!("{} (± {}s)", expected.join(" then "), format_secs(expectation.tolerance)),
+        expected: format!(
+            "{} ({}){}",
+            expected.join(" then "),
+            describe_tolerance(expectation.tolerance, expectation.early_tolerance),
+            anchor.label
+        ),
         actual: if seen.is_empty() { "no such socket observed".into() } else { seen.join("; ") },
-        around: expectation.sequence.iter().find_map(|s| s.at),
+        around: expectation.sequence.iter().find_map(|s| s.at).map(|at| at + anchor.t),
     })
 }
 
@@ -429,12 +525,16 @@ fn socket_events<'a>(timeline: &'a Timeline, host: HostId, socket: &'a str) -> i
     })
 }
 
-/// The expected states appear in the history in order (others may come between), each at its time if given.
-fn history_matches(history: &[(TcpState, Duration)], expectation: &StateExpectation) -> bool {
+/// The expected states appear in the history in order (others may come between), each at its time (counted
+/// from `anchor`) if given.
+fn history_matches(history: &[(TcpState, Duration)], expectation: &StateExpectation, anchor: Duration) -> bool {
     let mut remaining = history.iter();
     expectation.sequence.iter().all(|wanted| {
         remaining.any(|(state, t)| {
-            *state == wanted.state && wanted.at.is_none_or(|at| within(*t, at, expectation.tolerance))
+            *state == wanted.state
+                && wanted
+                    .at
+                    .is_none_or(|at| within(*t, anchor + at, expectation.tolerance, expectation.early_tolerance))
         })
     })
 }
@@ -507,7 +607,7 @@ pub fn queue_histories(timeline: &Timeline, expectation: &QueueExpectation) -> V
     histories
 }
 
-fn judge_queue(expectation: &QueueExpectation, timeline: &Timeline) -> Result<(), Failure> {
+fn judge_queue(expectation: &QueueExpectation, anchor: Anchor, timeline: &Timeline) -> Result<(), Failure> {
     let histories = queue_histories(timeline, expectation);
     let mut subject = format!(
         "{} {}{} {}",
@@ -560,7 +660,10 @@ fn judge_queue(expectation: &QueueExpectation, timeline: &Timeline) -> Result<()
         let mut remaining = history.iter();
         expectation.sequence.iter().all(|wanted| {
             remaining.any(|(value, t)| {
-                *value == wanted.value && wanted.at.is_none_or(|at| within(*t, at, expectation.tolerance))
+                *value == wanted.value
+                    && wanted
+                        .at
+                        .is_none_or(|at| within(*t, anchor.t + at, expectation.tolerance, expectation.early_tolerance))
             })
         })
     };
@@ -579,9 +682,14 @@ fn judge_queue(expectation: &QueueExpectation, timeline: &Timeline) -> Result<()
     Err(Failure {
         location: expectation.location,
         subject,
-        expected: format!("{} (± {}s)", expected.join(" then "), format_secs(expectation.tolerance)),
+        expected: format!(
+            "{} ({}){}",
+            expected.join(" then "),
+            describe_tolerance(expectation.tolerance, expectation.early_tolerance),
+            anchor.label
+        ),
         actual: seen(),
-        around: expectation.sequence.iter().find_map(|s| s.at),
+        around: expectation.sequence.iter().find_map(|s| s.at).map(|at| at + anchor.t),
     })
 }
 
@@ -752,9 +860,9 @@ expect:
     fn states_must_come_in_order() {
         let history = vec![(TcpState::Gone, ms(1)), (TcpState::SynSent, ms(2))];
         let expectation = &plan().expect.states[0];
-        assert!(!history_matches(&history, expectation));
+        assert!(!history_matches(&history, expectation, Duration::ZERO));
         let history = vec![(TcpState::SynSent, ms(1)), (TcpState::Established, ms(2)), (TcpState::Gone, ms(7000))];
-        assert!(history_matches(&history, expectation));
+        assert!(history_matches(&history, expectation, Duration::ZERO));
     }
 }
 
@@ -764,7 +872,7 @@ mod queue_and_filter_tests {
 
     use super::*;
     use crate::scenario::plan::QueueStep;
-    use crate::timeline::{Event, SocketEvent};
+    use crate::timeline::{Event, Outcome, SocketEvent};
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
@@ -834,29 +942,35 @@ mod queue_and_filter_tests {
             sequence: sequence.iter().map(|(value, at)| QueueStep { value: *value, at: at.map(ms) }).collect(),
             max,
             tolerance: ms(100),
+            early_tolerance: None,
+            since: None,
             location: Location { line: 3, column: 7 },
         }
+    }
+
+    fn judge_queue_t0(expectation: &QueueExpectation, timeline: &Timeline) -> Result<(), Failure> {
+        judge_queue(expectation, Anchor::t0(), timeline)
     }
 
     #[test]
     fn listener_recv_q_sequence_with_times() {
         let timeline = accept_queue_timeline();
-        assert_eq!(judge_queue(&queue(true, &[(0, None), (1, Some(8000))], Some(1)), &timeline), Ok(()));
-        let late = judge_queue(&queue(true, &[(0, None), (1, Some(7000))], None), &timeline).unwrap_err();
+        assert_eq!(judge_queue_t0(&queue(true, &[(0, None), (1, Some(8000))], Some(1)), &timeline), Ok(()));
+        let late = judge_queue_t0(&queue(true, &[(0, None), (1, Some(7000))], None), &timeline).unwrap_err();
         assert_eq!(late.subject, "server listener (port 9000) Recv-Q values");
         assert_eq!(late.expected, "0 then 1@7.000000s (± 0.100000s)");
         assert_eq!(late.actual, "10.0.0.2:9000 -> *:*: 0@0.001000s 1@8.000000s");
         assert_eq!(late.around, Some(ms(7000)));
-        let out_of_order = judge_queue(&queue(true, &[(1, None), (0, None)], None), &timeline);
+        let out_of_order = judge_queue_t0(&queue(true, &[(1, None), (0, None)], None), &timeline);
         assert!(out_of_order.is_err(), "values must come in the given order");
     }
 
     #[test]
     fn listener_and_connection_queues_are_apart() {
         let timeline = accept_queue_timeline();
-        assert_eq!(judge_queue(&queue(false, &[(0, None), (11, Some(8000))], Some(11)), &timeline), Ok(()));
-        assert!(judge_queue(&queue(false, &[(1, None)], None), &timeline).is_err(), "1 is the listener's value");
-        let over = judge_queue(&queue(false, &[], Some(10)), &timeline).unwrap_err();
+        assert_eq!(judge_queue_t0(&queue(false, &[(0, None), (11, Some(8000))], Some(11)), &timeline), Ok(()));
+        assert!(judge_queue_t0(&queue(false, &[(1, None)], None), &timeline).is_err(), "1 is the listener's value");
+        let over = judge_queue_t0(&queue(false, &[], Some(10)), &timeline).unwrap_err();
         assert_eq!(over.expected, "never more than 10");
         assert!(over.actual.starts_with("11 at 8.000000s"), "{}", over.actual);
         assert_eq!(over.around, Some(ms(8000)));
@@ -865,10 +979,10 @@ mod queue_and_filter_tests {
     #[test]
     fn gone_sockets_end_their_history_and_unseen_sockets_fail() {
         let timeline = accept_queue_timeline();
-        assert_eq!(judge_queue(&queue(false, &[(11, None)], Some(11)), &timeline), Ok(()), "GONE's 0 is no value");
+        assert_eq!(judge_queue_t0(&queue(false, &[(11, None)], Some(11)), &timeline), Ok(()), "GONE's 0 is no value");
         let mut elsewhere = queue(true, &[], Some(5));
         elsewhere.port = Some(8080);
-        let unseen = judge_queue(&elsewhere, &timeline).unwrap_err();
+        let unseen = judge_queue_t0(&elsewhere, &timeline).unwrap_err();
         assert_eq!(unseen.actual, "no such socket observed");
     }
 
@@ -889,5 +1003,118 @@ mod queue_and_filter_tests {
         assert_eq!(count(PacketFilter { from: Some(HostId::Client), ..icmp.clone() }), 0);
         assert_eq!(describe_filter(&zero_window), "packets [.] win 0");
         assert_eq!(describe_filter(&icmp), "packets from server (icmp)");
+    }
+
+    fn step_event(t: u64, host: HostId, step: usize, end: bool) -> Event {
+        let label = format!("#{}", step + 1);
+        let kind = if end {
+            EventKind::StepEnd { step, label, outcome: Outcome::Ok, detail: None }
+        } else {
+            EventKind::StepStart { step, label }
+        };
+        Event { t: ms(t), host, kind }
+    }
+
+    #[test]
+    fn times_since_a_step_count_from_its_end() {
+        let plan = crate::scenario::parse(
+            "anchor",
+            std::path::Path::new("anchor.yaml"),
+            "description: d\nclient:\n  - sleep: 1s\n    name: warmup\n  - connect: { port: 9000 }\n    name: connect\n\
+             expect:\n  packets:\n    - { from: server, flags: \".\", at: [5s], since: client.connect, tolerance: 50ms }\n\
+             \x20   - { from: server, flags: \".\", within: [0s, 1s], count: 0, since: client.connect }\n\
+             \x20 states:\n    - { host: server, port: 9000, sequence: [{ state: SYN-RECV, at: 6s }], since: client.warmup }\n\
+             \x20 queues:\n    - { host: server, listener: true, queue: recv, sequence: [{ value: 1, at: 5s }], since: client.connect }\n",
+        )
+        .unwrap();
+        assert_eq!(plan.expect.packets[0].since, Some(Since::Step { host: HostId::Client, step: "connect".into() }));
+        let mut events = vec![
+            step_event(0, HostId::Client, 0, false),
+            step_event(1000, HostId::Client, 0, true),
+            step_event(1000, HostId::Client, 1, false),
+            step_event(1500, HostId::Client, 1, true),
+            // Before the anchor: not counted by the `within: [0s, 1s]` expectation.
+            packet(1200, HostId::Server, "tcp", 0x10, 64, 0),
+            packet(6520, HostId::Server, "tcp", 0x10, 64, 0),
+            socket(7000, LISTENER, 0, TcpState::Listen, 0, 128),
+        ];
+        events.push(socket(6500, LISTENER, 0, TcpState::Listen, 1, 128));
+        events.push(socket(7000, CONNECTION, 40000, TcpState::SynRecv, 0, 0));
+        let verdict = judge(&plan, &Timeline::new(events.clone()));
+        assert_eq!(verdict.failures, vec![], "5 s after connect is 6.5 s");
+
+        // The same packet 5 s after t0 is not 5 s after the connect.
+        events.retain(|e| !matches!(e.kind, EventKind::Packet(_)) || e.t != ms(6520));
+        events.push(packet(5000, HostId::Server, "tcp", 0x10, 64, 0));
+        let verdict = judge(&plan, &Timeline::new(events));
+        assert_eq!(verdict.failures.len(), 1);
+        let failure = &verdict.failures[0];
+        assert_eq!(failure.subject, "packets from server [.] since client.connect (1.500000s)");
+        assert_eq!(failure.actual, "1 at 3.500000s");
+        assert_eq!(failure.around, Some(ms(6500)));
+    }
+
+    #[test]
+    fn an_anchor_step_that_never_ended_fails_its_expectations() {
+        let plan = crate::scenario::parse(
+            "anchor",
+            std::path::Path::new("anchor.yaml"),
+            "description: d\nclient:\n  - connect: { port: 9000 }\n    name: connect\n\
+             expect:\n  packets:\n    - { from: client, count: 0, since: client.connect }\n",
+        )
+        .unwrap();
+        let verdict = judge(&plan, &Timeline::new(vec![step_event(0, HostId::Client, 0, false)]));
+        assert_eq!(verdict.failures.len(), 1);
+        assert_eq!(verdict.failures[0].expected, "client.connect to finish");
+        assert_eq!(verdict.failures[0].actual, "it never finished");
+    }
+
+    #[test]
+    fn tolerances_bound_each_side() {
+        assert!(within(ms(1300), ms(1000), ms(300), Some(ms(0))));
+        assert!(!within(ms(1301), ms(1000), ms(300), Some(ms(0))));
+        assert!(!within(ms(999), ms(1000), ms(300), Some(ms(0))), "no earliness allowed");
+        assert!(within(ms(990), ms(1000), ms(300), Some(ms(10))));
+        assert!(within(ms(700), ms(1000), ms(300), None), "symmetric by default");
+        assert!(!within(ms(699), ms(1000), ms(300), None));
+        assert_eq!(describe_tolerance(ms(300), None), "± 0.300000s");
+        assert_eq!(describe_tolerance(ms(300), Some(ms(300))), "± 0.300000s");
+        assert_eq!(describe_tolerance(ms(300), Some(ms(0))), "-0.000000s/+0.300000s");
+    }
+
+    #[test]
+    fn times_since_a_packet_count_from_its_kernel_timestamp() {
+        let plan = crate::scenario::parse(
+            "anchor",
+            std::path::Path::new("anchor.yaml"),
+            "description: d\nexpect:\n  packets:\n\
+             \x20   - { from: server, flags: \".\", window: 64, at: [0.2s, 0.6s], since: { packet: { from: server, window: 0 } }, tolerance: 10ms }\n\
+             \x20   - { from: server, count: 2, since: { packet: { from: server, window: 0 }, nth: 2 } }\n\
+             \x20   - { from: server, count: 0, since: { packet: { from: client } } }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            plan.expect.packets[1].since,
+            Some(Since::Packet {
+                filter: PacketFilter { from: Some(HostId::Server), window: Some(0), ..PacketFilter::default() },
+                nth: 2
+            })
+        );
+        let timeline = Timeline::new(vec![
+            packet(100, HostId::Server, "tcp", 0x10, 64, 0),
+            packet(1000, HostId::Server, "tcp", 0x10, 0, 0),
+            packet(1200, HostId::Server, "tcp", 0x10, 64, 0),
+            packet(1500, HostId::Server, "tcp", 0x10, 0, 0),
+            packet(1600, HostId::Server, "tcp", 0x10, 64, 0),
+        ]);
+        let verdict = judge(&plan, &timeline);
+        assert_eq!(verdict.failures.len(), 1, "{:?}", verdict.failures);
+        let failure = &verdict.failures[0];
+        assert_eq!(failure.subject, "times since the 1st of the packets from client");
+        assert_eq!(failure.expected, "the 1st of the packets from client to be sent");
+        assert_eq!(failure.actual, "0 such packets");
+        assert_eq!(ordinal(2), "2nd");
+        assert_eq!(ordinal(13), "13th");
+        assert_eq!(ordinal(23), "23rd");
     }
 }

@@ -71,3 +71,19 @@ fn check_accepts_the_suite_and_runs_nothing() {
     assert_eq!(output.status.code(), Some(0), "{text}");
     assert!(text.contains("scenario(s) valid"), "{text}");
 }
+
+#[test]
+fn run_skips_slow_scenarios_unless_asked() {
+    let reports = scratch("slow");
+    let skipped = netfault(&["run", "--reports", reports.to_str().unwrap(), "harness/tests/fixtures/slow"]);
+    let text_skipped = text(&skipped);
+    assert_eq!(skipped.status.code(), Some(0), "{text_skipped}");
+    assert!(text_skipped.contains("0 passed, 0 failed, 1 slow skipped (--slow runs them)"), "{text_skipped}");
+    assert!(!reports.join("marked-slow").exists(), "a skipped scenario writes no report");
+
+    let ran = netfault(&["run", "--slow", "--reports", reports.to_str().unwrap(), "harness/tests/fixtures/slow"]);
+    let text_ran = text(&ran);
+    assert_eq!(ran.status.code(), Some(0), "{text_ran}");
+    assert!(text_ran.contains("PASS  marked-slow"), "{text_ran}");
+    assert!(text_ran.contains("1 passed, 0 failed;"), "{text_ran}");
+}

@@ -127,6 +127,7 @@ fn plan() -> Plan {
         slow: false,
         deadline: Duration::from_secs(10),
         tolerance: Duration::from_millis(100),
+        early_tolerance: None,
         sample_interval: Duration::from_millis(10),
         link: LinkPlan {
             mtu: 1500,

@@ -67,6 +67,7 @@ fn plan(client: Vec<StepPlan>, server: Vec<StepPlan>, deadline: Duration) -> Pla
         slow: false,
         deadline,
         tolerance: Duration::from_millis(100),
+        early_tolerance: None,
         sample_interval: Duration::from_millis(100),
         link: LinkPlan {
             mtu: 1500,

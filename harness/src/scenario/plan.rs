@@ -82,8 +82,10 @@ pub struct Plan {
     pub slow: bool,
     /// Hard deadline for the whole run; the run is ended there whatever is still blocked.
     pub deadline: Duration,
-    /// Default tolerance of every timing expectation.
+    /// Default tolerance of every timing expectation (the allowed lateness when `early_tolerance` is set).
     pub tolerance: Duration,
+    /// Default allowed earliness, when it differs from `tolerance` (`tolerance: { early, late }`).
+    pub early_tolerance: Option<Duration>,
     /// Observer sampling interval (`ss` polling period).
     pub sample_interval: Duration,
     pub link: LinkPlan,
@@ -393,8 +395,11 @@ pub struct StepExpectation {
     pub after: Option<Duration>,
     /// Scenario time at which the step ends.
     pub at: Option<Duration>,
-    /// Tolerance for `after` / `at`; the scenario default when not given.
+    /// Tolerance for `after` / `at`; the scenario default when not given. The allowed lateness when
+    /// `early_tolerance` is set.
     pub tolerance: Duration,
+    /// Allowed earliness when it differs from `tolerance`.
+    pub early_tolerance: Option<Duration>,
     pub location: Location,
 }
 
@@ -767,7 +772,23 @@ pub struct PacketExpectation {
     /// Only packets seen in this scenario-time window count.
     pub window: Option<(Duration, Duration)>,
     pub tolerance: Duration,
+    /// Allowed earliness when it differs from `tolerance` (which is then the allowed lateness).
+    pub early_tolerance: Option<Duration>,
+    /// Times (`at`, `window`) count from this step's end or packet, and only packets from then on count.
+    pub since: Option<Since>,
     pub location: Location,
+}
+
+/// What an expectation's times count from (`since:`) instead of t0.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Since {
+    /// The end of a named step: `since: client.connect`.
+    Step { host: HostId, step: String },
+    /// The n-th (1-based) packet matching the filter, as its sender's capture saw it leave:
+    /// `since: { packet: { from: server, window: 0 }, nth: 1 }`. Its kernel timestamp is exact, where a
+    /// step's end is stamped by a thread that may run late.
+    Packet { filter: PacketFilter, nth: u32 },
 }
 
 /// A socket of `host` goes through these states in order (other states may come between).
@@ -778,6 +799,10 @@ pub struct StateExpectation {
     pub port: Option<u16>,
     pub sequence: Vec<StateStep>,
     pub tolerance: Duration,
+    /// Allowed earliness when it differs from `tolerance` (which is then the allowed lateness).
+    pub early_tolerance: Option<Duration>,
+    /// `at` times count from this step's end or packet.
+    pub since: Option<Since>,
     pub location: Location,
 }
 
@@ -834,6 +859,10 @@ pub struct QueueExpectation {
     /// No selected socket ever shows more than this.
     pub max: Option<u32>,
     pub tolerance: Duration,
+    /// Allowed earliness when it differs from `tolerance` (which is then the allowed lateness).
+    pub early_tolerance: Option<Duration>,
+    /// `at` times count from this step's end or packet.
+    pub since: Option<Since>,
     pub location: Location,
 }
 

@@ -267,7 +267,7 @@ pub struct ScenarioWire {
     pub source: Option<Scalar>,
     pub slow: Option<Scalar>,
     pub timeout: Option<Scalar>,
-    pub tolerance: Option<Scalar>,
+    pub tolerance: Option<ScalarOr<ToleranceWire>>,
     pub sample: Option<Scalar>,
     pub hosts: Option<HostsWire>,
     pub link: Option<LinkWire>,
@@ -514,7 +514,7 @@ pub struct StepExpectWire {
     pub exit: Option<Scalar>,
     pub after: Option<Scalar>,
     pub at: Option<Scalar>,
-    pub tolerance: Option<Scalar>,
+    pub tolerance: Option<ScalarOr<ToleranceWire>>,
 }
 
 /// The top-level `expect:`.
@@ -539,7 +539,8 @@ pub struct PacketExpectWire {
     pub count: Option<Scalar>,
     pub at: Option<ScalarList>,
     pub within: Option<ScalarList>,
-    pub tolerance: Option<Scalar>,
+    pub tolerance: Option<ScalarOr<ToleranceWire>>,
+    pub since: Option<ScalarOr<SinceWire>>,
 }
 
 /// One item of `expect: { states: [...] }`.
@@ -549,7 +550,8 @@ pub struct StateExpectWire {
     pub host: Option<Scalar>,
     pub port: Option<Scalar>,
     pub sequence: Option<Vec<ScalarOr<StateStepWire>>>,
-    pub tolerance: Option<Scalar>,
+    pub tolerance: Option<ScalarOr<ToleranceWire>>,
+    pub since: Option<ScalarOr<SinceWire>>,
 }
 
 /// `{ state: GONE, at: 7s }` in a state sequence.
@@ -571,6 +573,22 @@ pub struct TimerExpectWire {
     pub port: Option<Scalar>,
 }
 
+/// `tolerance: { early: 0s, late: 500ms }`: a timing that may deviate by different amounts either way.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToleranceWire {
+    pub early: Option<Scalar>,
+    pub late: Option<Scalar>,
+}
+
+/// The map form of `since:`: `{ packet: { from: server, window: 0 }, nth: 1 }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinceWire {
+    pub packet: Option<PacketFilterWire>,
+    pub nth: Option<Scalar>,
+}
+
 /// One item of `expect: { queues: [...] }`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -581,7 +599,8 @@ pub struct QueueExpectWire {
     pub queue: Option<Scalar>,
     pub sequence: Option<Vec<ScalarOr<QueueStepWire>>>,
     pub max: Option<Scalar>,
-    pub tolerance: Option<Scalar>,
+    pub tolerance: Option<ScalarOr<ToleranceWire>>,
+    pub since: Option<ScalarOr<SinceWire>>,
 }
 
 /// `{ value: 1, at: 8s }` in a queue sequence.
@@ -671,6 +690,8 @@ pub const MAP_DESCRIPTIONS: &[(&str, &str)] = &[
         "a map like { host: server, listener: true, queue: recv, sequence: [0, 1] }",
     ),
     ("QueueStepWire", "a map like { value: 1, at: 8s }"),
+    ("SinceWire", "a step like client.connect, or a map like { packet: { from: server, window: 0 }, nth: 1 }"),
+    ("ToleranceWire", "a duration like 250ms, or a map like { early: 0s, late: 500ms }"),
     (
         "TimerExpectWire",
         "a map like { host: client, timer: keepalive }",

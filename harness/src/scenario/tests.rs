@@ -1799,4 +1799,34 @@ fn bad_queue_expectations_and_packet_filters() {
     refused(&format!("{head}  packets:\n    - {{ window: 70000, count: 1 }}\n"), 4, 17, "window");
     refused(&format!("{head}  packets:\n    - {{ protocol: icmp, flags: R, count: 1 }}\n"), 4, 25, "selects TCP segments");
     refused(&format!("{head}  packets:\n    - {{ protocol: sctp, count: 1 }}\n"), 4, 19, "unknown protocol");
+    refused(&format!("{head}  packets:\n    - {{ count: 1, since: client.nope }}\n"), 4, 26, "no step named \"nope\" on client");
+    refused(&format!("{head}  states:\n    - {{ host: client, sequence: [GONE], since: connect }}\n"), 4, 48, "not a step reference");
+    refused(&format!("{head}  packets:\n    - {{ count: 1, since: {{ nth: 2 }} }}\n"), 4, 26, "since needs \"packet\"");
+    refused(&format!("{head}  packets:\n    - {{ count: 1, since: {{ packet: {{}}, nth: 0 }} }}\n"), 4, 45, "nth 0 is out of range");
+    refused(&format!("{head}  packets:\n    - {{ count: 1, since: {{ packet: {{ flags: Q }} }} }}\n"), 4, 45, "unknown TCP flag");
+}
+
+#[test]
+fn tolerances_may_differ_early_and_late() {
+    let plan = plan(
+        "description: d\ntolerance: { early: 0s, late: 300ms }\nclient:\n  - sleep: 1s\n    expect: { result: ok, after: 1s }\n\
+         \x20 - sleep: 1s\n    expect: { after: 1s, tolerance: 50ms }\n\
+         expect:\n  packets:\n    - { count: 1, at: 2s, tolerance: { early: 10ms, late: 1s } }\n\
+         \x20 states:\n    - { host: client, sequence: [GONE] }\n",
+    );
+    assert_eq!((plan.tolerance, plan.early_tolerance), (ms(300), Some(Duration::ZERO)));
+    let client = &plan.host(HostId::Client).steps;
+    assert_eq!((client[0].expect.tolerance, client[0].expect.early_tolerance), (ms(300), Some(Duration::ZERO)));
+    assert_eq!((client[1].expect.tolerance, client[1].expect.early_tolerance), (ms(50), None));
+    let packets = &plan.expect.packets[0];
+    assert_eq!((packets.tolerance, packets.early_tolerance), (secs(1), Some(ms(10))));
+    let states = &plan.expect.states[0];
+    assert_eq!((states.tolerance, states.early_tolerance), (ms(300), Some(Duration::ZERO)));
+
+    let head = "description: d\n";
+    refused(&format!("{head}tolerance: {{ early: 0s }}\n"), 2, 12, "tolerance needs \"late\"");
+    refused(&format!("{head}tolerance: {{ late: 1s }}\n"), 2, 12, "tolerance needs \"early\"");
+    refused(&format!("{head}tolerance: {{ early: 0s, late: 0s }}\n"), 2, 31, "more than 0s");
+    refused(&format!("{head}tolerance: {{ early: 2m, late: 1s }}\n"), 2, 21, "longer than the scenario timeout");
+    refused(&format!("{head}tolerance: {{ early: 0s, late: 1s, both: 1s }}\n"), 2, 35, "unknown key \"both\"");
 }

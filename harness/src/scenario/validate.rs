@@ -62,6 +62,7 @@ pub fn validate(
         index,
         deadline: DEFAULT_DEADLINE,
         tolerance: DEFAULT_TOLERANCE,
+        early_tolerance: None,
         step_names: [Vec::new(), Vec::new()],
         step_name_set: [HashSet::new(), HashSet::new()],
     };
@@ -79,7 +80,7 @@ pub fn validate(
     }
     if let Some(tolerance) = &wire.tolerance {
         let path = root.key("tolerance");
-        v.tolerance = v.tolerance(&path, tolerance)?;
+        (v.tolerance, v.early_tolerance) = v.tolerance(&path, tolerance)?;
     }
     let sample_interval = match &wire.sample {
         Some(sample) => {
@@ -147,6 +148,7 @@ pub fn validate(
         slow,
         deadline: v.deadline,
         tolerance: v.tolerance,
+        early_tolerance: v.early_tolerance,
         sample_interval,
         link,
         hosts: [
@@ -175,6 +177,7 @@ struct Validator<'a> {
     index: &'a SourceIndex,
     deadline: Duration,
     tolerance: Duration,
+    early_tolerance: Option<Duration>,
     /// Named steps per host (by `HostId::index()`): name and 0-based step index, in program order.
     step_names: [Vec<(String, usize)>; 2],
     /// The same names as a set, so that a program of thousands of named steps is checked in linear time.
@@ -364,7 +367,37 @@ impl Validator<'_> {
         Ok(duration)
     }
 
-    fn tolerance(&self, path: &NodePath, value: &Scalar) -> Checked<Duration> {
+    /// `tolerance: 250ms` (either way) or `tolerance: { early: 0s, late: 500ms }`: the allowed lateness, and
+    /// the allowed earliness when it differs.
+    fn tolerance(
+        &self,
+        path: &NodePath,
+        value: &ScalarOr<ToleranceWire>,
+    ) -> Checked<(Duration, Option<Duration>)> {
+        let map = match value {
+            ScalarOr::Scalar(scalar) => return Ok((self.tolerance_bound(path, scalar)?, None)),
+            ScalarOr::Map(map) => map,
+        };
+        let example = "e.g. { early: 0s, late: 500ms }";
+        let late = self.required(&map.late, path, "tolerance", "late", example)?;
+        let late = self.tolerance_bound(&path.key("late"), late)?;
+        let early = self.required(&map.early, path, "tolerance", "early", example)?;
+        let early_path = path.key("early");
+        let early = self.duration(&early_path, early, "early tolerance")?;
+        if early > self.deadline {
+            return Err(self.fail(
+                &early_path,
+                format!(
+                    "early tolerance {} is longer than the scenario timeout {}",
+                    format_duration(early),
+                    format_duration(self.deadline)
+                ),
+            ));
+        }
+        Ok((late, Some(early)))
+    }
+
+    fn tolerance_bound(&self, path: &NodePath, value: &Scalar) -> Checked<Duration> {
         let tolerance = self.duration(path, value, "tolerance")?;
         if tolerance.is_zero() {
             return Err(self.fail(

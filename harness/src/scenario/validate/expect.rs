@@ -79,9 +79,9 @@ impl Validator<'_> {
                 "a queue expectation needs a `sequence` of values (e.g. [0, { value: 1, at: 8s }]) or a `max`, or both",
             ));
         }
-        let tolerance = match &wire.tolerance {
+        let (tolerance, early_tolerance) = match &wire.tolerance {
             Some(tolerance) => self.tolerance(&path.key("tolerance"), tolerance)?,
-            None => self.tolerance,
+            None => (self.tolerance, self.early_tolerance),
         };
         Ok(QueueExpectation {
             host,
@@ -91,8 +91,32 @@ impl Validator<'_> {
             sequence,
             max,
             tolerance,
+            early_tolerance,
+            since: self.anchor(path, wire.since.as_ref())?,
             location: self.index.value(path),
         })
+    }
+
+    /// `since: client.connect` (the named step whose end the expectation's times count from) or
+    /// `since: { packet: {...}, nth: 2 }` (the n-th packet matching the filter).
+    fn anchor(&self, path: &NodePath, since: Option<&ScalarOr<SinceWire>>) -> Checked<Option<Since>> {
+        let path = path.key("since");
+        let map = match since {
+            None => return Ok(None),
+            Some(ScalarOr::Scalar(step)) => {
+                let (host, step) = self.step_ref(&path, step)?;
+                return Ok(Some(Since::Step { host, step }));
+            }
+            Some(ScalarOr::Map(map)) => map,
+        };
+        let example = "e.g. { packet: { from: server, window: 0 }, nth: 1 }";
+        let packet = self.required(&map.packet, &path, "since", "packet", example)?;
+        let filter = self.packet_filter(&path.key("packet"), packet)?;
+        let nth = match &map.nth {
+            Some(nth) => self.int(&path.key("nth"), nth, "nth", 1, i128::from(u32::MAX))? as u32,
+            None => 1,
+        };
+        Ok(Some(Since::Packet { filter, nth }))
     }
 
     fn packet_expectation(
@@ -170,9 +194,9 @@ impl Validator<'_> {
             }
             None => None,
         };
-        let tolerance = match &wire.tolerance {
+        let (tolerance, early_tolerance) = match &wire.tolerance {
             Some(tolerance) => self.tolerance(&path.key("tolerance"), tolerance)?,
-            None => self.tolerance,
+            None => (self.tolerance, self.early_tolerance),
         };
         Ok(PacketExpectation {
             filter,
@@ -180,6 +204,8 @@ impl Validator<'_> {
             at,
             window,
             tolerance,
+            early_tolerance,
+            since: self.anchor(path, wire.since.as_ref())?,
             location: self.index.value(path),
         })
     }
@@ -240,15 +266,17 @@ impl Validator<'_> {
                 }
             });
         }
-        let tolerance = match &wire.tolerance {
+        let (tolerance, early_tolerance) = match &wire.tolerance {
             Some(tolerance) => self.tolerance(&path.key("tolerance"), tolerance)?,
-            None => self.tolerance,
+            None => (self.tolerance, self.early_tolerance),
         };
         Ok(StateExpectation {
             host,
             port,
             sequence,
             tolerance,
+            early_tolerance,
+            since: self.anchor(path, wire.since.as_ref())?,
             location: self.index.value(path),
         })
     }

@@ -62,7 +62,12 @@ impl Validator<'_> {
                     name: None,
                     socket: None,
                     action,
-                    expect: StepExpectation { tolerance: self.tolerance, location, ..StepExpectation::default() },
+                    expect: StepExpectation {
+                        tolerance: self.tolerance,
+                        early_tolerance: self.early_tolerance,
+                        location,
+                        ..StepExpectation::default()
+                    },
                     location,
                 });
             }
@@ -809,6 +814,7 @@ impl Validator<'_> {
     ) -> Checked<StepExpectation> {
         let mut expect = StepExpectation {
             tolerance: self.tolerance,
+            early_tolerance: self.early_tolerance,
             location: step_location,
             ..StepExpectation::default()
         };
@@ -875,7 +881,7 @@ impl Validator<'_> {
             expect.at = Some(self.run_time(&path.key("at"), at, "at")?);
         }
         if let Some(tolerance) = &map.tolerance {
-            expect.tolerance = self.tolerance(&path.key("tolerance"), tolerance)?;
+            (expect.tolerance, expect.early_tolerance) = self.tolerance(&path.key("tolerance"), tolerance)?;
         }
         Ok(expect)
     }
