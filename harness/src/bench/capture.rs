@@ -51,8 +51,12 @@ enum Arrangement {
 }
 
 impl Arrangement {
-    const ALL: [Arrangement; 4] =
-        [Arrangement::None, Arrangement::Netfault, Arrangement::Tcpdump, Arrangement::TcpdumpLargeBuffer];
+    const ALL: [Arrangement; 4] = [
+        Arrangement::None,
+        Arrangement::Netfault,
+        Arrangement::Tcpdump,
+        Arrangement::TcpdumpLargeBuffer,
+    ];
 
     fn label(self) -> &'static str {
         match self {
@@ -76,6 +80,7 @@ struct EndFigures {
 
 #[derive(Debug, Clone, serde::Serialize)]
 struct Round {
+    run: usize,
     arrangement: &'static str,
     seconds: f64,
     gbit_per_s: f64,
@@ -85,21 +90,28 @@ struct Round {
 }
 
 pub fn bench_capture(options: &CaptureOptions) -> Result<Report> {
+    let mut report = Report::new(&format!("capture ({} MiB per transfer)", options.bytes >> 20));
     let scratch = ScratchDir::new("capture")?;
     let plan = fixture_plan(&scratch.path().join("fixture.yaml"))?;
     let namespaces = [Netns::new_anonymous()?, Netns::new_anonymous()?];
     let topology = topology::build(&plan, &namespaces[0], &namespaces[1])?;
     let mut rounds: Vec<Round> = Vec::new();
-    'runs: for _ in 0..options.runs {
+    'runs: for run in 0..options.runs {
         for arrangement in Arrangement::ALL {
             if interrupted() {
                 break 'runs;
             }
-            rounds.push(round(arrangement, &namespaces, &topology, options.bytes, scratch.path())?);
+            rounds.push(round(
+                run,
+                arrangement,
+                &namespaces,
+                &topology,
+                options.bytes,
+                scratch.path(),
+            )?);
         }
     }
 
-    let mut report = Report::new(&format!("capture ({} MiB per transfer)", options.bytes >> 20));
     let of = |arrangement: Arrangement| rounds.iter().filter(move |r| r.arrangement == arrangement.label());
     for arrangement in Arrangement::ALL {
         let throughput: Vec<f64> = of(arrangement).map(|r| r.gbit_per_s).collect();
@@ -108,16 +120,23 @@ pub fn bench_capture(options: &CaptureOptions) -> Result<Report> {
     for arrangement in &Arrangement::ALL[1..] {
         for (end, host) in HostId::ALL.iter().enumerate() {
             let lost: Vec<f64> = of(*arrangement)
-                .filter_map(|r| r.ends.map(|ends| ends[end].interface_packets as f64 - ends[end].in_pcap as f64))
+                .filter_map(|r| {
+                    r.ends
+                        .map(|ends| ends[end].interface_packets as f64 - ends[end].in_pcap as f64)
+                })
                 .collect();
-            report.row(format!("frames missing from pcap, {host}, {}", arrangement.label()), "pkts", &lost);
+            report.row(
+                format!("frames missing from pcap, {host}, {}", arrangement.label()),
+                "pkts",
+                &lost,
+            );
         }
     }
     for round in &rounds {
         if let Some(ends) = round.ends {
             for (host, end) in HostId::ALL.iter().zip(ends) {
                 report.note(
-                    format!("{} {host}", round.arrangement),
+                    format!("round {} {} {host}", round.run + 1, round.arrangement),
                     format!(
                         "interface {} frames, pcap {} ({} by the tool's count), kernel drops {}",
                         end.interface_packets, end.in_pcap, end.tool_count, end.tool_drops
@@ -136,7 +155,11 @@ pub fn bench_capture(options: &CaptureOptions) -> Result<Report> {
             .map(|end| end.interface_packets.saturating_sub(end.in_pcap))
             .sum()
     };
-    let (none, ours, theirs) = (median(Arrangement::None), median(Arrangement::Netfault), median(Arrangement::Tcpdump));
+    let (none, ours, theirs) = (
+        median(Arrangement::None),
+        median(Arrangement::Netfault),
+        median(Arrangement::Tcpdump),
+    );
     report.compare(Comparison {
         what: "frames lost by the capture over all rounds (both ends)".into(),
         netfault: missing(Arrangement::Netfault).to_string(),
@@ -151,7 +174,10 @@ pub fn bench_capture(options: &CaptureOptions) -> Result<Report> {
     });
     report.compare(Comparison {
         what: "throughput with capture on both ends (median)".into(),
-        netfault: format!("{ours:.2} Gb/s ({:.0}% of {none:.2} without capture)", ours / none * 100.0),
+        netfault: format!(
+            "{ours:.2} Gb/s ({:.0}% of {none:.2} without capture)",
+            ours / none * 100.0
+        ),
         alternative: format!("{theirs:.2} Gb/s with tcpdump ({:.0}%)", theirs / none * 100.0),
         ratio: Some(ours / theirs),
         target: "netfault / tcpdump >= 1".into(),
@@ -170,7 +196,14 @@ pub fn bench_capture(options: &CaptureOptions) -> Result<Report> {
 }
 
 /// One transfer under one capture arrangement.
-fn round(arrangement: Arrangement, ns: &[Netns; 2], topology: &Topology, bytes: u64, dir: &Path) -> Result<Round> {
+fn round(
+    run: usize,
+    arrangement: Arrangement,
+    ns: &[Netns; 2],
+    topology: &Topology,
+    bytes: u64,
+    dir: &Path,
+) -> Result<Round> {
     let pcaps = HostId::ALL.map(|host| dir.join(format!("{host}.pcap")));
     let mut figures = [EndFigures::default(); 2];
     let mut timeline_events = None;
@@ -182,7 +215,13 @@ fn round(arrangement: Arrangement, ns: &[Netns; 2], topology: &Topology, bytes: 
             let mut captures = Vec::with_capacity(2);
             for host in HostId::ALL {
                 let ifindex = topology.link(host).ifindex;
-                captures.push(Capture::start(&ns[host.index()], host, ifindex, &pcaps[host.index()], sink.clone())?);
+                captures.push(Capture::start(
+                    &ns[host.index()],
+                    host,
+                    ifindex,
+                    &pcaps[host.index()],
+                    sink.clone(),
+                )?);
             }
             drop(sink);
             let before = interface_frames(ns)?;
@@ -204,9 +243,17 @@ fn round(arrangement: Arrangement, ns: &[Netns; 2], topology: &Topology, bytes: 
             let mut tcpdumps = Vec::with_capacity(2);
             for host in HostId::ALL {
                 let net = format!("--net=/proc/{}/fd/{}", std::process::id(), ns[host.index()].raw_fd());
-                let buffer: &[&str] =
-                    if arrangement == Arrangement::TcpdumpLargeBuffer { &["-B", TCPDUMP_LARGE_BUFFER_KIB] } else { &[] };
-                tcpdumps.push(Tcpdump::start_with(&["nsenter", &net], buffer, LINK_NAME, &pcaps[host.index()])?);
+                let buffer: &[&str] = if arrangement == Arrangement::TcpdumpLargeBuffer {
+                    &["-B", TCPDUMP_LARGE_BUFFER_KIB]
+                } else {
+                    &[]
+                };
+                tcpdumps.push(Tcpdump::start_with(
+                    &["nsenter", &net],
+                    buffer,
+                    LINK_NAME,
+                    &pcaps[host.index()],
+                )?);
             }
             let before = interface_frames(ns)?;
             let seconds = transfer(ns, topology, bytes)?;
@@ -235,6 +282,7 @@ fn round(arrangement: Arrangement, ns: &[Netns; 2], topology: &Topology, bytes: 
         }
     };
     Ok(Round {
+        run,
         arrangement: arrangement.label(),
         seconds,
         gbit_per_s: bytes as f64 * 8.0 / seconds / 1e9,
@@ -277,8 +325,15 @@ fn interface_frames(ns: &[Netns; 2]) -> Result<[u64; 2]> {
 
 /// rx packets + tx packets of `ifname` in a /proc/net/dev text.
 fn rx_tx_packets(text: &str, ifname: &str) -> Option<u64> {
-    let line = text.lines().find(|l| l.trim_start().starts_with(&format!("{ifname}:")))?;
-    let fields: Vec<u64> = line.split_once(':')?.1.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{ifname}:")))?;
+    let fields: Vec<u64> = line
+        .split_once(':')?
+        .1
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
     Some(fields.get(1)? + fields.get(9)?)
 }
 
@@ -298,16 +353,19 @@ fn frames_in_pcap(path: &Path) -> Result<u64> {
 /// Sends `bytes` from the client to the server over the veth; the seconds from connect to the server's EOF.
 fn transfer(ns: &[Netns; 2], topology: &Topology, bytes: u64) -> Result<f64> {
     let server_address = SocketAddrV4::new(topology.server.address, PORT);
-    let listener = ns[HostId::Server.index()].run(|| {
-        TcpListener::bind(server_address).context(|| format!("listen on {server_address} in server"))
-    })?;
+    let listener = ns[HostId::Server.index()]
+        .run(|| TcpListener::bind(server_address).context(|| format!("listen on {server_address} in server")))?;
     let receiver = thread::spawn(move || -> Result<(u64, Instant)> {
         let mut stream = accept_bounded(&listener)?;
-        stream.set_read_timeout(Some(IO_TIMEOUT)).context(|| "set SO_RCVTIMEO".into())?;
+        stream
+            .set_read_timeout(Some(IO_TIMEOUT))
+            .context(|| "set SO_RCVTIMEO".into())?;
         let mut buffer = vec![0u8; CHUNK];
         let mut received = 0u64;
         loop {
-            let n = stream.read(&mut buffer).context(|| "receive the bulk transfer in server".into())?;
+            let n = stream
+                .read(&mut buffer)
+                .context(|| "receive the bulk transfer in server".into())?;
             if n == 0 {
                 return Ok((received, Instant::now()));
             }
@@ -318,19 +376,29 @@ fn transfer(ns: &[Netns; 2], topology: &Topology, bytes: u64) -> Result<f64> {
     let sender = ns[HostId::Client.index()].spawn("bulk-client", move || -> Result<()> {
         let mut stream = TcpStream::connect_timeout(&server_address.into(), IO_TIMEOUT)
             .context(|| format!("connect to {server_address} from client"))?;
-        stream.set_write_timeout(Some(IO_TIMEOUT)).context(|| "set SO_SNDTIMEO".into())?;
+        stream
+            .set_write_timeout(Some(IO_TIMEOUT))
+            .context(|| "set SO_SNDTIMEO".into())?;
         let chunk = vec![0x5au8; CHUNK];
         let mut left = bytes;
         while left > 0 {
             let n = left.min(CHUNK as u64) as usize;
-            stream.write_all(&chunk[..n]).context(|| "send the bulk transfer from client".into())?;
+            stream
+                .write_all(&chunk[..n])
+                .context(|| "send the bulk transfer from client".into())?;
             left -= n as u64;
         }
-        stream.shutdown(Shutdown::Write).context(|| "shutdown(SHUT_WR) in client".into())?;
+        stream
+            .shutdown(Shutdown::Write)
+            .context(|| "shutdown(SHUT_WR) in client".into())?;
         Ok(())
     })?;
-    let sent = sender.join().map_err(|_| Error::Internal("bulk client thread panicked".into()))?;
-    let received = receiver.join().map_err(|_| Error::Internal("bulk server thread panicked".into()))?;
+    let sent = sender
+        .join()
+        .map_err(|_| Error::Internal("bulk client thread panicked".into()))?;
+    let received = receiver
+        .join()
+        .map_err(|_| Error::Internal("bulk server thread panicked".into()))?;
     sent?;
     let (received, finished) = received?;
     if received != bytes {

@@ -64,7 +64,10 @@ const RECIPE_SETUP: [&str; 5] = [
     "recipe setup: nft -f (table, chain, rule)",
     "recipe setup: tcpdump -w x2 until listening",
 ];
-const RECIPE_TEARDOWN: [&str; 2] = ["recipe teardown: kill tcpdump x2, wait", "recipe teardown: ip netns del x2"];
+const RECIPE_TEARDOWN: [&str; 2] = [
+    "recipe teardown: kill tcpdump x2, wait",
+    "recipe teardown: ip netns del x2",
+];
 
 /// The rule set the recipe loads: the same fault as the fixture's, switched on.
 const RECIPE_NFT: &str = "\
@@ -121,6 +124,7 @@ pub fn bench_setup(options: &SetupOptions) -> Result<Report> {
     let mut netfault = Vec::new();
     let mut shell = Vec::new();
     let mut grace_periods = Vec::new();
+    let mut plain_sockets = Vec::new();
     for i in 0..WARM_UP + options.repetitions {
         if interrupted() {
             report.note("interrupted", format!("after {} repetitions", engine.len()));
@@ -129,24 +133,42 @@ pub fn bench_setup(options: &SetupOptions) -> Result<Report> {
         let ours = engine_once(&plan, scratch.path())?;
         let steps = phases_once(&plan, scratch.path())?;
         let theirs = recipe_once(i, scratch.path(), &nft_file)?;
-        let grace_period = grace_period_once()?;
+        let (grace_period, plain_socket) = capture_references()?;
         if i >= WARM_UP {
             engine.push(ours);
             netfault.push(steps);
             shell.push(theirs);
             grace_periods.push(millis(grace_period));
+            plain_sockets.push(millis(plain_socket));
         }
     }
     let child = child_process_cost(scratch.path(), options.repetitions.min(100))?;
 
-    add_phase_rows(&mut report, &engine, &ENGINE_SETUP, &ENGINE_TEARDOWN, "netfault (engine)");
-    add_phase_rows(&mut report, &netfault, &NETFAULT_SETUP, &NETFAULT_TEARDOWN, "one phase at a time");
+    add_phase_rows(
+        &mut report,
+        &engine,
+        &ENGINE_SETUP,
+        &ENGINE_TEARDOWN,
+        "netfault (engine)",
+    );
+    add_phase_rows(
+        &mut report,
+        &netfault,
+        &NETFAULT_SETUP,
+        &NETFAULT_TEARDOWN,
+        "one phase at a time",
+    );
     report.row("reference: setsockopt(PACKET_RX_RING), 1 block", "ms", &grace_periods);
+    report.row("reference: packet socket + bind, no ring", "ms", &plain_sockets);
     add_phase_rows(&mut report, &shell, &RECIPE_SETUP, &RECIPE_TEARDOWN, "recipe");
     let total = |phases: &[Phases]| -> Vec<f64> {
-        phases.iter().map(|p| millis(p.setup_total() + p.teardown_total())).collect()
+        phases
+            .iter()
+            .map(|p| millis(p.setup_total() + p.teardown_total()))
+            .collect()
     };
-    let veth_part = |phases: &[Phases]| -> Vec<f64> { phases.iter().map(|p| millis(p.setup[..3].iter().sum())).collect() };
+    let veth_part =
+        |phases: &[Phases]| -> Vec<f64> { phases.iter().map(|p| millis(p.setup[..3].iter().sum())).collect() };
     let ours_total = Distribution::of(&total(&engine));
     let theirs_total = Distribution::of(&total(&shell));
     if let (Some(ours), Some(theirs)) = (ours_total, theirs_total) {
@@ -160,7 +182,10 @@ pub fn bench_setup(options: &SetupOptions) -> Result<Report> {
             met: ours.median <= TARGET_TOTAL_MS && ratio >= TARGET_SPEEDUP,
         });
     }
-    if let (Some(ours), Some(theirs)) = (Distribution::of(&veth_part(&netfault)), Distribution::of(&veth_part(&shell))) {
+    if let (Some(ours), Some(theirs)) = (
+        Distribution::of(&veth_part(&netfault)),
+        Distribution::of(&veth_part(&shell)),
+    ) {
         report.compare(Comparison {
             what: "namespaces + veth + addresses only (median; netfault one phase at a time)".into(),
             netfault: format!("{:.2} ms", ours.median),
@@ -186,6 +211,7 @@ pub fn bench_setup(options: &SetupOptions) -> Result<Report> {
         "engine_ms": phases_json(&engine),
         "phases_ms": phases_json(&netfault),
         "ring_setsockopt_ms": grace_periods,
+        "plain_socket_ms": plain_sockets,
         "recipe_ms": phases_json(&shell),
         "child_wall_ms": child.wall,
     });
@@ -195,12 +221,24 @@ pub fn bench_setup(options: &SetupOptions) -> Result<Report> {
 
 fn add_phase_rows(report: &mut Report, phases: &[Phases], setup: &[&str], teardown: &[&str], side: &str) {
     for (index, name) in setup.iter().enumerate() {
-        report.row(*name, "ms", &phases.iter().map(|p| millis(p.setup[index])).collect::<Vec<_>>());
+        report.row(
+            *name,
+            "ms",
+            &phases.iter().map(|p| millis(p.setup[index])).collect::<Vec<_>>(),
+        );
     }
     for (index, name) in teardown.iter().enumerate() {
-        report.row(*name, "ms", &phases.iter().map(|p| millis(p.teardown[index])).collect::<Vec<_>>());
+        report.row(
+            *name,
+            "ms",
+            &phases.iter().map(|p| millis(p.teardown[index])).collect::<Vec<_>>(),
+        );
     }
-    report.row(format!("{side} SETUP total"), "ms", &phases.iter().map(|p| millis(p.setup_total())).collect::<Vec<_>>());
+    report.row(
+        format!("{side} SETUP total"),
+        "ms",
+        &phases.iter().map(|p| millis(p.setup_total())).collect::<Vec<_>>(),
+    );
     report.row(
         format!("{side} TEARDOWN total"),
         "ms",
@@ -209,7 +247,10 @@ fn add_phase_rows(report: &mut Report, phases: &[Phases], setup: &[&str], teardo
     report.row(
         format!("{side} TOTAL"),
         "ms",
-        &phases.iter().map(|p| millis(p.setup_total() + p.teardown_total())).collect::<Vec<_>>(),
+        &phases
+            .iter()
+            .map(|p| millis(p.setup_total() + p.teardown_total()))
+            .collect::<Vec<_>>(),
     );
 }
 
@@ -228,7 +269,13 @@ fn engine_once(plan: &Plan, dir: &Path) -> Result<Phases> {
     let mut phases = Phases::default();
     let (sink, _events) = EventSink::new(Clock::unstarted());
     let mut lap = Lap::start();
-    let Rig { namespaces, mut firewalls, captures, observers, .. } = engine::set_up(plan, dir, &sink)?;
+    let Rig {
+        namespaces,
+        mut firewalls,
+        captures,
+        observers,
+        ..
+    } = engine::set_up(plan, dir, &sink)?;
     for fault in &plan.faults {
         firewalls[fault.host.index()].activate(&fault.name)?;
     }
@@ -271,12 +318,23 @@ fn phases_once(plan: &Plan, dir: &Path) -> Result<Phases> {
     let mut captures = Vec::with_capacity(2);
     for host in HostId::ALL {
         let pcap = dir.join(format!("{host}.pcap"));
-        captures.push(Capture::start(&namespaces[host.index()], host, topology.link(host).ifindex, &pcap, sink.clone())?);
+        captures.push(Capture::start(
+            &namespaces[host.index()],
+            host,
+            topology.link(host).ifindex,
+            &pcap,
+            sink.clone(),
+        )?);
     }
     lap.lap(&mut phases.setup);
     let mut observers = Vec::with_capacity(2);
     for host in HostId::ALL {
-        observers.push(Observer::start(&namespaces[host.index()], host, plan.sample_interval, sink.clone())?);
+        observers.push(Observer::start(
+            &namespaces[host.index()],
+            host,
+            plan.sample_interval,
+            sink.clone(),
+        )?);
     }
     lap.lap(&mut phases.setup);
 
@@ -301,7 +359,10 @@ fn phases_once(plan: &Plan, dir: &Path) -> Result<Phases> {
 /// deleted. The guards delete the namespaces and stop tcpdump on any error.
 fn recipe_once(repetition: usize, dir: &Path, nft_file: &Path) -> Result<Phases> {
     let mut phases = Phases::default();
-    let names = [NamedNamespaces::name(&format!("{repetition}-c")), NamedNamespaces::name(&format!("{repetition}-s"))];
+    let names = [
+        NamedNamespaces::name(&format!("{repetition}-c")),
+        NamedNamespaces::name(&format!("{repetition}-s")),
+    ];
     let links = [format!("nfb{repetition}c"), format!("nfb{repetition}s")];
     let addresses = ["10.0.0.1/24", "10.0.0.2/24"];
     let mut namespaces = NamedNamespaces::default();
@@ -310,7 +371,10 @@ fn recipe_once(repetition: usize, dir: &Path, nft_file: &Path) -> Result<Phases>
         namespaces.add(name)?;
     }
     lap.lap(&mut phases.setup);
-    recipe::run("ip", &["link", "add", &links[0], "type", "veth", "peer", "name", &links[1]])?;
+    recipe::run(
+        "ip",
+        &["link", "add", &links[0], "type", "veth", "peer", "name", &links[1]],
+    )?;
     for (link, name) in links.iter().zip(&names) {
         recipe::run("ip", &["link", "set", link, "netns", name])?;
     }
@@ -340,35 +404,69 @@ fn recipe_once(repetition: usize, dir: &Path, nft_file: &Path) -> Result<Phases>
     Ok(phases)
 }
 
-/// One `setsockopt(PACKET_RX_RING)` on a packet socket of the bench's own namespace, with the smallest ring
-/// (one 4 KiB block): the kernel's `synchronize_net()` in it, without the ring's memory.
-fn grace_period_once() -> Result<Duration> {
-    // SAFETY: plain system call without memory arguments; a non-negative result is a descriptor we own.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(Error::last_os("socket(AF_PACKET, SOCK_RAW)"));
+/// Two references from a packet socket of the bench's own namespace: one `setsockopt(PACKET_RX_RING)` with the
+/// smallest ring (one 4 KiB block), i.e. the kernel's `synchronize_net()` in it without the ring's memory; and
+/// what a capture without a ring costs to start (`socket` + `bind` to `lo` for every protocol).
+fn capture_references() -> Result<(Duration, Duration)> {
+    let started = Instant::now();
+    let plain = packet_socket()?;
+    // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
+    let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    address.sll_family = libc::AF_PACKET as u16;
+    address.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+    address.sll_ifindex = LOOPBACK_IFINDEX;
+    // SAFETY: address is a valid sockaddr_ll and the length passed is its size.
+    let bound = unsafe {
+        libc::bind(
+            plain.as_raw_fd(),
+            (&address as *const libc::sockaddr_ll).cast(),
+            size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    let plain_took = started.elapsed();
+    if bound < 0 {
+        return Err(Error::last_os("bind(AF_PACKET, lo)"));
     }
-    // SAFETY: fd was just returned by socket and is owned by nobody else.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    let request = libc::tpacket_req { tp_block_size: 4096, tp_block_nr: 1, tp_frame_size: 2048, tp_frame_nr: 2 };
+
+    let ring = packet_socket()?;
+    let request = libc::tpacket_req {
+        tp_block_size: 4096,
+        tp_block_nr: 1,
+        tp_frame_size: 2048,
+        tp_frame_nr: 2,
+    };
     let started = Instant::now();
     // SAFETY: request is a live tpacket_req and the length passed is its size.
     let result = unsafe {
         libc::setsockopt(
-            socket.as_raw_fd(),
+            ring.as_raw_fd(),
             libc::SOL_PACKET,
             libc::PACKET_RX_RING,
             (&request as *const libc::tpacket_req).cast(),
             size_of::<libc::tpacket_req>() as libc::socklen_t,
         )
     };
-    let took = started.elapsed();
+    let ring_took = started.elapsed();
     if result < 0 {
         return Err(Error::last_os("setsockopt(PACKET_RX_RING)"));
     }
-    // Closing waits for another grace period: on a thread of its own, as the capture does.
-    std::thread::spawn(move || drop(socket));
-    Ok(took)
+    // Closing a bound or ringed packet socket waits for another grace period: on a thread of its own, as the
+    // capture does.
+    std::thread::spawn(move || drop((plain, ring)));
+    Ok((ring_took, plain_took))
+}
+
+/// `lo` is always interface 1 of a network namespace.
+const LOOPBACK_IFINDEX: i32 = 1;
+
+fn packet_socket() -> Result<OwnedFd> {
+    // SAFETY: plain system call without memory arguments; a non-negative result is a descriptor we own.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(Error::last_os("socket(AF_PACKET, SOCK_RAW)"));
+    }
+    // SAFETY: fd was just returned by socket and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Wall time of `netfault __run-one` on the fixture, and what the child reports of its own set-up.
@@ -383,8 +481,18 @@ fn child_process_cost(dir: &Path, repetitions: usize) -> Result<ChildCost> {
     let exe = std::env::current_exe().context(|| "find the netfault binary (/proc/self/exe)".to_string())?;
     let file = dir.join("trivial.yaml");
     std::fs::write(&file, FIXTURE).context(|| format!("write {}", file.display()))?;
-    let job = Job { file, root: dir.to_path_buf(), reports: dir.join("reports"), run: None };
-    let mut cost = ChildCost { wall: Vec::new(), setup: Vec::new(), teardown: Vec::new(), scenario: Vec::new() };
+    let job = Job {
+        file,
+        root: dir.to_path_buf(),
+        reports: dir.join("reports"),
+        run: None,
+    };
+    let mut cost = ChildCost {
+        wall: Vec::new(),
+        setup: Vec::new(),
+        teardown: Vec::new(),
+        scenario: Vec::new(),
+    };
     for i in 0..WARM_UP + repetitions {
         if interrupted() {
             break;

@@ -26,6 +26,10 @@ const TARGET_SUITE_RATIO: f64 = 1.15;
 /// Keepalive-idle: TCP_KEEPIDLE 5 + TCP_KEEPCNT 3 x TCP_KEEPINTVL 3 = 14 s from the connection's last
 /// received segment (the SYN-ACK) to the RST and ETIMEDOUT.
 const KEEPALIVE_DEADLINE_SECS: f64 = 14.0;
+/// The keepalive-idle timers: KEEPIDLE, then KEEPCNT x KEEPINTVL (the last one sends the RST).
+const KEEPALIVE_INTERVALS: [f64; 4] = [5.0, 3.0, 3.0, 3.0];
+/// Probes come at least KEEPIDLE after the handshake; pure ACKs earlier belong to the handshake.
+const KEEPALIVE_PROBE_WINDOW_START: f64 = 2.0;
 /// How often the memory sampler looks at the children.
 const MEMORY_SAMPLE_PERIOD: Duration = Duration::from_millis(200);
 const SYN_ACK: u64 = 0x12;
@@ -60,14 +64,14 @@ fn exe() -> Result<PathBuf> {
 /// `netfault run <path>` `runs` times: wall time against the longest scenario; then once with one scenario
 /// at a time, the way the shell recipe runs a suite.
 pub fn bench_suite(options: &SuiteOptions) -> Result<Report> {
+    let mut report = Report::new("suite");
     let exe = exe()?;
     let loaded = runner::load_all(std::slice::from_ref(&options.path))
         .map_err(|errors| Error::Internal(format!("invalid scenarios: {}", errors.join("; "))))?;
     let scratch = ScratchDir::new("suite")?;
-    let mut report = Report::new("suite");
     let (mut walls, mut longest, mut longest_with_setup, mut ratios, mut ratios_with_setup) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut failed = 0;
+    let mut failures = Vec::new();
     for run in 0..options.runs {
         if interrupted() {
             break;
@@ -75,15 +79,26 @@ pub fn bench_suite(options: &SuiteOptions) -> Result<Report> {
         let reports = scratch.path().join(format!("run{run}"));
         let jobs: Vec<(Job, Duration)> = loaded
             .iter()
-            .map(|(job, plan)| (Job { reports: reports.clone(), ..job.clone() }, plan.deadline))
+            .map(|(job, plan)| {
+                (
+                    Job {
+                        reports: reports.clone(),
+                        ..job.clone()
+                    },
+                    plan.deadline,
+                )
+            })
             .collect();
         let parallel = runner::default_parallelism(jobs.len());
         let started = Instant::now();
         let summaries = runner::run_all(&exe, jobs, parallel, &Supervisor::new(BENCH_BUDGET), |_| {});
         let wall = started.elapsed().as_secs_f64();
-        failed += summaries.iter().filter(|s| s.status != Status::Pass).count();
+        failures.extend(describe_failures(&summaries, &format!("run {}", run + 1)));
         let longest_run = summaries.iter().map(|s| s.duration).fold(0.0, f64::max);
-        let longest_full = summaries.iter().map(|s| s.duration + (s.setup_ms + s.teardown_ms) / 1e3).fold(0.0, f64::max);
+        let longest_full = summaries
+            .iter()
+            .map(|s| s.duration + (s.setup_ms + s.teardown_ms) / 1e3)
+            .fold(0.0, f64::max);
         walls.push(wall);
         longest.push(longest_run);
         longest_with_setup.push(longest_full);
@@ -96,12 +111,23 @@ pub fn bench_suite(options: &SuiteOptions) -> Result<Report> {
         let reports = scratch.path().join("sequential");
         let jobs: Vec<(Job, Duration)> = loaded
             .iter()
-            .map(|(job, plan)| (Job { reports: reports.clone(), ..job.clone() }, plan.deadline))
+            .map(|(job, plan)| {
+                (
+                    Job {
+                        reports: reports.clone(),
+                        ..job.clone()
+                    },
+                    plan.deadline,
+                )
+            })
             .collect();
         let started = Instant::now();
         let summaries = runner::run_all(&exe, jobs, 1, &Supervisor::new(BENCH_BUDGET), |_| {});
-        failed += summaries.iter().filter(|s| s.status != Status::Pass).count();
-        Some((started.elapsed().as_secs_f64(), summaries.iter().map(|s| s.duration).sum::<f64>()))
+        failures.extend(describe_failures(&summaries, "one at a time"));
+        Some((
+            started.elapsed().as_secs_f64(),
+            summaries.iter().map(|s| s.duration).sum::<f64>(),
+        ))
     };
 
     report.row("suite wall time (all scenarios in parallel)", "s", &walls);
@@ -112,7 +138,11 @@ pub fn bench_suite(options: &SuiteOptions) -> Result<Report> {
     if let (Some(ratio), Some(wall)) = (Distribution::of(&ratios), Distribution::of(&walls)) {
         let sequential_wall = sequential.map(|(wall, _)| wall);
         report.compare(Comparison {
-            what: format!("suite of {} scenarios: wall time (median of {} runs)", loaded.len(), ratio.n),
+            what: format!(
+                "suite of {} scenarios: wall time (median of {} runs)",
+                loaded.len(),
+                ratio.n
+            ),
             netfault: format!("{:.2} s, {:.3}x its longest scenario", wall.median, ratio.median),
             alternative: match sequential_wall {
                 Some(sequential) => format!("{sequential:.2} s one scenario at a time"),
@@ -120,35 +150,51 @@ pub fn bench_suite(options: &SuiteOptions) -> Result<Report> {
             },
             ratio: sequential_wall.map(|s| s / wall.median),
             target: format!("wall <= {TARGET_SUITE_RATIO}x longest scenario"),
-            met: ratio.max <= TARGET_SUITE_RATIO && failed == 0,
+            met: ratio.max <= TARGET_SUITE_RATIO && failures.is_empty(),
         });
     }
     if let Some((wall, sum)) = sequential {
-        report.note("one at a time", format!("{wall:.2} s wall for {sum:.2} s of scenario time (same harness, --jobs 1)"));
+        report.note(
+            "one at a time",
+            format!("{wall:.2} s wall for {sum:.2} s of scenario time (same harness, --jobs 1)"),
+        );
     }
-    report.note("scenarios not passing (all runs)", failed.to_string());
+    report.note("scenarios not passing (all runs)", failures.len().to_string());
+    for failure in failures {
+        report.note("not passed", failure);
+    }
     report.extra = json!({ "walls_s": walls, "longest_s": longest, "ratios": ratios });
     Ok(report.finish())
 }
 
 /// `instances` copies of one scenario at once, each with its own report folder.
 pub fn bench_concurrent(options: &ConcurrentOptions) -> Result<Report> {
+    let mut report = Report::new(&format!("suite --concurrent {}", options.instances));
     let scratch = ScratchDir::new("concurrent")?;
     let root = runner::scenario_root(&options.scenario);
     let plan = scenario::load(&root, &options.scenario)?;
     let memory_before = mem_available_kib();
     let sampler = MemorySampler::start();
     let started = Instant::now();
-    let batch = run_instances(&options.scenario, &root, plan.deadline, options.instances, scratch.path())?;
+    let batch = run_instances(
+        &options.scenario,
+        &root,
+        plan.deadline,
+        options.instances,
+        scratch.path(),
+    )?;
     let wall = started.elapsed().as_secs_f64();
     let memory = sampler.stop();
     let children_maxrss = children_max_rss_kib();
 
-    let mut report = Report::new(&format!("suite --concurrent {}", options.instances));
     let figures = batch.analyse();
     let passed = batch.summaries.iter().filter(|s| s.status == Status::Pass).count();
     add_keepalive_rows(&mut report, &figures);
-    report.row("child setup under this load (result.json setup_ms)", "ms", &batch.field(|s| s.setup_ms));
+    report.row(
+        "child setup under this load (result.json setup_ms)",
+        "ms",
+        &batch.field(|s| s.setup_ms),
+    );
     report.row("child teardown (teardown_ms)", "ms", &batch.field(|s| s.teardown_ms));
     let peaks: Vec<f64> = memory.peak_rss_kib.values().map(|kib| *kib as f64 / 1024.0).collect();
     report.row("child peak RSS (VmHWM, sampled every 200 ms)", "MiB", &peaks);
@@ -158,7 +204,12 @@ pub fn bench_concurrent(options: &ConcurrentOptions) -> Result<Report> {
     let within = |values: &[f64]| values.iter().all(|v| v.abs() <= tolerance_ms);
     let all_within = within(&figures.etimedout_error_ms) && within(&figures.rst_error_ms);
     report.compare(Comparison {
-        what: format!("{} concurrent instances of {} on {} CPUs", options.instances, plan.name, cpus()),
+        what: format!(
+            "{} concurrent instances of {} on {} CPUs",
+            options.instances,
+            plan.name,
+            cpus()
+        ),
         netfault: format!("{passed}/{} passed, wall {wall:.1} s", options.instances),
         alternative: "-".into(),
         ratio: None,
@@ -176,7 +227,10 @@ pub fn bench_concurrent(options: &ConcurrentOptions) -> Result<Report> {
             system_per_scenario
         ),
     );
-    report.note("sampling interval", format!("{} ms (the scenario's)", plan.sample_interval.as_millis()));
+    report.note(
+        "sampling interval",
+        format!("{} ms (the scenario's)", plan.sample_interval.as_millis()),
+    );
     for failure in batch.failures() {
         report.note("not passed", failure);
     }
@@ -187,6 +241,7 @@ pub fn bench_concurrent(options: &ConcurrentOptions) -> Result<Report> {
 /// The keepalive-idle scenario `instances` times at once: timing accuracy against the kernel-defined 14 s,
 /// and the observer's latency against the packets that changed the socket state.
 pub fn bench_timing(options: &TimingOptions) -> Result<Report> {
+    let load_start = super::load_average();
     let scratch = ScratchDir::new("timing")?;
     let (file, root) = match options.sample {
         None => (options.scenario.clone(), runner::scenario_root(&options.scenario)),
@@ -201,21 +256,43 @@ pub fn bench_timing(options: &TimingOptions) -> Result<Report> {
     };
     let plan = scenario::load(&root, &file)?;
     let started = Instant::now();
-    let batch = run_instances(&file, &root, plan.deadline, options.instances, &scratch.path().join("reports"))?;
+    let batch = run_instances(
+        &file,
+        &root,
+        plan.deadline,
+        options.instances,
+        &scratch.path().join("reports"),
+    )?;
     let wall = started.elapsed().as_secs_f64();
     let figures = batch.analyse();
     let passed = batch.summaries.iter().filter(|s| s.status == Status::Pass).count();
 
     let interval_ms = plan.sample_interval.as_secs_f64() * 1e3;
     let mut report = Report::new(&format!("timing (n {}, sample {interval_ms} ms)", options.instances));
+    report.load_start = load_start;
     add_keepalive_rows(&mut report, &figures);
-    report.row("observer: client ESTABLISHED seen - SYN-ACK in", "ms", &figures.client_established_latency_ms);
-    report.row("observer: server ESTABLISHED seen - ACK in", "ms", &figures.server_established_latency_ms);
-    report.row("observer: client GONE seen - RST out", "ms", &figures.client_gone_latency_ms);
-    report.row("observer: samples per host per second", "1/s", &figures.samples_per_second);
+    report.row(
+        "observer: client ESTABLISHED seen - SYN-ACK in",
+        "ms",
+        &figures.client_established_latency_ms,
+    );
+    report.row(
+        "observer: server ESTABLISHED seen - ACK in",
+        "ms",
+        &figures.server_established_latency_ms,
+    );
+    report.row(
+        "observer: client GONE seen - RST out",
+        "ms",
+        &figures.client_gone_latency_ms,
+    );
+    report.row(
+        "observer: samples per host per second",
+        "1/s",
+        &figures.samples_per_second,
+    );
     report.row("observer: mean sock_diag dump time", "us", &figures.mean_dump_us);
-    let worst_latency =
-        Distribution::of(&figures.client_gone_latency_ms).map_or(f64::NAN, |d| d.max.max(d.max.abs()));
+    let worst_latency = Distribution::of(&figures.client_gone_latency_ms).map_or(f64::NAN, |d| d.max.max(d.max.abs()));
     report.compare(Comparison {
         what: format!("observer state-change latency, sampling every {interval_ms} ms"),
         netfault: format!("worst client GONE latency {worst_latency:.2} ms"),
@@ -238,8 +315,17 @@ pub fn bench_timing(options: &TimingOptions) -> Result<Report> {
 }
 
 fn add_keepalive_rows(report: &mut Report, figures: &KeepaliveFigures) {
-    report.row("ETIMEDOUT observed - kernel-defined 14 s", "ms", &figures.etimedout_error_ms);
+    report.row(
+        "ETIMEDOUT observed - kernel-defined 14 s",
+        "ms",
+        &figures.etimedout_error_ms,
+    );
     report.row("RST packet observed - kernel-defined 14 s", "ms", &figures.rst_error_ms);
+    report.row(
+        "each keepalive timer: fired - configured (5/3/3/3 s)",
+        "ms",
+        &figures.timer_lateness_ms,
+    );
 }
 
 /// The scenario text with its observer sampling interval set to `interval` (`sample: 1ms`).
@@ -276,7 +362,12 @@ fn run_instances(file: &Path, root: &Path, deadline: Duration, instances: usize,
     let exe = exe()?;
     let jobs: Vec<(Job, Duration)> = (0..instances)
         .map(|i| {
-            let job = Job { file: file.to_path_buf(), root: root.to_path_buf(), reports: reports.join(format!("{i}")), run: None };
+            let job = Job {
+                file: file.to_path_buf(),
+                root: root.to_path_buf(),
+                reports: reports.join(format!("{i}")),
+                run: None,
+            };
             (job, deadline)
         })
         .collect();
@@ -290,23 +381,42 @@ impl Batch {
     }
 
     fn failures(&self) -> Vec<String> {
-        self.summaries
-            .iter()
-            .filter(|s| s.status != Status::Pass)
-            .map(|s| format!("{} {:?}: {}", s.report.display(), s.status, s.messages.join(" / ")))
-            .collect()
+        describe_failures(&self.summaries, "")
     }
 
     fn analyse(&self) -> KeepaliveFigures {
         let mut figures = KeepaliveFigures::default();
         for summary in &self.summaries {
             let path = summary.report.join("result.json");
-            let Ok(text) = std::fs::read_to_string(&path) else { continue };
-            let Ok(result) = serde_json::from_str::<Value>(&text) else { continue };
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            let Ok(result) = serde_json::from_str::<Value>(&text) else {
+                continue;
+            };
             figures.add(&result);
         }
         figures
     }
+}
+
+/// One line per scenario that did not pass: where, its status, and the first line of each message.
+fn describe_failures(summaries: &[Summary], context: &str) -> Vec<String> {
+    summaries
+        .iter()
+        .filter(|s| s.status != Status::Pass)
+        .map(|s| {
+            let first_lines: Vec<&str> = s.messages.iter().filter_map(|m| m.lines().next()).collect();
+            format!(
+                "{context} {} {:?}: {}",
+                s.report.display(),
+                s.status,
+                first_lines.join(" / ")
+            )
+            .trim()
+            .to_string()
+        })
+        .collect()
 }
 
 /// What the keepalive-idle result.json files say, in milliseconds.
@@ -314,6 +424,8 @@ impl Batch {
 struct KeepaliveFigures {
     etimedout_error_ms: Vec<f64>,
     rst_error_ms: Vec<f64>,
+    /// Each keepalive timer's firing minus its configured delay (5, 3, 3, 3 s).
+    timer_lateness_ms: Vec<f64>,
     client_established_latency_ms: Vec<f64>,
     server_established_latency_ms: Vec<f64>,
     client_gone_latency_ms: Vec<f64>,
@@ -325,7 +437,10 @@ impl KeepaliveFigures {
     /// Reads one result.json: the step that failed with ETIMEDOUT, the client's first RST, and the socket
     /// events that followed the handshake and the RST.
     fn add(&mut self, result: &Value) {
-        let events = result["events"]["events"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let events = result["events"]["events"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         let packet = |host: &str, direction: &str, flags: &dyn Fn(u64) -> bool| {
             events
                 .iter()
@@ -350,10 +465,15 @@ impl KeepaliveFigures {
                 })
                 .and_then(|e| e["t"].as_f64())
         };
-        let Some(syn_ack) = packet("client", "in", &|f| f == SYN_ACK) else { return };
+        let Some(syn_ack) = packet("client", "in", &|f| f == SYN_ACK) else {
+            return;
+        };
         let kernel_deadline = syn_ack + KEEPALIVE_DEADLINE_SECS;
         let timed_out = result["steps"].as_array().and_then(|steps| {
-            steps.iter().find(|s| s["outcome"]["error"] == "ETIMEDOUT").and_then(|s| s["end"].as_f64())
+            steps
+                .iter()
+                .find(|s| s["outcome"]["error"] == "ETIMEDOUT")
+                .and_then(|s| s["end"].as_f64())
         });
         if let Some(t) = timed_out {
             self.etimedout_error_ms.push((t - kernel_deadline) * 1e3);
@@ -361,6 +481,31 @@ impl KeepaliveFigures {
         let rst = packet("client", "out", &|f| f & RST != 0);
         if let Some(t) = rst {
             self.rst_error_ms.push((t - kernel_deadline) * 1e3);
+        }
+        // Each keepalive timer on its own: the probes (pure ACKs well after the handshake) and the RST, each
+        // measured from the one before against its configured interval.
+        let probes: Vec<f64> = events
+            .iter()
+            .filter(|e| {
+                e["host"] == "client"
+                    && e["event"] == "packet"
+                    && e["direction"] == "out"
+                    && e["flags"].as_u64() == Some(ACK)
+                    && e["t"]
+                        .as_f64()
+                        .is_some_and(|t| t > syn_ack + KEEPALIVE_PROBE_WINDOW_START)
+            })
+            .filter_map(|e| e["t"].as_f64())
+            .take(KEEPALIVE_INTERVALS.len() - 1)
+            .collect();
+        if let (Some(rst), true) = (rst, probes.len() == KEEPALIVE_INTERVALS.len() - 1) {
+            let fired: Vec<f64> = std::iter::once(syn_ack)
+                .chain(probes)
+                .chain(std::iter::once(rst))
+                .collect();
+            for (pair, interval) in fired.windows(2).zip(KEEPALIVE_INTERVALS) {
+                self.timer_lateness_ms.push((pair[1] - pair[0] - interval) * 1e3);
+            }
         }
         if let Some(seen) = socket("client", "ESTABLISHED", 0.0) {
             self.client_established_latency_ms.push((seen - syn_ack) * 1e3);
@@ -391,6 +536,7 @@ impl KeepaliveFigures {
         json!({
             "etimedout_error_ms": self.etimedout_error_ms,
             "rst_error_ms": self.rst_error_ms,
+            "timer_lateness_ms": self.timer_lateness_ms,
             "client_established_latency_ms": self.client_established_latency_ms,
             "server_established_latency_ms": self.server_established_latency_ms,
             "client_gone_latency_ms": self.client_gone_latency_ms,
@@ -440,7 +586,10 @@ impl MemorySampler {
         let flag = Arc::clone(&stop);
         let thread = thread::spawn(move || {
             let me = std::process::id();
-            let mut seen = MemoryUse { peak_rss_kib: HashMap::new(), lowest_available_kib: mem_available_kib() };
+            let mut seen = MemoryUse {
+                peak_rss_kib: HashMap::new(),
+                lowest_available_kib: mem_available_kib(),
+            };
             while !flag.load(Ordering::Relaxed) {
                 for pid in children_of(me) {
                     if let Some(hwm) = vm_hwm_kib(pid) {
@@ -464,7 +613,9 @@ impl MemorySampler {
 
 /// Pids whose parent is `parent` (the `ppid` field of `/proc/<pid>/stat`).
 fn children_of(parent: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     entries
         .flatten()
         .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
@@ -483,7 +634,13 @@ fn parent_pid(stat: &str) -> Option<u32> {
 
 fn vm_hwm_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.split_whitespace().next()?.parse().ok()
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
@@ -499,11 +656,19 @@ mod tests {
     }
 
     fn packet(t: f64, host: &str, direction: &str, flags: u64) -> Value {
-        event(t, host, json!({ "event": "packet", "protocol": "tcp", "direction": direction, "flags": flags }))
+        event(
+            t,
+            host,
+            json!({ "event": "packet", "protocol": "tcp", "direction": direction, "flags": flags }),
+        )
     }
 
     fn socket(t: f64, host: &str, state: &str, remote_port: u64) -> Value {
-        event(t, host, json!({ "event": "socket", "state": state, "remote_port": remote_port }))
+        event(
+            t,
+            host,
+            json!({ "event": "socket", "state": state, "remote_port": remote_port }),
+        )
     }
 
     #[test]
@@ -522,6 +687,9 @@ mod tests {
                 socket(0.0250, "server", "LISTEN", 0),
                 socket(0.0260, "server", "ESTABLISHED", 40000),
                 socket(0.0290, "client", "ESTABLISHED", 9000),
+                packet(5.1201, "client", "out", 0x10),
+                packet(8.2001, "client", "out", 0x10),
+                packet(11.2201, "client", "out", 0x10),
                 packet(14.3001, "client", "out", 0x14),
                 socket(14.3051, "client", "GONE", 9000),
                 packet(16.0, "client", "out", 0x04),
@@ -532,7 +700,8 @@ mod tests {
         let round = |v: &[f64]| v.iter().map(|x| (x * 1000.0).round() / 1000.0).collect::<Vec<_>>();
         assert_eq!(round(&figures.etimedout_error_ms), [280.4]);
         assert_eq!(round(&figures.rst_error_ms), [280.0]);
-        assert_eq!(round(&figures.client_established_latency_ms), [8.8]);
+        assert_eq!(round(&figures.timer_lateness_ms), [100.0, 80.0, 20.0, 80.0]);
+        assert_eq!(round(&figures.client_established_latency_ms), [8.9]);
         assert_eq!(round(&figures.server_established_latency_ms), [5.8]);
         assert_eq!(round(&figures.client_gone_latency_ms), [5.0]);
         assert_eq!(figures.samples_per_second, [100.0]);
@@ -550,14 +719,23 @@ mod tests {
     #[test]
     fn sample_interval_is_set_or_replaced() {
         let text = "description: x\ntimeout: 30s\n";
-        assert_eq!(with_sample_interval(text, Duration::from_millis(1)), "description: x\ntimeout: 30s\nsample: 1ms\n");
-        assert_eq!(with_sample_interval("sample: 10ms\nx: 1\n", Duration::from_millis(1)), "sample: 1ms\nx: 1\n");
+        assert_eq!(
+            with_sample_interval(text, Duration::from_millis(1)),
+            "description: x\ntimeout: 30s\nsample: 1ms\n"
+        );
+        assert_eq!(
+            with_sample_interval("sample: 10ms\nx: 1\n", Duration::from_millis(1)),
+            "sample: 1ms\nx: 1\n"
+        );
     }
 
     #[test]
     fn parent_pid_skips_command_names_with_spaces_and_parentheses() {
         assert_eq!(parent_pid("1234 (net (fault) x) S 42 1234 1234 0 -1"), Some(42));
         assert_eq!(parent_pid("garbage"), None);
-        assert_eq!(parent_pid(&std::fs::read_to_string("/proc/self/stat").unwrap()), Some(std::os::unix::process::parent_id()));
+        assert_eq!(
+            parent_pid(&std::fs::read_to_string("/proc/self/stat").unwrap()),
+            Some(std::os::unix::process::parent_id())
+        );
     }
 }
