@@ -4,6 +4,7 @@
 //! [`timeline::Timeline`] -> [`verdict`] -> [`report`].
 
 pub mod actors;
+pub mod bench;
 pub mod capture;
 pub mod cli;
 pub mod clock;
@@ -13,9 +14,13 @@ pub mod error;
 pub mod firewall;
 pub mod netns;
 pub mod observe;
+pub mod pidns;
+pub mod priority;
 pub mod report;
 pub mod runner;
 pub mod scenario;
+pub mod selftest;
+pub mod supervise;
 pub mod timeline;
 pub mod topology;
 pub mod userns;

@@ -48,6 +48,21 @@ pub struct Summary {
     pub messages: Vec<String>,
 }
 
+impl Summary {
+    /// A scenario the harness could not run to a verdict.
+    pub fn harness_error(name: String, report: &Path, message: String) -> Summary {
+        Summary {
+            name,
+            status: Status::Error,
+            duration: 0.0,
+            setup_ms: 0.0,
+            teardown_ms: 0.0,
+            report: report.to_path_buf(),
+            messages: vec![message],
+        }
+    }
+}
+
 /// One step in result.json.
 #[derive(Debug, Serialize)]
 struct StepReport<'a> {
@@ -78,6 +93,7 @@ struct ResultFile<'a> {
     capture: &'a [crate::capture::CaptureStats; 2],
     observer: [ObserverReport; 2],
     fault_hits: &'a [(String, u64)],
+    program_errors: &'a [String],
     events: &'a Timeline,
 }
 
@@ -101,7 +117,7 @@ impl From<crate::observe::ObserverStats> for ObserverReport {
 
 /// Writes result.json and timeline.txt next to the pcaps; returns the summary.
 pub fn write(plan: &Plan, output: &RunOutput, verdict: &Verdict, dir: &Path) -> Result<Summary> {
-    let status = if verdict.passed() { Status::Pass } else { Status::Fail };
+    let status = status_of(output, verdict);
     let mut steps = Vec::new();
     for host in &plan.hosts {
         for step in &host.steps {
@@ -140,6 +156,7 @@ pub fn write(plan: &Plan, output: &RunOutput, verdict: &Verdict, dir: &Path) -> 
         capture: &output.capture,
         observer: output.observer.map(ObserverReport::from),
         fault_hits: &output.fault_hits,
+        program_errors: &output.program_errors,
         events: &output.timeline,
     };
     let json = serde_json::to_string_pretty(&result).map_err(|e| Error::Internal(format!("encode result.json: {e}")))?;
@@ -153,8 +170,22 @@ pub fn write(plan: &Plan, output: &RunOutput, verdict: &Verdict, dir: &Path) -> 
         setup_ms: output.setup.as_secs_f64() * 1e3,
         teardown_ms: output.teardown.as_secs_f64() * 1e3,
         report: dir.to_path_buf(),
-        messages: verdict.failures.iter().map(|f| explain(plan, f, &output.timeline)).collect(),
+        messages: output
+            .program_errors
+            .iter()
+            .map(|e| format!("harness error: {e}"))
+            .chain(verdict.failures.iter().map(|f| explain(plan, f, &output.timeline)))
+            .collect(),
     })
+}
+
+/// A program that failed inside the harness makes the run a harness error, whatever the verdict.
+fn status_of(output: &RunOutput, verdict: &Verdict) -> Status {
+    match (output.program_errors.is_empty(), verdict.passed()) {
+        (false, _) => Status::Error,
+        (true, true) => Status::Pass,
+        (true, false) => Status::Fail,
+    }
 }
 
 /// A failure with the timeline lines around it, as shown by `cargo test` and `netfault run`.
@@ -198,7 +229,11 @@ fn render_timeline(plan: &Plan, output: &RunOutput, verdict: &Verdict) -> String
     }
     text.push_str(&format!(
         "# verdict: {} ({} checks, {} failed); ran {}s; setup {:.1} ms, teardown {:.1} ms\n",
-        if verdict.passed() { "PASS" } else { "FAIL" },
+        match status_of(output, verdict) {
+            Status::Pass => "PASS",
+            Status::Fail => "FAIL",
+            Status::Error => "ERROR",
+        },
         verdict.checks,
         verdict.failures.len(),
         format_secs(output.duration),
@@ -218,6 +253,9 @@ fn render_timeline(plan: &Plan, output: &RunOutput, verdict: &Verdict) -> String
     }
     for (fault, hits) in &output.fault_hits {
         text.push_str(&format!("# fault {fault}: {hits} packets matched\n"));
+    }
+    for error in &output.program_errors {
+        text.push_str(&format!("# HARNESS ERROR {error}\n"));
     }
     for failure in &verdict.failures {
         text.push_str(&format!("# FAIL {failure}\n"));

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -11,11 +12,13 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Failed, Trial};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::error::{Context, Error, Result};
 use crate::report::{self, Status, Summary};
 use crate::scenario::{self, plan::Plan};
-use crate::{engine, netns, userns, verdict};
+use crate::supervise::{self, StopReason, Supervisor};
+use crate::{engine, netns, pidns, userns, verdict};
 
 /// Time a child gets beyond its scenario deadline for set-up, teardown and writing its report.
 pub const CHILD_GRACE: Duration = Duration::from_secs(20);
@@ -23,39 +26,51 @@ pub const CHILD_GRACE: Duration = Duration::from_secs(20);
 /// Hidden subcommand the harness re-executes itself with to run one scenario.
 pub const CHILD_COMMAND: &str = "__run-one";
 
+/// How long the runner waits for a killed scenario process's output pipes to close.
+const OUTPUT_CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// How long after a stop (signal or suite deadline) the watchdog lets the runner finish before exiting it.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
 /// Where a scenario lives and where its report goes.
 #[derive(Debug, Clone)]
 pub struct Job {
     pub file: PathBuf,
     pub root: PathBuf,
     pub reports: PathBuf,
+    /// Which repetition of the scenario this is (`netfault run --repeat`): its report goes to
+    /// `reports/<scenario>/run-<n>/`.
+    pub run: Option<usize>,
 }
 
-/// Runs one scenario in a child process of `exe` and waits for it, at most its deadline plus grace.
-pub fn run_in_child(exe: &Path, job: &Job, deadline: Duration) -> Summary {
-    let name = display_name(&job.root, &job.file);
-    match spawn_and_wait(exe, job, deadline) {
+/// The folder a repetition's report goes to, under the scenario's report folder.
+pub fn run_folder(run: usize) -> String {
+    format!("run-{run}")
+}
+
+/// Runs one scenario in a child process of `exe` and waits for it, at most its deadline plus grace, or until
+/// `supervisor` says to stop (then the child is killed; a job not started yet is not started).
+pub fn run_in_child(exe: &Path, job: &Job, deadline: Duration, supervisor: &Supervisor) -> Summary {
+    let mut name = display_name(&job.root, &job.file);
+    if let Some(run) = job.run {
+        name = format!("{name} #{run}");
+    }
+    if let Some(reason) = supervisor.stop_reason() {
+        return Summary::harness_error(name, &job.reports, format!("not started: {reason}"));
+    }
+    match spawn_and_wait(exe, job, deadline, supervisor) {
         Ok(summary) => summary,
-        Err(e) => Summary {
-            name,
-            status: Status::Error,
-            duration: 0.0,
-            setup_ms: 0.0,
-            teardown_ms: 0.0,
-            report: job.reports.clone(),
-            messages: vec![e.to_string()],
-        },
+        Err(e) => Summary::harness_error(name, &job.reports, e.to_string()),
     }
 }
 
-fn spawn_and_wait(exe: &Path, job: &Job, deadline: Duration) -> Result<Summary> {
+fn spawn_and_wait(exe: &Path, job: &Job, deadline: Duration, supervisor: &Supervisor) -> Result<Summary> {
     let mut command = Command::new(exe);
+    command.arg(CHILD_COMMAND).arg("--root").arg(&job.root).arg("--reports").arg(&job.reports);
+    if let Some(run) = job.run {
+        command.arg("--run").arg(run.to_string());
+    }
     command
-        .arg(CHILD_COMMAND)
-        .arg("--root")
-        .arg(&job.root)
-        .arg("--reports")
-        .arg(&job.reports)
         .arg(&job.file)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -73,20 +88,26 @@ fn spawn_and_wait(exe: &Path, job: &Job, deadline: Duration) -> Result<Summary> 
     let stdout = read_to_end_in_background(child.stdout.take());
     let stderr = read_to_end_in_background(child.stderr.take());
     let limit = deadline + CHILD_GRACE;
-    let status = wait_bounded(&mut child, limit)?;
-    let stdout = stdout.join().unwrap_or_default();
-    let stderr = stderr.join().unwrap_or_default();
+    let started = Instant::now();
+    let ended = wait_bounded(&mut child, limit, supervisor)?;
+    let stdout = stdout.recv_timeout(OUTPUT_CLOSE_WAIT).unwrap_or_default();
+    let stderr = stderr.recv_timeout(OUTPUT_CLOSE_WAIT).unwrap_or_default();
     let summary = stdout.lines().rev().find_map(|line| serde_json::from_str::<Summary>(line).ok());
-    match (status, summary) {
-        (Some(_), Some(summary)) => Ok(summary),
-        (None, _) => Err(Error::Internal(format!(
+    match (ended, summary) {
+        (Ended::Exited(_), Some(summary)) => Ok(summary),
+        (Ended::Stopped(reason), _) => Err(Error::Internal(format!(
+            "stopped: {reason}; the scenario process was killed after {:.1}s, before its report{}",
+            started.elapsed().as_secs_f64(),
+            tail("child stderr", &stderr)
+        ))),
+        (Ended::TimedOut, _) => Err(Error::Internal(format!(
             "scenario still running {}s after its start (deadline {}s + {}s grace): killed{}",
             limit.as_secs(),
             deadline.as_secs(),
             CHILD_GRACE.as_secs(),
             tail("child stderr", &stderr)
         ))),
-        (Some(status), None) => Err(Error::Internal(format!(
+        (Ended::Exited(status), None) => Err(Error::Internal(format!(
             "scenario process ended ({status}) without a verdict{}",
             tail("child stderr", &stderr)
         ))),
@@ -101,7 +122,9 @@ fn tail(what: &str, text: &str) -> String {
     format!("\n  {what}:\n    {}", lines[lines.len().saturating_sub(15)..].join("\n    "))
 }
 
-fn read_to_end_in_background<R: Read + Send + 'static>(pipe: Option<R>) -> thread::JoinHandle<String> {
+/// Reads the pipe to its end on a thread of its own; the text arrives on the channel.
+fn read_to_end_in_background<R: Read + Send + 'static>(pipe: Option<R>) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         let mut text = String::new();
         if let Some(mut pipe) = pipe {
@@ -109,40 +132,119 @@ fn read_to_end_in_background<R: Read + Send + 'static>(pipe: Option<R>) -> threa
             let _ = pipe.read_to_end(&mut bytes);
             text = String::from_utf8_lossy(&bytes).into_owned();
         }
-        text
-    })
+        let _ = tx.send(text);
+    });
+    rx
 }
 
-/// Waits for the child at most `limit`; kills it (SIGKILL) past that and returns `None`.
-fn wait_bounded(child: &mut Child, limit: Duration) -> Result<Option<std::process::ExitStatus>> {
+/// How the wait for a scenario process ended.
+enum Ended {
+    Exited(std::process::ExitStatus),
+    /// Still running at its limit: killed.
+    TimedOut,
+    /// The supervisor said stop: killed.
+    Stopped(StopReason),
+}
+
+/// How often a wait for a scenario process looks at the supervisor.
+const SUPERVISOR_TICK: Duration = Duration::from_millis(20);
+
+/// Waits for the child at most `limit`, or until the supervisor says stop; stops it in both cases.
+fn wait_bounded(child: &mut Child, limit: Duration, supervisor: &Supervisor) -> Result<Ended> {
     let started = Instant::now();
+    let exit_signal = pidfd(child);
     loop {
         if let Some(status) = child.try_wait().context(|| "wait for scenario process".to_string())? {
+            return Ok(Ended::Exited(status));
+        }
+        let ended = match supervisor.stop_reason() {
+            Some(reason) => Ended::Stopped(reason),
+            None if started.elapsed() >= limit => Ended::TimedOut,
+            None => {
+                nap_until_exit(exit_signal.as_ref(), limit.saturating_sub(started.elapsed()).min(SUPERVISOR_TICK));
+                continue;
+            }
+        };
+        stop_child(child);
+        return Ok(ended);
+    }
+}
+
+/// Waits for a helper program at most `limit`; kills it (SIGKILL) past that and returns `None`.
+pub fn wait_with_timeout(child: &mut Child, limit: Duration) -> Result<Option<std::process::ExitStatus>> {
+    let started = Instant::now();
+    let exit_signal = pidfd(child);
+    loop {
+        if let Some(status) = child.try_wait().context(|| "wait for a program".to_string())? {
             return Ok(Some(status));
         }
-        if started.elapsed() >= limit {
+        let left = limit.saturating_sub(started.elapsed());
+        if left.is_zero() {
             let _ = child.kill();
             let _ = child.wait();
             return Ok(None);
         }
-        thread::sleep(Duration::from_millis(20));
+        nap_until_exit(exit_signal.as_ref(), left);
     }
+}
+
+/// `pidfd_open(2)` of a child: readable the moment it exits. `None` on kernels without it (< 5.3).
+fn pidfd(child: &Child) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags, no memory; a non-negative result is a new descriptor we own.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
+    // SAFETY: raw was just returned by pidfd_open and is owned by nobody else.
+    (raw >= 0).then(|| unsafe { OwnedFd::from_raw_fd(raw as RawFd) })
+}
+
+/// Sleeps at most `limit`, waking at once when the process behind `exit_signal` exits (20 ms steps without one).
+fn nap_until_exit(exit_signal: Option<&OwnedFd>, limit: Duration) {
+    match exit_signal {
+        Some(fd) => {
+            let millis = u16::try_from(limit.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
+            let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+            // An interrupted or failed poll only ends this nap early; the caller looks again.
+            let _ = poll(&mut fds, PollTimeout::from(millis));
+        }
+        None => thread::sleep(limit.min(SUPERVISOR_TICK)),
+    }
+}
+
+/// Stops a scenario process: SIGTERM, on which it SIGKILLs its PID namespace's init and waits for it (see
+/// [`pidns`]), so that when it has exited every process of the scenario is gone; SIGKILL if it has not
+/// exited within [`OUTPUT_CLOSE_WAIT`] (the namespace then dies shortly after, through PR_SET_PDEATHSIG).
+/// Each wait is bounded; a process stuck in the kernel is left to the watchdog.
+fn stop_child(child: &mut Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // SAFETY: plain system call; the child is not reaped yet, so its pid cannot have been reused.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+    if reaped_within(child, OUTPUT_CLOSE_WAIT) {
+        return;
+    }
+    let _ = child.kill();
+    reaped_within(child, OUTPUT_CLOSE_WAIT);
+}
+
+/// Whether the child exited (and was reaped) within `limit`.
+fn reaped_within(child: &mut Child, limit: Duration) -> bool {
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        match child.try_wait() {
+            Ok(None) => thread::sleep(Duration::from_millis(5)),
+            Ok(Some(_)) | Err(_) => return true,
+        }
+    }
+    false
 }
 
 /// The hidden child command: runs one scenario in this process and prints its summary as the last stdout line.
 /// Exit code: 0 pass, 1 verdict failure, 2 harness error.
-pub fn child_main(root: &Path, reports: &Path, file: &Path) -> ExitCode {
-    let summary = match run_here(root, reports, file) {
+pub fn child_main(root: &Path, reports: &Path, file: &Path, run: Option<usize>) -> ExitCode {
+    let summary = match run_here(root, reports, file, run) {
         Ok(summary) => summary,
-        Err(e) => Summary {
-            name: display_name(root, file),
-            status: Status::Error,
-            duration: 0.0,
-            setup_ms: 0.0,
-            teardown_ms: 0.0,
-            report: reports.to_path_buf(),
-            messages: vec![e.to_string()],
-        },
+        Err(e) => Summary::harness_error(display_name(root, file), reports, e.to_string()),
     };
     match serde_json::to_string(&summary) {
         Ok(line) => println!("{line}"),
@@ -157,12 +259,17 @@ pub fn child_main(root: &Path, reports: &Path, file: &Path) -> ExitCode {
     std::process::exit(code)
 }
 
-fn run_here(root: &Path, reports: &Path, file: &Path) -> Result<Summary> {
+fn run_here(root: &Path, reports: &Path, file: &Path, run: Option<usize>) -> Result<Summary> {
     // Entering a user namespace needs a single-threaded process: do it before anything spawns a thread.
     userns::acquire()?;
+    // From here on this process is pid 1 of its own PID namespace: what its programs start dies with it.
+    pidns::become_init()?;
     netns::enter_private_parent()?;
     let plan = scenario::load(root, file)?;
-    let dir = report::report_dir(reports, &plan.name)?;
+    let mut dir = report::report_dir(reports, &plan.name)?;
+    if let Some(run) = run {
+        dir.push(run_folder(run));
+    }
     if dir.exists() {
         std::fs::remove_dir_all(&dir).context(|| format!("clear old report {}", dir.display()))?;
     }
@@ -196,7 +303,11 @@ pub fn load_all(paths: &[PathBuf]) -> Result<Vec<(Job, Plan)>, Vec<String>> {
         }
         for file in files {
             match scenario::load(&root, &file) {
-                Ok(plan) => plans.push((Job { file, root: root.clone(), reports: PathBuf::new() }, plan)),
+                // Refused here too, not only by the child: `check` must say so, and `run` must run nothing.
+                Ok(plan) => match report::report_dir(Path::new("reports"), &plan.name) {
+                    Ok(_) => plans.push((Job { file, root: root.clone(), reports: PathBuf::new(), run: None }, plan)),
+                    Err(e) => errors.push(format!("{}: {e}", file.display())),
+                },
                 Err(e) => errors.push(e.to_string()),
             }
         }
@@ -223,12 +334,13 @@ pub fn scenario_root(path: &Path) -> PathBuf {
     }
 }
 
-/// Runs jobs on `parallel` worker threads; `on_done` sees each summary in job order as soon as it and all
-/// earlier ones are done, so output is deterministic yet live.
+/// Runs jobs on `parallel` worker threads until done or until `supervisor` says stop; `on_done` sees each
+/// summary in job order as soon as it and all earlier ones are done, so output is deterministic yet live.
 pub fn run_all(
     exe: &Path,
     jobs: Vec<(Job, Duration)>,
     parallel: usize,
+    supervisor: &Supervisor,
     mut on_done: impl FnMut(&Summary),
 ) -> Vec<Summary> {
     let total = jobs.len();
@@ -239,10 +351,11 @@ pub fn run_all(
             let queue = Arc::clone(&queue);
             let tx = tx.clone();
             let exe = exe.to_path_buf();
+            let supervisor = *supervisor;
             thread::spawn(move || loop {
                 let next = queue.lock().ok().and_then(|mut q| q.next());
                 let Some((index, (job, deadline))) = next else { break };
-                let summary = run_in_child(&exe, &job, deadline);
+                let summary = run_in_child(&exe, &job, deadline, &supervisor);
                 if tx.send((index, summary)).is_err() {
                     break;
                 }
@@ -274,6 +387,10 @@ pub fn default_parallelism(jobs: usize) -> usize {
 }
 
 /// `cargo test` entry: every scenario file under `root` is one trial named by its path relative to `root`.
+///
+/// The whole run is bounded by the suite deadline: `NETFAULT_SUITE_DEADLINE` (e.g. `10m`), by default
+/// [`supervise::default_budget`] of the scenarios' deadlines. SIGINT / SIGTERM or the deadline kill every
+/// scenario process and fail its trial with the reason.
 pub fn test_main(root: &Path, reports: &Path, exe: &Path, mut args: Arguments) -> ExitCode {
     let files = match scenario::discover(root) {
         Ok(files) => files,
@@ -282,30 +399,56 @@ pub fn test_main(root: &Path, reports: &Path, exe: &Path, mut args: Arguments) -
             return ExitCode::from(2);
         }
     };
-    let trials: Vec<Trial> = files
+    let plans: Vec<(PathBuf, Result<Plan, String>)> = files
         .into_iter()
         .map(|file| {
-            let name = display_name(root, &file);
-            match scenario::load(root, &file) {
-                Ok(plan) => {
-                    let job = Job { file, root: root.to_path_buf(), reports: reports.to_path_buf() };
-                    let exe = exe.to_path_buf();
-                    let deadline = plan.deadline;
-                    Trial::test(name, move || trial_result(run_in_child(&exe, &job, deadline)))
-                        .with_kind("scenario")
-                        .with_ignored_flag(plan.slow)
-                }
-                Err(e) => {
-                    let message = e.to_string();
-                    Trial::test(name, move || Err(Failed::from(message))).with_kind("scenario")
-                }
-            }
+            let plan = scenario::load(root, &file).map_err(|e| e.to_string());
+            (file, plan)
         })
         .collect();
     if args.test_threads.is_none() {
-        args.test_threads = Some(default_parallelism(trials.len()));
+        args.test_threads = Some(default_parallelism(plans.len()));
     }
-    libtest_mimic::run(&args, trials).exit_code()
+    let limits: Vec<Duration> =
+        plans.iter().filter_map(|(_, plan)| plan.as_ref().ok()).map(|plan| plan.deadline + CHILD_GRACE).collect();
+    let budget = match std::env::var(supervise::SUITE_DEADLINE_ENV) {
+        Ok(text) => match supervise::parse_budget(&text) {
+            Ok(budget) => budget,
+            Err(e) => {
+                eprintln!("netfault: {}: {e}", supervise::SUITE_DEADLINE_ENV);
+                return ExitCode::from(2);
+            }
+        },
+        Err(_) => supervise::default_budget(&limits, args.test_threads.unwrap_or(1)),
+    };
+    let supervisor = Supervisor::new(budget);
+    if let Err(e) = supervise::catch_stop_signals().and_then(|()| supervisor.start_watchdog(STOP_GRACE)) {
+        eprintln!("netfault: {e}");
+        return ExitCode::from(2);
+    }
+    let trials: Vec<Trial> = plans
+        .into_iter()
+        .map(|(file, plan)| {
+            let name = display_name(root, &file);
+            match plan {
+                Ok(plan) => {
+                    let job = Job { file, root: root.to_path_buf(), reports: reports.to_path_buf(), run: None };
+                    let exe = exe.to_path_buf();
+                    let deadline = plan.deadline;
+                    Trial::test(name, move || trial_result(run_in_child(&exe, &job, deadline, &supervisor)))
+                        .with_kind("scenario")
+                        .with_ignored_flag(plan.slow)
+                }
+                Err(message) => Trial::test(name, move || Err(Failed::from(message))).with_kind("scenario"),
+            }
+        })
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+    if let Some(reason) = supervisor.stop_reason() {
+        eprintln!("netfault: {reason}: the scenarios still running were killed and failed");
+        return ExitCode::from(reason.exit_code());
+    }
+    conclusion.exit_code()
 }
 
 fn trial_result(summary: Summary) -> Result<(), Failed> {
@@ -320,5 +463,21 @@ fn trial_result(summary: Summary) -> Result<(), Failed> {
                 summary.report.display()
             )))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_wait_sees_an_exit_at_once_and_kills_past_the_limit() {
+        let mut child = Command::new("sleep").arg("5").spawn().unwrap();
+        let started = Instant::now();
+        assert_eq!(wait_with_timeout(&mut child, Duration::from_millis(100)).unwrap(), None);
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(100) && waited < Duration::from_secs(2), "{waited:?}");
+        let mut child = Command::new("sh").args(["-c", "exit 3"]).spawn().unwrap();
+        assert_eq!(wait_with_timeout(&mut child, Duration::from_secs(5)).unwrap().unwrap().code(), Some(3));
     }
 }

@@ -223,7 +223,7 @@ impl fmt::Display for Event {
                 }
                 Ok(())
             }
-            EventKind::Deadline { step: Some(step) } => write!(f, "DEADLINE reached while {step} was running"),
+            EventKind::Deadline { step: Some(step) } => write!(f, "DEADLINE reached; still running: {step}"),
             EventKind::Deadline { step: None } => write!(f, "DEADLINE reached"),
         }
     }

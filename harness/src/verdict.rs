@@ -98,6 +98,7 @@ pub fn judge(plan: &Plan, timeline: &Timeline) -> Verdict {
             judge_step(&mut verdict, host.id, step, &record);
         }
     }
+    judge_deadline(&mut verdict, plan, timeline);
     for expectation in &plan.expect.packets {
         let anchor = resolve_anchor(plan, timeline, expectation.since.as_ref(), expectation.location);
         verdict.check(anchor.and_then(|anchor| judge_packets(expectation, anchor, timeline)));
@@ -215,36 +216,66 @@ fn judge_step(verdict: &mut Verdict, host: HostId, step: &StepPlan, record: &Ste
         verdict.check(result);
     }
     if let (Some(after), Some(elapsed)) = (expect.after, record.elapsed()) {
-        let result = if within(elapsed, after, expect.tolerance, expect.early_tolerance) {
-            Ok(())
-        } else {
-            Err(failure(
-                format!(
-                    "to end after {}s {}",
-                    format_secs(after),
-                    describe_tolerance(expect.tolerance, expect.early_tolerance)
-                ),
-                format!("{} after {}s", outcome, format_secs(elapsed)),
-                Some(end),
-            ))
-        };
-        verdict.check(result);
+        verdict.check(judge_time("after", after, elapsed, expect, outcome).map_err(|(e, a)| failure(e, a, Some(end))));
     }
     if let Some(at) = expect.at {
-        let result = if within(end, at, expect.tolerance, expect.early_tolerance) {
-            Ok(())
-        } else {
-            Err(failure(
-                format!(
-                    "to end at {}s {}",
-                    format_secs(at),
-                    describe_tolerance(expect.tolerance, expect.early_tolerance)
-                ),
-                format!("{} at {}s", outcome, format_secs(end)),
-                Some(end),
-            ))
-        };
-        verdict.check(result);
+        verdict.check(judge_time("at", at, end, expect, outcome).map_err(|(e, a)| failure(e, a, Some(end))));
+    }
+}
+
+/// A step's end `after` its start or `at` a scenario time: `(expected, actual)` texts when out of tolerance.
+fn judge_time(
+    word: &str,
+    expected: Duration,
+    actual: Duration,
+    expect: &StepExpectation,
+    outcome: &Outcome,
+) -> Result<(), (String, String)> {
+    if within(actual, expected, expect.tolerance, expect.early_tolerance) {
+        return Ok(());
+    }
+    Err((
+        format!(
+            "to end {word} {}s {}",
+            format_secs(expected),
+            describe_tolerance(expect.tolerance, expect.early_tolerance)
+        ),
+        format!("{outcome} {word} {}s", format_secs(actual)),
+    ))
+}
+
+/// A run must end by itself: a step the scenario deadline cut (still running then, or ended `unfinished` by
+/// it) fails the run, named at its line, even when it expects nothing. A step with an expectation has already
+/// failed on it in [`judge_step`].
+fn judge_deadline(verdict: &mut Verdict, plan: &Plan, timeline: &Timeline) {
+    let deadline_at = timeline.events.iter().find_map(|e| matches!(e.kind, EventKind::Deadline { .. }).then_some(e.t));
+    for host in &plan.hosts {
+        for step in &host.steps {
+            let expect = &step.expect;
+            if expect.outcome.is_some() || expect.after.is_some() || expect.at.is_some() {
+                continue;
+            }
+            let record = step_record(timeline, host.id, step.index);
+            let Some(start) = record.start else { continue };
+            let actual = match (record.end, &record.outcome) {
+                // Without a deadline a step can only be left unended by a program that failed in the harness,
+                // which the run reports as a harness error.
+                (None, _) if deadline_at.is_none() => continue,
+                (None, _) => format!("still running at the deadline (started at {}s)", format_secs(start)),
+                (Some(end), Some(Outcome::Unfinished)) => match &record.detail {
+                    Some(detail) => format!("unfinished at {}s: {detail}", format_secs(end)),
+                    None => format!("unfinished at {}s", format_secs(end)),
+                },
+                _ => continue,
+            };
+            verdict.check(Err(Failure {
+                location: step.location,
+                subject: format!("{} step {}", host.id, step.label()),
+                expected: format!("to end before the scenario deadline ({}s)", format_secs(plan.deadline)),
+                actual,
+                around: deadline_at.or(record.end).or(Some(start)),
+            }));
+        }
     }
 }
 
@@ -671,6 +702,172 @@ fn secs_opt<S: serde::Serializer>(t: &Option<Duration>, s: S) -> Result<S::Ok, S
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+    use std::path::Path;
+
+    use super::*;
+    use crate::timeline::SocketEvent;
+
+    const SCENARIO: &str = r#"
+description: verdict test
+tolerance: 100ms
+server:
+  - listen: { port: 9000 }
+client:
+  - connect: { to: server, port: 9000 }
+    expect: { result: ETIMEDOUT, after: 7s }
+  - send: { bytes: 11 }
+expect:
+  packets:
+    - { from: client, flags: "S", at: [0s, 1s, 3s] }
+    - { from: client, flags: "R.", count: 0 }
+  states:
+    - { host: client, port: 9000, sequence: [SYN-SENT, { state: GONE, at: 7s }] }
+  timers:
+    - { host: client, timer: "on", retrans: 2 }
+"#;
+
+    fn plan() -> Plan {
+        crate::scenario::parse("verdict", Path::new("verdict.yaml"), SCENARIO).unwrap()
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn syn(t: Duration) -> Event {
+        Event {
+            t,
+            host: HostId::Client,
+            kind: EventKind::Packet(PacketEvent {
+                direction: PacketDirection::Out,
+                src: Ipv4Addr::new(10, 0, 0, 1),
+                dst: Ipv4Addr::new(10, 0, 0, 2),
+                protocol: "tcp".into(),
+                ip_id: 0,
+                sport: 40000,
+                dport: 9000,
+                flags: 0x02,
+                seq: 0,
+                ack: 0,
+                window: 64240,
+                len: 0,
+                options: String::new(),
+                fault: None,
+            }),
+        }
+    }
+
+    fn socket(t: Duration, state: TcpState, retrans: u32) -> Event {
+        Event {
+            t,
+            host: HostId::Client,
+            kind: EventKind::Socket(SocketEvent {
+                socket: "10.0.0.1:40000 -> 10.0.0.2:9000".into(),
+                local_port: 40000,
+                remote_port: 9000,
+                state,
+                timer: (state == TcpState::SynSent).then_some(crate::scenario::plan::TimerKind::On),
+                expires: None,
+                retrans,
+                recv_q: 0,
+                send_q: 1,
+            }),
+        }
+    }
+
+    fn step(t: Duration, index: usize, end: Option<Outcome>) -> Event {
+        let label = format!("#{}", index + 1);
+        let kind = match end {
+            Some(outcome) => EventKind::StepEnd { step: index, label, outcome, detail: None },
+            None => EventKind::StepStart { step: index, label },
+        };
+        Event { t, host: HostId::Client, kind }
+    }
+
+    /// What the kernel does with tcp_syn_retries 2 and exponential backoff.
+    fn kernel_run(timeout_at: Duration, outcome: Outcome) -> Timeline {
+        Timeline::new(vec![
+            step(ms(0), 0, None),
+            syn(ms(1)),
+            socket(ms(5), TcpState::SynSent, 0),
+            syn(ms(1010)),
+            socket(ms(1015), TcpState::SynSent, 1),
+            syn(ms(3030)),
+            socket(ms(3035), TcpState::SynSent, 2),
+            socket(timeout_at, TcpState::Gone, 0),
+            step(timeout_at, 0, Some(outcome)),
+            step(timeout_at, 1, None),
+            step(timeout_at, 1, Some(Outcome::Error("EPIPE".into()))),
+        ])
+    }
+
+    #[test]
+    fn the_expected_run_passes_every_check() {
+        let verdict = judge(&plan(), &kernel_run(ms(7040), Outcome::Error("ETIMEDOUT".into())));
+        assert_eq!(verdict.failures, vec![]);
+        // outcome + after of the connect, two packet, one state, one timer expectations.
+        assert_eq!(verdict.checks, 6);
+    }
+
+    #[test]
+    fn a_different_errno_fails_with_both_names_and_the_line() {
+        let verdict = judge(&plan(), &kernel_run(ms(7040), Outcome::Error("ECONNREFUSED".into())));
+        assert_eq!(verdict.failures.len(), 1);
+        let failure = &verdict.failures[0];
+        assert_eq!((failure.expected.as_str(), failure.actual.as_str()), ("ETIMEDOUT", "ECONNREFUSED"));
+        assert_eq!(failure.location.line, 8);
+        assert!(failure.to_string().contains("client step #1 connect"), "{failure}");
+    }
+
+    #[test]
+    fn a_time_outside_the_tolerance_fails_and_one_inside_passes() {
+        let late = judge(&plan(), &kernel_run(ms(7101), Outcome::Error("ETIMEDOUT".into())));
+        let subjects: Vec<&str> = late.failures.iter().map(|f| f.expected.as_str()).collect();
+        assert!(subjects.contains(&"to end after 7.000000s ± 0.100000s"), "{late:?}");
+        assert!(late.failures.iter().any(|f| f.subject.contains("socket states")), "GONE at 7.101 is late too");
+        let in_time = judge(&plan(), &kernel_run(ms(7099), Outcome::Error("ETIMEDOUT".into())));
+        assert!(in_time.passed(), "{:?}", in_time.failures);
+    }
+
+    #[test]
+    fn a_step_that_never_ended_is_reported_as_still_running() {
+        let mut timeline = kernel_run(ms(7040), Outcome::Error("ETIMEDOUT".into()));
+        timeline.events.retain(|e| !matches!(e.kind, EventKind::StepEnd { step: 0, .. }));
+        let verdict = judge(&plan(), &timeline);
+        assert!(verdict.failures[0].actual.starts_with("still running at the end of the run"), "{verdict:?}");
+    }
+
+    #[test]
+    fn packet_counts_and_times_are_checked() {
+        let mut timeline = kernel_run(ms(7040), Outcome::Error("ETIMEDOUT".into()));
+        timeline.events.retain(|e| e.t != ms(3030));
+        let verdict = judge(&plan(), &timeline);
+        let packets = verdict.failures.iter().find(|f| f.subject == "packets from client [S]").unwrap();
+        assert_eq!(packets.actual, "2 at 0.001000s, 1.010000s");
+    }
+
+    #[test]
+    fn a_timer_count_that_never_reaches_n_fails() {
+        let mut timeline = kernel_run(ms(7040), Outcome::Error("ETIMEDOUT".into()));
+        timeline.events.retain(|e| e.t != ms(3035));
+        let verdict = judge(&plan(), &timeline);
+        let timer = verdict.failures.iter().find(|f| f.subject.starts_with("client timer on")).unwrap();
+        assert_eq!(timer.actual, "count at most 1 (last rise at 1.015000s)");
+    }
+
+    #[test]
+    fn states_must_come_in_order() {
+        let history = vec![(TcpState::Gone, ms(1)), (TcpState::SynSent, ms(2))];
+        let expectation = &plan().expect.states[0];
+        assert!(!history_matches(&history, expectation, Duration::ZERO));
+        let history = vec![(TcpState::SynSent, ms(1)), (TcpState::Established, ms(2)), (TcpState::Gone, ms(7000))];
+        assert!(history_matches(&history, expectation, Duration::ZERO));
+    }
+}
+
+#[cfg(test)]
+mod queue_and_filter_tests {
     use std::net::Ipv4Addr;
 
     use super::*;

@@ -105,6 +105,7 @@ pub fn run_host(host: &HostPlan, ctx: ActorContext) -> Result<()> {
             },
         );
         actor.ctx.board.mark(host.id, step.index, StepEdge::Started);
+        crate::selftest::panic_if_chosen(host.id, step);
         let (outcome, detail) = actor.run_step(step)?;
         actor.ctx.sink.emit(
             host.id,

@@ -23,7 +23,7 @@ pub struct NodePath {
     segments: Vec<Segment>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Segment {
     Key(String),
     Index(usize),
@@ -90,9 +90,15 @@ struct NodePosition {
 }
 
 /// Positions of every node of a scenario file by [`NodePath`], built from yaml-rust2's marked events.
+///
+/// Stored as a tree (a node's children by key or index), not by full path: a path repeats every key above it, so
+/// a long key over many nodes (`? <500 KB key>` holding a long list) would cost gigabytes that way.
 #[derive(Debug, Clone, Default)]
 pub struct SourceIndex {
-    nodes: HashMap<String, NodePosition>,
+    /// By node id; the top-level node is id 0.
+    nodes: Vec<NodePosition>,
+    /// (parent id, key or index) -> child id.
+    children: HashMap<(usize, Segment), usize>,
     first_alias: Option<Location>,
 }
 
@@ -107,13 +113,13 @@ pub struct StructureError {
 
 enum Frame {
     Map {
-        path: String,
+        node: usize,
         pending_key: Option<(String, Location)>,
         keys: HashMap<String, Location>,
         first_key_seen: bool,
     },
     Seq {
-        path: String,
+        node: usize,
         next: usize,
     },
 }
@@ -202,7 +208,7 @@ impl SourceIndex {
                     if let Some(Frame::Map {
                         pending_key: pending @ None,
                         keys,
-                        path,
+                        node,
                         first_key_seen,
                     }) = stack.last_mut()
                     {
@@ -217,7 +223,7 @@ impl SourceIndex {
                         }
                         if !*first_key_seen {
                             *first_key_seen = true;
-                            index.fix_block_map_start(path, here);
+                            index.fix_block_map_start(*node, here);
                         }
                         keys.insert(text.clone(), here);
                         *pending = Some((text, here));
@@ -253,15 +259,15 @@ impl SourceIndex {
                             syntax: false,
                         });
                     }
-                    let path = index.add_value(&mut stack, here, false);
+                    let node = index.add_value(&mut stack, here, false);
                     stack.push(match event {
                         Event::MappingStart(..) => Frame::Map {
-                            path,
+                            node,
                             pending_key: None,
                             keys: HashMap::new(),
                             first_key_seen: false,
                         },
-                        _ => Frame::Seq { path, next: 0 },
+                        _ => Frame::Seq { node, next: 0 },
                     });
                 }
                 Event::StreamStart | Event::DocumentEnd | Event::Nothing => {}
@@ -283,28 +289,28 @@ impl SourceIndex {
     }
 
     /// yaml-rust2 marks a block map at the end of its first key; the first key is where the map really starts.
-    fn fix_block_map_start(&mut self, path: &str, first_key: Location) {
-        if let Some(node) = self.nodes.get_mut(path) {
-            if first_key < node.value {
-                node.value = first_key;
+    fn fix_block_map_start(&mut self, node: usize, first_key: Location) {
+        if let Some(position) = self.nodes.get_mut(node) {
+            if first_key < position.value {
+                position.value = first_key;
             }
         }
     }
 
-    /// Records a value node under its parent and returns its path, spelt as [`NodePath`] displays it.
-    fn add_value(&mut self, stack: &mut [Frame], here: Location, empty_scalar: bool) -> String {
-        let (path, key) = match stack.last_mut() {
-            None => (String::new(), None),
-            Some(Frame::Seq { path, next }) => {
+    /// Records a value node under its parent and returns its id; a node met again keeps its first position.
+    fn add_value(&mut self, stack: &mut [Frame], here: Location, empty_scalar: bool) -> usize {
+        let (parent, key) = match stack.last_mut() {
+            None => (None, None),
+            Some(Frame::Seq { node, next }) => {
                 *next += 1;
-                (format!("{path}[{}]", *next - 1), None)
+                (Some((*node, Segment::Index(*next - 1))), None)
             }
             Some(Frame::Map {
-                path, pending_key, ..
+                node, pending_key, ..
             }) => match pending_key.take() {
-                Some((key, key_at)) if path.is_empty() => (key, Some(key_at)),
-                Some((key, key_at)) => (format!("{path}.{key}"), Some(key_at)),
-                None => (path.clone(), None),
+                Some((key, key_at)) => (Some((*node, Segment::Key(key))), Some(key_at)),
+                // A value without a key: only after an error, which ends the build; it stands for its map.
+                None => return *node,
             },
         };
         // An empty value (`close:`) is marked at the next token, often lines below: its key is the better place.
@@ -312,10 +318,19 @@ impl SourceIndex {
             Some(key_at) if empty_scalar => key_at,
             _ => here,
         };
-        self.nodes
-            .entry(path.clone())
-            .or_insert(NodePosition { value, key });
-        path
+        let position = NodePosition { value, key };
+        let Some(edge) = parent else {
+            if self.nodes.is_empty() {
+                self.nodes.push(position);
+            }
+            return 0;
+        };
+        let next_id = self.nodes.len();
+        let id = *self.children.entry(edge).or_insert(next_id);
+        if id == next_id {
+            self.nodes.push(position);
+        }
+        id
     }
 
     /// Where the node at `path` starts, or its nearest indexed ancestor (nodes reached through an alias have
@@ -335,7 +350,8 @@ impl SourceIndex {
 
     /// Whether the file has a node at exactly `path`.
     pub fn contains(&self, path: &NodePath) -> bool {
-        self.nodes.contains_key(&path.to_string())
+        let (id, depth) = self.deepest(path);
+        id.is_some() && depth == path.segments.len()
     }
 
     /// The first `*alias` of the file, where an alias-expansion error is best shown.
@@ -344,16 +360,22 @@ impl SourceIndex {
     }
 
     fn position(&self, path: &NodePath) -> Option<NodePosition> {
-        let mut path = path.clone();
-        loop {
-            if let Some(node) = self.nodes.get(&path.to_string()) {
-                return Some(*node);
-            }
-            if path.is_root() {
-                return None;
-            }
-            path = path.parent();
+        self.deepest(path).0.map(|id| self.nodes[id])
+    }
+
+    /// The deepest node on `path` that the file has, and how many segments of `path` lead to it.
+    fn deepest(&self, path: &NodePath) -> (Option<usize>, usize) {
+        if self.nodes.is_empty() {
+            return (None, 0);
         }
+        let mut id = 0;
+        for (depth, segment) in path.segments.iter().enumerate() {
+            match self.children.get(&(id, segment.clone())) {
+                Some(child) => id = *child,
+                None => return (Some(id), depth),
+            }
+        }
+        (Some(id), path.segments.len())
     }
 }
 
@@ -436,6 +458,34 @@ server: []
         assert_eq!(index.value(&connect.key("to")), index.value(&connect));
         assert!(!index.contains(&connect.key("to")));
         assert!(index.contains(&connect.key("port")));
+    }
+
+    #[test]
+    fn keys_that_look_like_paths_are_their_own_nodes() {
+        let index = SourceIndex::build("a.b: 1\na:\n  b: 2\n").unwrap();
+        let root = NodePath::root();
+        assert_eq!(index.value(&root.key("a.b")), at(1, 6));
+        assert_eq!(index.value(&root.key("a").key("b")), at(3, 6));
+        assert!(!index.contains(&root.key("a").key("c")));
+    }
+
+    #[test]
+    fn a_long_key_is_stored_once_for_all_nodes_below_it() {
+        // Found probing 1 MiB files: paths repeated a 10 KB key in each of 480000 list items, 5 GB in all.
+        let key = "k".repeat(10_000);
+        let text = format!("? {key}\n: [{}]\n", vec!["1"; 100_000].join(","));
+        let index = SourceIndex::build(&text).unwrap();
+        let list = NodePath::root().key(&key);
+        assert_eq!(index.value(&list.index(99_999)), at(2, 4 + 2 * 99_999));
+        let stored: usize = index
+            .children
+            .keys()
+            .map(|(_, segment)| match segment {
+                Segment::Key(key) => key.len(),
+                Segment::Index(_) => 0,
+            })
+            .sum();
+        assert_eq!(stored, key.len());
     }
 
     #[test]

@@ -46,24 +46,49 @@ pub fn load(root: &Path, file: &Path) -> Result<Plan, ScenarioError> {
     File::open(file)
         .and_then(|f| f.take(MAX_FILE_SIZE as u64 + 1).read_to_end(&mut bytes))
         .map_err(unreadable)?;
+    parse_bytes(&scenario_name(root, file), file, &bytes)
+}
+
+/// Refuses oversized or non-UTF-8 `bytes` read from `file`, then parses and validates them into a plan called
+/// `name`: all of [`load`] but the reading.
+pub fn parse_bytes(name: &str, file: &Path, bytes: &[u8]) -> Result<Plan, ScenarioError> {
     check_size(file, bytes.len())?;
-    let text = std::str::from_utf8(&bytes).map_err(|e| {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
         let offset = e.valid_up_to();
         ScenarioError::new(
             file,
-            Some(location_of_offset(&bytes, offset)),
+            Some(location_of_offset(bytes, offset)),
             format!(
                 "not UTF-8: byte 0x{:02x} at offset {offset} is not valid UTF-8; scenario files must be UTF-8 text",
                 bytes[offset]
             ),
         )
     })?;
-    parse(&scenario_name(root, file), file, text)
+    parse(name, file, text)
 }
 
 /// Parses and validates scenario `text` read from `file` into a plan called `name`.
 pub fn parse(name: &str, file: &Path, text: &str) -> Result<Plan, ScenarioError> {
+    parse_text(name, file, text).map_err(|mut error| {
+        error.message = printable(&error.message);
+        error
+    })
+}
+
+/// `text` with control and other invisible characters escaped as Rust writes them (`\u{1b}`, `\t`): messages
+/// quote names and values from the file, which must not move the terminal's cursor or hide text.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '"' | '\'' | '\\' => c.to_string(),
+            _ => c.escape_debug().to_string(),
+        })
+        .collect()
+}
+
+fn parse_text(name: &str, file: &Path, text: &str) -> Result<Plan, ScenarioError> {
     check_size(file, text.len())?;
+    check_characters(file, text)?;
     let index = SourceIndex::build(text).map_err(|e| structure_error(file, text, e))?;
     let wire: ScenarioWire =
         serde_norway::from_str(text).map_err(|e| serde_error(file, text, &index, &e))?;
@@ -134,6 +159,50 @@ fn check_size(file: &Path, size: usize) -> Result<(), ScenarioError> {
     ))
 }
 
+/// Refuses characters YAML does not allow in a file (control characters other than tab and line breaks,
+/// U+FFFE, U+FFFF), which libyaml reports by byte offset only, and line breaks other than `\n` and `\r\n`: the
+/// YAML parsers start a new line at a lone `\r` (and libyaml at U+0085, U+2028 and U+2029), most editors do not,
+/// so every position after one would point elsewhere.
+fn check_characters(file: &Path, text: &str) -> Result<(), ScenarioError> {
+    let mut chars = text.char_indices().peekable();
+    while let Some((offset, c)) = chars.next() {
+        let message = match c {
+            '\t' | '\n' => continue,
+            '\r' if chars.peek().is_some_and(|(_, next)| *next == '\n') => continue,
+            '\r' | '\u{85}' | '\u{2028}' | '\u{2029}' => {
+                let what = match c {
+                    '\r' => "a carriage return (\\r) without a line feed",
+                    '\u{85}' => "a next-line character (U+0085)",
+                    '\u{2028}' => "a line separator (U+2028)",
+                    _ => "a paragraph separator (U+2029)",
+                };
+                format!(
+                    "{what} breaks the line here for YAML but not in most editors; end lines with \\n (Unix) or \\r\\n (Windows) only"
+                )
+            }
+            _ if c.is_control() || c == '\u{fffe}' || c == '\u{ffff}' => {
+                let code = u32::from(c);
+                let escape = if code <= 0xff {
+                    format!("\\x{code:02x}")
+                } else {
+                    format!("\\u{code:04x}")
+                };
+                format!(
+                    "character U+{code:04X} is not allowed in YAML: remove it, or write it as the escape \"{escape}\" \
+                     inside a double-quoted string"
+                )
+            }
+            _ => continue,
+        };
+        return Err(ScenarioError::new(
+            file,
+            Some(location_of_offset(text.as_bytes(), offset)),
+            message,
+        ));
+    }
+    Ok(())
+}
+
 /// A structural error of the index; for plain syntax errors libyaml (what serde reads with) says more, such as
 /// where an unclosed bracket opened, so its message wins when it has one.
 fn structure_error(file: &Path, text: &str, error: StructureError) -> ScenarioError {
@@ -160,12 +229,22 @@ fn syntax_message(text: &str, location: Location, libyaml: &str) -> String {
     let own_position = format!(" at line {} column {}", location.line, location.column);
     let message = libyaml.replacen(&own_position, "", 1);
     let mut message = MARK.replace_all(&message, " at $1:$2").into_owned();
-    let offending = text
+    let rest_of_line = text
         .lines()
         .nth(location.line.saturating_sub(1))
-        .and_then(|l| l.chars().nth(location.column - 1));
+        .map(|l| l.chars().skip(location.column.saturating_sub(1)));
+    let offending = rest_of_line.clone().and_then(|mut rest| rest.next());
     if offending == Some('\t') {
         message.push_str("; YAML indents with spaces, not tabs");
+    }
+    if message.starts_with("unknown anchor") && offending == Some('*') {
+        let alias: String = rest_of_line
+            .into_iter()
+            .flatten()
+            .skip(1)
+            .take_while(|c| !c.is_whitespace() && !",[]{}".contains(*c))
+            .collect();
+        message = format!("unknown anchor: the alias *{alias} refers to no `&{alias}` given before it in the file");
     }
     if let Some(step) = bare_step_above(text, location.line) {
         message.push_str(&format!(
@@ -175,13 +254,19 @@ fn syntax_message(text: &str, location: Location, libyaml: &str) -> String {
     format!("not valid YAML: {message}")
 }
 
-/// The action of a bare list item (`- close`) on the last non-blank line before `line`, if there is one.
+/// The action of a bare list item (`- close`) on the last non-blank line before `line`, if `line` is indented
+/// under it (as keys meant for that step would be).
 fn bare_step_above(text: &str, line: usize) -> Option<&str> {
+    let indent = |l: &str| l.len() - l.trim_start_matches(' ').len();
+    let offending = text.lines().nth(line.checked_sub(1)?)?;
     let above = text
         .lines()
         .take(line.saturating_sub(1))
         .filter(|l| !l.trim().is_empty())
         .last()?;
+    if indent(offending) <= indent(above) {
+        return None;
+    }
     let item = above.trim().strip_prefix("- ")?.trim();
     (!item.is_empty()
         && item

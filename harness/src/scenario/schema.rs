@@ -24,7 +24,8 @@ impl fmt::Display for Scalar {
             Scalar::Null => f.write_str("an empty value"),
             Scalar::Bool(b) => write!(f, "{b}"),
             Scalar::Int(i) => write!(f, "{i}"),
-            Scalar::Float(x) => write!(f, "{x}"),
+            // Debug keeps what tells a float from a whole number: `9000.0`, `1e41`.
+            Scalar::Float(x) => write!(f, "{x:?}"),
             Scalar::Str(s) => write!(f, "\"{s}\""),
         }
     }

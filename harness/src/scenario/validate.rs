@@ -1,7 +1,7 @@
 //! Validation: turns the wire schema into a [`Plan`], checking every name, number, duration and reference
 //! against what the format allows, and pointing each error at the line and column of the offending node.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
@@ -64,6 +64,7 @@ pub fn validate(
         tolerance: DEFAULT_TOLERANCE,
         early_tolerance: None,
         step_names: [Vec::new(), Vec::new()],
+        step_name_set: [HashSet::new(), HashSet::new()],
     };
     let root = NodePath::root();
 
@@ -177,14 +178,18 @@ struct Validator<'a> {
     deadline: Duration,
     tolerance: Duration,
     early_tolerance: Option<Duration>,
-    /// Named steps per host (by `HostId::index()`): name and 0-based step index.
+    /// Named steps per host (by `HostId::index()`): name and 0-based step index, in program order.
     step_names: [Vec<(String, usize)>; 2],
+    /// The same names as a set, so that a program of thousands of named steps is checked in linear time.
+    step_name_set: [HashSet<String>; 2],
 }
 
 /// What a step acts with, known while walking one host's program in order.
 #[derive(Default)]
 struct ProgramState {
+    /// In the order they are named, for messages.
     sockets: Vec<String>,
+    socket_set: HashSet<String>,
     listening: bool,
 }
 
@@ -716,6 +721,15 @@ impl Validator<'_> {
                 }
                 let value = match value {
                     Scalar::Int(n) => n.to_string(),
+                    Scalar::Str(text) if text.contains(|c: char| c.is_control() && c != '\t') => {
+                        return Err(self.fail(
+                            &entry_path,
+                            format!(
+                                "sysctl {name} is set to {value}, which holds a line break or control character; \
+                                 a sysctl value is one line, e.g. \"4096 131072 6291456\""
+                            ),
+                        ))
+                    }
                     Scalar::Str(text) if !text.trim().is_empty() => text.clone(),
                     other => {
                         return Err(self.fail(

@@ -5,10 +5,11 @@ use super::*;
 impl Validator<'_> {
     pub(super) fn faults(&self, path: &NodePath, faults: &[FaultWire]) -> Checked<Vec<FaultPlan>> {
         let mut result: Vec<FaultPlan> = Vec::with_capacity(faults.len());
+        let mut first_of: HashMap<String, usize> = HashMap::new();
         for (i, wire) in faults.iter().enumerate() {
             let fault = self.fault(&path.index(i), wire)?;
-            if let Some(first) = result.iter().position(|f| f.name == fault.name) {
-                let first_at = self.index.value(&path.index(first).key("name"));
+            if let Some(first) = first_of.get(&fault.name) {
+                let first_at = self.index.value(&path.index(*first).key("name"));
                 return Err(self.fail(
                     &path.index(i).key("name"),
                     format!(
@@ -17,6 +18,7 @@ impl Validator<'_> {
                     ),
                 ));
             }
+            first_of.insert(fault.name.clone(), i);
             result.push(fault);
         }
         result.sort_by(|a, b| a.name.cmp(&b.name));

@@ -6,6 +6,7 @@ impl Validator<'_> {
     pub(super) fn collect_step_names(&mut self, host: HostId, program: &[StepWire]) -> Checked<()> {
         let program_path = NodePath::root().key(host.name());
         let mut names: Vec<(String, usize)> = Vec::new();
+        let mut first_of: HashMap<String, usize> = HashMap::new();
         for (i, step) in program.iter().enumerate() {
             let ScalarOr::Map(step) = step else { continue };
             let Some(name) = &step.name else { continue };
@@ -19,15 +20,17 @@ impl Validator<'_> {
                     ))
                 }
             };
-            if let Some((_, first)) = names.iter().find(|(n, _)| *n == name) {
+            if let Some(first) = first_of.get(&name) {
                 let first_at = self.index.value(&program_path.index(*first).key("name"));
                 return Err(self.fail(
                     &path,
                     format!("duplicate step name \"{name}\" on {host} (first at {first_at}); step names are unique per host"),
                 ));
             }
+            first_of.insert(name.clone(), i);
             names.push((name, i));
         }
+        self.step_name_set[host.index()] = first_of.into_keys().collect();
         self.step_names[host.index()] = names;
         Ok(())
     }
@@ -127,7 +130,7 @@ impl Validator<'_> {
                         ))
                     }
                 };
-                if state.sockets.contains(&name) {
+                if state.socket_set.contains(&name) {
                     return Err(self.fail(
                         &as_path,
                         format!("socket name \"{name}\" is already given by an earlier step on {host}; pick another"),
@@ -147,7 +150,7 @@ impl Validator<'_> {
                     ));
                 }
                 let name = value.text();
-                if !state.sockets.contains(&name) {
+                if !state.socket_set.contains(&name) {
                     let known = if state.sockets.is_empty() {
                         "no socket is named before this step; name one with `as:` on a socket or accept step".to_string()
                     } else {
@@ -168,6 +171,7 @@ impl Validator<'_> {
 
         let action = self.action(host, key, &action_path, map, as_name.clone(), state)?;
         if let Some(name) = as_name {
+            state.socket_set.insert(name.clone());
             state.sockets.push(name);
         }
         let name = map.name.as_ref().map(Scalar::text);
@@ -633,7 +637,7 @@ impl Validator<'_> {
             ));
         };
         let names = &self.step_names[host.index()];
-        if !names.iter().any(|(n, _)| n == step) {
+        if !self.step_name_set[host.index()].contains(step) {
             let known = if names.is_empty() {
                 format!("{host} has no named steps; name one with `name: {step}`")
             } else {
@@ -697,11 +701,23 @@ impl Validator<'_> {
             "program",
             "the program to run, e.g. `program: curl`",
         )?;
-        let program = self.text(&path.key("program"), program, "program")?;
-        let args = match &exec.args {
-            Some(args) => args.items.iter().map(Scalar::text).collect(),
-            None => Vec::new(),
-        };
+        let program_path = path.key("program");
+        let program = self.text(&program_path, program, "program")?;
+        self.no_nul(&program_path, &program, "the program")?;
+        let mut args = Vec::new();
+        if let Some(list) = &exec.args {
+            let args_path = path.key("args");
+            for (i, arg) in list.items.iter().enumerate() {
+                let arg_path = if list.list {
+                    args_path.index(i)
+                } else {
+                    args_path.clone()
+                };
+                let arg = arg.text();
+                self.no_nul(&arg_path, &arg, "an argument")?;
+                args.push(arg);
+            }
+        }
         let mut env = Vec::new();
         if let Some(entries) = &exec.env {
             for (name, value) in &entries.0 {
@@ -717,7 +733,9 @@ impl Validator<'_> {
                         format!("environment variable name \"{name}\" is not allowed; use letters, digits and _, e.g. LANG"),
                     ));
                 }
-                env.push((name.clone(), value.text()));
+                let value = value.text();
+                self.no_nul(&env_path, &value, "an environment variable")?;
+                env.push((name.clone(), value));
             }
         }
         env.sort();
@@ -928,13 +946,14 @@ impl Validator<'_> {
 
     /// Refuses two hosts that wait for each other: each blocked before the step the other waits for.
     pub(super) fn check_wait_deadlocks(&self, steps: &[Vec<StepPlan>; 2]) -> Checked<()> {
-        let position = |host: HostId, name: &str| {
-            steps[host.index()]
+        let positions: [HashMap<&str, usize>; 2] = [0, 1].map(|host| {
+            steps[host]
                 .iter()
-                .position(|s| s.name.as_deref() == Some(name))
-        };
-        // (waiting host, its step index, target step index, edge)
-        let mut waits = Vec::new();
+                .filter_map(|s| Some((s.name.as_deref()?, s.index)))
+                .collect()
+        });
+        // Per host, in step order: (its step index, target step index on the peer, edge).
+        let mut waits: [Vec<(usize, usize, StepEdge)>; 2] = [Vec::new(), Vec::new()];
         for host in HostId::ALL {
             for step in &steps[host.index()] {
                 if let Action::Wait {
@@ -943,41 +962,76 @@ impl Validator<'_> {
                     edge,
                 } = &step.action
                 {
-                    if let Some(target_index) = position(*target_host, target) {
-                        waits.push((host, step.index, target_index, *edge));
+                    if let Some(target_index) = positions[target_host.index()].get(target.as_str())
+                    {
+                        waits[host.index()].push((step.index, *target_index, *edge));
                     }
                 }
             }
         }
-        // `blocker` holds its host until the wait ends; the target is out of reach if it lies beyond the blocker.
-        let blocks = |blocker: usize, target: usize, edge: StepEdge| {
-            blocker < target || (blocker == target && edge == StepEdge::Finished)
-        };
-        for &(host, index, target, edge) in &waits {
-            for &(other_host, other_index, other_target, other_edge) in &waits {
-                if other_host == host.peer()
-                    && blocks(other_index, target, edge)
-                    && blocks(index, other_target, other_edge)
-                {
-                    let step_path = NodePath::root().key(host.name()).index(index);
-                    let peer = host.peer();
-                    let peer_steps = &steps[peer.index()];
-                    let own_steps = &steps[host.index()];
-                    let name_of =
-                        |steps: &[StepPlan], i: usize| steps[i].name.clone().unwrap_or_default();
-                    return Err(self.fail(
-                        &step_path,
-                        format!(
-                            "deadlock: this step waits for {peer}.{}, but {peer} reaches that step only after its \
-                             step {}, which waits for {host}.{}, a step that comes after this one; reorder the steps \
-                             so that one host can go on",
-                            name_of(peer_steps, target),
-                            peer_steps[other_index].label(),
-                            name_of(own_steps, other_target),
-                        ),
-                    ));
+        // A wait holds its host at its step until the target is reached: started = the target step began, finished
+        // = it ended. The wait at `blocker` keeps the target out of reach when the target lies at or beyond
+        // `reach` = target index (+1 for finished); two waits deadlock when each blocks the other's target.
+        let reach =
+            |target: usize, edge: StepEdge| target + usize::from(edge == StepEdge::Finished);
+        let blocks = |blocker: usize, target: usize, edge: StepEdge| blocker < reach(target, edge);
+        // Per host, the highest reach among its first n waits, so each wait is checked against all waits of the
+        // peer in O(log n) instead of pairwise.
+        let highest_reach: [Vec<usize>; 2] = [0, 1].map(|host| {
+            waits[host]
+                .iter()
+                .scan(0, |highest, &(_, target, edge)| {
+                    *highest = (*highest).max(reach(target, edge));
+                    Some(*highest)
+                })
+                .collect()
+        });
+        for host in HostId::ALL {
+            let peer = host.peer();
+            let peer_waits = &waits[peer.index()];
+            for &(index, target, edge) in &waits[host.index()] {
+                let blocking = peer_waits
+                    .partition_point(|&(other_index, _, _)| blocks(other_index, target, edge));
+                if blocking == 0 || highest_reach[peer.index()][blocking - 1] <= index {
+                    continue;
                 }
+                let Some(&(other_index, other_target, _)) =
+                    peer_waits[..blocking]
+                        .iter()
+                        .find(|&&(_, other_target, other_edge)| {
+                            blocks(index, other_target, other_edge)
+                        })
+                else {
+                    continue;
+                };
+                let step_path = NodePath::root().key(host.name()).index(index);
+                let peer_steps = &steps[peer.index()];
+                let own_steps = &steps[host.index()];
+                let name_of =
+                    |steps: &[StepPlan], i: usize| steps[i].name.clone().unwrap_or_default();
+                return Err(self.fail(
+                    &step_path,
+                    format!(
+                        "deadlock: this step waits for {peer}.{}, but {peer} reaches that step only after its \
+                         step {}, which waits for {host}.{}, a step that comes after this one; reorder the steps \
+                         so that one host can go on",
+                        name_of(peer_steps, target),
+                        peer_steps[other_index].label(),
+                        name_of(own_steps, other_target),
+                    ),
+                ));
             }
+        }
+        Ok(())
+    }
+
+    /// Refuses a NUL character, which execve cannot pass: better found now than once the run has started.
+    fn no_nul(&self, path: &NodePath, text: &str, what: &str) -> Checked<()> {
+        if text.contains('\0') {
+            return Err(self.fail(
+                path,
+                format!("{what} of exec holds a NUL character (\\0), which no program can receive; remove it"),
+            ));
         }
         Ok(())
     }

@@ -1,0 +1,452 @@
+//! `netfault bench capture`: a bulk TCP transfer over a scenario's veth with no capture, with netfault's
+//! capture on both ends, and with `tcpdump -w` on both ends, alternating in one run on the same interfaces:
+//! throughput, and frames written to the pcaps against the interfaces' own packet counters.
+
+use std::fs::File;
+use std::io::{BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddrV4, TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use pcap_file::pcap::PcapReader;
+use serde_json::json;
+
+use super::recipe::{Tcpdump, TcpdumpStats};
+use super::{fixture_plan, interrupted, Comparison, Distribution, Report, ScratchDir};
+use crate::capture::{Capture, CaptureStats};
+use crate::clock::{Clock, EventSink};
+use crate::error::{Context, Error, Result};
+use crate::netns::Netns;
+use crate::scenario::plan::HostId;
+use crate::topology::{self, Topology, LINK_NAME};
+
+#[derive(Debug, Clone)]
+pub struct CaptureOptions {
+    /// Bytes the client sends in each transfer.
+    pub bytes: u64,
+    /// Rounds of (no capture, netfault, tcpdump, tcpdump -B 32768).
+    pub runs: usize,
+}
+
+const PORT: u16 = 5001;
+const CHUNK: usize = 1 << 20;
+/// Longest a bulk socket call may block; a stalled transfer fails instead of hanging the benchmark.
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// After the transfer, time for the last ACKs and FINs before the counters are read.
+const SETTLE: Duration = Duration::from_millis(100);
+/// tcpdump's `-B` (KiB) matching netfault's ring, for the second tcpdump variant.
+const TCPDUMP_LARGE_BUFFER_KIB: &str = "32768";
+
+/// The capture arrangements compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arrangement {
+    None,
+    Netfault,
+    Tcpdump,
+    TcpdumpLargeBuffer,
+}
+
+impl Arrangement {
+    const ALL: [Arrangement; 4] = [
+        Arrangement::None,
+        Arrangement::Netfault,
+        Arrangement::Tcpdump,
+        Arrangement::TcpdumpLargeBuffer,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Arrangement::None => "no capture",
+            Arrangement::Netfault => "netfault Capture x2",
+            Arrangement::Tcpdump => "tcpdump -w x2 (default -B 2 MiB)",
+            Arrangement::TcpdumpLargeBuffer => "tcpdump -w -B 32768 x2",
+        }
+    }
+}
+
+/// One end's frames: written to the pcap (as read back), the tool's own count, kernel drops, and what the
+/// interface counted in the same window.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+struct EndFigures {
+    in_pcap: u64,
+    tool_count: u64,
+    tool_drops: u64,
+    interface_packets: u64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+struct Round {
+    run: usize,
+    arrangement: &'static str,
+    seconds: f64,
+    gbit_per_s: f64,
+    /// Client end, server end; absent without capture.
+    ends: Option<[EndFigures; 2]>,
+    timeline_events: Option<u64>,
+}
+
+pub fn bench_capture(options: &CaptureOptions) -> Result<Report> {
+    let mut report = Report::new(&format!("capture ({} MiB per transfer)", options.bytes >> 20));
+    let scratch = ScratchDir::new("capture")?;
+    let plan = fixture_plan(&scratch.path().join("fixture.yaml"))?;
+    let namespaces = [Netns::new_anonymous()?, Netns::new_anonymous()?];
+    let topology = topology::build(&plan, &namespaces[0], &namespaces[1])?;
+    let mut rounds: Vec<Round> = Vec::new();
+    'runs: for run in 0..options.runs {
+        for arrangement in Arrangement::ALL {
+            if interrupted() {
+                break 'runs;
+            }
+            rounds.push(round(
+                run,
+                arrangement,
+                &namespaces,
+                &topology,
+                options.bytes,
+                scratch.path(),
+            )?);
+        }
+    }
+
+    let of = |arrangement: Arrangement| rounds.iter().filter(move |r| r.arrangement == arrangement.label());
+    for arrangement in Arrangement::ALL {
+        let throughput: Vec<f64> = of(arrangement).map(|r| r.gbit_per_s).collect();
+        report.row(format!("throughput, {}", arrangement.label()), "Gb/s", &throughput);
+    }
+    for arrangement in &Arrangement::ALL[1..] {
+        for (end, host) in HostId::ALL.iter().enumerate() {
+            let lost: Vec<f64> = of(*arrangement)
+                .filter_map(|r| {
+                    r.ends
+                        .map(|ends| ends[end].interface_packets as f64 - ends[end].in_pcap as f64)
+                })
+                .collect();
+            report.row(
+                format!("frames missing from pcap, {host}, {}", arrangement.label()),
+                "pkts",
+                &lost,
+            );
+        }
+    }
+    for round in &rounds {
+        if let Some(ends) = round.ends {
+            for (host, end) in HostId::ALL.iter().zip(ends) {
+                report.note(
+                    format!("round {} {} {host}", round.run + 1, round.arrangement),
+                    format!(
+                        "interface {} frames, pcap {} ({} by the tool's count), kernel drops {}",
+                        end.interface_packets, end.in_pcap, end.tool_count, end.tool_drops
+                    ),
+                );
+            }
+        }
+    }
+    let median = |arrangement: Arrangement| {
+        Distribution::of(&of(arrangement).map(|r| r.gbit_per_s).collect::<Vec<_>>()).map_or(f64::NAN, |d| d.median)
+    };
+    let missing = |arrangement: Arrangement| -> u64 {
+        of(arrangement)
+            .filter_map(|r| r.ends)
+            .flat_map(|ends| ends.into_iter())
+            .map(|end| end.interface_packets.saturating_sub(end.in_pcap))
+            .sum()
+    };
+    let (none, ours, theirs) = (
+        median(Arrangement::None),
+        median(Arrangement::Netfault),
+        median(Arrangement::Tcpdump),
+    );
+    report.compare(Comparison {
+        what: "frames lost by the capture over all rounds (both ends)".into(),
+        netfault: missing(Arrangement::Netfault).to_string(),
+        alternative: format!(
+            "{} (tcpdump), {} (tcpdump -B 32768)",
+            missing(Arrangement::Tcpdump),
+            missing(Arrangement::TcpdumpLargeBuffer)
+        ),
+        ratio: None,
+        target: "0".into(),
+        met: missing(Arrangement::Netfault) == 0,
+    });
+    report.compare(Comparison {
+        what: "throughput with capture on both ends (median)".into(),
+        netfault: format!(
+            "{ours:.2} Gb/s ({:.0}% of {none:.2} without capture)",
+            ours / none * 100.0
+        ),
+        alternative: format!("{theirs:.2} Gb/s with tcpdump ({:.0}%)", theirs / none * 100.0),
+        ratio: Some(ours / theirs),
+        target: "netfault / tcpdump >= 1".into(),
+        met: ours >= theirs,
+    });
+    report.note(
+        "method",
+        "one veth pair (MTU 1500, offloads off, as every scenario has) between two namespaces; a client thread \
+         writes the bytes in 1 MiB writes, the time runs from connect to the server's EOF; pcaps go to the \
+         system temp dir; interface frames are rx+tx packets of nf0 from /proc/thread-self/net/dev inside the \
+         namespace, read after the capture started and before it stopped; tcpdump runs through nsenter --net",
+    );
+    report.extra = json!({ "rounds": rounds });
+    drop(namespaces);
+    Ok(report.finish())
+}
+
+/// One transfer under one capture arrangement.
+fn round(
+    run: usize,
+    arrangement: Arrangement,
+    ns: &[Netns; 2],
+    topology: &Topology,
+    bytes: u64,
+    dir: &Path,
+) -> Result<Round> {
+    let pcaps = HostId::ALL.map(|host| dir.join(format!("{host}.pcap")));
+    let mut figures = [EndFigures::default(); 2];
+    let mut timeline_events = None;
+    let (seconds, counted) = match arrangement {
+        Arrangement::None => (transfer(ns, topology, bytes)?, None),
+        Arrangement::Netfault => {
+            let (sink, events) = EventSink::new(Clock::started());
+            let counter = count_in_background(events);
+            let mut captures = Vec::with_capacity(2);
+            for host in HostId::ALL {
+                let ifindex = topology.link(host).ifindex;
+                captures.push(Capture::start(
+                    &ns[host.index()],
+                    host,
+                    ifindex,
+                    &pcaps[host.index()],
+                    sink.clone(),
+                )?);
+            }
+            drop(sink);
+            let before = interface_frames(ns)?;
+            let seconds = transfer(ns, topology, bytes)?;
+            thread::sleep(SETTLE);
+            let after = interface_frames(ns)?;
+            let mut stats: Vec<CaptureStats> = Vec::with_capacity(2);
+            for capture in captures {
+                stats.push(capture.stop()?);
+            }
+            for (end, stat) in figures.iter_mut().zip(&stats) {
+                end.tool_count = stat.packets;
+                end.tool_drops = stat.kernel_drops;
+            }
+            timeline_events = counter.recv_timeout(IO_TIMEOUT).ok();
+            (seconds, Some((before, after)))
+        }
+        Arrangement::Tcpdump | Arrangement::TcpdumpLargeBuffer => {
+            let mut tcpdumps = Vec::with_capacity(2);
+            for host in HostId::ALL {
+                let net = format!("--net=/proc/{}/fd/{}", std::process::id(), ns[host.index()].raw_fd());
+                let buffer: &[&str] = if arrangement == Arrangement::TcpdumpLargeBuffer {
+                    &["-B", TCPDUMP_LARGE_BUFFER_KIB]
+                } else {
+                    &[]
+                };
+                tcpdumps.push(Tcpdump::start_with(
+                    &["nsenter", &net],
+                    buffer,
+                    LINK_NAME,
+                    &pcaps[host.index()],
+                )?);
+            }
+            let before = interface_frames(ns)?;
+            let seconds = transfer(ns, topology, bytes)?;
+            thread::sleep(SETTLE);
+            let after = interface_frames(ns)?;
+            let mut stats: Vec<TcpdumpStats> = Vec::with_capacity(2);
+            for tcpdump in tcpdumps {
+                stats.push(tcpdump.stop()?);
+            }
+            for (end, stat) in figures.iter_mut().zip(&stats) {
+                end.tool_count = stat.captured;
+                end.tool_drops = stat.dropped;
+            }
+            (seconds, Some((before, after)))
+        }
+    };
+    let ends = match counted {
+        None => None,
+        Some((before, after)) => {
+            for (index, end) in figures.iter_mut().enumerate() {
+                end.interface_packets = after[index] - before[index];
+                end.in_pcap = frames_in_pcap(&pcaps[index])?;
+                std::fs::remove_file(&pcaps[index]).context(|| format!("rm {}", pcaps[index].display()))?;
+            }
+            Some(figures)
+        }
+    };
+    Ok(Round {
+        run,
+        arrangement: arrangement.label(),
+        seconds,
+        gbit_per_s: bytes as f64 * 8.0 / seconds / 1e9,
+        ends,
+        timeline_events,
+    })
+}
+
+/// Counts the timeline events the captures emit (as the engine's hub would receive them), until every sender
+/// is gone; sends the count.
+fn count_in_background(events: mpsc::Receiver<crate::timeline::Event>) -> mpsc::Receiver<u64> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut count = 0u64;
+        loop {
+            match events.recv_timeout(IO_TIMEOUT) {
+                Ok(_) => count += 1,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => return,
+            }
+        }
+        let _ = tx.send(count);
+    });
+    rx
+}
+
+/// rx + tx packets of nf0 in each namespace (`ip -n <ns> -s link show nf0`), from /proc/thread-self/net/dev
+/// read by a thread inside the namespace.
+fn interface_frames(ns: &[Netns; 2]) -> Result<[u64; 2]> {
+    let mut frames = [0u64; 2];
+    for (index, netns) in ns.iter().enumerate() {
+        let text = netns.run(|| {
+            std::fs::read_to_string("/proc/thread-self/net/dev").context(|| "cat /proc/thread-self/net/dev".into())
+        })?;
+        frames[index] = rx_tx_packets(&text, LINK_NAME)
+            .ok_or_else(|| Error::Internal(format!("{LINK_NAME} missing from /proc/net/dev: {text}")))?;
+    }
+    Ok(frames)
+}
+
+/// rx packets + tx packets of `ifname` in a /proc/net/dev text.
+fn rx_tx_packets(text: &str, ifname: &str) -> Option<u64> {
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{ifname}:")))?;
+    let fields: Vec<u64> = line
+        .split_once(':')?
+        .1
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    Some(fields.get(1)? + fields.get(9)?)
+}
+
+/// Frames in a pcap file, read back record by record.
+fn frames_in_pcap(path: &Path) -> Result<u64> {
+    let file = File::open(path).context(|| format!("open {}", path.display()))?;
+    let mut reader = PcapReader::new(BufReader::with_capacity(1 << 20, file))
+        .map_err(|e| Error::Internal(format!("read pcap header of {}: {e}", path.display())))?;
+    let mut frames = 0;
+    while let Some(packet) = reader.next_raw_packet() {
+        packet.map_err(|e| Error::Internal(format!("read {} after {frames} frames: {e}", path.display())))?;
+        frames += 1;
+    }
+    Ok(frames)
+}
+
+/// Sends `bytes` from the client to the server over the veth; the seconds from connect to the server's EOF.
+fn transfer(ns: &[Netns; 2], topology: &Topology, bytes: u64) -> Result<f64> {
+    let server_address = SocketAddrV4::new(topology.server.address, PORT);
+    let listener = ns[HostId::Server.index()]
+        .run(|| TcpListener::bind(server_address).context(|| format!("listen on {server_address} in server")))?;
+    let receiver = thread::spawn(move || -> Result<(u64, Instant)> {
+        let mut stream = accept_bounded(&listener)?;
+        stream
+            .set_read_timeout(Some(IO_TIMEOUT))
+            .context(|| "set SO_RCVTIMEO".into())?;
+        let mut buffer = vec![0u8; CHUNK];
+        let mut received = 0u64;
+        loop {
+            let n = stream
+                .read(&mut buffer)
+                .context(|| "receive the bulk transfer in server".into())?;
+            if n == 0 {
+                return Ok((received, Instant::now()));
+            }
+            received += n as u64;
+        }
+    });
+    let started = Instant::now();
+    let sender = ns[HostId::Client.index()].spawn("bulk-client", move || -> Result<()> {
+        let mut stream = TcpStream::connect_timeout(&server_address.into(), IO_TIMEOUT)
+            .context(|| format!("connect to {server_address} from client"))?;
+        stream
+            .set_write_timeout(Some(IO_TIMEOUT))
+            .context(|| "set SO_SNDTIMEO".into())?;
+        let chunk = vec![0x5au8; CHUNK];
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(CHUNK as u64) as usize;
+            stream
+                .write_all(&chunk[..n])
+                .context(|| "send the bulk transfer from client".into())?;
+            left -= n as u64;
+        }
+        stream
+            .shutdown(Shutdown::Write)
+            .context(|| "shutdown(SHUT_WR) in client".into())?;
+        Ok(())
+    })?;
+    let sent = sender
+        .join()
+        .map_err(|_| Error::Internal("bulk client thread panicked".into()))?;
+    let received = receiver
+        .join()
+        .map_err(|_| Error::Internal("bulk server thread panicked".into()))?;
+    sent?;
+    let (received, finished) = received?;
+    if received != bytes {
+        return Err(Error::Internal(format!("server received {received} of {bytes} bytes")));
+    }
+    Ok(finished.duration_since(started).as_secs_f64())
+}
+
+fn accept_bounded(listener: &TcpListener) -> Result<TcpStream> {
+    let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+    let millis = u16::try_from(IO_TIMEOUT.as_millis()).unwrap_or(u16::MAX);
+    let ready = poll(&mut fds, PollTimeout::from(millis)).context(|| "wait for the bulk connection: poll".into())?;
+    if ready == 0 {
+        return Err(Error::Internal(format!("no bulk connection within {IO_TIMEOUT:?}")));
+    }
+    let (stream, _) = listener.accept().context(|| "accept the bulk connection".into())?;
+    Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_counters_add_rx_and_tx_packets() {
+        let text = "\
+Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo:       0       0    0    0    0     0          0         0        0       0    0    0    0     0       0          0
+   nf0: 1523456    1001    0    0    0     0          0         0 99999999   70002    0    0    0     0       0          0
+";
+        assert_eq!(rx_tx_packets(text, "nf0"), Some(71003));
+        assert_eq!(rx_tx_packets(text, "lo"), Some(0));
+        assert_eq!(rx_tx_packets(text, "eth0"), None);
+    }
+
+    #[test]
+    fn a_bulk_transfer_is_counted_on_both_interfaces() {
+        let plan = fixture_plan(Path::new("fixture.yaml")).unwrap();
+        let ns = [Netns::new_anonymous().unwrap(), Netns::new_anonymous().unwrap()];
+        let topology = topology::build(&plan, &ns[0], &ns[1]).unwrap();
+        let before = interface_frames(&ns).unwrap();
+        let seconds = transfer(&ns, &topology, 8 << 20).unwrap();
+        let after = interface_frames(&ns).unwrap();
+        assert!(seconds > 0.0);
+        // 8 MiB in segments of at most 1448 bytes: at least 5794 data frames, each end sees them all.
+        for end in 0..2 {
+            assert!(after[end] - before[end] > 5794, "end {end}: {before:?} -> {after:?}");
+        }
+    }
+}

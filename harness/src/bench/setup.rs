@@ -1,0 +1,518 @@
+//! `netfault bench setup`: the fixed cost of one scenario (namespaces, veth, addresses, one nftables fault,
+//! capture and socket observation on both ends, then teardown), netfault in-process against the shell recipe,
+//! alternating repetitions in one run; and the cost of one `netfault __run-one` child process.
+
+use std::mem::size_of;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::recipe::{self, NamedNamespaces, Tcpdump};
+use super::{fixture_plan, interrupted, millis, Comparison, Distribution, Report, ScratchDir, FIXTURE};
+use crate::capture::Capture;
+use crate::clock::{Clock, EventSink};
+use crate::engine::{self, Rig};
+use crate::error::{Context, Error, Result};
+use crate::firewall::Firewall;
+use crate::netns::Netns;
+use crate::observe::Observer;
+use crate::report::Status;
+use crate::supervise::Supervisor;
+use crate::runner::{self, Job};
+use crate::scenario::plan::{HostId, Plan};
+use crate::topology;
+
+/// What `netfault bench setup` repeats.
+#[derive(Debug, Clone)]
+pub struct SetupOptions {
+    pub repetitions: usize,
+}
+
+/// Repetitions of each side run first and not counted: they fault in the binaries and warm the caches.
+const WARM_UP: usize = 3;
+/// Target of the issue: at most this per scenario ...
+const TARGET_TOTAL_MS: f64 = 5.0;
+/// ... and at least this many times faster than the recipe.
+const TARGET_SPEEDUP: f64 = 20.0;
+
+const ENGINE_SETUP: [&str; 1] = ["engine::set_up + activate the fault"];
+const ENGINE_TEARDOWN: [&str; 4] = [
+    "engine teardown: Observer::stop x2",
+    "engine teardown: engine::stop_captures (parallel)",
+    "engine teardown: firewall counters, drop firewalls",
+    "engine teardown: drop namespaces",
+];
+const NETFAULT_SETUP: [&str; 5] = [
+    "netfault setup: 2 namespaces (unshare)",
+    "netfault setup: topology::build (veth, addrs, up)",
+    "netfault setup: Firewall::install x2 + activate",
+    "netfault setup: Capture::start x2",
+    "netfault setup: Observer::start x2",
+];
+const NETFAULT_TEARDOWN: [&str; 4] = [
+    "netfault teardown: Observer::stop x2",
+    "netfault teardown: Capture::stop x2",
+    "netfault teardown: drop firewalls",
+    "netfault teardown: drop namespaces",
+];
+const RECIPE_SETUP: [&str; 5] = [
+    "recipe setup: ip netns add x2",
+    "recipe setup: ip link add veth; ip link set netns x2",
+    "recipe setup: ip addr add x2; ip link set up x2",
+    "recipe setup: nft -f (table, chain, rule)",
+    "recipe setup: tcpdump -w x2 until listening",
+];
+const RECIPE_TEARDOWN: [&str; 2] = [
+    "recipe teardown: kill tcpdump x2, wait",
+    "recipe teardown: ip netns del x2",
+];
+
+/// The rule set the recipe loads: the same fault as the fixture's, switched on.
+const RECIPE_NFT: &str = "\
+table inet netfault {
+    chain input {
+        type filter hook input priority filter; policy accept;
+        tcp dport 9000 drop
+    }
+}
+";
+
+/// Phase times of one repetition.
+#[derive(Debug, Clone, Default)]
+struct Phases {
+    setup: Vec<Duration>,
+    teardown: Vec<Duration>,
+}
+
+impl Phases {
+    fn setup_total(&self) -> Duration {
+        self.setup.iter().sum()
+    }
+
+    fn teardown_total(&self) -> Duration {
+        self.teardown.iter().sum()
+    }
+}
+
+/// Times consecutive phases.
+struct Lap(Instant);
+
+impl Lap {
+    fn start() -> Lap {
+        Lap(Instant::now())
+    }
+
+    fn lap(&mut self, into: &mut Vec<Duration>) {
+        let now = Instant::now();
+        into.push(now - self.0);
+        self.0 = now;
+    }
+}
+
+/// Both sides `repetitions` times, alternating, then the child process; the table of every phase.
+pub fn bench_setup(options: &SetupOptions) -> Result<Report> {
+    recipe::remove_stale_namespaces()?;
+    let scratch = ScratchDir::new("setup")?;
+    let plan = fixture_plan(&scratch.path().join("fixture.yaml"))?;
+    let nft_file = scratch.path().join("recipe.nft");
+    std::fs::write(&nft_file, RECIPE_NFT).context(|| format!("write {}", nft_file.display()))?;
+
+    let mut report = Report::new("setup");
+    let mut engine = Vec::new();
+    let mut netfault = Vec::new();
+    let mut shell = Vec::new();
+    let mut grace_periods = Vec::new();
+    let mut plain_sockets = Vec::new();
+    for i in 0..WARM_UP + options.repetitions {
+        if interrupted() {
+            report.note("interrupted", format!("after {} repetitions", engine.len()));
+            break;
+        }
+        let ours = engine_once(&plan, scratch.path())?;
+        let steps = phases_once(&plan, scratch.path())?;
+        let theirs = recipe_once(i, scratch.path(), &nft_file)?;
+        let (grace_period, plain_socket) = capture_references()?;
+        if i >= WARM_UP {
+            engine.push(ours);
+            netfault.push(steps);
+            shell.push(theirs);
+            grace_periods.push(millis(grace_period));
+            plain_sockets.push(millis(plain_socket));
+        }
+    }
+    let child = child_process_cost(scratch.path(), options.repetitions.min(100))?;
+
+    add_phase_rows(
+        &mut report,
+        &engine,
+        &ENGINE_SETUP,
+        &ENGINE_TEARDOWN,
+        "netfault (engine)",
+    );
+    add_phase_rows(
+        &mut report,
+        &netfault,
+        &NETFAULT_SETUP,
+        &NETFAULT_TEARDOWN,
+        "one phase at a time",
+    );
+    report.row("reference: setsockopt(PACKET_RX_RING), 1 block", "ms", &grace_periods);
+    report.row("reference: packet socket + bind, no ring", "ms", &plain_sockets);
+    add_phase_rows(&mut report, &shell, &RECIPE_SETUP, &RECIPE_TEARDOWN, "recipe");
+    let total = |phases: &[Phases]| -> Vec<f64> {
+        phases
+            .iter()
+            .map(|p| millis(p.setup_total() + p.teardown_total()))
+            .collect()
+    };
+    let veth_part =
+        |phases: &[Phases]| -> Vec<f64> { phases.iter().map(|p| millis(p.setup[..3].iter().sum())).collect() };
+    let ours_total = Distribution::of(&total(&engine));
+    let theirs_total = Distribution::of(&total(&shell));
+    if let (Some(ours), Some(theirs)) = (ours_total, theirs_total) {
+        let ratio = theirs.median / ours.median;
+        report.compare(Comparison {
+            what: "fixed cost per scenario (setup + teardown, median)".into(),
+            netfault: format!("{:.2} ms (p90 {:.2})", ours.median, ours.p90),
+            alternative: format!("{:.1} ms (p90 {:.1})", theirs.median, theirs.p90),
+            ratio: Some(ratio),
+            target: format!("netfault <= {TARGET_TOTAL_MS} ms and >= {TARGET_SPEEDUP}x faster"),
+            met: ours.median <= TARGET_TOTAL_MS && ratio >= TARGET_SPEEDUP,
+        });
+    }
+    if let (Some(ours), Some(theirs)) = (
+        Distribution::of(&veth_part(&netfault)),
+        Distribution::of(&veth_part(&shell)),
+    ) {
+        report.compare(Comparison {
+            what: "namespaces + veth + addresses only (median; netfault one phase at a time)".into(),
+            netfault: format!("{:.2} ms", ours.median),
+            alternative: format!("{:.1} ms", theirs.median),
+            ratio: Some(theirs.median / ours.median),
+            target: "design.md: ~2 ms vs 92-95 ms".into(),
+            met: theirs.median / ours.median >= TARGET_SPEEDUP,
+        });
+    }
+    report.row("child __run-one (trivial scenario): wall", "ms", &child.wall);
+    report.row("child __run-one: engine setup (result.json)", "ms", &child.setup);
+    report.row("child __run-one: engine teardown (result.json)", "ms", &child.teardown);
+    report.row("child __run-one: scenario itself (t0..end)", "ms", &child.scenario);
+    report.note(
+        "method",
+        format!(
+            "{WARM_UP} warm-up repetitions of each side not counted, then netfault and the recipe alternate; the \
+             recipe runs each command as a process (no shell), waits for tcpdump's `listening on`, and also sets \
+             up less than netfault (no lo up, no IPv6 off, no offloads off, no socket observer)"
+        ),
+    );
+    report.extra = json!({
+        "engine_ms": phases_json(&engine),
+        "phases_ms": phases_json(&netfault),
+        "ring_setsockopt_ms": grace_periods,
+        "plain_socket_ms": plain_sockets,
+        "recipe_ms": phases_json(&shell),
+        "child_wall_ms": child.wall,
+    });
+    drop(scratch);
+    Ok(report.finish())
+}
+
+fn add_phase_rows(report: &mut Report, phases: &[Phases], setup: &[&str], teardown: &[&str], side: &str) {
+    for (index, name) in setup.iter().enumerate() {
+        report.row(
+            *name,
+            "ms",
+            &phases.iter().map(|p| millis(p.setup[index])).collect::<Vec<_>>(),
+        );
+    }
+    for (index, name) in teardown.iter().enumerate() {
+        report.row(
+            *name,
+            "ms",
+            &phases.iter().map(|p| millis(p.teardown[index])).collect::<Vec<_>>(),
+        );
+    }
+    report.row(
+        format!("{side} SETUP total"),
+        "ms",
+        &phases.iter().map(|p| millis(p.setup_total())).collect::<Vec<_>>(),
+    );
+    report.row(
+        format!("{side} TEARDOWN total"),
+        "ms",
+        &phases.iter().map(|p| millis(p.teardown_total())).collect::<Vec<_>>(),
+    );
+    report.row(
+        format!("{side} TOTAL"),
+        "ms",
+        &phases
+            .iter()
+            .map(|p| millis(p.setup_total() + p.teardown_total()))
+            .collect::<Vec<_>>(),
+    );
+}
+
+fn phases_json(phases: &[Phases]) -> serde_json::Value {
+    json!(phases
+        .iter()
+        .map(|p| json!({
+            "setup": p.setup.iter().map(|d| millis(*d)).collect::<Vec<_>>(),
+            "teardown": p.teardown.iter().map(|d| millis(*d)).collect::<Vec<_>>(),
+        }))
+        .collect::<Vec<_>>())
+}
+
+/// The engine's own set-up and teardown code, with the fixture's one fault switched on.
+fn engine_once(plan: &Plan, dir: &Path) -> Result<Phases> {
+    let mut phases = Phases::default();
+    let (sink, _events) = EventSink::new(Clock::unstarted());
+    let mut lap = Lap::start();
+    let Rig {
+        namespaces,
+        mut firewalls,
+        captures,
+        observers,
+        ..
+    } = engine::set_up(plan, dir, &sink)?;
+    for fault in &plan.faults {
+        firewalls[fault.host.index()].activate(&fault.name)?;
+    }
+    lap.lap(&mut phases.setup);
+
+    let mut lap = Lap::start();
+    for observer in observers {
+        observer.stop()?;
+    }
+    lap.lap(&mut phases.teardown);
+    engine::stop_captures(captures)?;
+    lap.lap(&mut phases.teardown);
+    for firewall in &mut firewalls {
+        firewall.counters()?;
+    }
+    drop(firewalls);
+    lap.lap(&mut phases.teardown);
+    drop(namespaces);
+    lap.lap(&mut phases.teardown);
+    Ok(phases)
+}
+
+/// The same work as the engine's, one phase after the other, to show where the time goes.
+fn phases_once(plan: &Plan, dir: &Path) -> Result<Phases> {
+    let mut phases = Phases::default();
+    let mut lap = Lap::start();
+    let namespaces = [Netns::new_anonymous()?, Netns::new_anonymous()?];
+    lap.lap(&mut phases.setup);
+    let topology = topology::build(plan, &namespaces[0], &namespaces[1])?;
+    lap.lap(&mut phases.setup);
+    let mut firewalls = Vec::with_capacity(2);
+    for host in HostId::ALL {
+        firewalls.push(Firewall::install(&namespaces[host.index()], host, &plan.faults)?);
+    }
+    for fault in &plan.faults {
+        firewalls[fault.host.index()].activate(&fault.name)?;
+    }
+    lap.lap(&mut phases.setup);
+    let (sink, _events) = EventSink::new(Clock::unstarted());
+    let mut captures = Vec::with_capacity(2);
+    for host in HostId::ALL {
+        let pcap = dir.join(format!("{host}.pcap"));
+        captures.push(Capture::start(
+            &namespaces[host.index()],
+            host,
+            topology.link(host).ifindex,
+            &pcap,
+            sink.clone(),
+        )?);
+    }
+    lap.lap(&mut phases.setup);
+    let mut observers = Vec::with_capacity(2);
+    for host in HostId::ALL {
+        observers.push(Observer::start(
+            &namespaces[host.index()],
+            host,
+            plan.sample_interval,
+            sink.clone(),
+        )?);
+    }
+    lap.lap(&mut phases.setup);
+
+    let mut lap = Lap::start();
+    for observer in observers {
+        observer.stop()?;
+    }
+    lap.lap(&mut phases.teardown);
+    for capture in captures {
+        capture.stop()?;
+    }
+    lap.lap(&mut phases.teardown);
+    drop(firewalls);
+    lap.lap(&mut phases.teardown);
+    drop(namespaces);
+    lap.lap(&mut phases.teardown);
+    Ok(phases)
+}
+
+/// The shell recipe for the same set-up: named namespaces, veth moved into them, addresses, links up, the
+/// rule set loaded with `nft -f` in the server's namespace, tcpdump on both ends; then all of it stopped and
+/// deleted. The guards delete the namespaces and stop tcpdump on any error.
+fn recipe_once(repetition: usize, dir: &Path, nft_file: &Path) -> Result<Phases> {
+    let mut phases = Phases::default();
+    let names = [
+        NamedNamespaces::name(&format!("{repetition}-c")),
+        NamedNamespaces::name(&format!("{repetition}-s")),
+    ];
+    let links = [format!("nfb{repetition}c"), format!("nfb{repetition}s")];
+    let addresses = ["10.0.0.1/24", "10.0.0.2/24"];
+    let mut namespaces = NamedNamespaces::default();
+    let mut lap = Lap::start();
+    for name in &names {
+        namespaces.add(name)?;
+    }
+    lap.lap(&mut phases.setup);
+    recipe::run(
+        "ip",
+        &["link", "add", &links[0], "type", "veth", "peer", "name", &links[1]],
+    )?;
+    for (link, name) in links.iter().zip(&names) {
+        recipe::run("ip", &["link", "set", link, "netns", name])?;
+    }
+    lap.lap(&mut phases.setup);
+    for ((link, name), address) in links.iter().zip(&names).zip(addresses) {
+        recipe::run("ip", &["-n", name, "addr", "add", address, "dev", link])?;
+        recipe::run("ip", &["-n", name, "link", "set", link, "up"])?;
+    }
+    lap.lap(&mut phases.setup);
+    let nft_path = nft_file.to_string_lossy();
+    recipe::run("ip", &["netns", "exec", &names[1], "nft", "-f", &nft_path])?;
+    lap.lap(&mut phases.setup);
+    let mut tcpdumps = Vec::with_capacity(2);
+    for (link, name) in links.iter().zip(&names) {
+        let pcap = dir.join(format!("recipe-{link}.pcap"));
+        tcpdumps.push(Tcpdump::start(&["ip", "netns", "exec", name], link, &pcap)?);
+    }
+    lap.lap(&mut phases.setup);
+
+    let mut lap = Lap::start();
+    for tcpdump in tcpdumps {
+        tcpdump.stop()?;
+    }
+    lap.lap(&mut phases.teardown);
+    namespaces.delete_all()?;
+    lap.lap(&mut phases.teardown);
+    Ok(phases)
+}
+
+/// Two references from a packet socket of the bench's own namespace: one `setsockopt(PACKET_RX_RING)` with the
+/// smallest ring (one 4 KiB block), i.e. the kernel's `synchronize_net()` in it without the ring's memory; and
+/// what a capture without a ring costs to start (`socket` + `bind` to `lo` for every protocol).
+fn capture_references() -> Result<(Duration, Duration)> {
+    let started = Instant::now();
+    let plain = packet_socket()?;
+    // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
+    let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    address.sll_family = libc::AF_PACKET as u16;
+    address.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+    address.sll_ifindex = LOOPBACK_IFINDEX;
+    // SAFETY: address is a valid sockaddr_ll and the length passed is its size.
+    let bound = unsafe {
+        libc::bind(
+            plain.as_raw_fd(),
+            (&address as *const libc::sockaddr_ll).cast(),
+            size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    let plain_took = started.elapsed();
+    if bound < 0 {
+        return Err(Error::last_os("bind(AF_PACKET, lo)"));
+    }
+
+    let ring = packet_socket()?;
+    let request = libc::tpacket_req {
+        tp_block_size: 4096,
+        tp_block_nr: 1,
+        tp_frame_size: 2048,
+        tp_frame_nr: 2,
+    };
+    let started = Instant::now();
+    // SAFETY: request is a live tpacket_req and the length passed is its size.
+    let result = unsafe {
+        libc::setsockopt(
+            ring.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_RX_RING,
+            (&request as *const libc::tpacket_req).cast(),
+            size_of::<libc::tpacket_req>() as libc::socklen_t,
+        )
+    };
+    let ring_took = started.elapsed();
+    if result < 0 {
+        return Err(Error::last_os("setsockopt(PACKET_RX_RING)"));
+    }
+    // Closing a bound or ringed packet socket waits for another grace period: on a thread of its own, as the
+    // capture does.
+    std::thread::spawn(move || drop((plain, ring)));
+    Ok((ring_took, plain_took))
+}
+
+/// `lo` is always interface 1 of a network namespace.
+const LOOPBACK_IFINDEX: i32 = 1;
+
+fn packet_socket() -> Result<OwnedFd> {
+    // SAFETY: plain system call without memory arguments; a non-negative result is a descriptor we own.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(Error::last_os("socket(AF_PACKET, SOCK_RAW)"));
+    }
+    // SAFETY: fd was just returned by socket and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Wall time of `netfault __run-one` on the fixture, and what the child reports of its own set-up.
+struct ChildCost {
+    wall: Vec<f64>,
+    setup: Vec<f64>,
+    teardown: Vec<f64>,
+    scenario: Vec<f64>,
+}
+
+fn child_process_cost(dir: &Path, repetitions: usize) -> Result<ChildCost> {
+    let exe = std::env::current_exe().context(|| "find the netfault binary (/proc/self/exe)".to_string())?;
+    let file = dir.join("trivial.yaml");
+    std::fs::write(&file, FIXTURE).context(|| format!("write {}", file.display()))?;
+    let job = Job {
+        file,
+        root: dir.to_path_buf(),
+        reports: dir.join("reports"),
+        run: None,
+    };
+    let mut cost = ChildCost {
+        wall: Vec::new(),
+        setup: Vec::new(),
+        teardown: Vec::new(),
+        scenario: Vec::new(),
+    };
+    for i in 0..WARM_UP + repetitions {
+        if interrupted() {
+            break;
+        }
+        let started = Instant::now();
+        let summary = runner::run_in_child(&exe, &job, Duration::from_secs(10), &Supervisor::new(Duration::from_secs(600)));
+        let wall = millis(started.elapsed());
+        if summary.status != Status::Pass {
+            return Err(Error::Internal(format!(
+                "the trivial scenario did not pass in its child process: {:?}: {}",
+                summary.status,
+                summary.messages.join("; ")
+            )));
+        }
+        if i >= WARM_UP {
+            cost.wall.push(wall);
+            cost.setup.push(summary.setup_ms);
+            cost.teardown.push(summary.teardown_ms);
+            cost.scenario.push(summary.duration * 1e3);
+        }
+    }
+    Ok(cost)
+}

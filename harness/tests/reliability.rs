@@ -1,0 +1,427 @@
+//! Bounded waits and confinement, through the command line: a step that blocks forever is ended at the scenario
+//! deadline with the step named and the report written; `run` and the cargo-test driver stop at the suite
+//! deadline; host-wide sysctls and report names that leave reports/ are refused before anything runs; `exec`
+//! programs run in the scenario's namespace and die with the run, even one that calls setsid.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::{run_processes, workspace, TOKEN_VAR};
+
+/// `netfault args...` from the workspace, with `token` in its environment; returns its output and how long
+/// it took.
+fn netfault(token: &str, env: &[(&str, &str)], args: &[&str]) -> (Output, Duration) {
+    let started = Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_netfault"))
+        .args(args)
+        .current_dir(workspace())
+        .env(TOKEN_VAR, format!("{token}-{}", std::process::id()))
+        .envs(env.iter().copied())
+        .output()
+        .expect("the netfault binary runs");
+    (output, started.elapsed())
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("netfault-reliability-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    dir
+}
+
+/// No process of the run is alive: `netfault` has returned, so everything it started must be gone already
+/// (a PID namespace's processes are killed before its init is reaped).
+fn assert_no_process_left(token: &str) {
+    let left = run_processes(&format!("{token}-{}", std::process::id()));
+    assert!(left.is_empty(), "processes of the run outlived it: {left:?}");
+}
+
+fn result_json(dir: &Path) -> serde_json::Value {
+    let text = fs::read_to_string(dir.join("result.json")).expect("result.json is written");
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn a_read_nobody_answers_ends_at_the_deadline_naming_the_steps() {
+    let reports = scratch("read-forever");
+    let (output, took) = netfault(
+        "read-forever",
+        &[],
+        &[
+            "run",
+            "--reports",
+            reports.to_str().unwrap(),
+            "harness/tests/fixtures/hang/read-forever.yaml",
+        ],
+    );
+    let text = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(
+        took < Duration::from_secs(10),
+        "the 2 s deadline ended the run: took {took:?}"
+    );
+    // The step with an expectation fails on it; the one without fails on the deadline.
+    assert!(
+        text.contains(
+            "read-forever.yaml:17:13: line 17: client step stuck-read (recv): expected 10 bytes, got still running"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("read-forever.yaml:10:5: line 10: server step server-read (recv): expected to end before the scenario deadline (2.000000s), got still running at the deadline"),
+        "{text}"
+    );
+    assert!(
+        text.contains("DEADLINE reached; still running: client step stuck-read (recv), server step server-read (recv)"),
+        "{text}"
+    );
+    let dir = reports.join("read-forever");
+    for file in ["timeline.txt", "client.pcap", "server.pcap"] {
+        assert!(dir.join(file).is_file(), "{file} written");
+    }
+    let result = result_json(&dir);
+    assert_eq!(result["deadline_hit"], true);
+    assert_eq!(result["status"], "fail");
+    // The partial timeline holds what happened before the deadline: the handshake and both reads starting.
+    let timeline = fs::read_to_string(dir.join("timeline.txt")).unwrap();
+    assert!(
+        timeline.contains("Flags [S.]") && timeline.contains("stuck-read (recv) ..."),
+        "{timeline}"
+    );
+    assert_no_process_left("read-forever");
+    let _ = fs::remove_dir_all(&reports);
+}
+
+#[test]
+fn a_program_that_never_exits_is_killed_at_the_deadline() {
+    let reports = scratch("exec-forever");
+    let (output, took) = netfault(
+        "exec-forever",
+        &[],
+        &[
+            "run",
+            "--reports",
+            reports.to_str().unwrap(),
+            "harness/tests/fixtures/hang/exec-forever.yaml",
+        ],
+    );
+    let text = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(
+        text.contains("client step stuck-exec (exec): expected exit 0, got unfinished at the deadline"),
+        "{text}"
+    );
+    assert!(text.contains("killed (SIGKILL) at the scenario deadline"), "{text}");
+    let dir = reports.join("exec-forever");
+    assert_eq!(result_json(&dir)["status"], "fail");
+    assert!(dir.join("client.pcap").is_file());
+    assert_no_process_left("exec-forever");
+    let _ = fs::remove_dir_all(&reports);
+}
+
+#[test]
+fn the_cargo_test_driver_names_the_blocked_step() {
+    let reports = scratch("driver-hang");
+    let (output, _) = netfault(
+        "driver-hang",
+        &[],
+        &[
+            "test",
+            "--root",
+            "harness/tests/fixtures/hang",
+            "--reports",
+            reports.to_str().unwrap(),
+            "--",
+            "--exact",
+            "read-forever.yaml",
+        ],
+    );
+    let text = text(&output);
+    assert_ne!(output.status.code(), Some(0), "{text}");
+    assert!(text.contains("1 failed"), "{text}");
+    assert!(
+        text.contains("server step server-read (recv): expected to end before the scenario deadline"),
+        "{text}"
+    );
+    let _ = fs::remove_dir_all(&reports);
+}
+
+#[test]
+fn run_stops_at_its_suite_deadline_and_reports_every_scenario() {
+    let reports = scratch("suite-deadline");
+    let (output, took) = netfault(
+        "suite-deadline",
+        &[],
+        &[
+            "run",
+            "--jobs",
+            "1",
+            "--deadline",
+            "3s",
+            "--reports",
+            reports.to_str().unwrap(),
+            "harness/tests/fixtures/cleanup/long.yaml",
+            "harness/tests/fixtures/hang/setsid-escape.yaml",
+        ],
+    );
+    let text = text(&output);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(
+        took < Duration::from_secs(8),
+        "the 3 s suite deadline ended the run: took {took:?}"
+    );
+    assert!(
+        text.contains("ERROR long") && text.contains("stopped: the suite deadline (3s) passed"),
+        "{text}"
+    );
+    assert!(
+        text.contains("not started: the suite deadline (3s) passed"),
+        "the queued scenario is reported: {text}"
+    );
+    assert!(text.contains("1 running scenario(s) killed, 1 not started"), "{text}");
+    assert_no_process_left("suite-deadline");
+    let _ = fs::remove_dir_all(&reports);
+}
+
+#[test]
+fn the_cargo_test_driver_stops_at_netfault_suite_deadline() {
+    let reports = scratch("driver-deadline");
+    let (output, took) = netfault(
+        "driver-deadline",
+        &[("NETFAULT_SUITE_DEADLINE", "3s")],
+        &[
+            "test",
+            "--root",
+            "harness/tests/fixtures/cleanup",
+            "--reports",
+            reports.to_str().unwrap(),
+        ],
+    );
+    let text = text(&output);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(took < Duration::from_secs(8), "took {took:?}");
+    assert!(
+        text.contains("stopped: the suite deadline (3s) passed"),
+        "the trial says why it failed: {text}"
+    );
+    assert!(text.contains("netfault: the suite deadline (3s) passed"), "{text}");
+    assert_no_process_left("driver-deadline");
+    let _ = fs::remove_dir_all(&reports);
+}
+
+#[test]
+fn a_bad_suite_deadline_is_refused() {
+    let (output, _) = netfault(
+        "bad-deadline",
+        &[],
+        &["run", "--deadline", "10", "harness/tests/fixtures/hang"],
+    );
+    let text = text(&output);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(text.contains("suite deadline: duration \"10\" needs a unit"), "{text}");
+}
+
+#[test]
+fn a_setsid_program_dies_with_the_run() {
+    let reports = scratch("setsid");
+    let (output, _) = netfault(
+        "setsid",
+        &[],
+        &[
+            "run",
+            "--reports",
+            reports.to_str().unwrap(),
+            "harness/tests/fixtures/hang/setsid-escape.yaml",
+        ],
+    );
+    let text = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert_no_process_left("setsid");
+    let _ = fs::remove_dir_all(&reports);
+}
+
+/// `check` and `run` on an invalid scenario: both refuse it with `message`, and `run` creates nothing.
+fn refused_before_running(file: &str, message: &[&str]) {
+    let (output, _) = netfault("refused", &[], &["check", file]);
+    let said = text(&output);
+    assert_eq!(output.status.code(), Some(2), "{said}");
+    for part in message {
+        assert!(said.contains(part), "{part:?} in {said}");
+    }
+    let reports = scratch("refused");
+    let (output, _) = netfault("refused", &[], &["run", "--reports", reports.to_str().unwrap(), file]);
+    let said = text(&output);
+    assert_eq!(output.status.code(), Some(2), "{said}");
+    assert!(said.contains("nothing was run"), "{said}");
+    assert!(
+        !reports.exists(),
+        "run on an invalid scenario created {}",
+        reports.display()
+    );
+}
+
+#[test]
+fn a_host_wide_sysctl_is_refused_before_anything_runs() {
+    refused_before_running(
+        "harness/tests/fixtures/confine/pid-max.yaml",
+        &[
+            "pid-max.yaml:6:13:",
+            "\"kernel.pid_max\" is not a per-namespace sysctl: setting it would change the host",
+        ],
+    );
+}
+
+#[test]
+fn a_machine_wide_net_sysctl_is_refused_before_anything_runs() {
+    refused_before_running(
+        "harness/tests/fixtures/confine/rmem-max.yaml",
+        &["rmem-max.yaml:6:13:", "\"net.core.rmem_max\"", "per network namespace"],
+    );
+}
+
+#[test]
+fn a_scenario_name_cannot_leave_the_reports_folder() {
+    // The scenario root is the nearest `scenarios` folder of the path as given, so this file's name would be
+    // `../harness/tests/fixtures/confine/exec-namespace`, a report folder outside reports/.
+    refused_before_running(
+        "scenarios/../harness/tests/fixtures/confine/exec-namespace.yaml",
+        &["scenario name \"../harness/tests/fixtures/confine/exec-namespace\" cannot be a report folder"],
+    );
+}
+
+#[test]
+fn a_symlinked_scenario_folder_reports_under_reports() {
+    let root = scratch("symlink-root");
+    let outside = scratch("symlink-outside");
+    fs::create_dir_all(root.join("scenarios")).unwrap();
+    fs::create_dir_all(&outside).unwrap();
+    fs::copy(
+        workspace().join("harness/tests/fixtures/hang/setsid-escape.yaml"),
+        outside.join("x.yaml"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("scenarios/linked")).unwrap();
+    let reports = root.join("reports");
+    let (output, _) = netfault(
+        "symlink",
+        &[],
+        &[
+            "run",
+            "--reports",
+            reports.to_str().unwrap(),
+            root.join("scenarios").to_str().unwrap(),
+        ],
+    );
+    let text = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(reports.join("linked/x/result.json").is_file(), "{text}");
+    let written: Vec<_> = fs::read_dir(&outside)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(written, vec!["x.yaml"], "nothing written next to the linked scenario");
+    let _ = fs::remove_dir_all(&root);
+    let _ = fs::remove_dir_all(&outside);
+}
+
+#[test]
+fn exec_programs_run_in_the_scenario_namespace_and_die_with_it() {
+    let reports = scratch("exec-namespace");
+    let (output, _) = netfault(
+        "exec-namespace",
+        &[],
+        &[
+            "run",
+            "--reports",
+            reports.to_str().unwrap(),
+            "harness/tests/fixtures/confine/exec-namespace.yaml",
+        ],
+    );
+    let text = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    let result = result_json(&reports.join("exec-namespace"));
+    let namespace_of = |host: &str| -> String {
+        let step = result["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["host"] == host && s["name"] == "where")
+            .unwrap_or_else(|| panic!("{host} step where in {result}"));
+        let detail = step["detail"].as_str().unwrap();
+        detail
+            .strip_prefix("stdout: ")
+            .unwrap_or(detail)
+            .lines()
+            .next()
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let host = fs::read_link("/proc/self/ns/net")
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let (client, server) = (namespace_of("client"), namespace_of("server"));
+    assert!(
+        client.starts_with("net:[") && server.starts_with("net:["),
+        "{client} {server}"
+    );
+    assert_ne!(client, host, "the client's program ran in the machine's namespace");
+    assert_ne!(server, host, "the server's program ran in the machine's namespace");
+    assert_ne!(client, server, "each host's program runs in its own host's namespace");
+    assert_no_process_left("exec-namespace");
+    let _ = fs::remove_dir_all(&reports);
+}
+
+#[test]
+fn repeat_runs_each_scenario_n_times_and_counts_them() {
+    let reports = scratch("repeat");
+    let (output, _) = netfault(
+        "repeat",
+        &[],
+        &[
+            "run",
+            "--repeat",
+            "3",
+            "--reports",
+            reports.to_str().unwrap(),
+            "harness/tests/fixtures/hang/setsid-escape.yaml",
+            "harness/tests/fixtures/failing/wrong-errno.yaml",
+        ],
+    );
+    let text = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("3 runs of each of 2 scenario(s), 6 at a time:"), "{text}");
+    assert!(
+        text.contains(&format!("{:<40} {:>5} {:>5} {:>5}", "setsid-escape", 3, 0, 0)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{:<40} {:>5} {:>5} {:>5}", "wrong-errno", 0, 3, 0)),
+        "{text}"
+    );
+    assert!(
+        text.contains("flaky: 0\nnever passed: 1\n  wrong-errno: 0/3 passed\n    run-1: "),
+        "{text}"
+    );
+    for run in 1..=3 {
+        for name in ["setsid-escape", "wrong-errno"] {
+            let dir = reports.join(name).join(format!("run-{run}"));
+            assert!(dir.join("result.json").is_file(), "{} written", dir.display());
+        }
+    }
+    assert_no_process_left("repeat");
+    let _ = fs::remove_dir_all(&reports);
+}
