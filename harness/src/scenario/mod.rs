@@ -71,8 +71,28 @@ pub fn parse_bytes(name: &str, file: &Path, bytes: &[u8]) -> Result<Plan, Scenar
 pub fn parse(name: &str, file: &Path, text: &str) -> Result<Plan, ScenarioError> {
     parse_text(name, file, text).map_err(|mut error| {
         error.message = printable(&error.message);
+        error.location = error.location.map(|at| within(text, at));
         error
     })
+}
+
+/// `at` moved back inside `text` if a parser put it past the end of its line (yaml-rust2 does at the end of
+/// the file): at most one column past the line's last character, or column 1 just past the last line.
+fn within(text: &str, at: Location) -> Location {
+    let mut lines = text.split('\n');
+    match lines.nth(at.line.saturating_sub(1)) {
+        Some(line) => Location {
+            line: at.line.max(1),
+            column: at.column.clamp(1, line.chars().count() + 1),
+        },
+        None => {
+            let last = text.split('\n').count();
+            Location {
+                line: last + 1,
+                column: 1,
+            }
+        }
+    }
 }
 
 /// `text` with control and other invisible characters escaped as Rust writes them (`\u{1b}`, `\t`): messages

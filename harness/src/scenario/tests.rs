@@ -1269,6 +1269,13 @@ fn deep_nesting_after_a_syntax_error_fails_fast() {
     );
 }
 
+/// Fuzz finding: yaml-rust2 placed an error at the end of the file one column past the last character (7:38 on a
+/// line of 36 characters); minimized, it is 4:6 on a line of 4.
+#[test]
+fn positions_past_the_end_of_a_line_are_moved_back() {
+    refused("&E\n -\n |\n  v\u{671}", 4, 5, "simple key expect ':'");
+}
+
 #[test]
 fn tabs_get_a_hint() {
     refused("description: d\nclient:\n\t- close\n", 3, 1, "not tabs");
