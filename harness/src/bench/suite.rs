@@ -195,7 +195,7 @@ pub fn bench_concurrent(options: &ConcurrentOptions) -> Result<Report> {
     let passed = batch.summaries.iter().filter(|s| s.status == Status::Pass).count();
     add_keepalive_rows(&mut report, &figures);
     report.row(
-        "child setup under this load (result.json setup_ms)",
+        "child setup under this load (setup_ms, children not killed)",
         "ms",
         &batch.field(|s| s.setup_ms),
     );
