@@ -32,6 +32,7 @@ const SYN_ACK: u64 = 0x12;
 const ACK: u64 = 0x10;
 const RST: u64 = 0x04;
 
+/// What `netfault bench suite` runs.
 #[derive(Debug, Clone)]
 pub struct SuiteOptions {
     pub runs: usize,
@@ -39,12 +40,14 @@ pub struct SuiteOptions {
     pub path: PathBuf,
 }
 
+/// What `netfault bench suite --concurrent N` runs.
 #[derive(Debug, Clone)]
 pub struct ConcurrentOptions {
     pub instances: usize,
     pub scenario: PathBuf,
 }
 
+/// What `netfault bench timing` runs.
 #[derive(Debug, Clone)]
 pub struct TimingOptions {
     pub instances: usize,
