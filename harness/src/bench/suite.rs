@@ -36,6 +36,7 @@ const SYN_ACK: u64 = 0x12;
 const ACK: u64 = 0x10;
 const RST: u64 = 0x04;
 
+/// What `netfault bench suite` runs.
 #[derive(Debug, Clone)]
 pub struct SuiteOptions {
     pub runs: usize,
@@ -43,12 +44,14 @@ pub struct SuiteOptions {
     pub path: PathBuf,
 }
 
+/// What `netfault bench suite --concurrent N` runs.
 #[derive(Debug, Clone)]
 pub struct ConcurrentOptions {
     pub instances: usize,
     pub scenario: PathBuf,
 }
 
+/// What `netfault bench timing` runs.
 #[derive(Debug, Clone)]
 pub struct TimingOptions {
     pub instances: usize,
@@ -199,7 +202,7 @@ pub fn bench_concurrent(options: &ConcurrentOptions) -> Result<Report> {
     let passed = batch.summaries.iter().filter(|s| s.status == Status::Pass).count();
     add_keepalive_rows(&mut report, &figures);
     report.row(
-        "child setup under this load (result.json setup_ms)",
+        "child setup under this load (setup_ms, children not killed)",
         "ms",
         &batch.field(|s| s.setup_ms),
     );
