@@ -26,6 +26,7 @@ pub use capture::{bench_capture, CaptureOptions};
 pub use setup::{bench_setup, SetupOptions};
 pub use suite::{bench_concurrent, bench_suite, bench_timing, ConcurrentOptions, SuiteOptions, TimingOptions};
 
+/// `netfault bench --help`.
 pub const USAGE: &str = "\
 usage: netfault bench <what> [options] [--json FILE] [--keep]
   (as root; a release build gives the real figures; --keep leaves reports and pcaps in the temp dir)
@@ -300,6 +301,7 @@ impl Report {
         }
     }
 
+    /// Adds a row with the distribution of `samples` (in `unit`).
     pub fn row(&mut self, what: impl Into<String>, unit: &str, samples: &[f64]) {
         self.rows.push(Row {
             what: what.into(),
@@ -308,10 +310,12 @@ impl Report {
         });
     }
 
+    /// Adds a `key: value` line under the tables.
     pub fn note(&mut self, key: impl Into<String>, value: impl Into<String>) {
         self.notes.push((key.into(), value.into()));
     }
 
+    /// Adds a netfault-against-alternative line with its target.
     pub fn compare(&mut self, comparison: Comparison) {
         self.comparisons.push(comparison);
     }
@@ -322,6 +326,7 @@ impl Report {
         self
     }
 
+    /// The tables as printed: rows, comparisons, notes.
     pub fn render(&self) -> String {
         let mut text = String::new();
         let load = |l: [f64; 3]| format!("{:.2} {:.2} {:.2}", l[0], l[1], l[2]);
@@ -380,6 +385,7 @@ impl Report {
         text
     }
 
+    /// The whole report, samples included, as pretty JSON in `path`.
     pub fn write_json(&self, path: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(self)
             .map_err(|e| Error::Internal(format!("encode {}: {e}", path.display())))?;
@@ -412,6 +418,7 @@ pub fn load_average() -> [f64; 3] {
     ]
 }
 
+/// A duration in (fractional) milliseconds.
 pub fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -433,6 +440,7 @@ impl ScratchDir {
         Ok(ScratchDir { path })
     }
 
+    /// The folder itself.
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -620,6 +620,10 @@ impl Observer {
         let thread = thread::Builder::new()
             .name(format!("observe-{host}"))
             .spawn(move || {
+                // A sample is stamped when it is requested: on a loaded machine an ordinary thread was seen to
+                // miss short-lived states entirely (no sample for hundreds of ms). Best effort, as for the
+                // program threads; a dump costs tens of microseconds, so the real-time thread takes little.
+                let _ = crate::priority::raise_current_thread();
                 // Nobody waits for the result only when `stop` already gave up on this thread.
                 let _ = finished_tx.send(sampler.run(interval, stop_rx));
             })

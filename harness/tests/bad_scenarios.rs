@@ -137,6 +137,17 @@ fn generated() -> Vec<Generated> {
         ),
         expected: expect(4, 13, "unknown errno \"EEEE"),
     });
+    // libyaml (asked for a better syntax message) took minutes on these: each token against each open level.
+    files.push(Generated {
+        name: "quarter-million-open-braces",
+        text: "{a: ".repeat(250_000),
+        expected: expect(1, 4 * 255 + 1, "nested more than 64 levels deep"),
+    });
+    files.push(Generated {
+        name: "open-braces-after-a-syntax-error",
+        text: format!("description: \"x\ny\"\n{}", "{a: ".repeat(250_000)),
+        expected: expect(1, 14, "invalid indentation in quoted scalar"),
+    });
     let items = vec!["1"; 480_000].join(",");
     files.push(Generated {
         name: "long-key-over-a-long-list",

@@ -24,6 +24,7 @@ use crate::netns::Netns;
 use crate::scenario::plan::HostId;
 use crate::topology::{self, Topology, LINK_NAME};
 
+/// What `netfault bench capture` transfers.
 #[derive(Debug, Clone)]
 pub struct CaptureOptions {
     /// Bytes the client sends in each transfer.
@@ -89,6 +90,7 @@ struct Round {
     timeline_events: Option<u64>,
 }
 
+/// `runs` rounds of the four arrangements on one veth pair: throughput and frames lost by each capture.
 pub fn bench_capture(options: &CaptureOptions) -> Result<Report> {
     let mut report = Report::new(&format!("capture ({} MiB per transfer)", options.bytes >> 20));
     let scratch = ScratchDir::new("capture")?;

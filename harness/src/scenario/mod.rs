@@ -20,7 +20,7 @@ use regex::Regex;
 use serde::de::IgnoredAny;
 
 use crate::error::ScenarioError;
-use crate::scenario::locate::{location_of_offset, SourceIndex, StructureError};
+use crate::scenario::locate::{location_of_offset, SourceIndex, StructureError, MAX_DEPTH};
 use crate::scenario::names::{closest, suggestion};
 use crate::scenario::plan::{Location, Plan};
 use crate::scenario::schema::{describe_expected, ScenarioWire};
@@ -71,8 +71,28 @@ pub fn parse_bytes(name: &str, file: &Path, bytes: &[u8]) -> Result<Plan, Scenar
 pub fn parse(name: &str, file: &Path, text: &str) -> Result<Plan, ScenarioError> {
     parse_text(name, file, text).map_err(|mut error| {
         error.message = printable(&error.message);
+        error.location = error.location.map(|at| within(text, at));
         error
     })
+}
+
+/// `at` moved back inside `text` if a parser put it past the end of its line (yaml-rust2 does at the end of
+/// the file): at most one column past the line's last character, or column 1 just past the last line.
+fn within(text: &str, at: Location) -> Location {
+    let mut lines = text.split('\n');
+    match lines.nth(at.line.saturating_sub(1)) {
+        Some(line) => Location {
+            line: at.line.max(1),
+            column: at.column.clamp(1, line.chars().count() + 1),
+        },
+        None => {
+            let last = text.split('\n').count();
+            Location {
+                line: last + 1,
+                column: 1,
+            }
+        }
+    }
 }
 
 /// `text` with control and other invisible characters escaped as Rust writes them (`\u{1b}`, `\t`): messages
@@ -206,7 +226,9 @@ fn check_characters(file: &Path, text: &str) -> Result<(), ScenarioError> {
 /// A structural error of the index; for plain syntax errors libyaml (what serde reads with) says more, such as
 /// where an unclosed bracket opened, so its message wins when it has one.
 fn structure_error(file: &Path, text: &str, error: StructureError) -> ScenarioError {
-    if error.syntax {
+    // libyaml checks each token against every open flow collection, so deep nesting (which yaml-rust2 may not
+    // have reached when it stopped) costs it minutes per megabyte: it is asked only when the nesting is shallow.
+    if error.syntax && flow_depth_bound(text) <= 2 * MAX_DEPTH {
         if let Err(libyaml) = serde_norway::from_str::<IgnoredAny>(text) {
             if let Some(location) = libyaml.location() {
                 let location = Location {
@@ -222,6 +244,22 @@ fn structure_error(file: &Path, text: &str, error: StructureError) -> ScenarioEr
         }
     }
     ScenarioError::new(file, Some(error.location), error.message)
+}
+
+/// An upper bound of how deep `[` and `{` nest in `text`: brackets inside strings and comments count too.
+fn flow_depth_bound(text: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0);
+    for byte in text.bytes() {
+        match byte {
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// `not valid YAML: <libyaml's words>`, positions as `line:column`, with a hint for tab indentation.

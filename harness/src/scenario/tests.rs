@@ -1255,6 +1255,31 @@ fn characters_yaml_refuses_are_shown_where_they_are() {
 }
 
 #[test]
+fn deep_nesting_after_a_syntax_error_fails_fast() {
+    // Found probing 1 MiB files: after an error only yaml-rust2 sees, libyaml (asked for a better message) took
+    // 9 s on 20000 nested `{a: ` (minutes on a megabyte).
+    let text = format!("description: \"x\ny\"\n{}", "{a: ".repeat(20_000));
+    let started = Instant::now();
+    let error = parse_text(&text).unwrap_err();
+    assert!(started.elapsed() < secs(2), "took {:?}", started.elapsed());
+    assert_eq!(error.location, Some(at(1, 14)));
+    assert!(
+        error
+            .message
+            .contains("invalid indentation in quoted scalar"),
+        "{}",
+        error.message
+    );
+}
+
+/// Fuzz finding: yaml-rust2 placed an error at the end of the file one column past the last character (7:38 on a
+/// line of 36 characters); minimized, it is 4:6 on a line of 4.
+#[test]
+fn positions_past_the_end_of_a_line_are_moved_back() {
+    refused("&E\n -\n |\n  v\u{671}", 4, 5, "simple key expect ':'");
+}
+
+#[test]
 fn tabs_get_a_hint() {
     refused("description: d\nclient:\n\t- close\n", 3, 1, "not tabs");
 }
