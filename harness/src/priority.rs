@@ -1,5 +1,6 @@
 //! Real-time scheduling for the threads whose clock readings are the measurement: each host's program thread
-//! (a step's end is stamped when the blocked call returns to it) and the hub (which switches faults on
+//! (a step's end is stamped when the blocked call returns to it), the socket observers (a sample is stamped
+//! when requested) and the hub (which switches faults on
 //! events). `chrt --fifo --reset-on-fork 1` for the calling thread only.
 //!
 //! Why: on a loaded machine a thread woken from a blocking call waits for a CPU behind every runnable

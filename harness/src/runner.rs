@@ -29,6 +29,11 @@ pub const CHILD_COMMAND: &str = "__run-one";
 /// How long the runner waits for a killed scenario process's output pipes to close.
 const OUTPUT_CLOSE_WAIT: Duration = Duration::from_secs(5);
 
+/// How long the runner waits for the output of a scenario process that exited by itself: the pipes close only
+/// when the last process of its PID namespace is gone, which with 200 scenarios tearing down namespaces at
+/// once on 2 CPUs was seen to take longer than [`OUTPUT_CLOSE_WAIT`] (the verdict line was then lost).
+const OUTPUT_AFTER_EXIT_WAIT: Duration = Duration::from_secs(60);
+
 /// How long after a stop (signal or suite deadline) the watchdog lets the runner finish before exiting it.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -90,8 +95,9 @@ fn spawn_and_wait(exe: &Path, job: &Job, deadline: Duration, supervisor: &Superv
     let limit = deadline + CHILD_GRACE;
     let started = Instant::now();
     let ended = wait_bounded(&mut child, limit, supervisor)?;
-    let stdout = stdout.recv_timeout(OUTPUT_CLOSE_WAIT).unwrap_or_default();
-    let stderr = stderr.recv_timeout(OUTPUT_CLOSE_WAIT).unwrap_or_default();
+    let output_wait = if matches!(ended, Ended::Exited(_)) { OUTPUT_AFTER_EXIT_WAIT } else { OUTPUT_CLOSE_WAIT };
+    let stdout = stdout.recv_timeout(output_wait).unwrap_or_default();
+    let stderr = stderr.recv_timeout(output_wait).unwrap_or_default();
     let summary = stdout.lines().rev().find_map(|line| serde_json::from_str::<Summary>(line).ok());
     match (ended, summary) {
         (Ended::Exited(_), Some(summary)) => Ok(summary),
