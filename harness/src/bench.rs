@@ -77,41 +77,26 @@ pub fn main(args: &[String]) -> ExitCode {
         KEEP_SCRATCH.store(true, Ordering::Relaxed);
     }
     let result = prepare().and_then(|()| match what.as_str() {
-        "setup" => bench_setup(&SetupOptions {
-            repetitions: options.n.unwrap_or(200),
-        }),
+        "setup" => bench_setup(&SetupOptions { repetitions: options.n.unwrap_or(200) }),
         "suite" => match options.concurrent {
             Some(instances) => bench_concurrent(&ConcurrentOptions {
                 instances,
-                scenario: options
-                    .scenario
-                    .clone()
-                    .unwrap_or_else(|| PathBuf::from("scenarios/keepalive/idle.yaml")),
+                scenario: options.scenario.clone().unwrap_or_else(|| PathBuf::from("scenarios/keepalive/idle.yaml")),
             }),
             None => bench_suite(&SuiteOptions {
                 runs: options.runs.unwrap_or(3),
-                path: options
-                    .paths
-                    .first()
-                    .cloned()
-                    .unwrap_or_else(|| PathBuf::from("scenarios")),
+                path: options.paths.first().cloned().unwrap_or_else(|| PathBuf::from("scenarios")),
             }),
         },
-        "capture" => bench_capture(&CaptureOptions {
-            bytes: options.bytes.unwrap_or(1 << 30),
-            runs: options.runs.unwrap_or(2),
-        }),
+        "capture" => {
+            bench_capture(&CaptureOptions { bytes: options.bytes.unwrap_or(1 << 30), runs: options.runs.unwrap_or(2) })
+        }
         "timing" => bench_timing(&TimingOptions {
             instances: options.n.unwrap_or(100),
             sample: options.sample,
-            scenario: options
-                .scenario
-                .clone()
-                .unwrap_or_else(|| PathBuf::from("scenarios/keepalive/idle.yaml")),
+            scenario: options.scenario.clone().unwrap_or_else(|| PathBuf::from("scenarios/keepalive/idle.yaml")),
         }),
-        other => Err(Error::Internal(format!(
-            "unknown benchmark {other:?}; see netfault bench --help"
-        ))),
+        other => Err(Error::Internal(format!("unknown benchmark {other:?}; see netfault bench --help"))),
     });
     match result {
         Ok(report) => {
@@ -170,10 +155,7 @@ impl BenchArgs {
         while let Some(arg) = iter.next() {
             let mut value = || iter.next().cloned().ok_or_else(|| format!("{arg} needs a value"));
             let count = |text: String| -> std::result::Result<usize, String> {
-                text.parse()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or(format!("{arg} {text:?}: need a positive number"))
+                text.parse().ok().filter(|n| *n > 0).ok_or(format!("{arg} {text:?}: need a positive number"))
             };
             match arg.as_str() {
                 "--n" | "-n" => parsed.n = Some(count(value()?)?),
@@ -303,11 +285,7 @@ impl Report {
 
     /// Adds a row with the distribution of `samples` (in `unit`).
     pub fn row(&mut self, what: impl Into<String>, unit: &str, samples: &[f64]) {
-        self.rows.push(Row {
-            what: what.into(),
-            unit: unit.to_string(),
-            distribution: Distribution::of(samples),
-        });
+        self.rows.push(Row { what: what.into(), unit: unit.to_string(), distribution: Distribution::of(samples) });
     }
 
     /// Adds a `key: value` line under the tables.
@@ -411,11 +389,7 @@ fn figure(x: f64) -> String {
 pub fn load_average() -> [f64; 3] {
     let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let mut fields = text.split_whitespace().map(|f| f.parse().unwrap_or(0.0));
-    [
-        fields.next().unwrap_or(0.0),
-        fields.next().unwrap_or(0.0),
-        fields.next().unwrap_or(0.0),
-    ]
+    [fields.next().unwrap_or(0.0), fields.next().unwrap_or(0.0), fields.next().unwrap_or(0.0)]
 }
 
 /// A duration in (fractional) milliseconds.
@@ -494,10 +468,7 @@ mod tests {
     fn distribution_interpolates_between_ranks() {
         let samples: Vec<f64> = (1..=11).map(f64::from).collect();
         let d = Distribution::of(&samples).unwrap();
-        assert_eq!(
-            (d.n, d.min, d.p10, d.median, d.p90, d.max, d.mean),
-            (11, 1.0, 2.0, 6.0, 10.0, 11.0, 6.0)
-        );
+        assert_eq!((d.n, d.min, d.p10, d.median, d.p90, d.max, d.mean), (11, 1.0, 2.0, 6.0, 10.0, 11.0, 6.0));
         let d = Distribution::of(&[4.0, 1.0]).unwrap();
         assert_eq!((d.median, d.p10, d.p90), (2.5, 1.3, 3.7));
         let d = Distribution::of(&[7.0]).unwrap();
@@ -536,15 +507,9 @@ mod tests {
         assert_eq!(args.sample, Some(Duration::from_millis(1)));
         assert_eq!(args.bytes, Some(2 << 30));
         assert_eq!(args.paths, vec![PathBuf::from("scenarios")]);
-        assert!(BenchArgs::parse(&strings(&["--n", "0"]))
-            .unwrap_err()
-            .contains("positive"));
-        assert!(BenchArgs::parse(&strings(&["--runs"]))
-            .unwrap_err()
-            .contains("needs a value"));
-        assert!(BenchArgs::parse(&strings(&["--fast"]))
-            .unwrap_err()
-            .contains("unknown option"));
+        assert!(BenchArgs::parse(&strings(&["--n", "0"])).unwrap_err().contains("positive"));
+        assert!(BenchArgs::parse(&strings(&["--runs"])).unwrap_err().contains("needs a value"));
+        assert!(BenchArgs::parse(&strings(&["--fast"])).unwrap_err().contains("unknown option"));
         assert!(BenchArgs::parse(&strings(&["--sample", "10"])).is_err());
     }
 

@@ -110,29 +110,18 @@ impl Capture {
         ring_blocks: usize,
     ) -> Result<Capture> {
         let (ifname, socket, ring) = ns.run(|| {
-            let ifname = interface_name(ifindex).map_err(|e| {
-                Error::sys(
-                    format!("find interface {ifindex} of {host} to capture (ip link show)"),
-                    e,
-                )
-            })?;
+            let ifname = interface_name(ifindex)
+                .map_err(|e| Error::sys(format!("find interface {ifindex} of {host} to capture (ip link show)"), e))?;
             let (socket, ring) = open_ring(ifindex, &ifname, host, ring_blocks)?;
             Ok((ifname, socket, ring))
         })?;
         let command = format!("tcpdump -i {ifname} -w {} in {host}", pcap.display());
 
-        let file = File::create(pcap)
-            .map_err(|e| Error::sys(format!("create {} ({command})", pcap.display()), e))?;
+        let file = File::create(pcap).map_err(|e| Error::sys(format!("create {} ({command})", pcap.display()), e))?;
         let (to_disk, chunks) = mpsc::sync_channel(MAX_QUEUED_CHUNKS);
         let (spare_tx, spare) = mpsc::sync_channel(SPARE_CHUNKS);
         let (done, finished) = mpsc::sync_channel(1);
-        let disk = DiskWriter {
-            command: command.clone(),
-            file,
-            chunks,
-            spare: spare_tx,
-            done,
-        };
+        let disk = DiskWriter { command: command.clone(), file, chunks, spare: spare_tx, done };
         thread::Builder::new()
             .name(format!("pcap-{host}"))
             .spawn(move || disk.run())
@@ -145,17 +134,9 @@ impl Capture {
             endianness: Endianness::native(),
             ..PcapHeader::default()
         };
-        let queue = ChunkQueue {
-            current: Vec::with_capacity(CHUNK_CAPACITY),
-            to_disk,
-            spare,
-        };
-        let writer = PcapWriter::with_header(queue, header).map_err(|e| {
-            Error::sys(
-                format!("write pcap header ({command})"),
-                io::Error::other(e),
-            )
-        })?;
+        let queue = ChunkQueue { current: Vec::with_capacity(CHUNK_CAPACITY), to_disk, spare };
+        let writer = PcapWriter::with_header(queue, header)
+            .map_err(|e| Error::sys(format!("write pcap header ({command})"), io::Error::other(e)))?;
 
         let stop_signal = Arc::new(new_eventfd(&command)?);
         let reader = RingReader {
@@ -175,11 +156,7 @@ impl Capture {
             .name(format!("capture-{host}"))
             .spawn(move || reader.run())
             .map_err(|e| Error::sys(format!("spawn capture thread ({command})"), e))?;
-        Ok(Capture {
-            command,
-            stop_signal,
-            finished,
-        })
+        Ok(Capture { command, stop_signal, finished })
     }
 
     /// Stops the capture (`kill -INT` to tcpdump): takes what the kernel still holds for at most
@@ -188,14 +165,12 @@ impl Capture {
         signal(&self.stop_signal);
         match self.finished.recv_timeout(STOP_TIMEOUT) {
             Ok(result) => result,
-            Err(mpsc::RecvTimeoutError::Timeout) => Err(Error::Internal(format!(
-                "{}: capture did not stop within {STOP_TIMEOUT:?}",
-                self.command
-            ))),
-            Err(mpsc::RecvTimeoutError::Disconnected) => Err(Error::Internal(format!(
-                "{}: capture thread panicked",
-                self.command
-            ))),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                Err(Error::Internal(format!("{}: capture did not stop within {STOP_TIMEOUT:?}", self.command)))
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Err(Error::Internal(format!("{}: capture thread panicked", self.command)))
+            }
         }
     }
 }
@@ -223,9 +198,7 @@ fn new_eventfd(command: &str) -> Result<OwnedFd> {
     // SAFETY: eventfd has no memory arguments; a non-negative result is a new descriptor we own.
     let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
     if fd < 0 {
-        return Err(Error::last_os(format!(
-            "create stop signal for {command}: eventfd"
-        )));
+        return Err(Error::last_os(format!("create stop signal for {command}: eventfd")));
     }
     // SAFETY: fd was just returned by eventfd and is owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -259,25 +232,17 @@ fn open_ring(ifindex: u32, ifname: &str, host: HostId, blocks: usize) -> Result<
         if err.raw_os_error() == Some(libc::EPERM) {
             return Err(Error::Missing {
                 what: format!("CAP_NET_RAW to capture packets ({command})"),
-                hint: "run as root, or inside a user namespace that owns the network namespace"
-                    .into(),
+                hint: "run as root, or inside a user namespace that owns the network namespace".into(),
             });
         }
-        return Err(Error::sys(
-            format!("open packet socket ({command}): socket(AF_PACKET, SOCK_RAW)"),
-            err,
-        ));
+        return Err(Error::sys(format!("open packet socket ({command}): socket(AF_PACKET, SOCK_RAW)"), err));
     }
     // SAFETY: fd was just returned by socket and is owned by nobody else.
     let socket = unsafe { OwnedFd::from_raw_fd(fd) };
 
     let version = libc::tpacket_versions::TPACKET_V3 as c_int;
-    set_packet_option(&socket, libc::PACKET_VERSION, &version).map_err(|e| {
-        Error::sys(
-            format!("select TPACKET_V3 ({command}): setsockopt(PACKET_VERSION)"),
-            e,
-        )
-    })?;
+    set_packet_option(&socket, libc::PACKET_VERSION, &version)
+        .map_err(|e| Error::sys(format!("select TPACKET_V3 ({command}): setsockopt(PACKET_VERSION)"), e))?;
     let request = libc::tpacket_req3 {
         tp_block_size: BLOCK_SIZE as u32,
         tp_block_nr: blocks as u32,
@@ -293,8 +258,7 @@ fn open_ring(ifindex: u32, ifname: &str, host: HostId, blocks: usize) -> Result<
             e,
         )
     })?;
-    let ring = Ring::map(&socket, blocks)
-        .map_err(|e| Error::sys(format!("map capture ring ({command}): mmap"), e))?;
+    let ring = Ring::map(&socket, blocks).map_err(|e| Error::sys(format!("map capture ring ({command}): mmap"), e))?;
 
     // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
     let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
@@ -310,9 +274,7 @@ fn open_ring(ifindex: u32, ifname: &str, host: HostId, blocks: usize) -> Result<
         )
     };
     if bound < 0 {
-        return Err(Error::last_os(format!(
-            "bind packet socket to {ifname} (index {ifindex}) ({command})"
-        )));
+        return Err(Error::last_os(format!("bind packet socket to {ifname} (index {ifindex}) ({command})")));
     }
     Ok((socket, ring))
 }
@@ -360,13 +322,12 @@ const BLOCK_STATUS_OFFSET: usize =
     offset_of!(libc::tpacket_block_desc, hdr) + offset_of!(libc::tpacket_hdr_v1, block_status);
 const BLOCK_NUM_PACKETS_OFFSET: usize =
     offset_of!(libc::tpacket_block_desc, hdr) + offset_of!(libc::tpacket_hdr_v1, num_pkts);
-const BLOCK_FIRST_PACKET_OFFSET: usize = offset_of!(libc::tpacket_block_desc, hdr)
-    + offset_of!(libc::tpacket_hdr_v1, offset_to_first_pkt);
+const BLOCK_FIRST_PACKET_OFFSET: usize =
+    offset_of!(libc::tpacket_block_desc, hdr) + offset_of!(libc::tpacket_hdr_v1, offset_to_first_pkt);
 const FRAME_HEADER_LEN: usize = size_of::<libc::tpacket3_hdr>();
 /// The kernel puts a sockaddr_ll after the frame header, aligned as TPACKET_ALIGN does.
 const FRAME_ADDRESS_OFFSET: usize = FRAME_HEADER_LEN.next_multiple_of(libc::TPACKET_ALIGNMENT);
-const FRAME_PKTTYPE_OFFSET: usize =
-    FRAME_ADDRESS_OFFSET + offset_of!(libc::sockaddr_ll, sll_pkttype);
+const FRAME_PKTTYPE_OFFSET: usize = FRAME_ADDRESS_OFFSET + offset_of!(libc::sockaddr_ll, sll_pkttype);
 
 /// The mapped TPACKET_V3 ring: `blocks` blocks that the kernel and this process hand back and forth
 /// through each block's status word.
@@ -407,14 +368,7 @@ impl Ring {
     fn block_status(&self, block: usize) -> &AtomicU32 {
         // SAFETY: the status word lies inside the mapping (block < blocks), is 4-byte aligned (blocks are
         // page aligned), and both sides access it as an atomic hand-over flag.
-        unsafe {
-            AtomicU32::from_ptr(
-                self.base
-                    .as_ptr()
-                    .add(block * BLOCK_SIZE + BLOCK_STATUS_OFFSET)
-                    .cast(),
-            )
-        }
+        unsafe { AtomicU32::from_ptr(self.base.as_ptr().add(block * BLOCK_SIZE + BLOCK_STATUS_OFFSET).cast()) }
     }
 
     /// The block's bytes if the kernel has handed it to us, else `None`.
@@ -425,9 +379,7 @@ impl Ring {
         }
         // SAFETY: the block lies inside the mapping, and the kernel does not write to it until we give it back
         // in `release`, which needs this borrow to have ended.
-        Some(unsafe {
-            std::slice::from_raw_parts(self.base.as_ptr().add(block * BLOCK_SIZE), BLOCK_SIZE)
-        })
+        Some(unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(block * BLOCK_SIZE), BLOCK_SIZE) })
     }
 
     /// Whether the kernel is still filling `block` and has put frames in it (which it hands over when the
@@ -439,19 +391,13 @@ impl Ring {
         // SAFETY: as for the status word; the kernel updates the count while it fills the block, so it is
         // only read atomically.
         let frames = unsafe {
-            AtomicU32::from_ptr(
-                self.base
-                    .as_ptr()
-                    .add(block * BLOCK_SIZE + BLOCK_NUM_PACKETS_OFFSET)
-                    .cast(),
-            )
+            AtomicU32::from_ptr(self.base.as_ptr().add(block * BLOCK_SIZE + BLOCK_NUM_PACKETS_OFFSET).cast())
         };
         frames.load(Ordering::Relaxed) != 0
     }
 
     fn release(&self, block: usize) {
-        self.block_status(block)
-            .store(libc::TP_STATUS_KERNEL, Ordering::Release);
+        self.block_status(block).store(libc::TP_STATUS_KERNEL, Ordering::Release);
     }
 }
 
@@ -475,9 +421,7 @@ fn block_frames(block: &[u8]) -> impl Iterator<Item = Frame<'_>> {
     let count = ne32(block, BLOCK_NUM_PACKETS_OFFSET).unwrap_or(0);
     let mut offset = ne32(block, BLOCK_FIRST_PACKET_OFFSET).map_or(usize::MAX, |o| o as usize);
     (0..count).map_while(move |_| {
-        let header = block.get(
-            offset..offset.checked_add(FRAME_ADDRESS_OFFSET + size_of::<libc::sockaddr_ll>())?,
-        )?;
+        let header = block.get(offset..offset.checked_add(FRAME_ADDRESS_OFFSET + size_of::<libc::sockaddr_ll>())?)?;
         let seconds = ne32(header, offset_of!(libc::tpacket3_hdr, tp_sec))?;
         let nanos = ne32(header, offset_of!(libc::tpacket3_hdr, tp_nsec))?;
         let captured = ne32(header, offset_of!(libc::tpacket3_hdr, tp_snaplen))? as usize;
@@ -526,9 +470,7 @@ impl RingReader {
     fn run(mut self) {
         raise_priority();
         let captured = self.capture_until_stopped().map(|()| self.stats);
-        let RingReader {
-            socket, ring, pcap, ..
-        } = self;
+        let RingReader { socket, ring, pcap, .. } = self;
         pcap.into_writer().finish(captured);
         drop(ring);
         drop(socket);
@@ -547,14 +489,11 @@ impl RingReader {
                 None => IDLE_POLL,
                 Some(since) => {
                     let waited = since.elapsed();
-                    let drained =
-                        waited >= DRAIN_MIN && !self.ring.open_block_has_frames(self.next_block);
+                    let drained = waited >= DRAIN_MIN && !self.ring.open_block_has_frames(self.next_block);
                     if drained || waited >= DRAIN_MAX {
                         break;
                     }
-                    DRAIN_MIN
-                        .saturating_sub(waited)
-                        .max(Duration::from_millis(1))
+                    DRAIN_MIN.saturating_sub(waited).max(Duration::from_millis(1))
                 }
             };
             if self.wait(timeout, stop_requested.is_none())? {
@@ -576,12 +515,7 @@ impl RingReader {
         match poll(&mut fds, PollTimeout::from(millis)) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => return Ok(false),
-            Err(e) => {
-                return Err(Error::sys(
-                    format!("wait for packets ({}): poll", self.command),
-                    e,
-                ))
-            }
+            Err(e) => return Err(Error::sys(format!("wait for packets ({}): poll", self.command), e)),
         }
         Ok(watch_stop && fds[1].any().unwrap_or(false))
     }
@@ -596,21 +530,12 @@ impl RingReader {
                 self.stats.packets += 1;
                 self.stats.bytes += u64::from(frame.wire_len);
                 let captured = &frame.data[..frame.data.len().min(SNAPLEN as usize)];
-                let packet = PcapPacket::new(
-                    frame.wall_time,
-                    frame.wire_len.max(captured.len() as u32),
-                    captured,
-                );
-                self.pcap.write_packet(&packet).map_err(|e| {
-                    Error::sys(
-                        format!("write packet to pcap ({})", self.command),
-                        io::Error::other(e),
-                    )
-                })?;
+                let packet = PcapPacket::new(frame.wall_time, frame.wire_len.max(captured.len() as u32), captured);
+                self.pcap
+                    .write_packet(&packet)
+                    .map_err(|e| Error::sys(format!("write packet to pcap ({})", self.command), io::Error::other(e)))?;
                 if let Some(event) = self.decoder.decode(frame.data, frame.outgoing) {
-                    let t = self
-                        .clock
-                        .since_t0(SystemTime::UNIX_EPOCH + frame.wall_time);
+                    let t = self.clock.since_t0(SystemTime::UNIX_EPOCH + frame.wall_time);
                     self.sink.emit_at(t, self.host, EventKind::Packet(event));
                 }
             }
@@ -621,13 +546,7 @@ impl RingReader {
 
     fn read_kernel_drops(&mut self) -> Result<()> {
         let drops = take_kernel_drops(&self.socket).map_err(|e| {
-            Error::sys(
-                format!(
-                    "read drop counter ({}): getsockopt(PACKET_STATISTICS)",
-                    self.command
-                ),
-                e,
-            )
+            Error::sys(format!("read drop counter ({}): getsockopt(PACKET_STATISTICS)", self.command), e)
         })?;
         self.stats.kernel_drops += drops;
         Ok(())
@@ -650,15 +569,10 @@ struct ChunkQueue {
 
 impl ChunkQueue {
     fn hand_over(&mut self) -> io::Result<()> {
-        let fresh = self
-            .spare
-            .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(CHUNK_CAPACITY));
+        let fresh = self.spare.try_recv().unwrap_or_else(|_| Vec::with_capacity(CHUNK_CAPACITY));
         let full = std::mem::replace(&mut self.current, fresh);
         // Blocks only while MAX_QUEUED_CHUNKS wait for the disk; the writer thread lives until `Finished`.
-        self.to_disk
-            .send(ToDisk::Chunk(full))
-            .map_err(|_| io::Error::other("pcap writer thread is gone"))
+        self.to_disk.send(ToDisk::Chunk(full)).map_err(|_| io::Error::other("pcap writer thread is gone"))
     }
 
     fn finish(mut self, result: Result<CaptureStats>) {
@@ -696,13 +610,7 @@ struct DiskWriter {
 
 impl DiskWriter {
     fn run(self) {
-        let DiskWriter {
-            command,
-            mut file,
-            chunks,
-            spare,
-            done,
-        } = self;
+        let DiskWriter { command, mut file, chunks, spare, done } = self;
         let mut failure = None;
         // Ends with `Finished`, or when the capture thread is gone without it (it panicked), which drops `done`
         // and so tells `stop`.
@@ -759,15 +667,8 @@ mod tests {
     }
 
     fn run_command(args: &[&str]) -> String {
-        let output = Command::new(args[0])
-            .args(&args[1..])
-            .output()
-            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-        assert!(
-            output.status.success(),
-            "{args:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let output = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        assert!(output.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
@@ -778,20 +679,14 @@ mod tests {
         client
             .run(|| {
                 run_command(&[
-                    "ip", "link", "add", CLIENT_IF, "type", "veth", "peer", "name", SERVER_IF,
-                    "netns", &server_ns,
+                    "ip", "link", "add", CLIENT_IF, "type", "veth", "peer", "name", SERVER_IF, "netns", &server_ns,
                 ]);
                 Ok(())
             })
             .unwrap();
         let client_ifindex = configure(&client, CLIENT_IF, CLIENT_ADDR);
         let server_ifindex = configure(&server, SERVER_IF, SERVER_ADDR);
-        VethPair {
-            client,
-            server,
-            client_ifindex,
-            server_ifindex,
-        }
+        VethPair { client, server, client_ifindex, server_ifindex }
     }
 
     fn configure(ns: &Netns, ifname: &str, address: Ipv4Addr) -> u32 {
@@ -800,9 +695,7 @@ mod tests {
             let host = fs::read_link("/proc/self/ns/net").unwrap();
             assert_ne!(here, host, "refusing to configure the host's namespace");
             run_command(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
-            run_command(&[
-                "ethtool", "-K", ifname, "tx", "off", "tso", "off", "gso", "off", "gro", "off",
-            ]);
+            run_command(&["ethtool", "-K", ifname, "tx", "off", "tso", "off", "gso", "off", "gro", "off"]);
             run_command(&["ip", "addr", "add", &format!("{address}/24"), "dev", ifname]);
             run_command(&["ip", "link", "set", ifname, "up"]);
             run_command(&["ip", "link", "set", "lo", "up"]);
@@ -815,8 +708,7 @@ mod tests {
 
     impl TestDir {
         fn new(name: &str) -> TestDir {
-            let dir = std::env::temp_dir()
-                .join(format!("netfault-capture-{name}-{}", std::process::id()));
+            let dir = std::env::temp_dir().join(format!("netfault-capture-{name}-{}", std::process::id()));
             let _ = fs::remove_dir_all(&dir);
             fs::create_dir_all(&dir).unwrap();
             TestDir(dir)
@@ -877,40 +769,21 @@ mod tests {
         let (client_pcap, server_pcap) = (dir.file("client.pcap"), dir.file("server.pcap"));
         let clock = Clock::started();
         let (sink, events) = EventSink::new(clock.clone());
-        let listener = pair
-            .server
-            .run(|| Ok(TcpListener::bind((SERVER_ADDR, 9000)).unwrap()))
-            .unwrap();
-        let client_capture = Capture::start(
-            &pair.client,
-            HostId::Client,
-            pair.client_ifindex,
-            &client_pcap,
-            sink.clone(),
-        )
-        .unwrap();
-        let server_capture = Capture::start(
-            &pair.server,
-            HostId::Server,
-            pair.server_ifindex,
-            &server_pcap,
-            sink.clone(),
-        )
-        .unwrap();
+        let listener = pair.server.run(|| Ok(TcpListener::bind((SERVER_ADDR, 9000)).unwrap())).unwrap();
+        let client_capture =
+            Capture::start(&pair.client, HostId::Client, pair.client_ifindex, &client_pcap, sink.clone()).unwrap();
+        let server_capture =
+            Capture::start(&pair.server, HostId::Server, pair.server_ifindex, &server_pcap, sink.clone()).unwrap();
         drop(sink);
 
         let before_connect = clock.now();
         let mut client = pair
             .client
-            .run(|| {
-                Ok(TcpStream::connect_timeout(&(SERVER_ADDR, 9000).into(), IO_TIMEOUT).unwrap())
-            })
+            .run(|| Ok(TcpStream::connect_timeout(&(SERVER_ADDR, 9000).into(), IO_TIMEOUT).unwrap()))
             .unwrap();
         let after_connect = clock.now();
         // Events arrive while the capture runs, within a block retire timeout or so.
-        let first = events
-            .recv_timeout(Duration::from_millis(500))
-            .expect("no live packet event");
+        let first = events.recv_timeout(Duration::from_millis(500)).expect("no live packet event");
         let (mut server, _) = listener.accept().unwrap(); // already in the backlog: connect returned
         for stream in [&client, &server] {
             stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
@@ -921,11 +794,7 @@ mod tests {
         server.write_all(b"world").unwrap();
         client.read_exact(&mut buf).unwrap();
         drop(client);
-        assert_eq!(
-            server.read(&mut buf).unwrap(),
-            0,
-            "server sees the client's FIN"
-        );
+        assert_eq!(server.read(&mut buf).unwrap(), 0, "server sees the client's FIN");
         drop(server);
 
         let stopping = Instant::now();
@@ -933,14 +802,8 @@ mod tests {
         let client_stop = stopping.elapsed();
         let server_stats = server_capture.stop().unwrap();
         let both_stopped = stopping.elapsed();
-        assert!(
-            client_stop < Duration::from_millis(150),
-            "client capture took {client_stop:?} to stop"
-        );
-        assert!(
-            both_stopped < Duration::from_millis(300),
-            "both captures took {both_stopped:?} to stop"
-        );
+        assert!(client_stop < Duration::from_millis(150), "client capture took {client_stop:?} to stop");
+        assert!(both_stopped < Duration::from_millis(300), "both captures took {both_stopped:?} to stop");
 
         let events: Vec<Event> = std::iter::once(first).chain(events.try_iter()).collect();
         let client_packets = packets_of(&events, HostId::Client);
@@ -951,35 +814,16 @@ mod tests {
         };
         assert_eq!(
             handshake(&client_packets),
-            [
-                (Out, "S".into(), 0, 0, 0),
-                (In, "S.".into(), 0, 1, 0),
-                (Out, ".".into(), 1, 1, 0)
-            ]
+            [(Out, "S".into(), 0, 0, 0), (In, "S.".into(), 0, 1, 0), (Out, ".".into(), 1, 1, 0)]
         );
         assert_eq!(
             handshake(&server_packets),
-            [
-                (In, "S".into(), 0, 0, 0),
-                (Out, "S.".into(), 0, 1, 0),
-                (In, ".".into(), 1, 1, 0)
-            ]
+            [(In, "S".into(), 0, 0, 0), (Out, "S.".into(), 0, 1, 0), (In, ".".into(), 1, 1, 0)]
         );
         let syn = &client_packets[0].1;
-        assert_eq!(
-            (syn.src, syn.dst, syn.dport, syn.protocol.as_str()),
-            (CLIENT_ADDR, SERVER_ADDR, 9000, "tcp")
-        );
-        assert!(
-            syn.options.starts_with("mss 1460,sackOK,TS val "),
-            "SYN options: {}",
-            syn.options
-        );
-        assert!(
-            syn.options.contains(" ecr 0,nop,wscale "),
-            "SYN options: {}",
-            syn.options
-        );
+        assert_eq!((syn.src, syn.dst, syn.dport, syn.protocol.as_str()), (CLIENT_ADDR, SERVER_ADDR, 9000, "tcp"));
+        assert!(syn.options.starts_with("mss 1460,sackOK,TS val "), "SYN options: {}", syn.options);
+        assert!(syn.options.contains(" ecr 0,nop,wscale "), "SYN options: {}", syn.options);
 
         // Event times are the kernel's: the SYN and SYN-ACK fall inside connect(), not when the thread read them.
         let slack = Duration::from_millis(1);
@@ -998,10 +842,7 @@ mod tests {
             (In, "F.".to_string(), 6, 7, 0),
             (Out, ".".to_string(), 7, 7, 0),
         ] {
-            assert!(
-                client_lines.contains(&expected),
-                "{expected:?} missing from {client_lines:#?}"
-            );
+            assert!(client_lines.contains(&expected), "{expected:?} missing from {client_lines:#?}");
         }
 
         // Both ends saw the same packets, byte for byte in what the timeline shows.
@@ -1018,42 +859,19 @@ mod tests {
         };
         assert_eq!(wire(&client_packets), wire(&server_packets));
 
-        for (pcap, stats, packets) in [
-            (&client_pcap, client_stats, &client_packets),
-            (&server_pcap, server_stats, &server_packets),
-        ] {
+        for (pcap, stats, packets) in
+            [(&client_pcap, client_stats, &client_packets), (&server_pcap, server_stats, &server_packets)]
+        {
             assert_eq!(stats.kernel_drops, 0);
             let (count, bytes, times) = read_pcap(pcap);
-            assert_eq!(
-                (count, bytes),
-                (stats.packets, stats.bytes),
-                "{}",
-                pcap.display()
-            );
-            assert_eq!(
-                tcpdump_read(pcap, &[]).len() as u64,
-                stats.packets,
-                "tcpdump -r {}",
-                pcap.display()
-            );
-            assert_eq!(
-                tcpdump_read(pcap, &["ip"]).len(),
-                packets.len(),
-                "IPv4 frames vs events"
-            );
+            assert_eq!((count, bytes), (stats.packets, stats.bytes), "{}", pcap.display());
+            assert_eq!(tcpdump_read(pcap, &[]).len() as u64, stats.packets, "tcpdump -r {}", pcap.display());
+            assert_eq!(tcpdump_read(pcap, &["ip"]).len(), packets.len(), "IPv4 frames vs events");
             // The pcap keeps real time; the event is the same instant on the run's clock.
-            let ipv4_times: Vec<Duration> = times
-                .iter()
-                .rev()
-                .take(packets.len())
-                .rev()
-                .copied()
-                .collect();
+            let ipv4_times: Vec<Duration> = times.iter().rev().take(packets.len()).rev().copied().collect();
             let event_times: Vec<Duration> = packets.iter().map(|(t, _)| *t).collect();
-            let pcap_times: Vec<Duration> = ipv4_times
-                .iter()
-                .map(|ts| clock.since_t0(SystemTime::UNIX_EPOCH + *ts))
-                .collect();
+            let pcap_times: Vec<Duration> =
+                ipv4_times.iter().map(|ts| clock.since_t0(SystemTime::UNIX_EPOCH + *ts)).collect();
             assert_eq!(pcap_times, event_times);
 
             let verbose = tcpdump_read(pcap, &["-v", "tcp"]).join("\n");
@@ -1068,18 +886,8 @@ mod tests {
         let dir = TestDir::new("icmp");
         let (sink, events) = EventSink::new(Clock::started());
         let pcap = dir.file("client.pcap");
-        let capture = Capture::start(
-            &pair.client,
-            HostId::Client,
-            pair.client_ifindex,
-            &pcap,
-            sink,
-        )
-        .unwrap();
-        let socket = pair
-            .client
-            .run(|| Ok(UdpSocket::bind((CLIENT_ADDR, 5000)).unwrap()))
-            .unwrap();
+        let capture = Capture::start(&pair.client, HostId::Client, pair.client_ifindex, &pcap, sink).unwrap();
+        let socket = pair.client.run(|| Ok(UdpSocket::bind((CLIENT_ADDR, 5000)).unwrap())).unwrap();
         socket.send_to(b"anyone?", (SERVER_ADDR, 9999)).unwrap();
         socket.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         socket.connect((SERVER_ADDR, 9999)).unwrap();
@@ -1089,26 +897,11 @@ mod tests {
         let stats = capture.stop().unwrap();
 
         let events: Vec<Event> = events.try_iter().collect();
-        let packets: Vec<PacketEvent> = packets_of(&events, HostId::Client)
-            .into_iter()
-            .map(|(_, p)| p)
-            .collect();
-        let udp = packets
-            .iter()
-            .find(|p| p.protocol == "udp")
-            .expect("UDP datagram");
-        assert_eq!(
-            (udp.direction, udp.sport, udp.dport, udp.len),
-            (PacketDirection::Out, 5000, 9999, 7)
-        );
-        let icmp = packets
-            .iter()
-            .find(|p| p.protocol == "icmp")
-            .expect("ICMP reply");
-        assert_eq!(
-            (icmp.direction, icmp.src, icmp.dst),
-            (PacketDirection::In, SERVER_ADDR, CLIENT_ADDR)
-        );
+        let packets: Vec<PacketEvent> = packets_of(&events, HostId::Client).into_iter().map(|(_, p)| p).collect();
+        let udp = packets.iter().find(|p| p.protocol == "udp").expect("UDP datagram");
+        assert_eq!((udp.direction, udp.sport, udp.dport, udp.len), (PacketDirection::Out, 5000, 9999, 7));
+        let icmp = packets.iter().find(|p| p.protocol == "icmp").expect("ICMP reply");
+        assert_eq!((icmp.direction, icmp.src, icmp.dst), (PacketDirection::In, SERVER_ADDR, CLIENT_ADDR));
         assert_eq!(icmp.options, "10.0.0.2 udp port 9999 unreachable");
         assert_eq!(tcpdump_read(&pcap, &[]).len() as u64, stats.packets);
     }
@@ -1119,14 +912,7 @@ mod tests {
         let dir = TestDir::new("idle");
         let (sink, _events) = EventSink::new(Clock::started());
         let pcap = dir.file("server.pcap");
-        let capture = Capture::start(
-            &pair.server,
-            HostId::Server,
-            pair.server_ifindex,
-            &pcap,
-            sink,
-        )
-        .unwrap();
+        let capture = Capture::start(&pair.server, HostId::Server, pair.server_ifindex, &pcap, sink).unwrap();
         thread::sleep(Duration::from_millis(150));
         let stopping = Instant::now();
         let stats = capture.stop().unwrap();
@@ -1142,10 +928,7 @@ mod tests {
         let dir = TestDir::new("missing");
         let (sink, _events) = EventSink::new(Clock::started());
         let err = Capture::start(&ns, HostId::Client, 4242, &dir.file("x.pcap"), sink).unwrap_err();
-        assert!(
-            err.to_string().contains("interface 4242 of client"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("interface 4242 of client"), "{err}");
         assert!(!dir.file("x.pcap").exists());
     }
 
@@ -1153,15 +936,10 @@ mod tests {
 
     /// Sends `BULK_BYTES` from client to server over one TCP connection; returns how long it took.
     fn bulk_transfer(pair: &VethPair, port: u16) -> Duration {
-        let listener = pair
-            .server
-            .run(|| Ok(TcpListener::bind((SERVER_ADDR, port)).unwrap()))
-            .unwrap();
+        let listener = pair.server.run(|| Ok(TcpListener::bind((SERVER_ADDR, port)).unwrap())).unwrap();
         let mut client = pair
             .client
-            .run(|| {
-                Ok(TcpStream::connect_timeout(&(SERVER_ADDR, port).into(), IO_TIMEOUT).unwrap())
-            })
+            .run(|| Ok(TcpStream::connect_timeout(&(SERVER_ADDR, port).into(), IO_TIMEOUT).unwrap()))
             .unwrap();
         let (mut server, _) = listener.accept().unwrap();
         server.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
@@ -1186,11 +964,7 @@ mod tests {
     }
 
     fn throughput(elapsed: Duration) -> String {
-        format!(
-            "{:.0} MB/s in {:.2} s",
-            BULK_BYTES as f64 / elapsed.as_secs_f64() / 1e6,
-            elapsed.as_secs_f64()
-        )
+        format!("{:.0} MB/s in {:.2} s", BULK_BYTES as f64 / elapsed.as_secs_f64() / 1e6, elapsed.as_secs_f64())
     }
 
     /// Counts the events of a run as a consumer would, until every sink is gone.
@@ -1205,11 +979,7 @@ mod tests {
     }
 
     /// `tcpdump -i <ifname> -w <pcap>` started from a thread inside `ns`, once it says it is listening.
-    fn start_tcpdump(
-        ns: &Netns,
-        ifname: &str,
-        pcap: &Path,
-    ) -> (std::process::Child, mpsc::Receiver<String>) {
+    fn start_tcpdump(ns: &Netns, ifname: &str, pcap: &Path) -> (std::process::Child, mpsc::Receiver<String>) {
         let pcap = pcap.to_str().unwrap().to_string();
         let ifname = ifname.to_string();
         let mut child = ns
@@ -1239,10 +1009,7 @@ mod tests {
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
         let deadline = Instant::now() + IO_TIMEOUT;
         while child.try_wait().unwrap().is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "tcpdump did not exit after SIGINT"
-            );
+            assert!(Instant::now() < deadline, "tcpdump did not exit after SIGINT");
             thread::sleep(Duration::from_millis(10));
         }
         let mut report = Vec::new();
@@ -1254,15 +1021,8 @@ mod tests {
 
     /// Packet count of a pcap as `tcpdump -r` reads it (counted, not printed: files are large here).
     fn tcpdump_count(pcap: &Path) -> u64 {
-        let output = Command::new("tcpdump")
-            .args(["-n", "-q", "-r", pcap.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let output = Command::new("tcpdump").args(["-n", "-q", "-r", pcap.to_str().unwrap()]).output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
         output.stdout.iter().filter(|&&b| b == b'\n').count() as u64
     }
 
@@ -1272,11 +1032,8 @@ mod tests {
     fn bulk_transfer_benchmark() {
         let pair = veth_pair();
         let dir = TestDir::new("bench");
-        let (client_pcap, server_pcap, tcpdump_pcap) = (
-            dir.file("client.pcap"),
-            dir.file("server.pcap"),
-            dir.file("tcpdump.pcap"),
-        );
+        let (client_pcap, server_pcap, tcpdump_pcap) =
+            (dir.file("client.pcap"), dir.file("server.pcap"), dir.file("tcpdump.pcap"));
 
         let baseline = bulk_transfer(&pair, 9100);
         eprintln!("no capture:                    {}", throughput(baseline));
@@ -1304,14 +1061,8 @@ mod tests {
         let elapsed = bulk_transfer(&pair, 9101);
         let (client_stats, server_stats) = (client.stop().unwrap(), server.stop().unwrap());
         eprintln!("netfault capture, both ends:   {}", throughput(elapsed));
-        eprintln!(
-            "  client {client_stats:?}, tcpdump -r counts {}",
-            tcpdump_count(&client_pcap)
-        );
-        eprintln!(
-            "  server {server_stats:?}, tcpdump -r counts {}",
-            tcpdump_count(&server_pcap)
-        );
+        eprintln!("  client {client_stats:?}, tcpdump -r counts {}", tcpdump_count(&client_pcap));
+        eprintln!("  server {server_stats:?}, tcpdump -r counts {}", tcpdump_count(&server_pcap));
         eprintln!("  events emitted: {}", counted.join().unwrap());
         assert_eq!(client_stats.packets, tcpdump_count(&client_pcap));
 
@@ -1324,45 +1075,19 @@ mod tests {
         let (sink, events) = EventSink::new(Clock::started());
         let counted = drain_events(events);
         let (tcpdump, lines) = start_tcpdump(&pair.client, CLIENT_IF, &tcpdump_pcap);
-        let client = Capture::start(
-            &pair.client,
-            HostId::Client,
-            pair.client_ifindex,
-            &client_pcap,
-            sink,
-        )
-        .unwrap();
+        let client = Capture::start(&pair.client, HostId::Client, pair.client_ifindex, &client_pcap, sink).unwrap();
         let elapsed = bulk_transfer(&pair, 9103);
         let client_stats = client.stop().unwrap();
         let tcpdump_report = stop_tcpdump(tcpdump, lines);
-        eprintln!(
-            "netfault and tcpdump -w on the client end, same run: {}",
-            throughput(elapsed)
-        );
-        eprintln!(
-            "  netfault {client_stats:?}, tcpdump -r counts {}",
-            tcpdump_count(&client_pcap)
-        );
-        eprintln!(
-            "  tcpdump: {tcpdump_report}, tcpdump -r counts {}",
-            tcpdump_count(&tcpdump_pcap)
-        );
+        eprintln!("netfault and tcpdump -w on the client end, same run: {}", throughput(elapsed));
+        eprintln!("  netfault {client_stats:?}, tcpdump -r counts {}", tcpdump_count(&client_pcap));
+        eprintln!("  tcpdump: {tcpdump_report}, tcpdump -r counts {}", tcpdump_count(&tcpdump_pcap));
         eprintln!("  events emitted: {}", counted.join().unwrap());
 
         // How long a lone packet takes to reach the timeline (what a packet trigger waits).
         let (sink, events) = EventSink::new(Clock::started());
-        let client = Capture::start(
-            &pair.client,
-            HostId::Client,
-            pair.client_ifindex,
-            &client_pcap,
-            sink,
-        )
-        .unwrap();
-        let socket = pair
-            .client
-            .run(|| Ok(UdpSocket::bind((CLIENT_ADDR, 5000)).unwrap()))
-            .unwrap();
+        let client = Capture::start(&pair.client, HostId::Client, pair.client_ifindex, &client_pcap, sink).unwrap();
+        let socket = pair.client.run(|| Ok(UdpSocket::bind((CLIENT_ADDR, 5000)).unwrap())).unwrap();
         let mut delays: Vec<Duration> = (0..50)
             .map(|_| {
                 thread::sleep(Duration::from_millis(7));

@@ -84,7 +84,8 @@ fn parse_options(args: &[String], allowed: &[&str]) -> Result<Options, String> {
             }
             "--jobs" | "-j" if allowed.contains(&"--jobs") => {
                 let text = value(arg)?;
-                let jobs = text.parse().ok().filter(|n| *n > 0).ok_or(format!("--jobs {text:?}: need a positive number"))?;
+                let jobs =
+                    text.parse().ok().filter(|n| *n > 0).ok_or(format!("--jobs {text:?}: need a positive number"))?;
                 options.jobs = Some(jobs);
             }
             "--reports" if allowed.contains(&"--reports") => options.reports = Some(PathBuf::from(value(arg)?)),
@@ -196,8 +197,7 @@ fn run(args: &[String]) -> ExitCode {
     );
     if let Some(reason) = supervisor.stop_reason() {
         let stopped = summaries.iter().filter(|s| s.messages.iter().any(|m| m.starts_with("stopped: "))).count();
-        let unstarted =
-            summaries.iter().filter(|s| s.messages.iter().any(|m| m.starts_with("not started: "))).count();
+        let unstarted = summaries.iter().filter(|s| s.messages.iter().any(|m| m.starts_with("not started: "))).count();
         eprintln!(
             "netfault: {reason}: {stopped} running scenario(s) killed, {unstarted} not started; \
              nothing of theirs is left running"

@@ -39,12 +39,7 @@ struct FlowKey {
 
 impl FlowKey {
     fn reversed(self) -> FlowKey {
-        FlowKey {
-            src: self.dst,
-            sport: self.dport,
-            dst: self.src,
-            dport: self.sport,
-        }
+        FlowKey { src: self.dst, sport: self.dport, dst: self.src, dport: self.sport }
     }
 }
 
@@ -69,11 +64,7 @@ impl Decoder {
             return None;
         }
         let ip = Ipv4Header::parse(frame.get(ETHERNET_HEADER_LEN..)?)?;
-        let direction = if outgoing {
-            PacketDirection::Out
-        } else {
-            PacketDirection::In
-        };
+        let direction = if outgoing { PacketDirection::Out } else { PacketDirection::In };
         let mut event = PacketEvent {
             direction,
             src: ip.src,
@@ -113,12 +104,7 @@ impl Decoder {
         if header_len < TCP_MIN_HEADER_LEN {
             return None;
         }
-        let key = FlowKey {
-            src: ip.src,
-            sport: be16(tcp, 0)?,
-            dst: ip.dst,
-            dport: be16(tcp, 2)?,
-        };
+        let key = FlowKey { src: ip.src, sport: be16(tcp, 0)?, dst: ip.dst, dport: be16(tcp, 2)? };
         let seq = be32(tcp, 4)?;
         let ack = be32(tcp, 8)?;
         let flags = tcp[13];
@@ -132,17 +118,11 @@ impl Decoder {
         event.dport = key.dport;
         event.flags = flags;
         event.seq = relative(seq, own_isn);
-        event.ack = if flags & TCP_ACK != 0 {
-            relative(ack, peer_isn)
-        } else {
-            0
-        };
+        event.ack = if flags & TCP_ACK != 0 { relative(ack, peer_isn) } else { 0 };
         event.window = be16(tcp, 14)?;
         event.len = ip.payload_len.saturating_sub(header_len as u32);
         // The options may be cut off by the snap length; summarize what was captured.
-        let options = tcp
-            .get(TCP_MIN_HEADER_LEN..header_len.min(tcp.len()))
-            .unwrap_or_default();
+        let options = tcp.get(TCP_MIN_HEADER_LEN..header_len.min(tcp.len())).unwrap_or_default();
         event.options = tcp_options(options, peer_isn);
         Some(())
     }
@@ -205,28 +185,12 @@ fn decode_icmp(ip: &Ipv4Header, event: &mut PacketEvent) -> Option<()> {
     let (icmp_type, code) = (*icmp.first()?, *icmp.get(1)?);
     event.options = match icmp_type {
         0 | 8 => {
-            let kind = if icmp_type == 0 {
-                "echo reply"
-            } else {
-                "echo request"
-            };
-            format!(
-                "{kind}, id {}, seq {}, length {}",
-                be16(icmp, 4)?,
-                be16(icmp, 6)?,
-                ip.payload_len
-            )
+            let kind = if icmp_type == 0 { "echo reply" } else { "echo request" };
+            format!("{kind}, id {}, seq {}, length {}", be16(icmp, 4)?, be16(icmp, 6)?, ip.payload_len)
         }
-        3 => unreachable_text(
-            code,
-            icmp.get(ICMP_HEADER_LEN..).unwrap_or_default(),
-            be16(icmp, 6),
-        ),
+        3 => unreachable_text(code, icmp.get(ICMP_HEADER_LEN..).unwrap_or_default(), be16(icmp, 6)),
         4 => "source quench".to_string(),
-        5 => match (
-            ipv4(icmp, 4),
-            quoted_packet(icmp.get(ICMP_HEADER_LEN..).unwrap_or_default()),
-        ) {
+        5 => match (ipv4(icmp, 4), quoted_packet(icmp.get(ICMP_HEADER_LEN..).unwrap_or_default())) {
             (Some(gateway), Some(quoted)) => format!("redirect {} to host {gateway}", quoted.dst),
             _ => "redirect".to_string(),
         },
@@ -251,11 +215,7 @@ fn quoted_packet(bytes: &[u8]) -> Option<QuotedPacket> {
         IPPROTO_TCP | IPPROTO_UDP => be16(header.payload, 2),
         _ => None,
     };
-    Some(QuotedPacket {
-        dst: header.dst,
-        protocol: header.protocol,
-        dport,
-    })
+    Some(QuotedPacket { dst: header.dst, protocol: header.protocol, dport })
 }
 
 /// tcpdump's text for ICMP destination unreachable (`reject with icmp type ...` in nft).
@@ -269,10 +229,7 @@ fn unreachable_text(code: u8, quoted: &[u8], next_hop_mtu: Option<u16>) -> Strin
         1 => format!("host {dst} unreachable"),
         2 => format!("{dst} protocol {} unreachable", quoted.protocol),
         3 => match quoted.dport {
-            Some(port) => format!(
-                "{dst} {} port {port} unreachable",
-                protocol_name(quoted.protocol)
-            ),
+            Some(port) => format!("{dst} {} port {port} unreachable", protocol_name(quoted.protocol)),
             None => format!("{dst} port unreachable"),
         },
         4 => match next_hop_mtu {
@@ -474,10 +431,7 @@ mod tests {
         assert_eq!((event.seq, event.ack), (0, 0));
         assert_eq!(event.window, 64240);
         assert_eq!(event.len, 0);
-        assert_eq!(
-            event.options,
-            "mss 1460,sackOK,TS val 123 ecr 0,nop,wscale 7"
-        );
+        assert_eq!(event.options, "mss 1460,sackOK,TS val 123 ecr 0,nop,wscale 7");
         assert_eq!(event.fault, None);
     }
 
@@ -488,9 +442,7 @@ mod tests {
         let server_isn = 77;
         decoder.decode(&syn(40000, client_isn), true).unwrap();
 
-        let reply = decoder
-            .decode(&syn_ack(40000, server_isn, client_isn), false)
-            .unwrap();
+        let reply = decoder.decode(&syn_ack(40000, server_isn, client_isn), false).unwrap();
         assert_eq!(reply.direction, PacketDirection::In);
         assert_eq!((reply.seq, reply.ack, reply.flags), (0, 1, 0x12));
 
@@ -506,13 +458,8 @@ mod tests {
             options: &ts_option,
             data: &data,
         };
-        let event = decoder
-            .decode(&frame(CLIENT, SERVER, IPPROTO_TCP, 7, &tcp(&push)), true)
-            .unwrap();
-        assert_eq!(
-            (event.seq, event.ack, event.len, event.window),
-            (1, 1, 100, 502)
-        );
+        let event = decoder.decode(&frame(CLIENT, SERVER, IPPROTO_TCP, 7, &tcp(&push)), true).unwrap();
+        assert_eq!((event.seq, event.ack, event.len, event.window), (1, 1, 100, 502));
         assert_eq!(event.options, "nop,nop,TS val 5 ecr 9");
 
         let sack = [1, 1, 5, 10, 0, 0, 0, 201, 0, 0, 1, 45];
@@ -526,19 +473,11 @@ mod tests {
             options: &sack,
             data: &[],
         };
-        let event = decoder
-            .decode(
-                &frame(SERVER, CLIENT, IPPROTO_TCP, 8, &tcp(&server_ack)),
-                false,
-            )
-            .unwrap();
+        let event = decoder.decode(&frame(SERVER, CLIENT, IPPROTO_TCP, 8, &tcp(&server_ack)), false).unwrap();
         assert_eq!((event.seq, event.ack, event.len), (1, 101, 0));
         let expected_left = 201u32.wrapping_sub(client_isn);
         let expected_right = 301u32.wrapping_sub(client_isn);
-        assert_eq!(
-            event.options,
-            format!("nop,nop,sack 1 {{{expected_left}:{expected_right}}}")
-        );
+        assert_eq!(event.options, format!("nop,nop,sack 1 {{{expected_left}:{expected_right}}}"));
     }
 
     #[test]
@@ -555,12 +494,7 @@ mod tests {
             options: &[],
             data: b"xy",
         };
-        let event = decoder
-            .decode(
-                &frame(CLIENT, SERVER, IPPROTO_TCP, 1, &tcp(&mid_stream)),
-                true,
-            )
-            .unwrap();
+        let event = decoder.decode(&frame(CLIENT, SERVER, IPPROTO_TCP, 1, &tcp(&mid_stream)), true).unwrap();
         assert_eq!((event.seq, event.ack, event.len), (123_456, 654_321, 2));
         assert_eq!(event.options, "");
     }
@@ -571,9 +505,7 @@ mod tests {
         decoder.decode(&syn(40000, 5000), true).unwrap();
         let event = decoder.decode(&syn(40000, 9_000_000), true).unwrap();
         assert_eq!(event.seq, 0);
-        let reply = decoder
-            .decode(&syn_ack(40000, 1, 9_000_000), false)
-            .unwrap();
+        let reply = decoder.decode(&syn_ack(40000, 1, 9_000_000), false).unwrap();
         assert_eq!(reply.ack, 1);
     }
 
@@ -581,9 +513,7 @@ mod tests {
     fn rst_without_ack_shows_relative_seq_and_zero_ack() {
         let mut decoder = Decoder::new();
         decoder.decode(&syn(40000, 1000), true).unwrap();
-        decoder
-            .decode(&syn_ack(40000, 50_000, 1000), false)
-            .unwrap();
+        decoder.decode(&syn_ack(40000, 50_000, 1000), false).unwrap();
         let rst = Segment {
             sport: 9000,
             dport: 40000,
@@ -594,14 +524,9 @@ mod tests {
             options: &[],
             data: &[],
         };
-        let event = decoder
-            .decode(&frame(SERVER, CLIENT, IPPROTO_TCP, 0, &tcp(&rst)), false)
-            .unwrap();
+        let event = decoder.decode(&frame(SERVER, CLIENT, IPPROTO_TCP, 0, &tcp(&rst)), false).unwrap();
         assert_eq!(event.flags, 0x04);
-        assert_eq!(
-            (event.seq, event.ack, event.window, event.len),
-            (1, 0, 0, 0)
-        );
+        assert_eq!((event.seq, event.ack, event.window, event.len), (1, 0, 0, 0));
         assert_eq!(crate::timeline::format_tcp_flags(event.flags), "R");
     }
 
@@ -620,9 +545,7 @@ mod tests {
         let quoted = ip_packet(CLIENT, SERVER, IPPROTO_TCP, 3, &original);
         let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
         icmp.extend_from_slice(&quoted[..28]); // the quoted IP header and 8 bytes of TCP, as the kernel sends
-        let event = Decoder::new()
-            .decode(&frame(SERVER, CLIENT, IPPROTO_ICMP, 9, &icmp), false)
-            .unwrap();
+        let event = Decoder::new().decode(&frame(SERVER, CLIENT, IPPROTO_ICMP, 9, &icmp), false).unwrap();
         assert_eq!(event.protocol, "icmp");
         assert_eq!((event.src, event.dst, event.ip_id), (SERVER, CLIENT, 9));
         assert_eq!(event.options, "10.0.0.2 tcp port 9000 unreachable");
@@ -631,48 +554,27 @@ mod tests {
 
     #[test]
     fn icmp_unreachable_codes_read_as_tcpdump_prints_them() {
-        let quoted = ip_packet(
-            CLIENT,
-            SERVER,
-            IPPROTO_TCP,
-            3,
-            &[0x9c, 0x40, 0x23, 0x28, 0, 0, 0, 1],
-        );
+        let quoted = ip_packet(CLIENT, SERVER, IPPROTO_TCP, 3, &[0x9c, 0x40, 0x23, 0x28, 0, 0, 0, 1]);
         let text = |code: u8| {
             let mut icmp = vec![3, code, 0, 0, 0, 0, 0x05, 0x78];
             icmp.extend_from_slice(&quoted);
-            Decoder::new()
-                .decode(&frame(SERVER, CLIENT, IPPROTO_ICMP, 0, &icmp), false)
-                .unwrap()
-                .options
+            Decoder::new().decode(&frame(SERVER, CLIENT, IPPROTO_ICMP, 0, &icmp), false).unwrap().options
         };
         assert_eq!(text(1), "host 10.0.0.2 unreachable");
         assert_eq!(text(4), "10.0.0.2 unreachable - need to frag (mtu 1400)");
         assert_eq!(text(10), "host 10.0.0.2 unreachable - admin prohibited");
-        assert_eq!(
-            text(13),
-            "host 10.0.0.2 unreachable - admin prohibited filter"
-        );
+        assert_eq!(text(13), "host 10.0.0.2 unreachable - admin prohibited filter");
     }
 
     #[test]
     fn icmp_echo_and_udp() {
         let echo = [8, 0, 0, 0, 0, 7, 0, 1, 1, 2, 3, 4];
-        let event = Decoder::new()
-            .decode(&frame(CLIENT, SERVER, IPPROTO_ICMP, 0, &echo), true)
-            .unwrap();
+        let event = Decoder::new().decode(&frame(CLIENT, SERVER, IPPROTO_ICMP, 0, &echo), true).unwrap();
         assert_eq!(event.options, "echo request, id 7, seq 1, length 12");
 
-        let udp = [
-            0x13, 0x88, 0x00, 0x35, 0, 13, 0, 0, b'h', b'e', b'l', b'l', b'o',
-        ];
-        let event = Decoder::new()
-            .decode(&frame(CLIENT, SERVER, IPPROTO_UDP, 0, &udp), true)
-            .unwrap();
-        assert_eq!(
-            (event.protocol.as_str(), event.sport, event.dport, event.len),
-            ("udp", 5000, 53, 5)
-        );
+        let udp = [0x13, 0x88, 0x00, 0x35, 0, 13, 0, 0, b'h', b'e', b'l', b'l', b'o'];
+        let event = Decoder::new().decode(&frame(CLIENT, SERVER, IPPROTO_UDP, 0, &udp), true).unwrap();
+        assert_eq!((event.protocol.as_str(), event.sport, event.dport, event.len), ("udp", 5000, 53, 5));
         assert_eq!(event.options, "5000 > 53, length 5");
     }
 
@@ -689,16 +591,8 @@ mod tests {
         assert_eq!(decoder.decode(&ipv6, true), None);
 
         let whole = syn(40000, 1);
-        assert_eq!(
-            decoder.decode(&whole[..14 + 20 + 10], true),
-            None,
-            "TCP header cut short"
-        );
-        assert_eq!(
-            decoder.decode(&whole[..10], true),
-            None,
-            "Ethernet header cut short"
-        );
+        assert_eq!(decoder.decode(&whole[..14 + 20 + 10], true), None, "TCP header cut short");
+        assert_eq!(decoder.decode(&whole[..10], true), None, "Ethernet header cut short");
     }
 
     #[test]
@@ -708,16 +602,7 @@ mod tests {
             SERVER,
             IPPROTO_TCP,
             0,
-            &tcp(&Segment {
-                sport: 1,
-                dport: 2,
-                seq: 0,
-                ack: 0,
-                flags: 0x10,
-                window: 1,
-                options: &[],
-                data: &[],
-            }),
+            &tcp(&Segment { sport: 1, dport: 2, seq: 0, ack: 0, flags: 0x10, window: 1, options: &[], data: &[] }),
         );
         padded.resize(60, 0);
         let event = Decoder::new().decode(&padded, false).unwrap();

@@ -405,9 +405,7 @@ impl<'a> FaultSchedule<'a> {
             Some(_) => Arm::Waiting,
             None => Arm::Done,
         };
-        FaultSchedule {
-            faults: faults.iter().map(|f| (f, arm(Some(&f.from)), arm(f.until.as_ref()), 0)).collect(),
-        }
+        FaultSchedule { faults: faults.iter().map(|f| (f, arm(Some(&f.from)), arm(f.until.as_ref()), 0)).collect() }
     }
 
     /// Arms the triggers that `event` satisfies.
@@ -479,7 +477,9 @@ fn fires_on(plan: &Plan, trigger: &Trigger, event: &Event, counter: &mut u64) ->
         }
         (Trigger::Packet { host, filter, nth, delay }, EventKind::Packet(packet))
             if event.host == *host
-                && (filter.from.is_none_or(|from| (from == event.host) == (packet.direction == PacketDirection::Out)))
+                && (filter
+                    .from
+                    .is_none_or(|from| (from == event.host) == (packet.direction == PacketDirection::Out)))
                 && crate::verdict::packet_matches(filter, packet) =>
         {
             *counter += 1;

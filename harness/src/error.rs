@@ -36,9 +36,15 @@ impl std::error::Error for ScenarioError {}
 pub enum Error {
     Scenario(ScenarioError),
     /// A system call or netlink request failed; `what` says which, with its `ip` / `nft` / `ss` equivalent.
-    Sys { what: String, source: io::Error },
+    Sys {
+        what: String,
+        source: io::Error,
+    },
     /// The machine lacks something netfault needs (privileges, a kernel feature, a program).
-    Missing { what: String, hint: String },
+    Missing {
+        what: String,
+        hint: String,
+    },
     /// Anything else that went wrong inside the harness.
     Internal(String),
 }

@@ -32,8 +32,8 @@ impl Netns {
                     },
                     other => Error::sys("unshare(CLONE_NEWNET) (ip netns add)", other),
                 })?;
-                let file = File::open("/proc/thread-self/ns/net")
-                    .context(|| "open /proc/thread-self/ns/net".to_string())?;
+                let file =
+                    File::open("/proc/thread-self/ns/net").context(|| "open /proc/thread-self/ns/net".to_string())?;
                 Ok(Netns { fd: OwnedFd::from(file) })
             })
             .context(|| "spawn namespace thread".to_string())?;
@@ -72,8 +72,7 @@ impl Netns {
             let worker = thread::Builder::new()
                 .name("netns-run".into())
                 .spawn_scoped(scope, || {
-                    setns(self.fd.as_fd(), CloneFlags::CLONE_NEWNET)
-                        .context(|| "setns(CLONE_NEWNET)".to_string())?;
+                    setns(self.fd.as_fd(), CloneFlags::CLONE_NEWNET).context(|| "setns(CLONE_NEWNET)".to_string())?;
                     f()
                 })
                 .context(|| "spawn thread inside namespace".to_string())?;

@@ -15,9 +15,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use netlink_packet_sock_diag::constants::{
-    AF_INET, INET_DIAG_INFO, IPPROTO_TCP, SOCK_DIAG_BY_FAMILY,
-};
+use netlink_packet_sock_diag::constants::{AF_INET, INET_DIAG_INFO, IPPROTO_TCP, SOCK_DIAG_BY_FAMILY};
 use netlink_packet_sock_diag::inet::nlas::TcpInfo;
 use netlink_sys::protocols::NETLINK_SOCK_DIAG;
 use netlink_sys::{Socket, SocketAddr};
@@ -116,11 +114,7 @@ impl SocketSample {
     }
 
     fn key(&self) -> SocketKey {
-        SocketKey {
-            local: self.local,
-            remote: self.remote,
-            listener_inode: self.is_listener().then_some(self.inode),
-        }
+        SocketKey { local: self.local, remote: self.remote, listener_inode: self.is_listener().then_some(self.inode) }
     }
 
     fn observed(&self) -> Observed {
@@ -150,21 +144,13 @@ impl DiagSocket {
     }
 
     fn open_in_current_namespace() -> Result<DiagSocket> {
-        let socket = Socket::new(NETLINK_SOCK_DIAG).context(|| {
-            "open sock_diag socket (ss -tan: socket(AF_NETLINK, SOCK_DGRAM, NETLINK_SOCK_DIAG))"
-                .into()
-        })?;
-        socket
-            .connect(&SocketAddr::new(0, 0))
-            .context(|| "connect sock_diag socket to the kernel (ss -tan)".into())?;
+        let socket = Socket::new(NETLINK_SOCK_DIAG)
+            .context(|| "open sock_diag socket (ss -tan: socket(AF_NETLINK, SOCK_DGRAM, NETLINK_SOCK_DIAG))".into())?;
+        socket.connect(&SocketAddr::new(0, 0)).context(|| "connect sock_diag socket to the kernel (ss -tan)".into())?;
         let timeout = TimeVal::milliseconds(RECEIVE_TIMEOUT.as_millis() as i64);
         setsockopt(&socket, sockopt::ReceiveTimeout, &timeout)
             .context(|| "set SO_RCVTIMEO on the sock_diag socket".into())?;
-        Ok(DiagSocket {
-            socket,
-            buffer: vec![0; RECEIVE_BUFFER_LEN],
-            seq: 0,
-        })
+        Ok(DiagSocket { socket, buffer: vec![0; RECEIVE_BUFFER_LEN], seq: 0 })
     }
 
     fn next_seq(&mut self) -> u32 {
@@ -185,14 +171,10 @@ pub fn dump(socket: &mut DiagSocket) -> Result<Vec<SocketSample>> {
 pub fn dump_into(socket: &mut DiagSocket, samples: &mut Vec<SocketSample>) -> Result<()> {
     samples.clear();
     let seq = socket.next_seq();
-    let sent = socket
-        .socket
-        .send(&encode_request(seq), 0)
-        .context(|| "send sock_diag dump request (ss -tan)".into())?;
+    let sent =
+        socket.socket.send(&encode_request(seq), 0).context(|| "send sock_diag dump request (ss -tan)".into())?;
     if sent != REQUEST_LEN {
-        return Err(Error::Internal(format!(
-            "sock_diag dump request (ss -tan): sent {sent} of {REQUEST_LEN} bytes"
-        )));
+        return Err(Error::Internal(format!("sock_diag dump request (ss -tan): sent {sent} of {REQUEST_LEN} bytes")));
     }
     loop {
         let mut free: &mut [u8] = &mut socket.buffer[..];
@@ -216,8 +198,7 @@ pub fn dump_into(socket: &mut DiagSocket, samples: &mut Vec<SocketSample>) -> Re
 
 fn receive_error(e: io::Error) -> Error {
     if e.kind() == io::ErrorKind::WouldBlock {
-        let what =
-            format!("receive sock_diag dump (ss -tan): no answer within {RECEIVE_TIMEOUT:?}");
+        let what = format!("receive sock_diag dump (ss -tan): no answer within {RECEIVE_TIMEOUT:?}");
         Error::sys(what, e)
     } else {
         Error::sys("receive sock_diag dump (ss -tan)", e)
@@ -271,30 +252,16 @@ fn parse_datagram(datagram: &[u8], seq: u32, samples: &mut Vec<SocketSample>) ->
         match i32::from(kind) {
             libc::NLMSG_DONE => {
                 // A dump that failed inside the kernel ends with a negative errno in NLMSG_DONE.
-                let code = if payload.len() >= 4 {
-                    read_i32(payload, 0)
-                } else {
-                    0
-                };
+                let code = if payload.len() >= 4 { read_i32(payload, 0) } else { 0 };
                 if code < 0 {
-                    return Err(Error::sys(
-                        "sock_diag dump (ss -tan)",
-                        io::Error::from_raw_os_error(-code),
-                    ));
+                    return Err(Error::sys("sock_diag dump (ss -tan)", io::Error::from_raw_os_error(-code)));
                 }
                 return Ok(Progress::Done);
             }
             libc::NLMSG_ERROR => {
-                let code = if payload.len() >= 4 {
-                    read_i32(payload, 0)
-                } else {
-                    -libc::EPROTO
-                };
+                let code = if payload.len() >= 4 { read_i32(payload, 0) } else { -libc::EPROTO };
                 if code != 0 {
-                    return Err(Error::sys(
-                        "sock_diag dump request (ss -tan)",
-                        io::Error::from_raw_os_error(-code),
-                    ));
+                    return Err(Error::sys("sock_diag dump request (ss -tan)", io::Error::from_raw_os_error(-code)));
                 }
             }
             _ if kind == SOCK_DIAG_BY_FAMILY => {
@@ -324,14 +291,8 @@ fn parse_inet_diag_msg(message: &[u8]) -> Result<Option<SocketSample>> {
     };
     let timer = TimerKind::from_kernel(message[2]);
     // inet_diag_sockid: sport, dport (big endian), src[4], dst[4] (an IPv4 address in the first word), if, cookie.
-    let local = SocketAddrV4::new(
-        ipv4_at(message, 8),
-        u16::from_be_bytes([message[4], message[5]]),
-    );
-    let remote = SocketAddrV4::new(
-        ipv4_at(message, 24),
-        u16::from_be_bytes([message[6], message[7]]),
-    );
+    let local = SocketAddrV4::new(ipv4_at(message, 8), u16::from_be_bytes([message[4], message[5]]));
+    let remote = SocketAddrV4::new(ipv4_at(message, 24), u16::from_be_bytes([message[6], message[7]]));
     let mut tcpi = None;
     let mut attributes = &message[INET_DIAG_MSG_LEN..];
     while attributes.len() >= ATTRIBUTE_HEADER_LEN {
@@ -455,12 +416,11 @@ impl ChangeTracker {
     /// in one sample, the first row counts.
     fn update(&mut self, samples: &[SocketSample], mut emit: impl FnMut(SocketEvent)) {
         self.current.clear();
-        self.current
-            .extend(samples.iter().enumerate().map(|(row, sample)| Tracked {
-                key: sample.key(),
-                observed: sample.observed(),
-                row,
-            }));
+        self.current.extend(samples.iter().enumerate().map(|(row, sample)| Tracked {
+            key: sample.key(),
+            observed: sample.observed(),
+            row,
+        }));
         self.current.sort_by_key(|tracked| tracked.key);
         self.current.dedup_by_key(|tracked| tracked.key);
         let (mut old, mut new) = (0, 0);
@@ -525,9 +485,7 @@ impl Sampler {
         self.total_dump_time += took;
         self.max_dump_time = self.max_dump_time.max(took);
         let (sink, host) = (&self.sink, self.host);
-        self.tracker.update(&self.samples, |event| {
-            sink.emit_at(t, host, EventKind::Socket(event))
-        });
+        self.tracker.update(&self.samples, |event| sink.emit_at(t, host, EventKind::Socket(event)));
         Ok(())
     }
 
@@ -593,16 +551,9 @@ impl Observer {
     ///
     /// The first sample is taken before this returns, so a namespace without sock_diag fails here. Events are
     /// stamped with the time their dump was requested.
-    pub fn start(
-        ns: &Netns,
-        host: HostId,
-        interval: Duration,
-        sink: EventSink,
-    ) -> Result<Observer> {
+    pub fn start(ns: &Netns, host: HostId, interval: Duration, sink: EventSink) -> Result<Observer> {
         if interval.is_zero() {
-            return Err(Error::Internal(format!(
-                "observer of {host}: the sampling interval must not be zero"
-            )));
+            return Err(Error::Internal(format!("observer of {host}: the sampling interval must not be zero")));
         }
         let mut sampler = Sampler {
             socket: DiagSocket::open_in(ns)?,
@@ -628,12 +579,7 @@ impl Observer {
                 let _ = finished_tx.send(sampler.run(interval, stop_rx));
             })
             .context(|| format!("spawn the socket observer thread of {host}"))?;
-        Ok(Observer {
-            host,
-            stop,
-            finished,
-            thread,
-        })
+        Ok(Observer { host, stop, finished, thread })
     }
 
     /// `ss -tanoi` right now: asks for a sample between ticks, so short-lived states (a handshake, a FIN
@@ -650,19 +596,17 @@ impl Observer {
         let _ = self.stop.send(Signal::Stop);
         match self.finished.recv_timeout(STOP_TIMEOUT) {
             Ok(result) => {
-                self.thread.join().map_err(|_| {
-                    Error::Internal(format!("socket observer thread of {} panicked", self.host))
-                })?;
+                self.thread
+                    .join()
+                    .map_err(|_| Error::Internal(format!("socket observer thread of {} panicked", self.host)))?;
                 result
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => Err(Error::Internal(format!(
-                "socket observer of {} did not stop within {STOP_TIMEOUT:?}",
-                self.host
-            ))),
-            Err(mpsc::RecvTimeoutError::Disconnected) => Err(Error::Internal(format!(
-                "socket observer thread of {} panicked",
-                self.host
-            ))),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                Err(Error::Internal(format!("socket observer of {} did not stop within {STOP_TIMEOUT:?}", self.host)))
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Err(Error::Internal(format!("socket observer thread of {} panicked", self.host)))
+            }
         }
     }
 }
@@ -760,14 +704,7 @@ mod tests {
     }
 
     /// A `struct tcp_info` of this kernel's size with the summarized fields set.
-    fn tcp_info(
-        rto_us: u32,
-        retransmits: u8,
-        probes: u8,
-        backoff: u8,
-        unacked: u32,
-        notsent: u32,
-    ) -> Vec<u8> {
+    fn tcp_info(rto_us: u32, retransmits: u8, probes: u8, backoff: u8, unacked: u32, notsent: u32) -> Vec<u8> {
         let mut info = vec![0u8; 280];
         info[2] = retransmits;
         info[3] = probes;
@@ -792,37 +729,21 @@ mod tests {
         assert_eq!(u16::from_ne_bytes([request[4], request[5]]), 20);
         assert_eq!(u16::from_ne_bytes([request[6], request[7]]), 0x301);
         assert_eq!(read_u32(&request, 8), 7);
-        assert_eq!(
-            &request[16..20],
-            &[libc::AF_INET as u8, libc::IPPROTO_TCP as u8, 1 << 1, 0]
-        );
+        assert_eq!(&request[16..20], &[libc::AF_INET as u8, libc::IPPROTO_TCP as u8, 1 << 1, 0]);
         let states = read_u32(&request, 20);
-        assert_eq!(
-            states, 0b1_1111_1111_1110,
-            "ESTABLISHED (1) ..= NEW_SYN_RECV (12)"
-        );
+        assert_eq!(states, 0b1_1111_1111_1110, "ESTABLISHED (1) ..= NEW_SYN_RECV (12)");
         assert!(request[24..].iter().all(|&b| b == 0), "no socket filter");
     }
 
     #[test]
     fn keepalive_row_keeps_probe_count_and_expiry() {
         let mut row = diag_row(1, "10.0.0.1:40000", "10.0.0.2:9000");
-        (
-            row.timer,
-            row.retrans,
-            row.expires,
-            row.recv_q,
-            row.send_q,
-            row.inode,
-        ) = (2, 3, 1500, 5, 7, 42);
+        (row.timer, row.retrans, row.expires, row.recv_q, row.send_q, row.inode) = (2, 3, 1500, 5, 7, 42);
         let info = tcp_info(204_000, 0, 3, 0, 1, 11);
         let mut datagram = diag_message(9, &row, &[(INET_DIAG_INFO, info), (99, vec![1, 2, 3])]);
         datagram.extend(done(9, 0));
         let mut samples = Vec::new();
-        assert_eq!(
-            parse_datagram(&datagram, 9, &mut samples).unwrap(),
-            Progress::Done
-        );
+        assert_eq!(parse_datagram(&datagram, 9, &mut samples).unwrap(), Progress::Done);
         assert_eq!(
             samples,
             vec![SocketSample {
@@ -850,42 +771,21 @@ mod tests {
     #[test]
     fn request_socket_and_time_wait_rows_have_timers_but_no_tcp_info() {
         let mut request_sock = diag_row(12, "10.0.0.2:9000", "10.0.0.1:40000");
-        (
-            request_sock.timer,
-            request_sock.retrans,
-            request_sock.expires,
-        ) = (1, 2, 800);
+        (request_sock.timer, request_sock.retrans, request_sock.expires) = (1, 2, 800);
         let mut time_wait = diag_row(6, "10.0.0.1:40001", "10.0.0.2:9000");
         (time_wait.timer, time_wait.expires) = (3, 59_000);
         let mut datagram = diag_message(1, &request_sock, &[]);
         datagram.extend(diag_message(1, &time_wait, &[]));
         let mut samples = Vec::new();
-        assert_eq!(
-            parse_datagram(&datagram, 1, &mut samples).unwrap(),
-            Progress::More
-        );
+        assert_eq!(parse_datagram(&datagram, 1, &mut samples).unwrap(), Progress::More);
         assert_eq!(samples.len(), 2);
         assert_eq!(
-            (
-                samples[0].state,
-                samples[0].timer,
-                samples[0].retrans,
-                samples[0].expires
-            ),
-            (
-                TcpState::SynRecv,
-                Some(TimerKind::On),
-                2,
-                Some(Duration::from_millis(800))
-            )
+            (samples[0].state, samples[0].timer, samples[0].retrans, samples[0].expires),
+            (TcpState::SynRecv, Some(TimerKind::On), 2, Some(Duration::from_millis(800)))
         );
         assert_eq!(
             (samples[1].state, samples[1].timer, samples[1].expires),
-            (
-                TcpState::TimeWait,
-                Some(TimerKind::Timewait),
-                Some(Duration::from_secs(59))
-            )
+            (TcpState::TimeWait, Some(TimerKind::Timewait), Some(Duration::from_secs(59)))
         );
         assert!(samples.iter().all(|s| s.tcpi.is_none()));
     }
@@ -896,23 +796,12 @@ mod tests {
         let mut ipv6 = diag_row(1, "10.0.0.1:3", "10.0.0.2:4");
         ipv6.family = libc::AF_INET6 as u8;
         datagram.extend(diag_message(4, &ipv6, &[]));
-        datagram.extend(diag_message(
-            4,
-            &diag_row(13, "10.0.0.1:5", "0.0.0.0:0"),
-            &[],
-        ));
-        datagram.extend(diag_message(
-            4,
-            &diag_row(10, "10.0.0.1:6", "0.0.0.0:0"),
-            &[],
-        ));
+        datagram.extend(diag_message(4, &diag_row(13, "10.0.0.1:5", "0.0.0.0:0"), &[]));
+        datagram.extend(diag_message(4, &diag_row(10, "10.0.0.1:6", "0.0.0.0:0"), &[]));
         datagram.extend(done(3, 0));
         datagram.extend(done(4, 0));
         let mut samples = Vec::new();
-        assert_eq!(
-            parse_datagram(&datagram, 4, &mut samples).unwrap(),
-            Progress::Done
-        );
+        assert_eq!(parse_datagram(&datagram, 4, &mut samples).unwrap(), Progress::Done);
         assert_eq!(samples.len(), 1);
         assert_eq!(samples[0].label(), "10.0.0.1:6 -> *:*");
         assert!(samples[0].is_listener());
@@ -931,16 +820,10 @@ mod tests {
             other => panic!("expected ENOMEM, got {other:?}"),
         }
         let short = netlink_message(SOCK_DIAG_BY_FAMILY, 5, &[libc::AF_INET as u8; 40]);
-        assert!(matches!(
-            parse_datagram(&short, 5, &mut Vec::new()),
-            Err(Error::Internal(_))
-        ));
+        assert!(matches!(parse_datagram(&short, 5, &mut Vec::new()), Err(Error::Internal(_))));
         let mut overlong = done(5, 0);
         overlong[0..4].copy_from_slice(&200u32.to_ne_bytes());
-        assert!(matches!(
-            parse_datagram(&overlong, 5, &mut Vec::new()),
-            Err(Error::Internal(_))
-        ));
+        assert!(matches!(parse_datagram(&overlong, 5, &mut Vec::new()), Err(Error::Internal(_))));
     }
 
     #[test]
@@ -952,17 +835,11 @@ mod tests {
         connection.expires = Some(Duration::from_secs(7));
         let events = changes(&mut tracker, &[connection.clone(), listener.clone()]);
         let labels: Vec<_> = events.iter().map(|e| e.socket.as_str()).collect();
-        assert_eq!(
-            labels,
-            ["10.0.0.2:9000 -> *:*", "10.0.0.2:9000 -> 10.0.0.1:40000"]
-        );
+        assert_eq!(labels, ["10.0.0.2:9000 -> *:*", "10.0.0.2:9000 -> 10.0.0.1:40000"]);
         assert_eq!((events[0].local_port, events[0].remote_port), (9000, 0));
         assert_eq!(events[1].expires, Some(Duration::from_secs(7)));
         connection.expires = Some(Duration::from_secs(6));
-        assert!(
-            changes(&mut tracker, &[listener, connection]).is_empty(),
-            "expires counting down is no change"
-        );
+        assert!(changes(&mut tracker, &[listener, connection]).is_empty(), "expires counting down is no change");
     }
 
     #[test]
@@ -996,21 +873,13 @@ mod tests {
         server.timer = None;
         server.inode = 77;
         let events = changes(&mut tracker, &[listener.clone(), server.clone()]);
-        assert_eq!(
-            events.iter().map(|e| e.state).collect::<Vec<_>>(),
-            [TcpState::Established]
-        );
+        assert_eq!(events.iter().map(|e| e.state).collect::<Vec<_>>(), [TcpState::Established]);
         let events = changes(&mut tracker, &[listener]);
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].socket, "10.0.0.2:9000 -> 10.0.0.1:40000");
         assert_eq!(events[0].state, TcpState::Gone);
-        assert_eq!(
-            (events[0].timer, events[0].retrans, events[0].recv_q),
-            (None, 0, 0)
-        );
-        assert!(changes(&mut tracker, &[])
-            .iter()
-            .all(|e| e.state == TcpState::Gone && e.socket.ends_with("*:*")));
+        assert_eq!((events[0].timer, events[0].retrans, events[0].recv_q), (None, 0, 0));
+        assert!(changes(&mut tracker, &[]).iter().all(|e| e.state == TcpState::Gone && e.socket.ends_with("*:*")));
     }
 
     #[test]
@@ -1021,10 +890,7 @@ mod tests {
         let mut second = first.clone();
         second.inode = 2;
         second.recv_q = 1;
-        assert_eq!(
-            changes(&mut tracker, &[first.clone(), second.clone()]).len(),
-            2
-        );
+        assert_eq!(changes(&mut tracker, &[first.clone(), second.clone()]).len(), 2);
         assert!(changes(&mut tracker, &[second, first]).is_empty());
     }
 }
@@ -1038,9 +904,7 @@ mod kernel_tests {
     use std::os::fd::{AsRawFd, OwnedFd};
     use std::process::Command;
 
-    use nix::sys::socket::{
-        bind, connect, listen, socket, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn,
-    };
+    use nix::sys::socket::{bind, connect, listen, socket, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn};
 
     use super::*;
     use crate::clock::Clock;
@@ -1050,12 +914,7 @@ mod kernel_tests {
 
     /// `ip link set lo up|down` in the calling thread's namespace.
     fn set_loopback(up: bool) -> Result<()> {
-        let fd = socket(
-            AddressFamily::Inet,
-            SockType::Datagram,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )?;
+        let fd = socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
         // SAFETY: ifreq is plain old data; all zero is a valid value.
         let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
         for (dst, src) in request.ifr_name.iter_mut().zip(b"lo\0") {
@@ -1068,11 +927,7 @@ mod kernel_tests {
             }
             let flags = request.ifr_ifru.ifru_flags;
             let up_flag = libc::IFF_UP as libc::c_short;
-            request.ifr_ifru.ifru_flags = if up {
-                flags | up_flag
-            } else {
-                flags & !up_flag
-            };
+            request.ifr_ifru.ifru_flags = if up { flags | up_flag } else { flags & !up_flag };
             if libc::ioctl(fd.as_raw_fd(), libc::SIOCSIFFLAGS, &request) < 0 {
                 return Err(Error::last_os("ip link set lo up/down (SIOCSIFFLAGS)"));
             }
@@ -1093,12 +948,7 @@ mod kernel_tests {
     /// `listen(backlog)` on 127.0.0.1:9000 in `ns`, optionally with TCP_DEFER_ACCEPT (seconds).
     fn listener(ns: &Netns, backlog: i32, defer_accept_secs: Option<libc::c_int>) -> TcpListener {
         ns.run(|| {
-            let fd = socket(
-                AddressFamily::Inet,
-                SockType::Stream,
-                SockFlag::SOCK_CLOEXEC,
-                None,
-            )?;
+            let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
             if let Some(secs) = defer_accept_secs {
                 // SAFETY: setsockopt reads an int from a pointer valid for the call.
                 let rc = unsafe {
@@ -1122,19 +972,13 @@ mod kernel_tests {
     }
 
     fn connect_in(ns: &Netns) -> TcpStream {
-        ns.run(|| TcpStream::connect((Ipv4Addr::LOCALHOST, PORT)).context(|| "connect".into()))
-            .unwrap()
+        ns.run(|| TcpStream::connect((Ipv4Addr::LOCALHOST, PORT)).context(|| "connect".into())).unwrap()
     }
 
     /// A connect(2) that does not wait for the handshake.
     fn connect_nonblocking(ns: &Netns) -> OwnedFd {
         ns.run(|| {
-            let fd = socket(
-                AddressFamily::Inet,
-                SockType::Stream,
-                SockFlag::SOCK_NONBLOCK,
-                None,
-            )?;
+            let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_NONBLOCK, None)?;
             match connect(fd.as_raw_fd(), &loopback(PORT)) {
                 Ok(()) | Err(nix::Error::EINPROGRESS) => Ok(fd),
                 Err(e) => Err(e.into()),
@@ -1144,21 +988,14 @@ mod kernel_tests {
     }
 
     /// Dumps until `done` holds for the sample (every 10 ms, at most 8 s).
-    fn wait_for(
-        socket: &mut DiagSocket,
-        what: &str,
-        done: impl Fn(&[SocketSample]) -> bool,
-    ) -> Vec<SocketSample> {
+    fn wait_for(socket: &mut DiagSocket, what: &str, done: impl Fn(&[SocketSample]) -> bool) -> Vec<SocketSample> {
         let deadline = Instant::now() + Duration::from_secs(8);
         loop {
             let samples = dump(socket).unwrap();
             if done(&samples) {
                 return samples;
             }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; last sample: {samples:#?}"
-            );
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; last sample: {samples:#?}");
             thread::sleep(Duration::from_millis(10));
         }
     }
@@ -1192,35 +1029,23 @@ mod kernel_tests {
     /// `ip netns exec <ns> ss -tanoi`, through the namespace descriptor this process holds.
     fn ss(ns: &Netns) -> Vec<SsRow> {
         let output = Command::new("nsenter")
-            .arg(format!(
-                "--net=/proc/{}/fd/{}",
-                std::process::id(),
-                ns.raw_fd()
-            ))
+            .arg(format!("--net=/proc/{}/fd/{}", std::process::id(), ns.raw_fd()))
             .args(["ss", "-tanoi"])
             .output()
             .unwrap();
-        assert!(
-            output.status.success(),
-            "ss failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        assert!(output.status.success(), "ss failed: {}", String::from_utf8_lossy(&output.stderr));
         let text = String::from_utf8(output.stdout).unwrap();
         text.lines()
             .skip(1)
             .filter(|line| !line.starts_with(char::is_whitespace))
             .map(|line| {
                 let fields: Vec<&str> = line.split_whitespace().collect();
-                let timer = fields
-                    .iter()
-                    .find_map(|f| f.strip_prefix("timer:("))
-                    .map(|t| {
-                        let parts: Vec<&str> = t.trim_end_matches(')').split(',').collect();
-                        (parts[0].to_string(), parts[2].parse().unwrap())
-                    });
+                let timer = fields.iter().find_map(|f| f.strip_prefix("timer:(")).map(|t| {
+                    let parts: Vec<&str> = t.trim_end_matches(')').split(',').collect();
+                    (parts[0].to_string(), parts[2].parse().unwrap())
+                });
                 SsRow {
-                    state: TcpState::parse(fields[0])
-                        .unwrap_or_else(|| panic!("ss state in {line:?}")),
+                    state: TcpState::parse(fields[0]).unwrap_or_else(|| panic!("ss state in {line:?}")),
                     recv_q: fields[1].parse().unwrap(),
                     send_q: fields[2].parse().unwrap(),
                     local: fields[3].to_string(),
@@ -1236,32 +1061,17 @@ mod kernel_tests {
     fn assert_same_as_ss(samples: &[SocketSample], rows: &[SsRow], compare_retrans: bool) {
         assert_eq!(samples.len(), rows.len(), "dump {samples:#?}\nss {rows:#?}");
         for sample in samples {
-            let peer = if sample.is_listener() {
-                format!("{}:*", sample.remote.ip())
-            } else {
-                sample.remote.to_string()
-            };
+            let peer =
+                if sample.is_listener() { format!("{}:*", sample.remote.ip()) } else { sample.remote.to_string() };
             let row = rows
                 .iter()
                 .find(|r| r.local == sample.local.to_string() && r.peer == peer)
                 .unwrap_or_else(|| panic!("{} missing from ss {rows:#?}", sample.label()));
-            assert_eq!(
-                (row.state, row.recv_q, row.send_q),
-                (sample.state, sample.recv_q, sample.send_q),
-                "{row:?}"
-            );
+            assert_eq!((row.state, row.recv_q, row.send_q), (sample.state, sample.recv_q, sample.send_q), "{row:?}");
             let timer = row.timer.as_ref().map(|(name, _)| name.as_str());
-            assert_eq!(
-                timer,
-                sample.timer.map(TimerKind::name),
-                "{row:?} vs {sample:?}"
-            );
+            assert_eq!(timer, sample.timer.map(TimerKind::name), "{row:?} vs {sample:?}");
             if compare_retrans {
-                assert_eq!(
-                    row.timer.as_ref().map(|(_, n)| *n),
-                    sample.timer.map(|_| sample.retrans),
-                    "{row:?}"
-                );
+                assert_eq!(row.timer.as_ref().map(|(_, n)| *n), sample.timer.map(|_| sample.retrans), "{row:?}");
             }
         }
     }
@@ -1277,21 +1087,14 @@ mod kernel_tests {
     }
 
     fn states_of(events: &[SocketEvent], label: &str) -> Vec<TcpState> {
-        events
-            .iter()
-            .filter(|e| e.socket == label)
-            .map(|e| e.state)
-            .collect()
+        events.iter().filter(|e| e.socket == label).map(|e| e.state).collect()
     }
 
     /// `expected` appears in `seen` in this order, other states allowed between.
     fn assert_passes_through(seen: &[TcpState], expected: &[TcpState]) {
         let mut rest = seen.iter();
         for state in expected {
-            assert!(
-                rest.any(|s| s == state),
-                "{seen:?} does not pass through {expected:?}"
-            );
+            assert!(rest.any(|s| s == state), "{seen:?} does not pass through {expected:?}");
         }
     }
 
@@ -1302,43 +1105,25 @@ mod kernel_tests {
         let mut first = connect_in(&ns);
         let second = connect_in(&ns);
         first.write_all(&[7; 100]).unwrap();
-        let (first_port, second_port) = (
-            first.local_addr().unwrap().port(),
-            second.local_addr().unwrap().port(),
-        );
+        let (first_port, second_port) = (first.local_addr().unwrap().port(), second.local_addr().unwrap().port());
         let mut diag = DiagSocket::open_in(&ns).unwrap();
         let samples = wait_for(&mut diag, "100 bytes queued on the server side", |s| {
             find(s, &server_side(first_port)).is_some_and(|server| server.recv_q == 100)
-                && find(s, &client_side(first_port))
-                    .is_some_and(|client| client.send_q == 0 && client.timer.is_none())
+                && find(s, &client_side(first_port)).is_some_and(|client| client.send_q == 0 && client.timer.is_none())
         });
         let rows = ss(&ns);
         assert_same_as_ss(&samples, &rows, true);
         assert_eq!(samples.len(), 5);
         let listen = find(&samples, LISTENER).unwrap();
-        assert_eq!(
-            (listen.state, listen.recv_q, listen.send_q),
-            (TcpState::Listen, 2, 8),
-            "accept queue / backlog"
-        );
+        assert_eq!((listen.state, listen.recv_q, listen.send_q), (TcpState::Listen, 2, 8), "accept queue / backlog");
         assert!(listen.inode != 0);
-        for label in [
-            client_side(first_port),
-            server_side(first_port),
-            client_side(second_port),
-            server_side(second_port),
-        ] {
-            let socket =
-                find(&samples, &label).unwrap_or_else(|| panic!("{label} not in {samples:#?}"));
+        for label in
+            [client_side(first_port), server_side(first_port), client_side(second_port), server_side(second_port)]
+        {
+            let socket = find(&samples, &label).unwrap_or_else(|| panic!("{label} not in {samples:#?}"));
             assert_eq!(socket.state, TcpState::Established, "{label}");
-            let tcpi = socket
-                .tcpi
-                .unwrap_or_else(|| panic!("no tcp_info for {label}"));
-            assert!(
-                tcpi.rto >= Duration::from_millis(200),
-                "{label}: rto {:?}",
-                tcpi.rto
-            );
+            let tcpi = socket.tcpi.unwrap_or_else(|| panic!("no tcp_info for {label}"));
+            assert!(tcpi.rto >= Duration::from_millis(200), "{label}: rto {:?}", tcpi.rto);
         }
         assert_eq!(find(&samples, &server_side(second_port)).unwrap().recv_q, 0);
     }
@@ -1348,24 +1133,15 @@ mod kernel_tests {
         let ns = namespace_with_loopback();
         let _listener = listener(&ns, 8, Some(10));
         let (sink, events) = EventSink::new(Clock::started());
-        let observer =
-            Observer::start(&ns, HostId::Server, Duration::from_millis(10), sink).unwrap();
+        let observer = Observer::start(&ns, HostId::Server, Duration::from_millis(10), sink).unwrap();
         let mut client = connect_in(&ns);
         let port = client.local_addr().unwrap().port();
         let mut diag = DiagSocket::open_in(&ns).unwrap();
-        let samples = wait_for(&mut diag, "the request socket", |s| {
-            find(s, &server_side(port)).is_some()
-        });
+        let samples = wait_for(&mut diag, "the request socket", |s| find(s, &server_side(port)).is_some());
         let request = find(&samples, &server_side(port)).unwrap();
-        assert_eq!(
-            (request.state, request.timer, request.inode),
-            (TcpState::SynRecv, Some(TimerKind::On), 0)
-        );
+        assert_eq!((request.state, request.timer, request.inode), (TcpState::SynRecv, Some(TimerKind::On), 0));
         assert!(request.tcpi.is_none());
-        assert_eq!(
-            find(&samples, &client_side(port)).unwrap().state,
-            TcpState::Established
-        );
+        assert_eq!(find(&samples, &client_side(port)).unwrap().state, TcpState::Established);
         assert_same_as_ss(&samples, &ss(&ns), true);
 
         // Hold SYN-RECV for several sampling intervals so the observer sees it too.
@@ -1382,27 +1158,14 @@ mod kernel_tests {
         let stats = observer.stop().unwrap();
         assert!(stats.samples >= 2, "{stats:?}");
         let events = socket_events(&events, HostId::Server);
-        let server_events: Vec<_> = events
-            .iter()
-            .filter(|e| e.socket == server_side(port))
-            .collect();
+        let server_events: Vec<_> = events.iter().filter(|e| e.socket == server_side(port)).collect();
         assert_eq!(
-            server_events
-                .iter()
-                .map(|e| (e.state, e.timer))
-                .collect::<Vec<_>>(),
-            [
-                (TcpState::SynRecv, Some(TimerKind::On)),
-                (TcpState::Established, None)
-            ],
+            server_events.iter().map(|e| (e.state, e.timer)).collect::<Vec<_>>(),
+            [(TcpState::SynRecv, Some(TimerKind::On)), (TcpState::Established, None)],
             "{events:#?}"
         );
         assert_eq!(server_events[1].recv_q, 5);
-        assert_eq!(
-            states_of(&events, LISTENER),
-            [TcpState::Listen, TcpState::Listen],
-            "accept queue 0 -> 1"
-        );
+        assert_eq!(states_of(&events, LISTENER), [TcpState::Listen, TcpState::Listen], "accept queue 0 -> 1");
     }
 
     #[test]
@@ -1425,27 +1188,18 @@ mod kernel_tests {
 
         // With lo down every probe fails to leave the host, so none is answered and the count climbs.
         ns.run(|| set_loopback(false)).unwrap();
-        wait_for(&mut diag, "two unanswered keepalive probes", |s| {
-            find(s, &label).is_some_and(|c| c.retrans >= 2)
-        });
+        wait_for(&mut diag, "two unanswered keepalive probes", |s| find(s, &label).is_some_and(|c| c.retrans >= 2));
         let mut compared = false;
         for _ in 0..5 {
             // A probe may fire between the dump and ss; compare only when the dumps on both sides agree.
             let before = dump(&mut diag).unwrap();
             let rows = ss(&ns);
             let after = dump(&mut diag).unwrap();
-            let (b, a) = (
-                find(&before, &label).unwrap(),
-                find(&after, &label).unwrap(),
-            );
+            let (b, a) = (find(&before, &label).unwrap(), find(&after, &label).unwrap());
             if (b.timer, b.retrans) == (a.timer, a.retrans) {
                 assert_same_as_ss(&before, &rows, true);
                 assert_eq!(b.timer, Some(TimerKind::Keepalive));
-                assert_eq!(
-                    b.tcpi.unwrap().probes as u32,
-                    b.retrans,
-                    "tcpi_probes is the ss probe count"
-                );
+                assert_eq!(b.tcpi.unwrap().probes as u32, b.retrans, "tcpi_probes is the ss probe count");
                 compared = true;
                 break;
             }
@@ -1460,38 +1214,24 @@ mod kernel_tests {
         let _listener = listener(&ns, 0, None);
         let _queued = connect_in(&ns);
         let (sink, events) = EventSink::new(Clock::started());
-        let observer =
-            Observer::start(&ns, HostId::Client, Duration::from_millis(10), sink).unwrap();
+        let observer = Observer::start(&ns, HostId::Client, Duration::from_millis(10), sink).unwrap();
         let syn_sent = connect_nonblocking(&ns);
-        let port = nix::sys::socket::getsockname::<SockaddrIn>(syn_sent.as_raw_fd())
-            .unwrap()
-            .port();
+        let port = nix::sys::socket::getsockname::<SockaddrIn>(syn_sent.as_raw_fd()).unwrap().port();
         let mut diag = DiagSocket::open_in(&ns).unwrap();
         let samples = wait_for(&mut diag, "the first SYN retransmission", |s| {
             find(s, &client_side(port)).is_some_and(|c| c.retrans == 1)
         });
         let client = find(&samples, &client_side(port)).unwrap();
-        assert_eq!(
-            (client.state, client.timer),
-            (TcpState::SynSent, Some(TimerKind::On))
-        );
+        assert_eq!((client.state, client.timer), (TcpState::SynSent, Some(TimerKind::On)));
         assert_same_as_ss(&samples, &ss(&ns), false);
         thread::sleep(Duration::from_millis(50));
         let stats = observer.stop().unwrap();
         assert!(stats.samples >= 50, "{stats:?}");
-        let events: Vec<_> = socket_events(&events, HostId::Client)
-            .into_iter()
-            .filter(|e| e.socket == client_side(port))
-            .collect();
+        let events: Vec<_> =
+            socket_events(&events, HostId::Client).into_iter().filter(|e| e.socket == client_side(port)).collect();
         assert_eq!(
-            events
-                .iter()
-                .map(|e| (e.state, e.timer, e.retrans))
-                .collect::<Vec<_>>(),
-            [
-                (TcpState::SynSent, Some(TimerKind::On), 0),
-                (TcpState::SynSent, Some(TimerKind::On), 1)
-            ],
+            events.iter().map(|e| (e.state, e.timer, e.retrans)).collect::<Vec<_>>(),
+            [(TcpState::SynSent, Some(TimerKind::On), 0), (TcpState::SynSent, Some(TimerKind::On), 1)],
             "one event per retransmission, none for the countdown: {events:#?}"
         );
     }
@@ -1504,8 +1244,7 @@ mod kernel_tests {
         let (server, _) = listener.accept().unwrap();
         let port = client.local_addr().unwrap().port();
         let (sink, events) = EventSink::new(Clock::started());
-        let observer =
-            Observer::start(&ns, HostId::Client, Duration::from_millis(5), sink).unwrap();
+        let observer = Observer::start(&ns, HostId::Client, Duration::from_millis(5), sink).unwrap();
         let mut diag = DiagSocket::open_in(&ns).unwrap();
 
         client.shutdown(Shutdown::Write).unwrap();
@@ -1522,42 +1261,22 @@ mod kernel_tests {
         });
         let time_wait = find(&samples, &client_side(port)).unwrap();
         assert_eq!(time_wait.timer, Some(TimerKind::Timewait));
-        assert!(
-            time_wait.expires.unwrap() > Duration::from_secs(50),
-            "{time_wait:?}"
-        );
+        assert!(time_wait.expires.unwrap() > Duration::from_secs(50), "{time_wait:?}");
         assert_same_as_ss(&samples, &ss(&ns), true);
         drop(listener);
-        wait_for(&mut diag, "the listener to close", |s| {
-            find(s, LISTENER).is_none()
-        });
+        wait_for(&mut diag, "the listener to close", |s| find(s, LISTENER).is_none());
         thread::sleep(Duration::from_millis(20));
         let stats = observer.stop().unwrap();
-        assert!(
-            stats.mean_dump_time > Duration::ZERO && stats.max_dump_time >= stats.mean_dump_time
-        );
+        assert!(stats.mean_dump_time > Duration::ZERO && stats.max_dump_time >= stats.mean_dump_time);
 
         let events = socket_events(&events, HostId::Client);
         let client_states = states_of(&events, &client_side(port));
-        assert_passes_through(
-            &client_states,
-            &[
-                TcpState::Established,
-                TcpState::FinWait2,
-                TcpState::TimeWait,
-            ],
-        );
+        assert_passes_through(&client_states, &[TcpState::Established, TcpState::FinWait2, TcpState::TimeWait]);
         assert_eq!(client_states.last(), Some(&TcpState::TimeWait));
         let server_states = states_of(&events, &server_side(port));
-        assert_passes_through(
-            &server_states,
-            &[TcpState::Established, TcpState::CloseWait, TcpState::Gone],
-        );
+        assert_passes_through(&server_states, &[TcpState::Established, TcpState::CloseWait, TcpState::Gone]);
         assert_eq!(server_states.last(), Some(&TcpState::Gone));
-        assert_eq!(
-            states_of(&events, LISTENER),
-            [TcpState::Listen, TcpState::Gone]
-        );
+        assert_eq!(states_of(&events, LISTENER), [TcpState::Listen, TcpState::Gone]);
         let gone = events.iter().find(|e| e.state == TcpState::Gone).unwrap();
         assert_eq!((gone.timer, gone.expires), (None, None));
     }
@@ -1596,10 +1315,7 @@ mod kernel_tests {
         let shared = namespace_with_loopback();
         let shared_median = median_dump_time(&shared);
         let shared_entries = ehash_entries(&shared);
-        assert!(
-            shared_entries < 0,
-            "a namespace made from the host's shares its established hash table"
-        );
+        assert!(shared_entries < 0, "a namespace made from the host's shares its established hash table");
 
         // A namespace created from inside one whose tcp_child_ehash_entries is set gets a private, small table,
         // and a dump walks only that.

@@ -98,9 +98,7 @@ fn forward_stop_signals() -> Result<()> {
             libc::sigaction(signal, &action, std::ptr::null_mut())
         };
         if rc != 0 {
-            return Err(Error::last_os(format!(
-                "sigaction({name}) in the scenario's relaying parent"
-            )));
+            return Err(Error::last_os(format!("sigaction({name}) in the scenario's relaying parent")));
         }
     }
     Ok(())
@@ -111,9 +109,7 @@ fn die_with_parent() -> Result<()> {
     // SAFETY: plain system call with integer arguments.
     let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) };
     if rc != 0 {
-        return Err(Error::last_os(
-            "prctl(PR_SET_PDEATHSIG, SIGKILL) for the scenario process",
-        ));
+        return Err(Error::last_os("prctl(PR_SET_PDEATHSIG, SIGKILL) for the scenario process"));
     }
     Ok(())
 }
@@ -125,11 +121,7 @@ fn parent_gone(parent_alive: &OwnedFd) -> Result<bool> {
     loop {
         match poll(&mut fds, PollTimeout::ZERO) {
             Ok(0) => return Ok(false),
-            Ok(_) => {
-                return Ok(fds[0]
-                    .revents()
-                    .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLIN)))
-            }
+            Ok(_) => return Ok(fds[0].revents().is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLIN))),
             Err(Errno::EINTR) => continue,
             Err(e) => return Err(Error::sys("poll the relaying parent's pipe", e)),
         }

@@ -30,9 +30,7 @@ pub fn lower_current_thread() -> io::Result<()> {
 }
 
 fn set_current_thread(policy: libc::c_int, priority: libc::c_int) -> io::Result<bool> {
-    let param = libc::sched_param {
-        sched_priority: priority,
-    };
+    let param = libc::sched_param { sched_priority: priority };
     // SAFETY: pid 0 is the calling thread; `param` lives across the call.
     let rc = unsafe { libc::sched_setscheduler(0, policy, &param) };
     if rc == 0 {
@@ -61,11 +59,7 @@ mod tests {
             assert!(raise_current_thread().unwrap(), "tests run as root, with CAP_SYS_NICE");
             assert_eq!(current_policy(), libc::SCHED_FIFO);
             let child = std::thread::spawn(current_policy).join().unwrap();
-            assert_eq!(
-                child,
-                libc::SCHED_OTHER,
-                "reset on fork: a thread it starts is ordinary"
-            );
+            assert_eq!(child, libc::SCHED_OTHER, "reset on fork: a thread it starts is ordinary");
             lower_current_thread().unwrap();
             assert_eq!(current_policy(), libc::SCHED_OTHER);
         })

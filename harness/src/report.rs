@@ -159,7 +159,8 @@ pub fn write(plan: &Plan, output: &RunOutput, verdict: &Verdict, dir: &Path) -> 
         program_errors: &output.program_errors,
         events: &output.timeline,
     };
-    let json = serde_json::to_string_pretty(&result).map_err(|e| Error::Internal(format!("encode result.json: {e}")))?;
+    let json =
+        serde_json::to_string_pretty(&result).map_err(|e| Error::Internal(format!("encode result.json: {e}")))?;
     fs::write(dir.join("result.json"), json).context(|| format!("write {}", dir.join("result.json").display()))?;
     fs::write(dir.join("timeline.txt"), render_timeline(plan, output, verdict))
         .context(|| format!("write {}", dir.join("timeline.txt").display()))?;
@@ -190,7 +191,8 @@ fn status_of(output: &RunOutput, verdict: &Verdict) -> Status {
 
 /// A failure with the timeline lines around it, as shown by `cargo test` and `netfault run`.
 pub fn explain(plan: &Plan, failure: &Failure, timeline: &Timeline) -> String {
-    let mut text = format!("{}:{}:{}: {}", plan.file.display(), failure.location.line, failure.location.column, failure);
+    let mut text =
+        format!("{}:{}:{}: {}", plan.file.display(), failure.location.line, failure.location.column, failure);
     if let Some(t) = failure.around {
         let view = readable(timeline);
         let lines = view.lines_around(t, 6, 4);

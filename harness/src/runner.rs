@@ -75,11 +75,7 @@ fn spawn_and_wait(exe: &Path, job: &Job, deadline: Duration, supervisor: &Superv
     if let Some(run) = job.run {
         command.arg("--run").arg(run.to_string());
     }
-    command
-        .arg(&job.file)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    command.arg(&job.file).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     // The child, and with it its namespaces, must not outlive the runner, whatever kills the runner.
     unsafe {
         command.pre_exec(|| {

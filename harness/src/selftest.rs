@@ -20,10 +20,7 @@ pub fn panic_if_chosen(host: HostId, step: &StepPlan) {
     let chosen = CHOSEN.get_or_init(|| std::env::var(PANIC_STEP_ENV).ok());
     if let (Some(chosen), Some(name)) = (chosen, &step.name) {
         if *chosen == format!("{host}.{name}") {
-            panic!(
-                "{PANIC_MESSAGE} in {host} step {} ({PANIC_STEP_ENV}={chosen})",
-                step.label()
-            );
+            panic!("{PANIC_MESSAGE} in {host} step {} ({PANIC_STEP_ENV}={chosen})", step.label());
         }
     }
 }

@@ -92,10 +92,7 @@ pub struct Supervisor {
 impl Supervisor {
     /// A suite that must be over within `budget` from now.
     pub fn new(budget: Duration) -> Supervisor {
-        Supervisor {
-            budget,
-            deadline: Instant::now() + budget,
-        }
+        Supervisor { budget, deadline: Instant::now() + budget }
     }
 
     pub fn budget(&self) -> Duration {
@@ -172,15 +169,9 @@ mod tests {
     fn default_budget_covers_the_worst_schedule() {
         let secs = Duration::from_secs;
         // One worker: the jobs one after the other.
-        assert_eq!(
-            default_budget(&[secs(10), secs(20), secs(30)], 1),
-            secs(60 + 30) + SUITE_MARGIN
-        );
+        assert_eq!(default_budget(&[secs(10), secs(20), secs(30)], 1), secs(60 + 30) + SUITE_MARGIN);
         // As many workers as jobs: the longest, and the average on top.
-        assert_eq!(
-            default_budget(&[secs(10), secs(20), secs(30)], 3),
-            secs(20 + 30) + SUITE_MARGIN
-        );
+        assert_eq!(default_budget(&[secs(10), secs(20), secs(30)], 3), secs(20 + 30) + SUITE_MARGIN);
         // More workers than jobs count as one per job.
         assert_eq!(default_budget(&[secs(30)], 64), secs(30 + 30) + SUITE_MARGIN);
         assert_eq!(default_budget(&[], 4), SUITE_MARGIN);
@@ -197,10 +188,7 @@ mod tests {
     #[test]
     fn the_deadline_stops_a_suite_and_says_how_long_it_was() {
         let supervisor = Supervisor::new(Duration::ZERO);
-        assert_eq!(
-            supervisor.stop_reason(),
-            Some(StopReason::SuiteDeadline(Duration::ZERO))
-        );
+        assert_eq!(supervisor.stop_reason(), Some(StopReason::SuiteDeadline(Duration::ZERO)));
         assert_eq!(supervisor.stop_reason().map(StopReason::exit_code), Some(2));
         assert!(Supervisor::new(Duration::from_secs(60)).stop_reason().is_none());
         assert_eq!(StopReason::Signal(libc::SIGINT).to_string(), "interrupted by SIGINT");

@@ -24,14 +24,28 @@ pub struct Event {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum EventKind {
-    FaultOn { fault: String },
-    FaultOff { fault: String },
-    StepStart { step: usize, label: String },
-    StepEnd { step: usize, label: String, outcome: Outcome, detail: Option<String> },
+    FaultOn {
+        fault: String,
+    },
+    FaultOff {
+        fault: String,
+    },
+    StepStart {
+        step: usize,
+        label: String,
+    },
+    StepEnd {
+        step: usize,
+        label: String,
+        outcome: Outcome,
+        detail: Option<String>,
+    },
     Packet(PacketEvent),
     Socket(SocketEvent),
     /// The run was cut at the deadline with this step still running.
-    Deadline { step: Option<String> },
+    Deadline {
+        step: Option<String>,
+    },
 }
 
 /// A step's actual result, expected or not.
@@ -44,7 +58,10 @@ pub enum Outcome {
     Error(String),
     Events(Vec<String>),
     Timeout,
-    Exit { code: Option<i32>, signal: Option<i32> },
+    Exit {
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
     /// The step was still running when the scenario ended.
     Unfinished,
 }

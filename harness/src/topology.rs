@@ -10,8 +10,8 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED,
-    NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_CREATE, NLM_F_EXCL,
+    NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
 use netlink_packet_route::link::{
@@ -136,14 +136,8 @@ fn wait_operational(rtnl: &mut Rtnl, host: HostId) -> Result<()> {
 /// namespace), then an rtnetlink socket that stays bound to this namespace wherever it is used from.
 fn prepare_host(plan: &Plan, host: HostId) -> Result<Rtnl> {
     if !plan.link.ipv6 {
-        for name in [
-            "net.ipv6.conf.all.disable_ipv6",
-            "net.ipv6.conf.default.disable_ipv6",
-        ] {
-            let sysctl = Sysctl {
-                name: name.to_string(),
-                value: "1".to_string(),
-            };
+        for name in ["net.ipv6.conf.all.disable_ipv6", "net.ipv6.conf.default.disable_ipv6"] {
+            let sysctl = Sysctl { name: name.to_string(), value: "1".to_string() };
             match write_sysctl(&sysctl) {
                 // A kernel without IPv6 sends no router solicitations either.
                 Err(SysctlError::Absent(_)) => {}
@@ -165,10 +159,7 @@ fn prepare_host(plan: &Plan, host: HostId) -> Result<Rtnl> {
 
 fn in_host(error: Error, host: HostId) -> Error {
     match error {
-        Error::Sys { what, source } => Error::Sys {
-            what: format!("{what} in {host}"),
-            source,
-        },
+        Error::Sys { what, source } => Error::Sys { what: format!("{what} in {host}"), source },
         other => other,
     }
 }
@@ -212,32 +203,23 @@ fn write_sysctl(sysctl: &Sysctl) -> std::result::Result<(), SysctlError> {
     if !namespaced {
         return Err(SysctlError::NotNamespaced(sysctl.clone()));
     }
-    let mut file = OpenOptions::new()
-        .write(true)
-        .open(sysctl.proc_path())
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => SysctlError::Absent(sysctl.clone()),
-            _ => SysctlError::Write(sysctl.clone(), e),
-        })?;
-    file.write_all(format!("{}\n", sysctl.value).as_bytes())
-        .map_err(|e| SysctlError::Write(sysctl.clone(), e))
+    let mut file = OpenOptions::new().write(true).open(sysctl.proc_path()).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => SysctlError::Absent(sysctl.clone()),
+        _ => SysctlError::Write(sysctl.clone(), e),
+    })?;
+    file.write_all(format!("{}\n", sysctl.value).as_bytes()).map_err(|e| SysctlError::Write(sysctl.clone(), e))
 }
 
 fn link_up_by_name(name: &str) -> LinkMessage {
     let mut message = LinkMessage::default();
     message.header.flags = LinkFlags::Up;
     message.header.change_mask = LinkFlags::Up;
-    message
-        .attributes
-        .push(LinkAttribute::IfName(name.to_string()));
+    message.attributes.push(LinkAttribute::IfName(name.to_string()));
     message
 }
 
 fn format_mac(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 /// One RTM_NEWLINK from the client's namespace creates both ends; the peer is born in the server's namespace.
@@ -246,20 +228,15 @@ fn create_veth_pair(client_rtnl: &mut Rtnl, mtu: u32, server: &Netns) -> Result<
     let server_mac = link_mac(HostId::Server);
 
     let mut peer = LinkMessage::default();
-    peer.attributes
-        .push(LinkAttribute::IfName(LINK_NAME.to_string()));
+    peer.attributes.push(LinkAttribute::IfName(LINK_NAME.to_string()));
     peer.attributes.push(LinkAttribute::Mtu(mtu));
-    peer.attributes
-        .push(LinkAttribute::Address(server_mac.to_vec()));
-    peer.attributes
-        .push(LinkAttribute::NetNsFd(server.raw_fd()));
+    peer.attributes.push(LinkAttribute::Address(server_mac.to_vec()));
+    peer.attributes.push(LinkAttribute::NetNsFd(server.raw_fd()));
 
     let mut link = LinkMessage::default();
-    link.attributes
-        .push(LinkAttribute::IfName(LINK_NAME.to_string()));
+    link.attributes.push(LinkAttribute::IfName(LINK_NAME.to_string()));
     link.attributes.push(LinkAttribute::Mtu(mtu));
-    link.attributes
-        .push(LinkAttribute::Address(client_mac.to_vec()));
+    link.attributes.push(LinkAttribute::Address(client_mac.to_vec()));
     link.attributes.push(LinkAttribute::LinkInfo(vec![
         LinkInfo::Kind(InfoKind::Veth),
         LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
@@ -280,10 +257,7 @@ fn create_veth_pair(client_rtnl: &mut Rtnl, mtu: u32, server: &Netns) -> Result<
 /// Offloads, address and link state of one veth end, through the socket that lives in its namespace.
 fn configure_link_end(rtnl: &mut Rtnl, host: &HostPlan) -> Result<HostLink> {
     let id = host.id;
-    let link = rtnl.get_link(
-        LINK_NAME,
-        &format!("look up {LINK_NAME} in {id} (ip link show {LINK_NAME})"),
-    )?;
+    let link = rtnl.get_link(LINK_NAME, &format!("look up {LINK_NAME} in {id} (ip link show {LINK_NAME})"))?;
     let mac = link
         .attributes
         .iter()
@@ -305,12 +279,8 @@ fn configure_link_end(rtnl: &mut Rtnl, host: &HostPlan) -> Result<HostLink> {
     address.header.prefix_len = host.prefix_len;
     address.header.scope = AddressScope::Universe;
     address.header.index = ifindex;
-    address
-        .attributes
-        .push(AddressAttribute::Local(IpAddr::V4(host.address)));
-    address
-        .attributes
-        .push(AddressAttribute::Address(IpAddr::V4(host.address)));
+    address.attributes.push(AddressAttribute::Local(IpAddr::V4(host.address)));
+    address.attributes.push(AddressAttribute::Address(IpAddr::V4(host.address)));
 
     let mut up = LinkMessage::default();
     up.header.index = ifindex;
@@ -333,12 +303,7 @@ fn configure_link_end(rtnl: &mut Rtnl, host: &HostPlan) -> Result<HostLink> {
         ),
     ])?;
 
-    Ok(HostLink {
-        ifindex,
-        ifname: LINK_NAME.to_string(),
-        address: host.address,
-        mac,
-    })
+    Ok(HostLink { ifindex, ifname: LINK_NAME.to_string(), address: host.address, mac })
 }
 
 /// `ethtool -K <ifname> tx off sg off tso off gso off gro off lro off` and the like, by feature name
@@ -348,16 +313,12 @@ fn configure_link_end(rtnl: &mut Rtnl, host: &HostPlan) -> Result<HostLink> {
 pub fn turn_off_offloads(socket: RawFd, ifname: &str) -> io::Result<()> {
     let names = feature_names(socket, ifname)?;
     let before = features(socket, ifname, names.len())?;
-    let wanted_off: Vec<usize> = (0..names.len())
-        .filter(|&bit| is_offload(&names[bit]) && before.available(bit))
-        .collect();
+    let wanted_off: Vec<usize> =
+        (0..names.len()).filter(|&bit| is_offload(&names[bit]) && before.available(bit)).collect();
     set_features_off(socket, ifname, names.len(), &wanted_off)?;
     let still_on = offloads_active(&names, &features(socket, ifname, names.len())?);
     if !still_on.is_empty() {
-        return Err(io::Error::other(format!(
-            "cannot turn off {}",
-            still_on.join(", ")
-        )));
+        return Err(io::Error::other(format!("cannot turn off {}", still_on.join(", "))));
     }
     Ok(())
 }
@@ -385,10 +346,7 @@ fn is_offload(name: &str) -> bool {
         || name.starts_with("tx-scatter-gather")
         || name.ends_with("-segmentation")
         || name.starts_with("rx-gro")
-        || matches!(
-            name,
-            "rx-lro" | "tx-gso-list" | "tx-gso-partial" | "rx-udp-gro-forwarding"
-        )
+        || matches!(name, "rx-lro" | "tx-gso-list" | "tx-gso-partial" | "rx-udp-gro-forwarding")
 }
 
 const ETHTOOL_GSTRINGS: u32 = 0x1b;
@@ -404,10 +362,7 @@ fn ethtool_ioctl(socket: RawFd, ifname: &str, request: &mut [u32]) -> io::Result
     // SAFETY: ifreq is plain old data; all-zero is a valid value of it.
     let mut ifreq: libc::ifreq = unsafe { std::mem::zeroed() };
     if ifname.len() >= ifreq.ifr_name.len() || ifname.bytes().any(|b| b == 0) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("bad interface name {ifname:?}"),
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad interface name {ifname:?}")));
     }
     for (slot, byte) in ifreq.ifr_name.iter_mut().zip(ifname.bytes()) {
         *slot = byte as libc::c_char;
@@ -434,24 +389,17 @@ fn feature_names(socket: RawFd, ifname: &str) -> io::Result<Vec<String>> {
     ethtool_ioctl(socket, ifname, &mut info)?;
     let count = info[4] as usize;
     if count == 0 {
-        return Err(io::Error::other(
-            "the device names no features (ethtool --show-features is empty)",
-        ));
+        return Err(io::Error::other("the device names no features (ethtool --show-features is empty)"));
     }
 
     // struct ethtool_gstrings { cmd, string_set, len, u8 data[len * ETH_GSTRING_LEN] }
     let mut strings = vec![0u32; 3 + count * ETH_GSTRING_LEN / 4];
     strings[..3].copy_from_slice(&[ETHTOOL_GSTRINGS, ETH_SS_FEATURES, count as u32]);
     ethtool_ioctl(socket, ifname, &mut strings)?;
-    let bytes: Vec<u8> = strings[3..]
-        .iter()
-        .flat_map(|word| word.to_ne_bytes())
-        .collect();
+    let bytes: Vec<u8> = strings[3..].iter().flat_map(|word| word.to_ne_bytes()).collect();
     Ok(bytes
         .chunks(ETH_GSTRING_LEN)
-        .map(|raw| {
-            String::from_utf8_lossy(raw.split(|b| *b == 0).next().unwrap_or_default()).into_owned()
-        })
+        .map(|raw| String::from_utf8_lossy(raw.split(|b| *b == 0).next().unwrap_or_default()).into_owned())
         .collect())
 }
 
@@ -462,9 +410,7 @@ struct FeatureState {
 
 impl FeatureState {
     fn bit(&self, field: usize, bit: usize) -> bool {
-        self.blocks
-            .get(bit / 32)
-            .is_some_and(|block| block[field] & (1 << (bit % 32)) != 0)
+        self.blocks.get(bit / 32).is_some_and(|block| block[field] & (1 << (bit % 32)) != 0)
     }
 
     fn available(&self, bit: usize) -> bool {
@@ -481,12 +427,7 @@ fn features(socket: RawFd, ifname: &str, count: usize) -> io::Result<FeatureStat
     let mut request = vec![0u32; 2 + 4 * size];
     request[..2].copy_from_slice(&[ETHTOOL_GFEATURES, size as u32]);
     ethtool_ioctl(socket, ifname, &mut request)?;
-    Ok(FeatureState {
-        blocks: request[2..]
-            .chunks(4)
-            .map(|b| [b[0], b[1], b[2], b[3]])
-            .collect(),
-    })
+    Ok(FeatureState { blocks: request[2..].chunks(4).map(|b| [b[0], b[1], b[2], b[3]]).collect() })
 }
 
 fn set_features_off(socket: RawFd, ifname: &str, count: usize, bits: &[usize]) -> io::Result<()> {
@@ -509,11 +450,7 @@ struct Request {
 
 impl Request {
     fn new(message: RouteNetlinkMessage, flags: u16, what: String) -> Request {
-        Request {
-            message,
-            flags,
-            what,
-        }
+        Request { message, flags, what }
     }
 }
 
@@ -528,8 +465,7 @@ struct Rtnl {
 impl Rtnl {
     /// `socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE)` in the calling thread's namespace.
     fn open() -> Result<Rtnl> {
-        let what =
-            || "open rtnetlink socket (socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE))".to_string();
+        let what = || "open rtnetlink socket (socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE))".to_string();
         let mut socket = Socket::new(NETLINK_ROUTE).context(what)?;
         socket.bind_auto().context(what)?;
         socket.connect(&SocketAddr::new(0, 0)).context(what)?;
@@ -539,11 +475,7 @@ impl Rtnl {
         let timeout = TimeVal::new(NETLINK_REPLY_TIMEOUT.as_secs() as _, 0);
         setsockopt(&socket, sockopt::ReceiveTimeout, &timeout)
             .context(|| "bound netlink receives (setsockopt SO_RCVTIMEO)".to_string())?;
-        Ok(Rtnl {
-            socket,
-            next_sequence: 1,
-            buffer: Vec::with_capacity(NETLINK_RECV_BUFFER),
-        })
+        Ok(Rtnl { socket, next_sequence: 1, buffer: Vec::with_capacity(NETLINK_RECV_BUFFER) })
     }
 
     fn raw_fd(&self) -> RawFd {
@@ -557,12 +489,7 @@ impl Rtnl {
         let mut datagram = Vec::new();
         for request in requests {
             let sequence = self.take_sequence();
-            append_message(
-                &mut datagram,
-                request.message,
-                request.flags | NLM_F_ACK,
-                sequence,
-            );
+            append_message(&mut datagram, request.message, request.flags | NLM_F_ACK, sequence);
             whats.push(request.what);
         }
         let batch_what = whats.join("; ");
@@ -590,17 +517,10 @@ impl Rtnl {
     /// `ip link show <name>`: the link's header and attributes.
     fn get_link(&mut self, name: &str, what: &str) -> Result<LinkMessage> {
         let mut query = LinkMessage::default();
-        query
-            .attributes
-            .push(LinkAttribute::IfName(name.to_string()));
+        query.attributes.push(LinkAttribute::IfName(name.to_string()));
         let sequence = self.take_sequence();
         let mut datagram = Vec::new();
-        append_message(
-            &mut datagram,
-            RouteNetlinkMessage::GetLink(query),
-            0,
-            sequence,
-        );
+        append_message(&mut datagram, RouteNetlinkMessage::GetLink(query), 0, sequence);
         self.send(&datagram, what)?;
         let deadline = Instant::now() + NETLINK_REPLY_TIMEOUT;
         loop {
@@ -609,9 +529,7 @@ impl Rtnl {
                     continue;
                 }
                 match message.payload {
-                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => {
-                        return Ok(link)
-                    }
+                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => return Ok(link),
                     NetlinkPayload::Error(ref error) if error.code.is_some() => {
                         return Err(nack_error(what, &message.header, error))
                     }
@@ -628,10 +546,7 @@ impl Rtnl {
     }
 
     fn send(&self, datagram: &[u8], what: &str) -> Result<()> {
-        let sent = self
-            .socket
-            .send(datagram, 0)
-            .context(|| format!("{what}: send netlink request"))?;
+        let sent = self.socket.send(datagram, 0).context(|| format!("{what}: send netlink request"))?;
         if sent != datagram.len() {
             return Err(Error::Internal(format!(
                 "{what}: netlink request truncated ({sent} of {} bytes)",
@@ -643,11 +558,7 @@ impl Rtnl {
 
     /// One datagram from the kernel, split into its messages. Each receive waits at most
     /// [`NETLINK_REPLY_TIMEOUT`], and none starts after `deadline`.
-    fn receive(
-        &mut self,
-        what: &str,
-        deadline: Instant,
-    ) -> Result<Vec<NetlinkMessage<RouteNetlinkMessage>>> {
+    fn receive(&mut self, what: &str, deadline: Instant) -> Result<Vec<NetlinkMessage<RouteNetlinkMessage>>> {
         let timed_out = || {
             Error::sys(
                 format!("{what}: no netlink answer within {NETLINK_REPLY_TIMEOUT:?}"),
@@ -675,16 +586,11 @@ impl Rtnl {
         let mut messages = Vec::new();
         let mut offset = 0;
         while offset < length {
-            let message =
-                NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buffer[offset..length])
-                    .map_err(|e| {
-                        Error::Internal(format!("{what}: undecodable netlink answer: {e}"))
-                    })?;
+            let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buffer[offset..length])
+                .map_err(|e| Error::Internal(format!("{what}: undecodable netlink answer: {e}")))?;
             let message_length = message.header.length as usize;
             if message_length == 0 {
-                return Err(Error::Internal(format!(
-                    "{what}: netlink answer with a zero-length message"
-                )));
+                return Err(Error::Internal(format!("{what}: netlink answer with a zero-length message")));
             }
             offset += (message_length + 3) & !3;
             messages.push(message);
@@ -705,11 +611,7 @@ fn append_message(datagram: &mut Vec<u8>, message: RouteNetlinkMessage, flags: u
 }
 
 /// The errno of a NACK, with the kernel's extended-ACK explanation (e.g. "Invalid MTU") added to `what`.
-fn nack_error(
-    what: &str,
-    header: &NetlinkHeader,
-    error: &netlink_packet_core::ErrorMessage,
-) -> Error {
+fn nack_error(what: &str, header: &NetlinkHeader, error: &netlink_packet_core::ErrorMessage) -> Error {
     match extended_ack_message(header, &error.header) {
         Some(explanation) => Error::sys(format!("{what} [kernel: {explanation}]"), error.to_io()),
         None => Error::sys(what.to_string(), error.to_io()),
@@ -770,20 +672,13 @@ mod tests {
             prefix_len: 24,
             sysctls: sysctls
                 .iter()
-                .map(|(name, value)| Sysctl {
-                    name: name.to_string(),
-                    value: value.to_string(),
-                })
+                .map(|(name, value)| Sysctl { name: name.to_string(), value: value.to_string() })
                 .collect(),
             steps: Vec::new(),
         }
     }
 
-    fn plan_with(
-        mtu: u32,
-        client_sysctls: &[(&str, &str)],
-        server_sysctls: &[(&str, &str)],
-    ) -> Plan {
+    fn plan_with(mtu: u32, client_sysctls: &[(&str, &str)], server_sysctls: &[(&str, &str)]) -> Plan {
         Plan {
             name: "topology/test".into(),
             file: PathBuf::from("topology/test.yaml"),
@@ -809,10 +704,7 @@ mod tests {
     }
 
     fn namespaces() -> (Netns, Netns) {
-        (
-            Netns::new_anonymous().unwrap(),
-            Netns::new_anonymous().unwrap(),
-        )
+        (Netns::new_anonymous().unwrap(), Netns::new_anonymous().unwrap())
     }
 
     fn wait_bounded(mut child: Child, what: &str) -> Output {
@@ -840,20 +732,12 @@ mod tests {
             .spawn()
             .unwrap();
         let output = wait_bounded(child, program);
-        assert!(
-            output.status.success(),
-            "{program} {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        assert!(output.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&output.stderr));
         String::from_utf8(output.stdout).unwrap()
     }
 
     fn host_link_names() -> BTreeSet<String> {
-        let child = Command::new("ip")
-            .args(["-o", "link"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let child = Command::new("ip").args(["-o", "link"]).stdout(Stdio::piped()).spawn().unwrap();
         let output = wait_bounded(child, "ip -o link");
         String::from_utf8(output.stdout)
             .unwrap()
@@ -863,13 +747,8 @@ mod tests {
     }
 
     fn read_sysctl_in(ns: Option<&Netns>, name: &str) -> String {
-        let path = Sysctl {
-            name: name.into(),
-            value: String::new(),
-        }
-        .proc_path();
-        let read =
-            move || std::fs::read_to_string(&path).context(|| format!("read {}", path.display()));
+        let path = Sysctl { name: name.into(), value: String::new() }.proc_path();
+        let read = move || std::fs::read_to_string(&path).context(|| format!("read {}", path.display()));
         match ns {
             Some(ns) => ns.run(read).unwrap().trim().to_string(),
             None => read().unwrap().trim().to_string(),
@@ -896,25 +775,16 @@ mod tests {
     /// A connected pair: the client's socket made in the client namespace, the server's in the server's.
     fn connect_across(client: &Netns, server: &Netns, port: u16) -> (TcpStream, TcpStream) {
         let listener = server
-            .run(|| {
-                TcpListener::bind((SERVER_ADDRESS, port)).context(|| "listen in server".to_string())
-            })
+            .run(|| TcpListener::bind((SERVER_ADDRESS, port)).context(|| "listen in server".to_string()))
             .unwrap();
         let to = InetAddr::from((SERVER_ADDRESS, port));
         let stream = client
-            .run(|| {
-                TcpStream::connect_timeout(&to, Duration::from_secs(2))
-                    .context(|| "connect".to_string())
-            })
+            .run(|| TcpStream::connect_timeout(&to, Duration::from_secs(2)).context(|| "connect".to_string()))
             .unwrap();
         let accepted = accept_within(&listener, Duration::from_secs(2));
         for socket in [&stream, &accepted] {
-            socket
-                .set_read_timeout(Some(Duration::from_secs(5)))
-                .unwrap();
-            socket
-                .set_write_timeout(Some(Duration::from_secs(5)))
-                .unwrap();
+            socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            socket.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
         }
         (stream, accepted)
     }
@@ -925,36 +795,22 @@ mod tests {
         let plan = plan_with(1400, &[], &[]);
         let topology = build(&plan, &client, &server).unwrap();
 
-        for (id, ns, address) in [
-            (HostId::Client, &client, CLIENT_ADDRESS),
-            (HostId::Server, &server, SERVER_ADDRESS),
-        ] {
+        for (id, ns, address) in [(HostId::Client, &client, CLIENT_ADDRESS), (HostId::Server, &server, SERVER_ADDRESS)]
+        {
             let link = topology.link(id);
             assert_eq!(link.ifname, "nf0");
             assert_eq!(link.address, address);
             assert_eq!(link.mac, link_mac(id));
 
             let addresses = in_namespace(ns, "ip", &["-o", "-4", "addr", "show", "dev", "nf0"]);
-            assert!(
-                addresses.contains(&format!("inet {address}/24")),
-                "{id}: {addresses}"
-            );
+            assert!(addresses.contains(&format!("inet {address}/24")), "{id}: {addresses}");
             let shown = in_namespace(ns, "ip", &["-o", "link", "show", "nf0"]);
-            assert!(
-                shown.starts_with(&format!("{}: nf0@", link.ifindex)),
-                "{id}: {shown}"
-            );
+            assert!(shown.starts_with(&format!("{}: nf0@", link.ifindex)), "{id}: {shown}");
             assert!(shown.contains("mtu 1400"), "{id}: {shown}");
             assert!(shown.contains("state UP"), "{id}: {shown}");
-            assert!(
-                shown.contains(&format!("link/ether {}", format_mac(link_mac(id)))),
-                "{id}: {shown}"
-            );
+            assert!(shown.contains(&format!("link/ether {}", format_mac(link_mac(id)))), "{id}: {shown}");
             let loopback = in_namespace(ns, "ip", &["-o", "link", "show", "lo"]);
-            assert!(
-                loopback.contains("<LOOPBACK,UP,LOWER_UP>"),
-                "{id}: {loopback}"
-            );
+            assert!(loopback.contains("<LOOPBACK,UP,LOWER_UP>"), "{id}: {loopback}");
             let ipv6 = in_namespace(ns, "ip", &["-o", "-6", "addr"]);
             assert_eq!(ipv6, "", "{id}: IPv6 must be off");
             let links = in_namespace(ns, "ip", &["-o", "link"]);
@@ -975,19 +831,12 @@ mod tests {
                 "generic-segmentation-offload",
                 "generic-receive-offload",
             ] {
-                assert!(
-                    features.contains(&format!("\n{name}: off")),
-                    "{name}: {features}"
-                );
+                assert!(features.contains(&format!("\n{name}: off")), "{name}: {features}");
             }
-            let segmentation_on: Vec<&str> = features
-                .lines()
-                .filter(|l| l.contains("segmentation: on") && !l.contains("[fixed]"))
-                .collect();
+            let segmentation_on: Vec<&str> =
+                features.lines().filter(|l| l.contains("segmentation: on") && !l.contains("[fixed]")).collect();
             assert!(segmentation_on.is_empty(), "{segmentation_on:?}");
-            let still_on = ns.run(|| {
-                active_offloads(Rtnl::open()?.raw_fd(), LINK_NAME).context(|| "read".into())
-            });
+            let still_on = ns.run(|| active_offloads(Rtnl::open()?.raw_fd(), LINK_NAME).context(|| "read".into()));
             assert_eq!(still_on.unwrap(), Vec::<String>::new());
         }
     }
@@ -1016,10 +865,7 @@ mod tests {
         let (client, server) = namespaces();
         build(&default_plan(), &client, &server).unwrap();
         let (mut stream, mut accepted) = connect_across(&client, &server, 7000);
-        assert_eq!(
-            stream.local_addr().unwrap().ip(),
-            IpAddr::V4(CLIENT_ADDRESS)
-        );
+        assert_eq!(stream.local_addr().unwrap().ip(), IpAddr::V4(CLIENT_ADDRESS));
         stream.write_all(b"ping").unwrap();
         let mut received = [0u8; 4];
         accepted.read_exact(&mut received).unwrap();
@@ -1028,55 +874,26 @@ mod tests {
 
     #[test]
     fn sysctls_apply_to_the_scenario_namespace_only() {
-        let names = [
-            "net.ipv4.tcp_syn_retries",
-            "net.ipv4.tcp_keepalive_time",
-            "net.ipv6.conf.all.disable_ipv6",
-        ];
+        let names = ["net.ipv4.tcp_syn_retries", "net.ipv4.tcp_keepalive_time", "net.ipv6.conf.all.disable_ipv6"];
         let host_before: Vec<String> = names.iter().map(|n| read_sysctl_in(None, n)).collect();
         let (client, server) = namespaces();
         let plan = plan_with(
             1500,
             &[("net.ipv4.tcp_syn_retries", "2")],
-            &[
-                ("net.ipv4.tcp_keepalive_time", "77"),
-                ("net.ipv4.tcp_syn_retries", "3"),
-            ],
+            &[("net.ipv4.tcp_keepalive_time", "77"), ("net.ipv4.tcp_syn_retries", "3")],
         );
         build(&plan, &client, &server).unwrap();
 
-        assert_eq!(
-            read_sysctl_in(Some(&client), "net.ipv4.tcp_syn_retries"),
-            "2"
-        );
-        assert_eq!(
-            read_sysctl_in(Some(&server), "net.ipv4.tcp_syn_retries"),
-            "3"
-        );
-        assert_eq!(
-            read_sysctl_in(Some(&server), "net.ipv4.tcp_keepalive_time"),
-            "77"
-        );
-        assert_eq!(
-            read_sysctl_in(Some(&client), "net.ipv4.tcp_keepalive_time"),
-            "7200",
-            "kernel default"
-        );
+        assert_eq!(read_sysctl_in(Some(&client), "net.ipv4.tcp_syn_retries"), "2");
+        assert_eq!(read_sysctl_in(Some(&server), "net.ipv4.tcp_syn_retries"), "3");
+        assert_eq!(read_sysctl_in(Some(&server), "net.ipv4.tcp_keepalive_time"), "77");
+        assert_eq!(read_sysctl_in(Some(&client), "net.ipv4.tcp_keepalive_time"), "7200", "kernel default");
         for ns in [&client, &server] {
-            assert_eq!(
-                read_sysctl_in(Some(ns), "net.ipv6.conf.all.disable_ipv6"),
-                "1"
-            );
-            assert_eq!(
-                read_sysctl_in(Some(ns), "net.ipv6.conf.nf0.disable_ipv6"),
-                "1"
-            );
+            assert_eq!(read_sysctl_in(Some(ns), "net.ipv6.conf.all.disable_ipv6"), "1");
+            assert_eq!(read_sysctl_in(Some(ns), "net.ipv6.conf.nf0.disable_ipv6"), "1");
         }
         let host_after: Vec<String> = names.iter().map(|n| read_sysctl_in(None, n)).collect();
-        assert_eq!(
-            host_before, host_after,
-            "the host's sysctls must not change"
-        );
+        assert_eq!(host_before, host_after, "the host's sysctls must not change");
     }
 
     #[test]
@@ -1085,10 +902,7 @@ mod tests {
         let mut plan = default_plan();
         plan.link.ipv6 = true;
         build(&plan, &client, &server).unwrap();
-        assert_eq!(
-            read_sysctl_in(Some(&client), "net.ipv6.conf.nf0.disable_ipv6"),
-            "0"
-        );
+        assert_eq!(read_sysctl_in(Some(&client), "net.ipv6.conf.nf0.disable_ipv6"), "0");
     }
 
     #[test]
@@ -1111,10 +925,7 @@ mod tests {
         let (client, server) = namespaces();
         let plan = plan_with(1500, &[("kernel.hostname", "oops")], &[]);
         let error = build(&plan, &client, &server).unwrap_err().to_string();
-        assert!(
-            error.contains("kernel.hostname") && error.contains("not a net.* sysctl"),
-            "{error}"
-        );
+        assert!(error.contains("kernel.hostname") && error.contains("not a net.* sysctl"), "{error}");
     }
 
     #[test]
@@ -1122,19 +933,14 @@ mod tests {
         let (client, server) = namespaces();
         let plan = plan_with(1500, &[("net.ipv4.tcp_syn_retries", "many")], &[]);
         let error = build(&plan, &client, &server).unwrap_err().to_string();
-        assert!(
-            error.contains("sysctl -w net.ipv4.tcp_syn_retries=many"),
-            "{error}"
-        );
+        assert!(error.contains("sysctl -w net.ipv4.tcp_syn_retries=many"), "{error}");
     }
 
     #[test]
     fn a_rejected_veth_reports_the_ip_command() {
         let (client, server) = namespaces();
         let error = build(&plan_with(10, &[], &[]), &client, &server).unwrap_err();
-        let Error::Sys { what, source } = &error else {
-            panic!("{error}")
-        };
+        let Error::Sys { what, source } = &error else { panic!("{error}") };
         assert!(what.contains("ip link add nf0 mtu 10"), "{what}");
         assert_eq!(source.raw_os_error(), Some(libc::EINVAL));
     }
@@ -1145,17 +951,9 @@ mod tests {
         let mut plan = default_plan();
         plan.hosts[HostId::Server.index()].prefix_len = 33;
         let error = build(&plan, &client, &server).unwrap_err();
-        let Error::Sys { what, source } = &error else {
-            panic!("{error}")
-        };
-        assert!(
-            what.contains("in server (ip addr add 10.0.0.2/33 dev nf0)"),
-            "{what}"
-        );
-        assert!(
-            what.contains("[kernel: "),
-            "extended ACK message expected: {what}"
-        );
+        let Error::Sys { what, source } = &error else { panic!("{error}") };
+        assert!(what.contains("in server (ip addr add 10.0.0.2/33 dev nf0)"), "{what}");
+        assert!(what.contains("[kernel: "), "extended ACK message expected: {what}");
         assert_eq!(source.raw_os_error(), Some(libc::EINVAL));
     }
 
@@ -1165,15 +963,8 @@ mod tests {
         let (client, server) = namespaces();
         build(&default_plan(), &client, &server).unwrap();
         let after = host_link_names();
-        assert!(
-            !after.iter().any(|name| name.starts_with(LINK_NAME)),
-            "{after:?}"
-        );
-        assert!(
-            after.is_subset(&before),
-            "new host links: {:?}",
-            after.difference(&before).collect::<Vec<_>>()
-        );
+        assert!(!after.iter().any(|name| name.starts_with(LINK_NAME)), "{after:?}");
+        assert!(after.is_subset(&before), "new host links: {:?}", after.difference(&before).collect::<Vec<_>>());
     }
 
     /// Dropping one namespace handle destroys that namespace and with it the veth pair: the other end vanishes.
@@ -1193,11 +984,7 @@ mod tests {
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
                 match rtnl.get_link(LINK_NAME, "nf0 after the drop") {
-                    Err(Error::Sys { source, .. })
-                        if source.raw_os_error() == Some(libc::ENODEV) =>
-                    {
-                        break
-                    }
+                    Err(Error::Sys { source, .. }) if source.raw_os_error() == Some(libc::ENODEV) => break,
                     Ok(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(5)),
                     other => panic!("nf0 still there after dropping {dropped}: {other:?}"),
                 }
@@ -1223,23 +1010,11 @@ mod tests {
         const MTU: u32 = 1400;
         let (client, server) = namespaces();
         build(&plan_with(MTU, &[], &[]), &client, &server).unwrap();
-        let pcap =
-            std::env::temp_dir().join(format!("netfault-topology-{}.pcap", std::process::id()));
+        let pcap = std::env::temp_dir().join(format!("netfault-topology-{}.pcap", std::process::id()));
 
         let net = format!("--net=/proc/{}/fd/{}", std::process::id(), client.raw_fd());
         let mut tcpdump = Command::new("nsenter")
-            .args([
-                net.as_str(),
-                "tcpdump",
-                "--immediate-mode",
-                "-Z",
-                "root",
-                "-i",
-                "nf0",
-                "-n",
-                "-U",
-                "-w",
-            ])
+            .args([net.as_str(), "tcpdump", "--immediate-mode", "-Z", "root", "-i", "nf0", "-n", "-U", "-w"])
             .arg(&pcap)
             .arg("tcp")
             .stdout(Stdio::null())
@@ -1266,11 +1041,7 @@ mod tests {
         stream.shutdown(std::net::Shutdown::Write).unwrap();
         assert_eq!(reader.join().unwrap().unwrap(), 200_000);
         thread::sleep(Duration::from_millis(200));
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(tcpdump.id() as i32),
-            nix::sys::signal::SIGINT,
-        )
-        .unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(tcpdump.id() as i32), nix::sys::signal::SIGINT).unwrap();
         wait_bounded(tcpdump, "tcpdump");
 
         let decoded = decode_pcap(&pcap);
@@ -1282,20 +1053,10 @@ mod tests {
             .filter_map(|rest| rest.trim_end_matches(')').parse().ok())
             .collect();
         let data_segments = ip_lengths.iter().filter(|length| **length > 1000).count();
-        assert!(
-            data_segments >= 100,
-            "expected the 200 kB as full segments, saw {ip_lengths:?}"
-        );
-        assert!(
-            ip_lengths.iter().all(|length| *length <= MTU),
-            "a segment larger than the MTU: {ip_lengths:?}"
-        );
+        assert!(data_segments >= 100, "expected the 200 kB as full segments, saw {ip_lengths:?}");
+        assert!(ip_lengths.iter().all(|length| *length <= MTU), "a segment larger than the MTU: {ip_lengths:?}");
         let verified = decoded.matches("(correct)").count();
-        assert!(
-            verified >= ip_lengths.len(),
-            "every checksum verified: {verified} of {}",
-            ip_lengths.len()
-        );
+        assert!(verified >= ip_lengths.len(), "every checksum verified: {verified} of {}", ip_lengths.len());
     }
 
     fn decode_pcap(pcap: &Path) -> String {
@@ -1323,13 +1084,7 @@ mod tests {
         fn summary(mut times: Vec<Duration>) -> String {
             times.sort();
             let at = |fraction: f64| times[((times.len() - 1) as f64 * fraction) as usize];
-            format!(
-                "min {:?}, median {:?}, p90 {:?}, max {:?}",
-                at(0.0),
-                at(0.5),
-                at(0.9),
-                at(1.0)
-            )
+            format!("min {:?}, median {:?}, p90 {:?}, max {:?}", at(0.0), at(0.5), at(0.9), at(1.0))
         }
         let plan = default_plan();
         let (mut totals, mut builds) = (Vec::new(), Vec::new());

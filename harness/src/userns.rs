@@ -30,12 +30,8 @@ pub fn acquire() -> Result<Privilege> {
     }
     let gid = nix::unistd::getegid();
     require_single_thread()?;
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER).map_err(|e| {
-        missing_privileges(
-            "unshare(CLONE_NEWUSER) (unshare --user)",
-            io::Error::from(e),
-        )
-    })?;
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER)
+        .map_err(|e| missing_privileges("unshare(CLONE_NEWUSER) (unshare --user)", io::Error::from(e)))?;
     write_proc_file("/proc/self/setgroups", "deny\n")?;
     write_proc_file("/proc/self/uid_map", &format!("0 {uid} 1\n"))?;
     write_proc_file("/proc/self/gid_map", &format!("0 {gid} 1\n"))?;
@@ -43,8 +39,7 @@ pub fn acquire() -> Result<Privilege> {
 }
 
 fn write_proc_file(path: &str, content: &str) -> Result<()> {
-    fs::write(path, content)
-        .map_err(|e| missing_privileges(&format!("echo '{}' > {path}", content.trim_end()), e))
+    fs::write(path, content).map_err(|e| missing_privileges(&format!("echo '{}' > {path}", content.trim_end()), e))
 }
 
 fn missing_privileges(step: &str, error: io::Error) -> Error {
@@ -60,8 +55,8 @@ fn missing_privileges(step: &str, error: io::Error) -> Error {
 
 /// Fails unless `/proc/self/status` says `Threads: 1`.
 pub fn require_single_thread() -> Result<()> {
-    let status = fs::read_to_string("/proc/self/status")
-        .map_err(|e| Error::sys("read /proc/self/status (thread count)", e))?;
+    let status =
+        fs::read_to_string("/proc/self/status").map_err(|e| Error::sys("read /proc/self/status (thread count)", e))?;
     match thread_count(&status) {
         Some(1) => Ok(()),
         Some(threads) => Err(Error::Internal(format!(
@@ -75,10 +70,7 @@ pub fn require_single_thread() -> Result<()> {
 
 /// The `Threads:` field of a `/proc/<pid>/status` text.
 fn thread_count(status: &str) -> Option<usize> {
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("Threads:"))
-        .and_then(|count| count.trim().parse().ok())
+    status.lines().find_map(|line| line.strip_prefix("Threads:")).and_then(|count| count.trim().parse().ok())
 }
 
 #[cfg(test)]
@@ -103,32 +95,14 @@ mod tests {
 
     #[test]
     fn refused_user_namespaces_say_what_to_do() {
-        let error = missing_privileges(
-            "unshare(CLONE_NEWUSER) (unshare --user)",
-            io::Error::from_raw_os_error(libc::EPERM),
-        );
-        let Error::Missing { what, hint } = &error else {
-            panic!("{error}")
-        };
+        let error =
+            missing_privileges("unshare(CLONE_NEWUSER) (unshare --user)", io::Error::from_raw_os_error(libc::EPERM));
+        let Error::Missing { what, hint } = &error else { panic!("{error}") };
         assert_eq!(what, "privileges for network namespaces");
-        assert!(
-            hint.starts_with(
-                "unshare(CLONE_NEWUSER) (unshare --user) failed: Operation not permitted"
-            ),
-            "{hint}"
-        );
-        assert!(
-            hint.contains("run as root (or with CAP_NET_ADMIN + CAP_SYS_ADMIN)"),
-            "{hint}"
-        );
-        assert!(
-            hint.contains("kernel.unprivileged_userns_clone=1"),
-            "{hint}"
-        );
-        assert!(
-            hint.contains("kernel.apparmor_restrict_unprivileged_userns=0"),
-            "{hint}"
-        );
+        assert!(hint.starts_with("unshare(CLONE_NEWUSER) (unshare --user) failed: Operation not permitted"), "{hint}");
+        assert!(hint.contains("run as root (or with CAP_NET_ADMIN + CAP_SYS_ADMIN)"), "{hint}");
+        assert!(hint.contains("kernel.unprivileged_userns_clone=1"), "{hint}");
+        assert!(hint.contains("kernel.apparmor_restrict_unprivileged_userns=0"), "{hint}");
     }
 
     #[test]

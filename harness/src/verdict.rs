@@ -350,7 +350,10 @@ pub fn describe_expectation(expect: &StepExpectation) -> String {
 }
 
 /// Packets sent by a host as its own capture saw them leave (each packet once).
-pub fn sent_packets<'a>(timeline: &'a Timeline, filter: &'a PacketFilter) -> impl Iterator<Item = (Duration, &'a PacketEvent)> + 'a {
+pub fn sent_packets<'a>(
+    timeline: &'a Timeline,
+    filter: &'a PacketFilter,
+) -> impl Iterator<Item = (Duration, &'a PacketEvent)> + 'a {
     timeline.events.iter().filter_map(move |event| match &event.kind {
         EventKind::Packet(packet)
             if packet.direction == PacketDirection::Out
@@ -392,11 +395,14 @@ pub fn describe_filter(filter: &PacketFilter) -> String {
         parts.push(format!("win {window}"));
     }
     if let Some(protocol) = filter.protocol.filter(|p| *p != Protocol::Tcp) {
-        parts.push(format!("({})", match protocol {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-            Protocol::Icmp => "icmp",
-        }));
+        parts.push(format!(
+            "({})",
+            match protocol {
+                Protocol::Tcp => "tcp",
+                Protocol::Udp => "udp",
+                Protocol::Icmp => "icmp",
+            }
+        ));
     }
     parts.join(" ")
 }
@@ -488,8 +494,7 @@ fn judge_states(expectation: &StateExpectation, anchor: Anchor, timeline: &Timel
         if history_matches(&history, expectation, anchor.t) {
             return Ok(());
         }
-        let states: Vec<String> =
-            history.iter().map(|(state, t)| format!("{state}@{}s", format_secs(*t))).collect();
+        let states: Vec<String> = history.iter().map(|(state, t)| format!("{state}@{}s", format_secs(*t))).collect();
         seen.push(format!("{socket}: {}", states.join(" ")));
     }
     let expected: Vec<String> = expectation
@@ -630,10 +635,7 @@ fn judge_queue(expectation: &QueueExpectation, anchor: Anchor, timeline: &Timeli
         }
     };
     if let Some(max) = expectation.max {
-        let over = histories
-            .iter()
-            .flat_map(|(_, history)| history.iter())
-            .find(|(value, _)| *value > max);
+        let over = histories.iter().flat_map(|(_, history)| history.iter()).find(|(value, _)| *value > max);
         if let Some((value, t)) = over {
             return Err(Failure {
                 location: expectation.location,
@@ -998,7 +1000,8 @@ mod queue_and_filter_tests {
         assert_eq!(count(zero_window.clone()), 1);
         assert_eq!(count(PacketFilter { window: Some(576), ..PacketFilter::default() }), 1);
         assert_eq!(count(PacketFilter::default()), 2, "no protocol means TCP only");
-        let icmp = PacketFilter { from: Some(HostId::Server), protocol: Some(Protocol::Icmp), ..PacketFilter::default() };
+        let icmp =
+            PacketFilter { from: Some(HostId::Server), protocol: Some(Protocol::Icmp), ..PacketFilter::default() };
         assert_eq!(count(icmp.clone()), 1);
         assert_eq!(count(PacketFilter { from: Some(HostId::Client), ..icmp.clone() }), 0);
         assert_eq!(describe_filter(&zero_window), "packets [.] win 0");

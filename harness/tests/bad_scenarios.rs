@@ -20,28 +20,12 @@ fn expected_error(file: &Path) -> Result<Expected, String> {
     let bytes = std::fs::read(file).map_err(|e| format!("cannot read: {e}"))?;
     let text = String::from_utf8_lossy(&bytes);
     let header = text.lines().next().unwrap_or("");
-    let rest = header
-        .strip_prefix("# error: ")
-        .ok_or("first line must be `# error: LINE:COLUMN: message`")?;
+    let rest = header.strip_prefix("# error: ").ok_or("first line must be `# error: LINE:COLUMN: message`")?;
     let mut parts = rest.splitn(3, ':');
-    let line = parts
-        .next()
-        .and_then(|n| n.trim().parse().ok())
-        .ok_or("bad LINE in header")?;
-    let column = parts
-        .next()
-        .and_then(|n| n.trim().parse().ok())
-        .ok_or("bad COLUMN in header")?;
-    let message = parts
-        .next()
-        .map(str::trim)
-        .filter(|m| !m.is_empty())
-        .ok_or("empty message in header")?;
-    Ok(Expected {
-        line,
-        column,
-        message: message.to_string(),
-    })
+    let line = parts.next().and_then(|n| n.trim().parse().ok()).ok_or("bad LINE in header")?;
+    let column = parts.next().and_then(|n| n.trim().parse().ok()).ok_or("bad COLUMN in header")?;
+    let message = parts.next().map(str::trim).filter(|m| !m.is_empty()).ok_or("empty message in header")?;
+    Ok(Expected { line, column, message: message.to_string() })
 }
 
 fn corpus() -> (PathBuf, Vec<PathBuf>) {
@@ -53,11 +37,7 @@ fn corpus() -> (PathBuf, Vec<PathBuf>) {
 #[test]
 fn every_bad_scenario_fails_with_its_announced_error() {
     let (root, files) = corpus();
-    assert!(
-        files.len() >= 30,
-        "the corpus holds {} files; it must keep at least 30",
-        files.len()
-    );
+    assert!(files.len() >= 30, "the corpus holds {} files; it must keep at least 30", files.len());
     let mut failures = Vec::new();
     for file in &files {
         let expected = match expected_error(file) {
@@ -76,19 +56,14 @@ fn every_bad_scenario_fails_with_its_announced_error() {
         };
         let shown = error.to_string();
         let prefix = format!("{}:{}:{}: ", file.display(), expected.line, expected.column);
-        if error.file != *file
-            || !shown.starts_with(&prefix)
-            || !error.message.contains(&expected.message)
-        {
+        if error.file != *file || !shown.starts_with(&prefix) || !error.message.contains(&expected.message) {
             failures.push(format!(
                 "{}\n    expected: {}:{}: ...{}...\n    got:      {}",
                 file.display(),
                 expected.line,
                 expected.column,
                 expected.message,
-                shown
-                    .strip_prefix(&format!("{}:", file.display()))
-                    .unwrap_or(&shown)
+                shown.strip_prefix(&format!("{}:", file.display())).unwrap_or(&shown)
             ));
         }
     }
@@ -109,11 +84,7 @@ struct Generated {
 }
 
 fn expect(line: usize, column: usize, message: &str) -> Expected {
-    Expected {
-        line,
-        column,
-        message: message.to_string(),
-    }
+    Expected { line, column, message: message.to_string() }
 }
 
 /// Files of about 1 MiB that once took seconds to minutes or gigabytes (repeated long keys in node paths, pairwise
@@ -131,10 +102,7 @@ fn generated() -> Vec<Generated> {
     });
     files.push(Generated {
         name: "megabyte-errno",
-        text: format!(
-            "description: d\nclient:\n  - close: {{}}\n    expect: {}\n",
-            "E".repeat(1_000_000)
-        ),
+        text: format!("description: d\nclient:\n  - close: {{}}\n    expect: {}\n", "E".repeat(1_000_000)),
         expected: expect(4, 13, "unknown errno \"EEEE"),
     });
     // libyaml (asked for a better syntax message) took minutes on these: each token against each open level.
@@ -162,11 +130,7 @@ fn generated() -> Vec<Generated> {
     files.push(Generated {
         name: "thirty-thousand-step-names",
         text: steps,
-        expected: expect(
-            60_004,
-            11,
-            "duplicate step name \"s0\" on client (first at 4:11)",
-        ),
+        expected: expect(60_004, 11, "duplicate step name \"s0\" on client (first at 4:11)"),
     });
     let mut sockets = String::from("description: d\nclient:\n");
     for i in 0..30_000 {
@@ -209,10 +173,7 @@ fn generated() -> Vec<Generated> {
 
 /// CPU time of the calling thread: unlike wall time, not stretched by other work on the machine.
 fn thread_cpu_time() -> Duration {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes one timespec into the valid one given.
     let status = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
     assert_eq!(status, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
@@ -260,9 +221,7 @@ fn huge_generated_files_fail_fast_with_their_error() {
             Ok(_) => failures.push(format!("{}: loaded without error", file.display())),
             Err(error) => {
                 let at = error.location.map(|l| (l.line, l.column));
-                if at != Some((expected.line, expected.column))
-                    || !error.message.contains(&expected.message)
-                {
+                if at != Some((expected.line, expected.column)) || !error.message.contains(&expected.message) {
                     let head: String = error.message.chars().take(200).collect();
                     failures.push(format!(
                         "{}\n    expected: {}:{}: ...{}...\n    got:      {at:?}: {head}",
@@ -290,12 +249,7 @@ const AUDIT_ARCH: u32 = 0xC000_00B7;
 
 /// System calls that make a namespace or a process outright; `clone` is checked by its flags.
 #[cfg(target_arch = "x86_64")]
-const FORBIDDEN_CALLS: [libc::c_long; 4] = [
-    libc::SYS_unshare,
-    libc::SYS_setns,
-    libc::SYS_fork,
-    libc::SYS_vfork,
-];
+const FORBIDDEN_CALLS: [libc::c_long; 4] = [libc::SYS_unshare, libc::SYS_setns, libc::SYS_fork, libc::SYS_vfork];
 #[cfg(target_arch = "aarch64")]
 const FORBIDDEN_CALLS: [libc::c_long; 2] = [libc::SYS_unshare, libc::SYS_setns];
 
@@ -310,12 +264,7 @@ fn no_process_no_namespace_filter() -> Vec<libc::sock_filter> {
         jf: 0,
         k: offset,
     };
-    let ret = |value: u32| libc::sock_filter {
-        code: op(libc::BPF_RET | libc::BPF_K),
-        jt: 0,
-        jf: 0,
-        k: value,
-    };
+    let ret = |value: u32| libc::sock_filter { code: op(libc::BPF_RET | libc::BPF_K), jt: 0, jf: 0, k: value };
     let jump = |test: u32, k: u32, jt: usize, jf: usize| libc::sock_filter {
         code: op(libc::BPF_JMP | test | libc::BPF_K),
         jt: jt as u8,
@@ -336,40 +285,21 @@ fn no_process_no_namespace_filter() -> Vec<libc::sock_filter> {
     // new namespace?, thread?, then the three returns: allow, kill, ENOSYS.
     let allow_at = 4 + calls + 5;
     let (kill_at, enosys_at) = (allow_at + 1, allow_at + 2);
-    let mut program = vec![
-        load(arch),
-        jump(libc::BPF_JEQ, AUDIT_ARCH, 1, 0),
-        ret(libc::SECCOMP_RET_KILL_PROCESS),
-    ];
+    let mut program = vec![load(arch), jump(libc::BPF_JEQ, AUDIT_ARCH, 1, 0), ret(libc::SECCOMP_RET_KILL_PROCESS)];
     program.push(load(nr));
     for call in FORBIDDEN_CALLS {
         let here = program.len();
         program.push(jump(libc::BPF_JEQ, call as u32, kill_at - here - 1, 0));
     }
     let here = program.len();
-    program.push(jump(
-        libc::BPF_JEQ,
-        libc::SYS_clone3 as u32,
-        enosys_at - here - 1,
-        0,
-    ));
+    program.push(jump(libc::BPF_JEQ, libc::SYS_clone3 as u32, enosys_at - here - 1, 0));
     let here = program.len();
-    program.push(jump(
-        libc::BPF_JEQ,
-        libc::SYS_clone as u32,
-        0,
-        allow_at - here - 1,
-    ));
+    program.push(jump(libc::BPF_JEQ, libc::SYS_clone as u32, 0, allow_at - here - 1));
     program.push(load(flags));
     let here = program.len();
     program.push(jump(libc::BPF_JSET, new_namespaces, kill_at - here - 1, 0));
     let here = program.len();
-    program.push(jump(
-        libc::BPF_JSET,
-        libc::CLONE_THREAD as u32,
-        allow_at - here - 1,
-        kill_at - here - 1,
-    ));
+    program.push(jump(libc::BPF_JSET, libc::CLONE_THREAD as u32, allow_at - here - 1, kill_at - here - 1));
     assert_eq!(program.len(), allow_at);
     program.push(ret(libc::SECCOMP_RET_ALLOW));
     program.push(ret(libc::SECCOMP_RET_KILL_PROCESS));
@@ -381,17 +311,12 @@ fn no_process_no_namespace_filter() -> Vec<libc::sock_filter> {
 fn confined_netfault(args: &[&str]) -> std::process::Output {
     let mut filter = no_process_no_namespace_filter();
     let mut command = Command::new(env!("CARGO_BIN_EXE_netfault"));
-    command
-        .args(args)
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
+    command.args(args).current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
     // SAFETY: between fork and exec the closure makes only the two prctl calls, on the filter allocated before the
     // fork and owned by the closure.
     unsafe {
         command.pre_exec(move || {
-            let program = libc::sock_fprog {
-                len: filter.len() as u16,
-                filter: filter.as_mut_ptr(),
-            };
+            let program = libc::sock_fprog { len: filter.len() as u16, filter: filter.as_mut_ptr() };
             if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
                 || libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &program) != 0
             {
@@ -407,12 +332,8 @@ fn confined_netfault(args: &[&str]) -> std::process::Output {
 fn the_confinement_kills_a_netfault_that_starts_a_scenario() {
     // The control for the test below: `run` must start a child process and namespaces, so the filter kills it.
     let reports = scratch("confined-run");
-    let output = confined_netfault(&[
-        "run",
-        "--reports",
-        reports.to_str().unwrap(),
-        "scenarios/syn-sent/nonblocking.yaml",
-    ]);
+    let output =
+        confined_netfault(&["run", "--reports", reports.to_str().unwrap(), "scenarios/syn-sent/nonblocking.yaml"]);
     let _ = std::fs::remove_dir_all(&reports);
     assert_eq!(
         output.status.signal(),
@@ -435,36 +356,18 @@ fn check_prints_every_error_and_starts_nothing() {
     }
     let output = confined_netfault(&["check", dir.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(
-        output.status.code(),
-        Some(2),
-        "status {:?}\n{stderr}",
-        output.status
-    );
-    assert!(
-        output.stdout.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&output.stdout)
-    );
+    assert_eq!(output.status.code(), Some(2), "status {:?}\n{stderr}", output.status);
+    assert!(output.stdout.is_empty(), "{}", String::from_utf8_lossy(&output.stdout));
     let mut missing = Vec::new();
     for (file, error) in &expected {
         let prefix = format!("{}:{}:{}: ", file.display(), error.line, error.column);
-        let printed = stderr
-            .lines()
-            .any(|line| line.starts_with(&prefix) && line.contains(&error.message));
+        let printed = stderr.lines().any(|line| line.starts_with(&prefix) && line.contains(&error.message));
         if !printed {
             missing.push(format!("{prefix}...{}...", error.message));
         }
     }
-    let printed = stderr
-        .lines()
-        .filter(|line| line.starts_with(dir.to_str().unwrap()))
-        .count();
+    let printed = stderr.lines().filter(|line| line.starts_with(dir.to_str().unwrap())).count();
     std::fs::remove_dir_all(&dir).unwrap();
-    assert!(
-        missing.is_empty(),
-        "not printed:\n{}\n--- stderr ---\n{stderr}",
-        missing.join("\n")
-    );
+    assert!(missing.is_empty(), "not printed:\n{}\n--- stderr ---\n{stderr}", missing.join("\n"));
     assert_eq!(printed, expected.len(), "one error per file");
 }

@@ -48,15 +48,8 @@ struct HostState {
 }
 
 fn command_output(program: &str, args: &[&str]) -> String {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} {args:?}: {e}"));
-    assert!(
-        output.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = Command::new(program).args(args).output().unwrap_or_else(|e| panic!("{program} {args:?}: {e}"));
+    assert!(output.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
@@ -73,11 +66,7 @@ fn host_state() -> HostState {
             (name.to_string(), value.trim().to_string())
         })
         .collect();
-    HostState {
-        links,
-        ruleset: command_output("nft", &["list", "ruleset"]),
-        sysctls,
-    }
+    HostState { links, ruleset: command_output("nft", &["list", "ruleset"]), sysctls }
 }
 
 /// `net:[4026532318]` -> 4026532318.
@@ -94,11 +83,7 @@ fn namespaces_of(pid: u32) -> BTreeSet<u64> {
             continue;
         };
         for entry in entries.flatten() {
-            let path = if dir == "task" {
-                entry.path().join("ns/net")
-            } else {
-                entry.path()
-            };
+            let path = if dir == "task" { entry.path().join("ns/net") } else { entry.path() };
             found.extend(ns_inode(&path));
         }
     }
@@ -148,13 +133,7 @@ fn start(name: &str, env: &[(&str, &str)]) -> Run {
         .unwrap();
     let stdout = read_in_background(child.stdout.take().unwrap());
     let stderr = read_in_background(child.stderr.take().unwrap());
-    Run {
-        child,
-        token,
-        reports,
-        stdout,
-        stderr,
-    }
+    Run { child, token, reports, stdout, stderr }
 }
 
 /// What the run had while it ran.
@@ -168,30 +147,18 @@ fn wait_until_running(run: &Run) -> Running {
     let until = Instant::now() + START_WAIT;
     loop {
         let processes = run_processes(&run.token);
-        let sleeps: Vec<u32> = processes
-            .iter()
-            .filter(|(_, cmd)| cmd.starts_with("sleep 1000"))
-            .map(|(pid, _)| *pid)
-            .collect();
+        let sleeps: Vec<u32> =
+            processes.iter().filter(|(_, cmd)| cmd.starts_with("sleep 1000")).map(|(pid, _)| *pid).collect();
         if sleeps.len() == SLEEPS {
             let host = namespaces_of(std::process::id());
-            let namespaces: BTreeSet<u64> = processes
-                .iter()
-                .flat_map(|(pid, _)| namespaces_of(*pid))
-                .filter(|ns| !host.contains(ns))
-                .collect();
+            let namespaces: BTreeSet<u64> =
+                processes.iter().flat_map(|(pid, _)| namespaces_of(*pid)).filter(|ns| !host.contains(ns)).collect();
             // The runner's private parent namespace and one per host, at least.
-            assert!(
-                namespaces.len() >= 3,
-                "namespaces of the run: {namespaces:?} ({processes:?})"
-            );
+            assert!(namespaces.len() >= 3, "namespaces of the run: {namespaces:?} ({processes:?})");
             assert_scenario_really_changes_things(&sleeps);
             return Running { namespaces, processes };
         }
-        assert!(
-            Instant::now() < until,
-            "background programs not up after {START_WAIT:?}: {processes:?}"
-        );
+        assert!(Instant::now() < until, "background programs not up after {START_WAIT:?}: {processes:?}");
         thread::sleep(Duration::from_millis(20));
     }
 }
@@ -207,32 +174,14 @@ fn assert_scenario_really_changes_things(sleeps: &[u32]) {
     };
     let syn_retries: Vec<String> = sleeps
         .iter()
-        .map(|pid| {
-            inside(*pid, "sysctl", &["-n", "net.ipv4.tcp_syn_retries"])
-                .trim()
-                .to_string()
-        })
+        .map(|pid| inside(*pid, "sysctl", &["-n", "net.ipv4.tcp_syn_retries"]).trim().to_string())
         .collect();
-    assert!(
-        syn_retries.contains(&"2".to_string()),
-        "client namespace has tcp_syn_retries 2: {syn_retries:?}"
-    );
-    let rulesets: Vec<String> = sleeps
-        .iter()
-        .map(|pid| inside(*pid, "nft", &["list", "ruleset"]))
-        .collect();
-    assert!(
-        rulesets.iter().any(|r| r.contains("table")),
-        "a scenario namespace has nftables rules: {rulesets:?}"
-    );
-    let links: Vec<String> = sleeps
-        .iter()
-        .map(|pid| inside(*pid, "ip", &["-o", "link", "show", "type", "veth"]))
-        .collect();
-    assert!(
-        links.iter().all(|l| !l.trim().is_empty()),
-        "each scenario namespace has its veth end: {links:?}"
-    );
+    assert!(syn_retries.contains(&"2".to_string()), "client namespace has tcp_syn_retries 2: {syn_retries:?}");
+    let rulesets: Vec<String> = sleeps.iter().map(|pid| inside(*pid, "nft", &["list", "ruleset"])).collect();
+    assert!(rulesets.iter().any(|r| r.contains("table")), "a scenario namespace has nftables rules: {rulesets:?}");
+    let links: Vec<String> =
+        sleeps.iter().map(|pid| inside(*pid, "ip", &["-o", "link", "show", "type", "veth"])).collect();
+    assert!(links.iter().all(|l| !l.trim().is_empty()), "each scenario namespace has its veth end: {links:?}");
 }
 
 /// Waits at most `limit` for the runner to exit.
@@ -269,34 +218,19 @@ fn assert_nothing_left(run: &Run, running: &Running, before: &HostState) {
         if left.is_empty() {
             break;
         }
-        assert!(
-            Instant::now() < until,
-            "processes of the run still alive {VANISH_WAIT:?} later: {left:?}"
-        );
+        assert!(Instant::now() < until, "processes of the run still alive {VANISH_WAIT:?} later: {left:?}");
         thread::sleep(Duration::from_millis(20));
     }
     let existing = all_namespaces();
     let leaked: Vec<&u64> = running.namespaces.intersection(&existing).collect();
-    assert!(
-        leaked.is_empty(),
-        "namespaces of the run still exist: {leaked:?} (run had {:?})",
-        running.namespaces
-    );
-    assert_eq!(
-        &host_state(),
-        before,
-        "the host's links, nftables ruleset or sysctls changed"
-    );
+    assert!(leaked.is_empty(), "namespaces of the run still exist: {leaked:?} (run had {:?})", running.namespaces);
+    assert_eq!(&host_state(), before, "the host's links, nftables ruleset or sysctls changed");
     let _ = fs::remove_dir_all(&run.reports);
 }
 
 fn signal(pid: u32, signal: i32) {
     // SAFETY: plain system call; the pid is a child of this test that has not been reaped.
-    assert_eq!(
-        unsafe { libc::kill(pid as libc::pid_t, signal) },
-        0,
-        "kill -{signal} {pid}"
-    );
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, signal) }, 0, "kill -{signal} {pid}");
 }
 
 #[test]
@@ -324,10 +258,7 @@ fn interrupt(name: &str, signo: i32, signame: &str) {
     assert!(took < STOP_WAIT, "stopped in {took:?}");
     // An orderly stop waits for the scenario's PID namespace to be empty before the runner exits.
     let left = run_processes(&run.token);
-    assert!(
-        left.is_empty(),
-        "processes of the run outlived the stopped runner: {left:?}"
-    );
+    assert!(left.is_empty(), "processes of the run outlived the stopped runner: {left:?}");
     assert_nothing_left(&run, &running, &before);
 }
 
@@ -359,10 +290,7 @@ fn sigkill_of_the_scenario_process_is_reported_and_leaves_nothing() {
     let text = output(&run);
     assert_eq!(status.code(), Some(2), "{text}");
     assert!(text.contains("ERROR long"), "{text}");
-    assert!(
-        text.contains("killed by SIGKILL"),
-        "the runner says how its scenario process ended: {text}"
-    );
+    assert!(text.contains("killed by SIGKILL"), "the runner says how its scenario process ended: {text}");
     assert_nothing_left(&run, &running, &before);
 }
 
@@ -374,14 +302,8 @@ fn a_panicking_step_is_a_reported_harness_error_and_leaves_nothing() {
     let status = wait_exit(&mut run, Duration::from_secs(20));
     let text = output(&run);
     assert_eq!(status.code(), Some(2), "{text}");
-    assert!(
-        text.contains("harness error: client program panicked: deliberate panic in client step block"),
-        "{text}"
-    );
-    assert!(
-        !text.contains("scenario deadline"),
-        "a run ended by a harness error is not a deadline: {text}"
-    );
+    assert!(text.contains("harness error: client program panicked: deliberate panic in client step block"), "{text}");
+    assert!(!text.contains("scenario deadline"), "a run ended by a harness error is not a deadline: {text}");
     let result = fs::read_to_string(run.reports.join("long/result.json")).expect("the report is still written");
     assert!(result.contains("\"status\": \"error\""), "{result}");
     assert!(result.contains("deliberate panic"), "{result}");

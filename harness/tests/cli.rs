@@ -25,12 +25,8 @@ fn scratch(name: &str) -> PathBuf {
 #[test]
 fn wrong_errno_fails_run_with_location_and_both_outcomes() {
     let reports = scratch("errno");
-    let output = netfault(&[
-        "run",
-        "--reports",
-        reports.to_str().unwrap(),
-        "harness/tests/fixtures/failing/wrong-errno.yaml",
-    ]);
+    let output =
+        netfault(&["run", "--reports", reports.to_str().unwrap(), "harness/tests/fixtures/failing/wrong-errno.yaml"]);
     let text = text(&output);
     assert_eq!(output.status.code(), Some(1), "{text}");
     assert!(text.contains("FAIL  wrong-errno"), "{text}");

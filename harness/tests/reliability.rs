@@ -27,11 +27,7 @@ fn netfault(token: &str, env: &[(&str, &str)], args: &[&str]) -> (Output, Durati
 }
 
 fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
 }
 
 fn scratch(name: &str) -> PathBuf {
@@ -58,19 +54,11 @@ fn a_read_nobody_answers_ends_at_the_deadline_naming_the_steps() {
     let (output, took) = netfault(
         "read-forever",
         &[],
-        &[
-            "run",
-            "--reports",
-            reports.to_str().unwrap(),
-            "harness/tests/fixtures/hang/read-forever.yaml",
-        ],
+        &["run", "--reports", reports.to_str().unwrap(), "harness/tests/fixtures/hang/read-forever.yaml"],
     );
     let text = text(&output);
     assert_eq!(output.status.code(), Some(1), "{text}");
-    assert!(
-        took < Duration::from_secs(10),
-        "the 2 s deadline ended the run: took {took:?}"
-    );
+    assert!(took < Duration::from_secs(10), "the 2 s deadline ended the run: took {took:?}");
     // The step with an expectation fails on it; the one without fails on the deadline.
     assert!(
         text.contains(
@@ -95,10 +83,7 @@ fn a_read_nobody_answers_ends_at_the_deadline_naming_the_steps() {
     assert_eq!(result["status"], "fail");
     // The partial timeline holds what happened before the deadline: the handshake and both reads starting.
     let timeline = fs::read_to_string(dir.join("timeline.txt")).unwrap();
-    assert!(
-        timeline.contains("Flags [S.]") && timeline.contains("stuck-read (recv) ..."),
-        "{timeline}"
-    );
+    assert!(timeline.contains("Flags [S.]") && timeline.contains("stuck-read (recv) ..."), "{timeline}");
     assert_no_process_left("read-forever");
     let _ = fs::remove_dir_all(&reports);
 }
@@ -109,20 +94,12 @@ fn a_program_that_never_exits_is_killed_at_the_deadline() {
     let (output, took) = netfault(
         "exec-forever",
         &[],
-        &[
-            "run",
-            "--reports",
-            reports.to_str().unwrap(),
-            "harness/tests/fixtures/hang/exec-forever.yaml",
-        ],
+        &["run", "--reports", reports.to_str().unwrap(), "harness/tests/fixtures/hang/exec-forever.yaml"],
     );
     let text = text(&output);
     assert_eq!(output.status.code(), Some(1), "{text}");
     assert!(took < Duration::from_secs(10), "took {took:?}");
-    assert!(
-        text.contains("client step stuck-exec (exec): expected exit 0, got unfinished at the deadline"),
-        "{text}"
-    );
+    assert!(text.contains("client step stuck-exec (exec): expected exit 0, got unfinished at the deadline"), "{text}");
     assert!(text.contains("killed (SIGKILL) at the scenario deadline"), "{text}");
     let dir = reports.join("exec-forever");
     assert_eq!(result_json(&dir)["status"], "fail");
@@ -151,10 +128,7 @@ fn the_cargo_test_driver_names_the_blocked_step() {
     let text = text(&output);
     assert_ne!(output.status.code(), Some(0), "{text}");
     assert!(text.contains("1 failed"), "{text}");
-    assert!(
-        text.contains("server step server-read (recv): expected to end before the scenario deadline"),
-        "{text}"
-    );
+    assert!(text.contains("server step server-read (recv): expected to end before the scenario deadline"), "{text}");
     let _ = fs::remove_dir_all(&reports);
 }
 
@@ -178,18 +152,9 @@ fn run_stops_at_its_suite_deadline_and_reports_every_scenario() {
     );
     let text = text(&output);
     assert_eq!(output.status.code(), Some(2), "{text}");
-    assert!(
-        took < Duration::from_secs(8),
-        "the 3 s suite deadline ended the run: took {took:?}"
-    );
-    assert!(
-        text.contains("ERROR long") && text.contains("stopped: the suite deadline (3s) passed"),
-        "{text}"
-    );
-    assert!(
-        text.contains("not started: the suite deadline (3s) passed"),
-        "the queued scenario is reported: {text}"
-    );
+    assert!(took < Duration::from_secs(8), "the 3 s suite deadline ended the run: took {took:?}");
+    assert!(text.contains("ERROR long") && text.contains("stopped: the suite deadline (3s) passed"), "{text}");
+    assert!(text.contains("not started: the suite deadline (3s) passed"), "the queued scenario is reported: {text}");
     assert!(text.contains("1 running scenario(s) killed, 1 not started"), "{text}");
     assert_no_process_left("suite-deadline");
     let _ = fs::remove_dir_all(&reports);
@@ -201,21 +166,12 @@ fn the_cargo_test_driver_stops_at_netfault_suite_deadline() {
     let (output, took) = netfault(
         "driver-deadline",
         &[("NETFAULT_SUITE_DEADLINE", "3s")],
-        &[
-            "test",
-            "--root",
-            "harness/tests/fixtures/cleanup",
-            "--reports",
-            reports.to_str().unwrap(),
-        ],
+        &["test", "--root", "harness/tests/fixtures/cleanup", "--reports", reports.to_str().unwrap()],
     );
     let text = text(&output);
     assert_eq!(output.status.code(), Some(2), "{text}");
     assert!(took < Duration::from_secs(8), "took {took:?}");
-    assert!(
-        text.contains("stopped: the suite deadline (3s) passed"),
-        "the trial says why it failed: {text}"
-    );
+    assert!(text.contains("stopped: the suite deadline (3s) passed"), "the trial says why it failed: {text}");
     assert!(text.contains("netfault: the suite deadline (3s) passed"), "{text}");
     assert_no_process_left("driver-deadline");
     let _ = fs::remove_dir_all(&reports);
@@ -223,11 +179,7 @@ fn the_cargo_test_driver_stops_at_netfault_suite_deadline() {
 
 #[test]
 fn a_bad_suite_deadline_is_refused() {
-    let (output, _) = netfault(
-        "bad-deadline",
-        &[],
-        &["run", "--deadline", "10", "harness/tests/fixtures/hang"],
-    );
+    let (output, _) = netfault("bad-deadline", &[], &["run", "--deadline", "10", "harness/tests/fixtures/hang"]);
     let text = text(&output);
     assert_eq!(output.status.code(), Some(2), "{text}");
     assert!(text.contains("suite deadline: duration \"10\" needs a unit"), "{text}");
@@ -239,12 +191,7 @@ fn a_setsid_program_dies_with_the_run() {
     let (output, _) = netfault(
         "setsid",
         &[],
-        &[
-            "run",
-            "--reports",
-            reports.to_str().unwrap(),
-            "harness/tests/fixtures/hang/setsid-escape.yaml",
-        ],
+        &["run", "--reports", reports.to_str().unwrap(), "harness/tests/fixtures/hang/setsid-escape.yaml"],
     );
     let text = text(&output);
     assert_eq!(output.status.code(), Some(0), "{text}");
@@ -265,21 +212,14 @@ fn refused_before_running(file: &str, message: &[&str]) {
     let said = text(&output);
     assert_eq!(output.status.code(), Some(2), "{said}");
     assert!(said.contains("nothing was run"), "{said}");
-    assert!(
-        !reports.exists(),
-        "run on an invalid scenario created {}",
-        reports.display()
-    );
+    assert!(!reports.exists(), "run on an invalid scenario created {}", reports.display());
 }
 
 #[test]
 fn a_host_wide_sysctl_is_refused_before_anything_runs() {
     refused_before_running(
         "harness/tests/fixtures/confine/pid-max.yaml",
-        &[
-            "pid-max.yaml:6:13:",
-            "\"kernel.pid_max\" is not a per-namespace sysctl: setting it would change the host",
-        ],
+        &["pid-max.yaml:6:13:", "\"kernel.pid_max\" is not a per-namespace sysctl: setting it would change the host"],
     );
 }
 
@@ -307,30 +247,18 @@ fn a_symlinked_scenario_folder_reports_under_reports() {
     let outside = scratch("symlink-outside");
     fs::create_dir_all(root.join("scenarios")).unwrap();
     fs::create_dir_all(&outside).unwrap();
-    fs::copy(
-        workspace().join("harness/tests/fixtures/hang/setsid-escape.yaml"),
-        outside.join("x.yaml"),
-    )
-    .unwrap();
+    fs::copy(workspace().join("harness/tests/fixtures/hang/setsid-escape.yaml"), outside.join("x.yaml")).unwrap();
     std::os::unix::fs::symlink(&outside, root.join("scenarios/linked")).unwrap();
     let reports = root.join("reports");
     let (output, _) = netfault(
         "symlink",
         &[],
-        &[
-            "run",
-            "--reports",
-            reports.to_str().unwrap(),
-            root.join("scenarios").to_str().unwrap(),
-        ],
+        &["run", "--reports", reports.to_str().unwrap(), root.join("scenarios").to_str().unwrap()],
     );
     let text = text(&output);
     assert_eq!(output.status.code(), Some(0), "{text}");
     assert!(reports.join("linked/x/result.json").is_file(), "{text}");
-    let written: Vec<_> = fs::read_dir(&outside)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let written: Vec<_> = fs::read_dir(&outside).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(written, vec!["x.yaml"], "nothing written next to the linked scenario");
     let _ = fs::remove_dir_all(&root);
     let _ = fs::remove_dir_all(&outside);
@@ -342,12 +270,7 @@ fn exec_programs_run_in_the_scenario_namespace_and_die_with_it() {
     let (output, _) = netfault(
         "exec-namespace",
         &[],
-        &[
-            "run",
-            "--reports",
-            reports.to_str().unwrap(),
-            "harness/tests/fixtures/confine/exec-namespace.yaml",
-        ],
+        &["run", "--reports", reports.to_str().unwrap(), "harness/tests/fixtures/confine/exec-namespace.yaml"],
     );
     let text = text(&output);
     assert_eq!(output.status.code(), Some(0), "{text}");
@@ -360,24 +283,11 @@ fn exec_programs_run_in_the_scenario_namespace_and_die_with_it() {
             .find(|s| s["host"] == host && s["name"] == "where")
             .unwrap_or_else(|| panic!("{host} step where in {result}"));
         let detail = step["detail"].as_str().unwrap();
-        detail
-            .strip_prefix("stdout: ")
-            .unwrap_or(detail)
-            .lines()
-            .next()
-            .unwrap()
-            .trim()
-            .to_string()
+        detail.strip_prefix("stdout: ").unwrap_or(detail).lines().next().unwrap().trim().to_string()
     };
-    let host = fs::read_link("/proc/self/ns/net")
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
+    let host = fs::read_link("/proc/self/ns/net").unwrap().to_string_lossy().into_owned();
     let (client, server) = (namespace_of("client"), namespace_of("server"));
-    assert!(
-        client.starts_with("net:[") && server.starts_with("net:["),
-        "{client} {server}"
-    );
+    assert!(client.starts_with("net:[") && server.starts_with("net:["), "{client} {server}");
     assert_ne!(client, host, "the client's program ran in the machine's namespace");
     assert_ne!(server, host, "the server's program ran in the machine's namespace");
     assert_ne!(client, server, "each host's program runs in its own host's namespace");
@@ -404,18 +314,9 @@ fn repeat_runs_each_scenario_n_times_and_counts_them() {
     let text = text(&output);
     assert_eq!(output.status.code(), Some(1), "{text}");
     assert!(text.contains("3 runs of each of 2 scenario(s), 6 at a time:"), "{text}");
-    assert!(
-        text.contains(&format!("{:<40} {:>5} {:>5} {:>5}", "setsid-escape", 3, 0, 0)),
-        "{text}"
-    );
-    assert!(
-        text.contains(&format!("{:<40} {:>5} {:>5} {:>5}", "wrong-errno", 0, 3, 0)),
-        "{text}"
-    );
-    assert!(
-        text.contains("flaky: 0\nnever passed: 1\n  wrong-errno: 0/3 passed\n    run-1: "),
-        "{text}"
-    );
+    assert!(text.contains(&format!("{:<40} {:>5} {:>5} {:>5}", "setsid-escape", 3, 0, 0)), "{text}");
+    assert!(text.contains(&format!("{:<40} {:>5} {:>5} {:>5}", "wrong-errno", 0, 3, 0)), "{text}");
+    assert!(text.contains("flaky: 0\nnever passed: 1\n  wrong-errno: 0/3 passed\n    run-1: "), "{text}");
     for run in 1..=3 {
         for name in ["setsid-escape", "wrong-errno"] {
             let dir = reports.join(name).join(format!("run-{run}"));

@@ -78,9 +78,7 @@ fn copy_and_run(exe: &PathBuf, dir: &PathBuf, copy: &PathBuf) -> Result<String, 
             None if Instant::now() > deadline => {
                 child.kill().map_err(|e| e.to_string())?;
                 child.wait().map_err(|e| e.to_string())?;
-                return Err(format!(
-                    "the unprivileged run took longer than {CHILD_TIMEOUT:?}"
-                ));
+                return Err(format!("the unprivileged run took longer than {CHILD_TIMEOUT:?}"));
             }
             None => thread::sleep(Duration::from_millis(10)),
         }
@@ -89,36 +87,21 @@ fn copy_and_run(exe: &PathBuf, dir: &PathBuf, copy: &PathBuf) -> Result<String, 
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     if !status.success() {
-        return Err(format!(
-            "unprivileged run failed ({status}): {stdout}{stderr}"
-        ));
+        return Err(format!("unprivileged run failed ({status}): {stdout}{stderr}"));
     }
-    let report = stdout
-        .lines()
-        .find_map(|line| line.strip_prefix("test rootless ... ok ("));
+    let report = stdout.lines().find_map(|line| line.strip_prefix("test rootless ... ok ("));
     match report {
         Some(report) => Ok(format!("as uid {NOBODY}: {}", report.trim_end_matches(')'))),
-        None => Err(format!(
-            "unprivileged run printed no result: {stdout}{stderr}"
-        )),
+        None => Err(format!("unprivileged run printed no result: {stdout}{stderr}")),
     }
 }
 
 fn host(id: HostId, address: Ipv4Addr, sysctls: Vec<Sysctl>) -> HostPlan {
-    HostPlan {
-        id,
-        address,
-        prefix_len: 24,
-        sysctls,
-        steps: Vec::new(),
-    }
+    HostPlan { id, address, prefix_len: 24, sysctls, steps: Vec::new() }
 }
 
 fn plan() -> Plan {
-    let syn_retries = Sysctl {
-        name: "net.ipv4.tcp_syn_retries".into(),
-        value: "2".into(),
-    };
+    let syn_retries = Sysctl { name: "net.ipv4.tcp_syn_retries".into(), value: "2".into() };
     Plan {
         name: "rootless".into(),
         file: PathBuf::from("rootless.yaml"),
@@ -129,14 +112,8 @@ fn plan() -> Plan {
         tolerance: Duration::from_millis(100),
         early_tolerance: None,
         sample_interval: Duration::from_millis(10),
-        link: LinkPlan {
-            mtu: 1500,
-            ipv6: false,
-        },
-        hosts: [
-            host(HostId::Client, CLIENT, vec![syn_retries]),
-            host(HostId::Server, SERVER, Vec::new()),
-        ],
+        link: LinkPlan { mtu: 1500, ipv6: false },
+        hosts: [host(HostId::Client, CLIENT, vec![syn_retries]), host(HostId::Server, SERVER, Vec::new())],
         faults: Vec::new(),
         expect: RunExpectations::default(),
     }
@@ -147,9 +124,7 @@ fn rootless_run() -> Result<String> {
     let uid = nix::unistd::geteuid();
     let privilege = userns::acquire()?;
     if privilege != Privilege::Rootless {
-        return Err(netfault::error::Error::Internal(format!(
-            "uid {uid}: expected rootless, got {privilege:?}"
-        )));
+        return Err(netfault::error::Error::Internal(format!("uid {uid}: expected rootless, got {privilege:?}")));
     }
     let start = Instant::now();
     let client = Netns::new_anonymous()?;
@@ -158,37 +133,24 @@ fn rootless_run() -> Result<String> {
     let built = start.elapsed();
 
     let syn_retries = client.run(|| {
-        fs::read_to_string("/proc/sys/net/ipv4/tcp_syn_retries")
-            .context(|| "read tcp_syn_retries in client".into())
+        fs::read_to_string("/proc/sys/net/ipv4/tcp_syn_retries").context(|| "read tcp_syn_retries in client".into())
     })?;
     if syn_retries.trim() != "2" {
-        return Err(netfault::error::Error::Internal(format!(
-            "tcp_syn_retries in client is {syn_retries:?}"
-        )));
+        return Err(netfault::error::Error::Internal(format!("tcp_syn_retries in client is {syn_retries:?}")));
     }
 
-    let listener =
-        server.run(|| TcpListener::bind((SERVER, 7000)).context(|| "listen in server".into()))?;
+    let listener = server.run(|| TcpListener::bind((SERVER, 7000)).context(|| "listen in server".into()))?;
     let to = SocketAddr::from((topology.server.address, 7000));
-    let mut stream = client.run(|| {
-        TcpStream::connect_timeout(&to, Duration::from_secs(2)).context(|| "connect".into())
-    })?;
+    let mut stream =
+        client.run(|| TcpStream::connect_timeout(&to, Duration::from_secs(2)).context(|| "connect".into()))?;
     // The handshake is complete once connect returns: the connection already waits in the accept queue.
     let (mut accepted, peer) = listener.accept().context(|| "accept".into())?;
-    accepted
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .context(|| "SO_RCVTIMEO".into())?;
+    accepted.set_read_timeout(Some(Duration::from_secs(5))).context(|| "SO_RCVTIMEO".into())?;
     stream.write_all(b"ping").context(|| "send".into())?;
     let mut received = [0u8; 4];
-    accepted
-        .read_exact(&mut received)
-        .context(|| "recv".into())?;
+    accepted.read_exact(&mut received).context(|| "recv".into())?;
     if &received != b"ping" || peer.ip() != topology.client.address {
-        return Err(netfault::error::Error::Internal(format!(
-            "received {received:?} from {peer}"
-        )));
+        return Err(netfault::error::Error::Internal(format!("received {received:?} from {peer}")));
     }
-    Ok(format!(
-        "original uid {uid}, namespaces + topology in {built:?}, TCP {peer} -> {to} exchanged data"
-    ))
+    Ok(format!("original uid {uid}, namespaces + topology in {built:?}, TCP {peer} -> {to} exchanged data"))
 }

@@ -80,11 +80,7 @@ impl StepBoard {
             if now >= deadline {
                 return false;
             }
-            state = self
-                .changed
-                .wait_timeout(state, deadline - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            state = self.changed.wait_timeout(state, deadline - now).unwrap_or_else(PoisonError::into_inner).0;
         }
     }
 
@@ -126,17 +122,9 @@ mod tests {
             })
         };
         let start = Instant::now();
-        assert!(board.wait(
-            HostId::Client,
-            1,
-            StepEdge::Finished,
-            start + Duration::from_secs(5)
-        ));
+        assert!(board.wait(HostId::Client, 1, StepEdge::Finished, start + Duration::from_secs(5)));
         let waited = start.elapsed();
-        assert!(
-            waited >= Duration::from_millis(45),
-            "woke after {waited:?}, before the mark"
-        );
+        assert!(waited >= Duration::from_millis(45), "woke after {waited:?}, before the mark");
         assert!(waited < Duration::from_secs(2), "woke after {waited:?}");
         marker.join().unwrap();
     }
@@ -145,17 +133,9 @@ mod tests {
     fn wait_gives_up_at_the_deadline() {
         let board = StepBoard::new();
         let start = Instant::now();
-        assert!(!board.wait(
-            HostId::Server,
-            0,
-            StepEdge::Started,
-            start + Duration::from_millis(60)
-        ));
+        assert!(!board.wait(HostId::Server, 0, StepEdge::Started, start + Duration::from_millis(60)));
         let waited = start.elapsed();
-        assert!(
-            waited >= Duration::from_millis(60) && waited < Duration::from_secs(2),
-            "waited {waited:?}"
-        );
+        assert!(waited >= Duration::from_millis(60) && waited < Duration::from_secs(2), "waited {waited:?}");
     }
 
     #[test]
@@ -169,12 +149,7 @@ mod tests {
             })
         };
         let start = Instant::now();
-        assert!(!board.wait(
-            HostId::Server,
-            0,
-            StepEdge::Finished,
-            start + Duration::from_secs(5)
-        ));
+        assert!(!board.wait(HostId::Server, 0, StepEdge::Finished, start + Duration::from_secs(5)));
         assert!(start.elapsed() < Duration::from_secs(2));
         closer.join().unwrap();
         board.mark(HostId::Server, 0, StepEdge::Finished);

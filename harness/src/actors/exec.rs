@@ -86,10 +86,7 @@ impl ProcessRegistry {
             let (background, foreground): (Vec<Group>, Vec<Group>) =
                 state.groups.drain(..).partition(|g| g.background.is_some());
             state.groups = foreground;
-            background
-                .into_iter()
-                .filter_map(|g| g.background)
-                .collect()
+            background.into_iter().filter_map(|g| g.background).collect()
         };
         self.closed_changed.notify_all();
         for mut child in background {
@@ -123,11 +120,7 @@ impl ProcessRegistry {
             if now >= until {
                 return;
             }
-            state = self
-                .closed_changed
-                .wait_timeout(state, until - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            state = self.closed_changed.wait_timeout(state, until - now).unwrap_or_else(PoisonError::into_inner).0;
         }
     }
 }
@@ -185,11 +178,7 @@ fn command(plan: &ExecPlan, capture_output: bool) -> Command {
     command
         .args(&plan.args)
         .envs(plan.env.iter().map(|(name, value)| (name, value)))
-        .stdin(if plan.stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if plan.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(output())
         .stderr(output())
         .process_group(0);
@@ -203,15 +192,7 @@ fn command(plan: &ExecPlan, capture_output: bool) -> Command {
 /// `prctl(PR_SET_PDEATHSIG, SIGKILL)` in the child before exec.
 fn die_with_forking_thread() -> io::Result<()> {
     // SAFETY: plain system call with integer arguments.
-    let rc = unsafe {
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        )
-    };
+    let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) };
     if rc == 0 {
         Ok(())
     } else {
@@ -220,14 +201,8 @@ fn die_with_forking_thread() -> io::Result<()> {
 }
 
 fn spawn_failure(plan: &ExecPlan, e: &io::Error) -> (Outcome, Option<String>) {
-    let name = e
-        .raw_os_error()
-        .map(|n| Errno(n).name())
-        .unwrap_or_else(|| e.to_string());
-    (
-        Outcome::Error(name),
-        Some(format!("cannot run {}: {e}", plan.program)),
-    )
+    let name = e.raw_os_error().map(|n| Errno(n).name()).unwrap_or_else(|| e.to_string());
+    (Outcome::Error(name), Some(format!("cannot run {}: {e}", plan.program)))
 }
 
 /// What a program wrote on one stream: the beginning and the end, with the size of what was left out.
@@ -287,10 +262,7 @@ fn spawn_reader(name: &str, mut source: impl Read + Send + 'static) -> Result<Re
             loop {
                 match source.read(&mut buf) {
                     Ok(0) => break,
-                    Ok(n) => shared
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .push(&buf[..n]),
+                    Ok(n) => shared.lock().unwrap_or_else(PoisonError::into_inner).push(&buf[..n]),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(_) => break,
                 }
@@ -318,15 +290,8 @@ fn collect(reader: Option<Reader>, until: Instant) -> Capture {
     let Some(reader) = reader else {
         return Capture::default();
     };
-    let finished = reader
-        .done
-        .recv_timeout(until.saturating_duration_since(Instant::now()))
-        .is_ok();
-    let mut capture = reader
-        .capture
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone();
+    let finished = reader.done.recv_timeout(until.saturating_duration_since(Instant::now())).is_ok();
+    let mut capture = reader.capture.lock().unwrap_or_else(PoisonError::into_inner).clone();
     capture.unfinished = !finished;
     capture
 }
@@ -378,28 +343,15 @@ pub fn run_foreground(
     let pid = child.id();
     let pgid = pid as i32;
     registry.register(pgid, None);
-    let group = ForegroundGroup {
-        pgid,
-        registry,
-        armed: true,
-    };
+    let group = ForegroundGroup { pgid, registry, armed: true };
     let pidfd = pidfd_open(pid).context(|| format!("pidfd_open({pid}) for {}", plan.program))?;
     if let (Some(stdin), Some(text)) = (child.stdin.take(), &plan.stdin) {
         spawn_stdin_writer(stdin, text.clone())?;
     }
-    let stdout = child
-        .stdout
-        .take()
-        .map(|s| spawn_reader("exec-stdout", s))
-        .transpose()?;
-    let stderr = child
-        .stderr
-        .take()
-        .map(|s| spawn_reader("exec-stderr", s))
-        .transpose()?;
+    let stdout = child.stdout.take().map(|s| spawn_reader("exec-stdout", s)).transpose()?;
+    let stderr = child.stderr.take().map(|s| spawn_reader("exec-stderr", s)).transpose()?;
 
-    let exited =
-        wait_for_exit(&pidfd, end).context(|| format!("poll pidfd of {}", plan.program))?;
+    let exited = wait_for_exit(&pidfd, end).context(|| format!("poll pidfd of {}", plan.program))?;
     let mut note = None;
     if !exited {
         kill_group(pgid);
@@ -409,13 +361,10 @@ pub fn run_foreground(
             "killed (SIGKILL) at the scenario deadline".to_string()
         };
         note = Some(cause);
-        wait_for_exit(&pidfd, Instant::now() + DEATH_WAIT)
-            .context(|| format!("poll pidfd of {}", plan.program))?;
+        wait_for_exit(&pidfd, Instant::now() + DEATH_WAIT).context(|| format!("poll pidfd of {}", plan.program))?;
     }
     group.finish();
-    let status = child
-        .try_wait()
-        .context(|| format!("waitpid({pid}) for {}", plan.program))?;
+    let status = child.try_wait().context(|| format!("waitpid({pid}) for {}", plan.program))?;
     let outputs_until = Instant::now() + OUTPUT_WAIT;
     let stdout = collect(stdout, outputs_until);
     let stderr = collect(stderr, outputs_until);
@@ -427,16 +376,11 @@ pub fn run_foreground(
         }
         Some(_) if !exited && own_end > deadline => Outcome::Unfinished,
         // The runner's kill_all at the deadline: the program did not end on its own.
-        Some(status)
-            if exited && status.signal() == Some(libc::SIGKILL) && Instant::now() >= deadline =>
-        {
+        Some(status) if exited && status.signal() == Some(libc::SIGKILL) && Instant::now() >= deadline => {
             note = Some("killed (SIGKILL) at the scenario deadline".to_string());
             Outcome::Unfinished
         }
-        Some(status) => Outcome::Exit {
-            code: status.code(),
-            signal: status.signal(),
-        },
+        Some(status) => Outcome::Exit { code: status.code(), signal: status.signal() },
     };
     if stdout.unfinished || stderr.unfinished {
         let held = "output still held open by a process outside the program's group";
@@ -454,10 +398,7 @@ pub fn run_foreground(
 /// multi-line: `^` and `$` match at line boundaries.
 pub fn pattern_failures(plan: &ExecPlan, stdout: &str, stderr: &str) -> Vec<String> {
     let mut failures = Vec::new();
-    for (stream, patterns, text) in [
-        ("stdout", &plan.stdout, stdout),
-        ("stderr", &plan.stderr, stderr),
-    ] {
+    for (stream, patterns, text) in [("stdout", &plan.stdout, stdout), ("stderr", &plan.stderr, stderr)] {
         for pattern in patterns {
             match RegexBuilder::new(pattern).multi_line(true).build() {
                 Ok(re) if re.is_match(text) => {}
@@ -489,12 +430,7 @@ fn first_lines(text: &str) -> String {
 }
 
 /// `pattern not found: stdout /x/; <note>; stdout: first | lines; stderr: ...`, or nothing to say.
-fn exec_detail(
-    failures: &[String],
-    note: Option<String>,
-    stdout: &str,
-    stderr: &str,
-) -> Option<String> {
+fn exec_detail(failures: &[String], note: Option<String>, stdout: &str, stderr: &str) -> Option<String> {
     let mut parts = Vec::new();
     if !failures.is_empty() {
         parts.push(format!("{PATTERN_FAILURE_PREFIX}{}", failures.join(", ")));
@@ -552,9 +488,7 @@ impl BackgroundLauncher {
         let job: Job = Box::new(move || {
             let _ = reply.send(start_background(&mut command, stdin, &registry));
         });
-        self.jobs
-            .send(job)
-            .map_err(|_| Error::Internal("the exec keeper thread has ended".into()))?;
+        self.jobs.send(job).map_err(|_| Error::Internal("the exec keeper thread has ended".into()))?;
         let started = answer
             .recv_timeout(Duration::from_secs(10))
             .map_err(|_| Error::Internal(format!("starting {} took over 10 s", plan.program)))?;
@@ -579,11 +513,7 @@ impl BackgroundLauncher {
     }
 }
 
-fn start_background(
-    command: &mut Command,
-    stdin: Option<String>,
-    registry: &ProcessRegistry,
-) -> io::Result<u32> {
+fn start_background(command: &mut Command, stdin: Option<String>, registry: &ProcessRegistry) -> io::Result<u32> {
     let mut child = command.spawn()?;
     let pid = child.id();
     let input = child.stdin.take();
@@ -635,26 +565,13 @@ pub(crate) mod tests {
         let failures = pattern_failures(&exec, "hello\nworld\n", "");
         assert_eq!(failures.len(), 2, "{failures:?}");
         assert_eq!(failures[0], "stdout /absent/");
-        assert!(
-            failures[1].starts_with("stderr /(/ (invalid regex"),
-            "{}",
-            failures[1]
-        );
+        assert!(failures[1].starts_with("stderr /(/ (invalid regex"), "{}", failures[1]);
     }
 
     #[test]
     fn detail_lists_failures_then_first_lines() {
-        let detail = exec_detail(
-            &["stdout /x/".into()],
-            Some("note".into()),
-            "a\n\nb\nc\nd\n",
-            "",
-        )
-        .unwrap();
-        assert_eq!(
-            detail,
-            "pattern not found: stdout /x/; note; stdout: a | b | c | ..."
-        );
+        let detail = exec_detail(&["stdout /x/".into()], Some("note".into()), "a\n\nb\nc\nd\n", "").unwrap();
+        assert_eq!(detail, "pattern not found: stdout /x/; note; stdout: a | b | c | ...");
         assert_eq!(exec_detail(&[], None, "", "\n"), None);
     }
 
@@ -673,30 +590,17 @@ pub(crate) mod tests {
         let (outcome, detail) = launcher.launch(&sleeper).unwrap();
         assert_eq!(outcome, Outcome::Ok);
         let detail = detail.unwrap();
-        let pid = detail
-            .strip_prefix("pid ")
-            .unwrap()
-            .split(',')
-            .next()
-            .unwrap()
-            .to_string();
+        let pid = detail.strip_prefix("pid ").unwrap().split(',').next().unwrap().to_string();
         drop(launcher);
         let state = process_state(&pid);
-        assert!(
-            matches!(state, Some(c) if c != 'Z'),
-            "not running while the keeper waits for kill_all: {state:?}"
-        );
+        assert!(matches!(state, Some(c) if c != 'Z'), "not running while the keeper waits for kill_all: {state:?}");
         // The keeper gives up KEEPER_GRACE after the deadline; PR_SET_PDEATHSIG then kills the program, which
         // stays a zombie until kill_all reaps it.
         let give_up = Instant::now() + KEEPER_GRACE + Duration::from_secs(3);
         while process_state(&pid) != Some('Z') && Instant::now() < give_up {
             thread::sleep(Duration::from_millis(20));
         }
-        assert_eq!(
-            process_state(&pid),
-            Some('Z'),
-            "killed when the keeper thread ended"
-        );
+        assert_eq!(process_state(&pid), Some('Z'), "killed when the keeper thread ended");
         registry.kill_all();
         assert_eq!(process_state(&pid), None, "reaped by kill_all");
         assert_eq!(registry.running(), 0);
@@ -706,12 +610,9 @@ pub(crate) mod tests {
     fn missing_program_is_enoent() {
         let registry = ProcessRegistry::new();
         let exec = plan("/nonexistent/netfault-program", &[]);
-        let (outcome, detail) =
-            run_foreground(&exec, &registry, Instant::now() + Duration::from_secs(5)).unwrap();
+        let (outcome, detail) = run_foreground(&exec, &registry, Instant::now() + Duration::from_secs(5)).unwrap();
         assert_eq!(outcome, Outcome::Error("ENOENT".into()));
-        assert!(detail
-            .unwrap()
-            .starts_with("cannot run /nonexistent/netfault-program"));
+        assert!(detail.unwrap().starts_with("cannot run /nonexistent/netfault-program"));
         assert_eq!(registry.running(), 0);
     }
 }

@@ -45,8 +45,8 @@ pub use exec::{ProcessRegistry, PATTERN_FAILURE_PREFIX};
 use crate::clock::EventSink;
 use crate::error::{Error, Result};
 use crate::scenario::plan::{
-    Action, Errno, HostId, HostPlan, Plan, PollEvent, SendRepeat, SendUntil, SockOpt, SockOptName,
-    SockOptValue, StepEdge, StepPlan,
+    Action, Errno, HostId, HostPlan, Plan, PollEvent, SendRepeat, SendUntil, SockOpt, SockOptName, SockOptValue,
+    StepEdge, StepPlan,
 };
 use crate::timeline::{EventKind, Outcome};
 use exec::BackgroundLauncher;
@@ -76,50 +76,23 @@ pub struct ActorContext {
 /// (a thread that cannot be started, a `wait` on a step that does not exist).
 pub fn run_host(host: &HostPlan, ctx: ActorContext) -> Result<()> {
     if host.id != ctx.host {
-        return Err(Error::Internal(format!(
-            "actor of {} given the program of {}",
-            ctx.host, host.id
-        )));
+        return Err(Error::Internal(format!("actor of {} given the program of {}", ctx.host, host.id)));
     }
-    let mut actor = Actor {
-        ctx,
-        sockets: HostSockets::default(),
-        launcher: None,
-    };
+    let mut actor = Actor { ctx, sockets: HostSockets::default(), launcher: None };
     for step in &host.steps {
         if let Some((peer, listen)) = listen_to_await(&actor.ctx.plan, host.id, step) {
-            actor
-                .ctx
-                .board
-                .wait(peer, listen, StepEdge::Finished, actor.ctx.deadline);
+            actor.ctx.board.wait(peer, listen, StepEdge::Finished, actor.ctx.deadline);
         }
         if Instant::now() >= actor.ctx.deadline {
             break;
         }
         let label = step.label();
-        actor.ctx.sink.emit(
-            host.id,
-            EventKind::StepStart {
-                step: step.index,
-                label: label.clone(),
-            },
-        );
+        actor.ctx.sink.emit(host.id, EventKind::StepStart { step: step.index, label: label.clone() });
         actor.ctx.board.mark(host.id, step.index, StepEdge::Started);
         crate::selftest::panic_if_chosen(host.id, step);
         let (outcome, detail) = actor.run_step(step)?;
-        actor.ctx.sink.emit(
-            host.id,
-            EventKind::StepEnd {
-                step: step.index,
-                label,
-                outcome,
-                detail,
-            },
-        );
-        actor
-            .ctx
-            .board
-            .mark(host.id, step.index, StepEdge::Finished);
+        actor.ctx.sink.emit(host.id, EventKind::StepEnd { step: step.index, label, outcome, detail });
+        actor.ctx.board.mark(host.id, step.index, StepEdge::Finished);
     }
     drop(actor.sockets);
     Ok(())
@@ -142,9 +115,7 @@ fn listen_to_await(plan: &Plan, host: HostId, step: &StepPlan) -> Option<(HostId
     let mut bound = None;
     for peer_step in &plan.host(to).steps {
         match peer_step.action {
-            Action::Listen {
-                port: listen_port, ..
-            } if listen_port.or(bound) == Some(port) => {
+            Action::Listen { port: listen_port, .. } if listen_port.or(bound) == Some(port) => {
                 return Some((to, peer_step.index));
             }
             Action::Bind { port } => bound = Some(port),
@@ -192,11 +163,8 @@ fn socket_note(lookup: Lookup, name: Option<&str>) -> Option<String> {
 
 /// The names of the events set in `revents`, in `PollEvent::ALL` order, then `POLLNVAL`.
 fn poll_event_names(revents: i16) -> Vec<String> {
-    let mut names: Vec<String> = PollEvent::ALL
-        .into_iter()
-        .filter(|e| revents & e.bits() != 0)
-        .map(|e| e.name().to_string())
-        .collect();
+    let mut names: Vec<String> =
+        PollEvent::ALL.into_iter().filter(|e| revents & e.bits() != 0).map(|e| e.name().to_string()).collect();
     if revents & libc::POLLNVAL != 0 {
         names.push("POLLNVAL".into());
     }
@@ -225,27 +193,14 @@ impl Actor {
     fn run_step(&mut self, step: &StepPlan) -> Result<StepResult> {
         let named = step.socket.as_deref();
         Ok(match &step.action {
-            Action::Socket {
-                name,
-                options,
-                nonblocking,
-            } => self.socket(name.clone(), options, *nonblocking),
+            Action::Socket { name, options, nonblocking } => self.socket(name.clone(), options, *nonblocking),
             Action::SetOpt { options } => self.set_options(named, options),
             Action::Bind { port } => self.bind(named, *port),
             Action::Listen { port, backlog } => self.listen(named, *port, *backlog),
             Action::Accept { name } => self.accept(named, name.clone()),
-            Action::Connect {
-                to,
-                port,
-                nonblocking,
-            } => self.connect(named, *to, *port, *nonblocking),
+            Action::Connect { to, port, nonblocking } => self.connect(named, *to, *port, *nonblocking),
             Action::Poll { events, timeout } => self.poll(named, events, *timeout),
-            Action::Send {
-                bytes,
-                repeat,
-                every,
-                until,
-            } => self.send(named, *bytes, *repeat, *every, *until),
+            Action::Send { bytes, repeat, every, until } => self.send(named, *bytes, *repeat, *every, *until),
             Action::Recv { max, until_eof } => self.recv(named, *max, *until_eof),
             Action::Shutdown { how } => {
                 let lookup = self.sockets.lookup(named);
@@ -259,22 +214,13 @@ impl Actor {
                 if sleep_bounded(*duration, self.ctx.deadline) {
                     (Outcome::Ok, None)
                 } else {
-                    (
-                        Outcome::Unfinished,
-                        Some("the scenario deadline came first".into()),
-                    )
+                    (Outcome::Unfinished, Some("the scenario deadline came first".into()))
                 }
             }
             Action::GetOpt { option } => self.get_option(named, *option),
-            Action::Wait {
-                host,
-                step: name,
-                edge,
-            } => self.wait(*host, name, *edge)?,
+            Action::Wait { host, step: name, edge } => self.wait(*host, name, *edge)?,
             Action::Exec(plan) if plan.background => self.launcher()?.launch(plan)?,
-            Action::Exec(plan) => {
-                exec::run_foreground(plan, &self.ctx.processes, self.ctx.deadline)?
-            }
+            Action::Exec(plan) => exec::run_foreground(plan, &self.ctx.processes, self.ctx.deadline)?,
         })
     }
 
@@ -302,12 +248,7 @@ impl Actor {
         }
     }
 
-    fn socket(
-        &mut self,
-        name: Option<String>,
-        options: &[SockOpt],
-        nonblocking: bool,
-    ) -> StepResult {
+    fn socket(&mut self, name: Option<String>, options: &[SockOpt], nonblocking: bool) -> StepResult {
         match sockets::tcp_socket(nonblocking) {
             Ok(fd) => {
                 let fd = self.sockets.add(name, fd);
@@ -327,10 +268,9 @@ impl Actor {
         match sockopt::get(lookup.fd(), option) {
             Err(e) => failed(&e, socket_note(lookup, named)),
             Ok(SockOptValue::Int(0)) if option == SockOptName::SO_ERROR => (Outcome::Ok, None),
-            Ok(SockOptValue::Int(errno)) if option == SockOptName::SO_ERROR => (
-                Outcome::Error(Errno(errno).name()),
-                Some(format!("SO_ERROR {errno}")),
-            ),
+            Ok(SockOptValue::Int(errno)) if option == SockOptName::SO_ERROR => {
+                (Outcome::Error(Errno(errno).name()), Some(format!("SO_ERROR {errno}")))
+            }
             Ok(value) => (Outcome::Ok, Some(sockopt::describe_read(value))),
         }
     }
@@ -343,10 +283,7 @@ impl Actor {
         let addr = SocketAddrV4::new(self.ctx.own_address, port);
         match sockets::bind(lookup.fd(), addr) {
             Ok(()) => (Outcome::Ok, Some(format!("bound to {addr}"))),
-            Err(e) => failed(
-                &e,
-                join_detail([Some(format!("bind {addr}")), socket_note(lookup, named)]),
-            ),
+            Err(e) => failed(&e, join_detail([Some(format!("bind {addr}")), socket_note(lookup, named)])),
         }
     }
 
@@ -360,18 +297,9 @@ impl Actor {
         let fd = lookup.fd();
         let note = socket_note(lookup, named);
         if let Some(port) = port {
-            let reuse = SockOpt {
-                name: SockOptName::SO_REUSEADDR,
-                value: SockOptValue::Int(1),
-            };
+            let reuse = SockOpt { name: SockOptName::SO_REUSEADDR, value: SockOptValue::Int(1) };
             if let Err(e) = sockopt::set(fd, &reuse) {
-                return failed(
-                    &e,
-                    join_detail([
-                        Some(format!("setsockopt {}", sockopt::describe(&reuse))),
-                        note,
-                    ]),
-                );
+                return failed(&e, join_detail([Some(format!("setsockopt {}", sockopt::describe(&reuse))), note]));
             }
             let addr = SocketAddrV4::new(self.ctx.own_address, port);
             if let Err(e) = sockets::bind(fd, addr) {
@@ -380,15 +308,10 @@ impl Actor {
         }
         match sockets::listen(fd, backlog) {
             Ok(()) => {
-                let local = sockets::local_addr(fd)
-                    .map(|a| format!("listening on {a}"))
-                    .ok();
+                let local = sockets::local_addr(fd).map(|a| format!("listening on {a}")).ok();
                 (Outcome::Ok, local)
             }
-            Err(e) => failed(
-                &e,
-                join_detail([Some(format!("listen backlog {backlog}")), note]),
-            ),
+            Err(e) => failed(&e, join_detail([Some(format!("listen backlog {backlog}")), note])),
         }
     }
 
@@ -403,22 +326,12 @@ impl Actor {
         }
     }
 
-    fn connect(
-        &mut self,
-        named: Option<&str>,
-        to: HostId,
-        port: u16,
-        nonblocking: bool,
-    ) -> StepResult {
+    fn connect(&mut self, named: Option<&str>, to: HostId, port: u16, nonblocking: bool) -> StepResult {
         let lookup = match self.socket_or_create(named) {
             Ok(lookup) => lookup,
             Err(result) => return result,
         };
-        let address = if to == self.ctx.host {
-            self.ctx.own_address
-        } else {
-            self.ctx.peer_address
-        };
+        let address = if to == self.ctx.host { self.ctx.own_address } else { self.ctx.peer_address };
         let target = SocketAddrV4::new(address, port);
         let result = sockets::connect(lookup.fd(), target, nonblocking);
         let route = match sockets::local_addr(lookup.fd()) {
@@ -434,20 +347,14 @@ impl Actor {
     fn poll(&self, named: Option<&str>, events: &[PollEvent], timeout: Duration) -> StepResult {
         let lookup = self.sockets.lookup(named);
         let Lookup::Open(fd) = lookup else {
-            return (
-                Outcome::Events(vec!["POLLNVAL".into()]),
-                socket_note(lookup, named),
-            );
+            return (Outcome::Events(vec!["POLLNVAL".into()]), socket_note(lookup, named));
         };
         let bits = events.iter().fold(0, |acc, e| acc | e.bits());
         let left = self.ctx.deadline.saturating_duration_since(Instant::now());
         let cut = left < timeout;
         match sockets::poll(fd, bits, timeout.min(left)) {
             Ok(Some(revents)) => (Outcome::Events(poll_event_names(revents)), None),
-            Ok(None) if cut => (
-                Outcome::Unfinished,
-                Some("the scenario deadline came first".into()),
-            ),
+            Ok(None) if cut => (Outcome::Unfinished, Some("the scenario deadline came first".into())),
             Ok(None) => (Outcome::Timeout, None),
             Err(e) => failed(&e, None),
         }
@@ -466,12 +373,7 @@ impl Actor {
         let fd = lookup.fd();
         let chunk = send_pattern(bytes);
         let would_block_ends = until == Some(SendUntil::WouldBlock);
-        let flags = libc::MSG_NOSIGNAL
-            | if would_block_ends {
-                libc::MSG_DONTWAIT
-            } else {
-                0
-            };
+        let flags = libc::MSG_NOSIGNAL | if would_block_ends { libc::MSG_DONTWAIT } else { 0 };
         let mut total: u64 = 0;
         let mut sends: u32 = 0;
         loop {
@@ -493,10 +395,7 @@ impl Actor {
             match send_all(fd, &chunk, flags, &mut total) {
                 Ok(()) => sends += 1,
                 Err(e) if would_block_ends && e.raw_os_error() == Some(libc::EAGAIN) => {
-                    return (
-                        Outcome::Bytes(total),
-                        Some(format!("would block after {sends} full sends")),
-                    );
+                    return (Outcome::Bytes(total), Some(format!("would block after {sends} full sends")));
                 }
                 Err(e) => {
                     let before = Some(format!("{sends} sends ok before ({total} bytes)"));
@@ -520,10 +419,7 @@ impl Actor {
         let mut total: u64 = 0;
         loop {
             if Instant::now() >= self.ctx.deadline {
-                return (
-                    Outcome::Unfinished,
-                    Some(format!("{total} bytes before the scenario deadline")),
-                );
+                return (Outcome::Unfinished, Some(format!("{total} bytes before the scenario deadline")));
             }
             match sockets::recv(fd, &mut buf) {
                 Ok(0) => return (Outcome::Eof, Some(format!("{total} bytes before EOF"))),
@@ -554,37 +450,21 @@ impl Actor {
             .plan
             .step(host, name)
             .map(|step| step.index)
-            .ok_or_else(|| {
-                Error::Internal(format!(
-                    "wait for {host}.{name}: {host} has no step named {name}"
-                ))
-            })?;
-        Ok(
-            if self.ctx.board.wait(host, index, edge, self.ctx.deadline) {
-                (Outcome::Ok, None)
-            } else {
-                let edge = match edge {
-                    StepEdge::Started => "started",
-                    StepEdge::Finished => "finished",
-                };
-                (
-                    Outcome::Unfinished,
-                    Some(format!(
-                        "{host}.{name} had not {edge} by the end of the run"
-                    )),
-                )
-            },
-        )
+            .ok_or_else(|| Error::Internal(format!("wait for {host}.{name}: {host} has no step named {name}")))?;
+        Ok(if self.ctx.board.wait(host, index, edge, self.ctx.deadline) {
+            (Outcome::Ok, None)
+        } else {
+            let edge = match edge {
+                StepEdge::Started => "started",
+                StepEdge::Finished => "finished",
+            };
+            (Outcome::Unfinished, Some(format!("{host}.{name} had not {edge} by the end of the run")))
+        })
     }
 }
 
 fn deadline_during_sends(sends: u32, total: u64) -> StepResult {
-    (
-        Outcome::Unfinished,
-        Some(format!(
-            "{sends} sends ok ({total} bytes) when the scenario deadline came"
-        )),
-    )
+    (Outcome::Unfinished, Some(format!("{sends} sends ok ({total} bytes) when the scenario deadline came")))
 }
 
 /// Sends all of `chunk`, adding what the kernel took to `total` even when a later part fails.
@@ -607,13 +487,7 @@ fn send_all(fd: RawFd, chunk: &[u8], flags: libc::c_int, total: &mut u64) -> io:
 fn apply_options(fd: RawFd, options: &[SockOpt], note: Option<String>) -> StepResult {
     for option in options {
         if let Err(e) = sockopt::set(fd, option) {
-            return failed(
-                &e,
-                join_detail([
-                    Some(format!("setsockopt {}", sockopt::describe(option))),
-                    note,
-                ]),
-            );
+            return failed(&e, join_detail([Some(format!("setsockopt {}", sockopt::describe(option))), note]));
         }
     }
     (Outcome::Ok, note)

@@ -53,10 +53,7 @@ impl HostSockets {
     /// The named socket (the last one given that name), or the current one.
     pub fn lookup(&self, name: Option<&str>) -> Lookup {
         let index = match name {
-            Some(name) => self
-                .entries
-                .iter()
-                .rposition(|e| e.name.as_deref() == Some(name)),
+            Some(name) => self.entries.iter().rposition(|e| e.name.as_deref() == Some(name)),
             None => self.current,
         };
         match index.map(|i| &self.entries[i]) {
@@ -77,10 +74,7 @@ impl HostSockets {
     /// Takes the named (or current) socket out for closing; it stays known as closed.
     pub fn take(&mut self, name: Option<&str>) -> Option<OwnedFd> {
         let index = match name {
-            Some(name) => self
-                .entries
-                .iter()
-                .rposition(|e| e.name.as_deref() == Some(name)),
+            Some(name) => self.entries.iter().rposition(|e| e.name.as_deref() == Some(name)),
             None => self.current,
         }?;
         self.entries[index].fd.take()
@@ -103,18 +97,13 @@ fn sockaddr(addr: SocketAddrV4) -> libc::sockaddr_in {
     libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: addr.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(*addr.ip()).to_be(),
-        },
+        sin_addr: libc::in_addr { s_addr: u32::from(*addr.ip()).to_be() },
         sin_zero: [0; 8],
     }
 }
 
 fn from_sockaddr(raw: &libc::sockaddr_in) -> SocketAddrV4 {
-    SocketAddrV4::new(
-        Ipv4Addr::from(u32::from_be(raw.sin_addr.s_addr)),
-        u16::from_be(raw.sin_port),
-    )
+    SocketAddrV4::new(Ipv4Addr::from(u32::from_be(raw.sin_addr.s_addr)), u16::from_be(raw.sin_port))
 }
 
 const SOCKADDR_IN_LEN: libc::socklen_t = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
@@ -125,8 +114,7 @@ fn empty_sockaddr() -> libc::sockaddr_in {
 
 /// `socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC [| SOCK_NONBLOCK], 0)`.
 pub fn tcp_socket(nonblocking: bool) -> io::Result<OwnedFd> {
-    let flags =
-        libc::SOCK_STREAM | libc::SOCK_CLOEXEC | if nonblocking { libc::SOCK_NONBLOCK } else { 0 };
+    let flags = libc::SOCK_STREAM | libc::SOCK_CLOEXEC | if nonblocking { libc::SOCK_NONBLOCK } else { 0 };
     // SAFETY: plain system call; a non-negative result is a new descriptor owned by no one else.
     let fd = check(unsafe { libc::socket(libc::AF_INET, flags, 0) })?;
     // SAFETY: `fd` was just returned by socket(2).
@@ -137,14 +125,7 @@ pub fn tcp_socket(nonblocking: bool) -> io::Result<OwnedFd> {
 pub fn bind(fd: RawFd, addr: SocketAddrV4) -> io::Result<()> {
     let raw = sockaddr(addr);
     // SAFETY: `raw` is a valid sockaddr_in of the length passed.
-    check(unsafe {
-        libc::bind(
-            fd,
-            (&raw as *const libc::sockaddr_in).cast(),
-            SOCKADDR_IN_LEN,
-        )
-    })
-    .map(drop)
+    check(unsafe { libc::bind(fd, (&raw as *const libc::sockaddr_in).cast(), SOCKADDR_IN_LEN) }).map(drop)
 }
 
 /// `listen(fd, backlog)`.
@@ -160,18 +141,10 @@ pub fn accept(fd: RawFd) -> io::Result<(OwnedFd, SocketAddrV4)> {
     let mut len = SOCKADDR_IN_LEN;
     // SAFETY: `peer` is a writable sockaddr_in and `len` its size.
     let new_fd = check(unsafe {
-        libc::accept4(
-            fd,
-            (&mut peer as *mut libc::sockaddr_in).cast(),
-            &mut len,
-            libc::SOCK_CLOEXEC,
-        )
+        libc::accept4(fd, (&mut peer as *mut libc::sockaddr_in).cast(), &mut len, libc::SOCK_CLOEXEC)
     })?;
     // SAFETY: `new_fd` was just returned by accept4(2).
-    Ok((
-        unsafe { OwnedFd::from_raw_fd(new_fd) },
-        from_sockaddr(&peer),
-    ))
+    Ok((unsafe { OwnedFd::from_raw_fd(new_fd) }, from_sockaddr(&peer)))
 }
 
 /// `connect(fd, addr)`. With `nonblocking`, O_NONBLOCK is set just for this call (so it returns EINPROGRESS
@@ -181,14 +154,7 @@ pub fn connect(fd: RawFd, addr: SocketAddrV4, nonblocking: bool) -> io::Result<(
     let raw = sockaddr(addr);
     let call = || {
         // SAFETY: `raw` is a valid sockaddr_in of the length passed.
-        check(unsafe {
-            libc::connect(
-                fd,
-                (&raw as *const libc::sockaddr_in).cast(),
-                SOCKADDR_IN_LEN,
-            )
-        })
-        .map(drop)
+        check(unsafe { libc::connect(fd, (&raw as *const libc::sockaddr_in).cast(), SOCKADDR_IN_LEN) }).map(drop)
     };
     if !nonblocking {
         return call();
@@ -219,9 +185,7 @@ pub fn local_addr(fd: RawFd) -> io::Result<SocketAddrV4> {
     let mut local = empty_sockaddr();
     let mut len = SOCKADDR_IN_LEN;
     // SAFETY: `local` is a writable sockaddr_in and `len` its size.
-    check(unsafe {
-        libc::getsockname(fd, (&mut local as *mut libc::sockaddr_in).cast(), &mut len)
-    })?;
+    check(unsafe { libc::getsockname(fd, (&mut local as *mut libc::sockaddr_in).cast(), &mut len) })?;
     Ok(from_sockaddr(&local))
 }
 
@@ -263,13 +227,8 @@ pub fn close_no_socket() -> io::Result<()> {
 
 /// `poll([{fd, events}], 1, timeout)`: the returned events, or `None` on timeout.
 pub fn poll(fd: RawFd, events: i16, timeout: Duration) -> io::Result<Option<i16>> {
-    let mut pollfd = libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    };
-    let millis =
-        libc::c_int::try_from(timeout.as_nanos().div_ceil(1_000_000)).unwrap_or(libc::c_int::MAX);
+    let mut pollfd = libc::pollfd { fd, events, revents: 0 };
+    let millis = libc::c_int::try_from(timeout.as_nanos().div_ceil(1_000_000)).unwrap_or(libc::c_int::MAX);
     // SAFETY: `pollfd` is one valid, writable pollfd.
     let ready = check(unsafe { libc::poll(&mut pollfd, 1, millis) })?;
     Ok((ready > 0).then_some(pollfd.revents))
@@ -297,10 +256,7 @@ mod tests {
                 assert_eq!(sockets.lookup(Some("a")), Lookup::Closed);
                 assert!(sockets.take(Some("a")).is_none());
                 assert_eq!(sockets.lookup(None), Lookup::Open(second));
-                assert_eq!(
-                    send(NO_SOCKET, b"x", 0).unwrap_err().raw_os_error(),
-                    Some(libc::EBADF)
-                );
+                assert_eq!(send(NO_SOCKET, b"x", 0).unwrap_err().raw_os_error(), Some(libc::EBADF));
                 Ok(())
             })
             .unwrap();
@@ -320,10 +276,7 @@ mod tests {
                 assert_eq!(fcntl_getfl(fd).unwrap() & libc::O_NONBLOCK, 0);
                 let nonblocking = tcp_socket(true).unwrap();
                 let _ = connect(nonblocking.as_raw_fd(), target, true);
-                assert_ne!(
-                    fcntl_getfl(nonblocking.as_raw_fd()).unwrap() & libc::O_NONBLOCK,
-                    0
-                );
+                assert_ne!(fcntl_getfl(nonblocking.as_raw_fd()).unwrap() & libc::O_NONBLOCK, 0);
                 Ok(())
             })
             .unwrap();
@@ -337,8 +290,7 @@ mod tests {
                 let socket = tcp_socket(false).unwrap();
                 let start = std::time::Instant::now();
                 // An unconnected TCP socket (state CLOSE) reports POLLHUP at once, whatever the timeout.
-                let revents =
-                    poll(socket.as_raw_fd(), libc::POLLIN, Duration::from_secs(5)).unwrap();
+                let revents = poll(socket.as_raw_fd(), libc::POLLIN, Duration::from_secs(5)).unwrap();
                 assert_eq!(revents, Some(libc::POLLHUP));
                 assert!(start.elapsed() < Duration::from_secs(1));
                 Ok(())

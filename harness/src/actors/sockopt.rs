@@ -47,11 +47,7 @@ pub fn spec(name: SockOptName) -> OptionSpec {
         TCP_QUICKACK => (libc::IPPROTO_TCP, libc::TCP_QUICKACK, ValueKind::Int),
         TCP_NOTSENT_LOWAT => (libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT, ValueKind::Int),
     };
-    OptionSpec {
-        level,
-        optname,
-        kind,
-    }
+    OptionSpec { level, optname, kind }
 }
 
 /// `name=value` as a step's detail shows it, e.g. `TCP_KEEPIDLE=5` or `SO_LINGER={on,0}`.
@@ -76,10 +72,7 @@ pub fn set(fd: RawFd, option: &SockOpt) -> io::Result<()> {
     let rc = match option.value {
         SockOptValue::Int(value) => raw_set(fd, spec, &value),
         SockOptValue::Linger { on, seconds } => {
-            let linger = libc::linger {
-                l_onoff: libc::c_int::from(on),
-                l_linger: seconds,
-            };
+            let linger = libc::linger { l_onoff: libc::c_int::from(on), l_linger: seconds };
             raw_set(fd, spec, &linger)
         }
     };
@@ -108,18 +101,8 @@ pub fn get(fd: RawFd, name: SockOptName) -> io::Result<SockOptValue> {
     let spec = spec(name);
     match spec.kind {
         ValueKind::Int => raw_get::<libc::c_int>(fd, spec, 0).map(SockOptValue::Int),
-        ValueKind::Linger => raw_get(
-            fd,
-            spec,
-            libc::linger {
-                l_onoff: 0,
-                l_linger: 0,
-            },
-        )
-        .map(|l| SockOptValue::Linger {
-            on: l.l_onoff != 0,
-            seconds: l.l_linger,
-        }),
+        ValueKind::Linger => raw_get(fd, spec, libc::linger { l_onoff: 0, l_linger: 0 })
+            .map(|l| SockOptValue::Linger { on: l.l_onoff != 0, seconds: l.l_linger }),
     }
 }
 
@@ -127,13 +110,7 @@ fn raw_get<T: Copy>(fd: RawFd, spec: OptionSpec, mut value: T) -> io::Result<T> 
     let mut len = mem::size_of::<T>() as libc::socklen_t;
     // SAFETY: `value` is a live `T` and `len` tells the kernel its size.
     let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            spec.level,
-            spec.optname,
-            (&mut value as *mut T).cast::<libc::c_void>(),
-            &mut len,
-        )
+        libc::getsockopt(fd, spec.level, spec.optname, (&mut value as *mut T).cast::<libc::c_void>(), &mut len)
     };
     if rc == 0 {
         Ok(value)
@@ -163,9 +140,7 @@ mod tests {
         let netns = Netns::new_anonymous().unwrap();
         netns
             .run(|| {
-                let fd = unsafe {
-                    libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0)
-                };
+                let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
                 assert!(fd >= 0, "socket: {}", io::Error::last_os_error());
                 let socket = unsafe { OwnedFd::from_raw_fd(fd) };
                 f(socket.as_raw_fd());
@@ -198,11 +173,7 @@ mod tests {
             TCP_NOTSENT_LOWAT,
         ];
         for name in all {
-            let expected = if format!("{name:?}").starts_with("SO_") {
-                libc::SOL_SOCKET
-            } else {
-                libc::IPPROTO_TCP
-            };
+            let expected = if format!("{name:?}").starts_with("SO_") { libc::SOL_SOCKET } else { libc::IPPROTO_TCP };
             assert_eq!(spec(name).level, expected, "{name:?}");
         }
         assert_eq!(spec(SO_LINGER).kind, ValueKind::Linger);
@@ -214,88 +185,35 @@ mod tests {
     fn values_set_are_read_back() {
         with_tcp_socket(|fd| {
             let options = [
-                SockOpt {
-                    name: SockOptName::TCP_KEEPIDLE,
-                    value: SockOptValue::Int(7),
-                },
-                SockOpt {
-                    name: SockOptName::TCP_USER_TIMEOUT,
-                    value: SockOptValue::Int(2500),
-                },
-                SockOpt {
-                    name: SockOptName::SO_LINGER,
-                    value: SockOptValue::Linger {
-                        on: true,
-                        seconds: 3,
-                    },
-                },
-                SockOpt {
-                    name: SockOptName::TCP_NODELAY,
-                    value: SockOptValue::Int(1),
-                },
+                SockOpt { name: SockOptName::TCP_KEEPIDLE, value: SockOptValue::Int(7) },
+                SockOpt { name: SockOptName::TCP_USER_TIMEOUT, value: SockOptValue::Int(2500) },
+                SockOpt { name: SockOptName::SO_LINGER, value: SockOptValue::Linger { on: true, seconds: 3 } },
+                SockOpt { name: SockOptName::TCP_NODELAY, value: SockOptValue::Int(1) },
             ];
             for option in &options {
                 set(fd, option).unwrap();
-                assert_eq!(
-                    get(fd, option.name).unwrap(),
-                    option.value,
-                    "{}",
-                    describe(option)
-                );
+                assert_eq!(get(fd, option.name).unwrap(), option.value, "{}", describe(option));
             }
-            assert_eq!(
-                get(fd, SockOptName::SO_ERROR).unwrap(),
-                SockOptValue::Int(0)
-            );
+            assert_eq!(get(fd, SockOptName::SO_ERROR).unwrap(), SockOptValue::Int(0));
         });
     }
 
     #[test]
     fn kernel_refusals_come_back_as_errno() {
         with_tcp_socket(|fd| {
-            let zero_idle = SockOpt {
-                name: SockOptName::TCP_KEEPIDLE,
-                value: SockOptValue::Int(0),
-            };
-            assert_eq!(
-                set(fd, &zero_idle).unwrap_err().raw_os_error(),
-                Some(libc::EINVAL)
-            );
-            let read_only = SockOpt {
-                name: SockOptName::SO_ERROR,
-                value: SockOptValue::Int(0),
-            };
-            assert_eq!(
-                set(fd, &read_only).unwrap_err().raw_os_error(),
-                Some(libc::ENOPROTOOPT)
-            );
+            let zero_idle = SockOpt { name: SockOptName::TCP_KEEPIDLE, value: SockOptValue::Int(0) };
+            assert_eq!(set(fd, &zero_idle).unwrap_err().raw_os_error(), Some(libc::EINVAL));
+            let read_only = SockOpt { name: SockOptName::SO_ERROR, value: SockOptValue::Int(0) };
+            assert_eq!(set(fd, &read_only).unwrap_err().raw_os_error(), Some(libc::ENOPROTOOPT));
         });
     }
 
     #[test]
     fn descriptions() {
-        let linger = SockOpt {
-            name: SockOptName::SO_LINGER,
-            value: SockOptValue::Linger {
-                on: true,
-                seconds: 0,
-            },
-        };
+        let linger = SockOpt { name: SockOptName::SO_LINGER, value: SockOptValue::Linger { on: true, seconds: 0 } };
         assert_eq!(describe(&linger), "SO_LINGER={on,0}");
         assert_eq!(describe_read(SockOptValue::Int(5)), "value 5");
-        assert_eq!(
-            describe_read(SockOptValue::Linger {
-                on: true,
-                seconds: 3
-            }),
-            "on, 3 s"
-        );
-        assert_eq!(
-            describe_read(SockOptValue::Linger {
-                on: false,
-                seconds: 9
-            }),
-            "off"
-        );
+        assert_eq!(describe_read(SockOptValue::Linger { on: true, seconds: 3 }), "on, 3 s");
+        assert_eq!(describe_read(SockOptValue::Linger { on: false, seconds: 9 }), "off");
     }
 }

@@ -52,12 +52,8 @@ enum Arrangement {
 }
 
 impl Arrangement {
-    const ALL: [Arrangement; 4] = [
-        Arrangement::None,
-        Arrangement::Netfault,
-        Arrangement::Tcpdump,
-        Arrangement::TcpdumpLargeBuffer,
-    ];
+    const ALL: [Arrangement; 4] =
+        [Arrangement::None, Arrangement::Netfault, Arrangement::Tcpdump, Arrangement::TcpdumpLargeBuffer];
 
     fn label(self) -> &'static str {
         match self {
@@ -103,14 +99,7 @@ pub fn bench_capture(options: &CaptureOptions) -> Result<Report> {
             if interrupted() {
                 break 'runs;
             }
-            rounds.push(round(
-                run,
-                arrangement,
-                &namespaces,
-                &topology,
-                options.bytes,
-                scratch.path(),
-            )?);
+            rounds.push(round(run, arrangement, &namespaces, &topology, options.bytes, scratch.path())?);
         }
     }
 
@@ -122,16 +111,9 @@ pub fn bench_capture(options: &CaptureOptions) -> Result<Report> {
     for arrangement in &Arrangement::ALL[1..] {
         for (end, host) in HostId::ALL.iter().enumerate() {
             let lost: Vec<f64> = of(*arrangement)
-                .filter_map(|r| {
-                    r.ends
-                        .map(|ends| ends[end].interface_packets as f64 - ends[end].in_pcap as f64)
-                })
+                .filter_map(|r| r.ends.map(|ends| ends[end].interface_packets as f64 - ends[end].in_pcap as f64))
                 .collect();
-            report.row(
-                format!("frames missing from pcap, {host}, {}", arrangement.label()),
-                "pkts",
-                &lost,
-            );
+            report.row(format!("frames missing from pcap, {host}, {}", arrangement.label()), "pkts", &lost);
         }
     }
     for round in &rounds {
@@ -157,11 +139,7 @@ pub fn bench_capture(options: &CaptureOptions) -> Result<Report> {
             .map(|end| end.interface_packets.saturating_sub(end.in_pcap))
             .sum()
     };
-    let (none, ours, theirs) = (
-        median(Arrangement::None),
-        median(Arrangement::Netfault),
-        median(Arrangement::Tcpdump),
-    );
+    let (none, ours, theirs) = (median(Arrangement::None), median(Arrangement::Netfault), median(Arrangement::Tcpdump));
     report.compare(Comparison {
         what: "frames lost by the capture over all rounds (both ends)".into(),
         netfault: missing(Arrangement::Netfault).to_string(),
@@ -176,10 +154,7 @@ pub fn bench_capture(options: &CaptureOptions) -> Result<Report> {
     });
     report.compare(Comparison {
         what: "throughput with capture on both ends (median)".into(),
-        netfault: format!(
-            "{ours:.2} Gb/s ({:.0}% of {none:.2} without capture)",
-            ours / none * 100.0
-        ),
+        netfault: format!("{ours:.2} Gb/s ({:.0}% of {none:.2} without capture)", ours / none * 100.0),
         alternative: format!("{theirs:.2} Gb/s with tcpdump ({:.0}%)", theirs / none * 100.0),
         ratio: Some(ours / theirs),
         target: "netfault / tcpdump >= 1".into(),
@@ -217,13 +192,7 @@ fn round(
             let mut captures = Vec::with_capacity(2);
             for host in HostId::ALL {
                 let ifindex = topology.link(host).ifindex;
-                captures.push(Capture::start(
-                    &ns[host.index()],
-                    host,
-                    ifindex,
-                    &pcaps[host.index()],
-                    sink.clone(),
-                )?);
+                captures.push(Capture::start(&ns[host.index()], host, ifindex, &pcaps[host.index()], sink.clone())?);
             }
             drop(sink);
             let before = interface_frames(ns)?;
@@ -250,12 +219,7 @@ fn round(
                 } else {
                     &[]
                 };
-                tcpdumps.push(Tcpdump::start_with(
-                    &["nsenter", &net],
-                    buffer,
-                    LINK_NAME,
-                    &pcaps[host.index()],
-                )?);
+                tcpdumps.push(Tcpdump::start_with(&["nsenter", &net], buffer, LINK_NAME, &pcaps[host.index()])?);
             }
             let before = interface_frames(ns)?;
             let seconds = transfer(ns, topology, bytes)?;
@@ -327,15 +291,8 @@ fn interface_frames(ns: &[Netns; 2]) -> Result<[u64; 2]> {
 
 /// rx packets + tx packets of `ifname` in a /proc/net/dev text.
 fn rx_tx_packets(text: &str, ifname: &str) -> Option<u64> {
-    let line = text
-        .lines()
-        .find(|l| l.trim_start().starts_with(&format!("{ifname}:")))?;
-    let fields: Vec<u64> = line
-        .split_once(':')?
-        .1
-        .split_whitespace()
-        .filter_map(|f| f.parse().ok())
-        .collect();
+    let line = text.lines().find(|l| l.trim_start().starts_with(&format!("{ifname}:")))?;
+    let fields: Vec<u64> = line.split_once(':')?.1.split_whitespace().filter_map(|f| f.parse().ok()).collect();
     Some(fields.get(1)? + fields.get(9)?)
 }
 
@@ -359,15 +316,11 @@ fn transfer(ns: &[Netns; 2], topology: &Topology, bytes: u64) -> Result<f64> {
         .run(|| TcpListener::bind(server_address).context(|| format!("listen on {server_address} in server")))?;
     let receiver = thread::spawn(move || -> Result<(u64, Instant)> {
         let mut stream = accept_bounded(&listener)?;
-        stream
-            .set_read_timeout(Some(IO_TIMEOUT))
-            .context(|| "set SO_RCVTIMEO".into())?;
+        stream.set_read_timeout(Some(IO_TIMEOUT)).context(|| "set SO_RCVTIMEO".into())?;
         let mut buffer = vec![0u8; CHUNK];
         let mut received = 0u64;
         loop {
-            let n = stream
-                .read(&mut buffer)
-                .context(|| "receive the bulk transfer in server".into())?;
+            let n = stream.read(&mut buffer).context(|| "receive the bulk transfer in server".into())?;
             if n == 0 {
                 return Ok((received, Instant::now()));
             }
@@ -378,29 +331,19 @@ fn transfer(ns: &[Netns; 2], topology: &Topology, bytes: u64) -> Result<f64> {
     let sender = ns[HostId::Client.index()].spawn("bulk-client", move || -> Result<()> {
         let mut stream = TcpStream::connect_timeout(&server_address.into(), IO_TIMEOUT)
             .context(|| format!("connect to {server_address} from client"))?;
-        stream
-            .set_write_timeout(Some(IO_TIMEOUT))
-            .context(|| "set SO_SNDTIMEO".into())?;
+        stream.set_write_timeout(Some(IO_TIMEOUT)).context(|| "set SO_SNDTIMEO".into())?;
         let chunk = vec![0x5au8; CHUNK];
         let mut left = bytes;
         while left > 0 {
             let n = left.min(CHUNK as u64) as usize;
-            stream
-                .write_all(&chunk[..n])
-                .context(|| "send the bulk transfer from client".into())?;
+            stream.write_all(&chunk[..n]).context(|| "send the bulk transfer from client".into())?;
             left -= n as u64;
         }
-        stream
-            .shutdown(Shutdown::Write)
-            .context(|| "shutdown(SHUT_WR) in client".into())?;
+        stream.shutdown(Shutdown::Write).context(|| "shutdown(SHUT_WR) in client".into())?;
         Ok(())
     })?;
-    let sent = sender
-        .join()
-        .map_err(|_| Error::Internal("bulk client thread panicked".into()))?;
-    let received = receiver
-        .join()
-        .map_err(|_| Error::Internal("bulk server thread panicked".into()))?;
+    let sent = sender.join().map_err(|_| Error::Internal("bulk client thread panicked".into()))?;
+    let received = receiver.join().map_err(|_| Error::Internal("bulk server thread panicked".into()))?;
     sent?;
     let (received, finished) = received?;
     if received != bytes {

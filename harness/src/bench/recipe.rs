@@ -38,9 +38,7 @@ pub fn run(program: &str, args: &[&str]) -> Result<()> {
     match status {
         Some(status) if status.success() => Ok(()),
         Some(status) => Err(Error::Internal(format!("{line}: {status}: {}", stderr.trim()))),
-        None => Err(Error::Internal(format!(
-            "{line}: still running after {COMMAND_TIMEOUT:?}: killed"
-        ))),
+        None => Err(Error::Internal(format!("{line}: still running after {COMMAND_TIMEOUT:?}: killed"))),
     }
 }
 
@@ -95,9 +93,7 @@ pub fn remove_stale_namespaces() -> Result<()> {
         let Some(pid) = name.strip_prefix(NAME_PREFIX).and_then(|rest| rest.split('-').next()) else {
             continue;
         };
-        let alive = pid
-            .parse::<u32>()
-            .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        let alive = pid.parse::<u32>().is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
         if !alive {
             run("ip", &["netns", "del", &name])?;
         }
@@ -178,18 +174,11 @@ impl Tcpdump {
                 }
             });
         }
-        let tcpdump = Tcpdump {
-            command,
-            child: Some(child),
-            lines,
-        };
+        let tcpdump = Tcpdump { command, child: Some(child), lines };
         let deadline = Instant::now() + TCPDUMP_TIMEOUT;
         let mut seen = Vec::new();
         loop {
-            match tcpdump
-                .lines
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
+            match tcpdump.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(line) if line.contains("listening on") => return Ok(tcpdump),
                 Ok(line) => seen.push(line),
                 Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -200,11 +189,7 @@ impl Tcpdump {
                     )))
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(Error::Internal(format!(
-                        "{} exited: {}",
-                        tcpdump.command,
-                        seen.join(" | ")
-                    )))
+                    return Err(Error::Internal(format!("{} exited: {}", tcpdump.command, seen.join(" | "))))
                 }
             }
         }
@@ -212,15 +197,10 @@ impl Tcpdump {
 
     /// `kill -TERM` and wait (bounded) until tcpdump has written out its pcap and exited; its counts.
     pub fn stop(mut self) -> Result<TcpdumpStats> {
-        let mut child = self
-            .child
-            .take()
-            .ok_or_else(|| Error::Internal(format!("{} already stopped", self.command)))?;
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .context(|| format!("kill -TERM {}", self.command))?;
+        let mut child =
+            self.child.take().ok_or_else(|| Error::Internal(format!("{} already stopped", self.command)))?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM)
+            .context(|| format!("kill -TERM {}", self.command))?;
         let status = wait_with_timeout(&mut child, TCPDUMP_TIMEOUT)?;
         if status.is_none() {
             return Err(Error::Internal(format!(
@@ -261,14 +241,7 @@ mod tests {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        assert_eq!(
-            TcpdumpStats::parse(&lines),
-            TcpdumpStats {
-                captured: 1455,
-                received: 1460,
-                dropped: 5
-            }
-        );
+        assert_eq!(TcpdumpStats::parse(&lines), TcpdumpStats { captured: 1455, received: 1460, dropped: 5 });
         let one = vec!["1 packet captured".to_string()];
         assert_eq!(TcpdumpStats::parse(&one).captured, 1);
     }
@@ -276,10 +249,7 @@ mod tests {
     #[test]
     fn a_failing_command_reports_its_stderr() {
         let err = run("ls", &["/no-such-file-nfbench"]).unwrap_err();
-        assert!(
-            err.to_string().contains("ls /no-such-file-nfbench: exit status: 2"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("ls /no-such-file-nfbench: exit status: 2"), "{err}");
         assert!(err.to_string().contains("No such file"), "{err}");
     }
 }

@@ -19,9 +19,9 @@ use crate::firewall::Firewall;
 use crate::netns::Netns;
 use crate::observe::Observer;
 use crate::report::Status;
-use crate::supervise::Supervisor;
 use crate::runner::{self, Job};
 use crate::scenario::plan::{HostId, Plan};
+use crate::supervise::Supervisor;
 use crate::topology;
 
 /// What `netfault bench setup` repeats.
@@ -64,10 +64,7 @@ const RECIPE_SETUP: [&str; 5] = [
     "recipe setup: nft -f (table, chain, rule)",
     "recipe setup: tcpdump -w x2 until listening",
 ];
-const RECIPE_TEARDOWN: [&str; 2] = [
-    "recipe teardown: kill tcpdump x2, wait",
-    "recipe teardown: ip netns del x2",
-];
+const RECIPE_TEARDOWN: [&str; 2] = ["recipe teardown: kill tcpdump x2, wait", "recipe teardown: ip netns del x2"];
 
 /// The rule set the recipe loads: the same fault as the fixture's, switched on.
 const RECIPE_NFT: &str = "\
@@ -144,28 +141,13 @@ pub fn bench_setup(options: &SetupOptions) -> Result<Report> {
     }
     let child = child_process_cost(scratch.path(), options.repetitions.min(100))?;
 
-    add_phase_rows(
-        &mut report,
-        &engine,
-        &ENGINE_SETUP,
-        &ENGINE_TEARDOWN,
-        "netfault (engine)",
-    );
-    add_phase_rows(
-        &mut report,
-        &netfault,
-        &NETFAULT_SETUP,
-        &NETFAULT_TEARDOWN,
-        "one phase at a time",
-    );
+    add_phase_rows(&mut report, &engine, &ENGINE_SETUP, &ENGINE_TEARDOWN, "netfault (engine)");
+    add_phase_rows(&mut report, &netfault, &NETFAULT_SETUP, &NETFAULT_TEARDOWN, "one phase at a time");
     report.row("reference: setsockopt(PACKET_RX_RING), 1 block", "ms", &grace_periods);
     report.row("reference: packet socket + bind, no ring", "ms", &plain_sockets);
     add_phase_rows(&mut report, &shell, &RECIPE_SETUP, &RECIPE_TEARDOWN, "recipe");
     let total = |phases: &[Phases]| -> Vec<f64> {
-        phases
-            .iter()
-            .map(|p| millis(p.setup_total() + p.teardown_total()))
-            .collect()
+        phases.iter().map(|p| millis(p.setup_total() + p.teardown_total())).collect()
     };
     let veth_part =
         |phases: &[Phases]| -> Vec<f64> { phases.iter().map(|p| millis(p.setup[..3].iter().sum())).collect() };
@@ -182,10 +164,8 @@ pub fn bench_setup(options: &SetupOptions) -> Result<Report> {
             met: ours.median <= TARGET_TOTAL_MS && ratio >= TARGET_SPEEDUP,
         });
     }
-    if let (Some(ours), Some(theirs)) = (
-        Distribution::of(&veth_part(&netfault)),
-        Distribution::of(&veth_part(&shell)),
-    ) {
+    if let (Some(ours), Some(theirs)) = (Distribution::of(&veth_part(&netfault)), Distribution::of(&veth_part(&shell)))
+    {
         report.compare(Comparison {
             what: "namespaces + veth + addresses only (median; netfault one phase at a time)".into(),
             netfault: format!("{:.2} ms", ours.median),
@@ -221,18 +201,10 @@ pub fn bench_setup(options: &SetupOptions) -> Result<Report> {
 
 fn add_phase_rows(report: &mut Report, phases: &[Phases], setup: &[&str], teardown: &[&str], side: &str) {
     for (index, name) in setup.iter().enumerate() {
-        report.row(
-            *name,
-            "ms",
-            &phases.iter().map(|p| millis(p.setup[index])).collect::<Vec<_>>(),
-        );
+        report.row(*name, "ms", &phases.iter().map(|p| millis(p.setup[index])).collect::<Vec<_>>());
     }
     for (index, name) in teardown.iter().enumerate() {
-        report.row(
-            *name,
-            "ms",
-            &phases.iter().map(|p| millis(p.teardown[index])).collect::<Vec<_>>(),
-        );
+        report.row(*name, "ms", &phases.iter().map(|p| millis(p.teardown[index])).collect::<Vec<_>>());
     }
     report.row(
         format!("{side} SETUP total"),
@@ -247,10 +219,7 @@ fn add_phase_rows(report: &mut Report, phases: &[Phases], setup: &[&str], teardo
     report.row(
         format!("{side} TOTAL"),
         "ms",
-        &phases
-            .iter()
-            .map(|p| millis(p.setup_total() + p.teardown_total()))
-            .collect::<Vec<_>>(),
+        &phases.iter().map(|p| millis(p.setup_total() + p.teardown_total())).collect::<Vec<_>>(),
     );
 }
 
@@ -269,13 +238,7 @@ fn engine_once(plan: &Plan, dir: &Path) -> Result<Phases> {
     let mut phases = Phases::default();
     let (sink, _events) = EventSink::new(Clock::unstarted());
     let mut lap = Lap::start();
-    let Rig {
-        namespaces,
-        mut firewalls,
-        captures,
-        observers,
-        ..
-    } = engine::set_up(plan, dir, &sink)?;
+    let Rig { namespaces, mut firewalls, captures, observers, .. } = engine::set_up(plan, dir, &sink)?;
     for fault in &plan.faults {
         firewalls[fault.host.index()].activate(&fault.name)?;
     }
@@ -329,12 +292,7 @@ fn phases_once(plan: &Plan, dir: &Path) -> Result<Phases> {
     lap.lap(&mut phases.setup);
     let mut observers = Vec::with_capacity(2);
     for host in HostId::ALL {
-        observers.push(Observer::start(
-            &namespaces[host.index()],
-            host,
-            plan.sample_interval,
-            sink.clone(),
-        )?);
+        observers.push(Observer::start(&namespaces[host.index()], host, plan.sample_interval, sink.clone())?);
     }
     lap.lap(&mut phases.setup);
 
@@ -359,10 +317,7 @@ fn phases_once(plan: &Plan, dir: &Path) -> Result<Phases> {
 /// deleted. The guards delete the namespaces and stop tcpdump on any error.
 fn recipe_once(repetition: usize, dir: &Path, nft_file: &Path) -> Result<Phases> {
     let mut phases = Phases::default();
-    let names = [
-        NamedNamespaces::name(&format!("{repetition}-c")),
-        NamedNamespaces::name(&format!("{repetition}-s")),
-    ];
+    let names = [NamedNamespaces::name(&format!("{repetition}-c")), NamedNamespaces::name(&format!("{repetition}-s"))];
     let links = [format!("nfb{repetition}c"), format!("nfb{repetition}s")];
     let addresses = ["10.0.0.1/24", "10.0.0.2/24"];
     let mut namespaces = NamedNamespaces::default();
@@ -371,10 +326,7 @@ fn recipe_once(repetition: usize, dir: &Path, nft_file: &Path) -> Result<Phases>
         namespaces.add(name)?;
     }
     lap.lap(&mut phases.setup);
-    recipe::run(
-        "ip",
-        &["link", "add", &links[0], "type", "veth", "peer", "name", &links[1]],
-    )?;
+    recipe::run("ip", &["link", "add", &links[0], "type", "veth", "peer", "name", &links[1]])?;
     for (link, name) in links.iter().zip(&names) {
         recipe::run("ip", &["link", "set", link, "netns", name])?;
     }
@@ -429,12 +381,7 @@ fn capture_references() -> Result<(Duration, Duration)> {
     }
 
     let ring = packet_socket()?;
-    let request = libc::tpacket_req {
-        tp_block_size: 4096,
-        tp_block_nr: 1,
-        tp_frame_size: 2048,
-        tp_frame_nr: 2,
-    };
+    let request = libc::tpacket_req { tp_block_size: 4096, tp_block_nr: 1, tp_frame_size: 2048, tp_frame_nr: 2 };
     let started = Instant::now();
     // SAFETY: request is a live tpacket_req and the length passed is its size.
     let result = unsafe {
@@ -481,24 +428,15 @@ fn child_process_cost(dir: &Path, repetitions: usize) -> Result<ChildCost> {
     let exe = std::env::current_exe().context(|| "find the netfault binary (/proc/self/exe)".to_string())?;
     let file = dir.join("trivial.yaml");
     std::fs::write(&file, FIXTURE).context(|| format!("write {}", file.display()))?;
-    let job = Job {
-        file,
-        root: dir.to_path_buf(),
-        reports: dir.join("reports"),
-        run: None,
-    };
-    let mut cost = ChildCost {
-        wall: Vec::new(),
-        setup: Vec::new(),
-        teardown: Vec::new(),
-        scenario: Vec::new(),
-    };
+    let job = Job { file, root: dir.to_path_buf(), reports: dir.join("reports"), run: None };
+    let mut cost = ChildCost { wall: Vec::new(), setup: Vec::new(), teardown: Vec::new(), scenario: Vec::new() };
     for i in 0..WARM_UP + repetitions {
         if interrupted() {
             break;
         }
         let started = Instant::now();
-        let summary = runner::run_in_child(&exe, &job, Duration::from_secs(10), &Supervisor::new(Duration::from_secs(600)));
+        let summary =
+            runner::run_in_child(&exe, &job, Duration::from_secs(10), &Supervisor::new(Duration::from_secs(600)));
         let wall = millis(started.elapsed());
         if summary.status != Status::Pass {
             return Err(Error::Internal(format!(

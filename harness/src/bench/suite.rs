@@ -80,28 +80,16 @@ pub fn bench_suite(options: &SuiteOptions) -> Result<Report> {
             break;
         }
         let reports = scratch.path().join(format!("run{run}"));
-        let jobs: Vec<(Job, Duration)> = loaded
-            .iter()
-            .map(|(job, plan)| {
-                (
-                    Job {
-                        reports: reports.clone(),
-                        ..job.clone()
-                    },
-                    plan.deadline,
-                )
-            })
-            .collect();
+        let jobs: Vec<(Job, Duration)> =
+            loaded.iter().map(|(job, plan)| (Job { reports: reports.clone(), ..job.clone() }, plan.deadline)).collect();
         let parallel = runner::default_parallelism(jobs.len());
         let started = Instant::now();
         let summaries = runner::run_all(&exe, jobs, parallel, &Supervisor::new(BENCH_BUDGET), |_| {});
         let wall = started.elapsed().as_secs_f64();
         failures.extend(describe_failures(&summaries, &format!("run {}", run + 1)));
         let longest_run = summaries.iter().map(|s| s.duration).fold(0.0, f64::max);
-        let longest_full = summaries
-            .iter()
-            .map(|s| s.duration + (s.setup_ms + s.teardown_ms) / 1e3)
-            .fold(0.0, f64::max);
+        let longest_full =
+            summaries.iter().map(|s| s.duration + (s.setup_ms + s.teardown_ms) / 1e3).fold(0.0, f64::max);
         walls.push(wall);
         longest.push(longest_run);
         longest_with_setup.push(longest_full);
@@ -112,25 +100,12 @@ pub fn bench_suite(options: &SuiteOptions) -> Result<Report> {
         None
     } else {
         let reports = scratch.path().join("sequential");
-        let jobs: Vec<(Job, Duration)> = loaded
-            .iter()
-            .map(|(job, plan)| {
-                (
-                    Job {
-                        reports: reports.clone(),
-                        ..job.clone()
-                    },
-                    plan.deadline,
-                )
-            })
-            .collect();
+        let jobs: Vec<(Job, Duration)> =
+            loaded.iter().map(|(job, plan)| (Job { reports: reports.clone(), ..job.clone() }, plan.deadline)).collect();
         let started = Instant::now();
         let summaries = runner::run_all(&exe, jobs, 1, &Supervisor::new(BENCH_BUDGET), |_| {});
         failures.extend(describe_failures(&summaries, "one at a time"));
-        Some((
-            started.elapsed().as_secs_f64(),
-            summaries.iter().map(|s| s.duration).sum::<f64>(),
-        ))
+        Some((started.elapsed().as_secs_f64(), summaries.iter().map(|s| s.duration).sum::<f64>()))
     };
 
     report.row("suite wall time (all scenarios in parallel)", "s", &walls);
@@ -141,11 +116,7 @@ pub fn bench_suite(options: &SuiteOptions) -> Result<Report> {
     if let (Some(ratio), Some(wall)) = (Distribution::of(&ratios), Distribution::of(&walls)) {
         let sequential_wall = sequential.map(|(wall, _)| wall);
         report.compare(Comparison {
-            what: format!(
-                "suite of {} scenarios: wall time (median of {} runs)",
-                loaded.len(),
-                ratio.n
-            ),
+            what: format!("suite of {} scenarios: wall time (median of {} runs)", loaded.len(), ratio.n),
             netfault: format!("{:.2} s, {:.3}x its longest scenario", wall.median, ratio.median),
             alternative: match sequential_wall {
                 Some(sequential) => format!("{sequential:.2} s one scenario at a time"),
@@ -187,13 +158,7 @@ pub fn bench_concurrent(options: &ConcurrentOptions) -> Result<Report> {
     let memory_before = mem_available_kib();
     let sampler = MemorySampler::start();
     let started = Instant::now();
-    let batch = run_instances(
-        &options.scenario,
-        &root,
-        plan.deadline,
-        options.instances,
-        scratch.path(),
-    )?;
+    let batch = run_instances(&options.scenario, &root, plan.deadline, options.instances, scratch.path())?;
     let wall = started.elapsed().as_secs_f64();
     let memory = sampler.stop();
     let children_maxrss = children_max_rss_kib();
@@ -201,11 +166,7 @@ pub fn bench_concurrent(options: &ConcurrentOptions) -> Result<Report> {
     let figures = batch.analyse();
     let passed = batch.summaries.iter().filter(|s| s.status == Status::Pass).count();
     add_keepalive_rows(&mut report, &figures);
-    report.row(
-        "child setup under this load (setup_ms, children not killed)",
-        "ms",
-        &batch.field(|s| s.setup_ms),
-    );
+    report.row("child setup under this load (setup_ms, children not killed)", "ms", &batch.field(|s| s.setup_ms));
     report.row("child teardown (teardown_ms)", "ms", &batch.field(|s| s.teardown_ms));
     let peaks: Vec<f64> = memory.peak_rss_kib.values().map(|kib| *kib as f64 / 1024.0).collect();
     report.row("child peak RSS (VmHWM, sampled every 200 ms)", "MiB", &peaks);
@@ -215,12 +176,7 @@ pub fn bench_concurrent(options: &ConcurrentOptions) -> Result<Report> {
     let within = |values: &[f64]| values.iter().all(|v| v.abs() <= tolerance_ms);
     let all_within = within(&figures.etimedout_error_ms) && within(&figures.rst_error_ms);
     report.compare(Comparison {
-        what: format!(
-            "{} concurrent instances of {} on {} CPUs",
-            options.instances,
-            plan.name,
-            cpus()
-        ),
+        what: format!("{} concurrent instances of {} on {} CPUs", options.instances, plan.name, cpus()),
         netfault: format!("{passed}/{} passed, wall {wall:.1} s", options.instances),
         alternative: "-".into(),
         ratio: None,
@@ -238,10 +194,7 @@ pub fn bench_concurrent(options: &ConcurrentOptions) -> Result<Report> {
             system_per_scenario
         ),
     );
-    report.note(
-        "sampling interval",
-        format!("{} ms (the scenario's)", plan.sample_interval.as_millis()),
-    );
+    report.note("sampling interval", format!("{} ms (the scenario's)", plan.sample_interval.as_millis()));
     for failure in batch.failures() {
         report.note("not passed", failure);
     }
@@ -267,13 +220,7 @@ pub fn bench_timing(options: &TimingOptions) -> Result<Report> {
     };
     let plan = scenario::load(&root, &file)?;
     let started = Instant::now();
-    let batch = run_instances(
-        &file,
-        &root,
-        plan.deadline,
-        options.instances,
-        &scratch.path().join("reports"),
-    )?;
+    let batch = run_instances(&file, &root, plan.deadline, options.instances, &scratch.path().join("reports"))?;
     let wall = started.elapsed().as_secs_f64();
     let figures = batch.analyse();
     let passed = batch.summaries.iter().filter(|s| s.status == Status::Pass).count();
@@ -282,26 +229,10 @@ pub fn bench_timing(options: &TimingOptions) -> Result<Report> {
     let mut report = Report::new(&format!("timing (n {}, sample {interval_ms} ms)", options.instances));
     report.load_start = load_start;
     add_keepalive_rows(&mut report, &figures);
-    report.row(
-        "observer: client ESTABLISHED seen - SYN-ACK in",
-        "ms",
-        &figures.client_established_latency_ms,
-    );
-    report.row(
-        "observer: server ESTABLISHED seen - ACK in",
-        "ms",
-        &figures.server_established_latency_ms,
-    );
-    report.row(
-        "observer: client GONE seen - RST out",
-        "ms",
-        &figures.client_gone_latency_ms,
-    );
-    report.row(
-        "observer: samples per host per second",
-        "1/s",
-        &figures.samples_per_second,
-    );
+    report.row("observer: client ESTABLISHED seen - SYN-ACK in", "ms", &figures.client_established_latency_ms);
+    report.row("observer: server ESTABLISHED seen - ACK in", "ms", &figures.server_established_latency_ms);
+    report.row("observer: client GONE seen - RST out", "ms", &figures.client_gone_latency_ms);
+    report.row("observer: samples per host per second", "1/s", &figures.samples_per_second);
     report.row("observer: mean sock_diag dump time", "us", &figures.mean_dump_us);
     let worst_latency = Distribution::of(&figures.client_gone_latency_ms).map_or(f64::NAN, |d| d.max.max(d.max.abs()));
     report.compare(Comparison {
@@ -326,22 +257,10 @@ pub fn bench_timing(options: &TimingOptions) -> Result<Report> {
 }
 
 fn add_keepalive_rows(report: &mut Report, figures: &KeepaliveFigures) {
-    report.row(
-        "SYN-ACK at the client, from t0 (program start)",
-        "ms",
-        &figures.handshake_after_t0_ms,
-    );
-    report.row(
-        "ETIMEDOUT observed - kernel-defined 14 s",
-        "ms",
-        &figures.etimedout_error_ms,
-    );
+    report.row("SYN-ACK at the client, from t0 (program start)", "ms", &figures.handshake_after_t0_ms);
+    report.row("ETIMEDOUT observed - kernel-defined 14 s", "ms", &figures.etimedout_error_ms);
     report.row("RST packet observed - kernel-defined 14 s", "ms", &figures.rst_error_ms);
-    report.row(
-        "each keepalive timer: fired - configured (5/3/3/3 s)",
-        "ms",
-        &figures.timer_lateness_ms,
-    );
+    report.row("each keepalive timer: fired - configured (5/3/3/3 s)", "ms", &figures.timer_lateness_ms);
 }
 
 /// The scenario text with its observer sampling interval set to `interval` (`sample: 1ms`).
@@ -394,11 +313,7 @@ fn run_instances(file: &Path, root: &Path, deadline: Duration, instances: usize,
 impl Batch {
     /// A summary figure of every child that ran to a verdict (harness errors report zeros).
     fn field(&self, f: impl Fn(&Summary) -> f64) -> Vec<f64> {
-        self.summaries
-            .iter()
-            .filter(|s| s.status != Status::Error)
-            .map(f)
-            .collect()
+        self.summaries.iter().filter(|s| s.status != Status::Error).map(f).collect()
     }
 
     fn failures(&self) -> Vec<String> {
@@ -428,14 +343,7 @@ fn describe_failures(summaries: &[Summary], context: &str) -> Vec<String> {
         .filter(|s| s.status != Status::Pass)
         .map(|s| {
             let first_lines: Vec<&str> = s.messages.iter().filter_map(|m| m.lines().next()).collect();
-            format!(
-                "{context} {} {:?}: {}",
-                s.report.display(),
-                s.status,
-                first_lines.join(" / ")
-            )
-            .trim()
-            .to_string()
+            format!("{context} {} {:?}: {}", s.report.display(), s.status, first_lines.join(" / ")).trim().to_string()
         })
         .collect()
 }
@@ -460,10 +368,7 @@ impl KeepaliveFigures {
     /// Reads one result.json: the step that failed with ETIMEDOUT, the client's first RST, and the socket
     /// events that followed the handshake and the RST.
     fn add(&mut self, result: &Value) {
-        let events = result["events"]["events"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default();
+        let events = result["events"]["events"].as_array().map(Vec::as_slice).unwrap_or_default();
         let packet = |host: &str, direction: &str, flags: &dyn Fn(u64) -> bool| {
             events
                 .iter()
@@ -494,10 +399,7 @@ impl KeepaliveFigures {
         self.handshake_after_t0_ms.push(syn_ack * 1e3);
         let kernel_deadline = syn_ack + KEEPALIVE_DEADLINE_SECS;
         let timed_out = result["steps"].as_array().and_then(|steps| {
-            steps
-                .iter()
-                .find(|s| s["outcome"]["error"] == "ETIMEDOUT")
-                .and_then(|s| s["end"].as_f64())
+            steps.iter().find(|s| s["outcome"]["error"] == "ETIMEDOUT").and_then(|s| s["end"].as_f64())
         });
         if let Some(t) = timed_out {
             self.etimedout_error_ms.push((t - kernel_deadline) * 1e3);
@@ -515,18 +417,13 @@ impl KeepaliveFigures {
                     && e["event"] == "packet"
                     && e["direction"] == "out"
                     && e["flags"].as_u64() == Some(ACK)
-                    && e["t"]
-                        .as_f64()
-                        .is_some_and(|t| t > syn_ack + KEEPALIVE_PROBE_WINDOW_START)
+                    && e["t"].as_f64().is_some_and(|t| t > syn_ack + KEEPALIVE_PROBE_WINDOW_START)
             })
             .filter_map(|e| e["t"].as_f64())
             .take(KEEPALIVE_INTERVALS.len() - 1)
             .collect();
         if let (Some(rst), true) = (rst, probes.len() == KEEPALIVE_INTERVALS.len() - 1) {
-            let fired: Vec<f64> = std::iter::once(syn_ack)
-                .chain(probes)
-                .chain(std::iter::once(rst))
-                .collect();
+            let fired: Vec<f64> = std::iter::once(syn_ack).chain(probes).chain(std::iter::once(rst)).collect();
             for (pair, interval) in fired.windows(2).zip(KEEPALIVE_INTERVALS) {
                 self.timer_lateness_ms.push((pair[1] - pair[0] - interval) * 1e3);
             }
@@ -611,10 +508,7 @@ impl MemorySampler {
         let flag = Arc::clone(&stop);
         let thread = thread::spawn(move || {
             let me = std::process::id();
-            let mut seen = MemoryUse {
-                peak_rss_kib: HashMap::new(),
-                lowest_available_kib: mem_available_kib(),
-            };
+            let mut seen = MemoryUse { peak_rss_kib: HashMap::new(), lowest_available_kib: mem_available_kib() };
             while !flag.load(Ordering::Relaxed) {
                 for pid in children_of(me) {
                     if let Some(hwm) = vm_hwm_kib(pid) {
@@ -659,13 +553,7 @@ fn parent_pid(stat: &str) -> Option<u32> {
 
 fn vm_hwm_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.split_whitespace().next()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -681,19 +569,11 @@ mod tests {
     }
 
     fn packet(t: f64, host: &str, direction: &str, flags: u64) -> Value {
-        event(
-            t,
-            host,
-            json!({ "event": "packet", "protocol": "tcp", "direction": direction, "flags": flags }),
-        )
+        event(t, host, json!({ "event": "packet", "protocol": "tcp", "direction": direction, "flags": flags }))
     }
 
     fn socket(t: f64, host: &str, state: &str, remote_port: u64) -> Value {
-        event(
-            t,
-            host,
-            json!({ "event": "socket", "state": state, "remote_port": remote_port }),
-        )
+        event(t, host, json!({ "event": "socket", "state": state, "remote_port": remote_port }))
     }
 
     #[test]
@@ -745,14 +625,8 @@ mod tests {
     #[test]
     fn sample_interval_is_set_or_replaced() {
         let text = "description: x\ntimeout: 30s\n";
-        assert_eq!(
-            with_sample_interval(text, Duration::from_millis(1)),
-            "description: x\ntimeout: 30s\nsample: 1ms\n"
-        );
-        assert_eq!(
-            with_sample_interval("sample: 10ms\nx: 1\n", Duration::from_millis(1)),
-            "sample: 1ms\nx: 1\n"
-        );
+        assert_eq!(with_sample_interval(text, Duration::from_millis(1)), "description: x\ntimeout: 30s\nsample: 1ms\n");
+        assert_eq!(with_sample_interval("sample: 10ms\nx: 1\n", Duration::from_millis(1)), "sample: 1ms\nx: 1\n");
     }
 
     #[test]

@@ -53,11 +53,7 @@ impl Expression for RawPayload {
             sys::nftnl_expr_set_u32(raw, sys::NFTNL_EXPR_PAYLOAD_BASE as u16, base);
             sys::nftnl_expr_set_u32(raw, sys::NFTNL_EXPR_PAYLOAD_OFFSET as u16, self.offset);
             sys::nftnl_expr_set_u32(raw, sys::NFTNL_EXPR_PAYLOAD_LEN as u16, self.len);
-            sys::nftnl_expr_set_u32(
-                raw,
-                sys::NFTNL_EXPR_PAYLOAD_DREG as u16,
-                libc::NFT_REG_1 as u32,
-            );
+            sys::nftnl_expr_set_u32(raw, sys::NFTNL_EXPR_PAYLOAD_DREG as u16, libc::NFT_REG_1 as u32);
         }
         expr
     }
@@ -74,16 +70,8 @@ impl Expression for CounterRef<'_> {
         // SAFETY: `expr` is a live objref expression; libnftnl copies the name.
         unsafe {
             let raw = expr.as_ptr();
-            sys::nftnl_expr_set_u32(
-                raw,
-                sys::NFTNL_EXPR_OBJREF_IMM_TYPE as u16,
-                NFT_OBJECT_COUNTER,
-            );
-            sys::nftnl_expr_set_str(
-                raw,
-                sys::NFTNL_EXPR_OBJREF_IMM_NAME as u16,
-                self.name.as_ptr(),
-            );
+            sys::nftnl_expr_set_u32(raw, sys::NFTNL_EXPR_OBJREF_IMM_TYPE as u16, NFT_OBJECT_COUNTER);
+            sys::nftnl_expr_set_str(raw, sys::NFTNL_EXPR_OBJREF_IMM_NAME as u16, self.name.as_ptr());
         }
         expr
     }
@@ -103,11 +91,7 @@ impl CounterObject {
         let counter = CounterObject::unnamed(family, table);
         // SAFETY: `counter.obj` is live; libnftnl copies the string.
         unsafe {
-            sys::nftnl_obj_set_str(
-                counter.obj.as_ptr(),
-                sys::NFTNL_OBJ_NAME as u16,
-                name.as_ptr(),
-            );
+            sys::nftnl_obj_set_str(counter.obj.as_ptr(), sys::NFTNL_OBJ_NAME as u16, name.as_ptr());
         }
         counter
     }
@@ -157,12 +141,7 @@ impl Drop for CounterObject {
 
 /// Writes `nft list counters table <family> <table>` as a dump request into `buf` (which must be
 /// aligned for `nlmsghdr` and at least a page long); returns the request's length.
-pub(super) fn write_counter_dump_request(
-    buf: &mut [u8],
-    family: ProtoFamily,
-    table: &CStr,
-    seq: u32,
-) -> usize {
+pub(super) fn write_counter_dump_request(buf: &mut [u8], family: ProtoFamily, table: &CStr, seq: u32) -> usize {
     assert!(buf.len() >= 4096 && buf.as_ptr().cast::<libc::nlmsghdr>().is_aligned());
     let obj = CounterObject::unnamed(family, table);
     // SAFETY: `buf` holds a page, more than header, table name (at most 256 bytes) and type need.
@@ -188,10 +167,7 @@ pub(super) struct CounterValue {
 
 /// Parses one `NFT_MSG_NEWOBJ` message of a counter dump.
 pub(super) fn parse_counter(message: &libc::nlmsghdr) -> Option<CounterValue> {
-    let obj = CounterObject {
-        obj: allocated(unsafe { sys::nftnl_obj_alloc() }),
-        family: ProtoFamily::Unspec,
-    };
+    let obj = CounterObject { obj: allocated(unsafe { sys::nftnl_obj_alloc() }), family: ProtoFamily::Unspec };
     // SAFETY: `message` is a complete netlink message (checked by the caller's iterator); the
     // strings libnftnl returns live as long as `obj`, and are copied before it is dropped.
     unsafe {

@@ -50,9 +50,7 @@ pub fn check(fault: &FaultPlan) -> Result<(), String> {
 /// Resolves the protocol a match implies, the way `nft` adds `meta l4proto` dependencies:
 /// `tcp flags`, a payload condition or `reject with tcp reset` imply TCP; ports alone mean TCP or UDP.
 pub(super) fn selection(matcher: &PacketMatch, action: FaultAction) -> Result<Selection, String> {
-    let needs_tcp = matcher.tcp_flags.is_some()
-        || matcher.payload.is_some()
-        || action == FaultAction::RejectTcpReset;
+    let needs_tcp = matcher.tcp_flags.is_some() || matcher.payload.is_some() || action == FaultAction::RejectTcpReset;
     let has_ports = matcher.sport.is_some() || matcher.dport.is_some();
     if let Some(flags) = matcher.tcp_flags {
         if flags.value & !flags.mask != 0 {
@@ -81,28 +79,17 @@ pub(super) fn selection(matcher: &PacketMatch, action: FaultAction) -> Result<Se
     let tcp_flags = matcher.tcp_flags.filter(|flags| flags.mask != 0);
     let alternatives = protocols
         .into_iter()
-        .map(|protocol| Alternative {
-            protocol,
-            sport: matcher.sport,
-            dport: matcher.dport,
-            tcp_flags,
-        })
+        .map(|protocol| Alternative { protocol, sport: matcher.sport, dport: matcher.dport, tcp_flags })
         .collect();
-    Ok(Selection {
-        alternatives,
-        payload: matcher.payload,
-    })
+    Ok(Selection { alternatives, payload: matcher.payload })
 }
 
 impl Alternative {
     fn selects(&self, packet: &PacketEvent) -> bool {
-        self.protocol
-            .is_none_or(|protocol| packet.protocol == protocol_name(protocol))
+        self.protocol.is_none_or(|protocol| packet.protocol == protocol_name(protocol))
             && self.sport.is_none_or(|port| packet.sport == port)
             && self.dport.is_none_or(|port| packet.dport == port)
-            && self
-                .tcp_flags
-                .is_none_or(|flags| packet.flags & flags.mask == flags.value)
+            && self.tcp_flags.is_none_or(|flags| packet.flags & flags.mask == flags.value)
     }
 }
 
@@ -176,11 +163,7 @@ mod tests {
     }
 
     fn udp(direction: PacketDirection, sport: u16, dport: u16) -> PacketEvent {
-        PacketEvent {
-            protocol: "udp".into(),
-            flags: 0,
-            ..tcp(direction, sport, dport, 0, 12)
-        }
+        PacketEvent { protocol: "udp".into(), flags: 0, ..tcp(direction, sport, dport, 0, 12) }
     }
 
     fn icmp(direction: PacketDirection) -> PacketEvent {
@@ -199,23 +182,11 @@ mod tests {
         let packet = tcp(In, 40000, 9000, SYN, 0);
         assert!(matches(&f, HostId::Server, &packet));
         assert!(!matches(&f, HostId::Client, &packet));
-        assert!(!matches(
-            &f,
-            HostId::Server,
-            &tcp(Out, 9000, 40000, SYN | ACK, 0)
-        ));
+        assert!(!matches(&f, HostId::Server, &tcp(Out, 9000, 40000, SYN | ACK, 0)));
 
         let egress = fault(HostId::Client, Direction::Egress, PacketMatch::default());
-        assert!(matches(
-            &egress,
-            HostId::Client,
-            &tcp(Out, 40000, 9000, SYN, 0)
-        ));
-        assert!(!matches(
-            &egress,
-            HostId::Client,
-            &tcp(In, 9000, 40000, SYN | ACK, 0)
-        ));
+        assert!(matches(&egress, HostId::Client, &tcp(Out, 40000, 9000, SYN, 0)));
+        assert!(!matches(&egress, HostId::Client, &tcp(In, 9000, 40000, SYN | ACK, 0)));
     }
 
     #[test]
@@ -227,14 +198,7 @@ mod tests {
 
     #[test]
     fn ports_without_protocol_mean_tcp_or_udp() {
-        let f = fault(
-            HostId::Server,
-            Direction::Ingress,
-            PacketMatch {
-                dport: Some(9000),
-                ..PacketMatch::default()
-            },
-        );
+        let f = fault(HostId::Server, Direction::Ingress, PacketMatch { dport: Some(9000), ..PacketMatch::default() });
         assert!(matches(&f, HostId::Server, &tcp(In, 40000, 9000, SYN, 0)));
         assert!(matches(&f, HostId::Server, &udp(In, 40000, 9000)));
         assert!(!matches(&f, HostId::Server, &tcp(In, 40000, 9001, SYN, 0)));
@@ -248,11 +212,7 @@ mod tests {
         let f = fault(
             HostId::Client,
             Direction::Ingress,
-            PacketMatch {
-                protocol: Some(Protocol::Udp),
-                sport: Some(53),
-                ..PacketMatch::default()
-            },
+            PacketMatch { protocol: Some(Protocol::Udp), sport: Some(53), ..PacketMatch::default() },
         );
         assert!(matches(&f, HostId::Client, &udp(In, 53, 40000)));
         assert!(!matches(&f, HostId::Client, &udp(In, 54, 40000)));
@@ -264,20 +224,10 @@ mod tests {
         let syn_only = fault(
             HostId::Server,
             Direction::Ingress,
-            PacketMatch {
-                tcp_flags: Some(TcpFlagsMatch {
-                    mask: SYN | ACK,
-                    value: SYN,
-                }),
-                ..PacketMatch::default()
-            },
+            PacketMatch { tcp_flags: Some(TcpFlagsMatch { mask: SYN | ACK, value: SYN }), ..PacketMatch::default() },
         );
         assert!(matches(&syn_only, HostId::Server, &tcp(In, 1, 2, SYN, 0)));
-        assert!(!matches(
-            &syn_only,
-            HostId::Server,
-            &tcp(In, 1, 2, SYN | ACK, 0)
-        ));
+        assert!(!matches(&syn_only, HostId::Server, &tcp(In, 1, 2, SYN | ACK, 0)));
         assert!(!matches(&syn_only, HostId::Server, &tcp(In, 1, 2, ACK, 0)));
         assert!(!matches(&syn_only, HostId::Server, &udp(In, 1, 2)));
 
@@ -285,28 +235,13 @@ mod tests {
             HostId::Server,
             Direction::Ingress,
             PacketMatch {
-                tcp_flags: Some(TcpFlagsMatch {
-                    mask: SYN | ACK | FIN | RST,
-                    value: ACK,
-                }),
+                tcp_flags: Some(TcpFlagsMatch { mask: SYN | ACK | FIN | RST, value: ACK }),
                 ..PacketMatch::default()
             },
         );
-        assert!(matches(
-            &ack_ignoring_psh,
-            HostId::Server,
-            &tcp(In, 1, 2, ACK, 0)
-        ));
-        assert!(matches(
-            &ack_ignoring_psh,
-            HostId::Server,
-            &tcp(In, 1, 2, PSH | ACK, 9)
-        ));
-        assert!(!matches(
-            &ack_ignoring_psh,
-            HostId::Server,
-            &tcp(In, 1, 2, FIN | ACK, 0)
-        ));
+        assert!(matches(&ack_ignoring_psh, HostId::Server, &tcp(In, 1, 2, ACK, 0)));
+        assert!(matches(&ack_ignoring_psh, HostId::Server, &tcp(In, 1, 2, PSH | ACK, 9)));
+        assert!(!matches(&ack_ignoring_psh, HostId::Server, &tcp(In, 1, 2, FIN | ACK, 0)));
     }
 
     #[test]
@@ -314,18 +249,12 @@ mod tests {
         let empty = fault(
             HostId::Server,
             Direction::Ingress,
-            PacketMatch {
-                payload: Some(PayloadMatch::Empty),
-                ..PacketMatch::default()
-            },
+            PacketMatch { payload: Some(PayloadMatch::Empty), ..PacketMatch::default() },
         );
         let nonempty = fault(
             HostId::Server,
             Direction::Ingress,
-            PacketMatch {
-                payload: Some(PayloadMatch::NonEmpty),
-                ..PacketMatch::default()
-            },
+            PacketMatch { payload: Some(PayloadMatch::NonEmpty), ..PacketMatch::default() },
         );
         let pure_ack = tcp(In, 1, 2, ACK, 0);
         let data = tcp(In, 1, 2, PSH | ACK, 100);
@@ -349,51 +278,26 @@ mod tests {
         let f = fault(
             HostId::Server,
             Direction::Ingress,
-            PacketMatch {
-                tcp_flags: Some(TcpFlagsMatch { mask: 0, value: 0 }),
-                ..PacketMatch::default()
-            },
+            PacketMatch { tcp_flags: Some(TcpFlagsMatch { mask: 0, value: 0 }), ..PacketMatch::default() },
         );
         let sel = selection(&f.matcher, f.action).unwrap();
         assert_eq!(
             sel.alternatives,
-            vec![Alternative {
-                protocol: Some(Protocol::Tcp),
-                sport: None,
-                dport: None,
-                tcp_flags: None
-            }]
+            vec![Alternative { protocol: Some(Protocol::Tcp), sport: None, dport: None, tcp_flags: None }]
         );
     }
 
     #[test]
     fn impossible_matches_are_refused_and_match_nothing() {
         let cases = [
-            PacketMatch {
-                protocol: Some(Protocol::Icmp),
-                dport: Some(1),
-                ..PacketMatch::default()
-            },
+            PacketMatch { protocol: Some(Protocol::Icmp), dport: Some(1), ..PacketMatch::default() },
+            PacketMatch { protocol: Some(Protocol::Udp), payload: Some(PayloadMatch::Empty), ..PacketMatch::default() },
             PacketMatch {
                 protocol: Some(Protocol::Udp),
-                payload: Some(PayloadMatch::Empty),
+                tcp_flags: Some(TcpFlagsMatch { mask: SYN, value: SYN }),
                 ..PacketMatch::default()
             },
-            PacketMatch {
-                protocol: Some(Protocol::Udp),
-                tcp_flags: Some(TcpFlagsMatch {
-                    mask: SYN,
-                    value: SYN,
-                }),
-                ..PacketMatch::default()
-            },
-            PacketMatch {
-                tcp_flags: Some(TcpFlagsMatch {
-                    mask: SYN,
-                    value: ACK,
-                }),
-                ..PacketMatch::default()
-            },
+            PacketMatch { tcp_flags: Some(TcpFlagsMatch { mask: SYN, value: ACK }), ..PacketMatch::default() },
         ];
         for matcher in cases {
             let f = fault(HostId::Server, Direction::Ingress, matcher.clone());
@@ -404,10 +308,7 @@ mod tests {
         let mut reset_udp = fault(
             HostId::Server,
             Direction::Ingress,
-            PacketMatch {
-                protocol: Some(Protocol::Udp),
-                ..PacketMatch::default()
-            },
+            PacketMatch { protocol: Some(Protocol::Udp), ..PacketMatch::default() },
         );
         reset_udp.action = FaultAction::RejectTcpReset;
         assert!(check(&reset_udp).is_err());

@@ -20,9 +20,7 @@ use std::ffi::{CStr, CString};
 use std::io;
 
 use nftnl::expr::{Bitwise, Cmp, CmpOp, IcmpCode, Meta, RejectionType, Verdict};
-use nftnl::{
-    Batch, Chain, ChainType, FinalizedBatch, Hook, MsgType, Policy, ProtoFamily, Rule, Table,
-};
+use nftnl::{Batch, Chain, ChainType, FinalizedBatch, Hook, MsgType, Policy, ProtoFamily, Rule, Table};
 
 pub use matcher::{check, matches};
 
@@ -66,12 +64,7 @@ struct InstalledFault {
 
 impl InstalledFault {
     fn new(fault: &FaultPlan) -> Result<InstalledFault> {
-        let refused = |why: String| {
-            Error::Internal(format!(
-                "fault {} (line {}): {why}",
-                fault.name, fault.location
-            ))
-        };
+        let refused = |why: String| Error::Internal(format!("fault {} (line {}): {why}", fault.name, fault.location));
         let selection = matcher::selection(&fault.matcher, fault.action).map_err(refused)?;
         let chain = CString::new(format!("fault_{}", fault.name))
             .map_err(|_| refused("the name contains a NUL byte".into()))?;
@@ -98,17 +91,11 @@ impl Firewall {
     /// in `faults` are skipped. A table left from an earlier install in the same namespace is
     /// replaced.
     pub fn install(ns: &Netns, host: HostId, faults: &[FaultPlan]) -> Result<Firewall> {
-        let mut own = faults
-            .iter()
-            .filter(|fault| fault.host == host)
-            .map(InstalledFault::new)
-            .collect::<Result<Vec<_>>>()?;
+        let mut own =
+            faults.iter().filter(|fault| fault.host == host).map(InstalledFault::new).collect::<Result<Vec<_>>>()?;
         own.sort_by(|a, b| a.name.cmp(&b.name));
         if let Some(pair) = own.windows(2).find(|pair| pair[0].name == pair[1].name) {
-            return Err(Error::Internal(format!(
-                "two faults named {} on host {host}",
-                pair[0].name
-            )));
+            return Err(Error::Internal(format!("two faults named {} on host {host}", pair[0].name)));
         }
         let mut socket = NetfilterSocket::open(ns)?;
         let has_payload = own.iter().any(|fault| fault.selection.payload.is_some());
@@ -123,29 +110,21 @@ impl Firewall {
                 payload_hint(e, has_payload),
             )
         })?;
-        Ok(Firewall {
-            socket,
-            host,
-            faults: own,
-        })
+        Ok(Firewall { socket, host, faults: own })
     }
 
     /// `nft add rule inet netfault fault_<name> <match> counter name fault_<name> <action>`, in one
     /// batch that first flushes the chain: switches the fault on, and is idempotent.
     pub fn activate(&mut self, fault: &str) -> Result<()> {
         let installed = find(&self.faults, self.host, fault)?;
-        self.socket
-            .apply(&switch_batch(installed, true))
-            .map_err(|e| {
-                let chain = installed.chain_name();
-                let rules = rule_text(installed).join("; ");
-                Error::sys(
-                    format!(
-                        "switch fault {fault} on (nft flush chain inet netfault {chain}; {rules})"
-                    ),
-                    payload_hint(e, installed.selection.payload.is_some()),
-                )
-            })
+        self.socket.apply(&switch_batch(installed, true)).map_err(|e| {
+            let chain = installed.chain_name();
+            let rules = rule_text(installed).join("; ");
+            Error::sys(
+                format!("switch fault {fault} on (nft flush chain inet netfault {chain}; {rules})"),
+                payload_hint(e, installed.selection.payload.is_some()),
+            )
+        })
     }
 
     /// `nft flush chain inet netfault fault_<name>`: switches the fault off (idempotent).
@@ -154,25 +133,14 @@ impl Firewall {
         let chain = installed.chain_name();
         self.socket
             .apply(&switch_batch(installed, false))
-            .map_err(|e| {
-                Error::sys(
-                    format!("switch fault {fault} off (nft flush chain inet netfault {chain})"),
-                    e,
-                )
-            })
+            .map_err(|e| Error::sys(format!("switch fault {fault} off (nft flush chain inet netfault {chain})"), e))
     }
 
     /// Packets each fault's rules have hit so far, across every time it was on
     /// (`nft list counters table inet netfault`), sorted by fault name.
     pub fn counters(&mut self) -> Result<Vec<(String, u64)>> {
         let values = self.socket.counters(FAMILY, TABLE).map_err(|e| {
-            Error::sys(
-                format!(
-                    "read fault counters of {} (nft list counters table inet netfault)",
-                    self.host
-                ),
-                e,
-            )
+            Error::sys(format!("read fault counters of {} (nft list counters table inet netfault)", self.host), e)
         })?;
         self.faults
             .iter()
@@ -203,10 +171,7 @@ fn find<'a>(faults: &'a [InstalledFault], host: HostId, fault: &str) -> Result<&
 /// Kernels before 6.2 refuse the inner-header payload base that payload conditions use.
 fn payload_hint(error: io::Error, has_payload: bool) -> io::Error {
     if has_payload && error.raw_os_error() == Some(libc::EOPNOTSUPP) {
-        io::Error::new(
-            error.kind(),
-            format!("{error}; payload conditions need Linux >= 6.2 (nft @ih)"),
-        )
+        io::Error::new(error.kind(), format!("{error}; payload conditions need Linux >= 6.2 (nft @ih)"))
     } else {
         error
     }
@@ -232,19 +197,14 @@ fn install_batch(faults: &[InstalledFault]) -> FinalizedBatch {
     batch.add(&input, MsgType::Add);
     batch.add(&output, MsgType::Add);
     for fault in faults {
-        batch.add(
-            &CounterObject::new(FAMILY, TABLE, &fault.chain),
-            MsgType::Add,
-        );
+        batch.add(&CounterObject::new(FAMILY, TABLE, &fault.chain), MsgType::Add);
         batch.add(&Chain::new(&fault.chain, &table), MsgType::Add);
         let base = match fault.direction {
             Direction::Ingress => &input,
             Direction::Egress => &output,
         };
         let mut jump = Rule::new(base);
-        jump.add_expr(&Verdict::Jump {
-            chain: fault.chain.clone(),
-        });
+        jump.add_expr(&Verdict::Jump { chain: fault.chain.clone() });
         batch.add(&jump, MsgType::Add);
         let chain = Chain::new(&fault.chain, &table);
         add_fault_rules(&mut batch, &chain, fault);
@@ -295,11 +255,7 @@ fn add_fault_rules(batch: &mut Batch, chain: &Chain, fault: &InstalledFault) {
 /// `@ih,0,8 >= 0x0`: the load succeeds only if the transport payload has a first byte, and the
 /// always-true comparison makes `nft list` show the condition (it hides a load nothing reads).
 fn add_payload_exists(rule: &mut Rule) {
-    rule.add_expr(&RawPayload {
-        base: PayloadBase::Inner,
-        offset: 0,
-        len: 1,
-    });
+    rule.add_expr(&RawPayload { base: PayloadBase::Inner, offset: 0, len: 1 });
     rule.add_expr(&Cmp::new(CmpOp::Gte, 0u8));
 }
 
@@ -317,20 +273,12 @@ fn add_alternative(rule: &mut Rule, alternative: &Alternative) {
     }
     for (offset, port) in [(0, alternative.sport), (2, alternative.dport)] {
         if let Some(port) = port {
-            rule.add_expr(&RawPayload {
-                base: PayloadBase::Transport,
-                offset,
-                len: 2,
-            });
+            rule.add_expr(&RawPayload { base: PayloadBase::Transport, offset, len: 2 });
             rule.add_expr(&Cmp::new(CmpOp::Eq, &port.to_be_bytes()[..]));
         }
     }
     if let Some(flags) = alternative.tcp_flags {
-        rule.add_expr(&RawPayload {
-            base: PayloadBase::Transport,
-            offset: TCP_FLAGS_BYTE,
-            len: 1,
-        });
+        rule.add_expr(&RawPayload { base: PayloadBase::Transport, offset: TCP_FLAGS_BYTE, len: 1 });
         if flags.mask != u8::MAX {
             rule.add_expr(&Bitwise::new(flags.mask, 0u8));
         }
@@ -345,18 +293,10 @@ fn verdict(action: FaultAction) -> Verdict {
     match action {
         FaultAction::Drop => Verdict::Drop,
         FaultAction::RejectTcpReset => Verdict::Reject(RejectionType::TcpRst),
-        FaultAction::RejectIcmpPortUnreachable => {
-            Verdict::Reject(RejectionType::Icmp(IcmpCode::PortUnreach))
-        }
-        FaultAction::RejectIcmpHostUnreachable => {
-            Verdict::Reject(RejectionType::Icmp(IcmpCode::HostUnreach))
-        }
-        FaultAction::RejectIcmpNetUnreachable => {
-            Verdict::Reject(RejectionType::Icmp(IcmpCode::NoRoute))
-        }
-        FaultAction::RejectIcmpAdminProhibited => {
-            Verdict::Reject(RejectionType::Icmp(IcmpCode::AdminProhibited))
-        }
+        FaultAction::RejectIcmpPortUnreachable => Verdict::Reject(RejectionType::Icmp(IcmpCode::PortUnreach)),
+        FaultAction::RejectIcmpHostUnreachable => Verdict::Reject(RejectionType::Icmp(IcmpCode::HostUnreach)),
+        FaultAction::RejectIcmpNetUnreachable => Verdict::Reject(RejectionType::Icmp(IcmpCode::NoRoute)),
+        FaultAction::RejectIcmpAdminProhibited => Verdict::Reject(RejectionType::Icmp(IcmpCode::AdminProhibited)),
     }
 }
 
@@ -364,10 +304,7 @@ fn verdict(action: FaultAction) -> Verdict {
 fn rule_text(fault: &InstalledFault) -> Vec<String> {
     let mut rules = Vec::new();
     if fault.selection.payload == Some(PayloadMatch::Empty) {
-        rules.push(format!(
-            "nft add rule inet netfault {} meta l4proto tcp @ih,0,8 >= 0x0 return",
-            fault.chain_name()
-        ));
+        rules.push(format!("nft add rule inet netfault {} meta l4proto tcp @ih,0,8 >= 0x0 return", fault.chain_name()));
     }
     for alternative in &fault.selection.alternatives {
         let mut parts = vec![format!("nft add rule inet netfault {}", fault.chain_name())];
@@ -381,10 +318,7 @@ fn rule_text(fault: &InstalledFault) -> Vec<String> {
             parts.push(format!("th dport {port}"));
         }
         if let Some(flags) = alternative.tcp_flags {
-            parts.push(format!(
-                "tcp flags & {:#04x} == {:#04x}",
-                flags.mask, flags.value
-            ));
+            parts.push(format!("tcp flags & {:#04x} == {:#04x}", flags.mask, flags.value));
         }
         if fault.selection.payload == Some(PayloadMatch::NonEmpty) {
             parts.push("@ih,0,8 >= 0x0".to_string());

@@ -52,16 +52,12 @@ impl NetfilterSocket {
         setsockopt(
             &socket.fd(),
             sockopt::ReceiveTimeout,
-            &TimeVal::from(libc::timeval {
-                tv_sec: REPLY_TIMEOUT.as_secs() as libc::time_t,
-                tv_usec: 0,
-            }),
+            &TimeVal::from(libc::timeval { tv_sec: REPLY_TIMEOUT.as_secs() as libc::time_t, tv_usec: 0 }),
         )
         .context(|| "setsockopt(SO_RCVTIMEO) on the nftables socket".to_string())?;
         if !socket.belongs_to(ns)? {
             return Err(Error::Internal(
-                "the nftables socket created inside the host namespace belongs to another namespace"
-                    .into(),
+                "the nftables socket created inside the host namespace belongs to another namespace".into(),
             ));
         }
         Ok(socket)
@@ -91,10 +87,7 @@ impl NetfilterSocket {
     pub fn apply(&mut self, batch: &FinalizedBatch) -> io::Result<()> {
         let iovecs: Vec<libc::iovec> = batch
             .iter()
-            .map(|page| libc::iovec {
-                iov_base: page.as_ptr().cast_mut().cast(),
-                iov_len: page.len(),
-            })
+            .map(|page| libc::iovec { iov_base: page.as_ptr().cast_mut().cast(), iov_len: page.len() })
             .collect();
         let total: usize = iovecs.iter().map(|iov| iov.iov_len).sum();
         // SAFETY: an all-zero sockaddr_nl with its family set is the kernel's address.
@@ -112,9 +105,7 @@ impl NetfilterSocket {
             return Err(io::Error::last_os_error());
         }
         if sent as usize != total {
-            return Err(io::Error::other(format!(
-                "sent {sent} of {total} bytes of the batch"
-            )));
+            return Err(io::Error::other(format!("sent {sent} of {total} bytes of the batch")));
         }
         let result = self.wait_for_acks(batch.sequence_numbers());
         if result.is_err() {
@@ -154,9 +145,7 @@ impl NetfilterSocket {
         let len = write_counter_dump_request(bytes_mut(&mut request), family, table, seq);
         let sent = self.socket.send(&bytes_mut(&mut request)[..len])?;
         if sent != len {
-            return Err(io::Error::other(format!(
-                "sent {sent} of {len} bytes of the counter dump request"
-            )));
+            return Err(io::Error::other(format!("sent {sent} of {len} bytes of the counter dump request")));
         }
         let result = self.collect_dump(seq, table);
         if result.is_err() {
@@ -180,9 +169,8 @@ impl NetfilterSocket {
                     libc::NLMSG_DONE => return Ok(counters),
                     libc::NLMSG_ERROR => error_code(message)?,
                     _ => {
-                        let counter = parse_counter(header).ok_or_else(|| {
-                            io::Error::new(io::ErrorKind::InvalidData, "unparsable counter object")
-                        })?;
+                        let counter = parse_counter(header)
+                            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unparsable counter object"))?;
                         if counter.table == table {
                             counters.push(counter);
                         }
@@ -210,12 +198,7 @@ impl NetfilterSocket {
         for _ in 0..1024 {
             // SAFETY: `buffer` is writable for its whole length.
             let n = unsafe {
-                libc::recv(
-                    self.socket.as_raw_fd(),
-                    buffer.as_mut_ptr().cast(),
-                    buffer.len(),
-                    libc::MSG_DONTWAIT,
-                )
+                libc::recv(self.socket.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len(), libc::MSG_DONTWAIT)
             };
             if n <= 0 {
                 return;

@@ -8,9 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::sys::socket::{
-    self, sockopt, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, SockaddrIn,
-};
+use nix::sys::socket::{self, sockopt, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, SockaddrIn};
 
 use super::*;
 use crate::scenario::plan::{Location, PacketMatch, TcpFlagsMatch, Trigger};
@@ -36,18 +34,9 @@ impl Pair {
         let server = Netns::new_anonymous().unwrap();
         // `ip` opens a namespace given as a path; ours is an open descriptor of this process.
         let server_path = format!("/proc/{}/fd/{}", std::process::id(), server.raw_fd());
-        let link = [
-            "link", "add", "nfc", "type", "veth", "peer", "name", "nfs", "netns",
-        ];
-        run(
-            &client,
-            "ip",
-            &[&link[..], &[server_path.as_str()]].concat(),
-        );
-        for (ns, dev, address) in [
-            (&client, "nfc", "10.0.0.1/24"),
-            (&server, "nfs", "10.0.0.2/24"),
-        ] {
+        let link = ["link", "add", "nfc", "type", "veth", "peer", "name", "nfs", "netns"];
+        run(&client, "ip", &[&link[..], &[server_path.as_str()]].concat());
+        for (ns, dev, address) in [(&client, "nfc", "10.0.0.1/24"), (&server, "nfs", "10.0.0.2/24")] {
             run(ns, "ip", &["addr", "add", address, "dev", dev]);
             run(ns, "ip", &["link", "set", dev, "up"]);
             run(ns, "ip", &["link", "set", "lo", "up"]);
@@ -81,29 +70,13 @@ fn run_here(program: &str, args: &[&str]) -> String {
     };
     let mut stdout = String::new();
     let mut stderr = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    child.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
     assert!(status.success(), "{program} {args:?}: {status}: {stderr}");
     stdout
 }
 
-fn fault(
-    name: &str,
-    host: HostId,
-    direction: Direction,
-    matcher: PacketMatch,
-    action: FaultAction,
-) -> FaultPlan {
+fn fault(name: &str, host: HostId, direction: Direction, matcher: PacketMatch, action: FaultAction) -> FaultPlan {
     FaultPlan {
         name: name.into(),
         host,
@@ -121,19 +94,13 @@ fn syn_to_server() -> PacketMatch {
     PacketMatch {
         protocol: Some(Protocol::Tcp),
         dport: Some(PORT),
-        tcp_flags: Some(TcpFlagsMatch {
-            mask: SYN | ACK,
-            value: SYN,
-        }),
+        tcp_flags: Some(TcpFlagsMatch { mask: SYN | ACK, value: SYN }),
         ..PacketMatch::default()
     }
 }
 
 fn listen(pair: &Pair) -> TcpListener {
-    let listener = pair
-        .server
-        .run(|| Ok(TcpListener::bind((SERVER, PORT)).unwrap()))
-        .unwrap();
+    let listener = pair.server.run(|| Ok(TcpListener::bind((SERVER, PORT)).unwrap())).unwrap();
     listener.set_nonblocking(true).unwrap();
     listener
 }
@@ -163,19 +130,8 @@ struct Attempt {
 fn connect(pair: &Pair, user_timeout: Duration) -> Attempt {
     pair.client
         .run(|| {
-            let socket = socket::socket(
-                AddressFamily::Inet,
-                SockType::Stream,
-                SockFlag::empty(),
-                None,
-            )
-            .unwrap();
-            socket::setsockopt(
-                &socket,
-                sockopt::TcpUserTimeout,
-                &(user_timeout.as_millis() as u32),
-            )
-            .unwrap();
+            let socket = socket::socket(AddressFamily::Inet, SockType::Stream, SockFlag::empty(), None).unwrap();
+            socket::setsockopt(&socket, sockopt::TcpUserTimeout, &(user_timeout.as_millis() as u32)).unwrap();
             let syn_retries: libc::c_int = 1;
             // SAFETY: TCP_SYNCNT takes an int, passed by pointer with its size.
             let set = unsafe {
@@ -190,15 +146,8 @@ fn connect(pair: &Pair, user_timeout: Duration) -> Attempt {
             assert_eq!(set, 0, "setsockopt(TCP_SYNCNT)");
             socket::setsockopt(&socket, sockopt::Ipv4RecvErr, &true).unwrap();
             let start = Instant::now();
-            let result = socket::connect(
-                socket.as_raw_fd(),
-                &SockaddrIn::from(SocketAddrV4::new(SERVER, PORT)),
-            );
-            Ok(Attempt {
-                socket,
-                result,
-                elapsed: start.elapsed(),
-            })
+            let result = socket::connect(socket.as_raw_fd(), &SockaddrIn::from(SocketAddrV4::new(SERVER, PORT)));
+            Ok(Attempt { socket, result, elapsed: start.elapsed() })
         })
         .unwrap()
 }
@@ -226,9 +175,7 @@ fn queued_icmp(socket: &OwnedFd) -> Option<(u8, u8)> {
 
 /// TCP sockets of the namespace as /proc/net/tcp lists them: (local, remote, state number).
 fn tcp_sockets(ns: &Netns) -> Vec<(SocketAddrV4, SocketAddrV4, u8)> {
-    let table = ns
-        .run(|| Ok(std::fs::read_to_string("/proc/thread-self/net/tcp").unwrap()))
-        .unwrap();
+    let table = ns.run(|| Ok(std::fs::read_to_string("/proc/thread-self/net/tcp").unwrap())).unwrap();
     let address = |field: &str| {
         let (ip, port) = field.split_once(':').unwrap();
         let ip = u32::from_str_radix(ip, 16).unwrap().to_ne_bytes();
@@ -263,12 +210,7 @@ fn rules(ns: &Netns, fault: &str) -> Vec<String> {
     run(ns, "nft", &["list", "chain", "inet", "netfault", &chain])
         .lines()
         .map(str::trim)
-        .filter(|line| {
-            !line.is_empty()
-                && !line.starts_with("table")
-                && !line.starts_with("chain")
-                && *line != "}"
-        })
+        .filter(|line| !line.is_empty() && !line.starts_with("table") && !line.starts_with("chain") && *line != "}")
         .map(str::to_string)
         .collect()
 }
@@ -283,27 +225,9 @@ fn firewall_is_send() {
 fn install_creates_the_table_with_every_fault_off() {
     let pair = Pair::new();
     let faults = [
-        fault(
-            "syn",
-            HostId::Server,
-            Direction::Ingress,
-            syn_to_server(),
-            FaultAction::Drop,
-        ),
-        fault(
-            "out",
-            HostId::Server,
-            Direction::Egress,
-            PacketMatch::default(),
-            FaultAction::Drop,
-        ),
-        fault(
-            "theirs",
-            HostId::Client,
-            Direction::Ingress,
-            PacketMatch::default(),
-            FaultAction::Drop,
-        ),
+        fault("syn", HostId::Server, Direction::Ingress, syn_to_server(), FaultAction::Drop),
+        fault("out", HostId::Server, Direction::Egress, PacketMatch::default(), FaultAction::Drop),
+        fault("theirs", HostId::Client, Direction::Ingress, PacketMatch::default(), FaultAction::Drop),
     ];
     let mut firewall = Firewall::install(&pair.server, HostId::Server, &faults).unwrap();
     assert!(firewall.socket.belongs_to(&pair.server).unwrap());
@@ -321,21 +245,12 @@ fn install_creates_the_table_with_every_fault_off() {
         "type filter hook output priority filter; policy accept;",
         "jump fault_out",
     ] {
-        assert!(
-            ruleset.contains(expected),
-            "{expected:?} missing from\n{ruleset}"
-        );
+        assert!(ruleset.contains(expected), "{expected:?} missing from\n{ruleset}");
     }
-    assert!(
-        !ruleset.contains("theirs"),
-        "another host's fault installed:\n{ruleset}"
-    );
+    assert!(!ruleset.contains("theirs"), "another host's fault installed:\n{ruleset}");
     assert!(rules(&pair.server, "syn").is_empty());
     assert!(rules(&pair.server, "out").is_empty());
-    assert_eq!(
-        firewall.counters().unwrap(),
-        vec![("out".to_string(), 0), ("syn".to_string(), 0)]
-    );
+    assert_eq!(firewall.counters().unwrap(), vec![("out".to_string(), 0), ("syn".to_string(), 0)]);
     assert_eq!(run(&pair.client, "nft", &["list", "ruleset"]), "");
 
     let listener = listen(&pair);
@@ -343,10 +258,7 @@ fn install_creates_the_table_with_every_fault_off() {
     assert!(accept_within(&listener, Duration::from_secs(1)).is_some());
 
     let tables = run_here("nft", &["list", "tables"]);
-    assert!(
-        !tables.contains("netfault"),
-        "host namespace got a netfault table:\n{tables}"
-    );
+    assert!(!tables.contains("netfault"), "host namespace got a netfault table:\n{tables}");
 
     // A second install in the same namespace replaces the table instead of doubling it.
     let mut again = Firewall::install(&pair.server, HostId::Server, &faults).unwrap();
@@ -364,33 +276,15 @@ fn unknown_faults_and_impossible_matches_are_refused() {
     assert!(firewall.deactivate("nope").is_err());
     assert_eq!(firewall.counters().unwrap(), vec![]);
 
-    let icmp_with_port = PacketMatch {
-        protocol: Some(Protocol::Icmp),
-        dport: Some(PORT),
-        ..PacketMatch::default()
-    };
-    let faults = [fault(
-        "bad",
-        HostId::Server,
-        Direction::Ingress,
-        icmp_with_port,
-        FaultAction::Drop,
-    )];
-    let err = Firewall::install(&ns, HostId::Server, &faults)
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(
-        err.contains("fault bad") && err.contains("icmp has no ports"),
-        "{err}"
-    );
+    let icmp_with_port = PacketMatch { protocol: Some(Protocol::Icmp), dport: Some(PORT), ..PacketMatch::default() };
+    let faults = [fault("bad", HostId::Server, Direction::Ingress, icmp_with_port, FaultAction::Drop)];
+    let err = Firewall::install(&ns, HostId::Server, &faults).err().unwrap().to_string();
+    assert!(err.contains("fault bad") && err.contains("icmp has no ports"), "{err}");
 }
 
 /// A TcpExt counter of the namespace (`nstat -az TcpExtLockDroppedIcmps`).
 fn tcp_ext(ns: &Netns, name: &str) -> u64 {
-    let netstat = ns
-        .run(|| Ok(std::fs::read_to_string("/proc/thread-self/net/netstat").unwrap()))
-        .unwrap();
+    let netstat = ns.run(|| Ok(std::fs::read_to_string("/proc/thread-self/net/netstat").unwrap())).unwrap();
     let mut lines = netstat.lines();
     let names = lines.next().unwrap().split_whitespace();
     let values = lines.next().unwrap().split_whitespace();
@@ -411,13 +305,7 @@ fn each_reject_gives_the_sender_its_errno() {
     let pair = Pair::new();
     // (fault, action, connect's errno, ICMP (type, code) queued on the client socket)
     let cases = [
-        (
-            "rst",
-            FaultAction::RejectTcpReset,
-            "reject with tcp reset",
-            Errno::ECONNREFUSED,
-            None,
-        ),
+        ("rst", FaultAction::RejectTcpReset, "reject with tcp reset", Errno::ECONNREFUSED, None),
         (
             "port",
             FaultAction::RejectIcmpPortUnreachable,
@@ -432,13 +320,7 @@ fn each_reject_gives_the_sender_its_errno() {
             Errno::EHOSTUNREACH,
             Some((3, 1)),
         ),
-        (
-            "net",
-            FaultAction::RejectIcmpNetUnreachable,
-            "reject with icmpx no-route",
-            Errno::ENETUNREACH,
-            Some((3, 0)),
-        ),
+        ("net", FaultAction::RejectIcmpNetUnreachable, "reject with icmpx no-route", Errno::ENETUNREACH, Some((3, 0))),
         (
             "admin",
             FaultAction::RejectIcmpAdminProhibited,
@@ -449,15 +331,7 @@ fn each_reject_gives_the_sender_its_errno() {
     ];
     let faults: Vec<FaultPlan> = cases
         .iter()
-        .map(|(name, action, _, _, _)| {
-            fault(
-                name,
-                HostId::Server,
-                Direction::Ingress,
-                syn_to_server(),
-                *action,
-            )
-        })
+        .map(|(name, action, _, _, _)| fault(name, HostId::Server, Direction::Ingress, syn_to_server(), *action))
         .collect();
     let mut firewall = Firewall::install(&pair.server, HostId::Server, &faults).unwrap();
     let listener = listen(&pair);
@@ -474,17 +348,12 @@ fn each_reject_gives_the_sender_its_errno() {
         match (icmp, lock_dropped) {
             (None, 0) | (Some(_), 0) => {
                 assert_eq!(syns, 1, "{name}");
-                assert!(
-                    attempt.elapsed < Duration::from_millis(500),
-                    "{name}: {:?}",
-                    attempt.elapsed
-                );
+                assert!(attempt.elapsed < Duration::from_millis(500), "{name}: {:?}", attempt.elapsed);
             }
             (Some(_), 1) => {
                 assert_eq!(syns, 2, "{name}: first SYN and its retransmission");
                 assert!(
-                    attempt.elapsed > Duration::from_millis(900)
-                        && attempt.elapsed < Duration::from_millis(2500),
+                    attempt.elapsed > Duration::from_millis(900) && attempt.elapsed < Duration::from_millis(2500),
                     "{name}: {:?}",
                     attempt.elapsed
                 );
@@ -493,40 +362,22 @@ fn each_reject_gives_the_sender_its_errno() {
         }
 
         firewall.deactivate(name).unwrap();
-        assert_eq!(
-            connect(&pair, Duration::from_secs(1)).result,
-            Ok(()),
-            "{name} off"
-        );
+        assert_eq!(connect(&pair, Duration::from_secs(1)).result, Ok(()), "{name} off");
         assert!(accept_within(&listener, Duration::from_secs(1)).is_some());
-        assert_eq!(
-            counter(&mut firewall, name),
-            syns,
-            "{name} counted while off"
-        );
+        assert_eq!(counter(&mut firewall, name), syns, "{name} counted while off");
     }
 }
 
 #[test]
 fn drop_times_connect_out_until_switched_off() {
     let pair = Pair::new();
-    let faults = [fault(
-        "blackhole",
-        HostId::Server,
-        Direction::Ingress,
-        syn_to_server(),
-        FaultAction::Drop,
-    )];
+    let faults = [fault("blackhole", HostId::Server, Direction::Ingress, syn_to_server(), FaultAction::Drop)];
     let mut firewall = Firewall::install(&pair.server, HostId::Server, &faults).unwrap();
     let listener = listen(&pair);
 
     firewall.activate("blackhole").unwrap();
     firewall.activate("blackhole").unwrap();
-    assert_eq!(
-        rules(&pair.server, "blackhole").len(),
-        1,
-        "activate twice must leave one rule"
-    );
+    assert_eq!(rules(&pair.server, "blackhole").len(), 1, "activate twice must leave one rule");
     let attempt = connect(&pair, Duration::from_millis(500));
     assert_eq!(attempt.result, Err(Errno::ETIMEDOUT));
     assert!(
@@ -542,11 +393,7 @@ fn drop_times_connect_out_until_switched_off() {
     assert!(rules(&pair.server, "blackhole").is_empty());
     assert_eq!(connect(&pair, Duration::from_secs(1)).result, Ok(()));
     assert!(accept_within(&listener, Duration::from_secs(1)).is_some());
-    assert_eq!(
-        counter(&mut firewall, "blackhole"),
-        dropped,
-        "counted while off"
-    );
+    assert_eq!(counter(&mut firewall, "blackhole"), dropped, "counted while off");
 
     // Counters keep what earlier activations counted.
     firewall.activate("blackhole").unwrap();
@@ -562,20 +409,11 @@ fn dropping_pure_acks_leaves_the_server_in_syn_recv() {
         protocol: Some(Protocol::Tcp),
         dport: Some(PORT),
         // PSH is left out of the mask: data segments match the flags, only the payload test spares them.
-        tcp_flags: Some(TcpFlagsMatch {
-            mask: SYN | ACK | FIN | RST,
-            value: ACK,
-        }),
+        tcp_flags: Some(TcpFlagsMatch { mask: SYN | ACK | FIN | RST, value: ACK }),
         payload: Some(PayloadMatch::Empty),
         ..PacketMatch::default()
     };
-    let faults = [fault(
-        "acks",
-        HostId::Server,
-        Direction::Ingress,
-        pure_ack,
-        FaultAction::Drop,
-    )];
+    let faults = [fault("acks", HostId::Server, Direction::Ingress, pure_ack, FaultAction::Drop)];
     let mut firewall = Firewall::install(&pair.server, HostId::Server, &faults).unwrap();
     let listener = listen(&pair);
     firewall.activate("acks").unwrap();
@@ -592,9 +430,7 @@ fn dropping_pure_acks_leaves_the_server_in_syn_recv() {
     let server = SocketAddrV4::new(SERVER, PORT);
     let client_states = tcp_sockets(&pair.client);
     assert!(
-        client_states
-            .iter()
-            .any(|(_, remote, state)| *remote == server && *state == TCP_ESTABLISHED),
+        client_states.iter().any(|(_, remote, state)| *remote == server && *state == TCP_ESTABLISHED),
         "{client_states:?}"
     );
     assert!(accept_within(&listener, Duration::from_millis(300)).is_none());
@@ -602,9 +438,7 @@ fn dropping_pure_acks_leaves_the_server_in_syn_recv() {
     assert!(
         server_states
             .iter()
-            .any(|(local, remote, state)| *local == server
-                && *remote.ip() == CLIENT
-                && *state == TCP_SYN_RECV),
+            .any(|(local, remote, state)| *local == server && *remote.ip() == CLIENT && *state == TCP_SYN_RECV),
         "{server_states:?}"
     );
     assert!(counter(&mut firewall, "acks") >= 1);
@@ -612,11 +446,8 @@ fn dropping_pure_acks_leaves_the_server_in_syn_recv() {
     // A data segment carries the same ACK, but has payload: it passes and completes the handshake.
     let mut client = TcpStream::from(attempt.socket);
     client.write_all(b"hello").unwrap();
-    let mut accepted =
-        accept_within(&listener, Duration::from_secs(2)).expect("data segment dropped");
-    accepted
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .unwrap();
+    let mut accepted = accept_within(&listener, Duration::from_secs(2)).expect("data segment dropped");
+    accepted.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let mut received = [0u8; 5];
     accepted.read_exact(&mut received).unwrap();
     assert_eq!(&received, b"hello");
@@ -625,40 +456,21 @@ fn dropping_pure_acks_leaves_the_server_in_syn_recv() {
 #[test]
 fn dropping_data_spares_the_handshake() {
     let pair = Pair::new();
-    let data = PacketMatch {
-        dport: Some(PORT),
-        payload: Some(PayloadMatch::NonEmpty),
-        ..PacketMatch::default()
-    };
-    let faults = [fault(
-        "data",
-        HostId::Server,
-        Direction::Ingress,
-        data,
-        FaultAction::Drop,
-    )];
+    let data = PacketMatch { dport: Some(PORT), payload: Some(PayloadMatch::NonEmpty), ..PacketMatch::default() };
+    let faults = [fault("data", HostId::Server, Direction::Ingress, data, FaultAction::Drop)];
     let mut firewall = Firewall::install(&pair.server, HostId::Server, &faults).unwrap();
     let listener = listen(&pair);
     firewall.activate("data").unwrap();
-    assert_eq!(
-        rules(&pair.server, "data"),
-        ["tcp dport 9000 @ih,0,8 >= 0x0 counter name \"fault_data\" drop"]
-    );
+    assert_eq!(rules(&pair.server, "data"), ["tcp dport 9000 @ih,0,8 >= 0x0 counter name \"fault_data\" drop"]);
 
     let attempt = connect(&pair, Duration::from_secs(10));
     assert_eq!(attempt.result, Ok(()));
     let mut accepted = accept_within(&listener, Duration::from_secs(1)).expect("handshake dropped");
-    assert_eq!(
-        counter(&mut firewall, "data"),
-        0,
-        "handshake segments counted as data"
-    );
+    assert_eq!(counter(&mut firewall, "data"), 0, "handshake segments counted as data");
 
     let mut client = TcpStream::from(attempt.socket);
     client.write_all(&[7u8; 100]).unwrap();
-    accepted
-        .set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
+    accepted.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
     let mut received = [0u8; 100];
     let err = accepted.read(&mut received).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::WouldBlock, "{err}");
@@ -666,9 +478,7 @@ fn dropping_data_spares_the_handshake() {
 
     // Switched off, the next retransmission gets through.
     firewall.deactivate("data").unwrap();
-    accepted
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    accepted.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     accepted.read_exact(&mut received).unwrap();
     assert_eq!(received, [7u8; 100]);
 }
@@ -676,18 +486,8 @@ fn dropping_data_spares_the_handshake() {
 #[test]
 fn egress_faults_hold_the_hosts_own_packets() {
     let pair = Pair::new();
-    let to_server = PacketMatch {
-        protocol: Some(Protocol::Tcp),
-        dport: Some(PORT),
-        ..PacketMatch::default()
-    };
-    let faults = [fault(
-        "out",
-        HostId::Client,
-        Direction::Egress,
-        to_server,
-        FaultAction::Drop,
-    )];
+    let to_server = PacketMatch { protocol: Some(Protocol::Tcp), dport: Some(PORT), ..PacketMatch::default() };
+    let faults = [fault("out", HostId::Client, Direction::Egress, to_server, FaultAction::Drop)];
     let mut firewall = Firewall::install(&pair.client, HostId::Client, &faults).unwrap();
     let listener = listen(&pair);
     firewall.activate("out").unwrap();
@@ -711,21 +511,12 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 #[test]
 fn switching_a_fault_takes_well_under_a_millisecond() {
     let faults = [
-        fault(
-            "syn",
-            HostId::Server,
-            Direction::Ingress,
-            syn_to_server(),
-            FaultAction::Drop,
-        ),
+        fault("syn", HostId::Server, Direction::Ingress, syn_to_server(), FaultAction::Drop),
         fault(
             "acks",
             HostId::Server,
             Direction::Ingress,
-            PacketMatch {
-                payload: Some(PayloadMatch::Empty),
-                ..syn_to_server()
-            },
+            PacketMatch { payload: Some(PayloadMatch::Empty), ..syn_to_server() },
             FaultAction::RejectTcpReset,
         ),
     ];

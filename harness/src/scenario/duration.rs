@@ -7,13 +7,8 @@ use std::time::Duration;
 pub const MAX_DURATION: Duration = Duration::from_secs(2 * 60 * 60);
 
 /// Units a duration may carry, in the order the error messages list them.
-pub const UNITS: [(&str, u128); 5] = [
-    ("ns", 1),
-    ("us", 1_000),
-    ("ms", 1_000_000),
-    ("s", 1_000_000_000),
-    ("m", 60_000_000_000),
-];
+pub const UNITS: [(&str, u128); 5] =
+    [("ns", 1), ("us", 1_000), ("ms", 1_000_000), ("s", 1_000_000_000), ("m", 60_000_000_000)];
 
 /// Why a text is not a duration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,9 +45,7 @@ impl DurationError {
                 format!("duration \"{text}\" has unknown unit \"{unit}\"; allowed units: {units}")
             }
             DurationError::TooPrecise => {
-                format!(
-                    "duration \"{text}\" is finer than 1ns; use fewer decimals or a smaller unit"
-                )
+                format!("duration \"{text}\" is finer than 1ns; use fewer decimals or a smaller unit")
             }
             DurationError::TooLong => {
                 format!("duration \"{text}\" is longer than 120m (2 hours), the limit for anything in a scenario")
@@ -62,11 +55,7 @@ impl DurationError {
 }
 
 fn unit_list() -> String {
-    UNITS
-        .iter()
-        .map(|(unit, _)| *unit)
-        .collect::<Vec<_>>()
-        .join(", ")
+    UNITS.iter().map(|(unit, _)| *unit).collect::<Vec<_>>().join(", ")
 }
 
 /// Parses `250ms`, `7s`, `1.5s`, `2m`, `0s`; at most [`MAX_DURATION`].
@@ -75,9 +64,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     if text.starts_with('-') {
         return Err(DurationError::Negative);
     }
-    let number_end = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
+    let number_end = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
     let (number, unit) = text.split_at(number_end);
     let (whole, fraction) = match number.split_once('.') {
         Some((whole, fraction)) => (whole, fraction),
@@ -98,10 +85,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     };
     let limit = MAX_DURATION.as_nanos();
     let whole: u128 = whole.parse().map_err(|_| DurationError::TooLong)?;
-    let mut nanos = whole
-        .checked_mul(*scale)
-        .filter(|n| *n <= limit)
-        .ok_or(DurationError::TooLong)?;
+    let mut nanos = whole.checked_mul(*scale).filter(|n| *n <= limit).ok_or(DurationError::TooLong)?;
     let mut place = *scale;
     for digit in fraction.bytes() {
         let digit = u128::from(digit - b'0');
@@ -176,10 +160,7 @@ mod tests {
         assert_eq!(parse_duration("0.1m"), Ok(Duration::from_secs(6)));
         assert_eq!(parse_duration("1.000000001s"), Ok(Duration::new(1, 1)));
         assert_eq!(parse_duration("1.50ns"), Err(DurationError::TooPrecise));
-        assert_eq!(
-            parse_duration("1.0000000001s"),
-            Err(DurationError::TooPrecise)
-        );
+        assert_eq!(parse_duration("1.0000000001s"), Err(DurationError::TooPrecise));
     }
 
     #[test]
@@ -187,14 +168,8 @@ mod tests {
         assert_eq!(parse_duration("5"), Err(DurationError::NoUnit));
         assert_eq!(parse_duration("0"), Err(DurationError::NoUnit));
         assert_eq!(parse_duration("-1s"), Err(DurationError::Negative));
-        assert_eq!(
-            parse_duration("5h"),
-            Err(DurationError::UnknownUnit("h".into()))
-        );
-        assert_eq!(
-            parse_duration("5sec"),
-            Err(DurationError::UnknownUnit("sec".into()))
-        );
+        assert_eq!(parse_duration("5h"), Err(DurationError::UnknownUnit("h".into())));
+        assert_eq!(parse_duration("5sec"), Err(DurationError::UnknownUnit("sec".into())));
         assert_eq!(parse_duration("5 s"), Err(DurationError::Malformed));
         assert_eq!(parse_duration("s"), Err(DurationError::Malformed));
         assert_eq!(parse_duration("1.2.3s"), Err(DurationError::Malformed));
@@ -207,26 +182,15 @@ mod tests {
     fn bounds_at_two_hours() {
         assert_eq!(parse_duration("120m"), Ok(MAX_DURATION));
         assert_eq!(parse_duration("7200s"), Ok(MAX_DURATION));
-        assert_eq!(
-            parse_duration("7200.000000001s"),
-            Err(DurationError::TooLong)
-        );
+        assert_eq!(parse_duration("7200.000000001s"), Err(DurationError::TooLong));
         assert_eq!(parse_duration("121m"), Err(DurationError::TooLong));
-        assert_eq!(
-            parse_duration("99999999999999999999999999999999999999999s"),
-            Err(DurationError::TooLong)
-        );
+        assert_eq!(parse_duration("99999999999999999999999999999999999999999s"), Err(DurationError::TooLong));
     }
 
     #[test]
     fn messages_say_what_is_allowed() {
-        assert_eq!(
-            DurationError::NoUnit.message("5"),
-            "duration \"5\" needs a unit (ns, us, ms, s, m), e.g. \"5s\""
-        );
-        assert!(DurationError::TooLong
-            .message("121m")
-            .contains("longer than 120m"));
+        assert_eq!(DurationError::NoUnit.message("5"), "duration \"5\" needs a unit (ns, us, ms, s, m), e.g. \"5s\"");
+        assert!(DurationError::TooLong.message("121m").contains("longer than 120m"));
     }
 
     #[test]

@@ -112,16 +112,8 @@ pub struct StructureError {
 }
 
 enum Frame {
-    Map {
-        node: usize,
-        pending_key: Option<(String, Location)>,
-        keys: HashMap<String, Location>,
-        first_key_seen: bool,
-    },
-    Seq {
-        node: usize,
-        next: usize,
-    },
+    Map { node: usize, pending_key: Option<(String, Location)>, keys: HashMap<String, Location>, first_key_seen: bool },
+    Seq { node: usize, next: usize },
 }
 
 /// Counts nodes as serde will see them, with every alias replaced by a copy of its anchor.
@@ -155,9 +147,7 @@ impl Expansion {
     }
 
     fn alias(&mut self, anchor: usize) -> u64 {
-        self.total = self
-            .total
-            .saturating_add(self.anchor_sizes.get(&anchor).copied().unwrap_or(1));
+        self.total = self.total.saturating_add(self.anchor_sizes.get(&anchor).copied().unwrap_or(1));
         self.total
     }
 }
@@ -165,18 +155,13 @@ impl Expansion {
 fn too_deep(location: Location) -> StructureError {
     StructureError {
         location,
-        message: format!(
-            "nested more than {MAX_DEPTH} levels deep; a scenario needs only a few levels"
-        ),
+        message: format!("nested more than {MAX_DEPTH} levels deep; a scenario needs only a few levels"),
         syntax: false,
     }
 }
 
 fn location(marker: &Marker) -> Location {
-    Location {
-        line: marker.line(),
-        column: marker.col() + 1,
-    }
+    Location { line: marker.line(), column: marker.col() + 1 }
 }
 
 impl SourceIndex {
@@ -221,12 +206,8 @@ impl SourceIndex {
                 }
                 Event::Scalar(text, style, anchor, _) => {
                     expansion.scalar(anchor);
-                    if let Some(Frame::Map {
-                        pending_key: pending @ None,
-                        keys,
-                        node,
-                        first_key_seen,
-                    }) = stack.last_mut()
+                    if let Some(Frame::Map { pending_key: pending @ None, keys, node, first_key_seen }) =
+                        stack.last_mut()
                     {
                         if let Some(first) = keys.get(&text) {
                             return Err(StructureError {
@@ -271,12 +252,9 @@ impl SourceIndex {
                     }
                     let node = index.add_value(&mut stack, here, false);
                     stack.push(match event {
-                        Event::MappingStart(..) => Frame::Map {
-                            node,
-                            pending_key: None,
-                            keys: HashMap::new(),
-                            first_key_seen: false,
-                        },
+                        Event::MappingStart(..) => {
+                            Frame::Map { node, pending_key: None, keys: HashMap::new(), first_key_seen: false }
+                        }
                         _ => Frame::Seq { node, next: 0 },
                     });
                 }
@@ -287,9 +265,7 @@ impl SourceIndex {
 
     fn reject_complex_key(&self, stack: &[Frame], here: Location) -> Result<(), StructureError> {
         match stack.last() {
-            Some(Frame::Map {
-                pending_key: None, ..
-            }) => Err(StructureError {
+            Some(Frame::Map { pending_key: None, .. }) => Err(StructureError {
                 location: here,
                 message: "map keys must be plain names, not lists, maps or *aliases".into(),
                 syntax: false,
@@ -315,9 +291,7 @@ impl SourceIndex {
                 *next += 1;
                 (Some((*node, Segment::Index(*next - 1))), None)
             }
-            Some(Frame::Map {
-                node, pending_key, ..
-            }) => match pending_key.take() {
+            Some(Frame::Map { node, pending_key, .. }) => match pending_key.take() {
                 Some((key, key_at)) => (Some((*node, Segment::Key(key))), Some(key_at)),
                 // Cannot happen (a map key that is not a scalar is refused before): the map stands for it.
                 None => return *node,
@@ -346,16 +320,12 @@ impl SourceIndex {
     /// Where the node at `path` starts, or its nearest indexed ancestor (nodes reached through an alias have
     /// no position of their own); `1:1` for the top.
     pub fn value(&self, path: &NodePath) -> Location {
-        self.position(path)
-            .map(|node| node.value)
-            .unwrap_or(Location { line: 1, column: 1 })
+        self.position(path).map(|node| node.value).unwrap_or(Location { line: 1, column: 1 })
     }
 
     /// Where the key introducing `path` is; the node itself when it is a list item or has no key.
     pub fn key(&self, path: &NodePath) -> Location {
-        self.position(path)
-            .map(|node| node.key.unwrap_or(node.value))
-            .unwrap_or(Location { line: 1, column: 1 })
+        self.position(path).map(|node| node.key.unwrap_or(node.value)).unwrap_or(Location { line: 1, column: 1 })
     }
 
     /// Whether the file has a node at exactly `path`.
@@ -392,16 +362,9 @@ impl SourceIndex {
 /// Line and column (1-based, in characters) of byte `offset` of `text`; used where only a byte offset is known.
 pub fn location_of_offset(bytes: &[u8], offset: usize) -> Location {
     let before = &bytes[..offset.min(bytes.len())];
-    let line_start = before
-        .iter()
-        .rposition(|b| *b == b'\n')
-        .map(|i| i + 1)
-        .unwrap_or(0);
+    let line_start = before.iter().rposition(|b| *b == b'\n').map(|i| i + 1).unwrap_or(0);
     let line = before.iter().filter(|b| **b == b'\n').count() + 1;
-    let column = String::from_utf8_lossy(&before[line_start..])
-        .chars()
-        .count()
-        + 1;
+    let column = String::from_utf8_lossy(&before[line_start..]).chars().count() + 1;
     Location { line, column }
 }
 
@@ -444,19 +407,10 @@ server: []
         let client = root.key("client");
         assert_eq!(index.value(&client.index(0)), at(7, 5));
         assert_eq!(index.value(&client.index(1)), at(8, 5));
-        assert_eq!(
-            index.value(&client.index(1).key("connect").key("port")),
-            at(8, 22)
-        );
+        assert_eq!(index.value(&client.index(1).key("connect").key("port")), at(8, 22));
         assert_eq!(index.value(&client.index(1).key("expect")), at(10, 7));
-        assert_eq!(
-            index.key(&client.index(1).key("expect").key("result")),
-            at(10, 7)
-        );
-        assert_eq!(
-            index.value(&client.index(1).key("expect").key("result")),
-            at(10, 15)
-        );
+        assert_eq!(index.key(&client.index(1).key("expect").key("result")), at(10, 7));
+        assert_eq!(index.value(&client.index(1).key("expect").key("result")), at(10, 15));
         assert_eq!(index.value(&client.index(2).key("accept")), at(11, 5));
         assert_eq!(index.value(&root.key("server")), at(12, 9));
     }
@@ -500,11 +454,7 @@ server: []
 
     #[test]
     fn paths_print_like_serde_norway() {
-        let path = NodePath::root()
-            .key("client")
-            .index(2)
-            .key("expect")
-            .key("result");
+        let path = NodePath::root().key("client").index(2).key("expect").key("result");
         assert_eq!(path.to_string(), "client[2].expect.result");
         assert_eq!(path.parent().to_string(), "client[2].expect");
         assert_eq!(path.last_key(), Some("result"));
@@ -515,12 +465,7 @@ server: []
     fn refuses_duplicate_keys_at_the_second() {
         let err = SourceIndex::build("a: 1\nb:\n  c: 1\n  c: 2\n").unwrap_err();
         assert_eq!(err.location, at(4, 3));
-        assert!(
-            err.message
-                .contains("duplicate key \"c\" (first given at 3:3)"),
-            "{}",
-            err.message
-        );
+        assert!(err.message.contains("duplicate key \"c\" (first given at 3:3)"), "{}", err.message);
     }
 
     #[test]
@@ -543,11 +488,7 @@ server: []
         // Found probing 1 MiB files: "{a: " repeated made libyaml (asked for a better syntax message) take minutes.
         let err = SourceIndex::build(&"{a: ".repeat(300)).unwrap_err();
         assert!(!err.syntax);
-        assert!(
-            err.message.contains("nested more than 64 levels"),
-            "{}",
-            err.message
-        );
+        assert!(err.message.contains("nested more than 64 levels"), "{}", err.message);
         assert_eq!(err.location, at(1, 4 * 255 + 1));
     }
 
@@ -559,16 +500,8 @@ server: []
             text.push_str(&format!("a{level}: &a{level} [{items}]\n"));
         }
         let err = SourceIndex::build(&text).unwrap_err();
-        assert!(
-            err.message
-                .contains("expand this file to more than 100000 values"),
-            "{}",
-            err.message
-        );
-        assert_eq!(
-            err.location.line, 5,
-            "level 4 is the first to pass 100000 nodes"
-        );
+        assert!(err.message.contains("expand this file to more than 100000 values"), "{}", err.message);
+        assert_eq!(err.location.line, 5, "level 4 is the first to pass 100000 nodes");
     }
 
     #[test]
@@ -586,11 +519,7 @@ server: []
     #[test]
     fn refuses_complex_keys() {
         let err = SourceIndex::build("? [a, b]\n: 1\n").unwrap_err();
-        assert!(
-            err.message.contains("map keys must be plain names"),
-            "{}",
-            err.message
-        );
+        assert!(err.message.contains("map keys must be plain names"), "{}", err.message);
     }
 
     #[test]

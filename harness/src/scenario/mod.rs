@@ -32,20 +32,11 @@ pub const MAX_FILE_SIZE: usize = 1024 * 1024;
 /// `.yaml` / `.yml`, with `/` separators (the file stem when `file` is not under `root`).
 pub fn load(root: &Path, file: &Path) -> Result<Plan, ScenarioError> {
     let unreadable = |e: std::io::Error| {
-        ScenarioError::new(
-            file,
-            None,
-            format!(
-                "cannot read the scenario file (cat {}): {e}",
-                file.display()
-            ),
-        )
+        ScenarioError::new(file, None, format!("cannot read the scenario file (cat {}): {e}", file.display()))
     };
     // Reading one byte past the limit is enough to refuse a file without reading all of a huge one.
     let mut bytes = Vec::new();
-    File::open(file)
-        .and_then(|f| f.take(MAX_FILE_SIZE as u64 + 1).read_to_end(&mut bytes))
-        .map_err(unreadable)?;
+    File::open(file).and_then(|f| f.take(MAX_FILE_SIZE as u64 + 1).read_to_end(&mut bytes)).map_err(unreadable)?;
     parse_bytes(&scenario_name(root, file), file, &bytes)
 }
 
@@ -81,16 +72,10 @@ pub fn parse(name: &str, file: &Path, text: &str) -> Result<Plan, ScenarioError>
 fn within(text: &str, at: Location) -> Location {
     let mut lines = text.split('\n');
     match lines.nth(at.line.saturating_sub(1)) {
-        Some(line) => Location {
-            line: at.line.max(1),
-            column: at.column.clamp(1, line.chars().count() + 1),
-        },
+        Some(line) => Location { line: at.line.max(1), column: at.column.clamp(1, line.chars().count() + 1) },
         None => {
             let last = text.split('\n').count();
-            Location {
-                line: last + 1,
-                column: 1,
-            }
+            Location { line: last + 1, column: 1 }
         }
     }
 }
@@ -110,8 +95,7 @@ fn parse_text(name: &str, file: &Path, text: &str) -> Result<Plan, ScenarioError
     check_size(file, text.len())?;
     check_characters(file, text)?;
     let index = SourceIndex::build(text).map_err(|e| structure_error(file, text, e))?;
-    let wire: ScenarioWire =
-        serde_norway::from_str(text).map_err(|e| serde_error(file, text, &index, &e))?;
+    let wire: ScenarioWire = serde_norway::from_str(text).map_err(|e| serde_error(file, text, &index, &e))?;
     validate::validate(name, file, &wire, &index)
 }
 
@@ -137,19 +121,13 @@ pub fn discover(root: &Path) -> std::io::Result<Vec<PathBuf>> {
 }
 
 fn is_scenario_file(path: &Path) -> bool {
-    matches!(
-        path.extension().and_then(|e| e.to_str()),
-        Some("yaml" | "yml")
-    )
+    matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
 }
 
 /// `keepalive/idle` for `root/keepalive/idle.yaml`.
 pub fn scenario_name(root: &Path, file: &Path) -> String {
     let stem_of = |path: &Path| {
-        let mut parts: Vec<String> = path
-            .components()
-            .map(|c| c.as_os_str().to_string_lossy().into_owned())
-            .collect();
+        let mut parts: Vec<String> = path.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
         if let Some(last) = parts.last_mut() {
             for extension in [".yaml", ".yml"] {
                 if let Some(stem) = last.strip_suffix(extension) {
@@ -202,11 +180,7 @@ fn check_characters(file: &Path, text: &str) -> Result<(), ScenarioError> {
             }
             _ if c.is_control() || c == '\u{fffe}' || c == '\u{ffff}' => {
                 let code = u32::from(c);
-                let escape = if code <= 0xff {
-                    format!("\\x{code:02x}")
-                } else {
-                    format!("\\u{code:04x}")
-                };
+                let escape = if code <= 0xff { format!("\\x{code:02x}") } else { format!("\\u{code:04x}") };
                 format!(
                     "character U+{code:04X} is not allowed in YAML: remove it, or write it as the escape \"{escape}\" \
                      inside a double-quoted string"
@@ -214,11 +188,7 @@ fn check_characters(file: &Path, text: &str) -> Result<(), ScenarioError> {
             }
             _ => continue,
         };
-        return Err(ScenarioError::new(
-            file,
-            Some(location_of_offset(text.as_bytes(), offset)),
-            message,
-        ));
+        return Err(ScenarioError::new(file, Some(location_of_offset(text.as_bytes(), offset)), message));
     }
     Ok(())
 }
@@ -231,15 +201,8 @@ fn structure_error(file: &Path, text: &str, error: StructureError) -> ScenarioEr
     if error.syntax && flow_depth_bound(text) <= 2 * MAX_DEPTH {
         if let Err(libyaml) = serde_norway::from_str::<IgnoredAny>(text) {
             if let Some(location) = libyaml.location() {
-                let location = Location {
-                    line: location.line(),
-                    column: location.column(),
-                };
-                return ScenarioError::new(
-                    file,
-                    Some(location),
-                    syntax_message(text, location, &libyaml.to_string()),
-                );
+                let location = Location { line: location.line(), column: location.column() };
+                return ScenarioError::new(file, Some(location), syntax_message(text, location, &libyaml.to_string()));
             }
         }
     }
@@ -267,10 +230,8 @@ fn syntax_message(text: &str, location: Location, libyaml: &str) -> String {
     let own_position = format!(" at line {} column {}", location.line, location.column);
     let message = libyaml.replacen(&own_position, "", 1);
     let mut message = MARK.replace_all(&message, " at $1:$2").into_owned();
-    let rest_of_line = text
-        .lines()
-        .nth(location.line.saturating_sub(1))
-        .map(|l| l.chars().skip(location.column.saturating_sub(1)));
+    let rest_of_line =
+        text.lines().nth(location.line.saturating_sub(1)).map(|l| l.chars().skip(location.column.saturating_sub(1)));
     let offending = rest_of_line.clone().and_then(|mut rest| rest.next());
     if offending == Some('\t') {
         message.push_str("; YAML indents with spaces, not tabs");
@@ -297,36 +258,19 @@ fn syntax_message(text: &str, location: Location, libyaml: &str) -> String {
 fn bare_step_above(text: &str, line: usize) -> Option<&str> {
     let indent = |l: &str| l.len() - l.trim_start_matches(' ').len();
     let offending = text.lines().nth(line.checked_sub(1)?)?;
-    let above = text
-        .lines()
-        .take(line.saturating_sub(1))
-        .filter(|l| !l.trim().is_empty())
-        .last()?;
+    let above = text.lines().take(line.saturating_sub(1)).filter(|l| !l.trim().is_empty()).last()?;
     if indent(offending) <= indent(above) {
         return None;
     }
     let item = above.trim().strip_prefix("- ")?.trim();
-    (!item.is_empty()
-        && item
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
-    .then_some(item)
+    (!item.is_empty() && item.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')).then_some(item)
 }
 
-static MARK: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r" at line (\d+) column (\d+)").expect("constant pattern"));
+static MARK: LazyLock<Regex> = LazyLock::new(|| Regex::new(r" at line (\d+) column (\d+)").expect("constant pattern"));
 
 /// Turns a serde_norway error into one that says where, what is wrong and what is allowed.
-fn serde_error(
-    file: &Path,
-    text: &str,
-    index: &SourceIndex,
-    error: &serde_norway::Error,
-) -> ScenarioError {
-    let location = error.location().map(|l| Location {
-        line: l.line(),
-        column: l.column(),
-    });
+fn serde_error(file: &Path, text: &str, index: &SourceIndex, error: &serde_norway::Error) -> ScenarioError {
+    let location = error.location().map(|l| Location { line: l.line(), column: l.column() });
     let full = error.to_string();
     let without_position = match full.rfind(" at line ") {
         Some(cut) if location.is_some() => &full[..cut],
@@ -353,24 +297,17 @@ fn serde_error(
             }
             if allowed.contains(&"expect") {
                 if let Some(inner) = closest(given, STEP_EXPECT_KEYS) {
-                    text.push_str(&format!(" (`{inner}` goes inside the step's expect, e.g. expect: {{ {inner}: ... }})"));
+                    text.push_str(&format!(
+                        " (`{inner}` goes inside the step's expect, e.g. expect: {{ {inner}: ... }})"
+                    ));
                 }
             }
             text
         }
     } else if let Some(rest) = message.strip_prefix("invalid type: ") {
-        let (found, expected) = rest
-            .split_once(", expected ")
-            .unwrap_or((rest, "something else"));
-        let found = if found == "enum" {
-            "a YAML tag (!name), which scenarios do not use"
-        } else {
-            found
-        };
-        format!(
-            "wrong type for {context}: found {found}, expected {}",
-            describe_expected(expected)
-        )
+        let (found, expected) = rest.split_once(", expected ").unwrap_or((rest, "something else"));
+        let found = if found == "enum" { "a YAML tag (!name), which scenarios do not use" } else { found };
+        format!("wrong type for {context}: found {found}, expected {}", describe_expected(expected))
     } else if message == "repetition limit exceeded" {
         return ScenarioError::new(
             file,
@@ -385,11 +322,7 @@ fn serde_error(
     } else {
         format!("{context}: {message}")
     };
-    ScenarioError::new(
-        file,
-        location.or(Some(Location { line: 1, column: 1 })),
-        message,
-    )
+    ScenarioError::new(file, location.or(Some(Location { line: 1, column: 1 })), message)
 }
 
 /// Keys of a step's `expect:` map, suggested when one of them is written on the step itself.

@@ -27,11 +27,7 @@ pub const SOCKOPT_NAMES: &[(&str, SockOptName)] = &[
 
 /// The Linux name of a socket option, e.g. `TCP_KEEPIDLE`.
 pub fn sockopt_name(option: SockOptName) -> &'static str {
-    SOCKOPT_NAMES
-        .iter()
-        .find(|(_, o)| *o == option)
-        .map(|(name, _)| *name)
-        .unwrap_or("?")
+    SOCKOPT_NAMES.iter().find(|(_, o)| *o == option).map(|(name, _)| *name).unwrap_or("?")
 }
 
 /// TCP header flag bits by the letters tcpdump prints (`.` is ACK; `A` is accepted too).
@@ -116,9 +112,8 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for i in 1..=a.len() {
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut best = (d[(i - 1) * width + j] + 1)
-                .min(d[i * width + j - 1] + 1)
-                .min(d[(i - 1) * width + j - 1] + cost);
+            let mut best =
+                (d[(i - 1) * width + j] + 1).min(d[i * width + j - 1] + 1).min(d[(i - 1) * width + j - 1] + cost);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
                 best = best.min(d[(i - 2) * width + j - 2] + 1);
             }
@@ -139,10 +134,7 @@ mod tests {
         assert_eq!(closest("etimedout", errnos), Some("ETIMEDOUT"));
         assert_eq!(closest("ECONNRSET", errnos), Some("ECONNRESET"));
         assert_eq!(closest("srever", ["client", "server"]), Some("server"));
-        assert_eq!(
-            closest("tolerence", ["tolerance", "timeout"]),
-            Some("tolerance")
-        );
+        assert_eq!(closest("tolerence", ["tolerance", "timeout"]), Some("tolerance"));
         assert_eq!(closest("banana", errnos), None);
         assert_eq!(suggestion("EPIEP", errnos), "; did you mean EPIPE? ");
         assert_eq!(suggestion("XYZZY", errnos), "; ");

@@ -103,10 +103,7 @@ impl Plan {
 
     /// Finds a step by host and name.
     pub fn step(&self, host: HostId, name: &str) -> Option<&StepPlan> {
-        self.host(host)
-            .steps
-            .iter()
-            .find(|s| s.name.as_deref() == Some(name))
+        self.host(host).steps.iter().find(|s| s.name.as_deref() == Some(name))
     }
 }
 
@@ -171,11 +168,7 @@ impl StepPlan {
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     /// `socket(AF_INET, SOCK_STREAM)` then `setsockopt` for each option; `as` names it.
-    Socket {
-        name: Option<String>,
-        options: Vec<SockOpt>,
-        nonblocking: bool,
-    },
+    Socket { name: Option<String>, options: Vec<SockOpt>, nonblocking: bool },
     /// `setsockopt` on the step's socket.
     SetOpt { options: Vec<SockOpt> },
     /// `bind(port)` on the host's address.
@@ -185,23 +178,11 @@ pub enum Action {
     /// `accept()`; the new socket becomes the current one and may be named.
     Accept { name: Option<String> },
     /// `connect(peer address, port)`; nonblocking returns EINPROGRESS at once.
-    Connect {
-        to: HostId,
-        port: u16,
-        nonblocking: bool,
-    },
+    Connect { to: HostId, port: u16, nonblocking: bool },
     /// `poll()` for the given events with a timeout; outcome is the returned events or `timeout`.
-    Poll {
-        events: Vec<PollEvent>,
-        timeout: Duration,
-    },
+    Poll { events: Vec<PollEvent>, timeout: Duration },
     /// `send()` of `bytes` bytes, `repeat` times, `every` apart; `until` stops the loop on a condition.
-    Send {
-        bytes: usize,
-        repeat: SendRepeat,
-        every: Option<Duration>,
-        until: Option<SendUntil>,
-    },
+    Send { bytes: usize, repeat: SendRepeat, every: Option<Duration>, until: Option<SendUntil> },
     /// `recv(max)`; `until_eof` reads until EOF or an error.
     Recv { max: usize, until_eof: bool },
     /// `shutdown(how)`.
@@ -213,11 +194,7 @@ pub enum Action {
     /// `getsockopt(level, name)`; SO_ERROR gives `ok` or the pending errno.
     GetOpt { option: SockOptName },
     /// Waits until another host's named step has started or finished.
-    Wait {
-        host: HostId,
-        step: String,
-        edge: StepEdge,
-    },
+    Wait { host: HostId, step: String, edge: StepEdge },
     /// Runs a real program inside the host's namespace.
     Exec(ExecPlan),
 }
@@ -293,14 +270,8 @@ pub enum PollEvent {
 }
 
 impl PollEvent {
-    pub const ALL: [PollEvent; 6] = [
-        PollEvent::In,
-        PollEvent::Out,
-        PollEvent::Err,
-        PollEvent::Hup,
-        PollEvent::RdHup,
-        PollEvent::Pri,
-    ];
+    pub const ALL: [PollEvent; 6] =
+        [PollEvent::In, PollEvent::Out, PollEvent::Err, PollEvent::Hup, PollEvent::RdHup, PollEvent::Pri];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -468,10 +439,7 @@ pub const ERRNO_NAMES: &[(&str, i32)] = &[
 
 impl Errno {
     pub fn parse(name: &str) -> Option<Errno> {
-        ERRNO_NAMES
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| Errno(*v))
+        ERRNO_NAMES.iter().find(|(n, _)| *n == name).map(|(_, v)| Errno(*v))
     }
 
     pub fn name(self) -> String {
@@ -572,31 +540,13 @@ pub enum Trigger {
     /// Scenario time since t0.
     At(Duration),
     /// A host's named step started or finished, plus an optional delay.
-    Step {
-        host: HostId,
-        step: String,
-        edge: StepEdge,
-        delay: Duration,
-    },
+    Step { host: HostId, step: String, edge: StepEdge, delay: Duration },
     /// A socket of the host reached a TCP state (as `ss` names it, e.g. `ESTABLISHED`).
-    State {
-        host: HostId,
-        state: TcpState,
-        delay: Duration,
-    },
+    State { host: HostId, state: TcpState, delay: Duration },
     /// The n-th packet (1-based) matching the filter, seen on the host's interface.
-    Packet {
-        host: HostId,
-        filter: PacketFilter,
-        nth: u32,
-        delay: Duration,
-    },
+    Packet { host: HostId, filter: PacketFilter, nth: u32, delay: Duration },
     /// At least `bytes` of TCP payload left the host.
-    Bytes {
-        host: HostId,
-        bytes: u64,
-        delay: Duration,
-    },
+    Bytes { host: HostId, bytes: u64, delay: Duration },
 }
 
 /// TCP states as `ss` prints them, plus `CLOSED` for a socket that is gone.
@@ -672,11 +622,7 @@ impl TcpState {
 
     pub fn parse(name: &str) -> Option<TcpState> {
         let upper = name.to_ascii_uppercase().replace('_', "-");
-        let upper = if upper == "ESTAB" {
-            "ESTABLISHED".to_string()
-        } else {
-            upper
-        };
+        let upper = if upper == "ESTAB" { "ESTABLISHED".to_string() } else { upper };
         TcpState::ALL.into_iter().find(|s| s.name() == upper)
     }
 }
@@ -720,14 +666,9 @@ impl TimerKind {
     }
 
     pub fn parse(name: &str) -> Option<TimerKind> {
-        [
-            TimerKind::On,
-            TimerKind::Keepalive,
-            TimerKind::Timewait,
-            TimerKind::Persist,
-        ]
-        .into_iter()
-        .find(|t| t.name() == name)
+        [TimerKind::On, TimerKind::Keepalive, TimerKind::Timewait, TimerKind::Persist]
+            .into_iter()
+            .find(|t| t.name() == name)
     }
 }
 

@@ -164,45 +164,27 @@ impl<'de> Visitor<'de> for ScalarListVisitor {
     }
 
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<ScalarList, E> {
-        Ok(ScalarList {
-            items: vec![Scalar::Bool(v)],
-            list: false,
-        })
+        Ok(ScalarList { items: vec![Scalar::Bool(v)], list: false })
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<ScalarList, E> {
-        Ok(ScalarList {
-            items: vec![Scalar::Int(i128::from(v))],
-            list: false,
-        })
+        Ok(ScalarList { items: vec![Scalar::Int(i128::from(v))], list: false })
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<ScalarList, E> {
-        Ok(ScalarList {
-            items: vec![Scalar::Int(i128::from(v))],
-            list: false,
-        })
+        Ok(ScalarList { items: vec![Scalar::Int(i128::from(v))], list: false })
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<ScalarList, E> {
-        Ok(ScalarList {
-            items: vec![Scalar::Float(v)],
-            list: false,
-        })
+        Ok(ScalarList { items: vec![Scalar::Float(v)], list: false })
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<ScalarList, E> {
-        Ok(ScalarList {
-            items: vec![Scalar::Str(v.to_string())],
-            list: false,
-        })
+        Ok(ScalarList { items: vec![Scalar::Str(v.to_string())], list: false })
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<ScalarList, E> {
-        Ok(ScalarList {
-            items: Vec::new(),
-            list: false,
-        })
+        Ok(ScalarList { items: Vec::new(), list: false })
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ScalarList, A::Error> {
@@ -253,9 +235,7 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for Entries<V> {
 }
 
 /// Keeps a key that is present with an empty value (`close:`) apart from an absent key.
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
-    deserializer: D,
-) -> Result<Option<T>, D::Error> {
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<Option<T>, D::Error> {
     T::deserialize(deserializer).map(Some)
 }
 
@@ -613,96 +593,43 @@ pub struct QueueStepWire {
 
 /// How serde names each wire map type in "expected ..." messages, and what to tell the user instead.
 pub const MAP_DESCRIPTIONS: &[(&str, &str)] = &[
-    (
-        "ScenarioWire",
-        "a map with keys description, timeout, faults, client, server, ...",
-    ),
-    (
-        "HostsWire",
-        "a map like { client: { address: 10.0.0.1/24 } }",
-    ),
+    ("ScenarioWire", "a map with keys description, timeout, faults, client, server, ..."),
+    ("HostsWire", "a map like { client: { address: 10.0.0.1/24 } }"),
     ("HostWire", "a map like { address: 10.0.0.1/24 }"),
     ("LinkWire", "a map like { mtu: 1500, ipv6: false }"),
-    (
-        "SysctlWire",
-        "a map like { client: { net.ipv4.tcp_syn_retries: 2 } }",
-    ),
-    (
-        "FaultWire",
-        "a map like { name: blackhole, at: server, action: drop }",
-    ),
-    (
-        "MatchWire",
-        "a map like { protocol: tcp, dport: 9000, flags: \"S\" }",
-    ),
-    (
-        "FlagMaskWire",
-        "a map like { mask: \"SAFR\", value: \"A\" }",
-    ),
+    ("SysctlWire", "a map like { client: { net.ipv4.tcp_syn_retries: 2 } }"),
+    ("FaultWire", "a map like { name: blackhole, at: server, action: drop }"),
+    ("MatchWire", "a map like { protocol: tcp, dport: 9000, flags: \"S\" }"),
+    ("FlagMaskWire", "a map like { mask: \"SAFR\", value: \"A\" }"),
     ("RejectWire", "a map like { reject: tcp-reset }"),
-    (
-        "TriggerWire",
-        "a map like { after: client.connect, delay: 1s }",
-    ),
-    (
-        "PacketFilterWire",
-        "a map like { from: client, flags: \".\", len: 0 }",
-    ),
-    (
-        "StepMapWire",
-        "a map with one action, like { connect: { port: 9000 } }",
-    ),
+    ("TriggerWire", "a map like { after: client.connect, delay: 1s }"),
+    ("PacketFilterWire", "a map like { from: client, flags: \".\", len: 0 }"),
+    ("StepMapWire", "a map with one action, like { connect: { port: 9000 } }"),
     ("LingerWire", "a map like { on: true, seconds: 0 }"),
     ("EmptyWire", "nothing or {}"),
     ("BindWire", "a map like { port: 9000 }"),
     ("ListenWire", "a map like { port: 9000, backlog: 16 }"),
     ("ConnectWire", "a map like { to: server, port: 9000 }"),
     ("PollWire", "a map like { events: [POLLIN], timeout: 5s }"),
-    (
-        "SendWire",
-        "a map like { bytes: 1000, repeat: 3, every: 1s }",
-    ),
+    ("SendWire", "a map like { bytes: 1000, repeat: 3, every: 1s }"),
     ("RecvWire", "a map like { max: 1000 }"),
-    (
-        "WaitWire",
-        "a map like { for: client.connect, edge: started }",
-    ),
-    (
-        "ExecWire",
-        "a map like { program: curl, args: [\"-s\", \"http://10.0.0.2:9000/\"] }",
-    ),
-    (
-        "StepExpectWire",
-        "a map like { result: ETIMEDOUT, after: 14s }",
-    ),
+    ("WaitWire", "a map like { for: client.connect, edge: started }"),
+    ("ExecWire", "a map like { program: curl, args: [\"-s\", \"http://10.0.0.2:9000/\"] }"),
+    ("StepExpectWire", "a map like { result: ETIMEDOUT, after: 14s }"),
     ("RunExpectWire", "a map with keys packets, states, timers, queues"),
-    (
-        "PacketExpectWire",
-        "a map like { from: client, flags: \"R\", count: 1 }",
-    ),
-    (
-        "StateExpectWire",
-        "a map like { host: server, sequence: [SYN-RECV, GONE] }",
-    ),
+    ("PacketExpectWire", "a map like { from: client, flags: \"R\", count: 1 }"),
+    ("StateExpectWire", "a map like { host: server, sequence: [SYN-RECV, GONE] }"),
     ("StateStepWire", "a map like { state: GONE, at: 7s }"),
-    (
-        "QueueExpectWire",
-        "a map like { host: server, listener: true, queue: recv, sequence: [0, 1] }",
-    ),
+    ("QueueExpectWire", "a map like { host: server, listener: true, queue: recv, sequence: [0, 1] }"),
     ("QueueStepWire", "a map like { value: 1, at: 8s }"),
     ("SinceWire", "a step like client.connect, or a map like { packet: { from: server, window: 0 }, nth: 1 }"),
     ("ToleranceWire", "a duration like 250ms, or a map like { early: 0s, late: 500ms }"),
-    (
-        "TimerExpectWire",
-        "a map like { host: client, timer: keepalive }",
-    ),
+    ("TimerExpectWire", "a map like { host: client, timer: keepalive }"),
 ];
 
 /// What "expected struct X" means in the user's words.
 pub fn describe_expected(serde_expected: &str) -> String {
-    let name = serde_expected
-        .strip_prefix("struct ")
-        .unwrap_or(serde_expected);
+    let name = serde_expected.strip_prefix("struct ").unwrap_or(serde_expected);
     MAP_DESCRIPTIONS
         .iter()
         .find(|(wire, _)| *wire == name)

@@ -33,21 +33,14 @@ fn plan(text: &str) -> Plan {
 /// Parses `text`, which must fail at `line:column` with a message containing `part`; says how it differs.
 fn mismatch(text: &str, line: usize, column: usize, part: &str) -> Option<String> {
     let error = match parse_text(text) {
-        Ok(_) => {
-            return Some(format!(
-                "accepted, expected {line}:{column}: {part}\n--- in ---\n{text}"
-            ))
-        }
+        Ok(_) => return Some(format!("accepted, expected {line}:{column}: {part}\n--- in ---\n{text}")),
         Err(error) => error,
     };
-    let position_ok =
-        error.location == Some(at(line, column)) && error.file == Path::new("test.yaml");
+    let position_ok = error.location == Some(at(line, column)) && error.file == Path::new("test.yaml");
     if position_ok && error.message.contains(part) {
         return None;
     }
-    Some(format!(
-        "expected {line}:{column}: ...{part}...\n     got {error}\n--- in ---\n{text}"
-    ))
+    Some(format!("expected {line}:{column}: ...{part}...\n     got {error}\n--- in ---\n{text}"))
 }
 
 /// Parses `text`, which must fail at `line:column` with a message containing `part`.
@@ -81,9 +74,7 @@ fn complete_scenario_becomes_the_expected_plan() {
     let plan = load(&root, &file).unwrap();
     assert_eq!(plan.name, "complete");
     assert_eq!(plan.file, file);
-    assert!(plan
-        .description
-        .starts_with("Client enables keepalive 5/3/3."));
+    assert!(plan.description.starts_with("Client enables keepalive 5/3/3."));
     assert!(plan.description.ends_with("read fails with ETIMEDOUT.\n"));
     assert_eq!(plan.source.as_deref(), Some("seed 000, test_idle.py"));
     assert!(!plan.slow);
@@ -100,64 +91,30 @@ fn complete_scenario_becomes_the_expected_plan() {
     assert_eq!(
         client.sysctls,
         vec![
-            Sysctl {
-                name: "net.ipv4.tcp_rmem".into(),
-                value: "4096 131072 6291456".into()
-            },
-            Sysctl {
-                name: "net.ipv4.tcp_syn_retries".into(),
-                value: "2".into()
-            },
+            Sysctl { name: "net.ipv4.tcp_rmem".into(), value: "4096 131072 6291456".into() },
+            Sysctl { name: "net.ipv4.tcp_syn_retries".into(), value: "2".into() },
         ]
     );
     let server = plan.host(HostId::Server);
     assert_eq!(server.address.to_string(), "10.0.0.2");
-    assert_eq!(
-        server.sysctls,
-        vec![Sysctl {
-            name: "net.core.somaxconn".into(),
-            value: "64".into()
-        }]
-    );
+    assert_eq!(server.sysctls, vec![Sysctl { name: "net.core.somaxconn".into(), value: "64".into() }]);
 
     assert_eq!(client.steps.len(), 5);
     let socket = &client.steps[0];
     assert_eq!(socket.index, 0);
     assert_eq!(socket.location, at(41, 5));
     match &socket.action {
-        Action::Socket {
-            name,
-            options,
-            nonblocking,
-        } => {
+        Action::Socket { name, options, nonblocking } => {
             assert_eq!(name.as_deref(), Some("main"));
             assert!(!nonblocking);
             assert_eq!(
                 options,
                 &vec![
-                    SockOpt {
-                        name: SockOptName::SO_KEEPALIVE,
-                        value: SockOptValue::Int(1)
-                    },
-                    SockOpt {
-                        name: SockOptName::TCP_KEEPIDLE,
-                        value: SockOptValue::Int(5)
-                    },
-                    SockOpt {
-                        name: SockOptName::TCP_KEEPINTVL,
-                        value: SockOptValue::Int(3)
-                    },
-                    SockOpt {
-                        name: SockOptName::TCP_KEEPCNT,
-                        value: SockOptValue::Int(3)
-                    },
-                    SockOpt {
-                        name: SockOptName::SO_LINGER,
-                        value: SockOptValue::Linger {
-                            on: true,
-                            seconds: 0
-                        }
-                    },
+                    SockOpt { name: SockOptName::SO_KEEPALIVE, value: SockOptValue::Int(1) },
+                    SockOpt { name: SockOptName::TCP_KEEPIDLE, value: SockOptValue::Int(5) },
+                    SockOpt { name: SockOptName::TCP_KEEPINTVL, value: SockOptValue::Int(3) },
+                    SockOpt { name: SockOptName::TCP_KEEPCNT, value: SockOptValue::Int(3) },
+                    SockOpt { name: SockOptName::SO_LINGER, value: SockOptValue::Linger { on: true, seconds: 0 } },
                 ]
             );
         }
@@ -170,14 +127,7 @@ fn complete_scenario_becomes_the_expected_plan() {
     let connect = plan.step(HostId::Client, "connect").unwrap();
     assert_eq!(connect.index, 2);
     assert_eq!(connect.label(), "connect (connect)");
-    assert!(matches!(
-        connect.action,
-        Action::Connect {
-            to: HostId::Server,
-            port: 9000,
-            nonblocking: false
-        }
-    ));
+    assert!(matches!(connect.action, Action::Connect { to: HostId::Server, port: 9000, nonblocking: false }));
     assert_eq!(connect.expect.outcome, Some(ExpectedOutcome::Ok));
     assert_eq!(connect.expect.after, Some(Duration::ZERO));
     assert_eq!(connect.expect.tolerance, ms(50));
@@ -185,17 +135,8 @@ fn complete_scenario_becomes_the_expected_plan() {
     assert_eq!(connect.location, at(44, 5));
     let read = &client.steps[3];
     assert_eq!(read.socket.as_deref(), Some("main"));
-    assert!(matches!(
-        read.action,
-        Action::Recv {
-            max: 10,
-            until_eof: false
-        }
-    ));
-    assert_eq!(
-        read.expect.outcome,
-        Some(ExpectedOutcome::Error(Errno(libc::ETIMEDOUT)))
-    );
+    assert!(matches!(read.action, Action::Recv { max: 10, until_eof: false }));
+    assert_eq!(read.expect.outcome, Some(ExpectedOutcome::Error(Errno(libc::ETIMEDOUT))));
     assert_eq!(read.expect.after, Some(secs(14)));
     assert_eq!(read.expect.tolerance, ms(300));
     assert_eq!(read.label(), "#4 recv");
@@ -203,22 +144,12 @@ fn complete_scenario_becomes_the_expected_plan() {
     assert_eq!(client.steps[4].expect.location, client.steps[4].location);
 
     assert_eq!(server.steps.len(), 3);
-    assert!(matches!(
-        server.steps[0].action,
-        Action::Listen {
-            port: Some(9000),
-            backlog: 16
-        }
-    ));
+    assert!(matches!(server.steps[0].action, Action::Listen { port: Some(9000), backlog: 16 }));
     assert!(matches!(&server.steps[1].action, Action::Accept { name: Some(n) } if n == "conn"));
     assert_eq!(server.steps[2].socket.as_deref(), Some("conn"));
 
     let names: Vec<&str> = plan.faults.iter().map(|f| f.name.as_str()).collect();
-    assert_eq!(
-        names,
-        ["ack-reset", "blackhole"],
-        "faults are sorted by name"
-    );
+    assert_eq!(names, ["ack-reset", "blackhole"], "faults are sorted by name");
     let ack_reset = &plan.faults[0];
     assert_eq!(ack_reset.host, HostId::Client);
     assert_eq!(ack_reset.direction, Direction::Egress);
@@ -228,10 +159,7 @@ fn complete_scenario_becomes_the_expected_plan() {
             protocol: Some(Protocol::Tcp),
             sport: Some(1234),
             dport: None,
-            tcp_flags: Some(TcpFlagsMatch {
-                mask: 0x02 | 0x10 | 0x01 | 0x04,
-                value: 0x10
-            }),
+            tcp_flags: Some(TcpFlagsMatch { mask: 0x02 | 0x10 | 0x01 | 0x04, value: 0x10 }),
             payload: Some(PayloadMatch::Empty),
         }
     );
@@ -257,21 +185,12 @@ fn complete_scenario_becomes_the_expected_plan() {
     assert_eq!(blackhole.direction, Direction::Ingress);
     assert_eq!(
         blackhole.matcher,
-        PacketMatch {
-            protocol: Some(Protocol::Tcp),
-            dport: Some(9000),
-            ..PacketMatch::default()
-        }
+        PacketMatch { protocol: Some(Protocol::Tcp), dport: Some(9000), ..PacketMatch::default() }
     );
     assert_eq!(blackhole.action, FaultAction::Drop);
     assert_eq!(
         blackhole.from,
-        Trigger::Step {
-            host: HostId::Client,
-            step: "connect".into(),
-            edge: StepEdge::Finished,
-            delay: Duration::ZERO
-        }
+        Trigger::Step { host: HostId::Client, step: "connect".into(), edge: StepEdge::Finished, delay: Duration::ZERO }
     );
     assert_eq!(blackhole.until, Some(Trigger::At(secs(30))));
 
@@ -279,12 +198,7 @@ fn complete_scenario_becomes_the_expected_plan() {
     assert_eq!(packets.len(), 3);
     assert_eq!(
         packets[0].filter,
-        PacketFilter {
-            from: Some(HostId::Client),
-            flags: Some(0x10),
-            len: Some(0),
-            ..PacketFilter::default()
-        }
+        PacketFilter { from: Some(HostId::Client), flags: Some(0x10), len: Some(0), ..PacketFilter::default() }
     );
     assert_eq!(packets[0].at, vec![secs(5), secs(8), secs(11)]);
     assert_eq!(packets[0].count, Some(3));
@@ -332,16 +246,9 @@ fn defaults_fill_a_minimal_scenario() {
     assert_eq!(plan.hosts[1].id, HostId::Server);
     assert_eq!(plan.hosts[1].address.to_string(), "10.0.0.2");
     assert_eq!(plan.hosts[1].prefix_len, 24);
-    assert!(plan
-        .hosts
-        .iter()
-        .all(|h| h.steps.is_empty() && h.sysctls.is_empty()));
+    assert!(plan.hosts.iter().all(|h| h.steps.is_empty() && h.sysctls.is_empty()));
     assert!(plan.faults.is_empty());
-    assert!(
-        plan.expect.packets.is_empty()
-            && plan.expect.states.is_empty()
-            && plan.expect.timers.is_empty()
-    );
+    assert!(plan.expect.packets.is_empty() && plan.expect.states.is_empty() && plan.expect.timers.is_empty());
 }
 
 #[test]
@@ -370,31 +277,11 @@ fn bare_steps_and_empty_parameters() {
     let got = actions(
         "server:\n  - socket\n  - listen\n  - accept\n  - read\n  - recv\n  - close\n  - accept: {}\n  - close: {}\n  - close:\n",
     );
-    assert!(
-        matches!(got[0], Action::Socket { name: None, ref options, nonblocking: false } if options.is_empty())
-    );
-    assert!(matches!(
-        got[1],
-        Action::Listen {
-            port: None,
-            backlog: 128
-        }
-    ));
+    assert!(matches!(got[0], Action::Socket { name: None, ref options, nonblocking: false } if options.is_empty()));
+    assert!(matches!(got[1], Action::Listen { port: None, backlog: 128 }));
     assert!(matches!(got[2], Action::Accept { name: None }));
-    assert!(matches!(
-        got[3],
-        Action::Recv {
-            max: 65536,
-            until_eof: false
-        }
-    ));
-    assert!(matches!(
-        got[4],
-        Action::Recv {
-            max: 65536,
-            until_eof: false
-        }
-    ));
+    assert!(matches!(got[3], Action::Recv { max: 65536, until_eof: false }));
+    assert!(matches!(got[4], Action::Recv { max: 65536, until_eof: false }));
     assert!(matches!(got[5], Action::Close));
     assert!(matches!(got[6], Action::Accept { name: None }));
     assert!(matches!(got[7], Action::Close));
@@ -411,25 +298,10 @@ fn socket_options_in_every_form() {
         Action::Socket { options, .. } => assert_eq!(
             options,
             &vec![
-                SockOpt {
-                    name: SockOptName::SO_KEEPALIVE,
-                    value: SockOptValue::Int(1)
-                },
-                SockOpt {
-                    name: SockOptName::TCP_NODELAY,
-                    value: SockOptValue::Int(0)
-                },
-                SockOpt {
-                    name: SockOptName::SO_LINGER,
-                    value: SockOptValue::Linger {
-                        on: true,
-                        seconds: 5
-                    }
-                },
-                SockOpt {
-                    name: SockOptName::SO_RCVBUF,
-                    value: SockOptValue::Int(65536)
-                },
+                SockOpt { name: SockOptName::SO_KEEPALIVE, value: SockOptValue::Int(1) },
+                SockOpt { name: SockOptName::TCP_NODELAY, value: SockOptValue::Int(0) },
+                SockOpt { name: SockOptName::SO_LINGER, value: SockOptValue::Linger { on: true, seconds: 5 } },
+                SockOpt { name: SockOptName::SO_RCVBUF, value: SockOptValue::Int(65536) },
             ]
         ),
         other => panic!("{other:?}"),
@@ -439,33 +311,14 @@ fn socket_options_in_every_form() {
         Action::SetOpt { options } => assert_eq!(
             options,
             &vec![
-                SockOpt {
-                    name: SockOptName::TCP_USER_TIMEOUT,
-                    value: SockOptValue::Int(5000)
-                },
-                SockOpt {
-                    name: SockOptName::SO_LINGER,
-                    value: SockOptValue::Linger {
-                        on: false,
-                        seconds: 0
-                    }
-                },
+                SockOpt { name: SockOptName::TCP_USER_TIMEOUT, value: SockOptValue::Int(5000) },
+                SockOpt { name: SockOptName::SO_LINGER, value: SockOptValue::Linger { on: false, seconds: 0 } },
             ]
         ),
         other => panic!("{other:?}"),
     }
-    assert!(matches!(
-        got[3],
-        Action::GetOpt {
-            option: SockOptName::SO_ERROR
-        }
-    ));
-    assert!(matches!(
-        got[4],
-        Action::GetOpt {
-            option: SockOptName::TCP_MAXSEG
-        }
-    ));
+    assert!(matches!(got[3], Action::GetOpt { option: SockOptName::SO_ERROR }));
+    assert!(matches!(got[4], Action::GetOpt { option: SockOptName::TCP_MAXSEG }));
 }
 
 #[test]
@@ -476,14 +329,7 @@ fn connect_bind_listen_poll() {
          server:\n  - listen: { port: 9000 }\n  - connect: { to: server, port: 22 }\n",
     );
     assert!(matches!(got[0], Action::Bind { port: 5555 }));
-    assert!(matches!(
-        got[1],
-        Action::Connect {
-            to: HostId::Server,
-            port: 9000,
-            nonblocking: true
-        }
-    ));
+    assert!(matches!(got[1], Action::Connect { to: HostId::Server, port: 9000, nonblocking: true }));
     match &got[2] {
         Action::Poll { events, timeout } => {
             assert_eq!(events, &vec![PollEvent::Out, PollEvent::Err]);
@@ -494,47 +340,15 @@ fn connect_bind_listen_poll() {
     assert!(
         matches!(&got[3], Action::Poll { events, timeout } if events == &vec![PollEvent::In] && *timeout == secs(3))
     );
-    assert!(matches!(
-        got[4],
-        Action::Listen {
-            port: Some(9000),
-            backlog: 128
-        }
-    ));
-    assert!(matches!(
-        got[5],
-        Action::Connect {
-            to: HostId::Server,
-            port: 22,
-            nonblocking: false
-        }
-    ));
+    assert!(matches!(got[4], Action::Listen { port: Some(9000), backlog: 128 }));
+    assert!(matches!(got[5], Action::Connect { to: HostId::Server, port: 22, nonblocking: false }));
 }
 
 #[test]
 fn connect_defaults_to_the_peer() {
-    let got =
-        actions("server:\n  - connect: { port: 9000 }\nclient:\n  - connect: { port: 9000 }\n");
-    assert!(
-        matches!(
-            got[0],
-            Action::Connect {
-                to: HostId::Server,
-                ..
-            }
-        ),
-        "client connects to server"
-    );
-    assert!(
-        matches!(
-            got[1],
-            Action::Connect {
-                to: HostId::Client,
-                ..
-            }
-        ),
-        "server connects to client"
-    );
+    let got = actions("server:\n  - connect: { port: 9000 }\nclient:\n  - connect: { port: 9000 }\n");
+    assert!(matches!(got[0], Action::Connect { to: HostId::Server, .. }), "client connects to server");
+    assert!(matches!(got[1], Action::Connect { to: HostId::Client, .. }), "server connects to client");
 }
 
 #[test]
@@ -544,50 +358,20 @@ fn send_and_recv_forms() {
          \x20 - send: { bytes: 65536, repeat: forever, until: would-block }\n  - write: { bytes: 1, until: error }\n\
          \x20 - read: { max: 10 }\n  - recv: { until: eof }\n",
     );
-    assert!(matches!(
-        got[0],
-        Action::Send {
-            bytes: 1000,
-            repeat: SendRepeat::Times(1),
-            every: None,
-            until: None
-        }
-    ));
+    assert!(matches!(got[0], Action::Send { bytes: 1000, repeat: SendRepeat::Times(1), every: None, until: None }));
     assert!(
         matches!(got[1], Action::Send { bytes: 10, repeat: SendRepeat::Times(5), every: Some(d), until: None } if d == ms(200))
     );
     assert!(matches!(
         got[2],
-        Action::Send {
-            bytes: 65536,
-            repeat: SendRepeat::Forever,
-            every: None,
-            until: Some(SendUntil::WouldBlock)
-        }
+        Action::Send { bytes: 65536, repeat: SendRepeat::Forever, every: None, until: Some(SendUntil::WouldBlock) }
     ));
     assert!(matches!(
         got[3],
-        Action::Send {
-            bytes: 1,
-            repeat: SendRepeat::Times(1),
-            until: Some(SendUntil::Error),
-            ..
-        }
+        Action::Send { bytes: 1, repeat: SendRepeat::Times(1), until: Some(SendUntil::Error), .. }
     ));
-    assert!(matches!(
-        got[4],
-        Action::Recv {
-            max: 10,
-            until_eof: false
-        }
-    ));
-    assert!(matches!(
-        got[5],
-        Action::Recv {
-            max: 65536,
-            until_eof: true
-        }
-    ));
+    assert!(matches!(got[4], Action::Recv { max: 10, until_eof: false }));
+    assert!(matches!(got[5], Action::Recv { max: 65536, until_eof: true }));
 }
 
 #[test]
@@ -597,43 +381,15 @@ fn shutdown_sleep_and_wait_forms() {
          \x20 - wait: server.accept\n  - wait: { for: server.accept, edge: started }\n  - wait: { for: server.accept }\n\
          server:\n  - listen: { port: 1 }\n  - accept: {}\n    name: accept\n",
     );
-    assert!(matches!(
-        got[0],
-        Action::Shutdown {
-            how: ShutdownHow::Rd
-        }
-    ));
-    assert!(matches!(
-        got[1],
-        Action::Shutdown {
-            how: ShutdownHow::Wr
-        }
-    ));
-    assert!(matches!(
-        got[2],
-        Action::Shutdown {
-            how: ShutdownHow::Rdwr
-        }
-    ));
+    assert!(matches!(got[0], Action::Shutdown { how: ShutdownHow::Rd }));
+    assert!(matches!(got[1], Action::Shutdown { how: ShutdownHow::Wr }));
+    assert!(matches!(got[2], Action::Shutdown { how: ShutdownHow::Rdwr }));
     assert!(matches!(got[3], Action::Sleep { duration } if duration == secs(8)));
     assert!(
         matches!(&got[4], Action::Wait { host: HostId::Server, step, edge: StepEdge::Finished } if step == "accept")
     );
-    assert!(matches!(
-        &got[5],
-        Action::Wait {
-            host: HostId::Server,
-            edge: StepEdge::Started,
-            ..
-        }
-    ));
-    assert!(matches!(
-        &got[6],
-        Action::Wait {
-            edge: StepEdge::Finished,
-            ..
-        }
-    ));
+    assert!(matches!(&got[5], Action::Wait { host: HostId::Server, edge: StepEdge::Started, .. }));
+    assert!(matches!(&got[6], Action::Wait { edge: StepEdge::Finished, .. }));
 }
 
 #[test]
@@ -648,10 +404,7 @@ fn exec_with_everything() {
         Action::Exec(exec) => {
             assert_eq!(exec.program, "curl");
             assert_eq!(exec.args, vec!["-s", "3", "http://10.0.0.2:9000/"]);
-            assert_eq!(
-                exec.env,
-                vec![("LANG".into(), "C".into()), ("ZED".into(), "z".into())]
-            );
+            assert_eq!(exec.env, vec![("LANG".into(), "C".into()), ("ZED".into(), "z".into())]);
             assert_eq!(exec.stdin.as_deref(), Some("hello"));
             assert_eq!(exec.timeout, secs(30));
             assert!(exec.background);
@@ -664,12 +417,7 @@ fn exec_with_everything() {
         Action::Exec(exec) => {
             assert_eq!(exec.program, "true");
             assert_eq!(exec.timeout, secs(50), "defaults to the scenario timeout");
-            assert!(
-                !exec.background
-                    && exec.args.is_empty()
-                    && exec.env.is_empty()
-                    && exec.stdin.is_none()
-            );
+            assert!(!exec.background && exec.args.is_empty() && exec.env.is_empty() && exec.stdin.is_none());
         }
         other => panic!("{other:?}"),
     }
@@ -695,10 +443,7 @@ fn step_expectations_in_every_form() {
             Some(ExpectedOutcome::Eof),
             Some(ExpectedOutcome::Bytes(5)),
             Some(ExpectedOutcome::Timeout),
-            Some(ExpectedOutcome::Events(vec![
-                PollEvent::In,
-                PollEvent::RdHup
-            ])),
+            Some(ExpectedOutcome::Events(vec![PollEvent::In, PollEvent::RdHup])),
             Some(ExpectedOutcome::Bytes(10)),
             None,
         ]
@@ -724,38 +469,11 @@ fn triggers_in_every_form() {
          \x20 - { name: g, at: server, action: drop, from: { bytes: 1000, host: client, delay: 0s } }\n",
     );
     let trigger = |i: usize| (plan.faults[i].from.clone(), plan.faults[i].until.clone());
-    let connect = |edge, delay| Trigger::Step {
-        host: HostId::Client,
-        step: "connect".into(),
-        edge,
-        delay,
-    };
-    assert_eq!(
-        trigger(0),
-        (
-            Trigger::At(secs(2)),
-            Some(connect(StepEdge::Finished, Duration::ZERO))
-        )
-    );
-    assert_eq!(
-        trigger(1),
-        (
-            Trigger::At(ms(1500)),
-            Some(connect(StepEdge::Finished, secs(1)))
-        )
-    );
-    assert_eq!(
-        trigger(2),
-        (connect(StepEdge::Started, Duration::ZERO), None)
-    );
-    assert_eq!(
-        trigger(3).0,
-        Trigger::State {
-            host: HostId::Client,
-            state: TcpState::Established,
-            delay: ms(10)
-        }
-    );
+    let connect = |edge, delay| Trigger::Step { host: HostId::Client, step: "connect".into(), edge, delay };
+    assert_eq!(trigger(0), (Trigger::At(secs(2)), Some(connect(StepEdge::Finished, Duration::ZERO))));
+    assert_eq!(trigger(1), (Trigger::At(ms(1500)), Some(connect(StepEdge::Finished, secs(1)))));
+    assert_eq!(trigger(2), (connect(StepEdge::Started, Duration::ZERO), None));
+    assert_eq!(trigger(3).0, Trigger::State { host: HostId::Client, state: TcpState::Established, delay: ms(10) });
     assert_eq!(
         trigger(4).0,
         Trigger::Packet {
@@ -771,24 +489,10 @@ fn triggers_in_every_form() {
         }
     );
     assert!(
-        matches!(
-            trigger(5).0,
-            Trigger::Packet {
-                host: HostId::Client,
-                nth: 1,
-                ..
-            }
-        ),
+        matches!(trigger(5).0, Trigger::Packet { host: HostId::Client, nth: 1, .. }),
         "host defaults to packet.from"
     );
-    assert_eq!(
-        trigger(6).0,
-        Trigger::Bytes {
-            host: HostId::Client,
-            bytes: 1000,
-            delay: Duration::ZERO
-        }
-    );
+    assert_eq!(trigger(6).0, Trigger::Bytes { host: HostId::Client, bytes: 1000, delay: Duration::ZERO });
 }
 
 #[test]
@@ -816,32 +520,14 @@ fn fault_actions_and_matches() {
         ]
     );
     assert_eq!(plan.faults[0].matcher, PacketMatch::default());
-    assert_eq!(
-        plan.faults[0].from,
-        Trigger::At(Duration::ZERO),
-        "faults are on from the start by default"
-    );
+    assert_eq!(plan.faults[0].from, Trigger::At(Duration::ZERO), "faults are on from the start by default");
     assert_eq!(
         plan.faults[2].matcher,
-        PacketMatch {
-            protocol: Some(Protocol::Udp),
-            dport: Some(53),
-            ..PacketMatch::default()
-        }
+        PacketMatch { protocol: Some(Protocol::Udp), dport: Some(53), ..PacketMatch::default() }
     );
     assert_eq!(plan.faults[3].matcher.protocol, Some(Protocol::Icmp));
-    assert_eq!(
-        plan.faults[4].matcher.tcp_flags,
-        Some(TcpFlagsMatch {
-            mask: 0x03,
-            value: 0x02
-        })
-    );
-    assert_eq!(
-        plan.faults[4].matcher.protocol,
-        Some(Protocol::Tcp),
-        "flags imply tcp"
-    );
+    assert_eq!(plan.faults[4].matcher.tcp_flags, Some(TcpFlagsMatch { mask: 0x03, value: 0x02 }));
+    assert_eq!(plan.faults[4].matcher.protocol, Some(Protocol::Tcp), "flags imply tcp");
     assert_eq!(plan.faults[5].matcher.payload, Some(PayloadMatch::NonEmpty));
     assert_eq!(plan.faults[5].matcher.protocol, Some(Protocol::Tcp));
     assert_eq!(plan.faults[6].direction, Direction::Egress);
@@ -854,16 +540,7 @@ fn tcp_flag_letters() {
          \x20   - { flags: S., count: 1 }\n    - { flags: P., count: 1 }\n    - { flags: FUEWR, count: 1 }\n",
     );
     let flags: Vec<Option<u8>> = plan.expect.packets.iter().map(|p| p.filter.flags).collect();
-    assert_eq!(
-        flags,
-        vec![
-            Some(0x02),
-            Some(0x12),
-            Some(0x12),
-            Some(0x18),
-            Some(0x01 | 0x20 | 0x40 | 0x80 | 0x04)
-        ]
-    );
+    assert_eq!(flags, vec![Some(0x02), Some(0x12), Some(0x12), Some(0x18), Some(0x01 | 0x20 | 0x40 | 0x80 | 0x04)]);
 }
 
 #[test]
@@ -880,15 +557,8 @@ fn run_expectations_forms() {
     assert_eq!(packets[1].filter, PacketFilter::default());
     assert_eq!(packets[1].window, Some((secs(1), secs(1))));
     assert_eq!(packets[1].tolerance, ms(100));
-    let states: Vec<TcpState> = plan.expect.states[0]
-        .sequence
-        .iter()
-        .map(|s| s.state)
-        .collect();
-    assert_eq!(
-        states,
-        vec![TcpState::Established, TcpState::FinWait1, TcpState::Close]
-    );
+    let states: Vec<TcpState> = plan.expect.states[0].sequence.iter().map(|s| s.state).collect();
+    assert_eq!(states, vec![TcpState::Established, TcpState::FinWait1, TcpState::Close]);
     assert_eq!(plan.expect.states[0].port, None);
     assert_eq!(plan.expect.states[0].tolerance, ms(100));
     assert_eq!(plan.expect.timers[0].timer, TimerKind::On);
@@ -911,23 +581,12 @@ fn sysctls_are_sorted_scalars() {
     let plan = plan(
         "description: d\nsysctl:\n  server:\n    net.ipv4.tcp_retries2: 3\n    net.core.somaxconn: \"16\"\n    net.ipv4.conf.all.rp_filter: 0\n",
     );
-    let names: Vec<(&str, &str)> = plan.hosts[1]
-        .sysctls
-        .iter()
-        .map(|s| (s.name.as_str(), s.value.as_str()))
-        .collect();
+    let names: Vec<(&str, &str)> = plan.hosts[1].sysctls.iter().map(|s| (s.name.as_str(), s.value.as_str())).collect();
     assert_eq!(
         names,
-        vec![
-            ("net.core.somaxconn", "16"),
-            ("net.ipv4.conf.all.rp_filter", "0"),
-            ("net.ipv4.tcp_retries2", "3")
-        ]
+        vec![("net.core.somaxconn", "16"), ("net.ipv4.conf.all.rp_filter", "0"), ("net.ipv4.tcp_retries2", "3")]
     );
-    assert_eq!(
-        plan.hosts[1].sysctls[2].proc_path(),
-        PathBuf::from("/proc/sys/net/ipv4/tcp_retries2")
-    );
+    assert_eq!(plan.hosts[1].sysctls[2].proc_path(), PathBuf::from("/proc/sys/net/ipv4/tcp_retries2"));
 }
 
 #[test]
@@ -943,21 +602,12 @@ fn sysctl_allowlist_is_per_namespace_only() {
         assert!(allowed.contains(&name), "{name} missing");
     }
     for entry in &allowed {
-        let allowed_prefix = ["net.ipv4.", "net.ipv6.", "net.core.", "net.netfilter."]
-            .iter()
-            .any(|p| entry.starts_with(p));
+        let allowed_prefix =
+            ["net.ipv4.", "net.ipv6.", "net.core.", "net.netfilter."].iter().any(|p| entry.starts_with(p));
         assert!(allowed_prefix, "{entry}");
-        for tree in [
-            "net.ipv4.conf.",
-            "net.ipv6.conf.",
-            "net.ipv4.neigh.",
-            "net.ipv6.neigh.",
-        ] {
+        for tree in ["net.ipv4.conf.", "net.ipv6.conf.", "net.ipv4.neigh.", "net.ipv6.neigh."] {
             if let Some(rest) = entry.strip_prefix(tree) {
-                assert!(
-                    rest.starts_with("all.") || rest.starts_with("default."),
-                    "per-interface entry {entry}"
-                );
+                assert!(rest.starts_with("all.") || rest.starts_with("default."), "per-interface entry {entry}");
             }
         }
     }
@@ -966,20 +616,11 @@ fn sysctl_allowlist_is_per_namespace_only() {
 #[test]
 fn names_come_from_the_path_under_root() {
     let root = Path::new("/s");
-    assert_eq!(
-        scenario_name(root, Path::new("/s/keepalive/idle.yaml")),
-        "keepalive/idle"
-    );
+    assert_eq!(scenario_name(root, Path::new("/s/keepalive/idle.yaml")), "keepalive/idle");
     assert_eq!(scenario_name(root, Path::new("/s/a/b/c.yml")), "a/b/c");
     assert_eq!(scenario_name(root, Path::new("/s/top.yaml")), "top");
-    assert_eq!(
-        scenario_name(root, Path::new("/elsewhere/x/other.yaml")),
-        "other"
-    );
-    assert_eq!(
-        scenario_name(Path::new("/s/top.yaml"), Path::new("/s/top.yaml")),
-        "top"
-    );
+    assert_eq!(scenario_name(root, Path::new("/elsewhere/x/other.yaml")), "other");
+    assert_eq!(scenario_name(Path::new("/s/top.yaml"), Path::new("/s/top.yaml")), "top");
 }
 
 /// A directory under the system temp dir, removed when dropped.
@@ -1003,14 +644,7 @@ impl Drop for TempDir {
 #[test]
 fn discover_finds_yaml_files_sorted() {
     let dir = TempDir::new("discover");
-    for file in [
-        "b/z.yaml",
-        "b/a.yml",
-        "a.yaml",
-        "notes.txt",
-        "c/d/e.yaml",
-        "c/README.md",
-    ] {
+    for file in ["b/z.yaml", "b/a.yml", "a.yaml", "notes.txt", "c/d/e.yaml", "c/README.md"] {
         let path = dir.0.join(file);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, "description: d\n").unwrap();
@@ -1018,12 +652,7 @@ fn discover_finds_yaml_files_sorted() {
     let found: Vec<String> = discover(&dir.0)
         .unwrap()
         .iter()
-        .map(|p| {
-            p.strip_prefix(&dir.0)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned()
-        })
+        .map(|p| p.strip_prefix(&dir.0).unwrap().to_string_lossy().into_owned())
         .collect();
     assert_eq!(found, ["a.yaml", "b/a.yml", "b/z.yaml", "c/d/e.yaml"]);
     let single = dir.0.join("a.yaml");
@@ -1041,11 +670,7 @@ fn load_reports_unreadable_and_oversized_files() {
     let missing = dir.0.join("missing.yaml");
     let error = load(&dir.0, &missing).unwrap_err();
     assert_eq!(error.file, missing);
-    assert!(
-        error.message.contains("cannot read the scenario file"),
-        "{}",
-        error.message
-    );
+    assert!(error.message.contains("cannot read the scenario file"), "{}", error.message);
 
     let big = dir.0.join("big.yaml");
     let mut text = String::from("description: d\n");
@@ -1055,11 +680,7 @@ fn load_reports_unreadable_and_oversized_files() {
     std::fs::write(&big, &text).unwrap();
     let error = load(&dir.0, &big).unwrap_err();
     assert_eq!(error.location, Some(at(1, 1)));
-    assert!(
-        error.message.contains("larger than 1 MiB"),
-        "{}",
-        error.message
-    );
+    assert!(error.message.contains("larger than 1 MiB"), "{}", error.message);
 }
 
 #[test]
@@ -1072,26 +693,15 @@ fn billion_laughs_fails_fast() {
     let started = Instant::now();
     let error = parse_text(&text).unwrap_err();
     assert!(started.elapsed() < secs(1), "took {:?}", started.elapsed());
-    assert!(
-        error
-            .message
-            .contains("aliases (*name) expand this file to more than 100000 values"),
-        "{}",
-        error.message
-    );
-    assert_eq!(
-        error.location.map(|l| l.line),
-        Some(9),
-        "level 5 is the first to pass 100000 values"
-    );
+    assert!(error.message.contains("aliases (*name) expand this file to more than 100000 values"), "{}", error.message);
+    assert_eq!(error.location.map(|l| l.line), Some(9), "level 5 is the first to pass 100000 values");
 }
 
 #[test]
 fn wide_alias_bomb_fails_fast() {
     // One long list referenced from many places: few jumps for serde's own limit, but billions of values.
     let times = vec!["1s"; 30_000].join(", ");
-    let mut text =
-        format!("description: d\nexpect:\n  packets:\n    - {{ count: 1, at: &t [{times}] }}\n");
+    let mut text = format!("description: d\nexpect:\n  packets:\n    - {{ count: 1, at: &t [{times}] }}\n");
     for _ in 0..30_000 {
         text.push_str("    - { at: *t }\n");
     }
@@ -1099,16 +709,8 @@ fn wide_alias_bomb_fails_fast() {
     let started = Instant::now();
     let error = parse_text(&text).unwrap_err();
     assert!(started.elapsed() < secs(2), "took {:?}", started.elapsed());
-    assert!(
-        error.message.contains("expand this file"),
-        "{}",
-        error.message
-    );
-    assert_eq!(
-        error.location,
-        Some(at(7, 13)),
-        "the third copy passes 100000 values"
-    );
+    assert!(error.message.contains("expand this file"), "{}", error.message);
+    assert_eq!(error.location, Some(at(7, 13)), "the third copy passes 100000 values");
 }
 
 /// Fuzz finding: after a lone `\r` libyaml counted lines the file does not have (error at 56:3 of 8 lines).
@@ -1123,12 +725,7 @@ fn line_breaks_other_than_lf_are_refused_where_they_are() {
         let text = format!("description: d\nhosts:\n  cl{line_break}{line_break}ient: {{ address: 10.0.0.1/24 }}\n");
         refused(&text, 3, 5, what);
     }
-    refused(
-        "description: d\r\nclient:\r\n  - clos\r",
-        3,
-        9,
-        "carriage return",
-    );
+    refused("description: d\r\nclient:\r\n  - clos\r", 3, 9, "carriage return");
     let plan = plan("description: d\r\nclient:\r\n  - close\r\n");
     assert!(matches!(plan.hosts[0].steps[0].action, Action::Close));
 }
@@ -1167,9 +764,7 @@ fn first_deadlock(programs: &[Vec<WaitStep>; 2]) -> Option<(usize, usize, usize,
 #[test]
 fn deadlock_check_finds_the_first_pairwise_deadlock() {
     let options: Vec<WaitStep> = std::iter::once(WaitStep::Close)
-        .chain((0..3).flat_map(|t| {
-            [StepEdge::Started, StepEdge::Finished].map(move |edge| WaitStep::Wait(t, edge))
-        }))
+        .chain((0..3).flat_map(|t| [StepEdge::Started, StepEdge::Finished].map(move |edge| WaitStep::Wait(t, edge))))
         .collect();
     let hosts = ["client", "server"];
     let mut deadlocks = 0;
@@ -1189,18 +784,12 @@ fn deadlock_check_finds_the_first_pairwise_deadlock() {
             for (i, step) in program.iter().enumerate() {
                 let name = format!("{}{i}", &hosts[host][..1]);
                 match step {
-                    WaitStep::Close => {
-                        text.push_str(&format!("  - {{ close: {{}}, name: {name} }}\n"))
-                    }
+                    WaitStep::Close => text.push_str(&format!("  - {{ close: {{}}, name: {name} }}\n")),
                     WaitStep::Wait(target, edge) => text.push_str(&format!(
                         "  - {{ wait: {{ for: {}.{}{target}, edge: {} }}, name: {name} }}\n",
                         hosts[1 - host],
                         &hosts[1 - host][..1],
-                        if *edge == StepEdge::Started {
-                            "started"
-                        } else {
-                            "finished"
-                        }
+                        if *edge == StepEdge::Started { "started" } else { "finished" }
                     )),
                 }
             }
@@ -1219,18 +808,12 @@ fn deadlock_check_finds_the_first_pairwise_deadlock() {
                 );
                 let line = 3 + host * 4 + index;
                 assert_eq!(error.location, Some(at(line, 5)), "{error}\n{text}");
-                assert!(
-                    error.message.starts_with(&message),
-                    "{error}\nexpected {message}\n{text}"
-                );
+                assert!(error.message.starts_with(&message), "{error}\nexpected {message}\n{text}");
             }
             (expected, got) => panic!("expected deadlock {expected:?}, got {got:?}\n{text}"),
         }
     }
-    assert!(
-        deadlocks > 1000,
-        "only {deadlocks} deadlocks among the programs"
-    );
+    assert!(deadlocks > 1000, "only {deadlocks} deadlocks among the programs");
 }
 
 /// Fuzz finding: libyaml refused a control character "at position 153" while the error said 1:1.
@@ -1263,13 +846,7 @@ fn deep_nesting_after_a_syntax_error_fails_fast() {
     let error = parse_text(&text).unwrap_err();
     assert!(started.elapsed() < secs(2), "took {:?}", started.elapsed());
     assert_eq!(error.location, Some(at(1, 14)));
-    assert!(
-        error
-            .message
-            .contains("invalid indentation in quoted scalar"),
-        "{}",
-        error.message
-    );
+    assert!(error.message.contains("invalid indentation in quoted scalar"), "{}", error.message);
 }
 
 /// Fuzz finding: yaml-rust2 placed an error at the end of the file one column past the last character (7:38 on a
@@ -1302,50 +879,23 @@ fn messages_escape_control_characters_of_the_file() {
         22,
         "port must be a whole number 1..65535, not \"90\\u{1b}[31m00\"",
     );
-    refused(
-        "description: d\n\"a\\tb\\u202e\": 1\n",
-        2,
-        1,
-        "unknown key \"a\\tb\\u{202e}\" in the top level",
-    );
+    refused("description: d\n\"a\\tb\\u202e\": 1\n", 2, 1, "unknown key \"a\\tb\\u{202e}\" in the top level");
 }
 
 #[test]
 fn exec_strings_and_sysctl_values_that_cannot_be_used_are_refused() {
     let exec = |params: &str| format!("description: d\nclient:\n  - exec: {{ {params} }}\n");
-    refused(
-        &exec("program: \"a\\0b\""),
-        3,
-        22,
-        "the program of exec holds a NUL character",
-    );
-    refused(
-        &exec("program: a, args: [x, \"\\0\"]"),
-        3,
-        35,
-        "an argument of exec holds a NUL",
-    );
-    refused(
-        &exec("program: a, args: \"\\0\""),
-        3,
-        31,
-        "an argument of exec holds a NUL",
-    );
-    refused(
-        &exec("program: a, env: { A: \"\\0\" }"),
-        3,
-        35,
-        "an environment variable of exec holds a NUL",
-    );
+    refused(&exec("program: \"a\\0b\""), 3, 22, "the program of exec holds a NUL character");
+    refused(&exec("program: a, args: [x, \"\\0\"]"), 3, 35, "an argument of exec holds a NUL");
+    refused(&exec("program: a, args: \"\\0\""), 3, 31, "an argument of exec holds a NUL");
+    refused(&exec("program: a, env: { A: \"\\0\" }"), 3, 35, "an environment variable of exec holds a NUL");
     refused(
         "description: d\nsysctl:\n  client: { net.ipv4.tcp_congestion_control: \"reno\\ncubic\" }\n",
         3,
         46,
         "sysctl net.ipv4.tcp_congestion_control is set to \"reno\\ncubic\", which holds a line break",
     );
-    let plan = plan(
-        "description: d\nsysctl:\n  client: { net.ipv4.tcp_rmem: \"4096\\t131072 6291456\" }\n",
-    );
+    let plan = plan("description: d\nsysctl:\n  client: { net.ipv4.tcp_rmem: \"4096\\t131072 6291456\" }\n");
     assert_eq!(plan.hosts[0].sysctls[0].value, "4096\t131072 6291456");
 }
 
@@ -1384,24 +934,9 @@ fn more_bad_inputs_with_positions() {
     let mut refused = |text: &str, line: usize, column: usize, part: &str| {
         problems.extend(mismatch(text, line, column, part));
     };
-    refused(
-        "description: d\nfaults: { name: x }\n",
-        2,
-        9,
-        "wrong type for `faults`: found map, expected a sequence",
-    );
-    refused(
-        "description: d\nclient: close\n",
-        2,
-        9,
-        "wrong type for `client`",
-    );
-    refused(
-        "description: d\nclient:\n  - 42\n",
-        3,
-        5,
-        "a step is an action name like `close`",
-    );
+    refused("description: d\nfaults: { name: x }\n", 2, 9, "wrong type for `faults`: found map, expected a sequence");
+    refused("description: d\nclient: close\n", 2, 9, "wrong type for `client`");
+    refused("description: d\nclient:\n  - 42\n", 3, 5, "a step is an action name like `close`");
     refused(
         "description: d\nclient:\n  - accept: { backlog: 3 }\n",
         3,
@@ -1414,37 +949,22 @@ fn more_bad_inputs_with_positions() {
         9,
         "socket name 9 is not allowed",
     );
-    refused("description: d\nclient:\n  - socket\n  - socket: {}\n    as: a\n  - socket: {}\n    as: a\n", 7, 9, "socket name \"a\" is already given");
     refused(
-        "description: d\nclient:\n  - sleep: 0s\n",
-        3,
-        12,
-        "sleep must be more than 0s",
+        "description: d\nclient:\n  - socket\n  - socket: {}\n    as: a\n  - socket: {}\n    as: a\n",
+        7,
+        9,
+        "socket name \"a\" is already given",
     );
+    refused("description: d\nclient:\n  - sleep: 0s\n", 3, 12, "sleep must be more than 0s");
     refused(
         "description: d\ntimeout: 10s\nclient:\n  - sleep: 11s\n",
         4,
         12,
         "sleep 11s is beyond the scenario timeout 10s",
     );
-    refused(
-        "description: d\ntolerance: 0s\n",
-        2,
-        12,
-        "tolerance must be more than 0s",
-    );
-    refused(
-        "description: d\ntolerance: 2m\n",
-        2,
-        12,
-        "tolerance 120s is longer than the scenario timeout 60s",
-    );
-    refused(
-        "description: d\nslow: maybe\n",
-        2,
-        7,
-        "slow must be true or false, not \"maybe\"",
-    );
+    refused("description: d\ntolerance: 0s\n", 2, 12, "tolerance must be more than 0s");
+    refused("description: d\ntolerance: 2m\n", 2, 12, "tolerance 120s is longer than the scenario timeout 60s");
+    refused("description: d\nslow: maybe\n", 2, 7, "slow must be true or false, not \"maybe\"");
     refused(
         "description: d\nclient:\n  - send: { bytes: 0 }\n",
         3,
@@ -1505,12 +1025,7 @@ fn more_bad_inputs_with_positions() {
         32,
         "environment variable name \"1X\" is not allowed",
     );
-    refused(
-        "description: d\nclient:\n  - exec: { args: [a] }\n",
-        3,
-        11,
-        "exec needs \"program\"",
-    );
+    refused("description: d\nclient:\n  - exec: { args: [a] }\n", 3, 11, "exec needs \"program\"");
     refused(
         "description: d\nclient:\n  - wait: connect\n",
         3,
@@ -1535,12 +1050,7 @@ fn more_bad_inputs_with_positions() {
         34,
         "unknown edge \"ended\"; allowed: started, finished",
     );
-    refused(
-        "description: d\nclient:\n  - socket: { SO_LINGER: { seconds: 3 } }\n",
-        3,
-        26,
-        "SO_LINGER needs \"on\"",
-    );
+    refused("description: d\nclient:\n  - socket: { SO_LINGER: { seconds: 3 } }\n", 3, 26, "SO_LINGER needs \"on\"");
     refused(
         "description: d\nclient:\n  - socket: { TCP_NODELAY: { on: true } }\n",
         3,
@@ -1559,30 +1069,10 @@ fn more_bad_inputs_with_positions() {
         29,
         "SO_KEEPALIVE 2 is out of range; allowed: 0..1",
     );
-    refused(
-        "description: d\nclient:\n  - setsockopt: {}\n",
-        3,
-        17,
-        "setsockopt needs at least one option",
-    );
-    refused(
-        "description: d\nclient:\n  - poll: { events: [], timeout: 1s }\n",
-        3,
-        21,
-        "poll needs at least one event",
-    );
-    refused(
-        "description: d\nclient:\n  - poll: { events: [POLLIN] }\n",
-        3,
-        11,
-        "poll needs \"timeout\"",
-    );
-    refused(
-        "description: d\nclient:\n  - close: {}\n    name: 'a b'\n",
-        4,
-        11,
-        "step name \"a b\" is not allowed",
-    );
+    refused("description: d\nclient:\n  - setsockopt: {}\n", 3, 17, "setsockopt needs at least one option");
+    refused("description: d\nclient:\n  - poll: { events: [], timeout: 1s }\n", 3, 21, "poll needs at least one event");
+    refused("description: d\nclient:\n  - poll: { events: [POLLIN] }\n", 3, 11, "poll needs \"timeout\"");
+    refused("description: d\nclient:\n  - close: {}\n    name: 'a b'\n", 4, 11, "step name \"a b\" is not allowed");
     refused(
         "description: d\nclient:\n  - close: {}\n    on: x\n    name: n\n",
         4,
@@ -1607,9 +1097,19 @@ fn more_bad_inputs_with_positions() {
         48,
         "from 61s is beyond the scenario timeout 60s",
     );
-    refused("description: d\nfaults:\n  - { name: a, at: server, action: drop, from: { at: 1s, delay: 1s } }\n", 3, 58, "`delay` does not go with `at` in a trigger");
+    refused(
+        "description: d\nfaults:\n  - { name: a, at: server, action: drop, from: { at: 1s, delay: 1s } }\n",
+        3,
+        58,
+        "`delay` does not go with `at` in a trigger",
+    );
     refused("description: d\nfaults:\n  - { name: a, at: server, action: drop, from: { bytes: 10, nth: 2, host: client } }\n", 3, 61, "`nth` does not go with `bytes`");
-    refused("description: d\nfaults:\n  - { name: a, at: server, action: drop, from: { packet: { flags: S } } }\n", 3, 48, "a packet trigger needs `host`");
+    refused(
+        "description: d\nfaults:\n  - { name: a, at: server, action: drop, from: { packet: { flags: S } } }\n",
+        3,
+        48,
+        "a packet trigger needs `host`",
+    );
     refused(
         "description: d\nfaults:\n  - { name: a, at: server, action: drop, from: {} }\n",
         3,
@@ -1622,11 +1122,31 @@ fn more_bad_inputs_with_positions() {
         36,
         "unknown fault action \"reject\"",
     );
-    refused("description: d\nfaults:\n  - { name: a, at: server, action: { reject: icmp-unreachable } }\n", 3, 46, "unknown reject kind \"icmp-unreachable\"");
-    refused("description: d\nfaults:\n  - { name: a, at: server, action: drop, match: { protocol: icmp, dport: 1 } }\n", 3, 67, "icmp has no ports");
-    refused("description: d\nfaults:\n  - { name: a, at: server, action: drop, match: { protocol: udp, flags: S } }\n", 3, 66, "`flags` only matches TCP packets");
+    refused(
+        "description: d\nfaults:\n  - { name: a, at: server, action: { reject: icmp-unreachable } }\n",
+        3,
+        46,
+        "unknown reject kind \"icmp-unreachable\"",
+    );
+    refused(
+        "description: d\nfaults:\n  - { name: a, at: server, action: drop, match: { protocol: icmp, dport: 1 } }\n",
+        3,
+        67,
+        "icmp has no ports",
+    );
+    refused(
+        "description: d\nfaults:\n  - { name: a, at: server, action: drop, match: { protocol: udp, flags: S } }\n",
+        3,
+        66,
+        "`flags` only matches TCP packets",
+    );
     refused("description: d\nfaults:\n  - { name: a, at: server, action: drop, match: { flags: { mask: S, value: SA } } }\n", 3, 76, "value sets flags that the mask leaves out");
-    refused("description: d\nfaults:\n  - { name: a, at: server, action: drop, match: { payload: some } }\n", 3, 60, "unknown payload \"some\"; allowed: empty, nonempty");
+    refused(
+        "description: d\nfaults:\n  - { name: a, at: server, action: drop, match: { payload: some } }\n",
+        3,
+        60,
+        "unknown payload \"some\"; allowed: empty, nonempty",
+    );
     refused(
         "description: d\nfaults:\n  - { name: a, at: server, action: drop, direction: in }\n",
         3,
@@ -1645,12 +1165,7 @@ fn more_bad_inputs_with_positions() {
         27,
         "within must be a window [start, end]",
     );
-    refused(
-        "description: d\nexpect:\n  packets:\n    - { at: [2s, 1s] }\n",
-        4,
-        18,
-        "increasing order",
-    );
+    refused("description: d\nexpect:\n  packets:\n    - { at: [2s, 1s] }\n", 4, 18, "increasing order");
     refused(
         "description: d\nexpect:\n  states:\n    - { host: client, sequence: [] }\n",
         4,
@@ -1663,48 +1178,18 @@ fn more_bad_inputs_with_positions() {
         7,
         "state expectation needs \"host\"",
     );
-    refused(
-        "description: d\nexpect:\n  timers:\n    - { host: client }\n",
-        4,
-        7,
-        "timer expectation needs \"timer\"",
-    );
+    refused("description: d\nexpect:\n  timers:\n    - { host: client }\n", 4, 7, "timer expectation needs \"timer\"");
     refused(
         "description: d\nexpect:\n  timers:\n    - { host: client, timer: on, state: SYN_SNET }\n",
         4,
         41,
         "unknown TCP state \"SYN_SNET\"; did you mean SYN-SENT?",
     );
-    refused(
-        "description: d\nhosts:\n  client: { address: 10.0.0.0/24 }\n",
-        3,
-        22,
-        "network or broadcast address",
-    );
-    refused(
-        "description: d\nhosts:\n  client: { address: 127.0.0.1/8 }\n",
-        3,
-        22,
-        "not a unicast host address",
-    );
-    refused(
-        "description: d\nhosts:\n  client: { address: 10.0.0.300/24 }\n",
-        3,
-        22,
-        "not an IPv4 address with prefix",
-    );
-    refused(
-        "description: d\nhosts:\n  client: {}\n",
-        3,
-        11,
-        "host client needs \"address\"",
-    );
-    refused(
-        "description: d\nlink: { ipv6: 2 }\n",
-        2,
-        15,
-        "ipv6 must be true or false, not 2",
-    );
+    refused("description: d\nhosts:\n  client: { address: 10.0.0.0/24 }\n", 3, 22, "network or broadcast address");
+    refused("description: d\nhosts:\n  client: { address: 127.0.0.1/8 }\n", 3, 22, "not a unicast host address");
+    refused("description: d\nhosts:\n  client: { address: 10.0.0.300/24 }\n", 3, 22, "not an IPv4 address with prefix");
+    refused("description: d\nhosts:\n  client: {}\n", 3, 11, "host client needs \"address\"");
+    refused("description: d\nlink: { ipv6: 2 }\n", 2, 15, "ipv6 must be true or false, not 2");
     refused(
         "description: d\nsysctl:\n  client: { net.ipv4.tcp_syn_retries: true }\n",
         3,
@@ -1718,24 +1203,14 @@ fn more_bad_inputs_with_positions() {
         "unknown key \"router\" in `sysctl`; allowed: client, server",
     );
     refused("description:\n", 1, 1, "missing \"description\"");
-    refused(
-        "description: d\ntimeout: !x 5s\n",
-        2,
-        10,
-        "found a YAML tag (!name)",
-    );
+    refused("description: d\ntimeout: !x 5s\n", 2, 10, "found a YAML tag (!name)");
     refused(
         "description: d\nfaults:\n  - &f { name: a, at: server, action: drop }\n  - { <<: *f, name: b }\n",
         4,
         7,
         "unknown key \"<<\" in fault `faults[1]`; allowed: name, at, direction, match, action, from, until (merge keys",
     );
-    refused(
-        "description: d\nclient:\n  - ~\n",
-        3,
-        5,
-        "a step is an action name like `close`",
-    );
+    refused("description: d\nclient:\n  - ~\n", 3, 5, "a step is an action name like `close`");
     refused(
         "description: d\nclient:\n  - connect: { port: 90.5 }\n",
         3,
@@ -1748,12 +1223,7 @@ fn more_bad_inputs_with_positions() {
         1,
         "wrong type for the top level: found sequence, expected a map with keys description",
     );
-    assert!(
-        problems.is_empty(),
-        "{} bad inputs differ:\n{}",
-        problems.len(),
-        problems.join("\n")
-    );
+    assert!(problems.is_empty(), "{} bad inputs differ:\n{}", problems.len(), problems.join("\n"));
 }
 
 #[test]
@@ -1767,9 +1237,7 @@ fn format_reference_examples_are_valid() {
         } else if yaml.starts_with("  - ") || yaml.starts_with("    expect:") {
             continue;
         } else {
-            format!(
-                "description: d\nclient:\n  - connect: {{ port: 9000 }}\n    name: connect\n{yaml}"
-            )
+            format!("description: d\nclient:\n  - connect: {{ port: 9000 }}\n    name: connect\n{yaml}")
         };
         if let Err(e) = parse_text(&text) {
             panic!("FORMAT.md example does not load: {e}\n{text}");
@@ -1819,16 +1287,51 @@ fn bad_queue_expectations_and_packet_filters() {
     refused(&format!("{head}  queues:\n    - {{ host: server, queue: rcv, max: 1 }}\n"), 4, 30, "unknown queue");
     refused(&format!("{head}  queues:\n    - {{ queue: recv, max: 1 }}\n"), 4, 7, "host");
     refused(&format!("{head}  queues:\n    - {{ host: server, queue: recv, sequence: [-1] }}\n"), 4, 47, "queue value");
-    refused(&format!("{head}  queues:\n    - {{ host: server, queue: recv, sequence: [{{ at: 1s }}] }}\n"), 4, 47, "value");
-    refused(&format!("{head}  queues:\n    - {{ host: server, queue: recv, max: 1, listener: maybe }}\n"), 4, 54, "listener");
+    refused(
+        &format!("{head}  queues:\n    - {{ host: server, queue: recv, sequence: [{{ at: 1s }}] }}\n"),
+        4,
+        47,
+        "value",
+    );
+    refused(
+        &format!("{head}  queues:\n    - {{ host: server, queue: recv, max: 1, listener: maybe }}\n"),
+        4,
+        54,
+        "listener",
+    );
     refused(&format!("{head}  packets:\n    - {{ window: 70000, count: 1 }}\n"), 4, 17, "window");
-    refused(&format!("{head}  packets:\n    - {{ protocol: icmp, flags: R, count: 1 }}\n"), 4, 25, "selects TCP segments");
+    refused(
+        &format!("{head}  packets:\n    - {{ protocol: icmp, flags: R, count: 1 }}\n"),
+        4,
+        25,
+        "selects TCP segments",
+    );
     refused(&format!("{head}  packets:\n    - {{ protocol: sctp, count: 1 }}\n"), 4, 19, "unknown protocol");
-    refused(&format!("{head}  packets:\n    - {{ count: 1, since: client.nope }}\n"), 4, 26, "no step named \"nope\" on client");
-    refused(&format!("{head}  states:\n    - {{ host: client, sequence: [GONE], since: connect }}\n"), 4, 48, "not a step reference");
+    refused(
+        &format!("{head}  packets:\n    - {{ count: 1, since: client.nope }}\n"),
+        4,
+        26,
+        "no step named \"nope\" on client",
+    );
+    refused(
+        &format!("{head}  states:\n    - {{ host: client, sequence: [GONE], since: connect }}\n"),
+        4,
+        48,
+        "not a step reference",
+    );
     refused(&format!("{head}  packets:\n    - {{ count: 1, since: {{ nth: 2 }} }}\n"), 4, 26, "since needs \"packet\"");
-    refused(&format!("{head}  packets:\n    - {{ count: 1, since: {{ packet: {{}}, nth: 0 }} }}\n"), 4, 45, "nth 0 is out of range");
-    refused(&format!("{head}  packets:\n    - {{ count: 1, since: {{ packet: {{ flags: Q }} }} }}\n"), 4, 45, "unknown TCP flag");
+    refused(
+        &format!("{head}  packets:\n    - {{ count: 1, since: {{ packet: {{}}, nth: 0 }} }}\n"),
+        4,
+        45,
+        "nth 0 is out of range",
+    );
+    refused(
+        &format!("{head}  packets:\n    - {{ count: 1, since: {{ packet: {{ flags: Q }} }} }}\n"),
+        4,
+        45,
+        "unknown TCP flag",
+    );
 }
 
 #[test]

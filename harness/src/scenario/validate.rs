@@ -11,9 +11,7 @@ use regex::Regex;
 use crate::error::ScenarioError;
 use crate::scenario::duration::{format_duration, parse_duration, DurationError};
 use crate::scenario::locate::{NodePath, SourceIndex};
-use crate::scenario::names::{
-    closest, suggestion, ACTION_KEYS, BARE_ACTIONS, SOCKOPT_NAMES, TCP_FLAG_LETTERS,
-};
+use crate::scenario::names::{closest, suggestion, ACTION_KEYS, BARE_ACTIONS, SOCKOPT_NAMES, TCP_FLAG_LETTERS};
 use crate::scenario::plan::*;
 use crate::scenario::schema::*;
 
@@ -42,21 +40,13 @@ const SYSCTL_LIST: &str = include_str!("sysctls.txt");
 
 /// Sysctls a scenario may set: those that exist per network namespace on the kernel the list was made on.
 pub fn allowed_sysctls() -> impl Iterator<Item = &'static str> {
-    SYSCTL_LIST
-        .lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+    SYSCTL_LIST.lines().map(str::trim).filter(|line| !line.is_empty() && !line.starts_with('#'))
 }
 
 type Checked<T> = Result<T, ScenarioError>;
 
 /// Checks `wire` (read from `file`, positions in `index`) and builds the plan named `name`.
-pub fn validate(
-    name: &str,
-    file: &Path,
-    wire: &ScenarioWire,
-    index: &SourceIndex,
-) -> Checked<Plan> {
+pub fn validate(name: &str, file: &Path, wire: &ScenarioWire, index: &SourceIndex) -> Checked<Plan> {
     let mut v = Validator {
         file,
         index,
@@ -72,10 +62,7 @@ pub fn validate(
         let path = root.key("timeout");
         v.deadline = v.duration(&path, timeout, "timeout")?;
         if v.deadline.is_zero() {
-            return Err(v.fail(
-                &path,
-                "timeout must be more than 0s: it is the hard deadline of the run, e.g. 40s",
-            ));
+            return Err(v.fail(&path, "timeout must be more than 0s: it is the hard deadline of the run, e.g. 40s"));
         }
     }
     if let Some(tolerance) = &wire.tolerance {
@@ -121,10 +108,7 @@ pub fn validate(
     let link = v.link(&root.key("link"), wire.link.as_ref())?;
     let sysctls = v.sysctls(&root.key("sysctl"), wire.sysctl.as_ref())?;
 
-    let programs = [
-        wire.client.as_deref().unwrap_or(&[]),
-        wire.server.as_deref().unwrap_or(&[]),
-    ];
+    let programs = [wire.client.as_deref().unwrap_or(&[]), wire.server.as_deref().unwrap_or(&[])];
     for host in HostId::ALL {
         v.collect_step_names(host, programs[host.index()])?;
     }
@@ -194,11 +178,7 @@ struct ProgramState {
 }
 
 fn list(names: impl IntoIterator<Item = impl AsRef<str>>) -> String {
-    names
-        .into_iter()
-        .map(|n| n.as_ref().to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
+    names.into_iter().map(|n| n.as_ref().to_string()).collect::<Vec<_>>().join(", ")
 }
 
 fn errno_names() -> impl Iterator<Item = &'static str> {
@@ -213,27 +193,11 @@ const TIMER_NAMES: [&str; 4] = ["on", "keepalive", "timewait", "persist"];
 /// `queue:` of a queue expectation.
 const QUEUES: &[(&str, QueueKind)] = &[("recv", QueueKind::Recv), ("send", QueueKind::Send)];
 
-const PROTOCOLS: &[(&str, Protocol)] = &[
-    ("tcp", Protocol::Tcp),
-    ("udp", Protocol::Udp),
-    ("icmp", Protocol::Icmp),
-];
-const DIRECTIONS: &[(&str, Direction)] = &[
-    ("ingress", Direction::Ingress),
-    ("egress", Direction::Egress),
-];
-const PAYLOADS: &[(&str, PayloadMatch)] = &[
-    ("empty", PayloadMatch::Empty),
-    ("nonempty", PayloadMatch::NonEmpty),
-];
-const EDGES: &[(&str, StepEdge)] = &[
-    ("started", StepEdge::Started),
-    ("finished", StepEdge::Finished),
-];
-const SEND_UNTIL: &[(&str, SendUntil)] = &[
-    ("error", SendUntil::Error),
-    ("would-block", SendUntil::WouldBlock),
-];
+const PROTOCOLS: &[(&str, Protocol)] = &[("tcp", Protocol::Tcp), ("udp", Protocol::Udp), ("icmp", Protocol::Icmp)];
+const DIRECTIONS: &[(&str, Direction)] = &[("ingress", Direction::Ingress), ("egress", Direction::Egress)];
+const PAYLOADS: &[(&str, PayloadMatch)] = &[("empty", PayloadMatch::Empty), ("nonempty", PayloadMatch::NonEmpty)];
+const EDGES: &[(&str, StepEdge)] = &[("started", StepEdge::Started), ("finished", StepEdge::Finished)];
+const SEND_UNTIL: &[(&str, SendUntil)] = &[("error", SendUntil::Error), ("would-block", SendUntil::WouldBlock)];
 const SHUTDOWN_HOW: &[(&str, ShutdownHow)] = &[
     ("RD", ShutdownHow::Rd),
     ("WR", ShutdownHow::Wr),
@@ -244,42 +208,18 @@ const SHUTDOWN_HOW: &[(&str, ShutdownHow)] = &[
 ];
 const REJECTS: &[(&str, FaultAction)] = &[
     ("tcp-reset", FaultAction::RejectTcpReset),
-    (
-        "icmp-port-unreachable",
-        FaultAction::RejectIcmpPortUnreachable,
-    ),
-    (
-        "icmp-host-unreachable",
-        FaultAction::RejectIcmpHostUnreachable,
-    ),
-    (
-        "icmp-net-unreachable",
-        FaultAction::RejectIcmpNetUnreachable,
-    ),
-    (
-        "icmp-admin-prohibited",
-        FaultAction::RejectIcmpAdminProhibited,
-    ),
+    ("icmp-port-unreachable", FaultAction::RejectIcmpPortUnreachable),
+    ("icmp-host-unreachable", FaultAction::RejectIcmpHostUnreachable),
+    ("icmp-net-unreachable", FaultAction::RejectIcmpNetUnreachable),
+    ("icmp-admin-prohibited", FaultAction::RejectIcmpAdminProhibited),
 ];
 const FAULT_ACTIONS: &[(&str, FaultAction)] = &[
     ("drop", FaultAction::Drop),
     ("reject-tcp-reset", FaultAction::RejectTcpReset),
-    (
-        "reject-icmp-port-unreachable",
-        FaultAction::RejectIcmpPortUnreachable,
-    ),
-    (
-        "reject-icmp-host-unreachable",
-        FaultAction::RejectIcmpHostUnreachable,
-    ),
-    (
-        "reject-icmp-net-unreachable",
-        FaultAction::RejectIcmpNetUnreachable,
-    ),
-    (
-        "reject-icmp-admin-prohibited",
-        FaultAction::RejectIcmpAdminProhibited,
-    ),
+    ("reject-icmp-port-unreachable", FaultAction::RejectIcmpPortUnreachable),
+    ("reject-icmp-host-unreachable", FaultAction::RejectIcmpHostUnreachable),
+    ("reject-icmp-net-unreachable", FaultAction::RejectIcmpNetUnreachable),
+    ("reject-icmp-admin-prohibited", FaultAction::RejectIcmpAdminProhibited),
 ];
 
 fn is_name(text: &str, upper_allowed: bool) -> bool {
@@ -311,17 +251,13 @@ impl Validator<'_> {
         key: &str,
         hint: &str,
     ) -> Checked<&'w T> {
-        value
-            .as_ref()
-            .ok_or_else(|| self.fail(parent, format!("{what} needs \"{key}\": {hint}")))
+        value.as_ref().ok_or_else(|| self.fail(parent, format!("{what} needs \"{key}\": {hint}")))
     }
 
     fn text(&self, path: &NodePath, value: &Scalar, what: &str) -> Checked<String> {
         match value {
             Scalar::Null => Err(self.fail(path, format!("{what} is empty; give it a value"))),
-            Scalar::Str(text) if text.is_empty() => {
-                Err(self.fail(path, format!("{what} is empty; give it a value")))
-            }
+            Scalar::Str(text) if text.is_empty() => Err(self.fail(path, format!("{what} is empty; give it a value"))),
             other => Ok(other.text()),
         }
     }
@@ -330,22 +266,15 @@ impl Validator<'_> {
         let text = match value {
             Scalar::Str(text) => text.clone(),
             Scalar::Int(_) | Scalar::Float(_) => {
-                return Err(self.fail(
-                    path,
-                    format!("{what}: {}", DurationError::NoUnit.message(&value.text())),
-                ))
+                return Err(self.fail(path, format!("{what}: {}", DurationError::NoUnit.message(&value.text()))))
             }
             Scalar::Null => {
-                return Err(self.fail(
-                    path,
-                    format!("{what} is empty; give a duration with a unit, e.g. 5s or 250ms"),
-                ))
+                return Err(self.fail(path, format!("{what} is empty; give a duration with a unit, e.g. 5s or 250ms")))
             }
             Scalar::Bool(_) => {
-                return Err(self.fail(
-                    path,
-                    format!("{what} must be a duration with a unit, e.g. 5s or 250ms, not {value}"),
-                ))
+                return Err(
+                    self.fail(path, format!("{what} must be a duration with a unit, e.g. 5s or 250ms, not {value}"))
+                )
             }
         };
         parse_duration(&text).map_err(|e| self.fail(path, format!("{what}: {}", e.message(&text))))
@@ -369,11 +298,7 @@ impl Validator<'_> {
 
     /// `tolerance: 250ms` (either way) or `tolerance: { early: 0s, late: 500ms }`: the allowed lateness, and
     /// the allowed earliness when it differs.
-    fn tolerance(
-        &self,
-        path: &NodePath,
-        value: &ScalarOr<ToleranceWire>,
-    ) -> Checked<(Duration, Option<Duration>)> {
+    fn tolerance(&self, path: &NodePath, value: &ScalarOr<ToleranceWire>) -> Checked<(Duration, Option<Duration>)> {
         let map = match value {
             ScalarOr::Scalar(scalar) => return Ok((self.tolerance_bound(path, scalar)?, None)),
             ScalarOr::Map(map) => map,
@@ -400,10 +325,7 @@ impl Validator<'_> {
     fn tolerance_bound(&self, path: &NodePath, value: &Scalar) -> Checked<Duration> {
         let tolerance = self.duration(path, value, "tolerance")?;
         if tolerance.is_zero() {
-            return Err(self.fail(
-                path,
-                "tolerance must be more than 0s: no timing is exact; e.g. 250ms",
-            ));
+            return Err(self.fail(path, "tolerance must be more than 0s: no timing is exact; e.g. 250ms"));
         }
         if tolerance > self.deadline {
             return Err(self.fail(
@@ -418,14 +340,7 @@ impl Validator<'_> {
         Ok(tolerance)
     }
 
-    fn int(
-        &self,
-        path: &NodePath,
-        value: &Scalar,
-        what: &str,
-        min: i128,
-        max: i128,
-    ) -> Checked<i128> {
+    fn int(&self, path: &NodePath, value: &Scalar, what: &str, min: i128, max: i128) -> Checked<i128> {
         let number = match value {
             Scalar::Int(n) => Some(*n),
             Scalar::Str(text) => text.trim().parse::<i128>().ok(),
@@ -433,14 +348,8 @@ impl Validator<'_> {
         };
         match number {
             Some(n) if (min..=max).contains(&n) => Ok(n),
-            Some(n) => Err(self.fail(
-                path,
-                format!("{what} {n} is out of range; allowed: {min}..{max}"),
-            )),
-            None => Err(self.fail(
-                path,
-                format!("{what} must be a whole number {min}..{max}, not {value}"),
-            )),
+            Some(n) => Err(self.fail(path, format!("{what} {n} is out of range; allowed: {min}..{max}"))),
+            None => Err(self.fail(path, format!("{what} must be a whole number {min}..{max}, not {value}"))),
         }
     }
 
@@ -459,13 +368,7 @@ impl Validator<'_> {
     }
 
     /// A name from `table`, or an error listing the table.
-    fn pick<T: Copy>(
-        &self,
-        path: &NodePath,
-        value: &Scalar,
-        table: &[(&str, T)],
-        what: &str,
-    ) -> Checked<T> {
+    fn pick<T: Copy>(&self, path: &NodePath, value: &Scalar, table: &[(&str, T)], what: &str) -> Checked<T> {
         let names = || table.iter().map(|(name, _)| *name);
         if let Scalar::Str(text) = value {
             if let Some((_, found)) = table.iter().find(|(name, _)| name == text) {
@@ -473,14 +376,7 @@ impl Validator<'_> {
             }
         }
         let given = value.text();
-        Err(self.fail(
-            path,
-            format!(
-                "unknown {what} {value}{}allowed: {}",
-                suggestion(&given, names()),
-                list(names())
-            ),
-        ))
+        Err(self.fail(path, format!("unknown {what} {value}{}allowed: {}", suggestion(&given, names()), list(names()))))
     }
 
     fn host(&self, path: &NodePath, value: &Scalar) -> Checked<HostId> {
@@ -491,10 +387,7 @@ impl Validator<'_> {
         }
         Err(self.fail(
             path,
-            format!(
-                "unknown host {value}{}hosts are: client, server",
-                suggestion(&value.text(), ["client", "server"])
-            ),
+            format!("unknown host {value}{}hosts are: client, server", suggestion(&value.text(), ["client", "server"])),
         ))
     }
 
@@ -545,15 +438,13 @@ impl Validator<'_> {
         for letter in text.chars() {
             match TCP_FLAG_LETTERS.iter().find(|(l, _)| *l == letter) {
                 Some((_, bit)) => bits |= bit,
-                None => {
-                    return Err(self.fail(
-                        path,
-                        format!(
-                            "unknown TCP flag '{letter}' in {what} \"{text}\"; allowed letters (as tcpdump prints them): \
+                None => return Err(self.fail(
+                    path,
+                    format!(
+                        "unknown TCP flag '{letter}' in {what} \"{text}\"; allowed letters (as tcpdump prints them): \
                              S (SYN), F (FIN), R (RST), P (PSH), U (URG), E (ECE), W (CWR), . or A (ACK)"
-                        ),
-                    ))
-                }
+                    ),
+                )),
             }
         }
         Ok(bits)
@@ -576,46 +467,29 @@ impl Validator<'_> {
     }
 
     fn hosts(&self, path: &NodePath, hosts: Option<&HostsWire>) -> Checked<[(Ipv4Addr, u8); 2]> {
-        let defaults = [
-            (DEFAULT_CLIENT_ADDRESS, DEFAULT_PREFIX_LEN),
-            (DEFAULT_SERVER_ADDRESS, DEFAULT_PREFIX_LEN),
-        ];
+        let defaults = [(DEFAULT_CLIENT_ADDRESS, DEFAULT_PREFIX_LEN), (DEFAULT_SERVER_ADDRESS, DEFAULT_PREFIX_LEN)];
         let Some(hosts) = hosts else {
             return Ok(defaults);
         };
         let mut addresses = defaults;
         let mut given = [None, None];
-        for (host, wire) in [
-            (HostId::Client, &hosts.client),
-            (HostId::Server, &hosts.server),
-        ] {
+        for (host, wire) in [(HostId::Client, &hosts.client), (HostId::Server, &hosts.server)] {
             let Some(wire) = wire else { continue };
             let host_path = path.key(host.name());
-            let address = self.required(
-                &wire.address,
-                &host_path,
-                &format!("host {host}"),
-                "address",
-                "e.g. 10.0.0.1/24",
-            )?;
+            let address =
+                self.required(&wire.address, &host_path, &format!("host {host}"), "address", "e.g. 10.0.0.1/24")?;
             let address_path = host_path.key("address");
             addresses[host.index()] = self.address(&address_path, address)?;
             given[host.index()] = Some(address_path);
         }
-        let blame = given[1]
-            .clone()
-            .or(given[0].clone())
-            .unwrap_or_else(|| path.clone());
+        let blame = given[1].clone().or(given[0].clone()).unwrap_or_else(|| path.clone());
         let [(client, client_len), (server, server_len)] = addresses;
         if client == server {
-            return Err(self.fail(
-                &blame,
-                format!("client and server have the same address {client}; give each its own"),
-            ));
+            return Err(
+                self.fail(&blame, format!("client and server have the same address {client}; give each its own"))
+            );
         }
-        let network = |addr: Ipv4Addr, len: u8| {
-            Ipv4Addr::from(u32::from(addr) & (u32::MAX << (32 - u32::from(len))))
-        };
+        let network = |addr: Ipv4Addr, len: u8| Ipv4Addr::from(u32::from(addr) & (u32::MAX << (32 - u32::from(len))));
         if network(server, client_len) != network(client, client_len)
             || network(client, server_len) != network(server, server_len)
         {
@@ -633,43 +507,28 @@ impl Validator<'_> {
     fn address(&self, path: &NodePath, value: &Scalar) -> Checked<(Ipv4Addr, u8)> {
         let text = value.text();
         let Some((address, prefix)) = text.split_once('/') else {
-            return Err(self.fail(
-                path,
-                format!("address {value} needs a prefix length 8..30, e.g. \"{text}/24\""),
-            ));
+            return Err(self.fail(path, format!("address {value} needs a prefix length 8..30, e.g. \"{text}/24\"")));
         };
-        let address: Ipv4Addr = address.parse().map_err(|_| {
-            self.fail(
-                path,
-                format!("{value} is not an IPv4 address with prefix, e.g. 10.0.0.1/24"),
-            )
-        })?;
+        let address: Ipv4Addr = address
+            .parse()
+            .map_err(|_| self.fail(path, format!("{value} is not an IPv4 address with prefix, e.g. 10.0.0.1/24")))?;
         let prefix_len = match prefix.parse::<u8>() {
             Ok(len) if (8..=30).contains(&len) => len,
             _ => {
-                return Err(self.fail(
-                    path,
-                    format!(
-                        "prefix length \"{prefix}\" of {value} is not allowed; use 8..30, e.g. /24"
-                    ),
-                ))
+                return Err(self
+                    .fail(path, format!("prefix length \"{prefix}\" of {value} is not allowed; use 8..30, e.g. /24")))
             }
         };
-        if address.is_loopback()
-            || address.is_multicast()
-            || address.is_unspecified()
-            || address.is_broadcast()
-        {
-            return Err(self.fail(
-                path,
-                format!("{address} is not a unicast host address; use e.g. 10.0.0.1/24"),
-            ));
+        if address.is_loopback() || address.is_multicast() || address.is_unspecified() || address.is_broadcast() {
+            return Err(self.fail(path, format!("{address} is not a unicast host address; use e.g. 10.0.0.1/24")));
         }
         let host_bits = u32::from(address) & (u32::MAX >> prefix_len);
         if host_bits == 0 || host_bits == u32::MAX >> prefix_len {
             return Err(self.fail(
                 path,
-                format!("{text} is the network or broadcast address of its subnet; use a host address such as .1 or .2"),
+                format!(
+                    "{text} is the network or broadcast address of its subnet; use a host address such as .1 or .2"
+                ),
             ));
         }
         Ok((address, prefix_len))
@@ -677,10 +536,7 @@ impl Validator<'_> {
 
     fn link(&self, path: &NodePath, link: Option<&LinkWire>) -> Checked<LinkPlan> {
         let Some(link) = link else {
-            return Ok(LinkPlan {
-                mtu: DEFAULT_MTU,
-                ipv6: false,
-            });
+            return Ok(LinkPlan { mtu: DEFAULT_MTU, ipv6: false });
         };
         let mtu = match &link.mtu {
             Some(mtu) => self.int(&path.key("mtu"), mtu, "mtu", 68, 65535)? as u32,
@@ -696,10 +552,7 @@ impl Validator<'_> {
     fn sysctls(&self, path: &NodePath, wire: Option<&SysctlWire>) -> Checked<[Vec<Sysctl>; 2]> {
         let mut result = [Vec::new(), Vec::new()];
         let Some(wire) = wire else { return Ok(result) };
-        for (host, entries) in [
-            (HostId::Client, &wire.client),
-            (HostId::Server, &wire.server),
-        ] {
+        for (host, entries) in [(HostId::Client, &wire.client), (HostId::Server, &wire.server)] {
             let Some(entries) = entries else { continue };
             let host_path = path.key(host.name());
             for (name, value) in &entries.0 {
@@ -719,29 +572,27 @@ impl Validator<'_> {
                     };
                     return Err(self.fail_key(&entry_path, message));
                 }
-                let value = match value {
-                    Scalar::Int(n) => n.to_string(),
-                    Scalar::Str(text) if text.contains(|c: char| c.is_control() && c != '\t') => {
-                        return Err(self.fail(
+                let value =
+                    match value {
+                        Scalar::Int(n) => n.to_string(),
+                        Scalar::Str(text) if text.contains(|c: char| c.is_control() && c != '\t') => {
+                            return Err(self.fail(
+                                &entry_path,
+                                format!(
+                                    "sysctl {name} is set to {value}, which holds a line break or control character; \
+                                 a sysctl value is one line, e.g. \"4096 131072 6291456\""
+                                ),
+                            ))
+                        }
+                        Scalar::Str(text) if !text.trim().is_empty() => text.clone(),
+                        other => return Err(self.fail(
                             &entry_path,
                             format!(
-                                "sysctl {name} is set to {value}, which holds a line break or control character; \
-                                 a sysctl value is one line, e.g. \"4096 131072 6291456\""
+                                "sysctl {name} must be set to a number or text as `sysctl -w` takes it, not {other}"
                             ),
-                        ))
-                    }
-                    Scalar::Str(text) if !text.trim().is_empty() => text.clone(),
-                    other => {
-                        return Err(self.fail(
-                            &entry_path,
-                            format!("sysctl {name} must be set to a number or text as `sysctl -w` takes it, not {other}"),
-                        ))
-                    }
-                };
-                result[host.index()].push(Sysctl {
-                    name: name.clone(),
-                    value,
-                });
+                        )),
+                    };
+                result[host.index()].push(Sysctl { name: name.clone(), value });
             }
             result[host.index()].sort_by(|a, b| a.name.cmp(&b.name));
         }

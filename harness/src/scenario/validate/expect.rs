@@ -3,34 +3,22 @@
 use super::*;
 
 impl Validator<'_> {
-    pub(super) fn run_expectations(
-        &self,
-        path: &NodePath,
-        wire: Option<&RunExpectWire>,
-    ) -> Checked<RunExpectations> {
+    pub(super) fn run_expectations(&self, path: &NodePath, wire: Option<&RunExpectWire>) -> Checked<RunExpectations> {
         let Some(wire) = wire else {
             return Ok(RunExpectations::default());
         };
         let mut expect = RunExpectations::default();
         for (i, packet) in wire.packets.as_deref().unwrap_or(&[]).iter().enumerate() {
-            expect
-                .packets
-                .push(self.packet_expectation(&path.key("packets").index(i), packet)?);
+            expect.packets.push(self.packet_expectation(&path.key("packets").index(i), packet)?);
         }
         for (i, state) in wire.states.as_deref().unwrap_or(&[]).iter().enumerate() {
-            expect
-                .states
-                .push(self.state_expectation(&path.key("states").index(i), state)?);
+            expect.states.push(self.state_expectation(&path.key("states").index(i), state)?);
         }
         for (i, timer) in wire.timers.as_deref().unwrap_or(&[]).iter().enumerate() {
-            expect
-                .timers
-                .push(self.timer_expectation(&path.key("timers").index(i), timer)?);
+            expect.timers.push(self.timer_expectation(&path.key("timers").index(i), timer)?);
         }
         for (i, queue) in wire.queues.as_deref().unwrap_or(&[]).iter().enumerate() {
-            expect
-                .queues
-                .push(self.queue_expectation(&path.key("queues").index(i), queue)?);
+            expect.queues.push(self.queue_expectation(&path.key("queues").index(i), queue)?);
         }
         Ok(expect)
     }
@@ -119,11 +107,7 @@ impl Validator<'_> {
         Ok(Some(Since::Packet { filter, nth }))
     }
 
-    fn packet_expectation(
-        &self,
-        path: &NodePath,
-        wire: &PacketExpectWire,
-    ) -> Checked<PacketExpectation> {
+    fn packet_expectation(&self, path: &NodePath, wire: &PacketExpectWire) -> Checked<PacketExpectation> {
         let filter = self.packet_filter(
             path,
             &PacketFilterWire {
@@ -138,25 +122,16 @@ impl Validator<'_> {
         if let Some(times) = &wire.at {
             let at_path = path.key("at");
             for (i, time) in times.items.iter().enumerate() {
-                let time_path = if times.list {
-                    at_path.index(i)
-                } else {
-                    at_path.clone()
-                };
+                let time_path = if times.list { at_path.index(i) } else { at_path.clone() };
                 let time = self.run_time(&time_path, time, "at")?;
                 if at.last().is_some_and(|last| *last > time) {
-                    return Err(self.fail(
-                        &time_path,
-                        "packet times in `at` must be in increasing order",
-                    ));
+                    return Err(self.fail(&time_path, "packet times in `at` must be in increasing order"));
                 }
                 at.push(time);
             }
         }
         let mut count = match &wire.count {
-            Some(count) => {
-                Some(self.int(&path.key("count"), count, "count", 0, i128::from(u32::MAX))? as u32)
-            }
+            Some(count) => Some(self.int(&path.key("count"), count, "count", 0, i128::from(u32::MAX))? as u32),
             None => None,
         };
         if wire.at.is_some() {
@@ -164,31 +139,31 @@ impl Validator<'_> {
             if count.is_some_and(|count| count != times) {
                 return Err(self.fail(
                     &path.key("count"),
-                    format!("count {} disagrees with the {times} times in `at`; leave count out or make them match", count.unwrap_or(0)),
+                    format!(
+                        "count {} disagrees with the {times} times in `at`; leave count out or make them match",
+                        count.unwrap_or(0)
+                    ),
                 ));
             }
             count = Some(times);
         }
         if count.is_none() {
-            return Err(self.fail(path, "a packet expectation needs `count` (0 = none at all) or `at` (the times they are seen)"));
+            return Err(self
+                .fail(path, "a packet expectation needs `count` (0 = none at all) or `at` (the times they are seen)"));
         }
         let window = match &wire.within {
             Some(within) => {
                 let within_path = path.key("within");
                 let [start, end] = within.items.as_slice() else {
-                    return Err(self.fail(
-                        &within_path,
-                        "within must be a window [start, end], e.g. [13s, 15s]",
-                    ));
+                    return Err(self.fail(&within_path, "within must be a window [start, end], e.g. [13s, 15s]"));
                 };
                 let item = |i: usize| within_path.index(i);
                 let start = self.run_time(&item(0), start, "within start")?;
                 let end = self.run_time(&item(1), end, "within end")?;
                 if end < start {
-                    return Err(self.fail(
-                        &item(1),
-                        "within ends before it starts; write [start, end] with start <= end",
-                    ));
+                    return Err(
+                        self.fail(&item(1), "within ends before it starts; write [start, end] with start <= end")
+                    );
                 }
                 Some((start, end))
             }
@@ -210,52 +185,26 @@ impl Validator<'_> {
         })
     }
 
-    fn state_expectation(
-        &self,
-        path: &NodePath,
-        wire: &StateExpectWire,
-    ) -> Checked<StateExpectation> {
-        let host = self.required(
-            &wire.host,
-            path,
-            "state expectation",
-            "host",
-            "client or server",
-        )?;
+    fn state_expectation(&self, path: &NodePath, wire: &StateExpectWire) -> Checked<StateExpectation> {
+        let host = self.required(&wire.host, path, "state expectation", "host", "client or server")?;
         let host = self.host(&path.key("host"), host)?;
         let port = match &wire.port {
             Some(port) => Some(self.port(&path.key("port"), port, "port")?),
             None => None,
         };
-        let sequence_wire = self.required(
-            &wire.sequence,
-            path,
-            "state expectation",
-            "sequence",
-            "e.g. [SYN-RECV, GONE]",
-        )?;
+        let sequence_wire =
+            self.required(&wire.sequence, path, "state expectation", "sequence", "e.g. [SYN-RECV, GONE]")?;
         if sequence_wire.is_empty() {
-            return Err(self.fail(
-                &path.key("sequence"),
-                "sequence needs at least one state, e.g. [ESTABLISHED, GONE]",
-            ));
+            return Err(self.fail(&path.key("sequence"), "sequence needs at least one state, e.g. [ESTABLISHED, GONE]"));
         }
         let mut sequence = Vec::with_capacity(sequence_wire.len());
         for (i, step) in sequence_wire.iter().enumerate() {
             let step_path = path.key("sequence").index(i);
             sequence.push(match step {
-                ScalarOr::Scalar(state) => StateStep {
-                    state: self.tcp_state(&step_path, state)?,
-                    at: None,
-                },
+                ScalarOr::Scalar(state) => StateStep { state: self.tcp_state(&step_path, state)?, at: None },
                 ScalarOr::Map(map) => {
-                    let state = self.required(
-                        &map.state,
-                        &step_path,
-                        "state step",
-                        "state",
-                        "e.g. { state: GONE, at: 7s }",
-                    )?;
+                    let state =
+                        self.required(&map.state, &step_path, "state step", "state", "e.g. { state: GONE, at: 7s }")?;
                     StateStep {
                         state: self.tcp_state(&step_path.key("state"), state)?,
                         at: match &map.at {
@@ -281,26 +230,11 @@ impl Validator<'_> {
         })
     }
 
-    fn timer_expectation(
-        &self,
-        path: &NodePath,
-        wire: &TimerExpectWire,
-    ) -> Checked<TimerExpectation> {
-        let host = self.required(
-            &wire.host,
-            path,
-            "timer expectation",
-            "host",
-            "client or server",
-        )?;
+    fn timer_expectation(&self, path: &NodePath, wire: &TimerExpectWire) -> Checked<TimerExpectation> {
+        let host = self.required(&wire.host, path, "timer expectation", "host", "client or server")?;
         let host = self.host(&path.key("host"), host)?;
-        let timer = self.required(
-            &wire.timer,
-            path,
-            "timer expectation",
-            "timer",
-            "on, keepalive, timewait or persist",
-        )?;
+        let timer =
+            self.required(&wire.timer, path, "timer expectation", "timer", "on, keepalive, timewait or persist")?;
         let timer = self.timer(&path.key("timer"), timer)?;
         Ok(TimerExpectation {
             host,
@@ -310,9 +244,7 @@ impl Validator<'_> {
             },
             timer,
             retrans: match &wire.retrans {
-                Some(retrans) => {
-                    Some(self.int(&path.key("retrans"), retrans, "retrans", 0, 255)? as u32)
-                }
+                Some(retrans) => Some(self.int(&path.key("retrans"), retrans, "retrans", 0, 255)? as u32),
                 None => None,
             },
             state: match &wire.state {

@@ -12,10 +12,7 @@ impl Validator<'_> {
                 let first_at = self.index.value(&path.index(*first).key("name"));
                 return Err(self.fail(
                     &path.index(i).key("name"),
-                    format!(
-                        "duplicate fault name \"{}\" (first at {first_at}); fault names are unique",
-                        fault.name
-                    ),
+                    format!("duplicate fault name \"{}\" (first at {first_at}); fault names are unique", fault.name),
                 ));
             }
             first_of.insert(fault.name.clone(), i);
@@ -38,22 +35,17 @@ impl Validator<'_> {
             other => {
                 return Err(self.fail(
                     &path.key("name"),
-                    format!("fault name {other} is not allowed; use lowercase letters, digits, _ and -, e.g. blackhole"),
+                    format!(
+                        "fault name {other} is not allowed; use lowercase letters, digits, _ and -, e.g. blackhole"
+                    ),
                 ))
             }
         };
-        let host = self.required(
-            &wire.at,
-            path,
-            "fault",
-            "at",
-            "the host whose firewall holds the rule, client or server",
-        )?;
+        let host =
+            self.required(&wire.at, path, "fault", "at", "the host whose firewall holds the rule, client or server")?;
         let host = self.host(&path.key("at"), host)?;
         let direction = match &wire.direction {
-            Some(direction) => {
-                self.pick(&path.key("direction"), direction, DIRECTIONS, "direction")?
-            }
+            Some(direction) => self.pick(&path.key("direction"), direction, DIRECTIONS, "direction")?,
             None => Direction::Ingress,
         };
         let mut matcher = match &wire.matcher {
@@ -69,17 +61,10 @@ impl Validator<'_> {
         )?;
         let action_path = path.key("action");
         let action = match action {
-            ScalarOr::Scalar(action) => {
-                self.pick(&action_path, action, FAULT_ACTIONS, "fault action")?
-            }
+            ScalarOr::Scalar(action) => self.pick(&action_path, action, FAULT_ACTIONS, "fault action")?,
             ScalarOr::Map(reject) => {
-                let kind = self.required(
-                    &reject.reject,
-                    &action_path,
-                    "reject",
-                    "reject",
-                    "e.g. `reject: tcp-reset`",
-                )?;
+                let kind =
+                    self.required(&reject.reject, &action_path, "reject", "reject", "e.g. `reject: tcp-reset`")?;
                 self.pick(&action_path.key("reject"), kind, REJECTS, "reject kind")?
             }
         };
@@ -118,39 +103,23 @@ impl Validator<'_> {
                 ));
             }
         }
-        Ok(FaultPlan {
-            name,
-            host,
-            direction,
-            matcher,
-            action,
-            from,
-            until,
-            location: self.index.value(path),
-        })
+        Ok(FaultPlan { name, host, direction, matcher, action, from, until, location: self.index.value(path) })
     }
 
     fn packet_match(&self, path: &NodePath, wire: &MatchWire) -> Checked<PacketMatch> {
         let protocol = match &wire.protocol {
-            Some(protocol) => {
-                Some(self.pick(&path.key("protocol"), protocol, PROTOCOLS, "protocol")?)
-            }
+            Some(protocol) => Some(self.pick(&path.key("protocol"), protocol, PROTOCOLS, "protocol")?),
             None => None,
         };
-        let mut matcher = PacketMatch {
-            protocol,
-            ..PacketMatch::default()
-        };
-        for (key, value, slot) in [
-            ("sport", &wire.sport, &mut matcher.sport),
-            ("dport", &wire.dport, &mut matcher.dport),
-        ] {
+        let mut matcher = PacketMatch { protocol, ..PacketMatch::default() };
+        for (key, value, slot) in
+            [("sport", &wire.sport, &mut matcher.sport), ("dport", &wire.dport, &mut matcher.dport)]
+        {
             if let Some(value) = value {
                 if protocol == Some(Protocol::Icmp) {
-                    return Err(self.fail_key(
-                        &path.key(key),
-                        format!("icmp has no ports; drop `{key}` or match tcp or udp"),
-                    ));
+                    return Err(
+                        self.fail_key(&path.key(key), format!("icmp has no ports; drop `{key}` or match tcp or udp"))
+                    );
                 }
                 *slot = Some(self.port(&path.key(key), value, key)?);
             }
@@ -168,10 +137,9 @@ impl Validator<'_> {
             tcp_only("flags")?;
             let flags_path = path.key("flags");
             matcher.tcp_flags = Some(match flags {
-                ScalarOr::Scalar(letters) => TcpFlagsMatch {
-                    mask: 0xff,
-                    value: self.tcp_flags(&flags_path, letters, "flags")?,
-                },
+                ScalarOr::Scalar(letters) => {
+                    TcpFlagsMatch { mask: 0xff, value: self.tcp_flags(&flags_path, letters, "flags")? }
+                }
                 ScalarOr::Map(masked) => {
                     let mask = self.required(
                         &masked.mask,
@@ -202,30 +170,17 @@ impl Validator<'_> {
         }
         if let Some(payload) = &wire.payload {
             tcp_only("payload")?;
-            matcher.payload =
-                Some(self.pick(&path.key("payload"), payload, PAYLOADS, "payload")?);
+            matcher.payload = Some(self.pick(&path.key("payload"), payload, PAYLOADS, "payload")?);
             matcher.protocol = Some(Protocol::Tcp);
         }
         Ok(matcher)
     }
 
-    fn trigger(
-        &self,
-        path: &NodePath,
-        wire: &ScalarOr<TriggerWire>,
-        what: &str,
-    ) -> Checked<Trigger> {
+    fn trigger(&self, path: &NodePath, wire: &ScalarOr<TriggerWire>, what: &str) -> Checked<Trigger> {
         let map = match wire {
-            ScalarOr::Scalar(Scalar::Str(text))
-                if text.starts_with(|c: char| c.is_ascii_alphabetic()) =>
-            {
+            ScalarOr::Scalar(Scalar::Str(text)) if text.starts_with(|c: char| c.is_ascii_alphabetic()) => {
                 let (host, step) = self.step_ref(path, &Scalar::Str(text.clone()))?;
-                return Ok(Trigger::Step {
-                    host,
-                    step,
-                    edge: StepEdge::Finished,
-                    delay: Duration::ZERO,
-                });
+                return Ok(Trigger::Step { host, step, edge: StepEdge::Finished, delay: Duration::ZERO });
             }
             ScalarOr::Scalar(time) => return Ok(Trigger::At(self.run_time(path, time, what)?)),
             ScalarOr::Map(map) => map,
@@ -238,11 +193,7 @@ impl Validator<'_> {
             ("packet", map.packet.is_some()),
             ("bytes", map.bytes.is_some()),
         ];
-        let given: Vec<&str> = kinds
-            .iter()
-            .filter(|(_, set)| *set)
-            .map(|(k, _)| *k)
-            .collect();
+        let given: Vec<&str> = kinds.iter().filter(|(_, set)| *set).map(|(k, _)| *k).collect();
         let kind = match given.as_slice() {
             [one] => *one,
             [] => {
@@ -260,17 +211,11 @@ impl Validator<'_> {
         };
         let not_with = |key: &str, set: bool| -> Checked<()> {
             if set {
-                return Err(self.fail_key(
-                    &path.key(key),
-                    format!("`{key}` does not go with `{kind}` in a trigger"),
-                ));
+                return Err(self.fail_key(&path.key(key), format!("`{key}` does not go with `{kind}` in a trigger")));
             }
             Ok(())
         };
-        not_with(
-            "host",
-            map.host.is_some() && matches!(kind, "at" | "after" | "started"),
-        )?;
+        not_with("host", map.host.is_some() && matches!(kind, "at" | "after" | "started"))?;
         not_with("nth", map.nth.is_some() && kind != "packet")?;
         not_with("delay", map.delay.is_some() && kind == "at")?;
         let delay = match &map.delay {
@@ -282,14 +227,15 @@ impl Validator<'_> {
             None => None,
         };
         let need_host = |example: &str| {
-            host.ok_or_else(|| self.fail(path, format!("a {kind} trigger needs `host`: whose socket or interface to watch, e.g. {example}")))
+            host.ok_or_else(|| {
+                self.fail(
+                    path,
+                    format!("a {kind} trigger needs `host`: whose socket or interface to watch, e.g. {example}"),
+                )
+            })
         };
         Ok(match kind {
-            "at" => Trigger::At(self.run_time(
-                &path.key("at"),
-                map.at.as_ref().unwrap_or(&Scalar::Null),
-                "at",
-            )?),
+            "at" => Trigger::At(self.run_time(&path.key("at"), map.at.as_ref().unwrap_or(&Scalar::Null), "at")?),
             "after" | "started" => {
                 let (reference, edge) = match (&map.after, &map.started) {
                     (Some(reference), _) => (reference, StepEdge::Finished),
@@ -297,30 +243,16 @@ impl Validator<'_> {
                     (None, None) => return Err(self.fail(path, "trigger needs a step reference")),
                 };
                 let (host, step) = self.step_ref(&path.key(kind), reference)?;
-                Trigger::Step {
-                    host,
-                    step,
-                    edge,
-                    delay,
-                }
+                Trigger::Step { host, step, edge, delay }
             }
             "state" => {
-                let state = self.tcp_state(
-                    &path.key("state"),
-                    map.state.as_ref().unwrap_or(&Scalar::Null),
-                )?;
-                Trigger::State {
-                    host: need_host("{ state: ESTABLISHED, host: client }")?,
-                    state,
-                    delay,
-                }
+                let state = self.tcp_state(&path.key("state"), map.state.as_ref().unwrap_or(&Scalar::Null))?;
+                Trigger::State { host: need_host("{ state: ESTABLISHED, host: client }")?, state, delay }
             }
             "packet" => {
                 let packet_path = path.key("packet");
-                let filter = self.packet_filter(
-                    &packet_path,
-                    map.packet.as_ref().unwrap_or(&PacketFilterWire::default()),
-                )?;
+                let filter =
+                    self.packet_filter(&packet_path, map.packet.as_ref().unwrap_or(&PacketFilterWire::default()))?;
                 let host = match (host, filter.from) {
                     (Some(host), _) | (None, Some(host)) => host,
                     (None, None) => {
@@ -331,17 +263,10 @@ impl Validator<'_> {
                     }
                 };
                 let nth = match &map.nth {
-                    Some(nth) => {
-                        self.int(&path.key("nth"), nth, "nth", 1, i128::from(u32::MAX))? as u32
-                    }
+                    Some(nth) => self.int(&path.key("nth"), nth, "nth", 1, i128::from(u32::MAX))? as u32,
                     None => 1,
                 };
-                Trigger::Packet {
-                    host,
-                    filter,
-                    nth,
-                    delay,
-                }
+                Trigger::Packet { host, filter, nth, delay }
             }
             _ => {
                 let bytes = self.int(
@@ -351,20 +276,12 @@ impl Validator<'_> {
                     1,
                     i128::from(u32::MAX),
                 )?;
-                Trigger::Bytes {
-                    host: need_host("{ bytes: 1000, host: client }")?,
-                    bytes: bytes as u64,
-                    delay,
-                }
+                Trigger::Bytes { host: need_host("{ bytes: 1000, host: client }")?, bytes: bytes as u64, delay }
             }
         })
     }
 
-    pub(super) fn packet_filter(
-        &self,
-        path: &NodePath,
-        wire: &PacketFilterWire,
-    ) -> Checked<PacketFilter> {
+    pub(super) fn packet_filter(&self, path: &NodePath, wire: &PacketFilterWire) -> Checked<PacketFilter> {
         let protocol = match &wire.protocol {
             Some(protocol) => match self.pick(&path.key("protocol"), protocol, PROTOCOLS, "protocol")? {
                 Protocol::Tcp => None,

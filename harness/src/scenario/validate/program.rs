@@ -71,16 +71,14 @@ impl Validator<'_> {
                     location,
                 });
             }
-            ScalarOr::Scalar(other) => {
-                return Err(self.fail(
-                    path,
-                    format!(
-                        "a step is an action name like `close` or a map with one action like `connect: {{ port: 9000 }}`, \
+            ScalarOr::Scalar(other) => return Err(self.fail(
+                path,
+                format!(
+                    "a step is an action name like `close` or a map with one action like `connect: {{ port: 9000 }}`, \
                          not {other}; actions: {}",
-                        list(ACTION_KEYS)
-                    ),
-                ))
-            }
+                    list(ACTION_KEYS)
+                ),
+            )),
             ScalarOr::Map(map) => map,
         };
 
@@ -152,7 +150,8 @@ impl Validator<'_> {
                 let name = value.text();
                 if !state.socket_set.contains(&name) {
                     let known = if state.sockets.is_empty() {
-                        "no socket is named before this step; name one with `as:` on a socket or accept step".to_string()
+                        "no socket is named before this step; name one with `as:` on a socket or accept step"
+                            .to_string()
                     } else {
                         format!("named so far: {}", list(&state.sockets))
                     };
@@ -175,16 +174,8 @@ impl Validator<'_> {
             state.sockets.push(name);
         }
         let name = map.name.as_ref().map(Scalar::text);
-        let expect =
-            self.step_expectation(&path.key("expect"), map.expect.as_ref(), &action, location)?;
-        Ok(StepPlan {
-            index,
-            name,
-            socket,
-            action,
-            expect,
-            location,
-        })
+        let expect = self.step_expectation(&path.key("expect"), map.expect.as_ref(), &action, location)?;
+        Ok(StepPlan { index, name, socket, action, expect, location })
     }
 
     /// The action keys present in a step map, with their paths as written (`write` stays `write`).
@@ -225,33 +216,18 @@ impl Validator<'_> {
             .collect()
     }
 
-    fn bare_action(
-        &self,
-        path: &NodePath,
-        name: &str,
-        state: &mut ProgramState,
-    ) -> Checked<Action> {
+    fn bare_action(&self, path: &NodePath, name: &str, state: &mut ProgramState) -> Checked<Action> {
         match name {
-            "socket" => Ok(Action::Socket {
-                name: None,
-                options: Vec::new(),
-                nonblocking: false,
-            }),
+            "socket" => Ok(Action::Socket { name: None, options: Vec::new(), nonblocking: false }),
             "listen" => {
                 state.listening = true;
-                Ok(Action::Listen {
-                    port: None,
-                    backlog: DEFAULT_BACKLOG,
-                })
+                Ok(Action::Listen { port: None, backlog: DEFAULT_BACKLOG })
             }
             "accept" => {
                 self.require_listener(path, state)?;
                 Ok(Action::Accept { name: None })
             }
-            "recv" | "read" => Ok(Action::Recv {
-                max: DEFAULT_RECV_MAX,
-                until_eof: false,
-            }),
+            "recv" | "read" => Ok(Action::Recv { max: DEFAULT_RECV_MAX, until_eof: false }),
             "close" => Ok(Action::Close),
             known if ACTION_KEYS.contains(&known) => Err(self.fail(
                 path,
@@ -276,10 +252,7 @@ impl Validator<'_> {
         if state.listening {
             return Ok(());
         }
-        Err(self.fail(
-            path,
-            "accept needs a listening socket first: add `- listen: { port: 9000 }` before it",
-        ))
+        Err(self.fail(path, "accept needs a listening socket first: add `- listen: { port: 9000 }` before it"))
     }
 
     fn action(
@@ -292,31 +265,21 @@ impl Validator<'_> {
         state: &mut ProgramState,
     ) -> Checked<Action> {
         if let Some(options) = &map.socket {
-            return Ok(Action::Socket {
-                name: as_name,
-                options: self.sockopts(path, options)?,
-                nonblocking: false,
-            });
+            return Ok(Action::Socket { name: as_name, options: self.sockopts(path, options)?, nonblocking: false });
         }
         if let Some(options) = &map.setsockopt {
             if options.0.is_empty() {
-                return Err(self.fail(path, "setsockopt needs at least one option, e.g. `setsockopt: { TCP_USER_TIMEOUT: 5000 }`"));
+                return Err(self.fail(
+                    path,
+                    "setsockopt needs at least one option, e.g. `setsockopt: { TCP_USER_TIMEOUT: 5000 }`",
+                ));
             }
-            return Ok(Action::SetOpt {
-                options: self.sockopts(path, options)?,
-            });
+            return Ok(Action::SetOpt { options: self.sockopts(path, options)? });
         }
         if let Some(bind) = &map.bind {
-            let port = self.required(
-                &bind.port,
-                path,
-                "bind",
-                "port",
-                "the local port, e.g. `bind: { port: 9000 }`",
-            )?;
-            return Ok(Action::Bind {
-                port: self.port(&path.key("port"), port, "port")?,
-            });
+            let port =
+                self.required(&bind.port, path, "bind", "port", "the local port, e.g. `bind: { port: 9000 }`")?;
+            return Ok(Action::Bind { port: self.port(&path.key("port"), port, "port")? });
         }
         if let Some(listen) = &map.listen {
             let port = match &listen.port {
@@ -324,9 +287,7 @@ impl Validator<'_> {
                 None => None,
             };
             let backlog = match &listen.backlog {
-                Some(backlog) => {
-                    self.int(&path.key("backlog"), backlog, "backlog", 0, 65535)? as u32
-                }
+                Some(backlog) => self.int(&path.key("backlog"), backlog, "backlog", 0, 65535)? as u32,
                 None => DEFAULT_BACKLOG,
             };
             state.listening = true;
@@ -353,34 +314,17 @@ impl Validator<'_> {
                 Some(value) => self.boolean(&path.key("nonblocking"), value, "nonblocking")?,
                 None => false,
             };
-            return Ok(Action::Connect {
-                to,
-                port,
-                nonblocking,
-            });
+            return Ok(Action::Connect { to, port, nonblocking });
         }
         if let Some(poll) = &map.poll {
-            let events_wire = self.required(
-                &poll.events,
-                path,
-                "poll",
-                "events",
-                "e.g. `events: [POLLIN, POLLOUT]`",
-            )?;
+            let events_wire =
+                self.required(&poll.events, path, "poll", "events", "e.g. `events: [POLLIN, POLLOUT]`")?;
             let events = self.poll_events(&path.key("events"), events_wire)?;
             if events.is_empty() {
-                return Err(self.fail(
-                    &path.key("events"),
-                    "poll needs at least one event, e.g. [POLLIN]",
-                ));
+                return Err(self.fail(&path.key("events"), "poll needs at least one event, e.g. [POLLIN]"));
             }
-            let timeout = self.required(
-                &poll.timeout,
-                path,
-                "poll",
-                "timeout",
-                "how long poll waits, e.g. `timeout: 5s`",
-            )?;
+            let timeout =
+                self.required(&poll.timeout, path, "poll", "timeout", "how long poll waits, e.g. `timeout: 5s`")?;
             let timeout = self.run_time(&path.key("timeout"), timeout, "poll timeout")?;
             return Ok(Action::Poll { events, timeout });
         }
@@ -389,18 +333,13 @@ impl Validator<'_> {
         }
         if let Some(recv) = &map.recv {
             let max = match &recv.max {
-                Some(max) => {
-                    self.int(&path.key("max"), max, "max", 1, MAX_BUFFER as i128)? as usize
-                }
+                Some(max) => self.int(&path.key("max"), max, "max", 1, MAX_BUFFER as i128)? as usize,
                 None => DEFAULT_RECV_MAX,
             };
             let until_eof = match &recv.until {
                 Some(until) => {
                     if until != &Scalar::Str("eof".into()) {
-                        return Err(self.fail(
-                            &path.key("until"),
-                            format!("unknown recv until {until}; allowed: eof"),
-                        ));
+                        return Err(self.fail(&path.key("until"), format!("unknown recv until {until}; allowed: eof")));
                     }
                     true
                 }
@@ -409,9 +348,7 @@ impl Validator<'_> {
             return Ok(Action::Recv { max, until_eof });
         }
         if let Some(how) = &map.shutdown {
-            return Ok(Action::Shutdown {
-                how: self.pick(path, how, SHUTDOWN_HOW, "shutdown mode")?,
-            });
+            return Ok(Action::Shutdown { how: self.pick(path, how, SHUTDOWN_HOW, "shutdown mode")? });
         }
         if map.close.is_some() {
             return Ok(Action::Close);
@@ -424,9 +361,7 @@ impl Validator<'_> {
             return Ok(Action::Sleep { duration });
         }
         if let Some(option) = &map.getsockopt {
-            return Ok(Action::GetOpt {
-                option: self.pick(path, option, SOCKOPT_NAMES, "socket option")?,
-            });
+            return Ok(Action::GetOpt { option: self.pick(path, option, SOCKOPT_NAMES, "socket option")? });
         }
         if let Some(wait) = &map.wait {
             return self.wait(host, path, wait);
@@ -437,11 +372,7 @@ impl Validator<'_> {
         Err(self.fail(path, format!("step action `{key}` is not handled")))
     }
 
-    fn sockopts(
-        &self,
-        path: &NodePath,
-        options: &Entries<ScalarOr<LingerWire>>,
-    ) -> Checked<Vec<SockOpt>> {
+    fn sockopts(&self, path: &NodePath, options: &Entries<ScalarOr<LingerWire>>) -> Checked<Vec<SockOpt>> {
         let mut result = Vec::with_capacity(options.0.len());
         for (name, value) in &options.0 {
             let option_path = path.key(name);
@@ -457,10 +388,7 @@ impl Validator<'_> {
                 ));
             };
             let value = self.sockopt_value(&option_path, *option, name, value)?;
-            result.push(SockOpt {
-                name: *option,
-                value,
-            });
+            result.push(SockOpt { name: *option, value });
         }
         Ok(result)
     }
@@ -478,36 +406,24 @@ impl Validator<'_> {
                 let on = self.required(&linger.on, path, "SO_LINGER", "on", "true or false")?;
                 let on = self.boolean(&path.key("on"), on, "SO_LINGER on")?;
                 let seconds = match &linger.seconds {
-                    Some(seconds) => self.int(
-                        &path.key("seconds"),
-                        seconds,
-                        "SO_LINGER seconds",
-                        0,
-                        i128::from(i32::MAX),
-                    )? as i32,
+                    Some(seconds) => {
+                        self.int(&path.key("seconds"), seconds, "SO_LINGER seconds", 0, i128::from(i32::MAX))? as i32
+                    }
                     None => 0,
                 };
                 return Ok(SockOptValue::Linger { on, seconds });
             }
             ScalarOr::Map(_) => {
-                return Err(self.fail(
-                    path,
-                    format!(
-                        "{name} takes a number, not a map; only SO_LINGER takes {{ on, seconds }}"
-                    ),
-                ))
+                return Err(self
+                    .fail(path, format!("{name} takes a number, not a map; only SO_LINGER takes {{ on, seconds }}")))
             }
             ScalarOr::Scalar(scalar) => scalar,
         };
         if option == SO_ERROR {
-            return Err(self.fail_key(
-                path,
-                "SO_ERROR is read-only; read it with `getsockopt: SO_ERROR`",
-            ));
+            return Err(self.fail_key(path, "SO_ERROR is read-only; read it with `getsockopt: SO_ERROR`"));
         }
         if option == SO_LINGER {
-            let seconds =
-                self.int(path, scalar, "SO_LINGER seconds", 0, i128::from(i32::MAX))? as i32;
+            let seconds = self.int(path, scalar, "SO_LINGER seconds", 0, i128::from(i32::MAX))? as i32;
             return Ok(SockOptValue::Linger { on: true, seconds });
         }
         let (min, max) = match option {
@@ -521,19 +437,13 @@ impl Validator<'_> {
             TCP_KEEPCNT | TCP_SYNCNT => (1, 127),
             _ => (0, i128::from(i32::MAX)),
         };
-        Ok(SockOptValue::Int(
-            self.int(path, scalar, name, min, max)? as i32
-        ))
+        Ok(SockOptValue::Int(self.int(path, scalar, name, min, max)? as i32))
     }
 
     fn poll_events(&self, path: &NodePath, events: &ScalarList) -> Checked<Vec<PollEvent>> {
         let mut result = BTreeSet::new();
         for (i, event) in events.items.iter().enumerate() {
-            let event_path = if events.list {
-                path.index(i)
-            } else {
-                path.clone()
-            };
+            let event_path = if events.list { path.index(i) } else { path.clone() };
             let names = PollEvent::ALL.map(PollEvent::name);
             let parsed = match event {
                 Scalar::Str(text) => PollEvent::parse(text),
@@ -559,13 +469,8 @@ impl Validator<'_> {
     }
 
     fn send(&self, path: &NodePath, send: &SendWire) -> Checked<Action> {
-        let bytes = self.required(
-            &send.bytes,
-            path,
-            "send",
-            "bytes",
-            "how many bytes each send() writes, e.g. `bytes: 1000`",
-        )?;
+        let bytes =
+            self.required(&send.bytes, path, "send", "bytes", "how many bytes each send() writes, e.g. `bytes: 1000`")?;
         let bytes = self.int(&path.key("bytes"), bytes, "bytes", 1, MAX_BUFFER as i128)? as usize;
         let repeat = match &send.repeat {
             Some(Scalar::Str(text)) if text == "forever" => SendRepeat::Forever,
@@ -576,10 +481,7 @@ impl Validator<'_> {
                     Err(_) => {
                         return Err(self.fail(
                             &repeat_path,
-                            format!(
-                                "repeat must be a count 1..{} or `forever`, not {repeat}",
-                                u32::MAX
-                            ),
+                            format!("repeat must be a count 1..{} or `forever`, not {repeat}", u32::MAX),
                         ))
                     }
                 }
@@ -591,10 +493,7 @@ impl Validator<'_> {
                 let every_path = path.key("every");
                 let every = self.run_time(&every_path, every, "every")?;
                 if every.is_zero() {
-                    return Err(self.fail(
-                        &every_path,
-                        "every must be more than 0s; leave it out to send back to back",
-                    ));
+                    return Err(self.fail(&every_path, "every must be more than 0s; leave it out to send back to back"));
                 }
                 Some(every)
             }
@@ -610,22 +509,16 @@ impl Validator<'_> {
                 "`repeat: forever` needs `until: error` or `until: would-block` to end the loop",
             ));
         }
-        Ok(Action::Send {
-            bytes,
-            repeat,
-            every,
-            until,
-        })
+        Ok(Action::Send { bytes, repeat, every, until })
     }
 
     /// `client.connect` as host and step name, checked against the named steps.
     pub(super) fn step_ref(&self, path: &NodePath, value: &Scalar) -> Checked<(HostId, String)> {
         let text = value.text();
         let Some((host_name, step)) = text.split_once('.') else {
-            return Err(self.fail(
-                path,
-                format!("{value} is not a step reference; write host.step, e.g. client.connect"),
-            ));
+            return Err(
+                self.fail(path, format!("{value} is not a step reference; write host.step, e.g. client.connect"))
+            );
         };
         let Some(host) = HostId::parse(host_name) else {
             return Err(self.fail(
@@ -641,10 +534,7 @@ impl Validator<'_> {
             let known = if names.is_empty() {
                 format!("{host} has no named steps; name one with `name: {step}`")
             } else {
-                format!(
-                    "named steps on {host}: {}",
-                    list(names.iter().map(|(n, _)| n))
-                )
+                format!("named steps on {host}: {}", list(names.iter().map(|(n, _)| n)))
             };
             return Err(self.fail(
                 path,
@@ -661,13 +551,8 @@ impl Validator<'_> {
         let (target_path, target, edge) = match wait {
             ScalarOr::Scalar(target) => (path.clone(), target, StepEdge::Finished),
             ScalarOr::Map(map) => {
-                let target = self.required(
-                    &map.target,
-                    path,
-                    "wait",
-                    "for",
-                    "the step to wait for, e.g. `for: server.accept`",
-                )?;
+                let target =
+                    self.required(&map.target, path, "wait", "for", "the step to wait for, e.g. `for: server.accept`")?;
                 let edge = match &map.edge {
                     Some(edge) => self.pick(&path.key("edge"), edge, EDGES, "edge")?,
                     None => StepEdge::Finished,
@@ -686,21 +571,12 @@ impl Validator<'_> {
                 ),
             ));
         }
-        Ok(Action::Wait {
-            host: target_host,
-            step,
-            edge,
-        })
+        Ok(Action::Wait { host: target_host, step, edge })
     }
 
     fn exec(&self, path: &NodePath, exec: &ExecWire) -> Checked<Action> {
-        let program = self.required(
-            &exec.program,
-            path,
-            "exec",
-            "program",
-            "the program to run, e.g. `program: curl`",
-        )?;
+        let program =
+            self.required(&exec.program, path, "exec", "program", "the program to run, e.g. `program: curl`")?;
         let program_path = path.key("program");
         let program = self.text(&program_path, program, "program")?;
         self.no_nul(&program_path, &program, "the program")?;
@@ -708,11 +584,7 @@ impl Validator<'_> {
         if let Some(list) = &exec.args {
             let args_path = path.key("args");
             for (i, arg) in list.items.iter().enumerate() {
-                let arg_path = if list.list {
-                    args_path.index(i)
-                } else {
-                    args_path.clone()
-                };
+                let arg_path = if list.list { args_path.index(i) } else { args_path.clone() };
                 let arg = arg.text();
                 self.no_nul(&arg_path, &arg, "an argument")?;
                 args.push(arg);
@@ -722,15 +594,14 @@ impl Validator<'_> {
         if let Some(entries) = &exec.env {
             for (name, value) in &entries.0 {
                 let env_path = path.key("env").key(name);
-                let valid = name
-                    .chars()
-                    .next()
-                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                     && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
                 if !valid {
                     return Err(self.fail_key(
                         &env_path,
-                        format!("environment variable name \"{name}\" is not allowed; use letters, digits and _, e.g. LANG"),
+                        format!(
+                            "environment variable name \"{name}\" is not allowed; use letters, digits and _, e.g. LANG"
+                        ),
                     ));
                 }
                 let value = value.text();
@@ -745,9 +616,7 @@ impl Validator<'_> {
                 let timeout_path = path.key("timeout");
                 let timeout = self.run_time(&timeout_path, timeout, "exec timeout")?;
                 if timeout.is_zero() {
-                    return Err(
-                        self.fail(&timeout_path, "exec timeout must be more than 0s, e.g. 30s")
-                    );
+                    return Err(self.fail(&timeout_path, "exec timeout must be more than 0s, e.g. 30s"));
                 }
                 timeout
             }
@@ -759,34 +628,16 @@ impl Validator<'_> {
         };
         let stdout = self.patterns(&path.key("stdout"), exec.stdout.as_ref(), "stdout")?;
         let stderr = self.patterns(&path.key("stderr"), exec.stderr.as_ref(), "stderr")?;
-        Ok(Action::Exec(ExecPlan {
-            program,
-            args,
-            env,
-            stdin,
-            timeout,
-            background,
-            stdout,
-            stderr,
-        }))
+        Ok(Action::Exec(ExecPlan { program, args, env, stdin, timeout, background, stdout, stderr }))
     }
 
-    fn patterns(
-        &self,
-        path: &NodePath,
-        patterns: Option<&ScalarList>,
-        what: &str,
-    ) -> Checked<Vec<String>> {
+    fn patterns(&self, path: &NodePath, patterns: Option<&ScalarList>, what: &str) -> Checked<Vec<String>> {
         let Some(patterns) = patterns else {
             return Ok(Vec::new());
         };
         let mut result = Vec::with_capacity(patterns.items.len());
         for (i, pattern) in patterns.items.iter().enumerate() {
-            let pattern_path = if patterns.list {
-                path.index(i)
-            } else {
-                path.clone()
-            };
+            let pattern_path = if patterns.list { path.index(i) } else { path.clone() };
             let text = pattern.text();
             if let Err(e) = Regex::new(&text) {
                 let reason = e.to_string();
@@ -838,31 +689,20 @@ impl Validator<'_> {
             if !matches!(action, Action::Poll { .. }) {
                 return Err(self.fail_key(
                     &events_path,
-                    format!(
-                        "`events` only fits poll steps; this is a {} step",
-                        action.kind()
-                    ),
+                    format!("`events` only fits poll steps; this is a {} step", action.kind()),
                 ));
             }
-            expect.outcome = Some(ExpectedOutcome::Events(
-                self.poll_events(&events_path, events)?,
-            ));
+            expect.outcome = Some(ExpectedOutcome::Events(self.poll_events(&events_path, events)?));
         }
         if let Some(exit) = &map.exit {
             let exit_path = path.key("exit");
             given.push(("exit", exit_path.clone()));
             if !matches!(action, Action::Exec(_)) {
-                return Err(self.fail_key(
-                    &exit_path,
-                    format!(
-                        "`exit` only fits exec steps; this is a {} step",
-                        action.kind()
-                    ),
-                ));
+                return Err(
+                    self.fail_key(&exit_path, format!("`exit` only fits exec steps; this is a {} step", action.kind()))
+                );
             }
-            expect.outcome = Some(ExpectedOutcome::Exit(
-                self.int(&exit_path, exit, "exit", 0, 255)? as i32,
-            ));
+            expect.outcome = Some(ExpectedOutcome::Exit(self.int(&exit_path, exit, "exit", 0, 255)? as i32));
         }
         if given.len() > 1 {
             given.sort_by_key(|(_, p)| self.index.key(p));
@@ -886,30 +726,17 @@ impl Validator<'_> {
         Ok(expect)
     }
 
-    fn outcome(
-        &self,
-        path: &NodePath,
-        value: &Scalar,
-        action: &Action,
-    ) -> Checked<ExpectedOutcome> {
+    fn outcome(&self, path: &NodePath, value: &Scalar, action: &Action) -> Checked<ExpectedOutcome> {
         let kind = action.kind();
-        let only = |what: &str, fits: &str| {
-            self.fail(
-                path,
-                format!("`{what}` only fits {fits} steps; this is a {kind} step"),
-            )
-        };
+        let only =
+            |what: &str, fits: &str| self.fail(path, format!("`{what}` only fits {fits} steps; this is a {kind} step"));
         match value {
             Scalar::Int(n) => {
                 if !matches!(action, Action::Send { .. } | Action::Recv { .. }) {
                     return Err(only("a byte count", "send and recv"));
                 }
-                let bytes = u64::try_from(*n).map_err(|_| {
-                    self.fail(
-                        path,
-                        format!("byte count {n} is negative; expect 0 or more bytes"),
-                    )
-                })?;
+                let bytes = u64::try_from(*n)
+                    .map_err(|_| self.fail(path, format!("byte count {n} is negative; expect 0 or more bytes")))?;
                 Ok(ExpectedOutcome::Bytes(bytes))
             }
             Scalar::Str(text) if text == "ok" => Ok(ExpectedOutcome::Ok),
@@ -925,9 +752,7 @@ impl Validator<'_> {
                 }
                 Ok(ExpectedOutcome::Timeout)
             }
-            Scalar::Str(text)
-                if text.starts_with('E') && text.chars().all(|c| c.is_ascii_uppercase()) =>
-            {
+            Scalar::Str(text) if text.starts_with('E') && text.chars().all(|c| c.is_ascii_uppercase()) => {
                 Ok(ExpectedOutcome::Error(self.errno(path, value)?))
             }
             other => {
@@ -946,24 +771,14 @@ impl Validator<'_> {
 
     /// Refuses two hosts that wait for each other: each blocked before the step the other waits for.
     pub(super) fn check_wait_deadlocks(&self, steps: &[Vec<StepPlan>; 2]) -> Checked<()> {
-        let positions: [HashMap<&str, usize>; 2] = [0, 1].map(|host| {
-            steps[host]
-                .iter()
-                .filter_map(|s| Some((s.name.as_deref()?, s.index)))
-                .collect()
-        });
+        let positions: [HashMap<&str, usize>; 2] =
+            [0, 1].map(|host| steps[host].iter().filter_map(|s| Some((s.name.as_deref()?, s.index))).collect());
         // Per host, in step order: (its step index, target step index on the peer, edge).
         let mut waits: [Vec<(usize, usize, StepEdge)>; 2] = [Vec::new(), Vec::new()];
         for host in HostId::ALL {
             for step in &steps[host.index()] {
-                if let Action::Wait {
-                    host: target_host,
-                    step: target,
-                    edge,
-                } = &step.action
-                {
-                    if let Some(target_index) = positions[target_host.index()].get(target.as_str())
-                    {
+                if let Action::Wait { host: target_host, step: target, edge } = &step.action {
+                    if let Some(target_index) = positions[target_host.index()].get(target.as_str()) {
                         waits[host.index()].push((step.index, *target_index, *edge));
                     }
                 }
@@ -972,8 +787,7 @@ impl Validator<'_> {
         // A wait holds its host at its step until the target is reached: started = the target step began, finished
         // = it ended. The wait at `blocker` keeps the target out of reach when the target lies at or beyond
         // `reach` = target index (+1 for finished); two waits deadlock when each blocks the other's target.
-        let reach =
-            |target: usize, edge: StepEdge| target + usize::from(edge == StepEdge::Finished);
+        let reach = |target: usize, edge: StepEdge| target + usize::from(edge == StepEdge::Finished);
         let blocks = |blocker: usize, target: usize, edge: StepEdge| blocker < reach(target, edge);
         // Per host, the highest reach among its first n waits, so each wait is checked against all waits of the
         // peer in O(log n) instead of pairwise.
@@ -990,25 +804,20 @@ impl Validator<'_> {
             let peer = host.peer();
             let peer_waits = &waits[peer.index()];
             for &(index, target, edge) in &waits[host.index()] {
-                let blocking = peer_waits
-                    .partition_point(|&(other_index, _, _)| blocks(other_index, target, edge));
+                let blocking = peer_waits.partition_point(|&(other_index, _, _)| blocks(other_index, target, edge));
                 if blocking == 0 || highest_reach[peer.index()][blocking - 1] <= index {
                     continue;
                 }
-                let Some(&(other_index, other_target, _)) =
-                    peer_waits[..blocking]
-                        .iter()
-                        .find(|&&(_, other_target, other_edge)| {
-                            blocks(index, other_target, other_edge)
-                        })
+                let Some(&(other_index, other_target, _)) = peer_waits[..blocking]
+                    .iter()
+                    .find(|&&(_, other_target, other_edge)| blocks(index, other_target, other_edge))
                 else {
                     continue;
                 };
                 let step_path = NodePath::root().key(host.name()).index(index);
                 let peer_steps = &steps[peer.index()];
                 let own_steps = &steps[host.index()];
-                let name_of =
-                    |steps: &[StepPlan], i: usize| steps[i].name.clone().unwrap_or_default();
+                let name_of = |steps: &[StepPlan], i: usize| steps[i].name.clone().unwrap_or_default();
                 return Err(self.fail(
                     &step_path,
                     format!(
