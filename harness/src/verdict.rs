@@ -455,22 +455,27 @@ fn judge_packets(expectation: &PacketExpectation, anchor: Anchor, timeline: &Tim
     Ok(())
 }
 
+/// Appends `value` at `t` to the history of `socket` (created on first sight) when it differs from the last.
+fn record_change<T: PartialEq>(histories: &mut Vec<(String, Vec<(T, Duration)>)>, socket: &str, value: T, t: Duration) {
+    let position = match histories.iter().position(|(name, _)| name == socket) {
+        Some(position) => position,
+        None => {
+            histories.push((socket.to_string(), Vec::new()));
+            histories.len() - 1
+        }
+    };
+    let history = &mut histories[position].1;
+    if history.last().map(|(last, _)| last) != Some(&value) {
+        history.push((value, t));
+    }
+}
+
 /// Each socket's consecutive distinct states with the time it entered them, in first-seen order.
 pub fn socket_histories(timeline: &Timeline, host: HostId) -> Vec<(String, Vec<(TcpState, Duration)>)> {
     let mut histories: Vec<(String, Vec<(TcpState, Duration)>)> = Vec::new();
     for event in timeline.events.iter().filter(|e| e.host == host) {
         let EventKind::Socket(socket) = &event.kind else { continue };
-        let position = match histories.iter().position(|(name, _)| *name == socket.socket) {
-            Some(position) => position,
-            None => {
-                histories.push((socket.socket.clone(), Vec::new()));
-                histories.len() - 1
-            }
-        };
-        let history = &mut histories[position].1;
-        if history.last().map(|(state, _)| *state) != Some(socket.state) {
-            history.push((socket.state, event.t));
-        }
+        record_change(&mut histories, &socket.socket, socket.state, event.t);
     }
     histories
 }
@@ -597,17 +602,7 @@ pub fn queue_histories(timeline: &Timeline, expectation: &QueueExpectation) -> V
             QueueKind::Recv => socket.recv_q,
             QueueKind::Send => socket.send_q,
         };
-        let position = match histories.iter().position(|(name, _)| *name == socket.socket) {
-            Some(position) => position,
-            None => {
-                histories.push((socket.socket.clone(), Vec::new()));
-                histories.len() - 1
-            }
-        };
-        let history = &mut histories[position].1;
-        if history.last().map(|(v, _)| *v) != Some(value) {
-            history.push((value, event.t));
-        }
+        record_change(&mut histories, &socket.socket, value, event.t);
     }
     histories
 }

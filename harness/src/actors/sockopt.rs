@@ -152,26 +152,7 @@ mod tests {
     #[test]
     fn every_option_has_the_level_of_its_prefix() {
         use SockOptName::*;
-        let all = [
-            SO_KEEPALIVE,
-            SO_RCVBUF,
-            SO_SNDBUF,
-            SO_LINGER,
-            SO_REUSEADDR,
-            SO_REUSEPORT,
-            SO_ERROR,
-            TCP_NODELAY,
-            TCP_KEEPIDLE,
-            TCP_KEEPINTVL,
-            TCP_KEEPCNT,
-            TCP_USER_TIMEOUT,
-            TCP_SYNCNT,
-            TCP_DEFER_ACCEPT,
-            TCP_LINGER2,
-            TCP_MAXSEG,
-            TCP_QUICKACK,
-            TCP_NOTSENT_LOWAT,
-        ];
+        let all = SockOptName::ALL;
         for name in all {
             let expected = if format!("{name:?}").starts_with("SO_") { libc::SOL_SOCKET } else { libc::IPPROTO_TCP };
             assert_eq!(spec(name).level, expected, "{name:?}");

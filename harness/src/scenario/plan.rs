@@ -324,6 +324,29 @@ pub enum SockOptName {
     TCP_NOTSENT_LOWAT,
 }
 
+impl SockOptName {
+    pub const ALL: [SockOptName; 18] = [
+        SockOptName::SO_KEEPALIVE,
+        SockOptName::SO_RCVBUF,
+        SockOptName::SO_SNDBUF,
+        SockOptName::SO_LINGER,
+        SockOptName::SO_REUSEADDR,
+        SockOptName::SO_REUSEPORT,
+        SockOptName::SO_ERROR,
+        SockOptName::TCP_NODELAY,
+        SockOptName::TCP_KEEPIDLE,
+        SockOptName::TCP_KEEPINTVL,
+        SockOptName::TCP_KEEPCNT,
+        SockOptName::TCP_USER_TIMEOUT,
+        SockOptName::TCP_SYNCNT,
+        SockOptName::TCP_DEFER_ACCEPT,
+        SockOptName::TCP_LINGER2,
+        SockOptName::TCP_MAXSEG,
+        SockOptName::TCP_QUICKACK,
+        SockOptName::TCP_NOTSENT_LOWAT,
+    ];
+}
+
 /// `setsockopt(level, name, value)`.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 pub struct SockOpt {

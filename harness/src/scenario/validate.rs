@@ -438,13 +438,15 @@ impl Validator<'_> {
         for letter in text.chars() {
             match TCP_FLAG_LETTERS.iter().find(|(l, _)| *l == letter) {
                 Some((_, bit)) => bits |= bit,
-                None => return Err(self.fail(
-                    path,
-                    format!(
+                None => {
+                    return Err(self.fail(
+                        path,
+                        format!(
                         "unknown TCP flag '{letter}' in {what} \"{text}\"; allowed letters (as tcpdump prints them): \
                              S (SYN), F (FIN), R (RST), P (PSH), U (URG), E (ECE), W (CWR), . or A (ACK)"
                     ),
-                )),
+                    ))
+                }
             }
         }
         Ok(bits)
@@ -572,26 +574,27 @@ impl Validator<'_> {
                     };
                     return Err(self.fail_key(&entry_path, message));
                 }
-                let value =
-                    match value {
-                        Scalar::Int(n) => n.to_string(),
-                        Scalar::Str(text) if text.contains(|c: char| c.is_control() && c != '\t') => {
-                            return Err(self.fail(
-                                &entry_path,
-                                format!(
-                                    "sysctl {name} is set to {value}, which holds a line break or control character; \
+                let value = match value {
+                    Scalar::Int(n) => n.to_string(),
+                    Scalar::Str(text) if text.contains(|c: char| c.is_control() && c != '\t') => {
+                        return Err(self.fail(
+                            &entry_path,
+                            format!(
+                                "sysctl {name} is set to {value}, which holds a line break or control character; \
                                  a sysctl value is one line, e.g. \"4096 131072 6291456\""
-                                ),
-                            ))
-                        }
-                        Scalar::Str(text) if !text.trim().is_empty() => text.clone(),
-                        other => return Err(self.fail(
+                            ),
+                        ))
+                    }
+                    Scalar::Str(text) if !text.trim().is_empty() => text.clone(),
+                    other => {
+                        return Err(self.fail(
                             &entry_path,
                             format!(
                                 "sysctl {name} must be set to a number or text as `sysctl -w` takes it, not {other}"
                             ),
-                        )),
-                    };
+                        ))
+                    }
+                };
                 result[host.index()].push(Sysctl { name: name.clone(), value });
             }
             result[host.index()].sort_by(|a, b| a.name.cmp(&b.name));

@@ -71,14 +71,16 @@ impl Validator<'_> {
                     location,
                 });
             }
-            ScalarOr::Scalar(other) => return Err(self.fail(
-                path,
-                format!(
+            ScalarOr::Scalar(other) => {
+                return Err(self.fail(
+                    path,
+                    format!(
                     "a step is an action name like `close` or a map with one action like `connect: {{ port: 9000 }}`, \
                          not {other}; actions: {}",
                     list(ACTION_KEYS)
                 ),
-            )),
+                ))
+            }
             ScalarOr::Map(map) => map,
         };
 
