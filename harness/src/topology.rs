@@ -1079,7 +1079,7 @@ mod tests {
 
     /// Namespaces + build, median of 100; run with `cargo test --lib build_timing -- --ignored --nocapture`.
     #[test]
-    #[ignore = "measurement"]
+    #[ignore = "benchmark: times 100 namespace + topology builds; run with --ignored --nocapture"]
     fn build_timing() {
         fn summary(mut times: Vec<Duration>) -> String {
             times.sort();

@@ -455,6 +455,14 @@ fn judge_packets(expectation: &PacketExpectation, anchor: Anchor, timeline: &Tim
     Ok(())
 }
 
+/// `value@t` when a time is expected, else just the value, as failure messages show a sequence entry.
+fn at_text(value: &dyn fmt::Display, at: Option<Duration>) -> String {
+    match at {
+        Some(at) => format!("{value}@{}s", format_secs(at)),
+        None => value.to_string(),
+    }
+}
+
 /// Appends `value` at `t` to the history of `socket` (created on first sight) when it differs from the last.
 fn record_change<T: PartialEq>(histories: &mut Vec<(String, Vec<(T, Duration)>)>, socket: &str, value: T, t: Duration) {
     let position = match histories.iter().position(|(name, _)| name == socket) {
@@ -502,14 +510,7 @@ fn judge_states(expectation: &StateExpectation, anchor: Anchor, timeline: &Timel
         let states: Vec<String> = history.iter().map(|(state, t)| format!("{state}@{}s", format_secs(*t))).collect();
         seen.push(format!("{socket}: {}", states.join(" ")));
     }
-    let expected: Vec<String> = expectation
-        .sequence
-        .iter()
-        .map(|step| match step.at {
-            Some(at) => format!("{}@{}s", step.state, format_secs(at)),
-            None => step.state.to_string(),
-        })
-        .collect();
+    let expected: Vec<String> = expectation.sequence.iter().map(|step| at_text(&step.state, step.at)).collect();
     let mut subject = format!("{} socket states", expectation.host);
     if let Some(port) = expectation.port {
         subject.push_str(&format!(" (port {port})"));
@@ -668,14 +669,7 @@ fn judge_queue(expectation: &QueueExpectation, anchor: Anchor, timeline: &Timeli
         return Ok(());
     }
     subject.push_str(" values");
-    let expected: Vec<String> = expectation
-        .sequence
-        .iter()
-        .map(|step| match step.at {
-            Some(at) => format!("{}@{}s", step.value, format_secs(at)),
-            None => step.value.to_string(),
-        })
-        .collect();
+    let expected: Vec<String> = expectation.sequence.iter().map(|step| at_text(&step.value, step.at)).collect();
     Err(Failure {
         location: expectation.location,
         subject,
