@@ -9,9 +9,9 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::actors::{self, ActorContext, ProcessRegistry, StepBoard};
-use crate::capture::{Capture, CaptureStats};
+use crate::capture::{Capture, CaptureBuffer, CaptureStats};
 use crate::clock::{Clock, EventSink};
-use crate::error::{Error, Result};
+use crate::error::{joined, Error, Result};
 use crate::firewall::{self, Firewall};
 use crate::netns::Netns;
 use crate::observe::{Observer, ObserverStats};
@@ -34,9 +34,10 @@ pub struct RunOutput {
     pub observer: [ObserverStats; 2],
     /// Packets each fault's rule matched, per fault name.
     pub fault_hits: Vec<(String, u64)>,
-    /// A host program that failed inside the harness (an error or a panic), not by the kernel's doing: the
-    /// run is a harness error, its timeline and captures are still reported.
-    pub program_errors: Vec<String>,
+    /// What went wrong inside the harness, not by the kernel's doing: a host program that failed (an error or
+    /// a panic), a capture that lost frames. The run is a harness error; its timeline and captures are still
+    /// reported.
+    pub harness_errors: Vec<String>,
 }
 
 /// How often the hub wakes to look at time triggers and the programs when nothing happens.
@@ -120,12 +121,12 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
 
     let mut collected: Vec<Event> = Vec::new();
     let mut deadline_hit = false;
-    let mut program_errors = Vec::new();
+    let mut harness_errors = Vec::new();
     loop {
         let now = clock.now();
-        program_errors.extend(join_finished(&mut programs));
+        harness_errors.extend(join_finished(&mut programs));
         // A program that failed inside the harness ends the run at once: the other one may wait for it forever.
-        if !program_errors.is_empty() || programs.iter().all(|(_, program)| program.is_none()) {
+        if !harness_errors.is_empty() || programs.iter().all(|(_, program)| program.is_none()) {
             break;
         }
         if Instant::now() >= deadline {
@@ -160,12 +161,13 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
         observer_stats.push(observer.stop()?);
     }
     let capture_stats = stop_captures(captures)?;
+    harness_errors.extend(capture_losses(&capture_stats));
     let mut fault_hits = Vec::new();
     for firewall in &mut firewalls {
         fault_hits.extend(firewall.counters()?);
     }
     fault_hits.sort();
-    program_errors.extend(join_finished(&mut programs));
+    harness_errors.extend(join_finished(&mut programs));
     // Everything else is still queued in the channel: packets decoded during stop, last samples.
     collected.extend(events.try_iter());
     collected.extend(fault_events);
@@ -174,7 +176,7 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
         mark_running_steps(&mut timeline, plan);
     }
     annotate_faults(&mut timeline, plan);
-    drop(firewalls);
+    firewalls.into_iter().for_each(Firewall::close_in_background);
     drop(namespaces);
     let teardown = teardown_started.elapsed();
     let [capture_client, capture_server] = into_pair(capture_stats)?;
@@ -188,7 +190,7 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
         capture: [capture_client, capture_server],
         observer: [observer_client, observer_server],
         fault_hits,
-        program_errors,
+        harness_errors,
     })
 }
 
@@ -240,36 +242,61 @@ pub struct Rig {
 /// Namespaces, the wire, the faults (all off), a capture (into `report_dir/<host>.pcap`) and an observer per
 /// host, all sending their events to `sink`.
 ///
-/// Each `Capture::start` waits for an RCU grace period (`setsockopt(PACKET_RX_RING)` calls `synchronize_net`),
-/// 10-30 ms on a busy machine and most of the set-up time: both captures start at once on their own threads
-/// while this one installs the faults and starts the observers, so the run waits for about one grace period.
+/// Each host's faults, capture and observer are started by a thread of its own that has entered the host's
+/// namespace, so they open their sockets right there, and the two hosts proceed at once. A scenario that asks
+/// for a capture ring then waits for one RCU grace period (`setsockopt(PACKET_RX_RING)` calls
+/// `synchronize_net`, 10-30 ms on a busy machine) instead of two.
 pub fn set_up(plan: &Plan, report_dir: &Path, sink: &EventSink) -> Result<Rig> {
-    let namespaces = [Netns::new_anonymous()?, Netns::new_anonymous()?];
-    let topology = topology::build(plan, &namespaces[0], &namespaces[1])?;
-    let (captures, firewalls, observers) = thread::scope(|scope| {
-        let starting: Vec<_> = HostId::ALL
-            .into_iter()
-            .map(|host| {
-                let ns = &namespaces[host.index()];
-                let ifindex = topology.link(host).ifindex;
-                let pcap = report_dir.join(format!("{host}.pcap"));
-                let sink = sink.clone();
-                scope.spawn(move || Capture::start(ns, host, ifindex, &pcap, sink))
-            })
-            .collect();
-        let mut firewalls = Vec::with_capacity(2);
-        let mut observers = Vec::with_capacity(2);
-        let rest = HostId::ALL.into_iter().try_for_each(|host| {
+    let (namespaces, topology) = topology::build_in_new_namespaces(plan)?;
+    let [client, server] = thread::scope(|scope| {
+        let starting = HostId::ALL.map(|host| {
             let ns = &namespaces[host.index()];
-            firewalls.push(Firewall::install(ns, host, &plan.faults)?);
-            observers.push(Observer::start(ns, host, plan.sample_interval, sink.clone())?);
-            Ok::<(), Error>(())
+            let ifindex = topology.link(host).ifindex;
+            let pcap = report_dir.join(format!("{host}.pcap"));
+            let sink = sink.clone();
+            thread::Builder::new().name(format!("set-up-{host}")).spawn_scoped(scope, move || {
+                ns.enter()?;
+                let firewall = Firewall::install(ns, host, &plan.faults)?;
+                let capture = Capture::start(ns, host, ifindex, &pcap, sink.clone(), capture_buffer(plan))?;
+                let observer = Observer::start(ns, host, plan.sample_interval, sink)?;
+                Ok::<_, Error>((firewall, capture, observer))
+            })
         });
-        let captures = join_all(starting, "capture start");
-        rest?;
-        Ok::<_, Error>((captures?, firewalls, observers))
-    })?;
-    Ok(Rig { namespaces, topology, firewalls, captures, observers })
+        starting.map(|spawned| joined(spawned, "host set-up"))
+    });
+    let ((client_firewall, client_capture, client_observer), (server_firewall, server_capture, server_observer)) =
+        (client?, server?);
+    Ok(Rig {
+        namespaces,
+        topology,
+        firewalls: vec![client_firewall, server_firewall],
+        captures: vec![client_capture, server_capture],
+        observers: vec![client_observer, server_observer],
+    })
+}
+
+/// `tcpdump -B` for the plan: the socket's own queue unless the scenario asks for a ring.
+fn capture_buffer(plan: &Plan) -> CaptureBuffer {
+    plan.capture.ring_bytes.map_or(CaptureBuffer::DEFAULT, CaptureBuffer::ring_of)
+}
+
+/// A capture that lost frames makes the timeline incomplete: every packet expectation and packet trigger
+/// would be judged on part of the traffic, so the run cannot be trusted either way.
+fn capture_losses(stats: &[CaptureStats]) -> Vec<String> {
+    HostId::ALL
+        .into_iter()
+        .zip(stats)
+        .filter(|(_, stats)| stats.lost() > 0)
+        .map(|(host, stats)| {
+            format!(
+                "capture of {host} lost {} of the {} frames its interface counted ({} dropped by the kernel): the \
+                 timeline is incomplete; give the scenario a larger buffer, e.g. `capture: {{ ring: 64MiB }}`",
+                stats.lost(),
+                stats.interface_frames,
+                stats.kernel_drops
+            )
+        })
+        .collect()
 }
 
 /// `Capture::stop` on every capture at once: each waits a few milliseconds for frames still in flight, and
@@ -622,5 +649,19 @@ client:
             })
             .collect();
         assert_eq!(marks, vec![None, None, Some("after-connect"), Some("after-connect")]);
+    }
+
+    #[test]
+    fn a_capture_that_lost_frames_is_a_harness_error_naming_its_host() {
+        let whole = CaptureStats { packets: 40, bytes: 4000, kernel_drops: 0, interface_frames: 40 };
+        let dropped = CaptureStats { packets: 37, bytes: 3700, kernel_drops: 3, interface_frames: 40 };
+        let unseen = CaptureStats { packets: 38, bytes: 3800, kernel_drops: 0, interface_frames: 40 };
+        assert!(capture_losses(&[whole, whole]).is_empty());
+        let errors = capture_losses(&[whole, dropped]);
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].starts_with("capture of server lost 3 of the 40 frames"), "{}", errors[0]);
+        assert!(errors[0].contains("(3 dropped by the kernel)") && errors[0].contains("ring: 64MiB"), "{}", errors[0]);
+        let errors = capture_losses(&[unseen, whole]);
+        assert!(errors[0].starts_with("capture of client lost 2 of the 40 frames"), "{}", errors[0]);
     }
 }

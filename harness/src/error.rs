@@ -3,6 +3,7 @@
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::thread::ScopedJoinHandle;
 
 use crate::scenario::plan::Location;
 
@@ -102,5 +103,13 @@ pub trait Context<T> {
 impl<T, E: Into<io::Error>> Context<T> for std::result::Result<T, E> {
     fn context(self, what: impl FnOnce() -> String) -> Result<T> {
         self.map_err(|e| Error::sys(what(), e))
+    }
+}
+
+/// What a scoped thread returned, or a harness error naming `what` if it could not start or panicked.
+pub fn joined<T>(spawned: io::Result<ScopedJoinHandle<'_, Result<T>>>, what: &str) -> Result<T> {
+    match spawned {
+        Ok(handle) => handle.join().unwrap_or_else(|_| Err(Error::Internal(format!("{what} thread panicked")))),
+        Err(e) => Err(Error::sys(format!("spawn {what} thread"), e)),
     }
 }

@@ -22,22 +22,34 @@ impl Netns {
     pub fn new_anonymous() -> Result<Netns> {
         let worker = thread::Builder::new()
             .name("netns-create".into())
-            .spawn(|| -> Result<Netns> {
-                unshare(CloneFlags::CLONE_NEWNET).map_err(|e| match e {
-                    nix::Error::EPERM => Error::Missing {
-                        what: "permission to create network namespaces".into(),
-                        hint: "run as root, or where unprivileged user namespaces are allowed \
-                               (sysctl kernel.unprivileged_userns_clone=1)"
-                            .into(),
-                    },
-                    other => Error::sys("unshare(CLONE_NEWNET) (ip netns add)", other),
-                })?;
-                let file =
-                    File::open("/proc/thread-self/ns/net").context(|| "open /proc/thread-self/ns/net".to_string())?;
-                Ok(Netns { fd: OwnedFd::from(file) })
-            })
+            .spawn(Netns::unshare_current_thread)
             .context(|| "spawn namespace thread".to_string())?;
         worker.join().map_err(|_| Error::Internal("namespace thread panicked".into()))?
+    }
+
+    /// `unshare(CLONE_NEWNET)` for the calling thread, which stays in the new namespace: call it on a thread
+    /// of its own that sets the namespace up from inside and then ends.
+    pub fn unshare_current_thread() -> Result<Netns> {
+        unshare(CloneFlags::CLONE_NEWNET).map_err(|e| match e {
+            nix::Error::EPERM => Error::Missing {
+                what: "permission to create network namespaces".into(),
+                hint: "run as root, or where unprivileged user namespaces are allowed \
+                       (sysctl kernel.unprivileged_userns_clone=1)"
+                    .into(),
+            },
+            other => Error::sys("unshare(CLONE_NEWNET) (ip netns add)", other),
+        })?;
+        let file = File::open("/proc/thread-self/ns/net").context(|| "open /proc/thread-self/ns/net".to_string())?;
+        Ok(Netns { fd: OwnedFd::from(file) })
+    }
+
+    /// Whether the calling thread is inside this namespace (`ip netns identify` of the thread).
+    fn holds_current_thread(&self) -> bool {
+        let inode = |stat: nix::sys::stat::FileStat| (stat.st_dev, stat.st_ino);
+        match (nix::sys::stat::fstat(self.fd.as_fd()), nix::sys::stat::stat("/proc/thread-self/ns/net")) {
+            (Ok(ours), Ok(current)) => inode(ours) == inode(current),
+            _ => false,
+        }
     }
 
     /// `ip netns exec`: moves the calling thread into this namespace, for good.
@@ -62,12 +74,16 @@ impl Netns {
             .context(|| format!("spawn thread {name}"))
     }
 
-    /// Runs `f` inside this namespace and waits for it; `f` may borrow from the caller.
+    /// Runs `f` inside this namespace and waits for it; `f` may borrow from the caller. On a thread already
+    /// inside the namespace, `f` runs right there, without a thread of its own.
     pub fn run<T, F>(&self, f: F) -> Result<T>
     where
         T: Send,
         F: FnOnce() -> Result<T> + Send,
     {
+        if self.holds_current_thread() {
+            return f();
+        }
         thread::scope(|scope| {
             let worker = thread::Builder::new()
                 .name("netns-run".into())

@@ -93,7 +93,7 @@ struct ResultFile<'a> {
     capture: &'a [crate::capture::CaptureStats; 2],
     observer: [ObserverReport; 2],
     fault_hits: &'a [(String, u64)],
-    program_errors: &'a [String],
+    harness_errors: &'a [String],
     events: &'a Timeline,
 }
 
@@ -156,7 +156,7 @@ pub fn write(plan: &Plan, output: &RunOutput, verdict: &Verdict, dir: &Path) -> 
         capture: &output.capture,
         observer: output.observer.map(ObserverReport::from),
         fault_hits: &output.fault_hits,
-        program_errors: &output.program_errors,
+        harness_errors: &output.harness_errors,
         events: &output.timeline,
     };
     let json =
@@ -172,7 +172,7 @@ pub fn write(plan: &Plan, output: &RunOutput, verdict: &Verdict, dir: &Path) -> 
         teardown_ms: output.teardown.as_secs_f64() * 1e3,
         report: dir.to_path_buf(),
         messages: output
-            .program_errors
+            .harness_errors
             .iter()
             .map(|e| format!("harness error: {e}"))
             .chain(verdict.failures.iter().map(|f| explain(plan, f, &output.timeline)))
@@ -182,7 +182,7 @@ pub fn write(plan: &Plan, output: &RunOutput, verdict: &Verdict, dir: &Path) -> 
 
 /// A program that failed inside the harness makes the run a harness error, whatever the verdict.
 fn status_of(output: &RunOutput, verdict: &Verdict) -> Status {
-    match (output.program_errors.is_empty(), verdict.passed()) {
+    match (output.harness_errors.is_empty(), verdict.passed()) {
         (false, _) => Status::Error,
         (true, true) => Status::Pass,
         (true, false) => Status::Fail,
@@ -246,9 +246,10 @@ fn render_timeline(plan: &Plan, output: &RunOutput, verdict: &Verdict) -> String
         let capture = &output.capture[host.index()];
         let observer = &output.observer[host.index()];
         text.push_str(&format!(
-            "# {host}: {}.pcap {} packets, {} dropped by the capture; {} socket samples\n",
+            "# {host}: {}.pcap {} packets of {} the interface counted, {} dropped by the capture; {} socket samples\n",
             host.name(),
             capture.packets,
+            capture.interface_frames,
             capture.kernel_drops,
             observer.samples
         ));
@@ -256,7 +257,7 @@ fn render_timeline(plan: &Plan, output: &RunOutput, verdict: &Verdict) -> String
     for (fault, hits) in &output.fault_hits {
         text.push_str(&format!("# fault {fault}: {hits} packets matched\n"));
     }
-    for error in &output.program_errors {
+    for error in &output.harness_errors {
         text.push_str(&format!("# HARNESS ERROR {error}\n"));
     }
     for failure in &verdict.failures {

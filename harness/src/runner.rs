@@ -18,7 +18,7 @@ use crate::error::{Context, Error, Result};
 use crate::report::{self, Status, Summary};
 use crate::scenario::{self, plan::Plan};
 use crate::supervise::{self, StopReason, Supervisor};
-use crate::{engine, netns, pidns, userns, verdict};
+use crate::{capture, engine, netns, pidns, userns, verdict};
 
 /// Time a child gets beyond its scenario deadline for set-up, teardown and writing its report.
 pub const CHILD_GRACE: Duration = Duration::from_secs(20);
@@ -62,6 +62,10 @@ pub fn run_in_child(exe: &Path, job: &Job, deadline: Duration, supervisor: &Supe
     }
     if let Some(reason) = supervisor.stop_reason() {
         return Summary::harness_error(name, &job.reports, format!("not started: {reason}"));
+    }
+    // Held by the runner too, so that the kernel's stamping stays on between scenarios run one after another.
+    if let Err(e) = capture::keep_kernel_timestamps_on() {
+        return Summary::harness_error(name, &job.reports, e.to_string());
     }
     match spawn_and_wait(exe, job, deadline, supervisor) {
         Ok(summary) => summary,
@@ -267,6 +271,7 @@ fn run_here(root: &Path, reports: &Path, file: &Path, run: Option<usize>) -> Res
     // From here on this process is pid 1 of its own PID namespace: what its programs start dies with it.
     pidns::become_init()?;
     netns::enter_private_parent()?;
+    capture::keep_kernel_timestamps_on()?;
     let plan = scenario::load(root, file)?;
     let mut dir = report::report_dir(reports, &plan.name)?;
     if let Some(run) = run {

@@ -7,6 +7,7 @@ use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, RawFd};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use netlink_packet_core::{
@@ -22,7 +23,7 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use nix::sys::socket::{setsockopt, sockopt};
 use nix::sys::time::TimeVal;
 
-use crate::error::{Context, Error, Result};
+use crate::error::{joined, Context, Error, Result};
 use crate::netns::Netns;
 use crate::scenario::plan::{HostId, HostPlan, Plan, Sysctl};
 
@@ -89,8 +90,30 @@ pub fn link_mac(host: HostId) -> [u8; 6] {
 /// super-segment. `build` returns once both ends are operational (`ip link show nf0` says `state UP`); see
 /// [`wait_operational`].
 pub fn build(plan: &Plan, client: &Netns, server: &Netns) -> Result<Topology> {
-    let mut client_rtnl = client.run(|| prepare_host(plan, HostId::Client))?;
-    let mut server_rtnl = server.run(|| prepare_host(plan, HostId::Server))?;
+    let client_rtnl = client.run(|| prepare_host(plan, HostId::Client))?;
+    let server_rtnl = server.run(|| prepare_host(plan, HostId::Server))?;
+    connect(plan, [client_rtnl, server_rtnl], server)
+}
+
+/// [`build`] in two namespaces it creates (`ip netns add`), both at once: each on a thread of its own that
+/// creates its host's namespace and sets it up from inside (the kernel creates namespaces in parallel).
+pub fn build_in_new_namespaces(plan: &Plan) -> Result<([Netns; 2], Topology)> {
+    let [client, server] = thread::scope(|scope| {
+        let preparing = HostId::ALL.map(|host| {
+            thread::Builder::new().name(format!("netns-{host}")).spawn_scoped(scope, move || {
+                let ns = Netns::unshare_current_thread()?;
+                Ok((ns, prepare_host(plan, host)?))
+            })
+        });
+        preparing.map(|spawned| joined(spawned, "namespace set-up"))
+    });
+    let ((client_ns, client_rtnl), (server_ns, server_rtnl)) = (client?, server?);
+    let topology = connect(plan, [client_rtnl, server_rtnl], &server_ns)?;
+    Ok(([client_ns, server_ns], topology))
+}
+
+/// Joins two prepared hosts with the veth pair and configures both ends.
+fn connect(plan: &Plan, [mut client_rtnl, mut server_rtnl]: [Rtnl; 2], server: &Netns) -> Result<Topology> {
     create_veth_pair(&mut client_rtnl, plan.link.mtu, server)?;
     let topology = Topology {
         client: configure_link_end(&mut client_rtnl, plan.host(HostId::Client))?,
@@ -659,7 +682,7 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::scenario::plan::{LinkPlan, RunExpectations};
+    use crate::scenario::plan::{CapturePlan, LinkPlan, RunExpectations};
 
     const CLIENT_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
     const SERVER_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
@@ -690,6 +713,7 @@ mod tests {
             early_tolerance: None,
             sample_interval: Duration::from_millis(10),
             link: LinkPlan { mtu, ipv6: false },
+            capture: CapturePlan::default(),
             hosts: [
                 host_plan(HostId::Client, CLIENT_ADDRESS, client_sysctls),
                 host_plan(HostId::Server, SERVER_ADDRESS, server_sysctls),

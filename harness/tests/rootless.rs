@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use netfault::error::{Context, Result};
 use netfault::netns::Netns;
-use netfault::scenario::plan::{HostId, HostPlan, LinkPlan, Plan, RunExpectations, Sysctl};
+use netfault::scenario::plan::{CapturePlan, HostId, HostPlan, LinkPlan, Plan, RunExpectations, Sysctl};
 use netfault::topology;
 use netfault::userns::{self, Privilege};
 
@@ -113,6 +113,7 @@ fn plan() -> Plan {
         early_tolerance: None,
         sample_interval: Duration::from_millis(10),
         link: LinkPlan { mtu: 1500, ipv6: false },
+        capture: CapturePlan::default(),
         hosts: [host(HostId::Client, CLIENT, vec![syn_retries]), host(HostId::Server, SERVER, Vec::new())],
         faults: Vec::new(),
         expect: RunExpectations::default(),

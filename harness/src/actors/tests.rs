@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::clock::Clock;
 use crate::netns::Netns;
-use crate::scenario::plan::{ExecPlan, LinkPlan, Location, RunExpectations, ShutdownHow, StepExpectation};
+use crate::scenario::plan::{CapturePlan, ExecPlan, LinkPlan, Location, RunExpectations, ShutdownHow, StepExpectation};
 use crate::timeline::Event;
 
 const PORT: u16 = 9000;
@@ -52,6 +52,7 @@ fn plan(client: Vec<StepPlan>, server: Vec<StepPlan>, deadline: Duration) -> Pla
         early_tolerance: None,
         sample_interval: Duration::from_millis(100),
         link: LinkPlan { mtu: 1500, ipv6: false },
+        capture: CapturePlan::default(),
         hosts: [program(HostId::Client, client), program(HostId::Server, server)],
         faults: vec![],
         expect: RunExpectations::default(),

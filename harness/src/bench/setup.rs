@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::recipe::{self, NamedNamespaces, Tcpdump};
 use super::{fixture_plan, interrupted, millis, Comparison, Distribution, Report, ScratchDir, FIXTURE};
-use crate::capture::Capture;
+use crate::capture::{Capture, CaptureBuffer};
 use crate::clock::{Clock, EventSink};
 use crate::engine::{self, Rig};
 use crate::error::{Context, Error, Result};
@@ -41,7 +41,7 @@ const ENGINE_SETUP: [&str; 1] = ["engine::set_up + activate the fault"];
 const ENGINE_TEARDOWN: [&str; 4] = [
     "engine teardown: Observer::stop x2",
     "engine teardown: engine::stop_captures (parallel)",
-    "engine teardown: firewall counters, drop firewalls",
+    "engine teardown: firewall counters, close in background",
     "engine teardown: drop namespaces",
 ];
 const NETFAULT_SETUP: [&str; 5] = [
@@ -54,7 +54,7 @@ const NETFAULT_SETUP: [&str; 5] = [
 const NETFAULT_TEARDOWN: [&str; 4] = [
     "netfault teardown: Observer::stop x2",
     "netfault teardown: Capture::stop x2",
-    "netfault teardown: drop firewalls",
+    "netfault teardown: close firewalls inline (reference)",
     "netfault teardown: drop namespaces",
 ];
 const RECIPE_SETUP: [&str; 5] = [
@@ -254,7 +254,7 @@ fn engine_once(plan: &Plan, dir: &Path) -> Result<Phases> {
     for firewall in &mut firewalls {
         firewall.counters()?;
     }
-    drop(firewalls);
+    firewalls.into_iter().for_each(Firewall::close_in_background);
     lap.lap(&mut phases.teardown);
     drop(namespaces);
     lap.lap(&mut phases.teardown);
@@ -287,6 +287,7 @@ fn phases_once(plan: &Plan, dir: &Path) -> Result<Phases> {
             topology.link(host).ifindex,
             &pcap,
             sink.clone(),
+            CaptureBuffer::DEFAULT,
         )?);
     }
     lap.lap(&mut phases.setup);

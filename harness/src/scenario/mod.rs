@@ -9,6 +9,7 @@ pub mod locate;
 pub mod names;
 pub mod plan;
 pub mod schema;
+pub mod size;
 pub mod validate;
 
 use std::fs::File;
@@ -346,7 +347,7 @@ fn describe_path(path: &str) -> String {
         },
         None if path.starts_with("sysctl.") && path.matches('.').count() > 1 => "sysctl value",
         None => match (last, path.matches('.').count()) {
-            ("hosts" | "link" | "sysctl" | "expect", 0) => last,
+            ("hosts" | "link" | "capture" | "sysctl" | "expect", 0) => last,
             (_, 1) if path.starts_with("hosts.") => "host",
             (_, 1) if path.starts_with("sysctl.") => "sysctl host",
             ("expect", _) => "step expect",

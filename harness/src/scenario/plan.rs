@@ -89,6 +89,7 @@ pub struct Plan {
     /// Observer sampling interval (`ss` polling period).
     pub sample_interval: Duration,
     pub link: LinkPlan,
+    pub capture: CapturePlan,
     /// Indexed by `HostId::index()`.
     pub hosts: [HostPlan; 2],
     /// Sorted by name.
@@ -113,6 +114,13 @@ pub struct LinkPlan {
     pub mtu: u32,
     /// Keep IPv6 enabled on the link (off by default so router solicitations stay out of the capture).
     pub ipv6: bool,
+}
+
+/// How both ends of the link are captured (`tcpdump -B`).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct CapturePlan {
+    /// A TPACKET_V3 ring of this many bytes instead of the socket's own queue, for bulk transfers.
+    pub ring_bytes: Option<u64>,
 }
 
 /// One host: `ip netns` + `ip addr add` + `sysctl -w` + its socket program.

@@ -251,6 +251,7 @@ pub struct ScenarioWire {
     pub sample: Option<Scalar>,
     pub hosts: Option<HostsWire>,
     pub link: Option<LinkWire>,
+    pub capture: Option<CaptureWire>,
     pub sysctl: Option<SysctlWire>,
     pub faults: Option<Vec<FaultWire>>,
     pub server: Option<Vec<StepWire>>,
@@ -279,6 +280,13 @@ pub struct HostWire {
 pub struct LinkWire {
     pub mtu: Option<Scalar>,
     pub ipv6: Option<Scalar>,
+}
+
+/// `capture:`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureWire {
+    pub ring: Option<Scalar>,
 }
 
 /// `sysctl:` per host.
@@ -597,6 +605,7 @@ pub const MAP_DESCRIPTIONS: &[(&str, &str)] = &[
     ("HostsWire", "a map like { client: { address: 10.0.0.1/24 } }"),
     ("HostWire", "a map like { address: 10.0.0.1/24 }"),
     ("LinkWire", "a map like { mtu: 1500, ipv6: false }"),
+    ("CaptureWire", "a map like { ring: 64MiB }"),
     ("SysctlWire", "a map like { client: { net.ipv4.tcp_syn_retries: 2 } }"),
     ("FaultWire", "a map like { name: blackhole, at: server, action: drop }"),
     ("MatchWire", "a map like { protocol: tcp, dport: 9000, flags: \"S\" }"),

@@ -14,6 +14,7 @@ use crate::scenario::locate::{NodePath, SourceIndex};
 use crate::scenario::names::{closest, suggestion, ACTION_KEYS, BARE_ACTIONS, SOCKOPT_NAMES, TCP_FLAG_LETTERS};
 use crate::scenario::plan::*;
 use crate::scenario::schema::*;
+use crate::scenario::size::parse_size;
 
 mod expect;
 mod faults;
@@ -31,6 +32,10 @@ pub const DEFAULT_CLIENT_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 pub const DEFAULT_SERVER_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 pub const DEFAULT_PREFIX_LEN: u8 = 24;
 pub const DEFAULT_MTU: u32 = 1500;
+/// Smallest and largest `capture: { ring }`: one ring block, and more kernel memory than any transfer a
+/// scenario can run needs (64 MiB lost nothing at 1 GiB over the veth).
+const MIN_CAPTURE_RING: u64 = 1 << 20;
+const MAX_CAPTURE_RING: u64 = 1 << 30;
 pub const DEFAULT_BACKLOG: u32 = 128;
 pub const DEFAULT_RECV_MAX: usize = 65536;
 /// Largest single send or recv buffer.
@@ -106,6 +111,7 @@ pub fn validate(name: &str, file: &Path, wire: &ScenarioWire, index: &SourceInde
 
     let addresses = v.hosts(&root.key("hosts"), wire.hosts.as_ref())?;
     let link = v.link(&root.key("link"), wire.link.as_ref())?;
+    let capture = v.capture(&root.key("capture"), wire.capture.as_ref())?;
     let sysctls = v.sysctls(&root.key("sysctl"), wire.sysctl.as_ref())?;
 
     let programs = [wire.client.as_deref().unwrap_or(&[]), wire.server.as_deref().unwrap_or(&[])];
@@ -135,6 +141,7 @@ pub fn validate(name: &str, file: &Path, wire: &ScenarioWire, index: &SourceInde
         early_tolerance: v.early_tolerance,
         sample_interval,
         link,
+        capture,
         hosts: [
             HostPlan {
                 id: HostId::Client,
@@ -549,6 +556,26 @@ impl Validator<'_> {
             None => false,
         };
         Ok(LinkPlan { mtu, ipv6 })
+    }
+
+    fn capture(&self, path: &NodePath, capture: Option<&CaptureWire>) -> Checked<CapturePlan> {
+        let Some(CaptureWire { ring: Some(ring) }) = capture else {
+            return Ok(CapturePlan::default());
+        };
+        let path = path.key("ring");
+        let text = match ring {
+            Scalar::Str(text) => text.trim().to_string(),
+            Scalar::Int(n) => n.to_string(),
+            other => return Err(self.fail(&path, format!("capture ring must be a size like \"64MiB\", not {other}"))),
+        };
+        let bytes = parse_size(&text).map_err(|message| self.fail(&path, message))?;
+        if !(MIN_CAPTURE_RING..=MAX_CAPTURE_RING).contains(&bytes) {
+            return Err(self.fail(
+                &path,
+                format!("capture ring {text} is out of range; allowed: 1MiB..1GiB (rounded up to whole MiB)"),
+            ));
+        }
+        Ok(CapturePlan { ring_bytes: Some(bytes) })
     }
 
     fn sysctls(&self, path: &NodePath, wire: Option<&SysctlWire>) -> Checked<[Vec<Sysctl>; 2]> {
