@@ -136,8 +136,12 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
         let wake = schedule.next_due().map_or(IDLE_TICK, |due| due.saturating_sub(now).min(IDLE_TICK));
         match events.recv_timeout(wake) {
             Ok(event) => {
+                // Only the host that saw the packet or ran the step: a packet changes the sender's socket when
+                // it leaves and the receiver's when it arrives, and each capture reports its own side.
                 if wants_fresh_sample(&event) {
-                    observers.iter().for_each(Observer::poke);
+                    if let Some(observer) = observers.get(event.host.index()) {
+                        observer.poke();
+                    }
                 }
                 schedule.observe(plan, &event);
                 collected.push(event);
@@ -194,7 +198,7 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
     })
 }
 
-/// Packets that change TCP states (SYN, FIN, RST) and step ends: worth a socket sample at once.
+/// Packets that change TCP states (SYN, FIN, RST) and step ends: worth a socket sample of their host at once.
 fn wants_fresh_sample(event: &Event) -> bool {
     const STATE_CHANGING_FLAGS: u8 = 0x01 | 0x02 | 0x04;
     match &event.kind {
