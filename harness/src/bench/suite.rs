@@ -191,8 +191,8 @@ pub fn bench_concurrent(options: &ConcurrentOptions) -> Result<Report> {
         "peak memory per child",
         format!(
             "largest child maxrss {:.1} MiB (getrusage RUSAGE_CHILDREN); distribution above from /proc/<pid>/status \
-             VmHWM of {} children; MemAvailable fell by {:.1} MiB per scenario at the lowest point (capture rings are \
-             kernel memory, not in RSS)",
+             VmHWM of {} children; MemAvailable fell by {:.1} MiB per scenario at the lowest point (namespaces, sockets \
+             and frames queued for the capture are kernel memory, not in RSS)",
             children_maxrss as f64 / 1024.0,
             peaks.len(),
             system_per_scenario
@@ -264,6 +264,7 @@ fn add_keepalive_rows(report: &mut Report, figures: &KeepaliveFigures) {
     report.row("SYN-ACK at the client, from t0 (program start)", "ms", &figures.handshake_after_t0_ms);
     report.row("ETIMEDOUT observed - kernel-defined 14 s", "ms", &figures.etimedout_error_ms);
     report.row("RST packet observed - kernel-defined 14 s", "ms", &figures.rst_error_ms);
+    report.row("ETIMEDOUT seen by the program - RST on the wire", "ms", &figures.etimedout_after_rst_ms);
     report.row("each keepalive timer: fired - configured (5/3/3/3 s)", "ms", &figures.timer_lateness_ms);
 }
 
@@ -357,6 +358,8 @@ fn describe_failures(summaries: &[Summary], context: &str) -> Vec<String> {
 struct KeepaliveFigures {
     etimedout_error_ms: Vec<f64>,
     rst_error_ms: Vec<f64>,
+    /// The program's ETIMEDOUT minus the RST the kernel sent when it gave up: the harness's own delay.
+    etimedout_after_rst_ms: Vec<f64>,
     /// When the client got the SYN-ACK, from t0: the programs' start plus the handshake.
     handshake_after_t0_ms: Vec<f64>,
     /// Each keepalive timer's firing minus its configured delay (5, 3, 3, 3 s).
@@ -412,6 +415,9 @@ impl KeepaliveFigures {
         if let Some(t) = rst {
             self.rst_error_ms.push((t - kernel_deadline) * 1e3);
         }
+        if let (Some(error), Some(reset)) = (timed_out, rst) {
+            self.etimedout_after_rst_ms.push((error - reset) * 1e3);
+        }
         // Each keepalive timer on its own: the probes (pure ACKs well after the handshake) and the RST, each
         // measured from the one before against its configured interval.
         let probes: Vec<f64> = events
@@ -460,6 +466,7 @@ impl KeepaliveFigures {
         json!({
             "etimedout_error_ms": self.etimedout_error_ms,
             "rst_error_ms": self.rst_error_ms,
+            "etimedout_after_rst_ms": self.etimedout_after_rst_ms,
             "timer_lateness_ms": self.timer_lateness_ms,
             "handshake_after_t0_ms": self.handshake_after_t0_ms,
             "client_established_latency_ms": self.client_established_latency_ms,
@@ -608,6 +615,7 @@ mod tests {
         let round = |v: &[f64]| v.iter().map(|x| (x * 1000.0).round() / 1000.0).collect::<Vec<_>>();
         assert_eq!(round(&figures.etimedout_error_ms), [280.4]);
         assert_eq!(round(&figures.rst_error_ms), [280.0]);
+        assert_eq!(round(&figures.etimedout_after_rst_ms), [0.4]);
         assert_eq!(round(&figures.handshake_after_t0_ms), [20.1]);
         assert_eq!(round(&figures.timer_lateness_ms), [100.0, 80.0, 20.0, 80.0]);
         assert_eq!(round(&figures.client_established_latency_ms), [8.9]);
