@@ -77,8 +77,10 @@ const CONTROL_ROOM: usize = 64;
 /// Longest sleep of an idle capture thread; kernel drop counters are read at least this often.
 const IDLE_POLL: Duration = Duration::from_millis(100);
 /// On stop, how long the capture waits at most for frames the interface counted but the capture has not
-/// seen: normally they arrive within microseconds (a ring holds them until its block retire timeout).
-const DRAIN_MAX: Duration = Duration::from_millis(50);
+/// seen: normally they arrive within microseconds (a ring holds them until its block retire timeout), but on a
+/// machine running hundreds of scenarios the kernel's receive work can lag, and a frame given up on makes the
+/// run a harness error. Only a frame really missing costs this wait.
+const DRAIN_MAX: Duration = Duration::from_millis(500);
 /// How often the counters are compared while frames are still missing on stop.
 const DRAIN_POLL: Duration = Duration::from_millis(1);
 /// `stop` gives up on a capture that has not finished by then: normally it takes well under a millisecond,
@@ -1317,7 +1319,7 @@ mod tests {
         }
         // One event per IPv4 frame; the ARP exchange is in the pcaps only.
         assert_eq!(counting.join().unwrap(), ipv4_frames);
-        // The ring hands over its last block within a retire timeout; nothing waits for DRAIN_MAX.
+        // The ring hands over its last block within a retire timeout (4 ms): stopping never waits out DRAIN_MAX.
         assert!(stop_took < DRAIN_MAX, "stopping took {stop_took:?}");
     }
 
