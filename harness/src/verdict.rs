@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::scenario::plan::{
     ExpectedOutcome, HostId, Location, PacketExpectation, PacketFilter, Plan, Protocol, QueueExpectation, QueueKind,
-    Since, StateExpectation, StepExpectation, StepPlan, TcpState, TimerExpectation,
+    Since, StateExpectation, StepExpectation, StepPlan, TcpFlagsMatch, TcpState, TimerExpectation,
 };
 use crate::timeline::{format_secs, Event, EventKind, Outcome, PacketDirection, PacketEvent, SocketEvent, Timeline};
 
@@ -375,9 +375,19 @@ pub fn packet_matches(filter: &PacketFilter, packet: &PacketEvent) -> bool {
         Some(Protocol::Icmp) => "icmp",
     };
     packet.protocol == protocol
-        && filter.flags.is_none_or(|flags| flags == packet.flags)
+        && filter.flags.is_none_or(|flags| flags.matches(packet.flags))
         && filter.len.is_none_or(|len| len == packet.len)
         && filter.window.is_none_or(|window| window == packet.window)
+}
+
+/// `[F.]` for exactly these flags (as tcpdump prints them); `[F of FR]` for the flags a mask looks at.
+fn describe_flags(flags: TcpFlagsMatch) -> String {
+    let letters = crate::timeline::format_tcp_flags;
+    if flags.mask == 0xff {
+        return format!("[{}]", letters(flags.value));
+    }
+    let value = if flags.value == 0 { "none".to_string() } else { letters(flags.value) };
+    format!("[{value} of {}]", letters(flags.mask))
 }
 
 pub fn describe_filter(filter: &PacketFilter) -> String {
@@ -386,7 +396,7 @@ pub fn describe_filter(filter: &PacketFilter) -> String {
         parts.push(format!("from {from}"));
     }
     if let Some(flags) = filter.flags {
-        parts.push(format!("[{}]", crate::timeline::format_tcp_flags(flags)));
+        parts.push(describe_flags(flags));
     }
     if let Some(len) = filter.len {
         parts.push(format!("length {len}"));
@@ -978,6 +988,28 @@ mod queue_and_filter_tests {
     }
 
     #[test]
+    fn packet_filter_by_flag_mask_and_its_description() {
+        let timeline = Timeline::new(vec![
+            packet(1, HostId::Client, "tcp", 0x11, 0, 100),
+            packet(2, HostId::Client, "tcp", 0x19, 40, 100),
+            packet(3, HostId::Client, "tcp", 0x14, 0, 100),
+            packet(4, HostId::Client, "tcp", 0x10, 0, 100),
+        ]);
+        let count = |flags: TcpFlagsMatch| {
+            sent_packets(&timeline, &PacketFilter { flags: Some(flags), ..PacketFilter::default() }).count()
+        };
+        let fin_without_rst = TcpFlagsMatch { mask: 0x01 | 0x04, value: 0x01 };
+        assert_eq!(count(fin_without_rst), 2, "F. and FP. alike");
+        assert_eq!(count(TcpFlagsMatch::exactly(0x11)), 1, "F. only");
+        assert_eq!(count(TcpFlagsMatch { mask: 0x04, value: 0x04 }), 1, "any RST");
+        assert_eq!(count(TcpFlagsMatch { mask: 0x01 | 0x04, value: 0 }), 1, "neither FIN nor RST");
+        let described = |flags| describe_filter(&PacketFilter { flags: Some(flags), ..PacketFilter::default() });
+        assert_eq!(described(TcpFlagsMatch::exactly(0x11)), "packets [F.]");
+        assert_eq!(described(fin_without_rst), "packets [F of FR]");
+        assert_eq!(described(TcpFlagsMatch { mask: 0x01 | 0x04, value: 0 }), "packets [none of FR]");
+    }
+
+    #[test]
     fn packet_filter_by_window_and_protocol() {
         let timeline = Timeline::new(vec![
             packet(1, HostId::Server, "tcp", 0x10, 0, 0),
@@ -985,7 +1017,8 @@ mod queue_and_filter_tests {
             packet(3, HostId::Server, "icmp", 0, 0, 0),
         ]);
         let count = |filter: PacketFilter| sent_packets(&timeline, &filter).count();
-        let zero_window = PacketFilter { flags: Some(0x10), window: Some(0), ..PacketFilter::default() };
+        let zero_window =
+            PacketFilter { flags: Some(TcpFlagsMatch::exactly(0x10)), window: Some(0), ..PacketFilter::default() };
         assert_eq!(count(zero_window.clone()), 1);
         assert_eq!(count(PacketFilter { window: Some(576), ..PacketFilter::default() }), 1);
         assert_eq!(count(PacketFilter::default()), 2, "no protocol means TCP only");

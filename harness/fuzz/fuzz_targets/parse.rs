@@ -267,11 +267,19 @@ fn check_trigger(plan: &Plan, trigger: &Trigger) {
             );
             within_run("trigger delay", *delay, deadline);
         }
-        Trigger::Packet { nth, delay, .. } => {
+        Trigger::Packet { filter, nth, delay, .. } => {
+            check_flags(filter.flags);
             assert!(*nth >= 1, "nth {nth}");
             within_run("trigger delay", *delay, deadline);
         }
         Trigger::State { delay, .. } | Trigger::Bytes { delay, .. } => within_run("trigger delay", *delay, deadline),
+    }
+}
+
+/// A flag value outside its mask never matches: validation refuses it, in faults, expectations and triggers.
+fn check_flags(flags: Option<TcpFlagsMatch>) {
+    if let Some(flags) = flags {
+        assert_eq!(flags.value & !flags.mask, 0, "flag value {flags:?} outside its mask never matches");
     }
 }
 
@@ -311,13 +319,7 @@ fn check_faults(plan: &Plan, lines: &Lines) {
                 "TCP-only match or action without protocol tcp"
             );
         }
-        if let Some(flags) = matcher.tcp_flags {
-            assert_eq!(
-                flags.value & !flags.mask,
-                0,
-                "flag value {flags:?} outside its mask never matches"
-            );
-        }
+        check_flags(matcher.tcp_flags);
         check_trigger(plan, &fault.from);
         if let Some(until) = &fault.until {
             check_trigger(plan, until);
@@ -337,6 +339,7 @@ fn check_expectations(plan: &Plan, lines: &Lines) {
             packets.location
         );
         check_tolerance(packets.tolerance, deadline);
+        check_flags(packets.filter.flags);
         assert!(
             packets.count.is_some() || !packets.at.is_empty(),
             "packet expectation with neither count nor at"

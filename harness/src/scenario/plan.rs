@@ -538,6 +538,17 @@ pub struct TcpFlagsMatch {
     pub value: u8,
 }
 
+impl TcpFlagsMatch {
+    /// Exactly these flags and no other (`flags: "F."`).
+    pub const fn exactly(flags: u8) -> TcpFlagsMatch {
+        TcpFlagsMatch { mask: 0xff, value: flags }
+    }
+
+    pub fn matches(&self, flags: u8) -> bool {
+        flags & self.mask == self.value
+    }
+}
+
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum PayloadMatch {
@@ -714,8 +725,9 @@ impl fmt::Display for TimerKind {
 pub struct PacketFilter {
     /// Sending host.
     pub from: Option<HostId>,
-    /// TCP flags that must be exactly these (`S`, `SA`, `A`, `PA`, `FA`, `R`, `RA`...), as tcpdump prints them.
-    pub flags: Option<u8>,
+    /// TCP flags: exactly these (`S`, `S.`, `.`, `P.`, `F.`, `R`, `R.`..., as tcpdump prints them), or those of a
+    /// mask (`{ mask: "FR", value: "F" }`).
+    pub flags: Option<TcpFlagsMatch>,
     /// Payload length exactly this.
     pub len: Option<u32>,
     /// TCP window field exactly this, unscaled, as tcpdump prints it (`win 0`).

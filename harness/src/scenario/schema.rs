@@ -357,7 +357,7 @@ pub struct TriggerWire {
 #[serde(deny_unknown_fields)]
 pub struct PacketFilterWire {
     pub from: Option<Scalar>,
-    pub flags: Option<Scalar>,
+    pub flags: Option<ScalarOr<FlagMaskWire>>,
     pub len: Option<Scalar>,
     pub window: Option<Scalar>,
     pub protocol: Option<Scalar>,
@@ -520,7 +520,7 @@ pub struct RunExpectWire {
 #[serde(deny_unknown_fields)]
 pub struct PacketExpectWire {
     pub from: Option<Scalar>,
-    pub flags: Option<Scalar>,
+    pub flags: Option<ScalarOr<FlagMaskWire>>,
     pub len: Option<Scalar>,
     pub window: Option<Scalar>,
     pub protocol: Option<Scalar>,

@@ -170,7 +170,7 @@ fn complete_scenario_becomes_the_expected_plan() {
             host: HostId::Client,
             filter: PacketFilter {
                 from: Some(HostId::Client),
-                flags: Some(0x10),
+                flags: Some(TcpFlagsMatch::exactly(0x10)),
                 len: Some(0),
                 ..PacketFilter::default()
             },
@@ -198,17 +198,22 @@ fn complete_scenario_becomes_the_expected_plan() {
     assert_eq!(packets.len(), 3);
     assert_eq!(
         packets[0].filter,
-        PacketFilter { from: Some(HostId::Client), flags: Some(0x10), len: Some(0), ..PacketFilter::default() }
+        PacketFilter {
+            from: Some(HostId::Client),
+            flags: Some(TcpFlagsMatch::exactly(0x10)),
+            len: Some(0),
+            ..PacketFilter::default()
+        }
     );
     assert_eq!(packets[0].at, vec![secs(5), secs(8), secs(11)]);
     assert_eq!(packets[0].count, Some(3));
     assert_eq!(packets[0].window, None);
     assert_eq!(packets[0].tolerance, ms(300));
     assert_eq!(packets[0].location, at(53, 7));
-    assert_eq!(packets[1].filter.flags, Some(0x04));
+    assert_eq!(packets[1].filter.flags, Some(TcpFlagsMatch::exactly(0x04)));
     assert_eq!(packets[1].count, Some(1));
     assert_eq!(packets[1].window, Some((secs(13), secs(15))));
-    assert_eq!(packets[2].filter.flags, Some(0x01 | 0x10));
+    assert_eq!(packets[2].filter.flags, Some(TcpFlagsMatch::exactly(0x01 | 0x10)));
     assert_eq!(packets[2].count, Some(0));
 
     let state = &plan.expect.states[0];
@@ -480,7 +485,7 @@ fn triggers_in_every_form() {
             host: HostId::Client,
             filter: PacketFilter {
                 from: Some(HostId::Server),
-                flags: Some(0x12),
+                flags: Some(TcpFlagsMatch::exactly(0x12)),
                 len: None,
                 ..PacketFilter::default()
             },
@@ -534,13 +539,32 @@ fn fault_actions_and_matches() {
 }
 
 #[test]
+fn packet_flags_with_a_mask_in_expectations_and_triggers() {
+    let plan = plan(
+        "description: d\nfaults:\n  - name: f\n    at: server\n    action: drop\n    from: { packet: { from: client, \
+         flags: { mask: FR, value: F } } }\nexpect:\n  packets:\n    - { from: client, flags: { mask: FR, value: F }, \
+         count: 1 }\n",
+    );
+    let fin_without_rst = Some(TcpFlagsMatch { mask: 0x01 | 0x04, value: 0x01 });
+    assert_eq!(plan.expect.packets[0].filter.flags, fin_without_rst);
+    match &plan.faults[0].from {
+        Trigger::Packet { filter, .. } => assert_eq!(filter.flags, fin_without_rst),
+        other => panic!("expected a packet trigger, got {other:?}"),
+    }
+}
+
+#[test]
 fn tcp_flag_letters() {
     let plan = plan(
         "description: d\nexpect:\n  packets:\n    - { flags: S, count: 1 }\n    - { flags: SA, count: 1 }\n\
          \x20   - { flags: S., count: 1 }\n    - { flags: P., count: 1 }\n    - { flags: FUEWR, count: 1 }\n",
     );
-    let flags: Vec<Option<u8>> = plan.expect.packets.iter().map(|p| p.filter.flags).collect();
-    assert_eq!(flags, vec![Some(0x02), Some(0x12), Some(0x12), Some(0x18), Some(0x01 | 0x20 | 0x40 | 0x80 | 0x04)]);
+    let flags: Vec<Option<TcpFlagsMatch>> = plan.expect.packets.iter().map(|p| p.filter.flags).collect();
+    let exactly = |bits| Some(TcpFlagsMatch::exactly(bits));
+    assert_eq!(
+        flags,
+        vec![exactly(0x02), exactly(0x12), exactly(0x12), exactly(0x18), exactly(0x01 | 0x20 | 0x40 | 0x80 | 0x04)]
+    );
 }
 
 #[test]
@@ -1258,7 +1282,12 @@ fn queue_expectations_and_packet_windows() {
     let packets = &plan.expect.packets;
     assert_eq!(
         packets[0].filter,
-        PacketFilter { from: Some(HostId::Server), flags: Some(0x10), window: Some(0), ..PacketFilter::default() }
+        PacketFilter {
+            from: Some(HostId::Server),
+            flags: Some(TcpFlagsMatch::exactly(0x10)),
+            window: Some(0),
+            ..PacketFilter::default()
+        }
     );
     assert_eq!(packets[1].filter.protocol, Some(Protocol::Icmp));
     assert_eq!(packets[2].filter.protocol, None, "tcp is the default and is stored as such");

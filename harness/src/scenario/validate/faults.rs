@@ -135,37 +135,7 @@ impl Validator<'_> {
         };
         if let Some(flags) = &wire.flags {
             tcp_only("flags")?;
-            let flags_path = path.key("flags");
-            matcher.tcp_flags = Some(match flags {
-                ScalarOr::Scalar(letters) => {
-                    TcpFlagsMatch { mask: 0xff, value: self.tcp_flags(&flags_path, letters, "flags")? }
-                }
-                ScalarOr::Map(masked) => {
-                    let mask = self.required(
-                        &masked.mask,
-                        &flags_path,
-                        "flags",
-                        "mask",
-                        "the flags to look at, e.g. \"SAFR\"",
-                    )?;
-                    let mask = self.tcp_flags(&flags_path.key("mask"), mask, "mask")?;
-                    let value = self.required(
-                        &masked.value,
-                        &flags_path,
-                        "flags",
-                        "value",
-                        "the flags that must be set, e.g. \"A\"",
-                    )?;
-                    let value = self.tcp_flags(&flags_path.key("value"), value, "value")?;
-                    if value & !mask != 0 {
-                        return Err(self.fail(
-                            &flags_path.key("value"),
-                            "value sets flags that the mask leaves out; every flag of value must be in mask",
-                        ));
-                    }
-                    TcpFlagsMatch { mask, value }
-                }
-            });
+            matcher.tcp_flags = Some(self.flags_match(&path.key("flags"), flags)?);
             matcher.protocol = Some(Protocol::Tcp);
         }
         if let Some(payload) = &wire.payload {
@@ -291,8 +261,10 @@ impl Validator<'_> {
         };
         if protocol.is_some() {
             let protocol_name = wire.protocol.as_ref().map(Scalar::text).unwrap_or_default();
-            for (key, given) in [("flags", &wire.flags), ("len", &wire.len), ("window", &wire.window)] {
-                if given.is_some() {
+            let given =
+                [("flags", wire.flags.is_some()), ("len", wire.len.is_some()), ("window", wire.window.is_some())];
+            for (key, given) in given {
+                if given {
                     return Err(self.fail_key(
                         &path.key(key),
                         format!("`{key}` selects TCP segments, not {protocol_name} packets; drop it or the protocol"),
@@ -306,7 +278,7 @@ impl Validator<'_> {
                 None => None,
             },
             flags: match &wire.flags {
-                Some(flags) => Some(self.tcp_flags(&path.key("flags"), flags, "flags")?),
+                Some(flags) => Some(self.flags_match(&path.key("flags"), flags)?),
                 None => None,
             },
             len: match &wire.len {
@@ -319,5 +291,26 @@ impl Validator<'_> {
             },
             protocol,
         })
+    }
+
+    /// `flags: "S."` (exactly these) or `flags: { mask: "SAFR", value: "A" }` (`flags & mask == value`).
+    fn flags_match(&self, path: &NodePath, flags: &ScalarOr<FlagMaskWire>) -> Checked<TcpFlagsMatch> {
+        match flags {
+            ScalarOr::Scalar(letters) => Ok(TcpFlagsMatch::exactly(self.tcp_flags(path, letters, "flags")?)),
+            ScalarOr::Map(masked) => {
+                let mask = self.required(&masked.mask, path, "flags", "mask", "the flags to look at, e.g. \"SAFR\"")?;
+                let mask = self.tcp_flags(&path.key("mask"), mask, "mask")?;
+                let value =
+                    self.required(&masked.value, path, "flags", "value", "the flags that must be set, e.g. \"A\"")?;
+                let value = self.tcp_flags(&path.key("value"), value, "value")?;
+                if value & !mask != 0 {
+                    return Err(self.fail(
+                        &path.key("value"),
+                        "value sets flags that the mask leaves out; every flag of value must be in mask",
+                    ));
+                }
+                Ok(TcpFlagsMatch { mask, value })
+            }
+        }
     }
 }
