@@ -554,6 +554,13 @@ fn packet_flags_with_a_mask_in_expectations_and_triggers() {
 }
 
 #[test]
+fn a_run_shorter_than_the_default_tolerance_gets_its_length_as_tolerance() {
+    // Found by fuzzing: `timeout: 10ms` left the default 250 ms tolerance longer than the whole run.
+    assert_eq!(plan("description: d\ntimeout: 10ms\n").tolerance, Duration::from_millis(10));
+    assert_eq!(plan("description: d\n").tolerance, crate::scenario::validate::DEFAULT_TOLERANCE);
+}
+
+#[test]
 fn tcp_flag_letters() {
     let plan = plan(
         "description: d\nexpect:\n  packets:\n    - { flags: S, count: 1 }\n    - { flags: SA, count: 1 }\n\

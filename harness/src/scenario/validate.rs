@@ -70,9 +70,14 @@ pub fn validate(name: &str, file: &Path, wire: &ScenarioWire, index: &SourceInde
             return Err(v.fail(&path, "timeout must be more than 0s: it is the hard deadline of the run, e.g. 40s"));
         }
     }
-    if let Some(tolerance) = &wire.tolerance {
-        let path = root.key("tolerance");
-        (v.tolerance, v.early_tolerance) = v.tolerance(&path, tolerance)?;
+    match &wire.tolerance {
+        Some(tolerance) => {
+            let path = root.key("tolerance");
+            (v.tolerance, v.early_tolerance) = v.tolerance(&path, tolerance)?;
+        }
+        // A run shorter than the default tolerance (found by fuzzing: `timeout: 10ms`) gets its whole length,
+        // as an explicit tolerance at most may.
+        None => v.tolerance = DEFAULT_TOLERANCE.min(v.deadline),
     }
     let sample_interval = match &wire.sample {
         Some(sample) => {
