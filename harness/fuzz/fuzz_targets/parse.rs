@@ -29,11 +29,7 @@ fn check(data: &[u8]) {
     let file = Path::new(FILE);
     let first = parse_bytes(NAME, file, data);
     let second = parse_bytes(NAME, file, data);
-    assert_eq!(
-        format!("{first:?}"),
-        format!("{second:?}"),
-        "the same input gave two answers"
-    );
+    assert_eq!(format!("{first:?}"), format!("{second:?}"), "the same input gave two answers");
     let lines = Lines::of(data);
     match first {
         Err(error) => check_error(&error, &lines),
@@ -48,12 +44,7 @@ struct Lines {
 
 impl Lines {
     fn of(data: &[u8]) -> Lines {
-        Lines {
-            chars: data
-                .split(|b| *b == b'\n')
-                .map(|line| String::from_utf8_lossy(line).chars().count())
-                .collect(),
-        }
+        Lines { chars: data.split(|b| *b == b'\n').map(|line| String::from_utf8_lossy(line).chars().count()).collect() }
     }
 
     fn contains(&self, at: Location) -> bool {
@@ -70,22 +61,12 @@ impl Lines {
 
 fn check_error(error: &ScenarioError, lines: &Lines) {
     assert!(!error.message.trim().is_empty(), "empty error message: {error:?}");
-    assert!(
-        !error.message.contains(char::is_control),
-        "control character in the message: {error:?}"
-    );
+    assert!(!error.message.contains(char::is_control), "control character in the message: {error:?}");
     // libyaml's reader errors give a byte offset ("at position 153") instead of a line and column.
-    assert!(
-        !error.message.contains(" at position "),
-        "position not turned into line:column: {error:?}"
-    );
+    assert!(!error.message.contains(" at position "), "position not turned into line:column: {error:?}");
     assert_eq!(error.file, Path::new(FILE), "error names another file: {error:?}");
     if let Some(at) = error.location {
-        assert!(
-            lines.contains(at),
-            "error at {at}, outside the text ({} lines): {error}",
-            lines.chars.len()
-        );
+        assert!(lines.contains(at), "error at {at}, outside the text ({} lines): {error}", lines.chars.len());
     }
     let shown = error.to_string();
     assert!(shown.starts_with(&format!("{FILE}:")), "shown as {shown:?}");
@@ -98,11 +79,7 @@ fn check_plan(plan: &Plan, lines: &Lines) {
     let deadline = plan.deadline;
     assert!(!deadline.is_zero() && deadline <= MAX_DURATION, "deadline {deadline:?}");
     check_tolerance(plan.tolerance, deadline);
-    assert!(
-        (MIN_SAMPLE..=MAX_SAMPLE).contains(&plan.sample_interval),
-        "sample {:?}",
-        plan.sample_interval
-    );
+    assert!((MIN_SAMPLE..=MAX_SAMPLE).contains(&plan.sample_interval), "sample {:?}", plan.sample_interval);
     assert!((68..=65535).contains(&plan.link.mtu), "mtu {}", plan.link.mtu);
     check_hosts(plan);
     for host in HostId::ALL {
@@ -116,10 +93,7 @@ fn check_plan(plan: &Plan, lines: &Lines) {
 }
 
 fn check_tolerance(tolerance: Duration, deadline: Duration) {
-    assert!(
-        !tolerance.is_zero() && tolerance <= deadline,
-        "tolerance {tolerance:?} with deadline {deadline:?}"
-    );
+    assert!(!tolerance.is_zero() && tolerance <= deadline, "tolerance {tolerance:?} with deadline {deadline:?}");
 }
 
 fn within_run(what: &str, time: Duration, deadline: Duration) {
@@ -132,29 +106,14 @@ fn check_hosts(plan: &Plan) {
         assert_eq!(host.id.index(), i, "hosts out of order");
         assert!((8..=30).contains(&host.prefix_len), "prefix /{}", host.prefix_len);
         let host_bits = u32::from(host.address) & (u32::MAX >> host.prefix_len);
-        assert!(
-            host_bits != 0 && host_bits != u32::MAX >> host.prefix_len,
-            "{} not a host address",
-            host.address
-        );
+        assert!(host_bits != 0 && host_bits != u32::MAX >> host.prefix_len, "{} not a host address", host.address);
         for pair in host.sysctls.windows(2) {
-            assert!(
-                pair[0].name < pair[1].name,
-                "sysctls not sorted or not unique: {pair:?}"
-            );
+            assert!(pair[0].name < pair[1].name, "sysctls not sorted or not unique: {pair:?}");
         }
         for sysctl in &host.sysctls {
-            assert!(
-                allowed_sysctls().any(|name| name == sysctl.name),
-                "sysctl {} not allowed",
-                sysctl.name
-            );
+            assert!(allowed_sysctls().any(|name| name == sysctl.name), "sysctl {} not allowed", sysctl.name);
             assert!(!sysctl.value.trim().is_empty(), "sysctl {} empty", sysctl.name);
-            assert!(
-                !sysctl.value.contains(|c: char| c.is_control() && c != '\t'),
-                "sysctl {:?}",
-                sysctl.value
-            );
+            assert!(!sysctl.value.contains(|c: char| c.is_control() && c != '\t'), "sysctl {:?}", sysctl.value);
         }
     }
     let [client, server] = &plan.hosts;
@@ -176,40 +135,25 @@ fn check_program(plan: &Plan, host: HostId, lines: &Lines) {
     let mut sockets: Vec<&str> = Vec::new();
     for (i, step) in steps.iter().enumerate() {
         assert_eq!(step.index, i, "step index");
-        assert!(
-            lines.contains(step.location),
-            "step at {} outside the text",
-            step.location
-        );
+        assert!(lines.contains(step.location), "step at {} outside the text", step.location);
         if let Some(name) = &step.name {
             assert!(is_name(name), "step name {name:?}");
             let first = steps.iter().position(|s| s.name.as_ref() == Some(name));
             assert_eq!(first, Some(i), "step name {name} twice on {host}");
         }
         if let Some(socket) = &step.socket {
-            assert!(
-                sockets.contains(&socket.as_str()),
-                "step {i} acts on socket {socket} not named before it"
-            );
+            assert!(sockets.contains(&socket.as_str()), "step {i} acts on socket {socket} not named before it");
         }
         match &step.action {
             Action::Socket { name: Some(name), .. } | Action::Accept { name: Some(name) } => {
-                assert!(
-                    is_name(name) && !sockets.contains(&name.as_str()),
-                    "socket name {name:?}"
-                );
+                assert!(is_name(name) && !sockets.contains(&name.as_str()), "socket name {name:?}");
                 sockets.push(name);
             }
             Action::Poll { events, timeout } => {
                 assert!(!events.is_empty(), "poll without events");
                 within_run("poll timeout", *timeout, deadline);
             }
-            Action::Send {
-                bytes,
-                repeat,
-                every,
-                until,
-            } => {
+            Action::Send { bytes, repeat, every, until } => {
                 assert!((1..=MAX_BUFFER).contains(bytes), "send of {bytes} bytes");
                 match repeat {
                     SendRepeat::Times(times) => assert!(*times >= 1, "send repeated {times} times"),
@@ -224,16 +168,9 @@ fn check_program(plan: &Plan, host: HostId, lines: &Lines) {
                 assert!(!duration.is_zero(), "sleep 0s");
                 within_run("sleep", *duration, deadline);
             }
-            Action::Wait {
-                host: target,
-                step: name,
-                ..
-            } => {
+            Action::Wait { host: target, step: name, .. } => {
                 assert_ne!(*target, host, "{host} waits for itself");
-                assert!(
-                    plan.step(*target, name).is_some(),
-                    "wait for missing step {target}.{name}"
-                );
+                assert!(plan.step(*target, name).is_some(), "wait for missing step {target}.{name}");
             }
             Action::Exec(exec) => {
                 assert!(!exec.program.is_empty(), "exec without program");
@@ -261,10 +198,7 @@ fn check_trigger(plan: &Plan, trigger: &Trigger) {
     match trigger {
         Trigger::At(time) => within_run("trigger at", *time, deadline),
         Trigger::Step { host, step, delay, .. } => {
-            assert!(
-                plan.step(*host, step).is_some(),
-                "trigger on missing step {host}.{step}"
-            );
+            assert!(plan.step(*host, step).is_some(), "trigger on missing step {host}.{step}");
             within_run("trigger delay", *delay, deadline);
         }
         Trigger::Packet { filter, nth, delay, .. } => {
@@ -285,39 +219,23 @@ fn check_flags(flags: Option<TcpFlagsMatch>) {
 
 fn check_faults(plan: &Plan, lines: &Lines) {
     for pair in plan.faults.windows(2) {
-        assert!(
-            pair[0].name < pair[1].name,
-            "faults not sorted or not unique: {} {}",
-            pair[0].name,
-            pair[1].name
-        );
+        assert!(pair[0].name < pair[1].name, "faults not sorted or not unique: {} {}", pair[0].name, pair[1].name);
     }
     for fault in &plan.faults {
         assert!(
             !fault.name.is_empty()
-                && fault
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-'),
+                && fault.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-'),
             "fault name {:?}",
             fault.name
         );
-        assert!(
-            lines.contains(fault.location),
-            "fault at {} outside the text",
-            fault.location
-        );
+        assert!(lines.contains(fault.location), "fault at {} outside the text", fault.location);
         let matcher = &fault.matcher;
         for port in [matcher.sport, matcher.dport].into_iter().flatten() {
             assert!(port >= 1, "port 0");
             assert_ne!(matcher.protocol, Some(Protocol::Icmp), "ports on icmp");
         }
         if matcher.tcp_flags.is_some() || matcher.payload.is_some() || fault.action == FaultAction::RejectTcpReset {
-            assert_eq!(
-                matcher.protocol,
-                Some(Protocol::Tcp),
-                "TCP-only match or action without protocol tcp"
-            );
+            assert_eq!(matcher.protocol, Some(Protocol::Tcp), "TCP-only match or action without protocol tcp");
         }
         check_flags(matcher.tcp_flags);
         check_trigger(plan, &fault.from);
@@ -333,17 +251,10 @@ fn check_faults(plan: &Plan, lines: &Lines) {
 fn check_expectations(plan: &Plan, lines: &Lines) {
     let deadline = plan.deadline;
     for packets in &plan.expect.packets {
-        assert!(
-            lines.contains(packets.location),
-            "packet expectation at {} outside the text",
-            packets.location
-        );
+        assert!(lines.contains(packets.location), "packet expectation at {} outside the text", packets.location);
         check_tolerance(packets.tolerance, deadline);
         check_flags(packets.filter.flags);
-        assert!(
-            packets.count.is_some() || !packets.at.is_empty(),
-            "packet expectation with neither count nor at"
-        );
+        assert!(packets.count.is_some() || !packets.at.is_empty(), "packet expectation with neither count nor at");
         for pair in packets.at.windows(2) {
             assert!(pair[0] <= pair[1], "packet times out of order: {:?}", packets.at);
         }
@@ -359,11 +270,7 @@ fn check_expectations(plan: &Plan, lines: &Lines) {
         }
     }
     for states in &plan.expect.states {
-        assert!(
-            lines.contains(states.location),
-            "state expectation at {} outside the text",
-            states.location
-        );
+        assert!(lines.contains(states.location), "state expectation at {} outside the text", states.location);
         check_tolerance(states.tolerance, deadline);
         assert!(!states.sequence.is_empty(), "empty state sequence");
         for step in &states.sequence {
@@ -373,10 +280,6 @@ fn check_expectations(plan: &Plan, lines: &Lines) {
         }
     }
     for timers in &plan.expect.timers {
-        assert!(
-            lines.contains(timers.location),
-            "timer expectation at {} outside the text",
-            timers.location
-        );
+        assert!(lines.contains(timers.location), "timer expectation at {} outside the text", timers.location);
     }
 }
