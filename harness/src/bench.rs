@@ -36,7 +36,8 @@ usage: netfault bench <what> [options] [--json FILE] [--keep]
   suite --concurrent 200 [--scenario scenarios/keepalive/idle.yaml]
                                    N instances at once: passes, ETIMEDOUT/RST error, peak memory per child
   capture [--bytes 1GiB] [--runs 2] bulk TCP over the veth: packets captured vs sent, drops, throughput with
-                                   no capture, netfault capture and tcpdump -w (same run)
+                                   no capture, netfault's default queue and 64 MiB ring, tcpdump -w with its
+                                   default buffer and with -B 65536 (same run)
   timing [--n 100] [--sample 10ms] [--scenario FILE]
                                    keepalive-idle N times in parallel: observed minus kernel-defined times,
                                    observer state-change latency against the packet that caused it";
