@@ -303,8 +303,8 @@ fn capture_losses(stats: &[CaptureStats]) -> Vec<String> {
         .collect()
 }
 
-/// `Capture::stop` on every capture at once: each waits a few milliseconds for frames still in flight, and
-/// those waits overlap.
+/// `Capture::stop` on every capture at once: each takes the frames its interface counted that are still on
+/// their way (a ring's last block comes within its 4 ms retire timeout), and those waits overlap.
 pub fn stop_captures(captures: Vec<Capture>) -> Result<Vec<CaptureStats>> {
     thread::scope(|scope| {
         let stopping: Vec<_> = captures.into_iter().map(|capture| scope.spawn(move || capture.stop())).collect();
