@@ -520,23 +520,38 @@ fn judge_states(expectation: &StateExpectation, anchor: Anchor, timeline: &Timel
         let states: Vec<String> = history.iter().map(|(state, t)| format!("{state}@{}s", format_secs(*t))).collect();
         seen.push(format!("{socket}: {}", states.join(" ")));
     }
-    let expected: Vec<String> = expectation.sequence.iter().map(|step| at_text(&step.state, step.at)).collect();
     let mut subject = format!("{} socket states", expectation.host);
     if let Some(port) = expectation.port {
         subject.push_str(&format!(" (port {port})"));
     }
-    Err(Failure {
-        location: expectation.location,
+    let steps: Vec<(&dyn fmt::Display, Option<Duration>)> =
+        expectation.sequence.iter().map(|step| (&step.state as &dyn fmt::Display, step.at)).collect();
+    Err(sequence_failure(
+        (expectation.location, subject),
+        &steps,
+        (expectation.tolerance, expectation.early_tolerance),
+        &anchor,
+        if seen.is_empty() { "no such socket observed".into() } else { seen.join("; ") },
+    ))
+}
+
+/// How a sequence expectation (socket states, queue values) failed: `subject` at `location`, the expected steps
+/// in order with their times and tolerance (late, early) counted from `anchor`, and what was seen instead.
+fn sequence_failure(
+    (location, subject): (Location, String),
+    steps: &[(&dyn fmt::Display, Option<Duration>)],
+    (late, early): (Duration, Option<Duration>),
+    anchor: &Anchor,
+    actual: String,
+) -> Failure {
+    let expected: Vec<String> = steps.iter().map(|(value, at)| at_text(*value, *at)).collect();
+    Failure {
+        location,
         subject,
-        expected: format!(
-            "{} ({}){}",
-            expected.join(" then "),
-            describe_tolerance(expectation.tolerance, expectation.early_tolerance),
-            anchor.label
-        ),
-        actual: if seen.is_empty() { "no such socket observed".into() } else { seen.join("; ") },
-        around: expectation.sequence.iter().find_map(|s| s.at).map(|at| at + anchor.t),
-    })
+        expected: format!("{} ({}){}", expected.join(" then "), describe_tolerance(late, early), anchor.label),
+        actual,
+        around: steps.iter().find_map(|(_, at)| *at).map(|at| at + anchor.t),
+    }
 }
 
 fn socket_events<'a>(timeline: &'a Timeline, host: HostId, socket: &'a str) -> impl Iterator<Item = &'a SocketEvent> {
@@ -679,19 +694,15 @@ fn judge_queue(expectation: &QueueExpectation, anchor: Anchor, timeline: &Timeli
         return Ok(());
     }
     subject.push_str(" values");
-    let expected: Vec<String> = expectation.sequence.iter().map(|step| at_text(&step.value, step.at)).collect();
-    Err(Failure {
-        location: expectation.location,
-        subject,
-        expected: format!(
-            "{} ({}){}",
-            expected.join(" then "),
-            describe_tolerance(expectation.tolerance, expectation.early_tolerance),
-            anchor.label
-        ),
-        actual: seen(),
-        around: expectation.sequence.iter().find_map(|s| s.at).map(|at| at + anchor.t),
-    })
+    let steps: Vec<(&dyn fmt::Display, Option<Duration>)> =
+        expectation.sequence.iter().map(|step| (&step.value as &dyn fmt::Display, step.at)).collect();
+    Err(sequence_failure(
+        (expectation.location, subject),
+        &steps,
+        (expectation.tolerance, expectation.early_tolerance),
+        &anchor,
+        seen(),
+    ))
 }
 
 fn secs_opt<S: serde::Serializer>(t: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {

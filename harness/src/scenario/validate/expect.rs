@@ -67,10 +67,7 @@ impl Validator<'_> {
                 "a queue expectation needs a `sequence` of values (e.g. [0, { value: 1, at: 8s }]) or a `max`, or both",
             ));
         }
-        let (tolerance, early_tolerance) = match &wire.tolerance {
-            Some(tolerance) => self.tolerance(&path.key("tolerance"), tolerance)?,
-            None => (self.tolerance, self.early_tolerance),
-        };
+        let (tolerance, early_tolerance) = self.own_tolerance(path, wire.tolerance.as_ref())?;
         Ok(QueueExpectation {
             host,
             port,
@@ -169,10 +166,7 @@ impl Validator<'_> {
             }
             None => None,
         };
-        let (tolerance, early_tolerance) = match &wire.tolerance {
-            Some(tolerance) => self.tolerance(&path.key("tolerance"), tolerance)?,
-            None => (self.tolerance, self.early_tolerance),
-        };
+        let (tolerance, early_tolerance) = self.own_tolerance(path, wire.tolerance.as_ref())?;
         Ok(PacketExpectation {
             filter,
             count,
@@ -183,6 +177,18 @@ impl Validator<'_> {
             since: self.anchor(path, wire.since.as_ref())?,
             location: self.index.value(path),
         })
+    }
+
+    /// An expectation's own `tolerance` (late, early), or else the scenario's.
+    fn own_tolerance(
+        &self,
+        path: &NodePath,
+        tolerance: Option<&ScalarOr<ToleranceWire>>,
+    ) -> Checked<(Duration, Option<Duration>)> {
+        match tolerance {
+            Some(tolerance) => self.tolerance(&path.key("tolerance"), tolerance),
+            None => Ok((self.tolerance, self.early_tolerance)),
+        }
     }
 
     fn state_expectation(&self, path: &NodePath, wire: &StateExpectWire) -> Checked<StateExpectation> {
@@ -215,10 +221,7 @@ impl Validator<'_> {
                 }
             });
         }
-        let (tolerance, early_tolerance) = match &wire.tolerance {
-            Some(tolerance) => self.tolerance(&path.key("tolerance"), tolerance)?,
-            None => (self.tolerance, self.early_tolerance),
-        };
+        let (tolerance, early_tolerance) = self.own_tolerance(path, wire.tolerance.as_ref())?;
         Ok(StateExpectation {
             host,
             port,
