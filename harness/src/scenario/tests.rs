@@ -744,6 +744,39 @@ fn wide_alias_bomb_fails_fast() {
     assert_eq!(error.location, Some(at(7, 13)), "the third copy passes 100000 values");
 }
 
+#[test]
+fn an_alias_bomb_of_long_strings_fails_before_expanding() {
+    // Found by the issue-12 campaign: few aliases of a long string pass the node limit; serde aborted on out of
+    // memory expanding 90000 copies of 400 KB.
+    let text = format!(
+        "description: &a \"{}\"\nclient:\n  - exec: {{ program: true, args: [{}] }}\n",
+        "x".repeat(400_000),
+        vec!["*a"; 90_000].join(", ")
+    );
+    assert!(text.len() < MAX_FILE_SIZE);
+    let started = Instant::now();
+    let error = parse_text(&text).unwrap_err();
+    assert!(started.elapsed() < secs(2), "took {:?}", started.elapsed());
+    assert!(error.message.contains("expand this file to more than 4 MiB of text"), "{}", error.message);
+    assert_eq!(error.location, Some(at(3, 35 + 4 * 9)), "the tenth copy passes 4 MiB");
+}
+
+#[test]
+fn an_alias_bomb_of_slow_patterns_compiles_each_pattern_once() {
+    // Found by the issue-12 campaign: 15000 aliases of one pattern that takes milliseconds to compile hung
+    // `check` (over 100 s); each distinct pattern is compiled once.
+    let pattern = format!("{}{}", "(a+)+".repeat(20), "[a-z]{1,100}".repeat(10));
+    let text = format!(
+        "description: d\nclient:\n  - exec: {{ program: true, stdout: [&p \"{pattern}\", {}] }}\n",
+        vec!["*p"; 15_000].join(", ")
+    );
+    let started = Instant::now();
+    let plan = parse_text(&text).unwrap();
+    assert!(started.elapsed() < secs(10), "took {:?}", started.elapsed());
+    let Action::Exec(exec) = &plan.host(HostId::Client).steps[0].action else { panic!("an exec step") };
+    assert_eq!(exec.stdout.len(), 15_001);
+}
+
 /// Fuzz finding: after a lone `\r` libyaml counted lines the file does not have (error at 56:3 of 8 lines).
 #[test]
 fn line_breaks_other_than_lf_are_refused_where_they_are() {

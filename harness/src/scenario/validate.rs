@@ -1,6 +1,7 @@
 //! Validation: turns the wire schema into a [`Plan`], checking every name, number, duration and reference
 //! against what the format allows, and pointing each error at the line and column of the offending node.
 
+use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -60,6 +61,7 @@ pub fn validate(name: &str, file: &Path, wire: &ScenarioWire, index: &SourceInde
         early_tolerance: None,
         step_names: [Vec::new(), Vec::new()],
         step_name_set: [HashSet::new(), HashSet::new()],
+        valid_patterns: RefCell::default(),
     };
     let root = NodePath::root();
 
@@ -178,6 +180,8 @@ struct Validator<'a> {
     step_names: [Vec<(String, usize)>; 2],
     /// The same names as a set, so that a program of thousands of named steps is checked in linear time.
     step_name_set: [HashSet<String>; 2],
+    /// Output patterns already compiled: `*aliases` can repeat one slow pattern thousands of times.
+    valid_patterns: RefCell<HashSet<String>>,
 }
 
 /// What a step acts with, known while walking one host's program in order.

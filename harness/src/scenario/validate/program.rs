@@ -641,6 +641,10 @@ impl Validator<'_> {
         for (i, pattern) in patterns.items.iter().enumerate() {
             let pattern_path = if patterns.list { path.index(i) } else { path.clone() };
             let text = pattern.text();
+            if self.valid_patterns.borrow().contains(&text) {
+                result.push(text);
+                continue;
+            }
             if let Err(e) = Regex::new(&text) {
                 let reason = e.to_string();
                 let reason = reason
@@ -653,6 +657,7 @@ impl Validator<'_> {
                     format!("{what} pattern \"{text}\" is not a valid regular expression: {reason} (syntax: Rust regex crate)"),
                 ));
             }
+            self.valid_patterns.borrow_mut().insert(text.clone());
             result.push(text);
         }
         Ok(result)
