@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::report::{self, Status, Summary};
 use crate::runner::{self, Job};
+use crate::scenario::{self, plan::Plan};
 use crate::supervise::{self, Supervisor};
 
 const USAGE: &str = "\
@@ -123,17 +124,24 @@ fn run(args: &[String]) -> ExitCode {
         Ok(options) => options,
         Err(e) => return usage_error(&e),
     };
-    let loaded = match runner::load_all(&options.paths) {
+    let reports = options.reports.unwrap_or_else(|| PathBuf::from("reports"));
+    if let Err(e) = runner::check_reports_folder(&reports) {
+        eprintln!("netfault: {e}; nothing was run");
+        return ExitCode::from(2);
+    }
+    let loaded = match loaded_or_errors(&options.paths) {
         Ok(loaded) => loaded,
-        Err(errors) => {
-            for error in &errors {
-                eprintln!("{error}");
-            }
-            eprintln!("netfault: {} invalid scenario(s); nothing was run", errors.len());
+        Err(count) => {
+            eprintln!("netfault: {count} invalid scenario(s); nothing was run");
             return ExitCode::from(2);
         }
     };
-    let reports = options.reports.unwrap_or_else(|| PathBuf::from("reports"));
+    if let Some(repeat) = options.repeat {
+        if let Err(e) = runner::check_repeat(repeat, loaded.len()) {
+            eprintln!("netfault: {e}; nothing was run");
+            return ExitCode::from(2);
+        }
+    }
     let (loaded, skipped): (Vec<_>, Vec<_>) = loaded.into_iter().partition(|(_, plan)| options.slow || !plan.slow);
     let mut jobs: Vec<(Job, Duration)> = Vec::new();
     let mut runs: Vec<(String, usize)> = Vec::new();
@@ -173,10 +181,15 @@ fn run(args: &[String]) -> ExitCode {
             Status::Fail => "FAIL ",
             Status::Error => "ERROR",
         };
-        println!("{status} {:<40} {:>8.3}s  {}", summary.name, summary.duration, summary.report.display());
+        println!(
+            "{status} {:<40} {:>8.3}s  {}",
+            scenario::printable(&summary.name),
+            summary.duration,
+            scenario::printable_path(&summary.report)
+        );
         for message in &summary.messages {
             for line in message.lines() {
-                println!("      {line}");
+                println!("      {}", scenario::printable(line));
             }
         }
     });
@@ -271,17 +284,28 @@ fn check(args: &[String]) -> ExitCode {
         Ok(options) => options,
         Err(e) => return usage_error(&e),
     };
-    match runner::load_all(&options.paths) {
+    match loaded_or_errors(&options.paths) {
         Ok(loaded) => {
             println!("{} scenario(s) valid", loaded.len());
             ExitCode::SUCCESS
         }
-        Err(errors) => {
-            for error in &errors {
-                eprintln!("{error}");
-            }
-            ExitCode::from(2)
-        }
+        Err(_) => ExitCode::from(2),
+    }
+}
+
+/// `runner::load_all`, with what was skipped and every error printed to stderr; `Err` is the error count.
+fn loaded_or_errors(paths: &[PathBuf]) -> Result<Vec<(Job, Plan)>, usize> {
+    let loaded = runner::load_all(paths);
+    for skipped in &loaded.skipped {
+        eprintln!("netfault: {skipped}");
+    }
+    for error in &loaded.errors {
+        eprintln!("{error}");
+    }
+    if loaded.errors.is_empty() {
+        Ok(loaded.plans)
+    } else {
+        Err(loaded.errors.len())
     }
 }
 
@@ -290,21 +314,21 @@ fn list(args: &[String]) -> ExitCode {
         Ok(options) => options,
         Err(e) => return usage_error(&e),
     };
-    match runner::load_all(&options.paths) {
+    match loaded_or_errors(&options.paths) {
         Ok(loaded) => {
             for (_, plan) in loaded {
                 let first_line = plan.description.lines().next().unwrap_or_default();
                 let slow = if plan.slow { " slow" } else { "" };
-                println!("{:<40} {:>5}s{slow:<5}  {first_line}", plan.name, plan.deadline.as_secs());
+                println!(
+                    "{:<40} {:>5}s{slow:<5}  {}",
+                    scenario::printable(&plan.name),
+                    plan.deadline.as_secs(),
+                    scenario::printable(first_line)
+                );
             }
             ExitCode::SUCCESS
         }
-        Err(errors) => {
-            for error in &errors {
-                eprintln!("{error}");
-            }
-            ExitCode::from(2)
-        }
+        Err(_) => ExitCode::from(2),
     }
 }
 

@@ -23,9 +23,10 @@ impl ScenarioError {
 
 impl fmt::Display for ScenarioError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = crate::scenario::printable_path(&self.file);
         match self.location {
-            Some(loc) => write!(f, "{}:{}:{}: {}", self.file.display(), loc.line, loc.column, self.message),
-            None => write!(f, "{}: {}", self.file.display(), self.message),
+            Some(loc) => write!(f, "{file}:{}:{}: {}", loc.line, loc.column, self.message),
+            None => write!(f, "{file}: {}", self.message),
         }
     }
 }

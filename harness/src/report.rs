@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::RunOutput;
 use crate::error::{Context, Error, Result};
 use crate::scenario::plan::{HostId, Plan};
+use crate::scenario::{printable, printable_path};
 use crate::timeline::{format_secs, EventKind, PacketDirection, Timeline};
 use crate::verdict::{self, describe_expectation, Failure, Verdict};
 
@@ -192,7 +193,7 @@ fn status_of(output: &RunOutput, verdict: &Verdict) -> Status {
 /// A failure with the timeline lines around it, as shown by `cargo test` and `netfault run`.
 pub fn explain(plan: &Plan, failure: &Failure, timeline: &Timeline) -> String {
     let mut text =
-        format!("{}:{}:{}: {}", plan.file.display(), failure.location.line, failure.location.column, failure);
+        format!("{}:{}:{}: {}", printable_path(&plan.file), failure.location.line, failure.location.column, failure);
     if let Some(t) = failure.around {
         let view = readable(timeline);
         let lines = view.lines_around(t, 6, 4);
@@ -225,7 +226,7 @@ pub fn readable(timeline: &Timeline) -> Timeline {
 
 fn render_timeline(plan: &Plan, output: &RunOutput, verdict: &Verdict) -> String {
     let mut text = String::new();
-    text.push_str(&format!("# {} ({})\n", plan.name, plan.file.display()));
+    text.push_str(&format!("# {} ({})\n", printable(&plan.name), printable_path(&plan.file)));
     for line in plan.description.lines() {
         text.push_str(&format!("# {line}\n"));
     }

@@ -30,7 +30,7 @@ fn expected_error(file: &Path) -> Result<Expected, String> {
 
 fn corpus() -> (PathBuf, Vec<PathBuf>) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bad-scenarios");
-    let files = discover(&root).expect("list tests/bad-scenarios");
+    let files = discover(&root).expect("list tests/bad-scenarios").files;
     (root, files)
 }
 

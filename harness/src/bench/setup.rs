@@ -429,7 +429,7 @@ fn child_process_cost(dir: &Path, repetitions: usize) -> Result<ChildCost> {
     let exe = std::env::current_exe().context(|| "find the netfault binary (/proc/self/exe)".to_string())?;
     let file = dir.join("trivial.yaml");
     std::fs::write(&file, FIXTURE).context(|| format!("write {}", file.display()))?;
-    let job = Job { file, root: dir.to_path_buf(), reports: dir.join("reports"), run: None };
+    let job = Job { file, root: dir.to_path_buf(), reports: dir.join("reports"), run: None, ring_memory: 0 };
     let mut cost = ChildCost { wall: Vec::new(), setup: Vec::new(), teardown: Vec::new(), scenario: Vec::new() };
     for i in 0..WARM_UP + repetitions {
         if interrupted() {

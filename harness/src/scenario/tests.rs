@@ -682,17 +682,66 @@ fn discover_finds_yaml_files_sorted() {
     }
     let found: Vec<String> = discover(&dir.0)
         .unwrap()
+        .files
         .iter()
         .map(|p| p.strip_prefix(&dir.0).unwrap().to_string_lossy().into_owned())
         .collect();
     assert_eq!(found, ["a.yaml", "b/a.yml", "b/z.yaml", "c/d/e.yaml"]);
     let single = dir.0.join("a.yaml");
-    assert_eq!(discover(&single).unwrap(), vec![single.clone()]);
+    assert_eq!(discover(&single).unwrap().files, vec![single.clone()]);
     assert!(discover(&dir.0.join("missing")).is_err());
 
     let plan = load(&dir.0, &dir.0.join("c/d/e.yaml")).unwrap();
     assert_eq!(plan.name, "c/d/e");
     assert_eq!(plan.file, dir.0.join("c/d/e.yaml"));
+}
+
+#[test]
+fn discover_searches_each_folder_once_and_skips_what_is_not_a_file() {
+    // Found by the issue-12 campaign: two symlink loops made the search run forever (2^40 paths), one loop ran
+    // the same file 41 times, and a FIFO named x.yaml blocked the run reading it.
+    let dir = TempDir::new("discover-loops");
+    std::fs::create_dir_all(dir.0.join("sub")).unwrap();
+    std::fs::write(dir.0.join("sub/a.yaml"), "description: d\n").unwrap();
+    std::os::unix::fs::symlink("..", dir.0.join("sub/up")).unwrap();
+    std::os::unix::fs::symlink(".", dir.0.join("sub/here")).unwrap();
+    std::os::unix::fs::symlink("sub", dir.0.join("again")).unwrap();
+    let fifo = dir.0.join("x.yaml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let (done, finished) = std::sync::mpsc::channel();
+    let root = dir.0.clone();
+    std::thread::spawn(move || done.send(discover(&root).unwrap()));
+    let found = finished.recv_timeout(secs(10)).expect("the search ends");
+    let relative: Vec<String> =
+        found.files.iter().map(|p| p.strip_prefix(&dir.0).unwrap().to_string_lossy().into_owned()).collect();
+    assert_eq!(relative.len(), 1, "one file, found once: {relative:?}");
+    assert!(relative[0].ends_with("a.yaml"), "{relative:?}");
+    assert_eq!(found.skipped.len(), 4, "{:?}", found.skipped);
+    assert!(
+        found.skipped.iter().any(|s| s.contains("x.yaml: skipped: not a regular file (a FIFO)")),
+        "{:?}",
+        found.skipped
+    );
+    let repeated = found.skipped.iter().filter(|s| s.contains("skipped: the same folder as")).count();
+    assert_eq!(repeated, 3, "sub/up, sub/here and one of again / sub: {:?}", found.skipped);
+
+    // Named directly, the FIFO is refused at once rather than waited on.
+    let (done, finished) = std::sync::mpsc::channel();
+    let root = dir.0.clone();
+    std::thread::spawn(move || done.send(load(&root, &fifo).map(|_| ())));
+    let error = finished.recv_timeout(secs(10)).expect("loading a FIFO does not block").unwrap_err();
+    assert_eq!(error.message, "not a regular file (a FIFO): a scenario is a YAML file");
+}
+
+#[test]
+fn control_characters_in_file_names_are_escaped_in_messages() {
+    // Found by the issue-12 campaign: a file name holding a line break and `PASS` printed a forged result line.
+    let dir = TempDir::new("control-name");
+    let file = dir.0.join("x\nPASS  forged\u{1b}[2K.yaml");
+    std::fs::write(&file, "description: d\nbogus: 1\n").unwrap();
+    let shown = load(&dir.0, &file).unwrap_err().to_string();
+    assert!(!shown.contains('\n') && !shown.contains('\u{1b}'), "{shown:?}");
+    assert!(shown.contains("x\\nPASS  forged\\u{1b}[2K.yaml:2:1: unknown key"), "{shown}");
 }
 
 #[test]
