@@ -90,6 +90,8 @@ pub fn parse_bytes(name: &str, file: &Path, bytes: &[u8]) -> Result<Plan, Scenar
 
 /// Parses and validates scenario `text` read from `file` into a plan called `name`.
 pub fn parse(name: &str, file: &Path, text: &str) -> Result<Plan, ScenarioError> {
+    // A byte order mark may open a YAML stream; it sits before column 1 of line 1, so positions stay as they are.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     parse_text(name, file, text).map_err(|mut error| {
         error.message = printable(&error.message);
         error.location = error.location.map(|at| within(text, at));

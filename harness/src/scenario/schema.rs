@@ -69,6 +69,11 @@ impl<'de> Visitor<'de> for ScalarVisitor {
         Ok(Scalar::Int(v))
     }
 
+    /// Integers over 2^64 arrive here; past i128 (about 1.7e38) only their size matters to the range checks.
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<Scalar, E> {
+        Ok(i128::try_from(v).map_or(Scalar::Float(v as f64), Scalar::Int))
+    }
+
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
         Ok(Scalar::Float(v))
     }
@@ -118,6 +123,14 @@ impl<'de, M: Deserialize<'de>> Visitor<'de> for ScalarOrVisitor<M> {
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
         ScalarVisitor.visit_u64(v).map(ScalarOr::Scalar)
+    }
+
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<Self::Value, E> {
+        ScalarVisitor.visit_i128(v).map(ScalarOr::Scalar)
+    }
+
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<Self::Value, E> {
+        ScalarVisitor.visit_u128(v).map(ScalarOr::Scalar)
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
@@ -173,6 +186,14 @@ impl<'de> Visitor<'de> for ScalarListVisitor {
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<ScalarList, E> {
         Ok(ScalarList { items: vec![Scalar::Int(i128::from(v))], list: false })
+    }
+
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<ScalarList, E> {
+        Ok(ScalarList { items: vec![ScalarVisitor.visit_i128(v)?], list: false })
+    }
+
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<ScalarList, E> {
+        Ok(ScalarList { items: vec![ScalarVisitor.visit_u128(v)?], list: false })
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<ScalarList, E> {
