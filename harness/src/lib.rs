@@ -17,6 +17,7 @@ pub mod observe;
 pub mod pidns;
 pub mod priority;
 pub mod report;
+pub mod ring_budget;
 pub mod runner;
 pub mod scenario;
 pub mod selftest;

@@ -17,6 +17,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::error::{Context, Error, Result};
 use crate::report::{self, Status, Summary};
+use crate::ring_budget::RingBudget;
 use crate::scenario::{self, plan::Plan};
 use crate::supervise::{self, StopReason, Supervisor};
 use crate::{capture, engine, netns, pidns, userns, verdict};
@@ -77,6 +78,11 @@ pub fn run_in_child(exe: &Path, job: &Job, deadline: Duration, supervisor: &Supe
     if let Err(e) = capture::keep_kernel_timestamps_on() {
         return Summary::harness_error(name, &job.reports, e.to_string());
     }
+    let budget = RingBudget::of_this_machine();
+    let Some(_rings) = budget.reserve(job.ring_memory, || supervisor.stop_reason().is_some()) else {
+        let reason = supervisor.stop_reason().map_or_else(String::new, |reason| reason.to_string());
+        return Summary::harness_error(name, &job.reports, format!("not started: {reason}"));
+    };
     match spawn_and_wait(exe, job, deadline, supervisor) {
         Ok(summary) => summary,
         Err(e) => Summary::harness_error(name, &job.reports, e.to_string()),
