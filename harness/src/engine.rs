@@ -19,6 +19,7 @@ use crate::priority;
 use crate::scenario::plan::{Direction, FaultPlan, HostId, Plan, StepEdge, Trigger};
 use crate::timeline::{Event, EventKind, PacketDirection, Timeline};
 use crate::topology::{self, Topology};
+use crate::verdict;
 
 /// What a run produced, before judging.
 #[derive(Debug)]
@@ -157,9 +158,6 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
     let teardown_started = Instant::now();
     board.close();
     processes.kill_all();
-    if deadline_hit {
-        collected.push(Event { t: duration, host: HostId::Client, kind: EventKind::Deadline { step: None } });
-    }
     let mut observer_stats = Vec::with_capacity(2);
     for observer in observers {
         observer_stats.push(observer.stop()?);
@@ -175,6 +173,13 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
     // Everything else is still queued in the channel: packets decoded during stop, last samples.
     collected.extend(events.try_iter());
     collected.extend(fault_events);
+    // The deadline is the instant the programs were given, not when the hub noticed it: a step that ended
+    // between the two ran past it too, and so did one whose program ended just after it, before the hub looked.
+    let deadline_t = clock.at(deadline);
+    deadline_hit |= collected.iter().any(|e| matches!(e.kind, EventKind::StepEnd { .. }) && e.t >= deadline_t);
+    if deadline_hit {
+        collected.push(Event { t: deadline_t, host: HostId::Client, kind: EventKind::Deadline { step: None } });
+    }
     let mut timeline = Timeline::new(collected);
     if deadline_hit {
         mark_running_steps(&mut timeline, plan);
@@ -346,21 +351,15 @@ fn into_pair<T>(items: Vec<T>) -> Result<[T; 2]> {
     items.try_into().map_err(|_| Error::Internal("expected one item per host".into()))
 }
 
-/// Names, in the deadline event, the steps that were still running: not ended, or ended only as the run
-/// stopped them (an exec killed by `kill_all` ends after the deadline event; one the actor's own bounded wait
-/// cut ends `unfinished`).
+/// Names, in the deadline event, the steps that were still running when the run reached it (see
+/// [`verdict::ran_into_deadline`]).
 fn mark_running_steps(timeline: &mut Timeline, plan: &Plan) {
-    let deadline_at = timeline.events.iter().find_map(|e| matches!(e.kind, EventKind::Deadline { .. }).then_some(e.t));
+    let deadline = verdict::deadline_of(timeline);
+    let records = verdict::StepRecords::of(plan, timeline);
     let mut running: Vec<String> = Vec::new();
     for host in HostId::ALL {
         for step in &plan.host(host).steps {
-            let record = crate::verdict::step_record(timeline, host, step.index);
-            let cut = match (record.end, &record.outcome) {
-                (None, _) => true,
-                (Some(_), Some(crate::timeline::Outcome::Unfinished)) => true,
-                (Some(end), _) => deadline_at.is_some_and(|deadline| end >= deadline),
-            };
-            if record.start.is_some() && cut {
+            if verdict::ran_into_deadline(&records.get(host, step.index), deadline) {
                 running.push(format!("{host} step {}", step.label()));
             }
         }
@@ -372,9 +371,12 @@ fn mark_running_steps(timeline: &mut Timeline, plan: &Plan) {
     }
 }
 
-/// Marks each captured packet that an active ingress fault's rule matched on arrival, and the sender's copy of it.
+/// Marks each captured packet that an active ingress fault's rule matched on arrival, and the sender's copy of it
+/// (the last packet that host sent with the same IP id, addresses, flags and length), in one pass.
 pub fn annotate_faults(timeline: &mut Timeline, plan: &Plan) {
+    type Key = (HostId, u16, std::net::Ipv4Addr, std::net::Ipv4Addr, u8, u32);
     let mut active: HashMap<&str, bool> = HashMap::new();
+    let mut last_sent: HashMap<Key, usize> = HashMap::new();
     let mut hits: Vec<(usize, String)> = Vec::new();
     for (index, event) in timeline.events.iter().enumerate() {
         match &event.kind {
@@ -384,7 +386,10 @@ pub fn annotate_faults(timeline: &mut Timeline, plan: &Plan) {
             EventKind::FaultOff { fault } => {
                 active.insert(fault.as_str(), false);
             }
-            EventKind::Packet(packet) if packet.direction == PacketDirection::In => {
+            EventKind::Packet(packet) if packet.direction == PacketDirection::Out => {
+                last_sent.insert((event.host, packet.ip_id, packet.src, packet.dst, packet.flags, packet.len), index);
+            }
+            EventKind::Packet(packet) => {
                 let hit = plan.faults.iter().find(|fault| {
                     fault.host == event.host
                         && fault.direction == Direction::Ingress
@@ -393,25 +398,18 @@ pub fn annotate_faults(timeline: &mut Timeline, plan: &Plan) {
                 });
                 if let Some(fault) = hit {
                     hits.push((index, fault.name.clone()));
+                    let key = (event.host.peer(), packet.ip_id, packet.src, packet.dst, packet.flags, packet.len);
+                    if let Some(sent) = last_sent.get(&key) {
+                        hits.push((*sent, fault.name.clone()));
+                    }
                 }
             }
             _ => {}
         }
     }
     for (index, fault) in hits {
-        let event = &timeline.events[index];
-        let EventKind::Packet(arrived) = &event.kind else { continue };
-        let sender = event.host.peer();
-        let key = (arrived.ip_id, arrived.src, arrived.dst, arrived.flags, arrived.len);
-        let sent = timeline.events[..index].iter().rposition(|e| {
-            e.host == sender
-                && matches!(&e.kind, EventKind::Packet(p)
-                    if p.direction == PacketDirection::Out && (p.ip_id, p.src, p.dst, p.flags, p.len) == key)
-        });
-        for position in [Some(index), sent].into_iter().flatten() {
-            if let EventKind::Packet(packet) = &mut timeline.events[position].kind {
-                packet.fault = Some(fault.clone());
-            }
+        if let EventKind::Packet(packet) = &mut timeline.events[index].kind {
+            packet.fault = Some(fault);
         }
     }
 }

@@ -506,7 +506,12 @@ impl Sampler {
             match signals.recv_timeout(next.saturating_duration_since(Instant::now())) {
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Ok(Signal::SampleNow) => {
+                    // One sample answers every poke already waiting (thousands of quick steps poke in a burst).
+                    let stop = signals.try_iter().any(|signal| matches!(signal, Signal::Stop));
                     self.sample()?;
+                    if stop {
+                        return Ok(self.stats());
+                    }
                     continue;
                 }
                 Ok(Signal::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => {

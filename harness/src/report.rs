@@ -1,5 +1,6 @@
 //! Reports: what a run leaves under reports/<scenario>/ (result.json, timeline.txt, client.pcap, server.pcap).
 
+use std::collections::HashSet;
 use std::fs;
 use std::path::{Component, Path, PathBuf};
 
@@ -7,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::RunOutput;
 use crate::error::{Context, Error, Result};
-use crate::scenario::plan::{HostId, Plan};
+use crate::scenario::plan::{HostId, Location, Plan};
 use crate::scenario::{printable, printable_path};
 use crate::timeline::{format_secs, EventKind, PacketDirection, Timeline};
 use crate::verdict::{self, describe_expectation, Failure, Verdict};
@@ -120,23 +121,26 @@ impl From<crate::observe::ObserverStats> for ObserverReport {
 pub fn write(plan: &Plan, output: &RunOutput, verdict: &Verdict, dir: &Path) -> Result<Summary> {
     let status = status_of(output, verdict);
     let mut steps = Vec::new();
+    let records = verdict::StepRecords::of(plan, &output.timeline);
+    // A step's failures are reported at its expectation, or at the step itself when it has none (which is where
+    // an expectation that is not written is placed).
+    let failed_at: HashSet<Location> = verdict.failures.iter().map(|f| f.location).collect();
     for host in &plan.hosts {
         for step in &host.steps {
-            let record = verdict::step_record(&output.timeline, host.id, step.index);
             let has_expectation =
                 step.expect.outcome.is_some() || step.expect.after.is_some() || step.expect.at.is_some();
-            let failed = verdict.failures.iter().any(|f| f.location == step.expect.location && has_expectation);
+            let failed = failed_at.contains(&step.expect.location);
             steps.push(StepReport {
                 host: host.id,
                 index: step.index,
                 name: step.name.as_deref(),
                 action: step.action.kind(),
-                record,
+                record: records.get(host.id, step.index),
                 expected: has_expectation.then(|| describe_expectation(&step.expect)),
                 verdict: match (has_expectation, failed) {
-                    (false, _) => "recorded",
+                    (false, false) => "recorded",
                     (true, false) => "pass",
-                    (true, true) => "fail",
+                    (_, true) => "fail",
                 },
             });
         }
@@ -172,12 +176,7 @@ pub fn write(plan: &Plan, output: &RunOutput, verdict: &Verdict, dir: &Path) -> 
         setup_ms: output.setup.as_secs_f64() * 1e3,
         teardown_ms: output.teardown.as_secs_f64() * 1e3,
         report: dir.to_path_buf(),
-        messages: output
-            .harness_errors
-            .iter()
-            .map(|e| format!("harness error: {e}"))
-            .chain(verdict.failures.iter().map(|f| explain(plan, f, &output.timeline)))
-            .collect(),
+        messages: messages(plan, output, verdict),
     })
 }
 
@@ -190,12 +189,30 @@ fn status_of(output: &RunOutput, verdict: &Verdict) -> Status {
     }
 }
 
-/// A failure with the timeline lines around it, as shown by `cargo test` and `netfault run`.
-pub fn explain(plan: &Plan, failure: &Failure, timeline: &Timeline) -> String {
+/// Failures explained with their timeline in the summary (what `netfault run` and `cargo test` print); the rest
+/// are counted there and listed in full in result.json and timeline.txt.
+const EXPLAINED_FAILURES: usize = 20;
+
+/// The summary's messages: every harness error, then the first failures with the timeline around each.
+fn messages(plan: &Plan, output: &RunOutput, verdict: &Verdict) -> Vec<String> {
+    let view = readable(&output.timeline);
+    let mut messages: Vec<String> = output.harness_errors.iter().map(|e| format!("harness error: {e}")).collect();
+    messages.extend(verdict.failures.iter().take(EXPLAINED_FAILURES).map(|f| explain(plan, f, &view)));
+    if verdict.failures.len() > EXPLAINED_FAILURES {
+        messages.push(format!(
+            "... and {} more failures: every one is in result.json and at the top of timeline.txt",
+            verdict.failures.len() - EXPLAINED_FAILURES
+        ));
+    }
+    messages
+}
+
+/// A failure with the lines of the readable timeline (see [`readable`]) around it, as shown by `cargo test` and
+/// `netfault run`.
+pub fn explain(plan: &Plan, failure: &Failure, view: &Timeline) -> String {
     let mut text =
         format!("{}:{}:{}: {}", printable_path(&plan.file), failure.location.line, failure.location.column, failure);
     if let Some(t) = failure.around {
-        let view = readable(timeline);
         let lines = view.lines_around(t, 6, 4);
         if !lines.is_empty() {
             text.push_str(&format!("\n  timeline around {}s:", format_secs(t)));

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 /// A position in the scenario file, 1-based, as editors show it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Default)]
 pub struct Location {
     pub line: usize,
     pub column: usize,
