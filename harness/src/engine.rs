@@ -336,10 +336,10 @@ fn apply_due(
     for (fault, on) in schedule.due(clock.now()) {
         let firewall = &mut firewalls[fault.host.index()];
         let kind = if on {
-            firewall.activate(&fault.name)?;
+            firewall.activate(&fault.name).map_err(|e| e.at(fault.location))?;
             EventKind::FaultOn { fault: fault.name.clone() }
         } else {
-            firewall.deactivate(&fault.name)?;
+            firewall.deactivate(&fault.name).map_err(|e| e.at(fault.location))?;
             EventKind::FaultOff { fault: fault.name.clone() }
         };
         events.push(Event { t: clock.now(), host: fault.host, kind });

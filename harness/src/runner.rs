@@ -297,7 +297,7 @@ fn run_here(root: &Path, reports: &Path, file: &Path, run: Option<usize>) -> Res
         std::fs::remove_dir_all(&dir).context(|| format!("clear old report {}", dir.display()))?;
     }
     std::fs::create_dir_all(&dir).context(|| format!("create report folder {}", dir.display()))?;
-    let output = engine::run(&plan, &dir)?;
+    let output = engine::run(&plan, &dir).map_err(|e| e.in_file(&plan.file))?;
     let verdict = verdict::judge(&plan, &output.timeline);
     report::write(&plan, &output, &verdict, &dir)
 }

@@ -160,7 +160,7 @@ fn wait_operational(rtnl: &mut Rtnl, host: HostId) -> Result<()> {
 fn prepare_host(plan: &Plan, host: HostId) -> Result<Rtnl> {
     if !plan.link.ipv6 {
         for name in ["net.ipv6.conf.all.disable_ipv6", "net.ipv6.conf.default.disable_ipv6"] {
-            let sysctl = Sysctl { name: name.to_string(), value: "1".to_string() };
+            let sysctl = Sysctl { name: name.to_string(), value: "1".to_string(), location: None };
             match write_sysctl(&sysctl) {
                 // A kernel without IPv6 sends no router solicitations either.
                 Err(SysctlError::Absent(_)) => {}
@@ -196,24 +196,32 @@ enum SysctlError {
 }
 
 impl SysctlError {
+    /// The error, at the line of the scenario that sets the sysctl when it is the scenario's.
     fn into_error(self, host: HostId) -> Error {
-        match self {
-            SysctlError::Absent(s) => Error::sys(
-                format!(
-                    "sysctl {} does not exist in a network namespace on this kernel (not per-namespace?) \
-                     (in {host})",
+        let (sysctl, error) = match self {
+            SysctlError::Absent(s) => {
+                let message = format!(
+                    "sysctl {} does not exist in a network namespace on this kernel (not per-namespace?) (in {host})",
                     s.name
-                ),
-                io::Error::from(io::ErrorKind::NotFound),
-            ),
-            SysctlError::NotNamespaced(s) => Error::Internal(format!(
-                "sysctl {} of {host} is not a net.* sysctl: only per-namespace network sysctls can be set \
-                 for one scenario host",
-                s.name
-            )),
-            SysctlError::Write(s, e) => {
-                Error::sys(format!("set sysctl in {host} (sysctl -w {}={})", s.name, s.value), e)
+                );
+                (s, Error::sys(message, io::Error::from(io::ErrorKind::NotFound)))
             }
+            SysctlError::NotNamespaced(s) => {
+                let message = format!(
+                    "sysctl {} of {host} is not a net.* sysctl: only per-namespace network sysctls can be set for one \
+                     scenario host",
+                    s.name
+                );
+                (s, Error::Internal(message))
+            }
+            SysctlError::Write(s, e) => {
+                let message = format!("set sysctl in {host} (sysctl -w {}={})", s.name, s.value);
+                (s, Error::sys(message, e))
+            }
+        };
+        match sysctl.location {
+            Some(location) => error.at(location),
+            None => error,
         }
     }
 }
@@ -695,7 +703,7 @@ mod tests {
             prefix_len: 24,
             sysctls: sysctls
                 .iter()
-                .map(|(name, value)| Sysctl { name: name.to_string(), value: value.to_string() })
+                .map(|(name, value)| Sysctl { name: name.to_string(), value: value.to_string(), location: None })
                 .collect(),
             steps: Vec::new(),
         }
@@ -771,7 +779,7 @@ mod tests {
     }
 
     fn read_sysctl_in(ns: Option<&Netns>, name: &str) -> String {
-        let path = Sysctl { name: name.into(), value: String::new() }.proc_path();
+        let path = Sysctl { name: name.into(), value: String::new(), location: None }.proc_path();
         let read = move || std::fs::read_to_string(&path).context(|| format!("read {}", path.display()));
         match ns {
             Some(ns) => ns.run(read).unwrap().trim().to_string(),

@@ -215,6 +215,27 @@ fn a_bad_suite_deadline_is_refused() {
 }
 
 #[test]
+fn a_sysctl_the_kernel_refuses_is_an_error_at_its_line() {
+    // Found by the issue-12 campaign: the run-time error said which sysctl but not where it was written.
+    let reports = scratch("sysctl-refused");
+    let (output, _) = netfault(
+        "sysctl-refused",
+        &[],
+        &["run", "--reports", reports.to_str().unwrap(), "harness/tests/fixtures/runtime/sysctl-refused.yaml"],
+    );
+    let text = text(&output);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains(
+            "harness/tests/fixtures/runtime/sysctl-refused.yaml:8:39: set sysctl in client (sysctl -w \
+             net.ipv4.tcp_syn_retries=1000): Invalid argument"
+        ),
+        "{text}"
+    );
+    let _ = fs::remove_dir_all(&reports);
+}
+
+#[test]
 fn a_setsid_program_dies_with_the_run() {
     let reports = scratch("setsid");
     let (output, _) = netfault(

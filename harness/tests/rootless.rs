@@ -101,7 +101,7 @@ fn host(id: HostId, address: Ipv4Addr, sysctls: Vec<Sysctl>) -> HostPlan {
 }
 
 fn plan() -> Plan {
-    let syn_retries = Sysctl { name: "net.ipv4.tcp_syn_retries".into(), value: "2".into() };
+    let syn_retries = Sysctl { name: "net.ipv4.tcp_syn_retries".into(), value: "2".into(), location: None };
     Plan {
         name: "rootless".into(),
         file: PathBuf::from("rootless.yaml"),

@@ -86,32 +86,46 @@ impl InstalledFault {
 impl Firewall {
     /// `nft add table inet netfault`, its base chains, and for each of `host`'s faults
     /// `nft add counter inet netfault fault_<name>`, `nft add chain inet netfault fault_<name>` and
-    /// `nft add rule inet netfault input|output jump fault_<name>`, all in one batch. Every fault
-    /// starts off (its chain is empty); the batch also adds and flushes each fault's rules, so the
-    /// kernel checks them now rather than at their first activation mid-run. Faults of other hosts
-    /// in `faults` are skipped. A table left from an earlier install in the same namespace is
-    /// replaced.
+    /// `nft add rule inet netfault input|output jump fault_<name>`: the table in one batch, then each
+    /// fault in one of its own. Every fault starts off (its chain is empty); its batch also adds and
+    /// flushes its rules, so the kernel checks them now rather than at their first activation mid-run.
+    /// Faults of other hosts in `faults` are skipped. A table left from an earlier install in the
+    /// same namespace is replaced. A fault the kernel refuses is an error at its line.
     pub fn install(ns: &Netns, host: HostId, faults: &[FaultPlan]) -> Result<Firewall> {
-        let mut own =
-            faults.iter().filter(|fault| fault.host == host).map(InstalledFault::new).collect::<Result<Vec<_>>>()?;
-        own.sort_by(|a, b| a.name.cmp(&b.name));
-        if let Some(pair) = own.windows(2).find(|pair| pair[0].name == pair[1].name) {
-            return Err(Error::Internal(format!("two faults named {} on host {host}", pair[0].name)));
+        let mut own = faults
+            .iter()
+            .filter(|fault| fault.host == host)
+            .map(|fault| Ok((InstalledFault::new(fault)?, fault.location)))
+            .collect::<Result<Vec<_>>>()?;
+        own.sort_by(|(a, _), (b, _)| a.name.cmp(&b.name));
+        if let Some(pair) = own.windows(2).find(|pair| pair[0].0.name == pair[1].0.name) {
+            return Err(Error::Internal(format!("two faults named {} on host {host}", pair[0].0.name)));
         }
         let mut socket = NetfilterSocket::open(ns)?;
-        let has_payload = own.iter().any(|fault| fault.selection.payload.is_some());
-        socket.apply(&install_batch(&own)).map_err(|e| {
+        socket.apply(&table_batch()).map_err(|e| {
             Error::sys(
                 format!(
-                    "install {} fault(s) of {host} (nft add table inet netfault; nft add chain \
-                     inet netfault input {{ type filter hook input priority filter; policy \
-                     accept; }}; ...)",
-                    own.len()
+                    "install the fault table of {host} (nft add table inet netfault; nft add chain inet netfault \
+                     input {{ type filter hook input priority filter; policy accept; }}; ...)"
                 ),
-                payload_hint(e, has_payload),
+                e,
             )
         })?;
-        Ok(Firewall { socket, host, faults: own })
+        // One batch per fault: the kernel acknowledges every message of a batch, and the acknowledgements of
+        // dozens of faults at once overflow the socket's receive buffer (ENOBUFS); a fault the kernel refuses is
+        // then also named with its line.
+        for (fault, location) in &own {
+            socket.apply(&fault_batch(fault)).map_err(|e| {
+                let what = format!(
+                    "install fault {} on {host} (nft add chain inet netfault {}; {})",
+                    fault.name,
+                    fault.chain_name(),
+                    rule_text(fault).join("; ")
+                );
+                Error::sys(what, payload_hint(e, fault.selection.payload.is_some())).at(*location)
+            })?;
+        }
+        Ok(Firewall { socket, host, faults: own.into_iter().map(|(fault, _)| fault).collect() })
     }
 
     /// `nft add rule inet netfault fault_<name> <match> counter name fault_<name> <action>`, in one
@@ -196,31 +210,39 @@ fn base_chain<'a>(table: &'a Table, name: &CStr, hook: Hook) -> Chain<'a> {
     chain
 }
 
-fn install_batch(faults: &[InstalledFault]) -> FinalizedBatch {
+/// The table and its two base chains, replacing a table left from an earlier install.
+fn table_batch() -> FinalizedBatch {
     let table = Table::new(TABLE, FAMILY);
-    let input = base_chain(&table, c"input", Hook::In);
-    let output = base_chain(&table, c"output", Hook::Out);
-    let mut batch = Batch::new();
+    let mut batch = Batch::with_page_size(BATCH_PAGE_SIZE);
     // `add table; delete table; add table` replaces a leftover table and never fails on a fresh one.
     batch.add(&table, MsgType::Add);
     batch.add(&table, MsgType::Del);
     batch.add(&table, MsgType::Add);
-    batch.add(&input, MsgType::Add);
-    batch.add(&output, MsgType::Add);
-    for fault in faults {
-        batch.add(&CounterObject::new(FAMILY, TABLE, &fault.chain), MsgType::Add);
-        batch.add(&Chain::new(&fault.chain, &table), MsgType::Add);
-        let base = match fault.direction {
-            Direction::Ingress => &input,
-            Direction::Egress => &output,
-        };
-        let mut jump = Rule::new(base);
-        jump.add_expr(&Verdict::Jump { chain: fault.chain.clone() });
-        batch.add(&jump, MsgType::Add);
-        let chain = Chain::new(&fault.chain, &table);
-        add_fault_rules(&mut batch, &chain, fault);
-        flush(&mut batch, &chain);
-    }
+    batch.add(&base_chain(&table, c"input", Hook::In), MsgType::Add);
+    batch.add(&base_chain(&table, c"output", Hook::Out), MsgType::Add);
+    batch.finalize()
+}
+
+/// One fault, off: its counter, its chain and the base chain's jump to it; its rules are added and flushed
+/// again, so that the kernel checks them now rather than at their first activation mid-run.
+fn fault_batch(fault: &InstalledFault) -> FinalizedBatch {
+    let table = Table::new(TABLE, FAMILY);
+    let base = Chain::new(
+        match fault.direction {
+            Direction::Ingress => c"input",
+            Direction::Egress => c"output",
+        },
+        &table,
+    );
+    let mut batch = Batch::with_page_size(BATCH_PAGE_SIZE);
+    batch.add(&CounterObject::new(FAMILY, TABLE, &fault.chain), MsgType::Add);
+    batch.add(&Chain::new(&fault.chain, &table), MsgType::Add);
+    let mut jump = Rule::new(&base);
+    jump.add_expr(&Verdict::Jump { chain: fault.chain.clone() });
+    batch.add(&jump, MsgType::Add);
+    let chain = Chain::new(&fault.chain, &table);
+    add_fault_rules(&mut batch, &chain, fault);
+    flush(&mut batch, &chain);
     batch.finalize()
 }
 

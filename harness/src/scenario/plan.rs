@@ -139,6 +139,8 @@ pub struct Sysctl {
     /// Dotted name, e.g. `net.ipv4.tcp_syn_retries`.
     pub name: String,
     pub value: String,
+    /// Where the scenario sets it; `None` for the harness's own (IPv6 off).
+    pub location: Option<Location>,
 }
 
 impl Sysctl {

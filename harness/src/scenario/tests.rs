@@ -91,13 +91,20 @@ fn complete_scenario_becomes_the_expected_plan() {
     assert_eq!(
         client.sysctls,
         vec![
-            Sysctl { name: "net.ipv4.tcp_rmem".into(), value: "4096 131072 6291456".into() },
-            Sysctl { name: "net.ipv4.tcp_syn_retries".into(), value: "2".into() },
+            Sysctl {
+                name: "net.ipv4.tcp_rmem".into(),
+                value: "4096 131072 6291456".into(),
+                location: Some(at(15, 61))
+            },
+            Sysctl { name: "net.ipv4.tcp_syn_retries".into(), value: "2".into(), location: Some(at(15, 39)) },
         ]
     );
     let server = plan.host(HostId::Server);
     assert_eq!(server.address.to_string(), "10.0.0.2");
-    assert_eq!(server.sysctls, vec![Sysctl { name: "net.core.somaxconn".into(), value: "64".into() }]);
+    assert_eq!(
+        server.sysctls,
+        vec![Sysctl { name: "net.core.somaxconn".into(), value: "64".into(), location: Some(at(17, 25)) }]
+    );
 
     assert_eq!(client.steps.len(), 5);
     let socket = &client.steps[0];

@@ -39,6 +39,8 @@ const MIN_CAPTURE_RING: u64 = 1 << 20;
 const MAX_CAPTURE_RING: u64 = 1 << 30;
 pub const DEFAULT_BACKLOG: u32 = 128;
 pub const DEFAULT_RECV_MAX: usize = 65536;
+/// Longest fault name: it names an nftables chain and counter (`fault_<name>`, at most 255 bytes in the kernel).
+pub const MAX_FAULT_NAME: usize = 64;
 /// Largest single send or recv buffer.
 pub const MAX_BUFFER: usize = 16 * 1024 * 1024;
 
@@ -540,6 +542,15 @@ impl Validator<'_> {
         if address.is_loopback() || address.is_multicast() || address.is_unspecified() || address.is_broadcast() {
             return Err(self.fail(path, format!("{address} is not a unicast host address; use e.g. 10.0.0.1/24")));
         }
+        if address.octets()[0] == 0 {
+            return Err(self.fail(
+                path,
+                format!(
+                    "{address} is in 0.0.0.0/8, \"this network\" (RFC 1122), which no host may use as its address; \
+                     use e.g. 10.0.0.1/24"
+                ),
+            ));
+        }
         let host_bits = u32::from(address) & (u32::MAX >> prefix_len);
         if host_bits == 0 || host_bits == u32::MAX >> prefix_len {
             return Err(self.fail(
@@ -631,7 +642,11 @@ impl Validator<'_> {
                         ))
                     }
                 };
-                result[host.index()].push(Sysctl { name: name.clone(), value });
+                result[host.index()].push(Sysctl {
+                    name: name.clone(),
+                    value,
+                    location: Some(self.index.value(&entry_path)),
+                });
             }
             result[host.index()].sort_by(|a, b| a.name.cmp(&b.name));
         }

@@ -31,6 +31,16 @@ impl Validator<'_> {
             "a unique name of a-z, 0-9, _ and -, e.g. `name: blackhole`",
         )?;
         let name = match name {
+            Scalar::Str(text) if is_name(text, false) && text.len() > MAX_FAULT_NAME => {
+                return Err(self.fail(
+                    &path.key("name"),
+                    format!(
+                        "fault name of {} characters is too long; at most {MAX_FAULT_NAME} (it names the fault's \
+                         nftables chain and counter)",
+                        text.len()
+                    ),
+                ))
+            }
             Scalar::Str(text) if is_name(text, false) => text.clone(),
             other => {
                 return Err(self.fail(
