@@ -9,8 +9,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::scenario::plan::{
-    ExpectedOutcome, HostId, Location, PacketExpectation, PacketFilter, Plan, Protocol, QueueExpectation, QueueKind,
-    Since, StateExpectation, StepExpectation, StepPlan, TcpFlagsMatch, TcpState, TimerExpectation,
+    Action, ExpectedOutcome, HostId, Location, PacketExpectation, PacketFilter, Plan, Protocol, QueueExpectation,
+    QueueKind, Since, StateExpectation, StepExpectation, StepPlan, TcpFlagsMatch, TcpState, TimerExpectation,
 };
 use crate::timeline::{format_secs, EventKind, Outcome, PacketDirection, PacketEvent, SocketEvent, Timeline};
 
@@ -302,6 +302,15 @@ fn judge_step(
         let actual = cut_by_deadline(record, has_expectation);
         verdict.check(Err(failure(expected, actual, deadline.or(record.end).or(record.start))));
         return;
+    }
+    // A program that cannot start (missing, not executable, a folder) is no test of the kernel: the step fails
+    // unless the scenario expects exactly that errno.
+    if let (Action::Exec(_), Some(Outcome::Error(errno))) = (&step.action, &record.outcome) {
+        if !matches!(expect.outcome, Some(ExpectedOutcome::Error(_))) {
+            let detail = record.detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default();
+            verdict.check(Err(failure("the program to start".into(), format!("{errno}{detail}"), record.end)));
+            return;
+        }
     }
     if !has_expectation {
         return;
@@ -823,6 +832,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::scenario::plan::Errno;
     use crate::timeline::{Event, SocketEvent};
 
     const SCENARIO: &str = r#"
@@ -1009,6 +1019,55 @@ expect:
             deadline(ms(2000)),
         ]);
         assert!(judge(&plan, &timeline).passed());
+    }
+
+    #[test]
+    fn an_exec_whose_program_cannot_start_fails_unless_that_errno_is_expected() {
+        // Found by the issue-12 campaign: a missing program, a relative path or a folder passed as "recorded".
+        let plan = crate::scenario::parse(
+            "exec",
+            Path::new("exec.yaml"),
+            "description: d\nclient:\n  - exec: { program: /nonexistent }\n  - exec: { program: /tmp }\n\
+             \x20   expect: { after: 0s }\n  - exec: { program: /nonexistent }\n    expect: ENOENT\n\
+             \x20 - exec: { program: /usr/bin/true }\n",
+        )
+        .unwrap();
+        let cannot = |errno: &str, program: &str| {
+            Some(Outcome::Error(errno.into())).map(|outcome| (outcome, format!("cannot run {program}: ...")))
+        };
+        let mut events = Vec::new();
+        for (index, result) in [
+            cannot("ENOENT", "/nonexistent"),
+            cannot("EACCES", "/tmp"),
+            cannot("ENOENT", "/nonexistent"),
+            Some((Outcome::Exit { code: Some(0), signal: None }, String::new())),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (outcome, detail) = result.unwrap();
+            events.push(step(ms(index as u64), index, None));
+            let label = format!("#{}", index + 1);
+            let detail = (!detail.is_empty()).then_some(detail);
+            events.push(Event {
+                t: ms(index as u64),
+                host: HostId::Client,
+                kind: EventKind::StepEnd { step: index, label, outcome, detail },
+            });
+        }
+        let verdict = judge(&plan, &Timeline::new(events));
+        let failed: Vec<(usize, &str, &str)> =
+            verdict.failures.iter().map(|f| (f.location.line, f.expected.as_str(), f.actual.as_str())).collect();
+        assert_eq!(
+            failed,
+            vec![
+                (3, "the program to start", "ENOENT (cannot run /nonexistent: ...)"),
+                (5, "the program to start", "EACCES (cannot run /tmp: ...)"),
+            ]
+        );
+        assert_eq!(Errno(libc::E2BIG).name(), "E2BIG", "found by the issue-12 campaign: it printed as errno 7");
+        assert_eq!(Errno::parse("EWOULDBLOCK"), Some(Errno(libc::EAGAIN)));
+        assert_eq!(Errno(libc::EWOULDBLOCK).name(), "EAGAIN");
     }
 
     #[test]

@@ -468,6 +468,16 @@ pub const ERRNO_NAMES: &[(&str, i32)] = &[
     ("EALREADY", libc::EALREADY),
     ("EINPROGRESS", libc::EINPROGRESS),
     ("EPROTO", libc::EPROTO),
+    // What an `exec` whose program cannot start gets (execve(2)).
+    ("E2BIG", libc::E2BIG),
+    ("ENOEXEC", libc::ENOEXEC),
+    ("ENOTDIR", libc::ENOTDIR),
+    ("EISDIR", libc::EISDIR),
+    ("ELOOP", libc::ELOOP),
+    ("ENAMETOOLONG", libc::ENAMETOOLONG),
+    ("ETXTBSY", libc::ETXTBSY),
+    // Another name of EAGAIN (the same number): accepted, printed as EAGAIN.
+    ("EWOULDBLOCK", libc::EWOULDBLOCK),
 ];
 
 impl Errno {
