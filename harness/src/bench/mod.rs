@@ -132,8 +132,8 @@ fn prepare() -> Result<()> {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe { libc::signal(signal, on_interrupt as *const () as libc::sighandler_t) };
     }
-    crate::netns::enter_private_parent()?;
-    crate::capture::keep_kernel_timestamps_on()
+    crate::run::netns::enter_private_parent()?;
+    crate::observe::capture::keep_kernel_timestamps_on()
 }
 
 /// The options of every benchmark; each uses the ones that apply to it.

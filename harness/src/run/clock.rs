@@ -22,6 +22,7 @@ impl Clock {
     }
 
     /// A clock started now.
+    #[cfg(any(test, feature = "bench"))]
     pub fn started() -> Clock {
         let clock = Clock::unstarted();
         clock.start();
@@ -41,11 +42,6 @@ impl Clock {
     /// Time from t0 to a monotonic instant (zero if it is before t0 or the clock has not started).
     pub fn at(&self, instant: Instant) -> Duration {
         self.t0.get().map_or(Duration::ZERO, |(t0, _)| instant.saturating_duration_since(*t0))
-    }
-
-    /// t0 on the monotonic clock; `None` before the start.
-    pub fn t0(&self) -> Option<Instant> {
-        self.t0.get().map(|(t0, _)| *t0)
     }
 
     /// Converts a kernel wall-clock timestamp (a packet's) to time since t0; earlier than t0 gives zero.

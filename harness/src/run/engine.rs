@@ -8,17 +8,17 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::actors::{self, ActorContext, ProcessRegistry, StepBoard};
-use crate::capture::{Capture, CaptureBuffer, CaptureStats};
-use crate::clock::{Clock, EventSink};
 use crate::error::{joined, Error, Result};
-use crate::firewall::{self, Firewall};
-use crate::netns::Netns;
-use crate::observe::{Observer, ObserverStats};
-use crate::priority;
+use crate::observe::capture::{Capture, CaptureBuffer, CaptureStats};
+use crate::observe::sockets::{Observer, ObserverStats};
+use crate::run::actors::{self, ActorContext, ProcessRegistry, StepBoard};
+use crate::run::clock::{Clock, EventSink};
+use crate::run::firewall::{self, Firewall};
+use crate::run::netns::Netns;
+use crate::run::priority;
+use crate::run::topology;
 use crate::scenario::plan::{Direction, FaultPlan, HostId, Plan, StepEdge, Trigger};
 use crate::timeline::{Event, EventKind, PacketDirection, Timeline};
-use crate::topology::{self, Topology};
 
 /// What a run produced, before judging.
 #[derive(Debug)]
@@ -237,7 +237,6 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> &str {
 /// What a run sets up before t0, one of each per host (indexed by `HostId::index()`).
 pub struct Rig {
     pub namespaces: [Netns; 2],
-    pub topology: Topology,
     pub firewalls: Vec<Firewall>,
     pub captures: Vec<Capture>,
     pub observers: Vec<Observer>,
@@ -272,7 +271,6 @@ pub fn set_up(plan: &Plan, report_dir: &Path, sink: &EventSink) -> Result<Rig> {
         (client?, server?);
     Ok(Rig {
         namespaces,
-        topology,
         firewalls: vec![client_firewall, server_firewall],
         captures: vec![client_capture, server_capture],
         observers: vec![client_observer, server_observer],
@@ -354,7 +352,7 @@ fn mark_running_steps(timeline: &mut Timeline, plan: &Plan) {
     let mut running: Vec<String> = Vec::new();
     for host in HostId::ALL {
         for step in &plan.host(host).steps {
-            let record = crate::verdict::step_record(timeline, host, step.index);
+            let record = crate::report::verdict::step_record(timeline, host, step.index);
             let cut = match (record.end, &record.outcome) {
                 (None, _) => true,
                 (Some(_), Some(crate::timeline::Outcome::Unfinished)) => true,
@@ -511,7 +509,7 @@ fn fires_on(plan: &Plan, trigger: &Trigger, event: &Event, counter: &mut u64) ->
                 && (filter
                     .from
                     .is_none_or(|from| (from == event.host) == (packet.direction == PacketDirection::Out)))
-                && crate::verdict::packet_matches(filter, packet) =>
+                && crate::report::verdict::packet_matches(filter, packet) =>
         {
             *counter += 1;
             (*counter >= u64::from(*nth)).then_some(*delay)

@@ -24,7 +24,7 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, pipe2, ForkResult, Pid};
 
 use crate::error::{Context, Error, Result};
-use crate::userns;
+use crate::run::userns;
 
 /// Exit status the relaying parent gives when its child ended without one (killed by a signal): 128 + signal,
 /// as a shell reports it.

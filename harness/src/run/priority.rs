@@ -44,6 +44,7 @@ fn set_current_thread(policy: libc::c_int, priority: libc::c_int) -> io::Result<
 }
 
 /// The calling thread's scheduling policy (`chrt -p <tid>`), without the reset-on-fork flag.
+#[cfg(test)]
 pub fn current_policy() -> libc::c_int {
     // SAFETY: plain system call on the calling thread.
     unsafe { libc::sched_getscheduler(0) & !libc::SCHED_RESET_ON_FORK }

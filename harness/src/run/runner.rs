@@ -15,10 +15,12 @@ use libtest_mimic::{Arguments, Failed, Trial};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::error::{Context, Error, Result};
+use crate::observe::capture;
+use crate::report::verdict;
 use crate::report::{self, Status, Summary};
+use crate::run::supervise::{self, StopReason, Supervisor};
+use crate::run::{engine, netns, pidns, userns};
 use crate::scenario::{self, plan::Plan};
-use crate::supervise::{self, StopReason, Supervisor};
-use crate::{capture, engine, netns, pidns, userns, verdict};
 
 /// Time a child gets beyond its scenario deadline for set-up, teardown and writing its report.
 pub const CHILD_GRACE: Duration = Duration::from_secs(20);

@@ -21,7 +21,7 @@ pub enum Privilege {
 /// `echo "0 <gid> 1" > /proc/self/gid_map` (`unshare --user --map-root-user`).
 ///
 /// The kernel moves only a single-threaded process into a new user namespace, so this must run first thing,
-/// before any thread exists ([`crate::netns::Netns::new_anonymous`] spawns one); it checks
+/// before any thread exists ([`crate::run::netns::Netns::new_anonymous`] spawns one); it checks
 /// `/proc/self/status` and says so instead of failing with a bare EINVAL.
 pub fn acquire() -> Result<Privilege> {
     let uid = nix::unistd::geteuid();

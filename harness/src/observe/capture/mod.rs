@@ -30,11 +30,11 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
 use pcap_file::{DataLink, Endianness, TsResolution};
 
-use crate::clock::{Clock, EventSink};
-use crate::decode::Decoder;
 use crate::error::{Error, Result};
-use crate::netns::Netns;
-use crate::priority;
+use crate::observe::decode::Decoder;
+use crate::run::clock::{Clock, EventSink};
+use crate::run::netns::Netns;
+use crate::run::priority;
 use crate::scenario::plan::HostId;
 use crate::timeline::EventKind;
 

@@ -22,9 +22,9 @@ use netlink_sys::{Socket, SocketAddr};
 use nix::sys::socket::{setsockopt, sockopt};
 use nix::sys::time::{TimeVal, TimeValLike};
 
-use crate::clock::EventSink;
 use crate::error::{Context, Error, Result};
-use crate::netns::Netns;
+use crate::run::clock::EventSink;
+use crate::run::netns::Netns;
 use crate::scenario::plan::{HostId, TcpState, TimerKind};
 use crate::timeline::{EventKind, SocketEvent};
 
@@ -161,6 +161,7 @@ impl DiagSocket {
 
 /// `ss -tanoi` once: every IPv4 TCP socket of the namespace `socket` was opened in, request (SYN-RECV) and
 /// TIME-WAIT sockets included, in the kernel's hash-table order.
+#[cfg(test)]
 pub fn dump(socket: &mut DiagSocket) -> Result<Vec<SocketSample>> {
     let mut samples = Vec::new();
     dump_into(socket, &mut samples)?;
@@ -574,7 +575,7 @@ impl Observer {
                 // A sample is stamped when it is requested: on a loaded machine an ordinary thread was seen to
                 // miss short-lived states entirely (no sample for hundreds of ms). Best effort, as for the
                 // program threads; a dump costs tens of microseconds, so the real-time thread takes little.
-                let _ = crate::priority::raise_current_thread();
+                let _ = crate::run::priority::raise_current_thread();
                 // Nobody waits for the result only when `stop` already gave up on this thread.
                 let _ = finished_tx.send(sampler.run(interval, stop_rx));
             })
@@ -907,7 +908,7 @@ mod kernel_tests {
     use nix::sys::socket::{bind, connect, listen, socket, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn};
 
     use super::*;
-    use crate::clock::Clock;
+    use crate::run::clock::Clock;
     use crate::timeline::Event;
 
     const PORT: u16 = 9000;

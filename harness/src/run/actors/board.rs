@@ -61,6 +61,7 @@ impl StepBoard {
     }
 
     /// Whether `host`'s step `step` has reached `edge` already.
+    #[cfg(test)]
     pub fn has_reached(&self, host: HostId, step: usize, edge: StepEdge) -> bool {
         self.lock().reached(host, step, edge)
     }

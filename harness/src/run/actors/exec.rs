@@ -96,6 +96,7 @@ impl ProcessRegistry {
 
     /// How many programs are registered (foreground ones until their step ends, background ones until
     /// `kill_all`).
+    #[cfg(test)]
     pub fn running(&self) -> usize {
         self.lock().groups.len()
     }

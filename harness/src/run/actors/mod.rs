@@ -40,10 +40,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 pub use board::StepBoard;
-pub use exec::{ProcessRegistry, PATTERN_FAILURE_PREFIX};
+pub use exec::ProcessRegistry;
 
-use crate::clock::EventSink;
 use crate::error::{Error, Result};
+use crate::run::clock::EventSink;
 use crate::scenario::plan::{
     Action, Errno, HostId, HostPlan, Plan, PollEvent, SendRepeat, SendUntil, SockOpt, SockOptName, SockOptValue,
     StepEdge, StepPlan,

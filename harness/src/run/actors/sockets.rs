@@ -237,7 +237,7 @@ pub fn poll(fd: RawFd, events: i16, timeout: Duration) -> io::Result<Option<i16>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netns::Netns;
+    use crate::run::netns::Netns;
 
     #[test]
     fn lookup_by_name_current_and_closed() {

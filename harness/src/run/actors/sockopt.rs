@@ -133,7 +133,7 @@ mod tests {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
     use super::*;
-    use crate::netns::Netns;
+    use crate::run::netns::Netns;
 
     /// Runs `f` with a fresh TCP socket made inside a new namespace (nothing is created in the host's).
     fn with_tcp_socket(f: impl FnOnce(RawFd) + Send) {

@@ -6,8 +6,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::clock::Clock;
-use crate::netns::Netns;
+use crate::run::clock::Clock;
+use crate::run::netns::Netns;
 use crate::scenario::plan::{CapturePlan, ExecPlan, LinkPlan, Location, RunExpectations, ShutdownHow, StepExpectation};
 use crate::timeline::Event;
 

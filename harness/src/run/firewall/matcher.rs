@@ -41,12 +41,6 @@ pub(super) fn protocol_name(protocol: Protocol) -> &'static str {
     }
 }
 
-/// Checks that a fault's match and action make sense together, as `nft` would refuse them:
-/// ports need TCP or UDP, flags and payload need TCP, `reject with tcp reset` needs TCP.
-pub fn check(fault: &FaultPlan) -> Result<(), String> {
-    selection(&fault.matcher, fault.action).map(|_| ())
-}
-
 /// Resolves the protocol a match implies, the way `nft` adds `meta l4proto` dependencies:
 /// `tcp flags`, a payload condition or `reject with tcp reset` imply TCP; ports alone mean TCP or UDP.
 pub(super) fn selection(matcher: &PacketMatch, action: FaultAction) -> Result<Selection, String> {
@@ -301,7 +295,7 @@ mod tests {
         ];
         for matcher in cases {
             let f = fault(HostId::Server, Direction::Ingress, matcher.clone());
-            assert!(check(&f).is_err(), "{matcher:?} should be refused");
+            assert!(selection(&f.matcher, f.action).is_err(), "{matcher:?} should be refused");
             assert!(!matches(&f, HostId::Server, &udp(In, 1, 1)));
             assert!(!matches(&f, HostId::Server, &tcp(In, 1, 1, SYN, 0)));
         }
@@ -311,6 +305,6 @@ mod tests {
             PacketMatch { protocol: Some(Protocol::Udp), ..PacketMatch::default() },
         );
         reset_udp.action = FaultAction::RejectTcpReset;
-        assert!(check(&reset_udp).is_err());
+        assert!(selection(&reset_udp.matcher, reset_udp.action).is_err());
     }
 }

@@ -23,14 +23,14 @@ use std::thread;
 use nftnl::expr::{Bitwise, Cmp, CmpOp, IcmpCode, Meta, RejectionType, Verdict};
 use nftnl::{Batch, Chain, ChainType, FinalizedBatch, Hook, MsgType, Policy, ProtoFamily, Rule, Table};
 
-pub use matcher::{check, matches};
+pub use matcher::matches;
 
 use expr::{CounterObject, CounterRef, PayloadBase, RawPayload};
 use matcher::{protocol_name, protocol_number, Alternative, Selection};
 use socket::NetfilterSocket;
 
 use crate::error::{Error, Result};
-use crate::netns::Netns;
+use crate::run::netns::Netns;
 use crate::scenario::plan::{Direction, FaultAction, FaultPlan, HostId, PayloadMatch, Protocol};
 
 /// `table inet netfault`.

@@ -16,7 +16,7 @@ use nix::sys::time::TimeVal;
 
 use super::expr::{parse_counter, write_counter_dump_request, CounterValue};
 use crate::error::{Context, Error, Result};
-use crate::netns::Netns;
+use crate::run::netns::Netns;
 
 /// How long the kernel may take to answer one request before we call it stuck.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(2);

@@ -24,7 +24,7 @@ use nix::sys::socket::{setsockopt, sockopt};
 use nix::sys::time::TimeVal;
 
 use crate::error::{joined, Context, Error, Result};
-use crate::netns::Netns;
+use crate::run::netns::Netns;
 use crate::scenario::plan::{HostId, HostPlan, Plan, Sysctl};
 
 /// Name of the veth end in each host's namespace; both ends share it since they live in different namespaces.

@@ -1,15 +1,18 @@
-//! Reports: what a run leaves under reports/<scenario>/ (result.json, timeline.txt, client.pcap, server.pcap).
+//! Reports: what a run leaves under reports/<scenario>/ (result.json, timeline.txt, client.pcap, server.pcap),
+//! and the verdict they state.
+
+pub mod verdict;
 
 use std::fs;
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::RunOutput;
 use crate::error::{Context, Error, Result};
+use crate::run::engine::RunOutput;
 use crate::scenario::plan::{HostId, Plan};
 use crate::timeline::{format_secs, EventKind, PacketDirection, Timeline};
-use crate::verdict::{self, describe_expectation, Failure, Verdict};
+use verdict::{describe_expectation, Failure, Verdict};
 
 /// The folder of a scenario's report: `root/<name>`, refusing any name that could leave `root`.
 pub fn report_dir(root: &Path, name: &str) -> Result<PathBuf> {
@@ -90,7 +93,7 @@ struct ResultFile<'a> {
     checks: usize,
     failures: &'a [Failure],
     steps: Vec<StepReport<'a>>,
-    capture: &'a [crate::capture::CaptureStats; 2],
+    capture: &'a [crate::observe::capture::CaptureStats; 2],
     observer: [ObserverReport; 2],
     fault_hits: &'a [(String, u64)],
     harness_errors: &'a [String],
@@ -105,8 +108,8 @@ struct ObserverReport {
     max_dump_us: f64,
 }
 
-impl From<crate::observe::ObserverStats> for ObserverReport {
-    fn from(stats: crate::observe::ObserverStats) -> ObserverReport {
+impl From<crate::observe::sockets::ObserverStats> for ObserverReport {
+    fn from(stats: crate::observe::sockets::ObserverStats) -> ObserverReport {
         ObserverReport {
             samples: stats.samples,
             mean_dump_us: stats.mean_dump_time.as_secs_f64() * 1e6,
