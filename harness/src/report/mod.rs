@@ -74,7 +74,7 @@ struct StepReport<'a> {
     name: Option<&'a str>,
     action: &'static str,
     #[serde(flatten)]
-    record: verdict::StepRecord,
+    record: crate::timeline::query::StepRecord,
     expected: Option<String>,
     verdict: &'static str,
 }
@@ -124,7 +124,7 @@ pub fn write(plan: &Plan, output: &RunOutput, verdict: &Verdict, dir: &Path) -> 
     let mut steps = Vec::new();
     for host in &plan.hosts {
         for step in &host.steps {
-            let record = verdict::step_record(&output.timeline, host.id, step.index);
+            let record = crate::timeline::query::step_record(&output.timeline, host.id, step.index);
             let has_expectation =
                 step.expect.outcome.is_some() || step.expect.after.is_some() || step.expect.at.is_some();
             let failed = verdict.failures.iter().any(|f| f.location == step.expect.location && has_expectation);

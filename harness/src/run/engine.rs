@@ -352,7 +352,7 @@ fn mark_running_steps(timeline: &mut Timeline, plan: &Plan) {
     let mut running: Vec<String> = Vec::new();
     for host in HostId::ALL {
         for step in &plan.host(host).steps {
-            let record = crate::report::verdict::step_record(timeline, host, step.index);
+            let record = crate::timeline::query::step_record(timeline, host, step.index);
             let cut = match (record.end, &record.outcome) {
                 (None, _) => true,
                 (Some(_), Some(crate::timeline::Outcome::Unfinished)) => true,
@@ -509,7 +509,7 @@ fn fires_on(plan: &Plan, trigger: &Trigger, event: &Event, counter: &mut u64) ->
                 && (filter
                     .from
                     .is_none_or(|from| (from == event.host) == (packet.direction == PacketDirection::Out)))
-                && crate::report::verdict::packet_matches(filter, packet) =>
+                && crate::timeline::query::packet_matches(filter, packet) =>
         {
             *counter += 1;
             (*counter >= u64::from(*nth)).then_some(*delay)

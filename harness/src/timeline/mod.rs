@@ -1,7 +1,10 @@
 //! The timeline: every event of a run on one clock (time since t0), in order, and its text form.
 //!
 //! Actors, the fault schedule, the capture decoder and the observer all produce `Event`s; the timeline is
-//! what the verdict reads and what timeline.txt shows, one line per event.
+//! what the verdict reads and what timeline.txt shows, one line per event. It is the run's read model: the
+//! questions asked of a run ([`query`]) live here, so the engine, the verdict and the report ask them alike.
+
+pub mod query;
 
 use std::fmt;
 use std::net::Ipv4Addr;

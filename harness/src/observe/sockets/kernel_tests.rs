@@ -1,3 +1,6 @@
+//! Real sockets in namespaces made for each test (root needed; these fail, not skip, without it). Client and
+//! server talk over `lo` inside one namespace; `ss` is the reference.
+
 use std::io::Write;
 use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd};

@@ -181,7 +181,5 @@ impl Observer {
 #[cfg(test)]
 mod tests;
 
-/// Real sockets in namespaces made for each test (root needed; these fail, not skip, without it). Client and
-/// server talk over `lo` inside one namespace; `ss` is the reference.
 #[cfg(test)]
 mod kernel_tests;

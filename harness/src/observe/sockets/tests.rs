@@ -1,3 +1,5 @@
+//! Unit tests of the sock_diag codec on hand-made datagrams and of the change tracker on sample sequences.
+
 use std::net::SocketAddrV4;
 
 use netlink_packet_sock_diag::constants::{AF_INET, INET_DIAG_INFO, SOCK_DIAG_BY_FAMILY};

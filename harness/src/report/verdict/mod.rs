@@ -2,16 +2,22 @@
 //!
 //! A verdict failure means the kernel behaved otherwise than the scenario says; it is not a harness error.
 
+mod describe;
+
+use describe::{at_text, ordinal};
+pub use describe::{describe_expectation, describe_filter, describe_outcome, describe_tolerance};
+
 use std::fmt;
 use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::scenario::plan::{
-    ExpectedOutcome, HostId, Location, PacketExpectation, PacketFilter, Plan, Protocol, QueueExpectation, QueueKind,
-    Since, StateExpectation, StepExpectation, StepPlan, TcpFlagsMatch, TcpState, TimerExpectation,
+    ExpectedOutcome, HostId, Location, PacketExpectation, Plan, QueueExpectation, Since, StateExpectation,
+    StepExpectation, StepPlan, TcpState, TimerExpectation,
 };
-use crate::timeline::{format_secs, Event, EventKind, Outcome, PacketDirection, PacketEvent, SocketEvent, Timeline};
+use crate::timeline::query::{queue_histories, sent_packets, socket_events, socket_histories, step_record, StepRecord};
+use crate::timeline::{format_secs, EventKind, Outcome, SocketEvent, Timeline};
 
 /// One expectation the run did not meet.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -51,42 +57,6 @@ impl Verdict {
             self.failures.push(failure);
         }
     }
-}
-
-/// The start and end of one step as the timeline recorded them.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct StepRecord {
-    pub host: HostId,
-    pub index: usize,
-    #[serde(serialize_with = "secs_opt")]
-    pub start: Option<Duration>,
-    #[serde(serialize_with = "secs_opt")]
-    pub end: Option<Duration>,
-    pub outcome: Option<Outcome>,
-    pub detail: Option<String>,
-}
-
-impl StepRecord {
-    pub fn elapsed(&self) -> Option<Duration> {
-        Some(self.end?.saturating_sub(self.start?))
-    }
-}
-
-/// Finds the start and end events of a host's step.
-pub fn step_record(timeline: &Timeline, host: HostId, index: usize) -> StepRecord {
-    let mut record = StepRecord { host, index, start: None, end: None, outcome: None, detail: None };
-    for event in timeline.events.iter().filter(|e| e.host == host) {
-        match &event.kind {
-            EventKind::StepStart { step, .. } if *step == index => record.start = Some(event.t),
-            EventKind::StepEnd { step, outcome, detail, .. } if *step == index => {
-                record.end = Some(event.t);
-                record.outcome = Some(outcome.clone());
-                record.detail.clone_from(detail);
-            }
-            _ => {}
-        }
-    }
-    record
 }
 
 /// Judges a run: every step expectation, then every whole-run expectation.
@@ -164,18 +134,6 @@ pub fn resolve_anchor(
             around: None,
         }),
     }
-}
-
-/// `1st`, `2nd`, `3rd`, `4th`, ... `11th`, `21st`.
-fn ordinal(n: u32) -> String {
-    let suffix = match (n % 10, n % 100) {
-        (_, 11..=13) => "th",
-        (1, _) => "st",
-        (2, _) => "nd",
-        (3, _) => "rd",
-        _ => "th",
-    };
-    format!("{n}{suffix}")
 }
 
 fn judge_step(verdict: &mut Verdict, host: HostId, step: &StepPlan, record: &StepRecord) {
@@ -291,14 +249,6 @@ fn within(actual: Duration, expected: Duration, late: Duration, early: Option<Du
     }
 }
 
-/// `± 0.250000s`, or `-0.000000s/+0.500000s` when earliness and lateness differ.
-pub fn describe_tolerance(late: Duration, early: Option<Duration>) -> String {
-    match early {
-        Some(early) if early != late => format!("-{}s/+{}s", format_secs(early), format_secs(late)),
-        _ => format!("± {}s", format_secs(late)),
-    }
-}
-
 fn outcome_matches(expected: &ExpectedOutcome, actual: &Outcome) -> bool {
     match (expected, actual) {
         (ExpectedOutcome::Ok, Outcome::Ok) => true,
@@ -316,105 +266,6 @@ fn outcome_matches(expected: &ExpectedOutcome, actual: &Outcome) -> bool {
         (ExpectedOutcome::Exit(code), Outcome::Exit { code: Some(actual), .. }) => code == actual,
         _ => false,
     }
-}
-
-pub fn describe_outcome(expected: &ExpectedOutcome) -> String {
-    match expected {
-        ExpectedOutcome::Ok => "ok".into(),
-        ExpectedOutcome::Bytes(n) => format!("{n} bytes"),
-        ExpectedOutcome::Eof => "EOF".into(),
-        ExpectedOutcome::Error(errno) => errno.name(),
-        ExpectedOutcome::Events(events) => events.iter().map(|e| e.name()).collect::<Vec<_>>().join("|"),
-        ExpectedOutcome::Timeout => "timeout".into(),
-        ExpectedOutcome::Exit(code) => format!("exit {code}"),
-    }
-}
-
-/// The whole expectation of a step in words, e.g. `ETIMEDOUT after 14.000000s ± 0.300000s`.
-pub fn describe_expectation(expect: &StepExpectation) -> String {
-    let mut parts = Vec::new();
-    if let Some(outcome) = &expect.outcome {
-        parts.push(describe_outcome(outcome));
-    }
-    if let Some(after) = expect.after {
-        parts.push(format!(
-            "after {}s {}",
-            format_secs(after),
-            describe_tolerance(expect.tolerance, expect.early_tolerance)
-        ));
-    }
-    if let Some(at) = expect.at {
-        parts.push(format!("at {}s {}", format_secs(at), describe_tolerance(expect.tolerance, expect.early_tolerance)));
-    }
-    parts.join(" ")
-}
-
-/// Packets sent by a host as its own capture saw them leave (each packet once).
-pub fn sent_packets<'a>(
-    timeline: &'a Timeline,
-    filter: &'a PacketFilter,
-) -> impl Iterator<Item = (Duration, &'a PacketEvent)> + 'a {
-    timeline.events.iter().filter_map(move |event| match &event.kind {
-        EventKind::Packet(packet)
-            if packet.direction == PacketDirection::Out
-                && filter.from.is_none_or(|from| from == event.host)
-                && packet_matches(filter, packet) =>
-        {
-            Some((event.t, packet))
-        }
-        _ => None,
-    })
-}
-
-/// Whether a packet has the filter's protocol (TCP unless it says otherwise), flags, payload length and window;
-/// `from` is left to the caller, which knows the capturing host.
-pub fn packet_matches(filter: &PacketFilter, packet: &PacketEvent) -> bool {
-    let protocol = match filter.protocol {
-        None | Some(Protocol::Tcp) => "tcp",
-        Some(Protocol::Udp) => "udp",
-        Some(Protocol::Icmp) => "icmp",
-    };
-    packet.protocol == protocol
-        && filter.flags.is_none_or(|flags| flags.matches(packet.flags))
-        && filter.len.is_none_or(|len| len == packet.len)
-        && filter.window.is_none_or(|window| window == packet.window)
-}
-
-/// `[F.]` for exactly these flags (as tcpdump prints them); `[F of FR]` for the flags a mask looks at.
-fn describe_flags(flags: TcpFlagsMatch) -> String {
-    let letters = crate::timeline::format_tcp_flags;
-    if flags.mask == 0xff {
-        return format!("[{}]", letters(flags.value));
-    }
-    let value = if flags.value == 0 { "none".to_string() } else { letters(flags.value) };
-    format!("[{value} of {}]", letters(flags.mask))
-}
-
-pub fn describe_filter(filter: &PacketFilter) -> String {
-    let mut parts = vec!["packets".to_string()];
-    if let Some(from) = filter.from {
-        parts.push(format!("from {from}"));
-    }
-    if let Some(flags) = filter.flags {
-        parts.push(describe_flags(flags));
-    }
-    if let Some(len) = filter.len {
-        parts.push(format!("length {len}"));
-    }
-    if let Some(window) = filter.window {
-        parts.push(format!("win {window}"));
-    }
-    if let Some(protocol) = filter.protocol.filter(|p| *p != Protocol::Tcp) {
-        parts.push(format!(
-            "({})",
-            match protocol {
-                Protocol::Tcp => "tcp",
-                Protocol::Udp => "udp",
-                Protocol::Icmp => "icmp",
-            }
-        ));
-    }
-    parts.join(" ")
 }
 
 fn judge_packets(expectation: &PacketExpectation, anchor: Anchor, timeline: &Timeline) -> Result<(), Failure> {
@@ -463,39 +314,6 @@ fn judge_packets(expectation: &PacketExpectation, anchor: Anchor, timeline: &Tim
         }
     }
     Ok(())
-}
-
-/// `value@t` when a time is expected, else just the value, as failure messages show a sequence entry.
-fn at_text(value: &dyn fmt::Display, at: Option<Duration>) -> String {
-    match at {
-        Some(at) => format!("{value}@{}s", format_secs(at)),
-        None => value.to_string(),
-    }
-}
-
-/// Appends `value` at `t` to the history of `socket` (created on first sight) when it differs from the last.
-fn record_change<T: PartialEq>(histories: &mut Vec<(String, Vec<(T, Duration)>)>, socket: &str, value: T, t: Duration) {
-    let position = match histories.iter().position(|(name, _)| name == socket) {
-        Some(position) => position,
-        None => {
-            histories.push((socket.to_string(), Vec::new()));
-            histories.len() - 1
-        }
-    };
-    let history = &mut histories[position].1;
-    if history.last().map(|(last, _)| last) != Some(&value) {
-        history.push((value, t));
-    }
-}
-
-/// Each socket's consecutive distinct states with the time it entered them, in first-seen order.
-pub fn socket_histories(timeline: &Timeline, host: HostId) -> Vec<(String, Vec<(TcpState, Duration)>)> {
-    let mut histories: Vec<(String, Vec<(TcpState, Duration)>)> = Vec::new();
-    for event in timeline.events.iter().filter(|e| e.host == host) {
-        let EventKind::Socket(socket) = &event.kind else { continue };
-        record_change(&mut histories, &socket.socket, socket.state, event.t);
-    }
-    histories
 }
 
 fn socket_selected(socket: &str, events: &[&SocketEvent], port: Option<u16>, listeners: bool) -> bool {
@@ -554,13 +372,6 @@ fn sequence_failure(
     }
 }
 
-fn socket_events<'a>(timeline: &'a Timeline, host: HostId, socket: &'a str) -> impl Iterator<Item = &'a SocketEvent> {
-    timeline.events.iter().filter_map(move |e: &Event| match &e.kind {
-        EventKind::Socket(s) if e.host == host && s.socket == socket => Some(s),
-        _ => None,
-    })
-}
-
 /// The expected states appear in the history in order (others may come between), each at its time (counted
 /// from `anchor`) if given.
 fn history_matches(history: &[(TcpState, Duration)], expectation: &StateExpectation, anchor: Duration) -> bool {
@@ -609,28 +420,6 @@ fn judge_timer(expectation: &TimerExpectation, timeline: &Timeline) -> Result<()
         },
         around: best.map(|(_, t)| t),
     })
-}
-
-/// Each selected socket's consecutive distinct values of one queue with the time it took them, in first-seen
-/// order; a socket's history ends when it is gone.
-pub fn queue_histories(timeline: &Timeline, expectation: &QueueExpectation) -> Vec<(String, Vec<(u32, Duration)>)> {
-    let mut histories: Vec<(String, Vec<(u32, Duration)>)> = Vec::new();
-    for event in timeline.events.iter().filter(|e| e.host == expectation.host) {
-        let EventKind::Socket(socket) = &event.kind else { continue };
-        let is_listener = socket.socket.ends_with("*:*");
-        if socket.state == TcpState::Gone
-            || is_listener != expectation.listener
-            || expectation.port.is_some_and(|port| socket.local_port != port && socket.remote_port != port)
-        {
-            continue;
-        }
-        let value = match expectation.queue {
-            QueueKind::Recv => socket.recv_q,
-            QueueKind::Send => socket.send_q,
-        };
-        record_change(&mut histories, &socket.socket, value, event.t);
-    }
-    histories
 }
 
 fn judge_queue(expectation: &QueueExpectation, anchor: Anchor, timeline: &Timeline) -> Result<(), Failure> {
@@ -705,452 +494,8 @@ fn judge_queue(expectation: &QueueExpectation, anchor: Anchor, timeline: &Timeli
     ))
 }
 
-fn secs_opt<S: serde::Serializer>(t: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-    match t {
-        Some(t) => s.serialize_some(&t.as_secs_f64()),
-        None => s.serialize_none(),
-    }
-}
+#[cfg(test)]
+mod tests;
 
 #[cfg(test)]
-mod tests {
-    use std::net::Ipv4Addr;
-    use std::path::Path;
-
-    use super::*;
-    use crate::timeline::SocketEvent;
-
-    const SCENARIO: &str = r#"
-description: verdict test
-tolerance: 100ms
-server:
-  - listen: { port: 9000 }
-client:
-  - connect: { to: server, port: 9000 }
-    expect: { result: ETIMEDOUT, after: 7s }
-  - send: { bytes: 11 }
-expect:
-  packets:
-    - { from: client, flags: "S", at: [0s, 1s, 3s] }
-    - { from: client, flags: "R.", count: 0 }
-  states:
-    - { host: client, port: 9000, sequence: [SYN-SENT, { state: GONE, at: 7s }] }
-  timers:
-    - { host: client, timer: "on", retrans: 2 }
-"#;
-
-    fn plan() -> Plan {
-        crate::scenario::parse("verdict", Path::new("verdict.yaml"), SCENARIO).unwrap()
-    }
-
-    fn ms(n: u64) -> Duration {
-        Duration::from_millis(n)
-    }
-
-    fn syn(t: Duration) -> Event {
-        Event {
-            t,
-            host: HostId::Client,
-            kind: EventKind::Packet(PacketEvent {
-                direction: PacketDirection::Out,
-                src: Ipv4Addr::new(10, 0, 0, 1),
-                dst: Ipv4Addr::new(10, 0, 0, 2),
-                protocol: "tcp".into(),
-                ip_id: 0,
-                sport: 40000,
-                dport: 9000,
-                flags: 0x02,
-                seq: 0,
-                ack: 0,
-                window: 64240,
-                len: 0,
-                options: String::new(),
-                fault: None,
-            }),
-        }
-    }
-
-    fn socket(t: Duration, state: TcpState, retrans: u32) -> Event {
-        Event {
-            t,
-            host: HostId::Client,
-            kind: EventKind::Socket(SocketEvent {
-                socket: "10.0.0.1:40000 -> 10.0.0.2:9000".into(),
-                local_port: 40000,
-                remote_port: 9000,
-                state,
-                timer: (state == TcpState::SynSent).then_some(crate::scenario::plan::TimerKind::On),
-                expires: None,
-                retrans,
-                recv_q: 0,
-                send_q: 1,
-            }),
-        }
-    }
-
-    fn step(t: Duration, index: usize, end: Option<Outcome>) -> Event {
-        let label = format!("#{}", index + 1);
-        let kind = match end {
-            Some(outcome) => EventKind::StepEnd { step: index, label, outcome, detail: None },
-            None => EventKind::StepStart { step: index, label },
-        };
-        Event { t, host: HostId::Client, kind }
-    }
-
-    /// What the kernel does with tcp_syn_retries 2 and exponential backoff.
-    fn kernel_run(timeout_at: Duration, outcome: Outcome) -> Timeline {
-        Timeline::new(vec![
-            step(ms(0), 0, None),
-            syn(ms(1)),
-            socket(ms(5), TcpState::SynSent, 0),
-            syn(ms(1010)),
-            socket(ms(1015), TcpState::SynSent, 1),
-            syn(ms(3030)),
-            socket(ms(3035), TcpState::SynSent, 2),
-            socket(timeout_at, TcpState::Gone, 0),
-            step(timeout_at, 0, Some(outcome)),
-            step(timeout_at, 1, None),
-            step(timeout_at, 1, Some(Outcome::Error("EPIPE".into()))),
-        ])
-    }
-
-    #[test]
-    fn the_expected_run_passes_every_check() {
-        let verdict = judge(&plan(), &kernel_run(ms(7040), Outcome::Error("ETIMEDOUT".into())));
-        assert_eq!(verdict.failures, vec![]);
-        // outcome + after of the connect, two packet, one state, one timer expectations.
-        assert_eq!(verdict.checks, 6);
-    }
-
-    #[test]
-    fn a_different_errno_fails_with_both_names_and_the_line() {
-        let verdict = judge(&plan(), &kernel_run(ms(7040), Outcome::Error("ECONNREFUSED".into())));
-        assert_eq!(verdict.failures.len(), 1);
-        let failure = &verdict.failures[0];
-        assert_eq!((failure.expected.as_str(), failure.actual.as_str()), ("ETIMEDOUT", "ECONNREFUSED"));
-        assert_eq!(failure.location.line, 8);
-        assert!(failure.to_string().contains("client step #1 connect"), "{failure}");
-    }
-
-    #[test]
-    fn a_time_outside_the_tolerance_fails_and_one_inside_passes() {
-        let late = judge(&plan(), &kernel_run(ms(7101), Outcome::Error("ETIMEDOUT".into())));
-        let subjects: Vec<&str> = late.failures.iter().map(|f| f.expected.as_str()).collect();
-        assert!(subjects.contains(&"to end after 7.000000s ± 0.100000s"), "{late:?}");
-        assert!(late.failures.iter().any(|f| f.subject.contains("socket states")), "GONE at 7.101 is late too");
-        let in_time = judge(&plan(), &kernel_run(ms(7099), Outcome::Error("ETIMEDOUT".into())));
-        assert!(in_time.passed(), "{:?}", in_time.failures);
-    }
-
-    #[test]
-    fn a_step_that_never_ended_is_reported_as_still_running() {
-        let mut timeline = kernel_run(ms(7040), Outcome::Error("ETIMEDOUT".into()));
-        timeline.events.retain(|e| !matches!(e.kind, EventKind::StepEnd { step: 0, .. }));
-        let verdict = judge(&plan(), &timeline);
-        assert!(verdict.failures[0].actual.starts_with("still running at the end of the run"), "{verdict:?}");
-    }
-
-    #[test]
-    fn packet_counts_and_times_are_checked() {
-        let mut timeline = kernel_run(ms(7040), Outcome::Error("ETIMEDOUT".into()));
-        timeline.events.retain(|e| e.t != ms(3030));
-        let verdict = judge(&plan(), &timeline);
-        let packets = verdict.failures.iter().find(|f| f.subject == "packets from client [S]").unwrap();
-        assert_eq!(packets.actual, "2 at 0.001000s, 1.010000s");
-    }
-
-    #[test]
-    fn a_timer_count_that_never_reaches_n_fails() {
-        let mut timeline = kernel_run(ms(7040), Outcome::Error("ETIMEDOUT".into()));
-        timeline.events.retain(|e| e.t != ms(3035));
-        let verdict = judge(&plan(), &timeline);
-        let timer = verdict.failures.iter().find(|f| f.subject.starts_with("client timer on")).unwrap();
-        assert_eq!(timer.actual, "count at most 1 (last rise at 1.015000s)");
-    }
-
-    #[test]
-    fn states_must_come_in_order() {
-        let history = vec![(TcpState::Gone, ms(1)), (TcpState::SynSent, ms(2))];
-        let expectation = &plan().expect.states[0];
-        assert!(!history_matches(&history, expectation, Duration::ZERO));
-        let history = vec![(TcpState::SynSent, ms(1)), (TcpState::Established, ms(2)), (TcpState::Gone, ms(7000))];
-        assert!(history_matches(&history, expectation, Duration::ZERO));
-    }
-}
-
-#[cfg(test)]
-mod queue_and_filter_tests {
-    use std::net::Ipv4Addr;
-
-    use super::*;
-    use crate::scenario::plan::QueueStep;
-    use crate::timeline::{Event, Outcome, SocketEvent};
-
-    fn ms(n: u64) -> Duration {
-        Duration::from_millis(n)
-    }
-
-    fn socket(t: u64, label: &str, remote_port: u16, state: TcpState, recv_q: u32, send_q: u32) -> Event {
-        Event {
-            t: ms(t),
-            host: HostId::Server,
-            kind: EventKind::Socket(SocketEvent {
-                socket: label.to_string(),
-                local_port: 9000,
-                remote_port,
-                state,
-                timer: None,
-                expires: None,
-                retrans: 0,
-                recv_q,
-                send_q,
-            }),
-        }
-    }
-
-    fn packet(t: u64, host: HostId, protocol: &str, flags: u8, window: u16, len: u32) -> Event {
-        Event {
-            t: ms(t),
-            host,
-            kind: EventKind::Packet(PacketEvent {
-                direction: PacketDirection::Out,
-                src: Ipv4Addr::new(10, 0, 0, 2),
-                dst: Ipv4Addr::new(10, 0, 0, 1),
-                protocol: protocol.to_string(),
-                ip_id: 0,
-                sport: 9000,
-                dport: 40000,
-                flags,
-                seq: 0,
-                ack: 0,
-                window,
-                len,
-                options: String::new(),
-                fault: None,
-            }),
-        }
-    }
-
-    const LISTENER: &str = "10.0.0.2:9000 -> *:*";
-    const CONNECTION: &str = "10.0.0.2:9000 -> 10.0.0.1:40000";
-
-    /// A listener whose accept queue goes 0 -> 1 at 8 s, and a connection with 11 unread bytes at 8 s.
-    fn accept_queue_timeline() -> Timeline {
-        Timeline::new(vec![
-            socket(1, LISTENER, 0, TcpState::Listen, 0, 128),
-            socket(2, CONNECTION, 40000, TcpState::SynRecv, 0, 0),
-            socket(8000, LISTENER, 0, TcpState::Listen, 1, 128),
-            socket(8000, CONNECTION, 40000, TcpState::Established, 11, 0),
-            socket(10000, CONNECTION, 40000, TcpState::Gone, 0, 0),
-        ])
-    }
-
-    fn queue(listener: bool, sequence: &[(u32, Option<u64>)], max: Option<u32>) -> QueueExpectation {
-        QueueExpectation {
-            host: HostId::Server,
-            port: Some(9000),
-            listener,
-            queue: QueueKind::Recv,
-            sequence: sequence.iter().map(|(value, at)| QueueStep { value: *value, at: at.map(ms) }).collect(),
-            max,
-            tolerance: ms(100),
-            early_tolerance: None,
-            since: None,
-            location: Location { line: 3, column: 7 },
-        }
-    }
-
-    fn judge_queue_t0(expectation: &QueueExpectation, timeline: &Timeline) -> Result<(), Failure> {
-        judge_queue(expectation, Anchor::t0(), timeline)
-    }
-
-    #[test]
-    fn listener_recv_q_sequence_with_times() {
-        let timeline = accept_queue_timeline();
-        assert_eq!(judge_queue_t0(&queue(true, &[(0, None), (1, Some(8000))], Some(1)), &timeline), Ok(()));
-        let late = judge_queue_t0(&queue(true, &[(0, None), (1, Some(7000))], None), &timeline).unwrap_err();
-        assert_eq!(late.subject, "server listener (port 9000) Recv-Q values");
-        assert_eq!(late.expected, "0 then 1@7.000000s (± 0.100000s)");
-        assert_eq!(late.actual, "10.0.0.2:9000 -> *:*: 0@0.001000s 1@8.000000s");
-        assert_eq!(late.around, Some(ms(7000)));
-        let out_of_order = judge_queue_t0(&queue(true, &[(1, None), (0, None)], None), &timeline);
-        assert!(out_of_order.is_err(), "values must come in the given order");
-    }
-
-    #[test]
-    fn listener_and_connection_queues_are_apart() {
-        let timeline = accept_queue_timeline();
-        assert_eq!(judge_queue_t0(&queue(false, &[(0, None), (11, Some(8000))], Some(11)), &timeline), Ok(()));
-        assert!(judge_queue_t0(&queue(false, &[(1, None)], None), &timeline).is_err(), "1 is the listener's value");
-        let over = judge_queue_t0(&queue(false, &[], Some(10)), &timeline).unwrap_err();
-        assert_eq!(over.expected, "never more than 10");
-        assert!(over.actual.starts_with("11 at 8.000000s"), "{}", over.actual);
-        assert_eq!(over.around, Some(ms(8000)));
-    }
-
-    #[test]
-    fn gone_sockets_end_their_history_and_unseen_sockets_fail() {
-        let timeline = accept_queue_timeline();
-        assert_eq!(judge_queue_t0(&queue(false, &[(11, None)], Some(11)), &timeline), Ok(()), "GONE's 0 is no value");
-        let mut elsewhere = queue(true, &[], Some(5));
-        elsewhere.port = Some(8080);
-        let unseen = judge_queue_t0(&elsewhere, &timeline).unwrap_err();
-        assert_eq!(unseen.actual, "no such socket observed");
-    }
-
-    #[test]
-    fn packet_filter_by_flag_mask_and_its_description() {
-        let timeline = Timeline::new(vec![
-            packet(1, HostId::Client, "tcp", 0x11, 0, 100),
-            packet(2, HostId::Client, "tcp", 0x19, 40, 100),
-            packet(3, HostId::Client, "tcp", 0x14, 0, 100),
-            packet(4, HostId::Client, "tcp", 0x10, 0, 100),
-        ]);
-        let count = |flags: TcpFlagsMatch| {
-            sent_packets(&timeline, &PacketFilter { flags: Some(flags), ..PacketFilter::default() }).count()
-        };
-        let fin_without_rst = TcpFlagsMatch { mask: 0x01 | 0x04, value: 0x01 };
-        assert_eq!(count(fin_without_rst), 2, "F. and FP. alike");
-        assert_eq!(count(TcpFlagsMatch::exactly(0x11)), 1, "F. only");
-        assert_eq!(count(TcpFlagsMatch { mask: 0x04, value: 0x04 }), 1, "any RST");
-        assert_eq!(count(TcpFlagsMatch { mask: 0x01 | 0x04, value: 0 }), 1, "neither FIN nor RST");
-        let described = |flags| describe_filter(&PacketFilter { flags: Some(flags), ..PacketFilter::default() });
-        assert_eq!(described(TcpFlagsMatch::exactly(0x11)), "packets [F.]");
-        assert_eq!(described(fin_without_rst), "packets [F of FR]");
-        assert_eq!(described(TcpFlagsMatch { mask: 0x01 | 0x04, value: 0 }), "packets [none of FR]");
-    }
-
-    #[test]
-    fn packet_filter_by_window_and_protocol() {
-        let timeline = Timeline::new(vec![
-            packet(1, HostId::Server, "tcp", 0x10, 0, 0),
-            packet(2, HostId::Server, "tcp", 0x10, 576, 0),
-            packet(3, HostId::Server, "icmp", 0, 0, 0),
-        ]);
-        let count = |filter: PacketFilter| sent_packets(&timeline, &filter).count();
-        let zero_window =
-            PacketFilter { flags: Some(TcpFlagsMatch::exactly(0x10)), window: Some(0), ..PacketFilter::default() };
-        assert_eq!(count(zero_window.clone()), 1);
-        assert_eq!(count(PacketFilter { window: Some(576), ..PacketFilter::default() }), 1);
-        assert_eq!(count(PacketFilter::default()), 2, "no protocol means TCP only");
-        let icmp =
-            PacketFilter { from: Some(HostId::Server), protocol: Some(Protocol::Icmp), ..PacketFilter::default() };
-        assert_eq!(count(icmp.clone()), 1);
-        assert_eq!(count(PacketFilter { from: Some(HostId::Client), ..icmp.clone() }), 0);
-        assert_eq!(describe_filter(&zero_window), "packets [.] win 0");
-        assert_eq!(describe_filter(&icmp), "packets from server (icmp)");
-    }
-
-    fn step_event(t: u64, host: HostId, step: usize, end: bool) -> Event {
-        let label = format!("#{}", step + 1);
-        let kind = if end {
-            EventKind::StepEnd { step, label, outcome: Outcome::Ok, detail: None }
-        } else {
-            EventKind::StepStart { step, label }
-        };
-        Event { t: ms(t), host, kind }
-    }
-
-    #[test]
-    fn times_since_a_step_count_from_its_end() {
-        let plan = crate::scenario::parse(
-            "anchor",
-            std::path::Path::new("anchor.yaml"),
-            "description: d\nclient:\n  - sleep: 1s\n    name: warmup\n  - connect: { port: 9000 }\n    name: connect\n\
-             expect:\n  packets:\n    - { from: server, flags: \".\", at: [5s], since: client.connect, tolerance: 50ms }\n\
-             \x20   - { from: server, flags: \".\", within: [0s, 1s], count: 0, since: client.connect }\n\
-             \x20 states:\n    - { host: server, port: 9000, sequence: [{ state: SYN-RECV, at: 6s }], since: client.warmup }\n\
-             \x20 queues:\n    - { host: server, listener: true, queue: recv, sequence: [{ value: 1, at: 5s }], since: client.connect }\n",
-        )
-        .unwrap();
-        assert_eq!(plan.expect.packets[0].since, Some(Since::Step { host: HostId::Client, step: "connect".into() }));
-        let mut events = vec![
-            step_event(0, HostId::Client, 0, false),
-            step_event(1000, HostId::Client, 0, true),
-            step_event(1000, HostId::Client, 1, false),
-            step_event(1500, HostId::Client, 1, true),
-            // Before the anchor: not counted by the `within: [0s, 1s]` expectation.
-            packet(1200, HostId::Server, "tcp", 0x10, 64, 0),
-            packet(6520, HostId::Server, "tcp", 0x10, 64, 0),
-            socket(7000, LISTENER, 0, TcpState::Listen, 0, 128),
-        ];
-        events.push(socket(6500, LISTENER, 0, TcpState::Listen, 1, 128));
-        events.push(socket(7000, CONNECTION, 40000, TcpState::SynRecv, 0, 0));
-        let verdict = judge(&plan, &Timeline::new(events.clone()));
-        assert_eq!(verdict.failures, vec![], "5 s after connect is 6.5 s");
-
-        // The same packet 5 s after t0 is not 5 s after the connect.
-        events.retain(|e| !matches!(e.kind, EventKind::Packet(_)) || e.t != ms(6520));
-        events.push(packet(5000, HostId::Server, "tcp", 0x10, 64, 0));
-        let verdict = judge(&plan, &Timeline::new(events));
-        assert_eq!(verdict.failures.len(), 1);
-        let failure = &verdict.failures[0];
-        assert_eq!(failure.subject, "packets from server [.] since client.connect (1.500000s)");
-        assert_eq!(failure.actual, "1 at 3.500000s");
-        assert_eq!(failure.around, Some(ms(6500)));
-    }
-
-    #[test]
-    fn an_anchor_step_that_never_ended_fails_its_expectations() {
-        let plan = crate::scenario::parse(
-            "anchor",
-            std::path::Path::new("anchor.yaml"),
-            "description: d\nclient:\n  - connect: { port: 9000 }\n    name: connect\n\
-             expect:\n  packets:\n    - { from: client, count: 0, since: client.connect }\n",
-        )
-        .unwrap();
-        let verdict = judge(&plan, &Timeline::new(vec![step_event(0, HostId::Client, 0, false)]));
-        assert_eq!(verdict.failures.len(), 1);
-        assert_eq!(verdict.failures[0].expected, "client.connect to finish");
-        assert_eq!(verdict.failures[0].actual, "it never finished");
-    }
-
-    #[test]
-    fn tolerances_bound_each_side() {
-        assert!(within(ms(1300), ms(1000), ms(300), Some(ms(0))));
-        assert!(!within(ms(1301), ms(1000), ms(300), Some(ms(0))));
-        assert!(!within(ms(999), ms(1000), ms(300), Some(ms(0))), "no earliness allowed");
-        assert!(within(ms(990), ms(1000), ms(300), Some(ms(10))));
-        assert!(within(ms(700), ms(1000), ms(300), None), "symmetric by default");
-        assert!(!within(ms(699), ms(1000), ms(300), None));
-        assert_eq!(describe_tolerance(ms(300), None), "± 0.300000s");
-        assert_eq!(describe_tolerance(ms(300), Some(ms(300))), "± 0.300000s");
-        assert_eq!(describe_tolerance(ms(300), Some(ms(0))), "-0.000000s/+0.300000s");
-    }
-
-    #[test]
-    fn times_since_a_packet_count_from_its_kernel_timestamp() {
-        let plan = crate::scenario::parse(
-            "anchor",
-            std::path::Path::new("anchor.yaml"),
-            "description: d\nexpect:\n  packets:\n\
-             \x20   - { from: server, flags: \".\", window: 64, at: [0.2s, 0.6s], since: { packet: { from: server, window: 0 } }, tolerance: 10ms }\n\
-             \x20   - { from: server, count: 2, since: { packet: { from: server, window: 0 }, nth: 2 } }\n\
-             \x20   - { from: server, count: 0, since: { packet: { from: client } } }\n",
-        )
-        .unwrap();
-        assert_eq!(
-            plan.expect.packets[1].since,
-            Some(Since::Packet {
-                filter: PacketFilter { from: Some(HostId::Server), window: Some(0), ..PacketFilter::default() },
-                nth: 2
-            })
-        );
-        let timeline = Timeline::new(vec![
-            packet(100, HostId::Server, "tcp", 0x10, 64, 0),
-            packet(1000, HostId::Server, "tcp", 0x10, 0, 0),
-            packet(1200, HostId::Server, "tcp", 0x10, 64, 0),
-            packet(1500, HostId::Server, "tcp", 0x10, 0, 0),
-            packet(1600, HostId::Server, "tcp", 0x10, 64, 0),
-        ]);
-        let verdict = judge(&plan, &timeline);
-        assert_eq!(verdict.failures.len(), 1, "{:?}", verdict.failures);
-        let failure = &verdict.failures[0];
-        assert_eq!(failure.subject, "times since the 1st of the packets from client");
-        assert_eq!(failure.expected, "the 1st of the packets from client to be sent");
-        assert_eq!(failure.actual, "0 such packets");
-        assert_eq!(ordinal(2), "2nd");
-        assert_eq!(ordinal(13), "13th");
-        assert_eq!(ordinal(23), "23rd");
-    }
-}
+mod queue_and_filter_tests;

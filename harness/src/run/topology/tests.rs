@@ -1,3 +1,6 @@
+//! Topology against the real kernel: fresh namespaces, a veth pair, addresses, offloads and sysctls checked
+//! with `ip`, `ethtool`, `sysctl` and `tcpdump` (root needed; these fail, not skip, without it).
+
 use std::collections::BTreeSet;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr as InetAddr, TcpListener, TcpStream};
