@@ -2,6 +2,12 @@
 //!
 //! Data flows one way: YAML -> [`scenario::plan::Plan`] -> run in a child process (`run::engine`) ->
 //! [`timeline::Timeline`] -> [`report::verdict`] -> [`report`].
+//!
+//! The folders follow that flow, one stage each: [`scenario`] reads files into plans; [`run`] makes the run
+//! happen (namespaces, the wire, faults, programs, the child processes); `observe` watches the kernel (wire
+//! capture, socket states) and only emits events; [`timeline`] is the one data structure in the middle, written
+//! by run and observe and read, through its queries, by everyone after; [`report`] judges and writes. Each
+//! stage depends only on the ones before it and on the timeline, never on a later one.
 
 #[cfg(feature = "bench")]
 mod bench;
