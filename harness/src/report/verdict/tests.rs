@@ -13,16 +13,16 @@ server:
   - listen: { port: 9000 }
 client:
   - connect: { to: server, port: 9000 }
-expect: { result: ETIMEDOUT, after: 7s }
+    expect: { result: ETIMEDOUT, after: 7s }
   - send: { bytes: 11 }
 expect:
   packets:
-- { from: client, flags: "S", at: [0s, 1s, 3s] }
-- { from: client, flags: "R.", count: 0 }
+    - { from: client, flags: "S", at: [0s, 1s, 3s] }
+    - { from: client, flags: "R.", count: 0 }
   states:
-- { host: client, port: 9000, sequence: [SYN-SENT, { state: GONE, at: 7s }] }
+    - { host: client, port: 9000, sequence: [SYN-SENT, { state: GONE, at: 7s }] }
   timers:
-- { host: client, timer: "on", retrans: 2 }
+    - { host: client, timer: "on", retrans: 2 }
 "#;
 
 fn plan() -> Plan {
