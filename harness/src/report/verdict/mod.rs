@@ -1,0 +1,541 @@
+//! The verdict: a pure function of the plan's expectations and the run's timeline.
+//!
+//! A verdict failure means the kernel behaved otherwise than the scenario says; it is not a harness error.
+
+mod describe;
+
+use describe::{at_text, ordinal};
+pub use describe::{describe_expectation, describe_filter, describe_outcome, describe_tolerance};
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::scenario::plan::{
+    Action, ExpectedOutcome, HostId, Location, PacketExpectation, Plan, QueueExpectation, Since, StateExpectation,
+    StepExpectation, StepPlan, TcpState, TimerExpectation,
+};
+use crate::timeline::query::{
+    deadline_of, queue_histories, ran_into_deadline, sent_by_all, sent_packets, socket_events_by_host,
+    socket_histories, SentPacket, SocketEvents, SocketHistory, StepRecord, StepRecords,
+};
+use crate::timeline::{format_secs, Outcome, SocketEvent, Timeline};
+
+/// One expectation the run did not meet.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Failure {
+    /// Where the expectation is written in the scenario file.
+    pub location: Location,
+    /// What was checked, e.g. `client step read (recv)`.
+    pub subject: String,
+    pub expected: String,
+    pub actual: String,
+    /// Scenario time the failure is about, to show the timeline around it.
+    #[serde(skip)]
+    pub around: Option<Duration>,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}: expected {}, got {}", self.location.line, self.subject, self.expected, self.actual)
+    }
+}
+
+/// Every expectation checked, and those that failed.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Verdict {
+    pub checks: usize,
+    pub failures: Vec<Failure>,
+}
+
+impl Verdict {
+    pub fn passed(&self) -> bool {
+        self.failures.is_empty()
+    }
+
+    fn check(&mut self, result: Result<(), Failure>) {
+        self.checks += 1;
+        if let Err(failure) = result {
+            self.failures.push(failure);
+        }
+    }
+}
+
+/// Judges a run: every step expectation, then every whole-run expectation. Each check reads the timeline
+/// sorted once into steps, sent packets and socket events, so a run of tens of thousands of steps is judged in
+/// time linear in its events.
+pub fn judge(plan: &Plan, timeline: &Timeline) -> Verdict {
+    let mut verdict = Verdict::default();
+    let facts = Facts::of(plan, timeline);
+    for host in &plan.hosts {
+        for step in &host.steps {
+            if let Some(record) = facts.steps.get(host.id, step.index) {
+                judge_step(&mut verdict, host.id, step, record, facts.deadline, plan.deadline);
+            }
+        }
+    }
+    for expectation in &plan.expect.packets {
+        let anchor = resolve_anchor(plan, &facts, expectation.since.as_ref(), expectation.location);
+        verdict.check(anchor.and_then(|anchor| judge_packets(expectation, anchor, &facts.sent)));
+    }
+    for expectation in &plan.expect.states {
+        let anchor = resolve_anchor(plan, &facts, expectation.since.as_ref(), expectation.location);
+        let histories = &facts.histories[expectation.host.index()];
+        verdict.check(anchor.and_then(|anchor| judge_states(expectation, anchor, histories)));
+    }
+    for expectation in &plan.expect.timers {
+        verdict.check(judge_timer(expectation, &facts.sockets[expectation.host.index()]));
+    }
+    for expectation in &plan.expect.queues {
+        let anchor = resolve_anchor(plan, &facts, expectation.since.as_ref(), expectation.location);
+        let events = &facts.sockets[expectation.host.index()];
+        verdict.check(anchor.and_then(|anchor| judge_queue(expectation, anchor, events)));
+    }
+    verdict
+}
+
+/// The timeline sorted into what the checks read, each part in one pass.
+struct Facts<'a> {
+    steps: StepRecords,
+    deadline: Option<Duration>,
+    sent: Vec<SentPacket<'a>>,
+    /// By `HostId::index()`.
+    sockets: [SocketEvents<'a>; 2],
+    /// By `HostId::index()`.
+    histories: [Vec<SocketHistory>; 2],
+}
+
+impl<'a> Facts<'a> {
+    fn of(plan: &Plan, timeline: &'a Timeline) -> Facts<'a> {
+        let sockets = socket_events_by_host(timeline);
+        let histories = HostId::ALL.map(|host| socket_histories(&sockets[host.index()]));
+        Facts {
+            steps: StepRecords::of(plan, timeline),
+            deadline: deadline_of(timeline),
+            sent: sent_by_all(timeline),
+            sockets,
+            histories,
+        }
+    }
+}
+
+/// The zero of an expectation's times: t0, or the end of its `since` step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Anchor {
+    /// Scenario time of the zero.
+    pub t: Duration,
+    /// ` since client.connect (0.039000s)`, or empty for t0.
+    pub label: String,
+}
+
+impl Anchor {
+    pub fn t0() -> Anchor {
+        Anchor { t: Duration::ZERO, label: String::new() }
+    }
+}
+
+/// Finds when the `since` step ended or its packet left; a step that never ended, or a packet never seen,
+/// fails the expectation that counts from it.
+fn resolve_anchor(
+    plan: &Plan,
+    facts: &Facts<'_>,
+    since: Option<&Since>,
+    location: Location,
+) -> Result<Anchor, Failure> {
+    let (name, t, missing) = match since {
+        None => return Ok(Anchor::t0()),
+        Some(Since::Step { host, step }) => {
+            let name = format!("{host}.{step}");
+            let end = plan.step(*host, step).and_then(|step| facts.steps.get(*host, step.index)?.end);
+            (name.clone(), end, (format!("{name} to finish"), "it never finished".to_string()))
+        }
+        Some(Since::Packet { filter, nth }) => {
+            let name = format!("the {} of the {}", ordinal(*nth), describe_filter(filter));
+            let seen: Vec<Duration> = sent_packets(&facts.sent, filter).map(|(t, _)| t).collect();
+            let t = seen.get(*nth as usize - 1).copied();
+            (name.clone(), t, (format!("{name} to be sent"), format!("{} such packets", seen.len())))
+        }
+    };
+    match t {
+        Some(t) => Ok(Anchor { t, label: format!(" since {name} ({}s)", format_secs(t)) }),
+        None => Err(Failure {
+            location,
+            subject: format!("times since {name}"),
+            expected: missing.0,
+            actual: missing.1,
+            around: None,
+        }),
+    }
+}
+
+/// A step's expectation, and the deadline: a step still running when the run reached its deadline fails the
+/// run, named at its line, with or without an expectation, whatever it ended with afterwards.
+fn judge_step(
+    verdict: &mut Verdict,
+    host: HostId,
+    step: &StepPlan,
+    record: &StepRecord,
+    deadline: Option<Duration>,
+    scenario_deadline: Duration,
+) {
+    let expect = &step.expect;
+    let subject = format!("{host} step {}", step.label());
+    let failure = |expected: String, actual: String, around: Option<Duration>| Failure {
+        location: expect.location,
+        subject: subject.clone(),
+        expected,
+        actual,
+        around,
+    };
+    if let Some(detail) = record.detail.as_deref().filter(|d| d.starts_with(PATTERN_MISSING)) {
+        verdict.check(Err(failure("output matching every pattern".into(), detail.to_string(), record.end)));
+    }
+    let has_expectation = expect.outcome.is_some() || expect.after.is_some() || expect.at.is_some();
+    if ran_into_deadline(record, deadline) {
+        let expected = if has_expectation {
+            describe_expectation(expect)
+        } else {
+            format!("to end before the scenario deadline ({}s)", format_secs(scenario_deadline))
+        };
+        let actual = cut_by_deadline(record, has_expectation);
+        verdict.check(Err(failure(expected, actual, deadline.or(record.end).or(record.start))));
+        return;
+    }
+    // A program that cannot start (missing, not executable, a folder) is no test of the kernel: the step fails
+    // unless the scenario expects exactly that errno.
+    if let (Action::Exec(_), Some(Outcome::Error(errno))) = (&step.action, &record.outcome) {
+        if !matches!(expect.outcome, Some(ExpectedOutcome::Error(_))) {
+            let detail = record.detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default();
+            verdict.check(Err(failure("the program to start".into(), format!("{errno}{detail}"), record.end)));
+            return;
+        }
+    }
+    if !has_expectation {
+        return;
+    }
+    let (Some(end), Some(outcome)) = (record.end, record.outcome.as_ref()) else {
+        // Without a deadline a step is left unended only by a program that failed in the harness, which the run
+        // reports as a harness error.
+        let actual = match record.start {
+            Some(start) => format!("still running at the end of the run (started at {}s)", format_secs(start)),
+            None => "never started".to_string(),
+        };
+        verdict.check(Err(failure(describe_expectation(expect), actual, record.start)));
+        return;
+    };
+    if let Some(expected) = &expect.outcome {
+        let result = if outcome_matches(expected, outcome) {
+            Ok(())
+        } else {
+            Err(failure(describe_outcome(expected), outcome.to_string(), Some(end)))
+        };
+        verdict.check(result);
+    }
+    if let (Some(after), Some(elapsed)) = (expect.after, record.elapsed()) {
+        verdict.check(judge_time("after", after, elapsed, expect, outcome).map_err(|(e, a)| failure(e, a, Some(end))));
+    }
+    if let Some(at) = expect.at {
+        verdict.check(judge_time("at", at, end, expect, outcome).map_err(|(e, a)| failure(e, a, Some(end))));
+    }
+}
+
+/// What a step the deadline cut did, in words: still blocked, cut by its own bounded wait, or ended only after
+/// the deadline (when the run killed the programs it was blocked on).
+fn cut_by_deadline(record: &StepRecord, has_expectation: bool) -> String {
+    let started = record.start.map(format_secs).unwrap_or_default();
+    match (record.end, &record.outcome) {
+        (Some(end), Some(Outcome::Unfinished)) => match (&record.detail, has_expectation) {
+            (_, true) => "unfinished at the deadline".to_string(),
+            (Some(detail), false) => format!("unfinished at {}s: {detail}", format_secs(end)),
+            (None, false) => format!("unfinished at {}s", format_secs(end)),
+        },
+        (Some(end), Some(outcome)) => format!(
+            "still running at the deadline (started at {started}s; it ended only after it, {outcome} at {}s, when \
+             the run stopped)",
+            format_secs(end)
+        ),
+        _ => format!("still running at the deadline (started at {started}s)"),
+    }
+}
+
+/// A step's end `after` its start or `at` a scenario time: `(expected, actual)` texts when out of tolerance.
+fn judge_time(
+    word: &str,
+    expected: Duration,
+    actual: Duration,
+    expect: &StepExpectation,
+    outcome: &Outcome,
+) -> Result<(), (String, String)> {
+    if within(actual, expected, expect.tolerance, expect.early_tolerance) {
+        return Ok(());
+    }
+    Err((
+        format!(
+            "to end {word} {}s {}",
+            format_secs(expected),
+            describe_tolerance(expect.tolerance, expect.early_tolerance)
+        ),
+        format!("{outcome} {word} {}s", format_secs(actual)),
+    ))
+}
+
+/// Prefix of a step detail saying that an exec'd program's output lacked a required pattern.
+pub const PATTERN_MISSING: &str = "pattern not found";
+
+/// `actual` is at most `late` after `expected` and at most `early` (by default `late`) before it.
+fn within(actual: Duration, expected: Duration, late: Duration, early: Option<Duration>) -> bool {
+    if actual >= expected {
+        actual - expected <= late
+    } else {
+        expected - actual <= early.unwrap_or(late)
+    }
+}
+
+fn outcome_matches(expected: &ExpectedOutcome, actual: &Outcome) -> bool {
+    match (expected, actual) {
+        (ExpectedOutcome::Ok, Outcome::Ok) => true,
+        (ExpectedOutcome::Bytes(n), Outcome::Bytes(m)) => n == m,
+        (ExpectedOutcome::Eof, Outcome::Eof) => true,
+        (ExpectedOutcome::Error(errno), Outcome::Error(name)) => errno.name() == *name,
+        (ExpectedOutcome::Events(events), Outcome::Events(names)) => {
+            let mut expected: Vec<&str> = events.iter().map(|e| e.name()).collect();
+            let mut actual: Vec<&str> = names.iter().map(String::as_str).collect();
+            expected.sort_unstable();
+            actual.sort_unstable();
+            expected == actual
+        }
+        (ExpectedOutcome::Timeout, Outcome::Timeout) => true,
+        (ExpectedOutcome::Exit(code), Outcome::Exit { code: Some(actual), .. }) => code == actual,
+        _ => false,
+    }
+}
+
+fn judge_packets(expectation: &PacketExpectation, anchor: Anchor, sent: &[SentPacket<'_>]) -> Result<(), Failure> {
+    // Times relative to the anchor; packets before it do not count.
+    let times: Vec<Duration> = sent_packets(sent, &expectation.filter)
+        .filter_map(|(t, _)| t.checked_sub(anchor.t))
+        .filter(|t| expectation.window.is_none_or(|(start, end)| *t >= start && *t <= end))
+        .collect();
+    let mut subject = describe_filter(&expectation.filter);
+    if let Some((start, end)) = expectation.window {
+        subject.push_str(&format!(" within [{}s, {}s]", format_secs(start), format_secs(end)));
+    }
+    subject.push_str(&anchor.label);
+    let list = |ts: &[Duration]| {
+        if ts.is_empty() {
+            "none".to_string()
+        } else {
+            ts.iter().map(|t| format!("{}s", format_secs(*t))).collect::<Vec<_>>().join(", ")
+        }
+    };
+    let fail = |expected: String, around: Option<Duration>| Failure {
+        location: expectation.location,
+        subject: subject.clone(),
+        expected,
+        actual: format!("{} at {}", times.len(), list(&times)),
+        around: around.map(|t| t + anchor.t),
+    };
+    if let Some(count) = expectation.count {
+        if times.len() != count as usize {
+            return Err(fail(format!("{count}"), times.first().copied()));
+        }
+    }
+    if !expectation.at.is_empty() {
+        let expected = format!(
+            "at {} {}",
+            list(&expectation.at),
+            describe_tolerance(expectation.tolerance, expectation.early_tolerance)
+        );
+        if times.len() != expectation.at.len() {
+            return Err(fail(expected, times.first().copied().or(expectation.at.first().copied())));
+        }
+        for (actual, wanted) in times.iter().zip(&expectation.at) {
+            if !within(*actual, *wanted, expectation.tolerance, expectation.early_tolerance) {
+                return Err(fail(expected, Some(*wanted)));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn judge_states(expectation: &StateExpectation, anchor: Anchor, histories: &[SocketHistory]) -> Result<(), Failure> {
+    let wants_listener = expectation.sequence.iter().any(|s| s.state == TcpState::Listen);
+    let mut seen = Vec::new();
+    for history in histories {
+        if (history.is_listener() && !wants_listener)
+            || expectation.port.is_some_and(|port| history.local_port != port && history.remote_port != port)
+        {
+            continue;
+        }
+        if history_matches(&history.states, expectation, anchor.t) {
+            return Ok(());
+        }
+        let states: Vec<String> =
+            history.states.iter().map(|(state, t)| format!("{state}@{}s", format_secs(*t))).collect();
+        seen.push(format!("{}: {}", history.socket, states.join(" ")));
+    }
+    let mut subject = format!("{} socket states", expectation.host);
+    if let Some(port) = expectation.port {
+        subject.push_str(&format!(" (port {port})"));
+    }
+    let steps: Vec<(&dyn fmt::Display, Option<Duration>)> =
+        expectation.sequence.iter().map(|step| (&step.state as &dyn fmt::Display, step.at)).collect();
+    Err(sequence_failure(
+        (expectation.location, subject),
+        &steps,
+        (expectation.tolerance, expectation.early_tolerance),
+        &anchor,
+        if seen.is_empty() { "no such socket observed".into() } else { seen.join("; ") },
+    ))
+}
+
+/// How a sequence expectation (socket states, queue values) failed: `subject` at `location`, the expected steps
+/// in order with their times and tolerance (late, early) counted from `anchor`, and what was seen instead.
+fn sequence_failure(
+    (location, subject): (Location, String),
+    steps: &[(&dyn fmt::Display, Option<Duration>)],
+    (late, early): (Duration, Option<Duration>),
+    anchor: &Anchor,
+    actual: String,
+) -> Failure {
+    let expected: Vec<String> = steps.iter().map(|(value, at)| at_text(*value, *at)).collect();
+    Failure {
+        location,
+        subject,
+        expected: format!("{} ({}){}", expected.join(" then "), describe_tolerance(late, early), anchor.label),
+        actual,
+        around: steps.iter().find_map(|(_, at)| *at).map(|at| at + anchor.t),
+    }
+}
+
+/// The expected states appear in the history in order (others may come between), each at its time (counted
+/// from `anchor`) if given.
+fn history_matches(history: &[(TcpState, Duration)], expectation: &StateExpectation, anchor: Duration) -> bool {
+    let mut remaining = history.iter();
+    expectation.sequence.iter().all(|wanted| {
+        remaining.any(|(state, t)| {
+            *state == wanted.state
+                && wanted
+                    .at
+                    .is_none_or(|at| within(*t, anchor + at, expectation.tolerance, expectation.early_tolerance))
+        })
+    })
+}
+
+fn judge_timer(expectation: &TimerExpectation, events: &[(Duration, &SocketEvent)]) -> Result<(), Failure> {
+    let mut best: Option<(u32, Duration)> = None;
+    for (t, socket) in events {
+        if expectation.port.is_some_and(|port| socket.local_port != port && socket.remote_port != port) {
+            continue;
+        }
+        if socket.timer != Some(expectation.timer) || expectation.state.is_some_and(|s| s != socket.state) {
+            continue;
+        }
+        if best.is_none_or(|(retrans, _)| socket.retrans > retrans) {
+            best = Some((socket.retrans, *t));
+        }
+        if expectation.retrans.is_none_or(|wanted| socket.retrans >= wanted) {
+            return Ok(());
+        }
+    }
+    let mut subject = format!("{} timer {}", expectation.host, expectation.timer);
+    if let Some(state) = expectation.state {
+        subject.push_str(&format!(" in {state}"));
+    }
+    Err(Failure {
+        location: expectation.location,
+        subject,
+        expected: match expectation.retrans {
+            Some(n) => format!("the timer with its count reaching {n}"),
+            None => "the timer to be seen".into(),
+        },
+        actual: match best {
+            Some((retrans, t)) => format!("count at most {retrans} (last rise at {}s)", format_secs(t)),
+            None => "never seen".into(),
+        },
+        around: best.map(|(_, t)| t),
+    })
+}
+
+fn judge_queue(
+    expectation: &QueueExpectation,
+    anchor: Anchor,
+    events: &[(Duration, &SocketEvent)],
+) -> Result<(), Failure> {
+    let histories = queue_histories(events, expectation);
+    let mut subject = format!(
+        "{} {}{} {}",
+        expectation.host,
+        if expectation.listener { "listener " } else { "" },
+        match expectation.port {
+            Some(port) => format!("(port {port})"),
+            None => "(any port)".to_string(),
+        },
+        expectation.queue.name()
+    );
+    let describe = |history: &[(u32, Duration)]| {
+        history.iter().map(|(v, t)| format!("{v}@{}s", format_secs(*t))).collect::<Vec<_>>().join(" ")
+    };
+    let seen = || {
+        if histories.is_empty() {
+            "no such socket observed".to_string()
+        } else {
+            histories.iter().map(|(socket, h)| format!("{socket}: {}", describe(h))).collect::<Vec<_>>().join("; ")
+        }
+    };
+    if let Some(max) = expectation.max {
+        let over = histories.iter().flat_map(|(_, history)| history.iter()).find(|(value, _)| *value > max);
+        if let Some((value, t)) = over {
+            return Err(Failure {
+                location: expectation.location,
+                subject,
+                expected: format!("never more than {max}"),
+                actual: format!("{value} at {}s ({})", format_secs(*t), seen()),
+                around: Some(*t),
+            });
+        }
+        if histories.is_empty() {
+            return Err(Failure {
+                location: expectation.location,
+                subject,
+                expected: format!("a socket to observe, never more than {max}"),
+                actual: seen(),
+                around: None,
+            });
+        }
+    }
+    if expectation.sequence.is_empty() {
+        return Ok(());
+    }
+    let matches = |history: &[(u32, Duration)]| {
+        let mut remaining = history.iter();
+        expectation.sequence.iter().all(|wanted| {
+            remaining.any(|(value, t)| {
+                *value == wanted.value
+                    && wanted
+                        .at
+                        .is_none_or(|at| within(*t, anchor.t + at, expectation.tolerance, expectation.early_tolerance))
+            })
+        })
+    };
+    if histories.iter().any(|(_, history)| matches(history)) {
+        return Ok(());
+    }
+    subject.push_str(" values");
+    let steps: Vec<(&dyn fmt::Display, Option<Duration>)> =
+        expectation.sequence.iter().map(|step| (&step.value as &dyn fmt::Display, step.at)).collect();
+    Err(sequence_failure(
+        (expectation.location, subject),
+        &steps,
+        (expectation.tolerance, expectation.early_tolerance),
+        &anchor,
+        seen(),
+    ))
+}
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+mod queue_and_filter_tests;

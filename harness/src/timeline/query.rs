@@ -1,0 +1,239 @@
+//! Queries on the timeline, the run's read model: a step's start and end, the packets a host sent, each
+//! socket's history of states or queue values. The verdict, the engine's triggers and the report all read the
+//! run through these. Each is one pass over the events (or over what an earlier pass sorted out), so a run of
+//! tens of thousands of steps is read in time linear in its events.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{EventKind, Outcome, PacketDirection, PacketEvent, SocketEvent, Timeline};
+use crate::scenario::plan::{HostId, PacketFilter, Plan, Protocol, QueueExpectation, QueueKind, TcpState};
+
+/// The start and end of one step as the timeline recorded them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepRecord {
+    pub host: HostId,
+    pub index: usize,
+    #[serde(serialize_with = "secs_opt")]
+    pub start: Option<Duration>,
+    #[serde(serialize_with = "secs_opt")]
+    pub end: Option<Duration>,
+    pub outcome: Option<Outcome>,
+    pub detail: Option<String>,
+}
+
+impl StepRecord {
+    pub fn elapsed(&self) -> Option<Duration> {
+        Some(self.end?.saturating_sub(self.start?))
+    }
+}
+
+/// Every step's record, indexed by host and step, found in one pass over the timeline.
+#[derive(Debug, Clone)]
+pub struct StepRecords {
+    /// By `HostId::index()`, then by step index.
+    by_host: [Vec<StepRecord>; 2],
+}
+
+impl StepRecords {
+    pub fn of(plan: &Plan, timeline: &Timeline) -> StepRecords {
+        let mut by_host = HostId::ALL.map(|host| {
+            (0..plan.host(host).steps.len()).map(|index| StepRecord::empty(host, index)).collect::<Vec<_>>()
+        });
+        for event in &timeline.events {
+            let records = &mut by_host[event.host.index()];
+            match &event.kind {
+                EventKind::StepStart { step, .. } => {
+                    if let Some(record) = records.get_mut(*step) {
+                        record.start = Some(event.t);
+                    }
+                }
+                EventKind::StepEnd { step, outcome, detail, .. } => {
+                    if let Some(record) = records.get_mut(*step) {
+                        record.end = Some(event.t);
+                        record.outcome = Some(outcome.clone());
+                        record.detail.clone_from(detail);
+                    }
+                }
+                _ => {}
+            }
+        }
+        StepRecords { by_host }
+    }
+
+    /// The record of `host`'s step `index`; `None` for a step the plan does not have.
+    pub fn get(&self, host: HostId, index: usize) -> Option<&StepRecord> {
+        self.by_host[host.index()].get(index)
+    }
+}
+
+impl StepRecord {
+    /// A step that neither started nor ended.
+    pub fn empty(host: HostId, index: usize) -> StepRecord {
+        StepRecord { host, index, start: None, end: None, outcome: None, detail: None }
+    }
+}
+
+/// When the run was cut at its deadline (scenario time), if it was.
+pub fn deadline_of(timeline: &Timeline) -> Option<Duration> {
+    timeline.events.iter().find_map(|e| matches!(e.kind, EventKind::Deadline { .. }).then_some(e.t))
+}
+
+/// Whether a step was still running when the run reached its `deadline`: it started and had not ended by then
+/// (it never ended, the deadline cut it `unfinished`, or it ended only afterwards, as when the run stopped the
+/// peer program it was blocked on).
+pub fn ran_into_deadline(record: &StepRecord, deadline: Option<Duration>) -> bool {
+    let Some(deadline) = deadline else { return false };
+    record.start.is_some()
+        && match (record.end, &record.outcome) {
+            (None, _) | (_, Some(Outcome::Unfinished)) => true,
+            (Some(end), _) => end >= deadline,
+        }
+}
+
+/// A packet as its sender's capture saw it leave: time, sender, packet.
+pub type SentPacket<'a> = (Duration, HostId, &'a PacketEvent);
+
+/// Every packet as its sender's capture saw it leave (each packet once), in time order.
+pub fn sent_by_all(timeline: &Timeline) -> Vec<SentPacket<'_>> {
+    timeline
+        .events
+        .iter()
+        .filter_map(|event| match &event.kind {
+            EventKind::Packet(packet) if packet.direction == PacketDirection::Out => {
+                Some((event.t, event.host, packet))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The packets of `sent` that match `filter` (its `from` included).
+pub fn sent_packets<'a>(
+    sent: &'a [SentPacket<'a>],
+    filter: &'a PacketFilter,
+) -> impl Iterator<Item = (Duration, &'a PacketEvent)> + 'a {
+    sent.iter()
+        .filter(move |(_, host, packet)| filter.from.is_none_or(|from| from == *host) && packet_matches(filter, packet))
+        .map(|(t, _, packet)| (*t, *packet))
+}
+
+/// Whether a packet has the filter's protocol (TCP unless it says otherwise), flags, payload length and window;
+/// `from` is left to the caller, which knows the capturing host.
+pub fn packet_matches(filter: &PacketFilter, packet: &PacketEvent) -> bool {
+    let protocol = match filter.protocol {
+        None | Some(Protocol::Tcp) => "tcp",
+        Some(Protocol::Udp) => "udp",
+        Some(Protocol::Icmp) => "icmp",
+    };
+    packet.protocol == protocol
+        && filter.flags.is_none_or(|flags| flags.matches(packet.flags))
+        && filter.len.is_none_or(|len| len == packet.len)
+        && filter.window.is_none_or(|window| window == packet.window)
+}
+
+/// One host's socket events with their times, in time order.
+pub type SocketEvents<'a> = Vec<(Duration, &'a SocketEvent)>;
+
+/// Each host's socket events (by `HostId::index()`).
+pub fn socket_events_by_host(timeline: &Timeline) -> [SocketEvents<'_>; 2] {
+    let mut by_host: [SocketEvents<'_>; 2] = [Vec::new(), Vec::new()];
+    for event in &timeline.events {
+        if let EventKind::Socket(socket) = &event.kind {
+            by_host[event.host.index()].push((event.t, socket));
+        }
+    }
+    by_host
+}
+
+/// Consecutive distinct values of something per socket, in first-seen order: one entry per socket label.
+struct Histories<'a, T> {
+    entries: Vec<(&'a SocketEvent, Vec<(T, Duration)>)>,
+    position: HashMap<&'a str, usize>,
+}
+
+impl<'a, T: PartialEq> Histories<'a, T> {
+    fn new() -> Histories<'a, T> {
+        Histories { entries: Vec::new(), position: HashMap::new() }
+    }
+
+    /// Appends `value` at `t` to the history of `socket` (created on first sight) when it differs from the last.
+    fn record(&mut self, socket: &'a SocketEvent, value: T, t: Duration) {
+        let entries = &mut self.entries;
+        let position = *self.position.entry(socket.socket.as_str()).or_insert_with(|| {
+            entries.push((socket, Vec::new()));
+            entries.len() - 1
+        });
+        let history = &mut self.entries[position].1;
+        if history.last().map(|(last, _)| last) != Some(&value) {
+            history.push((value, t));
+        }
+    }
+}
+
+/// One socket's consecutive distinct states with the time it entered each, and its ports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SocketHistory {
+    /// `local -> remote`, as the socket events name it.
+    pub socket: String,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub states: Vec<(TcpState, Duration)>,
+}
+
+impl SocketHistory {
+    pub fn is_listener(&self) -> bool {
+        self.socket.ends_with("*:*")
+    }
+}
+
+/// Each socket's consecutive distinct states, in first-seen order, from one host's socket events.
+pub fn socket_histories(events: &[(Duration, &SocketEvent)]) -> Vec<SocketHistory> {
+    let mut histories = Histories::new();
+    for (t, socket) in events {
+        histories.record(socket, socket.state, *t);
+    }
+    histories
+        .entries
+        .into_iter()
+        .map(|(first, states)| SocketHistory {
+            socket: first.socket.clone(),
+            local_port: first.local_port,
+            remote_port: first.remote_port,
+            states,
+        })
+        .collect()
+}
+
+/// Each selected socket's consecutive distinct values of one queue with the time it took them, in first-seen
+/// order, from the socket events of the expectation's host; a socket's history ends when it is gone.
+pub fn queue_histories(
+    events: &[(Duration, &SocketEvent)],
+    expectation: &QueueExpectation,
+) -> Vec<(String, Vec<(u32, Duration)>)> {
+    let mut histories = Histories::new();
+    for (t, socket) in events {
+        let is_listener = socket.socket.ends_with("*:*");
+        if socket.state == TcpState::Gone
+            || is_listener != expectation.listener
+            || expectation.port.is_some_and(|port| socket.local_port != port && socket.remote_port != port)
+        {
+            continue;
+        }
+        let value = match expectation.queue {
+            QueueKind::Recv => socket.recv_q,
+            QueueKind::Send => socket.send_q,
+        };
+        histories.record(socket, value, *t);
+    }
+    histories.entries.into_iter().map(|(first, values)| (first.socket.clone(), values)).collect()
+}
+
+fn secs_opt<S: serde::Serializer>(t: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_some(&t.as_secs_f64()),
+        None => s.serialize_none(),
+    }
+}
