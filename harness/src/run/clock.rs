@@ -67,11 +67,6 @@ impl EventSink {
         &self.clock
     }
 
-    /// Records `kind` on `host` now.
-    pub fn emit(&self, host: HostId, kind: EventKind) {
-        self.emit_at(self.clock.now(), host, kind);
-    }
-
     /// Records `kind` on `host` at a time measured elsewhere (a packet's kernel timestamp).
     pub fn emit_at(&self, t: Duration, host: HostId, kind: EventKind) {
         // The receiver is gone only once the run is over; late events have nowhere to go.

@@ -16,8 +16,9 @@ use crate::run::clock::{Clock, EventSink};
 use crate::run::firewall::{self, Firewall};
 use crate::run::netns::Netns;
 use crate::run::priority;
+use crate::run::switchboard::Switchboard;
 use crate::run::topology;
-use crate::scenario::plan::{Direction, FaultPlan, HostId, Plan, StepEdge, Trigger};
+use crate::scenario::plan::{Direction, HostId, Plan};
 use crate::timeline::query::{self, StepRecords};
 use crate::timeline::{Event, EventKind, PacketDirection, Timeline};
 
@@ -52,8 +53,9 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
     let setup_started = Instant::now();
     let clock = Clock::unstarted();
     let (sink, events) = EventSink::new(clock.clone());
-    let Rig { namespaces, mut firewalls, captures, observers, .. } = set_up(plan, report_dir, &sink)?;
+    let Rig { namespaces, firewalls, captures, observers, .. } = set_up(plan, report_dir, &sink)?;
     let setup = setup_started.elapsed();
+    let switches = Arc::new(Switchboard::new(plan, firewalls, clock.clone()));
 
     // Both program threads are spawned, inside their namespaces and waiting before t0 is taken: creating and
     // scheduling a thread on a busy machine can take a few hundred ms, and that must not count as scenario time.
@@ -72,6 +74,7 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
             board: Arc::clone(&board),
             processes: Arc::clone(&processes),
             sink: sink.clone(),
+            switches: Arc::clone(&switches),
             deadline: Instant::now() + plan.deadline,
             plan: plan.clone(),
         };
@@ -106,9 +109,7 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
 
     // Faults due at t0 are on before either program makes its first call. They are switched before t0 is
     // taken (their events read 0 s): an nftables commit can take tens of ms on a busy machine.
-    let mut schedule = FaultSchedule::new(&plan.faults);
-    let mut fault_events = Vec::new();
-    apply_due(&mut schedule, &mut firewalls, &clock, &mut fault_events)?;
+    switches.switch_due()?;
     // The hub too reacts to events in time (fault triggers); it goes back to ordinary before the teardown.
     let _ = priority::raise_current_thread();
     // t0 is the moment the programs start (scenario times read as the seed scripts' times): the first program
@@ -134,7 +135,7 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
             deadline_hit = true;
             break;
         }
-        let wake = schedule.next_due().map_or(IDLE_TICK, |due| due.saturating_sub(now).min(IDLE_TICK));
+        let wake = switches.next_due().map_or(IDLE_TICK, |due| due.saturating_sub(now).min(IDLE_TICK));
         match events.recv_timeout(wake) {
             Ok(event) => {
                 // Only the host that saw the packet or ran the step: a packet changes the sender's socket when
@@ -144,13 +145,14 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
                         observer.poke();
                     }
                 }
-                schedule.observe(plan, &event);
+                // A program has switched what its own steps trigger already; this arms the rest.
+                switches.observe(&event)?;
                 collected.push(event);
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
-        apply_due(&mut schedule, &mut firewalls, &clock, &mut fault_events)?;
+        switches.switch_due()?;
     }
     let duration = clock.now();
     let _ = priority::lower_current_thread();
@@ -164,6 +166,7 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
     }
     let capture_stats = stop_captures(captures)?;
     harness_errors.extend(capture_losses(&capture_stats));
+    let (mut firewalls, fault_events) = switches.finish();
     let mut fault_hits = Vec::new();
     for firewall in &mut firewalls {
         fault_hits.extend(firewall.counters()?);
@@ -324,27 +327,6 @@ fn join_all<T>(handles: Vec<thread::ScopedJoinHandle<'_, Result<T>>>, what: &str
     results.into_iter().collect()
 }
 
-/// Switches the faults that are due now and records each switch on the timeline.
-fn apply_due(
-    schedule: &mut FaultSchedule<'_>,
-    firewalls: &mut [Firewall],
-    clock: &Clock,
-    events: &mut Vec<Event>,
-) -> Result<()> {
-    for (fault, on) in schedule.due(clock.now()) {
-        let firewall = &mut firewalls[fault.host.index()];
-        let kind = if on {
-            firewall.activate(&fault.name).map_err(|e| e.at(fault.location))?;
-            EventKind::FaultOn { fault: fault.name.clone() }
-        } else {
-            firewall.deactivate(&fault.name).map_err(|e| e.at(fault.location))?;
-            EventKind::FaultOff { fault: fault.name.clone() }
-        };
-        events.push(Event { t: clock.now(), host: fault.host, kind });
-    }
-    Ok(())
-}
-
 fn into_pair<T>(items: Vec<T>) -> Result<[T; 2]> {
     items.try_into().map_err(|_| Error::Internal("expected one item per host".into()))
 }
@@ -412,222 +394,10 @@ pub fn annotate_faults(timeline: &mut Timeline, plan: &Plan) {
     }
 }
 
-/// One side (on or off) of a fault's schedule.
-#[derive(Debug, Clone, PartialEq)]
-enum Arm {
-    Waiting,
-    Due(Duration),
-    Done,
-}
-
-/// The faults' triggers: armed by events, due at a time, applied once.
-struct FaultSchedule<'a> {
-    faults: Vec<(&'a FaultPlan, Arm, Arm, u64)>,
-}
-
-impl<'a> FaultSchedule<'a> {
-    fn new(faults: &'a [FaultPlan]) -> FaultSchedule<'a> {
-        let arm = |trigger: Option<&Trigger>| match trigger {
-            Some(Trigger::At(t)) => Arm::Due(*t),
-            Some(_) => Arm::Waiting,
-            None => Arm::Done,
-        };
-        FaultSchedule { faults: faults.iter().map(|f| (f, arm(Some(&f.from)), arm(f.until.as_ref()), 0)).collect() }
-    }
-
-    /// Arms the triggers that `event` satisfies.
-    fn observe(&mut self, plan: &Plan, event: &Event) {
-        for (fault, on, off, counter) in &mut self.faults {
-            for (trigger, arm) in [(Some(&fault.from), &mut *on), (fault.until.as_ref(), &mut *off)] {
-                let Some(trigger) = trigger else { continue };
-                if *arm != Arm::Waiting {
-                    continue;
-                }
-                if let Some(delay) = fires_on(plan, trigger, event, counter) {
-                    *arm = Arm::Due(event.t + delay);
-                }
-            }
-        }
-    }
-
-    fn next_due(&self) -> Option<Duration> {
-        self.faults
-            .iter()
-            .flat_map(|(_, on, off, _)| [on, off])
-            .filter_map(|arm| match arm {
-                Arm::Due(t) => Some(*t),
-                _ => None,
-            })
-            .min()
-    }
-
-    /// Switches due now, in fault order: `(fault, true)` to switch on, `(fault, false)` to switch off.
-    fn due(&mut self, now: Duration) -> Vec<(&'a FaultPlan, bool)> {
-        let mut switches = Vec::new();
-        for (fault, on, off, _) in &mut self.faults {
-            if matches!(on, Arm::Due(t) if *t <= now) {
-                *on = Arm::Done;
-                switches.push((*fault, true));
-            }
-            // A fault switches off only after it was on; an `until` that fires first cancels it.
-            if matches!(off, Arm::Due(t) if *t <= now) {
-                let was_on = *on == Arm::Done;
-                *off = Arm::Done;
-                if was_on {
-                    switches.push((*fault, false));
-                } else {
-                    *on = Arm::Done;
-                }
-            }
-        }
-        switches
-    }
-}
-
-/// Whether `event` fires `trigger`; returns the trigger's delay. `counter` counts packets or bytes seen so far.
-fn fires_on(plan: &Plan, trigger: &Trigger, event: &Event, counter: &mut u64) -> Option<Duration> {
-    match (trigger, &event.kind) {
-        (Trigger::Step { host, step, edge, delay }, EventKind::StepStart { step: index, .. })
-            if *edge == StepEdge::Started && event.host == *host && plan.step(*host, step)?.index == *index =>
-        {
-            Some(*delay)
-        }
-        (Trigger::Step { host, step, edge, delay }, EventKind::StepEnd { step: index, .. })
-            if *edge == StepEdge::Finished && event.host == *host && plan.step(*host, step)?.index == *index =>
-        {
-            Some(*delay)
-        }
-        (Trigger::State { host, state, delay }, EventKind::Socket(socket))
-            if event.host == *host && socket.state == *state =>
-        {
-            Some(*delay)
-        }
-        (Trigger::Packet { host, filter, nth, delay }, EventKind::Packet(packet))
-            if event.host == *host
-                && (filter
-                    .from
-                    .is_none_or(|from| (from == event.host) == (packet.direction == PacketDirection::Out)))
-                && query::packet_matches(filter, packet) =>
-        {
-            *counter += 1;
-            (*counter >= u64::from(*nth)).then_some(*delay)
-        }
-        (Trigger::Bytes { host, bytes, delay }, EventKind::Packet(packet))
-            if event.host == *host && packet.direction == PacketDirection::Out && packet.protocol == "tcp" =>
-        {
-            *counter += u64::from(packet.len);
-            (*counter >= *bytes).then_some(*delay)
-        }
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
-    use std::path::Path;
-
     use super::*;
-    use crate::timeline::{Outcome, PacketEvent};
-
-    const SCENARIO: &str = r#"
-description: schedule test
-faults:
-  - name: at-two
-    at: server
-    action: drop
-    from: 2s
-    until: 3s
-  - name: after-connect
-    at: server
-    match: { flags: "." }
-    action: drop
-    from: { after: client.connect, delay: 500ms }
-  - name: third-ack
-    at: client
-    action: drop
-    from: { packet: { from: client, flags: "." }, nth: 3 }
-server:
-  - listen: { port: 9000 }
-client:
-  - connect: { to: server, port: 9000 }
-    name: connect
-"#;
-
-    fn plan() -> Plan {
-        crate::scenario::parse("schedule", Path::new("schedule.yaml"), SCENARIO).unwrap()
-    }
-
-    fn ms(n: u64) -> Duration {
-        Duration::from_millis(n)
-    }
-
-    fn ack(t: Duration, host: HostId, direction: PacketDirection) -> Event {
-        Event {
-            t,
-            host,
-            kind: EventKind::Packet(PacketEvent {
-                direction,
-                src: Ipv4Addr::new(10, 0, 0, 1),
-                dst: Ipv4Addr::new(10, 0, 0, 2),
-                protocol: "tcp".into(),
-                ip_id: t.as_millis() as u16,
-                sport: 40000,
-                dport: 9000,
-                flags: 0x10,
-                seq: 1,
-                ack: 1,
-                window: 63,
-                len: 0,
-                options: String::new(),
-                fault: None,
-            }),
-        }
-    }
-
-    fn names(switches: Vec<(&FaultPlan, bool)>) -> Vec<(String, bool)> {
-        switches.into_iter().map(|(f, on)| (f.name.clone(), on)).collect()
-    }
-
-    #[test]
-    fn timed_faults_switch_on_and_off_at_their_times() {
-        let plan = plan();
-        let mut schedule = FaultSchedule::new(&plan.faults);
-        assert_eq!(schedule.next_due(), Some(ms(2000)));
-        assert!(schedule.due(ms(1999)).is_empty());
-        assert_eq!(names(schedule.due(ms(2000))), vec![("at-two".to_string(), true)]);
-        assert_eq!(schedule.next_due(), Some(ms(3000)));
-        assert_eq!(names(schedule.due(ms(3000))), vec![("at-two".to_string(), false)]);
-        assert_eq!(schedule.next_due(), None);
-    }
-
-    #[test]
-    fn a_step_trigger_fires_after_its_delay() {
-        let plan = plan();
-        let mut schedule = FaultSchedule::new(&plan.faults);
-        let end = Event {
-            t: ms(100),
-            host: HostId::Client,
-            kind: EventKind::StepEnd { step: 0, label: "connect".into(), outcome: Outcome::Ok, detail: None },
-        };
-        schedule.observe(&plan, &end);
-        assert!(schedule.due(ms(599)).iter().all(|(f, _)| f.name != "after-connect"));
-        assert_eq!(names(schedule.due(ms(600))), vec![("after-connect".to_string(), true)]);
-    }
-
-    #[test]
-    fn a_packet_trigger_counts_matching_packets_from_the_sender() {
-        let plan = plan();
-        let mut schedule = FaultSchedule::new(&plan.faults);
-        for t in [10, 20] {
-            schedule.observe(&plan, &ack(ms(t), HostId::Client, PacketDirection::Out));
-            // The receiver's copy of the same packet is not counted twice.
-            schedule.observe(&plan, &ack(ms(t), HostId::Server, PacketDirection::In));
-        }
-        assert!(schedule.due(ms(25)).is_empty());
-        schedule.observe(&plan, &ack(ms(30), HostId::Client, PacketDirection::Out));
-        assert_eq!(names(schedule.due(ms(30))), vec![("third-ack".to_string(), true)]);
-    }
+    use crate::run::switchboard::tests::{ack, ms, plan};
 
     #[test]
     fn packets_taken_by_an_active_ingress_fault_are_marked_on_both_copies() {

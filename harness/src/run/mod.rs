@@ -14,5 +14,6 @@ pub(crate) mod priority;
 pub mod ring_budget;
 pub mod runner;
 pub(crate) mod supervise;
+pub(crate) mod switchboard;
 pub mod topology;
 pub mod userns;

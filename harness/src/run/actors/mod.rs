@@ -44,11 +44,12 @@ pub use exec::ProcessRegistry;
 
 use crate::error::{Error, Result};
 use crate::run::clock::EventSink;
+use crate::run::switchboard::Switchboard;
 use crate::scenario::plan::{
     Action, Errno, HostId, HostPlan, Plan, PollEvent, SendRepeat, SendUntil, SockOpt, SockOptName, SockOptValue,
     StepEdge, StepPlan,
 };
-use crate::timeline::{EventKind, Outcome};
+use crate::timeline::{Event, EventKind, Outcome};
 use exec::BackgroundLauncher;
 use sockets::{HostSockets, Lookup};
 
@@ -64,6 +65,9 @@ pub struct ActorContext {
     pub board: Arc<StepBoard>,
     pub processes: Arc<ProcessRegistry>,
     pub sink: EventSink,
+    /// The run's fault switches: a step's start and end switch the faults they trigger before the program goes
+    /// on.
+    pub switches: Arc<Switchboard>,
     /// The scenario deadline.
     pub deadline: Instant,
     /// The whole plan: `wait` steps find the other host's steps by name in it.
@@ -87,11 +91,11 @@ pub fn run_host(host: &HostPlan, ctx: ActorContext) -> Result<()> {
             break;
         }
         let label = step.label();
-        actor.ctx.sink.emit(host.id, EventKind::StepStart { step: step.index, label: label.clone() });
+        actor.record(EventKind::StepStart { step: step.index, label: label.clone() })?;
         actor.ctx.board.mark(host.id, step.index, StepEdge::Started);
         crate::selftest::panic_if_chosen(host.id, step);
         let (outcome, detail) = actor.run_step(step)?;
-        actor.ctx.sink.emit(host.id, EventKind::StepEnd { step: step.index, label, outcome, detail });
+        actor.record(EventKind::StepEnd { step: step.index, label, outcome, detail })?;
         actor.ctx.board.mark(host.id, step.index, StepEdge::Finished);
     }
     drop(actor.sockets);
@@ -190,6 +194,15 @@ fn sleep_bounded(duration: Duration, deadline: Instant) -> bool {
 }
 
 impl Actor {
+    /// Records a step's start or end now, after switching the faults it triggers: a fault a step's end turns on
+    /// is in force before the next step starts, one its start turns on before its call is made.
+    fn record(&self, kind: EventKind) -> Result<()> {
+        let event = Event { t: self.ctx.sink.clock().now(), host: self.ctx.host, kind };
+        self.ctx.switches.observe(&event)?;
+        self.ctx.sink.emit_at(event.t, event.host, event.kind);
+        Ok(())
+    }
+
     fn run_step(&mut self, step: &StepPlan) -> Result<StepResult> {
         let named = step.socket.as_deref();
         Ok(match &step.action {

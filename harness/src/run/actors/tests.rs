@@ -196,6 +196,7 @@ fn run_with_server_late(
             board: Arc::clone(&board),
             processes: Arc::clone(&processes),
             sink: sink.clone(),
+            switches: Arc::new(Switchboard::without_faults(sink.clock().clone())),
             deadline,
             plan: plan.clone(),
         };
@@ -630,6 +631,7 @@ fn a_program_for_the_wrong_host_is_refused() {
         peer_address: Ipv4Addr::LOCALHOST,
         board: StepBoard::new(),
         processes: ProcessRegistry::new(),
+        switches: Arc::new(Switchboard::without_faults(sink.clock().clone())),
         sink,
         deadline: Instant::now(),
         plan: plan(vec![], vec![], Duration::from_secs(1)),
