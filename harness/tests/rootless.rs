@@ -42,7 +42,9 @@ fn main() -> ExitCode {
         }
         Err(message) => Err(Failed::from(message)),
     });
-    libtest_mimic::run(&Arguments::from_args(), vec![trial]).exit_code()
+    let scenario =
+        Trial::test("rootless-scenario-samples-states-and-says-why", || rootless_scenario().map_err(Failed::from));
+    libtest_mimic::run(&Arguments::from_args(), vec![trial, scenario]).exit_code()
 }
 
 /// The re-executed child: still single-threaded, so it may enter a user namespace.
@@ -74,6 +76,43 @@ fn unprivileged_run() -> Result<String, String> {
         let mut command = Command::new(&copy);
         command.uid(NOBODY).gid(NOBODY);
         run_child(command).map(|report| format!("as uid {NOBODY}: {report}"))
+    });
+    fs::remove_dir_all(&dir).map_err(|e| format!("rm -r {}: {e}", dir.display()))?;
+    result
+}
+
+/// `netfault run` of a scenario without root (as uid 65534 when root): it passes, its socket states are sampled,
+/// and the report says why the kernel's transitions were not traced.
+fn rootless_scenario() -> Result<(), String> {
+    let dir = std::env::temp_dir().join(format!("netfault-rootless-run-{}", std::process::id()));
+    fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
+    let copy = dir.join("netfault");
+    let scenario = dir.join("quick.yaml");
+    let result = copy_executable(Path::new(env!("CARGO_BIN_EXE_netfault")), &dir, &copy).and_then(|()| {
+        let text = "description: d\nserver:\n  - listen: { port: 9000 }\n  - accept\nclient:\n  - connect: { to: server, port: 9000 }\n";
+        fs::write(&scenario, text).map_err(|e| e.to_string())?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).map_err(|e| e.to_string())?;
+        let mut command = Command::new(&copy);
+        command.args(["run", "--reports"]).arg(dir.join("reports")).arg(&scenario).current_dir(&dir);
+        if nix::unistd::geteuid().is_root() {
+            command.uid(NOBODY).gid(NOBODY);
+        }
+        let output = command.output().map_err(|e| format!("spawn {command:?}: {e}"))?;
+        let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        if !output.status.success() || !said.contains("PASS  quick") {
+            return Err(format!("rootless `netfault run` failed ({}): {said}", output.status));
+        }
+        let timeline = fs::read_to_string(dir.join("reports/quick/timeline.txt")).map_err(|e| e.to_string())?;
+        let line = timeline.lines().find(|l| l.starts_with("# socket states:")).unwrap_or_default().to_string();
+        let expected = "# socket states: sampled only (sock_diag), the kernel's transitions could not be traced: missing \
+                        permission to load BPF programs";
+        if !line.starts_with(expected) || !line.contains("rootless mode cannot") {
+            return Err(format!("timeline.txt says {line:?}, not {expected:?}...rootless mode cannot"));
+        }
+        if timeline.lines().any(|l| l.contains(" tcp    ")) {
+            return Err(format!("transitions recorded without root:\n{timeline}"));
+        }
+        Ok(())
     });
     fs::remove_dir_all(&dir).map_err(|e| format!("rm -r {}: {e}", dir.display()))?;
     result

@@ -9,6 +9,7 @@ mod capture;
 mod recipe;
 mod setup;
 mod suite;
+mod transitions;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,7 @@ use crate::scenario::{self, plan::Plan};
 pub use capture::{bench_capture, CaptureOptions};
 pub use setup::{bench_setup, SetupOptions};
 pub use suite::{bench_concurrent, bench_suite, bench_timing, ConcurrentOptions, SuiteOptions, TimingOptions};
+pub use transitions::{bench_transitions, TransitionOptions};
 
 /// `netfault bench --help`.
 pub const USAGE: &str = "\
@@ -40,7 +42,10 @@ usage: netfault bench <what> [options] [--json FILE] [--keep]
                                    default buffer and with -B 65536 (same run)
   timing [--n 100] [--sample 10ms] [--scenario FILE]
                                    keepalive-idle N times in parallel: observed minus kernel-defined times,
-                                   observer state-change latency against the packet that caused it";
+                                   observer state-change latency against the packet that caused it
+  transitions [--n 1000] [--sample 10ms]
+                                   the kernel's state transitions (tracepoint) against sock_diag sampling on
+                                   the same short connections; BPF program cost, tracer latency, start/stop";
 
 /// `--keep`: scratch folders (reports, pcaps) stay for inspection.
 static KEEP_SCRATCH: AtomicBool = AtomicBool::new(false);
@@ -96,6 +101,10 @@ pub fn main(args: &[String]) -> ExitCode {
             instances: options.n.unwrap_or(100),
             sample: options.sample,
             scenario: options.scenario.clone().unwrap_or_else(|| PathBuf::from("scenarios/keepalive/idle.yaml")),
+        }),
+        "transitions" => bench_transitions(&TransitionOptions {
+            connections: options.n.unwrap_or(1000),
+            sample: options.sample.unwrap_or(Duration::from_millis(10)),
         }),
         other => Err(Error::Internal(format!("unknown benchmark {other:?}; see netfault bench --help"))),
     });

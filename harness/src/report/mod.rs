@@ -98,6 +98,8 @@ struct ResultFile<'a> {
     steps: Vec<StepReport<'a>>,
     capture: &'a [crate::observe::capture::CaptureStats; 2],
     observer: [ObserverReport; 2],
+    /// Where the socket states came from: the kernel's transitions, or samples only (and why).
+    states: &'a crate::observe::transitions::StateSource,
     fault_hits: &'a [(String, u64)],
     harness_errors: &'a [String],
     events: &'a Timeline,
@@ -167,6 +169,7 @@ pub fn write(plan: &Plan, output: &RunOutput, verdict: &Verdict, dir: &Path) -> 
         steps,
         capture: &output.capture,
         observer: output.observer.map(ObserverReport::from),
+        states: &output.states,
         fault_hits: &output.fault_hits,
         harness_errors: &output.harness_errors,
         events: &output.timeline,
@@ -279,6 +282,7 @@ fn render_timeline(plan: &Plan, output: &RunOutput, verdict: &Verdict) -> String
             observer.samples
         ));
     }
+    text.push_str(&format!("# {}\n", output.states.describe()));
     for (fault, hits) in &output.fault_hits {
         text.push_str(&format!("# fault {fault}: {hits} packets matched\n"));
     }

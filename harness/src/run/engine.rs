@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use crate::error::{joined, Error, Result};
 use crate::observe::capture::{Capture, CaptureBuffer, CaptureStats};
 use crate::observe::sockets::{Observer, ObserverStats};
+use crate::observe::transitions::{StateSource, Tracer};
 use crate::run::actors::{self, ActorContext, ProcessRegistry, StepBoard};
 use crate::run::clock::{Clock, EventSink};
 use crate::run::firewall::{self, Firewall};
@@ -34,6 +35,8 @@ pub struct RunOutput {
     pub deadline_hit: bool,
     pub capture: [CaptureStats; 2],
     pub observer: [ObserverStats; 2],
+    /// Where the socket states came from: the kernel's transitions, or only samples (and why).
+    pub states: StateSource,
     /// Packets each fault's rule matched, per fault name.
     pub fault_hits: Vec<(String, u64)>,
     /// What went wrong inside the harness, not by the kernel's doing: a host program that failed (an error or
@@ -53,7 +56,7 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
     let setup_started = Instant::now();
     let clock = Clock::unstarted();
     let (sink, events) = EventSink::new(clock.clone());
-    let Rig { namespaces, firewalls, captures, observers, .. } = set_up(plan, report_dir, &sink)?;
+    let Rig { namespaces, firewalls, captures, observers, tracer } = set_up(plan, report_dir, &sink)?;
     let setup = setup_started.elapsed();
     let switches = Arc::new(Switchboard::new(plan, firewalls, clock.clone()));
 
@@ -164,6 +167,11 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
     for observer in observers {
         observer_stats.push(observer.stop()?);
     }
+    let states = match tracer {
+        Ok(tracer) => StateSource::Traced(tracer.stop()?),
+        Err(reason) => StateSource::Sampled { reason },
+    };
+    harness_errors.extend(states.losses());
     let capture_stats = stop_captures(captures)?;
     harness_errors.extend(capture_losses(&capture_stats));
     let (mut firewalls, fault_events) = switches.finish();
@@ -201,6 +209,7 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
         deadline_hit,
         capture: [capture_client, capture_server],
         observer: [observer_client, observer_server],
+        states,
         fault_hits,
         harness_errors,
     })
@@ -248,6 +257,8 @@ pub struct Rig {
     pub firewalls: Vec<Firewall>,
     pub captures: Vec<Capture>,
     pub observers: Vec<Observer>,
+    /// The kernel's state transitions in both namespaces, or why they cannot be traced here.
+    pub tracer: std::result::Result<Tracer, String>,
 }
 
 /// Namespaces, the wire, the faults (all off), a capture (into `report_dir/<host>.pcap`) and an observer per
@@ -259,7 +270,7 @@ pub struct Rig {
 /// `synchronize_net`, 10-30 ms on a busy machine) instead of two.
 pub fn set_up(plan: &Plan, report_dir: &Path, sink: &EventSink) -> Result<Rig> {
     let (namespaces, topology) = topology::build_in_new_namespaces(plan)?;
-    let [client, server] = thread::scope(|scope| {
+    let ([client, server], tracer) = thread::scope(|scope| {
         let starting = HostId::ALL.map(|host| {
             let ns = &namespaces[host.index()];
             let ifindex = topology.link(host).ifindex;
@@ -273,7 +284,9 @@ pub fn set_up(plan: &Plan, report_dir: &Path, sink: &EventSink) -> Result<Rig> {
                 Ok::<_, Error>((firewall, capture, observer))
             })
         });
-        starting.map(|spawned| joined(spawned, "host set-up"))
+        // Meanwhile, on this thread: the tracer watches both namespaces from outside them.
+        let tracer = Tracer::start(&namespaces, sink.clone()).map_err(|e| e.to_string());
+        (starting.map(|spawned| joined(spawned, "host set-up")), tracer)
     });
     let ((client_firewall, client_capture, client_observer), (server_firewall, server_capture, server_observer)) =
         (client?, server?);
@@ -282,6 +295,7 @@ pub fn set_up(plan: &Plan, report_dir: &Path, sink: &EventSink) -> Result<Rig> {
         firewalls: vec![client_firewall, server_firewall],
         captures: vec![client_capture, server_capture],
         observers: vec![client_observer, server_observer],
+        tracer,
     })
 }
 

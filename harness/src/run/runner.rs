@@ -16,7 +16,7 @@ use libtest_mimic::{Arguments, Failed, Trial};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::error::{Context, Error, Result};
-use crate::observe::capture;
+use crate::observe::{capture, transitions};
 use crate::report::verdict;
 use crate::report::{self, Status, Summary};
 use crate::run::ring_budget::RingBudget;
@@ -98,6 +98,9 @@ fn spawn_and_wait(exe: &Path, job: &Job, deadline: Duration, supervisor: &Superv
         command.arg("--run").arg(run.to_string());
     }
     command.arg(&job.file).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    if let Some(layout) = transitions::layout_for_children() {
+        command.env(transitions::LAYOUT_ENV, layout);
+    }
     // The child, and with it its namespaces, must not outlive the runner, whatever kills the runner.
     unsafe {
         command.pre_exec(|| {

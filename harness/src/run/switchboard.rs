@@ -221,6 +221,11 @@ fn fires_on(trigger: &Trigger, step: Option<usize>, event: &Event, counter: &mut
         {
             Some(*delay)
         }
+        (Trigger::State { host, state, delay }, EventKind::Transition(transition))
+            if event.host == *host && transition.to == *state =>
+        {
+            Some(*delay)
+        }
         (Trigger::Packet { host, filter, nth, delay }, EventKind::Packet(packet))
             if event.host == *host
                 && (filter

@@ -45,6 +45,8 @@ pub enum EventKind {
     },
     Packet(PacketEvent),
     Socket(SocketEvent),
+    /// A TCP socket changed state, as the kernel's own `sock:inet_sock_set_state` event says, at its time.
+    Transition(TransitionEvent),
     /// The run was cut at the deadline with this step still running.
     Deadline {
         step: Option<String>,
@@ -137,6 +139,17 @@ pub struct SocketEvent {
     pub retrans: u32,
     pub recv_q: u32,
     pub send_q: u32,
+}
+
+/// One TCP state transition of a full socket (request and TIME-WAIT sockets have none: sock_diag shows those).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TransitionEvent {
+    /// `local:port -> remote:port` (remote `*:*` for a listener), as socket samples name it.
+    pub socket: String,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub from: TcpState,
+    pub to: TcpState,
 }
 
 /// All events of a run, sorted by time (stable for equal times).
@@ -242,6 +255,9 @@ impl fmt::Display for Event {
                     write!(f, " timer:({timer},{expires},{})", s.retrans)?;
                 }
                 Ok(())
+            }
+            EventKind::Transition(t) => {
+                write!(f, "tcp    {} -> {} {}", t.from.name(), t.to.name(), t.socket)
             }
             EventKind::Deadline { step: Some(step) } => write!(f, "DEADLINE reached; still running: {step}"),
             EventKind::Deadline { step: None } => write!(f, "DEADLINE reached"),

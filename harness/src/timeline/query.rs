@@ -3,12 +3,12 @@
 //! run through these. Each is one pass over the events (or over what an earlier pass sorted out), so a run of
 //! tens of thousands of steps is read in time linear in its events.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{EventKind, Outcome, PacketDirection, PacketEvent, SocketEvent, Timeline};
+use super::{EventKind, Outcome, PacketDirection, PacketEvent, SocketEvent, Timeline, TransitionEvent};
 use crate::scenario::plan::{HostId, PacketFilter, Plan, Protocol, QueueExpectation, QueueKind, TcpState};
 
 /// The start and end of one step as the timeline recorded them.
@@ -148,9 +148,40 @@ pub fn socket_events_by_host(timeline: &Timeline) -> [SocketEvents<'_>; 2] {
     by_host
 }
 
+/// Each host's state transitions (by `HostId::index()`), in time order.
+pub fn transitions_by_host(timeline: &Timeline) -> [Vec<(Duration, &TransitionEvent)>; 2] {
+    let mut by_host: [Vec<(Duration, &TransitionEvent)>; 2] = [Vec::new(), Vec::new()];
+    for event in &timeline.events {
+        if let EventKind::Transition(transition) = &event.kind {
+            by_host[event.host.index()].push((event.t, transition));
+        }
+    }
+    by_host
+}
+
+/// A socket as histories name it: its label and ports.
+#[derive(Clone, Copy)]
+struct Named<'a> {
+    socket: &'a str,
+    local_port: u16,
+    remote_port: u16,
+}
+
+impl<'a> From<&'a SocketEvent> for Named<'a> {
+    fn from(event: &'a SocketEvent) -> Named<'a> {
+        Named { socket: &event.socket, local_port: event.local_port, remote_port: event.remote_port }
+    }
+}
+
+impl<'a> From<&'a TransitionEvent> for Named<'a> {
+    fn from(event: &'a TransitionEvent) -> Named<'a> {
+        Named { socket: &event.socket, local_port: event.local_port, remote_port: event.remote_port }
+    }
+}
+
 /// Consecutive distinct values of something per socket, in first-seen order: one entry per socket label.
 struct Histories<'a, T> {
-    entries: Vec<(&'a SocketEvent, Vec<(T, Duration)>)>,
+    entries: Vec<(Named<'a>, Vec<(T, Duration)>)>,
     position: HashMap<&'a str, usize>,
 }
 
@@ -160,9 +191,9 @@ impl<'a, T: PartialEq> Histories<'a, T> {
     }
 
     /// Appends `value` at `t` to the history of `socket` (created on first sight) when it differs from the last.
-    fn record(&mut self, socket: &'a SocketEvent, value: T, t: Duration) {
+    fn record(&mut self, socket: Named<'a>, value: T, t: Duration) {
         let entries = &mut self.entries;
-        let position = *self.position.entry(socket.socket.as_str()).or_insert_with(|| {
+        let position = *self.position.entry(socket.socket).or_insert_with(|| {
             entries.push((socket, Vec::new()));
             entries.len() - 1
         });
@@ -189,19 +220,44 @@ impl SocketHistory {
     }
 }
 
-/// Each socket's consecutive distinct states, in first-seen order, from one host's socket events.
-pub fn socket_histories(events: &[(Duration, &SocketEvent)]) -> Vec<SocketHistory> {
+/// Each socket's consecutive distinct states, in first-seen order, from one host's socket samples and state
+/// transitions. A socket the kernel's transitions were traced for takes its states from them, at the kernel's
+/// times; its samples add only what no transition shows: its request socket (SYN-RECV), its TIME-WAIT
+/// successor, and its disappearance (GONE). A socket without transitions (the tracer was not available) takes
+/// its states from the samples, at the times they were taken.
+pub fn socket_histories(
+    samples: &[(Duration, &SocketEvent)],
+    transitions: &[(Duration, &TransitionEvent)],
+) -> Vec<SocketHistory> {
+    let traced: HashSet<&str> = transitions.iter().map(|(_, transition)| transition.socket.as_str()).collect();
+    let untraceable = |state: TcpState| matches!(state, TcpState::SynRecv | TcpState::TimeWait | TcpState::Gone);
     let mut histories = Histories::new();
-    for (t, socket) in events {
-        histories.record(socket, socket.state, *t);
+    let (mut samples, mut transitions) = (samples.iter().peekable(), transitions.iter().peekable());
+    loop {
+        // In time order; at equal times the kernel's transition first.
+        let transition_first = match (samples.peek(), transitions.peek()) {
+            (None, None) => break,
+            (Some((sampled, _)), Some((traced_at, _))) => traced_at <= sampled,
+            (None, Some(_)) => true,
+            (Some(_), None) => false,
+        };
+        if transition_first {
+            if let Some((t, transition)) = transitions.next() {
+                histories.record(Named::from(*transition), transition.to, *t);
+            }
+        } else if let Some((t, sample)) = samples.next() {
+            if !traced.contains(sample.socket.as_str()) || untraceable(sample.state) {
+                histories.record(Named::from(*sample), sample.state, *t);
+            }
+        }
     }
     histories
         .entries
         .into_iter()
-        .map(|(first, states)| SocketHistory {
-            socket: first.socket.clone(),
-            local_port: first.local_port,
-            remote_port: first.remote_port,
+        .map(|(named, states)| SocketHistory {
+            socket: named.socket.to_string(),
+            local_port: named.local_port,
+            remote_port: named.remote_port,
             states,
         })
         .collect()
@@ -226,14 +282,105 @@ pub fn queue_histories(
             QueueKind::Recv => socket.recv_q,
             QueueKind::Send => socket.send_q,
         };
-        histories.record(socket, value, *t);
+        histories.record(Named::from(*socket), value, *t);
     }
-    histories.entries.into_iter().map(|(first, values)| (first.socket.clone(), values)).collect()
+    histories.entries.into_iter().map(|(named, values)| (named.socket.to_string(), values)).collect()
 }
 
 fn secs_opt<S: serde::Serializer>(t: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
     match t {
         Some(t) => s.serialize_some(&t.as_secs_f64()),
         None => s.serialize_none(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::timeline::Event;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn sample(t: u64, socket: &str, state: TcpState) -> Event {
+        Event {
+            t: ms(t),
+            host: HostId::Client,
+            kind: EventKind::Socket(SocketEvent {
+                socket: socket.into(),
+                local_port: 40000,
+                remote_port: 9000,
+                state,
+                timer: None,
+                expires: None,
+                retrans: 0,
+                recv_q: 0,
+                send_q: 0,
+            }),
+        }
+    }
+
+    fn transition(t: u64, socket: &str, from: TcpState, to: TcpState) -> Event {
+        Event {
+            t: ms(t),
+            host: HostId::Client,
+            kind: EventKind::Transition(TransitionEvent {
+                socket: socket.into(),
+                local_port: 40000,
+                remote_port: 9000,
+                from,
+                to,
+            }),
+        }
+    }
+
+    fn histories(events: Vec<Event>) -> Vec<(String, Vec<(TcpState, u64)>)> {
+        let timeline = Timeline::new(events);
+        let samples = socket_events_by_host(&timeline);
+        let transitions = transitions_by_host(&timeline);
+        socket_histories(&samples[0], &transitions[0])
+            .into_iter()
+            .map(|h| (h.socket, h.states.into_iter().map(|(s, t)| (s, t.as_millis() as u64)).collect()))
+            .collect()
+    }
+
+    #[test]
+    fn a_traced_socket_takes_its_states_from_the_kernels_transitions() {
+        use TcpState::*;
+        let traced = "10.0.0.1:40000 -> 10.0.0.2:9000";
+        let sampled = "10.0.0.1:40001 -> 10.0.0.2:9000";
+        let got = histories(vec![
+            transition(1, traced, Close, SynSent),
+            transition(2, traced, SynSent, Established),
+            // A sample stamped when it was asked for, before the kernel's FIN-WAIT-1 it then showed.
+            sample(3, traced, FinWait1),
+            transition(4, traced, Established, FinWait1),
+            transition(6, traced, FinWait1, FinWait2),
+            transition(8, traced, FinWait2, Close),
+            // What no transition shows: the TIME-WAIT successor and its end.
+            sample(9, traced, TimeWait),
+            sample(70, traced, Gone),
+            sample(1, sampled, SynSent),
+            sample(5, sampled, Established),
+        ]);
+        assert_eq!(
+            got,
+            vec![
+                (
+                    traced.to_string(),
+                    vec![
+                        (SynSent, 1),
+                        (Established, 2),
+                        (FinWait1, 4),
+                        (FinWait2, 6),
+                        (Close, 8),
+                        (TimeWait, 9),
+                        (Gone, 70)
+                    ]
+                ),
+                (sampled.to_string(), vec![(SynSent, 1), (Established, 5)]),
+            ]
+        );
     }
 }

@@ -18,7 +18,7 @@ use crate::scenario::plan::{
 };
 use crate::timeline::query::{
     deadline_of, queue_histories, ran_into_deadline, sent_by_all, sent_packets, socket_events_by_host,
-    socket_histories, SentPacket, SocketEvents, SocketHistory, StepRecord, StepRecords,
+    socket_histories, transitions_by_host, SentPacket, SocketEvents, SocketHistory, StepRecord, StepRecords,
 };
 use crate::timeline::{format_secs, Outcome, SocketEvent, Timeline};
 
@@ -82,7 +82,15 @@ pub fn judge(plan: &Plan, timeline: &Timeline) -> Verdict {
     for expectation in &plan.expect.states {
         let anchor = resolve_anchor(plan, &facts, expectation.since.as_ref(), expectation.location);
         let histories = &facts.histories[expectation.host.index()];
-        verdict.check(anchor.and_then(|anchor| judge_states(expectation, anchor, histories)));
+        let failed = anchor.and_then(|anchor| judge_states(expectation, anchor, histories));
+        verdict.check(failed.map_err(|mut failure| {
+            if !facts.traced {
+                failure.actual.push_str(
+                    " (states sampled only: the run recorded none of the kernel's transitions; timeline.txt says why)",
+                );
+            }
+            failure
+        }));
     }
     for expectation in &plan.expect.timers {
         verdict.check(judge_timer(expectation, &facts.sockets[expectation.host.index()]));
@@ -104,18 +112,23 @@ struct Facts<'a> {
     sockets: [SocketEvents<'a>; 2],
     /// By `HostId::index()`.
     histories: [Vec<SocketHistory>; 2],
+    /// Whether the kernel's transitions were recorded (else states come from samples only).
+    traced: bool,
 }
 
 impl<'a> Facts<'a> {
     fn of(plan: &Plan, timeline: &'a Timeline) -> Facts<'a> {
         let sockets = socket_events_by_host(timeline);
-        let histories = HostId::ALL.map(|host| socket_histories(&sockets[host.index()]));
+        let transitions = transitions_by_host(timeline);
+        let histories = HostId::ALL.map(|host| socket_histories(&sockets[host.index()], &transitions[host.index()]));
+        let traced = transitions.iter().any(|host| !host.is_empty());
         Facts {
             steps: StepRecords::of(plan, timeline),
             deadline: deadline_of(timeline),
             sent: sent_by_all(timeline),
             sockets,
             histories,
+            traced,
         }
     }
 }

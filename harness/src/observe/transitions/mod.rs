@@ -1,0 +1,365 @@
+//! Every TCP state transition in the run's namespaces, from the kernel's own event: a BPF program at the
+//! `sock:inet_sock_set_state` tracepoint (what `bpftrace -e 'tracepoint:sock:inet_sock_set_state'` would
+//! print), filtered by network namespace, stamped by the kernel at the transition, read from a ring buffer by a
+//! thread that turns each into an `EventKind::Transition`. Sampling (`observe::sockets`) misses states that last
+//! microseconds and stamps what it sees when it asks; this sees each change when the kernel makes it.
+//!
+//! Needs root (CAP_BPF and CAP_PERFMON in the initial user namespace), Linux >= 5.8 and the kernel's BTF.
+//! Where any of that is missing (rootless mode) [`Tracer::start`] says why, and the run's socket states are
+//! sampled instead.
+//!
+//! A connecting socket enters SYN-SENT before it has a local port, and a listener's new connection enters
+//! SYN-RECV before it has its peer's address: such a transition is held back until a later one of the same
+//! socket names its four-tuple, and is then recorded with its own time; one still unnamed when the run stops is
+//! recorded with port 0.
+
+mod bpf;
+mod btf;
+mod program;
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::Duration;
+
+use bpf::{Map, Program, RingReader};
+use program::{record, Maps, SockLayout};
+
+use crate::error::{Context, Error, Result};
+use crate::run::clock::{monotonic_ns, EventSink};
+use crate::run::netns::Netns;
+use crate::scenario::plan::{HostId, TcpState};
+use crate::timeline::{EventKind, TransitionEvent};
+
+#[cfg(any(test, feature = "bench"))]
+pub use bpf::run_time_stats;
+
+/// The environment variable a runner passes the running kernel's [`SockLayout`] in to the scenario processes it
+/// starts, so that each does not read the kernel's 5 MB of type information again.
+pub const LAYOUT_ENV: &str = "NETFAULT_SOCK_LAYOUT";
+
+/// The running kernel's layout as [`LAYOUT_ENV`] carries it, read once per process; `None` where the kernel has
+/// no type information (the scenario processes then say so themselves).
+pub fn layout_for_children() -> Option<&'static str> {
+    static LAYOUT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    LAYOUT
+        .get_or_init(|| {
+            let btf = btf::Btf::of_running_kernel().ok()?;
+            Some(SockLayout::of(&btf).ok()?.to_string())
+        })
+        .as_deref()
+}
+
+/// Ring buffer size: 5,400 records waiting (a run makes about ten per connection); kernel memory held by every
+/// scenario running.
+const RING_BYTES: u32 = 256 << 10;
+/// The longest the reader sleeps between looks at the ring (records and `stop` wake it at once).
+const READ_TICK: Duration = Duration::from_millis(100);
+/// How long `stop` waits for the reader's last pass.
+const STOP_TIMEOUT: Duration = Duration::from_secs(3);
+/// The kernel's `TCP_CLOSE` and `TCP_LISTEN`.
+const TCP_CLOSE: u32 = 7;
+const TCP_LISTEN: u32 = 10;
+/// Every BPF program the kernel accepts with `bpf_probe_read_kernel` must say it is GPL-compatible.
+const LICENSE: &std::ffi::CStr = c"Dual MIT/GPL";
+
+/// What a tracer recorded, and what it cost.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct TracerStats {
+    /// Transitions recorded.
+    pub transitions: u64,
+    /// Transitions the ring buffer had no room for (a harness error when not zero).
+    pub lost: u64,
+    /// From the kernel's transition to the reader holding it, in microseconds: median and largest.
+    pub median_latency_us: f64,
+    pub max_latency_us: f64,
+}
+
+/// Where a run's socket states came from.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "source")]
+pub enum StateSource {
+    /// Every transition from the kernel's tracepoint; sock_diag samples for timers, queues, request and
+    /// TIME-WAIT sockets.
+    Traced(TracerStats),
+    /// Only sock_diag samples: states are seen when sampled, short ones may be missed.
+    Sampled { reason: String },
+}
+
+impl StateSource {
+    /// A harness error when the tracer lost transitions: the states would be judged on part of them.
+    pub fn losses(&self) -> Option<String> {
+        match self {
+            StateSource::Traced(stats) if stats.lost > 0 => Some(format!(
+                "the transition tracer lost {} of {} transitions (its ring buffer was full): the socket states are \
+                 incomplete",
+                stats.lost,
+                stats.lost + stats.transitions
+            )),
+            _ => None,
+        }
+    }
+
+    /// One line for timeline.txt.
+    pub fn describe(&self) -> String {
+        match self {
+            StateSource::Traced(stats) => format!(
+                "socket states: {} transitions from the kernel's tracepoint sock:inet_sock_set_state (kernel \
+                 timestamps; read {:.0} us after them, median), timers and queues sampled",
+                stats.transitions, stats.median_latency_us
+            ),
+            StateSource::Sampled { reason } => {
+                format!(
+                    "socket states: sampled only (sock_diag), the kernel's transitions could not be traced: {reason}"
+                )
+            }
+        }
+    }
+}
+
+/// The transition tracer of one run. Dropping it stops the reader and detaches the program.
+pub struct Tracer {
+    /// The attachment: closing it detaches the program.
+    _link: OwnedFd,
+    /// Kept for its run statistics (the attachment holds the program itself).
+    _program: Program,
+    lost: Map,
+    stop: Arc<AtomicBool>,
+    /// Readable once `stop` is set: wakes the reader at once.
+    wake: Arc<OwnedFd>,
+    finished: mpsc::Receiver<Result<TracerStats>>,
+}
+
+impl Tracer {
+    /// Loads and attaches the program for the namespaces of both hosts (by `HostId::index()`), and starts the
+    /// reader that sends their transitions to `sink`. `Err` says why the kernel's transitions cannot be
+    /// recorded here.
+    pub fn start(namespaces: &[Netns; 2], sink: EventSink) -> Result<Tracer> {
+        let layout = match std::env::var(LAYOUT_ENV).ok().and_then(|text| SockLayout::parse(&text)) {
+            Some(layout) => layout,
+            None => SockLayout::of(&btf::Btf::of_running_kernel()?)?,
+        };
+        let refused = |what: &str, e: std::io::Error| {
+            if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES)) {
+                Error::Missing {
+                    what: format!("permission to load BPF programs ({what}: {e})"),
+                    hint: "run as root (CAP_BPF and CAP_PERFMON in the initial user namespace); rootless mode cannot"
+                        .into(),
+                }
+            } else {
+                Error::Missing {
+                    what: format!("kernel support for the transition tracer ({what}: {e})"),
+                    hint: "Linux >= 5.8 with BPF ring buffers and raw tracepoints".into(),
+                }
+            }
+        };
+        let inodes = [namespace_inode(&namespaces[0])?, namespace_inode(&namespaces[1])?];
+        let ring = Map::create(bpf::MAP_TYPE_RINGBUF, 0, 0, RING_BYTES)
+            .map_err(|e| refused("bpf(BPF_MAP_CREATE) of a ring buffer", e))?;
+        let lost =
+            Map::create(bpf::MAP_TYPE_ARRAY, 4, 8, 1).map_err(|e| refused("bpf(BPF_MAP_CREATE) of an array", e))?;
+        let maps = Maps { ring: ring.fd(), lost: lost.fd() };
+        let insns = program::instructions(&layout, inodes, maps);
+        let program = Program::load_raw_tracepoint("netfault_tcp", &insns, LICENSE).map_err(|refusal| {
+            let log: String = refusal.log.lines().rev().take(3).collect::<Vec<_>>().join(" / ");
+            refused(&format!("the transition tracer's BPF program (verifier: {log})"), refusal.error)
+        })?;
+        let link = program
+            .attach_raw_tracepoint(c"inet_sock_set_state")
+            .map_err(|e| refused("attach to the tracepoint sock:inet_sock_set_state", e))?;
+        let reader = RingReader::new(ring, RING_BYTES as usize).map_err(|e| refused("map the BPF ring buffer", e))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let wake = Arc::new(bpf::wake_event().context(|| "eventfd for the transition tracer".to_string())?);
+        let (finished_tx, finished) = mpsc::channel();
+        let (told_to_stop, woken) = (Arc::clone(&stop), Arc::clone(&wake));
+        thread::Builder::new()
+            .name("transitions".into())
+            .spawn(move || {
+                // An ordinary thread, unlike the observers: a real-time reader woken by every record preempts the
+                // programs at every transition (measured: a short connection took 80 us instead of 37 us). The
+                // records carry the kernel's own times, so reading them late changes nothing but when a `state`
+                // trigger sees them, and the observers' samples fire those as fast as before.
+                let _ = finished_tx.send(read_until_stopped(reader, &sink, &told_to_stop, woken.as_raw_fd()));
+            })
+            .context(|| "spawn the transition tracer's reader thread".to_string())?;
+        Ok(Tracer { _link: link, _program: program, lost, stop, wake, finished })
+    }
+
+    /// Reads what is left, stops the reader and detaches the program.
+    pub fn stop(self) -> Result<TracerStats> {
+        self.stop.store(true, Ordering::SeqCst);
+        bpf::signal(&self.wake);
+        let mut stats = match self.finished.recv_timeout(STOP_TIMEOUT) {
+            Ok(result) => result?,
+            Err(_) => return Err(Error::Internal("the transition tracer's reader did not stop".into())),
+        };
+        let mut lost = [0u8; 8];
+        self.lost
+            .lookup(&0u32.to_ne_bytes(), &mut lost)
+            .map_err(|e| Error::sys("read the transition tracer's lost count (bpftool map lookup)", e))?;
+        stats.lost = u64::from_ne_bytes(lost);
+        Ok(stats)
+    }
+
+    /// Runs of the program so far and their total time, as the kernel counts them while a
+    /// [`run_time_stats`] descriptor is held.
+    #[cfg(any(test, feature = "bench"))]
+    pub fn run_stats(&self) -> Result<(u64, Duration)> {
+        self._program.run_stats().map_err(|e| Error::sys("read the tracer program's run statistics", e))
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        // The program is detached when `_link` is closed after this.
+        self.stop.store(true, Ordering::SeqCst);
+        bpf::signal(&self.wake);
+    }
+}
+
+/// The inode number of a network namespace (`ls -iL /proc/<pid>/ns/net`), as the kernel's `net->ns.inum`.
+fn namespace_inode(ns: &Netns) -> Result<u32> {
+    let inode = nix::sys::stat::fstat(ns.fd()).context(|| "fstat a network namespace".to_string())?.st_ino;
+    u32::try_from(inode).map_err(|_| Error::Internal(format!("namespace inode {inode} over 32 bits")))
+}
+
+/// One record as the program wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Record {
+    time_ns: u64,
+    sock: u64,
+    from: u32,
+    to: u32,
+    host: u32,
+    local: SocketAddrV4,
+    remote: SocketAddrV4,
+}
+
+impl Record {
+    fn parse(bytes: &[u8]) -> Option<Record> {
+        let u64_at = |at: usize| Some(u64::from_ne_bytes(bytes.get(at..at + 8)?.try_into().ok()?));
+        let u32_at = |at: usize| Some(u32::from_ne_bytes(bytes.get(at..at + 4)?.try_into().ok()?));
+        let address = |at: usize| Some(Ipv4Addr::from(<[u8; 4]>::try_from(bytes.get(at..at + 4)?).ok()?));
+        let remote_port = u16::from_be_bytes(bytes.get(record::REMOTE_PORT..record::REMOTE_PORT + 2)?.try_into().ok()?);
+        let local_port = u16::from_ne_bytes(bytes.get(record::LOCAL_PORT..record::LOCAL_PORT + 2)?.try_into().ok()?);
+        Some(Record {
+            time_ns: u64_at(record::TIME_NS)?,
+            sock: u64_at(record::SOCK)?,
+            from: u32_at(record::OLD_STATE)?,
+            to: u32_at(record::NEW_STATE)?,
+            host: u32_at(record::HOST)?,
+            local: SocketAddrV4::new(address(record::LOCAL_ADDRESS)?, local_port),
+            remote: SocketAddrV4::new(address(record::REMOTE_ADDRESS)?, remote_port),
+        })
+    }
+
+    fn is_listener(&self) -> bool {
+        self.to == TCP_LISTEN || (self.from == TCP_LISTEN && self.to == TCP_CLOSE)
+    }
+
+    /// Whether the four-tuple is known: a listener's is its local address; any other socket's needs both ports.
+    fn named(&self) -> bool {
+        self.is_listener() || (self.local.port() != 0 && self.remote.port() != 0)
+    }
+}
+
+/// Turns records into transition events, each named by its socket's four-tuple: a record that lacks it takes
+/// the one its socket had earlier in its life (a socket entering TIME-WAIT leaves as port 0), or is held back
+/// until a later record of the socket names it.
+#[derive(Default)]
+struct Namer {
+    /// The last named record of each socket (by kernel address) in its current life.
+    names: HashMap<u64, Record>,
+    /// Records of a socket waiting for its four-tuple.
+    waiting: HashMap<u64, Vec<Record>>,
+}
+
+impl Namer {
+    /// The events `record` makes now: none while its socket's four-tuple is unknown, else its own and those
+    /// held back for the socket.
+    fn take(&mut self, record: Record) -> Vec<(Record, TransitionEvent)> {
+        // Leaving CLOSE, or a listener's clone leaving LISTEN, starts a socket's life (a freed socket's address
+        // is reused by a new one).
+        if record.from == TCP_CLOSE || (record.from == TCP_LISTEN && record.to != TCP_CLOSE) {
+            self.names.remove(&record.sock);
+        }
+        let name = if record.named() {
+            self.names.insert(record.sock, record);
+            record
+        } else if let Some(known) = self.names.get(&record.sock) {
+            *known
+        } else {
+            self.waiting.entry(record.sock).or_default().push(record);
+            return Vec::new();
+        };
+        let mut ready: Vec<Record> = self.waiting.remove(&record.sock).unwrap_or_default();
+        ready.push(record);
+        ready.into_iter().filter_map(|held| Some((held, event(&held, &name)?))).collect()
+    }
+
+    /// What is still held back at the end of the run, named as it is (port 0 where unknown).
+    fn flush(&mut self) -> Vec<(Record, TransitionEvent)> {
+        let mut left: Vec<Record> = self.waiting.drain().flat_map(|(_, records)| records).collect();
+        left.sort_by_key(|record| record.time_ns);
+        left.iter().filter_map(|record| Some((*record, event(record, record)?))).collect()
+    }
+}
+
+/// The event of `record`, named by the four-tuple of `named` (the same socket, maybe later).
+fn event(record: &Record, named: &Record) -> Option<TransitionEvent> {
+    let from = TcpState::from_kernel(u8::try_from(record.from).ok()?)?;
+    let to = TcpState::from_kernel(u8::try_from(record.to).ok()?)?;
+    if from == to {
+        return None;
+    }
+    let socket = if named.is_listener() {
+        format!("{} -> *:*", named.local)
+    } else {
+        format!("{} -> {}", named.local, named.remote)
+    };
+    Some(TransitionEvent { socket, local_port: named.local.port(), remote_port: named.remote.port(), from, to })
+}
+
+/// The reader thread: every record to `sink` until `stop`, then a last pass.
+fn read_until_stopped(mut reader: RingReader, sink: &EventSink, stop: &AtomicBool, wake: RawFd) -> Result<TracerStats> {
+    let mut namer = Namer::default();
+    let mut latencies: Vec<u64> = Vec::new();
+    let mut transitions = 0;
+    let mut emit = |pairs: Vec<(Record, TransitionEvent)>| {
+        for (record, event) in pairs {
+            let Some(host) = HostId::ALL.into_iter().find(|host| host.index() as u32 == record.host) else { continue };
+            transitions += 1;
+            sink.emit_at(sink.clock().since_t0_monotonic(record.time_ns), host, EventKind::Transition(event));
+        }
+    };
+    loop {
+        let stopping = stop.load(Ordering::SeqCst);
+        let mut records = Vec::new();
+        reader
+            .read(if stopping { Duration::ZERO } else { READ_TICK }, wake, |bytes| records.extend(Record::parse(bytes)))
+            .map_err(|e| Error::sys("read the transition tracer's ring buffer", e))?;
+        let now = monotonic_ns();
+        for record in records {
+            latencies.push(now.saturating_sub(record.time_ns));
+            emit(namer.take(record));
+        }
+        if stopping {
+            emit(namer.flush());
+            break;
+        }
+    }
+    latencies.sort_unstable();
+    let micros = |ns: u64| ns as f64 / 1e3;
+    Ok(TracerStats {
+        transitions,
+        lost: 0,
+        median_latency_us: latencies.get(latencies.len() / 2).copied().map_or(0.0, micros),
+        max_latency_us: latencies.last().copied().map_or(0.0, micros),
+    })
+}
+
+#[cfg(test)]
+mod tests;

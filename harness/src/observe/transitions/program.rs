@@ -1,0 +1,428 @@
+//! The transition tracer's BPF program, written out instruction by instruction: run at the kernel's
+//! `sock:inet_sock_set_state` tracepoint (as a raw tracepoint: `sk`, `oldstate`, `newstate`), it keeps the
+//! transitions of IPv4 TCP sockets whose network namespace is one of the run's and hands each to user space
+//! through a ring buffer, stamped with the kernel's monotonic clock at the transition.
+
+use super::btf::{Btf, Field};
+use crate::error::Result;
+
+/// `AF_INET`, `IPPROTO_TCP`.
+const AF_INET: i32 = 2;
+const IPPROTO_TCP: i32 = 6;
+
+/// One record in the ring buffer, as the program writes it (native byte order unless said otherwise).
+pub mod record {
+    /// `bpf_ktime_get_ns()` at the transition (CLOCK_MONOTONIC).
+    pub const TIME_NS: usize = 0;
+    /// The socket's kernel address: tells sockets apart across their transitions, never shown.
+    pub const SOCK: usize = 8;
+    pub const OLD_STATE: usize = 16;
+    pub const NEW_STATE: usize = 20;
+    /// Index of the host whose namespace the socket is in (the value in the namespace map).
+    pub const HOST: usize = 24;
+    /// Remote and local IPv4 address, network byte order.
+    pub const REMOTE_ADDRESS: usize = 28;
+    pub const LOCAL_ADDRESS: usize = 32;
+    /// Remote port, network byte order; local port, native order (0 until the socket has one).
+    pub const REMOTE_PORT: usize = 36;
+    pub const LOCAL_PORT: usize = 38;
+    pub const LEN: usize = 40;
+}
+
+/// Where the program finds what it reads in the running kernel's `struct sock` and `struct net`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SockLayout {
+    /// `sk->__sk_common.skc_net.net`: the socket's `struct net *`.
+    net: Field,
+    /// `net->ns.inum`: the namespace's inode number, as `ls -i /proc/<pid>/ns/net` shows it.
+    inum: Field,
+    family: Field,
+    protocol: Field,
+    remote_address: Field,
+    local_address: Field,
+    remote_port: Field,
+    local_port: Field,
+}
+
+impl std::fmt::Display for SockLayout {
+    /// `offset:size` of each field, comma-separated, in declaration order.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let fields: Vec<String> =
+            self.fields().iter().map(|field| format!("{}:{}", field.offset, field.size)).collect();
+        f.write_str(&fields.join(","))
+    }
+}
+
+impl SockLayout {
+    fn fields(&self) -> [Field; 8] {
+        [
+            self.net,
+            self.inum,
+            self.family,
+            self.protocol,
+            self.remote_address,
+            self.local_address,
+            self.remote_port,
+            self.local_port,
+        ]
+    }
+
+    /// A layout as [`Display`](std::fmt::Display) writes it; `None` unless it is exactly that, with sizes the
+    /// program can read (the namespace pointer 8 bytes; inode, addresses 4; family, protocol, ports 2).
+    pub fn parse(text: &str) -> Option<SockLayout> {
+        let fields: Vec<Field> = text
+            .split(',')
+            .map(|pair| {
+                let (offset, size) = pair.split_once(':')?;
+                Some(Field { offset: offset.parse().ok()?, size: size.parse().ok()? })
+            })
+            .collect::<Option<_>>()?;
+        let [net, inum, family, protocol, remote_address, local_address, remote_port, local_port] =
+            <[Field; 8]>::try_from(fields).ok()?;
+        let layout = SockLayout { net, inum, family, protocol, remote_address, local_address, remote_port, local_port };
+        let sizes = layout.fields().map(|field| field.size);
+        (sizes == [8, 4, 2, 2, 4, 4, 2, 2] && layout.span().1 <= MAX_SPAN).then_some(layout)
+    }
+
+    /// The bytes of `struct sock` that hold the namespace pointer, family, addresses and ports, read at once.
+    fn span(&self) -> (u32, u32) {
+        let fields =
+            [self.net, self.family, self.remote_address, self.local_address, self.remote_port, self.local_port];
+        let start = fields.iter().map(|f| f.offset).min().unwrap_or(0);
+        let end = fields.iter().map(|f| f.offset + f.size).max().unwrap_or(0);
+        (start, end - start)
+    }
+
+    /// The layout of the running kernel, from its type information.
+    pub fn of(btf: &Btf) -> Result<SockLayout> {
+        let (sock, net) = (btf.struct_named("sock")?, btf.struct_named("net")?);
+        let common = |member: &str| btf.field_in(sock, "sock", &["__sk_common", member]);
+        let layout = SockLayout {
+            net: btf.field_in(sock, "sock", &["__sk_common", "skc_net", "net"])?,
+            inum: btf.field_in(net, "net", &["ns", "inum"])?,
+            family: common("skc_family")?,
+            protocol: btf.field_in(sock, "sock", &["sk_protocol"])?,
+            remote_address: common("skc_daddr")?,
+            local_address: common("skc_rcv_saddr")?,
+            remote_port: common("skc_dport")?,
+            local_port: common("skc_num")?,
+        };
+        let (_, len) = layout.span();
+        if len > MAX_SPAN {
+            return Err(crate::error::Error::Missing {
+                what: format!("struct sock_common with its addresses and namespace within {MAX_SPAN} bytes ({len})"),
+                hint: "a kernel whose struct layout the transition tracer knows (Linux >= 5.8)".into(),
+            });
+        }
+        Ok(layout)
+    }
+}
+
+/// The maps the program uses, by descriptor.
+#[derive(Debug, Clone, Copy)]
+pub struct Maps {
+    /// Ring buffer of records.
+    pub ring: i32,
+    /// Array of one u64: records the ring buffer had no room for.
+    pub lost: i32,
+}
+
+/// The most bytes of `struct sock_common` the program copies at once: the namespace pointer, family,
+/// addresses and ports lie within its first 64 bytes on every kernel the tracer knows.
+const MAX_SPAN: u32 = 128;
+
+const R0: u8 = 0;
+const R1: u8 = 1;
+const R2: u8 = 2;
+const R3: u8 = 3;
+const R6: u8 = 6;
+const R7: u8 = 7;
+const R8: u8 = 8;
+const R9: u8 = 9;
+const FP: u8 = 10;
+
+const HELPER_MAP_LOOKUP_ELEM: i32 = 1;
+const HELPER_KTIME_GET_NS: i32 = 5;
+const HELPER_PROBE_READ_KERNEL: i32 = 113;
+const HELPER_RINGBUF_RESERVE: i32 = 131;
+const HELPER_RINGBUF_SUBMIT: i32 = 132;
+
+const LDX: u8 = 0x01;
+/// Jumps comparing the low 32 bits (an inode number is a u32; a 64-bit compare would sign-extend the immediate).
+const JMP32: u8 = 0x06;
+const ST: u8 = 0x02;
+const STX: u8 = 0x03;
+const JMP: u8 = 0x05;
+const ALU64: u8 = 0x07;
+const SIZE_W: u8 = 0x00;
+const SIZE_H: u8 = 0x08;
+const SIZE_DW: u8 = 0x18;
+const MODE_MEM: u8 = 0x60;
+const MODE_ATOMIC: u8 = 0xc0;
+const SOURCE_REG: u8 = 0x08;
+const OP_ADD: u8 = 0x00;
+const OP_MOV: u8 = 0xb0;
+const OP_JA: u8 = 0x00;
+const OP_JEQ: u8 = 0x10;
+const OP_JNE: u8 = 0x50;
+const OP_CALL: u8 = 0x80;
+const OP_EXIT: u8 = 0x90;
+/// `ld_imm64` of a map by descriptor (`BPF_LD | BPF_IMM | BPF_DW`, source `BPF_PSEUDO_MAP_FD`).
+const LD_IMM64: u8 = 0x18;
+const PSEUDO_MAP_FD: u8 = 1;
+
+/// Stack slots (offsets from the frame pointer): the copied span of the socket first.
+const SLOT_SPAN: i16 = -(MAX_SPAN as i16);
+const SLOT_INUM: i16 = SLOT_SPAN - 8;
+const SLOT_PROTOCOL: i16 = SLOT_SPAN - 16;
+const SLOT_TIME: i16 = SLOT_SPAN - 24;
+const SLOT_ZERO: i16 = SLOT_SPAN - 28;
+
+/// Jump targets, patched once the program is complete.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Label {
+    Out,
+    Lost,
+    Server,
+    Ours,
+}
+
+#[derive(Default)]
+struct Assembler {
+    insns: Vec<u64>,
+    jumps: Vec<(usize, Label)>,
+    labels: Vec<(Label, usize)>,
+}
+
+impl Assembler {
+    fn raw(&mut self, code: u8, dst: u8, src: u8, off: i16, imm: i32) {
+        let registers = if cfg!(target_endian = "little") { (src << 4) | dst } else { (dst << 4) | src };
+        let mut bytes = [0u8; 8];
+        bytes[0] = code;
+        bytes[1] = registers;
+        bytes[2..4].copy_from_slice(&off.to_ne_bytes());
+        bytes[4..8].copy_from_slice(&imm.to_ne_bytes());
+        self.insns.push(u64::from_ne_bytes(bytes));
+    }
+
+    fn load(&mut self, size: u8, dst: u8, src: u8, off: i16) {
+        self.raw(LDX | size | MODE_MEM, dst, src, off, 0);
+    }
+
+    fn store(&mut self, size: u8, dst: u8, off: i16, src: u8) {
+        self.raw(STX | size | MODE_MEM, dst, src, off, 0);
+    }
+
+    fn mov(&mut self, dst: u8, src: u8) {
+        self.raw(ALU64 | OP_MOV | SOURCE_REG, dst, src, 0, 0);
+    }
+
+    fn mov_imm(&mut self, dst: u8, imm: i32) {
+        self.raw(ALU64 | OP_MOV, dst, 0, 0, imm);
+    }
+
+    fn add_imm(&mut self, dst: u8, imm: i32) {
+        self.raw(ALU64 | OP_ADD, dst, 0, 0, imm);
+    }
+
+    fn call(&mut self, helper: i32) {
+        self.raw(JMP | OP_CALL, 0, 0, 0, helper);
+    }
+
+    fn jump(&mut self, op: u8, dst: u8, imm: i32, to: Label) {
+        self.jumps.push((self.insns.len(), to));
+        self.raw(JMP | op, dst, 0, 0, imm);
+    }
+
+    fn jump32(&mut self, op: u8, dst: u8, imm: u32, to: Label) {
+        self.jumps.push((self.insns.len(), to));
+        self.raw(JMP32 | op, dst, 0, 0, imm as i32);
+    }
+
+    fn jump_if_registers(&mut self, op: u8, dst: u8, src: u8, to: Label) {
+        self.jumps.push((self.insns.len(), to));
+        self.raw(JMP | op | SOURCE_REG, dst, src, 0, 0);
+    }
+
+    fn label(&mut self, label: Label) {
+        self.labels.push((label, self.insns.len()));
+    }
+
+    fn map(&mut self, dst: u8, fd: i32) {
+        self.raw(LD_IMM64, dst, PSEUDO_MAP_FD, 0, fd);
+        self.raw(0, 0, 0, 0, 0);
+    }
+
+    /// `bpf_probe_read_kernel(fp + slot, size, base + field)`, leaving the program when it fails.
+    fn probe(&mut self, slot: i16, base: u8, field: Field) {
+        self.mov(R1, FP);
+        self.add_imm(R1, i32::from(slot));
+        self.mov_imm(R2, field.size as i32);
+        self.mov(R3, base);
+        self.add_imm(R3, field.offset as i32);
+        self.call(HELPER_PROBE_READ_KERNEL);
+        self.jump(OP_JNE, R0, 0, Label::Out);
+    }
+
+    fn finish(mut self) -> Vec<u64> {
+        for (at, label) in std::mem::take(&mut self.jumps) {
+            let target = self.labels.iter().find(|(l, _)| *l == label).map(|(_, at)| *at).unwrap_or(at + 1);
+            let off = (target as i64 - at as i64 - 1) as i16;
+            let mut bytes = self.insns[at].to_ne_bytes();
+            bytes[2..4].copy_from_slice(&off.to_ne_bytes());
+            self.insns[at] = u64::from_ne_bytes(bytes);
+        }
+        self.insns
+    }
+}
+
+/// The program's instructions for `layout`, the inode numbers of the run's two namespaces (by
+/// `HostId::index()`) and `maps`.
+pub fn instructions(layout: &SockLayout, namespaces: [u32; 2], maps: Maps) -> Vec<u64> {
+    let mut a = Assembler::default();
+    let (span_start, span_len) = layout.span();
+    let in_span = |field: Field| SLOT_SPAN + (field.offset - span_start) as i16;
+    // Raw tracepoint arguments: (struct sock *sk, int oldstate, int newstate).
+    a.load(SIZE_DW, R6, R1, 0);
+    a.load(SIZE_DW, R7, R1, 8);
+    a.load(SIZE_DW, R8, R1, 16);
+    // The time first: closest to the transition.
+    a.call(HELPER_KTIME_GET_NS);
+    a.store(SIZE_DW, FP, SLOT_TIME, R0);
+    // `tcp_close` of a socket that never connected "changes" CLOSE to CLOSE: nothing to record.
+    a.jump_if_registers(OP_JEQ, R7, R8, Label::Out);
+    // One copy of the socket's common part: namespace pointer, family, addresses, ports.
+    a.probe(SLOT_SPAN, R6, Field { offset: span_start, size: span_len });
+    // The namespace's inode: one of the run's two, else not ours.
+    a.load(SIZE_DW, R9, FP, in_span(layout.net));
+    a.probe(SLOT_INUM, R9, layout.inum);
+    a.load(SIZE_W, R1, FP, SLOT_INUM);
+    a.mov_imm(R9, 0);
+    a.jump32(OP_JEQ, R1, namespaces[0], Label::Ours);
+    a.jump32(OP_JEQ, R1, namespaces[1], Label::Server);
+    a.jump(OP_JA, 0, 0, Label::Out);
+    a.label(Label::Server);
+    a.mov_imm(R9, 1);
+    a.label(Label::Ours);
+    // IPv4 TCP only (the tracepoint fires for SCTP and MPTCP too, and for IPv6).
+    a.load(SIZE_H, R1, FP, in_span(layout.family));
+    a.jump(OP_JNE, R1, AF_INET, Label::Out);
+    a.probe(SLOT_PROTOCOL, R6, layout.protocol);
+    a.load(SIZE_H, R1, FP, SLOT_PROTOCOL);
+    a.jump(OP_JNE, R1, IPPROTO_TCP, Label::Out);
+    a.map(R1, maps.ring);
+    a.mov_imm(R2, record::LEN as i32);
+    a.mov_imm(R3, 0);
+    a.call(HELPER_RINGBUF_RESERVE);
+    a.jump(OP_JEQ, R0, 0, Label::Lost);
+    a.load(SIZE_DW, R1, FP, SLOT_TIME);
+    a.store(SIZE_DW, R0, record::TIME_NS as i16, R1);
+    a.store(SIZE_DW, R0, record::SOCK as i16, R6);
+    a.store(SIZE_W, R0, record::OLD_STATE as i16, R7);
+    a.store(SIZE_W, R0, record::NEW_STATE as i16, R8);
+    a.store(SIZE_W, R0, record::HOST as i16, R9);
+    for (size, field, at) in [
+        (SIZE_W, layout.remote_address, record::REMOTE_ADDRESS),
+        (SIZE_W, layout.local_address, record::LOCAL_ADDRESS),
+        (SIZE_H, layout.remote_port, record::REMOTE_PORT),
+        (SIZE_H, layout.local_port, record::LOCAL_PORT),
+    ] {
+        a.load(size, R1, FP, in_span(field));
+        a.store(size, R0, at as i16, R1);
+    }
+    a.mov(R1, R0);
+    a.mov_imm(R2, 0);
+    a.call(HELPER_RINGBUF_SUBMIT);
+    a.jump(OP_JA, 0, 0, Label::Out);
+    // No room in the ring buffer: count the record as lost (`lock *(u64 *)(r0 + 0) += 1`).
+    a.label(Label::Lost);
+    a.raw(ST | SIZE_W | MODE_MEM, FP, 0, SLOT_ZERO, 0);
+    a.map(R1, maps.lost);
+    a.mov(R2, FP);
+    a.add_imm(R2, i32::from(SLOT_ZERO));
+    a.call(HELPER_MAP_LOOKUP_ELEM);
+    a.jump(OP_JEQ, R0, 0, Label::Out);
+    a.mov_imm(R1, 1);
+    a.raw(STX | SIZE_DW | MODE_ATOMIC, R0, R1, 0, i32::from(OP_ADD));
+    a.label(Label::Out);
+    a.mov_imm(R0, 0);
+    a.raw(JMP | OP_EXIT, 0, 0, 0, 0);
+    a.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout() -> SockLayout {
+        let field = |offset, size| Field { offset, size };
+        SockLayout {
+            net: field(48, 8),
+            inum: field(200, 4),
+            family: field(16, 2),
+            protocol: field(520, 2),
+            remote_address: field(0, 4),
+            local_address: field(4, 4),
+            remote_port: field(12, 2),
+            local_port: field(14, 2),
+        }
+    }
+
+    fn decode(insn: u64) -> (u8, u8, u8, i16, i32) {
+        let bytes = insn.to_ne_bytes();
+        let (dst, src) = if cfg!(target_endian = "little") {
+            (bytes[1] & 0xf, bytes[1] >> 4)
+        } else {
+            (bytes[1] >> 4, bytes[1] & 0xf)
+        };
+        (
+            bytes[0],
+            dst,
+            src,
+            i16::from_ne_bytes([bytes[2], bytes[3]]),
+            i32::from_ne_bytes(bytes[4..8].try_into().unwrap()),
+        )
+    }
+
+    #[test]
+    fn every_jump_lands_inside_the_program_and_it_ends_in_exit() {
+        let insns = instructions(&layout(), [7, u32::MAX - 1], Maps { ring: 4, lost: 5 });
+        let last = decode(*insns.last().unwrap());
+        assert_eq!(last.0, JMP | OP_EXIT);
+        for (at, insn) in insns.iter().enumerate() {
+            let (code, ..) = decode(*insn);
+            if matches!(code & 0x07, JMP | JMP32) && !matches!(code & 0xf0, OP_CALL | OP_EXIT) {
+                let target = at as i64 + 1 + i64::from(decode(*insn).3);
+                assert!((0..insns.len() as i64).contains(&target), "jump at {at} to {target}");
+            }
+        }
+        let maps: Vec<i32> = insns.iter().map(|i| decode(*i)).filter(|d| d.0 == LD_IMM64).map(|d| d.4).collect();
+        assert_eq!(maps, vec![4, 5], "each map is loaded by descriptor");
+        let inodes: Vec<u32> =
+            insns.iter().map(|i| decode(*i)).filter(|d| d.0 == JMP32 | OP_JEQ).map(|d| d.4 as u32).collect();
+        assert_eq!(inodes, vec![7, u32::MAX - 1], "both namespaces compared as u32");
+    }
+
+    #[test]
+    fn the_common_part_is_copied_once_and_the_far_fields_apart() {
+        let insns = instructions(&layout(), [7, 8], Maps { ring: 4, lost: 5 });
+        // Each probe adds its offset to its base just before setting up the call: (size, offset).
+        let probes: Vec<(i32, i32)> = insns
+            .windows(4)
+            .filter(|w| decode(w[3]).0 == JMP | OP_CALL && decode(w[3]).4 == HELPER_PROBE_READ_KERNEL)
+            .map(|w| (decode(w[0]).4, decode(w[2]).4))
+            .collect();
+        assert_eq!(probes, vec![(56, 0), (4, 200), (2, 520)], "span 0..56, net->ns.inum, sk_protocol");
+        assert_eq!(layout().span(), (0, 56));
+    }
+
+    #[test]
+    fn a_layout_travels_as_text() {
+        let text = layout().to_string();
+        assert_eq!(text, "48:8,200:4,16:2,520:2,0:4,4:4,12:2,14:2");
+        assert_eq!(SockLayout::parse(&text), Some(layout()));
+        assert_eq!(SockLayout::parse("48:8,200:4"), None, "every field");
+        assert_eq!(SockLayout::parse("48:4,200:4,16:2,520:2,0:4,4:4,12:2,14:2"), None, "a pointer is 8 bytes");
+        assert_eq!(SockLayout::parse("4800:8,200:4,16:2,520:2,0:4,4:4,12:2,14:2"), None, "the span is too wide");
+    }
+}
