@@ -99,7 +99,7 @@ fn spawn_and_wait(exe: &Path, job: &Job, deadline: Duration, supervisor: &Superv
     }
     command.arg(&job.file).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     if let Some(layout) = transitions::layout_for_children() {
-        command.env(transitions::LAYOUT_ENV, layout);
+        command.env(transitions::LAYOUT_ENV, &layout);
     }
     // The child, and with it its namespaces, must not outlive the runner, whatever kills the runner.
     unsafe {

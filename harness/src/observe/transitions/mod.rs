@@ -41,16 +41,24 @@ pub use bpf::run_time_stats;
 /// starts, so that each does not read the kernel's 5 MB of type information again.
 pub const LAYOUT_ENV: &str = "NETFAULT_SOCK_LAYOUT";
 
-/// The running kernel's layout as [`LAYOUT_ENV`] carries it, read once per process; `None` where the kernel has
-/// no type information (the scenario processes then say so themselves).
-pub fn layout_for_children() -> Option<&'static str> {
-    static LAYOUT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+/// The running kernel's layout: from [`LAYOUT_ENV`] when the runner passed it, else read from the kernel's type
+/// information, once per process.
+fn running_kernel_layout() -> Result<SockLayout> {
+    static LAYOUT: std::sync::OnceLock<std::result::Result<SockLayout, String>> = std::sync::OnceLock::new();
     LAYOUT
-        .get_or_init(|| {
-            let btf = btf::Btf::of_running_kernel().ok()?;
-            Some(SockLayout::of(&btf).ok()?.to_string())
+        .get_or_init(|| match std::env::var(LAYOUT_ENV).ok().and_then(|text| SockLayout::parse(&text)) {
+            Some(layout) => Ok(layout),
+            None => btf::Btf::of_running_kernel().and_then(|btf| SockLayout::of(&btf)).map_err(|e| e.to_string()),
         })
-        .as_deref()
+        .clone()
+        // The first reading's error, word for word (it says what is missing).
+        .map_err(Error::Internal)
+}
+
+/// The running kernel's layout as [`LAYOUT_ENV`] carries it to the scenario processes; `None` where the kernel has
+/// no type information (the scenario processes then say so themselves).
+pub fn layout_for_children() -> Option<String> {
+    running_kernel_layout().ok().map(|layout| layout.to_string())
 }
 
 /// Ring buffer size: 5,400 records waiting (a run makes about ten per connection); kernel memory held by every
@@ -58,6 +66,8 @@ pub fn layout_for_children() -> Option<&'static str> {
 const RING_BYTES: u32 = 256 << 10;
 /// The longest the reader sleeps between looks at the ring (records and `stop` wake it at once).
 const READ_TICK: Duration = Duration::from_millis(100);
+/// After reading records, how long the reader lets more gather before it waits to be woken again.
+const READ_GAP: Duration = Duration::from_millis(1);
 /// How long `stop` waits for the reader's last pass.
 const STOP_TIMEOUT: Duration = Duration::from_secs(3);
 /// The kernel's `TCP_CLOSE` and `TCP_LISTEN`.
@@ -138,10 +148,7 @@ impl Tracer {
     /// reader that sends their transitions to `sink`. `Err` says why the kernel's transitions cannot be
     /// recorded here.
     pub fn start(namespaces: &[Netns; 2], sink: EventSink) -> Result<Tracer> {
-        let layout = match std::env::var(LAYOUT_ENV).ok().and_then(|text| SockLayout::parse(&text)) {
-            Some(layout) => layout,
-            None => SockLayout::of(&btf::Btf::of_running_kernel()?)?,
-        };
+        let layout = running_kernel_layout()?;
         let refused = |what: &str, e: std::io::Error| {
             if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES)) {
                 Error::Missing {
@@ -323,6 +330,14 @@ fn event(record: &Record, named: &Record) -> Option<TransitionEvent> {
     Some(TransitionEvent { socket, local_port: named.local.port(), remote_port: named.remote.port(), from, to })
 }
 
+/// Sleeps `timeout`, or less if `fd` becomes readable (a stop).
+fn wait_readable(fd: RawFd, timeout: Duration) {
+    let mut poll = [libc::pollfd { fd, events: libc::POLLIN, revents: 0 }];
+    let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: one valid pollfd; an interrupted or failed poll only ends the pause early.
+    unsafe { libc::poll(poll.as_mut_ptr(), 1, millis) };
+}
+
 /// The reader thread: every record to `sink` until `stop`, then a last pass.
 fn read_until_stopped(mut reader: RingReader, sink: &EventSink, stop: &AtomicBool, wake: RawFd) -> Result<TracerStats> {
     let mut namer = Namer::default();
@@ -342,6 +357,7 @@ fn read_until_stopped(mut reader: RingReader, sink: &EventSink, stop: &AtomicBoo
             .read(if stopping { Duration::ZERO } else { READ_TICK }, wake, |bytes| records.extend(Record::parse(bytes)))
             .map_err(|e| Error::sys("read the transition tracer's ring buffer", e))?;
         let now = monotonic_ns();
+        let busy = !records.is_empty();
         for record in records {
             latencies.push(now.saturating_sub(record.time_ns));
             emit(namer.take(record));
@@ -349,6 +365,11 @@ fn read_until_stopped(mut reader: RingReader, sink: &EventSink, stop: &AtomicBoo
         if stopping {
             emit(namer.flush());
             break;
+        }
+        if busy {
+            // Let the next records gather: the kernel wakes a waiting reader for the first record after it caught
+            // up, and every such wakeup costs the CPU making the transition a few microseconds.
+            wait_readable(wake, READ_GAP);
         }
     }
     latencies.sort_unstable();
