@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::report::{self, Status, Summary};
 use crate::runner::{self, Job};
+use crate::scenario::variables::Variables;
 use crate::supervise::{self, Supervisor};
 
 const USAGE: &str = "\
@@ -123,7 +124,7 @@ fn run(args: &[String]) -> ExitCode {
         Ok(options) => options,
         Err(e) => return usage_error(&e),
     };
-    let loaded = match runner::load_all(&options.paths) {
+    let loaded = match runner::load_all(&options.paths, &Variables::from_environment()) {
         Ok(loaded) => loaded,
         Err(errors) => {
             for error in &errors {
@@ -271,7 +272,7 @@ fn check(args: &[String]) -> ExitCode {
         Ok(options) => options,
         Err(e) => return usage_error(&e),
     };
-    match runner::load_all(&options.paths) {
+    match runner::load_all(&options.paths, &Variables::from_environment()) {
         Ok(loaded) => {
             println!("{} scenario(s) valid", loaded.len());
             ExitCode::SUCCESS
@@ -290,7 +291,7 @@ fn list(args: &[String]) -> ExitCode {
         Ok(options) => options,
         Err(e) => return usage_error(&e),
     };
-    match runner::load_all(&options.paths) {
+    match runner::load_all(&options.paths, &Variables::from_environment()) {
         Ok(loaded) => {
             for (_, plan) in loaded {
                 let first_line = plan.description.lines().next().unwrap_or_default();
@@ -318,7 +319,7 @@ fn test(args: &[String]) -> ExitCode {
     let mut libtest_args = vec!["netfault-test".to_string()];
     libtest_args.extend(options.passthrough);
     let args = libtest_mimic::Arguments::from_iter(libtest_args);
-    runner::test_main(&root, &reports, &exe(), args)
+    runner::test_main(&root, &reports, &exe(), &Variables::from_environment(), args)
 }
 
 fn child(args: &[String]) -> ExitCode {
@@ -329,7 +330,7 @@ fn child(args: &[String]) -> ExitCode {
     let root = options.root.unwrap_or_else(|| PathBuf::from("."));
     let reports = options.reports.unwrap_or_else(|| PathBuf::from("reports"));
     match options.paths.as_slice() {
-        [file] => runner::child_main(&root, &reports, Path::new(file), options.run),
+        [file] => runner::child_main(&root, &reports, Path::new(file), options.run, &Variables::from_environment()),
         _ => usage_error("the child command runs exactly one scenario file"),
     }
 }

@@ -16,7 +16,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::error::{Context, Error, Result};
 use crate::report::{self, Status, Summary};
-use crate::scenario::{self, plan::Plan};
+use crate::scenario::{self, plan::Plan, variables::Variables};
 use crate::supervise::{self, StopReason, Supervisor};
 use crate::{capture, engine, netns, pidns, userns, verdict};
 
@@ -247,8 +247,8 @@ fn reaped_within(child: &mut Child, limit: Duration) -> bool {
 
 /// The hidden child command: runs one scenario in this process and prints its summary as the last stdout line.
 /// Exit code: 0 pass, 1 verdict failure, 2 harness error.
-pub fn child_main(root: &Path, reports: &Path, file: &Path, run: Option<usize>) -> ExitCode {
-    let summary = match run_here(root, reports, file, run) {
+pub fn child_main(root: &Path, reports: &Path, file: &Path, run: Option<usize>, variables: &Variables) -> ExitCode {
+    let summary = match run_here(root, reports, file, run, variables) {
         Ok(summary) => summary,
         Err(e) => Summary::harness_error(display_name(root, file), reports, e.to_string()),
     };
@@ -265,14 +265,14 @@ pub fn child_main(root: &Path, reports: &Path, file: &Path, run: Option<usize>) 
     std::process::exit(code)
 }
 
-fn run_here(root: &Path, reports: &Path, file: &Path, run: Option<usize>) -> Result<Summary> {
+fn run_here(root: &Path, reports: &Path, file: &Path, run: Option<usize>, variables: &Variables) -> Result<Summary> {
     // Entering a user namespace needs a single-threaded process: do it before anything spawns a thread.
     userns::acquire()?;
     // From here on this process is pid 1 of its own PID namespace: what its programs start dies with it.
     pidns::become_init()?;
     netns::enter_private_parent()?;
     capture::keep_kernel_timestamps_on()?;
-    let plan = scenario::load(root, file)?;
+    let plan = scenario::load(root, file, variables)?;
     let mut dir = report::report_dir(reports, &plan.name)?;
     if let Some(run) = run {
         dir.push(run_folder(run));
@@ -293,7 +293,7 @@ pub fn display_name(root: &Path, file: &Path) -> String {
 }
 
 /// Loads every scenario under the given paths, or reports every invalid one.
-pub fn load_all(paths: &[PathBuf]) -> Result<Vec<(Job, Plan)>, Vec<String>> {
+pub fn load_all(paths: &[PathBuf], variables: &Variables) -> Result<Vec<(Job, Plan)>, Vec<String>> {
     let mut plans = Vec::new();
     let mut errors = Vec::new();
     for path in paths {
@@ -309,7 +309,7 @@ pub fn load_all(paths: &[PathBuf]) -> Result<Vec<(Job, Plan)>, Vec<String>> {
             errors.push(format!("{}: no scenario files (*.yaml) found", path.display()));
         }
         for file in files {
-            match scenario::load(&root, &file) {
+            match scenario::load(&root, &file, variables) {
                 // Refused here too, not only by the child: `check` must say so, and `run` must run nothing.
                 Ok(plan) => match report::report_dir(Path::new("reports"), &plan.name) {
                     Ok(_) => plans.push((Job { file, root: root.clone(), reports: PathBuf::new(), run: None }, plan)),
@@ -398,7 +398,7 @@ pub fn default_parallelism(jobs: usize) -> usize {
 /// The whole run is bounded by the suite deadline: `NETFAULT_SUITE_DEADLINE` (e.g. `10m`), by default
 /// [`supervise::default_budget`] of the scenarios' deadlines. SIGINT / SIGTERM or the deadline kill every
 /// scenario process and fail its trial with the reason.
-pub fn test_main(root: &Path, reports: &Path, exe: &Path, mut args: Arguments) -> ExitCode {
+pub fn test_main(root: &Path, reports: &Path, exe: &Path, variables: &Variables, mut args: Arguments) -> ExitCode {
     let files = match scenario::discover(root) {
         Ok(files) => files,
         Err(e) => {
@@ -409,7 +409,7 @@ pub fn test_main(root: &Path, reports: &Path, exe: &Path, mut args: Arguments) -
     let plans: Vec<(PathBuf, Result<Plan, String>)> = files
         .into_iter()
         .map(|file| {
-            let plan = scenario::load(root, &file).map_err(|e| e.to_string());
+            let plan = scenario::load(root, &file, variables).map_err(|e| e.to_string());
             (file, plan)
         })
         .collect();

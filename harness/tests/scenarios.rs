@@ -10,6 +10,7 @@ fn main() -> ExitCode {
         &workspace.join("scenarios"),
         Path::new(&reports),
         Path::new(env!("CARGO_BIN_EXE_netfault")),
+        &netfault::scenario::variables::Variables::from_environment().bin("netfault", env!("CARGO_BIN_EXE_netfault")),
         libtest_mimic::Arguments::from_args(),
     )
 }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::plan::*;
+use super::variables::Variables;
 use super::*;
 
 fn ms(n: u64) -> Duration {
@@ -71,7 +72,7 @@ fn good_file() -> (PathBuf, PathBuf) {
 #[test]
 fn complete_scenario_becomes_the_expected_plan() {
     let (root, file) = good_file();
-    let plan = load(&root, &file).unwrap();
+    let plan = load(&root, &file, &Variables::default()).unwrap();
     assert_eq!(plan.name, "complete");
     assert_eq!(plan.file, file);
     assert!(plan.description.starts_with("Client enables keepalive 5/3/3."));
@@ -430,6 +431,66 @@ fn exec_with_everything() {
     assert_eq!(steps[0].expect.outcome, Some(ExpectedOutcome::Exit(7)));
 }
 
+/// The first exec step of `text` parsed with `variables` set, from the file /s/demo/x.yaml.
+fn exec_with(text: &str, variables: &Variables) -> Result<ExecPlan, ScenarioError> {
+    let plan = parse_with("x", Path::new("/s/demo/x.yaml"), text, variables)?;
+    match &plan.hosts[0].steps[0].action {
+        Action::Exec(exec) => Ok(exec.clone()),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn exec_variables_resolve_in_program_args_env_and_stdin() {
+    let variables = Variables::default().bin("fetch", "/t/debug/fetch").env("PORT", "7000");
+    let exec = exec_with(
+        "description: d\nclient:\n  - exec:\n      program: ${CARGO_BIN_EXE_fetch}\n\
+         \x20     args: [\"10.0.0.2:${env:PORT}\", '${scenario_dir}/req.txt', \"$${HOME}\"]\n\
+         \x20     env: { DATA: \"${scenario_dir}\" }\n      stdin: |\n        port ${env:PORT}\n\
+         \x20     stdout: '\\$\\{env:PORT\\}'\n",
+        &variables,
+    )
+    .unwrap();
+    assert_eq!(exec.program, "/t/debug/fetch");
+    assert_eq!(exec.args, vec!["10.0.0.2:7000", "/s/demo/req.txt", "${HOME}"]);
+    assert_eq!(exec.env, vec![("DATA".into(), "/s/demo".into())]);
+    assert_eq!(exec.stdin.as_deref(), Some("port 7000\n"));
+    assert_eq!(exec.stdout, vec!["\\$\\{env:PORT\\}"], "patterns are regular expressions, not substituted");
+}
+
+#[test]
+fn an_unresolved_variable_is_pointed_at_inside_its_string() {
+    let variables = Variables::default().bin("fetch", "/t/debug/fetch").env("PORT", "7000");
+    let error_at = |text: &str| {
+        let error = exec_with(&format!("description: d\nclient:\n  - exec:\n{text}"), &variables).unwrap_err();
+        (error.location.map(|l| (l.line, l.column)), error.message)
+    };
+    let (location, message) = error_at("      program: ${CARGO_BIN_EXE_fecth}\n");
+    assert_eq!(location, Some((4, 16)));
+    assert!(message.contains("no binary \"fecth\" is set; did you mean ${CARGO_BIN_EXE_fetch}?"), "{message}");
+    assert!(
+        message.contains("variables set: ${scenario_dir}, ${CARGO_BIN_EXE_fetch}, ${env:NAME} for the 1"),
+        "{message}"
+    );
+    let (location, message) =
+        error_at("      program: sh\n      args: [\"-c\", \"echo ${env:PORT} ${env:PORT} ${env:NOPE}\"]\n");
+    assert_eq!(location, Some((5, 50)), "the third variable of the second argument: {message}");
+    assert!(message.starts_with("environment variable NOPE is not set (${env:NOPE})"), "{message}");
+    let (location, _) = error_at("      program: sh\n      env: { A: 'x ${env:PORT} ${nope}' }\n");
+    assert_eq!(location, Some((5, 32)));
+    let (location, message) = error_at("      program: cat\n      stdin: |\n        one\n        two ${env:PORT\n");
+    assert_eq!(location, Some((7, 13)));
+    assert!(message.contains("no `}` closes"), "{message}");
+    let (location, _) = error_at("      program: cat\n      args: \"\\x24{nope}\"\n");
+    assert_eq!(location, Some((5, 13)), "written with an escape: the string itself");
+    let (_, message) = error_at("      program: ${env:EMPTY}\n");
+    assert!(message.contains("EMPTY is not set"), "{message}");
+    let empty = Variables::default().env("EMPTY", "");
+    let error = exec_with("description: d\nclient:\n  - exec: { program: \"${env:EMPTY}\" }\n", &empty).unwrap_err();
+    assert_eq!(error.location, Some(at(3, 22)));
+    assert!(error.message.contains("program is empty once its variables are resolved"), "{error}");
+}
+
 #[test]
 fn step_expectations_in_every_form() {
     let steps = steps(
@@ -690,7 +751,7 @@ fn discover_finds_yaml_files_sorted() {
     assert_eq!(discover(&single).unwrap(), vec![single.clone()]);
     assert!(discover(&dir.0.join("missing")).is_err());
 
-    let plan = load(&dir.0, &dir.0.join("c/d/e.yaml")).unwrap();
+    let plan = load(&dir.0, &dir.0.join("c/d/e.yaml"), &Variables::default()).unwrap();
     assert_eq!(plan.name, "c/d/e");
     assert_eq!(plan.file, dir.0.join("c/d/e.yaml"));
 }
@@ -699,7 +760,7 @@ fn discover_finds_yaml_files_sorted() {
 fn load_reports_unreadable_and_oversized_files() {
     let dir = TempDir::new("load");
     let missing = dir.0.join("missing.yaml");
-    let error = load(&dir.0, &missing).unwrap_err();
+    let error = load(&dir.0, &missing, &Variables::default()).unwrap_err();
     assert_eq!(error.file, missing);
     assert!(error.message.contains("cannot read the scenario file"), "{}", error.message);
 
@@ -709,7 +770,7 @@ fn load_reports_unreadable_and_oversized_files() {
         text.push_str("# padding padding padding padding padding padding padding padding\n");
     }
     std::fs::write(&big, &text).unwrap();
-    let error = load(&dir.0, &big).unwrap_err();
+    let error = load(&dir.0, &big, &Variables::default()).unwrap_err();
     assert_eq!(error.location, Some(at(1, 1)));
     assert!(error.message.contains("larger than 1 MiB"), "{}", error.message);
 }

@@ -581,13 +581,17 @@ impl Validator<'_> {
             self.required(&exec.program, path, "exec", "program", "the program to run, e.g. `program: curl`")?;
         let program_path = path.key("program");
         let program = self.text(&program_path, program, "program")?;
+        let program = self.resolve(&program_path, &program)?;
         self.no_nul(&program_path, &program, "the program")?;
+        if program.is_empty() {
+            return Err(self.fail(&program_path, "program is empty once its variables are resolved; give it a value"));
+        }
         let mut args = Vec::new();
         if let Some(list) = &exec.args {
             let args_path = path.key("args");
             for (i, arg) in list.items.iter().enumerate() {
                 let arg_path = if list.list { args_path.index(i) } else { args_path.clone() };
-                let arg = arg.text();
+                let arg = self.resolve(&arg_path, &arg.text())?;
                 self.no_nul(&arg_path, &arg, "an argument")?;
                 args.push(arg);
             }
@@ -606,13 +610,16 @@ impl Validator<'_> {
                         ),
                     ));
                 }
-                let value = value.text();
+                let value = self.resolve(&env_path, &value.text())?;
                 self.no_nul(&env_path, &value, "an environment variable")?;
                 env.push((name.clone(), value));
             }
         }
         env.sort();
-        let stdin = exec.stdin.as_ref().map(Scalar::text);
+        let stdin = match &exec.stdin {
+            Some(stdin) => Some(self.resolve(&path.key("stdin"), &stdin.text())?),
+            None => None,
+        };
         let timeout = match &exec.timeout {
             Some(timeout) => {
                 let timeout_path = path.key("timeout");
