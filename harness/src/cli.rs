@@ -323,15 +323,10 @@ fn test(args: &[String]) -> ExitCode {
 }
 
 fn child(args: &[String]) -> ExitCode {
-    let options = match parse_options(args, &["--root", "--reports", "--run"]) {
-        Ok(options) => options,
-        Err(e) => return usage_error(&e),
-    };
-    let root = options.root.unwrap_or_else(|| PathBuf::from("."));
-    let reports = options.reports.unwrap_or_else(|| PathBuf::from("reports"));
-    match options.paths.as_slice() {
-        [file] => runner::child_main(&root, &reports, Path::new(file), options.run, &Variables::from_environment()),
-        _ => usage_error("the child command runs exactly one scenario file"),
+    let args: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+    match Job::from_child_args(&args) {
+        Ok(job) => runner::child_main(&job, &Variables::from_environment()),
+        Err(e) => usage_error(&e),
     }
 }
 

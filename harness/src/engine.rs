@@ -14,7 +14,7 @@ use crate::clock::{Clock, EventSink};
 use crate::error::{joined, Error, Result};
 use crate::firewall::{self, Firewall};
 use crate::netns::Netns;
-use crate::observe::{Observer, ObserverStats};
+use crate::observe::{DiagSocket, Observer, ObserverStats};
 use crate::priority;
 use crate::scenario::plan::{Direction, FaultPlan, HostId, Plan, StepEdge, Trigger};
 use crate::timeline::{Event, EventKind, PacketDirection, Timeline};
@@ -64,6 +64,12 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
     let mut programs: Vec<(HostId, Option<JoinHandle<Result<()>>>)> = Vec::with_capacity(2);
     for host in HostId::ALL {
         let host_plan = plan.host(host).clone();
+        let mut sock_diag = [None, None];
+        for (target, named) in HostId::ALL.into_iter().zip(actors::listening_hosts(&host_plan)) {
+            if named {
+                sock_diag[target.index()] = Some(DiagSocket::open_in(&namespaces[target.index()])?);
+            }
+        }
         let mut ctx = ActorContext {
             host,
             own_address: plan.host(host).address,
@@ -73,6 +79,7 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
             sink: sink.clone(),
             deadline: Instant::now() + plan.deadline,
             plan: plan.clone(),
+            sock_diag,
         };
         let (gate_tx, gate_rx) = mpsc::channel::<Instant>();
         gates.push(gate_tx);

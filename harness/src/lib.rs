@@ -21,6 +21,7 @@ pub mod runner;
 pub mod scenario;
 pub mod selftest;
 pub mod supervise;
+pub mod testing;
 pub mod timeline;
 pub mod topology;
 pub mod userns;

@@ -2,6 +2,7 @@
 //! its deadline; and the libtest-mimic glue that makes every scenario one `cargo test` trial.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::io::Read;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
@@ -48,6 +49,45 @@ pub struct Job {
     pub run: Option<usize>,
 }
 
+impl Job {
+    /// The arguments after [`CHILD_COMMAND`] that make a scenario process run this job:
+    /// `--root ROOT --reports DIR [--run N] FILE`.
+    pub fn child_args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> =
+            vec!["--root".into(), self.root.clone().into(), "--reports".into(), self.reports.clone().into()];
+        if let Some(run) = self.run {
+            args.extend(["--run".into(), run.to_string().into()]);
+        }
+        args.push(self.file.clone().into());
+        args
+    }
+
+    /// The job that [`Job::child_args`] describes; `Err` says what is wrong with the arguments.
+    pub fn from_child_args(args: &[OsString]) -> Result<Job, String> {
+        let mut job =
+            Job { file: PathBuf::new(), root: PathBuf::from("."), reports: PathBuf::from("reports"), run: None };
+        let mut files = Vec::new();
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            let mut value = || args.next().ok_or_else(|| format!("{} needs a value", arg.to_string_lossy()));
+            match arg.to_str() {
+                Some("--root") => job.root = PathBuf::from(value()?),
+                Some("--reports") => job.reports = PathBuf::from(value()?),
+                Some("--run") => {
+                    let text = value()?.to_string_lossy();
+                    job.run = Some(text.parse().map_err(|_| format!("--run {text:?}: need a number"))?);
+                }
+                Some(flag) if flag.starts_with('-') => return Err(format!("unknown option {flag:?}")),
+                _ => files.push(PathBuf::from(arg)),
+            }
+        }
+        match <[PathBuf; 1]>::try_from(files) {
+            Ok([file]) => Ok(Job { file, ..job }),
+            Err(files) => Err(format!("{CHILD_COMMAND} runs exactly one scenario file, got {}", files.len())),
+        }
+    }
+}
+
 /// The folder a repetition's report goes to, under the scenario's report folder.
 pub fn run_folder(run: usize) -> String {
     format!("run-{run}")
@@ -75,11 +115,8 @@ pub fn run_in_child(exe: &Path, job: &Job, deadline: Duration, supervisor: &Supe
 
 fn spawn_and_wait(exe: &Path, job: &Job, deadline: Duration, supervisor: &Supervisor) -> Result<Summary> {
     let mut command = Command::new(exe);
-    command.arg(CHILD_COMMAND).arg("--root").arg(&job.root).arg("--reports").arg(&job.reports);
-    if let Some(run) = job.run {
-        command.arg("--run").arg(run.to_string());
-    }
-    command.arg(&job.file).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    command.arg(CHILD_COMMAND).args(job.child_args());
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     // The child, and with it its namespaces, must not outlive the runner, whatever kills the runner.
     unsafe {
         command.pre_exec(|| {
@@ -247,10 +284,10 @@ fn reaped_within(child: &mut Child, limit: Duration) -> bool {
 
 /// The hidden child command: runs one scenario in this process and prints its summary as the last stdout line.
 /// Exit code: 0 pass, 1 verdict failure, 2 harness error.
-pub fn child_main(root: &Path, reports: &Path, file: &Path, run: Option<usize>, variables: &Variables) -> ExitCode {
-    let summary = match run_here(root, reports, file, run, variables) {
+pub fn child_main(job: &Job, variables: &Variables) -> ExitCode {
+    let summary = match run_here(&job.root, &job.reports, &job.file, job.run, variables) {
         Ok(summary) => summary,
-        Err(e) => Summary::harness_error(display_name(root, file), reports, e.to_string()),
+        Err(e) => Summary::harness_error(display_name(&job.root, &job.file), &job.reports, e.to_string()),
     };
     match serde_json::to_string(&summary) {
         Ok(line) => println!("{line}"),
@@ -476,6 +513,25 @@ fn trial_result(summary: Summary) -> Result<(), Failed> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_job_survives_the_child_command_line() {
+        let job = Job {
+            file: "scenarios/a b/c.yaml".into(),
+            root: "scenarios".into(),
+            reports: "/tmp/r".into(),
+            run: Some(3),
+        };
+        let back = Job::from_child_args(&job.child_args()).unwrap();
+        assert_eq!((back.file, back.root, back.reports, back.run), (job.file, job.root, job.reports, job.run));
+        let plain = Job::from_child_args(&["x.yaml".into()]).unwrap();
+        assert_eq!((plain.root, plain.reports, plain.run), (PathBuf::from("."), PathBuf::from("reports"), None));
+        let problem = |args: &[&str]| Job::from_child_args(&args.iter().map(OsString::from).collect::<Vec<_>>());
+        assert_eq!(problem(&["a.yaml", "b.yaml"]).unwrap_err(), "__run-one runs exactly one scenario file, got 2");
+        assert_eq!(problem(&["--run", "x", "a.yaml"]).unwrap_err(), "--run \"x\": need a number");
+        assert_eq!(problem(&["--root"]).unwrap_err(), "--root needs a value");
+        assert_eq!(problem(&["--jobs", "2", "a.yaml"]).unwrap_err(), "unknown option \"--jobs\"");
+    }
 
     #[test]
     fn bounded_wait_sees_an_exit_at_once_and_kills_past_the_limit() {

@@ -44,9 +44,10 @@ pub use exec::{ProcessRegistry, PATTERN_FAILURE_PREFIX};
 
 use crate::clock::EventSink;
 use crate::error::{Error, Result};
+use crate::observe::{self, DiagSocket};
 use crate::scenario::plan::{
     Action, Errno, HostId, HostPlan, Plan, PollEvent, SendRepeat, SendUntil, SockOpt, SockOptName, SockOptValue,
-    StepEdge, StepPlan,
+    StepEdge, StepPlan, TcpState,
 };
 use crate::timeline::{EventKind, Outcome};
 use exec::BackgroundLauncher;
@@ -68,7 +69,25 @@ pub struct ActorContext {
     pub deadline: Instant,
     /// The whole plan: `wait` steps find the other host's steps by name in it.
     pub plan: Plan,
+    /// A sock_diag socket in each host's namespace (by `HostId::index()`) for the `wait: { listening }` steps
+    /// of the program; `None` for a host none of them names (see [`listening_hosts`]).
+    pub sock_diag: [Option<DiagSocket>; 2],
 }
+
+/// The hosts whose ports `host`'s program waits for (`wait: { listening }`), by `HostId::index()`.
+pub fn listening_hosts(host: &HostPlan) -> [bool; 2] {
+    let mut named = [false, false];
+    for step in &host.steps {
+        if let Action::WaitListening { host, .. } = step.action {
+            named[host.index()] = true;
+        }
+    }
+    named
+}
+
+/// How often a `wait: { listening }` step dumps the host's sockets: a dump of a scenario's namespace takes tens
+/// of microseconds, and a program that has just been started listens within milliseconds.
+const LISTENING_POLL: Duration = Duration::from_millis(2);
 
 /// Runs the host's program to its end on the calling thread, which must already be inside the host's
 /// namespace (`ip netns exec <host> <program>`). Returns when the last step finished (or the deadline came),
@@ -219,6 +238,7 @@ impl Actor {
             }
             Action::GetOpt { option } => self.get_option(named, *option),
             Action::Wait { host, step: name, edge } => self.wait(*host, name, *edge)?,
+            Action::WaitListening { host, port } => self.wait_listening(*host, *port)?,
             Action::Exec(plan) if plan.background => self.launcher()?.launch(plan)?,
             Action::Exec(plan) => exec::run_foreground(plan, &self.ctx.processes, self.ctx.deadline)?,
         })
@@ -460,6 +480,30 @@ impl Actor {
             };
             (Outcome::Unfinished, Some(format!("{host}.{name} had not {edge} by the end of the run")))
         })
+    }
+
+    /// Dumps `host`'s sockets (`ss -Htln`) every [`LISTENING_POLL`] until one listens on `port`, or the deadline.
+    fn wait_listening(&mut self, host: HostId, port: u16) -> Result<StepResult> {
+        let deadline = self.ctx.deadline;
+        let socket = self.ctx.sock_diag[host.index()].as_mut().ok_or_else(|| {
+            Error::Internal(format!("wait for a listener on {host}: no sock_diag socket in {host}'s namespace"))
+        })?;
+        let mut samples = Vec::new();
+        loop {
+            observe::dump_into(socket, &mut samples)?;
+            let listener = samples.iter().find(|s| s.state == TcpState::Listen && s.local.port() == port);
+            if let Some(listener) = listener {
+                return Ok((Outcome::Ok, Some(format!("{host} listening on {}", listener.local))));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok((
+                    Outcome::Unfinished,
+                    Some(format!("nothing listened on port {port} of {host} by the end of the run")),
+                ));
+            }
+            thread::sleep(LISTENING_POLL.min(deadline - now));
+        }
     }
 }
 

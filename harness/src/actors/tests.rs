@@ -198,6 +198,7 @@ fn run_with_server_late(
             sink: sink.clone(),
             deadline,
             plan: plan.clone(),
+            sock_diag: [DiagSocket::open_in(&netns).ok(), DiagSocket::open_in(&netns).ok()],
         };
         let done = done_tx.clone();
         let late = if host.id == HostId::Server { server_late } else { Duration::ZERO };
@@ -633,6 +634,7 @@ fn a_program_for_the_wrong_host_is_refused() {
         sink,
         deadline: Instant::now(),
         plan: plan(vec![], vec![], Duration::from_secs(1)),
+        sock_diag: [None, None],
     };
     assert!(matches!(run_host(&program(HostId::Server, vec![]), ctx), Err(Error::Internal(_))));
 }
@@ -658,4 +660,33 @@ fn pure_helpers() {
         assert_eq!(awaited, expected.map(|index| (HostId::Server, index)), "{:?}", plan.hosts[1].steps);
         assert_eq!(listen_to_await(&plan, HostId::Server, &connect_step), None, "a connect to its own host");
     }
+}
+
+#[test]
+fn wait_listening_returns_once_the_port_listens_and_not_before() {
+    let server = vec![step(sleep(300)), listen(), step(accept())];
+    let client = vec![step(Action::WaitListening { host: HostId::Server, port: PORT }), step(connect())];
+    let run = run(client, server, Duration::from_secs(10));
+    let ends = run.ends(HostId::Client);
+    assert_eq!(run.outcomes(HostId::Client), vec![Outcome::Ok, Outcome::Ok]);
+    let listened = run.ends(HostId::Server)[1].t;
+    assert!(ends[0].t >= listened, "the wait ended at {:?}, before the listen at {listened:?}", ends[0].t);
+    assert!(
+        ends[0].t - listened < Duration::from_millis(100),
+        "the wait ended {:?} after the listen",
+        ends[0].t - listened
+    );
+    assert_eq!(ends[0].detail.as_deref(), Some(format!("server listening on 127.0.0.1:{PORT}").as_str()));
+}
+
+#[test]
+fn wait_listening_for_a_port_nobody_listens_on_ends_unfinished_at_the_deadline() {
+    let client = vec![step(Action::WaitListening { host: HostId::Server, port: PORT + 1 })];
+    let server = vec![listen()];
+    let run = run(client, server, Duration::from_millis(400));
+    let ends = run.ends(HostId::Client);
+    assert_eq!(run.outcomes(HostId::Client), vec![Outcome::Unfinished]);
+    assert!(ends[0].t >= Duration::from_millis(380), "ended at {:?}", ends[0].t);
+    let detail = format!("nothing listened on port {} of server by the end of the run", PORT + 1);
+    assert_eq!(ends[0].detail.as_deref(), Some(detail.as_str()));
 }

@@ -203,6 +203,9 @@ pub enum Action {
     GetOpt { option: SockOptName },
     /// Waits until another host's named step has started or finished.
     Wait { host: HostId, step: String, edge: StepEdge },
+    /// Waits until a socket of `host` listens on `port` (`until ss -Htln 'sport = :PORT' | grep -q .`), such
+    /// as the listener of a program an `exec` started.
+    WaitListening { host: HostId, port: u16 },
     /// Runs a real program inside the host's namespace.
     Exec(ExecPlan),
 }
@@ -223,7 +226,7 @@ impl Action {
             Action::Close => "close",
             Action::Sleep { .. } => "sleep",
             Action::GetOpt { .. } => "getsockopt",
-            Action::Wait { .. } => "wait",
+            Action::Wait { .. } | Action::WaitListening { .. } => "wait",
             Action::Exec(_) => "exec",
         }
     }

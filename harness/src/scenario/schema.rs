@@ -470,13 +470,15 @@ pub struct RecvWire {
     pub until: Option<Scalar>,
 }
 
-/// `wait: { for: client.connect, edge: started }`.
+/// `wait: { for: client.connect, edge: started }` or `wait: { listening: 7000, host: server }`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WaitWire {
     #[serde(rename = "for")]
     pub target: Option<Scalar>,
     pub edge: Option<Scalar>,
+    pub listening: Option<Scalar>,
+    pub host: Option<Scalar>,
 }
 
 /// `exec: { program, args, env, stdin, timeout, background, stdout, stderr }`.

@@ -381,6 +381,26 @@ fn send_and_recv_forms() {
 }
 
 #[test]
+fn waits_for_a_listening_port() {
+    let got = actions(
+        "client:\n  - wait: { listening: 7000 }\n  - wait: { listening: 7001, host: client }\n\
+         server:\n  - wait: { listening: 9, host: server }\n",
+    );
+    assert!(matches!(got[0], Action::WaitListening { host: HostId::Server, port: 7000 }), "the peer by default");
+    assert!(matches!(got[1], Action::WaitListening { host: HostId::Client, port: 7001 }), "its own host");
+    assert!(matches!(got[2], Action::WaitListening { host: HostId::Server, port: 9 }));
+    let text = |wait: &str| {
+        format!("description: d\nclient:\n  - wait: {wait}\nserver:\n  - listen: {{ port: 1 }}\n    name: l\n")
+    };
+    refused(&text("{ listening: 7000, for: server.l }"), 3, 30, "not both: move `for` into a wait step of its own");
+    refused(&text("{ edge: started, listening: 7000 }"), 3, 13, "not both: move `edge`");
+    refused(&text("{ host: server }"), 3, 13, "\"host\" goes with `listening`");
+    refused(&text("{ listening: 0 }"), 3, 24, "listening port");
+    refused(&text("{ listening: 7000, host: sever }"), 3, 36, "unknown host \"sever\"; did you mean server?");
+    refused(&text("{}"), 3, 11, "(or `listening: PORT`, a port to wait for)");
+}
+
+#[test]
 fn shutdown_sleep_and_wait_forms() {
     let got = actions(
         "client:\n  - shutdown: RD\n  - shutdown: SHUT_WR\n  - shutdown: RDWR\n  - sleep: 8s\n\
@@ -1326,12 +1346,16 @@ fn format_reference_examples_are_valid() {
         let yaml = block.split("```").next().unwrap_or("");
         let text = if yaml.starts_with("description:") {
             yaml.to_string()
+        } else if yaml.starts_with("client:") {
+            format!("description: d\n{yaml}")
         } else if yaml.starts_with("  - ") || yaml.starts_with("    expect:") {
             continue;
         } else {
             format!("description: d\nclient:\n  - connect: {{ port: 9000 }}\n    name: connect\n{yaml}")
         };
-        if let Err(e) = parse_text(&text) {
+        // What the variables example names.
+        let variables = Variables::default().bin("fetch", "/t/debug/fetch").env("FETCH_PORT", "7000");
+        if let Err(e) = parse_with("test", Path::new("test.yaml"), &text, &variables) {
             panic!("FORMAT.md example does not load: {e}\n{text}");
         }
         checked += 1;

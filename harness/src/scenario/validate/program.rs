@@ -553,8 +553,23 @@ impl Validator<'_> {
         let (target_path, target, edge) = match wait {
             ScalarOr::Scalar(target) => (path.clone(), target, StepEdge::Finished),
             ScalarOr::Map(map) => {
-                let target =
-                    self.required(&map.target, path, "wait", "for", "the step to wait for, e.g. `for: server.accept`")?;
+                if let Some(port) = &map.listening {
+                    return self.wait_listening(host, path, map, port);
+                }
+                if map.host.is_some() {
+                    return Err(self.fail_key(
+                        &path.key("host"),
+                        "\"host\" goes with `listening` (the host whose port to wait for); a step reference names \
+                         its host itself: `for: server.accept`",
+                    ));
+                }
+                let target = self.required(
+                    &map.target,
+                    path,
+                    "wait",
+                    "for",
+                    "the step to wait for, e.g. `for: server.accept` (or `listening: PORT`, a port to wait for)",
+                )?;
                 let edge = match &map.edge {
                     Some(edge) => self.pick(&path.key("edge"), edge, EDGES, "edge")?,
                     None => StepEdge::Finished,
@@ -574,6 +589,27 @@ impl Validator<'_> {
             ));
         }
         Ok(Action::Wait { host: target_host, step, edge })
+    }
+
+    /// `wait: { listening: PORT, host: HOST }`: the port, and the host (the other one by default).
+    fn wait_listening(&self, host: HostId, path: &NodePath, map: &WaitWire, port: &Scalar) -> Checked<Action> {
+        for (given, key) in [(&map.target, "for"), (&map.edge, "edge")] {
+            if given.is_some() {
+                return Err(self.fail_key(
+                    &path.key(key),
+                    format!(
+                        "a wait is for a step (`for`, `edge`) or for a listening port (`listening`, `host`), not \
+                         both: move `{key}` into a wait step of its own"
+                    ),
+                ));
+            }
+        }
+        let port = self.port(&path.key("listening"), port, "listening port")?;
+        let target = match &map.host {
+            Some(target) => self.host(&path.key("host"), target)?,
+            None => host.peer(),
+        };
+        Ok(Action::WaitListening { host: target, port })
     }
 
     fn exec(&self, path: &NodePath, exec: &ExecWire) -> Checked<Action> {
@@ -866,7 +902,7 @@ fn example_of(action: &str) -> &'static str {
         "shutdown" => "shutdown: WR",
         "sleep" => "sleep: 5s",
         "getsockopt" => "getsockopt: SO_ERROR",
-        "wait" => "wait: server.accept",
+        "wait" => "wait: server.accept (or wait: { listening: 9000 })",
         "exec" => "exec: { program: curl, args: [\"http://10.0.0.2:9000/\"] }",
         _ => "close",
     }
