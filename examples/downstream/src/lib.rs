@@ -49,12 +49,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(format!("duration {text:?} needs a unit: ms or s, e.g. 3s"));
     };
     match number.parse::<f64>() {
-        Ok(value) if value.is_finite() && value >= 0.0 => {
-            Ok(Duration::from_secs_f64(value * scale))
-        }
-        _ => Err(format!(
-            "duration {text:?} is not a non-negative number with a unit, e.g. 250ms"
-        )),
+        Ok(value) if value.is_finite() && value >= 0.0 => Ok(Duration::from_secs_f64(value * scale)),
+        _ => Err(format!("duration {text:?} is not a non-negative number with a unit, e.g. 250ms")),
     }
 }
 
@@ -88,21 +84,9 @@ mod tests {
 
     #[test]
     fn errnos_have_their_names() {
-        assert_eq!(
-            errno_name(&io::Error::from_raw_os_error(libc::ETIMEDOUT)),
-            "ETIMEDOUT"
-        );
-        assert_eq!(
-            errno_name(&io::Error::from_raw_os_error(libc::EWOULDBLOCK)),
-            "EAGAIN"
-        );
-        assert_eq!(
-            errno_name(&io::Error::from_raw_os_error(libc::ENOSPC)),
-            format!("errno {}", libc::ENOSPC)
-        );
-        assert_eq!(
-            errno_name(&io::Error::from(io::ErrorKind::UnexpectedEof)),
-            "UnexpectedEof"
-        );
+        assert_eq!(errno_name(&io::Error::from_raw_os_error(libc::ETIMEDOUT)), "ETIMEDOUT");
+        assert_eq!(errno_name(&io::Error::from_raw_os_error(libc::EWOULDBLOCK)), "EAGAIN");
+        assert_eq!(errno_name(&io::Error::from_raw_os_error(libc::ENOSPC)), format!("errno {}", libc::ENOSPC));
+        assert_eq!(errno_name(&io::Error::from(io::ErrorKind::UnexpectedEof)), "UnexpectedEof");
     }
 }

@@ -17,9 +17,9 @@ use libfuzzer_sys::fuzz_target;
 use netfault::error::ScenarioError;
 use netfault::scenario::duration::MAX_DURATION;
 use netfault::scenario::parse_bytes;
-use netfault::scenario::variables::Variables;
 use netfault::scenario::plan::*;
 use netfault::scenario::validate::{allowed_sysctls, MAX_BUFFER, MAX_SAMPLE, MIN_SAMPLE};
+use netfault::scenario::variables::Variables;
 
 const NAME: &str = "fuzz";
 const FILE: &str = "fuzz.yaml";

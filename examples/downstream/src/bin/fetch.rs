@@ -17,8 +17,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use netfault_example::{
-    errno_name, fail, parse_duration, seconds, value_of, EXIT_CONNECT, EXIT_READ, EXIT_USAGE,
-    EXIT_WRITE,
+    errno_name, fail, parse_duration, seconds, value_of, EXIT_CONNECT, EXIT_READ, EXIT_USAGE, EXIT_WRITE,
 };
 
 const NAME: &str = "fetch";
@@ -50,33 +49,24 @@ fn options() -> Result<Options, String> {
     };
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--connect-timeout" => {
-                options.connect_timeout = parse_duration(&value_of(&arg, &mut args)?)?
-            }
+            "--connect-timeout" => options.connect_timeout = parse_duration(&value_of(&arg, &mut args)?)?,
             "--read-timeout" => options.read_timeout = parse_duration(&value_of(&arg, &mut args)?)?,
-            "--write-timeout" => {
-                options.write_timeout = parse_duration(&value_of(&arg, &mut args)?)?
-            }
+            "--write-timeout" => options.write_timeout = parse_duration(&value_of(&arg, &mut args)?)?,
             "--retry-delay" => options.retry_delay = parse_duration(&value_of(&arg, &mut args)?)?,
             "--request" => options.request = value_of(&arg, &mut args)?,
             "--idle" => options.idle = parse_duration(&value_of(&arg, &mut args)?)?,
             "--upload" => {
                 let text = value_of(&arg, &mut args)?;
-                options.upload = text
-                    .parse()
-                    .map_err(|_| format!("--upload {text:?}: need a byte count"))?;
+                options.upload = text.parse().map_err(|_| format!("--upload {text:?}: need a byte count"))?;
             }
             flag if flag.starts_with('-') => return Err(format!("unknown option {flag:?}")),
             address => {
-                let parsed = address
-                    .parse()
-                    .map_err(|_| format!("{address:?} is not an ADDRESS:PORT"))?;
+                let parsed = address.parse().map_err(|_| format!("{address:?} is not an ADDRESS:PORT"))?;
                 server = Some(parsed);
             }
         }
     }
-    options.server =
-        server.ok_or("usage: fetch ADDRESS:PORT [--connect-timeout 2s] [--read-timeout 3s] ...")?;
+    options.server = server.ok_or("usage: fetch ADDRESS:PORT [--connect-timeout 2s] [--read-timeout 3s] ...")?;
     Ok(options)
 }
 
@@ -91,11 +81,7 @@ fn main() -> ExitCode {
         Err(message) => return fail(NAME, EXIT_CONNECT, message),
     };
     if let Err(e) = stream.set_read_timeout(Some(options.read_timeout)) {
-        return fail(
-            NAME,
-            EXIT_USAGE,
-            format!("set the read timeout (SO_RCVTIMEO): {}", errno_name(&e)),
-        );
+        return fail(NAME, EXIT_USAGE, format!("set the read timeout (SO_RCVTIMEO): {}", errno_name(&e)));
     }
     if let Err(message) = send_request(&mut stream, &options) {
         return fail(NAME, EXIT_WRITE, format!("write to {server}: {message}"));
@@ -128,10 +114,7 @@ fn connect(options: &Options) -> Result<TcpStream, String> {
         if attempt == ATTEMPTS {
             return Err(format!("{failure}; giving up"));
         }
-        eprintln!(
-            "{NAME}: {failure}; retrying in {}",
-            seconds(options.retry_delay)
-        );
+        eprintln!("{NAME}: {failure}; retrying in {}", seconds(options.retry_delay));
         thread::sleep(options.retry_delay);
         attempt += 1;
     }
@@ -147,17 +130,11 @@ fn send_request(stream: &mut TcpStream, options: &Options) -> Result<(), String>
     };
     request.resize(request.len() + options.upload, b'x');
     let total = request.len();
-    stream
-        .set_nonblocking(true)
-        .map_err(|e| format!("O_NONBLOCK: {}", errno_name(&e)))?;
+    stream.set_nonblocking(true).map_err(|e| format!("O_NONBLOCK: {}", errno_name(&e)))?;
     let mut sent = 0;
     while sent < total {
         match stream.write(&request[sent..]) {
-            Ok(0) => {
-                return Err(format!(
-                    "the connection took no more bytes ({sent} of {total} sent)"
-                ))
-            }
+            Ok(0) => return Err(format!("the connection took no more bytes ({sent} of {total} sent)")),
             Ok(n) => sent += n,
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
                 let started = Instant::now();
@@ -176,18 +153,12 @@ fn send_request(stream: &mut TcpStream, options: &Options) -> Result<(), String>
             Err(e) => return Err(format!("{} ({sent} of {total} bytes sent)", errno_name(&e))),
         }
     }
-    stream
-        .set_nonblocking(false)
-        .map_err(|e| format!("O_NONBLOCK off: {}", errno_name(&e)))
+    stream.set_nonblocking(false).map_err(|e| format!("O_NONBLOCK off: {}", errno_name(&e)))
 }
 
 /// `poll(POLLOUT)`: whether the socket has room for more within `timeout`.
 fn writable_within(stream: &TcpStream, timeout: Duration) -> std::io::Result<bool> {
-    let mut fds = [libc::pollfd {
-        fd: stream.as_raw_fd(),
-        events: libc::POLLOUT,
-        revents: 0,
-    }];
+    let mut fds = [libc::pollfd { fd: stream.as_raw_fd(), events: libc::POLLOUT, revents: 0 }];
     let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
     // SAFETY: one valid pollfd, and its count.
     match unsafe { libc::poll(fds.as_mut_ptr(), 1, millis) } {
@@ -204,25 +175,14 @@ fn read_reply(stream: &mut TcpStream) -> Result<String, String> {
     loop {
         let started = Instant::now();
         match stream.read(&mut buffer) {
-            Ok(0) => {
-                return Err(format!(
-                    "EOF before the reply's end ({} bytes)",
-                    reply.len()
-                ))
-            }
+            Ok(0) => return Err(format!("EOF before the reply's end ({} bytes)", reply.len())),
             Ok(n) => {
                 reply.extend_from_slice(&buffer[..n]);
                 if let Some(end) = reply.iter().position(|b| *b == b'\n') {
                     return Ok(String::from_utf8_lossy(&reply[..end]).into_owned());
                 }
             }
-            Err(e) => {
-                return Err(format!(
-                    "{} after {}",
-                    errno_name(&e),
-                    seconds(started.elapsed())
-                ))
-            }
+            Err(e) => return Err(format!("{} after {}", errno_name(&e), seconds(started.elapsed()))),
         }
     }
 }

@@ -13,9 +13,7 @@ use std::process::ExitCode;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use netfault_example::{
-    errno_name, fail, parse_duration, seconds, value_of, EXIT_CONNECTION, EXIT_USAGE,
-};
+use netfault_example::{errno_name, fail, parse_duration, seconds, value_of, EXIT_CONNECTION, EXIT_USAGE};
 
 const NAME: &str = "serve";
 
@@ -37,43 +35,24 @@ struct Options {
 fn options() -> Result<Options, String> {
     let mut args = std::env::args().skip(1);
     let mut port = None;
-    let mut options = Options {
-        port: 0,
-        keepalive: None,
-        stall: Duration::ZERO,
-        reply_delay: Duration::ZERO,
-    };
+    let mut options = Options { port: 0, keepalive: None, stall: Duration::ZERO, reply_delay: Duration::ZERO };
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--keepalive" => {
                 let text = value_of(&arg, &mut args)?;
                 let numbers: Vec<i32> = text.split(',').filter_map(|n| n.parse().ok()).collect();
                 let [idle, interval, count] = numbers[..] else {
-                    return Err(format!(
-                        "--keepalive {text:?}: need IDLE,INTERVAL,COUNT, e.g. 2,1,3"
-                    ));
+                    return Err(format!("--keepalive {text:?}: need IDLE,INTERVAL,COUNT, e.g. 2,1,3"));
                 };
-                options.keepalive = Some(Keepalive {
-                    idle,
-                    interval,
-                    count,
-                });
+                options.keepalive = Some(Keepalive { idle, interval, count });
             }
             "--stall" => options.stall = parse_duration(&value_of(&arg, &mut args)?)?,
             "--reply-delay" => options.reply_delay = parse_duration(&value_of(&arg, &mut args)?)?,
             flag if flag.starts_with('-') => return Err(format!("unknown option {flag:?}")),
-            number => {
-                port = Some(
-                    number
-                        .parse()
-                        .map_err(|_| format!("{number:?} is not a port"))?,
-                )
-            }
+            number => port = Some(number.parse().map_err(|_| format!("{number:?} is not a port"))?),
         }
     }
-    options.port = port.ok_or(
-        "usage: serve PORT [--keepalive IDLE,INTERVAL,COUNT] [--stall D] [--reply-delay D]",
-    )?;
+    options.port = port.ok_or("usage: serve PORT [--keepalive IDLE,INTERVAL,COUNT] [--stall D] [--reply-delay D]")?;
     Ok(options)
 }
 
@@ -84,13 +63,7 @@ fn main() -> ExitCode {
     };
     let listener = match TcpListener::bind(("0.0.0.0", options.port)) {
         Ok(listener) => listener,
-        Err(e) => {
-            return fail(
-                NAME,
-                EXIT_USAGE,
-                format!("listen on port {}: {}", options.port, errno_name(&e)),
-            )
-        }
+        Err(e) => return fail(NAME, EXIT_USAGE, format!("listen on port {}: {}", options.port, errno_name(&e))),
     };
     println!("{NAME}: listening on 0.0.0.0:{}", options.port);
     let (stream, peer) = match listener.accept() {
@@ -100,11 +73,7 @@ fn main() -> ExitCode {
     println!("{NAME}: connection from {peer}");
     if let Some(keepalive) = options.keepalive {
         if let Err(e) = set_keepalive(&stream, keepalive) {
-            return fail(
-                NAME,
-                EXIT_USAGE,
-                format!("turn keepalive on: {}", errno_name(&e)),
-            );
+            return fail(NAME, EXIT_USAGE, format!("turn keepalive on: {}", errno_name(&e)));
         }
     }
     thread::sleep(options.stall);
@@ -113,11 +82,7 @@ fn main() -> ExitCode {
             println!("{NAME}: {peer} closed the connection after {requests} request(s)");
             ExitCode::SUCCESS
         }
-        Err(message) => fail(
-            NAME,
-            EXIT_CONNECTION,
-            format!("connection from {peer}: {message}"),
-        ),
+        Err(message) => fail(NAME, EXIT_CONNECTION, format!("connection from {peer}: {message}")),
     }
 }
 
@@ -149,9 +114,7 @@ fn set_keepalive(stream: &TcpStream, keepalive: Keepalive) -> std::io::Result<()
 
 /// Answers request lines until the client closes; the number of requests answered, or how reading failed.
 fn serve(stream: TcpStream, reply_delay: Duration) -> Result<usize, String> {
-    let mut writer = stream
-        .try_clone()
-        .map_err(|e| format!("dup: {}", errno_name(&e)))?;
+    let mut writer = stream.try_clone().map_err(|e| format!("dup: {}", errno_name(&e)))?;
     let mut reader = BufReader::new(stream);
     let mut requests = 0;
     loop {
@@ -162,30 +125,19 @@ fn serve(stream: TcpStream, reply_delay: Duration) -> Result<usize, String> {
             Ok(0) => return Ok(requests),
             Ok(_) => match line.trim_end().strip_prefix("upload ") {
                 Some(count) => {
-                    let count: u64 = count
-                        .parse()
-                        .map_err(|_| format!("bad upload request {line:?}"))?;
-                    let received =
-                        std::io::copy(&mut reader.by_ref().take(count), &mut std::io::sink())
-                            .map_err(|e| {
-                                format!("{} while receiving the upload", errno_name(&e))
-                            })?;
+                    let count: u64 = count.parse().map_err(|_| format!("bad upload request {line:?}"))?;
+                    let received = std::io::copy(&mut reader.by_ref().take(count), &mut std::io::sink())
+                        .map_err(|e| format!("{} while receiving the upload", errno_name(&e)))?;
                     received
                 }
                 None => line.trim_end().len() as u64,
             },
             Err(e) => {
-                return Err(format!(
-                    "{} after {} waiting for a request",
-                    errno_name(&e),
-                    seconds(started.elapsed())
-                ))
+                return Err(format!("{} after {} waiting for a request", errno_name(&e), seconds(started.elapsed())))
             }
         };
         thread::sleep(reply_delay);
-        writer
-            .write_all(format!("ok {length}\n").as_bytes())
-            .map_err(|e| format!("{} replying", errno_name(&e)))?;
+        writer.write_all(format!("ok {length}\n").as_bytes()).map_err(|e| format!("{} replying", errno_name(&e)))?;
         requests += 1;
     }
 }
