@@ -5,9 +5,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use crate::report::{self, Status, Summary};
-use crate::runner::{self, Job};
+use crate::run::runner::{self, Job};
+use crate::run::supervise::{self, Supervisor};
 use crate::scenario::variables::Variables;
-use crate::supervise::{self, Supervisor};
 
 const USAGE: &str = "\
 netfault: inject network faults into real Linux TCP stacks and record what the kernel did
@@ -21,6 +21,7 @@ usage:
   netfault test [--root DIR] [--reports DIR] [-- LIBTEST-ARGS...]
                                                       the cargo-test driver on any folder of scenarios
   netfault bench setup|suite|capture|timing [...]     measure netfault against the ip/nft/tcpdump recipe
+                                                      (built with --features bench)
 
 PATH is a scenario file or a folder searched for *.yaml. Reports go to reports/<scenario>/
 (timeline.txt, result.json, client.pcap, server.pcap). Exit status: 0 all passed, 1 a scenario failed,
@@ -44,7 +45,10 @@ pub fn main() -> ExitCode {
         "check" => check(rest),
         "list" => list(rest),
         "test" => test(rest),
+        #[cfg(feature = "bench")]
         "bench" => crate::bench::main(rest),
+        #[cfg(not(feature = "bench"))]
+        "bench" => usage_error("this netfault was built without benchmarks: cargo build --release --features bench"),
         runner::CHILD_COMMAND => child(rest),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");

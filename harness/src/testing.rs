@@ -7,7 +7,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::runner::{self, Job};
+use crate::run::runner::{self, Job};
 use crate::scenario::variables::Variables;
 
 /// Environment variable naming the folder reports go to, over the suite's own choice.
