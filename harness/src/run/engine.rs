@@ -80,6 +80,7 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
             deadline: Instant::now() + plan.deadline,
             plan: plan.clone(),
             sock_diag,
+            report_dir: report_dir.to_path_buf(),
         };
         let (gate_tx, gate_rx) = mpsc::channel::<Instant>();
         gates.push(gate_tx);

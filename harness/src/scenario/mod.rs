@@ -352,6 +352,7 @@ fn describe_path(path: &str) -> String {
             "packets" => "packet expectation",
             "states" => "state expectation",
             "timers" => "timer expectation",
+            "errors" => "errors expectation",
             "sequence" => "state step",
             _ => "item",
         },

@@ -390,6 +390,8 @@ pub struct ExecPlan {
     pub background: bool,
     pub stdout: Vec<String>,
     pub stderr: Vec<String>,
+    /// Run under `strace -f`: its failed socket calls become `errno` events of the timeline.
+    pub trace: bool,
 }
 
 /// What a step must give, and when.
@@ -746,6 +748,7 @@ pub struct RunExpectations {
     pub states: Vec<StateExpectation>,
     pub timers: Vec<TimerExpectation>,
     pub queues: Vec<QueueExpectation>,
+    pub errors: Vec<ErrorExpectation>,
 }
 
 /// Packets matching `filter`: how many, and when.
@@ -762,6 +765,28 @@ pub struct PacketExpectation {
     /// Allowed earliness when it differs from `tolerance` (which is then the allowed lateness).
     pub early_tolerance: Option<Duration>,
     /// Times (`at`, `window`) count from this step's end or packet, and only packets from then on count.
+    pub since: Option<Since>,
+    pub location: Location,
+}
+
+/// Errno events of the programs traced on `host` (exec steps with `trace: true`): the socket calls that
+/// failed, selected by port, errno and call; how many, and when they returned.
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorExpectation {
+    pub host: HostId,
+    /// The local or remote port of the call's socket.
+    pub port: Option<u16>,
+    pub errno: Option<Errno>,
+    /// The system call as strace names it (`recvfrom`, `connect`), or `getsockopt SO_ERROR`.
+    pub call: Option<String>,
+    /// Exactly this many (`0` = none at all).
+    pub count: Option<u32>,
+    /// Times at which the calls returned, in order; the count must match when given.
+    pub at: Vec<Duration>,
+    /// Only calls that returned in this window count.
+    pub window: Option<(Duration, Duration)>,
+    pub tolerance: Duration,
+    pub early_tolerance: Option<Duration>,
     pub since: Option<Since>,
     pub location: Location,
 }

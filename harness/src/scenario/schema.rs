@@ -481,7 +481,7 @@ pub struct WaitWire {
     pub host: Option<Scalar>,
 }
 
-/// `exec: { program, args, env, stdin, timeout, background, stdout, stderr }`.
+/// `exec: { program, args, env, stdin, timeout, background, stdout, stderr, trace }`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExecWire {
@@ -493,6 +493,7 @@ pub struct ExecWire {
     pub background: Option<Scalar>,
     pub stdout: Option<ScalarList>,
     pub stderr: Option<ScalarList>,
+    pub trace: Option<Scalar>,
 }
 
 /// The map form of a step's `expect:`.
@@ -515,6 +516,7 @@ pub struct RunExpectWire {
     pub states: Option<Vec<StateExpectWire>>,
     pub timers: Option<Vec<TimerExpectWire>>,
     pub queues: Option<Vec<QueueExpectWire>>,
+    pub errors: Option<Vec<ErrorExpectWire>>,
 }
 
 /// One item of `expect: { packets: [...] }`.
@@ -526,6 +528,21 @@ pub struct PacketExpectWire {
     pub len: Option<Scalar>,
     pub window: Option<Scalar>,
     pub protocol: Option<Scalar>,
+    pub count: Option<Scalar>,
+    pub at: Option<ScalarList>,
+    pub within: Option<ScalarList>,
+    pub tolerance: Option<ScalarOr<ToleranceWire>>,
+    pub since: Option<ScalarOr<SinceWire>>,
+}
+
+/// One item of `expect: { errors: [...] }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorExpectWire {
+    pub host: Option<Scalar>,
+    pub port: Option<Scalar>,
+    pub errno: Option<Scalar>,
+    pub call: Option<Scalar>,
     pub count: Option<Scalar>,
     pub at: Option<ScalarList>,
     pub within: Option<ScalarList>,

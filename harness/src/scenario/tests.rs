@@ -401,6 +401,55 @@ fn waits_for_a_listening_port() {
 }
 
 #[test]
+fn errors_expectations_need_a_traced_exec_on_their_host() {
+    let text = |exec: &str, errors: &str| {
+        format!("description: d\nclient:\n  - exec: {exec}\n    name: fetch\nexpect:\n  errors:\n    - {errors}\n")
+    };
+    let traced = plan(&text(
+        "{ program: fetch, trace: true }",
+        "{ host: client, port: 7000, errno: EAGAIN, call: recvfrom, at: [2s], within: [1s, 3s], since: client.fetch }",
+    ));
+    let errors = &traced.expect.errors[0];
+    assert_eq!(
+        (errors.host, errors.port, errors.errno, errors.call.as_deref()),
+        (HostId::Client, Some(7000), Some(Errno(libc::EAGAIN)), Some("recvfrom"))
+    );
+    assert_eq!((errors.count, errors.at.clone(), errors.window), (Some(1), vec![secs(2)], Some((secs(1), secs(3)))));
+    assert!(matches!(&traced.hosts[0].steps[0].action, Action::Exec(exec) if exec.trace));
+    let so_error =
+        plan(&text("{ program: fetch, trace: true }", "{ host: client, call: getsockopt SO_ERROR, count: 2 }"));
+    assert_eq!(so_error.expect.errors[0].call.as_deref(), Some("getsockopt SO_ERROR"));
+
+    refused(&text("{ program: fetch }", "{ host: client, count: 1 }"), 7, 15, "client has none: add `trace: true`");
+    refused(&text("{ program: fetch, trace: true }", "{ host: server, count: 1 }"), 7, 15, "server has none");
+    refused(&text("{ program: fetch, trace: true }", "{ host: client }"), 7, 7, "an errors expectation needs `count`");
+    refused(
+        &text("{ program: fetch, trace: true }", "{ host: client, errno: EAGIAN, count: 1 }"),
+        7,
+        30,
+        "did you mean EAGAIN?",
+    );
+    refused(
+        &text("{ program: fetch, trace: true }", "{ host: client, call: \"read()\", count: 1 }"),
+        7,
+        29,
+        "not a system call name",
+    );
+    refused(
+        &text("{ program: fetch, trace: true, background: true }", "{ host: client, count: 1 }"),
+        3,
+        29,
+        "`trace: true` needs a foreground exec",
+    );
+    refused(
+        &text("{ program: fetch, trace: yes }", "{ host: client, count: 1 }"),
+        3,
+        36,
+        "trace must be true or false",
+    );
+}
+
+#[test]
 fn shutdown_sleep_and_wait_forms() {
     let got = actions(
         "client:\n  - shutdown: RD\n  - shutdown: SHUT_WR\n  - shutdown: RDWR\n  - sleep: 8s\n\
@@ -1351,7 +1400,11 @@ fn format_reference_examples_are_valid() {
         } else if yaml.starts_with("  - ") || yaml.starts_with("    expect:") {
             continue;
         } else {
-            format!("description: d\nclient:\n  - connect: {{ port: 9000 }}\n    name: connect\n{yaml}")
+            // A step to anchor times to, and a traced program for `errors`.
+            format!(
+                "description: d\nclient:\n  - connect: {{ port: 9000 }}\n    name: connect\n\
+                 \x20 - exec: {{ program: fetch, trace: true }}\n    name: request\n{yaml}"
+            )
         };
         // What the variables example names.
         let variables = Variables::default().bin("fetch", "/t/debug/fetch").env("FETCH_PORT", "7000");

@@ -71,6 +71,7 @@ pub fn validate(
         early_tolerance: None,
         step_names: [Vec::new(), Vec::new()],
         step_name_set: [HashSet::new(), HashSet::new()],
+        traced: [false, false],
     };
     let root = NodePath::root();
 
@@ -139,6 +140,8 @@ pub fn validate(
         steps[host.index()] = v.program(host, programs[host.index()])?;
     }
     v.check_wait_deadlocks(&steps)?;
+    v.traced = HostId::ALL
+        .map(|host| steps[host.index()].iter().any(|step| matches!(&step.action, Action::Exec(exec) if exec.trace)));
 
     let faults = v.faults(&root.key("faults"), wire.faults.as_deref().unwrap_or(&[]))?;
     let expect = v.run_expectations(&root.key("expect"), wire.expect.as_ref())?;
@@ -192,6 +195,8 @@ struct Validator<'a> {
     step_names: [Vec<(String, usize)>; 2],
     /// The same names as a set, so that a program of thousands of named steps is checked in linear time.
     step_name_set: [HashSet<String>; 2],
+    /// Whether the host runs an exec step with `trace: true` (by `HostId::index()`): `errors` expect one.
+    traced: [bool; 2],
 }
 
 /// What a step acts with, known while walking one host's program in order.

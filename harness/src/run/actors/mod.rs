@@ -31,10 +31,12 @@ pub mod board;
 pub mod exec;
 mod sockets;
 pub mod sockopt;
+pub mod trace;
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::RawFd;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -42,14 +44,14 @@ use std::time::{Duration, Instant};
 pub use board::StepBoard;
 pub use exec::ProcessRegistry;
 
-use crate::error::{Error, Result};
+use crate::error::{Context, Error, Result};
 use crate::observe::sockets::{self as observe, DiagSocket};
 use crate::run::clock::EventSink;
 use crate::scenario::plan::{
-    Action, Errno, HostId, HostPlan, Plan, PollEvent, SendRepeat, SendUntil, SockOpt, SockOptName, SockOptValue,
-    StepEdge, StepPlan, TcpState,
+    Action, Errno, ExecPlan, HostId, HostPlan, Plan, PollEvent, SendRepeat, SendUntil, SockOpt, SockOptName,
+    SockOptValue, StepEdge, StepPlan, TcpState,
 };
-use crate::timeline::{EventKind, Outcome};
+use crate::timeline::{ErrnoEvent, EventKind, Outcome};
 use exec::BackgroundLauncher;
 use sockets::{HostSockets, Lookup};
 
@@ -72,6 +74,8 @@ pub struct ActorContext {
     /// A sock_diag socket in each host's namespace (by `HostId::index()`) for the `wait: { listening }` steps
     /// of the program; `None` for a host none of them names (see [`listening_hosts`]).
     pub sock_diag: [Option<DiagSocket>; 2],
+    /// The scenario's report folder: the strace logs of exec steps with `trace: true` go there.
+    pub report_dir: PathBuf,
 }
 
 /// The hosts whose ports `host`'s program waits for (`wait: { listening }`), by `HostId::index()`.
@@ -240,7 +244,8 @@ impl Actor {
             Action::Wait { host, step: name, edge } => self.wait(*host, name, *edge)?,
             Action::WaitListening { host, port } => self.wait_listening(*host, *port)?,
             Action::Exec(plan) if plan.background => self.launcher()?.launch(plan)?,
-            Action::Exec(plan) => exec::run_foreground(plan, &self.ctx.processes, self.ctx.deadline)?,
+            Action::Exec(plan) if plan.trace => self.run_traced(step.index, plan)?,
+            Action::Exec(plan) => exec::run_foreground(plan, &self.ctx.processes, self.ctx.deadline, None)?,
         })
     }
 
@@ -480,6 +485,35 @@ impl Actor {
             };
             (Outcome::Unfinished, Some(format!("{host}.{name} had not {edge} by the end of the run")))
         })
+    }
+
+    /// Runs the program under strace, then puts the errno events of its trace on the timeline, at the times the
+    /// calls returned; the detail says where the trace is and how many events it gave.
+    fn run_traced(&self, index: usize, plan: &ExecPlan) -> Result<StepResult> {
+        let name = format!("{}-{}.strace", self.ctx.host, index + 1);
+        let log = self.ctx.report_dir.join(&name);
+        let (outcome, detail) = exec::run_foreground(plan, &self.ctx.processes, self.ctx.deadline, Some(&log))?;
+        let text = std::fs::read_to_string(&log).context(|| format!("read the trace {} (strace -o)", log.display()))?;
+        let (events, more) = trace::parse(&text);
+        let clock = self.ctx.sink.clock();
+        for event in &events {
+            let local = event.local.unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+            let remote = event.remote.unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+            let kind = EventKind::Errno(ErrnoEvent {
+                step: index,
+                pid: event.pid,
+                call: event.call.clone(),
+                errno: event.errno.clone(),
+                socket: format!("{local} -> {remote}"),
+                local_port: local.port(),
+                remote_port: remote.port(),
+                took: event.took,
+            });
+            self.ctx.sink.emit_at(clock.since_t0(event.returned), self.ctx.host, kind);
+        }
+        let kept = if more > 0 { format!(" ({more} more not kept)") } else { String::new() };
+        let traced = format!("trace {name}: {} errno event(s){kept}", events.len());
+        Ok((outcome, join_detail([detail, Some(traced)])))
     }
 
     /// Dumps `host`'s sockets (`ss -Htln`) every [`LISTENING_POLL`] until one listens on `port`, or the deadline.

@@ -673,7 +673,18 @@ impl Validator<'_> {
         };
         let stdout = self.patterns(&path.key("stdout"), exec.stdout.as_ref(), "stdout")?;
         let stderr = self.patterns(&path.key("stderr"), exec.stderr.as_ref(), "stderr")?;
-        Ok(Action::Exec(ExecPlan { program, args, env, stdin, timeout, background, stdout, stderr }))
+        let trace = match &exec.trace {
+            Some(value) => self.boolean(&path.key("trace"), value, "trace")?,
+            None => false,
+        };
+        if trace && background {
+            return Err(self.fail_key(
+                &path.key("trace"),
+                "`trace: true` needs a foreground exec: the trace is read when the program ends, for a background \
+                 program only after the run; drop `background: true` or the trace",
+            ));
+        }
+        Ok(Action::Exec(ExecPlan { program, args, env, stdin, timeout, background, stdout, stderr, trace }))
     }
 
     fn patterns(&self, path: &NodePath, patterns: Option<&ScalarList>, what: &str) -> Checked<Vec<String>> {
