@@ -1,143 +1,158 @@
-//! The `netfault` command line: run, check, list, test, and the hidden per-scenario child command.
+//! The `netfault` command line (clap): run, check, list, test, bench, and the hidden per-scenario child
+//! command. Exit status: 0 every scenario passed, 1 a scenario failed, 2 invalid input or a harness error,
+//! 128 + N stopped by signal N.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use clap::{Args, Parser, Subcommand};
+
+use crate::console::{self, Console};
 use crate::report::{self, Status, Summary};
-use crate::runner::{self, Job};
+use crate::runner::{self, Job, RunEvent};
 use crate::supervise::{self, Supervisor};
 
-const USAGE: &str = "\
-netfault: inject network faults into real Linux TCP stacks and record what the kernel did
+const AFTER_HELP: &str = "\
+PATH is a scenario file or a folder searched for *.yaml (default: scenarios). Reports go to
+reports/<scenario>/: timeline.txt, result.json, client.pcap, server.pcap.
 
-usage:
-  netfault run [--jobs N] [--reports DIR] [--deadline DURATION] [--repeat N] [--slow] [PATH...]
-                                                      run scenarios (default: scenarios/) in parallel;
-                                                      `slow: true` ones only with --slow
-  netfault check [PATH...]                            validate scenarios without running anything
-  netfault list [PATH...]                             list scenarios with their deadline and whether slow
-  netfault test [--root DIR] [--reports DIR] [-- LIBTEST-ARGS...]
-                                                      the cargo-test driver on any folder of scenarios
-  netfault bench setup|suite|capture|timing [...]     measure netfault against the ip/nft/tcpdump recipe
+Exit status: 0 every scenario passed; 1 a scenario failed; 2 invalid input (nothing was run), a harness error,
+or the run's deadline passed; 128 + N stopped by signal N (SIGINT 130, SIGTERM 143).";
 
-PATH is a scenario file or a folder searched for *.yaml. Reports go to reports/<scenario>/
-(timeline.txt, result.json, client.pcap, server.pcap). Exit status: 0 all passed, 1 a scenario failed,
-2 invalid input or a harness error.
+const RUN_AFTER_HELP: &str = "\
+Each result is printed as its scenario finishes, then all of them in name order. On a terminal a progress
+line shows what still runs, and verdicts are coloured (not with NO_COLOR set).
 
-run --deadline: the whole run's limit (e.g. 10m; default: from the scenarios' own deadlines); past it every
-scenario still running is killed and reported, exit status 2. SIGINT / SIGTERM do the same, exit status
-128 + signal. The cargo-test driver takes its limit from NETFAULT_SUITE_DEADLINE.
-run --repeat N: each scenario N times (all at once unless --jobs), reports in reports/<scenario>/run-<i>/;
-ends with each scenario's pass count and the list of flaky ones.";
+--deadline: past it every scenario still running is killed and reported, exit status 2; SIGINT and SIGTERM do
+the same with exit status 128 + signal. The cargo-test driver takes its limit from NETFAULT_SUITE_DEADLINE.
+
+Exit status: 0 every scenario passed; 1 a scenario failed; 2 invalid input (nothing was run), a harness error,
+or the deadline passed; 128 + N stopped by signal N.";
+
+/// netfault: inject network faults into real Linux TCP stacks and record what the kernel did.
+#[derive(Debug, Parser)]
+#[command(name = "netfault", version = crate::version::LONG, after_help = AFTER_HELP, arg_required_else_help = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run scenarios in parallel, each in namespaces of its own, and write their reports
+    #[command(after_help = RUN_AFTER_HELP)]
+    Run(RunArgs),
+    /// Validate scenarios without running anything (no namespace is created)
+    Check(Paths),
+    /// List scenarios with their deadline, `slow` mark and first description line
+    List(Paths),
+    /// The cargo-test driver (libtest-mimic) on any folder of scenarios
+    Test(TestArgs),
+    /// Measure netfault against the ip/nft/tcpdump recipe: `netfault bench --help`
+    #[command(disable_help_flag = true)]
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
+        args: Vec<String>,
+    },
+    /// Runs one scenario in this process (what `run` starts for each scenario)
+    #[command(name = runner::CHILD_COMMAND, hide = true)]
+    RunOne(ChildArgs),
+}
+
+#[derive(Debug, Args)]
+struct Paths {
+    /// Scenario files, or folders searched for *.yaml
+    #[arg(value_name = "PATH", default_value = "scenarios")]
+    paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// How many scenarios run at once [default: all of them]
+    #[arg(short, long, value_name = "N", value_parser = positive)]
+    jobs: Option<usize>,
+    /// Where the reports go: DIR/<scenario>/
+    #[arg(long, value_name = "DIR", default_value = "reports")]
+    reports: PathBuf,
+    /// The whole run's limit, e.g. 10m [default: from the scenarios' own deadlines]
+    #[arg(long, value_name = "DURATION", value_parser = supervise::parse_budget)]
+    deadline: Option<Duration>,
+    /// Run each scenario N times (reports in DIR/<scenario>/run-<i>/); count passes, list the flaky
+    #[arg(long, value_name = "N", value_parser = positive)]
+    repeat: Option<usize>,
+    /// Also run the minutes-long `slow: true` scenarios
+    #[arg(long)]
+    slow: bool,
+    #[command(flatten)]
+    paths: Paths,
+}
+
+#[derive(Debug, Args)]
+struct TestArgs {
+    /// The folder scenario names are relative to
+    #[arg(long, value_name = "DIR", default_value = "scenarios")]
+    root: PathBuf,
+    /// Where the reports go: DIR/<scenario>/
+    #[arg(long, value_name = "DIR", default_value = "reports")]
+    reports: PathBuf,
+    /// libtest arguments: a filter, --exact, --list, --ignored, --include-ignored, --test-threads N, ...
+    #[arg(last = true, value_name = "LIBTEST-ARGS")]
+    libtest: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct ChildArgs {
+    #[arg(long, default_value = ".")]
+    root: PathBuf,
+    #[arg(long, default_value = "reports")]
+    reports: PathBuf,
+    /// Which repetition of `run --repeat` this is.
+    #[arg(long)]
+    run: Option<usize>,
+    file: PathBuf,
+}
+
+/// A count of at least 1.
+fn positive(text: &str) -> Result<usize, String> {
+    text.parse().ok().filter(|n| *n > 0).ok_or(format!("{text:?} is not a positive number"))
+}
 
 /// Parses `std::env::args()` and runs the command.
 pub fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some((command, rest)) = args.split_first() else {
-        eprintln!("{USAGE}");
-        return ExitCode::from(2);
-    };
-    match command.as_str() {
-        "run" => run(rest),
-        "check" => check(rest),
-        "list" => list(rest),
-        "test" => test(rest),
-        "bench" => crate::bench::main(rest),
-        runner::CHILD_COMMAND => child(rest),
-        "-h" | "--help" | "help" => {
-            println!("{USAGE}");
-            ExitCode::SUCCESS
-        }
-        other => usage_error(&format!("unknown command {other:?}")),
+    let cli = Cli::parse();
+    match cli.command {
+        // These two run socket programs in this process: a write to a reset socket must give EPIPE, not kill it.
+        Command::RunOne(args) => return child(args),
+        Command::Bench { args } => return crate::bench::main(&args),
+        _ => {}
     }
-}
-
-fn usage_error(message: &str) -> ExitCode {
-    eprintln!("netfault: {message}\n\n{USAGE}");
-    ExitCode::from(2)
-}
-
-/// Options shared by the commands, and the positional paths.
-#[derive(Debug, Default)]
-struct Options {
-    jobs: Option<usize>,
-    reports: Option<PathBuf>,
-    deadline: Option<Duration>,
-    repeat: Option<usize>,
-    run: Option<usize>,
-    root: Option<PathBuf>,
-    /// `--slow`: run the minutes-long `slow: true` scenarios too.
-    slow: bool,
-    paths: Vec<PathBuf>,
-    passthrough: Vec<String>,
-}
-
-fn parse_options(args: &[String], allowed: &[&str]) -> Result<Options, String> {
-    let mut options = Options::default();
-    let mut iter = args.iter();
-    while let Some(arg) = iter.next() {
-        let mut value = |name: &str| iter.next().cloned().ok_or_else(|| format!("{name} needs a value"));
-        match arg.as_str() {
-            "--" if allowed.contains(&"--") => {
-                options.passthrough = iter.by_ref().cloned().collect();
-            }
-            "--jobs" | "-j" if allowed.contains(&"--jobs") => {
-                let text = value(arg)?;
-                let jobs =
-                    text.parse().ok().filter(|n| *n > 0).ok_or(format!("--jobs {text:?}: need a positive number"))?;
-                options.jobs = Some(jobs);
-            }
-            "--reports" if allowed.contains(&"--reports") => options.reports = Some(PathBuf::from(value(arg)?)),
-            "--deadline" if allowed.contains(&"--deadline") => {
-                options.deadline = Some(supervise::parse_budget(&value(arg)?)?);
-            }
-            "--repeat" if allowed.contains(&"--repeat") => {
-                let text = value(arg)?;
-                let repeat =
-                    text.parse().ok().filter(|n| *n > 0).ok_or(format!("--repeat {text:?}: need a positive number"))?;
-                options.repeat = Some(repeat);
-            }
-            "--run" if allowed.contains(&"--run") => {
-                let text = value(arg)?;
-                options.run = Some(text.parse().map_err(|_| format!("--run {text:?}: need a number"))?);
-            }
-            "--root" if allowed.contains(&"--root") => options.root = Some(PathBuf::from(value(arg)?)),
-            "--slow" if allowed.contains(&"--slow") => options.slow = true,
-            flag if flag.starts_with('-') => return Err(format!("unknown option {flag:?}")),
-            path => options.paths.push(PathBuf::from(path)),
-        }
+    // Everything else only prints: a closed pipe (`netfault list | head -1`) ends it quietly, as it ends
+    // any Unix tool, instead of a panic in println!.
+    // SAFETY: restores the default action of one signal before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Check(paths) => check(&paths.paths),
+        Command::List(paths) => list(&paths.paths),
+        Command::Test(args) => test(args),
+        Command::Bench { .. } | Command::RunOne(_) => unreachable!("handled above"),
     }
-    if options.paths.is_empty() {
-        options.paths.push(PathBuf::from("scenarios"));
-    }
-    Ok(options)
 }
 
 fn exe() -> PathBuf {
     std::env::current_exe().unwrap_or_else(|_| PathBuf::from("netfault"))
 }
 
-fn run(args: &[String]) -> ExitCode {
-    let options = match parse_options(args, &["--jobs", "--reports", "--deadline", "--repeat", "--slow"]) {
-        Ok(options) => options,
-        Err(e) => return usage_error(&e),
+fn run(args: RunArgs) -> ExitCode {
+    let Some(loaded) = load_or_report(&args.paths.paths) else {
+        return ExitCode::from(2);
     };
-    let loaded = match runner::load_all(&options.paths) {
-        Ok(loaded) => loaded,
-        Err(errors) => {
-            for error in &errors {
-                eprintln!("{error}");
-            }
-            eprintln!("netfault: {} invalid scenario(s); nothing was run", errors.len());
-            return ExitCode::from(2);
-        }
-    };
-    let reports = options.reports.unwrap_or_else(|| PathBuf::from("reports"));
-    let (loaded, skipped): (Vec<_>, Vec<_>) = loaded.into_iter().partition(|(_, plan)| options.slow || !plan.slow);
+    let reports = args.reports;
+    let (loaded, skipped): (Vec<_>, Vec<_>) = loaded.into_iter().partition(|(_, plan)| args.slow || !plan.slow);
     let mut jobs: Vec<(Job, Duration)> = Vec::new();
     let mut runs: Vec<(String, usize)> = Vec::new();
-    match options.repeat {
+    match args.repeat {
         None => {
             for (job, plan) in loaded {
                 jobs.push((Job { reports: reports.clone(), ..job }, plan.deadline));
@@ -159,32 +174,29 @@ fn run(args: &[String]) -> ExitCode {
             }
         }
     }
-    let parallel = options.jobs.unwrap_or_else(|| runner::default_parallelism(jobs.len()));
+    let parallel = args.jobs.unwrap_or_else(|| runner::default_parallelism(jobs.len()));
     let limits: Vec<Duration> = jobs.iter().map(|(_, deadline)| *deadline + runner::CHILD_GRACE).collect();
-    let supervisor = Supervisor::new(options.deadline.unwrap_or_else(|| supervise::default_budget(&limits, parallel)));
+    let supervisor = Supervisor::new(args.deadline.unwrap_or_else(|| supervise::default_budget(&limits, parallel)));
     if let Err(e) = supervise::catch_stop_signals().and_then(|()| supervisor.start_watchdog(runner::STOP_GRACE)) {
         eprintln!("netfault: {e}");
         return ExitCode::from(2);
     }
     let started = Instant::now();
-    let summaries = runner::run_all(&exe(), jobs, parallel, &supervisor, |summary| {
-        let status = match summary.status {
-            Status::Pass => "PASS ",
-            Status::Fail => "FAIL ",
-            Status::Error => "ERROR",
-        };
-        println!("{status} {:<40} {:>8.3}s  {}", summary.name, summary.duration, summary.report.display());
-        for message in &summary.messages {
-            for line in message.lines() {
-                println!("      {line}");
-            }
-        }
+    let names =
+        runs.iter().map(|(name, run)| if args.repeat.is_some() { format!("{name} #{run}") } else { name.clone() });
+    let mut console = Console::new(names.collect());
+    let summaries = runner::run_all(&exe(), jobs, parallel, &supervisor, |event| match event {
+        RunEvent::Started(index) => console.started(index),
+        RunEvent::Finished(index, summary) => console.finished(index, summary),
+        RunEvent::Idle => console.redraw(),
     });
+    console.clear();
     let count = |status| summaries.iter().filter(|s| s.status == status).count();
     let (passed, failed, errors) = (count(Status::Pass), count(Status::Fail), count(Status::Error));
     let longest = summaries.iter().map(|s| s.duration).fold(0.0, f64::max);
-    if let Some(repeat) = options.repeat {
-        print!("{}", repeat_table(&runs, &summaries, repeat, parallel));
+    match args.repeat {
+        Some(repeat) => print!("{}", repeat_table(&runs, &summaries, repeat, parallel)),
+        None => print!("{}", sorted_summary(&summaries, console.colour())),
     }
     let skipped = match skipped.len() {
         0 => String::new(),
@@ -211,6 +223,23 @@ fn run(args: &[String]) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// The end of a run: every scenario's result line in name order, each failure's first line under it.
+fn sorted_summary(summaries: &[Summary], colour: bool) -> String {
+    let mut sorted: Vec<&Summary> = summaries.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut text = format!("\nall {} in name order:\n", sorted.len());
+    for summary in sorted {
+        text.push_str(&console::result_line(summary, colour));
+        text.push('\n');
+        for message in &summary.messages {
+            if let Some(first) = message.lines().next() {
+                text.push_str(&format!("      {first}\n"));
+            }
+        }
+    }
+    text
 }
 
 /// Removes the scenario's old report folder (`rm -r reports/<scenario>`) before its repetitions fill it.
@@ -266,72 +295,47 @@ fn repeat_table(runs: &[(String, usize)], summaries: &[Summary], repeat: usize, 
     text
 }
 
-fn check(args: &[String]) -> ExitCode {
-    let options = match parse_options(args, &[]) {
-        Ok(options) => options,
-        Err(e) => return usage_error(&e),
-    };
-    match runner::load_all(&options.paths) {
-        Ok(loaded) => {
-            println!("{} scenario(s) valid", loaded.len());
-            ExitCode::SUCCESS
-        }
+/// Loads every scenario under `paths`, or prints every invalid one with where and what (stderr).
+fn load_or_report(paths: &[PathBuf]) -> Option<Vec<(Job, crate::scenario::plan::Plan)>> {
+    match runner::load_all(paths) {
+        Ok(loaded) => Some(loaded),
         Err(errors) => {
             for error in &errors {
                 eprintln!("{error}");
             }
-            ExitCode::from(2)
+            eprintln!("netfault: {} invalid scenario(s); nothing was run", errors.len());
+            None
         }
     }
 }
 
-fn list(args: &[String]) -> ExitCode {
-    let options = match parse_options(args, &[]) {
-        Ok(options) => options,
-        Err(e) => return usage_error(&e),
+fn check(paths: &[PathBuf]) -> ExitCode {
+    let Some(loaded) = load_or_report(paths) else {
+        return ExitCode::from(2);
     };
-    match runner::load_all(&options.paths) {
-        Ok(loaded) => {
-            for (_, plan) in loaded {
-                let first_line = plan.description.lines().next().unwrap_or_default();
-                let slow = if plan.slow { " slow" } else { "" };
-                println!("{:<40} {:>5}s{slow:<5}  {first_line}", plan.name, plan.deadline.as_secs());
-            }
-            ExitCode::SUCCESS
-        }
-        Err(errors) => {
-            for error in &errors {
-                eprintln!("{error}");
-            }
-            ExitCode::from(2)
-        }
-    }
+    println!("{} scenario(s) valid", loaded.len());
+    ExitCode::SUCCESS
 }
 
-fn test(args: &[String]) -> ExitCode {
-    let options = match parse_options(args, &["--root", "--reports", "--"]) {
-        Ok(options) => options,
-        Err(e) => return usage_error(&e),
+fn list(paths: &[PathBuf]) -> ExitCode {
+    let Some(loaded) = load_or_report(paths) else {
+        return ExitCode::from(2);
     };
-    let root = options.root.unwrap_or_else(|| PathBuf::from("scenarios"));
-    let reports = options.reports.unwrap_or_else(|| PathBuf::from("reports"));
-    let mut libtest_args = vec!["netfault-test".to_string()];
-    libtest_args.extend(options.passthrough);
-    let args = libtest_mimic::Arguments::from_iter(libtest_args);
-    runner::test_main(&root, &reports, &exe(), args)
+    for (_, plan) in loaded {
+        let first_line = plan.description.lines().next().unwrap_or_default();
+        let slow = if plan.slow { " slow" } else { "" };
+        println!("{:<40} {:>5}s{slow:<5}  {first_line}", plan.name, plan.deadline.as_secs());
+    }
+    ExitCode::SUCCESS
 }
 
-fn child(args: &[String]) -> ExitCode {
-    let options = match parse_options(args, &["--root", "--reports", "--run"]) {
-        Ok(options) => options,
-        Err(e) => return usage_error(&e),
-    };
-    let root = options.root.unwrap_or_else(|| PathBuf::from("."));
-    let reports = options.reports.unwrap_or_else(|| PathBuf::from("reports"));
-    match options.paths.as_slice() {
-        [file] => runner::child_main(&root, &reports, Path::new(file), options.run),
-        _ => usage_error("the child command runs exactly one scenario file"),
-    }
+fn test(args: TestArgs) -> ExitCode {
+    let libtest = libtest_mimic::Arguments::from_iter(std::iter::once("netfault-test".to_string()).chain(args.libtest));
+    runner::test_main(&args.root, &args.reports, &exe(), libtest)
+}
+
+fn child(args: ChildArgs) -> ExitCode {
+    runner::child_main(&args.root, &args.reports, &args.file, args.run)
 }
 
 #[cfg(test)]
