@@ -10,21 +10,15 @@ fn git(args: &[&str]) -> Option<String> {
 }
 
 fn main() {
-    // Rebuilt when the checked-out commit, the index or the crate's own files change.
-    for path in ["HEAD", "index", "packed-refs"] {
-        if let Some(file) = git(&["rev-parse", "--git-path", path]) {
-            println!("cargo:rerun-if-changed={file}");
-        }
+    // Run again when the checked-out commit moves or the crate's own files change (the `-dirty` mark). Only
+    // files that exist: cargo takes a missing one as changed on every build.
+    let mut watched = vec!["src".to_string(), "Cargo.toml".to_string(), "build.rs".to_string()];
+    let reference = git(&["symbolic-ref", "-q", "HEAD"]);
+    for name in ["HEAD", "packed-refs"].into_iter().chain(reference.as_deref()) {
+        watched.extend(git(&["rev-parse", "--git-path", name]));
     }
-    if let Some(reference) = git(&["symbolic-ref", "-q", "HEAD"]) {
-        if let Some(file) = git(&["rev-parse", "--git-path", &reference]) {
-            println!("cargo:rerun-if-changed={file}");
-        }
-    }
-    for path in ["src", "Cargo.toml", "build.rs"] {
-        if Path::new(path).exists() {
-            println!("cargo:rerun-if-changed={path}");
-        }
+    for path in watched.iter().filter(|path| Path::new(path).exists()) {
+        println!("cargo:rerun-if-changed={path}");
     }
     let commit = match git(&["rev-parse", "--short=12", "HEAD"]) {
         Some(hash) => match git(&["status", "--porcelain", "--untracked-files=no"]) {
