@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Failed, Trial};
 use netfault::error::{Context, Result};
-use netfault::netns::Netns;
+use netfault::run::netns::Netns;
+use netfault::run::topology;
+use netfault::run::userns::{self, Privilege};
 use netfault::scenario::plan::{CapturePlan, HostId, HostPlan, LinkPlan, Plan, RunExpectations, Sysctl};
-use netfault::topology;
-use netfault::userns::{self, Privilege};
 
 const CHILD_ENV: &str = "NETFAULT_ROOTLESS_CHILD";
 const NOBODY: u32 = 65534;
