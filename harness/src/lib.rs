@@ -20,3 +20,4 @@ pub mod scenario;
 mod selftest;
 pub mod testing;
 pub mod timeline;
+pub mod version;

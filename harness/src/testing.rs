@@ -7,7 +7,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use crate::run::runner::{self, Job};
+use crate::run::runner;
 use crate::scenario::variables::Variables;
 
 /// Environment variable naming the folder reports go to, over the suite's own choice.
@@ -50,7 +50,7 @@ impl Suite {
     pub fn main(self) -> ExitCode {
         let args: Vec<OsString> = std::env::args_os().collect();
         if args.get(1).is_some_and(|command| command == runner::CHILD_COMMAND) {
-            return match Job::from_child_args(&args[2..]) {
+            return match runner::parse_child_args(args.into_iter().skip(2)) {
                 Ok(job) => runner::child_main(&job, &self.variables),
                 Err(e) => {
                     eprintln!("netfault: {e}");

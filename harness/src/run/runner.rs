@@ -1,7 +1,6 @@
 //! Running scenarios: one child process each (the harness re-executes itself), many at once, each bounded by
 //! its deadline; and the libtest-mimic glue that makes every scenario one `cargo test` trial.
 
-use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::Read;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
@@ -52,8 +51,7 @@ pub struct Job {
 }
 
 impl Job {
-    /// The arguments after [`CHILD_COMMAND`] that make a scenario process run this job:
-    /// `--root ROOT --reports DIR [--run N] FILE`.
+    /// The arguments after [`CHILD_COMMAND`] that make a scenario process run this job ([`ChildArgs`]).
     pub fn child_args(&self) -> Vec<OsString> {
         let mut args: Vec<OsString> =
             vec!["--root".into(), self.root.clone().into(), "--reports".into(), self.reports.clone().into()];
@@ -64,30 +62,48 @@ impl Job {
         args
     }
 
-    /// The job that [`Job::child_args`] describes; `Err` says what is wrong with the arguments.
-    pub fn from_child_args(args: &[OsString]) -> Result<Job, String> {
-        let mut job =
-            Job { file: PathBuf::new(), root: PathBuf::from("."), reports: PathBuf::from("reports"), run: None };
-        let mut files = Vec::new();
-        let mut args = args.iter();
-        while let Some(arg) = args.next() {
-            let mut value = || args.next().ok_or_else(|| format!("{} needs a value", arg.to_string_lossy()));
-            match arg.to_str() {
-                Some("--root") => job.root = PathBuf::from(value()?),
-                Some("--reports") => job.reports = PathBuf::from(value()?),
-                Some("--run") => {
-                    let text = value()?.to_string_lossy();
-                    job.run = Some(text.parse().map_err(|_| format!("--run {text:?}: need a number"))?);
-                }
-                Some(flag) if flag.starts_with('-') => return Err(format!("unknown option {flag:?}")),
-                _ => files.push(PathBuf::from(arg)),
-            }
-        }
-        match <[PathBuf; 1]>::try_from(files) {
-            Ok([file]) => Ok(Job { file, ..job }),
-            Err(files) => Err(format!("{CHILD_COMMAND} runs exactly one scenario file, got {}", files.len())),
+    /// The scenario's name, with `#<run>` for a repetition.
+    pub fn name(&self) -> String {
+        let name = display_name(&self.root, &self.file);
+        match self.run {
+            Some(run) => format!("{name} #{run}"),
+            None => name,
         }
     }
+}
+
+/// What follows [`CHILD_COMMAND`] on a scenario process's command line, as [`Job::child_args`] writes it:
+/// `--root ROOT --reports DIR [--run N] FILE`. Parsed by `netfault __run-one` and by a test binary's
+/// [`crate::testing::Suite`] alike.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ChildArgs {
+    #[arg(long, default_value = ".")]
+    root: PathBuf,
+    #[arg(long, default_value = "reports")]
+    reports: PathBuf,
+    /// Which repetition of `run --repeat` this is.
+    #[arg(long)]
+    run: Option<usize>,
+    file: PathBuf,
+}
+
+impl From<ChildArgs> for Job {
+    fn from(args: ChildArgs) -> Job {
+        Job { file: args.file, root: args.root, reports: args.reports, run: args.run }
+    }
+}
+
+/// The child command's arguments on their own (what follows [`CHILD_COMMAND`]).
+#[derive(Debug, clap::Parser)]
+#[command(name = CHILD_COMMAND, no_binary_name = true)]
+struct ChildCommand {
+    #[command(flatten)]
+    args: ChildArgs,
+}
+
+/// The job the arguments after [`CHILD_COMMAND`] describe, or clap's error saying what is wrong with them.
+pub fn parse_child_args(args: impl IntoIterator<Item = OsString>) -> Result<Job, clap::Error> {
+    <ChildCommand as clap::Parser>::try_parse_from(args).map(|command| Job::from(command.args))
 }
 
 /// The folder a repetition's report goes to, under the scenario's report folder.
@@ -98,10 +114,7 @@ pub fn run_folder(run: usize) -> String {
 /// Runs one scenario in a child process of `exe` and waits for it, at most its deadline plus grace, or until
 /// `supervisor` says to stop (then the child is killed; a job not started yet is not started).
 pub fn run_in_child(exe: &Path, job: &Job, deadline: Duration, supervisor: &Supervisor) -> Summary {
-    let mut name = display_name(&job.root, &job.file);
-    if let Some(run) = job.run {
-        name = format!("{name} #{run}");
-    }
+    let name = job.name();
     if let Some(reason) = supervisor.stop_reason() {
         return Summary::harness_error(name, &job.reports, format!("not started: {reason}"));
     }
@@ -380,16 +393,31 @@ pub fn scenario_root(path: &Path) -> PathBuf {
     }
 }
 
-/// Runs jobs on `parallel` worker threads until done or until `supervisor` says stop; `on_done` sees each
-/// summary in job order as soon as it and all earlier ones are done, so output is deterministic yet live.
+/// What [`run_all`] reports while it runs, for a live display.
+#[derive(Debug)]
+pub enum RunEvent<'a> {
+    /// The job with this index started.
+    Started(usize),
+    /// The job with this index finished, with this summary; jobs finish in any order.
+    Finished(usize, &'a Summary),
+    /// Nothing started or finished for [`IDLE_TICK`]: a progress display may redraw.
+    Idle,
+}
+
+/// How often [`run_all`] reports [`RunEvent::Idle`] while nothing happens.
+pub const IDLE_TICK: Duration = Duration::from_millis(250);
+
+/// Runs jobs on `parallel` worker threads until done or until `supervisor` says stop; `on_event` sees each
+/// job start and finish as it happens. Returns the summaries in job order.
 pub fn run_all(
     exe: &Path,
     jobs: Vec<(Job, Duration)>,
     parallel: usize,
     supervisor: &Supervisor,
-    mut on_done: impl FnMut(&Summary),
+    mut on_event: impl FnMut(RunEvent<'_>),
 ) -> Vec<Summary> {
     let total = jobs.len();
+    let labels: Vec<(String, PathBuf)> = jobs.iter().map(|(job, _)| (job.name(), job.reports.clone())).collect();
     let queue = Arc::new(Mutex::new(jobs.into_iter().enumerate().collect::<Vec<_>>().into_iter()));
     let (tx, rx) = mpsc::channel();
     let workers: Vec<_> = (0..parallel.clamp(1, total.max(1)))
@@ -401,29 +429,39 @@ pub fn run_all(
             thread::spawn(move || loop {
                 let next = queue.lock().ok().and_then(|mut q| q.next());
                 let Some((index, (job, deadline))) = next else { break };
+                if tx.send((index, None)).is_err() {
+                    break;
+                }
                 let summary = run_in_child(&exe, &job, deadline, &supervisor);
-                if tx.send((index, summary)).is_err() {
+                if tx.send((index, Some(summary))).is_err() {
                     break;
                 }
             })
         })
         .collect();
     drop(tx);
-    let mut pending = BTreeMap::new();
-    let mut next = 0;
-    let mut results = Vec::with_capacity(total);
-    for (index, summary) in rx {
-        pending.insert(index, summary);
-        while let Some(summary) = pending.remove(&next) {
-            on_done(&summary);
-            results.push(summary);
-            next += 1;
+    let mut results: Vec<Option<Summary>> = (0..total).map(|_| None).collect();
+    loop {
+        match rx.recv_timeout(IDLE_TICK) {
+            Ok((index, None)) => on_event(RunEvent::Started(index)),
+            Ok((index, Some(summary))) => {
+                on_event(RunEvent::Finished(index, &summary));
+                results[index] = Some(summary);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => on_event(RunEvent::Idle),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
     for worker in workers {
         let _ = worker.join();
     }
     results
+        .into_iter()
+        .zip(labels)
+        .map(|(summary, (name, reports))| {
+            summary.unwrap_or_else(|| Summary::harness_error(name, &reports, "its worker thread died".into()))
+        })
+        .collect()
 }
 
 /// Default parallelism: every scenario at once, since they mostly wait on kernel timers (capped to keep a
@@ -557,15 +595,15 @@ mod tests {
             reports: "/tmp/r".into(),
             run: Some(3),
         };
-        let back = Job::from_child_args(&job.child_args()).unwrap();
+        let back = parse_child_args(job.child_args()).unwrap();
         assert_eq!((back.file, back.root, back.reports, back.run), (job.file, job.root, job.reports, job.run));
-        let plain = Job::from_child_args(&["x.yaml".into()]).unwrap();
+        let plain = parse_child_args(["x.yaml".into()]).unwrap();
         assert_eq!((plain.root, plain.reports, plain.run), (PathBuf::from("."), PathBuf::from("reports"), None));
-        let problem = |args: &[&str]| Job::from_child_args(&args.iter().map(OsString::from).collect::<Vec<_>>());
-        assert_eq!(problem(&["a.yaml", "b.yaml"]).unwrap_err(), "__run-one runs exactly one scenario file, got 2");
-        assert_eq!(problem(&["--run", "x", "a.yaml"]).unwrap_err(), "--run \"x\": need a number");
-        assert_eq!(problem(&["--root"]).unwrap_err(), "--root needs a value");
-        assert_eq!(problem(&["--jobs", "2", "a.yaml"]).unwrap_err(), "unknown option \"--jobs\"");
+        let problem = |args: &[&str]| parse_child_args(args.iter().map(OsString::from)).unwrap_err().kind();
+        assert_eq!(problem(&["a.yaml", "b.yaml"]), clap::error::ErrorKind::UnknownArgument);
+        assert_eq!(problem(&["--run", "x", "a.yaml"]), clap::error::ErrorKind::ValueValidation);
+        assert_eq!(problem(&["--root"]), clap::error::ErrorKind::InvalidValue);
+        assert_eq!(problem(&[]), clap::error::ErrorKind::MissingRequiredArgument);
     }
 
     #[test]
