@@ -9,8 +9,9 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::error::{joined, Error, Result};
-use crate::observe::capture::{Capture, CaptureBuffer, CaptureStats};
-use crate::observe::sockets::{Observer, ObserverStats};
+use crate::observe::capture::{Capture, CaptureBuffer};
+use crate::observe::sockets::Observer;
+use crate::record::{CaptureStats, RunRecord};
 use crate::run::actors::{self, ActorContext, ProcessRegistry, StepBoard};
 use crate::run::clock::{Clock, EventSink};
 use crate::run::firewall::{self, Firewall};
@@ -20,26 +21,6 @@ use crate::run::topology;
 use crate::scenario::plan::{Direction, FaultPlan, HostId, Plan, StepEdge, Trigger};
 use crate::timeline::{Event, EventKind, PacketDirection, Timeline};
 
-/// What a run produced, before judging.
-#[derive(Debug)]
-pub struct RunOutput {
-    pub timeline: Timeline,
-    /// Time from t0 to the end of the programs (or the deadline).
-    pub duration: Duration,
-    /// Namespaces, veth, addresses, nftables and capture set up, then torn down.
-    pub setup: Duration,
-    pub teardown: Duration,
-    pub deadline_hit: bool,
-    pub capture: [CaptureStats; 2],
-    pub observer: [ObserverStats; 2],
-    /// Packets each fault's rule matched, per fault name.
-    pub fault_hits: Vec<(String, u64)>,
-    /// What went wrong inside the harness, not by the kernel's doing: a host program that failed (an error or
-    /// a panic), a capture that lost frames. The run is a harness error; its timeline and captures are still
-    /// reported.
-    pub harness_errors: Vec<String>,
-}
-
 /// How often the hub wakes to look at time triggers and the programs when nothing happens.
 const IDLE_TICK: Duration = Duration::from_millis(5);
 /// How long program threads may take to be running in their namespaces, and then to be told to start
@@ -47,7 +28,7 @@ const IDLE_TICK: Duration = Duration::from_millis(5);
 const PROGRAM_START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs `plan`, writing the pcaps into `report_dir`. Returns harness errors only; the verdict comes later.
-pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
+pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunRecord> {
     let setup_started = Instant::now();
     let clock = Clock::unstarted();
     let (sink, events) = EventSink::new(clock.clone());
@@ -185,7 +166,7 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
     let teardown = teardown_started.elapsed();
     let [capture_client, capture_server] = into_pair(capture_stats)?;
     let [observer_client, observer_server] = into_pair(observer_stats)?;
-    Ok(RunOutput {
+    Ok(RunRecord {
         timeline,
         duration,
         setup,

@@ -405,6 +405,13 @@ pub struct StepExpectation {
     pub location: Location,
 }
 
+impl StepExpectation {
+    /// Whether the step is expected anything (a result or a time), as opposed to only being recorded.
+    pub fn is_set(&self) -> bool {
+        self.outcome.is_some() || self.after.is_some() || self.at.is_some()
+    }
+}
+
 /// The result a step must give.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]

@@ -37,6 +37,7 @@ use pcap_file::{DataLink, Endianness, TsResolution};
 
 use crate::error::{Error, Result};
 use crate::observe::decode::Decoder;
+use crate::record::CaptureStats;
 use crate::run::clock::{Clock, EventSink};
 use crate::run::netns::Netns;
 use crate::run::priority;
@@ -113,28 +114,6 @@ const PCAP_RECORD_HEADER_LEN: usize = 16;
 const MAX_QUEUED_CHUNKS: usize = 256;
 /// Written chunks kept for reuse instead of freed.
 const SPARE_CHUNKS: usize = 4;
-
-/// What one capture saw, as tcpdump reports when it stops.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct CaptureStats {
-    /// Frames written to the pcap (`N packets captured`).
-    pub packets: u64,
-    /// Their length on the wire, summed.
-    pub bytes: u64,
-    /// Frames the kernel dropped because the queue or ring was full (`N packets dropped by kernel`), summed
-    /// over the run from PACKET_STATISTICS.
-    pub kernel_drops: u64,
-    /// Frames the interface itself counted from the start of the capture to the stop (rx + tx packets,
-    /// `ip -s link show`): every one of them should be in the pcap.
-    pub interface_frames: u64,
-}
-
-impl CaptureStats {
-    /// Frames the interface counted that are not in the pcap: dropped by the kernel, or never seen.
-    pub fn lost(&self) -> u64 {
-        self.interface_frames.saturating_sub(self.packets).max(self.kernel_drops)
-    }
-}
 
 /// A running `tcpdump -i <ifname> -w <pcap>` on one interface of a host's namespace.
 #[derive(Debug)]

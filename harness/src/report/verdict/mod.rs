@@ -44,6 +44,25 @@ impl fmt::Display for Failure {
 pub struct Verdict {
     pub checks: usize,
     pub failures: Vec<Failure>,
+    /// Each step's own judgement, in plan order (hosts in order, steps in order).
+    pub steps: Vec<StepVerdict>,
+}
+
+/// How one step fared.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct StepVerdict {
+    pub host: HostId,
+    pub index: usize,
+    pub judgement: StepJudgement,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StepJudgement {
+    /// Nothing was expected of it; its outcome is on record.
+    Recorded,
+    Pass,
+    Fail,
 }
 
 impl Verdict {
@@ -65,7 +84,14 @@ pub fn judge(plan: &Plan, timeline: &Timeline) -> Verdict {
     for host in &plan.hosts {
         for step in &host.steps {
             let record = step_record(timeline, host.id, step.index);
+            let failures_before = verdict.failures.len();
             judge_step(&mut verdict, host.id, step, &record);
+            let judgement = match (step.expect.is_set(), verdict.failures.len() > failures_before) {
+                (false, false) => StepJudgement::Recorded,
+                (_, true) => StepJudgement::Fail,
+                (true, false) => StepJudgement::Pass,
+            };
+            verdict.steps.push(StepVerdict { host: host.id, index: step.index, judgement });
         }
     }
     judge_deadline(&mut verdict, plan, timeline);
@@ -149,8 +175,7 @@ fn judge_step(verdict: &mut Verdict, host: HostId, step: &StepPlan, record: &Ste
     if let Some(detail) = record.detail.as_deref().filter(|d| d.starts_with(PATTERN_MISSING)) {
         verdict.check(Err(failure("output matching every pattern".into(), detail.to_string(), record.end)));
     }
-    let has_expectation = expect.outcome.is_some() || expect.after.is_some() || expect.at.is_some();
-    if !has_expectation {
+    if !expect.is_set() {
         return;
     }
     let (Some(end), Some(outcome)) = (record.end, record.outcome.as_ref()) else {
@@ -210,7 +235,7 @@ fn judge_deadline(verdict: &mut Verdict, plan: &Plan, timeline: &Timeline) {
     for host in &plan.hosts {
         for step in &host.steps {
             let expect = &step.expect;
-            if expect.outcome.is_some() || expect.after.is_some() || expect.at.is_some() {
+            if expect.is_set() {
                 continue;
             }
             let record = step_record(timeline, host.id, step.index);
