@@ -92,8 +92,11 @@ fn check_plan(plan: &Plan, lines: &Lines) {
     }
 }
 
-fn check_tolerance(tolerance: Duration, deadline: Duration) {
-    assert!(!tolerance.is_zero() && tolerance <= deadline, "tolerance {tolerance:?} with deadline {deadline:?}");
+fn check_tolerance(tolerance: Tolerance, deadline: Duration) {
+    assert!(
+        !tolerance.late.is_zero() && tolerance.late <= deadline && tolerance.early <= deadline,
+        "tolerance {tolerance:?} with deadline {deadline:?}"
+    );
 }
 
 fn within_run(what: &str, time: Duration, deadline: Duration) {

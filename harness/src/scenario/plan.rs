@@ -70,6 +70,43 @@ impl fmt::Display for HostId {
     }
 }
 
+/// How far a measured time may be from the expected one: `late` after it, `early` before it
+/// (`tolerance: 250ms` is both; `tolerance: { early: 10ms, late: 420ms }`). Kernel timers are rounded up to
+/// their timer-wheel granule and fire late, never early, so the honest window is often one-sided.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Tolerance {
+    pub early: Duration,
+    pub late: Duration,
+}
+
+impl Tolerance {
+    /// The same tolerance on both sides.
+    pub const fn either_side(tolerance: Duration) -> Tolerance {
+        Tolerance { early: tolerance, late: tolerance }
+    }
+
+    /// Whether `actual` is at most `late` after `expected` and at most `early` before it.
+    pub fn admits(self, actual: Duration, expected: Duration) -> bool {
+        if actual >= expected {
+            actual - expected <= self.late
+        } else {
+            expected - actual <= self.early
+        }
+    }
+}
+
+impl fmt::Display for Tolerance {
+    /// `± 0.250000s`, or `-0.000000s/+0.500000s` when earliness and lateness differ.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = |d: Duration| format!("{}.{:06}s", d.as_secs(), d.subsec_micros());
+        if self.early == self.late {
+            write!(f, "± {}", secs(self.late))
+        } else {
+            write!(f, "-{}/+{}", secs(self.early), secs(self.late))
+        }
+    }
+}
+
 /// A whole scenario, ready to run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
@@ -82,10 +119,8 @@ pub struct Plan {
     pub slow: bool,
     /// Hard deadline for the whole run; the run is ended there whatever is still blocked.
     pub deadline: Duration,
-    /// Default tolerance of every timing expectation (the allowed lateness when `early_tolerance` is set).
-    pub tolerance: Duration,
-    /// Default allowed earliness, when it differs from `tolerance` (`tolerance: { early, late }`).
-    pub early_tolerance: Option<Duration>,
+    /// Default tolerance of every timing expectation.
+    pub tolerance: Tolerance,
     /// Observer sampling interval (`ss` polling period).
     pub sample_interval: Duration,
     pub link: LinkPlan,
@@ -397,11 +432,8 @@ pub struct StepExpectation {
     pub after: Option<Duration>,
     /// Scenario time at which the step ends.
     pub at: Option<Duration>,
-    /// Tolerance for `after` / `at`; the scenario default when not given. The allowed lateness when
-    /// `early_tolerance` is set.
-    pub tolerance: Duration,
-    /// Allowed earliness when it differs from `tolerance`.
-    pub early_tolerance: Option<Duration>,
+    /// Tolerance for `after` / `at`; the scenario default when not given.
+    pub tolerance: Tolerance,
     pub location: Location,
 }
 
@@ -762,9 +794,7 @@ pub struct PacketExpectation {
     pub at: Vec<Duration>,
     /// Only packets seen in this scenario-time window count.
     pub window: Option<(Duration, Duration)>,
-    pub tolerance: Duration,
-    /// Allowed earliness when it differs from `tolerance` (which is then the allowed lateness).
-    pub early_tolerance: Option<Duration>,
+    pub tolerance: Tolerance,
     /// Times (`at`, `window`) count from this step's end or packet, and only packets from then on count.
     pub since: Option<Since>,
     pub location: Location,
@@ -789,9 +819,7 @@ pub struct StateExpectation {
     /// Which socket: local or remote port; `None` = any socket of the host that is not a listener.
     pub port: Option<u16>,
     pub sequence: Vec<StateStep>,
-    pub tolerance: Duration,
-    /// Allowed earliness when it differs from `tolerance` (which is then the allowed lateness).
-    pub early_tolerance: Option<Duration>,
+    pub tolerance: Tolerance,
     /// `at` times count from this step's end or packet.
     pub since: Option<Since>,
     pub location: Location,
@@ -849,9 +877,7 @@ pub struct QueueExpectation {
     pub sequence: Vec<QueueStep>,
     /// No selected socket ever shows more than this.
     pub max: Option<u32>,
-    pub tolerance: Duration,
-    /// Allowed earliness when it differs from `tolerance` (which is then the allowed lateness).
-    pub early_tolerance: Option<Duration>,
+    pub tolerance: Tolerance,
     /// `at` times count from this step's end or packet.
     pub since: Option<Since>,
     pub location: Location,

@@ -56,8 +56,7 @@ pub fn validate(name: &str, file: &Path, wire: &ScenarioWire, index: &SourceInde
         file,
         index,
         deadline: DEFAULT_DEADLINE,
-        tolerance: DEFAULT_TOLERANCE,
-        early_tolerance: None,
+        tolerance: Tolerance::either_side(DEFAULT_TOLERANCE),
         step_names: [Vec::new(), Vec::new()],
         step_name_set: [HashSet::new(), HashSet::new()],
     };
@@ -73,11 +72,11 @@ pub fn validate(name: &str, file: &Path, wire: &ScenarioWire, index: &SourceInde
     match &wire.tolerance {
         Some(tolerance) => {
             let path = root.key("tolerance");
-            (v.tolerance, v.early_tolerance) = v.tolerance(&path, tolerance)?;
+            v.tolerance = v.tolerance(&path, tolerance)?;
         }
         // A run shorter than the default tolerance (found by fuzzing: `timeout: 10ms`) gets its whole length,
         // as an explicit tolerance at most may.
-        None => v.tolerance = DEFAULT_TOLERANCE.min(v.deadline),
+        None => v.tolerance = Tolerance::either_side(DEFAULT_TOLERANCE.min(v.deadline)),
     }
     let sample_interval = match &wire.sample {
         Some(sample) => {
@@ -143,7 +142,6 @@ pub fn validate(name: &str, file: &Path, wire: &ScenarioWire, index: &SourceInde
         slow,
         deadline: v.deadline,
         tolerance: v.tolerance,
-        early_tolerance: v.early_tolerance,
         sample_interval,
         link,
         capture,
@@ -172,8 +170,7 @@ struct Validator<'a> {
     file: &'a Path,
     index: &'a SourceIndex,
     deadline: Duration,
-    tolerance: Duration,
-    early_tolerance: Option<Duration>,
+    tolerance: Tolerance,
     /// Named steps per host (by `HostId::index()`): name and 0-based step index, in program order.
     step_names: [Vec<(String, usize)>; 2],
     /// The same names as a set, so that a program of thousands of named steps is checked in linear time.
@@ -310,9 +307,9 @@ impl Validator<'_> {
 
     /// `tolerance: 250ms` (either way) or `tolerance: { early: 0s, late: 500ms }`: the allowed lateness, and
     /// the allowed earliness when it differs.
-    fn tolerance(&self, path: &NodePath, value: &ScalarOr<ToleranceWire>) -> Checked<(Duration, Option<Duration>)> {
+    fn tolerance(&self, path: &NodePath, value: &ScalarOr<ToleranceWire>) -> Checked<Tolerance> {
         let map = match value {
-            ScalarOr::Scalar(scalar) => return Ok((self.tolerance_bound(path, scalar)?, None)),
+            ScalarOr::Scalar(scalar) => return Ok(Tolerance::either_side(self.tolerance_bound(path, scalar)?)),
             ScalarOr::Map(map) => map,
         };
         let example = "e.g. { early: 0s, late: 500ms }";
@@ -331,7 +328,7 @@ impl Validator<'_> {
                 ),
             ));
         }
-        Ok((late, Some(early)))
+        Ok(Tolerance { early, late })
     }
 
     fn tolerance_bound(&self, path: &NodePath, value: &Scalar) -> Checked<Duration> {

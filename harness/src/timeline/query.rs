@@ -44,6 +44,7 @@ pub fn step_record(timeline: &Timeline, host: HostId, index: usize) -> StepRecor
     }
     record
 }
+
 /// Packets sent by a host as its own capture saw them leave (each packet once).
 pub fn sent_packets<'a>(
     timeline: &'a Timeline,
@@ -74,6 +75,7 @@ pub fn packet_matches(filter: &PacketFilter, packet: &PacketEvent) -> bool {
         && filter.len.is_none_or(|len| len == packet.len)
         && filter.window.is_none_or(|window| window == packet.window)
 }
+
 /// Appends `value` at `t` to the history of `socket` (created on first sight) when it differs from the last.
 fn record_change<T: PartialEq>(histories: &mut Vec<(String, Vec<(T, Duration)>)>, socket: &str, value: T, t: Duration) {
     let position = match histories.iter().position(|(name, _)| name == socket) {
@@ -98,6 +100,7 @@ pub fn socket_histories(timeline: &Timeline, host: HostId) -> Vec<(String, Vec<(
     }
     histories
 }
+
 pub fn socket_events<'a>(
     timeline: &'a Timeline,
     host: HostId,
@@ -108,6 +111,7 @@ pub fn socket_events<'a>(
         _ => None,
     })
 }
+
 /// Each selected socket's consecutive distinct values of one queue with the time it took them, in first-seen
 /// order; a socket's history ends when it is gone.
 pub fn queue_histories(timeline: &Timeline, expectation: &QueueExpectation) -> Vec<(String, Vec<(u32, Duration)>)> {
@@ -129,6 +133,7 @@ pub fn queue_histories(timeline: &Timeline, expectation: &QueueExpectation) -> V
     }
     histories
 }
+
 fn secs_opt<S: serde::Serializer>(t: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
     match t {
         Some(t) => s.serialize_some(&t.as_secs_f64()),

@@ -5,7 +5,7 @@
 mod describe;
 
 use describe::{at_text, ordinal};
-pub use describe::{describe_expectation, describe_filter, describe_outcome, describe_tolerance};
+pub use describe::{describe_expectation, describe_filter, describe_outcome};
 
 use std::fmt;
 use std::time::Duration;
@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::scenario::plan::{
     ExpectedOutcome, HostId, Location, PacketExpectation, Plan, QueueExpectation, Since, StateExpectation,
-    StepExpectation, StepPlan, TcpState, TimerExpectation,
+    StepExpectation, StepPlan, TcpState, TimerExpectation, Tolerance,
 };
 use crate::timeline::query::{queue_histories, sent_packets, socket_events, socket_histories, step_record, StepRecord};
 use crate::timeline::{format_secs, EventKind, Outcome, SocketEvent, Timeline};
@@ -214,15 +214,11 @@ fn judge_time(
     expect: &StepExpectation,
     outcome: &Outcome,
 ) -> Result<(), (String, String)> {
-    if within(actual, expected, expect.tolerance, expect.early_tolerance) {
+    if expect.tolerance.admits(actual, expected) {
         return Ok(());
     }
     Err((
-        format!(
-            "to end {word} {}s {}",
-            format_secs(expected),
-            describe_tolerance(expect.tolerance, expect.early_tolerance)
-        ),
+        format!("to end {word} {}s {}", format_secs(expected), expect.tolerance),
         format!("{outcome} {word} {}s", format_secs(actual)),
     ))
 }
@@ -264,15 +260,6 @@ fn judge_deadline(verdict: &mut Verdict, plan: &Plan, timeline: &Timeline) {
 
 /// Prefix of a step detail saying that an exec'd program's output lacked a required pattern.
 pub const PATTERN_MISSING: &str = "pattern not found";
-
-/// `actual` is at most `late` after `expected` and at most `early` (by default `late`) before it.
-fn within(actual: Duration, expected: Duration, late: Duration, early: Option<Duration>) -> bool {
-    if actual >= expected {
-        actual - expected <= late
-    } else {
-        expected - actual <= early.unwrap_or(late)
-    }
-}
 
 fn outcome_matches(expected: &ExpectedOutcome, actual: &Outcome) -> bool {
     match (expected, actual) {
@@ -324,16 +311,12 @@ fn judge_packets(expectation: &PacketExpectation, anchor: Anchor, timeline: &Tim
         }
     }
     if !expectation.at.is_empty() {
-        let expected = format!(
-            "at {} {}",
-            list(&expectation.at),
-            describe_tolerance(expectation.tolerance, expectation.early_tolerance)
-        );
+        let expected = format!("at {} {}", list(&expectation.at), expectation.tolerance);
         if times.len() != expectation.at.len() {
             return Err(fail(expected, times.first().copied().or(expectation.at.first().copied())));
         }
         for (actual, wanted) in times.iter().zip(&expectation.at) {
-            if !within(*actual, *wanted, expectation.tolerance, expectation.early_tolerance) {
+            if !expectation.tolerance.admits(*actual, *wanted) {
                 return Err(fail(expected, Some(*wanted)));
             }
         }
@@ -372,18 +355,18 @@ fn judge_states(expectation: &StateExpectation, anchor: Anchor, timeline: &Timel
     Err(sequence_failure(
         (expectation.location, subject),
         &steps,
-        (expectation.tolerance, expectation.early_tolerance),
+        expectation.tolerance,
         &anchor,
         if seen.is_empty() { "no such socket observed".into() } else { seen.join("; ") },
     ))
 }
 
 /// How a sequence expectation (socket states, queue values) failed: `subject` at `location`, the expected steps
-/// in order with their times and tolerance (late, early) counted from `anchor`, and what was seen instead.
+/// in order with their times and tolerance counted from `anchor`, and what was seen instead.
 fn sequence_failure(
     (location, subject): (Location, String),
     steps: &[(&dyn fmt::Display, Option<Duration>)],
-    (late, early): (Duration, Option<Duration>),
+    tolerance: Tolerance,
     anchor: &Anchor,
     actual: String,
 ) -> Failure {
@@ -391,7 +374,7 @@ fn sequence_failure(
     Failure {
         location,
         subject,
-        expected: format!("{} ({}){}", expected.join(" then "), describe_tolerance(late, early), anchor.label),
+        expected: format!("{} ({}){}", expected.join(" then "), tolerance, anchor.label),
         actual,
         around: steps.iter().find_map(|(_, at)| *at).map(|at| at + anchor.t),
     }
@@ -403,10 +386,7 @@ fn history_matches(history: &[(TcpState, Duration)], expectation: &StateExpectat
     let mut remaining = history.iter();
     expectation.sequence.iter().all(|wanted| {
         remaining.any(|(state, t)| {
-            *state == wanted.state
-                && wanted
-                    .at
-                    .is_none_or(|at| within(*t, anchor + at, expectation.tolerance, expectation.early_tolerance))
+            *state == wanted.state && wanted.at.is_none_or(|at| expectation.tolerance.admits(*t, anchor + at))
         })
     })
 }
@@ -497,10 +477,7 @@ fn judge_queue(expectation: &QueueExpectation, anchor: Anchor, timeline: &Timeli
         let mut remaining = history.iter();
         expectation.sequence.iter().all(|wanted| {
             remaining.any(|(value, t)| {
-                *value == wanted.value
-                    && wanted
-                        .at
-                        .is_none_or(|at| within(*t, anchor.t + at, expectation.tolerance, expectation.early_tolerance))
+                *value == wanted.value && wanted.at.is_none_or(|at| expectation.tolerance.admits(*t, anchor.t + at))
             })
         })
     };
@@ -510,13 +487,7 @@ fn judge_queue(expectation: &QueueExpectation, anchor: Anchor, timeline: &Timeli
     subject.push_str(" values");
     let steps: Vec<(&dyn fmt::Display, Option<Duration>)> =
         expectation.sequence.iter().map(|step| (&step.value as &dyn fmt::Display, step.at)).collect();
-    Err(sequence_failure(
-        (expectation.location, subject),
-        &steps,
-        (expectation.tolerance, expectation.early_tolerance),
-        &anchor,
-        seen(),
-    ))
+    Err(sequence_failure((expectation.location, subject), &steps, expectation.tolerance, &anchor, seen()))
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use std::net::Ipv4Addr;
 
 use super::*;
-use crate::scenario::plan::{PacketFilter, Protocol, QueueKind, QueueStep, TcpFlagsMatch};
+use crate::scenario::plan::{PacketFilter, Protocol, QueueKind, QueueStep, TcpFlagsMatch, Tolerance};
 use crate::timeline::{Event, Outcome, PacketDirection, PacketEvent, SocketEvent};
 
 fn ms(n: u64) -> Duration {
@@ -73,8 +73,7 @@ fn queue(listener: bool, sequence: &[(u32, Option<u64>)], max: Option<u32>) -> Q
         queue: QueueKind::Recv,
         sequence: sequence.iter().map(|(value, at)| QueueStep { value: *value, at: at.map(ms) }).collect(),
         max,
-        tolerance: ms(100),
-        early_tolerance: None,
+        tolerance: Tolerance::either_side(ms(100)),
         since: None,
         location: Location { line: 3, column: 7 },
     }
@@ -226,15 +225,15 @@ fn an_anchor_step_that_never_ended_fails_its_expectations() {
 
 #[test]
 fn tolerances_bound_each_side() {
-    assert!(within(ms(1300), ms(1000), ms(300), Some(ms(0))));
-    assert!(!within(ms(1301), ms(1000), ms(300), Some(ms(0))));
-    assert!(!within(ms(999), ms(1000), ms(300), Some(ms(0))), "no earliness allowed");
-    assert!(within(ms(990), ms(1000), ms(300), Some(ms(10))));
-    assert!(within(ms(700), ms(1000), ms(300), None), "symmetric by default");
-    assert!(!within(ms(699), ms(1000), ms(300), None));
-    assert_eq!(describe_tolerance(ms(300), None), "± 0.300000s");
-    assert_eq!(describe_tolerance(ms(300), Some(ms(300))), "± 0.300000s");
-    assert_eq!(describe_tolerance(ms(300), Some(ms(0))), "-0.000000s/+0.300000s");
+    let late_only = Tolerance { early: ms(0), late: ms(300) };
+    assert!(late_only.admits(ms(1300), ms(1000)));
+    assert!(!late_only.admits(ms(1301), ms(1000)));
+    assert!(!late_only.admits(ms(999), ms(1000)), "no earliness allowed");
+    assert!(Tolerance { early: ms(10), late: ms(300) }.admits(ms(990), ms(1000)));
+    assert!(Tolerance::either_side(ms(300)).admits(ms(700), ms(1000)), "symmetric");
+    assert!(!Tolerance::either_side(ms(300)).admits(ms(699), ms(1000)));
+    assert_eq!(Tolerance::either_side(ms(300)).to_string(), "± 0.300000s");
+    assert_eq!(late_only.to_string(), "-0.000000s/+0.300000s");
 }
 
 #[test]

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::run::clock::Clock;
 use crate::run::netns::Netns;
-use crate::scenario::plan::{CapturePlan, ExecPlan, LinkPlan, Location, RunExpectations, ShutdownHow, StepExpectation};
+use crate::scenario::plan::{
+    CapturePlan, ExecPlan, LinkPlan, Location, RunExpectations, ShutdownHow, StepExpectation, Tolerance,
+};
 use crate::timeline::Event;
 
 const PORT: u16 = 9000;
@@ -48,8 +50,7 @@ fn plan(client: Vec<StepPlan>, server: Vec<StepPlan>, deadline: Duration) -> Pla
         source: None,
         slow: false,
         deadline,
-        tolerance: Duration::from_millis(100),
-        early_tolerance: None,
+        tolerance: Tolerance::either_side(Duration::from_millis(100)),
         sample_interval: Duration::from_millis(100),
         link: LinkPlan { mtu: 1500, ipv6: false },
         capture: CapturePlan::default(),

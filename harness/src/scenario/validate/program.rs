@@ -62,12 +62,7 @@ impl Validator<'_> {
                     name: None,
                     socket: None,
                     action,
-                    expect: StepExpectation {
-                        tolerance: self.tolerance,
-                        early_tolerance: self.early_tolerance,
-                        location,
-                        ..StepExpectation::default()
-                    },
+                    expect: StepExpectation { tolerance: self.tolerance, location, ..StepExpectation::default() },
                     location,
                 });
             }
@@ -665,12 +660,8 @@ impl Validator<'_> {
         action: &Action,
         step_location: Location,
     ) -> Checked<StepExpectation> {
-        let mut expect = StepExpectation {
-            tolerance: self.tolerance,
-            early_tolerance: self.early_tolerance,
-            location: step_location,
-            ..StepExpectation::default()
-        };
+        let mut expect =
+            StepExpectation { tolerance: self.tolerance, location: step_location, ..StepExpectation::default() };
         let Some(wire) = wire else { return Ok(expect) };
         expect.location = self.index.value(path);
         let map = match wire {
@@ -723,7 +714,7 @@ impl Validator<'_> {
             expect.at = Some(self.run_time(&path.key("at"), at, "at")?);
         }
         if let Some(tolerance) = &map.tolerance {
-            (expect.tolerance, expect.early_tolerance) = self.tolerance(&path.key("tolerance"), tolerance)?;
+            expect.tolerance = self.tolerance(&path.key("tolerance"), tolerance)?;
         }
         Ok(expect)
     }
