@@ -124,7 +124,7 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunRecord> {
                         observer.poke();
                     }
                 }
-                schedule.observe(plan, &event);
+                schedule.observe(&event);
                 collected.push(event);
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -419,14 +419,14 @@ impl<'a> FaultSchedule<'a> {
     }
 
     /// Arms the triggers that `event` satisfies.
-    fn observe(&mut self, plan: &Plan, event: &Event) {
+    fn observe(&mut self, event: &Event) {
         for (fault, on, off, counter) in &mut self.faults {
             for (trigger, arm) in [(Some(&fault.from), &mut *on), (fault.until.as_ref(), &mut *off)] {
                 let Some(trigger) = trigger else { continue };
                 if *arm != Arm::Waiting {
                     continue;
                 }
-                if let Some(delay) = fires_on(plan, trigger, event, counter) {
+                if let Some(delay) = fires_on(trigger, event, counter) {
                     *arm = Arm::Due(event.t + delay);
                 }
             }
@@ -468,15 +468,15 @@ impl<'a> FaultSchedule<'a> {
 }
 
 /// Whether `event` fires `trigger`; returns the trigger's delay. `counter` counts packets or bytes seen so far.
-fn fires_on(plan: &Plan, trigger: &Trigger, event: &Event, counter: &mut u64) -> Option<Duration> {
+fn fires_on(trigger: &Trigger, event: &Event, counter: &mut u64) -> Option<Duration> {
     match (trigger, &event.kind) {
-        (Trigger::Step { host, step, edge, delay }, EventKind::StepStart { step: index, .. })
-            if *edge == StepEdge::Started && event.host == *host && plan.step(*host, step)?.index == *index =>
+        (Trigger::Step { step, edge, delay }, EventKind::StepStart { step: index, .. })
+            if *edge == StepEdge::Started && event.host == step.host && step.index == *index =>
         {
             Some(*delay)
         }
-        (Trigger::Step { host, step, edge, delay }, EventKind::StepEnd { step: index, .. })
-            if *edge == StepEdge::Finished && event.host == *host && plan.step(*host, step)?.index == *index =>
+        (Trigger::Step { step, edge, delay }, EventKind::StepEnd { step: index, .. })
+            if *edge == StepEdge::Finished && event.host == step.host && step.index == *index =>
         {
             Some(*delay)
         }
@@ -593,7 +593,7 @@ client:
             host: HostId::Client,
             kind: EventKind::StepEnd { step: 0, label: "connect".into(), outcome: Outcome::Ok, detail: None },
         };
-        schedule.observe(&plan, &end);
+        schedule.observe(&end);
         assert!(schedule.due(ms(599)).iter().all(|(f, _)| f.name != "after-connect"));
         assert_eq!(names(schedule.due(ms(600))), vec![("after-connect".to_string(), true)]);
     }
@@ -603,12 +603,12 @@ client:
         let plan = plan();
         let mut schedule = FaultSchedule::new(&plan.faults);
         for t in [10, 20] {
-            schedule.observe(&plan, &ack(ms(t), HostId::Client, PacketDirection::Out));
+            schedule.observe(&ack(ms(t), HostId::Client, PacketDirection::Out));
             // The receiver's copy of the same packet is not counted twice.
-            schedule.observe(&plan, &ack(ms(t), HostId::Server, PacketDirection::In));
+            schedule.observe(&ack(ms(t), HostId::Server, PacketDirection::In));
         }
         assert!(schedule.due(ms(25)).is_empty());
-        schedule.observe(&plan, &ack(ms(30), HostId::Client, PacketDirection::Out));
+        schedule.observe(&ack(ms(30), HostId::Client, PacketDirection::Out));
         assert_eq!(names(schedule.due(ms(30))), vec![("third-ack".to_string(), true)]);
     }
 

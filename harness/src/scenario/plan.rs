@@ -183,6 +183,22 @@ impl Sysctl {
     }
 }
 
+/// A step of a host's program named in the scenario (`client.connect`), resolved at validation to its
+/// position in that host's program; the name stays for messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StepRef {
+    pub host: HostId,
+    /// 0-based position in the host's program (`StepPlan::index`).
+    pub index: usize,
+    pub name: String,
+}
+
+impl fmt::Display for StepRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.host, self.name)
+    }
+}
+
 /// One step of a host's socket program.
 #[derive(Debug, Clone, Serialize)]
 pub struct StepPlan {
@@ -237,7 +253,7 @@ pub enum Action {
     /// `getsockopt(level, name)`; SO_ERROR gives `ok` or the pending errno.
     GetOpt { option: SockOptName },
     /// Waits until another host's named step has started or finished.
-    Wait { host: HostId, step: String, edge: StepEdge },
+    Wait { step: StepRef, edge: StepEdge },
     /// Runs a real program inside the host's namespace.
     Exec(ExecPlan),
 }
@@ -621,7 +637,7 @@ pub enum Trigger {
     /// Scenario time since t0.
     At(Duration),
     /// A host's named step started or finished, plus an optional delay.
-    Step { host: HostId, step: String, edge: StepEdge, delay: Duration },
+    Step { step: StepRef, edge: StepEdge, delay: Duration },
     /// A socket of the host reached a TCP state (as `ss` names it, e.g. `ESTABLISHED`).
     State { host: HostId, state: TcpState, delay: Duration },
     /// The n-th packet (1-based) matching the filter, seen on the host's interface.
@@ -805,7 +821,7 @@ pub struct PacketExpectation {
 #[serde(rename_all = "snake_case")]
 pub enum Since {
     /// The end of a named step: `since: client.connect`.
-    Step { host: HostId, step: String },
+    Step(StepRef),
     /// The n-th (1-based) packet matching the filter, as its sender's capture saw it leave:
     /// `since: { packet: { from: server, window: 0 }, nth: 1 }`. Its kernel timestamp is exact, where a
     /// step's end is stamped by a thread that may run late.

@@ -122,7 +122,7 @@ fn complete_scenario_becomes_the_expected_plan() {
     }
     assert!(matches!(
         &client.steps[1].action,
-        Action::Wait { host: HostId::Server, step, edge: StepEdge::Finished } if step == "listen"
+        Action::Wait { step, edge: StepEdge::Finished } if *step == StepRef { host: HostId::Server, index: 0, name: "listen".into() }
     ));
     let connect = plan.step(HostId::Client, "connect").unwrap();
     assert_eq!(connect.index, 2);
@@ -190,7 +190,11 @@ fn complete_scenario_becomes_the_expected_plan() {
     assert_eq!(blackhole.action, FaultAction::Drop);
     assert_eq!(
         blackhole.from,
-        Trigger::Step { host: HostId::Client, step: "connect".into(), edge: StepEdge::Finished, delay: Duration::ZERO }
+        Trigger::Step {
+            step: StepRef { host: HostId::Client, index: 2, name: "connect".into() },
+            edge: StepEdge::Finished,
+            delay: Duration::ZERO
+        }
     );
     assert_eq!(blackhole.until, Some(Trigger::At(secs(30))));
 
@@ -391,9 +395,9 @@ fn shutdown_sleep_and_wait_forms() {
     assert!(matches!(got[2], Action::Shutdown { how: ShutdownHow::Rdwr }));
     assert!(matches!(got[3], Action::Sleep { duration } if duration == secs(8)));
     assert!(
-        matches!(&got[4], Action::Wait { host: HostId::Server, step, edge: StepEdge::Finished } if step == "accept")
+        matches!(&got[4], Action::Wait { step, edge: StepEdge::Finished } if *step == StepRef { host: HostId::Server, index: 1, name: "accept".into() })
     );
-    assert!(matches!(&got[5], Action::Wait { host: HostId::Server, edge: StepEdge::Started, .. }));
+    assert!(matches!(&got[5], Action::Wait { step, edge: StepEdge::Started } if step.host == HostId::Server));
     assert!(matches!(&got[6], Action::Wait { edge: StepEdge::Finished, .. }));
 }
 
@@ -474,7 +478,11 @@ fn triggers_in_every_form() {
          \x20 - { name: g, at: server, action: drop, from: { bytes: 1000, host: client, delay: 0s } }\n",
     );
     let trigger = |i: usize| (plan.faults[i].from.clone(), plan.faults[i].until.clone());
-    let connect = |edge, delay| Trigger::Step { host: HostId::Client, step: "connect".into(), edge, delay };
+    let connect = |edge, delay| Trigger::Step {
+        step: StepRef { host: HostId::Client, index: 0, name: "connect".into() },
+        edge,
+        delay,
+    };
     assert_eq!(trigger(0), (Trigger::At(secs(2)), Some(connect(StepEdge::Finished, Duration::ZERO))));
     assert_eq!(trigger(1), (Trigger::At(ms(1500)), Some(connect(StepEdge::Finished, secs(1)))));
     assert_eq!(trigger(2), (connect(StepEdge::Started, Duration::ZERO), None));

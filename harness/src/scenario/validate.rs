@@ -58,7 +58,7 @@ pub fn validate(name: &str, file: &Path, wire: &ScenarioWire, index: &SourceInde
         deadline: DEFAULT_DEADLINE,
         tolerance: Tolerance::either_side(DEFAULT_TOLERANCE),
         step_names: [Vec::new(), Vec::new()],
-        step_name_set: [HashSet::new(), HashSet::new()],
+        step_index: [HashMap::new(), HashMap::new()],
     };
     let root = NodePath::root();
 
@@ -173,8 +173,8 @@ struct Validator<'a> {
     tolerance: Tolerance,
     /// Named steps per host (by `HostId::index()`): name and 0-based step index, in program order.
     step_names: [Vec<(String, usize)>; 2],
-    /// The same names as a set, so that a program of thousands of named steps is checked in linear time.
-    step_name_set: [HashSet<String>; 2],
+    /// The same names to their index, so that a program of thousands of named steps is checked in linear time.
+    step_index: [HashMap<String, usize>; 2],
 }
 
 /// What a step acts with, known while walking one host's program in order.

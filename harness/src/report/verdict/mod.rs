@@ -96,18 +96,18 @@ pub fn judge(plan: &Plan, timeline: &Timeline) -> Verdict {
     }
     judge_deadline(&mut verdict, plan, timeline);
     for expectation in &plan.expect.packets {
-        let anchor = resolve_anchor(plan, timeline, expectation.since.as_ref(), expectation.location);
+        let anchor = resolve_anchor(timeline, expectation.since.as_ref(), expectation.location);
         verdict.check(anchor.and_then(|anchor| judge_packets(expectation, anchor, timeline)));
     }
     for expectation in &plan.expect.states {
-        let anchor = resolve_anchor(plan, timeline, expectation.since.as_ref(), expectation.location);
+        let anchor = resolve_anchor(timeline, expectation.since.as_ref(), expectation.location);
         verdict.check(anchor.and_then(|anchor| judge_states(expectation, anchor, timeline)));
     }
     for expectation in &plan.expect.timers {
         verdict.check(judge_timer(expectation, timeline));
     }
     for expectation in &plan.expect.queues {
-        let anchor = resolve_anchor(plan, timeline, expectation.since.as_ref(), expectation.location);
+        let anchor = resolve_anchor(timeline, expectation.since.as_ref(), expectation.location);
         verdict.check(anchor.and_then(|anchor| judge_queue(expectation, anchor, timeline)));
     }
     verdict
@@ -130,17 +130,12 @@ impl Anchor {
 
 /// Finds when the `since` step ended or its packet left; a step that never ended, or a packet never seen,
 /// fails the expectation that counts from it.
-pub fn resolve_anchor(
-    plan: &Plan,
-    timeline: &Timeline,
-    since: Option<&Since>,
-    location: Location,
-) -> Result<Anchor, Failure> {
+pub fn resolve_anchor(timeline: &Timeline, since: Option<&Since>, location: Location) -> Result<Anchor, Failure> {
     let (name, t, missing) = match since {
         None => return Ok(Anchor::t0()),
-        Some(Since::Step { host, step }) => {
-            let name = format!("{host}.{step}");
-            let end = plan.step(*host, step).and_then(|step| step_record(timeline, *host, step.index).end);
+        Some(Since::Step(step)) => {
+            let name = step.to_string();
+            let end = step_record(timeline, step.host, step.index).end;
             (name.clone(), end, (format!("{name} to finish"), "it never finished".to_string()))
         }
         Some(Since::Packet { filter, nth }) => {

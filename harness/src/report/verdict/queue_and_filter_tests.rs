@@ -3,7 +3,7 @@
 use std::net::Ipv4Addr;
 
 use super::*;
-use crate::scenario::plan::{PacketFilter, Protocol, QueueKind, QueueStep, TcpFlagsMatch, Tolerance};
+use crate::scenario::plan::{PacketFilter, Protocol, QueueKind, QueueStep, StepRef, TcpFlagsMatch, Tolerance};
 use crate::timeline::{Event, Outcome, PacketDirection, PacketEvent, SocketEvent};
 
 fn ms(n: u64) -> Duration {
@@ -181,7 +181,10 @@ fn times_since_a_step_count_from_its_end() {
          \x20 queues:\n    - { host: server, listener: true, queue: recv, sequence: [{ value: 1, at: 5s }], since: client.connect }\n",
     )
     .unwrap();
-    assert_eq!(plan.expect.packets[0].since, Some(Since::Step { host: HostId::Client, step: "connect".into() }));
+    assert_eq!(
+        plan.expect.packets[0].since,
+        Some(Since::Step(StepRef { host: HostId::Client, index: 1, name: "connect".into() }))
+    );
     let mut events = vec![
         step_event(0, HostId::Client, 0, false),
         step_event(1000, HostId::Client, 0, true),

@@ -46,7 +46,7 @@ use crate::error::{Error, Result};
 use crate::run::clock::EventSink;
 use crate::scenario::plan::{
     Action, Errno, HostId, HostPlan, Plan, PollEvent, SendRepeat, SendUntil, SockOpt, SockOptName, SockOptValue,
-    StepEdge, StepPlan,
+    StepEdge, StepPlan, StepRef,
 };
 use crate::timeline::{EventKind, Outcome};
 use exec::BackgroundLauncher;
@@ -218,7 +218,7 @@ impl Actor {
                 }
             }
             Action::GetOpt { option } => self.get_option(named, *option),
-            Action::Wait { host, step: name, edge } => self.wait(*host, name, *edge)?,
+            Action::Wait { step, edge } => self.wait(step, *edge),
             Action::Exec(plan) if plan.background => self.launcher()?.launch(plan)?,
             Action::Exec(plan) => exec::run_foreground(plan, &self.ctx.processes, self.ctx.deadline)?,
         })
@@ -444,22 +444,16 @@ impl Actor {
         }
     }
 
-    fn wait(&self, host: HostId, name: &str, edge: StepEdge) -> Result<StepResult> {
-        let index = self
-            .ctx
-            .plan
-            .step(host, name)
-            .map(|step| step.index)
-            .ok_or_else(|| Error::Internal(format!("wait for {host}.{name}: {host} has no step named {name}")))?;
-        Ok(if self.ctx.board.wait(host, index, edge, self.ctx.deadline) {
+    fn wait(&self, step: &StepRef, edge: StepEdge) -> StepResult {
+        if self.ctx.board.wait(step.host, step.index, edge, self.ctx.deadline) {
             (Outcome::Ok, None)
         } else {
             let edge = match edge {
                 StepEdge::Started => "started",
                 StepEdge::Finished => "finished",
             };
-            (Outcome::Unfinished, Some(format!("{host}.{name} had not {edge} by the end of the run")))
-        })
+            (Outcome::Unfinished, Some(format!("{step} had not {edge} by the end of the run")))
+        }
     }
 }
 

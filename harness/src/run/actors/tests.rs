@@ -42,7 +42,17 @@ fn program(id: HostId, steps: Vec<StepPlan>) -> HostPlan {
 }
 
 /// Named `listening`, so that clients can `wait` for it before they connect.
+/// The plan of the two programs, with each `wait` pointed at its target's index as validation would.
 fn plan(client: Vec<StepPlan>, server: Vec<StepPlan>, deadline: Duration) -> Plan {
+    let mut hosts = [program(HostId::Client, client), program(HostId::Server, server)];
+    let names: Vec<Vec<Option<String>>> =
+        hosts.iter().map(|host| host.steps.iter().map(|step| step.name.clone()).collect()).collect();
+    for step in hosts.iter_mut().flat_map(|host| host.steps.iter_mut()) {
+        if let Action::Wait { step: target, .. } = &mut step.action {
+            let names = &names[target.host.index()];
+            target.index = names.iter().position(|name| name.as_deref() == Some(&target.name)).expect("wait target");
+        }
+    }
     Plan {
         name: "actors-test".into(),
         file: "actors-test.yaml".into(),
@@ -54,7 +64,7 @@ fn plan(client: Vec<StepPlan>, server: Vec<StepPlan>, deadline: Duration) -> Pla
         sample_interval: Duration::from_millis(100),
         link: LinkPlan { mtu: 1500, ipv6: false },
         capture: CapturePlan::default(),
-        hosts: [program(HostId::Client, client), program(HostId::Server, server)],
+        hosts,
         faults: vec![],
         expect: RunExpectations::default(),
     }
@@ -84,8 +94,13 @@ fn recv(max: usize) -> Action {
     Action::Recv { max, until_eof: false }
 }
 
-fn wait(host: HostId, step: &str) -> Action {
-    Action::Wait { host, step: step.into(), edge: StepEdge::Finished }
+/// Waits for `host`'s step `name` to finish; [`plan`] resolves the name.
+fn wait(host: HostId, name: &str) -> Action {
+    wait_for(host, name, StepEdge::Finished)
+}
+
+fn wait_for(host: HostId, name: &str, edge: StepEdge) -> Action {
+    Action::Wait { step: StepRef { host, index: usize::MAX, name: name.into() }, edge }
 }
 
 fn sleep(millis: u64) -> Action {
@@ -342,9 +357,9 @@ fn nonblocking_connect_to_a_closed_port_is_refused_through_so_error() {
 fn wait_blocks_until_the_other_hosts_step_finishes() {
     let server = vec![named("nap", sleep(300)), named("second", sleep(10))];
     let client = vec![
-        step(Action::Wait { host: HostId::Server, step: "nap".into(), edge: StepEdge::Started }),
+        step(wait_for(HostId::Server, "nap", StepEdge::Started)),
         step(wait(HostId::Server, "nap")),
-        step(Action::Wait { host: HostId::Server, step: "second".into(), edge: StepEdge::Started }),
+        step(wait_for(HostId::Server, "second", StepEdge::Started)),
     ];
     let run = run(client, server, Duration::from_secs(10));
     assert_eq!(run.outcomes(HostId::Client), vec![Outcome::Ok; 3]);

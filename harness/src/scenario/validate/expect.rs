@@ -88,8 +88,7 @@ impl Validator<'_> {
         let map = match since {
             None => return Ok(None),
             Some(ScalarOr::Scalar(step)) => {
-                let (host, step) = self.step_ref(&path, step)?;
-                return Ok(Some(Since::Step { host, step }));
+                return Ok(Some(Since::Step(self.step_ref(&path, step)?)));
             }
             Some(ScalarOr::Map(map)) => map,
         };

@@ -30,7 +30,7 @@ impl Validator<'_> {
             first_of.insert(name.clone(), i);
             names.push((name, i));
         }
-        self.step_name_set[host.index()] = first_of.into_keys().collect();
+        self.step_index[host.index()] = first_of;
         self.step_names[host.index()] = names;
         Ok(())
     }
@@ -510,7 +510,7 @@ impl Validator<'_> {
     }
 
     /// `client.connect` as host and step name, checked against the named steps.
-    pub(super) fn step_ref(&self, path: &NodePath, value: &Scalar) -> Checked<(HostId, String)> {
+    pub(super) fn step_ref(&self, path: &NodePath, value: &Scalar) -> Checked<StepRef> {
         let text = value.text();
         let Some((host_name, step)) = text.split_once('.') else {
             return Err(
@@ -527,7 +527,7 @@ impl Validator<'_> {
             ));
         };
         let names = &self.step_names[host.index()];
-        if !self.step_name_set[host.index()].contains(step) {
+        let Some(&index) = self.step_index[host.index()].get(step) else {
             let known = if names.is_empty() {
                 format!("{host} has no named steps; name one with `name: {step}`")
             } else {
@@ -540,8 +540,8 @@ impl Validator<'_> {
                     suggestion(step, names.iter().map(|(n, _)| n.as_str()))
                 ),
             ));
-        }
-        Ok((host, step.to_string()))
+        };
+        Ok(StepRef { host, index, name: step.to_string() })
     }
 
     fn wait(&self, host: HostId, path: &NodePath, wait: &ScalarOr<WaitWire>) -> Checked<Action> {
@@ -557,8 +557,8 @@ impl Validator<'_> {
                 (path.key("for"), target, edge)
             }
         };
-        let (target_host, step) = self.step_ref(&target_path, target)?;
-        if target_host == host {
+        let step = self.step_ref(&target_path, target)?;
+        if step.host == host {
             return Err(self.fail(
                 &target_path,
                 format!(
@@ -568,7 +568,7 @@ impl Validator<'_> {
                 ),
             ));
         }
-        Ok(Action::Wait { host: target_host, step, edge })
+        Ok(Action::Wait { step, edge })
     }
 
     fn exec(&self, path: &NodePath, exec: &ExecWire) -> Checked<Action> {
@@ -764,16 +764,12 @@ impl Validator<'_> {
 
     /// Refuses two hosts that wait for each other: each blocked before the step the other waits for.
     pub(super) fn check_wait_deadlocks(&self, steps: &[Vec<StepPlan>; 2]) -> Checked<()> {
-        let positions: [HashMap<&str, usize>; 2] =
-            [0, 1].map(|host| steps[host].iter().filter_map(|s| Some((s.name.as_deref()?, s.index))).collect());
         // Per host, in step order: (its step index, target step index on the peer, edge).
         let mut waits: [Vec<(usize, usize, StepEdge)>; 2] = [Vec::new(), Vec::new()];
         for host in HostId::ALL {
             for step in &steps[host.index()] {
-                if let Action::Wait { host: target_host, step: target, edge } = &step.action {
-                    if let Some(target_index) = positions[target_host.index()].get(target.as_str()) {
-                        waits[host.index()].push((step.index, *target_index, *edge));
-                    }
+                if let Action::Wait { step: target, edge } = &step.action {
+                    waits[host.index()].push((step.index, target.index, *edge));
                 }
             }
         }
