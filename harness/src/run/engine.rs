@@ -48,12 +48,10 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunRecord> {
         let mut ctx = ActorContext {
             host,
             own_address: plan.host(host).address,
-            peer_address: plan.host(host.peer()).address,
             board: Arc::clone(&board),
             processes: Arc::clone(&processes),
             sink: sink.clone(),
             deadline: Instant::now() + plan.deadline,
-            plan: plan.clone(),
         };
         let (gate_tx, gate_rx) = mpsc::channel::<Instant>();
         gates.push(gate_tx);

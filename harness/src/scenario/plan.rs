@@ -236,8 +236,9 @@ pub enum Action {
     Listen { port: Option<u16>, backlog: u32 },
     /// `accept()`; the new socket becomes the current one and may be named.
     Accept { name: Option<String> },
-    /// `connect(peer address, port)`; nonblocking returns EINPROGRESS at once.
-    Connect { to: HostId, port: u16, nonblocking: bool },
+    /// `connect(address, port)` to host `to`; nonblocking returns EINPROGRESS at once. `after_listen` is the
+    /// peer's start-up `listen` on that port, which the connect waits for so the two programs do not race.
+    Connect { to: HostId, address: Ipv4Addr, port: u16, nonblocking: bool, after_listen: Option<StepRef> },
     /// `poll()` for the given events with a timeout; outcome is the returned events or `timeout`.
     Poll { events: Vec<PollEvent>, timeout: Duration },
     /// `send()` of `bytes` bytes, `repeat` times, `every` apart; `until` stops the loop on a condition.

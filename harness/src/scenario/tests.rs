@@ -127,7 +127,7 @@ fn complete_scenario_becomes_the_expected_plan() {
     let connect = plan.step(HostId::Client, "connect").unwrap();
     assert_eq!(connect.index, 2);
     assert_eq!(connect.label(), "connect (connect)");
-    assert!(matches!(connect.action, Action::Connect { to: HostId::Server, port: 9000, nonblocking: false }));
+    assert!(matches!(connect.action, Action::Connect { to: HostId::Server, port: 9000, nonblocking: false, .. }));
     assert_eq!(connect.expect.outcome, Some(ExpectedOutcome::Ok));
     assert_eq!(connect.expect.after, Some(Duration::ZERO));
     assert_eq!(connect.expect.tolerance, Tolerance::either_side(ms(50)));
@@ -338,7 +338,7 @@ fn connect_bind_listen_poll() {
          server:\n  - listen: { port: 9000 }\n  - connect: { to: server, port: 22 }\n",
     );
     assert!(matches!(got[0], Action::Bind { port: 5555 }));
-    assert!(matches!(got[1], Action::Connect { to: HostId::Server, port: 9000, nonblocking: true }));
+    assert!(matches!(got[1], Action::Connect { to: HostId::Server, port: 9000, nonblocking: true, .. }));
     match &got[2] {
         Action::Poll { events, timeout } => {
             assert_eq!(events, &vec![PollEvent::Out, PollEvent::Err]);
@@ -350,7 +350,7 @@ fn connect_bind_listen_poll() {
         matches!(&got[3], Action::Poll { events, timeout } if events == &vec![PollEvent::In] && *timeout == secs(3))
     );
     assert!(matches!(got[4], Action::Listen { port: Some(9000), backlog: 128 }));
-    assert!(matches!(got[5], Action::Connect { to: HostId::Server, port: 22, nonblocking: false }));
+    assert!(matches!(got[5], Action::Connect { to: HostId::Server, port: 22, nonblocking: false, .. }));
 }
 
 #[test]
@@ -1404,4 +1404,28 @@ fn tolerances_may_differ_early_and_late() {
     refused(&format!("{head}tolerance: {{ early: 0s, late: 0s }}\n"), 2, 31, "more than 0s");
     refused(&format!("{head}tolerance: {{ early: 2m, late: 1s }}\n"), 2, 21, "longer than the scenario timeout");
     refused(&format!("{head}tolerance: {{ early: 0s, late: 1s, both: 1s }}\n"), 2, 35, "unknown key \"both\"");
+}
+
+#[test]
+fn a_connect_waits_for_the_peers_startup_listen_on_its_port() {
+    let awaited = |client: &str, server: &str| {
+        let plan = plan(&format!("description: d\nclient:\n{client}server:\n{server}"));
+        match &plan.host(HostId::Client).steps.last().unwrap().action {
+            Action::Connect { address, after_listen, .. } => {
+                assert_eq!(*address, plan.host(HostId::Server).address);
+                after_listen.as_ref().map(|listen| (listen.host, listen.index))
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    let connect = "  - connect: { port: 9000 }\n";
+    assert_eq!(awaited(connect, "  - listen: { port: 9000 }\n"), Some((HostId::Server, 0)));
+    assert_eq!(awaited(connect, "  - bind: { port: 9000 }\n  - listen: {}\n"), Some((HostId::Server, 1)));
+    assert_eq!(
+        awaited(connect, "  - listen: { port: 9001 }\n  - socket: {}\n  - listen: { port: 9000 }\n"),
+        Some((HostId::Server, 2))
+    );
+    assert_eq!(awaited(connect, "  - sleep: 1s\n  - listen: { port: 9000 }\n"), None, "a listen after the setup");
+    assert_eq!(awaited(connect, "  - listen: { port: 9001 }\n"), None, "another port");
+    assert_eq!(awaited(connect, "  - sleep: 1s\n"), None, "no listen");
 }

@@ -20,6 +20,9 @@ mod expect;
 mod faults;
 mod program;
 
+#[cfg(test)]
+pub(crate) use program::link_connects_to_listens;
+
 /// Used when `timeout:` is not given.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
 /// Used when `tolerance:` is not given.
@@ -59,6 +62,7 @@ pub fn validate(name: &str, file: &Path, wire: &ScenarioWire, index: &SourceInde
         tolerance: Tolerance::either_side(DEFAULT_TOLERANCE),
         step_names: [Vec::new(), Vec::new()],
         step_index: [HashMap::new(), HashMap::new()],
+        addresses: [Ipv4Addr::UNSPECIFIED; 2],
     };
     let root = NodePath::root();
 
@@ -114,6 +118,7 @@ pub fn validate(name: &str, file: &Path, wire: &ScenarioWire, index: &SourceInde
     };
 
     let addresses = v.hosts(&root.key("hosts"), wire.hosts.as_ref())?;
+    v.addresses = addresses.map(|(address, _)| address);
     let link = v.link(&root.key("link"), wire.link.as_ref())?;
     let capture = v.capture(&root.key("capture"), wire.capture.as_ref())?;
     let sysctls = v.sysctls(&root.key("sysctl"), wire.sysctl.as_ref())?;
@@ -127,6 +132,7 @@ pub fn validate(name: &str, file: &Path, wire: &ScenarioWire, index: &SourceInde
         steps[host.index()] = v.program(host, programs[host.index()])?;
     }
     v.check_wait_deadlocks(&steps)?;
+    program::link_connects_to_listens(&mut steps);
 
     let faults = v.faults(&root.key("faults"), wire.faults.as_deref().unwrap_or(&[]))?;
     let expect = v.run_expectations(&root.key("expect"), wire.expect.as_ref())?;
@@ -175,6 +181,8 @@ struct Validator<'a> {
     step_names: [Vec<(String, usize)>; 2],
     /// The same names to their index, so that a program of thousands of named steps is checked in linear time.
     step_index: [HashMap<String, usize>; 2],
+    /// Each host's address (by `HostId::index()`), known before the programs are read.
+    addresses: [Ipv4Addr; 2],
 }
 
 /// What a step acts with, known while walking one host's program in order.

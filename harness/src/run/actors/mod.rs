@@ -45,8 +45,8 @@ pub use exec::ProcessRegistry;
 use crate::error::{Error, Result};
 use crate::run::clock::EventSink;
 use crate::scenario::plan::{
-    Action, Errno, HostId, HostPlan, Plan, PollEvent, SendRepeat, SendUntil, SockOpt, SockOptName, SockOptValue,
-    StepEdge, StepPlan, StepRef,
+    Action, Errno, HostId, HostPlan, PollEvent, SendRepeat, SendUntil, SockOpt, SockOptName, SockOptValue, StepEdge,
+    StepPlan, StepRef,
 };
 use crate::timeline::{EventKind, Outcome};
 use exec::BackgroundLauncher;
@@ -57,17 +57,13 @@ use sockets::{HostSockets, Lookup};
 pub struct ActorContext {
     /// The host whose program runs; must be the `HostPlan`'s id.
     pub host: HostId,
-    /// The host's own address: `bind` / `listen` bind to it, `connect` to the own host connects to it.
+    /// The host's own address: `bind` / `listen` bind to it.
     pub own_address: Ipv4Addr,
-    /// The other host's address: `connect { to: <other host> }` connects to it.
-    pub peer_address: Ipv4Addr,
     pub board: Arc<StepBoard>,
     pub processes: Arc<ProcessRegistry>,
     pub sink: EventSink,
     /// The scenario deadline.
     pub deadline: Instant,
-    /// The whole plan: `wait` steps find the other host's steps by name in it.
-    pub plan: Plan,
 }
 
 /// Runs the host's program to its end on the calling thread, which must already be inside the host's
@@ -80,8 +76,8 @@ pub fn run_host(host: &HostPlan, ctx: ActorContext) -> Result<()> {
     }
     let mut actor = Actor { ctx, sockets: HostSockets::default(), launcher: None };
     for step in &host.steps {
-        if let Some((peer, listen)) = listen_to_await(&actor.ctx.plan, host.id, step) {
-            actor.ctx.board.wait(peer, listen, StepEdge::Finished, actor.ctx.deadline);
+        if let Action::Connect { after_listen: Some(listen), .. } = &step.action {
+            actor.ctx.board.wait(listen.host, listen.index, StepEdge::Finished, actor.ctx.deadline);
         }
         if Instant::now() >= actor.ctx.deadline {
             break;
@@ -99,32 +95,6 @@ pub fn run_host(host: &HostPlan, ctx: ActorContext) -> Result<()> {
 }
 
 type StepResult = (Outcome, Option<String>);
-
-/// The peer's `listen` step that a `connect` waits for before it starts: both programs start at once, and
-/// a connect must not race the listen the peer makes as its first thing. Only a listen on the connect's port
-/// within the peer's setup (its first steps, all `socket` / `setsockopt` / `bind` / `listen`) counts; a
-/// listen the peer makes later (after a `sleep` or a `wait`) is ordered by the scenario itself, which may
-/// mean a connect to be refused.
-fn listen_to_await(plan: &Plan, host: HostId, step: &StepPlan) -> Option<(HostId, usize)> {
-    let Action::Connect { to, port, .. } = step.action else {
-        return None;
-    };
-    if to == host {
-        return None;
-    }
-    let mut bound = None;
-    for peer_step in &plan.host(to).steps {
-        match peer_step.action {
-            Action::Listen { port: listen_port, .. } if listen_port.or(bound) == Some(port) => {
-                return Some((to, peer_step.index));
-            }
-            Action::Bind { port } => bound = Some(port),
-            Action::Socket { .. } | Action::SetOpt { .. } | Action::Listen { .. } => {}
-            _ => return None,
-        }
-    }
-    None
-}
 
 struct Actor {
     ctx: ActorContext,
@@ -198,7 +168,7 @@ impl Actor {
             Action::Bind { port } => self.bind(named, *port),
             Action::Listen { port, backlog } => self.listen(named, *port, *backlog),
             Action::Accept { name } => self.accept(named, name.clone()),
-            Action::Connect { to, port, nonblocking } => self.connect(named, *to, *port, *nonblocking),
+            Action::Connect { address, port, nonblocking, .. } => self.connect(named, *address, *port, *nonblocking),
             Action::Poll { events, timeout } => self.poll(named, events, *timeout),
             Action::Send { bytes, repeat, every, until } => self.send(named, *bytes, *repeat, *every, *until),
             Action::Recv { max, until_eof } => self.recv(named, *max, *until_eof),
@@ -326,12 +296,11 @@ impl Actor {
         }
     }
 
-    fn connect(&mut self, named: Option<&str>, to: HostId, port: u16, nonblocking: bool) -> StepResult {
+    fn connect(&mut self, named: Option<&str>, address: Ipv4Addr, port: u16, nonblocking: bool) -> StepResult {
         let lookup = match self.socket_or_create(named) {
             Ok(lookup) => lookup,
             Err(result) => return result,
         };
-        let address = if to == self.ctx.host { self.ctx.own_address } else { self.ctx.peer_address };
         let target = SocketAddrV4::new(address, port);
         let result = sockets::connect(lookup.fd(), target, nonblocking);
         let route = match sockets::local_addr(lookup.fd()) {

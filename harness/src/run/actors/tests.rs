@@ -9,7 +9,7 @@ use super::*;
 use crate::run::clock::Clock;
 use crate::run::netns::Netns;
 use crate::scenario::plan::{
-    CapturePlan, ExecPlan, LinkPlan, Location, RunExpectations, ShutdownHow, StepExpectation, Tolerance,
+    CapturePlan, ExecPlan, LinkPlan, Location, Plan, RunExpectations, ShutdownHow, StepExpectation, Tolerance,
 };
 use crate::timeline::Event;
 
@@ -42,7 +42,8 @@ fn program(id: HostId, steps: Vec<StepPlan>) -> HostPlan {
 }
 
 /// Named `listening`, so that clients can `wait` for it before they connect.
-/// The plan of the two programs, with each `wait` pointed at its target's index as validation would.
+/// The plan of the two programs, with each `wait` pointed at its target's index and each `connect` at the
+/// peer's start-up listen, as validation does.
 fn plan(client: Vec<StepPlan>, server: Vec<StepPlan>, deadline: Duration) -> Plan {
     let mut hosts = [program(HostId::Client, client), program(HostId::Server, server)];
     let names: Vec<Vec<Option<String>>> =
@@ -53,6 +54,11 @@ fn plan(client: Vec<StepPlan>, server: Vec<StepPlan>, deadline: Duration) -> Pla
             target.index = names.iter().position(|name| name.as_deref() == Some(&target.name)).expect("wait target");
         }
     }
+    let [client, server] = hosts;
+    let mut steps = [client.steps, server.steps];
+    crate::scenario::validate::link_connects_to_listens(&mut steps);
+    let [client, server] = steps;
+    let hosts = [program(HostId::Client, client), program(HostId::Server, server)];
     Plan {
         name: "actors-test".into(),
         file: "actors-test.yaml".into(),
@@ -83,7 +89,13 @@ fn accept() -> Action {
 }
 
 fn connect() -> Action {
-    Action::Connect { to: HostId::Server, port: PORT, nonblocking: false }
+    Action::Connect {
+        to: HostId::Server,
+        address: Ipv4Addr::LOCALHOST,
+        port: PORT,
+        nonblocking: false,
+        after_listen: None,
+    }
 }
 
 fn send(bytes: usize) -> Action {
@@ -208,12 +220,10 @@ fn run_with_server_late(
         let ctx = ActorContext {
             host: host.id,
             own_address: Ipv4Addr::LOCALHOST,
-            peer_address: Ipv4Addr::LOCALHOST,
             board: Arc::clone(&board),
             processes: Arc::clone(&processes),
             sink: sink.clone(),
             deadline,
-            plan: plan.clone(),
         };
         let done = done_tx.clone();
         let late = if host.id == HostId::Server { server_late } else { Duration::ZERO };
@@ -336,7 +346,13 @@ fn send_to_a_peer_that_closed_with_unread_data_is_reset() {
 fn nonblocking_connect_to_a_closed_port_is_refused_through_so_error() {
     let client = vec![
         step(Action::Socket { name: Some("c".into()), options: vec![], nonblocking: false }),
-        step(Action::Connect { to: HostId::Server, port: CLOSED_PORT, nonblocking: true }),
+        step(Action::Connect {
+            to: HostId::Server,
+            address: Ipv4Addr::LOCALHOST,
+            port: CLOSED_PORT,
+            nonblocking: true,
+            after_listen: None,
+        }),
         step(Action::Poll { events: vec![PollEvent::Out], timeout: Duration::from_secs(3) }),
         step(Action::GetOpt { option: SockOptName::SO_ERROR }),
         step(Action::GetOpt { option: SockOptName::SO_ERROR }),
@@ -643,12 +659,10 @@ fn a_program_for_the_wrong_host_is_refused() {
     let ctx = ActorContext {
         host: HostId::Client,
         own_address: Ipv4Addr::LOCALHOST,
-        peer_address: Ipv4Addr::LOCALHOST,
         board: StepBoard::new(),
         processes: ProcessRegistry::new(),
         sink,
         deadline: Instant::now(),
-        plan: plan(vec![], vec![], Duration::from_secs(1)),
     };
     assert!(matches!(run_host(&program(HostId::Server, vec![]), ctx), Err(Error::Internal(_))));
 }
@@ -659,19 +673,4 @@ fn pure_helpers() {
     assert_eq!(poll_event_names(libc::POLLHUP | libc::POLLIN | libc::POLLNVAL), vec!["POLLIN", "POLLHUP", "POLLNVAL"]);
     assert_eq!(join_detail([None, Some("a".into()), Some("b".into())]).as_deref(), Some("a; b"));
     assert_eq!(join_detail([None]), None);
-    let connect_step = step(connect());
-    let setups = [
-        (vec![listen()], Some(0)),
-        (vec![step(Action::Bind { port: PORT }), step(Action::Listen { port: None, backlog: 1 })], Some(1)),
-        (vec![step(Action::Listen { port: Some(PORT + 1), backlog: 1 }), listen()], Some(1)),
-        (vec![step(sleep(1)), listen()], None),
-        (vec![step(Action::Listen { port: Some(PORT + 1), backlog: 1 })], None),
-        (vec![], None),
-    ];
-    for (server, expected) in setups {
-        let plan = plan(vec![connect_step.clone()], server, Duration::from_secs(1));
-        let awaited = listen_to_await(&plan, HostId::Client, &connect_step);
-        assert_eq!(awaited, expected.map(|index| (HostId::Server, index)), "{:?}", plan.hosts[1].steps);
-        assert_eq!(listen_to_await(&plan, HostId::Server, &connect_step), None, "a connect to its own host");
-    }
 }

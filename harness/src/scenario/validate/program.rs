@@ -311,7 +311,8 @@ impl Validator<'_> {
                 Some(value) => self.boolean(&path.key("nonblocking"), value, "nonblocking")?,
                 None => false,
             };
-            return Ok(Action::Connect { to, port, nonblocking });
+            let address = self.addresses[to.index()];
+            return Ok(Action::Connect { to, address, port, nonblocking, after_listen: None });
         }
         if let Some(poll) = &map.poll {
             let events_wire =
@@ -850,4 +851,43 @@ fn example_of(action: &str) -> &'static str {
         "exec" => "exec: { program: curl, args: [\"http://10.0.0.2:9000/\"] }",
         _ => "close",
     }
+}
+
+/// Points each `connect` at the peer's start-up `listen` on its port, which it then waits for: both programs
+/// start at once, and a connect must not race the listen the peer makes as its first thing. Only a listen on
+/// the connect's port within the peer's setup (its first steps, all `socket` / `setsockopt` / `bind` /
+/// `listen`) counts; a listen the peer makes later (after a `sleep` or a `wait`) is ordered by the scenario
+/// itself, which may mean a connect to be refused.
+pub(crate) fn link_connects_to_listens(steps: &mut [Vec<StepPlan>; 2]) {
+    let listens: [Vec<(u16, StepRef)>; 2] = HostId::ALL.map(|host| startup_listens(host, &steps[host.index()]));
+    for host in HostId::ALL {
+        for step in &mut steps[host.index()] {
+            if let Action::Connect { to, port, after_listen, .. } = &mut step.action {
+                if *to != host {
+                    *after_listen =
+                        listens[to.index()].iter().find(|(listen_port, _)| listen_port == port).map(|(_, s)| s.clone());
+                }
+            }
+        }
+    }
+}
+
+/// The ports a host listens on before its program does anything else, with the step that listens.
+fn startup_listens(host: HostId, steps: &[StepPlan]) -> Vec<(u16, StepRef)> {
+    let mut listens = Vec::new();
+    let mut bound = None;
+    for step in steps {
+        match step.action {
+            Action::Listen { port, .. } => {
+                if let Some(port) = port.or(bound) {
+                    let name = step.name.clone().unwrap_or_else(|| format!("#{}", step.index + 1));
+                    listens.push((port, StepRef { host, index: step.index, name }));
+                }
+            }
+            Action::Bind { port } => bound = Some(port),
+            Action::Socket { .. } | Action::SetOpt { .. } => {}
+            _ => break,
+        }
+    }
+    listens
 }
