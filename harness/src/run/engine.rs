@@ -18,8 +18,8 @@ use crate::run::firewall::{self, Firewall};
 use crate::run::netns::Netns;
 use crate::run::priority;
 use crate::run::topology;
-use crate::scenario::plan::{Direction, FaultPlan, HostId, Plan, StepEdge, Trigger};
-use crate::timeline::{Event, EventKind, PacketDirection, Timeline};
+use crate::scenario::plan::{Direction, FaultPlan, HostId, Plan, Protocol, StepEdge, Trigger};
+use crate::timeline::{Event, EventKind, IpProtocol, PacketDirection, Timeline};
 
 /// How often the hub wakes to look at time triggers and the programs when nothing happens.
 const IDLE_TICK: Duration = Duration::from_millis(5);
@@ -494,7 +494,9 @@ fn fires_on(trigger: &Trigger, event: &Event, counter: &mut u64) -> Option<Durat
             (*counter >= u64::from(*nth)).then_some(*delay)
         }
         (Trigger::Bytes { host, bytes, delay }, EventKind::Packet(packet))
-            if event.host == *host && packet.direction == PacketDirection::Out && packet.protocol == "tcp" =>
+            if event.host == *host
+                && packet.direction == PacketDirection::Out
+                && packet.protocol == IpProtocol::Known(Protocol::Tcp) =>
         {
             *counter += u64::from(packet.len);
             (*counter >= *bytes).then_some(*delay)
@@ -551,7 +553,7 @@ client:
                 direction,
                 src: Ipv4Addr::new(10, 0, 0, 1),
                 dst: Ipv4Addr::new(10, 0, 0, 2),
-                protocol: "tcp".into(),
+                protocol: IpProtocol::Known(Protocol::Tcp),
                 ip_id: t.as_millis() as u16,
                 sport: 40000,
                 dport: 9000,

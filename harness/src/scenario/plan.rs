@@ -579,12 +579,39 @@ pub struct PacketMatch {
     pub payload: Option<PayloadMatch>,
 }
 
+/// A transport protocol a fault or an expectation selects (`meta l4proto`).
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
     Udp,
     Icmp,
+}
+
+impl Protocol {
+    /// As `nft` and tcpdump name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Icmp => "icmp",
+        }
+    }
+
+    /// The IP protocol number (`/etc/protocols`).
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => libc::IPPROTO_TCP as u8,
+            Protocol::Udp => libc::IPPROTO_UDP as u8,
+            Protocol::Icmp => libc::IPPROTO_ICMP as u8,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// `tcp flags & mask == value`, with flags as in the TCP header (FIN=0x01 ... CWR=0x80).

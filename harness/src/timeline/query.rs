@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{Event, EventKind, Outcome, PacketDirection, PacketEvent, SocketEvent, Timeline};
+use super::{Event, EventKind, IpProtocol, Outcome, PacketDirection, PacketEvent, SocketEvent, Timeline};
 use crate::scenario::plan::{HostId, PacketFilter, Protocol, QueueExpectation, QueueKind, TcpState};
 
 /// The start and end of one step as the timeline recorded them.
@@ -65,12 +65,7 @@ pub fn sent_packets<'a>(
 /// Whether a packet has the filter's protocol (TCP unless it says otherwise), flags, payload length and window;
 /// `from` is left to the caller, which knows the capturing host.
 pub fn packet_matches(filter: &PacketFilter, packet: &PacketEvent) -> bool {
-    let protocol = match filter.protocol {
-        None | Some(Protocol::Tcp) => "tcp",
-        Some(Protocol::Udp) => "udp",
-        Some(Protocol::Icmp) => "icmp",
-    };
-    packet.protocol == protocol
+    packet.protocol == IpProtocol::Known(filter.protocol.unwrap_or(Protocol::Tcp))
         && filter.flags.is_none_or(|flags| flags.matches(packet.flags))
         && filter.len.is_none_or(|len| len == packet.len)
         && filter.window.is_none_or(|window| window == packet.window)

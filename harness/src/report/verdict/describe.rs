@@ -70,14 +70,7 @@ pub fn describe_filter(filter: &PacketFilter) -> String {
         parts.push(format!("win {window}"));
     }
     if let Some(protocol) = filter.protocol.filter(|p| *p != Protocol::Tcp) {
-        parts.push(format!(
-            "({})",
-            match protocol {
-                Protocol::Tcp => "tcp",
-                Protocol::Udp => "udp",
-                Protocol::Icmp => "icmp",
-            }
-        ));
+        parts.push(format!("({protocol})"));
     }
     parts.join(" ")
 }

@@ -4,7 +4,8 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 
 use super::*;
-use crate::timeline::{Event, PacketDirection, PacketEvent, SocketEvent};
+use crate::scenario::plan::Protocol;
+use crate::timeline::{Event, IpProtocol, PacketDirection, PacketEvent, SocketEvent};
 
 const SCENARIO: &str = r#"
 description: verdict test
@@ -41,7 +42,7 @@ fn syn(t: Duration) -> Event {
             direction: PacketDirection::Out,
             src: Ipv4Addr::new(10, 0, 0, 1),
             dst: Ipv4Addr::new(10, 0, 0, 2),
-            protocol: "tcp".into(),
+            protocol: IpProtocol::Known(Protocol::Tcp),
             ip_id: 0,
             sport: 40000,
             dport: 9000,
