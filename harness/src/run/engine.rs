@@ -591,7 +591,13 @@ client:
         let end = Event {
             t: ms(100),
             host: HostId::Client,
-            kind: EventKind::StepEnd { step: 0, label: "connect".into(), outcome: Outcome::Ok, detail: None },
+            kind: EventKind::StepEnd {
+                step: 0,
+                label: "connect".into(),
+                outcome: Outcome::Ok,
+                detail: None,
+                unmatched: Vec::new(),
+            },
         };
         schedule.observe(&end);
         assert!(schedule.due(ms(599)).iter().all(|(f, _)| f.name != "after-connect"));

@@ -42,6 +42,9 @@ pub enum EventKind {
         label: String,
         outcome: Outcome,
         detail: Option<String>,
+        /// `exec` output patterns that matched nowhere in the program's output, as `stdout /re/`.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        unmatched: Vec<String>,
     },
     Packet(PacketEvent),
     Socket(SocketEvent),
@@ -229,10 +232,12 @@ impl fmt::Display for Event {
             EventKind::FaultOn { fault } => write!(f, "fault  {fault} ON"),
             EventKind::FaultOff { fault } => write!(f, "fault  {fault} OFF"),
             EventKind::StepStart { label, .. } => write!(f, "step   {label} ..."),
-            EventKind::StepEnd { label, outcome, detail, .. } => {
+            EventKind::StepEnd { label, outcome, detail, unmatched, .. } => {
                 write!(f, "step   {label} -> {outcome}")?;
-                if let Some(detail) = detail {
-                    write!(f, " ({detail})")?;
+                let unmatched = (!unmatched.is_empty()).then(|| format!("pattern not found: {}", unmatched.join(", ")));
+                let notes: Vec<&str> = unmatched.iter().chain(detail).map(String::as_str).collect();
+                if !notes.is_empty() {
+                    write!(f, " ({})", notes.join("; "))?;
                 }
                 Ok(())
             }

@@ -20,6 +20,9 @@ pub struct StepRecord {
     pub end: Option<Duration>,
     pub outcome: Option<Outcome>,
     pub detail: Option<String>,
+    /// `exec` output patterns that matched nowhere.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unmatched: Vec<String>,
 }
 
 impl StepRecord {
@@ -30,14 +33,16 @@ impl StepRecord {
 
 /// Finds the start and end events of a host's step.
 pub fn step_record(timeline: &Timeline, host: HostId, index: usize) -> StepRecord {
-    let mut record = StepRecord { host, index, start: None, end: None, outcome: None, detail: None };
+    let mut record =
+        StepRecord { host, index, start: None, end: None, outcome: None, detail: None, unmatched: Vec::new() };
     for event in timeline.events.iter().filter(|e| e.host == host) {
         match &event.kind {
             EventKind::StepStart { step, .. } if *step == index => record.start = Some(event.t),
-            EventKind::StepEnd { step, outcome, detail, .. } if *step == index => {
+            EventKind::StepEnd { step, outcome, detail, unmatched, .. } if *step == index => {
                 record.end = Some(event.t);
                 record.outcome = Some(outcome.clone());
                 record.detail.clone_from(detail);
+                record.unmatched.clone_from(unmatched);
             }
             _ => {}
         }

@@ -167,8 +167,9 @@ fn judge_step(verdict: &mut Verdict, host: HostId, step: &StepPlan, record: &Ste
         actual,
         around,
     };
-    if let Some(detail) = record.detail.as_deref().filter(|d| d.starts_with(PATTERN_MISSING)) {
-        verdict.check(Err(failure("output matching every pattern".into(), detail.to_string(), record.end)));
+    if !record.unmatched.is_empty() {
+        let actual = format!("no match for {}", record.unmatched.join(", "));
+        verdict.check(Err(failure("output matching every pattern".into(), actual, record.end)));
     }
     if !expect.is_set() {
         return;
@@ -252,9 +253,6 @@ fn judge_deadline(verdict: &mut Verdict, plan: &Plan, timeline: &Timeline) {
         }
     }
 }
-
-/// Prefix of a step detail saying that an exec'd program's output lacked a required pattern.
-pub const PATTERN_MISSING: &str = "pattern not found";
 
 fn outcome_matches(expected: &ExpectedOutcome, actual: &Outcome) -> bool {
     match (expected, actual) {

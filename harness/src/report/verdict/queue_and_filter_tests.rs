@@ -162,7 +162,7 @@ fn packet_filter_by_window_and_protocol() {
 fn step_event(t: u64, host: HostId, step: usize, end: bool) -> Event {
     let label = format!("#{}", step + 1);
     let kind = if end {
-        EventKind::StepEnd { step, label, outcome: Outcome::Ok, detail: None }
+        EventKind::StepEnd { step, label, outcome: Outcome::Ok, detail: None, unmatched: Vec::new() }
     } else {
         EventKind::StepStart { step, label }
     };

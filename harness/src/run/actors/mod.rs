@@ -10,15 +10,14 @@
 //!
 //! Outcomes: `getsockopt SO_ERROR` gives `ok` or the pending errno (detail `SO_ERROR 110`); any other option
 //! gives `ok` with the value in the detail (`value 5`, `on, 3 s`). `send` counts the bytes the kernel took,
-//! partial sends included. An `exec` whose output lacks a pattern says so at the start of its detail
-//! ([`PATTERN_FAILURE_PREFIX`]).
+//! partial sends included. An `exec` whose output lacks a pattern lists it in the step end's `unmatched`.
 //!
 //! When the program ends, the sockets it still holds are closed, as a process's are when it exits (FIN, or
 //! RST when unread data is left): a scenario keeps a connection open past its last call with a final `sleep`
 //! or `wait`.
 //!
 //! Start: a `connect` to the other host first waits (before its `StepStart`) until the other host's `listen`
-//! on that port has finished, when that listen is part of the other host's setup (see `listen_to_await`):
+//! on that port has finished, when that listen is part of the other host's setup (validation links the two):
 //! the two programs start together, and the connect must not race the listen.
 //!
 //! Time: the actor never waits past the scenario deadline by its own waits (`sleep`, `wait`, `poll`, `send
@@ -86,8 +85,8 @@ pub fn run_host(host: &HostPlan, ctx: ActorContext) -> Result<()> {
         actor.ctx.sink.emit(host.id, EventKind::StepStart { step: step.index, label: label.clone() });
         actor.ctx.board.mark(host.id, step.index, StepEdge::Started);
         crate::selftest::panic_if_chosen(host.id, step);
-        let (outcome, detail) = actor.run_step(step)?;
-        actor.ctx.sink.emit(host.id, EventKind::StepEnd { step: step.index, label, outcome, detail });
+        let StepEnd { outcome, detail, unmatched } = actor.run_step(step)?;
+        actor.ctx.sink.emit(host.id, EventKind::StepEnd { step: step.index, label, outcome, detail, unmatched });
         actor.ctx.board.mark(host.id, step.index, StepEdge::Finished);
     }
     drop(actor.sockets);
@@ -95,6 +94,21 @@ pub fn run_host(host: &HostPlan, ctx: ActorContext) -> Result<()> {
 }
 
 type StepResult = (Outcome, Option<String>);
+
+/// How a step ended: its outcome, the detail for the timeline, and (for `exec`) the output patterns that
+/// matched nowhere.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepEnd {
+    pub outcome: Outcome,
+    pub detail: Option<String>,
+    pub unmatched: Vec<String>,
+}
+
+impl From<StepResult> for StepEnd {
+    fn from((outcome, detail): StepResult) -> StepEnd {
+        StepEnd { outcome, detail, unmatched: Vec::new() }
+    }
+}
 
 struct Actor {
     ctx: ActorContext,
@@ -160,9 +174,11 @@ fn sleep_bounded(duration: Duration, deadline: Instant) -> bool {
 }
 
 impl Actor {
-    fn run_step(&mut self, step: &StepPlan) -> Result<StepResult> {
+    fn run_step(&mut self, step: &StepPlan) -> Result<StepEnd> {
         let named = step.socket.as_deref();
-        Ok(match &step.action {
+        let result = match &step.action {
+            Action::Exec(plan) if plan.background => return self.launcher()?.launch(plan),
+            Action::Exec(plan) => return exec::run_foreground(plan, &self.ctx.processes, self.ctx.deadline),
             Action::Socket { name, options, nonblocking } => self.socket(name.clone(), options, *nonblocking),
             Action::SetOpt { options } => self.set_options(named, options),
             Action::Bind { port } => self.bind(named, *port),
@@ -189,9 +205,8 @@ impl Actor {
             }
             Action::GetOpt { option } => self.get_option(named, *option),
             Action::Wait { step, edge } => self.wait(step, *edge),
-            Action::Exec(plan) if plan.background => self.launcher()?.launch(plan)?,
-            Action::Exec(plan) => exec::run_foreground(plan, &self.ctx.processes, self.ctx.deadline)?,
-        })
+        };
+        Ok(result.into())
     }
 
     /// The keeper thread of background programs, started at the first one.

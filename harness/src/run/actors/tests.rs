@@ -166,6 +166,7 @@ struct End {
     step: usize,
     outcome: Outcome,
     detail: Option<String>,
+    unmatched: Vec<String>,
 }
 
 impl Run {
@@ -174,9 +175,13 @@ impl Run {
             .iter()
             .filter(|e| e.host == host)
             .filter_map(|e| match &e.kind {
-                EventKind::StepEnd { step, outcome, detail, .. } => {
-                    Some(End { t: e.t, step: *step, outcome: outcome.clone(), detail: detail.clone() })
-                }
+                EventKind::StepEnd { step, outcome, detail, unmatched, .. } => Some(End {
+                    t: e.t,
+                    step: *step,
+                    outcome: outcome.clone(),
+                    detail: detail.clone(),
+                    unmatched: unmatched.clone(),
+                }),
                 _ => None,
             })
             .collect()
@@ -422,8 +427,10 @@ fn exec_reports_exit_code_output_and_pattern_failures() {
     let exit3 = Outcome::Exit { code: Some(3), signal: None };
     assert_eq!(ends[0].outcome, exit3);
     assert_eq!(ends[0].detail.as_deref(), Some("stdout: hi | there; stderr: oops"));
+    assert!(ends[0].unmatched.is_empty(), "{:?}", ends[0]);
     assert_eq!(ends[1].outcome, exit3);
-    assert_eq!(ends[1].detail.as_deref(), Some("pattern not found: stdout /^bye$/; stdout: hi | there; stderr: oops"));
+    assert_eq!(ends[1].detail.as_deref(), Some("stdout: hi | there; stderr: oops"));
+    assert_eq!(ends[1].unmatched, vec!["stdout /^bye$/".to_string()]);
     assert_eq!(ends[2].outcome, Outcome::Exit { code: Some(0), signal: None });
     assert_eq!(ends[2].detail.as_deref(), Some("stdout: got abc xyz"));
     assert_eq!(ends[3].outcome, error("ENOENT"));
@@ -506,7 +513,7 @@ fn background_exec_outlives_its_actor_until_kill_all() {
     assert_eq!(ends[0].outcome, Outcome::Ok);
     let detail = ends[0].detail.clone().unwrap();
     let pid = detail.strip_prefix("pid ").unwrap().split(',').next().unwrap().to_string();
-    assert!(ends[1].detail.as_deref().unwrap().starts_with("pattern not found: stdout /x/"), "{:?}", ends[1]);
+    assert_eq!(ends[1].unmatched, vec!["stdout /x/ (output of a background program is not captured)".to_string()]);
     // The actor thread has ended: the keeper thread still holds the programs alive.
     std::thread::sleep(Duration::from_millis(100));
     let state = exec::tests::process_state(&pid);
