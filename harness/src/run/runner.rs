@@ -333,9 +333,9 @@ fn run_here(root: &Path, reports: &Path, file: &Path, run: Option<usize>, variab
         std::fs::remove_dir_all(&dir).context(|| format!("clear old report {}", dir.display()))?;
     }
     std::fs::create_dir_all(&dir).context(|| format!("create report folder {}", dir.display()))?;
-    let output = engine::run(&plan, &dir)?;
-    let verdict = verdict::judge(&plan, &output.timeline);
-    report::write(&plan, &output, &verdict, &dir)
+    let record = engine::run(&plan, &dir)?;
+    let verdict = verdict::judge(&plan, &record.timeline);
+    report::write(&plan, &record, &verdict, &dir)
 }
 
 /// The scenario's name for humans and test filters: its path relative to the root.

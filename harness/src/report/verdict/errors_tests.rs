@@ -84,6 +84,7 @@ fn a_missing_or_late_errno_fails_naming_what_was_selected_and_what_came() {
             label: "fetch (exec)".into(),
             outcome: Outcome::Exit { code: Some(3), signal: None },
             detail: None,
+            unmatched: vec![],
         },
     });
     let verdict = judge(&plan, &Timeline::new(events));

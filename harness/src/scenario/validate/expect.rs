@@ -61,7 +61,7 @@ impl Validator<'_> {
             None => None,
         };
         let EventTimes { count, at, window } = self.event_times(path, "errors", &wire.count, &wire.at, &wire.within)?;
-        let (tolerance, early_tolerance) = self.own_tolerance(path, wire.tolerance.as_ref())?;
+        let tolerance = self.own_tolerance(path, wire.tolerance.as_ref())?;
         Ok(ErrorExpectation {
             host,
             port,
@@ -71,7 +71,6 @@ impl Validator<'_> {
             at,
             window,
             tolerance,
-            early_tolerance,
             since: self.anchor(path, wire.since.as_ref())?,
             location: self.index.value(path),
         })
@@ -121,7 +120,7 @@ impl Validator<'_> {
                 "a queue expectation needs a `sequence` of values (e.g. [0, { value: 1, at: 8s }]) or a `max`, or both",
             ));
         }
-        let (tolerance, early_tolerance) = self.own_tolerance(path, wire.tolerance.as_ref())?;
+        let tolerance = self.own_tolerance(path, wire.tolerance.as_ref())?;
         Ok(QueueExpectation {
             host,
             port,
@@ -130,7 +129,6 @@ impl Validator<'_> {
             sequence,
             max,
             tolerance,
-            early_tolerance,
             since: self.anchor(path, wire.since.as_ref())?,
             location: self.index.value(path),
         })
@@ -143,8 +141,7 @@ impl Validator<'_> {
         let map = match since {
             None => return Ok(None),
             Some(ScalarOr::Scalar(step)) => {
-                let (host, step) = self.step_ref(&path, step)?;
-                return Ok(Some(Since::Step { host, step }));
+                return Ok(Some(Since::Step(self.step_ref(&path, step)?)));
             }
             Some(ScalarOr::Map(map)) => map,
         };
@@ -170,14 +167,13 @@ impl Validator<'_> {
             },
         )?;
         let EventTimes { count, at, window } = self.event_times(path, "packet", &wire.count, &wire.at, &wire.within)?;
-        let (tolerance, early_tolerance) = self.own_tolerance(path, wire.tolerance.as_ref())?;
+        let tolerance = self.own_tolerance(path, wire.tolerance.as_ref())?;
         Ok(PacketExpectation {
             filter,
             count,
             at,
             window,
             tolerance,
-            early_tolerance,
             since: self.anchor(path, wire.since.as_ref())?,
             location: self.index.value(path),
         })
@@ -252,15 +248,11 @@ impl Validator<'_> {
         Ok(EventTimes { count, at, window })
     }
 
-    /// An expectation's own `tolerance` (late, early), or else the scenario's.
-    fn own_tolerance(
-        &self,
-        path: &NodePath,
-        tolerance: Option<&ScalarOr<ToleranceWire>>,
-    ) -> Checked<(Duration, Option<Duration>)> {
+    /// An expectation's own `tolerance`, or else the scenario's.
+    fn own_tolerance(&self, path: &NodePath, tolerance: Option<&ScalarOr<ToleranceWire>>) -> Checked<Tolerance> {
         match tolerance {
             Some(tolerance) => self.tolerance(&path.key("tolerance"), tolerance),
-            None => Ok((self.tolerance, self.early_tolerance)),
+            None => Ok(self.tolerance),
         }
     }
 
@@ -294,13 +286,12 @@ impl Validator<'_> {
                 }
             });
         }
-        let (tolerance, early_tolerance) = self.own_tolerance(path, wire.tolerance.as_ref())?;
+        let tolerance = self.own_tolerance(path, wire.tolerance.as_ref())?;
         Ok(StateExpectation {
             host,
             port,
             sequence,
             tolerance,
-            early_tolerance,
             since: self.anchor(path, wire.since.as_ref())?,
             location: self.index.value(path),
         })
