@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::actors::{self, ActorContext, ProcessRegistry, StepBoard};
 use crate::capture::{Capture, CaptureBuffer, CaptureStats};
@@ -24,6 +24,8 @@ use crate::topology::{self, Topology};
 #[derive(Debug)]
 pub struct RunOutput {
     pub timeline: Timeline,
+    /// t0 on the wall clock, the pcaps' time base (`None` when the programs never started).
+    pub t0_wall: Option<SystemTime>,
     /// Time from t0 to the end of the programs (or the deadline).
     pub duration: Duration,
     /// Namespaces, veth, addresses, nftables and capture set up, then torn down.
@@ -187,6 +189,7 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
     let [observer_client, observer_server] = into_pair(observer_stats)?;
     Ok(RunOutput {
         timeline,
+        t0_wall: clock.t0_wall(),
         duration,
         setup,
         teardown,

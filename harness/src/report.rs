@@ -1,4 +1,8 @@
-//! Reports: what a run leaves under reports/<scenario>/ (result.json, timeline.txt, client.pcap, server.pcap).
+//! Reports: what a run leaves under reports/<scenario>/ (result.json, timeline.txt, capture.pcapng,
+//! client.pcap, server.pcap).
+
+mod pcapng;
+pub mod wire;
 
 use std::fs;
 use std::path::{Component, Path, PathBuf};
@@ -7,9 +11,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::RunOutput;
 use crate::error::{Context, Error, Result};
-use crate::scenario::plan::{HostId, Plan};
+use crate::scenario::plan::{Direction, FaultAction, HostId, Plan};
 use crate::timeline::{format_secs, EventKind, PacketDirection, Timeline};
 use crate::verdict::{self, describe_expectation, Failure, Verdict};
+use pcapng::Section;
+use wire::{End, FaultNote, Link, Wire};
 
 /// The folder of a scenario's report: `root/<name>`, refusing any name that could leave `root`.
 pub fn report_dir(root: &Path, name: &str) -> Result<PathBuf> {
@@ -115,7 +121,7 @@ impl From<crate::observe::ObserverStats> for ObserverReport {
     }
 }
 
-/// Writes result.json and timeline.txt next to the pcaps; returns the summary.
+/// Writes result.json, timeline.txt and capture.pcapng next to the pcaps; returns the summary.
 pub fn write(plan: &Plan, output: &RunOutput, verdict: &Verdict, dir: &Path) -> Result<Summary> {
     let status = status_of(output, verdict);
     let mut steps = Vec::new();
@@ -164,6 +170,9 @@ pub fn write(plan: &Plan, output: &RunOutput, verdict: &Verdict, dir: &Path) -> 
     fs::write(dir.join("result.json"), json).context(|| format!("write {}", dir.join("result.json").display()))?;
     fs::write(dir.join("timeline.txt"), render_timeline(plan, output, verdict))
         .context(|| format!("write {}", dir.join("timeline.txt").display()))?;
+    let wire = read_wire(plan, output, dir)?;
+    let stats: Vec<_> = output.capture.iter().map(|c| (c.interface_frames, c.lost(), c.kernel_drops)).collect();
+    wire.write_pcapng(&dir.join("capture.pcapng"), &section(plan, status), &stats)?;
     Ok(Summary {
         name: plan.name.clone(),
         status,
@@ -178,6 +187,77 @@ pub fn write(plan: &Plan, output: &RunOutput, verdict: &Verdict, dir: &Path) -> 
             .chain(verdict.failures.iter().map(|f| explain(plan, f, &output.timeline)))
             .collect(),
     })
+}
+
+/// Both ends of the veth, read back from the pcaps the captures wrote.
+fn read_wire(plan: &Plan, output: &RunOutput, dir: &Path) -> Result<Wire> {
+    let ends = HostId::ALL
+        .iter()
+        .map(|&host| End {
+            host,
+            ifname: crate::topology::LINK_NAME.to_string(),
+            mac: crate::topology::link_mac(host),
+            address: plan.host(host).address,
+            pcap: dir.join(format!("{host}.pcap")),
+            snaplen: crate::capture::SNAPLEN,
+        })
+        .collect();
+    let faults: Vec<FaultNote> = plan
+        .faults
+        .iter()
+        .map(|fault| FaultNote {
+            name: fault.name.clone(),
+            host: fault.host,
+            direction: match fault.direction {
+                Direction::Ingress => "ingress",
+                Direction::Egress => "egress",
+            },
+            verb: match fault.action {
+                FaultAction::Drop => "dropped",
+                FaultAction::RejectTcpReset => "rejected with a TCP reset",
+                FaultAction::RejectIcmpPortUnreachable => "rejected with ICMP port unreachable",
+                FaultAction::RejectIcmpHostUnreachable => "rejected with ICMP host unreachable",
+                FaultAction::RejectIcmpNetUnreachable => "rejected with ICMP net unreachable",
+                FaultAction::RejectIcmpAdminProhibited => "rejected with ICMP admin prohibited",
+            }
+            .to_string(),
+        })
+        .collect();
+    Wire::read(ends, vec![Link(0, 1)], &output.timeline, &faults, output.t0_wall)
+}
+
+/// What capture.pcapng's section header says: the scenario and its verdict, netfault's version and commit, the
+/// kernel.
+fn section(plan: &Plan, status: Status) -> Section {
+    let kernel = kernel_release();
+    Section {
+        hardware: std::env::consts::ARCH.to_string(),
+        os: format!("Linux {kernel}"),
+        application: netfault_version(),
+        comments: vec![
+            format!("scenario {} ({}): {}", plan.name, plan.file.display(), status_word(status)),
+            format!("written by {}", netfault_version()),
+            format!("kernel {kernel}"),
+        ],
+    }
+}
+
+/// `netfault 0.1.0 (commit 1a2b3c4d5e6f)`.
+pub fn netfault_version() -> String {
+    format!("netfault {} (commit {})", env!("CARGO_PKG_VERSION"), env!("NETFAULT_COMMIT"))
+}
+
+/// `uname -r`.
+pub fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease").map_or_else(|_| "unknown".into(), |s| s.trim().to_string())
+}
+
+fn status_word(status: Status) -> &'static str {
+    match status {
+        Status::Pass => "PASS",
+        Status::Fail => "FAIL",
+        Status::Error => "ERROR",
+    }
 }
 
 /// A program that failed inside the harness makes the run a harness error, whatever the verdict.
@@ -231,11 +311,7 @@ fn render_timeline(plan: &Plan, output: &RunOutput, verdict: &Verdict) -> String
     }
     text.push_str(&format!(
         "# verdict: {} ({} checks, {} failed); ran {}s; setup {:.1} ms, teardown {:.1} ms\n",
-        match status_of(output, verdict) {
-            Status::Pass => "PASS",
-            Status::Fail => "FAIL",
-            Status::Error => "ERROR",
-        },
+        status_word(status_of(output, verdict)),
         verdict.checks,
         verdict.failures.len(),
         format_secs(output.duration),
