@@ -1,6 +1,8 @@
 //! Reports: what a run leaves under reports/<scenario>/ (result.json, timeline.txt, capture.pcapng,
 //! client.pcap, server.pcap).
 
+pub mod browser;
+pub mod ladder;
 mod pcapng;
 pub mod wire;
 
@@ -14,6 +16,7 @@ use crate::error::{Context, Error, Result};
 use crate::scenario::plan::{Direction, FaultAction, HostId, Plan};
 use crate::timeline::{format_secs, EventKind, PacketDirection, Timeline};
 use crate::verdict::{self, describe_expectation, Failure, Verdict};
+use ladder::Ladder;
 use pcapng::Section;
 use wire::{End, FaultNote, Link, Wire};
 
@@ -170,9 +173,18 @@ pub fn write(plan: &Plan, output: &RunOutput, verdict: &Verdict, dir: &Path) -> 
     fs::write(dir.join("result.json"), json).context(|| format!("write {}", dir.join("result.json").display()))?;
     fs::write(dir.join("timeline.txt"), render_timeline(plan, output, verdict))
         .context(|| format!("write {}", dir.join("timeline.txt").display()))?;
-    let wire = read_wire(plan, output, dir)?;
+    let faults = fault_notes(plan);
+    let wire = read_wire(plan, output, dir, &faults)?;
     let stats: Vec<_> = output.capture.iter().map(|c| (c.interface_frames, c.lost(), c.kernel_drops)).collect();
     wire.write_pcapng(&dir.join("capture.pcapng"), &section(plan, status), &stats)?;
+    let mut ladder = Ladder::of_run(plan, &output.timeline, &verdict.failures, &wire, &faults);
+    ladder.status = status_word(status).to_string();
+    ladder.duration = output.duration.as_secs_f64();
+    ladder.version = netfault_version();
+    ladder.kernel = kernel_release();
+    ladder.errors = output.harness_errors.clone();
+    fs::write(dir.join("report.html"), ladder.to_html())
+        .context(|| format!("write {}", dir.join("report.html").display()))?;
     Ok(Summary {
         name: plan.name.clone(),
         status,
@@ -190,7 +202,7 @@ pub fn write(plan: &Plan, output: &RunOutput, verdict: &Verdict, dir: &Path) -> 
 }
 
 /// Both ends of the veth, read back from the pcaps the captures wrote.
-fn read_wire(plan: &Plan, output: &RunOutput, dir: &Path) -> Result<Wire> {
+fn read_wire(plan: &Plan, output: &RunOutput, dir: &Path, faults: &[FaultNote]) -> Result<Wire> {
     let ends = HostId::ALL
         .iter()
         .map(|&host| End {
@@ -202,8 +214,12 @@ fn read_wire(plan: &Plan, output: &RunOutput, dir: &Path) -> Result<Wire> {
             snaplen: crate::capture::SNAPLEN,
         })
         .collect();
-    let faults: Vec<FaultNote> = plan
-        .faults
+    Wire::read(ends, vec![Link(0, 1)], &output.timeline, faults, output.t0_wall)
+}
+
+/// How each fault treats what it matches, for packet comments and the ladder.
+fn fault_notes(plan: &Plan) -> Vec<FaultNote> {
+    plan.faults
         .iter()
         .map(|fault| FaultNote {
             name: fault.name.clone(),
@@ -222,8 +238,7 @@ fn read_wire(plan: &Plan, output: &RunOutput, dir: &Path) -> Result<Wire> {
             }
             .to_string(),
         })
-        .collect();
-    Wire::read(ends, vec![Link(0, 1)], &output.timeline, &faults, output.t0_wall)
+        .collect()
 }
 
 /// What capture.pcapng's section header says: the scenario and its verdict, netfault's version and commit, the
