@@ -192,7 +192,7 @@ impl BenchArgs {
 }
 
 /// `1GiB`, `512MiB`, `64KiB`, `1000000` (bytes).
-fn parse_size(text: &str) -> Option<u64> {
+pub fn parse_size(text: &str) -> Option<u64> {
     let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
     let unit = &text[digits.len()..];
     let multiplier: u64 = match unit {

@@ -12,9 +12,14 @@ const USAGE: &str = "\
 netfault: inject network faults into real Linux TCP stacks and record what the kernel did
 
 usage:
-  netfault run [--jobs N] [--reports DIR] [--deadline DURATION] [--repeat N] [--slow] [PATH...]
+  netfault run [--jobs N] [--reports DIR] [--deadline DURATION] [--repeat N] [--slow] [--bundle-failures] [PATH...]
                                                       run scenarios (default: scenarios/) in parallel;
-                                                      `slow: true` ones only with --slow
+                                                      `slow: true` ones only with --slow; --bundle-failures
+                                                      writes reports/<scenario>.tar.gz for each one that fails
+  netfault bundle REPORT_DIR [-o FILE] [--max-capture SIZE | --whole-capture]
+                                                      one report as a .tar.gz for a bug report (default FILE:
+                                                      <scenario>.tar.gz); a capture.pcapng over SIZE (32MiB)
+                                                      goes in cut to 160-byte frames, and to SIZE
   netfault check [PATH...]                            validate scenarios without running anything
   netfault list [PATH...]                             list scenarios with their deadline and whether slow
   netfault test [--root DIR] [--reports DIR] [-- LIBTEST-ARGS...]
@@ -22,7 +27,8 @@ usage:
   netfault bench setup|suite|capture|timing [...]     measure netfault against the ip/nft/tcpdump recipe
 
 PATH is a scenario file or a folder searched for *.yaml. Reports go to reports/<scenario>/
-(timeline.txt, result.json, client.pcap, server.pcap). Exit status: 0 all passed, 1 a scenario failed,
+(report.html, capture.pcapng, timeline.txt, result.json, scenario.yaml, environment.txt,
+client.pcap, server.pcap). Exit status: 0 all passed, 1 a scenario failed,
 2 invalid input or a harness error.
 
 run --deadline: the whole run's limit (e.g. 10m; default: from the scenarios' own deadlines); past it every
@@ -44,6 +50,7 @@ pub fn main() -> ExitCode {
         "list" => list(rest),
         "test" => test(rest),
         "bench" => crate::bench::main(rest),
+        "bundle" => bundle(rest),
         runner::CHILD_COMMAND => child(rest),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
@@ -69,6 +76,8 @@ struct Options {
     root: Option<PathBuf>,
     /// `--slow`: run the minutes-long `slow: true` scenarios too.
     slow: bool,
+    /// `--bundle-failures`: a .tar.gz next to each failing scenario's report.
+    bundle_failures: bool,
     paths: Vec<PathBuf>,
     passthrough: Vec<String>,
 }
@@ -104,6 +113,7 @@ fn parse_options(args: &[String], allowed: &[&str]) -> Result<Options, String> {
             }
             "--root" if allowed.contains(&"--root") => options.root = Some(PathBuf::from(value(arg)?)),
             "--slow" if allowed.contains(&"--slow") => options.slow = true,
+            "--bundle-failures" if allowed.contains(&"--bundle-failures") => options.bundle_failures = true,
             flag if flag.starts_with('-') => return Err(format!("unknown option {flag:?}")),
             path => options.paths.push(PathBuf::from(path)),
         }
@@ -119,10 +129,11 @@ fn exe() -> PathBuf {
 }
 
 fn run(args: &[String]) -> ExitCode {
-    let options = match parse_options(args, &["--jobs", "--reports", "--deadline", "--repeat", "--slow"]) {
-        Ok(options) => options,
-        Err(e) => return usage_error(&e),
-    };
+    let options =
+        match parse_options(args, &["--jobs", "--reports", "--deadline", "--repeat", "--slow", "--bundle-failures"]) {
+            Ok(options) => options,
+            Err(e) => return usage_error(&e),
+        };
     let loaded = match runner::load_all(&options.paths) {
         Ok(loaded) => loaded,
         Err(errors) => {
@@ -180,6 +191,15 @@ fn run(args: &[String]) -> ExitCode {
             }
         }
     });
+    if options.bundle_failures {
+        for summary in summaries.iter().filter(|s| s.status != Status::Pass) {
+            let out = summary.report.with_extension("tar.gz");
+            match report::bundle::write_bundle(&summary.report, &out, Some(report::bundle::DEFAULT_CAPTURE_CAP)) {
+                Ok(bundled) => println!("bundle {} ({} bytes)", bundled.path.display(), bundled.bytes),
+                Err(e) => eprintln!("netfault: no bundle for {}: {e}", summary.name),
+            }
+        }
+    }
     let count = |status| summaries.iter().filter(|s| s.status == status).count();
     let (passed, failed, errors) = (count(Status::Pass), count(Status::Fail), count(Status::Error));
     let longest = summaries.iter().map(|s| s.duration).fold(0.0, f64::max);
@@ -210,6 +230,54 @@ fn run(args: &[String]) -> ExitCode {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// `netfault bundle REPORT_DIR [-o FILE] [--max-capture SIZE | --whole-capture]`.
+fn bundle(args: &[String]) -> ExitCode {
+    let mut report = None;
+    let mut out = None;
+    let mut cap = Some(report::bundle::DEFAULT_CAPTURE_CAP);
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        match arg.as_str() {
+            "-o" | "--output" => match iter.next() {
+                Some(file) => out = Some(PathBuf::from(file)),
+                None => return usage_error("bundle -o needs a file name"),
+            },
+            "--max-capture" => match iter.next().and_then(|text| crate::bench::parse_size(text)) {
+                Some(bytes) => cap = Some(bytes),
+                None => return usage_error("bundle --max-capture needs a size like 32MiB"),
+            },
+            "--whole-capture" => cap = None,
+            flag if flag.starts_with('-') => return usage_error(&format!("bundle: unknown option {flag:?}")),
+            dir if report.is_none() => report = Some(PathBuf::from(dir)),
+            extra => return usage_error(&format!("bundle takes one report folder; {extra:?} is one too many")),
+        }
+    }
+    let Some(report) = report else {
+        return usage_error("bundle needs a report folder, e.g. netfault bundle reports/keepalive/idle");
+    };
+    let out = out.unwrap_or_else(|| {
+        let name = report.file_name().map_or("report".into(), |n| n.to_string_lossy().into_owned());
+        PathBuf::from(format!("{name}.tar.gz"))
+    });
+    match report::bundle::write_bundle(&report, &out, cap) {
+        Ok(bundled) => {
+            println!("{} ({} bytes)", bundled.path.display(), bundled.bytes);
+            if let Some((kept, total)) = bundled.capture_cut {
+                println!(
+                    "capture.pcapng over the cap: {kept} of {total} frames, cut to {} bytes each \
+                     (--whole-capture bundles it whole)",
+                    report::bundle::HEADERS_SNAPLEN
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("netfault bundle: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 

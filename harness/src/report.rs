@@ -2,6 +2,7 @@
 //! client.pcap, server.pcap).
 
 pub mod browser;
+pub mod bundle;
 pub mod ladder;
 mod pcapng;
 pub mod wire;
@@ -185,6 +186,10 @@ pub fn write(plan: &Plan, output: &RunOutput, verdict: &Verdict, dir: &Path) -> 
     ladder.errors = output.harness_errors.clone();
     fs::write(dir.join("report.html"), ladder.to_html())
         .context(|| format!("write {}", dir.join("report.html").display()))?;
+    fs::copy(&plan.file, dir.join("scenario.yaml"))
+        .context(|| format!("copy {} to {}", plan.file.display(), dir.join("scenario.yaml").display()))?;
+    fs::write(dir.join("environment.txt"), environment(plan, output))
+        .context(|| format!("write {}", dir.join("environment.txt").display()))?;
     Ok(Summary {
         name: plan.name.clone(),
         status,
@@ -255,6 +260,59 @@ fn section(plan: &Plan, status: Status) -> Section {
             format!("kernel {kernel}"),
         ],
     }
+}
+
+/// environment.txt: what the run ran on. Written in the run's own process, which is in a network namespace of
+/// its own: the `net.*` values read here are this kernel's defaults for a new namespace, which each host
+/// started from before its scenario's sysctls.
+fn environment(plan: &Plan, output: &RunOutput) -> String {
+    let read = |path: &str| fs::read_to_string(path).map_or_else(|_| "unknown".into(), |s| s.trim().to_string());
+    let mut text = format!(
+        "{}\nkernel {} ({})\ncpus {}\nload average at the end of the run: {}\n",
+        netfault_version(),
+        kernel_release(),
+        std::env::consts::ARCH,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        read("/proc/loadavg"),
+    );
+    if let Some(t0) = output.t0_wall.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()) {
+        text.push_str(&format!("t0 (Unix time): {}.{:09}\n", t0.as_secs(), t0.subsec_nanos()));
+    }
+    text.push_str(&format!("scenario {} ({})\n", plan.name, plan.file.display()));
+    for host in &plan.hosts {
+        text.push_str(&format!("\n{} {}/{}: sysctls the scenario sets\n", host.id, host.address, host.prefix_len));
+        for sysctl in &host.sysctls {
+            text.push_str(&format!("  {} = {}\n", sysctl.name, sysctl.value));
+        }
+        if host.sysctls.is_empty() {
+            text.push_str("  (none)\n");
+        }
+    }
+    text.push_str("\nevery host started from this kernel's defaults for a new network namespace:\n");
+    for (name, value) in namespace_sysctls() {
+        text.push_str(&format!("  {name} = {value}\n"));
+    }
+    text
+}
+
+/// `sysctl net.ipv4.tcp_* net.core.somaxconn` of the calling thread's network namespace, sorted by name.
+fn namespace_sysctls() -> Vec<(String, String)> {
+    let mut values = Vec::new();
+    if let Ok(entries) = fs::read_dir("/proc/sys/net/ipv4") {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("tcp_") || name.starts_with("ip_local_port_range") {
+                if let Ok(value) = fs::read_to_string(entry.path()) {
+                    values.push((format!("net.ipv4.{name}"), value.split_whitespace().collect::<Vec<_>>().join(" ")));
+                }
+            }
+        }
+    }
+    if let Ok(value) = fs::read_to_string("/proc/sys/net/core/somaxconn") {
+        values.push(("net.core.somaxconn".into(), value.trim().to_string()));
+    }
+    values.sort();
+    values
 }
 
 /// `netfault 0.1.0 (commit 1a2b3c4d5e6f)`.

@@ -193,7 +193,7 @@
         let text = "";
         if (!prev || prev.state !== c.state) text += `<text class="band-label" x="${lx + 13}" y="${y0 + 10}">${esc(c.state)} ${esc(c.queues)}</text>`;
         if (c.timer && (!prev || prev.timer !== c.timer)) {
-          text += `<text class="timer" x="${lx + 13}" y="${y0 + (text ? 21 : 10)}">timer ${esc(c.timer)}</text>`;
+          text += `<text class="timer" x="${lx + 13}" y="${y0 + (text ? 22 : 10)}">timer ${esc(c.timer)}</text>`;
         }
         if (text) put(y0, y0 + 22, text);
         if (c.fires !== null && c.timer) {
@@ -216,7 +216,8 @@
       const result = s.outcome !== null ? s.outcome : "still running";
       let g = `<g class="step${s.failed ? " failed" : ""}"><rect x="${barX}" y="${y0}" width="5" height="${y1 - y0}"/>`;
       g += `<text x="${textX}" y="${y0 + 10}" text-anchor="${anchor}">${esc(s.label)}${y1 - y0 > MARK ? " …" : ""}</text>`;
-      const end = `→ ${esc(result)}${s.failed && s.expected ? " (expected " + esc(s.expected) + ")" : ""}`;
+      // The full result and expectation are in the tooltip; the failure line says what was expected.
+      const end = `→ ${esc(result.length > 44 ? result.slice(0, 43) + "…" : result)}`;
       if (y1 - y0 > MARK) g += `<text x="${textX}" y="${y1 + 10}" text-anchor="${anchor}">${end}</text>`;
       else g = g.replace("</text>", " " + end + "</text>");
       g += `<title>${esc(s.label)} ${esc(result)}${s.expected ? "\nexpected " + esc(s.expected) : ""}</title></g>`;
