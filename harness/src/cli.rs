@@ -24,7 +24,8 @@ usage:
   netfault list [PATH...]                             list scenarios with their deadline and whether slow
   netfault test [--root DIR] [--reports DIR] [-- LIBTEST-ARGS...]
                                                       the cargo-test driver on any folder of scenarios
-  netfault bench setup|suite|capture|timing [...]     measure netfault against the ip/nft/tcpdump recipe
+  netfault bench setup|suite|capture|timing|report [...]
+                                                      measure netfault against the obvious alternative
 
 PATH is a scenario file or a folder searched for *.yaml. Reports go to reports/<scenario>/
 (report.html, capture.pcapng, timeline.txt, result.json, scenario.yaml, environment.txt,
