@@ -1,14 +1,14 @@
-//! Reports as a maintainer receives them: the scenario suite and the failing fixtures are run once, then for each
-//! report, in one headless Chromium, report.html must draw one arrow per packet of capture.pcapng (every
-//! frame of the file in exactly one arrow) and show every failure with its file and line; tshark must show the
-//! two interfaces and a comment on every frame the timeline says a fault took; tcpdump must read the file.
-//! Screenshots are kept in target/report-browser/screenshots/ as test artefacts.
+//! Reports as a maintainer receives them: each scenario of the suite (not `slow`) and each failing fixture is
+//! run; then report.html, in headless Chromium (one per process, shared by its trials), must draw one arrow per
+//! packet of capture.pcapng (every frame of the file in exactly one arrow) and list every failure with its file
+//! and line; tshark must show the two interfaces and a comment on every frame the timeline says a fault took;
+//! tcpdump must read the file. Screenshots are kept in target/tmp/report-browser/screenshots/.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -24,39 +24,28 @@ fn repository() -> PathBuf {
 }
 
 fn main() {
-    let args = Arguments::from_args();
+    let mut args = Arguments::from_args();
+    // The scenarios wait on kernel timers: all at once, as the scenario driver runs them (an explicit
+    // --test-threads wins). Chromium is shared, one page at a time.
+    args.test_threads.get_or_insert(64);
     let root = repository();
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("report-browser");
-    let reports = out.join("reports");
     let screenshots = out.join("screenshots");
-    let sources = ["scenarios", "harness/tests/fixtures/failing"];
-    if !args.list {
-        let _ = std::fs::remove_dir_all(&out);
-        std::fs::create_dir_all(&screenshots).expect("create the screenshot folder");
-        // Verdicts do not matter here (the scenario tests judge them); every report must be written.
-        let status = Command::new(env!("CARGO_BIN_EXE_netfault"))
-            .arg("run")
-            .arg("--reports")
-            .arg(&reports)
-            .args(sources)
-            .current_dir(&root)
-            .stdout(std::process::Stdio::null())
-            .status()
-            .expect("netfault run starts");
-        assert!(matches!(status.code(), Some(0 | 1)), "netfault run: {status} (harness error or invalid input)");
-    }
-    let names = scenario_names(&root, &sources);
-    let browser = if args.list { None } else { Some(Browser::launch(1400, 1000).expect("start Chromium")) };
-    let browser = Arc::new(Mutex::new(browser));
-    let trials = names
-        .into_iter()
-        .map(|name| {
-            let report = reports.join(&name);
+    std::fs::create_dir_all(&screenshots).expect("create the screenshot folder");
+    let browser: &'static Mutex<Option<Browser>> = Box::leak(Box::new(Mutex::new(None)));
+    let mut trials = Vec::new();
+    for source in ["scenarios", "harness/tests/fixtures/failing"] {
+        for name in scenario_names(&root, source) {
+            let file = root.join(source).join(format!("{name}.yaml"));
+            let reports = out.join("reports").join(source.replace('/', "-"));
             let shot = screenshots.join(format!("{}.png", name.replace('/', "__")));
-            let browser = Arc::clone(&browser);
-            Trial::test(format!("report_html::{name}"), move || check_report(&report, &shot, &browser))
-        })
-        .collect();
+            let root = root.clone();
+            trials.push(Trial::test(format!("report_html::{name}"), move || {
+                run_scenario(&root, &reports, &file)?;
+                check_report(&reports.join(&name), &shot, browser)
+            }));
+        }
+    }
     let conclusion = libtest_mimic::run(&args, trials);
     // Chromium is closed before the process exits.
     if let Ok(mut browser) = browser.lock() {
@@ -65,11 +54,33 @@ fn main() {
     conclusion.exit();
 }
 
-/// The scenarios `netfault run` runs by default (not `slow`), by report name.
-fn scenario_names(root: &Path, sources: &[&str]) -> Vec<String> {
+/// `netfault run --reports DIR FILE`: the verdict does not matter here (the scenario tests judge it); the
+/// report must be written.
+fn run_scenario(root: &Path, reports: &Path, file: &Path) -> Result<(), Failed> {
+    let output = Command::new(env!("CARGO_BIN_EXE_netfault"))
+        .arg("run")
+        .arg("--reports")
+        .arg(reports)
+        .arg(file)
+        .current_dir(root)
+        .output()?;
+    match output.status.code() {
+        Some(0 | 1) => Ok(()),
+        _ => Err(format!(
+            "netfault run {}: {} (harness error or invalid input)\n{}",
+            file.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stdout)
+        )
+        .into()),
+    }
+}
+
+/// The scenarios of `source` that `netfault run` runs by default (not `slow`), by report name.
+fn scenario_names(root: &Path, source: &str) -> Vec<String> {
     let output = Command::new(env!("CARGO_BIN_EXE_netfault"))
         .arg("list")
-        .args(sources)
+        .arg(source)
         .current_dir(root)
         .output()
         .expect("netfault list runs");
@@ -127,6 +138,9 @@ fn check_report(report: &Path, shot: &Path, browser: &Mutex<Option<Browser>>) ->
 
     // report.html in Chromium.
     let mut browser = browser.lock().map_err(|_| "browser lock poisoned")?;
+    if browser.is_none() {
+        *browser = Some(Browser::launch(1400, 1000)?);
+    }
     let browser = browser.as_mut().ok_or("no browser")?;
     let mut page =
         browser.open(&file_url(&report.join("report.html"))?, "document.body.dataset.ready === '1'", PAGE_TIMEOUT)?;

@@ -4,10 +4,11 @@
 
 use serde::Serialize;
 
+use super::verdict::{describe_expectation, Failure, StepJudgement, StepVerdict};
 use super::wire::{FaultNote, Wire};
-use crate::scenario::plan::{HostId, Plan};
-use crate::timeline::{format_tcp_flags, EventKind, Outcome, Timeline};
-use crate::verdict::{self, describe_expectation, Failure};
+use crate::scenario::plan::{HostId, Plan, Protocol};
+use crate::timeline::query::step_record;
+use crate::timeline::{format_tcp_flags, EventKind, IpProtocol, Outcome, Timeline};
 
 const STYLE: &str = include_str!("ladder.css");
 const SCRIPT: &str = include_str!("ladder.js");
@@ -115,14 +116,26 @@ pub struct FailureMark {
 
 impl Ladder {
     /// The ladder of a run: packets from the wire, everything else from the timeline.
-    pub fn of_run(plan: &Plan, timeline: &Timeline, failures: &[Failure], wire: &Wire, faults: &[FaultNote]) -> Ladder {
+    pub fn of_run(
+        plan: &Plan,
+        timeline: &Timeline,
+        judged: &[StepVerdict],
+        failures: &[Failure],
+        wire: &Wire,
+        faults: &[FaultNote],
+    ) -> Ladder {
         let column = |host: HostId| host.index();
         let hosts = HostId::ALL
             .iter()
             .map(|&host| Column {
                 name: host.to_string(),
                 address: plan.host(host).address.to_string(),
-                interface: crate::topology::LINK_NAME.to_string(),
+                interface: wire
+                    .ends
+                    .iter()
+                    .find(|end| end.host == host)
+                    .map(|end| end.ifname.clone())
+                    .unwrap_or_default(),
             })
             .collect();
         let mut ladder = Ladder {
@@ -172,25 +185,22 @@ impl Ladder {
                 _ => {}
             }
         }
-        for host in &plan.hosts {
-            for step in &host.steps {
-                let record = verdict::step_record(timeline, host.id, step.index);
-                let has_expectation =
-                    step.expect.outcome.is_some() || step.expect.after.is_some() || step.expect.at.is_some();
-                let outcome = record.outcome.as_ref().map(|outcome| match (outcome, &record.detail) {
-                    (Outcome::Unfinished, _) | (_, None) => outcome.to_string(),
-                    (_, Some(detail)) => format!("{outcome} ({detail})"),
-                });
-                ladder.steps.push(StepBar {
-                    host: column(host.id),
-                    label: step.label(),
-                    start: record.start.map(|t| t.as_secs_f64()),
-                    end: record.end.map(|t| t.as_secs_f64()),
-                    outcome,
-                    expected: has_expectation.then(|| describe_expectation(&step.expect)),
-                    failed: has_expectation && failures.iter().any(|f| f.location == step.expect.location),
-                });
-            }
+        for judged in judged {
+            let step = &plan.host(judged.host).steps[judged.index];
+            let record = step_record(timeline, judged.host, judged.index);
+            let outcome = record.outcome.as_ref().map(|outcome| match (outcome, &record.detail) {
+                (Outcome::Unfinished, _) | (_, None) => outcome.to_string(),
+                (_, Some(detail)) => format!("{outcome} ({detail})"),
+            });
+            ladder.steps.push(StepBar {
+                host: column(judged.host),
+                label: step.label(),
+                start: record.start.map(|t| t.as_secs_f64()),
+                end: record.end.map(|t| t.as_secs_f64()),
+                outcome,
+                expected: step.expect.is_set().then(|| describe_expectation(&step.expect)),
+                failed: judged.judgement == StepJudgement::Fail,
+            });
         }
         ladder.failures = failures
             .iter()
@@ -243,7 +253,7 @@ fn arrows(wire: &Wire) -> Vec<Arrow> {
             let time = |frame: Option<usize>| frame.map(|i| wire.frames[i].t_ns as f64 / 1e9);
             let event = first.event.as_ref();
             let label = match event {
-                Some(p) if p.protocol == "tcp" => {
+                Some(p) if p.protocol == IpProtocol::Known(Protocol::Tcp) => {
                     format!("{} seq {} ack {} win {} len {}", format_tcp_flags(p.flags), p.seq, p.ack, p.window, p.len)
                 }
                 Some(p) => format!("{} {}", p.protocol, p.options),

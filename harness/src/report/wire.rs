@@ -13,10 +13,12 @@ use std::time::{Duration, SystemTime};
 use pcap_file::pcap::PcapReader;
 
 use super::pcapng::{self, InterfaceStatistics, PcapngWriter, Section};
-use crate::decode::Decoder;
 use crate::error::{Context, Error, Result};
+use crate::record::CapturedInterface;
 use crate::scenario::plan::HostId;
 use crate::timeline::{EventKind, PacketEvent, Timeline};
+
+const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
 
 /// One captured interface: a host's end of a link, and the pcap its capture wrote.
 #[derive(Debug, Clone)]
@@ -32,6 +34,18 @@ pub struct End {
 }
 
 impl End {
+    /// The interface the run record names, its pcap in the report folder `dir`.
+    pub fn of(interface: &CapturedInterface, dir: &Path) -> End {
+        End {
+            host: interface.host,
+            ifname: interface.ifname.clone(),
+            mac: interface.mac,
+            address: interface.address,
+            pcap: dir.join(&interface.pcap),
+            snaplen: interface.snaplen,
+        }
+    }
+
     /// `client/nf0`: the name capture.pcapng gives the interface.
     pub fn label(&self) -> String {
         format!("{}/{}", self.host, self.ifname)
@@ -59,7 +73,7 @@ pub struct Frame {
     pub end: usize,
     /// Kernel timestamp, since the Unix epoch.
     pub wall: Duration,
-    /// Nanoseconds since t0 (negative before it).
+    /// Nanoseconds since t0 (negative before it; since the Unix epoch when t0 is unknown).
     pub t_ns: i64,
     pub original_len: u32,
     pub data: Vec<u8>,
@@ -106,16 +120,12 @@ impl Wire {
         faults: &[FaultNote],
         t0: Option<SystemTime>,
     ) -> Result<Wire> {
+        let t0 = t0.and_then(|t0| t0.duration_since(SystemTime::UNIX_EPOCH).ok()).unwrap_or_default();
         let mut frames = Vec::new();
         for (index, end) in ends.iter().enumerate() {
-            frames.extend(read_end(index, end, timeline)?);
+            frames.extend(read_end(index, end, timeline, t0)?);
         }
         frames.sort_by_key(|frame| frame.wall);
-        let t0 = t0.and_then(|t0| t0.duration_since(SystemTime::UNIX_EPOCH).ok());
-        let t0 = t0.or_else(|| frames.first().map(|frame| frame.wall)).unwrap_or_default();
-        for frame in &mut frames {
-            frame.t_ns = signed_nanos(frame.wall, t0);
-        }
         let packets = pair_copies(&frames, &links);
         let mut wire = Wire { ends, links, frames, packets };
         wire.comment(faults);
@@ -205,67 +215,38 @@ impl Wire {
     }
 }
 
-/// The frames of one end's pcap, decoded as the capture decoded them, with the timeline's fault marks.
-fn read_end(index: usize, end: &End, timeline: &Timeline) -> Result<Vec<Frame>> {
+/// The frames of one end's pcap, each IPv4 frame with its timeline event (the capture stamped the event with
+/// the frame's own kernel timestamp, so the two meet at the same time since t0, in capture order).
+fn read_end(index: usize, end: &End, timeline: &Timeline, t0: Duration) -> Result<Vec<Frame>> {
     let what = || format!("read {} (the capture of {})", end.pcap.display(), end.label());
     let file = File::open(&end.pcap).context(what)?;
     let mut reader = PcapReader::new(file).map_err(|e| Error::Internal(format!("{}: {e}", what())))?;
-    // The timeline's packets of this host, in the capture's order for equal contents.
-    let mut marks: HashMap<PacketKey, VecDeque<Option<String>>> = HashMap::new();
+    let mut events: HashMap<Duration, VecDeque<&PacketEvent>> = HashMap::new();
     for event in timeline.events.iter().filter(|e| e.host == end.host) {
         if let EventKind::Packet(packet) = &event.kind {
-            marks.entry(PacketKey::of(packet)).or_default().push_back(packet.fault.clone());
+            events.entry(event.t).or_default().push_back(packet);
         }
     }
-    let mut decoder = Decoder::new();
     let mut frames = Vec::new();
     while let Some(packet) = reader.next_packet() {
         let packet = packet.map_err(|e| Error::Internal(format!("{}: {e}", what())))?;
-        let outgoing = packet.data.get(6..12) == Some(&end.mac[..]);
-        let mut event = decoder.decode(&packet.data, outgoing);
-        if let Some(event) = &mut event {
-            event.fault = marks.get_mut(&PacketKey::of(event)).and_then(VecDeque::pop_front).flatten();
-        }
+        let ipv4 = packet.data.get(12..14) == Some(&ETHERTYPE_IPV4[..]);
+        let since_t0 = packet.timestamp.saturating_sub(t0);
+        let event = if ipv4 { events.get_mut(&since_t0).and_then(VecDeque::pop_front).cloned() } else { None };
         let summary = if event.is_none() { summarize(&packet.data) } else { String::new() };
         frames.push(Frame {
             end: index,
             wall: packet.timestamp,
-            t_ns: 0,
+            t_ns: signed_nanos(packet.timestamp, t0),
             original_len: packet.orig_len,
+            outgoing: packet.data.get(6..12) == Some(&end.mac[..]),
             data: packet.data.into_owned(),
-            outgoing,
             event,
             summary,
             comments: Vec::new(),
         });
     }
     Ok(frames)
-}
-
-/// A packet's identity on one end, as the capture's decoder gave it (everything but the fault mark).
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct PacketKey(String);
-
-impl PacketKey {
-    fn of(packet: &PacketEvent) -> PacketKey {
-        let p = packet;
-        PacketKey(format!(
-            "{:?} {} {} {} {} {} {} {} {} {} {} {} {}",
-            p.direction,
-            p.src,
-            p.dst,
-            p.protocol,
-            p.ip_id,
-            p.sport,
-            p.dport,
-            p.flags,
-            p.seq,
-            p.ack,
-            p.window,
-            p.len,
-            p.options
-        ))
-    }
 }
 
 /// Pairs each frame an end sent with the same bytes arriving at the other end of its link (a veth changes
@@ -344,13 +325,14 @@ fn signed_nanos(wall: Duration, t0: Duration) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::timeline::PacketDirection;
+    use crate::scenario::plan::Protocol;
+    use crate::timeline::{IpProtocol, PacketDirection};
 
     fn end(host: HostId) -> End {
         End {
             host,
             ifname: "nf0".into(),
-            mac: crate::topology::link_mac(host),
+            mac: [2, 0, 0, 0, 0, host.index() as u8 + 1],
             address: Ipv4Addr::new(10, 0, 0, host.index() as u8 + 1),
             pcap: PathBuf::new(),
             snaplen: 262_144,
@@ -362,7 +344,7 @@ mod tests {
             direction: if outgoing { PacketDirection::Out } else { PacketDirection::In },
             src: Ipv4Addr::new(10, 0, 0, 1),
             dst: Ipv4Addr::new(10, 0, 0, 2),
-            protocol: "tcp".into(),
+            protocol: IpProtocol::Known(Protocol::Tcp),
             ip_id: 1,
             sport: 40000,
             dport: 9000,
@@ -435,9 +417,9 @@ mod tests {
     #[test]
     fn frames_that_are_not_ipv4_are_named_as_tcpdump_names_them() {
         let mut arp = vec![0xff; 6];
-        arp.extend_from_slice(&crate::topology::link_mac(HostId::Client));
+        arp.extend_from_slice(&[2, 0, 0, 0, 0, 1]);
         arp.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
-        arp.extend_from_slice(&crate::topology::link_mac(HostId::Client));
+        arp.extend_from_slice(&[2, 0, 0, 0, 0, 1]);
         arp.extend_from_slice(&[10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 10, 0, 0, 2]);
         assert_eq!(summarize(&arp), "ARP, Request who-has 10.0.0.2 tell 10.0.0.1");
         assert_eq!(summarize(&[0; 10]), "truncated frame (10 bytes)");
