@@ -7,6 +7,7 @@
 
 mod capture;
 mod recipe;
+mod report;
 mod setup;
 mod suite;
 mod transitions;
@@ -24,6 +25,7 @@ use crate::error::{Context, Error, Result};
 use crate::scenario::{self, plan::Plan};
 
 pub use capture::{bench_capture, CaptureOptions};
+pub use report::{bench_report, ReportOptions};
 pub use setup::{bench_setup, SetupOptions};
 pub use suite::{bench_concurrent, bench_suite, bench_timing, ConcurrentOptions, SuiteOptions, TimingOptions};
 pub use transitions::{bench_transitions, TransitionOptions};
@@ -43,6 +45,8 @@ usage: netfault bench <what> [options] [--json FILE] [--keep]
   timing [--n 100] [--sample 10ms] [--scenario FILE]
                                    keepalive-idle N times in parallel: observed minus kernel-defined times,
                                    observer state-change latency against the packet that caused it
+  report [--n 50000] [--runs 5]    report.html with N packets (synthetic) in headless Chromium: laid out, loaded,
+                                   first paint; against the same packets as a plain-text page (same browser)
   transitions [--n 1000] [--sample 10ms]
                                    the kernel's state transitions (tracepoint) against sock_diag sampling on
                                    the same short connections; BPF program cost, tracer latency, start/stop";
@@ -106,6 +110,9 @@ pub fn main(args: &[String]) -> ExitCode {
             connections: options.n.unwrap_or(1000),
             sample: options.sample.unwrap_or(Duration::from_millis(10)),
         }),
+        "report" => {
+            bench_report(&ReportOptions { packets: options.n.unwrap_or(50_000), runs: options.runs.unwrap_or(5) })
+        }
         other => Err(Error::Internal(format!("unknown benchmark {other:?}; see netfault bench --help"))),
     });
     match result {

@@ -242,7 +242,7 @@ fn engine_once(plan: &Plan, dir: &Path) -> Result<Phases> {
     let mut phases = Phases::default();
     let (sink, _events) = EventSink::new(Clock::unstarted());
     let mut lap = Lap::start();
-    let Rig { namespaces, mut firewalls, captures, observers, tracer } = engine::set_up(plan, dir, &sink)?;
+    let Rig { namespaces, mut firewalls, captures, observers, tracer, .. } = engine::set_up(plan, dir, &sink)?;
     let tracer = tracer.map_err(|reason| Error::Internal(format!("the transition tracer: {reason}")))?;
     for fault in &plan.faults {
         firewalls[fault.host.index()].activate(&fault.name)?;

@@ -17,6 +17,7 @@ use crate::report::{Status, Summary};
 use crate::run::runner::{self, Job};
 use crate::run::supervise::Supervisor;
 use crate::scenario;
+use crate::scenario::variables::Variables;
 
 /// Longest a benchmark run of the suite may take before its scenarios are stopped.
 const BENCH_BUDGET: Duration = Duration::from_secs(3600);
@@ -70,11 +71,12 @@ pub fn bench_suite(options: &SuiteOptions) -> Result<Report> {
     let mut report = Report::new("suite");
     let exe = exe()?;
     // As `netfault run` without --slow: the minutes-long variants are not part of the suite's wall time.
-    let (loaded, slow): (Vec<_>, Vec<_>) = runner::load_all(std::slice::from_ref(&options.path))
-        .into_result()
-        .map_err(|errors| Error::Internal(format!("invalid scenarios: {}", errors.join("; "))))?
-        .into_iter()
-        .partition(|(_, plan)| !plan.slow);
+    let (loaded, slow): (Vec<_>, Vec<_>) =
+        runner::load_all(std::slice::from_ref(&options.path), &Variables::from_environment())
+            .into_result()
+            .map_err(|errors| Error::Internal(format!("invalid scenarios: {}", errors.join("; "))))?
+            .into_iter()
+            .partition(|(_, plan)| !plan.slow);
     report.note("slow scenarios left out, as `netfault run` leaves them out", slow.len().to_string());
     let scratch = ScratchDir::new("suite")?;
     let (mut walls, mut longest, mut longest_with_setup, mut ratios, mut ratios_with_setup) =
@@ -159,7 +161,7 @@ pub fn bench_concurrent(options: &ConcurrentOptions) -> Result<Report> {
     let mut report = Report::new(&format!("suite --concurrent {}", options.instances));
     let scratch = ScratchDir::new("concurrent")?;
     let root = runner::scenario_root(&options.scenario);
-    let plan = scenario::load(&root, &options.scenario)?;
+    let plan = scenario::load(&root, &options.scenario, &Variables::from_environment())?;
     let memory_before = mem_available_kib();
     let sampler = MemorySampler::start();
     let started = Instant::now();
@@ -177,15 +179,15 @@ pub fn bench_concurrent(options: &ConcurrentOptions) -> Result<Report> {
     report.row("child peak RSS (VmHWM, sampled every 200 ms)", "MiB", &peaks);
     let system_per_scenario =
         memory_before.saturating_sub(memory.lowest_available_kib) as f64 / 1024.0 / options.instances as f64;
-    let tolerance_ms = plan.tolerance.as_secs_f64() * 1e3;
-    let within = |values: &[f64]| values.iter().all(|v| v.abs() <= tolerance_ms);
+    let (early_ms, late_ms) = (plan.tolerance.early.as_secs_f64() * 1e3, plan.tolerance.late.as_secs_f64() * 1e3);
+    let within = |values: &[f64]| values.iter().all(|v| -early_ms <= *v && *v <= late_ms);
     let all_within = within(&figures.etimedout_error_ms) && within(&figures.rst_error_ms);
     report.compare(Comparison {
         what: format!("{} concurrent instances of {} on {} CPUs", options.instances, plan.name, cpus()),
         netfault: format!("{passed}/{} passed, wall {wall:.1} s", options.instances),
         alternative: "-".into(),
         ratio: None,
-        target: format!("all pass, ETIMEDOUT and RST within the scenario's ±{tolerance_ms:.0} ms"),
+        target: format!("all pass, ETIMEDOUT and RST within the scenario's tolerance {}", plan.tolerance),
         met: passed == options.instances && all_within && figures.etimedout_error_ms.len() == options.instances,
     });
     report.note(
@@ -223,7 +225,7 @@ pub fn bench_timing(options: &TimingOptions) -> Result<Report> {
             (file, scratch.path().to_path_buf())
         }
     };
-    let plan = scenario::load(&root, &file)?;
+    let plan = scenario::load(&root, &file, &Variables::from_environment())?;
     let started = Instant::now();
     let batch = run_instances(&file, &root, plan.deadline, options.instances, &scratch.path().join("reports"))?;
     let wall = started.elapsed().as_secs_f64();

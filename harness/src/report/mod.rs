@@ -1,21 +1,29 @@
-//! Reports: what a run leaves under reports/<scenario>/ (result.json, timeline.txt, client.pcap, server.pcap),
-//! and the verdict they state.
+//! Reports: what a run leaves under reports/<scenario>/ (report.html, capture.pcapng, result.json,
+//! timeline.txt, scenario.yaml, environment.txt, next to the capture's client.pcap and server.pcap), and the
+//! verdict they state.
 
+pub mod browser;
+pub mod bundle;
+pub mod ladder;
+mod pcapng;
 pub mod verdict;
+pub mod wire;
 
-use std::collections::HashSet;
 use std::fs;
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Context, Error, Result};
-use crate::run::engine::RunOutput;
-use crate::scenario::plan::{HostId, Location, Plan};
+use crate::record::{CaptureStats, ObserverStats, RunRecord, StateSource};
+use crate::scenario::plan::{Direction, FaultAction, HostId, Plan};
 use crate::scenario::{printable, printable_path};
 use crate::timeline::query::{StepRecord, StepRecords};
 use crate::timeline::{format_secs, EventKind, PacketDirection, Timeline};
-use verdict::{describe_expectation, Failure, Verdict};
+use ladder::Ladder;
+use pcapng::Section;
+use verdict::{describe_expectation, Failure, StepJudgement, Verdict};
+use wire::{End, FaultNote, Link, Wire};
 
 /// The folder of a scenario's report: `root/<name>`, refusing any name that could leave `root`.
 pub fn report_dir(root: &Path, name: &str) -> Result<PathBuf> {
@@ -77,9 +85,9 @@ struct StepReport<'a> {
     name: Option<&'a str>,
     action: &'static str,
     #[serde(flatten)]
-    record: crate::timeline::query::StepRecord,
+    record: StepRecord,
     expected: Option<String>,
-    verdict: &'static str,
+    verdict: StepJudgement,
 }
 
 #[derive(Debug, Serialize)]
@@ -96,10 +104,10 @@ struct ResultFile<'a> {
     checks: usize,
     failures: &'a [Failure],
     steps: Vec<StepReport<'a>>,
-    capture: &'a [crate::observe::capture::CaptureStats; 2],
+    capture: &'a [CaptureStats; 2],
     observer: [ObserverReport; 2],
     /// Where the socket states came from: the kernel's transitions, or samples only (and why).
-    states: &'a crate::observe::transitions::StateSource,
+    states: &'a StateSource,
     fault_hits: &'a [(String, u64)],
     harness_errors: &'a [String],
     events: &'a Timeline,
@@ -113,8 +121,8 @@ struct ObserverReport {
     max_dump_us: f64,
 }
 
-impl From<crate::observe::sockets::ObserverStats> for ObserverReport {
-    fn from(stats: crate::observe::sockets::ObserverStats) -> ObserverReport {
+impl From<ObserverStats> for ObserverReport {
+    fn from(stats: ObserverStats) -> ObserverReport {
         ObserverReport {
             samples: stats.samples,
             mean_dump_us: stats.mean_dump_time.as_secs_f64() * 1e6,
@@ -123,102 +131,205 @@ impl From<crate::observe::sockets::ObserverStats> for ObserverReport {
     }
 }
 
-/// Writes result.json and timeline.txt next to the pcaps; returns the summary.
-pub fn write(plan: &Plan, output: &RunOutput, verdict: &Verdict, dir: &Path) -> Result<Summary> {
-    let status = status_of(output, verdict);
-    let mut steps = Vec::new();
-    let records = StepRecords::of(plan, &output.timeline);
-    // A step's failures are reported at its expectation, or at the step itself when it has none (which is where
-    // an expectation that is not written is placed).
-    let failed_at: HashSet<Location> = verdict.failures.iter().map(|f| f.location).collect();
-    for host in &plan.hosts {
-        for step in &host.steps {
-            let has_expectation =
-                step.expect.outcome.is_some() || step.expect.after.is_some() || step.expect.at.is_some();
-            let failed = failed_at.contains(&step.expect.location);
-            steps.push(StepReport {
-                host: host.id,
-                index: step.index,
+/// Writes result.json, timeline.txt, capture.pcapng, report.html, scenario.yaml and environment.txt next to the
+/// pcaps; returns the summary.
+pub fn write(plan: &Plan, record: &RunRecord, verdict: &Verdict, dir: &Path) -> Result<Summary> {
+    let status = status_of(record, verdict);
+    let records = StepRecords::of(plan, &record.timeline);
+    let steps = verdict
+        .steps
+        .iter()
+        .map(|judged| {
+            let step = &plan.host(judged.host).steps[judged.index];
+            StepReport {
+                host: judged.host,
+                index: judged.index,
                 name: step.name.as_deref(),
                 action: step.action.kind(),
                 record: records
-                    .get(host.id, step.index)
+                    .get(judged.host, judged.index)
                     .cloned()
-                    .unwrap_or_else(|| StepRecord::empty(host.id, step.index)),
-                expected: has_expectation.then(|| describe_expectation(&step.expect)),
-                verdict: match (has_expectation, failed) {
-                    (false, false) => "recorded",
-                    (true, false) => "pass",
-                    (_, true) => "fail",
-                },
-            });
-        }
-    }
+                    .unwrap_or_else(|| StepRecord::empty(judged.host, judged.index)),
+                expected: step.expect.is_set().then(|| describe_expectation(&step.expect)),
+                verdict: judged.judgement,
+            }
+        })
+        .collect();
     let result = ResultFile {
         scenario: &plan.name,
         file: &plan.file,
         description: &plan.description,
         source: plan.source.as_deref(),
         status,
-        duration: output.duration.as_secs_f64(),
-        setup_ms: output.setup.as_secs_f64() * 1e3,
-        teardown_ms: output.teardown.as_secs_f64() * 1e3,
-        deadline_hit: output.deadline_hit,
+        duration: record.duration.as_secs_f64(),
+        setup_ms: record.setup.as_secs_f64() * 1e3,
+        teardown_ms: record.teardown.as_secs_f64() * 1e3,
+        deadline_hit: record.deadline_hit,
         checks: verdict.checks,
         failures: &verdict.failures,
         steps,
-        capture: &output.capture,
-        observer: output.observer.map(ObserverReport::from),
-        states: &output.states,
-        fault_hits: &output.fault_hits,
-        harness_errors: &output.harness_errors,
-        events: &output.timeline,
+        capture: &record.capture,
+        observer: record.observer.map(ObserverReport::from),
+        states: &record.states,
+        fault_hits: &record.fault_hits,
+        harness_errors: &record.harness_errors,
+        events: &record.timeline,
     };
     let json =
         serde_json::to_string_pretty(&result).map_err(|e| Error::Internal(format!("encode result.json: {e}")))?;
     fs::write(dir.join("result.json"), json).context(|| format!("write {}", dir.join("result.json").display()))?;
-    fs::write(dir.join("timeline.txt"), render_timeline(plan, output, verdict))
+    fs::write(dir.join("timeline.txt"), render_timeline(plan, record, verdict))
         .context(|| format!("write {}", dir.join("timeline.txt").display()))?;
+    let faults = fault_notes(plan);
+    let ends = record.interfaces.iter().map(|interface| End::of(interface, dir)).collect();
+    // The one link of the default topology: the veth whose ends the two hosts hold.
+    let wire = Wire::read(ends, vec![Link(0, 1)], &record.timeline, &faults, record.t0_wall)?;
+    let stats: Vec<_> = record.capture.iter().map(|c| (c.interface_frames, c.lost(), c.kernel_drops)).collect();
+    wire.write_pcapng(&dir.join("capture.pcapng"), &section(plan, status), &stats)?;
+    let mut ladder = Ladder::of_run(plan, &record.timeline, &verdict.steps, &verdict.failures, &wire, &faults);
+    ladder.status = status_word(status).to_string();
+    ladder.duration = record.duration.as_secs_f64();
+    ladder.version = netfault_version();
+    ladder.kernel = kernel_release();
+    ladder.errors = record.harness_errors.clone();
+    fs::write(dir.join("report.html"), ladder.to_html())
+        .context(|| format!("write {}", dir.join("report.html").display()))?;
+    fs::copy(&plan.file, dir.join("scenario.yaml"))
+        .context(|| format!("copy {} to {}", plan.file.display(), dir.join("scenario.yaml").display()))?;
+    fs::write(dir.join("environment.txt"), environment(plan, record))
+        .context(|| format!("write {}", dir.join("environment.txt").display()))?;
     Ok(Summary {
         name: plan.name.clone(),
         status,
-        duration: output.duration.as_secs_f64(),
-        setup_ms: output.setup.as_secs_f64() * 1e3,
-        teardown_ms: output.teardown.as_secs_f64() * 1e3,
+        duration: record.duration.as_secs_f64(),
+        setup_ms: record.setup.as_secs_f64() * 1e3,
+        teardown_ms: record.teardown.as_secs_f64() * 1e3,
         report: dir.to_path_buf(),
-        messages: messages(plan, output, verdict),
+        messages: messages(plan, record, verdict),
     })
 }
 
+/// How each fault treats what it matches, for packet comments and the ladder.
+fn fault_notes(plan: &Plan) -> Vec<FaultNote> {
+    plan.faults
+        .iter()
+        .map(|fault| FaultNote {
+            name: fault.name.clone(),
+            host: fault.host,
+            direction: match fault.direction {
+                Direction::Ingress => "ingress",
+                Direction::Egress => "egress",
+            },
+            verb: match fault.action {
+                FaultAction::Drop => "dropped",
+                FaultAction::RejectTcpReset => "rejected with a TCP reset",
+                FaultAction::RejectIcmpPortUnreachable => "rejected with ICMP port unreachable",
+                FaultAction::RejectIcmpHostUnreachable => "rejected with ICMP host unreachable",
+                FaultAction::RejectIcmpNetUnreachable => "rejected with ICMP net unreachable",
+                FaultAction::RejectIcmpAdminProhibited => "rejected with ICMP admin prohibited",
+            }
+            .to_string(),
+        })
+        .collect()
+}
+
+/// What capture.pcapng's section header says: the scenario and its verdict, netfault's version and commit, the
+/// kernel.
+fn section(plan: &Plan, status: Status) -> Section {
+    let kernel = kernel_release();
+    Section {
+        hardware: std::env::consts::ARCH.to_string(),
+        os: format!("Linux {kernel}"),
+        application: netfault_version(),
+        comments: vec![
+            format!("scenario {} ({}): {}", plan.name, plan.file.display(), status_word(status)),
+            format!("written by {}", netfault_version()),
+            format!("kernel {kernel}"),
+        ],
+    }
+}
+
+/// environment.txt: what the run ran on. Written in the run's own process, which is in a network namespace of
+/// its own: the `net.*` values read here are this kernel's defaults for a new namespace, which each host
+/// started from before its scenario's sysctls.
+fn environment(plan: &Plan, record: &RunRecord) -> String {
+    let read = |path: &str| fs::read_to_string(path).map_or_else(|_| "unknown".into(), |s| s.trim().to_string());
+    let mut text = format!(
+        "{}\nkernel {} ({})\ncpus {}\nload average at the end of the run: {}\n",
+        netfault_version(),
+        kernel_release(),
+        std::env::consts::ARCH,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        read("/proc/loadavg"),
+    );
+    if let Some(t0) = record.t0_wall.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()) {
+        text.push_str(&format!("t0 (Unix time): {}.{:09}\n", t0.as_secs(), t0.subsec_nanos()));
+    }
+    text.push_str(&format!("scenario {} ({})\n", plan.name, plan.file.display()));
+    for host in &plan.hosts {
+        text.push_str(&format!("\n{} {}/{}: sysctls the scenario sets\n", host.id, host.address, host.prefix_len));
+        for sysctl in &host.sysctls {
+            text.push_str(&format!("  {} = {}\n", sysctl.name, sysctl.value));
+        }
+        if host.sysctls.is_empty() {
+            text.push_str("  (none)\n");
+        }
+    }
+    text.push_str("\nevery host started from this kernel's defaults for a new network namespace:\n");
+    for (name, value) in namespace_sysctls() {
+        text.push_str(&format!("  {name} = {value}\n"));
+    }
+    text
+}
+
+/// `sysctl net.ipv4.tcp_* net.core.somaxconn` of the calling thread's network namespace, sorted by name.
+fn namespace_sysctls() -> Vec<(String, String)> {
+    let mut values = Vec::new();
+    if let Ok(entries) = fs::read_dir("/proc/sys/net/ipv4") {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("tcp_") || name.starts_with("ip_local_port_range") {
+                if let Ok(value) = fs::read_to_string(entry.path()) {
+                    values.push((format!("net.ipv4.{name}"), value.split_whitespace().collect::<Vec<_>>().join(" ")));
+                }
+            }
+        }
+    }
+    if let Ok(value) = fs::read_to_string("/proc/sys/net/core/somaxconn") {
+        values.push(("net.core.somaxconn".into(), value.trim().to_string()));
+    }
+    values.sort();
+    values
+}
+
+/// `netfault 0.1.0 (commit 1a2b3c4d5e6f)`.
+pub fn netfault_version() -> String {
+    format!("netfault {}", crate::version::LONG)
+}
+
+/// `uname -r`.
+pub fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease").map_or_else(|_| "unknown".into(), |s| s.trim().to_string())
+}
+
+fn status_word(status: Status) -> &'static str {
+    match status {
+        Status::Pass => "PASS",
+        Status::Fail => "FAIL",
+        Status::Error => "ERROR",
+    }
+}
+
 /// A program that failed inside the harness makes the run a harness error, whatever the verdict.
-fn status_of(output: &RunOutput, verdict: &Verdict) -> Status {
-    match (output.harness_errors.is_empty(), verdict.passed()) {
+fn status_of(record: &RunRecord, verdict: &Verdict) -> Status {
+    match (record.harness_errors.is_empty(), verdict.passed()) {
         (false, _) => Status::Error,
         (true, true) => Status::Pass,
         (true, false) => Status::Fail,
     }
 }
 
-/// Failures explained with their timeline in the summary (what `netfault run` and `cargo test` print); the rest
-/// are counted there and listed in full in result.json and timeline.txt.
-const EXPLAINED_FAILURES: usize = 20;
-
-/// The summary's messages: every harness error, then the first failures with the timeline around each.
-fn messages(plan: &Plan, output: &RunOutput, verdict: &Verdict) -> Vec<String> {
-    let view = readable(&output.timeline);
-    let mut messages: Vec<String> = output.harness_errors.iter().map(|e| format!("harness error: {e}")).collect();
-    messages.extend(verdict.failures.iter().take(EXPLAINED_FAILURES).map(|f| explain(plan, f, &view)));
-    if verdict.failures.len() > EXPLAINED_FAILURES {
-        messages.push(format!(
-            "... and {} more failures: every one is in result.json and at the top of timeline.txt",
-            verdict.failures.len() - EXPLAINED_FAILURES
-        ));
-    }
-    messages
-}
-
-/// A failure with the lines of the readable timeline (see [`readable`]) around it, as shown by `cargo test` and
-/// `netfault run`.
+/// A failure with the timeline lines around it, as shown by `cargo test` and `netfault run`.
 pub fn explain(plan: &Plan, failure: &Failure, view: &Timeline) -> String {
     let mut text =
         format!("{}:{}:{}: {}", printable_path(&plan.file), failure.location.line, failure.location.column, failure);
@@ -233,6 +344,24 @@ pub fn explain(plan: &Plan, failure: &Failure, view: &Timeline) -> String {
         }
     }
     text
+}
+
+/// Failures explained with their timeline in the summary (what `netfault run` and `cargo test` print); the rest
+/// are counted there and listed in full in result.json and timeline.txt.
+const EXPLAINED_FAILURES: usize = 20;
+
+/// The summary's messages: every harness error, then the first failures with the timeline around each.
+fn messages(plan: &Plan, record: &RunRecord, verdict: &Verdict) -> Vec<String> {
+    let view = readable(&record.timeline);
+    let mut messages: Vec<String> = record.harness_errors.iter().map(|e| format!("harness error: {e}")).collect();
+    messages.extend(verdict.failures.iter().take(EXPLAINED_FAILURES).map(|f| explain(plan, f, &view)));
+    if verdict.failures.len() > EXPLAINED_FAILURES {
+        messages.push(format!(
+            "... and {} more failures: every one is in result.json and at the top of timeline.txt",
+            verdict.failures.len() - EXPLAINED_FAILURES
+        ));
+    }
+    messages
 }
 
 /// The events timeline.txt shows: each packet once, from its sender's capture (arrivals appear only when a
@@ -251,7 +380,7 @@ pub fn readable(timeline: &Timeline) -> Timeline {
     }
 }
 
-fn render_timeline(plan: &Plan, output: &RunOutput, verdict: &Verdict) -> String {
+fn render_timeline(plan: &Plan, record: &RunRecord, verdict: &Verdict) -> String {
     let mut text = String::new();
     text.push_str(&format!("# {} ({})\n", printable(&plan.name), printable_path(&plan.file)));
     for line in plan.description.lines() {
@@ -259,20 +388,16 @@ fn render_timeline(plan: &Plan, output: &RunOutput, verdict: &Verdict) -> String
     }
     text.push_str(&format!(
         "# verdict: {} ({} checks, {} failed); ran {}s; setup {:.1} ms, teardown {:.1} ms\n",
-        match status_of(output, verdict) {
-            Status::Pass => "PASS",
-            Status::Fail => "FAIL",
-            Status::Error => "ERROR",
-        },
+        status_word(status_of(record, verdict)),
         verdict.checks,
         verdict.failures.len(),
-        format_secs(output.duration),
-        output.setup.as_secs_f64() * 1e3,
-        output.teardown.as_secs_f64() * 1e3,
+        format_secs(record.duration),
+        record.setup.as_secs_f64() * 1e3,
+        record.teardown.as_secs_f64() * 1e3,
     ));
     for host in HostId::ALL {
-        let capture = &output.capture[host.index()];
-        let observer = &output.observer[host.index()];
+        let capture = &record.capture[host.index()];
+        let observer = &record.observer[host.index()];
         text.push_str(&format!(
             "# {host}: {}.pcap {} packets of {} the interface counted, {} dropped by the capture; {} socket samples\n",
             host.name(),
@@ -282,18 +407,18 @@ fn render_timeline(plan: &Plan, output: &RunOutput, verdict: &Verdict) -> String
             observer.samples
         ));
     }
-    text.push_str(&format!("# {}\n", output.states.describe()));
-    for (fault, hits) in &output.fault_hits {
+    text.push_str(&format!("# {}\n", record.states.describe()));
+    for (fault, hits) in &record.fault_hits {
         text.push_str(&format!("# fault {fault}: {hits} packets matched\n"));
     }
-    for error in &output.harness_errors {
+    for error in &record.harness_errors {
         text.push_str(&format!("# HARNESS ERROR {error}\n"));
     }
     for failure in &verdict.failures {
         text.push_str(&format!("# FAIL {failure}\n"));
     }
     text.push_str("#\n#    time(s) host   what\n");
-    text.push_str(&readable(&output.timeline).to_string());
+    text.push_str(&readable(&record.timeline).to_string());
     text
 }
 

@@ -9,9 +9,10 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::error::{joined, Error, Result};
-use crate::observe::capture::{Capture, CaptureBuffer, CaptureStats};
-use crate::observe::sockets::{Observer, ObserverStats};
-use crate::observe::transitions::{StateSource, Tracer};
+use crate::observe::capture::{Capture, CaptureBuffer};
+use crate::observe::sockets::{DiagSocket, Observer};
+use crate::observe::transitions::Tracer;
+use crate::record::{CaptureStats, CapturedInterface, RunRecord, StateSource};
 use crate::run::actors::{self, ActorContext, ProcessRegistry, StepBoard};
 use crate::run::clock::{Clock, EventSink};
 use crate::run::firewall::{self, Firewall};
@@ -23,28 +24,6 @@ use crate::scenario::plan::{Direction, HostId, Plan};
 use crate::timeline::query::{self, StepRecords};
 use crate::timeline::{Event, EventKind, PacketDirection, Timeline};
 
-/// What a run produced, before judging.
-#[derive(Debug)]
-pub struct RunOutput {
-    pub timeline: Timeline,
-    /// Time from t0 to the end of the programs (or the deadline).
-    pub duration: Duration,
-    /// Namespaces, veth, addresses, nftables and capture set up, then torn down.
-    pub setup: Duration,
-    pub teardown: Duration,
-    pub deadline_hit: bool,
-    pub capture: [CaptureStats; 2],
-    pub observer: [ObserverStats; 2],
-    /// Where the socket states came from: the kernel's transitions, or only samples (and why).
-    pub states: StateSource,
-    /// Packets each fault's rule matched, per fault name.
-    pub fault_hits: Vec<(String, u64)>,
-    /// What went wrong inside the harness, not by the kernel's doing: a host program that failed (an error or
-    /// a panic), a capture that lost frames. The run is a harness error; its timeline and captures are still
-    /// reported.
-    pub harness_errors: Vec<String>,
-}
-
 /// How often the hub wakes to look at time triggers and the programs when nothing happens.
 const IDLE_TICK: Duration = Duration::from_millis(5);
 /// How long program threads may take to be running in their namespaces, and then to be told to start
@@ -52,11 +31,11 @@ const IDLE_TICK: Duration = Duration::from_millis(5);
 const PROGRAM_START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs `plan`, writing the pcaps into `report_dir`. Returns harness errors only; the verdict comes later.
-pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
+pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunRecord> {
     let setup_started = Instant::now();
     let clock = Clock::unstarted();
     let (sink, events) = EventSink::new(clock.clone());
-    let Rig { namespaces, firewalls, captures, observers, tracer } = set_up(plan, report_dir, &sink)?;
+    let Rig { namespaces, interfaces, firewalls, captures, observers, tracer } = set_up(plan, report_dir, &sink)?;
     let setup = setup_started.elapsed();
     let switches = Arc::new(Switchboard::new(plan, firewalls, clock.clone()));
 
@@ -70,16 +49,22 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
     let mut programs: Vec<(HostId, Option<JoinHandle<Result<()>>>)> = Vec::with_capacity(2);
     for host in HostId::ALL {
         let host_plan = plan.host(host).clone();
+        let mut sock_diag = [None, None];
+        for (target, named) in HostId::ALL.into_iter().zip(actors::listening_hosts(&host_plan)) {
+            if named {
+                sock_diag[target.index()] = Some(DiagSocket::open_in(&namespaces[target.index()])?);
+            }
+        }
         let mut ctx = ActorContext {
             host,
             own_address: plan.host(host).address,
-            peer_address: plan.host(host.peer()).address,
             board: Arc::clone(&board),
             processes: Arc::clone(&processes),
             sink: sink.clone(),
             switches: Arc::clone(&switches),
             deadline: Instant::now() + plan.deadline,
-            plan: plan.clone(),
+            sock_diag,
+            report_dir: report_dir.to_path_buf(),
         };
         let (gate_tx, gate_rx) = mpsc::channel::<Instant>();
         gates.push(gate_tx);
@@ -201,8 +186,10 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
     let teardown = teardown_started.elapsed();
     let [capture_client, capture_server] = into_pair(capture_stats)?;
     let [observer_client, observer_server] = into_pair(observer_stats)?;
-    Ok(RunOutput {
+    Ok(RunRecord {
         timeline,
+        interfaces,
+        t0_wall: clock.t0_wall(),
         duration,
         setup,
         teardown,
@@ -254,6 +241,8 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> &str {
 /// What a run sets up before t0, one of each per host (indexed by `HostId::index()`).
 pub struct Rig {
     pub namespaces: [Netns; 2],
+    /// The captured interfaces, as the run record names them.
+    pub interfaces: Vec<CapturedInterface>,
     pub firewalls: Vec<Firewall>,
     pub captures: Vec<Capture>,
     pub observers: Vec<Observer>,
@@ -274,7 +263,7 @@ pub fn set_up(plan: &Plan, report_dir: &Path, sink: &EventSink) -> Result<Rig> {
         let starting = HostId::ALL.map(|host| {
             let ns = &namespaces[host.index()];
             let ifindex = topology.link(host).ifindex;
-            let pcap = report_dir.join(format!("{host}.pcap"));
+            let pcap = report_dir.join(pcap_name(host));
             let sink = sink.clone();
             thread::Builder::new().name(format!("set-up-{host}")).spawn_scoped(scope, move || {
                 ns.enter()?;
@@ -290,13 +279,33 @@ pub fn set_up(plan: &Plan, report_dir: &Path, sink: &EventSink) -> Result<Rig> {
     });
     let ((client_firewall, client_capture, client_observer), (server_firewall, server_capture, server_observer)) =
         (client?, server?);
+    let interfaces = HostId::ALL
+        .iter()
+        .map(|&host| {
+            let link = topology.link(host);
+            CapturedInterface {
+                host,
+                ifname: link.ifname.clone(),
+                mac: link.mac,
+                address: link.address,
+                pcap: pcap_name(host),
+                snaplen: crate::observe::capture::SNAPLEN,
+            }
+        })
+        .collect();
     Ok(Rig {
         namespaces,
+        interfaces,
         firewalls: vec![client_firewall, server_firewall],
         captures: vec![client_capture, server_capture],
         observers: vec![client_observer, server_observer],
         tracer,
     })
+}
+
+/// The pcap a host's capture writes in the report folder.
+fn pcap_name(host: HostId) -> String {
+    format!("{host}.pcap")
 }
 
 /// `tcpdump -B` for the plan: the socket's own queue unless the scenario asks for a ring.

@@ -10,9 +10,9 @@ use std::time::Duration;
 use crate::error::Result;
 use crate::run::clock::Clock;
 use crate::run::firewall::Firewall;
-use crate::scenario::plan::{FaultPlan, Plan, StepEdge, Trigger};
+use crate::scenario::plan::{FaultPlan, Plan, Protocol, StepEdge, Trigger};
 use crate::timeline::query;
-use crate::timeline::{Event, EventKind, PacketDirection};
+use crate::timeline::{Event, EventKind, IpProtocol, PacketDirection};
 
 /// The faults of one run and the firewalls of both hosts (by `HostId::index()`), behind one lock: a switch is
 /// one nftables batch (tens of microseconds), and whoever fires a trigger applies it at once.
@@ -117,8 +117,6 @@ struct Entry {
     off: Arm,
     /// Packets or bytes seen so far by a packet or bytes trigger.
     counter: u64,
-    /// The step index a step trigger names, for `from` and `until`: resolved once, not per event.
-    steps: [Option<usize>; 2],
 }
 
 /// The faults' triggers: armed by events, due at a time, applied once.
@@ -133,10 +131,6 @@ impl FaultSchedule {
             Some(_) => Arm::Waiting,
             None => Arm::Done,
         };
-        let step_of = |trigger: Option<&Trigger>| match trigger {
-            Some(Trigger::Step { host, step, .. }) => plan.step(*host, step).map(|step| step.index),
-            _ => None,
-        };
         let entries = plan
             .faults
             .iter()
@@ -145,7 +139,6 @@ impl FaultSchedule {
                 on: arm(Some(&fault.from)),
                 off: arm(fault.until.as_ref()),
                 counter: 0,
-                steps: [step_of(Some(&fault.from)), step_of(fault.until.as_ref())],
             })
             .collect();
         FaultSchedule { entries }
@@ -153,15 +146,13 @@ impl FaultSchedule {
 
     /// Arms the triggers that `event` satisfies.
     fn observe(&mut self, event: &Event) {
-        for Entry { fault, on, off, counter, steps } in &mut self.entries {
-            for (trigger, arm, step) in
-                [(Some(&fault.from), &mut *on, steps[0]), (fault.until.as_ref(), &mut *off, steps[1])]
-            {
+        for Entry { fault, on, off, counter } in &mut self.entries {
+            for (trigger, arm) in [(Some(&fault.from), &mut *on), (fault.until.as_ref(), &mut *off)] {
                 let Some(trigger) = trigger else { continue };
                 if *arm != Arm::Waiting {
                     continue;
                 }
-                if let Some(delay) = fires_on(trigger, step, event, counter) {
+                if let Some(delay) = fires_on(trigger, event, counter) {
                     *arm = Arm::Due(event.t + delay);
                 }
             }
@@ -202,17 +193,16 @@ impl FaultSchedule {
     }
 }
 
-/// Whether `event` fires `trigger` (whose step, for a step trigger, is `step`); returns the trigger's delay.
-/// `counter` counts packets or bytes seen so far.
-fn fires_on(trigger: &Trigger, step: Option<usize>, event: &Event, counter: &mut u64) -> Option<Duration> {
+/// Whether `event` fires `trigger`; returns the trigger's delay. `counter` counts packets or bytes seen so far.
+fn fires_on(trigger: &Trigger, event: &Event, counter: &mut u64) -> Option<Duration> {
     match (trigger, &event.kind) {
-        (Trigger::Step { host, edge, delay, .. }, EventKind::StepStart { step: index, .. })
-            if *edge == StepEdge::Started && event.host == *host && step == Some(*index) =>
+        (Trigger::Step { step, edge, delay }, EventKind::StepStart { step: index, .. })
+            if *edge == StepEdge::Started && event.host == step.host && step.index == *index =>
         {
             Some(*delay)
         }
-        (Trigger::Step { host, edge, delay, .. }, EventKind::StepEnd { step: index, .. })
-            if *edge == StepEdge::Finished && event.host == *host && step == Some(*index) =>
+        (Trigger::Step { step, edge, delay }, EventKind::StepEnd { step: index, .. })
+            if *edge == StepEdge::Finished && event.host == step.host && step.index == *index =>
         {
             Some(*delay)
         }
@@ -237,7 +227,9 @@ fn fires_on(trigger: &Trigger, step: Option<usize>, event: &Event, counter: &mut
             (*counter >= u64::from(*nth)).then_some(*delay)
         }
         (Trigger::Bytes { host, bytes, delay }, EventKind::Packet(packet))
-            if event.host == *host && packet.direction == PacketDirection::Out && packet.protocol == "tcp" =>
+            if event.host == *host
+                && packet.direction == PacketDirection::Out
+                && packet.protocol == IpProtocol::Known(Protocol::Tcp) =>
         {
             *counter += u64::from(packet.len);
             (*counter >= *bytes).then_some(*delay)
@@ -301,7 +293,7 @@ client:
                 direction,
                 src: Ipv4Addr::new(10, 0, 0, 1),
                 dst: Ipv4Addr::new(10, 0, 0, 2),
-                protocol: "tcp".into(),
+                protocol: IpProtocol::Known(Protocol::Tcp),
                 ip_id: t.as_millis() as u16,
                 sport: 40000,
                 dport: 9000,
@@ -339,7 +331,13 @@ client:
         let end = Event {
             t: ms(100),
             host: HostId::Client,
-            kind: EventKind::StepEnd { step: 0, label: "connect".into(), outcome: Outcome::Ok, detail: None },
+            kind: EventKind::StepEnd {
+                step: 0,
+                label: "connect".into(),
+                outcome: Outcome::Ok,
+                detail: None,
+                unmatched: Vec::new(),
+            },
         };
         schedule.observe(&end);
         assert!(schedule.due(ms(599)).iter().all(|(f, _)| f.name != "after-connect"));
@@ -375,7 +373,13 @@ client:
         let end = Event {
             t: clock.now(),
             host: HostId::Client,
-            kind: EventKind::StepEnd { step: 0, label: "connect".into(), outcome: Outcome::Ok, detail: None },
+            kind: EventKind::StepEnd {
+                step: 0,
+                label: "connect".into(),
+                outcome: Outcome::Ok,
+                detail: None,
+                unmatched: Vec::new(),
+            },
         };
         board.observe(&end).unwrap();
         let (_, events) = board.finish();

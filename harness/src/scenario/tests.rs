@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::plan::*;
+use super::variables::Variables;
 use super::*;
 
 fn ms(n: u64) -> Duration {
@@ -71,7 +72,7 @@ fn good_file() -> (PathBuf, PathBuf) {
 #[test]
 fn complete_scenario_becomes_the_expected_plan() {
     let (root, file) = good_file();
-    let plan = load(&root, &file).unwrap();
+    let plan = load(&root, &file, &Variables::default()).unwrap();
     assert_eq!(plan.name, "complete");
     assert_eq!(plan.file, file);
     assert!(plan.description.starts_with("Client enables keepalive 5/3/3."));
@@ -79,7 +80,7 @@ fn complete_scenario_becomes_the_expected_plan() {
     assert_eq!(plan.source.as_deref(), Some("seed 000, test_idle.py"));
     assert!(!plan.slow);
     assert_eq!(plan.deadline, secs(40));
-    assert_eq!(plan.tolerance, ms(300));
+    assert_eq!(plan.tolerance, Tolerance::either_side(ms(300)));
     assert_eq!(plan.sample_interval, ms(10));
     assert_eq!(plan.link.mtu, 1500);
     assert!(!plan.link.ipv6);
@@ -129,15 +130,15 @@ fn complete_scenario_becomes_the_expected_plan() {
     }
     assert!(matches!(
         &client.steps[1].action,
-        Action::Wait { host: HostId::Server, step, edge: StepEdge::Finished } if step == "listen"
+        Action::Wait { step, edge: StepEdge::Finished } if *step == StepRef { host: HostId::Server, index: 0, name: "listen".into() }
     ));
     let connect = plan.step(HostId::Client, "connect").unwrap();
     assert_eq!(connect.index, 2);
     assert_eq!(connect.label(), "connect (connect)");
-    assert!(matches!(connect.action, Action::Connect { to: HostId::Server, port: 9000, nonblocking: false }));
+    assert!(matches!(connect.action, Action::Connect { to: HostId::Server, port: 9000, nonblocking: false, .. }));
     assert_eq!(connect.expect.outcome, Some(ExpectedOutcome::Ok));
     assert_eq!(connect.expect.after, Some(Duration::ZERO));
-    assert_eq!(connect.expect.tolerance, ms(50));
+    assert_eq!(connect.expect.tolerance, Tolerance::either_side(ms(50)));
     assert_eq!(connect.expect.location, at(46, 13));
     assert_eq!(connect.location, at(44, 5));
     let read = &client.steps[3];
@@ -145,7 +146,7 @@ fn complete_scenario_becomes_the_expected_plan() {
     assert!(matches!(read.action, Action::Recv { max: 10, until_eof: false }));
     assert_eq!(read.expect.outcome, Some(ExpectedOutcome::Error(Errno(libc::ETIMEDOUT))));
     assert_eq!(read.expect.after, Some(secs(14)));
-    assert_eq!(read.expect.tolerance, ms(300));
+    assert_eq!(read.expect.tolerance, Tolerance::either_side(ms(300)));
     assert_eq!(read.label(), "#4 recv");
     assert!(matches!(client.steps[4].action, Action::Close));
     assert_eq!(client.steps[4].expect.location, client.steps[4].location);
@@ -197,7 +198,11 @@ fn complete_scenario_becomes_the_expected_plan() {
     assert_eq!(blackhole.action, FaultAction::Drop);
     assert_eq!(
         blackhole.from,
-        Trigger::Step { host: HostId::Client, step: "connect".into(), edge: StepEdge::Finished, delay: Duration::ZERO }
+        Trigger::Step {
+            step: StepRef { host: HostId::Client, index: 2, name: "connect".into() },
+            edge: StepEdge::Finished,
+            delay: Duration::ZERO
+        }
     );
     assert_eq!(blackhole.until, Some(Trigger::At(secs(30))));
 
@@ -215,7 +220,7 @@ fn complete_scenario_becomes_the_expected_plan() {
     assert_eq!(packets[0].at, vec![secs(5), secs(8), secs(11)]);
     assert_eq!(packets[0].count, Some(3));
     assert_eq!(packets[0].window, None);
-    assert_eq!(packets[0].tolerance, ms(300));
+    assert_eq!(packets[0].tolerance, Tolerance::either_side(ms(300)));
     assert_eq!(packets[0].location, at(53, 7));
     assert_eq!(packets[1].filter.flags, Some(TcpFlagsMatch::exactly(0x04)));
     assert_eq!(packets[1].count, Some(1));
@@ -226,7 +231,7 @@ fn complete_scenario_becomes_the_expected_plan() {
     let state = &plan.expect.states[0];
     assert_eq!(state.host, HostId::Server);
     assert_eq!(state.port, Some(9000));
-    assert_eq!(state.tolerance, ms(500));
+    assert_eq!(state.tolerance, Tolerance::either_side(ms(500)));
     assert_eq!(state.sequence.len(), 2);
     assert_eq!(state.sequence[0].state, TcpState::SynRecv);
     assert_eq!(state.sequence[0].at, None);
@@ -249,7 +254,7 @@ fn defaults_fill_a_minimal_scenario() {
     assert_eq!(plan.source, None);
     assert!(!plan.slow);
     assert_eq!(plan.deadline, secs(60));
-    assert_eq!(plan.tolerance, ms(250));
+    assert_eq!(plan.tolerance, Tolerance::either_side(ms(250)));
     assert_eq!(plan.sample_interval, ms(10));
     assert_eq!(plan.link.mtu, 1500);
     assert!(!plan.link.ipv6);
@@ -272,7 +277,7 @@ fn top_level_settings() {
     );
     assert!(plan.slow);
     assert_eq!(plan.deadline, secs(120));
-    assert_eq!(plan.tolerance, ms(1500));
+    assert_eq!(plan.tolerance, Tolerance::either_side(ms(1500)));
     assert_eq!(plan.sample_interval, ms(1));
     assert_eq!(plan.hosts[0].address.to_string(), "192.168.7.9");
     assert_eq!(plan.hosts[0].prefix_len, 16);
@@ -341,7 +346,7 @@ fn connect_bind_listen_poll() {
          server:\n  - listen: { port: 9000 }\n  - connect: { to: server, port: 22 }\n",
     );
     assert!(matches!(got[0], Action::Bind { port: 5555 }));
-    assert!(matches!(got[1], Action::Connect { to: HostId::Server, port: 9000, nonblocking: true }));
+    assert!(matches!(got[1], Action::Connect { to: HostId::Server, port: 9000, nonblocking: true, .. }));
     match &got[2] {
         Action::Poll { events, timeout } => {
             assert_eq!(events, &vec![PollEvent::Out, PollEvent::Err]);
@@ -353,7 +358,7 @@ fn connect_bind_listen_poll() {
         matches!(&got[3], Action::Poll { events, timeout } if events == &vec![PollEvent::In] && *timeout == secs(3))
     );
     assert!(matches!(got[4], Action::Listen { port: Some(9000), backlog: 128 }));
-    assert!(matches!(got[5], Action::Connect { to: HostId::Server, port: 22, nonblocking: false }));
+    assert!(matches!(got[5], Action::Connect { to: HostId::Server, port: 22, nonblocking: false, .. }));
 }
 
 #[test]
@@ -387,6 +392,75 @@ fn send_and_recv_forms() {
 }
 
 #[test]
+fn waits_for_a_listening_port() {
+    let got = actions(
+        "client:\n  - wait: { listening: 7000 }\n  - wait: { listening: 7001, host: client }\n\
+         server:\n  - wait: { listening: 9, host: server }\n",
+    );
+    assert!(matches!(got[0], Action::WaitListening { host: HostId::Server, port: 7000 }), "the peer by default");
+    assert!(matches!(got[1], Action::WaitListening { host: HostId::Client, port: 7001 }), "its own host");
+    assert!(matches!(got[2], Action::WaitListening { host: HostId::Server, port: 9 }));
+    let text = |wait: &str| {
+        format!("description: d\nclient:\n  - wait: {wait}\nserver:\n  - listen: {{ port: 1 }}\n    name: l\n")
+    };
+    refused(&text("{ listening: 7000, for: server.l }"), 3, 30, "not both: move `for` into a wait step of its own");
+    refused(&text("{ edge: started, listening: 7000 }"), 3, 13, "not both: move `edge`");
+    refused(&text("{ host: server }"), 3, 13, "\"host\" goes with `listening`");
+    refused(&text("{ listening: 0 }"), 3, 24, "listening port");
+    refused(&text("{ listening: 7000, host: sever }"), 3, 36, "unknown host \"sever\"; did you mean server?");
+    refused(&text("{}"), 3, 11, "(or `listening: PORT`, a port to wait for)");
+}
+
+#[test]
+fn errors_expectations_need_a_traced_exec_on_their_host() {
+    let text = |exec: &str, errors: &str| {
+        format!("description: d\nclient:\n  - exec: {exec}\n    name: fetch\nexpect:\n  errors:\n    - {errors}\n")
+    };
+    let traced = plan(&text(
+        "{ program: fetch, trace: true }",
+        "{ host: client, port: 7000, errno: EAGAIN, call: recvfrom, at: [2s], within: [1s, 3s], since: client.fetch }",
+    ));
+    let errors = &traced.expect.errors[0];
+    assert_eq!(
+        (errors.host, errors.port, errors.errno, errors.call.as_deref()),
+        (HostId::Client, Some(7000), Some(Errno(libc::EAGAIN)), Some("recvfrom"))
+    );
+    assert_eq!((errors.count, errors.at.clone(), errors.window), (Some(1), vec![secs(2)], Some((secs(1), secs(3)))));
+    assert!(matches!(&traced.hosts[0].steps[0].action, Action::Exec(exec) if exec.trace));
+    let so_error =
+        plan(&text("{ program: fetch, trace: true }", "{ host: client, call: getsockopt SO_ERROR, count: 2 }"));
+    assert_eq!(so_error.expect.errors[0].call.as_deref(), Some("getsockopt SO_ERROR"));
+
+    refused(&text("{ program: fetch }", "{ host: client, count: 1 }"), 7, 15, "client has none: add `trace: true`");
+    refused(&text("{ program: fetch, trace: true }", "{ host: server, count: 1 }"), 7, 15, "server has none");
+    refused(&text("{ program: fetch, trace: true }", "{ host: client }"), 7, 7, "an errors expectation needs `count`");
+    refused(
+        &text("{ program: fetch, trace: true }", "{ host: client, errno: EAGIAN, count: 1 }"),
+        7,
+        30,
+        "did you mean EAGAIN?",
+    );
+    refused(
+        &text("{ program: fetch, trace: true }", "{ host: client, call: \"read()\", count: 1 }"),
+        7,
+        29,
+        "not a system call name",
+    );
+    refused(
+        &text("{ program: fetch, trace: true, background: true }", "{ host: client, count: 1 }"),
+        3,
+        29,
+        "`trace: true` needs a foreground exec",
+    );
+    refused(
+        &text("{ program: fetch, trace: yes }", "{ host: client, count: 1 }"),
+        3,
+        36,
+        "trace must be true or false",
+    );
+}
+
+#[test]
 fn shutdown_sleep_and_wait_forms() {
     let got = actions(
         "client:\n  - shutdown: RD\n  - shutdown: SHUT_WR\n  - shutdown: RDWR\n  - sleep: 8s\n\
@@ -398,9 +472,9 @@ fn shutdown_sleep_and_wait_forms() {
     assert!(matches!(got[2], Action::Shutdown { how: ShutdownHow::Rdwr }));
     assert!(matches!(got[3], Action::Sleep { duration } if duration == secs(8)));
     assert!(
-        matches!(&got[4], Action::Wait { host: HostId::Server, step, edge: StepEdge::Finished } if step == "accept")
+        matches!(&got[4], Action::Wait { step, edge: StepEdge::Finished } if *step == StepRef { host: HostId::Server, index: 1, name: "accept".into() })
     );
-    assert!(matches!(&got[5], Action::Wait { host: HostId::Server, edge: StepEdge::Started, .. }));
+    assert!(matches!(&got[5], Action::Wait { step, edge: StepEdge::Started } if step.host == HostId::Server));
     assert!(matches!(&got[6], Action::Wait { edge: StepEdge::Finished, .. }));
 }
 
@@ -437,6 +511,66 @@ fn exec_with_everything() {
     assert_eq!(steps[0].expect.outcome, Some(ExpectedOutcome::Exit(7)));
 }
 
+/// The first exec step of `text` parsed with `variables` set, from the file /s/demo/x.yaml.
+fn exec_with(text: &str, variables: &Variables) -> Result<ExecPlan, ScenarioError> {
+    let plan = parse_with("x", Path::new("/s/demo/x.yaml"), text, variables)?;
+    match &plan.hosts[0].steps[0].action {
+        Action::Exec(exec) => Ok(exec.clone()),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn exec_variables_resolve_in_program_args_env_and_stdin() {
+    let variables = Variables::default().bin("fetch", "/t/debug/fetch").env("PORT", "7000");
+    let exec = exec_with(
+        "description: d\nclient:\n  - exec:\n      program: ${CARGO_BIN_EXE_fetch}\n\
+         \x20     args: [\"10.0.0.2:${env:PORT}\", '${scenario_dir}/req.txt', \"$${HOME}\"]\n\
+         \x20     env: { DATA: \"${scenario_dir}\" }\n      stdin: |\n        port ${env:PORT}\n\
+         \x20     stdout: '\\$\\{env:PORT\\}'\n",
+        &variables,
+    )
+    .unwrap();
+    assert_eq!(exec.program, "/t/debug/fetch");
+    assert_eq!(exec.args, vec!["10.0.0.2:7000", "/s/demo/req.txt", "${HOME}"]);
+    assert_eq!(exec.env, vec![("DATA".into(), "/s/demo".into())]);
+    assert_eq!(exec.stdin.as_deref(), Some("port 7000\n"));
+    assert_eq!(exec.stdout, vec!["\\$\\{env:PORT\\}"], "patterns are regular expressions, not substituted");
+}
+
+#[test]
+fn an_unresolved_variable_is_pointed_at_inside_its_string() {
+    let variables = Variables::default().bin("fetch", "/t/debug/fetch").env("PORT", "7000");
+    let error_at = |text: &str| {
+        let error = exec_with(&format!("description: d\nclient:\n  - exec:\n{text}"), &variables).unwrap_err();
+        (error.location.map(|l| (l.line, l.column)), error.message)
+    };
+    let (location, message) = error_at("      program: ${CARGO_BIN_EXE_fecth}\n");
+    assert_eq!(location, Some((4, 16)));
+    assert!(message.contains("no binary \"fecth\" is set; did you mean ${CARGO_BIN_EXE_fetch}?"), "{message}");
+    assert!(
+        message.contains("variables set: ${scenario_dir}, ${CARGO_BIN_EXE_fetch}, ${env:NAME} for the 1"),
+        "{message}"
+    );
+    let (location, message) =
+        error_at("      program: sh\n      args: [\"-c\", \"echo ${env:PORT} ${env:PORT} ${env:NOPE}\"]\n");
+    assert_eq!(location, Some((5, 50)), "the third variable of the second argument: {message}");
+    assert!(message.starts_with("environment variable NOPE is not set (${env:NOPE})"), "{message}");
+    let (location, _) = error_at("      program: sh\n      env: { A: 'x ${env:PORT} ${nope}' }\n");
+    assert_eq!(location, Some((5, 32)));
+    let (location, message) = error_at("      program: cat\n      stdin: |\n        one\n        two ${env:PORT\n");
+    assert_eq!(location, Some((7, 13)));
+    assert!(message.contains("no `}` closes"), "{message}");
+    let (location, _) = error_at("      program: cat\n      args: \"\\x24{nope}\"\n");
+    assert_eq!(location, Some((5, 13)), "written with an escape: the string itself");
+    let (_, message) = error_at("      program: ${env:EMPTY}\n");
+    assert!(message.contains("EMPTY is not set"), "{message}");
+    let empty = Variables::default().env("EMPTY", "");
+    let error = exec_with("description: d\nclient:\n  - exec: { program: \"${env:EMPTY}\" }\n", &empty).unwrap_err();
+    assert_eq!(error.location, Some(at(3, 22)));
+    assert!(error.message.contains("program is empty once its variables are resolved"), "{error}");
+}
+
 #[test]
 fn step_expectations_in_every_form() {
     let steps = steps(
@@ -461,9 +595,9 @@ fn step_expectations_in_every_form() {
         ]
     );
     assert_eq!(steps[5].expect.at, Some(secs(3)));
-    assert_eq!(steps[5].expect.tolerance, ms(100));
+    assert_eq!(steps[5].expect.tolerance, Tolerance::either_side(ms(100)));
     assert_eq!(steps[6].expect.after, Some(secs(2)));
-    assert_eq!(steps[6].expect.tolerance, secs(1));
+    assert_eq!(steps[6].expect.tolerance, Tolerance::either_side(secs(1)));
     assert_eq!(steps[7].expect.at, Some(secs(4)));
     assert_eq!(steps[1].expect.location, at(7, 13));
 }
@@ -481,7 +615,11 @@ fn triggers_in_every_form() {
          \x20 - { name: g, at: server, action: drop, from: { bytes: 1000, host: client, delay: 0s } }\n",
     );
     let trigger = |i: usize| (plan.faults[i].from.clone(), plan.faults[i].until.clone());
-    let connect = |edge, delay| Trigger::Step { host: HostId::Client, step: "connect".into(), edge, delay };
+    let connect = |edge, delay| Trigger::Step {
+        step: StepRef { host: HostId::Client, index: 0, name: "connect".into() },
+        edge,
+        delay,
+    };
     assert_eq!(trigger(0), (Trigger::At(secs(2)), Some(connect(StepEdge::Finished, Duration::ZERO))));
     assert_eq!(trigger(1), (Trigger::At(ms(1500)), Some(connect(StepEdge::Finished, secs(1)))));
     assert_eq!(trigger(2), (connect(StepEdge::Started, Duration::ZERO), None));
@@ -563,8 +701,11 @@ fn packet_flags_with_a_mask_in_expectations_and_triggers() {
 #[test]
 fn a_run_shorter_than_the_default_tolerance_gets_its_length_as_tolerance() {
     // Found by fuzzing: `timeout: 10ms` left the default 250 ms tolerance longer than the whole run.
-    assert_eq!(plan("description: d\ntimeout: 10ms\n").tolerance, Duration::from_millis(10));
-    assert_eq!(plan("description: d\n").tolerance, crate::scenario::validate::DEFAULT_TOLERANCE);
+    assert_eq!(plan("description: d\ntimeout: 10ms\n").tolerance, Tolerance::either_side(Duration::from_millis(10)));
+    assert_eq!(
+        plan("description: d\n").tolerance,
+        Tolerance::either_side(crate::scenario::validate::DEFAULT_TOLERANCE)
+    );
 }
 
 #[test]
@@ -591,14 +732,14 @@ fn run_expectations_forms() {
     let packets = &plan.expect.packets;
     assert_eq!(packets[0].at, vec![secs(14)]);
     assert_eq!(packets[0].count, Some(1));
-    assert_eq!(packets[0].tolerance, secs(1));
+    assert_eq!(packets[0].tolerance, Tolerance::either_side(secs(1)));
     assert_eq!(packets[1].filter, PacketFilter::default());
     assert_eq!(packets[1].window, Some((secs(1), secs(1))));
-    assert_eq!(packets[1].tolerance, ms(100));
+    assert_eq!(packets[1].tolerance, Tolerance::either_side(ms(100)));
     let states: Vec<TcpState> = plan.expect.states[0].sequence.iter().map(|s| s.state).collect();
     assert_eq!(states, vec![TcpState::Established, TcpState::FinWait1, TcpState::Close]);
     assert_eq!(plan.expect.states[0].port, None);
-    assert_eq!(plan.expect.states[0].tolerance, ms(100));
+    assert_eq!(plan.expect.states[0].tolerance, Tolerance::either_side(ms(100)));
     assert_eq!(plan.expect.timers[0].timer, TimerKind::On);
     assert_eq!(plan.expect.timers[0].retrans, None);
     assert_eq!(plan.expect.timers[1].retrans, Some(0));
@@ -698,7 +839,7 @@ fn discover_finds_yaml_files_sorted() {
     assert_eq!(discover(&single).unwrap().files, vec![single.clone()]);
     assert!(discover(&dir.0.join("missing")).is_err());
 
-    let plan = load(&dir.0, &dir.0.join("c/d/e.yaml")).unwrap();
+    let plan = load(&dir.0, &dir.0.join("c/d/e.yaml"), &Variables::default()).unwrap();
     assert_eq!(plan.name, "c/d/e");
     assert_eq!(plan.file, dir.0.join("c/d/e.yaml"));
 }
@@ -735,7 +876,7 @@ fn discover_searches_each_folder_once_and_skips_what_is_not_a_file() {
     // Named directly, the FIFO is refused at once rather than waited on.
     let (done, finished) = std::sync::mpsc::channel();
     let root = dir.0.clone();
-    std::thread::spawn(move || done.send(load(&root, &fifo).map(|_| ())));
+    std::thread::spawn(move || done.send(load(&root, &fifo, &Variables::default()).map(|_| ())));
     let error = finished.recv_timeout(secs(10)).expect("loading a FIFO does not block").unwrap_err();
     assert_eq!(error.message, "not a regular file (a FIFO): a scenario is a YAML file");
 }
@@ -746,7 +887,7 @@ fn control_characters_in_file_names_are_escaped_in_messages() {
     let dir = TempDir::new("control-name");
     let file = dir.0.join("x\nPASS  forged\u{1b}[2K.yaml");
     std::fs::write(&file, "description: d\nbogus: 1\n").unwrap();
-    let shown = load(&dir.0, &file).unwrap_err().to_string();
+    let shown = load(&dir.0, &file, &Variables::default()).unwrap_err().to_string();
     assert!(!shown.contains('\n') && !shown.contains('\u{1b}'), "{shown:?}");
     assert!(shown.contains("x\\nPASS  forged\\u{1b}[2K.yaml:2:1: unknown key"), "{shown}");
 }
@@ -755,7 +896,7 @@ fn control_characters_in_file_names_are_escaped_in_messages() {
 fn load_reports_unreadable_and_oversized_files() {
     let dir = TempDir::new("load");
     let missing = dir.0.join("missing.yaml");
-    let error = load(&dir.0, &missing).unwrap_err();
+    let error = load(&dir.0, &missing, &Variables::default()).unwrap_err();
     assert_eq!(error.file, missing);
     assert!(error.message.contains("cannot read the scenario file"), "{}", error.message);
 
@@ -765,7 +906,7 @@ fn load_reports_unreadable_and_oversized_files() {
         text.push_str("# padding padding padding padding padding padding padding padding\n");
     }
     std::fs::write(&big, &text).unwrap();
-    let error = load(&dir.0, &big).unwrap_err();
+    let error = load(&dir.0, &big, &Variables::default()).unwrap_err();
     assert_eq!(error.location, Some(at(1, 1)));
     assert!(error.message.contains("larger than 1 MiB"), "{}", error.message);
 }
@@ -1354,12 +1495,20 @@ fn format_reference_examples_are_valid() {
         let yaml = block.split("```").next().unwrap_or("");
         let text = if yaml.starts_with("description:") {
             yaml.to_string()
+        } else if yaml.starts_with("client:") {
+            format!("description: d\n{yaml}")
         } else if yaml.starts_with("  - ") || yaml.starts_with("    expect:") {
             continue;
         } else {
-            format!("description: d\nclient:\n  - connect: {{ port: 9000 }}\n    name: connect\n{yaml}")
+            // A step to anchor times to, and a traced program for `errors`.
+            format!(
+                "description: d\nclient:\n  - connect: {{ port: 9000 }}\n    name: connect\n\
+                 \x20 - exec: {{ program: fetch, trace: true }}\n    name: request\n{yaml}"
+            )
         };
-        if let Err(e) = parse_text(&text) {
+        // What the variables example names.
+        let variables = Variables::default().bin("fetch", "/t/debug/fetch").env("FETCH_PORT", "7000");
+        if let Err(e) = parse_with("test", Path::new("test.yaml"), &text, &variables) {
             panic!("FORMAT.md example does not load: {e}\n{text}");
         }
         checked += 1;
@@ -1396,12 +1545,12 @@ fn queue_expectations_and_packet_windows() {
     let values: Vec<(u32, Option<Duration>)> = queues[0].sequence.iter().map(|s| (s.value, s.at)).collect();
     assert_eq!(values, vec![(0, None), (1, Some(secs(8)))]);
     assert_eq!(queues[0].max, Some(1));
-    assert_eq!(queues[0].tolerance, ms(100));
+    assert_eq!(queues[0].tolerance, Tolerance::either_side(ms(100)));
     assert_eq!(queues[0].location, at(9, 7));
     assert!(!queues[1].listener);
     assert_eq!(queues[1].queue, QueueKind::Send);
     assert!(queues[1].sequence.is_empty());
-    assert_eq!(queues[1].tolerance, secs(1));
+    assert_eq!(queues[1].tolerance, Tolerance::either_side(secs(1)));
 }
 
 #[test]
@@ -1467,14 +1616,14 @@ fn tolerances_may_differ_early_and_late() {
          expect:\n  packets:\n    - { count: 1, at: 2s, tolerance: { early: 10ms, late: 1s } }\n\
          \x20 states:\n    - { host: client, sequence: [GONE] }\n",
     );
-    assert_eq!((plan.tolerance, plan.early_tolerance), (ms(300), Some(Duration::ZERO)));
+    assert_eq!(plan.tolerance, Tolerance { early: Duration::ZERO, late: ms(300) });
     let client = &plan.host(HostId::Client).steps;
-    assert_eq!((client[0].expect.tolerance, client[0].expect.early_tolerance), (ms(300), Some(Duration::ZERO)));
-    assert_eq!((client[1].expect.tolerance, client[1].expect.early_tolerance), (ms(50), None));
+    assert_eq!(client[0].expect.tolerance, Tolerance { early: Duration::ZERO, late: ms(300) });
+    assert_eq!(client[1].expect.tolerance, Tolerance::either_side(ms(50)));
     let packets = &plan.expect.packets[0];
-    assert_eq!((packets.tolerance, packets.early_tolerance), (secs(1), Some(ms(10))));
+    assert_eq!(packets.tolerance, Tolerance { early: ms(10), late: secs(1) });
     let states = &plan.expect.states[0];
-    assert_eq!((states.tolerance, states.early_tolerance), (ms(300), Some(Duration::ZERO)));
+    assert_eq!(states.tolerance, Tolerance { early: Duration::ZERO, late: ms(300) });
 
     let head = "description: d\n";
     refused(&format!("{head}tolerance: {{ early: 0s }}\n"), 2, 12, "tolerance needs \"late\"");
@@ -1482,4 +1631,28 @@ fn tolerances_may_differ_early_and_late() {
     refused(&format!("{head}tolerance: {{ early: 0s, late: 0s }}\n"), 2, 31, "more than 0s");
     refused(&format!("{head}tolerance: {{ early: 2m, late: 1s }}\n"), 2, 21, "longer than the scenario timeout");
     refused(&format!("{head}tolerance: {{ early: 0s, late: 1s, both: 1s }}\n"), 2, 35, "unknown key \"both\"");
+}
+
+#[test]
+fn a_connect_waits_for_the_peers_startup_listen_on_its_port() {
+    let awaited = |client: &str, server: &str| {
+        let plan = plan(&format!("description: d\nclient:\n{client}server:\n{server}"));
+        match &plan.host(HostId::Client).steps.last().unwrap().action {
+            Action::Connect { address, after_listen, .. } => {
+                assert_eq!(*address, plan.host(HostId::Server).address);
+                after_listen.as_ref().map(|listen| (listen.host, listen.index))
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    let connect = "  - connect: { port: 9000 }\n";
+    assert_eq!(awaited(connect, "  - listen: { port: 9000 }\n"), Some((HostId::Server, 0)));
+    assert_eq!(awaited(connect, "  - bind: { port: 9000 }\n  - listen: {}\n"), Some((HostId::Server, 1)));
+    assert_eq!(
+        awaited(connect, "  - listen: { port: 9001 }\n  - socket: {}\n  - listen: { port: 9000 }\n"),
+        Some((HostId::Server, 2))
+    );
+    assert_eq!(awaited(connect, "  - sleep: 1s\n  - listen: { port: 9000 }\n"), None, "a listen after the setup");
+    assert_eq!(awaited(connect, "  - listen: { port: 9001 }\n"), None, "another port");
+    assert_eq!(awaited(connect, "  - sleep: 1s\n"), None, "no listen");
 }

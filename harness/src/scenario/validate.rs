@@ -11,15 +11,19 @@ use regex::Regex;
 
 use crate::error::ScenarioError;
 use crate::scenario::duration::{format_duration, parse_duration, DurationError};
-use crate::scenario::locate::{NodePath, SourceIndex};
+use crate::scenario::locate::{location_of_offset, offset_of_location, NodePath, SourceIndex};
 use crate::scenario::names::{closest, suggestion, ACTION_KEYS, BARE_ACTIONS, SOCKOPT_NAMES, TCP_FLAG_LETTERS};
 use crate::scenario::plan::*;
 use crate::scenario::schema::*;
 use crate::scenario::size::parse_size;
+use crate::scenario::variables::{Scope, Variables};
 
 mod expect;
 mod faults;
 mod program;
+
+#[cfg(test)]
+pub(crate) use program::link_connects_to_listens;
 
 /// Used when `timeout:` is not given.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
@@ -53,16 +57,27 @@ pub fn allowed_sysctls() -> impl Iterator<Item = &'static str> {
 
 type Checked<T> = Result<T, ScenarioError>;
 
-/// Checks `wire` (read from `file`, positions in `index`) and builds the plan named `name`.
-pub fn validate(name: &str, file: &Path, wire: &ScenarioWire, index: &SourceIndex) -> Checked<Plan> {
+/// Checks `wire` (read from `file` holding `text`, positions in `index`) and builds the plan named `name`, the
+/// `${...}` of its exec steps resolved against `variables`.
+pub fn validate(
+    name: &str,
+    file: &Path,
+    wire: &ScenarioWire,
+    index: &SourceIndex,
+    text: &str,
+    variables: &Variables,
+) -> Checked<Plan> {
     let mut v = Validator {
         file,
         index,
+        text,
+        scope: Scope::new(variables, file),
         deadline: DEFAULT_DEADLINE,
-        tolerance: DEFAULT_TOLERANCE,
-        early_tolerance: None,
+        tolerance: Tolerance::either_side(DEFAULT_TOLERANCE),
         step_names: [Vec::new(), Vec::new()],
-        step_name_set: [HashSet::new(), HashSet::new()],
+        step_index: [HashMap::new(), HashMap::new()],
+        addresses: [Ipv4Addr::UNSPECIFIED; 2],
+        traced: [false, false],
         valid_patterns: RefCell::default(),
     };
     let root = NodePath::root();
@@ -77,11 +92,11 @@ pub fn validate(name: &str, file: &Path, wire: &ScenarioWire, index: &SourceInde
     match &wire.tolerance {
         Some(tolerance) => {
             let path = root.key("tolerance");
-            (v.tolerance, v.early_tolerance) = v.tolerance(&path, tolerance)?;
+            v.tolerance = v.tolerance(&path, tolerance)?;
         }
         // A run shorter than the default tolerance (found by fuzzing: `timeout: 10ms`) gets its whole length,
         // as an explicit tolerance at most may.
-        None => v.tolerance = DEFAULT_TOLERANCE.min(v.deadline),
+        None => v.tolerance = Tolerance::either_side(DEFAULT_TOLERANCE.min(v.deadline)),
     }
     let sample_interval = match &wire.sample {
         Some(sample) => {
@@ -119,6 +134,7 @@ pub fn validate(name: &str, file: &Path, wire: &ScenarioWire, index: &SourceInde
     };
 
     let addresses = v.hosts(&root.key("hosts"), wire.hosts.as_ref())?;
+    v.addresses = addresses.map(|(address, _)| address);
     let link = v.link(&root.key("link"), wire.link.as_ref())?;
     let capture = v.capture(&root.key("capture"), wire.capture.as_ref())?;
     let sysctls = v.sysctls(&root.key("sysctl"), wire.sysctl.as_ref())?;
@@ -132,6 +148,9 @@ pub fn validate(name: &str, file: &Path, wire: &ScenarioWire, index: &SourceInde
         steps[host.index()] = v.program(host, programs[host.index()])?;
     }
     v.check_wait_deadlocks(&steps)?;
+    program::link_connects_to_listens(&mut steps);
+    v.traced = HostId::ALL
+        .map(|host| steps[host.index()].iter().any(|step| matches!(&step.action, Action::Exec(exec) if exec.trace)));
 
     let faults = v.faults(&root.key("faults"), wire.faults.as_deref().unwrap_or(&[]))?;
     let expect = v.run_expectations(&root.key("expect"), wire.expect.as_ref())?;
@@ -147,7 +166,6 @@ pub fn validate(name: &str, file: &Path, wire: &ScenarioWire, index: &SourceInde
         slow,
         deadline: v.deadline,
         tolerance: v.tolerance,
-        early_tolerance: v.early_tolerance,
         sample_interval,
         link,
         capture,
@@ -175,13 +193,19 @@ pub fn validate(name: &str, file: &Path, wire: &ScenarioWire, index: &SourceInde
 struct Validator<'a> {
     file: &'a Path,
     index: &'a SourceIndex,
+    /// The file's text, to point at a variable inside a value.
+    text: &'a str,
+    scope: Scope<'a>,
     deadline: Duration,
-    tolerance: Duration,
-    early_tolerance: Option<Duration>,
+    tolerance: Tolerance,
     /// Named steps per host (by `HostId::index()`): name and 0-based step index, in program order.
     step_names: [Vec<(String, usize)>; 2],
-    /// The same names as a set, so that a program of thousands of named steps is checked in linear time.
-    step_name_set: [HashSet<String>; 2],
+    /// The same names to their index, so that a program of thousands of named steps is checked in linear time.
+    step_index: [HashMap<String, usize>; 2],
+    /// Each host's address (by `HostId::index()`), known before the programs are read.
+    addresses: [Ipv4Addr; 2],
+    /// Whether the host runs an exec step with `trace: true` (by `HostId::index()`): `errors` expect one.
+    traced: [bool; 2],
     /// Output patterns already compiled: `*aliases` can repeat one slow pattern thousands of times.
     valid_patterns: RefCell<HashSet<String>>,
 }
@@ -260,6 +284,25 @@ impl Validator<'_> {
         ScenarioError::new(self.file, Some(self.index.key(path)), message)
     }
 
+    /// `value` (the text of the node at `path`) with its `${...}` resolved, or an error at the variable that
+    /// cannot be.
+    fn resolve(&self, path: &NodePath, value: &str) -> Checked<String> {
+        self.scope.substitute(value).map_err(|unresolved| {
+            let node = self.index.value(path);
+            // The n-th `${` of the value is the n-th in the file from the node on, unless an escape sequence of a
+            // double-quoted string wrote it: then the node itself is the closest place to show.
+            let nth = value[..unresolved.offset].matches("${").count();
+            let at = offset_of_location(self.text, node)
+                .and_then(|start| {
+                    let (found, _) = self.text[start..].match_indices("${").nth(nth)?;
+                    let reference = unresolved.reference.lines().next().unwrap_or("${");
+                    self.text[start + found..].starts_with(reference).then_some(start + found)
+                })
+                .map_or(node, |offset| location_of_offset(self.text.as_bytes(), offset));
+            ScenarioError::new(self.file, Some(at), unresolved.message)
+        })
+    }
+
     /// `value` or an error at `parent` saying what the missing key takes.
     fn required<'w, T>(
         &self,
@@ -316,9 +359,9 @@ impl Validator<'_> {
 
     /// `tolerance: 250ms` (either way) or `tolerance: { early: 0s, late: 500ms }`: the allowed lateness, and
     /// the allowed earliness when it differs.
-    fn tolerance(&self, path: &NodePath, value: &ScalarOr<ToleranceWire>) -> Checked<(Duration, Option<Duration>)> {
+    fn tolerance(&self, path: &NodePath, value: &ScalarOr<ToleranceWire>) -> Checked<Tolerance> {
         let map = match value {
-            ScalarOr::Scalar(scalar) => return Ok((self.tolerance_bound(path, scalar)?, None)),
+            ScalarOr::Scalar(scalar) => return Ok(Tolerance::either_side(self.tolerance_bound(path, scalar)?)),
             ScalarOr::Map(map) => map,
         };
         let example = "e.g. { early: 0s, late: 500ms }";
@@ -337,7 +380,7 @@ impl Validator<'_> {
                 ),
             ));
         }
-        Ok((late, Some(early)))
+        Ok(Tolerance { early, late })
     }
 
     fn tolerance_bound(&self, path: &NodePath, value: &Scalar) -> Checked<Duration> {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::scenario::plan::{HostId, TcpState, TimerKind};
+use crate::scenario::plan::{HostId, Protocol, TcpState, TimerKind};
 
 /// Something that happened at `t` (time since t0) on `host`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -42,11 +42,16 @@ pub enum EventKind {
         label: String,
         outcome: Outcome,
         detail: Option<String>,
+        /// `exec` output patterns that matched nowhere in the program's output, as `stdout /re/`.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        unmatched: Vec<String>,
     },
     Packet(PacketEvent),
     Socket(SocketEvent),
     /// A TCP socket changed state, as the kernel's own `sock:inet_sock_set_state` event says, at its time.
     Transition(TransitionEvent),
+    /// A socket call of a traced exec program that failed, or an error it read with `getsockopt(SO_ERROR)`.
+    Errno(ErrnoEvent),
     /// The run was cut at the deadline with this step still running.
     Deadline {
         step: Option<String>,
@@ -103,8 +108,7 @@ pub struct PacketEvent {
     pub direction: PacketDirection,
     pub src: Ipv4Addr,
     pub dst: Ipv4Addr,
-    /// `tcp`, `udp`, `icmp` or the protocol number.
-    pub protocol: String,
+    pub protocol: IpProtocol,
     /// IPv4 identification field (tells a retransmission from the original: `tcpdump -v` shows it as `id`).
     pub ip_id: u16,
     pub sport: u16,
@@ -121,6 +125,38 @@ pub struct PacketEvent {
     pub options: String,
     /// Name of the fault whose rule dropped or rejected this packet.
     pub fault: Option<String>,
+}
+
+/// The IPv4 protocol of a captured packet: one the scenario format names, or another by its number. Written
+/// as tcpdump does: `tcp`, `udp`, `icmp`, or the number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpProtocol {
+    Known(Protocol),
+    Other(u8),
+}
+
+impl IpProtocol {
+    pub fn from_number(number: u8) -> IpProtocol {
+        [Protocol::Tcp, Protocol::Udp, Protocol::Icmp]
+            .into_iter()
+            .find(|known| known.number() == number)
+            .map_or(IpProtocol::Other(number), IpProtocol::Known)
+    }
+}
+
+impl fmt::Display for IpProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IpProtocol::Known(protocol) => f.write_str(protocol.name()),
+            IpProtocol::Other(number) => write!(f, "{number}"),
+        }
+    }
+}
+
+impl Serialize for IpProtocol {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
 }
 
 /// A change of one socket as sock_diag shows it (`ss -tanoi`).
@@ -150,6 +186,28 @@ pub struct TransitionEvent {
     pub remote_port: u16,
     pub from: TcpState,
     pub to: TcpState,
+}
+
+/// A socket call of a program started by an `exec` step with `trace: true`, as `strace -f -yy` shows it: a
+/// call that returned -1 with an errno, or `getsockopt(SO_ERROR)` giving a pending error. The event's time is
+/// when the call returned.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ErrnoEvent {
+    /// The exec step (0-based index in its host's program) whose program, or a process it started, made the call.
+    pub step: usize,
+    /// The calling process, as the scenario's PID namespace numbers it.
+    pub pid: u32,
+    /// The system call as strace names it (`recvfrom`, `connect`), or `getsockopt SO_ERROR`.
+    pub call: String,
+    /// The errno's name, e.g. `ETIMEDOUT`.
+    pub errno: String,
+    /// `local:port -> remote:port` as far as known (`0.0.0.0:0` for an unknown side).
+    pub socket: String,
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// How long the call took.
+    #[serde(serialize_with = "serialize_secs")]
+    pub took: Duration,
 }
 
 /// All events of a run, sorted by time (stable for equal times).
@@ -211,10 +269,12 @@ impl fmt::Display for Event {
             EventKind::FaultOn { fault } => write!(f, "fault  {fault} ON"),
             EventKind::FaultOff { fault } => write!(f, "fault  {fault} OFF"),
             EventKind::StepStart { label, .. } => write!(f, "step   {label} ..."),
-            EventKind::StepEnd { label, outcome, detail, .. } => {
+            EventKind::StepEnd { label, outcome, detail, unmatched, .. } => {
                 write!(f, "step   {label} -> {outcome}")?;
-                if let Some(detail) = detail {
-                    write!(f, " ({detail})")?;
+                let unmatched = (!unmatched.is_empty()).then(|| format!("pattern not found: {}", unmatched.join(", ")));
+                let notes: Vec<&str> = unmatched.iter().chain(detail).map(String::as_str).collect();
+                if !notes.is_empty() {
+                    write!(f, " ({})", notes.join("; "))?;
                 }
                 Ok(())
             }
@@ -223,26 +283,7 @@ impl fmt::Display for Event {
                     PacketDirection::Out => "out",
                     PacketDirection::In => "in ",
                 };
-                if p.protocol == "tcp" {
-                    write!(
-                        f,
-                        "{arrow}    {}.{} > {}.{}: Flags [{}], seq {}, ack {}, win {}, length {}",
-                        p.src,
-                        p.sport,
-                        p.dst,
-                        p.dport,
-                        format_tcp_flags(p.flags),
-                        p.seq,
-                        p.ack,
-                        p.window,
-                        p.len
-                    )?;
-                } else {
-                    write!(f, "{arrow}    {} > {}: {} {}", p.src, p.dst, p.protocol, p.options)?;
-                }
-                if p.protocol == "tcp" && !p.options.is_empty() {
-                    write!(f, ", [{}]", p.options)?;
-                }
+                write!(f, "{arrow}    {p}")?;
                 if let Some(fault) = &p.fault {
                     write!(f, "  << {fault}")?;
                 }
@@ -259,9 +300,46 @@ impl fmt::Display for Event {
             EventKind::Transition(t) => {
                 write!(f, "tcp    {} -> {} {}", t.from.name(), t.to.name(), t.socket)
             }
+            EventKind::Errno(e) => write!(
+                f,
+                "errno  #{} pid {} {} {} = {} after {}s",
+                e.step + 1,
+                e.pid,
+                e.call,
+                e.socket,
+                e.errno,
+                format_secs(e.took)
+            ),
             EventKind::Deadline { step: Some(step) } => write!(f, "DEADLINE reached; still running: {step}"),
             EventKind::Deadline { step: None } => write!(f, "DEADLINE reached"),
         }
+    }
+}
+
+/// The packet as `tcpdump -n` prints it, without the time: `10.0.0.1.35712 > 10.0.0.2.9000: Flags [.], ...`.
+impl fmt::Display for PacketEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = self;
+        if p.protocol != IpProtocol::Known(Protocol::Tcp) {
+            return write!(f, "{} > {}: {} {}", p.src, p.dst, p.protocol, p.options);
+        }
+        write!(
+            f,
+            "{}.{} > {}.{}: Flags [{}], seq {}, ack {}, win {}, length {}",
+            p.src,
+            p.sport,
+            p.dst,
+            p.dport,
+            format_tcp_flags(p.flags),
+            p.seq,
+            p.ack,
+            p.window,
+            p.len
+        )?;
+        if !p.options.is_empty() {
+            write!(f, ", [{}]", p.options)?;
+        }
+        Ok(())
     }
 }
 

@@ -1,15 +1,19 @@
 //! Queries on the timeline, the run's read model: a step's start and end, the packets a host sent, each
-//! socket's history of states or queue values. The verdict, the engine's triggers and the report all read the
-//! run through these. Each is one pass over the events (or over what an earlier pass sorted out), so a run of
-//! tens of thousands of steps is read in time linear in its events.
+//! socket's history of states or queue values, the errno events of traced programs. The verdict, the engine's
+//! triggers and the report all read the run through these. Each is one pass over the events (or over what an
+//! earlier pass sorted out), so a run of tens of thousands of steps is read in time linear in its events.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{EventKind, Outcome, PacketDirection, PacketEvent, SocketEvent, Timeline, TransitionEvent};
-use crate::scenario::plan::{HostId, PacketFilter, Plan, Protocol, QueueExpectation, QueueKind, TcpState};
+use super::{
+    ErrnoEvent, EventKind, IpProtocol, Outcome, PacketDirection, PacketEvent, SocketEvent, Timeline, TransitionEvent,
+};
+use crate::scenario::plan::{
+    ErrorExpectation, HostId, PacketFilter, Plan, Protocol, QueueExpectation, QueueKind, TcpState,
+};
 
 /// The start and end of one step as the timeline recorded them.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -22,6 +26,9 @@ pub struct StepRecord {
     pub end: Option<Duration>,
     pub outcome: Option<Outcome>,
     pub detail: Option<String>,
+    /// `exec` output patterns that matched nowhere.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unmatched: Vec<String>,
 }
 
 impl StepRecord {
@@ -50,11 +57,12 @@ impl StepRecords {
                         record.start = Some(event.t);
                     }
                 }
-                EventKind::StepEnd { step, outcome, detail, .. } => {
+                EventKind::StepEnd { step, outcome, detail, unmatched, .. } => {
                     if let Some(record) = records.get_mut(*step) {
                         record.end = Some(event.t);
                         record.outcome = Some(outcome.clone());
                         record.detail.clone_from(detail);
+                        record.unmatched.clone_from(unmatched);
                     }
                 }
                 _ => {}
@@ -72,7 +80,7 @@ impl StepRecords {
 impl StepRecord {
     /// A step that neither started nor ended.
     pub fn empty(host: HostId, index: usize) -> StepRecord {
-        StepRecord { host, index, start: None, end: None, outcome: None, detail: None }
+        StepRecord { host, index, start: None, end: None, outcome: None, detail: None, unmatched: Vec::new() }
     }
 }
 
@@ -91,6 +99,24 @@ pub fn ran_into_deadline(record: &StepRecord, deadline: Option<Duration>) -> boo
             (None, _) | (_, Some(Outcome::Unfinished)) => true,
             (Some(end), _) => end >= deadline,
         }
+}
+
+/// The errno events of `host`'s traced programs that the expectation selects (port, errno, call).
+pub fn errno_events<'a>(
+    timeline: &'a Timeline,
+    expectation: &'a ErrorExpectation,
+) -> impl Iterator<Item = (Duration, &'a ErrnoEvent)> + 'a {
+    timeline.events.iter().filter_map(move |event| match &event.kind {
+        EventKind::Errno(errno)
+            if event.host == expectation.host
+                && expectation.port.is_none_or(|port| errno.local_port == port || errno.remote_port == port)
+                && expectation.errno.is_none_or(|wanted| wanted.name() == errno.errno)
+                && expectation.call.as_ref().is_none_or(|call| *call == errno.call) =>
+        {
+            Some((event.t, errno))
+        }
+        _ => None,
+    })
 }
 
 /// A packet as its sender's capture saw it leave: time, sender, packet.
@@ -123,12 +149,7 @@ pub fn sent_packets<'a>(
 /// Whether a packet has the filter's protocol (TCP unless it says otherwise), flags, payload length and window;
 /// `from` is left to the caller, which knows the capturing host.
 pub fn packet_matches(filter: &PacketFilter, packet: &PacketEvent) -> bool {
-    let protocol = match filter.protocol {
-        None | Some(Protocol::Tcp) => "tcp",
-        Some(Protocol::Udp) => "udp",
-        Some(Protocol::Icmp) => "icmp",
-    };
-    packet.protocol == protocol
+    packet.protocol == IpProtocol::Known(filter.protocol.unwrap_or(Protocol::Tcp))
         && filter.flags.is_none_or(|flags| flags.matches(packet.flags))
         && filter.len.is_none_or(|len| len == packet.len)
         && filter.window.is_none_or(|window| window == packet.window)

@@ -29,6 +29,7 @@ use bpf::{Map, Program, RingReader};
 use program::{record, Maps, SockLayout};
 
 use crate::error::{Context, Error, Result};
+use crate::record::TracerStats;
 use crate::run::clock::{monotonic_ns, EventSink};
 use crate::run::netns::Netns;
 use crate::scenario::plan::{HostId, TcpState};
@@ -75,60 +76,6 @@ const TCP_CLOSE: u32 = 7;
 const TCP_LISTEN: u32 = 10;
 /// Every BPF program the kernel accepts with `bpf_probe_read_kernel` must say it is GPL-compatible.
 const LICENSE: &std::ffi::CStr = c"Dual MIT/GPL";
-
-/// What a tracer recorded, and what it cost.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
-pub struct TracerStats {
-    /// Transitions recorded.
-    pub transitions: u64,
-    /// Transitions the ring buffer had no room for (a harness error when not zero).
-    pub lost: u64,
-    /// From the kernel's transition to the reader holding it, in microseconds: median and largest.
-    pub median_latency_us: f64,
-    pub max_latency_us: f64,
-}
-
-/// Where a run's socket states came from.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-#[serde(rename_all = "snake_case", tag = "source")]
-pub enum StateSource {
-    /// Every transition from the kernel's tracepoint; sock_diag samples for timers, queues, request and
-    /// TIME-WAIT sockets.
-    Traced(TracerStats),
-    /// Only sock_diag samples: states are seen when sampled, short ones may be missed.
-    Sampled { reason: String },
-}
-
-impl StateSource {
-    /// A harness error when the tracer lost transitions: the states would be judged on part of them.
-    pub fn losses(&self) -> Option<String> {
-        match self {
-            StateSource::Traced(stats) if stats.lost > 0 => Some(format!(
-                "the transition tracer lost {} of {} transitions (its ring buffer was full): the socket states are \
-                 incomplete",
-                stats.lost,
-                stats.lost + stats.transitions
-            )),
-            _ => None,
-        }
-    }
-
-    /// One line for timeline.txt.
-    pub fn describe(&self) -> String {
-        match self {
-            StateSource::Traced(stats) => format!(
-                "socket states: {} transitions from the kernel's tracepoint sock:inet_sock_set_state (kernel \
-                 timestamps; read {:.0} us after them, median), timers and queues sampled",
-                stats.transitions, stats.median_latency_us
-            ),
-            StateSource::Sampled { reason } => {
-                format!(
-                    "socket states: sampled only (sock_diag), the kernel's transitions could not be traced: {reason}"
-                )
-            }
-        }
-    }
-}
 
 /// The transition tracer of one run. Dropping it stops the reader and detaches the program.
 pub struct Tracer {

@@ -3,7 +3,9 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::scenario::plan::{ExpectedOutcome, PacketFilter, Protocol, StepExpectation, TcpFlagsMatch};
+use crate::scenario::plan::{
+    ErrorExpectation, ExpectedOutcome, PacketFilter, Protocol, StepExpectation, TcpFlagsMatch,
+};
 use crate::timeline::format_secs;
 
 /// `1st`, `2nd`, `3rd`, `4th`, ... `11th`, `21st`.
@@ -17,13 +19,7 @@ pub(super) fn ordinal(n: u32) -> String {
     };
     format!("{n}{suffix}")
 }
-/// `± 0.250000s`, or `-0.000000s/+0.500000s` when earliness and lateness differ.
-pub fn describe_tolerance(late: Duration, early: Option<Duration>) -> String {
-    match early {
-        Some(early) if early != late => format!("-{}s/+{}s", format_secs(early), format_secs(late)),
-        _ => format!("± {}s", format_secs(late)),
-    }
-}
+
 pub fn describe_outcome(expected: &ExpectedOutcome) -> String {
     match expected {
         ExpectedOutcome::Ok => "ok".into(),
@@ -43,17 +39,14 @@ pub fn describe_expectation(expect: &StepExpectation) -> String {
         parts.push(describe_outcome(outcome));
     }
     if let Some(after) = expect.after {
-        parts.push(format!(
-            "after {}s {}",
-            format_secs(after),
-            describe_tolerance(expect.tolerance, expect.early_tolerance)
-        ));
+        parts.push(format!("after {}s {}", format_secs(after), expect.tolerance));
     }
     if let Some(at) = expect.at {
-        parts.push(format!("at {}s {}", format_secs(at), describe_tolerance(expect.tolerance, expect.early_tolerance)));
+        parts.push(format!("at {}s {}", format_secs(at), expect.tolerance));
     }
     parts.join(" ")
 }
+
 /// `[F.]` for exactly these flags (as tcpdump prints them); `[F of FR]` for the flags a mask looks at.
 pub(super) fn describe_flags(flags: TcpFlagsMatch) -> String {
     let letters = crate::timeline::format_tcp_flags;
@@ -79,17 +72,24 @@ pub fn describe_filter(filter: &PacketFilter) -> String {
         parts.push(format!("win {window}"));
     }
     if let Some(protocol) = filter.protocol.filter(|p| *p != Protocol::Tcp) {
-        parts.push(format!(
-            "({})",
-            match protocol {
-                Protocol::Tcp => "tcp",
-                Protocol::Udp => "udp",
-                Protocol::Icmp => "icmp",
-            }
-        ));
+        parts.push(format!("({protocol})"));
     }
     parts.join(" ")
 }
+/// `errno events of client's traced programs on port 7000: recvfrom EAGAIN`.
+pub fn describe_errors(expectation: &ErrorExpectation) -> String {
+    let mut text = format!("errno events of {}'s traced programs", expectation.host);
+    if let Some(port) = expectation.port {
+        text.push_str(&format!(" on port {port}"));
+    }
+    let what: Vec<String> =
+        expectation.call.iter().cloned().chain(expectation.errno.map(|errno| errno.name())).collect();
+    if !what.is_empty() {
+        text.push_str(&format!(": {}", what.join(" ")));
+    }
+    text
+}
+
 /// `value@t` when a time is expected, else just the value, as failure messages show a sequence entry.
 pub(super) fn at_text(value: &dyn fmt::Display, at: Option<Duration>) -> String {
     match at {

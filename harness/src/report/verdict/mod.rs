@@ -5,7 +5,7 @@
 mod describe;
 
 use describe::{at_text, ordinal};
-pub use describe::{describe_expectation, describe_filter, describe_outcome, describe_tolerance};
+pub use describe::{describe_errors, describe_expectation, describe_filter, describe_outcome};
 
 use std::fmt;
 use std::time::Duration;
@@ -13,11 +13,11 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::scenario::plan::{
-    Action, ExpectedOutcome, HostId, Location, PacketExpectation, Plan, QueueExpectation, Since, StateExpectation,
-    StepExpectation, StepPlan, TcpState, TimerExpectation,
+    Action, ErrorExpectation, ExpectedOutcome, HostId, Location, PacketExpectation, Plan, QueueExpectation, Since,
+    StateExpectation, StepExpectation, StepPlan, TcpState, TimerExpectation, Tolerance,
 };
 use crate::timeline::query::{
-    deadline_of, queue_histories, ran_into_deadline, sent_by_all, sent_packets, socket_events_by_host,
+    deadline_of, errno_events, queue_histories, ran_into_deadline, sent_by_all, sent_packets, socket_events_by_host,
     socket_histories, transitions_by_host, SentPacket, SocketEvents, SocketHistory, StepRecord, StepRecords,
 };
 use crate::timeline::{format_secs, Outcome, SocketEvent, Timeline};
@@ -47,6 +47,25 @@ impl fmt::Display for Failure {
 pub struct Verdict {
     pub checks: usize,
     pub failures: Vec<Failure>,
+    /// Each step's own judgement, in plan order (hosts in order, steps in order).
+    pub steps: Vec<StepVerdict>,
+}
+
+/// How one step fared.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct StepVerdict {
+    pub host: HostId,
+    pub index: usize,
+    pub judgement: StepJudgement,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StepJudgement {
+    /// Nothing was expected of it; its outcome is on record.
+    Recorded,
+    Pass,
+    Fail,
 }
 
 impl Verdict {
@@ -70,17 +89,23 @@ pub fn judge(plan: &Plan, timeline: &Timeline) -> Verdict {
     let facts = Facts::of(plan, timeline);
     for host in &plan.hosts {
         for step in &host.steps {
-            if let Some(record) = facts.steps.get(host.id, step.index) {
-                judge_step(&mut verdict, host.id, step, record, facts.deadline, plan.deadline);
-            }
+            let Some(record) = facts.steps.get(host.id, step.index) else { continue };
+            let failures_before = verdict.failures.len();
+            judge_step(&mut verdict, host.id, step, record, facts.deadline, plan.deadline);
+            let judgement = match (step.expect.is_set(), verdict.failures.len() > failures_before) {
+                (false, false) => StepJudgement::Recorded,
+                (_, true) => StepJudgement::Fail,
+                (true, false) => StepJudgement::Pass,
+            };
+            verdict.steps.push(StepVerdict { host: host.id, index: step.index, judgement });
         }
     }
     for expectation in &plan.expect.packets {
-        let anchor = resolve_anchor(plan, &facts, expectation.since.as_ref(), expectation.location);
+        let anchor = resolve_anchor(&facts, expectation.since.as_ref(), expectation.location);
         verdict.check(anchor.and_then(|anchor| judge_packets(expectation, anchor, &facts.sent)));
     }
     for expectation in &plan.expect.states {
-        let anchor = resolve_anchor(plan, &facts, expectation.since.as_ref(), expectation.location);
+        let anchor = resolve_anchor(&facts, expectation.since.as_ref(), expectation.location);
         let histories = &facts.histories[expectation.host.index()];
         let failed = anchor.and_then(|anchor| judge_states(expectation, anchor, histories));
         verdict.check(failed.map_err(|mut failure| {
@@ -96,9 +121,13 @@ pub fn judge(plan: &Plan, timeline: &Timeline) -> Verdict {
         verdict.check(judge_timer(expectation, &facts.sockets[expectation.host.index()]));
     }
     for expectation in &plan.expect.queues {
-        let anchor = resolve_anchor(plan, &facts, expectation.since.as_ref(), expectation.location);
+        let anchor = resolve_anchor(&facts, expectation.since.as_ref(), expectation.location);
         let events = &facts.sockets[expectation.host.index()];
         verdict.check(anchor.and_then(|anchor| judge_queue(expectation, anchor, events)));
+    }
+    for expectation in &plan.expect.errors {
+        let anchor = resolve_anchor(&facts, expectation.since.as_ref(), expectation.location);
+        verdict.check(anchor.and_then(|anchor| judge_errors(expectation, anchor, timeline)));
     }
     verdict
 }
@@ -150,17 +179,12 @@ impl Anchor {
 
 /// Finds when the `since` step ended or its packet left; a step that never ended, or a packet never seen,
 /// fails the expectation that counts from it.
-fn resolve_anchor(
-    plan: &Plan,
-    facts: &Facts<'_>,
-    since: Option<&Since>,
-    location: Location,
-) -> Result<Anchor, Failure> {
+fn resolve_anchor(facts: &Facts<'_>, since: Option<&Since>, location: Location) -> Result<Anchor, Failure> {
     let (name, t, missing) = match since {
         None => return Ok(Anchor::t0()),
-        Some(Since::Step { host, step }) => {
-            let name = format!("{host}.{step}");
-            let end = plan.step(*host, step).and_then(|step| facts.steps.get(*host, step.index)?.end);
+        Some(Since::Step(step)) => {
+            let name = step.to_string();
+            let end = facts.steps.get(step.host, step.index).and_then(|record| record.end);
             (name.clone(), end, (format!("{name} to finish"), "it never finished".to_string()))
         }
         Some(Since::Packet { filter, nth }) => {
@@ -201,17 +225,17 @@ fn judge_step(
         actual,
         around,
     };
-    if let Some(detail) = record.detail.as_deref().filter(|d| d.starts_with(PATTERN_MISSING)) {
-        verdict.check(Err(failure("output matching every pattern".into(), detail.to_string(), record.end)));
+    if !record.unmatched.is_empty() {
+        let actual = format!("no match for {}", record.unmatched.join(", "));
+        verdict.check(Err(failure("output matching every pattern".into(), actual, record.end)));
     }
-    let has_expectation = expect.outcome.is_some() || expect.after.is_some() || expect.at.is_some();
     if ran_into_deadline(record, deadline) {
-        let expected = if has_expectation {
+        let expected = if expect.is_set() {
             describe_expectation(expect)
         } else {
             format!("to end before the scenario deadline ({}s)", format_secs(scenario_deadline))
         };
-        let actual = cut_by_deadline(record, has_expectation);
+        let actual = cut_by_deadline(record, expect.is_set());
         verdict.check(Err(failure(expected, actual, deadline.or(record.end).or(record.start))));
         return;
     }
@@ -224,7 +248,7 @@ fn judge_step(
             return;
         }
     }
-    if !has_expectation {
+    if !expect.is_set() {
         return;
     }
     let (Some(end), Some(outcome)) = (record.end, record.outcome.as_ref()) else {
@@ -280,29 +304,13 @@ fn judge_time(
     expect: &StepExpectation,
     outcome: &Outcome,
 ) -> Result<(), (String, String)> {
-    if within(actual, expected, expect.tolerance, expect.early_tolerance) {
+    if expect.tolerance.admits(actual, expected) {
         return Ok(());
     }
     Err((
-        format!(
-            "to end {word} {}s {}",
-            format_secs(expected),
-            describe_tolerance(expect.tolerance, expect.early_tolerance)
-        ),
+        format!("to end {word} {}s {}", format_secs(expected), expect.tolerance),
         format!("{outcome} {word} {}s", format_secs(actual)),
     ))
-}
-
-/// Prefix of a step detail saying that an exec'd program's output lacked a required pattern.
-pub const PATTERN_MISSING: &str = "pattern not found";
-
-/// `actual` is at most `late` after `expected` and at most `early` (by default `late`) before it.
-fn within(actual: Duration, expected: Duration, late: Duration, early: Option<Duration>) -> bool {
-    if actual >= expected {
-        actual - expected <= late
-    } else {
-        expected - actual <= early.unwrap_or(late)
-    }
 }
 
 fn outcome_matches(expected: &ExpectedOutcome, actual: &Outcome) -> bool {
@@ -325,13 +333,52 @@ fn outcome_matches(expected: &ExpectedOutcome, actual: &Outcome) -> bool {
 }
 
 fn judge_packets(expectation: &PacketExpectation, anchor: Anchor, sent: &[SentPacket<'_>]) -> Result<(), Failure> {
-    // Times relative to the anchor; packets before it do not count.
-    let times: Vec<Duration> = sent_packets(sent, &expectation.filter)
-        .filter_map(|(t, _)| t.checked_sub(anchor.t))
-        .filter(|t| expectation.window.is_none_or(|(start, end)| *t >= start && *t <= end))
+    let times = sent_packets(sent, &expectation.filter).map(|(t, _)| t);
+    let subject = describe_filter(&expectation.filter);
+    let wanted = EventTimes {
+        count: expectation.count,
+        at: &expectation.at,
+        window: expectation.window,
+        tolerance: expectation.tolerance,
+        location: expectation.location,
+    };
+    judge_times(times, &wanted, subject, &anchor)
+}
+
+fn judge_errors(expectation: &ErrorExpectation, anchor: Anchor, timeline: &Timeline) -> Result<(), Failure> {
+    let times = errno_events(timeline, expectation).map(|(t, _)| t);
+    let wanted = EventTimes {
+        count: expectation.count,
+        at: &expectation.at,
+        window: expectation.window,
+        tolerance: expectation.tolerance,
+        location: expectation.location,
+    };
+    judge_times(times, &wanted, describe_errors(expectation), &anchor)
+}
+
+/// How many events of a kind an expectation wants, and when.
+struct EventTimes<'a> {
+    count: Option<u32>,
+    at: &'a [Duration],
+    window: Option<(Duration, Duration)>,
+    tolerance: Tolerance,
+    location: Location,
+}
+
+/// Checks the times events were seen (`times`, scenario time) against the count and times wanted, counted from
+/// the anchor: events before it do not count.
+fn judge_times(
+    times: impl Iterator<Item = Duration>,
+    wanted: &EventTimes,
+    mut subject: String,
+    anchor: &Anchor,
+) -> Result<(), Failure> {
+    let times: Vec<Duration> = times
+        .filter_map(|t| t.checked_sub(anchor.t))
+        .filter(|t| wanted.window.is_none_or(|(start, end)| *t >= start && *t <= end))
         .collect();
-    let mut subject = describe_filter(&expectation.filter);
-    if let Some((start, end)) = expectation.window {
+    if let Some((start, end)) = wanted.window {
         subject.push_str(&format!(" within [{}s, {}s]", format_secs(start), format_secs(end)));
     }
     subject.push_str(&anchor.label);
@@ -343,29 +390,25 @@ fn judge_packets(expectation: &PacketExpectation, anchor: Anchor, sent: &[SentPa
         }
     };
     let fail = |expected: String, around: Option<Duration>| Failure {
-        location: expectation.location,
+        location: wanted.location,
         subject: subject.clone(),
         expected,
         actual: format!("{} at {}", times.len(), list(&times)),
         around: around.map(|t| t + anchor.t),
     };
-    if let Some(count) = expectation.count {
+    if let Some(count) = wanted.count {
         if times.len() != count as usize {
             return Err(fail(format!("{count}"), times.first().copied()));
         }
     }
-    if !expectation.at.is_empty() {
-        let expected = format!(
-            "at {} {}",
-            list(&expectation.at),
-            describe_tolerance(expectation.tolerance, expectation.early_tolerance)
-        );
-        if times.len() != expectation.at.len() {
-            return Err(fail(expected, times.first().copied().or(expectation.at.first().copied())));
+    if !wanted.at.is_empty() {
+        let expected = format!("at {} {}", list(wanted.at), wanted.tolerance);
+        if times.len() != wanted.at.len() {
+            return Err(fail(expected, times.first().copied().or(wanted.at.first().copied())));
         }
-        for (actual, wanted) in times.iter().zip(&expectation.at) {
-            if !within(*actual, *wanted, expectation.tolerance, expectation.early_tolerance) {
-                return Err(fail(expected, Some(*wanted)));
+        for (actual, at) in times.iter().zip(wanted.at) {
+            if !wanted.tolerance.admits(*actual, *at) {
+                return Err(fail(expected, Some(*at)));
             }
         }
     }
@@ -397,18 +440,18 @@ fn judge_states(expectation: &StateExpectation, anchor: Anchor, histories: &[Soc
     Err(sequence_failure(
         (expectation.location, subject),
         &steps,
-        (expectation.tolerance, expectation.early_tolerance),
+        expectation.tolerance,
         &anchor,
         if seen.is_empty() { "no such socket observed".into() } else { seen.join("; ") },
     ))
 }
 
 /// How a sequence expectation (socket states, queue values) failed: `subject` at `location`, the expected steps
-/// in order with their times and tolerance (late, early) counted from `anchor`, and what was seen instead.
+/// in order with their times and tolerance counted from `anchor`, and what was seen instead.
 fn sequence_failure(
     (location, subject): (Location, String),
     steps: &[(&dyn fmt::Display, Option<Duration>)],
-    (late, early): (Duration, Option<Duration>),
+    tolerance: Tolerance,
     anchor: &Anchor,
     actual: String,
 ) -> Failure {
@@ -416,7 +459,7 @@ fn sequence_failure(
     Failure {
         location,
         subject,
-        expected: format!("{} ({}){}", expected.join(" then "), describe_tolerance(late, early), anchor.label),
+        expected: format!("{} ({}){}", expected.join(" then "), tolerance, anchor.label),
         actual,
         around: steps.iter().find_map(|(_, at)| *at).map(|at| at + anchor.t),
     }
@@ -428,10 +471,7 @@ fn history_matches(history: &[(TcpState, Duration)], expectation: &StateExpectat
     let mut remaining = history.iter();
     expectation.sequence.iter().all(|wanted| {
         remaining.any(|(state, t)| {
-            *state == wanted.state
-                && wanted
-                    .at
-                    .is_none_or(|at| within(*t, anchor + at, expectation.tolerance, expectation.early_tolerance))
+            *state == wanted.state && wanted.at.is_none_or(|at| expectation.tolerance.admits(*t, anchor + at))
         })
     })
 }
@@ -525,10 +565,7 @@ fn judge_queue(
         let mut remaining = history.iter();
         expectation.sequence.iter().all(|wanted| {
             remaining.any(|(value, t)| {
-                *value == wanted.value
-                    && wanted
-                        .at
-                        .is_none_or(|at| within(*t, anchor.t + at, expectation.tolerance, expectation.early_tolerance))
+                *value == wanted.value && wanted.at.is_none_or(|at| expectation.tolerance.admits(*t, anchor.t + at))
             })
         })
     };
@@ -538,17 +575,13 @@ fn judge_queue(
     subject.push_str(" values");
     let steps: Vec<(&dyn fmt::Display, Option<Duration>)> =
         expectation.sequence.iter().map(|step| (&step.value as &dyn fmt::Display, step.at)).collect();
-    Err(sequence_failure(
-        (expectation.location, subject),
-        &steps,
-        (expectation.tolerance, expectation.early_tolerance),
-        &anchor,
-        seen(),
-    ))
+    Err(sequence_failure((expectation.location, subject), &steps, expectation.tolerance, &anchor, seen()))
 }
 
 #[cfg(test)]
 mod tests;
 
+#[cfg(test)]
+mod errors_tests;
 #[cfg(test)]
 mod queue_and_filter_tests;

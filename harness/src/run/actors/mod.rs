@@ -10,15 +10,14 @@
 //!
 //! Outcomes: `getsockopt SO_ERROR` gives `ok` or the pending errno (detail `SO_ERROR 110`); any other option
 //! gives `ok` with the value in the detail (`value 5`, `on, 3 s`). `send` counts the bytes the kernel took,
-//! partial sends included. An `exec` whose output lacks a pattern says so at the start of its detail
-//! ([`PATTERN_FAILURE_PREFIX`]).
+//! partial sends included. An `exec` whose output lacks a pattern lists it in the step end's `unmatched`.
 //!
 //! When the program ends, the sockets it still holds are closed, as a process's are when it exits (FIN, or
 //! RST when unread data is left): a scenario keeps a connection open past its last call with a final `sleep`
 //! or `wait`.
 //!
 //! Start: a `connect` to the other host first waits (before its `StepStart`) until the other host's `listen`
-//! on that port has finished, when that listen is part of the other host's setup (see `listen_to_await`):
+//! on that port has finished, when that listen is part of the other host's setup (validation links the two):
 //! the two programs start together, and the connect must not race the listen.
 //!
 //! Time: the actor never waits past the scenario deadline by its own waits (`sleep`, `wait`, `poll`, `send
@@ -31,10 +30,12 @@ pub mod board;
 pub mod exec;
 mod sockets;
 pub mod sockopt;
+pub mod trace;
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::RawFd;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -42,14 +43,15 @@ use std::time::{Duration, Instant};
 pub use board::StepBoard;
 pub use exec::ProcessRegistry;
 
-use crate::error::{Error, Result};
+use crate::error::{Context, Error, Result};
+use crate::observe::sockets::{self as observe, DiagSocket};
 use crate::run::clock::EventSink;
 use crate::run::switchboard::Switchboard;
 use crate::scenario::plan::{
-    Action, Errno, HostId, HostPlan, Plan, PollEvent, SendRepeat, SendUntil, SockOpt, SockOptName, SockOptValue,
-    StepEdge, StepPlan,
+    Action, Errno, ExecPlan, HostId, HostPlan, PollEvent, SendRepeat, SendUntil, SockOpt, SockOptName, SockOptValue,
+    StepEdge, StepPlan, StepRef, TcpState,
 };
-use crate::timeline::{Event, EventKind, Outcome};
+use crate::timeline::{ErrnoEvent, Event, EventKind, Outcome};
 use exec::BackgroundLauncher;
 use sockets::{HostSockets, Lookup};
 
@@ -58,10 +60,8 @@ use sockets::{HostSockets, Lookup};
 pub struct ActorContext {
     /// The host whose program runs; must be the `HostPlan`'s id.
     pub host: HostId,
-    /// The host's own address: `bind` / `listen` bind to it, `connect` to the own host connects to it.
+    /// The host's own address: `bind` / `listen` bind to it.
     pub own_address: Ipv4Addr,
-    /// The other host's address: `connect { to: <other host> }` connects to it.
-    pub peer_address: Ipv4Addr,
     pub board: Arc<StepBoard>,
     pub processes: Arc<ProcessRegistry>,
     pub sink: EventSink,
@@ -70,9 +70,27 @@ pub struct ActorContext {
     pub switches: Arc<Switchboard>,
     /// The scenario deadline.
     pub deadline: Instant,
-    /// The whole plan: `wait` steps find the other host's steps by name in it.
-    pub plan: Plan,
+    /// A sock_diag socket in each host's namespace (by `HostId::index()`) for the `wait: { listening }` steps
+    /// of the program; `None` for a host none of them names (see [`listening_hosts`]).
+    pub sock_diag: [Option<DiagSocket>; 2],
+    /// The scenario's report folder: the strace logs of exec steps with `trace: true` go there.
+    pub report_dir: PathBuf,
 }
+
+/// The hosts whose ports `host`'s program waits for (`wait: { listening }`), by `HostId::index()`.
+pub fn listening_hosts(host: &HostPlan) -> [bool; 2] {
+    let mut named = [false, false];
+    for step in &host.steps {
+        if let Action::WaitListening { host, .. } = step.action {
+            named[host.index()] = true;
+        }
+    }
+    named
+}
+
+/// How often a `wait: { listening }` step dumps the host's sockets: a dump of a scenario's namespace takes tens
+/// of microseconds, and a program that has just been started listens within milliseconds.
+const LISTENING_POLL: Duration = Duration::from_millis(2);
 
 /// Runs the host's program to its end on the calling thread, which must already be inside the host's
 /// namespace (`ip netns exec <host> <program>`). Returns when the last step finished (or the deadline came),
@@ -84,8 +102,8 @@ pub fn run_host(host: &HostPlan, ctx: ActorContext) -> Result<()> {
     }
     let mut actor = Actor { ctx, sockets: HostSockets::default(), launcher: None };
     for step in &host.steps {
-        if let Some((peer, listen)) = listen_to_await(&actor.ctx.plan, host.id, step) {
-            actor.ctx.board.wait(peer, listen, StepEdge::Finished, actor.ctx.deadline);
+        if let Action::Connect { after_listen: Some(listen), .. } = &step.action {
+            actor.ctx.board.wait(listen.host, listen.index, StepEdge::Finished, actor.ctx.deadline);
         }
         if Instant::now() >= actor.ctx.deadline {
             break;
@@ -94,8 +112,8 @@ pub fn run_host(host: &HostPlan, ctx: ActorContext) -> Result<()> {
         actor.record(EventKind::StepStart { step: step.index, label: label.clone() })?;
         actor.ctx.board.mark(host.id, step.index, StepEdge::Started);
         crate::selftest::panic_if_chosen(host.id, step);
-        let (outcome, detail) = actor.run_step(step)?;
-        actor.record(EventKind::StepEnd { step: step.index, label, outcome, detail })?;
+        let StepEnd { outcome, detail, unmatched } = actor.run_step(step)?;
+        actor.record(EventKind::StepEnd { step: step.index, label, outcome, detail, unmatched })?;
         actor.ctx.board.mark(host.id, step.index, StepEdge::Finished);
     }
     drop(actor.sockets);
@@ -104,30 +122,19 @@ pub fn run_host(host: &HostPlan, ctx: ActorContext) -> Result<()> {
 
 type StepResult = (Outcome, Option<String>);
 
-/// The peer's `listen` step that a `connect` waits for before it starts: both programs start at once, and
-/// a connect must not race the listen the peer makes as its first thing. Only a listen on the connect's port
-/// within the peer's setup (its first steps, all `socket` / `setsockopt` / `bind` / `listen`) counts; a
-/// listen the peer makes later (after a `sleep` or a `wait`) is ordered by the scenario itself, which may
-/// mean a connect to be refused.
-fn listen_to_await(plan: &Plan, host: HostId, step: &StepPlan) -> Option<(HostId, usize)> {
-    let Action::Connect { to, port, .. } = step.action else {
-        return None;
-    };
-    if to == host {
-        return None;
+/// How a step ended: its outcome, the detail for the timeline, and (for `exec`) the output patterns that
+/// matched nowhere.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepEnd {
+    pub outcome: Outcome,
+    pub detail: Option<String>,
+    pub unmatched: Vec<String>,
+}
+
+impl From<StepResult> for StepEnd {
+    fn from((outcome, detail): StepResult) -> StepEnd {
+        StepEnd { outcome, detail, unmatched: Vec::new() }
     }
-    let mut bound = None;
-    for peer_step in &plan.host(to).steps {
-        match peer_step.action {
-            Action::Listen { port: listen_port, .. } if listen_port.or(bound) == Some(port) => {
-                return Some((to, peer_step.index));
-            }
-            Action::Bind { port } => bound = Some(port),
-            Action::Socket { .. } | Action::SetOpt { .. } | Action::Listen { .. } => {}
-            _ => return None,
-        }
-    }
-    None
 }
 
 struct Actor {
@@ -203,15 +210,18 @@ impl Actor {
         Ok(())
     }
 
-    fn run_step(&mut self, step: &StepPlan) -> Result<StepResult> {
+    fn run_step(&mut self, step: &StepPlan) -> Result<StepEnd> {
         let named = step.socket.as_deref();
-        Ok(match &step.action {
+        let result = match &step.action {
+            Action::Exec(plan) if plan.background => return self.launcher()?.launch(plan),
+            Action::Exec(plan) if plan.trace => return self.run_traced(step.index, plan),
+            Action::Exec(plan) => return exec::run_foreground(plan, &self.ctx.processes, self.ctx.deadline, None),
             Action::Socket { name, options, nonblocking } => self.socket(name.clone(), options, *nonblocking),
             Action::SetOpt { options } => self.set_options(named, options),
             Action::Bind { port } => self.bind(named, *port),
             Action::Listen { port, backlog } => self.listen(named, *port, *backlog),
             Action::Accept { name } => self.accept(named, name.clone()),
-            Action::Connect { to, port, nonblocking } => self.connect(named, *to, *port, *nonblocking),
+            Action::Connect { address, port, nonblocking, .. } => self.connect(named, *address, *port, *nonblocking),
             Action::Poll { events, timeout } => self.poll(named, events, *timeout),
             Action::Send { bytes, repeat, every, until } => self.send(named, *bytes, *repeat, *every, *until),
             Action::Recv { max, until_eof } => self.recv(named, *max, *until_eof),
@@ -231,10 +241,10 @@ impl Actor {
                 }
             }
             Action::GetOpt { option } => self.get_option(named, *option),
-            Action::Wait { host, step: name, edge } => self.wait(*host, name, *edge)?,
-            Action::Exec(plan) if plan.background => self.launcher()?.launch(plan)?,
-            Action::Exec(plan) => exec::run_foreground(plan, &self.ctx.processes, self.ctx.deadline)?,
-        })
+            Action::Wait { step, edge } => self.wait(step, *edge),
+            Action::WaitListening { host, port } => self.wait_listening(*host, *port)?,
+        };
+        Ok(result.into())
     }
 
     /// The keeper thread of background programs, started at the first one.
@@ -339,12 +349,11 @@ impl Actor {
         }
     }
 
-    fn connect(&mut self, named: Option<&str>, to: HostId, port: u16, nonblocking: bool) -> StepResult {
+    fn connect(&mut self, named: Option<&str>, address: Ipv4Addr, port: u16, nonblocking: bool) -> StepResult {
         let lookup = match self.socket_or_create(named) {
             Ok(lookup) => lookup,
             Err(result) => return result,
         };
-        let address = if to == self.ctx.host { self.ctx.own_address } else { self.ctx.peer_address };
         let target = SocketAddrV4::new(address, port);
         let result = sockets::connect(lookup.fd(), target, nonblocking);
         let route = match sockets::local_addr(lookup.fd()) {
@@ -457,22 +466,70 @@ impl Actor {
         }
     }
 
-    fn wait(&self, host: HostId, name: &str, edge: StepEdge) -> Result<StepResult> {
-        let index = self
-            .ctx
-            .plan
-            .step(host, name)
-            .map(|step| step.index)
-            .ok_or_else(|| Error::Internal(format!("wait for {host}.{name}: {host} has no step named {name}")))?;
-        Ok(if self.ctx.board.wait(host, index, edge, self.ctx.deadline) {
+    fn wait(&self, step: &StepRef, edge: StepEdge) -> StepResult {
+        if self.ctx.board.wait(step.host, step.index, edge, self.ctx.deadline) {
             (Outcome::Ok, None)
         } else {
             let edge = match edge {
                 StepEdge::Started => "started",
                 StepEdge::Finished => "finished",
             };
-            (Outcome::Unfinished, Some(format!("{host}.{name} had not {edge} by the end of the run")))
-        })
+            (Outcome::Unfinished, Some(format!("{step} had not {edge} by the end of the run")))
+        }
+    }
+
+    /// Runs the program under strace, then puts the errno events of its trace on the timeline, at the times the
+    /// calls returned; the detail says where the trace is and how many events it gave.
+    fn run_traced(&self, index: usize, plan: &ExecPlan) -> Result<StepEnd> {
+        let name = format!("{}-{}.strace", self.ctx.host, index + 1);
+        let log = self.ctx.report_dir.join(&name);
+        let mut end = exec::run_foreground(plan, &self.ctx.processes, self.ctx.deadline, Some(&log))?;
+        let text = std::fs::read_to_string(&log).context(|| format!("read the trace {} (strace -o)", log.display()))?;
+        let (events, more) = trace::parse(&text);
+        let clock = self.ctx.sink.clock();
+        for event in &events {
+            let local = event.local.unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+            let remote = event.remote.unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+            let kind = EventKind::Errno(ErrnoEvent {
+                step: index,
+                pid: event.pid,
+                call: event.call.clone(),
+                errno: event.errno.clone(),
+                socket: format!("{local} -> {remote}"),
+                local_port: local.port(),
+                remote_port: remote.port(),
+                took: event.took,
+            });
+            self.ctx.sink.emit_at(clock.since_t0(event.returned), self.ctx.host, kind);
+        }
+        let kept = if more > 0 { format!(" ({more} more not kept)") } else { String::new() };
+        let traced = format!("trace {name}: {} errno event(s){kept}", events.len());
+        end.detail = join_detail([end.detail.take(), Some(traced)]);
+        Ok(end)
+    }
+
+    /// Dumps `host`'s sockets (`ss -Htln`) every [`LISTENING_POLL`] until one listens on `port`, or the deadline.
+    fn wait_listening(&mut self, host: HostId, port: u16) -> Result<StepResult> {
+        let deadline = self.ctx.deadline;
+        let socket = self.ctx.sock_diag[host.index()].as_mut().ok_or_else(|| {
+            Error::Internal(format!("wait for a listener on {host}: no sock_diag socket in {host}'s namespace"))
+        })?;
+        let mut samples = Vec::new();
+        loop {
+            observe::dump_into(socket, &mut samples)?;
+            let listener = samples.iter().find(|s| s.state == TcpState::Listen && s.local.port() == port);
+            if let Some(listener) = listener {
+                return Ok((Outcome::Ok, Some(format!("{host} listening on {}", listener.local))));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok((
+                    Outcome::Unfinished,
+                    Some(format!("nothing listened on port {port} of {host} by the end of the run")),
+                ));
+            }
+            thread::sleep(LISTENING_POLL.min(deadline - now));
+        }
     }
 }
 

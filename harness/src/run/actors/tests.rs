@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::run::clock::Clock;
 use crate::run::netns::Netns;
-use crate::scenario::plan::{CapturePlan, ExecPlan, LinkPlan, Location, RunExpectations, ShutdownHow, StepExpectation};
+use crate::scenario::plan::{
+    CapturePlan, ExecPlan, LinkPlan, Location, Plan, RunExpectations, ShutdownHow, StepExpectation, Tolerance,
+};
 use crate::timeline::Event;
 
 const PORT: u16 = 9000;
@@ -40,7 +42,23 @@ fn program(id: HostId, steps: Vec<StepPlan>) -> HostPlan {
 }
 
 /// Named `listening`, so that clients can `wait` for it before they connect.
+/// The plan of the two programs, with each `wait` pointed at its target's index and each `connect` at the
+/// peer's start-up listen, as validation does.
 fn plan(client: Vec<StepPlan>, server: Vec<StepPlan>, deadline: Duration) -> Plan {
+    let mut hosts = [program(HostId::Client, client), program(HostId::Server, server)];
+    let names: Vec<Vec<Option<String>>> =
+        hosts.iter().map(|host| host.steps.iter().map(|step| step.name.clone()).collect()).collect();
+    for step in hosts.iter_mut().flat_map(|host| host.steps.iter_mut()) {
+        if let Action::Wait { step: target, .. } = &mut step.action {
+            let names = &names[target.host.index()];
+            target.index = names.iter().position(|name| name.as_deref() == Some(&target.name)).expect("wait target");
+        }
+    }
+    let [client, server] = hosts;
+    let mut steps = [client.steps, server.steps];
+    crate::scenario::validate::link_connects_to_listens(&mut steps);
+    let [client, server] = steps;
+    let hosts = [program(HostId::Client, client), program(HostId::Server, server)];
     Plan {
         name: "actors-test".into(),
         file: "actors-test.yaml".into(),
@@ -48,12 +66,11 @@ fn plan(client: Vec<StepPlan>, server: Vec<StepPlan>, deadline: Duration) -> Pla
         source: None,
         slow: false,
         deadline,
-        tolerance: Duration::from_millis(100),
-        early_tolerance: None,
+        tolerance: Tolerance::either_side(Duration::from_millis(100)),
         sample_interval: Duration::from_millis(100),
         link: LinkPlan { mtu: 1500, ipv6: false },
         capture: CapturePlan::default(),
-        hosts: [program(HostId::Client, client), program(HostId::Server, server)],
+        hosts,
         faults: vec![],
         expect: RunExpectations::default(),
     }
@@ -72,7 +89,13 @@ fn accept() -> Action {
 }
 
 fn connect() -> Action {
-    Action::Connect { to: HostId::Server, port: PORT, nonblocking: false }
+    Action::Connect {
+        to: HostId::Server,
+        address: Ipv4Addr::LOCALHOST,
+        port: PORT,
+        nonblocking: false,
+        after_listen: None,
+    }
 }
 
 fn send(bytes: usize) -> Action {
@@ -83,8 +106,13 @@ fn recv(max: usize) -> Action {
     Action::Recv { max, until_eof: false }
 }
 
-fn wait(host: HostId, step: &str) -> Action {
-    Action::Wait { host, step: step.into(), edge: StepEdge::Finished }
+/// Waits for `host`'s step `name` to finish; [`plan`] resolves the name.
+fn wait(host: HostId, name: &str) -> Action {
+    wait_for(host, name, StepEdge::Finished)
+}
+
+fn wait_for(host: HostId, name: &str, edge: StepEdge) -> Action {
+    Action::Wait { step: StepRef { host, index: usize::MAX, name: name.into() }, edge }
 }
 
 fn sleep(millis: u64) -> Action {
@@ -101,6 +129,7 @@ fn exec(program: &str, args: &[&str]) -> ExecPlan {
         background: false,
         stdout: vec![],
         stderr: vec![],
+        trace: false,
     }
 }
 
@@ -129,6 +158,23 @@ struct Run {
     events: Vec<Event>,
     processes: Arc<ProcessRegistry>,
     netns: Netns,
+    /// Where traced exec steps wrote their strace logs; removed with the run.
+    report_dir: PathBuf,
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.report_dir);
+    }
+}
+
+/// A fresh folder for one run's files.
+fn report_dir() -> PathBuf {
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("netfault-actors-{}-{n}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 /// A step's end as the timeline has it.
@@ -138,6 +184,7 @@ struct End {
     step: usize,
     outcome: Outcome,
     detail: Option<String>,
+    unmatched: Vec<String>,
 }
 
 impl Run {
@@ -146,9 +193,13 @@ impl Run {
             .iter()
             .filter(|e| e.host == host)
             .filter_map(|e| match &e.kind {
-                EventKind::StepEnd { step, outcome, detail, .. } => {
-                    Some(End { t: e.t, step: *step, outcome: outcome.clone(), detail: detail.clone() })
-                }
+                EventKind::StepEnd { step, outcome, detail, unmatched, .. } => Some(End {
+                    t: e.t,
+                    step: *step,
+                    outcome: outcome.clone(),
+                    detail: detail.clone(),
+                    unmatched: unmatched.clone(),
+                }),
                 _ => None,
             })
             .collect()
@@ -181,6 +232,7 @@ fn run_with_server_late(
 ) -> Run {
     let netns = Netns::new_anonymous().expect("new namespace: these tests must run as root");
     netns.run(lo_up).unwrap();
+    let report_dir = report_dir();
     let board = StepBoard::new();
     let processes = ProcessRegistry::new();
     let (sink, events) = EventSink::new(Clock::started());
@@ -192,13 +244,13 @@ fn run_with_server_late(
         let ctx = ActorContext {
             host: host.id,
             own_address: Ipv4Addr::LOCALHOST,
-            peer_address: Ipv4Addr::LOCALHOST,
             board: Arc::clone(&board),
             processes: Arc::clone(&processes),
             sink: sink.clone(),
             switches: Arc::new(Switchboard::without_faults(sink.clock().clone())),
             deadline,
-            plan: plan.clone(),
+            sock_diag: [DiagSocket::open_in(&netns).ok(), DiagSocket::open_in(&netns).ok()],
+            report_dir: report_dir.clone(),
         };
         let done = done_tx.clone();
         let late = if host.id == HostId::Server { server_late } else { Duration::ZERO };
@@ -223,7 +275,7 @@ fn run_with_server_late(
     }
     board.close();
     let events = events.try_iter().collect();
-    Run { events, processes, netns }
+    Run { events, processes, netns, report_dir }
 }
 
 fn error(name: &str) -> Outcome {
@@ -321,7 +373,13 @@ fn send_to_a_peer_that_closed_with_unread_data_is_reset() {
 fn nonblocking_connect_to_a_closed_port_is_refused_through_so_error() {
     let client = vec![
         step(Action::Socket { name: Some("c".into()), options: vec![], nonblocking: false }),
-        step(Action::Connect { to: HostId::Server, port: CLOSED_PORT, nonblocking: true }),
+        step(Action::Connect {
+            to: HostId::Server,
+            address: Ipv4Addr::LOCALHOST,
+            port: CLOSED_PORT,
+            nonblocking: true,
+            after_listen: None,
+        }),
         step(Action::Poll { events: vec![PollEvent::Out], timeout: Duration::from_secs(3) }),
         step(Action::GetOpt { option: SockOptName::SO_ERROR }),
         step(Action::GetOpt { option: SockOptName::SO_ERROR }),
@@ -342,9 +400,9 @@ fn nonblocking_connect_to_a_closed_port_is_refused_through_so_error() {
 fn wait_blocks_until_the_other_hosts_step_finishes() {
     let server = vec![named("nap", sleep(300)), named("second", sleep(10))];
     let client = vec![
-        step(Action::Wait { host: HostId::Server, step: "nap".into(), edge: StepEdge::Started }),
+        step(wait_for(HostId::Server, "nap", StepEdge::Started)),
         step(wait(HostId::Server, "nap")),
-        step(Action::Wait { host: HostId::Server, step: "second".into(), edge: StepEdge::Started }),
+        step(wait_for(HostId::Server, "second", StepEdge::Started)),
     ];
     let run = run(client, server, Duration::from_secs(10));
     assert_eq!(run.outcomes(HostId::Client), vec![Outcome::Ok; 3]);
@@ -391,8 +449,10 @@ fn exec_reports_exit_code_output_and_pattern_failures() {
     let exit3 = Outcome::Exit { code: Some(3), signal: None };
     assert_eq!(ends[0].outcome, exit3);
     assert_eq!(ends[0].detail.as_deref(), Some("stdout: hi | there; stderr: oops"));
+    assert!(ends[0].unmatched.is_empty(), "{:?}", ends[0]);
     assert_eq!(ends[1].outcome, exit3);
-    assert_eq!(ends[1].detail.as_deref(), Some("pattern not found: stdout /^bye$/; stdout: hi | there; stderr: oops"));
+    assert_eq!(ends[1].detail.as_deref(), Some("stdout: hi | there; stderr: oops"));
+    assert_eq!(ends[1].unmatched, vec!["stdout /^bye$/".to_string()]);
     assert_eq!(ends[2].outcome, Outcome::Exit { code: Some(0), signal: None });
     assert_eq!(ends[2].detail.as_deref(), Some("stdout: got abc xyz"));
     assert_eq!(ends[3].outcome, error("ENOENT"));
@@ -475,7 +535,7 @@ fn background_exec_outlives_its_actor_until_kill_all() {
     assert_eq!(ends[0].outcome, Outcome::Ok);
     let detail = ends[0].detail.clone().unwrap();
     let pid = detail.strip_prefix("pid ").unwrap().split(',').next().unwrap().to_string();
-    assert!(ends[1].detail.as_deref().unwrap().starts_with("pattern not found: stdout /x/"), "{:?}", ends[1]);
+    assert_eq!(ends[1].unmatched, vec!["stdout /x/ (output of a background program is not captured)".to_string()]);
     // The actor thread has ended: the keeper thread still holds the programs alive.
     std::thread::sleep(Duration::from_millis(100));
     let state = exec::tests::process_state(&pid);
@@ -628,13 +688,13 @@ fn a_program_for_the_wrong_host_is_refused() {
     let ctx = ActorContext {
         host: HostId::Client,
         own_address: Ipv4Addr::LOCALHOST,
-        peer_address: Ipv4Addr::LOCALHOST,
         board: StepBoard::new(),
         processes: ProcessRegistry::new(),
         switches: Arc::new(Switchboard::without_faults(sink.clock().clone())),
         sink,
         deadline: Instant::now(),
-        plan: plan(vec![], vec![], Duration::from_secs(1)),
+        sock_diag: [None, None],
+        report_dir: PathBuf::from("/nonexistent"),
     };
     assert!(matches!(run_host(&program(HostId::Server, vec![]), ctx), Err(Error::Internal(_))));
 }
@@ -645,19 +705,64 @@ fn pure_helpers() {
     assert_eq!(poll_event_names(libc::POLLHUP | libc::POLLIN | libc::POLLNVAL), vec!["POLLIN", "POLLHUP", "POLLNVAL"]);
     assert_eq!(join_detail([None, Some("a".into()), Some("b".into())]).as_deref(), Some("a; b"));
     assert_eq!(join_detail([None]), None);
-    let connect_step = step(connect());
-    let setups = [
-        (vec![listen()], Some(0)),
-        (vec![step(Action::Bind { port: PORT }), step(Action::Listen { port: None, backlog: 1 })], Some(1)),
-        (vec![step(Action::Listen { port: Some(PORT + 1), backlog: 1 }), listen()], Some(1)),
-        (vec![step(sleep(1)), listen()], None),
-        (vec![step(Action::Listen { port: Some(PORT + 1), backlog: 1 })], None),
-        (vec![], None),
-    ];
-    for (server, expected) in setups {
-        let plan = plan(vec![connect_step.clone()], server, Duration::from_secs(1));
-        let awaited = listen_to_await(&plan, HostId::Client, &connect_step);
-        assert_eq!(awaited, expected.map(|index| (HostId::Server, index)), "{:?}", plan.hosts[1].steps);
-        assert_eq!(listen_to_await(&plan, HostId::Server, &connect_step), None, "a connect to its own host");
+}
+
+#[test]
+fn wait_listening_returns_once_the_port_listens_and_not_before() {
+    let server = vec![step(sleep(300)), listen(), step(accept())];
+    let client = vec![step(Action::WaitListening { host: HostId::Server, port: PORT }), step(connect())];
+    let run = run(client, server, Duration::from_secs(10));
+    let ends = run.ends(HostId::Client);
+    assert_eq!(run.outcomes(HostId::Client), vec![Outcome::Ok, Outcome::Ok]);
+    let listened = run.ends(HostId::Server)[1].t;
+    assert!(ends[0].t >= listened, "the wait ended at {:?}, before the listen at {listened:?}", ends[0].t);
+    assert!(
+        ends[0].t - listened < Duration::from_millis(100),
+        "the wait ended {:?} after the listen",
+        ends[0].t - listened
+    );
+    assert_eq!(ends[0].detail.as_deref(), Some(format!("server listening on 127.0.0.1:{PORT}").as_str()));
+}
+
+#[test]
+fn wait_listening_for_a_port_nobody_listens_on_ends_unfinished_at_the_deadline() {
+    let client = vec![step(Action::WaitListening { host: HostId::Server, port: PORT + 1 })];
+    let server = vec![listen()];
+    let run = run(client, server, Duration::from_millis(400));
+    let ends = run.ends(HostId::Client);
+    assert_eq!(run.outcomes(HostId::Client), vec![Outcome::Unfinished]);
+    assert!(ends[0].t >= Duration::from_millis(380), "ended at {:?}", ends[0].t);
+    let detail = format!("nothing listened on port {} of server by the end of the run", PORT + 1);
+    assert_eq!(ends[0].detail.as_deref(), Some(detail.as_str()));
+}
+
+#[test]
+fn a_traced_program_puts_its_socket_errors_on_the_timeline_when_they_happened() {
+    let refused = ExecPlan { trace: true, ..exec("nc", &["-z", "127.0.0.1", &CLOSED_PORT.to_string()]) };
+    let client = vec![step(sleep(200)), step(Action::Exec(refused))];
+    let run = run(client, vec![], Duration::from_secs(10));
+    let ends = run.ends(HostId::Client);
+    assert_eq!(ends[1].outcome, Outcome::Exit { code: Some(1), signal: None });
+    let detail = ends[1].detail.clone().unwrap_or_default();
+    assert!(detail.ends_with("trace client-2.strace: 2 errno event(s)"), "{detail}");
+    assert!(run.report_dir.join("client-2.strace").is_file());
+    let errors: Vec<(Duration, &ErrnoEvent)> = run
+        .events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Errno(errno) => Some((e.t, errno)),
+            _ => None,
+        })
+        .collect();
+    let calls: Vec<(&str, &str, u16, usize)> =
+        errors.iter().map(|(_, e)| (e.call.as_str(), e.errno.as_str(), e.remote_port, e.step)).collect();
+    assert_eq!(
+        calls,
+        [("connect", "EINPROGRESS", CLOSED_PORT, 1), ("getsockopt SO_ERROR", "ECONNREFUSED", CLOSED_PORT, 1)]
+    );
+    // On the timeline's clock: after the program started (the sleep before it) and before its step ended.
+    let started = run.start_time(HostId::Client, 1);
+    for (t, _) in &errors {
+        assert!(*t >= started && *t <= ends[1].t, "errno at {t:?}, step from {started:?} to {:?}", ends[1].t);
     }
 }

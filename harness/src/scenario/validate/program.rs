@@ -30,7 +30,7 @@ impl Validator<'_> {
             first_of.insert(name.clone(), i);
             names.push((name, i));
         }
-        self.step_name_set[host.index()] = first_of.into_keys().collect();
+        self.step_index[host.index()] = first_of;
         self.step_names[host.index()] = names;
         Ok(())
     }
@@ -62,12 +62,7 @@ impl Validator<'_> {
                     name: None,
                     socket: None,
                     action,
-                    expect: StepExpectation {
-                        tolerance: self.tolerance,
-                        early_tolerance: self.early_tolerance,
-                        location,
-                        ..StepExpectation::default()
-                    },
+                    expect: StepExpectation { tolerance: self.tolerance, location, ..StepExpectation::default() },
                     location,
                 });
             }
@@ -316,7 +311,8 @@ impl Validator<'_> {
                 Some(value) => self.boolean(&path.key("nonblocking"), value, "nonblocking")?,
                 None => false,
             };
-            return Ok(Action::Connect { to, port, nonblocking });
+            let address = self.addresses[to.index()];
+            return Ok(Action::Connect { to, address, port, nonblocking, after_listen: None });
         }
         if let Some(poll) = &map.poll {
             let events_wire =
@@ -515,7 +511,7 @@ impl Validator<'_> {
     }
 
     /// `client.connect` as host and step name, checked against the named steps.
-    pub(super) fn step_ref(&self, path: &NodePath, value: &Scalar) -> Checked<(HostId, String)> {
+    pub(super) fn step_ref(&self, path: &NodePath, value: &Scalar) -> Checked<StepRef> {
         let text = value.text();
         let Some((host_name, step)) = text.split_once('.') else {
             return Err(
@@ -532,7 +528,7 @@ impl Validator<'_> {
             ));
         };
         let names = &self.step_names[host.index()];
-        if !self.step_name_set[host.index()].contains(step) {
+        let Some(&index) = self.step_index[host.index()].get(step) else {
             let known = if names.is_empty() {
                 format!("{host} has no named steps; name one with `name: {step}`")
             } else {
@@ -545,16 +541,31 @@ impl Validator<'_> {
                     suggestion(step, names.iter().map(|(n, _)| n.as_str()))
                 ),
             ));
-        }
-        Ok((host, step.to_string()))
+        };
+        Ok(StepRef { host, index, name: step.to_string() })
     }
 
     fn wait(&self, host: HostId, path: &NodePath, wait: &ScalarOr<WaitWire>) -> Checked<Action> {
         let (target_path, target, edge) = match wait {
             ScalarOr::Scalar(target) => (path.clone(), target, StepEdge::Finished),
             ScalarOr::Map(map) => {
-                let target =
-                    self.required(&map.target, path, "wait", "for", "the step to wait for, e.g. `for: server.accept`")?;
+                if let Some(port) = &map.listening {
+                    return self.wait_listening(host, path, map, port);
+                }
+                if map.host.is_some() {
+                    return Err(self.fail_key(
+                        &path.key("host"),
+                        "\"host\" goes with `listening` (the host whose port to wait for); a step reference names \
+                         its host itself: `for: server.accept`",
+                    ));
+                }
+                let target = self.required(
+                    &map.target,
+                    path,
+                    "wait",
+                    "for",
+                    "the step to wait for, e.g. `for: server.accept` (or `listening: PORT`, a port to wait for)",
+                )?;
                 let edge = match &map.edge {
                     Some(edge) => self.pick(&path.key("edge"), edge, EDGES, "edge")?,
                     None => StepEdge::Finished,
@@ -562,8 +573,8 @@ impl Validator<'_> {
                 (path.key("for"), target, edge)
             }
         };
-        let (target_host, step) = self.step_ref(&target_path, target)?;
-        if target_host == host {
+        let step = self.step_ref(&target_path, target)?;
+        if step.host == host {
             return Err(self.fail(
                 &target_path,
                 format!(
@@ -573,7 +584,28 @@ impl Validator<'_> {
                 ),
             ));
         }
-        Ok(Action::Wait { host: target_host, step, edge })
+        Ok(Action::Wait { step, edge })
+    }
+
+    /// `wait: { listening: PORT, host: HOST }`: the port, and the host (the other one by default).
+    fn wait_listening(&self, host: HostId, path: &NodePath, map: &WaitWire, port: &Scalar) -> Checked<Action> {
+        for (given, key) in [(&map.target, "for"), (&map.edge, "edge")] {
+            if given.is_some() {
+                return Err(self.fail_key(
+                    &path.key(key),
+                    format!(
+                        "a wait is for a step (`for`, `edge`) or for a listening port (`listening`, `host`), not \
+                         both: move `{key}` into a wait step of its own"
+                    ),
+                ));
+            }
+        }
+        let port = self.port(&path.key("listening"), port, "listening port")?;
+        let target = match &map.host {
+            Some(target) => self.host(&path.key("host"), target)?,
+            None => host.peer(),
+        };
+        Ok(Action::WaitListening { host: target, port })
     }
 
     fn exec(&self, path: &NodePath, exec: &ExecWire) -> Checked<Action> {
@@ -581,13 +613,17 @@ impl Validator<'_> {
             self.required(&exec.program, path, "exec", "program", "the program to run, e.g. `program: curl`")?;
         let program_path = path.key("program");
         let program = self.text(&program_path, program, "program")?;
+        let program = self.resolve(&program_path, &program)?;
         self.no_nul(&program_path, &program, "the program")?;
+        if program.is_empty() {
+            return Err(self.fail(&program_path, "program is empty once its variables are resolved; give it a value"));
+        }
         let mut args = Vec::new();
         if let Some(list) = &exec.args {
             let args_path = path.key("args");
             for (i, arg) in list.items.iter().enumerate() {
                 let arg_path = if list.list { args_path.index(i) } else { args_path.clone() };
-                let arg = arg.text();
+                let arg = self.resolve(&arg_path, &arg.text())?;
                 self.no_nul(&arg_path, &arg, "an argument")?;
                 args.push(arg);
             }
@@ -606,13 +642,16 @@ impl Validator<'_> {
                         ),
                     ));
                 }
-                let value = value.text();
+                let value = self.resolve(&env_path, &value.text())?;
                 self.no_nul(&env_path, &value, "an environment variable")?;
                 env.push((name.clone(), value));
             }
         }
         env.sort();
-        let stdin = exec.stdin.as_ref().map(Scalar::text);
+        let stdin = match &exec.stdin {
+            Some(stdin) => Some(self.resolve(&path.key("stdin"), &stdin.text())?),
+            None => None,
+        };
         let timeout = match &exec.timeout {
             Some(timeout) => {
                 let timeout_path = path.key("timeout");
@@ -630,7 +669,18 @@ impl Validator<'_> {
         };
         let stdout = self.patterns(&path.key("stdout"), exec.stdout.as_ref(), "stdout")?;
         let stderr = self.patterns(&path.key("stderr"), exec.stderr.as_ref(), "stderr")?;
-        Ok(Action::Exec(ExecPlan { program, args, env, stdin, timeout, background, stdout, stderr }))
+        let trace = match &exec.trace {
+            Some(value) => self.boolean(&path.key("trace"), value, "trace")?,
+            None => false,
+        };
+        if trace && background {
+            return Err(self.fail_key(
+                &path.key("trace"),
+                "`trace: true` needs a foreground exec: the trace is read when the program ends, for a background \
+                 program only after the run; drop `background: true` or the trace",
+            ));
+        }
+        Ok(Action::Exec(ExecPlan { program, args, env, stdin, timeout, background, stdout, stderr, trace }))
     }
 
     fn patterns(&self, path: &NodePath, patterns: Option<&ScalarList>, what: &str) -> Checked<Vec<String>> {
@@ -670,12 +720,8 @@ impl Validator<'_> {
         action: &Action,
         step_location: Location,
     ) -> Checked<StepExpectation> {
-        let mut expect = StepExpectation {
-            tolerance: self.tolerance,
-            early_tolerance: self.early_tolerance,
-            location: step_location,
-            ..StepExpectation::default()
-        };
+        let mut expect =
+            StepExpectation { tolerance: self.tolerance, location: step_location, ..StepExpectation::default() };
         let Some(wire) = wire else { return Ok(expect) };
         expect.location = self.index.value(path);
         let map = match wire {
@@ -728,7 +774,7 @@ impl Validator<'_> {
             expect.at = Some(self.run_time(&path.key("at"), at, "at")?);
         }
         if let Some(tolerance) = &map.tolerance {
-            (expect.tolerance, expect.early_tolerance) = self.tolerance(&path.key("tolerance"), tolerance)?;
+            expect.tolerance = self.tolerance(&path.key("tolerance"), tolerance)?;
         }
         Ok(expect)
     }
@@ -778,16 +824,12 @@ impl Validator<'_> {
 
     /// Refuses two hosts that wait for each other: each blocked before the step the other waits for.
     pub(super) fn check_wait_deadlocks(&self, steps: &[Vec<StepPlan>; 2]) -> Checked<()> {
-        let positions: [HashMap<&str, usize>; 2] =
-            [0, 1].map(|host| steps[host].iter().filter_map(|s| Some((s.name.as_deref()?, s.index))).collect());
         // Per host, in step order: (its step index, target step index on the peer, edge).
         let mut waits: [Vec<(usize, usize, StepEdge)>; 2] = [Vec::new(), Vec::new()];
         for host in HostId::ALL {
             for step in &steps[host.index()] {
-                if let Action::Wait { host: target_host, step: target, edge } = &step.action {
-                    if let Some(target_index) = positions[target_host.index()].get(target.as_str()) {
-                        waits[host.index()].push((step.index, *target_index, *edge));
-                    }
+                if let Action::Wait { step: target, edge } = &step.action {
+                    waits[host.index()].push((step.index, target.index, *edge));
                 }
             }
         }
@@ -864,8 +906,47 @@ fn example_of(action: &str) -> &'static str {
         "shutdown" => "shutdown: WR",
         "sleep" => "sleep: 5s",
         "getsockopt" => "getsockopt: SO_ERROR",
-        "wait" => "wait: server.accept",
+        "wait" => "wait: server.accept (or wait: { listening: 9000 })",
         "exec" => "exec: { program: curl, args: [\"http://10.0.0.2:9000/\"] }",
         _ => "close",
     }
+}
+
+/// Points each `connect` at the peer's start-up `listen` on its port, which it then waits for: both programs
+/// start at once, and a connect must not race the listen the peer makes as its first thing. Only a listen on
+/// the connect's port within the peer's setup (its first steps, all `socket` / `setsockopt` / `bind` /
+/// `listen`) counts; a listen the peer makes later (after a `sleep` or a `wait`) is ordered by the scenario
+/// itself, which may mean a connect to be refused.
+pub(crate) fn link_connects_to_listens(steps: &mut [Vec<StepPlan>; 2]) {
+    let listens: [Vec<(u16, StepRef)>; 2] = HostId::ALL.map(|host| startup_listens(host, &steps[host.index()]));
+    for host in HostId::ALL {
+        for step in &mut steps[host.index()] {
+            if let Action::Connect { to, port, after_listen, .. } = &mut step.action {
+                if *to != host {
+                    *after_listen =
+                        listens[to.index()].iter().find(|(listen_port, _)| listen_port == port).map(|(_, s)| s.clone());
+                }
+            }
+        }
+    }
+}
+
+/// The ports a host listens on before its program does anything else, with the step that listens.
+fn startup_listens(host: HostId, steps: &[StepPlan]) -> Vec<(u16, StepRef)> {
+    let mut listens = Vec::new();
+    let mut bound = None;
+    for step in steps {
+        match step.action {
+            Action::Listen { port, .. } => {
+                if let Some(port) = port.or(bound) {
+                    let name = step.name.clone().unwrap_or_else(|| format!("#{}", step.index + 1));
+                    listens.push((port, StepRef { host, index: step.index, name }));
+                }
+            }
+            Action::Bind { port } => bound = Some(port),
+            Action::Socket { .. } | Action::SetOpt { .. } => {}
+            _ => break,
+        }
+    }
+    listens
 }

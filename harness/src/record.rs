@@ -1,0 +1,137 @@
+//! The run record: what one run produced, as plain data (`Serialize`, no handles): the timeline, the capture
+//! and observer figures, fault counters and harness errors. The engine fills it in; the verdict and the report
+//! read only this, never the engine, capture or observer that made it.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::scenario::plan::HostId;
+use crate::timeline::Timeline;
+
+/// What a run produced, before judging: the timeline and the harness's own figures, as plain data.
+#[derive(Debug, Clone)]
+pub struct RunRecord {
+    pub timeline: Timeline,
+    /// t0 on the wall clock, the pcaps' time base (`None` when the programs never started).
+    pub t0_wall: Option<SystemTime>,
+    /// Every captured interface, in host order.
+    pub interfaces: Vec<CapturedInterface>,
+    /// Time from t0 to the end of the programs (or the deadline).
+    pub duration: Duration,
+    /// Namespaces, veth, addresses, nftables and capture set up, then torn down.
+    pub setup: Duration,
+    pub teardown: Duration,
+    pub deadline_hit: bool,
+    /// Indexed by `HostId::index()`.
+    pub capture: [CaptureStats; 2],
+    /// Indexed by `HostId::index()`.
+    pub observer: [ObserverStats; 2],
+    /// Where the socket states came from: the kernel's transitions, or only samples (and why).
+    pub states: StateSource,
+    /// Packets each fault's rule matched, per fault name.
+    pub fault_hits: Vec<(String, u64)>,
+    /// What went wrong inside the harness, not by the kernel's doing: a host program that failed (an error or
+    /// a panic), a capture that lost frames. The run is a harness error; its timeline and captures are still
+    /// reported.
+    pub harness_errors: Vec<String>,
+}
+
+/// One captured interface: a host's end of the veth and the pcap its capture wrote into the report folder
+/// (`tcpdump -i <ifname> -s <snaplen> -w <pcap>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CapturedInterface {
+    pub host: HostId,
+    pub ifname: String,
+    pub mac: [u8; 6],
+    pub address: Ipv4Addr,
+    /// The pcap's file name in the report folder.
+    pub pcap: String,
+    pub snaplen: u32,
+}
+
+/// What one capture saw, as tcpdump reports when it stops.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct CaptureStats {
+    /// Frames written to the pcap (`N packets captured`).
+    pub packets: u64,
+    /// Their length on the wire, summed.
+    pub bytes: u64,
+    /// Frames the kernel dropped because the queue or ring was full (`N packets dropped by kernel`), summed
+    /// over the run from PACKET_STATISTICS.
+    pub kernel_drops: u64,
+    /// Frames the interface itself counted from the start of the capture to the stop (rx + tx packets,
+    /// `ip -s link show`): every one of them should be in the pcap.
+    pub interface_frames: u64,
+}
+
+impl CaptureStats {
+    /// Frames the interface counted that are not in the pcap: dropped by the kernel, or never seen.
+    pub fn lost(&self) -> u64 {
+        self.interface_frames.saturating_sub(self.packets).max(self.kernel_drops)
+    }
+}
+
+/// What a tracer recorded, and what it cost.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TracerStats {
+    /// Transitions recorded.
+    pub transitions: u64,
+    /// Transitions the ring buffer had no room for (a harness error when not zero).
+    pub lost: u64,
+    /// From the kernel's transition to the reader holding it, in microseconds: median and largest.
+    pub median_latency_us: f64,
+    pub max_latency_us: f64,
+}
+
+/// Where a run's socket states came from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "source")]
+pub enum StateSource {
+    /// Every transition from the kernel's tracepoint; sock_diag samples for timers, queues, request and
+    /// TIME-WAIT sockets.
+    Traced(TracerStats),
+    /// Only sock_diag samples: states are seen when sampled, short ones may be missed.
+    Sampled { reason: String },
+}
+
+impl StateSource {
+    /// A harness error when the tracer lost transitions: the states would be judged on part of them.
+    pub fn losses(&self) -> Option<String> {
+        match self {
+            StateSource::Traced(stats) if stats.lost > 0 => Some(format!(
+                "the transition tracer lost {} of {} transitions (its ring buffer was full): the socket states are \
+                 incomplete",
+                stats.lost,
+                stats.lost + stats.transitions
+            )),
+            _ => None,
+        }
+    }
+
+    /// One line for timeline.txt.
+    pub fn describe(&self) -> String {
+        match self {
+            StateSource::Traced(stats) => format!(
+                "socket states: {} transitions from the kernel's tracepoint sock:inet_sock_set_state (kernel \
+                 timestamps; read {:.0} us after them, median), timers and queues sampled",
+                stats.transitions, stats.median_latency_us
+            ),
+            StateSource::Sampled { reason } => {
+                format!(
+                    "socket states: sampled only (sock_diag), the kernel's transitions could not be traced: {reason}"
+                )
+            }
+        }
+    }
+}
+
+/// What an observer did: how many dumps, and what one cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ObserverStats {
+    pub samples: u64,
+    /// Mean wall time of one dump (request, receive, decode), without the comparison with the previous sample.
+    pub mean_dump_time: Duration,
+    pub max_dump_time: Duration,
+}
