@@ -284,8 +284,7 @@ fn a_file_given_twice_runs_once() {
     let said = text(&output);
     assert_eq!(output.status.code(), Some(0), "{said}");
     assert!(said.contains("x.yaml: skipped: the same file as"), "{said}");
-    assert_eq!(said.matches("PASS  x").count(), 1, "{said}");
-    assert!(said.contains("1 passed, 0 failed"), "{said}");
+    assert!(said.contains("1 passed, 0 failed"), "one run, not three: {said}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
