@@ -513,7 +513,10 @@ pub fn scenario_root(path: &Path) -> PathBuf {
     if path.is_dir() {
         path.to_path_buf()
     } else {
-        path.parent().map(Path::to_path_buf).unwrap_or_default()
+        // `x.yaml` lies in `.`: an empty root would be an empty `--root` for the scenario process.
+        path.parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
     }
 }
 
