@@ -78,6 +78,12 @@ impl CaptureStats {
 pub struct TracerStats {
     /// Transitions recorded.
     pub transitions: u64,
+    /// Packets the sending host dropped before they left (by netfilter or its queueing discipline), shown on
+    /// the timeline though no capture has them.
+    pub dropped_packets: u64,
+    /// Why such packets cannot be shown, if they cannot (a kernel without drop reasons).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drops_untraced: Option<String>,
     /// Transitions the ring buffer had no room for (a harness error when not zero).
     pub lost: u64,
     /// From the kernel's transition to the reader holding it, in microseconds: median and largest.
@@ -113,11 +119,17 @@ impl StateSource {
     /// One line for timeline.txt.
     pub fn describe(&self) -> String {
         match self {
-            StateSource::Traced(stats) => format!(
-                "socket states: {} transitions from the kernel's tracepoint sock:inet_sock_set_state (kernel \
-                 timestamps; read {:.0} us after them, median), timers and queues sampled",
-                stats.transitions, stats.median_latency_us
-            ),
+            StateSource::Traced(stats) => {
+                let drops = match &stats.drops_untraced {
+                    None => format!("; {} packets dropped by their sender before they left", stats.dropped_packets),
+                    Some(reason) => format!("; packets dropped before they left not shown: {reason}"),
+                };
+                format!(
+                    "socket states: {} transitions from the kernel's tracepoint sock:inet_sock_set_state (kernel \
+                     timestamps; read {:.0} us after them, median), timers and queues sampled{drops}",
+                    stats.transitions, stats.median_latency_us
+                )
+            }
             StateSource::Sampled { reason } => {
                 format!(
                     "socket states: sampled only (sock_diag), the kernel's transitions could not be traced: {reason}"

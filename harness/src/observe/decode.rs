@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::timeline::{IpProtocol, PacketDirection, PacketEvent};
 
@@ -43,16 +44,51 @@ impl FlowKey {
     }
 }
 
+/// The initial sequence numbers every decoder of a run has learnt, shared by them: a packet the kernel dropped
+/// before it left (which no capture saw) is numbered as its connection's captured packets are.
+#[derive(Debug, Clone, Default)]
+pub struct SharedIsns(Arc<Mutex<HashMap<FlowKey, u32>>>);
+
+impl SharedIsns {
+    fn get(&self, key: &FlowKey) -> Option<u32> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).get(key).copied()
+    }
+
+    fn learn(&self, key: FlowKey, isn: u32) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).insert(key, isn);
+    }
+}
+
 /// Decodes the frames of one capture (one interface), remembering each TCP direction's ISN so that
 /// seq/ack come out relative, as `tcpdump -n -r file.pcap` shows them.
 #[derive(Debug, Default)]
 pub struct Decoder {
     initial_seq: HashMap<FlowKey, u32>,
+    shared: Option<SharedIsns>,
 }
 
 impl Decoder {
+    #[cfg(test)]
     pub fn new() -> Decoder {
         Decoder::default()
+    }
+
+    /// A decoder that also learns from, and tells, the run's other decoders.
+    pub fn sharing(shared: SharedIsns) -> Decoder {
+        Decoder { initial_seq: HashMap::new(), shared: Some(shared) }
+    }
+
+    /// A packet that starts at its IPv4 header (as a drop inside the kernel shows it), as [`Decoder::decode`]
+    /// decodes a frame.
+    pub fn decode_ip(&mut self, packet: &[u8], outgoing: bool) -> Option<PacketEvent> {
+        let mut frame = vec![0u8; ETHERNET_HEADER_LEN];
+        frame[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+        frame.extend_from_slice(packet);
+        self.decode(&frame, outgoing)
+    }
+
+    fn isn(&self, key: &FlowKey) -> Option<u32> {
+        self.initial_seq.get(key).copied().or_else(|| self.shared.as_ref()?.get(key))
     }
 
     /// The event tcpdump would print for `frame` (Ethernet, starting at the destination MAC), or `None` for
@@ -80,6 +116,7 @@ impl Decoder {
             len: ip.payload_len,
             options: String::new(),
             fault: None,
+            dropped: None,
         };
         if ip.fragment_offset != 0 {
             // Only the first fragment carries the transport header.
@@ -110,9 +147,12 @@ impl Decoder {
         let flags = tcp[13];
         if flags & TCP_SYN != 0 {
             self.initial_seq.insert(key, seq);
+            if let Some(shared) = &self.shared {
+                shared.learn(key, seq);
+            }
         }
-        let own_isn = self.initial_seq.get(&key).copied();
-        let peer_isn = self.initial_seq.get(&key.reversed()).copied();
+        let own_isn = self.isn(&key);
+        let peer_isn = self.isn(&key.reversed());
 
         event.sport = key.sport;
         event.dport = key.dport;

@@ -227,6 +227,7 @@ fn fault_notes(plan: &Plan) -> Vec<FaultNote> {
                 FaultAction::RejectIcmpHostUnreachable => "rejected with ICMP host unreachable",
                 FaultAction::RejectIcmpNetUnreachable => "rejected with ICMP net unreachable",
                 FaultAction::RejectIcmpAdminProhibited => "rejected with ICMP admin prohibited",
+                FaultAction::QdiscDrop => "dropped by the queueing discipline",
             }
             .to_string(),
         })

@@ -355,6 +355,7 @@ mod tests {
             len: 0,
             options: String::new(),
             fault: fault.map(String::from),
+            dropped: None,
         };
         Frame {
             end,

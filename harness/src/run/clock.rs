@@ -3,6 +3,7 @@
 use std::sync::{mpsc, Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::observe::decode::SharedIsns;
 use crate::scenario::plan::HostId;
 use crate::timeline::{Event, EventKind};
 
@@ -84,16 +85,23 @@ impl Clock {
 pub struct EventSink {
     tx: mpsc::Sender<Event>,
     clock: Clock,
+    /// The run's TCP sequence number bases, so that every producer of packet events numbers them alike.
+    initial_seqs: SharedIsns,
 }
 
 impl EventSink {
     pub fn new(clock: Clock) -> (EventSink, mpsc::Receiver<Event>) {
         let (tx, rx) = mpsc::channel();
-        (EventSink { tx, clock }, rx)
+        (EventSink { tx, clock, initial_seqs: SharedIsns::default() }, rx)
     }
 
     pub fn clock(&self) -> &Clock {
         &self.clock
+    }
+
+    /// The initial sequence numbers the run's decoders share.
+    pub fn initial_seqs(&self) -> &SharedIsns {
+        &self.initial_seqs
     }
 
     /// Records `kind` on `host` at a time measured elsewhere (a packet's kernel timestamp).

@@ -268,6 +268,7 @@ pub fn set_up(plan: &Plan, report_dir: &Path, sink: &EventSink) -> Result<Rig> {
             thread::Builder::new().name(format!("set-up-{host}")).spawn_scoped(scope, move || {
                 ns.enter()?;
                 let firewall = Firewall::install(ns, host, &plan.faults)?;
+                firewall::install_qdisc_drops(host, ifindex, &plan.faults)?;
                 let capture = Capture::start(ns, host, ifindex, &pcap, sink.clone(), capture_buffer(plan))?;
                 let observer = Observer::start(ns, host, plan.sample_interval, sink)?;
                 Ok::<_, Error>((firewall, capture, observer))
@@ -375,7 +376,8 @@ fn mark_running_steps(timeline: &mut Timeline, plan: &Plan) {
 }
 
 /// Marks each captured packet that an active ingress fault's rule matched on arrival, and the sender's copy of it
-/// (the last packet that host sent with the same IP id, addresses, flags and length), in one pass.
+/// (the last packet that host sent with the same IP id, addresses, flags and length), and each packet dropped
+/// before it left with the host's active egress fault that matches it, in one pass.
 pub fn annotate_faults(timeline: &mut Timeline, plan: &Plan) {
     type Key = (HostId, u16, std::net::Ipv4Addr, std::net::Ipv4Addr, u8, u32);
     let mut active: HashMap<&str, bool> = HashMap::new();
@@ -388,6 +390,18 @@ pub fn annotate_faults(timeline: &mut Timeline, plan: &Plan) {
             }
             EventKind::FaultOff { fault } => {
                 active.insert(fault.as_str(), false);
+            }
+            // Dropped before it left: the host's own egress fault took it.
+            EventKind::Packet(packet) if packet.dropped.is_some() => {
+                let hit = plan.faults.iter().find(|fault| {
+                    fault.host == event.host
+                        && fault.direction == Direction::Egress
+                        && active.get(fault.name.as_str()).copied().unwrap_or(false)
+                        && firewall::matches(fault, event.host, packet)
+                });
+                if let Some(fault) = hit {
+                    hits.push((index, fault.name.clone()));
+                }
             }
             EventKind::Packet(packet) if packet.direction == PacketDirection::Out => {
                 last_sent.insert((event.host, packet.ip_id, packet.src, packet.dst, packet.flags, packet.len), index);

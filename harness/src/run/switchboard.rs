@@ -229,6 +229,7 @@ fn fires_on(trigger: &Trigger, event: &Event, counter: &mut u64) -> Option<Durat
         (Trigger::Bytes { host, bytes, delay }, EventKind::Packet(packet))
             if event.host == *host
                 && packet.direction == PacketDirection::Out
+                && packet.dropped.is_none()
                 && packet.protocol == IpProtocol::Known(Protocol::Tcp) =>
         {
             *counter += u64::from(packet.len);
@@ -304,6 +305,7 @@ client:
                 len: 0,
                 options: String::new(),
                 fault: None,
+                dropped: None,
             }),
         }
     }

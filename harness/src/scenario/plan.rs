@@ -673,6 +673,10 @@ pub enum FaultAction {
     RejectIcmpNetUnreachable,
     /// `reject with icmp type admin-prohibited`.
     RejectIcmpAdminProhibited,
+    /// Dropped by the sending host's queueing discipline (`tc filter add dev <veth> egress ... action drop`,
+    /// as packetdrill drops): the transmit returns NET_XMIT_DROP, which TCP takes for local congestion. Egress
+    /// only.
+    QdiscDrop,
 }
 
 /// When a fault switches on or off.
@@ -834,6 +838,9 @@ pub struct PacketFilter {
     pub window: Option<u16>,
     /// `None` means TCP; `icmp` selects the ICMP errors a host sends (e.g. from a reject rule).
     pub protocol: Option<Protocol>,
+    /// `dropped: true`: the packets the sender's own kernel dropped on their way out (an egress fault's, seen
+    /// by the transition tracer) instead of those that left.
+    pub dropped: bool,
 }
 
 /// Whole-run expectations checked against the timeline.

@@ -382,6 +382,7 @@ pub struct PacketFilterWire {
     pub len: Option<Scalar>,
     pub window: Option<Scalar>,
     pub protocol: Option<Scalar>,
+    pub dropped: Option<Scalar>,
 }
 
 /// One item of a host's program: a bare action name or a map with one action key.
@@ -549,6 +550,7 @@ pub struct PacketExpectWire {
     pub len: Option<Scalar>,
     pub window: Option<Scalar>,
     pub protocol: Option<Scalar>,
+    pub dropped: Option<Scalar>,
     pub count: Option<Scalar>,
     pub at: Option<ScalarList>,
     pub within: Option<ScalarList>,

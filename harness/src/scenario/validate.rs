@@ -257,6 +257,7 @@ const REJECTS: &[(&str, FaultAction)] = &[
 ];
 const FAULT_ACTIONS: &[(&str, FaultAction)] = &[
     ("drop", FaultAction::Drop),
+    ("qdisc-drop", FaultAction::QdiscDrop),
     ("reject-tcp-reset", FaultAction::RejectTcpReset),
     ("reject-icmp-port-unreachable", FaultAction::RejectIcmpPortUnreachable),
     ("reject-icmp-host-unreachable", FaultAction::RejectIcmpHostUnreachable),

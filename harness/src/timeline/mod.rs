@@ -125,6 +125,10 @@ pub struct PacketEvent {
     pub options: String,
     /// Name of the fault whose rule dropped or rejected this packet.
     pub fault: Option<String>,
+    /// The sending host's kernel dropped it before it reached the wire (no capture has it: the transition
+    /// tracer saw the drop).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dropped: Option<DroppedBy>,
 }
 
 /// The IPv4 protocol of a captured packet: one the scenario format names, or another by its number. Written
@@ -175,6 +179,25 @@ pub struct SocketEvent {
     pub retrans: u32,
     pub recv_q: u32,
     pub send_q: u32,
+}
+
+/// What dropped a packet inside its sender, as the kernel's drop reason says.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DroppedBy {
+    /// An nftables rule (`SKB_DROP_REASON_NETFILTER_DROP`): the sender's TCP sees a failed transmit (-EPERM).
+    Netfilter,
+    /// The queueing discipline (`SKB_DROP_REASON_TC_EGRESS` or `QDISC_DROP`): TCP sees local congestion.
+    Qdisc,
+}
+
+impl DroppedBy {
+    pub fn name(self) -> &'static str {
+        match self {
+            DroppedBy::Netfilter => "netfilter",
+            DroppedBy::Qdisc => "its queueing discipline",
+        }
+    }
 }
 
 /// One TCP state transition of a full socket (request and TIME-WAIT sockets have none: sock_diag shows those).
@@ -286,6 +309,9 @@ impl fmt::Display for Event {
                 write!(f, "{arrow}    {p}")?;
                 if let Some(fault) = &p.fault {
                     write!(f, "  << {fault}")?;
+                }
+                if let Some(dropped) = p.dropped {
+                    write!(f, " (dropped by {} before it left)", dropped.name())?;
                 }
                 Ok(())
             }

@@ -153,6 +153,7 @@ pub fn packet_matches(filter: &PacketFilter, packet: &PacketEvent) -> bool {
         && filter.flags.is_none_or(|flags| flags.matches(packet.flags))
         && filter.len.is_none_or(|len| len == packet.len)
         && filter.window.is_none_or(|window| window == packet.window)
+        && filter.dropped == packet.dropped.is_some()
 }
 
 /// One host's socket events with their times, in time order.

@@ -187,7 +187,7 @@ impl Capture {
             recorder: Recorder {
                 command: command.clone(),
                 pcap: writer,
-                decoder: Decoder::new(),
+                decoder: Decoder::sharing(sink.initial_seqs().clone()),
                 clock: sink.clock().clone(),
                 sink,
                 host,

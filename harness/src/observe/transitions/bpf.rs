@@ -18,7 +18,8 @@ const BPF_ENABLE_STATS: libc::c_int = 32;
 
 pub const MAP_TYPE_ARRAY: u32 = 2;
 pub const MAP_TYPE_RINGBUF: u32 = 27;
-const PROG_TYPE_RAW_TRACEPOINT: u32 = 17;
+pub const PROG_TYPE_SCHED_CLS: u32 = 3;
+pub const PROG_TYPE_RAW_TRACEPOINT: u32 = 17;
 
 /// `struct bpf_prog_info`: where its run statistics lie (Linux >= 5.1), and how much of it is asked for.
 #[cfg(any(test, feature = "bench"))]
@@ -103,11 +104,11 @@ pub struct Refused {
 }
 
 impl Program {
-    /// `BPF_PROG_LOAD` of a raw tracepoint program (`insns` in the kernel's 8-byte instruction format).
-    pub fn load_raw_tracepoint(name: &str, insns: &[u64], license: &std::ffi::CStr) -> Result<Program, Refused> {
+    /// `BPF_PROG_LOAD` of a program of type `prog_type` (`insns` in the kernel's 8-byte instruction format).
+    pub fn load(prog_type: u32, name: &str, insns: &[u64], license: &std::ffi::CStr) -> Result<Program, Refused> {
         let mut log = vec![0u8; LOG_LEN];
         let mut attr = [0u8; ATTR_LEN];
-        put_u32(&mut attr, 0, PROG_TYPE_RAW_TRACEPOINT);
+        put_u32(&mut attr, 0, prog_type);
         put_u32(&mut attr, 4, insns.len() as u32);
         put_u64(&mut attr, 8, insns.as_ptr() as u64);
         put_u64(&mut attr, 16, license.as_ptr() as u64);
@@ -132,6 +133,26 @@ impl Program {
                 }
             }
         }
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// `BPF_PROG_TEST_RUN` of a `tc` program on one packet `data` whose `struct __sk_buff` is `context`: what the
+    /// program returns.
+    #[cfg(test)]
+    pub fn test_run(&self, data: &[u8], context: &[u8]) -> io::Result<u32> {
+        const BPF_PROG_TEST_RUN: libc::c_int = 10;
+        let mut attr = [0u8; ATTR_LEN];
+        put_u32(&mut attr, 0, self.fd() as u32);
+        put_u32(&mut attr, 8, data.len() as u32);
+        put_u64(&mut attr, 16, data.as_ptr() as u64);
+        put_u32(&mut attr, 32, 1);
+        put_u32(&mut attr, 40, context.len() as u32);
+        put_u64(&mut attr, 48, context.as_ptr() as u64);
+        bpf(BPF_PROG_TEST_RUN, &mut attr)?;
+        Ok(u32::from_ne_bytes(attr[4..8].try_into().unwrap_or_default()))
     }
 
     /// `BPF_RAW_TRACEPOINT_OPEN`: runs the program at every hit of the tracepoint until the link is dropped.

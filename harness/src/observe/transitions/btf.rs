@@ -164,6 +164,26 @@ impl Btf {
         })
     }
 
+    /// The value of `member` of `enum <name>` (e.g. `SKB_DROP_REASON_NETFILTER_DROP` of `skb_drop_reason`).
+    pub fn enum_value(&self, name: &str, member: &str) -> Result<u32> {
+        for id in 1..self.records.len() as u32 {
+            let header = self.header(id)?;
+            if header.kind != KIND_ENUM || self.name(header.name) != name.as_bytes() {
+                continue;
+            }
+            let first = self.records[id as usize] + 12;
+            for index in 0..header.vlen {
+                if self.name(self.u32(first + 8 * index)?) == member.as_bytes() {
+                    return self.u32(first + 8 * index + 4);
+                }
+            }
+        }
+        Err(Error::Missing {
+            what: format!("enum {name} value {member} in the kernel's type information ({VMLINUX})"),
+            hint: "Linux >= 5.17 (drop reasons)".into(),
+        })
+    }
+
     /// Follows typedefs and const / volatile / restrict / type tags to the type they name.
     fn resolve(&self, mut id: u32) -> Result<u32> {
         for _ in 0..32 {

@@ -13,9 +13,9 @@
 //! socket names its four-tuple, and is then recorded with its own time; one still unnamed when the run stops is
 //! recorded with port 0.
 
-mod bpf;
+pub(crate) mod bpf;
 mod btf;
-mod program;
+pub(crate) mod program;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -26,14 +26,15 @@ use std::thread;
 use std::time::Duration;
 
 use bpf::{Map, Program, RingReader};
-use program::{record, Maps, SockLayout};
+use program::{record, Maps, SkbLayout, SockLayout};
 
 use crate::error::{Context, Error, Result};
+use crate::observe::decode::Decoder;
 use crate::record::TracerStats;
 use crate::run::clock::{monotonic_ns, EventSink};
 use crate::run::netns::Netns;
 use crate::scenario::plan::{HostId, TcpState};
-use crate::timeline::{EventKind, TransitionEvent};
+use crate::timeline::{DroppedBy, EventKind, TransitionEvent};
 
 #[cfg(any(test, feature = "bench"))]
 pub use bpf::run_time_stats;
@@ -81,6 +82,10 @@ const LICENSE: &std::ffi::CStr = c"Dual MIT/GPL";
 pub struct Tracer {
     /// The attachment: closing it detaches the program.
     _link: OwnedFd,
+    /// The drop program's attachment, when the kernel has what it needs.
+    _drop_link: Option<OwnedFd>,
+    /// Why packets dropped inside a host cannot be shown, if they cannot.
+    drops_untraced: Option<String>,
     /// Kept for its run statistics (the attachment holds the program itself).
     _program: Program,
     lost: Map,
@@ -117,13 +122,15 @@ impl Tracer {
             Map::create(bpf::MAP_TYPE_ARRAY, 4, 8, 1).map_err(|e| refused("bpf(BPF_MAP_CREATE) of an array", e))?;
         let maps = Maps { ring: ring.fd(), lost: lost.fd() };
         let insns = program::instructions(&layout, inodes, maps);
-        let program = Program::load_raw_tracepoint("netfault_tcp", &insns, LICENSE).map_err(|refusal| {
-            let log: String = refusal.log.lines().rev().take(3).collect::<Vec<_>>().join(" / ");
-            refused(&format!("the transition tracer's BPF program (verifier: {log})"), refusal.error)
-        })?;
+        let program =
+            Program::load(bpf::PROG_TYPE_RAW_TRACEPOINT, "netfault_tcp", &insns, LICENSE).map_err(|refusal| {
+                let log: String = refusal.log.lines().rev().take(3).collect::<Vec<_>>().join(" / ");
+                refused(&format!("the transition tracer's BPF program (verifier: {log})"), refusal.error)
+            })?;
         let link = program
             .attach_raw_tracepoint(c"inet_sock_set_state")
             .map_err(|e| refused("attach to the tracepoint sock:inet_sock_set_state", e))?;
+        let drops = drop_tracer(&layout, inodes, maps);
         let reader = RingReader::new(ring, RING_BYTES as usize).map_err(|e| refused("map the BPF ring buffer", e))?;
         let stop = Arc::new(AtomicBool::new(false));
         let wake = Arc::new(bpf::wake_event().context(|| "eventfd for the transition tracer".to_string())?);
@@ -139,7 +146,11 @@ impl Tracer {
                 let _ = finished_tx.send(read_until_stopped(reader, &sink, &told_to_stop, woken.as_raw_fd()));
             })
             .context(|| "spawn the transition tracer's reader thread".to_string())?;
-        Ok(Tracer { _link: link, _program: program, lost, stop, wake, finished })
+        let (drop_link, drops_untraced) = match drops {
+            Ok(link) => (Some(link), None),
+            Err(reason) => (None, Some(reason)),
+        };
+        Ok(Tracer { _link: link, _drop_link: drop_link, drops_untraced, _program: program, lost, stop, wake, finished })
     }
 
     /// Reads what is left, stops the reader and detaches the program.
@@ -155,6 +166,7 @@ impl Tracer {
             .lookup(&0u32.to_ne_bytes(), &mut lost)
             .map_err(|e| Error::sys("read the transition tracer's lost count (bpftool map lookup)", e))?;
         stats.lost = u64::from_ne_bytes(lost);
+        stats.drops_untraced.clone_from(&self.drops_untraced);
         Ok(stats)
     }
 
@@ -174,13 +186,27 @@ impl Drop for Tracer {
     }
 }
 
+/// Loads and attaches the drop program (`skb:kfree_skb`, Linux >= 5.17 for drop reasons), writing into the
+/// transition program's maps; `Err` says why it cannot be.
+fn drop_tracer(sock: &SockLayout, namespaces: [u32; 2], maps: Maps) -> std::result::Result<OwnedFd, String> {
+    let btf = btf::Btf::of_running_kernel().map_err(|e| e.to_string())?;
+    let skb = SkbLayout::of(&btf).map_err(|e| e.to_string())?;
+    let insns = program::drop_instructions(sock, &skb, namespaces, maps);
+    let program =
+        Program::load(bpf::PROG_TYPE_RAW_TRACEPOINT, "netfault_drop", &insns, LICENSE).map_err(|refusal| {
+            let log: String = refusal.log.lines().rev().take(3).collect::<Vec<_>>().join(" / ");
+            format!("the drop tracer's BPF program was refused: {} (verifier: {log})", refusal.error)
+        })?;
+    program.attach_raw_tracepoint(c"kfree_skb").map_err(|e| format!("attach to the tracepoint skb:kfree_skb: {e}"))
+}
+
 /// The inode number of a network namespace (`ls -iL /proc/<pid>/ns/net`), as the kernel's `net->ns.inum`.
 fn namespace_inode(ns: &Netns) -> Result<u32> {
     let inode = nix::sys::stat::fstat(ns.fd()).context(|| "fstat a network namespace".to_string())?.st_ino;
     u32::try_from(inode).map_err(|_| Error::Internal(format!("namespace inode {inode} over 32 bits")))
 }
 
-/// One record as the program wrote it.
+/// One transition record as the program wrote it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Record {
     time_ns: u64,
@@ -190,6 +216,33 @@ struct Record {
     host: u32,
     local: SocketAddrV4,
     remote: SocketAddrV4,
+}
+
+/// What a ring buffer record holds.
+enum Parsed<'a> {
+    Transition(Record),
+    /// A packet dropped inside host `host` at `time_ns`, by `by`, from its IPv4 header on.
+    Drop {
+        host: u32,
+        time_ns: u64,
+        by: DroppedBy,
+        packet: &'a [u8],
+    },
+}
+
+fn parse(bytes: &[u8]) -> Option<Parsed<'_>> {
+    let u32_at = |at: usize| Some(u32::from_ne_bytes(bytes.get(at..at + 4)?.try_into().ok()?));
+    let u64_at = |at: usize| Some(u64::from_ne_bytes(bytes.get(at..at + 8)?.try_into().ok()?));
+    match u32_at(record::KIND)? {
+        record::TRANSITION => Record::parse(bytes).map(Parsed::Transition),
+        record::DROP => Some(Parsed::Drop {
+            host: u32_at(record::HOST)?,
+            time_ns: u64_at(record::TIME_NS)?,
+            by: if u32_at(record::DROPPED_BY)? == record::BY_QDISC { DroppedBy::Qdisc } else { DroppedBy::Netfilter },
+            packet: bytes.get(record::PACKET..record::PACKET + record::PACKET_BYTES)?,
+        }),
+        _ => None,
+    }
 }
 
 impl Record {
@@ -288,8 +341,10 @@ fn wait_readable(fd: RawFd, timeout: Duration) {
 /// The reader thread: every record to `sink` until `stop`, then a last pass.
 fn read_until_stopped(mut reader: RingReader, sink: &EventSink, stop: &AtomicBool, wake: RawFd) -> Result<TracerStats> {
     let mut namer = Namer::default();
+    let mut decoder = Decoder::sharing(sink.initial_seqs().clone());
     let mut latencies: Vec<u64> = Vec::new();
     let mut transitions = 0;
+    let mut dropped_packets = 0;
     let mut emit = |pairs: Vec<(Record, TransitionEvent)>| {
         for (record, event) in pairs {
             let Some(host) = HostId::ALL.into_iter().find(|host| host.index() as u32 == record.host) else { continue };
@@ -300,14 +355,30 @@ fn read_until_stopped(mut reader: RingReader, sink: &EventSink, stop: &AtomicBoo
     loop {
         let stopping = stop.load(Ordering::SeqCst);
         let mut records = Vec::new();
+        let mut drops = Vec::new();
         reader
-            .read(if stopping { Duration::ZERO } else { READ_TICK }, wake, |bytes| records.extend(Record::parse(bytes)))
+            .read(if stopping { Duration::ZERO } else { READ_TICK }, wake, |bytes| match parse(bytes) {
+                Some(Parsed::Transition(record)) => records.push(record),
+                Some(Parsed::Drop { host, time_ns, by, packet }) => {
+                    let host = HostId::ALL.into_iter().find(|h| h.index() as u32 == host);
+                    let event = decoder.decode_ip(packet, true);
+                    if let (Some(host), Some(mut event)) = (host, event) {
+                        event.dropped = Some(by);
+                        drops.push((host, time_ns, event));
+                    }
+                }
+                None => {}
+            })
             .map_err(|e| Error::sys("read the transition tracer's ring buffer", e))?;
         let now = monotonic_ns();
-        let busy = !records.is_empty();
+        let busy = !records.is_empty() || !drops.is_empty();
         for record in records {
             latencies.push(now.saturating_sub(record.time_ns));
             emit(namer.take(record));
+        }
+        for (host, time_ns, event) in drops {
+            dropped_packets += 1;
+            sink.emit_at(sink.clock().since_t0_monotonic(time_ns), host, EventKind::Packet(event));
         }
         if stopping {
             emit(namer.flush());
@@ -323,6 +394,8 @@ fn read_until_stopped(mut reader: RingReader, sink: &EventSink, stop: &AtomicBoo
     let micros = |ns: u64| ns as f64 / 1e3;
     Ok(TracerStats {
         transitions,
+        dropped_packets,
+        drops_untraced: None,
         lost: 0,
         median_latency_us: latencies.get(latencies.len() / 2).copied().map_or(0.0, micros),
         max_latency_us: latencies.last().copied().map_or(0.0, micros),

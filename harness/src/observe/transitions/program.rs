@@ -10,23 +10,36 @@ use crate::error::Result;
 const AF_INET: i32 = 2;
 const IPPROTO_TCP: i32 = 6;
 
-/// One record in the ring buffer, as the program writes it (native byte order unless said otherwise).
+/// One record in the ring buffer, as the programs write it (native byte order unless said otherwise): a
+/// header, then a transition's or a dropped packet's fields.
 pub mod record {
-    /// `bpf_ktime_get_ns()` at the transition (CLOCK_MONOTONIC).
-    pub const TIME_NS: usize = 0;
-    /// The socket's kernel address: tells sockets apart across their transitions, never shown.
-    pub const SOCK: usize = 8;
-    pub const OLD_STATE: usize = 16;
-    pub const NEW_STATE: usize = 20;
-    /// Index of the host whose namespace the socket is in (the value in the namespace map).
-    pub const HOST: usize = 24;
-    /// Remote and local IPv4 address, network byte order.
-    pub const REMOTE_ADDRESS: usize = 28;
-    pub const LOCAL_ADDRESS: usize = 32;
-    /// Remote port, network byte order; local port, native order (0 until the socket has one).
-    pub const REMOTE_PORT: usize = 36;
-    pub const LOCAL_PORT: usize = 38;
-    pub const LEN: usize = 40;
+    /// [`TRANSITION`] or [`DROP`].
+    pub const KIND: usize = 0;
+    pub const TRANSITION: u32 = 1;
+    pub const DROP: u32 = 2;
+    /// Index of the host whose namespace the socket is in (by `HostId::index()`).
+    pub const HOST: usize = 4;
+    /// `bpf_ktime_get_ns()` at the transition or drop (CLOCK_MONOTONIC).
+    pub const TIME_NS: usize = 8;
+    /// A transition: the socket's kernel address (tells sockets apart across their transitions, never shown),
+    /// the two states, the remote and local IPv4 address (network byte order), the remote port (network byte
+    /// order) and the local port (native order, 0 until the socket has one).
+    pub const SOCK: usize = 16;
+    pub const OLD_STATE: usize = 24;
+    pub const NEW_STATE: usize = 28;
+    pub const REMOTE_ADDRESS: usize = 32;
+    pub const LOCAL_ADDRESS: usize = 36;
+    pub const REMOTE_PORT: usize = 40;
+    pub const LOCAL_PORT: usize = 42;
+    pub const TRANSITION_LEN: usize = 44;
+    /// A dropped packet: who dropped it ([`BY_NETFILTER`] or [`BY_QDISC`]) and its first bytes from its IPv4
+    /// header on.
+    pub const DROPPED_BY: usize = 16;
+    pub const BY_NETFILTER: u32 = 1;
+    pub const BY_QDISC: u32 = 2;
+    pub const PACKET: usize = 24;
+    pub const PACKET_BYTES: usize = 64;
+    pub const DROP_LEN: usize = PACKET + PACKET_BYTES;
 }
 
 /// Where the program finds what it reads in the running kernel's `struct sock` and `struct net`.
@@ -118,6 +131,47 @@ impl SockLayout {
     }
 }
 
+/// Where the drop program finds a packet in the running kernel's `struct sk_buff`, and the kernel's drop
+/// reasons it keeps (`enum skb_drop_reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SkbLayout {
+    sk: Field,
+    head: Field,
+    network_header: Field,
+    /// The interface a packet arrived on; 0 for one the host made (the only drops kept).
+    skb_iif: Field,
+    netfilter_drop: u32,
+    tc_egress: u32,
+    qdisc_drop: u32,
+}
+
+impl SkbLayout {
+    pub fn of(btf: &Btf) -> Result<SkbLayout> {
+        let skb = btf.struct_named("sk_buff")?;
+        let reason = |name: &str| btf.enum_value("skb_drop_reason", name);
+        let layout = SkbLayout {
+            sk: btf.field_in(skb, "sk_buff", &["sk"])?,
+            head: btf.field_in(skb, "sk_buff", &["head"])?,
+            network_header: btf.field_in(skb, "sk_buff", &["network_header"])?,
+            skb_iif: btf.field_in(skb, "sk_buff", &["skb_iif"])?,
+            netfilter_drop: reason("SKB_DROP_REASON_NETFILTER_DROP")?,
+            tc_egress: reason("SKB_DROP_REASON_TC_EGRESS")?,
+            qdisc_drop: reason("SKB_DROP_REASON_QDISC_DROP")?,
+        };
+        let sizes = [layout.sk.size, layout.head.size, layout.network_header.size, layout.skb_iif.size];
+        if sizes != [8, 8, 2, 4] {
+            return Err(crate::error::Error::Missing {
+                what: format!(
+                    "struct sk_buff with sk, head, network_header and skb_iif as the drop tracer reads them \
+                     ({sizes:?})"
+                ),
+                hint: "a kernel whose struct layout the transition tracer knows (Linux >= 5.17)".into(),
+            });
+        }
+        Ok(layout)
+    }
+}
+
 /// The maps the program uses, by descriptor.
 #[derive(Debug, Clone, Copy)]
 pub struct Maps {
@@ -177,6 +231,13 @@ const SLOT_INUM: i16 = SLOT_SPAN - 8;
 const SLOT_PROTOCOL: i16 = SLOT_SPAN - 16;
 const SLOT_TIME: i16 = SLOT_SPAN - 24;
 const SLOT_ZERO: i16 = SLOT_SPAN - 28;
+/// The drop program's own slots (its packet copy where the transition program copies the socket).
+const SLOT_PACKET: i16 = -(record::PACKET_BYTES as i16);
+const SLOT_SOCK: i16 = SLOT_PACKET - 8;
+const SLOT_NET_POINTER: i16 = SLOT_PACKET - 16;
+const SLOT_HEAD: i16 = SLOT_PACKET - 32;
+const SLOT_NETWORK_HEADER: i16 = SLOT_PACKET - 40;
+const SLOT_IIF: i16 = SLOT_PACKET - 48;
 
 /// Jump targets, patched once the program is complete.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -185,6 +246,8 @@ enum Label {
     Lost,
     Server,
     Ours,
+    ByQdisc,
+    Dropped,
 }
 
 #[derive(Default)]
@@ -223,6 +286,14 @@ impl Assembler {
 
     fn add_imm(&mut self, dst: u8, imm: i32) {
         self.raw(ALU64 | OP_ADD, dst, 0, 0, imm);
+    }
+
+    fn add(&mut self, dst: u8, src: u8) {
+        self.raw(ALU64 | OP_ADD | SOURCE_REG, dst, src, 0, 0);
+    }
+
+    fn store_imm(&mut self, size: u8, dst: u8, off: i16, imm: i32) {
+        self.raw(ST | size | MODE_MEM, dst, 0, off, imm);
     }
 
     fn call(&mut self, helper: i32) {
@@ -310,17 +381,10 @@ pub fn instructions(layout: &SockLayout, namespaces: [u32; 2], maps: Maps) -> Ve
     a.probe(SLOT_PROTOCOL, R6, layout.protocol);
     a.load(SIZE_H, R1, FP, SLOT_PROTOCOL);
     a.jump(OP_JNE, R1, IPPROTO_TCP, Label::Out);
-    a.map(R1, maps.ring);
-    a.mov_imm(R2, record::LEN as i32);
-    a.mov_imm(R3, 0);
-    a.call(HELPER_RINGBUF_RESERVE);
-    a.jump(OP_JEQ, R0, 0, Label::Lost);
-    a.load(SIZE_DW, R1, FP, SLOT_TIME);
-    a.store(SIZE_DW, R0, record::TIME_NS as i16, R1);
+    a.reserve(maps.ring, record::TRANSITION_LEN, record::TRANSITION);
     a.store(SIZE_DW, R0, record::SOCK as i16, R6);
     a.store(SIZE_W, R0, record::OLD_STATE as i16, R7);
     a.store(SIZE_W, R0, record::NEW_STATE as i16, R8);
-    a.store(SIZE_W, R0, record::HOST as i16, R9);
     for (size, field, at) in [
         (SIZE_W, layout.remote_address, record::REMOTE_ADDRESS),
         (SIZE_W, layout.local_address, record::LOCAL_ADDRESS),
@@ -330,24 +394,122 @@ pub fn instructions(layout: &SockLayout, namespaces: [u32; 2], maps: Maps) -> Ve
         a.load(size, R1, FP, in_span(field));
         a.store(size, R0, at as i16, R1);
     }
-    a.mov(R1, R0);
-    a.mov_imm(R2, 0);
-    a.call(HELPER_RINGBUF_SUBMIT);
+    a.submit_and_exit(maps.lost);
+    a.finish()
+}
+
+/// The drop program's instructions: run at the `skb:kfree_skb` tracepoint (`skb`, `location`, `reason`), it
+/// keeps the packets the run's namespaces made (not those they received) that netfilter or a queueing
+/// discipline dropped (the kernel's drop reasons NETFILTER_DROP, TC_EGRESS, QDISC_DROP) and hands their first bytes to user space, stamped with the
+/// kernel's monotonic clock at the drop. Such a packet never reaches the wire, so no capture has it.
+pub fn drop_instructions(sock: &SockLayout, skb: &SkbLayout, namespaces: [u32; 2], maps: Maps) -> Vec<u64> {
+    let mut a = Assembler::default();
+    a.load(SIZE_DW, R6, R1, 0);
+    a.load(SIZE_DW, R7, R1, 16);
+    a.mov_imm(R8, record::BY_NETFILTER as i32);
+    a.jump32(OP_JEQ, R7, skb.netfilter_drop, Label::Dropped);
+    a.jump32(OP_JEQ, R7, skb.tc_egress, Label::ByQdisc);
+    a.jump32(OP_JEQ, R7, skb.qdisc_drop, Label::ByQdisc);
     a.jump(OP_JA, 0, 0, Label::Out);
-    // No room in the ring buffer: count the record as lost (`lock *(u64 *)(r0 + 0) += 1`).
-    a.label(Label::Lost);
-    a.raw(ST | SIZE_W | MODE_MEM, FP, 0, SLOT_ZERO, 0);
-    a.map(R1, maps.lost);
-    a.mov(R2, FP);
-    a.add_imm(R2, i32::from(SLOT_ZERO));
-    a.call(HELPER_MAP_LOOKUP_ELEM);
-    a.jump(OP_JEQ, R0, 0, Label::Out);
-    a.mov_imm(R1, 1);
-    a.raw(STX | SIZE_DW | MODE_ATOMIC, R0, R1, 0, i32::from(OP_ADD));
-    a.label(Label::Out);
-    a.mov_imm(R0, 0);
+    a.label(Label::ByQdisc);
+    a.mov_imm(R8, record::BY_QDISC as i32);
+    a.label(Label::Dropped);
+    a.call(HELPER_KTIME_GET_NS);
+    a.store(SIZE_DW, FP, SLOT_TIME, R0);
+    // Made by the host, not received: an arriving packet early demux gave a socket is the capture's to show.
+    a.probe(SLOT_IIF, R6, skb.skb_iif);
+    a.load(SIZE_W, R1, FP, SLOT_IIF);
+    a.jump(OP_JNE, R1, 0, Label::Out);
+    // The packet's socket, its namespace: one of the run's.
+    a.probe(SLOT_SOCK, R6, skb.sk);
+    a.load(SIZE_DW, R9, FP, SLOT_SOCK);
+    a.jump(OP_JEQ, R9, 0, Label::Out);
+    a.probe(SLOT_NET_POINTER, R9, sock.net);
+    a.load(SIZE_DW, R9, FP, SLOT_NET_POINTER);
+    a.probe(SLOT_INUM, R9, sock.inum);
+    a.load(SIZE_W, R1, FP, SLOT_INUM);
+    a.mov_imm(R9, 0);
+    a.jump32(OP_JEQ, R1, namespaces[0], Label::Ours);
+    a.jump32(OP_JEQ, R1, namespaces[1], Label::Server);
+    a.jump(OP_JA, 0, 0, Label::Out);
+    a.label(Label::Server);
+    a.mov_imm(R9, 1);
+    a.label(Label::Ours);
+    // skb->head + skb->network_header: the IPv4 header.
+    a.probe(SLOT_HEAD, R6, skb.head);
+    a.probe(SLOT_NETWORK_HEADER, R6, skb.network_header);
+    a.load(SIZE_DW, R7, FP, SLOT_HEAD);
+    a.load(SIZE_H, R1, FP, SLOT_NETWORK_HEADER);
+    a.add(R7, R1);
+    a.probe(SLOT_PACKET, R7, Field { offset: 0, size: record::PACKET_BYTES as u32 });
+    a.reserve(maps.ring, record::DROP_LEN, record::DROP);
+    a.store(SIZE_W, R0, record::DROPPED_BY as i16, R8);
+    for word in 0..record::PACKET_BYTES / 8 {
+        a.load(SIZE_DW, R1, FP, SLOT_PACKET + 8 * word as i16);
+        a.store(SIZE_DW, R0, (record::PACKET + 8 * word) as i16, R1);
+    }
+    a.submit_and_exit(maps.lost);
+    a.finish()
+}
+
+/// `struct __sk_buff`'s `mark`, what a `tc` program reads of the packet's mark.
+const SKB_MARK: i16 = 8;
+/// `TC_ACT_OK` (let the packet go on) and `TC_ACT_SHOT` (drop it; the transmit returns NET_XMIT_DROP).
+const TC_ACT_OK: i32 = 0;
+const TC_ACT_SHOT: i32 = 2;
+const OP_AND: u8 = 0x50;
+const ALU32: u8 = 0x04;
+
+/// A `tc` direct-action program (`BPF_PROG_TYPE_SCHED_CLS`, as `tc filter add ... bpf da` loads it): drops the
+/// packets whose mark, under `mask`, is `mark`; lets every other packet go on.
+pub fn tc_drop_marked_instructions(mark: u32, mask: u32) -> Vec<u64> {
+    let mut a = Assembler::default();
+    a.load(SIZE_W, R0, R1, SKB_MARK);
+    a.raw(ALU32 | OP_AND, R0, 0, 0, mask as i32);
+    a.jump32(OP_JEQ, R0, mark, Label::Dropped);
+    a.mov_imm(R0, TC_ACT_OK);
+    a.raw(JMP | OP_EXIT, 0, 0, 0, 0);
+    a.label(Label::Dropped);
+    a.mov_imm(R0, TC_ACT_SHOT);
     a.raw(JMP | OP_EXIT, 0, 0, 0, 0);
     a.finish()
+}
+
+impl Assembler {
+    /// `bpf_ringbuf_reserve(ring, len)`, the program leaving through [`Label::Lost`] when there is no room; then
+    /// the record's kind, host (R9) and time (from [`SLOT_TIME`]). The record is in R0.
+    fn reserve(&mut self, ring: i32, len: usize, kind: u32) {
+        self.map(R1, ring);
+        self.mov_imm(R2, len as i32);
+        self.mov_imm(R3, 0);
+        self.call(HELPER_RINGBUF_RESERVE);
+        self.jump(OP_JEQ, R0, 0, Label::Lost);
+        self.store_imm(SIZE_W, R0, record::KIND as i16, kind as i32);
+        self.store(SIZE_W, R0, record::HOST as i16, R9);
+        self.load(SIZE_DW, R1, FP, SLOT_TIME);
+        self.store(SIZE_DW, R0, record::TIME_NS as i16, R1);
+    }
+
+    /// `bpf_ringbuf_submit(record)` and the program's two exits: the lost count (`lock *(u64 *)(r0 + 0) += 1`
+    /// when the ring buffer had no room) and the ordinary one.
+    fn submit_and_exit(&mut self, lost: i32) {
+        self.mov(R1, R0);
+        self.mov_imm(R2, 0);
+        self.call(HELPER_RINGBUF_SUBMIT);
+        self.jump(OP_JA, 0, 0, Label::Out);
+        self.label(Label::Lost);
+        self.store_imm(SIZE_W, FP, SLOT_ZERO, 0);
+        self.map(R1, lost);
+        self.mov(R2, FP);
+        self.add_imm(R2, i32::from(SLOT_ZERO));
+        self.call(HELPER_MAP_LOOKUP_ELEM);
+        self.jump(OP_JEQ, R0, 0, Label::Out);
+        self.mov_imm(R1, 1);
+        self.raw(STX | SIZE_DW | MODE_ATOMIC, R0, R1, 0, i32::from(OP_ADD));
+        self.label(Label::Out);
+        self.mov_imm(R0, 0);
+        self.raw(JMP | OP_EXIT, 0, 0, 0, 0);
+    }
 }
 
 #[cfg(test)]

@@ -102,7 +102,16 @@ pub fn judge(plan: &Plan, timeline: &Timeline) -> Verdict {
     }
     for expectation in &plan.expect.packets {
         let anchor = resolve_anchor(&facts, expectation.since.as_ref(), expectation.location);
-        verdict.check(anchor.and_then(|anchor| judge_packets(expectation, anchor, &facts.sent)));
+        let failed = anchor.and_then(|anchor| judge_packets(expectation, anchor, &facts.sent));
+        verdict.check(failed.map_err(|mut failure| {
+            if expectation.filter.dropped && !facts.traced {
+                failure.actual.push_str(
+                    " (packets dropped before they left are seen by the transition tracer only, which this run did \
+                     not have; timeline.txt says why)",
+                );
+            }
+            failure
+        }));
     }
     for expectation in &plan.expect.states {
         let anchor = resolve_anchor(&facts, expectation.since.as_ref(), expectation.location);

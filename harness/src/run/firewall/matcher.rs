@@ -132,6 +132,7 @@ mod tests {
             len,
             options: String::new(),
             fault: None,
+            dropped: None,
         }
     }
 

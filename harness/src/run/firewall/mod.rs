@@ -12,6 +12,7 @@
 
 mod expr;
 mod matcher;
+mod qdisc;
 mod socket;
 #[cfg(test)]
 mod tests;
@@ -20,10 +21,11 @@ use std::ffi::{CStr, CString};
 use std::io;
 use std::thread;
 
-use nftnl::expr::{Bitwise, Cmp, CmpOp, IcmpCode, Meta, RejectionType, Verdict};
+use nftnl::expr::{Bitwise, Cmp, CmpOp, IcmpCode, Immediate, Meta, Register, RejectionType, Verdict};
 use nftnl::{Batch, Chain, ChainType, FinalizedBatch, Hook, MsgType, Policy, ProtoFamily, Rule, Table};
 
 pub use matcher::matches;
+pub use qdisc::install_qdisc_drops;
 
 use expr::{CounterObject, CounterRef, PayloadBase, RawPayload};
 use matcher::{Alternative, Selection};
@@ -61,10 +63,12 @@ struct InstalledFault {
     direction: Direction,
     selection: Selection,
     action: FaultAction,
+    /// The packet mark a `qdisc-drop` fault sets for the host's queueing discipline to drop.
+    mark: u32,
 }
 
 impl InstalledFault {
-    fn new(fault: &FaultPlan) -> Result<InstalledFault> {
+    fn new(fault: &FaultPlan, mark: u32) -> Result<InstalledFault> {
         let refused = |why: String| Error::Internal(format!("fault {} (line {}): {why}", fault.name, fault.location));
         let selection = matcher::selection(&fault.matcher, fault.action).map_err(refused)?;
         let chain = CString::new(format!("fault_{}", fault.name))
@@ -75,6 +79,7 @@ impl InstalledFault {
             direction: fault.direction,
             selection,
             action: fault.action,
+            mark,
         })
     }
 
@@ -92,10 +97,9 @@ impl Firewall {
     /// Faults of other hosts in `faults` are skipped. A table left from an earlier install in the
     /// same namespace is replaced. A fault the kernel refuses is an error at its line.
     pub fn install(ns: &Netns, host: HostId, faults: &[FaultPlan]) -> Result<Firewall> {
-        let mut own = faults
-            .iter()
-            .filter(|fault| fault.host == host)
-            .map(|fault| Ok((InstalledFault::new(fault)?, fault.location)))
+        let mut own = qdisc::marks(faults)
+            .filter(|(fault, _)| fault.host == host)
+            .map(|(fault, mark)| Ok((InstalledFault::new(fault, mark)?, fault.location)))
             .collect::<Result<Vec<_>>>()?;
         own.sort_by(|(a, _), (b, _)| a.name.cmp(&b.name));
         if let Some(pair) = own.windows(2).find(|pair| pair[0].0.name == pair[1].0.name) {
@@ -280,7 +284,14 @@ fn add_fault_rules(batch: &mut Batch, chain: &Chain, fault: &InstalledFault) {
             add_payload_exists(&mut rule);
         }
         rule.add_expr(&CounterRef { name: &fault.chain });
-        rule.add_expr(&verdict(fault.action));
+        match verdict(fault.action) {
+            Some(verdict) => rule.add_expr(&verdict),
+            // `meta mark set <mark>`, no verdict: the packet goes on, to be dropped by the queueing discipline.
+            None => {
+                rule.add_expr(&Immediate::new(fault.mark, Register::Reg1));
+                rule.add_expr(&Meta::Mark { set: true });
+            }
+        }
         batch.add(&rule, MsgType::Add);
     }
 }
@@ -321,16 +332,18 @@ fn add_alternative(rule: &mut Rule, alternative: &Alternative) {
 
 /// `drop`, `reject with tcp reset`, or `reject with icmpx <code>`: the inet family's ICMPX codes
 /// become ICMP net-unreachable (code 0), host-unreachable (1), port-unreachable (3) and
-/// communication administratively prohibited (13) for IPv4.
-fn verdict(action: FaultAction) -> Verdict {
-    match action {
+/// communication administratively prohibited (13) for IPv4. `None` for `qdisc-drop`, which marks the packet
+/// instead.
+fn verdict(action: FaultAction) -> Option<Verdict> {
+    Some(match action {
         FaultAction::Drop => Verdict::Drop,
         FaultAction::RejectTcpReset => Verdict::Reject(RejectionType::TcpRst),
         FaultAction::RejectIcmpPortUnreachable => Verdict::Reject(RejectionType::Icmp(IcmpCode::PortUnreach)),
         FaultAction::RejectIcmpHostUnreachable => Verdict::Reject(RejectionType::Icmp(IcmpCode::HostUnreach)),
         FaultAction::RejectIcmpNetUnreachable => Verdict::Reject(RejectionType::Icmp(IcmpCode::NoRoute)),
         FaultAction::RejectIcmpAdminProhibited => Verdict::Reject(RejectionType::Icmp(IcmpCode::AdminProhibited)),
-    }
+        FaultAction::QdiscDrop => return None,
+    })
 }
 
 /// The fault's rules as `nft add rule` commands, for messages.
@@ -357,17 +370,15 @@ fn rule_text(fault: &InstalledFault) -> Vec<String> {
             parts.push("@ih,0,8 >= 0x0".to_string());
         }
         parts.push(format!("counter name {}", fault.chain_name()));
-        parts.push(
-            match fault.action {
-                FaultAction::Drop => "drop",
-                FaultAction::RejectTcpReset => "reject with tcp reset",
-                FaultAction::RejectIcmpPortUnreachable => "reject with icmpx port-unreachable",
-                FaultAction::RejectIcmpHostUnreachable => "reject with icmpx host-unreachable",
-                FaultAction::RejectIcmpNetUnreachable => "reject with icmpx no-route",
-                FaultAction::RejectIcmpAdminProhibited => "reject with icmpx admin-prohibited",
-            }
-            .to_string(),
-        );
+        parts.push(match fault.action {
+            FaultAction::QdiscDrop => format!("meta mark set {:#x}", fault.mark),
+            FaultAction::Drop => "drop".to_string(),
+            FaultAction::RejectTcpReset => "reject with tcp reset".to_string(),
+            FaultAction::RejectIcmpPortUnreachable => "reject with icmpx port-unreachable".to_string(),
+            FaultAction::RejectIcmpHostUnreachable => "reject with icmpx host-unreachable".to_string(),
+            FaultAction::RejectIcmpNetUnreachable => "reject with icmpx no-route".to_string(),
+            FaultAction::RejectIcmpAdminProhibited => "reject with icmpx admin-prohibited".to_string(),
+        });
         rules.push(parts.join(" "));
     }
     rules

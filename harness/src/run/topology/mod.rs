@@ -4,7 +4,7 @@
 //! Nothing here runs `ip` or `ethtool`: one scenario's topology is a handful of netlink round trips.
 
 mod ethtool;
-mod rtnl;
+pub(crate) mod rtnl;
 mod sysctl;
 
 use std::net::{IpAddr, Ipv4Addr};

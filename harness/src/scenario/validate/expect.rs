@@ -164,6 +164,7 @@ impl Validator<'_> {
                 len: wire.len.clone(),
                 window: wire.window.clone(),
                 protocol: wire.protocol.clone(),
+                dropped: wire.dropped.clone(),
             },
         )?;
         let EventTimes { count, at, window } = self.event_times(path, "packet", &wire.count, &wire.at, &wire.within)?;

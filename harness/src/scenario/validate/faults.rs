@@ -55,8 +55,8 @@ impl Validator<'_> {
             self.required(&wire.at, path, "fault", "at", "the host whose firewall holds the rule, client or server")?;
         let host = self.host(&path.key("at"), host)?;
         let direction = match &wire.direction {
-            Some(direction) => self.pick(&path.key("direction"), direction, DIRECTIONS, "direction")?,
-            None => Direction::Ingress,
+            Some(direction) => Some(self.pick(&path.key("direction"), direction, DIRECTIONS, "direction")?),
+            None => None,
         };
         let mut matcher = match &wire.matcher {
             Some(matcher) => self.packet_match(&path.key("match"), matcher)?,
@@ -67,7 +67,7 @@ impl Validator<'_> {
             path,
             "fault",
             "action",
-            "drop, or { reject: tcp-reset | icmp-port-unreachable | icmp-host-unreachable | icmp-net-unreachable | icmp-admin-prohibited }",
+            "drop, qdisc-drop, or { reject: tcp-reset | icmp-port-unreachable | icmp-host-unreachable | icmp-net-unreachable | icmp-admin-prohibited }",
         )?;
         let action_path = path.key("action");
         let action = match action {
@@ -77,6 +77,18 @@ impl Validator<'_> {
                     self.required(&reject.reject, &action_path, "reject", "reject", "e.g. `reject: tcp-reset`")?;
                 self.pick(&action_path.key("reject"), kind, REJECTS, "reject kind")?
             }
+        };
+        // A queueing discipline sits on the way out: qdisc-drop is egress, and says so without `direction`.
+        let direction = match (action, direction) {
+            (FaultAction::QdiscDrop, Some(Direction::Ingress)) => {
+                return Err(self.fail(
+                    &path.key("direction"),
+                    "qdisc-drop drops the host's own packets on their way out (its queueing discipline): it is \
+                     egress only; for packets arriving at the host use `drop`",
+                ))
+            }
+            (FaultAction::QdiscDrop, _) => Direction::Egress,
+            (_, direction) => direction.unwrap_or(Direction::Ingress),
         };
         if action == FaultAction::RejectTcpReset {
             match matcher.protocol {
@@ -300,6 +312,10 @@ impl Validator<'_> {
                 None => None,
             },
             protocol,
+            dropped: match &wire.dropped {
+                Some(dropped) => self.boolean(&path.key("dropped"), dropped, "dropped")?,
+                None => false,
+            },
         })
     }
 
