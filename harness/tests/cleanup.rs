@@ -66,7 +66,22 @@ fn host_state() -> HostState {
             (name.to_string(), value.trim().to_string())
         })
         .collect();
-    HostState { links, ruleset: command_output("nft", &["list", "ruleset"]), sysctls }
+    HostState { links, ruleset: ruleset(), sysctls }
+}
+
+/// `nft list ruleset`. An ordinary user (a rootless run) may neither read nor change the host's ruleset: the
+/// kernel refuses both, and the state records the refusal.
+fn ruleset() -> String {
+    let output = Command::new("nft").args(["list", "ruleset"]).output().unwrap_or_else(|e| panic!("nft: {e}"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if output.status.success() {
+        return String::from_utf8_lossy(&output.stdout).into_owned();
+    }
+    assert!(
+        !nix::unistd::geteuid().is_root() && stderr.contains("Operation not permitted"),
+        "nft list ruleset: {stderr}"
+    );
+    "refused to this user: unreadable and unchangeable without root".to_string()
 }
 
 /// `net:[4026532318]` -> 4026532318.
