@@ -179,11 +179,15 @@ fn wait_until_running(run: &Run) -> Running {
 }
 
 /// The checks afterwards mean something only if the run did set sysctls, rules and links in its namespaces:
-/// look at them from inside (`nsenter --net=/proc/<sleep>/ns/net ...`).
+/// look at them from inside (`nsenter --net=/proc/<sleep>/ns/net ...`; a rootless run's namespaces belong to
+/// its own user namespace, which an ordinary user enters too: `--user=/proc/<sleep>/ns/user`).
 fn assert_scenario_really_changes_things(sleeps: &[u32]) {
     let inside = |pid: u32, program: &str, args: &[&str]| {
+        let user_ns = |pid: &str| fs::read_link(format!("/proc/{pid}/ns/user")).unwrap();
+        let user = (user_ns(&pid.to_string()) != user_ns("self")).then(|| format!("--user=/proc/{pid}/ns/user"));
         let net = format!("--net=/proc/{pid}/ns/net");
-        let mut full = vec![net.as_str(), program];
+        let mut full: Vec<&str> = user.iter().map(String::as_str).collect();
+        full.extend([net.as_str(), program]);
         full.extend(args);
         command_output("nsenter", &full)
     };
