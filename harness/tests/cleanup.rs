@@ -180,13 +180,14 @@ fn wait_until_running(run: &Run) -> Running {
 
 /// The checks afterwards mean something only if the run did set sysctls, rules and links in its namespaces:
 /// look at them from inside (`nsenter --net=/proc/<sleep>/ns/net ...`; a rootless run's namespaces belong to
-/// its own user namespace, which an ordinary user enters too: `--user=/proc/<sleep>/ns/user`).
+/// its own user namespace, which the same ordinary user enters too, keeping its ids (mapped to root there):
+/// `--user=/proc/<sleep>/ns/user --preserve-credentials`).
 fn assert_scenario_really_changes_things(sleeps: &[u32]) {
     let inside = |pid: u32, program: &str, args: &[&str]| {
         let user_ns = |pid: &str| fs::read_link(format!("/proc/{pid}/ns/user")).unwrap();
         let user = (user_ns(&pid.to_string()) != user_ns("self")).then(|| format!("--user=/proc/{pid}/ns/user"));
         let net = format!("--net=/proc/{pid}/ns/net");
-        let mut full: Vec<&str> = user.iter().map(String::as_str).collect();
+        let mut full: Vec<&str> = user.iter().flat_map(|user| [user.as_str(), "--preserve-credentials"]).collect();
         full.extend([net.as_str(), program]);
         full.extend(args);
         command_output("nsenter", &full)
