@@ -1,4 +1,4 @@
-//! Reports: what a run leaves under reports/<scenario>/ (result.json, timeline.txt, client.pcap, server.pcap),
+//! Reports: what a run leaves under `reports/<scenario>/` (result.json, timeline.txt, client.pcap, server.pcap),
 //! and the verdict they state.
 
 pub mod verdict;
