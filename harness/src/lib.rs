@@ -70,6 +70,8 @@
 //! | `run::actors` | the hosts' socket programs and `exec` | the programs themselves |
 //! | `run::engine` | one run: set-up, fault triggers, end or deadline, teardown | |
 //! | [`run::runner`] | child processes, parallelism, the libtest-mimic driver | |
+//! | [`testing`] | another crate's test target: `netfault::scenarios!`, `Suite` | |
+//! | [`cli`], [`version`] | the command line; the build's version and commit | |
 //! | [`run::netns`], [`run::userns`] | anonymous namespaces, rootless mode | `ip netns`, `unshare --user` |
 //! | `observe::capture`, `observe::decode` | AF_PACKET capture to pcap, frames to tcpdump-like events | `tcpdump -w` |
 //! | `observe::sockets` | sock_diag sampler | `ss -tanoi` |
