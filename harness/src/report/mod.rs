@@ -1,4 +1,4 @@
-//! Reports: what a run leaves under reports/<scenario>/ (report.html, capture.pcapng, result.json,
+//! Reports: what a run leaves under `reports/<scenario>/` (report.html, capture.pcapng, result.json,
 //! timeline.txt, scenario.yaml, environment.txt, next to the capture's client.pcap and server.pcap), and the
 //! verdict they state.
 

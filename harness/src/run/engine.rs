@@ -14,7 +14,8 @@ use crate::observe::sockets::{DiagSocket, Observer};
 use crate::record::{CaptureStats, CapturedInterface, RunRecord};
 use crate::run::actors::{self, ActorContext, ProcessRegistry, StepBoard};
 use crate::run::clock::{Clock, EventSink};
-use crate::run::firewall::{self, Firewall};
+use crate::run::faults::HostFaults;
+use crate::run::firewall;
 use crate::run::netns::Netns;
 use crate::run::priority;
 use crate::run::topology;
@@ -32,7 +33,7 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunRecord> {
     let setup_started = Instant::now();
     let clock = Clock::unstarted();
     let (sink, events) = EventSink::new(clock.clone());
-    let Rig { namespaces, interfaces, mut firewalls, captures, observers } = set_up(plan, report_dir, &sink)?;
+    let Rig { namespaces, interfaces, mut faults, captures, observers } = set_up(plan, report_dir, &sink)?;
     let setup = setup_started.elapsed();
 
     // Both program threads are spawned, inside their namespaces and waiting before t0 is taken: creating and
@@ -94,7 +95,7 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunRecord> {
     // taken (their events read 0 s): an nftables commit can take tens of ms on a busy machine.
     let mut schedule = FaultSchedule::new(&plan.faults);
     let mut fault_events = Vec::new();
-    apply_due(&mut schedule, &mut firewalls, &clock, &mut fault_events)?;
+    apply_due(&mut schedule, &mut faults, &clock, &mut fault_events)?;
     // The hub too reacts to events in time (fault triggers); it goes back to ordinary before the teardown.
     let _ = priority::raise_current_thread();
     // t0 is the moment the programs start (scenario times read as the seed scripts' times): the first program
@@ -136,7 +137,7 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunRecord> {
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
-        apply_due(&mut schedule, &mut firewalls, &clock, &mut fault_events)?;
+        apply_due(&mut schedule, &mut faults, &clock, &mut fault_events)?;
     }
     let duration = clock.now();
     let _ = priority::lower_current_thread();
@@ -154,8 +155,8 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunRecord> {
     let capture_stats = stop_captures(captures)?;
     harness_errors.extend(capture_losses(&capture_stats));
     let mut fault_hits = Vec::new();
-    for firewall in &mut firewalls {
-        fault_hits.extend(firewall.counters()?);
+    for host_faults in &mut faults {
+        fault_hits.extend(host_faults.hits()?);
     }
     fault_hits.sort();
     harness_errors.extend(join_finished(&mut programs));
@@ -167,7 +168,7 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunRecord> {
         mark_running_steps(&mut timeline, plan);
     }
     annotate_faults(&mut timeline, plan);
-    firewalls.into_iter().for_each(Firewall::close_in_background);
+    faults.into_iter().for_each(HostFaults::close);
     drop(namespaces);
     let teardown = teardown_started.elapsed();
     let [capture_client, capture_server] = into_pair(capture_stats)?;
@@ -228,7 +229,7 @@ pub struct Rig {
     pub namespaces: [Netns; 2],
     /// The captured interfaces, as the run record names them.
     pub interfaces: Vec<CapturedInterface>,
-    pub firewalls: Vec<Firewall>,
+    pub faults: Vec<HostFaults>,
     pub captures: Vec<Capture>,
     pub observers: Vec<Observer>,
 }
@@ -250,15 +251,15 @@ pub fn set_up(plan: &Plan, report_dir: &Path, sink: &EventSink) -> Result<Rig> {
             let sink = sink.clone();
             thread::Builder::new().name(format!("set-up-{host}")).spawn_scoped(scope, move || {
                 ns.enter()?;
-                let firewall = Firewall::install(ns, host, &plan.faults)?;
+                let faults = HostFaults::install(ns, host, &plan.faults)?;
                 let capture = Capture::start(ns, host, ifindex, &pcap, sink.clone(), capture_buffer(plan))?;
                 let observer = Observer::start(ns, host, plan.sample_interval, sink)?;
-                Ok::<_, Error>((firewall, capture, observer))
+                Ok::<_, Error>((faults, capture, observer))
             })
         });
         starting.map(|spawned| joined(spawned, "host set-up"))
     });
-    let ((client_firewall, client_capture, client_observer), (server_firewall, server_capture, server_observer)) =
+    let ((client_faults, client_capture, client_observer), (server_faults, server_capture, server_observer)) =
         (client?, server?);
     let interfaces = HostId::ALL
         .iter()
@@ -277,7 +278,7 @@ pub fn set_up(plan: &Plan, report_dir: &Path, sink: &EventSink) -> Result<Rig> {
     Ok(Rig {
         namespaces,
         interfaces,
-        firewalls: vec![client_firewall, server_firewall],
+        faults: vec![client_faults, server_faults],
         captures: vec![client_capture, server_capture],
         observers: vec![client_observer, server_observer],
     })
@@ -333,17 +334,15 @@ fn join_all<T>(handles: Vec<thread::ScopedJoinHandle<'_, Result<T>>>, what: &str
 /// Switches the faults that are due now and records each switch on the timeline.
 fn apply_due(
     schedule: &mut FaultSchedule<'_>,
-    firewalls: &mut [Firewall],
+    faults: &mut [HostFaults],
     clock: &Clock,
     events: &mut Vec<Event>,
 ) -> Result<()> {
     for (fault, on) in schedule.due(clock.now()) {
-        let firewall = &mut firewalls[fault.host.index()];
+        faults[fault.host.index()].switch(fault, on)?;
         let kind = if on {
-            firewall.activate(&fault.name)?;
             EventKind::FaultOn { fault: fault.name.clone() }
         } else {
-            firewall.deactivate(&fault.name)?;
             EventKind::FaultOff { fault: fault.name.clone() }
         };
         events.push(Event { t: clock.now(), host: fault.host, kind });

@@ -479,7 +479,7 @@ const TRIAL_KIND: &str = "scenario";
 /// own (`--exact NAME`), and each of those must not parse the whole suite.
 ///
 /// The whole run is bounded by the suite deadline: `NETFAULT_SUITE_DEADLINE` (e.g. `10m`), by default
-/// [`supervise::default_budget`] of the selected scenarios' deadlines. SIGINT / SIGTERM or the deadline kill
+/// `supervise::default_budget` of the selected scenarios' deadlines. SIGINT / SIGTERM or the deadline kill
 /// every scenario process and fail its trial with the reason.
 pub fn test_main(root: &Path, reports: &Path, exe: &Path, variables: &Variables, mut args: Arguments) -> ExitCode {
     let files = match scenario::discover(root) {
