@@ -20,6 +20,9 @@ usage:
   netfault test [--root DIR] [--reports DIR] [-- LIBTEST-ARGS...]
                                                       the cargo-test driver on any folder of scenarios
   netfault bench setup|suite|capture|timing [...]     measure netfault against the ip/nft/tcpdump recipe
+  netfault matrix [--kernel VERSION|PATH]... [PATH...]
+                                                      the scenarios on this kernel and others, each booted in a
+                                                      qemu VM (see netfault matrix --help)
 
 PATH is a scenario file or a folder searched for *.yaml. Reports go to reports/<scenario>/
 (timeline.txt, result.json, client.pcap, server.pcap). Exit status: 0 all passed, 1 a scenario failed,
@@ -44,6 +47,8 @@ pub fn main() -> ExitCode {
         "list" => list(rest),
         "test" => test(rest),
         "bench" => crate::bench::main(rest),
+        "matrix" => crate::matrix::main(rest),
+        crate::matrix::GUEST_COMMAND => crate::matrix::guest_main(rest),
         runner::CHILD_COMMAND => child(rest),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
