@@ -173,11 +173,7 @@ fn run(args: &[String]) -> ExitCode {
     }
     let started = Instant::now();
     let summaries = runner::run_all(&exe(), jobs, parallel, &supervisor, |summary| {
-        let status = match summary.status {
-            Status::Pass => "PASS ",
-            Status::Fail => "FAIL ",
-            Status::Error => "ERROR",
-        };
+        let status = summary.status.label();
         println!("{status} {:<40} {:>8.3}s  {}", summary.name, summary.duration, summary.report.display());
         for message in &summary.messages {
             for line in message.lines() {
@@ -187,6 +183,10 @@ fn run(args: &[String]) -> ExitCode {
     });
     let count = |status| summaries.iter().filter(|s| s.status == status).count();
     let (passed, failed, errors) = (count(Status::Pass), count(Status::Fail), count(Status::Error));
+    let not_applicable = match count(Status::NotApplicable) {
+        0 => String::new(),
+        n => format!(", {n} not applicable"),
+    };
     let longest = summaries.iter().map(|s| s.duration).fold(0.0, f64::max);
     if let Some(repeat) = options.repeat {
         print!("{}", repeat_table(&runs, &summaries, repeat, parallel));
@@ -196,7 +196,7 @@ fn run(args: &[String]) -> ExitCode {
         n => format!(", {n} slow skipped (--slow runs them)"),
     };
     println!(
-        "\n{passed} passed, {} failed{skipped}; wall time {:.2}s, longest scenario {longest:.2}s",
+        "\n{passed} passed, {} failed{not_applicable}{skipped}; wall time {:.2}s, longest scenario {longest:.2}s",
         failed + errors,
         started.elapsed().as_secs_f64()
     );
@@ -243,11 +243,11 @@ fn repeat_table(runs: &[(String, usize)], summaries: &[Summary], repeat: usize, 
         };
         let (_, counts, bad) = &mut rows[row];
         match summary.status {
-            Status::Pass => counts[0] += 1,
+            Status::Pass | Status::NotApplicable => counts[0] += 1,
             Status::Fail => counts[1] += 1,
             Status::Error => counts[2] += 1,
         }
-        if summary.status != Status::Pass {
+        if !matches!(summary.status, Status::Pass | Status::NotApplicable) {
             let first = summary.messages.first().and_then(|m| m.lines().next()).unwrap_or("no message");
             bad.push(format!("{}: {first}", runner::run_folder(*run)));
         }

@@ -18,6 +18,7 @@ pub mod observe;
 pub mod pidns;
 pub mod priority;
 pub mod report;
+pub mod requirements;
 pub mod runner;
 pub mod scenario;
 pub mod selftest;

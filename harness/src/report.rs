@@ -32,6 +32,21 @@ pub enum Status {
     Fail,
     /// The harness could not run the scenario to a verdict.
     Error,
+    /// The running kernel lacks what the scenario's `requires:` names: nothing was run.
+    #[serde(rename = "not-applicable")]
+    NotApplicable,
+}
+
+impl Status {
+    /// How `netfault run` prints it, five characters wide.
+    pub fn label(self) -> &'static str {
+        match self {
+            Status::Pass => "PASS ",
+            Status::Fail => "FAIL ",
+            Status::Error => "ERROR",
+            Status::NotApplicable => "N/A  ",
+        }
+    }
 }
 
 /// The one-line summary a child prints last on stdout, and the parent reads.
@@ -49,6 +64,19 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// A scenario whose `requires:` this kernel does not meet; `reason` says which and why.
+    pub fn not_applicable(name: String, report: &Path, reason: String) -> Summary {
+        Summary {
+            name,
+            status: Status::NotApplicable,
+            duration: 0.0,
+            setup_ms: 0.0,
+            teardown_ms: 0.0,
+            report: report.to_path_buf(),
+            messages: vec![reason],
+        }
+    }
+
     /// A scenario the harness could not run to a verdict.
     pub fn harness_error(name: String, report: &Path, message: String) -> Summary {
         Summary {
@@ -94,7 +122,26 @@ struct ResultFile<'a> {
     observer: [ObserverReport; 2],
     fault_hits: &'a [(String, u64)],
     harness_errors: &'a [String],
+    /// Expectations left out on this kernel (their `requires:` failed), with why.
+    not_applicable: &'a [String],
     events: &'a Timeline,
+}
+
+/// result.json of a scenario that was not run on this kernel.
+#[derive(Debug, Serialize)]
+struct NotApplicableFile<'a> {
+    scenario: &'a str,
+    file: &'a Path,
+    status: Status,
+    reason: &'a str,
+}
+
+/// Writes result.json for a scenario not applicable here; returns its summary.
+pub fn write_not_applicable(plan: &Plan, reason: String, dir: &Path) -> Result<Summary> {
+    let file = NotApplicableFile { scenario: &plan.name, file: &plan.file, status: Status::NotApplicable, reason: &reason };
+    let json = serde_json::to_string_pretty(&file).map_err(|e| Error::Internal(format!("encode result.json: {e}")))?;
+    fs::write(dir.join("result.json"), json).context(|| format!("write {}", dir.join("result.json").display()))?;
+    Ok(Summary::not_applicable(plan.name.clone(), dir, reason))
 }
 
 /// The observer's figures in result.json, in microseconds.
@@ -157,6 +204,7 @@ pub fn write(plan: &Plan, output: &RunOutput, verdict: &Verdict, dir: &Path) -> 
         observer: output.observer.map(ObserverReport::from),
         fault_hits: &output.fault_hits,
         harness_errors: &output.harness_errors,
+        not_applicable: &plan.not_applicable,
         events: &output.timeline,
     };
     let json =
@@ -231,11 +279,7 @@ fn render_timeline(plan: &Plan, output: &RunOutput, verdict: &Verdict) -> String
     }
     text.push_str(&format!(
         "# verdict: {} ({} checks, {} failed); ran {}s; setup {:.1} ms, teardown {:.1} ms\n",
-        match status_of(output, verdict) {
-            Status::Pass => "PASS",
-            Status::Fail => "FAIL",
-            Status::Error => "ERROR",
-        },
+        status_of(output, verdict).label().trim_end(),
         verdict.checks,
         verdict.failures.len(),
         format_secs(output.duration),
@@ -259,6 +303,9 @@ fn render_timeline(plan: &Plan, output: &RunOutput, verdict: &Verdict) -> String
     }
     for error in &output.harness_errors {
         text.push_str(&format!("# HARNESS ERROR {error}\n"));
+    }
+    for left_out in &plan.not_applicable {
+        text.push_str(&format!("# NOT APPLICABLE {left_out}\n"));
     }
     for failure in &verdict.failures {
         text.push_str(&format!("# FAIL {failure}\n"));

@@ -18,7 +18,7 @@ use crate::error::{Context, Error, Result};
 use crate::report::{self, Status, Summary};
 use crate::scenario::{self, plan::Plan};
 use crate::supervise::{self, StopReason, Supervisor};
-use crate::{capture, engine, netns, pidns, userns, verdict};
+use crate::{capture, engine, netns, pidns, requirements, userns, verdict};
 
 /// Time a child gets beyond its scenario deadline for set-up, teardown and writing its report.
 pub const CHILD_GRACE: Duration = Duration::from_secs(20);
@@ -260,6 +260,7 @@ pub fn child_main(root: &Path, reports: &Path, file: &Path, run: Option<usize>) 
         Status::Pass => 0,
         Status::Fail => 1,
         Status::Error => 2,
+        Status::NotApplicable => 0,
     };
     // Threads still blocked in a socket call at the deadline die with the process; the report is written.
     std::process::exit(code)
@@ -273,6 +274,9 @@ fn run_here(root: &Path, reports: &Path, file: &Path, run: Option<usize>) -> Res
     netns::enter_private_parent()?;
     capture::keep_kernel_timestamps_on()?;
     let plan = scenario::load(root, file)?;
+    let mut kernel = requirements::Kernel::running();
+    let unmet = requirements::scenario_unmet(&plan, &mut kernel);
+    let plan = requirements::specialize(plan, &mut kernel);
     let mut dir = report::report_dir(reports, &plan.name)?;
     if let Some(run) = run {
         dir.push(run_folder(run));
@@ -281,6 +285,9 @@ fn run_here(root: &Path, reports: &Path, file: &Path, run: Option<usize>) -> Res
         std::fs::remove_dir_all(&dir).context(|| format!("clear old report {}", dir.display()))?;
     }
     std::fs::create_dir_all(&dir).context(|| format!("create report folder {}", dir.display()))?;
+    if let Some(reason) = unmet {
+        return report::write_not_applicable(&plan, reason, &dir);
+    }
     let output = engine::run(&plan, &dir)?;
     let verdict = verdict::judge(&plan, &output.timeline);
     report::write(&plan, &output, &verdict, &dir)
@@ -433,18 +440,24 @@ pub fn test_main(root: &Path, reports: &Path, exe: &Path, mut args: Arguments) -
         eprintln!("netfault: {e}");
         return ExitCode::from(2);
     }
+    let mut kernel = requirements::Kernel::running();
     let trials: Vec<Trial> = plans
         .into_iter()
         .map(|(file, plan)| {
             let name = display_name(root, &file);
             match plan {
                 Ok(plan) => {
+                    // Ignored, never silently: the reason is printed and the kind names it.
+                    let unmet = requirements::scenario_unmet(&plan, &mut kernel);
+                    if let Some(reason) = &unmet {
+                        eprintln!("netfault: {name}: {reason} (ignored)");
+                    }
                     let job = Job { file, root: root.to_path_buf(), reports: reports.to_path_buf(), run: None };
                     let exe = exe.to_path_buf();
                     let deadline = plan.deadline;
                     Trial::test(name, move || trial_result(run_in_child(&exe, &job, deadline, &supervisor)))
-                        .with_kind("scenario")
-                        .with_ignored_flag(plan.slow)
+                        .with_kind(if unmet.is_some() { "not applicable" } else { "scenario" })
+                        .with_ignored_flag(plan.slow || unmet.is_some())
                 }
                 Err(message) => Trial::test(name, move || Err(Failed::from(message))).with_kind("scenario"),
             }
@@ -460,7 +473,8 @@ pub fn test_main(root: &Path, reports: &Path, exe: &Path, mut args: Arguments) -
 
 fn trial_result(summary: Summary) -> Result<(), Failed> {
     match summary.status {
-        Status::Pass => Ok(()),
+        // Only run when asked for with --include-ignored: the child found the kernel lacking, as the driver did.
+        Status::Pass | Status::NotApplicable => Ok(()),
         status => {
             let what = if status == Status::Fail { "FAILED" } else { "HARNESS ERROR" };
             Err(Failed::from(format!(

@@ -720,6 +720,9 @@ mod tests {
             ],
             faults: Vec::new(),
             expect: RunExpectations::default(),
+            requires: Default::default(),
+            conditional: Vec::new(),
+            not_applicable: Vec::new(),
         }
     }
 

@@ -56,6 +56,9 @@ fn plan(client: Vec<StepPlan>, server: Vec<StepPlan>, deadline: Duration) -> Pla
         hosts: [program(HostId::Client, client), program(HostId::Server, server)],
         faults: vec![],
         expect: RunExpectations::default(),
+        requires: Default::default(),
+        conditional: Vec::new(),
+        not_applicable: Vec::new(),
     }
 }
 

@@ -223,6 +223,7 @@ impl Counts {
             match summary.status {
                 Status::Pass => counts.passed += 1,
                 Status::Fail | Status::Error => counts.failed += 1,
+                Status::NotApplicable => counts.not_applicable += 1,
             }
         }
         counts
@@ -236,11 +237,7 @@ impl Counts {
 
 /// `PASS  keepalive/idle   14.301s  reports/keepalive/idle`, then the messages, as `netfault run` prints them.
 fn print_summary(summary: &Summary) {
-    let status = match summary.status {
-        Status::Pass => "PASS ",
-        Status::Fail => "FAIL ",
-        Status::Error => "ERROR",
-    };
+    let status = summary.status.label();
     println!("{status} {:<40} {:>8.3}s  {}", summary.name, summary.duration, summary.report.display());
     for message in &summary.messages {
         for line in message.lines() {
@@ -492,12 +489,10 @@ fn table(names: &[String], columns: &[Column]) -> String {
 
 /// `PASS 14.48s (recv 14.39s)`: verdict, duration, and each step with a timing expectation, as measured.
 fn cell(summary: &Summary, result_file: &Path) -> String {
-    let verdict = match summary.status {
-        Status::Pass => "PASS",
-        Status::Fail => "FAIL",
-        Status::Error => "ERROR",
-    };
-    let mut text = format!("{verdict} {:.2}s", summary.duration);
+    if summary.status == Status::NotApplicable {
+        return "N/A".to_string();
+    }
+    let mut text = format!("{} {:.2}s", summary.status.label().trim_end(), summary.duration);
     let key_times = std::fs::read_to_string(result_file)
         .ok()
         .and_then(|json| serde_json::from_str::<serde_json::Value>(&json).ok())

@@ -19,6 +19,7 @@ use crate::scenario::size::parse_size;
 mod expect;
 mod faults;
 mod program;
+mod requires;
 
 /// Used when `timeout:` is not given.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
@@ -131,6 +132,8 @@ pub fn validate(name: &str, file: &Path, wire: &ScenarioWire, index: &SourceInde
 
     let faults = v.faults(&root.key("faults"), wire.faults.as_deref().unwrap_or(&[]))?;
     let expect = v.run_expectations(&root.key("expect"), wire.expect.as_ref())?;
+    let requires = v.requirements(&root.key("requires"), wire.requires.as_ref())?;
+    let conditional = v.conditional_expectations(wire)?;
 
     let [client_steps, server_steps] = steps;
     let [client_sysctls, server_sysctls] = sysctls;
@@ -165,6 +168,9 @@ pub fn validate(name: &str, file: &Path, wire: &ScenarioWire, index: &SourceInde
         ],
         faults,
         expect,
+        requires,
+        conditional,
+        not_applicable: Vec::new(),
     })
 }
 
