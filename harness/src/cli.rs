@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use crate::report::{self, Status, Summary};
-use crate::runner::{self, Job};
-use crate::supervise::{self, Supervisor};
+use crate::run::runner::{self, Job};
+use crate::run::supervise::{self, Supervisor};
 
 const USAGE: &str = "\
 netfault: inject network faults into real Linux TCP stacks and record what the kernel did
@@ -20,6 +20,7 @@ usage:
   netfault test [--root DIR] [--reports DIR] [-- LIBTEST-ARGS...]
                                                       the cargo-test driver on any folder of scenarios
   netfault bench setup|suite|capture|timing [...]     measure netfault against the ip/nft/tcpdump recipe
+                                                      (built with --features bench)
   netfault matrix [--kernel VERSION|PATH]... [PATH...]
                                                       the scenarios on this kernel and others, each booted in a
                                                       qemu VM (see netfault matrix --help)
@@ -46,7 +47,10 @@ pub fn main() -> ExitCode {
         "check" => check(rest),
         "list" => list(rest),
         "test" => test(rest),
+        #[cfg(feature = "bench")]
         "bench" => crate::bench::main(rest),
+        #[cfg(not(feature = "bench"))]
+        "bench" => usage_error("this netfault was built without benchmarks: cargo build --release --features bench"),
         "matrix" => crate::matrix::main(rest),
         crate::matrix::GUEST_COMMAND => crate::matrix::guest_main(rest),
         runner::CHILD_COMMAND => child(rest),

@@ -17,12 +17,12 @@ use serde_json::json;
 
 use super::recipe::{Tcpdump, TcpdumpStats};
 use super::{fixture_plan, interrupted, Comparison, Distribution, Report, ScratchDir};
-use crate::capture::{rx_tx_packets, Capture, CaptureBuffer, CaptureStats};
-use crate::clock::{Clock, EventSink};
 use crate::error::{Context, Error, Result};
-use crate::netns::Netns;
+use crate::observe::capture::{rx_tx_packets, Capture, CaptureBuffer, CaptureStats};
+use crate::run::clock::{Clock, EventSink};
+use crate::run::netns::Netns;
+use crate::run::topology::{self, Topology, LINK_NAME};
 use crate::scenario::plan::HostId;
-use crate::topology::{self, Topology, LINK_NAME};
 
 /// What `netfault bench capture` transfers.
 #[derive(Debug, Clone)]

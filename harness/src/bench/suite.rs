@@ -14,9 +14,9 @@ use serde_json::{json, Value};
 use super::{interrupted, Comparison, Distribution, Report, ScratchDir};
 use crate::error::{Context, Error, Result};
 use crate::report::{Status, Summary};
-use crate::runner::{self, Job};
+use crate::run::runner::{self, Job};
+use crate::run::supervise::Supervisor;
 use crate::scenario;
-use crate::supervise::Supervisor;
 
 /// Longest a benchmark run of the suite may take before its scenarios are stopped.
 const BENCH_BUDGET: Duration = Duration::from_secs(3600);

@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Context, Error, Result};
 use crate::report::{Status, Summary};
-use crate::runner::{self, Job};
+use crate::run::runner::{self, Job};
+use crate::run::supervise::{self, Supervisor};
 use crate::scenario::plan::{Action, Plan};
-use crate::supervise::{self, Supervisor};
 
 /// The hidden command the guest's init runs: the suite, its summaries into `--out`.
 pub const GUEST_COMMAND: &str = "__matrix-guest";

@@ -4,7 +4,8 @@
 use super::*;
 
 /// What `kernel:` takes, for messages.
-const KERNEL_FORMS: &str = "comparisons of the kernel's version joined by commas, e.g. \">= 6.7\", \"< 6.2\" or \">= 6.2, < 6.15\"";
+const KERNEL_FORMS: &str =
+    "comparisons of the kernel's version joined by commas, e.g. \">= 6.7\", \"< 6.2\" or \">= 6.2, < 6.15\"";
 
 impl Validator<'_> {
     /// `requires:` at `path`; empty when it is not given.
@@ -63,11 +64,14 @@ impl Validator<'_> {
                 ("<", VersionOp::Less),
                 ("=", VersionOp::Equal),
             ];
-            let Some((op, rest)) = ops.iter().find_map(|(symbol, op)| part.strip_prefix(symbol).map(|rest| (*op, rest)))
+            let Some((op, rest)) =
+                ops.iter().find_map(|(symbol, op)| part.strip_prefix(symbol).map(|rest| (*op, rest)))
             else {
                 return Err(self.fail(
                     path,
-                    format!("kernel range \"{text}\": \"{part}\" has no comparison (>=, >, <=, <, =); write {KERNEL_FORMS}"),
+                    format!(
+                        "kernel range \"{text}\": \"{part}\" has no comparison (>=, >, <=, <, =); write {KERNEL_FORMS}"
+                    ),
                 ));
             };
             let version = parse_version(rest.trim()).ok_or_else(|| {
@@ -106,7 +110,7 @@ impl Validator<'_> {
         }
         let Some(expect) = &wire.expect else { return Ok(conditional) };
         let path = root.key("expect");
-        let kinds: [(&str, Vec<Option<&RequiresWire>>, fn(usize) -> ExpectationRef); 4] = [
+        let kinds: [KindRequirements<'_>; 4] = [
             ("packets", expect.packets.iter().flatten().map(|e| e.requires.as_ref()).collect(), ExpectationRef::Packet),
             ("states", expect.states.iter().flatten().map(|e| e.requires.as_ref()).collect(), ExpectationRef::State),
             ("timers", expect.timers.iter().flatten().map(|e| e.requires.as_ref()).collect(), ExpectationRef::Timer),
@@ -123,6 +127,9 @@ impl Validator<'_> {
         Ok(conditional)
     }
 }
+
+/// One kind of run expectation: its key, each item's `requires:`, and how to refer to the item.
+type KindRequirements<'w> = (&'static str, Vec<Option<&'w RequiresWire>>, fn(usize) -> ExpectationRef);
 
 /// `6.2` -> [6, 2, 0]; `6.1.158` -> [6, 1, 158].
 pub fn parse_version(text: &str) -> Option<[u32; 3]> {
