@@ -34,6 +34,9 @@ const VM_MEMORY_MIB: u32 = 3072;
 /// Virtual CPUs of each VM: a small CI runner's.
 const VM_CPUS: u32 = 2;
 
+/// A supervisor deadline no matrix reaches: asks only whether SIGINT or SIGTERM came.
+const SIGNALS_ONLY: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Added to the guest's own suite deadline for the VM as a whole: writing the reports out and powering off.
 const VM_MARGIN: Duration = Duration::from_secs(120);
 
@@ -166,6 +169,15 @@ pub fn main(args: &[String]) -> ExitCode {
     });
 
     for kernel in &kernels {
+        if let Some(reason) = Supervisor::new(SIGNALS_ONLY).stop_reason() {
+            columns.push(Column {
+                release: kernel.release.clone(),
+                reports: reports.join(&kernel.release),
+                summaries: vec![],
+                broken: Some(format!("not started: {reason}")),
+            });
+            continue;
+        }
         println!("== {} (qemu VM)", kernel.release);
         let column = match run_in_vm(kernel, &loaded, &options, &reports) {
             Ok(column) => column,
@@ -340,7 +352,9 @@ fn run_in_vm(kernel: &kernel::Kernel, loaded: &[(Job, Plan)], options: &Options,
         memory_mib: VM_MEMORY_MIB,
     };
     let release = kernel.release.clone();
-    let booted = vm::boot(&machine, &work, options.accel, limit, |line| println!("   [{release}] {line}"))?;
+    let supervisor = Supervisor::new(limit + vm::BOOT_LIMIT);
+    let booted =
+        vm::boot(&machine, &work, options.accel, limit, &supervisor, |line| println!("   [{release}] {line}"))?;
     println!(
         "   {}: init after {:.1}s ({}), powered off after {:.1}s",
         kernel.release,

@@ -12,6 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::error::{Context, Error, Result};
+use crate::run::supervise::Supervisor;
 
 /// How the guest says where it is, on its console.
 pub const MARKER: &str = "netfault-guest:";
@@ -27,7 +28,7 @@ const WRITTEN: &str = "netfault-guest: written";
 const KVM_PROBE: Duration = Duration::from_secs(20);
 
 /// How long the emulated (TCG) machine may take to reach init (measured: 6-9 s on 2 busy vCPUs).
-const BOOT_LIMIT: Duration = Duration::from_secs(120);
+pub const BOOT_LIMIT: Duration = Duration::from_secs(120);
 
 /// Size of the sparse disk the guest writes its reports to (bytes the archive does not use cost nothing).
 const REPORTS_DISK_BYTES: u64 = 2 << 30;
@@ -89,14 +90,16 @@ fn is_executable(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// Boots the machine and waits for the guest to power off, at most `limit` after its init runs; `on_line`
-/// sees every console line the guest's netfault prints. `work` holds the disk and receives the guest's output
-/// in `work/out`. With `accel: None` KVM is tried first when /dev/kvm exists, then TCG.
+/// Boots the machine and waits for the guest to power off, at most `limit` after its init runs, or until
+/// `supervisor` says stop (SIGINT, SIGTERM); `on_line` sees every console line the guest prints once its init
+/// runs. `work` holds the disk and receives the guest's output in `work/out`. With `accel: None` KVM is tried
+/// first when /dev/kvm exists, then TCG.
 pub fn boot(
     machine: &Machine,
     work: &Path,
     accel: Option<Accel>,
     limit: Duration,
+    supervisor: &Supervisor,
     mut on_line: impl FnMut(&str),
 ) -> Result<Booted> {
     let candidates = match accel {
@@ -108,9 +111,9 @@ pub fn boot(
     for (i, accel) in candidates.iter().copied().enumerate() {
         let last = i + 1 == candidates.len();
         let boot_limit = if accel == Accel::Kvm && !last { KVM_PROBE } else { BOOT_LIMIT };
-        match boot_with(machine, work, accel, boot_limit, limit, &mut on_line) {
+        match boot_with(machine, work, accel, boot_limit, limit, supervisor, &mut on_line) {
             Ok(booted) => return Ok(booted),
-            Err(NotBooted(reason)) if !last => {
+            Err(NotBooted(reason)) if !last && supervisor.stop_reason().is_none() => {
                 on_line(&format!(
                     "{MARKER} {} did not boot ({reason}); trying {}",
                     accel.name(),
@@ -136,6 +139,7 @@ fn boot_with(
     accel: Accel,
     boot_limit: Duration,
     limit: Duration,
+    supervisor: &Supervisor,
     on_line: &mut impl FnMut(&str),
 ) -> std::result::Result<Booted, NotBooted> {
     let failed = |e: Error| NotBooted(e.to_string());
@@ -153,6 +157,9 @@ fn boot_with(
             None => boot_limit,
             Some(up) => up + limit,
         };
+        if let Some(reason) = supervisor.stop_reason() {
+            break Err(format!("{reason}: the VM was stopped"));
+        }
         if waited >= allowed {
             break Err(match up_at {
                 None => format!("{} printed nothing of its init within {}s", accel.name(), boot_limit.as_secs()),
