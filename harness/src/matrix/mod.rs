@@ -417,7 +417,9 @@ fn guest_image(kernel: &kernel::Kernel, loaded: &[(Job, Plan)], options: &Option
     }
     image.copy(busybox, "/bin/busybox")?;
     image.file("/sbin/modprobe", vm::MODPROBE, 0o755);
-    image.program(&exe(), &format!("{GUEST_ROOT}/netfault"))?;
+    // This process's own image, even if its file was replaced (rebuilt) since it started.
+    let own_image = PathBuf::from(format!("/proc/{}/exe", std::process::id()));
+    image.program(&own_image, &format!("{GUEST_ROOT}/netfault"))?;
     for program in exec_programs(loaded) {
         match vm::find_program(&program) {
             Some(host) => image.program(&host, &format!("/usr/local/bin/{program}"))?,
@@ -538,4 +540,90 @@ fn timed_steps(result: &serde_json::Value) -> Vec<String> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(name: &str, status: Status, duration: f64) -> Summary {
+        Summary {
+            name: name.into(),
+            status,
+            duration,
+            setup_ms: 1.0,
+            teardown_ms: 1.0,
+            report: PathBuf::from("reports").join(name),
+            messages: vec![],
+        }
+    }
+
+    #[test]
+    fn each_kernel_line_counts_errors_as_failures_and_not_applicable_apart() {
+        let summaries = [
+            summary("a", Status::Pass, 1.0),
+            summary("b", Status::Fail, 1.0),
+            summary("c", Status::Error, 0.0),
+            summary("d", Status::NotApplicable, 0.0),
+            summary("e", Status::Pass, 1.0),
+        ];
+        assert_eq!(
+            Counts::of(&summaries).line("6.1.0-57-cloud-amd64"),
+            "6.1.0-57-cloud-amd64: 2 passed, 2 failed, 1 not applicable"
+        );
+    }
+
+    #[test]
+    fn the_table_has_a_row_per_scenario_and_a_column_per_kernel() {
+        let columns = [
+            Column {
+                release: "6.18.44".into(),
+                reports: PathBuf::from("/nonexistent/6.18.44"),
+                summaries: vec![
+                    summary("keepalive/idle", Status::Pass, 14.3),
+                    summary("pacing/orphan", Status::Pass, 12.0),
+                ],
+                broken: None,
+            },
+            Column {
+                release: "6.1.0-57-cloud-amd64".into(),
+                reports: PathBuf::from("/nonexistent/6.1"),
+                summaries: vec![
+                    summary("keepalive/idle", Status::Fail, 14.9),
+                    summary("pacing/orphan", Status::NotApplicable, 0.0),
+                ],
+                broken: None,
+            },
+            Column { release: "6.12.1".into(), reports: PathBuf::new(), summaries: vec![], broken: Some("no".into()) },
+        ];
+        let names = ["keepalive/idle".to_string(), "pacing/orphan".to_string()];
+        let text = table(&names, &columns);
+        let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+        assert_eq!(lines[0], "scenario        6.18.44      6.1.0-57-cloud-amd64  6.12.1");
+        assert_eq!(lines[1], "keepalive/idle  PASS 14.30s  FAIL 14.90s           -");
+        assert_eq!(lines[2], "pacing/orphan   PASS 12.00s  N/A                   -");
+    }
+
+    #[test]
+    fn timed_steps_are_read_from_result_json() {
+        let result = serde_json::json!({ "steps": [
+            { "action": "connect", "start": 0.01, "end": 0.02, "expected": "ok" },
+            { "action": "recv", "start": 0.1, "end": 14.48, "expected": "ETIMEDOUT after 14.000000s -0.050000s/+0.800000s" },
+            { "action": "poll", "start": 0.1, "end": 7.2, "expected": "timeout at 7.000000s +-0.25s" },
+            { "action": "accept", "start": 0.1, "end": null, "expected": null },
+        ]});
+        assert_eq!(timed_steps(&result), vec!["recv 14.38s", "poll @7.20s"]);
+    }
+
+    #[test]
+    fn exec_programs_are_the_named_ones_of_every_scenario() {
+        let plan = crate::scenario::parse(
+            "t",
+            Path::new("t.yaml"),
+            "description: d\nclient:\n  - exec: { program: curl }\n  - exec: { program: /bin/true }\nserver:\n  - exec: { program: nc }\n",
+        )
+        .unwrap();
+        let job = Job { file: PathBuf::from("t.yaml"), root: PathBuf::new(), reports: PathBuf::new(), run: None };
+        assert_eq!(exec_programs(&[(job, plan)]).into_iter().collect::<Vec<_>>(), vec!["curl", "nc"]);
+    }
 }
