@@ -7,6 +7,7 @@ use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -16,11 +17,15 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::error::{Context, Error, Result};
 use crate::observe::capture;
+use crate::observe::sockets::SCENARIOS_AT_ONCE_ENV;
 use crate::report::verdict;
 use crate::report::{self, Status, Summary};
 use crate::run::supervise::{self, StopReason, Supervisor};
 use crate::run::{engine, netns, pidns, requirements, userns};
 use crate::scenario::{self, plan::Plan};
+
+/// How many scenario processes this runner runs at once, for its children's observers to pace themselves by.
+static SCENARIOS_AT_ONCE: AtomicUsize = AtomicUsize::new(1);
 
 /// Time a child gets beyond its scenario deadline for set-up, teardown and writing its report.
 pub const CHILD_GRACE: Duration = Duration::from_secs(20);
@@ -82,6 +87,7 @@ fn spawn_and_wait(exe: &Path, job: &Job, deadline: Duration, supervisor: &Superv
         command.arg("--run").arg(run.to_string());
     }
     command.arg(&job.file).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    command.env(SCENARIOS_AT_ONCE_ENV, SCENARIOS_AT_ONCE.load(Ordering::Relaxed).max(1).to_string());
     // The child, and with it its namespaces, must not outlive the runner, whatever kills the runner.
     unsafe {
         command.pre_exec(|| {
@@ -360,6 +366,7 @@ pub fn run_all(
     mut on_done: impl FnMut(&Summary),
 ) -> Vec<Summary> {
     let total = jobs.len();
+    SCENARIOS_AT_ONCE.store(parallel.clamp(1, total.max(1)), Ordering::Relaxed);
     let queue = Arc::new(Mutex::new(jobs.into_iter().enumerate().collect::<Vec<_>>().into_iter()));
     let (tx, rx) = mpsc::channel();
     let workers: Vec<_> = (0..parallel.clamp(1, total.max(1)))
@@ -438,6 +445,7 @@ pub fn test_main(root: &Path, reports: &Path, exe: &Path, mut args: Arguments) -
     if args.test_threads.is_none() {
         args.test_threads = Some(default_parallelism(plans.len()));
     }
+    SCENARIOS_AT_ONCE.store(args.test_threads.unwrap_or(1).clamp(1, plans.len().max(1)), Ordering::Relaxed);
     let limits: Vec<Duration> = plans
         .iter()
         .filter_map(|(_, _, candidate)| match candidate {
