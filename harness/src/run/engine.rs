@@ -47,7 +47,8 @@ const IDLE_TICK: Duration = Duration::from_millis(5);
 const PROGRAM_START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs `plan`, writing the pcaps into `report_dir`. Returns harness errors only; the verdict comes later.
-pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
+/// `on_start` is called once the programs have been told to start (t0), after the set-up.
+pub fn run(plan: &Plan, report_dir: &Path, on_start: impl FnOnce()) -> Result<RunOutput> {
     let setup_started = Instant::now();
     let clock = Clock::unstarted();
     let (sink, events) = EventSink::new(clock.clone());
@@ -118,6 +119,7 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
         let _ = gate.send(deadline);
     }
     drop(sink);
+    on_start();
 
     let mut collected: Vec<Event> = Vec::new();
     let mut deadline_hit = false;

@@ -20,12 +20,15 @@ use crate::observe::capture;
 use crate::observe::sockets::SCENARIOS_AT_ONCE_ENV;
 use crate::report::verdict;
 use crate::report::{self, Status, Summary};
-use crate::run::supervise::{self, StopReason, Supervisor};
+use crate::run::supervise::{self, StopReason, Supervisor, SETUP_LIMIT};
 use crate::run::{engine, netns, pidns, requirements, userns};
 use crate::scenario::{self, plan::Plan};
 
 /// How many scenario processes this runner runs at once, for its children's observers to pace themselves by.
 static SCENARIOS_AT_ONCE: AtomicUsize = AtomicUsize::new(1);
+
+/// What a scenario process prints on stdout once its programs start (set-up done).
+const STARTED_LINE: &str = "netfault: programs started";
 
 /// Time a child gets beyond its scenario deadline for set-up, teardown and writing its report.
 pub const CHILD_GRACE: Duration = Duration::from_secs(20);
@@ -98,11 +101,11 @@ fn spawn_and_wait(exe: &Path, job: &Job, deadline: Duration, supervisor: &Superv
         });
     }
     let mut child = command.spawn().context(|| format!("start {} {CHILD_COMMAND}", exe.display()))?;
-    let stdout = read_to_end_in_background(child.stdout.take());
+    let (stdout, programs_started) = read_stdout_in_background(child.stdout.take());
     let stderr = read_to_end_in_background(child.stderr.take());
     let limit = deadline + CHILD_GRACE;
     let started = Instant::now();
-    let ended = wait_bounded(&mut child, limit, supervisor)?;
+    let ended = wait_bounded(&mut child, limit, &programs_started, supervisor)?;
     let output_wait = if matches!(ended, Ended::Exited(_)) { OUTPUT_AFTER_EXIT_WAIT } else { OUTPUT_CLOSE_WAIT };
     let stdout = stdout.recv_timeout(output_wait).unwrap_or_default();
     let stderr = stderr.recv_timeout(output_wait).unwrap_or_default();
@@ -114,8 +117,13 @@ fn spawn_and_wait(exe: &Path, job: &Job, deadline: Duration, supervisor: &Superv
             started.elapsed().as_secs_f64(),
             tail("child stderr", &stderr)
         ))),
-        (Ended::TimedOut, _) => Err(Error::Internal(format!(
-            "scenario still running {}s after its start (deadline {}s + {}s grace): killed{}",
+        (Ended::TimedOut(Phase::SettingUp), _) => Err(Error::Internal(format!(
+            "scenario process still setting up {}s after its start: killed{}",
+            SETUP_LIMIT.as_secs(),
+            tail("child stderr", &stderr)
+        ))),
+        (Ended::TimedOut(Phase::Running), _) => Err(Error::Internal(format!(
+            "scenario still running {}s after its programs started (deadline {}s + {}s grace): killed{}",
             limit.as_secs(),
             deadline.as_secs(),
             CHILD_GRACE.as_secs(),
@@ -136,6 +144,32 @@ fn tail(what: &str, text: &str) -> String {
     format!("\n  {what}:\n    {}", lines[lines.len().saturating_sub(15)..].join("\n    "))
 }
 
+/// The scenario process's stdout, read to its end on a thread of its own: the text arrives on the first
+/// channel; the second says when the [`STARTED_LINE`] came.
+fn read_stdout_in_background<R: Read + Send + 'static>(
+    pipe: Option<R>,
+) -> (mpsc::Receiver<String>, mpsc::Receiver<()>) {
+    let (text_tx, text_rx) = mpsc::channel();
+    let (started_tx, started_rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(pipe) = pipe {
+            let mut reader = std::io::BufReader::new(pipe);
+            let mut line = Vec::new();
+            while std::io::BufRead::read_until(&mut reader, b'\n', &mut line).is_ok_and(|n| n > 0) {
+                let decoded = String::from_utf8_lossy(&line);
+                if decoded.trim_end() == STARTED_LINE {
+                    let _ = started_tx.send(());
+                }
+                text.push_str(&decoded);
+                line.clear();
+            }
+        }
+        let _ = text_tx.send(text);
+    });
+    (text_rx, started_rx)
+}
+
 /// Reads the pipe to its end on a thread of its own; the text arrives on the channel.
 fn read_to_end_in_background<R: Read + Send + 'static>(pipe: Option<R>) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
@@ -154,28 +188,54 @@ fn read_to_end_in_background<R: Read + Send + 'static>(pipe: Option<R>) -> mpsc:
 /// How the wait for a scenario process ended.
 enum Ended {
     Exited(std::process::ExitStatus),
-    /// Still running at its limit: killed.
-    TimedOut,
+    /// Still setting up, or still running, at its limit: killed.
+    TimedOut(Phase),
     /// The supervisor said stop: killed.
     Stopped(StopReason),
+}
+
+/// Where a scenario process was when its time ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Before its programs started: bounded by [`SETUP_LIMIT`].
+    SettingUp,
+    /// Its programs started: bounded by its deadline and [`CHILD_GRACE`] from then.
+    Running,
 }
 
 /// How often a wait for a scenario process looks at the supervisor.
 const SUPERVISOR_TICK: Duration = Duration::from_millis(20);
 
-/// Waits for the child at most `limit`, or until the supervisor says stop; stops it in both cases.
-fn wait_bounded(child: &mut Child, limit: Duration, supervisor: &Supervisor) -> Result<Ended> {
-    let started = Instant::now();
+/// Waits for the child: at most [`SETUP_LIMIT`] until `programs_started` says its programs run, then at most
+/// `limit` from there; or until the supervisor says stop. Stops it in every case but its own exit.
+fn wait_bounded(
+    child: &mut Child,
+    limit: Duration,
+    programs_started: &mpsc::Receiver<()>,
+    supervisor: &Supervisor,
+) -> Result<Ended> {
+    let spawned = Instant::now();
+    let mut running_since = None;
     let exit_signal = pidfd(child);
     loop {
         if let Some(status) = child.try_wait().context(|| "wait for scenario process".to_string())? {
             return Ok(Ended::Exited(status));
         }
+        if running_since.is_none() && programs_started.try_recv().is_ok() {
+            running_since = Some(Instant::now());
+        }
+        let (phase, until) = match running_since {
+            None => (Phase::SettingUp, spawned + SETUP_LIMIT),
+            Some(since) => (Phase::Running, since + limit),
+        };
         let ended = match supervisor.stop_reason() {
             Some(reason) => Ended::Stopped(reason),
-            None if started.elapsed() >= limit => Ended::TimedOut,
+            None if Instant::now() >= until => Ended::TimedOut(phase),
             None => {
-                nap_until_exit(exit_signal.as_ref(), limit.saturating_sub(started.elapsed()).min(SUPERVISOR_TICK));
+                nap_until_exit(
+                    exit_signal.as_ref(),
+                    until.saturating_duration_since(Instant::now()).min(SUPERVISOR_TICK),
+                );
                 continue;
             }
         };
@@ -296,7 +356,12 @@ fn run_here(root: &Path, reports: &Path, file: &Path, run: Option<usize>) -> Res
     if let Some(reason) = unmet {
         return report::write_not_applicable(&plan, reason, &dir);
     }
-    let output = engine::run(&plan, &dir)?;
+    let output = engine::run(&plan, &dir, || {
+        // The runner counts the scenario's deadline from here, set-up done; a lost line only leaves it
+        // counting from the process's start.
+        println!("{STARTED_LINE}");
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+    })?;
     let verdict = verdict::judge(&plan, &output.timeline);
     report::write(&plan, &output, &verdict, &dir)
 }
