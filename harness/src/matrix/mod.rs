@@ -24,6 +24,10 @@ use crate::scenario::plan::{Action, Plan};
 /// The hidden command the guest's init runs: the suite, its summaries into `--out`.
 pub const GUEST_COMMAND: &str = "__matrix-guest";
 
+/// Programs that `exec` steps run through a shell rather than by name (`sh -c "until ss -Htln ..."`), copied
+/// into the guest when this machine has them, as the ones named by `exec` steps are.
+const HELPER_PROGRAMS: [&str; 5] = ["curl", "ip", "nc", "socat", "ss"];
+
 /// Where the guest puts its scenarios and binary.
 const GUEST_ROOT: &str = "/netfault";
 
@@ -420,7 +424,7 @@ fn guest_image(kernel: &kernel::Kernel, loaded: &[(Job, Plan)], options: &Option
     // This process's own image, even if its file was replaced (rebuilt) since it started.
     let own_image = PathBuf::from(format!("/proc/{}/exe", std::process::id()));
     image.program(&own_image, &format!("{GUEST_ROOT}/netfault"))?;
-    for program in exec_programs(loaded) {
+    for program in exec_programs(loaded).into_iter().chain(HELPER_PROGRAMS.map(String::from)).collect::<BTreeSet<_>>() {
         match vm::find_program(&program) {
             Some(host) => image.program(&host, &format!("/usr/local/bin/{program}"))?,
             // Not on this machine either: the scenario fails the same way in the VM as here.
