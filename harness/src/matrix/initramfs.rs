@@ -107,9 +107,11 @@ impl Image {
         Ok(())
     }
 
-    /// The kernel's modules in `/modules/<name>.ko`, `/modules/aliases` (pattern, module) and
-    /// `/modules/depends` (module, the modules it needs), read by the guest's `/sbin/modprobe`.
-    pub fn modules(&mut self, modules: Vec<Module>) {
+    /// The kernel's modules in `/modules/<name>.ko`, `/modules/aliases` (pattern, module),
+    /// `/modules/depends` (module, the modules it needs) and `/modules/builtin` (those built into the kernel),
+    /// read by the guest's `/sbin/modprobe`.
+    pub fn modules(&mut self, modules: Vec<Module>, builtin: &[String]) {
+        self.file("/modules/builtin", builtin.iter().map(|name| format!("{name}\n")).collect::<String>(), 0o644);
         self.file("/modules/aliases", modules::alias_table(&modules), 0o644);
         let depends: String =
             modules.iter().map(|module| format!("{} {}\n", module.name, module.depends.join(" "))).collect();

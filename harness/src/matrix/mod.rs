@@ -431,7 +431,9 @@ fn guest_image(kernel: &kernel::Kernel, loaded: &[(Job, Plan)], options: &Option
             None => continue,
         }
     }
-    image.modules(modules::collect(&kernel.modules)?);
+    let kernel_modules = modules::collect(&kernel.modules)?;
+    let preload: Vec<&str> = vm::PRELOAD.into_iter().filter(|name| modules::provided(&kernel_modules, name)).collect();
+    image.modules(kernel_modules, &modules::builtin(&kernel.modules)?);
     let mut guest_paths = Vec::new();
     for path in &options.paths {
         let absolute = path.canonicalize().context(|| format!("find {}", path.display()))?;
@@ -453,7 +455,7 @@ fn guest_image(kernel: &kernel::Kernel, loaded: &[(Job, Plan)], options: &Option
     for path in &guest_paths {
         command.push_str(&format!(" '{path}'"));
     }
-    image.file("/init", vm::init_script(&command), 0o755);
+    image.file("/init", vm::init_script(&command, &preload), 0o755);
     Ok(image)
 }
 

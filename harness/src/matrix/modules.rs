@@ -60,6 +60,23 @@ pub fn collect(tree: &Path) -> Result<Vec<Module>> {
     Ok(modules)
 }
 
+/// The modules built into the kernel image (`modules.builtin`: `kernel/net/netfilter/nft_objref.ko`), by
+/// name: a request for one of them needs no loading.
+pub fn builtin(tree: &Path) -> Result<Vec<String>> {
+    let list = tree.join("modules.builtin");
+    let text = std::fs::read_to_string(&list).context(|| format!("read {}", list.display()))?;
+    let mut names: Vec<String> =
+        text.lines().filter_map(|line| module_file(Path::new(line))).map(|(stem, _)| kernel_name(&stem)).collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Whether a module of `modules` is called `name` or has it as an alias (written out, not a pattern).
+pub fn provided(modules: &[Module], name: &str) -> bool {
+    let wanted = kernel_name(name);
+    modules.iter().any(|module| module.name == wanted || module.aliases.iter().any(|alias| alias == name))
+}
+
 /// `alias module` lines the guest's modprobe matches the kernel's requests against (shell patterns), the
 /// module's own name first.
 pub fn alias_table(modules: &[Module]) -> String {
@@ -220,7 +237,10 @@ mod tests {
             aliases: aliases.iter().map(|a| a.to_string()).collect(),
             object: vec![],
         };
-        let table = alias_table(&[module("nft_objref", &["nft-expr-objref"]), module("veth", &["rtnl-link-veth"])]);
+        let modules = [module("nft_objref", &["nft-expr-objref"]), module("veth", &["rtnl-link-veth"])];
+        assert!(provided(&modules, "rtnl-link-veth") && provided(&modules, "nft-objref") && provided(&modules, "veth"));
+        assert!(!provided(&modules, "nft_reject_inet"));
+        let table = alias_table(&modules);
         assert_eq!(table, "nft_objref nft_objref\nnft-expr-objref nft_objref\nveth veth\nrtnl-link-veth veth\n");
         assert_eq!(module_file(Path::new("a/veth.ko.xz")), Some(("veth".into(), Compression::Xz)));
         assert_eq!(module_file(Path::new("a/nf_tables.ko")), Some(("nf_tables".into(), Compression::None)));

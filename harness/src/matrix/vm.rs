@@ -339,11 +339,14 @@ fn unpack(disk: &Path, out: &Path) -> Result<()> {
 /// Modules loaded before the suite (`modprobe` names or aliases): veth, nf_tables with the expressions the
 /// faults use (objref for named counters, reject), the TCP sock_diag handler the observers dump through, and
 /// the qdiscs impairments use.
-const PRELOAD: &str = "rtnl-link-veth nf_tables nft_objref nft_reject_inet inet_diag tcp_diag sch_netem sch_tbf";
+/// Those a kernel builds into another module (6.12 has objref inside nf_tables) are left out by the caller.
+pub const PRELOAD: [&str; 8] =
+    ["rtnl-link-veth", "nf_tables", "nft_objref", "nft_reject_inet", "inet_diag", "tcp_diag", "sch_netem", "sch_tbf"];
 
 /// The guest's `/init`: mounts, the disk driver, the suite, the reports onto the disk, power off. `command`
 /// is the netfault command line to run, from `/netfault`.
-pub fn init_script(command: &str) -> String {
+pub fn init_script(command: &str, preload: &[&str]) -> String {
+    let preload = preload.join(" ");
     format!(
         r#"#!/bin/busybox sh
 # netfault matrix guest: run the suite, write everything under /out to the second disk as one tar, power off.
@@ -362,7 +365,7 @@ while [ ! -b /dev/vda ] && [ $n -lt 300 ]; do sleep 0.1; n=$((n + 1)); done
 uname -r > /out/release
 # What every scenario uses, loaded before the first one starts: a module the kernel loads on first use
 # (0.1-0.3 s each under emulation) would otherwise land inside the first scenarios' timings.
-for module in {PRELOAD}; do /sbin/modprobe "$module" || echo "{MARKER} cannot load $module"; done
+for module in {preload}; do /sbin/modprobe "$module" || echo "{MARKER} cannot load $module"; done
 echo "{MARKER} modules $(cut -d' ' -f1 /proc/modules | sort | tr '\n' ' ')"
 cd /netfault
 {command} 2>&1
@@ -374,9 +377,11 @@ poweroff -f
 }
 
 /// The guest's `/sbin/modprobe`, which the kernel runs as `modprobe -q -- NAME` when it needs a module
-/// (`request_module`): the module whose name or alias matches NAME, after the modules it depends on.
+/// (`request_module`): nothing for a module built into the kernel; else the module whose name or alias
+/// matches NAME, after the modules it depends on.
 pub const MODPROBE: &str = r#"#!/bin/sh
 for name; do :; done
+grep -qx "$name" /modules/builtin && exit 0
 load() {
   [ -d "/sys/module/$1" ] && return 0
   for dependency in $(grep "^$1 " /modules/depends | cut -d' ' -f2-); do load "$dependency" || return 1; done
@@ -406,7 +411,7 @@ mod tests {
 
     #[test]
     fn the_init_script_runs_the_command_and_writes_the_disk_after_it() {
-        let script = init_script("./netfault __matrix-guest --out /out scenarios");
+        let script = init_script("./netfault __matrix-guest --out /out scenarios", &["veth"]);
         let run = script.find("./netfault __matrix-guest").unwrap();
         let tar = script.find("tar -cf /dev/vda -C /out .").unwrap();
         assert!(script.starts_with("#!/bin/busybox sh\n"));
