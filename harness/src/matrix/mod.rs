@@ -281,7 +281,12 @@ fn run_suite(
     let limits: Vec<Duration> = jobs.iter().map(|(_, deadline)| *deadline + runner::CHILD_GRACE).collect();
     let supervisor = Supervisor::new(supervise::default_budget(&limits, parallel));
     supervisor.start_watchdog(runner::STOP_GRACE)?;
-    let summaries = runner::run_all(&exe(), jobs, parallel, &supervisor, on_done);
+    let mut on_done = on_done;
+    let summaries = runner::run_all(&exe(), jobs, parallel, &supervisor, |event| {
+        if let runner::RunEvent::Finished(_, summary) = event {
+            on_done(summary);
+        }
+    });
     match supervisor.stop_reason() {
         Some(reason) => Err(Error::Internal(format!("{reason}: the scenarios still running were killed"))),
         None => Ok(summaries),

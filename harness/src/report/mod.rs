@@ -9,10 +9,11 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Context, Error, Result};
-use crate::run::engine::RunOutput;
+use crate::record::{CaptureStats, ObserverStats, RunRecord};
 use crate::scenario::plan::{HostId, Plan};
+use crate::timeline::query::{step_record, StepRecord};
 use crate::timeline::{format_secs, EventKind, PacketDirection, Timeline};
-use verdict::{describe_expectation, Failure, Verdict};
+use verdict::{describe_expectation, Failure, StepJudgement, Verdict};
 
 /// The folder of a scenario's report: `root/<name>`, refusing any name that could leave `root`.
 pub fn report_dir(root: &Path, name: &str) -> Result<PathBuf> {
@@ -102,9 +103,9 @@ struct StepReport<'a> {
     name: Option<&'a str>,
     action: &'static str,
     #[serde(flatten)]
-    record: crate::timeline::query::StepRecord,
+    record: StepRecord,
     expected: Option<String>,
-    verdict: &'static str,
+    verdict: StepJudgement,
 }
 
 #[derive(Debug, Serialize)]
@@ -121,7 +122,7 @@ struct ResultFile<'a> {
     checks: usize,
     failures: &'a [Failure],
     steps: Vec<StepReport<'a>>,
-    capture: &'a [crate::observe::capture::CaptureStats; 2],
+    capture: &'a [CaptureStats; 2],
     observer: [ObserverReport; 2],
     fault_hits: &'a [(String, u64)],
     harness_errors: &'a [String],
@@ -156,8 +157,8 @@ struct ObserverReport {
     max_dump_us: f64,
 }
 
-impl From<crate::observe::sockets::ObserverStats> for ObserverReport {
-    fn from(stats: crate::observe::sockets::ObserverStats) -> ObserverReport {
+impl From<ObserverStats> for ObserverReport {
+    fn from(stats: ObserverStats) -> ObserverReport {
         ObserverReport {
             samples: stats.samples,
             mean_dump_us: stats.mean_dump_time.as_secs_f64() * 1e6,
@@ -167,74 +168,68 @@ impl From<crate::observe::sockets::ObserverStats> for ObserverReport {
 }
 
 /// Writes result.json and timeline.txt next to the pcaps; returns the summary.
-pub fn write(plan: &Plan, output: &RunOutput, verdict: &Verdict, dir: &Path) -> Result<Summary> {
-    let status = status_of(output, verdict);
-    let mut steps = Vec::new();
-    for host in &plan.hosts {
-        for step in &host.steps {
-            let record = crate::timeline::query::step_record(&output.timeline, host.id, step.index);
-            let has_expectation =
-                step.expect.outcome.is_some() || step.expect.after.is_some() || step.expect.at.is_some();
-            let failed = verdict.failures.iter().any(|f| f.location == step.expect.location && has_expectation);
-            steps.push(StepReport {
-                host: host.id,
-                index: step.index,
+pub fn write(plan: &Plan, record: &RunRecord, verdict: &Verdict, dir: &Path) -> Result<Summary> {
+    let status = status_of(record, verdict);
+    let steps = verdict
+        .steps
+        .iter()
+        .map(|judged| {
+            let step = &plan.host(judged.host).steps[judged.index];
+            StepReport {
+                host: judged.host,
+                index: judged.index,
                 name: step.name.as_deref(),
                 action: step.action.kind(),
-                record,
-                expected: has_expectation.then(|| describe_expectation(&step.expect)),
-                verdict: match (has_expectation, failed) {
-                    (false, _) => "recorded",
-                    (true, false) => "pass",
-                    (true, true) => "fail",
-                },
-            });
-        }
-    }
+                record: step_record(&record.timeline, judged.host, judged.index),
+                expected: step.expect.is_set().then(|| describe_expectation(&step.expect)),
+                verdict: judged.judgement,
+            }
+        })
+        .collect();
     let result = ResultFile {
         scenario: &plan.name,
         file: &plan.file,
         description: &plan.description,
         source: plan.source.as_deref(),
         status,
-        duration: output.duration.as_secs_f64(),
-        setup_ms: output.setup.as_secs_f64() * 1e3,
-        teardown_ms: output.teardown.as_secs_f64() * 1e3,
-        deadline_hit: output.deadline_hit,
+        duration: record.duration.as_secs_f64(),
+        setup_ms: record.setup.as_secs_f64() * 1e3,
+        teardown_ms: record.teardown.as_secs_f64() * 1e3,
+        deadline_hit: record.deadline_hit,
         checks: verdict.checks,
         failures: &verdict.failures,
         steps,
-        capture: &output.capture,
-        observer: output.observer.map(ObserverReport::from),
-        fault_hits: &output.fault_hits,
-        harness_errors: &output.harness_errors,
+        capture: &record.capture,
+        observer: record.observer.map(ObserverReport::from),
+        fault_hits: &record.fault_hits,
+        harness_errors: &record.harness_errors,
         not_applicable: &plan.not_applicable,
-        events: &output.timeline,
+        events: &record.timeline,
     };
     let json =
         serde_json::to_string_pretty(&result).map_err(|e| Error::Internal(format!("encode result.json: {e}")))?;
     fs::write(dir.join("result.json"), json).context(|| format!("write {}", dir.join("result.json").display()))?;
-    fs::write(dir.join("timeline.txt"), render_timeline(plan, output, verdict))
+    fs::write(dir.join("timeline.txt"), render_timeline(plan, record, verdict))
         .context(|| format!("write {}", dir.join("timeline.txt").display()))?;
     Ok(Summary {
         name: plan.name.clone(),
         status,
-        duration: output.duration.as_secs_f64(),
-        setup_ms: output.setup.as_secs_f64() * 1e3,
-        teardown_ms: output.teardown.as_secs_f64() * 1e3,
+        duration: record.duration.as_secs_f64(),
+        setup_ms: record.setup.as_secs_f64() * 1e3,
+        teardown_ms: record.teardown.as_secs_f64() * 1e3,
         report: dir.to_path_buf(),
-        messages: output
+        messages: record
             .harness_errors
             .iter()
             .map(|e| format!("harness error: {e}"))
-            .chain(verdict.failures.iter().map(|f| explain(plan, f, &output.timeline)))
+            .chain(verdict.failures.iter().map(|f| explain(plan, f, &record.timeline)))
             .collect(),
     })
 }
 
 /// A program that failed inside the harness makes the run a harness error, whatever the verdict.
-fn status_of(output: &RunOutput, verdict: &Verdict) -> Status {
-    match (output.harness_errors.is_empty(), verdict.passed()) {
+fn status_of(record: &RunRecord, verdict: &Verdict) -> Status {
+    match (record.harness_errors.is_empty(), verdict.passed()) {
         (false, _) => Status::Error,
         (true, true) => Status::Pass,
         (true, false) => Status::Fail,
@@ -275,7 +270,7 @@ pub fn readable(timeline: &Timeline) -> Timeline {
     }
 }
 
-fn render_timeline(plan: &Plan, output: &RunOutput, verdict: &Verdict) -> String {
+fn render_timeline(plan: &Plan, record: &RunRecord, verdict: &Verdict) -> String {
     let mut text = String::new();
     text.push_str(&format!("# {} ({})\n", plan.name, plan.file.display()));
     for line in plan.description.lines() {
@@ -283,16 +278,16 @@ fn render_timeline(plan: &Plan, output: &RunOutput, verdict: &Verdict) -> String
     }
     text.push_str(&format!(
         "# verdict: {} ({} checks, {} failed); ran {}s; setup {:.1} ms, teardown {:.1} ms\n",
-        status_of(output, verdict).label().trim_end(),
+        status_of(record, verdict).label().trim_end(),
         verdict.checks,
         verdict.failures.len(),
-        format_secs(output.duration),
-        output.setup.as_secs_f64() * 1e3,
-        output.teardown.as_secs_f64() * 1e3,
+        format_secs(record.duration),
+        record.setup.as_secs_f64() * 1e3,
+        record.teardown.as_secs_f64() * 1e3,
     ));
     for host in HostId::ALL {
-        let capture = &output.capture[host.index()];
-        let observer = &output.observer[host.index()];
+        let capture = &record.capture[host.index()];
+        let observer = &record.observer[host.index()];
         text.push_str(&format!(
             "# {host}: {}.pcap {} packets of {} the interface counted, {} dropped by the capture; {} socket samples\n",
             host.name(),
@@ -302,10 +297,10 @@ fn render_timeline(plan: &Plan, output: &RunOutput, verdict: &Verdict) -> String
             observer.samples
         ));
     }
-    for (fault, hits) in &output.fault_hits {
+    for (fault, hits) in &record.fault_hits {
         text.push_str(&format!("# fault {fault}: {hits} packets matched\n"));
     }
-    for error in &output.harness_errors {
+    for error in &record.harness_errors {
         text.push_str(&format!("# HARNESS ERROR {error}\n"));
     }
     for left_out in &plan.not_applicable {
@@ -315,7 +310,7 @@ fn render_timeline(plan: &Plan, output: &RunOutput, verdict: &Verdict) -> String
         text.push_str(&format!("# FAIL {failure}\n"));
     }
     text.push_str("#\n#    time(s) host   what\n");
-    text.push_str(&readable(&output.timeline).to_string());
+    text.push_str(&readable(&record.timeline).to_string());
     text
 }
 

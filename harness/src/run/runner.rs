@@ -1,7 +1,6 @@
 //! Running scenarios: one child process each (the harness re-executes itself), many at once, each bounded by
 //! its deadline; and the libtest-mimic glue that makes every scenario one `cargo test` trial.
 
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
@@ -58,6 +57,17 @@ pub struct Job {
     pub run: Option<usize>,
 }
 
+impl Job {
+    /// The scenario's name, with `#<run>` for a repetition.
+    pub fn name(&self) -> String {
+        let name = display_name(&self.root, &self.file);
+        match self.run {
+            Some(run) => format!("{name} #{run}"),
+            None => name,
+        }
+    }
+}
+
 /// The folder a repetition's report goes to, under the scenario's report folder.
 pub fn run_folder(run: usize) -> String {
     format!("run-{run}")
@@ -66,10 +76,7 @@ pub fn run_folder(run: usize) -> String {
 /// Runs one scenario in a child process of `exe` and waits for it, at most its deadline plus grace, or until
 /// `supervisor` says to stop (then the child is killed; a job not started yet is not started).
 pub fn run_in_child(exe: &Path, job: &Job, deadline: Duration, supervisor: &Supervisor) -> Summary {
-    let mut name = display_name(&job.root, &job.file);
-    if let Some(run) = job.run {
-        name = format!("{name} #{run}");
-    }
+    let name = job.name();
     if let Some(reason) = supervisor.stop_reason() {
         return Summary::harness_error(name, &job.reports, format!("not started: {reason}"));
     }
@@ -356,14 +363,14 @@ fn run_here(root: &Path, reports: &Path, file: &Path, run: Option<usize>) -> Res
     if let Some(reason) = unmet {
         return report::write_not_applicable(&plan, reason, &dir);
     }
-    let output = engine::run(&plan, &dir, || {
+    let record = engine::run(&plan, &dir, || {
         // The runner counts the scenario's deadline from here, set-up done; a lost line only leaves it
         // counting from the process's start.
         println!("{STARTED_LINE}");
         let _ = std::io::Write::flush(&mut std::io::stdout());
     })?;
-    let verdict = verdict::judge(&plan, &output.timeline);
-    report::write(&plan, &output, &verdict, &dir)
+    let verdict = verdict::judge(&plan, &record.timeline);
+    report::write(&plan, &record, &verdict, &dir)
 }
 
 /// The scenario's name for humans and test filters: its path relative to the root.
@@ -421,17 +428,32 @@ pub fn scenario_root(path: &Path) -> PathBuf {
     }
 }
 
-/// Runs jobs on `parallel` worker threads until done or until `supervisor` says stop; `on_done` sees each
-/// summary in job order as soon as it and all earlier ones are done, so output is deterministic yet live.
+/// What [`run_all`] reports while it runs, for a live display.
+#[derive(Debug)]
+pub enum RunEvent<'a> {
+    /// The job with this index started.
+    Started(usize),
+    /// The job with this index finished, with this summary; jobs finish in any order.
+    Finished(usize, &'a Summary),
+    /// Nothing started or finished for [`IDLE_TICK`]: a progress display may redraw.
+    Idle,
+}
+
+/// How often [`run_all`] reports [`RunEvent::Idle`] while nothing happens.
+pub const IDLE_TICK: Duration = Duration::from_millis(250);
+
+/// Runs jobs on `parallel` worker threads until done or until `supervisor` says stop; `on_event` sees each
+/// job start and finish as it happens. Returns the summaries in job order.
 pub fn run_all(
     exe: &Path,
     jobs: Vec<(Job, Duration)>,
     parallel: usize,
     supervisor: &Supervisor,
-    mut on_done: impl FnMut(&Summary),
+    mut on_event: impl FnMut(RunEvent<'_>),
 ) -> Vec<Summary> {
     let total = jobs.len();
     SCENARIOS_AT_ONCE.store(parallel.clamp(1, total.max(1)), Ordering::Relaxed);
+    let labels: Vec<(String, PathBuf)> = jobs.iter().map(|(job, _)| (job.name(), job.reports.clone())).collect();
     let queue = Arc::new(Mutex::new(jobs.into_iter().enumerate().collect::<Vec<_>>().into_iter()));
     let (tx, rx) = mpsc::channel();
     let workers: Vec<_> = (0..parallel.clamp(1, total.max(1)))
@@ -443,29 +465,39 @@ pub fn run_all(
             thread::spawn(move || loop {
                 let next = queue.lock().ok().and_then(|mut q| q.next());
                 let Some((index, (job, deadline))) = next else { break };
+                if tx.send((index, None)).is_err() {
+                    break;
+                }
                 let summary = run_in_child(&exe, &job, deadline, &supervisor);
-                if tx.send((index, summary)).is_err() {
+                if tx.send((index, Some(summary))).is_err() {
                     break;
                 }
             })
         })
         .collect();
     drop(tx);
-    let mut pending = BTreeMap::new();
-    let mut next = 0;
-    let mut results = Vec::with_capacity(total);
-    for (index, summary) in rx {
-        pending.insert(index, summary);
-        while let Some(summary) = pending.remove(&next) {
-            on_done(&summary);
-            results.push(summary);
-            next += 1;
+    let mut results: Vec<Option<Summary>> = (0..total).map(|_| None).collect();
+    loop {
+        match rx.recv_timeout(IDLE_TICK) {
+            Ok((index, None)) => on_event(RunEvent::Started(index)),
+            Ok((index, Some(summary))) => {
+                on_event(RunEvent::Finished(index, &summary));
+                results[index] = Some(summary);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => on_event(RunEvent::Idle),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
     for worker in workers {
         let _ = worker.join();
     }
     results
+        .into_iter()
+        .zip(labels)
+        .map(|(summary, (name, reports))| {
+            summary.unwrap_or_else(|| Summary::harness_error(name, &reports, "its worker thread died".into()))
+        })
+        .collect()
 }
 
 /// Default parallelism: every scenario at once, since they mostly wait on kernel timers (capped to keep a
