@@ -632,6 +632,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_deadline_counts_from_the_programs_start_line_not_from_the_process_start() {
+        // Set-up (1 s here, tens of seconds on a slow machine) is not scenario time: a 0.4 s limit counted
+        // from the process's start would kill this one; counted from its start line, it exits in time.
+        let mut child = Command::new("sh")
+            .args(["-c", &format!("sleep 1; echo '{STARTED_LINE}'; sleep 0.1; echo done")])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (text, started) = read_stdout_in_background(child.stdout.take());
+        let supervisor = Supervisor::new(Duration::from_secs(60));
+        let ended = wait_bounded(&mut child, Duration::from_millis(400), &started, &supervisor);
+        assert!(matches!(ended.unwrap(), Ended::Exited(status) if status.success()));
+        assert_eq!(text.recv_timeout(Duration::from_secs(5)).unwrap(), format!("{STARTED_LINE}\ndone\n"));
+        // Past its limit after the start line: killed, in the running phase.
+        let mut child = Command::new("sh")
+            .args(["-c", &format!("echo '{STARTED_LINE}'; sleep 5")])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (_text, started) = read_stdout_in_background(child.stdout.take());
+        let ended = wait_bounded(&mut child, Duration::from_millis(300), &started, &supervisor).unwrap();
+        assert!(matches!(ended, Ended::TimedOut(Phase::Running)));
+    }
+
+    #[test]
     fn bounded_wait_sees_an_exit_at_once_and_kills_past_the_limit() {
         let mut child = Command::new("sleep").arg("5").spawn().unwrap();
         let started = Instant::now();
