@@ -6,6 +6,7 @@ packages=(
   pkg-config libnftnl-dev libmnl-dev   # build: the nftnl and mnl crates link against these
   nftables iproute2 ethtool tcpdump    # inspection tools used by tests and for reading reports
   curl netcat-openbsd socat            # real programs that exec steps run
+  strace                               # exec steps with `trace: true` run their program under it
   qemu-system-x86 busybox-static xz-utils   # netfault matrix: VMs, their userland, compressed modules
 )
 missing=()

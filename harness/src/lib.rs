@@ -20,5 +20,6 @@ pub mod report;
 pub mod run;
 pub mod scenario;
 mod selftest;
+pub mod testing;
 pub mod timeline;
 pub mod version;

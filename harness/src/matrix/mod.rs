@@ -20,13 +20,15 @@ use crate::report::{Status, Summary};
 use crate::run::runner::{self, Job};
 use crate::run::supervise::{self, Supervisor};
 use crate::scenario::plan::{Action, Plan};
+use crate::scenario::variables::Variables;
 
 /// The hidden command the guest's init runs: the suite, its summaries into `--out`.
 pub const GUEST_COMMAND: &str = "__matrix-guest";
 
-/// Programs that `exec` steps run through a shell rather than by name (`sh -c "until ss -Htln ..."`), copied
-/// into the guest when this machine has them, as the ones named by `exec` steps are.
-const HELPER_PROGRAMS: [&str; 5] = ["curl", "ip", "nc", "socat", "ss"];
+/// Programs that `exec` steps run through a shell rather than by name (`sh -c "until ss -Htln ..."`), or that
+/// netfault runs them under (`trace: true`: strace), copied into the guest when this machine has them, as the
+/// ones named by `exec` steps are.
+const HELPER_PROGRAMS: [&str; 6] = ["curl", "ip", "nc", "socat", "ss", "strace"];
 
 /// Where the guest puts its scenarios and binary.
 const GUEST_ROOT: &str = "/netfault";
@@ -125,7 +127,7 @@ pub fn main(args: &[String]) -> ExitCode {
         Ok(options) => options,
         Err(e) => return usage_error(&e),
     };
-    let loaded = match runner::load_all(&options.paths) {
+    let loaded = match runner::load_all(&options.paths, &Variables::from_environment()) {
         Ok(loaded) => loaded,
         Err(errors) => {
             for error in &errors {
@@ -271,7 +273,8 @@ fn run_suite(
     slow: bool,
     on_done: impl FnMut(&Summary),
 ) -> Result<Vec<Summary>> {
-    let loaded = runner::load_all(paths).map_err(|errors| Error::Internal(errors.join("\n")))?;
+    let loaded =
+        runner::load_all(paths, &Variables::from_environment()).map_err(|errors| Error::Internal(errors.join("\n")))?;
     let jobs: Vec<(Job, Duration)> = loaded
         .into_iter()
         .filter(|(_, plan)| slow || !plan.slow)
