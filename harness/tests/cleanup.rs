@@ -8,6 +8,7 @@
 //! processes are in or hold a descriptor of, taken while it runs; afterwards none of them may exist anywhere.
 
 mod common;
+mod contract;
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -304,9 +305,9 @@ fn a_panicking_step_is_a_reported_harness_error_and_leaves_nothing() {
     assert_eq!(status.code(), Some(2), "{text}");
     assert!(text.contains("harness error: client program panicked: deliberate panic in client step block"), "{text}");
     assert!(!text.contains("scenario deadline"), "a run ended by a harness error is not a deadline: {text}");
-    let result = fs::read_to_string(run.reports.join("long/result.json")).expect("the report is still written");
-    assert!(result.contains("\"status\": \"error\""), "{result}");
-    assert!(result.contains("deliberate panic"), "{result}");
+    let result = contract::checked_result(&run.reports.join("long/result.json")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(result["status"], "error", "{result}");
+    assert!(result["harness_errors"][0].as_str().is_some_and(|e| e.contains("deliberate panic")), "{result}");
     for pcap in ["client.pcap", "server.pcap"] {
         assert!(run.reports.join("long").join(pcap).is_file(), "{pcap} is still written");
     }

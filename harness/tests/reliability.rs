@@ -4,6 +4,7 @@
 //! programs run in the scenario's namespace and die with the run, even one that calls setsid.
 
 mod common;
+mod contract;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -44,8 +45,7 @@ fn assert_no_process_left(token: &str) {
 }
 
 fn result_json(dir: &Path) -> serde_json::Value {
-    let text = fs::read_to_string(dir.join("result.json")).expect("result.json is written");
-    serde_json::from_str(&text).unwrap()
+    contract::checked_result(&dir.join("result.json")).unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]

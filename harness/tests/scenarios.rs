@@ -1,15 +1,46 @@
-//! `cargo test`: every YAML file under scenarios/ is one trial, run in its own child process.
+//! `cargo test`: every YAML file under scenarios/ is one trial, run in its own child process. Every result.json
+//! the run wrote must then validate against the checked-in schema, or the run fails.
 
-use std::path::Path;
+mod contract;
+
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::SystemTime;
 
 fn main() -> ExitCode {
+    let started = SystemTime::now();
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let reports = std::env::var_os("NETFAULT_REPORTS").map_or_else(|| workspace.join("reports"), Into::into);
-    netfault::run::runner::test_main(
+    let code = netfault::run::runner::test_main(
         &workspace.join("scenarios"),
         Path::new(&reports),
         Path::new(env!("CARGO_BIN_EXE_netfault")),
         libtest_mimic::Arguments::from_args(),
-    )
+    );
+    let mut written = Vec::new();
+    results_since(Path::new(&reports), started, &mut written);
+    let broken: Vec<String> = written.iter().filter_map(|path| contract::checked_result(path).err()).collect();
+    if broken.is_empty() {
+        return code;
+    }
+    eprintln!("{} of the {} result.json files this run wrote break the contract:", broken.len(), written.len());
+    for message in broken {
+        eprintln!("{message}");
+    }
+    ExitCode::FAILURE
+}
+
+/// Every result.json under `dir` written at or after `since` (a concurrent run may publish or remove its files
+/// meanwhile: what is gone is not this run's).
+fn results_since(dir: &Path, since: SystemTime, found: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(metadata) = entry.metadata() else { continue };
+        if metadata.is_dir() {
+            results_since(&path, since, found);
+        } else if entry.file_name() == "result.json" && metadata.modified().is_ok_and(|modified| modified >= since) {
+            found.push(path);
+        }
+    }
 }

@@ -1,6 +1,8 @@
 //! Reports: what a run leaves under reports/<scenario>/ (result.json, timeline.txt, client.pcap, server.pcap),
 //! and the verdict they state.
 
+pub mod files;
+pub mod result;
 pub mod verdict;
 
 use std::fs;
@@ -12,6 +14,7 @@ use crate::error::{Context, Error, Result};
 use crate::run::engine::RunOutput;
 use crate::scenario::plan::{HostId, Plan};
 use crate::timeline::{format_secs, EventKind, PacketDirection, Timeline};
+use result::{Build, Kernel, ObserverReport, PerHost, ResultFile, StepReport, StepVerdict, WallClock};
 use verdict::{describe_expectation, Failure, Verdict};
 
 /// The folder of a scenario's report: `root/<name>`, refusing any name that could leave `root`.
@@ -27,7 +30,7 @@ pub fn report_dir(root: &Path, name: &str) -> Result<PathBuf> {
 }
 
 /// Verdict of one scenario, as the parent process and the test runner see it.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, schemars::JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Pass,
@@ -66,59 +69,7 @@ impl Summary {
     }
 }
 
-/// One step in result.json.
-#[derive(Debug, Serialize)]
-struct StepReport<'a> {
-    host: HostId,
-    index: usize,
-    name: Option<&'a str>,
-    action: &'static str,
-    #[serde(flatten)]
-    record: crate::timeline::query::StepRecord,
-    expected: Option<String>,
-    verdict: &'static str,
-}
-
-#[derive(Debug, Serialize)]
-struct ResultFile<'a> {
-    scenario: &'a str,
-    file: &'a Path,
-    description: &'a str,
-    source: Option<&'a str>,
-    status: Status,
-    duration: f64,
-    setup_ms: f64,
-    teardown_ms: f64,
-    deadline_hit: bool,
-    checks: usize,
-    failures: &'a [Failure],
-    steps: Vec<StepReport<'a>>,
-    capture: &'a [crate::observe::capture::CaptureStats; 2],
-    observer: [ObserverReport; 2],
-    fault_hits: &'a [(String, u64)],
-    harness_errors: &'a [String],
-    events: &'a Timeline,
-}
-
-/// The observer's figures in result.json, in microseconds.
-#[derive(Debug, Serialize)]
-struct ObserverReport {
-    samples: u64,
-    mean_dump_us: f64,
-    max_dump_us: f64,
-}
-
-impl From<crate::observe::sockets::ObserverStats> for ObserverReport {
-    fn from(stats: crate::observe::sockets::ObserverStats) -> ObserverReport {
-        ObserverReport {
-            samples: stats.samples,
-            mean_dump_us: stats.mean_dump_time.as_secs_f64() * 1e6,
-            max_dump_us: stats.max_dump_time.as_secs_f64() * 1e6,
-        }
-    }
-}
-
-/// Writes result.json and timeline.txt next to the pcaps; returns the summary.
+/// Writes result.json and timeline.txt into `dir`, next to the pcaps; returns the summary.
 pub fn write(plan: &Plan, output: &RunOutput, verdict: &Verdict, dir: &Path) -> Result<Summary> {
     let status = status_of(output, verdict);
     let mut steps = Vec::new();
@@ -128,27 +79,26 @@ pub fn write(plan: &Plan, output: &RunOutput, verdict: &Verdict, dir: &Path) -> 
             let has_expectation =
                 step.expect.outcome.is_some() || step.expect.after.is_some() || step.expect.at.is_some();
             let failed = verdict.failures.iter().any(|f| f.location == step.expect.location && has_expectation);
-            steps.push(StepReport {
-                host: host.id,
-                index: step.index,
-                name: step.name.as_deref(),
-                action: step.action.kind(),
-                record,
-                expected: has_expectation.then(|| describe_expectation(&step.expect)),
-                verdict: match (has_expectation, failed) {
-                    (false, _) => "recorded",
-                    (true, false) => "pass",
-                    (true, true) => "fail",
-                },
-            });
+            let step_verdict = match (has_expectation, failed) {
+                (false, _) => StepVerdict::Recorded,
+                (true, false) => StepVerdict::Pass,
+                (true, true) => StepVerdict::Fail,
+            };
+            let expected = has_expectation.then(|| describe_expectation(&step.expect));
+            steps.push(StepReport::new(record, step.name.as_deref(), step.action.kind(), expected, step_verdict));
         }
     }
+    let [client_sysctls, server_sysctls] = &output.sysctls;
     let result = ResultFile {
+        format_version: result::FORMAT_VERSION,
+        netfault: Build::this(),
+        kernel: Kernel { release: result::kernel_release() },
         scenario: &plan.name,
-        file: &plan.file,
+        file: result::canonical_file(&plan.file),
         description: &plan.description,
         source: plan.source.as_deref(),
         status,
+        t0: output.t0.map(WallClock::of),
         duration: output.duration.as_secs_f64(),
         setup_ms: output.setup.as_secs_f64() * 1e3,
         teardown_ms: output.teardown.as_secs_f64() * 1e3,
@@ -156,11 +106,12 @@ pub fn write(plan: &Plan, output: &RunOutput, verdict: &Verdict, dir: &Path) -> 
         checks: verdict.checks,
         failures: &verdict.failures,
         steps,
+        sysctls: PerHost { client: client_sysctls, server: server_sysctls },
         capture: &output.capture,
         observer: output.observer.map(ObserverReport::from),
-        fault_hits: &output.fault_hits,
+        fault_hits: output.fault_hits.iter().map(|(fault, hits)| (fault.as_str(), *hits)).collect(),
         harness_errors: &output.harness_errors,
-        events: &output.timeline,
+        events: &output.timeline.events,
     };
     let json =
         serde_json::to_string_pretty(&result).map_err(|e| Error::Internal(format!("encode result.json: {e}")))?;

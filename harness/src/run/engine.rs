@@ -1,12 +1,12 @@
 //! One scenario run inside the child process: set up, start the programs, switch faults on their triggers,
 //! stop at the end or the deadline, and hand back the timeline.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::{joined, Error, Result};
 use crate::observe::capture::{Capture, CaptureBuffer, CaptureStats};
@@ -30,6 +30,10 @@ pub struct RunOutput {
     pub setup: Duration,
     pub teardown: Duration,
     pub deadline_hit: bool,
+    /// t0 on the wall clock (the clock of the pcap timestamps); `None` when the programs never started.
+    pub t0: Option<SystemTime>,
+    /// Each host's TCP sysctls in force during the run (see [`topology::effective_sysctls`]).
+    pub sysctls: [BTreeMap<String, String>; 2],
     pub capture: [CaptureStats; 2],
     pub observer: [ObserverStats; 2],
     /// Packets each fault's rule matched, per fault name.
@@ -153,6 +157,14 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
     }
     let duration = clock.now();
     let _ = priority::lower_current_thread();
+    // Read once the programs are done, off the set-up and teardown figures.
+    let mut sysctls = [BTreeMap::new(), BTreeMap::new()];
+    for host in HostId::ALL {
+        match namespaces[host.index()].run(|| topology::effective_sysctls(&plan.host(host).sysctls)) {
+            Ok(values) => sysctls[host.index()] = values,
+            Err(e) => harness_errors.push(format!("{host} sysctls: {e}")),
+        }
+    }
 
     let teardown_started = Instant::now();
     board.close();
@@ -191,6 +203,8 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
         setup,
         teardown,
         deadline_hit,
+        t0: clock.t0_wall(),
+        sysctls,
         capture: [capture_client, capture_server],
         observer: [observer_client, observer_server],
         fault_hits,

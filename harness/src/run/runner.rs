@@ -286,13 +286,17 @@ fn run_here(root: &Path, reports: &Path, file: &Path, run: Option<usize>) -> Res
     if let Some(run) = run {
         dir.push(run_folder(run));
     }
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).context(|| format!("clear old report {}", dir.display()))?;
-    }
-    std::fs::create_dir_all(&dir).context(|| format!("create report folder {}", dir.display()))?;
-    let output = engine::run(&plan, &dir)?;
-    let verdict = verdict::judge(&plan, &output.timeline);
-    report::write(&plan, &output, &verdict, &dir)
+    // Written aside, then moved over the old report: a killed run leaves the old one whole.
+    let staging = report::files::stage(&dir)?;
+    let reported = engine::run(&plan, &staging).and_then(|output| {
+        let verdict = verdict::judge(&plan, &output.timeline);
+        report::write(&plan, &output, &verdict, &staging)
+    });
+    // Even a run that ended in a harness error shows what it captured; its own error is the one to report.
+    let published = report::files::publish(&dir);
+    let summary = reported?;
+    published?;
+    Ok(Summary { report: dir, ..summary })
 }
 
 /// The scenario's name for humans and test filters: its path relative to the root.

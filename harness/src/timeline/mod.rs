@@ -10,21 +10,24 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::scenario::plan::{HostId, TcpState, TimerKind};
 
 /// Something that happened at `t` (time since t0) on `host`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq)]
 pub struct Event {
+    /// Seconds since t0.
     #[serde(serialize_with = "serialize_secs")]
+    #[schemars(with = "f64")]
     pub t: Duration,
     pub host: HostId,
     #[serde(flatten)]
     pub kind: EventKind,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum EventKind {
     FaultOn {
@@ -52,7 +55,7 @@ pub enum EventKind {
 }
 
 /// A step's actual result, expected or not.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Ok,
@@ -88,7 +91,7 @@ impl fmt::Display for Outcome {
 }
 
 /// Direction of a packet as seen on the host's veth end.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum PacketDirection {
     In,
@@ -96,7 +99,7 @@ pub enum PacketDirection {
 }
 
 /// One captured packet, decoded as tcpdump would print it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq)]
 pub struct PacketEvent {
     pub direction: PacketDirection,
     pub src: Ipv4Addr,
@@ -122,7 +125,7 @@ pub struct PacketEvent {
 }
 
 /// A change of one socket as sock_diag shows it (`ss -tanoi`).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq)]
 pub struct SocketEvent {
     /// `local:port -> remote:port` (remote `*:*` for a listener).
     pub socket: String,
@@ -132,6 +135,7 @@ pub struct SocketEvent {
     pub timer: Option<TimerKind>,
     /// Time until the timer fires.
     #[serde(serialize_with = "serialize_opt_secs")]
+    #[schemars(with = "Option<f64>")]
     pub expires: Option<Duration>,
     /// Retransmissions / probes so far (`ss -o` third timer field).
     pub retrans: u32,

@@ -4,19 +4,22 @@
 
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use super::{Event, EventKind, Outcome, PacketDirection, PacketEvent, SocketEvent, Timeline};
 use crate::scenario::plan::{HostId, PacketFilter, Protocol, QueueExpectation, QueueKind, TcpState};
 
 /// The start and end of one step as the timeline recorded them.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct StepRecord {
     pub host: HostId,
     pub index: usize,
     #[serde(serialize_with = "secs_opt")]
+    #[schemars(with = "Option<f64>")]
     pub start: Option<Duration>,
     #[serde(serialize_with = "secs_opt")]
+    #[schemars(with = "Option<f64>")]
     pub end: Option<Duration>,
     pub outcome: Option<Outcome>,
     pub detail: Option<String>,

@@ -115,7 +115,7 @@ const MAX_QUEUED_CHUNKS: usize = 256;
 const SPARE_CHUNKS: usize = 4;
 
 /// What one capture saw, as tcpdump reports when it stops.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct CaptureStats {
     /// Frames written to the pcap (`N packets captured`).
     pub packets: u64,

@@ -10,6 +10,7 @@ pub use describe::{describe_expectation, describe_filter, describe_outcome, desc
 use std::fmt;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::scenario::plan::{
@@ -20,7 +21,7 @@ use crate::timeline::query::{queue_histories, sent_packets, socket_events, socke
 use crate::timeline::{format_secs, EventKind, Outcome, SocketEvent, Timeline};
 
 /// One expectation the run did not meet.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq, Eq)]
 pub struct Failure {
     /// Where the expectation is written in the scenario file.
     pub location: Location,
