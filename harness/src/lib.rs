@@ -14,6 +14,7 @@ mod bench;
 pub mod cli;
 pub mod error;
 mod observe;
+pub mod record;
 pub mod report;
 pub mod run;
 pub mod scenario;

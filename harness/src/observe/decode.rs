@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::fmt::Write;
 use std::net::Ipv4Addr;
 
-use crate::timeline::{PacketDirection, PacketEvent};
+use crate::timeline::{IpProtocol, PacketDirection, PacketEvent};
 
 const ETHERNET_HEADER_LEN: usize = 14;
 const ETHERTYPE_IPV4: u16 = 0x0800;
@@ -69,7 +69,7 @@ impl Decoder {
             direction,
             src: ip.src,
             dst: ip.dst,
-            protocol: protocol_name(ip.protocol),
+            protocol: IpProtocol::from_number(ip.protocol),
             ip_id: ip.id,
             sport: 0,
             dport: 0,
@@ -229,7 +229,7 @@ fn unreachable_text(code: u8, quoted: &[u8], next_hop_mtu: Option<u16>) -> Strin
         1 => format!("host {dst} unreachable"),
         2 => format!("{dst} protocol {} unreachable", quoted.protocol),
         3 => match quoted.dport {
-            Some(port) => format!("{dst} {} port {port} unreachable", protocol_name(quoted.protocol)),
+            Some(port) => format!("{dst} {} port {port} unreachable", IpProtocol::from_number(quoted.protocol)),
             None => format!("{dst} port unreachable"),
         },
         4 => match next_hop_mtu {
@@ -307,15 +307,6 @@ fn tcp_options(mut bytes: &[u8], peer_isn: Option<u32>) -> String {
     out
 }
 
-fn protocol_name(protocol: u8) -> String {
-    match protocol {
-        IPPROTO_TCP => "tcp".into(),
-        IPPROTO_UDP => "udp".into(),
-        IPPROTO_ICMP => "icmp".into(),
-        other => other.to_string(),
-    }
-}
-
 fn be16(bytes: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes(bytes.get(at..at + 2)?.try_into().ok()?))
 }
@@ -332,6 +323,7 @@ fn ipv4(bytes: &[u8], at: usize) -> Option<Ipv4Addr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scenario::plan::Protocol;
 
     const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
     const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
@@ -424,7 +416,7 @@ mod tests {
         let event = decoder.decode(&syn(40000, 1_000_000), true).unwrap();
         assert_eq!(event.direction, PacketDirection::Out);
         assert_eq!((event.src, event.dst), (CLIENT, SERVER));
-        assert_eq!(event.protocol, "tcp");
+        assert_eq!(event.protocol, IpProtocol::Known(Protocol::Tcp));
         assert_eq!(event.ip_id, 0x1234);
         assert_eq!((event.sport, event.dport), (40000, 9000));
         assert_eq!(event.flags, 0x02);
@@ -546,7 +538,7 @@ mod tests {
         let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
         icmp.extend_from_slice(&quoted[..28]); // the quoted IP header and 8 bytes of TCP, as the kernel sends
         let event = Decoder::new().decode(&frame(SERVER, CLIENT, IPPROTO_ICMP, 9, &icmp), false).unwrap();
-        assert_eq!(event.protocol, "icmp");
+        assert_eq!(event.protocol, IpProtocol::Known(Protocol::Icmp));
         assert_eq!((event.src, event.dst, event.ip_id), (SERVER, CLIENT, 9));
         assert_eq!(event.options, "10.0.0.2 tcp port 9000 unreachable");
         assert_eq!((event.sport, event.dport, event.flags), (0, 0, 0));
@@ -574,7 +566,10 @@ mod tests {
 
         let udp = [0x13, 0x88, 0x00, 0x35, 0, 13, 0, 0, b'h', b'e', b'l', b'l', b'o'];
         let event = Decoder::new().decode(&frame(CLIENT, SERVER, IPPROTO_UDP, 0, &udp), true).unwrap();
-        assert_eq!((event.protocol.as_str(), event.sport, event.dport, event.len), ("udp", 5000, 53, 5));
+        assert_eq!(
+            (event.protocol, event.sport, event.dport, event.len),
+            (IpProtocol::Known(Protocol::Udp), 5000, 53, 5)
+        );
         assert_eq!(event.options, "5000 > 53, length 5");
     }
 

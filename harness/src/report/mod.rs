@@ -11,10 +11,11 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Context, Error, Result};
-use crate::run::engine::RunOutput;
+use crate::record::RunRecord;
 use crate::scenario::plan::{HostId, Plan};
+use crate::timeline::query::step_record;
 use crate::timeline::{format_secs, EventKind, PacketDirection, Timeline};
-use result::{Build, Kernel, ObserverReport, PerHost, ResultFile, StepReport, StepVerdict, WallClock};
+use result::{Build, Kernel, ObserverReport, PerHost, ResultFile, StepReport, WallClock};
 use verdict::{describe_expectation, Failure, Verdict};
 
 /// The folder of a scenario's report: `root/<name>`, refusing any name that could leave `root`.
@@ -70,25 +71,23 @@ impl Summary {
 }
 
 /// Writes result.json and timeline.txt into `dir`, next to the pcaps; returns the summary.
-pub fn write(plan: &Plan, output: &RunOutput, verdict: &Verdict, dir: &Path) -> Result<Summary> {
-    let status = status_of(output, verdict);
-    let mut steps = Vec::new();
-    for host in &plan.hosts {
-        for step in &host.steps {
-            let record = crate::timeline::query::step_record(&output.timeline, host.id, step.index);
-            let has_expectation =
-                step.expect.outcome.is_some() || step.expect.after.is_some() || step.expect.at.is_some();
-            let failed = verdict.failures.iter().any(|f| f.location == step.expect.location && has_expectation);
-            let step_verdict = match (has_expectation, failed) {
-                (false, _) => StepVerdict::Recorded,
-                (true, false) => StepVerdict::Pass,
-                (true, true) => StepVerdict::Fail,
-            };
-            let expected = has_expectation.then(|| describe_expectation(&step.expect));
-            steps.push(StepReport::new(record, step.name.as_deref(), step.action.kind(), expected, step_verdict));
-        }
-    }
-    let [client_sysctls, server_sysctls] = &output.sysctls;
+pub fn write(plan: &Plan, record: &RunRecord, verdict: &Verdict, dir: &Path) -> Result<Summary> {
+    let status = status_of(record, verdict);
+    let steps = verdict
+        .steps
+        .iter()
+        .map(|judged| {
+            let step = &plan.host(judged.host).steps[judged.index];
+            StepReport::new(
+                step_record(&record.timeline, judged.host, judged.index),
+                step.name.as_deref(),
+                step.action.kind(),
+                step.expect.is_set().then(|| describe_expectation(&step.expect)),
+                judged.judgement,
+            )
+        })
+        .collect();
+    let [client_sysctls, server_sysctls] = &record.sysctls;
     let result = ResultFile {
         format_version: result::FORMAT_VERSION,
         netfault: Build::this(),
@@ -98,45 +97,45 @@ pub fn write(plan: &Plan, output: &RunOutput, verdict: &Verdict, dir: &Path) -> 
         description: &plan.description,
         source: plan.source.as_deref(),
         status,
-        t0: output.t0.map(WallClock::of),
-        duration: output.duration.as_secs_f64(),
-        setup_ms: output.setup.as_secs_f64() * 1e3,
-        teardown_ms: output.teardown.as_secs_f64() * 1e3,
-        deadline_hit: output.deadline_hit,
+        t0: record.t0.map(WallClock::of),
+        duration: record.duration.as_secs_f64(),
+        setup_ms: record.setup.as_secs_f64() * 1e3,
+        teardown_ms: record.teardown.as_secs_f64() * 1e3,
+        deadline_hit: record.deadline_hit,
         checks: verdict.checks,
         failures: &verdict.failures,
         steps,
         sysctls: PerHost { client: client_sysctls, server: server_sysctls },
-        capture: &output.capture,
-        observer: output.observer.map(ObserverReport::from),
-        fault_hits: output.fault_hits.iter().map(|(fault, hits)| (fault.as_str(), *hits)).collect(),
-        harness_errors: &output.harness_errors,
-        events: &output.timeline.events,
+        capture: &record.capture,
+        observer: record.observer.map(ObserverReport::from),
+        fault_hits: record.fault_hits.iter().map(|(fault, hits)| (fault.as_str(), *hits)).collect(),
+        harness_errors: &record.harness_errors,
+        events: &record.timeline.events,
     };
     let json =
         serde_json::to_string_pretty(&result).map_err(|e| Error::Internal(format!("encode result.json: {e}")))?;
     fs::write(dir.join("result.json"), json).context(|| format!("write {}", dir.join("result.json").display()))?;
-    fs::write(dir.join("timeline.txt"), render_timeline(plan, output, verdict))
+    fs::write(dir.join("timeline.txt"), render_timeline(plan, record, verdict))
         .context(|| format!("write {}", dir.join("timeline.txt").display()))?;
     Ok(Summary {
         name: plan.name.clone(),
         status,
-        duration: output.duration.as_secs_f64(),
-        setup_ms: output.setup.as_secs_f64() * 1e3,
-        teardown_ms: output.teardown.as_secs_f64() * 1e3,
+        duration: record.duration.as_secs_f64(),
+        setup_ms: record.setup.as_secs_f64() * 1e3,
+        teardown_ms: record.teardown.as_secs_f64() * 1e3,
         report: dir.to_path_buf(),
-        messages: output
+        messages: record
             .harness_errors
             .iter()
             .map(|e| format!("harness error: {e}"))
-            .chain(verdict.failures.iter().map(|f| explain(plan, f, &output.timeline)))
+            .chain(verdict.failures.iter().map(|f| explain(plan, f, &record.timeline)))
             .collect(),
     })
 }
 
 /// A program that failed inside the harness makes the run a harness error, whatever the verdict.
-fn status_of(output: &RunOutput, verdict: &Verdict) -> Status {
-    match (output.harness_errors.is_empty(), verdict.passed()) {
+fn status_of(record: &RunRecord, verdict: &Verdict) -> Status {
+    match (record.harness_errors.is_empty(), verdict.passed()) {
         (false, _) => Status::Error,
         (true, true) => Status::Pass,
         (true, false) => Status::Fail,
@@ -177,7 +176,7 @@ pub fn readable(timeline: &Timeline) -> Timeline {
     }
 }
 
-fn render_timeline(plan: &Plan, output: &RunOutput, verdict: &Verdict) -> String {
+fn render_timeline(plan: &Plan, record: &RunRecord, verdict: &Verdict) -> String {
     let mut text = String::new();
     text.push_str(&format!("# {} ({})\n", plan.name, plan.file.display()));
     for line in plan.description.lines() {
@@ -185,20 +184,20 @@ fn render_timeline(plan: &Plan, output: &RunOutput, verdict: &Verdict) -> String
     }
     text.push_str(&format!(
         "# verdict: {} ({} checks, {} failed); ran {}s; setup {:.1} ms, teardown {:.1} ms\n",
-        match status_of(output, verdict) {
+        match status_of(record, verdict) {
             Status::Pass => "PASS",
             Status::Fail => "FAIL",
             Status::Error => "ERROR",
         },
         verdict.checks,
         verdict.failures.len(),
-        format_secs(output.duration),
-        output.setup.as_secs_f64() * 1e3,
-        output.teardown.as_secs_f64() * 1e3,
+        format_secs(record.duration),
+        record.setup.as_secs_f64() * 1e3,
+        record.teardown.as_secs_f64() * 1e3,
     ));
     for host in HostId::ALL {
-        let capture = &output.capture[host.index()];
-        let observer = &output.observer[host.index()];
+        let capture = &record.capture[host.index()];
+        let observer = &record.observer[host.index()];
         text.push_str(&format!(
             "# {host}: {}.pcap {} packets of {} the interface counted, {} dropped by the capture; {} socket samples\n",
             host.name(),
@@ -208,17 +207,17 @@ fn render_timeline(plan: &Plan, output: &RunOutput, verdict: &Verdict) -> String
             observer.samples
         ));
     }
-    for (fault, hits) in &output.fault_hits {
+    for (fault, hits) in &record.fault_hits {
         text.push_str(&format!("# fault {fault}: {hits} packets matched\n"));
     }
-    for error in &output.harness_errors {
+    for error in &record.harness_errors {
         text.push_str(&format!("# HARNESS ERROR {error}\n"));
     }
     for failure in &verdict.failures {
         text.push_str(&format!("# FAIL {failure}\n"));
     }
     text.push_str("#\n#    time(s) host   what\n");
-    text.push_str(&readable(&output.timeline).to_string());
+    text.push_str(&readable(&record.timeline).to_string());
     text
 }
 

@@ -10,10 +10,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use schemars::JsonSchema;
 use serde::Serialize;
 
-use super::verdict::Failure;
+use super::verdict::{Failure, StepJudgement};
 use super::Status;
-use crate::observe::capture::CaptureStats;
-use crate::observe::sockets::ObserverStats;
+use crate::record::{CaptureStats, ObserverStats};
 use crate::scenario::plan::HostId;
 use crate::timeline::{query::StepRecord, Event, Outcome};
 
@@ -166,9 +165,11 @@ pub struct StepReport<'a> {
     pub outcome: Option<Outcome>,
     /// More about the outcome: the addresses of a connect, what an exec printed, ...
     pub detail: Option<String>,
+    /// The output patterns of an exec step that its output did not match.
+    pub unmatched: Vec<String>,
     /// The expectation, as a sentence; `null` for a step that expects nothing.
     pub expected: Option<String>,
-    pub verdict: StepVerdict,
+    pub verdict: StepJudgement,
 }
 
 impl<'a> StepReport<'a> {
@@ -177,7 +178,7 @@ impl<'a> StepReport<'a> {
         name: Option<&'a str>,
         action: &'static str,
         expected: Option<String>,
-        verdict: StepVerdict,
+        verdict: StepJudgement,
     ) -> StepReport<'a> {
         StepReport {
             host: record.host,
@@ -188,20 +189,11 @@ impl<'a> StepReport<'a> {
             end: record.end.map(|t| t.as_secs_f64()),
             outcome: record.outcome,
             detail: record.detail,
+            unmatched: record.unmatched,
             expected,
             verdict,
         }
     }
-}
-
-/// A step's verdict.
-#[derive(Debug, Clone, Copy, Serialize, JsonSchema, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum StepVerdict {
-    /// The step expects nothing; its outcome is recorded.
-    Recorded,
-    Pass,
-    Fail,
 }
 
 /// What one socket observer did.
@@ -255,7 +247,7 @@ mod tests {
 
     use super::*;
     use crate::scenario::plan::{Location, TcpState, TimerKind};
-    use crate::timeline::{EventKind, PacketDirection, PacketEvent, SocketEvent};
+    use crate::timeline::{EventKind, IpProtocol, PacketDirection, PacketEvent, SocketEvent};
 
     #[test]
     fn result_schema_checked_in_is_the_one_the_types_give() {
@@ -281,7 +273,7 @@ mod tests {
             direction: PacketDirection::Out,
             src: Ipv4Addr::new(10, 0, 0, 1),
             dst: Ipv4Addr::new(10, 0, 0, 2),
-            protocol: "tcp".into(),
+            protocol: IpProtocol::from_number(6),
             ip_id: 7,
             sport: 40000,
             dport: 9000,
@@ -343,12 +335,14 @@ mod tests {
             at(9.0, HostId::Client, EventKind::Deadline { step: None }),
         ];
         for (step, outcome) in outcomes.iter().enumerate() {
-            let kind = EventKind::StepEnd { step, label: "#1".into(), outcome: outcome.clone(), detail: None };
+            let unmatched = vec!["^HTTP/1.1 200".to_string()];
+            let kind =
+                EventKind::StepEnd { step, label: "#1".into(), outcome: outcome.clone(), detail: None, unmatched };
             events.push(at(1.0, HostId::Client, kind));
         }
         let steps = outcomes
             .iter()
-            .zip([StepVerdict::Recorded, StepVerdict::Pass, StepVerdict::Fail].into_iter().cycle())
+            .zip([StepJudgement::Recorded, StepJudgement::Pass, StepJudgement::Fail].into_iter().cycle())
             .enumerate()
             .map(|(index, (outcome, verdict))| {
                 let record = StepRecord {
@@ -358,6 +352,7 @@ mod tests {
                     end: (index % 2 == 0).then(|| Duration::from_millis(200)),
                     outcome: Some(outcome.clone()),
                     detail: Some("0.0.0.0:40000 -> 10.0.0.2:9000".into()),
+                    unmatched: Vec::new(),
                 };
                 StepReport::new(record, Some("connect"), "connect", Some("ETIMEDOUT".into()), verdict)
             })

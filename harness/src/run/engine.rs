@@ -6,43 +6,20 @@ use std::path::Path;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use crate::error::{joined, Error, Result};
-use crate::observe::capture::{Capture, CaptureBuffer, CaptureStats};
-use crate::observe::sockets::{Observer, ObserverStats};
+use crate::observe::capture::{Capture, CaptureBuffer};
+use crate::observe::sockets::Observer;
+use crate::record::{CaptureStats, RunRecord};
 use crate::run::actors::{self, ActorContext, ProcessRegistry, StepBoard};
 use crate::run::clock::{Clock, EventSink};
 use crate::run::firewall::{self, Firewall};
 use crate::run::netns::Netns;
 use crate::run::priority;
 use crate::run::topology;
-use crate::scenario::plan::{Direction, FaultPlan, HostId, Plan, StepEdge, Trigger};
-use crate::timeline::{Event, EventKind, PacketDirection, Timeline};
-
-/// What a run produced, before judging.
-#[derive(Debug)]
-pub struct RunOutput {
-    pub timeline: Timeline,
-    /// Time from t0 to the end of the programs (or the deadline).
-    pub duration: Duration,
-    /// Namespaces, veth, addresses, nftables and capture set up, then torn down.
-    pub setup: Duration,
-    pub teardown: Duration,
-    pub deadline_hit: bool,
-    /// t0 on the wall clock (the clock of the pcap timestamps); `None` when the programs never started.
-    pub t0: Option<SystemTime>,
-    /// Each host's TCP sysctls in force during the run (see [`topology::effective_sysctls`]).
-    pub sysctls: [BTreeMap<String, String>; 2],
-    pub capture: [CaptureStats; 2],
-    pub observer: [ObserverStats; 2],
-    /// Packets each fault's rule matched, per fault name.
-    pub fault_hits: Vec<(String, u64)>,
-    /// What went wrong inside the harness, not by the kernel's doing: a host program that failed (an error or
-    /// a panic), a capture that lost frames. The run is a harness error; its timeline and captures are still
-    /// reported.
-    pub harness_errors: Vec<String>,
-}
+use crate::scenario::plan::{Direction, FaultPlan, HostId, Plan, Protocol, StepEdge, Trigger};
+use crate::timeline::{Event, EventKind, IpProtocol, PacketDirection, Timeline};
 
 /// How often the hub wakes to look at time triggers and the programs when nothing happens.
 const IDLE_TICK: Duration = Duration::from_millis(5);
@@ -51,7 +28,7 @@ const IDLE_TICK: Duration = Duration::from_millis(5);
 const PROGRAM_START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs `plan`, writing the pcaps into `report_dir`. Returns harness errors only; the verdict comes later.
-pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
+pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunRecord> {
     let setup_started = Instant::now();
     let clock = Clock::unstarted();
     let (sink, events) = EventSink::new(clock.clone());
@@ -71,12 +48,10 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
         let mut ctx = ActorContext {
             host,
             own_address: plan.host(host).address,
-            peer_address: plan.host(host.peer()).address,
             board: Arc::clone(&board),
             processes: Arc::clone(&processes),
             sink: sink.clone(),
             deadline: Instant::now() + plan.deadline,
-            plan: plan.clone(),
         };
         let (gate_tx, gate_rx) = mpsc::channel::<Instant>();
         gates.push(gate_tx);
@@ -147,7 +122,7 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
                         observer.poke();
                     }
                 }
-                schedule.observe(plan, &event);
+                schedule.observe(&event);
                 collected.push(event);
             }
             Err(RecvTimeoutError::Timeout) => {}
@@ -197,7 +172,7 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
     let teardown = teardown_started.elapsed();
     let [capture_client, capture_server] = into_pair(capture_stats)?;
     let [observer_client, observer_server] = into_pair(observer_stats)?;
-    Ok(RunOutput {
+    Ok(RunRecord {
         timeline,
         duration,
         setup,
@@ -452,14 +427,14 @@ impl<'a> FaultSchedule<'a> {
     }
 
     /// Arms the triggers that `event` satisfies.
-    fn observe(&mut self, plan: &Plan, event: &Event) {
+    fn observe(&mut self, event: &Event) {
         for (fault, on, off, counter) in &mut self.faults {
             for (trigger, arm) in [(Some(&fault.from), &mut *on), (fault.until.as_ref(), &mut *off)] {
                 let Some(trigger) = trigger else { continue };
                 if *arm != Arm::Waiting {
                     continue;
                 }
-                if let Some(delay) = fires_on(plan, trigger, event, counter) {
+                if let Some(delay) = fires_on(trigger, event, counter) {
                     *arm = Arm::Due(event.t + delay);
                 }
             }
@@ -501,15 +476,15 @@ impl<'a> FaultSchedule<'a> {
 }
 
 /// Whether `event` fires `trigger`; returns the trigger's delay. `counter` counts packets or bytes seen so far.
-fn fires_on(plan: &Plan, trigger: &Trigger, event: &Event, counter: &mut u64) -> Option<Duration> {
+fn fires_on(trigger: &Trigger, event: &Event, counter: &mut u64) -> Option<Duration> {
     match (trigger, &event.kind) {
-        (Trigger::Step { host, step, edge, delay }, EventKind::StepStart { step: index, .. })
-            if *edge == StepEdge::Started && event.host == *host && plan.step(*host, step)?.index == *index =>
+        (Trigger::Step { step, edge, delay }, EventKind::StepStart { step: index, .. })
+            if *edge == StepEdge::Started && event.host == step.host && step.index == *index =>
         {
             Some(*delay)
         }
-        (Trigger::Step { host, step, edge, delay }, EventKind::StepEnd { step: index, .. })
-            if *edge == StepEdge::Finished && event.host == *host && plan.step(*host, step)?.index == *index =>
+        (Trigger::Step { step, edge, delay }, EventKind::StepEnd { step: index, .. })
+            if *edge == StepEdge::Finished && event.host == step.host && step.index == *index =>
         {
             Some(*delay)
         }
@@ -529,7 +504,9 @@ fn fires_on(plan: &Plan, trigger: &Trigger, event: &Event, counter: &mut u64) ->
             (*counter >= u64::from(*nth)).then_some(*delay)
         }
         (Trigger::Bytes { host, bytes, delay }, EventKind::Packet(packet))
-            if event.host == *host && packet.direction == PacketDirection::Out && packet.protocol == "tcp" =>
+            if event.host == *host
+                && packet.direction == PacketDirection::Out
+                && packet.protocol == IpProtocol::Known(Protocol::Tcp) =>
         {
             *counter += u64::from(packet.len);
             (*counter >= *bytes).then_some(*delay)
@@ -586,7 +563,7 @@ client:
                 direction,
                 src: Ipv4Addr::new(10, 0, 0, 1),
                 dst: Ipv4Addr::new(10, 0, 0, 2),
-                protocol: "tcp".into(),
+                protocol: IpProtocol::Known(Protocol::Tcp),
                 ip_id: t.as_millis() as u16,
                 sport: 40000,
                 dport: 9000,
@@ -624,9 +601,15 @@ client:
         let end = Event {
             t: ms(100),
             host: HostId::Client,
-            kind: EventKind::StepEnd { step: 0, label: "connect".into(), outcome: Outcome::Ok, detail: None },
+            kind: EventKind::StepEnd {
+                step: 0,
+                label: "connect".into(),
+                outcome: Outcome::Ok,
+                detail: None,
+                unmatched: Vec::new(),
+            },
         };
-        schedule.observe(&plan, &end);
+        schedule.observe(&end);
         assert!(schedule.due(ms(599)).iter().all(|(f, _)| f.name != "after-connect"));
         assert_eq!(names(schedule.due(ms(600))), vec![("after-connect".to_string(), true)]);
     }
@@ -636,12 +619,12 @@ client:
         let plan = plan();
         let mut schedule = FaultSchedule::new(&plan.faults);
         for t in [10, 20] {
-            schedule.observe(&plan, &ack(ms(t), HostId::Client, PacketDirection::Out));
+            schedule.observe(&ack(ms(t), HostId::Client, PacketDirection::Out));
             // The receiver's copy of the same packet is not counted twice.
-            schedule.observe(&plan, &ack(ms(t), HostId::Server, PacketDirection::In));
+            schedule.observe(&ack(ms(t), HostId::Server, PacketDirection::In));
         }
         assert!(schedule.due(ms(25)).is_empty());
-        schedule.observe(&plan, &ack(ms(30), HostId::Client, PacketDirection::Out));
+        schedule.observe(&ack(ms(30), HostId::Client, PacketDirection::Out));
         assert_eq!(names(schedule.due(ms(30))), vec![("third-ack".to_string(), true)]);
     }
 

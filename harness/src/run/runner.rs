@@ -288,9 +288,9 @@ fn run_here(root: &Path, reports: &Path, file: &Path, run: Option<usize>) -> Res
     }
     // Written aside, then moved over the old report: a killed run leaves the old one whole.
     let staging = report::files::stage(&dir)?;
-    let reported = engine::run(&plan, &staging).and_then(|output| {
-        let verdict = verdict::judge(&plan, &output.timeline);
-        report::write(&plan, &output, &verdict, &staging)
+    let reported = engine::run(&plan, &staging).and_then(|record| {
+        let verdict = verdict::judge(&plan, &record.timeline);
+        report::write(&plan, &record, &verdict, &staging)
     });
     // Even a run that ended in a harness error shows what it captured; its own error is the one to report.
     let published = report::files::publish(&dir);

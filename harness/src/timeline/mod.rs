@@ -13,7 +13,7 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::Serialize;
 
-use crate::scenario::plan::{HostId, TcpState, TimerKind};
+use crate::scenario::plan::{HostId, Protocol, TcpState, TimerKind};
 
 /// Something that happened at `t` (time since t0) on `host`.
 #[derive(Debug, Clone, Serialize, JsonSchema, PartialEq)]
@@ -45,6 +45,9 @@ pub enum EventKind {
         label: String,
         outcome: Outcome,
         detail: Option<String>,
+        /// `exec` output patterns that matched nowhere in the program's output, as `stdout /re/`.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        unmatched: Vec<String>,
     },
     Packet(PacketEvent),
     Socket(SocketEvent),
@@ -104,8 +107,9 @@ pub struct PacketEvent {
     pub direction: PacketDirection,
     pub src: Ipv4Addr,
     pub dst: Ipv4Addr,
-    /// `tcp`, `udp`, `icmp` or the protocol number.
-    pub protocol: String,
+    /// `tcp`, `udp`, `icmp`, or the protocol number.
+    #[schemars(with = "String")]
+    pub protocol: IpProtocol,
     /// IPv4 identification field (tells a retransmission from the original: `tcpdump -v` shows it as `id`).
     pub ip_id: u16,
     pub sport: u16,
@@ -122,6 +126,38 @@ pub struct PacketEvent {
     pub options: String,
     /// Name of the fault whose rule dropped or rejected this packet.
     pub fault: Option<String>,
+}
+
+/// The IPv4 protocol of a captured packet: one the scenario format names, or another by its number. Written
+/// as tcpdump does: `tcp`, `udp`, `icmp`, or the number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpProtocol {
+    Known(Protocol),
+    Other(u8),
+}
+
+impl IpProtocol {
+    pub fn from_number(number: u8) -> IpProtocol {
+        [Protocol::Tcp, Protocol::Udp, Protocol::Icmp]
+            .into_iter()
+            .find(|known| known.number() == number)
+            .map_or(IpProtocol::Other(number), IpProtocol::Known)
+    }
+}
+
+impl fmt::Display for IpProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IpProtocol::Known(protocol) => f.write_str(protocol.name()),
+            IpProtocol::Other(number) => write!(f, "{number}"),
+        }
+    }
+}
+
+impl Serialize for IpProtocol {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
 }
 
 /// A change of one socket as sock_diag shows it (`ss -tanoi`).
@@ -202,10 +238,12 @@ impl fmt::Display for Event {
             EventKind::FaultOn { fault } => write!(f, "fault  {fault} ON"),
             EventKind::FaultOff { fault } => write!(f, "fault  {fault} OFF"),
             EventKind::StepStart { label, .. } => write!(f, "step   {label} ..."),
-            EventKind::StepEnd { label, outcome, detail, .. } => {
+            EventKind::StepEnd { label, outcome, detail, unmatched, .. } => {
                 write!(f, "step   {label} -> {outcome}")?;
-                if let Some(detail) = detail {
-                    write!(f, " ({detail})")?;
+                let unmatched = (!unmatched.is_empty()).then(|| format!("pattern not found: {}", unmatched.join(", ")));
+                let notes: Vec<&str> = unmatched.iter().chain(detail).map(String::as_str).collect();
+                if !notes.is_empty() {
+                    write!(f, " ({})", notes.join("; "))?;
                 }
                 Ok(())
             }
@@ -214,7 +252,7 @@ impl fmt::Display for Event {
                     PacketDirection::Out => "out",
                     PacketDirection::In => "in ",
                 };
-                if p.protocol == "tcp" {
+                if p.protocol == IpProtocol::Known(Protocol::Tcp) {
                     write!(
                         f,
                         "{arrow}    {}.{} > {}.{}: Flags [{}], seq {}, ack {}, win {}, length {}",
@@ -231,7 +269,7 @@ impl fmt::Display for Event {
                 } else {
                     write!(f, "{arrow}    {} > {}: {} {}", p.src, p.dst, p.protocol, p.options)?;
                 }
-                if p.protocol == "tcp" && !p.options.is_empty() {
+                if p.protocol == IpProtocol::Known(Protocol::Tcp) && !p.options.is_empty() {
                     write!(f, ", [{}]", p.options)?;
                 }
                 if let Some(fault) = &p.fault {

@@ -4,25 +4,25 @@
 
 use std::time::Duration;
 
-use schemars::JsonSchema;
 use serde::Serialize;
 
-use super::{Event, EventKind, Outcome, PacketDirection, PacketEvent, SocketEvent, Timeline};
+use super::{Event, EventKind, IpProtocol, Outcome, PacketDirection, PacketEvent, SocketEvent, Timeline};
 use crate::scenario::plan::{HostId, PacketFilter, Protocol, QueueExpectation, QueueKind, TcpState};
 
 /// The start and end of one step as the timeline recorded them.
-#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StepRecord {
     pub host: HostId,
     pub index: usize,
     #[serde(serialize_with = "secs_opt")]
-    #[schemars(with = "Option<f64>")]
     pub start: Option<Duration>,
     #[serde(serialize_with = "secs_opt")]
-    #[schemars(with = "Option<f64>")]
     pub end: Option<Duration>,
     pub outcome: Option<Outcome>,
     pub detail: Option<String>,
+    /// `exec` output patterns that matched nowhere.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unmatched: Vec<String>,
 }
 
 impl StepRecord {
@@ -33,20 +33,23 @@ impl StepRecord {
 
 /// Finds the start and end events of a host's step.
 pub fn step_record(timeline: &Timeline, host: HostId, index: usize) -> StepRecord {
-    let mut record = StepRecord { host, index, start: None, end: None, outcome: None, detail: None };
+    let mut record =
+        StepRecord { host, index, start: None, end: None, outcome: None, detail: None, unmatched: Vec::new() };
     for event in timeline.events.iter().filter(|e| e.host == host) {
         match &event.kind {
             EventKind::StepStart { step, .. } if *step == index => record.start = Some(event.t),
-            EventKind::StepEnd { step, outcome, detail, .. } if *step == index => {
+            EventKind::StepEnd { step, outcome, detail, unmatched, .. } if *step == index => {
                 record.end = Some(event.t);
                 record.outcome = Some(outcome.clone());
                 record.detail.clone_from(detail);
+                record.unmatched.clone_from(unmatched);
             }
             _ => {}
         }
     }
     record
 }
+
 /// Packets sent by a host as its own capture saw them leave (each packet once).
 pub fn sent_packets<'a>(
     timeline: &'a Timeline,
@@ -67,16 +70,12 @@ pub fn sent_packets<'a>(
 /// Whether a packet has the filter's protocol (TCP unless it says otherwise), flags, payload length and window;
 /// `from` is left to the caller, which knows the capturing host.
 pub fn packet_matches(filter: &PacketFilter, packet: &PacketEvent) -> bool {
-    let protocol = match filter.protocol {
-        None | Some(Protocol::Tcp) => "tcp",
-        Some(Protocol::Udp) => "udp",
-        Some(Protocol::Icmp) => "icmp",
-    };
-    packet.protocol == protocol
+    packet.protocol == IpProtocol::Known(filter.protocol.unwrap_or(Protocol::Tcp))
         && filter.flags.is_none_or(|flags| flags.matches(packet.flags))
         && filter.len.is_none_or(|len| len == packet.len)
         && filter.window.is_none_or(|window| window == packet.window)
 }
+
 /// Appends `value` at `t` to the history of `socket` (created on first sight) when it differs from the last.
 fn record_change<T: PartialEq>(histories: &mut Vec<(String, Vec<(T, Duration)>)>, socket: &str, value: T, t: Duration) {
     let position = match histories.iter().position(|(name, _)| name == socket) {
@@ -101,6 +100,7 @@ pub fn socket_histories(timeline: &Timeline, host: HostId) -> Vec<(String, Vec<(
     }
     histories
 }
+
 pub fn socket_events<'a>(
     timeline: &'a Timeline,
     host: HostId,
@@ -111,6 +111,7 @@ pub fn socket_events<'a>(
         _ => None,
     })
 }
+
 /// Each selected socket's consecutive distinct values of one queue with the time it took them, in first-seen
 /// order; a socket's history ends when it is gone.
 pub fn queue_histories(timeline: &Timeline, expectation: &QueueExpectation) -> Vec<(String, Vec<(u32, Duration)>)> {
@@ -132,6 +133,7 @@ pub fn queue_histories(timeline: &Timeline, expectation: &QueueExpectation) -> V
     }
     histories
 }
+
 fn secs_opt<S: serde::Serializer>(t: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
     match t {
         Some(t) => s.serialize_some(&t.as_secs_f64()),

@@ -37,6 +37,7 @@ use pcap_file::{DataLink, Endianness, TsResolution};
 
 use crate::error::{Error, Result};
 use crate::observe::decode::Decoder;
+use crate::record::CaptureStats;
 use crate::run::clock::{Clock, EventSink};
 use crate::run::netns::Netns;
 use crate::run::priority;
@@ -113,28 +114,6 @@ const PCAP_RECORD_HEADER_LEN: usize = 16;
 const MAX_QUEUED_CHUNKS: usize = 256;
 /// Written chunks kept for reuse instead of freed.
 const SPARE_CHUNKS: usize = 4;
-
-/// What one capture saw, as tcpdump reports when it stops.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
-pub struct CaptureStats {
-    /// Frames written to the pcap (`N packets captured`).
-    pub packets: u64,
-    /// Their length on the wire, summed.
-    pub bytes: u64,
-    /// Frames the kernel dropped because the queue or ring was full (`N packets dropped by kernel`), summed
-    /// over the run from PACKET_STATISTICS.
-    pub kernel_drops: u64,
-    /// Frames the interface itself counted from the start of the capture to the stop (rx + tx packets,
-    /// `ip -s link show`): every one of them should be in the pcap.
-    pub interface_frames: u64,
-}
-
-impl CaptureStats {
-    /// Frames the interface counted that are not in the pcap: dropped by the kernel, or never seen.
-    pub fn lost(&self) -> u64 {
-        self.interface_frames.saturating_sub(self.packets).max(self.kernel_drops)
-    }
-}
 
 /// A running `tcpdump -i <ifname> -w <pcap>` on one interface of a host's namespace.
 #[derive(Debug)]
@@ -440,7 +419,8 @@ mod tests {
     use pcap_file::pcap::PcapReader;
 
     use super::*;
-    use crate::timeline::{format_tcp_flags, Event, PacketDirection, PacketEvent};
+    use crate::scenario::plan::Protocol;
+    use crate::timeline::{format_tcp_flags, Event, IpProtocol, PacketDirection, PacketEvent};
 
     const CLIENT_IF: &str = "nfc";
     const SERVER_IF: &str = "nfs";
@@ -626,7 +606,10 @@ mod tests {
             [(In, "S".into(), 0, 0, 0), (Out, "S.".into(), 0, 1, 0), (In, ".".into(), 1, 1, 0)]
         );
         let syn = &client_packets[0].1;
-        assert_eq!((syn.src, syn.dst, syn.dport, syn.protocol.as_str()), (CLIENT_ADDR, SERVER_ADDR, 9000, "tcp"));
+        assert_eq!(
+            (syn.src, syn.dst, syn.dport, syn.protocol),
+            (CLIENT_ADDR, SERVER_ADDR, 9000, IpProtocol::Known(Protocol::Tcp))
+        );
         assert!(syn.options.starts_with("mss 1460,sackOK,TS val "), "SYN options: {}", syn.options);
         assert!(syn.options.contains(" ecr 0,nop,wscale "), "SYN options: {}", syn.options);
 
@@ -705,9 +688,9 @@ mod tests {
 
         let events: Vec<Event> = events.try_iter().collect();
         let packets: Vec<PacketEvent> = packets_of(&events, HostId::Client).into_iter().map(|(_, p)| p).collect();
-        let udp = packets.iter().find(|p| p.protocol == "udp").expect("UDP datagram");
+        let udp = packets.iter().find(|p| p.protocol == IpProtocol::Known(Protocol::Udp)).expect("UDP datagram");
         assert_eq!((udp.direction, udp.sport, udp.dport, udp.len), (PacketDirection::Out, 5000, 9999, 7));
-        let icmp = packets.iter().find(|p| p.protocol == "icmp").expect("ICMP reply");
+        let icmp = packets.iter().find(|p| p.protocol == IpProtocol::Known(Protocol::Icmp)).expect("ICMP reply");
         assert_eq!((icmp.direction, icmp.src, icmp.dst), (PacketDirection::In, SERVER_ADDR, CLIENT_ADDR));
         assert_eq!(icmp.options, "10.0.0.2 udp port 9999 unreachable");
         assert_eq!(tcpdump_read(&pcap, &[]).len() as u64, stats.packets);

@@ -9,6 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::error::{Context, Error, Result};
+use crate::record::ObserverStats;
 use crate::run::clock::EventSink;
 use crate::run::netns::Netns;
 use crate::scenario::plan::HostId;
@@ -18,15 +19,6 @@ pub use diag::{dump_into, DiagSocket, SocketSample};
 
 /// `stop` waits this long for the final sample (which may itself wait `RECEIVE_TIMEOUT`).
 const STOP_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// What an observer did: how many dumps, and what one cost.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct ObserverStats {
-    pub samples: u64,
-    /// Mean wall time of one dump (request, receive, decode), without the comparison with the previous sample.
-    pub mean_dump_time: Duration,
-    pub max_dump_time: Duration,
-}
 
 struct Sampler {
     socket: DiagSocket,

@@ -17,13 +17,7 @@ pub(super) fn ordinal(n: u32) -> String {
     };
     format!("{n}{suffix}")
 }
-/// `± 0.250000s`, or `-0.000000s/+0.500000s` when earliness and lateness differ.
-pub fn describe_tolerance(late: Duration, early: Option<Duration>) -> String {
-    match early {
-        Some(early) if early != late => format!("-{}s/+{}s", format_secs(early), format_secs(late)),
-        _ => format!("± {}s", format_secs(late)),
-    }
-}
+
 pub fn describe_outcome(expected: &ExpectedOutcome) -> String {
     match expected {
         ExpectedOutcome::Ok => "ok".into(),
@@ -43,17 +37,14 @@ pub fn describe_expectation(expect: &StepExpectation) -> String {
         parts.push(describe_outcome(outcome));
     }
     if let Some(after) = expect.after {
-        parts.push(format!(
-            "after {}s {}",
-            format_secs(after),
-            describe_tolerance(expect.tolerance, expect.early_tolerance)
-        ));
+        parts.push(format!("after {}s {}", format_secs(after), expect.tolerance));
     }
     if let Some(at) = expect.at {
-        parts.push(format!("at {}s {}", format_secs(at), describe_tolerance(expect.tolerance, expect.early_tolerance)));
+        parts.push(format!("at {}s {}", format_secs(at), expect.tolerance));
     }
     parts.join(" ")
 }
+
 /// `[F.]` for exactly these flags (as tcpdump prints them); `[F of FR]` for the flags a mask looks at.
 pub(super) fn describe_flags(flags: TcpFlagsMatch) -> String {
     let letters = crate::timeline::format_tcp_flags;
@@ -79,17 +70,11 @@ pub fn describe_filter(filter: &PacketFilter) -> String {
         parts.push(format!("win {window}"));
     }
     if let Some(protocol) = filter.protocol.filter(|p| *p != Protocol::Tcp) {
-        parts.push(format!(
-            "({})",
-            match protocol {
-                Protocol::Tcp => "tcp",
-                Protocol::Udp => "udp",
-                Protocol::Icmp => "icmp",
-            }
-        ));
+        parts.push(format!("({protocol})"));
     }
     parts.join(" ")
 }
+
 /// `value@t` when a time is expected, else just the value, as failure messages show a sequence entry.
 pub(super) fn at_text(value: &dyn fmt::Display, at: Option<Duration>) -> String {
     match at {

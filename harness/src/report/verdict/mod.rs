@@ -5,7 +5,7 @@
 mod describe;
 
 use describe::{at_text, ordinal};
-pub use describe::{describe_expectation, describe_filter, describe_outcome, describe_tolerance};
+pub use describe::{describe_expectation, describe_filter, describe_outcome};
 
 use std::fmt;
 use std::time::Duration;
@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::scenario::plan::{
     ExpectedOutcome, HostId, Location, PacketExpectation, Plan, QueueExpectation, Since, StateExpectation,
-    StepExpectation, StepPlan, TcpState, TimerExpectation,
+    StepExpectation, StepPlan, TcpState, TimerExpectation, Tolerance,
 };
 use crate::timeline::query::{queue_histories, sent_packets, socket_events, socket_histories, step_record, StepRecord};
 use crate::timeline::{format_secs, EventKind, Outcome, SocketEvent, Timeline};
@@ -45,6 +45,26 @@ impl fmt::Display for Failure {
 pub struct Verdict {
     pub checks: usize,
     pub failures: Vec<Failure>,
+    /// Each step's own judgement, in plan order (hosts in order, steps in order).
+    pub steps: Vec<StepVerdict>,
+}
+
+/// How one step fared.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct StepVerdict {
+    pub host: HostId,
+    pub index: usize,
+    pub judgement: StepJudgement,
+}
+
+/// A step's verdict.
+#[derive(Debug, Clone, Copy, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StepJudgement {
+    /// Nothing was expected of it; its outcome is on record.
+    Recorded,
+    Pass,
+    Fail,
 }
 
 impl Verdict {
@@ -66,23 +86,30 @@ pub fn judge(plan: &Plan, timeline: &Timeline) -> Verdict {
     for host in &plan.hosts {
         for step in &host.steps {
             let record = step_record(timeline, host.id, step.index);
+            let failures_before = verdict.failures.len();
             judge_step(&mut verdict, host.id, step, &record);
+            let judgement = match (step.expect.is_set(), verdict.failures.len() > failures_before) {
+                (false, false) => StepJudgement::Recorded,
+                (_, true) => StepJudgement::Fail,
+                (true, false) => StepJudgement::Pass,
+            };
+            verdict.steps.push(StepVerdict { host: host.id, index: step.index, judgement });
         }
     }
     judge_deadline(&mut verdict, plan, timeline);
     for expectation in &plan.expect.packets {
-        let anchor = resolve_anchor(plan, timeline, expectation.since.as_ref(), expectation.location);
+        let anchor = resolve_anchor(timeline, expectation.since.as_ref(), expectation.location);
         verdict.check(anchor.and_then(|anchor| judge_packets(expectation, anchor, timeline)));
     }
     for expectation in &plan.expect.states {
-        let anchor = resolve_anchor(plan, timeline, expectation.since.as_ref(), expectation.location);
+        let anchor = resolve_anchor(timeline, expectation.since.as_ref(), expectation.location);
         verdict.check(anchor.and_then(|anchor| judge_states(expectation, anchor, timeline)));
     }
     for expectation in &plan.expect.timers {
         verdict.check(judge_timer(expectation, timeline));
     }
     for expectation in &plan.expect.queues {
-        let anchor = resolve_anchor(plan, timeline, expectation.since.as_ref(), expectation.location);
+        let anchor = resolve_anchor(timeline, expectation.since.as_ref(), expectation.location);
         verdict.check(anchor.and_then(|anchor| judge_queue(expectation, anchor, timeline)));
     }
     verdict
@@ -105,17 +132,12 @@ impl Anchor {
 
 /// Finds when the `since` step ended or its packet left; a step that never ended, or a packet never seen,
 /// fails the expectation that counts from it.
-pub fn resolve_anchor(
-    plan: &Plan,
-    timeline: &Timeline,
-    since: Option<&Since>,
-    location: Location,
-) -> Result<Anchor, Failure> {
+pub fn resolve_anchor(timeline: &Timeline, since: Option<&Since>, location: Location) -> Result<Anchor, Failure> {
     let (name, t, missing) = match since {
         None => return Ok(Anchor::t0()),
-        Some(Since::Step { host, step }) => {
-            let name = format!("{host}.{step}");
-            let end = plan.step(*host, step).and_then(|step| step_record(timeline, *host, step.index).end);
+        Some(Since::Step(step)) => {
+            let name = step.to_string();
+            let end = step_record(timeline, step.host, step.index).end;
             (name.clone(), end, (format!("{name} to finish"), "it never finished".to_string()))
         }
         Some(Since::Packet { filter, nth }) => {
@@ -147,11 +169,11 @@ fn judge_step(verdict: &mut Verdict, host: HostId, step: &StepPlan, record: &Ste
         actual,
         around,
     };
-    if let Some(detail) = record.detail.as_deref().filter(|d| d.starts_with(PATTERN_MISSING)) {
-        verdict.check(Err(failure("output matching every pattern".into(), detail.to_string(), record.end)));
+    if !record.unmatched.is_empty() {
+        let actual = format!("no match for {}", record.unmatched.join(", "));
+        verdict.check(Err(failure("output matching every pattern".into(), actual, record.end)));
     }
-    let has_expectation = expect.outcome.is_some() || expect.after.is_some() || expect.at.is_some();
-    if !has_expectation {
+    if !expect.is_set() {
         return;
     }
     let (Some(end), Some(outcome)) = (record.end, record.outcome.as_ref()) else {
@@ -190,15 +212,11 @@ fn judge_time(
     expect: &StepExpectation,
     outcome: &Outcome,
 ) -> Result<(), (String, String)> {
-    if within(actual, expected, expect.tolerance, expect.early_tolerance) {
+    if expect.tolerance.admits(actual, expected) {
         return Ok(());
     }
     Err((
-        format!(
-            "to end {word} {}s {}",
-            format_secs(expected),
-            describe_tolerance(expect.tolerance, expect.early_tolerance)
-        ),
+        format!("to end {word} {}s {}", format_secs(expected), expect.tolerance),
         format!("{outcome} {word} {}s", format_secs(actual)),
     ))
 }
@@ -211,7 +229,7 @@ fn judge_deadline(verdict: &mut Verdict, plan: &Plan, timeline: &Timeline) {
     for host in &plan.hosts {
         for step in &host.steps {
             let expect = &step.expect;
-            if expect.outcome.is_some() || expect.after.is_some() || expect.at.is_some() {
+            if expect.is_set() {
                 continue;
             }
             let record = step_record(timeline, host.id, step.index);
@@ -235,18 +253,6 @@ fn judge_deadline(verdict: &mut Verdict, plan: &Plan, timeline: &Timeline) {
                 around: deadline_at.or(record.end).or(Some(start)),
             }));
         }
-    }
-}
-
-/// Prefix of a step detail saying that an exec'd program's output lacked a required pattern.
-pub const PATTERN_MISSING: &str = "pattern not found";
-
-/// `actual` is at most `late` after `expected` and at most `early` (by default `late`) before it.
-fn within(actual: Duration, expected: Duration, late: Duration, early: Option<Duration>) -> bool {
-    if actual >= expected {
-        actual - expected <= late
-    } else {
-        expected - actual <= early.unwrap_or(late)
     }
 }
 
@@ -300,16 +306,12 @@ fn judge_packets(expectation: &PacketExpectation, anchor: Anchor, timeline: &Tim
         }
     }
     if !expectation.at.is_empty() {
-        let expected = format!(
-            "at {} {}",
-            list(&expectation.at),
-            describe_tolerance(expectation.tolerance, expectation.early_tolerance)
-        );
+        let expected = format!("at {} {}", list(&expectation.at), expectation.tolerance);
         if times.len() != expectation.at.len() {
             return Err(fail(expected, times.first().copied().or(expectation.at.first().copied())));
         }
         for (actual, wanted) in times.iter().zip(&expectation.at) {
-            if !within(*actual, *wanted, expectation.tolerance, expectation.early_tolerance) {
+            if !expectation.tolerance.admits(*actual, *wanted) {
                 return Err(fail(expected, Some(*wanted)));
             }
         }
@@ -348,18 +350,18 @@ fn judge_states(expectation: &StateExpectation, anchor: Anchor, timeline: &Timel
     Err(sequence_failure(
         (expectation.location, subject),
         &steps,
-        (expectation.tolerance, expectation.early_tolerance),
+        expectation.tolerance,
         &anchor,
         if seen.is_empty() { "no such socket observed".into() } else { seen.join("; ") },
     ))
 }
 
 /// How a sequence expectation (socket states, queue values) failed: `subject` at `location`, the expected steps
-/// in order with their times and tolerance (late, early) counted from `anchor`, and what was seen instead.
+/// in order with their times and tolerance counted from `anchor`, and what was seen instead.
 fn sequence_failure(
     (location, subject): (Location, String),
     steps: &[(&dyn fmt::Display, Option<Duration>)],
-    (late, early): (Duration, Option<Duration>),
+    tolerance: Tolerance,
     anchor: &Anchor,
     actual: String,
 ) -> Failure {
@@ -367,7 +369,7 @@ fn sequence_failure(
     Failure {
         location,
         subject,
-        expected: format!("{} ({}){}", expected.join(" then "), describe_tolerance(late, early), anchor.label),
+        expected: format!("{} ({}){}", expected.join(" then "), tolerance, anchor.label),
         actual,
         around: steps.iter().find_map(|(_, at)| *at).map(|at| at + anchor.t),
     }
@@ -379,10 +381,7 @@ fn history_matches(history: &[(TcpState, Duration)], expectation: &StateExpectat
     let mut remaining = history.iter();
     expectation.sequence.iter().all(|wanted| {
         remaining.any(|(state, t)| {
-            *state == wanted.state
-                && wanted
-                    .at
-                    .is_none_or(|at| within(*t, anchor + at, expectation.tolerance, expectation.early_tolerance))
+            *state == wanted.state && wanted.at.is_none_or(|at| expectation.tolerance.admits(*t, anchor + at))
         })
     })
 }
@@ -473,10 +472,7 @@ fn judge_queue(expectation: &QueueExpectation, anchor: Anchor, timeline: &Timeli
         let mut remaining = history.iter();
         expectation.sequence.iter().all(|wanted| {
             remaining.any(|(value, t)| {
-                *value == wanted.value
-                    && wanted
-                        .at
-                        .is_none_or(|at| within(*t, anchor.t + at, expectation.tolerance, expectation.early_tolerance))
+                *value == wanted.value && wanted.at.is_none_or(|at| expectation.tolerance.admits(*t, anchor.t + at))
             })
         })
     };
@@ -486,13 +482,7 @@ fn judge_queue(expectation: &QueueExpectation, anchor: Anchor, timeline: &Timeli
     subject.push_str(" values");
     let steps: Vec<(&dyn fmt::Display, Option<Duration>)> =
         expectation.sequence.iter().map(|step| (&step.value as &dyn fmt::Display, step.at)).collect();
-    Err(sequence_failure(
-        (expectation.location, subject),
-        &steps,
-        (expectation.tolerance, expectation.early_tolerance),
-        &anchor,
-        seen(),
-    ))
+    Err(sequence_failure((expectation.location, subject), &steps, expectation.tolerance, &anchor, seen()))
 }
 
 #[cfg(test)]

@@ -3,8 +3,8 @@
 use std::net::Ipv4Addr;
 
 use super::*;
-use crate::scenario::plan::{PacketFilter, Protocol, QueueKind, QueueStep, TcpFlagsMatch};
-use crate::timeline::{Event, Outcome, PacketDirection, PacketEvent, SocketEvent};
+use crate::scenario::plan::{PacketFilter, Protocol, QueueKind, QueueStep, StepRef, TcpFlagsMatch, Tolerance};
+use crate::timeline::{Event, IpProtocol, Outcome, PacketDirection, PacketEvent, SocketEvent};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -28,7 +28,7 @@ fn socket(t: u64, label: &str, remote_port: u16, state: TcpState, recv_q: u32, s
     }
 }
 
-fn packet(t: u64, host: HostId, protocol: &str, flags: u8, window: u16, len: u32) -> Event {
+fn packet(t: u64, host: HostId, protocol: Protocol, flags: u8, window: u16, len: u32) -> Event {
     Event {
         t: ms(t),
         host,
@@ -36,7 +36,7 @@ fn packet(t: u64, host: HostId, protocol: &str, flags: u8, window: u16, len: u32
             direction: PacketDirection::Out,
             src: Ipv4Addr::new(10, 0, 0, 2),
             dst: Ipv4Addr::new(10, 0, 0, 1),
-            protocol: protocol.to_string(),
+            protocol: IpProtocol::Known(protocol),
             ip_id: 0,
             sport: 9000,
             dport: 40000,
@@ -73,8 +73,7 @@ fn queue(listener: bool, sequence: &[(u32, Option<u64>)], max: Option<u32>) -> Q
         queue: QueueKind::Recv,
         sequence: sequence.iter().map(|(value, at)| QueueStep { value: *value, at: at.map(ms) }).collect(),
         max,
-        tolerance: ms(100),
-        early_tolerance: None,
+        tolerance: Tolerance::either_side(ms(100)),
         since: None,
         location: Location { line: 3, column: 7 },
     }
@@ -121,10 +120,10 @@ fn gone_sockets_end_their_history_and_unseen_sockets_fail() {
 #[test]
 fn packet_filter_by_flag_mask_and_its_description() {
     let timeline = Timeline::new(vec![
-        packet(1, HostId::Client, "tcp", 0x11, 0, 100),
-        packet(2, HostId::Client, "tcp", 0x19, 40, 100),
-        packet(3, HostId::Client, "tcp", 0x14, 0, 100),
-        packet(4, HostId::Client, "tcp", 0x10, 0, 100),
+        packet(1, HostId::Client, Protocol::Tcp, 0x11, 0, 100),
+        packet(2, HostId::Client, Protocol::Tcp, 0x19, 40, 100),
+        packet(3, HostId::Client, Protocol::Tcp, 0x14, 0, 100),
+        packet(4, HostId::Client, Protocol::Tcp, 0x10, 0, 100),
     ]);
     let count = |flags: TcpFlagsMatch| {
         sent_packets(&timeline, &PacketFilter { flags: Some(flags), ..PacketFilter::default() }).count()
@@ -143,9 +142,9 @@ fn packet_filter_by_flag_mask_and_its_description() {
 #[test]
 fn packet_filter_by_window_and_protocol() {
     let timeline = Timeline::new(vec![
-        packet(1, HostId::Server, "tcp", 0x10, 0, 0),
-        packet(2, HostId::Server, "tcp", 0x10, 576, 0),
-        packet(3, HostId::Server, "icmp", 0, 0, 0),
+        packet(1, HostId::Server, Protocol::Tcp, 0x10, 0, 0),
+        packet(2, HostId::Server, Protocol::Tcp, 0x10, 576, 0),
+        packet(3, HostId::Server, Protocol::Icmp, 0, 0, 0),
     ]);
     let count = |filter: PacketFilter| sent_packets(&timeline, &filter).count();
     let zero_window =
@@ -163,7 +162,7 @@ fn packet_filter_by_window_and_protocol() {
 fn step_event(t: u64, host: HostId, step: usize, end: bool) -> Event {
     let label = format!("#{}", step + 1);
     let kind = if end {
-        EventKind::StepEnd { step, label, outcome: Outcome::Ok, detail: None }
+        EventKind::StepEnd { step, label, outcome: Outcome::Ok, detail: None, unmatched: Vec::new() }
     } else {
         EventKind::StepStart { step, label }
     };
@@ -182,15 +181,18 @@ fn times_since_a_step_count_from_its_end() {
          \x20 queues:\n    - { host: server, listener: true, queue: recv, sequence: [{ value: 1, at: 5s }], since: client.connect }\n",
     )
     .unwrap();
-    assert_eq!(plan.expect.packets[0].since, Some(Since::Step { host: HostId::Client, step: "connect".into() }));
+    assert_eq!(
+        plan.expect.packets[0].since,
+        Some(Since::Step(StepRef { host: HostId::Client, index: 1, name: "connect".into() }))
+    );
     let mut events = vec![
         step_event(0, HostId::Client, 0, false),
         step_event(1000, HostId::Client, 0, true),
         step_event(1000, HostId::Client, 1, false),
         step_event(1500, HostId::Client, 1, true),
         // Before the anchor: not counted by the `within: [0s, 1s]` expectation.
-        packet(1200, HostId::Server, "tcp", 0x10, 64, 0),
-        packet(6520, HostId::Server, "tcp", 0x10, 64, 0),
+        packet(1200, HostId::Server, Protocol::Tcp, 0x10, 64, 0),
+        packet(6520, HostId::Server, Protocol::Tcp, 0x10, 64, 0),
         socket(7000, LISTENER, 0, TcpState::Listen, 0, 128),
     ];
     events.push(socket(6500, LISTENER, 0, TcpState::Listen, 1, 128));
@@ -200,7 +202,7 @@ fn times_since_a_step_count_from_its_end() {
 
     // The same packet 5 s after t0 is not 5 s after the connect.
     events.retain(|e| !matches!(e.kind, EventKind::Packet(_)) || e.t != ms(6520));
-    events.push(packet(5000, HostId::Server, "tcp", 0x10, 64, 0));
+    events.push(packet(5000, HostId::Server, Protocol::Tcp, 0x10, 64, 0));
     let verdict = judge(&plan, &Timeline::new(events));
     assert_eq!(verdict.failures.len(), 1);
     let failure = &verdict.failures[0];
@@ -226,15 +228,15 @@ fn an_anchor_step_that_never_ended_fails_its_expectations() {
 
 #[test]
 fn tolerances_bound_each_side() {
-    assert!(within(ms(1300), ms(1000), ms(300), Some(ms(0))));
-    assert!(!within(ms(1301), ms(1000), ms(300), Some(ms(0))));
-    assert!(!within(ms(999), ms(1000), ms(300), Some(ms(0))), "no earliness allowed");
-    assert!(within(ms(990), ms(1000), ms(300), Some(ms(10))));
-    assert!(within(ms(700), ms(1000), ms(300), None), "symmetric by default");
-    assert!(!within(ms(699), ms(1000), ms(300), None));
-    assert_eq!(describe_tolerance(ms(300), None), "± 0.300000s");
-    assert_eq!(describe_tolerance(ms(300), Some(ms(300))), "± 0.300000s");
-    assert_eq!(describe_tolerance(ms(300), Some(ms(0))), "-0.000000s/+0.300000s");
+    let late_only = Tolerance { early: ms(0), late: ms(300) };
+    assert!(late_only.admits(ms(1300), ms(1000)));
+    assert!(!late_only.admits(ms(1301), ms(1000)));
+    assert!(!late_only.admits(ms(999), ms(1000)), "no earliness allowed");
+    assert!(Tolerance { early: ms(10), late: ms(300) }.admits(ms(990), ms(1000)));
+    assert!(Tolerance::either_side(ms(300)).admits(ms(700), ms(1000)), "symmetric");
+    assert!(!Tolerance::either_side(ms(300)).admits(ms(699), ms(1000)));
+    assert_eq!(Tolerance::either_side(ms(300)).to_string(), "± 0.300000s");
+    assert_eq!(late_only.to_string(), "-0.000000s/+0.300000s");
 }
 
 #[test]
@@ -256,11 +258,11 @@ fn times_since_a_packet_count_from_its_kernel_timestamp() {
         })
     );
     let timeline = Timeline::new(vec![
-        packet(100, HostId::Server, "tcp", 0x10, 64, 0),
-        packet(1000, HostId::Server, "tcp", 0x10, 0, 0),
-        packet(1200, HostId::Server, "tcp", 0x10, 64, 0),
-        packet(1500, HostId::Server, "tcp", 0x10, 0, 0),
-        packet(1600, HostId::Server, "tcp", 0x10, 64, 0),
+        packet(100, HostId::Server, Protocol::Tcp, 0x10, 64, 0),
+        packet(1000, HostId::Server, Protocol::Tcp, 0x10, 0, 0),
+        packet(1200, HostId::Server, Protocol::Tcp, 0x10, 64, 0),
+        packet(1500, HostId::Server, Protocol::Tcp, 0x10, 0, 0),
+        packet(1600, HostId::Server, Protocol::Tcp, 0x10, 64, 0),
     ]);
     let verdict = judge(&plan, &timeline);
     assert_eq!(verdict.failures.len(), 1, "{:?}", verdict.failures);

@@ -4,7 +4,8 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 
 use super::*;
-use crate::timeline::{Event, PacketDirection, PacketEvent, SocketEvent};
+use crate::scenario::plan::Protocol;
+use crate::timeline::{Event, IpProtocol, PacketDirection, PacketEvent, SocketEvent};
 
 const SCENARIO: &str = r#"
 description: verdict test
@@ -41,7 +42,7 @@ fn syn(t: Duration) -> Event {
             direction: PacketDirection::Out,
             src: Ipv4Addr::new(10, 0, 0, 1),
             dst: Ipv4Addr::new(10, 0, 0, 2),
-            protocol: "tcp".into(),
+            protocol: IpProtocol::Known(Protocol::Tcp),
             ip_id: 0,
             sport: 40000,
             dport: 9000,
@@ -77,7 +78,7 @@ fn socket(t: Duration, state: TcpState, retrans: u32) -> Event {
 fn step(t: Duration, index: usize, end: Option<Outcome>) -> Event {
     let label = format!("#{}", index + 1);
     let kind = match end {
-        Some(outcome) => EventKind::StepEnd { step: index, label, outcome, detail: None },
+        Some(outcome) => EventKind::StepEnd { step: index, label, outcome, detail: None, unmatched: Vec::new() },
         None => EventKind::StepStart { step: index, label },
     };
     Event { t, host: HostId::Client, kind }
@@ -126,6 +127,26 @@ fn a_time_outside_the_tolerance_fails_and_one_inside_passes() {
     assert!(late.failures.iter().any(|f| f.subject.contains("socket states")), "GONE at 7.101 is late too");
     let in_time = judge(&plan(), &kernel_run(ms(7099), Outcome::Error("ETIMEDOUT".into())));
     assert!(in_time.passed(), "{:?}", in_time.failures);
+}
+
+#[test]
+fn unmatched_output_patterns_fail_the_step_and_each_step_is_judged() {
+    let mut timeline = kernel_run(ms(7040), Outcome::Error("ETIMEDOUT".into()));
+    let passing = judge(&plan(), &timeline);
+    let judgements: Vec<StepJudgement> = passing.steps.iter().map(|s| s.judgement).collect();
+    assert_eq!(judgements, [StepJudgement::Pass, StepJudgement::Recorded, StepJudgement::Recorded]);
+    for event in &mut timeline.events {
+        if let EventKind::StepEnd { step: 1, unmatched, .. } = &mut event.kind {
+            unmatched.push("stdout /^bye$/".into());
+        }
+    }
+    let verdict = judge(&plan(), &timeline);
+    assert_eq!(verdict.failures.len(), 1, "{verdict:?}");
+    let failure = &verdict.failures[0];
+    assert_eq!(failure.expected, "output matching every pattern");
+    assert_eq!(failure.actual, "no match for stdout /^bye$/");
+    let send = verdict.steps.iter().find(|s| s.host == HostId::Client && s.index == 1).unwrap();
+    assert_eq!(send.judgement, StepJudgement::Fail, "a step expected nothing still fails on its patterns");
 }
 
 #[test]

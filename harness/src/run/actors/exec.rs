@@ -21,7 +21,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use regex::RegexBuilder;
 
-use super::sockets;
+use super::{sockets, StepEnd};
 use crate::error::{Context, Error, Result};
 use crate::scenario::plan::{Errno, ExecPlan};
 use crate::timeline::Outcome;
@@ -38,9 +38,6 @@ const DEATH_WAIT: Duration = Duration::from_secs(5);
 const OUTPUT_WAIT: Duration = Duration::from_secs(1);
 /// How long the background keeper thread outlives the scenario deadline, waiting for `kill_all`.
 const KEEPER_GRACE: Duration = Duration::from_secs(2);
-/// The prefix of a step detail that reports `stdout` / `stderr` patterns that did not match.
-pub const PATTERN_FAILURE_PREFIX: &str = "pattern not found: ";
-
 /// Programs started by `exec` steps and still running, by process group, so that the runner can kill them
 /// at the deadline or the end of the run (`kill -KILL -- -PGID` for each).
 #[derive(Debug, Default)]
@@ -326,20 +323,15 @@ impl Drop for ForegroundGroup<'_> {
 ///
 /// Outcome: `Exit { code, signal }`; killed at its own timeout: `Exit { signal: 9 }` with the detail saying
 /// so; killed at the scenario deadline: `Unfinished`; not startable: `Error(errno)` (ENOENT for a missing
-/// program). Processes the program left in its group are killed when it exits. The detail starts with
-/// [`PATTERN_FAILURE_PREFIX`] when a `stdout` / `stderr` pattern does not match, then gives the first lines
-/// of each stream.
-pub fn run_foreground(
-    plan: &ExecPlan,
-    registry: &ProcessRegistry,
-    deadline: Instant,
-) -> Result<(Outcome, Option<String>)> {
+/// program). Processes the program left in its group are killed when it exits. `unmatched` lists the
+/// `stdout` / `stderr` patterns that match nowhere; the detail gives the first lines of each stream.
+pub fn run_foreground(plan: &ExecPlan, registry: &ProcessRegistry, deadline: Instant) -> Result<StepEnd> {
     let started = Instant::now();
     let own_end = started + plan.timeout;
     let end = own_end.min(deadline);
     let mut child = match command(plan, true).spawn() {
         Ok(child) => child,
-        Err(e) => return Ok(spawn_failure(plan, &e)),
+        Err(e) => return Ok(spawn_failure(plan, &e).into()),
     };
     let pid = child.id();
     let pgid = pid as i32;
@@ -391,8 +383,8 @@ pub fn run_foreground(
         });
     }
     let (stdout, stderr) = (stdout.text(), stderr.text());
-    let failures = pattern_failures(plan, &stdout, &stderr);
-    Ok((outcome, exec_detail(&failures, note, &stdout, &stderr)))
+    let unmatched = pattern_failures(plan, &stdout, &stderr);
+    Ok(StepEnd { outcome, detail: exec_detail(note, &stdout, &stderr), unmatched })
 }
 
 /// The `stdout` / `stderr` patterns that match nowhere in the output, as `stdout /re/`. Patterns are
@@ -430,12 +422,9 @@ fn first_lines(text: &str) -> String {
     lines.join(" | ")
 }
 
-/// `pattern not found: stdout /x/; <note>; stdout: first | lines; stderr: ...`, or nothing to say.
-fn exec_detail(failures: &[String], note: Option<String>, stdout: &str, stderr: &str) -> Option<String> {
+/// `<note>; stdout: first | lines; stderr: ...`, or nothing to say.
+fn exec_detail(note: Option<String>, stdout: &str, stderr: &str) -> Option<String> {
     let mut parts = Vec::new();
-    if !failures.is_empty() {
-        parts.push(format!("{PATTERN_FAILURE_PREFIX}{}", failures.join(", ")));
-    }
     parts.extend(note);
     for (stream, text) in [("stdout", stdout), ("stderr", stderr)] {
         let lines = first_lines(text);
@@ -480,8 +469,8 @@ impl BackgroundLauncher {
 
     /// Starts the program and returns at once: `Ok` with its pid in the detail, or `Error(errno)` when it
     /// cannot be started. Its output is discarded; `stdout` / `stderr` patterns cannot be checked and are
-    /// reported as not found.
-    pub fn launch(&self, plan: &ExecPlan) -> Result<(Outcome, Option<String>)> {
+    /// reported as unmatched.
+    pub fn launch(&self, plan: &ExecPlan) -> Result<StepEnd> {
         let mut command = command(plan, false);
         let stdin = plan.stdin.clone();
         let registry = Arc::clone(&self.registry);
@@ -495,22 +484,17 @@ impl BackgroundLauncher {
             .map_err(|_| Error::Internal(format!("starting {} took over 10 s", plan.program)))?;
         let pid = match started {
             Ok(pid) => pid,
-            Err(e) => return Ok(spawn_failure(plan, &e)),
+            Err(e) => return Ok(spawn_failure(plan, &e).into()),
         };
-        let unchecked: Vec<String> = plan
+        let unmatched: Vec<String> = plan
             .stdout
             .iter()
             .map(|p| format!("stdout /{p}/"))
             .chain(plan.stderr.iter().map(|p| format!("stderr /{p}/")))
+            .map(|pattern| format!("{pattern} (output of a background program is not captured)"))
             .collect();
-        let mut detail = format!("pid {pid}, runs until the end of the run");
-        if !unchecked.is_empty() {
-            detail = format!(
-                "{PATTERN_FAILURE_PREFIX}{} (output of a background program is not captured); {detail}",
-                unchecked.join(", ")
-            );
-        }
-        Ok((Outcome::Ok, Some(detail)))
+        let detail = Some(format!("pid {pid}, runs until the end of the run"));
+        Ok(StepEnd { outcome: Outcome::Ok, detail, unmatched })
     }
 }
 
@@ -570,10 +554,10 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn detail_lists_failures_then_first_lines() {
-        let detail = exec_detail(&["stdout /x/".into()], Some("note".into()), "a\n\nb\nc\nd\n", "").unwrap();
-        assert_eq!(detail, "pattern not found: stdout /x/; note; stdout: a | b | c | ...");
-        assert_eq!(exec_detail(&[], None, "", "\n"), None);
+    fn detail_gives_the_note_then_first_lines() {
+        let detail = exec_detail(Some("note".into()), "a\n\nb\nc\nd\n", "").unwrap();
+        assert_eq!(detail, "note; stdout: a | b | c | ...");
+        assert_eq!(exec_detail(None, "", "\n"), None);
     }
 
     /// The state letter of `/proc/<pid>/stat` (`S`, `Z`...), or `None` once the process is reaped.
@@ -588,7 +572,7 @@ pub(crate) mod tests {
         let launcher = BackgroundLauncher::start(Arc::clone(&registry), Instant::now()).unwrap();
         let mut sleeper = plan("sleep", &["100"]);
         sleeper.background = true;
-        let (outcome, detail) = launcher.launch(&sleeper).unwrap();
+        let StepEnd { outcome, detail, .. } = launcher.launch(&sleeper).unwrap();
         assert_eq!(outcome, Outcome::Ok);
         let detail = detail.unwrap();
         let pid = detail.strip_prefix("pid ").unwrap().split(',').next().unwrap().to_string();
@@ -611,7 +595,8 @@ pub(crate) mod tests {
     fn missing_program_is_enoent() {
         let registry = ProcessRegistry::new();
         let exec = plan("/nonexistent/netfault-program", &[]);
-        let (outcome, detail) = run_foreground(&exec, &registry, Instant::now() + Duration::from_secs(5)).unwrap();
+        let StepEnd { outcome, detail, .. } =
+            run_foreground(&exec, &registry, Instant::now() + Duration::from_secs(5)).unwrap();
         assert_eq!(outcome, Outcome::Error("ENOENT".into()));
         assert!(detail.unwrap().starts_with("cannot run /nonexistent/netfault-program"));
         assert_eq!(registry.running(), 0);

@@ -10,15 +10,14 @@
 //!
 //! Outcomes: `getsockopt SO_ERROR` gives `ok` or the pending errno (detail `SO_ERROR 110`); any other option
 //! gives `ok` with the value in the detail (`value 5`, `on, 3 s`). `send` counts the bytes the kernel took,
-//! partial sends included. An `exec` whose output lacks a pattern says so at the start of its detail
-//! ([`PATTERN_FAILURE_PREFIX`]).
+//! partial sends included. An `exec` whose output lacks a pattern lists it in the step end's `unmatched`.
 //!
 //! When the program ends, the sockets it still holds are closed, as a process's are when it exits (FIN, or
 //! RST when unread data is left): a scenario keeps a connection open past its last call with a final `sleep`
 //! or `wait`.
 //!
 //! Start: a `connect` to the other host first waits (before its `StepStart`) until the other host's `listen`
-//! on that port has finished, when that listen is part of the other host's setup (see `listen_to_await`):
+//! on that port has finished, when that listen is part of the other host's setup (validation links the two):
 //! the two programs start together, and the connect must not race the listen.
 //!
 //! Time: the actor never waits past the scenario deadline by its own waits (`sleep`, `wait`, `poll`, `send
@@ -45,8 +44,8 @@ pub use exec::ProcessRegistry;
 use crate::error::{Error, Result};
 use crate::run::clock::EventSink;
 use crate::scenario::plan::{
-    Action, Errno, HostId, HostPlan, Plan, PollEvent, SendRepeat, SendUntil, SockOpt, SockOptName, SockOptValue,
-    StepEdge, StepPlan,
+    Action, Errno, HostId, HostPlan, PollEvent, SendRepeat, SendUntil, SockOpt, SockOptName, SockOptValue, StepEdge,
+    StepPlan, StepRef,
 };
 use crate::timeline::{EventKind, Outcome};
 use exec::BackgroundLauncher;
@@ -57,17 +56,13 @@ use sockets::{HostSockets, Lookup};
 pub struct ActorContext {
     /// The host whose program runs; must be the `HostPlan`'s id.
     pub host: HostId,
-    /// The host's own address: `bind` / `listen` bind to it, `connect` to the own host connects to it.
+    /// The host's own address: `bind` / `listen` bind to it.
     pub own_address: Ipv4Addr,
-    /// The other host's address: `connect { to: <other host> }` connects to it.
-    pub peer_address: Ipv4Addr,
     pub board: Arc<StepBoard>,
     pub processes: Arc<ProcessRegistry>,
     pub sink: EventSink,
     /// The scenario deadline.
     pub deadline: Instant,
-    /// The whole plan: `wait` steps find the other host's steps by name in it.
-    pub plan: Plan,
 }
 
 /// Runs the host's program to its end on the calling thread, which must already be inside the host's
@@ -80,8 +75,8 @@ pub fn run_host(host: &HostPlan, ctx: ActorContext) -> Result<()> {
     }
     let mut actor = Actor { ctx, sockets: HostSockets::default(), launcher: None };
     for step in &host.steps {
-        if let Some((peer, listen)) = listen_to_await(&actor.ctx.plan, host.id, step) {
-            actor.ctx.board.wait(peer, listen, StepEdge::Finished, actor.ctx.deadline);
+        if let Action::Connect { after_listen: Some(listen), .. } = &step.action {
+            actor.ctx.board.wait(listen.host, listen.index, StepEdge::Finished, actor.ctx.deadline);
         }
         if Instant::now() >= actor.ctx.deadline {
             break;
@@ -90,8 +85,8 @@ pub fn run_host(host: &HostPlan, ctx: ActorContext) -> Result<()> {
         actor.ctx.sink.emit(host.id, EventKind::StepStart { step: step.index, label: label.clone() });
         actor.ctx.board.mark(host.id, step.index, StepEdge::Started);
         crate::selftest::panic_if_chosen(host.id, step);
-        let (outcome, detail) = actor.run_step(step)?;
-        actor.ctx.sink.emit(host.id, EventKind::StepEnd { step: step.index, label, outcome, detail });
+        let StepEnd { outcome, detail, unmatched } = actor.run_step(step)?;
+        actor.ctx.sink.emit(host.id, EventKind::StepEnd { step: step.index, label, outcome, detail, unmatched });
         actor.ctx.board.mark(host.id, step.index, StepEdge::Finished);
     }
     drop(actor.sockets);
@@ -100,30 +95,19 @@ pub fn run_host(host: &HostPlan, ctx: ActorContext) -> Result<()> {
 
 type StepResult = (Outcome, Option<String>);
 
-/// The peer's `listen` step that a `connect` waits for before it starts: both programs start at once, and
-/// a connect must not race the listen the peer makes as its first thing. Only a listen on the connect's port
-/// within the peer's setup (its first steps, all `socket` / `setsockopt` / `bind` / `listen`) counts; a
-/// listen the peer makes later (after a `sleep` or a `wait`) is ordered by the scenario itself, which may
-/// mean a connect to be refused.
-fn listen_to_await(plan: &Plan, host: HostId, step: &StepPlan) -> Option<(HostId, usize)> {
-    let Action::Connect { to, port, .. } = step.action else {
-        return None;
-    };
-    if to == host {
-        return None;
+/// How a step ended: its outcome, the detail for the timeline, and (for `exec`) the output patterns that
+/// matched nowhere.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepEnd {
+    pub outcome: Outcome,
+    pub detail: Option<String>,
+    pub unmatched: Vec<String>,
+}
+
+impl From<StepResult> for StepEnd {
+    fn from((outcome, detail): StepResult) -> StepEnd {
+        StepEnd { outcome, detail, unmatched: Vec::new() }
     }
-    let mut bound = None;
-    for peer_step in &plan.host(to).steps {
-        match peer_step.action {
-            Action::Listen { port: listen_port, .. } if listen_port.or(bound) == Some(port) => {
-                return Some((to, peer_step.index));
-            }
-            Action::Bind { port } => bound = Some(port),
-            Action::Socket { .. } | Action::SetOpt { .. } | Action::Listen { .. } => {}
-            _ => return None,
-        }
-    }
-    None
 }
 
 struct Actor {
@@ -190,15 +174,17 @@ fn sleep_bounded(duration: Duration, deadline: Instant) -> bool {
 }
 
 impl Actor {
-    fn run_step(&mut self, step: &StepPlan) -> Result<StepResult> {
+    fn run_step(&mut self, step: &StepPlan) -> Result<StepEnd> {
         let named = step.socket.as_deref();
-        Ok(match &step.action {
+        let result = match &step.action {
+            Action::Exec(plan) if plan.background => return self.launcher()?.launch(plan),
+            Action::Exec(plan) => return exec::run_foreground(plan, &self.ctx.processes, self.ctx.deadline),
             Action::Socket { name, options, nonblocking } => self.socket(name.clone(), options, *nonblocking),
             Action::SetOpt { options } => self.set_options(named, options),
             Action::Bind { port } => self.bind(named, *port),
             Action::Listen { port, backlog } => self.listen(named, *port, *backlog),
             Action::Accept { name } => self.accept(named, name.clone()),
-            Action::Connect { to, port, nonblocking } => self.connect(named, *to, *port, *nonblocking),
+            Action::Connect { address, port, nonblocking, .. } => self.connect(named, *address, *port, *nonblocking),
             Action::Poll { events, timeout } => self.poll(named, events, *timeout),
             Action::Send { bytes, repeat, every, until } => self.send(named, *bytes, *repeat, *every, *until),
             Action::Recv { max, until_eof } => self.recv(named, *max, *until_eof),
@@ -218,10 +204,9 @@ impl Actor {
                 }
             }
             Action::GetOpt { option } => self.get_option(named, *option),
-            Action::Wait { host, step: name, edge } => self.wait(*host, name, *edge)?,
-            Action::Exec(plan) if plan.background => self.launcher()?.launch(plan)?,
-            Action::Exec(plan) => exec::run_foreground(plan, &self.ctx.processes, self.ctx.deadline)?,
-        })
+            Action::Wait { step, edge } => self.wait(step, *edge),
+        };
+        Ok(result.into())
     }
 
     /// The keeper thread of background programs, started at the first one.
@@ -326,12 +311,11 @@ impl Actor {
         }
     }
 
-    fn connect(&mut self, named: Option<&str>, to: HostId, port: u16, nonblocking: bool) -> StepResult {
+    fn connect(&mut self, named: Option<&str>, address: Ipv4Addr, port: u16, nonblocking: bool) -> StepResult {
         let lookup = match self.socket_or_create(named) {
             Ok(lookup) => lookup,
             Err(result) => return result,
         };
-        let address = if to == self.ctx.host { self.ctx.own_address } else { self.ctx.peer_address };
         let target = SocketAddrV4::new(address, port);
         let result = sockets::connect(lookup.fd(), target, nonblocking);
         let route = match sockets::local_addr(lookup.fd()) {
@@ -444,22 +428,16 @@ impl Actor {
         }
     }
 
-    fn wait(&self, host: HostId, name: &str, edge: StepEdge) -> Result<StepResult> {
-        let index = self
-            .ctx
-            .plan
-            .step(host, name)
-            .map(|step| step.index)
-            .ok_or_else(|| Error::Internal(format!("wait for {host}.{name}: {host} has no step named {name}")))?;
-        Ok(if self.ctx.board.wait(host, index, edge, self.ctx.deadline) {
+    fn wait(&self, step: &StepRef, edge: StepEdge) -> StepResult {
+        if self.ctx.board.wait(step.host, step.index, edge, self.ctx.deadline) {
             (Outcome::Ok, None)
         } else {
             let edge = match edge {
                 StepEdge::Started => "started",
                 StepEdge::Finished => "finished",
             };
-            (Outcome::Unfinished, Some(format!("{host}.{name} had not {edge} by the end of the run")))
-        })
+            (Outcome::Unfinished, Some(format!("{step} had not {edge} by the end of the run")))
+        }
     }
 }
 

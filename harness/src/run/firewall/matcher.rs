@@ -4,7 +4,7 @@
 use crate::scenario::plan::{
     Direction, FaultAction, FaultPlan, HostId, PacketMatch, PayloadMatch, Protocol, TcpFlagsMatch,
 };
-use crate::timeline::{PacketDirection, PacketEvent};
+use crate::timeline::{IpProtocol, PacketDirection, PacketEvent};
 
 /// One conjunction of header conditions (`meta l4proto tcp tcp dport 9000 tcp flags & ack == ack`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,24 +23,6 @@ pub(super) struct Selection {
     pub payload: Option<PayloadMatch>,
 }
 
-/// The IP protocol number `meta l4proto` compares with.
-pub(super) fn protocol_number(protocol: Protocol) -> u8 {
-    match protocol {
-        Protocol::Tcp => libc::IPPROTO_TCP as u8,
-        Protocol::Udp => libc::IPPROTO_UDP as u8,
-        Protocol::Icmp => libc::IPPROTO_ICMP as u8,
-    }
-}
-
-/// The name `nft` and the capture decoder (`PacketEvent::protocol`) give the protocol.
-pub(super) fn protocol_name(protocol: Protocol) -> &'static str {
-    match protocol {
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
-        Protocol::Icmp => "icmp",
-    }
-}
-
 /// Resolves the protocol a match implies, the way `nft` adds `meta l4proto` dependencies:
 /// `tcp flags`, a payload condition or `reject with tcp reset` imply TCP; ports alone mean TCP or UDP.
 pub(super) fn selection(matcher: &PacketMatch, action: FaultAction) -> Result<Selection, String> {
@@ -57,10 +39,7 @@ pub(super) fn selection(matcher: &PacketMatch, action: FaultAction) -> Result<Se
     let protocols = match matcher.protocol {
         Some(Protocol::Tcp) => vec![Some(Protocol::Tcp)],
         Some(other) if needs_tcp => {
-            return Err(format!(
-                "protocol {} cannot have tcp flags, a payload condition or a tcp-reset action",
-                protocol_name(other)
-            ))
+            return Err(format!("protocol {} cannot have tcp flags, a payload condition or a tcp-reset action", other))
         }
         Some(Protocol::Icmp) if has_ports => {
             return Err("protocol icmp has no ports".to_string());
@@ -80,7 +59,7 @@ pub(super) fn selection(matcher: &PacketMatch, action: FaultAction) -> Result<Se
 
 impl Alternative {
     fn selects(&self, packet: &PacketEvent) -> bool {
-        self.protocol.is_none_or(|protocol| packet.protocol == protocol_name(protocol))
+        self.protocol.is_none_or(|protocol| packet.protocol == IpProtocol::Known(protocol))
             && self.sport.is_none_or(|port| packet.sport == port)
             && self.dport.is_none_or(|port| packet.dport == port)
             && self.tcp_flags.is_none_or(|flags| packet.flags & flags.mask == flags.value)
@@ -143,7 +122,7 @@ mod tests {
             ip_id: 0,
             src: Ipv4Addr::new(10, 0, 0, 1),
             dst: Ipv4Addr::new(10, 0, 0, 2),
-            protocol: "tcp".into(),
+            protocol: IpProtocol::Known(Protocol::Tcp),
             sport,
             dport,
             flags,
@@ -157,12 +136,12 @@ mod tests {
     }
 
     fn udp(direction: PacketDirection, sport: u16, dport: u16) -> PacketEvent {
-        PacketEvent { protocol: "udp".into(), flags: 0, ..tcp(direction, sport, dport, 0, 12) }
+        PacketEvent { protocol: IpProtocol::Known(Protocol::Udp), flags: 0, ..tcp(direction, sport, dport, 0, 12) }
     }
 
     fn icmp(direction: PacketDirection) -> PacketEvent {
         PacketEvent {
-            protocol: "icmp".into(),
+            protocol: IpProtocol::Known(Protocol::Icmp),
             options: "host 10.0.0.2 unreachable".into(),
             ..tcp(direction, 0, 0, 0, 0)
         }

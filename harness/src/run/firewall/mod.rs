@@ -26,7 +26,7 @@ use nftnl::{Batch, Chain, ChainType, FinalizedBatch, Hook, MsgType, Policy, Prot
 pub use matcher::matches;
 
 use expr::{CounterObject, CounterRef, PayloadBase, RawPayload};
-use matcher::{protocol_name, protocol_number, Alternative, Selection};
+use matcher::{Alternative, Selection};
 use socket::NetfilterSocket;
 
 use crate::error::{Error, Result};
@@ -244,7 +244,7 @@ fn flush(batch: &mut Batch, chain: &Chain) {
 fn add_fault_rules(batch: &mut Batch, chain: &Chain, fault: &InstalledFault) {
     if fault.selection.payload == Some(PayloadMatch::Empty) {
         let mut skip_data = Rule::new(chain);
-        add_protocol(&mut skip_data, protocol_number(Protocol::Tcp));
+        add_protocol(&mut skip_data, Protocol::Tcp.number());
         add_payload_exists(&mut skip_data);
         skip_data.add_expr(&Verdict::Return);
         // A constant far below NFTNL_UDATA_COMMENT_MAXLEN (128 bytes): it always fits.
@@ -280,7 +280,7 @@ fn add_protocol(rule: &mut Rule, number: u8) {
 
 fn add_alternative(rule: &mut Rule, alternative: &Alternative) {
     if let Some(protocol) = alternative.protocol {
-        add_protocol(rule, protocol_number(protocol));
+        add_protocol(rule, protocol.number());
     }
     for (offset, port) in [(0, alternative.sport), (2, alternative.dport)] {
         if let Some(port) = port {
@@ -320,7 +320,7 @@ fn rule_text(fault: &InstalledFault) -> Vec<String> {
     for alternative in &fault.selection.alternatives {
         let mut parts = vec![format!("nft add rule inet netfault {}", fault.chain_name())];
         if let Some(protocol) = alternative.protocol {
-            parts.push(format!("meta l4proto {}", protocol_name(protocol)));
+            parts.push(format!("meta l4proto {}", protocol.name()));
         }
         if let Some(port) = alternative.sport {
             parts.push(format!("th sport {port}"));

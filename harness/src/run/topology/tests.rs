@@ -13,7 +13,7 @@ use std::time::Instant;
 use super::ethtool::*;
 use super::rtnl::*;
 use super::*;
-use crate::scenario::plan::{CapturePlan, LinkPlan, RunExpectations};
+use crate::scenario::plan::{CapturePlan, LinkPlan, RunExpectations, Tolerance};
 
 const CLIENT_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const SERVER_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
@@ -40,8 +40,7 @@ fn plan_with(mtu: u32, client_sysctls: &[(&str, &str)], server_sysctls: &[(&str,
         source: None,
         slow: false,
         deadline: Duration::from_secs(10),
-        tolerance: Duration::from_millis(100),
-        early_tolerance: None,
+        tolerance: Tolerance::either_side(Duration::from_millis(100)),
         sample_interval: Duration::from_millis(10),
         link: LinkPlan { mtu, ipv6: false },
         capture: CapturePlan::default(),

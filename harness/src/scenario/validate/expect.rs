@@ -67,7 +67,7 @@ impl Validator<'_> {
                 "a queue expectation needs a `sequence` of values (e.g. [0, { value: 1, at: 8s }]) or a `max`, or both",
             ));
         }
-        let (tolerance, early_tolerance) = self.own_tolerance(path, wire.tolerance.as_ref())?;
+        let tolerance = self.own_tolerance(path, wire.tolerance.as_ref())?;
         Ok(QueueExpectation {
             host,
             port,
@@ -76,7 +76,6 @@ impl Validator<'_> {
             sequence,
             max,
             tolerance,
-            early_tolerance,
             since: self.anchor(path, wire.since.as_ref())?,
             location: self.index.value(path),
         })
@@ -89,8 +88,7 @@ impl Validator<'_> {
         let map = match since {
             None => return Ok(None),
             Some(ScalarOr::Scalar(step)) => {
-                let (host, step) = self.step_ref(&path, step)?;
-                return Ok(Some(Since::Step { host, step }));
+                return Ok(Some(Since::Step(self.step_ref(&path, step)?)));
             }
             Some(ScalarOr::Map(map)) => map,
         };
@@ -166,28 +164,23 @@ impl Validator<'_> {
             }
             None => None,
         };
-        let (tolerance, early_tolerance) = self.own_tolerance(path, wire.tolerance.as_ref())?;
+        let tolerance = self.own_tolerance(path, wire.tolerance.as_ref())?;
         Ok(PacketExpectation {
             filter,
             count,
             at,
             window,
             tolerance,
-            early_tolerance,
             since: self.anchor(path, wire.since.as_ref())?,
             location: self.index.value(path),
         })
     }
 
-    /// An expectation's own `tolerance` (late, early), or else the scenario's.
-    fn own_tolerance(
-        &self,
-        path: &NodePath,
-        tolerance: Option<&ScalarOr<ToleranceWire>>,
-    ) -> Checked<(Duration, Option<Duration>)> {
+    /// An expectation's own `tolerance`, or else the scenario's.
+    fn own_tolerance(&self, path: &NodePath, tolerance: Option<&ScalarOr<ToleranceWire>>) -> Checked<Tolerance> {
         match tolerance {
             Some(tolerance) => self.tolerance(&path.key("tolerance"), tolerance),
-            None => Ok((self.tolerance, self.early_tolerance)),
+            None => Ok(self.tolerance),
         }
     }
 
@@ -221,13 +214,12 @@ impl Validator<'_> {
                 }
             });
         }
-        let (tolerance, early_tolerance) = self.own_tolerance(path, wire.tolerance.as_ref())?;
+        let tolerance = self.own_tolerance(path, wire.tolerance.as_ref())?;
         Ok(StateExpectation {
             host,
             port,
             sequence,
             tolerance,
-            early_tolerance,
             since: self.anchor(path, wire.since.as_ref())?,
             location: self.index.value(path),
         })
