@@ -21,6 +21,9 @@ fn main() -> ExitCode {
     results_since(Path::new(&reports), started, &mut written);
     let broken: Vec<String> = written.iter().filter_map(|path| contract::checked_result(path).err()).collect();
     if broken.is_empty() {
+        if !written.is_empty() {
+            eprintln!("result.json: the {} files this run wrote match result.schema.json", written.len());
+        }
         return code;
     }
     eprintln!("{} of the {} result.json files this run wrote break the contract:", broken.len(), written.len());
