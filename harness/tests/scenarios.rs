@@ -33,14 +33,14 @@ fn main() -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// Every result.json under `dir` written at or after `since` (a concurrent run may publish or remove its files
-/// meanwhile: what is gone is not this run's).
+/// Every published result.json under `dir` written at or after `since`. Staging folders (`.netfault-partial`)
+/// are left out: a scenario process running beside this one (nextest) moves its files out of there at any time.
 fn results_since(dir: &Path, since: SystemTime, found: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let path = entry.path();
         let Ok(metadata) = entry.metadata() else { continue };
-        if metadata.is_dir() {
+        if metadata.is_dir() && !entry.file_name().to_string_lossy().starts_with('.') {
             results_since(&path, since, found);
         } else if entry.file_name() == "result.json" && metadata.modified().is_ok_and(|modified| modified >= since) {
             found.push(path);
