@@ -1,5 +1,6 @@
-//! `cargo test`: every YAML file under scenarios/ is one trial, run in its own child process. Every result.json
-//! the run wrote must then validate against the checked-in schema, or the run fails.
+//! `cargo test`: every YAML file under scenarios/ is one trial, run in its own child process (this test binary
+//! re-executed, as a downstream crate's `netfault::scenarios!` target does). Every result.json the run wrote
+//! must then validate against the checked-in schema, or the run fails.
 
 mod contract;
 
@@ -10,15 +11,14 @@ use std::time::SystemTime;
 fn main() -> ExitCode {
     let started = SystemTime::now();
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let reports = std::env::var_os("NETFAULT_REPORTS").map_or_else(|| workspace.join("reports"), Into::into);
-    let code = netfault::run::runner::test_main(
-        &workspace.join("scenarios"),
-        Path::new(&reports),
-        Path::new(env!("CARGO_BIN_EXE_netfault")),
-        libtest_mimic::Arguments::from_args(),
-    );
+    let reports =
+        std::env::var_os(netfault::testing::REPORTS_ENV).map_or_else(|| workspace.join("reports"), PathBuf::from);
+    let code = netfault::testing::Suite::new(workspace.join("scenarios"))
+        .reports(&reports)
+        .bin("netfault", env!("CARGO_BIN_EXE_netfault"))
+        .main();
     let mut written = Vec::new();
-    results_since(Path::new(&reports), started, &mut written);
+    results_since(&reports, started, &mut written);
     let broken: Vec<String> = written.iter().filter_map(|path| contract::checked_result(path).err()).collect();
     if broken.is_empty() {
         if !written.is_empty() {

@@ -13,6 +13,7 @@ mod console;
 use crate::report::{self, Status, Summary};
 use crate::run::runner::{self, Job, RunEvent};
 use crate::run::supervise::{self, Supervisor};
+use crate::scenario::variables::Variables;
 use console::Console;
 
 const AFTER_HELP: &str = "\
@@ -59,7 +60,7 @@ enum Command {
     },
     /// Runs one scenario in this process (what `run` starts for each scenario)
     #[command(name = runner::CHILD_COMMAND, hide = true)]
-    RunOne(ChildArgs),
+    RunOne(runner::ChildArgs),
 }
 
 #[derive(Debug, Args)]
@@ -101,18 +102,6 @@ struct TestArgs {
     /// libtest arguments: a filter, --exact, --list, --ignored, --include-ignored, --test-threads N, ...
     #[arg(last = true, value_name = "LIBTEST-ARGS")]
     libtest: Vec<String>,
-}
-
-#[derive(Debug, Args)]
-struct ChildArgs {
-    #[arg(long, default_value = ".")]
-    root: PathBuf,
-    #[arg(long, default_value = "reports")]
-    reports: PathBuf,
-    /// Which repetition of `run --repeat` this is.
-    #[arg(long)]
-    run: Option<usize>,
-    file: PathBuf,
 }
 
 /// A count of at least 1.
@@ -305,7 +294,7 @@ fn repeat_table(runs: &[(String, usize)], summaries: &[Summary], repeat: usize, 
 
 /// Loads every scenario under `paths`, or prints every invalid one with where and what (stderr).
 fn load_or_report(paths: &[PathBuf]) -> Option<Vec<(Job, crate::scenario::plan::Plan)>> {
-    match runner::load_all(paths) {
+    match runner::load_all(paths, &Variables::from_environment()) {
         Ok(loaded) => Some(loaded),
         Err(errors) => {
             for error in &errors {
@@ -339,11 +328,11 @@ fn list(paths: &[PathBuf]) -> ExitCode {
 
 fn test(args: TestArgs) -> ExitCode {
     let libtest = libtest_mimic::Arguments::from_iter(std::iter::once("netfault-test".to_string()).chain(args.libtest));
-    runner::test_main(&args.root, &args.reports, &exe(), libtest)
+    runner::test_main(&args.root, &args.reports, &exe(), &Variables::from_environment(), libtest)
 }
 
-fn child(args: ChildArgs) -> ExitCode {
-    runner::child_main(&args.root, &args.reports, &args.file, args.run)
+fn child(args: runner::ChildArgs) -> ExitCode {
+    runner::child_main(&Job::from(args), &Variables::from_environment())
 }
 
 #[cfg(test)]

@@ -251,7 +251,7 @@ mod tests {
 
     use super::*;
     use crate::scenario::plan::{Location, TcpState, TimerKind};
-    use crate::timeline::{EventKind, IpProtocol, PacketDirection, PacketEvent, SocketEvent};
+    use crate::timeline::{ErrnoEvent, EventKind, IpProtocol, PacketDirection, PacketEvent, SocketEvent};
 
     #[test]
     fn result_schema_checked_in_is_the_one_the_types_give() {
@@ -337,6 +337,20 @@ mod tests {
             at(0.6, HostId::Server, EventKind::FaultOff { fault: "blackhole".into() }),
             at(9.0, HostId::Client, EventKind::Deadline { step: Some("client #2 recv".into()) }),
             at(9.0, HostId::Client, EventKind::Deadline { step: None }),
+            at(
+                2.0,
+                HostId::Client,
+                EventKind::Errno(ErrnoEvent {
+                    step: 0,
+                    pid: 7,
+                    call: "connect".into(),
+                    errno: "ECONNREFUSED".into(),
+                    socket: "10.0.0.1:40000 -> 10.0.0.2:9000".into(),
+                    local_port: 40000,
+                    remote_port: 9000,
+                    took: Duration::from_micros(250),
+                }),
+            ),
         ];
         for (step, outcome) in outcomes.iter().enumerate() {
             // Left out of the event when empty.

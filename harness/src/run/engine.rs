@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{joined, Error, Result};
 use crate::observe::capture::{Capture, CaptureBuffer};
-use crate::observe::sockets::Observer;
+use crate::observe::sockets::{DiagSocket, Observer};
 use crate::record::{CaptureStats, RunRecord};
 use crate::run::actors::{self, ActorContext, ProcessRegistry, StepBoard};
 use crate::run::clock::{Clock, EventSink};
@@ -45,6 +45,12 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunRecord> {
     let mut programs: Vec<(HostId, Option<JoinHandle<Result<()>>>)> = Vec::with_capacity(2);
     for host in HostId::ALL {
         let host_plan = plan.host(host).clone();
+        let mut sock_diag = [None, None];
+        for (target, named) in HostId::ALL.into_iter().zip(actors::listening_hosts(&host_plan)) {
+            if named {
+                sock_diag[target.index()] = Some(DiagSocket::open_in(&namespaces[target.index()])?);
+            }
+        }
         let mut ctx = ActorContext {
             host,
             own_address: plan.host(host).address,
@@ -52,6 +58,8 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunRecord> {
             processes: Arc::clone(&processes),
             sink: sink.clone(),
             deadline: Instant::now() + plan.deadline,
+            sock_diag,
+            report_dir: report_dir.to_path_buf(),
         };
         let (gate_tx, gate_rx) = mpsc::channel::<Instant>();
         gates.push(gate_tx);

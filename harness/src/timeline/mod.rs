@@ -51,6 +51,8 @@ pub enum EventKind {
     },
     Packet(PacketEvent),
     Socket(SocketEvent),
+    /// A socket call of a traced exec program that failed, or an error it read with `getsockopt(SO_ERROR)`.
+    Errno(ErrnoEvent),
     /// The run was cut at the deadline with this step still running.
     Deadline {
         step: Option<String>,
@@ -179,6 +181,29 @@ pub struct SocketEvent {
     pub send_q: u32,
 }
 
+/// A socket call of a program started by an `exec` step with `trace: true`, as `strace -f -yy` shows it: a
+/// call that returned -1 with an errno, or `getsockopt(SO_ERROR)` giving a pending error. The event's time is
+/// when the call returned.
+#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq)]
+pub struct ErrnoEvent {
+    /// The exec step (0-based index in its host's program) whose program, or a process it started, made the call.
+    pub step: usize,
+    /// The calling process, as the scenario's PID namespace numbers it.
+    pub pid: u32,
+    /// The system call as strace names it (`recvfrom`, `connect`), or `getsockopt SO_ERROR`.
+    pub call: String,
+    /// The errno's name, e.g. `ETIMEDOUT`.
+    pub errno: String,
+    /// `local:port -> remote:port` as far as known (`0.0.0.0:0` for an unknown side).
+    pub socket: String,
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// How long the call took, in seconds.
+    #[serde(serialize_with = "serialize_secs")]
+    #[schemars(with = "f64")]
+    pub took: Duration,
+}
+
 /// All events of a run, sorted by time (stable for equal times).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Timeline {
@@ -285,6 +310,16 @@ impl fmt::Display for Event {
                 }
                 Ok(())
             }
+            EventKind::Errno(e) => write!(
+                f,
+                "errno  #{} pid {} {} {} = {} after {}s",
+                e.step + 1,
+                e.pid,
+                e.call,
+                e.socket,
+                e.errno,
+                format_secs(e.took)
+            ),
             EventKind::Deadline { step: Some(step) } => write!(f, "DEADLINE reached; still running: {step}"),
             EventKind::Deadline { step: None } => write!(f, "DEADLINE reached"),
         }
