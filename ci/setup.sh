@@ -7,6 +7,7 @@ packages=(
   nftables iproute2 ethtool tcpdump    # inspection tools used by tests and for reading reports
   curl netcat-openbsd socat            # real programs that exec steps run
   strace                               # exec steps with `trace: true` run their program under it
+  tshark chromium fonts-dejavu-core    # report tests: tshark reads capture.pcapng, headless Chromium draws report.html
 )
 missing=()
 for package in "${packages[@]}"; do

@@ -18,7 +18,8 @@ use console::Console;
 
 const AFTER_HELP: &str = "\
 PATH is a scenario file or a folder searched for *.yaml (default: scenarios). Reports go to
-reports/<scenario>/: timeline.txt, result.json, client.pcap, server.pcap.
+reports/<scenario>/: report.html, capture.pcapng, timeline.txt, result.json, scenario.yaml, environment.txt,
+client.pcap, server.pcap.
 
 Exit status: 0 every scenario passed; 1 a scenario failed; 2 invalid input (nothing was run), a harness error,
 or the run's deadline passed; 128 + N stopped by signal N (SIGINT 130, SIGTERM 143).";
@@ -52,6 +53,8 @@ enum Command {
     List(Paths),
     /// The cargo-test driver (libtest-mimic) on any folder of scenarios
     Test(TestArgs),
+    /// One report as a .tar.gz to attach to a bug report
+    Bundle(BundleArgs),
     /// Measure netfault against the ip/nft/tcpdump recipe: `netfault bench --help`
     #[command(disable_help_flag = true)]
     Bench {
@@ -87,8 +90,28 @@ struct RunArgs {
     /// Also run the minutes-long `slow: true` scenarios
     #[arg(long)]
     slow: bool,
+    /// Write DIR/<scenario>.tar.gz (as `netfault bundle`) for each scenario that fails
+    #[arg(long)]
+    bundle_failures: bool,
     #[command(flatten)]
     paths: Paths,
+}
+
+#[derive(Debug, Args)]
+struct BundleArgs {
+    /// A report folder, e.g. reports/keepalive/idle
+    #[arg(value_name = "REPORT_DIR")]
+    report: PathBuf,
+    /// The archive to write [default: <REPORT_DIR's name>.tar.gz]
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// A capture.pcapng larger than this goes in with frames cut to 160 bytes, and at most this large
+    #[arg(long, value_name = "SIZE", default_value = "32MiB", value_parser = crate::scenario::size::parse_size,
+          conflicts_with = "whole_capture")]
+    max_capture: u64,
+    /// Bundle capture.pcapng whole, whatever its size
+    #[arg(long)]
+    whole_capture: bool,
 }
 
 #[derive(Debug, Args)]
@@ -127,6 +150,7 @@ pub fn main() -> ExitCode {
         Command::Check(paths) => check(&paths.paths),
         Command::List(paths) => list(&paths.paths),
         Command::Test(args) => test(args),
+        Command::Bundle(args) => bundle(args),
         Command::Bench { .. } | Command::RunOne(_) => unreachable!("handled above"),
     }
 }
@@ -193,6 +217,15 @@ fn run(args: RunArgs) -> ExitCode {
         RunEvent::Idle => console.redraw(),
     });
     console.clear();
+    if args.bundle_failures {
+        for summary in summaries.iter().filter(|s| s.status != Status::Pass) {
+            let out = summary.report.with_extension("tar.gz");
+            match report::bundle::write_bundle(&summary.report, &out, Some(report::bundle::DEFAULT_CAPTURE_CAP)) {
+                Ok(bundled) => println!("bundle {} ({} bytes)", bundled.path.display(), bundled.bytes),
+                Err(e) => eprintln!("netfault: no bundle for {}: {e}", summary.name),
+            }
+        }
+    }
     let count = |status| summaries.iter().filter(|s| s.status == status).count();
     let (passed, failed, errors) = (count(Status::Pass), count(Status::Fail), count(Status::Error));
     let longest = summaries.iter().map(|s| s.duration).fold(0.0, f64::max);
@@ -224,6 +257,32 @@ fn run(args: RunArgs) -> ExitCode {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// `netfault bundle REPORT_DIR [-o FILE] [--max-capture SIZE | --whole-capture]`.
+fn bundle(args: BundleArgs) -> ExitCode {
+    let out = args.output.unwrap_or_else(|| {
+        let name = args.report.file_name().map_or("report".into(), |n| n.to_string_lossy().into_owned());
+        PathBuf::from(format!("{name}.tar.gz"))
+    });
+    let cap = (!args.whole_capture).then_some(args.max_capture);
+    match report::bundle::write_bundle(&args.report, &out, cap) {
+        Ok(bundled) => {
+            println!("{} ({} bytes)", bundled.path.display(), bundled.bytes);
+            if let Some((kept, total)) = bundled.capture_cut {
+                println!(
+                    "capture.pcapng over the cap: {kept} of {total} frames, cut to {} bytes each \
+                     (--whole-capture bundles it whole)",
+                    report::bundle::HEADERS_SNAPLEN
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("netfault bundle: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 

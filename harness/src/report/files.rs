@@ -10,7 +10,16 @@ use crate::error::{Error, Result};
 
 /// What netfault writes into a report folder. A file of these that a run did not write again is removed when
 /// its new files are published, so that no report mixes two runs.
-pub const OWN_FILES: [&str; 4] = ["result.json", "timeline.txt", "client.pcap", "server.pcap"];
+pub const OWN_FILES: [&str; 8] = [
+    "result.json",
+    "timeline.txt",
+    "client.pcap",
+    "server.pcap",
+    "capture.pcapng",
+    "report.html",
+    "scenario.yaml",
+    "environment.txt",
+];
 
 /// Where a run writes its files until they are published: a folder inside the report folder.
 const STAGING: &str = ".netfault-partial";

@@ -44,7 +44,7 @@ impl Clock {
         self.t0.get().map_or(Duration::ZERO, |(t0, _)| instant.saturating_duration_since(*t0))
     }
 
-    /// t0 on the wall clock, the clock of the packet timestamps in the pcaps; `None` before the start.
+    /// t0 on the wall clock (the time base of the pcaps); `None` before the start.
     pub fn t0_wall(&self) -> Option<SystemTime> {
         self.t0.get().map(|(_, wall)| *wall)
     }

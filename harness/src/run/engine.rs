@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::error::{joined, Error, Result};
 use crate::observe::capture::{Capture, CaptureBuffer};
 use crate::observe::sockets::{DiagSocket, Observer};
-use crate::record::{CaptureStats, RunRecord};
+use crate::record::{CaptureStats, CapturedInterface, RunRecord};
 use crate::run::actors::{self, ActorContext, ProcessRegistry, StepBoard};
 use crate::run::clock::{Clock, EventSink};
 use crate::run::firewall::{self, Firewall};
@@ -32,7 +32,7 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunRecord> {
     let setup_started = Instant::now();
     let clock = Clock::unstarted();
     let (sink, events) = EventSink::new(clock.clone());
-    let Rig { namespaces, mut firewalls, captures, observers, .. } = set_up(plan, report_dir, &sink)?;
+    let Rig { namespaces, interfaces, mut firewalls, captures, observers } = set_up(plan, report_dir, &sink)?;
     let setup = setup_started.elapsed();
 
     // Both program threads are spawned, inside their namespaces and waiting before t0 is taken: creating and
@@ -182,11 +182,12 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunRecord> {
     let [observer_client, observer_server] = into_pair(observer_stats)?;
     Ok(RunRecord {
         timeline,
+        interfaces,
+        t0_wall: clock.t0_wall(),
         duration,
         setup,
         teardown,
         deadline_hit,
-        t0: clock.t0_wall(),
         sysctls,
         capture: [capture_client, capture_server],
         observer: [observer_client, observer_server],
@@ -234,6 +235,8 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> &str {
 /// What a run sets up before t0, one of each per host (indexed by `HostId::index()`).
 pub struct Rig {
     pub namespaces: [Netns; 2],
+    /// The captured interfaces, as the run record names them.
+    pub interfaces: Vec<CapturedInterface>,
     pub firewalls: Vec<Firewall>,
     pub captures: Vec<Capture>,
     pub observers: Vec<Observer>,
@@ -252,7 +255,7 @@ pub fn set_up(plan: &Plan, report_dir: &Path, sink: &EventSink) -> Result<Rig> {
         let starting = HostId::ALL.map(|host| {
             let ns = &namespaces[host.index()];
             let ifindex = topology.link(host).ifindex;
-            let pcap = report_dir.join(format!("{host}.pcap"));
+            let pcap = report_dir.join(pcap_name(host));
             let sink = sink.clone();
             thread::Builder::new().name(format!("set-up-{host}")).spawn_scoped(scope, move || {
                 ns.enter()?;
@@ -266,12 +269,32 @@ pub fn set_up(plan: &Plan, report_dir: &Path, sink: &EventSink) -> Result<Rig> {
     });
     let ((client_firewall, client_capture, client_observer), (server_firewall, server_capture, server_observer)) =
         (client?, server?);
+    let interfaces = HostId::ALL
+        .iter()
+        .map(|&host| {
+            let link = topology.link(host);
+            CapturedInterface {
+                host,
+                ifname: link.ifname.clone(),
+                mac: link.mac,
+                address: link.address,
+                pcap: pcap_name(host),
+                snaplen: crate::observe::capture::SNAPLEN,
+            }
+        })
+        .collect();
     Ok(Rig {
         namespaces,
+        interfaces,
         firewalls: vec![client_firewall, server_firewall],
         captures: vec![client_capture, server_capture],
         observers: vec![client_observer, server_observer],
     })
+}
+
+/// The pcap a host's capture writes in the report folder.
+fn pcap_name(host: HostId) -> String {
+    format!("{host}.pcap")
 }
 
 /// `tcpdump -B` for the plan: the socket's own queue unless the scenario asks for a ring.

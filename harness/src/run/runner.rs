@@ -578,7 +578,7 @@ fn trial_result(summary: Summary) -> Result<(), Failed> {
         status => {
             let what = if status == Status::Fail { "FAILED" } else { "HARNESS ERROR" };
             Err(Failed::from(format!(
-                "{what}: {}\n{}\n  report: {} (timeline.txt, result.json, client.pcap, server.pcap)",
+                "{what}: {}\n{}\n  report: {} (report.html, capture.pcapng, timeline.txt, result.json)",
                 summary.name,
                 summary.messages.join("\n"),
                 summary.report.display()
