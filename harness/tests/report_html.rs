@@ -183,7 +183,10 @@ fn check_report(report: &Path, shot: &Path, browser: &Mutex<Option<Browser>>) ->
     for (text, failure) in shown.iter().zip(result["failures"].as_array().into_iter().flatten()) {
         let line = failure["location"]["line"].as_u64().unwrap_or(0);
         let text = text.as_str().unwrap_or_default();
-        if !text.contains(&format!("{file}:{line}:")) {
+        // The page names the file as it was given; result.json as one canonical path.
+        let shown_file = text.split_whitespace().find_map(|word| word.split_once(&format!(":{line}:")).map(|(f, _)| f));
+        let same = shown_file.and_then(|f| std::fs::canonicalize(f).ok()).is_some_and(|f| f == Path::new(file));
+        if !same {
             return Err(format!("failure shown without its file and line {file}:{line}: {text}").into());
         }
     }
