@@ -313,3 +313,35 @@ fn a_rerun_replaces_the_report_and_keeps_the_users_files() {
     expected.sort();
     assert_eq!(names, expected, "netfault's files and the user's, nothing staged left");
 }
+
+#[test]
+fn a_scenario_the_kernel_cannot_run_is_not_applicable_in_run_and_in_the_test_driver() {
+    let reports = scratch("requires");
+    let output = netfault(&["run", "--reports", reports.to_str().unwrap(), "harness/tests/fixtures/requires"]);
+    let printed = text(&output);
+    assert_eq!(output.status.code(), Some(0), "not applicable is no failure: {printed}");
+    assert!(printed.contains("N/A   old-kernel-only"), "{printed}");
+    assert!(printed.contains("not applicable: 4:1: needs kernel < 3.0; this is "), "says why: {printed}");
+    assert!(printed.contains("1 passed, 0 failed, 1 not applicable"), "{printed}");
+    let result =
+        contract::checked_result(&reports.join("old-kernel-only/result.json")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(result["status"], "not-applicable", "{result}");
+    assert!(result["reason"].as_str().is_some_and(|r| r.contains("needs kernel < 3.0")), "{result}");
+    assert_eq!(result["format_version"], netfault::report::result::FORMAT_VERSION);
+    let ran =
+        contract::checked_result(&reports.join("expectation-variants/result.json")).unwrap_or_else(|e| panic!("{e}"));
+    let left_out = ran["not_applicable"].as_array().expect("a list");
+    assert!(left_out.len() == 1 && left_out[0].as_str().unwrap().contains("line 9:"), "{ran}");
+    // The variant for kernels without the sysctl was left out, and the report says so.
+    let timeline = std::fs::read_to_string(reports.join("expectation-variants/timeline.txt")).unwrap();
+    assert!(
+        timeline.contains("# NOT APPLICABLE line 9: client step #1's expectation left out: needs a kernel without sysctl net.ipv4.tcp_syn_retries"),
+        "{timeline}"
+    );
+    let output =
+        netfault(&["test", "--root", "harness/tests/fixtures/requires", "--reports", reports.to_str().unwrap()]);
+    let driven = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{driven}");
+    assert!(driven.contains("old-kernel-only.yaml: not applicable: 4:1: needs kernel < 3.0"), "the reason: {driven}");
+    assert!(driven.contains("1 passed; 0 failed; 1 ignored"), "ignored, not passed or failed: {driven}");
+}

@@ -1,4 +1,4 @@
-//! Reports: what a run leaves under reports/<scenario>/ (report.html, capture.pcapng, result.json,
+//! Reports: what a run leaves under `reports/<scenario>/` (report.html, capture.pcapng, result.json,
 //! timeline.txt, scenario.yaml, environment.txt, next to the capture's client.pcap and server.pcap), and the
 //! verdict they state.
 
@@ -23,7 +23,9 @@ use crate::timeline::query::step_record;
 use crate::timeline::{format_secs, EventKind, PacketDirection, Timeline};
 use ladder::Ladder;
 use pcapng::Section;
-use result::{Build, Kernel, ObserverReport, PerHost, ResultFile, StepReport, WallClock};
+use result::{
+    kernel_release, Heading, NotApplicableFile, ObserverReport, PerHost, ResultFile, ResultJson, StepReport, WallClock,
+};
 use verdict::{describe_expectation, Failure, Verdict};
 use wire::{End, FaultNote, Link, Wire};
 
@@ -48,6 +50,21 @@ pub enum Status {
     Fail,
     /// The harness could not run the scenario to a verdict.
     Error,
+    /// The running kernel lacks what the scenario's `requires:` names: nothing was run.
+    #[serde(rename = "not-applicable")]
+    NotApplicable,
+}
+
+impl Status {
+    /// How `netfault run` prints it, five characters wide.
+    pub fn label(self) -> &'static str {
+        match self {
+            Status::Pass => "PASS ",
+            Status::Fail => "FAIL ",
+            Status::Error => "ERROR",
+            Status::NotApplicable => "N/A  ",
+        }
+    }
 }
 
 /// The one-line summary a child prints last on stdout, and the parent reads.
@@ -65,6 +82,19 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// A scenario whose `requires:` this kernel does not meet; `reason` says which and why.
+    pub fn not_applicable(name: String, report: &Path, reason: String) -> Summary {
+        Summary {
+            name,
+            status: Status::NotApplicable,
+            duration: 0.0,
+            setup_ms: 0.0,
+            teardown_ms: 0.0,
+            report: report.to_path_buf(),
+            messages: vec![reason],
+        }
+    }
+
     /// A scenario the harness could not run to a verdict.
     pub fn harness_error(name: String, report: &Path, message: String) -> Summary {
         Summary {
@@ -77,6 +107,14 @@ impl Summary {
             messages: vec![message],
         }
     }
+}
+
+/// Writes result.json for a scenario this kernel cannot run (`reason` says which requirement and why) into
+/// `dir`; returns its summary. Nothing else is written: nothing ran.
+pub fn write_not_applicable(plan: &Plan, reason: String, dir: &Path) -> Result<Summary> {
+    let result = NotApplicableFile { heading: Heading::of(plan), status: Status::NotApplicable, reason: &reason };
+    ResultJson::NotApplicable(result).write(dir)?;
+    Ok(Summary::not_applicable(plan.name.clone(), dir, reason))
 }
 
 /// Writes result.json, timeline.txt, capture.pcapng, report.html, scenario.yaml and environment.txt into `dir`,
@@ -99,13 +137,7 @@ pub fn write(plan: &Plan, record: &RunRecord, verdict: &Verdict, dir: &Path) -> 
         .collect();
     let [client_sysctls, server_sysctls] = &record.sysctls;
     let result = ResultFile {
-        format_version: result::FORMAT_VERSION,
-        netfault: Build::this(),
-        kernel: Kernel { release: result::kernel_release() },
-        scenario: &plan.name,
-        file: result::canonical_file(&plan.file),
-        description: &plan.description,
-        source: plan.source.as_deref(),
+        heading: Heading::of(plan),
         status,
         t0: record.t0_wall.map(WallClock::of),
         duration: record.duration.as_secs_f64(),
@@ -120,11 +152,10 @@ pub fn write(plan: &Plan, record: &RunRecord, verdict: &Verdict, dir: &Path) -> 
         observer: record.observer.map(ObserverReport::from),
         fault_hits: record.fault_hits.iter().map(|(fault, hits)| (fault.as_str(), *hits)).collect(),
         harness_errors: &record.harness_errors,
+        not_applicable: &plan.not_applicable,
         events: &record.timeline.events,
     };
-    let json =
-        serde_json::to_string_pretty(&result).map_err(|e| Error::Internal(format!("encode result.json: {e}")))?;
-    fs::write(dir.join("result.json"), json).context(|| format!("write {}", dir.join("result.json").display()))?;
+    ResultJson::Ran(Box::new(result)).write(dir)?;
     fs::write(dir.join("timeline.txt"), render_timeline(plan, record, verdict))
         .context(|| format!("write {}", dir.join("timeline.txt").display()))?;
     let faults = fault_notes(plan);
@@ -134,7 +165,7 @@ pub fn write(plan: &Plan, record: &RunRecord, verdict: &Verdict, dir: &Path) -> 
     let stats: Vec<_> = record.capture.iter().map(|c| (c.interface_frames, c.lost(), c.kernel_drops)).collect();
     wire.write_pcapng(&dir.join("capture.pcapng"), &section(plan, status), &stats)?;
     let mut ladder = Ladder::of_run(plan, &record.timeline, &verdict.steps, &verdict.failures, &wire, &faults);
-    ladder.status = status_word(status).to_string();
+    ladder.status = status.label().trim_end().to_string();
     ladder.duration = record.duration.as_secs_f64();
     ladder.version = netfault_version();
     ladder.kernel = kernel_release();
@@ -194,7 +225,7 @@ fn section(plan: &Plan, status: Status) -> Section {
         os: format!("Linux {kernel}"),
         application: netfault_version(),
         comments: vec![
-            format!("scenario {} ({}): {}", plan.name, plan.file.display(), status_word(status)),
+            format!("scenario {} ({}): {}", plan.name, plan.file.display(), status.label().trim_end()),
             format!("written by {}", netfault_version()),
             format!("kernel {kernel}"),
         ],
@@ -259,19 +290,6 @@ pub fn netfault_version() -> String {
     format!("netfault {}", crate::version::LONG)
 }
 
-/// `uname -r`.
-pub fn kernel_release() -> String {
-    fs::read_to_string("/proc/sys/kernel/osrelease").map_or_else(|_| "unknown".into(), |s| s.trim().to_string())
-}
-
-fn status_word(status: Status) -> &'static str {
-    match status {
-        Status::Pass => "PASS",
-        Status::Fail => "FAIL",
-        Status::Error => "ERROR",
-    }
-}
-
 /// A program that failed inside the harness makes the run a harness error, whatever the verdict.
 fn status_of(record: &RunRecord, verdict: &Verdict) -> Status {
     match (record.harness_errors.is_empty(), verdict.passed()) {
@@ -323,7 +341,7 @@ fn render_timeline(plan: &Plan, record: &RunRecord, verdict: &Verdict) -> String
     }
     text.push_str(&format!(
         "# verdict: {} ({} checks, {} failed); ran {}s; setup {:.1} ms, teardown {:.1} ms\n",
-        status_word(status_of(record, verdict)),
+        status_of(record, verdict).label().trim_end(),
         verdict.checks,
         verdict.failures.len(),
         format_secs(record.duration),
@@ -347,6 +365,9 @@ fn render_timeline(plan: &Plan, record: &RunRecord, verdict: &Verdict) -> String
     }
     for error in &record.harness_errors {
         text.push_str(&format!("# HARNESS ERROR {error}\n"));
+    }
+    for left_out in &plan.not_applicable {
+        text.push_str(&format!("# NOT APPLICABLE {left_out}\n"));
     }
     for failure in &verdict.failures {
         text.push_str(&format!("# FAIL {failure}\n"));

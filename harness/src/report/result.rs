@@ -4,6 +4,7 @@
 //! field changes meaning or goes away; a field added keeps it.
 
 use std::collections::BTreeMap;
+use std::fs;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -12,8 +13,9 @@ use serde::Serialize;
 
 use super::verdict::{Failure, StepJudgement};
 use super::Status;
+use crate::error::{Context, Error, Result};
 use crate::record::{CaptureStats, ObserverStats};
-use crate::scenario::plan::HostId;
+use crate::scenario::plan::{HostId, Plan};
 use crate::timeline::{query::StepRecord, Event, Outcome};
 
 /// The version of the format this netfault writes.
@@ -22,16 +24,51 @@ pub const FORMAT_VERSION: u32 = 1;
 /// The checked-in JSON Schema of result.json.
 pub const SCHEMA: &str = include_str!("result.schema.json");
 
-/// result.json: what one run of one scenario did and what the verdict on it is.
+/// result.json, in one of its two shapes: a scenario that ran, or one this kernel cannot run.
+///
+/// One schema covers both, as a `oneOf` of two closed objects told apart by `status` (`pass`, `fail` or `error`
+/// in one, `not-applicable` in the other), so a reader needs one rule: read `format_version`, which both carry,
+/// then `status`, then the fields that shape promises. Both also say which netfault and which kernel, since a
+/// scenario is not applicable to a kernel. The N/A shape is not the ran shape with empty fields: a run's
+/// figures (duration, steps, captures, events) would be zeros that look measured, and a reader could not tell
+/// "ran and saw nothing" from "did not run". serde writes the variant's fields alone (untagged): `status` is
+/// already the tag, and a serde tag would have to repeat the ran shape once for each of its three statuses.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(untagged)]
+#[schemars(title = "netfault result.json", transform = any_of_to_one_of)]
+pub enum ResultJson<'a> {
+    Ran(Box<ResultFile<'a>>),
+    NotApplicable(NotApplicableFile<'a>),
+}
+
+impl ResultJson<'_> {
+    /// Writes it as `dir/result.json`.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let path = dir.join("result.json");
+        let json =
+            serde_json::to_string_pretty(self).map_err(|e| Error::Internal(format!("encode result.json: {e}")))?;
+        fs::write(&path, json).context(|| format!("write {}", path.display()))
+    }
+}
+
+/// schemars writes an untagged enum as `anyOf`; the shapes exclude each other (`status`, closed objects), and
+/// `oneOf` says so to the reader.
+fn any_of_to_one_of(schema: &mut schemars::Schema) {
+    if let Some(shapes) = schema.remove("anyOf") {
+        schema.insert("oneOf".into(), shapes);
+    }
+}
+
+/// What every result.json opens with, whichever its shape: which format, which netfault, which kernel, which
+/// scenario.
 #[derive(Debug, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-#[schemars(title = "netfault result.json")]
-pub struct ResultFile<'a> {
+pub struct Heading<'a> {
     /// The version of this format; it goes up when a field changes meaning or goes away.
     pub format_version: u32,
-    /// The netfault that ran the scenario.
+    /// The netfault that ran the scenario, or found it not applicable.
     pub netfault: Build,
-    /// The kernel it ran on.
+    /// The kernel it ran on, or that lacks what it requires.
     pub kernel: Kernel,
     /// The scenario's name: its path under the scenario folder, without `.yaml`.
     pub scenario: &'a str,
@@ -40,6 +77,31 @@ pub struct ResultFile<'a> {
     pub description: &'a str,
     /// Where the scenario comes from (`source:`), if it says.
     pub source: Option<&'a str>,
+}
+
+impl<'a> Heading<'a> {
+    /// The heading of `plan`'s result.json, written by this netfault on this kernel.
+    pub fn of(plan: &'a Plan) -> Heading<'a> {
+        Heading {
+            format_version: FORMAT_VERSION,
+            netfault: Build::this(),
+            kernel: Kernel { release: kernel_release() },
+            scenario: &plan.name,
+            file: canonical_file(&plan.file),
+            description: &plan.description,
+            source: plan.source.as_deref(),
+        }
+    }
+}
+
+/// result.json of a scenario that ran: what it did and what the verdict on it is.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResultFile<'a> {
+    #[serde(flatten)]
+    pub heading: Heading<'a>,
+    /// `pass`, `fail` or `error`.
+    #[schemars(extend("enum" = ["pass", "fail", "error"]))]
     pub status: Status,
     /// t0, the moment the programs started, on the wall clock: the pcaps' timestamps minus t0 are the times
     /// of the timeline. `null` when the programs never started.
@@ -69,8 +131,23 @@ pub struct ResultFile<'a> {
     pub fault_hits: BTreeMap<&'a str, u64>,
     /// What went wrong in the harness itself (the status is then `error`).
     pub harness_errors: &'a [String],
+    /// Expectations left out on this kernel (their `requires:` is not met), each with its line and why.
+    pub not_applicable: &'a [String],
     /// Every event of the run in time order, as timeline.txt shows them.
     pub events: &'a [Event],
+}
+
+/// result.json of a scenario this kernel cannot run: its `requires:` is not met, and nothing was run.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NotApplicableFile<'a> {
+    #[serde(flatten)]
+    pub heading: Heading<'a>,
+    /// Always `not-applicable`.
+    #[schemars(extend("const" = "not-applicable"))]
+    pub status: Status,
+    /// The requirement not met, with its line and column in the scenario, and what this kernel has instead.
+    pub reason: &'a str,
 }
 
 /// Which netfault wrote the report.
@@ -239,7 +316,7 @@ pub fn schema_text() -> String {
     let schema = schemars::generate::SchemaSettings::draft2020_12()
         .for_serialize()
         .into_generator()
-        .into_root_schema_for::<ResultFile<'static>>();
+        .into_root_schema_for::<ResultJson<'static>>();
     // A schema is plain data: encoding it cannot fail.
     serde_json::to_string_pretty(&schema).unwrap_or_default() + "\n"
 }
@@ -386,15 +463,19 @@ mod tests {
         let sysctls = BTreeMap::from([("net.ipv4.tcp_rmem".to_string(), "4096 131072 6291456".to_string())]);
         let stats = CaptureStats { packets: 3, bytes: 180, kernel_drops: 0, interface_frames: 3 };
         let errors = ["client program panicked: deliberate".to_string()];
+        let left_out = ["line 9: client step #1's expectation left out: needs kernel >= 6.15".to_string()];
         let observer = || ObserverReport { samples: 10, mean_dump_us: 40.5, max_dump_us: 90.0 };
-        let result = ResultFile {
+        let heading = |release: String| Heading {
             format_version: FORMAT_VERSION,
             netfault: Build::this(),
-            kernel: Kernel { release: kernel_release() },
+            kernel: Kernel { release },
             scenario: "keepalive/idle",
             file: canonical_file(Path::new("scenarios/keepalive/idle.yaml")),
             description: "d",
             source: Some("seed 000"),
+        };
+        let result = ResultFile {
+            heading: heading(kernel_release()),
             status: Status::Error,
             t0: Some(WallClock::of(SystemTime::now())),
             duration: 9.0,
@@ -409,29 +490,53 @@ mod tests {
             observer: [observer(), observer()],
             fault_hits: BTreeMap::from([("blackhole", 3)]),
             harness_errors: &errors,
+            not_applicable: &left_out,
             events: &events,
         };
-        let value = serde_json::to_value(&result).unwrap();
+        let value = serde_json::to_value(ResultJson::Ran(Box::new(result))).unwrap();
         let validator = validator();
         let errors: Vec<String> =
             validator.iter_errors(&value).map(|e| format!("{e} at {}", e.instance_path())).collect();
         assert!(errors.is_empty(), "{errors:#?}");
-        let never_started = ResultFile { t0: None, source: None, ..result };
-        assert!(validator.is_valid(&serde_json::to_value(&never_started).unwrap()));
+        let mut never_started = value.clone();
+        never_started["t0"] = serde_json::Value::Null;
+        never_started["source"] = serde_json::Value::Null;
+        assert!(validator.is_valid(&never_started));
+        let not_applicable = serde_json::to_value(ResultJson::NotApplicable(NotApplicableFile {
+            heading: Heading { source: None, ..heading("6.8.0-1017-azure".into()) },
+            status: Status::NotApplicable,
+            reason: "4:1: needs kernel >= 6.15; this is 6.8.0-1017-azure",
+        }))
+        .unwrap();
+        let errors: Vec<String> =
+            validator.iter_errors(&not_applicable).map(|e| format!("{e} at {}", e.instance_path())).collect();
+        assert!(errors.is_empty(), "{errors:#?}");
 
         // The schema says no to what a reader could not rely on.
         type Damage = fn(&mut serde_json::Value);
-        let broken: [(&str, Damage); 5] = [
+        let broken_runs: [(&str, Damage); 6] = [
             ("no format_version", |v| drop(v.as_object_mut().unwrap().remove("format_version"))),
             ("a field the contract does not have", |v| v["surprise"] = 1.into()),
             ("a status not pass/fail/error", |v| v["status"] = "skipped".into()),
+            ("a run that says it was not applicable", |v| v["status"] = "not-applicable".into()),
             ("an event of no known kind", |v| v["events"][0]["event"] = "teleport".into()),
             ("a negative packet count", |v| v["capture"][0]["packets"] = (-1).into()),
         ];
-        for (what, damage) in broken {
-            let mut copy = serde_json::to_value(&never_started).unwrap();
-            damage(&mut copy);
-            assert!(!validator.is_valid(&copy), "{what} passed the schema");
+        let broken_not_applicable: [(&str, Damage); 5] = [
+            ("no format_version", |v| drop(v.as_object_mut().unwrap().remove("format_version"))),
+            ("no reason", |v| drop(v.as_object_mut().unwrap().remove("reason"))),
+            ("no kernel", |v| drop(v.as_object_mut().unwrap().remove("kernel"))),
+            ("a status other than not-applicable", |v| v["status"] = "pass".into()),
+            ("figures of a run that did not happen", |v| v["events"] = serde_json::json!([])),
+        ];
+        for (shape, original, broken) in
+            [("a run", &never_started, &broken_runs[..]), ("N/A", &not_applicable, &broken_not_applicable[..])]
+        {
+            for (what, damage) in broken {
+                let mut copy = original.clone();
+                damage(&mut copy);
+                assert!(!validator.is_valid(&copy), "{shape}: {what} passed the schema");
+            }
         }
     }
 

@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 use crate::error::{joined, Error, Result};
 use crate::observe::capture::{Capture, CaptureBuffer};
 use crate::observe::sockets::{DiagSocket, Observer};
-use crate::record::{CaptureStats, CapturedInterface, RunRecord};
+use crate::record::{CaptureStats, CapturedInterface, ObserverStats, RunRecord};
 use crate::run::actors::{self, ActorContext, ProcessRegistry, StepBoard};
 use crate::run::clock::{Clock, EventSink};
-use crate::run::firewall::{self, Firewall};
+use crate::run::faults::HostFaults;
+use crate::run::firewall;
 use crate::run::netns::Netns;
 use crate::run::priority;
 use crate::run::topology;
@@ -28,11 +29,12 @@ const IDLE_TICK: Duration = Duration::from_millis(5);
 const PROGRAM_START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs `plan`, writing the pcaps into `report_dir`. Returns harness errors only; the verdict comes later.
-pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunRecord> {
+/// `on_start` is called once the programs have been told to start (t0), after the set-up.
+pub fn run(plan: &Plan, report_dir: &Path, on_start: impl FnOnce()) -> Result<RunRecord> {
     let setup_started = Instant::now();
     let clock = Clock::unstarted();
     let (sink, events) = EventSink::new(clock.clone());
-    let Rig { namespaces, interfaces, mut firewalls, captures, observers } = set_up(plan, report_dir, &sink)?;
+    let Rig { namespaces, interfaces, mut faults, captures, observers } = set_up(plan, report_dir, &sink)?;
     let setup = setup_started.elapsed();
 
     // Both program threads are spawned, inside their namespaces and waiting before t0 is taken: creating and
@@ -94,7 +96,7 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunRecord> {
     // taken (their events read 0 s): an nftables commit can take tens of ms on a busy machine.
     let mut schedule = FaultSchedule::new(&plan.faults);
     let mut fault_events = Vec::new();
-    apply_due(&mut schedule, &mut firewalls, &clock, &mut fault_events)?;
+    apply_due(&mut schedule, &mut faults, &clock, &mut fault_events)?;
     // The hub too reacts to events in time (fault triggers); it goes back to ordinary before the teardown.
     let _ = priority::raise_current_thread();
     // t0 is the moment the programs start (scenario times read as the seed scripts' times): the first program
@@ -105,6 +107,7 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunRecord> {
         let _ = gate.send(deadline);
     }
     drop(sink);
+    on_start();
 
     let mut collected: Vec<Event> = Vec::new();
     let mut deadline_hit = false;
@@ -136,7 +139,7 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunRecord> {
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
-        apply_due(&mut schedule, &mut firewalls, &clock, &mut fault_events)?;
+        apply_due(&mut schedule, &mut faults, &clock, &mut fault_events)?;
     }
     let duration = clock.now();
     let _ = priority::lower_current_thread();
@@ -155,15 +158,26 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunRecord> {
     if deadline_hit {
         collected.push(Event { t: duration, host: HostId::Client, kind: EventKind::Deadline { step: None } });
     }
+    // A part that fails to stop (on a starved machine: not within its bounded wait) is a harness error of this
+    // run, not the end of it: what the others recorded still makes the report, timeline and pcaps included.
     let mut observer_stats = Vec::with_capacity(2);
     for observer in observers {
-        observer_stats.push(observer.stop()?);
+        observer_stats.push(observer.stop().unwrap_or_else(|e| {
+            harness_errors.push(e.to_string());
+            ObserverStats::default()
+        }));
     }
-    let capture_stats = stop_captures(captures)?;
+    let capture_stats = stop_captures(captures).unwrap_or_else(|e| {
+        harness_errors.push(e.to_string());
+        vec![CaptureStats::default(); 2]
+    });
     harness_errors.extend(capture_losses(&capture_stats));
     let mut fault_hits = Vec::new();
-    for firewall in &mut firewalls {
-        fault_hits.extend(firewall.counters()?);
+    for host_faults in &mut faults {
+        match host_faults.hits() {
+            Ok(hits) => fault_hits.extend(hits),
+            Err(e) => harness_errors.push(e.to_string()),
+        }
     }
     fault_hits.sort();
     harness_errors.extend(join_finished(&mut programs));
@@ -175,7 +189,7 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunRecord> {
         mark_running_steps(&mut timeline, plan);
     }
     annotate_faults(&mut timeline, plan);
-    firewalls.into_iter().for_each(Firewall::close_in_background);
+    faults.into_iter().for_each(HostFaults::close);
     drop(namespaces);
     let teardown = teardown_started.elapsed();
     let [capture_client, capture_server] = into_pair(capture_stats)?;
@@ -237,7 +251,7 @@ pub struct Rig {
     pub namespaces: [Netns; 2],
     /// The captured interfaces, as the run record names them.
     pub interfaces: Vec<CapturedInterface>,
-    pub firewalls: Vec<Firewall>,
+    pub faults: Vec<HostFaults>,
     pub captures: Vec<Capture>,
     pub observers: Vec<Observer>,
 }
@@ -259,15 +273,15 @@ pub fn set_up(plan: &Plan, report_dir: &Path, sink: &EventSink) -> Result<Rig> {
             let sink = sink.clone();
             thread::Builder::new().name(format!("set-up-{host}")).spawn_scoped(scope, move || {
                 ns.enter()?;
-                let firewall = Firewall::install(ns, host, &plan.faults)?;
+                let faults = HostFaults::install(ns, host, &plan.faults)?;
                 let capture = Capture::start(ns, host, ifindex, &pcap, sink.clone(), capture_buffer(plan))?;
                 let observer = Observer::start(ns, host, plan.sample_interval, sink)?;
-                Ok::<_, Error>((firewall, capture, observer))
+                Ok::<_, Error>((faults, capture, observer))
             })
         });
         starting.map(|spawned| joined(spawned, "host set-up"))
     });
-    let ((client_firewall, client_capture, client_observer), (server_firewall, server_capture, server_observer)) =
+    let ((client_faults, client_capture, client_observer), (server_faults, server_capture, server_observer)) =
         (client?, server?);
     let interfaces = HostId::ALL
         .iter()
@@ -286,7 +300,7 @@ pub fn set_up(plan: &Plan, report_dir: &Path, sink: &EventSink) -> Result<Rig> {
     Ok(Rig {
         namespaces,
         interfaces,
-        firewalls: vec![client_firewall, server_firewall],
+        faults: vec![client_faults, server_faults],
         captures: vec![client_capture, server_capture],
         observers: vec![client_observer, server_observer],
     })
@@ -342,17 +356,15 @@ fn join_all<T>(handles: Vec<thread::ScopedJoinHandle<'_, Result<T>>>, what: &str
 /// Switches the faults that are due now and records each switch on the timeline.
 fn apply_due(
     schedule: &mut FaultSchedule<'_>,
-    firewalls: &mut [Firewall],
+    faults: &mut [HostFaults],
     clock: &Clock,
     events: &mut Vec<Event>,
 ) -> Result<()> {
     for (fault, on) in schedule.due(clock.now()) {
-        let firewall = &mut firewalls[fault.host.index()];
+        faults[fault.host.index()].switch(fault, on)?;
         let kind = if on {
-            firewall.activate(&fault.name)?;
             EventKind::FaultOn { fault: fault.name.clone() }
         } else {
-            firewall.deactivate(&fault.name)?;
             EventKind::FaultOff { fault: fault.name.clone() }
         };
         events.push(Event { t: clock.now(), host: fault.host, kind });
