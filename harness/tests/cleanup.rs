@@ -114,6 +114,30 @@ fn all_namespaces() -> BTreeSet<u64> {
     found
 }
 
+/// Who holds each of `namespaces` now: the processes in it or with a descriptor of it, or none (a mount).
+fn holders(namespaces: &[u64]) -> String {
+    let processes: Vec<(u32, BTreeSet<u64>)> = pids().into_iter().map(|pid| (pid, namespaces_of(pid))).collect();
+    let described: Vec<String> = namespaces
+        .iter()
+        .map(|ns| {
+            let held_by: Vec<String> = processes
+                .iter()
+                .filter(|(_, held)| held.contains(ns))
+                .map(|(pid, _)| {
+                    let cmdline = fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                    format!("{pid} {}", cmdline.replace('\0', " ").trim_end())
+                })
+                .collect();
+            if held_by.is_empty() {
+                format!("{ns} (no process: a mount)")
+            } else {
+                format!("{ns} (held by {})", held_by.join("; "))
+            }
+        })
+        .collect();
+    described.join(", ")
+}
+
 struct Run {
     child: Child,
     token: String,
@@ -242,9 +266,22 @@ fn assert_nothing_left(run: &Run, running: &Running, before: &HostState) {
         assert!(Instant::now() < until, "processes of the run still alive {VANISH_WAIT:?} later: {left:?}");
         thread::sleep(Duration::from_millis(20));
     }
-    let existing = all_namespaces();
-    let leaked: Vec<&u64> = running.namespaces.intersection(&existing).collect();
-    assert!(leaked.is_empty(), "namespaces of the run still exist: {leaked:?} (run had {:?})", running.namespaces);
+    // A namespace outlives its last process only briefly: a thread group's leader is a zombie while its other
+    // threads, each in a namespace of its own, are still exiting.
+    loop {
+        let existing = all_namespaces();
+        let leaked: Vec<u64> = running.namespaces.intersection(&existing).copied().collect();
+        if leaked.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "namespaces of the run still exist {VANISH_WAIT:?} after it ended: {} (run had {:?})",
+            holders(&leaked),
+            running.namespaces
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(&host_state(), before, "the host's links, nftables ruleset or sysctls changed");
     let _ = fs::remove_dir_all(&run.reports);
 }
