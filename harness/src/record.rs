@@ -2,6 +2,7 @@
 //! and observer figures, fault counters and harness errors. The engine fills it in; the verdict and the report
 //! read only this, never the engine, capture or observer that made it.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::{Duration, SystemTime};
 
@@ -24,6 +25,8 @@ pub struct RunRecord {
     pub setup: Duration,
     pub teardown: Duration,
     pub deadline_hit: bool,
+    /// Each host's TCP sysctls in force during the run, by name, indexed by `HostId::index()`.
+    pub sysctls: [BTreeMap<String, String>; 2],
     /// Indexed by `HostId::index()`.
     pub capture: [CaptureStats; 2],
     /// Indexed by `HostId::index()`.
@@ -52,7 +55,7 @@ pub struct CapturedInterface {
 }
 
 /// What one capture saw, as tcpdump reports when it stops.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct CaptureStats {
     /// Frames written to the pcap (`N packets captured`).
     pub packets: u64,
@@ -74,7 +77,7 @@ impl CaptureStats {
 }
 
 /// What a tracer recorded, and what it cost.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct TracerStats {
     /// Transitions recorded.
     pub transitions: u64,
@@ -92,7 +95,7 @@ pub struct TracerStats {
 }
 
 /// Where a run's socket states came from.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case", tag = "source")]
 pub enum StateSource {
     /// Every transition from the kernel's tracepoint; sock_diag samples for timers, queues, request and
@@ -140,7 +143,7 @@ impl StateSource {
 }
 
 /// What an observer did: how many dumps, and what one cost.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct ObserverStats {
     pub samples: u64,
     /// Mean wall time of one dump (request, receive, decode), without the comparison with the previous sample.

@@ -1,11 +1,13 @@
-//! Reports: what a run leaves under reports/<scenario>/ (report.html, capture.pcapng, result.json,
+//! Reports: what a run leaves under `reports/<scenario>/` (report.html, capture.pcapng, result.json,
 //! timeline.txt, scenario.yaml, environment.txt, next to the capture's client.pcap and server.pcap), and the
 //! verdict they state.
 
 pub mod browser;
 pub mod bundle;
+pub mod files;
 pub mod ladder;
 mod pcapng;
+pub mod result;
 pub mod verdict;
 pub mod wire;
 
@@ -15,14 +17,17 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Context, Error, Result};
-use crate::record::{CaptureStats, ObserverStats, RunRecord, StateSource};
+use crate::record::RunRecord;
 use crate::scenario::plan::{Direction, FaultAction, HostId, Plan};
 use crate::scenario::{printable, printable_path};
 use crate::timeline::query::{StepRecord, StepRecords};
 use crate::timeline::{format_secs, EventKind, PacketDirection, Timeline};
 use ladder::Ladder;
 use pcapng::Section;
-use verdict::{describe_expectation, Failure, StepJudgement, Verdict};
+use result::{
+    kernel_release, Heading, NotApplicableFile, ObserverReport, PerHost, ResultFile, ResultJson, StepReport, WallClock,
+};
+use verdict::{describe_expectation, Failure, Verdict};
 use wire::{End, FaultNote, Link, Wire};
 
 /// The folder of a scenario's report: `root/<name>`, refusing any name that could leave `root`.
@@ -38,7 +43,7 @@ pub fn report_dir(root: &Path, name: &str) -> Result<PathBuf> {
 }
 
 /// Verdict of one scenario, as the parent process and the test runner see it.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, schemars::JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Pass,
@@ -46,6 +51,21 @@ pub enum Status {
     Fail,
     /// The harness could not run the scenario to a verdict.
     Error,
+    /// The running kernel lacks what the scenario's `requires:` names: nothing was run.
+    #[serde(rename = "not-applicable")]
+    NotApplicable,
+}
+
+impl Status {
+    /// How `netfault run` prints it, five characters wide.
+    pub fn label(self) -> &'static str {
+        match self {
+            Status::Pass => "PASS ",
+            Status::Fail => "FAIL ",
+            Status::Error => "ERROR",
+            Status::NotApplicable => "N/A  ",
+        }
+    }
 }
 
 /// The one-line summary a child prints last on stdout, and the parent reads.
@@ -63,6 +83,19 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// A scenario whose `requires:` this kernel does not meet; `reason` says which and why.
+    pub fn not_applicable(name: String, report: &Path, reason: String) -> Summary {
+        Summary {
+            name,
+            status: Status::NotApplicable,
+            duration: 0.0,
+            setup_ms: 0.0,
+            teardown_ms: 0.0,
+            report: report.to_path_buf(),
+            messages: vec![reason],
+        }
+    }
+
     /// A scenario the harness could not run to a verdict.
     pub fn harness_error(name: String, report: &Path, message: String) -> Summary {
         Summary {
@@ -77,62 +110,16 @@ impl Summary {
     }
 }
 
-/// One step in result.json.
-#[derive(Debug, Serialize)]
-struct StepReport<'a> {
-    host: HostId,
-    index: usize,
-    name: Option<&'a str>,
-    action: &'static str,
-    #[serde(flatten)]
-    record: StepRecord,
-    expected: Option<String>,
-    verdict: StepJudgement,
+/// Writes result.json for a scenario this kernel cannot run (`reason` says which requirement and why) into
+/// `dir`; returns its summary. Nothing else is written: nothing ran.
+pub fn write_not_applicable(plan: &Plan, reason: String, dir: &Path) -> Result<Summary> {
+    let result = NotApplicableFile { heading: Heading::of(plan), status: Status::NotApplicable, reason: &reason };
+    ResultJson::NotApplicable(result).write(dir)?;
+    Ok(Summary::not_applicable(plan.name.clone(), dir, reason))
 }
 
-#[derive(Debug, Serialize)]
-struct ResultFile<'a> {
-    scenario: &'a str,
-    file: &'a Path,
-    description: &'a str,
-    source: Option<&'a str>,
-    status: Status,
-    duration: f64,
-    setup_ms: f64,
-    teardown_ms: f64,
-    deadline_hit: bool,
-    checks: usize,
-    failures: &'a [Failure],
-    steps: Vec<StepReport<'a>>,
-    capture: &'a [CaptureStats; 2],
-    observer: [ObserverReport; 2],
-    /// Where the socket states came from: the kernel's transitions, or samples only (and why).
-    states: &'a StateSource,
-    fault_hits: &'a [(String, u64)],
-    harness_errors: &'a [String],
-    events: &'a Timeline,
-}
-
-/// The observer's figures in result.json, in microseconds.
-#[derive(Debug, Serialize)]
-struct ObserverReport {
-    samples: u64,
-    mean_dump_us: f64,
-    max_dump_us: f64,
-}
-
-impl From<ObserverStats> for ObserverReport {
-    fn from(stats: ObserverStats) -> ObserverReport {
-        ObserverReport {
-            samples: stats.samples,
-            mean_dump_us: stats.mean_dump_time.as_secs_f64() * 1e6,
-            max_dump_us: stats.max_dump_time.as_secs_f64() * 1e6,
-        }
-    }
-}
-
-/// Writes result.json, timeline.txt, capture.pcapng, report.html, scenario.yaml and environment.txt next to the
-/// pcaps; returns the summary.
+/// Writes result.json, timeline.txt, capture.pcapng, report.html, scenario.yaml and environment.txt into `dir`,
+/// next to the pcaps; returns the summary.
 pub fn write(plan: &Plan, record: &RunRecord, verdict: &Verdict, dir: &Path) -> Result<Summary> {
     let status = status_of(record, verdict);
     let records = StepRecords::of(plan, &record.timeline);
@@ -141,26 +128,23 @@ pub fn write(plan: &Plan, record: &RunRecord, verdict: &Verdict, dir: &Path) -> 
         .iter()
         .map(|judged| {
             let step = &plan.host(judged.host).steps[judged.index];
-            StepReport {
-                host: judged.host,
-                index: judged.index,
-                name: step.name.as_deref(),
-                action: step.action.kind(),
-                record: records
+            StepReport::new(
+                records
                     .get(judged.host, judged.index)
                     .cloned()
                     .unwrap_or_else(|| StepRecord::empty(judged.host, judged.index)),
-                expected: step.expect.is_set().then(|| describe_expectation(&step.expect)),
-                verdict: judged.judgement,
-            }
+                step.name.as_deref(),
+                step.action.kind(),
+                step.expect.is_set().then(|| describe_expectation(&step.expect)),
+                judged.judgement,
+            )
         })
         .collect();
+    let [client_sysctls, server_sysctls] = &record.sysctls;
     let result = ResultFile {
-        scenario: &plan.name,
-        file: &plan.file,
-        description: &plan.description,
-        source: plan.source.as_deref(),
+        heading: Heading::of(plan),
         status,
+        t0: record.t0_wall.map(WallClock::of),
         duration: record.duration.as_secs_f64(),
         setup_ms: record.setup.as_secs_f64() * 1e3,
         teardown_ms: record.teardown.as_secs_f64() * 1e3,
@@ -168,16 +152,16 @@ pub fn write(plan: &Plan, record: &RunRecord, verdict: &Verdict, dir: &Path) -> 
         checks: verdict.checks,
         failures: &verdict.failures,
         steps,
+        sysctls: PerHost { client: client_sysctls, server: server_sysctls },
         capture: &record.capture,
         observer: record.observer.map(ObserverReport::from),
         states: &record.states,
-        fault_hits: &record.fault_hits,
+        fault_hits: record.fault_hits.iter().map(|(fault, hits)| (fault.as_str(), *hits)).collect(),
         harness_errors: &record.harness_errors,
-        events: &record.timeline,
+        not_applicable: &plan.not_applicable,
+        events: &record.timeline.events,
     };
-    let json =
-        serde_json::to_string_pretty(&result).map_err(|e| Error::Internal(format!("encode result.json: {e}")))?;
-    fs::write(dir.join("result.json"), json).context(|| format!("write {}", dir.join("result.json").display()))?;
+    ResultJson::Ran(Box::new(result)).write(dir)?;
     fs::write(dir.join("timeline.txt"), render_timeline(plan, record, verdict))
         .context(|| format!("write {}", dir.join("timeline.txt").display()))?;
     let faults = fault_notes(plan);
@@ -187,7 +171,7 @@ pub fn write(plan: &Plan, record: &RunRecord, verdict: &Verdict, dir: &Path) -> 
     let stats: Vec<_> = record.capture.iter().map(|c| (c.interface_frames, c.lost(), c.kernel_drops)).collect();
     wire.write_pcapng(&dir.join("capture.pcapng"), &section(plan, status), &stats)?;
     let mut ladder = Ladder::of_run(plan, &record.timeline, &verdict.steps, &verdict.failures, &wire, &faults);
-    ladder.status = status_word(status).to_string();
+    ladder.status = status.label().trim_end().to_string();
     ladder.duration = record.duration.as_secs_f64();
     ladder.version = netfault_version();
     ladder.kernel = kernel_release();
@@ -243,7 +227,7 @@ fn section(plan: &Plan, status: Status) -> Section {
         os: format!("Linux {kernel}"),
         application: netfault_version(),
         comments: vec![
-            format!("scenario {} ({}): {}", plan.name, plan.file.display(), status_word(status)),
+            format!("scenario {} ({}): {}", plan.name, plan.file.display(), status.label().trim_end()),
             format!("written by {}", netfault_version()),
             format!("kernel {kernel}"),
         ],
@@ -306,19 +290,6 @@ fn namespace_sysctls() -> Vec<(String, String)> {
 /// `netfault 0.1.0 (commit 1a2b3c4d5e6f)`.
 pub fn netfault_version() -> String {
     format!("netfault {}", crate::version::LONG)
-}
-
-/// `uname -r`.
-pub fn kernel_release() -> String {
-    fs::read_to_string("/proc/sys/kernel/osrelease").map_or_else(|_| "unknown".into(), |s| s.trim().to_string())
-}
-
-fn status_word(status: Status) -> &'static str {
-    match status {
-        Status::Pass => "PASS",
-        Status::Fail => "FAIL",
-        Status::Error => "ERROR",
-    }
 }
 
 /// A program that failed inside the harness makes the run a harness error, whatever the verdict.
@@ -389,7 +360,7 @@ fn render_timeline(plan: &Plan, record: &RunRecord, verdict: &Verdict) -> String
     }
     text.push_str(&format!(
         "# verdict: {} ({} checks, {} failed); ran {}s; setup {:.1} ms, teardown {:.1} ms\n",
-        status_word(status_of(record, verdict)),
+        status_of(record, verdict).label().trim_end(),
         verdict.checks,
         verdict.failures.len(),
         format_secs(record.duration),
@@ -414,6 +385,9 @@ fn render_timeline(plan: &Plan, record: &RunRecord, verdict: &Verdict) -> String
     }
     for error in &record.harness_errors {
         text.push_str(&format!("# HARNESS ERROR {error}\n"));
+    }
+    for left_out in &plan.not_applicable {
+        text.push_str(&format!("# NOT APPLICABLE {left_out}\n"));
     }
     for failure in &verdict.failures {
         text.push_str(&format!("# FAIL {failure}\n"));

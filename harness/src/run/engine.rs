@@ -1,7 +1,7 @@
 //! One scenario run inside the child process: set up, start the programs, switch faults on their triggers,
 //! stop at the end or the deadline, and hand back the timeline.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
@@ -12,10 +12,11 @@ use crate::error::{joined, Error, Result};
 use crate::observe::capture::{Capture, CaptureBuffer};
 use crate::observe::sockets::{DiagSocket, Observer};
 use crate::observe::transitions::Tracer;
-use crate::record::{CaptureStats, CapturedInterface, RunRecord, StateSource};
+use crate::record::{CaptureStats, CapturedInterface, ObserverStats, RunRecord, StateSource};
 use crate::run::actors::{self, ActorContext, ProcessRegistry, StepBoard};
 use crate::run::clock::{Clock, EventSink};
-use crate::run::firewall::{self, Firewall};
+use crate::run::faults::HostFaults;
+use crate::run::firewall;
 use crate::run::netns::Netns;
 use crate::run::priority;
 use crate::run::switchboard::Switchboard;
@@ -31,13 +32,14 @@ const IDLE_TICK: Duration = Duration::from_millis(5);
 const PROGRAM_START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs `plan`, writing the pcaps into `report_dir`. Returns harness errors only; the verdict comes later.
-pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunRecord> {
+/// `on_start` is called once the programs have been told to start (t0), after the set-up.
+pub fn run(plan: &Plan, report_dir: &Path, on_start: impl FnOnce()) -> Result<RunRecord> {
     let setup_started = Instant::now();
     let clock = Clock::unstarted();
     let (sink, events) = EventSink::new(clock.clone());
-    let Rig { namespaces, interfaces, firewalls, captures, observers, tracer } = set_up(plan, report_dir, &sink)?;
+    let Rig { namespaces, interfaces, faults, captures, observers, tracer } = set_up(plan, report_dir, &sink)?;
     let setup = setup_started.elapsed();
-    let switches = Arc::new(Switchboard::new(plan, firewalls, clock.clone()));
+    let switches = Arc::new(Switchboard::new(plan, faults, clock.clone()));
 
     // Both program threads are spawned, inside their namespaces and waiting before t0 is taken: creating and
     // scheduling a thread on a busy machine can take a few hundred ms, and that must not count as scenario time.
@@ -108,6 +110,7 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunRecord> {
         let _ = gate.send(deadline);
     }
     drop(sink);
+    on_start();
 
     let mut collected: Vec<Event> = Vec::new();
     let mut deadline_hit = false;
@@ -144,25 +147,45 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunRecord> {
     }
     let duration = clock.now();
     let _ = priority::lower_current_thread();
+    // Read once the programs are done, off the set-up and teardown figures.
+    let mut sysctls = [BTreeMap::new(), BTreeMap::new()];
+    for host in HostId::ALL {
+        match namespaces[host.index()].run(|| topology::effective_sysctls(&plan.host(host).sysctls)) {
+            Ok(values) => sysctls[host.index()] = values,
+            Err(e) => harness_errors.push(format!("{host} sysctls: {e}")),
+        }
+    }
 
     let teardown_started = Instant::now();
     board.close();
     processes.kill_all();
     let mut observer_stats = Vec::with_capacity(2);
     for observer in observers {
-        observer_stats.push(observer.stop()?);
+        observer_stats.push(observer.stop().unwrap_or_else(|e| {
+            harness_errors.push(e.to_string());
+            ObserverStats::default()
+        }));
     }
     let states = match tracer {
-        Ok(tracer) => StateSource::Traced(tracer.stop()?),
+        Ok(tracer) => tracer.stop().map(StateSource::Traced).unwrap_or_else(|e| {
+            harness_errors.push(e.to_string());
+            StateSource::Sampled { reason: format!("the transition tracer failed to stop: {e}") }
+        }),
         Err(reason) => StateSource::Sampled { reason },
     };
     harness_errors.extend(states.losses());
-    let capture_stats = stop_captures(captures)?;
+    let capture_stats = stop_captures(captures).unwrap_or_else(|e| {
+        harness_errors.push(e.to_string());
+        vec![CaptureStats::default(); 2]
+    });
     harness_errors.extend(capture_losses(&capture_stats));
-    let (mut firewalls, fault_events) = switches.finish();
+    let (mut faults, fault_events) = switches.finish();
     let mut fault_hits = Vec::new();
-    for firewall in &mut firewalls {
-        fault_hits.extend(firewall.counters()?);
+    for host_faults in &mut faults {
+        match host_faults.hits() {
+            Ok(hits) => fault_hits.extend(hits),
+            Err(e) => harness_errors.push(e.to_string()),
+        }
     }
     fault_hits.sort();
     harness_errors.extend(join_finished(&mut programs));
@@ -181,7 +204,7 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunRecord> {
         mark_running_steps(&mut timeline, plan);
     }
     annotate_faults(&mut timeline, plan);
-    firewalls.into_iter().for_each(Firewall::close_in_background);
+    faults.into_iter().for_each(HostFaults::close);
     drop(namespaces);
     let teardown = teardown_started.elapsed();
     let [capture_client, capture_server] = into_pair(capture_stats)?;
@@ -194,6 +217,7 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunRecord> {
         setup,
         teardown,
         deadline_hit,
+        sysctls,
         capture: [capture_client, capture_server],
         observer: [observer_client, observer_server],
         states,
@@ -243,7 +267,7 @@ pub struct Rig {
     pub namespaces: [Netns; 2],
     /// The captured interfaces, as the run record names them.
     pub interfaces: Vec<CapturedInterface>,
-    pub firewalls: Vec<Firewall>,
+    pub faults: Vec<HostFaults>,
     pub captures: Vec<Capture>,
     pub observers: Vec<Observer>,
     /// The kernel's state transitions in both namespaces, or why they cannot be traced here.
@@ -267,18 +291,18 @@ pub fn set_up(plan: &Plan, report_dir: &Path, sink: &EventSink) -> Result<Rig> {
             let sink = sink.clone();
             thread::Builder::new().name(format!("set-up-{host}")).spawn_scoped(scope, move || {
                 ns.enter()?;
-                let firewall = Firewall::install(ns, host, &plan.faults)?;
+                let faults = HostFaults::install(ns, host, &plan.faults)?;
                 firewall::install_qdisc_drops(host, ifindex, &plan.faults)?;
                 let capture = Capture::start(ns, host, ifindex, &pcap, sink.clone(), capture_buffer(plan))?;
                 let observer = Observer::start(ns, host, plan.sample_interval, sink)?;
-                Ok::<_, Error>((firewall, capture, observer))
+                Ok::<_, Error>((faults, capture, observer))
             })
         });
         // Meanwhile, on this thread: the tracer watches both namespaces from outside them.
         let tracer = Tracer::start(&namespaces, sink.clone()).map_err(|e| e.to_string());
         (starting.map(|spawned| joined(spawned, "host set-up")), tracer)
     });
-    let ((client_firewall, client_capture, client_observer), (server_firewall, server_capture, server_observer)) =
+    let ((client_faults, client_capture, client_observer), (server_faults, server_capture, server_observer)) =
         (client?, server?);
     let interfaces = HostId::ALL
         .iter()
@@ -297,7 +321,7 @@ pub fn set_up(plan: &Plan, report_dir: &Path, sink: &EventSink) -> Result<Rig> {
     Ok(Rig {
         namespaces,
         interfaces,
-        firewalls: vec![client_firewall, server_firewall],
+        faults: vec![client_faults, server_faults],
         captures: vec![client_capture, server_capture],
         observers: vec![client_observer, server_observer],
         tracer,

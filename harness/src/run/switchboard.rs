@@ -1,4 +1,4 @@
-//! Fault switches: each fault's triggers and the firewalls they switch (`nft add rule` / `nft flush chain`),
+//! Fault switches: each fault's triggers and the hosts' faults they switch (`nft add rule` / `nft flush chain`),
 //! shared by the hub, which switches on times, packets and socket states, and by the host programs, which
 //! switch what their own steps trigger before they go on. A fault that a host's step turns on is so in force
 //! before that host's next step starts, and one its step's start turns on before the step's call is made.
@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use crate::error::Result;
 use crate::run::clock::Clock;
-use crate::run::firewall::Firewall;
+use crate::run::faults::HostFaults;
 use crate::scenario::plan::{FaultPlan, Plan, Protocol, StepEdge, Trigger};
 use crate::timeline::query;
 use crate::timeline::{Event, EventKind, IpProtocol, PacketDirection};
 
-/// The faults of one run and the firewalls of both hosts (by `HostId::index()`), behind one lock: a switch is
+/// The faults of one run and those installed on both hosts (by `HostId::index()`), behind one lock: a switch is
 /// one nftables batch (tens of microseconds), and whoever fires a trigger applies it at once.
 pub struct Switchboard {
     state: Mutex<State>,
@@ -34,15 +34,15 @@ impl fmt::Debug for Switchboard {
 struct State {
     schedule: FaultSchedule,
     /// Taken back by [`Switchboard::finish`]; nothing is switched after that.
-    firewalls: Option<Vec<Firewall>>,
+    installed: Option<Vec<HostFaults>>,
     /// Every switch made, as timeline events.
     events: Vec<Event>,
 }
 
 impl Switchboard {
-    /// `firewalls` holds each host's, by `HostId::index()`, with `plan`'s faults installed and off.
-    pub fn new(plan: &Plan, firewalls: Vec<Firewall>, clock: Clock) -> Switchboard {
-        let state = State { schedule: FaultSchedule::new(plan), firewalls: Some(firewalls), events: Vec::new() };
+    /// `installed` holds each host's faults, by `HostId::index()`, with `plan`'s faults installed and off.
+    pub fn new(plan: &Plan, installed: Vec<HostFaults>, clock: Clock) -> Switchboard {
+        let state = State { schedule: FaultSchedule::new(plan), installed: Some(installed), events: Vec::new() };
         Switchboard { state: Mutex::new(state), clock }
     }
 
@@ -50,7 +50,7 @@ impl Switchboard {
     #[cfg(test)]
     pub fn without_faults(clock: Clock) -> Switchboard {
         let schedule = FaultSchedule { entries: Vec::new() };
-        Switchboard { state: Mutex::new(State { schedule, firewalls: None, events: Vec::new() }), clock }
+        Switchboard { state: Mutex::new(State { schedule, installed: None, events: Vec::new() }), clock }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -78,22 +78,20 @@ impl Switchboard {
         self.lock().schedule.next_due()
     }
 
-    /// Ends the switching: hands back the firewalls (to read their counters) and the switch events.
-    pub fn finish(&self) -> (Vec<Firewall>, Vec<Event>) {
+    /// Ends the switching: hands back the hosts' faults (to read their counters) and the switch events.
+    pub fn finish(&self) -> (Vec<HostFaults>, Vec<Event>) {
         let mut state = self.lock();
-        (state.firewalls.take().unwrap_or_default(), std::mem::take(&mut state.events))
+        (state.installed.take().unwrap_or_default(), std::mem::take(&mut state.events))
     }
 
     fn switch(&self, state: &mut State) -> Result<()> {
-        let State { schedule, firewalls, events } = state;
-        let Some(firewalls) = firewalls else { return Ok(()) };
+        let State { schedule, installed, events } = state;
+        let Some(installed) = installed else { return Ok(()) };
         for (fault, on) in schedule.due(self.clock.now()) {
-            let firewall = &mut firewalls[fault.host.index()];
+            installed[fault.host.index()].switch(fault, on).map_err(|e| e.at(fault.location))?;
             let kind = if on {
-                firewall.activate(&fault.name).map_err(|e| e.at(fault.location))?;
                 EventKind::FaultOn { fault: fault.name.clone() }
             } else {
-                firewall.deactivate(&fault.name).map_err(|e| e.at(fault.location))?;
                 EventKind::FaultOff { fault: fault.name.clone() }
             };
             events.push(Event { t: self.clock.now(), host: fault.host, kind });
@@ -366,12 +364,12 @@ client:
         // when the host's next step had already sent its segment. The program's own call switches it now.
         let plan = plan();
         let namespaces = [Netns::new_anonymous().unwrap(), Netns::new_anonymous().unwrap()];
-        let firewalls = HostId::ALL
+        let installed = HostId::ALL
             .iter()
-            .map(|host| Firewall::install(&namespaces[host.index()], *host, &plan.faults).unwrap())
+            .map(|host| HostFaults::install(&namespaces[host.index()], *host, &plan.faults).unwrap())
             .collect();
         let clock = Clock::started();
-        let board = Switchboard::new(&plan, firewalls, clock.clone());
+        let board = Switchboard::new(&plan, installed, clock.clone());
         let end = Event {
             t: clock.now(),
             host: HostId::Client,

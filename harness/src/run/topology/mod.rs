@@ -23,6 +23,7 @@ use crate::run::netns::Netns;
 use crate::scenario::plan::{HostId, HostPlan, Plan, Sysctl};
 pub use ethtool::{active_offloads, turn_off_offloads};
 use rtnl::{Request, Rtnl};
+pub use sysctl::effective_sysctls;
 use sysctl::{write_sysctl, SysctlError};
 
 /// Name of the veth end in each host's namespace; both ends share it since they live in different namespaces.
@@ -80,7 +81,7 @@ pub fn link_mac(host: HostId) -> [u8; 6] {
 ///
 /// Offloads go off before the link goes up, so no frame ever leaves with a deferred checksum or as a
 /// super-segment. `build` returns once both ends are operational (`ip link show nf0` says `state UP`); see
-/// [`wait_operational`].
+/// `wait_operational`.
 pub fn build(plan: &Plan, client: &Netns, server: &Netns) -> Result<Topology> {
     let client_rtnl = client.run(|| prepare_host(plan, HostId::Client))?;
     let server_rtnl = server.run(|| prepare_host(plan, HostId::Server))?;
