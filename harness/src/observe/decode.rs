@@ -513,6 +513,33 @@ mod tests {
     }
 
     #[test]
+    fn a_packet_dropped_before_it_left_is_numbered_from_the_isns_the_captures_learnt() {
+        // The drop tracer has the packet from its IPv4 header on, and never saw the handshake: the captures did.
+        let shared = SharedIsns::default();
+        let mut client_capture = Decoder::sharing(shared.clone());
+        let mut server_capture = Decoder::sharing(shared.clone());
+        client_capture.decode(&syn(40000, 5000), true).unwrap();
+        server_capture.decode(&syn_ack(40000, 90_000, 5000), true).unwrap();
+        let probe = Segment {
+            sport: 40000,
+            dport: 9000,
+            seq: 5000 + 1152,
+            ack: 90_001,
+            flags: 0x10,
+            window: 63,
+            options: &[],
+            data: &[],
+        };
+        let mut tracer = Decoder::sharing(shared);
+        let event = tracer.decode_ip(&ip_packet(CLIENT, SERVER, IPPROTO_TCP, 9, &tcp(&probe)), true).unwrap();
+        assert_eq!((event.seq, event.ack, event.sport, event.dport), (1152, 1, 40000, 9000));
+        assert_eq!(event.direction, PacketDirection::Out);
+        // Without the shared numbers it would print them absolute.
+        let event = Decoder::new().decode_ip(&ip_packet(CLIENT, SERVER, IPPROTO_TCP, 9, &tcp(&probe)), true).unwrap();
+        assert_eq!((event.seq, event.ack), (6152, 90_001));
+    }
+
+    #[test]
     fn connections_are_kept_apart_and_unseen_syns_leave_numbers_absolute() {
         let mut decoder = Decoder::new();
         decoder.decode(&syn(40000, 5000), true).unwrap();

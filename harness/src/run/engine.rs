@@ -483,6 +483,45 @@ mod tests {
     }
 
     #[test]
+    fn a_packet_dropped_before_it_left_is_marked_with_the_active_egress_fault_that_matches_it() {
+        let plan = crate::scenario::parse(
+            "egress",
+            Path::new("egress.yaml"),
+            "description: d\nfaults:\n  - { name: local, at: client, match: { dport: 9000 }, action: qdisc-drop, from: 1s }\n  \
+             - { name: other-port, at: client, direction: egress, match: { dport: 9001 }, action: drop }\nclient:\n  \
+             - sleep: 2s\n",
+        )
+        .unwrap();
+        let dropped = |t: u64| {
+            let mut event = ack(ms(t), HostId::Client, PacketDirection::Out);
+            if let EventKind::Packet(packet) = &mut event.kind {
+                packet.dropped = Some(crate::timeline::DroppedBy::Qdisc);
+            }
+            event
+        };
+        let mut timeline = Timeline::new(vec![
+            Event { t: ms(0), host: HostId::Client, kind: EventKind::FaultOn { fault: "other-port".into() } },
+            // Before `local` is on: dropped, but by no fault of the plan that was on.
+            dropped(500),
+            Event { t: ms(1000), host: HostId::Client, kind: EventKind::FaultOn { fault: "local".into() } },
+            dropped(1200),
+            // One that left is not the egress fault's, even while it is on.
+            ack(ms(1300), HostId::Client, PacketDirection::Out),
+            ack(ms(1300), HostId::Server, PacketDirection::In),
+        ]);
+        annotate_faults(&mut timeline, &plan);
+        let marks: Vec<Option<&str>> = timeline
+            .events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::Packet(p) => Some(p.fault.as_deref()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(marks, vec![None, Some("local"), None, None]);
+    }
+
+    #[test]
     fn a_capture_that_lost_frames_is_a_harness_error_naming_its_host() {
         let whole = CaptureStats { packets: 40, bytes: 4000, kernel_drops: 0, interface_frames: 40 };
         let dropped = CaptureStats { packets: 37, bytes: 3700, kernel_drops: 3, interface_frames: 40 };

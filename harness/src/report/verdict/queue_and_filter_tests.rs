@@ -163,6 +163,21 @@ fn packet_filter_by_window_and_protocol() {
     assert_eq!(describe_filter(&icmp), "packets from server (icmp)");
 }
 
+#[test]
+fn packets_dropped_before_they_left_are_counted_only_when_asked_for() {
+    let mut dropped = packet(2, HostId::Server, Protocol::Tcp, 0x10, 0, 0);
+    if let EventKind::Packet(packet) = &mut dropped.kind {
+        packet.dropped = Some(crate::timeline::DroppedBy::Netfilter);
+    }
+    let timeline = Timeline::new(vec![packet(1, HostId::Server, Protocol::Tcp, 0x10, 0, 0), dropped]);
+    let sent = sent_by_all(&timeline);
+    let at = |filter: PacketFilter| sent_packets(&sent, &filter).map(|(t, _)| t).collect::<Vec<_>>();
+    assert_eq!(at(PacketFilter::default()), vec![ms(1)], "packets that left, by default");
+    let only_dropped = PacketFilter { dropped: true, ..PacketFilter::default() };
+    assert_eq!(at(only_dropped.clone()), vec![ms(2)]);
+    assert_eq!(describe_filter(&only_dropped), "packets dropped before they left");
+}
+
 fn step_event(t: u64, host: HostId, step: usize, end: bool) -> Event {
     let label = format!("#{}", step + 1);
     let kind = if end {
