@@ -460,6 +460,18 @@ mod tests {
     use super::*;
     use crate::run::switchboard::tests::{ack, ms, plan};
 
+    /// The fault mark of each packet of the timeline, in order.
+    fn fault_marks(timeline: &Timeline) -> Vec<Option<&str>> {
+        timeline
+            .events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::Packet(p) => Some(p.fault.as_deref()),
+                _ => None,
+            })
+            .collect()
+    }
+
     #[test]
     fn packets_taken_by_an_active_ingress_fault_are_marked_on_both_copies() {
         let plan = plan();
@@ -471,14 +483,7 @@ mod tests {
             ack(ms(700), HostId::Server, PacketDirection::In),
         ]);
         annotate_faults(&mut timeline, &plan);
-        let marks: Vec<Option<&str>> = timeline
-            .events
-            .iter()
-            .filter_map(|e| match &e.kind {
-                EventKind::Packet(p) => Some(p.fault.as_deref()),
-                _ => None,
-            })
-            .collect();
+        let marks = fault_marks(&timeline);
         assert_eq!(marks, vec![None, None, Some("after-connect"), Some("after-connect")]);
     }
 
@@ -510,14 +515,7 @@ mod tests {
             ack(ms(1300), HostId::Server, PacketDirection::In),
         ]);
         annotate_faults(&mut timeline, &plan);
-        let marks: Vec<Option<&str>> = timeline
-            .events
-            .iter()
-            .filter_map(|e| match &e.kind {
-                EventKind::Packet(p) => Some(p.fault.as_deref()),
-                _ => None,
-            })
-            .collect();
+        let marks = fault_marks(&timeline);
         assert_eq!(marks, vec![None, Some("local"), None, None]);
     }
 

@@ -366,15 +366,7 @@ pub fn instructions(layout: &SockLayout, namespaces: [u32; 2], maps: Maps) -> Ve
     a.probe(SLOT_SPAN, R6, Field { offset: span_start, size: span_len });
     // The namespace's inode: one of the run's two, else not ours.
     a.load(SIZE_DW, R9, FP, in_span(layout.net));
-    a.probe(SLOT_INUM, R9, layout.inum);
-    a.load(SIZE_W, R1, FP, SLOT_INUM);
-    a.mov_imm(R9, 0);
-    a.jump32(OP_JEQ, R1, namespaces[0], Label::Ours);
-    a.jump32(OP_JEQ, R1, namespaces[1], Label::Server);
-    a.jump(OP_JA, 0, 0, Label::Out);
-    a.label(Label::Server);
-    a.mov_imm(R9, 1);
-    a.label(Label::Ours);
+    a.host_of_namespace(R9, layout.inum, namespaces);
     // IPv4 TCP only (the tracepoint fires for SCTP and MPTCP too, and for IPv6).
     a.load(SIZE_H, R1, FP, in_span(layout.family));
     a.jump(OP_JNE, R1, AF_INET, Label::Out);
@@ -426,15 +418,7 @@ pub fn drop_instructions(sock: &SockLayout, skb: &SkbLayout, namespaces: [u32; 2
     a.jump(OP_JEQ, R9, 0, Label::Out);
     a.probe(SLOT_NET_POINTER, R9, sock.net);
     a.load(SIZE_DW, R9, FP, SLOT_NET_POINTER);
-    a.probe(SLOT_INUM, R9, sock.inum);
-    a.load(SIZE_W, R1, FP, SLOT_INUM);
-    a.mov_imm(R9, 0);
-    a.jump32(OP_JEQ, R1, namespaces[0], Label::Ours);
-    a.jump32(OP_JEQ, R1, namespaces[1], Label::Server);
-    a.jump(OP_JA, 0, 0, Label::Out);
-    a.label(Label::Server);
-    a.mov_imm(R9, 1);
-    a.label(Label::Ours);
+    a.host_of_namespace(R9, sock.inum, namespaces);
     // skb->head + skb->network_header: the IPv4 header.
     a.probe(SLOT_HEAD, R6, skb.head);
     a.probe(SLOT_NETWORK_HEADER, R6, skb.network_header);
@@ -476,6 +460,20 @@ pub fn tc_drop_marked_instructions(mark: u32, mask: u32) -> Vec<u64> {
 }
 
 impl Assembler {
+    /// The host whose namespace `net` (a `struct net *` in a register) is, into R9 (0 client, 1 server), read
+    /// through its inode number field `inum`; the program leaves through [`Label::Out`] for any other namespace.
+    fn host_of_namespace(&mut self, net: u8, inum: Field, namespaces: [u32; 2]) {
+        self.probe(SLOT_INUM, net, inum);
+        self.load(SIZE_W, R1, FP, SLOT_INUM);
+        self.mov_imm(R9, 0);
+        self.jump32(OP_JEQ, R1, namespaces[0], Label::Ours);
+        self.jump32(OP_JEQ, R1, namespaces[1], Label::Server);
+        self.jump(OP_JA, 0, 0, Label::Out);
+        self.label(Label::Server);
+        self.mov_imm(R9, 1);
+        self.label(Label::Ours);
+    }
+
     /// `bpf_ringbuf_reserve(ring, len)`, the program leaving through [`Label::Lost`] when there is no room; then
     /// the record's kind, host (R9) and time (from [`SLOT_TIME`]). The record is in R0.
     fn reserve(&mut self, ring: i32, len: usize, kind: u32) {
