@@ -569,7 +569,7 @@ mod tests {
     }
 
     #[test]
-    fn rst_without_ack_shows_relative_seq_and_zero_ack() {
+    fn rst_without_ack_shows_relative_seq_and_prints_no_ack() {
         let mut decoder = Decoder::new();
         decoder.decode(&syn(40000, 1000), true).unwrap();
         decoder.decode(&syn_ack(40000, 50_000, 1000), false).unwrap();
@@ -587,6 +587,12 @@ mod tests {
         assert_eq!(event.flags, 0x04);
         assert_eq!((event.seq, event.ack, event.window, event.len), (1, 0, 0, 0));
         assert_eq!(crate::timeline::format_tcp_flags(event.flags), "R");
+        // Found by the issue-12 cases: printed `ack 0`, which tcpdump does not print for a segment without ACK.
+        assert_eq!(event.to_string(), "10.0.0.2.9000 > 10.0.0.1.40000: Flags [R], seq 1, win 0, length 0");
+        let syn = decoder.decode(&syn(40001, 7), true).unwrap();
+        assert!(syn.to_string().starts_with("10.0.0.1.40001 > 10.0.0.2.9000: Flags [S], seq 0, win 64240, length 0"));
+        let syn_ack = decoder.decode(&syn_ack(40001, 70, 7), false).unwrap();
+        assert!(syn_ack.to_string().contains("Flags [S.], seq 0, ack 1, win 65160"), "{syn_ack}");
     }
 
     #[test]

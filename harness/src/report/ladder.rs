@@ -258,7 +258,8 @@ fn arrows(wire: &Wire) -> Vec<Arrow> {
             let event = first.event.as_ref();
             let label = match event {
                 Some(p) if p.protocol == IpProtocol::Known(Protocol::Tcp) => {
-                    format!("{} seq {} ack {} win {} len {}", format_tcp_flags(p.flags), p.seq, p.ack, p.window, p.len)
+                    let ack = p.shown_ack().map(|ack| format!(" ack {ack}")).unwrap_or_default();
+                    format!("{} seq {}{ack} win {} len {}", format_tcp_flags(p.flags), p.seq, p.window, p.len)
                 }
                 Some(p) => format!("{} {}", p.protocol, p.options),
                 None => first.summary.clone(),

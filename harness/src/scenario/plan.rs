@@ -251,7 +251,8 @@ pub enum Action {
     /// `bind` (if a port is given) then `listen(backlog)`.
     Listen { port: Option<u16>, backlog: u32 },
     /// `accept()`; the new socket becomes the current one and may be named.
-    Accept { name: Option<String> },
+    /// `nonblocking`: this call alone with O_NONBLOCK (EAGAIN when no connection is queued).
+    Accept { name: Option<String>, nonblocking: bool },
     /// `connect(address, port)` to host `to`; nonblocking returns EINPROGRESS at once. `after_listen` is the
     /// peer's start-up `listen` on that port, which the connect waits for so the two programs do not race.
     Connect { to: HostId, address: Ipv4Addr, port: u16, nonblocking: bool, after_listen: Option<StepRef> },

@@ -416,7 +416,7 @@ pub struct StepMapWire {
     #[serde(default, deserialize_with = "present")]
     pub listen: Option<ListenWire>,
     #[serde(default, deserialize_with = "present")]
-    pub accept: Option<EmptyWire>,
+    pub accept: Option<AcceptWire>,
     #[serde(default, deserialize_with = "present")]
     pub connect: Option<ConnectWire>,
     #[serde(default, deserialize_with = "present")]
@@ -465,6 +465,13 @@ pub struct BindWire {
 pub struct ListenWire {
     pub port: Option<Scalar>,
     pub backlog: Option<Scalar>,
+}
+
+/// `accept: { nonblocking }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcceptWire {
+    pub nonblocking: Option<Scalar>,
 }
 
 /// `connect: { to, port, nonblocking }`.
@@ -625,12 +632,13 @@ pub struct ToleranceWire {
     pub late: Option<Scalar>,
 }
 
-/// The map form of `since:`: `{ packet: { from: server, window: 0 }, nth: 1 }`.
+/// The map form of `since:`: `{ packet: { from: server, window: 0 }, nth: 1 }` or `{ started: client.connect }`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinceWire {
     pub packet: Option<PacketFilterWire>,
     pub nth: Option<Scalar>,
+    pub started: Option<Scalar>,
 }
 
 /// One item of `expect: { queues: [...] }`.
@@ -675,6 +683,7 @@ pub const MAP_DESCRIPTIONS: &[(&str, &str)] = &[
     ("EmptyWire", "nothing or {}"),
     ("BindWire", "a map like { port: 9000 }"),
     ("ListenWire", "a map like { port: 9000, backlog: 16 }"),
+    ("AcceptWire", "nothing, {} or { nonblocking: true }"),
     ("ConnectWire", "a map like { to: server, port: 9000 }"),
     ("PollWire", "a map like { events: [POLLIN], timeout: 5s }"),
     ("SendWire", "a map like { bytes: 1000, repeat: 3, every: 1s }"),
@@ -688,7 +697,7 @@ pub const MAP_DESCRIPTIONS: &[(&str, &str)] = &[
     ("StateStepWire", "a map like { state: GONE, at: 7s }"),
     ("QueueExpectWire", "a map like { host: server, listener: true, queue: recv, sequence: [0, 1] }"),
     ("QueueStepWire", "a map like { value: 1, at: 8s }"),
-    ("SinceWire", "a step like client.connect, or a map like { packet: { from: server, window: 0 }, nth: 1 }"),
+    ("SinceWire", "a step like client.connect, or a map like { packet: { from: server, window: 0 }, nth: 1 } or { started: client.connect }"),
     ("ToleranceWire", "a duration like 250ms, or a map like { early: 0s, late: 500ms }"),
     ("TimerExpectWire", "a map like { host: client, timer: keepalive }"),
     ("RequiresWire", "a map like { kernel: \">= 6.7\", sysctl: { net.ipv4.tcp_rto_max_ms: present } }"),

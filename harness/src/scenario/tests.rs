@@ -153,7 +153,7 @@ fn complete_scenario_becomes_the_expected_plan() {
 
     assert_eq!(server.steps.len(), 3);
     assert!(matches!(server.steps[0].action, Action::Listen { port: Some(9000), backlog: 16 }));
-    assert!(matches!(&server.steps[1].action, Action::Accept { name: Some(n) } if n == "conn"));
+    assert!(matches!(&server.steps[1].action, Action::Accept { name: Some(n), nonblocking: false } if n == "conn"));
     assert_eq!(server.steps[2].socket.as_deref(), Some("conn"));
 
     let names: Vec<&str> = plan.faults.iter().map(|f| f.name.as_str()).collect();
@@ -296,13 +296,25 @@ fn bare_steps_and_empty_parameters() {
     );
     assert!(matches!(got[0], Action::Socket { name: None, ref options, nonblocking: false } if options.is_empty()));
     assert!(matches!(got[1], Action::Listen { port: None, backlog: 128 }));
-    assert!(matches!(got[2], Action::Accept { name: None }));
+    assert!(matches!(got[2], Action::Accept { name: None, nonblocking: false }));
     assert!(matches!(got[3], Action::Recv { max: 65536, until_eof: false }));
     assert!(matches!(got[4], Action::Recv { max: 65536, until_eof: false }));
     assert!(matches!(got[5], Action::Close));
-    assert!(matches!(got[6], Action::Accept { name: None }));
+    assert!(matches!(got[6], Action::Accept { name: None, nonblocking: false }));
     assert!(matches!(got[7], Action::Close));
     assert!(matches!(got[8], Action::Close));
+}
+
+#[test]
+fn a_nonblocking_accept_and_a_poll_for_errors_only() {
+    // Found by the issue-12 cases: neither could be written.
+    let got = actions(
+        "server:\n  - listen: { port: 9000 }\n  - accept: { nonblocking: true }\n  - accept: { nonblocking: false }\n  \
+         - poll: { events: [], timeout: 1s }\n",
+    );
+    assert!(matches!(got[1], Action::Accept { name: None, nonblocking: true }));
+    assert!(matches!(got[2], Action::Accept { name: None, nonblocking: false }));
+    assert!(matches!(&got[3], Action::Poll { events, .. } if events.is_empty()));
 }
 
 #[test]
@@ -1331,7 +1343,12 @@ fn more_bad_inputs_with_positions() {
         "SO_KEEPALIVE 2 is out of range; allowed: 0..1",
     );
     refused("description: d\nclient:\n  - setsockopt: {}\n", 3, 17, "setsockopt needs at least one option");
-    refused("description: d\nclient:\n  - poll: { events: [], timeout: 1s }\n", 3, 21, "poll needs at least one event");
+    refused(
+        "description: d\nserver:\n  - listen\n  - accept: { nonblocking: 1 }\n",
+        4,
+        27,
+        "nonblocking must be true or false",
+    );
     refused("description: d\nclient:\n  - poll: { events: [POLLIN] }\n", 3, 11, "poll needs \"timeout\"");
     refused("description: d\nclient:\n  - close: {}\n    name: 'a b'\n", 4, 11, "step name \"a b\" is not allowed");
     refused(

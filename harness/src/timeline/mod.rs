@@ -350,6 +350,15 @@ impl fmt::Display for Event {
 }
 
 /// The packet as `tcpdump -n` prints it, without the time: `10.0.0.1.35712 > 10.0.0.2.9000: Flags [.], ...`.
+impl PacketEvent {
+    /// The acknowledgment number, when the segment carries one (its ACK flag is set): tcpdump prints none for
+    /// a SYN or a RST without ACK, whose field means nothing.
+    pub fn shown_ack(&self) -> Option<u32> {
+        const TCP_ACK: u8 = 0x10;
+        (self.flags & TCP_ACK != 0).then_some(self.ack)
+    }
+}
+
 impl fmt::Display for PacketEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let p = self;
@@ -358,17 +367,18 @@ impl fmt::Display for PacketEvent {
         }
         write!(
             f,
-            "{}.{} > {}.{}: Flags [{}], seq {}, ack {}, win {}, length {}",
+            "{}.{} > {}.{}: Flags [{}], seq {}",
             p.src,
             p.sport,
             p.dst,
             p.dport,
             format_tcp_flags(p.flags),
-            p.seq,
-            p.ack,
-            p.window,
-            p.len
+            p.seq
         )?;
+        if let Some(ack) = p.shown_ack() {
+            write!(f, ", ack {ack}")?;
+        }
+        write!(f, ", win {}, length {}", p.window, p.len)?;
         if !p.options.is_empty() {
             write!(f, ", [{}]", p.options)?;
         }

@@ -198,6 +198,11 @@ fn resolve_anchor(facts: &Facts<'_>, since: Option<&Since>, location: Location) 
             let end = facts.steps.get(step.host, step.index).and_then(|record| record.end);
             (name.clone(), end, (format!("{name} to finish"), "it never finished".to_string()))
         }
+        Some(Since::Started(step)) => {
+            let name = format!("the start of {step}");
+            let start = facts.steps.get(step.host, step.index).and_then(|record| record.start);
+            (name, start, (format!("{step} to start"), "it never started".to_string()))
+        }
         Some(Since::Packet { filter, nth }) => {
             let name = format!("the {} of the {}", ordinal(*nth), describe_filter(filter));
             let seen: Vec<Duration> = sent_packets(&facts.sent, filter).map(|(t, _)| t).collect();

@@ -231,6 +231,43 @@ fn times_since_a_step_count_from_its_end() {
 }
 
 #[test]
+fn times_since_a_steps_start_count_from_its_start() {
+    // Found by the issue-12 cases: `since: { started: ... }` was refused, though triggers have `started`.
+    let plan = crate::scenario::parse(
+        "anchor",
+        std::path::Path::new("anchor.yaml"),
+        "description: d\nclient:\n  - sleep: 1s\n  - connect: { port: 9000 }\n    name: connect\n\
+         expect:\n  packets:\n    - { from: server, flags: \".\", at: [2s], since: { started: client.connect }, tolerance: 50ms }\n",
+    )
+    .unwrap();
+    assert_eq!(
+        plan.expect.packets[0].since,
+        Some(Since::Started(StepRef { host: HostId::Client, index: 1, name: "connect".into() }))
+    );
+    let timeline = |packet_at: u64| {
+        Timeline::new(vec![
+            step_event(1000, HostId::Client, 1, false),
+            step_event(1500, HostId::Client, 1, true),
+            packet(packet_at, HostId::Server, Protocol::Tcp, 0x10, 64, 0),
+        ])
+    };
+    assert_eq!(judge(&plan, &timeline(3000)).failures, vec![], "2 s after the start at 1 s");
+    let late = judge(&plan, &timeline(3500)).failures;
+    assert_eq!(late.len(), 1, "2 s after the end is not 2 s after the start");
+    assert_eq!(late[0].subject, "packets from server [.] since the start of client.connect (1.000000s)");
+    let never = judge(&plan, &Timeline::new(vec![])).failures;
+    assert_eq!((never[0].expected.as_str(), never[0].actual.as_str()), ("client.connect to start", "it never started"));
+    let both = crate::scenario::parse(
+        "anchor",
+        std::path::Path::new("anchor.yaml"),
+        "description: d\nclient:\n  - connect: { port: 9000 }\n    name: connect\n\
+         expect:\n  packets:\n    - { from: server, count: 0, since: { started: client.connect, nth: 2 } }\n",
+    )
+    .unwrap_err();
+    assert!(both.to_string().contains("since counts from one moment"), "{both}");
+}
+
+#[test]
 fn an_anchor_step_that_never_ended_fails_its_expectations() {
     let plan = crate::scenario::parse(
         "anchor",

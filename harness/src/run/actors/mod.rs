@@ -220,7 +220,7 @@ impl Actor {
             Action::SetOpt { options } => self.set_options(named, options),
             Action::Bind { port } => self.bind(named, *port),
             Action::Listen { port, backlog } => self.listen(named, *port, *backlog),
-            Action::Accept { name } => self.accept(named, name.clone()),
+            Action::Accept { name, nonblocking } => self.accept(named, name.clone(), *nonblocking),
             Action::Connect { address, port, nonblocking, .. } => self.connect(named, *address, *port, *nonblocking),
             Action::Poll { events, timeout } => self.poll(named, events, *timeout),
             Action::Send { bytes, repeat, every, until } => self.send(named, *bytes, *repeat, *every, *until),
@@ -338,9 +338,9 @@ impl Actor {
         }
     }
 
-    fn accept(&mut self, named: Option<&str>, name: Option<String>) -> StepResult {
+    fn accept(&mut self, named: Option<&str>, name: Option<String>, nonblocking: bool) -> StepResult {
         let lookup = self.sockets.lookup(named);
-        match sockets::accept(lookup.fd()) {
+        match sockets::accept(lookup.fd(), nonblocking) {
             Ok((fd, peer)) => {
                 self.sockets.add(name, fd);
                 (Outcome::Ok, Some(format!("from {peer}")))

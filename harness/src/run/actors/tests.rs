@@ -88,7 +88,7 @@ fn wait_listening() -> StepPlan {
 }
 
 fn accept() -> Action {
-    Action::Accept { name: None }
+    Action::Accept { name: None, nonblocking: false }
 }
 
 fn connect() -> Action {
@@ -768,4 +768,35 @@ fn a_traced_program_puts_its_socket_errors_on_the_timeline_when_they_happened() 
     for (t, _) in &errors {
         assert!(*t >= started && *t <= ends[1].t, "errno at {t:?}, step from {started:?} to {:?}", ends[1].t);
     }
+}
+
+#[test]
+fn a_nonblocking_accept_with_nothing_queued_gives_eagain_and_leaves_the_listener_blocking() {
+    // Found by the issue-12 cases (packetdrill's nonblocking accept): the format could not write it.
+    let server = vec![listen(), named("tried", Action::Accept { name: None, nonblocking: true }), step(accept())];
+    let client = vec![step(wait(HostId::Server, "tried")), step(sleep(50)), step(connect())];
+    let run = run(client, server, Duration::from_secs(10));
+    let outcomes = run.outcomes(HostId::Server);
+    assert_eq!(outcomes[1], error("EAGAIN"), "nothing queued yet");
+    assert_eq!(outcomes[2], Outcome::Ok, "the next accept blocks until the client connects");
+    let waited = run.ends(HostId::Server)[2].t - run.start_time(HostId::Server, 2);
+    assert!(waited >= Duration::from_millis(50), "it blocked for the client's connect: {waited:?}");
+}
+
+#[test]
+fn a_poll_for_no_events_wakes_on_errors_and_hangups_only() {
+    let client = vec![
+        step(Action::Socket { name: Some("c".into()), options: vec![], nonblocking: false }),
+        step(Action::Connect {
+            to: HostId::Server,
+            address: Ipv4Addr::LOCALHOST,
+            port: CLOSED_PORT,
+            nonblocking: true,
+            after_listen: None,
+        }),
+        step(Action::Poll { events: vec![], timeout: Duration::from_secs(3) }),
+    ];
+    let run = run(client, vec![], Duration::from_secs(10));
+    let outcomes = run.outcomes(HostId::Client);
+    assert_eq!(outcomes[2], Outcome::Events(vec!["POLLERR".into(), "POLLHUP".into()]), "no POLLOUT: not asked");
 }
