@@ -13,7 +13,8 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Child, Command, ExitCode, Output, Stdio};
+use std::sync::{Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -93,13 +94,8 @@ fn run_scenario_process(exe: &Path, dir: &Path) -> Result<String, String> {
         uid = NOBODY;
     }
     let job = Job { file, root, reports: reports.clone(), run: None, ring_memory: 0 };
-    let output = command
-        .arg(CHILD_COMMAND)
-        .args(job.child_args())
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("spawn {command:?}: {e}"))?;
+    command.arg(CHILD_COMMAND).args(job.child_args()).current_dir("/").stdin(Stdio::null());
+    let output = output_of(&mut command)?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     let summary = stdout.lines().last().unwrap_or_default();
@@ -177,7 +173,7 @@ fn rootless_scenario() -> Result<(), String> {
         if nix::unistd::geteuid().is_root() {
             command.uid(NOBODY).gid(NOBODY);
         }
-        let output = command.output().map_err(|e| format!("spawn {command:?}: {e}"))?;
+        let output = output_of(&mut command)?;
         let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
         if !output.status.success() || !said.contains("PASS  quick") {
             return Err(format!("rootless `netfault run` failed ({}): {said}", output.status));
@@ -199,21 +195,33 @@ fn rootless_scenario() -> Result<(), String> {
 }
 
 fn copy_executable(exe: &Path, dir: &Path, copy: &Path) -> Result<(), String> {
+    let _writing = COPIES.lock().unwrap_or_else(PoisonError::into_inner);
     fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
     fs::copy(exe, copy).map_err(|e| format!("cp {} {}: {e}", exe.display(), copy.display()))?;
     fs::set_permissions(copy, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())
 }
 
+/// Held while a trial writes its copy of an executable and while it starts a child: a child that another
+/// trial's thread forks while a copy is open for writing holds that descriptor until it execs, and starting
+/// the copy then fails with ETXTBSY ("Text file busy"). `spawn` returns once the child has exec'd.
+static COPIES: Mutex<()> = Mutex::new(());
+
+fn spawn(command: &mut Command) -> Result<Child, String> {
+    let _starting = COPIES.lock().unwrap_or_else(PoisonError::into_inner);
+    command.spawn().map_err(|e| format!("spawn {command:?}: {e}"))
+}
+
+/// `command.output()`, started under [`COPIES`].
+fn output_of(command: &mut Command) -> Result<Output, String> {
+    let child = spawn(command.stdout(Stdio::piped()).stderr(Stdio::piped()))?;
+    child.wait_with_output().map_err(|e| format!("wait for {command:?}: {e}"))
+}
+
 /// Starts the child, waits for it at most [`CHILD_TIMEOUT`] and returns what it reported.
 fn run_child(mut command: Command) -> Result<String, String> {
-    let mut child = command
-        .env(CHILD_ENV, "1")
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("spawn {command:?}: {e}"))?;
+    let mut child = spawn(
+        command.env(CHILD_ENV, "1").current_dir("/").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()),
+    )?;
     let deadline = Instant::now() + CHILD_TIMEOUT;
     let status = loop {
         match child.try_wait().map_err(|e| e.to_string())? {

@@ -1214,7 +1214,7 @@ fn more_bad_inputs_with_positions() {
         "description: d\nclient:\n  - accept: { backlog: 3 }\n",
         3,
         15,
-        "unknown key \"backlog\" in accept `client[0].accept`; it takes no keys",
+        "unknown key \"backlog\" in accept `client[0].accept`; allowed: nonblocking",
     );
     refused(
         "description: d\nclient:\n  - listen: { port: 1 }\n  - accept: {}\n    as: 9\n",
@@ -1344,10 +1344,10 @@ fn more_bad_inputs_with_positions() {
     );
     refused("description: d\nclient:\n  - setsockopt: {}\n", 3, 17, "setsockopt needs at least one option");
     refused(
-        "description: d\nserver:\n  - listen\n  - accept: { nonblocking: 1 }\n",
+        "description: d\nserver:\n  - listen\n  - accept: { nonblocking: 2 }\n",
         4,
-        27,
-        "nonblocking must be true or false",
+        28,
+        "nonblocking must be true or false, not 2",
     );
     refused("description: d\nclient:\n  - poll: { events: [POLLIN] }\n", 3, 11, "poll needs \"timeout\"");
     refused("description: d\nclient:\n  - close: {}\n    name: 'a b'\n", 4, 11, "step name \"a b\" is not allowed");
