@@ -2,8 +2,8 @@
 //! its deadline; and the libtest-mimic glue that makes every scenario one `cargo test` trial.
 
 use std::ffi::OsString;
-use std::io::Read;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -132,6 +132,9 @@ fn spawn_and_wait(exe: &Path, job: &Job, deadline: Duration, supervisor: &Superv
     let mut command = Command::new(exe);
     command.arg(CHILD_COMMAND).args(job.child_args());
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    if let Some(namespace) = netns::private_parent_for_children() {
+        command.env(netns::PRIVATE_PARENT_ENV, namespace);
+    }
     // The child, and with it its namespaces, must not outlive the runner, whatever kills the runner.
     unsafe {
         command.pre_exec(|| {
@@ -142,16 +145,19 @@ fn spawn_and_wait(exe: &Path, job: &Job, deadline: Duration, supervisor: &Superv
         });
     }
     let mut child = command.spawn().context(|| format!("start {} {CHILD_COMMAND}", exe.display()))?;
-    let stdout = read_to_end_in_background(child.stdout.take());
-    let stderr = read_to_end_in_background(child.stderr.take());
+    let mut output = ChildOutput::take(&mut child);
     let limit = deadline + CHILD_GRACE;
     let started = Instant::now();
-    let ended = wait_bounded(&mut child, limit, supervisor)?;
-    let output_wait = if matches!(ended, Ended::Exited(_)) { OUTPUT_AFTER_EXIT_WAIT } else { OUTPUT_CLOSE_WAIT };
-    let stdout = stdout.recv_timeout(output_wait).unwrap_or_default();
-    let stderr = stderr.recv_timeout(output_wait).unwrap_or_default();
-    let summary = stdout.lines().rev().find_map(|line| serde_json::from_str::<Summary>(line).ok());
+    let ended = wait_bounded(&mut child, &mut output, limit, supervisor)?;
+    let summary = output.summary();
+    let stderr = output.stderr_text();
     match (ended, summary) {
+        (Ended::Reported, Some(summary)) => {
+            // The scenario process is only exiting (see `pidns`); the process started here exits at once, and
+            // with it the last of the scenario.
+            wait_with_timeout(&mut child, OUTPUT_AFTER_EXIT_WAIT)?;
+            Ok(summary)
+        }
         (Ended::Exited(_), Some(summary)) => Ok(summary),
         (Ended::Stopped(reason), _) => Err(Error::Internal(format!(
             "stopped: {reason}; the scenario process was killed after {:.1}s, before its report{}",
@@ -169,6 +175,7 @@ fn spawn_and_wait(exe: &Path, job: &Job, deadline: Duration, supervisor: &Superv
             "scenario process ended ({status}) without a verdict{}",
             tail("child stderr", &stderr)
         ))),
+        (Ended::Reported, None) => unreachable!("a scenario process reports with its summary"),
     }
 }
 
@@ -180,23 +187,58 @@ fn tail(what: &str, text: &str) -> String {
     format!("\n  {what}:\n    {}", lines[lines.len().saturating_sub(15)..].join("\n    "))
 }
 
-/// Reads the pipe to its end on a thread of its own; the text arrives on the channel.
-fn read_to_end_in_background<R: Read + Send + 'static>(pipe: Option<R>) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let mut text = String::new();
-        if let Some(mut pipe) = pipe {
-            let mut bytes = Vec::new();
-            let _ = pipe.read_to_end(&mut bytes);
-            text = String::from_utf8_lossy(&bytes).into_owned();
+/// A scenario process's stdout and stderr, read as they come by the thread that waits for it.
+struct ChildOutput {
+    /// stdout, stderr; `None` once at its end.
+    pipes: [Option<OwnedFd>; 2],
+    text: [Vec<u8>; 2],
+}
+
+impl ChildOutput {
+    fn take(child: &mut Child) -> ChildOutput {
+        ChildOutput {
+            pipes: [child.stdout.take().map(OwnedFd::from), child.stderr.take().map(OwnedFd::from)],
+            text: [Vec::new(), Vec::new()],
         }
-        let _ = tx.send(text);
-    });
-    rx
+    }
+
+    /// One read from each pipe `ready` names (poll said it has data or is closed); a pipe at its end is dropped.
+    fn read_ready(&mut self, ready: [bool; 2]) {
+        for ((pipe, text), ready) in self.pipes.iter_mut().zip(&mut self.text).zip(ready) {
+            let Some(fd) = pipe.as_ref().filter(|_| ready) else { continue };
+            let mut buffer = [0u8; 16 * 1024];
+            match nix::unistd::read(fd, &mut buffer) {
+                Ok(0) => *pipe = None,
+                Ok(n) => text.extend_from_slice(&buffer[..n]),
+                Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {}
+                Err(_) => *pipe = None,
+            }
+        }
+    }
+
+    fn stdout_closed(&self) -> bool {
+        self.pipes[0].is_none()
+    }
+
+    fn all_closed(&self) -> bool {
+        self.pipes.iter().all(Option::is_none)
+    }
+
+    /// The summary line: the last line of stdout that parses as one.
+    fn summary(&self) -> Option<Summary> {
+        let stdout = String::from_utf8_lossy(&self.text[0]);
+        stdout.lines().rev().find_map(|line| serde_json::from_str::<Summary>(line).ok())
+    }
+
+    fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.text[1]).into_owned()
+    }
 }
 
 /// How the wait for a scenario process ended.
 enum Ended {
+    /// It closed its stdout, summary written, before it exited: what remains is exiting.
+    Reported,
     Exited(std::process::ExitStatus),
     /// Still running at its limit: killed.
     TimedOut,
@@ -207,25 +249,71 @@ enum Ended {
 /// How often a wait for a scenario process looks at the supervisor.
 const SUPERVISOR_TICK: Duration = Duration::from_millis(20);
 
-/// Waits for the child at most `limit`, or until the supervisor says stop; stops it in both cases.
-fn wait_bounded(child: &mut Child, limit: Duration, supervisor: &Supervisor) -> Result<Ended> {
+/// Reads the scenario process's output as it comes, until it closes its stdout (its summary is then written)
+/// or exits, at most `limit`, or until the supervisor says stop; stops it in the last two cases. After an exit
+/// with its output still open, reads on until both streams close, at most [`OUTPUT_AFTER_EXIT_WAIT`].
+fn wait_bounded(
+    child: &mut Child,
+    output: &mut ChildOutput,
+    limit: Duration,
+    supervisor: &Supervisor,
+) -> Result<Ended> {
     let started = Instant::now();
     let exit_signal = pidfd(child);
+    let mut exited: Option<(std::process::ExitStatus, Instant)> = None;
     loop {
-        if let Some(status) = child.try_wait().context(|| "wait for scenario process".to_string())? {
-            return Ok(Ended::Exited(status));
-        }
-        let ended = match supervisor.stop_reason() {
-            Some(reason) => Ended::Stopped(reason),
-            None if started.elapsed() >= limit => Ended::TimedOut,
+        match exited {
+            // Without a summary (it crashed), its exit status and last words on stderr say more.
+            None if output.stdout_closed() && output.summary().is_some() => return Ok(Ended::Reported),
             None => {
-                nap_until_exit(exit_signal.as_ref(), limit.saturating_sub(started.elapsed()).min(SUPERVISOR_TICK));
-                continue;
+                if let Some(status) = child.try_wait().context(|| "wait for scenario process".to_string())? {
+                    exited = Some((status, Instant::now()));
+                    continue;
+                }
             }
+            Some((status, at)) if output.all_closed() || at.elapsed() >= OUTPUT_AFTER_EXIT_WAIT => {
+                return Ok(Ended::Exited(status));
+            }
+            Some(_) => {}
+        }
+        let stop = match supervisor.stop_reason() {
+            Some(reason) => Some(Ended::Stopped(reason)),
+            None if exited.is_none() && started.elapsed() >= limit => Some(Ended::TimedOut),
+            None => None,
         };
-        stop_child(child);
-        return Ok(ended);
+        if let Some(ended) = stop {
+            if exited.is_none() {
+                stop_child(child);
+            }
+            output.read_ready([true, true]);
+            return Ok(ended);
+        }
+        let nap = if exited.is_some() { SUPERVISOR_TICK } else { limit.saturating_sub(started.elapsed()) };
+        let ready = wait_for_output(output, exit_signal.as_ref().filter(|_| exited.is_none()), nap);
+        output.read_ready(ready);
     }
+}
+
+/// Sleeps at most `limit` (and one [`SUPERVISOR_TICK`]), waking at once when a pipe of `output` has data or is
+/// closed, or the process behind `exit_signal` exits. Says which pipes to read.
+fn wait_for_output(output: &ChildOutput, exit_signal: Option<&OwnedFd>, limit: Duration) -> [bool; 2] {
+    let limit = limit.min(SUPERVISOR_TICK);
+    let millis = u16::try_from(limit.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
+    let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(3);
+    let mut slots = [None, None];
+    for (slot, pipe) in slots.iter_mut().zip(&output.pipes) {
+        if let Some(fd) = pipe {
+            *slot = Some(fds.len());
+            fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+        }
+    }
+    if let Some(fd) = exit_signal {
+        fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+    }
+    // Nothing to wait on (no pidfd, pipes closed) sleeps the whole tick. An interrupted or failed poll only ends
+    // this nap early; the caller looks again.
+    let _ = poll(&mut fds, PollTimeout::from(millis));
+    slots.map(|slot| slot.is_some_and(|index| fds[index].any().unwrap_or(false)))
 }
 
 /// Waits for a helper program at most `limit`; kills it (SIGKILL) past that and returns `None`.
@@ -308,13 +396,30 @@ pub fn child_main(job: &Job, variables: &Variables) -> ExitCode {
         Ok(line) => println!("{line}"),
         Err(e) => eprintln!("cannot encode the summary: {e}"),
     }
-    let code = match summary.status {
+    let code: u8 = match summary.status {
         Status::Pass => 0,
         Status::Fail => 1,
         Status::Error => 2,
     };
+    // Once the runner has the summary, nothing of the scenario but this process is left: the relaying parent
+    // exits with the code at once, while this process's exit waits for the kernel to release its packet
+    // sockets (see [`pidns`]).
+    pidns::end_others();
+    close_standard_streams();
+    pidns::report_done(code);
     // Threads still blocked in a socket call at the deadline die with the process; the report is written.
-    std::process::exit(code)
+    std::process::exit(i32::from(code))
+}
+
+/// Points stdout and stderr at /dev/null (after writing out what is buffered), which closes this process's
+/// ends of the runner's pipes; anything written later is discarded instead of failing.
+fn close_standard_streams() {
+    let _ = std::io::stdout().flush();
+    let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") else { return };
+    for stream in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
+        // SAFETY: plain system call on two descriptors this process owns; the standard stream stays open.
+        unsafe { libc::dup2(null.as_raw_fd(), stream) };
+    }
 }
 
 fn run_here(root: &Path, reports: &Path, file: &Path, run: Option<usize>, variables: &Variables) -> Result<Summary> {
@@ -322,7 +427,7 @@ fn run_here(root: &Path, reports: &Path, file: &Path, run: Option<usize>, variab
     userns::acquire()?;
     // From here on this process is pid 1 of its own PID namespace: what its programs start dies with it.
     pidns::become_init()?;
-    netns::enter_private_parent()?;
+    netns::ensure_private_parent()?;
     capture::keep_kernel_timestamps_on()?;
     let plan = scenario::load(root, file, variables)?;
     let mut dir = report::report_dir(reports, &plan.name)?;
@@ -379,7 +484,7 @@ pub fn load_all(paths: &[PathBuf], variables: &Variables) -> Result<Vec<(Job, Pl
 }
 
 /// The folder scenario names are relative to: the nearest `scenarios` folder above the path, else the path
-/// itself (a folder) or its parent (a file).
+/// itself (a folder) or its parent (a file; `.` for a file named without a folder).
 pub fn scenario_root(path: &Path) -> PathBuf {
     for ancestor in path.ancestors() {
         if ancestor.file_name().is_some_and(|n| n == "scenarios") {
@@ -387,9 +492,22 @@ pub fn scenario_root(path: &Path) -> PathBuf {
         }
     }
     if path.is_dir() {
-        path.to_path_buf()
-    } else {
-        path.parent().map(Path::to_path_buf).unwrap_or_default()
+        return path.to_path_buf();
+    }
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// As root, moves the runner into the namespace its scenario processes create theirs from (see
+/// [`netns::enter_private_parent`]), before it starts any: they inherit it instead of each making one. Call it
+/// before spawning the threads that start them. Without root it does nothing; each scenario process then makes
+/// its own inside its user namespace.
+pub fn share_private_parent() {
+    if nix::unistd::geteuid().is_root() {
+        // A failure here is the scenario processes' to report: they try again themselves.
+        let _ = netns::enter_private_parent();
     }
 }
 
@@ -420,40 +538,39 @@ pub fn run_all(
     let labels: Vec<(String, PathBuf)> = jobs.iter().map(|(job, _)| (job.name(), job.reports.clone())).collect();
     let queue = Arc::new(Mutex::new(jobs.into_iter().enumerate().collect::<Vec<_>>().into_iter()));
     let (tx, rx) = mpsc::channel();
-    let workers: Vec<_> = (0..parallel.clamp(1, total.max(1)))
-        .map(|_| {
-            let queue = Arc::clone(&queue);
-            let tx = tx.clone();
-            let exe = exe.to_path_buf();
-            let supervisor = *supervisor;
-            thread::spawn(move || loop {
-                let next = queue.lock().ok().and_then(|mut q| q.next());
-                let Some((index, (job, deadline))) = next else { break };
-                if tx.send((index, None)).is_err() {
-                    break;
-                }
-                let summary = run_in_child(&exe, &job, deadline, &supervisor);
-                if tx.send((index, Some(summary))).is_err() {
-                    break;
-                }
-            })
-        })
-        .collect();
+    // The workers end by themselves once the queue is empty; nobody waits for that.
+    (0..parallel.clamp(1, total.max(1))).for_each(|_| {
+        let queue = Arc::clone(&queue);
+        let tx = tx.clone();
+        let exe = exe.to_path_buf();
+        let supervisor = *supervisor;
+        thread::spawn(move || loop {
+            let next = queue.lock().ok().and_then(|mut q| q.next());
+            let Some((index, (job, deadline))) = next else { break };
+            if tx.send((index, None)).is_err() {
+                break;
+            }
+            let summary = run_in_child(&exe, &job, deadline, &supervisor);
+            if tx.send((index, Some(summary))).is_err() {
+                break;
+            }
+        });
+    });
     drop(tx);
     let mut results: Vec<Option<Summary>> = (0..total).map(|_| None).collect();
-    loop {
+    let mut unfinished = total;
+    // Until every job has finished, or every worker is gone (one that died leaves its job without a summary).
+    while unfinished > 0 {
         match rx.recv_timeout(IDLE_TICK) {
             Ok((index, None)) => on_event(RunEvent::Started(index)),
             Ok((index, Some(summary))) => {
                 on_event(RunEvent::Finished(index, &summary));
                 results[index] = Some(summary);
+                unfinished -= 1;
             }
             Err(mpsc::RecvTimeoutError::Timeout) => on_event(RunEvent::Idle),
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
-    }
-    for worker in workers {
-        let _ = worker.join();
     }
     results
         .into_iter()
@@ -524,6 +641,7 @@ pub fn test_main(root: &Path, reports: &Path, exe: &Path, variables: &Variables,
         Err(_) => supervise::default_budget(&limits, args.test_threads.unwrap_or(1)),
     };
     let supervisor = Supervisor::new(budget);
+    share_private_parent();
     if let Err(e) = supervise::catch_stop_signals().and_then(|()| supervisor.start_watchdog(STOP_GRACE)) {
         eprintln!("netfault: {e}");
         return ExitCode::from(2);
@@ -604,6 +722,17 @@ mod tests {
         assert_eq!(problem(&["--run", "x", "a.yaml"]), clap::error::ErrorKind::ValueValidation);
         assert_eq!(problem(&["--root"]), clap::error::ErrorKind::InvalidValue);
         assert_eq!(problem(&[]), clap::error::ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn a_file_named_without_a_folder_has_the_current_folder_as_root() {
+        assert_eq!(scenario_root(Path::new("no-such-scenario.yaml")), PathBuf::from("."));
+        assert_eq!(scenario_root(Path::new("some/where/x.yaml")), PathBuf::from("some/where"));
+        assert_eq!(scenario_root(Path::new("a/scenarios/b/x.yaml")), PathBuf::from("a/scenarios"));
+        // The root survives the child command line (clap refuses an empty --root).
+        let job =
+            Job { file: "x.yaml".into(), root: scenario_root(Path::new("x.yaml")), reports: "r".into(), run: None };
+        assert_eq!(parse_child_args(job.child_args()).unwrap().root, PathBuf::from("."));
     }
 
     #[test]
