@@ -254,7 +254,7 @@ fn engine_once(plan: &Plan, dir: &Path) -> Result<Phases> {
     for firewall in &mut firewalls {
         firewall.counters()?;
     }
-    firewalls.into_iter().for_each(Firewall::close_in_background);
+    Firewall::close_in_background(firewalls);
     lap.lap(&mut phases.teardown);
     drop(namespaces);
     lap.lap(&mut phases.teardown);
