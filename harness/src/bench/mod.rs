@@ -7,6 +7,7 @@
 
 mod capture;
 mod recipe;
+mod report;
 mod setup;
 mod suite;
 
@@ -23,6 +24,7 @@ use crate::error::{Context, Error, Result};
 use crate::scenario::{self, plan::Plan};
 
 pub use capture::{bench_capture, CaptureOptions};
+pub use report::{bench_report, ReportOptions};
 pub use setup::{bench_setup, SetupOptions};
 pub use suite::{bench_concurrent, bench_suite, bench_timing, ConcurrentOptions, SuiteOptions, TimingOptions};
 
@@ -40,7 +42,9 @@ usage: netfault bench <what> [options] [--json FILE] [--keep]
                                    default buffer and with -B 65536 (same run)
   timing [--n 100] [--sample 10ms] [--scenario FILE]
                                    keepalive-idle N times in parallel: observed minus kernel-defined times,
-                                   observer state-change latency against the packet that caused it";
+                                   observer state-change latency against the packet that caused it
+  report [--n 50000] [--runs 5]    report.html with N packets (synthetic) in headless Chromium: laid out, loaded,
+                                   first paint; against the same packets as a plain-text page (same browser)";
 
 /// `--keep`: scratch folders (reports, pcaps) stay for inspection.
 static KEEP_SCRATCH: AtomicBool = AtomicBool::new(false);
@@ -97,6 +101,9 @@ pub fn main(args: &[String]) -> ExitCode {
             sample: options.sample,
             scenario: options.scenario.clone().unwrap_or_else(|| PathBuf::from("scenarios/keepalive/idle.yaml")),
         }),
+        "report" => {
+            bench_report(&ReportOptions { packets: options.n.unwrap_or(50_000), runs: options.runs.unwrap_or(5) })
+        }
         other => Err(Error::Internal(format!("unknown benchmark {other:?}; see netfault bench --help"))),
     });
     match result {

@@ -18,7 +18,8 @@ use console::Console;
 
 const AFTER_HELP: &str = "\
 PATH is a scenario file or a folder searched for *.yaml (default: scenarios). Reports go to
-reports/<scenario>/: timeline.txt, result.json, client.pcap, server.pcap.
+reports/<scenario>/: report.html, capture.pcapng, timeline.txt, result.json, scenario.yaml, environment.txt,
+client.pcap, server.pcap.
 
 Exit status: 0 every scenario passed; 1 a scenario failed; 2 invalid input (nothing was run), a harness error,
 or the run's deadline passed; 128 + N stopped by signal N (SIGINT 130, SIGTERM 143).";
@@ -52,9 +53,23 @@ enum Command {
     List(Paths),
     /// The cargo-test driver (libtest-mimic) on any folder of scenarios
     Test(TestArgs),
+    /// One report as a .tar.gz to attach to a bug report
+    Bundle(BundleArgs),
     /// Measure netfault against the ip/nft/tcpdump recipe: `netfault bench --help`
     #[command(disable_help_flag = true)]
     Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
+        args: Vec<String>,
+    },
+    /// Run the scenarios on this kernel and on others, each booted in a qemu VM: `netfault matrix --help`
+    #[command(disable_help_flag = true)]
+    Matrix {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
+        args: Vec<String>,
+    },
+    /// Runs the suite inside a matrix VM (what the guest's init starts)
+    #[command(name = crate::matrix::GUEST_COMMAND, hide = true, disable_help_flag = true)]
+    MatrixGuest {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
         args: Vec<String>,
     },
@@ -87,8 +102,28 @@ struct RunArgs {
     /// Also run the minutes-long `slow: true` scenarios
     #[arg(long)]
     slow: bool,
+    /// Write DIR/<scenario>.tar.gz (as `netfault bundle`) for each scenario that fails
+    #[arg(long)]
+    bundle_failures: bool,
     #[command(flatten)]
     paths: Paths,
+}
+
+#[derive(Debug, Args)]
+struct BundleArgs {
+    /// A report folder, e.g. reports/keepalive/idle
+    #[arg(value_name = "REPORT_DIR")]
+    report: PathBuf,
+    /// The archive to write [default: <REPORT_DIR's name>.tar.gz]
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// A capture.pcapng larger than this goes in with frames cut to 160 bytes, and at most this large
+    #[arg(long, value_name = "SIZE", default_value = "32MiB", value_parser = crate::scenario::size::parse_size,
+          conflicts_with = "whole_capture")]
+    max_capture: u64,
+    /// Bundle capture.pcapng whole, whatever its size
+    #[arg(long)]
+    whole_capture: bool,
 }
 
 #[derive(Debug, Args)]
@@ -127,6 +162,9 @@ pub fn main() -> ExitCode {
         Command::Check(paths) => check(&paths.paths),
         Command::List(paths) => list(&paths.paths),
         Command::Test(args) => test(args),
+        Command::Bundle(args) => bundle(args),
+        Command::Matrix { args } => crate::matrix::main(&args),
+        Command::MatrixGuest { args } => crate::matrix::guest_main(&args),
         Command::Bench { .. } | Command::RunOne(_) => unreachable!("handled above"),
     }
 }
@@ -194,8 +232,21 @@ fn run(args: RunArgs) -> ExitCode {
         RunEvent::Idle => console.redraw(),
     });
     console.clear();
+    if args.bundle_failures {
+        for summary in summaries.iter().filter(|s| s.status != Status::Pass) {
+            let out = summary.report.with_extension("tar.gz");
+            match report::bundle::write_bundle(&summary.report, &out, Some(report::bundle::DEFAULT_CAPTURE_CAP)) {
+                Ok(bundled) => println!("bundle {} ({} bytes)", bundled.path.display(), bundled.bytes),
+                Err(e) => eprintln!("netfault: no bundle for {}: {e}", summary.name),
+            }
+        }
+    }
     let count = |status| summaries.iter().filter(|s| s.status == status).count();
     let (passed, failed, errors) = (count(Status::Pass), count(Status::Fail), count(Status::Error));
+    let not_applicable = match count(Status::NotApplicable) {
+        0 => String::new(),
+        n => format!(", {n} not applicable"),
+    };
     let longest = summaries.iter().map(|s| s.duration).fold(0.0, f64::max);
     match args.repeat {
         Some(repeat) => print!("{}", repeat_table(&runs, &summaries, repeat, parallel)),
@@ -206,7 +257,7 @@ fn run(args: RunArgs) -> ExitCode {
         n => format!(", {n} slow skipped (--slow runs them)"),
     };
     println!(
-        "\n{passed} passed, {} failed{skipped}; wall time {:.2}s, longest scenario {longest:.2}s",
+        "\n{passed} passed, {} failed{not_applicable}{skipped}; wall time {:.2}s, longest scenario {longest:.2}s",
         failed + errors,
         started.elapsed().as_secs_f64()
     );
@@ -225,6 +276,32 @@ fn run(args: RunArgs) -> ExitCode {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// `netfault bundle REPORT_DIR [-o FILE] [--max-capture SIZE | --whole-capture]`.
+fn bundle(args: BundleArgs) -> ExitCode {
+    let out = args.output.unwrap_or_else(|| {
+        let name = args.report.file_name().map_or("report".into(), |n| n.to_string_lossy().into_owned());
+        PathBuf::from(format!("{name}.tar.gz"))
+    });
+    let cap = (!args.whole_capture).then_some(args.max_capture);
+    match report::bundle::write_bundle(&args.report, &out, cap) {
+        Ok(bundled) => {
+            println!("{} ({} bytes)", bundled.path.display(), bundled.bytes);
+            if let Some((kept, total)) = bundled.capture_cut {
+                println!(
+                    "capture.pcapng over the cap: {kept} of {total} frames, cut to {} bytes each \
+                     (--whole-capture bundles it whole)",
+                    report::bundle::HEADERS_SNAPLEN
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("netfault bundle: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 
@@ -270,11 +347,11 @@ fn repeat_table(runs: &[(String, usize)], summaries: &[Summary], repeat: usize, 
         };
         let (_, counts, bad) = &mut rows[row];
         match summary.status {
-            Status::Pass => counts[0] += 1,
+            Status::Pass | Status::NotApplicable => counts[0] += 1,
             Status::Fail => counts[1] += 1,
             Status::Error => counts[2] += 1,
         }
-        if summary.status != Status::Pass {
+        if !matches!(summary.status, Status::Pass | Status::NotApplicable) {
             let first = summary.messages.first().and_then(|m| m.lines().next()).unwrap_or("no message");
             bad.push(format!("{}: {first}", runner::run_folder(*run)));
         }

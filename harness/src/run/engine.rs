@@ -11,24 +11,27 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::observe::capture::{Capture, CaptureBuffer};
 use crate::observe::sockets::{DiagSocket, Observer};
-use crate::record::{CaptureStats, RunRecord};
+use crate::record::{CaptureStats, CapturedInterface, ObserverStats, RunRecord};
 use crate::run::actors::{self, ActorContext, ProcessRegistry, StepBoard};
 use crate::run::clock::{Clock, EventSink};
-use crate::run::firewall::{self, Firewall};
+use crate::run::faults::HostFaults;
+use crate::run::firewall;
 use crate::run::netns::Netns;
 use crate::run::priority;
+use crate::run::supervise::SETUP_LIMIT;
 use crate::run::topology::HostWire;
 use crate::scenario::plan::{Direction, FaultPlan, HostId, HostPlan, Plan, Protocol, StepEdge, Trigger};
 use crate::timeline::{Event, EventKind, IpProtocol, PacketDirection, Timeline};
 
 /// How often the hub wakes to look at time triggers and the programs when nothing happens.
 const IDLE_TICK: Duration = Duration::from_millis(5);
-/// How long a host's set-up may take, and then its program may wait to be told to start (measured: up to
-/// 0.7 s to start a thread with 200 scenarios at once on 2 cores; set-up under that load up to seconds).
+/// How long a host's program may wait to be told to start once its host is set up (measured: up to 0.7 s to
+/// start a thread with 200 scenarios at once on 2 cores). The set-up itself is bounded by [`SETUP_LIMIT`].
 const PROGRAM_START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs `plan`, writing the pcaps into `report_dir`. Returns harness errors only; the verdict comes later.
-pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunRecord> {
+/// `on_start` is called once the programs have been told to start (t0), after the set-up.
+pub fn run(plan: &Plan, report_dir: &Path, on_start: impl FnOnce()) -> Result<RunRecord> {
     let setup_started = Instant::now();
     let clock = Clock::unstarted();
     let (sink, events) = EventSink::new(clock.clone());
@@ -51,7 +54,7 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunRecord> {
         }
     });
     let (rig, threads) = start_hosts(plan, report_dir, &sink, programs.map(Some))?;
-    let Rig { namespaces, mut firewalls, captures, observers, listen_watchers } = rig;
+    let Rig { namespaces, interfaces, mut faults, captures, observers, listen_watchers } = rig;
     let setup = setup_started.elapsed();
     // Each host's program until it ends and is joined.
     let mut programs: Vec<(HostId, Option<JoinHandle<Result<()>>>)> =
@@ -61,7 +64,7 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunRecord> {
     // taken (their events read 0 s): an nftables commit can take tens of ms on a busy machine.
     let mut schedule = FaultSchedule::new(&plan.faults);
     let mut fault_events = Vec::new();
-    apply_due(&mut schedule, &mut firewalls, &clock, &mut fault_events)?;
+    apply_due(&mut schedule, &mut faults, &clock, &mut fault_events)?;
     // The hub too reacts to events in time (fault triggers); it goes back to ordinary before the teardown.
     let _ = priority::raise_current_thread();
     // t0 is the moment the programs start (scenario times read as the seed scripts' times): the first program
@@ -72,6 +75,7 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunRecord> {
         let _ = gate.send(Gate { deadline, sock_diag });
     }
     drop(sink);
+    on_start();
 
     let mut collected: Vec<Event> = Vec::new();
     let mut deadline_hit = false;
@@ -103,7 +107,7 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunRecord> {
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
-        apply_due(&mut schedule, &mut firewalls, &clock, &mut fault_events)?;
+        apply_due(&mut schedule, &mut faults, &clock, &mut fault_events)?;
     }
     let duration = clock.now();
     let _ = priority::lower_current_thread();
@@ -114,16 +118,30 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunRecord> {
     if deadline_hit {
         collected.push(Event { t: duration, host: HostId::Client, kind: EventKind::Deadline { step: None } });
     }
+    // A part that fails to stop (on a starved machine: not within its bounded wait) is a harness error of this
+    // run, not the end of it: what the others recorded still makes the report, timeline and pcaps included.
     // Every observer and capture is told at once, then each is waited for: their last samples and frames
     // overlap.
     observers.iter().for_each(Observer::request_stop);
     captures.iter().for_each(Capture::request_stop);
-    let observer_stats = observers.into_iter().map(Observer::stop).collect::<Result<Vec<_>>>()?;
-    let capture_stats = stop_captures(captures)?;
+    let mut observer_stats = Vec::with_capacity(2);
+    for observer in observers {
+        observer_stats.push(observer.stop().unwrap_or_else(|e| {
+            harness_errors.push(e.to_string());
+            ObserverStats::default()
+        }));
+    }
+    let capture_stats = stop_captures(captures).unwrap_or_else(|e| {
+        harness_errors.push(e.to_string());
+        vec![CaptureStats::default(); 2]
+    });
     harness_errors.extend(capture_losses(&capture_stats));
     let mut fault_hits = Vec::new();
-    for firewall in &mut firewalls {
-        fault_hits.extend(firewall.counters()?);
+    for host_faults in &mut faults {
+        match host_faults.hits() {
+            Ok(hits) => fault_hits.extend(hits),
+            Err(e) => harness_errors.push(e.to_string()),
+        }
     }
     fault_hits.sort();
     harness_errors.extend(join_finished(&mut programs));
@@ -135,13 +153,15 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunRecord> {
         mark_running_steps(&mut timeline, plan);
     }
     annotate_faults(&mut timeline, plan);
-    Firewall::close_in_background(firewalls);
+    faults.into_iter().for_each(HostFaults::close);
     drop(namespaces);
     let teardown = teardown_started.elapsed();
     let [capture_client, capture_server] = into_pair(capture_stats)?;
     let [observer_client, observer_server] = into_pair(observer_stats)?;
     Ok(RunRecord {
         timeline,
+        interfaces,
+        t0_wall: clock.t0_wall(),
         duration,
         setup,
         teardown,
@@ -192,7 +212,9 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> &str {
 /// What a run sets up before t0, one of each per host (indexed by `HostId::index()`).
 pub struct Rig {
     pub namespaces: [Netns; 2],
-    pub firewalls: Vec<Firewall>,
+    /// The captured interfaces, as the run record names them.
+    pub interfaces: Vec<CapturedInterface>,
+    pub faults: Vec<HostFaults>,
     pub captures: Vec<Capture>,
     pub observers: Vec<Observer>,
     /// For each host's program, a sock_diag socket in each host's namespace its `wait: { listening }` steps
@@ -231,7 +253,9 @@ struct Gate {
 /// What one host's thread set up in its namespace.
 struct HostRig {
     namespace: Netns,
-    firewall: Firewall,
+    /// This host's captured interface, as the run record names it.
+    interface: CapturedInterface,
+    faults: HostFaults,
     capture: Capture,
     observer: Observer,
     /// By the program's host: a sock_diag socket in this namespace for the programs that wait for it to listen.
@@ -270,7 +294,7 @@ fn start_hosts(
     let mut threads = Vec::with_capacity(2);
     for ((host, meeting), program) in HostId::ALL.into_iter().zip(meetings).zip(programs) {
         let plan = Arc::clone(&shared);
-        let pcap = report_dir.join(format!("{host}.pcap"));
+        let pcap = report_dir.join(pcap_name(host));
         let sink = sink.clone();
         let ready = ready_tx.clone();
         let thread = thread::Builder::new()
@@ -283,20 +307,19 @@ fn start_hosts(
     let mut rigs: [Option<HostRig>; 2] = [None, None];
     let mut failures = Vec::new();
     for _ in HostId::ALL {
-        match ready_rx.recv_timeout(PROGRAM_START_TIMEOUT) {
+        match ready_rx.recv_timeout(SETUP_LIMIT) {
             Ok((host, Ok(rig))) => rigs[host.index()] = Some(rig),
             Ok((host, Err(e))) => failures.push(format!("set-up of {host}: {e}")),
-            Err(_) => failures.push(format!(
-                "the hosts were not set up {}s after their threads started",
-                PROGRAM_START_TIMEOUT.as_secs()
-            )),
+            Err(_) => failures
+                .push(format!("the hosts were not set up {}s after their threads started", SETUP_LIMIT.as_secs())),
         }
     }
     match rigs {
         [Some(client), Some(server)] if failures.is_empty() => {
             let rig = Rig {
                 namespaces: [client.namespace, server.namespace],
-                firewalls: vec![client.firewall, server.firewall],
+                interfaces: vec![client.interface, server.interface],
+                faults: vec![client.faults, server.faults],
                 captures: vec![client.capture, server.capture],
                 observers: vec![client.observer, server.observer],
                 listen_watchers: by_program(client.listen_watchers, server.listen_watchers),
@@ -368,9 +391,8 @@ fn set_up_host(plan: &Plan, host: HostId, pcap: &Path, sink: EventSink, meeting:
     let peer_failed = |what: &str| Error::Internal(format!("{what} (the other host's set-up failed)"));
     match meeting {
         WireMeeting::Client { server, created } => {
-            let server = server
-                .recv_timeout(PROGRAM_START_TIMEOUT)
-                .map_err(|_| peer_failed("the server's namespace never came"))?;
+            let server =
+                server.recv_timeout(SETUP_LIMIT).map_err(|_| peer_failed("the server's namespace never came"))?;
             wire.create_veth_pair(plan.link.mtu, &server)?;
             // The server is gone only when its set-up failed, which it reports itself.
             let _ = created.send(());
@@ -378,12 +400,12 @@ fn set_up_host(plan: &Plan, host: HostId, pcap: &Path, sink: EventSink, meeting:
         WireMeeting::Server { namespace: to_client, created } => {
             // The client is gone only when its set-up failed, which it reports itself.
             let _ = to_client.send(namespace.try_clone()?);
-            created.recv_timeout(PROGRAM_START_TIMEOUT).map_err(|_| peer_failed("the veth pair was never created"))?;
+            created.recv_timeout(SETUP_LIMIT).map_err(|_| peer_failed("the veth pair was never created"))?;
         }
     }
     let link = wire.configure(plan.host(host))?;
     wire.wait_operational()?;
-    let firewall = Firewall::install(&namespace, host, &plan.faults)?;
+    let faults = HostFaults::install(&namespace, host, &plan.faults)?;
     let capture = Capture::start(&namespace, host, link.ifindex, pcap, sink.clone(), capture_buffer(plan))?;
     let observer = Observer::start(&namespace, host, plan.sample_interval, sink)?;
     let mut listen_watchers = [None, None];
@@ -392,7 +414,20 @@ fn set_up_host(plan: &Plan, host: HostId, pcap: &Path, sink: EventSink, meeting:
             *watcher = Some(DiagSocket::open_in(&namespace)?);
         }
     }
-    Ok(HostRig { namespace, firewall, capture, observer, listen_watchers })
+    let interface = CapturedInterface {
+        host,
+        ifname: link.ifname,
+        mac: link.mac,
+        address: link.address,
+        pcap: pcap_name(host),
+        snaplen: crate::observe::capture::SNAPLEN,
+    };
+    Ok(HostRig { namespace, interface, faults, capture, observer, listen_watchers })
+}
+
+/// The pcap a host's capture writes in the report folder.
+fn pcap_name(host: HostId) -> String {
+    format!("{host}.pcap")
 }
 
 /// `tcpdump -B` for the plan: the socket's own queue unless the scenario asks for a ring.
@@ -423,23 +458,23 @@ fn capture_losses(stats: &[CaptureStats]) -> Vec<String> {
 /// their way (a ring's last block comes within its 4 ms retire timeout), and those waits overlap.
 pub fn stop_captures(captures: Vec<Capture>) -> Result<Vec<CaptureStats>> {
     captures.iter().for_each(Capture::request_stop);
-    captures.into_iter().map(Capture::stop).collect()
+    // Every capture is waited for before the first error (if any) is returned.
+    let stopped: Vec<Result<CaptureStats>> = captures.into_iter().map(Capture::stop).collect();
+    stopped.into_iter().collect()
 }
 
 /// Switches the faults that are due now and records each switch on the timeline.
 fn apply_due(
     schedule: &mut FaultSchedule<'_>,
-    firewalls: &mut [Firewall],
+    faults: &mut [HostFaults],
     clock: &Clock,
     events: &mut Vec<Event>,
 ) -> Result<()> {
     for (fault, on) in schedule.due(clock.now()) {
-        let firewall = &mut firewalls[fault.host.index()];
+        faults[fault.host.index()].switch(fault, on)?;
         let kind = if on {
-            firewall.activate(&fault.name)?;
             EventKind::FaultOn { fault: fault.name.clone() }
         } else {
-            firewall.deactivate(&fault.name)?;
             EventKind::FaultOff { fault: fault.name.clone() }
         };
         events.push(Event { t: clock.now(), host: fault.host, kind });

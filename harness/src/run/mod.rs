@@ -7,10 +7,12 @@
 mod actors;
 pub(crate) mod clock;
 pub(crate) mod engine;
+pub(crate) mod faults;
 pub(crate) mod firewall;
 pub mod netns;
 mod pidns;
 pub(crate) mod priority;
+pub mod requirements;
 pub mod runner;
 pub(crate) mod supervise;
 pub mod topology;

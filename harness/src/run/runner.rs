@@ -7,6 +7,7 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -16,11 +17,18 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::error::{Context, Error, Result};
 use crate::observe::capture;
+use crate::observe::sockets::SCENARIOS_AT_ONCE_ENV;
 use crate::report::verdict;
 use crate::report::{self, Status, Summary};
-use crate::run::supervise::{self, StopReason, Supervisor};
-use crate::run::{engine, netns, pidns, userns};
+use crate::run::supervise::{self, StopReason, Supervisor, SETUP_LIMIT};
+use crate::run::{engine, netns, pidns, requirements, userns};
 use crate::scenario::{self, plan::Plan, variables::Variables};
+
+/// How many scenario processes this runner runs at once, for its children's observers to pace themselves by.
+static SCENARIOS_AT_ONCE: AtomicUsize = AtomicUsize::new(1);
+
+/// What a scenario process prints on stdout once its programs start (set-up done).
+const STARTED_LINE: &str = "netfault: programs started";
 
 /// Time a child gets beyond its scenario deadline for set-up, teardown and writing its report.
 pub const CHILD_GRACE: Duration = Duration::from_secs(20);
@@ -132,6 +140,7 @@ fn spawn_and_wait(exe: &Path, job: &Job, deadline: Duration, supervisor: &Superv
     let mut command = Command::new(exe);
     command.arg(CHILD_COMMAND).args(job.child_args());
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    command.env(SCENARIOS_AT_ONCE_ENV, SCENARIOS_AT_ONCE.load(Ordering::Relaxed).max(1).to_string());
     if let Some(namespace) = netns::private_parent_for_children() {
         command.env(netns::PRIVATE_PARENT_ENV, namespace);
     }
@@ -152,11 +161,11 @@ fn spawn_and_wait(exe: &Path, job: &Job, deadline: Duration, supervisor: &Superv
     let summary = output.summary();
     let stderr = output.stderr_text();
     match (ended, summary) {
-        (Ended::Reported, Some(summary)) => {
+        (Ended::Reported(summary), _) => {
             // The scenario process is only exiting (see `pidns`); the process started here exits at once, and
             // with it the last of the scenario.
             wait_with_timeout(&mut child, OUTPUT_AFTER_EXIT_WAIT)?;
-            Ok(summary)
+            Ok(*summary)
         }
         (Ended::Exited(_), Some(summary)) => Ok(summary),
         (Ended::Stopped(reason), _) => Err(Error::Internal(format!(
@@ -164,8 +173,13 @@ fn spawn_and_wait(exe: &Path, job: &Job, deadline: Duration, supervisor: &Superv
             started.elapsed().as_secs_f64(),
             tail("child stderr", &stderr)
         ))),
-        (Ended::TimedOut, _) => Err(Error::Internal(format!(
-            "scenario still running {}s after its start (deadline {}s + {}s grace): killed{}",
+        (Ended::TimedOut(Phase::SettingUp), _) => Err(Error::Internal(format!(
+            "scenario process still setting up {}s after its start: killed{}",
+            SETUP_LIMIT.as_secs(),
+            tail("child stderr", &stderr)
+        ))),
+        (Ended::TimedOut(Phase::Running), _) => Err(Error::Internal(format!(
+            "scenario still running {}s after its programs started (deadline {}s + {}s grace): killed{}",
             limit.as_secs(),
             deadline.as_secs(),
             CHILD_GRACE.as_secs(),
@@ -175,7 +189,6 @@ fn spawn_and_wait(exe: &Path, job: &Job, deadline: Duration, supervisor: &Superv
             "scenario process ended ({status}) without a verdict{}",
             tail("child stderr", &stderr)
         ))),
-        (Ended::Reported, None) => unreachable!("a scenario process reports with its summary"),
     }
 }
 
@@ -192,6 +205,8 @@ struct ChildOutput {
     /// stdout, stderr; `None` once at its end.
     pipes: [Option<OwnedFd>; 2],
     text: [Vec<u8>; 2],
+    /// When its [`STARTED_LINE`] was read.
+    programs_started: Option<Instant>,
 }
 
 impl ChildOutput {
@@ -199,6 +214,7 @@ impl ChildOutput {
         ChildOutput {
             pipes: [child.stdout.take().map(OwnedFd::from), child.stderr.take().map(OwnedFd::from)],
             text: [Vec::new(), Vec::new()],
+            programs_started: None,
         }
     }
 
@@ -214,6 +230,16 @@ impl ChildOutput {
                 Err(_) => *pipe = None,
             }
         }
+        if self.programs_started.is_none() && self.lines(0).any(|line| line == STARTED_LINE) {
+            self.programs_started = Some(Instant::now());
+        }
+    }
+
+    /// The complete lines read so far from stdout (0) or stderr (1).
+    fn lines(&self, stream: usize) -> impl Iterator<Item = &str> {
+        let text = &self.text[stream];
+        let complete = text.iter().rposition(|b| *b == b'\n').map_or(0, |end| end + 1);
+        std::str::from_utf8(&text[..complete]).unwrap_or_default().lines()
     }
 
     fn stdout_closed(&self) -> bool {
@@ -237,48 +263,67 @@ impl ChildOutput {
 
 /// How the wait for a scenario process ended.
 enum Ended {
-    /// It closed its stdout, summary written, before it exited: what remains is exiting.
-    Reported,
+    /// It closed its stdout, this summary written, before it exited: what remains of it is exiting.
+    Reported(Box<Summary>),
     Exited(std::process::ExitStatus),
-    /// Still running at its limit: killed.
-    TimedOut,
+    /// Still setting up, or still running, at its limit: killed.
+    TimedOut(Phase),
     /// The supervisor said stop: killed.
     Stopped(StopReason),
+}
+
+/// Where a scenario process was when its time ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Before its programs started: bounded by [`SETUP_LIMIT`].
+    SettingUp,
+    /// Its programs started: bounded by its deadline and [`CHILD_GRACE`] from then.
+    Running,
 }
 
 /// How often a wait for a scenario process looks at the supervisor.
 const SUPERVISOR_TICK: Duration = Duration::from_millis(20);
 
-/// Reads the scenario process's output as it comes, until it closes its stdout (its summary is then written)
-/// or exits, at most `limit`, or until the supervisor says stop; stops it in the last two cases. After an exit
-/// with its output still open, reads on until both streams close, at most [`OUTPUT_AFTER_EXIT_WAIT`].
+/// Reads the scenario process's output as it comes until it closes its stdout with its summary written, or
+/// exits: at most [`SETUP_LIMIT`] until its [`STARTED_LINE`] came, then at most `limit` from there; or until
+/// the supervisor says stop. Stops it in those last cases. After an exit with its output still open, reads on
+/// until both streams close, at most [`OUTPUT_AFTER_EXIT_WAIT`].
 fn wait_bounded(
     child: &mut Child,
     output: &mut ChildOutput,
     limit: Duration,
     supervisor: &Supervisor,
 ) -> Result<Ended> {
-    let started = Instant::now();
+    let spawned = Instant::now();
     let exit_signal = pidfd(child);
     let mut exited: Option<(std::process::ExitStatus, Instant)> = None;
     loop {
         match exited {
             // Without a summary (it crashed), its exit status and last words on stderr say more.
-            None if output.stdout_closed() && output.summary().is_some() => return Ok(Ended::Reported),
-            None => {
-                if let Some(status) = child.try_wait().context(|| "wait for scenario process".to_string())? {
-                    exited = Some((status, Instant::now()));
-                    continue;
+            None if output.stdout_closed() => {
+                if let Some(summary) = output.summary() {
+                    return Ok(Ended::Reported(Box::new(summary)));
                 }
             }
             Some((status, at)) if output.all_closed() || at.elapsed() >= OUTPUT_AFTER_EXIT_WAIT => {
                 return Ok(Ended::Exited(status));
             }
             Some(_) => {}
+            None => {}
         }
+        if exited.is_none() {
+            if let Some(status) = child.try_wait().context(|| "wait for scenario process".to_string())? {
+                exited = Some((status, Instant::now()));
+                continue;
+            }
+        }
+        let (phase, until) = match output.programs_started {
+            None => (Phase::SettingUp, spawned + SETUP_LIMIT),
+            Some(since) => (Phase::Running, since + limit),
+        };
         let stop = match supervisor.stop_reason() {
             Some(reason) => Some(Ended::Stopped(reason)),
-            None if exited.is_none() && started.elapsed() >= limit => Some(Ended::TimedOut),
+            None if exited.is_none() && Instant::now() >= until => Some(Ended::TimedOut(phase)),
             None => None,
         };
         if let Some(ended) = stop {
@@ -288,7 +333,10 @@ fn wait_bounded(
             output.read_ready([true, true]);
             return Ok(ended);
         }
-        let nap = if exited.is_some() { SUPERVISOR_TICK } else { limit.saturating_sub(started.elapsed()) };
+        let nap = match exited {
+            Some(_) => SUPERVISOR_TICK,
+            None => until.saturating_duration_since(Instant::now()),
+        };
         let ready = wait_for_output(output, exit_signal.as_ref().filter(|_| exited.is_none()), nap);
         output.read_ready(ready);
     }
@@ -400,6 +448,7 @@ pub fn child_main(job: &Job, variables: &Variables) -> ExitCode {
         Status::Pass => 0,
         Status::Fail => 1,
         Status::Error => 2,
+        Status::NotApplicable => 0,
     };
     // Once the runner has the summary, nothing of the scenario but this process is left: the relaying parent
     // exits with the code at once, while this process's exit waits for the kernel to release its packet
@@ -430,6 +479,9 @@ fn run_here(root: &Path, reports: &Path, file: &Path, run: Option<usize>, variab
     netns::ensure_private_parent()?;
     capture::keep_kernel_timestamps_on()?;
     let plan = scenario::load(root, file, variables)?;
+    let mut kernel = requirements::Kernel::running();
+    let unmet = requirements::scenario_unmet(&plan, &mut kernel);
+    let plan = requirements::specialize(plan, &mut kernel);
     let mut dir = report::report_dir(reports, &plan.name)?;
     if let Some(run) = run {
         dir.push(run_folder(run));
@@ -438,7 +490,15 @@ fn run_here(root: &Path, reports: &Path, file: &Path, run: Option<usize>, variab
         std::fs::remove_dir_all(&dir).context(|| format!("clear old report {}", dir.display()))?;
     }
     std::fs::create_dir_all(&dir).context(|| format!("create report folder {}", dir.display()))?;
-    let record = engine::run(&plan, &dir)?;
+    if let Some(reason) = unmet {
+        return report::write_not_applicable(&plan, reason, &dir);
+    }
+    let record = engine::run(&plan, &dir, || {
+        // The runner counts the scenario's deadline from here, set-up done; a lost line only leaves it
+        // counting from the process's start.
+        println!("{STARTED_LINE}");
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+    })?;
     let verdict = verdict::judge(&plan, &record.timeline);
     report::write(&plan, &record, &verdict, &dir)
 }
@@ -535,6 +595,7 @@ pub fn run_all(
     mut on_event: impl FnMut(RunEvent<'_>),
 ) -> Vec<Summary> {
     let total = jobs.len();
+    SCENARIOS_AT_ONCE.store(parallel.clamp(1, total.max(1)), Ordering::Relaxed);
     let labels: Vec<(String, PathBuf)> = jobs.iter().map(|(job, _)| (job.name(), job.reports.clone())).collect();
     let queue = Arc::new(Mutex::new(jobs.into_iter().enumerate().collect::<Vec<_>>().into_iter()));
     let (tx, rx) = mpsc::channel();
@@ -596,7 +657,7 @@ const TRIAL_KIND: &str = "scenario";
 /// own (`--exact NAME`), and each of those must not parse the whole suite.
 ///
 /// The whole run is bounded by the suite deadline: `NETFAULT_SUITE_DEADLINE` (e.g. `10m`), by default
-/// [`supervise::default_budget`] of the selected scenarios' deadlines. SIGINT / SIGTERM or the deadline kill
+/// `supervise::default_budget` of the selected scenarios' deadlines. SIGINT / SIGTERM or the deadline kill
 /// every scenario process and fail its trial with the reason.
 pub fn test_main(root: &Path, reports: &Path, exe: &Path, variables: &Variables, mut args: Arguments) -> ExitCode {
     let files = match scenario::discover(root) {
@@ -623,6 +684,7 @@ pub fn test_main(root: &Path, reports: &Path, exe: &Path, variables: &Variables,
     if args.test_threads.is_none() {
         args.test_threads = Some(default_parallelism(plans.len()));
     }
+    SCENARIOS_AT_ONCE.store(args.test_threads.unwrap_or(1).clamp(1, plans.len().max(1)), Ordering::Relaxed);
     let limits: Vec<Duration> = plans
         .iter()
         .filter_map(|(_, _, candidate)| match candidate {
@@ -646,16 +708,22 @@ pub fn test_main(root: &Path, reports: &Path, exe: &Path, variables: &Variables,
         eprintln!("netfault: {e}");
         return ExitCode::from(2);
     }
+    let mut kernel = requirements::Kernel::running();
     let trials: Vec<Trial> = plans
         .into_iter()
         .map(|(file, name, candidate)| match candidate {
             Candidate::Loaded(plan) => {
+                // Ignored, never silently: the reason is printed.
+                let unmet = requirements::scenario_unmet(&plan, &mut kernel);
+                if let Some(reason) = &unmet {
+                    eprintln!("netfault: {name}: {reason} (ignored)");
+                }
                 let job = Job { file, root: root.to_path_buf(), reports: reports.to_path_buf(), run: None };
                 let exe = exe.to_path_buf();
                 let deadline = plan.deadline;
                 Trial::test(name, move || trial_result(run_in_child(&exe, &job, deadline, &supervisor)))
                     .with_kind(TRIAL_KIND)
-                    .with_ignored_flag(plan.slow)
+                    .with_ignored_flag(plan.slow || unmet.is_some())
             }
             Candidate::Invalid(message) => Trial::test(name, move || Err(Failed::from(message))).with_kind(TRIAL_KIND),
             // libtest-mimic counts it as filtered out and never runs it.
@@ -688,11 +756,12 @@ fn selected_by_name(args: &Arguments, name: &str) -> bool {
 
 fn trial_result(summary: Summary) -> Result<(), Failed> {
     match summary.status {
-        Status::Pass => Ok(()),
+        // Only run when asked for with --include-ignored: the child found the kernel lacking, as the driver did.
+        Status::Pass | Status::NotApplicable => Ok(()),
         status => {
             let what = if status == Status::Fail { "FAILED" } else { "HARNESS ERROR" };
             Err(Failed::from(format!(
-                "{what}: {}\n{}\n  report: {} (timeline.txt, result.json, client.pcap, server.pcap)",
+                "{what}: {}\n{}\n  report: {} (report.html, capture.pcapng, timeline.txt, result.json)",
                 summary.name,
                 summary.messages.join("\n"),
                 summary.report.display()
@@ -704,6 +773,52 @@ fn trial_result(summary: Summary) -> Result<(), Failed> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_deadline_counts_from_the_programs_start_line_not_from_the_process_start() {
+        // Set-up (1 s here, tens of seconds on a slow machine) is not scenario time: a 0.4 s limit counted
+        // from the process's start would kill this one; counted from its start line, it exits in time.
+        let mut child = Command::new("sh")
+            .args(["-c", &format!("sleep 1; echo '{STARTED_LINE}'; sleep 0.1; echo done")])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut output = ChildOutput::take(&mut child);
+        let supervisor = Supervisor::new(Duration::from_secs(60));
+        let ended = wait_bounded(&mut child, &mut output, Duration::from_millis(400), &supervisor);
+        assert!(matches!(ended.unwrap(), Ended::Exited(status) if status.success()));
+        assert_eq!(String::from_utf8_lossy(&output.text[0]), format!("{STARTED_LINE}\ndone\n"));
+        // Past its limit after the start line: killed, in the running phase.
+        let mut child = Command::new("sh")
+            .args(["-c", &format!("echo '{STARTED_LINE}'; sleep 5")])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut output = ChildOutput::take(&mut child);
+        let ended = wait_bounded(&mut child, &mut output, Duration::from_millis(300), &supervisor).unwrap();
+        assert!(matches!(ended, Ended::TimedOut(Phase::Running)));
+    }
+
+    #[test]
+    fn a_process_that_closes_its_stdout_with_a_summary_has_reported_before_it_exits() {
+        // What a scenario process does: summary, stdout closed, then a long exit (a packet socket's grace
+        // period; a sleep here). The wait ends with the summary, not with the exit.
+        let summary = serde_json::to_string(&Summary::harness_error("x".into(), Path::new("r"), "m".into())).unwrap();
+        let mut child = Command::new("sh")
+            .args(["-c", &format!("echo '{STARTED_LINE}'; echo '{summary}'; exec >&-; sleep 3")])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut output = ChildOutput::take(&mut child);
+        let supervisor = Supervisor::new(Duration::from_secs(60));
+        let started = Instant::now();
+        let ended = wait_bounded(&mut child, &mut output, Duration::from_secs(10), &supervisor).unwrap();
+        assert!(matches!(ended, Ended::Reported(ref reported) if reported.name == "x"));
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        assert!(output.programs_started.is_some());
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
 
     #[test]
     fn a_job_survives_the_child_command_line() {

@@ -270,26 +270,7 @@ impl fmt::Display for Event {
                     PacketDirection::Out => "out",
                     PacketDirection::In => "in ",
                 };
-                if p.protocol == IpProtocol::Known(Protocol::Tcp) {
-                    write!(
-                        f,
-                        "{arrow}    {}.{} > {}.{}: Flags [{}], seq {}, ack {}, win {}, length {}",
-                        p.src,
-                        p.sport,
-                        p.dst,
-                        p.dport,
-                        format_tcp_flags(p.flags),
-                        p.seq,
-                        p.ack,
-                        p.window,
-                        p.len
-                    )?;
-                } else {
-                    write!(f, "{arrow}    {} > {}: {} {}", p.src, p.dst, p.protocol, p.options)?;
-                }
-                if p.protocol == IpProtocol::Known(Protocol::Tcp) && !p.options.is_empty() {
-                    write!(f, ", [{}]", p.options)?;
-                }
+                write!(f, "{arrow}    {p}")?;
                 if let Some(fault) = &p.fault {
                     write!(f, "  << {fault}")?;
                 }
@@ -316,6 +297,33 @@ impl fmt::Display for Event {
             EventKind::Deadline { step: Some(step) } => write!(f, "DEADLINE reached; still running: {step}"),
             EventKind::Deadline { step: None } => write!(f, "DEADLINE reached"),
         }
+    }
+}
+
+/// The packet as `tcpdump -n` prints it, without the time: `10.0.0.1.35712 > 10.0.0.2.9000: Flags [.], ...`.
+impl fmt::Display for PacketEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = self;
+        if p.protocol != IpProtocol::Known(Protocol::Tcp) {
+            return write!(f, "{} > {}: {} {}", p.src, p.dst, p.protocol, p.options);
+        }
+        write!(
+            f,
+            "{}.{} > {}.{}: Flags [{}], seq {}, ack {}, win {}, length {}",
+            p.src,
+            p.sport,
+            p.dst,
+            p.dport,
+            format_tcp_flags(p.flags),
+            p.seq,
+            p.ack,
+            p.window,
+            p.len
+        )?;
+        if !p.options.is_empty() {
+            write!(f, ", [{}]", p.options)?;
+        }
+        Ok(())
     }
 }
 

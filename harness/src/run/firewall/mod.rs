@@ -137,13 +137,14 @@ impl Firewall {
             .map_err(|e| Error::sys(format!("switch fault {fault} off (nft flush chain inet netfault {chain})"), e))
     }
 
-    /// Closes the netfilter sockets of `firewalls` (the tables go with their namespaces) on one thread of their
-    /// own. Closing one makes nf_tables first finish the destroy work of recent rule changes (its
-    /// NETLINK_URELEASE handler flushes that work, which waits for an RCU grace period): measured 7 ms median
-    /// right after a fault switch, time the run has no reason to wait for.
-    pub fn close_in_background(firewalls: Vec<Firewall>) {
-        // If no thread can be started, the closure and the sockets in it are dropped here: closed inline.
-        let _ = thread::Builder::new().name("nft-close".into()).spawn(move || drop(firewalls));
+    /// Closes the netfilter socket (the table goes with its namespace) on a thread of its own. Closing it makes
+    /// nf_tables first finish the destroy work of recent rule changes (its NETLINK_URELEASE handler flushes
+    /// that work, which waits for an RCU grace period): measured 7 ms median right after a fault switch, time
+    /// the run has no reason to wait for.
+    pub fn close_in_background(self) {
+        let name = format!("nft-close-{}", self.host);
+        // If no thread can be started, the closure and the socket in it are dropped here: closed inline.
+        let _ = thread::Builder::new().name(name).spawn(move || drop(self));
     }
 
     /// Packets each fault's rules have hit so far, across every time it was on

@@ -79,7 +79,8 @@ pub fn link_mac(host: HostId) -> [u8; 6] {
 ///
 /// Offloads go off before the link goes up, so no frame ever leaves with a deferred checksum or as a
 /// super-segment. `build` returns once both ends are operational (`ip link show nf0` says `state UP`); see
-/// [`wait_operational`]. A run builds the same wire with [`HostWire`], each host from a thread of its own.
+/// [`HostWire::wait_operational`]. A run builds the same wire with [`HostWire`], each host from a thread of its
+/// own.
 pub fn build(plan: &Plan, client: &Netns, server: &Netns) -> Result<Topology> {
     let mut client_wire = client.run(|| HostWire::prepare(plan, HostId::Client))?;
     let mut server_wire = server.run(|| HostWire::prepare(plan, HostId::Server))?;
