@@ -1,7 +1,7 @@
 //! One scenario run inside the child process: set up, start the programs, switch faults on their triggers,
 //! stop at the end or the deadline, and hand back the timeline.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use crate::run::firewall;
 use crate::run::netns::Netns;
 use crate::run::priority;
 use crate::run::supervise::SETUP_LIMIT;
-use crate::run::topology::HostWire;
+use crate::run::topology::{self, HostWire};
 use crate::scenario::plan::{Direction, FaultPlan, HostId, HostPlan, Plan, Protocol, StepEdge, Trigger};
 use crate::timeline::{Event, EventKind, IpProtocol, PacketDirection, Timeline};
 
@@ -111,6 +111,14 @@ pub fn run(plan: &Plan, report_dir: &Path, on_start: impl FnOnce()) -> Result<Ru
     }
     let duration = clock.now();
     let _ = priority::lower_current_thread();
+    // Read once the programs are done, off the set-up and teardown figures.
+    let mut sysctls = [BTreeMap::new(), BTreeMap::new()];
+    for host in HostId::ALL {
+        match namespaces[host.index()].run(|| topology::effective_sysctls(&plan.host(host).sysctls)) {
+            Ok(values) => sysctls[host.index()] = values,
+            Err(e) => harness_errors.push(format!("{host} sysctls: {e}")),
+        }
+    }
 
     let teardown_started = Instant::now();
     board.close();
@@ -166,6 +174,7 @@ pub fn run(plan: &Plan, report_dir: &Path, on_start: impl FnOnce()) -> Result<Ru
         setup,
         teardown,
         deadline_hit,
+        sysctls,
         capture: [capture_client, capture_server],
         observer: [observer_client, observer_server],
         fault_hits,
