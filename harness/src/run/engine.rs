@@ -336,9 +336,13 @@ fn start_hosts(
     drop(ready_tx);
     let mut rigs: [Option<HostRig>; 2] = [None, None];
     let mut failures = Vec::new();
+    // A set-up step the scenario caused to fail (a sysctl the kernel refuses) is the error to report, at its
+    // line: the other host's failure then only follows from it.
+    let mut caused_by_scenario = None;
     for _ in HostId::ALL {
         match ready_rx.recv_timeout(SETUP_LIMIT) {
             Ok((host, Ok(rig))) => rigs[host.index()] = Some(rig),
+            Ok((_, Err(e @ Error::Located { .. }))) if caused_by_scenario.is_none() => caused_by_scenario = Some(e),
             Ok((host, Err(e))) => failures.push(format!("set-up of {host}: {e}")),
             Err(_) => failures
                 .push(format!("the hosts were not set up {}s after their threads started", SETUP_LIMIT.as_secs())),
@@ -361,7 +365,7 @@ fn start_hosts(
             Ok((rig, threads))
         }
         // A thread waiting at its gate gives up when the gates go with the caller's `Program`s.
-        _ => Err(Error::Internal(failures.join("; "))),
+        _ => Err(caused_by_scenario.unwrap_or_else(|| Error::Internal(failures.join("; ")))),
     }
 }
 
