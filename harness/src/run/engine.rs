@@ -1,7 +1,7 @@
 //! One scenario run inside the child process: set up, start the programs, switch faults on their triggers,
 //! stop at the end or the deadline, and hand back the timeline.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
@@ -143,6 +143,14 @@ pub fn run(plan: &Plan, report_dir: &Path, on_start: impl FnOnce()) -> Result<Ru
     }
     let duration = clock.now();
     let _ = priority::lower_current_thread();
+    // Read once the programs are done, off the set-up and teardown figures.
+    let mut sysctls = [BTreeMap::new(), BTreeMap::new()];
+    for host in HostId::ALL {
+        match namespaces[host.index()].run(|| topology::effective_sysctls(&plan.host(host).sysctls)) {
+            Ok(values) => sysctls[host.index()] = values,
+            Err(e) => harness_errors.push(format!("{host} sysctls: {e}")),
+        }
+    }
 
     let teardown_started = Instant::now();
     board.close();
@@ -194,6 +202,7 @@ pub fn run(plan: &Plan, report_dir: &Path, on_start: impl FnOnce()) -> Result<Ru
         setup,
         teardown,
         deadline_hit,
+        sysctls,
         capture: [capture_client, capture_server],
         observer: [observer_client, observer_server],
         fault_hits,
