@@ -29,6 +29,29 @@ struct Sampler {
     count: u64,
     total_dump_time: Duration,
     max_dump_time: Duration,
+    /// What a dump has lately cost this thread in CPU time (kernel and user), a moving average: what pacing
+    /// goes by. Wall time is no measure of cost on a loaded machine: there a dump that waited a second for a
+    /// CPU (measured in a TCG VM with 50 scenarios starting at once) made one observer's mean wall time 160 ms
+    /// and its periodic samples 30 s apart, while its dumps cost under a millisecond of CPU.
+    recent_dump_cpu: Option<Duration>,
+}
+
+/// Weight of the newest dump in [`Sampler::recent_dump_cpu`]: an eighth, so one odd dump moves it little.
+const RECENT_WEIGHT: f64 = 0.125;
+
+/// CPU time the calling thread has used so far (`CLOCK_THREAD_CPUTIME_ID`); zero where the clock is refused.
+fn thread_cpu_time() -> Duration {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `now` is a valid timespec the call fills in.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(u64::try_from(now.tv_sec).unwrap_or(0), u32::try_from(now.tv_nsec).unwrap_or(0))
+}
+
+/// The moving average of a dump's CPU cost with `latest` folded in.
+fn fold_in(recent: Option<Duration>, latest: Duration) -> Duration {
+    recent.map_or(latest, |recent| recent.mul_f64(1.0 - RECENT_WEIGHT) + latest.mul_f64(RECENT_WEIGHT))
 }
 
 impl Sampler {
@@ -38,8 +61,10 @@ impl Sampler {
     fn sample(&mut self) -> Result<()> {
         let requested = Instant::now();
         let t = self.sink.clock().at(requested);
+        let cpu_before = thread_cpu_time();
         dump_into(&mut self.socket, &mut self.samples)?;
         let took = requested.elapsed();
+        self.recent_dump_cpu = Some(fold_in(self.recent_dump_cpu, thread_cpu_time().saturating_sub(cpu_before)));
         self.count += 1;
         self.total_dump_time += took;
         self.max_dump_time = self.max_dump_time.max(took);
@@ -76,7 +101,7 @@ impl Sampler {
                 }
             }
             self.sample()?;
-            let interval = paced(interval, self.stats().mean_dump_time, observers_at_once, cpus);
+            let interval = paced(interval, self.recent_dump_cpu.unwrap_or_default(), observers_at_once, cpus);
             next += interval;
             let now = Instant::now();
             if next <= now {
@@ -102,12 +127,12 @@ fn scenarios_at_once() -> usize {
     std::env::var(SCENARIOS_AT_ONCE_ENV).ok().and_then(|n| n.parse().ok()).filter(|n| *n > 0).unwrap_or(1)
 }
 
-/// The sampling interval an observer keeps: the scenario's, or longer where a dump costs so much that the
-/// observers of all the scenarios running at once would take more than [`OBSERVERS_CPU_SHARE`] of `cpus`.
+/// The sampling interval an observer keeps: the scenario's, or longer where a dump costs so much CPU time that
+/// the observers of all the scenarios running at once would take more than [`OBSERVERS_CPU_SHARE`] of `cpus`.
 /// Samples asked for by events (SYN, FIN, RST, a step's end) are not paced.
-fn paced(interval: Duration, mean_dump: Duration, observers_at_once: usize, cpus: usize) -> Duration {
+fn paced(interval: Duration, dump_cpu: Duration, observers_at_once: usize, cpus: usize) -> Duration {
     let share_per_observer = OBSERVERS_CPU_SHARE * cpus as f64 / observers_at_once.max(1) as f64;
-    interval.max(Duration::from_secs_f64(mean_dump.as_secs_f64() / share_per_observer))
+    interval.max(Duration::from_secs_f64(dump_cpu.as_secs_f64() / share_per_observer))
 }
 
 /// What the owner of an observer tells its thread.
@@ -149,6 +174,7 @@ impl Observer {
             count: 0,
             total_dump_time: Duration::ZERO,
             max_dump_time: Duration::ZERO,
+            recent_dump_cpu: None,
         };
         sampler.sample()?;
         let (stop, stop_rx) = mpsc::channel();
@@ -214,6 +240,32 @@ mod pacing_tests {
         assert_eq!(paced(ms(10), ms(1), 100, 2), ms(200));
         // One scenario alone keeps its interval even then.
         assert_eq!(paced(ms(10), ms(1), 2, 2), ms(10));
+    }
+
+    #[test]
+    fn one_dear_dump_moves_the_recent_cost_by_an_eighth() {
+        let us = Duration::from_micros;
+        assert_eq!(fold_in(None, us(400)), us(400));
+        // A dump that cost 80 ms among 400 us ones: 10.35 ms, and back under 1 ms after 20 ordinary ones.
+        let mut recent = fold_in(Some(us(400)), us(80_400));
+        assert!(recent.abs_diff(us(10_400)) < us(1), "{recent:?}");
+        for _ in 0..20 {
+            recent = fold_in(Some(recent), us(400));
+        }
+        assert!(recent < us(1000), "{recent:?}");
+    }
+
+    #[test]
+    fn a_dump_costs_this_thread_cpu_time() {
+        let before = thread_cpu_time();
+        let mut spin = 0u64;
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_millis(20) {
+            spin = std::hint::black_box(spin.wrapping_add(1));
+        }
+        let used = thread_cpu_time() - before;
+        // Busy for 20 ms of wall time: some CPU time, never more than the wall time.
+        assert!(used > Duration::ZERO && used <= started.elapsed(), "{used:?}");
     }
 }
 
