@@ -128,9 +128,11 @@ pub fn run(plan: &Plan, report_dir: &Path, on_start: impl FnOnce()) -> Result<Ru
             Ok(event) => {
                 // Only the host that saw the packet or ran the step: a packet changes the sender's socket when
                 // it leaves and the receiver's when it arrives, and each capture reports its own side.
-                if wants_fresh_sample(&event) {
-                    if let Some(observer) = observers.get(event.host.index()) {
-                        observer.poke();
+                if let Some(observer) = observers.get(event.host.index()) {
+                    match fresh_sample(&event) {
+                        Some(Urgency::AtOnce) => observer.poke(),
+                        Some(Urgency::WithinBudget) => observer.poke_packet(),
+                        None => {}
                     }
                 }
                 schedule.observe(&event);
@@ -210,13 +212,23 @@ pub fn run(plan: &Plan, report_dir: &Path, on_start: impl FnOnce()) -> Result<Ru
     })
 }
 
-/// Packets that change TCP states (SYN, FIN, RST) and step ends: worth a socket sample of their host at once.
-fn wants_fresh_sample(event: &Event) -> bool {
+/// How soon an event asks for a socket sample of its host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Urgency {
+    /// Packets that change TCP states (SYN, FIN, RST) and step ends: at once.
+    AtOnce,
+    /// Every other packet (it changes a queue, a window, a timer's count): as soon as the observer's CPU
+    /// budget allows.
+    WithinBudget,
+}
+
+fn fresh_sample(event: &Event) -> Option<Urgency> {
     const STATE_CHANGING_FLAGS: u8 = 0x01 | 0x02 | 0x04;
     match &event.kind {
-        EventKind::Packet(packet) => packet.flags & STATE_CHANGING_FLAGS != 0,
-        EventKind::StepEnd { .. } => true,
-        _ => false,
+        EventKind::Packet(packet) if packet.flags & STATE_CHANGING_FLAGS != 0 => Some(Urgency::AtOnce),
+        EventKind::Packet(_) => Some(Urgency::WithinBudget),
+        EventKind::StepEnd { .. } => Some(Urgency::AtOnce),
+        _ => None,
     }
 }
 

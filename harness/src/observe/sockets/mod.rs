@@ -1,6 +1,7 @@
 //! The socket-state sampler of a host: `ss -tanoi` read through sock_diag (NETLINK_SOCK_DIAG), and the thread
 //! that turns successive samples into `EventKind::Socket` timeline events.
 
+mod budget;
 mod changes;
 mod diag;
 
@@ -14,6 +15,7 @@ use crate::run::clock::EventSink;
 use crate::run::netns::Netns;
 use crate::scenario::plan::HostId;
 use crate::timeline::EventKind;
+use budget::Budget;
 use changes::ChangeTracker;
 pub use diag::{dump_into, DiagSocket, SocketSample};
 
@@ -29,7 +31,7 @@ struct Sampler {
     count: u64,
     total_dump_time: Duration,
     max_dump_time: Duration,
-    /// What a dump has lately cost this thread in CPU time (kernel and user), a moving average: what pacing
+    /// What a sample has lately cost this thread in CPU time (kernel and user), a moving average: what pacing
     /// goes by. Wall time is no measure of cost on a loaded machine: there a dump that waited a second for a
     /// CPU (measured in a TCG VM with 50 scenarios starting at once) made one observer's mean wall time 160 ms
     /// and its periodic samples 30 s apart, while its dumps cost under a millisecond of CPU.
@@ -58,19 +60,21 @@ impl Sampler {
     /// One dump, and its changes as events stamped with the time the dump was requested: the kernel walks its
     /// socket table after that instant, so a change seen at `t` happened before `t` + the dump time (20 to 200
     /// microseconds, see `ObserverStats`) and after the previous sample's `t`.
-    fn sample(&mut self) -> Result<()> {
+    fn sample(&mut self) -> Result<Duration> {
         let requested = Instant::now();
         let t = self.sink.clock().at(requested);
         let cpu_before = thread_cpu_time();
         dump_into(&mut self.socket, &mut self.samples)?;
         let took = requested.elapsed();
-        self.recent_dump_cpu = Some(fold_in(self.recent_dump_cpu, thread_cpu_time().saturating_sub(cpu_before)));
         self.count += 1;
         self.total_dump_time += took;
         self.max_dump_time = self.max_dump_time.max(took);
         let (sink, host) = (&self.sink, self.host);
         self.tracker.update(&self.samples, |event| sink.emit_at(t, host, EventKind::Socket(event)));
-        Ok(())
+        // The budget's measure: dump and comparison, in CPU time.
+        let cost = thread_cpu_time().saturating_sub(cpu_before);
+        self.recent_dump_cpu = Some(fold_in(self.recent_dump_cpu, cost));
+        Ok(cost)
     }
 
     fn stats(&self) -> ObserverStats {
@@ -82,33 +86,57 @@ impl Sampler {
         }
     }
 
-    /// Samples every `interval`, and at once when poked, until told to stop (or the `Observer` is dropped),
-    /// then once more.
+    /// Samples every `interval` and when asked, until told to stop (or the `Observer` is dropped), then once
+    /// more. Samples asked for by a SYN, FIN, RST or a step's end are taken at once; periodic ones and those
+    /// asked for by other packets within the observer's [`Budget`], periodic ones leaving a reserve for packets.
     fn run(mut self, interval: Duration, signals: mpsc::Receiver<Signal>) -> Result<ObserverStats> {
         let observers_at_once = 2 * scenarios_at_once();
         let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-        let mut next = Instant::now() + interval;
+        let mut budget = Budget::new(observers_at_once, cpus, Instant::now());
+        let mut next_periodic = Instant::now() + interval;
+        let mut packet_waiting = false;
         loop {
-            match signals.recv_timeout(next.saturating_duration_since(Instant::now())) {
+            let now = Instant::now();
+            let dump_cost = self.recent_dump_cpu.unwrap_or_default();
+            let due = if now >= next_periodic {
+                let affordable = budget.periodic_at(now, dump_cost);
+                next_periodic = affordable;
+                affordable <= now
+            } else {
+                false
+            };
+            let packet_due = packet_waiting && budget.packet_at(now, dump_cost) <= now;
+            if due || packet_due {
+                packet_waiting = false;
+                self.sample_within(&mut budget)?;
+                next_periodic = Instant::now() + interval;
+                continue;
+            }
+            let mut wake = next_periodic;
+            if packet_waiting {
+                wake = wake.min(budget.packet_at(now, dump_cost));
+            }
+            match signals.recv_timeout(wake.saturating_duration_since(now)) {
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Ok(Signal::SampleNow) => {
-                    self.sample()?;
-                    continue;
+                    self.sample_within(&mut budget)?;
+                    packet_waiting = false;
+                    next_periodic = Instant::now() + interval;
                 }
+                Ok(Signal::PacketSeen) => packet_waiting = true,
                 Ok(Signal::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => {
                     self.sample()?;
                     return Ok(self.stats());
                 }
             }
-            self.sample()?;
-            let interval = paced(interval, self.recent_dump_cpu.unwrap_or_default(), observers_at_once, cpus);
-            next += interval;
-            let now = Instant::now();
-            if next <= now {
-                // Late (a loaded machine): keep the interval from now rather than firing a burst to catch up.
-                next = now + interval;
-            }
         }
+    }
+
+    /// One sample, its CPU time spent from `budget`.
+    fn sample_within(&mut self, budget: &mut Budget) -> Result<()> {
+        let cost = self.sample()?;
+        budget.spend(Instant::now(), cost, self.recent_dump_cpu.unwrap_or_default());
+        Ok(())
     }
 }
 
@@ -116,23 +144,8 @@ impl Sampler {
 /// at once (absent: this one alone).
 pub const SCENARIOS_AT_ONCE_ENV: &str = "NETFAULT_SCENARIOS_AT_ONCE";
 
-/// The share of the machine's CPUs that the periodic samples of every observer of every scenario running at
-/// once may take. Observers run real-time, so past it they starve every ordinary thread: measured in a 2-vCPU
-/// emulated (TCG) VM, where a dump costs 50 times what it costs here, 50 scenarios sampling every 10 ms left
-/// ordinary threads (the scenarios' own teardown and reports, the runner, a shell) without a CPU for tens of
-/// seconds, and 44 scenario processes were killed at their deadline with no report.
-const OBSERVERS_CPU_SHARE: f64 = 0.25;
-
 fn scenarios_at_once() -> usize {
     std::env::var(SCENARIOS_AT_ONCE_ENV).ok().and_then(|n| n.parse().ok()).filter(|n| *n > 0).unwrap_or(1)
-}
-
-/// The sampling interval an observer keeps: the scenario's, or longer where a dump costs so much CPU time that
-/// the observers of all the scenarios running at once would take more than [`OBSERVERS_CPU_SHARE`] of `cpus`.
-/// Samples asked for by events (SYN, FIN, RST, a step's end) are not paced.
-fn paced(interval: Duration, dump_cpu: Duration, observers_at_once: usize, cpus: usize) -> Duration {
-    let share_per_observer = OBSERVERS_CPU_SHARE * cpus as f64 / observers_at_once.max(1) as f64;
-    interval.max(Duration::from_secs_f64(dump_cpu.as_secs_f64() / share_per_observer))
 }
 
 /// What the owner of an observer tells its thread.
@@ -140,6 +153,8 @@ fn paced(interval: Duration, dump_cpu: Duration, observers_at_once: usize, cpus:
 enum Signal {
     /// Something just happened (a SYN, FIN or RST, a step's end): sample now rather than at the next tick.
     SampleNow,
+    /// Another packet left or arrived (data, an ACK, a probe): sample as soon as the budget allows.
+    PacketSeen,
     Stop,
 }
 
@@ -200,6 +215,13 @@ impl Observer {
         let _ = self.stop.send(Signal::SampleNow);
     }
 
+    /// A packet other than a SYN, FIN or RST left or arrived: asks for a sample as soon as the CPU budget
+    /// allows, so values that last less than the paced interval (a Recv-Q between two writes, a keepalive or
+    /// persist timer's count after its probe) are seen on a slow machine too. Many asks make one sample.
+    pub fn poke_packet(&self) {
+        let _ = self.stop.send(Signal::PacketSeen);
+    }
+
     /// Takes one last sample, stops the thread (bounded), returns the number of samples taken and the mean dump
     /// time. A dump that failed while running ends the sampling early and is reported here.
     pub fn stop(self) -> Result<ObserverStats> {
@@ -230,26 +252,13 @@ mod pacing_tests {
     use super::*;
 
     #[test]
-    fn sampling_slows_down_only_where_all_observers_would_take_more_than_their_share() {
-        let ms = Duration::from_millis;
-        let us = Duration::from_micros;
-        // This machine: 17 us dumps, 100 observers (50 scenarios) on 2 CPUs: 3.4 ms of CPU per 10 ms interval
-        // would be their share; the scenario's 10 ms stands.
-        assert_eq!(paced(ms(10), us(17), 100, 2), ms(10));
-        // An emulated machine: 1 ms dumps: 200 ms between periodic samples keeps them to a quarter of 2 CPUs.
-        assert_eq!(paced(ms(10), ms(1), 100, 2), ms(200));
-        // One scenario alone keeps its interval even then.
-        assert_eq!(paced(ms(10), ms(1), 2, 2), ms(10));
-    }
-
-    #[test]
     fn one_dear_dump_moves_the_recent_cost_by_an_eighth() {
         let us = Duration::from_micros;
         assert_eq!(fold_in(None, us(400)), us(400));
-        // A dump that cost 80 ms among 400 us ones: 10.35 ms, and back under 1 ms after 20 ordinary ones.
+        // A dump that cost 80 ms among 400 us ones: 10.4 ms, and back under 1 ms after 25 ordinary ones.
         let mut recent = fold_in(Some(us(400)), us(80_400));
         assert!(recent.abs_diff(us(10_400)) < us(1), "{recent:?}");
-        for _ in 0..20 {
+        for _ in 0..25 {
             recent = fold_in(Some(recent), us(400));
         }
         assert!(recent < us(1000), "{recent:?}");
