@@ -163,6 +163,7 @@ pub fn specialize(mut plan: Plan, kernel: &mut Kernel) -> Plan {
                     step.expect.outcome = None;
                     step.expect.after = None;
                     step.expect.at = None;
+                    step.expect.since = None;
                 }
             }
             ExpectationRef::Packet(i) => drop(plan.expect.packets.remove(i)),

@@ -466,8 +466,11 @@ pub struct StepExpectation {
     pub outcome: Option<ExpectedOutcome>,
     /// Elapsed time from the step's start to its end.
     pub after: Option<Duration>,
-    /// Scenario time at which the step ends.
+    /// Scenario time at which the step ends, or time since `since`.
     pub at: Option<Duration>,
+    /// What `at` counts from instead of t0: a step's end or a packet (a program's exit counted from the
+    /// request it sent, not from its start, which on a slow machine takes seconds).
+    pub since: Option<Since>,
     /// Tolerance for `after` / `at`; the scenario default when not given.
     pub tolerance: Tolerance,
     pub location: Location,

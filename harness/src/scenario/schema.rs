@@ -515,6 +515,7 @@ pub struct StepExpectWire {
     pub exit: Option<Scalar>,
     pub after: Option<Scalar>,
     pub at: Option<Scalar>,
+    pub since: Option<ScalarOr<SinceWire>>,
     pub tolerance: Option<ScalarOr<ToleranceWire>>,
     pub requires: Option<RequiresWire>,
 }

@@ -1192,6 +1192,12 @@ fn more_bad_inputs_with_positions() {
         "at 61s is beyond the scenario timeout 60s",
     );
     refused(
+        "description: d\nclient:\n  - exec: { program: x }\n    expect: { exit: 1, since: server.accept }\n",
+        4,
+        24,
+        "`since` says what `at` counts from; give `at` too",
+    );
+    refused(
         "description: d\nclient:\n  - exec: { program: x, env: { 1X: y } }\n",
         3,
         32,

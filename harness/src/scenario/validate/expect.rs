@@ -136,7 +136,7 @@ impl Validator<'_> {
 
     /// `since: client.connect` (the named step whose end the expectation's times count from) or
     /// `since: { packet: {...}, nth: 2 }` (the n-th packet matching the filter).
-    fn anchor(&self, path: &NodePath, since: Option<&ScalarOr<SinceWire>>) -> Checked<Option<Since>> {
+    pub(super) fn anchor(&self, path: &NodePath, since: Option<&ScalarOr<SinceWire>>) -> Checked<Option<Since>> {
         let path = path.key("since");
         let map = match since {
             None => return Ok(None),
