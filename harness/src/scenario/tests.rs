@@ -1573,3 +1573,17 @@ fn a_connect_waits_for_the_peers_startup_listen_on_its_port() {
     assert_eq!(awaited(connect, "  - listen: { port: 9001 }\n"), None, "another port");
     assert_eq!(awaited(connect, "  - sleep: 1s\n"), None, "no listen");
 }
+
+#[test]
+fn a_payload_condition_requires_inner_payload_loads() {
+    let fault = "faults:\n  - { name: acks, at: server, match: { payload: empty }, action: drop }\n";
+    let implied = plan(&format!("description: d\n{fault}"));
+    assert_eq!(implied.requires.items, vec![Requirement::Nftables(NftFeature::InnerPayload)]);
+    // The reason points at the fault.
+    assert_eq!(implied.requires.location.map(|l| l.line), Some(3));
+    let stated = plan(&format!("description: d\nrequires: {{ nftables: [inner-payload] }}\n{fault}"));
+    assert_eq!(stated.requires.items, vec![Requirement::Nftables(NftFeature::InnerPayload)]);
+    assert_eq!(stated.requires.location.map(|l| l.line), Some(2));
+    let without = plan("description: d\nfaults:\n  - { name: all, at: server, match: { dport: 9 }, action: drop }\n");
+    assert!(without.requires.items.is_empty());
+}

@@ -151,7 +151,8 @@ pub fn validate(
 
     let faults = v.faults(&root.key("faults"), wire.faults.as_deref().unwrap_or(&[]))?;
     let expect = v.run_expectations(&root.key("expect"), wire.expect.as_ref())?;
-    let requires = v.requirements(&root.key("requires"), wire.requires.as_ref())?;
+    let mut requires = v.requirements(&root.key("requires"), wire.requires.as_ref())?;
+    require_what_faults_need(&mut requires, &faults);
     let conditional = v.conditional_expectations(wire)?;
 
     let [client_steps, server_steps] = steps;
@@ -190,6 +191,19 @@ pub fn validate(
         conditional,
         not_applicable: Vec::new(),
     })
+}
+
+/// A fault's `payload:` condition needs nftables' inner-header loads (`@ih`, Linux >= 6.2 or a kernel with
+/// them backported): the scenario requires them whether or not its `requires:` says so, so that a kernel
+/// without them makes it not applicable, with that reason, rather than a harness error when the rule is
+/// refused. The reason points at the scenario's `requires:`, or at the first such fault.
+fn require_what_faults_need(requires: &mut Requirements, faults: &[FaultPlan]) {
+    let needed = Requirement::Nftables(NftFeature::InnerPayload);
+    let Some(fault) = faults.iter().find(|fault| fault.matcher.payload.is_some()) else { return };
+    if !requires.items.contains(&needed) {
+        requires.items.push(needed);
+        requires.location.get_or_insert(fault.location);
+    }
 }
 
 struct Validator<'a> {
