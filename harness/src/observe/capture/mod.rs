@@ -171,8 +171,14 @@ impl Capture {
         let (spare_tx, spare) = mpsc::sync_channel(SPARE_CHUNKS);
         let (done, finished) = mpsc::sync_channel(1);
         let progress = Arc::new(AtomicU64::new(0));
-        let disk =
-            DiskWriter { command: command.clone(), file, chunks, spare: spare_tx, done, progress: Arc::clone(&progress) };
+        let disk = DiskWriter {
+            command: command.clone(),
+            file,
+            chunks,
+            spare: spare_tx,
+            done,
+            progress: Arc::clone(&progress),
+        };
         thread::Builder::new()
             .name(format!("pcap-{host}"))
             .spawn(move || disk.run())
@@ -213,12 +219,18 @@ impl Capture {
         Ok(Capture { command, stop_signal, finished, progress })
     }
 
+    /// Tells the capture to stop, without waiting for it: [`Capture::stop`] then collects the counts, so
+    /// several captures drain at once.
+    pub fn request_stop(&self) {
+        signal(&self.stop_signal);
+    }
+
     /// Stops the capture (`kill -INT` to tcpdump): takes the frames the interface counted until then (waiting
     /// at most `DRAIN_MAX` for those still on their way), writes out and closes the pcap, and returns the
     /// counts. Waits as long as the capture makes progress, up to [`STOP_MAX`], and [`STOP_IDLE_TIMEOUT`]
     /// for one that makes none.
     pub fn stop(self) -> Result<CaptureStats> {
-        signal(&self.stop_signal);
+        self.request_stop();
         let started = Instant::now();
         let mut last_progress = (self.progress.load(Ordering::Relaxed), started);
         loop {

@@ -196,10 +196,14 @@ fn a_step_end_at_a_time_since_a_packet_counts_from_that_packet() {
     assert!(in_time.passed(), "{:?}", in_time.failures);
     let late = judge(&plan, &kernel_run(ms(7140), Outcome::Error("ETIMEDOUT".into())));
     let failure = late.failures.iter().find(|f| f.subject.contains("#2 send")).expect("the send is late");
-    assert_eq!(failure.expected, "to end at 4.000000s ± 0.100000s since the 3rd of the packets from client [S] (3.030000s)");
+    assert_eq!(
+        failure.expected,
+        "to end at 4.000000s ± 0.100000s since the 3rd of the packets from client [S] (3.030000s)"
+    );
     assert_eq!(failure.actual, "EPIPE at 4.110000s");
     // A run without a third SYN cannot place the end: the expectation fails, naming the packet.
-    let two_syns = Timeline::new(vec![syn(ms(1)), syn(ms(1010)), step(ms(2000), 1, None), step(ms(2000), 1, Some(Outcome::Ok))]);
+    let two_syns =
+        Timeline::new(vec![syn(ms(1)), syn(ms(1010)), step(ms(2000), 1, None), step(ms(2000), 1, Some(Outcome::Ok))]);
     let missing = judge(&plan, &two_syns);
     assert!(missing.failures.iter().any(|f| f.actual == "2 such packets"), "{:?}", missing.failures);
 }
