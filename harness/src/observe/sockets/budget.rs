@@ -1,6 +1,5 @@
-//! The CPU budget of one socket observer: how much CPU time its dumps may take, shared by the periodic samples
-//! and the samples that packets ask for, so that the observers of every scenario running at once stay within
-//! [`OBSERVERS_CPU_SHARE`] of the machine's CPUs.
+//! The CPU budget of one socket observer's periodic samples: how much CPU time their dumps may take, so that
+//! the observers of every scenario running at once stay within [`OBSERVERS_CPU_SHARE`] of the machine's CPUs.
 
 use std::time::{Duration, Instant};
 
@@ -11,13 +10,8 @@ use std::time::{Duration, Instant};
 /// seconds, and 44 scenario processes were killed at their deadline with no report.
 pub const OBSERVERS_CPU_SHARE: f64 = 0.25;
 
-/// Dumps' worth of credit that periodic samples leave for samples asked for by packets: a burst of packets
-/// (three writes 200 ms apart, each changing the receiver's Recv-Q) is sampled packet by packet even where
-/// the budget spaces periodic samples a second apart.
-const RESERVED_FOR_PACKETS: f64 = 4.0;
-
-/// Dumps' worth of credit saved up at most.
-const MOST_CREDIT: f64 = RESERVED_FOR_PACKETS + 4.0;
+/// Dumps' worth of credit saved up at most: after a quiet spell, a few periodic samples in a row.
+const MOST_CREDIT: f64 = 4.0;
 
 /// Credit in CPU time, earned at a fixed rate, spent by each dump at what it cost.
 #[derive(Debug, Clone)]
@@ -48,26 +42,15 @@ impl Budget {
         self.credit -= cost.as_secs_f64();
     }
 
-    /// When a dump costing `dump_cost` can be paid for, leaving `reserve` dumps' worth of credit: `now` or
-    /// later.
-    fn affordable_at(&mut self, now: Instant, dump_cost: Duration, reserve: f64) -> Instant {
+    /// When a periodic sample costing `dump_cost` can be paid for: `now` or later.
+    pub fn periodic_at(&mut self, now: Instant, dump_cost: Duration) -> Instant {
         self.earn(now, dump_cost);
-        let missing = (reserve + 1.0) * dump_cost.as_secs_f64() - self.credit;
+        let missing = dump_cost.as_secs_f64() - self.credit;
         if missing <= 0.0 {
             now
         } else {
             now + Duration::from_secs_f64(missing / self.rate)
         }
-    }
-
-    /// When a periodic sample can be paid for: it leaves [`RESERVED_FOR_PACKETS`] dumps' worth of credit.
-    pub fn periodic_at(&mut self, now: Instant, dump_cost: Duration) -> Instant {
-        self.affordable_at(now, dump_cost, RESERVED_FOR_PACKETS)
-    }
-
-    /// When a sample asked for by a packet can be paid for.
-    pub fn packet_at(&mut self, now: Instant, dump_cost: Duration) -> Instant {
-        self.affordable_at(now, dump_cost, 0.0)
     }
 }
 
@@ -99,30 +82,24 @@ mod tests {
     }
 
     #[test]
-    fn dear_dumps_are_spaced_to_the_share_and_packets_keep_a_reserve() {
+    fn dear_dumps_are_spaced_to_the_share() {
         // An emulated machine: 1 ms dumps, 100 observers on 2 CPUs: one dump's worth earned every 200 ms.
         let t0 = Instant::now();
         let dump = ms(1);
         let mut budget = Budget::new(100, 2, t0);
-        // Full credit (8 dumps) at first: 4 periodic samples at once, then one every 200 ms.
+        // Full credit (4 dumps) at first, then one every 200 ms.
         for _ in 0..4 {
             assert_close(budget.periodic_at(t0, dump), t0);
             budget.spend(t0, dump, dump);
         }
         assert_close(budget.periodic_at(t0, dump), t0 + ms(200));
-        // Packets still get their 4 samples at once, then one every 200 ms.
-        for _ in 0..4 {
-            assert_close(budget.packet_at(t0, dump), t0);
-            budget.spend(t0, dump, dump);
-        }
-        assert_close(budget.packet_at(t0, dump), t0 + ms(200));
-        // Credit saved up is capped at 8 dumps.
+        // Credit saved up is capped at 4 dumps.
         let later = t0 + Duration::from_secs(60);
         assert_close(budget.periodic_at(later, dump), later);
-        for _ in 0..8 {
+        for _ in 0..4 {
             budget.spend(later, dump, dump);
         }
-        assert_close(budget.packet_at(later, dump), later + ms(200));
+        assert_close(budget.periodic_at(later, dump), later + ms(200));
     }
 
     #[test]
