@@ -112,6 +112,12 @@ pub fn run(plan: &Plan, report_dir: &Path, on_start: impl FnOnce()) -> Result<Ru
         apply_due(&mut schedule, &mut faults, &clock, &mut fault_events)?;
     }
     let duration = clock.now();
+    // The recording ends with the run: every observer and capture is told at once, while this thread still
+    // runs real-time (their last samples and frames overlap). Told after the teardown's first steps, at the
+    // ordinary priority, they went on recording for 5 s in a starved TCG VM, and a retransmission the client
+    // sent then, answered with a RST by the server's closed port, failed a scenario that expects no RST.
+    observers.iter().for_each(Observer::request_stop);
+    captures.iter().for_each(Capture::request_stop);
     let _ = priority::lower_current_thread();
     // Read once the programs are done, off the set-up and teardown figures.
     let mut sysctls = [BTreeMap::new(), BTreeMap::new()];
@@ -130,10 +136,6 @@ pub fn run(plan: &Plan, report_dir: &Path, on_start: impl FnOnce()) -> Result<Ru
     }
     // A part that fails to stop (on a starved machine: not within its bounded wait) is a harness error of this
     // run, not the end of it: what the others recorded still makes the report, timeline and pcaps included.
-    // Every observer and capture is told at once, then each is waited for: their last samples and frames
-    // overlap.
-    observers.iter().for_each(Observer::request_stop);
-    captures.iter().for_each(Capture::request_stop);
     let mut observer_stats = Vec::with_capacity(2);
     for observer in observers {
         observer_stats.push(observer.stop().unwrap_or_else(|e| {
