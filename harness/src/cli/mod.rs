@@ -87,8 +87,7 @@ struct Paths {
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// How many scenarios run at once [default: all of them, fewer (at least 4) on a machine too slow to
-    /// observe them all]
+    /// How many scenarios run at once [default: all of them]
     #[arg(short, long, value_name = "N", value_parser = positive)]
     jobs: Option<usize>,
     /// Where the reports go: DIR/<scenario>/

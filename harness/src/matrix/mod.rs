@@ -282,7 +282,6 @@ fn run_suite(
         .map(|(job, plan)| (Job { reports: reports.to_path_buf(), ..job }, plan.deadline))
         .collect();
     let parallel = parallel.unwrap_or_else(|| runner::default_parallelism(jobs.len()));
-    println!("   {} scenarios, {parallel} at once", jobs.len());
     let limits: Vec<Duration> = jobs.iter().map(|(_, deadline)| *deadline + runner::CHILD_GRACE).collect();
     let supervisor = Supervisor::new(supervise::default_budget(&limits, parallel));
     supervisor.start_watchdog(runner::STOP_GRACE)?;
@@ -357,9 +356,7 @@ fn run_in_vm(kernel: &kernel::Kernel, loaded: &[(Job, Plan)], options: &Options,
         .filter(|(_, plan)| options.slow || !plan.slow)
         .map(|(_, plan)| plan.deadline + runner::CHILD_GRACE)
         .collect();
-    // The guest measures its own default parallelism, which a slow guest brings down to its floor: the VM's
-    // bound assumes the floor.
-    let parallel = options.jobs.unwrap_or(runner::FEWEST_BY_DEFAULT).min(limits.len().max(1));
+    let parallel = options.jobs.unwrap_or_else(|| runner::default_parallelism(limits.len()));
     let limit = supervise::default_budget(&limits, parallel) + runner::STOP_GRACE + VM_MARGIN;
     let machine = vm::Machine {
         image: kernel.image.clone(),

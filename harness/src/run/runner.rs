@@ -8,7 +8,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -17,12 +17,11 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::error::{Context, Error, Result};
 use crate::observe::capture;
-use crate::observe::sockets::{self, SCENARIOS_AT_ONCE_ENV};
+use crate::observe::sockets::SCENARIOS_AT_ONCE_ENV;
 use crate::report::verdict;
 use crate::report::{self, Status, Summary};
 use crate::run::supervise::{self, StopReason, Supervisor, SETUP_LIMIT};
 use crate::run::{engine, netns, pidns, requirements, userns};
-use crate::scenario::validate::DEFAULT_SAMPLE;
 use crate::scenario::{self, plan::Plan, variables::Variables};
 
 /// How many scenario processes this runner runs at once, for its children's observers to pace themselves by.
@@ -649,23 +648,10 @@ pub fn run_all(
 }
 
 /// Default parallelism: every scenario at once, since they mostly wait on kernel timers (capped to keep a
-/// small machine responsive), unless this machine is too slow to observe them all: then as many as its
-/// observers can sample every 10 ms within their CPU share, a sock_diag dump measured once per process
-/// ([`sockets::scenarios_observable`]), and never fewer than [`FEWEST_BY_DEFAULT`]. In a 2-vCPU TCG VM all
-/// 50 at once failed 4 to 6 scenarios a run (samples, timers and programs waiting for a CPU), where 4 at
-/// once passed.
+/// small machine responsive).
 pub fn default_parallelism(jobs: usize) -> usize {
-    static OBSERVABLE: OnceLock<usize> = OnceLock::new();
-    let observable = *OBSERVABLE.get_or_init(|| {
-        let cpus = thread::available_parallelism().map_or(1, usize::from);
-        sockets::measure_dump_cost()
-            .map_or(usize::MAX, |dump| sockets::scenarios_observable(dump, DEFAULT_SAMPLE, cpus))
-    });
-    jobs.clamp(1, 256).min(observable.max(FEWEST_BY_DEFAULT))
+    jobs.clamp(1, 256)
 }
-
-/// The default parallelism's floor on a slow machine: what passed the suite in the TCG VM (`--jobs 4`).
-pub const FEWEST_BY_DEFAULT: usize = 4;
 
 /// The kind libtest-mimic prints before a scenario's name: `[scenario] keepalive/idle.yaml`.
 const TRIAL_KIND: &str = "scenario";

@@ -54,17 +54,6 @@ impl Budget {
     }
 }
 
-/// How many scenarios at once this machine's observers can sample every `interval` (two observers each) within
-/// [`OBSERVERS_CPU_SHARE`] of `cpus`, a dump costing `dump`: the bound of the default parallelism. Here (17 µs
-/// dumps, 2 CPUs, 10 ms) some 150; in a 2-vCPU TCG VM, where a dump costs tens of times more, a handful.
-pub fn scenarios_observable(dump: Duration, interval: Duration, cpus: usize) -> usize {
-    let per_scenario = 2.0 * dump.as_secs_f64() / interval.as_secs_f64();
-    if per_scenario <= 0.0 {
-        return usize::MAX;
-    }
-    (OBSERVERS_CPU_SHARE * cpus.max(1) as f64 / per_scenario) as usize
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,14 +66,6 @@ mod tests {
     fn assert_close(got: Instant, expected: Instant) {
         let off = if got > expected { got - expected } else { expected - got };
         assert!(off < Duration::from_micros(1), "off by {off:?}");
-    }
-
-    #[test]
-    fn slow_dumps_bound_the_scenarios_at_once() {
-        let us = Duration::from_micros;
-        assert_eq!(scenarios_observable(us(17), ms(10), 2), 147);
-        assert_eq!(scenarios_observable(us(500), ms(10), 2), 5);
-        assert_eq!(scenarios_observable(Duration::ZERO, ms(10), 2), usize::MAX);
     }
 
     #[test]

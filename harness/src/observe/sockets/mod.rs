@@ -15,7 +15,6 @@ use crate::run::clock::EventSink;
 use crate::run::netns::Netns;
 use crate::scenario::plan::HostId;
 use crate::timeline::EventKind;
-pub use budget::scenarios_observable;
 use budget::Budget;
 use changes::ChangeTracker;
 pub use diag::{dump_into, DiagSocket, SocketSample};
@@ -134,21 +133,6 @@ impl Sampler {
             }
         }
     }
-}
-
-/// What one sock_diag dump costs on this machine (`ss -tan` in an empty namespace), the cheapest of a few so
-/// that a preempted one does not count; `None` where no namespace can be made (rootless).
-pub fn measure_dump_cost() -> Option<Duration> {
-    let ns = Netns::new_anonymous().ok()?;
-    let mut socket = DiagSocket::open_in(&ns).ok()?;
-    let mut samples = Vec::new();
-    let mut cheapest = Duration::MAX;
-    for _ in 0..9 {
-        let started = Instant::now();
-        dump_into(&mut socket, &mut samples).ok()?;
-        cheapest = cheapest.min(started.elapsed());
-    }
-    Some(cheapest)
 }
 
 /// Samples asked for by packets other than SYN, FIN and RST are at least this far apart (many packets make
