@@ -136,10 +136,9 @@ fn is_scenario_file(path: &Path) -> bool {
 }
 
 /// `keepalive/idle` for `root/keepalive/idle.yaml`, and for `root/keepalive/../keepalive/./idle.yaml` too: `.`
-/// and `..` under `root` are resolved by name, as the shell would print the path.
+/// and `..` that stay under `root` are resolved by name.
 pub fn scenario_name(root: &Path, file: &Path) -> String {
-    let stem_of = |parts: Vec<String>| {
-        let mut parts = parts;
+    let stem_of = |mut parts: Vec<String>| {
         if let Some(last) = parts.last_mut() {
             for extension in [".yaml", ".yml"] {
                 if let Some(stem) = last.strip_suffix(extension) {
@@ -150,10 +149,13 @@ pub fn scenario_name(root: &Path, file: &Path) -> String {
         }
         parts.join("/")
     };
-    let file_name = || vec![file.file_name().unwrap_or(file.as_os_str()).to_string_lossy().into_owned()];
+    let as_given = |path: &Path| path.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
     match file.strip_prefix(root) {
-        Ok(relative) => stem_of(under_root(relative).filter(|parts| !parts.is_empty()).unwrap_or_else(file_name)),
-        Err(_) => stem_of(file_name()),
+        // A `..` out of the root stays in the name, which `report::report_dir` refuses.
+        Ok(relative) if !relative.as_os_str().is_empty() => {
+            stem_of(under_root(relative).unwrap_or_else(|| as_given(relative)))
+        }
+        _ => stem_of(as_given(Path::new(file.file_name().unwrap_or(file.as_os_str())))),
     }
 }
 
