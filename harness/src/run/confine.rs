@@ -1,0 +1,193 @@
+//! Confinement of `exec` programs: each runs in its host's network namespace and, besides, in a mount, UTS and
+//! IPC namespace of that host's own, with only the capabilities network tests need
+//! (`unshare --mount --uts --ipc` + `mount -t proc` + `mount -t sysfs` + `setpriv --bounding-set`).
+//!
+//! What a program sees: the machine's files as they are (read and write, as root), except `/proc`, a proc of
+//! the scenario's PID namespace (the scenario's processes only; `/proc/sys` read-only but for `/proc/sys/net`,
+//! which is the host's namespace's), and `/sys`, a read-only sysfs of the host's network namespace
+//! (`/sys/class/net` holds `lo` and `nf0`); the hostname is the host's name. What it keeps: CAP_NET_ADMIN,
+//! CAP_NET_RAW, CAP_NET_BIND_SERVICE (its own namespace's interfaces, qdiscs, nftables, raw sockets, low
+//! ports), the file capabilities root has over files, and CAP_SETUID / CAP_SETGID for programs that drop to
+//! another user (tcpdump). Without CAP_SYS_ADMIN it can neither setns(2) nor mount, and without
+//! CAP_SYS_PTRACE it cannot open the namespaces of the harness's own process (`/proc/1/ns/*`), so the
+//! machine's namespaces, sysctls, nftables and processes are out of its reach.
+//!
+//! The namespaces are made once per host, before the scenario starts; a program enters them between fork and
+//! exec ([`Confinement::enter`]), which costs three setns(2) and the capability calls.
+
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use nix::mount::{mount, MsFlags};
+use nix::sched::{unshare, CloneFlags};
+
+use crate::error::{Context, Error, Result};
+use crate::run::netns::Netns;
+
+/// The capabilities a confined program keeps (`setpriv --bounding-set`), by number (linux/capability.h).
+const KEPT_CAPABILITIES: [u32; 10] = [
+    libc::CAP_CHOWN as u32,
+    libc::CAP_DAC_OVERRIDE as u32,
+    libc::CAP_DAC_READ_SEARCH as u32,
+    libc::CAP_FOWNER as u32,
+    libc::CAP_FSETID as u32,
+    libc::CAP_SETGID as u32,
+    libc::CAP_SETUID as u32,
+    libc::CAP_NET_BIND_SERVICE as u32,
+    libc::CAP_NET_ADMIN as u32,
+    libc::CAP_NET_RAW as u32,
+];
+
+/// `_LINUX_CAPABILITY_VERSION_3`: capability sets as two 32-bit words.
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// The namespaces one host's programs run in, held by their descriptors, and what entering them needs.
+#[derive(Debug)]
+pub struct Confinement {
+    mount: OwnedFd,
+    uts: OwnedFd,
+    ipc: OwnedFd,
+    /// The harness's working directory: entering a mount namespace moves to its root, and programs are given
+    /// relative paths as they would be from the harness.
+    cwd: CString,
+    /// The highest capability number the kernel knows (`/proc/sys/kernel/cap_last_cap`).
+    last_capability: u32,
+}
+
+impl Confinement {
+    /// Makes the namespaces for the programs of a host whose network namespace is `netns`, named `hostname`
+    /// (`unshare --mount --uts --ipc`, `mount --make-rslave /`, `mount -t proc`, `mount -t sysfs -o ro`,
+    /// `hostname`), on a thread of its own that then ends.
+    pub fn new(netns: &Netns, hostname: &str) -> Result<Confinement> {
+        let cwd = std::env::current_dir().context(|| "getcwd for exec programs".to_string())?;
+        let cwd = CString::new(cwd.as_os_str().as_bytes())
+            .map_err(|_| Error::Internal(format!("working directory {} holds a NUL byte", cwd.display())))?;
+        let last_capability = read_last_capability()?;
+        let hostname = hostname.to_string();
+        let maker = netns.spawn("exec-confinement", move || {
+            let (mount, uts, ipc) = make_namespaces(&hostname)?;
+            Ok(Confinement { mount, uts, ipc, cwd, last_capability })
+        })?;
+        maker.join().map_err(|_| Error::Internal("exec confinement thread panicked".into()))?
+    }
+
+    /// Moves the calling process into the namespaces and drops every capability but [`KEPT_CAPABILITIES`],
+    /// from the bounding set too, so that exec(2) of any program, set-uid ones included, gives back no more.
+    ///
+    /// Runs in the forked child before exec: system calls only, no allocation.
+    pub fn enter(&self) -> io::Result<()> {
+        for (fd, kind) in [
+            (&self.mount, libc::CLONE_NEWNS),
+            (&self.uts, libc::CLONE_NEWUTS),
+            (&self.ipc, libc::CLONE_NEWIPC),
+        ] {
+            // SAFETY: plain system call on a descriptor this struct owns.
+            check(unsafe { libc::setns(fd.as_raw_fd(), kind) })?;
+        }
+        // SAFETY: the path is a NUL-terminated string owned by this struct.
+        check(unsafe { libc::chdir(self.cwd.as_ptr()) })?;
+        for capability in 0..=self.last_capability {
+            if !KEPT_CAPABILITIES.contains(&capability) {
+                // SAFETY: plain system call with integer arguments.
+                check(unsafe { libc::prctl(libc::PR_CAPBSET_DROP, capability as libc::c_ulong, 0, 0, 0) })?;
+            }
+        }
+        // SAFETY: plain system call with integer arguments.
+        check(unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0) })?;
+        let mut header = CapHeader { version: CAPABILITY_VERSION_3, pid: 0 };
+        let data = kept_capability_sets();
+        // SAFETY: capset(2) reads the header and two data words, which live until it returns.
+        check(unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut CapHeader, data.as_ptr()) } as libc::c_int)
+    }
+}
+
+/// Effective and permitted: the kept capabilities; inheritable: none (an inheritable capability would survive
+/// exec(2) whatever the bounding set says).
+fn kept_capability_sets() -> [CapData; 2] {
+    let mut words = [0u32; 2];
+    for capability in KEPT_CAPABILITIES {
+        words[(capability / 32) as usize] |= 1 << (capability % 32);
+    }
+    words.map(|word| CapData { effective: word, permitted: word, inheritable: 0 })
+}
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn read_last_capability() -> Result<u32> {
+    let path = "/proc/sys/kernel/cap_last_cap";
+    let text = fs::read_to_string(path).context(|| format!("read {path}"))?;
+    text.trim().parse().map_err(|_| Error::Internal(format!("{path} holds {text:?}, not a number")))
+}
+
+/// On the calling thread, which ends afterwards: new mount, UTS and IPC namespaces set up for programs, held
+/// by their descriptors (mount, uts, ipc).
+fn make_namespaces(hostname: &str) -> Result<(OwnedFd, OwnedFd, OwnedFd)> {
+    // CLONE_FS: the thread's root and working directory become its own, as a mount namespace needs.
+    unshare(CloneFlags::CLONE_FS | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC)
+        .context(|| "unshare(CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC) (unshare --mount --uts --ipc)".to_string())?;
+    // Mounts made here must never reach the machine's mount namespace.
+    remount("/", MsFlags::MS_REC | MsFlags::MS_SLAVE, "mount --make-rslave /")?;
+    let hidden = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(Some("proc"), "/proc", Some("proc"), hidden, None::<&str>)
+        .context(|| "mount -t proc proc /proc (a proc of the scenario's PID namespace)".to_string())?;
+    // Sysctls outside /proc/sys/net are the machine's; sysrq-trigger reboots it.
+    for path in ["/proc/sys", "/proc/sysrq-trigger"] {
+        bind(path, true)?;
+    }
+    bind("/proc/sys/net", false)?;
+    mount(Some("sysfs"), "/sys", Some("sysfs"), hidden | MsFlags::MS_RDONLY, None::<&str>)
+        .context(|| "mount -t sysfs -o ro sysfs /sys (the sysfs of the host's network namespace)".to_string())?;
+    // SAFETY: the pointer and length describe the bytes of a live string.
+    let rc = unsafe { libc::sethostname(hostname.as_ptr().cast(), hostname.len()) };
+    if rc != 0 {
+        return Err(Error::last_os(format!("hostname {hostname}")));
+    }
+    let open = |kind: &str| -> Result<OwnedFd> {
+        let path = format!("/proc/thread-self/ns/{kind}");
+        Ok(OwnedFd::from(fs::File::open(&path).context(|| format!("open {path}"))?))
+    };
+    Ok((open("mnt")?, open("uts")?, open("ipc")?))
+}
+
+/// `mount --make-... <path>`.
+fn remount(path: &str, flags: MsFlags, shown: &str) -> Result<()> {
+    mount(None::<&str>, path, None::<&str>, flags, None::<&str>).context(|| shown.to_string())
+}
+
+/// `mount --bind <path> <path>`, then `mount -o remount,bind,ro` or `rw`: a bind inherits its source mount's
+/// read-only flag, so a writable one under a read-only one needs the remount too.
+fn bind(path: &str, read_only: bool) -> Result<()> {
+    if !Path::new(path).exists() {
+        return Err(Error::Missing { what: path.to_string(), hint: "a kernel with procfs".into() });
+    }
+    mount(Some(path), path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .context(|| format!("mount --bind {path} {path}"))?;
+    let mode = if read_only { MsFlags::MS_RDONLY } else { MsFlags::empty() };
+    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let shown = if read_only { "ro" } else { "rw" };
+    remount(path, flags | mode, &format!("mount -o remount,bind,{shown} {path}"))
+}
