@@ -28,19 +28,25 @@ use nix::sched::{unshare, CloneFlags};
 use crate::error::{Context, Error, Result};
 use crate::run::netns::Netns;
 
-/// The capabilities a confined program keeps (`setpriv --bounding-set`), by number (linux/capability.h).
-const KEPT_CAPABILITIES: [u32; 10] = [
-    libc::CAP_CHOWN as u32,
-    libc::CAP_DAC_OVERRIDE as u32,
-    libc::CAP_DAC_READ_SEARCH as u32,
-    libc::CAP_FOWNER as u32,
-    libc::CAP_FSETID as u32,
-    libc::CAP_SETGID as u32,
-    libc::CAP_SETUID as u32,
-    libc::CAP_NET_BIND_SERVICE as u32,
-    libc::CAP_NET_ADMIN as u32,
-    libc::CAP_NET_RAW as u32,
+/// The capabilities a confined program keeps (`setpriv --bounding-set`), by their numbers in
+/// linux/capability.h (the libc crate does not name them).
+const KEPT_CAPABILITIES: [(u32, &str); 10] = [
+    (0, "CAP_CHOWN"),
+    (1, "CAP_DAC_OVERRIDE"),
+    (2, "CAP_DAC_READ_SEARCH"),
+    (3, "CAP_FOWNER"),
+    (4, "CAP_FSETID"),
+    (6, "CAP_SETGID"),
+    (7, "CAP_SETUID"),
+    (10, "CAP_NET_BIND_SERVICE"),
+    (12, "CAP_NET_ADMIN"),
+    (13, "CAP_NET_RAW"),
 ];
+
+/// Whether a confined program keeps `capability`.
+fn kept(capability: u32) -> bool {
+    KEPT_CAPABILITIES.iter().any(|(number, _)| *number == capability)
+}
 
 /// `_LINUX_CAPABILITY_VERSION_3`: capability sets as two 32-bit words.
 const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
@@ -94,18 +100,16 @@ impl Confinement {
     ///
     /// Runs in the forked child before exec: system calls only, no allocation.
     pub fn enter(&self) -> io::Result<()> {
-        for (fd, kind) in [
-            (&self.mount, libc::CLONE_NEWNS),
-            (&self.uts, libc::CLONE_NEWUTS),
-            (&self.ipc, libc::CLONE_NEWIPC),
-        ] {
+        for (fd, kind) in
+            [(&self.mount, libc::CLONE_NEWNS), (&self.uts, libc::CLONE_NEWUTS), (&self.ipc, libc::CLONE_NEWIPC)]
+        {
             // SAFETY: plain system call on a descriptor this struct owns.
             check(unsafe { libc::setns(fd.as_raw_fd(), kind) })?;
         }
         // SAFETY: the path is a NUL-terminated string owned by this struct.
         check(unsafe { libc::chdir(self.cwd.as_ptr()) })?;
         for capability in 0..=self.last_capability {
-            if !KEPT_CAPABILITIES.contains(&capability) {
+            if !kept(capability) {
                 // SAFETY: plain system call with integer arguments.
                 check(unsafe { libc::prctl(libc::PR_CAPBSET_DROP, capability as libc::c_ulong, 0, 0, 0) })?;
             }
@@ -123,7 +127,7 @@ impl Confinement {
 /// exec(2) whatever the bounding set says).
 fn kept_capability_sets() -> [CapData; 2] {
     let mut words = [0u32; 2];
-    for capability in KEPT_CAPABILITIES {
+    for (capability, _) in KEPT_CAPABILITIES {
         words[(capability / 32) as usize] |= 1 << (capability % 32);
     }
     words.map(|word| CapData { effective: word, permitted: word, inheritable: 0 })
@@ -154,9 +158,11 @@ fn make_namespaces(hostname: &str) -> Result<(OwnedFd, OwnedFd, OwnedFd)> {
     let hidden = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mount(Some("proc"), "/proc", Some("proc"), hidden, None::<&str>)
         .context(|| "mount -t proc proc /proc (a proc of the scenario's PID namespace)".to_string())?;
-    // Sysctls outside /proc/sys/net are the machine's; sysrq-trigger reboots it.
-    for path in ["/proc/sys", "/proc/sysrq-trigger"] {
-        bind(path, true)?;
+    // Sysctls outside /proc/sys/net are the machine's; sysrq-trigger (absent without CONFIG_MAGIC_SYSRQ)
+    // reboots it.
+    bind("/proc/sys", true)?;
+    if Path::new("/proc/sysrq-trigger").exists() {
+        bind("/proc/sysrq-trigger", true)?;
     }
     bind("/proc/sys/net", false)?;
     mount(Some("sysfs"), "/sys", Some("sysfs"), hidden | MsFlags::MS_RDONLY, None::<&str>)
@@ -181,9 +187,6 @@ fn remount(path: &str, flags: MsFlags, shown: &str) -> Result<()> {
 /// `mount --bind <path> <path>`, then `mount -o remount,bind,ro` or `rw`: a bind inherits its source mount's
 /// read-only flag, so a writable one under a read-only one needs the remount too.
 fn bind(path: &str, read_only: bool) -> Result<()> {
-    if !Path::new(path).exists() {
-        return Err(Error::Missing { what: path.to_string(), hint: "a kernel with procfs".into() });
-    }
     mount(Some(path), path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
         .context(|| format!("mount --bind {path} {path}"))?;
     let mode = if read_only { MsFlags::MS_RDONLY } else { MsFlags::empty() };

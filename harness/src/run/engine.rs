@@ -14,12 +14,13 @@ use crate::observe::sockets::{DiagSocket, Observer};
 use crate::record::{CaptureStats, CapturedInterface, ObserverStats, RunRecord};
 use crate::run::actors::{self, ActorContext, ProcessRegistry, StepBoard};
 use crate::run::clock::{Clock, EventSink};
+use crate::run::confine::Confinement;
 use crate::run::faults::HostFaults;
 use crate::run::firewall;
 use crate::run::netns::Netns;
 use crate::run::priority;
 use crate::run::topology;
-use crate::scenario::plan::{Direction, FaultPlan, HostId, Plan, Protocol, StepEdge, Trigger};
+use crate::scenario::plan::{Action, Direction, FaultPlan, HostId, Plan, Protocol, StepEdge, Trigger};
 use crate::timeline::{Event, EventKind, IpProtocol, PacketDirection, Timeline};
 
 /// How often the hub wakes to look at time triggers and the programs when nothing happens.
@@ -53,6 +54,11 @@ pub fn run(plan: &Plan, report_dir: &Path, on_start: impl FnOnce()) -> Result<Ru
                 sock_diag[target.index()] = Some(DiagSocket::open_in(&namespaces[target.index()])?);
             }
         }
+        let runs_programs = host_plan.steps.iter().any(|step| matches!(step.action, Action::Exec(_)));
+        let confinement = match runs_programs {
+            true => Some(Arc::new(Confinement::new(&namespaces[host.index()], host.name())?)),
+            false => None,
+        };
         let mut ctx = ActorContext {
             host,
             own_address: plan.host(host).address,
@@ -62,6 +68,7 @@ pub fn run(plan: &Plan, report_dir: &Path, on_start: impl FnOnce()) -> Result<Ru
             deadline: Instant::now() + plan.deadline,
             sock_diag,
             report_dir: report_dir.to_path_buf(),
+            confinement,
         };
         let (gate_tx, gate_rx) = mpsc::channel::<Instant>();
         gates.push(gate_tx);
