@@ -12,8 +12,8 @@
 //! CAP_SYS_PTRACE it cannot open the namespaces of the harness's own process (`/proc/1/ns/*`), so the
 //! machine's namespaces, sysctls, nftables and processes are out of its reach.
 //!
-//! The namespaces are made once per host, before the scenario starts; a program enters them between fork and
-//! exec ([`Confinement::enter`]), which costs three setns(2) and the capability calls.
+//! The namespaces are made once per host, before the scenario starts; a program enters them, and the host's
+//! network namespace, between fork and exec ([`Confinement::enter`]): four setns(2) and the capability calls.
 
 use std::ffi::CString;
 use std::fs;
@@ -68,6 +68,8 @@ struct CapData {
 /// The namespaces one host's programs run in, held by their descriptors, and what entering them needs.
 #[derive(Debug)]
 pub struct Confinement {
+    /// The host's network namespace: entered too, so that a program is in it whichever thread forked it.
+    network: OwnedFd,
     mount: OwnedFd,
     uts: OwnedFd,
     ipc: OwnedFd,
@@ -88,21 +90,25 @@ impl Confinement {
             .map_err(|_| Error::Internal(format!("working directory {} holds a NUL byte", cwd.display())))?;
         let last_capability = read_last_capability()?;
         let hostname = hostname.to_string();
+        let network = netns.fd().try_clone_to_owned().context(|| "dup the host's namespace descriptor".to_string())?;
         let maker = netns.spawn("exec-confinement", move || {
             let (mount, uts, ipc) = make_namespaces(&hostname)?;
-            Ok(Confinement { mount, uts, ipc, cwd, last_capability })
+            Ok(Confinement { network, mount, uts, ipc, cwd, last_capability })
         })?;
         maker.join().map_err(|_| Error::Internal("exec confinement thread panicked".into()))?
     }
 
-    /// Moves the calling process into the namespaces and drops every capability but [`KEPT_CAPABILITIES`],
+    /// Moves the calling process into the host's network namespace and the confinement's, and drops every capability but [`KEPT_CAPABILITIES`],
     /// from the bounding set too, so that exec(2) of any program, set-uid ones included, gives back no more.
     ///
     /// Runs in the forked child before exec: system calls only, no allocation.
     pub fn enter(&self) -> io::Result<()> {
-        for (fd, kind) in
-            [(&self.mount, libc::CLONE_NEWNS), (&self.uts, libc::CLONE_NEWUTS), (&self.ipc, libc::CLONE_NEWIPC)]
-        {
+        for (fd, kind) in [
+            (&self.network, libc::CLONE_NEWNET),
+            (&self.mount, libc::CLONE_NEWNS),
+            (&self.uts, libc::CLONE_NEWUTS),
+            (&self.ipc, libc::CLONE_NEWIPC),
+        ] {
             // SAFETY: plain system call on a descriptor this struct owns.
             check(unsafe { libc::setns(fd.as_raw_fd(), kind) })?;
         }
@@ -193,4 +199,71 @@ fn bind(path: &str, read_only: bool) -> Result<()> {
     let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let shown = if read_only { "ro" } else { "rw" };
     remount(path, flags | mode, &format!("mount -o remount,bind,{shown} {path}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::CommandExt;
+    use std::process::Command;
+
+    use super::*;
+
+    /// `sh -c script` entering `confinement` before exec, as an `exec` step's program does; its stdout.
+    fn confined_output(confinement: Confinement, script: &str) -> String {
+        let mut command = Command::new("sh");
+        command.args(["-c", script]);
+        // SAFETY: `enter` makes system calls only and allocates nothing.
+        unsafe {
+            command.pre_exec(move || confinement.enter());
+        }
+        let output = command.output().expect("sh runs");
+        assert!(output.status.success(), "{script}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    #[test]
+    fn kept_sets_have_one_bit_per_kept_capability() {
+        let [low, high] = kept_capability_sets();
+        assert_eq!(
+            low.permitted, 0b11_0100_1101_1111,
+            "CHOWN..FSETID, SETGID, SETUID, NET_BIND_SERVICE, NET_ADMIN, RAW"
+        );
+        assert_eq!(low.effective, low.permitted);
+        assert_eq!((low.inheritable, high.effective, high.permitted, high.inheritable), (0, 0, 0, 0));
+    }
+
+    #[test]
+    fn a_program_keeps_only_the_kept_capabilities_and_sees_its_host() {
+        let netns = Netns::new_anonymous().expect("new namespace: these tests must run as root");
+        let confinement = Confinement::new(&netns, "server").unwrap();
+        let status = confined_output(confinement, "grep ^Cap /proc/self/status; hostname; pwd; ls /sys/class/net");
+        let field = |name: &str| -> u64 {
+            let line = status.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} in {status}"));
+            u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+        };
+        let kept: u64 = KEPT_CAPABILITIES.iter().map(|(number, _)| 1u64 << number).sum();
+        let names: Vec<&str> = KEPT_CAPABILITIES.iter().map(|(_, name)| *name).collect();
+        for set in ["CapBnd:", "CapPrm:", "CapEff:"] {
+            assert_eq!(field(set), kept, "{set} must be {names:?}: {status}");
+        }
+        assert_eq!(field("CapInh:"), 0, "{status}");
+        assert_eq!(field("CapAmb:"), 0, "{status}");
+        let rest: Vec<&str> = status.lines().filter(|l| !l.starts_with("Cap")).collect();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(rest, ["server", cwd.to_str().unwrap(), "lo"], "hostname, working directory, interfaces");
+    }
+
+    #[test]
+    fn machine_sysctls_are_read_only_and_the_namespace_ones_writable() {
+        let netns = Netns::new_anonymous().expect("new namespace: these tests must run as root");
+        let confinement = Confinement::new(&netns, "client").unwrap();
+        let script = "echo 33 > /proc/sys/net/ipv4/tcp_fin_timeout && cat /proc/sys/net/ipv4/tcp_fin_timeout; \
+                      v=$(cat /proc/sys/vm/swappiness); (echo $v > /proc/sys/vm/swappiness) 2>&1; true";
+        let output = confined_output(confinement, script);
+        let mut lines = output.lines();
+        assert_eq!(lines.next(), Some("33"), "{output}");
+        assert!(lines.next().is_some_and(|l| l.ends_with("Read-only file system")), "{output}");
+        let machine = fs::read_to_string("/proc/sys/net/ipv4/tcp_fin_timeout").unwrap();
+        assert_ne!(machine.trim(), "33", "the write reached the machine's namespace");
+    }
 }
