@@ -1,6 +1,6 @@
 //! `netfault bench exec`: what confining an `exec` program costs. The same program (`/bin/true`) is started
 //! and waited for from a thread inside a scenario-like network namespace, alternating: unconfined (as exec
-//! steps ran before confinement: fork, exec), confined (the host's confinement entered between fork and exec),
+//! steps ran before confinement: fork, PR_SET_PDEATHSIG, exec), confined (the host's confinement entered between fork and exec),
 //! and confined the shell way, each program through `unshare --mount --uts --ipc --mount-proc` and `setpriv`
 //! (what confining each program on its own would cost). Making the confinement, once per host with exec
 //! steps, is measured on its own.
@@ -56,18 +56,29 @@ fn time_program(mut command: Command) -> Result<Duration> {
     Ok(took)
 }
 
+/// `program` with a hook between fork and exec, as an exec step starts it: the hook makes std fork instead of
+/// taking its posix_spawn path, which an exec step never takes (it always has PR_SET_PDEATHSIG to set).
+fn hooked(program: &str, confinement: Option<Arc<Confinement>>) -> Command {
+    let mut command = Command::new(program);
+    // SAFETY: the hook makes system calls only and allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            confinement.as_ref().map_or(Ok(()), |confinement| confinement.enter())
+        });
+    }
+    command
+}
+
 /// One unconfined, one confined and one shell-way start, from a thread inside `netns`.
 fn once(netns: &Netns, confinement: &Arc<Confinement>) -> Result<[Duration; 3]> {
     let confinement = Arc::clone(confinement);
     netns.run(move || {
-        let unconfined = time_program(Command::new(PROGRAM))?;
-        let mut confined = Command::new(PROGRAM);
-        // SAFETY: `enter` makes system calls only and allocates nothing.
-        unsafe {
-            confined.pre_exec(move || confinement.enter());
-        }
-        let confined = time_program(confined)?;
-        let mut shell_way = Command::new(SHELL_WAY[0]);
+        let unconfined = time_program(hooked(PROGRAM, None))?;
+        let confined = time_program(hooked(PROGRAM, Some(confinement)))?;
+        let mut shell_way = hooked(SHELL_WAY[0], None);
         shell_way.args(&SHELL_WAY[1..]);
         Ok([unconfined, confined, time_program(shell_way)?])
     })
