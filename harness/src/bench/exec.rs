@@ -111,6 +111,17 @@ pub fn bench_exec(options: &ExecOptions) -> Result<Report> {
     report.row("start + wait /bin/true, confined (4 setns + capabilities before exec)", "ms", &confined);
     report.row("start + wait /bin/true through unshare --mount-proc + setpriv", "ms", &shell_way);
     report.row("make one host's confinement (once per host with exec steps, before t0)", "ms", &builds);
+    report.note(
+        "method",
+        format!(
+            "each repetition, from one thread inside a fresh network namespace, starts {PROGRAM} three ways and \
+             times spawn to exit status: with PR_SET_PDEATHSIG between fork and exec (an exec step before \
+             confinement), with that and the confinement entered, and through `{}`; {WARM_UP} repetitions first are \
+             not counted. The confinement is made {} times on its own (`Confinement::new`, dropped at once)",
+            SHELL_WAY.join(" "),
+            builds.len()
+        ),
+    );
     let medians = (Distribution::of(&unconfined), Distribution::of(&confined), Distribution::of(&shell_way));
     if let (Some(plain), Some(ours), Some(theirs)) = medians {
         report.note("confinement cost per exec (median difference)", format!("{:.3} ms", ours.median - plain.median));
