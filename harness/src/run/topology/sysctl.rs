@@ -61,12 +61,12 @@ pub(super) fn write_sysctl(sysctl: &Sysctl) -> std::result::Result<(), SysctlErr
 }
 
 /// The TCP settings in force in the calling thread's namespace (`sysctl net.ipv4.tcp_ net.core.somaxconn`):
-/// every `net.ipv4.tcp_*` this kernel has, `net.core.somaxconn`, and each of `also` (the host's own). A value of
-/// several fields (`tcp_rmem`) keeps one space between them.
-pub fn effective_sysctls(also: &[Sysctl]) -> crate::error::Result<BTreeMap<String, String>> {
+/// each of `tcp_files` ([`tcp_sysctl_files`]), `net.core.somaxconn`, and each of `also` (the host's own). A value
+/// of several fields (`tcp_rmem`) keeps one space between them.
+pub fn effective_sysctls(tcp_files: &[String], also: &[Sysctl]) -> crate::error::Result<BTreeMap<String, String>> {
     let ipv4 = Ipv4Sysctls::open()?;
     let mut values = BTreeMap::new();
-    for file in tcp_sysctl_files()? {
+    for file in tcp_files {
         values.insert(format!("net.ipv4.{file}"), ipv4.read(file)?);
     }
     for sysctl in [&Sysctl { name: "net.core.somaxconn".into(), value: String::new() }].into_iter().chain(also) {
