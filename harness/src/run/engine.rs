@@ -112,10 +112,18 @@ pub fn run(plan: &Plan, report_dir: &Path, on_start: impl FnOnce()) -> Result<Ru
     }
     let duration = clock.now();
     let _ = priority::lower_current_thread();
-    // Read once the programs are done, off the set-up and teardown figures.
+    // Read once the programs are done, off the set-up and teardown figures; both hosts at once, from one listing.
+    let readers = HostId::ALL.map(|host| {
+        let tcp_files = topology::tcp_sysctl_files()?;
+        let own = plan.host(host).sysctls.clone();
+        namespaces[host.index()].spawn(&format!("sysctls-{host}"), move || topology::effective_sysctls(tcp_files, &own))
+    });
     let mut sysctls = [BTreeMap::new(), BTreeMap::new()];
-    for host in HostId::ALL {
-        match namespaces[host.index()].run(|| topology::effective_sysctls(&plan.host(host).sysctls)) {
+    for (host, reader) in HostId::ALL.into_iter().zip(readers) {
+        let values = reader.and_then(|thread| {
+            thread.join().map_err(|_| Error::Internal("the thread reading the sysctls panicked".into()))?
+        });
+        match values {
             Ok(values) => sysctls[host.index()] = values,
             Err(e) => harness_errors.push(format!("{host} sysctls: {e}")),
         }
