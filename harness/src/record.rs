@@ -16,7 +16,7 @@ pub struct RunRecord {
     pub timeline: Timeline,
     /// t0 on the wall clock, the pcaps' time base (`None` when the programs never started).
     pub t0_wall: Option<SystemTime>,
-    /// Every captured interface, in host order.
+    /// Every captured interface: both ends of each link, two per link in the plan's link order.
     pub interfaces: Vec<CapturedInterface>,
     /// Time from t0 to the end of the programs (or the deadline).
     pub duration: Duration,
@@ -24,10 +24,10 @@ pub struct RunRecord {
     pub setup: Duration,
     pub teardown: Duration,
     pub deadline_hit: bool,
-    /// Indexed by `HostId::index()`.
-    pub capture: [CaptureStats; 2],
-    /// Indexed by `HostId::index()`.
-    pub observer: [ObserverStats; 2],
+    /// One per captured interface, in `interfaces` order.
+    pub capture: Vec<CaptureStats>,
+    /// One per host, in the wire's order.
+    pub observer: Vec<(HostId, ObserverStats)>,
     /// Packets each fault's rule matched, per fault name.
     pub fault_hits: Vec<(String, u64)>,
     /// What went wrong inside the harness, not by the kernel's doing: a host program that failed (an error or

@@ -103,8 +103,10 @@ struct ResultFile<'a> {
     checks: usize,
     failures: &'a [Failure],
     steps: Vec<StepReport<'a>>,
-    capture: &'a [CaptureStats; 2],
-    observer: [ObserverReport; 2],
+    /// One per captured interface, in the order of the record's interfaces.
+    capture: &'a [CaptureStats],
+    /// One per host, in the wire's order.
+    observer: Vec<ObserverReport>,
     fault_hits: &'a [(String, u64)],
     harness_errors: &'a [String],
     events: &'a Timeline,
@@ -113,14 +115,16 @@ struct ResultFile<'a> {
 /// The observer's figures in result.json, in microseconds.
 #[derive(Debug, Serialize)]
 struct ObserverReport {
+    host: HostId,
     samples: u64,
     mean_dump_us: f64,
     max_dump_us: f64,
 }
 
-impl From<ObserverStats> for ObserverReport {
-    fn from(stats: ObserverStats) -> ObserverReport {
+impl From<&(HostId, ObserverStats)> for ObserverReport {
+    fn from(&(host, stats): &(HostId, ObserverStats)) -> ObserverReport {
         ObserverReport {
+            host,
             samples: stats.samples,
             mean_dump_us: stats.mean_dump_time.as_secs_f64() * 1e6,
             max_dump_us: stats.max_dump_time.as_secs_f64() * 1e6,
@@ -162,7 +166,7 @@ pub fn write(plan: &Plan, record: &RunRecord, verdict: &Verdict, dir: &Path) -> 
         failures: &verdict.failures,
         steps,
         capture: &record.capture,
-        observer: record.observer.map(ObserverReport::from),
+        observer: record.observer.iter().map(ObserverReport::from).collect(),
         fault_hits: &record.fault_hits,
         harness_errors: &record.harness_errors,
         events: &record.timeline,
@@ -174,8 +178,9 @@ pub fn write(plan: &Plan, record: &RunRecord, verdict: &Verdict, dir: &Path) -> 
         .context(|| format!("write {}", dir.join("timeline.txt").display()))?;
     let faults = fault_notes(plan);
     let ends = record.interfaces.iter().map(|interface| End::of(interface, dir)).collect();
-    // The one link of the default topology: the veth whose ends the two hosts hold.
-    let wire = Wire::read(ends, vec![Link(0, 1)], &record.timeline, &faults, record.t0_wall)?;
+    // The record lists the interfaces two per link, in link order.
+    let links = (0..record.interfaces.len() / 2).map(|link| Link(2 * link, 2 * link + 1)).collect();
+    let wire = Wire::read(ends, links, &record.timeline, &faults, record.t0_wall)?;
     let stats: Vec<_> = record.capture.iter().map(|c| (c.interface_frames, c.lost(), c.kernel_drops)).collect();
     wire.write_pcapng(&dir.join("capture.pcapng"), &section(plan, status), &stats)?;
     let mut ladder = Ladder::of_run(plan, &record.timeline, &verdict.steps, &verdict.failures, &wire, &faults);
@@ -216,6 +221,7 @@ fn fault_notes(plan: &Plan) -> Vec<FaultNote> {
             direction: match fault.direction {
                 Direction::Ingress => "ingress",
                 Direction::Egress => "egress",
+                Direction::Forward => "forward",
             },
             verb: match fault.action {
                 FaultAction::Drop => "dropped",
@@ -224,6 +230,7 @@ fn fault_notes(plan: &Plan) -> Vec<FaultNote> {
                 FaultAction::RejectIcmpHostUnreachable => "rejected with ICMP host unreachable",
                 FaultAction::RejectIcmpNetUnreachable => "rejected with ICMP net unreachable",
                 FaultAction::RejectIcmpAdminProhibited => "rejected with ICMP admin prohibited",
+                FaultAction::FlushConntrack => "forgotten by a conntrack flush",
             }
             .to_string(),
         })
@@ -375,17 +382,20 @@ fn render_timeline(plan: &Plan, record: &RunRecord, verdict: &Verdict) -> String
         record.setup.as_secs_f64() * 1e3,
         record.teardown.as_secs_f64() * 1e3,
     ));
-    for host in HostId::ALL {
-        let capture = &record.capture[host.index()];
-        let observer = &record.observer[host.index()];
-        text.push_str(&format!(
-            "# {host}: {}.pcap {} packets of {} the interface counted, {} dropped by the capture; {} socket samples\n",
-            host.name(),
-            capture.packets,
-            capture.interface_frames,
-            capture.kernel_drops,
-            observer.samples
-        ));
+    for (host, observer) in &record.observer {
+        let captures: Vec<String> = record
+            .interfaces
+            .iter()
+            .zip(&record.capture)
+            .filter(|(interface, _)| interface.host == *host)
+            .map(|(interface, capture)| {
+                format!(
+                    "{} {} packets of {} the interface counted, {} dropped by the capture",
+                    interface.pcap, capture.packets, capture.interface_frames, capture.kernel_drops
+                )
+            })
+            .collect();
+        text.push_str(&format!("# {host}: {}; {} socket samples\n", captures.join(", "), observer.samples));
     }
     for (fault, hits) in &record.fault_hits {
         text.push_str(&format!("# fault {fault}: {hits} packets matched\n"));

@@ -2,7 +2,7 @@
 //! stop at the end or the deadline, and hand back the timeline.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -15,10 +15,10 @@ use crate::record::{CaptureStats, CapturedInterface, RunRecord};
 use crate::run::actors::{self, ActorContext, ProcessRegistry, StepBoard};
 use crate::run::clock::{Clock, EventSink};
 use crate::run::faults::HostFaults;
-use crate::run::firewall;
+use crate::run::firewall::{self, Nat};
 use crate::run::netns::Netns;
 use crate::run::priority;
-use crate::run::topology;
+use crate::run::topology::{self, Topology};
 use crate::scenario::plan::{Direction, FaultPlan, HostId, Plan, Protocol, StepEdge, Trigger};
 use crate::timeline::{Event, EventKind, IpProtocol, PacketDirection, Timeline};
 
@@ -49,7 +49,7 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunRecord> {
         let mut sock_diag = [None, None];
         for (target, named) in HostId::ALL.into_iter().zip(actors::listening_hosts(&host_plan)) {
             if named {
-                sock_diag[target.index()] = Some(DiagSocket::open_in(&namespaces[target.index()])?);
+                sock_diag[target.index()] = Some(DiagSocket::open_in(namespace_of(plan, &namespaces, target)?)?);
             }
         }
         let mut ctx = ActorContext {
@@ -66,7 +66,7 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunRecord> {
         gates.push(gate_tx);
         let ready = ready_tx.clone();
         let start_clock = clock.clone();
-        let program = namespaces[host.index()].spawn(&format!("{host}-program"), move || {
+        let program = namespace_of(plan, &namespaces, host)?.spawn(&format!("{host}-program"), move || {
             // Best effort: without the privilege the thread stays ordinary and its times are less exact.
             let _ = priority::raise_current_thread();
             // The engine may be gone (a failed start): then there is nothing to run.
@@ -148,12 +148,12 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunRecord> {
     if deadline_hit {
         collected.push(Event { t: duration, host: HostId::Client, kind: EventKind::Deadline { step: None } });
     }
-    let mut observer_stats = Vec::with_capacity(2);
+    let mut observer_stats = Vec::with_capacity(observers.len());
     for observer in observers {
         observer_stats.push(observer.stop()?);
     }
     let capture_stats = stop_captures(captures)?;
-    harness_errors.extend(capture_losses(&capture_stats));
+    harness_errors.extend(capture_losses(&interfaces, &capture_stats));
     let mut fault_hits = Vec::new();
     for host_faults in &mut faults {
         fault_hits.extend(host_faults.hits()?);
@@ -171,8 +171,6 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunRecord> {
     faults.into_iter().for_each(HostFaults::close);
     drop(namespaces);
     let teardown = teardown_started.elapsed();
-    let [capture_client, capture_server] = into_pair(capture_stats)?;
-    let [observer_client, observer_server] = into_pair(observer_stats)?;
     Ok(RunRecord {
         timeline,
         interfaces,
@@ -181,8 +179,8 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunRecord> {
         setup,
         teardown,
         deadline_hit,
-        capture: [capture_client, capture_server],
-        observer: [observer_client, observer_server],
+        capture: capture_stats,
+        observer: plan.hosts.iter().map(|host| host.id).zip(observer_stats).collect(),
         fault_hits,
         harness_errors,
     })
@@ -224,9 +222,10 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("(no message)")
 }
 
-/// What a run sets up before t0, one of each per host (indexed by `HostId::index()`).
+/// What a run sets up before t0: per host (in `plan.hosts` order) its namespace, faults and observer; per
+/// interface (in `interfaces` order) its capture.
 pub struct Rig {
-    pub namespaces: [Netns; 2],
+    pub namespaces: Vec<Netns>,
     /// The captured interfaces, as the run record names them.
     pub interfaces: Vec<CapturedInterface>,
     pub faults: Vec<HostFaults>,
@@ -234,59 +233,97 @@ pub struct Rig {
     pub observers: Vec<Observer>,
 }
 
-/// Namespaces, the wire, the faults (all off), a capture (into `report_dir/<host>.pcap`) and an observer per
-/// host, all sending their events to `sink`.
+/// Namespaces, the wire, the faults (all off) and the router's NAT, a capture per interface (into
+/// `report_dir/<host>.pcap`, or `router-<ifname>.pcap`) and an observer per host, all sending their events to
+/// `sink`.
 ///
-/// Each host's faults, capture and observer are started by a thread of its own that has entered the host's
-/// namespace, so they open their sockets right there, and the two hosts proceed at once. A scenario that asks
+/// Each host's faults, captures and observer are started by a thread of its own that has entered the host's
+/// namespace, so they open their sockets right there, and the hosts proceed at once. A scenario that asks
 /// for a capture ring then waits for one RCU grace period (`setsockopt(PACKET_RX_RING)` calls
-/// `synchronize_net`, 10-30 ms on a busy machine) instead of two.
+/// `synchronize_net`, 10-30 ms on a busy machine) instead of one per interface.
 pub fn set_up(plan: &Plan, report_dir: &Path, sink: &EventSink) -> Result<Rig> {
     let (namespaces, topology) = topology::build_in_new_namespaces(plan)?;
-    let [client, server] = thread::scope(|scope| {
-        let starting = HostId::ALL.map(|host| {
-            let ns = &namespaces[host.index()];
-            let ifindex = topology.link(host).ifindex;
-            let pcap = report_dir.join(pcap_name(host));
-            let sink = sink.clone();
-            thread::Builder::new().name(format!("set-up-{host}")).spawn_scoped(scope, move || {
-                ns.enter()?;
-                let faults = HostFaults::install(ns, host, &plan.faults)?;
-                let capture = Capture::start(ns, host, ifindex, &pcap, sink.clone(), capture_buffer(plan))?;
-                let observer = Observer::start(ns, host, plan.sample_interval, sink)?;
-                Ok::<_, Error>((faults, capture, observer))
-            })
-        });
-        starting.map(|spawned| joined(spawned, "host set-up"))
-    });
-    let ((client_faults, client_capture, client_observer), (server_faults, server_capture, server_observer)) =
-        (client?, server?);
-    let interfaces = HostId::ALL
+    let nat = router_nat(plan, &topology);
+    let interfaces: Vec<CapturedInterface> = topology
+        .ends
         .iter()
-        .map(|&host| {
-            let link = topology.link(host);
-            CapturedInterface {
-                host,
-                ifname: link.ifname.clone(),
-                mac: link.mac,
-                address: link.address,
-                pcap: pcap_name(host),
-                snaplen: crate::observe::capture::SNAPLEN,
-            }
+        .map(|end| CapturedInterface {
+            host: end.host,
+            ifname: end.ifname.clone(),
+            mac: end.mac,
+            address: end.address,
+            pcap: pcap_name(end.host, &end.ifname, topology.ends_of(end.host).count()),
+            snaplen: crate::observe::capture::SNAPLEN,
         })
         .collect();
-    Ok(Rig {
-        namespaces,
-        interfaces,
-        faults: vec![client_faults, server_faults],
-        captures: vec![client_capture, server_capture],
-        observers: vec![client_observer, server_observer],
+    let started: Vec<Result<(HostFaults, Vec<Capture>, Observer)>> = thread::scope(|scope| {
+        let starting: Vec<_> = plan
+            .hosts
+            .iter()
+            .zip(&namespaces)
+            .map(|(host, ns)| {
+                let host = host.id;
+                let nat = nat.as_ref().filter(|_| host == HostId::Router);
+                let own: Vec<(u32, PathBuf)> = topology
+                    .ends
+                    .iter()
+                    .zip(&interfaces)
+                    .filter(|(end, _)| end.host == host)
+                    .map(|(end, interface)| (end.ifindex, report_dir.join(&interface.pcap)))
+                    .collect();
+                let sink = sink.clone();
+                thread::Builder::new().name(format!("set-up-{host}")).spawn_scoped(scope, move || {
+                    ns.enter()?;
+                    let faults = HostFaults::install(ns, host, &plan.faults, nat)?;
+                    let mut captures = Vec::with_capacity(own.len());
+                    for (ifindex, pcap) in own {
+                        captures.push(Capture::start(ns, host, ifindex, &pcap, sink.clone(), capture_buffer(plan))?);
+                    }
+                    let observer = Observer::start(ns, host, plan.sample_interval, sink)?;
+                    Ok::<_, Error>((faults, captures, observer))
+                })
+            })
+            .collect();
+        starting.into_iter().map(|spawned| joined(spawned, "host set-up")).collect()
+    });
+    let mut rig = Rig { namespaces, interfaces, faults: Vec::new(), captures: Vec::new(), observers: Vec::new() };
+    for host in started {
+        let (faults, captures, observer) = host?;
+        rig.faults.push(faults);
+        rig.captures.extend(captures);
+        rig.observers.push(observer);
+    }
+    Ok(rig)
+}
+
+/// The router's NAT rules, when the plan has a router: its interface towards the client and towards the
+/// server, and the server's address for port forwards.
+fn router_nat(plan: &Plan, topology: &Topology) -> Option<Nat> {
+    let router = plan.router.as_ref()?;
+    let side = |peer: HostId| {
+        plan.links
+            .iter()
+            .find(|link| link.ends.iter().any(|end| end.host == peer))
+            .and_then(|link| link.ends.iter().find(|end| end.host == HostId::Router))
+            .map(|end| end.ifname.clone())
+    };
+    Some(Nat {
+        client_side: side(HostId::Client)?,
+        server_side: side(HostId::Server)?,
+        server: topology.link(HostId::Server)?.address,
+        masquerade: router.masquerade,
+        forwards: router.dnat.clone(),
     })
 }
 
-/// The pcap a host's capture writes in the report folder.
-fn pcap_name(host: HostId) -> String {
-    format!("{host}.pcap")
+/// The pcap of one interface in the report folder: `<host>.pcap` for a host with one interface,
+/// `<host>-<ifname>.pcap` for the router's two.
+fn pcap_name(host: HostId, ifname: &str, interfaces_of_host: usize) -> String {
+    if interfaces_of_host == 1 {
+        format!("{host}.pcap")
+    } else {
+        format!("{host}-{ifname}.pcap")
+    }
 }
 
 /// `tcpdump -B` for the plan: the socket's own queue unless the scenario asks for a ring.
@@ -294,17 +331,26 @@ fn capture_buffer(plan: &Plan) -> CaptureBuffer {
     plan.capture.ring_bytes.map_or(CaptureBuffer::DEFAULT, CaptureBuffer::ring_of)
 }
 
+/// The namespace of `host`, in `plan.hosts` order.
+fn namespace_of<'a>(plan: &Plan, namespaces: &'a [Netns], host: HostId) -> Result<&'a Netns> {
+    plan.position(host)
+        .and_then(|position| namespaces.get(position))
+        .ok_or_else(|| Error::Internal(format!("no namespace for {host}")))
+}
+
 /// A capture that lost frames makes the timeline incomplete: every packet expectation and packet trigger
 /// would be judged on part of the traffic, so the run cannot be trusted either way.
-fn capture_losses(stats: &[CaptureStats]) -> Vec<String> {
-    HostId::ALL
-        .into_iter()
+fn capture_losses(interfaces: &[CapturedInterface], stats: &[CaptureStats]) -> Vec<String> {
+    interfaces
+        .iter()
         .zip(stats)
         .filter(|(_, stats)| stats.lost() > 0)
-        .map(|(host, stats)| {
+        .map(|(interface, stats)| {
             format!(
-                "capture of {host} lost {} of the {} frames its interface counted ({} dropped by the kernel): the \
+                "capture of {} {} lost {} of the {} frames its interface counted ({} dropped by the kernel): the \
                  timeline is incomplete; give the scenario a larger buffer, e.g. `capture: {{ ring: 64MiB }}`",
+                interface.host,
+                interface.ifname,
                 stats.lost(),
                 stats.interface_frames,
                 stats.kernel_drops
@@ -339,7 +385,10 @@ fn apply_due(
     events: &mut Vec<Event>,
 ) -> Result<()> {
     for (fault, on) in schedule.due(clock.now()) {
-        faults[fault.host.index()].switch(fault, on)?;
+        let host_faults = faults.iter_mut().find(|host_faults| host_faults.host() == fault.host).ok_or_else(|| {
+            Error::Internal(format!("fault {} is at {}, which has no faults installed", fault.name, fault.host))
+        })?;
+        host_faults.switch(fault, on)?;
         let kind = if on {
             EventKind::FaultOn { fault: fault.name.clone() }
         } else {
@@ -348,10 +397,6 @@ fn apply_due(
         events.push(Event { t: clock.now(), host: fault.host, kind });
     }
     Ok(())
-}
-
-fn into_pair<T>(items: Vec<T>) -> Result<[T; 2]> {
-    items.try_into().map_err(|_| Error::Internal("expected one item per host".into()))
 }
 
 /// Names, in the deadline event, the steps that were still running: not ended, or ended only as the run
@@ -380,7 +425,8 @@ fn mark_running_steps(timeline: &mut Timeline, plan: &Plan) {
     }
 }
 
-/// Marks each captured packet that an active ingress fault's rule matched on arrival, and the sender's copy of it.
+/// Marks each captured packet that an active ingress (or router) fault's rule matched on arrival, and the copy
+/// its link neighbour sent.
 pub fn annotate_faults(timeline: &mut Timeline, plan: &Plan) {
     let mut active: HashMap<&str, bool> = HashMap::new();
     let mut hits: Vec<(usize, String)> = Vec::new();
@@ -395,7 +441,7 @@ pub fn annotate_faults(timeline: &mut Timeline, plan: &Plan) {
             EventKind::Packet(packet) if packet.direction == PacketDirection::In => {
                 let hit = plan.faults.iter().find(|fault| {
                     fault.host == event.host
-                        && fault.direction == Direction::Ingress
+                        && matches!(fault.direction, Direction::Ingress | Direction::Forward)
                         && active.get(fault.name.as_str()).copied().unwrap_or(false)
                         && firewall::matches(fault, event.host, packet)
                 });
@@ -409,10 +455,11 @@ pub fn annotate_faults(timeline: &mut Timeline, plan: &Plan) {
     for (index, fault) in hits {
         let event = &timeline.events[index];
         let EventKind::Packet(arrived) = &event.kind else { continue };
-        let sender = event.host.peer();
+        // The latest copy another host sent: the neighbour on the link it arrived on (a router forwards a copy
+        // with the same IP id, after the one it received).
         let key = (arrived.ip_id, arrived.src, arrived.dst, arrived.flags, arrived.len);
         let sent = timeline.events[..index].iter().rposition(|e| {
-            e.host == sender
+            e.host != event.host
                 && matches!(&e.kind, EventKind::Packet(p)
                     if p.direction == PacketDirection::Out && (p.ip_id, p.src, p.dst, p.flags, p.len) == key)
         });
@@ -676,12 +723,24 @@ client:
         let whole = CaptureStats { packets: 40, bytes: 4000, kernel_drops: 0, interface_frames: 40 };
         let dropped = CaptureStats { packets: 37, bytes: 3700, kernel_drops: 3, interface_frames: 40 };
         let unseen = CaptureStats { packets: 38, bytes: 3800, kernel_drops: 0, interface_frames: 40 };
-        assert!(capture_losses(&[whole, whole]).is_empty());
-        let errors = capture_losses(&[whole, dropped]);
+        let interface = |host: HostId, ifname: &str| CapturedInterface {
+            host,
+            ifname: ifname.into(),
+            mac: [2, 0, 0, 0, 0, 1],
+            address: std::net::Ipv4Addr::new(10, 0, 0, 1),
+            pcap: format!("{host}.pcap"),
+            snaplen: 262_144,
+        };
+        let ends =
+            [interface(HostId::Client, "nf0"), interface(HostId::Server, "nf0"), interface(HostId::Router, "nf1")];
+        assert!(capture_losses(&ends, &[whole, whole, whole]).is_empty());
+        let errors = capture_losses(&ends, &[whole, dropped, whole]);
         assert_eq!(errors.len(), 1);
-        assert!(errors[0].starts_with("capture of server lost 3 of the 40 frames"), "{}", errors[0]);
+        assert!(errors[0].starts_with("capture of server nf0 lost 3 of the 40 frames"), "{}", errors[0]);
         assert!(errors[0].contains("(3 dropped by the kernel)") && errors[0].contains("ring: 64MiB"), "{}", errors[0]);
-        let errors = capture_losses(&[unseen, whole]);
-        assert!(errors[0].starts_with("capture of client lost 2 of the 40 frames"), "{}", errors[0]);
+        let errors = capture_losses(&ends, &[unseen, whole, whole]);
+        assert!(errors[0].starts_with("capture of client nf0 lost 2 of the 40 frames"), "{}", errors[0]);
+        let errors = capture_losses(&ends, &[whole, whole, unseen]);
+        assert!(errors[0].starts_with("capture of router nf1 lost 2 of the 40 frames"), "{}", errors[0]);
     }
 }

@@ -27,35 +27,43 @@ impl fmt::Display for Location {
     }
 }
 
-/// One of the two hosts of a scenario; each is its own network namespace.
+/// A host of a scenario; each is its own network namespace. Client and server are in every scenario and run
+/// the programs; a router, when the scenario declares one, sits between them and runs none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HostId {
     Client,
     Server,
+    Router,
 }
 
 impl HostId {
+    /// The hosts that run programs, in every scenario.
     pub const ALL: [HostId; 2] = [HostId::Client, HostId::Server];
 
     pub fn name(self) -> &'static str {
         match self {
             HostId::Client => "client",
             HostId::Server => "server",
+            HostId::Router => "router",
         }
     }
 
+    /// The other program host; the router, which runs no program, has none but itself.
     pub fn peer(self) -> HostId {
         match self {
             HostId::Client => HostId::Server,
             HostId::Server => HostId::Client,
+            HostId::Router => HostId::Router,
         }
     }
 
+    /// Position among the program hosts (`ALL`), and 2 for the router.
     pub fn index(self) -> usize {
         match self {
             HostId::Client => 0,
             HostId::Server => 1,
+            HostId::Router => 2,
         }
     }
 
@@ -63,6 +71,7 @@ impl HostId {
         match name {
             "client" => Some(HostId::Client),
             "server" => Some(HostId::Server),
+            "router" => Some(HostId::Router),
             _ => None,
         }
     }
@@ -127,18 +136,36 @@ pub struct Plan {
     pub tolerance: Tolerance,
     /// Observer sampling interval (`ss` polling period).
     pub sample_interval: Duration,
+    /// Settings of every link.
     pub link: LinkPlan,
     pub capture: CapturePlan,
-    /// Indexed by `HostId::index()`.
-    pub hosts: [HostPlan; 2],
+    /// In the order they stand on the wire: client, the router if there is one, server.
+    pub hosts: Vec<HostPlan>,
+    /// The veth pairs between them: client-server, or client-router and router-server.
+    pub links: Vec<Link>,
+    /// What the router does besides forwarding, when there is one.
+    pub router: Option<RouterPlan>,
     /// Sorted by name.
     pub faults: Vec<FaultPlan>,
     pub expect: RunExpectations,
 }
 
 impl Plan {
+    /// The host `id`. Client and server are in every plan; asking for the router of a plan without one is a
+    /// harness bug, answered with the client so that nothing panics (validation refuses any reference to an
+    /// undeclared router).
     pub fn host(&self, id: HostId) -> &HostPlan {
-        &self.hosts[id.index()]
+        self.hosts.iter().find(|host| host.id == id).unwrap_or(&self.hosts[0])
+    }
+
+    /// Position of host `id` in `hosts` (the wire's order).
+    pub fn position(&self, id: HostId) -> Option<usize> {
+        self.hosts.iter().position(|host| host.id == id)
+    }
+
+    /// Every interface of every link, in the wire's order: `(link index, end)`.
+    pub fn link_ends(&self) -> impl Iterator<Item = (usize, &LinkEnd)> {
+        self.links.iter().enumerate().flat_map(|(index, link)| link.ends.iter().map(move |end| (index, end)))
     }
 
     /// Finds a step by host and name.
@@ -147,12 +174,45 @@ impl Plan {
     }
 }
 
-/// `ip link add ... type veth peer ...` with `mtu`.
+/// `ip link add ... type veth peer ...` with `mtu`: the settings of every link.
 #[derive(Debug, Clone, Serialize)]
 pub struct LinkPlan {
     pub mtu: u32,
     /// Keep IPv6 enabled on the link (off by default so router solicitations stay out of the capture).
     pub ipv6: bool,
+}
+
+/// One veth pair between two hosts (`ip link add <a> type veth peer name <b> netns <other>`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Link {
+    pub ends: [LinkEnd; 2],
+}
+
+/// One host's end of a link: its interface and address (`ip addr add <address>/<prefix_len> dev <ifname>`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LinkEnd {
+    pub host: HostId,
+    pub ifname: String,
+    pub address: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+/// What the router does to what it forwards (`nft add rule ip nat ...`).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct RouterPlan {
+    /// `oifname <server side> masquerade`: connections from the client side leave with the router's
+    /// server-side address.
+    pub masquerade: bool,
+    /// `iifname <client side> tcp dport <port> dnat to <server>:<to_port>`, port forwards to the server.
+    pub dnat: Vec<PortForward>,
+}
+
+/// One DNAT port forward: connections to the router's client-side address on `port` go to the server on
+/// `to_port`.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct PortForward {
+    pub port: u16,
+    pub to_port: u16,
 }
 
 /// How both ends of the link are captured (`tcpdump -B`).
@@ -162,12 +222,15 @@ pub struct CapturePlan {
     pub ring_bytes: Option<u64>,
 }
 
-/// One host: `ip netns` + `ip addr add` + `sysctl -w` + its socket program.
+/// One host: `ip netns` + `ip addr add` + `ip route add default via` + `sysctl -w` + its socket program.
 #[derive(Debug, Clone, Serialize)]
 pub struct HostPlan {
     pub id: HostId,
+    /// The address the other hosts reach it at (the router's: its client-side one).
     pub address: Ipv4Addr,
     pub prefix_len: u8,
+    /// `ip route add default via <gateway>`: the router, for client and server when there is one.
+    pub gateway: Option<Ipv4Addr>,
     /// `sysctl -w name=value` inside the host's namespace, sorted by name.
     pub sysctls: Vec<Sysctl>,
     pub steps: Vec<StepPlan>,
@@ -575,6 +638,8 @@ pub enum Direction {
     Ingress,
     /// `hook output`: packets the host sends (its own TCP sees local congestion).
     Egress,
+    /// `hook forward`: packets the router forwards (every fault of the router).
+    Forward,
 }
 
 /// What a fault rule matches; `None` fields match anything.
@@ -665,6 +730,8 @@ pub enum FaultAction {
     RejectIcmpNetUnreachable,
     /// `reject with icmp type admin-prohibited`.
     RejectIcmpAdminProhibited,
+    /// `conntrack -F` on the router when the fault switches on: every connection it tracks is forgotten.
+    FlushConntrack,
 }
 
 /// When a fault switches on or off.

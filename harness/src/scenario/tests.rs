@@ -1372,7 +1372,7 @@ fn more_bad_inputs_with_positions() {
         "description: d\nsysctl:\n  router: {}\n",
         3,
         3,
-        "unknown key \"router\" in `sysctl`; allowed: client, server",
+        "sysctls for the router, but the scenario has no router; declare one with `hosts: { router: { nat: masquerade } }`",
     );
     refused("description:\n", 1, 1, "missing \"description\"");
     refused("description: d\ntimeout: !x 5s\n", 2, 10, "found a YAML tag (!name)");
