@@ -75,16 +75,6 @@ impl Validator<'_> {
             pick(&server, DEFAULT_ROUTED_SERVER_ADDRESS),
         ];
         let [client_address, client_side_address, server_side_address, server_address] = addresses;
-        self.one_subnet(
-            &blame(&client, &client_side),
-            ("client", client_address),
-            ("the router's client-side", client_side_address),
-        )?;
-        self.one_subnet(
-            &blame(&server, &server_side),
-            ("server", server_address),
-            ("the router's server-side", server_side_address),
-        )?;
         if overlap(client_side_address, server_side_address) {
             return Err(self.fail(
                 &blame(&client_side, &server_side),
@@ -95,6 +85,16 @@ impl Validator<'_> {
                 ),
             ));
         }
+        self.one_subnet(
+            &blame(&client, &client_side),
+            ("client", client_address),
+            ("the router's client-side", client_side_address),
+        )?;
+        self.one_subnet(
+            &blame(&server, &server_side),
+            ("server", server_address),
+            ("the router's server-side", server_side_address),
+        )?;
         let (nat, router_sysctls) = self.router(&router_path, router)?;
         Ok(Layout {
             hosts: vec![
