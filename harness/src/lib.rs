@@ -94,6 +94,7 @@
 mod bench;
 pub mod cli;
 pub mod error;
+pub mod matrix;
 mod observe;
 pub mod record;
 pub mod report;

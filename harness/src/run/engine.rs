@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::error::{joined, Error, Result};
 use crate::observe::capture::{Capture, CaptureBuffer};
 use crate::observe::sockets::{DiagSocket, Observer};
-use crate::record::{CaptureStats, CapturedInterface, RunRecord};
+use crate::record::{CaptureStats, CapturedInterface, ObserverStats, RunRecord};
 use crate::run::actors::{self, ActorContext, ProcessRegistry, StepBoard};
 use crate::run::clock::{Clock, EventSink};
 use crate::run::faults::HostFaults;
@@ -29,7 +29,8 @@ const IDLE_TICK: Duration = Duration::from_millis(5);
 const PROGRAM_START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs `plan`, writing the pcaps into `report_dir`. Returns harness errors only; the verdict comes later.
-pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunRecord> {
+/// `on_start` is called once the programs have been told to start (t0), after the set-up.
+pub fn run(plan: &Plan, report_dir: &Path, on_start: impl FnOnce()) -> Result<RunRecord> {
     let setup_started = Instant::now();
     let clock = Clock::unstarted();
     let (sink, events) = EventSink::new(clock.clone());
@@ -106,6 +107,7 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunRecord> {
         let _ = gate.send(deadline);
     }
     drop(sink);
+    on_start();
 
     let mut collected: Vec<Event> = Vec::new();
     let mut deadline_hit = false;
@@ -148,15 +150,26 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunRecord> {
     if deadline_hit {
         collected.push(Event { t: duration, host: HostId::Client, kind: EventKind::Deadline { step: None } });
     }
+    // A part that fails to stop (on a starved machine: not within its bounded wait) is a harness error of this
+    // run, not the end of it: what the others recorded still makes the report, timeline and pcaps included.
     let mut observer_stats = Vec::with_capacity(observers.len());
     for observer in observers {
-        observer_stats.push(observer.stop()?);
+        observer_stats.push(observer.stop().unwrap_or_else(|e| {
+            harness_errors.push(e.to_string());
+            ObserverStats::default()
+        }));
     }
-    let capture_stats = stop_captures(captures)?;
+    let capture_stats = stop_captures(captures).unwrap_or_else(|e| {
+        harness_errors.push(e.to_string());
+        vec![CaptureStats::default(); interfaces.len()]
+    });
     harness_errors.extend(capture_losses(&interfaces, &capture_stats));
     let mut fault_hits = Vec::new();
     for host_faults in &mut faults {
-        fault_hits.extend(host_faults.hits()?);
+        match host_faults.hits() {
+            Ok(hits) => fault_hits.extend(hits),
+            Err(e) => harness_errors.push(e.to_string()),
+        }
     }
     fault_hits.sort();
     harness_errors.extend(join_finished(&mut programs));

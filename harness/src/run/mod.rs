@@ -12,6 +12,7 @@ pub(crate) mod firewall;
 pub mod netns;
 mod pidns;
 pub(crate) mod priority;
+pub mod requirements;
 pub mod runner;
 pub(crate) mod supervise;
 pub mod topology;

@@ -4,6 +4,7 @@
 //! firewall, actors, observer, verdict, report) reads the plan and never the YAML.
 
 mod expect;
+mod requires;
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use expect::*;
+pub use requires::*;
 
 /// A position in the scenario file, 1-based, as editors show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Default)]
@@ -148,6 +150,13 @@ pub struct Plan {
     /// Sorted by name.
     pub faults: Vec<FaultPlan>,
     pub expect: RunExpectations,
+    /// `requires:` of the whole scenario: where the running kernel lacks it, the scenario is not applicable.
+    pub requires: Requirements,
+    /// Expectations that apply only where their own `requires:` holds, in file order.
+    pub conditional: Vec<Conditional>,
+    /// Expectations left out on the running kernel, each with its line and why (see
+    /// `requirements::specialize`); empty in a plan as validated.
+    pub not_applicable: Vec<String>,
 }
 
 impl Plan {

@@ -21,6 +21,7 @@ mod expect;
 mod faults;
 mod hosts;
 mod program;
+mod requires;
 
 #[cfg(test)]
 pub(crate) use program::link_connects_to_listens;
@@ -160,6 +161,8 @@ pub fn validate(
 
     let faults = v.faults(&root.key("faults"), wire.faults.as_deref().unwrap_or(&[]))?;
     let expect = v.run_expectations(&root.key("expect"), wire.expect.as_ref())?;
+    let requires = v.requirements(&root.key("requires"), wire.requires.as_ref())?;
+    let conditional = v.conditional_expectations(wire)?;
 
     let [client_steps, server_steps] = steps;
     let mut steps = [client_steps, server_steps, Vec::new()];
@@ -191,6 +194,9 @@ pub fn validate(
         router: layout.router,
         faults,
         expect,
+        requires,
+        conditional,
+        not_applicable: Vec::new(),
     })
 }
 

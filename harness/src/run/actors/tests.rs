@@ -74,6 +74,9 @@ fn plan(client: Vec<StepPlan>, server: Vec<StepPlan>, deadline: Duration) -> Pla
         router: None,
         faults: vec![],
         expect: RunExpectations::default(),
+        requires: Default::default(),
+        conditional: Vec::new(),
+        not_applicable: Vec::new(),
     }
 }
 

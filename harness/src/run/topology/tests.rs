@@ -60,6 +60,9 @@ fn plan_with(mtu: u32, client_sysctls: &[(&str, &str)], server_sysctls: &[(&str,
         router: None,
         faults: Vec::new(),
         expect: RunExpectations::default(),
+        requires: Default::default(),
+        conditional: Vec::new(),
+        not_applicable: Vec::new(),
     }
 }
 
