@@ -15,7 +15,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Context, Error, Result};
-use crate::record::{CaptureStats, ObserverStats, RunRecord};
+use crate::record::{CaptureStats, CapturedInterface, ObserverStats, RunRecord};
 use crate::scenario::plan::{Direction, FaultAction, HostId, Plan};
 use crate::timeline::query::{step_record, StepRecord};
 use crate::timeline::{format_secs, EventKind, PacketDirection, Timeline};
@@ -131,7 +131,9 @@ struct ResultFile<'a> {
     checks: usize,
     failures: &'a [Failure],
     steps: Vec<StepReport<'a>>,
-    /// One per captured interface, in the order of the record's interfaces.
+    /// Every captured interface: both ends of each link, two per link in link order.
+    interfaces: &'a [CapturedInterface],
+    /// One per captured interface, in the order of `interfaces`.
     capture: &'a [CaptureStats],
     /// One per host, in the wire's order.
     observer: Vec<ObserverReport>,
@@ -213,6 +215,7 @@ pub fn write(plan: &Plan, record: &RunRecord, verdict: &Verdict, dir: &Path) -> 
         checks: verdict.checks,
         failures: &verdict.failures,
         steps,
+        interfaces: &record.interfaces,
         capture: &record.capture,
         observer: record.observer.iter().map(ObserverReport::from).collect(),
         fault_hits: &record.fault_hits,
