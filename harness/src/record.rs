@@ -2,6 +2,7 @@
 //! and observer figures, fault counters and harness errors. The engine fills it in; the verdict and the report
 //! read only this, never the engine, capture or observer that made it.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::{Duration, SystemTime};
 
@@ -16,7 +17,7 @@ pub struct RunRecord {
     pub timeline: Timeline,
     /// t0 on the wall clock, the pcaps' time base (`None` when the programs never started).
     pub t0_wall: Option<SystemTime>,
-    /// Every captured interface: both ends of each link, two per link in the plan's link order.
+    /// Every captured interface: both ends of each link, in the plan's link order.
     pub interfaces: Vec<CapturedInterface>,
     /// Time from t0 to the end of the programs (or the deadline).
     pub duration: Duration,
@@ -24,6 +25,8 @@ pub struct RunRecord {
     pub setup: Duration,
     pub teardown: Duration,
     pub deadline_hit: bool,
+    /// Each host's TCP sysctls in force during the run, by name, one per host in the wire's order.
+    pub sysctls: Vec<(HostId, BTreeMap<String, String>)>,
     /// One per captured interface, in `interfaces` order.
     pub capture: Vec<CaptureStats>,
     /// One per host, in the wire's order.
@@ -40,6 +43,8 @@ pub struct RunRecord {
 /// (`tcpdump -i <ifname> -s <snaplen> -w <pcap>`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CapturedInterface {
+    /// The link it is an end of: its index in the plan's links.
+    pub link: usize,
     pub host: HostId,
     pub ifname: String,
     pub mac: [u8; 6],
@@ -50,7 +55,7 @@ pub struct CapturedInterface {
 }
 
 /// What one capture saw, as tcpdump reports when it stops.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct CaptureStats {
     /// Frames written to the pcap (`N packets captured`).
     pub packets: u64,

@@ -129,7 +129,7 @@ pub fn run(plan: &Plan, report_dir: &Path, on_start: impl FnOnce()) -> Result<Ru
                 // Only the host that saw the packet or ran the step: a packet changes the sender's socket when
                 // it leaves and the receiver's when it arrives, and each capture reports its own side.
                 if wants_fresh_sample(&event) {
-                    if let Some(observer) = observers.get(event.host.index()) {
+                    if let Some(observer) = plan.position(event.host).and_then(|position| observers.get(position)) {
                         observer.poke();
                     }
                 }
@@ -143,6 +143,14 @@ pub fn run(plan: &Plan, report_dir: &Path, on_start: impl FnOnce()) -> Result<Ru
     }
     let duration = clock.now();
     let _ = priority::lower_current_thread();
+    // Read once the programs are done, off the set-up and teardown figures.
+    let mut sysctls = Vec::with_capacity(plan.hosts.len());
+    for (host, namespace) in plan.hosts.iter().zip(&namespaces) {
+        match namespace.run(|| topology::effective_sysctls(&host.sysctls)) {
+            Ok(values) => sysctls.push((host.id, values)),
+            Err(e) => harness_errors.push(format!("{} sysctls: {e}", host.id)),
+        }
+    }
 
     let teardown_started = Instant::now();
     board.close();
@@ -192,6 +200,7 @@ pub fn run(plan: &Plan, report_dir: &Path, on_start: impl FnOnce()) -> Result<Ru
         setup,
         teardown,
         deadline_hit,
+        sysctls,
         capture: capture_stats,
         observer: plan.hosts.iter().map(|host| host.id).zip(observer_stats).collect(),
         fault_hits,
@@ -260,7 +269,9 @@ pub fn set_up(plan: &Plan, report_dir: &Path, sink: &EventSink) -> Result<Rig> {
     let interfaces: Vec<CapturedInterface> = topology
         .ends
         .iter()
-        .map(|end| CapturedInterface {
+        .zip(plan.link_ends())
+        .map(|(end, (link, _))| CapturedInterface {
+            link,
             host: end.host,
             ifname: end.ifname.clone(),
             mac: end.mac,
@@ -737,6 +748,7 @@ client:
         let dropped = CaptureStats { packets: 37, bytes: 3700, kernel_drops: 3, interface_frames: 40 };
         let unseen = CaptureStats { packets: 38, bytes: 3800, kernel_drops: 0, interface_frames: 40 };
         let interface = |host: HostId, ifname: &str| CapturedInterface {
+            link: 0,
             host,
             ifname: ifname.into(),
             mac: [2, 0, 0, 0, 0, 1],

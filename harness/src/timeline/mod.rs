@@ -10,21 +10,24 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::scenario::plan::{HostId, Protocol, TcpState, TimerKind};
 
 /// Something that happened at `t` (time since t0) on `host`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq)]
 pub struct Event {
+    /// Seconds since t0.
     #[serde(serialize_with = "serialize_secs")]
+    #[schemars(with = "f64")]
     pub t: Duration,
     pub host: HostId,
     #[serde(flatten)]
     pub kind: EventKind,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum EventKind {
     FaultOn {
@@ -57,7 +60,7 @@ pub enum EventKind {
 }
 
 /// A step's actual result, expected or not.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Ok,
@@ -93,7 +96,7 @@ impl fmt::Display for Outcome {
 }
 
 /// Direction of a packet as seen on the host's veth end.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum PacketDirection {
     In,
@@ -101,11 +104,13 @@ pub enum PacketDirection {
 }
 
 /// One captured packet, decoded as tcpdump would print it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq)]
 pub struct PacketEvent {
     pub direction: PacketDirection,
     pub src: Ipv4Addr,
     pub dst: Ipv4Addr,
+    /// `tcp`, `udp`, `icmp`, or the protocol number.
+    #[schemars(with = "String")]
     pub protocol: IpProtocol,
     /// IPv4 identification field (tells a retransmission from the original: `tcpdump -v` shows it as `id`).
     pub ip_id: u16,
@@ -158,7 +163,7 @@ impl Serialize for IpProtocol {
 }
 
 /// A change of one socket as sock_diag shows it (`ss -tanoi`).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq)]
 pub struct SocketEvent {
     /// `local:port -> remote:port` (remote `*:*` for a listener).
     pub socket: String,
@@ -168,6 +173,7 @@ pub struct SocketEvent {
     pub timer: Option<TimerKind>,
     /// Time until the timer fires.
     #[serde(serialize_with = "serialize_opt_secs")]
+    #[schemars(with = "Option<f64>")]
     pub expires: Option<Duration>,
     /// Retransmissions / probes so far (`ss -o` third timer field).
     pub retrans: u32,
@@ -178,7 +184,7 @@ pub struct SocketEvent {
 /// A socket call of a program started by an `exec` step with `trace: true`, as `strace -f -yy` shows it: a
 /// call that returned -1 with an errno, or `getsockopt(SO_ERROR)` giving a pending error. The event's time is
 /// when the call returned.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq)]
 pub struct ErrnoEvent {
     /// The exec step (0-based index in its host's program) whose program, or a process it started, made the call.
     pub step: usize,
@@ -192,8 +198,9 @@ pub struct ErrnoEvent {
     pub socket: String,
     pub local_port: u16,
     pub remote_port: u16,
-    /// How long the call took.
+    /// How long the call took, in seconds.
     #[serde(serialize_with = "serialize_secs")]
+    #[schemars(with = "f64")]
     pub took: Duration,
 }
 

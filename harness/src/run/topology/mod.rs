@@ -26,6 +26,7 @@ use crate::run::netns::Netns;
 use crate::scenario::plan::{HostId, Link, LinkEnd, Plan, Sysctl};
 pub use ethtool::{active_offloads, turn_off_offloads};
 use rtnl::{Request, Rtnl};
+pub use sysctl::effective_sysctls;
 use sysctl::{write_sysctl, SysctlError};
 
 /// Name of the veth end of client and server; ends in different namespaces may share a name.
