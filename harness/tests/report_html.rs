@@ -165,12 +165,19 @@ fn check_report(report: &Path, shot: &Path, browser: &Mutex<Option<Browser>>) ->
         "(() => { drawAllTiles(); \
          const arrows = [...document.querySelectorAll('g.pkt')].map((g) => g.dataset.frames); \
          const failures = [...document.querySelectorAll('li[data-failure]')].map((li) => li.textContent); \
-         return { arrows, failures, drawn: document.querySelectorAll('g.failure').length, \
+         const heads = [...document.querySelectorAll('.heads > div:not(.lane)')].map((d) => d.firstChild.textContent); \
+         return { arrows, failures, heads, drawn: document.querySelectorAll('g.failure').length, \
                   status: document.querySelector('.badge').textContent }; })()",
     )?;
     page.screenshot(shot, Some(1400))?;
     drop(page);
 
+    // One column per host, in the wire's order: client and server, or client, router, server.
+    let mut hosts: Vec<&str> = captured.iter().filter_map(|i| i["host"].as_str()).collect();
+    hosts.dedup();
+    if dom["heads"] != serde_json::json!(hosts) {
+        return Err(format!("report.html has columns {}; the run's hosts are {hosts:?}", dom["heads"]).into());
+    }
     let arrows = dom["arrows"].as_array().ok_or("no arrows list")?;
     if arrows.len() != packets {
         return Err(format!("report.html draws {} arrows; the captures hold {packets} packets", arrows.len()).into());

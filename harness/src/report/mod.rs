@@ -413,4 +413,27 @@ mod tests {
             assert!(report_dir(root, bad).is_err(), "{bad} must be refused");
         }
     }
+
+    #[test]
+    fn links_pair_the_ends_each_interface_names() {
+        use crate::scenario::plan::HostId;
+        let end = |link: usize, host: HostId| CapturedInterface {
+            link,
+            host,
+            ifname: "nf0".into(),
+            mac: [2, 0, 0, 0, 0, 1],
+            address: std::net::Ipv4Addr::new(10, 0, 0, 1),
+            pcap: format!("{host}.pcap"),
+            snaplen: 262_144,
+        };
+        let two = [end(0, HostId::Client), end(0, HostId::Server)];
+        assert_eq!(links_of(&two).unwrap(), vec![Link(0, 1)]);
+        // In whatever order the record lists them: each link's two ends, found by their link.
+        let routed = [end(0, HostId::Client), end(1, HostId::Router), end(0, HostId::Router), end(1, HostId::Server)];
+        assert_eq!(links_of(&routed).unwrap(), vec![Link(0, 2), Link(1, 3)]);
+        let dangling = [end(0, HostId::Client), end(0, HostId::Router), end(1, HostId::Router)];
+        let error = links_of(&dangling).unwrap_err().to_string();
+        assert!(error.contains("link 1 of the run record has 1 captured ends"), "{error}");
+        assert!(links_of(&[]).unwrap().is_empty());
+    }
 }
