@@ -14,6 +14,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -82,6 +83,7 @@ fn run_scenario_process(exe: &Path, dir: &Path) -> Result<String, String> {
     let file = root.join("exchange.yaml");
     fs::write(&file, EXCHANGE).map_err(|e| format!("write {}: {e}", file.display()))?;
     let copy = dir.join("rootless");
+    let copying = COPY_AND_SPAWN.lock().map_err(|_| "copy lock poisoned")?;
     copy_executable(exe, dir, &copy)?;
     let mut command = Command::new(&copy);
     let mut uid = nix::unistd::geteuid().as_raw();
@@ -91,13 +93,17 @@ fn run_scenario_process(exe: &Path, dir: &Path) -> Result<String, String> {
         uid = NOBODY;
     }
     let job = Job { file, root, reports: reports.clone(), run: None };
-    let output = command
+    let child = command
         .arg(CHILD_COMMAND)
         .args(job.child_args())
         .current_dir("/")
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .map_err(|e| format!("spawn {command:?}: {e}"))?;
+    drop(copying);
+    let output = child.wait_with_output().map_err(|e| format!("wait for {command:?}: {e}"))?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     let summary = stdout.lines().last().unwrap_or_default();
@@ -144,20 +150,26 @@ fn child_main() -> ExitCode {
 fn unprivileged_run() -> Result<String, String> {
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
     if !nix::unistd::geteuid().is_root() {
-        return run_child(Command::new(&exe));
+        return run_child(Command::new(&exe), None);
     }
     let dir = std::env::temp_dir().join(format!("netfault-rootless-{}", std::process::id()));
     fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
     let copy = dir.join("rootless");
+    let copying = COPY_AND_SPAWN.lock().map_err(|_| "copy lock poisoned")?;
     let result = copy_executable(&exe, &dir, &copy).and_then(|()| {
         // std drops the supplementary groups itself when it switches uid as root.
         let mut command = Command::new(&copy);
         command.uid(NOBODY).gid(NOBODY);
-        run_child(command).map(|report| format!("as uid {NOBODY}: {report}"))
+        run_child(command, Some(copying)).map(|report| format!("as uid {NOBODY}: {report}"))
     });
     fs::remove_dir_all(&dir).map_err(|e| format!("rm -r {}: {e}", dir.display()))?;
     result
 }
+
+/// Held from copying the test binary until the copy runs. While one test writes its copy, a process the other
+/// test forks inherits the open file until it executes; a copy still open for writing in some process cannot
+/// be executed (ETXTBSY, "Text file busy").
+static COPY_AND_SPAWN: Mutex<()> = Mutex::new(());
 
 fn copy_executable(exe: &Path, dir: &Path, copy: &Path) -> Result<(), String> {
     fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
@@ -165,8 +177,9 @@ fn copy_executable(exe: &Path, dir: &Path, copy: &Path) -> Result<(), String> {
     fs::set_permissions(copy, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())
 }
 
-/// Starts the child, waits for it at most [`CHILD_TIMEOUT`] and returns what it reported.
-fn run_child(mut command: Command) -> Result<String, String> {
+/// Starts the child, waits for it at most [`CHILD_TIMEOUT`] and returns what it reported. `copying` is let go
+/// once the child runs.
+fn run_child(mut command: Command, copying: Option<MutexGuard<'_, ()>>) -> Result<String, String> {
     let mut child = command
         .env(CHILD_ENV, "1")
         .current_dir("/")
@@ -175,6 +188,7 @@ fn run_child(mut command: Command) -> Result<String, String> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("spawn {command:?}: {e}"))?;
+    drop(copying);
     let deadline = Instant::now() + CHILD_TIMEOUT;
     let status = loop {
         match child.try_wait().map_err(|e| e.to_string())? {
