@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::error::{joined, Error, Result};
+use crate::error::{Error, Result};
 use crate::observe::capture::{Capture, CaptureBuffer};
 use crate::observe::sockets::{DiagSocket, Observer};
 use crate::record::{CaptureStats, CapturedInterface, ObserverStats, RunRecord};
@@ -18,14 +18,15 @@ use crate::run::faults::HostFaults;
 use crate::run::firewall::{self, Nat};
 use crate::run::netns::Netns;
 use crate::run::priority;
-use crate::run::topology::{self, Topology};
-use crate::scenario::plan::{Direction, FaultPlan, HostId, Plan, Protocol, StepEdge, Trigger};
+use crate::run::supervise::SETUP_LIMIT;
+use crate::run::topology::{self, HostWire};
+use crate::scenario::plan::{Direction, FaultPlan, HostId, HostPlan, Plan, Protocol, StepEdge, Trigger};
 use crate::timeline::{Event, EventKind, IpProtocol, PacketDirection, Timeline};
 
 /// How often the hub wakes to look at time triggers and the programs when nothing happens.
 const IDLE_TICK: Duration = Duration::from_millis(5);
-/// How long program threads may take to be running in their namespaces, and then to be told to start
-/// (measured: up to 0.7 s to start a thread with 200 scenarios at once on 2 cores).
+/// How long a host's program may wait to be told to start once its host is set up (measured: up to 0.7 s to
+/// start a thread with 200 scenarios at once on 2 cores). The set-up itself is bounded by [`SETUP_LIMIT`].
 const PROGRAM_START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs `plan`, writing the pcaps into `report_dir`. Returns harness errors only; the verdict comes later.
@@ -34,63 +35,37 @@ pub fn run(plan: &Plan, report_dir: &Path, on_start: impl FnOnce()) -> Result<Ru
     let setup_started = Instant::now();
     let clock = Clock::unstarted();
     let (sink, events) = EventSink::new(clock.clone());
-    let Rig { namespaces, interfaces, mut faults, captures, observers } = set_up(plan, report_dir, &sink)?;
-    let setup = setup_started.elapsed();
-
-    // Both program threads are spawned, inside their namespaces and waiting before t0 is taken: creating and
-    // scheduling a thread on a busy machine can take a few hundred ms, and that must not count as scenario time.
+    // Each host's thread sets its host up and then runs its program there, waiting at its gate in between:
+    // t0 is taken once both are ready, so the set-up, and a busy machine's delay in scheduling a woken
+    // thread, never count as scenario time.
     let board = StepBoard::new();
     let processes = ProcessRegistry::new();
-    let (ready_tx, ready_rx) = mpsc::channel::<HostId>();
-    let mut gates: Vec<mpsc::Sender<Instant>> = Vec::with_capacity(2);
-    // Each host's program until it ends and is joined.
-    let mut programs: Vec<(HostId, Option<JoinHandle<Result<()>>>)> = Vec::with_capacity(2);
-    for host in HostId::ALL {
-        let host_plan = plan.host(host).clone();
-        let mut sock_diag = [None, None];
-        for (target, named) in HostId::ALL.into_iter().zip(actors::listening_hosts(&host_plan)) {
-            if named {
-                sock_diag[target.index()] = Some(DiagSocket::open_in(namespace_of(plan, &namespaces, target)?)?);
-            }
-        }
-        let mut ctx = ActorContext {
-            host,
-            own_address: plan.host(host).address,
+    let mut gates: Vec<mpsc::Sender<Gate>> = Vec::with_capacity(2);
+    let programs = HostId::ALL.map(|host| {
+        let (gate, waiting) = mpsc::channel();
+        gates.push(gate);
+        Program {
+            plan: plan.host(host).clone(),
             board: Arc::clone(&board),
             processes: Arc::clone(&processes),
-            sink: sink.clone(),
-            deadline: Instant::now() + plan.deadline,
-            sock_diag,
             report_dir: report_dir.to_path_buf(),
-        };
-        let (gate_tx, gate_rx) = mpsc::channel::<Instant>();
-        gates.push(gate_tx);
-        let ready = ready_tx.clone();
-        let start_clock = clock.clone();
-        let program = namespace_of(plan, &namespaces, host)?.spawn(&format!("{host}-program"), move || {
-            // Best effort: without the privilege the thread stays ordinary and its times are less exact.
-            let _ = priority::raise_current_thread();
-            // The engine may be gone (a failed start): then there is nothing to run.
-            let _ = ready.send(host);
-            ctx.deadline = gate_rx
-                .recv_timeout(PROGRAM_START_TIMEOUT)
-                .map_err(|_| Error::Internal(format!("{host} program was never told to start")))?;
-            // t0 is taken by the first program thread to run (the clock keeps the first start), not by the
-            // engine: on a busy machine the woken threads may wait tens of ms for a CPU.
-            start_clock.start();
-            actors::run_host(&host_plan, ctx)
-        })?;
-        programs.push((host, Some(program)));
-    }
-    drop(ready_tx);
-    for _ in HostId::ALL {
-        if ready_rx.recv_timeout(PROGRAM_START_TIMEOUT).is_err() {
-            return Err(Error::Internal(format!(
-                "the program threads were not running {}s after their start (spawn in namespace)",
-                PROGRAM_START_TIMEOUT.as_secs()
-            )));
+            clock: clock.clone(),
+            gate: waiting,
         }
-    }
+    });
+    let [mut client, mut server] = programs.map(Some);
+    let programs = plan.hosts.iter().map(|host| match host.id {
+        HostId::Client => client.take(),
+        HostId::Server => server.take(),
+        HostId::Router => None,
+    });
+    let (rig, threads) = start_hosts(plan, report_dir, &sink, programs.collect())?;
+    let Rig { namespaces, interfaces, mut faults, captures, observers, listen_watchers } = rig;
+    let setup = setup_started.elapsed();
+    // Each host's thread until it ends and is joined: the program's, or the router's, which ends after its
+    // set-up.
+    let mut programs: Vec<(HostId, Option<JoinHandle<Result<()>>>)> =
+        plan.hosts.iter().map(|host| host.id).zip(threads.into_iter().map(Some)).collect();
 
     // Faults due at t0 are on before either program makes its first call. They are switched before t0 is
     // taken (their events read 0 s): an nftables commit can take tens of ms on a busy machine.
@@ -102,9 +77,9 @@ pub fn run(plan: &Plan, report_dir: &Path, on_start: impl FnOnce()) -> Result<Ru
     // t0 is the moment the programs start (scenario times read as the seed scripts' times): the first program
     // thread to run takes it. The deadline counts from the start signal, a little before.
     let deadline = Instant::now() + plan.deadline;
-    for gate in &gates {
+    for (gate, sock_diag) in gates.iter().zip(listen_watchers) {
         // A program thread that is gone already reports its own error when joined.
-        let _ = gate.send(deadline);
+        let _ = gate.send(Gate { deadline, sock_diag });
     }
     drop(sink);
     on_start();
@@ -160,6 +135,10 @@ pub fn run(plan: &Plan, report_dir: &Path, on_start: impl FnOnce()) -> Result<Ru
     }
     // A part that fails to stop (on a starved machine: not within its bounded wait) is a harness error of this
     // run, not the end of it: what the others recorded still makes the report, timeline and pcaps included.
+    // Every observer and capture is told at once, then each is waited for: their last samples and frames
+    // overlap.
+    observers.iter().for_each(Observer::request_stop);
+    captures.iter().for_each(Capture::request_stop);
     let mut observer_stats = Vec::with_capacity(observers.len());
     for observer in observers {
         observer_stats.push(observer.stop().unwrap_or_else(|e| {
@@ -244,85 +223,269 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("(no message)")
 }
 
-/// What a run sets up before t0: per host (in `plan.hosts` order) its namespace, faults and observer; per
-/// interface (in `interfaces` order) its capture.
+/// What a run sets up before t0, one of each per host in `plan.hosts` order (client, the router if there is
+/// one, server), and one capture per interface in `interfaces` order.
 pub struct Rig {
     pub namespaces: Vec<Netns>,
-    /// The captured interfaces, as the run record names them.
+    /// The captured interfaces, as the run record names them: each link's two ends, in link order.
     pub interfaces: Vec<CapturedInterface>,
     pub faults: Vec<HostFaults>,
     pub captures: Vec<Capture>,
     pub observers: Vec<Observer>,
+    /// For each program host's program (client, server), a sock_diag socket in each program host's namespace
+    /// its `wait: { listening }` steps name (see [`actors::listening_hosts`]).
+    pub listen_watchers: [[Option<DiagSocket>; 2]; 2],
 }
 
-/// Namespaces, the wire, the faults (all off) and the router's NAT, a capture per interface (into
-/// `report_dir/<host>.pcap`, or `router-<ifname>.pcap`) and an observer per host, all sending their events to
-/// `sink`.
-///
-/// Each host's faults, captures and observer are started by a thread of its own that has entered the host's
-/// namespace, so they open their sockets right there, and the hosts proceed at once. A scenario that asks
-/// for a capture ring then waits for one RCU grace period (`setsockopt(PACKET_RX_RING)` calls
-/// `synchronize_net`, 10-30 ms on a busy machine) instead of one per interface.
+/// Namespaces, the wire, the faults (all off), a capture per interface and an observer per host, all sending
+/// their events to `sink`: [`start_hosts`] without programs (what `netfault bench setup` times).
+#[cfg(feature = "bench")]
 pub fn set_up(plan: &Plan, report_dir: &Path, sink: &EventSink) -> Result<Rig> {
-    let (namespaces, topology) = topology::build_in_new_namespaces(plan)?;
-    let nat = router_nat(plan, &topology);
-    let interfaces: Vec<CapturedInterface> = topology
-        .ends
-        .iter()
-        .zip(plan.link_ends())
-        .map(|(end, (link, _))| CapturedInterface {
-            link,
-            host: end.host,
-            ifname: end.ifname.clone(),
-            mac: end.mac,
-            address: end.address,
-            pcap: pcap_name(end.host, &end.ifname, topology.ends_of(end.host).count()),
-            snaplen: crate::observe::capture::SNAPLEN,
-        })
-        .collect();
-    let started: Vec<Result<(HostFaults, Vec<Capture>, Observer)>> = thread::scope(|scope| {
-        let starting: Vec<_> = plan
-            .hosts
-            .iter()
-            .zip(&namespaces)
-            .map(|(host, ns)| {
-                let host = host.id;
-                let nat = nat.as_ref().filter(|_| host == HostId::Router);
-                let own: Vec<(u32, PathBuf)> = topology
-                    .ends
-                    .iter()
-                    .zip(&interfaces)
-                    .filter(|(end, _)| end.host == host)
-                    .map(|(end, interface)| (end.ifindex, report_dir.join(&interface.pcap)))
-                    .collect();
-                let sink = sink.clone();
-                thread::Builder::new().name(format!("set-up-{host}")).spawn_scoped(scope, move || {
-                    ns.enter()?;
-                    let faults = HostFaults::install(ns, host, &plan.faults, nat)?;
-                    let mut captures = Vec::with_capacity(own.len());
-                    for (ifindex, pcap) in own {
-                        captures.push(Capture::start(ns, host, ifindex, &pcap, sink.clone(), capture_buffer(plan))?);
-                    }
-                    let observer = Observer::start(ns, host, plan.sample_interval, sink)?;
-                    Ok::<_, Error>((faults, captures, observer))
-                })
-            })
-            .collect();
-        starting.into_iter().map(|spawned| joined(spawned, "host set-up")).collect()
-    });
-    let mut rig = Rig { namespaces, interfaces, faults: Vec::new(), captures: Vec::new(), observers: Vec::new() };
-    for host in started {
-        let (faults, captures, observer) = host?;
-        rig.faults.push(faults);
-        rig.captures.extend(captures);
-        rig.observers.push(observer);
+    let (rig, threads) = start_hosts(plan, report_dir, sink, plan.hosts.iter().map(|_| None).collect())?;
+    for thread in threads {
+        thread.join().map_err(|_| Error::Internal("host set-up thread panicked".into()))??;
     }
     Ok(rig)
 }
 
+/// A host's program, handed to the host's thread to run once its host is set up and the engine opens the gate.
+struct Program {
+    plan: HostPlan,
+    board: Arc<StepBoard>,
+    processes: Arc<ProcessRegistry>,
+    report_dir: PathBuf,
+    clock: Clock,
+    gate: mpsc::Receiver<Gate>,
+}
+
+/// What opens a program's gate: its deadline, and its sock_diag sockets for `wait: { listening }` steps.
+struct Gate {
+    deadline: Instant,
+    sock_diag: [Option<DiagSocket>; 2],
+}
+
+/// What one host's thread set up in its namespace.
+struct HostRig {
+    namespace: Netns,
+    /// This host's captured interfaces (one, or the router's two), each with its place in `Rig::interfaces`.
+    interfaces: Vec<(usize, CapturedInterface, Capture)>,
+    faults: HostFaults,
+    observer: Observer,
+    /// By the program's host: a sock_diag socket in this namespace for the programs that wait for it to listen.
+    listen_watchers: [Option<DiagSocket>; 2],
+}
+
+/// How the two hosts of one link meet to create its veth pair: the link's second host hands the first its
+/// namespace, and the first tells the second once the pair exists.
+enum WireMeeting {
+    Creates { link: usize, far: mpsc::Receiver<Netns>, created: mpsc::Sender<()> },
+    Joins { namespace: mpsc::Sender<Netns>, created: mpsc::Receiver<()> },
+}
+
+/// Each host's meetings, in `plan.hosts` order: one per link it is an end of.
+fn wire_meetings(plan: &Plan) -> Vec<Vec<WireMeeting>> {
+    let mut meetings: Vec<Vec<WireMeeting>> = plan.hosts.iter().map(|_| Vec::new()).collect();
+    for (link, wire) in plan.links.iter().enumerate() {
+        let (namespace, far) = mpsc::channel();
+        let (created, joined) = mpsc::channel();
+        let [near, far_end] = &wire.ends;
+        if let (Some(near), Some(far_end)) = (plan.position(near.host), plan.position(far_end.host)) {
+            meetings[near].push(WireMeeting::Creates { link, far, created });
+            meetings[far_end].push(WireMeeting::Joins { namespace, created: joined });
+        }
+    }
+    meetings
+}
+
+/// Starts one thread per host, each of which creates its host's namespace (`unshare(CLONE_NEWNET)`, so the
+/// namespaces are created at once) and sets it up from inside: sysctls and `lo`, its ends of the veth pairs
+/// (a link's first host creates its pair), its routes, its faults (and the router's NAT), a capture per
+/// interface and its observer. Returns what they set up, once all are done, and their threads in `plan.hosts`
+/// order: with a program (`programs`, in the same order), each thread then waits at its gate and runs the
+/// program in its namespace (its result is the thread's); without, it ends.
+///
+/// A scenario that asks for a capture ring waits for one RCU grace period (`setsockopt(PACKET_RX_RING)` calls
+/// `synchronize_net`, 10-30 ms on a busy machine) per host instead of one per interface.
+fn start_hosts(
+    plan: &Plan,
+    report_dir: &Path,
+    sink: &EventSink,
+    programs: Vec<Option<Program>>,
+) -> Result<(Rig, Vec<JoinHandle<Result<()>>>)> {
+    let shared = Arc::new(plan.clone());
+    let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<HostRig>)>();
+    let mut threads = Vec::with_capacity(plan.hosts.len());
+    for (position, (meetings, program)) in wire_meetings(plan).into_iter().zip(programs).enumerate() {
+        let plan = Arc::clone(&shared);
+        let host = plan.hosts[position].id;
+        let report_dir = report_dir.to_path_buf();
+        let sink = sink.clone();
+        let ready = ready_tx.clone();
+        let thread = thread::Builder::new()
+            .name(format!("host-{host}"))
+            .spawn(move || {
+                let rig = set_up_host(&plan, host, &report_dir, sink.clone(), meetings);
+                host_thread(host, rig, sink, (position, ready), program)
+            })
+            .map_err(|e| Error::sys(format!("spawn the thread of host {host}"), e))?;
+        threads.push(thread);
+    }
+    drop(ready_tx);
+    let mut rigs: Vec<Option<HostRig>> = plan.hosts.iter().map(|_| None).collect();
+    let mut failures = Vec::new();
+    for _ in &plan.hosts {
+        match ready_rx.recv_timeout(SETUP_LIMIT) {
+            Ok((position, Ok(rig))) => rigs[position] = Some(rig),
+            Ok((position, Err(e))) => failures.push(format!("set-up of {}: {e}", plan.hosts[position].id)),
+            Err(_) => failures
+                .push(format!("the hosts were not set up {}s after their threads started", SETUP_LIMIT.as_secs())),
+        }
+    }
+    // A thread waiting at its gate gives up when the gates go with the caller's `Program`s.
+    let rigs: Vec<HostRig> = match rigs.into_iter().collect::<Option<Vec<_>>>() {
+        Some(rigs) if failures.is_empty() => rigs,
+        _ => return Err(Error::Internal(failures.join("; "))),
+    };
+    let mut rig = Rig {
+        namespaces: Vec::new(),
+        interfaces: Vec::new(),
+        faults: Vec::new(),
+        captures: Vec::new(),
+        observers: Vec::new(),
+        listen_watchers: [[None, None], [None, None]],
+    };
+    let mut interfaces = Vec::new();
+    for (host, host_rig) in plan.hosts.iter().zip(rigs) {
+        rig.namespaces.push(host_rig.namespace);
+        rig.faults.push(host_rig.faults);
+        rig.observers.push(host_rig.observer);
+        interfaces.extend(host_rig.interfaces);
+        // Regrouped by the program that uses them.
+        if let Some(opened_in) = HostId::ALL.iter().position(|&id| id == host.id) {
+            for (program, watcher) in host_rig.listen_watchers.into_iter().enumerate() {
+                rig.listen_watchers[program][opened_in] = watcher;
+            }
+        }
+    }
+    interfaces.sort_by_key(|(place, _, _)| *place);
+    for (_, interface, capture) in interfaces {
+        rig.interfaces.push(interface);
+        rig.captures.push(capture);
+    }
+    Ok((rig, threads))
+}
+
+/// The rest of one host's thread (see [`start_hosts`]) once its host is set up: report, then the program if
+/// there is one.
+fn host_thread(
+    host: HostId,
+    rig: Result<HostRig>,
+    sink: EventSink,
+    (position, ready): (usize, mpsc::Sender<(usize, Result<HostRig>)>),
+    program: Option<Program>,
+) -> Result<()> {
+    let Some(program) = program else {
+        // The engine is gone only when it gave up waiting; then nobody needs the rig.
+        let _ = ready.send((position, rig));
+        return Ok(());
+    };
+    if rig.is_ok() {
+        // Best effort: without the privilege the thread stays ordinary and its times are less exact. Raised
+        // before the engine hears of it, so the start signal wakes it at once.
+        let _ = priority::raise_current_thread();
+    }
+    if ready.send((position, rig)).is_err() {
+        return Ok(());
+    }
+    drop(ready);
+    let gate = program
+        .gate
+        .recv_timeout(PROGRAM_START_TIMEOUT)
+        .map_err(|_| Error::Internal(format!("{host} program was never told to start")))?;
+    // t0 is taken by the first program thread to run (the clock keeps the first start), not by the engine:
+    // on a busy machine the woken threads may wait tens of ms for a CPU.
+    program.clock.start();
+    let ctx = ActorContext {
+        host,
+        own_address: program.plan.address,
+        board: program.board,
+        processes: program.processes,
+        sink,
+        deadline: gate.deadline,
+        sock_diag: gate.sock_diag,
+        report_dir: program.report_dir,
+    };
+    actors::run_host(&program.plan, ctx)
+}
+
+/// One host's set-up, on its own thread, which stays in the namespace it creates.
+fn set_up_host(
+    plan: &Plan,
+    host: HostId,
+    report_dir: &Path,
+    sink: EventSink,
+    meetings: Vec<WireMeeting>,
+) -> Result<HostRig> {
+    let namespace = Netns::unshare_current_thread()?;
+    let mut wire = HostWire::prepare(plan, host)?;
+    let peer_failed = |what: &str| Error::Internal(format!("{what} (the other host's set-up failed)"));
+    // Every namespace is handed over before any pair is created, so no host waits for one that waits too.
+    for meeting in &meetings {
+        if let WireMeeting::Joins { namespace: to_creator, .. } = meeting {
+            // The creator is gone only when its set-up failed, which it reports itself.
+            let _ = to_creator.send(namespace.try_clone()?);
+        }
+    }
+    for meeting in &meetings {
+        if let WireMeeting::Creates { link, far, created } = meeting {
+            let far = far.recv_timeout(SETUP_LIMIT).map_err(|_| peer_failed("the other namespace never came"))?;
+            wire.create_veth_pair(plan, &plan.links[*link], &far)?;
+            // The other host is gone only when its set-up failed, which it reports itself.
+            let _ = created.send(());
+        }
+    }
+    for meeting in &meetings {
+        if let WireMeeting::Joins { created, .. } = meeting {
+            created.recv_timeout(SETUP_LIMIT).map_err(|_| peer_failed("the veth pair was never created"))?;
+        }
+    }
+    let links = wire.configure(plan)?;
+    wire.wait_operational(plan)?;
+    let nat = router_nat(plan).filter(|_| host == HostId::Router);
+    let faults = HostFaults::install(&namespace, host, &plan.faults, nat.as_ref())?;
+    let observer = Observer::start(&namespace, host, plan.sample_interval, sink.clone())?;
+    let mut listen_watchers = [None, None];
+    for (program, watcher) in HostId::ALL.into_iter().zip(&mut listen_watchers) {
+        if actors::listening_hosts(plan.host(program)).get(host.index()) == Some(&true) {
+            *watcher = Some(DiagSocket::open_in(&namespace)?);
+        }
+    }
+    let mut interfaces = Vec::with_capacity(links.len());
+    for link in links {
+        let place = plan.link_ends().position(|(_, end)| end.host == host && end.ifname == link.ifname);
+        let (place, (link_index, _)) = place
+            .and_then(|place| plan.link_ends().nth(place).map(|end| (place, end)))
+            .ok_or_else(|| Error::Internal(format!("{host} {} is on no link of the plan", link.ifname)))?;
+        let pcap = pcap_name(host, &link.ifname, plan.link_ends().filter(|(_, end)| end.host == host).count());
+        let capture =
+            Capture::start(&namespace, host, link.ifindex, &report_dir.join(&pcap), sink.clone(), capture_buffer(plan))?;
+        let interface = CapturedInterface {
+            link: link_index,
+            host,
+            ifname: link.ifname,
+            mac: link.mac,
+            address: link.address,
+            pcap,
+            snaplen: crate::observe::capture::SNAPLEN,
+        };
+        interfaces.push((place, interface, capture));
+    }
+    Ok(HostRig { namespace, interfaces, faults, observer, listen_watchers })
+}
+
 /// The router's NAT rules, when the plan has a router: its interface towards the client and towards the
 /// server, and the server's address for port forwards.
-fn router_nat(plan: &Plan, topology: &Topology) -> Option<Nat> {
+fn router_nat(plan: &Plan) -> Option<Nat> {
     let router = plan.router.as_ref()?;
     let side = |peer: HostId| {
         plan.links
@@ -334,7 +497,7 @@ fn router_nat(plan: &Plan, topology: &Topology) -> Option<Nat> {
     Some(Nat {
         client_side: side(HostId::Client)?,
         server_side: side(HostId::Server)?,
-        server: topology.link(HostId::Server)?.address,
+        server: plan.host(HostId::Server).address,
         masquerade: router.masquerade,
         forwards: router.dnat.clone(),
     })
@@ -353,13 +516,6 @@ fn pcap_name(host: HostId, ifname: &str, interfaces_of_host: usize) -> String {
 /// `tcpdump -B` for the plan: the socket's own queue unless the scenario asks for a ring.
 fn capture_buffer(plan: &Plan) -> CaptureBuffer {
     plan.capture.ring_bytes.map_or(CaptureBuffer::DEFAULT, CaptureBuffer::ring_of)
-}
-
-/// The namespace of `host`, in `plan.hosts` order.
-fn namespace_of<'a>(plan: &Plan, namespaces: &'a [Netns], host: HostId) -> Result<&'a Netns> {
-    plan.position(host)
-        .and_then(|position| namespaces.get(position))
-        .ok_or_else(|| Error::Internal(format!("no namespace for {host}")))
 }
 
 /// A capture that lost frames makes the timeline incomplete: every packet expectation and packet trigger
@@ -386,19 +542,10 @@ fn capture_losses(interfaces: &[CapturedInterface], stats: &[CaptureStats]) -> V
 /// `Capture::stop` on every capture at once: each takes the frames its interface counted that are still on
 /// their way (a ring's last block comes within its 4 ms retire timeout), and those waits overlap.
 pub fn stop_captures(captures: Vec<Capture>) -> Result<Vec<CaptureStats>> {
-    thread::scope(|scope| {
-        let stopping: Vec<_> = captures.into_iter().map(|capture| scope.spawn(move || capture.stop())).collect();
-        join_all(stopping, "capture stop")
-    })
-}
-
-/// Joins scoped threads in order; the first error (or panic) wins, after every thread has been joined.
-fn join_all<T>(handles: Vec<thread::ScopedJoinHandle<'_, Result<T>>>, what: &str) -> Result<Vec<T>> {
-    let results: Vec<Result<T>> = handles
-        .into_iter()
-        .map(|handle| handle.join().unwrap_or_else(|_| Err(Error::Internal(format!("{what} thread panicked")))))
-        .collect();
-    results.into_iter().collect()
+    captures.iter().for_each(Capture::request_stop);
+    // Every capture is waited for before the first error (if any) is returned.
+    let stopped: Vec<Result<CaptureStats>> = captures.into_iter().map(Capture::stop).collect();
+    stopped.into_iter().collect()
 }
 
 /// Switches the faults that are due now and records each switch on the timeline.
@@ -449,8 +596,7 @@ fn mark_running_steps(timeline: &mut Timeline, plan: &Plan) {
     }
 }
 
-/// Marks each captured packet that an active ingress (or router) fault's rule matched on arrival, and the copy
-/// its link neighbour sent.
+/// Marks each captured packet that an active ingress fault's rule matched on arrival, and the sender's copy of it.
 pub fn annotate_faults(timeline: &mut Timeline, plan: &Plan) {
     let mut active: HashMap<&str, bool> = HashMap::new();
     let mut hits: Vec<(usize, String)> = Vec::new();
@@ -465,7 +611,7 @@ pub fn annotate_faults(timeline: &mut Timeline, plan: &Plan) {
             EventKind::Packet(packet) if packet.direction == PacketDirection::In => {
                 let hit = plan.faults.iter().find(|fault| {
                     fault.host == event.host
-                        && matches!(fault.direction, Direction::Ingress | Direction::Forward)
+                        && fault.direction == Direction::Ingress
                         && active.get(fault.name.as_str()).copied().unwrap_or(false)
                         && firewall::matches(fault, event.host, packet)
                 });
@@ -479,11 +625,10 @@ pub fn annotate_faults(timeline: &mut Timeline, plan: &Plan) {
     for (index, fault) in hits {
         let event = &timeline.events[index];
         let EventKind::Packet(arrived) = &event.kind else { continue };
-        // The latest copy another host sent: the neighbour on the link it arrived on (a router forwards a copy
-        // with the same IP id, after the one it received).
+        let sender = event.host.peer();
         let key = (arrived.ip_id, arrived.src, arrived.dst, arrived.flags, arrived.len);
         let sent = timeline.events[..index].iter().rposition(|e| {
-            e.host != event.host
+            e.host == sender
                 && matches!(&e.kind, EventKind::Packet(p)
                     if p.direction == PacketDirection::Out && (p.ip_id, p.src, p.dst, p.flags, p.len) == key)
         });

@@ -8,7 +8,6 @@ mod rtnl;
 mod sysctl;
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
@@ -21,7 +20,7 @@ use netlink_packet_route::route::{
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use crate::error::{joined, Context, Error, Result};
+use crate::error::{Context, Error, Result};
 use crate::run::netns::Netns;
 use crate::scenario::plan::{HostId, Link, LinkEnd, Plan, Sysctl};
 pub use ethtool::{active_offloads, turn_off_offloads};
@@ -36,8 +35,8 @@ pub const LINK_NAME: &str = "nf0";
 /// that does it waits for the RTNL lock, which many namespaces set up or torn down at once hold for seconds.
 const OPERATIONAL_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How often the link state is asked for while waiting for it.
-const OPERATIONAL_POLL: Duration = Duration::from_millis(2);
+/// Longest wait for a link notification before the link state is asked for again anyway.
+const OPERATIONAL_POLL: Duration = Duration::from_millis(50);
 
 /// One host's end of a link (`ip -o addr show dev nf0`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,71 +89,89 @@ pub fn link_mac(host: HostId, n: usize) -> [u8; 6] {
 ///
 /// Offloads go off before a link goes up, so no frame ever leaves with a deferred checksum or as a
 /// super-segment. `build` returns once every end is operational (`ip link show nf0` says `state UP`); see
-/// `wait_operational`.
+/// [`HostWire::wait_operational`]. `namespaces` are in `plan.hosts` order. A run builds the same wire with
+/// [`HostWire`], each host from a thread of its own.
 pub fn build(plan: &Plan, namespaces: &[&Netns]) -> Result<Topology> {
-    let mut sockets = Vec::with_capacity(plan.hosts.len());
+    let mut wires = Vec::with_capacity(plan.hosts.len());
     for (host, ns) in plan.hosts.iter().zip(namespaces) {
-        sockets.push(ns.run(|| prepare_host(plan, host.id))?);
+        wires.push(ns.run(|| HostWire::prepare(plan, host.id))?);
     }
-    connect(plan, sockets, namespaces)
-}
-
-/// [`build`] in namespaces it creates (`ip netns add`), all at once: each on a thread of its own that creates
-/// its host's namespace and sets it up from inside (the kernel creates namespaces in parallel). The
-/// namespaces are in `plan.hosts` order.
-pub fn build_in_new_namespaces(plan: &Plan) -> Result<(Vec<Netns>, Topology)> {
-    let prepared: Vec<Result<(Netns, Rtnl)>> = thread::scope(|scope| {
-        let preparing: Vec<_> = plan
-            .hosts
-            .iter()
-            .map(|host| {
-                let host = host.id;
-                thread::Builder::new().name(format!("netns-{host}")).spawn_scoped(scope, move || {
-                    let ns = Netns::unshare_current_thread()?;
-                    Ok((ns, prepare_host(plan, host)?))
-                })
-            })
-            .collect();
-        preparing.into_iter().map(|spawned| joined(spawned, "namespace set-up")).collect()
-    });
-    let (namespaces, sockets): (Vec<Netns>, Vec<Rtnl>) =
-        prepared.into_iter().collect::<Result<Vec<_>>>()?.into_iter().unzip();
-    let topology = connect(plan, sockets, &namespaces.iter().collect::<Vec<_>>())?;
-    Ok((namespaces, topology))
-}
-
-/// Joins the prepared hosts with a veth pair per link, configures every end, and routes client and server
-/// through the router when there is one.
-fn connect(plan: &Plan, mut sockets: Vec<Rtnl>, namespaces: &[&Netns]) -> Result<Topology> {
     let position = |host: HostId| {
         plan.position(host).ok_or_else(|| Error::Internal(format!("a link names {host}, which the plan lacks")))
     };
-    let mac = |end: &LinkEnd| {
-        let n = plan.link_ends().filter(|(_, other)| other.host == end.host).position(|(_, other)| other == end);
-        link_mac(end.host, n.unwrap_or_default())
-    };
     for link in &plan.links {
         let [near, far] = &link.ends;
-        let far_ns = namespaces[position(far.host)?];
-        create_veth_pair(&mut sockets[position(near.host)?], link, [mac(near), mac(far)], plan.link.mtu, far_ns)?;
+        wires[position(near.host)?].create_veth_pair(plan, link, namespaces[position(far.host)?])?;
     }
+    let mut by_host = Vec::with_capacity(wires.len());
+    for wire in &mut wires {
+        by_host.push(wire.configure(plan)?);
+    }
+    for wire in &mut wires {
+        wire.wait_operational(plan)?;
+    }
+    // In the wire's order: each link's two ends.
     let mut ends = Vec::new();
     for (_, end) in plan.link_ends() {
-        ends.push(configure_link_end(&mut sockets[position(end.host)?], end)?);
-    }
-    for host in &plan.hosts {
-        if let Some(gateway) = host.gateway {
-            add_default_route(&mut sockets[position(host.id)?], host.id, gateway)?;
-        }
-    }
-    for (_, end) in plan.link_ends() {
-        wait_operational(&mut sockets[position(end.host)?], end)?;
+        let configured = by_host.iter().flatten().find(|link| link.host == end.host && link.ifname == end.ifname);
+        ends.push(configured.cloned().ok_or_else(|| {
+            Error::Internal(format!("{} {} was not configured", end.host, end.ifname))
+        })?);
     }
     Ok(Topology { ends })
 }
 
+/// One host's side of the wire while it is built: an rtnetlink socket of the host's namespace, opened once the
+/// host's sysctls are written and `lo` is up. Each step may run on any thread; the sysctls need a thread
+/// inside the namespace.
+pub struct HostWire {
+    host: HostId,
+    rtnl: Rtnl,
+}
+
+impl HostWire {
+    /// Runs on a thread inside the host's namespace: `sysctl -w` (IPv6 off unless asked for, then the host's
+    /// own, which resolve against the calling thread's namespace) and `ip link set lo up`.
+    pub fn prepare(plan: &Plan, host: HostId) -> Result<HostWire> {
+        Ok(HostWire { host, rtnl: prepare_host(plan, host)? })
+    }
+
+    /// The side of the link's first end, once per link: one `RTM_NEWLINK` creates both ends, the peer born in
+    /// `far`'s namespace.
+    pub fn create_veth_pair(&mut self, plan: &Plan, link: &Link, far: &Netns) -> Result<()> {
+        let mac = |end: &LinkEnd| {
+            let n = plan.link_ends().filter(|(_, other)| other.host == end.host).position(|(_, other)| other == end);
+            link_mac(end.host, n.unwrap_or_default())
+        };
+        let [near, far_end] = &link.ends;
+        create_veth_pair(&mut self.rtnl, link, [mac(near), mac(far_end)], plan.link.mtu, far)
+    }
+
+    /// Once every pair exists: offloads off, address and link up on each of this host's ends, in link order,
+    /// then its default route through the router when it has one.
+    pub fn configure(&mut self, plan: &Plan) -> Result<Vec<HostLink>> {
+        let mut links = Vec::new();
+        for (_, end) in plan.link_ends().filter(|(_, end)| end.host == self.host) {
+            links.push(configure_link_end(&mut self.rtnl, end)?);
+        }
+        if let Some(gateway) = plan.host(self.host).gateway {
+            add_default_route(&mut self.rtnl, self.host, gateway)?;
+        }
+        Ok(links)
+    }
+
+    /// Returns once each of this host's ends is operational, which needs the other end of its link up too:
+    /// each host's side may wait at the same time, once all are configured.
+    pub fn wait_operational(&mut self, plan: &Plan) -> Result<()> {
+        for (_, end) in plan.link_ends().filter(|(_, end)| end.host == self.host) {
+            wait_operational(&mut self.rtnl, end)?;
+        }
+        Ok(())
+    }
+}
+
 /// Waits until a veth end is operational (`ip link show nf0` says `state UP`), at most
-/// [`OPERATIONAL_TIMEOUT`].
+/// [`OPERATIONAL_TIMEOUT`], looking again at each link notification of the namespace (`ip monitor link`).
 ///
 /// `ip link set up` brings the carrier up at once, but the kernel attaches the link's queueing discipline
 /// only in its link-watch work, which sets the operational state in the same step. Until then every frame
@@ -166,6 +183,8 @@ fn wait_operational(rtnl: &mut Rtnl, end: &LinkEnd) -> Result<()> {
     let started = Instant::now();
     let (host, ifname) = (end.host, &end.ifname);
     let what = format!("wait for {ifname} in {host} to be up (ip link show {ifname}: state UP)");
+    // Subscribed before the first look, so the change cannot slip between a look and the wait for the next.
+    rtnl.watch_links().context(|| format!("{what}: ip monitor link (join RTNLGRP_LINK)"))?;
     loop {
         let link = rtnl.get_link(ifname, &what)?;
         let state = link.attributes.iter().find_map(|attribute| match attribute {
@@ -175,13 +194,14 @@ fn wait_operational(rtnl: &mut Rtnl, end: &LinkEnd) -> Result<()> {
         if state == Some(State::Up) {
             return Ok(());
         }
-        if started.elapsed() >= OPERATIONAL_TIMEOUT {
+        let waited = started.elapsed();
+        if waited >= OPERATIONAL_TIMEOUT {
             return Err(Error::Internal(format!(
                 "{what}: still {state:?} {}s after ip link set {ifname} up",
                 OPERATIONAL_TIMEOUT.as_secs()
             )));
         }
-        std::thread::sleep(OPERATIONAL_POLL);
+        rtnl.wait_for_notification(OPERATIONAL_POLL.min(OPERATIONAL_TIMEOUT - waited), &what)?;
     }
 }
 
