@@ -467,8 +467,14 @@ fn set_up_host(
             .and_then(|place| plan.link_ends().nth(place).map(|end| (place, end)))
             .ok_or_else(|| Error::Internal(format!("{host} {} is on no link of the plan", link.ifname)))?;
         let pcap = pcap_name(host, &link.ifname, plan.link_ends().filter(|(_, end)| end.host == host).count());
-        let capture =
-            Capture::start(&namespace, host, link.ifindex, &report_dir.join(&pcap), sink.clone(), capture_buffer(plan))?;
+        let capture = Capture::start(
+            &namespace,
+            host,
+            link.ifindex,
+            &report_dir.join(&pcap),
+            sink.clone(),
+            capture_buffer(plan),
+        )?;
         let interface = CapturedInterface {
             link: link_index,
             host,

@@ -114,9 +114,11 @@ pub fn build(plan: &Plan, namespaces: &[&Netns]) -> Result<Topology> {
     let mut ends = Vec::new();
     for (_, end) in plan.link_ends() {
         let configured = by_host.iter().flatten().find(|link| link.host == end.host && link.ifname == end.ifname);
-        ends.push(configured.cloned().ok_or_else(|| {
-            Error::Internal(format!("{} {} was not configured", end.host, end.ifname))
-        })?);
+        ends.push(
+            configured
+                .cloned()
+                .ok_or_else(|| Error::Internal(format!("{} {} was not configured", end.host, end.ifname)))?,
+        );
     }
     Ok(Topology { ends })
 }
