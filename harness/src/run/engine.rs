@@ -14,13 +14,14 @@ use crate::observe::sockets::{DiagSocket, Observer};
 use crate::record::{CaptureStats, CapturedInterface, ObserverStats, RunRecord};
 use crate::run::actors::{self, ActorContext, ProcessRegistry, StepBoard};
 use crate::run::clock::{Clock, EventSink};
+use crate::run::confine::Confinement;
 use crate::run::faults::HostFaults;
 use crate::run::firewall::{self, Nat};
 use crate::run::netns::Netns;
 use crate::run::priority;
 use crate::run::supervise::SETUP_LIMIT;
 use crate::run::topology::{self, HostWire};
-use crate::scenario::plan::{Direction, FaultPlan, HostId, HostPlan, Plan, Protocol, StepEdge, Trigger};
+use crate::scenario::plan::{Action, Direction, FaultPlan, HostId, HostPlan, Plan, Protocol, StepEdge, Trigger};
 use crate::timeline::{Event, EventKind, IpProtocol, PacketDirection, Timeline};
 
 /// How often the hub wakes to look at time triggers and the programs when nothing happens.
@@ -379,7 +380,7 @@ fn start_hosts(
 /// there is one.
 fn host_thread(
     host: HostId,
-    rig: Result<HostRig>,
+    mut rig: Result<HostRig>,
     sink: EventSink,
     (position, ready): (usize, mpsc::Sender<(usize, Result<HostRig>)>),
     program: Option<Program>,
@@ -389,6 +390,14 @@ fn host_thread(
         let _ = ready.send((position, rig));
         return Ok(());
     };
+    // What the program's exec steps run in is part of the set-up: made before t0.
+    let mut confinement = None;
+    if let Ok(made) = &rig {
+        match exec_confinement(&program.plan, &made.namespace) {
+            Ok(made) => confinement = made,
+            Err(e) => rig = Err(e),
+        }
+    }
     if rig.is_ok() {
         // Best effort: without the privilege the thread stays ordinary and its times are less exact. Raised
         // before the engine hears of it, so the start signal wakes it at once.
@@ -414,8 +423,17 @@ fn host_thread(
         deadline: gate.deadline,
         sock_diag: gate.sock_diag,
         report_dir: program.report_dir,
+        confinement,
     };
     actors::run_host(&program.plan, ctx)
+}
+
+/// The confinement of a program's `exec` steps in its host's namespace; `None` for a program without any.
+fn exec_confinement(program: &HostPlan, namespace: &Netns) -> Result<Option<Arc<Confinement>>> {
+    if !program.steps.iter().any(|step| matches!(step.action, Action::Exec(_))) {
+        return Ok(None);
+    }
+    Ok(Some(Arc::new(Confinement::new(namespace, program.id.name())?)))
 }
 
 /// One host's set-up, on its own thread, which stays in the namespace it creates.
