@@ -1,5 +1,6 @@
 //! The engine's pure parts: fault triggers (time, step, packet), fault marks on the timeline, capture losses
 //! as harness errors.
+
 use std::net::Ipv4Addr;
 use std::path::Path;
 
