@@ -10,8 +10,10 @@
 //! when that load succeeds. This is exact for any IP or TCP option length, unlike comparing
 //! `ip length` with fixed header sizes.
 
+mod conntrack;
 mod expr;
 mod matcher;
+mod nat;
 mod socket;
 #[cfg(test)]
 mod tests;
@@ -23,7 +25,9 @@ use std::thread;
 use nftnl::expr::{Bitwise, Cmp, CmpOp, IcmpCode, Meta, RejectionType, Verdict};
 use nftnl::{Batch, Chain, ChainType, FinalizedBatch, Hook, MsgType, Policy, ProtoFamily, Rule, Table};
 
+pub use conntrack::ConntrackTable;
 pub use matcher::matches;
+pub use nat::Nat;
 
 use expr::{CounterObject, CounterRef, PayloadBase, RawPayload};
 use matcher::{Alternative, Selection};
@@ -91,7 +95,10 @@ impl Firewall {
     /// kernel checks them now rather than at their first activation mid-run. Faults of other hosts
     /// in `faults` are skipped. A table left from an earlier install in the same namespace is
     /// replaced.
-    pub fn install(ns: &Netns, host: HostId, faults: &[FaultPlan]) -> Result<Firewall> {
+    ///
+    /// A router's faults sit in base chain `forward` (`hook forward`), and its NAT (`nat`) in chains
+    /// `prerouting` and `postrouting` of the same table.
+    pub fn install(ns: &Netns, host: HostId, faults: &[FaultPlan], nat: Option<&Nat>) -> Result<Firewall> {
         let mut own =
             faults.iter().filter(|fault| fault.host == host).map(InstalledFault::new).collect::<Result<Vec<_>>>()?;
         own.sort_by(|a, b| a.name.cmp(&b.name));
@@ -100,12 +107,14 @@ impl Firewall {
         }
         let mut socket = NetfilterSocket::open(ns)?;
         let has_payload = own.iter().any(|fault| fault.selection.payload.is_some());
-        socket.apply(&install_batch(&own)).map_err(|e| {
+        socket.apply(&install_batch(&own, nat)).map_err(|e| {
+            let nat_rules: String =
+                nat.map(Nat::text).unwrap_or_default().iter().map(|rule| format!("; {rule}")).collect();
             Error::sys(
                 format!(
                     "install {} fault(s) of {host} (nft add table inet netfault; nft add chain \
                      inet netfault input {{ type filter hook input priority filter; policy \
-                     accept; }}; ...)",
+                     accept; }}; ...{nat_rules})",
                     own.len()
                 ),
                 payload_hint(e, has_payload),
@@ -196,10 +205,11 @@ fn base_chain<'a>(table: &'a Table, name: &CStr, hook: Hook) -> Chain<'a> {
     chain
 }
 
-fn install_batch(faults: &[InstalledFault]) -> FinalizedBatch {
+fn install_batch(faults: &[InstalledFault], nat: Option<&Nat>) -> FinalizedBatch {
     let table = Table::new(TABLE, FAMILY);
     let input = base_chain(&table, c"input", Hook::In);
     let output = base_chain(&table, c"output", Hook::Out);
+    let forward = base_chain(&table, c"forward", Hook::Forward);
     let mut batch = Batch::new();
     // `add table; delete table; add table` replaces a leftover table and never fails on a fresh one.
     batch.add(&table, MsgType::Add);
@@ -207,12 +217,20 @@ fn install_batch(faults: &[InstalledFault]) -> FinalizedBatch {
     batch.add(&table, MsgType::Add);
     batch.add(&input, MsgType::Add);
     batch.add(&output, MsgType::Add);
+    let forwards = faults.iter().any(|fault| fault.direction == Direction::Forward);
+    if forwards {
+        batch.add(&forward, MsgType::Add);
+    }
+    if let Some(nat) = nat {
+        nat.add_to(&mut batch, &table);
+    }
     for fault in faults {
         batch.add(&CounterObject::new(FAMILY, TABLE, &fault.chain), MsgType::Add);
         batch.add(&Chain::new(&fault.chain, &table), MsgType::Add);
         let base = match fault.direction {
             Direction::Ingress => &input,
             Direction::Egress => &output,
+            Direction::Forward => &forward,
         };
         let mut jump = Rule::new(base);
         jump.add_expr(&Verdict::Jump { chain: fault.chain.clone() });
@@ -308,6 +326,8 @@ fn verdict(action: FaultAction) -> Verdict {
         FaultAction::RejectIcmpHostUnreachable => Verdict::Reject(RejectionType::Icmp(IcmpCode::HostUnreach)),
         FaultAction::RejectIcmpNetUnreachable => Verdict::Reject(RejectionType::Icmp(IcmpCode::NoRoute)),
         FaultAction::RejectIcmpAdminProhibited => Verdict::Reject(RejectionType::Icmp(IcmpCode::AdminProhibited)),
+        // Never a rule: `matcher::selection` refuses it, so no InstalledFault has it.
+        FaultAction::FlushConntrack => Verdict::Continue,
     }
 }
 
@@ -343,6 +363,7 @@ fn rule_text(fault: &InstalledFault) -> Vec<String> {
                 FaultAction::RejectIcmpHostUnreachable => "reject with icmpx host-unreachable",
                 FaultAction::RejectIcmpNetUnreachable => "reject with icmpx no-route",
                 FaultAction::RejectIcmpAdminProhibited => "reject with icmpx admin-prohibited",
+                FaultAction::FlushConntrack => "continue",
             }
             .to_string(),
         );

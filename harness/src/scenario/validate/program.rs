@@ -314,7 +314,7 @@ impl Validator<'_> {
                 Some(value) => self.boolean(&path.key("nonblocking"), value, "nonblocking")?,
                 None => false,
             };
-            let address = self.addresses[to.index()];
+            let address = self.address_of(to);
             return Ok(Action::Connect { to, address, port, nonblocking, after_listen: None });
         }
         if let Some(poll) = &map.poll {
