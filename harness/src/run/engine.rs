@@ -29,6 +29,10 @@ const IDLE_TICK: Duration = Duration::from_millis(5);
 /// How long a host's program may wait to be told to start once its host is set up (measured: up to 0.7 s to
 /// start a thread with 200 scenarios at once on 2 cores). The set-up itself is bounded by [`SETUP_LIMIT`].
 const PROGRAM_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the teardown waits for the programs to end once their processes are killed: the step a kill ended
+/// (`killed (SIGKILL) at the scenario deadline`) belongs in the record, and on a busy machine its thread may not
+/// have run yet when the recording is collected.
+const PROGRAM_END_LIMIT: Duration = Duration::from_secs(1);
 
 /// Runs `plan`, writing the pcaps into `report_dir`. Returns harness errors only; the verdict comes later.
 /// `on_start` is called once the programs have been told to start (t0), after the set-up.
@@ -177,6 +181,7 @@ pub fn run(plan: &Plan, report_dir: &Path, on_start: impl FnOnce()) -> Result<Ru
         }
     }
     fault_hits.sort();
+    wait_for_programs(&programs, PROGRAM_END_LIMIT);
     harness_errors.extend(join_finished(&mut programs));
     // Everything else is still queued in the channel: packets decoded during stop, last samples.
     collected.extend(events.try_iter());
@@ -240,6 +245,15 @@ fn join_finished(programs: &mut [(HostId, Option<JoinHandle<Result<()>>>)]) -> V
         }
     }
     errors
+}
+
+/// Waits, at most `limit`, until every program thread has ended.
+fn wait_for_programs(programs: &[(HostId, Option<JoinHandle<Result<()>>>)], limit: Duration) {
+    let until = Instant::now() + limit;
+    let running = || programs.iter().any(|(_, slot)| slot.as_ref().is_some_and(|thread| !thread.is_finished()));
+    while running() && Instant::now() < until {
+        thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// The message a panic was raised with.
