@@ -1,7 +1,7 @@
 //! One scenario run inside the child process: set up, start the programs, switch faults on their triggers,
 //! stop at the end or the deadline, and hand back the timeline.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
@@ -15,14 +15,15 @@ use crate::observe::transitions::Tracer;
 use crate::record::{CaptureStats, CapturedInterface, ObserverStats, RunRecord, StateSource};
 use crate::run::actors::{self, ActorContext, ProcessRegistry, StepBoard};
 use crate::run::clock::{Clock, EventSink};
+use crate::run::confine::Confinement;
 use crate::run::faults::HostFaults;
-use crate::run::firewall;
+use crate::run::firewall::{self, Nat};
 use crate::run::netns::Netns;
 use crate::run::priority;
 use crate::run::supervise::SETUP_LIMIT;
 use crate::run::switchboard::Switchboard;
 use crate::run::topology::{self, HostWire};
-use crate::scenario::plan::{Direction, HostId, HostPlan, Plan};
+use crate::scenario::plan::{Action, Direction, HostId, HostPlan, Plan};
 use crate::timeline::query::{self, StepRecords};
 use crate::timeline::{Event, EventKind, PacketDirection, Timeline};
 
@@ -31,6 +32,10 @@ const IDLE_TICK: Duration = Duration::from_millis(5);
 /// How long a host's program may wait to be told to start once its host is set up (measured: up to 0.7 s to
 /// start a thread with 200 scenarios at once on 2 cores). The set-up itself is bounded by [`SETUP_LIMIT`].
 const PROGRAM_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the teardown waits for the programs to end once their processes are killed: the step a kill ended
+/// (`killed (SIGKILL) at the scenario deadline`) belongs in the record, and on a busy machine its thread may not
+/// have run yet when the recording is collected.
+const PROGRAM_END_LIMIT: Duration = Duration::from_secs(1);
 
 /// Runs `plan`, writing the pcaps into `report_dir`. Returns harness errors only; the verdict comes later.
 /// `on_start` is called once the programs have been told to start (t0), after the set-up.
@@ -56,13 +61,20 @@ pub fn run(plan: &Plan, report_dir: &Path, on_start: impl FnOnce()) -> Result<Ru
             gate: waiting,
         }
     });
-    let (rig, threads) = start_hosts(plan, report_dir, &sink, programs.map(Some))?;
+    let [mut client, mut server] = programs.map(Some);
+    let programs = plan.hosts.iter().map(|host| match host.id {
+        HostId::Client => client.take(),
+        HostId::Server => server.take(),
+        HostId::Router => None,
+    });
+    let (rig, threads) = start_hosts(plan, report_dir, &sink, programs.collect())?;
     let Rig { namespaces, interfaces, faults, captures, observers, listen_watchers, tracer } = rig;
     let setup = setup_started.elapsed();
     let switches = Arc::new(Switchboard::new(plan, faults, clock.clone()));
-    // Each host's program until it ends and is joined.
+    // Each host's thread until it ends and is joined: the program's, or the router's, which ends after its
+    // set-up.
     let mut programs: Vec<(HostId, Option<JoinHandle<Result<()>>>)> =
-        HostId::ALL.into_iter().zip(threads.into_iter().map(Some)).collect();
+        plan.hosts.iter().map(|host| host.id).zip(threads.into_iter().map(Some)).collect();
 
     // Faults due at t0 are on before either program makes its first call. They are switched before t0 is
     // taken (their events read 0 s): an nftables commit can take tens of ms on a busy machine.
@@ -98,9 +110,11 @@ pub fn run(plan: &Plan, report_dir: &Path, on_start: impl FnOnce()) -> Result<Ru
             Ok(event) => {
                 // Only the host that saw the packet or ran the step: a packet changes the sender's socket when
                 // it leaves and the receiver's when it arrives, and each capture reports its own side.
-                if wants_fresh_sample(&event) {
-                    if let Some(observer) = observers.get(event.host.index()) {
-                        observer.poke();
+                if let Some(observer) = plan.position(event.host).and_then(|position| observers.get(position)) {
+                    match fresh_sample(&event) {
+                        Some(Urgency::AtOnce) => observer.poke(),
+                        Some(Urgency::WithinBudget) => observer.poke_packet(),
+                        None => {}
                     }
                 }
                 // A program has switched what its own steps trigger already; this arms the rest.
@@ -113,13 +127,32 @@ pub fn run(plan: &Plan, report_dir: &Path, on_start: impl FnOnce()) -> Result<Ru
         switches.switch_due()?;
     }
     let duration = clock.now();
+    // The recording ends with the run: every observer and capture is told at once, while this thread still
+    // runs real-time (their last samples and frames overlap). Told after the teardown's first steps, at the
+    // ordinary priority, they went on recording for 5 s in a starved TCG VM, and a retransmission the client
+    // sent then, answered with a RST by the server's closed port, failed a scenario that expects no RST.
+    observers.iter().for_each(Observer::request_stop);
+    captures.iter().for_each(Capture::request_stop);
     let _ = priority::lower_current_thread();
-    // Read once the programs are done, off the set-up and teardown figures.
-    let mut sysctls = [BTreeMap::new(), BTreeMap::new()];
-    for host in HostId::ALL {
-        match namespaces[host.index()].run(|| topology::effective_sysctls(&plan.host(host).sysctls)) {
-            Ok(values) => sysctls[host.index()] = values,
-            Err(e) => harness_errors.push(format!("{host} sysctls: {e}")),
+    // Read once the programs are done, off the set-up and teardown figures; every host at once, from one listing.
+    let readers: Vec<_> = plan
+        .hosts
+        .iter()
+        .zip(&namespaces)
+        .map(|(host, namespace)| {
+            let tcp_files = topology::tcp_sysctl_files()?;
+            let own = host.sysctls.clone();
+            namespace.spawn(&format!("sysctls-{}", host.id), move || topology::effective_sysctls(tcp_files, &own))
+        })
+        .collect();
+    let mut sysctls = Vec::with_capacity(plan.hosts.len());
+    for (host, reader) in plan.hosts.iter().zip(readers) {
+        let values = reader.and_then(|thread| {
+            thread.join().map_err(|_| Error::Internal("the thread reading the sysctls panicked".into()))?
+        });
+        match values {
+            Ok(values) => sysctls.push((host.id, values)),
+            Err(e) => harness_errors.push(format!("{} sysctls: {e}", host.id)),
         }
     }
 
@@ -128,11 +161,7 @@ pub fn run(plan: &Plan, report_dir: &Path, on_start: impl FnOnce()) -> Result<Ru
     processes.kill_all();
     // A part that fails to stop (on a starved machine: not within its bounded wait) is a harness error of this
     // run, not the end of it: what the others recorded still makes the report, timeline and pcaps included.
-    // Every observer and capture is told at once, then each is waited for: their last samples and frames
-    // overlap.
-    observers.iter().for_each(Observer::request_stop);
-    captures.iter().for_each(Capture::request_stop);
-    let mut observer_stats = Vec::with_capacity(2);
+    let mut observer_stats = Vec::with_capacity(observers.len());
     for observer in observers {
         observer_stats.push(observer.stop().unwrap_or_else(|e| {
             harness_errors.push(e.to_string());
@@ -149,9 +178,9 @@ pub fn run(plan: &Plan, report_dir: &Path, on_start: impl FnOnce()) -> Result<Ru
     harness_errors.extend(states.losses());
     let capture_stats = stop_captures(captures).unwrap_or_else(|e| {
         harness_errors.push(e.to_string());
-        vec![CaptureStats::default(); 2]
+        vec![CaptureStats::default(); interfaces.len()]
     });
-    harness_errors.extend(capture_losses(&capture_stats));
+    harness_errors.extend(capture_losses(&interfaces, &capture_stats));
     let (mut faults, fault_events) = switches.finish();
     let mut fault_hits = Vec::new();
     for host_faults in &mut faults {
@@ -161,6 +190,7 @@ pub fn run(plan: &Plan, report_dir: &Path, on_start: impl FnOnce()) -> Result<Ru
         }
     }
     fault_hits.sort();
+    wait_for_programs(&programs, PROGRAM_END_LIMIT);
     harness_errors.extend(join_finished(&mut programs));
     // Everything else is still queued in the channel: packets decoded during stop, last samples.
     collected.extend(events.try_iter());
@@ -180,8 +210,6 @@ pub fn run(plan: &Plan, report_dir: &Path, on_start: impl FnOnce()) -> Result<Ru
     faults.into_iter().for_each(HostFaults::close);
     drop(namespaces);
     let teardown = teardown_started.elapsed();
-    let [capture_client, capture_server] = into_pair(capture_stats)?;
-    let [observer_client, observer_server] = into_pair(observer_stats)?;
     Ok(RunRecord {
         timeline,
         interfaces,
@@ -191,21 +219,31 @@ pub fn run(plan: &Plan, report_dir: &Path, on_start: impl FnOnce()) -> Result<Ru
         teardown,
         deadline_hit,
         sysctls,
-        capture: [capture_client, capture_server],
-        observer: [observer_client, observer_server],
+        capture: capture_stats,
+        observer: plan.hosts.iter().map(|host| host.id).zip(observer_stats).collect(),
         states,
         fault_hits,
         harness_errors,
     })
 }
 
-/// Packets that change TCP states (SYN, FIN, RST) and step ends: worth a socket sample of their host at once.
-fn wants_fresh_sample(event: &Event) -> bool {
+/// How soon an event asks for a socket sample of its host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Urgency {
+    /// Packets that change TCP states (SYN, FIN, RST) and step ends: at once.
+    AtOnce,
+    /// Every other packet (it changes a queue, a window, a timer's count): as soon as the observer's CPU
+    /// budget allows.
+    WithinBudget,
+}
+
+fn fresh_sample(event: &Event) -> Option<Urgency> {
     const STATE_CHANGING_FLAGS: u8 = 0x01 | 0x02 | 0x04;
     match &event.kind {
-        EventKind::Packet(packet) => packet.flags & STATE_CHANGING_FLAGS != 0,
-        EventKind::StepEnd { .. } => true,
-        _ => false,
+        EventKind::Packet(packet) if packet.flags & STATE_CHANGING_FLAGS != 0 => Some(Urgency::AtOnce),
+        EventKind::Packet(_) => Some(Urgency::WithinBudget),
+        EventKind::StepEnd { .. } => Some(Urgency::AtOnce),
+        _ => None,
     }
 }
 
@@ -226,6 +264,15 @@ fn join_finished(programs: &mut [(HostId, Option<JoinHandle<Result<()>>>)]) -> V
     errors
 }
 
+/// Waits, at most `limit`, until every program thread has ended.
+fn wait_for_programs(programs: &[(HostId, Option<JoinHandle<Result<()>>>)], limit: Duration) {
+    let until = Instant::now() + limit;
+    let running = || programs.iter().any(|(_, slot)| slot.as_ref().is_some_and(|thread| !thread.is_finished()));
+    while running() && Instant::now() < until {
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// The message a panic was raised with.
 fn panic_text(payload: &(dyn std::any::Any + Send)) -> &str {
     payload
@@ -235,27 +282,27 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("(no message)")
 }
 
-/// What a run sets up before t0, one of each per host (indexed by `HostId::index()`).
+/// What a run sets up before t0, one of each per host in `plan.hosts` order (client, the router if there is
+/// one, server), and one capture per interface in `interfaces` order.
 pub struct Rig {
-    pub namespaces: [Netns; 2],
-    /// The captured interfaces, as the run record names them.
+    pub namespaces: Vec<Netns>,
+    /// The captured interfaces, as the run record names them: each link's two ends, in link order.
     pub interfaces: Vec<CapturedInterface>,
     pub faults: Vec<HostFaults>,
     pub captures: Vec<Capture>,
     pub observers: Vec<Observer>,
-    /// For each host's program, a sock_diag socket in each host's namespace its `wait: { listening }` steps
-    /// name (see [`actors::listening_hosts`]).
+    /// For each program host's program (client, server), a sock_diag socket in each program host's namespace
+    /// its `wait: { listening }` steps name (see [`actors::listening_hosts`]).
     pub listen_watchers: [[Option<DiagSocket>; 2]; 2],
-    /// The kernel's state transitions in both namespaces, or why they cannot be traced here.
+    /// The kernel's state transitions in every host's namespace, or why they cannot be traced here.
     pub tracer: std::result::Result<Tracer, String>,
 }
 
-/// Namespaces, the wire, the faults (all off), a capture (into `report_dir/<host>.pcap`) and an observer per
-/// host, all sending their events to `sink`: [`start_hosts`] without programs (what `netfault bench setup`
-/// times).
+/// Namespaces, the wire, the faults (all off), a capture per interface and an observer per host, all sending
+/// their events to `sink`: [`start_hosts`] without programs (what `netfault bench setup` times).
 #[cfg(feature = "bench")]
 pub fn set_up(plan: &Plan, report_dir: &Path, sink: &EventSink) -> Result<Rig> {
-    let (rig, threads) = start_hosts(plan, report_dir, sink, [None, None])?;
+    let (rig, threads) = start_hosts(plan, report_dir, sink, plan.hosts.iter().map(|_| None).collect())?;
     for thread in threads {
         thread.join().map_err(|_| Error::Internal("host set-up thread panicked".into()))??;
     }
@@ -283,122 +330,151 @@ struct Gate {
 /// What one host's thread set up in its namespace.
 struct HostRig {
     namespace: Netns,
-    /// This host's captured interface, as the run record names it.
-    interface: CapturedInterface,
+    /// This host's captured interfaces (one, or the router's two), each with its place in `Rig::interfaces`.
+    interfaces: Vec<(usize, CapturedInterface, Capture)>,
     faults: HostFaults,
-    capture: Capture,
     observer: Observer,
     /// By the program's host: a sock_diag socket in this namespace for the programs that wait for it to listen.
     listen_watchers: [Option<DiagSocket>; 2],
 }
 
-/// How the two hosts' threads meet to create the veth pair: the server hands the client its namespace, and
-/// the client tells the server once the pair exists.
+/// How the two hosts of one link meet to create its veth pair: the link's second host hands the first its
+/// namespace, and the first tells the second once the pair exists.
 enum WireMeeting {
-    Client { server: mpsc::Receiver<Netns>, created: mpsc::Sender<()> },
-    Server { namespace: mpsc::Sender<Netns>, created: mpsc::Receiver<()> },
+    Creates { link: usize, far: mpsc::Receiver<Netns>, created: mpsc::Sender<()> },
+    Joins { namespace: mpsc::Sender<Netns>, created: mpsc::Receiver<()> },
+}
+
+/// Each host's meetings, in `plan.hosts` order: one per link it is an end of.
+fn wire_meetings(plan: &Plan) -> Vec<Vec<WireMeeting>> {
+    let mut meetings: Vec<Vec<WireMeeting>> = plan.hosts.iter().map(|_| Vec::new()).collect();
+    for (link, wire) in plan.links.iter().enumerate() {
+        let (namespace, far) = mpsc::channel();
+        let (created, joined) = mpsc::channel();
+        let [near, far_end] = &wire.ends;
+        if let (Some(near), Some(far_end)) = (plan.position(near.host), plan.position(far_end.host)) {
+            meetings[near].push(WireMeeting::Creates { link, far, created });
+            meetings[far_end].push(WireMeeting::Joins { namespace, created: joined });
+        }
+    }
+    meetings
 }
 
 /// Starts one thread per host, each of which creates its host's namespace (`unshare(CLONE_NEWNET)`, so the
-/// two namespaces are created at once) and sets it up from inside: sysctls and `lo`, its end of the veth pair
-/// (the client creates the pair), its faults, its capture and its observer. Returns what they set up, once
-/// both are done, and their threads: with a program, each thread then waits at its gate and runs the program
-/// in its namespace (its result is the thread's); without, it ends.
+/// namespaces are created at once) and sets it up from inside: sysctls and `lo`, its ends of the veth pairs
+/// (a link's first host creates its pair), its routes, its faults (and the router's NAT), a capture per
+/// interface and its observer. Returns what they set up, once all are done, and their threads in `plan.hosts`
+/// order: with a program (`programs`, in the same order), each thread then waits at its gate and runs the
+/// program in its namespace (its result is the thread's); without, it ends.
 ///
 /// A scenario that asks for a capture ring waits for one RCU grace period (`setsockopt(PACKET_RX_RING)` calls
-/// `synchronize_net`, 10-30 ms on a busy machine) instead of two.
+/// `synchronize_net`, 10-30 ms on a busy machine) per host instead of one per interface.
 fn start_hosts(
     plan: &Plan,
     report_dir: &Path,
     sink: &EventSink,
-    programs: [Option<Program>; 2],
+    programs: Vec<Option<Program>>,
 ) -> Result<(Rig, Vec<JoinHandle<Result<()>>>)> {
     let shared = Arc::new(plan.clone());
-    let (namespace_tx, namespace_rx) = mpsc::channel();
-    let (created_tx, created_rx) = mpsc::channel();
-    let meetings = [
-        WireMeeting::Client { server: namespace_rx, created: created_tx },
-        WireMeeting::Server { namespace: namespace_tx, created: created_rx },
-    ];
-    let (ready_tx, ready_rx) = mpsc::channel::<(HostId, Result<HostRig>)>();
-    let mut threads = Vec::with_capacity(2);
-    for ((host, meeting), program) in HostId::ALL.into_iter().zip(meetings).zip(programs) {
+    let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<HostRig>)>();
+    let mut threads = Vec::with_capacity(plan.hosts.len());
+    for (position, (meetings, program)) in wire_meetings(plan).into_iter().zip(programs).enumerate() {
         let plan = Arc::clone(&shared);
-        let pcap = report_dir.join(pcap_name(host));
+        let host = plan.hosts[position].id;
+        let report_dir = report_dir.to_path_buf();
         let sink = sink.clone();
         let ready = ready_tx.clone();
         let thread = thread::Builder::new()
             .name(format!("host-{host}"))
-            .spawn(move || host_thread(&plan, host, &pcap, sink, meeting, ready, program))
+            .spawn(move || {
+                let rig = set_up_host(&plan, host, &report_dir, sink.clone(), meetings);
+                host_thread(host, rig, sink, (position, ready), program)
+            })
             .map_err(|e| Error::sys(format!("spawn the thread of host {host}"), e))?;
         threads.push(thread);
     }
     drop(ready_tx);
-    let mut rigs: [Option<HostRig>; 2] = [None, None];
+    let mut rigs: Vec<Option<HostRig>> = plan.hosts.iter().map(|_| None).collect();
     let mut failures = Vec::new();
     // A set-up step the scenario caused to fail (a sysctl the kernel refuses) is the error to report, at its
-    // line: the other host's failure then only follows from it.
+    // line: the other hosts' failures then only follow from it.
     let mut caused_by_scenario = None;
-    for _ in HostId::ALL {
+    for _ in &plan.hosts {
         match ready_rx.recv_timeout(SETUP_LIMIT) {
-            Ok((host, Ok(rig))) => rigs[host.index()] = Some(rig),
+            Ok((position, Ok(rig))) => rigs[position] = Some(rig),
             Ok((_, Err(e @ Error::Located { .. }))) if caused_by_scenario.is_none() => caused_by_scenario = Some(e),
-            Ok((host, Err(e))) => failures.push(format!("set-up of {host}: {e}")),
+            Ok((position, Err(e))) => failures.push(format!("set-up of {}: {e}", plan.hosts[position].id)),
             Err(_) => failures
                 .push(format!("the hosts were not set up {}s after their threads started", SETUP_LIMIT.as_secs())),
         }
     }
-    match rigs {
-        [Some(client), Some(server)] if failures.is_empty() => {
-            let namespaces = [client.namespace, server.namespace];
-            // The tracer watches both namespaces from outside them.
-            let tracer = Tracer::start(&namespaces, sink.clone()).map_err(|e| e.to_string());
-            let rig = Rig {
-                namespaces,
-                interfaces: vec![client.interface, server.interface],
-                faults: vec![client.faults, server.faults],
-                captures: vec![client.capture, server.capture],
-                observers: vec![client.observer, server.observer],
-                listen_watchers: by_program(client.listen_watchers, server.listen_watchers),
-                tracer,
-            };
-            Ok((rig, threads))
+    // A thread waiting at its gate gives up when the gates go with the caller's `Program`s.
+    let rigs: Vec<HostRig> = match rigs.into_iter().collect::<Option<Vec<_>>>() {
+        Some(rigs) if failures.is_empty() => rigs,
+        _ => return Err(caused_by_scenario.unwrap_or_else(|| Error::Internal(failures.join("; ")))),
+    };
+    let mut rig = Rig {
+        namespaces: Vec::new(),
+        interfaces: Vec::new(),
+        faults: Vec::new(),
+        captures: Vec::new(),
+        observers: Vec::new(),
+        listen_watchers: [[None, None], [None, None]],
+        // Started below, once every namespace is in.
+        tracer: Err(String::new()),
+    };
+    let mut interfaces = Vec::new();
+    for (host, host_rig) in plan.hosts.iter().zip(rigs) {
+        rig.namespaces.push(host_rig.namespace);
+        rig.faults.push(host_rig.faults);
+        rig.observers.push(host_rig.observer);
+        interfaces.extend(host_rig.interfaces);
+        // Regrouped by the program that uses them.
+        if let Some(opened_in) = HostId::ALL.iter().position(|&id| id == host.id) {
+            for (program, watcher) in host_rig.listen_watchers.into_iter().enumerate() {
+                rig.listen_watchers[program][opened_in] = watcher;
+            }
         }
-        // A thread waiting at its gate gives up when the gates go with the caller's `Program`s.
-        _ => Err(caused_by_scenario.unwrap_or_else(|| Error::Internal(failures.join("; ")))),
     }
+    // The tracer watches every namespace, the router's too, from outside them.
+    rig.tracer = Tracer::start(plan.hosts.iter().map(|host| host.id).zip(&rig.namespaces), sink.clone())
+        .map_err(|e| e.to_string());
+    interfaces.sort_by_key(|(place, _, _)| *place);
+    for (_, interface, capture) in interfaces {
+        rig.interfaces.push(interface);
+        rig.captures.push(capture);
+    }
+    Ok((rig, threads))
 }
 
-/// The sock_diag sockets each host opened, by the host they were opened in, regrouped by the program that uses
-/// them.
-fn by_program(client: [Option<DiagSocket>; 2], server: [Option<DiagSocket>; 2]) -> [[Option<DiagSocket>; 2]; 2] {
-    let [client_for_client, client_for_server] = client;
-    let [server_for_client, server_for_server] = server;
-    [[client_for_client, server_for_client], [client_for_server, server_for_server]]
-}
-
-/// The body of one host's thread (see [`start_hosts`]): set-up, report, then the program if there is one.
+/// The rest of one host's thread (see [`start_hosts`]) once its host is set up: report, then the program if
+/// there is one.
 fn host_thread(
-    plan: &Plan,
     host: HostId,
-    pcap: &Path,
+    mut rig: Result<HostRig>,
     sink: EventSink,
-    meeting: WireMeeting,
-    ready: mpsc::Sender<(HostId, Result<HostRig>)>,
+    (position, ready): (usize, mpsc::Sender<(usize, Result<HostRig>)>),
     program: Option<Program>,
 ) -> Result<()> {
-    let rig = set_up_host(plan, host, pcap, sink.clone(), meeting);
     let Some(program) = program else {
         // The engine is gone only when it gave up waiting; then nobody needs the rig.
-        let _ = ready.send((host, rig));
+        let _ = ready.send((position, rig));
         return Ok(());
     };
+    // What the program's exec steps run in is part of the set-up: made before t0.
+    let mut confinement = None;
+    if let Ok(made) = &rig {
+        match exec_confinement(&program.plan, &made.namespace) {
+            Ok(made) => confinement = made,
+            Err(e) => rig = Err(e),
+        }
+    }
     if rig.is_ok() {
         // Best effort: without the privilege the thread stays ordinary and its times are less exact. Raised
         // before the engine hears of it, so the start signal wakes it at once.
         let _ = priority::raise_current_thread();
     }
-    if ready.send((host, rig)).is_err() {
+    if ready.send((position, rig)).is_err() {
         return Ok(());
     }
     drop(ready);
@@ -419,55 +495,121 @@ fn host_thread(
         deadline: gate.deadline,
         sock_diag: gate.sock_diag,
         report_dir: program.report_dir,
+        confinement,
     };
     actors::run_host(&program.plan, ctx)
 }
 
+/// The confinement of a program's `exec` steps in its host's namespace; `None` for a program without any.
+fn exec_confinement(program: &HostPlan, namespace: &Netns) -> Result<Option<Arc<Confinement>>> {
+    if !program.steps.iter().any(|step| matches!(step.action, Action::Exec(_))) {
+        return Ok(None);
+    }
+    Ok(Some(Arc::new(Confinement::new(namespace, program.id.name())?)))
+}
+
 /// One host's set-up, on its own thread, which stays in the namespace it creates.
-fn set_up_host(plan: &Plan, host: HostId, pcap: &Path, sink: EventSink, meeting: WireMeeting) -> Result<HostRig> {
+fn set_up_host(
+    plan: &Plan,
+    host: HostId,
+    report_dir: &Path,
+    sink: EventSink,
+    meetings: Vec<WireMeeting>,
+) -> Result<HostRig> {
     let namespace = Netns::unshare_current_thread()?;
     let mut wire = HostWire::prepare(plan, host)?;
     let peer_failed = |what: &str| Error::Internal(format!("{what} (the other host's set-up failed)"));
-    match meeting {
-        WireMeeting::Client { server, created } => {
-            let server =
-                server.recv_timeout(SETUP_LIMIT).map_err(|_| peer_failed("the server's namespace never came"))?;
-            wire.create_veth_pair(plan.link.mtu, &server)?;
-            // The server is gone only when its set-up failed, which it reports itself.
+    // Every namespace is handed over before any pair is created, so no host waits for one that waits too.
+    for meeting in &meetings {
+        if let WireMeeting::Joins { namespace: to_creator, .. } = meeting {
+            // The creator is gone only when its set-up failed, which it reports itself.
+            let _ = to_creator.send(namespace.try_clone()?);
+        }
+    }
+    for meeting in &meetings {
+        if let WireMeeting::Creates { link, far, created } = meeting {
+            let far = far.recv_timeout(SETUP_LIMIT).map_err(|_| peer_failed("the other namespace never came"))?;
+            wire.create_veth_pair(plan, &plan.links[*link], &far)?;
+            // The other host is gone only when its set-up failed, which it reports itself.
             let _ = created.send(());
         }
-        WireMeeting::Server { namespace: to_client, created } => {
-            // The client is gone only when its set-up failed, which it reports itself.
-            let _ = to_client.send(namespace.try_clone()?);
+    }
+    for meeting in &meetings {
+        if let WireMeeting::Joins { created, .. } = meeting {
             created.recv_timeout(SETUP_LIMIT).map_err(|_| peer_failed("the veth pair was never created"))?;
         }
     }
-    let link = wire.configure(plan.host(host))?;
-    wire.wait_operational()?;
-    let faults = HostFaults::install(&namespace, host, &plan.faults)?;
-    firewall::install_qdisc_drops(host, link.ifindex, &plan.faults)?;
-    let capture = Capture::start(&namespace, host, link.ifindex, pcap, sink.clone(), capture_buffer(plan))?;
-    let observer = Observer::start(&namespace, host, plan.sample_interval, sink)?;
+    let links = wire.configure(plan)?;
+    wire.wait_operational(plan)?;
+    let nat = router_nat(plan).filter(|_| host == HostId::Router);
+    let faults = HostFaults::install(&namespace, host, &plan.faults, nat.as_ref())?;
+    for link in &links {
+        firewall::install_qdisc_drops(host, link.ifindex, &plan.faults)?;
+    }
+    let observer = Observer::start(&namespace, host, plan.sample_interval, sink.clone())?;
     let mut listen_watchers = [None, None];
     for (program, watcher) in HostId::ALL.into_iter().zip(&mut listen_watchers) {
-        if actors::listening_hosts(plan.host(program))[host.index()] {
+        if actors::listening_hosts(plan.host(program)).get(host.index()) == Some(&true) {
             *watcher = Some(DiagSocket::open_in(&namespace)?);
         }
     }
-    let interface = CapturedInterface {
-        host,
-        ifname: link.ifname,
-        mac: link.mac,
-        address: link.address,
-        pcap: pcap_name(host),
-        snaplen: crate::observe::capture::SNAPLEN,
-    };
-    Ok(HostRig { namespace, interface, faults, capture, observer, listen_watchers })
+    let mut interfaces = Vec::with_capacity(links.len());
+    for link in links {
+        let place = plan.link_ends().position(|(_, end)| end.host == host && end.ifname == link.ifname);
+        let (place, (link_index, _)) = place
+            .and_then(|place| plan.link_ends().nth(place).map(|end| (place, end)))
+            .ok_or_else(|| Error::Internal(format!("{host} {} is on no link of the plan", link.ifname)))?;
+        let pcap = pcap_name(host, &link.ifname, plan.link_ends().filter(|(_, end)| end.host == host).count());
+        let capture = Capture::start(
+            &namespace,
+            host,
+            link.ifindex,
+            &report_dir.join(&pcap),
+            sink.clone(),
+            capture_buffer(plan),
+        )?;
+        let interface = CapturedInterface {
+            link: link_index,
+            host,
+            ifname: link.ifname,
+            mac: link.mac,
+            address: link.address,
+            pcap,
+            snaplen: crate::observe::capture::SNAPLEN,
+        };
+        interfaces.push((place, interface, capture));
+    }
+    Ok(HostRig { namespace, interfaces, faults, observer, listen_watchers })
 }
 
-/// The pcap a host's capture writes in the report folder.
-fn pcap_name(host: HostId) -> String {
-    format!("{host}.pcap")
+/// The router's NAT rules, when the plan has a router: its interface towards the client and towards the
+/// server, and the server's address for port forwards.
+fn router_nat(plan: &Plan) -> Option<Nat> {
+    let router = plan.router.as_ref()?;
+    let side = |peer: HostId| {
+        plan.links
+            .iter()
+            .find(|link| link.ends.iter().any(|end| end.host == peer))
+            .and_then(|link| link.ends.iter().find(|end| end.host == HostId::Router))
+            .map(|end| end.ifname.clone())
+    };
+    Some(Nat {
+        client_side: side(HostId::Client)?,
+        server_side: side(HostId::Server)?,
+        server: plan.host(HostId::Server).address,
+        masquerade: router.masquerade,
+        forwards: router.dnat.clone(),
+    })
+}
+
+/// The pcap of one interface in the report folder: `<host>.pcap` for a host with one interface,
+/// `<host>-<ifname>.pcap` for the router's two.
+fn pcap_name(host: HostId, ifname: &str, interfaces_of_host: usize) -> String {
+    if interfaces_of_host == 1 {
+        format!("{host}.pcap")
+    } else {
+        format!("{host}-{ifname}.pcap")
+    }
 }
 
 /// `tcpdump -B` for the plan: the socket's own queue unless the scenario asks for a ring.
@@ -477,15 +619,17 @@ fn capture_buffer(plan: &Plan) -> CaptureBuffer {
 
 /// A capture that lost frames makes the timeline incomplete: every packet expectation and packet trigger
 /// would be judged on part of the traffic, so the run cannot be trusted either way.
-fn capture_losses(stats: &[CaptureStats]) -> Vec<String> {
-    HostId::ALL
-        .into_iter()
+fn capture_losses(interfaces: &[CapturedInterface], stats: &[CaptureStats]) -> Vec<String> {
+    interfaces
+        .iter()
         .zip(stats)
         .filter(|(_, stats)| stats.lost() > 0)
-        .map(|(host, stats)| {
+        .map(|(interface, stats)| {
             format!(
-                "capture of {host} lost {} of the {} frames its interface counted ({} dropped by the kernel): the \
+                "capture of {} {} lost {} of the {} frames its interface counted ({} dropped by the kernel): the \
                  timeline is incomplete; give the scenario a larger buffer, e.g. `capture: {{ ring: 64MiB }}`",
+                interface.host,
+                interface.ifname,
                 stats.lost(),
                 stats.interface_frames,
                 stats.kernel_drops
@@ -501,10 +645,6 @@ pub fn stop_captures(captures: Vec<Capture>) -> Result<Vec<CaptureStats>> {
     // Every capture is waited for before the first error (if any) is returned.
     let stopped: Vec<Result<CaptureStats>> = captures.into_iter().map(Capture::stop).collect();
     stopped.into_iter().collect()
-}
-
-fn into_pair<T>(items: Vec<T>) -> Result<[T; 2]> {
-    items.try_into().map_err(|_| Error::Internal("expected one item per host".into()))
 }
 
 /// Names, in the deadline event, the steps that were still running when the run reached it (see
@@ -584,80 +724,4 @@ pub fn annotate_faults(timeline: &mut Timeline, plan: &Plan) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::run::switchboard::tests::{ack, ms, plan};
-
-    /// The fault mark of each packet of the timeline, in order.
-    fn fault_marks(timeline: &Timeline) -> Vec<Option<&str>> {
-        timeline
-            .events
-            .iter()
-            .filter_map(|e| match &e.kind {
-                EventKind::Packet(p) => Some(p.fault.as_deref()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn packets_taken_by_an_active_ingress_fault_are_marked_on_both_copies() {
-        let plan = plan();
-        let mut timeline = Timeline::new(vec![
-            ack(ms(10), HostId::Client, PacketDirection::Out),
-            ack(ms(10), HostId::Server, PacketDirection::In),
-            Event { t: ms(600), host: HostId::Server, kind: EventKind::FaultOn { fault: "after-connect".into() } },
-            ack(ms(700), HostId::Client, PacketDirection::Out),
-            ack(ms(700), HostId::Server, PacketDirection::In),
-        ]);
-        annotate_faults(&mut timeline, &plan);
-        let marks = fault_marks(&timeline);
-        assert_eq!(marks, vec![None, None, Some("after-connect"), Some("after-connect")]);
-    }
-
-    #[test]
-    fn a_packet_dropped_before_it_left_is_marked_with_the_active_egress_fault_that_matches_it() {
-        let plan = crate::scenario::parse(
-            "egress",
-            Path::new("egress.yaml"),
-            "description: d\nfaults:\n  - { name: local, at: client, match: { dport: 9000 }, action: qdisc-drop, from: 1s }\n  \
-             - { name: other-port, at: client, direction: egress, match: { dport: 9001 }, action: drop }\nclient:\n  \
-             - sleep: 2s\n",
-        )
-        .unwrap();
-        let dropped = |t: u64| {
-            let mut event = ack(ms(t), HostId::Client, PacketDirection::Out);
-            if let EventKind::Packet(packet) = &mut event.kind {
-                packet.dropped = Some(crate::timeline::DroppedBy::Qdisc);
-            }
-            event
-        };
-        let mut timeline = Timeline::new(vec![
-            Event { t: ms(0), host: HostId::Client, kind: EventKind::FaultOn { fault: "other-port".into() } },
-            // Before `local` is on: dropped, but by no fault of the plan that was on.
-            dropped(500),
-            Event { t: ms(1000), host: HostId::Client, kind: EventKind::FaultOn { fault: "local".into() } },
-            dropped(1200),
-            // One that left is not the egress fault's, even while it is on.
-            ack(ms(1300), HostId::Client, PacketDirection::Out),
-            ack(ms(1300), HostId::Server, PacketDirection::In),
-        ]);
-        annotate_faults(&mut timeline, &plan);
-        let marks = fault_marks(&timeline);
-        assert_eq!(marks, vec![None, Some("local"), None, None]);
-    }
-
-    #[test]
-    fn a_capture_that_lost_frames_is_a_harness_error_naming_its_host() {
-        let whole = CaptureStats { packets: 40, bytes: 4000, kernel_drops: 0, interface_frames: 40 };
-        let dropped = CaptureStats { packets: 37, bytes: 3700, kernel_drops: 3, interface_frames: 40 };
-        let unseen = CaptureStats { packets: 38, bytes: 3800, kernel_drops: 0, interface_frames: 40 };
-        assert!(capture_losses(&[whole, whole]).is_empty());
-        let errors = capture_losses(&[whole, dropped]);
-        assert_eq!(errors.len(), 1);
-        assert!(errors[0].starts_with("capture of server lost 3 of the 40 frames"), "{}", errors[0]);
-        assert!(errors[0].contains("(3 dropped by the kernel)") && errors[0].contains("ring: 64MiB"), "{}", errors[0]);
-        let errors = capture_losses(&[unseen, whole]);
-        assert!(errors[0].starts_with("capture of client lost 2 of the 40 frames"), "{}", errors[0]);
-    }
-}
+mod tests;

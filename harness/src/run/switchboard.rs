@@ -7,14 +7,14 @@ use std::fmt;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::run::clock::Clock;
 use crate::run::faults::HostFaults;
 use crate::scenario::plan::{FaultPlan, Plan, Protocol, StepEdge, Trigger};
 use crate::timeline::query;
 use crate::timeline::{Event, EventKind, IpProtocol, PacketDirection};
 
-/// The faults of one run and those installed on both hosts (by `HostId::index()`), behind one lock: a switch is
+/// The faults of one run and those installed on its hosts, behind one lock: a switch is
 /// one nftables batch (tens of microseconds), and whoever fires a trigger applies it at once.
 pub struct Switchboard {
     state: Mutex<State>,
@@ -40,7 +40,7 @@ struct State {
 }
 
 impl Switchboard {
-    /// `installed` holds each host's faults, by `HostId::index()`, with `plan`'s faults installed and off.
+    /// `installed` holds each host's faults, with `plan`'s faults installed and off.
     pub fn new(plan: &Plan, installed: Vec<HostFaults>, clock: Clock) -> Switchboard {
         let state = State { schedule: FaultSchedule::new(plan), installed: Some(installed), events: Vec::new() };
         Switchboard { state: Mutex::new(state), clock }
@@ -88,7 +88,10 @@ impl Switchboard {
         let State { schedule, installed, events } = state;
         let Some(installed) = installed else { return Ok(()) };
         for (fault, on) in schedule.due(self.clock.now()) {
-            installed[fault.host.index()].switch(fault, on).map_err(|e| e.at(fault.location))?;
+            let host_faults = installed.iter_mut().find(|host_faults| host_faults.host() == fault.host).ok_or_else(|| {
+                Error::Internal(format!("fault {} is at {}, which has no faults installed", fault.name, fault.host))
+            })?;
+            host_faults.switch(fault, on).map_err(|e| e.at(fault.location))?;
             let kind = if on {
                 EventKind::FaultOn { fault: fault.name.clone() }
             } else {
@@ -366,7 +369,7 @@ client:
         let namespaces = [Netns::new_anonymous().unwrap(), Netns::new_anonymous().unwrap()];
         let installed = HostId::ALL
             .iter()
-            .map(|host| HostFaults::install(&namespaces[host.index()], *host, &plan.faults).unwrap())
+            .map(|host| HostFaults::install(&namespaces[host.index()], *host, &plan.faults, None).unwrap())
             .collect();
         let clock = Clock::started();
         let board = Switchboard::new(&plan, installed, clock.clone());

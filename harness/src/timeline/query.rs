@@ -160,8 +160,8 @@ pub fn packet_matches(filter: &PacketFilter, packet: &PacketEvent) -> bool {
 pub type SocketEvents<'a> = Vec<(Duration, &'a SocketEvent)>;
 
 /// Each host's socket events (by `HostId::index()`).
-pub fn socket_events_by_host(timeline: &Timeline) -> [SocketEvents<'_>; 2] {
-    let mut by_host: [SocketEvents<'_>; 2] = [Vec::new(), Vec::new()];
+pub fn socket_events_by_host(timeline: &Timeline) -> [SocketEvents<'_>; 3] {
+    let mut by_host: [SocketEvents<'_>; 3] = Default::default();
     for event in &timeline.events {
         if let EventKind::Socket(socket) = &event.kind {
             by_host[event.host.index()].push((event.t, socket));
@@ -171,8 +171,8 @@ pub fn socket_events_by_host(timeline: &Timeline) -> [SocketEvents<'_>; 2] {
 }
 
 /// Each host's state transitions (by `HostId::index()`), in time order.
-pub fn transitions_by_host(timeline: &Timeline) -> [Vec<(Duration, &TransitionEvent)>; 2] {
-    let mut by_host: [Vec<(Duration, &TransitionEvent)>; 2] = [Vec::new(), Vec::new()];
+pub fn transitions_by_host(timeline: &Timeline) -> [Vec<(Duration, &TransitionEvent)>; 3] {
+    let mut by_host: [Vec<(Duration, &TransitionEvent)>; 3] = Default::default();
     for event in &timeline.events {
         if let EventKind::Transition(transition) = &event.kind {
             by_host[event.host.index()].push((event.t, transition));

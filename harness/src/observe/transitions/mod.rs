@@ -96,10 +96,10 @@ pub struct Tracer {
 }
 
 impl Tracer {
-    /// Loads and attaches the program for the namespaces of both hosts (by `HostId::index()`), and starts the
+    /// Loads and attaches the program for the namespaces of the run's hosts (a router's too), and starts the
     /// reader that sends their transitions to `sink`. `Err` says why the kernel's transitions cannot be
     /// recorded here.
-    pub fn start(namespaces: &[Netns; 2], sink: EventSink) -> Result<Tracer> {
+    pub fn start<'a>(namespaces: impl IntoIterator<Item = (HostId, &'a Netns)>, sink: EventSink) -> Result<Tracer> {
         let layout = running_kernel_layout()?;
         let refused = |what: &str, e: std::io::Error| {
             if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES)) {
@@ -115,13 +115,16 @@ impl Tracer {
                 }
             }
         };
-        let inodes = [namespace_inode(&namespaces[0])?, namespace_inode(&namespaces[1])?];
+        let inodes = namespaces
+            .into_iter()
+            .map(|(host, namespace)| Ok((namespace_inode(namespace)?, host.index() as u32)))
+            .collect::<Result<Vec<_>>>()?;
         let ring = Map::create(bpf::MAP_TYPE_RINGBUF, 0, 0, RING_BYTES)
             .map_err(|e| refused("bpf(BPF_MAP_CREATE) of a ring buffer", e))?;
         let lost =
             Map::create(bpf::MAP_TYPE_ARRAY, 4, 8, 1).map_err(|e| refused("bpf(BPF_MAP_CREATE) of an array", e))?;
         let maps = Maps { ring: ring.fd(), lost: lost.fd() };
-        let insns = program::instructions(&layout, inodes, maps);
+        let insns = program::instructions(&layout, &inodes, maps);
         let program =
             Program::load(bpf::PROG_TYPE_RAW_TRACEPOINT, "netfault_tcp", &insns, LICENSE).map_err(|refusal| {
                 let log: String = refusal.log.lines().rev().take(3).collect::<Vec<_>>().join(" / ");
@@ -130,7 +133,7 @@ impl Tracer {
         let link = program
             .attach_raw_tracepoint(c"inet_sock_set_state")
             .map_err(|e| refused("attach to the tracepoint sock:inet_sock_set_state", e))?;
-        let drops = drop_tracer(&layout, inodes, maps);
+        let drops = drop_tracer(&layout, &inodes, maps);
         let reader = RingReader::new(ring, RING_BYTES as usize).map_err(|e| refused("map the BPF ring buffer", e))?;
         let stop = Arc::new(AtomicBool::new(false));
         let wake = Arc::new(bpf::wake_event().context(|| "eventfd for the transition tracer".to_string())?);
@@ -188,7 +191,7 @@ impl Drop for Tracer {
 
 /// Loads and attaches the drop program (`skb:kfree_skb`, Linux >= 5.17 for drop reasons), writing into the
 /// transition program's maps; `Err` says why it cannot be.
-fn drop_tracer(sock: &SockLayout, namespaces: [u32; 2], maps: Maps) -> std::result::Result<OwnedFd, String> {
+fn drop_tracer(sock: &SockLayout, namespaces: &[(u32, u32)], maps: Maps) -> std::result::Result<OwnedFd, String> {
     let btf = btf::Btf::of_running_kernel().map_err(|e| e.to_string())?;
     let skb = SkbLayout::of(&btf).map_err(|e| e.to_string())?;
     let insns = program::drop_instructions(sock, &skb, namespaces, maps);
@@ -347,7 +350,7 @@ fn read_until_stopped(mut reader: RingReader, sink: &EventSink, stop: &AtomicBoo
     let mut dropped_packets = 0;
     let mut emit = |pairs: Vec<(Record, TransitionEvent)>| {
         for (record, event) in pairs {
-            let Some(host) = HostId::ALL.into_iter().find(|host| host.index() as u32 == record.host) else { continue };
+            let Some(host) = HostId::EVERY.into_iter().find(|host| host.index() as u32 == record.host) else { continue };
             transitions += 1;
             sink.emit_at(sink.clock().since_t0_monotonic(record.time_ns), host, EventKind::Transition(event));
         }
@@ -360,7 +363,7 @@ fn read_until_stopped(mut reader: RingReader, sink: &EventSink, stop: &AtomicBoo
             .read(if stopping { Duration::ZERO } else { READ_TICK }, wake, |bytes| match parse(bytes) {
                 Some(Parsed::Transition(record)) => records.push(record),
                 Some(Parsed::Drop { host, time_ns, by, packet }) => {
-                    let host = HostId::ALL.into_iter().find(|h| h.index() as u32 == host);
+                    let host = HostId::EVERY.into_iter().find(|h| h.index() as u32 == host);
                     let event = decoder.decode_ip(packet, true);
                     if let (Some(host), Some(mut event)) = (host, event) {
                         event.dropped = Some(by);

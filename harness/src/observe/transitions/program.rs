@@ -244,7 +244,6 @@ const SLOT_IIF: i16 = SLOT_PACKET - 48;
 enum Label {
     Out,
     Lost,
-    Server,
     Ours,
     ByQdisc,
     Dropped,
@@ -347,9 +346,9 @@ impl Assembler {
     }
 }
 
-/// The program's instructions for `layout`, the inode numbers of the run's two namespaces (by
-/// `HostId::index()`) and `maps`.
-pub fn instructions(layout: &SockLayout, namespaces: [u32; 2], maps: Maps) -> Vec<u64> {
+/// The program's instructions for `layout`, the run's namespaces (each one's inode number and its host's
+/// number, `HostId::index()`) and `maps`.
+pub fn instructions(layout: &SockLayout, namespaces: &[(u32, u32)], maps: Maps) -> Vec<u64> {
     let mut a = Assembler::default();
     let (span_start, span_len) = layout.span();
     let in_span = |field: Field| SLOT_SPAN + (field.offset - span_start) as i16;
@@ -394,7 +393,7 @@ pub fn instructions(layout: &SockLayout, namespaces: [u32; 2], maps: Maps) -> Ve
 /// keeps the packets the run's namespaces made (not those they received) that netfilter or a queueing
 /// discipline dropped (the kernel's drop reasons NETFILTER_DROP, TC_EGRESS, QDISC_DROP) and hands their first bytes to user space, stamped with the
 /// kernel's monotonic clock at the drop. Such a packet never reaches the wire, so no capture has it.
-pub fn drop_instructions(sock: &SockLayout, skb: &SkbLayout, namespaces: [u32; 2], maps: Maps) -> Vec<u64> {
+pub fn drop_instructions(sock: &SockLayout, skb: &SkbLayout, namespaces: &[(u32, u32)], maps: Maps) -> Vec<u64> {
     let mut a = Assembler::default();
     a.load(SIZE_DW, R6, R1, 0);
     a.load(SIZE_DW, R7, R1, 16);
@@ -460,17 +459,17 @@ pub fn tc_drop_marked_instructions(mark: u32, mask: u32) -> Vec<u64> {
 }
 
 impl Assembler {
-    /// The host whose namespace `net` (a `struct net *` in a register) is, into R9 (0 client, 1 server), read
-    /// through its inode number field `inum`; the program leaves through [`Label::Out`] for any other namespace.
-    fn host_of_namespace(&mut self, net: u8, inum: Field, namespaces: [u32; 2]) {
+    /// The host whose namespace `net` (a `struct net *` in a register) is, into R9 (the host's number that
+    /// `namespaces` pairs with the namespace's inode), read through its inode number field `inum`; the program
+    /// leaves through [`Label::Out`] for any other namespace.
+    fn host_of_namespace(&mut self, net: u8, inum: Field, namespaces: &[(u32, u32)]) {
         self.probe(SLOT_INUM, net, inum);
         self.load(SIZE_W, R1, FP, SLOT_INUM);
-        self.mov_imm(R9, 0);
-        self.jump32(OP_JEQ, R1, namespaces[0], Label::Ours);
-        self.jump32(OP_JEQ, R1, namespaces[1], Label::Server);
+        for &(inode, host) in namespaces {
+            self.mov_imm(R9, host as i32);
+            self.jump32(OP_JEQ, R1, inode, Label::Ours);
+        }
         self.jump(OP_JA, 0, 0, Label::Out);
-        self.label(Label::Server);
-        self.mov_imm(R9, 1);
         self.label(Label::Ours);
     }
 
@@ -546,7 +545,7 @@ mod tests {
 
     #[test]
     fn every_jump_lands_inside_the_program_and_it_ends_in_exit() {
-        let insns = instructions(&layout(), [7, u32::MAX - 1], Maps { ring: 4, lost: 5 });
+        let insns = instructions(&layout(), &[(7, 0), (u32::MAX - 1, 1), (9, 2)], Maps { ring: 4, lost: 5 });
         let last = decode(*insns.last().unwrap());
         assert_eq!(last.0, JMP | OP_EXIT);
         for (at, insn) in insns.iter().enumerate() {
@@ -560,12 +559,12 @@ mod tests {
         assert_eq!(maps, vec![4, 5], "each map is loaded by descriptor");
         let inodes: Vec<u32> =
             insns.iter().map(|i| decode(*i)).filter(|d| d.0 == JMP32 | OP_JEQ).map(|d| d.4 as u32).collect();
-        assert_eq!(inodes, vec![7, u32::MAX - 1], "both namespaces compared as u32");
+        assert_eq!(inodes, vec![7, u32::MAX - 1, 9], "every namespace compared as u32");
     }
 
     #[test]
     fn the_common_part_is_copied_once_and_the_far_fields_apart() {
-        let insns = instructions(&layout(), [7, 8], Maps { ring: 4, lost: 5 });
+        let insns = instructions(&layout(), &[(7, 0), (8, 1)], Maps { ring: 4, lost: 5 });
         // Each probe adds its offset to its base just before setting up the call: (size, offset).
         let probes: Vec<(i32, i32)> = insns
             .windows(4)

@@ -44,7 +44,7 @@ fn every_transition_of_the_runs_namespaces_and_none_of_others() {
     let elsewhere = Netns::new_anonymous().unwrap();
     let clock = Clock::started();
     let (sink, received) = EventSink::new(clock);
-    let tracer = Tracer::start(&namespaces, sink).unwrap();
+    let tracer = Tracer::start(HostId::ALL.into_iter().zip(&namespaces), sink).unwrap();
     short_connection(&namespaces[1], 9000);
     short_connection(&elsewhere, 9001);
     let stats = tracer.stop().unwrap();
@@ -98,7 +98,7 @@ fn transitions_are_stamped_with_the_kernels_time_on_the_runs_clock() {
     let namespaces = [Netns::new_anonymous().unwrap(), Netns::new_anonymous().unwrap()];
     let clock = Clock::started();
     let (sink, received) = EventSink::new(clock.clone());
-    let tracer = Tracer::start(&namespaces, sink).unwrap();
+    let tracer = Tracer::start(HostId::ALL.into_iter().zip(&namespaces), sink).unwrap();
     let before = clock.at(Instant::now());
     short_connection(&namespaces[0], 9000);
     let after = clock.at(Instant::now());
@@ -152,7 +152,7 @@ fn the_kernel_counts_and_times_every_run_of_the_program() {
     let stats_on = run_time_stats().unwrap();
     let namespaces = [Netns::new_anonymous().unwrap(), Netns::new_anonymous().unwrap()];
     let (sink, _received) = EventSink::new(Clock::started());
-    let tracer = Tracer::start(&namespaces, sink).unwrap();
+    let tracer = Tracer::start(HostId::ALL.into_iter().zip(&namespaces), sink).unwrap();
     short_connection(&namespaces[0], 9000);
     let (runs, time) = tracer.run_stats().unwrap();
     let recorded = tracer.stop().unwrap().transitions;

@@ -93,7 +93,7 @@ pub fn judge(plan: &Plan, timeline: &Timeline) -> Verdict {
         for step in &host.steps {
             let Some(record) = facts.steps.get(host.id, step.index) else { continue };
             let failures_before = verdict.failures.len();
-            judge_step(&mut verdict, host.id, step, record, facts.deadline, plan.deadline);
+            judge_step(&mut verdict, &facts, host.id, step, record, plan.deadline);
             let judgement = match (step.expect.is_set(), verdict.failures.len() > failures_before) {
                 (false, false) => StepJudgement::Recorded,
                 (_, true) => StepJudgement::Fail,
@@ -149,9 +149,9 @@ struct Facts<'a> {
     deadline: Option<Duration>,
     sent: Vec<SentPacket<'a>>,
     /// By `HostId::index()`.
-    sockets: [SocketEvents<'a>; 2],
+    sockets: [SocketEvents<'a>; 3],
     /// By `HostId::index()`.
-    histories: [Vec<SocketHistory>; 2],
+    histories: [Vec<SocketHistory>; 3],
     /// Whether the kernel's transitions were recorded (else states come from samples only).
     traced: bool,
 }
@@ -160,7 +160,7 @@ impl<'a> Facts<'a> {
     fn of(plan: &Plan, timeline: &'a Timeline) -> Facts<'a> {
         let sockets = socket_events_by_host(timeline);
         let transitions = transitions_by_host(timeline);
-        let histories = HostId::ALL.map(|host| socket_histories(&sockets[host.index()], &transitions[host.index()]));
+        let histories = HostId::EVERY.map(|host| socket_histories(&sockets[host.index()], &transitions[host.index()]));
         let traced = transitions.iter().any(|host| !host.is_empty());
         Facts {
             steps: StepRecords::of(plan, timeline),
@@ -226,12 +226,13 @@ fn resolve_anchor(facts: &Facts<'_>, since: Option<&Since>, location: Location) 
 /// run, named at its line, with or without an expectation, whatever it ended with afterwards.
 fn judge_step(
     verdict: &mut Verdict,
+    facts: &Facts<'_>,
     host: HostId,
     step: &StepPlan,
     record: &StepRecord,
-    deadline: Option<Duration>,
     scenario_deadline: Duration,
 ) {
+    let deadline = facts.deadline;
     let expect = &step.expect;
     let subject = format!("{host} step {}", step.label());
     let failure = |expected: String, actual: String, around: Option<Duration>| Failure {
@@ -289,7 +290,12 @@ fn judge_step(
         verdict.check(judge_time("after", after, elapsed, expect, outcome).map_err(|(e, a)| failure(e, a, Some(end))));
     }
     if let Some(at) = expect.at {
-        verdict.check(judge_time("at", at, end, expect, outcome).map_err(|(e, a)| failure(e, a, Some(end))));
+        let judged = match resolve_anchor(facts, expect.since.as_ref(), expect.location) {
+            Ok(anchor) => judge_time("at", at, end.saturating_sub(anchor.t), expect, outcome)
+                .map_err(|(e, a)| failure(format!("{e}{}", anchor.label), a, Some(end))),
+            Err(missing) => Err(missing),
+        };
+        verdict.check(judged);
     }
 }
 

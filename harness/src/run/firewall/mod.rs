@@ -10,8 +10,10 @@
 //! when that load succeeds. This is exact for any IP or TCP option length, unlike comparing
 //! `ip length` with fixed header sizes.
 
+mod conntrack;
 mod expr;
 mod matcher;
+mod nat;
 mod qdisc;
 mod socket;
 #[cfg(test)]
@@ -24,7 +26,9 @@ use std::thread;
 use nftnl::expr::{Bitwise, Cmp, CmpOp, IcmpCode, Immediate, Meta, Register, RejectionType, Verdict};
 use nftnl::{Batch, Chain, ChainType, FinalizedBatch, Hook, MsgType, Policy, ProtoFamily, Rule, Table};
 
+pub use conntrack::ConntrackTable;
 pub use matcher::matches;
+pub use nat::Nat;
 pub use qdisc::install_qdisc_drops;
 
 use expr::{CounterObject, CounterRef, PayloadBase, RawPayload};
@@ -96,7 +100,10 @@ impl Firewall {
     /// flushes its rules, so the kernel checks them now rather than at their first activation mid-run.
     /// Faults of other hosts in `faults` are skipped. A table left from an earlier install in the
     /// same namespace is replaced. A fault the kernel refuses is an error at its line.
-    pub fn install(ns: &Netns, host: HostId, faults: &[FaultPlan]) -> Result<Firewall> {
+    ///
+    /// A router's faults sit in base chain `forward` (`hook forward`), and its NAT (`nat`) in chains
+    /// `prerouting` and `postrouting` of the same table, installed with the table.
+    pub fn install(ns: &Netns, host: HostId, faults: &[FaultPlan], nat: Option<&Nat>) -> Result<Firewall> {
         let mut own = qdisc::marks(faults)
             .filter(|(fault, _)| fault.host == host)
             .map(|(fault, mark)| Ok((InstalledFault::new(fault, mark)?, fault.location)))
@@ -106,11 +113,14 @@ impl Firewall {
             return Err(Error::Internal(format!("two faults named {} on host {host}", pair[0].0.name)));
         }
         let mut socket = NetfilterSocket::open(ns)?;
-        socket.apply(&table_batch()).map_err(|e| {
+        let forwards = own.iter().any(|(fault, _)| fault.direction == Direction::Forward);
+        socket.apply(&table_batch(forwards, nat)).map_err(|e| {
+            let nat_rules: String =
+                nat.map(Nat::text).unwrap_or_default().iter().map(|rule| format!("; {rule}")).collect();
             Error::sys(
                 format!(
                     "install the fault table of {host} (nft add table inet netfault; nft add chain inet netfault \
-                     input {{ type filter hook input priority filter; policy accept; }}; ...)"
+                     input {{ type filter hook input priority filter; policy accept; }}; ...{nat_rules})"
                 ),
                 e,
             )
@@ -214,8 +224,9 @@ fn base_chain<'a>(table: &'a Table, name: &CStr, hook: Hook) -> Chain<'a> {
     chain
 }
 
-/// The table and its two base chains, replacing a table left from an earlier install.
-fn table_batch() -> FinalizedBatch {
+/// The table and its base chains (`forward` when the host has faults on forwarded packets) and the host's NAT,
+/// replacing a table left from an earlier install.
+fn table_batch(forwards: bool, nat: Option<&Nat>) -> FinalizedBatch {
     let table = Table::new(TABLE, FAMILY);
     let mut batch = Batch::with_page_size(BATCH_PAGE_SIZE);
     // `add table; delete table; add table` replaces a leftover table and never fails on a fresh one.
@@ -224,6 +235,12 @@ fn table_batch() -> FinalizedBatch {
     batch.add(&table, MsgType::Add);
     batch.add(&base_chain(&table, c"input", Hook::In), MsgType::Add);
     batch.add(&base_chain(&table, c"output", Hook::Out), MsgType::Add);
+    if forwards {
+        batch.add(&base_chain(&table, c"forward", Hook::Forward), MsgType::Add);
+    }
+    if let Some(nat) = nat {
+        nat.add_to(&mut batch, &table);
+    }
     batch.finalize()
 }
 
@@ -235,6 +252,7 @@ fn fault_batch(fault: &InstalledFault) -> FinalizedBatch {
         match fault.direction {
             Direction::Ingress => c"input",
             Direction::Egress => c"output",
+            Direction::Forward => c"forward",
         },
         &table,
     );
@@ -343,6 +361,8 @@ fn verdict(action: FaultAction) -> Option<Verdict> {
         FaultAction::RejectIcmpNetUnreachable => Verdict::Reject(RejectionType::Icmp(IcmpCode::NoRoute)),
         FaultAction::RejectIcmpAdminProhibited => Verdict::Reject(RejectionType::Icmp(IcmpCode::AdminProhibited)),
         FaultAction::QdiscDrop => return None,
+        // Never a rule: `matcher::selection` refuses it, so no InstalledFault has it.
+        FaultAction::FlushConntrack => Verdict::Continue,
     })
 }
 
@@ -378,6 +398,7 @@ fn rule_text(fault: &InstalledFault) -> Vec<String> {
             FaultAction::RejectIcmpHostUnreachable => "reject with icmpx host-unreachable".to_string(),
             FaultAction::RejectIcmpNetUnreachable => "reject with icmpx no-route".to_string(),
             FaultAction::RejectIcmpAdminProhibited => "reject with icmpx admin-prohibited".to_string(),
+            FaultAction::FlushConntrack => "continue".to_string(),
         });
         rules.push(parts.join(" "));
     }

@@ -1,5 +1,5 @@
-//! The wire between the two hosts of a scenario: sysctls, `lo`, the veth pair, addresses and offloads,
-//! all set up over rtnetlink and ethtool ioctls from sockets that live in the hosts' namespaces.
+//! The wire between the hosts of a scenario: sysctls, `lo`, a veth pair per link, addresses, offloads and
+//! routes, all set up over rtnetlink and ethtool ioctls from sockets that live in the hosts' namespaces.
 //!
 //! Nothing here runs `ip` or `ethtool`: one scenario's topology is a handful of netlink round trips.
 
@@ -15,17 +15,20 @@ use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressSco
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
 };
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use crate::error::{Context, Error, Result};
 use crate::run::netns::Netns;
-use crate::scenario::plan::{HostId, HostPlan, Plan, Sysctl};
+use crate::scenario::plan::{HostId, Link, LinkEnd, Plan, Sysctl};
 pub use ethtool::{active_offloads, turn_off_offloads};
 use rtnl::{Request, Rtnl};
-pub use sysctl::effective_sysctls;
+pub use sysctl::{effective_sysctls, tcp_sysctl_files, Ipv4Sysctls};
 use sysctl::{write_sysctl, SysctlError};
 
-/// Name of the veth end in each host's namespace; both ends share it since they live in different namespaces.
+/// Name of the veth end of client and server; ends in different namespaces may share a name.
 pub const LINK_NAME: &str = "nf0";
 
 /// Longest wait for a veth end to become operational after `ip link set nf0 up`: the kernel's link-watch work
@@ -35,64 +38,89 @@ const OPERATIONAL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait for a link notification before the link state is asked for again anyway.
 const OPERATIONAL_POLL: Duration = Duration::from_millis(50);
 
-/// One host's end of the veth pair (`ip -o addr show dev nf0`).
+/// One host's end of a link (`ip -o addr show dev nf0`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostLink {
+    pub host: HostId,
     pub ifindex: u32,
     pub ifname: String,
     pub address: Ipv4Addr,
     pub mac: [u8; 6],
 }
 
-/// Both ends of the wire, as built by [`build`].
+/// Every end of every link, as built by [`build`]: two per link, in the plan's link order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
-    pub client: HostLink,
-    pub server: HostLink,
+    pub ends: Vec<HostLink>,
 }
 
 impl Topology {
-    pub fn link(&self, host: HostId) -> &HostLink {
-        match host {
-            HostId::Client => &self.client,
-            HostId::Server => &self.server,
-        }
+    /// The interfaces of `host`, in link order (client and server have one; the router two).
+    pub fn ends_of(&self, host: HostId) -> impl Iterator<Item = &HostLink> {
+        self.ends.iter().filter(move |end| end.host == host)
+    }
+
+    /// The first interface of `host`: the only one of client and server.
+    pub fn link(&self, host: HostId) -> Option<&HostLink> {
+        self.ends_of(host).next()
     }
 }
 
-/// The MAC address of a host's veth end: locally administered and fixed, so pcaps of two runs compare equal.
-pub fn link_mac(host: HostId) -> [u8; 6] {
-    [0x02, 0, 0, 0, 0, host.index() as u8 + 1]
+/// The MAC address of a host's `n`-th interface: locally administered and fixed, so pcaps of two runs compare
+/// equal (client 02:00:00:00:00:01, server :02, the router's :03 and 02:00:00:00:01:03).
+pub fn link_mac(host: HostId, n: usize) -> [u8; 6] {
+    [0x02, 0, 0, 0, n as u8, host.index() as u8 + 1]
 }
 
-/// Builds the wire of `plan` inside the two namespaces. In command-line terms:
+/// Builds the wire of `plan` inside the hosts' namespaces (`namespaces[i]` is `plan.hosts[i]`'s). In command-line
+/// terms:
 ///
 /// ```text
 /// each host:    sysctl -w net.ipv6.conf.{all,default}.disable_ipv6=1   (unless link.ipv6)
 ///                sysctl -w <the host's sysctls>
 ///                ip link set lo up
-/// client:        ip link add nf0 mtu M address 02:00:00:00:00:01 type veth
-///                    peer name nf0 netns <server> mtu M address 02:00:00:00:00:02
-/// each host:     ethtool -K nf0 tx off sg off tso off gso off gro off
+/// each link:     ip link add nf0 mtu M address 02:00:00:00:00:01 type veth
+///                    peer name nf0 netns <other host> mtu M address 02:00:00:00:00:02
+/// each end:      ethtool -K nf0 tx off sg off tso off gso off gro off
 ///                ip addr add <address>/<prefix> dev nf0
 ///                ip link set nf0 up
+/// with a router: ip route add default via <router>          (client and server)
 /// ```
 ///
-/// Offloads go off before the link goes up, so no frame ever leaves with a deferred checksum or as a
-/// super-segment. `build` returns once both ends are operational (`ip link show nf0` says `state UP`); see
-/// [`HostWire::wait_operational`]. A run builds the same wire with [`HostWire`], each host from a thread of its
-/// own.
-pub fn build(plan: &Plan, client: &Netns, server: &Netns) -> Result<Topology> {
-    let mut client_wire = client.run(|| HostWire::prepare(plan, HostId::Client))?;
-    let mut server_wire = server.run(|| HostWire::prepare(plan, HostId::Server))?;
-    client_wire.create_veth_pair(plan.link.mtu, server)?;
-    let topology = Topology {
-        client: client_wire.configure(plan.host(HostId::Client))?,
-        server: server_wire.configure(plan.host(HostId::Server))?,
+/// Offloads go off before a link goes up, so no frame ever leaves with a deferred checksum or as a
+/// super-segment. `build` returns once every end is operational (`ip link show nf0` says `state UP`); see
+/// [`HostWire::wait_operational`]. `namespaces` are in `plan.hosts` order. A run builds the same wire with
+/// [`HostWire`], each host from a thread of its own.
+pub fn build(plan: &Plan, namespaces: &[&Netns]) -> Result<Topology> {
+    let mut wires = Vec::with_capacity(plan.hosts.len());
+    for (host, ns) in plan.hosts.iter().zip(namespaces) {
+        wires.push(ns.run(|| HostWire::prepare(plan, host.id))?);
+    }
+    let position = |host: HostId| {
+        plan.position(host).ok_or_else(|| Error::Internal(format!("a link names {host}, which the plan lacks")))
     };
-    client_wire.wait_operational()?;
-    server_wire.wait_operational()?;
-    Ok(topology)
+    for link in &plan.links {
+        let [near, far] = &link.ends;
+        wires[position(near.host)?].create_veth_pair(plan, link, namespaces[position(far.host)?])?;
+    }
+    let mut by_host = Vec::with_capacity(wires.len());
+    for wire in &mut wires {
+        by_host.push(wire.configure(plan)?);
+    }
+    for wire in &mut wires {
+        wire.wait_operational(plan)?;
+    }
+    // In the wire's order: each link's two ends.
+    let mut ends = Vec::new();
+    for (_, end) in plan.link_ends() {
+        let configured = by_host.iter().flatten().find(|link| link.host == end.host && link.ifname == end.ifname);
+        ends.push(
+            configured
+                .cloned()
+                .ok_or_else(|| Error::Internal(format!("{} {} was not configured", end.host, end.ifname)))?,
+        );
+    }
+    Ok(Topology { ends })
 }
 
 /// One host's side of the wire while it is built: an rtnetlink socket of the host's namespace, opened once the
@@ -110,24 +138,41 @@ impl HostWire {
         Ok(HostWire { host, rtnl: prepare_host(plan, host)? })
     }
 
-    /// The client's side, once: one `RTM_NEWLINK` creates both ends, the peer born in `server`'s namespace.
-    pub fn create_veth_pair(&mut self, mtu: u32, server: &Netns) -> Result<()> {
-        create_veth_pair(&mut self.rtnl, mtu, server)
+    /// The side of the link's first end, once per link: one `RTM_NEWLINK` creates both ends, the peer born in
+    /// `far`'s namespace.
+    pub fn create_veth_pair(&mut self, plan: &Plan, link: &Link, far: &Netns) -> Result<()> {
+        let mac = |end: &LinkEnd| {
+            let n = plan.link_ends().filter(|(_, other)| other.host == end.host).position(|(_, other)| other == end);
+            link_mac(end.host, n.unwrap_or_default())
+        };
+        let [near, far_end] = &link.ends;
+        create_veth_pair(&mut self.rtnl, link, [mac(near), mac(far_end)], plan.link.mtu, far)
     }
 
-    /// Offloads off, address, link up, once the pair exists.
-    pub fn configure(&mut self, host: &HostPlan) -> Result<HostLink> {
-        configure_link_end(&mut self.rtnl, host)
+    /// Once every pair exists: offloads off, address and link up on each of this host's ends, in link order,
+    /// then its default route through the router when it has one.
+    pub fn configure(&mut self, plan: &Plan) -> Result<Vec<HostLink>> {
+        let mut links = Vec::new();
+        for (_, end) in plan.link_ends().filter(|(_, end)| end.host == self.host) {
+            links.push(configure_link_end(&mut self.rtnl, end)?);
+        }
+        if let Some(gateway) = plan.host(self.host).gateway {
+            add_default_route(&mut self.rtnl, self.host, gateway)?;
+        }
+        Ok(links)
     }
 
-    /// Returns once this end is operational, which needs the other end up too: each host's side may wait at
-    /// the same time, once both are configured.
-    pub fn wait_operational(&mut self) -> Result<()> {
-        wait_operational(&mut self.rtnl, self.host)
+    /// Returns once each of this host's ends is operational, which needs the other end of its link up too:
+    /// each host's side may wait at the same time, once all are configured.
+    pub fn wait_operational(&mut self, plan: &Plan) -> Result<()> {
+        for (_, end) in plan.link_ends().filter(|(_, end)| end.host == self.host) {
+            wait_operational(&mut self.rtnl, end)?;
+        }
+        Ok(())
     }
 }
 
-/// Waits until the host's veth end is operational (`ip link show nf0` says `state UP`), at most
+/// Waits until a veth end is operational (`ip link show nf0` says `state UP`), at most
 /// [`OPERATIONAL_TIMEOUT`], looking again at each link notification of the namespace (`ip monitor link`).
 ///
 /// `ip link set up` brings the carrier up at once, but the kernel attaches the link's queueing discipline
@@ -136,13 +181,14 @@ impl HostWire {
 /// request and SYN, and after three lost ARP requests its connect fails with EHOSTUNREACH. Idle, the work
 /// runs within a millisecond; with 200 scenarios setting up at once, 55 of 200 runs had to wait (90th
 /// percentile 9 ms, longest 5.2 s). Without this wait 111 of 200 such runs failed, most of them on this.
-fn wait_operational(rtnl: &mut Rtnl, host: HostId) -> Result<()> {
+fn wait_operational(rtnl: &mut Rtnl, end: &LinkEnd) -> Result<()> {
     let started = Instant::now();
-    let what = format!("wait for {LINK_NAME} in {host} to be up (ip link show {LINK_NAME}: state UP)");
+    let (host, ifname) = (end.host, &end.ifname);
+    let what = format!("wait for {ifname} in {host} to be up (ip link show {ifname}: state UP)");
     // Subscribed before the first look, so the change cannot slip between a look and the wait for the next.
     rtnl.watch_links().context(|| format!("{what}: ip monitor link (join RTNLGRP_LINK)"))?;
     loop {
-        let link = rtnl.get_link(LINK_NAME, &what)?;
+        let link = rtnl.get_link(ifname, &what)?;
         let state = link.attributes.iter().find_map(|attribute| match attribute {
             LinkAttribute::OperState(state) => Some(*state),
             _ => None,
@@ -153,7 +199,7 @@ fn wait_operational(rtnl: &mut Rtnl, host: HostId) -> Result<()> {
         let waited = started.elapsed();
         if waited >= OPERATIONAL_TIMEOUT {
             return Err(Error::Internal(format!(
-                "{what}: still {state:?} {}s after ip link set {LINK_NAME} up",
+                "{what}: still {state:?} {}s after ip link set {ifname} up",
                 OPERATIONAL_TIMEOUT.as_secs()
             )));
         }
@@ -205,42 +251,68 @@ fn format_mac(mac: [u8; 6]) -> String {
     mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
-/// One RTM_NEWLINK from the client's namespace creates both ends; the peer is born in the server's namespace.
-fn create_veth_pair(client_rtnl: &mut Rtnl, mtu: u32, server: &Netns) -> Result<()> {
-    let client_mac = link_mac(HostId::Client);
-    let server_mac = link_mac(HostId::Server);
-
+/// One RTM_NEWLINK from the namespace of the link's first end creates both ends; the peer is born in the
+/// other end's namespace.
+fn create_veth_pair(
+    rtnl: &mut Rtnl,
+    link: &Link,
+    [near_mac, far_mac]: [[u8; 6]; 2],
+    mtu: u32,
+    far: &Netns,
+) -> Result<()> {
+    let [near, far_end] = &link.ends;
     let mut peer = LinkMessage::default();
-    peer.attributes.push(LinkAttribute::IfName(LINK_NAME.to_string()));
+    peer.attributes.push(LinkAttribute::IfName(far_end.ifname.clone()));
     peer.attributes.push(LinkAttribute::Mtu(mtu));
-    peer.attributes.push(LinkAttribute::Address(server_mac.to_vec()));
-    peer.attributes.push(LinkAttribute::NetNsFd(server.raw_fd()));
+    peer.attributes.push(LinkAttribute::Address(far_mac.to_vec()));
+    peer.attributes.push(LinkAttribute::NetNsFd(far.raw_fd()));
 
-    let mut link = LinkMessage::default();
-    link.attributes.push(LinkAttribute::IfName(LINK_NAME.to_string()));
-    link.attributes.push(LinkAttribute::Mtu(mtu));
-    link.attributes.push(LinkAttribute::Address(client_mac.to_vec()));
-    link.attributes.push(LinkAttribute::LinkInfo(vec![
+    let mut veth = LinkMessage::default();
+    veth.attributes.push(LinkAttribute::IfName(near.ifname.clone()));
+    veth.attributes.push(LinkAttribute::Mtu(mtu));
+    veth.attributes.push(LinkAttribute::Address(near_mac.to_vec()));
+    veth.attributes.push(LinkAttribute::LinkInfo(vec![
         LinkInfo::Kind(InfoKind::Veth),
         LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
     ]));
 
-    client_rtnl.execute(vec![Request::new(
-        RouteNetlinkMessage::NewLink(link),
+    rtnl.execute(vec![Request::new(
+        RouteNetlinkMessage::NewLink(veth),
         NLM_F_CREATE | NLM_F_EXCL,
         format!(
-            "create veth pair (ip link add {LINK_NAME} mtu {mtu} address {} type veth peer name {LINK_NAME} \
-             netns <server> mtu {mtu} address {})",
-            format_mac(client_mac),
-            format_mac(server_mac)
+            "create veth pair {} - {} (ip link add {} mtu {mtu} address {} type veth peer name {} netns <{}> mtu {mtu} \
+             address {})",
+            near.host,
+            far_end.host,
+            near.ifname,
+            format_mac(near_mac),
+            far_end.ifname,
+            far_end.host,
+            format_mac(far_mac)
         ),
     )])
 }
 
+/// `ip route add default via <gateway>` in the host's namespace.
+fn add_default_route(rtnl: &mut Rtnl, host: HostId, gateway: Ipv4Addr) -> Result<()> {
+    let mut route = RouteMessage::default();
+    route.header.address_family = AddressFamily::Inet;
+    route.header.table = RouteHeader::RT_TABLE_MAIN;
+    route.header.protocol = RouteProtocol::Boot;
+    route.header.scope = RouteScope::Universe;
+    route.header.kind = RouteType::Unicast;
+    route.attributes.push(RouteAttribute::Gateway(RouteAddress::Inet(gateway)));
+    rtnl.execute(vec![Request::new(
+        RouteNetlinkMessage::NewRoute(route),
+        NLM_F_CREATE | NLM_F_EXCL,
+        format!("add the default route of {host} (ip route add default via {gateway})"),
+    )])
+}
+
 /// Offloads, address and link state of one veth end, through the socket that lives in its namespace.
-fn configure_link_end(rtnl: &mut Rtnl, host: &HostPlan) -> Result<HostLink> {
-    let id = host.id;
-    let link = rtnl.get_link(LINK_NAME, &format!("look up {LINK_NAME} in {id} (ip link show {LINK_NAME})"))?;
+fn configure_link_end(rtnl: &mut Rtnl, end: &LinkEnd) -> Result<HostLink> {
+    let (id, ifname) = (end.host, end.ifname.as_str());
+    let link = rtnl.get_link(ifname, &format!("look up {ifname} in {id} (ip link show {ifname})"))?;
     let mac = link
         .attributes
         .iter()
@@ -248,22 +320,20 @@ fn configure_link_end(rtnl: &mut Rtnl, host: &HostPlan) -> Result<HostLink> {
             LinkAttribute::Address(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok(),
             _ => None,
         })
-        .ok_or_else(|| Error::Internal(format!("{LINK_NAME} in {id} has no Ethernet address")))?;
+        .ok_or_else(|| Error::Internal(format!("{ifname} in {id} has no Ethernet address")))?;
     let ifindex = link.header.index;
 
-    turn_off_offloads(rtnl.raw_fd(), LINK_NAME).context(|| {
-        format!(
-            "turn off offloads on {LINK_NAME} in {id} (ethtool -K {LINK_NAME} tx off sg off tso off gso off gro off)"
-        )
+    turn_off_offloads(rtnl.raw_fd(), ifname).context(|| {
+        format!("turn off offloads on {ifname} in {id} (ethtool -K {ifname} tx off sg off tso off gso off gro off)")
     })?;
 
     let mut address = AddressMessage::default();
     address.header.family = AddressFamily::Inet;
-    address.header.prefix_len = host.prefix_len;
+    address.header.prefix_len = end.prefix_len;
     address.header.scope = AddressScope::Universe;
     address.header.index = ifindex;
-    address.attributes.push(AddressAttribute::Local(IpAddr::V4(host.address)));
-    address.attributes.push(AddressAttribute::Address(IpAddr::V4(host.address)));
+    address.attributes.push(AddressAttribute::Local(IpAddr::V4(end.address)));
+    address.attributes.push(AddressAttribute::Address(IpAddr::V4(end.address)));
 
     let mut up = LinkMessage::default();
     up.header.index = ifindex;
@@ -275,18 +345,14 @@ fn configure_link_end(rtnl: &mut Rtnl, host: &HostPlan) -> Result<HostLink> {
             RouteNetlinkMessage::NewAddress(address),
             NLM_F_CREATE | NLM_F_EXCL,
             format!(
-                "add address {}/{} to {LINK_NAME} in {id} (ip addr add {}/{} dev {LINK_NAME})",
-                host.address, host.prefix_len, host.address, host.prefix_len
+                "add address {}/{} to {ifname} in {id} (ip addr add {}/{} dev {ifname})",
+                end.address, end.prefix_len, end.address, end.prefix_len
             ),
         ),
-        Request::new(
-            RouteNetlinkMessage::NewLink(up),
-            0,
-            format!("set {LINK_NAME} up in {id} (ip link set {LINK_NAME} up)"),
-        ),
+        Request::new(RouteNetlinkMessage::NewLink(up), 0, format!("set {ifname} up in {id} (ip link set {ifname} up)")),
     ])?;
 
-    Ok(HostLink { ifindex, ifname: LINK_NAME.to_string(), address: host.address, mac })
+    Ok(HostLink { host: id, ifindex, ifname: ifname.to_string(), address: end.address, mac })
 }
 
 #[cfg(test)]

@@ -54,9 +54,14 @@ impl Validator<'_> {
         let host =
             self.required(&wire.at, path, "fault", "at", "the host whose firewall holds the rule, client or server")?;
         let host = self.host(&path.key("at"), host)?;
-        let direction = match &wire.direction {
-            Some(direction) => Some(self.pick(&path.key("direction"), direction, DIRECTIONS, "direction")?),
-            None => None,
+        let direction = match (&wire.direction, host) {
+            (Some(_), HostId::Router) => return Err(self.fail_key(
+                &path.key("direction"),
+                "a router's faults act on the packets it forwards (hook forward); direction is for client and server",
+            )),
+            (None, HostId::Router) => Some(Direction::Forward),
+            (Some(direction), _) => Some(self.pick(&path.key("direction"), direction, DIRECTIONS, "direction")?),
+            (None, _) => None,
         };
         let mut matcher = match &wire.matcher {
             Some(matcher) => self.packet_match(&path.key("match"), matcher)?,
@@ -67,7 +72,7 @@ impl Validator<'_> {
             path,
             "fault",
             "action",
-            "drop, qdisc-drop, or { reject: tcp-reset | icmp-port-unreachable | icmp-host-unreachable | icmp-net-unreachable | icmp-admin-prohibited }",
+            "drop, qdisc-drop, flush-conntrack (at: router), or { reject: tcp-reset | icmp-port-unreachable | icmp-host-unreachable | icmp-net-unreachable | icmp-admin-prohibited }",
         )?;
         let action_path = path.key("action");
         let action = match action {
@@ -80,6 +85,13 @@ impl Validator<'_> {
         };
         // A queueing discipline sits on the way out: qdisc-drop is egress, and says so without `direction`.
         let direction = match (action, direction) {
+            (FaultAction::QdiscDrop, Some(Direction::Forward)) => {
+                return Err(self.fail(
+                    &path.key("action"),
+                    "qdisc-drop makes the sending host's own TCP see local congestion, and a router sends no TCP \
+                     of its own; at the router use `drop`",
+                ))
+            }
             (FaultAction::QdiscDrop, Some(Direction::Ingress)) => {
                 return Err(self.fail(
                     &path.key("direction"),
@@ -90,6 +102,9 @@ impl Validator<'_> {
             (FaultAction::QdiscDrop, _) => Direction::Egress,
             (_, direction) => direction.unwrap_or(Direction::Ingress),
         };
+        if action == FaultAction::FlushConntrack {
+            self.check_flush(path, wire, host)?;
+        }
         if action == FaultAction::RejectTcpReset {
             match matcher.protocol {
                 Some(Protocol::Tcp) => {}
@@ -126,6 +141,29 @@ impl Validator<'_> {
             }
         }
         Ok(FaultPlan { name, host, direction, matcher, action, from, until, location: self.index.value(path) })
+    }
+
+    /// `conntrack -F` happens once, at the router, when the fault switches on: it matches nothing and never
+    /// switches off.
+    fn check_flush(&self, path: &NodePath, wire: &FaultWire, host: HostId) -> Checked<()> {
+        if host != HostId::Router {
+            return Err(self.fail(
+                &path.key("at"),
+                "flush-conntrack empties the router's connection tracking table; it is a fault of the router (at: router)",
+            ));
+        }
+        if wire.matcher.is_some() {
+            return Err(
+                self.fail_key(&path.key("match"), "flush-conntrack forgets every connection; it takes no match")
+            );
+        }
+        if wire.until.is_some() {
+            return Err(self.fail_key(
+                &path.key("until"),
+                "flush-conntrack happens once, when its `from` trigger fires; it has no `until`",
+            ));
+        }
+        Ok(())
     }
 
     fn packet_match(&self, path: &NodePath, wire: &MatchWire) -> Checked<PacketMatch> {
@@ -214,7 +252,10 @@ impl Validator<'_> {
             Some(delay) => self.run_time(&path.key("delay"), delay, "delay")?,
             None => Duration::ZERO,
         };
+        // A state trigger watches sockets, which only client and server have; packets and bytes are seen by
+        // every host's interfaces, the router's too.
         let host = match &map.host {
+            Some(host) if kind == "state" => Some(self.program_host(&path.key("host"), host)?),
             Some(host) => Some(self.host(&path.key("host"), host)?),
             None => None,
         };

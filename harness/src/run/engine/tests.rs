@@ -1,0 +1,90 @@
+//! The engine's pure parts: fault marks on the timeline (the fault triggers are `run::switchboard`'s), capture
+//! losses as harness errors.
+
+use super::*;
+use crate::run::switchboard::tests::{ack, ms, plan};
+
+/// The fault mark of each packet of the timeline, in order.
+fn fault_marks(timeline: &Timeline) -> Vec<Option<&str>> {
+    timeline
+        .events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Packet(p) => Some(p.fault.as_deref()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn packets_taken_by_an_active_ingress_fault_are_marked_on_both_copies() {
+    let plan = plan();
+    let mut timeline = Timeline::new(vec![
+        ack(ms(10), HostId::Client, PacketDirection::Out),
+        ack(ms(10), HostId::Server, PacketDirection::In),
+        Event { t: ms(600), host: HostId::Server, kind: EventKind::FaultOn { fault: "after-connect".into() } },
+        ack(ms(700), HostId::Client, PacketDirection::Out),
+        ack(ms(700), HostId::Server, PacketDirection::In),
+    ]);
+    annotate_faults(&mut timeline, &plan);
+    let marks = fault_marks(&timeline);
+    assert_eq!(marks, vec![None, None, Some("after-connect"), Some("after-connect")]);
+}
+
+#[test]
+fn a_packet_dropped_before_it_left_is_marked_with_the_active_egress_fault_that_matches_it() {
+    let plan = crate::scenario::parse(
+        "egress",
+        Path::new("egress.yaml"),
+        "description: d\nfaults:\n  - { name: local, at: client, match: { dport: 9000 }, action: qdisc-drop, from: 1s }\n  \
+         - { name: other-port, at: client, direction: egress, match: { dport: 9001 }, action: drop }\nclient:\n  \
+         - sleep: 2s\n",
+    )
+    .unwrap();
+    let dropped = |t: u64| {
+        let mut event = ack(ms(t), HostId::Client, PacketDirection::Out);
+        if let EventKind::Packet(packet) = &mut event.kind {
+            packet.dropped = Some(crate::timeline::DroppedBy::Qdisc);
+        }
+        event
+    };
+    let mut timeline = Timeline::new(vec![
+        Event { t: ms(0), host: HostId::Client, kind: EventKind::FaultOn { fault: "other-port".into() } },
+        // Before `local` is on: dropped, but by no fault of the plan that was on.
+        dropped(500),
+        Event { t: ms(1000), host: HostId::Client, kind: EventKind::FaultOn { fault: "local".into() } },
+        dropped(1200),
+        // One that left is not the egress fault's, even while it is on.
+        ack(ms(1300), HostId::Client, PacketDirection::Out),
+        ack(ms(1300), HostId::Server, PacketDirection::In),
+    ]);
+    annotate_faults(&mut timeline, &plan);
+    let marks = fault_marks(&timeline);
+    assert_eq!(marks, vec![None, Some("local"), None, None]);
+}
+
+#[test]
+fn a_capture_that_lost_frames_is_a_harness_error_naming_its_host() {
+    let whole = CaptureStats { packets: 40, bytes: 4000, kernel_drops: 0, interface_frames: 40 };
+    let dropped = CaptureStats { packets: 37, bytes: 3700, kernel_drops: 3, interface_frames: 40 };
+    let unseen = CaptureStats { packets: 38, bytes: 3800, kernel_drops: 0, interface_frames: 40 };
+    let interface = |host: HostId, ifname: &str| CapturedInterface {
+        link: 0,
+        host,
+        ifname: ifname.into(),
+        mac: [2, 0, 0, 0, 0, 1],
+        address: std::net::Ipv4Addr::new(10, 0, 0, 1),
+        pcap: format!("{host}.pcap"),
+        snaplen: 262_144,
+    };
+    let ends = [interface(HostId::Client, "nf0"), interface(HostId::Server, "nf0"), interface(HostId::Router, "nf1")];
+    assert!(capture_losses(&ends, &[whole, whole, whole]).is_empty());
+    let errors = capture_losses(&ends, &[whole, dropped, whole]);
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0].starts_with("capture of server nf0 lost 3 of the 40 frames"), "{}", errors[0]);
+    assert!(errors[0].contains("(3 dropped by the kernel)") && errors[0].contains("ring: 64MiB"), "{}", errors[0]);
+    let errors = capture_losses(&ends, &[unseen, whole, whole]);
+    assert!(errors[0].starts_with("capture of client nf0 lost 2 of the 40 frames"), "{}", errors[0]);
+    let errors = capture_losses(&ends, &[whole, whole, unseen]);
+    assert!(errors[0].starts_with("capture of router nf1 lost 2 of the 40 frames"), "{}", errors[0]);
+}
