@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Context, Error, Result};
 use crate::record::{CapturedInterface, RunRecord};
 use crate::run::topology;
-use crate::scenario::plan::{Direction, FaultAction, HostId, Plan};
+use crate::scenario::plan::{Direction, FaultAction, Plan};
 use crate::scenario::{printable, printable_path};
 use crate::timeline::query::{StepRecord, StepRecords};
 use crate::timeline::{format_secs, EventKind, PacketDirection, Timeline};

@@ -88,9 +88,10 @@ impl Switchboard {
         let State { schedule, installed, events } = state;
         let Some(installed) = installed else { return Ok(()) };
         for (fault, on) in schedule.due(self.clock.now()) {
-            let host_faults = installed.iter_mut().find(|host_faults| host_faults.host() == fault.host).ok_or_else(|| {
-                Error::Internal(format!("fault {} is at {}, which has no faults installed", fault.name, fault.host))
-            })?;
+            let host_faults =
+                installed.iter_mut().find(|host_faults| host_faults.host() == fault.host).ok_or_else(|| {
+                    Error::Internal(format!("fault {} is at {}, which has no faults installed", fault.name, fault.host))
+                })?;
             host_faults.switch(fault, on).map_err(|e| e.at(fault.location))?;
             let kind = if on {
                 EventKind::FaultOn { fault: fault.name.clone() }

@@ -350,7 +350,9 @@ fn read_until_stopped(mut reader: RingReader, sink: &EventSink, stop: &AtomicBoo
     let mut dropped_packets = 0;
     let mut emit = |pairs: Vec<(Record, TransitionEvent)>| {
         for (record, event) in pairs {
-            let Some(host) = HostId::EVERY.into_iter().find(|host| host.index() as u32 == record.host) else { continue };
+            let Some(host) = HostId::EVERY.into_iter().find(|host| host.index() as u32 == record.host) else {
+                continue;
+            };
             transitions += 1;
             sink.emit_at(sink.clock().since_t0_monotonic(record.time_ns), host, EventKind::Transition(event));
         }

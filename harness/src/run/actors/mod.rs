@@ -46,8 +46,8 @@ pub use exec::ProcessRegistry;
 use crate::error::{Context, Error, Result};
 use crate::observe::sockets::{self as observe, DiagSocket};
 use crate::run::clock::EventSink;
-use crate::run::switchboard::Switchboard;
 use crate::run::confine::Confinement;
+use crate::run::switchboard::Switchboard;
 use crate::scenario::plan::{
     Action, Errno, ExecPlan, HostId, HostPlan, PollEvent, SendRepeat, SendUntil, SockOpt, SockOptName, SockOptValue,
     StepEdge, StepPlan, StepRef, TcpState,

@@ -310,7 +310,7 @@ fn fifty_faults_on_one_host_install_and_switch() {
             fault(&format!("f{i:02}"), HostId::Server, Direction::Ingress, matcher, FaultAction::Drop)
         })
         .collect();
-    let mut firewall = Firewall::install(&ns, HostId::Server, &faults).unwrap();
+    let mut firewall = Firewall::install(&ns, HostId::Server, &faults, None).unwrap();
     firewall.activate("f49").unwrap();
     let ruleset = run(&ns, "nft", &["list", "ruleset"]);
     assert_eq!(ruleset.matches("jump fault_f").count(), 50, "{ruleset}");
@@ -325,7 +325,7 @@ fn a_fault_the_kernel_refuses_is_an_error_at_its_line() {
     let ns = Netns::new_anonymous().unwrap();
     let mut refused = fault(&"f".repeat(300), HostId::Server, Direction::Ingress, syn_to_server(), FaultAction::Drop);
     refused.location = Location { line: 7, column: 5 };
-    let error = Firewall::install(&ns, HostId::Server, &[refused]).err().unwrap();
+    let error = Firewall::install(&ns, HostId::Server, &[refused], None).err().unwrap();
     let shown = error.in_file(std::path::Path::new("s.yaml")).to_string();
     assert!(shown.starts_with("s.yaml:7:5: install fault fffff"), "{shown}");
     assert!(shown.ends_with("Numerical result out of range (os error 34)"), "{shown}");

@@ -219,7 +219,7 @@ impl Validator<'_> {
                 }
             }
         }
-        let mut sysctls = vec![Sysctl { name: "net.ipv4.ip_forward".into(), value: "1".into() }];
+        let mut sysctls = vec![Sysctl { name: "net.ipv4.ip_forward".into(), value: "1".into(), location: None }];
         if let Some(conntrack) = &router.conntrack {
             let conntrack_path = path.key("conntrack");
             if let Some(loose) = &conntrack.loose {
@@ -227,6 +227,7 @@ impl Validator<'_> {
                 sysctls.push(Sysctl {
                     name: "net.netfilter.nf_conntrack_tcp_loose".into(),
                     value: u8::from(loose).to_string(),
+                    location: Some(self.index.value(&conntrack_path.key("loose"))),
                 });
             }
             for (state, value) in conntrack.timeouts.as_ref().map_or(&[][..], |timeouts| &timeouts.0[..]) {
@@ -256,6 +257,7 @@ impl Validator<'_> {
                 sysctls.push(Sysctl {
                     name: format!("net.netfilter.nf_conntrack_tcp_timeout_{sysctl_state}"),
                     value: timeout.as_secs().to_string(),
+                    location: Some(self.index.value(&entry_path)),
                 });
             }
         }
