@@ -50,7 +50,8 @@ impl StepRecords {
             (0..plan.host(host).steps.len()).map(|index| StepRecord::empty(host, index)).collect::<Vec<_>>()
         });
         for event in &timeline.events {
-            let records = &mut by_host[event.host.index()];
+            // A router runs no steps.
+            let Some(records) = by_host.get_mut(event.host.index()) else { continue };
             match &event.kind {
                 EventKind::StepStart { step, .. } => {
                     if let Some(record) = records.get_mut(*step) {
@@ -73,7 +74,7 @@ impl StepRecords {
 
     /// The record of `host`'s step `index`; `None` for a step the plan does not have.
     pub fn get(&self, host: HostId, index: usize) -> Option<&StepRecord> {
-        self.by_host[host.index()].get(index)
+        self.by_host.get(host.index())?.get(index)
     }
 }
 
