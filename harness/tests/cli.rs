@@ -272,6 +272,22 @@ fn colliding_report_folders_are_refused_before_anything_runs() {
 }
 
 #[test]
+fn check_of_a_folder_names_every_invalid_file() {
+    let dir = scratch("check-every");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("a.yaml"), "description: a\nclient:\n  - bogus: 1\n").unwrap();
+    std::fs::write(dir.join("b.yaml"), "description: b\nserver:\n  - sleep: forever\n").unwrap();
+    std::fs::write(dir.join("c.yaml"), "description: c\nclient:\n  - sleep: 10ms\n").unwrap();
+    let output = netfault(&["check", dir.to_str().unwrap()]);
+    let said = text(&output);
+    assert_eq!(output.status.code(), Some(2), "{said}");
+    assert!(said.contains("a.yaml:3:5: unknown key \"bogus\""), "{said}");
+    assert!(said.contains("b.yaml:3:12:"), "not only the first invalid file: {said}");
+    assert!(said.contains("2 invalid scenario(s); nothing was run"), "{said}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn a_file_given_twice_runs_once() {
     let dir = scenarios_at("twice", &["x.yaml"]);
     let file = dir.join("x.yaml");

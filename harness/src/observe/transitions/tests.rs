@@ -94,6 +94,27 @@ fn every_transition_of_the_runs_namespaces_and_none_of_others() {
 }
 
 #[test]
+fn a_routers_namespace_is_traced_as_the_routers() {
+    // The hosts in the wire's order (client, router, server), which is not `HostId::index()` order.
+    let hosts = [HostId::Client, HostId::Router, HostId::Server];
+    let namespaces = hosts.map(|_| Netns::new_anonymous().unwrap());
+    let (sink, received) = EventSink::new(Clock::started());
+    let tracer = Tracer::start(hosts.into_iter().zip(&namespaces), sink).unwrap();
+    short_connection(&namespaces[1], 9002);
+    short_connection(&namespaces[2], 9000);
+    tracer.stop().unwrap();
+    let seen = transitions(&Timeline::new(received.try_iter().collect()).events);
+    let hosts_of = |port: &str| -> Vec<HostId> {
+        let mut hosts: Vec<HostId> = seen.iter().filter(|(_, s, ..)| s.contains(port)).map(|(h, ..)| *h).collect();
+        hosts.dedup();
+        hosts
+    };
+    assert_eq!(hosts_of(":9002"), vec![HostId::Router], "{seen:?}");
+    assert_eq!(hosts_of(":9000"), vec![HostId::Server], "{seen:?}");
+    assert!(!seen.iter().any(|(host, ..)| *host == HostId::Client), "{seen:?}");
+}
+
+#[test]
 fn transitions_are_stamped_with_the_kernels_time_on_the_runs_clock() {
     let namespaces = [Netns::new_anonymous().unwrap(), Netns::new_anonymous().unwrap()];
     let clock = Clock::started();
