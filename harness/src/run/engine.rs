@@ -377,6 +377,7 @@ fn start_hosts(
 ) -> Result<(Rig, Vec<JoinHandle<Result<()>>>)> {
     let shared = Arc::new(plan.clone());
     let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<HostRig>)>();
+    let (namespace_tx, namespace_rx) = mpsc::channel::<(usize, Netns)>();
     let mut threads = Vec::with_capacity(plan.hosts.len());
     for (position, (meetings, program)) in wire_meetings(plan).into_iter().zip(programs).enumerate() {
         let plan = Arc::clone(&shared);
@@ -384,16 +385,19 @@ fn start_hosts(
         let report_dir = report_dir.to_path_buf();
         let sink = sink.clone();
         let ready = ready_tx.clone();
+        let namespace = (position, namespace_tx.clone());
         let thread = thread::Builder::new()
             .name(format!("host-{host}"))
             .spawn(move || {
-                let rig = set_up_host(&plan, host, &report_dir, sink.clone(), meetings);
+                let rig = set_up_host(&plan, host, &report_dir, sink.clone(), meetings, namespace);
                 host_thread(host, rig, sink, (position, ready), program)
             })
             .map_err(|e| Error::sys(format!("spawn the thread of host {host}"), e))?;
         threads.push(thread);
     }
-    drop(ready_tx);
+    drop((ready_tx, namespace_tx));
+    // The tracer loads its programs while the hosts set themselves up: it needs only their namespaces.
+    let tracer = start_tracer(plan, &namespace_rx, sink);
     let mut rigs: Vec<Option<HostRig>> = plan.hosts.iter().map(|_| None).collect();
     let mut failures = Vec::new();
     // A set-up step the scenario caused to fail (a sysctl the kernel refuses) is the error to report, at its
@@ -420,8 +424,7 @@ fn start_hosts(
         captures: Vec::new(),
         observers: Vec::new(),
         listen_watchers: [[None, None], [None, None]],
-        // Started below, once every namespace is in.
-        tracer: Err(String::new()),
+        tracer,
     };
     let mut interfaces = Vec::new();
     for (host, host_rig) in plan.hosts.iter().zip(rigs) {
@@ -436,15 +439,32 @@ fn start_hosts(
             }
         }
     }
-    // The tracer watches every namespace, the router's too, from outside them.
-    rig.tracer = Tracer::start(plan.hosts.iter().map(|host| host.id).zip(&rig.namespaces), sink.clone())
-        .map_err(|e| e.to_string());
     interfaces.sort_by_key(|(place, _, _)| *place);
     for (_, interface, capture) in interfaces {
         rig.interfaces.push(interface);
         rig.captures.push(capture);
     }
     Ok((rig, threads))
+}
+
+/// The transition tracer of every host's namespace, the router's too (watched from outside them), started as
+/// soon as each host's thread has made its namespace; `Err` says why the run's states are only sampled.
+fn start_tracer(
+    plan: &Plan,
+    namespaces: &mpsc::Receiver<(usize, Netns)>,
+    sink: &EventSink,
+) -> std::result::Result<Tracer, String> {
+    let mut received: Vec<Option<Netns>> = plan.hosts.iter().map(|_| None).collect();
+    for _ in &plan.hosts {
+        // A host whose set-up failed before its namespace existed sends none; its failure is the run's error.
+        let (position, namespace) = namespaces
+            .recv_timeout(SETUP_LIMIT)
+            .map_err(|_| "a host's namespace never came (its set-up failed)".to_string())?;
+        received[position] = Some(namespace);
+    }
+    let namespaces: Vec<(HostId, &Netns)> =
+        plan.hosts.iter().zip(&received).filter_map(|(host, ns)| Some((host.id, ns.as_ref()?))).collect();
+    Tracer::start(namespaces, sink.clone()).map_err(|e| e.to_string())
 }
 
 /// The rest of one host's thread (see [`start_hosts`]) once its host is set up: report, then the program if
@@ -515,8 +535,12 @@ fn set_up_host(
     report_dir: &Path,
     sink: EventSink,
     meetings: Vec<WireMeeting>,
+    (position, to_tracer): (usize, mpsc::Sender<(usize, Netns)>),
 ) -> Result<HostRig> {
     let namespace = Netns::unshare_current_thread()?;
+    // The engine is gone only when it gave up waiting.
+    let _ = to_tracer.send((position, namespace.try_clone()?));
+    drop(to_tracer);
     let mut wire = HostWire::prepare(plan, host)?;
     let peer_failed = |what: &str| Error::Internal(format!("{what} (the other host's set-up failed)"));
     // Every namespace is handed over before any pair is created, so no host waits for one that waits too.
