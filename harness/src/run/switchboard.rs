@@ -312,6 +312,18 @@ client:
         }
     }
 
+    /// The end of the client's step `connect` at `t`.
+    fn connect_end(t: Duration) -> Event {
+        let kind = EventKind::StepEnd {
+            step: 0,
+            label: "connect".into(),
+            outcome: Outcome::Ok,
+            detail: None,
+            unmatched: Vec::new(),
+        };
+        Event { t, host: HostId::Client, kind }
+    }
+
     fn names(switches: Vec<(&FaultPlan, bool)>) -> Vec<(String, bool)> {
         switches.into_iter().map(|(f, on)| (f.name.clone(), on)).collect()
     }
@@ -332,17 +344,7 @@ client:
     fn a_step_trigger_fires_after_its_delay() {
         let plan = plan();
         let mut schedule = FaultSchedule::new(&plan);
-        let end = Event {
-            t: ms(100),
-            host: HostId::Client,
-            kind: EventKind::StepEnd {
-                step: 0,
-                label: "connect".into(),
-                outcome: Outcome::Ok,
-                detail: None,
-                unmatched: Vec::new(),
-            },
-        };
+        let end = connect_end(ms(100));
         schedule.observe(&end);
         assert!(schedule.due(ms(599)).iter().all(|(f, _)| f.name != "after-connect"));
         assert_eq!(names(schedule.due(ms(600))), vec![("after-connect".to_string(), true)]);
@@ -374,17 +376,7 @@ client:
             .collect();
         let clock = Clock::started();
         let board = Switchboard::new(&plan, installed, clock.clone());
-        let end = Event {
-            t: clock.now(),
-            host: HostId::Client,
-            kind: EventKind::StepEnd {
-                step: 0,
-                label: "connect".into(),
-                outcome: Outcome::Ok,
-                detail: None,
-                unmatched: Vec::new(),
-            },
-        };
+        let end = connect_end(clock.now());
         board.observe(&end).unwrap();
         let (_, events) = board.finish();
         let switched: Vec<&EventKind> = events.iter().map(|e| &e.kind).collect();

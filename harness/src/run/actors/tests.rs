@@ -375,9 +375,9 @@ fn send_to_a_peer_that_closed_with_unread_data_is_reset() {
     assert_eq!(outcomes[7], Outcome::Eof, "and reads give EOF");
 }
 
-#[test]
-fn nonblocking_connect_to_a_closed_port_is_refused_through_so_error() {
-    let client = vec![
+/// A socket and its nonblocking connect to a port nobody listens on (EINPROGRESS, then refused).
+fn nonblocking_connect_to_closed_port() -> Vec<StepPlan> {
+    vec![
         step(Action::Socket { name: Some("c".into()), options: vec![], nonblocking: false }),
         step(Action::Connect {
             to: HostId::Server,
@@ -386,10 +386,17 @@ fn nonblocking_connect_to_a_closed_port_is_refused_through_so_error() {
             nonblocking: true,
             after_listen: None,
         }),
+    ]
+}
+
+#[test]
+fn nonblocking_connect_to_a_closed_port_is_refused_through_so_error() {
+    let mut client = nonblocking_connect_to_closed_port();
+    client.extend([
         step(Action::Poll { events: vec![PollEvent::Out], timeout: Duration::from_secs(3) }),
         step(Action::GetOpt { option: SockOptName::SO_ERROR }),
         step(Action::GetOpt { option: SockOptName::SO_ERROR }),
-    ];
+    ]);
     let run = run(client, vec![], Duration::from_secs(10));
     let outcomes = run.outcomes(HostId::Client);
     assert_eq!(outcomes[0], Outcome::Ok);
@@ -789,17 +796,8 @@ fn a_nonblocking_accept_with_nothing_queued_gives_eagain_and_leaves_the_listener
 
 #[test]
 fn a_poll_for_no_events_wakes_on_errors_and_hangups_only() {
-    let client = vec![
-        step(Action::Socket { name: Some("c".into()), options: vec![], nonblocking: false }),
-        step(Action::Connect {
-            to: HostId::Server,
-            address: Ipv4Addr::LOCALHOST,
-            port: CLOSED_PORT,
-            nonblocking: true,
-            after_listen: None,
-        }),
-        step(Action::Poll { events: vec![], timeout: Duration::from_secs(3) }),
-    ];
+    let mut client = nonblocking_connect_to_closed_port();
+    client.push(step(Action::Poll { events: vec![], timeout: Duration::from_secs(3) }));
     let run = run(client, vec![], Duration::from_secs(10));
     let outcomes = run.outcomes(HostId::Client);
     assert_eq!(outcomes[2], Outcome::Events(vec!["POLLERR".into(), "POLLHUP".into()]), "no POLLOUT: not asked");
