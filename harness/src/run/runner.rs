@@ -155,9 +155,7 @@ fn spawn_and_wait(exe: &Path, job: &Job, deadline: Duration, supervisor: &Superv
     let mut command = Command::new(exe);
     command.arg(CHILD_COMMAND).args(job.child_args());
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    if let Some(layout) = transitions::layout_for_children() {
-        command.env(transitions::LAYOUT_ENV, &layout);
-    }
+    command.envs(transitions::layouts_for_children());
     command.env(SCENARIOS_AT_ONCE_ENV, SCENARIOS_AT_ONCE.load(Ordering::Relaxed).max(1).to_string());
     if let Some(namespace) = netns::private_parent_for_children() {
         command.env(netns::PRIVATE_PARENT_ENV, namespace);

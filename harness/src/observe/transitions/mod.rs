@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, OnceLock};
 use std::thread;
 use std::time::Duration;
 
@@ -39,28 +39,54 @@ use crate::timeline::{DroppedBy, EventKind, TransitionEvent};
 #[cfg(any(test, feature = "bench"))]
 pub use bpf::run_time_stats;
 
-/// The environment variable a runner passes the running kernel's [`SockLayout`] in to the scenario processes it
-/// starts, so that each does not read the kernel's 5 MB of type information again.
+/// The environment variables a runner passes the running kernel's [`SockLayout`] and [`SkbLayout`] in to the
+/// scenario processes it starts, so that each does not read the kernel's 5 MB of type information again.
 pub const LAYOUT_ENV: &str = "NETFAULT_SOCK_LAYOUT";
+/// See [`LAYOUT_ENV`].
+pub const SKB_LAYOUT_ENV: &str = "NETFAULT_SKB_LAYOUT";
 
-/// The running kernel's layout: from [`LAYOUT_ENV`] when the runner passed it, else read from the kernel's type
-/// information, once per process.
+type Cached<T> = OnceLock<std::result::Result<T, String>>;
+
+/// The running kernel's socket layout (see [`cached`]).
 fn running_kernel_layout() -> Result<SockLayout> {
-    static LAYOUT: std::sync::OnceLock<std::result::Result<SockLayout, String>> = std::sync::OnceLock::new();
-    LAYOUT
-        .get_or_init(|| match std::env::var(LAYOUT_ENV).ok().and_then(|text| SockLayout::parse(&text)) {
-            Some(layout) => Ok(layout),
-            None => btf::Btf::of_running_kernel().and_then(|btf| SockLayout::of(&btf)).map_err(|e| e.to_string()),
-        })
-        .clone()
-        // The first reading's error, word for word (it says what is missing).
-        .map_err(Error::Internal)
+    static LAYOUT: Cached<SockLayout> = OnceLock::new();
+    cached(&LAYOUT, LAYOUT_ENV, SockLayout::parse, SockLayout::of)
 }
 
-/// The running kernel's layout as [`LAYOUT_ENV`] carries it to the scenario processes; `None` where the kernel has
-/// no type information (the scenario processes then say so themselves).
-pub fn layout_for_children() -> Option<String> {
-    running_kernel_layout().ok().map(|layout| layout.to_string())
+/// The running kernel's packet layout and drop reasons (see [`cached`]).
+fn running_skb_layout() -> Result<SkbLayout> {
+    static LAYOUT: Cached<SkbLayout> = OnceLock::new();
+    cached(&LAYOUT, SKB_LAYOUT_ENV, SkbLayout::parse, SkbLayout::of)
+}
+
+/// A layout from the environment variable `env` when the runner passed it, else read from the kernel's type
+/// information, once per process.
+fn cached<T: Clone>(
+    cell: &Cached<T>,
+    env: &str,
+    parse: fn(&str) -> Option<T>,
+    read: fn(&btf::Btf) -> Result<T>,
+) -> Result<T> {
+    cell.get_or_init(|| match std::env::var(env).ok().and_then(|text| parse(&text)) {
+        Some(layout) => Ok(layout),
+        None => btf::Btf::of_running_kernel().and_then(|btf| read(&btf)).map_err(|e| e.to_string()),
+    })
+    .clone()
+    // The first reading's error, word for word (it says what is missing).
+    .map_err(Error::Internal)
+}
+
+/// The running kernel's layouts as [`LAYOUT_ENV`] and [`SKB_LAYOUT_ENV`] carry them to the scenario processes:
+/// those the kernel's type information has (the scenario processes say themselves why one is missing).
+pub fn layouts_for_children() -> Vec<(&'static str, String)> {
+    let mut env = Vec::new();
+    if let Ok(layout) = running_kernel_layout() {
+        env.push((LAYOUT_ENV, layout.to_string()));
+    }
+    if let Ok(layout) = running_skb_layout() {
+        env.push((SKB_LAYOUT_ENV, layout.to_string()));
+    }
+    env
 }
 
 /// Ring buffer size: 5,400 records waiting (a run makes about ten per connection); kernel memory held by every
@@ -192,8 +218,7 @@ impl Drop for Tracer {
 /// Loads and attaches the drop program (`skb:kfree_skb`, Linux >= 5.17 for drop reasons), writing into the
 /// transition program's maps; `Err` says why it cannot be.
 fn drop_tracer(sock: &SockLayout, namespaces: &[(u32, u32)], maps: Maps) -> std::result::Result<OwnedFd, String> {
-    let btf = btf::Btf::of_running_kernel().map_err(|e| e.to_string())?;
-    let skb = SkbLayout::of(&btf).map_err(|e| e.to_string())?;
+    let skb = running_skb_layout().map_err(|e| e.to_string())?;
     let insns = program::drop_instructions(sock, &skb, namespaces, maps);
     let program =
         Program::load(bpf::PROG_TYPE_RAW_TRACEPOINT, "netfault_drop", &insns, LICENSE).map_err(|refusal| {

@@ -57,12 +57,27 @@ pub struct SockLayout {
     local_port: Field,
 }
 
+/// `offset:size` of each field, comma-separated: how a layout travels to the scenario processes.
+fn fields_text(fields: &[Field]) -> String {
+    fields.iter().map(|field| format!("{}:{}", field.offset, field.size)).collect::<Vec<_>>().join(",")
+}
+
+/// The fields [`fields_text`] wrote; `None` unless there are exactly `N`.
+fn parse_fields<const N: usize>(text: &str) -> Option<[Field; N]> {
+    let fields: Vec<Field> = text
+        .split(',')
+        .map(|pair| {
+            let (offset, size) = pair.split_once(':')?;
+            Some(Field { offset: offset.parse().ok()?, size: size.parse().ok()? })
+        })
+        .collect::<Option<_>>()?;
+    fields.try_into().ok()
+}
+
 impl std::fmt::Display for SockLayout {
     /// `offset:size` of each field, comma-separated, in declaration order.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let fields: Vec<String> =
-            self.fields().iter().map(|field| format!("{}:{}", field.offset, field.size)).collect();
-        f.write_str(&fields.join(","))
+        f.write_str(&fields_text(&self.fields()))
     }
 }
 
@@ -83,15 +98,7 @@ impl SockLayout {
     /// A layout as [`Display`](std::fmt::Display) writes it; `None` unless it is exactly that, with sizes the
     /// program can read (the namespace pointer 8 bytes; inode, addresses 4; family, protocol, ports 2).
     pub fn parse(text: &str) -> Option<SockLayout> {
-        let fields: Vec<Field> = text
-            .split(',')
-            .map(|pair| {
-                let (offset, size) = pair.split_once(':')?;
-                Some(Field { offset: offset.parse().ok()?, size: size.parse().ok()? })
-            })
-            .collect::<Option<_>>()?;
-        let [net, inum, family, protocol, remote_address, local_address, remote_port, local_port] =
-            <[Field; 8]>::try_from(fields).ok()?;
+        let [net, inum, family, protocol, remote_address, local_address, remote_port, local_port] = parse_fields(text)?;
         let layout = SockLayout { net, inum, family, protocol, remote_address, local_address, remote_port, local_port };
         let sizes = layout.fields().map(|field| field.size);
         (sizes == [8, 4, 2, 2, 4, 4, 2, 2] && layout.span().1 <= MAX_SPAN).then_some(layout)
@@ -131,6 +138,9 @@ impl SockLayout {
     }
 }
 
+/// The sizes of `sk`, `head`, `network_header` and `skb_iif` as the drop program reads them.
+const SKB_SIZES: [u32; 4] = [8, 8, 2, 4];
+
 /// Where the drop program finds a packet in the running kernel's `struct sk_buff`, and the kernel's drop
 /// reasons it keeps (`enum skb_drop_reason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,7 +155,30 @@ pub struct SkbLayout {
     qdisc_drop: u32,
 }
 
+impl std::fmt::Display for SkbLayout {
+    /// The fields as [`SockLayout`] writes its own, then `;` and the three drop reasons' values.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let fields = fields_text(&[self.sk, self.head, self.network_header, self.skb_iif]);
+        write!(f, "{fields};{},{},{}", self.netfilter_drop, self.tc_egress, self.qdisc_drop)
+    }
+}
+
 impl SkbLayout {
+    /// A layout as [`Display`](std::fmt::Display) writes it; `None` unless it is exactly that, with the sizes
+    /// the program reads.
+    pub fn parse(text: &str) -> Option<SkbLayout> {
+        let (fields, reasons) = text.split_once(';')?;
+        let [sk, head, network_header, skb_iif] = parse_fields(fields)?;
+        let reasons: Vec<u32> = reasons.split(',').map(|reason| reason.parse().ok()).collect::<Option<_>>()?;
+        let [netfilter_drop, tc_egress, qdisc_drop] = reasons.try_into().ok()?;
+        let layout = SkbLayout { sk, head, network_header, skb_iif, netfilter_drop, tc_egress, qdisc_drop };
+        (layout.sizes() == SKB_SIZES).then_some(layout)
+    }
+
+    fn sizes(&self) -> [u32; 4] {
+        [self.sk.size, self.head.size, self.network_header.size, self.skb_iif.size]
+    }
+
     pub fn of(btf: &Btf) -> Result<SkbLayout> {
         let skb = btf.struct_named("sk_buff")?;
         let reason = |name: &str| btf.enum_value("skb_drop_reason", name);
@@ -158,8 +191,8 @@ impl SkbLayout {
             tc_egress: reason("SKB_DROP_REASON_TC_EGRESS")?,
             qdisc_drop: reason("SKB_DROP_REASON_QDISC_DROP")?,
         };
-        let sizes = [layout.sk.size, layout.head.size, layout.network_header.size, layout.skb_iif.size];
-        if sizes != [8, 8, 2, 4] {
+        let sizes = layout.sizes();
+        if sizes != SKB_SIZES {
             return Err(crate::error::Error::Missing {
                 what: format!(
                     "struct sk_buff with sk, head, network_header and skb_iif as the drop tracer reads them \
@@ -583,5 +616,20 @@ mod tests {
         assert_eq!(SockLayout::parse("48:8,200:4"), None, "every field");
         assert_eq!(SockLayout::parse("48:4,200:4,16:2,520:2,0:4,4:4,12:2,14:2"), None, "a pointer is 8 bytes");
         assert_eq!(SockLayout::parse("4800:8,200:4,16:2,520:2,0:4,4:4,12:2,14:2"), None, "the span is too wide");
+        let field = |offset, size| Field { offset, size };
+        let skb = SkbLayout {
+            sk: field(24, 8),
+            head: field(200, 8),
+            network_header: field(182, 2),
+            skb_iif: field(144, 4),
+            netfilter_drop: 5,
+            tc_egress: 62,
+            qdisc_drop: 41,
+        };
+        let text = skb.to_string();
+        assert_eq!(text, "24:8,200:8,182:2,144:4;5,62,41");
+        assert_eq!(SkbLayout::parse(&text), Some(skb));
+        assert_eq!(SkbLayout::parse("24:8,200:8,182:2,144:4"), None, "the drop reasons");
+        assert_eq!(SkbLayout::parse("24:8,200:8,182:4,144:4;5,62,41"), None, "network_header is 2 bytes");
     }
 }
