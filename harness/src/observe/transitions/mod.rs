@@ -45,35 +45,40 @@ pub const LAYOUT_ENV: &str = "NETFAULT_SOCK_LAYOUT";
 /// See [`LAYOUT_ENV`].
 pub const SKB_LAYOUT_ENV: &str = "NETFAULT_SKB_LAYOUT";
 
-type Cached<T> = OnceLock<std::result::Result<T, String>>;
-
-/// The running kernel's socket layout (see [`cached`]).
-fn running_kernel_layout() -> Result<SockLayout> {
-    static LAYOUT: Cached<SockLayout> = OnceLock::new();
-    cached(&LAYOUT, LAYOUT_ENV, SockLayout::parse, SockLayout::of)
+/// The running kernel's layouts, or why each cannot be had (the first reading's error, word for word: it says
+/// what is missing).
+struct Layouts {
+    sock: std::result::Result<SockLayout, String>,
+    skb: std::result::Result<SkbLayout, String>,
 }
 
-/// The running kernel's packet layout and drop reasons (see [`cached`]).
-fn running_skb_layout() -> Result<SkbLayout> {
-    static LAYOUT: Cached<SkbLayout> = OnceLock::new();
-    cached(&LAYOUT, SKB_LAYOUT_ENV, SkbLayout::parse, SkbLayout::of)
-}
-
-/// A layout from the environment variable `env` when the runner passed it, else read from the kernel's type
-/// information, once per process.
-fn cached<T: Clone>(
-    cell: &Cached<T>,
-    env: &str,
-    parse: fn(&str) -> Option<T>,
-    read: fn(&btf::Btf) -> Result<T>,
-) -> Result<T> {
-    cell.get_or_init(|| match std::env::var(env).ok().and_then(|text| parse(&text)) {
-        Some(layout) => Ok(layout),
-        None => btf::Btf::of_running_kernel().and_then(|btf| read(&btf)).map_err(|e| e.to_string()),
+/// From [`LAYOUT_ENV`] and [`SKB_LAYOUT_ENV`] when the runner passed them, else from one reading of the kernel's
+/// type information; once per process.
+fn running_layouts() -> &'static Layouts {
+    static LAYOUTS: OnceLock<Layouts> = OnceLock::new();
+    LAYOUTS.get_or_init(|| {
+        let passed = |name: &str| std::env::var(name).ok();
+        let sock = passed(LAYOUT_ENV).and_then(|text| SockLayout::parse(&text));
+        let skb = passed(SKB_LAYOUT_ENV).and_then(|text| SkbLayout::parse(&text));
+        if let (Some(sock), Some(skb)) = (sock, skb) {
+            return Layouts { sock: Ok(sock), skb: Ok(skb) };
+        }
+        match btf::Btf::of_running_kernel() {
+            Ok(btf) => Layouts {
+                sock: sock.map_or_else(|| SockLayout::of(&btf).map_err(|e| e.to_string()), Ok),
+                skb: skb.map_or_else(|| SkbLayout::of(&btf).map_err(|e| e.to_string()), Ok),
+            },
+            Err(e) => Layouts { sock: sock.ok_or_else(|| e.to_string()), skb: skb.ok_or_else(|| e.to_string()) },
+        }
     })
-    .clone()
-    // The first reading's error, word for word (it says what is missing).
-    .map_err(Error::Internal)
+}
+
+fn running_kernel_layout() -> Result<SockLayout> {
+    running_layouts().sock.clone().map_err(Error::Internal)
+}
+
+fn running_skb_layout() -> Result<SkbLayout> {
+    running_layouts().skb.clone().map_err(Error::Internal)
 }
 
 /// The running kernel's layouts as [`LAYOUT_ENV`] and [`SKB_LAYOUT_ENV`] carry them to the scenario processes:
