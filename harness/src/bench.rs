@@ -6,6 +6,8 @@
 //! met. The machine's load average is recorded with each table, since the figures are wall-clock times.
 
 mod capture;
+mod impair;
+mod nfqueue;
 mod recipe;
 mod setup;
 mod suite;
@@ -23,6 +25,7 @@ use crate::error::{Context, Error, Result};
 use crate::scenario::{self, plan::Plan};
 
 pub use capture::{bench_capture, CaptureOptions};
+pub use impair::{bench_impair, ImpairOptions};
 pub use setup::{bench_setup, SetupOptions};
 pub use suite::{bench_concurrent, bench_suite, bench_timing, ConcurrentOptions, SuiteOptions, TimingOptions};
 
@@ -38,6 +41,10 @@ usage: netfault bench <what> [options] [--json FILE] [--keep]
   capture [--bytes 1GiB] [--runs 2] bulk TCP over the veth: packets captured vs sent, drops, throughput with
                                    no capture, netfault's default queue and 64 MiB ring, tcpdump -w with its
                                    default buffer and with -B 65536 (same run)
+  impair [--runs 3] [--seconds 3] [--n 100000]
+                                   impairments against the kernel's alternatives, alternating: delay accuracy at
+                                   100 Mb/s (wire vs bridge + NFQUEUE), rate (wire vs tc tbf), loss over N UDP
+                                   datagrams (seeded wire vs nft numgen), throughput, delay placed on the sender
   timing [--n 100] [--sample 10ms] [--scenario FILE]
                                    keepalive-idle N times in parallel: observed minus kernel-defined times,
                                    observer state-change latency against the packet that caused it";
@@ -92,6 +99,11 @@ pub fn main(args: &[String]) -> ExitCode {
         "capture" => {
             bench_capture(&CaptureOptions { bytes: options.bytes.unwrap_or(1 << 30), runs: options.runs.unwrap_or(2) })
         }
+        "impair" => bench_impair(&ImpairOptions {
+            runs: options.runs.unwrap_or(3),
+            seconds: options.seconds.unwrap_or(3),
+            datagrams: options.n.unwrap_or(100_000) as u64,
+        }),
         "timing" => bench_timing(&TimingOptions {
             instances: options.n.unwrap_or(100),
             sample: options.sample,
@@ -141,6 +153,7 @@ fn prepare() -> Result<()> {
 struct BenchArgs {
     n: Option<usize>,
     runs: Option<usize>,
+    seconds: Option<u64>,
     concurrent: Option<usize>,
     scenario: Option<PathBuf>,
     bytes: Option<u64>,
@@ -162,6 +175,7 @@ impl BenchArgs {
             match arg.as_str() {
                 "--n" | "-n" => parsed.n = Some(count(value()?)?),
                 "--runs" => parsed.runs = Some(count(value()?)?),
+                "--seconds" => parsed.seconds = Some(count(value()?)? as u64),
                 "--concurrent" => parsed.concurrent = Some(count(value()?)?),
                 "--scenario" => parsed.scenario = Some(PathBuf::from(value()?)),
                 "--json" => parsed.json = Some(PathBuf::from(value()?)),

@@ -259,7 +259,7 @@ pub fn keep_kernel_timestamps_on() -> Result<()> {
 }
 
 /// `ip link show` name of `ifindex` in the calling thread's namespace.
-fn interface_name(ifindex: u32) -> io::Result<String> {
+pub(crate) fn interface_name(ifindex: u32) -> io::Result<String> {
     let mut name = [0u8; libc::IF_NAMESIZE];
     // SAFETY: name has the IF_NAMESIZE bytes if_indextoname may write.
     let found = unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr().cast()) };
@@ -271,7 +271,7 @@ fn interface_name(ifindex: u32) -> io::Result<String> {
 }
 
 /// `ip link show <ifname>`'s `mtu`, asked through any socket of the interface's namespace.
-fn interface_mtu(socket: &OwnedFd, ifname: &str) -> io::Result<usize> {
+pub(crate) fn interface_mtu(socket: &OwnedFd, ifname: &str) -> io::Result<usize> {
     // SAFETY: ifreq is plain old data; all-zero is a valid value.
     let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
     for (slot, byte) in request.ifr_name.iter_mut().zip(ifname.bytes().take(libc::IF_NAMESIZE - 1)) {
@@ -286,7 +286,7 @@ fn interface_mtu(socket: &OwnedFd, ifname: &str) -> io::Result<usize> {
     usize::try_from(mtu).map_err(|_| io::Error::other(format!("negative MTU {mtu}")))
 }
 
-fn new_eventfd(command: &str) -> Result<OwnedFd> {
+pub(crate) fn new_eventfd(command: &str) -> Result<OwnedFd> {
     // SAFETY: eventfd has no memory arguments; a non-negative result is a new descriptor we own.
     let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
     if fd < 0 {
@@ -296,14 +296,14 @@ fn new_eventfd(command: &str) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn signal(eventfd: &OwnedFd) {
+pub(crate) fn signal(eventfd: &OwnedFd) {
     // Writing can only fail if the counter would overflow, which a few signals never do.
     // SAFETY: eventfd is a valid eventfd descriptor.
     unsafe { libc::eventfd_write(eventfd.as_raw_fd(), 1) };
 }
 
 /// An AF_PACKET socket that receives nothing yet: must run inside the interface's namespace.
-fn open_socket(command: &str) -> Result<OwnedFd> {
+pub(crate) fn open_socket(command: &str) -> Result<OwnedFd> {
     // Protocol 0 until bind: the socket receives nothing before it is bound to the one interface.
     // SAFETY: plain system call without memory arguments.
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
@@ -322,7 +322,7 @@ fn open_socket(command: &str) -> Result<OwnedFd> {
 }
 
 /// Binds the socket to every protocol on `ifindex`: from here on it receives the interface's frames.
-fn bind(socket: &OwnedFd, ifindex: u32, command: &str) -> Result<()> {
+pub(crate) fn bind(socket: &OwnedFd, ifindex: u32, command: &str) -> Result<()> {
     // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
     let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     address.sll_family = libc::AF_PACKET as u16;
@@ -342,7 +342,7 @@ fn bind(socket: &OwnedFd, ifindex: u32, command: &str) -> Result<()> {
     Ok(())
 }
 
-fn set_option<T>(socket: &OwnedFd, level: c_int, option: c_int, value: &T) -> io::Result<()> {
+pub(crate) fn set_option<T>(socket: &impl AsRawFd, level: c_int, option: c_int, value: &T) -> io::Result<()> {
     // SAFETY: value points to a live T and the length passed is its size.
     let result = unsafe {
         libc::setsockopt(
@@ -361,7 +361,7 @@ fn set_option<T>(socket: &OwnedFd, level: c_int, option: c_int, value: &T) -> io
 
 /// `PACKET_STATISTICS`: frames dropped since the previous call (the kernel resets the counters on read).
 /// The ring's `tpacket_stats_v3` starts with the same two counters as a queue socket's `tpacket_stats`.
-fn take_kernel_drops(socket: &OwnedFd) -> io::Result<u64> {
+pub(crate) fn take_kernel_drops(socket: &OwnedFd) -> io::Result<u64> {
     // SAFETY: tpacket_stats_v3 is plain old data; all-zero is a valid value.
     let mut stats: libc::tpacket_stats_v3 = unsafe { std::mem::zeroed() };
     let mut len = size_of::<libc::tpacket_stats_v3>() as libc::socklen_t;
@@ -428,11 +428,11 @@ pub(crate) fn rx_tx_packets(text: &str, ifname: &str) -> Option<u64> {
 }
 
 /// One frame as the kernel describes it.
-struct Frame<'a> {
-    wall_time: Duration,
-    wire_len: u32,
-    outgoing: bool,
-    data: &'a [u8],
+pub(crate) struct Frame<'a> {
+    pub wall_time: Duration,
+    pub wire_len: u32,
+    pub outgoing: bool,
+    pub data: &'a [u8],
 }
 
 /// Where the capture thread takes frames from.
@@ -461,7 +461,7 @@ impl Source {
 }
 
 /// The frames of a queue socket, taken `BATCH` at a time into buffers reused for the whole capture.
-struct QueueSource {
+pub(crate) struct QueueSource {
     /// Bytes per frame in `frames`.
     frame_room: usize,
     frames: Vec<u8>,
@@ -472,7 +472,7 @@ struct QueueSource {
 
 impl QueueSource {
     /// Sizes the socket's receive queue and asks for the kernel's timestamp of every frame.
-    fn new(socket: &OwnedFd, bytes: usize, mtu: usize, command: &str) -> Result<QueueSource> {
+    pub(crate) fn new(socket: &OwnedFd, bytes: usize, mtu: usize, command: &str) -> Result<QueueSource> {
         let bytes = c_int::try_from(bytes).unwrap_or(c_int::MAX);
         // SO_RCVBUFFORCE goes past net.core.rmem_max, a machine-wide setting this never changes; in a user
         // namespace it is refused and SO_RCVBUF gives what rmem_max allows (drops are then counted).
@@ -491,7 +491,7 @@ impl QueueSource {
         })
     }
 
-    fn take_ready(&mut self, socket: &OwnedFd, each: &mut dyn FnMut(Frame<'_>) -> Result<()>) -> Result<()> {
+    pub(crate) fn take_ready(&mut self, socket: &OwnedFd, each: &mut dyn FnMut(Frame<'_>) -> Result<()>) -> Result<()> {
         loop {
             let received = self.receive_batch(socket)?;
             for (index, &(wire_len, wall_time)) in received.iter().enumerate() {

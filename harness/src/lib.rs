@@ -12,6 +12,7 @@ pub mod decode;
 pub mod engine;
 pub mod error;
 pub mod firewall;
+pub mod impair;
 pub mod netns;
 pub mod observe;
 pub mod pidns;

@@ -42,6 +42,8 @@ pub enum EventKind {
     },
     Packet(PacketEvent),
     Socket(SocketEvent),
+    /// What the wire's impairments did to a packet (or a segment they forged), when it reached the wire.
+    Impairment(ImpairmentEvent),
     /// The run was cut at the deadline with this step still running.
     Deadline {
         step: Option<String>,
@@ -116,6 +118,16 @@ pub struct PacketEvent {
     pub options: String,
     /// Name of the fault whose rule dropped or rejected this packet.
     pub fault: Option<String>,
+}
+
+/// One decision of the wire's impairments, with the packet it was about as the captures decode it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ImpairmentEvent {
+    /// The host the packet was travelling to.
+    pub toward: HostId,
+    #[serde(flatten)]
+    pub decision: crate::impair::Decision,
+    pub packet: Option<PacketEvent>,
 }
 
 /// A change of one socket as sock_diag shows it (`ss -tanoi`).
@@ -207,28 +219,19 @@ impl fmt::Display for Event {
                     PacketDirection::Out => "out",
                     PacketDirection::In => "in ",
                 };
-                if p.protocol == "tcp" {
-                    write!(
-                        f,
-                        "{arrow}    {}.{} > {}.{}: Flags [{}], seq {}, ack {}, win {}, length {}",
-                        p.src,
-                        p.sport,
-                        p.dst,
-                        p.dport,
-                        format_tcp_flags(p.flags),
-                        p.seq,
-                        p.ack,
-                        p.window,
-                        p.len
-                    )?;
-                } else {
-                    write!(f, "{arrow}    {} > {}: {} {}", p.src, p.dst, p.protocol, p.options)?;
-                }
-                if p.protocol == "tcp" && !p.options.is_empty() {
-                    write!(f, ", [{}]", p.options)?;
-                }
+                write!(f, "{arrow}    ")?;
+                write_packet(f, p)?;
                 if let Some(fault) = &p.fault {
                     write!(f, "  << {fault}")?;
+                }
+                Ok(())
+            }
+            EventKind::Impairment(impairment) => {
+                let decision = &impairment.decision;
+                write!(f, "wire   {} #{}: {}", decision.fault, decision.n, decision.kind)?;
+                if let Some(packet) = &impairment.packet {
+                    f.write_str(": ")?;
+                    write_packet(f, packet)?;
                 }
                 Ok(())
             }
@@ -244,6 +247,30 @@ impl fmt::Display for Event {
             EventKind::Deadline { step: None } => write!(f, "DEADLINE reached"),
         }
     }
+}
+
+/// A packet as tcpdump prints it, without the direction.
+fn write_packet(f: &mut fmt::Formatter<'_>, p: &PacketEvent) -> fmt::Result {
+    if p.protocol != "tcp" {
+        return write!(f, "{} > {}: {} {}", p.src, p.dst, p.protocol, p.options);
+    }
+    write!(
+        f,
+        "{}.{} > {}.{}: Flags [{}], seq {}, ack {}, win {}, length {}",
+        p.src,
+        p.sport,
+        p.dst,
+        p.dport,
+        format_tcp_flags(p.flags),
+        p.seq,
+        p.ack,
+        p.window,
+        p.len
+    )?;
+    if !p.options.is_empty() {
+        write!(f, ", [{}]", p.options)?;
+    }
+    Ok(())
 }
 
 fn serialize_secs<S: serde::Serializer>(t: &Duration, s: S) -> Result<S::Ok, S::Error> {

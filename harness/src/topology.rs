@@ -57,7 +57,19 @@ pub struct HostLink {
 pub struct Topology {
     pub client: HostLink,
     pub server: HostLink,
+    /// The wire's own veth ends when the hosts are joined through a wire namespace ([`build_with_wire`]).
+    pub wire: Option<WireLinks>,
 }
+
+/// The two veth ends inside the wire's namespace: `facing[host.index()]` is the ifindex of the end whose peer is
+/// that host's `nf0`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WireLinks {
+    pub facing: [u32; 2],
+}
+
+/// Names of the wire's veth ends, by the host each one faces.
+pub const WIRE_LINK_NAMES: [&str; 2] = ["to-client", "to-server"];
 
 impl Topology {
     pub fn link(&self, host: HostId) -> &HostLink {
@@ -114,14 +126,107 @@ pub fn build_in_new_namespaces(plan: &Plan) -> Result<([Netns; 2], Topology)> {
 
 /// Joins two prepared hosts with the veth pair and configures both ends.
 fn connect(plan: &Plan, [mut client_rtnl, mut server_rtnl]: [Rtnl; 2], server: &Netns) -> Result<Topology> {
-    create_veth_pair(&mut client_rtnl, plan.link.mtu, server)?;
+    let mtu = plan.link.mtu;
+    create_veth(
+        &mut client_rtnl,
+        (LINK_NAME, link_mac(HostId::Client)),
+        (LINK_NAME, link_mac(HostId::Server), server, "<server>"),
+        mtu,
+    )?;
     let topology = Topology {
         client: configure_link_end(&mut client_rtnl, plan.host(HostId::Client))?,
         server: configure_link_end(&mut server_rtnl, plan.host(HostId::Server))?,
+        wire: None,
     };
-    wait_operational(&mut client_rtnl, HostId::Client)?;
-    wait_operational(&mut server_rtnl, HostId::Server)?;
+    wait_operational(&mut client_rtnl, LINK_NAME, "client")?;
+    wait_operational(&mut server_rtnl, LINK_NAME, "server")?;
     Ok(topology)
+}
+
+/// [`build_in_new_namespaces`] with a third namespace between the hosts, the wire, joined to each host by a veth
+/// pair of its own; the hosts keep their addresses and MACs and still share one subnet, and nothing in the wire
+/// forwards a frame until [`crate::impair::Wire`] runs there. In command-line terms, on top of each host's
+/// set-up:
+///
+/// ```text
+/// wire:    sysctl -w net.ipv6.conf.{all,default}.disable_ipv6=1
+/// client:  ip link add nf0 mtu M address 02:00:00:00:00:01 type veth peer name to-client netns <wire> mtu M
+/// server:  ip link add nf0 mtu M address 02:00:00:00:00:02 type veth peer name to-server netns <wire> mtu M
+/// each:    ethtool -K <end> tx off sg off tso off gso off gro off; ip link set <end> up
+/// hosts:   ethtool -K nf0 rx off
+/// ```
+///
+/// The hosts verify received checksums themselves (`rx off`): a veth end otherwise marks every frame from its
+/// peer as checked, and a frame the wire corrupted would reach TCP as good data.
+pub fn build_with_wire(plan: &Plan) -> Result<([Netns; 2], Netns, Topology)> {
+    let (hosts, wire) = thread::scope(|scope| {
+        let preparing = HostId::ALL.map(|host| {
+            thread::Builder::new().name(format!("netns-{host}")).spawn_scoped(scope, move || {
+                let ns = Netns::unshare_current_thread()?;
+                Ok((ns, prepare_host(plan, host)?))
+            })
+        });
+        let wire = thread::Builder::new().name("netns-wire".into()).spawn_scoped(scope, || {
+            let ns = Netns::unshare_current_thread()?;
+            Ok((ns, prepare_wire()?))
+        });
+        (preparing.map(|spawned| joined(spawned, "namespace set-up")), joined(wire, "wire namespace set-up"))
+    });
+    let [client, server] = hosts;
+    let ((client_ns, mut client_rtnl), (server_ns, mut server_rtnl)) = (client?, server?);
+    let (wire_ns, mut wire_rtnl) = wire?;
+    let mtu = plan.link.mtu;
+    for (host, rtnl) in [(HostId::Client, &mut client_rtnl), (HostId::Server, &mut server_rtnl)] {
+        let wire_mac = [0x02, 0, 0, 0, 1, host.index() as u8 + 1];
+        create_veth(rtnl, (LINK_NAME, link_mac(host)), (WIRE_LINK_NAMES[host.index()], wire_mac, &wire_ns, "<wire>"), mtu)?;
+    }
+    let client = configure_link_end(&mut client_rtnl, plan.host(HostId::Client))?;
+    let server = configure_link_end(&mut server_rtnl, plan.host(HostId::Server))?;
+    for (host, rtnl) in [(HostId::Client, &client_rtnl), (HostId::Server, &server_rtnl)] {
+        turn_off_rx_checksum(rtnl.raw_fd(), LINK_NAME)
+            .context(|| format!("verify checksums on {LINK_NAME} in {host} (ethtool -K {LINK_NAME} rx off)"))?;
+    }
+    let mut facing = [0; 2];
+    for host in HostId::ALL {
+        facing[host.index()] = configure_wire_end(&mut wire_rtnl, WIRE_LINK_NAMES[host.index()])?;
+    }
+    wait_operational(&mut client_rtnl, LINK_NAME, "client")?;
+    wait_operational(&mut server_rtnl, LINK_NAME, "server")?;
+    for name in WIRE_LINK_NAMES {
+        wait_operational(&mut wire_rtnl, name, "the wire")?;
+    }
+    Ok(([client_ns, server_ns], wire_ns, Topology { client, server, wire: Some(WireLinks { facing }) }))
+}
+
+/// Runs on a thread inside the wire's namespace: IPv6 off (no router solicitations of its own), and the
+/// rtnetlink socket that configures its ends.
+fn prepare_wire() -> Result<Rtnl> {
+    for name in ["net.ipv6.conf.all.disable_ipv6", "net.ipv6.conf.default.disable_ipv6"] {
+        let sysctl = Sysctl { name: name.to_string(), value: "1".to_string() };
+        match write_sysctl(&sysctl) {
+            Err(SysctlError::Absent(_)) => {}
+            other => other.map_err(|e| e.into_error_in("the wire"))?,
+        }
+    }
+    Rtnl::open().map_err(|e| in_place(e, "the wire"))
+}
+
+/// Offloads off and the link up for one of the wire's veth ends; returns its ifindex.
+fn configure_wire_end(rtnl: &mut Rtnl, name: &str) -> Result<u32> {
+    let link = rtnl.get_link(name, &format!("look up {name} in the wire (ip link show {name})"))?;
+    turn_off_offloads(rtnl.raw_fd(), name).context(|| {
+        format!("turn off offloads on {name} in the wire (ethtool -K {name} tx off sg off tso off gso off gro off)")
+    })?;
+    let mut up = LinkMessage::default();
+    up.header.index = link.header.index;
+    up.header.flags = LinkFlags::Up;
+    up.header.change_mask = LinkFlags::Up;
+    rtnl.execute(vec![Request::new(
+        RouteNetlinkMessage::NewLink(up),
+        0,
+        format!("set {name} up in the wire (ip link set {name} up)"),
+    )])?;
+    Ok(link.header.index)
 }
 
 /// Waits until the host's veth end is operational (`ip link show nf0` says `state UP`), at most
@@ -133,11 +238,11 @@ fn connect(plan: &Plan, [mut client_rtnl, mut server_rtnl]: [Rtnl; 2], server: &
 /// request and SYN, and after three lost ARP requests its connect fails with EHOSTUNREACH. Idle, the work
 /// runs within a millisecond; with 200 scenarios setting up at once, 55 of 200 runs had to wait (90th
 /// percentile 9 ms, longest 5.2 s). Without this wait 111 of 200 such runs failed, most of them on this.
-fn wait_operational(rtnl: &mut Rtnl, host: HostId) -> Result<()> {
+fn wait_operational(rtnl: &mut Rtnl, name: &str, place: &str) -> Result<()> {
     let started = Instant::now();
-    let what = format!("wait for {LINK_NAME} in {host} to be up (ip link show {LINK_NAME}: state UP)");
+    let what = format!("wait for {name} in {place} to be up (ip link show {name}: state UP)");
     loop {
-        let link = rtnl.get_link(LINK_NAME, &what)?;
+        let link = rtnl.get_link(name, &what)?;
         let state = link.attributes.iter().find_map(|attribute| match attribute {
             LinkAttribute::OperState(state) => Some(*state),
             _ => None,
@@ -147,7 +252,7 @@ fn wait_operational(rtnl: &mut Rtnl, host: HostId) -> Result<()> {
         }
         if started.elapsed() >= OPERATIONAL_TIMEOUT {
             return Err(Error::Internal(format!(
-                "{what}: still {state:?} {}s after ip link set {LINK_NAME} up",
+                "{what}: still {state:?} {}s after ip link set {name} up",
                 OPERATIONAL_TIMEOUT.as_secs()
             )));
         }
@@ -181,8 +286,12 @@ fn prepare_host(plan: &Plan, host: HostId) -> Result<Rtnl> {
 }
 
 fn in_host(error: Error, host: HostId) -> Error {
+    in_place(error, host.name())
+}
+
+fn in_place(error: Error, place: &str) -> Error {
     match error {
-        Error::Sys { what, source } => Error::Sys { what: format!("{what} in {host}"), source },
+        Error::Sys { what, source } => Error::Sys { what: format!("{what} in {place}"), source },
         other => other,
     }
 }
@@ -197,6 +306,10 @@ enum SysctlError {
 
 impl SysctlError {
     fn into_error(self, host: HostId) -> Error {
+        self.into_error_in(host.name())
+    }
+
+    fn into_error_in(self, host: &str) -> Error {
         match self {
             SysctlError::Absent(s) => Error::sys(
                 format!(
@@ -245,34 +358,37 @@ fn format_mac(mac: [u8; 6]) -> String {
     mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
-/// One RTM_NEWLINK from the client's namespace creates both ends; the peer is born in the server's namespace.
-fn create_veth_pair(client_rtnl: &mut Rtnl, mtu: u32, server: &Netns) -> Result<()> {
-    let client_mac = link_mac(HostId::Client);
-    let server_mac = link_mac(HostId::Server);
-
+/// One RTM_NEWLINK creates both ends: `(name, mac)` in the namespace of `rtnl`, the peer born in `peer_ns`
+/// (`peer_label` names it in messages).
+fn create_veth(
+    rtnl: &mut Rtnl,
+    (name, mac): (&str, [u8; 6]),
+    (peer_name, peer_mac, peer_ns, peer_label): (&str, [u8; 6], &Netns, &str),
+    mtu: u32,
+) -> Result<()> {
     let mut peer = LinkMessage::default();
-    peer.attributes.push(LinkAttribute::IfName(LINK_NAME.to_string()));
+    peer.attributes.push(LinkAttribute::IfName(peer_name.to_string()));
     peer.attributes.push(LinkAttribute::Mtu(mtu));
-    peer.attributes.push(LinkAttribute::Address(server_mac.to_vec()));
-    peer.attributes.push(LinkAttribute::NetNsFd(server.raw_fd()));
+    peer.attributes.push(LinkAttribute::Address(peer_mac.to_vec()));
+    peer.attributes.push(LinkAttribute::NetNsFd(peer_ns.raw_fd()));
 
     let mut link = LinkMessage::default();
-    link.attributes.push(LinkAttribute::IfName(LINK_NAME.to_string()));
+    link.attributes.push(LinkAttribute::IfName(name.to_string()));
     link.attributes.push(LinkAttribute::Mtu(mtu));
-    link.attributes.push(LinkAttribute::Address(client_mac.to_vec()));
+    link.attributes.push(LinkAttribute::Address(mac.to_vec()));
     link.attributes.push(LinkAttribute::LinkInfo(vec![
         LinkInfo::Kind(InfoKind::Veth),
         LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
     ]));
 
-    client_rtnl.execute(vec![Request::new(
+    rtnl.execute(vec![Request::new(
         RouteNetlinkMessage::NewLink(link),
         NLM_F_CREATE | NLM_F_EXCL,
         format!(
-            "create veth pair (ip link add {LINK_NAME} mtu {mtu} address {} type veth peer name {LINK_NAME} \
-             netns <server> mtu {mtu} address {})",
-            format_mac(client_mac),
-            format_mac(server_mac)
+            "create veth pair (ip link add {name} mtu {mtu} address {} type veth peer name {peer_name} \
+             netns {peer_label} mtu {mtu} address {})",
+            format_mac(mac),
+            format_mac(peer_mac)
         ),
     )])
 }
@@ -342,6 +458,19 @@ pub fn turn_off_offloads(socket: RawFd, ifname: &str) -> io::Result<()> {
     let still_on = offloads_active(&names, &features(socket, ifname, names.len())?);
     if !still_on.is_empty() {
         return Err(io::Error::other(format!("cannot turn off {}", still_on.join(", "))));
+    }
+    Ok(())
+}
+
+/// `ethtool -K <ifname> rx off`: the device no longer vouches for received checksums, so the stack verifies
+/// them (and drops and counts a frame whose checksum fails).
+pub fn turn_off_rx_checksum(socket: RawFd, ifname: &str) -> io::Result<()> {
+    let names = feature_names(socket, ifname)?;
+    let rx_checksum: Vec<usize> = (0..names.len()).filter(|&bit| names[bit] == "rx-checksum").collect();
+    set_features_off(socket, ifname, names.len(), &rx_checksum)?;
+    let state = features(socket, ifname, names.len())?;
+    if rx_checksum.iter().any(|&bit| state.active(bit)) {
+        return Err(io::Error::other("cannot turn off rx-checksum"));
     }
     Ok(())
 }

@@ -33,7 +33,7 @@ pub struct CaptureOptions {
     pub runs: usize,
 }
 
-const PORT: u16 = 5001;
+pub(super) const PORT: u16 = 5001;
 const CHUNK: usize = 1 << 20;
 /// Longest a bulk socket call may block; a stalled transfer fails instead of hanging the benchmark.
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -331,6 +331,12 @@ fn frames_in_pcap(path: &Path) -> Result<u64> {
 
 /// Sends `bytes` from the client to the server over the veth; the seconds from connect to the server's EOF.
 fn transfer(ns: &[Netns; 2], topology: &Topology, bytes: u64) -> Result<f64> {
+    transfer_paced(ns, topology, bytes, None)
+}
+
+/// [`transfer`] with the client's socket paced to `pacing` bytes per second (`SO_MAX_PACING_RATE`: the
+/// kernel's own TCP pacing, which needs no qdisc).
+pub(super) fn transfer_paced(ns: &[Netns; 2], topology: &Topology, bytes: u64, pacing: Option<u64>) -> Result<f64> {
     let server_address = SocketAddrV4::new(topology.server.address, PORT);
     let listener = ns[HostId::Server.index()]
         .run(|| TcpListener::bind(server_address).context(|| format!("listen on {server_address} in server")))?;
@@ -352,6 +358,11 @@ fn transfer(ns: &[Netns; 2], topology: &Topology, bytes: u64) -> Result<f64> {
         let mut stream = TcpStream::connect_timeout(&server_address.into(), IO_TIMEOUT)
             .context(|| format!("connect to {server_address} from client"))?;
         stream.set_write_timeout(Some(IO_TIMEOUT)).context(|| "set SO_SNDTIMEO".into())?;
+        if let Some(rate) = pacing {
+            let rate = rate as libc::c_uint;
+            crate::capture::set_option(&stream, libc::SOL_SOCKET, libc::SO_MAX_PACING_RATE, &rate)
+                .context(|| "setsockopt(SO_MAX_PACING_RATE) in client".into())?;
+        }
         let chunk = vec![0x5au8; CHUNK];
         let mut left = bytes;
         while left > 0 {

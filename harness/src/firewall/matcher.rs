@@ -103,6 +103,11 @@ impl Selection {
     }
 }
 
+/// Whether a fault with this match selects `packet`, wherever it is seen: what the wire's impairments use.
+pub fn selects(matcher: &PacketMatch, packet: &PacketEvent) -> bool {
+    selection(matcher, FaultAction::Drop).is_ok_and(|sel| sel.selects(packet))
+}
+
 /// Would this fault's rule select this packet, seen on `host`'s veth end in the packet's direction?
 /// Used to mark the captured packets a fault dropped or rejected. A fault that `check` refuses
 /// matches nothing. Packets an egress fault stops never reach the capture (AF_PACKET sees outgoing

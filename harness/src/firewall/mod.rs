@@ -23,7 +23,7 @@ use std::thread;
 use nftnl::expr::{Bitwise, Cmp, CmpOp, IcmpCode, Meta, RejectionType, Verdict};
 use nftnl::{Batch, Chain, ChainType, FinalizedBatch, Hook, MsgType, Policy, ProtoFamily, Rule, Table};
 
-pub use matcher::{check, matches};
+pub use matcher::{check, matches, selects};
 
 use expr::{CounterObject, CounterRef, PayloadBase, RawPayload};
 use matcher::{protocol_name, protocol_number, Alternative, Selection};
