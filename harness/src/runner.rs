@@ -393,11 +393,17 @@ pub fn default_parallelism(jobs: usize) -> usize {
     jobs.clamp(1, 256)
 }
 
+/// The kind libtest-mimic prints before a scenario's name: `[scenario] keepalive/idle.yaml`.
+const TRIAL_KIND: &str = "scenario";
+
 /// `cargo test` entry: every scenario file under `root` is one trial named by its path relative to `root`.
 ///
+/// Only the scenarios the name filters select are loaded: `cargo nextest` runs each trial in a process of its
+/// own (`--exact NAME`), and each of those must not parse the whole suite.
+///
 /// The whole run is bounded by the suite deadline: `NETFAULT_SUITE_DEADLINE` (e.g. `10m`), by default
-/// [`supervise::default_budget`] of the scenarios' deadlines. SIGINT / SIGTERM or the deadline kill every
-/// scenario process and fail its trial with the reason.
+/// [`supervise::default_budget`] of the selected scenarios' deadlines. SIGINT / SIGTERM or the deadline kill
+/// every scenario process and fail its trial with the reason.
 pub fn test_main(root: &Path, reports: &Path, exe: &Path, mut args: Arguments) -> ExitCode {
     let files = match scenario::discover(root) {
         Ok(files) => files,
@@ -406,18 +412,30 @@ pub fn test_main(root: &Path, reports: &Path, exe: &Path, mut args: Arguments) -
             return ExitCode::from(2);
         }
     };
-    let plans: Vec<(PathBuf, Result<Plan, String>)> = files
+    let plans: Vec<(PathBuf, String, Candidate)> = files
         .into_iter()
         .map(|file| {
-            let plan = scenario::load(root, &file).map_err(|e| e.to_string());
-            (file, plan)
+            let name = display_name(root, &file);
+            let candidate = match selected_by_name(&args, &name) {
+                false => Candidate::FilteredOut,
+                true => match scenario::load(root, &file) {
+                    Ok(plan) => Candidate::Loaded(Box::new(plan)),
+                    Err(e) => Candidate::Invalid(e.to_string()),
+                },
+            };
+            (file, name, candidate)
         })
         .collect();
     if args.test_threads.is_none() {
         args.test_threads = Some(default_parallelism(plans.len()));
     }
-    let limits: Vec<Duration> =
-        plans.iter().filter_map(|(_, plan)| plan.as_ref().ok()).map(|plan| plan.deadline + CHILD_GRACE).collect();
+    let limits: Vec<Duration> = plans
+        .iter()
+        .filter_map(|(_, _, candidate)| match candidate {
+            Candidate::Loaded(plan) => Some(plan.deadline + CHILD_GRACE),
+            _ => None,
+        })
+        .collect();
     let budget = match std::env::var(supervise::SUITE_DEADLINE_ENV) {
         Ok(text) => match supervise::parse_budget(&text) {
             Ok(budget) => budget,
@@ -435,19 +453,18 @@ pub fn test_main(root: &Path, reports: &Path, exe: &Path, mut args: Arguments) -
     }
     let trials: Vec<Trial> = plans
         .into_iter()
-        .map(|(file, plan)| {
-            let name = display_name(root, &file);
-            match plan {
-                Ok(plan) => {
-                    let job = Job { file, root: root.to_path_buf(), reports: reports.to_path_buf(), run: None };
-                    let exe = exe.to_path_buf();
-                    let deadline = plan.deadline;
-                    Trial::test(name, move || trial_result(run_in_child(&exe, &job, deadline, &supervisor)))
-                        .with_kind("scenario")
-                        .with_ignored_flag(plan.slow)
-                }
-                Err(message) => Trial::test(name, move || Err(Failed::from(message))).with_kind("scenario"),
+        .map(|(file, name, candidate)| match candidate {
+            Candidate::Loaded(plan) => {
+                let job = Job { file, root: root.to_path_buf(), reports: reports.to_path_buf(), run: None };
+                let exe = exe.to_path_buf();
+                let deadline = plan.deadline;
+                Trial::test(name, move || trial_result(run_in_child(&exe, &job, deadline, &supervisor)))
+                    .with_kind(TRIAL_KIND)
+                    .with_ignored_flag(plan.slow)
             }
+            Candidate::Invalid(message) => Trial::test(name, move || Err(Failed::from(message))).with_kind(TRIAL_KIND),
+            // libtest-mimic counts it as filtered out and never runs it.
+            Candidate::FilteredOut => Trial::test(name, || Ok(())).with_kind(TRIAL_KIND),
         })
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);
@@ -456,6 +473,22 @@ pub fn test_main(root: &Path, reports: &Path, exe: &Path, mut args: Arguments) -
         return ExitCode::from(reason.exit_code());
     }
     conclusion.exit_code()
+}
+
+/// A scenario file as the test driver sees it.
+enum Candidate {
+    /// Left out by the name filters: not loaded.
+    FilteredOut,
+    Loaded(Box<Plan>),
+    /// Its trial fails with this error.
+    Invalid(String),
+}
+
+/// Whether the name filters of `args` (a filter, `--exact`, `--skip`) keep the scenario of this name. Whether
+/// it is ignored (`slow`) is left to libtest-mimic, which knows it once the scenario is loaded.
+fn selected_by_name(args: &Arguments, name: &str) -> bool {
+    let by_name = Arguments { ignored: false, ..args.clone() };
+    !by_name.is_filtered_out(&Trial::test(name, || Ok(())).with_kind(TRIAL_KIND))
 }
 
 fn trial_result(summary: Summary) -> Result<(), Failed> {

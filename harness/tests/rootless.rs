@@ -1,18 +1,21 @@
 //! Rootless mode for real: an unprivileged process (uid 65534 when started as root) enters its own user
 //! namespace, creates two network namespaces, builds a topology and connects TCP across it.
 //!
-//! `harness = false`: `userns::acquire` needs a single-threaded process, which libtest's runner is not.
+//! `harness = false`: `userns::acquire` needs a single-threaded process, which a test runner is not. The one
+//! trial re-executes this binary (as uid 65534 when root) with [`CHILD_ENV`] set; that child does the work
+//! before anything else, so `--list`, filters and `cargo nextest` see an ordinary test binary.
 
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use libtest_mimic::{Arguments, Failed, Trial};
 use netfault::error::{Context, Result};
 use netfault::netns::Netns;
 use netfault::scenario::plan::{CapturePlan, HostId, HostPlan, LinkPlan, Plan, RunExpectations, Sysctl};
@@ -24,53 +27,74 @@ const NOBODY: u32 = 65534;
 const CHILD_TIMEOUT: Duration = Duration::from_secs(30);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+/// The line the child prints on success, followed by what it did.
+const CHILD_OK: &str = "rootless child ok: ";
 
 fn main() -> ExitCode {
-    let unprivileged = !nix::unistd::geteuid().is_root();
-    let outcome = if std::env::var_os(CHILD_ENV).is_some() || unprivileged {
-        rootless_run().map_err(|e| e.to_string())
-    } else {
-        run_as_nobody()
-    };
-    match outcome {
+    if std::env::var_os(CHILD_ENV).is_some() {
+        return child_main();
+    }
+    // What the unprivileged run did is worth seeing in the log: it is printed, not captured.
+    let trial = Trial::test("rootless", || match unprivileged_run() {
         Ok(report) => {
-            println!("test rootless ... ok ({report})");
+            println!("rootless: {report}");
+            Ok(())
+        }
+        Err(message) => Err(Failed::from(message)),
+    });
+    libtest_mimic::run(&Arguments::from_args(), vec![trial]).exit_code()
+}
+
+/// The re-executed child: still single-threaded, so it may enter a user namespace.
+fn child_main() -> ExitCode {
+    match rootless_run() {
+        Ok(report) => {
+            println!("{CHILD_OK}{report}");
             ExitCode::SUCCESS
         }
-        Err(message) => {
-            eprintln!("test rootless ... FAILED: {message}");
+        Err(e) => {
+            eprintln!("{e}");
             ExitCode::FAILURE
         }
     }
 }
 
-/// As root: re-runs this binary as uid/gid 65534 with no supplementary groups, from a copy every user may
-/// execute (the target directory may sit under a private home).
-fn run_as_nobody() -> Result<String, String> {
+/// Runs the child unprivileged: as root, as uid/gid 65534 with no supplementary groups, from a copy every user
+/// may execute (the target directory may sit under a private home); otherwise as the caller.
+fn unprivileged_run() -> Result<String, String> {
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    if !nix::unistd::geteuid().is_root() {
+        return run_child(Command::new(&exe));
+    }
     let dir = std::env::temp_dir().join(format!("netfault-rootless-{}", std::process::id()));
     fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
     let copy = dir.join("rootless");
-    let result = copy_and_run(&exe, &dir, &copy);
+    let result = copy_executable(&exe, &dir, &copy).and_then(|()| {
+        // std drops the supplementary groups itself when it switches uid as root.
+        let mut command = Command::new(&copy);
+        command.uid(NOBODY).gid(NOBODY);
+        run_child(command).map(|report| format!("as uid {NOBODY}: {report}"))
+    });
     fs::remove_dir_all(&dir).map_err(|e| format!("rm -r {}: {e}", dir.display()))?;
     result
 }
 
-fn copy_and_run(exe: &PathBuf, dir: &PathBuf, copy: &PathBuf) -> Result<String, String> {
+fn copy_executable(exe: &Path, dir: &Path, copy: &Path) -> Result<(), String> {
     fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
     fs::copy(exe, copy).map_err(|e| format!("cp {} {}: {e}", exe.display(), copy.display()))?;
-    fs::set_permissions(copy, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+    fs::set_permissions(copy, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())
+}
 
-    // std drops the supplementary groups itself when it switches uid as root.
-    let mut child = Command::new(copy)
+/// Starts the child, waits for it at most [`CHILD_TIMEOUT`] and returns what it reported.
+fn run_child(mut command: Command) -> Result<String, String> {
+    let mut child = command
         .env(CHILD_ENV, "1")
-        .uid(NOBODY)
-        .gid(NOBODY)
         .current_dir("/")
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("spawn {} as uid {NOBODY}: {e}", copy.display()))?;
+        .map_err(|e| format!("spawn {command:?}: {e}"))?;
     let deadline = Instant::now() + CHILD_TIMEOUT;
     let status = loop {
         match child.try_wait().map_err(|e| e.to_string())? {
@@ -89,9 +113,8 @@ fn copy_and_run(exe: &PathBuf, dir: &PathBuf, copy: &PathBuf) -> Result<String, 
     if !status.success() {
         return Err(format!("unprivileged run failed ({status}): {stdout}{stderr}"));
     }
-    let report = stdout.lines().find_map(|line| line.strip_prefix("test rootless ... ok ("));
-    match report {
-        Some(report) => Ok(format!("as uid {NOBODY}: {}", report.trim_end_matches(')'))),
+    match stdout.lines().find_map(|line| line.strip_prefix(CHILD_OK)) {
+        Some(report) => Ok(report.to_string()),
         None => Err(format!("unprivileged run printed no result: {stdout}{stderr}")),
     }
 }
