@@ -49,6 +49,9 @@ usage: netfault bench <what> [options] [--json FILE] [--keep]
                                    keepalive-idle N times in parallel: observed minus kernel-defined times,
                                    observer state-change latency against the packet that caused it";
 
+/// The seed of every scenario a benchmark runs: their impairments decide the same way in every run.
+pub const BENCH_SEED: u64 = 15;
+
 /// `--keep`: scratch folders (reports, pcaps) stay for inspection.
 static KEEP_SCRATCH: AtomicBool = AtomicBool::new(false);
 

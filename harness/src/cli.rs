@@ -12,7 +12,7 @@ const USAGE: &str = "\
 netfault: inject network faults into real Linux TCP stacks and record what the kernel did
 
 usage:
-  netfault run [--jobs N] [--reports DIR] [--deadline DURATION] [--repeat N] [--slow] [PATH...]
+  netfault run [--jobs N] [--reports DIR] [--deadline DURATION] [--repeat N] [--slow] [--seed N] [PATH...]
                                                       run scenarios (default: scenarios/) in parallel;
                                                       `slow: true` ones only with --slow
   netfault check [PATH...]                            validate scenarios without running anything
@@ -29,7 +29,9 @@ run --deadline: the whole run's limit (e.g. 10m; default: from the scenarios' ow
 scenario still running is killed and reported, exit status 2. SIGINT / SIGTERM do the same, exit status
 128 + signal. The cargo-test driver takes its limit from NETFAULT_SUITE_DEADLINE.
 run --repeat N: each scenario N times (all at once unless --jobs), reports in reports/<scenario>/run-<i>/;
-ends with each scenario's pass count and the list of flaky ones.";
+ends with each scenario's pass count and the list of flaky ones.
+run --seed N: the impairments' random decisions (loss, jitter, ...) come from N, packet by packet; without it
+a seed is chosen and printed, and every result.json records it. The cargo-test driver reads NETFAULT_SEED.";
 
 /// Parses `std::env::args()` and runs the command.
 pub fn main() -> ExitCode {
@@ -66,6 +68,7 @@ struct Options {
     deadline: Option<Duration>,
     repeat: Option<usize>,
     run: Option<usize>,
+    seed: Option<u64>,
     root: Option<PathBuf>,
     /// `--slow`: run the minutes-long `slow: true` scenarios too.
     slow: bool,
@@ -103,6 +106,7 @@ fn parse_options(args: &[String], allowed: &[&str]) -> Result<Options, String> {
                 options.run = Some(text.parse().map_err(|_| format!("--run {text:?}: need a number"))?);
             }
             "--root" if allowed.contains(&"--root") => options.root = Some(PathBuf::from(value(arg)?)),
+            "--seed" if allowed.contains(&"--seed") => options.seed = Some(runner::parse_seed(&value(arg)?)?),
             "--slow" if allowed.contains(&"--slow") => options.slow = true,
             flag if flag.starts_with('-') => return Err(format!("unknown option {flag:?}")),
             path => options.paths.push(PathBuf::from(path)),
@@ -119,7 +123,7 @@ fn exe() -> PathBuf {
 }
 
 fn run(args: &[String]) -> ExitCode {
-    let options = match parse_options(args, &["--jobs", "--reports", "--deadline", "--repeat", "--slow"]) {
+    let options = match parse_options(args, &["--jobs", "--reports", "--deadline", "--repeat", "--slow", "--seed"]) {
         Ok(options) => options,
         Err(e) => return usage_error(&e),
     };
@@ -134,13 +138,17 @@ fn run(args: &[String]) -> ExitCode {
         }
     };
     let reports = options.reports.unwrap_or_else(|| PathBuf::from("reports"));
+    let seed = options.seed.unwrap_or_else(crate::impair::rng::fresh_seed);
+    if loaded.iter().any(|(_, plan)| plan.has_impairments()) {
+        println!("impairments seeded with {seed} (--seed {seed} repeats their decisions)");
+    }
     let (loaded, skipped): (Vec<_>, Vec<_>) = loaded.into_iter().partition(|(_, plan)| options.slow || !plan.slow);
     let mut jobs: Vec<(Job, Duration)> = Vec::new();
     let mut runs: Vec<(String, usize)> = Vec::new();
     match options.repeat {
         None => {
             for (job, plan) in loaded {
-                jobs.push((Job { reports: reports.clone(), ..job }, plan.deadline));
+                jobs.push((Job { reports: reports.clone(), seed, ..job }, plan.deadline));
                 runs.push((plan.name, 1));
             }
         }
@@ -153,7 +161,7 @@ fn run(args: &[String]) -> ExitCode {
             }
             for run in 1..=repeat {
                 for (job, plan) in &loaded {
-                    jobs.push((Job { reports: reports.clone(), run: Some(run), ..job.clone() }, plan.deadline));
+                    jobs.push((Job { reports: reports.clone(), run: Some(run), seed, ..job.clone() }, plan.deadline));
                     runs.push((plan.name.clone(), run));
                 }
             }
@@ -322,14 +330,14 @@ fn test(args: &[String]) -> ExitCode {
 }
 
 fn child(args: &[String]) -> ExitCode {
-    let options = match parse_options(args, &["--root", "--reports", "--run"]) {
+    let options = match parse_options(args, &["--root", "--reports", "--run", "--seed"]) {
         Ok(options) => options,
         Err(e) => return usage_error(&e),
     };
     let root = options.root.unwrap_or_else(|| PathBuf::from("."));
     let reports = options.reports.unwrap_or_else(|| PathBuf::from("reports"));
     match options.paths.as_slice() {
-        [file] => runner::child_main(&root, &reports, Path::new(file), options.run),
+        [file] => runner::child_main(&root, &reports, Path::new(file), options.run, options.seed.unwrap_or_default()),
         _ => usage_error("the child command runs exactly one scenario file"),
     }
 }

@@ -13,11 +13,12 @@ use crate::capture::{Capture, CaptureBuffer, CaptureStats};
 use crate::clock::{Clock, EventSink};
 use crate::error::{joined, Error, Result};
 use crate::firewall::{self, Firewall};
+use crate::impair::{Decision, Wire, WireFault, WireStats};
 use crate::netns::Netns;
 use crate::observe::{Observer, ObserverStats};
 use crate::priority;
 use crate::scenario::plan::{Direction, FaultPlan, HostId, Plan, StepEdge, Trigger};
-use crate::timeline::{Event, EventKind, PacketDirection, Timeline};
+use crate::timeline::{Event, EventKind, PacketDirection, PacketEvent, Timeline};
 use crate::topology::{self, Topology};
 
 /// What a run produced, before judging.
@@ -32,8 +33,15 @@ pub struct RunOutput {
     pub deadline_hit: bool,
     pub capture: [CaptureStats; 2],
     pub observer: [ObserverStats; 2],
-    /// Packets each fault's rule matched, per fault name.
+    /// Packets each fault's rule matched (the packets an impairment selected), per fault name.
     pub fault_hits: Vec<(String, u64)>,
+    /// The seed every impairment's decisions came from.
+    pub seed: u64,
+    /// What the wire did, toward the client and toward the server (`None` without impairments).
+    pub wire: Option<[WireStats; 2]>,
+    /// Every decision of the impairments, sorted by fault and packet number: the same seed gives the same list
+    /// for the same packets.
+    pub decisions: Vec<Decision>,
     /// What went wrong inside the harness, not by the kernel's doing: a host program that failed (an error or
     /// a panic), a capture that lost frames. The run is a harness error; its timeline and captures are still
     /// reported.
@@ -46,12 +54,14 @@ const IDLE_TICK: Duration = Duration::from_millis(5);
 /// (measured: up to 0.7 s to start a thread with 200 scenarios at once on 2 cores).
 const PROGRAM_START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Runs `plan`, writing the pcaps into `report_dir`. Returns harness errors only; the verdict comes later.
-pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
+/// Runs `plan`, writing the pcaps into `report_dir`; the impairments' random decisions come from `seed`. Returns
+/// harness errors only; the verdict comes later.
+pub fn run(plan: &Plan, report_dir: &Path, seed: u64) -> Result<RunOutput> {
     let setup_started = Instant::now();
     let clock = Clock::unstarted();
     let (sink, events) = EventSink::new(clock.clone());
-    let Rig { namespaces, mut firewalls, captures, observers, .. } = set_up(plan, report_dir, &sink)?;
+    let Rig { namespaces, mut firewalls, captures, observers, wire, wire_namespace, .. } =
+        set_up(plan, report_dir, &sink, seed)?;
     let setup = setup_started.elapsed();
 
     // Both program threads are spawned, inside their namespaces and waiting before t0 is taken: creating and
@@ -107,7 +117,7 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
     // taken (their events read 0 s): an nftables commit can take tens of ms on a busy machine.
     let mut schedule = FaultSchedule::new(&plan.faults);
     let mut fault_events = Vec::new();
-    apply_due(&mut schedule, &mut firewalls, &clock, &mut fault_events)?;
+    apply_due(&mut schedule, &mut firewalls, wire.as_ref(), &clock, &mut fault_events)?;
     // The hub too reacts to events in time (fault triggers); it goes back to ordinary before the teardown.
     let _ = priority::raise_current_thread();
     // t0 is the moment the programs start (scenario times read as the seed scripts' times): the first program
@@ -149,7 +159,7 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
-        apply_due(&mut schedule, &mut firewalls, &clock, &mut fault_events)?;
+        apply_due(&mut schedule, &mut firewalls, wire.as_ref(), &clock, &mut fault_events)?;
     }
     let duration = clock.now();
     let _ = priority::lower_current_thread();
@@ -157,6 +167,15 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
     let teardown_started = Instant::now();
     board.close();
     processes.kill_all();
+    let (wire_stats, wire_hits, wire_errors) = match wire {
+        Some(wire) => {
+            let stopped = wire.stop()?;
+            (Some(stopped.stats), stopped.selected, stopped.errors)
+        }
+        None => (None, Vec::new(), Vec::new()),
+    };
+    harness_errors.extend(wire_errors);
+    harness_errors.extend(wire_stats.iter().flat_map(wire_losses));
     if deadline_hit {
         collected.push(Event { t: duration, host: HostId::Client, kind: EventKind::Deadline { step: None } });
     }
@@ -170,6 +189,7 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
     for firewall in &mut firewalls {
         fault_hits.extend(firewall.counters()?);
     }
+    fault_hits.extend(wire_hits);
     fault_hits.sort();
     harness_errors.extend(join_finished(&mut programs));
     // Everything else is still queued in the channel: packets decoded during stop, last samples.
@@ -180,8 +200,11 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
         mark_running_steps(&mut timeline, plan);
     }
     annotate_faults(&mut timeline, plan);
+    annotate_impairments(&mut timeline);
+    let decisions = decisions(&timeline);
     firewalls.into_iter().for_each(Firewall::close_in_background);
     drop(namespaces);
+    drop(wire_namespace);
     let teardown = teardown_started.elapsed();
     let [capture_client, capture_server] = into_pair(capture_stats)?;
     let [observer_client, observer_server] = into_pair(observer_stats)?;
@@ -194,6 +217,9 @@ pub fn run(plan: &Plan, report_dir: &Path) -> Result<RunOutput> {
         capture: [capture_client, capture_server],
         observer: [observer_client, observer_server],
         fault_hits,
+        seed,
+        wire: wire_stats,
+        decisions,
         harness_errors,
     })
 }
@@ -234,13 +260,16 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("(no message)")
 }
 
-/// What a run sets up before t0, one of each per host (indexed by `HostId::index()`).
+/// What a run sets up before t0, one of each per host (indexed by `HostId::index()`), and the wire between
+/// them when the scenario has impairments.
 pub struct Rig {
     pub namespaces: [Netns; 2],
     pub topology: Topology,
     pub firewalls: Vec<Firewall>,
     pub captures: Vec<Capture>,
     pub observers: Vec<Observer>,
+    pub wire: Option<Wire>,
+    pub wire_namespace: Option<Netns>,
 }
 
 /// Namespaces, the wire, the faults (all off), a capture (into `report_dir/<host>.pcap`) and an observer per
@@ -250,8 +279,17 @@ pub struct Rig {
 /// namespace, so they open their sockets right there, and the two hosts proceed at once. A scenario that asks
 /// for a capture ring then waits for one RCU grace period (`setsockopt(PACKET_RX_RING)` calls
 /// `synchronize_net`, 10-30 ms on a busy machine) instead of two.
-pub fn set_up(plan: &Plan, report_dir: &Path, sink: &EventSink) -> Result<Rig> {
-    let (namespaces, topology) = topology::build_in_new_namespaces(plan)?;
+///
+/// A scenario with impairments gets a third namespace between the hosts and the wire running in it, every
+/// impairment off, its decisions drawn from `seed`.
+pub fn set_up(plan: &Plan, report_dir: &Path, sink: &EventSink, seed: u64) -> Result<Rig> {
+    let (namespaces, wire_namespace, topology) = if plan.has_impairments() {
+        let (hosts, wire, topology) = topology::build_with_wire(plan)?;
+        (hosts, Some(wire), topology)
+    } else {
+        let (hosts, topology) = topology::build_in_new_namespaces(plan)?;
+        (hosts, None, topology)
+    };
     let [client, server] = thread::scope(|scope| {
         let starting = HostId::ALL.map(|host| {
             let ns = &namespaces[host.index()];
@@ -270,13 +308,53 @@ pub fn set_up(plan: &Plan, report_dir: &Path, sink: &EventSink) -> Result<Rig> {
     });
     let ((client_firewall, client_capture, client_observer), (server_firewall, server_capture, server_observer)) =
         (client?, server?);
+    let wire = match (&wire_namespace, topology.wire) {
+        (Some(ns), Some(links)) => Some(Wire::start(ns, links.facing, wire_faults(plan), seed, Some(sink.clone()))?),
+        _ => None,
+    };
     Ok(Rig {
         namespaces,
         topology,
         firewalls: vec![client_firewall, server_firewall],
         captures: vec![client_capture, server_capture],
         observers: vec![client_observer, server_observer],
+        wire,
+        wire_namespace,
     })
+}
+
+/// The plan's impairments as the wire applies them.
+fn wire_faults(plan: &Plan) -> Vec<WireFault> {
+    plan.faults
+        .iter()
+        .filter_map(|fault| {
+            fault.action.impairment().map(|impairment| WireFault {
+                name: fault.name.clone(),
+                toward: fault.toward(),
+                matcher: fault.matcher.clone(),
+                impairment: *impairment,
+            })
+        })
+        .collect()
+}
+
+/// Frames the wire lost without being asked to (its socket's buffer overflowed, or the kernel refused a send):
+/// the scenario would be judged on a network that misbehaved more than it says.
+fn wire_losses(stats: &[WireStats; 2]) -> Vec<String> {
+    HostId::ALL
+        .into_iter()
+        .zip(stats)
+        .filter(|(_, stats)| stats.kernel_drops > 0 || stats.send_errors > 0)
+        .map(|(toward, stats)| {
+            format!(
+                "the wire toward {toward} lost {} frames it was not asked to lose ({} dropped by the kernel before \
+                 the wire took them, {} sends refused): the network misbehaved more than the scenario says",
+                stats.kernel_drops + stats.send_errors,
+                stats.kernel_drops,
+                stats.send_errors
+            )
+        })
+        .collect()
 }
 
 /// `tcpdump -B` for the plan: the socket's own queue unless the scenario asks for a ring.
@@ -321,20 +399,27 @@ fn join_all<T>(handles: Vec<thread::ScopedJoinHandle<'_, Result<T>>>, what: &str
     results.into_iter().collect()
 }
 
-/// Switches the faults that are due now and records each switch on the timeline.
+/// Switches the faults that are due now, each where it is carried out (its host's firewall, or the wire), and
+/// records each switch on the timeline.
 fn apply_due(
     schedule: &mut FaultSchedule<'_>,
     firewalls: &mut [Firewall],
+    wire: Option<&Wire>,
     clock: &Clock,
     events: &mut Vec<Event>,
 ) -> Result<()> {
     for (fault, on) in schedule.due(clock.now()) {
-        let firewall = &mut firewalls[fault.host.index()];
+        match (fault.action.impairment(), wire) {
+            (Some(_), Some(wire)) => wire.switch(&fault.name, on)?,
+            (Some(_), None) => {
+                return Err(Error::Internal(format!("impairment {} has no wire to run on", fault.name)));
+            }
+            (None, _) if on => firewalls[fault.host.index()].activate(&fault.name)?,
+            (None, _) => firewalls[fault.host.index()].deactivate(&fault.name)?,
+        }
         let kind = if on {
-            firewall.activate(&fault.name)?;
             EventKind::FaultOn { fault: fault.name.clone() }
         } else {
-            firewall.deactivate(&fault.name)?;
             EventKind::FaultOff { fault: fault.name.clone() }
         };
         events.push(Event { t: clock.now(), host: fault.host, kind });
@@ -414,6 +499,65 @@ pub fn annotate_faults(timeline: &mut Timeline, plan: &Plan) {
             }
         }
     }
+}
+
+/// Marks the captured copies of each packet the wire decided about with the decision: the sender's copy (it
+/// left) and every copy the receiver's capture saw (none when lost, two when duplicated, the forged segment of
+/// an injection). A packet is known by its addresses, IP id, flags, sequence number and length, as both
+/// captures decode it; its sender's copy is the last one seen before the wire took it, the receiver's are
+/// those seen after.
+pub fn annotate_impairments(timeline: &mut Timeline) {
+    type Key = (std::net::Ipv4Addr, std::net::Ipv4Addr, u16, u8, u32, u32);
+    let key = |p: &PacketEvent| (p.src, p.dst, p.ip_id, p.flags, p.seq, p.len);
+    let mut marks: Vec<(usize, String)> = Vec::new();
+    for event in &timeline.events {
+        let EventKind::Impairment(impairment) = &event.kind else { continue };
+        let Some(packet) = &impairment.packet else { continue };
+        let wanted: Key = key(packet);
+        let label = format!("{} #{}: {}", impairment.decision.fault, impairment.decision.n, impairment.decision.kind);
+        let sender = impairment.toward.peer();
+        let is_copy = |e: &Event, host: HostId, direction: PacketDirection| {
+            e.host == host && matches!(&e.kind, EventKind::Packet(p) if p.direction == direction && key(p) == wanted)
+        };
+        // The sender's capture stamps a frame a few microseconds before the wire does; a little slack covers
+        // frames stamped in the other order.
+        let slack = Duration::from_millis(1);
+        let sent = timeline.events.iter().rposition(|e| e.t <= event.t + slack && is_copy(e, sender, PacketDirection::Out));
+        if !matches!(impairment.decision.kind, crate::impair::DecisionKind::Injected { .. }) {
+            marks.extend(sent.map(|position| (position, label.clone())));
+        }
+        let start = timeline.events.partition_point(|e| e.t + slack < event.t);
+        let arrivals = (start..timeline.events.len())
+            .filter(|&position| is_copy(&timeline.events[position], impairment.toward, PacketDirection::In));
+        let copies = match impairment.decision.kind {
+            crate::impair::DecisionKind::Lost | crate::impair::DecisionKind::QueueFull => 0,
+            crate::impair::DecisionKind::Duplicated => 2,
+            _ => 1,
+        };
+        marks.extend(arrivals.take(copies).map(|position| (position, label.clone())));
+    }
+    for (position, label) in marks {
+        if let EventKind::Packet(packet) = &mut timeline.events[position].kind {
+            packet.fault = Some(match packet.fault.take() {
+                Some(earlier) => format!("{earlier}; {label}"),
+                None => label,
+            });
+        }
+    }
+}
+
+/// The impairments' decisions of a timeline, sorted by fault and packet number.
+fn decisions(timeline: &Timeline) -> Vec<Decision> {
+    let mut decisions: Vec<Decision> = timeline
+        .events
+        .iter()
+        .filter_map(|event| match &event.kind {
+            EventKind::Impairment(impairment) => Some(impairment.decision.clone()),
+            _ => None,
+        })
+        .collect();
+    decisions.sort_by(|a, b| (&a.fault, a.n).cmp(&(&b.fault, b.n)));
+    decisions
 }
 
 /// One side (on or off) of a fault's schedule.

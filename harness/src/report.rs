@@ -93,6 +93,13 @@ struct ResultFile<'a> {
     capture: &'a [crate::capture::CaptureStats; 2],
     observer: [ObserverReport; 2],
     fault_hits: &'a [(String, u64)],
+    /// The seed of the impairments' random decisions (`netfault run --seed` repeats them).
+    seed: u64,
+    /// Every decision of the impairments, by fault and packet number: plain data for tools (each also appears
+    /// in `events` as an `impairment` event with its time and packet, and marks the packets it concerns).
+    decisions: &'a [crate::impair::Decision],
+    /// What the wire did toward the client and toward the server, when the scenario has impairments.
+    wire: Option<[crate::impair::WireStats; 2]>,
     harness_errors: &'a [String],
     events: &'a Timeline,
 }
@@ -156,6 +163,9 @@ pub fn write(plan: &Plan, output: &RunOutput, verdict: &Verdict, dir: &Path) -> 
         capture: &output.capture,
         observer: output.observer.map(ObserverReport::from),
         fault_hits: &output.fault_hits,
+        seed: output.seed,
+        decisions: &output.decisions,
+        wire: output.wire,
         harness_errors: &output.harness_errors,
         events: &output.timeline,
     };
@@ -208,7 +218,8 @@ pub fn explain(plan: &Plan, failure: &Failure, timeline: &Timeline) -> String {
 }
 
 /// The events timeline.txt shows: each packet once, from its sender's capture (arrivals appear only when a
-/// fault took them, which the sender's copy then also says).
+/// fault took them or an impairment acted on them, which the sender's copy then also says). The impairments'
+/// decisions show as those marks rather than as lines of their own.
 pub fn readable(timeline: &Timeline) -> Timeline {
     Timeline {
         events: timeline
@@ -216,6 +227,7 @@ pub fn readable(timeline: &Timeline) -> Timeline {
             .iter()
             .filter(|e| match &e.kind {
                 EventKind::Packet(p) => p.direction == PacketDirection::Out || p.fault.is_some(),
+                EventKind::Impairment(_) => false,
                 _ => true,
             })
             .cloned()
@@ -256,6 +268,17 @@ fn render_timeline(plan: &Plan, output: &RunOutput, verdict: &Verdict) -> String
     }
     for (fault, hits) in &output.fault_hits {
         text.push_str(&format!("# fault {fault}: {hits} packets matched\n"));
+    }
+    if let Some(wire) = &output.wire {
+        text.push_str(&format!(
+            "# wire: seed {}, {} decisions; toward client {} frames in, {} out; toward server {} frames in, {} out\n",
+            output.seed,
+            output.decisions.len(),
+            wire[0].frames_in,
+            wire[0].frames_out,
+            wire[1].frames_in,
+            wire[1].frames_out
+        ));
     }
     for error in &output.harness_errors {
         text.push_str(&format!("# HARNESS ERROR {error}\n"));

@@ -46,6 +46,8 @@ pub struct Job {
     /// Which repetition of the scenario this is (`netfault run --repeat`): its report goes to
     /// `reports/<scenario>/run-<n>/`.
     pub run: Option<usize>,
+    /// Where the impairments' random decisions come from (`netfault run --seed`).
+    pub seed: u64,
 }
 
 /// The folder a repetition's report goes to, under the scenario's report folder.
@@ -79,6 +81,7 @@ fn spawn_and_wait(exe: &Path, job: &Job, deadline: Duration, supervisor: &Superv
     if let Some(run) = job.run {
         command.arg("--run").arg(run.to_string());
     }
+    command.arg("--seed").arg(job.seed.to_string());
     command.arg(&job.file).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     // The child, and with it its namespaces, must not outlive the runner, whatever kills the runner.
     unsafe {
@@ -247,8 +250,8 @@ fn reaped_within(child: &mut Child, limit: Duration) -> bool {
 
 /// The hidden child command: runs one scenario in this process and prints its summary as the last stdout line.
 /// Exit code: 0 pass, 1 verdict failure, 2 harness error.
-pub fn child_main(root: &Path, reports: &Path, file: &Path, run: Option<usize>) -> ExitCode {
-    let summary = match run_here(root, reports, file, run) {
+pub fn child_main(root: &Path, reports: &Path, file: &Path, run: Option<usize>, seed: u64) -> ExitCode {
+    let summary = match run_here(root, reports, file, run, seed) {
         Ok(summary) => summary,
         Err(e) => Summary::harness_error(display_name(root, file), reports, e.to_string()),
     };
@@ -265,7 +268,7 @@ pub fn child_main(root: &Path, reports: &Path, file: &Path, run: Option<usize>) 
     std::process::exit(code)
 }
 
-fn run_here(root: &Path, reports: &Path, file: &Path, run: Option<usize>) -> Result<Summary> {
+fn run_here(root: &Path, reports: &Path, file: &Path, run: Option<usize>, seed: u64) -> Result<Summary> {
     // Entering a user namespace needs a single-threaded process: do it before anything spawns a thread.
     userns::acquire()?;
     // From here on this process is pid 1 of its own PID namespace: what its programs start dies with it.
@@ -281,9 +284,17 @@ fn run_here(root: &Path, reports: &Path, file: &Path, run: Option<usize>) -> Res
         std::fs::remove_dir_all(&dir).context(|| format!("clear old report {}", dir.display()))?;
     }
     std::fs::create_dir_all(&dir).context(|| format!("create report folder {}", dir.display()))?;
-    let output = engine::run(&plan, &dir)?;
+    let output = engine::run(&plan, &dir, seed)?;
     let verdict = verdict::judge(&plan, &output.timeline);
     report::write(&plan, &output, &verdict, &dir)
+}
+
+/// The environment variable that gives the cargo-test driver its seed (`netfault run --seed` for the others).
+pub const SEED_ENV: &str = "NETFAULT_SEED";
+
+/// A seed as given on the command line or in [`SEED_ENV`]: a whole number 0 .. 2^64 - 1.
+pub fn parse_seed(text: &str) -> std::result::Result<u64, String> {
+    text.trim().parse::<u64>().map_err(|_| format!("seed {text:?}: need a whole number 0..18446744073709551615"))
 }
 
 /// The scenario's name for humans and test filters: its path relative to the root.
@@ -312,7 +323,7 @@ pub fn load_all(paths: &[PathBuf]) -> Result<Vec<(Job, Plan)>, Vec<String>> {
             match scenario::load(&root, &file) {
                 // Refused here too, not only by the child: `check` must say so, and `run` must run nothing.
                 Ok(plan) => match report::report_dir(Path::new("reports"), &plan.name) {
-                    Ok(_) => plans.push((Job { file, root: root.clone(), reports: PathBuf::new(), run: None }, plan)),
+                    Ok(_) => plans.push((Job { file, root: root.clone(), reports: PathBuf::new(), run: None, seed: 0 }, plan)),
                     Err(e) => errors.push(format!("{}: {e}", file.display())),
                 },
                 Err(e) => errors.push(e.to_string()),
@@ -451,11 +462,24 @@ pub fn test_main(root: &Path, reports: &Path, exe: &Path, mut args: Arguments) -
         eprintln!("netfault: {e}");
         return ExitCode::from(2);
     }
+    let seed = match std::env::var(SEED_ENV) {
+        Ok(text) => match parse_seed(&text) {
+            Ok(seed) => seed,
+            Err(e) => {
+                eprintln!("netfault: {SEED_ENV}: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        Err(_) => crate::impair::rng::fresh_seed(),
+    };
+    if plans.iter().any(|(_, _, candidate)| matches!(candidate, Candidate::Loaded(plan) if plan.has_impairments())) {
+        eprintln!("netfault: impairments seeded with {seed} ({SEED_ENV}={seed} repeats their decisions)");
+    }
     let trials: Vec<Trial> = plans
         .into_iter()
         .map(|(file, name, candidate)| match candidate {
             Candidate::Loaded(plan) => {
-                let job = Job { file, root: root.to_path_buf(), reports: reports.to_path_buf(), run: None };
+                let job = Job { file, root: root.to_path_buf(), reports: reports.to_path_buf(), run: None, seed };
                 let exe = exe.to_path_buf();
                 let deadline = plan.deadline;
                 Trial::test(name, move || trial_result(run_in_child(&exe, &job, deadline, &supervisor)))

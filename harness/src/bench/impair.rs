@@ -215,7 +215,7 @@ fn strings(words: &[&str]) -> Vec<String> {
 
 impl Installed {
     fn remove(self, rig: &Rig) -> Result<Option<[WireStats; 2]>> {
-        let stats = self.wire.map(Wire::stop).transpose()?;
+        let stats = self.wire.map(Wire::stop).transpose()?.map(|stopped| stopped.stats);
         if let Some(queue) = self.queue {
             queue.stop()?;
         }

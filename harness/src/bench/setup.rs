@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::recipe::{self, NamedNamespaces, Tcpdump};
-use super::{fixture_plan, interrupted, millis, Comparison, Distribution, Report, ScratchDir, FIXTURE};
+use super::{fixture_plan, interrupted, millis, Comparison, Distribution, Report, ScratchDir, BENCH_SEED, FIXTURE};
 use crate::capture::{Capture, CaptureBuffer};
 use crate::clock::{Clock, EventSink};
 use crate::engine::{self, Rig};
@@ -238,7 +238,7 @@ fn engine_once(plan: &Plan, dir: &Path) -> Result<Phases> {
     let mut phases = Phases::default();
     let (sink, _events) = EventSink::new(Clock::unstarted());
     let mut lap = Lap::start();
-    let Rig { namespaces, mut firewalls, captures, observers, .. } = engine::set_up(plan, dir, &sink)?;
+    let Rig { namespaces, mut firewalls, captures, observers, .. } = engine::set_up(plan, dir, &sink, BENCH_SEED)?;
     for fault in &plan.faults {
         firewalls[fault.host.index()].activate(&fault.name)?;
     }
@@ -429,7 +429,7 @@ fn child_process_cost(dir: &Path, repetitions: usize) -> Result<ChildCost> {
     let exe = std::env::current_exe().context(|| "find the netfault binary (/proc/self/exe)".to_string())?;
     let file = dir.join("trivial.yaml");
     std::fs::write(&file, FIXTURE).context(|| format!("write {}", file.display()))?;
-    let job = Job { file, root: dir.to_path_buf(), reports: dir.join("reports"), run: None };
+    let job = Job { file, root: dir.to_path_buf(), reports: dir.join("reports"), run: None, seed: BENCH_SEED };
     let mut cost = ChildCost { wall: Vec::new(), setup: Vec::new(), teardown: Vec::new(), scenario: Vec::new() };
     for i in 0..WARM_UP + repetitions {
         if interrupted() {

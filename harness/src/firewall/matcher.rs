@@ -108,7 +108,7 @@ pub fn selects(matcher: &PacketMatch, packet: &PacketEvent) -> bool {
     selection(matcher, FaultAction::Drop).is_ok_and(|sel| sel.selects(packet))
 }
 
-/// Would this fault's rule select this packet, seen on `host`'s veth end in the packet's direction?
+/// Would this fault's rule (a firewall fault's: impairments have none) select this packet, seen on `host`'s veth end in the packet's direction?
 /// Used to mark the captured packets a fault dropped or rejected. A fault that `check` refuses
 /// matches nothing. Packets an egress fault stops never reach the capture (AF_PACKET sees outgoing
 /// packets after the output hook); ingress ones are captured before the input hook drops them.
@@ -117,7 +117,8 @@ pub fn matches(fault: &FaultPlan, host: HostId, packet: &PacketEvent) -> bool {
         Direction::Ingress => PacketDirection::In,
         Direction::Egress => PacketDirection::Out,
     };
-    fault.host == host
+    fault.action.impairment().is_none()
+        && fault.host == host
         && packet.direction == hook_direction
         && selection(&fault.matcher, fault.action).is_ok_and(|sel| sel.selects(packet))
 }

@@ -60,7 +60,9 @@ struct InstalledFault {
     chain: CString,
     direction: Direction,
     selection: Selection,
-    action: FaultAction,
+    verdict: Verdict,
+    /// The verdict as `nft` writes it, for messages.
+    verdict_text: &'static str,
 }
 
 impl InstalledFault {
@@ -69,13 +71,9 @@ impl InstalledFault {
         let selection = matcher::selection(&fault.matcher, fault.action).map_err(refused)?;
         let chain = CString::new(format!("fault_{}", fault.name))
             .map_err(|_| refused("the name contains a NUL byte".into()))?;
-        Ok(InstalledFault {
-            name: fault.name.clone(),
-            chain,
-            direction: fault.direction,
-            selection,
-            action: fault.action,
-        })
+        let (verdict, verdict_text) =
+            verdict(fault.action).ok_or_else(|| refused("an impairment is the wire's to carry out, not a rule".into()))?;
+        Ok(InstalledFault { name: fault.name.clone(), chain, direction: fault.direction, selection, verdict, verdict_text })
     }
 
     fn chain_name(&self) -> String {
@@ -89,11 +87,14 @@ impl Firewall {
     /// `nft add rule inet netfault input|output jump fault_<name>`, all in one batch. Every fault
     /// starts off (its chain is empty); the batch also adds and flushes each fault's rules, so the
     /// kernel checks them now rather than at their first activation mid-run. Faults of other hosts
-    /// in `faults` are skipped. A table left from an earlier install in the same namespace is
-    /// replaced.
+    /// in `faults` are skipped, and so are impairments (the wire's). A table left from an earlier install in
+    /// the same namespace is replaced.
     pub fn install(ns: &Netns, host: HostId, faults: &[FaultPlan]) -> Result<Firewall> {
-        let mut own =
-            faults.iter().filter(|fault| fault.host == host).map(InstalledFault::new).collect::<Result<Vec<_>>>()?;
+        let mut own = faults
+            .iter()
+            .filter(|fault| fault.host == host && fault.action.impairment().is_none())
+            .map(InstalledFault::new)
+            .collect::<Result<Vec<_>>>()?;
         own.sort_by(|a, b| a.name.cmp(&b.name));
         if let Some(pair) = own.windows(2).find(|pair| pair[0].name == pair[1].name) {
             return Err(Error::Internal(format!("two faults named {} on host {host}", pair[0].name)));
@@ -258,7 +259,7 @@ fn add_fault_rules(batch: &mut Batch, chain: &Chain, fault: &InstalledFault) {
             add_payload_exists(&mut rule);
         }
         rule.add_expr(&CounterRef { name: &fault.chain });
-        rule.add_expr(&verdict(fault.action));
+        rule.add_expr(&fault.verdict);
         batch.add(&rule, MsgType::Add);
     }
 }
@@ -297,18 +298,27 @@ fn add_alternative(rule: &mut Rule, alternative: &Alternative) {
     }
 }
 
-/// `drop`, `reject with tcp reset`, or `reject with icmpx <code>`: the inet family's ICMPX codes
-/// become ICMP net-unreachable (code 0), host-unreachable (1), port-unreachable (3) and
-/// communication administratively prohibited (13) for IPv4.
-fn verdict(action: FaultAction) -> Verdict {
-    match action {
-        FaultAction::Drop => Verdict::Drop,
-        FaultAction::RejectTcpReset => Verdict::Reject(RejectionType::TcpRst),
-        FaultAction::RejectIcmpPortUnreachable => Verdict::Reject(RejectionType::Icmp(IcmpCode::PortUnreach)),
-        FaultAction::RejectIcmpHostUnreachable => Verdict::Reject(RejectionType::Icmp(IcmpCode::HostUnreach)),
-        FaultAction::RejectIcmpNetUnreachable => Verdict::Reject(RejectionType::Icmp(IcmpCode::NoRoute)),
-        FaultAction::RejectIcmpAdminProhibited => Verdict::Reject(RejectionType::Icmp(IcmpCode::AdminProhibited)),
-    }
+/// `drop`, `reject with tcp reset`, or `reject with icmpx <code>`, and how `nft` writes it: the inet family's
+/// ICMPX codes become ICMP net-unreachable (code 0), host-unreachable (1), port-unreachable (3) and
+/// communication administratively prohibited (13) for IPv4. `None` for an impairment, which no rule carries out.
+fn verdict(action: FaultAction) -> Option<(Verdict, &'static str)> {
+    Some(match action {
+        FaultAction::Drop => (Verdict::Drop, "drop"),
+        FaultAction::RejectTcpReset => (Verdict::Reject(RejectionType::TcpRst), "reject with tcp reset"),
+        FaultAction::RejectIcmpPortUnreachable => {
+            (Verdict::Reject(RejectionType::Icmp(IcmpCode::PortUnreach)), "reject with icmpx port-unreachable")
+        }
+        FaultAction::RejectIcmpHostUnreachable => {
+            (Verdict::Reject(RejectionType::Icmp(IcmpCode::HostUnreach)), "reject with icmpx host-unreachable")
+        }
+        FaultAction::RejectIcmpNetUnreachable => {
+            (Verdict::Reject(RejectionType::Icmp(IcmpCode::NoRoute)), "reject with icmpx no-route")
+        }
+        FaultAction::RejectIcmpAdminProhibited => {
+            (Verdict::Reject(RejectionType::Icmp(IcmpCode::AdminProhibited)), "reject with icmpx admin-prohibited")
+        }
+        FaultAction::Impair(_) => return None,
+    })
 }
 
 /// The fault's rules as `nft add rule` commands, for messages.
@@ -335,17 +345,7 @@ fn rule_text(fault: &InstalledFault) -> Vec<String> {
             parts.push("@ih,0,8 >= 0x0".to_string());
         }
         parts.push(format!("counter name {}", fault.chain_name()));
-        parts.push(
-            match fault.action {
-                FaultAction::Drop => "drop",
-                FaultAction::RejectTcpReset => "reject with tcp reset",
-                FaultAction::RejectIcmpPortUnreachable => "reject with icmpx port-unreachable",
-                FaultAction::RejectIcmpHostUnreachable => "reject with icmpx host-unreachable",
-                FaultAction::RejectIcmpNetUnreachable => "reject with icmpx no-route",
-                FaultAction::RejectIcmpAdminProhibited => "reject with icmpx admin-prohibited",
-            }
-            .to_string(),
-        );
+        parts.push(fault.verdict_text.to_string());
         rules.push(parts.join(" "));
     }
     rules

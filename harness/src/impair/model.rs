@@ -37,7 +37,7 @@ pub enum Distribution {
 }
 
 /// What a fault does to the packets it selects.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Impairment {
     Loss(LossModel),
@@ -242,6 +242,11 @@ impl Pipeline {
     /// The names of the faults, in the order they apply.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.faults.iter().map(|state| state.fault.name.as_str())
+    }
+
+    /// How many packets each fault has selected so far.
+    pub fn selected(&self) -> Vec<(String, u64)> {
+        self.faults.iter().map(|state| (state.fault.name.clone(), state.selected)).collect()
     }
 
     /// Decides the fate of `frame`, which arrived at `at`, decoded as `packet` (`None` for frames that are not

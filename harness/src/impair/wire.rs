@@ -60,11 +60,25 @@ pub struct WireStats {
     pub send_errors: u64,
 }
 
+/// What a stopped wire did.
+#[derive(Debug, Clone, Default)]
+pub struct Stopped {
+    /// Toward the client and toward the server.
+    pub stats: [WireStats; 2],
+    /// Packets each fault selected (forged, for an injection), by fault name.
+    pub selected: Vec<(String, u64)>,
+    /// What went wrong while it ran (an injection with no connection to go into).
+    pub errors: Vec<String>,
+}
+
+/// What one direction's thread hands back.
+type DirectionResult = Result<(WireStats, Vec<(String, u64)>)>;
+
 /// A running wire between the two hosts.
 pub struct Wire {
     shared: Arc<Shared>,
     /// The thread forwarding toward each host, by `HostId::index()`, and the eventfd that wakes it.
-    threads: Vec<(HostId, JoinHandle<Result<WireStats>>, Arc<OwnedFd>)>,
+    threads: Vec<(HostId, JoinHandle<DirectionResult>, Arc<OwnedFd>)>,
 }
 
 /// What the threads share: which faults are on, injections waiting, the connections seen.
@@ -75,6 +89,10 @@ struct Shared {
     /// Injections waiting for the thread of their direction, by `HostId::index()` of the receiver.
     injections: [Mutex<Vec<usize>>; 2],
     connections: Mutex<Connections>,
+    /// Failures that do not stop the wire (an injection that found no connection).
+    errors: Mutex<Vec<String>>,
+    /// Injections forged so far, by fault index.
+    forged: Vec<std::sync::atomic::AtomicU64>,
     /// One decoder for both directions, so a decision's packet reads as the captures show it (relative numbers).
     decoder: Mutex<Decoder>,
     sink: Option<EventSink>,
@@ -115,6 +133,8 @@ impl Wire {
         let sockets: Vec<Arc<OwnedFd>> = sockets.into_iter().map(Arc::new).collect();
         let shared = Arc::new(Shared {
             active: faults.iter().map(|_| AtomicBool::new(false)).collect(),
+            forged: faults.iter().map(|_| std::sync::atomic::AtomicU64::new(0)).collect(),
+            errors: Mutex::new(Vec::new()),
             faults,
             stop: AtomicBool::new(false),
             injections: [Mutex::new(Vec::new()), Mutex::new(Vec::new())],
@@ -179,10 +199,10 @@ impl Wire {
         self.shared.faults.iter().any(|f| f.name == fault)
     }
 
-    /// Stops both threads and returns what each direction did (by `HostId::index()` of the receiver).
-    pub fn stop(self) -> Result<[WireStats; 2]> {
+    /// Stops both threads and returns what each direction did, what each fault selected and what failed.
+    pub fn stop(self) -> Result<Stopped> {
         self.shared.stop.store(true, Ordering::Relaxed);
-        let mut stats = [WireStats::default(); 2];
+        let mut stopped = Stopped::default();
         for (toward, handle, wake) in self.threads {
             capture::signal(&wake);
             let started = std::time::Instant::now();
@@ -192,11 +212,19 @@ impl Wire {
                 }
                 thread::sleep(Duration::from_millis(1));
             }
-            stats[toward.index()] = handle
-                .join()
-                .map_err(|_| Error::Internal(format!("wire toward {toward}: thread panicked")))??;
+            let (stats, selected) =
+                handle.join().map_err(|_| Error::Internal(format!("wire toward {toward}: thread panicked")))??;
+            stopped.stats[toward.index()] = stats;
+            stopped.selected.extend(selected);
         }
-        Ok(stats)
+        for (fault, forged) in self.shared.faults.iter().zip(&self.shared.forged) {
+            if matches!(fault.impairment, Impairment::Inject(_)) {
+                stopped.selected.push((fault.name.clone(), forged.load(Ordering::Relaxed)));
+            }
+        }
+        stopped.selected.sort();
+        stopped.errors = std::mem::take(&mut *lock(&self.shared.errors));
+        Ok(stopped)
     }
 }
 
@@ -257,7 +285,7 @@ struct Direction {
 }
 
 impl Direction {
-    fn run(mut self) -> Result<WireStats> {
+    fn run(mut self) -> DirectionResult {
         // Refused only without CAP_SYS_NICE (rootless): delays are then as exact as an ordinary thread's sleep.
         let _ = priority::raise_wire_thread();
         while !self.shared.stop.load(Ordering::Relaxed) {
@@ -269,7 +297,7 @@ impl Direction {
         self.stats.held_at_stop = self.schedule.len() as u64 + self.held.len() as u64;
         self.stats.kernel_drops += capture::take_kernel_drops(&self.receive)
             .map_err(|e| Error::sys(format!("{}: getsockopt(PACKET_STATISTICS)", self.command), e))?;
-        Ok(self.stats)
+        Ok((self.stats, self.pipeline.selected()))
     }
 
     /// Sleeps until the next frame is due, a frame arrives or a command comes, with nanosecond precision (a
@@ -397,12 +425,14 @@ impl Direction {
                 self.shared.decode_peek(frame).is_some_and(|packet| crate::firewall::selects(&fault.matcher, &packet))
             });
             let Some(forged) = forged else {
-                return Err(Error::Internal(format!(
-                    "inject {}: no TCP connection toward {} matching its `match` has been seen on the wire yet; \
-                     trigger the injection after the connection is established",
+                lock(&self.shared.errors).push(format!(
+                    "inject {}: no TCP connection toward {} matching its `match` had been seen on the wire when it \
+                     switched on; trigger the injection after the connection is established",
                     fault.name, self.toward
-                )));
+                ));
+                continue;
             };
+            self.shared.forged[index].fetch_add(1, Ordering::Relaxed);
             let at = wall_now();
             let packet = self.shared.decode(&forged);
             self.transmit(&forged)?;

@@ -488,7 +488,8 @@ impl fmt::Display for Errno {
     }
 }
 
-/// `nft add rule inet netfault <chain> <match> <action>` switched on and off by triggers.
+/// `nft add rule inet netfault <chain> <match> <action>`, or an impairment of the wire, switched on and off by
+/// triggers.
 #[derive(Debug, Clone, Serialize)]
 pub struct FaultPlan {
     pub name: String,
@@ -500,6 +501,23 @@ pub struct FaultPlan {
     pub from: Trigger,
     pub until: Option<Trigger>,
     pub location: Location,
+}
+
+impl FaultPlan {
+    /// The host the packets a wire impairment acts on travel to: `at` for ingress, its peer for egress.
+    pub fn toward(&self) -> HostId {
+        match self.direction {
+            Direction::Ingress => self.host,
+            Direction::Egress => self.host.peer(),
+        }
+    }
+}
+
+impl Plan {
+    /// Whether any fault is carried out by the wire, which then joins the hosts ([`crate::impair`]).
+    pub fn has_impairments(&self) -> bool {
+        self.faults.iter().any(|fault| fault.action.impairment().is_some())
+    }
 }
 
 /// Which netfilter hook the rule sits on.
@@ -557,8 +575,9 @@ pub enum PayloadMatch {
     NonEmpty,
 }
 
-/// What the rule does to a matched packet.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+/// What the fault does to a matched packet: an nftables verdict in the host's firewall, or an impairment of the
+/// wire between the hosts ([`crate::impair`]).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
 #[serde(rename_all = "kebab-case")]
 pub enum FaultAction {
     /// `drop`.
@@ -573,6 +592,18 @@ pub enum FaultAction {
     RejectIcmpNetUnreachable,
     /// `reject with icmp type admin-prohibited`.
     RejectIcmpAdminProhibited,
+    /// Done by the wire to packets travelling toward [`FaultPlan::toward`].
+    Impair(crate::impair::Impairment),
+}
+
+impl FaultAction {
+    /// The impairment, for a fault the wire carries out; `None` for a firewall rule.
+    pub fn impairment(&self) -> Option<&crate::impair::Impairment> {
+        match self {
+            FaultAction::Impair(impairment) => Some(impairment),
+            _ => None,
+        }
+    }
 }
 
 /// When a fault switches on or off.

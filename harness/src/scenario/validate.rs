@@ -18,6 +18,7 @@ use crate::scenario::size::parse_size;
 
 mod expect;
 mod faults;
+mod impair;
 mod program;
 
 /// Used when `timeout:` is not given.
