@@ -163,6 +163,11 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64) -> Result<RunOutput> {
     }
     let duration = clock.now();
     let _ = priority::lower_current_thread();
+    // Read before anything is torn down: what the run made each host's kernel count.
+    for host in HostId::ALL {
+        let counters = namespaces[host.index()].run(crate::nstat::read_counters)?;
+        collected.push(Event { t: duration, host, kind: EventKind::Counters { counters } });
+    }
 
     let teardown_started = Instant::now();
     board.close();

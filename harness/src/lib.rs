@@ -14,6 +14,7 @@ pub mod error;
 pub mod firewall;
 pub mod impair;
 pub mod netns;
+pub mod nstat;
 pub mod observe;
 pub mod pidns;
 pub mod priority;

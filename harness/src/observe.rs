@@ -52,6 +52,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct TcpInfoSummary {
     /// `tcpi_rto` (`ss -i` `rto:`).
     pub rto: Duration,
+    /// `tcpi_rtt` (`ss -i` `rtt:`, the smoothed round-trip time).
+    pub rtt: Duration,
     /// `tcpi_retransmits`: retransmission timeouts in a row for the oldest unacknowledged segment.
     pub retransmits: u8,
     /// `tcpi_probes`: unanswered keepalive or zero-window probes.
@@ -110,6 +112,8 @@ impl SocketSample {
             retrans: self.retrans,
             recv_q: self.recv_q,
             send_q: self.send_q,
+            rtt: self.tcpi.map(|info| info.rtt),
+            rto: self.tcpi.map(|info| info.rto),
         }
     }
 
@@ -328,6 +332,7 @@ fn summarize_tcp_info(payload: &[u8]) -> Option<TcpInfoSummary> {
     let info = TcpInfo::parse(payload).ok()?;
     Some(TcpInfoSummary {
         rto: Duration::from_micros(u64::from(info.rto)),
+        rtt: Duration::from_micros(u64::from(info.rtt)),
         retransmits: info.retransmits,
         probes: info.probes,
         backoff: info.backoff,
@@ -381,6 +386,8 @@ impl SocketKey {
             retrans: 0,
             recv_q: 0,
             send_q: 0,
+            rtt: None,
+            rto: None,
         }
     }
 }
@@ -758,6 +765,7 @@ mod tests {
                 inode: 42,
                 tcpi: Some(TcpInfoSummary {
                     rto: Duration::from_millis(204),
+                    rtt: Duration::ZERO,
                     retransmits: 0,
                     probes: 3,
                     backoff: 0,

@@ -44,6 +44,8 @@ pub enum EventKind {
     Socket(SocketEvent),
     /// What the wire's impairments did to a packet (or a segment they forged), when it reached the wire.
     Impairment(ImpairmentEvent),
+    /// The host's kernel counters at the end of the run (`nstat`), those that are not zero.
+    Counters { counters: std::collections::BTreeMap<String, u64> },
     /// The run was cut at the deadline with this step still running.
     Deadline {
         step: Option<String>,
@@ -146,6 +148,12 @@ pub struct SocketEvent {
     pub retrans: u32,
     pub recv_q: u32,
     pub send_q: u32,
+    /// `ss -i` `rtt:` (the smoothed round-trip time) and `rto:`, for full sockets (`tcp_info`); sampled with the
+    /// changes above, not a change of their own.
+    #[serde(serialize_with = "serialize_opt_secs")]
+    pub rtt: Option<Duration>,
+    #[serde(serialize_with = "serialize_opt_secs")]
+    pub rto: Option<Duration>,
 }
 
 /// All events of a run, sorted by time (stable for equal times).
@@ -240,6 +248,13 @@ impl fmt::Display for Event {
                 if let Some(timer) = s.timer {
                     let expires = s.expires.map(|e| format!("{}ms", e.as_millis())).unwrap_or_default();
                     write!(f, " timer:({timer},{expires},{})", s.retrans)?;
+                }
+                Ok(())
+            }
+            EventKind::Counters { counters } => {
+                f.write_str("nstat ")?;
+                for (name, value) in counters {
+                    write!(f, " {name} {value}")?;
                 }
                 Ok(())
             }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::scenario::plan::{
-    ExpectedOutcome, HostId, Location, PacketExpectation, PacketFilter, Plan, Protocol, QueueExpectation, QueueKind,
+    CounterExpectation, DurationRange, TcpInfoExpectation, ExpectedOutcome, HostId, Location, PacketExpectation, PacketFilter, Plan, Protocol, QueueExpectation, QueueKind,
     Since, StateExpectation, StepExpectation, StepPlan, TcpFlagsMatch, TcpState, TimerExpectation,
 };
 use crate::timeline::{format_secs, Event, EventKind, Outcome, PacketDirection, PacketEvent, SocketEvent, Timeline};
@@ -113,6 +113,12 @@ pub fn judge(plan: &Plan, timeline: &Timeline) -> Verdict {
     for expectation in &plan.expect.queues {
         let anchor = resolve_anchor(plan, timeline, expectation.since.as_ref(), expectation.location);
         verdict.check(anchor.and_then(|anchor| judge_queue(expectation, anchor, timeline)));
+    }
+    for expectation in &plan.expect.counters {
+        verdict.check(judge_counter(expectation, timeline));
+    }
+    for expectation in &plan.expect.tcp_info {
+        verdict.check(judge_tcp_info(expectation, timeline));
     }
     verdict
 }
@@ -705,6 +711,93 @@ fn judge_queue(expectation: &QueueExpectation, anchor: Anchor, timeline: &Timeli
     ))
 }
 
+/// `min <= value <= max` for a counter, as `at least 1`, `at most 3` or `1..3`.
+fn describe_bounds(min: Option<u64>, max: Option<u64>) -> String {
+    match (min, max) {
+        (Some(min), Some(max)) => format!("{min}..{max}"),
+        (Some(min), None) => format!("at least {min}"),
+        (None, Some(max)) => format!("at most {max}"),
+        (None, None) => "any value".into(),
+    }
+}
+
+fn judge_counter(expectation: &CounterExpectation, timeline: &Timeline) -> Result<(), Failure> {
+    let subject = format!("{} counter {}", expectation.host, expectation.counter);
+    let expected = describe_bounds(expectation.min, expectation.max);
+    let reading = timeline.events.iter().rev().find_map(|event| match &event.kind {
+        EventKind::Counters { counters } if event.host == expectation.host => Some((event.t, counters)),
+        _ => None,
+    });
+    let Some((t, counters)) = reading else {
+        return Err(Failure {
+            location: expectation.location,
+            subject,
+            expected,
+            actual: "no reading of the host's counters (the run ended before they were read)".into(),
+            around: None,
+        });
+    };
+    // A counter the kernel knows but never incremented is left out of the reading: it is zero.
+    let value = counters.get(&expectation.counter).copied().unwrap_or(0);
+    if expectation.min.is_none_or(|min| value >= min) && expectation.max.is_none_or(|max| value <= max) {
+        return Ok(());
+    }
+    Err(Failure { location: expectation.location, subject, expected, actual: value.to_string(), around: Some(t) })
+}
+
+fn describe_range(range: &DurationRange) -> String {
+    let millis = |d: Duration| format!("{:.1}ms", d.as_secs_f64() * 1e3);
+    match (range.min, range.max) {
+        (Some(min), Some(max)) => format!("{}..{}", millis(min), millis(max)),
+        (Some(min), None) => format!("at least {}", millis(min)),
+        (None, Some(max)) => format!("at most {}", millis(max)),
+        (None, None) => "any".into(),
+    }
+}
+
+fn judge_tcp_info(expectation: &TcpInfoExpectation, timeline: &Timeline) -> Result<(), Failure> {
+    let last = timeline.events.iter().rev().find_map(|event| match &event.kind {
+        EventKind::Socket(socket)
+            if event.host == expectation.host
+                && socket.rtt.is_some()
+                && expectation.port.is_none_or(|port| socket.local_port == port || socket.remote_port == port) =>
+        {
+            Some((event.t, socket))
+        }
+        _ => None,
+    });
+    let mut expected = Vec::new();
+    for (name, range) in [("rtt", &expectation.rtt), ("rto", &expectation.rto)] {
+        if let Some(range) = range {
+            expected.push(format!("{name} {}", describe_range(range)));
+        }
+    }
+    let expected = expected.join(", ");
+    let Some((t, socket)) = last else {
+        return Err(Failure {
+            location: expectation.location,
+            subject: format!("{} tcp_info", expectation.host),
+            expected,
+            actual: "no tcp_info sample of such a connection".into(),
+            around: None,
+        });
+    };
+    let millis = |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.1}ms", d.as_secs_f64() * 1e3));
+    let fits = |range: &Option<DurationRange>, value: Option<Duration>| {
+        range.is_none_or(|range| value.is_some_and(|value| range.contains(value)))
+    };
+    if fits(&expectation.rtt, socket.rtt) && fits(&expectation.rto, socket.rto) {
+        return Ok(());
+    }
+    Err(Failure {
+        location: expectation.location,
+        subject: format!("{} tcp_info of {}", expectation.host, socket.socket),
+        expected,
+        actual: format!("rtt {}, rto {} in its last sample at {}s", millis(socket.rtt), millis(socket.rto), format_secs(t)),
+        around: Some(t),
+    })
+}
+
 fn secs_opt<S: serde::Serializer>(t: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
     match t {
         Some(t) => s.serialize_some(&t.as_secs_f64()),
@@ -784,6 +877,8 @@ expect:
                 retrans,
                 recv_q: 0,
                 send_q: 1,
+                rtt: None,
+                rto: None,
             }),
         }
     }
@@ -904,6 +999,8 @@ mod queue_and_filter_tests {
                 retrans: 0,
                 recv_q,
                 send_q,
+                rtt: None,
+                rto: None,
             }),
         }
     }

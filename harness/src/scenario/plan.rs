@@ -774,6 +774,42 @@ pub struct RunExpectations {
     pub states: Vec<StateExpectation>,
     pub timers: Vec<TimerExpectation>,
     pub queues: Vec<QueueExpectation>,
+    pub counters: Vec<CounterExpectation>,
+    pub tcp_info: Vec<TcpInfoExpectation>,
+}
+
+/// A kernel counter of `host` (`nstat` name) at the end of the run lies in [`min`, `max`].
+#[derive(Debug, Clone, Serialize)]
+pub struct CounterExpectation {
+    pub host: HostId,
+    pub counter: String,
+    pub min: Option<u64>,
+    pub max: Option<u64>,
+    pub location: Location,
+}
+
+/// The last `tcp_info` sample (`ss -i`) of a connection of `host` shows `rtt` and `rto` in their ranges.
+#[derive(Debug, Clone, Serialize)]
+pub struct TcpInfoExpectation {
+    pub host: HostId,
+    /// Local or remote port of the socket (any connection when `None`).
+    pub port: Option<u16>,
+    pub rtt: Option<DurationRange>,
+    pub rto: Option<DurationRange>,
+    pub location: Location,
+}
+
+/// Inclusive bounds; `None` leaves that side open.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct DurationRange {
+    pub min: Option<Duration>,
+    pub max: Option<Duration>,
+}
+
+impl DurationRange {
+    pub fn contains(&self, value: Duration) -> bool {
+        self.min.is_none_or(|min| value >= min) && self.max.is_none_or(|max| value <= max)
+    }
 }
 
 /// Packets matching `filter`: how many, and when.

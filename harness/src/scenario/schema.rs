@@ -567,6 +567,36 @@ pub struct RunExpectWire {
     pub states: Option<Vec<StateExpectWire>>,
     pub timers: Option<Vec<TimerExpectWire>>,
     pub queues: Option<Vec<QueueExpectWire>>,
+    pub counters: Option<Vec<CounterExpectWire>>,
+    pub tcp_info: Option<Vec<TcpInfoExpectWire>>,
+}
+
+/// One item of `expect: { counters: [...] }`: `{ host: client, counter: TcpExtTCPSACKRecovery, min: 1 }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CounterExpectWire {
+    pub host: Option<Scalar>,
+    pub counter: Option<Scalar>,
+    pub min: Option<Scalar>,
+    pub max: Option<Scalar>,
+}
+
+/// One item of `expect: { tcp_info: [...] }`: `{ host: client, port: 9000, rtt: { min: 90ms, max: 150ms } }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpInfoExpectWire {
+    pub host: Option<Scalar>,
+    pub port: Option<Scalar>,
+    pub rtt: Option<RangeWire>,
+    pub rto: Option<RangeWire>,
+}
+
+/// `{ min: 90ms, max: 150ms }`: either bound may be left out.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RangeWire {
+    pub min: Option<Scalar>,
+    pub max: Option<Scalar>,
 }
 
 /// One item of `expect: { packets: [...] }`.
@@ -684,7 +714,10 @@ pub const MAP_DESCRIPTIONS: &[(&str, &str)] = &[
     ("WaitWire", "a map like { for: client.connect, edge: started }"),
     ("ExecWire", "a map like { program: curl, args: [\"-s\", \"http://10.0.0.2:9000/\"] }"),
     ("StepExpectWire", "a map like { result: ETIMEDOUT, after: 14s }"),
-    ("RunExpectWire", "a map with keys packets, states, timers, queues"),
+    ("RunExpectWire", "a map with keys packets, states, timers, queues, counters, tcp_info"),
+    ("CounterExpectWire", "a map like { host: client, counter: TcpRetransSegs, min: 1 }"),
+    ("TcpInfoExpectWire", "a map like { host: client, port: 9000, rtt: { min: 90ms, max: 150ms } }"),
+    ("RangeWire", "a map like { min: 90ms, max: 150ms }"),
     ("PacketExpectWire", "a map like { from: client, flags: \"R\", count: 1 }"),
     ("StateExpectWire", "a map like { host: server, sequence: [SYN-RECV, GONE] }"),
     ("StateStepWire", "a map like { state: GONE, at: 7s }"),

@@ -16,6 +16,7 @@ use crate::scenario::plan::*;
 use crate::scenario::schema::*;
 use crate::scenario::size::parse_size;
 
+mod counters;
 mod expect;
 mod faults;
 mod impair;

@@ -20,6 +20,12 @@ impl Validator<'_> {
         for (i, queue) in wire.queues.as_deref().unwrap_or(&[]).iter().enumerate() {
             expect.queues.push(self.queue_expectation(&path.key("queues").index(i), queue)?);
         }
+        for (i, counter) in wire.counters.as_deref().unwrap_or(&[]).iter().enumerate() {
+            expect.counters.push(self.counter_expectation(&path.key("counters").index(i), counter)?);
+        }
+        for (i, info) in wire.tcp_info.as_deref().unwrap_or(&[]).iter().enumerate() {
+            expect.tcp_info.push(self.tcp_info_expectation(&path.key("tcp_info").index(i), info)?);
+        }
         Ok(expect)
     }
 
