@@ -682,6 +682,21 @@ fn judge_queue(expectation: &QueueExpectation, anchor: Anchor, timeline: &Timeli
             });
         }
     }
+    if let Some(reaches) = expectation.reaches {
+        let peak = histories.iter().flat_map(|(_, history)| history.iter()).max_by_key(|(value, _)| *value);
+        if peak.is_none_or(|(value, _)| *value < reaches) {
+            return Err(Failure {
+                location: expectation.location,
+                subject,
+                expected: format!("at least {reaches} at some time"),
+                actual: match peak {
+                    Some((value, t)) => format!("at most {value} (at {}s)", format_secs(*t)),
+                    None => seen(),
+                },
+                around: peak.map(|(_, t)| *t),
+            });
+        }
+    }
     if expectation.sequence.is_empty() {
         return Ok(());
     }
@@ -1050,6 +1065,7 @@ mod queue_and_filter_tests {
             queue: QueueKind::Recv,
             sequence: sequence.iter().map(|(value, at)| QueueStep { value: *value, at: at.map(ms) }).collect(),
             max,
+            reaches: None,
             tolerance: ms(100),
             early_tolerance: None,
             since: None,

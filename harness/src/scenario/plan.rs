@@ -909,6 +909,8 @@ pub struct QueueExpectation {
     pub sequence: Vec<QueueStep>,
     /// No selected socket ever shows more than this.
     pub max: Option<u32>,
+    /// Some selected socket shows at least this at some time.
+    pub reaches: Option<u32>,
     pub tolerance: Duration,
     /// Allowed earliness when it differs from `tolerance` (which is then the allowed lateness).
     pub early_tolerance: Option<Duration>,

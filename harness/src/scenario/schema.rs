@@ -671,6 +671,7 @@ pub struct QueueExpectWire {
     pub queue: Option<Scalar>,
     pub sequence: Option<Vec<ScalarOr<QueueStepWire>>>,
     pub max: Option<Scalar>,
+    pub reaches: Option<Scalar>,
     pub tolerance: Option<ScalarOr<ToleranceWire>>,
     pub since: Option<ScalarOr<SinceWire>>,
 }

@@ -46,6 +46,15 @@ impl Validator<'_> {
             Some(max) => Some(self.int(&path.key("max"), max, "max", 0, i128::from(u32::MAX))? as u32),
             None => None,
         };
+        let reaches = match &wire.reaches {
+            Some(reaches) => Some(self.int(&path.key("reaches"), reaches, "reaches", 1, i128::from(u32::MAX))? as u32),
+            None => None,
+        };
+        if let (Some(max), Some(reaches)) = (max, reaches) {
+            if reaches > max {
+                return Err(self.fail(&path.key("reaches"), format!("reaches {reaches} is above max {max}; nothing could match")));
+            }
+        }
         let mut sequence = Vec::new();
         for (i, step) in wire.sequence.as_deref().unwrap_or(&[]).iter().enumerate() {
             let step_path = path.key("sequence").index(i);
@@ -67,10 +76,11 @@ impl Validator<'_> {
                 }
             });
         }
-        if sequence.is_empty() && max.is_none() {
+        if sequence.is_empty() && max.is_none() && reaches.is_none() {
             return Err(self.fail(
                 path,
-                "a queue expectation needs a `sequence` of values (e.g. [0, { value: 1, at: 8s }]) or a `max`, or both",
+                "a queue expectation needs a `sequence` of values (e.g. [0, { value: 1, at: 8s }]), a `max` or a \
+                 `reaches`, or several of them",
             ));
         }
         let (tolerance, early_tolerance) = self.own_tolerance(path, wire.tolerance.as_ref())?;
@@ -81,6 +91,7 @@ impl Validator<'_> {
             queue,
             sequence,
             max,
+            reaches,
             tolerance,
             early_tolerance,
             since: self.anchor(path, wire.since.as_ref())?,
