@@ -318,3 +318,110 @@ impl Validator<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use crate::impair::{Distribution, Impairment, InjectedSegment, InjectedSeq, Injection, LossModel};
+    use crate::scenario::plan::{FaultAction, HostId, Protocol};
+
+    fn actions(faults: &str) -> Vec<(String, HostId, FaultAction)> {
+        let text = format!("description: impairments\ntimeout: 10s\nfaults:\n{faults}");
+        let plan = crate::scenario::parse("impair", Path::new("impair.yaml"), &text).unwrap();
+        plan.faults.iter().map(|f| (f.name.clone(), f.toward(), f.action)).collect()
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn every_impairment_parses_with_its_defaults_and_numbers() {
+        let faults = actions(
+            "  - { name: a-loss, at: server, action: { loss: 1% } }
+  - { name: b-loss, at: server, action: { loss: 0.25 } }
+  - { name: c-bursty, at: client, action: { loss: { p: 1%, r: 30% } } }
+  - { name: d-bursty, at: client, direction: egress, action: { loss: { p: 0.5%, r: 10%, bad: 50%, good: 0.1% } } }
+  - { name: e-delay, at: server, action: { delay: 100ms } }
+  - { name: f-delay, at: server, action: { delay: { time: 10ms, jitter: 30ms, distribution: normal, reorder: true } } }
+  - { name: g-reorder, at: server, action: { reorder: 5% } }
+  - { name: h-reorder, at: server, action: { reorder: { probability: 5%, gap: 7, max: 20ms } } }
+  - { name: i-dup, at: server, action: { duplicate: 2% } }
+  - { name: j-rot, at: server, action: { corrupt: 0.001 } }
+  - { name: k-rate, at: server, action: { rate: 1.5mbit } }
+  - { name: l-rate, at: server, action: { rate: { bandwidth: 10Gbit, queue: 1MiB } } }
+  - { name: m-inject, at: server, action: { inject: rst } }
+  - { name: n-inject, at: client, action: { inject: { segment: data, bytes: 100, seq: out-of-window } } }
+",
+        );
+        let impairment = |i: usize| match faults[i].2 {
+            FaultAction::Impair(impairment) => impairment,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(impairment(0), Impairment::Loss(LossModel::Random { probability: 0.01 }));
+        assert_eq!(impairment(1), Impairment::Loss(LossModel::Random { probability: 0.25 }));
+        assert_eq!(
+            impairment(2),
+            Impairment::Loss(LossModel::GilbertElliott { p: 0.01, r: 0.3, loss_good: 0.0, loss_bad: 1.0 })
+        );
+        assert_eq!(
+            impairment(3),
+            Impairment::Loss(LossModel::GilbertElliott { p: 0.005, r: 0.1, loss_good: 0.001, loss_bad: 0.5 })
+        );
+        assert_eq!(faults[2].1, HostId::Client, "ingress at the client: packets travelling to it");
+        assert_eq!(faults[3].1, HostId::Server, "egress at the client: packets it sends");
+        assert_eq!(
+            impairment(4),
+            Impairment::Delay { delay: ms(100), jitter: Duration::ZERO, distribution: Distribution::Uniform, in_order: true }
+        );
+        assert_eq!(
+            impairment(5),
+            Impairment::Delay { delay: ms(10), jitter: ms(30), distribution: Distribution::Normal, in_order: false }
+        );
+        assert_eq!(impairment(6), Impairment::Reorder { probability: 0.05, gap: 3, max: ms(100) });
+        assert_eq!(impairment(7), Impairment::Reorder { probability: 0.05, gap: 7, max: ms(20) });
+        assert_eq!(impairment(8), Impairment::Duplicate { probability: 0.02 });
+        assert_eq!(impairment(9), Impairment::Corrupt { probability: 0.001 });
+        assert_eq!(impairment(10), Impairment::Rate { bits_per_second: 1_500_000, queue_bytes: 64 << 10 });
+        assert_eq!(impairment(11), Impairment::Rate { bits_per_second: 10_000_000_000, queue_bytes: 1 << 20 });
+        assert_eq!(
+            impairment(12),
+            Impairment::Inject(Injection { segment: InjectedSegment::Rst, seq: InjectedSeq::Exact })
+        );
+        assert_eq!(
+            impairment(13),
+            Impairment::Inject(Injection { segment: InjectedSegment::Data { bytes: 100 }, seq: InjectedSeq::OutOfWindow })
+        );
+    }
+
+    #[test]
+    fn an_injection_is_made_a_tcp_match_and_a_plan_with_impairments_says_so() {
+        let text = "description: x\nfaults:\n  - { name: forged, at: server, match: { dport: 9000 }, action: { inject: rst } }\n";
+        let plan = crate::scenario::parse("x", Path::new("x.yaml"), text).unwrap();
+        assert_eq!(plan.faults[0].matcher.protocol, Some(Protocol::Tcp));
+        assert!(plan.has_impairments());
+        let text = "description: x\nfaults:\n  - { name: plain, at: server, action: drop }\n";
+        assert!(!crate::scenario::parse("x", Path::new("x.yaml"), text).unwrap().has_impairments());
+    }
+
+    #[test]
+    fn out_of_range_numbers_are_refused_with_what_is_allowed() {
+        let refused = |action: &str| {
+            let text = format!("description: x\nfaults:\n  - {{ name: f, at: server, action: {action} }}\n");
+            crate::scenario::parse("x", Path::new("x.yaml"), &text).unwrap_err().to_string()
+        };
+        assert!(refused("{ loss: 101% }").contains("out of range"));
+        assert!(refused("{ corrupt: -0.1 }").contains("out of range"));
+        assert!(refused("{ reorder: { probability: 5%, gap: 0 } }").contains("gap 0 is out of range"));
+        assert!(refused("{ reorder: { probability: 5%, max: 0s } }").contains("holds nothing back"));
+        assert!(refused("{ loss: { p: 1%, r: 0 } }").contains("never leaves the bad state"));
+        assert!(refused("{ loss: { probability: 1%, p: 2% } }").contains("Gilbert-Elliott"));
+        assert!(refused("{ rate: 500bit }").contains("out of range"));
+        assert!(refused("{ rate: 10mbps }").contains("not a rate"));
+        assert!(refused("{ delay: { jitter: 1ms } }").contains("delay needs \"time\""));
+        assert!(refused("{ inject: { segment: data, bytes: 2000 } }").contains("bytes 2000 is out of range"));
+        assert!(refused("{}").contains("action needs one of"));
+    }
+}
