@@ -41,10 +41,11 @@ usage: netfault bench <what> [options] [--json FILE] [--keep]
   capture [--bytes 1GiB] [--runs 2] bulk TCP over the veth: packets captured vs sent, drops, throughput with
                                    no capture, netfault's default queue and 64 MiB ring, tcpdump -w with its
                                    default buffer and with -B 65536 (same run)
-  impair [--runs 3] [--seconds 3] [--n 100000]
+  impair [--runs 3] [--seconds 3] [--n 100000] [--only MEASUREMENT]
                                    impairments against the kernel's alternatives, alternating: delay accuracy at
                                    100 Mb/s (wire vs bridge + NFQUEUE), rate (wire vs tc tbf), loss over N UDP
-                                   datagrams (seeded wire vs nft numgen), throughput, delay placed on the sender
+                                   datagrams (seeded wire vs nft numgen), throughput, delay placed on the sender;
+                                   --only runs the measurements whose name contains it (e.g. delay)
   timing [--n 100] [--sample 10ms] [--scenario FILE]
                                    keepalive-idle N times in parallel: observed minus kernel-defined times,
                                    observer state-change latency against the packet that caused it";
@@ -106,6 +107,7 @@ pub fn main(args: &[String]) -> ExitCode {
             runs: options.runs.unwrap_or(3),
             seconds: options.seconds.unwrap_or(3),
             datagrams: options.n.unwrap_or(100_000) as u64,
+            only: options.only.clone(),
         }),
         "timing" => bench_timing(&TimingOptions {
             instances: options.n.unwrap_or(100),
@@ -157,6 +159,7 @@ struct BenchArgs {
     n: Option<usize>,
     runs: Option<usize>,
     seconds: Option<u64>,
+    only: Option<String>,
     concurrent: Option<usize>,
     scenario: Option<PathBuf>,
     bytes: Option<u64>,
@@ -179,6 +182,7 @@ impl BenchArgs {
                 "--n" | "-n" => parsed.n = Some(count(value()?)?),
                 "--runs" => parsed.runs = Some(count(value()?)?),
                 "--seconds" => parsed.seconds = Some(count(value()?)? as u64),
+                "--only" => parsed.only = Some(value()?),
                 "--concurrent" => parsed.concurrent = Some(count(value()?)?),
                 "--scenario" => parsed.scenario = Some(PathBuf::from(value()?)),
                 "--json" => parsed.json = Some(PathBuf::from(value()?)),

@@ -527,7 +527,8 @@ pub fn annotate_impairments(timeline: &mut Timeline) {
         // The sender's capture stamps a frame a few microseconds before the wire does; a little slack covers
         // frames stamped in the other order.
         let slack = Duration::from_millis(1);
-        let sent = timeline.events.iter().rposition(|e| e.t <= event.t + slack && is_copy(e, sender, PacketDirection::Out));
+        let sent =
+            timeline.events.iter().rposition(|e| e.t <= event.t + slack && is_copy(e, sender, PacketDirection::Out));
         if !matches!(impairment.decision.kind, crate::impair::DecisionKind::Injected { .. }) {
             marks.extend(sent.map(|position| (position, label.clone())));
         }

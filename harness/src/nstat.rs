@@ -48,7 +48,12 @@ mod tests {
         let text = "Tcp: RtoAlgorithm RtoMin MaxConn RetransSegs\nTcp: 1 200 -1 12\nUdp: InDatagrams\nUdp: 3\n";
         assert_eq!(
             parse(text),
-            vec![("TcpRtoAlgorithm".into(), 1), ("TcpRtoMin".into(), 200), ("TcpRetransSegs".into(), 12), ("UdpInDatagrams".into(), 3)]
+            vec![
+                ("TcpRtoAlgorithm".into(), 1),
+                ("TcpRtoMin".into(), 200),
+                ("TcpRetransSegs".into(), 12),
+                ("UdpInDatagrams".into(), 3)
+            ]
         );
     }
 

@@ -323,7 +323,8 @@ pub fn load_all(paths: &[PathBuf]) -> Result<Vec<(Job, Plan)>, Vec<String>> {
             match scenario::load(&root, &file) {
                 // Refused here too, not only by the child: `check` must say so, and `run` must run nothing.
                 Ok(plan) => match report::report_dir(Path::new("reports"), &plan.name) {
-                    Ok(_) => plans.push((Job { file, root: root.clone(), reports: PathBuf::new(), run: None, seed: 0 }, plan)),
+                    Ok(_) => plans
+                        .push((Job { file, root: root.clone(), reports: PathBuf::new(), run: None, seed: 0 }, plan)),
                     Err(e) => errors.push(format!("{}: {e}", file.display())),
                 },
                 Err(e) => errors.push(e.to_string()),

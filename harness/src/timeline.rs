@@ -45,7 +45,9 @@ pub enum EventKind {
     /// What the wire's impairments did to a packet (or a segment they forged), when it reached the wire.
     Impairment(ImpairmentEvent),
     /// The host's kernel counters at the end of the run (`nstat`), those that are not zero.
-    Counters { counters: std::collections::BTreeMap<String, u64> },
+    Counters {
+        counters: std::collections::BTreeMap<String, u64>,
+    },
     /// The run was cut at the deadline with this step still running.
     Deadline {
         step: Option<String>,

@@ -178,7 +178,12 @@ pub fn build_with_wire(plan: &Plan) -> Result<([Netns; 2], Netns, Topology)> {
     let mtu = plan.link.mtu;
     for (host, rtnl) in [(HostId::Client, &mut client_rtnl), (HostId::Server, &mut server_rtnl)] {
         let wire_mac = [0x02, 0, 0, 0, 1, host.index() as u8 + 1];
-        create_veth(rtnl, (LINK_NAME, link_mac(host)), (WIRE_LINK_NAMES[host.index()], wire_mac, &wire_ns, "<wire>"), mtu)?;
+        create_veth(
+            rtnl,
+            (LINK_NAME, link_mac(host)),
+            (WIRE_LINK_NAMES[host.index()], wire_mac, &wire_ns, "<wire>"),
+            mtu,
+        )?;
     }
     let client = configure_link_end(&mut client_rtnl, plan.host(HostId::Client))?;
     let server = configure_link_end(&mut server_rtnl, plan.host(HostId::Server))?;

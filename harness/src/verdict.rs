@@ -8,8 +8,9 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::scenario::plan::{
-    CounterExpectation, DurationRange, TcpInfoExpectation, ExpectedOutcome, HostId, Location, PacketExpectation, PacketFilter, Plan, Protocol, QueueExpectation, QueueKind,
-    Since, StateExpectation, StepExpectation, StepPlan, TcpFlagsMatch, TcpState, TimerExpectation,
+    CounterExpectation, DurationRange, ExpectedOutcome, HostId, Location, PacketExpectation, PacketFilter, Plan,
+    Protocol, QueueExpectation, QueueKind, Since, StateExpectation, StepExpectation, StepPlan, TcpFlagsMatch,
+    TcpInfoExpectation, TcpState, TimerExpectation,
 };
 use crate::timeline::{format_secs, Event, EventKind, Outcome, PacketDirection, PacketEvent, SocketEvent, Timeline};
 
@@ -808,7 +809,12 @@ fn judge_tcp_info(expectation: &TcpInfoExpectation, timeline: &Timeline) -> Resu
         location: expectation.location,
         subject: format!("{} tcp_info of {}", expectation.host, socket.socket),
         expected,
-        actual: format!("rtt {}, rto {} in its last sample at {}s", millis(socket.rtt), millis(socket.rto), format_secs(t)),
+        actual: format!(
+            "rtt {}, rto {} in its last sample at {}s",
+            millis(socket.rtt),
+            millis(socket.rto),
+            format_secs(t)
+        ),
         around: Some(t),
     })
 }

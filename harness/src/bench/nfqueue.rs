@@ -7,7 +7,6 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io;
-use std::mem::size_of;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -78,20 +77,10 @@ fn open(queue: u16) -> Result<OwnedFd> {
     }
     // SAFETY: fd was just returned by socket and is owned by nobody else.
     let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    for (option, value) in [(libc::SO_RCVBUFFORCE, RECEIVE_BUFFER)] {
-        // SAFETY: value is a live c_int and its size is passed.
-        let rc = unsafe {
-            libc::setsockopt(fd, libc::SOL_SOCKET, option, (&value as *const libc::c_int).cast(), size_of::<libc::c_int>() as _)
-        };
-        if rc < 0 {
-            return Err(sys("setsockopt(SO_RCVBUFFORCE)"));
-        }
-    }
-    let one: libc::c_int = 1;
-    // SAFETY: as above.
-    unsafe {
-        libc::setsockopt(fd, libc::SOL_NETLINK, NETLINK_NO_ENOBUFS, (&one as *const libc::c_int).cast(), size_of::<libc::c_int>() as _)
-    };
+    crate::capture::set_option(&socket, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &RECEIVE_BUFFER)
+        .map_err(|e| Error::sys("NFQUEUE: setsockopt(SO_RCVBUFFORCE)", e))?;
+    // Best effort: without it a burst beyond the buffer makes recv fail with ENOBUFS once, and then goes on.
+    let _ = crate::capture::set_option(&socket, libc::SOL_NETLINK, NETLINK_NO_ENOBUFS, &(1 as libc::c_int));
     let mut bind = message(NFQNL_MSG_CONFIG, queue, libc::NLM_F_ACK as u16);
     attribute(&mut bind, NFQA_CFG_CMD, &[NFQNL_CFG_CMD_BIND, 0, 0, libc::AF_INET as u8]);
     send(&socket, bind)?;
@@ -185,9 +174,8 @@ fn hold(socket: &OwnedFd, queue: u16, delay: Duration, stop: &AtomicBool) -> Res
         unsafe { libc::ppoll(fds.as_mut_ptr(), 1, &timespec, std::ptr::null()) };
         loop {
             // SAFETY: buffer is writable for its length.
-            let n = unsafe {
-                libc::recv(socket.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len(), libc::MSG_DONTWAIT)
-            };
+            let n =
+                unsafe { libc::recv(socket.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len(), libc::MSG_DONTWAIT) };
             if n <= 0 {
                 break;
             }

@@ -71,9 +71,16 @@ impl InstalledFault {
         let selection = matcher::selection(&fault.matcher, fault.action).map_err(refused)?;
         let chain = CString::new(format!("fault_{}", fault.name))
             .map_err(|_| refused("the name contains a NUL byte".into()))?;
-        let (verdict, verdict_text) =
-            verdict(fault.action).ok_or_else(|| refused("an impairment is the wire's to carry out, not a rule".into()))?;
-        Ok(InstalledFault { name: fault.name.clone(), chain, direction: fault.direction, selection, verdict, verdict_text })
+        let (verdict, verdict_text) = verdict(fault.action)
+            .ok_or_else(|| refused("an impairment is the wire's to carry out, not a rule".into()))?;
+        Ok(InstalledFault {
+            name: fault.name.clone(),
+            chain,
+            direction: fault.direction,
+            selection,
+            verdict,
+            verdict_text,
+        })
     }
 
     fn chain_name(&self) -> String {

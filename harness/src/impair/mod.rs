@@ -11,7 +11,9 @@ pub mod model;
 pub mod rng;
 pub mod wire;
 
-pub use model::{Decision, DecisionKind, Distribution, Impairment, InjectedSegment, InjectedSeq, Injection, LossModel, WireFault};
+pub use model::{
+    Decision, DecisionKind, Distribution, Impairment, InjectedSegment, InjectedSeq, Injection, LossModel, WireFault,
+};
 pub use wire::{Wire, WireStats};
 
 /// A duration as whole microseconds, for decisions in result.json.

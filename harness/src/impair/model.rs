@@ -43,16 +43,32 @@ pub enum Impairment {
     Loss(LossModel),
     /// Each packet is held `delay` plus its jitter; `in_order` keeps packets in their order (a packet never
     /// leaves before the one selected before it).
-    Delay { delay: Duration, jitter: Duration, distribution: Distribution, in_order: bool },
+    Delay {
+        delay: Duration,
+        jitter: Duration,
+        distribution: Distribution,
+        in_order: bool,
+    },
     /// A selected packet is held back until `gap` later packets have gone the same way, or `max` has passed.
-    Reorder { probability: f64, gap: u32, max: Duration },
+    Reorder {
+        probability: f64,
+        gap: u32,
+        max: Duration,
+    },
     /// A selected packet is sent twice.
-    Duplicate { probability: f64 },
+    Duplicate {
+        probability: f64,
+    },
     /// One bit of a selected packet's TCP or UDP segment is flipped: its checksum fails at the receiver.
-    Corrupt { probability: f64 },
+    Corrupt {
+        probability: f64,
+    },
     /// The link carries `bits_per_second` (Ethernet frames, header included, as tc counts them); packets wait
     /// in a queue of at most `queue_bytes` and are dropped when it is full.
-    Rate { bits_per_second: u64, queue_bytes: u64 },
+    Rate {
+        bits_per_second: u64,
+        queue_bytes: u64,
+    },
     /// A forged segment sent once when the fault switches on.
     Inject(Injection),
 }
@@ -130,7 +146,10 @@ pub struct WireFault {
 pub enum DecisionKind {
     Lost,
     /// Flipped bit `bit` of byte `byte` of the TCP/UDP segment.
-    Corrupted { byte: usize, bit: u8 },
+    Corrupted {
+        byte: usize,
+        bit: u8,
+    },
     Duplicated,
     /// Held for `by` (jitter included; in-order waiting and queueing are not decisions and not counted).
     Delayed {
@@ -138,11 +157,16 @@ pub enum DecisionKind {
         by: Duration,
     },
     /// Held back until `gap` later packets went past (or its time ran out).
-    Reordered { gap: u32 },
+    Reordered {
+        gap: u32,
+    },
     /// The rate limit's queue was full.
     QueueFull,
     /// A forged segment: what and where in the window.
-    Injected { segment: InjectedSegment, seq: InjectedSeq },
+    Injected {
+        segment: InjectedSegment,
+        seq: InjectedSeq,
+    },
 }
 
 impl std::fmt::Display for DecisionKind {
@@ -235,13 +259,20 @@ impl Pipeline {
                 queued: VecDeque::new(),
             })
             .collect();
-        states.sort_by(|a, b| (a.fault.impairment.stage(), &a.fault.name).cmp(&(b.fault.impairment.stage(), &b.fault.name)));
+        states.sort_by(|a, b| {
+            (a.fault.impairment.stage(), &a.fault.name).cmp(&(b.fault.impairment.stage(), &b.fault.name))
+        });
         Pipeline { faults: states }
     }
 
     /// The names of the faults, in the order they apply.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.faults.iter().map(|state| state.fault.name.as_str())
+    }
+
+    /// Whether any of the faults is on.
+    pub fn any_active(&self, active: &dyn Fn(&str) -> bool) -> bool {
+        self.faults.iter().any(|state| active(&state.fault.name))
     }
 
     /// How many packets each fault has selected so far.
@@ -267,7 +298,8 @@ impl Pipeline {
             state.selected += 1;
             let n = state.selected;
             let stream = state.stream;
-            let mut decide = |kind: DecisionKind| fate.decisions.push(Decision { fault: state.fault.name.clone(), n, kind });
+            let mut decide =
+                |kind: DecisionKind| fate.decisions.push(Decision { fault: state.fault.name.clone(), n, kind });
             match &state.fault.impairment {
                 Impairment::Loss(model) => {
                     let lost = match *model {
@@ -502,7 +534,7 @@ mod tests {
         assert_eq!(sent[9].release, Duration::from_nanos(1_211_200));
         assert!(fates[10..].iter().all(|f| f.decisions[0].kind == DecisionKind::QueueFull));
         // Spaced slower than the link, nothing waits.
-        let fates = run(1, &[fault("thin", rate.clone())], 100, Duration::from_micros(200));
+        let fates = run(1, &[fault("thin", rate)], 100, Duration::from_micros(200));
         for (i, fate) in fates.iter().enumerate() {
             assert_eq!(fate.release, Duration::from_micros(200) * i as u32 + Duration::from_nanos(121_120));
         }

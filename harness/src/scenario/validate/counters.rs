@@ -56,7 +56,11 @@ impl Validator<'_> {
         Ok(CounterExpectation { host, counter: name, min, max, location: self.index.value(path) })
     }
 
-    pub(super) fn tcp_info_expectation(&self, path: &NodePath, wire: &TcpInfoExpectWire) -> Checked<TcpInfoExpectation> {
+    pub(super) fn tcp_info_expectation(
+        &self,
+        path: &NodePath,
+        wire: &TcpInfoExpectWire,
+    ) -> Checked<TcpInfoExpectation> {
         let host = self.required(&wire.host, path, "tcp_info expectation", "host", "client or server")?;
         let host = self.host(&path.key("host"), host)?;
         let port = match &wire.port {
@@ -66,7 +70,9 @@ impl Validator<'_> {
         let rtt = wire.rtt.as_ref().map(|range| self.duration_range(&path.key("rtt"), range, "rtt")).transpose()?;
         let rto = wire.rto.as_ref().map(|range| self.duration_range(&path.key("rto"), range, "rto")).transpose()?;
         if rtt.is_none() && rto.is_none() {
-            return Err(self.fail(path, "a tcp_info expectation needs `rtt`, `rto` or both, e.g. { rtt: { min: 90ms } }"));
+            return Err(
+                self.fail(path, "a tcp_info expectation needs `rtt`, `rto` or both, e.g. { rtt: { min: 90ms } }")
+            );
         }
         Ok(TcpInfoExpectation { host, port, rtt, rto, location: self.index.value(path) })
     }
@@ -80,7 +86,9 @@ impl Validator<'_> {
         };
         let range = DurationRange { min: bound("min", &wire.min)?, max: bound("max", &wire.max)? };
         match (range.min, range.max) {
-            (None, None) => Err(self.fail(path, format!("{what} needs `min`, `max` or both, e.g. {{ min: 90ms, max: 150ms }}"))),
+            (None, None) => {
+                Err(self.fail(path, format!("{what} needs `min`, `max` or both, e.g. {{ min: 90ms, max: 150ms }}")))
+            }
             (Some(min), Some(max)) if min > max => Err(self.fail(
                 &path.key("max"),
                 format!("{what} max {} is below its min {}", format_duration(max), format_duration(min)),

@@ -52,7 +52,8 @@ impl Validator<'_> {
         };
         if let (Some(max), Some(reaches)) = (max, reaches) {
             if reaches > max {
-                return Err(self.fail(&path.key("reaches"), format!("reaches {reaches} is above max {max}; nothing could match")));
+                return Err(self
+                    .fail(&path.key("reaches"), format!("reaches {reaches} is above max {max}; nothing could match")));
             }
         }
         let mut sequence = Vec::new();

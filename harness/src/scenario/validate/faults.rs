@@ -101,7 +101,8 @@ impl Validator<'_> {
                 ));
             }
         }
-        let mut fault = FaultPlan { name, host, direction, matcher, action, from, until, location: self.index.value(path) };
+        let mut fault =
+            FaultPlan { name, host, direction, matcher, action, from, until, location: self.index.value(path) };
         self.check_impairment_fault(path, wire, &mut fault)?;
         Ok(fault)
     }

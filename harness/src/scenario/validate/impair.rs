@@ -45,7 +45,10 @@ impl Validator<'_> {
             [] => {
                 return Err(self.fail(
                     path,
-                    format!("action needs one of: {}; e.g. {{ loss: 1% }} or {{ reject: tcp-reset }}", list(ACTION_KEYS_MAP)),
+                    format!(
+                        "action needs one of: {}; e.g. {{ loss: 1% }} or {{ reject: tcp-reset }}",
+                        list(ACTION_KEYS_MAP)
+                    ),
                 ))
             }
             [_, second, ..] => {
@@ -82,7 +85,9 @@ impl Validator<'_> {
         let number = match value {
             Scalar::Int(n) => Some((*n as f64, 1.0)),
             Scalar::Float(x) => Some((*x, 1.0)),
-            Scalar::Str(text) => text.trim().strip_suffix('%').and_then(|n| n.trim().parse::<f64>().ok()).map(|n| (n, 100.0)),
+            Scalar::Str(text) => {
+                text.trim().strip_suffix('%').and_then(|n| n.trim().parse::<f64>().ok()).map(|n| (n, 100.0))
+            }
             _ => None,
         };
         match number {
@@ -106,20 +111,35 @@ impl Validator<'_> {
                 return Ok(Impairment::Loss(LossModel::Random { probability }));
             }
         };
-        let burst = [("p", map.p.is_some()), ("r", map.r.is_some()), ("bad", map.bad.is_some()), ("good", map.good.is_some())];
+        let burst =
+            [("p", map.p.is_some()), ("r", map.r.is_some()), ("bad", map.bad.is_some()), ("good", map.good.is_some())];
         if let Some(probability) = &map.probability {
             if let Some((key, _)) = burst.iter().find(|(_, set)| *set) {
                 return Err(self.fail_key(
                     &path.key(key),
-                    format!("`{key}` belongs to the Gilbert-Elliott model, not to `probability`; give one or the other"),
+                    format!(
+                        "`{key}` belongs to the Gilbert-Elliott model, not to `probability`; give one or the other"
+                    ),
                 ));
             }
             let probability = self.probability(&path.key("probability"), Some(probability), "loss")?;
             return Ok(Impairment::Loss(LossModel::Random { probability }));
         }
         let example = "e.g. { p: 1%, r: 30% } (Gilbert-Elliott), or { probability: 1% }";
-        let p = self.required(&map.p, path, "loss", "p", &format!("the chance per packet to enter the bad state; {example}"))?;
-        let r = self.required(&map.r, path, "loss", "r", &format!("the chance per packet to leave the bad state; {example}"))?;
+        let p = self.required(
+            &map.p,
+            path,
+            "loss",
+            "p",
+            &format!("the chance per packet to enter the bad state; {example}"),
+        )?;
+        let r = self.required(
+            &map.r,
+            path,
+            "loss",
+            "r",
+            &format!("the chance per packet to leave the bad state; {example}"),
+        )?;
         let p = self.probability(&path.key("p"), Some(p), "p")?;
         let r = self.probability(&path.key("r"), Some(r), "r")?;
         let loss_bad = match &map.bad {
@@ -131,7 +151,9 @@ impl Validator<'_> {
             None => 0.0,
         };
         if r == 0.0 && p > 0.0 {
-            return Err(self.fail(&path.key("r"), "r 0 never leaves the bad state once entered; give r above 0, e.g. 30%"));
+            return Err(
+                self.fail(&path.key("r"), "r 0 never leaves the bad state once entered; give r above 0, e.g. 30%")
+            );
         }
         Ok(Impairment::Loss(LossModel::GilbertElliott { p, r, loss_good, loss_bad }))
     }
@@ -142,7 +164,12 @@ impl Validator<'_> {
             Some(ScalarOr::Map(map)) => map,
             Some(ScalarOr::Scalar(time)) => {
                 let delay = self.run_time(path, time, "delay")?;
-                return Ok(Impairment::Delay { delay, jitter: Duration::ZERO, distribution: Distribution::Uniform, in_order: true });
+                return Ok(Impairment::Delay {
+                    delay,
+                    jitter: Duration::ZERO,
+                    distribution: Distribution::Uniform,
+                    in_order: true,
+                });
             }
             None => return Err(self.fail(path, "delay needs a time, e.g. 100ms or { time: 100ms, jitter: 20ms }")),
         };
@@ -178,9 +205,18 @@ impl Validator<'_> {
     fn reorder(&self, path: &NodePath, wire: Option<&ScalarOr<ReorderWire>>) -> Checked<Impairment> {
         let (probability, gap, max) = match wire {
             Some(ScalarOr::Map(map)) => {
-                let probability =
-                    self.required(&map.probability, path, "reorder", "probability", "the share of packets held back, e.g. 5%")?;
-                (self.probability(&path.key("probability"), Some(probability), "reorder")?, map.gap.as_ref(), map.max.as_ref())
+                let probability = self.required(
+                    &map.probability,
+                    path,
+                    "reorder",
+                    "probability",
+                    "the share of packets held back, e.g. 5%",
+                )?;
+                (
+                    self.probability(&path.key("probability"), Some(probability), "reorder")?,
+                    map.gap.as_ref(),
+                    map.max.as_ref(),
+                )
             }
             Some(ScalarOr::Scalar(probability)) => (self.probability(path, Some(probability), "reorder")?, None, None),
             None => (self.probability(path, None, "reorder")?, None, None),
@@ -207,7 +243,8 @@ impl Validator<'_> {
     fn rate(&self, path: &NodePath, wire: Option<&ScalarOr<RateWire>>) -> Checked<Impairment> {
         let (bandwidth_path, bandwidth, queue) = match wire {
             Some(ScalarOr::Map(map)) => {
-                let bandwidth = self.required(&map.bandwidth, path, "rate", "bandwidth", "bits per second, e.g. 10mbit")?;
+                let bandwidth =
+                    self.required(&map.bandwidth, path, "rate", "bandwidth", "bits per second, e.g. 10mbit")?;
                 (path.key("bandwidth"), bandwidth.clone(), map.queue.as_ref())
             }
             Some(ScalarOr::Scalar(bandwidth)) => (path.clone(), bandwidth.clone(), None),
@@ -219,10 +256,12 @@ impl Validator<'_> {
                 let queue_path = path.key("queue");
                 let text = match queue {
                     Scalar::Str(text) => text.trim().to_string(),
-                    other => return Err(self.fail(&queue_path, format!("queue must be a size like \"64KiB\", not {other}"))),
+                    other => {
+                        return Err(self.fail(&queue_path, format!("queue must be a size like \"64KiB\", not {other}")))
+                    }
                 };
                 let bytes = parse_size(&text).map_err(|message| self.fail(&queue_path, message))?;
-                if bytes < 2 * 1024 || bytes > 1 << 30 {
+                if !(2 * 1024..=1 << 30).contains(&bytes) {
                     return Err(self.fail(
                         &queue_path,
                         format!("queue {text} is out of range; allowed: 2KiB (one full frame) .. 1GiB"),
@@ -263,7 +302,8 @@ impl Validator<'_> {
         let example = "e.g. rst or { segment: rst, seq: in-window }";
         let (segment_path, segment, seq, bytes) = match wire {
             Some(ScalarOr::Map(map)) => {
-                let segment = self.required(&map.segment, path, "inject", "segment", &format!("rst or data; {example}"))?;
+                let segment =
+                    self.required(&map.segment, path, "inject", "segment", &format!("rst or data; {example}"))?;
                 (path.key("segment"), segment.clone(), map.seq.as_ref(), map.bytes.as_ref())
             }
             Some(ScalarOr::Scalar(segment)) => (path.clone(), segment.clone(), None, None),
@@ -272,7 +312,9 @@ impl Validator<'_> {
         let segment = match self.pick(&segment_path, &segment, SEGMENTS, "segment")? {
             "rst" => {
                 if bytes.is_some() {
-                    return Err(self.fail_key(&path.key("bytes"), "`bytes` goes with `segment: data`; a RST carries none"));
+                    return Err(
+                        self.fail_key(&path.key("bytes"), "`bytes` goes with `segment: data`; a RST carries none")
+                    );
                 }
                 InjectedSegment::Rst
             }
@@ -292,7 +334,12 @@ impl Validator<'_> {
 
     /// What an impairment asks of the rest of its fault: an injection forges one TCP segment when `from` fires,
     /// into a connection picked by protocol and ports.
-    pub(super) fn check_impairment_fault(&self, path: &NodePath, wire: &FaultWire, fault: &mut FaultPlan) -> Checked<()> {
+    pub(super) fn check_impairment_fault(
+        &self,
+        path: &NodePath,
+        wire: &FaultWire,
+        fault: &mut FaultPlan,
+    ) -> Checked<()> {
         let Some(Impairment::Inject(_)) = fault.action.impairment() else { return Ok(()) };
         if wire.until.is_some() {
             return Err(self.fail_key(
@@ -312,7 +359,10 @@ impl Validator<'_> {
         match fault.matcher.protocol {
             None | Some(Protocol::Tcp) => fault.matcher.protocol = Some(Protocol::Tcp),
             Some(_) => {
-                return Err(self.fail(&match_path.key("protocol"), "an injection forges a TCP segment; match tcp or leave protocol out"))
+                return Err(self.fail(
+                    &match_path.key("protocol"),
+                    "an injection forges a TCP segment; match tcp or leave protocol out",
+                ))
             }
         }
         Ok(())
@@ -374,7 +424,12 @@ mod tests {
         assert_eq!(faults[3].1, HostId::Server, "egress at the client: packets it sends");
         assert_eq!(
             impairment(4),
-            Impairment::Delay { delay: ms(100), jitter: Duration::ZERO, distribution: Distribution::Uniform, in_order: true }
+            Impairment::Delay {
+                delay: ms(100),
+                jitter: Duration::ZERO,
+                distribution: Distribution::Uniform,
+                in_order: true
+            }
         );
         assert_eq!(
             impairment(5),
@@ -392,7 +447,10 @@ mod tests {
         );
         assert_eq!(
             impairment(13),
-            Impairment::Inject(Injection { segment: InjectedSegment::Data { bytes: 100 }, seq: InjectedSeq::OutOfWindow })
+            Impairment::Inject(Injection {
+                segment: InjectedSegment::Data { bytes: 100 },
+                seq: InjectedSeq::OutOfWindow
+            })
         );
     }
 
