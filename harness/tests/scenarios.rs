@@ -6,7 +6,7 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let reports = std::env::var_os("NETFAULT_REPORTS").map_or_else(|| workspace.join("reports"), Into::into);
-    netfault::runner::test_main(
+    netfault::run::runner::test_main(
         &workspace.join("scenarios"),
         Path::new(&reports),
         Path::new(env!("CARGO_BIN_EXE_netfault")),

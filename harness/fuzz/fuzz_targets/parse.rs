@@ -92,8 +92,27 @@ fn check_plan(plan: &Plan, lines: &Lines) {
     }
 }
 
-fn check_tolerance(tolerance: Duration, deadline: Duration) {
-    assert!(!tolerance.is_zero() && tolerance <= deadline, "tolerance {tolerance:?} with deadline {deadline:?}");
+/// A step reference points at the step of that name, by index.
+fn check_step_ref(plan: &Plan, step: &StepRef) {
+    let target = plan.host(step.host).steps.get(step.index);
+    assert!(
+        target.is_some_and(|target| target.name.as_deref() == Some(step.name.as_str())),
+        "reference {step} at index {} points elsewhere",
+        step.index
+    );
+}
+
+fn check_since(plan: &Plan, since: Option<&Since>) {
+    if let Some(Since::Step(step)) = since {
+        check_step_ref(plan, step);
+    }
+}
+
+fn check_tolerance(tolerance: Tolerance, deadline: Duration) {
+    assert!(
+        !tolerance.late.is_zero() && tolerance.late <= deadline && tolerance.early <= deadline,
+        "tolerance {tolerance:?} with deadline {deadline:?}"
+    );
 }
 
 fn within_run(what: &str, time: Duration, deadline: Duration) {
@@ -168,9 +187,9 @@ fn check_program(plan: &Plan, host: HostId, lines: &Lines) {
                 assert!(!duration.is_zero(), "sleep 0s");
                 within_run("sleep", *duration, deadline);
             }
-            Action::Wait { host: target, step: name, .. } => {
-                assert_ne!(*target, host, "{host} waits for itself");
-                assert!(plan.step(*target, name).is_some(), "wait for missing step {target}.{name}");
+            Action::Wait { step: target, .. } => {
+                assert_ne!(target.host, host, "{host} waits for itself");
+                check_step_ref(plan, target);
             }
             Action::Exec(exec) => {
                 assert!(!exec.program.is_empty(), "exec without program");
@@ -197,8 +216,8 @@ fn check_trigger(plan: &Plan, trigger: &Trigger) {
     let deadline = plan.deadline;
     match trigger {
         Trigger::At(time) => within_run("trigger at", *time, deadline),
-        Trigger::Step { host, step, delay, .. } => {
-            assert!(plan.step(*host, step).is_some(), "trigger on missing step {host}.{step}");
+        Trigger::Step { step, delay, .. } => {
+            check_step_ref(plan, step);
             within_run("trigger delay", *delay, deadline);
         }
         Trigger::Packet { filter, nth, delay, .. } => {
@@ -253,6 +272,7 @@ fn check_expectations(plan: &Plan, lines: &Lines) {
     for packets in &plan.expect.packets {
         assert!(lines.contains(packets.location), "packet expectation at {} outside the text", packets.location);
         check_tolerance(packets.tolerance, deadline);
+        check_since(plan, packets.since.as_ref());
         check_flags(packets.filter.flags);
         assert!(packets.count.is_some() || !packets.at.is_empty(), "packet expectation with neither count nor at");
         for pair in packets.at.windows(2) {
@@ -272,6 +292,7 @@ fn check_expectations(plan: &Plan, lines: &Lines) {
     for states in &plan.expect.states {
         assert!(lines.contains(states.location), "state expectation at {} outside the text", states.location);
         check_tolerance(states.tolerance, deadline);
+        check_since(plan, states.since.as_ref());
         assert!(!states.sequence.is_empty(), "empty state sequence");
         for step in &states.sequence {
             if let Some(at) = step.at {

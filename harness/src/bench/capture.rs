@@ -17,12 +17,13 @@ use serde_json::json;
 
 use super::recipe::{Tcpdump, TcpdumpStats};
 use super::{fixture_plan, interrupted, Comparison, Distribution, Report, ScratchDir};
-use crate::capture::{rx_tx_packets, Capture, CaptureBuffer, CaptureStats};
-use crate::clock::{Clock, EventSink};
 use crate::error::{Context, Error, Result};
-use crate::netns::Netns;
+use crate::observe::capture::{rx_tx_packets, Capture, CaptureBuffer};
+use crate::record::CaptureStats;
+use crate::run::clock::{Clock, EventSink};
+use crate::run::netns::Netns;
+use crate::run::topology::{self, Topology, LINK_NAME};
 use crate::scenario::plan::HostId;
-use crate::topology::{self, Topology, LINK_NAME};
 
 /// What `netfault bench capture` transfers.
 #[derive(Debug, Clone)]
@@ -360,7 +361,7 @@ pub(super) fn transfer_paced(ns: &[Netns; 2], topology: &Topology, bytes: u64, p
         stream.set_write_timeout(Some(IO_TIMEOUT)).context(|| "set SO_SNDTIMEO".into())?;
         if let Some(rate) = pacing {
             let rate = rate as libc::c_uint;
-            crate::capture::set_option(&stream, libc::SOL_SOCKET, libc::SO_MAX_PACING_RATE, &rate)
+            crate::observe::capture::set_option(&stream, libc::SOL_SOCKET, libc::SO_MAX_PACING_RATE, &rate)
                 .context(|| "setsockopt(SO_MAX_PACING_RATE) in client".into())?;
         }
         let chunk = vec![0x5au8; CHUNK];

@@ -26,14 +26,16 @@ use super::capture::transfer_paced;
 use super::nfqueue::DelayQueue;
 use super::recipe;
 use super::{fixture_plan, interrupted, Comparison, Distribution, Report, ScratchDir};
-use crate::capture::{Capture, CaptureBuffer};
-use crate::clock::{Clock, EventSink};
 use crate::error::{Context, Error, Result};
-use crate::impair::frame::TcpSegment;
-use crate::impair::{Distribution as Jitter, Impairment, LossModel, Wire, WireFault, WireStats};
-use crate::netns::Netns;
+use crate::observe::capture::{Capture, CaptureBuffer};
+use crate::record::WireStats;
+use crate::run::clock::{Clock, EventSink};
+use crate::run::impair::frame::TcpSegment;
+use crate::run::impair::{Wire, WireFault};
+use crate::run::netns::Netns;
+use crate::run::topology::{self, Topology, WIRE_LINK_NAMES};
+use crate::scenario::impairment::{Distribution as Jitter, Impairment, LossModel};
 use crate::scenario::plan::{HostId, PacketMatch};
-use crate::topology::{self, Topology, WIRE_LINK_NAMES};
 
 /// What `netfault bench impair` runs.
 #[derive(Debug, Clone)]
@@ -496,7 +498,7 @@ fn datagrams(rig: &Rig, count: u64) -> Result<(u64, BTreeSet<u64>)> {
     let receiver = rig.hosts[SERVER].run(|| {
         let socket = UdpSocket::bind(server).context(|| format!("bind {server} in server"))?;
         let big: libc::c_int = 16 << 20;
-        crate::capture::set_option(&socket, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &big)
+        crate::observe::capture::set_option(&socket, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &big)
             .context(|| "setsockopt(SO_RCVBUFFORCE)".into())?;
         socket.set_read_timeout(Some(Duration::from_secs(1))).context(|| "set SO_RCVTIMEO".into())?;
         Ok(socket)

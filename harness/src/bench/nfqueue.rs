@@ -14,8 +14,8 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, SystemTime};
 
 use crate::error::{Error, Result};
-use crate::netns::Netns;
-use crate::priority;
+use crate::run::netns::Netns;
+use crate::run::priority;
 
 const NETLINK_NETFILTER: libc::c_int = 12;
 const NFNL_SUBSYS_QUEUE: u16 = 3;
@@ -77,10 +77,10 @@ fn open(queue: u16) -> Result<OwnedFd> {
     }
     // SAFETY: fd was just returned by socket and is owned by nobody else.
     let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    crate::capture::set_option(&socket, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &RECEIVE_BUFFER)
+    crate::observe::capture::set_option(&socket, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &RECEIVE_BUFFER)
         .map_err(|e| Error::sys("NFQUEUE: setsockopt(SO_RCVBUFFORCE)", e))?;
     // Best effort: without it a burst beyond the buffer makes recv fail with ENOBUFS once, and then goes on.
-    let _ = crate::capture::set_option(&socket, libc::SOL_NETLINK, NETLINK_NO_ENOBUFS, &(1 as libc::c_int));
+    let _ = crate::observe::capture::set_option(&socket, libc::SOL_NETLINK, NETLINK_NO_ENOBUFS, &(1 as libc::c_int));
     let mut bind = message(NFQNL_MSG_CONFIG, queue, libc::NLM_F_ACK as u16);
     attribute(&mut bind, NFQA_CFG_CMD, &[NFQNL_CFG_CMD_BIND, 0, 0, libc::AF_INET as u8]);
     send(&socket, bind)?;

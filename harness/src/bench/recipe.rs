@@ -10,7 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::error::{Context, Error, Result};
-use crate::runner::wait_with_timeout;
+use crate::run::runner::wait_with_timeout;
 
 /// Longest a single recipe command (`ip ...`, `nft -f`) may take; they take milliseconds.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);

@@ -11,18 +11,18 @@ use serde_json::json;
 
 use super::recipe::{self, NamedNamespaces, Tcpdump};
 use super::{fixture_plan, interrupted, millis, Comparison, Distribution, Report, ScratchDir, BENCH_SEED, FIXTURE};
-use crate::capture::{Capture, CaptureBuffer};
-use crate::clock::{Clock, EventSink};
-use crate::engine::{self, Rig};
 use crate::error::{Context, Error, Result};
-use crate::firewall::Firewall;
-use crate::netns::Netns;
-use crate::observe::Observer;
+use crate::observe::capture::{Capture, CaptureBuffer};
+use crate::observe::sockets::Observer;
 use crate::report::Status;
-use crate::runner::{self, Job};
+use crate::run::clock::{Clock, EventSink};
+use crate::run::engine::{self, Rig};
+use crate::run::firewall::Firewall;
+use crate::run::netns::Netns;
+use crate::run::runner::{self, Job};
+use crate::run::supervise::Supervisor;
+use crate::run::topology;
 use crate::scenario::plan::{HostId, Plan};
-use crate::supervise::Supervisor;
-use crate::topology;
 
 /// What `netfault bench setup` repeats.
 #[derive(Debug, Clone)]

@@ -14,9 +14,9 @@ use serde_json::{json, Value};
 use super::{interrupted, Comparison, Distribution, Report, ScratchDir};
 use crate::error::{Context, Error, Result};
 use crate::report::{Status, Summary};
-use crate::runner::{self, Job};
+use crate::run::runner::{self, Job};
+use crate::run::supervise::Supervisor;
 use crate::scenario;
-use crate::supervise::Supervisor;
 
 /// Longest a benchmark run of the suite may take before its scenarios are stopped.
 const BENCH_BUDGET: Duration = Duration::from_secs(3600);
@@ -176,15 +176,15 @@ pub fn bench_concurrent(options: &ConcurrentOptions) -> Result<Report> {
     report.row("child peak RSS (VmHWM, sampled every 200 ms)", "MiB", &peaks);
     let system_per_scenario =
         memory_before.saturating_sub(memory.lowest_available_kib) as f64 / 1024.0 / options.instances as f64;
-    let tolerance_ms = plan.tolerance.as_secs_f64() * 1e3;
-    let within = |values: &[f64]| values.iter().all(|v| v.abs() <= tolerance_ms);
+    let (early_ms, late_ms) = (plan.tolerance.early.as_secs_f64() * 1e3, plan.tolerance.late.as_secs_f64() * 1e3);
+    let within = |values: &[f64]| values.iter().all(|v| -early_ms <= *v && *v <= late_ms);
     let all_within = within(&figures.etimedout_error_ms) && within(&figures.rst_error_ms);
     report.compare(Comparison {
         what: format!("{} concurrent instances of {} on {} CPUs", options.instances, plan.name, cpus()),
         netfault: format!("{passed}/{} passed, wall {wall:.1} s", options.instances),
         alternative: "-".into(),
         ratio: None,
-        target: format!("all pass, ETIMEDOUT and RST within the scenario's ±{tolerance_ms:.0} ms"),
+        target: format!("all pass, ETIMEDOUT and RST within the scenario's tolerance {}", plan.tolerance),
         met: passed == options.instances && all_within && figures.etimedout_error_ms.len() == options.instances,
     });
     report.note(

@@ -70,6 +70,43 @@ impl fmt::Display for HostId {
     }
 }
 
+/// How far a measured time may be from the expected one: `late` after it, `early` before it
+/// (`tolerance: 250ms` is both; `tolerance: { early: 10ms, late: 420ms }`). Kernel timers are rounded up to
+/// their timer-wheel granule and fire late, never early, so the honest window is often one-sided.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Tolerance {
+    pub early: Duration,
+    pub late: Duration,
+}
+
+impl Tolerance {
+    /// The same tolerance on both sides.
+    pub const fn either_side(tolerance: Duration) -> Tolerance {
+        Tolerance { early: tolerance, late: tolerance }
+    }
+
+    /// Whether `actual` is at most `late` after `expected` and at most `early` before it.
+    pub fn admits(self, actual: Duration, expected: Duration) -> bool {
+        if actual >= expected {
+            actual - expected <= self.late
+        } else {
+            expected - actual <= self.early
+        }
+    }
+}
+
+impl fmt::Display for Tolerance {
+    /// `± 0.250000s`, or `-0.000000s/+0.500000s` when earliness and lateness differ.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = |d: Duration| format!("{}.{:06}s", d.as_secs(), d.subsec_micros());
+        if self.early == self.late {
+            write!(f, "± {}", secs(self.late))
+        } else {
+            write!(f, "-{}/+{}", secs(self.early), secs(self.late))
+        }
+    }
+}
+
 /// A whole scenario, ready to run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
@@ -82,10 +119,8 @@ pub struct Plan {
     pub slow: bool,
     /// Hard deadline for the whole run; the run is ended there whatever is still blocked.
     pub deadline: Duration,
-    /// Default tolerance of every timing expectation (the allowed lateness when `early_tolerance` is set).
-    pub tolerance: Duration,
-    /// Default allowed earliness, when it differs from `tolerance` (`tolerance: { early, late }`).
-    pub early_tolerance: Option<Duration>,
+    /// Default tolerance of every timing expectation.
+    pub tolerance: Tolerance,
     /// Observer sampling interval (`ss` polling period).
     pub sample_interval: Duration,
     pub link: LinkPlan,
@@ -148,6 +183,22 @@ impl Sysctl {
     }
 }
 
+/// A step of a host's program named in the scenario (`client.connect`), resolved at validation to its
+/// position in that host's program; the name stays for messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StepRef {
+    pub host: HostId,
+    /// 0-based position in the host's program (`StepPlan::index`).
+    pub index: usize,
+    pub name: String,
+}
+
+impl fmt::Display for StepRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.host, self.name)
+    }
+}
+
 /// One step of a host's socket program.
 #[derive(Debug, Clone, Serialize)]
 pub struct StepPlan {
@@ -185,8 +236,9 @@ pub enum Action {
     Listen { port: Option<u16>, backlog: u32 },
     /// `accept()`; the new socket becomes the current one and may be named.
     Accept { name: Option<String> },
-    /// `connect(peer address, port)`; nonblocking returns EINPROGRESS at once.
-    Connect { to: HostId, port: u16, nonblocking: bool },
+    /// `connect(address, port)` to host `to`; nonblocking returns EINPROGRESS at once. `after_listen` is the
+    /// peer's start-up `listen` on that port, which the connect waits for so the two programs do not race.
+    Connect { to: HostId, address: Ipv4Addr, port: u16, nonblocking: bool, after_listen: Option<StepRef> },
     /// `poll()` for the given events with a timeout; outcome is the returned events or `timeout`.
     Poll { events: Vec<PollEvent>, timeout: Duration },
     /// `send()` of `bytes` bytes, `repeat` times, `every` apart; `until` stops the loop on a condition.
@@ -202,7 +254,7 @@ pub enum Action {
     /// `getsockopt(level, name)`; SO_ERROR gives `ok` or the pending errno.
     GetOpt { option: SockOptName },
     /// Waits until another host's named step has started or finished.
-    Wait { host: HostId, step: String, edge: StepEdge },
+    Wait { step: StepRef, edge: StepEdge },
     /// Runs a real program inside the host's namespace.
     Exec(ExecPlan),
 }
@@ -397,12 +449,16 @@ pub struct StepExpectation {
     pub after: Option<Duration>,
     /// Scenario time at which the step ends.
     pub at: Option<Duration>,
-    /// Tolerance for `after` / `at`; the scenario default when not given. The allowed lateness when
-    /// `early_tolerance` is set.
-    pub tolerance: Duration,
-    /// Allowed earliness when it differs from `tolerance`.
-    pub early_tolerance: Option<Duration>,
+    /// Tolerance for `after` / `at`; the scenario default when not given.
+    pub tolerance: Tolerance,
     pub location: Location,
+}
+
+impl StepExpectation {
+    /// Whether the step is expected anything (a result or a time), as opposed to only being recorded.
+    pub fn is_set(&self) -> bool {
+        self.outcome.is_some() || self.after.is_some() || self.at.is_some()
+    }
 }
 
 /// The result a step must give.
@@ -514,7 +570,7 @@ impl FaultPlan {
 }
 
 impl Plan {
-    /// Whether any fault is carried out by the wire, which then joins the hosts ([`crate::impair`]).
+    /// Whether any fault is carried out by the wire, which then joins the hosts (`run::impair`).
     pub fn has_impairments(&self) -> bool {
         self.faults.iter().any(|fault| fault.action.impairment().is_some())
     }
@@ -541,12 +597,39 @@ pub struct PacketMatch {
     pub payload: Option<PayloadMatch>,
 }
 
+/// A transport protocol a fault or an expectation selects (`meta l4proto`).
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
     Udp,
     Icmp,
+}
+
+impl Protocol {
+    /// As `nft` and tcpdump name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Icmp => "icmp",
+        }
+    }
+
+    /// The IP protocol number (`/etc/protocols`).
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => libc::IPPROTO_TCP as u8,
+            Protocol::Udp => libc::IPPROTO_UDP as u8,
+            Protocol::Icmp => libc::IPPROTO_ICMP as u8,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// `tcp flags & mask == value`, with flags as in the TCP header (FIN=0x01 ... CWR=0x80).
@@ -576,7 +659,7 @@ pub enum PayloadMatch {
 }
 
 /// What the fault does to a matched packet: an nftables verdict in the host's firewall, or an impairment of the
-/// wire between the hosts ([`crate::impair`]).
+/// wire between the hosts (`run::impair`).
 #[derive(Debug, Clone, Copy, Serialize, PartialEq)]
 #[serde(rename_all = "kebab-case")]
 pub enum FaultAction {
@@ -593,12 +676,12 @@ pub enum FaultAction {
     /// `reject with icmp type admin-prohibited`.
     RejectIcmpAdminProhibited,
     /// Done by the wire to packets travelling toward [`FaultPlan::toward`].
-    Impair(crate::impair::Impairment),
+    Impair(crate::scenario::impairment::Impairment),
 }
 
 impl FaultAction {
     /// The impairment, for a fault the wire carries out; `None` for a firewall rule.
-    pub fn impairment(&self) -> Option<&crate::impair::Impairment> {
+    pub fn impairment(&self) -> Option<&crate::scenario::impairment::Impairment> {
         match self {
             FaultAction::Impair(impairment) => Some(impairment),
             _ => None,
@@ -613,7 +696,7 @@ pub enum Trigger {
     /// Scenario time since t0.
     At(Duration),
     /// A host's named step started or finished, plus an optional delay.
-    Step { host: HostId, step: String, edge: StepEdge, delay: Duration },
+    Step { step: StepRef, edge: StepEdge, delay: Duration },
     /// A socket of the host reached a TCP state (as `ss` names it, e.g. `ESTABLISHED`).
     State { host: HostId, state: TcpState, delay: Duration },
     /// The n-th packet (1-based) matching the filter, seen on the host's interface.
@@ -822,9 +905,7 @@ pub struct PacketExpectation {
     pub at: Vec<Duration>,
     /// Only packets seen in this scenario-time window count.
     pub window: Option<(Duration, Duration)>,
-    pub tolerance: Duration,
-    /// Allowed earliness when it differs from `tolerance` (which is then the allowed lateness).
-    pub early_tolerance: Option<Duration>,
+    pub tolerance: Tolerance,
     /// Times (`at`, `window`) count from this step's end or packet, and only packets from then on count.
     pub since: Option<Since>,
     pub location: Location,
@@ -835,7 +916,7 @@ pub struct PacketExpectation {
 #[serde(rename_all = "snake_case")]
 pub enum Since {
     /// The end of a named step: `since: client.connect`.
-    Step { host: HostId, step: String },
+    Step(StepRef),
     /// The n-th (1-based) packet matching the filter, as its sender's capture saw it leave:
     /// `since: { packet: { from: server, window: 0 }, nth: 1 }`. Its kernel timestamp is exact, where a
     /// step's end is stamped by a thread that may run late.
@@ -849,9 +930,7 @@ pub struct StateExpectation {
     /// Which socket: local or remote port; `None` = any socket of the host that is not a listener.
     pub port: Option<u16>,
     pub sequence: Vec<StateStep>,
-    pub tolerance: Duration,
-    /// Allowed earliness when it differs from `tolerance` (which is then the allowed lateness).
-    pub early_tolerance: Option<Duration>,
+    pub tolerance: Tolerance,
     /// `at` times count from this step's end or packet.
     pub since: Option<Since>,
     pub location: Location,
@@ -911,9 +990,7 @@ pub struct QueueExpectation {
     pub max: Option<u32>,
     /// Some selected socket shows at least this at some time.
     pub reaches: Option<u32>,
-    pub tolerance: Duration,
-    /// Allowed earliness when it differs from `tolerance` (which is then the allowed lateness).
-    pub early_tolerance: Option<Duration>,
+    pub tolerance: Tolerance,
     /// `at` times count from this step's end or packet.
     pub since: Option<Since>,
     pub location: Location,

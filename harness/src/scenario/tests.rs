@@ -79,7 +79,7 @@ fn complete_scenario_becomes_the_expected_plan() {
     assert_eq!(plan.source.as_deref(), Some("seed 000, test_idle.py"));
     assert!(!plan.slow);
     assert_eq!(plan.deadline, secs(40));
-    assert_eq!(plan.tolerance, ms(300));
+    assert_eq!(plan.tolerance, Tolerance::either_side(ms(300)));
     assert_eq!(plan.sample_interval, ms(10));
     assert_eq!(plan.link.mtu, 1500);
     assert!(!plan.link.ipv6);
@@ -122,15 +122,15 @@ fn complete_scenario_becomes_the_expected_plan() {
     }
     assert!(matches!(
         &client.steps[1].action,
-        Action::Wait { host: HostId::Server, step, edge: StepEdge::Finished } if step == "listen"
+        Action::Wait { step, edge: StepEdge::Finished } if *step == StepRef { host: HostId::Server, index: 0, name: "listen".into() }
     ));
     let connect = plan.step(HostId::Client, "connect").unwrap();
     assert_eq!(connect.index, 2);
     assert_eq!(connect.label(), "connect (connect)");
-    assert!(matches!(connect.action, Action::Connect { to: HostId::Server, port: 9000, nonblocking: false }));
+    assert!(matches!(connect.action, Action::Connect { to: HostId::Server, port: 9000, nonblocking: false, .. }));
     assert_eq!(connect.expect.outcome, Some(ExpectedOutcome::Ok));
     assert_eq!(connect.expect.after, Some(Duration::ZERO));
-    assert_eq!(connect.expect.tolerance, ms(50));
+    assert_eq!(connect.expect.tolerance, Tolerance::either_side(ms(50)));
     assert_eq!(connect.expect.location, at(46, 13));
     assert_eq!(connect.location, at(44, 5));
     let read = &client.steps[3];
@@ -138,7 +138,7 @@ fn complete_scenario_becomes_the_expected_plan() {
     assert!(matches!(read.action, Action::Recv { max: 10, until_eof: false }));
     assert_eq!(read.expect.outcome, Some(ExpectedOutcome::Error(Errno(libc::ETIMEDOUT))));
     assert_eq!(read.expect.after, Some(secs(14)));
-    assert_eq!(read.expect.tolerance, ms(300));
+    assert_eq!(read.expect.tolerance, Tolerance::either_side(ms(300)));
     assert_eq!(read.label(), "#4 recv");
     assert!(matches!(client.steps[4].action, Action::Close));
     assert_eq!(client.steps[4].expect.location, client.steps[4].location);
@@ -190,7 +190,11 @@ fn complete_scenario_becomes_the_expected_plan() {
     assert_eq!(blackhole.action, FaultAction::Drop);
     assert_eq!(
         blackhole.from,
-        Trigger::Step { host: HostId::Client, step: "connect".into(), edge: StepEdge::Finished, delay: Duration::ZERO }
+        Trigger::Step {
+            step: StepRef { host: HostId::Client, index: 2, name: "connect".into() },
+            edge: StepEdge::Finished,
+            delay: Duration::ZERO
+        }
     );
     assert_eq!(blackhole.until, Some(Trigger::At(secs(30))));
 
@@ -208,7 +212,7 @@ fn complete_scenario_becomes_the_expected_plan() {
     assert_eq!(packets[0].at, vec![secs(5), secs(8), secs(11)]);
     assert_eq!(packets[0].count, Some(3));
     assert_eq!(packets[0].window, None);
-    assert_eq!(packets[0].tolerance, ms(300));
+    assert_eq!(packets[0].tolerance, Tolerance::either_side(ms(300)));
     assert_eq!(packets[0].location, at(53, 7));
     assert_eq!(packets[1].filter.flags, Some(TcpFlagsMatch::exactly(0x04)));
     assert_eq!(packets[1].count, Some(1));
@@ -219,7 +223,7 @@ fn complete_scenario_becomes_the_expected_plan() {
     let state = &plan.expect.states[0];
     assert_eq!(state.host, HostId::Server);
     assert_eq!(state.port, Some(9000));
-    assert_eq!(state.tolerance, ms(500));
+    assert_eq!(state.tolerance, Tolerance::either_side(ms(500)));
     assert_eq!(state.sequence.len(), 2);
     assert_eq!(state.sequence[0].state, TcpState::SynRecv);
     assert_eq!(state.sequence[0].at, None);
@@ -242,7 +246,7 @@ fn defaults_fill_a_minimal_scenario() {
     assert_eq!(plan.source, None);
     assert!(!plan.slow);
     assert_eq!(plan.deadline, secs(60));
-    assert_eq!(plan.tolerance, ms(250));
+    assert_eq!(plan.tolerance, Tolerance::either_side(ms(250)));
     assert_eq!(plan.sample_interval, ms(10));
     assert_eq!(plan.link.mtu, 1500);
     assert!(!plan.link.ipv6);
@@ -265,7 +269,7 @@ fn top_level_settings() {
     );
     assert!(plan.slow);
     assert_eq!(plan.deadline, secs(120));
-    assert_eq!(plan.tolerance, ms(1500));
+    assert_eq!(plan.tolerance, Tolerance::either_side(ms(1500)));
     assert_eq!(plan.sample_interval, ms(1));
     assert_eq!(plan.hosts[0].address.to_string(), "192.168.7.9");
     assert_eq!(plan.hosts[0].prefix_len, 16);
@@ -334,7 +338,7 @@ fn connect_bind_listen_poll() {
          server:\n  - listen: { port: 9000 }\n  - connect: { to: server, port: 22 }\n",
     );
     assert!(matches!(got[0], Action::Bind { port: 5555 }));
-    assert!(matches!(got[1], Action::Connect { to: HostId::Server, port: 9000, nonblocking: true }));
+    assert!(matches!(got[1], Action::Connect { to: HostId::Server, port: 9000, nonblocking: true, .. }));
     match &got[2] {
         Action::Poll { events, timeout } => {
             assert_eq!(events, &vec![PollEvent::Out, PollEvent::Err]);
@@ -346,7 +350,7 @@ fn connect_bind_listen_poll() {
         matches!(&got[3], Action::Poll { events, timeout } if events == &vec![PollEvent::In] && *timeout == secs(3))
     );
     assert!(matches!(got[4], Action::Listen { port: Some(9000), backlog: 128 }));
-    assert!(matches!(got[5], Action::Connect { to: HostId::Server, port: 22, nonblocking: false }));
+    assert!(matches!(got[5], Action::Connect { to: HostId::Server, port: 22, nonblocking: false, .. }));
 }
 
 #[test]
@@ -391,9 +395,9 @@ fn shutdown_sleep_and_wait_forms() {
     assert!(matches!(got[2], Action::Shutdown { how: ShutdownHow::Rdwr }));
     assert!(matches!(got[3], Action::Sleep { duration } if duration == secs(8)));
     assert!(
-        matches!(&got[4], Action::Wait { host: HostId::Server, step, edge: StepEdge::Finished } if step == "accept")
+        matches!(&got[4], Action::Wait { step, edge: StepEdge::Finished } if *step == StepRef { host: HostId::Server, index: 1, name: "accept".into() })
     );
-    assert!(matches!(&got[5], Action::Wait { host: HostId::Server, edge: StepEdge::Started, .. }));
+    assert!(matches!(&got[5], Action::Wait { step, edge: StepEdge::Started } if step.host == HostId::Server));
     assert!(matches!(&got[6], Action::Wait { edge: StepEdge::Finished, .. }));
 }
 
@@ -454,9 +458,9 @@ fn step_expectations_in_every_form() {
         ]
     );
     assert_eq!(steps[5].expect.at, Some(secs(3)));
-    assert_eq!(steps[5].expect.tolerance, ms(100));
+    assert_eq!(steps[5].expect.tolerance, Tolerance::either_side(ms(100)));
     assert_eq!(steps[6].expect.after, Some(secs(2)));
-    assert_eq!(steps[6].expect.tolerance, secs(1));
+    assert_eq!(steps[6].expect.tolerance, Tolerance::either_side(secs(1)));
     assert_eq!(steps[7].expect.at, Some(secs(4)));
     assert_eq!(steps[1].expect.location, at(7, 13));
 }
@@ -474,7 +478,11 @@ fn triggers_in_every_form() {
          \x20 - { name: g, at: server, action: drop, from: { bytes: 1000, host: client, delay: 0s } }\n",
     );
     let trigger = |i: usize| (plan.faults[i].from.clone(), plan.faults[i].until.clone());
-    let connect = |edge, delay| Trigger::Step { host: HostId::Client, step: "connect".into(), edge, delay };
+    let connect = |edge, delay| Trigger::Step {
+        step: StepRef { host: HostId::Client, index: 0, name: "connect".into() },
+        edge,
+        delay,
+    };
     assert_eq!(trigger(0), (Trigger::At(secs(2)), Some(connect(StepEdge::Finished, Duration::ZERO))));
     assert_eq!(trigger(1), (Trigger::At(ms(1500)), Some(connect(StepEdge::Finished, secs(1)))));
     assert_eq!(trigger(2), (connect(StepEdge::Started, Duration::ZERO), None));
@@ -556,8 +564,11 @@ fn packet_flags_with_a_mask_in_expectations_and_triggers() {
 #[test]
 fn a_run_shorter_than_the_default_tolerance_gets_its_length_as_tolerance() {
     // Found by fuzzing: `timeout: 10ms` left the default 250 ms tolerance longer than the whole run.
-    assert_eq!(plan("description: d\ntimeout: 10ms\n").tolerance, Duration::from_millis(10));
-    assert_eq!(plan("description: d\n").tolerance, crate::scenario::validate::DEFAULT_TOLERANCE);
+    assert_eq!(plan("description: d\ntimeout: 10ms\n").tolerance, Tolerance::either_side(Duration::from_millis(10)));
+    assert_eq!(
+        plan("description: d\n").tolerance,
+        Tolerance::either_side(crate::scenario::validate::DEFAULT_TOLERANCE)
+    );
 }
 
 #[test]
@@ -584,14 +595,14 @@ fn run_expectations_forms() {
     let packets = &plan.expect.packets;
     assert_eq!(packets[0].at, vec![secs(14)]);
     assert_eq!(packets[0].count, Some(1));
-    assert_eq!(packets[0].tolerance, secs(1));
+    assert_eq!(packets[0].tolerance, Tolerance::either_side(secs(1)));
     assert_eq!(packets[1].filter, PacketFilter::default());
     assert_eq!(packets[1].window, Some((secs(1), secs(1))));
-    assert_eq!(packets[1].tolerance, ms(100));
+    assert_eq!(packets[1].tolerance, Tolerance::either_side(ms(100)));
     let states: Vec<TcpState> = plan.expect.states[0].sequence.iter().map(|s| s.state).collect();
     assert_eq!(states, vec![TcpState::Established, TcpState::FinWait1, TcpState::Close]);
     assert_eq!(plan.expect.states[0].port, None);
-    assert_eq!(plan.expect.states[0].tolerance, ms(100));
+    assert_eq!(plan.expect.states[0].tolerance, Tolerance::either_side(ms(100)));
     assert_eq!(plan.expect.timers[0].timer, TimerKind::On);
     assert_eq!(plan.expect.timers[0].retrans, None);
     assert_eq!(plan.expect.timers[1].retrans, Some(0));
@@ -1307,12 +1318,12 @@ fn queue_expectations_and_packet_windows() {
     let values: Vec<(u32, Option<Duration>)> = queues[0].sequence.iter().map(|s| (s.value, s.at)).collect();
     assert_eq!(values, vec![(0, None), (1, Some(secs(8)))]);
     assert_eq!(queues[0].max, Some(1));
-    assert_eq!(queues[0].tolerance, ms(100));
+    assert_eq!(queues[0].tolerance, Tolerance::either_side(ms(100)));
     assert_eq!(queues[0].location, at(9, 7));
     assert!(!queues[1].listener);
     assert_eq!(queues[1].queue, QueueKind::Send);
     assert!(queues[1].sequence.is_empty());
-    assert_eq!(queues[1].tolerance, secs(1));
+    assert_eq!(queues[1].tolerance, Tolerance::either_side(secs(1)));
 }
 
 #[test]
@@ -1378,14 +1389,14 @@ fn tolerances_may_differ_early_and_late() {
          expect:\n  packets:\n    - { count: 1, at: 2s, tolerance: { early: 10ms, late: 1s } }\n\
          \x20 states:\n    - { host: client, sequence: [GONE] }\n",
     );
-    assert_eq!((plan.tolerance, plan.early_tolerance), (ms(300), Some(Duration::ZERO)));
+    assert_eq!(plan.tolerance, Tolerance { early: Duration::ZERO, late: ms(300) });
     let client = &plan.host(HostId::Client).steps;
-    assert_eq!((client[0].expect.tolerance, client[0].expect.early_tolerance), (ms(300), Some(Duration::ZERO)));
-    assert_eq!((client[1].expect.tolerance, client[1].expect.early_tolerance), (ms(50), None));
+    assert_eq!(client[0].expect.tolerance, Tolerance { early: Duration::ZERO, late: ms(300) });
+    assert_eq!(client[1].expect.tolerance, Tolerance::either_side(ms(50)));
     let packets = &plan.expect.packets[0];
-    assert_eq!((packets.tolerance, packets.early_tolerance), (secs(1), Some(ms(10))));
+    assert_eq!(packets.tolerance, Tolerance { early: ms(10), late: secs(1) });
     let states = &plan.expect.states[0];
-    assert_eq!((states.tolerance, states.early_tolerance), (ms(300), Some(Duration::ZERO)));
+    assert_eq!(states.tolerance, Tolerance { early: Duration::ZERO, late: ms(300) });
 
     let head = "description: d\n";
     refused(&format!("{head}tolerance: {{ early: 0s }}\n"), 2, 12, "tolerance needs \"late\"");
@@ -1393,4 +1404,28 @@ fn tolerances_may_differ_early_and_late() {
     refused(&format!("{head}tolerance: {{ early: 0s, late: 0s }}\n"), 2, 31, "more than 0s");
     refused(&format!("{head}tolerance: {{ early: 2m, late: 1s }}\n"), 2, 21, "longer than the scenario timeout");
     refused(&format!("{head}tolerance: {{ early: 0s, late: 1s, both: 1s }}\n"), 2, 35, "unknown key \"both\"");
+}
+
+#[test]
+fn a_connect_waits_for_the_peers_startup_listen_on_its_port() {
+    let awaited = |client: &str, server: &str| {
+        let plan = plan(&format!("description: d\nclient:\n{client}server:\n{server}"));
+        match &plan.host(HostId::Client).steps.last().unwrap().action {
+            Action::Connect { address, after_listen, .. } => {
+                assert_eq!(*address, plan.host(HostId::Server).address);
+                after_listen.as_ref().map(|listen| (listen.host, listen.index))
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+    let connect = "  - connect: { port: 9000 }\n";
+    assert_eq!(awaited(connect, "  - listen: { port: 9000 }\n"), Some((HostId::Server, 0)));
+    assert_eq!(awaited(connect, "  - bind: { port: 9000 }\n  - listen: {}\n"), Some((HostId::Server, 1)));
+    assert_eq!(
+        awaited(connect, "  - listen: { port: 9001 }\n  - socket: {}\n  - listen: { port: 9000 }\n"),
+        Some((HostId::Server, 2))
+    );
+    assert_eq!(awaited(connect, "  - sleep: 1s\n  - listen: { port: 9000 }\n"), None, "a listen after the setup");
+    assert_eq!(awaited(connect, "  - listen: { port: 9001 }\n"), None, "another port");
+    assert_eq!(awaited(connect, "  - sleep: 1s\n"), None, "no listen");
 }

@@ -22,6 +22,9 @@ mod faults;
 mod impair;
 mod program;
 
+#[cfg(test)]
+pub(crate) use program::link_connects_to_listens;
+
 /// Used when `timeout:` is not given.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
 /// Used when `tolerance:` is not given.
@@ -58,10 +61,10 @@ pub fn validate(name: &str, file: &Path, wire: &ScenarioWire, index: &SourceInde
         file,
         index,
         deadline: DEFAULT_DEADLINE,
-        tolerance: DEFAULT_TOLERANCE,
-        early_tolerance: None,
+        tolerance: Tolerance::either_side(DEFAULT_TOLERANCE),
         step_names: [Vec::new(), Vec::new()],
-        step_name_set: [HashSet::new(), HashSet::new()],
+        step_index: [HashMap::new(), HashMap::new()],
+        addresses: [Ipv4Addr::UNSPECIFIED; 2],
     };
     let root = NodePath::root();
 
@@ -75,11 +78,11 @@ pub fn validate(name: &str, file: &Path, wire: &ScenarioWire, index: &SourceInde
     match &wire.tolerance {
         Some(tolerance) => {
             let path = root.key("tolerance");
-            (v.tolerance, v.early_tolerance) = v.tolerance(&path, tolerance)?;
+            v.tolerance = v.tolerance(&path, tolerance)?;
         }
         // A run shorter than the default tolerance (found by fuzzing: `timeout: 10ms`) gets its whole length,
         // as an explicit tolerance at most may.
-        None => v.tolerance = DEFAULT_TOLERANCE.min(v.deadline),
+        None => v.tolerance = Tolerance::either_side(DEFAULT_TOLERANCE.min(v.deadline)),
     }
     let sample_interval = match &wire.sample {
         Some(sample) => {
@@ -117,6 +120,7 @@ pub fn validate(name: &str, file: &Path, wire: &ScenarioWire, index: &SourceInde
     };
 
     let addresses = v.hosts(&root.key("hosts"), wire.hosts.as_ref())?;
+    v.addresses = addresses.map(|(address, _)| address);
     let link = v.link(&root.key("link"), wire.link.as_ref())?;
     let capture = v.capture(&root.key("capture"), wire.capture.as_ref())?;
     let sysctls = v.sysctls(&root.key("sysctl"), wire.sysctl.as_ref())?;
@@ -130,6 +134,7 @@ pub fn validate(name: &str, file: &Path, wire: &ScenarioWire, index: &SourceInde
         steps[host.index()] = v.program(host, programs[host.index()])?;
     }
     v.check_wait_deadlocks(&steps)?;
+    program::link_connects_to_listens(&mut steps);
 
     let faults = v.faults(&root.key("faults"), wire.faults.as_deref().unwrap_or(&[]))?;
     let expect = v.run_expectations(&root.key("expect"), wire.expect.as_ref())?;
@@ -145,7 +150,6 @@ pub fn validate(name: &str, file: &Path, wire: &ScenarioWire, index: &SourceInde
         slow,
         deadline: v.deadline,
         tolerance: v.tolerance,
-        early_tolerance: v.early_tolerance,
         sample_interval,
         link,
         capture,
@@ -174,12 +178,13 @@ struct Validator<'a> {
     file: &'a Path,
     index: &'a SourceIndex,
     deadline: Duration,
-    tolerance: Duration,
-    early_tolerance: Option<Duration>,
+    tolerance: Tolerance,
     /// Named steps per host (by `HostId::index()`): name and 0-based step index, in program order.
     step_names: [Vec<(String, usize)>; 2],
-    /// The same names as a set, so that a program of thousands of named steps is checked in linear time.
-    step_name_set: [HashSet<String>; 2],
+    /// The same names to their index, so that a program of thousands of named steps is checked in linear time.
+    step_index: [HashMap<String, usize>; 2],
+    /// Each host's address (by `HostId::index()`), known before the programs are read.
+    addresses: [Ipv4Addr; 2],
 }
 
 /// What a step acts with, known while walking one host's program in order.
@@ -312,9 +317,9 @@ impl Validator<'_> {
 
     /// `tolerance: 250ms` (either way) or `tolerance: { early: 0s, late: 500ms }`: the allowed lateness, and
     /// the allowed earliness when it differs.
-    fn tolerance(&self, path: &NodePath, value: &ScalarOr<ToleranceWire>) -> Checked<(Duration, Option<Duration>)> {
+    fn tolerance(&self, path: &NodePath, value: &ScalarOr<ToleranceWire>) -> Checked<Tolerance> {
         let map = match value {
-            ScalarOr::Scalar(scalar) => return Ok((self.tolerance_bound(path, scalar)?, None)),
+            ScalarOr::Scalar(scalar) => return Ok(Tolerance::either_side(self.tolerance_bound(path, scalar)?)),
             ScalarOr::Map(map) => map,
         };
         let example = "e.g. { early: 0s, late: 500ms }";
@@ -333,7 +338,7 @@ impl Validator<'_> {
                 ),
             ));
         }
-        Ok((late, Some(early)))
+        Ok(Tolerance { early, late })
     }
 
     fn tolerance_bound(&self, path: &NodePath, value: &Scalar) -> Checked<Duration> {

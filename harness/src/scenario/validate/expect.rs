@@ -84,7 +84,7 @@ impl Validator<'_> {
                  `reaches`, or several of them",
             ));
         }
-        let (tolerance, early_tolerance) = self.own_tolerance(path, wire.tolerance.as_ref())?;
+        let tolerance = self.own_tolerance(path, wire.tolerance.as_ref())?;
         Ok(QueueExpectation {
             host,
             port,
@@ -94,7 +94,6 @@ impl Validator<'_> {
             max,
             reaches,
             tolerance,
-            early_tolerance,
             since: self.anchor(path, wire.since.as_ref())?,
             location: self.index.value(path),
         })
@@ -107,8 +106,7 @@ impl Validator<'_> {
         let map = match since {
             None => return Ok(None),
             Some(ScalarOr::Scalar(step)) => {
-                let (host, step) = self.step_ref(&path, step)?;
-                return Ok(Some(Since::Step { host, step }));
+                return Ok(Some(Since::Step(self.step_ref(&path, step)?)));
             }
             Some(ScalarOr::Map(map)) => map,
         };
@@ -184,28 +182,23 @@ impl Validator<'_> {
             }
             None => None,
         };
-        let (tolerance, early_tolerance) = self.own_tolerance(path, wire.tolerance.as_ref())?;
+        let tolerance = self.own_tolerance(path, wire.tolerance.as_ref())?;
         Ok(PacketExpectation {
             filter,
             count,
             at,
             window,
             tolerance,
-            early_tolerance,
             since: self.anchor(path, wire.since.as_ref())?,
             location: self.index.value(path),
         })
     }
 
-    /// An expectation's own `tolerance` (late, early), or else the scenario's.
-    fn own_tolerance(
-        &self,
-        path: &NodePath,
-        tolerance: Option<&ScalarOr<ToleranceWire>>,
-    ) -> Checked<(Duration, Option<Duration>)> {
+    /// An expectation's own `tolerance`, or else the scenario's.
+    fn own_tolerance(&self, path: &NodePath, tolerance: Option<&ScalarOr<ToleranceWire>>) -> Checked<Tolerance> {
         match tolerance {
             Some(tolerance) => self.tolerance(&path.key("tolerance"), tolerance),
-            None => Ok((self.tolerance, self.early_tolerance)),
+            None => Ok(self.tolerance),
         }
     }
 
@@ -239,13 +232,12 @@ impl Validator<'_> {
                 }
             });
         }
-        let (tolerance, early_tolerance) = self.own_tolerance(path, wire.tolerance.as_ref())?;
+        let tolerance = self.own_tolerance(path, wire.tolerance.as_ref())?;
         Ok(StateExpectation {
             host,
             port,
             sequence,
             tolerance,
-            early_tolerance,
             since: self.anchor(path, wire.since.as_ref())?,
             location: self.index.value(path),
         })

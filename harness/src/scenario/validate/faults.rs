@@ -150,8 +150,8 @@ impl Validator<'_> {
     fn trigger(&self, path: &NodePath, wire: &ScalarOr<TriggerWire>, what: &str) -> Checked<Trigger> {
         let map = match wire {
             ScalarOr::Scalar(Scalar::Str(text)) if text.starts_with(|c: char| c.is_ascii_alphabetic()) => {
-                let (host, step) = self.step_ref(path, &Scalar::Str(text.clone()))?;
-                return Ok(Trigger::Step { host, step, edge: StepEdge::Finished, delay: Duration::ZERO });
+                let step = self.step_ref(path, &Scalar::Str(text.clone()))?;
+                return Ok(Trigger::Step { step, edge: StepEdge::Finished, delay: Duration::ZERO });
             }
             ScalarOr::Scalar(time) => return Ok(Trigger::At(self.run_time(path, time, what)?)),
             ScalarOr::Map(map) => map,
@@ -213,8 +213,8 @@ impl Validator<'_> {
                     (None, Some(reference)) => (reference, StepEdge::Started),
                     (None, None) => return Err(self.fail(path, "trigger needs a step reference")),
                 };
-                let (host, step) = self.step_ref(&path.key(kind), reference)?;
-                Trigger::Step { host, step, edge, delay }
+                let step = self.step_ref(&path.key(kind), reference)?;
+                Trigger::Step { step, edge, delay }
             }
             "state" => {
                 let state = self.tcp_state(&path.key("state"), map.state.as_ref().unwrap_or(&Scalar::Null))?;

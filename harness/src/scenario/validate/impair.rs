@@ -2,7 +2,7 @@
 //! (probabilities in [0, 1], delays and jitter, rates above zero, queue sizes, injected segments).
 
 use super::*;
-use crate::impair::{Distribution, Impairment, InjectedSegment, InjectedSeq, Injection, LossModel};
+use crate::scenario::impairment::{Distribution, Impairment, InjectedSegment, InjectedSeq, Injection, LossModel};
 
 /// The keys of the action map, each naming one action.
 const ACTION_KEYS_MAP: [&str; 8] = ["reject", "loss", "delay", "reorder", "duplicate", "corrupt", "rate", "inject"];
@@ -374,7 +374,7 @@ mod tests {
     use std::path::Path;
     use std::time::Duration;
 
-    use crate::impair::{Distribution, Impairment, InjectedSegment, InjectedSeq, Injection, LossModel};
+    use crate::scenario::impairment::{Distribution, Impairment, InjectedSegment, InjectedSeq, Injection, LossModel};
     use crate::scenario::plan::{FaultAction, HostId, Protocol};
 
     fn actions(faults: &str) -> Vec<(String, HostId, FaultAction)> {

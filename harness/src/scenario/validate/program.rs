@@ -30,7 +30,7 @@ impl Validator<'_> {
             first_of.insert(name.clone(), i);
             names.push((name, i));
         }
-        self.step_name_set[host.index()] = first_of.into_keys().collect();
+        self.step_index[host.index()] = first_of;
         self.step_names[host.index()] = names;
         Ok(())
     }
@@ -62,12 +62,7 @@ impl Validator<'_> {
                     name: None,
                     socket: None,
                     action,
-                    expect: StepExpectation {
-                        tolerance: self.tolerance,
-                        early_tolerance: self.early_tolerance,
-                        location,
-                        ..StepExpectation::default()
-                    },
+                    expect: StepExpectation { tolerance: self.tolerance, location, ..StepExpectation::default() },
                     location,
                 });
             }
@@ -316,7 +311,8 @@ impl Validator<'_> {
                 Some(value) => self.boolean(&path.key("nonblocking"), value, "nonblocking")?,
                 None => false,
             };
-            return Ok(Action::Connect { to, port, nonblocking });
+            let address = self.addresses[to.index()];
+            return Ok(Action::Connect { to, address, port, nonblocking, after_listen: None });
         }
         if let Some(poll) = &map.poll {
             let events_wire =
@@ -515,7 +511,7 @@ impl Validator<'_> {
     }
 
     /// `client.connect` as host and step name, checked against the named steps.
-    pub(super) fn step_ref(&self, path: &NodePath, value: &Scalar) -> Checked<(HostId, String)> {
+    pub(super) fn step_ref(&self, path: &NodePath, value: &Scalar) -> Checked<StepRef> {
         let text = value.text();
         let Some((host_name, step)) = text.split_once('.') else {
             return Err(
@@ -532,7 +528,7 @@ impl Validator<'_> {
             ));
         };
         let names = &self.step_names[host.index()];
-        if !self.step_name_set[host.index()].contains(step) {
+        let Some(&index) = self.step_index[host.index()].get(step) else {
             let known = if names.is_empty() {
                 format!("{host} has no named steps; name one with `name: {step}`")
             } else {
@@ -545,8 +541,8 @@ impl Validator<'_> {
                     suggestion(step, names.iter().map(|(n, _)| n.as_str()))
                 ),
             ));
-        }
-        Ok((host, step.to_string()))
+        };
+        Ok(StepRef { host, index, name: step.to_string() })
     }
 
     fn wait(&self, host: HostId, path: &NodePath, wait: &ScalarOr<WaitWire>) -> Checked<Action> {
@@ -562,8 +558,8 @@ impl Validator<'_> {
                 (path.key("for"), target, edge)
             }
         };
-        let (target_host, step) = self.step_ref(&target_path, target)?;
-        if target_host == host {
+        let step = self.step_ref(&target_path, target)?;
+        if step.host == host {
             return Err(self.fail(
                 &target_path,
                 format!(
@@ -573,7 +569,7 @@ impl Validator<'_> {
                 ),
             ));
         }
-        Ok(Action::Wait { host: target_host, step, edge })
+        Ok(Action::Wait { step, edge })
     }
 
     fn exec(&self, path: &NodePath, exec: &ExecWire) -> Checked<Action> {
@@ -665,12 +661,8 @@ impl Validator<'_> {
         action: &Action,
         step_location: Location,
     ) -> Checked<StepExpectation> {
-        let mut expect = StepExpectation {
-            tolerance: self.tolerance,
-            early_tolerance: self.early_tolerance,
-            location: step_location,
-            ..StepExpectation::default()
-        };
+        let mut expect =
+            StepExpectation { tolerance: self.tolerance, location: step_location, ..StepExpectation::default() };
         let Some(wire) = wire else { return Ok(expect) };
         expect.location = self.index.value(path);
         let map = match wire {
@@ -723,7 +715,7 @@ impl Validator<'_> {
             expect.at = Some(self.run_time(&path.key("at"), at, "at")?);
         }
         if let Some(tolerance) = &map.tolerance {
-            (expect.tolerance, expect.early_tolerance) = self.tolerance(&path.key("tolerance"), tolerance)?;
+            expect.tolerance = self.tolerance(&path.key("tolerance"), tolerance)?;
         }
         Ok(expect)
     }
@@ -773,16 +765,12 @@ impl Validator<'_> {
 
     /// Refuses two hosts that wait for each other: each blocked before the step the other waits for.
     pub(super) fn check_wait_deadlocks(&self, steps: &[Vec<StepPlan>; 2]) -> Checked<()> {
-        let positions: [HashMap<&str, usize>; 2] =
-            [0, 1].map(|host| steps[host].iter().filter_map(|s| Some((s.name.as_deref()?, s.index))).collect());
         // Per host, in step order: (its step index, target step index on the peer, edge).
         let mut waits: [Vec<(usize, usize, StepEdge)>; 2] = [Vec::new(), Vec::new()];
         for host in HostId::ALL {
             for step in &steps[host.index()] {
-                if let Action::Wait { host: target_host, step: target, edge } = &step.action {
-                    if let Some(target_index) = positions[target_host.index()].get(target.as_str()) {
-                        waits[host.index()].push((step.index, *target_index, *edge));
-                    }
+                if let Action::Wait { step: target, edge } = &step.action {
+                    waits[host.index()].push((step.index, target.index, *edge));
                 }
             }
         }
@@ -863,4 +851,43 @@ fn example_of(action: &str) -> &'static str {
         "exec" => "exec: { program: curl, args: [\"http://10.0.0.2:9000/\"] }",
         _ => "close",
     }
+}
+
+/// Points each `connect` at the peer's start-up `listen` on its port, which it then waits for: both programs
+/// start at once, and a connect must not race the listen the peer makes as its first thing. Only a listen on
+/// the connect's port within the peer's setup (its first steps, all `socket` / `setsockopt` / `bind` /
+/// `listen`) counts; a listen the peer makes later (after a `sleep` or a `wait`) is ordered by the scenario
+/// itself, which may mean a connect to be refused.
+pub(crate) fn link_connects_to_listens(steps: &mut [Vec<StepPlan>; 2]) {
+    let listens: [Vec<(u16, StepRef)>; 2] = HostId::ALL.map(|host| startup_listens(host, &steps[host.index()]));
+    for host in HostId::ALL {
+        for step in &mut steps[host.index()] {
+            if let Action::Connect { to, port, after_listen, .. } = &mut step.action {
+                if *to != host {
+                    *after_listen =
+                        listens[to.index()].iter().find(|(listen_port, _)| listen_port == port).map(|(_, s)| s.clone());
+                }
+            }
+        }
+    }
+}
+
+/// The ports a host listens on before its program does anything else, with the step that listens.
+fn startup_listens(host: HostId, steps: &[StepPlan]) -> Vec<(u16, StepRef)> {
+    let mut listens = Vec::new();
+    let mut bound = None;
+    for step in steps {
+        match step.action {
+            Action::Listen { port, .. } => {
+                if let Some(port) = port.or(bound) {
+                    let name = step.name.clone().unwrap_or_else(|| format!("#{}", step.index + 1));
+                    listens.push((port, StepRef { host, index: step.index, name }));
+                }
+            }
+            Action::Bind { port } => bound = Some(port),
+            Action::Socket { .. } | Action::SetOpt { .. } => {}
+            _ => break,
+        }
+    }
+    listens
 }

@@ -1,0 +1,409 @@
+//! The `netfault` command line (clap): run, check, list, test, bench, and the hidden per-scenario child
+//! command. Exit status: 0 every scenario passed, 1 a scenario failed, 2 invalid input or a harness error,
+//! 128 + N stopped by signal N.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+
+mod console;
+
+use crate::report::{self, Status, Summary};
+use crate::run::runner::{self, Job, RunEvent};
+use crate::run::supervise::{self, Supervisor};
+use console::Console;
+
+const AFTER_HELP: &str = "\
+PATH is a scenario file or a folder searched for *.yaml (default: scenarios). Reports go to
+reports/<scenario>/: timeline.txt, result.json, client.pcap, server.pcap.
+
+Exit status: 0 every scenario passed; 1 a scenario failed; 2 invalid input (nothing was run), a harness error,
+or the run's deadline passed; 128 + N stopped by signal N (SIGINT 130, SIGTERM 143).";
+
+const RUN_AFTER_HELP: &str = "\
+Each result is printed as its scenario finishes, then all of them in name order. On a terminal a progress
+line shows what still runs, and verdicts are coloured (not with NO_COLOR set).
+
+--deadline: past it every scenario still running is killed and reported, exit status 2; SIGINT and SIGTERM do
+the same with exit status 128 + signal. The cargo-test driver takes its limit from NETFAULT_SUITE_DEADLINE.
+
+--seed: the impairments' random decisions (loss, jitter, reordering, ...) come from it, packet by packet; the
+same seed gives the same decision list. Without it a seed is chosen and printed; every result.json records it.
+The cargo-test driver takes it from NETFAULT_SEED.
+
+Exit status: 0 every scenario passed; 1 a scenario failed; 2 invalid input (nothing was run), a harness error,
+or the deadline passed; 128 + N stopped by signal N.";
+
+/// netfault: inject network faults into real Linux TCP stacks and record what the kernel did.
+#[derive(Debug, Parser)]
+#[command(name = "netfault", version = crate::version::LONG, after_help = AFTER_HELP, arg_required_else_help = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run scenarios in parallel, each in namespaces of its own, and write their reports
+    #[command(after_help = RUN_AFTER_HELP)]
+    Run(RunArgs),
+    /// Validate scenarios without running anything (no namespace is created)
+    Check(Paths),
+    /// List scenarios with their deadline, `slow` mark and first description line
+    List(Paths),
+    /// The cargo-test driver (libtest-mimic) on any folder of scenarios
+    Test(TestArgs),
+    /// Measure netfault against the ip/nft/tcpdump recipe: `netfault bench --help`
+    #[command(disable_help_flag = true)]
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
+        args: Vec<String>,
+    },
+    /// Runs one scenario in this process (what `run` starts for each scenario)
+    #[command(name = runner::CHILD_COMMAND, hide = true)]
+    RunOne(ChildArgs),
+}
+
+#[derive(Debug, Args)]
+struct Paths {
+    /// Scenario files, or folders searched for *.yaml
+    #[arg(value_name = "PATH", default_value = "scenarios")]
+    paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// How many scenarios run at once [default: all of them]
+    #[arg(short, long, value_name = "N", value_parser = positive)]
+    jobs: Option<usize>,
+    /// Where the reports go: DIR/<scenario>/
+    #[arg(long, value_name = "DIR", default_value = "reports")]
+    reports: PathBuf,
+    /// The whole run's limit, e.g. 10m [default: from the scenarios' own deadlines]
+    #[arg(long, value_name = "DURATION", value_parser = supervise::parse_budget)]
+    deadline: Option<Duration>,
+    /// Run each scenario N times (reports in DIR/<scenario>/run-<i>/); count passes, list the flaky
+    #[arg(long, value_name = "N", value_parser = positive)]
+    repeat: Option<usize>,
+    /// Also run the minutes-long `slow: true` scenarios
+    #[arg(long)]
+    slow: bool,
+    /// Seed of the impairments' random decisions [default: chosen and printed]
+    #[arg(long, value_name = "N", value_parser = runner::parse_seed)]
+    seed: Option<u64>,
+    #[command(flatten)]
+    paths: Paths,
+}
+
+#[derive(Debug, Args)]
+struct TestArgs {
+    /// The folder scenario names are relative to
+    #[arg(long, value_name = "DIR", default_value = "scenarios")]
+    root: PathBuf,
+    /// Where the reports go: DIR/<scenario>/
+    #[arg(long, value_name = "DIR", default_value = "reports")]
+    reports: PathBuf,
+    /// libtest arguments: a filter, --exact, --list, --ignored, --include-ignored, --test-threads N, ...
+    #[arg(last = true, value_name = "LIBTEST-ARGS")]
+    libtest: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct ChildArgs {
+    #[arg(long, default_value = ".")]
+    root: PathBuf,
+    #[arg(long, default_value = "reports")]
+    reports: PathBuf,
+    /// Which repetition of `run --repeat` this is.
+    #[arg(long)]
+    run: Option<usize>,
+    /// The seed of the impairments' random decisions.
+    #[arg(long, default_value = "0", value_parser = runner::parse_seed)]
+    seed: u64,
+    file: PathBuf,
+}
+
+/// A count of at least 1.
+fn positive(text: &str) -> Result<usize, String> {
+    text.parse().ok().filter(|n| *n > 0).ok_or(format!("{text:?} is not a positive number"))
+}
+
+/// Parses `std::env::args()` and runs the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        // These two run socket programs in this process: a write to a reset socket must give EPIPE, not kill it.
+        Command::RunOne(args) => return child(args),
+        Command::Bench { args } => return bench(&args),
+        _ => {}
+    }
+    // Everything else only prints: a closed pipe (`netfault list | head -1`) ends it quietly, as it ends
+    // any Unix tool, instead of a panic in println!.
+    // SAFETY: restores the default action of one signal before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Check(paths) => check(&paths.paths),
+        Command::List(paths) => list(&paths.paths),
+        Command::Test(args) => test(args),
+        Command::Bench { .. } | Command::RunOne(_) => unreachable!("handled above"),
+    }
+}
+
+#[cfg(feature = "bench")]
+fn bench(args: &[String]) -> ExitCode {
+    crate::bench::main(args)
+}
+
+#[cfg(not(feature = "bench"))]
+fn bench(_: &[String]) -> ExitCode {
+    eprintln!("netfault: this netfault was built without benchmarks: cargo build --release --features bench");
+    ExitCode::from(2)
+}
+
+fn exe() -> PathBuf {
+    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("netfault"))
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let Some(loaded) = load_or_report(&args.paths.paths) else {
+        return ExitCode::from(2);
+    };
+    let reports = args.reports;
+    let seed = args.seed.unwrap_or_else(runner::fresh_seed);
+    if loaded.iter().any(|(_, plan)| plan.has_impairments()) {
+        println!("impairments seeded with {seed} (--seed {seed} repeats their decisions)");
+    }
+    let (loaded, skipped): (Vec<_>, Vec<_>) = loaded.into_iter().partition(|(_, plan)| args.slow || !plan.slow);
+    let mut jobs: Vec<(Job, Duration)> = Vec::new();
+    let mut runs: Vec<(String, usize)> = Vec::new();
+    match args.repeat {
+        None => {
+            for (job, plan) in loaded {
+                jobs.push((Job { reports: reports.clone(), seed, ..job }, plan.deadline));
+                runs.push((plan.name, 1));
+            }
+        }
+        Some(repeat) => {
+            for (_, plan) in &loaded {
+                if let Err(e) = clear_report(&reports, &plan.name) {
+                    eprintln!("netfault: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+            for run in 1..=repeat {
+                for (job, plan) in &loaded {
+                    jobs.push((Job { reports: reports.clone(), run: Some(run), seed, ..job.clone() }, plan.deadline));
+                    runs.push((plan.name.clone(), run));
+                }
+            }
+        }
+    }
+    let parallel = args.jobs.unwrap_or_else(|| runner::default_parallelism(jobs.len()));
+    let limits: Vec<Duration> = jobs.iter().map(|(_, deadline)| *deadline + runner::CHILD_GRACE).collect();
+    let supervisor = Supervisor::new(args.deadline.unwrap_or_else(|| supervise::default_budget(&limits, parallel)));
+    if let Err(e) = supervise::catch_stop_signals().and_then(|()| supervisor.start_watchdog(runner::STOP_GRACE)) {
+        eprintln!("netfault: {e}");
+        return ExitCode::from(2);
+    }
+    let started = Instant::now();
+    let names =
+        runs.iter().map(|(name, run)| if args.repeat.is_some() { format!("{name} #{run}") } else { name.clone() });
+    let mut console = Console::new(names.collect());
+    let summaries = runner::run_all(&exe(), jobs, parallel, &supervisor, |event| match event {
+        RunEvent::Started(index) => console.started(index),
+        RunEvent::Finished(index, summary) => console.finished(index, summary),
+        RunEvent::Idle => console.redraw(),
+    });
+    console.clear();
+    let count = |status| summaries.iter().filter(|s| s.status == status).count();
+    let (passed, failed, errors) = (count(Status::Pass), count(Status::Fail), count(Status::Error));
+    let longest = summaries.iter().map(|s| s.duration).fold(0.0, f64::max);
+    match args.repeat {
+        Some(repeat) => print!("{}", repeat_table(&runs, &summaries, repeat, parallel)),
+        None => print!("{}", sorted_summary(&summaries, console.colour())),
+    }
+    let skipped = match skipped.len() {
+        0 => String::new(),
+        n => format!(", {n} slow skipped (--slow runs them)"),
+    };
+    println!(
+        "\n{passed} passed, {} failed{skipped}; wall time {:.2}s, longest scenario {longest:.2}s",
+        failed + errors,
+        started.elapsed().as_secs_f64()
+    );
+    if let Some(reason) = supervisor.stop_reason() {
+        let stopped = summaries.iter().filter(|s| s.messages.iter().any(|m| m.starts_with("stopped: "))).count();
+        let unstarted = summaries.iter().filter(|s| s.messages.iter().any(|m| m.starts_with("not started: "))).count();
+        eprintln!(
+            "netfault: {reason}: {stopped} running scenario(s) killed, {unstarted} not started; \
+             nothing of theirs is left running"
+        );
+        return ExitCode::from(reason.exit_code());
+    }
+    if errors > 0 {
+        ExitCode::from(2)
+    } else if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// The end of a run: every scenario's result line in name order, each failure's first line under it.
+fn sorted_summary(summaries: &[Summary], colour: bool) -> String {
+    let mut sorted: Vec<&Summary> = summaries.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut text = format!("\nall {} in name order:\n", sorted.len());
+    for summary in sorted {
+        text.push_str(&console::result_line(summary, colour));
+        text.push('\n');
+        for message in &summary.messages {
+            if let Some(first) = message.lines().next() {
+                text.push_str(&format!("      {first}\n"));
+            }
+        }
+    }
+    text
+}
+
+/// Removes the scenario's old report folder (`rm -r reports/<scenario>`) before its repetitions fill it.
+fn clear_report(reports: &Path, name: &str) -> crate::error::Result<()> {
+    let dir = report::report_dir(reports, name)?;
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)
+            .map_err(|e| crate::error::Error::sys(format!("clear old report (rm -r {})", dir.display()), e))?;
+    }
+    Ok(())
+}
+
+/// The end of `run --repeat`: per scenario, how many of its runs passed, failed and errored, then the flaky
+/// ones (some runs passed, some did not) and those that never passed, with what each bad run said first.
+/// `runs[i]` is the scenario and repetition of `summaries[i]`.
+fn repeat_table(runs: &[(String, usize)], summaries: &[Summary], repeat: usize, parallel: usize) -> String {
+    let mut rows: Vec<(&str, [usize; 3], Vec<String>)> = Vec::new();
+    for ((name, run), summary) in runs.iter().zip(summaries) {
+        let row = match rows.iter().position(|(n, _, _)| n == name) {
+            Some(position) => position,
+            None => {
+                rows.push((name, [0; 3], Vec::new()));
+                rows.len() - 1
+            }
+        };
+        let (_, counts, bad) = &mut rows[row];
+        match summary.status {
+            Status::Pass => counts[0] += 1,
+            Status::Fail => counts[1] += 1,
+            Status::Error => counts[2] += 1,
+        }
+        if summary.status != Status::Pass {
+            let first = summary.messages.first().and_then(|m| m.lines().next()).unwrap_or("no message");
+            bad.push(format!("{}: {first}", runner::run_folder(*run)));
+        }
+    }
+    let mut text = format!("\n{repeat} runs of each of {} scenario(s), {parallel} at a time:\n", rows.len());
+    text.push_str(&format!("{:<40} {:>5} {:>5} {:>5}\n", "scenario", "pass", "fail", "error"));
+    for (name, [pass, fail, error], _) in &rows {
+        text.push_str(&format!("{name:<40} {pass:>5} {fail:>5} {error:>5}\n"));
+    }
+    let flaky: Vec<_> = rows.iter().filter(|(_, [pass, ..], _)| *pass > 0 && *pass < repeat).collect();
+    let broken: Vec<_> = rows.iter().filter(|(_, [pass, ..], _)| *pass == 0).collect();
+    for (title, list) in [("flaky", &flaky), ("never passed", &broken)] {
+        text.push_str(&format!("{title}: {}\n", list.len()));
+        for (name, [pass, ..], bad) in list.iter() {
+            text.push_str(&format!("  {name}: {pass}/{repeat} passed\n"));
+            for line in bad {
+                text.push_str(&format!("    {line}\n"));
+            }
+        }
+    }
+    text
+}
+
+/// Loads every scenario under `paths`, or prints every invalid one with where and what (stderr).
+fn load_or_report(paths: &[PathBuf]) -> Option<Vec<(Job, crate::scenario::plan::Plan)>> {
+    match runner::load_all(paths) {
+        Ok(loaded) => Some(loaded),
+        Err(errors) => {
+            for error in &errors {
+                eprintln!("{error}");
+            }
+            eprintln!("netfault: {} invalid scenario(s); nothing was run", errors.len());
+            None
+        }
+    }
+}
+
+fn check(paths: &[PathBuf]) -> ExitCode {
+    let Some(loaded) = load_or_report(paths) else {
+        return ExitCode::from(2);
+    };
+    println!("{} scenario(s) valid", loaded.len());
+    ExitCode::SUCCESS
+}
+
+fn list(paths: &[PathBuf]) -> ExitCode {
+    let Some(loaded) = load_or_report(paths) else {
+        return ExitCode::from(2);
+    };
+    for (_, plan) in loaded {
+        let first_line = plan.description.lines().next().unwrap_or_default();
+        let slow = if plan.slow { " slow" } else { "" };
+        println!("{:<40} {:>5}s{slow:<5}  {first_line}", plan.name, plan.deadline.as_secs());
+    }
+    ExitCode::SUCCESS
+}
+
+fn test(args: TestArgs) -> ExitCode {
+    let libtest = libtest_mimic::Arguments::from_iter(std::iter::once("netfault-test".to_string()).chain(args.libtest));
+    runner::test_main(&args.root, &args.reports, &exe(), libtest)
+}
+
+fn child(args: ChildArgs) -> ExitCode {
+    runner::child_main(&args.root, &args.reports, &args.file, args.run, args.seed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(name: &str, status: Status, message: &str) -> Summary {
+        Summary {
+            name: name.into(),
+            status,
+            duration: 1.0,
+            setup_ms: 1.0,
+            teardown_ms: 1.0,
+            report: PathBuf::from("reports").join(name),
+            messages: if message.is_empty() { vec![] } else { vec![format!("{message}\n  timeline around 1s:")] },
+        }
+    }
+
+    #[test]
+    fn repeat_table_counts_each_scenario_and_lists_the_flaky_ones_with_their_bad_runs() {
+        let runs: Vec<(String, usize)> = [("a", 1), ("b", 1), ("c", 1), ("a", 2), ("b", 2), ("c", 2)]
+            .iter()
+            .map(|(name, run)| (name.to_string(), *run))
+            .collect();
+        let summaries = vec![
+            summary("a", Status::Pass, ""),
+            summary("b", Status::Pass, ""),
+            summary("c", Status::Fail, "c.yaml:3:5: line 3: wrong"),
+            summary("a", Status::Pass, ""),
+            summary("b", Status::Error, "stopped: interrupted by SIGINT"),
+            summary("c", Status::Fail, "c.yaml:3:5: line 3: wrong"),
+        ];
+        let table = repeat_table(&runs, &summaries, 2, 6);
+        assert!(table.contains("2 runs of each of 3 scenario(s), 6 at a time:"), "{table}");
+        assert!(table.contains(&format!("{:<40} {:>5} {:>5} {:>5}", "a", 2, 0, 0)), "{table}");
+        assert!(table.contains(&format!("{:<40} {:>5} {:>5} {:>5}", "b", 1, 0, 1)), "{table}");
+        assert!(table.contains(&format!("{:<40} {:>5} {:>5} {:>5}", "c", 0, 2, 0)), "{table}");
+        assert!(
+            table.contains("flaky: 1\n  b: 1/2 passed\n    run-2: stopped: interrupted by SIGINT\n"),
+            "only the first line of a message: {table}"
+        );
+        assert!(table.contains("never passed: 1\n  c: 0/2 passed\n    run-1: c.yaml:3:5: line 3: wrong\n"), "{table}");
+    }
+}

@@ -1,0 +1,817 @@
+//! Live capture of one host's interface into a pcap file (`tcpdump -i <if> -w <file>`), with a `Packet`
+//! timeline event per IPv4 frame stamped with the kernel's time of it.
+//!
+//! The socket is AF_PACKET, in one of two arrangements ([`CaptureBuffer`]). By default the kernel queues
+//! frames on the socket itself and the capture thread takes them a batch per `recvmmsg`, each with its
+//! `SO_TIMESTAMPNS` stamp: the socket opens in microseconds and a lone packet reaches the timeline at once.
+//! A TPACKET_V3 ring (what libpcap uses) costs one wake-up per block of frames instead, which a bulk transfer
+//! needs, but setting it up waits for an RCU grace period (`setsockopt(PACKET_RX_RING)` calls
+//! `synchronize_net()`, about 10 ms at HZ=250), which would otherwise be most of a scenario's set-up.
+//!
+//! A second thread writes the pcap, so a write that stalls on page-cache writeback holds up neither the
+//! kernel's buffer nor the timeline. On stop, the capture reads the interface's own packet counters and takes
+//! frames until it holds every frame they counted (or the kernel's count of those it dropped): it neither
+//! waits longer than needed nor stops with a frame still on its way, and a frame it lost is counted.
+
+mod pcap;
+mod queue;
+mod ring;
+mod socket;
+
+use std::ffi::c_int;
+use std::fs::File;
+use std::io::{self, Write};
+use std::mem::{offset_of, size_of};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{mpsc, Arc, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
+use pcap_file::{DataLink, Endianness, TsResolution};
+
+use crate::error::{Error, Result};
+use crate::observe::decode::Decoder;
+use crate::record::CaptureStats;
+use crate::run::clock::{Clock, EventSink};
+use crate::run::netns::Netns;
+use crate::run::priority;
+use crate::scenario::plan::HostId;
+use crate::timeline::EventKind;
+use pcap::{ChunkQueue, DiskWriter};
+pub(crate) use queue::QueueSource;
+use ring::RingSource;
+#[cfg(feature = "bench")]
+pub(crate) use socket::rx_tx_packets;
+use socket::InterfaceCounters;
+/// The packet-socket plumbing the impairment wire forwards frames with.
+pub(crate) use socket::{
+    bind, interface_mtu, interface_name, new_eventfd, open_socket, set_option, signal, take_kernel_drops,
+};
+
+/// Where the kernel keeps the frames the capture thread has not taken yet (`tcpdump -B`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaptureBuffer {
+    /// The packet socket's own receive queue, holding up to about `bytes` of frames (`SO_RCVBUF`).
+    Queue { bytes: usize },
+    /// A TPACKET_V3 ring of `blocks` blocks of [`RING_BLOCK_SIZE`] bytes.
+    Ring { blocks: usize },
+}
+
+impl CaptureBuffer {
+    /// What a scenario gets unless it asks for a ring. Scenarios move kilobytes (the suite's busiest capture
+    /// holds 125 frames) and hundreds run at once, so a few MiB of queue is ample and costs nothing unused.
+    pub const DEFAULT: CaptureBuffer = CaptureBuffer::Queue { bytes: 4 << 20 };
+
+    /// A ring of at least `bytes` (`tcpdump -B <bytes / 1024>`).
+    pub fn ring_of(bytes: u64) -> CaptureBuffer {
+        let blocks = bytes.div_ceil(RING_BLOCK_SIZE as u64).max(1);
+        CaptureBuffer::Ring { blocks: usize::try_from(blocks).unwrap_or(usize::MAX) }
+    }
+}
+
+/// Size of one ring block; any frame up to this size fits whole.
+pub const RING_BLOCK_SIZE: usize = 1 << 20;
+/// TPACKET_V3 packs frames of any length into a block, but the kernel still checks a nominal frame size.
+const NOMINAL_FRAME_SIZE: usize = 1 << 11;
+/// How long the kernel lets a partly filled block wait before handing it over: about the longest a lone
+/// packet takes to reach the timeline and the packet triggers that wait on it (measured: median 0.9 ms).
+const BLOCK_RETIRE_TIMEOUT_MS: u32 = 4;
+/// Frames taken per `recvmmsg` from a queue socket.
+const BATCH: usize = 32;
+/// Room for one frame taken from a queue socket beyond the link's MTU: an Ethernet header and a VLAN tag. With
+/// offloads off no frame is longer; one that were would be written cut to this length, with its full length
+/// on record, as a snap length cuts it.
+const LINK_HEADER_ROOM: usize = 14 + 4;
+/// Room for a frame's control messages: its SO_TIMESTAMPNS `timespec` (`CMSG_SPACE(16)` = 32 bytes), and spare.
+const CONTROL_ROOM: usize = 64;
+/// Longest sleep of an idle capture thread; kernel drop counters are read at least this often.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+/// On stop, how long the capture waits at most for frames the interface counted but the capture has not
+/// seen: normally they arrive within microseconds (a ring holds them until its block retire timeout), but on a
+/// machine running hundreds of scenarios the kernel's receive work can lag, and a frame given up on makes the
+/// run a harness error. Only a frame really missing costs this wait.
+const DRAIN_MAX: Duration = Duration::from_millis(500);
+/// How often the counters are compared while frames are still missing on stop.
+const DRAIN_POLL: Duration = Duration::from_millis(1);
+/// `stop` gives up on a capture that has not finished by then: normally it takes well under a millisecond,
+/// but the pcap writer first writes out what is queued (at most `MAX_QUEUED_CHUNKS`), which a slow disk may
+/// take a while for.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest frame written whole (tcpdump's default `-s`); with offloads off no frame comes close.
+const SNAPLEN: u32 = 262_144;
+/// The pcap travels to the writer thread in chunks of at least this many bytes.
+const CHUNK_SIZE: usize = 1 << 20;
+/// A chunk's allocation: room for one more record of the longest frame, so a chunk never reallocates.
+const CHUNK_CAPACITY: usize = CHUNK_SIZE + SNAPLEN as usize + PCAP_RECORD_HEADER_LEN;
+const PCAP_RECORD_HEADER_LEN: usize = 16;
+/// Most chunks waiting for the disk: what absorbs a write() stalled on writeback (measured: up to 100 ms)
+/// during a bulk transfer. Memory is taken only while the disk is behind.
+const MAX_QUEUED_CHUNKS: usize = 256;
+/// Written chunks kept for reuse instead of freed.
+const SPARE_CHUNKS: usize = 4;
+
+/// A running `tcpdump -i <ifname> -w <pcap>` on one interface of a host's namespace.
+#[derive(Debug)]
+pub struct Capture {
+    /// `tcpdump -i <ifname> -w <pcap>` in `host`, for messages.
+    command: String,
+    stop_signal: Arc<OwnedFd>,
+    finished: mpsc::Receiver<Result<CaptureStats>>,
+}
+
+impl Capture {
+    /// `tcpdump -i <ifname> -B <buffer> -w <pcap>` inside `ns`: opens an AF_PACKET socket on a thread inside
+    /// `ns`, bound to `ifindex` before this returns (so nothing sent afterwards is missed), and starts a thread
+    /// that writes every frame to `pcap` (Ethernet link type, nanosecond wall-clock timestamps) and emits
+    /// [`EventKind::Packet`] for each IPv4 frame at the kernel's timestamp of it.
+    pub fn start(
+        ns: &Netns,
+        host: HostId,
+        ifindex: u32,
+        pcap: &Path,
+        sink: EventSink,
+        buffer: CaptureBuffer,
+    ) -> Result<Capture> {
+        let (socket, source, counters) = ns.run(|| {
+            let ifname = interface_name(ifindex)
+                .map_err(|e| Error::sys(format!("find interface {ifindex} of {host} to capture (ip link show)"), e))?;
+            let command = format!("tcpdump -i {ifname} in {host}");
+            let socket = open_socket(&command)?;
+            let source = match buffer {
+                CaptureBuffer::Queue { bytes } => {
+                    let mtu = interface_mtu(&socket, &ifname)
+                        .map_err(|e| Error::sys(format!("read the MTU of {ifname} ({command}): SIOCGIFMTU"), e))?;
+                    Source::Queue(QueueSource::new(&socket, bytes, mtu, &command)?)
+                }
+                CaptureBuffer::Ring { blocks } => Source::Ring(RingSource::new(&socket, blocks, &command)?),
+            };
+            bind(&socket, ifindex, &command)?;
+            let counters = InterfaceCounters::open(ifname)
+                .map_err(|e| Error::sys(format!("read packet counters ({command}): /proc/net/dev"), e))?;
+            Ok((socket, source, counters))
+        })?;
+        let command = format!("tcpdump -i {} -w {} in {host}", counters.ifname, pcap.display());
+
+        let file = File::create(pcap).map_err(|e| Error::sys(format!("create {} ({command})", pcap.display()), e))?;
+        let (to_disk, chunks) = mpsc::sync_channel(MAX_QUEUED_CHUNKS);
+        let (spare_tx, spare) = mpsc::sync_channel(SPARE_CHUNKS);
+        let (done, finished) = mpsc::sync_channel(1);
+        let disk = DiskWriter { command: command.clone(), file, chunks, spare: spare_tx, done };
+        thread::Builder::new()
+            .name(format!("pcap-{host}"))
+            .spawn(move || disk.run())
+            .map_err(|e| Error::sys(format!("spawn pcap writer thread ({command})"), e))?;
+
+        let header = PcapHeader {
+            snaplen: SNAPLEN,
+            datalink: DataLink::ETHERNET,
+            ts_resolution: TsResolution::NanoSecond,
+            endianness: Endianness::native(),
+            ..PcapHeader::default()
+        };
+        let queue = ChunkQueue { current: Vec::with_capacity(CHUNK_CAPACITY), to_disk, spare };
+        let writer = PcapWriter::with_header(queue, header)
+            .map_err(|e| Error::sys(format!("write pcap header ({command})"), io::Error::other(e)))?;
+
+        let stop_signal = Arc::new(new_eventfd(&command)?);
+        let reader = Reader {
+            socket,
+            source,
+            counters,
+            stop_signal: Arc::clone(&stop_signal),
+            recorder: Recorder {
+                command: command.clone(),
+                pcap: writer,
+                decoder: Decoder::new(),
+                clock: sink.clock().clone(),
+                sink,
+                host,
+                stats: CaptureStats::default(),
+            },
+        };
+        thread::Builder::new()
+            .name(format!("capture-{host}"))
+            .spawn(move || reader.run())
+            .map_err(|e| Error::sys(format!("spawn capture thread ({command})"), e))?;
+        Ok(Capture { command, stop_signal, finished })
+    }
+
+    /// Stops the capture (`kill -INT` to tcpdump): takes the frames the interface counted until then (waiting
+    /// at most `DRAIN_MAX` for those still on their way), writes out and closes the pcap, and returns the
+    /// counts.
+    pub fn stop(self) -> Result<CaptureStats> {
+        signal(&self.stop_signal);
+        match self.finished.recv_timeout(STOP_TIMEOUT) {
+            Ok(result) => result,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                Err(Error::Internal(format!("{}: capture did not stop within {STOP_TIMEOUT:?}", self.command)))
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Err(Error::Internal(format!("{}: capture thread panicked", self.command)))
+            }
+        }
+    }
+}
+
+impl Drop for Capture {
+    /// A capture dropped without `stop` still ends its thread, which then closes the pcap.
+    fn drop(&mut self) {
+        signal(&self.stop_signal);
+    }
+}
+
+/// Keeps the kernel stamping every frame as it passes, for as long as this process lives.
+///
+/// A queue capture's frames carry the time the kernel stamped them on the way in or out, but the kernel only
+/// stamps while some socket wants stamps (its `netstamp_needed` static key), and it switches stamping on in
+/// deferred work: a frame that passes before that is stamped when the capture reads it, late by however long
+/// the capture thread took to run. Held once per process, the switch happens before any scenario starts, and
+/// not once per scenario. The holder is an unbound UDP socket that never sends or receives.
+pub fn keep_kernel_timestamps_on() -> Result<()> {
+    static HOLDER: OnceLock<OwnedFd> = OnceLock::new();
+    if HOLDER.get().is_some() {
+        return Ok(());
+    }
+    // SAFETY: plain system call without memory arguments.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(Error::last_os("open a socket to keep kernel timestamps on: socket(AF_INET, SOCK_DGRAM)"));
+    }
+    // SAFETY: fd was just returned by socket and is owned by nobody else.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    set_option(&socket, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, &(1 as c_int))
+        .map_err(|e| Error::sys("keep kernel timestamps on: setsockopt(SO_TIMESTAMPNS)", e))?;
+    // Another thread may have got there first; its socket does the same.
+    let _ = HOLDER.set(socket);
+    Ok(())
+}
+
+/// One frame as the kernel describes it.
+pub(crate) struct Frame<'a> {
+    pub wall_time: Duration,
+    pub wire_len: u32,
+    pub outgoing: bool,
+    pub data: &'a [u8],
+}
+
+/// Where the capture thread takes frames from.
+enum Source {
+    Queue(QueueSource),
+    Ring(RingSource),
+}
+
+impl Source {
+    /// Hands every frame the kernel has ready to `each`, oldest first, without blocking.
+    fn take_ready(&mut self, socket: &OwnedFd, each: &mut dyn FnMut(Frame<'_>) -> Result<()>) -> Result<()> {
+        match self {
+            Source::Queue(queue) => queue.take_ready(socket, each),
+            Source::Ring(ring) => ring.take_ready(each),
+        }
+    }
+
+    /// Whether frames sit in a ring block the kernel is still filling (it hands the block over when its
+    /// retire timeout expires); a queue hands over each frame at once.
+    fn holds_unretired_frames(&self) -> bool {
+        match self {
+            Source::Queue(_) => false,
+            Source::Ring(ring) => ring.open_block_has_frames(),
+        }
+    }
+}
+
+/// What becomes of each frame: a pcap record, and an event on the timeline if it is IPv4.
+struct Recorder {
+    command: String,
+    pcap: PcapWriter<ChunkQueue>,
+    decoder: Decoder,
+    clock: Clock,
+    sink: EventSink,
+    host: HostId,
+    stats: CaptureStats,
+}
+
+impl Recorder {
+    fn record(&mut self, frame: Frame<'_>) -> Result<()> {
+        self.stats.packets += 1;
+        self.stats.bytes += u64::from(frame.wire_len);
+        let captured = &frame.data[..frame.data.len().min(SNAPLEN as usize)];
+        let packet = PcapPacket::new(frame.wall_time, frame.wire_len.max(captured.len() as u32), captured);
+        self.pcap
+            .write_packet(&packet)
+            .map_err(|e| Error::sys(format!("write packet to pcap ({})", self.command), io::Error::other(e)))?;
+        if let Some(event) = self.decoder.decode(frame.data, frame.outgoing) {
+            let t = self.clock.since_t0(SystemTime::UNIX_EPOCH + frame.wall_time);
+            self.sink.emit_at(t, self.host, EventKind::Packet(event));
+        }
+        Ok(())
+    }
+}
+
+/// The capture thread's state: the socket and what it reads frames from, and what records them.
+struct Reader {
+    socket: OwnedFd,
+    source: Source,
+    counters: InterfaceCounters,
+    stop_signal: Arc<OwnedFd>,
+    recorder: Recorder,
+}
+
+impl Reader {
+    /// Captures until stopped, then hands the counts (or what failed) to the pcap writer, which reports them
+    /// once the file is complete. The socket is closed only after that: closing a packet socket waits for an
+    /// RCU grace period, which `stop` need not wait for.
+    ///
+    /// The thread is real-time, as the observer is: a packet trigger waits on this thread's events, and
+    /// under a bulk transfer the capture must win over the traffic it records, so the transfer slows down
+    /// instead of overflowing the kernel's buffer.
+    fn run(mut self) {
+        // Refused only without CAP_SYS_NICE (rootless): the capture then runs at the ordinary priority and
+        // `kernel_drops` says what that cost.
+        let _ = priority::raise_current_thread();
+        let captured = self.capture_until_stopped().map(|()| self.recorder.stats);
+        let Reader { socket, source, recorder, .. } = self;
+        recorder.pcap.into_writer().finish(captured);
+        drop(source);
+        drop(socket);
+    }
+
+    fn capture_until_stopped(&mut self) -> Result<()> {
+        let mut drops_read = Instant::now();
+        loop {
+            self.take_ready()?;
+            if drops_read.elapsed() >= IDLE_POLL {
+                self.read_kernel_drops()?;
+                drops_read = Instant::now();
+            }
+            if self.wait(IDLE_POLL, true)? {
+                return self.drain();
+            }
+        }
+    }
+
+    /// After a stop request: takes frames until every frame the interface has counted is either in the pcap
+    /// or counted as dropped by the kernel, for at most `DRAIN_MAX`.
+    fn drain(&mut self) -> Result<()> {
+        let command = &self.recorder.command;
+        let counted = self
+            .counters
+            .since_start()
+            .map_err(|e| Error::sys(format!("read packet counters ({command}): /proc/net/dev"), e))?;
+        let since = Instant::now();
+        loop {
+            self.take_ready()?;
+            self.read_kernel_drops()?;
+            let stats = &self.recorder.stats;
+            let accounted = stats.packets + stats.kernel_drops >= counted;
+            if (accounted && !self.source.holds_unretired_frames()) || since.elapsed() >= DRAIN_MAX {
+                break;
+            }
+            self.wait(DRAIN_POLL, false)?;
+        }
+        self.recorder.stats.interface_frames = counted;
+        Ok(())
+    }
+
+    fn take_ready(&mut self) -> Result<()> {
+        let recorder = &mut self.recorder;
+        self.source.take_ready(&self.socket, &mut |frame| recorder.record(frame))
+    }
+
+    /// Sleeps until frames are ready or `timeout` passes; with `watch_stop`, also wakes on a stop request
+    /// and says whether one came.
+    fn wait(&self, timeout: Duration, watch_stop: bool) -> Result<bool> {
+        let millis = timeout.as_micros().div_ceil(1000).min(u128::from(u16::MAX)) as u16;
+        let mut fds = vec![PollFd::new(self.socket.as_fd(), PollFlags::POLLIN)];
+        if watch_stop {
+            fds.push(PollFd::new(self.stop_signal.as_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, PollTimeout::from(millis)) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => return Ok(false),
+            Err(e) => return Err(Error::sys(format!("wait for packets ({}): poll", self.recorder.command), e)),
+        }
+        Ok(watch_stop && fds[1].any().unwrap_or(false))
+    }
+
+    fn read_kernel_drops(&mut self) -> Result<()> {
+        let drops = take_kernel_drops(&self.socket).map_err(|e| {
+            Error::sys(format!("read drop counter ({}): getsockopt(PACKET_STATISTICS)", self.recorder.command), e)
+        })?;
+        self.recorder.stats.kernel_drops += drops;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::fs;
+    use std::io::{Read, Write};
+    use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
+    use std::path::PathBuf;
+    use std::process::Command;
+
+    use pcap_file::pcap::PcapReader;
+
+    use super::*;
+    use crate::scenario::plan::Protocol;
+    use crate::timeline::{format_tcp_flags, Event, IpProtocol, PacketDirection, PacketEvent};
+
+    const CLIENT_IF: &str = "nfc";
+    const SERVER_IF: &str = "nfs";
+    const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+    const SERVER_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+    const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+    /// Two namespaces joined by a veth pair with offloads and IPv6 off, set up with `ip` and `ethtool`
+    /// run from threads inside the namespaces (children inherit the thread's namespace).
+    struct VethPair {
+        client: Netns,
+        server: Netns,
+        client_ifindex: u32,
+        server_ifindex: u32,
+    }
+
+    fn run_command(args: &[&str]) -> String {
+        let output = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        assert!(output.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    fn veth_pair() -> VethPair {
+        let client = Netns::new_anonymous().unwrap();
+        let server = Netns::new_anonymous().unwrap();
+        let server_ns = format!("/proc/{}/fd/{}", std::process::id(), server.raw_fd());
+        client
+            .run(|| {
+                run_command(&[
+                    "ip", "link", "add", CLIENT_IF, "type", "veth", "peer", "name", SERVER_IF, "netns", &server_ns,
+                ]);
+                Ok(())
+            })
+            .unwrap();
+        let client_ifindex = configure(&client, CLIENT_IF, CLIENT_ADDR);
+        let server_ifindex = configure(&server, SERVER_IF, SERVER_ADDR);
+        VethPair { client, server, client_ifindex, server_ifindex }
+    }
+
+    fn configure(ns: &Netns, ifname: &str, address: Ipv4Addr) -> u32 {
+        ns.run(|| {
+            let here = fs::read_link("/proc/thread-self/ns/net").unwrap();
+            let host = fs::read_link("/proc/self/ns/net").unwrap();
+            assert_ne!(here, host, "refusing to configure the host's namespace");
+            run_command(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+            run_command(&["ethtool", "-K", ifname, "tx", "off", "tso", "off", "gso", "off", "gro", "off"]);
+            run_command(&["ip", "addr", "add", &format!("{address}/24"), "dev", ifname]);
+            run_command(&["ip", "link", "set", ifname, "up"]);
+            run_command(&["ip", "link", "set", "lo", "up"]);
+            Ok(nix::net::if_::if_nametoindex(ifname)?)
+        })
+        .unwrap()
+    }
+
+    struct TestDir(PathBuf);
+
+    impl TestDir {
+        fn new(name: &str) -> TestDir {
+            let dir = std::env::temp_dir().join(format!("netfault-capture-{name}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).unwrap();
+            TestDir(dir)
+        }
+
+        fn file(&self, name: &str) -> PathBuf {
+            self.0.join(name)
+        }
+    }
+
+    impl Drop for TestDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn packets_of(events: &[Event], host: HostId) -> Vec<(Duration, PacketEvent)> {
+        events
+            .iter()
+            .filter(|e| e.host == host)
+            .filter_map(|e| match &e.kind {
+                EventKind::Packet(p) => Some((e.t, p.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// `tcpdump -n -r <pcap> [filter]`, one line per packet.
+    fn tcpdump_read(pcap: &Path, extra: &[&str]) -> Vec<String> {
+        let pcap = pcap.to_str().unwrap();
+        let mut args = vec!["tcpdump", "-n", "-r", pcap];
+        args.extend_from_slice(extra);
+        run_command(&args).lines().map(str::to_string).collect()
+    }
+
+    /// Frame count, summed wire lengths and timestamps, read back with pcap-file.
+    fn read_pcap(pcap: &Path) -> (u64, u64, Vec<Duration>) {
+        let mut reader = PcapReader::new(File::open(pcap).unwrap()).unwrap();
+        assert_eq!(reader.header().datalink, DataLink::ETHERNET);
+        let (mut count, mut bytes, mut times) = (0, 0, Vec::new());
+        while let Some(packet) = reader.next_packet() {
+            let packet = packet.unwrap();
+            count += 1;
+            bytes += u64::from(packet.orig_len);
+            times.push(packet.timestamp);
+        }
+        (count, bytes, times)
+    }
+
+    fn summary(p: &PacketEvent) -> (PacketDirection, String, u32, u32, u32) {
+        (p.direction, format_tcp_flags(p.flags), p.seq, p.ack, p.len)
+    }
+
+    #[test]
+    fn captures_a_tcp_exchange_on_both_veth_ends() {
+        let pair = veth_pair();
+        let dir = TestDir::new("exchange");
+        let (client_pcap, server_pcap) = (dir.file("client.pcap"), dir.file("server.pcap"));
+        let clock = Clock::started();
+        let (sink, events) = EventSink::new(clock.clone());
+        let listener = pair.server.run(|| Ok(TcpListener::bind((SERVER_ADDR, 9000)).unwrap())).unwrap();
+        let client_capture = Capture::start(
+            &pair.client,
+            HostId::Client,
+            pair.client_ifindex,
+            &client_pcap,
+            sink.clone(),
+            CaptureBuffer::DEFAULT,
+        )
+        .unwrap();
+        let server_capture = Capture::start(
+            &pair.server,
+            HostId::Server,
+            pair.server_ifindex,
+            &server_pcap,
+            sink.clone(),
+            CaptureBuffer::DEFAULT,
+        )
+        .unwrap();
+        drop(sink);
+
+        let before_connect = clock.now();
+        let mut client = pair
+            .client
+            .run(|| Ok(TcpStream::connect_timeout(&(SERVER_ADDR, 9000).into(), IO_TIMEOUT).unwrap()))
+            .unwrap();
+        let after_connect = clock.now();
+        // Events arrive while the capture runs, within a block retire timeout or so.
+        let first = events.recv_timeout(Duration::from_millis(500)).expect("no live packet event");
+        let (mut server, _) = listener.accept().unwrap(); // already in the backlog: connect returned
+        for stream in [&client, &server] {
+            stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        }
+        client.write_all(b"hello").unwrap();
+        let mut buf = [0u8; 5];
+        server.read_exact(&mut buf).unwrap();
+        server.write_all(b"world").unwrap();
+        client.read_exact(&mut buf).unwrap();
+        drop(client);
+        assert_eq!(server.read(&mut buf).unwrap(), 0, "server sees the client's FIN");
+        drop(server);
+
+        let stopping = Instant::now();
+        let client_stats = client_capture.stop().unwrap();
+        let client_stop = stopping.elapsed();
+        let server_stats = server_capture.stop().unwrap();
+        let both_stopped = stopping.elapsed();
+        assert!(client_stop < Duration::from_millis(150), "client capture took {client_stop:?} to stop");
+        assert!(both_stopped < Duration::from_millis(300), "both captures took {both_stopped:?} to stop");
+
+        let events: Vec<Event> = std::iter::once(first).chain(events.try_iter()).collect();
+        let client_packets = packets_of(&events, HostId::Client);
+        let server_packets = packets_of(&events, HostId::Server);
+        use PacketDirection::{In, Out};
+        let handshake = |packets: &[(Duration, PacketEvent)]| -> Vec<_> {
+            packets.iter().take(3).map(|(_, p)| summary(p)).collect()
+        };
+        assert_eq!(
+            handshake(&client_packets),
+            [(Out, "S".into(), 0, 0, 0), (In, "S.".into(), 0, 1, 0), (Out, ".".into(), 1, 1, 0)]
+        );
+        assert_eq!(
+            handshake(&server_packets),
+            [(In, "S".into(), 0, 0, 0), (Out, "S.".into(), 0, 1, 0), (In, ".".into(), 1, 1, 0)]
+        );
+        let syn = &client_packets[0].1;
+        assert_eq!(
+            (syn.src, syn.dst, syn.dport, syn.protocol),
+            (CLIENT_ADDR, SERVER_ADDR, 9000, IpProtocol::Known(Protocol::Tcp))
+        );
+        assert!(syn.options.starts_with("mss 1460,sackOK,TS val "), "SYN options: {}", syn.options);
+        assert!(syn.options.contains(" ecr 0,nop,wscale "), "SYN options: {}", syn.options);
+
+        // Event times are the kernel's: the SYN and SYN-ACK fall inside connect(), not when the thread read them.
+        let slack = Duration::from_millis(1);
+        for (t, p) in &client_packets[..2] {
+            assert!(
+                *t + slack >= before_connect && *t <= after_connect + slack,
+                "{p:?} at {t:?}, connect ran {before_connect:?}..{after_connect:?}"
+            );
+        }
+
+        let client_lines: Vec<_> = client_packets.iter().map(|(_, p)| summary(p)).collect();
+        for expected in [
+            (Out, "P.".to_string(), 1, 1, 5),
+            (In, "P.".to_string(), 1, 6, 5),
+            (Out, "F.".to_string(), 6, 6, 0),
+            (In, "F.".to_string(), 6, 7, 0),
+            (Out, ".".to_string(), 7, 7, 0),
+        ] {
+            assert!(client_lines.contains(&expected), "{expected:?} missing from {client_lines:#?}");
+        }
+
+        // Both ends saw the same packets, byte for byte in what the timeline shows.
+        let wire = |packets: &[(Duration, PacketEvent)]| {
+            let mut counts = BTreeMap::new();
+            for (_, p) in packets {
+                let key = format!(
+                    "{} > {} {} {} {} {} {} {}",
+                    p.src, p.dst, p.ip_id, p.flags, p.seq, p.ack, p.len, p.options
+                );
+                *counts.entry(key).or_insert(0) += 1;
+            }
+            counts
+        };
+        assert_eq!(wire(&client_packets), wire(&server_packets));
+
+        for (pcap, stats, packets) in
+            [(&client_pcap, client_stats, &client_packets), (&server_pcap, server_stats, &server_packets)]
+        {
+            assert_eq!(stats.kernel_drops, 0);
+            let (count, bytes, times) = read_pcap(pcap);
+            assert_eq!((count, bytes), (stats.packets, stats.bytes), "{}", pcap.display());
+            assert_eq!(tcpdump_read(pcap, &[]).len() as u64, stats.packets, "tcpdump -r {}", pcap.display());
+            assert_eq!(tcpdump_read(pcap, &["ip"]).len(), packets.len(), "IPv4 frames vs events");
+            // The pcap keeps real time; the event is the same instant on the run's clock.
+            let ipv4_times: Vec<Duration> = times.iter().rev().take(packets.len()).rev().copied().collect();
+            let event_times: Vec<Duration> = packets.iter().map(|(t, _)| *t).collect();
+            let pcap_times: Vec<Duration> =
+                ipv4_times.iter().map(|ts| clock.since_t0(SystemTime::UNIX_EPOCH + *ts)).collect();
+            assert_eq!(pcap_times, event_times);
+
+            let verbose = tcpdump_read(pcap, &["-v", "tcp"]).join("\n");
+            assert!(verbose.contains("(correct)"), "{verbose}");
+            assert!(!verbose.contains("incorrect"), "{verbose}");
+        }
+    }
+
+    #[test]
+    fn kernel_icmp_port_unreachable_is_decoded() {
+        let pair = veth_pair();
+        let dir = TestDir::new("icmp");
+        let (sink, events) = EventSink::new(Clock::started());
+        let pcap = dir.file("client.pcap");
+        let capture =
+            Capture::start(&pair.client, HostId::Client, pair.client_ifindex, &pcap, sink, CaptureBuffer::DEFAULT)
+                .unwrap();
+        let socket = pair.client.run(|| Ok(UdpSocket::bind((CLIENT_ADDR, 5000)).unwrap())).unwrap();
+        socket.send_to(b"anyone?", (SERVER_ADDR, 9999)).unwrap();
+        socket.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        socket.connect((SERVER_ADDR, 9999)).unwrap();
+        socket.send(b"anyone?").unwrap();
+        let refused = socket.recv(&mut [0u8; 16]).unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused);
+        let stats = capture.stop().unwrap();
+
+        let events: Vec<Event> = events.try_iter().collect();
+        let packets: Vec<PacketEvent> = packets_of(&events, HostId::Client).into_iter().map(|(_, p)| p).collect();
+        let udp = packets.iter().find(|p| p.protocol == IpProtocol::Known(Protocol::Udp)).expect("UDP datagram");
+        assert_eq!((udp.direction, udp.sport, udp.dport, udp.len), (PacketDirection::Out, 5000, 9999, 7));
+        let icmp = packets.iter().find(|p| p.protocol == IpProtocol::Known(Protocol::Icmp)).expect("ICMP reply");
+        assert_eq!((icmp.direction, icmp.src, icmp.dst), (PacketDirection::In, SERVER_ADDR, CLIENT_ADDR));
+        assert_eq!(icmp.options, "10.0.0.2 udp port 9999 unreachable");
+        assert_eq!(tcpdump_read(&pcap, &[]).len() as u64, stats.packets);
+    }
+
+    #[test]
+    fn an_idle_capture_stops_promptly_with_an_empty_readable_pcap() {
+        let pair = veth_pair();
+        let dir = TestDir::new("idle");
+        let (sink, _events) = EventSink::new(Clock::started());
+        let pcap = dir.file("server.pcap");
+        let capture =
+            Capture::start(&pair.server, HostId::Server, pair.server_ifindex, &pcap, sink, CaptureBuffer::DEFAULT)
+                .unwrap();
+        thread::sleep(Duration::from_millis(150));
+        let stopping = Instant::now();
+        let stats = capture.stop().unwrap();
+        let took = stopping.elapsed();
+        assert!(took < Duration::from_millis(100), "stop took {took:?}");
+        assert_eq!(stats, CaptureStats::default());
+        assert!(tcpdump_read(&pcap, &[]).is_empty());
+    }
+
+    #[test]
+    fn start_fails_on_a_missing_interface_and_says_which() {
+        let ns = Netns::new_anonymous().unwrap();
+        let dir = TestDir::new("missing");
+        let (sink, _events) = EventSink::new(Clock::started());
+        let err =
+            Capture::start(&ns, HostId::Client, 4242, &dir.file("x.pcap"), sink, CaptureBuffer::DEFAULT).unwrap_err();
+        assert!(err.to_string().contains("interface 4242 of client"), "{err}");
+        assert!(!dir.file("x.pcap").exists());
+    }
+
+    /// Sends `bytes` from client to server over one TCP connection.
+    fn transfer(pair: &VethPair, port: u16, bytes: usize) {
+        let listener = pair.server.run(|| Ok(TcpListener::bind((SERVER_ADDR, port)).unwrap())).unwrap();
+        let mut client = pair
+            .client
+            .run(|| Ok(TcpStream::connect_timeout(&(SERVER_ADDR, port).into(), IO_TIMEOUT).unwrap()))
+            .unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        server.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let reader = thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 16];
+            let mut total = 0;
+            loop {
+                match server.read(&mut buf).unwrap() {
+                    0 => return total,
+                    n => total += n,
+                }
+            }
+        });
+        let chunk = vec![0x5au8; 1 << 16];
+        for _ in 0..bytes / chunk.len() {
+            client.write_all(&chunk).unwrap();
+        }
+        drop(client);
+        assert_eq!(reader.join().unwrap(), bytes);
+    }
+
+    /// Both buffer arrangements, one per end of the same transfer: each pcap holds exactly the frames its
+    /// interface counted, the stop waits for none longer than needed, and the counts agree with tcpdump's.
+    #[test]
+    fn queue_and_ring_capture_every_frame_the_interface_counts() {
+        let pair = veth_pair();
+        let dir = TestDir::new("buffers");
+        let (client_pcap, server_pcap) = (dir.file("client.pcap"), dir.file("server.pcap"));
+        let (sink, events) = EventSink::new(Clock::started());
+        let ring = CaptureBuffer::ring_of(8 << 20);
+        let client =
+            Capture::start(&pair.client, HostId::Client, pair.client_ifindex, &client_pcap, sink.clone(), ring)
+                .unwrap();
+        let server = Capture::start(
+            &pair.server,
+            HostId::Server,
+            pair.server_ifindex,
+            &server_pcap,
+            sink,
+            CaptureBuffer::DEFAULT,
+        )
+        .unwrap();
+        let counting = thread::spawn(move || events.iter().count());
+        transfer(&pair, 9300, 16 << 20);
+        let stopping = Instant::now();
+        let (client_stats, server_stats) = (client.stop().unwrap(), server.stop().unwrap());
+        let stop_took = stopping.elapsed();
+        let mut ipv4_frames = 0;
+        for (stats, pcap) in [(client_stats, &client_pcap), (server_stats, &server_pcap)] {
+            // 16 MiB in 1448-byte segments is over 11,000 data frames alone.
+            assert!(stats.interface_frames > 11_000, "{stats:?}");
+            assert_eq!(stats.lost(), 0, "{stats:?}");
+            assert_eq!(stats.kernel_drops, 0, "{stats:?}");
+            assert_eq!(stats.packets, stats.interface_frames, "{stats:?}");
+            assert_eq!(tcpdump_read(pcap, &["-q"]).len() as u64, stats.packets);
+            ipv4_frames += tcpdump_read(pcap, &["-q", "ip"]).len();
+        }
+        // One event per IPv4 frame; the ARP exchange is in the pcaps only.
+        assert_eq!(counting.join().unwrap(), ipv4_frames);
+        // The ring hands over its last block within a retire timeout (4 ms): stopping never waits out DRAIN_MAX.
+        assert!(stop_took < DRAIN_MAX, "stopping took {stop_took:?}");
+    }
+
+    /// A queue far too small for a bulk transfer drops frames: the kernel counts them, `lost` reports them, and
+    /// frames taken plus frames dropped are exactly what the interface counted.
+    #[test]
+    fn frames_a_full_queue_drops_are_counted_as_lost() {
+        let pair = veth_pair();
+        let dir = TestDir::new("overflow");
+        let pcap = dir.file("server.pcap");
+        let (sink, events) = EventSink::new(Clock::started());
+        let tiny = CaptureBuffer::Queue { bytes: 1 };
+        let capture = Capture::start(&pair.server, HostId::Server, pair.server_ifindex, &pcap, sink, tiny).unwrap();
+        let counting = thread::spawn(move || events.iter().count());
+        transfer(&pair, 9301, 16 << 20);
+        let stats = capture.stop().unwrap();
+        counting.join().unwrap();
+        assert!(stats.kernel_drops > 0, "a queue of one frame kept up with 16 MiB: {stats:?}");
+        assert_eq!(stats.packets + stats.kernel_drops, stats.interface_frames, "{stats:?}");
+        assert_eq!(stats.lost(), stats.kernel_drops, "{stats:?}");
+        assert_eq!(tcpdump_read(&pcap, &["-q"]).len() as u64, stats.packets);
+    }
+}

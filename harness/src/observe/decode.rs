@@ -1,0 +1,616 @@
+//! Decoding one captured Ethernet frame into a [`PacketEvent`], as `tcpdump -n` prints it (pure, no I/O).
+//!
+//! Sequence numbers are relative, one choice made here and kept everywhere: the SYN of each direction sets
+//! that direction's initial sequence number (ISN), so a SYN shows `seq 0`, the SYN-ACK `seq 0, ack 1`, and
+//! every later segment counts from there (tcpdump itself prints the two SYNs absolute). Before a SYN of a
+//! direction was seen (capture started mid-connection), numbers of that direction stay absolute. `ack` is
+//! 0 when the ACK flag is off, as tcpdump then leaves it out.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::net::Ipv4Addr;
+
+use crate::timeline::{IpProtocol, PacketDirection, PacketEvent};
+
+const ETHERNET_HEADER_LEN: usize = 14;
+const ETHERTYPE_IPV4: u16 = 0x0800;
+
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+
+const IPV4_MIN_HEADER_LEN: usize = 20;
+const IPV4_FRAGMENT_OFFSET_MASK: u16 = 0x1fff;
+const TCP_MIN_HEADER_LEN: usize = 20;
+const UDP_HEADER_LEN: usize = 8;
+const ICMP_HEADER_LEN: usize = 8;
+
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+/// One direction of a TCP connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct FlowKey {
+    src: Ipv4Addr,
+    sport: u16,
+    dst: Ipv4Addr,
+    dport: u16,
+}
+
+impl FlowKey {
+    fn reversed(self) -> FlowKey {
+        FlowKey { src: self.dst, sport: self.dport, dst: self.src, dport: self.sport }
+    }
+}
+
+/// Decodes the frames of one capture (one interface), remembering each TCP direction's ISN so that
+/// seq/ack come out relative, as `tcpdump -n -r file.pcap` shows them.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    initial_seq: HashMap<FlowKey, u32>,
+}
+
+impl Decoder {
+    pub fn new() -> Decoder {
+        Decoder::default()
+    }
+
+    /// The event tcpdump would print for `frame` (Ethernet, starting at the destination MAC), or `None` for
+    /// anything that is not a complete enough IPv4 packet (ARP, IPv6, truncated headers). `outgoing` is
+    /// whether the host sent it (`sll_pkttype == PACKET_OUTGOING`).
+    pub fn decode(&mut self, frame: &[u8], outgoing: bool) -> Option<PacketEvent> {
+        let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
+        if ethertype != ETHERTYPE_IPV4 {
+            return None;
+        }
+        let ip = Ipv4Header::parse(frame.get(ETHERNET_HEADER_LEN..)?)?;
+        let direction = if outgoing { PacketDirection::Out } else { PacketDirection::In };
+        let mut event = PacketEvent {
+            direction,
+            src: ip.src,
+            dst: ip.dst,
+            protocol: IpProtocol::from_number(ip.protocol),
+            ip_id: ip.id,
+            sport: 0,
+            dport: 0,
+            flags: 0,
+            seq: 0,
+            ack: 0,
+            window: 0,
+            len: ip.payload_len,
+            options: String::new(),
+            fault: None,
+        };
+        if ip.fragment_offset != 0 {
+            // Only the first fragment carries the transport header.
+            event.options = format!("frag {}:{}@{}", ip.id, ip.payload_len, ip.fragment_offset);
+            return Some(event);
+        }
+        match ip.protocol {
+            IPPROTO_TCP => self.decode_tcp(&ip, &mut event)?,
+            IPPROTO_UDP => decode_udp(&ip, &mut event)?,
+            IPPROTO_ICMP => decode_icmp(&ip, &mut event)?,
+            _ => event.options = format!("length {}", ip.payload_len),
+        }
+        Some(event)
+    }
+
+    fn decode_tcp(&mut self, ip: &Ipv4Header, event: &mut PacketEvent) -> Option<()> {
+        let tcp = ip.payload;
+        if tcp.len() < TCP_MIN_HEADER_LEN {
+            return None;
+        }
+        let header_len = usize::from(tcp[12] >> 4) * 4;
+        if header_len < TCP_MIN_HEADER_LEN {
+            return None;
+        }
+        let key = FlowKey { src: ip.src, sport: be16(tcp, 0)?, dst: ip.dst, dport: be16(tcp, 2)? };
+        let seq = be32(tcp, 4)?;
+        let ack = be32(tcp, 8)?;
+        let flags = tcp[13];
+        if flags & TCP_SYN != 0 {
+            self.initial_seq.insert(key, seq);
+        }
+        let own_isn = self.initial_seq.get(&key).copied();
+        let peer_isn = self.initial_seq.get(&key.reversed()).copied();
+
+        event.sport = key.sport;
+        event.dport = key.dport;
+        event.flags = flags;
+        event.seq = relative(seq, own_isn);
+        event.ack = if flags & TCP_ACK != 0 { relative(ack, peer_isn) } else { 0 };
+        event.window = be16(tcp, 14)?;
+        event.len = ip.payload_len.saturating_sub(header_len as u32);
+        // The options may be cut off by the snap length; summarize what was captured.
+        let options = tcp.get(TCP_MIN_HEADER_LEN..header_len.min(tcp.len())).unwrap_or_default();
+        event.options = tcp_options(options, peer_isn);
+        Some(())
+    }
+}
+
+fn relative(number: u32, initial: Option<u32>) -> u32 {
+    match initial {
+        Some(initial) => number.wrapping_sub(initial),
+        None => number,
+    }
+}
+
+/// The IPv4 header fields the timeline needs, and the captured bytes after the header.
+struct Ipv4Header<'a> {
+    id: u16,
+    /// In bytes.
+    fragment_offset: u32,
+    protocol: u8,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    /// Total length minus header length, from the header (not from what was captured).
+    payload_len: u32,
+    /// Captured bytes of the payload, at most `payload_len` of them (Ethernet padding cut off).
+    payload: &'a [u8],
+}
+
+impl<'a> Ipv4Header<'a> {
+    fn parse(packet: &'a [u8]) -> Option<Ipv4Header<'a>> {
+        let first = *packet.first()?;
+        let header_len = usize::from(first & 0x0f) * 4;
+        if first >> 4 != 4 || header_len < IPV4_MIN_HEADER_LEN || packet.len() < header_len {
+            return None;
+        }
+        let total_len = usize::from(be16(packet, 2)?);
+        let payload_len = total_len.checked_sub(header_len)?;
+        let payload_end = total_len.min(packet.len());
+        Some(Ipv4Header {
+            id: be16(packet, 4)?,
+            fragment_offset: u32::from(be16(packet, 6)? & IPV4_FRAGMENT_OFFSET_MASK) * 8,
+            protocol: packet[9],
+            src: ipv4(packet, 12)?,
+            dst: ipv4(packet, 16)?,
+            payload_len: payload_len as u32,
+            payload: &packet[header_len..payload_end],
+        })
+    }
+}
+
+fn decode_udp(ip: &Ipv4Header, event: &mut PacketEvent) -> Option<()> {
+    let udp = ip.payload;
+    event.sport = be16(udp, 0)?;
+    event.dport = be16(udp, 2)?;
+    event.len = u32::from(be16(udp, 4)?).saturating_sub(UDP_HEADER_LEN as u32);
+    event.options = format!("{} > {}, length {}", event.sport, event.dport, event.len);
+    Some(())
+}
+
+fn decode_icmp(ip: &Ipv4Header, event: &mut PacketEvent) -> Option<()> {
+    let icmp = ip.payload;
+    let (icmp_type, code) = (*icmp.first()?, *icmp.get(1)?);
+    event.options = match icmp_type {
+        0 | 8 => {
+            let kind = if icmp_type == 0 { "echo reply" } else { "echo request" };
+            format!("{kind}, id {}, seq {}, length {}", be16(icmp, 4)?, be16(icmp, 6)?, ip.payload_len)
+        }
+        3 => unreachable_text(code, icmp.get(ICMP_HEADER_LEN..).unwrap_or_default(), be16(icmp, 6)),
+        4 => "source quench".to_string(),
+        5 => match (ipv4(icmp, 4), quoted_packet(icmp.get(ICMP_HEADER_LEN..).unwrap_or_default())) {
+            (Some(gateway), Some(quoted)) => format!("redirect {} to host {gateway}", quoted.dst),
+            _ => "redirect".to_string(),
+        },
+        11 if code == 0 => "time exceeded in-transit".to_string(),
+        11 => "ip reassembly time exceeded".to_string(),
+        12 => "parameter problem".to_string(),
+        other => format!("type-#{other}"),
+    };
+    Some(())
+}
+
+/// The header an ICMP error quotes: the original packet's addresses and, for TCP and UDP, its ports.
+struct QuotedPacket {
+    dst: Ipv4Addr,
+    protocol: u8,
+    dport: Option<u16>,
+}
+
+fn quoted_packet(bytes: &[u8]) -> Option<QuotedPacket> {
+    let header = Ipv4Header::parse(bytes)?;
+    let dport = match header.protocol {
+        IPPROTO_TCP | IPPROTO_UDP => be16(header.payload, 2),
+        _ => None,
+    };
+    Some(QuotedPacket { dst: header.dst, protocol: header.protocol, dport })
+}
+
+/// tcpdump's text for ICMP destination unreachable (`reject with icmp type ...` in nft).
+fn unreachable_text(code: u8, quoted: &[u8], next_hop_mtu: Option<u16>) -> String {
+    let Some(quoted) = quoted_packet(quoted) else {
+        return format!("unreachable, code {code}");
+    };
+    let dst = quoted.dst;
+    match code {
+        0 => format!("net {dst} unreachable"),
+        1 => format!("host {dst} unreachable"),
+        2 => format!("{dst} protocol {} unreachable", quoted.protocol),
+        3 => match quoted.dport {
+            Some(port) => format!("{dst} {} port {port} unreachable", IpProtocol::from_number(quoted.protocol)),
+            None => format!("{dst} port unreachable"),
+        },
+        4 => match next_hop_mtu {
+            Some(mtu) => format!("{dst} unreachable - need to frag (mtu {mtu})"),
+            None => format!("{dst} unreachable - need to frag"),
+        },
+        5 => format!("{dst} unreachable - source route failed"),
+        6 => format!("net {dst} unreachable - unknown"),
+        7 => format!("host {dst} unreachable - unknown"),
+        8 => format!("{dst} unreachable - source host isolated"),
+        9 => format!("net {dst} unreachable - admin prohibited"),
+        10 => format!("host {dst} unreachable - admin prohibited"),
+        11 => format!("net {dst} unreachable - tos prohibited"),
+        12 => format!("host {dst} unreachable - tos prohibited"),
+        13 => format!("host {dst} unreachable - admin prohibited filter"),
+        14 => format!("host {dst} unreachable - host precedence violation"),
+        15 => format!("host {dst} unreachable - precedence cutoff"),
+        other => format!("{dst} unreachable - #{other}"),
+    }
+}
+
+/// TCP options as tcpdump lists them between brackets: `mss 1460,sackOK,TS val 1 ecr 0,nop,wscale 7`.
+/// SACK blocks are relative to the peer's ISN, like the ack number.
+fn tcp_options(mut bytes: &[u8], peer_isn: Option<u32>) -> String {
+    // One string written in place: this runs for every captured segment of a bulk transfer.
+    let mut out = String::with_capacity(48);
+    while let Some(&kind) = bytes.first() {
+        if !out.is_empty() {
+            out.push(',');
+        }
+        match kind {
+            0 => {
+                out.push_str("eol");
+                break;
+            }
+            1 => {
+                out.push_str("nop");
+                bytes = &bytes[1..];
+                continue;
+            }
+            _ => {}
+        }
+        let len = bytes.get(1).map_or(0, |&len| usize::from(len));
+        if len < 2 || len > bytes.len() {
+            let _ = write!(out, "bad opt {kind}");
+            break;
+        }
+        let option = &bytes[..len];
+        // Writing to a String cannot fail.
+        let _ = match (kind, len) {
+            (2, 4) => write!(out, "mss {}", be16(option, 2).unwrap_or_default()),
+            (3, 3) => write!(out, "wscale {}", option[2]),
+            (4, 2) => write!(out, "sackOK"),
+            (5, _) => {
+                let _ = write!(out, "sack {} ", (len - 2) / 8);
+                for block in option[2..].chunks_exact(8) {
+                    let left = relative(be32(block, 0).unwrap_or_default(), peer_isn);
+                    let right = relative(be32(block, 4).unwrap_or_default(), peer_isn);
+                    let _ = write!(out, "{{{left}:{right}}}");
+                }
+                Ok(())
+            }
+            (8, 10) => write!(
+                out,
+                "TS val {} ecr {}",
+                be32(option, 2).unwrap_or_default(),
+                be32(option, 6).unwrap_or_default()
+            ),
+            (34, _) => write!(out, "tfo"),
+            (30, _) => write!(out, "mptcp"),
+            _ => write!(out, "unknown-{kind}"),
+        };
+        bytes = &bytes[len..];
+    }
+    out
+}
+
+fn be16(bytes: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes(bytes.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn be32(bytes: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_be_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn ipv4(bytes: &[u8], at: usize) -> Option<Ipv4Addr> {
+    let octets: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
+    Some(Ipv4Addr::from(octets))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::plan::Protocol;
+
+    const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+    const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+
+    /// An IPv4 packet in an Ethernet frame; checksums are left zero (the decoder does not verify them).
+    fn frame(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, id: u16, payload: &[u8]) -> Vec<u8> {
+        let mut frame = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1, 0x08, 0x00];
+        frame.extend_from_slice(&ip_packet(src, dst, protocol, id, payload));
+        frame
+    }
+
+    fn ip_packet(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, id: u16, payload: &[u8]) -> Vec<u8> {
+        let total = (20 + payload.len()) as u16;
+        let mut ip = vec![0x45, 0];
+        ip.extend_from_slice(&total.to_be_bytes());
+        ip.extend_from_slice(&id.to_be_bytes());
+        ip.extend_from_slice(&[0x40, 0, 64, protocol, 0, 0]);
+        ip.extend_from_slice(&src.octets());
+        ip.extend_from_slice(&dst.octets());
+        ip.extend_from_slice(payload);
+        ip
+    }
+
+    struct Segment<'a> {
+        sport: u16,
+        dport: u16,
+        seq: u32,
+        ack: u32,
+        flags: u8,
+        window: u16,
+        options: &'a [u8],
+        data: &'a [u8],
+    }
+
+    fn tcp(segment: &Segment) -> Vec<u8> {
+        assert_eq!(segment.options.len() % 4, 0, "test options must be padded");
+        let doff = (20 + segment.options.len()) / 4;
+        let mut tcp = Vec::new();
+        tcp.extend_from_slice(&segment.sport.to_be_bytes());
+        tcp.extend_from_slice(&segment.dport.to_be_bytes());
+        tcp.extend_from_slice(&segment.seq.to_be_bytes());
+        tcp.extend_from_slice(&segment.ack.to_be_bytes());
+        tcp.extend_from_slice(&[(doff as u8) << 4, segment.flags]);
+        tcp.extend_from_slice(&segment.window.to_be_bytes());
+        tcp.extend_from_slice(&[0, 0, 0, 0]);
+        tcp.extend_from_slice(segment.options);
+        tcp.extend_from_slice(segment.data);
+        tcp
+    }
+
+    const SYN_OPTIONS: [u8; 20] = [
+        2, 4, 0x05, 0xb4, // mss 1460
+        4, 2, // sackOK
+        8, 10, 0, 0, 0, 123, 0, 0, 0, 0, // TS val 123 ecr 0
+        1, // nop
+        3, 3, 7, // wscale 7
+    ];
+
+    fn syn(sport: u16, isn: u32) -> Vec<u8> {
+        let segment = Segment {
+            sport,
+            dport: 9000,
+            seq: isn,
+            ack: 0,
+            flags: 0x02,
+            window: 64240,
+            options: &SYN_OPTIONS,
+            data: &[],
+        };
+        frame(CLIENT, SERVER, IPPROTO_TCP, 0x1234, &tcp(&segment))
+    }
+
+    fn syn_ack(dport: u16, isn: u32, client_isn: u32) -> Vec<u8> {
+        let segment = Segment {
+            sport: 9000,
+            dport,
+            seq: isn,
+            ack: client_isn.wrapping_add(1),
+            flags: 0x12,
+            window: 65160,
+            options: &SYN_OPTIONS,
+            data: &[],
+        };
+        frame(SERVER, CLIENT, IPPROTO_TCP, 0, &tcp(&segment))
+    }
+
+    #[test]
+    fn syn_with_options_is_seq_zero_and_lists_its_options() {
+        let mut decoder = Decoder::new();
+        let event = decoder.decode(&syn(40000, 1_000_000), true).unwrap();
+        assert_eq!(event.direction, PacketDirection::Out);
+        assert_eq!((event.src, event.dst), (CLIENT, SERVER));
+        assert_eq!(event.protocol, IpProtocol::Known(Protocol::Tcp));
+        assert_eq!(event.ip_id, 0x1234);
+        assert_eq!((event.sport, event.dport), (40000, 9000));
+        assert_eq!(event.flags, 0x02);
+        assert_eq!((event.seq, event.ack), (0, 0));
+        assert_eq!(event.window, 64240);
+        assert_eq!(event.len, 0);
+        assert_eq!(event.options, "mss 1460,sackOK,TS val 123 ecr 0,nop,wscale 7");
+        assert_eq!(event.fault, None);
+    }
+
+    #[test]
+    fn handshake_and_data_are_relative_to_each_directions_isn() {
+        let mut decoder = Decoder::new();
+        let client_isn = 0xffff_fff0; // wraps during the exchange
+        let server_isn = 77;
+        decoder.decode(&syn(40000, client_isn), true).unwrap();
+
+        let reply = decoder.decode(&syn_ack(40000, server_isn, client_isn), false).unwrap();
+        assert_eq!(reply.direction, PacketDirection::In);
+        assert_eq!((reply.seq, reply.ack, reply.flags), (0, 1, 0x12));
+
+        let data = [0xabu8; 100];
+        let ts_option = [1, 1, 8, 10, 0, 0, 0, 5, 0, 0, 0, 9];
+        let push = Segment {
+            sport: 40000,
+            dport: 9000,
+            seq: client_isn.wrapping_add(1),
+            ack: server_isn + 1,
+            flags: 0x18,
+            window: 502,
+            options: &ts_option,
+            data: &data,
+        };
+        let event = decoder.decode(&frame(CLIENT, SERVER, IPPROTO_TCP, 7, &tcp(&push)), true).unwrap();
+        assert_eq!((event.seq, event.ack, event.len, event.window), (1, 1, 100, 502));
+        assert_eq!(event.options, "nop,nop,TS val 5 ecr 9");
+
+        let sack = [1, 1, 5, 10, 0, 0, 0, 201, 0, 0, 1, 45];
+        let server_ack = Segment {
+            sport: 9000,
+            dport: 40000,
+            seq: server_isn + 1,
+            ack: client_isn.wrapping_add(101),
+            flags: 0x10,
+            window: 509,
+            options: &sack,
+            data: &[],
+        };
+        let event = decoder.decode(&frame(SERVER, CLIENT, IPPROTO_TCP, 8, &tcp(&server_ack)), false).unwrap();
+        assert_eq!((event.seq, event.ack, event.len), (1, 101, 0));
+        let expected_left = 201u32.wrapping_sub(client_isn);
+        let expected_right = 301u32.wrapping_sub(client_isn);
+        assert_eq!(event.options, format!("nop,nop,sack 1 {{{expected_left}:{expected_right}}}"));
+    }
+
+    #[test]
+    fn connections_are_kept_apart_and_unseen_syns_leave_numbers_absolute() {
+        let mut decoder = Decoder::new();
+        decoder.decode(&syn(40000, 5000), true).unwrap();
+        let mid_stream = Segment {
+            sport: 40001,
+            dport: 9000,
+            seq: 123_456,
+            ack: 654_321,
+            flags: 0x10,
+            window: 100,
+            options: &[],
+            data: b"xy",
+        };
+        let event = decoder.decode(&frame(CLIENT, SERVER, IPPROTO_TCP, 1, &tcp(&mid_stream)), true).unwrap();
+        assert_eq!((event.seq, event.ack, event.len), (123_456, 654_321, 2));
+        assert_eq!(event.options, "");
+    }
+
+    #[test]
+    fn a_new_syn_on_the_same_ports_restarts_the_numbering() {
+        let mut decoder = Decoder::new();
+        decoder.decode(&syn(40000, 5000), true).unwrap();
+        let event = decoder.decode(&syn(40000, 9_000_000), true).unwrap();
+        assert_eq!(event.seq, 0);
+        let reply = decoder.decode(&syn_ack(40000, 1, 9_000_000), false).unwrap();
+        assert_eq!(reply.ack, 1);
+    }
+
+    #[test]
+    fn rst_without_ack_shows_relative_seq_and_zero_ack() {
+        let mut decoder = Decoder::new();
+        decoder.decode(&syn(40000, 1000), true).unwrap();
+        decoder.decode(&syn_ack(40000, 50_000, 1000), false).unwrap();
+        let rst = Segment {
+            sport: 9000,
+            dport: 40000,
+            seq: 50_001,
+            ack: 0xdead_beef,
+            flags: 0x04,
+            window: 0,
+            options: &[],
+            data: &[],
+        };
+        let event = decoder.decode(&frame(SERVER, CLIENT, IPPROTO_TCP, 0, &tcp(&rst)), false).unwrap();
+        assert_eq!(event.flags, 0x04);
+        assert_eq!((event.seq, event.ack, event.window, event.len), (1, 0, 0, 0));
+        assert_eq!(crate::timeline::format_tcp_flags(event.flags), "R");
+    }
+
+    #[test]
+    fn icmp_port_unreachable_names_the_quoted_tcp_port() {
+        let original = tcp(&Segment {
+            sport: 40000,
+            dport: 9000,
+            seq: 1,
+            ack: 0,
+            flags: 0x02,
+            window: 0,
+            options: &[],
+            data: &[],
+        });
+        let quoted = ip_packet(CLIENT, SERVER, IPPROTO_TCP, 3, &original);
+        let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
+        icmp.extend_from_slice(&quoted[..28]); // the quoted IP header and 8 bytes of TCP, as the kernel sends
+        let event = Decoder::new().decode(&frame(SERVER, CLIENT, IPPROTO_ICMP, 9, &icmp), false).unwrap();
+        assert_eq!(event.protocol, IpProtocol::Known(Protocol::Icmp));
+        assert_eq!((event.src, event.dst, event.ip_id), (SERVER, CLIENT, 9));
+        assert_eq!(event.options, "10.0.0.2 tcp port 9000 unreachable");
+        assert_eq!((event.sport, event.dport, event.flags), (0, 0, 0));
+    }
+
+    #[test]
+    fn icmp_unreachable_codes_read_as_tcpdump_prints_them() {
+        let quoted = ip_packet(CLIENT, SERVER, IPPROTO_TCP, 3, &[0x9c, 0x40, 0x23, 0x28, 0, 0, 0, 1]);
+        let text = |code: u8| {
+            let mut icmp = vec![3, code, 0, 0, 0, 0, 0x05, 0x78];
+            icmp.extend_from_slice(&quoted);
+            Decoder::new().decode(&frame(SERVER, CLIENT, IPPROTO_ICMP, 0, &icmp), false).unwrap().options
+        };
+        assert_eq!(text(1), "host 10.0.0.2 unreachable");
+        assert_eq!(text(4), "10.0.0.2 unreachable - need to frag (mtu 1400)");
+        assert_eq!(text(10), "host 10.0.0.2 unreachable - admin prohibited");
+        assert_eq!(text(13), "host 10.0.0.2 unreachable - admin prohibited filter");
+    }
+
+    #[test]
+    fn icmp_echo_and_udp() {
+        let echo = [8, 0, 0, 0, 0, 7, 0, 1, 1, 2, 3, 4];
+        let event = Decoder::new().decode(&frame(CLIENT, SERVER, IPPROTO_ICMP, 0, &echo), true).unwrap();
+        assert_eq!(event.options, "echo request, id 7, seq 1, length 12");
+
+        let udp = [0x13, 0x88, 0x00, 0x35, 0, 13, 0, 0, b'h', b'e', b'l', b'l', b'o'];
+        let event = Decoder::new().decode(&frame(CLIENT, SERVER, IPPROTO_UDP, 0, &udp), true).unwrap();
+        assert_eq!(
+            (event.protocol, event.sport, event.dport, event.len),
+            (IpProtocol::Known(Protocol::Udp), 5000, 53, 5)
+        );
+        assert_eq!(event.options, "5000 > 53, length 5");
+    }
+
+    #[test]
+    fn non_ipv4_and_truncated_frames_are_skipped() {
+        let mut decoder = Decoder::new();
+        let mut arp = vec![0xff; 6];
+        arp.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 0x08, 0x06]);
+        arp.extend_from_slice(&[0; 28]);
+        assert_eq!(decoder.decode(&arp, true), None);
+
+        let mut ipv6 = vec![0x33, 0x33, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 1, 0x86, 0xdd];
+        ipv6.extend_from_slice(&[0x60; 40]);
+        assert_eq!(decoder.decode(&ipv6, true), None);
+
+        let whole = syn(40000, 1);
+        assert_eq!(decoder.decode(&whole[..14 + 20 + 10], true), None, "TCP header cut short");
+        assert_eq!(decoder.decode(&whole[..10], true), None, "Ethernet header cut short");
+    }
+
+    #[test]
+    fn ethernet_padding_does_not_count_as_payload() {
+        let mut padded = frame(
+            CLIENT,
+            SERVER,
+            IPPROTO_TCP,
+            0,
+            &tcp(&Segment { sport: 1, dport: 2, seq: 0, ack: 0, flags: 0x10, window: 1, options: &[], data: &[] }),
+        );
+        padded.resize(60, 0);
+        let event = Decoder::new().decode(&padded, false).unwrap();
+        assert_eq!(event.len, 0);
+    }
+
+    #[test]
+    fn later_fragments_have_no_ports() {
+        let mut packet = frame(CLIENT, SERVER, IPPROTO_UDP, 42, &[0u8; 16]);
+        packet[14 + 6] = 0x00;
+        packet[14 + 7] = 0xb9; // offset 185 (1480 bytes)
+        let event = Decoder::new().decode(&packet, true).unwrap();
+        assert_eq!((event.sport, event.dport), (0, 0));
+        assert_eq!(event.options, "frag 42:16@1480");
+    }
+}

@@ -1,0 +1,87 @@
+//! The run record: what one run produced, as plain data (`Serialize`, no handles): the timeline, the capture
+//! and observer figures, fault counters and harness errors. The engine fills it in; the verdict and the report
+//! read only this, never the engine, capture or observer that made it.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::timeline::{Decision, Timeline};
+
+/// What a run produced, before judging: the timeline and the harness's own figures, as plain data.
+#[derive(Debug, Clone)]
+pub struct RunRecord {
+    pub timeline: Timeline,
+    /// Time from t0 to the end of the programs (or the deadline).
+    pub duration: Duration,
+    /// Namespaces, veth, addresses, nftables and capture set up, then torn down.
+    pub setup: Duration,
+    pub teardown: Duration,
+    pub deadline_hit: bool,
+    /// Indexed by `HostId::index()`.
+    pub capture: [CaptureStats; 2],
+    /// Indexed by `HostId::index()`.
+    pub observer: [ObserverStats; 2],
+    /// Packets each fault's rule matched (the packets an impairment selected), per fault name.
+    pub fault_hits: Vec<(String, u64)>,
+    /// The seed every impairment's decisions came from.
+    pub seed: u64,
+    /// What the wire did, toward the client and toward the server (`None` without impairments).
+    pub wire: Option<[WireStats; 2]>,
+    /// Every decision of the impairments, sorted by fault and packet number: the same seed gives the same list
+    /// for the same packets. Each is also on the timeline, with its time and packet, as an impairment event.
+    pub decisions: Vec<Decision>,
+    /// What went wrong inside the harness, not by the kernel's doing: a host program that failed (an error or
+    /// a panic), a capture that lost frames. The run is a harness error; its timeline and captures are still
+    /// reported.
+    pub harness_errors: Vec<String>,
+}
+
+/// What one capture saw, as tcpdump reports when it stops.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct CaptureStats {
+    /// Frames written to the pcap (`N packets captured`).
+    pub packets: u64,
+    /// Their length on the wire, summed.
+    pub bytes: u64,
+    /// Frames the kernel dropped because the queue or ring was full (`N packets dropped by kernel`), summed
+    /// over the run from PACKET_STATISTICS.
+    pub kernel_drops: u64,
+    /// Frames the interface itself counted from the start of the capture to the stop (rx + tx packets,
+    /// `ip -s link show`): every one of them should be in the pcap.
+    pub interface_frames: u64,
+}
+
+impl CaptureStats {
+    /// Frames the interface counted that are not in the pcap: dropped by the kernel, or never seen.
+    pub fn lost(&self) -> u64 {
+        self.interface_frames.saturating_sub(self.packets).max(self.kernel_drops)
+    }
+}
+
+/// What an observer did: how many dumps, and what one cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ObserverStats {
+    pub samples: u64,
+    /// Mean wall time of one dump (request, receive, decode), without the comparison with the previous sample.
+    pub mean_dump_time: Duration,
+    pub max_dump_time: Duration,
+}
+
+/// What one direction of the wire did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct WireStats {
+    /// Frames taken from the sending side.
+    pub frames_in: u64,
+    /// Frames put on the receiving side (duplicates and forged segments included).
+    pub frames_out: u64,
+    /// Frames lost by a fault's decision or a full rate queue.
+    pub dropped: u64,
+    /// Frames still held when the wire stopped (discarded).
+    pub held_at_stop: u64,
+    /// Frames the kernel dropped before the wire could take them (its socket's buffer was full): losses nobody
+    /// asked for, reported as a harness error.
+    pub kernel_drops: u64,
+    /// Sends the kernel refused: also a harness error.
+    pub send_errors: u64,
+}

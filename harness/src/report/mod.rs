@@ -1,0 +1,304 @@
+//! Reports: what a run leaves under reports/<scenario>/ (result.json, timeline.txt, client.pcap, server.pcap),
+//! and the verdict they state.
+
+pub mod verdict;
+
+use std::fs;
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Context, Error, Result};
+use crate::record::{CaptureStats, ObserverStats, RunRecord};
+use crate::scenario::plan::{HostId, Plan};
+use crate::timeline::query::{step_record, StepRecord};
+use crate::timeline::{format_secs, EventKind, PacketDirection, Timeline};
+use verdict::{describe_expectation, Failure, StepJudgement, Verdict};
+
+/// The folder of a scenario's report: `root/<name>`, refusing any name that could leave `root`.
+pub fn report_dir(root: &Path, name: &str) -> Result<PathBuf> {
+    let relative = Path::new(name);
+    let confined = !name.is_empty() && relative.components().all(|c| matches!(c, Component::Normal(_)));
+    if !confined {
+        return Err(Error::Internal(format!(
+            "scenario name {name:?} cannot be a report folder: it must be a relative path without `..`"
+        )));
+    }
+    Ok(root.join(relative))
+}
+
+/// Verdict of one scenario, as the parent process and the test runner see it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pass,
+    /// The kernel behaved otherwise than expected.
+    Fail,
+    /// The harness could not run the scenario to a verdict.
+    Error,
+}
+
+/// The one-line summary a child prints last on stdout, and the parent reads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Summary {
+    pub name: String,
+    pub status: Status,
+    /// Seconds from t0 to the end of the programs.
+    pub duration: f64,
+    pub setup_ms: f64,
+    pub teardown_ms: f64,
+    pub report: PathBuf,
+    /// Human-readable failures, each with the timeline lines around it.
+    pub messages: Vec<String>,
+}
+
+impl Summary {
+    /// A scenario the harness could not run to a verdict.
+    pub fn harness_error(name: String, report: &Path, message: String) -> Summary {
+        Summary {
+            name,
+            status: Status::Error,
+            duration: 0.0,
+            setup_ms: 0.0,
+            teardown_ms: 0.0,
+            report: report.to_path_buf(),
+            messages: vec![message],
+        }
+    }
+}
+
+/// One step in result.json.
+#[derive(Debug, Serialize)]
+struct StepReport<'a> {
+    host: HostId,
+    index: usize,
+    name: Option<&'a str>,
+    action: &'static str,
+    #[serde(flatten)]
+    record: StepRecord,
+    expected: Option<String>,
+    verdict: StepJudgement,
+}
+
+#[derive(Debug, Serialize)]
+struct ResultFile<'a> {
+    scenario: &'a str,
+    file: &'a Path,
+    description: &'a str,
+    source: Option<&'a str>,
+    status: Status,
+    duration: f64,
+    setup_ms: f64,
+    teardown_ms: f64,
+    deadline_hit: bool,
+    checks: usize,
+    failures: &'a [Failure],
+    steps: Vec<StepReport<'a>>,
+    capture: &'a [CaptureStats; 2],
+    observer: [ObserverReport; 2],
+    fault_hits: &'a [(String, u64)],
+    /// The seed of the impairments' random decisions (`netfault run --seed` repeats them).
+    seed: u64,
+    /// Every decision of the impairments, by fault and packet number: plain data for tools (each also appears
+    /// in `events` as an `impairment` event with its time and packet, and marks the packets it concerns).
+    decisions: &'a [crate::timeline::Decision],
+    /// What the wire did toward the client and toward the server, when the scenario has impairments.
+    wire: Option<[crate::record::WireStats; 2]>,
+    harness_errors: &'a [String],
+    events: &'a Timeline,
+}
+
+/// The observer's figures in result.json, in microseconds.
+#[derive(Debug, Serialize)]
+struct ObserverReport {
+    samples: u64,
+    mean_dump_us: f64,
+    max_dump_us: f64,
+}
+
+impl From<ObserverStats> for ObserverReport {
+    fn from(stats: ObserverStats) -> ObserverReport {
+        ObserverReport {
+            samples: stats.samples,
+            mean_dump_us: stats.mean_dump_time.as_secs_f64() * 1e6,
+            max_dump_us: stats.max_dump_time.as_secs_f64() * 1e6,
+        }
+    }
+}
+
+/// Writes result.json and timeline.txt next to the pcaps; returns the summary.
+pub fn write(plan: &Plan, record: &RunRecord, verdict: &Verdict, dir: &Path) -> Result<Summary> {
+    let status = status_of(record, verdict);
+    let steps = verdict
+        .steps
+        .iter()
+        .map(|judged| {
+            let step = &plan.host(judged.host).steps[judged.index];
+            StepReport {
+                host: judged.host,
+                index: judged.index,
+                name: step.name.as_deref(),
+                action: step.action.kind(),
+                record: step_record(&record.timeline, judged.host, judged.index),
+                expected: step.expect.is_set().then(|| describe_expectation(&step.expect)),
+                verdict: judged.judgement,
+            }
+        })
+        .collect();
+    let result = ResultFile {
+        scenario: &plan.name,
+        file: &plan.file,
+        description: &plan.description,
+        source: plan.source.as_deref(),
+        status,
+        duration: record.duration.as_secs_f64(),
+        setup_ms: record.setup.as_secs_f64() * 1e3,
+        teardown_ms: record.teardown.as_secs_f64() * 1e3,
+        deadline_hit: record.deadline_hit,
+        checks: verdict.checks,
+        failures: &verdict.failures,
+        steps,
+        capture: &record.capture,
+        observer: record.observer.map(ObserverReport::from),
+        fault_hits: &record.fault_hits,
+        seed: record.seed,
+        decisions: &record.decisions,
+        wire: record.wire,
+        harness_errors: &record.harness_errors,
+        events: &record.timeline,
+    };
+    let json =
+        serde_json::to_string_pretty(&result).map_err(|e| Error::Internal(format!("encode result.json: {e}")))?;
+    fs::write(dir.join("result.json"), json).context(|| format!("write {}", dir.join("result.json").display()))?;
+    fs::write(dir.join("timeline.txt"), render_timeline(plan, record, verdict))
+        .context(|| format!("write {}", dir.join("timeline.txt").display()))?;
+    Ok(Summary {
+        name: plan.name.clone(),
+        status,
+        duration: record.duration.as_secs_f64(),
+        setup_ms: record.setup.as_secs_f64() * 1e3,
+        teardown_ms: record.teardown.as_secs_f64() * 1e3,
+        report: dir.to_path_buf(),
+        messages: record
+            .harness_errors
+            .iter()
+            .map(|e| format!("harness error: {e}"))
+            .chain(verdict.failures.iter().map(|f| explain(plan, f, &record.timeline)))
+            .collect(),
+    })
+}
+
+/// A program that failed inside the harness makes the run a harness error, whatever the verdict.
+fn status_of(record: &RunRecord, verdict: &Verdict) -> Status {
+    match (record.harness_errors.is_empty(), verdict.passed()) {
+        (false, _) => Status::Error,
+        (true, true) => Status::Pass,
+        (true, false) => Status::Fail,
+    }
+}
+
+/// A failure with the timeline lines around it, as shown by `cargo test` and `netfault run`.
+pub fn explain(plan: &Plan, failure: &Failure, timeline: &Timeline) -> String {
+    let mut text =
+        format!("{}:{}:{}: {}", plan.file.display(), failure.location.line, failure.location.column, failure);
+    if let Some(t) = failure.around {
+        let view = readable(timeline);
+        let lines = view.lines_around(t, 6, 4);
+        if !lines.is_empty() {
+            text.push_str(&format!("\n  timeline around {}s:", format_secs(t)));
+            for line in lines {
+                text.push_str("\n    ");
+                text.push_str(&line);
+            }
+        }
+    }
+    text
+}
+
+/// The events timeline.txt shows: each packet once, from its sender's capture (arrivals appear only when a
+/// fault took them or an impairment acted on them, which the sender's copy then also says). The impairments'
+/// decisions show as those marks rather than as lines of their own.
+pub fn readable(timeline: &Timeline) -> Timeline {
+    Timeline {
+        events: timeline
+            .events
+            .iter()
+            .filter(|e| match &e.kind {
+                EventKind::Packet(p) => p.direction == PacketDirection::Out || p.fault.is_some(),
+                EventKind::Impairment(_) => false,
+                _ => true,
+            })
+            .cloned()
+            .collect(),
+    }
+}
+
+fn render_timeline(plan: &Plan, record: &RunRecord, verdict: &Verdict) -> String {
+    let mut text = String::new();
+    text.push_str(&format!("# {} ({})\n", plan.name, plan.file.display()));
+    for line in plan.description.lines() {
+        text.push_str(&format!("# {line}\n"));
+    }
+    text.push_str(&format!(
+        "# verdict: {} ({} checks, {} failed); ran {}s; setup {:.1} ms, teardown {:.1} ms\n",
+        match status_of(record, verdict) {
+            Status::Pass => "PASS",
+            Status::Fail => "FAIL",
+            Status::Error => "ERROR",
+        },
+        verdict.checks,
+        verdict.failures.len(),
+        format_secs(record.duration),
+        record.setup.as_secs_f64() * 1e3,
+        record.teardown.as_secs_f64() * 1e3,
+    ));
+    for host in HostId::ALL {
+        let capture = &record.capture[host.index()];
+        let observer = &record.observer[host.index()];
+        text.push_str(&format!(
+            "# {host}: {}.pcap {} packets of {} the interface counted, {} dropped by the capture; {} socket samples\n",
+            host.name(),
+            capture.packets,
+            capture.interface_frames,
+            capture.kernel_drops,
+            observer.samples
+        ));
+    }
+    for (fault, hits) in &record.fault_hits {
+        text.push_str(&format!("# fault {fault}: {hits} packets matched\n"));
+    }
+    if let Some(wire) = &record.wire {
+        text.push_str(&format!(
+            "# wire: seed {}, {} decisions; toward client {} frames in, {} out; toward server {} frames in, {} out\n",
+            record.seed,
+            record.decisions.len(),
+            wire[0].frames_in,
+            wire[0].frames_out,
+            wire[1].frames_in,
+            wire[1].frames_out
+        ));
+    }
+    for error in &record.harness_errors {
+        text.push_str(&format!("# HARNESS ERROR {error}\n"));
+    }
+    for failure in &verdict.failures {
+        text.push_str(&format!("# FAIL {failure}\n"));
+    }
+    text.push_str("#\n#    time(s) host   what\n");
+    text.push_str(&readable(&record.timeline).to_string());
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_dir_stays_under_root() {
+        let root = Path::new("/tmp/reports");
+        assert_eq!(report_dir(root, "keepalive/idle").unwrap(), root.join("keepalive/idle"));
+        for bad in ["", "../etc", "a/../../b", "/etc/passwd", "./x"] {
+            assert!(report_dir(root, bad).is_err(), "{bad} must be refused");
+        }
+    }
+}

@@ -1,0 +1,475 @@
+//! Actors: the socket program of one host, run step by step with real blocking Linux socket calls on a thread
+//! inside the host's namespace, each step's actual outcome recorded as `StepStart` / `StepEnd` events.
+//!
+//! Sockets: a host holds the sockets it made, by name (`as:` on `socket` / `accept`). The *current* socket
+//! is the one made last (by `socket`, `accept`, or implicitly by `bind` / `listen` / `connect` when there is
+//! no open current socket); a step's `socket:` picks a named one instead without changing which is current.
+//! A closed socket stays current: later calls on it are made on descriptor -1, so the kernel answers EBADF as
+//! for the stale number (a real program's stale number may meanwhile name another thread's descriptor; -1
+//! never does). `poll` on it gives `POLLNVAL`, as the kernel does for a closed descriptor.
+//!
+//! Outcomes: `getsockopt SO_ERROR` gives `ok` or the pending errno (detail `SO_ERROR 110`); any other option
+//! gives `ok` with the value in the detail (`value 5`, `on, 3 s`). `send` counts the bytes the kernel took,
+//! partial sends included. An `exec` whose output lacks a pattern lists it in the step end's `unmatched`.
+//!
+//! When the program ends, the sockets it still holds are closed, as a process's are when it exits (FIN, or
+//! RST when unread data is left): a scenario keeps a connection open past its last call with a final `sleep`
+//! or `wait`.
+//!
+//! Start: a `connect` to the other host first waits (before its `StepStart`) until the other host's `listen`
+//! on that port has finished, when that listen is part of the other host's setup (validation links the two):
+//! the two programs start together, and the connect must not race the listen.
+//!
+//! Time: the actor never waits past the scenario deadline by its own waits (`sleep`, `wait`, `poll`, `send
+//! every`, exec timeouts); such a step cut by the deadline ends `Unfinished`. Blocking socket calls
+//! (`connect`, `accept`, `recv`, `send` on a full buffer) may block past it; the runner ends the process
+//! then, and the step's `StepStart` without a `StepEnd` shows it was in progress. Steps not started by the
+//! deadline are not started at all.
+
+pub mod board;
+pub mod exec;
+mod sockets;
+pub mod sockopt;
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::RawFd;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub use board::StepBoard;
+pub use exec::ProcessRegistry;
+
+use crate::error::{Error, Result};
+use crate::run::clock::EventSink;
+use crate::scenario::plan::{
+    Action, Errno, HostId, HostPlan, PollEvent, SendRepeat, SendUntil, SockOpt, SockOptName, SockOptValue, StepEdge,
+    StepPlan, StepRef,
+};
+use crate::timeline::{EventKind, Outcome};
+use exec::BackgroundLauncher;
+use sockets::{HostSockets, Lookup};
+
+/// Everything an actor needs besides its program.
+#[derive(Debug)]
+pub struct ActorContext {
+    /// The host whose program runs; must be the `HostPlan`'s id.
+    pub host: HostId,
+    /// The host's own address: `bind` / `listen` bind to it.
+    pub own_address: Ipv4Addr,
+    pub board: Arc<StepBoard>,
+    pub processes: Arc<ProcessRegistry>,
+    pub sink: EventSink,
+    /// The scenario deadline.
+    pub deadline: Instant,
+}
+
+/// Runs the host's program to its end on the calling thread, which must already be inside the host's
+/// namespace (`ip netns exec <host> <program>`). Returns when the last step finished (or the deadline came),
+/// having closed the sockets left open. Kernel errors are outcomes, never `Err`; `Err` is a harness failure
+/// (a thread that cannot be started, a `wait` on a step that does not exist).
+pub fn run_host(host: &HostPlan, ctx: ActorContext) -> Result<()> {
+    if host.id != ctx.host {
+        return Err(Error::Internal(format!("actor of {} given the program of {}", ctx.host, host.id)));
+    }
+    let mut actor = Actor { ctx, sockets: HostSockets::default(), launcher: None };
+    for step in &host.steps {
+        if let Action::Connect { after_listen: Some(listen), .. } = &step.action {
+            actor.ctx.board.wait(listen.host, listen.index, StepEdge::Finished, actor.ctx.deadline);
+        }
+        if Instant::now() >= actor.ctx.deadline {
+            break;
+        }
+        let label = step.label();
+        actor.ctx.sink.emit(host.id, EventKind::StepStart { step: step.index, label: label.clone() });
+        actor.ctx.board.mark(host.id, step.index, StepEdge::Started);
+        crate::selftest::panic_if_chosen(host.id, step);
+        let StepEnd { outcome, detail, unmatched } = actor.run_step(step)?;
+        actor.ctx.sink.emit(host.id, EventKind::StepEnd { step: step.index, label, outcome, detail, unmatched });
+        actor.ctx.board.mark(host.id, step.index, StepEdge::Finished);
+    }
+    drop(actor.sockets);
+    Ok(())
+}
+
+type StepResult = (Outcome, Option<String>);
+
+/// How a step ended: its outcome, the detail for the timeline, and (for `exec`) the output patterns that
+/// matched nowhere.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepEnd {
+    pub outcome: Outcome,
+    pub detail: Option<String>,
+    pub unmatched: Vec<String>,
+}
+
+impl From<StepResult> for StepEnd {
+    fn from((outcome, detail): StepResult) -> StepEnd {
+        StepEnd { outcome, detail, unmatched: Vec::new() }
+    }
+}
+
+struct Actor {
+    ctx: ActorContext,
+    sockets: HostSockets,
+    launcher: Option<BackgroundLauncher>,
+}
+
+/// The errno name of a failed call, e.g. `ECONNRESET`.
+fn errno_name(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(n) => Errno(n).name(),
+        None => e.to_string(),
+    }
+}
+
+fn failed(e: &io::Error, detail: impl Into<Option<String>>) -> StepResult {
+    (Outcome::Error(errno_name(e)), detail.into())
+}
+
+/// Joins the parts of a detail that are present with `; `.
+fn join_detail(parts: impl IntoIterator<Item = Option<String>>) -> Option<String> {
+    let parts: Vec<String> = parts.into_iter().flatten().collect();
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
+/// Why a step's socket is descriptor -1, if it is.
+fn socket_note(lookup: Lookup, name: Option<&str>) -> Option<String> {
+    match (lookup, name) {
+        (Lookup::Open(_), _) => None,
+        (Lookup::Closed, Some(name)) => Some(format!("socket {name} was closed")),
+        (Lookup::Closed, None) => Some("the current socket was closed".into()),
+        (Lookup::Missing, Some(name)) => Some(format!("no socket named {name}")),
+        (Lookup::Missing, None) => Some("no socket yet".into()),
+    }
+}
+
+/// The names of the events set in `revents`, in `PollEvent::ALL` order, then `POLLNVAL`.
+fn poll_event_names(revents: i16) -> Vec<String> {
+    let mut names: Vec<String> =
+        PollEvent::ALL.into_iter().filter(|e| revents & e.bits() != 0).map(|e| e.name().to_string()).collect();
+    if revents & libc::POLLNVAL != 0 {
+        names.push("POLLNVAL".into());
+    }
+    names
+}
+
+/// The bytes every `send` step sends: `abc...xyzabc...`, so a capture shows where each chunk starts.
+fn send_pattern(len: usize) -> Vec<u8> {
+    (b'a'..=b'z').cycle().take(len).collect()
+}
+
+/// Sleeps for `duration` or until `deadline`, whichever is first; true if the whole duration passed.
+fn sleep_bounded(duration: Duration, deadline: Instant) -> bool {
+    let now = Instant::now();
+    let left = deadline.saturating_duration_since(now);
+    if duration <= left {
+        thread::sleep(duration);
+        true
+    } else {
+        thread::sleep(left);
+        false
+    }
+}
+
+impl Actor {
+    fn run_step(&mut self, step: &StepPlan) -> Result<StepEnd> {
+        let named = step.socket.as_deref();
+        let result = match &step.action {
+            Action::Exec(plan) if plan.background => return self.launcher()?.launch(plan),
+            Action::Exec(plan) => return exec::run_foreground(plan, &self.ctx.processes, self.ctx.deadline),
+            Action::Socket { name, options, nonblocking } => self.socket(name.clone(), options, *nonblocking),
+            Action::SetOpt { options } => self.set_options(named, options),
+            Action::Bind { port } => self.bind(named, *port),
+            Action::Listen { port, backlog } => self.listen(named, *port, *backlog),
+            Action::Accept { name } => self.accept(named, name.clone()),
+            Action::Connect { address, port, nonblocking, .. } => self.connect(named, *address, *port, *nonblocking),
+            Action::Poll { events, timeout } => self.poll(named, events, *timeout),
+            Action::Send { bytes, repeat, every, until } => self.send(named, *bytes, *repeat, *every, *until),
+            Action::Recv { max, until_eof } => self.recv(named, *max, *until_eof),
+            Action::Shutdown { how } => {
+                let lookup = self.sockets.lookup(named);
+                match sockets::shutdown(lookup.fd(), *how) {
+                    Ok(()) => (Outcome::Ok, None),
+                    Err(e) => failed(&e, socket_note(lookup, named)),
+                }
+            }
+            Action::Close => self.close(named),
+            Action::Sleep { duration } => {
+                if sleep_bounded(*duration, self.ctx.deadline) {
+                    (Outcome::Ok, None)
+                } else {
+                    (Outcome::Unfinished, Some("the scenario deadline came first".into()))
+                }
+            }
+            Action::GetOpt { option } => self.get_option(named, *option),
+            Action::Wait { step, edge } => self.wait(step, *edge),
+        };
+        Ok(result.into())
+    }
+
+    /// The keeper thread of background programs, started at the first one.
+    fn launcher(&mut self) -> Result<&BackgroundLauncher> {
+        Ok(match &mut self.launcher {
+            Some(launcher) => launcher,
+            empty => {
+                let registry = Arc::clone(&self.ctx.processes);
+                empty.insert(BackgroundLauncher::start(registry, self.ctx.deadline)?)
+            }
+        })
+    }
+
+    /// The step's socket; when the step names none and there is no open current socket, a new one
+    /// (`socket(AF_INET, SOCK_STREAM)`) becomes current. `Err` is the outcome of a failed creation.
+    fn socket_or_create(&mut self, named: Option<&str>) -> Result<Lookup, StepResult> {
+        let lookup = self.sockets.lookup(named);
+        if named.is_some() || matches!(lookup, Lookup::Open(_)) {
+            return Ok(lookup);
+        }
+        match sockets::tcp_socket(false) {
+            Ok(fd) => Ok(Lookup::Open(self.sockets.add(None, fd))),
+            Err(e) => Err(failed(&e, Some("socket(AF_INET, SOCK_STREAM)".into()))),
+        }
+    }
+
+    fn socket(&mut self, name: Option<String>, options: &[SockOpt], nonblocking: bool) -> StepResult {
+        match sockets::tcp_socket(nonblocking) {
+            Ok(fd) => {
+                let fd = self.sockets.add(name, fd);
+                apply_options(fd, options, None)
+            }
+            Err(e) => failed(&e, Some("socket(AF_INET, SOCK_STREAM)".into())),
+        }
+    }
+
+    fn set_options(&self, named: Option<&str>, options: &[SockOpt]) -> StepResult {
+        let lookup = self.sockets.lookup(named);
+        apply_options(lookup.fd(), options, socket_note(lookup, named))
+    }
+
+    fn get_option(&self, named: Option<&str>, option: SockOptName) -> StepResult {
+        let lookup = self.sockets.lookup(named);
+        match sockopt::get(lookup.fd(), option) {
+            Err(e) => failed(&e, socket_note(lookup, named)),
+            Ok(SockOptValue::Int(0)) if option == SockOptName::SO_ERROR => (Outcome::Ok, None),
+            Ok(SockOptValue::Int(errno)) if option == SockOptName::SO_ERROR => {
+                (Outcome::Error(Errno(errno).name()), Some(format!("SO_ERROR {errno}")))
+            }
+            Ok(value) => (Outcome::Ok, Some(sockopt::describe_read(value))),
+        }
+    }
+
+    fn bind(&mut self, named: Option<&str>, port: u16) -> StepResult {
+        let lookup = match self.socket_or_create(named) {
+            Ok(lookup) => lookup,
+            Err(result) => return result,
+        };
+        let addr = SocketAddrV4::new(self.ctx.own_address, port);
+        match sockets::bind(lookup.fd(), addr) {
+            Ok(()) => (Outcome::Ok, Some(format!("bound to {addr}"))),
+            Err(e) => failed(&e, join_detail([Some(format!("bind {addr}")), socket_note(lookup, named)])),
+        }
+    }
+
+    /// With a port: `SO_REUSEADDR` then `bind` to it first, so a scenario can listen again on a port whose
+    /// earlier connection is in TIME-WAIT.
+    fn listen(&mut self, named: Option<&str>, port: Option<u16>, backlog: u32) -> StepResult {
+        let lookup = match self.socket_or_create(named) {
+            Ok(lookup) => lookup,
+            Err(result) => return result,
+        };
+        let fd = lookup.fd();
+        let note = socket_note(lookup, named);
+        if let Some(port) = port {
+            let reuse = SockOpt { name: SockOptName::SO_REUSEADDR, value: SockOptValue::Int(1) };
+            if let Err(e) = sockopt::set(fd, &reuse) {
+                return failed(&e, join_detail([Some(format!("setsockopt {}", sockopt::describe(&reuse))), note]));
+            }
+            let addr = SocketAddrV4::new(self.ctx.own_address, port);
+            if let Err(e) = sockets::bind(fd, addr) {
+                return failed(&e, join_detail([Some(format!("bind {addr}")), note]));
+            }
+        }
+        match sockets::listen(fd, backlog) {
+            Ok(()) => {
+                let local = sockets::local_addr(fd).map(|a| format!("listening on {a}")).ok();
+                (Outcome::Ok, local)
+            }
+            Err(e) => failed(&e, join_detail([Some(format!("listen backlog {backlog}")), note])),
+        }
+    }
+
+    fn accept(&mut self, named: Option<&str>, name: Option<String>) -> StepResult {
+        let lookup = self.sockets.lookup(named);
+        match sockets::accept(lookup.fd()) {
+            Ok((fd, peer)) => {
+                self.sockets.add(name, fd);
+                (Outcome::Ok, Some(format!("from {peer}")))
+            }
+            Err(e) => failed(&e, socket_note(lookup, named)),
+        }
+    }
+
+    fn connect(&mut self, named: Option<&str>, address: Ipv4Addr, port: u16, nonblocking: bool) -> StepResult {
+        let lookup = match self.socket_or_create(named) {
+            Ok(lookup) => lookup,
+            Err(result) => return result,
+        };
+        let target = SocketAddrV4::new(address, port);
+        let result = sockets::connect(lookup.fd(), target, nonblocking);
+        let route = match sockets::local_addr(lookup.fd()) {
+            Ok(local) if local.port() != 0 => format!("{local} -> {target}"),
+            _ => format!("-> {target}"),
+        };
+        match result {
+            Ok(()) => (Outcome::Ok, Some(route)),
+            Err(e) => failed(&e, join_detail([Some(route), socket_note(lookup, named)])),
+        }
+    }
+
+    fn poll(&self, named: Option<&str>, events: &[PollEvent], timeout: Duration) -> StepResult {
+        let lookup = self.sockets.lookup(named);
+        let Lookup::Open(fd) = lookup else {
+            return (Outcome::Events(vec!["POLLNVAL".into()]), socket_note(lookup, named));
+        };
+        let bits = events.iter().fold(0, |acc, e| acc | e.bits());
+        let left = self.ctx.deadline.saturating_duration_since(Instant::now());
+        let cut = left < timeout;
+        match sockets::poll(fd, bits, timeout.min(left)) {
+            Ok(Some(revents)) => (Outcome::Events(poll_event_names(revents)), None),
+            Ok(None) if cut => (Outcome::Unfinished, Some("the scenario deadline came first".into())),
+            Ok(None) => (Outcome::Timeout, None),
+            Err(e) => failed(&e, None),
+        }
+    }
+
+    /// `send` of the pattern, `repeat` times, `every` apart; see [`Action::Send`]. Partial sends count.
+    fn send(
+        &self,
+        named: Option<&str>,
+        bytes: usize,
+        repeat: SendRepeat,
+        every: Option<Duration>,
+        until: Option<SendUntil>,
+    ) -> StepResult {
+        let lookup = self.sockets.lookup(named);
+        let fd = lookup.fd();
+        let chunk = send_pattern(bytes);
+        let would_block_ends = until == Some(SendUntil::WouldBlock);
+        let flags = libc::MSG_NOSIGNAL | if would_block_ends { libc::MSG_DONTWAIT } else { 0 };
+        let mut total: u64 = 0;
+        let mut sends: u32 = 0;
+        loop {
+            if let SendRepeat::Times(n) = repeat {
+                if sends >= n {
+                    return (Outcome::Bytes(total), None);
+                }
+            }
+            if sends > 0 {
+                if let Some(every) = every {
+                    if !sleep_bounded(every, self.ctx.deadline) {
+                        return deadline_during_sends(sends, total);
+                    }
+                }
+            }
+            if Instant::now() >= self.ctx.deadline {
+                return deadline_during_sends(sends, total);
+            }
+            match send_all(fd, &chunk, flags, &mut total) {
+                Ok(()) => sends += 1,
+                Err(e) if would_block_ends && e.raw_os_error() == Some(libc::EAGAIN) => {
+                    return (Outcome::Bytes(total), Some(format!("would block after {sends} full sends")));
+                }
+                Err(e) => {
+                    let before = Some(format!("{sends} sends ok before ({total} bytes)"));
+                    return failed(&e, join_detail([before, socket_note(lookup, named)]));
+                }
+            }
+        }
+    }
+
+    fn recv(&self, named: Option<&str>, max: usize, until_eof: bool) -> StepResult {
+        let lookup = self.sockets.lookup(named);
+        let fd = lookup.fd();
+        let mut buf = vec![0u8; max];
+        if !until_eof {
+            return match sockets::recv(fd, &mut buf) {
+                Ok(0) => (Outcome::Eof, None),
+                Ok(n) => (Outcome::Bytes(n as u64), None),
+                Err(e) => failed(&e, socket_note(lookup, named)),
+            };
+        }
+        let mut total: u64 = 0;
+        loop {
+            if Instant::now() >= self.ctx.deadline {
+                return (Outcome::Unfinished, Some(format!("{total} bytes before the scenario deadline")));
+            }
+            match sockets::recv(fd, &mut buf) {
+                Ok(0) => return (Outcome::Eof, Some(format!("{total} bytes before EOF"))),
+                Ok(n) => total += n as u64,
+                Err(e) => {
+                    let before = Some(format!("{total} bytes before"));
+                    return failed(&e, join_detail([before, socket_note(lookup, named)]));
+                }
+            }
+        }
+    }
+
+    fn close(&mut self, named: Option<&str>) -> StepResult {
+        let lookup = self.sockets.lookup(named);
+        let result = match self.sockets.take(named) {
+            Some(fd) => sockets::close(fd),
+            None => sockets::close_no_socket(),
+        };
+        match result {
+            Ok(()) => (Outcome::Ok, None),
+            Err(e) => failed(&e, socket_note(lookup, named)),
+        }
+    }
+
+    fn wait(&self, step: &StepRef, edge: StepEdge) -> StepResult {
+        if self.ctx.board.wait(step.host, step.index, edge, self.ctx.deadline) {
+            (Outcome::Ok, None)
+        } else {
+            let edge = match edge {
+                StepEdge::Started => "started",
+                StepEdge::Finished => "finished",
+            };
+            (Outcome::Unfinished, Some(format!("{step} had not {edge} by the end of the run")))
+        }
+    }
+}
+
+fn deadline_during_sends(sends: u32, total: u64) -> StepResult {
+    (Outcome::Unfinished, Some(format!("{sends} sends ok ({total} bytes) when the scenario deadline came")))
+}
+
+/// Sends all of `chunk`, adding what the kernel took to `total` even when a later part fails.
+fn send_all(fd: RawFd, chunk: &[u8], flags: libc::c_int, total: &mut u64) -> io::Result<()> {
+    let mut offset = 0;
+    loop {
+        let sent = sockets::send(fd, &chunk[offset..], flags)?;
+        if sent == 0 && offset < chunk.len() {
+            return Err(io::Error::from(io::ErrorKind::WriteZero));
+        }
+        offset += sent;
+        *total += sent as u64;
+        if offset >= chunk.len() {
+            return Ok(());
+        }
+    }
+}
+
+/// `setsockopt` for each option in order; the first refusal is the step's outcome.
+fn apply_options(fd: RawFd, options: &[SockOpt], note: Option<String>) -> StepResult {
+    for option in options {
+        if let Err(e) = sockopt::set(fd, option) {
+            return failed(&e, join_detail([Some(format!("setsockopt {}", sockopt::describe(option))), note]));
+        }
+    }
+    (Outcome::Ok, note)
+}
+
+#[cfg(test)]
+mod tests;

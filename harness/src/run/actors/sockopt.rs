@@ -1,0 +1,200 @@
+//! Socket options: the table from an option's Linux name to its `setsockopt` level, number and value type,
+//! and the `setsockopt` / `getsockopt` calls that use it.
+
+use std::io;
+use std::mem;
+use std::os::fd::RawFd;
+
+use crate::scenario::plan::{SockOpt, SockOptName, SockOptValue};
+
+/// How the kernel takes and gives an option's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueKind {
+    /// A C `int`.
+    Int,
+    /// `struct linger { int l_onoff; int l_linger; }`.
+    Linger,
+}
+
+/// Where an option lives: `setsockopt(fd, level, optname, ...)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionSpec {
+    pub level: libc::c_int,
+    pub optname: libc::c_int,
+    pub kind: ValueKind,
+}
+
+/// The level, number and value type of an option, as in `man 7 socket` and `man 7 tcp`.
+pub fn spec(name: SockOptName) -> OptionSpec {
+    use SockOptName::*;
+    let (level, optname, kind) = match name {
+        SO_KEEPALIVE => (libc::SOL_SOCKET, libc::SO_KEEPALIVE, ValueKind::Int),
+        SO_RCVBUF => (libc::SOL_SOCKET, libc::SO_RCVBUF, ValueKind::Int),
+        SO_SNDBUF => (libc::SOL_SOCKET, libc::SO_SNDBUF, ValueKind::Int),
+        SO_LINGER => (libc::SOL_SOCKET, libc::SO_LINGER, ValueKind::Linger),
+        SO_REUSEADDR => (libc::SOL_SOCKET, libc::SO_REUSEADDR, ValueKind::Int),
+        SO_REUSEPORT => (libc::SOL_SOCKET, libc::SO_REUSEPORT, ValueKind::Int),
+        SO_ERROR => (libc::SOL_SOCKET, libc::SO_ERROR, ValueKind::Int),
+        TCP_NODELAY => (libc::IPPROTO_TCP, libc::TCP_NODELAY, ValueKind::Int),
+        TCP_KEEPIDLE => (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, ValueKind::Int),
+        TCP_KEEPINTVL => (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, ValueKind::Int),
+        TCP_KEEPCNT => (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, ValueKind::Int),
+        TCP_USER_TIMEOUT => (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, ValueKind::Int),
+        TCP_SYNCNT => (libc::IPPROTO_TCP, libc::TCP_SYNCNT, ValueKind::Int),
+        TCP_DEFER_ACCEPT => (libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, ValueKind::Int),
+        TCP_LINGER2 => (libc::IPPROTO_TCP, libc::TCP_LINGER2, ValueKind::Int),
+        TCP_MAXSEG => (libc::IPPROTO_TCP, libc::TCP_MAXSEG, ValueKind::Int),
+        TCP_QUICKACK => (libc::IPPROTO_TCP, libc::TCP_QUICKACK, ValueKind::Int),
+        TCP_NOTSENT_LOWAT => (libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT, ValueKind::Int),
+    };
+    OptionSpec { level, optname, kind }
+}
+
+/// `name=value` as a step's detail shows it, e.g. `TCP_KEEPIDLE=5` or `SO_LINGER={on,0}`.
+pub fn describe(option: &SockOpt) -> String {
+    format!("{:?}={}", option.name, describe_value(option.value))
+}
+
+fn describe_value(value: SockOptValue) -> String {
+    match value {
+        SockOptValue::Int(n) => n.to_string(),
+        SockOptValue::Linger { on, seconds } => {
+            format!("{{{},{seconds}}}", if on { "on" } else { "off" })
+        }
+    }
+}
+
+/// `setsockopt(fd, level, name, &value, sizeof value)`. A value whose shape does not fit the option (an
+/// int for SO_LINGER) is passed as the kernel would receive it from C: ints as `int`, linger as `struct
+/// linger`; the kernel then answers (EINVAL for a too-short SO_LINGER).
+pub fn set(fd: RawFd, option: &SockOpt) -> io::Result<()> {
+    let spec = spec(option.name);
+    let rc = match option.value {
+        SockOptValue::Int(value) => raw_set(fd, spec, &value),
+        SockOptValue::Linger { on, seconds } => {
+            let linger = libc::linger { l_onoff: libc::c_int::from(on), l_linger: seconds };
+            raw_set(fd, spec, &linger)
+        }
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn raw_set<T>(fd: RawFd, spec: OptionSpec, value: &T) -> libc::c_int {
+    // SAFETY: `value` points to a live `T` of exactly the length passed.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            spec.level,
+            spec.optname,
+            (value as *const T).cast::<libc::c_void>(),
+            mem::size_of::<T>() as libc::socklen_t,
+        )
+    }
+}
+
+/// `getsockopt(fd, level, name, ...)`, read with the option's own value type.
+pub fn get(fd: RawFd, name: SockOptName) -> io::Result<SockOptValue> {
+    let spec = spec(name);
+    match spec.kind {
+        ValueKind::Int => raw_get::<libc::c_int>(fd, spec, 0).map(SockOptValue::Int),
+        ValueKind::Linger => raw_get(fd, spec, libc::linger { l_onoff: 0, l_linger: 0 })
+            .map(|l| SockOptValue::Linger { on: l.l_onoff != 0, seconds: l.l_linger }),
+    }
+}
+
+fn raw_get<T: Copy>(fd: RawFd, spec: OptionSpec, mut value: T) -> io::Result<T> {
+    let mut len = mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: `value` is a live `T` and `len` tells the kernel its size.
+    let rc = unsafe {
+        libc::getsockopt(fd, spec.level, spec.optname, (&mut value as *mut T).cast::<libc::c_void>(), &mut len)
+    };
+    if rc == 0 {
+        Ok(value)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// A value read back, as a step's detail shows it: `value 5`, `on, 3 s`, `off`.
+pub fn describe_read(value: SockOptValue) -> String {
+    match value {
+        SockOptValue::Int(n) => format!("value {n}"),
+        SockOptValue::Linger { on: true, seconds } => format!("on, {seconds} s"),
+        SockOptValue::Linger { on: false, .. } => "off".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    use super::*;
+    use crate::run::netns::Netns;
+
+    /// Runs `f` with a fresh TCP socket made inside a new namespace (nothing is created in the host's).
+    fn with_tcp_socket(f: impl FnOnce(RawFd) + Send) {
+        let netns = Netns::new_anonymous().unwrap();
+        netns
+            .run(|| {
+                let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+                assert!(fd >= 0, "socket: {}", io::Error::last_os_error());
+                let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+                f(socket.as_raw_fd());
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn every_option_has_the_level_of_its_prefix() {
+        use SockOptName::*;
+        let all = SockOptName::ALL;
+        for name in all {
+            let expected = if format!("{name:?}").starts_with("SO_") { libc::SOL_SOCKET } else { libc::IPPROTO_TCP };
+            assert_eq!(spec(name).level, expected, "{name:?}");
+        }
+        assert_eq!(spec(SO_LINGER).kind, ValueKind::Linger);
+        assert_eq!(spec(TCP_USER_TIMEOUT).optname, 18);
+        assert_eq!(spec(TCP_KEEPIDLE).optname, 4);
+    }
+
+    #[test]
+    fn values_set_are_read_back() {
+        with_tcp_socket(|fd| {
+            let options = [
+                SockOpt { name: SockOptName::TCP_KEEPIDLE, value: SockOptValue::Int(7) },
+                SockOpt { name: SockOptName::TCP_USER_TIMEOUT, value: SockOptValue::Int(2500) },
+                SockOpt { name: SockOptName::SO_LINGER, value: SockOptValue::Linger { on: true, seconds: 3 } },
+                SockOpt { name: SockOptName::TCP_NODELAY, value: SockOptValue::Int(1) },
+            ];
+            for option in &options {
+                set(fd, option).unwrap();
+                assert_eq!(get(fd, option.name).unwrap(), option.value, "{}", describe(option));
+            }
+            assert_eq!(get(fd, SockOptName::SO_ERROR).unwrap(), SockOptValue::Int(0));
+        });
+    }
+
+    #[test]
+    fn kernel_refusals_come_back_as_errno() {
+        with_tcp_socket(|fd| {
+            let zero_idle = SockOpt { name: SockOptName::TCP_KEEPIDLE, value: SockOptValue::Int(0) };
+            assert_eq!(set(fd, &zero_idle).unwrap_err().raw_os_error(), Some(libc::EINVAL));
+            let read_only = SockOpt { name: SockOptName::SO_ERROR, value: SockOptValue::Int(0) };
+            assert_eq!(set(fd, &read_only).unwrap_err().raw_os_error(), Some(libc::ENOPROTOOPT));
+        });
+    }
+
+    #[test]
+    fn descriptions() {
+        let linger = SockOpt { name: SockOptName::SO_LINGER, value: SockOptValue::Linger { on: true, seconds: 0 } };
+        assert_eq!(describe(&linger), "SO_LINGER={on,0}");
+        assert_eq!(describe_read(SockOptValue::Int(5)), "value 5");
+        assert_eq!(describe_read(SockOptValue::Linger { on: true, seconds: 3 }), "on, 3 s");
+        assert_eq!(describe_read(SockOptValue::Linger { on: false, seconds: 9 }), "off");
+    }
+}

@@ -1,0 +1,799 @@
+//! One scenario run inside the child process: set up, start the programs, switch faults on their triggers,
+//! stop at the end or the deadline, and hand back the timeline.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crate::error::{joined, Error, Result};
+use crate::observe::capture::{Capture, CaptureBuffer};
+use crate::observe::sockets::Observer;
+use crate::record::{CaptureStats, RunRecord, WireStats};
+use crate::run::actors::{self, ActorContext, ProcessRegistry, StepBoard};
+use crate::run::clock::{Clock, EventSink};
+use crate::run::firewall::{self, Firewall};
+use crate::run::impair::{Wire, WireFault};
+use crate::run::netns::Netns;
+use crate::run::priority;
+use crate::run::topology;
+use crate::scenario::plan::{Direction, FaultPlan, HostId, Plan, Protocol, StepEdge, Trigger};
+use crate::timeline::{Decision, DecisionKind, Event, EventKind, IpProtocol, PacketDirection, PacketEvent, Timeline};
+
+/// How often the hub wakes to look at time triggers and the programs when nothing happens.
+const IDLE_TICK: Duration = Duration::from_millis(5);
+/// How long program threads may take to be running in their namespaces, and then to be told to start
+/// (measured: up to 0.7 s to start a thread with 200 scenarios at once on 2 cores).
+const PROGRAM_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs `plan`, writing the pcaps into `report_dir`; the impairments' random decisions come from `seed`. Returns
+/// harness errors only; the verdict comes later.
+pub fn run(plan: &Plan, report_dir: &Path, seed: u64) -> Result<RunRecord> {
+    let setup_started = Instant::now();
+    let clock = Clock::unstarted();
+    let (sink, events) = EventSink::new(clock.clone());
+    let Rig { namespaces, mut firewalls, captures, observers, wire, wire_namespace, .. } =
+        set_up(plan, report_dir, &sink, seed)?;
+    let setup = setup_started.elapsed();
+
+    // Both program threads are spawned, inside their namespaces and waiting before t0 is taken: creating and
+    // scheduling a thread on a busy machine can take a few hundred ms, and that must not count as scenario time.
+    let board = StepBoard::new();
+    let processes = ProcessRegistry::new();
+    let (ready_tx, ready_rx) = mpsc::channel::<HostId>();
+    let mut gates: Vec<mpsc::Sender<Instant>> = Vec::with_capacity(2);
+    // Each host's program until it ends and is joined.
+    let mut programs: Vec<(HostId, Option<JoinHandle<Result<()>>>)> = Vec::with_capacity(2);
+    for host in HostId::ALL {
+        let host_plan = plan.host(host).clone();
+        let mut ctx = ActorContext {
+            host,
+            own_address: plan.host(host).address,
+            board: Arc::clone(&board),
+            processes: Arc::clone(&processes),
+            sink: sink.clone(),
+            deadline: Instant::now() + plan.deadline,
+        };
+        let (gate_tx, gate_rx) = mpsc::channel::<Instant>();
+        gates.push(gate_tx);
+        let ready = ready_tx.clone();
+        let start_clock = clock.clone();
+        let program = namespaces[host.index()].spawn(&format!("{host}-program"), move || {
+            // Best effort: without the privilege the thread stays ordinary and its times are less exact.
+            let _ = priority::raise_current_thread();
+            // The engine may be gone (a failed start): then there is nothing to run.
+            let _ = ready.send(host);
+            ctx.deadline = gate_rx
+                .recv_timeout(PROGRAM_START_TIMEOUT)
+                .map_err(|_| Error::Internal(format!("{host} program was never told to start")))?;
+            // t0 is taken by the first program thread to run (the clock keeps the first start), not by the
+            // engine: on a busy machine the woken threads may wait tens of ms for a CPU.
+            start_clock.start();
+            actors::run_host(&host_plan, ctx)
+        })?;
+        programs.push((host, Some(program)));
+    }
+    drop(ready_tx);
+    for _ in HostId::ALL {
+        if ready_rx.recv_timeout(PROGRAM_START_TIMEOUT).is_err() {
+            return Err(Error::Internal(format!(
+                "the program threads were not running {}s after their start (spawn in namespace)",
+                PROGRAM_START_TIMEOUT.as_secs()
+            )));
+        }
+    }
+
+    // Faults due at t0 are on before either program makes its first call. They are switched before t0 is
+    // taken (their events read 0 s): an nftables commit can take tens of ms on a busy machine.
+    let mut schedule = FaultSchedule::new(&plan.faults);
+    let mut fault_events = Vec::new();
+    apply_due(&mut schedule, &mut firewalls, wire.as_ref(), &clock, &mut fault_events)?;
+    // The hub too reacts to events in time (fault triggers); it goes back to ordinary before the teardown.
+    let _ = priority::raise_current_thread();
+    // t0 is the moment the programs start (scenario times read as the seed scripts' times): the first program
+    // thread to run takes it. The deadline counts from the start signal, a little before.
+    let deadline = Instant::now() + plan.deadline;
+    for gate in &gates {
+        // A program thread that is gone already reports its own error when joined.
+        let _ = gate.send(deadline);
+    }
+    drop(sink);
+
+    let mut collected: Vec<Event> = Vec::new();
+    let mut deadline_hit = false;
+    let mut harness_errors = Vec::new();
+    loop {
+        let now = clock.now();
+        harness_errors.extend(join_finished(&mut programs));
+        // A program that failed inside the harness ends the run at once: the other one may wait for it forever.
+        if !harness_errors.is_empty() || programs.iter().all(|(_, program)| program.is_none()) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            deadline_hit = true;
+            break;
+        }
+        let wake = schedule.next_due().map_or(IDLE_TICK, |due| due.saturating_sub(now).min(IDLE_TICK));
+        match events.recv_timeout(wake) {
+            Ok(event) => {
+                // Only the host that saw the packet or ran the step: a packet changes the sender's socket when
+                // it leaves and the receiver's when it arrives, and each capture reports its own side.
+                if wants_fresh_sample(&event) {
+                    if let Some(observer) = observers.get(event.host.index()) {
+                        observer.poke();
+                    }
+                }
+                schedule.observe(&event);
+                collected.push(event);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        apply_due(&mut schedule, &mut firewalls, wire.as_ref(), &clock, &mut fault_events)?;
+    }
+    let duration = clock.now();
+    let _ = priority::lower_current_thread();
+    // Read before anything is torn down: what the run made each host's kernel count.
+    for host in HostId::ALL {
+        let counters = namespaces[host.index()].run(crate::observe::counters::read_counters)?;
+        collected.push(Event { t: duration, host, kind: EventKind::Counters { counters } });
+    }
+
+    let teardown_started = Instant::now();
+    board.close();
+    processes.kill_all();
+    let (wire_stats, wire_hits, wire_errors) = match wire {
+        Some(wire) => {
+            let stopped = wire.stop()?;
+            (Some(stopped.stats), stopped.selected, stopped.errors)
+        }
+        None => (None, Vec::new(), Vec::new()),
+    };
+    harness_errors.extend(wire_errors);
+    harness_errors.extend(wire_stats.iter().flat_map(wire_losses));
+    if deadline_hit {
+        collected.push(Event { t: duration, host: HostId::Client, kind: EventKind::Deadline { step: None } });
+    }
+    let mut observer_stats = Vec::with_capacity(2);
+    for observer in observers {
+        observer_stats.push(observer.stop()?);
+    }
+    let capture_stats = stop_captures(captures)?;
+    harness_errors.extend(capture_losses(&capture_stats));
+    let mut fault_hits = Vec::new();
+    for firewall in &mut firewalls {
+        fault_hits.extend(firewall.counters()?);
+    }
+    fault_hits.extend(wire_hits);
+    fault_hits.sort();
+    harness_errors.extend(join_finished(&mut programs));
+    // Everything else is still queued in the channel: packets decoded during stop, last samples.
+    collected.extend(events.try_iter());
+    collected.extend(fault_events);
+    let mut timeline = Timeline::new(collected);
+    if deadline_hit {
+        mark_running_steps(&mut timeline, plan);
+    }
+    annotate_faults(&mut timeline, plan);
+    annotate_impairments(&mut timeline);
+    let decisions = decisions(&timeline);
+    firewalls.into_iter().for_each(Firewall::close_in_background);
+    drop(namespaces);
+    drop(wire_namespace);
+    let teardown = teardown_started.elapsed();
+    let [capture_client, capture_server] = into_pair(capture_stats)?;
+    let [observer_client, observer_server] = into_pair(observer_stats)?;
+    Ok(RunRecord {
+        timeline,
+        duration,
+        setup,
+        teardown,
+        deadline_hit,
+        capture: [capture_client, capture_server],
+        observer: [observer_client, observer_server],
+        fault_hits,
+        seed,
+        wire: wire_stats,
+        decisions,
+        harness_errors,
+    })
+}
+
+/// Packets that change TCP states (SYN, FIN, RST) and step ends: worth a socket sample of their host at once.
+fn wants_fresh_sample(event: &Event) -> bool {
+    const STATE_CHANGING_FLAGS: u8 = 0x01 | 0x02 | 0x04;
+    match &event.kind {
+        EventKind::Packet(packet) => packet.flags & STATE_CHANGING_FLAGS != 0,
+        EventKind::StepEnd { .. } => true,
+        _ => false,
+    }
+}
+
+/// Joins the programs that have ended; returns how those that failed failed. A program still blocked in a
+/// call stays unjoined: it dies with the process.
+fn join_finished(programs: &mut [(HostId, Option<JoinHandle<Result<()>>>)]) -> Vec<String> {
+    let mut errors = Vec::new();
+    for (host, slot) in programs.iter_mut() {
+        if !slot.as_ref().is_some_and(JoinHandle::is_finished) {
+            continue;
+        }
+        match slot.take().map(JoinHandle::join) {
+            Some(Ok(Err(e))) => errors.push(format!("{host} program: {e}")),
+            Some(Err(payload)) => errors.push(format!("{host} program panicked: {}", panic_text(&*payload))),
+            Some(Ok(Ok(()))) | None => {}
+        }
+    }
+    errors
+}
+
+/// The message a panic was raised with.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
+/// What a run sets up before t0, one of each per host (indexed by `HostId::index()`).
+pub struct Rig {
+    pub namespaces: [Netns; 2],
+    pub firewalls: Vec<Firewall>,
+    pub captures: Vec<Capture>,
+    pub observers: Vec<Observer>,
+    /// The wire between the hosts and its namespace, when the scenario has impairments.
+    pub wire: Option<Wire>,
+    pub wire_namespace: Option<Netns>,
+}
+
+/// Namespaces, the wire, the faults (all off), a capture (into `report_dir/<host>.pcap`) and an observer per
+/// host, all sending their events to `sink`.
+///
+/// Each host's faults, capture and observer are started by a thread of its own that has entered the host's
+/// namespace, so they open their sockets right there, and the two hosts proceed at once. A scenario that asks
+/// for a capture ring then waits for one RCU grace period (`setsockopt(PACKET_RX_RING)` calls
+/// `synchronize_net`, 10-30 ms on a busy machine) instead of two.
+///
+/// A scenario with impairments gets a third namespace between the hosts and the wire running in it, every
+/// impairment off, its decisions drawn from `seed`.
+pub fn set_up(plan: &Plan, report_dir: &Path, sink: &EventSink, seed: u64) -> Result<Rig> {
+    let (namespaces, wire_namespace, topology) = if plan.has_impairments() {
+        let (hosts, wire, topology) = topology::build_with_wire(plan)?;
+        (hosts, Some(wire), topology)
+    } else {
+        let (hosts, topology) = topology::build_in_new_namespaces(plan)?;
+        (hosts, None, topology)
+    };
+    let [client, server] = thread::scope(|scope| {
+        let starting = HostId::ALL.map(|host| {
+            let ns = &namespaces[host.index()];
+            let ifindex = topology.link(host).ifindex;
+            let pcap = report_dir.join(format!("{host}.pcap"));
+            let sink = sink.clone();
+            thread::Builder::new().name(format!("set-up-{host}")).spawn_scoped(scope, move || {
+                ns.enter()?;
+                let firewall = Firewall::install(ns, host, &plan.faults)?;
+                let capture = Capture::start(ns, host, ifindex, &pcap, sink.clone(), capture_buffer(plan))?;
+                let observer = Observer::start(ns, host, plan.sample_interval, sink)?;
+                Ok::<_, Error>((firewall, capture, observer))
+            })
+        });
+        starting.map(|spawned| joined(spawned, "host set-up"))
+    });
+    let ((client_firewall, client_capture, client_observer), (server_firewall, server_capture, server_observer)) =
+        (client?, server?);
+    let wire = match (&wire_namespace, topology.wire) {
+        (Some(ns), Some(links)) => Some(Wire::start(ns, links.facing, wire_faults(plan), seed, Some(sink.clone()))?),
+        _ => None,
+    };
+    Ok(Rig {
+        namespaces,
+        firewalls: vec![client_firewall, server_firewall],
+        captures: vec![client_capture, server_capture],
+        observers: vec![client_observer, server_observer],
+        wire,
+        wire_namespace,
+    })
+}
+
+/// The plan's impairments as the wire applies them.
+fn wire_faults(plan: &Plan) -> Vec<WireFault> {
+    plan.faults
+        .iter()
+        .filter_map(|fault| {
+            fault.action.impairment().map(|impairment| WireFault {
+                name: fault.name.clone(),
+                toward: fault.toward(),
+                matcher: fault.matcher.clone(),
+                impairment: *impairment,
+            })
+        })
+        .collect()
+}
+
+/// Frames the wire lost without being asked to (its socket's buffer overflowed, or the kernel refused a send):
+/// the scenario would be judged on a network that misbehaved more than it says.
+fn wire_losses(stats: &[WireStats; 2]) -> Vec<String> {
+    HostId::ALL
+        .into_iter()
+        .zip(stats)
+        .filter(|(_, stats)| stats.kernel_drops > 0 || stats.send_errors > 0)
+        .map(|(toward, stats)| {
+            format!(
+                "the wire toward {toward} lost {} frames it was not asked to lose ({} dropped by the kernel before \
+                 the wire took them, {} sends refused): the network misbehaved more than the scenario says",
+                stats.kernel_drops + stats.send_errors,
+                stats.kernel_drops,
+                stats.send_errors
+            )
+        })
+        .collect()
+}
+
+/// `tcpdump -B` for the plan: the socket's own queue unless the scenario asks for a ring.
+fn capture_buffer(plan: &Plan) -> CaptureBuffer {
+    plan.capture.ring_bytes.map_or(CaptureBuffer::DEFAULT, CaptureBuffer::ring_of)
+}
+
+/// A capture that lost frames makes the timeline incomplete: every packet expectation and packet trigger
+/// would be judged on part of the traffic, so the run cannot be trusted either way.
+fn capture_losses(stats: &[CaptureStats]) -> Vec<String> {
+    HostId::ALL
+        .into_iter()
+        .zip(stats)
+        .filter(|(_, stats)| stats.lost() > 0)
+        .map(|(host, stats)| {
+            format!(
+                "capture of {host} lost {} of the {} frames its interface counted ({} dropped by the kernel): the \
+                 timeline is incomplete; give the scenario a larger buffer, e.g. `capture: {{ ring: 64MiB }}`",
+                stats.lost(),
+                stats.interface_frames,
+                stats.kernel_drops
+            )
+        })
+        .collect()
+}
+
+/// `Capture::stop` on every capture at once: each takes the frames its interface counted that are still on
+/// their way (a ring's last block comes within its 4 ms retire timeout), and those waits overlap.
+pub fn stop_captures(captures: Vec<Capture>) -> Result<Vec<CaptureStats>> {
+    thread::scope(|scope| {
+        let stopping: Vec<_> = captures.into_iter().map(|capture| scope.spawn(move || capture.stop())).collect();
+        join_all(stopping, "capture stop")
+    })
+}
+
+/// Joins scoped threads in order; the first error (or panic) wins, after every thread has been joined.
+fn join_all<T>(handles: Vec<thread::ScopedJoinHandle<'_, Result<T>>>, what: &str) -> Result<Vec<T>> {
+    let results: Vec<Result<T>> = handles
+        .into_iter()
+        .map(|handle| handle.join().unwrap_or_else(|_| Err(Error::Internal(format!("{what} thread panicked")))))
+        .collect();
+    results.into_iter().collect()
+}
+
+/// Switches the faults that are due now, each where it is carried out (its host's firewall, or the wire), and
+/// records each switch on the timeline.
+fn apply_due(
+    schedule: &mut FaultSchedule<'_>,
+    firewalls: &mut [Firewall],
+    wire: Option<&Wire>,
+    clock: &Clock,
+    events: &mut Vec<Event>,
+) -> Result<()> {
+    for (fault, on) in schedule.due(clock.now()) {
+        match (fault.action.impairment(), wire) {
+            (Some(_), Some(wire)) => wire.switch(&fault.name, on)?,
+            (Some(_), None) => {
+                return Err(Error::Internal(format!("impairment {} has no wire to run on", fault.name)));
+            }
+            (None, _) if on => firewalls[fault.host.index()].activate(&fault.name)?,
+            (None, _) => firewalls[fault.host.index()].deactivate(&fault.name)?,
+        }
+        let kind = if on {
+            EventKind::FaultOn { fault: fault.name.clone() }
+        } else {
+            EventKind::FaultOff { fault: fault.name.clone() }
+        };
+        events.push(Event { t: clock.now(), host: fault.host, kind });
+    }
+    Ok(())
+}
+
+fn into_pair<T>(items: Vec<T>) -> Result<[T; 2]> {
+    items.try_into().map_err(|_| Error::Internal("expected one item per host".into()))
+}
+
+/// Names, in the deadline event, the steps that were still running: not ended, or ended only as the run
+/// stopped them (an exec killed by `kill_all` ends after the deadline event; one the actor's own bounded wait
+/// cut ends `unfinished`).
+fn mark_running_steps(timeline: &mut Timeline, plan: &Plan) {
+    let deadline_at = timeline.events.iter().find_map(|e| matches!(e.kind, EventKind::Deadline { .. }).then_some(e.t));
+    let mut running: Vec<String> = Vec::new();
+    for host in HostId::ALL {
+        for step in &plan.host(host).steps {
+            let record = crate::timeline::query::step_record(timeline, host, step.index);
+            let cut = match (record.end, &record.outcome) {
+                (None, _) => true,
+                (Some(_), Some(crate::timeline::Outcome::Unfinished)) => true,
+                (Some(end), _) => deadline_at.is_some_and(|deadline| end >= deadline),
+            };
+            if record.start.is_some() && cut {
+                running.push(format!("{host} step {}", step.label()));
+            }
+        }
+    }
+    for event in &mut timeline.events {
+        if let EventKind::Deadline { step } = &mut event.kind {
+            *step = (!running.is_empty()).then(|| running.join(", "));
+        }
+    }
+}
+
+/// Marks each captured packet that an active ingress fault's rule matched on arrival, and the sender's copy of it.
+pub fn annotate_faults(timeline: &mut Timeline, plan: &Plan) {
+    let mut active: HashMap<&str, bool> = HashMap::new();
+    let mut hits: Vec<(usize, String)> = Vec::new();
+    for (index, event) in timeline.events.iter().enumerate() {
+        match &event.kind {
+            EventKind::FaultOn { fault } => {
+                active.insert(fault.as_str(), true);
+            }
+            EventKind::FaultOff { fault } => {
+                active.insert(fault.as_str(), false);
+            }
+            EventKind::Packet(packet) if packet.direction == PacketDirection::In => {
+                let hit = plan.faults.iter().find(|fault| {
+                    fault.host == event.host
+                        && fault.direction == Direction::Ingress
+                        && active.get(fault.name.as_str()).copied().unwrap_or(false)
+                        && firewall::matches(fault, event.host, packet)
+                });
+                if let Some(fault) = hit {
+                    hits.push((index, fault.name.clone()));
+                }
+            }
+            _ => {}
+        }
+    }
+    for (index, fault) in hits {
+        let event = &timeline.events[index];
+        let EventKind::Packet(arrived) = &event.kind else { continue };
+        let sender = event.host.peer();
+        let key = (arrived.ip_id, arrived.src, arrived.dst, arrived.flags, arrived.len);
+        let sent = timeline.events[..index].iter().rposition(|e| {
+            e.host == sender
+                && matches!(&e.kind, EventKind::Packet(p)
+                    if p.direction == PacketDirection::Out && (p.ip_id, p.src, p.dst, p.flags, p.len) == key)
+        });
+        for position in [Some(index), sent].into_iter().flatten() {
+            if let EventKind::Packet(packet) = &mut timeline.events[position].kind {
+                packet.fault = Some(fault.clone());
+            }
+        }
+    }
+}
+
+/// Marks the captured copies of each packet the wire decided about with the decision: the sender's copy (it
+/// left) and every copy the receiver's capture saw (none when lost, two when duplicated, the forged segment of
+/// an injection). A packet is known by its addresses, IP id, flags, sequence number and length, as both
+/// captures decode it; its sender's copy is the last one seen before the wire took it, the receiver's are
+/// those seen after.
+pub fn annotate_impairments(timeline: &mut Timeline) {
+    type Key = (std::net::Ipv4Addr, std::net::Ipv4Addr, u16, u8, u32, u32);
+    let key = |p: &PacketEvent| (p.src, p.dst, p.ip_id, p.flags, p.seq, p.len);
+    let mut marks: Vec<(usize, String)> = Vec::new();
+    for event in &timeline.events {
+        let EventKind::Impairment(impairment) = &event.kind else { continue };
+        let Some(packet) = &impairment.packet else { continue };
+        let wanted: Key = key(packet);
+        let label = format!("{} #{}: {}", impairment.decision.fault, impairment.decision.n, impairment.decision.kind);
+        let sender = impairment.toward.peer();
+        let is_copy = |e: &Event, host: HostId, direction: PacketDirection| {
+            e.host == host && matches!(&e.kind, EventKind::Packet(p) if p.direction == direction && key(p) == wanted)
+        };
+        // The sender's capture stamps a frame a few microseconds before the wire does; a little slack covers
+        // frames stamped in the other order.
+        let slack = Duration::from_millis(1);
+        let sent =
+            timeline.events.iter().rposition(|e| e.t <= event.t + slack && is_copy(e, sender, PacketDirection::Out));
+        if !matches!(impairment.decision.kind, DecisionKind::Injected { .. }) {
+            marks.extend(sent.map(|position| (position, label.clone())));
+        }
+        let start = timeline.events.partition_point(|e| e.t + slack < event.t);
+        let arrivals = (start..timeline.events.len())
+            .filter(|&position| is_copy(&timeline.events[position], impairment.toward, PacketDirection::In));
+        let copies = match impairment.decision.kind {
+            DecisionKind::Lost | DecisionKind::QueueFull => 0,
+            DecisionKind::Duplicated => 2,
+            _ => 1,
+        };
+        marks.extend(arrivals.take(copies).map(|position| (position, label.clone())));
+    }
+    for (position, label) in marks {
+        if let EventKind::Packet(packet) = &mut timeline.events[position].kind {
+            packet.fault = Some(match packet.fault.take() {
+                Some(earlier) => format!("{earlier}; {label}"),
+                None => label,
+            });
+        }
+    }
+}
+
+/// The impairments' decisions of a timeline, sorted by fault and packet number.
+fn decisions(timeline: &Timeline) -> Vec<Decision> {
+    let mut decisions: Vec<Decision> = timeline
+        .events
+        .iter()
+        .filter_map(|event| match &event.kind {
+            EventKind::Impairment(impairment) => Some(impairment.decision.clone()),
+            _ => None,
+        })
+        .collect();
+    decisions.sort_by(|a, b| (&a.fault, a.n).cmp(&(&b.fault, b.n)));
+    decisions
+}
+
+/// One side (on or off) of a fault's schedule.
+#[derive(Debug, Clone, PartialEq)]
+enum Arm {
+    Waiting,
+    Due(Duration),
+    Done,
+}
+
+/// The faults' triggers: armed by events, due at a time, applied once.
+struct FaultSchedule<'a> {
+    faults: Vec<(&'a FaultPlan, Arm, Arm, u64)>,
+}
+
+impl<'a> FaultSchedule<'a> {
+    fn new(faults: &'a [FaultPlan]) -> FaultSchedule<'a> {
+        let arm = |trigger: Option<&Trigger>| match trigger {
+            Some(Trigger::At(t)) => Arm::Due(*t),
+            Some(_) => Arm::Waiting,
+            None => Arm::Done,
+        };
+        FaultSchedule { faults: faults.iter().map(|f| (f, arm(Some(&f.from)), arm(f.until.as_ref()), 0)).collect() }
+    }
+
+    /// Arms the triggers that `event` satisfies.
+    fn observe(&mut self, event: &Event) {
+        for (fault, on, off, counter) in &mut self.faults {
+            for (trigger, arm) in [(Some(&fault.from), &mut *on), (fault.until.as_ref(), &mut *off)] {
+                let Some(trigger) = trigger else { continue };
+                if *arm != Arm::Waiting {
+                    continue;
+                }
+                if let Some(delay) = fires_on(trigger, event, counter) {
+                    *arm = Arm::Due(event.t + delay);
+                }
+            }
+        }
+    }
+
+    fn next_due(&self) -> Option<Duration> {
+        self.faults
+            .iter()
+            .flat_map(|(_, on, off, _)| [on, off])
+            .filter_map(|arm| match arm {
+                Arm::Due(t) => Some(*t),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// Switches due now, in fault order: `(fault, true)` to switch on, `(fault, false)` to switch off.
+    fn due(&mut self, now: Duration) -> Vec<(&'a FaultPlan, bool)> {
+        let mut switches = Vec::new();
+        for (fault, on, off, _) in &mut self.faults {
+            if matches!(on, Arm::Due(t) if *t <= now) {
+                *on = Arm::Done;
+                switches.push((*fault, true));
+            }
+            // A fault switches off only after it was on; an `until` that fires first cancels it.
+            if matches!(off, Arm::Due(t) if *t <= now) {
+                let was_on = *on == Arm::Done;
+                *off = Arm::Done;
+                if was_on {
+                    switches.push((*fault, false));
+                } else {
+                    *on = Arm::Done;
+                }
+            }
+        }
+        switches
+    }
+}
+
+/// Whether `event` fires `trigger`; returns the trigger's delay. `counter` counts packets or bytes seen so far.
+fn fires_on(trigger: &Trigger, event: &Event, counter: &mut u64) -> Option<Duration> {
+    match (trigger, &event.kind) {
+        (Trigger::Step { step, edge, delay }, EventKind::StepStart { step: index, .. })
+            if *edge == StepEdge::Started && event.host == step.host && step.index == *index =>
+        {
+            Some(*delay)
+        }
+        (Trigger::Step { step, edge, delay }, EventKind::StepEnd { step: index, .. })
+            if *edge == StepEdge::Finished && event.host == step.host && step.index == *index =>
+        {
+            Some(*delay)
+        }
+        (Trigger::State { host, state, delay }, EventKind::Socket(socket))
+            if event.host == *host && socket.state == *state =>
+        {
+            Some(*delay)
+        }
+        (Trigger::Packet { host, filter, nth, delay }, EventKind::Packet(packet))
+            if event.host == *host
+                && (filter
+                    .from
+                    .is_none_or(|from| (from == event.host) == (packet.direction == PacketDirection::Out)))
+                && crate::timeline::query::packet_matches(filter, packet) =>
+        {
+            *counter += 1;
+            (*counter >= u64::from(*nth)).then_some(*delay)
+        }
+        (Trigger::Bytes { host, bytes, delay }, EventKind::Packet(packet))
+            if event.host == *host
+                && packet.direction == PacketDirection::Out
+                && packet.protocol == IpProtocol::Known(Protocol::Tcp) =>
+        {
+            *counter += u64::from(packet.len);
+            (*counter >= *bytes).then_some(*delay)
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+    use std::path::Path;
+
+    use super::*;
+    use crate::timeline::{Outcome, PacketEvent};
+
+    const SCENARIO: &str = r#"
+description: schedule test
+faults:
+  - name: at-two
+    at: server
+    action: drop
+    from: 2s
+    until: 3s
+  - name: after-connect
+    at: server
+    match: { flags: "." }
+    action: drop
+    from: { after: client.connect, delay: 500ms }
+  - name: third-ack
+    at: client
+    action: drop
+    from: { packet: { from: client, flags: "." }, nth: 3 }
+server:
+  - listen: { port: 9000 }
+client:
+  - connect: { to: server, port: 9000 }
+    name: connect
+"#;
+
+    fn plan() -> Plan {
+        crate::scenario::parse("schedule", Path::new("schedule.yaml"), SCENARIO).unwrap()
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn ack(t: Duration, host: HostId, direction: PacketDirection) -> Event {
+        Event {
+            t,
+            host,
+            kind: EventKind::Packet(PacketEvent {
+                direction,
+                src: Ipv4Addr::new(10, 0, 0, 1),
+                dst: Ipv4Addr::new(10, 0, 0, 2),
+                protocol: IpProtocol::Known(Protocol::Tcp),
+                ip_id: t.as_millis() as u16,
+                sport: 40000,
+                dport: 9000,
+                flags: 0x10,
+                seq: 1,
+                ack: 1,
+                window: 63,
+                len: 0,
+                options: String::new(),
+                fault: None,
+            }),
+        }
+    }
+
+    fn names(switches: Vec<(&FaultPlan, bool)>) -> Vec<(String, bool)> {
+        switches.into_iter().map(|(f, on)| (f.name.clone(), on)).collect()
+    }
+
+    #[test]
+    fn timed_faults_switch_on_and_off_at_their_times() {
+        let plan = plan();
+        let mut schedule = FaultSchedule::new(&plan.faults);
+        assert_eq!(schedule.next_due(), Some(ms(2000)));
+        assert!(schedule.due(ms(1999)).is_empty());
+        assert_eq!(names(schedule.due(ms(2000))), vec![("at-two".to_string(), true)]);
+        assert_eq!(schedule.next_due(), Some(ms(3000)));
+        assert_eq!(names(schedule.due(ms(3000))), vec![("at-two".to_string(), false)]);
+        assert_eq!(schedule.next_due(), None);
+    }
+
+    #[test]
+    fn a_step_trigger_fires_after_its_delay() {
+        let plan = plan();
+        let mut schedule = FaultSchedule::new(&plan.faults);
+        let end = Event {
+            t: ms(100),
+            host: HostId::Client,
+            kind: EventKind::StepEnd {
+                step: 0,
+                label: "connect".into(),
+                outcome: Outcome::Ok,
+                detail: None,
+                unmatched: Vec::new(),
+            },
+        };
+        schedule.observe(&end);
+        assert!(schedule.due(ms(599)).iter().all(|(f, _)| f.name != "after-connect"));
+        assert_eq!(names(schedule.due(ms(600))), vec![("after-connect".to_string(), true)]);
+    }
+
+    #[test]
+    fn a_packet_trigger_counts_matching_packets_from_the_sender() {
+        let plan = plan();
+        let mut schedule = FaultSchedule::new(&plan.faults);
+        for t in [10, 20] {
+            schedule.observe(&ack(ms(t), HostId::Client, PacketDirection::Out));
+            // The receiver's copy of the same packet is not counted twice.
+            schedule.observe(&ack(ms(t), HostId::Server, PacketDirection::In));
+        }
+        assert!(schedule.due(ms(25)).is_empty());
+        schedule.observe(&ack(ms(30), HostId::Client, PacketDirection::Out));
+        assert_eq!(names(schedule.due(ms(30))), vec![("third-ack".to_string(), true)]);
+    }
+
+    #[test]
+    fn packets_taken_by_an_active_ingress_fault_are_marked_on_both_copies() {
+        let plan = plan();
+        let mut timeline = Timeline::new(vec![
+            ack(ms(10), HostId::Client, PacketDirection::Out),
+            ack(ms(10), HostId::Server, PacketDirection::In),
+            Event { t: ms(600), host: HostId::Server, kind: EventKind::FaultOn { fault: "after-connect".into() } },
+            ack(ms(700), HostId::Client, PacketDirection::Out),
+            ack(ms(700), HostId::Server, PacketDirection::In),
+        ]);
+        annotate_faults(&mut timeline, &plan);
+        let marks: Vec<Option<&str>> = timeline
+            .events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::Packet(p) => Some(p.fault.as_deref()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(marks, vec![None, None, Some("after-connect"), Some("after-connect")]);
+    }
+
+    #[test]
+    fn a_capture_that_lost_frames_is_a_harness_error_naming_its_host() {
+        let whole = CaptureStats { packets: 40, bytes: 4000, kernel_drops: 0, interface_frames: 40 };
+        let dropped = CaptureStats { packets: 37, bytes: 3700, kernel_drops: 3, interface_frames: 40 };
+        let unseen = CaptureStats { packets: 38, bytes: 3800, kernel_drops: 0, interface_frames: 40 };
+        assert!(capture_losses(&[whole, whole]).is_empty());
+        let errors = capture_losses(&[whole, dropped]);
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].starts_with("capture of server lost 3 of the 40 frames"), "{}", errors[0]);
+        assert!(errors[0].contains("(3 dropped by the kernel)") && errors[0].contains("ring: 64MiB"), "{}", errors[0]);
+        let errors = capture_losses(&[unseen, whole]);
+        assert!(errors[0].starts_with("capture of client lost 2 of the 40 frames"), "{}", errors[0]);
+    }
+}

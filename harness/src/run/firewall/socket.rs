@@ -1,0 +1,233 @@
+//! The nftables netlink socket of one namespace: sends rule batches and waits for their acks, and
+//! dumps counters; created inside the namespace, then usable from any thread.
+
+use std::ffi::CStr;
+use std::io;
+use std::mem;
+use std::ops::Range;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::time::Duration;
+
+use mnl::NlMessages;
+use nftnl::{FinalizedBatch, ProtoFamily};
+use nix::sys::socket::{setsockopt, sockopt};
+use nix::sys::stat::fstat;
+use nix::sys::time::TimeVal;
+
+use super::expr::{parse_counter, write_counter_dump_request, CounterValue};
+use crate::error::{Context, Error, Result};
+use crate::run::netns::Netns;
+
+/// How long the kernel may take to answer one request before we call it stuck.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Dump requests count from here so that they never share a sequence number with batch messages,
+/// which nftnl numbers from 1.
+const FIRST_DUMP_SEQ: u32 = 1 << 31;
+
+/// A `NETLINK_NETFILTER` socket bound to the namespace it was created in.
+pub(super) struct NetfilterSocket {
+    socket: mnl::Socket,
+    /// Receive buffer; `u64` cells keep it aligned for `nlmsghdr`.
+    buffer: Vec<u64>,
+    dump_seq: u32,
+}
+
+// SAFETY: an mnl socket is a file descriptor plus the address it is bound to; libmnl keeps no
+// thread-bound state, and every use goes through `&mut self`.
+unsafe impl Send for NetfilterSocket {}
+
+impl NetfilterSocket {
+    /// Opens the socket on a thread inside `ns` and checks that it belongs to `ns`.
+    pub fn open(ns: &Netns) -> Result<NetfilterSocket> {
+        let socket = ns.run(|| {
+            let socket = mnl::Socket::new(mnl::Bus::Netfilter)
+                .context(|| "open netlink socket NETLINK_NETFILTER (nft)".to_string())?;
+            Ok(NetfilterSocket {
+                socket,
+                buffer: vec![0; nftnl::nft_nlmsg_maxsize().div_ceil(8) as usize],
+                dump_seq: FIRST_DUMP_SEQ,
+            })
+        })?;
+        setsockopt(
+            &socket.fd(),
+            sockopt::ReceiveTimeout,
+            &TimeVal::from(libc::timeval { tv_sec: REPLY_TIMEOUT.as_secs() as libc::time_t, tv_usec: 0 }),
+        )
+        .context(|| "setsockopt(SO_RCVTIMEO) on the nftables socket".to_string())?;
+        if !socket.belongs_to(ns)? {
+            return Err(Error::Internal(
+                "the nftables socket created inside the host namespace belongs to another namespace".into(),
+            ));
+        }
+        Ok(socket)
+    }
+
+    fn fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the descriptor stays open as long as `self.socket`, which outlives the borrow.
+        unsafe { BorrowedFd::borrow_raw(self.socket.as_raw_fd()) }
+    }
+
+    /// Whether the socket talks to `ns` (`ioctl(SIOCGSKNS)` gives the socket's namespace).
+    pub fn belongs_to(&self, ns: &Netns) -> Result<bool> {
+        // SAFETY: SIOCGSKNS takes no argument and returns a new descriptor or -1.
+        let raw = unsafe { libc::ioctl(self.socket.as_raw_fd(), libc::SIOCGSKNS as _) };
+        if raw < 0 {
+            return Err(Error::last_os("ioctl(SIOCGSKNS) on the nftables socket"));
+        }
+        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+        let socket_ns = unsafe { OwnedFd::from_raw_fd(raw) };
+        let socket_ns = fstat(&socket_ns).context(|| "fstat socket namespace".to_string())?;
+        let host_ns = fstat(ns.fd()).context(|| "fstat host namespace".to_string())?;
+        Ok(socket_ns.st_dev == host_ns.st_dev && socket_ns.st_ino == host_ns.st_ino)
+    }
+
+    /// Sends a batch in one `sendmsg` (the kernel applies a batch only if it arrives whole) and
+    /// waits for every ack; the first error the kernel reports fails the whole batch.
+    pub fn apply(&mut self, batch: &FinalizedBatch) -> io::Result<()> {
+        let iovecs: Vec<libc::iovec> = batch
+            .iter()
+            .map(|page| libc::iovec { iov_base: page.as_ptr().cast_mut().cast(), iov_len: page.len() })
+            .collect();
+        let total: usize = iovecs.iter().map(|iov| iov.iov_len).sum();
+        // SAFETY: an all-zero sockaddr_nl with its family set is the kernel's address.
+        let mut kernel: libc::sockaddr_nl = unsafe { mem::zeroed() };
+        kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        // SAFETY: all-zero is a valid msghdr (no name, no iovecs, no control data).
+        let mut message: libc::msghdr = unsafe { mem::zeroed() };
+        message.msg_name = (&raw mut kernel).cast();
+        message.msg_namelen = mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+        message.msg_iov = iovecs.as_ptr().cast_mut();
+        message.msg_iovlen = iovecs.len() as _;
+        // SAFETY: `message` points at `kernel` and at `iovecs`, whose pages `batch` keeps alive.
+        let sent = unsafe { libc::sendmsg(self.socket.as_raw_fd(), &message, 0) };
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if sent as usize != total {
+            return Err(io::Error::other(format!("sent {sent} of {total} bytes of the batch")));
+        }
+        let result = self.wait_for_acks(batch.sequence_numbers());
+        if result.is_err() {
+            self.drain();
+        }
+        result
+    }
+
+    fn wait_for_acks(&mut self, expected: Range<u32>) -> io::Result<()> {
+        let mut acked = vec![false; expected.len()];
+        let mut missing = acked.len();
+        while missing > 0 {
+            let received = self.receive()?;
+            for message in NlMessages::new(received) {
+                let message = message?;
+                let header = header(message);
+                if header.nlmsg_type == libc::NLMSG_ERROR as u16 {
+                    error_code(message)?;
+                }
+                if expected.contains(&header.nlmsg_seq) {
+                    let slot = &mut acked[(header.nlmsg_seq - expected.start) as usize];
+                    if !*slot {
+                        *slot = true;
+                        missing -= 1;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `nft list counters table <family> <table>`: every counter object of the table.
+    pub fn counters(&mut self, family: ProtoFamily, table: &CStr) -> io::Result<Vec<CounterValue>> {
+        self.dump_seq = self.dump_seq.wrapping_add(1).max(FIRST_DUMP_SEQ);
+        let seq = self.dump_seq;
+        let mut request = vec![0u64; 512];
+        let len = write_counter_dump_request(bytes_mut(&mut request), family, table, seq);
+        let sent = self.socket.send(&bytes_mut(&mut request)[..len])?;
+        if sent != len {
+            return Err(io::Error::other(format!("sent {sent} of {len} bytes of the counter dump request")));
+        }
+        let result = self.collect_dump(seq, table);
+        if result.is_err() {
+            self.drain();
+        }
+        result
+    }
+
+    fn collect_dump(&mut self, seq: u32, table: &CStr) -> io::Result<Vec<CounterValue>> {
+        let table = table.to_string_lossy();
+        let mut counters = Vec::new();
+        loop {
+            let received = self.receive()?;
+            for message in NlMessages::new(received) {
+                let message = message?;
+                let header = header(message);
+                if header.nlmsg_seq != seq {
+                    continue;
+                }
+                match i32::from(header.nlmsg_type) {
+                    libc::NLMSG_DONE => return Ok(counters),
+                    libc::NLMSG_ERROR => error_code(message)?,
+                    _ => {
+                        let counter = parse_counter(header)
+                            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unparsable counter object"))?;
+                        if counter.table == table {
+                            counters.push(counter);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn receive(&mut self) -> io::Result<&[u8]> {
+        let buffer = bytes_mut(&mut self.buffer);
+        match self.socket.recv_raw(buffer) {
+            Ok(n) => Ok(&buffer[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer from nftables within {REPLY_TIMEOUT:?}"),
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Throws away replies still queued after a failed request, so the next request starts clean.
+    fn drain(&mut self) {
+        let buffer = bytes_mut(&mut self.buffer);
+        for _ in 0..1024 {
+            // SAFETY: `buffer` is writable for its whole length.
+            let n = unsafe {
+                libc::recv(self.socket.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len(), libc::MSG_DONTWAIT)
+            };
+            if n <= 0 {
+                return;
+            }
+        }
+    }
+}
+
+fn bytes_mut(cells: &mut [u64]) -> &mut [u8] {
+    // SAFETY: any byte pattern is a valid u8 and the length covers exactly the same memory.
+    unsafe { std::slice::from_raw_parts_mut(cells.as_mut_ptr().cast(), mem::size_of_val(cells)) }
+}
+
+/// The header of a message that `NlMessages` has checked to be whole and aligned.
+fn header(message: &[u8]) -> &libc::nlmsghdr {
+    // SAFETY: NlMessages yields only aligned messages at least a header long.
+    unsafe { &*message.as_ptr().cast::<libc::nlmsghdr>() }
+}
+
+/// The errno of an `NLMSG_ERROR` message: `Ok` for an ack, `Err` for a refusal.
+fn error_code(message: &[u8]) -> io::Result<()> {
+    let at = mem::size_of::<libc::nlmsghdr>();
+    let code = message
+        .get(at..at + 4)
+        .and_then(|bytes| bytes.try_into().ok())
+        .map(i32::from_ne_bytes)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "truncated NLMSG_ERROR"))?;
+    match code {
+        0 => Ok(()),
+        negative => Err(io::Error::from_raw_os_error(-negative)),
+    }
+}

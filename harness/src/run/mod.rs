@@ -1,0 +1,18 @@
+//! Running scenarios: the child process of one scenario (namespaces, wire, faults, programs, one clock) and
+//! the parent that starts many of them and bounds each by its deadline.
+//!
+//! Public: the runner (what `netfault run` and `cargo test` call) and the pieces a test builds a wire from
+//! (namespaces, rootless mode, the topology); the rest is the engine's own.
+
+mod actors;
+pub(crate) mod clock;
+pub(crate) mod engine;
+pub(crate) mod firewall;
+pub(crate) mod impair;
+pub mod netns;
+mod pidns;
+pub(crate) mod priority;
+pub mod runner;
+pub(crate) mod supervise;
+pub mod topology;
+pub mod userns;

@@ -1,0 +1,80 @@
+//! Real-time scheduling for the threads whose clock readings are the measurement: each host's program thread
+//! (a step's end is stamped when the blocked call returns to it), the socket observers (a sample is stamped
+//! when requested) and the hub (which switches faults on
+//! events). `chrt --fifo --reset-on-fork 1` for the calling thread only.
+//!
+//! Why: on a loaded machine a thread woken from a blocking call waits for a CPU behind every runnable
+//! ordinary thread. Measured with 200 scenarios at once on 2 cores: program threads started up to 0.3 s after
+//! the hub woke them, and steps ended up to 0.6 s after the kernel's timers (which fire in softirq context and
+//! stayed within milliseconds). A SCHED_FIFO thread runs as soon as it is woken. These threads block in
+//! system calls nearly all the time, and the kernel's RT throttling (`kernel.sched_rt_runtime_us`) bounds
+//! what a runaway one could take. Threads and programs they start get the ordinary policy back
+//! (SCHED_RESET_ON_FORK), so an `exec`'d program never runs real-time.
+
+use std::io;
+
+/// The lowest real-time priority: above every ordinary thread, below the kernel's own real-time threads.
+const PRIORITY: libc::c_int = 1;
+
+/// Makes the calling thread SCHED_FIFO at the lowest real-time priority (`chrt --fifo --reset-on-fork -p 1
+/// <tid>`). Without CAP_SYS_NICE (rootless mode) the kernel refuses: the thread keeps its ordinary policy and
+/// the run goes on; `Ok(false)` says so.
+pub fn raise_current_thread() -> io::Result<bool> {
+    set_current_thread(libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, PRIORITY)
+}
+
+/// The real-time priority of the impairment wire's threads: one above the harness's own threads, because the
+/// wire is the network the scenario runs on, and a frame it releases late is a delay nobody asked for (the
+/// captures and observers stamp with kernel times and keep their frames in kernel buffers meanwhile).
+const WIRE_PRIORITY: libc::c_int = PRIORITY + 1;
+
+/// [`raise_current_thread`] for a wire thread: `chrt --fifo --reset-on-fork -p 2 <tid>`.
+pub fn raise_wire_thread() -> io::Result<bool> {
+    set_current_thread(libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, WIRE_PRIORITY)
+}
+
+/// Gives the calling thread the ordinary policy back (`chrt --other -p 0 <tid>`), before work that may take
+/// long (teardown, decoding) and must not hold a CPU against everything else.
+pub fn lower_current_thread() -> io::Result<()> {
+    set_current_thread(libc::SCHED_OTHER, 0).map(|_| ())
+}
+
+fn set_current_thread(policy: libc::c_int, priority: libc::c_int) -> io::Result<bool> {
+    let param = libc::sched_param { sched_priority: priority };
+    // SAFETY: pid 0 is the calling thread; `param` lives across the call.
+    let rc = unsafe { libc::sched_setscheduler(0, policy, &param) };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let error = io::Error::last_os_error();
+    match error.raw_os_error() {
+        Some(libc::EPERM) => Ok(false),
+        _ => Err(error),
+    }
+}
+
+/// The calling thread's scheduling policy (`chrt -p <tid>`), without the reset-on-fork flag.
+#[cfg(test)]
+pub fn current_policy() -> libc::c_int {
+    // SAFETY: plain system call on the calling thread.
+    unsafe { libc::sched_getscheduler(0) & !libc::SCHED_RESET_ON_FORK }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_is_raised_and_lowered_and_its_threads_start_ordinary() {
+        std::thread::spawn(|| {
+            assert!(raise_current_thread().unwrap(), "tests run as root, with CAP_SYS_NICE");
+            assert_eq!(current_policy(), libc::SCHED_FIFO);
+            let child = std::thread::spawn(current_policy).join().unwrap();
+            assert_eq!(child, libc::SCHED_OTHER, "reset on fork: a thread it starts is ordinary");
+            lower_current_thread().unwrap();
+            assert_eq!(current_policy(), libc::SCHED_OTHER);
+        })
+        .join()
+        .unwrap();
+    }
+}

@@ -1,0 +1,591 @@
+//! Running scenarios: one child process each (the harness re-executes itself), many at once, each bounded by
+//! its deadline; and the libtest-mimic glue that makes every scenario one `cargo test` trial.
+
+use std::io::Read;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use crate::error::{Context, Error, Result};
+use crate::observe::capture;
+use crate::report::verdict;
+use crate::report::{self, Status, Summary};
+use crate::run::supervise::{self, StopReason, Supervisor};
+use crate::run::{engine, netns, pidns, userns};
+use crate::scenario::{self, plan::Plan};
+
+/// Time a child gets beyond its scenario deadline for set-up, teardown and writing its report.
+pub const CHILD_GRACE: Duration = Duration::from_secs(20);
+
+/// Hidden subcommand the harness re-executes itself with to run one scenario.
+pub const CHILD_COMMAND: &str = "__run-one";
+
+/// How long the runner waits for a killed scenario process's output pipes to close.
+const OUTPUT_CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// How long the runner waits for the output of a scenario process that exited by itself: the pipes close only
+/// when the last process of its PID namespace is gone, which with 200 scenarios tearing down namespaces at
+/// once on 2 CPUs was seen to take longer than [`OUTPUT_CLOSE_WAIT`] (the verdict line was then lost).
+const OUTPUT_AFTER_EXIT_WAIT: Duration = Duration::from_secs(60);
+
+/// How long after a stop (signal or suite deadline) the watchdog lets the runner finish before exiting it.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Where a scenario lives and where its report goes.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub file: PathBuf,
+    pub root: PathBuf,
+    pub reports: PathBuf,
+    /// Which repetition of the scenario this is (`netfault run --repeat`): its report goes to
+    /// `reports/<scenario>/run-<n>/`.
+    pub run: Option<usize>,
+    /// Where the impairments' random decisions come from (`netfault run --seed`).
+    pub seed: u64,
+}
+
+impl Job {
+    /// The scenario's name, with `#<run>` for a repetition.
+    pub fn name(&self) -> String {
+        let name = display_name(&self.root, &self.file);
+        match self.run {
+            Some(run) => format!("{name} #{run}"),
+            None => name,
+        }
+    }
+}
+
+/// The folder a repetition's report goes to, under the scenario's report folder.
+pub fn run_folder(run: usize) -> String {
+    format!("run-{run}")
+}
+
+/// Runs one scenario in a child process of `exe` and waits for it, at most its deadline plus grace, or until
+/// `supervisor` says to stop (then the child is killed; a job not started yet is not started).
+pub fn run_in_child(exe: &Path, job: &Job, deadline: Duration, supervisor: &Supervisor) -> Summary {
+    let name = job.name();
+    if let Some(reason) = supervisor.stop_reason() {
+        return Summary::harness_error(name, &job.reports, format!("not started: {reason}"));
+    }
+    // Held by the runner too, so that the kernel's stamping stays on between scenarios run one after another.
+    if let Err(e) = capture::keep_kernel_timestamps_on() {
+        return Summary::harness_error(name, &job.reports, e.to_string());
+    }
+    match spawn_and_wait(exe, job, deadline, supervisor) {
+        Ok(summary) => summary,
+        Err(e) => Summary::harness_error(name, &job.reports, e.to_string()),
+    }
+}
+
+fn spawn_and_wait(exe: &Path, job: &Job, deadline: Duration, supervisor: &Supervisor) -> Result<Summary> {
+    let mut command = Command::new(exe);
+    command.arg(CHILD_COMMAND).arg("--root").arg(&job.root).arg("--reports").arg(&job.reports);
+    if let Some(run) = job.run {
+        command.arg("--run").arg(run.to_string());
+    }
+    command.arg("--seed").arg(job.seed.to_string());
+    command.arg(&job.file).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    // The child, and with it its namespaces, must not outlive the runner, whatever kills the runner.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().context(|| format!("start {} {CHILD_COMMAND}", exe.display()))?;
+    let stdout = read_to_end_in_background(child.stdout.take());
+    let stderr = read_to_end_in_background(child.stderr.take());
+    let limit = deadline + CHILD_GRACE;
+    let started = Instant::now();
+    let ended = wait_bounded(&mut child, limit, supervisor)?;
+    let output_wait = if matches!(ended, Ended::Exited(_)) { OUTPUT_AFTER_EXIT_WAIT } else { OUTPUT_CLOSE_WAIT };
+    let stdout = stdout.recv_timeout(output_wait).unwrap_or_default();
+    let stderr = stderr.recv_timeout(output_wait).unwrap_or_default();
+    let summary = stdout.lines().rev().find_map(|line| serde_json::from_str::<Summary>(line).ok());
+    match (ended, summary) {
+        (Ended::Exited(_), Some(summary)) => Ok(summary),
+        (Ended::Stopped(reason), _) => Err(Error::Internal(format!(
+            "stopped: {reason}; the scenario process was killed after {:.1}s, before its report{}",
+            started.elapsed().as_secs_f64(),
+            tail("child stderr", &stderr)
+        ))),
+        (Ended::TimedOut, _) => Err(Error::Internal(format!(
+            "scenario still running {}s after its start (deadline {}s + {}s grace): killed{}",
+            limit.as_secs(),
+            deadline.as_secs(),
+            CHILD_GRACE.as_secs(),
+            tail("child stderr", &stderr)
+        ))),
+        (Ended::Exited(status), None) => Err(Error::Internal(format!(
+            "scenario process ended ({status}) without a verdict{}",
+            tail("child stderr", &stderr)
+        ))),
+    }
+}
+
+fn tail(what: &str, text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    format!("\n  {what}:\n    {}", lines[lines.len().saturating_sub(15)..].join("\n    "))
+}
+
+/// Reads the pipe to its end on a thread of its own; the text arrives on the channel.
+fn read_to_end_in_background<R: Read + Send + 'static>(pipe: Option<R>) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(mut pipe) = pipe {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            text = String::from_utf8_lossy(&bytes).into_owned();
+        }
+        let _ = tx.send(text);
+    });
+    rx
+}
+
+/// How the wait for a scenario process ended.
+enum Ended {
+    Exited(std::process::ExitStatus),
+    /// Still running at its limit: killed.
+    TimedOut,
+    /// The supervisor said stop: killed.
+    Stopped(StopReason),
+}
+
+/// How often a wait for a scenario process looks at the supervisor.
+const SUPERVISOR_TICK: Duration = Duration::from_millis(20);
+
+/// Waits for the child at most `limit`, or until the supervisor says stop; stops it in both cases.
+fn wait_bounded(child: &mut Child, limit: Duration, supervisor: &Supervisor) -> Result<Ended> {
+    let started = Instant::now();
+    let exit_signal = pidfd(child);
+    loop {
+        if let Some(status) = child.try_wait().context(|| "wait for scenario process".to_string())? {
+            return Ok(Ended::Exited(status));
+        }
+        let ended = match supervisor.stop_reason() {
+            Some(reason) => Ended::Stopped(reason),
+            None if started.elapsed() >= limit => Ended::TimedOut,
+            None => {
+                nap_until_exit(exit_signal.as_ref(), limit.saturating_sub(started.elapsed()).min(SUPERVISOR_TICK));
+                continue;
+            }
+        };
+        stop_child(child);
+        return Ok(ended);
+    }
+}
+
+/// Waits for a helper program at most `limit`; kills it (SIGKILL) past that and returns `None`.
+pub fn wait_with_timeout(child: &mut Child, limit: Duration) -> Result<Option<std::process::ExitStatus>> {
+    let started = Instant::now();
+    let exit_signal = pidfd(child);
+    loop {
+        if let Some(status) = child.try_wait().context(|| "wait for a program".to_string())? {
+            return Ok(Some(status));
+        }
+        let left = limit.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(None);
+        }
+        nap_until_exit(exit_signal.as_ref(), left);
+    }
+}
+
+/// `pidfd_open(2)` of a child: readable the moment it exits. `None` on kernels without it (< 5.3).
+fn pidfd(child: &Child) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags, no memory; a non-negative result is a new descriptor we own.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
+    // SAFETY: raw was just returned by pidfd_open and is owned by nobody else.
+    (raw >= 0).then(|| unsafe { OwnedFd::from_raw_fd(raw as RawFd) })
+}
+
+/// Sleeps at most `limit`, waking at once when the process behind `exit_signal` exits (20 ms steps without one).
+fn nap_until_exit(exit_signal: Option<&OwnedFd>, limit: Duration) {
+    match exit_signal {
+        Some(fd) => {
+            let millis = u16::try_from(limit.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
+            let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+            // An interrupted or failed poll only ends this nap early; the caller looks again.
+            let _ = poll(&mut fds, PollTimeout::from(millis));
+        }
+        None => thread::sleep(limit.min(SUPERVISOR_TICK)),
+    }
+}
+
+/// Stops a scenario process: SIGTERM, on which it SIGKILLs its PID namespace's init and waits for it (see
+/// [`pidns`]), so that when it has exited every process of the scenario is gone; SIGKILL if it has not
+/// exited within [`OUTPUT_CLOSE_WAIT`] (the namespace then dies shortly after, through PR_SET_PDEATHSIG).
+/// Each wait is bounded; a process stuck in the kernel is left to the watchdog.
+fn stop_child(child: &mut Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // SAFETY: plain system call; the child is not reaped yet, so its pid cannot have been reused.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+    if reaped_within(child, OUTPUT_CLOSE_WAIT) {
+        return;
+    }
+    let _ = child.kill();
+    reaped_within(child, OUTPUT_CLOSE_WAIT);
+}
+
+/// Whether the child exited (and was reaped) within `limit`.
+fn reaped_within(child: &mut Child, limit: Duration) -> bool {
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        match child.try_wait() {
+            Ok(None) => thread::sleep(Duration::from_millis(5)),
+            Ok(Some(_)) | Err(_) => return true,
+        }
+    }
+    false
+}
+
+/// The hidden child command: runs one scenario in this process and prints its summary as the last stdout line.
+/// Exit code: 0 pass, 1 verdict failure, 2 harness error.
+pub fn child_main(root: &Path, reports: &Path, file: &Path, run: Option<usize>, seed: u64) -> ExitCode {
+    let summary = match run_here(root, reports, file, run, seed) {
+        Ok(summary) => summary,
+        Err(e) => Summary::harness_error(display_name(root, file), reports, e.to_string()),
+    };
+    match serde_json::to_string(&summary) {
+        Ok(line) => println!("{line}"),
+        Err(e) => eprintln!("cannot encode the summary: {e}"),
+    }
+    let code = match summary.status {
+        Status::Pass => 0,
+        Status::Fail => 1,
+        Status::Error => 2,
+    };
+    // Threads still blocked in a socket call at the deadline die with the process; the report is written.
+    std::process::exit(code)
+}
+
+fn run_here(root: &Path, reports: &Path, file: &Path, run: Option<usize>, seed: u64) -> Result<Summary> {
+    // Entering a user namespace needs a single-threaded process: do it before anything spawns a thread.
+    userns::acquire()?;
+    // From here on this process is pid 1 of its own PID namespace: what its programs start dies with it.
+    pidns::become_init()?;
+    netns::enter_private_parent()?;
+    capture::keep_kernel_timestamps_on()?;
+    let plan = scenario::load(root, file)?;
+    let mut dir = report::report_dir(reports, &plan.name)?;
+    if let Some(run) = run {
+        dir.push(run_folder(run));
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).context(|| format!("clear old report {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir).context(|| format!("create report folder {}", dir.display()))?;
+    let record = engine::run(&plan, &dir, seed)?;
+    let verdict = verdict::judge(&plan, &record.timeline);
+    report::write(&plan, &record, &verdict, &dir)
+}
+
+/// The environment variable that gives the cargo-test driver its seed (`netfault run --seed` for the others).
+pub const SEED_ENV: &str = "NETFAULT_SEED";
+
+/// A seed as given on the command line or in [`SEED_ENV`]: a whole number 0 .. 2^64 - 1.
+pub fn parse_seed(text: &str) -> std::result::Result<u64, String> {
+    text.trim().parse::<u64>().map_err(|_| format!("seed {text:?}: need a whole number 0..18446744073709551615"))
+}
+
+/// A seed for a run that was given none: from the clock and the process, printed so the run can be repeated.
+/// Kept below 2^53 so that it survives JSON readers that hold numbers as doubles.
+pub fn fresh_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos() as u64);
+    super::impair::rng::Stream::new(nanos, &std::process::id().to_string()).bits(0, 0) >> 11
+}
+
+/// The scenario's name for humans and test filters: its path relative to the root.
+pub fn display_name(root: &Path, file: &Path) -> String {
+    let relative = file.strip_prefix(root).unwrap_or(file);
+    relative.to_string_lossy().replace('\\', "/")
+}
+
+/// Loads every scenario under the given paths, or reports every invalid one.
+pub fn load_all(paths: &[PathBuf]) -> Result<Vec<(Job, Plan)>, Vec<String>> {
+    let mut plans = Vec::new();
+    let mut errors = Vec::new();
+    for path in paths {
+        let root = scenario_root(path);
+        let files = match scenario::discover(path) {
+            Ok(files) => files,
+            Err(e) => {
+                errors.push(format!("{}: cannot read: {e}", path.display()));
+                continue;
+            }
+        };
+        if files.is_empty() {
+            errors.push(format!("{}: no scenario files (*.yaml) found", path.display()));
+        }
+        for file in files {
+            match scenario::load(&root, &file) {
+                // Refused here too, not only by the child: `check` must say so, and `run` must run nothing.
+                Ok(plan) => match report::report_dir(Path::new("reports"), &plan.name) {
+                    Ok(_) => plans
+                        .push((Job { file, root: root.clone(), reports: PathBuf::new(), run: None, seed: 0 }, plan)),
+                    Err(e) => errors.push(format!("{}: {e}", file.display())),
+                },
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(plans)
+    } else {
+        Err(errors)
+    }
+}
+
+/// The folder scenario names are relative to: the nearest `scenarios` folder above the path, else the path
+/// itself (a folder) or its parent (a file).
+pub fn scenario_root(path: &Path) -> PathBuf {
+    for ancestor in path.ancestors() {
+        if ancestor.file_name().is_some_and(|n| n == "scenarios") {
+            return ancestor.to_path_buf();
+        }
+    }
+    if path.is_dir() {
+        path.to_path_buf()
+    } else {
+        path.parent().map(Path::to_path_buf).unwrap_or_default()
+    }
+}
+
+/// What [`run_all`] reports while it runs, for a live display.
+#[derive(Debug)]
+pub enum RunEvent<'a> {
+    /// The job with this index started.
+    Started(usize),
+    /// The job with this index finished, with this summary; jobs finish in any order.
+    Finished(usize, &'a Summary),
+    /// Nothing started or finished for [`IDLE_TICK`]: a progress display may redraw.
+    Idle,
+}
+
+/// How often [`run_all`] reports [`RunEvent::Idle`] while nothing happens.
+pub const IDLE_TICK: Duration = Duration::from_millis(250);
+
+/// Runs jobs on `parallel` worker threads until done or until `supervisor` says stop; `on_event` sees each
+/// job start and finish as it happens. Returns the summaries in job order.
+pub fn run_all(
+    exe: &Path,
+    jobs: Vec<(Job, Duration)>,
+    parallel: usize,
+    supervisor: &Supervisor,
+    mut on_event: impl FnMut(RunEvent<'_>),
+) -> Vec<Summary> {
+    let total = jobs.len();
+    let labels: Vec<(String, PathBuf)> = jobs.iter().map(|(job, _)| (job.name(), job.reports.clone())).collect();
+    let queue = Arc::new(Mutex::new(jobs.into_iter().enumerate().collect::<Vec<_>>().into_iter()));
+    let (tx, rx) = mpsc::channel();
+    let workers: Vec<_> = (0..parallel.clamp(1, total.max(1)))
+        .map(|_| {
+            let queue = Arc::clone(&queue);
+            let tx = tx.clone();
+            let exe = exe.to_path_buf();
+            let supervisor = *supervisor;
+            thread::spawn(move || loop {
+                let next = queue.lock().ok().and_then(|mut q| q.next());
+                let Some((index, (job, deadline))) = next else { break };
+                if tx.send((index, None)).is_err() {
+                    break;
+                }
+                let summary = run_in_child(&exe, &job, deadline, &supervisor);
+                if tx.send((index, Some(summary))).is_err() {
+                    break;
+                }
+            })
+        })
+        .collect();
+    drop(tx);
+    let mut results: Vec<Option<Summary>> = (0..total).map(|_| None).collect();
+    loop {
+        match rx.recv_timeout(IDLE_TICK) {
+            Ok((index, None)) => on_event(RunEvent::Started(index)),
+            Ok((index, Some(summary))) => {
+                on_event(RunEvent::Finished(index, &summary));
+                results[index] = Some(summary);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => on_event(RunEvent::Idle),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    for worker in workers {
+        let _ = worker.join();
+    }
+    results
+        .into_iter()
+        .zip(labels)
+        .map(|(summary, (name, reports))| {
+            summary.unwrap_or_else(|| Summary::harness_error(name, &reports, "its worker thread died".into()))
+        })
+        .collect()
+}
+
+/// Default parallelism: every scenario at once, since they mostly wait on kernel timers (capped to keep a
+/// small machine responsive).
+pub fn default_parallelism(jobs: usize) -> usize {
+    jobs.clamp(1, 256)
+}
+
+/// The kind libtest-mimic prints before a scenario's name: `[scenario] keepalive/idle.yaml`.
+const TRIAL_KIND: &str = "scenario";
+
+/// `cargo test` entry: every scenario file under `root` is one trial named by its path relative to `root`.
+///
+/// Only the scenarios the name filters select are loaded: `cargo nextest` runs each trial in a process of its
+/// own (`--exact NAME`), and each of those must not parse the whole suite.
+///
+/// The whole run is bounded by the suite deadline: `NETFAULT_SUITE_DEADLINE` (e.g. `10m`), by default
+/// [`supervise::default_budget`] of the selected scenarios' deadlines. SIGINT / SIGTERM or the deadline kill
+/// every scenario process and fail its trial with the reason.
+pub fn test_main(root: &Path, reports: &Path, exe: &Path, mut args: Arguments) -> ExitCode {
+    let files = match scenario::discover(root) {
+        Ok(files) => files,
+        Err(e) => {
+            eprintln!("netfault: cannot read scenarios in {}: {e}", root.display());
+            return ExitCode::from(2);
+        }
+    };
+    let plans: Vec<(PathBuf, String, Candidate)> = files
+        .into_iter()
+        .map(|file| {
+            let name = display_name(root, &file);
+            let candidate = match selected_by_name(&args, &name) {
+                false => Candidate::FilteredOut,
+                true => match scenario::load(root, &file) {
+                    Ok(plan) => Candidate::Loaded(Box::new(plan)),
+                    Err(e) => Candidate::Invalid(e.to_string()),
+                },
+            };
+            (file, name, candidate)
+        })
+        .collect();
+    if args.test_threads.is_none() {
+        args.test_threads = Some(default_parallelism(plans.len()));
+    }
+    let limits: Vec<Duration> = plans
+        .iter()
+        .filter_map(|(_, _, candidate)| match candidate {
+            Candidate::Loaded(plan) => Some(plan.deadline + CHILD_GRACE),
+            _ => None,
+        })
+        .collect();
+    let budget = match std::env::var(supervise::SUITE_DEADLINE_ENV) {
+        Ok(text) => match supervise::parse_budget(&text) {
+            Ok(budget) => budget,
+            Err(e) => {
+                eprintln!("netfault: {}: {e}", supervise::SUITE_DEADLINE_ENV);
+                return ExitCode::from(2);
+            }
+        },
+        Err(_) => supervise::default_budget(&limits, args.test_threads.unwrap_or(1)),
+    };
+    let supervisor = Supervisor::new(budget);
+    if let Err(e) = supervise::catch_stop_signals().and_then(|()| supervisor.start_watchdog(STOP_GRACE)) {
+        eprintln!("netfault: {e}");
+        return ExitCode::from(2);
+    }
+    let seed = match std::env::var(SEED_ENV) {
+        Ok(text) => match parse_seed(&text) {
+            Ok(seed) => seed,
+            Err(e) => {
+                eprintln!("netfault: {SEED_ENV}: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        Err(_) => fresh_seed(),
+    };
+    if plans.iter().any(|(_, _, candidate)| matches!(candidate, Candidate::Loaded(plan) if plan.has_impairments())) {
+        eprintln!("netfault: impairments seeded with {seed} ({SEED_ENV}={seed} repeats their decisions)");
+    }
+    let trials: Vec<Trial> = plans
+        .into_iter()
+        .map(|(file, name, candidate)| match candidate {
+            Candidate::Loaded(plan) => {
+                let job = Job { file, root: root.to_path_buf(), reports: reports.to_path_buf(), run: None, seed };
+                let exe = exe.to_path_buf();
+                let deadline = plan.deadline;
+                Trial::test(name, move || trial_result(run_in_child(&exe, &job, deadline, &supervisor)))
+                    .with_kind(TRIAL_KIND)
+                    .with_ignored_flag(plan.slow)
+            }
+            Candidate::Invalid(message) => Trial::test(name, move || Err(Failed::from(message))).with_kind(TRIAL_KIND),
+            // libtest-mimic counts it as filtered out and never runs it.
+            Candidate::FilteredOut => Trial::test(name, || Ok(())).with_kind(TRIAL_KIND),
+        })
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+    if let Some(reason) = supervisor.stop_reason() {
+        eprintln!("netfault: {reason}: the scenarios still running were killed and failed");
+        return ExitCode::from(reason.exit_code());
+    }
+    conclusion.exit_code()
+}
+
+/// A scenario file as the test driver sees it.
+enum Candidate {
+    /// Left out by the name filters: not loaded.
+    FilteredOut,
+    Loaded(Box<Plan>),
+    /// Its trial fails with this error.
+    Invalid(String),
+}
+
+/// Whether the name filters of `args` (a filter, `--exact`, `--skip`) keep the scenario of this name. Whether
+/// it is ignored (`slow`) is left to libtest-mimic, which knows it once the scenario is loaded.
+fn selected_by_name(args: &Arguments, name: &str) -> bool {
+    let by_name = Arguments { ignored: false, ..args.clone() };
+    !by_name.is_filtered_out(&Trial::test(name, || Ok(())).with_kind(TRIAL_KIND))
+}
+
+fn trial_result(summary: Summary) -> Result<(), Failed> {
+    match summary.status {
+        Status::Pass => Ok(()),
+        status => {
+            let what = if status == Status::Fail { "FAILED" } else { "HARNESS ERROR" };
+            Err(Failed::from(format!(
+                "{what}: {}\n{}\n  report: {} (timeline.txt, result.json, client.pcap, server.pcap)",
+                summary.name,
+                summary.messages.join("\n"),
+                summary.report.display()
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_wait_sees_an_exit_at_once_and_kills_past_the_limit() {
+        let mut child = Command::new("sleep").arg("5").spawn().unwrap();
+        let started = Instant::now();
+        assert_eq!(wait_with_timeout(&mut child, Duration::from_millis(100)).unwrap(), None);
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(100) && waited < Duration::from_secs(2), "{waited:?}");
+        let mut child = Command::new("sh").args(["-c", "exit 3"]).spawn().unwrap();
+        assert_eq!(wait_with_timeout(&mut child, Duration::from_secs(5)).unwrap().unwrap().code(), Some(3));
+    }
+}

@@ -1,0 +1,231 @@
+//! A synchronous rtnetlink client (`ip link`, `ip addr`): batches of requests on one socket of a namespace,
+//! every answer awaited with a bounded receive, NACKs turned into errors with the kernel's explanation.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
+
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_REQUEST,
+};
+use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use nix::sys::socket::{setsockopt, sockopt};
+use nix::sys::time::TimeVal;
+
+use crate::error::{Context, Error, Result};
+
+/// Longest wait for one netlink answer. Generous because namespace teardown elsewhere can hold the RTNL lock.
+pub(super) const NETLINK_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Large enough for any single answer we ask for (a link message is about 1.5 KiB).
+pub(super) const NETLINK_RECV_BUFFER: usize = 64 * 1024;
+/// One request of a batch, with what it does in `ip` terms for the error message.
+pub(super) struct Request {
+    message: RouteNetlinkMessage,
+    flags: u16,
+    what: String,
+}
+
+impl Request {
+    pub(super) fn new(message: RouteNetlinkMessage, flags: u16, what: String) -> Request {
+        Request { message, flags, what }
+    }
+}
+
+/// A synchronous rtnetlink socket of one namespace: requests go out in batches, every answer is awaited with
+/// a bounded receive.
+pub(super) struct Rtnl {
+    socket: Socket,
+    next_sequence: u32,
+    buffer: Vec<u8>,
+}
+
+impl Rtnl {
+    /// `socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE)` in the calling thread's namespace.
+    pub(super) fn open() -> Result<Rtnl> {
+        let what = || "open rtnetlink socket (socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE))".to_string();
+        let mut socket = Socket::new(NETLINK_ROUTE).context(what)?;
+        socket.bind_auto().context(what)?;
+        socket.connect(&SocketAddr::new(0, 0)).context(what)?;
+        // Errors then carry only the request's header back, plus the kernel's explanation.
+        socket.set_cap_ack(true).context(what)?;
+        socket.set_ext_ack(true).context(what)?;
+        let timeout = TimeVal::new(NETLINK_REPLY_TIMEOUT.as_secs() as _, 0);
+        setsockopt(&socket, sockopt::ReceiveTimeout, &timeout)
+            .context(|| "bound netlink receives (setsockopt SO_RCVTIMEO)".to_string())?;
+        Ok(Rtnl { socket, next_sequence: 1, buffer: Vec::with_capacity(NETLINK_RECV_BUFFER) })
+    }
+
+    pub(super) fn raw_fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+
+    /// Sends every request in one datagram and waits for all their ACKs; the first NACK is the error.
+    pub(super) fn execute(&mut self, requests: Vec<Request>) -> Result<()> {
+        let first_sequence = self.next_sequence;
+        let mut whats = Vec::with_capacity(requests.len());
+        let mut datagram = Vec::new();
+        for request in requests {
+            let sequence = self.take_sequence();
+            append_message(&mut datagram, request.message, request.flags | NLM_F_ACK, sequence);
+            whats.push(request.what);
+        }
+        let batch_what = whats.join("; ");
+        self.send(&datagram, &batch_what)?;
+
+        let deadline = Instant::now() + NETLINK_REPLY_TIMEOUT;
+        let mut acked = vec![false; whats.len()];
+        while acked.iter().any(|done| !done) {
+            for message in self.receive(&batch_what, deadline)? {
+                let index = message.header.sequence_number.wrapping_sub(first_sequence);
+                let Some(slot) = acked.get_mut(index as usize) else {
+                    continue;
+                };
+                if let NetlinkPayload::Error(error) = &message.payload {
+                    if error.code.is_some() {
+                        return Err(nack_error(&whats[index as usize], &message.header, error));
+                    }
+                    *slot = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `ip link show <name>`: the link's header and attributes.
+    pub(super) fn get_link(&mut self, name: &str, what: &str) -> Result<LinkMessage> {
+        let mut query = LinkMessage::default();
+        query.attributes.push(LinkAttribute::IfName(name.to_string()));
+        let sequence = self.take_sequence();
+        let mut datagram = Vec::new();
+        append_message(&mut datagram, RouteNetlinkMessage::GetLink(query), 0, sequence);
+        self.send(&datagram, what)?;
+        let deadline = Instant::now() + NETLINK_REPLY_TIMEOUT;
+        loop {
+            for message in self.receive(what, deadline)? {
+                if message.header.sequence_number != sequence {
+                    continue;
+                }
+                match message.payload {
+                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => return Ok(link),
+                    NetlinkPayload::Error(ref error) if error.code.is_some() => {
+                        return Err(nack_error(what, &message.header, error))
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    pub(super) fn take_sequence(&mut self) -> u32 {
+        let sequence = self.next_sequence;
+        self.next_sequence = self.next_sequence.wrapping_add(1);
+        sequence
+    }
+
+    pub(super) fn send(&self, datagram: &[u8], what: &str) -> Result<()> {
+        let sent = self.socket.send(datagram, 0).context(|| format!("{what}: send netlink request"))?;
+        if sent != datagram.len() {
+            return Err(Error::Internal(format!(
+                "{what}: netlink request truncated ({sent} of {} bytes)",
+                datagram.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// One datagram from the kernel, split into its messages. Each receive waits at most
+    /// [`NETLINK_REPLY_TIMEOUT`], and none starts after `deadline`.
+    pub(super) fn receive(
+        &mut self,
+        what: &str,
+        deadline: Instant,
+    ) -> Result<Vec<NetlinkMessage<RouteNetlinkMessage>>> {
+        let timed_out = || {
+            Error::sys(
+                format!("{what}: no netlink answer within {NETLINK_REPLY_TIMEOUT:?}"),
+                io::Error::from(io::ErrorKind::TimedOut),
+            )
+        };
+        let length = loop {
+            if Instant::now() > deadline {
+                return Err(timed_out());
+            }
+            self.buffer.clear();
+            match self.socket.recv(&mut self.buffer, libc::MSG_TRUNC) {
+                Ok(length) => break length,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(timed_out()),
+                Err(e) => return Err(Error::sys(format!("{what}: receive netlink answer"), e)),
+            }
+        };
+        if length > self.buffer.len() {
+            return Err(Error::Internal(format!(
+                "{what}: netlink answer of {length} bytes does not fit in {} bytes",
+                self.buffer.len()
+            )));
+        }
+        let mut messages = Vec::new();
+        let mut offset = 0;
+        while offset < length {
+            let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buffer[offset..length])
+                .map_err(|e| Error::Internal(format!("{what}: undecodable netlink answer: {e}")))?;
+            let message_length = message.header.length as usize;
+            if message_length == 0 {
+                return Err(Error::Internal(format!("{what}: netlink answer with a zero-length message")));
+            }
+            offset += (message_length + 3) & !3;
+            messages.push(message);
+        }
+        Ok(messages)
+    }
+}
+
+pub(super) fn append_message(datagram: &mut Vec<u8>, message: RouteNetlinkMessage, flags: u16, sequence: u32) {
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | flags;
+    header.sequence_number = sequence;
+    let mut message = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(message));
+    message.finalize();
+    let start = datagram.len();
+    datagram.resize(start + message.buffer_len(), 0);
+    message.serialize(&mut datagram[start..]);
+}
+
+/// The errno of a NACK, with the kernel's extended-ACK explanation (e.g. "Invalid MTU") added to `what`.
+pub(super) fn nack_error(what: &str, header: &NetlinkHeader, error: &netlink_packet_core::ErrorMessage) -> Error {
+    match extended_ack_message(header, &error.header) {
+        Some(explanation) => Error::sys(format!("{what} [kernel: {explanation}]"), error.to_io()),
+        None => Error::sys(what.to_string(), error.to_io()),
+    }
+}
+
+/// NLMSGERR_ATTR_MSG from the attributes that follow the echoed request (only its header when capped).
+pub(super) fn extended_ack_message(header: &NetlinkHeader, payload: &[u8]) -> Option<String> {
+    const NETLINK_HEADER_LEN: usize = 16;
+    const NLMSGERR_ATTR_MSG: u16 = 1;
+    if header.flags & NLM_F_ACK_TLVS == 0 {
+        return None;
+    }
+    let echoed = if header.flags & NLM_F_CAPPED != 0 {
+        NETLINK_HEADER_LEN
+    } else {
+        u32::from_ne_bytes(payload.get(..4)?.try_into().ok()?) as usize
+    };
+    let mut attributes = payload.get((echoed + 3) & !3..)?;
+    while attributes.len() >= 4 {
+        let length = u16::from_ne_bytes([attributes[0], attributes[1]]) as usize;
+        let kind = u16::from_ne_bytes([attributes[2], attributes[3]]);
+        if length < 4 || length > attributes.len() {
+            return None;
+        }
+        if kind == NLMSGERR_ATTR_MSG {
+            let text = &attributes[4..length];
+            let text = text.split(|b| *b == 0).next().unwrap_or_default();
+            return Some(String::from_utf8_lossy(text).into_owned());
+        }
+        attributes = attributes.get((length + 3) & !3..).unwrap_or_default();
+    }
+    None
+}

@@ -1,0 +1,453 @@
+//! Topology against the real kernel: fresh namespaces, a veth pair, addresses, offloads and sysctls checked
+//! with `ip`, `ethtool`, `sysctl` and `tcpdump` (root needed; these fail, not skip, without it).
+
+use std::collections::BTreeSet;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr as InetAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Instant;
+
+use super::ethtool::*;
+use super::rtnl::*;
+use super::*;
+use crate::scenario::plan::{CapturePlan, LinkPlan, RunExpectations, Tolerance};
+
+const CLIENT_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const SERVER_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn host_plan(id: HostId, address: Ipv4Addr, sysctls: &[(&str, &str)]) -> HostPlan {
+    HostPlan {
+        id,
+        address,
+        prefix_len: 24,
+        sysctls: sysctls
+            .iter()
+            .map(|(name, value)| Sysctl { name: name.to_string(), value: value.to_string() })
+            .collect(),
+        steps: Vec::new(),
+    }
+}
+
+fn plan_with(mtu: u32, client_sysctls: &[(&str, &str)], server_sysctls: &[(&str, &str)]) -> Plan {
+    Plan {
+        name: "topology/test".into(),
+        file: PathBuf::from("topology/test.yaml"),
+        description: "topology unit test".into(),
+        source: None,
+        slow: false,
+        deadline: Duration::from_secs(10),
+        tolerance: Tolerance::either_side(Duration::from_millis(100)),
+        sample_interval: Duration::from_millis(10),
+        link: LinkPlan { mtu, ipv6: false },
+        capture: CapturePlan::default(),
+        hosts: [
+            host_plan(HostId::Client, CLIENT_ADDRESS, client_sysctls),
+            host_plan(HostId::Server, SERVER_ADDRESS, server_sysctls),
+        ],
+        faults: Vec::new(),
+        expect: RunExpectations::default(),
+    }
+}
+
+fn default_plan() -> Plan {
+    plan_with(1500, &[], &[])
+}
+
+fn namespaces() -> (Netns, Netns) {
+    (Netns::new_anonymous().unwrap(), Netns::new_anonymous().unwrap())
+}
+
+fn wait_bounded(mut child: Child, what: &str) -> Output {
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("{what} did not finish within {COMMAND_TIMEOUT:?}");
+        }
+        thread::sleep(Duration::from_millis(2));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// `nsenter --net=<the namespace's fd> program args...`; panics unless it exits 0.
+fn in_namespace(ns: &Netns, program: &str, args: &[&str]) -> String {
+    let net = format!("--net=/proc/{}/fd/{}", std::process::id(), ns.raw_fd());
+    let child = Command::new("nsenter")
+        .arg(&net)
+        .arg(program)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let output = wait_bounded(child, program);
+    assert!(output.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn host_link_names() -> BTreeSet<String> {
+    let child = Command::new("ip").args(["-o", "link"]).stdout(Stdio::piped()).spawn().unwrap();
+    let output = wait_bounded(child, "ip -o link");
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|line| line.split(':').nth(1).map(|name| name.trim().to_string()))
+        .collect()
+}
+
+fn read_sysctl_in(ns: Option<&Netns>, name: &str) -> String {
+    let path = Sysctl { name: name.into(), value: String::new() }.proc_path();
+    let read = move || std::fs::read_to_string(&path).context(|| format!("read {}", path.display()));
+    match ns {
+        Some(ns) => ns.run(read).unwrap().trim().to_string(),
+        None => read().unwrap().trim().to_string(),
+    }
+}
+
+fn accept_within(listener: &TcpListener, timeout: Duration) -> TcpStream {
+    listener.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + timeout;
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                stream.set_nonblocking(false).unwrap();
+                return stream;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(1))
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+}
+
+/// A connected pair: the client's socket made in the client namespace, the server's in the server's.
+fn connect_across(client: &Netns, server: &Netns, port: u16) -> (TcpStream, TcpStream) {
+    let listener =
+        server.run(|| TcpListener::bind((SERVER_ADDRESS, port)).context(|| "listen in server".to_string())).unwrap();
+    let to = InetAddr::from((SERVER_ADDRESS, port));
+    let stream = client
+        .run(|| TcpStream::connect_timeout(&to, Duration::from_secs(2)).context(|| "connect".to_string()))
+        .unwrap();
+    let accepted = accept_within(&listener, Duration::from_secs(2));
+    for socket in [&stream, &accepted] {
+        socket.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        socket.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    }
+    (stream, accepted)
+}
+
+#[test]
+fn builds_addresses_mtu_macs_and_links_up() {
+    let (client, server) = namespaces();
+    let plan = plan_with(1400, &[], &[]);
+    let topology = build(&plan, &client, &server).unwrap();
+
+    for (id, ns, address) in [(HostId::Client, &client, CLIENT_ADDRESS), (HostId::Server, &server, SERVER_ADDRESS)] {
+        let link = topology.link(id);
+        assert_eq!(link.ifname, "nf0");
+        assert_eq!(link.address, address);
+        assert_eq!(link.mac, link_mac(id));
+
+        let addresses = in_namespace(ns, "ip", &["-o", "-4", "addr", "show", "dev", "nf0"]);
+        assert!(addresses.contains(&format!("inet {address}/24")), "{id}: {addresses}");
+        let shown = in_namespace(ns, "ip", &["-o", "link", "show", "nf0"]);
+        assert!(shown.starts_with(&format!("{}: nf0@", link.ifindex)), "{id}: {shown}");
+        assert!(shown.contains("mtu 1400"), "{id}: {shown}");
+        assert!(shown.contains("state UP"), "{id}: {shown}");
+        assert!(shown.contains(&format!("link/ether {}", format_mac(link_mac(id)))), "{id}: {shown}");
+        let loopback = in_namespace(ns, "ip", &["-o", "link", "show", "lo"]);
+        assert!(loopback.contains("<LOOPBACK,UP,LOWER_UP>"), "{id}: {loopback}");
+        let ipv6 = in_namespace(ns, "ip", &["-o", "-6", "addr"]);
+        assert_eq!(ipv6, "", "{id}: IPv6 must be off");
+        let links = in_namespace(ns, "ip", &["-o", "link"]);
+        assert_eq!(links.lines().count(), 2, "{id}: only lo and nf0: {links}");
+    }
+}
+
+#[test]
+fn offloads_are_off_on_both_ends() {
+    let (client, server) = namespaces();
+    build(&default_plan(), &client, &server).unwrap();
+    for ns in [&client, &server] {
+        let features = in_namespace(ns, "ethtool", &["-k", "nf0"]);
+        for name in [
+            "tx-checksumming",
+            "scatter-gather",
+            "tcp-segmentation-offload",
+            "generic-segmentation-offload",
+            "generic-receive-offload",
+        ] {
+            assert!(features.contains(&format!("\n{name}: off")), "{name}: {features}");
+        }
+        let segmentation_on: Vec<&str> =
+            features.lines().filter(|l| l.contains("segmentation: on") && !l.contains("[fixed]")).collect();
+        assert!(segmentation_on.is_empty(), "{segmentation_on:?}");
+        let still_on = ns.run(|| active_offloads(Rtnl::open()?.raw_fd(), LINK_NAME).context(|| "read".into()));
+        assert_eq!(still_on.unwrap(), Vec::<String>::new());
+    }
+}
+
+#[test]
+fn offload_names_cover_what_ethtool_k_toggles() {
+    for name in [
+        "tx-checksum-ip-generic",
+        "tx-scatter-gather",
+        "tx-tcp-segmentation",
+        "tx-tcp-accecn-segmentation",
+        "tx-generic-segmentation",
+        "rx-gro",
+        "rx-lro",
+        "tx-gso-list",
+    ] {
+        assert!(is_offload(name), "{name}");
+    }
+    for name in ["rx-checksum", "highdma", "rx-vlan-hw-parse", "tx-lockless"] {
+        assert!(!is_offload(name), "{name}");
+    }
+}
+
+#[test]
+fn tcp_connects_right_after_build() {
+    let (client, server) = namespaces();
+    build(&default_plan(), &client, &server).unwrap();
+    let (mut stream, mut accepted) = connect_across(&client, &server, 7000);
+    assert_eq!(stream.local_addr().unwrap().ip(), IpAddr::V4(CLIENT_ADDRESS));
+    stream.write_all(b"ping").unwrap();
+    let mut received = [0u8; 4];
+    accepted.read_exact(&mut received).unwrap();
+    assert_eq!(&received, b"ping");
+}
+
+#[test]
+fn sysctls_apply_to_the_scenario_namespace_only() {
+    let names = ["net.ipv4.tcp_syn_retries", "net.ipv4.tcp_keepalive_time", "net.ipv6.conf.all.disable_ipv6"];
+    let host_before: Vec<String> = names.iter().map(|n| read_sysctl_in(None, n)).collect();
+    let (client, server) = namespaces();
+    let plan = plan_with(
+        1500,
+        &[("net.ipv4.tcp_syn_retries", "2")],
+        &[("net.ipv4.tcp_keepalive_time", "77"), ("net.ipv4.tcp_syn_retries", "3")],
+    );
+    build(&plan, &client, &server).unwrap();
+
+    assert_eq!(read_sysctl_in(Some(&client), "net.ipv4.tcp_syn_retries"), "2");
+    assert_eq!(read_sysctl_in(Some(&server), "net.ipv4.tcp_syn_retries"), "3");
+    assert_eq!(read_sysctl_in(Some(&server), "net.ipv4.tcp_keepalive_time"), "77");
+    assert_eq!(read_sysctl_in(Some(&client), "net.ipv4.tcp_keepalive_time"), "7200", "kernel default");
+    for ns in [&client, &server] {
+        assert_eq!(read_sysctl_in(Some(ns), "net.ipv6.conf.all.disable_ipv6"), "1");
+        assert_eq!(read_sysctl_in(Some(ns), "net.ipv6.conf.nf0.disable_ipv6"), "1");
+    }
+    let host_after: Vec<String> = names.iter().map(|n| read_sysctl_in(None, n)).collect();
+    assert_eq!(host_before, host_after, "the host's sysctls must not change");
+}
+
+#[test]
+fn ipv6_stays_on_when_the_plan_asks_for_it() {
+    let (client, server) = namespaces();
+    let mut plan = default_plan();
+    plan.link.ipv6 = true;
+    build(&plan, &client, &server).unwrap();
+    assert_eq!(read_sysctl_in(Some(&client), "net.ipv6.conf.nf0.disable_ipv6"), "0");
+}
+
+#[test]
+fn a_sysctl_missing_from_network_namespaces_is_a_clear_error() {
+    let (client, server) = namespaces();
+    let plan = plan_with(1500, &[], &[("net.core.netdev_max_backlog", "10")]);
+    let error = build(&plan, &client, &server).unwrap_err().to_string();
+    assert!(
+        error.contains(
+            "sysctl net.core.netdev_max_backlog does not exist in a network namespace on this kernel \
+             (not per-namespace?)"
+        ),
+        "{error}"
+    );
+    assert!(error.contains("server"), "{error}");
+}
+
+#[test]
+fn a_sysctl_outside_net_is_refused() {
+    let (client, server) = namespaces();
+    let plan = plan_with(1500, &[("kernel.hostname", "oops")], &[]);
+    let error = build(&plan, &client, &server).unwrap_err().to_string();
+    assert!(error.contains("kernel.hostname") && error.contains("not a net.* sysctl"), "{error}");
+}
+
+#[test]
+fn a_bad_sysctl_value_names_the_command() {
+    let (client, server) = namespaces();
+    let plan = plan_with(1500, &[("net.ipv4.tcp_syn_retries", "many")], &[]);
+    let error = build(&plan, &client, &server).unwrap_err().to_string();
+    assert!(error.contains("sysctl -w net.ipv4.tcp_syn_retries=many"), "{error}");
+}
+
+#[test]
+fn a_rejected_veth_reports_the_ip_command() {
+    let (client, server) = namespaces();
+    let error = build(&plan_with(10, &[], &[]), &client, &server).unwrap_err();
+    let Error::Sys { what, source } = &error else { panic!("{error}") };
+    assert!(what.contains("ip link add nf0 mtu 10"), "{what}");
+    assert_eq!(source.raw_os_error(), Some(libc::EINVAL));
+}
+
+#[test]
+fn a_rejected_address_reports_the_ip_command_and_the_kernels_reason() {
+    let (client, server) = namespaces();
+    let mut plan = default_plan();
+    plan.hosts[HostId::Server.index()].prefix_len = 33;
+    let error = build(&plan, &client, &server).unwrap_err();
+    let Error::Sys { what, source } = &error else { panic!("{error}") };
+    assert!(what.contains("in server (ip addr add 10.0.0.2/33 dev nf0)"), "{what}");
+    assert!(what.contains("[kernel: "), "extended ACK message expected: {what}");
+    assert_eq!(source.raw_os_error(), Some(libc::EINVAL));
+}
+
+#[test]
+fn the_host_namespace_gets_no_link() {
+    let before = host_link_names();
+    let (client, server) = namespaces();
+    build(&default_plan(), &client, &server).unwrap();
+    let after = host_link_names();
+    assert!(!after.iter().any(|name| name.starts_with(LINK_NAME)), "{after:?}");
+    assert!(after.is_subset(&before), "new host links: {:?}", after.difference(&before).collect::<Vec<_>>());
+}
+
+/// Dropping one namespace handle destroys that namespace and with it the veth pair: the other end vanishes.
+/// This also proves `build` keeps no socket or thread in either namespace.
+#[test]
+fn dropping_a_namespace_removes_the_pair() {
+    for dropped in HostId::ALL {
+        let (client, server) = namespaces();
+        build(&default_plan(), &client, &server).unwrap();
+        let (kept, gone) = match dropped {
+            HostId::Client => (server, client),
+            HostId::Server => (client, server),
+        };
+        let mut rtnl = kept.run(Rtnl::open).unwrap();
+        rtnl.get_link(LINK_NAME, "nf0 before the drop").unwrap();
+        drop(gone);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match rtnl.get_link(LINK_NAME, "nf0 after the drop") {
+                Err(Error::Sys { source, .. }) if source.raw_os_error() == Some(libc::ENODEV) => break,
+                Ok(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(5)),
+                other => panic!("nf0 still there after dropping {dropped}: {other:?}"),
+            }
+        }
+    }
+}
+
+fn wait_for_line(lines: &mpsc::Receiver<String>, wanted: &str) {
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(wanted) => return,
+            Ok(_) => {}
+            Err(e) => panic!("no {wanted:?} line: {e}"),
+        }
+    }
+}
+
+/// tcpdump on the client's end sees segments no larger than the MTU, every checksum verified correct.
+#[test]
+fn capture_shows_wire_sized_segments_with_correct_checksums() {
+    const MTU: u32 = 1400;
+    let (client, server) = namespaces();
+    build(&plan_with(MTU, &[], &[]), &client, &server).unwrap();
+    let pcap = std::env::temp_dir().join(format!("netfault-topology-{}.pcap", std::process::id()));
+
+    let net = format!("--net=/proc/{}/fd/{}", std::process::id(), client.raw_fd());
+    let mut tcpdump = Command::new("nsenter")
+        .args([net.as_str(), "tcpdump", "--immediate-mode", "-Z", "root", "-i", "nf0", "-n", "-U", "-w"])
+        .arg(&pcap)
+        .arg("tcp")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = tcpdump.stderr.take().unwrap();
+    let (line_sender, lines) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
+            if line_sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    wait_for_line(&lines, "listening on nf0");
+
+    let (mut stream, mut accepted) = connect_across(&client, &server, 7001);
+    let reader = thread::spawn(move || {
+        let mut received = Vec::new();
+        accepted.read_to_end(&mut received).map(|_| received.len())
+    });
+    stream.write_all(&vec![0x5a; 200_000]).unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(reader.join().unwrap().unwrap(), 200_000);
+    thread::sleep(Duration::from_millis(200));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(tcpdump.id() as i32), nix::sys::signal::SIGINT).unwrap();
+    wait_bounded(tcpdump, "tcpdump");
+
+    let decoded = decode_pcap(&pcap);
+    std::fs::remove_file(&pcap).unwrap();
+    assert!(!decoded.contains("incorrect"), "{decoded}");
+    let ip_lengths: Vec<u32> = decoded
+        .lines()
+        .filter_map(|line| line.split("proto TCP (6), length ").nth(1))
+        .filter_map(|rest| rest.trim_end_matches(')').parse().ok())
+        .collect();
+    let data_segments = ip_lengths.iter().filter(|length| **length > 1000).count();
+    assert!(data_segments >= 100, "expected the 200 kB as full segments, saw {ip_lengths:?}");
+    assert!(ip_lengths.iter().all(|length| *length <= MTU), "a segment larger than the MTU: {ip_lengths:?}");
+    let verified = decoded.matches("(correct)").count();
+    assert!(verified >= ip_lengths.len(), "every checksum verified: {verified} of {}", ip_lengths.len());
+}
+
+fn decode_pcap(pcap: &Path) -> String {
+    let mut child = Command::new("tcpdump")
+        .args(["-n", "-vv", "-r"])
+        .arg(pcap)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = thread::spawn(move || {
+        let mut text = String::new();
+        stdout.read_to_string(&mut text).map(|_| text)
+    });
+    let status = wait_bounded(child, "tcpdump -r").status;
+    assert!(status.success());
+    reader.join().unwrap().unwrap()
+}
+
+/// Namespaces + build, median of 100; run with `cargo test --lib build_timing -- --ignored --nocapture`.
+#[test]
+#[ignore = "benchmark: times 100 namespace + topology builds; run with --ignored --nocapture"]
+fn build_timing() {
+    fn summary(mut times: Vec<Duration>) -> String {
+        times.sort();
+        let at = |fraction: f64| times[((times.len() - 1) as f64 * fraction) as usize];
+        format!("min {:?}, median {:?}, p90 {:?}, max {:?}", at(0.0), at(0.5), at(0.9), at(1.0))
+    }
+    let plan = default_plan();
+    let (mut totals, mut builds) = (Vec::new(), Vec::new());
+    for _ in 0..100 {
+        let start = Instant::now();
+        let (client, server) = namespaces();
+        let built = Instant::now();
+        build(&plan, &client, &server).unwrap();
+        builds.push(built.elapsed());
+        totals.push(start.elapsed());
+    }
+    println!("namespaces + build over 100 runs: {}", summary(totals));
+    println!("build alone over 100 runs: {}", summary(builds));
+}
