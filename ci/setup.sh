@@ -6,6 +6,7 @@ packages=(
   pkg-config libnftnl-dev libmnl-dev   # build: the nftnl and mnl crates link against these
   nftables iproute2 ethtool tcpdump    # inspection tools used by tests and for reading reports
   curl netcat-openbsd socat            # real programs that exec steps run
+  iptables                             # netfault bench impair: the NFQUEUE alternative (iptables-nft, xt compat)
 )
 missing=()
 for package in "${packages[@]}"; do
