@@ -1,0 +1,67 @@
+//! `netfault run --seed`: two runs with the same seed make the same impairment decisions, packet by packet, and
+//! record them (and the seed) in result.json; another seed makes others; without `--seed` one is chosen and
+//! printed.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+const SCENARIO: &str = "harness/tests/fixtures/seeded/jitter.yaml";
+
+/// `netfault run [--seed N] --reports DIR jitter.yaml`; returns stdout and result.json.
+fn run(seed: Option<&str>, name: &str) -> (String, Value) {
+    let reports = std::env::temp_dir().join(format!("netfault-seed-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&reports);
+    let mut args = vec!["run".to_string(), "--reports".into(), reports.to_string_lossy().into_owned()];
+    if let Some(seed) = seed {
+        args.extend(["--seed".to_string(), seed.to_string()]);
+    }
+    args.push(SCENARIO.into());
+    let output = Command::new(env!("CARGO_BIN_EXE_netfault"))
+        .args(&args)
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .output()
+        .expect("the netfault binary runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert_eq!(output.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    let result: PathBuf = reports.join("jitter/result.json");
+    let json = serde_json::from_str(&std::fs::read_to_string(&result).expect("result.json written")).unwrap();
+    let _ = std::fs::remove_dir_all(&reports);
+    (stdout, json)
+}
+
+fn decisions(result: &Value) -> &Vec<Value> {
+    result["decisions"].as_array().expect("result.json has a decision list")
+}
+
+#[test]
+fn the_same_seed_makes_the_same_decisions_and_another_seed_others() {
+    let (stdout, first) = run(Some("4242"), "first");
+    assert!(stdout.contains("impairments seeded with 4242"), "{stdout}");
+    let (_, second) = run(Some("4242"), "second");
+    let (_, other) = run(Some("4243"), "other");
+    assert_eq!(first["seed"], 4242);
+    assert_eq!(decisions(&first).len(), 20, "one decision per request: {first:#}");
+    assert_eq!(decisions(&first), decisions(&second), "same seed, same decisions");
+    assert_ne!(decisions(&first), decisions(&other), "another seed, other decisions");
+    for decision in decisions(&first) {
+        assert_eq!(decision["fault"], "jitter");
+        assert_eq!(decision["decision"], "delayed");
+        let by = decision["by"].as_u64().expect("delay in microseconds");
+        assert!((1_000..=3_000).contains(&by), "2 ms +- 1 ms: {decision}");
+    }
+}
+
+#[test]
+fn without_a_seed_one_is_chosen_printed_and_recorded() {
+    let (stdout, result) = run(None, "fresh");
+    let printed: u64 = stdout
+        .split("impairments seeded with ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|seed| seed.parse().ok())
+        .unwrap_or_else(|| panic!("the chosen seed is printed: {stdout}"));
+    assert_eq!(result["seed"].as_u64(), Some(printed), "result.json records the printed seed");
+    assert_eq!(decisions(&result).len(), 20);
+}
