@@ -4,6 +4,8 @@
 use std::net::Ipv4Addr;
 use std::ops::Range;
 
+use crate::observe::decode::{be16, be32, ipv4};
+
 const ETHERNET_HEADER_LEN: usize = 14;
 const ETHERTYPE_IPV4: u16 = 0x0800;
 const IPPROTO_TCP: u8 = 6;
@@ -148,64 +150,67 @@ pub fn flip_bit(frame: &mut [u8], range: Range<usize>, bit: u64) -> (usize, u8) 
     (offset, within)
 }
 
-/// A TCP segment to forge: who it claims to come from and to go to, and what it carries.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Forgery {
-    pub src_mac: [u8; 6],
-    pub dst_mac: [u8; 6],
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
-    pub sport: u16,
-    pub dport: u16,
-    pub ip_id: u16,
-    pub seq: u32,
-    pub ack: u32,
-    pub flags: u8,
-    pub window: u16,
-    pub timestamps: Option<(u32, u32)>,
-    pub payload: Vec<u8>,
-}
-
-/// The Ethernet frame of `forgery`, IPv4 and TCP checksums correct: a segment the receiver's stack takes as
-/// its peer's.
-pub fn forge(forgery: &Forgery) -> Vec<u8> {
-    let options_len = if forgery.timestamps.is_some() { 12 } else { 0 };
-    let tcp_len = TCP_HEADER_LEN + options_len + forgery.payload.len();
+/// The Ethernet frame of a segment with `header`'s addresses, ports, numbers, flags, window and timestamps
+/// option (its `payload_len` and `window_scale` are not used), IP id `ip_id`, carrying `payload`, IPv4 and TCP
+/// checksums correct: a segment the receiver's stack takes as its peer's.
+pub fn forge(header: &TcpSegment, ip_id: u16, payload: &[u8]) -> Vec<u8> {
+    let options_len = if header.timestamps.is_some() { 12 } else { 0 };
+    let tcp_len = TCP_HEADER_LEN + options_len + payload.len();
     let total_len = IPV4_HEADER_LEN + tcp_len;
     let mut frame = Vec::with_capacity(ETHERNET_HEADER_LEN + total_len);
-    frame.extend_from_slice(&forgery.dst_mac);
-    frame.extend_from_slice(&forgery.src_mac);
+    frame.extend_from_slice(&header.dst_mac);
+    frame.extend_from_slice(&header.src_mac);
     frame.extend_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
 
     let ip_start = frame.len();
     frame.extend_from_slice(&[0x45, 0]);
     frame.extend_from_slice(&(total_len as u16).to_be_bytes());
-    frame.extend_from_slice(&forgery.ip_id.to_be_bytes());
+    frame.extend_from_slice(&ip_id.to_be_bytes());
     frame.extend_from_slice(&DONT_FRAGMENT.to_be_bytes());
     frame.extend_from_slice(&[DEFAULT_TTL, IPPROTO_TCP, 0, 0]);
-    frame.extend_from_slice(&forgery.src.octets());
-    frame.extend_from_slice(&forgery.dst.octets());
+    frame.extend_from_slice(&header.src.octets());
+    frame.extend_from_slice(&header.dst.octets());
     let ip_checksum = checksum(&frame[ip_start..], 0);
     frame[ip_start + 10..ip_start + 12].copy_from_slice(&ip_checksum.to_be_bytes());
 
     let tcp_start = frame.len();
-    frame.extend_from_slice(&forgery.sport.to_be_bytes());
-    frame.extend_from_slice(&forgery.dport.to_be_bytes());
-    frame.extend_from_slice(&forgery.seq.to_be_bytes());
-    frame.extend_from_slice(&forgery.ack.to_be_bytes());
+    frame.extend_from_slice(&header.sport.to_be_bytes());
+    frame.extend_from_slice(&header.dport.to_be_bytes());
+    frame.extend_from_slice(&header.seq.to_be_bytes());
+    frame.extend_from_slice(&header.ack.to_be_bytes());
     frame.push((((TCP_HEADER_LEN + options_len) / 4) as u8) << 4);
-    frame.push(forgery.flags);
-    frame.extend_from_slice(&forgery.window.to_be_bytes());
+    frame.push(header.flags);
+    frame.extend_from_slice(&header.window.to_be_bytes());
     frame.extend_from_slice(&[0, 0, 0, 0]);
-    if let Some((value, echo)) = forgery.timestamps {
+    if let Some((value, echo)) = header.timestamps {
         frame.extend_from_slice(&[OPTION_NOP, OPTION_NOP, OPTION_TIMESTAMPS, 10]);
         frame.extend_from_slice(&value.to_be_bytes());
         frame.extend_from_slice(&echo.to_be_bytes());
     }
-    frame.extend_from_slice(&forgery.payload);
-    let tcp_checksum = checksum(&frame[tcp_start..], pseudo_header_sum(forgery.src, forgery.dst, tcp_len));
+    frame.extend_from_slice(payload);
+    let tcp_checksum = checksum(&frame[tcp_start..], pseudo_header_sum(header.src, header.dst, tcp_len));
     frame[tcp_start + 16..tcp_start + 18].copy_from_slice(&tcp_checksum.to_be_bytes());
     frame
+}
+
+/// A client-to-server `P.` segment with timestamps, for tests of what reads and acts on frames.
+#[cfg(test)]
+pub fn sample_header() -> TcpSegment {
+    TcpSegment {
+        src_mac: [2, 0, 0, 0, 0, 1],
+        dst_mac: [2, 0, 0, 0, 0, 2],
+        src: Ipv4Addr::new(10, 0, 0, 1),
+        dst: Ipv4Addr::new(10, 0, 0, 2),
+        sport: 40000,
+        dport: 9000,
+        seq: 0xffff_fff0,
+        ack: 1234,
+        flags: TCP_PSH | TCP_ACK,
+        window: 502,
+        payload_len: 0,
+        window_scale: None,
+        timestamps: Some((100, 200)),
+    }
 }
 
 /// The sum of the IPv4 pseudo-header a TCP checksum covers.
@@ -241,44 +246,13 @@ pub fn tcp_checksum_holds(frame: &[u8]) -> bool {
     checksum(tcp, pseudo_header_sum(src, dst, tcp.len())) == 0
 }
 
-fn be16(bytes: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_be_bytes(bytes.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn be32(bytes: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_be_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
-}
-
-fn ipv4(bytes: &[u8], at: usize) -> Option<Ipv4Addr> {
-    let octets: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
-    Some(Ipv4Addr::from(octets))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn forgery() -> Forgery {
-        Forgery {
-            src_mac: [2, 0, 0, 0, 0, 1],
-            dst_mac: [2, 0, 0, 0, 0, 2],
-            src: Ipv4Addr::new(10, 0, 0, 1),
-            dst: Ipv4Addr::new(10, 0, 0, 2),
-            sport: 40000,
-            dport: 9000,
-            ip_id: 7,
-            seq: 0xffff_fff0,
-            ack: 1234,
-            flags: TCP_PSH | TCP_ACK,
-            window: 502,
-            timestamps: Some((100, 200)),
-            payload: b"forged!".to_vec(),
-        }
-    }
-
     #[test]
     fn a_forged_segment_parses_back_with_valid_checksums() {
-        let frame = forge(&forgery());
+        let frame = forge(&sample_header(), 7, b"forged!");
         assert_eq!(frame.len(), 14 + 20 + 32 + 7);
         assert_eq!(checksum(&frame[14..34], 0), 0, "IPv4 header checksum");
         assert!(tcp_checksum_holds(&frame));
@@ -292,11 +266,8 @@ mod tests {
 
     #[test]
     fn an_odd_length_rst_without_options_checks_out() {
-        let mut rst = forgery();
-        rst.flags = TCP_RST | TCP_ACK;
-        rst.timestamps = None;
-        rst.payload = vec![0xab];
-        let frame = forge(&rst);
+        let rst = TcpSegment { flags: TCP_RST | TCP_ACK, timestamps: None, ..sample_header() };
+        let frame = forge(&rst, 7, &[0xab]);
         assert!(tcp_checksum_holds(&frame));
         let segment = TcpSegment::parse(&frame).unwrap();
         assert_eq!(segment.timestamps, None);
@@ -305,7 +276,7 @@ mod tests {
 
     #[test]
     fn any_flipped_bit_of_the_segment_breaks_its_checksum_and_only_that_bit_changes() {
-        let original = forge(&forgery());
+        let original = forge(&sample_header(), 7, b"forged!");
         let range = transport_range(&original).unwrap();
         assert_eq!(range, 34..original.len());
         for bit in 0..(range.len() as u64 * 8) {
@@ -320,7 +291,8 @@ mod tests {
 
     #[test]
     fn window_scale_and_syn_are_read_from_a_syn() {
-        let mut frame = forge(&Forgery { flags: TCP_SYN, payload: Vec::new(), timestamps: None, ..forgery() });
+        let syn = TcpSegment { flags: TCP_SYN, timestamps: None, ..sample_header() };
+        let mut frame = forge(&syn, 7, &[]);
         // Replace nothing: append a window scale option by hand (nop, wscale 7) and fix the lengths.
         frame.extend_from_slice(&[OPTION_NOP, OPTION_WINDOW_SCALE, 3, 7]);
         frame[14 + 3] += 4;
@@ -335,7 +307,7 @@ mod tests {
         let arp = [0xffu8; 42];
         assert!(TcpSegment::parse(&arp).is_none());
         assert!(transport_range(&arp).is_none());
-        let mut fragment = forge(&forgery());
+        let mut fragment = forge(&sample_header(), 7, b"forged!");
         fragment[14 + 6] = 0x20; // more fragments
         assert!(TcpSegment::parse(&fragment).is_none());
     }

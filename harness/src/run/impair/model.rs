@@ -216,6 +216,7 @@ fn jittered(delay: Duration, jitter: Duration, distribution: Distribution, strea
 mod tests {
     use std::net::Ipv4Addr;
 
+    use super::super::frame::TcpSegment;
     use super::*;
     use crate::scenario::plan::Protocol;
     use crate::timeline::{IpProtocol, PacketDirection};
@@ -259,21 +260,11 @@ mod tests {
     /// Runs `count` 1514-byte frames through `faults`, one every `spacing`, and returns their fates.
     fn run(seed: u64, faults: &[WireFault], count: u64, spacing: Duration) -> Vec<Fate> {
         let mut pipeline = Pipeline::new(seed, HostId::Server, faults);
-        let frame = super::super::frame::forge(&super::super::frame::Forgery {
-            src_mac: [2, 0, 0, 0, 0, 1],
-            dst_mac: [2, 0, 0, 0, 0, 2],
-            src: Ipv4Addr::new(10, 0, 0, 1),
-            dst: Ipv4Addr::new(10, 0, 0, 2),
-            sport: 40000,
-            dport: 9000,
-            ip_id: 1,
-            seq: 1,
-            ack: 1,
-            flags: 0x18,
-            window: 502,
-            timestamps: None,
-            payload: vec![0; 1460],
-        });
+        let frame = super::super::frame::forge(
+            &TcpSegment { timestamps: None, ..super::super::frame::sample_header() },
+            1,
+            &[0; 1460],
+        );
         (0..count)
             .map(|i| {
                 let mut frame = frame.clone();
@@ -371,21 +362,7 @@ mod tests {
         let mut pipeline = Pipeline::new(1, HostId::Server, &faults);
         let names: Vec<&str> = pipeline.names().collect();
         assert_eq!(names, vec!["rot", "dup"], "corruption comes before duplication");
-        let mut frame = super::super::frame::forge(&super::super::frame::Forgery {
-            src_mac: [0; 6],
-            dst_mac: [0; 6],
-            src: Ipv4Addr::new(10, 0, 0, 1),
-            dst: Ipv4Addr::new(10, 0, 0, 2),
-            sport: 1,
-            dport: 2,
-            ip_id: 1,
-            seq: 1,
-            ack: 1,
-            flags: 0x18,
-            window: 1,
-            timestamps: None,
-            payload: vec![1, 2, 3],
-        });
+        let mut frame = super::super::frame::forge(&super::super::frame::sample_header(), 1, &[1, 2, 3]);
         let fate = pipeline.decide(&mut frame, Some(&packet(3)), ms(5), &always);
         assert_eq!(fate.copies, 2);
         assert_eq!(fate.release, ms(5));

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, SystemTime};
 
-use super::frame::{self, Forgery, TcpSegment, TCP_ACK, TCP_PSH, TCP_RST, TCP_SYN};
+use super::frame::{self, TcpSegment, TCP_ACK, TCP_PSH, TCP_RST, TCP_SYN};
 use super::model::{Pipeline, WireFault};
 use crate::error::{Error, Result};
 use crate::observe::capture::{self, QueueSource};
@@ -511,14 +511,15 @@ impl Connections {
         let mut candidates: Vec<&Connection> = self.by_ends.values().collect();
         candidates.sort_by_key(|connection| Reverse(connection.seen));
         candidates.into_iter().find_map(|connection| {
-            let frame = forgery(connection, receiver, injection).map(|forgery| frame::forge(&forgery))?;
+            let frame = forged_frame(connection, receiver, injection)?;
             selects(&frame).then_some(frame)
         })
     }
 }
 
-/// The segment `injection` asks for, sent by the host opposite `receiver` on `connection`.
-fn forgery(connection: &Connection, receiver: HostId, injection: Injection) -> Option<Forgery> {
+/// The frame of the segment `injection` asks for, as if sent by the host opposite `receiver` on `connection`:
+/// its addresses, ports, acknowledgement and window as that host last sent them, IP id 0.
+fn forged_frame(connection: &Connection, receiver: HostId, injection: Injection) -> Option<Vec<u8>> {
     let sender = receiver.peer();
     let from = connection.last[sender.index()]?;
     let to = connection.last[receiver.index()];
@@ -543,25 +544,11 @@ fn forgery(connection: &Connection, receiver: HostId, injection: Injection) -> O
     let (flags, payload, timestamps) = match injection.segment {
         InjectedSegment::Rst => (TCP_RST | TCP_ACK, Vec::new(), None),
         InjectedSegment::Data { bytes } => {
-            let payload = FORGED_PATTERN.iter().copied().cycle().take(bytes as usize).collect();
+            let payload: Vec<u8> = FORGED_PATTERN.iter().copied().cycle().take(bytes as usize).collect();
             (TCP_PSH | TCP_ACK, payload, from.timestamps)
         }
     };
-    Some(Forgery {
-        src_mac: from.src_mac,
-        dst_mac: from.dst_mac,
-        src: from.src,
-        dst: from.dst,
-        sport: from.sport,
-        dport: from.dport,
-        ip_id: 0,
-        seq,
-        ack: from.ack,
-        flags,
-        window: from.window,
-        timestamps,
-        payload,
-    })
+    Some(frame::forge(&TcpSegment { seq, flags, timestamps, ..from }, 0, &payload))
 }
 
 #[cfg(test)]
