@@ -6,6 +6,8 @@ packages=(
   pkg-config libnftnl-dev libmnl-dev   # build: the nftnl and mnl crates link against these
   nftables iproute2 ethtool tcpdump    # inspection tools used by tests and for reading reports
   curl netcat-openbsd socat            # real programs that exec steps run
+  strace                               # exec steps with `trace: true` run their program under it
+  tshark chromium fonts-dejavu-core    # report tests: tshark reads capture.pcapng, headless Chromium draws report.html
   iptables                             # netfault bench impair: the NFQUEUE alternative (iptables-nft, xt compat)
 )
 missing=()

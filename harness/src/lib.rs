@@ -19,5 +19,6 @@ pub mod report;
 pub mod run;
 pub mod scenario;
 mod selftest;
+pub mod testing;
 pub mod timeline;
 pub mod version;

@@ -2,16 +2,22 @@
 //! and observer figures, fault counters and harness errors. The engine fills it in; the verdict and the report
 //! read only this, never the engine, capture or observer that made it.
 
-use std::time::Duration;
+use std::net::Ipv4Addr;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+use crate::scenario::plan::HostId;
 use crate::timeline::{Decision, Timeline};
 
 /// What a run produced, before judging: the timeline and the harness's own figures, as plain data.
 #[derive(Debug, Clone)]
 pub struct RunRecord {
     pub timeline: Timeline,
+    /// t0 on the wall clock, the pcaps' time base (`None` when the programs never started).
+    pub t0_wall: Option<SystemTime>,
+    /// Every captured interface, in host order.
+    pub interfaces: Vec<CapturedInterface>,
     /// Time from t0 to the end of the programs (or the deadline).
     pub duration: Duration,
     /// Namespaces, veth, addresses, nftables and capture set up, then torn down.
@@ -35,6 +41,19 @@ pub struct RunRecord {
     /// a panic), a capture that lost frames. The run is a harness error; its timeline and captures are still
     /// reported.
     pub harness_errors: Vec<String>,
+}
+
+/// One captured interface: a host's end of the veth and the pcap its capture wrote into the report folder
+/// (`tcpdump -i <ifname> -s <snaplen> -w <pcap>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CapturedInterface {
+    pub host: HostId,
+    pub ifname: String,
+    pub mac: [u8; 6],
+    pub address: Ipv4Addr,
+    /// The pcap's file name in the report folder.
+    pub pcap: String,
+    pub snaplen: u32,
 }
 
 /// What one capture saw, as tcpdump reports when it stops.

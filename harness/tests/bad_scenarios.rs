@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use netfault::scenario::variables::Variables;
 use netfault::scenario::{discover, load, MAX_FILE_SIZE};
 
 struct Expected {
@@ -47,7 +48,7 @@ fn every_bad_scenario_fails_with_its_announced_error() {
                 continue;
             }
         };
-        let error = match load(&root, file) {
+        let error = match load(&root, file, &Variables::from_environment()) {
             Ok(_) => {
                 failures.push(format!("{}: loaded without error", file.display()));
                 continue;
@@ -211,7 +212,7 @@ fn huge_generated_files_fail_fast_with_their_error() {
     let mut failures = Vec::new();
     for (file, expected) in write_generated(&dir) {
         let started = thread_cpu_time();
-        let result = load(&dir, &file);
+        let result = load(&dir, &file, &Variables::from_environment());
         let spent = thread_cpu_time() - started;
         // Unoptimized, these take 0.1 to 3 s of CPU; before their fixes they took minutes (optimized: up to 60 s).
         if spent > Duration::from_secs(20) {

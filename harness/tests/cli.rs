@@ -34,8 +34,26 @@ fn wrong_errno_fails_run_with_location_and_both_outcomes() {
     assert!(text.contains("expected ETIMEDOUT, got ECONNREFUSED"), "{text}");
     assert!(text.contains("timeline around"), "shows the timeline: {text}");
     let report = reports.join("wrong-errno");
-    for file in ["timeline.txt", "result.json", "client.pcap", "server.pcap"] {
+    for file in [
+        "timeline.txt",
+        "result.json",
+        "client.pcap",
+        "server.pcap",
+        "capture.pcapng",
+        "report.html",
+        "scenario.yaml",
+        "environment.txt",
+    ] {
         assert!(report.join(file).is_file(), "{file} written in {}", report.display());
+    }
+    // The failing run's report as one archive to attach to a bug report.
+    let archive = reports.join("x.tar.gz");
+    let output = netfault(&["bundle", report.to_str().unwrap(), "-o", archive.to_str().unwrap()]);
+    assert!(output.status.success(), "{:?}", output);
+    let listing = Command::new("tar").arg("tzf").arg(&archive).output().expect("tar runs");
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    for file in netfault::report::bundle::FILES {
+        assert!(listing.contains(&format!("wrong-errno/{file}")), "{file} in the bundle: {listing}");
     }
     let result = std::fs::read_to_string(report.join("result.json")).unwrap();
     assert!(result.contains("\"status\": \"fail\""), "{result}");

@@ -18,9 +18,11 @@ use std::time::{Duration, Instant};
 use libtest_mimic::{Arguments, Failed, Trial};
 use netfault::error::{Context, Result};
 use netfault::run::netns::Netns;
+use netfault::run::runner::{Job, CHILD_COMMAND};
 use netfault::run::topology;
 use netfault::run::userns::{self, Privilege};
 use netfault::scenario::plan::{CapturePlan, HostId, HostPlan, LinkPlan, Plan, RunExpectations, Sysctl, Tolerance};
+use netfault::testing::Suite;
 
 const CHILD_ENV: &str = "NETFAULT_ROOTLESS_CHILD";
 const NOBODY: u32 = 65534;
@@ -31,19 +33,98 @@ const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const CHILD_OK: &str = "rootless child ok: ";
 
 fn main() -> ExitCode {
+    // Re-executed as a scenario's process, as a `netfault::scenarios!` test binary is (see `scenario_process`).
+    if std::env::args_os().nth(1).is_some_and(|command| command == CHILD_COMMAND) {
+        return Suite::new("/").main();
+    }
     if std::env::var_os(CHILD_ENV).is_some() {
         return child_main();
     }
-    // What the unprivileged run did is worth seeing in the log: it is printed, not captured.
-    let trial = Trial::test("rootless", || match unprivileged_run() {
-        Ok(report) => {
-            println!("rootless: {report}");
-            Ok(())
-        }
-        Err(message) => Err(Failed::from(message)),
-    });
-    libtest_mimic::run(&Arguments::from_args(), vec![trial]).exit_code()
+    // What the unprivileged runs did is worth seeing in the log: it is printed, not captured.
+    let trials = vec![
+        Trial::test("rootless", || match unprivileged_run() {
+            Ok(report) => {
+                println!("rootless: {report}");
+                Ok(())
+            }
+            Err(message) => Err(Failed::from(message)),
+        }),
+        Trial::test("scenario-process", || match scenario_process() {
+            Ok(report) => {
+                println!("scenario-process: {report}");
+                Ok(())
+            }
+            Err(message) => Err(Failed::from(message)),
+        }),
+    ];
+    libtest_mimic::run(&Arguments::from_args(), trials).exit_code()
 }
+
+/// A scenario run the way a downstream crate's test binary runs one (`netfault::testing::Suite`: the binary
+/// re-executed with the child command), unprivileged: as uid 65534 from a copy when root, else as the caller.
+/// The scenario waits for a listener, connects and exchanges data; its verdict must be a pass.
+fn scenario_process() -> Result<String, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let dir = std::env::temp_dir().join(format!("netfault-rootless-scenario-{}", std::process::id()));
+    let result = run_scenario_process(&exe, &dir);
+    fs::remove_dir_all(&dir).map_err(|e| format!("rm -r {}: {e}", dir.display()))?;
+    result
+}
+
+fn run_scenario_process(exe: &Path, dir: &Path) -> Result<String, String> {
+    let root = dir.join("scenarios");
+    let reports = dir.join("reports");
+    for folder in [&root, &reports] {
+        fs::create_dir_all(folder).map_err(|e| format!("mkdir {}: {e}", folder.display()))?;
+        fs::set_permissions(folder, fs::Permissions::from_mode(0o777)).map_err(|e| e.to_string())?;
+    }
+    let file = root.join("exchange.yaml");
+    fs::write(&file, EXCHANGE).map_err(|e| format!("write {}: {e}", file.display()))?;
+    let copy = dir.join("rootless");
+    copy_executable(exe, dir, &copy)?;
+    let mut command = Command::new(&copy);
+    let mut uid = nix::unistd::geteuid().as_raw();
+    if uid == 0 {
+        // Unprivileged, so the scenario process must enter a user namespace of its own to make its namespaces.
+        command.uid(NOBODY).gid(NOBODY);
+        uid = NOBODY;
+    }
+    let job = Job { file, root, reports: reports.clone(), run: None, seed: 0 };
+    let output = command
+        .arg(CHILD_COMMAND)
+        .args(job.child_args())
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("spawn {command:?}: {e}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let summary = stdout.lines().last().unwrap_or_default();
+    if !output.status.success() || !summary.contains(r#""status":"pass""#) {
+        return Err(format!("the scenario process ended {} with {summary}\n{stderr}", output.status));
+    }
+    let result = reports.join("exchange/result.json");
+    if !result.is_file() {
+        return Err(format!("no report at {}", result.display()));
+    }
+    Ok(format!("passed as uid {uid} in its own process, report {}", result.display()))
+}
+
+const EXCHANGE: &str = "\
+description: a listener, a connect that waits for it, and data both ways
+timeout: 10s
+server:
+  - listen: { port: 9000 }
+  - accept
+  - read: { max: 4 }
+    expect: 4
+client:
+  - wait: { listening: 9000 }
+  - connect: { to: server, port: 9000 }
+    expect: ok
+  - send: { bytes: 4 }
+    expect: 4
+";
 
 /// The re-executed child: still single-threaded, so it may enter a user namespace.
 fn child_main() -> ExitCode {

@@ -19,6 +19,7 @@ use netfault::scenario::duration::MAX_DURATION;
 use netfault::scenario::parse_bytes;
 use netfault::scenario::plan::*;
 use netfault::scenario::validate::{allowed_sysctls, MAX_BUFFER, MAX_SAMPLE, MIN_SAMPLE};
+use netfault::scenario::variables::Variables;
 
 const NAME: &str = "fuzz";
 const FILE: &str = "fuzz.yaml";
@@ -27,8 +28,8 @@ fuzz_target!(|data: &[u8]| check(data));
 
 fn check(data: &[u8]) {
     let file = Path::new(FILE);
-    let first = parse_bytes(NAME, file, data);
-    let second = parse_bytes(NAME, file, data);
+    let first = parse_bytes(NAME, file, data, &Variables::default());
+    let second = parse_bytes(NAME, file, data, &Variables::default());
     assert_eq!(format!("{first:?}"), format!("{second:?}"), "the same input gave two answers");
     let lines = Lines::of(data);
     match first {

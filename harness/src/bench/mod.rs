@@ -9,6 +9,7 @@ mod capture;
 mod impair;
 mod nfqueue;
 mod recipe;
+mod report;
 mod setup;
 mod suite;
 
@@ -26,6 +27,7 @@ use crate::scenario::{self, plan::Plan};
 
 pub use capture::{bench_capture, CaptureOptions};
 pub use impair::{bench_impair, ImpairOptions};
+pub use report::{bench_report, ReportOptions};
 pub use setup::{bench_setup, SetupOptions};
 pub use suite::{bench_concurrent, bench_suite, bench_timing, ConcurrentOptions, SuiteOptions, TimingOptions};
 
@@ -48,7 +50,9 @@ usage: netfault bench <what> [options] [--json FILE] [--keep]
                                    --only runs the measurements whose name contains it (e.g. delay)
   timing [--n 100] [--sample 10ms] [--scenario FILE]
                                    keepalive-idle N times in parallel: observed minus kernel-defined times,
-                                   observer state-change latency against the packet that caused it";
+                                   observer state-change latency against the packet that caused it
+  report [--n 50000] [--runs 5]    report.html with N packets (synthetic) in headless Chromium: laid out, loaded,
+                                   first paint; against the same packets as a plain-text page (same browser)";
 
 /// The seed of every scenario a benchmark runs: their impairments decide the same way in every run.
 pub const BENCH_SEED: u64 = 15;
@@ -114,6 +118,9 @@ pub fn main(args: &[String]) -> ExitCode {
             sample: options.sample,
             scenario: options.scenario.clone().unwrap_or_else(|| PathBuf::from("scenarios/keepalive/idle.yaml")),
         }),
+        "report" => {
+            bench_report(&ReportOptions { packets: options.n.unwrap_or(50_000), runs: options.runs.unwrap_or(5) })
+        }
         other => Err(Error::Internal(format!("unknown benchmark {other:?}; see netfault bench --help"))),
     });
     match result {

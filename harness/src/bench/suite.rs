@@ -17,6 +17,7 @@ use crate::report::{Status, Summary};
 use crate::run::runner::{self, Job};
 use crate::run::supervise::Supervisor;
 use crate::scenario;
+use crate::scenario::variables::Variables;
 
 /// Longest a benchmark run of the suite may take before its scenarios are stopped.
 const BENCH_BUDGET: Duration = Duration::from_secs(3600);
@@ -70,10 +71,11 @@ pub fn bench_suite(options: &SuiteOptions) -> Result<Report> {
     let mut report = Report::new("suite");
     let exe = exe()?;
     // As `netfault run` without --slow: the minutes-long variants are not part of the suite's wall time.
-    let (loaded, slow): (Vec<_>, Vec<_>) = runner::load_all(std::slice::from_ref(&options.path))
-        .map_err(|errors| Error::Internal(format!("invalid scenarios: {}", errors.join("; "))))?
-        .into_iter()
-        .partition(|(_, plan)| !plan.slow);
+    let (loaded, slow): (Vec<_>, Vec<_>) =
+        runner::load_all(std::slice::from_ref(&options.path), &Variables::from_environment())
+            .map_err(|errors| Error::Internal(format!("invalid scenarios: {}", errors.join("; "))))?
+            .into_iter()
+            .partition(|(_, plan)| !plan.slow);
     report.note("slow scenarios left out, as `netfault run` leaves them out", slow.len().to_string());
     let scratch = ScratchDir::new("suite")?;
     let (mut walls, mut longest, mut longest_with_setup, mut ratios, mut ratios_with_setup) =
@@ -158,7 +160,7 @@ pub fn bench_concurrent(options: &ConcurrentOptions) -> Result<Report> {
     let mut report = Report::new(&format!("suite --concurrent {}", options.instances));
     let scratch = ScratchDir::new("concurrent")?;
     let root = runner::scenario_root(&options.scenario);
-    let plan = scenario::load(&root, &options.scenario)?;
+    let plan = scenario::load(&root, &options.scenario, &Variables::from_environment())?;
     let memory_before = mem_available_kib();
     let sampler = MemorySampler::start();
     let started = Instant::now();
@@ -222,7 +224,7 @@ pub fn bench_timing(options: &TimingOptions) -> Result<Report> {
             (file, scratch.path().to_path_buf())
         }
     };
-    let plan = scenario::load(&root, &file)?;
+    let plan = scenario::load(&root, &file, &Variables::from_environment())?;
     let started = Instant::now();
     let batch = run_instances(&file, &root, plan.deadline, options.instances, &scratch.path().join("reports"))?;
     let wall = started.elapsed().as_secs_f64();

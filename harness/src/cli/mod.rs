@@ -13,11 +13,13 @@ mod console;
 use crate::report::{self, Status, Summary};
 use crate::run::runner::{self, Job, RunEvent};
 use crate::run::supervise::{self, Supervisor};
+use crate::scenario::variables::Variables;
 use console::Console;
 
 const AFTER_HELP: &str = "\
 PATH is a scenario file or a folder searched for *.yaml (default: scenarios). Reports go to
-reports/<scenario>/: timeline.txt, result.json, client.pcap, server.pcap.
+reports/<scenario>/: report.html, capture.pcapng, timeline.txt, result.json, scenario.yaml, environment.txt,
+client.pcap, server.pcap.
 
 Exit status: 0 every scenario passed; 1 a scenario failed; 2 invalid input (nothing was run), a harness error,
 or the run's deadline passed; 128 + N stopped by signal N (SIGINT 130, SIGTERM 143).";
@@ -55,6 +57,8 @@ enum Command {
     List(Paths),
     /// The cargo-test driver (libtest-mimic) on any folder of scenarios
     Test(TestArgs),
+    /// One report as a .tar.gz to attach to a bug report
+    Bundle(BundleArgs),
     /// Measure netfault against the ip/nft/tcpdump recipe: `netfault bench --help`
     #[command(disable_help_flag = true)]
     Bench {
@@ -63,7 +67,7 @@ enum Command {
     },
     /// Runs one scenario in this process (what `run` starts for each scenario)
     #[command(name = runner::CHILD_COMMAND, hide = true)]
-    RunOne(ChildArgs),
+    RunOne(runner::ChildArgs),
 }
 
 #[derive(Debug, Args)]
@@ -93,8 +97,28 @@ struct RunArgs {
     /// Seed of the impairments' random decisions [default: chosen and printed]
     #[arg(long, value_name = "N", value_parser = runner::parse_seed)]
     seed: Option<u64>,
+    /// Write DIR/<scenario>.tar.gz (as `netfault bundle`) for each scenario that fails
+    #[arg(long)]
+    bundle_failures: bool,
     #[command(flatten)]
     paths: Paths,
+}
+
+#[derive(Debug, Args)]
+struct BundleArgs {
+    /// A report folder, e.g. reports/keepalive/idle
+    #[arg(value_name = "REPORT_DIR")]
+    report: PathBuf,
+    /// The archive to write [default: <REPORT_DIR's name>.tar.gz]
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// A capture.pcapng larger than this goes in with frames cut to 160 bytes, and at most this large
+    #[arg(long, value_name = "SIZE", default_value = "32MiB", value_parser = crate::scenario::size::parse_size,
+          conflicts_with = "whole_capture")]
+    max_capture: u64,
+    /// Bundle capture.pcapng whole, whatever its size
+    #[arg(long)]
+    whole_capture: bool,
 }
 
 #[derive(Debug, Args)]
@@ -108,21 +132,6 @@ struct TestArgs {
     /// libtest arguments: a filter, --exact, --list, --ignored, --include-ignored, --test-threads N, ...
     #[arg(last = true, value_name = "LIBTEST-ARGS")]
     libtest: Vec<String>,
-}
-
-#[derive(Debug, Args)]
-struct ChildArgs {
-    #[arg(long, default_value = ".")]
-    root: PathBuf,
-    #[arg(long, default_value = "reports")]
-    reports: PathBuf,
-    /// Which repetition of `run --repeat` this is.
-    #[arg(long)]
-    run: Option<usize>,
-    /// The seed of the impairments' random decisions.
-    #[arg(long, default_value = "0", value_parser = runner::parse_seed)]
-    seed: u64,
-    file: PathBuf,
 }
 
 /// A count of at least 1.
@@ -148,6 +157,7 @@ pub fn main() -> ExitCode {
         Command::Check(paths) => check(&paths.paths),
         Command::List(paths) => list(&paths.paths),
         Command::Test(args) => test(args),
+        Command::Bundle(args) => bundle(args),
         Command::Bench { .. } | Command::RunOne(_) => unreachable!("handled above"),
     }
 }
@@ -218,6 +228,15 @@ fn run(args: RunArgs) -> ExitCode {
         RunEvent::Idle => console.redraw(),
     });
     console.clear();
+    if args.bundle_failures {
+        for summary in summaries.iter().filter(|s| s.status != Status::Pass) {
+            let out = summary.report.with_extension("tar.gz");
+            match report::bundle::write_bundle(&summary.report, &out, Some(report::bundle::DEFAULT_CAPTURE_CAP)) {
+                Ok(bundled) => println!("bundle {} ({} bytes)", bundled.path.display(), bundled.bytes),
+                Err(e) => eprintln!("netfault: no bundle for {}: {e}", summary.name),
+            }
+        }
+    }
     let count = |status| summaries.iter().filter(|s| s.status == status).count();
     let (passed, failed, errors) = (count(Status::Pass), count(Status::Fail), count(Status::Error));
     let longest = summaries.iter().map(|s| s.duration).fold(0.0, f64::max);
@@ -249,6 +268,32 @@ fn run(args: RunArgs) -> ExitCode {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// `netfault bundle REPORT_DIR [-o FILE] [--max-capture SIZE | --whole-capture]`.
+fn bundle(args: BundleArgs) -> ExitCode {
+    let out = args.output.unwrap_or_else(|| {
+        let name = args.report.file_name().map_or("report".into(), |n| n.to_string_lossy().into_owned());
+        PathBuf::from(format!("{name}.tar.gz"))
+    });
+    let cap = (!args.whole_capture).then_some(args.max_capture);
+    match report::bundle::write_bundle(&args.report, &out, cap) {
+        Ok(bundled) => {
+            println!("{} ({} bytes)", bundled.path.display(), bundled.bytes);
+            if let Some((kept, total)) = bundled.capture_cut {
+                println!(
+                    "capture.pcapng over the cap: {kept} of {total} frames, cut to {} bytes each \
+                     (--whole-capture bundles it whole)",
+                    report::bundle::HEADERS_SNAPLEN
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("netfault bundle: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 
@@ -324,7 +369,7 @@ fn repeat_table(runs: &[(String, usize)], summaries: &[Summary], repeat: usize, 
 
 /// Loads every scenario under `paths`, or prints every invalid one with where and what (stderr).
 fn load_or_report(paths: &[PathBuf]) -> Option<Vec<(Job, crate::scenario::plan::Plan)>> {
-    match runner::load_all(paths) {
+    match runner::load_all(paths, &Variables::from_environment()) {
         Ok(loaded) => Some(loaded),
         Err(errors) => {
             for error in &errors {
@@ -358,11 +403,11 @@ fn list(paths: &[PathBuf]) -> ExitCode {
 
 fn test(args: TestArgs) -> ExitCode {
     let libtest = libtest_mimic::Arguments::from_iter(std::iter::once("netfault-test".to_string()).chain(args.libtest));
-    runner::test_main(&args.root, &args.reports, &exe(), libtest)
+    runner::test_main(&args.root, &args.reports, &exe(), &Variables::from_environment(), libtest)
 }
 
-fn child(args: ChildArgs) -> ExitCode {
-    runner::child_main(&args.root, &args.reports, &args.file, args.run, args.seed)
+fn child(args: runner::ChildArgs) -> ExitCode {
+    runner::child_main(&Job::from(args), &Variables::from_environment())
 }
 
 #[cfg(test)]

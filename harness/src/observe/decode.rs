@@ -80,6 +80,7 @@ impl Decoder {
             len: ip.payload_len,
             options: String::new(),
             fault: None,
+            impairments: Vec::new(),
         };
         if ip.fragment_offset != 0 {
             // Only the first fragment carries the transport header.

@@ -1,7 +1,13 @@
-//! Reports: what a run leaves under reports/<scenario>/ (result.json, timeline.txt, client.pcap, server.pcap),
-//! and the verdict they state.
+//! Reports: what a run leaves under reports/<scenario>/ (report.html, capture.pcapng, result.json,
+//! timeline.txt, scenario.yaml, environment.txt, next to the capture's client.pcap and server.pcap), and the
+//! verdict they state.
 
+pub mod browser;
+pub mod bundle;
+pub mod ladder;
+mod pcapng;
 pub mod verdict;
+pub mod wire;
 
 use std::fs;
 use std::path::{Component, Path, PathBuf};
@@ -10,10 +16,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Context, Error, Result};
 use crate::record::{CaptureStats, ObserverStats, RunRecord};
-use crate::scenario::plan::{HostId, Plan};
+use crate::scenario::plan::{Direction, FaultAction, HostId, Plan};
 use crate::timeline::query::{step_record, StepRecord};
 use crate::timeline::{format_secs, EventKind, PacketDirection, Timeline};
+use ladder::Ladder;
+use pcapng::Section;
 use verdict::{describe_expectation, Failure, StepJudgement, Verdict};
+use wire::{End, FaultNote, Link, Wire};
 
 /// The folder of a scenario's report: `root/<name>`, refusing any name that could leave `root`.
 pub fn report_dir(root: &Path, name: &str) -> Result<PathBuf> {
@@ -126,7 +135,8 @@ impl From<ObserverStats> for ObserverReport {
     }
 }
 
-/// Writes result.json and timeline.txt next to the pcaps; returns the summary.
+/// Writes result.json, timeline.txt, capture.pcapng, report.html, scenario.yaml and environment.txt next to the
+/// pcaps; returns the summary.
 pub fn write(plan: &Plan, record: &RunRecord, verdict: &Verdict, dir: &Path) -> Result<Summary> {
     let status = status_of(record, verdict);
     let steps = verdict
@@ -172,6 +182,24 @@ pub fn write(plan: &Plan, record: &RunRecord, verdict: &Verdict, dir: &Path) -> 
     fs::write(dir.join("result.json"), json).context(|| format!("write {}", dir.join("result.json").display()))?;
     fs::write(dir.join("timeline.txt"), render_timeline(plan, record, verdict))
         .context(|| format!("write {}", dir.join("timeline.txt").display()))?;
+    let faults = fault_notes(plan);
+    let ends = record.interfaces.iter().map(|interface| End::of(interface, dir)).collect();
+    // The one link of the default topology: the veth whose ends the two hosts hold.
+    let wire = Wire::read(ends, vec![Link(0, 1)], &record.timeline, &faults, record.t0_wall)?;
+    let stats: Vec<_> = record.capture.iter().map(|c| (c.interface_frames, c.lost(), c.kernel_drops)).collect();
+    wire.write_pcapng(&dir.join("capture.pcapng"), &section(plan, status), &stats)?;
+    let mut ladder = Ladder::of_run(plan, &record.timeline, &verdict.steps, &verdict.failures, &wire, &faults);
+    ladder.status = status_word(status).to_string();
+    ladder.duration = record.duration.as_secs_f64();
+    ladder.version = netfault_version();
+    ladder.kernel = kernel_release();
+    ladder.errors = record.harness_errors.clone();
+    fs::write(dir.join("report.html"), ladder.to_html())
+        .context(|| format!("write {}", dir.join("report.html").display()))?;
+    fs::copy(&plan.file, dir.join("scenario.yaml"))
+        .context(|| format!("copy {} to {}", plan.file.display(), dir.join("scenario.yaml").display()))?;
+    fs::write(dir.join("environment.txt"), environment(plan, record))
+        .context(|| format!("write {}", dir.join("environment.txt").display()))?;
     Ok(Summary {
         name: plan.name.clone(),
         status,
@@ -186,6 +214,117 @@ pub fn write(plan: &Plan, record: &RunRecord, verdict: &Verdict, dir: &Path) -> 
             .chain(verdict.failures.iter().map(|f| explain(plan, f, &record.timeline)))
             .collect(),
     })
+}
+
+/// How each fault treats what it matches, for packet comments and the ladder.
+fn fault_notes(plan: &Plan) -> Vec<FaultNote> {
+    plan.faults
+        .iter()
+        .map(|fault| FaultNote {
+            name: fault.name.clone(),
+            host: fault.host,
+            direction: match fault.direction {
+                Direction::Ingress => "ingress",
+                Direction::Egress => "egress",
+            },
+            verb: match &fault.action {
+                FaultAction::Impair(impairment) => format!("impaired on the wire ({impairment})"),
+                FaultAction::Drop => "dropped".to_string(),
+                FaultAction::RejectTcpReset => "rejected with a TCP reset".to_string(),
+                FaultAction::RejectIcmpPortUnreachable => "rejected with ICMP port unreachable".to_string(),
+                FaultAction::RejectIcmpHostUnreachable => "rejected with ICMP host unreachable".to_string(),
+                FaultAction::RejectIcmpNetUnreachable => "rejected with ICMP net unreachable".to_string(),
+                FaultAction::RejectIcmpAdminProhibited => "rejected with ICMP admin prohibited".to_string(),
+            },
+        })
+        .collect()
+}
+
+/// What capture.pcapng's section header says: the scenario and its verdict, netfault's version and commit, the
+/// kernel.
+fn section(plan: &Plan, status: Status) -> Section {
+    let kernel = kernel_release();
+    Section {
+        hardware: std::env::consts::ARCH.to_string(),
+        os: format!("Linux {kernel}"),
+        application: netfault_version(),
+        comments: vec![
+            format!("scenario {} ({}): {}", plan.name, plan.file.display(), status_word(status)),
+            format!("written by {}", netfault_version()),
+            format!("kernel {kernel}"),
+        ],
+    }
+}
+
+/// environment.txt: what the run ran on. Written in the run's own process, which is in a network namespace of
+/// its own: the `net.*` values read here are this kernel's defaults for a new namespace, which each host
+/// started from before its scenario's sysctls.
+fn environment(plan: &Plan, record: &RunRecord) -> String {
+    let read = |path: &str| fs::read_to_string(path).map_or_else(|_| "unknown".into(), |s| s.trim().to_string());
+    let mut text = format!(
+        "{}\nkernel {} ({})\ncpus {}\nload average at the end of the run: {}\n",
+        netfault_version(),
+        kernel_release(),
+        std::env::consts::ARCH,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        read("/proc/loadavg"),
+    );
+    if let Some(t0) = record.t0_wall.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()) {
+        text.push_str(&format!("t0 (Unix time): {}.{:09}\n", t0.as_secs(), t0.subsec_nanos()));
+    }
+    text.push_str(&format!("scenario {} ({})\n", plan.name, plan.file.display()));
+    for host in &plan.hosts {
+        text.push_str(&format!("\n{} {}/{}: sysctls the scenario sets\n", host.id, host.address, host.prefix_len));
+        for sysctl in &host.sysctls {
+            text.push_str(&format!("  {} = {}\n", sysctl.name, sysctl.value));
+        }
+        if host.sysctls.is_empty() {
+            text.push_str("  (none)\n");
+        }
+    }
+    text.push_str("\nevery host started from this kernel's defaults for a new network namespace:\n");
+    for (name, value) in namespace_sysctls() {
+        text.push_str(&format!("  {name} = {value}\n"));
+    }
+    text
+}
+
+/// `sysctl net.ipv4.tcp_* net.core.somaxconn` of the calling thread's network namespace, sorted by name.
+fn namespace_sysctls() -> Vec<(String, String)> {
+    let mut values = Vec::new();
+    if let Ok(entries) = fs::read_dir("/proc/sys/net/ipv4") {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("tcp_") || name.starts_with("ip_local_port_range") {
+                if let Ok(value) = fs::read_to_string(entry.path()) {
+                    values.push((format!("net.ipv4.{name}"), value.split_whitespace().collect::<Vec<_>>().join(" ")));
+                }
+            }
+        }
+    }
+    if let Ok(value) = fs::read_to_string("/proc/sys/net/core/somaxconn") {
+        values.push(("net.core.somaxconn".into(), value.trim().to_string()));
+    }
+    values.sort();
+    values
+}
+
+/// `netfault 0.1.0 (commit 1a2b3c4d5e6f)`.
+pub fn netfault_version() -> String {
+    format!("netfault {}", crate::version::LONG)
+}
+
+/// `uname -r`.
+pub fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease").map_or_else(|_| "unknown".into(), |s| s.trim().to_string())
+}
+
+fn status_word(status: Status) -> &'static str {
+    match status {
+        Status::Pass => "PASS",
+        Status::Fail => "FAIL",
+        Status::Error => "ERROR",
+    }
 }
 
 /// A program that failed inside the harness makes the run a harness error, whatever the verdict.
@@ -224,7 +363,9 @@ pub fn readable(timeline: &Timeline) -> Timeline {
             .events
             .iter()
             .filter(|e| match &e.kind {
-                EventKind::Packet(p) => p.direction == PacketDirection::Out || p.fault.is_some(),
+                EventKind::Packet(p) => {
+                    p.direction == PacketDirection::Out || p.fault.is_some() || !p.impairments.is_empty()
+                }
                 EventKind::Impairment(_) => false,
                 _ => true,
             })
@@ -241,11 +382,7 @@ fn render_timeline(plan: &Plan, record: &RunRecord, verdict: &Verdict) -> String
     }
     text.push_str(&format!(
         "# verdict: {} ({} checks, {} failed); ran {}s; setup {:.1} ms, teardown {:.1} ms\n",
-        match status_of(record, verdict) {
-            Status::Pass => "PASS",
-            Status::Fail => "FAIL",
-            Status::Error => "ERROR",
-        },
+        status_word(status_of(record, verdict)),
         verdict.checks,
         verdict.failures.len(),
         format_secs(record.duration),

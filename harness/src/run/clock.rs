@@ -44,6 +44,11 @@ impl Clock {
         self.t0.get().map_or(Duration::ZERO, |(t0, _)| instant.saturating_duration_since(*t0))
     }
 
+    /// t0 on the wall clock (the time base of the pcaps); `None` before the start.
+    pub fn t0_wall(&self) -> Option<SystemTime> {
+        self.t0.get().map(|(_, wall)| *wall)
+    }
+
     /// Converts a kernel wall-clock timestamp (a packet's) to time since t0; earlier than t0 gives zero.
     pub fn since_t0(&self, wall: SystemTime) -> Duration {
         self.t0.get().map_or(Duration::ZERO, |(_, t0_wall)| wall.duration_since(*t0_wall).unwrap_or(Duration::ZERO))

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use crate::error::{joined, Error, Result};
 use crate::observe::capture::{Capture, CaptureBuffer};
-use crate::observe::sockets::Observer;
-use crate::record::{CaptureStats, RunRecord, WireStats};
+use crate::observe::sockets::{DiagSocket, Observer};
+use crate::record::{CaptureStats, CapturedInterface, RunRecord, WireStats};
 use crate::run::actors::{self, ActorContext, ProcessRegistry, StepBoard};
 use crate::run::clock::{Clock, EventSink};
 use crate::run::firewall::{self, Firewall};
@@ -34,7 +34,7 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64) -> Result<RunRecord> {
     let setup_started = Instant::now();
     let clock = Clock::unstarted();
     let (sink, events) = EventSink::new(clock.clone());
-    let Rig { namespaces, mut firewalls, captures, observers, wire, wire_namespace, .. } =
+    let Rig { namespaces, interfaces, mut firewalls, captures, observers, wire, wire_namespace } =
         set_up(plan, report_dir, &sink, seed)?;
     let setup = setup_started.elapsed();
 
@@ -48,6 +48,12 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64) -> Result<RunRecord> {
     let mut programs: Vec<(HostId, Option<JoinHandle<Result<()>>>)> = Vec::with_capacity(2);
     for host in HostId::ALL {
         let host_plan = plan.host(host).clone();
+        let mut sock_diag = [None, None];
+        for (target, named) in HostId::ALL.into_iter().zip(actors::listening_hosts(&host_plan)) {
+            if named {
+                sock_diag[target.index()] = Some(DiagSocket::open_in(&namespaces[target.index()])?);
+            }
+        }
         let mut ctx = ActorContext {
             host,
             own_address: plan.host(host).address,
@@ -55,6 +61,8 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64) -> Result<RunRecord> {
             processes: Arc::clone(&processes),
             sink: sink.clone(),
             deadline: Instant::now() + plan.deadline,
+            sock_diag,
+            report_dir: report_dir.to_path_buf(),
         };
         let (gate_tx, gate_rx) = mpsc::channel::<Instant>();
         gates.push(gate_tx);
@@ -187,6 +195,8 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64) -> Result<RunRecord> {
     let [observer_client, observer_server] = into_pair(observer_stats)?;
     Ok(RunRecord {
         timeline,
+        interfaces,
+        t0_wall: clock.t0_wall(),
         duration,
         setup,
         teardown,
@@ -240,6 +250,8 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> &str {
 /// What a run sets up before t0, one of each per host (indexed by `HostId::index()`).
 pub struct Rig {
     pub namespaces: [Netns; 2],
+    /// The captured interfaces, as the run record names them.
+    pub interfaces: Vec<CapturedInterface>,
     pub firewalls: Vec<Firewall>,
     pub captures: Vec<Capture>,
     pub observers: Vec<Observer>,
@@ -270,7 +282,7 @@ pub fn set_up(plan: &Plan, report_dir: &Path, sink: &EventSink, seed: u64) -> Re
         let starting = HostId::ALL.map(|host| {
             let ns = &namespaces[host.index()];
             let ifindex = topology.link(host).ifindex;
-            let pcap = report_dir.join(format!("{host}.pcap"));
+            let pcap = report_dir.join(pcap_name(host));
             let sink = sink.clone();
             thread::Builder::new().name(format!("set-up-{host}")).spawn_scoped(scope, move || {
                 ns.enter()?;
@@ -288,8 +300,23 @@ pub fn set_up(plan: &Plan, report_dir: &Path, sink: &EventSink, seed: u64) -> Re
         (Some(ns), Some(links)) => Some(Wire::start(ns, links.facing, wire_faults(plan), seed, Some(sink.clone()))?),
         _ => None,
     };
+    let interfaces = HostId::ALL
+        .iter()
+        .map(|&host| {
+            let link = topology.link(host);
+            CapturedInterface {
+                host,
+                ifname: link.ifname.clone(),
+                mac: link.mac,
+                address: link.address,
+                pcap: pcap_name(host),
+                snaplen: crate::observe::capture::SNAPLEN,
+            }
+        })
+        .collect();
     Ok(Rig {
         namespaces,
+        interfaces,
         firewalls: vec![client_firewall, server_firewall],
         captures: vec![client_capture, server_capture],
         observers: vec![client_observer, server_observer],
@@ -330,6 +357,11 @@ fn wire_losses(stats: &[WireStats; 2]) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// The pcap a host's capture writes in the report folder.
+fn pcap_name(host: HostId) -> String {
+    format!("{host}.pcap")
 }
 
 /// `tcpdump -B` for the plan: the socket's own queue unless the scenario asks for a ring.
@@ -514,10 +546,7 @@ pub fn annotate_impairments(timeline: &mut Timeline) {
     }
     for (position, label) in marks {
         if let EventKind::Packet(packet) = &mut timeline.events[position].kind {
-            packet.fault = Some(match packet.fault.take() {
-                Some(earlier) => format!("{earlier}; {label}"),
-                None => label,
-            });
+            packet.impairments.push(label);
         }
     }
 }
@@ -707,6 +736,7 @@ client:
                 len: 0,
                 options: String::new(),
                 fault: None,
+                impairments: Vec::new(),
             }),
         }
     }

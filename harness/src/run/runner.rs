@@ -1,6 +1,7 @@
 //! Running scenarios: one child process each (the harness re-executes itself), many at once, each bounded by
 //! its deadline; and the libtest-mimic glue that makes every scenario one `cargo test` trial.
 
+use std::ffi::OsString;
 use std::io::Read;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
@@ -19,7 +20,7 @@ use crate::report::verdict;
 use crate::report::{self, Status, Summary};
 use crate::run::supervise::{self, StopReason, Supervisor};
 use crate::run::{engine, netns, pidns, userns};
-use crate::scenario::{self, plan::Plan};
+use crate::scenario::{self, plan::Plan, variables::Variables};
 
 /// Time a child gets beyond its scenario deadline for set-up, teardown and writing its report.
 pub const CHILD_GRACE: Duration = Duration::from_secs(20);
@@ -52,6 +53,18 @@ pub struct Job {
 }
 
 impl Job {
+    /// The arguments after [`CHILD_COMMAND`] that make a scenario process run this job ([`ChildArgs`]).
+    pub fn child_args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> =
+            vec!["--root".into(), self.root.clone().into(), "--reports".into(), self.reports.clone().into()];
+        if let Some(run) = self.run {
+            args.extend(["--run".into(), run.to_string().into()]);
+        }
+        args.extend(["--seed".into(), self.seed.to_string().into()]);
+        args.push(self.file.clone().into());
+        args
+    }
+
     /// The scenario's name, with `#<run>` for a repetition.
     pub fn name(&self) -> String {
         let name = display_name(&self.root, &self.file);
@@ -60,6 +73,43 @@ impl Job {
             None => name,
         }
     }
+}
+
+/// What follows [`CHILD_COMMAND`] on a scenario process's command line, as [`Job::child_args`] writes it:
+/// `--root ROOT --reports DIR [--run N] --seed N FILE`. Parsed by `netfault __run-one` and by a test binary's
+/// [`crate::testing::Suite`] alike.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ChildArgs {
+    #[arg(long, default_value = ".")]
+    root: PathBuf,
+    #[arg(long, default_value = "reports")]
+    reports: PathBuf,
+    /// Which repetition of `run --repeat` this is.
+    #[arg(long)]
+    run: Option<usize>,
+    /// The seed of the impairments' random decisions.
+    #[arg(long, default_value = "0", value_parser = parse_seed)]
+    seed: u64,
+    file: PathBuf,
+}
+
+impl From<ChildArgs> for Job {
+    fn from(args: ChildArgs) -> Job {
+        Job { file: args.file, root: args.root, reports: args.reports, run: args.run, seed: args.seed }
+    }
+}
+
+/// The child command's arguments on their own (what follows [`CHILD_COMMAND`]).
+#[derive(Debug, clap::Parser)]
+#[command(name = CHILD_COMMAND, no_binary_name = true)]
+struct ChildCommand {
+    #[command(flatten)]
+    args: ChildArgs,
+}
+
+/// The job the arguments after [`CHILD_COMMAND`] describe, or clap's error saying what is wrong with them.
+pub fn parse_child_args(args: impl IntoIterator<Item = OsString>) -> Result<Job, clap::Error> {
+    <ChildCommand as clap::Parser>::try_parse_from(args).map(|command| Job::from(command.args))
 }
 
 /// The folder a repetition's report goes to, under the scenario's report folder.
@@ -86,12 +136,8 @@ pub fn run_in_child(exe: &Path, job: &Job, deadline: Duration, supervisor: &Supe
 
 fn spawn_and_wait(exe: &Path, job: &Job, deadline: Duration, supervisor: &Supervisor) -> Result<Summary> {
     let mut command = Command::new(exe);
-    command.arg(CHILD_COMMAND).arg("--root").arg(&job.root).arg("--reports").arg(&job.reports);
-    if let Some(run) = job.run {
-        command.arg("--run").arg(run.to_string());
-    }
-    command.arg("--seed").arg(job.seed.to_string());
-    command.arg(&job.file).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    command.arg(CHILD_COMMAND).args(job.child_args());
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     // The child, and with it its namespaces, must not outlive the runner, whatever kills the runner.
     unsafe {
         command.pre_exec(|| {
@@ -259,10 +305,10 @@ fn reaped_within(child: &mut Child, limit: Duration) -> bool {
 
 /// The hidden child command: runs one scenario in this process and prints its summary as the last stdout line.
 /// Exit code: 0 pass, 1 verdict failure, 2 harness error.
-pub fn child_main(root: &Path, reports: &Path, file: &Path, run: Option<usize>, seed: u64) -> ExitCode {
-    let summary = match run_here(root, reports, file, run, seed) {
+pub fn child_main(job: &Job, variables: &Variables) -> ExitCode {
+    let summary = match run_here(job, variables) {
         Ok(summary) => summary,
-        Err(e) => Summary::harness_error(display_name(root, file), reports, e.to_string()),
+        Err(e) => Summary::harness_error(display_name(&job.root, &job.file), &job.reports, e.to_string()),
     };
     match serde_json::to_string(&summary) {
         Ok(line) => println!("{line}"),
@@ -277,23 +323,23 @@ pub fn child_main(root: &Path, reports: &Path, file: &Path, run: Option<usize>, 
     std::process::exit(code)
 }
 
-fn run_here(root: &Path, reports: &Path, file: &Path, run: Option<usize>, seed: u64) -> Result<Summary> {
+fn run_here(job: &Job, variables: &Variables) -> Result<Summary> {
     // Entering a user namespace needs a single-threaded process: do it before anything spawns a thread.
     userns::acquire()?;
     // From here on this process is pid 1 of its own PID namespace: what its programs start dies with it.
     pidns::become_init()?;
     netns::enter_private_parent()?;
     capture::keep_kernel_timestamps_on()?;
-    let plan = scenario::load(root, file)?;
-    let mut dir = report::report_dir(reports, &plan.name)?;
-    if let Some(run) = run {
+    let plan = scenario::load(&job.root, &job.file, variables)?;
+    let mut dir = report::report_dir(&job.reports, &plan.name)?;
+    if let Some(run) = job.run {
         dir.push(run_folder(run));
     }
     if dir.exists() {
         std::fs::remove_dir_all(&dir).context(|| format!("clear old report {}", dir.display()))?;
     }
     std::fs::create_dir_all(&dir).context(|| format!("create report folder {}", dir.display()))?;
-    let record = engine::run(&plan, &dir, seed)?;
+    let record = engine::run(&plan, &dir, job.seed)?;
     let verdict = verdict::judge(&plan, &record.timeline);
     report::write(&plan, &record, &verdict, &dir)
 }
@@ -322,7 +368,7 @@ pub fn display_name(root: &Path, file: &Path) -> String {
 }
 
 /// Loads every scenario under the given paths, or reports every invalid one.
-pub fn load_all(paths: &[PathBuf]) -> Result<Vec<(Job, Plan)>, Vec<String>> {
+pub fn load_all(paths: &[PathBuf], variables: &Variables) -> Result<Vec<(Job, Plan)>, Vec<String>> {
     let mut plans = Vec::new();
     let mut errors = Vec::new();
     for path in paths {
@@ -338,7 +384,7 @@ pub fn load_all(paths: &[PathBuf]) -> Result<Vec<(Job, Plan)>, Vec<String>> {
             errors.push(format!("{}: no scenario files (*.yaml) found", path.display()));
         }
         for file in files {
-            match scenario::load(&root, &file) {
+            match scenario::load(&root, &file, variables) {
                 // Refused here too, not only by the child: `check` must say so, and `run` must run nothing.
                 Ok(plan) => match report::report_dir(Path::new("reports"), &plan.name) {
                     Ok(_) => plans
@@ -459,7 +505,7 @@ const TRIAL_KIND: &str = "scenario";
 /// The whole run is bounded by the suite deadline: `NETFAULT_SUITE_DEADLINE` (e.g. `10m`), by default
 /// [`supervise::default_budget`] of the selected scenarios' deadlines. SIGINT / SIGTERM or the deadline kill
 /// every scenario process and fail its trial with the reason.
-pub fn test_main(root: &Path, reports: &Path, exe: &Path, mut args: Arguments) -> ExitCode {
+pub fn test_main(root: &Path, reports: &Path, exe: &Path, variables: &Variables, mut args: Arguments) -> ExitCode {
     let files = match scenario::discover(root) {
         Ok(files) => files,
         Err(e) => {
@@ -473,7 +519,7 @@ pub fn test_main(root: &Path, reports: &Path, exe: &Path, mut args: Arguments) -
             let name = display_name(root, &file);
             let candidate = match selected_by_name(&args, &name) {
                 false => Candidate::FilteredOut,
-                true => match scenario::load(root, &file) {
+                true => match scenario::load(root, &file, variables) {
                     Ok(plan) => Candidate::Loaded(Box::new(plan)),
                     Err(e) => Candidate::Invalid(e.to_string()),
                 },
@@ -565,7 +611,7 @@ fn trial_result(summary: Summary) -> Result<(), Failed> {
         status => {
             let what = if status == Status::Fail { "FAILED" } else { "HARNESS ERROR" };
             Err(Failed::from(format!(
-                "{what}: {}\n{}\n  report: {} (timeline.txt, result.json, client.pcap, server.pcap)",
+                "{what}: {}\n{}\n  report: {} (report.html, capture.pcapng, timeline.txt, result.json)",
                 summary.name,
                 summary.messages.join("\n"),
                 summary.report.display()
@@ -577,6 +623,32 @@ fn trial_result(summary: Summary) -> Result<(), Failed> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_job_survives_the_child_command_line() {
+        let job = Job {
+            file: "scenarios/a b/c.yaml".into(),
+            root: "scenarios".into(),
+            reports: "/tmp/r".into(),
+            run: Some(3),
+            seed: 18_446_744_073_709_551_615,
+        };
+        let back = parse_child_args(job.child_args()).unwrap();
+        assert_eq!(
+            (back.file, back.root, back.reports, back.run, back.seed),
+            (job.file, job.root, job.reports, job.run, job.seed)
+        );
+        let plain = parse_child_args(["x.yaml".into()]).unwrap();
+        assert_eq!(
+            (plain.root, plain.reports, plain.run, plain.seed),
+            (PathBuf::from("."), PathBuf::from("reports"), None, 0)
+        );
+        let problem = |args: &[&str]| parse_child_args(args.iter().map(OsString::from)).unwrap_err().kind();
+        assert_eq!(problem(&["a.yaml", "b.yaml"]), clap::error::ErrorKind::UnknownArgument);
+        assert_eq!(problem(&["--run", "x", "a.yaml"]), clap::error::ErrorKind::ValueValidation);
+        assert_eq!(problem(&["--root"]), clap::error::ErrorKind::InvalidValue);
+        assert_eq!(problem(&[]), clap::error::ErrorKind::MissingRequiredArgument);
+    }
 
     #[test]
     fn bounded_wait_sees_an_exit_at_once_and_kills_past_the_limit() {

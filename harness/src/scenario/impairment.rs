@@ -2,6 +2,7 @@
 //! loss (random or Gilbert-Elliott bursts), delay with jitter, reordering, duplication, corruption, a rate limit
 //! with its queue, and forged segments. The wire that carries them out is `run::impair`.
 
+use std::fmt;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -119,4 +120,57 @@ pub enum InjectedSeq {
     InWindow,
     /// Half the sequence space away: outside any window.
     OutOfWindow,
+}
+
+fn percent(probability: f64) -> String {
+    format!("{}%", (probability * 1e4).round() / 1e2)
+}
+
+fn millis(d: Duration) -> String {
+    format!("{}ms", d.as_secs_f64() * 1e3)
+}
+
+/// What the impairment does, as a report says it: `loss 1%`, `delay 100ms +- 20ms (normal)`, `rate 10 Mbit/s`.
+impl fmt::Display for Impairment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Impairment::Loss(LossModel::Random { probability }) => write!(f, "loss {}", percent(probability)),
+            Impairment::Loss(LossModel::GilbertElliott { p, r, loss_good, loss_bad }) => write!(
+                f,
+                "Gilbert-Elliott loss (p {}, r {}, {} when bad, {} when good)",
+                percent(p),
+                percent(r),
+                percent(loss_bad),
+                percent(loss_good)
+            ),
+            Impairment::Delay { delay, jitter, distribution, in_order } => {
+                write!(f, "delay {}", millis(delay))?;
+                if !jitter.is_zero() {
+                    let shape = if distribution == Distribution::Normal { "normal" } else { "uniform" };
+                    write!(f, " +- {} ({shape}{})", millis(jitter), if in_order { "" } else { ", reordering" })?;
+                }
+                Ok(())
+            }
+            Impairment::Reorder { probability, gap, max } => {
+                write!(f, "reorder {} behind {gap} packets (at most {})", percent(probability), millis(max))
+            }
+            Impairment::Duplicate { probability } => write!(f, "duplicate {}", percent(probability)),
+            Impairment::Corrupt { probability } => write!(f, "corrupt {}", percent(probability)),
+            Impairment::Rate { bits_per_second, queue_bytes } => {
+                write!(f, "rate {} kbit/s, queue {} KiB", bits_per_second / 1000, queue_bytes / 1024)
+            }
+            Impairment::Inject(Injection { segment, seq }) => {
+                let what = match segment {
+                    InjectedSegment::Rst => "RST".to_string(),
+                    InjectedSegment::Data { bytes } => format!("{bytes} bytes of data"),
+                };
+                let at = match seq {
+                    InjectedSeq::Exact => "at RCV.NXT",
+                    InjectedSeq::InWindow => "in window",
+                    InjectedSeq::OutOfWindow => "out of window",
+                };
+                write!(f, "forge {what} {at}")
+            }
+        }
+    }
 }

@@ -368,6 +368,17 @@ pub fn location_of_offset(bytes: &[u8], offset: usize) -> Location {
     Location { line, column }
 }
 
+/// The byte offset of `at` in `text`, if the line and column exist (columns count characters, as in
+/// [`location_of_offset`]).
+pub fn offset_of_location(text: &str, at: Location) -> Option<usize> {
+    let line_start = if at.line <= 1 { 0 } else { text.match_indices('\n').nth(at.line - 2).map(|(i, _)| i + 1)? };
+    let line = &text[line_start..];
+    let line = &line[..line.find('\n').unwrap_or(line.len())];
+    let column = at.column.checked_sub(1)?;
+    let within = line.char_indices().map(|(i, _)| i).chain([line.len()]).nth(column)?;
+    Some(line_start + within)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -536,5 +547,17 @@ server: []
         assert_eq!(location_of_offset(bytes, 3), at(2, 1));
         assert_eq!(location_of_offset(bytes, 4), at(2, 2));
         assert_eq!(location_of_offset(bytes, 6), at(2, 3));
+    }
+
+    #[test]
+    fn offsets_and_locations_agree() {
+        let text = "a: 1\nbé: \"x ${y}\"\n\nc: 2";
+        for (offset, _) in text.char_indices() {
+            assert_eq!(offset_of_location(text, location_of_offset(text.as_bytes(), offset)), Some(offset));
+        }
+        assert_eq!(offset_of_location(text, at(2, 8)), Some(text.find("${").unwrap()));
+        assert_eq!(offset_of_location(text, at(3, 1)), Some(text.find("\n\n").unwrap() + 1));
+        assert_eq!(offset_of_location(text, at(2, 20)), None);
+        assert_eq!(offset_of_location(text, at(9, 1)), None);
     }
 }

@@ -12,6 +12,7 @@ pub mod plan;
 pub mod schema;
 pub mod size;
 pub mod validate;
+pub mod variables;
 
 use std::fs::File;
 use std::io::Read;
@@ -26,25 +27,27 @@ use crate::scenario::locate::{location_of_offset, SourceIndex, StructureError, M
 use crate::scenario::names::{closest, suggestion};
 use crate::scenario::plan::{Location, Plan};
 use crate::scenario::schema::{describe_expected, ScenarioWire};
+use crate::scenario::variables::Variables;
 
 /// Largest scenario file accepted; real ones are a few KiB.
 pub const MAX_FILE_SIZE: usize = 1024 * 1024;
 
-/// Reads, parses and validates `file`; the plan is named by the path of `file` relative to `root`, without
-/// `.yaml` / `.yml`, with `/` separators (the file stem when `file` is not under `root`).
-pub fn load(root: &Path, file: &Path) -> Result<Plan, ScenarioError> {
+/// Reads, parses and validates `file`, resolving the `${...}` of its exec steps against `variables`; the plan is
+/// named by the path of `file` relative to `root`, without `.yaml` / `.yml`, with `/` separators (the file stem
+/// when `file` is not under `root`).
+pub fn load(root: &Path, file: &Path, variables: &Variables) -> Result<Plan, ScenarioError> {
     let unreadable = |e: std::io::Error| {
         ScenarioError::new(file, None, format!("cannot read the scenario file (cat {}): {e}", file.display()))
     };
     // Reading one byte past the limit is enough to refuse a file without reading all of a huge one.
     let mut bytes = Vec::new();
     File::open(file).and_then(|f| f.take(MAX_FILE_SIZE as u64 + 1).read_to_end(&mut bytes)).map_err(unreadable)?;
-    parse_bytes(&scenario_name(root, file), file, &bytes)
+    parse_bytes(&scenario_name(root, file), file, &bytes, variables)
 }
 
 /// Refuses oversized or non-UTF-8 `bytes` read from `file`, then parses and validates them into a plan called
 /// `name`: all of [`load`] but the reading.
-pub fn parse_bytes(name: &str, file: &Path, bytes: &[u8]) -> Result<Plan, ScenarioError> {
+pub fn parse_bytes(name: &str, file: &Path, bytes: &[u8], variables: &Variables) -> Result<Plan, ScenarioError> {
     check_size(file, bytes.len())?;
     let text = std::str::from_utf8(bytes).map_err(|e| {
         let offset = e.valid_up_to();
@@ -57,12 +60,19 @@ pub fn parse_bytes(name: &str, file: &Path, bytes: &[u8]) -> Result<Plan, Scenar
             ),
         )
     })?;
-    parse(name, file, text)
+    parse_with(name, file, text, variables)
 }
 
-/// Parses and validates scenario `text` read from `file` into a plan called `name`.
+/// Parses and validates scenario `text` read from `file` into a plan called `name`, with no variable set but
+/// `${scenario_dir}`.
 pub fn parse(name: &str, file: &Path, text: &str) -> Result<Plan, ScenarioError> {
-    parse_text(name, file, text).map_err(|mut error| {
+    parse_with(name, file, text, &Variables::default())
+}
+
+/// Parses and validates scenario `text` read from `file` into a plan called `name`, resolving variables against
+/// `variables`.
+pub fn parse_with(name: &str, file: &Path, text: &str, variables: &Variables) -> Result<Plan, ScenarioError> {
+    parse_text(name, file, text, variables).map_err(|mut error| {
         error.message = printable(&error.message);
         error.location = error.location.map(|at| within(text, at));
         error
@@ -93,12 +103,12 @@ fn printable(text: &str) -> String {
         .collect()
 }
 
-fn parse_text(name: &str, file: &Path, text: &str) -> Result<Plan, ScenarioError> {
+fn parse_text(name: &str, file: &Path, text: &str, variables: &Variables) -> Result<Plan, ScenarioError> {
     check_size(file, text.len())?;
     check_characters(file, text)?;
     let index = SourceIndex::build(text).map_err(|e| structure_error(file, text, e))?;
     let wire: ScenarioWire = serde_norway::from_str(text).map_err(|e| serde_error(file, text, &index, &e))?;
-    validate::validate(name, file, &wire, &index)
+    validate::validate(name, file, &wire, &index, text, variables)
 }
 
 /// Every `*.yaml` / `*.yml` file under `root`, recursively, sorted by path; just `root` if it is a file.
@@ -343,6 +353,7 @@ fn describe_path(path: &str) -> String {
             "packets" => "packet expectation",
             "states" => "state expectation",
             "timers" => "timer expectation",
+            "errors" => "errors expectation",
             "sequence" => "state step",
             _ => "item",
         },

@@ -255,6 +255,9 @@ pub enum Action {
     GetOpt { option: SockOptName },
     /// Waits until another host's named step has started or finished.
     Wait { step: StepRef, edge: StepEdge },
+    /// Waits until a socket of `host` listens on `port` (`until ss -Htln 'sport = :PORT' | grep -q .`), such
+    /// as the listener of a program an `exec` started.
+    WaitListening { host: HostId, port: u16 },
     /// Runs a real program inside the host's namespace.
     Exec(ExecPlan),
 }
@@ -275,7 +278,7 @@ impl Action {
             Action::Close => "close",
             Action::Sleep { .. } => "sleep",
             Action::GetOpt { .. } => "getsockopt",
-            Action::Wait { .. } => "wait",
+            Action::Wait { .. } | Action::WaitListening { .. } => "wait",
             Action::Exec(_) => "exec",
         }
     }
@@ -439,6 +442,8 @@ pub struct ExecPlan {
     pub background: bool,
     pub stdout: Vec<String>,
     pub stderr: Vec<String>,
+    /// Run under `strace -f`: its failed socket calls become `errno` events of the timeline.
+    pub trace: bool,
 }
 
 /// What a step must give, and when.
@@ -857,6 +862,7 @@ pub struct RunExpectations {
     pub states: Vec<StateExpectation>,
     pub timers: Vec<TimerExpectation>,
     pub queues: Vec<QueueExpectation>,
+    pub errors: Vec<ErrorExpectation>,
     pub counters: Vec<CounterExpectation>,
     pub tcp_info: Vec<TcpInfoExpectation>,
 }
@@ -907,6 +913,27 @@ pub struct PacketExpectation {
     pub window: Option<(Duration, Duration)>,
     pub tolerance: Tolerance,
     /// Times (`at`, `window`) count from this step's end or packet, and only packets from then on count.
+    pub since: Option<Since>,
+    pub location: Location,
+}
+
+/// Errno events of the programs traced on `host` (exec steps with `trace: true`): the socket calls that
+/// failed, selected by port, errno and call; how many, and when they returned.
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorExpectation {
+    pub host: HostId,
+    /// The local or remote port of the call's socket.
+    pub port: Option<u16>,
+    pub errno: Option<Errno>,
+    /// The system call as strace names it (`recvfrom`, `connect`), or `getsockopt SO_ERROR`.
+    pub call: Option<String>,
+    /// Exactly this many (`0` = none at all).
+    pub count: Option<u32>,
+    /// Times at which the calls returned, in order; the count must match when given.
+    pub at: Vec<Duration>,
+    /// Only calls that returned in this window count.
+    pub window: Option<(Duration, Duration)>,
+    pub tolerance: Tolerance,
     pub since: Option<Since>,
     pub location: Location,
 }

@@ -524,16 +524,18 @@ pub struct RecvWire {
     pub until: Option<Scalar>,
 }
 
-/// `wait: { for: client.connect, edge: started }`.
+/// `wait: { for: client.connect, edge: started }` or `wait: { listening: 7000, host: server }`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WaitWire {
     #[serde(rename = "for")]
     pub target: Option<Scalar>,
     pub edge: Option<Scalar>,
+    pub listening: Option<Scalar>,
+    pub host: Option<Scalar>,
 }
 
-/// `exec: { program, args, env, stdin, timeout, background, stdout, stderr }`.
+/// `exec: { program, args, env, stdin, timeout, background, stdout, stderr, trace }`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExecWire {
@@ -545,6 +547,7 @@ pub struct ExecWire {
     pub background: Option<Scalar>,
     pub stdout: Option<ScalarList>,
     pub stderr: Option<ScalarList>,
+    pub trace: Option<Scalar>,
 }
 
 /// The map form of a step's `expect:`.
@@ -567,6 +570,7 @@ pub struct RunExpectWire {
     pub states: Option<Vec<StateExpectWire>>,
     pub timers: Option<Vec<TimerExpectWire>>,
     pub queues: Option<Vec<QueueExpectWire>>,
+    pub errors: Option<Vec<ErrorExpectWire>>,
     pub counters: Option<Vec<CounterExpectWire>>,
     pub tcp_info: Option<Vec<TcpInfoExpectWire>>,
 }
@@ -608,6 +612,21 @@ pub struct PacketExpectWire {
     pub len: Option<Scalar>,
     pub window: Option<Scalar>,
     pub protocol: Option<Scalar>,
+    pub count: Option<Scalar>,
+    pub at: Option<ScalarList>,
+    pub within: Option<ScalarList>,
+    pub tolerance: Option<ScalarOr<ToleranceWire>>,
+    pub since: Option<ScalarOr<SinceWire>>,
+}
+
+/// One item of `expect: { errors: [...] }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorExpectWire {
+    pub host: Option<Scalar>,
+    pub port: Option<Scalar>,
+    pub errno: Option<Scalar>,
+    pub call: Option<Scalar>,
     pub count: Option<Scalar>,
     pub at: Option<ScalarList>,
     pub within: Option<ScalarList>,

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::plan::*;
+use super::variables::Variables;
 use super::*;
 
 fn ms(n: u64) -> Duration {
@@ -71,7 +72,7 @@ fn good_file() -> (PathBuf, PathBuf) {
 #[test]
 fn complete_scenario_becomes_the_expected_plan() {
     let (root, file) = good_file();
-    let plan = load(&root, &file).unwrap();
+    let plan = load(&root, &file, &Variables::default()).unwrap();
     assert_eq!(plan.name, "complete");
     assert_eq!(plan.file, file);
     assert!(plan.description.starts_with("Client enables keepalive 5/3/3."));
@@ -384,6 +385,75 @@ fn send_and_recv_forms() {
 }
 
 #[test]
+fn waits_for_a_listening_port() {
+    let got = actions(
+        "client:\n  - wait: { listening: 7000 }\n  - wait: { listening: 7001, host: client }\n\
+         server:\n  - wait: { listening: 9, host: server }\n",
+    );
+    assert!(matches!(got[0], Action::WaitListening { host: HostId::Server, port: 7000 }), "the peer by default");
+    assert!(matches!(got[1], Action::WaitListening { host: HostId::Client, port: 7001 }), "its own host");
+    assert!(matches!(got[2], Action::WaitListening { host: HostId::Server, port: 9 }));
+    let text = |wait: &str| {
+        format!("description: d\nclient:\n  - wait: {wait}\nserver:\n  - listen: {{ port: 1 }}\n    name: l\n")
+    };
+    refused(&text("{ listening: 7000, for: server.l }"), 3, 30, "not both: move `for` into a wait step of its own");
+    refused(&text("{ edge: started, listening: 7000 }"), 3, 13, "not both: move `edge`");
+    refused(&text("{ host: server }"), 3, 13, "\"host\" goes with `listening`");
+    refused(&text("{ listening: 0 }"), 3, 24, "listening port");
+    refused(&text("{ listening: 7000, host: sever }"), 3, 36, "unknown host \"sever\"; did you mean server?");
+    refused(&text("{}"), 3, 11, "(or `listening: PORT`, a port to wait for)");
+}
+
+#[test]
+fn errors_expectations_need_a_traced_exec_on_their_host() {
+    let text = |exec: &str, errors: &str| {
+        format!("description: d\nclient:\n  - exec: {exec}\n    name: fetch\nexpect:\n  errors:\n    - {errors}\n")
+    };
+    let traced = plan(&text(
+        "{ program: fetch, trace: true }",
+        "{ host: client, port: 7000, errno: EAGAIN, call: recvfrom, at: [2s], within: [1s, 3s], since: client.fetch }",
+    ));
+    let errors = &traced.expect.errors[0];
+    assert_eq!(
+        (errors.host, errors.port, errors.errno, errors.call.as_deref()),
+        (HostId::Client, Some(7000), Some(Errno(libc::EAGAIN)), Some("recvfrom"))
+    );
+    assert_eq!((errors.count, errors.at.clone(), errors.window), (Some(1), vec![secs(2)], Some((secs(1), secs(3)))));
+    assert!(matches!(&traced.hosts[0].steps[0].action, Action::Exec(exec) if exec.trace));
+    let so_error =
+        plan(&text("{ program: fetch, trace: true }", "{ host: client, call: getsockopt SO_ERROR, count: 2 }"));
+    assert_eq!(so_error.expect.errors[0].call.as_deref(), Some("getsockopt SO_ERROR"));
+
+    refused(&text("{ program: fetch }", "{ host: client, count: 1 }"), 7, 15, "client has none: add `trace: true`");
+    refused(&text("{ program: fetch, trace: true }", "{ host: server, count: 1 }"), 7, 15, "server has none");
+    refused(&text("{ program: fetch, trace: true }", "{ host: client }"), 7, 7, "an errors expectation needs `count`");
+    refused(
+        &text("{ program: fetch, trace: true }", "{ host: client, errno: EAGIAN, count: 1 }"),
+        7,
+        30,
+        "did you mean EAGAIN?",
+    );
+    refused(
+        &text("{ program: fetch, trace: true }", "{ host: client, call: \"read()\", count: 1 }"),
+        7,
+        29,
+        "not a system call name",
+    );
+    refused(
+        &text("{ program: fetch, trace: true, background: true }", "{ host: client, count: 1 }"),
+        3,
+        29,
+        "`trace: true` needs a foreground exec",
+    );
+    refused(
+        &text("{ program: fetch, trace: yes }", "{ host: client, count: 1 }"),
+        3,
+        36,
+        "trace must be true or false",
+    );
+}
+
+#[test]
 fn shutdown_sleep_and_wait_forms() {
     let got = actions(
         "client:\n  - shutdown: RD\n  - shutdown: SHUT_WR\n  - shutdown: RDWR\n  - sleep: 8s\n\
@@ -432,6 +502,66 @@ fn exec_with_everything() {
     }
     let steps = steps("client:\n  - exec: { program: sh }\n    expect: { exit: 7 }\n");
     assert_eq!(steps[0].expect.outcome, Some(ExpectedOutcome::Exit(7)));
+}
+
+/// The first exec step of `text` parsed with `variables` set, from the file /s/demo/x.yaml.
+fn exec_with(text: &str, variables: &Variables) -> Result<ExecPlan, ScenarioError> {
+    let plan = parse_with("x", Path::new("/s/demo/x.yaml"), text, variables)?;
+    match &plan.hosts[0].steps[0].action {
+        Action::Exec(exec) => Ok(exec.clone()),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn exec_variables_resolve_in_program_args_env_and_stdin() {
+    let variables = Variables::default().bin("fetch", "/t/debug/fetch").env("PORT", "7000");
+    let exec = exec_with(
+        "description: d\nclient:\n  - exec:\n      program: ${CARGO_BIN_EXE_fetch}\n\
+         \x20     args: [\"10.0.0.2:${env:PORT}\", '${scenario_dir}/req.txt', \"$${HOME}\"]\n\
+         \x20     env: { DATA: \"${scenario_dir}\" }\n      stdin: |\n        port ${env:PORT}\n\
+         \x20     stdout: '\\$\\{env:PORT\\}'\n",
+        &variables,
+    )
+    .unwrap();
+    assert_eq!(exec.program, "/t/debug/fetch");
+    assert_eq!(exec.args, vec!["10.0.0.2:7000", "/s/demo/req.txt", "${HOME}"]);
+    assert_eq!(exec.env, vec![("DATA".into(), "/s/demo".into())]);
+    assert_eq!(exec.stdin.as_deref(), Some("port 7000\n"));
+    assert_eq!(exec.stdout, vec!["\\$\\{env:PORT\\}"], "patterns are regular expressions, not substituted");
+}
+
+#[test]
+fn an_unresolved_variable_is_pointed_at_inside_its_string() {
+    let variables = Variables::default().bin("fetch", "/t/debug/fetch").env("PORT", "7000");
+    let error_at = |text: &str| {
+        let error = exec_with(&format!("description: d\nclient:\n  - exec:\n{text}"), &variables).unwrap_err();
+        (error.location.map(|l| (l.line, l.column)), error.message)
+    };
+    let (location, message) = error_at("      program: ${CARGO_BIN_EXE_fecth}\n");
+    assert_eq!(location, Some((4, 16)));
+    assert!(message.contains("no binary \"fecth\" is set; did you mean ${CARGO_BIN_EXE_fetch}?"), "{message}");
+    assert!(
+        message.contains("variables set: ${scenario_dir}, ${CARGO_BIN_EXE_fetch}, ${env:NAME} for the 1"),
+        "{message}"
+    );
+    let (location, message) =
+        error_at("      program: sh\n      args: [\"-c\", \"echo ${env:PORT} ${env:PORT} ${env:NOPE}\"]\n");
+    assert_eq!(location, Some((5, 50)), "the third variable of the second argument: {message}");
+    assert!(message.starts_with("environment variable NOPE is not set (${env:NOPE})"), "{message}");
+    let (location, _) = error_at("      program: sh\n      env: { A: 'x ${env:PORT} ${nope}' }\n");
+    assert_eq!(location, Some((5, 32)));
+    let (location, message) = error_at("      program: cat\n      stdin: |\n        one\n        two ${env:PORT\n");
+    assert_eq!(location, Some((7, 13)));
+    assert!(message.contains("no `}` closes"), "{message}");
+    let (location, _) = error_at("      program: cat\n      args: \"\\x24{nope}\"\n");
+    assert_eq!(location, Some((5, 13)), "written with an escape: the string itself");
+    let (_, message) = error_at("      program: ${env:EMPTY}\n");
+    assert!(message.contains("EMPTY is not set"), "{message}");
+    let empty = Variables::default().env("EMPTY", "");
+    let error = exec_with("description: d\nclient:\n  - exec: { program: \"${env:EMPTY}\" }\n", &empty).unwrap_err();
+    assert_eq!(error.location, Some(at(3, 22)));
+    assert!(error.message.contains("program is empty once its variables are resolved"), "{error}");
 }
 
 #[test]
@@ -701,7 +831,7 @@ fn discover_finds_yaml_files_sorted() {
     assert_eq!(discover(&single).unwrap(), vec![single.clone()]);
     assert!(discover(&dir.0.join("missing")).is_err());
 
-    let plan = load(&dir.0, &dir.0.join("c/d/e.yaml")).unwrap();
+    let plan = load(&dir.0, &dir.0.join("c/d/e.yaml"), &Variables::default()).unwrap();
     assert_eq!(plan.name, "c/d/e");
     assert_eq!(plan.file, dir.0.join("c/d/e.yaml"));
 }
@@ -710,7 +840,7 @@ fn discover_finds_yaml_files_sorted() {
 fn load_reports_unreadable_and_oversized_files() {
     let dir = TempDir::new("load");
     let missing = dir.0.join("missing.yaml");
-    let error = load(&dir.0, &missing).unwrap_err();
+    let error = load(&dir.0, &missing, &Variables::default()).unwrap_err();
     assert_eq!(error.file, missing);
     assert!(error.message.contains("cannot read the scenario file"), "{}", error.message);
 
@@ -720,7 +850,7 @@ fn load_reports_unreadable_and_oversized_files() {
         text.push_str("# padding padding padding padding padding padding padding padding\n");
     }
     std::fs::write(&big, &text).unwrap();
-    let error = load(&dir.0, &big).unwrap_err();
+    let error = load(&dir.0, &big, &Variables::default()).unwrap_err();
     assert_eq!(error.location, Some(at(1, 1)));
     assert!(error.message.contains("larger than 1 MiB"), "{}", error.message);
 }
@@ -1276,12 +1406,20 @@ fn format_reference_examples_are_valid() {
         let yaml = block.split("```").next().unwrap_or("");
         let text = if yaml.starts_with("description:") {
             yaml.to_string()
+        } else if yaml.starts_with("client:") {
+            format!("description: d\n{yaml}")
         } else if yaml.starts_with("  - ") || yaml.starts_with("    expect:") {
             continue;
         } else {
-            format!("description: d\nclient:\n  - connect: {{ port: 9000 }}\n    name: connect\n{yaml}")
+            // A step to anchor times to, and a traced program for `errors`.
+            format!(
+                "description: d\nclient:\n  - connect: {{ port: 9000 }}\n    name: connect\n\
+                 \x20 - exec: {{ program: fetch, trace: true }}\n    name: request\n{yaml}"
+            )
         };
-        if let Err(e) = parse_text(&text) {
+        // What the variables example names.
+        let variables = Variables::default().bin("fetch", "/t/debug/fetch").env("FETCH_PORT", "7000");
+        if let Err(e) = parse_with("test", Path::new("test.yaml"), &text, &variables) {
             panic!("FORMAT.md example does not load: {e}\n{text}");
         }
         checked += 1;

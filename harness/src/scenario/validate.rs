@@ -10,11 +10,12 @@ use regex::Regex;
 
 use crate::error::ScenarioError;
 use crate::scenario::duration::{format_duration, parse_duration, DurationError};
-use crate::scenario::locate::{NodePath, SourceIndex};
+use crate::scenario::locate::{location_of_offset, offset_of_location, NodePath, SourceIndex};
 use crate::scenario::names::{closest, suggestion, ACTION_KEYS, BARE_ACTIONS, SOCKOPT_NAMES, TCP_FLAG_LETTERS};
 use crate::scenario::plan::*;
 use crate::scenario::schema::*;
 use crate::scenario::size::parse_size;
+use crate::scenario::variables::{Scope, Variables};
 
 mod counters;
 mod expect;
@@ -55,16 +56,27 @@ pub fn allowed_sysctls() -> impl Iterator<Item = &'static str> {
 
 type Checked<T> = Result<T, ScenarioError>;
 
-/// Checks `wire` (read from `file`, positions in `index`) and builds the plan named `name`.
-pub fn validate(name: &str, file: &Path, wire: &ScenarioWire, index: &SourceIndex) -> Checked<Plan> {
+/// Checks `wire` (read from `file` holding `text`, positions in `index`) and builds the plan named `name`, the
+/// `${...}` of its exec steps resolved against `variables`.
+pub fn validate(
+    name: &str,
+    file: &Path,
+    wire: &ScenarioWire,
+    index: &SourceIndex,
+    text: &str,
+    variables: &Variables,
+) -> Checked<Plan> {
     let mut v = Validator {
         file,
         index,
+        text,
+        scope: Scope::new(variables, file),
         deadline: DEFAULT_DEADLINE,
         tolerance: Tolerance::either_side(DEFAULT_TOLERANCE),
         step_names: [Vec::new(), Vec::new()],
         step_index: [HashMap::new(), HashMap::new()],
         addresses: [Ipv4Addr::UNSPECIFIED; 2],
+        traced: [false, false],
     };
     let root = NodePath::root();
 
@@ -135,6 +147,8 @@ pub fn validate(name: &str, file: &Path, wire: &ScenarioWire, index: &SourceInde
     }
     v.check_wait_deadlocks(&steps)?;
     program::link_connects_to_listens(&mut steps);
+    v.traced = HostId::ALL
+        .map(|host| steps[host.index()].iter().any(|step| matches!(&step.action, Action::Exec(exec) if exec.trace)));
 
     let faults = v.faults(&root.key("faults"), wire.faults.as_deref().unwrap_or(&[]))?;
     let expect = v.run_expectations(&root.key("expect"), wire.expect.as_ref())?;
@@ -177,6 +191,9 @@ pub fn validate(name: &str, file: &Path, wire: &ScenarioWire, index: &SourceInde
 struct Validator<'a> {
     file: &'a Path,
     index: &'a SourceIndex,
+    /// The file's text, to point at a variable inside a value.
+    text: &'a str,
+    scope: Scope<'a>,
     deadline: Duration,
     tolerance: Tolerance,
     /// Named steps per host (by `HostId::index()`): name and 0-based step index, in program order.
@@ -185,6 +202,8 @@ struct Validator<'a> {
     step_index: [HashMap<String, usize>; 2],
     /// Each host's address (by `HostId::index()`), known before the programs are read.
     addresses: [Ipv4Addr; 2],
+    /// Whether the host runs an exec step with `trace: true` (by `HostId::index()`): `errors` expect one.
+    traced: [bool; 2],
 }
 
 /// What a step acts with, known while walking one host's program in order.
@@ -259,6 +278,25 @@ impl Validator<'_> {
 
     fn fail_key(&self, path: &NodePath, message: impl Into<String>) -> ScenarioError {
         ScenarioError::new(self.file, Some(self.index.key(path)), message)
+    }
+
+    /// `value` (the text of the node at `path`) with its `${...}` resolved, or an error at the variable that
+    /// cannot be.
+    fn resolve(&self, path: &NodePath, value: &str) -> Checked<String> {
+        self.scope.substitute(value).map_err(|unresolved| {
+            let node = self.index.value(path);
+            // The n-th `${` of the value is the n-th in the file from the node on, unless an escape sequence of a
+            // double-quoted string wrote it: then the node itself is the closest place to show.
+            let nth = value[..unresolved.offset].matches("${").count();
+            let at = offset_of_location(self.text, node)
+                .and_then(|start| {
+                    let (found, _) = self.text[start..].match_indices("${").nth(nth)?;
+                    let reference = unresolved.reference.lines().next().unwrap_or("${");
+                    self.text[start + found..].starts_with(reference).then_some(start + found)
+                })
+                .map_or(node, |offset| location_of_offset(self.text.as_bytes(), offset));
+            ScenarioError::new(self.file, Some(at), unresolved.message)
+        })
     }
 
     /// `value` or an error at `parent` saying what the missing key takes.

@@ -57,6 +57,8 @@ pub enum EventKind {
     Counters {
         counters: std::collections::BTreeMap<String, u64>,
     },
+    /// A socket call of a traced exec program that failed, or an error it read with `getsockopt(SO_ERROR)`.
+    Errno(ErrnoEvent),
     /// The run was cut at the deadline with this step still running.
     Deadline {
         step: Option<String>,
@@ -130,6 +132,10 @@ pub struct PacketEvent {
     pub options: String,
     /// Name of the fault whose rule dropped or rejected this packet.
     pub fault: Option<String>,
+    /// What the wire's impairments did to this packet, one label per decision (`lossy #17: lost`), on the
+    /// sender's copy and on each copy the receiver got.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub impairments: Vec<String>,
 }
 
 /// The IPv4 protocol of a captured packet: one the scenario format names, or another by its number. Written
@@ -186,6 +192,28 @@ pub struct SocketEvent {
     pub rtt: Option<Duration>,
     #[serde(serialize_with = "serialize_opt_secs")]
     pub rto: Option<Duration>,
+}
+
+/// A socket call of a program started by an `exec` step with `trace: true`, as `strace -f -yy` shows it: a
+/// call that returned -1 with an errno, or `getsockopt(SO_ERROR)` giving a pending error. The event's time is
+/// when the call returned.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ErrnoEvent {
+    /// The exec step (0-based index in its host's program) whose program, or a process it started, made the call.
+    pub step: usize,
+    /// The calling process, as the scenario's PID namespace numbers it.
+    pub pid: u32,
+    /// The system call as strace names it (`recvfrom`, `connect`), or `getsockopt SO_ERROR`.
+    pub call: String,
+    /// The errno's name, e.g. `ETIMEDOUT`.
+    pub errno: String,
+    /// `local:port -> remote:port` as far as known (`0.0.0.0:0` for an unknown side).
+    pub socket: String,
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// How long the call took.
+    #[serde(serialize_with = "serialize_secs")]
+    pub took: Duration,
 }
 
 /// All events of a run, sorted by time (stable for equal times).
@@ -261,10 +289,10 @@ impl fmt::Display for Event {
                     PacketDirection::Out => "out",
                     PacketDirection::In => "in ",
                 };
-                write!(f, "{arrow}    ")?;
-                write_packet(f, p)?;
-                if let Some(fault) = &p.fault {
-                    write!(f, "  << {fault}")?;
+                write!(f, "{arrow}    {p}")?;
+                let marks: Vec<&str> = p.fault.iter().chain(&p.impairments).map(String::as_str).collect();
+                if !marks.is_empty() {
+                    write!(f, "  << {}", marks.join("; "))?;
                 }
                 Ok(())
             }
@@ -272,8 +300,7 @@ impl fmt::Display for Event {
                 let decision = &impairment.decision;
                 write!(f, "wire   {} #{}: {}", decision.fault, decision.n, decision.kind)?;
                 if let Some(packet) = &impairment.packet {
-                    f.write_str(": ")?;
-                    write_packet(f, packet)?;
+                    write!(f, ": {packet}")?;
                 }
                 Ok(())
             }
@@ -292,34 +319,47 @@ impl fmt::Display for Event {
                 }
                 Ok(())
             }
+            EventKind::Errno(e) => write!(
+                f,
+                "errno  #{} pid {} {} {} = {} after {}s",
+                e.step + 1,
+                e.pid,
+                e.call,
+                e.socket,
+                e.errno,
+                format_secs(e.took)
+            ),
             EventKind::Deadline { step: Some(step) } => write!(f, "DEADLINE reached; still running: {step}"),
             EventKind::Deadline { step: None } => write!(f, "DEADLINE reached"),
         }
     }
 }
 
-/// A packet as tcpdump prints it, without the direction.
-fn write_packet(f: &mut fmt::Formatter<'_>, p: &PacketEvent) -> fmt::Result {
-    if p.protocol != IpProtocol::Known(Protocol::Tcp) {
-        return write!(f, "{} > {}: {} {}", p.src, p.dst, p.protocol, p.options);
+/// The packet as `tcpdump -n` prints it, without the time: `10.0.0.1.35712 > 10.0.0.2.9000: Flags [.], ...`.
+impl fmt::Display for PacketEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = self;
+        if p.protocol != IpProtocol::Known(Protocol::Tcp) {
+            return write!(f, "{} > {}: {} {}", p.src, p.dst, p.protocol, p.options);
+        }
+        write!(
+            f,
+            "{}.{} > {}.{}: Flags [{}], seq {}, ack {}, win {}, length {}",
+            p.src,
+            p.sport,
+            p.dst,
+            p.dport,
+            format_tcp_flags(p.flags),
+            p.seq,
+            p.ack,
+            p.window,
+            p.len
+        )?;
+        if !p.options.is_empty() {
+            write!(f, ", [{}]", p.options)?;
+        }
+        Ok(())
     }
-    write!(
-        f,
-        "{}.{} > {}.{}: Flags [{}], seq {}, ack {}, win {}, length {}",
-        p.src,
-        p.sport,
-        p.dst,
-        p.dport,
-        format_tcp_flags(p.flags),
-        p.seq,
-        p.ack,
-        p.window,
-        p.len
-    )?;
-    if !p.options.is_empty() {
-        write!(f, ", [{}]", p.options)?;
-    }
-    Ok(())
 }
 
 fn serialize_secs<S: serde::Serializer>(t: &Duration, s: S) -> Result<S::Ok, S::Error> {

@@ -1,13 +1,13 @@
 //! Queries on the timeline, the run's read model: a step's start and end, the packets a host sent, each
-//! socket's history of states or queue values. The verdict, the engine's triggers and the report all read the
+//! socket's history of states or queue values, the errno events of traced programs. The verdict, the engine's triggers and the report all read the
 //! run through these.
 
 use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{Event, EventKind, IpProtocol, Outcome, PacketDirection, PacketEvent, SocketEvent, Timeline};
-use crate::scenario::plan::{HostId, PacketFilter, Protocol, QueueExpectation, QueueKind, TcpState};
+use super::{ErrnoEvent, Event, EventKind, IpProtocol, Outcome, PacketDirection, PacketEvent, SocketEvent, Timeline};
+use crate::scenario::plan::{ErrorExpectation, HostId, PacketFilter, Protocol, QueueExpectation, QueueKind, TcpState};
 
 /// The start and end of one step as the timeline recorded them.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -48,6 +48,23 @@ pub fn step_record(timeline: &Timeline, host: HostId, index: usize) -> StepRecor
         }
     }
     record
+}
+/// The errno events of `host`'s traced programs that the expectation selects (port, errno, call).
+pub fn errno_events<'a>(
+    timeline: &'a Timeline,
+    expectation: &'a ErrorExpectation,
+) -> impl Iterator<Item = (Duration, &'a ErrnoEvent)> + 'a {
+    timeline.events.iter().filter_map(move |event| match &event.kind {
+        EventKind::Errno(errno)
+            if event.host == expectation.host
+                && expectation.port.is_none_or(|port| errno.local_port == port || errno.remote_port == port)
+                && expectation.errno.is_none_or(|wanted| wanted.name() == errno.errno)
+                && expectation.call.as_ref().is_none_or(|call| *call == errno.call) =>
+        {
+            Some((event.t, errno))
+        }
+        _ => None,
+    })
 }
 
 /// Packets sent by a host as its own capture saw them leave (each packet once).

@@ -104,7 +104,7 @@ const DRAIN_POLL: Duration = Duration::from_millis(1);
 /// take a while for.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest frame written whole (tcpdump's default `-s`); with offloads off no frame comes close.
-const SNAPLEN: u32 = 262_144;
+pub const SNAPLEN: u32 = 262_144;
 /// The pcap travels to the writer thread in chunks of at least this many bytes.
 const CHUNK_SIZE: usize = 1 << 20;
 /// A chunk's allocation: room for one more record of the longest frame, so a chunk never reallocates.

@@ -3,7 +3,9 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::scenario::plan::{ExpectedOutcome, PacketFilter, Protocol, StepExpectation, TcpFlagsMatch};
+use crate::scenario::plan::{
+    ErrorExpectation, ExpectedOutcome, PacketFilter, Protocol, StepExpectation, TcpFlagsMatch,
+};
 use crate::timeline::format_secs;
 
 /// `1st`, `2nd`, `3rd`, `4th`, ... `11th`, `21st`.
@@ -73,6 +75,19 @@ pub fn describe_filter(filter: &PacketFilter) -> String {
         parts.push(format!("({protocol})"));
     }
     parts.join(" ")
+}
+/// `errno events of client's traced programs on port 7000: recvfrom EAGAIN`.
+pub fn describe_errors(expectation: &ErrorExpectation) -> String {
+    let mut text = format!("errno events of {}'s traced programs", expectation.host);
+    if let Some(port) = expectation.port {
+        text.push_str(&format!(" on port {port}"));
+    }
+    let what: Vec<String> =
+        expectation.call.iter().cloned().chain(expectation.errno.map(|errno| errno.name())).collect();
+    if !what.is_empty() {
+        text.push_str(&format!(": {}", what.join(" ")));
+    }
+    text
 }
 
 /// `value@t` when a time is expected, else just the value, as failure messages show a sequence entry.

@@ -6,7 +6,7 @@ mod describe;
 mod kernel;
 
 use describe::{at_text, ordinal};
-pub use describe::{describe_expectation, describe_filter, describe_outcome};
+pub use describe::{describe_errors, describe_expectation, describe_filter, describe_outcome};
 
 use std::fmt;
 use std::time::Duration;
@@ -14,10 +14,12 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::scenario::plan::{
-    ExpectedOutcome, HostId, Location, PacketExpectation, Plan, QueueExpectation, Since, StateExpectation,
-    StepExpectation, StepPlan, TcpState, TimerExpectation, Tolerance,
+    ErrorExpectation, ExpectedOutcome, HostId, Location, PacketExpectation, Plan, QueueExpectation, Since,
+    StateExpectation, StepExpectation, StepPlan, TcpState, TimerExpectation, Tolerance,
 };
-use crate::timeline::query::{queue_histories, sent_packets, socket_events, socket_histories, step_record, StepRecord};
+use crate::timeline::query::{
+    errno_events, queue_histories, sent_packets, socket_events, socket_histories, step_record, StepRecord,
+};
 use crate::timeline::{format_secs, EventKind, Outcome, SocketEvent, Timeline};
 
 /// One expectation the run did not meet.
@@ -116,6 +118,10 @@ pub fn judge(plan: &Plan, timeline: &Timeline) -> Verdict {
     }
     for expectation in &plan.expect.tcp_info {
         verdict.check(kernel::judge_tcp_info(expectation, timeline));
+    }
+    for expectation in &plan.expect.errors {
+        let anchor = resolve_anchor(timeline, expectation.since.as_ref(), expectation.location);
+        verdict.check(anchor.and_then(|anchor| judge_errors(expectation, anchor, timeline)));
     }
     verdict
 }
@@ -281,13 +287,52 @@ fn outcome_matches(expected: &ExpectedOutcome, actual: &Outcome) -> bool {
 }
 
 fn judge_packets(expectation: &PacketExpectation, anchor: Anchor, timeline: &Timeline) -> Result<(), Failure> {
-    // Times relative to the anchor; packets before it do not count.
-    let times: Vec<Duration> = sent_packets(timeline, &expectation.filter)
-        .filter_map(|(t, _)| t.checked_sub(anchor.t))
-        .filter(|t| expectation.window.is_none_or(|(start, end)| *t >= start && *t <= end))
+    let times = sent_packets(timeline, &expectation.filter).map(|(t, _)| t);
+    let subject = describe_filter(&expectation.filter);
+    let wanted = EventTimes {
+        count: expectation.count,
+        at: &expectation.at,
+        window: expectation.window,
+        tolerance: expectation.tolerance,
+        location: expectation.location,
+    };
+    judge_times(times, &wanted, subject, &anchor)
+}
+
+fn judge_errors(expectation: &ErrorExpectation, anchor: Anchor, timeline: &Timeline) -> Result<(), Failure> {
+    let times = errno_events(timeline, expectation).map(|(t, _)| t);
+    let wanted = EventTimes {
+        count: expectation.count,
+        at: &expectation.at,
+        window: expectation.window,
+        tolerance: expectation.tolerance,
+        location: expectation.location,
+    };
+    judge_times(times, &wanted, describe_errors(expectation), &anchor)
+}
+
+/// How many events of a kind an expectation wants, and when.
+struct EventTimes<'a> {
+    count: Option<u32>,
+    at: &'a [Duration],
+    window: Option<(Duration, Duration)>,
+    tolerance: Tolerance,
+    location: Location,
+}
+
+/// Checks the times events were seen (`times`, scenario time) against the count and times wanted, counted from
+/// the anchor: events before it do not count.
+fn judge_times(
+    times: impl Iterator<Item = Duration>,
+    wanted: &EventTimes,
+    mut subject: String,
+    anchor: &Anchor,
+) -> Result<(), Failure> {
+    let times: Vec<Duration> = times
+        .filter_map(|t| t.checked_sub(anchor.t))
+        .filter(|t| wanted.window.is_none_or(|(start, end)| *t >= start && *t <= end))
         .collect();
-    let mut subject = describe_filter(&expectation.filter);
-    if let Some((start, end)) = expectation.window {
+    if let Some((start, end)) = wanted.window {
         subject.push_str(&format!(" within [{}s, {}s]", format_secs(start), format_secs(end)));
     }
     subject.push_str(&anchor.label);
@@ -299,25 +344,25 @@ fn judge_packets(expectation: &PacketExpectation, anchor: Anchor, timeline: &Tim
         }
     };
     let fail = |expected: String, around: Option<Duration>| Failure {
-        location: expectation.location,
+        location: wanted.location,
         subject: subject.clone(),
         expected,
         actual: format!("{} at {}", times.len(), list(&times)),
         around: around.map(|t| t + anchor.t),
     };
-    if let Some(count) = expectation.count {
+    if let Some(count) = wanted.count {
         if times.len() != count as usize {
             return Err(fail(format!("{count}"), times.first().copied()));
         }
     }
-    if !expectation.at.is_empty() {
-        let expected = format!("at {} {}", list(&expectation.at), expectation.tolerance);
-        if times.len() != expectation.at.len() {
-            return Err(fail(expected, times.first().copied().or(expectation.at.first().copied())));
+    if !wanted.at.is_empty() {
+        let expected = format!("at {} {}", list(wanted.at), wanted.tolerance);
+        if times.len() != wanted.at.len() {
+            return Err(fail(expected, times.first().copied().or(wanted.at.first().copied())));
         }
-        for (actual, wanted) in times.iter().zip(&expectation.at) {
-            if !expectation.tolerance.admits(*actual, *wanted) {
-                return Err(fail(expected, Some(*wanted)));
+        for (actual, at) in times.iter().zip(wanted.at) {
+            if !wanted.tolerance.admits(*actual, *at) {
+                return Err(fail(expected, Some(*at)));
             }
         }
     }
@@ -508,5 +553,7 @@ fn judge_queue(expectation: &QueueExpectation, anchor: Anchor, timeline: &Timeli
 #[cfg(test)]
 mod tests;
 
+#[cfg(test)]
+mod errors_tests;
 #[cfg(test)]
 mod queue_and_filter_tests;

@@ -49,6 +49,7 @@ fn packet(t: u64, host: HostId, protocol: Protocol, flags: u8, window: u16, len:
             len,
             options: String::new(),
             fault: None,
+            impairments: Vec::new(),
         }),
     }
 }

@@ -53,6 +53,7 @@ fn syn(t: Duration) -> Event {
             len: 0,
             options: String::new(),
             fault: None,
+            impairments: Vec::new(),
         }),
     }
 }

@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
@@ -21,7 +22,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use regex::RegexBuilder;
 
-use super::{sockets, StepEnd};
+use super::{sockets, trace, StepEnd};
 use crate::error::{Context, Error, Result};
 use crate::scenario::plan::{Errno, ExecPlan};
 use crate::timeline::Outcome;
@@ -163,8 +164,9 @@ fn wait_for_exit(pidfd: &OwnedFd, until: Instant) -> io::Result<bool> {
 }
 
 /// `program args...` with the given variables added to the harness's environment, leading its own process
-/// group, killed when its forking thread exits.
-fn command(plan: &ExecPlan, capture_output: bool) -> Command {
+/// group, killed when its forking thread exits; under `strace` writing to the log when `trace` gives one
+/// (strace and the log).
+fn command(plan: &ExecPlan, capture_output: bool, trace: Option<(&Path, &Path)>) -> Command {
     let output = || {
         if capture_output {
             Stdio::piped()
@@ -172,7 +174,14 @@ fn command(plan: &ExecPlan, capture_output: bool) -> Command {
             Stdio::null()
         }
     };
-    let mut command = Command::new(&plan.program);
+    let mut command = match trace {
+        Some((strace, log)) => {
+            let mut command = Command::new(strace);
+            command.args(trace::strace_args(log)).arg(&plan.program);
+            command
+        }
+        None => Command::new(&plan.program),
+    };
     command
         .args(&plan.args)
         .envs(plan.env.iter().map(|(name, value)| (name, value)))
@@ -324,12 +333,19 @@ impl Drop for ForegroundGroup<'_> {
 /// Outcome: `Exit { code, signal }`; killed at its own timeout: `Exit { signal: 9 }` with the detail saying
 /// so; killed at the scenario deadline: `Unfinished`; not startable: `Error(errno)` (ENOENT for a missing
 /// program). Processes the program left in its group are killed when it exits. `unmatched` lists the
-/// `stdout` / `stderr` patterns that match nowhere; the detail gives the first lines of each stream.
-pub fn run_foreground(plan: &ExecPlan, registry: &ProcessRegistry, deadline: Instant) -> Result<StepEnd> {
+/// `stdout` / `stderr` patterns that match nowhere; the detail gives the first lines of each stream. With
+/// `trace_log`, the program runs under strace, which writes its calls there.
+pub fn run_foreground(
+    plan: &ExecPlan,
+    registry: &ProcessRegistry,
+    deadline: Instant,
+    trace_log: Option<&Path>,
+) -> Result<StepEnd> {
+    let strace = trace_log.map(|_| trace::strace()).transpose()?;
     let started = Instant::now();
     let own_end = started + plan.timeout;
     let end = own_end.min(deadline);
-    let mut child = match command(plan, true).spawn() {
+    let mut child = match command(plan, true, strace.as_deref().zip(trace_log)).spawn() {
         Ok(child) => child,
         Err(e) => return Ok(spawn_failure(plan, &e).into()),
     };
@@ -471,7 +487,7 @@ impl BackgroundLauncher {
     /// cannot be started. Its output is discarded; `stdout` / `stderr` patterns cannot be checked and are
     /// reported as unmatched.
     pub fn launch(&self, plan: &ExecPlan) -> Result<StepEnd> {
-        let mut command = command(plan, false);
+        let mut command = command(plan, false, None);
         let stdin = plan.stdin.clone();
         let registry = Arc::clone(&self.registry);
         let (reply, answer) = mpsc::channel();
@@ -526,6 +542,7 @@ pub(crate) mod tests {
             background: false,
             stdout: vec![],
             stderr: vec![],
+            trace: false,
         }
     }
 
@@ -596,7 +613,7 @@ pub(crate) mod tests {
         let registry = ProcessRegistry::new();
         let exec = plan("/nonexistent/netfault-program", &[]);
         let StepEnd { outcome, detail, .. } =
-            run_foreground(&exec, &registry, Instant::now() + Duration::from_secs(5)).unwrap();
+            run_foreground(&exec, &registry, Instant::now() + Duration::from_secs(5), None).unwrap();
         assert_eq!(outcome, Outcome::Error("ENOENT".into()));
         assert!(detail.unwrap().starts_with("cannot run /nonexistent/netfault-program"));
         assert_eq!(registry.running(), 0);

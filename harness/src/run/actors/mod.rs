@@ -30,10 +30,12 @@ pub mod board;
 pub mod exec;
 mod sockets;
 pub mod sockopt;
+pub mod trace;
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::RawFd;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -41,13 +43,14 @@ use std::time::{Duration, Instant};
 pub use board::StepBoard;
 pub use exec::ProcessRegistry;
 
-use crate::error::{Error, Result};
+use crate::error::{Context, Error, Result};
+use crate::observe::sockets::{self as observe, DiagSocket};
 use crate::run::clock::EventSink;
 use crate::scenario::plan::{
-    Action, Errno, HostId, HostPlan, PollEvent, SendRepeat, SendUntil, SockOpt, SockOptName, SockOptValue, StepEdge,
-    StepPlan, StepRef,
+    Action, Errno, ExecPlan, HostId, HostPlan, PollEvent, SendRepeat, SendUntil, SockOpt, SockOptName, SockOptValue,
+    StepEdge, StepPlan, StepRef, TcpState,
 };
-use crate::timeline::{EventKind, Outcome};
+use crate::timeline::{ErrnoEvent, EventKind, Outcome};
 use exec::BackgroundLauncher;
 use sockets::{HostSockets, Lookup};
 
@@ -63,7 +66,27 @@ pub struct ActorContext {
     pub sink: EventSink,
     /// The scenario deadline.
     pub deadline: Instant,
+    /// A sock_diag socket in each host's namespace (by `HostId::index()`) for the `wait: { listening }` steps
+    /// of the program; `None` for a host none of them names (see [`listening_hosts`]).
+    pub sock_diag: [Option<DiagSocket>; 2],
+    /// The scenario's report folder: the strace logs of exec steps with `trace: true` go there.
+    pub report_dir: PathBuf,
 }
+
+/// The hosts whose ports `host`'s program waits for (`wait: { listening }`), by `HostId::index()`.
+pub fn listening_hosts(host: &HostPlan) -> [bool; 2] {
+    let mut named = [false, false];
+    for step in &host.steps {
+        if let Action::WaitListening { host, .. } = step.action {
+            named[host.index()] = true;
+        }
+    }
+    named
+}
+
+/// How often a `wait: { listening }` step dumps the host's sockets: a dump of a scenario's namespace takes tens
+/// of microseconds, and a program that has just been started listens within milliseconds.
+const LISTENING_POLL: Duration = Duration::from_millis(2);
 
 /// Runs the host's program to its end on the calling thread, which must already be inside the host's
 /// namespace (`ip netns exec <host> <program>`). Returns when the last step finished (or the deadline came),
@@ -178,7 +201,8 @@ impl Actor {
         let named = step.socket.as_deref();
         let result = match &step.action {
             Action::Exec(plan) if plan.background => return self.launcher()?.launch(plan),
-            Action::Exec(plan) => return exec::run_foreground(plan, &self.ctx.processes, self.ctx.deadline),
+            Action::Exec(plan) if plan.trace => return self.run_traced(step.index, plan),
+            Action::Exec(plan) => return exec::run_foreground(plan, &self.ctx.processes, self.ctx.deadline, None),
             Action::Socket { name, options, nonblocking } => self.socket(name.clone(), options, *nonblocking),
             Action::SetOpt { options } => self.set_options(named, options),
             Action::Bind { port } => self.bind(named, *port),
@@ -205,6 +229,7 @@ impl Actor {
             }
             Action::GetOpt { option } => self.get_option(named, *option),
             Action::Wait { step, edge } => self.wait(step, *edge),
+            Action::WaitListening { host, port } => self.wait_listening(*host, *port)?,
         };
         Ok(result.into())
     }
@@ -437,6 +462,60 @@ impl Actor {
                 StepEdge::Finished => "finished",
             };
             (Outcome::Unfinished, Some(format!("{step} had not {edge} by the end of the run")))
+        }
+    }
+
+    /// Runs the program under strace, then puts the errno events of its trace on the timeline, at the times the
+    /// calls returned; the detail says where the trace is and how many events it gave.
+    fn run_traced(&self, index: usize, plan: &ExecPlan) -> Result<StepEnd> {
+        let name = format!("{}-{}.strace", self.ctx.host, index + 1);
+        let log = self.ctx.report_dir.join(&name);
+        let mut end = exec::run_foreground(plan, &self.ctx.processes, self.ctx.deadline, Some(&log))?;
+        let text = std::fs::read_to_string(&log).context(|| format!("read the trace {} (strace -o)", log.display()))?;
+        let (events, more) = trace::parse(&text);
+        let clock = self.ctx.sink.clock();
+        for event in &events {
+            let local = event.local.unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+            let remote = event.remote.unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+            let kind = EventKind::Errno(ErrnoEvent {
+                step: index,
+                pid: event.pid,
+                call: event.call.clone(),
+                errno: event.errno.clone(),
+                socket: format!("{local} -> {remote}"),
+                local_port: local.port(),
+                remote_port: remote.port(),
+                took: event.took,
+            });
+            self.ctx.sink.emit_at(clock.since_t0(event.returned), self.ctx.host, kind);
+        }
+        let kept = if more > 0 { format!(" ({more} more not kept)") } else { String::new() };
+        let traced = format!("trace {name}: {} errno event(s){kept}", events.len());
+        end.detail = join_detail([end.detail.take(), Some(traced)]);
+        Ok(end)
+    }
+
+    /// Dumps `host`'s sockets (`ss -Htln`) every [`LISTENING_POLL`] until one listens on `port`, or the deadline.
+    fn wait_listening(&mut self, host: HostId, port: u16) -> Result<StepResult> {
+        let deadline = self.ctx.deadline;
+        let socket = self.ctx.sock_diag[host.index()].as_mut().ok_or_else(|| {
+            Error::Internal(format!("wait for a listener on {host}: no sock_diag socket in {host}'s namespace"))
+        })?;
+        let mut samples = Vec::new();
+        loop {
+            observe::dump_into(socket, &mut samples)?;
+            let listener = samples.iter().find(|s| s.state == TcpState::Listen && s.local.port() == port);
+            if let Some(listener) = listener {
+                return Ok((Outcome::Ok, Some(format!("{host} listening on {}", listener.local))));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok((
+                    Outcome::Unfinished,
+                    Some(format!("nothing listened on port {port} of {host} by the end of the run")),
+                ));
+            }
+            thread::sleep(LISTENING_POLL.min(deadline - now));
         }
     }
 }

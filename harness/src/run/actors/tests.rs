@@ -129,6 +129,7 @@ fn exec(program: &str, args: &[&str]) -> ExecPlan {
         background: false,
         stdout: vec![],
         stderr: vec![],
+        trace: false,
     }
 }
 
@@ -157,6 +158,23 @@ struct Run {
     events: Vec<Event>,
     processes: Arc<ProcessRegistry>,
     netns: Netns,
+    /// Where traced exec steps wrote their strace logs; removed with the run.
+    report_dir: PathBuf,
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.report_dir);
+    }
+}
+
+/// A fresh folder for one run's files.
+fn report_dir() -> PathBuf {
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("netfault-actors-{}-{n}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 /// A step's end as the timeline has it.
@@ -214,6 +232,7 @@ fn run_with_server_late(
 ) -> Run {
     let netns = Netns::new_anonymous().expect("new namespace: these tests must run as root");
     netns.run(lo_up).unwrap();
+    let report_dir = report_dir();
     let board = StepBoard::new();
     let processes = ProcessRegistry::new();
     let (sink, events) = EventSink::new(Clock::started());
@@ -229,6 +248,8 @@ fn run_with_server_late(
             processes: Arc::clone(&processes),
             sink: sink.clone(),
             deadline,
+            sock_diag: [DiagSocket::open_in(&netns).ok(), DiagSocket::open_in(&netns).ok()],
+            report_dir: report_dir.clone(),
         };
         let done = done_tx.clone();
         let late = if host.id == HostId::Server { server_late } else { Duration::ZERO };
@@ -253,7 +274,7 @@ fn run_with_server_late(
     }
     board.close();
     let events = events.try_iter().collect();
-    Run { events, processes, netns }
+    Run { events, processes, netns, report_dir }
 }
 
 fn error(name: &str) -> Outcome {
@@ -670,6 +691,8 @@ fn a_program_for_the_wrong_host_is_refused() {
         processes: ProcessRegistry::new(),
         sink,
         deadline: Instant::now(),
+        sock_diag: [None, None],
+        report_dir: PathBuf::from("/nonexistent"),
     };
     assert!(matches!(run_host(&program(HostId::Server, vec![]), ctx), Err(Error::Internal(_))));
 }
@@ -680,4 +703,64 @@ fn pure_helpers() {
     assert_eq!(poll_event_names(libc::POLLHUP | libc::POLLIN | libc::POLLNVAL), vec!["POLLIN", "POLLHUP", "POLLNVAL"]);
     assert_eq!(join_detail([None, Some("a".into()), Some("b".into())]).as_deref(), Some("a; b"));
     assert_eq!(join_detail([None]), None);
+}
+
+#[test]
+fn wait_listening_returns_once_the_port_listens_and_not_before() {
+    let server = vec![step(sleep(300)), listen(), step(accept())];
+    let client = vec![step(Action::WaitListening { host: HostId::Server, port: PORT }), step(connect())];
+    let run = run(client, server, Duration::from_secs(10));
+    let ends = run.ends(HostId::Client);
+    assert_eq!(run.outcomes(HostId::Client), vec![Outcome::Ok, Outcome::Ok]);
+    let listened = run.ends(HostId::Server)[1].t;
+    assert!(ends[0].t >= listened, "the wait ended at {:?}, before the listen at {listened:?}", ends[0].t);
+    assert!(
+        ends[0].t - listened < Duration::from_millis(100),
+        "the wait ended {:?} after the listen",
+        ends[0].t - listened
+    );
+    assert_eq!(ends[0].detail.as_deref(), Some(format!("server listening on 127.0.0.1:{PORT}").as_str()));
+}
+
+#[test]
+fn wait_listening_for_a_port_nobody_listens_on_ends_unfinished_at_the_deadline() {
+    let client = vec![step(Action::WaitListening { host: HostId::Server, port: PORT + 1 })];
+    let server = vec![listen()];
+    let run = run(client, server, Duration::from_millis(400));
+    let ends = run.ends(HostId::Client);
+    assert_eq!(run.outcomes(HostId::Client), vec![Outcome::Unfinished]);
+    assert!(ends[0].t >= Duration::from_millis(380), "ended at {:?}", ends[0].t);
+    let detail = format!("nothing listened on port {} of server by the end of the run", PORT + 1);
+    assert_eq!(ends[0].detail.as_deref(), Some(detail.as_str()));
+}
+
+#[test]
+fn a_traced_program_puts_its_socket_errors_on_the_timeline_when_they_happened() {
+    let refused = ExecPlan { trace: true, ..exec("nc", &["-z", "127.0.0.1", &CLOSED_PORT.to_string()]) };
+    let client = vec![step(sleep(200)), step(Action::Exec(refused))];
+    let run = run(client, vec![], Duration::from_secs(10));
+    let ends = run.ends(HostId::Client);
+    assert_eq!(ends[1].outcome, Outcome::Exit { code: Some(1), signal: None });
+    let detail = ends[1].detail.clone().unwrap_or_default();
+    assert!(detail.ends_with("trace client-2.strace: 2 errno event(s)"), "{detail}");
+    assert!(run.report_dir.join("client-2.strace").is_file());
+    let errors: Vec<(Duration, &ErrnoEvent)> = run
+        .events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Errno(errno) => Some((e.t, errno)),
+            _ => None,
+        })
+        .collect();
+    let calls: Vec<(&str, &str, u16, usize)> =
+        errors.iter().map(|(_, e)| (e.call.as_str(), e.errno.as_str(), e.remote_port, e.step)).collect();
+    assert_eq!(
+        calls,
+        [("connect", "EINPROGRESS", CLOSED_PORT, 1), ("getsockopt SO_ERROR", "ECONNREFUSED", CLOSED_PORT, 1)]
+    );
+    // On the timeline's clock: after the program started (the sleep before it) and before its step ended.
+    let started = run.start_time(HostId::Client, 1);
+    for (t, _) in &errors {
+        assert!(*t >= started && *t <= ends[1].t, "errno at {t:?}, step from {started:?} to {:?}", ends[1].t);
+    }
 }

@@ -138,6 +138,7 @@ mod tests {
             len,
             options: String::new(),
             fault: None,
+            impairments: Vec::new(),
         }
     }
 

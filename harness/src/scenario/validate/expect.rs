@@ -1,4 +1,4 @@
-//! Validation of whole-run expectations: packets, socket states, timers and queues.
+//! Validation of whole-run expectations: packets, socket states, timers, queues and errno events.
 
 use super::*;
 
@@ -26,7 +26,60 @@ impl Validator<'_> {
         for (i, info) in wire.tcp_info.as_deref().unwrap_or(&[]).iter().enumerate() {
             expect.tcp_info.push(self.tcp_info_expectation(&path.key("tcp_info").index(i), info)?);
         }
+        for (i, error) in wire.errors.as_deref().unwrap_or(&[]).iter().enumerate() {
+            expect.errors.push(self.error_expectation(&path.key("errors").index(i), error)?);
+        }
         Ok(expect)
+    }
+
+    fn error_expectation(&self, path: &NodePath, wire: &ErrorExpectWire) -> Checked<ErrorExpectation> {
+        let host = self.required(&wire.host, path, "errors expectation", "host", "client or server")?;
+        let host_path = path.key("host");
+        let host = self.host(&host_path, host)?;
+        if !self.traced[host.index()] {
+            return Err(self.fail(
+                &host_path,
+                format!(
+                    "errors of {host} come from its exec steps with `trace: true`, and {host} has none: add \
+                     `trace: true` to the exec whose calls this expects"
+                ),
+            ));
+        }
+        let port = match &wire.port {
+            Some(port) => Some(self.port(&path.key("port"), port, "port")?),
+            None => None,
+        };
+        let errno = match &wire.errno {
+            Some(errno) => Some(self.errno(&path.key("errno"), errno)?),
+            None => None,
+        };
+        let call = match &wire.call {
+            Some(Scalar::Str(call)) if is_call_name(call) => Some(call.clone()),
+            Some(other) => {
+                return Err(self.fail(
+                    &path.key("call"),
+                    format!(
+                        "call {other} is not a system call name; write it as strace does, e.g. recvfrom, connect, \
+                         sendto, or `getsockopt SO_ERROR`"
+                    ),
+                ))
+            }
+            None => None,
+        };
+        let EventTimes { count, at, window } = self.event_times(path, "errors", &wire.count, &wire.at, &wire.within)?;
+        let tolerance = self.own_tolerance(path, wire.tolerance.as_ref())?;
+        Ok(ErrorExpectation {
+            host,
+            port,
+            errno,
+            call,
+            count,
+            at,
+            window,
+            tolerance,
+            since: self.anchor(path, wire.since.as_ref())?,
+            location: self.index.value(path),
+        })
     }
 
     fn queue_expectation(&self, path: &NodePath, wire: &QueueExpectWire) -> Checked<QueueExpectation> {
@@ -131,23 +184,46 @@ impl Validator<'_> {
                 protocol: wire.protocol.clone(),
             },
         )?;
+        let EventTimes { count, at, window } = self.event_times(path, "packet", &wire.count, &wire.at, &wire.within)?;
+        let tolerance = self.own_tolerance(path, wire.tolerance.as_ref())?;
+        Ok(PacketExpectation {
+            filter,
+            count,
+            at,
+            window,
+            tolerance,
+            since: self.anchor(path, wire.since.as_ref())?,
+            location: self.index.value(path),
+        })
+    }
+
+    /// `count`, `at` and `within` of a packet or errno expectation (`what`): one of `count` and `at` at least,
+    /// the count agreeing with the times, the times in order, the window in order.
+    fn event_times(
+        &self,
+        path: &NodePath,
+        what: &str,
+        count: &Option<Scalar>,
+        times: &Option<ScalarList>,
+        within: &Option<ScalarList>,
+    ) -> Checked<EventTimes> {
         let mut at = Vec::new();
-        if let Some(times) = &wire.at {
+        if let Some(times) = times {
             let at_path = path.key("at");
             for (i, time) in times.items.iter().enumerate() {
                 let time_path = if times.list { at_path.index(i) } else { at_path.clone() };
                 let time = self.run_time(&time_path, time, "at")?;
                 if at.last().is_some_and(|last| *last > time) {
-                    return Err(self.fail(&time_path, "packet times in `at` must be in increasing order"));
+                    return Err(self.fail(&time_path, format!("{what} times in `at` must be in increasing order")));
                 }
                 at.push(time);
             }
         }
-        let mut count = match &wire.count {
+        let mut count = match count {
             Some(count) => Some(self.int(&path.key("count"), count, "count", 0, i128::from(u32::MAX))? as u32),
             None => None,
         };
-        if wire.at.is_some() {
+        if times.is_some() {
             let times = at.len() as u32;
             if count.is_some_and(|count| count != times) {
                 return Err(self.fail(
@@ -161,10 +237,15 @@ impl Validator<'_> {
             count = Some(times);
         }
         if count.is_none() {
-            return Err(self
-                .fail(path, "a packet expectation needs `count` (0 = none at all) or `at` (the times they are seen)"));
+            return Err(self.fail(
+                path,
+                format!(
+                    "{} {what} expectation needs `count` (0 = none at all) or `at` (the times they are seen)",
+                    if what.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" }
+                ),
+            ));
         }
-        let window = match &wire.within {
+        let window = match within {
             Some(within) => {
                 let within_path = path.key("within");
                 let [start, end] = within.items.as_slice() else {
@@ -182,16 +263,7 @@ impl Validator<'_> {
             }
             None => None,
         };
-        let tolerance = self.own_tolerance(path, wire.tolerance.as_ref())?;
-        Ok(PacketExpectation {
-            filter,
-            count,
-            at,
-            window,
-            tolerance,
-            since: self.anchor(path, wire.since.as_ref())?,
-            location: self.index.value(path),
-        })
+        Ok(EventTimes { count, at, window })
     }
 
     /// An expectation's own `tolerance`, or else the scenario's.
@@ -267,4 +339,17 @@ impl Validator<'_> {
             location: self.index.value(path),
         })
     }
+}
+
+/// The `count`, `at` and `within` of a packet or errno expectation.
+struct EventTimes {
+    count: Option<u32>,
+    at: Vec<Duration>,
+    window: Option<(Duration, Duration)>,
+}
+
+/// `recvfrom`, `connect`, or `getsockopt SO_ERROR`: the names an errno event's call has.
+fn is_call_name(call: &str) -> bool {
+    call == "getsockopt SO_ERROR"
+        || (!call.is_empty() && call.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
 }

@@ -549,8 +549,23 @@ impl Validator<'_> {
         let (target_path, target, edge) = match wait {
             ScalarOr::Scalar(target) => (path.clone(), target, StepEdge::Finished),
             ScalarOr::Map(map) => {
-                let target =
-                    self.required(&map.target, path, "wait", "for", "the step to wait for, e.g. `for: server.accept`")?;
+                if let Some(port) = &map.listening {
+                    return self.wait_listening(host, path, map, port);
+                }
+                if map.host.is_some() {
+                    return Err(self.fail_key(
+                        &path.key("host"),
+                        "\"host\" goes with `listening` (the host whose port to wait for); a step reference names \
+                         its host itself: `for: server.accept`",
+                    ));
+                }
+                let target = self.required(
+                    &map.target,
+                    path,
+                    "wait",
+                    "for",
+                    "the step to wait for, e.g. `for: server.accept` (or `listening: PORT`, a port to wait for)",
+                )?;
                 let edge = match &map.edge {
                     Some(edge) => self.pick(&path.key("edge"), edge, EDGES, "edge")?,
                     None => StepEdge::Finished,
@@ -572,18 +587,43 @@ impl Validator<'_> {
         Ok(Action::Wait { step, edge })
     }
 
+    /// `wait: { listening: PORT, host: HOST }`: the port, and the host (the other one by default).
+    fn wait_listening(&self, host: HostId, path: &NodePath, map: &WaitWire, port: &Scalar) -> Checked<Action> {
+        for (given, key) in [(&map.target, "for"), (&map.edge, "edge")] {
+            if given.is_some() {
+                return Err(self.fail_key(
+                    &path.key(key),
+                    format!(
+                        "a wait is for a step (`for`, `edge`) or for a listening port (`listening`, `host`), not \
+                         both: move `{key}` into a wait step of its own"
+                    ),
+                ));
+            }
+        }
+        let port = self.port(&path.key("listening"), port, "listening port")?;
+        let target = match &map.host {
+            Some(target) => self.host(&path.key("host"), target)?,
+            None => host.peer(),
+        };
+        Ok(Action::WaitListening { host: target, port })
+    }
+
     fn exec(&self, path: &NodePath, exec: &ExecWire) -> Checked<Action> {
         let program =
             self.required(&exec.program, path, "exec", "program", "the program to run, e.g. `program: curl`")?;
         let program_path = path.key("program");
         let program = self.text(&program_path, program, "program")?;
+        let program = self.resolve(&program_path, &program)?;
         self.no_nul(&program_path, &program, "the program")?;
+        if program.is_empty() {
+            return Err(self.fail(&program_path, "program is empty once its variables are resolved; give it a value"));
+        }
         let mut args = Vec::new();
         if let Some(list) = &exec.args {
             let args_path = path.key("args");
             for (i, arg) in list.items.iter().enumerate() {
                 let arg_path = if list.list { args_path.index(i) } else { args_path.clone() };
-                let arg = arg.text();
+                let arg = self.resolve(&arg_path, &arg.text())?;
                 self.no_nul(&arg_path, &arg, "an argument")?;
                 args.push(arg);
             }
@@ -602,13 +642,16 @@ impl Validator<'_> {
                         ),
                     ));
                 }
-                let value = value.text();
+                let value = self.resolve(&env_path, &value.text())?;
                 self.no_nul(&env_path, &value, "an environment variable")?;
                 env.push((name.clone(), value));
             }
         }
         env.sort();
-        let stdin = exec.stdin.as_ref().map(Scalar::text);
+        let stdin = match &exec.stdin {
+            Some(stdin) => Some(self.resolve(&path.key("stdin"), &stdin.text())?),
+            None => None,
+        };
         let timeout = match &exec.timeout {
             Some(timeout) => {
                 let timeout_path = path.key("timeout");
@@ -626,7 +669,18 @@ impl Validator<'_> {
         };
         let stdout = self.patterns(&path.key("stdout"), exec.stdout.as_ref(), "stdout")?;
         let stderr = self.patterns(&path.key("stderr"), exec.stderr.as_ref(), "stderr")?;
-        Ok(Action::Exec(ExecPlan { program, args, env, stdin, timeout, background, stdout, stderr }))
+        let trace = match &exec.trace {
+            Some(value) => self.boolean(&path.key("trace"), value, "trace")?,
+            None => false,
+        };
+        if trace && background {
+            return Err(self.fail_key(
+                &path.key("trace"),
+                "`trace: true` needs a foreground exec: the trace is read when the program ends, for a background \
+                 program only after the run; drop `background: true` or the trace",
+            ));
+        }
+        Ok(Action::Exec(ExecPlan { program, args, env, stdin, timeout, background, stdout, stderr, trace }))
     }
 
     fn patterns(&self, path: &NodePath, patterns: Option<&ScalarList>, what: &str) -> Checked<Vec<String>> {
@@ -847,7 +901,7 @@ fn example_of(action: &str) -> &'static str {
         "shutdown" => "shutdown: WR",
         "sleep" => "sleep: 5s",
         "getsockopt" => "getsockopt: SO_ERROR",
-        "wait" => "wait: server.accept",
+        "wait" => "wait: server.accept (or wait: { listening: 9000 })",
         "exec" => "exec: { program: curl, args: [\"http://10.0.0.2:9000/\"] }",
         _ => "close",
     }

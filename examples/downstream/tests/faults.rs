@@ -1,0 +1,1 @@
+netfault::scenarios!("tests/faults");

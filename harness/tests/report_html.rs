@@ -1,0 +1,234 @@
+//! Reports as a maintainer receives them: each scenario of the suite (not `slow`) and each failing fixture is
+//! run; then report.html, in headless Chromium (one per process, shared by its trials), must draw one arrow per
+//! packet of capture.pcapng (every frame of the file in exactly one arrow) and list every failure with its file
+//! and line; tshark must show the two interfaces and a comment on every frame the timeline says a fault took;
+//! tcpdump must read the file. Screenshots are kept in target/tmp/report-browser/screenshots/.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use netfault::report::browser::{file_url, Browser};
+use pcap_file::pcap::PcapReader;
+use pcap_file::pcapng::{Block, PcapNgReader};
+use serde_json::Value;
+
+const PAGE_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn repository() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn main() {
+    let mut args = Arguments::from_args();
+    // The scenarios wait on kernel timers: all at once, as the scenario driver runs them (an explicit
+    // --test-threads wins). Chromium is shared, one page at a time.
+    args.test_threads.get_or_insert(64);
+    let root = repository();
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("report-browser");
+    let screenshots = out.join("screenshots");
+    std::fs::create_dir_all(&screenshots).expect("create the screenshot folder");
+    let browser: &'static Mutex<Option<Browser>> = Box::leak(Box::new(Mutex::new(None)));
+    let mut trials = Vec::new();
+    for source in ["scenarios", "harness/tests/fixtures/failing"] {
+        for name in scenario_names(&root, source) {
+            let file = root.join(source).join(format!("{name}.yaml"));
+            let reports = out.join("reports").join(source.replace('/', "-"));
+            let shot = screenshots.join(format!("{}.png", name.replace('/', "__")));
+            let root = root.clone();
+            trials.push(Trial::test(format!("report_html::{name}"), move || {
+                run_scenario(&root, &reports, &file)?;
+                check_report(&reports.join(&name), &shot, browser)
+            }));
+        }
+    }
+    let conclusion = libtest_mimic::run(&args, trials);
+    // Chromium is closed before the process exits.
+    if let Ok(mut browser) = browser.lock() {
+        browser.take();
+    }
+    conclusion.exit();
+}
+
+/// `netfault run --reports DIR FILE`: the verdict does not matter here (the scenario tests judge it); the
+/// report must be written.
+fn run_scenario(root: &Path, reports: &Path, file: &Path) -> Result<(), Failed> {
+    let output = Command::new(env!("CARGO_BIN_EXE_netfault"))
+        .arg("run")
+        .arg("--reports")
+        .arg(reports)
+        .arg(file)
+        .current_dir(root)
+        .output()?;
+    match output.status.code() {
+        Some(0 | 1) => Ok(()),
+        _ => Err(format!(
+            "netfault run {}: {} (harness error or invalid input)\n{}",
+            file.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stdout)
+        )
+        .into()),
+    }
+}
+
+/// The scenarios of `source` that `netfault run` runs by default (not `slow`), by report name.
+fn scenario_names(root: &Path, source: &str) -> Vec<String> {
+    let output = Command::new(env!("CARGO_BIN_EXE_netfault"))
+        .arg("list")
+        .arg(source)
+        .current_dir(root)
+        .output()
+        .expect("netfault list runs");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| !line.contains(" slow "))
+        .filter_map(|line| line.split_whitespace().next().map(String::from))
+        .collect()
+}
+
+fn check_report(report: &Path, shot: &Path, browser: &Mutex<Option<Browser>>) -> Result<(), Failed> {
+    let result: Value = serde_json::from_str(&std::fs::read_to_string(report.join("result.json"))?)?;
+    let pcapng = report.join("capture.pcapng");
+
+    // capture.pcapng against the two pcaps the captures wrote.
+    let client = pcap_frames(&report.join("client.pcap"))?;
+    let server = pcap_frames(&report.join("server.pcap"))?;
+    let (interfaces, frames) = pcapng_contents(&pcapng)?;
+    if interfaces != ["client/nf0", "server/nf0"] {
+        return Err(format!("capture.pcapng interfaces {interfaces:?}").into());
+    }
+    if frames != client.len() + server.len() {
+        return Err(format!("capture.pcapng has {frames} frames, the pcaps {} + {}", client.len(), server.len()).into());
+    }
+    // A packet is in one pcap or in both (the same bytes at each end of the veth).
+    let mut counts: HashMap<&[u8], (usize, usize)> = HashMap::new();
+    for frame in &client {
+        counts.entry(frame).or_default().0 += 1;
+    }
+    for frame in &server {
+        counts.entry(frame).or_default().1 += 1;
+    }
+    let packets: usize = counts.values().map(|&(c, s)| c.max(s)).sum();
+
+    // tshark: two interfaces, a comment on every frame the timeline marks as taken by a fault.
+    let tshark =
+        tool("tshark", &["-r", path(&pcapng), "-T", "fields", "-e", "frame.interface_name", "-e", "frame.comment"])?;
+    let mut seen: Vec<&str> = tshark.lines().filter_map(|l| l.split('\t').next()).collect();
+    seen.sort();
+    seen.dedup();
+    if frames > 0 && seen.iter().any(|name| !["client/nf0", "server/nf0"].contains(name)) {
+        return Err(format!("tshark shows interfaces {seen:?}").into());
+    }
+    let commented = tshark.lines().filter(|l| l.contains(" by fault ")).count();
+    let marked = result["events"]["events"]
+        .as_array()
+        .map_or(0, |events| events.iter().filter(|e| e["event"] == "packet" && !e["fault"].is_null()).count());
+    if commented != marked {
+        return Err(format!("tshark shows {commented} fault comments; the timeline marks {marked} packets").into());
+    }
+    let tcpdump = tool("tcpdump", &["-n", "-r", path(&pcapng)])?;
+    if tcpdump.lines().count() != frames {
+        return Err(format!("tcpdump -r reads {} frames of {frames}", tcpdump.lines().count()).into());
+    }
+
+    // report.html in Chromium.
+    let mut browser = browser.lock().map_err(|_| "browser lock poisoned")?;
+    if browser.is_none() {
+        *browser = Some(Browser::launch(1400, 1000)?);
+    }
+    let browser = browser.as_mut().ok_or("no browser")?;
+    let mut page =
+        browser.open(&file_url(&report.join("report.html"))?, "document.body.dataset.ready === '1'", PAGE_TIMEOUT)?;
+    let dom = page.eval(
+        "(() => { drawAllTiles(); \
+         const arrows = [...document.querySelectorAll('g.pkt')].map((g) => g.dataset.frames); \
+         const failures = [...document.querySelectorAll('li[data-failure]')].map((li) => li.textContent); \
+         return { arrows, failures, drawn: document.querySelectorAll('g.failure').length, \
+                  status: document.querySelector('.badge').textContent }; })()",
+    )?;
+    page.screenshot(shot, Some(1400))?;
+    drop(page);
+
+    let arrows = dom["arrows"].as_array().ok_or("no arrows list")?;
+    if arrows.len() != packets {
+        return Err(format!("report.html draws {} arrows; the captures hold {packets} packets", arrows.len()).into());
+    }
+    let mut numbers: Vec<usize> = arrows
+        .iter()
+        .flat_map(|a| {
+            a.as_str().unwrap_or_default().split_whitespace().map(|n| n.parse().unwrap_or(0)).collect::<Vec<_>>()
+        })
+        .collect();
+    numbers.sort_unstable();
+    if numbers != (1..=frames).collect::<Vec<_>>() {
+        return Err("the arrows do not cover every frame of capture.pcapng exactly once".into());
+    }
+    let status = result["status"].as_str().unwrap_or_default().to_uppercase();
+    if dom["status"] != status.as_str() {
+        return Err(format!("page says {}, result.json {status}", dom["status"]).into());
+    }
+    let failures = result["failures"].as_array().map_or(0, Vec::len);
+    let shown = dom["failures"].as_array().ok_or("no failures list")?;
+    if shown.len() != failures {
+        return Err(format!("page lists {} failures, result.json {failures}", shown.len()).into());
+    }
+    let file = result["file"].as_str().unwrap_or_default();
+    for (text, failure) in shown.iter().zip(result["failures"].as_array().into_iter().flatten()) {
+        let line = failure["location"]["line"].as_u64().unwrap_or(0);
+        let text = text.as_str().unwrap_or_default();
+        if !text.contains(&format!("{file}:{line}:")) {
+            return Err(format!("failure shown without its file and line {file}:{line}: {text}").into());
+        }
+    }
+    if failures > 0 && dom["drawn"].as_u64() == Some(0) {
+        return Err("no failure marked on the diagram".into());
+    }
+    Ok(())
+}
+
+fn pcap_frames(pcap: &Path) -> Result<Vec<Vec<u8>>, Failed> {
+    let mut reader = PcapReader::new(File::open(pcap)?)?;
+    let mut frames = Vec::new();
+    while let Some(packet) = reader.next_packet() {
+        frames.push(packet?.data.into_owned());
+    }
+    Ok(frames)
+}
+
+/// The interface names and the number of packets of a pcapng file.
+fn pcapng_contents(pcapng: &Path) -> Result<(Vec<String>, usize), Failed> {
+    use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption;
+    let mut reader = PcapNgReader::new(File::open(pcapng)?)?;
+    let (mut names, mut frames) = (Vec::new(), 0);
+    while let Some(block) = reader.next_block() {
+        match block? {
+            Block::InterfaceDescription(idb) => names.extend(idb.options.iter().filter_map(|o| match o {
+                InterfaceDescriptionOption::IfName(name) => Some(name.to_string()),
+                _ => None,
+            })),
+            Block::EnhancedPacket(_) => frames += 1,
+            _ => {}
+        }
+    }
+    Ok((names, frames))
+}
+
+fn tool(program: &str, args: &[&str]) -> Result<String, Failed> {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{program} cannot run ({e}); ci/setup.sh installs it"))?;
+    if !output.status.success() {
+        return Err(format!("{program} {args:?}: {}", String::from_utf8_lossy(&output.stderr)).into());
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap_or_default()
+}
