@@ -68,6 +68,8 @@ const UDP_PORT: u16 = 5002;
 const DATAGRAM_RATE: u64 = 20_000;
 /// Rate measurements leave out the first part of the transfer (slow start, the queue filling).
 const RATE_WARM_UP: Duration = Duration::from_millis(500);
+/// The seed of round `run` is `SEED + run`: each round draws fresh decisions, and the two loss measurements of
+/// a round draw the same ones.
 const SEED: u64 = 15;
 const NFQUEUE_NUMBER: u16 = 7;
 
@@ -152,7 +154,7 @@ impl Rig {
         self.ns(slot).run(|| std::fs::write(&path, value).context(|| format!("sysctl -w {name}={value}")))
     }
 
-    fn install(&self, middle: &Middle) -> Result<Installed> {
+    fn install(&self, middle: &Middle, seed: u64) -> Result<Installed> {
         let mut installed = Installed { wire: None, queue: None, undo: Vec::new() };
         if let Middle::Wire(impairments) = middle {
             let faults: Vec<WireFault> = impairments
@@ -166,7 +168,7 @@ impl Rig {
                 })
                 .collect();
             let facing = self.topology.wire.map(|wire| wire.facing).unwrap_or_default();
-            let wire = Wire::start(&self.middle, facing, faults.clone(), SEED, None)?;
+            let wire = Wire::start(&self.middle, facing, faults.clone(), seed, None)?;
             for fault in &faults {
                 wire.switch(&fault.name, true)?;
             }
@@ -300,7 +302,7 @@ pub fn bench_impair(options: &ImpairOptions) -> Result<Report> {
             }
             eprintln!("netfault bench impair: run {} {what}: {}", run + 1, middle.label());
             let mut round = Round { run, what: what.into(), middle: middle.label(), ..Round::default() };
-            let installed = rig.install(&middle)?;
+            let installed = rig.install(&middle, SEED + run as u64)?;
             let measured = measure(&rig, what, &middle, options, scratch.path(), &mut round);
             round.wire = installed.remove(&rig)?;
             measured?;
@@ -642,13 +644,19 @@ fn summarize(report: &mut Report, rounds: &[Round], direct: &[f64], options: &Im
                 group.iter().fold((0, 0), |(s, r), round| (s + round.sent, r + round.received));
             (sent, (sent - received) as f64 / sent.max(1) as f64)
         };
-        let (sent, measured) = rate(&wire_loss);
+        // The second measurement of each round repeats the first one's draws: only the first ones are samples.
+        let first_of_round: Vec<&Round> = wire_loss.chunks(2).map(|pair| pair[0]).collect();
+        let (sent, measured) = rate(&first_of_round);
         let (numgen_sent, numgen_measured) = rate(&numgen);
         // Binomial standard deviation of the measured rate.
         let sigma = (LOSS * (1.0 - LOSS) / sent.max(1) as f64).sqrt();
         let repeatable = wire_loss.chunks(2).all(|pair| pair.len() < 2 || pair[0].lost == pair[1].lost);
+        let rounds_seeded = first_of_round.len();
         report.compare(Comparison {
-            what: format!("loss {}% over {sent} datagrams (seeded; pairs of runs with seed {SEED})", LOSS * 100.0),
+            what: format!(
+                "loss {}% over {sent} datagrams ({rounds_seeded} rounds, seeds {SEED}..; each round run twice with its seed)",
+                LOSS * 100.0
+            ),
             netfault: format!(
                 "{:.3}% ({:+.1} sigma); same seed, same datagrams lost: {}",
                 measured * 100.0,
