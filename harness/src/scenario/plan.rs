@@ -867,11 +867,12 @@ pub struct RunExpectations {
     pub tcp_info: Vec<TcpInfoExpectation>,
 }
 
-/// A kernel counter of `host` (`nstat` name) at the end of the run lies in [`min`, `max`].
+/// A kernel counter of `host` (`nstat` name), or the sum of several, at the end of the run lies in [`min`,
+/// `max`].
 #[derive(Debug, Clone, Serialize)]
 pub struct CounterExpectation {
     pub host: HostId,
-    pub counter: String,
+    pub counters: Vec<String>,
     pub min: Option<u64>,
     pub max: Option<u64>,
     pub location: Location,

@@ -575,12 +575,13 @@ pub struct RunExpectWire {
     pub tcp_info: Option<Vec<TcpInfoExpectWire>>,
 }
 
-/// One item of `expect: { counters: [...] }`: `{ host: client, counter: TcpExtTCPSACKRecovery, min: 1 }`.
+/// One item of `expect: { counters: [...] }`: `{ host: client, counter: TcpExtTCPSackRecovery, min: 1 }`, or
+/// several counters summed: `counter: [TcpExtTCPPartialUndo, TcpExtTCPDSACKUndo]`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CounterExpectWire {
     pub host: Option<Scalar>,
-    pub counter: Option<Scalar>,
+    pub counter: Option<ScalarList>,
     pub min: Option<Scalar>,
     pub max: Option<Scalar>,
 }

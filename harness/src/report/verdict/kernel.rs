@@ -19,7 +19,10 @@ fn describe_bounds(min: Option<u64>, max: Option<u64>) -> String {
 }
 
 pub(super) fn judge_counter(expectation: &CounterExpectation, timeline: &Timeline) -> Result<(), Failure> {
-    let subject = format!("{} counter {}", expectation.host, expectation.counter);
+    let subject = match expectation.counters.as_slice() {
+        [one] => format!("{} counter {one}", expectation.host),
+        several => format!("{} counters {}", expectation.host, several.join(" + ")),
+    };
     let expected = describe_bounds(expectation.min, expectation.max);
     let Some((t, counters)) = counters(timeline, expectation.host) else {
         return Err(Failure {
@@ -31,7 +34,7 @@ pub(super) fn judge_counter(expectation: &CounterExpectation, timeline: &Timelin
         });
     };
     // A counter the kernel knows but never incremented is left out of the reading: it is zero.
-    let value = counters.get(&expectation.counter).copied().unwrap_or(0);
+    let value: u64 = expectation.counters.iter().map(|name| counters.get(name).copied().unwrap_or(0)).sum();
     if expectation.min.is_none_or(|min| value >= min) && expectation.max.is_none_or(|max| value <= max) {
         return Ok(());
     }
@@ -106,7 +109,8 @@ mod tests {
     }
 
     fn counter(host: HostId, name: &str, min: Option<u64>, max: Option<u64>) -> CounterExpectation {
-        CounterExpectation { host, counter: name.into(), min, max, location: Location { line: 9, column: 7 } }
+        let counters = name.split('+').map(|name| name.trim().to_string()).collect();
+        CounterExpectation { host, counters, min, max, location: Location { line: 9, column: 7 } }
     }
 
     #[test]
@@ -122,6 +126,11 @@ mod tests {
         assert!(judge_counter(&counter(HostId::Server, "TcpRetransSegs", None, Some(0)), &timeline).is_ok());
         let failure = judge_counter(&counter(HostId::Server, "TcpRetransSegs", Some(1), None), &timeline).unwrap_err();
         assert_eq!(failure.actual, "0");
+        let sum = counter(HostId::Server, "TcpInCsumErrors + TcpRetransSegs", Some(2), Some(2));
+        assert!(judge_counter(&sum, &timeline).is_ok(), "2 + 0");
+        let failure = judge_counter(&counter(HostId::Server, "TcpInCsumErrors + TcpInErrs", Some(3), None), &timeline)
+            .unwrap_err();
+        assert_eq!(failure.subject, "server counters TcpInCsumErrors + TcpInErrs");
         let failure =
             judge_counter(&counter(HostId::Client, "X", Some(1), None), &Timeline::new(Vec::new())).unwrap_err();
         assert!(failure.actual.contains("no reading"), "{failure}");

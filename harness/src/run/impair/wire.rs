@@ -269,7 +269,13 @@ impl Direction {
             self.release_due(wall_now())?;
             self.wait()?;
             self.forge_requested()?;
-            self.take_arrivals()?;
+            if self.take_arrivals()? > 0 {
+                // A bulk transfer keeps a wire thread busy without ever blocking, and real-time threads of one
+                // priority run until they block: the wires of other scenarios on the machine (a delay's timer
+                // due) get their turn after each burst instead of after the whole transfer.
+                // SAFETY: plain system call without arguments.
+                unsafe { libc::sched_yield() };
+            }
         }
         self.stats.held_at_stop = self.schedule.len() as u64 + self.held.len() as u64;
         self.stats.kernel_drops += capture::take_kernel_drops(&self.receive)
@@ -314,13 +320,14 @@ impl Direction {
         Ok(())
     }
 
-    /// Takes every frame that has arrived and decides its fate.
-    fn take_arrivals(&mut self) -> Result<()> {
+    /// Takes every frame that has arrived and decides its fate; returns how many there were.
+    fn take_arrivals(&mut self) -> Result<usize> {
         let mut arrived: Vec<(Duration, Vec<u8>)> = Vec::new();
         self.source.take_ready(&self.receive, &mut |frame| {
             arrived.push((frame.wall_time, frame.data.to_vec()));
             Ok(())
         })?;
+        let count = arrived.len();
         let shared = &self.shared;
         let active = |name: &str| shared.is_active(name);
         for (at, mut frame) in arrived {
@@ -355,7 +362,7 @@ impl Direction {
                 }
             }
         }
-        Ok(())
+        Ok(count)
     }
 
     /// Sends every frame due by `now`, and the held frames whose turn or time has come.

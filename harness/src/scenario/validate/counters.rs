@@ -19,23 +19,30 @@ impl Validator<'_> {
             path,
             "counter expectation",
             "counter",
-            "a counter as nstat names it, e.g. TcpRetransSegs or TcpExtTCPSACKRecovery",
+            "a counter as nstat names it, e.g. TcpRetransSegs, or a list of them to sum",
         )?;
-        let counter_path = path.key("counter");
-        let name = counter.text();
-        if !known_counters().any(|known| known == name) {
-            let hint = match closest(&name, known_counters()) {
-                Some(near) => format!("did you mean {near}? "),
-                None => String::new(),
-            };
-            return Err(self.fail(
-                &counter_path,
-                format!(
-                    "unknown counter {counter}; {hint}counters are named as nstat names them (the group of \
-                     /proc/net/snmp or /proc/net/netstat plus the field), e.g. TcpRetransSegs, TcpExtTCPDSACKRecv; \
-                     the list is harness/src/scenario/counters.txt"
-                ),
-            ));
+        let mut names = Vec::with_capacity(counter.items.len());
+        for (i, item) in counter.items.iter().enumerate() {
+            let item_path = if counter.list { path.key("counter").index(i) } else { path.key("counter") };
+            let name = item.text();
+            if !known_counters().any(|known| known == name) {
+                let hint = match closest(&name, known_counters()) {
+                    Some(near) => format!("did you mean {near}? "),
+                    None => String::new(),
+                };
+                return Err(self.fail(
+                    &item_path,
+                    format!(
+                        "unknown counter {item}; {hint}counters are named as nstat names them (the group of \
+                         /proc/net/snmp or /proc/net/netstat plus the field), e.g. TcpRetransSegs, \
+                         TcpExtTCPDSACKRecv; the list is harness/src/scenario/counters.txt"
+                    ),
+                ));
+            }
+            names.push(name);
+        }
+        if names.is_empty() {
+            return Err(self.fail(&path.key("counter"), "counter needs at least one name, e.g. TcpRetransSegs"));
         }
         let bound = |key: &str, value: &Option<Scalar>| -> Checked<Option<u64>> {
             match value {
@@ -53,7 +60,7 @@ impl Validator<'_> {
             }
             _ => {}
         }
-        Ok(CounterExpectation { host, counter: name, min, max, location: self.index.value(path) })
+        Ok(CounterExpectation { host, counters: names, min, max, location: self.index.value(path) })
     }
 
     pub(super) fn tcp_info_expectation(
