@@ -8,6 +8,7 @@ packages=(
   curl netcat-openbsd socat            # real programs that exec steps run
   strace                               # exec steps with `trace: true` run their program under it
   tshark chromium fonts-dejavu-core    # report tests: tshark reads capture.pcapng, headless Chromium draws report.html
+  qemu-system-x86 busybox-static xz-utils   # netfault matrix: VMs, their userland, compressed modules
   iptables                             # netfault bench impair: the NFQUEUE alternative (iptables-nft, xt compat)
 )
 missing=()
@@ -24,4 +25,6 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+# Debian's kernels for `netfault matrix` (unpacked into a cache, never installed): only Debian has them.
+bash "$(dirname "$0")/kernels.sh" || echo "ci/setup.sh: no kernels for netfault matrix (see above); the rest is set up" >&2
 command -v cargo >/dev/null || { echo "ci/setup.sh: cargo not found; install Rust (rustup) first" >&2; exit 1; }

@@ -1,18 +1,100 @@
 //! netfault: inject network faults into real Linux TCP stacks and record exactly what the kernel did.
 //!
-//! Data flows one way: YAML -> [`scenario::plan::Plan`] -> run in a child process (`run::engine`) ->
-//! [`timeline::Timeline`] -> [`report::verdict`] -> [`report`].
+//! A scenario is one YAML file: hosts, each its own network namespace, joined by veth links; per-host sysctls;
+//! nftables faults that switch on and off at given times or on events; and a socket program for each host,
+//! with what each step must give and when. netfault runs it in a child process against the real kernel
+//! (real namespaces, real veth pairs, real nftables, real sockets), records the wire on every interface and
+//! every socket's state on one clock, and judges the run against the scenario's expectations. Nothing is
+//! simulated: what a report shows is what the kernel did.
 //!
-//! The folders follow that flow, one stage each: [`scenario`] reads files into plans; [`run`] makes the run
-//! happen (namespaces, the wire, faults, programs, the child processes); `observe` watches the kernel (wire
-//! capture, socket states) and only emits events; [`timeline`] is the one data structure in the middle, written
-//! by run and observe and read, through its queries, by everyone after; [`report`] judges and writes. Each
-//! stage depends only on the ones before it and on the timeline, never on a later one.
+//! # Running scenarios
+//!
+//! The `netfault` binary runs folders of scenarios (`netfault run scenarios/`). As a test driver, every
+//! scenario under a folder becomes one `cargo test` trial, each in a child process of its own:
+//!
+//! ```rust,no_run
+//! // tests/scenarios.rs, with `harness = false` for it in Cargo.toml
+//! use std::path::Path;
+//!
+//! fn main() -> std::process::ExitCode {
+//!     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+//!     netfault::run::runner::test_main(
+//!         &workspace.join("scenarios"),
+//!         &workspace.join("reports"),
+//!         Path::new(env!("CARGO_BIN_EXE_netfault")),
+//!         libtest_mimic::Arguments::from_args(),
+//!     )
+//! }
+//! ```
+//!
+//! A scenario can be checked without running anything; a bad file is an error naming its line and column:
+//!
+//! ```rust,no_run
+//! use std::path::Path;
+//!
+//! let plan = netfault::scenario::load(Path::new("scenarios"), Path::new("scenarios/keepalive/idle.yaml"))
+//!     .unwrap_or_else(|error| panic!("{error}"));
+//! for host in &plan.hosts {
+//!     println!("{}: {} steps", host.id, host.steps.len());
+//! }
+//! ```
+//!
+//! # How data flows
+//!
+//! One way, each stage reading only what the one before produced:
+//!
+//! ```text
+//! scenario file ──scenario::load──▶ Plan          validated, every name resolved (steps to indices,
+//!                                                  hosts to addresses), durations typed, one Tolerance
+//!               ──run::runner───▶ child process   one per scenario, bounded by its deadline
+//!               ──run::engine───▶ namespaces, links, faults (run::faults), captures and socket observers
+//!                                 (observe), one program thread per host (run::actors), one clock
+//!               ──events───────▶ Timeline        every packet, socket change and step, on one clock;
+//!                                 RunRecord       the timeline and the harness's own figures, plain data
+//!               ──verdict::judge─▶ Verdict        a pure function of plan and timeline
+//!               ──report::write─▶ reports/<scenario>/ timeline.txt, result.json, one pcap per interface
+//! ```
+//!
+//! The engine never asks the verdict anything: the questions a run answers (a step's start and end, the
+//! packets a host sent, a socket's history) are [`timeline::query`], asked alike by the engine's fault
+//! triggers, the verdict and the report. The report reads the [`record::RunRecord`] and the
+//! [`report::verdict::Verdict`], never the engine, a capture or an observer.
+//!
+//! # Where each concern lives
+//!
+//! | module | owns | Linux equivalent |
+//! |---|---|---|
+//! | [`scenario`] | YAML schema, validation into a [`scenario::plan::Plan`], source positions | |
+//! | `run::topology` | namespaces' links, addresses, offloads, sysctls, over rtnetlink | `ip link`, `ip addr`, `ethtool -K`, `sysctl -w` |
+//! | `run::firewall`, `run::faults` | nftables faults, and the seam other fault backends plug into | `nft add rule` |
+//! | `run::actors` | the hosts' socket programs and `exec` | the programs themselves |
+//! | `run::engine` | one run: set-up, fault triggers, end or deadline, teardown | |
+//! | [`run::runner`] | child processes, parallelism, the libtest-mimic driver | |
+//! | [`testing`] | another crate's test target: `netfault::scenarios!`, `Suite` | |
+//! | [`cli`], [`version`] | the command line; the build's version and commit | |
+//! | [`run::netns`], [`run::userns`] | anonymous namespaces, rootless mode | `ip netns`, `unshare --user` |
+//! | `observe::capture`, `observe::decode` | AF_PACKET capture to pcap, frames to tcpdump-like events | `tcpdump -w` |
+//! | `observe::sockets` | sock_diag sampler | `ss -tanoi` |
+//! | [`timeline`] | events on one clock, their text form, the queries on them | |
+//! | [`record`] | what a run produced, as plain data | |
+//! | [`report`] | the pure verdict and the files under reports/ | |
+//!
+//! The folders follow the flow: [`scenario`] reads, [`run`] makes the run happen, `observe` watches the
+//! kernel and only emits events, [`timeline`] and [`record`] are the data in the middle, [`report`] judges
+//! and writes. Each depends only on earlier stages and on the data, never on a later stage.
+//!
+//! # Privileges
+//!
+//! As root, scenarios run directly. Otherwise netfault first makes itself root of a user namespace of its own
+//! (rootless mode, [`run::userns`]), which is enough for namespaces, veth pairs, nftables, captures and
+//! per-namespace sysctls; the library's own tests do the same before their harness starts. Where neither
+//! works netfault stops and says what is missing; it never skips a scenario.
 
 #[cfg(feature = "bench")]
 mod bench;
 pub mod cli;
 pub mod error;
+pub mod matrix;
 mod observe;
 pub mod record;
 pub mod report;

@@ -79,7 +79,7 @@ impl CaptureStats {
 }
 
 /// What an observer did: how many dumps, and what one cost.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct ObserverStats {
     pub samples: u64,
     /// Mean wall time of one dump (request, receive, decode), without the comparison with the previous sample.

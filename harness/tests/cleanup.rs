@@ -66,7 +66,22 @@ fn host_state() -> HostState {
             (name.to_string(), value.trim().to_string())
         })
         .collect();
-    HostState { links, ruleset: command_output("nft", &["list", "ruleset"]), sysctls }
+    HostState { links, ruleset: ruleset(), sysctls }
+}
+
+/// `nft list ruleset`. An ordinary user (a rootless run) may neither read nor change the host's ruleset: the
+/// kernel refuses both, and the state records the refusal.
+fn ruleset() -> String {
+    let output = Command::new("nft").args(["list", "ruleset"]).output().unwrap_or_else(|e| panic!("nft: {e}"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if output.status.success() {
+        return String::from_utf8_lossy(&output.stdout).into_owned();
+    }
+    assert!(
+        !nix::unistd::geteuid().is_root() && stderr.contains("Operation not permitted"),
+        "nft list ruleset: {stderr}"
+    );
+    "refused to this user: unreadable and unchangeable without root".to_string()
 }
 
 /// `net:[4026532318]` -> 4026532318.
@@ -164,11 +179,16 @@ fn wait_until_running(run: &Run) -> Running {
 }
 
 /// The checks afterwards mean something only if the run did set sysctls, rules and links in its namespaces:
-/// look at them from inside (`nsenter --net=/proc/<sleep>/ns/net ...`).
+/// look at them from inside (`nsenter --net=/proc/<sleep>/ns/net ...`; a rootless run's namespaces belong to
+/// its own user namespace, which the same ordinary user enters too, keeping its ids (mapped to root there):
+/// `--user=/proc/<sleep>/ns/user --preserve-credentials`).
 fn assert_scenario_really_changes_things(sleeps: &[u32]) {
     let inside = |pid: u32, program: &str, args: &[&str]| {
+        let user_ns = |pid: &str| fs::read_link(format!("/proc/{pid}/ns/user")).unwrap();
+        let user = (user_ns(&pid.to_string()) != user_ns("self")).then(|| format!("--user=/proc/{pid}/ns/user"));
         let net = format!("--net=/proc/{pid}/ns/net");
-        let mut full = vec![net.as_str(), program];
+        let mut full: Vec<&str> = user.iter().flat_map(|user| [user.as_str(), "--preserve-credentials"]).collect();
+        full.extend([net.as_str(), program]);
         full.extend(args);
         command_output("nsenter", &full)
     };

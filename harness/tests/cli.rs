@@ -233,3 +233,28 @@ fn a_terminal_gets_colour_and_a_progress_line_unless_no_color() {
     assert!(plain.contains("PASS  own-socket/closed"), "{plain:?}");
     assert!(plain.contains("running 1, done 1 of 2"), "the progress line is no colour: {plain:?}");
 }
+
+#[test]
+fn a_scenario_the_kernel_cannot_run_is_not_applicable_in_run_and_in_the_test_driver() {
+    let reports = scratch("requires");
+    let output = netfault(&["run", "--reports", reports.to_str().unwrap(), "harness/tests/fixtures/requires"]);
+    let printed = text(&output);
+    assert_eq!(output.status.code(), Some(0), "not applicable is no failure: {printed}");
+    assert!(printed.contains("N/A   old-kernel-only"), "{printed}");
+    assert!(printed.contains("not applicable: 4:1: needs kernel < 3.0; this is "), "says why: {printed}");
+    assert!(printed.contains("1 passed, 0 failed, 1 not applicable"), "{printed}");
+    let result = std::fs::read_to_string(reports.join("old-kernel-only/result.json")).unwrap();
+    assert!(result.contains("\"status\": \"not-applicable\"") && result.contains("needs kernel < 3.0"), "{result}");
+    // The variant for kernels without the sysctl was left out, and the report says so.
+    let timeline = std::fs::read_to_string(reports.join("expectation-variants/timeline.txt")).unwrap();
+    assert!(
+        timeline.contains("# NOT APPLICABLE line 9: client step #1's expectation left out: needs a kernel without sysctl net.ipv4.tcp_syn_retries"),
+        "{timeline}"
+    );
+    let output =
+        netfault(&["test", "--root", "harness/tests/fixtures/requires", "--reports", reports.to_str().unwrap()]);
+    let driven = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{driven}");
+    assert!(driven.contains("old-kernel-only.yaml: not applicable: 4:1: needs kernel < 3.0"), "the reason: {driven}");
+    assert!(driven.contains("1 passed; 0 failed; 1 ignored"), "ignored, not passed or failed: {driven}");
+}

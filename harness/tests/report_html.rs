@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use libtest_mimic::{Arguments, Failed, Trial};
 use netfault::report::browser::{file_url, Browser};
+use netfault::report::ladder::{Arrow, Column, Ladder};
 use pcap_file::pcap::PcapReader;
 use pcap_file::pcapng::{Block, PcapNgReader};
 use serde_json::Value;
@@ -46,6 +47,8 @@ fn main() {
             }));
         }
     }
+    let three = out.join("three-hosts");
+    trials.push(Trial::test("report_html::three_host_columns", move || three_host_columns(&three, browser)));
     let conclusion = libtest_mimic::run(&args, trials);
     // Chromium is closed before the process exits.
     if let Ok(mut browser) = browser.lock() {
@@ -187,6 +190,75 @@ fn check_report(report: &Path, shot: &Path, browser: &Mutex<Option<Browser>>) ->
     }
     if failures > 0 && dom["drawn"].as_u64() == Some(0) {
         return Err("no failure marked on the diagram".into());
+    }
+    Ok(())
+}
+
+/// The ladder of a run with a router between client and server (what hosts-as-data gives): three columns in
+/// order, every arrow from its sender's lifeline to its receiver's, the dropped one ending in a cross.
+fn three_host_columns(dir: &Path, browser: &Mutex<Option<Browser>>) -> Result<(), Failed> {
+    let column =
+        |name: &str, address: &str| Column { name: name.into(), address: address.into(), interface: "nf0".into() };
+    let arrow = |t: f64, from: usize, to: usize, dropped: bool| Arrow {
+        sent: Some(t),
+        received: (!dropped).then_some(t + 1e-5),
+        from,
+        to,
+        label: format!("S seq 0 ack 0 win 64240 len 0 ({from}->{to})"),
+        fault: dropped.then(|| "dropped by fault nat at router ingress".into()),
+        dropped_at: dropped.then_some(to),
+        frames: vec![],
+        detail: vec![String::new()],
+    };
+    let ladder = Ladder {
+        scenario: "middlebox/three-columns".into(),
+        status: "PASS".into(),
+        duration: 2.0,
+        hosts: vec![column("client", "10.0.0.1"), column("router", "10.0.0.254"), column("server", "10.0.1.2")],
+        packets: vec![
+            arrow(0.0, 0, 1, false),
+            arrow(0.001, 1, 2, false),
+            arrow(0.002, 2, 1, false),
+            arrow(1.0, 0, 1, true),
+        ],
+        ..Ladder::default()
+    };
+    std::fs::create_dir_all(dir)?;
+    let html = dir.join("report.html");
+    std::fs::write(&html, ladder.to_html())?;
+    let mut browser = browser.lock().map_err(|_| "browser lock poisoned")?;
+    if browser.is_none() {
+        *browser = Some(Browser::launch(1400, 1000)?);
+    }
+    let browser = browser.as_mut().ok_or("no browser")?;
+    let mut page = browser.open(&file_url(&html)?, "document.body.dataset.ready === '1'", PAGE_TIMEOUT)?;
+    let dom = page.eval(
+        "(() => ({ lifelines: [...document.querySelector('.tile svg').querySelectorAll('line.life')].map((l) => Number(l.getAttribute('x1'))), \
+                   heads: [...document.querySelectorAll('.heads > div:not(.lane)')].map((d) => d.firstChild.textContent), \
+                   arrows: [...document.querySelectorAll('g.pkt line')].map((l) => [Number(l.getAttribute('x1')), Number(l.getAttribute('x2'))]), \
+                   crosses: document.querySelectorAll('g.pkt.drop path.x').length }))()",
+    )?;
+    page.screenshot(&dir.join("three-hosts.png"), Some(400))?;
+    let lifelines: Vec<f64> =
+        dom["lifelines"].as_array().ok_or("no lifelines")?.iter().filter_map(Value::as_f64).collect();
+    if dom["heads"] != serde_json::json!(["client", "router", "server"]) || lifelines.len() != 3 {
+        return Err(format!("columns {} at {lifelines:?}", dom["heads"]).into());
+    }
+    if !lifelines.windows(2).all(|pair| pair[0] < pair[1]) {
+        return Err(format!("columns out of order: {lifelines:?}").into());
+    }
+    let arrows = dom["arrows"].as_array().ok_or("no arrows")?;
+    let ends: Vec<(f64, f64)> =
+        arrows.iter().map(|a| (a[0].as_f64().unwrap_or(-1.0), a[1].as_f64().unwrap_or(-1.0))).collect();
+    for (k, (p, (x1, x2))) in ladder.packets.iter().zip(&ends).enumerate() {
+        let (from, to) = (lifelines[p.from], lifelines[p.to]);
+        // An arrow starts on its sender's lifeline and stops at the receiver's (a cross's width short when dropped).
+        if *x1 != from || (x2 - to).abs() > 8.0 {
+            return Err(format!("arrow {k} drawn from {x1} to {x2}, columns at {from} and {to}").into());
+        }
+    }
+    if ends.len() != 4 || dom["crosses"] != 1 {
+        return Err(format!("{} arrows, {} crosses", ends.len(), dom["crosses"]).into());
     }
     Ok(())
 }

@@ -220,6 +220,9 @@ fn plan() -> Plan {
         hosts: [host(HostId::Client, CLIENT, vec![syn_retries]), host(HostId::Server, SERVER, Vec::new())],
         faults: Vec::new(),
         expect: RunExpectations::default(),
+        requires: Default::default(),
+        conditional: Vec::new(),
+        not_applicable: Vec::new(),
     }
 }
 

@@ -17,6 +17,7 @@ use crate::observe::sockets::Observer;
 use crate::report::Status;
 use crate::run::clock::{Clock, EventSink};
 use crate::run::engine::{self, Rig};
+use crate::run::faults::HostFaults;
 use crate::run::firewall::Firewall;
 use crate::run::netns::Netns;
 use crate::run::runner::{self, Job};
@@ -238,9 +239,9 @@ fn engine_once(plan: &Plan, dir: &Path) -> Result<Phases> {
     let mut phases = Phases::default();
     let (sink, _events) = EventSink::new(Clock::unstarted());
     let mut lap = Lap::start();
-    let Rig { namespaces, mut firewalls, captures, observers, .. } = engine::set_up(plan, dir, &sink, BENCH_SEED)?;
+    let Rig { namespaces, mut faults, captures, observers, .. } = engine::set_up(plan, dir, &sink, BENCH_SEED)?;
     for fault in &plan.faults {
-        firewalls[fault.host.index()].activate(&fault.name)?;
+        faults[fault.host.index()].switch(fault, true)?;
     }
     lap.lap(&mut phases.setup);
 
@@ -251,10 +252,10 @@ fn engine_once(plan: &Plan, dir: &Path) -> Result<Phases> {
     lap.lap(&mut phases.teardown);
     engine::stop_captures(captures)?;
     lap.lap(&mut phases.teardown);
-    for firewall in &mut firewalls {
-        firewall.counters()?;
+    for host_faults in &mut faults {
+        host_faults.hits()?;
     }
-    firewalls.into_iter().for_each(Firewall::close_in_background);
+    faults.into_iter().for_each(HostFaults::close);
     lap.lap(&mut phases.teardown);
     drop(namespaces);
     lap.lap(&mut phases.teardown);

@@ -22,10 +22,12 @@ pub fn progress_wanted(terminal: bool, term: Option<&OsStr>) -> bool {
 
 /// The verdict word of a result line, padded to one width, coloured when asked (green, red, bold magenta).
 pub fn verdict_word(status: Status, colour: bool) -> String {
-    let (word, code) = match status {
-        Status::Pass => ("PASS ", "32"),
-        Status::Fail => ("FAIL ", "31"),
-        Status::Error => ("ERROR", "1;35"),
+    let word = status.label();
+    let code = match status {
+        Status::Pass => "32",
+        Status::Fail => "31",
+        Status::Error => "1;35",
+        Status::NotApplicable => "33",
     };
     if colour {
         format!("\x1b[{code}m{word}\x1b[0m")

@@ -65,6 +65,18 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
         args: Vec<String>,
     },
+    /// Run the scenarios on this kernel and on others, each booted in a qemu VM: `netfault matrix --help`
+    #[command(disable_help_flag = true)]
+    Matrix {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
+        args: Vec<String>,
+    },
+    /// Runs the suite inside a matrix VM (what the guest's init starts)
+    #[command(name = crate::matrix::GUEST_COMMAND, hide = true, disable_help_flag = true)]
+    MatrixGuest {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
+        args: Vec<String>,
+    },
     /// Runs one scenario in this process (what `run` starts for each scenario)
     #[command(name = runner::CHILD_COMMAND, hide = true)]
     RunOne(runner::ChildArgs),
@@ -158,6 +170,8 @@ pub fn main() -> ExitCode {
         Command::List(paths) => list(&paths.paths),
         Command::Test(args) => test(args),
         Command::Bundle(args) => bundle(args),
+        Command::Matrix { args } => crate::matrix::main(&args),
+        Command::MatrixGuest { args } => crate::matrix::guest_main(&args),
         Command::Bench { .. } | Command::RunOne(_) => unreachable!("handled above"),
     }
 }
@@ -239,6 +253,10 @@ fn run(args: RunArgs) -> ExitCode {
     }
     let count = |status| summaries.iter().filter(|s| s.status == status).count();
     let (passed, failed, errors) = (count(Status::Pass), count(Status::Fail), count(Status::Error));
+    let not_applicable = match count(Status::NotApplicable) {
+        0 => String::new(),
+        n => format!(", {n} not applicable"),
+    };
     let longest = summaries.iter().map(|s| s.duration).fold(0.0, f64::max);
     match args.repeat {
         Some(repeat) => print!("{}", repeat_table(&runs, &summaries, repeat, parallel)),
@@ -249,7 +267,7 @@ fn run(args: RunArgs) -> ExitCode {
         n => format!(", {n} slow skipped (--slow runs them)"),
     };
     println!(
-        "\n{passed} passed, {} failed{skipped}; wall time {:.2}s, longest scenario {longest:.2}s",
+        "\n{passed} passed, {} failed{not_applicable}{skipped}; wall time {:.2}s, longest scenario {longest:.2}s",
         failed + errors,
         started.elapsed().as_secs_f64()
     );
@@ -339,11 +357,11 @@ fn repeat_table(runs: &[(String, usize)], summaries: &[Summary], repeat: usize, 
         };
         let (_, counts, bad) = &mut rows[row];
         match summary.status {
-            Status::Pass => counts[0] += 1,
+            Status::Pass | Status::NotApplicable => counts[0] += 1,
             Status::Fail => counts[1] += 1,
             Status::Error => counts[2] += 1,
         }
-        if summary.status != Status::Pass {
+        if !matches!(summary.status, Status::Pass | Status::NotApplicable) {
             let first = summary.messages.first().and_then(|m| m.lines().next()).unwrap_or("no message");
             bad.push(format!("{}: {first}", runner::run_folder(*run)));
         }

@@ -1,4 +1,4 @@
-//! Reports: what a run leaves under reports/<scenario>/ (report.html, capture.pcapng, result.json,
+//! Reports: what a run leaves under `reports/<scenario>/` (report.html, capture.pcapng, result.json,
 //! timeline.txt, scenario.yaml, environment.txt, next to the capture's client.pcap and server.pcap), and the
 //! verdict they state.
 
@@ -45,6 +45,21 @@ pub enum Status {
     Fail,
     /// The harness could not run the scenario to a verdict.
     Error,
+    /// The running kernel lacks what the scenario's `requires:` names: nothing was run.
+    #[serde(rename = "not-applicable")]
+    NotApplicable,
+}
+
+impl Status {
+    /// How `netfault run` prints it, five characters wide.
+    pub fn label(self) -> &'static str {
+        match self {
+            Status::Pass => "PASS ",
+            Status::Fail => "FAIL ",
+            Status::Error => "ERROR",
+            Status::NotApplicable => "N/A  ",
+        }
+    }
 }
 
 /// The one-line summary a child prints last on stdout, and the parent reads.
@@ -62,6 +77,19 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// A scenario whose `requires:` this kernel does not meet; `reason` says which and why.
+    pub fn not_applicable(name: String, report: &Path, reason: String) -> Summary {
+        Summary {
+            name,
+            status: Status::NotApplicable,
+            duration: 0.0,
+            setup_ms: 0.0,
+            teardown_ms: 0.0,
+            report: report.to_path_buf(),
+            messages: vec![reason],
+        }
+    }
+
     /// A scenario the harness could not run to a verdict.
     pub fn harness_error(name: String, report: &Path, message: String) -> Summary {
         Summary {
@@ -114,7 +142,27 @@ struct ResultFile<'a> {
     /// What the wire did toward the client and toward the server, when the scenario has impairments.
     wire: Option<[crate::record::WireStats; 2]>,
     harness_errors: &'a [String],
+    /// Expectations left out on this kernel (their `requires:` failed), with why.
+    not_applicable: &'a [String],
     events: &'a Timeline,
+}
+
+/// result.json of a scenario that was not run on this kernel.
+#[derive(Debug, Serialize)]
+struct NotApplicableFile<'a> {
+    scenario: &'a str,
+    file: &'a Path,
+    status: Status,
+    reason: &'a str,
+}
+
+/// Writes result.json for a scenario not applicable here; returns its summary.
+pub fn write_not_applicable(plan: &Plan, reason: String, dir: &Path) -> Result<Summary> {
+    let file =
+        NotApplicableFile { scenario: &plan.name, file: &plan.file, status: Status::NotApplicable, reason: &reason };
+    let json = serde_json::to_string_pretty(&file).map_err(|e| Error::Internal(format!("encode result.json: {e}")))?;
+    fs::write(dir.join("result.json"), json).context(|| format!("write {}", dir.join("result.json").display()))?;
+    Ok(Summary::not_applicable(plan.name.clone(), dir, reason))
 }
 
 /// The observer's figures in result.json, in microseconds.
@@ -175,6 +223,7 @@ pub fn write(plan: &Plan, record: &RunRecord, verdict: &Verdict, dir: &Path) -> 
         decisions: &record.decisions,
         wire: record.wire,
         harness_errors: &record.harness_errors,
+        not_applicable: &plan.not_applicable,
         events: &record.timeline,
     };
     let json =
@@ -189,7 +238,7 @@ pub fn write(plan: &Plan, record: &RunRecord, verdict: &Verdict, dir: &Path) -> 
     let stats: Vec<_> = record.capture.iter().map(|c| (c.interface_frames, c.lost(), c.kernel_drops)).collect();
     wire.write_pcapng(&dir.join("capture.pcapng"), &section(plan, status), &stats)?;
     let mut ladder = Ladder::of_run(plan, &record.timeline, &verdict.steps, &verdict.failures, &wire, &faults);
-    ladder.status = status_word(status).to_string();
+    ladder.status = status.label().trim_end().to_string();
     ladder.duration = record.duration.as_secs_f64();
     ladder.version = netfault_version();
     ladder.kernel = kernel_release();
@@ -249,7 +298,7 @@ fn section(plan: &Plan, status: Status) -> Section {
         os: format!("Linux {kernel}"),
         application: netfault_version(),
         comments: vec![
-            format!("scenario {} ({}): {}", plan.name, plan.file.display(), status_word(status)),
+            format!("scenario {} ({}): {}", plan.name, plan.file.display(), status.label().trim_end()),
             format!("written by {}", netfault_version()),
             format!("kernel {kernel}"),
         ],
@@ -319,14 +368,6 @@ pub fn kernel_release() -> String {
     fs::read_to_string("/proc/sys/kernel/osrelease").map_or_else(|_| "unknown".into(), |s| s.trim().to_string())
 }
 
-fn status_word(status: Status) -> &'static str {
-    match status {
-        Status::Pass => "PASS",
-        Status::Fail => "FAIL",
-        Status::Error => "ERROR",
-    }
-}
-
 /// A program that failed inside the harness makes the run a harness error, whatever the verdict.
 fn status_of(record: &RunRecord, verdict: &Verdict) -> Status {
     match (record.harness_errors.is_empty(), verdict.passed()) {
@@ -382,7 +423,7 @@ fn render_timeline(plan: &Plan, record: &RunRecord, verdict: &Verdict) -> String
     }
     text.push_str(&format!(
         "# verdict: {} ({} checks, {} failed); ran {}s; setup {:.1} ms, teardown {:.1} ms\n",
-        status_word(status_of(record, verdict)),
+        status_of(record, verdict).label().trim_end(),
         verdict.checks,
         verdict.failures.len(),
         format_secs(record.duration),
@@ -417,6 +458,9 @@ fn render_timeline(plan: &Plan, record: &RunRecord, verdict: &Verdict) -> String
     }
     for error in &record.harness_errors {
         text.push_str(&format!("# HARNESS ERROR {error}\n"));
+    }
+    for left_out in &plan.not_applicable {
+        text.push_str(&format!("# NOT APPLICABLE {left_out}\n"));
     }
     for failure in &verdict.failures {
         text.push_str(&format!("# FAIL {failure}\n"));

@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 use crate::error::{joined, Error, Result};
 use crate::observe::capture::{Capture, CaptureBuffer};
 use crate::observe::sockets::{DiagSocket, Observer};
-use crate::record::{CaptureStats, CapturedInterface, RunRecord, WireStats};
+use crate::record::{CaptureStats, CapturedInterface, ObserverStats, RunRecord, WireStats};
 use crate::run::actors::{self, ActorContext, ProcessRegistry, StepBoard};
 use crate::run::clock::{Clock, EventSink};
-use crate::run::firewall::{self, Firewall};
+use crate::run::faults::{Backend, HostFaults};
+use crate::run::firewall;
 use crate::run::impair::{Wire, WireFault};
 use crate::run::netns::Netns;
 use crate::run::priority;
@@ -29,12 +30,13 @@ const IDLE_TICK: Duration = Duration::from_millis(5);
 const PROGRAM_START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs `plan`, writing the pcaps into `report_dir`; the impairments' random decisions come from `seed`. Returns
-/// harness errors only; the verdict comes later.
-pub fn run(plan: &Plan, report_dir: &Path, seed: u64) -> Result<RunRecord> {
+/// harness errors only; the verdict comes later. `on_start` is called once the programs have been told to
+/// start (t0), after the set-up.
+pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -> Result<RunRecord> {
     let setup_started = Instant::now();
     let clock = Clock::unstarted();
     let (sink, events) = EventSink::new(clock.clone());
-    let Rig { namespaces, interfaces, mut firewalls, captures, observers, wire, wire_namespace } =
+    let Rig { namespaces, interfaces, mut faults, captures, observers, wire, wire_namespace } =
         set_up(plan, report_dir, &sink, seed)?;
     let setup = setup_started.elapsed();
 
@@ -97,7 +99,7 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64) -> Result<RunRecord> {
     // taken (their events read 0 s): an nftables commit can take tens of ms on a busy machine.
     let mut schedule = FaultSchedule::new(&plan.faults);
     let mut fault_events = Vec::new();
-    apply_due(&mut schedule, &mut firewalls, wire.as_ref(), &clock, &mut fault_events)?;
+    apply_due(&mut schedule, &mut faults, wire.as_ref(), &clock, &mut fault_events)?;
     // The hub too reacts to events in time (fault triggers); it goes back to ordinary before the teardown.
     let _ = priority::raise_current_thread();
     // t0 is the moment the programs start (scenario times read as the seed scripts' times): the first program
@@ -108,6 +110,7 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64) -> Result<RunRecord> {
         let _ = gate.send(deadline);
     }
     drop(sink);
+    on_start();
 
     let mut collected: Vec<Event> = Vec::new();
     let mut deadline_hit = false;
@@ -139,40 +142,56 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64) -> Result<RunRecord> {
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
-        apply_due(&mut schedule, &mut firewalls, wire.as_ref(), &clock, &mut fault_events)?;
+        apply_due(&mut schedule, &mut faults, wire.as_ref(), &clock, &mut fault_events)?;
     }
     let duration = clock.now();
     let _ = priority::lower_current_thread();
     // Read before anything is torn down: what the run made each host's kernel count.
     for host in HostId::ALL {
-        let counters = namespaces[host.index()].run(crate::observe::counters::read_counters)?;
-        collected.push(Event { t: duration, host, kind: EventKind::Counters { counters } });
+        match namespaces[host.index()].run(crate::observe::counters::read_counters) {
+            Ok(counters) => collected.push(Event { t: duration, host, kind: EventKind::Counters { counters } }),
+            Err(e) => harness_errors.push(e.to_string()),
+        }
     }
 
     let teardown_started = Instant::now();
     board.close();
     processes.kill_all();
-    let (wire_stats, wire_hits, wire_errors) = match wire {
-        Some(wire) => {
-            let stopped = wire.stop()?;
-            (Some(stopped.stats), stopped.selected, stopped.errors)
+    let (wire_stats, wire_hits) = match wire.map(Wire::stop) {
+        Some(Ok(stopped)) => {
+            harness_errors.extend(stopped.errors);
+            harness_errors.extend(wire_losses(&stopped.stats));
+            (Some(stopped.stats), stopped.selected)
         }
-        None => (None, Vec::new(), Vec::new()),
+        Some(Err(e)) => {
+            harness_errors.push(e.to_string());
+            (None, Vec::new())
+        }
+        None => (None, Vec::new()),
     };
-    harness_errors.extend(wire_errors);
-    harness_errors.extend(wire_stats.iter().flat_map(wire_losses));
     if deadline_hit {
         collected.push(Event { t: duration, host: HostId::Client, kind: EventKind::Deadline { step: None } });
     }
+    // A part that fails to stop (on a starved machine: not within its bounded wait) is a harness error of this
+    // run, not the end of it: what the others recorded still makes the report, timeline and pcaps included.
     let mut observer_stats = Vec::with_capacity(2);
     for observer in observers {
-        observer_stats.push(observer.stop()?);
+        observer_stats.push(observer.stop().unwrap_or_else(|e| {
+            harness_errors.push(e.to_string());
+            ObserverStats::default()
+        }));
     }
-    let capture_stats = stop_captures(captures)?;
+    let capture_stats = stop_captures(captures).unwrap_or_else(|e| {
+        harness_errors.push(e.to_string());
+        vec![CaptureStats::default(); 2]
+    });
     harness_errors.extend(capture_losses(&capture_stats));
     let mut fault_hits = Vec::new();
-    for firewall in &mut firewalls {
-        fault_hits.extend(firewall.counters()?);
+    for host_faults in &mut faults {
+        match host_faults.hits() {
+            Ok(hits) => fault_hits.extend(hits),
+            Err(e) => harness_errors.push(e.to_string()),
+        }
     }
     fault_hits.extend(wire_hits);
     fault_hits.sort();
@@ -187,7 +206,7 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64) -> Result<RunRecord> {
     annotate_faults(&mut timeline, plan);
     annotate_impairments(&mut timeline);
     let decisions = decisions(&timeline);
-    firewalls.into_iter().for_each(Firewall::close_in_background);
+    faults.into_iter().for_each(HostFaults::close);
     drop(namespaces);
     drop(wire_namespace);
     let teardown = teardown_started.elapsed();
@@ -252,7 +271,7 @@ pub struct Rig {
     pub namespaces: [Netns; 2],
     /// The captured interfaces, as the run record names them.
     pub interfaces: Vec<CapturedInterface>,
-    pub firewalls: Vec<Firewall>,
+    pub faults: Vec<HostFaults>,
     pub captures: Vec<Capture>,
     pub observers: Vec<Observer>,
     /// The wire between the hosts and its namespace, when the scenario has impairments.
@@ -286,15 +305,15 @@ pub fn set_up(plan: &Plan, report_dir: &Path, sink: &EventSink, seed: u64) -> Re
             let sink = sink.clone();
             thread::Builder::new().name(format!("set-up-{host}")).spawn_scoped(scope, move || {
                 ns.enter()?;
-                let firewall = Firewall::install(ns, host, &plan.faults)?;
+                let faults = HostFaults::install(ns, host, &plan.faults)?;
                 let capture = Capture::start(ns, host, ifindex, &pcap, sink.clone(), capture_buffer(plan))?;
                 let observer = Observer::start(ns, host, plan.sample_interval, sink)?;
-                Ok::<_, Error>((firewall, capture, observer))
+                Ok::<_, Error>((faults, capture, observer))
             })
         });
         starting.map(|spawned| joined(spawned, "host set-up"))
     });
-    let ((client_firewall, client_capture, client_observer), (server_firewall, server_capture, server_observer)) =
+    let ((client_faults, client_capture, client_observer), (server_faults, server_capture, server_observer)) =
         (client?, server?);
     let wire = match (&wire_namespace, topology.wire) {
         (Some(ns), Some(links)) => Some(Wire::start(ns, links.facing, wire_faults(plan), seed, Some(sink.clone()))?),
@@ -317,7 +336,7 @@ pub fn set_up(plan: &Plan, report_dir: &Path, sink: &EventSink, seed: u64) -> Re
     Ok(Rig {
         namespaces,
         interfaces,
-        firewalls: vec![client_firewall, server_firewall],
+        faults: vec![client_faults, server_faults],
         captures: vec![client_capture, server_capture],
         observers: vec![client_observer, server_observer],
         wire,
@@ -406,23 +425,22 @@ fn join_all<T>(handles: Vec<thread::ScopedJoinHandle<'_, Result<T>>>, what: &str
     results.into_iter().collect()
 }
 
-/// Switches the faults that are due now, each where it is carried out (its host's firewall, or the wire), and
-/// records each switch on the timeline.
+/// Switches the faults that are due now, each where it is carried out (its host's backend, or the wire between
+/// the hosts), and records each switch on the timeline.
 fn apply_due(
     schedule: &mut FaultSchedule<'_>,
-    firewalls: &mut [Firewall],
+    faults: &mut [HostFaults],
     wire: Option<&Wire>,
     clock: &Clock,
     events: &mut Vec<Event>,
 ) -> Result<()> {
     for (fault, on) in schedule.due(clock.now()) {
-        match (fault.action.impairment(), wire) {
-            (Some(_), Some(wire)) => wire.switch(&fault.name, on)?,
-            (Some(_), None) => {
+        match (Backend::of(fault), wire) {
+            (Backend::Wire, Some(wire)) => wire.switch(&fault.name, on)?,
+            (Backend::Wire, None) => {
                 return Err(Error::Internal(format!("impairment {} has no wire to run on", fault.name)));
             }
-            (None, _) if on => firewalls[fault.host.index()].activate(&fault.name)?,
-            (None, _) => firewalls[fault.host.index()].deactivate(&fault.name)?,
+            (Backend::Nftables, _) => faults[fault.host.index()].switch(fault, on)?,
         }
         let kind = if on {
             EventKind::FaultOn { fault: fault.name.clone() }

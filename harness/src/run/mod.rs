@@ -7,11 +7,13 @@
 mod actors;
 pub(crate) mod clock;
 pub(crate) mod engine;
+pub(crate) mod faults;
 pub(crate) mod firewall;
 pub(crate) mod impair;
 pub mod netns;
 mod pidns;
 pub(crate) mod priority;
+pub mod requirements;
 pub mod runner;
 pub(crate) mod supervise;
 pub mod topology;

@@ -7,6 +7,7 @@ use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -16,11 +17,18 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::error::{Context, Error, Result};
 use crate::observe::capture;
+use crate::observe::sockets::SCENARIOS_AT_ONCE_ENV;
 use crate::report::verdict;
 use crate::report::{self, Status, Summary};
-use crate::run::supervise::{self, StopReason, Supervisor};
-use crate::run::{engine, netns, pidns, userns};
+use crate::run::supervise::{self, StopReason, Supervisor, SETUP_LIMIT};
+use crate::run::{engine, netns, pidns, requirements, userns};
 use crate::scenario::{self, plan::Plan, variables::Variables};
+
+/// How many scenario processes this runner runs at once, for its children's observers to pace themselves by.
+static SCENARIOS_AT_ONCE: AtomicUsize = AtomicUsize::new(1);
+
+/// What a scenario process prints on stdout once its programs start (set-up done).
+const STARTED_LINE: &str = "netfault: programs started";
 
 /// Time a child gets beyond its scenario deadline for set-up, teardown and writing its report.
 pub const CHILD_GRACE: Duration = Duration::from_secs(20);
@@ -138,6 +146,7 @@ fn spawn_and_wait(exe: &Path, job: &Job, deadline: Duration, supervisor: &Superv
     let mut command = Command::new(exe);
     command.arg(CHILD_COMMAND).args(job.child_args());
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    command.env(SCENARIOS_AT_ONCE_ENV, SCENARIOS_AT_ONCE.load(Ordering::Relaxed).max(1).to_string());
     // The child, and with it its namespaces, must not outlive the runner, whatever kills the runner.
     unsafe {
         command.pre_exec(|| {
@@ -148,11 +157,11 @@ fn spawn_and_wait(exe: &Path, job: &Job, deadline: Duration, supervisor: &Superv
         });
     }
     let mut child = command.spawn().context(|| format!("start {} {CHILD_COMMAND}", exe.display()))?;
-    let stdout = read_to_end_in_background(child.stdout.take());
+    let (stdout, programs_started) = read_stdout_in_background(child.stdout.take());
     let stderr = read_to_end_in_background(child.stderr.take());
     let limit = deadline + CHILD_GRACE;
     let started = Instant::now();
-    let ended = wait_bounded(&mut child, limit, supervisor)?;
+    let ended = wait_bounded(&mut child, limit, &programs_started, supervisor)?;
     let output_wait = if matches!(ended, Ended::Exited(_)) { OUTPUT_AFTER_EXIT_WAIT } else { OUTPUT_CLOSE_WAIT };
     let stdout = stdout.recv_timeout(output_wait).unwrap_or_default();
     let stderr = stderr.recv_timeout(output_wait).unwrap_or_default();
@@ -164,8 +173,13 @@ fn spawn_and_wait(exe: &Path, job: &Job, deadline: Duration, supervisor: &Superv
             started.elapsed().as_secs_f64(),
             tail("child stderr", &stderr)
         ))),
-        (Ended::TimedOut, _) => Err(Error::Internal(format!(
-            "scenario still running {}s after its start (deadline {}s + {}s grace): killed{}",
+        (Ended::TimedOut(Phase::SettingUp), _) => Err(Error::Internal(format!(
+            "scenario process still setting up {}s after its start: killed{}",
+            SETUP_LIMIT.as_secs(),
+            tail("child stderr", &stderr)
+        ))),
+        (Ended::TimedOut(Phase::Running), _) => Err(Error::Internal(format!(
+            "scenario still running {}s after its programs started (deadline {}s + {}s grace): killed{}",
             limit.as_secs(),
             deadline.as_secs(),
             CHILD_GRACE.as_secs(),
@@ -186,6 +200,32 @@ fn tail(what: &str, text: &str) -> String {
     format!("\n  {what}:\n    {}", lines[lines.len().saturating_sub(15)..].join("\n    "))
 }
 
+/// The scenario process's stdout, read to its end on a thread of its own: the text arrives on the first
+/// channel; the second says when the [`STARTED_LINE`] came.
+fn read_stdout_in_background<R: Read + Send + 'static>(
+    pipe: Option<R>,
+) -> (mpsc::Receiver<String>, mpsc::Receiver<()>) {
+    let (text_tx, text_rx) = mpsc::channel();
+    let (started_tx, started_rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut text = String::new();
+        if let Some(pipe) = pipe {
+            let mut reader = std::io::BufReader::new(pipe);
+            let mut line = Vec::new();
+            while std::io::BufRead::read_until(&mut reader, b'\n', &mut line).is_ok_and(|n| n > 0) {
+                let decoded = String::from_utf8_lossy(&line);
+                if decoded.trim_end() == STARTED_LINE {
+                    let _ = started_tx.send(());
+                }
+                text.push_str(&decoded);
+                line.clear();
+            }
+        }
+        let _ = text_tx.send(text);
+    });
+    (text_rx, started_rx)
+}
+
 /// Reads the pipe to its end on a thread of its own; the text arrives on the channel.
 fn read_to_end_in_background<R: Read + Send + 'static>(pipe: Option<R>) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
@@ -204,28 +244,54 @@ fn read_to_end_in_background<R: Read + Send + 'static>(pipe: Option<R>) -> mpsc:
 /// How the wait for a scenario process ended.
 enum Ended {
     Exited(std::process::ExitStatus),
-    /// Still running at its limit: killed.
-    TimedOut,
+    /// Still setting up, or still running, at its limit: killed.
+    TimedOut(Phase),
     /// The supervisor said stop: killed.
     Stopped(StopReason),
+}
+
+/// Where a scenario process was when its time ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Before its programs started: bounded by [`SETUP_LIMIT`].
+    SettingUp,
+    /// Its programs started: bounded by its deadline and [`CHILD_GRACE`] from then.
+    Running,
 }
 
 /// How often a wait for a scenario process looks at the supervisor.
 const SUPERVISOR_TICK: Duration = Duration::from_millis(20);
 
-/// Waits for the child at most `limit`, or until the supervisor says stop; stops it in both cases.
-fn wait_bounded(child: &mut Child, limit: Duration, supervisor: &Supervisor) -> Result<Ended> {
-    let started = Instant::now();
+/// Waits for the child: at most [`SETUP_LIMIT`] until `programs_started` says its programs run, then at most
+/// `limit` from there; or until the supervisor says stop. Stops it in every case but its own exit.
+fn wait_bounded(
+    child: &mut Child,
+    limit: Duration,
+    programs_started: &mpsc::Receiver<()>,
+    supervisor: &Supervisor,
+) -> Result<Ended> {
+    let spawned = Instant::now();
+    let mut running_since = None;
     let exit_signal = pidfd(child);
     loop {
         if let Some(status) = child.try_wait().context(|| "wait for scenario process".to_string())? {
             return Ok(Ended::Exited(status));
         }
+        if running_since.is_none() && programs_started.try_recv().is_ok() {
+            running_since = Some(Instant::now());
+        }
+        let (phase, until) = match running_since {
+            None => (Phase::SettingUp, spawned + SETUP_LIMIT),
+            Some(since) => (Phase::Running, since + limit),
+        };
         let ended = match supervisor.stop_reason() {
             Some(reason) => Ended::Stopped(reason),
-            None if started.elapsed() >= limit => Ended::TimedOut,
+            None if Instant::now() >= until => Ended::TimedOut(phase),
             None => {
-                nap_until_exit(exit_signal.as_ref(), limit.saturating_sub(started.elapsed()).min(SUPERVISOR_TICK));
+                nap_until_exit(
+                    exit_signal.as_ref(),
+                    until.saturating_duration_since(Instant::now()).min(SUPERVISOR_TICK),
+                );
                 continue;
             }
         };
@@ -318,6 +384,7 @@ pub fn child_main(job: &Job, variables: &Variables) -> ExitCode {
         Status::Pass => 0,
         Status::Fail => 1,
         Status::Error => 2,
+        Status::NotApplicable => 0,
     };
     // Threads still blocked in a socket call at the deadline die with the process; the report is written.
     std::process::exit(code)
@@ -331,6 +398,9 @@ fn run_here(job: &Job, variables: &Variables) -> Result<Summary> {
     netns::enter_private_parent()?;
     capture::keep_kernel_timestamps_on()?;
     let plan = scenario::load(&job.root, &job.file, variables)?;
+    let mut kernel = requirements::Kernel::running();
+    let unmet = requirements::scenario_unmet(&plan, &mut kernel);
+    let plan = requirements::specialize(plan, &mut kernel);
     let mut dir = report::report_dir(&job.reports, &plan.name)?;
     if let Some(run) = job.run {
         dir.push(run_folder(run));
@@ -339,7 +409,15 @@ fn run_here(job: &Job, variables: &Variables) -> Result<Summary> {
         std::fs::remove_dir_all(&dir).context(|| format!("clear old report {}", dir.display()))?;
     }
     std::fs::create_dir_all(&dir).context(|| format!("create report folder {}", dir.display()))?;
-    let record = engine::run(&plan, &dir, job.seed)?;
+    if let Some(reason) = unmet {
+        return report::write_not_applicable(&plan, reason, &dir);
+    }
+    let record = engine::run(&plan, &dir, job.seed, || {
+        // The runner counts the scenario's deadline from here, set-up done; a lost line only leaves it
+        // counting from the process's start.
+        println!("{STARTED_LINE}");
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+    })?;
     let verdict = verdict::judge(&plan, &record.timeline);
     report::write(&plan, &record, &verdict, &dir)
 }
@@ -441,6 +519,7 @@ pub fn run_all(
     mut on_event: impl FnMut(RunEvent<'_>),
 ) -> Vec<Summary> {
     let total = jobs.len();
+    SCENARIOS_AT_ONCE.store(parallel.clamp(1, total.max(1)), Ordering::Relaxed);
     let labels: Vec<(String, PathBuf)> = jobs.iter().map(|(job, _)| (job.name(), job.reports.clone())).collect();
     let queue = Arc::new(Mutex::new(jobs.into_iter().enumerate().collect::<Vec<_>>().into_iter()));
     let (tx, rx) = mpsc::channel();
@@ -503,7 +582,7 @@ const TRIAL_KIND: &str = "scenario";
 /// own (`--exact NAME`), and each of those must not parse the whole suite.
 ///
 /// The whole run is bounded by the suite deadline: `NETFAULT_SUITE_DEADLINE` (e.g. `10m`), by default
-/// [`supervise::default_budget`] of the selected scenarios' deadlines. SIGINT / SIGTERM or the deadline kill
+/// `supervise::default_budget` of the selected scenarios' deadlines. SIGINT / SIGTERM or the deadline kill
 /// every scenario process and fail its trial with the reason.
 pub fn test_main(root: &Path, reports: &Path, exe: &Path, variables: &Variables, mut args: Arguments) -> ExitCode {
     let files = match scenario::discover(root) {
@@ -530,6 +609,7 @@ pub fn test_main(root: &Path, reports: &Path, exe: &Path, variables: &Variables,
     if args.test_threads.is_none() {
         args.test_threads = Some(default_parallelism(plans.len()));
     }
+    SCENARIOS_AT_ONCE.store(args.test_threads.unwrap_or(1).clamp(1, plans.len().max(1)), Ordering::Relaxed);
     let limits: Vec<Duration> = plans
         .iter()
         .filter_map(|(_, _, candidate)| match candidate {
@@ -565,16 +645,22 @@ pub fn test_main(root: &Path, reports: &Path, exe: &Path, variables: &Variables,
     if plans.iter().any(|(_, _, candidate)| matches!(candidate, Candidate::Loaded(plan) if plan.has_impairments())) {
         eprintln!("netfault: impairments seeded with {seed} ({SEED_ENV}={seed} repeats their decisions)");
     }
+    let mut kernel = requirements::Kernel::running();
     let trials: Vec<Trial> = plans
         .into_iter()
         .map(|(file, name, candidate)| match candidate {
             Candidate::Loaded(plan) => {
+                // Ignored, never silently: the reason is printed.
+                let unmet = requirements::scenario_unmet(&plan, &mut kernel);
+                if let Some(reason) = &unmet {
+                    eprintln!("netfault: {name}: {reason} (ignored)");
+                }
                 let job = Job { file, root: root.to_path_buf(), reports: reports.to_path_buf(), run: None, seed };
                 let exe = exe.to_path_buf();
                 let deadline = plan.deadline;
                 Trial::test(name, move || trial_result(run_in_child(&exe, &job, deadline, &supervisor)))
                     .with_kind(TRIAL_KIND)
-                    .with_ignored_flag(plan.slow)
+                    .with_ignored_flag(plan.slow || unmet.is_some())
             }
             Candidate::Invalid(message) => Trial::test(name, move || Err(Failed::from(message))).with_kind(TRIAL_KIND),
             // libtest-mimic counts it as filtered out and never runs it.
@@ -607,7 +693,8 @@ fn selected_by_name(args: &Arguments, name: &str) -> bool {
 
 fn trial_result(summary: Summary) -> Result<(), Failed> {
     match summary.status {
-        Status::Pass => Ok(()),
+        // Only run when asked for with --include-ignored: the child found the kernel lacking, as the driver did.
+        Status::Pass | Status::NotApplicable => Ok(()),
         status => {
             let what = if status == Status::Fail { "FAILED" } else { "HARNESS ERROR" };
             Err(Failed::from(format!(
@@ -623,6 +710,31 @@ fn trial_result(summary: Summary) -> Result<(), Failed> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_deadline_counts_from_the_programs_start_line_not_from_the_process_start() {
+        // Set-up (1 s here, tens of seconds on a slow machine) is not scenario time: a 0.4 s limit counted
+        // from the process's start would kill this one; counted from its start line, it exits in time.
+        let mut child = Command::new("sh")
+            .args(["-c", &format!("sleep 1; echo '{STARTED_LINE}'; sleep 0.1; echo done")])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (text, started) = read_stdout_in_background(child.stdout.take());
+        let supervisor = Supervisor::new(Duration::from_secs(60));
+        let ended = wait_bounded(&mut child, Duration::from_millis(400), &started, &supervisor);
+        assert!(matches!(ended.unwrap(), Ended::Exited(status) if status.success()));
+        assert_eq!(text.recv_timeout(Duration::from_secs(5)).unwrap(), format!("{STARTED_LINE}\ndone\n"));
+        // Past its limit after the start line: killed, in the running phase.
+        let mut child = Command::new("sh")
+            .args(["-c", &format!("echo '{STARTED_LINE}'; sleep 5")])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (_text, started) = read_stdout_in_background(child.stdout.take());
+        let ended = wait_bounded(&mut child, Duration::from_millis(300), &started, &supervisor).unwrap();
+        assert!(matches!(ended, Ended::TimedOut(Phase::Running)));
+    }
 
     #[test]
     fn a_job_survives_the_child_command_line() {

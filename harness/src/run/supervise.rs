@@ -14,6 +14,12 @@ use crate::scenario::duration::parse_duration;
 /// The environment variable the cargo-test driver reads its suite deadline from, e.g. `10m`.
 pub const SUITE_DEADLINE_ENV: &str = "NETFAULT_SUITE_DEADLINE";
 
+/// How long a scenario process may take to set up (namespaces, wire, faults, captures, observers) before its
+/// programs start. The kernel creates and destroys network namespaces one at a time (RTNL,
+/// `pernet_ops_rwsem`): with 50 scenarios at once in an emulated 2-vCPU VM the last set-ups waited tens of
+/// seconds, and counting that against their deadline got 25 of them killed with no report.
+pub const SETUP_LIMIT: Duration = Duration::from_secs(180);
+
 /// Added to the computed default suite deadline: the runner's own start and the last summaries.
 const SUITE_MARGIN: Duration = Duration::from_secs(30);
 
@@ -142,13 +148,13 @@ impl Supervisor {
 }
 
 /// Default suite deadline: Graham's bound for `parallel` workers taking jobs in order, each job at most its
-/// `limit` (scenario deadline + the child's grace): sum / parallel + longest, plus a margin. No schedule of
-/// these jobs can legitimately take longer.
+/// `limit` (scenario deadline + the child's grace) once set up: sum / parallel + longest, plus the longest a
+/// set-up may wait ([`SETUP_LIMIT`]) and a margin. No schedule of these jobs can legitimately take longer.
 pub fn default_budget(limits: &[Duration], parallel: usize) -> Duration {
     let total: Duration = limits.iter().sum();
     let longest = limits.iter().max().copied().unwrap_or_default();
     let workers = u32::try_from(parallel.clamp(1, limits.len().max(1))).unwrap_or(u32::MAX);
-    total / workers + longest + SUITE_MARGIN
+    total / workers + longest + SETUP_LIMIT + SUITE_MARGIN
 }
 
 /// A suite deadline given by the user (`--deadline 10m`, `NETFAULT_SUITE_DEADLINE=10m`), in the scenario
@@ -169,12 +175,12 @@ mod tests {
     fn default_budget_covers_the_worst_schedule() {
         let secs = Duration::from_secs;
         // One worker: the jobs one after the other.
-        assert_eq!(default_budget(&[secs(10), secs(20), secs(30)], 1), secs(60 + 30) + SUITE_MARGIN);
+        assert_eq!(default_budget(&[secs(10), secs(20), secs(30)], 1), secs(60 + 30) + SETUP_LIMIT + SUITE_MARGIN);
         // As many workers as jobs: the longest, and the average on top.
-        assert_eq!(default_budget(&[secs(10), secs(20), secs(30)], 3), secs(20 + 30) + SUITE_MARGIN);
+        assert_eq!(default_budget(&[secs(10), secs(20), secs(30)], 3), secs(20 + 30) + SETUP_LIMIT + SUITE_MARGIN);
         // More workers than jobs count as one per job.
-        assert_eq!(default_budget(&[secs(30)], 64), secs(30 + 30) + SUITE_MARGIN);
-        assert_eq!(default_budget(&[], 4), SUITE_MARGIN);
+        assert_eq!(default_budget(&[secs(30)], 64), secs(30 + 30) + SETUP_LIMIT + SUITE_MARGIN);
+        assert_eq!(default_budget(&[], 4), SETUP_LIMIT + SUITE_MARGIN);
     }
 
     #[test]

@@ -53,6 +53,51 @@ fn missing_privileges(step: &str, error: io::Error) -> Error {
     }
 }
 
+/// How the library's own test binary may create namespaces. As `netfault` does at start, the test binary
+/// enters a user namespace of its own when it is not root, before `main` (from `.init_array`), because the
+/// kernel moves only a single-threaded process and the test harness starts its threads in `main`. Tests that
+/// need namespaces then run as an ordinary user wherever user namespaces work; where they do not, those tests
+/// fail with the reason (see [`test_privilege`]).
+#[cfg(test)]
+static TEST_PRIVILEGE: std::sync::OnceLock<std::result::Result<Privilege, String>> = std::sync::OnceLock::new();
+
+#[cfg(test)]
+#[used]
+#[link_section = ".init_array"]
+static ACQUIRE_BEFORE_THE_TEST_HARNESS: extern "C" fn() = {
+    extern "C" fn acquire_for_tests() {
+        let _ = TEST_PRIVILEGE.set(acquire().map_err(|e| e.to_string()));
+    }
+    acquire_for_tests
+};
+
+/// What the test binary got before `main`: root, or rootless; panics with the reason when neither.
+#[cfg(test)]
+pub fn test_privilege() -> Privilege {
+    match TEST_PRIVILEGE.get() {
+        Some(Ok(privilege)) => *privilege,
+        Some(Err(reason)) => panic!("this test needs network namespaces: {reason}"),
+        None => panic!("the test binary did not run its user-namespace constructor"),
+    }
+}
+
+/// `program` as a command that needs no privilege, run as an ordinary uid when the tests are rootless.
+/// tcpdump, whenever its uid is 0, switches to its own user after opening its input, and a user namespace
+/// with one uid mapped and `setgroups` denied cannot let it (`Couldn't change to 'tcpdump'`); reading a pcap
+/// needs no privilege, so rootless tests run it as uid 1000 of a nested user namespace
+/// (`unshare --user --map-user=1000 --map-group=1000`).
+#[cfg(test)]
+pub fn unprivileged_command(program: &str) -> std::process::Command {
+    match test_privilege() {
+        Privilege::Root => std::process::Command::new(program),
+        Privilege::Rootless => {
+            let mut command = std::process::Command::new("unshare");
+            command.args(["--user", "--map-user=1000", "--map-group=1000", "--", program]);
+            command
+        }
+    }
+}
+
 /// Fails unless `/proc/self/status` says `Threads: 1`.
 pub fn require_single_thread() -> Result<()> {
     let status =
@@ -106,8 +151,19 @@ mod tests {
     }
 
     #[test]
-    fn root_needs_nothing() {
-        assert!(nix::unistd::geteuid().is_root(), "kernel tests run as root");
+    fn the_test_binary_is_root_or_rootless_before_its_threads_start() {
+        let uid_map = fs::read_to_string("/proc/self/uid_map").unwrap();
+        let first: Vec<&str> = uid_map.split_whitespace().take(3).collect();
+        match test_privilege() {
+            // The initial user namespace maps every uid to itself.
+            Privilege::Root => assert_eq!(first, ["0", "0", "4294967295"], "{uid_map}"),
+            Privilege::Rootless => {
+                assert_eq!(&first[..1], ["0"], "{uid_map}");
+                assert_eq!(first[2], "1", "one uid mapped: {uid_map}");
+            }
+        }
+        // Root of its namespace either way: nothing more to do.
+        assert!(nix::unistd::geteuid().is_root());
         assert_eq!(acquire().unwrap(), Privilege::Root);
     }
 }

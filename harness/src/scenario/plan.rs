@@ -3,12 +3,18 @@
 //! A `Plan` is built only by `scenario::validate` from the wire schema; everything downstream (topology,
 //! firewall, actors, observer, verdict, report) reads the plan and never the YAML.
 
+mod expect;
+mod requires;
+
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Serialize;
+
+pub use expect::*;
+pub use requires::*;
 
 /// A position in the scenario file, 1-based, as editors show it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Default)]
@@ -130,6 +136,13 @@ pub struct Plan {
     /// Sorted by name.
     pub faults: Vec<FaultPlan>,
     pub expect: RunExpectations,
+    /// `requires:` of the whole scenario: where the running kernel lacks it, the scenario is not applicable.
+    pub requires: Requirements,
+    /// Expectations that apply only where their own `requires:` holds, in file order.
+    pub conditional: Vec<Conditional>,
+    /// Expectations left out on the running kernel, each with its line and why (see
+    /// `requirements::specialize`); empty in a plan as validated.
+    pub not_applicable: Vec<String>,
 }
 
 impl Plan {
@@ -853,180 +866,4 @@ pub struct PacketFilter {
     pub window: Option<u16>,
     /// `None` means TCP; `icmp` selects the ICMP errors a host sends (e.g. from a reject rule).
     pub protocol: Option<Protocol>,
-}
-
-/// Whole-run expectations checked against the timeline.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct RunExpectations {
-    pub packets: Vec<PacketExpectation>,
-    pub states: Vec<StateExpectation>,
-    pub timers: Vec<TimerExpectation>,
-    pub queues: Vec<QueueExpectation>,
-    pub errors: Vec<ErrorExpectation>,
-    pub counters: Vec<CounterExpectation>,
-    pub tcp_info: Vec<TcpInfoExpectation>,
-}
-
-/// A kernel counter of `host` (`nstat` name), or the sum of several, at the end of the run lies in [`min`,
-/// `max`].
-#[derive(Debug, Clone, Serialize)]
-pub struct CounterExpectation {
-    pub host: HostId,
-    pub counters: Vec<String>,
-    pub min: Option<u64>,
-    pub max: Option<u64>,
-    pub location: Location,
-}
-
-/// The last `tcp_info` sample (`ss -i`) of a connection of `host` shows `rtt` and `rto` in their ranges.
-#[derive(Debug, Clone, Serialize)]
-pub struct TcpInfoExpectation {
-    pub host: HostId,
-    /// Local or remote port of the socket (any connection when `None`).
-    pub port: Option<u16>,
-    pub rtt: Option<DurationRange>,
-    pub rto: Option<DurationRange>,
-    pub location: Location,
-}
-
-/// Inclusive bounds; `None` leaves that side open.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
-pub struct DurationRange {
-    pub min: Option<Duration>,
-    pub max: Option<Duration>,
-}
-
-impl DurationRange {
-    pub fn contains(&self, value: Duration) -> bool {
-        self.min.is_none_or(|min| value >= min) && self.max.is_none_or(|max| value <= max)
-    }
-}
-
-/// Packets matching `filter`: how many, and when.
-#[derive(Debug, Clone, Serialize)]
-pub struct PacketExpectation {
-    pub filter: PacketFilter,
-    /// Exactly this many (`0` = none at all).
-    pub count: Option<u32>,
-    /// Times at which they are seen, in order; the count must match when given.
-    pub at: Vec<Duration>,
-    /// Only packets seen in this scenario-time window count.
-    pub window: Option<(Duration, Duration)>,
-    pub tolerance: Tolerance,
-    /// Times (`at`, `window`) count from this step's end or packet, and only packets from then on count.
-    pub since: Option<Since>,
-    pub location: Location,
-}
-
-/// Errno events of the programs traced on `host` (exec steps with `trace: true`): the socket calls that
-/// failed, selected by port, errno and call; how many, and when they returned.
-#[derive(Debug, Clone, Serialize)]
-pub struct ErrorExpectation {
-    pub host: HostId,
-    /// The local or remote port of the call's socket.
-    pub port: Option<u16>,
-    pub errno: Option<Errno>,
-    /// The system call as strace names it (`recvfrom`, `connect`), or `getsockopt SO_ERROR`.
-    pub call: Option<String>,
-    /// Exactly this many (`0` = none at all).
-    pub count: Option<u32>,
-    /// Times at which the calls returned, in order; the count must match when given.
-    pub at: Vec<Duration>,
-    /// Only calls that returned in this window count.
-    pub window: Option<(Duration, Duration)>,
-    pub tolerance: Tolerance,
-    pub since: Option<Since>,
-    pub location: Location,
-}
-
-/// What an expectation's times count from (`since:`) instead of t0.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Since {
-    /// The end of a named step: `since: client.connect`.
-    Step(StepRef),
-    /// The n-th (1-based) packet matching the filter, as its sender's capture saw it leave:
-    /// `since: { packet: { from: server, window: 0 }, nth: 1 }`. Its kernel timestamp is exact, where a
-    /// step's end is stamped by a thread that may run late.
-    Packet { filter: PacketFilter, nth: u32 },
-}
-
-/// A socket of `host` goes through these states in order (other states may come between).
-#[derive(Debug, Clone, Serialize)]
-pub struct StateExpectation {
-    pub host: HostId,
-    /// Which socket: local or remote port; `None` = any socket of the host that is not a listener.
-    pub port: Option<u16>,
-    pub sequence: Vec<StateStep>,
-    pub tolerance: Tolerance,
-    /// `at` times count from this step's end or packet.
-    pub since: Option<Since>,
-    pub location: Location,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct StateStep {
-    pub state: TcpState,
-    /// Scenario time at which the socket enters the state.
-    pub at: Option<Duration>,
-}
-
-/// A socket of `host` shows `timer`, with its retransmission / probe count reaching `retrans`.
-#[derive(Debug, Clone, Serialize)]
-pub struct TimerExpectation {
-    pub host: HostId,
-    pub port: Option<u16>,
-    pub timer: TimerKind,
-    pub retrans: Option<u32>,
-    /// The state the socket is in when the timer is seen.
-    pub state: Option<TcpState>,
-    pub location: Location,
-}
-
-/// `ss` Recv-Q or Send-Q.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum QueueKind {
-    /// `Recv-Q`: unread bytes; for a listener, connections waiting in the accept queue.
-    Recv,
-    /// `Send-Q`: unacknowledged and unsent bytes; for a listener, its backlog.
-    Send,
-}
-
-impl QueueKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            QueueKind::Recv => "Recv-Q",
-            QueueKind::Send => "Send-Q",
-        }
-    }
-}
-
-/// A socket of `host` shows these values of one queue in order (other values may come between), and never
-/// more than `max`.
-#[derive(Debug, Clone, Serialize)]
-pub struct QueueExpectation {
-    pub host: HostId,
-    /// Which socket: local or remote port; `None` = any.
-    pub port: Option<u16>,
-    /// Only listeners (`LISTEN`) when true, only other sockets when false.
-    pub listener: bool,
-    pub queue: QueueKind,
-    /// Values in the order they are seen; may be empty when only `max` is asked.
-    pub sequence: Vec<QueueStep>,
-    /// No selected socket ever shows more than this.
-    pub max: Option<u32>,
-    /// Some selected socket shows at least this at some time.
-    pub reaches: Option<u32>,
-    pub tolerance: Tolerance,
-    /// `at` times count from this step's end or packet.
-    pub since: Option<Since>,
-    pub location: Location,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct QueueStep {
-    pub value: u32,
-    /// Scenario time at which the queue takes this value.
-    pub at: Option<Duration>,
 }

@@ -257,6 +257,16 @@ pub struct ScenarioWire {
     pub server: Option<Vec<StepWire>>,
     pub client: Option<Vec<StepWire>>,
     pub expect: Option<RunExpectWire>,
+    pub requires: Option<RequiresWire>,
+}
+
+/// `requires:` what the running kernel must have for the scenario, or one expectation, to apply.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequiresWire {
+    pub kernel: Option<Scalar>,
+    pub sysctl: Option<Entries<Scalar>>,
+    pub nftables: Option<ScalarList>,
 }
 
 /// `hosts:`.
@@ -560,6 +570,7 @@ pub struct StepExpectWire {
     pub after: Option<Scalar>,
     pub at: Option<Scalar>,
     pub tolerance: Option<ScalarOr<ToleranceWire>>,
+    pub requires: Option<RequiresWire>,
 }
 
 /// The top-level `expect:`.
@@ -618,6 +629,7 @@ pub struct PacketExpectWire {
     pub within: Option<ScalarList>,
     pub tolerance: Option<ScalarOr<ToleranceWire>>,
     pub since: Option<ScalarOr<SinceWire>>,
+    pub requires: Option<RequiresWire>,
 }
 
 /// One item of `expect: { errors: [...] }`.
@@ -644,6 +656,7 @@ pub struct StateExpectWire {
     pub sequence: Option<Vec<ScalarOr<StateStepWire>>>,
     pub tolerance: Option<ScalarOr<ToleranceWire>>,
     pub since: Option<ScalarOr<SinceWire>>,
+    pub requires: Option<RequiresWire>,
 }
 
 /// `{ state: GONE, at: 7s }` in a state sequence.
@@ -663,6 +676,7 @@ pub struct TimerExpectWire {
     pub retrans: Option<Scalar>,
     pub state: Option<Scalar>,
     pub port: Option<Scalar>,
+    pub requires: Option<RequiresWire>,
 }
 
 /// `tolerance: { early: 0s, late: 500ms }`: a timing that may deviate by different amounts either way.
@@ -694,6 +708,7 @@ pub struct QueueExpectWire {
     pub reaches: Option<Scalar>,
     pub tolerance: Option<ScalarOr<ToleranceWire>>,
     pub since: Option<ScalarOr<SinceWire>>,
+    pub requires: Option<RequiresWire>,
 }
 
 /// `{ value: 1, at: 8s }` in a queue sequence.
@@ -747,6 +762,7 @@ pub const MAP_DESCRIPTIONS: &[(&str, &str)] = &[
     ("SinceWire", "a step like client.connect, or a map like { packet: { from: server, window: 0 }, nth: 1 }"),
     ("ToleranceWire", "a duration like 250ms, or a map like { early: 0s, late: 500ms }"),
     ("TimerExpectWire", "a map like { host: client, timer: keepalive }"),
+    ("RequiresWire", "a map like { kernel: \">= 6.7\", sysctl: { net.ipv4.tcp_rto_max_ms: present } }"),
 ];
 
 /// What "expected struct X" means in the user's words.

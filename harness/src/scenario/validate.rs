@@ -22,6 +22,7 @@ mod expect;
 mod faults;
 mod impair;
 mod program;
+mod requires;
 
 #[cfg(test)]
 pub(crate) use program::link_connects_to_listens;
@@ -152,6 +153,8 @@ pub fn validate(
 
     let faults = v.faults(&root.key("faults"), wire.faults.as_deref().unwrap_or(&[]))?;
     let expect = v.run_expectations(&root.key("expect"), wire.expect.as_ref())?;
+    let requires = v.requirements(&root.key("requires"), wire.requires.as_ref())?;
+    let conditional = v.conditional_expectations(wire)?;
 
     let [client_steps, server_steps] = steps;
     let [client_sysctls, server_sysctls] = sysctls;
@@ -185,6 +188,9 @@ pub fn validate(
         ],
         faults,
         expect,
+        requires,
+        conditional,
+        not_applicable: Vec::new(),
     })
 }
 

@@ -420,6 +420,7 @@ mod tests {
     use pcap_file::pcap::PcapReader;
 
     use super::*;
+    use crate::run::userns::{test_privilege, unprivileged_command, Privilege};
     use crate::scenario::plan::Protocol;
     use crate::timeline::{format_tcp_flags, Event, IpProtocol, PacketDirection, PacketEvent};
 
@@ -510,10 +511,19 @@ mod tests {
 
     /// `tcpdump -n -r <pcap> [filter]`, one line per packet.
     fn tcpdump_read(pcap: &Path, extra: &[&str]) -> Vec<String> {
-        let pcap = pcap.to_str().unwrap();
-        let mut args = vec!["tcpdump", "-n", "-r", pcap];
-        args.extend_from_slice(extra);
-        run_command(&args).lines().map(str::to_string).collect()
+        let output = unprivileged_command("tcpdump")
+            .args(["-n", "-r"])
+            .arg(pcap)
+            .args(extra)
+            .output()
+            .unwrap_or_else(|e| panic!("tcpdump -r {}: {e}", pcap.display()));
+        assert!(
+            output.status.success(),
+            "tcpdump -r {} failed: {}",
+            pcap.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).lines().map(str::to_string).collect()
     }
 
     /// Frame count, summed wire lengths and timestamps, read back with pcap-file.
@@ -753,8 +763,9 @@ mod tests {
         assert_eq!(reader.join().unwrap(), bytes);
     }
 
-    /// Both buffer arrangements, one per end of the same transfer: each pcap holds exactly the frames its
-    /// interface counted, the stop waits for none longer than needed, and the counts agree with tcpdump's.
+    /// Both buffer arrangements, one per end of the same transfer: as root (real-time capture threads) each
+    /// pcap holds exactly the frames its interface counted; rootless, frames taken plus frames dropped are.
+    /// The stop waits for none longer than needed, and the counts agree with tcpdump's.
     #[test]
     fn queue_and_ring_capture_every_frame_the_interface_counts() {
         let pair = veth_pair();
@@ -783,9 +794,15 @@ mod tests {
         for (stats, pcap) in [(client_stats, &client_pcap), (server_stats, &server_pcap)] {
             // 16 MiB in 1448-byte segments is over 11,000 data frames alone.
             assert!(stats.interface_frames > 11_000, "{stats:?}");
-            assert_eq!(stats.lost(), 0, "{stats:?}");
-            assert_eq!(stats.kernel_drops, 0, "{stats:?}");
-            assert_eq!(stats.packets, stats.interface_frames, "{stats:?}");
+            if test_privilege() == Privilege::Root {
+                assert_eq!(stats.lost(), 0, "{stats:?}");
+                assert_eq!(stats.kernel_drops, 0, "{stats:?}");
+            }
+            // Rootless, the capture thread cannot be real-time (the kernel refuses SCHED_FIFO without
+            // CAP_SYS_NICE in the initial namespace) and a bulk transfer may outrun it: every frame is still
+            // accounted for, taken or counted as dropped.
+            assert_eq!(stats.packets + stats.kernel_drops, stats.interface_frames, "{stats:?}");
+            assert_eq!(stats.lost(), stats.kernel_drops, "{stats:?}");
             assert_eq!(tcpdump_read(pcap, &["-q"]).len() as u64, stats.packets);
             ipv4_frames += tcpdump_read(pcap, &["-q", "ip"]).len();
         }

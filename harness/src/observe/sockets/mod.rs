@@ -60,6 +60,8 @@ impl Sampler {
     /// Samples every `interval`, and at once when poked, until told to stop (or the `Observer` is dropped),
     /// then once more.
     fn run(mut self, interval: Duration, signals: mpsc::Receiver<Signal>) -> Result<ObserverStats> {
+        let observers_at_once = 2 * scenarios_at_once();
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
         let mut next = Instant::now() + interval;
         loop {
             match signals.recv_timeout(next.saturating_duration_since(Instant::now())) {
@@ -74,6 +76,7 @@ impl Sampler {
                 }
             }
             self.sample()?;
+            let interval = paced(interval, self.stats().mean_dump_time, observers_at_once, cpus);
             next += interval;
             let now = Instant::now();
             if next <= now {
@@ -82,6 +85,29 @@ impl Sampler {
             }
         }
     }
+}
+
+/// The environment variable through which the runner tells each scenario process how many scenarios it runs
+/// at once (absent: this one alone).
+pub const SCENARIOS_AT_ONCE_ENV: &str = "NETFAULT_SCENARIOS_AT_ONCE";
+
+/// The share of the machine's CPUs that the periodic samples of every observer of every scenario running at
+/// once may take. Observers run real-time, so past it they starve every ordinary thread: measured in a 2-vCPU
+/// emulated (TCG) VM, where a dump costs 50 times what it costs here, 50 scenarios sampling every 10 ms left
+/// ordinary threads (the scenarios' own teardown and reports, the runner, a shell) without a CPU for tens of
+/// seconds, and 44 scenario processes were killed at their deadline with no report.
+const OBSERVERS_CPU_SHARE: f64 = 0.25;
+
+fn scenarios_at_once() -> usize {
+    std::env::var(SCENARIOS_AT_ONCE_ENV).ok().and_then(|n| n.parse().ok()).filter(|n| *n > 0).unwrap_or(1)
+}
+
+/// The sampling interval an observer keeps: the scenario's, or longer where a dump costs so much that the
+/// observers of all the scenarios running at once would take more than [`OBSERVERS_CPU_SHARE`] of `cpus`.
+/// Samples asked for by events (SYN, FIN, RST, a step's end) are not paced.
+fn paced(interval: Duration, mean_dump: Duration, observers_at_once: usize, cpus: usize) -> Duration {
+    let share_per_observer = OBSERVERS_CPU_SHARE * cpus as f64 / observers_at_once.max(1) as f64;
+    interval.max(Duration::from_secs_f64(mean_dump.as_secs_f64() / share_per_observer))
 }
 
 /// What the owner of an observer tells its thread.
@@ -172,6 +198,24 @@ impl Observer {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod pacing_tests {
+    use super::*;
+
+    #[test]
+    fn sampling_slows_down_only_where_all_observers_would_take_more_than_their_share() {
+        let ms = Duration::from_millis;
+        let us = Duration::from_micros;
+        // This machine: 17 us dumps, 100 observers (50 scenarios) on 2 CPUs: 3.4 ms of CPU per 10 ms interval
+        // would be their share; the scenario's 10 ms stands.
+        assert_eq!(paced(ms(10), us(17), 100, 2), ms(10));
+        // An emulated machine: 1 ms dumps: 200 ms between periodic samples keeps them to a quarter of 2 CPUs.
+        assert_eq!(paced(ms(10), ms(1), 100, 2), ms(200));
+        // One scenario alone keeps its interval even then.
+        assert_eq!(paced(ms(10), ms(1), 2, 2), ms(10));
+    }
+}
 
 #[cfg(test)]
 mod kernel_tests;

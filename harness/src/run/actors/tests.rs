@@ -73,6 +73,9 @@ fn plan(client: Vec<StepPlan>, server: Vec<StepPlan>, deadline: Duration) -> Pla
         hosts,
         faults: vec![],
         expect: RunExpectations::default(),
+        requires: Default::default(),
+        conditional: Vec::new(),
+        not_applicable: Vec::new(),
     }
 }
 

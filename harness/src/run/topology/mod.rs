@@ -84,7 +84,7 @@ pub fn link_mac(host: HostId) -> [u8; 6] {
 ///
 /// Offloads go off before the link goes up, so no frame ever leaves with a deferred checksum or as a
 /// super-segment. `build` returns once both ends are operational (`ip link show nf0` says `state UP`); see
-/// [`wait_operational`].
+/// `wait_operational`.
 pub fn build(plan: &Plan, client: &Netns, server: &Netns) -> Result<Topology> {
     let client_rtnl = client.run(|| prepare_host(plan, HostId::Client))?;
     let server_rtnl = server.run(|| prepare_host(plan, HostId::Server))?;

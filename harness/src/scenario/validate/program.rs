@@ -1,6 +1,9 @@
 //! Validation of the hosts' socket programs: steps, actions, socket options, step expectations, waits.
 
+mod references;
+
 use super::*;
+pub(crate) use references::link_connects_to_listens;
 
 impl Validator<'_> {
     pub(super) fn collect_step_names(&mut self, host: HostId, program: &[StepWire]) -> Checked<()> {
@@ -510,104 +513,6 @@ impl Validator<'_> {
         Ok(Action::Send { bytes, repeat, every, until })
     }
 
-    /// `client.connect` as host and step name, checked against the named steps.
-    pub(super) fn step_ref(&self, path: &NodePath, value: &Scalar) -> Checked<StepRef> {
-        let text = value.text();
-        let Some((host_name, step)) = text.split_once('.') else {
-            return Err(
-                self.fail(path, format!("{value} is not a step reference; write host.step, e.g. client.connect"))
-            );
-        };
-        let Some(host) = HostId::parse(host_name) else {
-            return Err(self.fail(
-                path,
-                format!(
-                    "unknown host \"{host_name}\" in step reference {value}{}hosts are: client, server",
-                    suggestion(host_name, ["client", "server"])
-                ),
-            ));
-        };
-        let names = &self.step_names[host.index()];
-        let Some(&index) = self.step_index[host.index()].get(step) else {
-            let known = if names.is_empty() {
-                format!("{host} has no named steps; name one with `name: {step}`")
-            } else {
-                format!("named steps on {host}: {}", list(names.iter().map(|(n, _)| n)))
-            };
-            return Err(self.fail(
-                path,
-                format!(
-                    "no step named \"{step}\" on {host}{}{known}",
-                    suggestion(step, names.iter().map(|(n, _)| n.as_str()))
-                ),
-            ));
-        };
-        Ok(StepRef { host, index, name: step.to_string() })
-    }
-
-    fn wait(&self, host: HostId, path: &NodePath, wait: &ScalarOr<WaitWire>) -> Checked<Action> {
-        let (target_path, target, edge) = match wait {
-            ScalarOr::Scalar(target) => (path.clone(), target, StepEdge::Finished),
-            ScalarOr::Map(map) => {
-                if let Some(port) = &map.listening {
-                    return self.wait_listening(host, path, map, port);
-                }
-                if map.host.is_some() {
-                    return Err(self.fail_key(
-                        &path.key("host"),
-                        "\"host\" goes with `listening` (the host whose port to wait for); a step reference names \
-                         its host itself: `for: server.accept`",
-                    ));
-                }
-                let target = self.required(
-                    &map.target,
-                    path,
-                    "wait",
-                    "for",
-                    "the step to wait for, e.g. `for: server.accept` (or `listening: PORT`, a port to wait for)",
-                )?;
-                let edge = match &map.edge {
-                    Some(edge) => self.pick(&path.key("edge"), edge, EDGES, "edge")?,
-                    None => StepEdge::Finished,
-                };
-                (path.key("for"), target, edge)
-            }
-        };
-        let step = self.step_ref(&target_path, target)?;
-        if step.host == host {
-            return Err(self.fail(
-                &target_path,
-                format!(
-                    "{host} cannot wait for its own step {}: steps of one host already run in order; wait for a step of {}",
-                    target.text(),
-                    host.peer()
-                ),
-            ));
-        }
-        Ok(Action::Wait { step, edge })
-    }
-
-    /// `wait: { listening: PORT, host: HOST }`: the port, and the host (the other one by default).
-    fn wait_listening(&self, host: HostId, path: &NodePath, map: &WaitWire, port: &Scalar) -> Checked<Action> {
-        for (given, key) in [(&map.target, "for"), (&map.edge, "edge")] {
-            if given.is_some() {
-                return Err(self.fail_key(
-                    &path.key(key),
-                    format!(
-                        "a wait is for a step (`for`, `edge`) or for a listening port (`listening`, `host`), not \
-                         both: move `{key}` into a wait step of its own"
-                    ),
-                ));
-            }
-        }
-        let port = self.port(&path.key("listening"), port, "listening port")?;
-        let target = match &map.host {
-            Some(target) => self.host(&path.key("host"), target)?,
-            None => host.peer(),
-        };
-        Ok(Action::WaitListening { host: target, port })
-    }
-
     fn exec(&self, path: &NodePath, exec: &ExecWire) -> Checked<Action> {
         let program =
             self.required(&exec.program, path, "exec", "program", "the program to run, e.g. `program: curl`")?;
@@ -817,67 +722,6 @@ impl Validator<'_> {
         }
     }
 
-    /// Refuses two hosts that wait for each other: each blocked before the step the other waits for.
-    pub(super) fn check_wait_deadlocks(&self, steps: &[Vec<StepPlan>; 2]) -> Checked<()> {
-        // Per host, in step order: (its step index, target step index on the peer, edge).
-        let mut waits: [Vec<(usize, usize, StepEdge)>; 2] = [Vec::new(), Vec::new()];
-        for host in HostId::ALL {
-            for step in &steps[host.index()] {
-                if let Action::Wait { step: target, edge } = &step.action {
-                    waits[host.index()].push((step.index, target.index, *edge));
-                }
-            }
-        }
-        // A wait holds its host at its step until the target is reached: started = the target step began, finished
-        // = it ended. The wait at `blocker` keeps the target out of reach when the target lies at or beyond
-        // `reach` = target index (+1 for finished); two waits deadlock when each blocks the other's target.
-        let reach = |target: usize, edge: StepEdge| target + usize::from(edge == StepEdge::Finished);
-        let blocks = |blocker: usize, target: usize, edge: StepEdge| blocker < reach(target, edge);
-        // Per host, the highest reach among its first n waits, so each wait is checked against all waits of the
-        // peer in O(log n) instead of pairwise.
-        let highest_reach: [Vec<usize>; 2] = [0, 1].map(|host| {
-            waits[host]
-                .iter()
-                .scan(0, |highest, &(_, target, edge)| {
-                    *highest = (*highest).max(reach(target, edge));
-                    Some(*highest)
-                })
-                .collect()
-        });
-        for host in HostId::ALL {
-            let peer = host.peer();
-            let peer_waits = &waits[peer.index()];
-            for &(index, target, edge) in &waits[host.index()] {
-                let blocking = peer_waits.partition_point(|&(other_index, _, _)| blocks(other_index, target, edge));
-                if blocking == 0 || highest_reach[peer.index()][blocking - 1] <= index {
-                    continue;
-                }
-                let Some(&(other_index, other_target, _)) = peer_waits[..blocking]
-                    .iter()
-                    .find(|&&(_, other_target, other_edge)| blocks(index, other_target, other_edge))
-                else {
-                    continue;
-                };
-                let step_path = NodePath::root().key(host.name()).index(index);
-                let peer_steps = &steps[peer.index()];
-                let own_steps = &steps[host.index()];
-                let name_of = |steps: &[StepPlan], i: usize| steps[i].name.clone().unwrap_or_default();
-                return Err(self.fail(
-                    &step_path,
-                    format!(
-                        "deadlock: this step waits for {peer}.{}, but {peer} reaches that step only after its \
-                         step {}, which waits for {host}.{}, a step that comes after this one; reorder the steps \
-                         so that one host can go on",
-                        name_of(peer_steps, target),
-                        peer_steps[other_index].label(),
-                        name_of(own_steps, other_target),
-                    ),
-                ));
-            }
-        }
-        Ok(())
-    }
-
     /// Refuses a NUL character, which execve cannot pass: better found now than once the run has started.
     fn no_nul(&self, path: &NodePath, text: &str, what: &str) -> Checked<()> {
         if text.contains('\0') {
@@ -905,43 +749,4 @@ fn example_of(action: &str) -> &'static str {
         "exec" => "exec: { program: curl, args: [\"http://10.0.0.2:9000/\"] }",
         _ => "close",
     }
-}
-
-/// Points each `connect` at the peer's start-up `listen` on its port, which it then waits for: both programs
-/// start at once, and a connect must not race the listen the peer makes as its first thing. Only a listen on
-/// the connect's port within the peer's setup (its first steps, all `socket` / `setsockopt` / `bind` /
-/// `listen`) counts; a listen the peer makes later (after a `sleep` or a `wait`) is ordered by the scenario
-/// itself, which may mean a connect to be refused.
-pub(crate) fn link_connects_to_listens(steps: &mut [Vec<StepPlan>; 2]) {
-    let listens: [Vec<(u16, StepRef)>; 2] = HostId::ALL.map(|host| startup_listens(host, &steps[host.index()]));
-    for host in HostId::ALL {
-        for step in &mut steps[host.index()] {
-            if let Action::Connect { to, port, after_listen, .. } = &mut step.action {
-                if *to != host {
-                    *after_listen =
-                        listens[to.index()].iter().find(|(listen_port, _)| listen_port == port).map(|(_, s)| s.clone());
-                }
-            }
-        }
-    }
-}
-
-/// The ports a host listens on before its program does anything else, with the step that listens.
-fn startup_listens(host: HostId, steps: &[StepPlan]) -> Vec<(u16, StepRef)> {
-    let mut listens = Vec::new();
-    let mut bound = None;
-    for step in steps {
-        match step.action {
-            Action::Listen { port, .. } => {
-                if let Some(port) = port.or(bound) {
-                    let name = step.name.clone().unwrap_or_else(|| format!("#{}", step.index + 1));
-                    listens.push((port, StepRef { host, index: step.index, name }));
-                }
-            }
-            Action::Bind { port } => bound = Some(port),
-            Action::Socket { .. } | Action::SetOpt { .. } => {}
-            _ => break,
-        }
-    }
-    listens
 }

@@ -1,0 +1,106 @@
+//! The seam between the engine and what carries faults out inside a host's namespace. A backend installs the
+//! host's faults switched off, switches each on and off when its trigger fires, says how many packets each
+//! took, and is closed at the end of the run. nftables ([`Firewall`]: drop and reject rules) is the backend
+//! of the faults a host's own firewall carries out; the impairments (loss, delay, reordering, duplication,
+//! corruption, rate, forged segments) are carried out by the wire between the hosts ([`Backend::Wire`],
+//! `run::impair`), which is no host's and which the engine runs beside the hosts' backends.
+
+use crate::error::{Error, Result};
+use crate::run::firewall::Firewall;
+use crate::run::netns::Netns;
+use crate::scenario::plan::{FaultAction, FaultPlan, HostId};
+
+/// What carries a fault out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// An nftables rule in table `inet netfault` (`nft add rule ... drop`, `reject with ...`).
+    Nftables,
+    /// The impairment wire in the namespace between the hosts.
+    Wire,
+}
+
+impl Backend {
+    /// The backend that carries out `fault`'s action.
+    pub fn of(fault: &FaultPlan) -> Backend {
+        match fault.action {
+            FaultAction::Drop
+            | FaultAction::RejectTcpReset
+            | FaultAction::RejectIcmpPortUnreachable
+            | FaultAction::RejectIcmpHostUnreachable
+            | FaultAction::RejectIcmpNetUnreachable
+            | FaultAction::RejectIcmpAdminProhibited => Backend::Nftables,
+            FaultAction::Impair(_) => Backend::Wire,
+        }
+    }
+}
+
+/// One backend's faults of one host.
+pub trait FaultBackend: Send {
+    /// Switches the named fault on (`true`) or off; switching to the state it is in changes nothing.
+    fn switch(&mut self, fault: &str, on: bool) -> Result<()>;
+    /// Packets each of its faults took so far, by fault name.
+    fn hits(&mut self) -> Result<Vec<(String, u64)>>;
+    /// Releases what the backend holds; may finish on a thread of its own.
+    fn close(self: Box<Self>);
+}
+
+impl FaultBackend for Firewall {
+    fn switch(&mut self, fault: &str, on: bool) -> Result<()> {
+        if on {
+            self.activate(fault)
+        } else {
+            self.deactivate(fault)
+        }
+    }
+
+    fn hits(&mut self) -> Result<Vec<(String, u64)>> {
+        self.counters()
+    }
+
+    fn close(self: Box<Self>) {
+        self.close_in_background();
+    }
+}
+
+/// Every fault of one host, each installed (switched off) on the backend that carries it out.
+pub struct HostFaults {
+    host: HostId,
+    backends: Vec<(Backend, Box<dyn FaultBackend>)>,
+}
+
+impl HostFaults {
+    /// Installs `host`'s faults of `faults` on their backends, all off. Must run inside the host's namespace.
+    /// The nftables table is installed even when the host has no fault, so every host's firewall looks alike.
+    pub fn install(ns: &Netns, host: HostId, faults: &[FaultPlan]) -> Result<HostFaults> {
+        let nftables: Vec<FaultPlan> = faults
+            .iter()
+            .filter(|fault| fault.host == host && Backend::of(fault) == Backend::Nftables)
+            .cloned()
+            .collect();
+        let firewall: Box<dyn FaultBackend> = Box::new(Firewall::install(ns, host, &nftables)?);
+        Ok(HostFaults { host, backends: vec![(Backend::Nftables, firewall)] })
+    }
+
+    /// Switches `fault` (one of this host's) on or off on its backend.
+    pub fn switch(&mut self, fault: &FaultPlan, on: bool) -> Result<()> {
+        let backend = Backend::of(fault);
+        let host = self.host;
+        let (_, carrier) = self.backends.iter_mut().find(|(kind, _)| *kind == backend).ok_or_else(|| {
+            Error::Internal(format!("host {host} has no {backend:?} backend for fault {}", fault.name))
+        })?;
+        carrier.switch(&fault.name, on)
+    }
+
+    /// Packets each of the host's faults took, by fault name.
+    pub fn hits(&mut self) -> Result<Vec<(String, u64)>> {
+        let mut hits = Vec::new();
+        for (_, backend) in &mut self.backends {
+            hits.extend(backend.hits()?);
+        }
+        Ok(hits)
+    }
+
+    pub fn close(self) {
+        self.backends.into_iter().for_each(|(_, backend)| backend.close());
+    }
+}
