@@ -2,6 +2,7 @@
 //! and observer figures, fault counters and harness errors. The engine fills it in; the verdict and the report
 //! read only this, never the engine, capture or observer that made it.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::{Duration, SystemTime};
 
@@ -24,6 +25,8 @@ pub struct RunRecord {
     pub setup: Duration,
     pub teardown: Duration,
     pub deadline_hit: bool,
+    /// Each host's TCP sysctls in force during the run, by name, indexed by `HostId::index()`.
+    pub sysctls: [BTreeMap<String, String>; 2],
     /// Indexed by `HostId::index()`.
     pub capture: [CaptureStats; 2],
     /// Indexed by `HostId::index()`.
@@ -57,7 +60,7 @@ pub struct CapturedInterface {
 }
 
 /// What one capture saw, as tcpdump reports when it stops.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct CaptureStats {
     /// Frames written to the pcap (`N packets captured`).
     pub packets: u64,
@@ -88,7 +91,7 @@ pub struct ObserverStats {
 }
 
 /// What one direction of the wire did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct WireStats {
     /// Frames taken from the sending side.
     pub frames_in: u64,

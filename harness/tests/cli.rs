@@ -1,6 +1,8 @@
 //! The `netfault` command line end to end: a failing scenario fails `run` and the cargo-test driver, with a
 //! message that says where and what; `check` validates without running.
 
+mod contract;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -55,8 +57,9 @@ fn wrong_errno_fails_run_with_location_and_both_outcomes() {
     for file in netfault::report::bundle::FILES {
         assert!(listing.contains(&format!("wrong-errno/{file}")), "{file} in the bundle: {listing}");
     }
-    let result = std::fs::read_to_string(report.join("result.json")).unwrap();
-    assert!(result.contains("\"status\": \"fail\""), "{result}");
+    let result = contract::checked_result(&report.join("result.json")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(result["status"], "fail", "{result}");
+    assert_eq!(result["failures"][0]["location"]["line"], 17, "{result}");
 }
 
 #[test]
@@ -235,6 +238,83 @@ fn a_terminal_gets_colour_and_a_progress_line_unless_no_color() {
 }
 
 #[test]
+fn result_json_t0_maps_pcap_timestamps_to_timeline_times() {
+    let reports = scratch("t0");
+    let output = netfault(&["run", "--reports", reports.to_str().unwrap(), "scenarios/own-socket/closed.yaml"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let report = reports.join("own-socket/closed");
+    let result = contract::checked_result(&report.join("result.json")).unwrap_or_else(|e| panic!("{e}"));
+    let t0 = result["t0"]["unix_ns"].as_u64().expect("t0 is set");
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_eq!(result["kernel"]["release"], kernel.trim());
+    assert_eq!(result["format_version"], netfault::report::result::FORMAT_VERSION);
+    for host in ["client", "server"] {
+        let file = std::fs::File::open(report.join(format!("{host}.pcap"))).unwrap();
+        let mut pcap = pcap_file::pcap::PcapReader::new(file).unwrap();
+        let mut frames_ns = Vec::new();
+        while let Some(packet) = pcap.next_packet() {
+            frames_ns.push(packet.unwrap().timestamp.as_nanos() as i128 - i128::from(t0));
+        }
+        let events: Vec<i128> = result["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["event"] == "packet" && e["host"] == host)
+            .map(|e| (e["t"].as_f64().unwrap() * 1e9).round() as i128)
+            .collect();
+        assert!(events.len() >= 3, "{host}: {events:?}");
+        for t in events {
+            // The timeline's times are f64 seconds: equal to the nanosecond within their rounding.
+            assert!(frames_ns.iter().any(|frame| (frame - t).abs() <= 1_000), "{host}: no frame at t0 + {t} ns");
+        }
+        assert!(result["sysctls"][host]["net.ipv4.tcp_syn_retries"].is_string(), "{host} sysctls: {result}");
+    }
+}
+
+#[test]
+fn the_file_in_result_json_is_the_same_whatever_ran_the_scenario() {
+    let (by_run, by_test) = (scratch("file-run"), scratch("file-test"));
+    let run = netfault(&["run", "--reports", by_run.to_str().unwrap(), "scenarios/own-socket/closed.yaml"]);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run));
+    // As `cargo test` gives it: an absolute root through the harness folder.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+    let args = ["test", "--root", root.to_str().unwrap(), "--reports", by_test.to_str().unwrap()];
+    let test = netfault(&[&args[..], &["--", "--exact", "own-socket/closed.yaml"]].concat());
+    assert_eq!(test.status.code(), Some(0), "{}", text(&test));
+    let file = |reports: &Path| {
+        let result =
+            contract::checked_result(&reports.join("own-socket/closed/result.json")).unwrap_or_else(|e| panic!("{e}"));
+        result["file"].as_str().unwrap().to_string()
+    };
+    let canonical = std::fs::canonicalize("../scenarios/own-socket/closed.yaml").unwrap();
+    assert_eq!(file(&by_run), canonical.to_str().unwrap());
+    assert_eq!(file(&by_test), file(&by_run));
+}
+
+#[test]
+fn a_rerun_replaces_the_report_and_keeps_the_users_files() {
+    let reports = scratch("rerun");
+    let args = ["run", "--reports", reports.to_str().unwrap(), "scenarios/own-socket/closed.yaml"];
+    let report = reports.join("own-socket/closed");
+    let t0 = || {
+        let result = contract::checked_result(&report.join("result.json")).unwrap_or_else(|e| panic!("{e}"));
+        result["t0"]["unix_ns"].as_u64().unwrap()
+    };
+    assert_eq!(netfault(&args).status.code(), Some(0));
+    let first = t0();
+    std::fs::write(report.join("notes.txt"), "mine").unwrap();
+    assert_eq!(netfault(&args).status.code(), Some(0));
+    assert!(t0() > first, "result.json is the second run's");
+    assert_eq!(std::fs::read_to_string(report.join("notes.txt")).unwrap(), "mine");
+    let mut names: Vec<String> =
+        std::fs::read_dir(&report).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    let mut expected: Vec<&str> = netfault::report::files::OWN_FILES.into_iter().chain(["notes.txt"]).collect();
+    expected.sort();
+    assert_eq!(names, expected, "netfault's files and the user's, nothing staged left");
+}
+
+#[test]
 fn a_scenario_the_kernel_cannot_run_is_not_applicable_in_run_and_in_the_test_driver() {
     let reports = scratch("requires");
     let output = netfault(&["run", "--reports", reports.to_str().unwrap(), "harness/tests/fixtures/requires"]);
@@ -243,8 +323,15 @@ fn a_scenario_the_kernel_cannot_run_is_not_applicable_in_run_and_in_the_test_dri
     assert!(printed.contains("N/A   old-kernel-only"), "{printed}");
     assert!(printed.contains("not applicable: 4:1: needs kernel < 3.0; this is "), "says why: {printed}");
     assert!(printed.contains("1 passed, 0 failed, 1 not applicable"), "{printed}");
-    let result = std::fs::read_to_string(reports.join("old-kernel-only/result.json")).unwrap();
-    assert!(result.contains("\"status\": \"not-applicable\"") && result.contains("needs kernel < 3.0"), "{result}");
+    let result =
+        contract::checked_result(&reports.join("old-kernel-only/result.json")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(result["status"], "not-applicable", "{result}");
+    assert!(result["reason"].as_str().is_some_and(|r| r.contains("needs kernel < 3.0")), "{result}");
+    assert_eq!(result["format_version"], netfault::report::result::FORMAT_VERSION);
+    let ran =
+        contract::checked_result(&reports.join("expectation-variants/result.json")).unwrap_or_else(|e| panic!("{e}"));
+    let left_out = ran["not_applicable"].as_array().expect("a list");
+    assert!(left_out.len() == 1 && left_out[0].as_str().unwrap().contains("line 9:"), "{ran}");
     // The variant for kernels without the sysctl was left out, and the report says so.
     let timeline = std::fs::read_to_string(reports.join("expectation-variants/timeline.txt")).unwrap();
     assert!(

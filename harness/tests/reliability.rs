@@ -4,6 +4,7 @@
 //! programs run in the scenario's namespace and die with the run, even one that calls setsid.
 
 mod common;
+mod contract;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -44,8 +45,7 @@ fn assert_no_process_left(token: &str) {
 }
 
 fn result_json(dir: &Path) -> serde_json::Value {
-    let text = fs::read_to_string(dir.join("result.json")).expect("result.json is written");
-    serde_json::from_str(&text).unwrap()
+    contract::checked_result(&dir.join("result.json")).unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]
@@ -257,7 +257,7 @@ fn a_symlinked_scenario_folder_reports_under_reports() {
     );
     let text = text(&output);
     assert_eq!(output.status.code(), Some(0), "{text}");
-    assert!(reports.join("linked/x/result.json").is_file(), "{text}");
+    result_json(&reports.join("linked/x"));
     let written: Vec<_> = fs::read_dir(&outside).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(written, vec!["x.yaml"], "nothing written next to the linked scenario");
     let _ = fs::remove_dir_all(&root);
@@ -320,7 +320,7 @@ fn repeat_runs_each_scenario_n_times_and_counts_them() {
     for run in 1..=3 {
         for name in ["setsid-escape", "wrong-errno"] {
             let dir = reports.join(name).join(format!("run-{run}"));
-            assert!(dir.join("result.json").is_file(), "{} written", dir.display());
+            assert_eq!(result_json(&dir)["scenario"], name, "{} written", dir.display());
         }
     }
     assert_no_process_left("repeat");

@@ -4,6 +4,8 @@
 //! and line; tshark must show the two interfaces and a comment on every frame the timeline says a fault took;
 //! tcpdump must read the file. Screenshots are kept in target/tmp/report-browser/screenshots/.
 
+mod contract;
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -95,7 +97,7 @@ fn scenario_names(root: &Path, source: &str) -> Vec<String> {
 }
 
 fn check_report(report: &Path, shot: &Path, browser: &Mutex<Option<Browser>>) -> Result<(), Failed> {
-    let result: Value = serde_json::from_str(&std::fs::read_to_string(report.join("result.json"))?)?;
+    let result: Value = contract::checked_result(&report.join("result.json"))?;
     let pcapng = report.join("capture.pcapng");
 
     // capture.pcapng against the two pcaps the captures wrote.
@@ -128,7 +130,7 @@ fn check_report(report: &Path, shot: &Path, browser: &Mutex<Option<Browser>>) ->
         return Err(format!("tshark shows interfaces {seen:?}").into());
     }
     let commented = tshark.lines().filter(|l| l.contains(" by fault ")).count();
-    let marked = result["events"]["events"]
+    let marked = result["events"]
         .as_array()
         .map_or(0, |events| events.iter().filter(|e| e["event"] == "packet" && !e["fault"].is_null()).count());
     if commented != marked {
@@ -184,7 +186,10 @@ fn check_report(report: &Path, shot: &Path, browser: &Mutex<Option<Browser>>) ->
     for (text, failure) in shown.iter().zip(result["failures"].as_array().into_iter().flatten()) {
         let line = failure["location"]["line"].as_u64().unwrap_or(0);
         let text = text.as_str().unwrap_or_default();
-        if !text.contains(&format!("{file}:{line}:")) {
+        // The page names the file as it was given; result.json as one canonical path.
+        let shown_file = text.split_whitespace().find_map(|word| word.split_once(&format!(":{line}:")).map(|(f, _)| f));
+        let same = shown_file.and_then(|f| std::fs::canonicalize(f).ok()).is_some_and(|f| f == Path::new(file));
+        if !same {
             return Err(format!("failure shown without its file and line {file}:{line}: {text}").into());
         }
     }

@@ -5,6 +5,8 @@
 //! trial re-executes this binary (as uid 65534 when root) with [`CHILD_ENV`] set; that child does the work
 //! before anything else, so `--list`, filters and `cargo nextest` see an ordinary test binary.
 
+mod contract;
+
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -104,9 +106,7 @@ fn run_scenario_process(exe: &Path, dir: &Path) -> Result<String, String> {
         return Err(format!("the scenario process ended {} with {summary}\n{stderr}", output.status));
     }
     let result = reports.join("exchange/result.json");
-    if !result.is_file() {
-        return Err(format!("no report at {}", result.display()));
-    }
+    contract::checked_result(&result)?;
     Ok(format!("passed as uid {uid} in its own process, report {}", result.display()))
 }
 

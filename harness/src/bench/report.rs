@@ -112,7 +112,7 @@ pub fn synthetic(packets: usize) -> Ladder {
         description: "A synthetic run for `netfault bench report`.".into(),
         status: "FAIL".into(),
         version: crate::report::netfault_version(),
-        kernel: crate::report::kernel_release(),
+        kernel: crate::report::result::kernel_release(),
         hosts: ["client", "server"]
             .iter()
             .enumerate()

@@ -378,7 +378,7 @@ impl KeepaliveFigures {
     /// Reads one result.json: the step that failed with ETIMEDOUT, the client's first RST, and the socket
     /// events that followed the handshake and the RST.
     fn add(&mut self, result: &Value) {
-        let events = result["events"]["events"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let events = result["events"].as_array().map(Vec::as_slice).unwrap_or_default();
         let packet = |host: &str, direction: &str, flags: &dyn Fn(u64) -> bool| {
             events
                 .iter()

@@ -332,14 +332,9 @@ fn sorted_summary(summaries: &[Summary], colour: bool) -> String {
     text
 }
 
-/// Removes the scenario's old report folder (`rm -r reports/<scenario>`) before its repetitions fill it.
+/// Removes what an earlier `--repeat` left of netfault's own files in `reports/<scenario>/run-*/`.
 fn clear_report(reports: &Path, name: &str) -> crate::error::Result<()> {
-    let dir = report::report_dir(reports, name)?;
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir)
-            .map_err(|e| crate::error::Error::sys(format!("clear old report (rm -r {})", dir.display()), e))?;
-    }
-    Ok(())
+    report::files::clear_runs(&report::report_dir(reports, name)?)
 }
 
 /// The end of `run --repeat`: per scenario, how many of its runs passed, failed and errored, then the flaky

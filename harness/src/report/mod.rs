@@ -4,8 +4,10 @@
 
 pub mod browser;
 pub mod bundle;
+pub mod files;
 pub mod ladder;
 mod pcapng;
+pub mod result;
 pub mod verdict;
 pub mod wire;
 
@@ -15,13 +17,16 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Context, Error, Result};
-use crate::record::{CaptureStats, ObserverStats, RunRecord};
+use crate::record::RunRecord;
 use crate::scenario::plan::{Direction, FaultAction, HostId, Plan};
-use crate::timeline::query::{step_record, StepRecord};
+use crate::timeline::query::step_record;
 use crate::timeline::{format_secs, EventKind, PacketDirection, Timeline};
 use ladder::Ladder;
 use pcapng::Section;
-use verdict::{describe_expectation, Failure, StepJudgement, Verdict};
+use result::{
+    kernel_release, Heading, NotApplicableFile, ObserverReport, PerHost, ResultFile, ResultJson, StepReport, WallClock,
+};
+use verdict::{describe_expectation, Failure, Verdict};
 use wire::{End, FaultNote, Link, Wire};
 
 /// The folder of a scenario's report: `root/<name>`, refusing any name that could leave `root`.
@@ -37,7 +42,7 @@ pub fn report_dir(root: &Path, name: &str) -> Result<PathBuf> {
 }
 
 /// Verdict of one scenario, as the parent process and the test runner see it.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, schemars::JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Pass,
@@ -104,87 +109,16 @@ impl Summary {
     }
 }
 
-/// One step in result.json.
-#[derive(Debug, Serialize)]
-struct StepReport<'a> {
-    host: HostId,
-    index: usize,
-    name: Option<&'a str>,
-    action: &'static str,
-    #[serde(flatten)]
-    record: StepRecord,
-    expected: Option<String>,
-    verdict: StepJudgement,
-}
-
-#[derive(Debug, Serialize)]
-struct ResultFile<'a> {
-    scenario: &'a str,
-    file: &'a Path,
-    description: &'a str,
-    source: Option<&'a str>,
-    status: Status,
-    duration: f64,
-    setup_ms: f64,
-    teardown_ms: f64,
-    deadline_hit: bool,
-    checks: usize,
-    failures: &'a [Failure],
-    steps: Vec<StepReport<'a>>,
-    capture: &'a [CaptureStats; 2],
-    observer: [ObserverReport; 2],
-    fault_hits: &'a [(String, u64)],
-    /// The seed of the impairments' random decisions (`netfault run --seed` repeats them).
-    seed: u64,
-    /// Every decision of the impairments, by fault and packet number: plain data for tools (each also appears
-    /// in `events` as an `impairment` event with its time and packet, and marks the packets it concerns).
-    decisions: &'a [crate::timeline::Decision],
-    /// What the wire did toward the client and toward the server, when the scenario has impairments.
-    wire: Option<[crate::record::WireStats; 2]>,
-    harness_errors: &'a [String],
-    /// Expectations left out on this kernel (their `requires:` failed), with why.
-    not_applicable: &'a [String],
-    events: &'a Timeline,
-}
-
-/// result.json of a scenario that was not run on this kernel.
-#[derive(Debug, Serialize)]
-struct NotApplicableFile<'a> {
-    scenario: &'a str,
-    file: &'a Path,
-    status: Status,
-    reason: &'a str,
-}
-
-/// Writes result.json for a scenario not applicable here; returns its summary.
+/// Writes result.json for a scenario this kernel cannot run (`reason` says which requirement and why) into
+/// `dir`; returns its summary. Nothing else is written: nothing ran.
 pub fn write_not_applicable(plan: &Plan, reason: String, dir: &Path) -> Result<Summary> {
-    let file =
-        NotApplicableFile { scenario: &plan.name, file: &plan.file, status: Status::NotApplicable, reason: &reason };
-    let json = serde_json::to_string_pretty(&file).map_err(|e| Error::Internal(format!("encode result.json: {e}")))?;
-    fs::write(dir.join("result.json"), json).context(|| format!("write {}", dir.join("result.json").display()))?;
+    let result = NotApplicableFile { heading: Heading::of(plan), status: Status::NotApplicable, reason: &reason };
+    ResultJson::NotApplicable(result).write(dir)?;
     Ok(Summary::not_applicable(plan.name.clone(), dir, reason))
 }
 
-/// The observer's figures in result.json, in microseconds.
-#[derive(Debug, Serialize)]
-struct ObserverReport {
-    samples: u64,
-    mean_dump_us: f64,
-    max_dump_us: f64,
-}
-
-impl From<ObserverStats> for ObserverReport {
-    fn from(stats: ObserverStats) -> ObserverReport {
-        ObserverReport {
-            samples: stats.samples,
-            mean_dump_us: stats.mean_dump_time.as_secs_f64() * 1e6,
-            max_dump_us: stats.max_dump_time.as_secs_f64() * 1e6,
-        }
-    }
-}
-
-/// Writes result.json, timeline.txt, capture.pcapng, report.html, scenario.yaml and environment.txt next to the
-/// pcaps; returns the summary.
+/// Writes result.json, timeline.txt, capture.pcapng, report.html, scenario.yaml and environment.txt into `dir`,
+/// next to the pcaps; returns the summary.
 pub fn write(plan: &Plan, record: &RunRecord, verdict: &Verdict, dir: &Path) -> Result<Summary> {
     let status = status_of(record, verdict);
     let steps = verdict
@@ -192,23 +126,20 @@ pub fn write(plan: &Plan, record: &RunRecord, verdict: &Verdict, dir: &Path) -> 
         .iter()
         .map(|judged| {
             let step = &plan.host(judged.host).steps[judged.index];
-            StepReport {
-                host: judged.host,
-                index: judged.index,
-                name: step.name.as_deref(),
-                action: step.action.kind(),
-                record: step_record(&record.timeline, judged.host, judged.index),
-                expected: step.expect.is_set().then(|| describe_expectation(&step.expect)),
-                verdict: judged.judgement,
-            }
+            StepReport::new(
+                step_record(&record.timeline, judged.host, judged.index),
+                step.name.as_deref(),
+                step.action.kind(),
+                step.expect.is_set().then(|| describe_expectation(&step.expect)),
+                judged.judgement,
+            )
         })
         .collect();
+    let [client_sysctls, server_sysctls] = &record.sysctls;
     let result = ResultFile {
-        scenario: &plan.name,
-        file: &plan.file,
-        description: &plan.description,
-        source: plan.source.as_deref(),
+        heading: Heading::of(plan),
         status,
+        t0: record.t0_wall.map(WallClock::of),
         duration: record.duration.as_secs_f64(),
         setup_ms: record.setup.as_secs_f64() * 1e3,
         teardown_ms: record.teardown.as_secs_f64() * 1e3,
@@ -216,19 +147,18 @@ pub fn write(plan: &Plan, record: &RunRecord, verdict: &Verdict, dir: &Path) -> 
         checks: verdict.checks,
         failures: &verdict.failures,
         steps,
+        sysctls: PerHost { client: client_sysctls, server: server_sysctls },
         capture: &record.capture,
         observer: record.observer.map(ObserverReport::from),
-        fault_hits: &record.fault_hits,
+        fault_hits: record.fault_hits.iter().map(|(fault, hits)| (fault.as_str(), *hits)).collect(),
         seed: record.seed,
         decisions: &record.decisions,
         wire: record.wire,
         harness_errors: &record.harness_errors,
         not_applicable: &plan.not_applicable,
-        events: &record.timeline,
+        events: &record.timeline.events,
     };
-    let json =
-        serde_json::to_string_pretty(&result).map_err(|e| Error::Internal(format!("encode result.json: {e}")))?;
-    fs::write(dir.join("result.json"), json).context(|| format!("write {}", dir.join("result.json").display()))?;
+    ResultJson::Ran(Box::new(result)).write(dir)?;
     fs::write(dir.join("timeline.txt"), render_timeline(plan, record, verdict))
         .context(|| format!("write {}", dir.join("timeline.txt").display()))?;
     let faults = fault_notes(plan);
@@ -361,11 +291,6 @@ fn namespace_sysctls() -> Vec<(String, String)> {
 /// `netfault 0.1.0 (commit 1a2b3c4d5e6f)`.
 pub fn netfault_version() -> String {
     format!("netfault {}", crate::version::LONG)
-}
-
-/// `uname -r`.
-pub fn kernel_release() -> String {
-    fs::read_to_string("/proc/sys/kernel/osrelease").map_or_else(|_| "unknown".into(), |s| s.trim().to_string())
 }
 
 /// A program that failed inside the harness makes the run a harness error, whatever the verdict.

@@ -1,7 +1,7 @@
 //! One scenario run inside the child process: set up, start the programs, switch faults on their triggers,
 //! stop at the end or the deadline, and hand back the timeline.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
@@ -146,11 +146,17 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -
     }
     let duration = clock.now();
     let _ = priority::lower_current_thread();
-    // Read before anything is torn down: what the run made each host's kernel count.
+    // Read once the programs are done, before anything is torn down and off the set-up and teardown figures:
+    // what the run made each host's kernel count, and the TCP settings it ran under.
+    let mut sysctls = [BTreeMap::new(), BTreeMap::new()];
     for host in HostId::ALL {
         match namespaces[host.index()].run(crate::observe::counters::read_counters) {
             Ok(counters) => collected.push(Event { t: duration, host, kind: EventKind::Counters { counters } }),
             Err(e) => harness_errors.push(e.to_string()),
+        }
+        match namespaces[host.index()].run(|| topology::effective_sysctls(&plan.host(host).sysctls)) {
+            Ok(values) => sysctls[host.index()] = values,
+            Err(e) => harness_errors.push(format!("{host} sysctls: {e}")),
         }
     }
 
@@ -220,6 +226,7 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -
         setup,
         teardown,
         deadline_hit,
+        sysctls,
         capture: [capture_client, capture_server],
         observer: [observer_client, observer_server],
         fault_hits,

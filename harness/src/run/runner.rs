@@ -405,21 +405,26 @@ fn run_here(job: &Job, variables: &Variables) -> Result<Summary> {
     if let Some(run) = job.run {
         dir.push(run_folder(run));
     }
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).context(|| format!("clear old report {}", dir.display()))?;
-    }
-    std::fs::create_dir_all(&dir).context(|| format!("create report folder {}", dir.display()))?;
-    if let Some(reason) = unmet {
-        return report::write_not_applicable(&plan, reason, &dir);
-    }
-    let record = engine::run(&plan, &dir, job.seed, || {
-        // The runner counts the scenario's deadline from here, set-up done; a lost line only leaves it
-        // counting from the process's start.
-        println!("{STARTED_LINE}");
-        let _ = std::io::Write::flush(&mut std::io::stdout());
-    })?;
-    let verdict = verdict::judge(&plan, &record.timeline);
-    report::write(&plan, &record, &verdict, &dir)
+    // Written aside, then moved over the old report: a killed run leaves the old one whole.
+    let staging = report::files::stage(&dir)?;
+    let reported = match unmet {
+        Some(reason) => report::write_not_applicable(&plan, reason, &staging),
+        None => engine::run(&plan, &staging, job.seed, || {
+            // The runner counts the scenario's deadline from here, set-up done; a lost line only leaves it
+            // counting from the process's start.
+            println!("{STARTED_LINE}");
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+        })
+        .and_then(|record| {
+            let verdict = verdict::judge(&plan, &record.timeline);
+            report::write(&plan, &record, &verdict, &staging)
+        }),
+    };
+    // Even a run that ended in a harness error shows what it captured; its own error is the one to report.
+    let published = report::files::publish(&dir);
+    let summary = reported?;
+    published?;
+    Ok(Summary { report: dir, ..summary })
 }
 
 /// The environment variable that gives the cargo-test driver its seed (`netfault run --seed` for the others).

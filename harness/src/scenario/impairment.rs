@@ -101,7 +101,7 @@ pub struct Injection {
     pub seq: InjectedSeq,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum InjectedSegment {
     /// A reset (`R.`).
@@ -111,7 +111,7 @@ pub enum InjectedSegment {
 }
 
 /// Where the forged segment's sequence number lies in the receiver's window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum InjectedSeq {
     /// The next sequence number the receiver expects (`RCV.NXT`).

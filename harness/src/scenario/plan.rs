@@ -11,13 +11,14 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::Serialize;
 
 pub use expect::*;
 pub use requires::*;
 
 /// A position in the scenario file, 1-based, as editors show it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, JsonSchema, Default)]
 pub struct Location {
     pub line: usize,
     pub column: usize,
@@ -30,7 +31,7 @@ impl fmt::Display for Location {
 }
 
 /// One of the two hosts of a scenario; each is its own network namespace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum HostId {
     Client,
@@ -724,7 +725,7 @@ pub enum Trigger {
 }
 
 /// TCP states as `ss` prints them, plus `CLOSED` for a socket that is gone.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, Serialize, JsonSchema, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[serde(rename_all = "SCREAMING-KEBAB-CASE")]
 pub enum TcpState {
     Established,
@@ -808,7 +809,7 @@ impl fmt::Display for TcpState {
 }
 
 /// `ss -o` timer names (`idiag_timer`).
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, Serialize, JsonSchema, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum TimerKind {
     /// Retransmission of SYN, SYN-ACK or data (also the loss probe).

@@ -5,6 +5,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use super::PacketEvent;
@@ -12,7 +13,7 @@ use crate::scenario::impairment::{InjectedSegment, InjectedSeq};
 use crate::scenario::plan::HostId;
 
 /// One decision of the wire's impairments, with the packet it was about as the captures decode it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq)]
 pub struct ImpairmentEvent {
     /// The host the packet was travelling to.
     pub toward: HostId,
@@ -22,7 +23,7 @@ pub struct ImpairmentEvent {
 }
 
 /// What the wire did to a packet, and why: one entry of the run's decision list.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 #[serde(tag = "decision", rename_all = "kebab-case")]
 pub enum DecisionKind {
     Lost,
@@ -34,7 +35,9 @@ pub enum DecisionKind {
     Duplicated,
     /// Held for `by` (jitter included; in-order waiting and queueing are not decisions and not counted).
     Delayed {
+        /// Microseconds.
         #[serde(serialize_with = "serialize_micros")]
+        #[schemars(with = "u64")]
         by: Duration,
     },
     /// Held back until `gap` later packets went past (or its time ran out).
@@ -76,7 +79,7 @@ impl fmt::Display for DecisionKind {
 }
 
 /// A decision about the `n`-th packet (from 1) a fault selected.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct Decision {
     pub fault: String,
     pub n: u64,

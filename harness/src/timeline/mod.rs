@@ -11,6 +11,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::Serialize;
 
 pub use decision::{Decision, DecisionKind, ImpairmentEvent};
@@ -18,16 +19,18 @@ pub use decision::{Decision, DecisionKind, ImpairmentEvent};
 use crate::scenario::plan::{HostId, Protocol, TcpState, TimerKind};
 
 /// Something that happened at `t` (time since t0) on `host`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq)]
 pub struct Event {
+    /// Seconds since t0.
     #[serde(serialize_with = "serialize_secs")]
+    #[schemars(with = "f64")]
     pub t: Duration,
     pub host: HostId,
     #[serde(flatten)]
     pub kind: EventKind,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum EventKind {
     FaultOn {
@@ -66,7 +69,7 @@ pub enum EventKind {
 }
 
 /// A step's actual result, expected or not.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Ok,
@@ -102,7 +105,7 @@ impl fmt::Display for Outcome {
 }
 
 /// Direction of a packet as seen on the host's veth end.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum PacketDirection {
     In,
@@ -110,11 +113,13 @@ pub enum PacketDirection {
 }
 
 /// One captured packet, decoded as tcpdump would print it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq)]
 pub struct PacketEvent {
     pub direction: PacketDirection,
     pub src: Ipv4Addr,
     pub dst: Ipv4Addr,
+    /// `tcp`, `udp`, `icmp`, or the protocol number.
+    #[schemars(with = "String")]
     pub protocol: IpProtocol,
     /// IPv4 identification field (tells a retransmission from the original: `tcpdump -v` shows it as `id`).
     pub ip_id: u16,
@@ -171,7 +176,7 @@ impl Serialize for IpProtocol {
 }
 
 /// A change of one socket as sock_diag shows it (`ss -tanoi`).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq)]
 pub struct SocketEvent {
     /// `local:port -> remote:port` (remote `*:*` for a listener).
     pub socket: String,
@@ -181,23 +186,26 @@ pub struct SocketEvent {
     pub timer: Option<TimerKind>,
     /// Time until the timer fires.
     #[serde(serialize_with = "serialize_opt_secs")]
+    #[schemars(with = "Option<f64>")]
     pub expires: Option<Duration>,
     /// Retransmissions / probes so far (`ss -o` third timer field).
     pub retrans: u32,
     pub recv_q: u32,
     pub send_q: u32,
     /// `ss -i` `rtt:` (the smoothed round-trip time) and `rto:`, for full sockets (`tcp_info`); sampled with the
-    /// changes above, not a change of their own.
+    /// changes above, not a change of their own. Seconds.
     #[serde(serialize_with = "serialize_opt_secs")]
+    #[schemars(with = "Option<f64>")]
     pub rtt: Option<Duration>,
     #[serde(serialize_with = "serialize_opt_secs")]
+    #[schemars(with = "Option<f64>")]
     pub rto: Option<Duration>,
 }
 
 /// A socket call of a program started by an `exec` step with `trace: true`, as `strace -f -yy` shows it: a
 /// call that returned -1 with an errno, or `getsockopt(SO_ERROR)` giving a pending error. The event's time is
 /// when the call returned.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq)]
 pub struct ErrnoEvent {
     /// The exec step (0-based index in its host's program) whose program, or a process it started, made the call.
     pub step: usize,
@@ -211,8 +219,9 @@ pub struct ErrnoEvent {
     pub socket: String,
     pub local_port: u16,
     pub remote_port: u16,
-    /// How long the call took.
+    /// How long the call took, in seconds.
     #[serde(serialize_with = "serialize_secs")]
+    #[schemars(with = "f64")]
     pub took: Duration,
 }
 

@@ -11,6 +11,7 @@ pub use describe::{describe_errors, describe_expectation, describe_filter, descr
 use std::fmt;
 use std::time::Duration;
 
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::scenario::plan::{
@@ -23,7 +24,7 @@ use crate::timeline::query::{
 use crate::timeline::{format_secs, EventKind, Outcome, SocketEvent, Timeline};
 
 /// One expectation the run did not meet.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq, Eq)]
 pub struct Failure {
     /// Where the expectation is written in the scenario file.
     pub location: Location,
@@ -59,7 +60,8 @@ pub struct StepVerdict {
     pub judgement: StepJudgement,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+/// A step's verdict.
+#[derive(Debug, Clone, Copy, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum StepJudgement {
     /// Nothing was expected of it; its outcome is on record.

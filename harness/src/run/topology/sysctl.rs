@@ -1,6 +1,7 @@
 //! `sysctl -w` inside a host's namespace, refusing any name that is not per-network-namespace.
 
-use std::fs::OpenOptions;
+use std::collections::BTreeMap;
+use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 
 use crate::error::Error;
@@ -55,4 +56,28 @@ pub(super) fn write_sysctl(sysctl: &Sysctl) -> std::result::Result<(), SysctlErr
         _ => SysctlError::Write(sysctl.clone(), e),
     })?;
     file.write_all(format!("{}\n", sysctl.value).as_bytes()).map_err(|e| SysctlError::Write(sysctl.clone(), e))
+}
+
+/// The TCP settings in force in the calling thread's namespace (`sysctl net.ipv4.tcp_ net.core.somaxconn`):
+/// every `net.ipv4.tcp_*` this kernel has, `net.core.somaxconn`, and each of `also` (the host's own). A value of
+/// several fields (`tcp_rmem`) keeps one space between them.
+pub fn effective_sysctls(also: &[Sysctl]) -> crate::error::Result<BTreeMap<String, String>> {
+    let listing =
+        fs::read_dir("/proc/sys/net/ipv4").map_err(|e| Error::sys("list /proc/sys/net/ipv4 (sysctl -a)", e))?;
+    let mut names = vec!["net.core.somaxconn".to_string()];
+    for entry in listing {
+        let file = entry.map_err(|e| Error::sys("list /proc/sys/net/ipv4 (sysctl -a)", e))?.file_name();
+        if let Some(name) = file.to_str().filter(|name| name.starts_with("tcp_")) {
+            names.push(format!("net.ipv4.{name}"));
+        }
+    }
+    names.extend(also.iter().map(|sysctl| sysctl.name.clone()));
+    let mut values = BTreeMap::new();
+    for name in names {
+        let path = Sysctl { name: name.clone(), value: String::new() }.proc_path();
+        let value =
+            fs::read_to_string(&path).map_err(|e| Error::sys(format!("read sysctl {name} ({})", path.display()), e))?;
+        values.insert(name, value.split_whitespace().collect::<Vec<_>>().join(" "));
+    }
+    Ok(values)
 }

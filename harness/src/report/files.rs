@@ -1,0 +1,161 @@
+//! The files of a report folder: a run writes them into a staging folder inside it, and only a run that got
+//! that far moves them over the old ones, one rename each, so a killed run never leaves a truncated
+//! result.json. Netfault's own files are replaced; anything else a user put in the folder stays.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// What netfault writes into a report folder. A file of these that a run did not write again is removed when
+/// its new files are published, so that no report mixes two runs.
+pub const OWN_FILES: [&str; 8] = [
+    "result.json",
+    "timeline.txt",
+    "client.pcap",
+    "server.pcap",
+    "capture.pcapng",
+    "report.html",
+    "scenario.yaml",
+    "environment.txt",
+];
+
+/// Where a run writes its files until they are published: a folder inside the report folder.
+const STAGING: &str = ".netfault-partial";
+
+/// Makes `dir` ready for a run and returns the staging folder to write into: `dir` exists, and the staging
+/// folder is new and empty (a killed run's is removed).
+pub fn stage(dir: &Path) -> Result<PathBuf> {
+    let staging = dir.join(STAGING);
+    remove_dir_if_present(&staging)?;
+    fs::create_dir_all(&staging).map_err(|e| Error::sys(format!("create report folder {}", staging.display()), e))?;
+    Ok(staging)
+}
+
+/// Moves every file the run wrote from the staging folder into `dir` (`mv -f`), removes netfault's own files
+/// the run did not write, then the staging folder.
+pub fn publish(dir: &Path) -> Result<()> {
+    let staging = dir.join(STAGING);
+    let mut written = Vec::new();
+    for entry in fs::read_dir(&staging).map_err(|e| Error::sys(format!("list {}", staging.display()), e))? {
+        let name = entry.map_err(|e| Error::sys(format!("list {}", staging.display()), e))?.file_name();
+        let (from, to) = (staging.join(&name), dir.join(&name));
+        fs::rename(&from, &to)
+            .map_err(|e| Error::sys(format!("publish the report (mv {} {})", from.display(), to.display()), e))?;
+        written.push(name);
+    }
+    for own in OWN_FILES {
+        if !written.iter().any(|name| name == own) {
+            remove_file_if_present(&dir.join(own))?;
+        }
+    }
+    fs::remove_dir(&staging).map_err(|e| Error::sys(format!("rmdir {}", staging.display()), e))
+}
+
+/// Before `run --repeat` fills `dir/run-<i>/` again: removes netfault's own files from `dir`'s `run-*`
+/// folders, and each such folder that is then empty (an earlier `--repeat` with more runs left it); leaves
+/// everything else.
+pub fn clear_runs(dir: &Path) -> Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::sys(format!("list {}", dir.display()), e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::sys(format!("list {}", dir.display()), e))?;
+        let is_run = entry.file_name().to_str().is_some_and(|name| name.starts_with("run-"));
+        if !is_run || !entry.path().is_dir() {
+            continue;
+        }
+        let run = entry.path();
+        remove_dir_if_present(&run.join(STAGING))?;
+        for own in OWN_FILES {
+            remove_file_if_present(&run.join(own))?;
+        }
+        // Not empty: the user's files stay, and so does the folder.
+        let _ = fs::remove_dir(&run);
+    }
+    Ok(())
+}
+
+fn remove_file_if_present(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(Error::sys(format!("remove the old report file (rm {})", path.display()), e))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn remove_dir_if_present(path: &Path) -> Result<()> {
+    match fs::remove_dir_all(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(Error::sys(format!("remove a killed run's files (rm -r {})", path.display()), e))
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("netfault-files-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_rerun_replaces_netfaults_files_and_leaves_the_users() {
+        let dir = scratch("rerun");
+        for (name, text) in [("result.json", "old"), ("server.pcap", "old"), ("notes.txt", "mine")] {
+            fs::write(dir.join(name), text).unwrap();
+        }
+        let staging = stage(&dir).unwrap();
+        fs::write(staging.join("result.json"), "new").unwrap();
+        fs::write(staging.join("client.pcap"), "new").unwrap();
+        // Until it is published, the old report is whole.
+        assert_eq!(fs::read_to_string(dir.join("result.json")).unwrap(), "old");
+        publish(&dir).unwrap();
+        assert_eq!(fs::read_to_string(dir.join("result.json")).unwrap(), "new");
+        assert_eq!(fs::read_to_string(dir.join("client.pcap")).unwrap(), "new");
+        assert!(!dir.join("server.pcap").exists(), "an old own file this run did not write is gone");
+        assert_eq!(fs::read_to_string(dir.join("notes.txt")).unwrap(), "mine");
+        assert!(!staging.exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_killed_runs_staging_is_cleared_by_the_next_run_and_never_published() {
+        let dir = scratch("killed");
+        fs::write(dir.join("result.json"), "complete").unwrap();
+        let staging = stage(&dir).unwrap();
+        fs::write(staging.join("result.json"), "trunc").unwrap();
+        // Killed here: nothing is published. The next run starts from an empty staging folder.
+        let staging = stage(&dir).unwrap();
+        assert_eq!(fs::read_dir(&staging).unwrap().count(), 0);
+        assert_eq!(fs::read_to_string(dir.join("result.json")).unwrap(), "complete");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn clearing_runs_keeps_the_users_files_and_their_folders() {
+        let dir = scratch("runs");
+        for run in ["run-1", "run-2", "run-3"] {
+            fs::create_dir_all(dir.join(run)).unwrap();
+            fs::write(dir.join(run).join("result.json"), "old").unwrap();
+        }
+        fs::write(dir.join("run-2").join("notes.txt"), "mine").unwrap();
+        fs::write(dir.join("result.json"), "single run").unwrap();
+        clear_runs(&dir).unwrap();
+        assert!(!dir.join("run-1").exists() && !dir.join("run-3").exists());
+        assert_eq!(fs::read_to_string(dir.join("run-2").join("notes.txt")).unwrap(), "mine");
+        assert!(!dir.join("run-2").join("result.json").exists());
+        assert_eq!(fs::read_to_string(dir.join("result.json")).unwrap(), "single run", "not a run-* folder");
+        fs::remove_dir_all(&dir).unwrap();
+        clear_runs(&dir).unwrap();
+    }
+}
