@@ -647,7 +647,10 @@ pub fn test_main(root: &Path, reports: &Path, exe: &Path, variables: &Variables,
         },
         Err(_) => fresh_seed(),
     };
-    if plans.iter().any(|(_, _, candidate)| matches!(candidate, Candidate::Loaded(plan) if plan.has_impairments())) {
+    // A listing runs nothing: no seed to repeat.
+    let impaired =
+        plans.iter().any(|(_, _, candidate)| matches!(candidate, Candidate::Loaded(plan) if plan.has_impairments()));
+    if impaired && !args.list {
         eprintln!("netfault: impairments seeded with {seed} ({SEED_ENV}={seed} repeats their decisions)");
     }
     let mut kernel = requirements::Kernel::running();
