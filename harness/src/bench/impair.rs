@@ -245,8 +245,12 @@ struct Round {
     run: usize,
     what: String,
     middle: String,
-    /// Delay seen between the captures minus the delay asked, per data frame (microseconds).
+    /// Delay seen between the captures minus the delay asked, per data frame (microseconds). Left out of the
+    /// JSON (a run has half a million of them): `delay_error` summarizes them.
+    #[serde(skip)]
     delay_error_us: Vec<f64>,
+    /// The round's delay errors: how many, median, 99th percentile and maximum (microseconds).
+    delay_error: Option<DelayError>,
     /// Frames the sender's capture saw that the receiver's did not.
     unmatched: u64,
     /// Bits per second of Ethernet frames arriving at the server after the warm-up.
@@ -258,6 +262,27 @@ struct Round {
     lost: Vec<u64>,
     udp_receive_errors: u64,
     wire: Option<[WireStats; 2]>,
+}
+
+/// One round's delay errors, for the JSON.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct DelayError {
+    frames: usize,
+    median_us: f64,
+    p99_us: f64,
+    max_us: f64,
+}
+
+impl DelayError {
+    fn of(errors_us: &[f64]) -> Option<DelayError> {
+        let median_us = Distribution::of(errors_us)?.median;
+        Some(DelayError {
+            frames: errors_us.len(),
+            median_us,
+            p99_us: p99(errors_us),
+            max_us: errors_us.iter().copied().fold(f64::NAN, f64::max),
+        })
+    }
 }
 
 /// `runs` rounds of: delay accuracy at 100 Mb/s, rate accuracy, loss over `datagrams` datagrams, throughput
@@ -306,6 +331,7 @@ pub fn bench_impair(options: &ImpairOptions) -> Result<Report> {
             let measured = measure(&rig, what, &middle, options, scratch.path(), &mut round);
             round.wire = installed.remove(&rig)?;
             measured?;
+            round.delay_error = DelayError::of(&round.delay_error_us);
             rounds.push(round);
         }
     }
