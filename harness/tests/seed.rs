@@ -31,11 +31,25 @@ fn run_scenario(scenario: &str, seed: Option<&str>, name: &str) -> (String, Valu
         .expect("the netfault binary runs");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert_eq!(output.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
-    let report = Path::new(scenario).file_stem().expect("a scenario file name");
-    let result: PathBuf = reports.join(report).join("result.json");
+    let result = find_result(&reports).unwrap_or_else(|| panic!("no result.json under {}", reports.display()));
     let json = serde_json::from_str(&std::fs::read_to_string(&result).expect("result.json written")).unwrap();
     let _ = std::fs::remove_dir_all(&reports);
     (stdout, json)
+}
+
+/// The one result.json under `dir` (its folder is the scenario's name, which depends on the root it was run
+/// from).
+fn find_result(dir: &Path) -> Option<PathBuf> {
+    let mut found = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found = found.or_else(|| find_result(&path));
+        } else if path.file_name().is_some_and(|name| name == "result.json") {
+            found = Some(path);
+        }
+    }
+    found
 }
 
 fn decisions(result: &Value) -> &Vec<Value> {
