@@ -1,5 +1,10 @@
 //! Records which commit this netfault is built from (`netfault --version`, result.json): `NETFAULT_COMMIT` is
 //! the short hash, with `-dirty` when tracked files differ from it, or `unknown` outside a git checkout.
+//!
+//! Links the `netfault` binary as a position-dependent executable (`-no-pie`): it is started twice per
+//! scenario (the runner, then each scenario's process), and a position-independent one has the dynamic
+//! loader apply about 16,000 relocations (a copy-on-write fault on every page of its 300 KiB of relocated
+//! data) at every start: measured 0.2 ms of each start (1.39 ms against 1.18 ms for `netfault --version`).
 
 use std::path::Path;
 use std::process::Command;
@@ -28,4 +33,7 @@ fn main() {
         None => "unknown".to_string(),
     };
     println!("cargo:rustc-env=NETFAULT_COMMIT={commit}");
+    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
+        println!("cargo:rustc-link-arg-bins=-no-pie");
+    }
 }

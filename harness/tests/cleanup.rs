@@ -266,8 +266,9 @@ fn assert_nothing_left(run: &Run, running: &Running, before: &HostState) {
         assert!(Instant::now() < until, "processes of the run still alive {VANISH_WAIT:?} later: {left:?}");
         thread::sleep(Duration::from_millis(20));
     }
-    // A namespace outlives its last process only briefly: a thread group's leader is a zombie while its other
-    // threads, each in a namespace of its own, are still exiting.
+    // A scenario process that reported is only finishing its exit: a thread group's leader is a zombie while
+    // its other threads, each in a namespace of its own, are still exiting (closing packet sockets waits for RCU
+    // grace periods), and the namespaces go with them.
     loop {
         let existing = all_namespaces();
         let leaked: Vec<u64> = running.namespaces.intersection(&existing).copied().collect();

@@ -37,11 +37,27 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-/// No process of the run is alive: `netfault` has returned, so everything it started must be gone already
-/// (a PID namespace's processes are killed before its init is reaped).
+/// How long a scenario process may still be finishing its exit once `netfault` has returned: it reports before
+/// the kernel has released its packet sockets (an RCU grace period each, 10-16 ms at HZ=250).
+const EXIT_WAIT: Duration = Duration::from_secs(5);
+
+/// No process of the run is alive: `netfault` has returned, so every program it started must be gone already
+/// (the scenario process kills and reaps every other process of its PID namespace before it reports). The
+/// scenario process itself (`__run-one`) may be finishing its exit, and must be gone within [`EXIT_WAIT`].
 fn assert_no_process_left(token: &str) {
-    let left = run_processes(&format!("{token}-{}", std::process::id()));
-    assert!(left.is_empty(), "processes of the run outlived it: {left:?}");
+    let token = format!("{token}-{}", std::process::id());
+    let left = run_processes(&token);
+    let programs: Vec<_> = left.iter().filter(|(_, command)| !command.contains(" __run-one ")).collect();
+    assert!(programs.is_empty(), "processes of the run outlived it: {programs:?}");
+    let until = Instant::now() + EXIT_WAIT;
+    loop {
+        let left = run_processes(&token);
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < until, "scenario processes still alive {EXIT_WAIT:?} after the run: {left:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 fn result_json(dir: &Path) -> serde_json::Value {

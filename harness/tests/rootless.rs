@@ -13,7 +13,8 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Child, Command, ExitCode, Output, Stdio};
+use std::sync::{Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -82,23 +83,19 @@ fn run_scenario_process(exe: &Path, dir: &Path) -> Result<String, String> {
     }
     let file = root.join("exchange.yaml");
     fs::write(&file, EXCHANGE).map_err(|e| format!("write {}: {e}", file.display()))?;
-    let copy = dir.join("rootless");
-    copy_executable(exe, dir, &copy)?;
-    let mut command = Command::new(&copy);
-    let mut uid = nix::unistd::geteuid().as_raw();
-    if uid == 0 {
-        // Unprivileged, so the scenario process must enter a user namespace of its own to make its namespaces.
-        command.uid(NOBODY).gid(NOBODY);
-        uid = NOBODY;
-    }
+    let as_root = nix::unistd::geteuid().is_root();
+    let uid = if as_root { NOBODY } else { nix::unistd::geteuid().as_raw() };
     let job = Job { file, root, reports: reports.clone(), run: None, seed: 0 };
-    let output = command
-        .arg(CHILD_COMMAND)
-        .args(job.child_args())
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("spawn {command:?}: {e}"))?;
+    let child = start_copy(exe, dir, |copy| {
+        let mut command = Command::new(copy);
+        if as_root {
+            // Unprivileged, so the scenario process must enter a user namespace of its own to make its namespaces.
+            command.uid(NOBODY).gid(NOBODY);
+        }
+        command.arg(CHILD_COMMAND).args(job.child_args());
+        command
+    })?;
+    let output = wait_bounded(child)?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     let summary = stdout.lines().last().unwrap_or_default();
@@ -145,50 +142,75 @@ fn child_main() -> ExitCode {
 fn unprivileged_run() -> Result<String, String> {
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
     if !nix::unistd::geteuid().is_root() {
-        return run_child(Command::new(&exe));
+        let child = start(Command::new(&exe).env(CHILD_ENV, "1"))?;
+        return run_child(child);
     }
     let dir = std::env::temp_dir().join(format!("netfault-rootless-{}", std::process::id()));
     fs::create_dir_all(&dir).map_err(|e| format!("mkdir {}: {e}", dir.display()))?;
-    let copy = dir.join("rootless");
-    let result = copy_executable(&exe, &dir, &copy).and_then(|()| {
+    let result = start_copy(&exe, &dir, |copy| {
         // std drops the supplementary groups itself when it switches uid as root.
-        let mut command = Command::new(&copy);
-        command.uid(NOBODY).gid(NOBODY);
-        run_child(command).map(|report| format!("as uid {NOBODY}: {report}"))
-    });
+        let mut command = Command::new(copy);
+        command.uid(NOBODY).gid(NOBODY).env(CHILD_ENV, "1");
+        command
+    })
+    .and_then(|child| run_child(child).map(|report| format!("as uid {NOBODY}: {report}")));
     fs::remove_dir_all(&dir).map_err(|e| format!("rm -r {}: {e}", dir.display()))?;
     result
 }
 
-fn copy_executable(exe: &Path, dir: &Path, copy: &Path) -> Result<(), String> {
+/// Held while a copy of this binary is written and while any child is started: a child forked by one trial
+/// while another's copy is still open for writing holds that write descriptor until its own exec, and the copy's
+/// exec then fails with ETXTBSY ("Text file busy").
+static COPY_OR_START: Mutex<()> = Mutex::new(());
+
+/// Copies this test binary into `dir` (where every user may execute it) and starts the copy.
+fn start_copy(exe: &Path, dir: &Path, command: impl FnOnce(&Path) -> Command) -> Result<Child, String> {
+    let _copying = COPY_OR_START.lock().unwrap_or_else(PoisonError::into_inner);
+    let copy = dir.join("rootless");
     fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
-    fs::copy(exe, copy).map_err(|e| format!("cp {} {}: {e}", exe.display(), copy.display()))?;
-    fs::set_permissions(copy, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())
+    fs::copy(exe, &copy).map_err(|e| format!("cp {} {}: {e}", exe.display(), copy.display()))?;
+    fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+    spawn_piped(&mut command(&copy))
 }
 
-/// Starts the child, waits for it at most [`CHILD_TIMEOUT`] and returns what it reported.
-fn run_child(mut command: Command) -> Result<String, String> {
-    let mut child = command
-        .env(CHILD_ENV, "1")
+/// Starts a child (see [`COPY_OR_START`]).
+fn start(command: &mut Command) -> Result<Child, String> {
+    let _starting = COPY_OR_START.lock().unwrap_or_else(PoisonError::into_inner);
+    spawn_piped(command)
+}
+
+/// Starts a child from `/` with no input and its output piped; `spawn` returns once the exec has happened.
+fn spawn_piped(command: &mut Command) -> Result<Child, String> {
+    command
         .current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("spawn {command:?}: {e}"))?;
+        .map_err(|e| format!("spawn {command:?}: {e}"))
+}
+
+/// Waits for the child at most [`CHILD_TIMEOUT`] (killing it then) and returns its status and output.
+fn wait_bounded(mut child: Child) -> Result<Output, String> {
     let deadline = Instant::now() + CHILD_TIMEOUT;
-    let status = loop {
+    loop {
         match child.try_wait().map_err(|e| e.to_string())? {
-            Some(status) => break status,
+            Some(_) => break,
             None if Instant::now() > deadline => {
                 child.kill().map_err(|e| e.to_string())?;
                 child.wait().map_err(|e| e.to_string())?;
-                return Err(format!("the unprivileged run took longer than {CHILD_TIMEOUT:?}"));
+                return Err(format!("the child took longer than {CHILD_TIMEOUT:?}"));
             }
             None => thread::sleep(Duration::from_millis(10)),
         }
-    };
-    let output = child.wait_with_output().map_err(|e| e.to_string())?;
+    }
+    child.wait_with_output().map_err(|e| e.to_string())
+}
+
+/// Waits for the unprivileged child and returns what it reported.
+fn run_child(child: Child) -> Result<String, String> {
+    let output = wait_bounded(child)?;
+    let status = output.status;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     if !status.success() {

@@ -10,6 +10,7 @@ mod impair;
 mod nfqueue;
 mod recipe;
 mod report;
+mod run;
 mod setup;
 mod suite;
 
@@ -28,6 +29,7 @@ use crate::scenario::{self, plan::Plan};
 pub use capture::{bench_capture, CaptureOptions};
 pub use impair::{bench_impair, ImpairOptions};
 pub use report::{bench_report, ReportOptions};
+pub use run::{bench_run, RunOptions};
 pub use setup::{bench_setup, SetupOptions};
 pub use suite::{bench_concurrent, bench_suite, bench_timing, ConcurrentOptions, SuiteOptions, TimingOptions};
 
@@ -35,8 +37,9 @@ pub use suite::{bench_concurrent, bench_suite, bench_timing, ConcurrentOptions, 
 pub const USAGE: &str = "\
 usage: netfault bench <what> [options] [--json FILE] [--keep]
   (as root; a release build gives the real figures; --keep leaves reports and pcaps in the temp dir)
-  setup [--n 200]                  fixed cost per scenario: netfault in-process vs the ip/nft/tcpdump recipe;
-                                   and the cost of one `netfault __run-one` child for a trivial scenario
+  run [--n 50]                     a trivial scenario through `netfault run`, start to exit, vs a shell script
+                                   doing the same job (ip, nft, tcpdump, socat, ss); where netfault's time goes
+  setup [--n 200]                  fixed cost per scenario: netfault in-process vs the ip/nft/tcpdump recipe
   suite [--runs 3] [PATH]          suite wall time vs its longest scenario (PATH default: scenarios)
   suite --concurrent 200 [--scenario scenarios/keepalive/idle.yaml]
                                    N instances at once: passes, ETIMEDOUT/RST error, peak memory per child
@@ -93,6 +96,7 @@ pub fn main(args: &[String]) -> ExitCode {
         KEEP_SCRATCH.store(true, Ordering::Relaxed);
     }
     let result = prepare().and_then(|()| match what.as_str() {
+        "run" => bench_run(&RunOptions { repetitions: options.n.unwrap_or(50) }),
         "setup" => bench_setup(&SetupOptions { repetitions: options.n.unwrap_or(200) }),
         "suite" => match options.concurrent {
             Some(instances) => bench_concurrent(&ConcurrentOptions {
@@ -462,7 +466,7 @@ impl Drop for ScratchDir {
 }
 
 /// The scenario the in-process benchmarks set up: one fault (on the server), a listener and a connect.
-/// Written to disk, it is also the trivial scenario whose child process `bench setup` times.
+/// Written to disk, it is also the trivial scenario `bench run` runs through `netfault run`.
 pub const FIXTURE: &str = "\
 description: netfault bench fixture - one fault, a listener, a connect
 timeout: 10s

@@ -1,6 +1,6 @@
 //! `netfault bench setup`: the fixed cost of one scenario (namespaces, veth, addresses, one nftables fault,
 //! capture and socket observation on both ends, then teardown), netfault in-process against the shell recipe,
-//! alternating repetitions in one run; and the cost of one `netfault __run-one` child process.
+//! alternating repetitions in one run. (`netfault bench run` times a whole `netfault run`.)
 
 use std::mem::size_of;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -10,18 +10,15 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::recipe::{self, NamedNamespaces, Tcpdump};
-use super::{fixture_plan, interrupted, millis, Comparison, Distribution, Report, ScratchDir, BENCH_SEED, FIXTURE};
+use super::{fixture_plan, interrupted, millis, Comparison, Distribution, Report, ScratchDir};
 use crate::error::{Context, Error, Result};
 use crate::observe::capture::{Capture, CaptureBuffer};
 use crate::observe::sockets::Observer;
-use crate::report::Status;
 use crate::run::clock::{Clock, EventSink};
 use crate::run::engine::{self, Rig};
 use crate::run::faults::HostFaults;
 use crate::run::firewall::Firewall;
 use crate::run::netns::Netns;
-use crate::run::runner::{self, Job};
-use crate::run::supervise::Supervisor;
 use crate::run::topology;
 use crate::scenario::plan::{HostId, Plan};
 
@@ -140,7 +137,6 @@ pub fn bench_setup(options: &SetupOptions) -> Result<Report> {
             plain_sockets.push(millis(plain_socket));
         }
     }
-    let child = child_process_cost(scratch.path(), options.repetitions.min(100))?;
 
     add_phase_rows(&mut report, &engine, &ENGINE_SETUP, &ENGINE_TEARDOWN, "netfault (engine)");
     add_phase_rows(&mut report, &netfault, &NETFAULT_SETUP, &NETFAULT_TEARDOWN, "one phase at a time");
@@ -176,10 +172,6 @@ pub fn bench_setup(options: &SetupOptions) -> Result<Report> {
             met: theirs.median / ours.median >= TARGET_SPEEDUP,
         });
     }
-    report.row("child __run-one (trivial scenario): wall", "ms", &child.wall);
-    report.row("child __run-one: engine setup (result.json)", "ms", &child.setup);
-    report.row("child __run-one: engine teardown (result.json)", "ms", &child.teardown);
-    report.row("child __run-one: scenario itself (t0..end)", "ms", &child.scenario);
     report.note(
         "method",
         format!(
@@ -194,7 +186,6 @@ pub fn bench_setup(options: &SetupOptions) -> Result<Report> {
         "ring_setsockopt_ms": grace_periods,
         "plain_socket_ms": plain_sockets,
         "recipe_ms": phases_json(&shell),
-        "child_wall_ms": child.wall,
     });
     drop(scratch);
     Ok(report.finish())
@@ -239,7 +230,7 @@ fn engine_once(plan: &Plan, dir: &Path) -> Result<Phases> {
     let mut phases = Phases::default();
     let (sink, _events) = EventSink::new(Clock::unstarted());
     let mut lap = Lap::start();
-    let Rig { namespaces, mut faults, captures, observers, .. } = engine::set_up(plan, dir, &sink, BENCH_SEED)?;
+    let Rig { namespaces, mut faults, captures, observers, .. } = engine::set_up(plan, dir, &sink)?;
     for fault in &plan.faults {
         faults[fault.host.index()].switch(fault, true)?;
     }
@@ -416,43 +407,4 @@ fn packet_socket() -> Result<OwnedFd> {
     }
     // SAFETY: fd was just returned by socket and is owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Wall time of `netfault __run-one` on the fixture, and what the child reports of its own set-up.
-struct ChildCost {
-    wall: Vec<f64>,
-    setup: Vec<f64>,
-    teardown: Vec<f64>,
-    scenario: Vec<f64>,
-}
-
-fn child_process_cost(dir: &Path, repetitions: usize) -> Result<ChildCost> {
-    let exe = std::env::current_exe().context(|| "find the netfault binary (/proc/self/exe)".to_string())?;
-    let file = dir.join("trivial.yaml");
-    std::fs::write(&file, FIXTURE).context(|| format!("write {}", file.display()))?;
-    let job = Job { file, root: dir.to_path_buf(), reports: dir.join("reports"), run: None, seed: BENCH_SEED };
-    let mut cost = ChildCost { wall: Vec::new(), setup: Vec::new(), teardown: Vec::new(), scenario: Vec::new() };
-    for i in 0..WARM_UP + repetitions {
-        if interrupted() {
-            break;
-        }
-        let started = Instant::now();
-        let summary =
-            runner::run_in_child(&exe, &job, Duration::from_secs(10), &Supervisor::new(Duration::from_secs(600)));
-        let wall = millis(started.elapsed());
-        if summary.status != Status::Pass {
-            return Err(Error::Internal(format!(
-                "the trivial scenario did not pass in its child process: {:?}: {}",
-                summary.status,
-                summary.messages.join("; ")
-            )));
-        }
-        if i >= WARM_UP {
-            cost.wall.push(wall);
-            cost.setup.push(summary.setup_ms);
-            cost.teardown.push(summary.teardown_ms);
-            cost.scenario.push(summary.duration * 1e3);
-        }
-    }
-    Ok(cost)
 }

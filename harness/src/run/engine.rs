@@ -2,13 +2,13 @@
 //! stop at the end or the deadline, and hand back the timeline.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::error::{joined, Error, Result};
+use crate::error::{Error, Result};
 use crate::observe::capture::{Capture, CaptureBuffer};
 use crate::observe::sockets::{DiagSocket, Observer};
 use crate::record::{CaptureStats, CapturedInterface, ObserverStats, RunRecord, WireStats};
@@ -19,14 +19,15 @@ use crate::run::firewall;
 use crate::run::impair::{Wire, WireFault};
 use crate::run::netns::Netns;
 use crate::run::priority;
-use crate::run::topology;
-use crate::scenario::plan::{Direction, FaultPlan, HostId, Plan, Protocol, StepEdge, Trigger};
+use crate::run::supervise::SETUP_LIMIT;
+use crate::run::topology::{self, HostLink, HostWire, WireLinks};
+use crate::scenario::plan::{Direction, FaultPlan, HostId, HostPlan, Plan, Protocol, StepEdge, Trigger};
 use crate::timeline::{Decision, DecisionKind, Event, EventKind, IpProtocol, PacketDirection, PacketEvent, Timeline};
 
 /// How often the hub wakes to look at time triggers and the programs when nothing happens.
 const IDLE_TICK: Duration = Duration::from_millis(5);
-/// How long program threads may take to be running in their namespaces, and then to be told to start
-/// (measured: up to 0.7 s to start a thread with 200 scenarios at once on 2 cores).
+/// How long a host's program may wait to be told to start once its host is set up (measured: up to 0.7 s to
+/// start a thread with 200 scenarios at once on 2 cores). The set-up itself is bounded by [`SETUP_LIMIT`].
 const PROGRAM_START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs `plan`, writing the pcaps into `report_dir`; the impairments' random decisions come from `seed`. Returns
@@ -36,64 +37,36 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -
     let setup_started = Instant::now();
     let clock = Clock::unstarted();
     let (sink, events) = EventSink::new(clock.clone());
-    let Rig { namespaces, interfaces, mut faults, captures, observers, wire, wire_namespace } =
-        set_up(plan, report_dir, &sink, seed)?;
-    let setup = setup_started.elapsed();
-
-    // Both program threads are spawned, inside their namespaces and waiting before t0 is taken: creating and
-    // scheduling a thread on a busy machine can take a few hundred ms, and that must not count as scenario time.
+    // Each host's thread sets its host up and then runs its program there, waiting at its gate in between:
+    // t0 is taken once both are ready, so the set-up, and a busy machine's delay in scheduling a woken
+    // thread, never count as scenario time.
     let board = StepBoard::new();
     let processes = ProcessRegistry::new();
-    let (ready_tx, ready_rx) = mpsc::channel::<HostId>();
-    let mut gates: Vec<mpsc::Sender<Instant>> = Vec::with_capacity(2);
-    // Each host's program until it ends and is joined.
-    let mut programs: Vec<(HostId, Option<JoinHandle<Result<()>>>)> = Vec::with_capacity(2);
-    for host in HostId::ALL {
-        let host_plan = plan.host(host).clone();
-        let mut sock_diag = [None, None];
-        for (target, named) in HostId::ALL.into_iter().zip(actors::listening_hosts(&host_plan)) {
-            if named {
-                sock_diag[target.index()] = Some(DiagSocket::open_in(&namespaces[target.index()])?);
-            }
-        }
-        let mut ctx = ActorContext {
-            host,
-            own_address: plan.host(host).address,
+    let mut gates: Vec<mpsc::Sender<Gate>> = Vec::with_capacity(2);
+    let programs = HostId::ALL.map(|host| {
+        let (gate, waiting) = mpsc::channel();
+        gates.push(gate);
+        Program {
+            plan: plan.host(host).clone(),
             board: Arc::clone(&board),
             processes: Arc::clone(&processes),
-            sink: sink.clone(),
-            deadline: Instant::now() + plan.deadline,
-            sock_diag,
             report_dir: report_dir.to_path_buf(),
-        };
-        let (gate_tx, gate_rx) = mpsc::channel::<Instant>();
-        gates.push(gate_tx);
-        let ready = ready_tx.clone();
-        let start_clock = clock.clone();
-        let program = namespaces[host.index()].spawn(&format!("{host}-program"), move || {
-            // Best effort: without the privilege the thread stays ordinary and its times are less exact.
-            let _ = priority::raise_current_thread();
-            // The engine may be gone (a failed start): then there is nothing to run.
-            let _ = ready.send(host);
-            ctx.deadline = gate_rx
-                .recv_timeout(PROGRAM_START_TIMEOUT)
-                .map_err(|_| Error::Internal(format!("{host} program was never told to start")))?;
-            // t0 is taken by the first program thread to run (the clock keeps the first start), not by the
-            // engine: on a busy machine the woken threads may wait tens of ms for a CPU.
-            start_clock.start();
-            actors::run_host(&host_plan, ctx)
-        })?;
-        programs.push((host, Some(program)));
-    }
-    drop(ready_tx);
-    for _ in HostId::ALL {
-        if ready_rx.recv_timeout(PROGRAM_START_TIMEOUT).is_err() {
-            return Err(Error::Internal(format!(
-                "the program threads were not running {}s after their start (spawn in namespace)",
-                PROGRAM_START_TIMEOUT.as_secs()
-            )));
+            clock: clock.clone(),
+            gate: waiting,
         }
-    }
+    });
+    let (places, wire_namespace, wire_links) = host_places(plan)?;
+    let (rig, threads) = start_hosts(plan, report_dir, &sink, programs.map(Some), places)?;
+    let Rig { namespaces, interfaces, mut faults, captures, observers, listen_watchers } = rig;
+    // A scenario with impairments: the wire between the hosts, every impairment off, its decisions from `seed`.
+    let wire = match (&wire_namespace, wire_links) {
+        (Some(ns), Some(links)) => Some(Wire::start(ns, links.facing, wire_faults(plan), seed, Some(sink.clone()))?),
+        _ => None,
+    };
+    let setup = setup_started.elapsed();
+    // Each host's program until it ends and is joined.
+    let mut programs: Vec<(HostId, Option<JoinHandle<Result<()>>>)> =
+        HostId::ALL.into_iter().zip(threads.into_iter().map(Some)).collect();
 
     // Faults due at t0 are on before either program makes its first call. They are switched before t0 is
     // taken (their events read 0 s): an nftables commit can take tens of ms on a busy machine.
@@ -105,9 +78,9 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -
     // t0 is the moment the programs start (scenario times read as the seed scripts' times): the first program
     // thread to run takes it. The deadline counts from the start signal, a little before.
     let deadline = Instant::now() + plan.deadline;
-    for gate in &gates {
+    for (gate, sock_diag) in gates.iter().zip(listen_watchers) {
         // A program thread that is gone already reports its own error when joined.
-        let _ = gate.send(deadline);
+        let _ = gate.send(Gate { deadline, sock_diag });
     }
     drop(sink);
     on_start();
@@ -180,6 +153,10 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -
     }
     // A part that fails to stop (on a starved machine: not within its bounded wait) is a harness error of this
     // run, not the end of it: what the others recorded still makes the report, timeline and pcaps included.
+    // Every observer and capture is told at once, then each is waited for: their last samples and frames
+    // overlap.
+    observers.iter().for_each(Observer::request_stop);
+    captures.iter().for_each(Capture::request_stop);
     let mut observer_stats = Vec::with_capacity(2);
     for observer in observers {
         observer_stats.push(observer.stop().unwrap_or_else(|e| {
@@ -281,74 +258,280 @@ pub struct Rig {
     pub faults: Vec<HostFaults>,
     pub captures: Vec<Capture>,
     pub observers: Vec<Observer>,
-    /// The wire between the hosts and its namespace, when the scenario has impairments.
-    pub wire: Option<Wire>,
-    pub wire_namespace: Option<Netns>,
+    /// For each host's program, a sock_diag socket in each host's namespace its `wait: { listening }` steps
+    /// name (see [`actors::listening_hosts`]).
+    pub listen_watchers: [[Option<DiagSocket>; 2]; 2],
 }
 
 /// Namespaces, the wire, the faults (all off), a capture (into `report_dir/<host>.pcap`) and an observer per
-/// host, all sending their events to `sink`.
+/// host, all sending their events to `sink`: [`start_hosts`] without programs (what `netfault bench setup`
+/// times).
+#[cfg(feature = "bench")]
+pub fn set_up(plan: &Plan, report_dir: &Path, sink: &EventSink) -> Result<Rig> {
+    if plan.has_impairments() {
+        return Err(Error::Internal("the set-up benchmark times scenarios without impairments".into()));
+    }
+    let (places, _, _) = host_places(plan)?;
+    let (rig, threads) = start_hosts(plan, report_dir, sink, [None, None], places)?;
+    for thread in threads {
+        thread.join().map_err(|_| Error::Internal("host set-up thread panicked".into()))??;
+    }
+    Ok(rig)
+}
+
+/// A host's program, handed to the host's thread to run once its host is set up and the engine opens the gate.
+struct Program {
+    plan: HostPlan,
+    board: Arc<StepBoard>,
+    processes: Arc<ProcessRegistry>,
+    report_dir: PathBuf,
+    clock: Clock,
+    gate: mpsc::Receiver<Gate>,
+}
+
+/// What opens a program's gate: its deadline, and its sock_diag sockets for `wait: { listening }` steps.
+struct Gate {
+    deadline: Instant,
+    sock_diag: [Option<DiagSocket>; 2],
+}
+
+/// What one host's thread set up in its namespace.
+struct HostRig {
+    namespace: Netns,
+    /// This host's captured interface, as the run record names it.
+    interface: CapturedInterface,
+    faults: HostFaults,
+    capture: Capture,
+    observer: Observer,
+    /// By the program's host: a sock_diag socket in this namespace for the programs that wait for it to listen.
+    listen_watchers: [Option<DiagSocket>; 2],
+}
+
+/// How the two hosts' threads meet to create the veth pair: the server hands the client its namespace, and
+/// the client tells the server once the pair exists.
+enum WireMeeting {
+    Client { server: mpsc::Receiver<Netns>, created: mpsc::Sender<()> },
+    Server { namespace: mpsc::Sender<Netns>, created: mpsc::Receiver<()> },
+}
+
+/// Where a host's thread sets its host up.
+enum HostPlace {
+    /// In a namespace the thread creates, meeting the other host's thread to create the veth pair.
+    Own(WireMeeting),
+    /// In a namespace already built and joined to the wire's ([`topology::build_with_wire`]): the thread enters
+    /// it and finds its link there.
+    Built(Netns, HostLink),
+}
+
+/// Where each host is set up, and the wire's namespace and links when the scenario has impairments: those
+/// scenarios get all three namespaces and both veth pairs from [`topology::build_with_wire`] first, since the
+/// hosts' links end in the wire's namespace rather than in each other's.
+fn host_places(plan: &Plan) -> Result<([HostPlace; 2], Option<Netns>, Option<WireLinks>)> {
+    if plan.has_impairments() {
+        let ([client, server], wire, topology) = topology::build_with_wire(plan)?;
+        let places = [HostPlace::Built(client, topology.client), HostPlace::Built(server, topology.server)];
+        return Ok((places, Some(wire), topology.wire));
+    }
+    let (namespace_tx, namespace_rx) = mpsc::channel();
+    let (created_tx, created_rx) = mpsc::channel();
+    let places = [
+        HostPlace::Own(WireMeeting::Client { server: namespace_rx, created: created_tx }),
+        HostPlace::Own(WireMeeting::Server { namespace: namespace_tx, created: created_rx }),
+    ];
+    Ok((places, None, None))
+}
+
+/// Starts one thread per host, each of which creates its host's namespace (`unshare(CLONE_NEWNET)`, so the
+/// two namespaces are created at once) and sets it up from inside: sysctls and `lo`, its end of the veth pair
+/// (the client creates the pair), its faults, its capture and its observer. Returns what they set up, once
+/// both are done, and their threads: with a program, each thread then waits at its gate and runs the program
+/// in its namespace (its result is the thread's); without, it ends.
 ///
-/// Each host's faults, capture and observer are started by a thread of its own that has entered the host's
-/// namespace, so they open their sockets right there, and the two hosts proceed at once. A scenario that asks
-/// for a capture ring then waits for one RCU grace period (`setsockopt(PACKET_RX_RING)` calls
+/// A scenario that asks for a capture ring waits for one RCU grace period (`setsockopt(PACKET_RX_RING)` calls
 /// `synchronize_net`, 10-30 ms on a busy machine) instead of two.
-///
-/// A scenario with impairments gets a third namespace between the hosts and the wire running in it, every
-/// impairment off, its decisions drawn from `seed`.
-pub fn set_up(plan: &Plan, report_dir: &Path, sink: &EventSink, seed: u64) -> Result<Rig> {
-    let (namespaces, wire_namespace, topology) = if plan.has_impairments() {
-        let (hosts, wire, topology) = topology::build_with_wire(plan)?;
-        (hosts, Some(wire), topology)
-    } else {
-        let (hosts, topology) = topology::build_in_new_namespaces(plan)?;
-        (hosts, None, topology)
+fn start_hosts(
+    plan: &Plan,
+    report_dir: &Path,
+    sink: &EventSink,
+    programs: [Option<Program>; 2],
+    places: [HostPlace; 2],
+) -> Result<(Rig, Vec<JoinHandle<Result<()>>>)> {
+    let shared = Arc::new(plan.clone());
+    let (ready_tx, ready_rx) = mpsc::channel::<(HostId, Result<HostRig>)>();
+    let mut threads = Vec::with_capacity(2);
+    for ((host, place), program) in HostId::ALL.into_iter().zip(places).zip(programs) {
+        let plan = Arc::clone(&shared);
+        let pcap = report_dir.join(pcap_name(host));
+        let sink = sink.clone();
+        let ready = ready_tx.clone();
+        let thread = thread::Builder::new()
+            .name(format!("host-{host}"))
+            .spawn(move || host_thread(&plan, host, &pcap, sink, place, ready, program))
+            .map_err(|e| Error::sys(format!("spawn the thread of host {host}"), e))?;
+        threads.push(thread);
+    }
+    drop(ready_tx);
+    let mut rigs: [Option<HostRig>; 2] = [None, None];
+    let mut failures = Vec::new();
+    for _ in HostId::ALL {
+        match ready_rx.recv_timeout(SETUP_LIMIT) {
+            Ok((host, Ok(rig))) => rigs[host.index()] = Some(rig),
+            Ok((host, Err(e))) => failures.push(format!("set-up of {host}: {e}")),
+            Err(_) => failures
+                .push(format!("the hosts were not set up {}s after their threads started", SETUP_LIMIT.as_secs())),
+        }
+    }
+    match rigs {
+        [Some(client), Some(server)] if failures.is_empty() => {
+            let rig = Rig {
+                namespaces: [client.namespace, server.namespace],
+                interfaces: vec![client.interface, server.interface],
+                faults: vec![client.faults, server.faults],
+                captures: vec![client.capture, server.capture],
+                observers: vec![client.observer, server.observer],
+                listen_watchers: by_program(client.listen_watchers, server.listen_watchers),
+            };
+            Ok((rig, threads))
+        }
+        // A thread waiting at its gate gives up when the gates go with the caller's `Program`s.
+        _ => Err(Error::Internal(failures.join("; "))),
+    }
+}
+
+/// The sock_diag sockets each host opened, by the host they were opened in, regrouped by the program that uses
+/// them.
+fn by_program(client: [Option<DiagSocket>; 2], server: [Option<DiagSocket>; 2]) -> [[Option<DiagSocket>; 2]; 2] {
+    let [client_for_client, client_for_server] = client;
+    let [server_for_client, server_for_server] = server;
+    [[client_for_client, server_for_client], [client_for_server, server_for_server]]
+}
+
+/// The body of one host's thread (see [`start_hosts`]): set-up, report, then the program if there is one.
+fn host_thread(
+    plan: &Plan,
+    host: HostId,
+    pcap: &Path,
+    sink: EventSink,
+    place: HostPlace,
+    ready: mpsc::Sender<(HostId, Result<HostRig>)>,
+    program: Option<Program>,
+) -> Result<()> {
+    let rig = set_up_host(plan, host, pcap, sink.clone(), place);
+    let Some(program) = program else {
+        // The engine is gone only when it gave up waiting; then nobody needs the rig.
+        let _ = ready.send((host, rig));
+        return Ok(());
     };
-    let [client, server] = thread::scope(|scope| {
-        let starting = HostId::ALL.map(|host| {
-            let ns = &namespaces[host.index()];
-            let ifindex = topology.link(host).ifindex;
-            let pcap = report_dir.join(pcap_name(host));
-            let sink = sink.clone();
-            thread::Builder::new().name(format!("set-up-{host}")).spawn_scoped(scope, move || {
-                ns.enter()?;
-                let faults = HostFaults::install(ns, host, &plan.faults)?;
-                let capture = Capture::start(ns, host, ifindex, &pcap, sink.clone(), capture_buffer(plan))?;
-                let observer = Observer::start(ns, host, plan.sample_interval, sink)?;
-                Ok::<_, Error>((faults, capture, observer))
-            })
-        });
-        starting.map(|spawned| joined(spawned, "host set-up"))
-    });
-    let ((client_faults, client_capture, client_observer), (server_faults, server_capture, server_observer)) =
-        (client?, server?);
-    let wire = match (&wire_namespace, topology.wire) {
-        (Some(ns), Some(links)) => Some(Wire::start(ns, links.facing, wire_faults(plan), seed, Some(sink.clone()))?),
-        _ => None,
+    if rig.is_ok() {
+        // Best effort: without the privilege the thread stays ordinary and its times are less exact. Raised
+        // before the engine hears of it, so the start signal wakes it at once.
+        let _ = priority::raise_current_thread();
+    }
+    if ready.send((host, rig)).is_err() {
+        return Ok(());
+    }
+    drop(ready);
+    let gate = program
+        .gate
+        .recv_timeout(PROGRAM_START_TIMEOUT)
+        .map_err(|_| Error::Internal(format!("{host} program was never told to start")))?;
+    // t0 is taken by the first program thread to run (the clock keeps the first start), not by the engine:
+    // on a busy machine the woken threads may wait tens of ms for a CPU.
+    program.clock.start();
+    let ctx = ActorContext {
+        host,
+        own_address: program.plan.address,
+        board: program.board,
+        processes: program.processes,
+        sink,
+        deadline: gate.deadline,
+        sock_diag: gate.sock_diag,
+        report_dir: program.report_dir,
     };
-    let interfaces = HostId::ALL
-        .iter()
-        .map(|&host| {
-            let link = topology.link(host);
-            CapturedInterface {
-                host,
-                ifname: link.ifname.clone(),
-                mac: link.mac,
-                address: link.address,
-                pcap: pcap_name(host),
-                snaplen: crate::observe::capture::SNAPLEN,
-            }
+    actors::run_host(&program.plan, ctx)
+}
+
+/// One host's set-up, on its own thread, which stays in the host's namespace.
+fn set_up_host(plan: &Plan, host: HostId, pcap: &Path, sink: EventSink, place: HostPlace) -> Result<HostRig> {
+    let (namespace, link) = match place {
+        HostPlace::Own(meeting) => own_namespace(plan, host, meeting)?,
+        HostPlace::Built(namespace, link) => {
+            namespace.enter()?;
+            (namespace, link)
+        }
+    };
+    let faults = HostFaults::install(&namespace, host, &plan.faults)?;
+    let capture = Capture::start(&namespace, host, link.ifindex, pcap, sink.clone(), capture_buffer(plan))?;
+    let observer = Observer::start(&namespace, host, plan.sample_interval, sink)?;
+    let mut listen_watchers = [None, None];
+    for (program, watcher) in HostId::ALL.into_iter().zip(&mut listen_watchers) {
+        if actors::listening_hosts(plan.host(program))[host.index()] {
+            *watcher = Some(DiagSocket::open_in(&namespace)?);
+        }
+    }
+    let interface = CapturedInterface {
+        host,
+        ifname: link.ifname,
+        mac: link.mac,
+        address: link.address,
+        pcap: pcap_name(host),
+        snaplen: crate::observe::capture::SNAPLEN,
+    };
+    Ok(HostRig { namespace, interface, faults, capture, observer, listen_watchers })
+}
+
+/// Creates the host's namespace from the calling thread, which stays in it, and the veth pair with the other
+/// host's thread; returns once the host's end is operational.
+fn own_namespace(plan: &Plan, host: HostId, meeting: WireMeeting) -> Result<(Netns, HostLink)> {
+    let namespace = Netns::unshare_current_thread()?;
+    let mut wire = HostWire::prepare(plan, host)?;
+    let peer_failed = |what: &str| Error::Internal(format!("{what} (the other host's set-up failed)"));
+    match meeting {
+        WireMeeting::Client { server, created } => {
+            let server =
+                server.recv_timeout(SETUP_LIMIT).map_err(|_| peer_failed("the server's namespace never came"))?;
+            wire.create_veth_pair(plan.link.mtu, &server)?;
+            // The server is gone only when its set-up failed, which it reports itself.
+            let _ = created.send(());
+        }
+        WireMeeting::Server { namespace: to_client, created } => {
+            // The client is gone only when its set-up failed, which it reports itself.
+            let _ = to_client.send(namespace.try_clone()?);
+            created.recv_timeout(SETUP_LIMIT).map_err(|_| peer_failed("the veth pair was never created"))?;
+        }
+    }
+    let link = wire.configure(plan.host(host))?;
+    wire.wait_operational()?;
+    Ok((namespace, link))
+}
+
+/// The pcap a host's capture writes in the report folder.
+fn pcap_name(host: HostId) -> String {
+    format!("{host}.pcap")
+}
+
+/// `tcpdump -B` for the plan: the socket's own queue unless the scenario asks for a ring.
+fn capture_buffer(plan: &Plan) -> CaptureBuffer {
+    plan.capture.ring_bytes.map_or(CaptureBuffer::DEFAULT, CaptureBuffer::ring_of)
+}
+
+/// A capture that lost frames makes the timeline incomplete: every packet expectation and packet trigger
+/// would be judged on part of the traffic, so the run cannot be trusted either way.
+fn capture_losses(stats: &[CaptureStats]) -> Vec<String> {
+    HostId::ALL
+        .into_iter()
+        .zip(stats)
+        .filter(|(_, stats)| stats.lost() > 0)
+        .map(|(host, stats)| {
+            format!(
+                "capture of {host} lost {} of the {} frames its interface counted ({} dropped by the kernel): the \
+                 timeline is incomplete; give the scenario a larger buffer, e.g. `capture: {{ ring: 64MiB }}`",
+                stats.lost(),
+                stats.interface_frames,
+                stats.kernel_drops
+            )
         })
-        .collect();
-    Ok(Rig {
-        namespaces,
-        interfaces,
-        faults: vec![client_faults, server_faults],
-        captures: vec![client_capture, server_capture],
-        observers: vec![client_observer, server_observer],
-        wire,
-        wire_namespace,
-    })
+        .collect()
 }
 
 /// The plan's impairments as the wire applies them.
@@ -385,51 +568,13 @@ fn wire_losses(stats: &[WireStats; 2]) -> Vec<String> {
         .collect()
 }
 
-/// The pcap a host's capture writes in the report folder.
-fn pcap_name(host: HostId) -> String {
-    format!("{host}.pcap")
-}
-
-/// `tcpdump -B` for the plan: the socket's own queue unless the scenario asks for a ring.
-fn capture_buffer(plan: &Plan) -> CaptureBuffer {
-    plan.capture.ring_bytes.map_or(CaptureBuffer::DEFAULT, CaptureBuffer::ring_of)
-}
-
-/// A capture that lost frames makes the timeline incomplete: every packet expectation and packet trigger
-/// would be judged on part of the traffic, so the run cannot be trusted either way.
-fn capture_losses(stats: &[CaptureStats]) -> Vec<String> {
-    HostId::ALL
-        .into_iter()
-        .zip(stats)
-        .filter(|(_, stats)| stats.lost() > 0)
-        .map(|(host, stats)| {
-            format!(
-                "capture of {host} lost {} of the {} frames its interface counted ({} dropped by the kernel): the \
-                 timeline is incomplete; give the scenario a larger buffer, e.g. `capture: {{ ring: 64MiB }}`",
-                stats.lost(),
-                stats.interface_frames,
-                stats.kernel_drops
-            )
-        })
-        .collect()
-}
-
 /// `Capture::stop` on every capture at once: each takes the frames its interface counted that are still on
 /// their way (a ring's last block comes within its 4 ms retire timeout), and those waits overlap.
 pub fn stop_captures(captures: Vec<Capture>) -> Result<Vec<CaptureStats>> {
-    thread::scope(|scope| {
-        let stopping: Vec<_> = captures.into_iter().map(|capture| scope.spawn(move || capture.stop())).collect();
-        join_all(stopping, "capture stop")
-    })
-}
-
-/// Joins scoped threads in order; the first error (or panic) wins, after every thread has been joined.
-fn join_all<T>(handles: Vec<thread::ScopedJoinHandle<'_, Result<T>>>, what: &str) -> Result<Vec<T>> {
-    let results: Vec<Result<T>> = handles
-        .into_iter()
-        .map(|handle| handle.join().unwrap_or_else(|_| Err(Error::Internal(format!("{what} thread panicked")))))
-        .collect();
-    results.into_iter().collect()
+    captures.iter().for_each(Capture::request_stop);
+    // Every capture is waited for before the first error (if any) is returned.
+    let stopped: Vec<Result<CaptureStats>> = captures.into_iter().map(Capture::stop).collect();
+    stopped.into_iter().collect()
 }
 
 /// Switches the faults that are due now, each where it is carried out (its host's backend, or the wire between
@@ -531,63 +676,6 @@ pub fn annotate_faults(timeline: &mut Timeline, plan: &Plan) {
             }
         }
     }
-}
-
-/// Marks the captured copies of each packet the wire decided about with the decision: the sender's copy (it
-/// left) and every copy the receiver's capture saw (none when lost, two when duplicated, the forged segment of
-/// an injection). A packet is known by its addresses, IP id, flags, sequence number and length, as both
-/// captures decode it; its sender's copy is the last one seen before the wire took it, the receiver's are
-/// those seen after.
-pub fn annotate_impairments(timeline: &mut Timeline) {
-    type Key = (std::net::Ipv4Addr, std::net::Ipv4Addr, u16, u8, u32, u32);
-    let key = |p: &PacketEvent| (p.src, p.dst, p.ip_id, p.flags, p.seq, p.len);
-    let mut marks: Vec<(usize, String)> = Vec::new();
-    for event in &timeline.events {
-        let EventKind::Impairment(impairment) = &event.kind else { continue };
-        let Some(packet) = &impairment.packet else { continue };
-        let wanted: Key = key(packet);
-        let label = format!("{} #{}: {}", impairment.decision.fault, impairment.decision.n, impairment.decision.kind);
-        let sender = impairment.toward.peer();
-        let is_copy = |e: &Event, host: HostId, direction: PacketDirection| {
-            e.host == host && matches!(&e.kind, EventKind::Packet(p) if p.direction == direction && key(p) == wanted)
-        };
-        // The sender's capture stamps a frame a few microseconds before the wire does; a little slack covers
-        // frames stamped in the other order.
-        let slack = Duration::from_millis(1);
-        let sent =
-            timeline.events.iter().rposition(|e| e.t <= event.t + slack && is_copy(e, sender, PacketDirection::Out));
-        if !matches!(impairment.decision.kind, DecisionKind::Injected { .. }) {
-            marks.extend(sent.map(|position| (position, label.clone())));
-        }
-        let start = timeline.events.partition_point(|e| e.t + slack < event.t);
-        let arrivals = (start..timeline.events.len())
-            .filter(|&position| is_copy(&timeline.events[position], impairment.toward, PacketDirection::In));
-        let copies = match impairment.decision.kind {
-            DecisionKind::Lost | DecisionKind::QueueFull => 0,
-            DecisionKind::Duplicated => 2,
-            _ => 1,
-        };
-        marks.extend(arrivals.take(copies).map(|position| (position, label.clone())));
-    }
-    for (position, label) in marks {
-        if let EventKind::Packet(packet) = &mut timeline.events[position].kind {
-            packet.impairments.push(label);
-        }
-    }
-}
-
-/// The impairments' decisions of a timeline, sorted by fault and packet number.
-fn decisions(timeline: &Timeline) -> Vec<Decision> {
-    let mut decisions: Vec<Decision> = timeline
-        .events
-        .iter()
-        .filter_map(|event| match &event.kind {
-            EventKind::Impairment(impairment) => Some(impairment.decision.clone()),
-            _ => None,
-        })
-        .collect();
-    decisions.sort_by(|a, b| (&a.fault, a.n).cmp(&(&b.fault, b.n)));
-    decisions
 }
 
 /// One side (on or off) of a fault's schedule.
@@ -700,6 +788,63 @@ fn fires_on(trigger: &Trigger, event: &Event, counter: &mut u64) -> Option<Durat
         }
         _ => None,
     }
+}
+
+/// Marks the captured copies of each packet the wire decided about with the decision: the sender's copy (it
+/// left) and every copy the receiver's capture saw (none when lost, two when duplicated, the forged segment of
+/// an injection). A packet is known by its addresses, IP id, flags, sequence number and length, as both
+/// captures decode it; its sender's copy is the last one seen before the wire took it, the receiver's are
+/// those seen after.
+pub fn annotate_impairments(timeline: &mut Timeline) {
+    type Key = (std::net::Ipv4Addr, std::net::Ipv4Addr, u16, u8, u32, u32);
+    let key = |p: &PacketEvent| (p.src, p.dst, p.ip_id, p.flags, p.seq, p.len);
+    let mut marks: Vec<(usize, String)> = Vec::new();
+    for event in &timeline.events {
+        let EventKind::Impairment(impairment) = &event.kind else { continue };
+        let Some(packet) = &impairment.packet else { continue };
+        let wanted: Key = key(packet);
+        let label = format!("{} #{}: {}", impairment.decision.fault, impairment.decision.n, impairment.decision.kind);
+        let sender = impairment.toward.peer();
+        let is_copy = |e: &Event, host: HostId, direction: PacketDirection| {
+            e.host == host && matches!(&e.kind, EventKind::Packet(p) if p.direction == direction && key(p) == wanted)
+        };
+        // The sender's capture stamps a frame a few microseconds before the wire does; a little slack covers
+        // frames stamped in the other order.
+        let slack = Duration::from_millis(1);
+        let sent =
+            timeline.events.iter().rposition(|e| e.t <= event.t + slack && is_copy(e, sender, PacketDirection::Out));
+        if !matches!(impairment.decision.kind, DecisionKind::Injected { .. }) {
+            marks.extend(sent.map(|position| (position, label.clone())));
+        }
+        let start = timeline.events.partition_point(|e| e.t + slack < event.t);
+        let arrivals = (start..timeline.events.len())
+            .filter(|&position| is_copy(&timeline.events[position], impairment.toward, PacketDirection::In));
+        let copies = match impairment.decision.kind {
+            DecisionKind::Lost | DecisionKind::QueueFull => 0,
+            DecisionKind::Duplicated => 2,
+            _ => 1,
+        };
+        marks.extend(arrivals.take(copies).map(|position| (position, label.clone())));
+    }
+    for (position, label) in marks {
+        if let EventKind::Packet(packet) = &mut timeline.events[position].kind {
+            packet.impairments.push(label);
+        }
+    }
+}
+
+/// The impairments' decisions of a timeline, sorted by fault and packet number.
+fn decisions(timeline: &Timeline) -> Vec<Decision> {
+    let mut decisions: Vec<Decision> = timeline
+        .events
+        .iter()
+        .filter_map(|event| match &event.kind {
+            EventKind::Impairment(impairment) => Some(impairment.decision.clone()),
+            _ => None,
+        })
+        .collect();
+    decisions.sort_by(|a, b| (&a.fault, a.n).cmp(&(&b.fault, b.n)));
+    decisions
 }
 
 #[cfg(test)]

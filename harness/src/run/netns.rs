@@ -5,6 +5,7 @@
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::OnceLock;
 use std::thread;
 
 use nix::sched::{setns, unshare, CloneFlags};
@@ -96,6 +97,11 @@ impl Netns {
         })
     }
 
+    /// Another handle on the same namespace (`dup` of its descriptor).
+    pub fn try_clone(&self) -> Result<Netns> {
+        Ok(Netns { fd: self.fd.try_clone().context(|| "dup namespace fd".to_string())? })
+    }
+
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
@@ -114,13 +120,53 @@ const SCENARIO_EHASH_ENTRIES: u32 = 1024;
 /// Two reasons: the runner's own threads never sit in the host's namespace, and `tcp_child_ehash_entries` set
 /// there gives each scenario namespace a private TCP hash table, so a sock_diag dump walks 1024 buckets
 /// instead of the host's shared table (measured: 17 µs instead of 163 µs per dump).
+///
+/// The runner enters one before it starts any scenario process (when it may: as root) and names it in their
+/// environment ([`PRIVATE_PARENT_ENV`]); they inherit it and keep it ([`ensure_private_parent`]): one
+/// namespace per run instead of one more per scenario, whose creation the kernel serialises with every other
+/// namespace's.
 pub fn enter_private_parent() -> Result<()> {
     unshare(CloneFlags::CLONE_NEWNET).context(|| "unshare(CLONE_NEWNET) for the runner (ip netns add)".to_string())?;
-    let path = "/proc/sys/net/ipv4/tcp_child_ehash_entries";
     // Older kernels (< 6.1) lack the sysctl: scenarios then share the global table, which is only slower.
-    if std::path::Path::new(path).exists() {
-        std::fs::write(path, format!("{SCENARIO_EHASH_ENTRIES}\n"))
+    if std::path::Path::new(CHILD_EHASH_SYSCTL).exists() {
+        std::fs::write(CHILD_EHASH_SYSCTL, format!("{SCENARIO_EHASH_ENTRIES}\n"))
             .context(|| format!("sysctl -w net.ipv4.tcp_child_ehash_entries={SCENARIO_EHASH_ENTRIES}"))?;
+    }
+    if let Ok(name) = current_name() {
+        let _ = PRIVATE_PARENT.set(name);
     }
     Ok(())
 }
+
+/// Environment variable with which the runner tells a scenario process the private parent namespace it
+/// inherits (`net:[<inode>]`, as `readlink /proc/self/ns/net` says).
+pub const PRIVATE_PARENT_ENV: &str = "NETFAULT_PRIVATE_NETNS";
+
+/// The private parent this process entered, by name.
+static PRIVATE_PARENT: OnceLock<String> = OnceLock::new();
+
+/// The value of [`PRIVATE_PARENT_ENV`] for a process started from the calling thread: the private parent this
+/// process entered, if the calling thread is in it.
+pub fn private_parent_for_children() -> Option<&'static str> {
+    let entered = PRIVATE_PARENT.get()?;
+    current_name().is_ok_and(|current| &current == entered).then_some(entered.as_str())
+}
+
+/// [`enter_private_parent`], unless [`PRIVATE_PARENT_ENV`] names the namespace the calling thread is in (the
+/// runner's, inherited). Takes the variable out of the environment, so the scenario's programs never see it:
+/// call it while the process is single-threaded.
+pub fn ensure_private_parent() -> Result<()> {
+    let named = std::env::var(PRIVATE_PARENT_ENV).ok();
+    std::env::remove_var(PRIVATE_PARENT_ENV);
+    if named.is_some_and(|named| current_name().is_ok_and(|current| current == named)) {
+        return Ok(());
+    }
+    enter_private_parent()
+}
+
+/// `readlink /proc/thread-self/ns/net`: `net:[<inode>]`.
+fn current_name() -> std::io::Result<String> {
+    Ok(std::fs::read_link("/proc/thread-self/ns/net")?.to_string_lossy().into_owned())
+}
+
+const CHILD_EHASH_SYSCTL: &str = "/proc/sys/net/ipv4/tcp_child_ehash_entries";

@@ -8,19 +8,30 @@
 //! parent (PR_SET_PDEATHSIG), and the parent with the runner (the runner sets the same on it), so a SIGKILL
 //! anywhere up the chain takes the whole namespace down.
 //!
+//! The parent exits as soon as the child says it is done ([`report_done`]: its report is written and its
+//! summary printed), with the child's exit code, rather than when the child's exit is complete: a process
+//! that held packet sockets exits only after the kernel has released each of them, and releasing one waits
+//! for an RCU grace period (`synchronize_net()` in `packet_release`, 10-16 ms at HZ=250), which is longer
+//! than a whole trivial scenario. The child is by then only exiting; the kernel finishes that on its own,
+//! and the namespace's other processes die with it as before. A child that ends without saying it is done
+//! (a crash, a signal) is waited for and its status relayed.
+//!
 //! SIGTERM (or SIGINT) to the parent is the orderly stop: it SIGKILLs the child and still waits for it. The
 //! kernel reaps every other process of the namespace before init's exit can be waited for, so once the
-//! parent has exited, nothing of the scenario is left; after a SIGKILL of the parent, that happens shortly
-//! after instead.
+//! parent has exited after a stop, nothing of the scenario is left; after a SIGKILL of the parent, that
+//! happens shortly after instead.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Mutex;
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sched::{unshare, CloneFlags};
-use nix::sys::wait::{waitpid, WaitStatus};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, pipe2, ForkResult, Pid};
 
 use crate::error::{Context, Error, Result};
@@ -32,6 +43,9 @@ const SIGNAL_EXIT_BASE: i32 = 128;
 
 /// The scenario process, as the relaying parent sees it (0 before the fork).
 static SCENARIO_PID: AtomicI32 = AtomicI32::new(0);
+
+/// The scenario process's end of the pipe on which it tells the relaying parent its exit code.
+static DONE: Mutex<Option<File>> = Mutex::new(None);
 
 extern "C" fn kill_scenario(_signal: libc::c_int) {
     let pid = SCENARIO_PID.load(Ordering::SeqCst);
@@ -55,6 +69,8 @@ pub fn become_init() -> Result<()> {
     // before the child asked to die with it.
     let (parent_alive, parent_holds) =
         pipe2(OFlag::O_CLOEXEC).context(|| "pipe2(O_CLOEXEC) to watch the relaying parent".to_string())?;
+    let (done_read, done_write) =
+        pipe2(OFlag::O_CLOEXEC).context(|| "pipe2(O_CLOEXEC) for the scenario's exit code".to_string())?;
     unshare(CloneFlags::CLONE_NEWPID).map_err(|e| match e {
         Errno::EPERM => Error::Missing {
             what: "permission to create PID namespaces".into(),
@@ -66,6 +82,10 @@ pub fn become_init() -> Result<()> {
     match unsafe { fork() }.context(|| "fork() into the new PID namespace (unshare --fork)".to_string())? {
         ForkResult::Child => {
             drop(parent_holds);
+            drop(done_read);
+            if let Ok(mut done) = DONE.lock() {
+                *done = Some(File::from(done_write));
+            }
             die_with_parent()?;
             if parent_gone(&parent_alive)? {
                 std::process::exit(SIGNAL_EXIT_BASE + libc::SIGKILL);
@@ -74,14 +94,73 @@ pub fn become_init() -> Result<()> {
         }
         ForkResult::Parent { child } => {
             drop(parent_alive);
+            drop(done_write);
+            // The runner takes the child's summary as soon as stdout closes, which must not wait for this
+            // process: its own stdout goes. Its stderr stays, for what it says when the child dies.
+            stdout_to_null();
             SCENARIO_PID.store(child.as_raw(), Ordering::SeqCst);
             if let Err(e) = forward_stop_signals() {
                 eprintln!("netfault: {e}");
                 kill_scenario(libc::SIGKILL);
             }
-            let code = relay_exit(child);
+            let code = reported_exit(done_read).unwrap_or_else(|| relay_exit(child));
             drop(parent_holds);
             std::process::exit(code)
+        }
+    }
+}
+
+/// Ends every other process of the namespace (`kill -KILL -1` from its init) and reaps them, at most
+/// [`REAP_OTHERS_TIMEOUT`]: the programs the scenario started, including any that left their process group
+/// and were handed to init when their parent died. Call it once the scenario is over, before
+/// [`report_done`], so that everything of the scenario but this process is gone when the runner hears of the
+/// result. Does nothing in a process that is not a scenario's init.
+pub fn end_others() {
+    if DONE.lock().map_or(true, |done| done.is_none()) {
+        return;
+    }
+    // SAFETY: plain system call; from init of a PID namespace, -1 means every other process of it.
+    unsafe { libc::kill(-1, libc::SIGKILL) };
+    let until = std::time::Instant::now() + REAP_OTHERS_TIMEOUT;
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL)) {
+            Ok(WaitStatus::StillAlive) if std::time::Instant::now() < until => {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Ok(WaitStatus::StillAlive) => return,
+            Ok(_) | Err(Errno::EINTR) => continue,
+            // ECHILD: nothing left.
+            Err(_) => return,
+        }
+    }
+}
+
+/// How long [`end_others`] waits for killed processes to be gone: SIGKILL ends a process within microseconds
+/// unless it is stuck in the kernel, which the namespace's end then takes care of.
+const REAP_OTHERS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Tells the relaying parent that the scenario is done and what its exit code is; the parent exits with it at
+/// once. Call it last, after everything the runner reads (report files, the summary on stdout) is written and
+/// the standard streams are closed. Does nothing in a process that is not a scenario's init.
+pub fn report_done(code: u8) {
+    let Ok(mut done) = DONE.lock() else { return };
+    if let Some(mut pipe) = done.take() {
+        // If the parent is gone, there is nobody to tell.
+        let _ = pipe.write_all(&[code]);
+    }
+}
+
+/// The exit code the scenario process reported with [`report_done`], or `None` when it ended without one (the
+/// pipe closed with its exit). The wait is as long as the child's life, which the runner bounds.
+fn reported_exit(done: OwnedFd) -> Option<i32> {
+    let mut code = [0u8; 1];
+    let mut pipe = File::from(done);
+    loop {
+        match pipe.read(&mut code) {
+            Ok(1) => return Some(i32::from(code[0])),
+            Ok(_) => return None,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return None,
         }
     }
 }
@@ -102,6 +181,14 @@ fn forward_stop_signals() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Points stdout at /dev/null (best effort: the runner then only takes the summary a little later).
+fn stdout_to_null() {
+    if let Ok(null) = File::options().write(true).open("/dev/null") {
+        // SAFETY: plain system call on two descriptors this process owns.
+        unsafe { libc::dup2(null.as_raw_fd(), libc::STDOUT_FILENO) };
+    }
 }
 
 /// `prctl(PR_SET_PDEATHSIG, SIGKILL)`.

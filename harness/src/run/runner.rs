@@ -2,8 +2,8 @@
 //! its deadline; and the libtest-mimic glue that makes every scenario one `cargo test` trial.
 
 use std::ffi::OsString;
-use std::io::Read;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -147,6 +147,9 @@ fn spawn_and_wait(exe: &Path, job: &Job, deadline: Duration, supervisor: &Superv
     command.arg(CHILD_COMMAND).args(job.child_args());
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     command.env(SCENARIOS_AT_ONCE_ENV, SCENARIOS_AT_ONCE.load(Ordering::Relaxed).max(1).to_string());
+    if let Some(namespace) = netns::private_parent_for_children() {
+        command.env(netns::PRIVATE_PARENT_ENV, namespace);
+    }
     // The child, and with it its namespaces, must not outlive the runner, whatever kills the runner.
     unsafe {
         command.pre_exec(|| {
@@ -157,16 +160,19 @@ fn spawn_and_wait(exe: &Path, job: &Job, deadline: Duration, supervisor: &Superv
         });
     }
     let mut child = command.spawn().context(|| format!("start {} {CHILD_COMMAND}", exe.display()))?;
-    let (stdout, programs_started) = read_stdout_in_background(child.stdout.take());
-    let stderr = read_to_end_in_background(child.stderr.take());
+    let mut output = ChildOutput::take(&mut child);
     let limit = deadline + CHILD_GRACE;
     let started = Instant::now();
-    let ended = wait_bounded(&mut child, limit, &programs_started, supervisor)?;
-    let output_wait = if matches!(ended, Ended::Exited(_)) { OUTPUT_AFTER_EXIT_WAIT } else { OUTPUT_CLOSE_WAIT };
-    let stdout = stdout.recv_timeout(output_wait).unwrap_or_default();
-    let stderr = stderr.recv_timeout(output_wait).unwrap_or_default();
-    let summary = stdout.lines().rev().find_map(|line| serde_json::from_str::<Summary>(line).ok());
+    let ended = wait_bounded(&mut child, &mut output, limit, supervisor)?;
+    let summary = output.summary();
+    let stderr = output.stderr_text();
     match (ended, summary) {
+        (Ended::Reported(summary), _) => {
+            // The scenario process is only exiting (see `pidns`); the process started here exits at once, and
+            // with it the last of the scenario.
+            wait_with_timeout(&mut child, OUTPUT_AFTER_EXIT_WAIT)?;
+            Ok(*summary)
+        }
         (Ended::Exited(_), Some(summary)) => Ok(summary),
         (Ended::Stopped(reason), _) => Err(Error::Internal(format!(
             "stopped: {reason}; the scenario process was killed after {:.1}s, before its report{}",
@@ -200,49 +206,71 @@ fn tail(what: &str, text: &str) -> String {
     format!("\n  {what}:\n    {}", lines[lines.len().saturating_sub(15)..].join("\n    "))
 }
 
-/// The scenario process's stdout, read to its end on a thread of its own: the text arrives on the first
-/// channel; the second says when the [`STARTED_LINE`] came.
-fn read_stdout_in_background<R: Read + Send + 'static>(
-    pipe: Option<R>,
-) -> (mpsc::Receiver<String>, mpsc::Receiver<()>) {
-    let (text_tx, text_rx) = mpsc::channel();
-    let (started_tx, started_rx) = mpsc::channel();
-    thread::spawn(move || {
-        let mut text = String::new();
-        if let Some(pipe) = pipe {
-            let mut reader = std::io::BufReader::new(pipe);
-            let mut line = Vec::new();
-            while std::io::BufRead::read_until(&mut reader, b'\n', &mut line).is_ok_and(|n| n > 0) {
-                let decoded = String::from_utf8_lossy(&line);
-                if decoded.trim_end() == STARTED_LINE {
-                    let _ = started_tx.send(());
-                }
-                text.push_str(&decoded);
-                line.clear();
-            }
-        }
-        let _ = text_tx.send(text);
-    });
-    (text_rx, started_rx)
+/// A scenario process's stdout and stderr, read as they come by the thread that waits for it.
+struct ChildOutput {
+    /// stdout, stderr; `None` once at its end.
+    pipes: [Option<OwnedFd>; 2],
+    text: [Vec<u8>; 2],
+    /// When its [`STARTED_LINE`] was read.
+    programs_started: Option<Instant>,
 }
 
-/// Reads the pipe to its end on a thread of its own; the text arrives on the channel.
-fn read_to_end_in_background<R: Read + Send + 'static>(pipe: Option<R>) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let mut text = String::new();
-        if let Some(mut pipe) = pipe {
-            let mut bytes = Vec::new();
-            let _ = pipe.read_to_end(&mut bytes);
-            text = String::from_utf8_lossy(&bytes).into_owned();
+impl ChildOutput {
+    fn take(child: &mut Child) -> ChildOutput {
+        ChildOutput {
+            pipes: [child.stdout.take().map(OwnedFd::from), child.stderr.take().map(OwnedFd::from)],
+            text: [Vec::new(), Vec::new()],
+            programs_started: None,
         }
-        let _ = tx.send(text);
-    });
-    rx
+    }
+
+    /// One read from each pipe `ready` names (poll said it has data or is closed); a pipe at its end is dropped.
+    fn read_ready(&mut self, ready: [bool; 2]) {
+        for ((pipe, text), ready) in self.pipes.iter_mut().zip(&mut self.text).zip(ready) {
+            let Some(fd) = pipe.as_ref().filter(|_| ready) else { continue };
+            let mut buffer = [0u8; 16 * 1024];
+            match nix::unistd::read(fd, &mut buffer) {
+                Ok(0) => *pipe = None,
+                Ok(n) => text.extend_from_slice(&buffer[..n]),
+                Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {}
+                Err(_) => *pipe = None,
+            }
+        }
+        if self.programs_started.is_none() && self.lines(0).any(|line| line == STARTED_LINE) {
+            self.programs_started = Some(Instant::now());
+        }
+    }
+
+    /// The complete lines read so far from stdout (0) or stderr (1).
+    fn lines(&self, stream: usize) -> impl Iterator<Item = &str> {
+        let text = &self.text[stream];
+        let complete = text.iter().rposition(|b| *b == b'\n').map_or(0, |end| end + 1);
+        std::str::from_utf8(&text[..complete]).unwrap_or_default().lines()
+    }
+
+    fn stdout_closed(&self) -> bool {
+        self.pipes[0].is_none()
+    }
+
+    fn all_closed(&self) -> bool {
+        self.pipes.iter().all(Option::is_none)
+    }
+
+    /// The summary line: the last line of stdout that parses as one.
+    fn summary(&self) -> Option<Summary> {
+        let stdout = String::from_utf8_lossy(&self.text[0]);
+        stdout.lines().rev().find_map(|line| serde_json::from_str::<Summary>(line).ok())
+    }
+
+    fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.text[1]).into_owned()
+    }
 }
 
 /// How the wait for a scenario process ended.
 enum Ended {
+    /// It closed its stdout, this summary written, before it exited: what remains of it is exiting.
+    Reported(Box<Summary>),
     Exited(std::process::ExitStatus),
     /// Still setting up, or still running, at its limit: killed.
     TimedOut(Phase),
@@ -262,42 +290,84 @@ enum Phase {
 /// How often a wait for a scenario process looks at the supervisor.
 const SUPERVISOR_TICK: Duration = Duration::from_millis(20);
 
-/// Waits for the child: at most [`SETUP_LIMIT`] until `programs_started` says its programs run, then at most
-/// `limit` from there; or until the supervisor says stop. Stops it in every case but its own exit.
+/// Reads the scenario process's output as it comes until it closes its stdout with its summary written, or
+/// exits: at most [`SETUP_LIMIT`] until its [`STARTED_LINE`] came, then at most `limit` from there; or until
+/// the supervisor says stop. Stops it in those last cases. After an exit with its output still open, reads on
+/// until both streams close, at most [`OUTPUT_AFTER_EXIT_WAIT`].
 fn wait_bounded(
     child: &mut Child,
+    output: &mut ChildOutput,
     limit: Duration,
-    programs_started: &mpsc::Receiver<()>,
     supervisor: &Supervisor,
 ) -> Result<Ended> {
     let spawned = Instant::now();
-    let mut running_since = None;
     let exit_signal = pidfd(child);
+    let mut exited: Option<(std::process::ExitStatus, Instant)> = None;
     loop {
-        if let Some(status) = child.try_wait().context(|| "wait for scenario process".to_string())? {
-            return Ok(Ended::Exited(status));
+        match exited {
+            // Without a summary (it crashed), its exit status and last words on stderr say more.
+            None if output.stdout_closed() => {
+                if let Some(summary) = output.summary() {
+                    return Ok(Ended::Reported(Box::new(summary)));
+                }
+            }
+            Some((status, at)) if output.all_closed() || at.elapsed() >= OUTPUT_AFTER_EXIT_WAIT => {
+                return Ok(Ended::Exited(status));
+            }
+            Some(_) => {}
+            None => {}
         }
-        if running_since.is_none() && programs_started.try_recv().is_ok() {
-            running_since = Some(Instant::now());
+        if exited.is_none() {
+            if let Some(status) = child.try_wait().context(|| "wait for scenario process".to_string())? {
+                exited = Some((status, Instant::now()));
+                continue;
+            }
         }
-        let (phase, until) = match running_since {
+        let (phase, until) = match output.programs_started {
             None => (Phase::SettingUp, spawned + SETUP_LIMIT),
             Some(since) => (Phase::Running, since + limit),
         };
-        let ended = match supervisor.stop_reason() {
-            Some(reason) => Ended::Stopped(reason),
-            None if Instant::now() >= until => Ended::TimedOut(phase),
-            None => {
-                nap_until_exit(
-                    exit_signal.as_ref(),
-                    until.saturating_duration_since(Instant::now()).min(SUPERVISOR_TICK),
-                );
-                continue;
-            }
+        let stop = match supervisor.stop_reason() {
+            Some(reason) => Some(Ended::Stopped(reason)),
+            None if exited.is_none() && Instant::now() >= until => Some(Ended::TimedOut(phase)),
+            None => None,
         };
-        stop_child(child);
-        return Ok(ended);
+        if let Some(ended) = stop {
+            if exited.is_none() {
+                stop_child(child);
+            }
+            output.read_ready([true, true]);
+            return Ok(ended);
+        }
+        let nap = match exited {
+            Some(_) => SUPERVISOR_TICK,
+            None => until.saturating_duration_since(Instant::now()),
+        };
+        let ready = wait_for_output(output, exit_signal.as_ref().filter(|_| exited.is_none()), nap);
+        output.read_ready(ready);
     }
+}
+
+/// Sleeps at most `limit` (and one [`SUPERVISOR_TICK`]), waking at once when a pipe of `output` has data or is
+/// closed, or the process behind `exit_signal` exits. Says which pipes to read.
+fn wait_for_output(output: &ChildOutput, exit_signal: Option<&OwnedFd>, limit: Duration) -> [bool; 2] {
+    let limit = limit.min(SUPERVISOR_TICK);
+    let millis = u16::try_from(limit.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
+    let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(3);
+    let mut slots = [None, None];
+    for (slot, pipe) in slots.iter_mut().zip(&output.pipes) {
+        if let Some(fd) = pipe {
+            *slot = Some(fds.len());
+            fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+        }
+    }
+    if let Some(fd) = exit_signal {
+        fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+    }
+    // Nothing to wait on (no pidfd, pipes closed) sleeps the whole tick. An interrupted or failed poll only ends
+    // this nap early; the caller looks again.
+    let _ = poll(&mut fds, PollTimeout::from(millis));
+    slots.map(|slot| slot.is_some_and(|index| fds[index].any().unwrap_or(false)))
 }
 
 /// Waits for a helper program at most `limit`; kills it (SIGKILL) past that and returns `None`.
@@ -380,14 +450,31 @@ pub fn child_main(job: &Job, variables: &Variables) -> ExitCode {
         Ok(line) => println!("{line}"),
         Err(e) => eprintln!("cannot encode the summary: {e}"),
     }
-    let code = match summary.status {
+    let code: u8 = match summary.status {
         Status::Pass => 0,
         Status::Fail => 1,
         Status::Error => 2,
         Status::NotApplicable => 0,
     };
+    // Once the runner has the summary, nothing of the scenario but this process is left: the relaying parent
+    // exits with the code at once, while this process's exit waits for the kernel to release its packet
+    // sockets (see [`pidns`]).
+    pidns::end_others();
+    close_standard_streams();
+    pidns::report_done(code);
     // Threads still blocked in a socket call at the deadline die with the process; the report is written.
-    std::process::exit(code)
+    std::process::exit(i32::from(code))
+}
+
+/// Points stdout and stderr at /dev/null (after writing out what is buffered), which closes this process's
+/// ends of the runner's pipes; anything written later is discarded instead of failing.
+fn close_standard_streams() {
+    let _ = std::io::stdout().flush();
+    let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") else { return };
+    for stream in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
+        // SAFETY: plain system call on two descriptors this process owns; the standard stream stays open.
+        unsafe { libc::dup2(null.as_raw_fd(), stream) };
+    }
 }
 
 fn run_here(job: &Job, variables: &Variables) -> Result<Summary> {
@@ -395,7 +482,7 @@ fn run_here(job: &Job, variables: &Variables) -> Result<Summary> {
     userns::acquire()?;
     // From here on this process is pid 1 of its own PID namespace: what its programs start dies with it.
     pidns::become_init()?;
-    netns::enter_private_parent()?;
+    netns::ensure_private_parent()?;
     capture::keep_kernel_timestamps_on()?;
     let plan = scenario::load(&job.root, &job.file, variables)?;
     let mut kernel = requirements::Kernel::running();
@@ -486,7 +573,7 @@ pub fn load_all(paths: &[PathBuf], variables: &Variables) -> Result<Vec<(Job, Pl
 }
 
 /// The folder scenario names are relative to: the nearest `scenarios` folder above the path, else the path
-/// itself (a folder) or its parent (a file).
+/// itself (a folder) or its parent (a file; `.` for a file named without a folder).
 pub fn scenario_root(path: &Path) -> PathBuf {
     for ancestor in path.ancestors() {
         if ancestor.file_name().is_some_and(|n| n == "scenarios") {
@@ -494,9 +581,22 @@ pub fn scenario_root(path: &Path) -> PathBuf {
         }
     }
     if path.is_dir() {
-        path.to_path_buf()
-    } else {
-        path.parent().map(Path::to_path_buf).unwrap_or_default()
+        return path.to_path_buf();
+    }
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// As root, moves the runner into the namespace its scenario processes create theirs from (see
+/// [`netns::enter_private_parent`]), before it starts any: they inherit it instead of each making one. Call it
+/// before spawning the threads that start them. Without root it does nothing; each scenario process then makes
+/// its own inside its user namespace.
+pub fn share_private_parent() {
+    if nix::unistd::geteuid().is_root() {
+        // A failure here is the scenario processes' to report: they try again themselves.
+        let _ = netns::enter_private_parent();
     }
 }
 
@@ -528,40 +628,39 @@ pub fn run_all(
     let labels: Vec<(String, PathBuf)> = jobs.iter().map(|(job, _)| (job.name(), job.reports.clone())).collect();
     let queue = Arc::new(Mutex::new(jobs.into_iter().enumerate().collect::<Vec<_>>().into_iter()));
     let (tx, rx) = mpsc::channel();
-    let workers: Vec<_> = (0..parallel.clamp(1, total.max(1)))
-        .map(|_| {
-            let queue = Arc::clone(&queue);
-            let tx = tx.clone();
-            let exe = exe.to_path_buf();
-            let supervisor = *supervisor;
-            thread::spawn(move || loop {
-                let next = queue.lock().ok().and_then(|mut q| q.next());
-                let Some((index, (job, deadline))) = next else { break };
-                if tx.send((index, None)).is_err() {
-                    break;
-                }
-                let summary = run_in_child(&exe, &job, deadline, &supervisor);
-                if tx.send((index, Some(summary))).is_err() {
-                    break;
-                }
-            })
-        })
-        .collect();
+    // The workers end by themselves once the queue is empty; nobody waits for that.
+    (0..parallel.clamp(1, total.max(1))).for_each(|_| {
+        let queue = Arc::clone(&queue);
+        let tx = tx.clone();
+        let exe = exe.to_path_buf();
+        let supervisor = *supervisor;
+        thread::spawn(move || loop {
+            let next = queue.lock().ok().and_then(|mut q| q.next());
+            let Some((index, (job, deadline))) = next else { break };
+            if tx.send((index, None)).is_err() {
+                break;
+            }
+            let summary = run_in_child(&exe, &job, deadline, &supervisor);
+            if tx.send((index, Some(summary))).is_err() {
+                break;
+            }
+        });
+    });
     drop(tx);
     let mut results: Vec<Option<Summary>> = (0..total).map(|_| None).collect();
-    loop {
+    let mut unfinished = total;
+    // Until every job has finished, or every worker is gone (one that died leaves its job without a summary).
+    while unfinished > 0 {
         match rx.recv_timeout(IDLE_TICK) {
             Ok((index, None)) => on_event(RunEvent::Started(index)),
             Ok((index, Some(summary))) => {
                 on_event(RunEvent::Finished(index, &summary));
                 results[index] = Some(summary);
+                unfinished -= 1;
             }
             Err(mpsc::RecvTimeoutError::Timeout) => on_event(RunEvent::Idle),
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
-    }
-    for worker in workers {
-        let _ = worker.join();
     }
     results
         .into_iter()
@@ -633,6 +732,7 @@ pub fn test_main(root: &Path, reports: &Path, exe: &Path, variables: &Variables,
         Err(_) => supervise::default_budget(&limits, args.test_threads.unwrap_or(1)),
     };
     let supervisor = Supervisor::new(budget);
+    share_private_parent();
     if let Err(e) = supervise::catch_stop_signals().and_then(|()| supervisor.start_watchdog(STOP_GRACE)) {
         eprintln!("netfault: {e}");
         return ExitCode::from(2);
@@ -728,20 +828,41 @@ mod tests {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-        let (text, started) = read_stdout_in_background(child.stdout.take());
+        let mut output = ChildOutput::take(&mut child);
         let supervisor = Supervisor::new(Duration::from_secs(60));
-        let ended = wait_bounded(&mut child, Duration::from_millis(400), &started, &supervisor);
+        let ended = wait_bounded(&mut child, &mut output, Duration::from_millis(400), &supervisor);
         assert!(matches!(ended.unwrap(), Ended::Exited(status) if status.success()));
-        assert_eq!(text.recv_timeout(Duration::from_secs(5)).unwrap(), format!("{STARTED_LINE}\ndone\n"));
+        assert_eq!(String::from_utf8_lossy(&output.text[0]), format!("{STARTED_LINE}\ndone\n"));
         // Past its limit after the start line: killed, in the running phase.
         let mut child = Command::new("sh")
             .args(["-c", &format!("echo '{STARTED_LINE}'; sleep 5")])
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-        let (_text, started) = read_stdout_in_background(child.stdout.take());
-        let ended = wait_bounded(&mut child, Duration::from_millis(300), &started, &supervisor).unwrap();
+        let mut output = ChildOutput::take(&mut child);
+        let ended = wait_bounded(&mut child, &mut output, Duration::from_millis(300), &supervisor).unwrap();
         assert!(matches!(ended, Ended::TimedOut(Phase::Running)));
+    }
+
+    #[test]
+    fn a_process_that_closes_its_stdout_with_a_summary_has_reported_before_it_exits() {
+        // What a scenario process does: summary, stdout closed, then a long exit (a packet socket's grace
+        // period; a sleep here). The wait ends with the summary, not with the exit.
+        let summary = serde_json::to_string(&Summary::harness_error("x".into(), Path::new("r"), "m".into())).unwrap();
+        let mut child = Command::new("sh")
+            .args(["-c", &format!("echo '{STARTED_LINE}'; echo '{summary}'; exec >&-; sleep 3")])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut output = ChildOutput::take(&mut child);
+        let supervisor = Supervisor::new(Duration::from_secs(60));
+        let started = Instant::now();
+        let ended = wait_bounded(&mut child, &mut output, Duration::from_secs(10), &supervisor).unwrap();
+        assert!(matches!(ended, Ended::Reported(ref reported) if reported.name == "x"));
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        assert!(output.programs_started.is_some());
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     #[test]
@@ -768,6 +889,22 @@ mod tests {
         assert_eq!(problem(&["--run", "x", "a.yaml"]), clap::error::ErrorKind::ValueValidation);
         assert_eq!(problem(&["--root"]), clap::error::ErrorKind::InvalidValue);
         assert_eq!(problem(&[]), clap::error::ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn a_file_named_without_a_folder_has_the_current_folder_as_root() {
+        assert_eq!(scenario_root(Path::new("no-such-scenario.yaml")), PathBuf::from("."));
+        assert_eq!(scenario_root(Path::new("some/where/x.yaml")), PathBuf::from("some/where"));
+        assert_eq!(scenario_root(Path::new("a/scenarios/b/x.yaml")), PathBuf::from("a/scenarios"));
+        // The root survives the child command line (clap refuses an empty --root).
+        let job = Job {
+            file: "x.yaml".into(),
+            root: scenario_root(Path::new("x.yaml")),
+            reports: "r".into(),
+            run: None,
+            seed: 0,
+        };
+        assert_eq!(parse_child_args(job.child_args()).unwrap().root, PathBuf::from("."));
     }
 
     #[test]

@@ -202,11 +202,17 @@ impl Capture {
         Ok(Capture { command, stop_signal, finished })
     }
 
+    /// Tells the capture to stop, without waiting for it: [`Capture::stop`] then collects the counts, so
+    /// several captures drain at once.
+    pub fn request_stop(&self) {
+        signal(&self.stop_signal);
+    }
+
     /// Stops the capture (`kill -INT` to tcpdump): takes the frames the interface counted until then (waiting
     /// at most `DRAIN_MAX` for those still on their way), writes out and closes the pcap, and returns the
     /// counts.
     pub fn stop(self) -> Result<CaptureStats> {
-        signal(&self.stop_signal);
+        self.request_stop();
         match self.finished.recv_timeout(STOP_TIMEOUT) {
             Ok(result) => result,
             Err(mpsc::RecvTimeoutError::Timeout) => {

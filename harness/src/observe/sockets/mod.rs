@@ -174,11 +174,17 @@ impl Observer {
         let _ = self.stop.send(Signal::SampleNow);
     }
 
+    /// Tells the thread to take its last sample and stop, without waiting for it: [`Observer::stop`] then
+    /// collects the result, so several observers stop at once.
+    pub fn request_stop(&self) {
+        // The thread is gone already if a dump failed; its result waits in `finished`.
+        let _ = self.stop.send(Signal::Stop);
+    }
+
     /// Takes one last sample, stops the thread (bounded), returns the number of samples taken and the mean dump
     /// time. A dump that failed while running ends the sampling early and is reported here.
     pub fn stop(self) -> Result<ObserverStats> {
-        // The thread is gone already if a dump failed; its result waits in `finished`.
-        let _ = self.stop.send(Signal::Stop);
+        self.request_stop();
         match self.finished.recv_timeout(STOP_TIMEOUT) {
             Ok(result) => {
                 self.thread

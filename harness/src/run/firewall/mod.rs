@@ -145,8 +145,6 @@ impl Firewall {
             .map_err(|e| Error::sys(format!("switch fault {fault} off (nft flush chain inet netfault {chain})"), e))
     }
 
-    /// Packets each fault's rules have hit so far, across every time it was on
-    /// (`nft list counters table inet netfault`), sorted by fault name.
     /// Closes the netfilter socket (the table goes with its namespace) on a thread of its own. Closing it makes
     /// nf_tables first finish the destroy work of recent rule changes (its NETLINK_URELEASE handler flushes
     /// that work, which waits for an RCU grace period): measured 7 ms median right after a fault switch, time
@@ -157,6 +155,8 @@ impl Firewall {
         let _ = thread::Builder::new().name(name).spawn(move || drop(self));
     }
 
+    /// Packets each fault's rules have hit so far, across every time it was on
+    /// (`nft list counters table inet netfault`), sorted by fault name.
     pub fn counters(&mut self) -> Result<Vec<(String, u64)>> {
         let values = self.socket.counters(FAMILY, TABLE).map_err(|e| {
             Error::sys(format!("read fault counters of {} (nft list counters table inet netfault)", self.host), e)

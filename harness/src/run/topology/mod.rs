@@ -9,7 +9,6 @@ mod sysctl;
 mod wire;
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
@@ -19,7 +18,7 @@ use netlink_packet_route::link::{
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use crate::error::{joined, Context, Error, Result};
+use crate::error::{Context, Error, Result};
 use crate::run::netns::Netns;
 use crate::scenario::plan::{HostId, HostPlan, Plan, Sysctl};
 pub use ethtool::{active_offloads, turn_off_offloads};
@@ -35,8 +34,8 @@ pub const LINK_NAME: &str = "nf0";
 /// that does it waits for the RTNL lock, which many namespaces set up or torn down at once hold for seconds.
 const OPERATIONAL_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How often the link state is asked for while waiting for it.
-const OPERATIONAL_POLL: Duration = Duration::from_millis(2);
+/// Longest wait for a link notification before the link state is asked for again anyway.
+const OPERATIONAL_POLL: Duration = Duration::from_millis(50);
 
 /// One host's end of the veth pair (`ip -o addr show dev nf0`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,50 +84,61 @@ pub fn link_mac(host: HostId) -> [u8; 6] {
 ///
 /// Offloads go off before the link goes up, so no frame ever leaves with a deferred checksum or as a
 /// super-segment. `build` returns once both ends are operational (`ip link show nf0` says `state UP`); see
-/// `wait_operational`.
+/// [`HostWire::wait_operational`]. A run builds the same wire with [`HostWire`], each host from a thread of its
+/// own.
 pub fn build(plan: &Plan, client: &Netns, server: &Netns) -> Result<Topology> {
-    let client_rtnl = client.run(|| prepare_host(plan, HostId::Client))?;
-    let server_rtnl = server.run(|| prepare_host(plan, HostId::Server))?;
-    connect(plan, [client_rtnl, server_rtnl], server)
-}
-
-/// [`build`] in two namespaces it creates (`ip netns add`), both at once: each on a thread of its own that
-/// creates its host's namespace and sets it up from inside (the kernel creates namespaces in parallel).
-pub fn build_in_new_namespaces(plan: &Plan) -> Result<([Netns; 2], Topology)> {
-    let [client, server] = thread::scope(|scope| {
-        let preparing = HostId::ALL.map(|host| {
-            thread::Builder::new().name(format!("netns-{host}")).spawn_scoped(scope, move || {
-                let ns = Netns::unshare_current_thread()?;
-                Ok((ns, prepare_host(plan, host)?))
-            })
-        });
-        preparing.map(|spawned| joined(spawned, "namespace set-up"))
-    });
-    let ((client_ns, client_rtnl), (server_ns, server_rtnl)) = (client?, server?);
-    let topology = connect(plan, [client_rtnl, server_rtnl], &server_ns)?;
-    Ok(([client_ns, server_ns], topology))
-}
-
-/// Joins two prepared hosts with the veth pair and configures both ends.
-fn connect(plan: &Plan, [mut client_rtnl, mut server_rtnl]: [Rtnl; 2], server: &Netns) -> Result<Topology> {
-    create_veth(
-        &mut client_rtnl,
-        (LINK_NAME, link_mac(HostId::Client)),
-        (LINK_NAME, link_mac(HostId::Server), server, "<server>"),
-        plan.link.mtu,
-    )?;
+    let mut client_wire = client.run(|| HostWire::prepare(plan, HostId::Client))?;
+    let mut server_wire = server.run(|| HostWire::prepare(plan, HostId::Server))?;
+    client_wire.create_veth_pair(plan.link.mtu, server)?;
     let topology = Topology {
-        client: configure_link_end(&mut client_rtnl, plan.host(HostId::Client))?,
-        server: configure_link_end(&mut server_rtnl, plan.host(HostId::Server))?,
+        client: client_wire.configure(plan.host(HostId::Client))?,
+        server: server_wire.configure(plan.host(HostId::Server))?,
         wire: None,
     };
-    wait_operational(&mut client_rtnl, LINK_NAME, "client")?;
-    wait_operational(&mut server_rtnl, LINK_NAME, "server")?;
+    client_wire.wait_operational()?;
+    server_wire.wait_operational()?;
     Ok(topology)
 }
 
+/// One host's side of the wire while it is built: an rtnetlink socket of the host's namespace, opened once the
+/// host's sysctls are written and `lo` is up. Each step may run on any thread; the sysctls need a thread
+/// inside the namespace.
+pub struct HostWire {
+    host: HostId,
+    rtnl: Rtnl,
+}
+
+impl HostWire {
+    /// Runs on a thread inside the host's namespace: `sysctl -w` (IPv6 off unless asked for, then the host's
+    /// own, which resolve against the calling thread's namespace) and `ip link set lo up`.
+    pub fn prepare(plan: &Plan, host: HostId) -> Result<HostWire> {
+        Ok(HostWire { host, rtnl: prepare_host(plan, host)? })
+    }
+
+    /// The client's side, once: one `RTM_NEWLINK` creates both ends, the peer born in `server`'s namespace.
+    pub fn create_veth_pair(&mut self, mtu: u32, server: &Netns) -> Result<()> {
+        create_veth(
+            &mut self.rtnl,
+            (LINK_NAME, link_mac(HostId::Client)),
+            (LINK_NAME, link_mac(HostId::Server), server, "<server>"),
+            mtu,
+        )
+    }
+
+    /// Offloads off, address, link up, once the pair exists.
+    pub fn configure(&mut self, host: &HostPlan) -> Result<HostLink> {
+        configure_link_end(&mut self.rtnl, host)
+    }
+
+    /// Returns once this end is operational, which needs the other end up too: each host's side may wait at
+    /// the same time, once both are configured.
+    pub fn wait_operational(&mut self) -> Result<()> {
+        wait_operational(&mut self.rtnl, LINK_NAME, self.host.name())
+    }
+}
+
 /// Waits until the host's veth end is operational (`ip link show nf0` says `state UP`), at most
-/// [`OPERATIONAL_TIMEOUT`].
+/// [`OPERATIONAL_TIMEOUT`], looking again at each link notification of the namespace (`ip monitor link`).
 ///
 /// `ip link set up` brings the carrier up at once, but the kernel attaches the link's queueing discipline
 /// only in its link-watch work, which sets the operational state in the same step. Until then every frame
@@ -139,6 +149,8 @@ fn connect(plan: &Plan, [mut client_rtnl, mut server_rtnl]: [Rtnl; 2], server: &
 fn wait_operational(rtnl: &mut Rtnl, name: &str, place: &str) -> Result<()> {
     let started = Instant::now();
     let what = format!("wait for {name} in {place} to be up (ip link show {name}: state UP)");
+    // Subscribed before the first look, so the change cannot slip between a look and the wait for the next.
+    rtnl.watch_links().context(|| format!("{what}: ip monitor link (join RTNLGRP_LINK)"))?;
     loop {
         let link = rtnl.get_link(name, &what)?;
         let state = link.attributes.iter().find_map(|attribute| match attribute {
@@ -148,13 +160,14 @@ fn wait_operational(rtnl: &mut Rtnl, name: &str, place: &str) -> Result<()> {
         if state == Some(State::Up) {
             return Ok(());
         }
-        if started.elapsed() >= OPERATIONAL_TIMEOUT {
+        let waited = started.elapsed();
+        if waited >= OPERATIONAL_TIMEOUT {
             return Err(Error::Internal(format!(
                 "{what}: still {state:?} {}s after ip link set {name} up",
                 OPERATIONAL_TIMEOUT.as_secs()
             )));
         }
-        std::thread::sleep(OPERATIONAL_POLL);
+        rtnl.wait_for_notification(OPERATIONAL_POLL.min(OPERATIONAL_TIMEOUT - waited), &what)?;
     }
 }
 

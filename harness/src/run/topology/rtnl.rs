@@ -2,7 +2,7 @@
 //! every answer awaited with a bounded receive, NACKs turned into errors with the kernel's explanation.
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use netlink_packet_core::{
@@ -11,6 +11,7 @@ use netlink_packet_core::{
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{setsockopt, sockopt};
 use nix::sys::time::TimeVal;
 
@@ -114,6 +115,33 @@ impl Rtnl {
                     }
                     _ => {}
                 }
+            }
+        }
+    }
+
+    /// `ip monitor link`: the socket also receives a notification for every link change of its namespace
+    /// (the answers to requests are told apart by their sequence numbers).
+    pub(super) fn watch_links(&self) -> io::Result<()> {
+        const RTNLGRP_LINK: u32 = 1;
+        self.socket.add_membership(RTNLGRP_LINK)
+    }
+
+    /// Waits at most `timeout` for a notification (or anything else) to arrive, and drops what came.
+    pub(super) fn wait_for_notification(&mut self, timeout: Duration, what: &str) -> Result<()> {
+        let millis = u16::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(self.socket.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(millis)) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => return Ok(()),
+            Ok(_) => {}
+            Err(e) => return Err(Error::sys(format!("{what}: wait for a link notification (poll)"), e)),
+        }
+        loop {
+            self.buffer.clear();
+            match self.socket.recv(&mut self.buffer, libc::MSG_DONTWAIT) {
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(Error::sys(format!("{what}: receive link notification"), e)),
             }
         }
     }

@@ -24,7 +24,7 @@ pub struct WireLinks {
     pub facing: [u32; 2],
 }
 
-/// [`super::build_in_new_namespaces`] with a third namespace between the hosts, the wire, joined to each host by
+/// [`super::build`], in namespaces it creates, with a third namespace between the hosts, the wire, joined to each host by
 /// a veth pair of its own; the hosts keep their addresses and MACs and still share one subnet, and nothing in
 /// the wire forwards a frame until `run::impair::Wire` runs there. In command-line terms, on top of each host's
 /// set-up:
