@@ -101,6 +101,21 @@ pub struct Injection {
     pub seq: InjectedSeq,
 }
 
+impl fmt::Display for Injection {
+    /// What and where in the window: `RST at RCV.NXT`, `10 bytes of data out of window`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.segment {
+            InjectedSegment::Rst => f.write_str("RST")?,
+            InjectedSegment::Data { bytes } => write!(f, "{bytes} bytes of data")?,
+        }
+        f.write_str(match self.seq {
+            InjectedSeq::Exact => " at RCV.NXT",
+            InjectedSeq::InWindow => " in window",
+            InjectedSeq::OutOfWindow => " out of window",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum InjectedSegment {
@@ -159,18 +174,7 @@ impl fmt::Display for Impairment {
             Impairment::Rate { bits_per_second, queue_bytes } => {
                 write!(f, "rate {} kbit/s, queue {} KiB", bits_per_second / 1000, queue_bytes / 1024)
             }
-            Impairment::Inject(Injection { segment, seq }) => {
-                let what = match segment {
-                    InjectedSegment::Rst => "RST".to_string(),
-                    InjectedSegment::Data { bytes } => format!("{bytes} bytes of data"),
-                };
-                let at = match seq {
-                    InjectedSeq::Exact => "at RCV.NXT",
-                    InjectedSeq::InWindow => "in window",
-                    InjectedSeq::OutOfWindow => "out of window",
-                };
-                write!(f, "forge {what} {at}")
-            }
+            Impairment::Inject(injection) => write!(f, "forge {injection}"),
         }
     }
 }

@@ -9,7 +9,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use super::PacketEvent;
-use crate::scenario::impairment::{InjectedSegment, InjectedSeq};
+use crate::scenario::impairment::{InjectedSegment, InjectedSeq, Injection};
 use crate::scenario::plan::HostId;
 
 /// One decision of the wire's impairments, with the packet it was about as the captures decode it.
@@ -63,16 +63,7 @@ impl fmt::Display for DecisionKind {
             DecisionKind::Reordered { gap } => write!(f, "held back behind {gap} packets"),
             DecisionKind::QueueFull => f.write_str("dropped: rate queue full"),
             DecisionKind::Injected { segment, seq } => {
-                let what = match segment {
-                    InjectedSegment::Rst => "RST".to_string(),
-                    InjectedSegment::Data { bytes } => format!("{bytes} bytes of data"),
-                };
-                let at = match seq {
-                    InjectedSeq::Exact => "at RCV.NXT",
-                    InjectedSeq::InWindow => "in window",
-                    InjectedSeq::OutOfWindow => "out of window",
-                };
-                write!(f, "forged {what} {at}")
+                write!(f, "forged {}", Injection { segment: *segment, seq: *seq })
             }
         }
     }
