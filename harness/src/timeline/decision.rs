@@ -82,3 +82,36 @@ pub struct Decision {
 fn serialize_micros<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(d.as_micros() as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The labels timeline.txt, the ladder and the pcapng packet comments show.
+    #[test]
+    fn each_decision_reads_as_what_the_wire_did() {
+        let labels = [
+            (DecisionKind::Lost, "lost"),
+            (DecisionKind::Corrupted { byte: 13, bit: 2 }, "corrupted (bit 2 of segment byte 13)"),
+            (DecisionKind::Duplicated, "duplicated"),
+            (DecisionKind::Delayed { by: Duration::from_micros(102_117) }, "delayed 102.117ms"),
+            (DecisionKind::Reordered { gap: 5 }, "held back behind 5 packets"),
+            (DecisionKind::QueueFull, "dropped: rate queue full"),
+            (
+                DecisionKind::Injected { segment: InjectedSegment::Rst, seq: InjectedSeq::Exact },
+                "forged RST at RCV.NXT",
+            ),
+            (
+                DecisionKind::Injected { segment: InjectedSegment::Data { bytes: 10 }, seq: InjectedSeq::OutOfWindow },
+                "forged 10 bytes of data out of window",
+            ),
+            (
+                DecisionKind::Injected { segment: InjectedSegment::Rst, seq: InjectedSeq::InWindow },
+                "forged RST in window",
+            ),
+        ];
+        for (kind, label) in labels {
+            assert_eq!(kind.to_string(), label);
+        }
+    }
+}
