@@ -7,7 +7,14 @@ cd "$(dirname "$0")/.."
 parts=${1:-2}
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
-list() { cargo nextest list --locked --run-ignored all --message-format oneline "$@" 2>/dev/null; }
+# nextest's own messages (building, listing) are shown only when it fails.
+list() {
+  if ! cargo nextest list --locked --run-ignored all --message-format oneline "$@" 2> "$scratch/stderr"; then
+    cat "$scratch/stderr" >&2
+    echo "ci/check-partitions.sh: cargo nextest list${*:+ $*} failed" >&2
+    return 1
+  fi
+}
 list | sort > "$scratch/all"
 for k in $(seq 1 "$parts"); do
   list --partition "count:$k/$parts" > "$scratch/part-$k"

@@ -109,9 +109,22 @@ fn namespaces_of(pid: u32) -> BTreeSet<u64> {
 /// Every network namespace on the machine that a process is in or holds open, and what `lsns -t net` lists.
 fn all_namespaces() -> BTreeSet<u64> {
     let mut found: BTreeSet<u64> = pids().into_iter().flat_map(namespaces_of).collect();
-    let lsns = command_output("lsns", &["-t", "net", "-n", "-o", "NS"]);
-    found.extend(lsns.lines().filter_map(|line| line.trim().parse::<u64>().ok()));
+    found.extend(lsns_net().lines().filter_map(|line| line.trim().parse::<u64>().ok()));
     found
+}
+
+/// `lsns -t net -n -o NS`. It walks /proc, and now and then fails without a word when a process it is reading
+/// exits under it (with many tests at once, under nextest): tried up to three times, and a third failure is one.
+fn lsns_net() -> String {
+    let args = ["-t", "net", "-n", "-o", "NS"];
+    for _ in 1..3 {
+        let output = Command::new("lsns").args(args).output().unwrap_or_else(|e| panic!("lsns {args:?}: {e}"));
+        if output.status.success() {
+            return String::from_utf8_lossy(&output.stdout).into_owned();
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    command_output("lsns", &args)
 }
 
 /// Who holds each of `namespaces` now: the processes in it or with a descriptor of it, or none (a mount).

@@ -342,3 +342,83 @@ fn repeat_runs_each_scenario_n_times_and_counts_them() {
     assert_no_process_left("repeat");
     let _ = fs::remove_dir_all(&reports);
 }
+
+/// Runs the hostile scenario `tests/fixtures/confine/<fixture>.yaml` and returns the detail (the first lines
+/// of its output) of `host`'s step `step`. The scenario judges itself: each program exits 1 when it found a
+/// way out of its confinement, printing which, so the run must pass.
+fn confined_run(fixture: &str, host: &str, step: &str) -> String {
+    let reports = scratch(fixture);
+    let file = format!("harness/tests/fixtures/confine/{fixture}.yaml");
+    let (output, _) = netfault(fixture, &[], &["run", "--reports", reports.to_str().unwrap(), &file]);
+    let text = text(&output);
+    let result = result_json(&reports.join(fixture));
+    let detail = result["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["host"] == host && s["name"] == step)
+        .and_then(|s| s["detail"].as_str())
+        .unwrap_or_else(|| panic!("no detail for {host} step {step} in {result}"))
+        .to_string();
+    assert_eq!(output.status.code(), Some(0), "{fixture}: {detail}\n{text}");
+    assert_eq!(result["status"], "pass", "{result}");
+    assert_no_process_left(fixture);
+    let _ = fs::remove_dir_all(&reports);
+    detail
+}
+
+/// The machine's nftables tables (`nft list tables`), read from this test's (the machine's) namespace.
+fn machine_nft_tables() -> String {
+    let output = Command::new("nft").args(["list", "tables"]).output().expect("nft runs");
+    assert!(output.status.success(), "nft list tables: {}", text(&output));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn exec_cannot_enter_the_machine_network_namespace_through_proc() {
+    let detail = confined_run("escape-nsenter", "client", "nsenter");
+    assert!(detail.contains("entered 0 other network namespaces"), "{detail}");
+}
+
+#[test]
+fn exec_cannot_write_a_sysctl_of_the_machine() {
+    let before = fs::read_to_string("/proc/sys/net/ipv4/tcp_fin_timeout").unwrap();
+    let detail = confined_run("escape-host-sysctl", "client", "sysctl");
+    assert!(detail.contains("own tcp_fin_timeout 31, wrote outside: 0"), "{detail}");
+    assert_eq!(fs::read_to_string("/proc/sys/net/ipv4/tcp_fin_timeout").unwrap(), before);
+}
+
+#[test]
+fn exec_cannot_add_an_nftables_table_to_the_machine() {
+    let before = machine_nft_tables();
+    let detail = confined_run("escape-host-nftables", "client", "nftables");
+    assert!(detail.contains("table inet scenario_own"), "its own table: {detail}");
+    assert!(detail.contains("added outside: 0"), "{detail}");
+    assert_eq!(machine_nft_tables(), before, "the machine's ruleset changed");
+}
+
+#[test]
+fn exec_sees_its_own_interfaces_in_sys_class_net() {
+    let detail = confined_run("sysfs-interfaces", "client", "interfaces");
+    assert_eq!(detail, "stdout: lo | nf0");
+    let machine: Vec<String> = fs::read_dir("/sys/class/net")
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name != "lo" && name != "nf0")
+        .collect();
+    for name in machine {
+        assert!(!detail.contains(&name), "the machine's {name} seen by the program: {detail}");
+    }
+}
+
+#[test]
+fn exec_sees_no_process_outside_the_scenario() {
+    let detail = confined_run("host-pids", "client", "pids");
+    assert!(detail.contains("its NSpid has 1 pids"), "{detail}");
+}
+
+#[test]
+fn exec_finds_no_saved_descriptor_or_new_mount_into_the_machine() {
+    let detail = confined_run("escape-saved-fd", "client", "saved-fd");
+    assert_eq!(detail, "stdout: ways back found: 0");
+}

@@ -65,7 +65,8 @@ fn main() -> ExitCode {
 
 /// A scenario run the way a downstream crate's test binary runs one (`netfault::testing::Suite`: the binary
 /// re-executed with the child command), unprivileged: as uid 65534 from a copy when root, else as the caller.
-/// The scenario waits for a listener, connects and exchanges data; its verdict must be a pass.
+/// The scenario waits for a listener, connects and exchanges data, then runs two confined programs; its verdict
+/// must be a pass.
 fn scenario_process() -> Result<String, String> {
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
     let dir = std::env::temp_dir().join(format!("netfault-rootless-scenario-{}", std::process::id()));
@@ -108,7 +109,9 @@ fn run_scenario_process(exe: &Path, dir: &Path) -> Result<String, String> {
 }
 
 const EXCHANGE: &str = "\
-description: a listener, a connect that waits for it, and data both ways
+description: |
+  a listener, a connect that waits for it, and data both ways; then programs confined as they are as root:
+  /sys/class/net shows the host's own interfaces, /proc is a proc of the scenario's PID namespace
 timeout: 10s
 server:
   - listen: { port: 9000 }
@@ -121,6 +124,10 @@ client:
     expect: ok
   - send: { bytes: 4 }
     expect: 4
+  - exec: { program: ls, args: [/sys/class/net], stdout: '\\Alo\\nnf0\\n\\z' }
+    expect: { exit: 0 }
+  - exec: { program: grep, args: ['^NSpid:', /proc/self/status], stdout: '^NSpid:\\s+[0-9]+$' }
+    expect: { exit: 0 }
 ";
 
 /// The re-executed child: still single-threaded, so it may enter a user namespace.

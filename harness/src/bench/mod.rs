@@ -6,6 +6,7 @@
 //! met. The machine's load average is recorded with each table, since the figures are wall-clock times.
 
 mod capture;
+mod exec;
 mod impair;
 mod nfqueue;
 mod recipe;
@@ -27,6 +28,7 @@ use crate::error::{Context, Error, Result};
 use crate::scenario::{self, plan::Plan};
 
 pub use capture::{bench_capture, CaptureOptions};
+pub use exec::{bench_exec, ExecOptions};
 pub use impair::{bench_impair, ImpairOptions};
 pub use report::{bench_report, ReportOptions};
 pub use run::{bench_run, RunOptions};
@@ -54,6 +56,8 @@ usage: netfault bench <what> [options] [--json FILE] [--keep]
   timing [--n 100] [--sample 10ms] [--scenario FILE]
                                    keepalive-idle N times in parallel: observed minus kernel-defined times,
                                    observer state-change latency against the packet that caused it
+  exec [--n 200]                   one exec step's program started and waited for: unconfined, confined, and
+                                   confined per program with unshare + setpriv (same run); making a confinement
   report [--n 50000] [--runs 5]    report.html with N packets (synthetic) in headless Chromium: laid out, loaded,
                                    first paint; against the same packets as a plain-text page (same browser)";
 
@@ -122,6 +126,7 @@ pub fn main(args: &[String]) -> ExitCode {
             sample: options.sample,
             scenario: options.scenario.clone().unwrap_or_else(|| PathBuf::from("scenarios/keepalive/idle.yaml")),
         }),
+        "exec" => bench_exec(&ExecOptions { repetitions: options.n.unwrap_or(200) }),
         "report" => {
             bench_report(&ReportOptions { packets: options.n.unwrap_or(50_000), runs: options.runs.unwrap_or(5) })
         }

@@ -6,6 +6,9 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use nix::errno::Errno;
+use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
+
 use crate::error::{Error, Result};
 
 /// What netfault writes into a report folder. A file of these that a run did not write again is removed when
@@ -41,7 +44,7 @@ pub fn publish(dir: &Path) -> Result<()> {
     for entry in fs::read_dir(&staging).map_err(|e| Error::sys(format!("list {}", staging.display()), e))? {
         let name = entry.map_err(|e| Error::sys(format!("list {}", staging.display()), e))?.file_name();
         let (from, to) = (staging.join(&name), dir.join(&name));
-        fs::rename(&from, &to)
+        replace(&from, &to)
             .map_err(|e| Error::sys(format!("publish the report (mv {} {})", from.display(), to.display()), e))?;
         written.push(name);
     }
@@ -51,6 +54,23 @@ pub fn publish(dir: &Path) -> Result<()> {
         }
     }
     fs::remove_dir(&staging).map_err(|e| Error::sys(format!("rmdir {}", staging.display()), e))
+}
+
+/// `mv -f from to`, as two renames that replace nothing: the new file and the old one change places in one step
+/// (`renameat2(RENAME_EXCHANGE)`), then the old one is removed from the staging folder. A rename over an
+/// existing file would make ext4 write the new file's data out there and then (`auto_da_alloc`, its guard for
+/// programs that replace a file without fsync): the whole report, a few milliseconds of every rerun.
+fn replace(from: &Path, to: &Path) -> io::Result<()> {
+    // Only a file changes places: anything else there (a folder of the user's) makes the plain rename fail.
+    if !fs::symlink_metadata(to).is_ok_and(|old| old.is_file()) {
+        return fs::rename(from, to);
+    }
+    match renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_EXCHANGE) {
+        Ok(()) => fs::remove_file(from),
+        // Gone meanwhile; or a file system without the exchange (EINVAL).
+        Err(Errno::ENOENT | Errno::EINVAL) => fs::rename(from, to),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Before `run --repeat` fills `dir/run-<i>/` again: removes netfault's own files from `dir`'s `run-*`
@@ -125,6 +145,22 @@ mod tests {
         assert!(!dir.join("server.pcap").exists(), "an old own file this run did not write is gone");
         assert_eq!(fs::read_to_string(dir.join("notes.txt")).unwrap(), "mine");
         assert!(!staging.exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_users_folder_under_an_own_files_name_is_never_moved_into_the_staging_folder() {
+        let dir = scratch("folder");
+        fs::create_dir_all(dir.join("report.html")).unwrap();
+        fs::write(dir.join("report.html").join("mine.txt"), "mine").unwrap();
+        let staging = stage(&dir).unwrap();
+        fs::write(staging.join("report.html"), "new").unwrap();
+        let error = publish(&dir).unwrap_err().to_string();
+        assert!(error.contains("publish the report (mv"), "{error}");
+        assert_eq!(fs::read_to_string(dir.join("report.html").join("mine.txt")).unwrap(), "mine");
+        // The next run clears its staging folder: the user's folder is not in it.
+        stage(&dir).unwrap();
+        assert_eq!(fs::read_to_string(dir.join("report.html").join("mine.txt")).unwrap(), "mine");
         fs::remove_dir_all(&dir).unwrap();
     }
 

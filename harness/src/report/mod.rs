@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Context, Error, Result};
 use crate::record::RunRecord;
+use crate::run::topology;
 use crate::scenario::plan::{Direction, FaultAction, HostId, Plan};
 use crate::timeline::query::step_record;
 use crate::timeline::{format_secs, EventKind, PacketDirection, Timeline};
@@ -268,16 +269,14 @@ fn environment(plan: &Plan, record: &RunRecord) -> String {
     text
 }
 
-/// `sysctl net.ipv4.tcp_* net.core.somaxconn` of the calling thread's network namespace, sorted by name.
+/// `sysctl net.ipv4.tcp_* net.ipv4.ip_local_port_range net.core.somaxconn` of the calling thread's network
+/// namespace, sorted by name; what cannot be read is left out.
 fn namespace_sysctls() -> Vec<(String, String)> {
     let mut values = Vec::new();
-    if let Ok(entries) = fs::read_dir("/proc/sys/net/ipv4") {
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with("tcp_") || name.starts_with("ip_local_port_range") {
-                if let Ok(value) = fs::read_to_string(entry.path()) {
-                    values.push((format!("net.ipv4.{name}"), value.split_whitespace().collect::<Vec<_>>().join(" ")));
-                }
+    if let (Ok(files), Ok(ipv4)) = (topology::tcp_sysctl_files(), topology::Ipv4Sysctls::open()) {
+        for file in files.iter().map(String::as_str).chain(["ip_local_port_range"]) {
+            if let Ok(value) = ipv4.read(file) {
+                values.push((format!("net.ipv4.{file}"), value));
             }
         }
     }

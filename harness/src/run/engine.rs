@@ -14,6 +14,7 @@ use crate::observe::sockets::{DiagSocket, Observer};
 use crate::record::{CaptureStats, CapturedInterface, ObserverStats, RunRecord, WireStats};
 use crate::run::actors::{self, ActorContext, ProcessRegistry, StepBoard};
 use crate::run::clock::{Clock, EventSink};
+use crate::run::confine::Confinement;
 use crate::run::faults::{Backend, HostFaults};
 use crate::run::firewall;
 use crate::run::impair::{Wire, WireFault};
@@ -21,7 +22,7 @@ use crate::run::netns::Netns;
 use crate::run::priority;
 use crate::run::supervise::SETUP_LIMIT;
 use crate::run::topology::{self, HostLink, HostWire, WireLinks};
-use crate::scenario::plan::{Direction, FaultPlan, HostId, HostPlan, Plan, Protocol, StepEdge, Trigger};
+use crate::scenario::plan::{Action, Direction, FaultPlan, HostId, HostPlan, Plan, Protocol, StepEdge, Trigger};
 use crate::timeline::{Decision, DecisionKind, Event, EventKind, IpProtocol, PacketDirection, PacketEvent, Timeline};
 
 /// How often the hub wakes to look at time triggers and the programs when nothing happens.
@@ -120,14 +121,25 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -
     let duration = clock.now();
     let _ = priority::lower_current_thread();
     // Read once the programs are done, before anything is torn down and off the set-up and teardown figures:
-    // what the run made each host's kernel count, and the TCP settings it ran under.
-    let mut sysctls = [BTreeMap::new(), BTreeMap::new()];
+    // what the run made each host's kernel count, and the TCP settings it ran under (both hosts at once, from
+    // one listing).
     for host in HostId::ALL {
         match namespaces[host.index()].run(crate::observe::counters::read_counters) {
             Ok(counters) => collected.push(Event { t: duration, host, kind: EventKind::Counters { counters } }),
             Err(e) => harness_errors.push(e.to_string()),
         }
-        match namespaces[host.index()].run(|| topology::effective_sysctls(&plan.host(host).sysctls)) {
+    }
+    let readers = HostId::ALL.map(|host| {
+        let tcp_files = topology::tcp_sysctl_files()?;
+        let own = plan.host(host).sysctls.clone();
+        namespaces[host.index()].spawn(&format!("sysctls-{host}"), move || topology::effective_sysctls(tcp_files, &own))
+    });
+    let mut sysctls = [BTreeMap::new(), BTreeMap::new()];
+    for (host, reader) in HostId::ALL.into_iter().zip(readers) {
+        let values = reader.and_then(|thread| {
+            thread.join().map_err(|_| Error::Internal("the thread reading the sysctls panicked".into()))?
+        });
+        match values {
             Ok(values) => sysctls[host.index()] = values,
             Err(e) => harness_errors.push(format!("{host} sysctls: {e}")),
         }
@@ -416,12 +428,20 @@ fn host_thread(
     ready: mpsc::Sender<(HostId, Result<HostRig>)>,
     program: Option<Program>,
 ) -> Result<()> {
-    let rig = set_up_host(plan, host, pcap, sink.clone(), place);
+    let mut rig = set_up_host(plan, host, pcap, sink.clone(), place);
     let Some(program) = program else {
         // The engine is gone only when it gave up waiting; then nobody needs the rig.
         let _ = ready.send((host, rig));
         return Ok(());
     };
+    // What the program's exec steps run in is part of the set-up: made before t0.
+    let mut confinement = None;
+    if let Ok(made) = &rig {
+        match exec_confinement(&program.plan, &made.namespace) {
+            Ok(made) => confinement = made,
+            Err(e) => rig = Err(e),
+        }
+    }
     if rig.is_ok() {
         // Best effort: without the privilege the thread stays ordinary and its times are less exact. Raised
         // before the engine hears of it, so the start signal wakes it at once.
@@ -447,8 +467,17 @@ fn host_thread(
         deadline: gate.deadline,
         sock_diag: gate.sock_diag,
         report_dir: program.report_dir,
+        confinement,
     };
     actors::run_host(&program.plan, ctx)
+}
+
+/// The confinement of a program's `exec` steps in its host's namespace; `None` for a program without any.
+fn exec_confinement(program: &HostPlan, namespace: &Netns) -> Result<Option<Arc<Confinement>>> {
+    if !program.steps.iter().any(|step| matches!(step.action, Action::Exec(_))) {
+        return Ok(None);
+    }
+    Ok(Some(Arc::new(Confinement::new(namespace, program.id.name())?)))
 }
 
 /// One host's set-up, on its own thread, which stays in the host's namespace.

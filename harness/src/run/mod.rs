@@ -6,6 +6,7 @@
 
 mod actors;
 pub(crate) mod clock;
+pub(crate) mod confine;
 pub(crate) mod engine;
 pub(crate) mod faults;
 pub(crate) mod firewall;

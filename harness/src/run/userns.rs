@@ -66,10 +66,33 @@ static TEST_PRIVILEGE: std::sync::OnceLock<std::result::Result<Privilege, String
 #[link_section = ".init_array"]
 static ACQUIRE_BEFORE_THE_TEST_HARNESS: extern "C" fn() = {
     extern "C" fn acquire_for_tests() {
-        let _ = TEST_PRIVILEGE.set(acquire().map_err(|e| e.to_string()));
+        let privilege = acquire().and_then(|privilege| {
+            if privilege == Privilege::Rootless {
+                become_init_with_own_proc()?;
+            }
+            Ok(privilege)
+        });
+        let _ = TEST_PRIVILEGE.set(privilege.map_err(|e| e.to_string()));
     }
     acquire_for_tests
 };
+
+/// Rootless, the test binary, like a scenario process, becomes init of a PID namespace of its own, and mounts a
+/// proc of it over /proc in a mount namespace of its own (`unshare --pid --fork --mount --mount-proc`): the
+/// kernel mounts a proc, as `exec` confinement does, only for a PID namespace the user namespace owns, and
+/// /proc must give the pids the tests' children have there.
+#[cfg(test)]
+fn become_init_with_own_proc() -> Result<()> {
+    use nix::mount::{mount, MsFlags};
+    crate::run::pidns::become_init()?;
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(|e| Error::sys("unshare(CLONE_NEWNS) for the test binary", e))?;
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
+        .map_err(|e| Error::sys("mount --make-rslave / for the test binary", e))?;
+    let hidden = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(Some("proc"), "/proc", Some("proc"), hidden, None::<&str>)
+        .map_err(|e| Error::sys("mount -t proc proc /proc for the test binary", e))
+}
 
 /// What the test binary got before `main`: root, or rootless; panics with the reason when neither.
 #[cfg(test)]

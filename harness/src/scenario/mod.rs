@@ -16,7 +16,7 @@ pub mod variables;
 
 use std::fs::File;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::LazyLock;
 
 use regex::Regex;
@@ -136,10 +136,10 @@ fn is_scenario_file(path: &Path) -> bool {
     matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
 }
 
-/// `keepalive/idle` for `root/keepalive/idle.yaml`.
+/// `keepalive/idle` for `root/keepalive/idle.yaml`, and for `root/keepalive/../keepalive/./idle.yaml` too: `.`
+/// and `..` that stay under `root` are resolved by name.
 pub fn scenario_name(root: &Path, file: &Path) -> String {
-    let stem_of = |path: &Path| {
-        let mut parts: Vec<String> = path.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+    let stem_of = |mut parts: Vec<String>| {
         if let Some(last) = parts.last_mut() {
             for extension in [".yaml", ".yml"] {
                 if let Some(stem) = last.strip_suffix(extension) {
@@ -150,10 +150,31 @@ pub fn scenario_name(root: &Path, file: &Path) -> String {
         }
         parts.join("/")
     };
+    let as_given = |path: &Path| path.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
     match file.strip_prefix(root) {
-        Ok(relative) if !relative.as_os_str().is_empty() => stem_of(relative),
-        _ => stem_of(Path::new(file.file_name().unwrap_or(file.as_os_str()))),
+        // A `..` out of the root stays in the name, which `report::report_dir` refuses.
+        Ok(relative) if !relative.as_os_str().is_empty() => {
+            stem_of(under_root(relative).unwrap_or_else(|| as_given(relative)))
+        }
+        _ => stem_of(as_given(Path::new(file.file_name().unwrap_or(file.as_os_str())))),
     }
+}
+
+/// The components of a path relative to a root with `.` dropped and `..` taking back the one before it; `None`
+/// when a `..` would leave the root.
+fn under_root(relative: &Path) -> Option<Vec<String>> {
+    let mut parts = Vec::new();
+    for component in relative.components() {
+        match component {
+            Component::Normal(part) => parts.push(part.to_string_lossy().into_owned()),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                parts.pop()?;
+            }
+            Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(parts)
 }
 
 fn check_size(file: &Path, size: usize) -> Result<(), ScenarioError> {

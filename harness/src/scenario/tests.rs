@@ -793,6 +793,10 @@ fn names_come_from_the_path_under_root() {
     assert_eq!(scenario_name(root, Path::new("/s/top.yaml")), "top");
     assert_eq!(scenario_name(root, Path::new("/elsewhere/x/other.yaml")), "other");
     assert_eq!(scenario_name(Path::new("/s/top.yaml"), Path::new("/s/top.yaml")), "top");
+    assert_eq!(scenario_name(root, Path::new("/s/keepalive/../keepalive/./idle.yaml")), "keepalive/idle");
+    assert_eq!(scenario_name(root, Path::new("/s/a/../top.yaml")), "top");
+    // A `..` that leaves the root stays, for the report folder to refuse.
+    assert_eq!(scenario_name(root, Path::new("/s/../x/other.yaml")), "../x/other");
 }
 
 /// A directory under the system temp dir, removed when dropped.

@@ -2,7 +2,8 @@
 //! checked, and the registry through which the runner kills every program still running when the run ends.
 //!
 //! A program is forked by a thread that has entered the host's namespace, so it starts in that namespace
-//! (setns is per thread and a child inherits its forking thread's). Each program leads its own process group
+//! (setns is per thread and a child inherits its forking thread's), and enters the host's confinement before
+//! exec ([`Confinement::enter`]: mount, UTS and IPC namespaces, network capabilities only). Each program leads its own process group
 //! (so `kill -KILL -- -PGID` also takes its children) and has PR_SET_PDEATHSIG(SIGKILL), so it dies when the
 //! thread that forked it exits: with the scenario's process, whatever ends it. Foreground programs are forked
 //! by the actor's thread, which outlives them; background programs by a keeper thread that lives until
@@ -24,6 +25,7 @@ use regex::RegexBuilder;
 
 use super::{sockets, trace, StepEnd};
 use crate::error::{Context, Error, Result};
+use crate::run::confine::Confinement;
 use crate::scenario::plan::{Errno, ExecPlan};
 use crate::timeline::Outcome;
 
@@ -164,9 +166,14 @@ fn wait_for_exit(pidfd: &OwnedFd, until: Instant) -> io::Result<bool> {
 }
 
 /// `program args...` with the given variables added to the harness's environment, leading its own process
-/// group, killed when its forking thread exits; under `strace` writing to the log when `trace` gives one
-/// (strace and the log).
-fn command(plan: &ExecPlan, capture_output: bool, trace: Option<(&Path, &Path)>) -> Command {
+/// group, killed when its forking thread exits, confined; under `strace` writing to the log when `trace` gives
+/// one (strace and the log).
+fn command(
+    plan: &ExecPlan,
+    confinement: &Arc<Confinement>,
+    capture_output: bool,
+    trace: Option<(&Path, &Path)>,
+) -> Command {
     let output = || {
         if capture_output {
             Stdio::piped()
@@ -189,9 +196,13 @@ fn command(plan: &ExecPlan, capture_output: bool, trace: Option<(&Path, &Path)>)
         .stdout(output())
         .stderr(output())
         .process_group(0);
-    // SAFETY: the hook only makes one async-signal-safe system call and allocates nothing.
+    let confinement = Arc::clone(confinement);
+    // SAFETY: the hook only makes async-signal-safe system calls and allocates nothing.
     unsafe {
-        command.pre_exec(die_with_forking_thread);
+        command.pre_exec(move || {
+            die_with_forking_thread()?;
+            confinement.enter()
+        });
     }
     command
 }
@@ -337,6 +348,7 @@ impl Drop for ForegroundGroup<'_> {
 /// `trace_log`, the program runs under strace, which writes its calls there.
 pub fn run_foreground(
     plan: &ExecPlan,
+    confinement: &Arc<Confinement>,
     registry: &ProcessRegistry,
     deadline: Instant,
     trace_log: Option<&Path>,
@@ -345,7 +357,7 @@ pub fn run_foreground(
     let started = Instant::now();
     let own_end = started + plan.timeout;
     let end = own_end.min(deadline);
-    let mut child = match command(plan, true, strace.as_deref().zip(trace_log)).spawn() {
+    let mut child = match command(plan, confinement, true, strace.as_deref().zip(trace_log)).spawn() {
         Ok(child) => child,
         Err(e) => return Ok(spawn_failure(plan, &e).into()),
     };
@@ -458,11 +470,16 @@ type Job = Box<dyn FnOnce() + Send>;
 pub struct BackgroundLauncher {
     jobs: mpsc::Sender<Job>,
     registry: Arc<ProcessRegistry>,
+    confinement: Arc<Confinement>,
 }
 
 impl BackgroundLauncher {
     /// Starts the keeper thread; call it on the actor's thread, so the keeper is in the host's namespace.
-    pub fn start(registry: Arc<ProcessRegistry>, deadline: Instant) -> Result<BackgroundLauncher> {
+    pub fn start(
+        registry: Arc<ProcessRegistry>,
+        confinement: Arc<Confinement>,
+        deadline: Instant,
+    ) -> Result<BackgroundLauncher> {
         let (jobs, queue) = mpsc::channel::<Job>();
         let keeper_registry = Arc::clone(&registry);
         let until = deadline + KEEPER_GRACE;
@@ -480,14 +497,14 @@ impl BackgroundLauncher {
                 keeper_registry.wait_closed(until);
             })
             .context(|| "spawn thread exec-keeper".to_string())?;
-        Ok(BackgroundLauncher { jobs, registry })
+        Ok(BackgroundLauncher { jobs, registry, confinement })
     }
 
     /// Starts the program and returns at once: `Ok` with its pid in the detail, or `Error(errno)` when it
     /// cannot be started. Its output is discarded; `stdout` / `stderr` patterns cannot be checked and are
     /// reported as unmatched.
     pub fn launch(&self, plan: &ExecPlan) -> Result<StepEnd> {
-        let mut command = command(plan, false, None);
+        let mut command = command(plan, &self.confinement, false, None);
         let stdin = plan.stdin.clone();
         let registry = Arc::clone(&self.registry);
         let (reply, answer) = mpsc::channel();
@@ -546,6 +563,12 @@ pub(crate) mod tests {
         }
     }
 
+    /// A confinement around a fresh network namespace, which it keeps alive as long as it lives.
+    fn confinement() -> Arc<Confinement> {
+        let netns = crate::run::netns::Netns::new_anonymous().expect("new namespace: these tests must run as root");
+        Arc::new(Confinement::new(&netns, "client").unwrap())
+    }
+
     #[test]
     fn capture_keeps_head_and_tail() {
         let mut capture = Capture::default();
@@ -586,7 +609,7 @@ pub(crate) mod tests {
     #[test]
     fn background_programs_die_with_the_keeper_thread() {
         let registry = ProcessRegistry::new();
-        let launcher = BackgroundLauncher::start(Arc::clone(&registry), Instant::now()).unwrap();
+        let launcher = BackgroundLauncher::start(Arc::clone(&registry), confinement(), Instant::now()).unwrap();
         let mut sleeper = plan("sleep", &["100"]);
         sleeper.background = true;
         let StepEnd { outcome, detail, .. } = launcher.launch(&sleeper).unwrap();
@@ -613,7 +636,7 @@ pub(crate) mod tests {
         let registry = ProcessRegistry::new();
         let exec = plan("/nonexistent/netfault-program", &[]);
         let StepEnd { outcome, detail, .. } =
-            run_foreground(&exec, &registry, Instant::now() + Duration::from_secs(5), None).unwrap();
+            run_foreground(&exec, &confinement(), &registry, Instant::now() + Duration::from_secs(5), None).unwrap();
         assert_eq!(outcome, Outcome::Error("ENOENT".into()));
         assert!(detail.unwrap().starts_with("cannot run /nonexistent/netfault-program"));
         assert_eq!(registry.running(), 0);

@@ -46,6 +46,7 @@ pub use exec::ProcessRegistry;
 use crate::error::{Context, Error, Result};
 use crate::observe::sockets::{self as observe, DiagSocket};
 use crate::run::clock::EventSink;
+use crate::run::confine::Confinement;
 use crate::scenario::plan::{
     Action, Errno, ExecPlan, HostId, HostPlan, PollEvent, SendRepeat, SendUntil, SockOpt, SockOptName, SockOptValue,
     StepEdge, StepPlan, StepRef, TcpState,
@@ -71,6 +72,9 @@ pub struct ActorContext {
     pub sock_diag: [Option<DiagSocket>; 2],
     /// The scenario's report folder: the strace logs of exec steps with `trace: true` go there.
     pub report_dir: PathBuf,
+    /// The namespaces and capabilities the host's `exec` programs run with; `None` for a program without
+    /// `exec` steps.
+    pub confinement: Option<Arc<Confinement>>,
 }
 
 /// The hosts whose ports `host`'s program waits for (`wait: { listening }`), by `HostId::index()`.
@@ -202,7 +206,9 @@ impl Actor {
         let result = match &step.action {
             Action::Exec(plan) if plan.background => return self.launcher()?.launch(plan),
             Action::Exec(plan) if plan.trace => return self.run_traced(step.index, plan),
-            Action::Exec(plan) => return exec::run_foreground(plan, &self.ctx.processes, self.ctx.deadline, None),
+            Action::Exec(plan) => {
+                return exec::run_foreground(plan, self.confinement()?, &self.ctx.processes, self.ctx.deadline, None)
+            }
             Action::Socket { name, options, nonblocking } => self.socket(name.clone(), options, *nonblocking),
             Action::SetOpt { options } => self.set_options(named, options),
             Action::Bind { port } => self.bind(named, *port),
@@ -236,12 +242,20 @@ impl Actor {
 
     /// The keeper thread of background programs, started at the first one.
     fn launcher(&mut self) -> Result<&BackgroundLauncher> {
+        let confinement = Arc::clone(self.confinement()?);
         Ok(match &mut self.launcher {
             Some(launcher) => launcher,
             empty => {
                 let registry = Arc::clone(&self.ctx.processes);
-                empty.insert(BackgroundLauncher::start(registry, self.ctx.deadline)?)
+                empty.insert(BackgroundLauncher::start(registry, confinement, self.ctx.deadline)?)
             }
+        })
+    }
+
+    /// What `exec` programs run in; the engine makes it for every program with `exec` steps.
+    fn confinement(&self) -> Result<&Arc<Confinement>> {
+        self.ctx.confinement.as_ref().ok_or_else(|| {
+            Error::Internal(format!("the {} program runs an exec step but was given no confinement", self.ctx.host))
         })
     }
 
@@ -470,7 +484,8 @@ impl Actor {
     fn run_traced(&self, index: usize, plan: &ExecPlan) -> Result<StepEnd> {
         let name = format!("{}-{}.strace", self.ctx.host, index + 1);
         let log = self.ctx.report_dir.join(&name);
-        let mut end = exec::run_foreground(plan, &self.ctx.processes, self.ctx.deadline, Some(&log))?;
+        let mut end =
+            exec::run_foreground(plan, self.confinement()?, &self.ctx.processes, self.ctx.deadline, Some(&log))?;
         let text = std::fs::read_to_string(&log).context(|| format!("read the trace {} (strace -o)", log.display()))?;
         let (events, more) = trace::parse(&text);
         let clock = self.ctx.sink.clock();

@@ -253,6 +253,7 @@ fn run_with_server_late(
             deadline,
             sock_diag: [DiagSocket::open_in(&netns).ok(), DiagSocket::open_in(&netns).ok()],
             report_dir: report_dir.clone(),
+            confinement: Some(Arc::new(Confinement::new(&netns, host.id.name()).unwrap())),
         };
         let done = done_tx.clone();
         let late = if host.id == HostId::Server { server_late } else { Duration::ZERO };
@@ -696,6 +697,7 @@ fn a_program_for_the_wrong_host_is_refused() {
         deadline: Instant::now(),
         sock_diag: [None, None],
         report_dir: PathBuf::from("/nonexistent"),
+        confinement: None,
     };
     assert!(matches!(run_host(&program(HostId::Server, vec![]), ctx), Err(Error::Internal(_))));
 }

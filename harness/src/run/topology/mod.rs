@@ -23,7 +23,7 @@ use crate::run::netns::Netns;
 use crate::scenario::plan::{HostId, HostPlan, Plan, Sysctl};
 pub use ethtool::{active_offloads, turn_off_offloads};
 use rtnl::{Request, Rtnl};
-pub use sysctl::effective_sysctls;
+pub use sysctl::{effective_sysctls, tcp_sysctl_files, Ipv4Sysctls};
 use sysctl::{write_sysctl, SysctlError};
 pub use wire::{build_with_wire, WireLinks, WIRE_LINK_NAMES};
 

@@ -3,6 +3,13 @@
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::OwnedFd;
+use std::sync::OnceLock;
+
+use nix::errno::Errno;
+use nix::fcntl::{openat, OFlag, AT_FDCWD};
+use nix::sys::stat::Mode;
+use nix::unistd::read;
 
 use crate::error::Error;
 use crate::scenario::plan::{HostId, Sysctl};
@@ -59,25 +66,81 @@ pub(super) fn write_sysctl(sysctl: &Sysctl) -> std::result::Result<(), SysctlErr
 }
 
 /// The TCP settings in force in the calling thread's namespace (`sysctl net.ipv4.tcp_ net.core.somaxconn`):
-/// every `net.ipv4.tcp_*` this kernel has, `net.core.somaxconn`, and each of `also` (the host's own). A value of
-/// several fields (`tcp_rmem`) keeps one space between them.
-pub fn effective_sysctls(also: &[Sysctl]) -> crate::error::Result<BTreeMap<String, String>> {
-    let listing =
-        fs::read_dir("/proc/sys/net/ipv4").map_err(|e| Error::sys("list /proc/sys/net/ipv4 (sysctl -a)", e))?;
-    let mut names = vec!["net.core.somaxconn".to_string()];
+/// each of `tcp_files` ([`tcp_sysctl_files`]), `net.core.somaxconn`, and each of `also` (the host's own). A value
+/// of several fields (`tcp_rmem`) keeps one space between them.
+pub fn effective_sysctls(tcp_files: &[String], also: &[Sysctl]) -> crate::error::Result<BTreeMap<String, String>> {
+    let ipv4 = Ipv4Sysctls::open()?;
+    let mut values = BTreeMap::new();
+    for file in tcp_files {
+        values.insert(format!("net.ipv4.{file}"), ipv4.read(file)?);
+    }
+    for sysctl in [&Sysctl { name: "net.core.somaxconn".into(), value: String::new() }].into_iter().chain(also) {
+        let path = sysctl.proc_path();
+        let value = fs::read_to_string(&path)
+            .map_err(|e| Error::sys(format!("read sysctl {} ({})", sysctl.name, path.display()), e))?;
+        values.insert(sysctl.name.clone(), one_line(&value));
+    }
+    Ok(values)
+}
+
+/// The `tcp_*` files of /proc/sys/net/ipv4 (`sysctl -a`), listed once per process: listing makes the kernel build
+/// an entry for each of the directory's 200-odd files, and the set is the kernel's, the same in every namespace
+/// but the host's own (which also has the machine-wide ones, `tcp_mem`): netfault's processes never list there.
+pub fn tcp_sysctl_files() -> crate::error::Result<&'static [String]> {
+    static FILES: OnceLock<Vec<String>> = OnceLock::new();
+    if let Some(files) = FILES.get() {
+        return Ok(files);
+    }
+    let listing = fs::read_dir(IPV4_DIR).map_err(|e| Error::sys("list /proc/sys/net/ipv4 (sysctl -a)", e))?;
+    let mut files = Vec::new();
     for entry in listing {
         let file = entry.map_err(|e| Error::sys("list /proc/sys/net/ipv4 (sysctl -a)", e))?.file_name();
         if let Some(name) = file.to_str().filter(|name| name.starts_with("tcp_")) {
-            names.push(format!("net.ipv4.{name}"));
+            files.push(name.to_string());
         }
     }
-    names.extend(also.iter().map(|sysctl| sysctl.name.clone()));
-    let mut values = BTreeMap::new();
-    for name in names {
-        let path = Sysctl { name: name.clone(), value: String::new() }.proc_path();
-        let value =
-            fs::read_to_string(&path).map_err(|e| Error::sys(format!("read sysctl {name} ({})", path.display()), e))?;
-        values.insert(name, value.split_whitespace().collect::<Vec<_>>().join(" "));
+    files.sort();
+    Ok(FILES.get_or_init(|| files))
+}
+
+const IPV4_DIR: &str = "/proc/sys/net/ipv4";
+
+/// /proc/sys/net/ipv4 of the calling thread's namespace, open: each file is then one `openat` away instead of a
+/// walk from /proc (the kernel matches every /proc/sys name against the caller's namespace on the way).
+pub struct Ipv4Sysctls {
+    dir: OwnedFd,
+}
+
+impl Ipv4Sysctls {
+    pub fn open() -> crate::error::Result<Ipv4Sysctls> {
+        let dir = openat(AT_FDCWD, IPV4_DIR, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(|e| Error::sys(format!("open {IPV4_DIR}"), e))?;
+        Ok(Ipv4Sysctls { dir })
     }
-    Ok(values)
+
+    /// `sysctl -n net.ipv4.<file>`, fields joined by one space.
+    pub fn read(&self, file: &str) -> crate::error::Result<String> {
+        let failed = |e| Error::sys(format!("read sysctl net.ipv4.{file} ({IPV4_DIR}/{file})"), e);
+        let fd = openat(&self.dir, file, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()).map_err(failed)?;
+        // A sysctl's value fits a page; the kernel hands it over in one read.
+        let mut buffer = [0u8; 4096];
+        let mut len = 0;
+        loop {
+            match read(&fd, &mut buffer[len..]) {
+                Ok(0) => break,
+                Ok(n) => len += n,
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(failed(e)),
+            }
+            if len == buffer.len() {
+                break;
+            }
+        }
+        Ok(one_line(&String::from_utf8_lossy(&buffer[..len])))
+    }
+}
+
+/// A sysctl's value with its fields (`4096 131072 6291456`) separated by one space.
+fn one_line(value: &str) -> String {
+    value.split_whitespace().collect::<Vec<_>>().join(" ")
 }
