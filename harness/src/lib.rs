@@ -1,6 +1,7 @@
 //! netfault: inject network faults into real Linux TCP stacks and record exactly what the kernel did.
 //!
-//! A scenario is one YAML file: hosts, each its own network namespace, joined by veth links; per-host sysctls;
+//! A scenario is one YAML file: hosts, each its own network namespace, joined by veth links (client and server
+//! on one link, or a router between them on two); per-host sysctls; the router's NAT and conntrack settings;
 //! nftables faults that switch on and off at given times or on events; and a socket program for each host,
 //! with what each step must give and when. netfault runs it in a child process against the real kernel
 //! (real namespaces, real veth pairs, real nftables, real sockets), records the wire on every interface and
@@ -62,7 +63,7 @@
 //! |---|---|---|
 //! | [`scenario`] | YAML schema, validation into a [`scenario::plan::Plan`], source positions | |
 //! | `run::topology` | namespaces' links, addresses, offloads, sysctls, over rtnetlink | `ip link`, `ip addr`, `ethtool -K`, `sysctl -w` |
-//! | `run::firewall`, `run::faults` | nftables faults, and the seam other fault backends plug into | `nft add rule` |
+//! | `run::firewall`, `run::faults` | nftables faults, the router's NAT, conntrack flush; the seam other fault backends plug into | `nft add rule`, `conntrack -F` |
 //! | `run::actors` | the hosts' socket programs and `exec` | the programs themselves |
 //! | `run::engine` | one run: set-up, fault triggers, end or deadline, teardown | |
 //! | [`run::runner`] | child processes, parallelism, the libtest-mimic driver | |

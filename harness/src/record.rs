@@ -17,7 +17,7 @@ pub struct RunRecord {
     pub timeline: Timeline,
     /// t0 on the wall clock, the pcaps' time base (`None` when the programs never started).
     pub t0_wall: Option<SystemTime>,
-    /// Every captured interface, in host order.
+    /// Every captured interface: both ends of each link, in the plan's link order.
     pub interfaces: Vec<CapturedInterface>,
     /// Time from t0 to the end of the programs (or the deadline).
     pub duration: Duration,
@@ -25,12 +25,12 @@ pub struct RunRecord {
     pub setup: Duration,
     pub teardown: Duration,
     pub deadline_hit: bool,
-    /// Each host's TCP sysctls in force during the run, by name, indexed by `HostId::index()`.
-    pub sysctls: [BTreeMap<String, String>; 2],
-    /// Indexed by `HostId::index()`.
-    pub capture: [CaptureStats; 2],
-    /// Indexed by `HostId::index()`.
-    pub observer: [ObserverStats; 2],
+    /// Each host's TCP sysctls in force during the run, by name, one per host in the wire's order.
+    pub sysctls: Vec<(HostId, BTreeMap<String, String>)>,
+    /// One per captured interface, in `interfaces` order.
+    pub capture: Vec<CaptureStats>,
+    /// One per host, in the wire's order.
+    pub observer: Vec<(HostId, ObserverStats)>,
     /// Packets each fault's rule matched (the packets an impairment selected), per fault name.
     pub fault_hits: Vec<(String, u64)>,
     /// The seed every impairment's decisions came from.
@@ -50,6 +50,8 @@ pub struct RunRecord {
 /// (`tcpdump -i <ifname> -s <snaplen> -w <pcap>`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CapturedInterface {
+    /// The link it is an end of: its index in the plan's links.
+    pub link: usize,
     pub host: HostId,
     pub ifname: String,
     pub mac: [u8; 6],

@@ -100,33 +100,45 @@ fn check_report(report: &Path, shot: &Path, browser: &Mutex<Option<Browser>>) ->
     let result: Value = contract::checked_result(&report.join("result.json"))?;
     let pcapng = report.join("capture.pcapng");
 
-    // capture.pcapng against the two pcaps the captures wrote.
-    let client = pcap_frames(&report.join("client.pcap"))?;
-    let server = pcap_frames(&report.join("server.pcap"))?;
+    // capture.pcapng against the pcaps the captures wrote, one per interface: both ends of each link, two per
+    // link in link order (client and server on one link, or with a router between them on two).
+    let captured = result["interfaces"].as_array().ok_or("no interfaces in result.json")?;
+    let names: Vec<String> = captured
+        .iter()
+        .map(|i| format!("{}/{}", i["host"].as_str().unwrap_or("?"), i["ifname"].as_str().unwrap_or("?")))
+        .collect();
+    let mut pcaps = Vec::new();
+    for interface in captured {
+        pcaps.push(pcap_frames(&report.join(interface["pcap"].as_str().ok_or("interface without pcap")?))?);
+    }
     let (interfaces, frames) = pcapng_contents(&pcapng)?;
-    if interfaces != ["client/nf0", "server/nf0"] {
-        return Err(format!("capture.pcapng interfaces {interfaces:?}").into());
+    if interfaces != names || !names.len().is_multiple_of(2) || names.is_empty() {
+        return Err(format!("capture.pcapng interfaces {interfaces:?}, the record's {names:?}").into());
     }
-    if frames != client.len() + server.len() {
-        return Err(format!("capture.pcapng has {frames} frames, the pcaps {} + {}", client.len(), server.len()).into());
+    let in_pcaps: usize = pcaps.iter().map(Vec::len).sum();
+    if frames != in_pcaps {
+        return Err(format!("capture.pcapng has {frames} frames, the pcaps {in_pcaps}").into());
     }
-    // A packet is in one pcap or in both (the same bytes at each end of the veth).
-    let mut counts: HashMap<&[u8], (usize, usize)> = HashMap::new();
-    for frame in &client {
-        counts.entry(frame).or_default().0 += 1;
+    // A packet is in one pcap of its link or in both (the same bytes at each end of the veth).
+    let mut packets = 0;
+    for link in pcaps.chunks(2) {
+        let mut counts: HashMap<&[u8], (usize, usize)> = HashMap::new();
+        for frame in &link[0] {
+            counts.entry(frame).or_default().0 += 1;
+        }
+        for frame in &link[1] {
+            counts.entry(frame).or_default().1 += 1;
+        }
+        packets += counts.values().map(|&(a, b)| a.max(b)).sum::<usize>();
     }
-    for frame in &server {
-        counts.entry(frame).or_default().1 += 1;
-    }
-    let packets: usize = counts.values().map(|&(c, s)| c.max(s)).sum();
 
-    // tshark: two interfaces, a comment on every frame the timeline marks as taken by a fault.
+    // tshark: the interfaces, a comment on every frame the timeline marks as taken by a fault.
     let tshark =
         tool("tshark", &["-r", path(&pcapng), "-T", "fields", "-e", "frame.interface_name", "-e", "frame.comment"])?;
     let mut seen: Vec<&str> = tshark.lines().filter_map(|l| l.split('\t').next()).collect();
     seen.sort();
     seen.dedup();
-    if frames > 0 && seen.iter().any(|name| !["client/nf0", "server/nf0"].contains(name)) {
+    if frames > 0 && seen.iter().any(|name| !names.iter().any(|known| known == name)) {
         return Err(format!("tshark shows interfaces {seen:?}").into());
     }
     let commented = tshark.lines().filter(|l| l.contains(" by fault ")).count();
@@ -153,12 +165,19 @@ fn check_report(report: &Path, shot: &Path, browser: &Mutex<Option<Browser>>) ->
         "(() => { drawAllTiles(); \
          const arrows = [...document.querySelectorAll('g.pkt')].map((g) => g.dataset.frames); \
          const failures = [...document.querySelectorAll('li[data-failure]')].map((li) => li.textContent); \
-         return { arrows, failures, drawn: document.querySelectorAll('g.failure').length, \
+         const heads = [...document.querySelectorAll('.heads > div:not(.lane)')].map((d) => d.firstChild.textContent); \
+         return { arrows, failures, heads, drawn: document.querySelectorAll('g.failure').length, \
                   status: document.querySelector('.badge').textContent }; })()",
     )?;
     page.screenshot(shot, Some(1400))?;
     drop(page);
 
+    // One column per host, in the wire's order: client and server, or client, router, server.
+    let mut hosts: Vec<&str> = captured.iter().filter_map(|i| i["host"].as_str()).collect();
+    hosts.dedup();
+    if dom["heads"] != serde_json::json!(hosts) {
+        return Err(format!("report.html has columns {}; the run's hosts are {hosts:?}", dom["heads"]).into());
+    }
     let arrows = dom["arrows"].as_array().ok_or("no arrows list")?;
     if arrows.len() != packets {
         return Err(format!("report.html draws {} arrows; the captures hold {packets} packets", arrows.len()).into());

@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitCode, Output, Stdio};
 use std::sync::{Mutex, PoisonError};
 use std::thread;
@@ -24,13 +24,12 @@ use netfault::run::netns::Netns;
 use netfault::run::runner::{Job, CHILD_COMMAND};
 use netfault::run::topology;
 use netfault::run::userns::{self, Privilege};
-use netfault::scenario::plan::{CapturePlan, HostId, HostPlan, LinkPlan, Plan, RunExpectations, Sysctl, Tolerance};
+use netfault::scenario::plan::{HostId, Plan};
 use netfault::testing::Suite;
 
 const CHILD_ENV: &str = "NETFAULT_ROOTLESS_CHILD";
 const NOBODY: u32 = 65534;
 const CHILD_TIMEOUT: Duration = Duration::from_secs(30);
-const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 /// The line the child prints on success, followed by what it did.
 const CHILD_OK: &str = "rootless child ok: ";
@@ -229,30 +228,11 @@ fn run_child(child: Child) -> Result<String, String> {
     }
 }
 
-fn host(id: HostId, address: Ipv4Addr, sysctls: Vec<Sysctl>) -> HostPlan {
-    HostPlan { id, address, prefix_len: 24, sysctls, steps: Vec::new() }
-}
-
-fn plan() -> Plan {
-    let syn_retries = Sysctl { name: "net.ipv4.tcp_syn_retries".into(), value: "2".into() };
-    Plan {
-        name: "rootless".into(),
-        file: PathBuf::from("rootless.yaml"),
-        description: "rootless topology".into(),
-        source: None,
-        slow: false,
-        deadline: Duration::from_secs(10),
-        tolerance: Tolerance::either_side(Duration::from_millis(100)),
-        sample_interval: Duration::from_millis(10),
-        link: LinkPlan { mtu: 1500, ipv6: false },
-        capture: CapturePlan::default(),
-        hosts: [host(HostId::Client, CLIENT, vec![syn_retries]), host(HostId::Server, SERVER, Vec::new())],
-        faults: Vec::new(),
-        expect: RunExpectations::default(),
-        requires: Default::default(),
-        conditional: Vec::new(),
-        not_applicable: Vec::new(),
-    }
+/// Client and server on one veth pair, the client with `tcp_syn_retries` 2, as a scenario file says it.
+fn plan() -> Result<Plan> {
+    let text = "description: rootless topology\nsysctl:\n  client: { net.ipv4.tcp_syn_retries: 2 }\n";
+    netfault::scenario::parse("rootless", Path::new("rootless.yaml"), text)
+        .map_err(|e| netfault::error::Error::Internal(e.to_string()))
 }
 
 /// Unprivileged and still single-threaded: acquire first, then namespaces, topology and a TCP exchange.
@@ -265,7 +245,13 @@ fn rootless_run() -> Result<String> {
     let start = Instant::now();
     let client = Netns::new_anonymous()?;
     let server = Netns::new_anonymous()?;
-    let topology = topology::build(&plan(), &client, &server)?;
+    let topology = topology::build(&plan()?, &[&client, &server])?;
+    let address = |host: HostId| {
+        topology
+            .link(host)
+            .map(|end| end.address)
+            .ok_or_else(|| netfault::error::Error::Internal(format!("no {host} end")))
+    };
     let built = start.elapsed();
 
     let syn_retries = client.run(|| {
@@ -276,7 +262,7 @@ fn rootless_run() -> Result<String> {
     }
 
     let listener = server.run(|| TcpListener::bind((SERVER, 7000)).context(|| "listen in server".into()))?;
-    let to = SocketAddr::from((topology.server.address, 7000));
+    let to = SocketAddr::from((address(HostId::Server)?, 7000));
     let mut stream =
         client.run(|| TcpStream::connect_timeout(&to, Duration::from_secs(2)).context(|| "connect".into()))?;
     // The handshake is complete once connect returns: the connection already waits in the accept queue.
@@ -285,7 +271,7 @@ fn rootless_run() -> Result<String> {
     stream.write_all(b"ping").context(|| "send".into())?;
     let mut received = [0u8; 4];
     accepted.read_exact(&mut received).context(|| "recv".into())?;
-    if &received != b"ping" || peer.ip() != topology.client.address {
+    if &received != b"ping" || peer.ip() != address(HostId::Client)? {
         return Err(netfault::error::Error::Internal(format!("received {received:?} from {peer}")));
     }
     Ok(format!("original uid {uid}, namespaces + topology in {built:?}, TCP {peer} -> {to} exchanged data"))

@@ -122,8 +122,14 @@ fn within_run(what: &str, time: Duration, deadline: Duration) {
 
 fn check_hosts(plan: &Plan) {
     let network = |address: Ipv4Addr, len: u8| u32::from(address) & (u32::MAX << (32 - u32::from(len)));
-    for (i, host) in plan.hosts.iter().enumerate() {
-        assert_eq!(host.id.index(), i, "hosts out of order");
+    let order: Vec<HostId> = plan.hosts.iter().map(|host| host.id).collect();
+    assert!(
+        order == [HostId::Client, HostId::Server] || order == [HostId::Client, HostId::Router, HostId::Server],
+        "hosts out of the wire's order: {order:?}"
+    );
+    assert_eq!(plan.router.is_some(), order.len() == 3, "a router plan without a router host or the reverse");
+    assert_eq!(plan.links.len(), order.len() - 1, "links do not chain the hosts");
+    for host in &plan.hosts {
         assert!((8..=30).contains(&host.prefix_len), "prefix /{}", host.prefix_len);
         let host_bits = u32::from(host.address) & (u32::MAX >> host.prefix_len);
         assert!(host_bits != 0 && host_bits != u32::MAX >> host.prefix_len, "{} not a host address", host.address);
@@ -136,13 +142,16 @@ fn check_hosts(plan: &Plan) {
             assert!(!sysctl.value.contains(|c: char| c.is_control() && c != '\t'), "sysctl {:?}", sysctl.value);
         }
     }
-    let [client, server] = &plan.hosts;
-    assert_ne!(client.address, server.address, "same address twice");
-    assert_eq!(
-        network(client.address, client.prefix_len),
-        network(server.address, client.prefix_len),
-        "hosts in two subnets"
-    );
+    for link in &plan.links {
+        let [a, b] = &link.ends;
+        assert_ne!(a.host, b.host, "a link from {} to itself", a.host);
+        assert_ne!(a.address, b.address, "same address twice on a link");
+        assert_eq!(network(a.address, a.prefix_len), network(b.address, a.prefix_len), "a link across two subnets");
+    }
+    for host in &plan.hosts {
+        let first = plan.link_ends().map(|(_, end)| end).find(|end| end.host == host.id);
+        assert_eq!(first.map(|end| end.address), Some(host.address), "{} reached at an address it lacks", host.id);
+    }
 }
 
 fn is_name(text: &str) -> bool {

@@ -104,7 +104,7 @@ pub fn bench_capture(options: &CaptureOptions) -> Result<Report> {
     let scratch = ScratchDir::new("capture")?;
     let plan = fixture_plan(&scratch.path().join("fixture.yaml"))?;
     let namespaces = [Netns::new_anonymous()?, Netns::new_anonymous()?];
-    let topology = topology::build(&plan, &namespaces[0], &namespaces[1])?;
+    let topology = topology::build(&plan, &[&namespaces[0], &namespaces[1]])?;
     let mut rounds: Vec<Round> = Vec::new();
     'runs: for run in 0..options.runs {
         for arrangement in Arrangement::ALL {
@@ -218,7 +218,7 @@ fn round(
             let counter = count_in_background(events);
             let mut captures = Vec::with_capacity(2);
             for host in HostId::ALL {
-                let ifindex = topology.link(host).ifindex;
+                let ifindex = topology.link(host).ok_or_else(|| Error::Internal(format!("no {host} end")))?.ifindex;
                 let pcap = &pcaps[host.index()];
                 captures.push(Capture::start(&ns[host.index()], host, ifindex, pcap, sink.clone(), buffer)?);
             }
@@ -338,7 +338,10 @@ fn transfer(ns: &[Netns; 2], topology: &Topology, bytes: u64) -> Result<f64> {
 /// [`transfer`] with the client's socket paced to `pacing` bytes per second (`SO_MAX_PACING_RATE`: the
 /// kernel's own TCP pacing, which needs no qdisc).
 pub(super) fn transfer_paced(ns: &[Netns; 2], topology: &Topology, bytes: u64, pacing: Option<u64>) -> Result<f64> {
-    let server_address = SocketAddrV4::new(topology.server.address, PORT);
+    let server_address = SocketAddrV4::new(
+        topology.link(HostId::Server).ok_or_else(|| Error::Internal("no server end".into()))?.address,
+        PORT,
+    );
     let listener = ns[HostId::Server.index()]
         .run(|| TcpListener::bind(server_address).context(|| format!("listen on {server_address} in server")))?;
     let receiver = thread::spawn(move || -> Result<(u64, Instant)> {
@@ -416,7 +419,7 @@ Inter-|   Receive                                                |  Transmit
     fn a_bulk_transfer_is_counted_on_both_interfaces() {
         let plan = fixture_plan(Path::new("fixture.yaml")).unwrap();
         let ns = [Netns::new_anonymous().unwrap(), Netns::new_anonymous().unwrap()];
-        let topology = topology::build(&plan, &ns[0], &ns[1]).unwrap();
+        let topology = topology::build(&plan, &[&ns[0], &ns[1]]).unwrap();
         let before = interface_frames(&ns).unwrap();
         let seconds = transfer(&ns, &topology, 8 << 20).unwrap();
         let after = interface_frames(&ns).unwrap();

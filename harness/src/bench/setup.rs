@@ -259,11 +259,11 @@ fn phases_once(plan: &Plan, dir: &Path) -> Result<Phases> {
     let mut lap = Lap::start();
     let namespaces = [Netns::new_anonymous()?, Netns::new_anonymous()?];
     lap.lap(&mut phases.setup);
-    let topology = topology::build(plan, &namespaces[0], &namespaces[1])?;
+    let topology = topology::build(plan, &[&namespaces[0], &namespaces[1]])?;
     lap.lap(&mut phases.setup);
     let mut firewalls = Vec::with_capacity(2);
     for host in HostId::ALL {
-        firewalls.push(Firewall::install(&namespaces[host.index()], host, &plan.faults)?);
+        firewalls.push(Firewall::install(&namespaces[host.index()], host, &plan.faults, None)?);
     }
     for fault in &plan.faults {
         firewalls[fault.host.index()].activate(&fault.name)?;
@@ -276,7 +276,7 @@ fn phases_once(plan: &Plan, dir: &Path) -> Result<Phases> {
         captures.push(Capture::start(
             &namespaces[host.index()],
             host,
-            topology.link(host).ifindex,
+            topology.link(host).ok_or_else(|| Error::Internal(format!("no {host} end")))?.ifindex,
             &pcap,
             sink.clone(),
             CaptureBuffer::DEFAULT,

@@ -7,6 +7,7 @@
 
 pub mod initramfs;
 pub mod kernel;
+pub mod load;
 pub mod modules;
 pub mod vm;
 
@@ -377,7 +378,11 @@ fn run_in_vm(kernel: &kernel::Kernel, loaded: &[(Job, Plan)], options: &Options,
         },
         booted.total.as_secs_f64()
     );
-    let guest_release = std::fs::read_to_string(booted.out.join("release")).unwrap_or_default().trim().to_string();
+    let guest_file = |name: &str| std::fs::read_to_string(booted.out.join(name)).unwrap_or_default().trim().to_string();
+    if let Some(load) = load::GuestLoad::parse(&guest_file("load")) {
+        println!("   {}: clocksource {}; during the suite: {load}", kernel.release, guest_file("clocksource"));
+    }
+    let guest_release = guest_file("release");
     let release = if guest_release.is_empty() { kernel.release.clone() } else { guest_release };
     let target = reports.join(&release);
     if target.exists() {

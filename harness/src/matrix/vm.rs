@@ -245,7 +245,7 @@ fn start_qemu(machine: &Machine, disk: &Path, accel: Accel) -> Result<Child> {
         .arg("-initrd")
         .arg(&machine.initramfs)
         // quiet: the console is the guest's output; panic=-1 and -no-reboot: a kernel panic ends qemu.
-        .args(["-append", "console=ttyS0 quiet panic=-1 rdinit=/init"])
+        .args(["-append", "console=ttyS0 quiet panic=-1 tsc=reliable rdinit=/init"])
         .arg("-drive")
         .arg(format!("file={},format=raw,if=virtio", disk.display()))
         .stdin(Stdio::null())
@@ -347,6 +347,7 @@ pub const PRELOAD: [&str; 8] =
 /// is the netfault command line to run, from `/netfault`.
 pub fn init_script(command: &str, preload: &[&str]) -> String {
     let preload = preload.join(" ");
+    let read_load = super::load::READ_LOAD;
     format!(
         r#"#!/bin/busybox sh
 # netfault matrix guest: run the suite, write everything under /out to the second disk as one tar, power off.
@@ -367,9 +368,13 @@ uname -r > /out/release
 # (0.1-0.3 s each under emulation) would otherwise land inside the first scenarios' timings.
 for module in {preload}; do /sbin/modprobe "$module" || echo "{MARKER} cannot load $module"; done
 echo "{MARKER} modules $(cut -d' ' -f1 /proc/modules | sort | tr '\n' ' ')"
+cat /sys/devices/system/clocksource/clocksource0/current_clocksource > /out/clocksource
+{read_load}
+read_load before > /out/load
 cd /netfault
 {command} 2>&1
 echo "$?" > /out/exit-status
+read_load after >> /out/load
 [ -b /dev/vda ] && tar -cf /dev/vda -C /out . && sync && echo "{WRITTEN} $(cut -d' ' -f1 /proc/uptime)"
 poweroff -f
 "#

@@ -124,10 +124,13 @@ impl Ladder {
         wire: &Wire,
         faults: &[FaultNote],
     ) -> Ladder {
-        let column = |host: HostId| host.index();
-        let hosts = HostId::ALL
+        // One column per host, in the wire's order: client, the router if there is one, server.
+        let column = |host: HostId| plan.position(host).unwrap_or_default();
+        let hosts = plan
+            .hosts
             .iter()
-            .map(|&host| Column {
+            .map(|host| host.id)
+            .map(|host| Column {
                 name: host.to_string(),
                 address: plan.host(host).address.to_string(),
                 interface: wire
@@ -143,7 +146,7 @@ impl Ladder {
             file: plan.file.display().to_string(),
             description: plan.description.clone(),
             hosts,
-            packets: arrows(wire),
+            packets: arrows(wire, column),
             ..Ladder::default()
         };
         let mut open_faults: Vec<usize> = Vec::new();
@@ -229,8 +232,8 @@ impl Ladder {
 }
 
 /// One arrow per packet of the wire.
-fn arrows(wire: &Wire) -> Vec<Arrow> {
-    let host_column = |end: usize| wire.ends[end].host.index();
+fn arrows(wire: &Wire, column: impl Fn(HostId) -> usize) -> Vec<Arrow> {
+    let host_column = |end: usize| column(wire.ends[end].host);
     let peer_column = |end: usize| {
         wire.links.iter().find_map(|link| {
             let other = if link.0 == end {

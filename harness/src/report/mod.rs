@@ -17,15 +17,16 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Context, Error, Result};
-use crate::record::RunRecord;
+use crate::record::{CapturedInterface, RunRecord};
 use crate::run::topology;
-use crate::scenario::plan::{Direction, FaultAction, HostId, Plan};
+use crate::scenario::plan::{Direction, FaultAction, Plan};
 use crate::timeline::query::step_record;
 use crate::timeline::{format_secs, EventKind, PacketDirection, Timeline};
 use ladder::Ladder;
 use pcapng::Section;
 use result::{
-    kernel_release, Heading, NotApplicableFile, ObserverReport, PerHost, ResultFile, ResultJson, StepReport, WallClock,
+    kernel_release, Heading, InterfaceReport, NotApplicableFile, ObserverReport, PerHost, ResultFile, ResultJson,
+    StepReport, WallClock,
 };
 use verdict::{describe_expectation, Failure, Verdict};
 use wire::{End, FaultNote, Link, Wire};
@@ -136,7 +137,7 @@ pub fn write(plan: &Plan, record: &RunRecord, verdict: &Verdict, dir: &Path) -> 
             )
         })
         .collect();
-    let [client_sysctls, server_sysctls] = &record.sysctls;
+    let no_sysctls = std::collections::BTreeMap::new();
     let result = ResultFile {
         heading: Heading::of(plan),
         status,
@@ -148,9 +149,10 @@ pub fn write(plan: &Plan, record: &RunRecord, verdict: &Verdict, dir: &Path) -> 
         checks: verdict.checks,
         failures: &verdict.failures,
         steps,
-        sysctls: PerHost { client: client_sysctls, server: server_sysctls },
+        sysctls: PerHost::of(&record.sysctls, &no_sysctls),
+        interfaces: record.interfaces.iter().map(InterfaceReport::from).collect(),
         capture: &record.capture,
-        observer: record.observer.map(ObserverReport::from),
+        observer: record.observer.iter().map(|&(host, stats)| ObserverReport::of(host, stats)).collect(),
         fault_hits: record.fault_hits.iter().map(|(fault, hits)| (fault.as_str(), *hits)).collect(),
         seed: record.seed,
         decisions: &record.decisions,
@@ -164,8 +166,8 @@ pub fn write(plan: &Plan, record: &RunRecord, verdict: &Verdict, dir: &Path) -> 
         .context(|| format!("write {}", dir.join("timeline.txt").display()))?;
     let faults = fault_notes(plan);
     let ends = record.interfaces.iter().map(|interface| End::of(interface, dir)).collect();
-    // The one link of the default topology: the veth whose ends the two hosts hold.
-    let wire = Wire::read(ends, vec![Link(0, 1)], &record.timeline, &faults, record.t0_wall)?;
+    let links = links_of(&record.interfaces)?;
+    let wire = Wire::read(ends, links, &record.timeline, &faults, record.t0_wall)?;
     let stats: Vec<_> = record.capture.iter().map(|c| (c.interface_frames, c.lost(), c.kernel_drops)).collect();
     wire.write_pcapng(&dir.join("capture.pcapng"), &section(plan, status), &stats)?;
     let mut ladder = Ladder::of_run(plan, &record.timeline, &verdict.steps, &verdict.failures, &wire, &faults);
@@ -196,6 +198,23 @@ pub fn write(plan: &Plan, record: &RunRecord, verdict: &Verdict, dir: &Path) -> 
     })
 }
 
+/// The links of the run, as pairs of indices into `interfaces`: the two ends each interface names as its link.
+fn links_of(interfaces: &[CapturedInterface]) -> Result<Vec<Link>> {
+    let count = interfaces.iter().map(|interface| interface.link + 1).max().unwrap_or(0);
+    (0..count)
+        .map(|link| {
+            let ends: Vec<usize> = (0..interfaces.len()).filter(|&end| interfaces[end].link == link).collect();
+            match ends[..] {
+                [a, b] => Ok(Link(a, b)),
+                _ => Err(Error::Internal(format!(
+                    "link {link} of the run record has {} captured ends, not two",
+                    ends.len()
+                ))),
+            }
+        })
+        .collect()
+}
+
 /// How each fault treats what it matches, for packet comments and the ladder.
 fn fault_notes(plan: &Plan) -> Vec<FaultNote> {
     plan.faults
@@ -206,6 +225,7 @@ fn fault_notes(plan: &Plan) -> Vec<FaultNote> {
             direction: match fault.direction {
                 Direction::Ingress => "ingress",
                 Direction::Egress => "egress",
+                Direction::Forward => "forward",
             },
             verb: match &fault.action {
                 FaultAction::Impair(impairment) => format!("impaired on the wire ({impairment})"),
@@ -215,6 +235,7 @@ fn fault_notes(plan: &Plan) -> Vec<FaultNote> {
                 FaultAction::RejectIcmpHostUnreachable => "rejected with ICMP host unreachable".to_string(),
                 FaultAction::RejectIcmpNetUnreachable => "rejected with ICMP net unreachable".to_string(),
                 FaultAction::RejectIcmpAdminProhibited => "rejected with ICMP admin prohibited".to_string(),
+                FaultAction::FlushConntrack => "forgotten by a conntrack flush".to_string(),
             },
         })
         .collect()
@@ -354,17 +375,20 @@ fn render_timeline(plan: &Plan, record: &RunRecord, verdict: &Verdict) -> String
         record.setup.as_secs_f64() * 1e3,
         record.teardown.as_secs_f64() * 1e3,
     ));
-    for host in HostId::ALL {
-        let capture = &record.capture[host.index()];
-        let observer = &record.observer[host.index()];
-        text.push_str(&format!(
-            "# {host}: {}.pcap {} packets of {} the interface counted, {} dropped by the capture; {} socket samples\n",
-            host.name(),
-            capture.packets,
-            capture.interface_frames,
-            capture.kernel_drops,
-            observer.samples
-        ));
+    for (host, observer) in &record.observer {
+        let captures: Vec<String> = record
+            .interfaces
+            .iter()
+            .zip(&record.capture)
+            .filter(|(interface, _)| interface.host == *host)
+            .map(|(interface, capture)| {
+                format!(
+                    "{} {} packets of {} the interface counted, {} dropped by the capture",
+                    interface.pcap, capture.packets, capture.interface_frames, capture.kernel_drops
+                )
+            })
+            .collect();
+        text.push_str(&format!("# {host}: {}; {} socket samples\n", captures.join(", "), observer.samples));
     }
     for (fault, hits) in &record.fault_hits {
         text.push_str(&format!("# fault {fault}: {hits} packets matched\n"));
@@ -405,5 +429,28 @@ mod tests {
         for bad in ["", "../etc", "a/../../b", "/etc/passwd", "./x"] {
             assert!(report_dir(root, bad).is_err(), "{bad} must be refused");
         }
+    }
+
+    #[test]
+    fn links_pair_the_ends_each_interface_names() {
+        use crate::scenario::plan::HostId;
+        let end = |link: usize, host: HostId| CapturedInterface {
+            link,
+            host,
+            ifname: "nf0".into(),
+            mac: [2, 0, 0, 0, 0, 1],
+            address: std::net::Ipv4Addr::new(10, 0, 0, 1),
+            pcap: format!("{host}.pcap"),
+            snaplen: 262_144,
+        };
+        let two = [end(0, HostId::Client), end(0, HostId::Server)];
+        assert_eq!(links_of(&two).unwrap(), vec![Link(0, 1)]);
+        // In whatever order the record lists them: each link's two ends, found by their link.
+        let routed = [end(0, HostId::Client), end(1, HostId::Router), end(0, HostId::Router), end(1, HostId::Server)];
+        assert_eq!(links_of(&routed).unwrap(), vec![Link(0, 2), Link(1, 3)]);
+        let dangling = [end(0, HostId::Client), end(0, HostId::Router), end(1, HostId::Router)];
+        let error = links_of(&dangling).unwrap_err().to_string();
+        assert!(error.contains("link 1 of the run record has 1 captured ends"), "{error}");
+        assert!(links_of(&[]).unwrap().is_empty());
     }
 }

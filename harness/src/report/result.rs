@@ -14,12 +14,14 @@ use serde::Serialize;
 use super::verdict::{Failure, StepJudgement};
 use super::Status;
 use crate::error::{Context, Error, Result};
-use crate::record::{CaptureStats, ObserverStats, WireStats};
+use crate::record::{CaptureStats, CapturedInterface, ObserverStats, WireStats};
 use crate::scenario::plan::{HostId, Plan};
 use crate::timeline::{query::StepRecord, Decision, Event, Outcome};
 
-/// The version of the format this netfault writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The version of the format this netfault writes. 2: `capture` is one entry per captured interface (listed in
+/// `interfaces`), no longer client then server, and `observer` one per host, each naming its host: a scenario
+/// may have a router between client and server.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// The checked-in JSON Schema of result.json.
 pub const SCHEMA: &str = include_str!("result.schema.json");
@@ -121,12 +123,16 @@ pub struct ResultFile<'a> {
     /// Every step of both programs, in order, client first.
     pub steps: Vec<StepReport<'a>>,
     /// Each host's TCP settings in force during the run: every `net.ipv4.tcp_*` sysctl of the kernel,
-    /// `net.core.somaxconn` and the scenario's own, as `sysctl` prints them.
+    /// `net.core.somaxconn` and the scenario's own (the router's forwarding and conntrack ones), as `sysctl`
+    /// prints them.
     pub sysctls: PerHost<&'a BTreeMap<String, String>>,
-    /// The captures, client then server.
-    pub capture: &'a [CaptureStats; 2],
-    /// The socket observers, client then server.
-    pub observer: [ObserverReport; 2],
+    /// Every captured interface, both ends of each link in link order: client then server on one link, or
+    /// client, router, router, server with a router between them.
+    pub interfaces: Vec<InterfaceReport<'a>>,
+    /// What each capture saw, one per interface in the order of `interfaces`.
+    pub capture: &'a [CaptureStats],
+    /// The socket observers, one per host in the wire's order (client, router if any, server).
+    pub observer: Vec<ObserverReport>,
     /// Packets each fault's rule matched (the packets an impairment selected), by fault name.
     pub fault_hits: BTreeMap<&'a str, u64>,
     /// The seed of the impairments' random decisions: `netfault run --seed` with it repeats them.
@@ -229,6 +235,55 @@ fn rfc3339(secs: u64, nanos: u32) -> String {
 pub struct PerHost<T> {
     pub client: T,
     pub server: T,
+    /// Only in a scenario with a router.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub router: Option<T>,
+}
+
+impl<'a, T> PerHost<&'a T> {
+    /// The values of a run's hosts; `empty` for client or server where the run recorded none (a harness error
+    /// says why).
+    pub fn of(values: &'a [(HostId, T)], empty: &'a T) -> PerHost<&'a T> {
+        let of = |id: HostId| values.iter().find(|(host, _)| *host == id).map(|(_, value)| value);
+        PerHost {
+            client: of(HostId::Client).unwrap_or(empty),
+            server: of(HostId::Server).unwrap_or(empty),
+            router: of(HostId::Router),
+        }
+    }
+}
+
+/// One captured interface: a host's end of a link and the pcap its capture wrote into the report folder.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InterfaceReport<'a> {
+    /// The link it is an end of, from 0 in the wire's order (client to server); each link has two ends.
+    pub link: usize,
+    pub host: HostId,
+    /// Its name inside the host's namespace (`ip link show`); capture.pcapng names it `<host>/<ifname>`.
+    pub ifname: &'a str,
+    /// `02:00:00:00:00:01`.
+    #[schemars(regex(pattern = "^([0-9a-f]{2}:){5}[0-9a-f]{2}$"))]
+    pub mac: String,
+    pub address: std::net::Ipv4Addr,
+    /// The pcap's file name in the report folder.
+    pub pcap: &'a str,
+    /// The longest part of a frame the capture kept.
+    pub snaplen: u32,
+}
+
+impl<'a> From<&'a CapturedInterface> for InterfaceReport<'a> {
+    fn from(interface: &'a CapturedInterface) -> InterfaceReport<'a> {
+        InterfaceReport {
+            link: interface.link,
+            host: interface.host,
+            ifname: &interface.ifname,
+            mac: interface.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
+            address: interface.address,
+            pcap: &interface.pcap,
+            snaplen: interface.snaplen,
+        }
+    }
 }
 
 /// One step of a host's program: what it did and what was expected of it.
@@ -284,6 +339,8 @@ impl<'a> StepReport<'a> {
 #[derive(Debug, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ObserverReport {
+    /// The host whose sockets it watched.
+    pub host: HostId,
     /// sock_diag dumps taken.
     pub samples: u64,
     /// Their mean duration, in microseconds.
@@ -292,9 +349,10 @@ pub struct ObserverReport {
     pub max_dump_us: f64,
 }
 
-impl From<ObserverStats> for ObserverReport {
-    fn from(stats: ObserverStats) -> ObserverReport {
+impl ObserverReport {
+    pub fn of(host: HostId, stats: ObserverStats) -> ObserverReport {
         ObserverReport {
+            host,
             samples: stats.samples,
             mean_dump_us: stats.mean_dump_time.as_secs_f64() * 1e6,
             max_dump_us: stats.max_dump_time.as_secs_f64() * 1e6,
@@ -502,7 +560,22 @@ mod tests {
         let stats = CaptureStats { packets: 3, bytes: 180, kernel_drops: 0, interface_frames: 3 };
         let errors = ["client program panicked: deliberate".to_string()];
         let left_out = ["line 9: client step #1's expectation left out: needs kernel >= 6.15".to_string()];
-        let observer = || ObserverReport { samples: 10, mean_dump_us: 40.5, max_dump_us: 90.0 };
+        let observer = |host| ObserverReport { host, samples: 10, mean_dump_us: 40.5, max_dump_us: 90.0 };
+        // A router between client and server: two links, four captured interfaces, three hosts.
+        let captured: Vec<CapturedInterface> =
+            [(0, HostId::Client), (0, HostId::Router), (1, HostId::Router), (1, HostId::Server)]
+                .into_iter()
+                .enumerate()
+                .map(|(n, (link, host))| CapturedInterface {
+                    link,
+                    host,
+                    ifname: format!("nf{link}"),
+                    mac: [2, 0, 0, 0, link as u8, n as u8],
+                    address: Ipv4Addr::new(10, 0, link as u8, n as u8 + 1),
+                    pcap: format!("{host}-nf{link}.pcap"),
+                    snaplen: 262_144,
+                })
+                .collect();
         let heading = |release: String| Heading {
             format_version: FORMAT_VERSION,
             netfault: Build::this(),
@@ -523,9 +596,10 @@ mod tests {
             checks: 12,
             failures: &failures,
             steps,
-            sysctls: PerHost { client: &sysctls, server: &sysctls },
-            capture: &[stats, stats],
-            observer: [observer(), observer()],
+            sysctls: PerHost { client: &sysctls, server: &sysctls, router: Some(&sysctls) },
+            interfaces: captured.iter().map(InterfaceReport::from).collect(),
+            capture: &[stats, stats, stats, stats],
+            observer: [HostId::Client, HostId::Router, HostId::Server].map(observer).into(),
             fault_hits: BTreeMap::from([("blackhole", 3), ("lossy", 8)]),
             seed: 42,
             decisions: &decisions,
@@ -544,6 +618,11 @@ mod tests {
         never_started["source"] = serde_json::Value::Null;
         never_started["wire"] = serde_json::Value::Null;
         assert!(validator.is_valid(&never_started));
+        assert_eq!(value["interfaces"][1]["mac"], "02:00:00:00:00:01");
+        assert_eq!(value["interfaces"][2]["address"], "10.0.1.3");
+        let mut two_hosts = value.clone();
+        drop(two_hosts["sysctls"].as_object_mut().unwrap().remove("router"));
+        assert!(validator.is_valid(&two_hosts), "a scenario without a router has no router sysctls");
         let not_applicable = serde_json::to_value(ResultJson::NotApplicable(NotApplicableFile {
             heading: Heading { source: None, ..heading("6.8.0-1017-azure".into()) },
             status: Status::NotApplicable,
@@ -556,7 +635,11 @@ mod tests {
 
         // The schema says no to what a reader could not rely on.
         type Damage = fn(&mut serde_json::Value);
-        let broken_runs: [(&str, Damage); 9] = [
+        let broken_runs: [(&str, Damage); 13] = [
+            ("no interfaces", |v| drop(v.as_object_mut().unwrap().remove("interfaces"))),
+            ("an interface without its link", |v| drop(v["interfaces"][0].as_object_mut().unwrap().remove("link"))),
+            ("a MAC address not as ip link prints it", |v| v["interfaces"][0]["mac"] = "02-00-00-00-00-01".into()),
+            ("an observer without its host", |v| drop(v["observer"][0].as_object_mut().unwrap().remove("host"))),
             ("no format_version", |v| drop(v.as_object_mut().unwrap().remove("format_version"))),
             ("a field the contract does not have", |v| v["surprise"] = 1.into()),
             ("a status not pass/fail/error", |v| v["status"] = "skipped".into()),

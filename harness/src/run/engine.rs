@@ -1,7 +1,7 @@
 //! One scenario run inside the child process: set up, start the programs, switch faults on their triggers,
 //! stop at the end or the deadline, and hand back the timeline.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
@@ -16,12 +16,12 @@ use crate::run::actors::{self, ActorContext, ProcessRegistry, StepBoard};
 use crate::run::clock::{Clock, EventSink};
 use crate::run::confine::Confinement;
 use crate::run::faults::{Backend, HostFaults};
-use crate::run::firewall;
+use crate::run::firewall::{self, Nat};
 use crate::run::impair::{Wire, WireFault};
 use crate::run::netns::Netns;
 use crate::run::priority;
 use crate::run::supervise::SETUP_LIMIT;
-use crate::run::topology::{self, HostLink, HostWire, WireLinks};
+use crate::run::topology::{self, HostWire};
 use crate::scenario::plan::{Action, Direction, FaultPlan, HostId, HostPlan, Plan, Protocol, StepEdge, Trigger};
 use crate::timeline::{Decision, DecisionKind, Event, EventKind, IpProtocol, PacketDirection, PacketEvent, Timeline};
 
@@ -30,6 +30,10 @@ const IDLE_TICK: Duration = Duration::from_millis(5);
 /// How long a host's program may wait to be told to start once its host is set up (measured: up to 0.7 s to
 /// start a thread with 200 scenarios at once on 2 cores). The set-up itself is bounded by [`SETUP_LIMIT`].
 const PROGRAM_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the teardown waits for the programs to end once their processes are killed: the step a kill ended
+/// (`killed (SIGKILL) at the scenario deadline`) belongs in the record, and on a busy machine its thread may not
+/// have run yet when the recording is collected.
+const PROGRAM_END_LIMIT: Duration = Duration::from_secs(1);
 
 /// Runs `plan`, writing the pcaps into `report_dir`; the impairments' random decisions come from `seed`. Returns
 /// harness errors only; the verdict comes later. `on_start` is called once the programs have been told to
@@ -56,18 +60,30 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -
             gate: waiting,
         }
     });
-    let (places, wire_namespace, wire_links) = host_places(plan)?;
-    let (rig, threads) = start_hosts(plan, report_dir, &sink, programs.map(Some), places)?;
+    let [mut client, mut server] = programs.map(Some);
+    let programs = plan.hosts.iter().map(|host| match host.id {
+        HostId::Client => client.take(),
+        HostId::Server => server.take(),
+        HostId::Router => None,
+    });
+    // A link with impairments goes through the wire's namespace, whose ends the hosts' threads create with
+    // their own.
+    let wire_namespace = plan.links.iter().any(|link| link.wire).then(topology::wire_namespace).transpose()?;
+    let (rig, threads) = start_hosts(plan, report_dir, &sink, programs.collect(), wire_namespace.as_ref())?;
     let Rig { namespaces, interfaces, mut faults, captures, observers, listen_watchers } = rig;
-    // A scenario with impairments: the wire between the hosts, every impairment off, its decisions from `seed`.
-    let wire = match (&wire_namespace, wire_links) {
-        (Some(ns), Some(links)) => Some(Wire::start(ns, links.facing, wire_faults(plan), seed, Some(sink.clone()))?),
-        _ => None,
+    // Every impairment starts off; its decisions come from `seed`.
+    let wire = match &wire_namespace {
+        Some(namespace) => {
+            let facing = topology::wire_ends(namespace)?;
+            Some(Wire::start(namespace, facing, wire_faults(plan), seed, Some(sink.clone()))?)
+        }
+        None => None,
     };
     let setup = setup_started.elapsed();
-    // Each host's program until it ends and is joined.
+    // Each host's thread until it ends and is joined: the program's, or the router's, which ends after its
+    // set-up.
     let mut programs: Vec<(HostId, Option<JoinHandle<Result<()>>>)> =
-        HostId::ALL.into_iter().zip(threads.into_iter().map(Some)).collect();
+        plan.hosts.iter().map(|host| host.id).zip(threads.into_iter().map(Some)).collect();
 
     // Faults due at t0 are on before either program makes its first call. They are switched before t0 is
     // taken (their events read 0 s): an nftables commit can take tens of ms on a busy machine.
@@ -105,9 +121,11 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -
             Ok(event) => {
                 // Only the host that saw the packet or ran the step: a packet changes the sender's socket when
                 // it leaves and the receiver's when it arrives, and each capture reports its own side.
-                if wants_fresh_sample(&event) {
-                    if let Some(observer) = observers.get(event.host.index()) {
-                        observer.poke();
+                if let Some(observer) = plan.position(event.host).and_then(|position| observers.get(position)) {
+                    match fresh_sample(&event) {
+                        Some(Urgency::AtOnce) => observer.poke(),
+                        Some(Urgency::WithinBudget) => observer.poke_packet(),
+                        None => {}
                     }
                 }
                 schedule.observe(&event);
@@ -119,29 +137,40 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -
         apply_due(&mut schedule, &mut faults, wire.as_ref(), &clock, &mut fault_events)?;
     }
     let duration = clock.now();
+    // The recording ends with the run: every observer and capture is told at once, while this thread still
+    // runs real-time (their last samples and frames overlap). Told after the teardown's first steps, at the
+    // ordinary priority, they went on recording for 5 s in a starved TCG VM, and a retransmission the client
+    // sent then, answered with a RST by the server's closed port, failed a scenario that expects no RST.
+    observers.iter().for_each(Observer::request_stop);
+    captures.iter().for_each(Capture::request_stop);
     let _ = priority::lower_current_thread();
-    // Read once the programs are done, before anything is torn down and off the set-up and teardown figures:
-    // what the run made each host's kernel count, and the TCP settings it ran under (both hosts at once, from
-    // one listing).
-    for host in HostId::ALL {
-        match namespaces[host.index()].run(crate::observe::counters::read_counters) {
-            Ok(counters) => collected.push(Event { t: duration, host, kind: EventKind::Counters { counters } }),
+    // Read once the programs are done, before anything is torn down: what the run made each host's kernel
+    // count (`nstat`).
+    for (host, namespace) in plan.hosts.iter().zip(&namespaces) {
+        match namespace.run(crate::observe::counters::read_counters) {
+            Ok(counters) => collected.push(Event { t: duration, host: host.id, kind: EventKind::Counters { counters } }),
             Err(e) => harness_errors.push(e.to_string()),
         }
     }
-    let readers = HostId::ALL.map(|host| {
-        let tcp_files = topology::tcp_sysctl_files()?;
-        let own = plan.host(host).sysctls.clone();
-        namespaces[host.index()].spawn(&format!("sysctls-{host}"), move || topology::effective_sysctls(tcp_files, &own))
-    });
-    let mut sysctls = [BTreeMap::new(), BTreeMap::new()];
-    for (host, reader) in HostId::ALL.into_iter().zip(readers) {
+    // Read once the programs are done, off the set-up and teardown figures; every host at once, from one listing.
+    let readers: Vec<_> = plan
+        .hosts
+        .iter()
+        .zip(&namespaces)
+        .map(|(host, namespace)| {
+            let tcp_files = topology::tcp_sysctl_files()?;
+            let own = host.sysctls.clone();
+            namespace.spawn(&format!("sysctls-{}", host.id), move || topology::effective_sysctls(tcp_files, &own))
+        })
+        .collect();
+    let mut sysctls = Vec::with_capacity(plan.hosts.len());
+    for (host, reader) in plan.hosts.iter().zip(readers) {
         let values = reader.and_then(|thread| {
             thread.join().map_err(|_| Error::Internal("the thread reading the sysctls panicked".into()))?
         });
         match values {
-            Ok(values) => sysctls[host.index()] = values,
-            Err(e) => harness_errors.push(format!("{host} sysctls: {e}")),
+            Ok(values) => sysctls.push((host.id, values)),
+            Err(e) => harness_errors.push(format!("{} sysctls: {e}", host.id)),
         }
     }
 
@@ -165,11 +194,7 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -
     }
     // A part that fails to stop (on a starved machine: not within its bounded wait) is a harness error of this
     // run, not the end of it: what the others recorded still makes the report, timeline and pcaps included.
-    // Every observer and capture is told at once, then each is waited for: their last samples and frames
-    // overlap.
-    observers.iter().for_each(Observer::request_stop);
-    captures.iter().for_each(Capture::request_stop);
-    let mut observer_stats = Vec::with_capacity(2);
+    let mut observer_stats = Vec::with_capacity(observers.len());
     for observer in observers {
         observer_stats.push(observer.stop().unwrap_or_else(|e| {
             harness_errors.push(e.to_string());
@@ -178,9 +203,9 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -
     }
     let capture_stats = stop_captures(captures).unwrap_or_else(|e| {
         harness_errors.push(e.to_string());
-        vec![CaptureStats::default(); 2]
+        vec![CaptureStats::default(); interfaces.len()]
     });
-    harness_errors.extend(capture_losses(&capture_stats));
+    harness_errors.extend(capture_losses(&interfaces, &capture_stats));
     let mut fault_hits = Vec::new();
     for host_faults in &mut faults {
         match host_faults.hits() {
@@ -190,6 +215,7 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -
     }
     fault_hits.extend(wire_hits);
     fault_hits.sort();
+    wait_for_programs(&programs, PROGRAM_END_LIMIT);
     harness_errors.extend(join_finished(&mut programs));
     // Everything else is still queued in the channel: packets decoded during stop, last samples.
     collected.extend(events.try_iter());
@@ -205,8 +231,6 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -
     drop(namespaces);
     drop(wire_namespace);
     let teardown = teardown_started.elapsed();
-    let [capture_client, capture_server] = into_pair(capture_stats)?;
-    let [observer_client, observer_server] = into_pair(observer_stats)?;
     Ok(RunRecord {
         timeline,
         interfaces,
@@ -216,8 +240,8 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -
         teardown,
         deadline_hit,
         sysctls,
-        capture: [capture_client, capture_server],
-        observer: [observer_client, observer_server],
+        capture: capture_stats,
+        observer: plan.hosts.iter().map(|host| host.id).zip(observer_stats).collect(),
         fault_hits,
         seed,
         wire: wire_stats,
@@ -226,13 +250,23 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -
     })
 }
 
-/// Packets that change TCP states (SYN, FIN, RST) and step ends: worth a socket sample of their host at once.
-fn wants_fresh_sample(event: &Event) -> bool {
+/// How soon an event asks for a socket sample of its host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Urgency {
+    /// Packets that change TCP states (SYN, FIN, RST) and step ends: at once.
+    AtOnce,
+    /// Every other packet (it changes a queue, a window, a timer's count): as soon as the observer's CPU
+    /// budget allows.
+    WithinBudget,
+}
+
+fn fresh_sample(event: &Event) -> Option<Urgency> {
     const STATE_CHANGING_FLAGS: u8 = 0x01 | 0x02 | 0x04;
     match &event.kind {
-        EventKind::Packet(packet) => packet.flags & STATE_CHANGING_FLAGS != 0,
-        EventKind::StepEnd { .. } => true,
-        _ => false,
+        EventKind::Packet(packet) if packet.flags & STATE_CHANGING_FLAGS != 0 => Some(Urgency::AtOnce),
+        EventKind::Packet(_) => Some(Urgency::WithinBudget),
+        EventKind::StepEnd { .. } => Some(Urgency::AtOnce),
+        _ => None,
     }
 }
 
@@ -253,6 +287,15 @@ fn join_finished(programs: &mut [(HostId, Option<JoinHandle<Result<()>>>)]) -> V
     errors
 }
 
+/// Waits, at most `limit`, until every program thread has ended.
+fn wait_for_programs(programs: &[(HostId, Option<JoinHandle<Result<()>>>)], limit: Duration) {
+    let until = Instant::now() + limit;
+    let running = || programs.iter().any(|(_, slot)| slot.as_ref().is_some_and(|thread| !thread.is_finished()));
+    while running() && Instant::now() < until {
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// The message a panic was raised with.
 fn panic_text(payload: &(dyn std::any::Any + Send)) -> &str {
     payload
@@ -262,29 +305,28 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> &str {
         .unwrap_or("(no message)")
 }
 
-/// What a run sets up before t0, one of each per host (indexed by `HostId::index()`).
+/// What a run sets up before t0, one of each per host in `plan.hosts` order (client, the router if there is
+/// one, server), and one capture per interface in `interfaces` order.
 pub struct Rig {
-    pub namespaces: [Netns; 2],
-    /// The captured interfaces, as the run record names them.
+    pub namespaces: Vec<Netns>,
+    /// The captured interfaces, as the run record names them: each link's two ends, in link order.
     pub interfaces: Vec<CapturedInterface>,
     pub faults: Vec<HostFaults>,
     pub captures: Vec<Capture>,
     pub observers: Vec<Observer>,
-    /// For each host's program, a sock_diag socket in each host's namespace its `wait: { listening }` steps
-    /// name (see [`actors::listening_hosts`]).
+    /// For each program host's program (client, server), a sock_diag socket in each program host's namespace
+    /// its `wait: { listening }` steps name (see [`actors::listening_hosts`]).
     pub listen_watchers: [[Option<DiagSocket>; 2]; 2],
 }
 
-/// Namespaces, the wire, the faults (all off), a capture (into `report_dir/<host>.pcap`) and an observer per
-/// host, all sending their events to `sink`: [`start_hosts`] without programs (what `netfault bench setup`
-/// times).
+/// Namespaces, the wire, the faults (all off), a capture per interface and an observer per host, all sending
+/// their events to `sink`: [`start_hosts`] without programs (what `netfault bench setup` times).
 #[cfg(feature = "bench")]
 pub fn set_up(plan: &Plan, report_dir: &Path, sink: &EventSink) -> Result<Rig> {
     if plan.has_impairments() {
         return Err(Error::Internal("the set-up benchmark times scenarios without impairments".into()));
     }
-    let (places, _, _) = host_places(plan)?;
-    let (rig, threads) = start_hosts(plan, report_dir, sink, [None, None], places)?;
+    let (rig, threads) = start_hosts(plan, report_dir, sink, plan.hosts.iter().map(|_| None).collect(), None)?;
     for thread in threads {
         thread.join().map_err(|_| Error::Internal("host set-up thread panicked".into()))??;
     }
@@ -310,128 +352,135 @@ struct Gate {
 /// What one host's thread set up in its namespace.
 struct HostRig {
     namespace: Netns,
-    /// This host's captured interface, as the run record names it.
-    interface: CapturedInterface,
+    /// This host's captured interfaces (one, or the router's two), each with its place in `Rig::interfaces`.
+    interfaces: Vec<(usize, CapturedInterface, Capture)>,
     faults: HostFaults,
-    capture: Capture,
     observer: Observer,
     /// By the program's host: a sock_diag socket in this namespace for the programs that wait for it to listen.
     listen_watchers: [Option<DiagSocket>; 2],
 }
 
-/// How the two hosts' threads meet to create the veth pair: the server hands the client its namespace, and
-/// the client tells the server once the pair exists.
+/// How the two hosts of one link meet to create its veth pair: the link's second host hands the first its
+/// namespace, and the first tells the second once the pair exists. On a link through the impairment wire each
+/// host instead creates its own pair into the wire's namespace, which it is handed at once.
 enum WireMeeting {
-    Client { server: mpsc::Receiver<Netns>, created: mpsc::Sender<()> },
-    Server { namespace: mpsc::Sender<Netns>, created: mpsc::Receiver<()> },
+    Creates { link: usize, far: mpsc::Receiver<Netns>, created: mpsc::Sender<()> },
+    Joins { namespace: mpsc::Sender<Netns>, created: mpsc::Receiver<()> },
+    ToWire { link: usize, end: usize, wire: Netns },
 }
 
-/// Where a host's thread sets its host up.
-enum HostPlace {
-    /// In a namespace the thread creates, meeting the other host's thread to create the veth pair.
-    Own(WireMeeting),
-    /// In a namespace already built and joined to the wire's ([`topology::build_with_wire`]): the thread enters
-    /// it and finds its link there.
-    Built(Netns, HostLink),
-}
-
-/// Where each host is set up, and the wire's namespace and links when the scenario has impairments: those
-/// scenarios get all three namespaces and both veth pairs from [`topology::build_with_wire`] first, since the
-/// hosts' links end in the wire's namespace rather than in each other's.
-fn host_places(plan: &Plan) -> Result<([HostPlace; 2], Option<Netns>, Option<WireLinks>)> {
-    if plan.has_impairments() {
-        let ([client, server], wire, topology) = topology::build_with_wire(plan)?;
-        let places = [HostPlace::Built(client, topology.client), HostPlace::Built(server, topology.server)];
-        return Ok((places, Some(wire), topology.wire));
+/// Each host's meetings, in `plan.hosts` order: one per link it is an end of.
+fn wire_meetings(plan: &Plan, wire: Option<&Netns>) -> Result<Vec<Vec<WireMeeting>>> {
+    let mut meetings: Vec<Vec<WireMeeting>> = plan.hosts.iter().map(|_| Vec::new()).collect();
+    for (link, pair) in plan.links.iter().enumerate() {
+        let [near, far_end] = &pair.ends;
+        let (Some(near), Some(far_end)) = (plan.position(near.host), plan.position(far_end.host)) else { continue };
+        if pair.wire {
+            let wire = wire.ok_or_else(|| Error::Internal("a link through the wire, but no wire namespace".into()))?;
+            for (end, position) in [near, far_end].into_iter().enumerate() {
+                meetings[position].push(WireMeeting::ToWire { link, end, wire: wire.try_clone()? });
+            }
+            continue;
+        }
+        let (namespace, far) = mpsc::channel();
+        let (created, joined) = mpsc::channel();
+        meetings[near].push(WireMeeting::Creates { link, far, created });
+        meetings[far_end].push(WireMeeting::Joins { namespace, created: joined });
     }
-    let (namespace_tx, namespace_rx) = mpsc::channel();
-    let (created_tx, created_rx) = mpsc::channel();
-    let places = [
-        HostPlace::Own(WireMeeting::Client { server: namespace_rx, created: created_tx }),
-        HostPlace::Own(WireMeeting::Server { namespace: namespace_tx, created: created_rx }),
-    ];
-    Ok((places, None, None))
+    Ok(meetings)
 }
 
 /// Starts one thread per host, each of which creates its host's namespace (`unshare(CLONE_NEWNET)`, so the
-/// two namespaces are created at once) and sets it up from inside: sysctls and `lo`, its end of the veth pair
-/// (the client creates the pair), its faults, its capture and its observer. Returns what they set up, once
-/// both are done, and their threads: with a program, each thread then waits at its gate and runs the program
-/// in its namespace (its result is the thread's); without, it ends.
+/// namespaces are created at once) and sets it up from inside: sysctls and `lo`, its ends of the veth pairs
+/// (a link's first host creates its pair), its routes, its faults (and the router's NAT), a capture per
+/// interface and its observer. Returns what they set up, once all are done, and their threads in `plan.hosts`
+/// order: with a program (`programs`, in the same order), each thread then waits at its gate and runs the
+/// program in its namespace (its result is the thread's); without, it ends.
 ///
 /// A scenario that asks for a capture ring waits for one RCU grace period (`setsockopt(PACKET_RX_RING)` calls
-/// `synchronize_net`, 10-30 ms on a busy machine) instead of two.
+/// `synchronize_net`, 10-30 ms on a busy machine) per host instead of one per interface.
 fn start_hosts(
     plan: &Plan,
     report_dir: &Path,
     sink: &EventSink,
-    programs: [Option<Program>; 2],
-    places: [HostPlace; 2],
+    programs: Vec<Option<Program>>,
+    wire: Option<&Netns>,
 ) -> Result<(Rig, Vec<JoinHandle<Result<()>>>)> {
     let shared = Arc::new(plan.clone());
-    let (ready_tx, ready_rx) = mpsc::channel::<(HostId, Result<HostRig>)>();
-    let mut threads = Vec::with_capacity(2);
-    for ((host, place), program) in HostId::ALL.into_iter().zip(places).zip(programs) {
+    let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<HostRig>)>();
+    let mut threads = Vec::with_capacity(plan.hosts.len());
+    for (position, (meetings, program)) in wire_meetings(plan, wire)?.into_iter().zip(programs).enumerate() {
         let plan = Arc::clone(&shared);
-        let pcap = report_dir.join(pcap_name(host));
+        let host = plan.hosts[position].id;
+        let report_dir = report_dir.to_path_buf();
         let sink = sink.clone();
         let ready = ready_tx.clone();
         let thread = thread::Builder::new()
             .name(format!("host-{host}"))
-            .spawn(move || host_thread(&plan, host, &pcap, sink, place, ready, program))
+            .spawn(move || {
+                let rig = set_up_host(&plan, host, &report_dir, sink.clone(), meetings);
+                host_thread(host, rig, sink, (position, ready), program)
+            })
             .map_err(|e| Error::sys(format!("spawn the thread of host {host}"), e))?;
         threads.push(thread);
     }
     drop(ready_tx);
-    let mut rigs: [Option<HostRig>; 2] = [None, None];
+    let mut rigs: Vec<Option<HostRig>> = plan.hosts.iter().map(|_| None).collect();
     let mut failures = Vec::new();
-    for _ in HostId::ALL {
+    for _ in &plan.hosts {
         match ready_rx.recv_timeout(SETUP_LIMIT) {
-            Ok((host, Ok(rig))) => rigs[host.index()] = Some(rig),
-            Ok((host, Err(e))) => failures.push(format!("set-up of {host}: {e}")),
+            Ok((position, Ok(rig))) => rigs[position] = Some(rig),
+            Ok((position, Err(e))) => failures.push(format!("set-up of {}: {e}", plan.hosts[position].id)),
             Err(_) => failures
                 .push(format!("the hosts were not set up {}s after their threads started", SETUP_LIMIT.as_secs())),
         }
     }
-    match rigs {
-        [Some(client), Some(server)] if failures.is_empty() => {
-            let rig = Rig {
-                namespaces: [client.namespace, server.namespace],
-                interfaces: vec![client.interface, server.interface],
-                faults: vec![client.faults, server.faults],
-                captures: vec![client.capture, server.capture],
-                observers: vec![client.observer, server.observer],
-                listen_watchers: by_program(client.listen_watchers, server.listen_watchers),
-            };
-            Ok((rig, threads))
+    // A thread waiting at its gate gives up when the gates go with the caller's `Program`s.
+    let rigs: Vec<HostRig> = match rigs.into_iter().collect::<Option<Vec<_>>>() {
+        Some(rigs) if failures.is_empty() => rigs,
+        _ => return Err(Error::Internal(failures.join("; "))),
+    };
+    let mut rig = Rig {
+        namespaces: Vec::new(),
+        interfaces: Vec::new(),
+        faults: Vec::new(),
+        captures: Vec::new(),
+        observers: Vec::new(),
+        listen_watchers: [[None, None], [None, None]],
+    };
+    let mut interfaces = Vec::new();
+    for (host, host_rig) in plan.hosts.iter().zip(rigs) {
+        rig.namespaces.push(host_rig.namespace);
+        rig.faults.push(host_rig.faults);
+        rig.observers.push(host_rig.observer);
+        interfaces.extend(host_rig.interfaces);
+        // Regrouped by the program that uses them.
+        if let Some(opened_in) = HostId::ALL.iter().position(|&id| id == host.id) {
+            for (program, watcher) in host_rig.listen_watchers.into_iter().enumerate() {
+                rig.listen_watchers[program][opened_in] = watcher;
+            }
         }
-        // A thread waiting at its gate gives up when the gates go with the caller's `Program`s.
-        _ => Err(Error::Internal(failures.join("; "))),
     }
+    interfaces.sort_by_key(|(place, _, _)| *place);
+    for (_, interface, capture) in interfaces {
+        rig.interfaces.push(interface);
+        rig.captures.push(capture);
+    }
+    Ok((rig, threads))
 }
 
-/// The sock_diag sockets each host opened, by the host they were opened in, regrouped by the program that uses
-/// them.
-fn by_program(client: [Option<DiagSocket>; 2], server: [Option<DiagSocket>; 2]) -> [[Option<DiagSocket>; 2]; 2] {
-    let [client_for_client, client_for_server] = client;
-    let [server_for_client, server_for_server] = server;
-    [[client_for_client, server_for_client], [client_for_server, server_for_server]]
-}
-
-/// The body of one host's thread (see [`start_hosts`]): set-up, report, then the program if there is one.
+/// The rest of one host's thread (see [`start_hosts`]) once its host is set up: report, then the program if
+/// there is one.
 fn host_thread(
-    plan: &Plan,
     host: HostId,
-    pcap: &Path,
+    mut rig: Result<HostRig>,
     sink: EventSink,
-    place: HostPlace,
-    ready: mpsc::Sender<(HostId, Result<HostRig>)>,
+    (position, ready): (usize, mpsc::Sender<(usize, Result<HostRig>)>),
     program: Option<Program>,
 ) -> Result<()> {
-    let mut rig = set_up_host(plan, host, pcap, sink.clone(), place);
     let Some(program) = program else {
         // The engine is gone only when it gave up waiting; then nobody needs the rig.
-        let _ = ready.send((host, rig));
+        let _ = ready.send((position, rig));
         return Ok(());
     };
     // What the program's exec steps run in is part of the set-up: made before t0.
@@ -447,7 +496,7 @@ fn host_thread(
         // before the engine hears of it, so the start signal wakes it at once.
         let _ = priority::raise_current_thread();
     }
-    if ready.send((host, rig)).is_err() {
+    if ready.send((position, rig)).is_err() {
         return Ok(());
     }
     drop(ready);
@@ -480,63 +529,112 @@ fn exec_confinement(program: &HostPlan, namespace: &Netns) -> Result<Option<Arc<
     Ok(Some(Arc::new(Confinement::new(namespace, program.id.name())?)))
 }
 
-/// One host's set-up, on its own thread, which stays in the host's namespace.
-fn set_up_host(plan: &Plan, host: HostId, pcap: &Path, sink: EventSink, place: HostPlace) -> Result<HostRig> {
-    let (namespace, link) = match place {
-        HostPlace::Own(meeting) => own_namespace(plan, host, meeting)?,
-        HostPlace::Built(namespace, link) => {
-            namespace.enter()?;
-            (namespace, link)
-        }
-    };
-    let faults = HostFaults::install(&namespace, host, &plan.faults)?;
-    let capture = Capture::start(&namespace, host, link.ifindex, pcap, sink.clone(), capture_buffer(plan))?;
-    let observer = Observer::start(&namespace, host, plan.sample_interval, sink)?;
-    let mut listen_watchers = [None, None];
-    for (program, watcher) in HostId::ALL.into_iter().zip(&mut listen_watchers) {
-        if actors::listening_hosts(plan.host(program))[host.index()] {
-            *watcher = Some(DiagSocket::open_in(&namespace)?);
-        }
-    }
-    let interface = CapturedInterface {
-        host,
-        ifname: link.ifname,
-        mac: link.mac,
-        address: link.address,
-        pcap: pcap_name(host),
-        snaplen: crate::observe::capture::SNAPLEN,
-    };
-    Ok(HostRig { namespace, interface, faults, capture, observer, listen_watchers })
-}
-
-/// Creates the host's namespace from the calling thread, which stays in it, and the veth pair with the other
-/// host's thread; returns once the host's end is operational.
-fn own_namespace(plan: &Plan, host: HostId, meeting: WireMeeting) -> Result<(Netns, HostLink)> {
+/// One host's set-up, on its own thread, which stays in the namespace it creates.
+fn set_up_host(
+    plan: &Plan,
+    host: HostId,
+    report_dir: &Path,
+    sink: EventSink,
+    meetings: Vec<WireMeeting>,
+) -> Result<HostRig> {
     let namespace = Netns::unshare_current_thread()?;
     let mut wire = HostWire::prepare(plan, host)?;
     let peer_failed = |what: &str| Error::Internal(format!("{what} (the other host's set-up failed)"));
-    match meeting {
-        WireMeeting::Client { server, created } => {
-            let server =
-                server.recv_timeout(SETUP_LIMIT).map_err(|_| peer_failed("the server's namespace never came"))?;
-            wire.create_veth_pair(plan.link.mtu, &server)?;
-            // The server is gone only when its set-up failed, which it reports itself.
-            let _ = created.send(());
+    // Every namespace is handed over before any pair is created, so no host waits for one that waits too.
+    for meeting in &meetings {
+        if let WireMeeting::Joins { namespace: to_creator, .. } = meeting {
+            // The creator is gone only when its set-up failed, which it reports itself.
+            let _ = to_creator.send(namespace.try_clone()?);
         }
-        WireMeeting::Server { namespace: to_client, created } => {
-            // The client is gone only when its set-up failed, which it reports itself.
-            let _ = to_client.send(namespace.try_clone()?);
+    }
+    for meeting in &meetings {
+        match meeting {
+            WireMeeting::Creates { link, far, created } => {
+                let far =
+                    far.recv_timeout(SETUP_LIMIT).map_err(|_| peer_failed("the other namespace never came"))?;
+                wire.create_veth_pair(plan, &plan.links[*link], &far)?;
+                // The other host is gone only when its set-up failed, which it reports itself.
+                let _ = created.send(());
+            }
+            WireMeeting::ToWire { link, end, wire: impairment_wire } => {
+                wire.create_veth_to_wire(plan, &plan.links[*link].ends[*end], impairment_wire)?;
+            }
+            WireMeeting::Joins { .. } => {}
+        }
+    }
+    for meeting in &meetings {
+        if let WireMeeting::Joins { created, .. } = meeting {
             created.recv_timeout(SETUP_LIMIT).map_err(|_| peer_failed("the veth pair was never created"))?;
         }
     }
-    let link = wire.configure(plan.host(host))?;
-    wire.wait_operational()?;
-    Ok((namespace, link))
+    let links = wire.configure(plan)?;
+    wire.wait_operational(plan)?;
+    let nat = router_nat(plan).filter(|_| host == HostId::Router);
+    let faults = HostFaults::install(&namespace, host, &plan.faults, nat.as_ref())?;
+    let observer = Observer::start(&namespace, host, plan.sample_interval, sink.clone())?;
+    let mut listen_watchers = [None, None];
+    for (program, watcher) in HostId::ALL.into_iter().zip(&mut listen_watchers) {
+        if actors::listening_hosts(plan.host(program)).get(host.index()) == Some(&true) {
+            *watcher = Some(DiagSocket::open_in(&namespace)?);
+        }
+    }
+    let mut interfaces = Vec::with_capacity(links.len());
+    for link in links {
+        let place = plan.link_ends().position(|(_, end)| end.host == host && end.ifname == link.ifname);
+        let (place, (link_index, _)) = place
+            .and_then(|place| plan.link_ends().nth(place).map(|end| (place, end)))
+            .ok_or_else(|| Error::Internal(format!("{host} {} is on no link of the plan", link.ifname)))?;
+        let pcap = pcap_name(host, &link.ifname, plan.link_ends().filter(|(_, end)| end.host == host).count());
+        let capture = Capture::start(
+            &namespace,
+            host,
+            link.ifindex,
+            &report_dir.join(&pcap),
+            sink.clone(),
+            capture_buffer(plan),
+        )?;
+        let interface = CapturedInterface {
+            link: link_index,
+            host,
+            ifname: link.ifname,
+            mac: link.mac,
+            address: link.address,
+            pcap,
+            snaplen: crate::observe::capture::SNAPLEN,
+        };
+        interfaces.push((place, interface, capture));
+    }
+    Ok(HostRig { namespace, interfaces, faults, observer, listen_watchers })
 }
 
-/// The pcap a host's capture writes in the report folder.
-fn pcap_name(host: HostId) -> String {
-    format!("{host}.pcap")
+/// The router's NAT rules, when the plan has a router: its interface towards the client and towards the
+/// server, and the server's address for port forwards.
+fn router_nat(plan: &Plan) -> Option<Nat> {
+    let router = plan.router.as_ref()?;
+    let side = |peer: HostId| {
+        plan.links
+            .iter()
+            .find(|link| link.ends.iter().any(|end| end.host == peer))
+            .and_then(|link| link.ends.iter().find(|end| end.host == HostId::Router))
+            .map(|end| end.ifname.clone())
+    };
+    Some(Nat {
+        client_side: side(HostId::Client)?,
+        server_side: side(HostId::Server)?,
+        server: plan.host(HostId::Server).address,
+        masquerade: router.masquerade,
+        forwards: router.dnat.clone(),
+    })
+}
+
+/// The pcap of one interface in the report folder: `<host>.pcap` for a host with one interface,
+/// `<host>-<ifname>.pcap` for the router's two.
+fn pcap_name(host: HostId, ifname: &str, interfaces_of_host: usize) -> String {
+    if interfaces_of_host == 1 {
+        format!("{host}.pcap")
+    } else {
+        format!("{host}-{ifname}.pcap")
+    }
 }
 
 /// `tcpdump -B` for the plan: the socket's own queue unless the scenario asks for a ring.
@@ -546,15 +644,17 @@ fn capture_buffer(plan: &Plan) -> CaptureBuffer {
 
 /// A capture that lost frames makes the timeline incomplete: every packet expectation and packet trigger
 /// would be judged on part of the traffic, so the run cannot be trusted either way.
-fn capture_losses(stats: &[CaptureStats]) -> Vec<String> {
-    HostId::ALL
-        .into_iter()
+fn capture_losses(interfaces: &[CapturedInterface], stats: &[CaptureStats]) -> Vec<String> {
+    interfaces
+        .iter()
         .zip(stats)
         .filter(|(_, stats)| stats.lost() > 0)
-        .map(|(host, stats)| {
+        .map(|(interface, stats)| {
             format!(
-                "capture of {host} lost {} of the {} frames its interface counted ({} dropped by the kernel): the \
+                "capture of {} {} lost {} of the {} frames its interface counted ({} dropped by the kernel): the \
                  timeline is incomplete; give the scenario a larger buffer, e.g. `capture: {{ ring: 64MiB }}`",
+                interface.host,
+                interface.ifname,
                 stats.lost(),
                 stats.interface_frames,
                 stats.kernel_drops
@@ -606,8 +706,8 @@ pub fn stop_captures(captures: Vec<Capture>) -> Result<Vec<CaptureStats>> {
     stopped.into_iter().collect()
 }
 
-/// Switches the faults that are due now, each where it is carried out (its host's backend, or the wire between
-/// the hosts), and records each switch on the timeline.
+/// Switches the faults that are due now, each where it is carried out (its host's backend, or the impairment
+/// wire on the link), and records each switch on the timeline.
 fn apply_due(
     schedule: &mut FaultSchedule<'_>,
     faults: &mut [HostFaults],
@@ -616,12 +716,16 @@ fn apply_due(
     events: &mut Vec<Event>,
 ) -> Result<()> {
     for (fault, on) in schedule.due(clock.now()) {
-        match (Backend::of(fault), wire) {
-            (Backend::Wire, Some(wire)) => wire.switch(&fault.name, on)?,
-            (Backend::Wire, None) => {
-                return Err(Error::Internal(format!("impairment {} has no wire to run on", fault.name)));
-            }
-            (Backend::Nftables, _) => faults[fault.host.index()].switch(fault, on)?,
+        if Backend::of(fault) == Backend::Wire {
+            let wire = wire
+                .ok_or_else(|| Error::Internal(format!("impairment {} has no wire to run on", fault.name)))?;
+            wire.switch(&fault.name, on)?;
+        } else {
+            let host_faults =
+                faults.iter_mut().find(|host_faults| host_faults.host() == fault.host).ok_or_else(|| {
+                    Error::Internal(format!("fault {} is at {}, which has no faults installed", fault.name, fault.host))
+                })?;
+            host_faults.switch(fault, on)?;
         }
         let kind = if on {
             EventKind::FaultOn { fault: fault.name.clone() }
@@ -631,10 +735,6 @@ fn apply_due(
         events.push(Event { t: clock.now(), host: fault.host, kind });
     }
     Ok(())
-}
-
-fn into_pair<T>(items: Vec<T>) -> Result<[T; 2]> {
-    items.try_into().map_err(|_| Error::Internal("expected one item per host".into()))
 }
 
 /// Names, in the deadline event, the steps that were still running: not ended, or ended only as the run
@@ -877,152 +977,4 @@ fn decisions(timeline: &Timeline) -> Vec<Decision> {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::net::Ipv4Addr;
-    use std::path::Path;
-
-    use super::*;
-    use crate::timeline::{Outcome, PacketEvent};
-
-    const SCENARIO: &str = r#"
-description: schedule test
-faults:
-  - name: at-two
-    at: server
-    action: drop
-    from: 2s
-    until: 3s
-  - name: after-connect
-    at: server
-    match: { flags: "." }
-    action: drop
-    from: { after: client.connect, delay: 500ms }
-  - name: third-ack
-    at: client
-    action: drop
-    from: { packet: { from: client, flags: "." }, nth: 3 }
-server:
-  - listen: { port: 9000 }
-client:
-  - connect: { to: server, port: 9000 }
-    name: connect
-"#;
-
-    fn plan() -> Plan {
-        crate::scenario::parse("schedule", Path::new("schedule.yaml"), SCENARIO).unwrap()
-    }
-
-    fn ms(n: u64) -> Duration {
-        Duration::from_millis(n)
-    }
-
-    fn ack(t: Duration, host: HostId, direction: PacketDirection) -> Event {
-        Event {
-            t,
-            host,
-            kind: EventKind::Packet(PacketEvent {
-                direction,
-                src: Ipv4Addr::new(10, 0, 0, 1),
-                dst: Ipv4Addr::new(10, 0, 0, 2),
-                protocol: IpProtocol::Known(Protocol::Tcp),
-                ip_id: t.as_millis() as u16,
-                sport: 40000,
-                dport: 9000,
-                flags: 0x10,
-                seq: 1,
-                ack: 1,
-                window: 63,
-                len: 0,
-                options: String::new(),
-                fault: None,
-                impairments: Vec::new(),
-            }),
-        }
-    }
-
-    fn names(switches: Vec<(&FaultPlan, bool)>) -> Vec<(String, bool)> {
-        switches.into_iter().map(|(f, on)| (f.name.clone(), on)).collect()
-    }
-
-    #[test]
-    fn timed_faults_switch_on_and_off_at_their_times() {
-        let plan = plan();
-        let mut schedule = FaultSchedule::new(&plan.faults);
-        assert_eq!(schedule.next_due(), Some(ms(2000)));
-        assert!(schedule.due(ms(1999)).is_empty());
-        assert_eq!(names(schedule.due(ms(2000))), vec![("at-two".to_string(), true)]);
-        assert_eq!(schedule.next_due(), Some(ms(3000)));
-        assert_eq!(names(schedule.due(ms(3000))), vec![("at-two".to_string(), false)]);
-        assert_eq!(schedule.next_due(), None);
-    }
-
-    #[test]
-    fn a_step_trigger_fires_after_its_delay() {
-        let plan = plan();
-        let mut schedule = FaultSchedule::new(&plan.faults);
-        let end = Event {
-            t: ms(100),
-            host: HostId::Client,
-            kind: EventKind::StepEnd {
-                step: 0,
-                label: "connect".into(),
-                outcome: Outcome::Ok,
-                detail: None,
-                unmatched: Vec::new(),
-            },
-        };
-        schedule.observe(&end);
-        assert!(schedule.due(ms(599)).iter().all(|(f, _)| f.name != "after-connect"));
-        assert_eq!(names(schedule.due(ms(600))), vec![("after-connect".to_string(), true)]);
-    }
-
-    #[test]
-    fn a_packet_trigger_counts_matching_packets_from_the_sender() {
-        let plan = plan();
-        let mut schedule = FaultSchedule::new(&plan.faults);
-        for t in [10, 20] {
-            schedule.observe(&ack(ms(t), HostId::Client, PacketDirection::Out));
-            // The receiver's copy of the same packet is not counted twice.
-            schedule.observe(&ack(ms(t), HostId::Server, PacketDirection::In));
-        }
-        assert!(schedule.due(ms(25)).is_empty());
-        schedule.observe(&ack(ms(30), HostId::Client, PacketDirection::Out));
-        assert_eq!(names(schedule.due(ms(30))), vec![("third-ack".to_string(), true)]);
-    }
-
-    #[test]
-    fn packets_taken_by_an_active_ingress_fault_are_marked_on_both_copies() {
-        let plan = plan();
-        let mut timeline = Timeline::new(vec![
-            ack(ms(10), HostId::Client, PacketDirection::Out),
-            ack(ms(10), HostId::Server, PacketDirection::In),
-            Event { t: ms(600), host: HostId::Server, kind: EventKind::FaultOn { fault: "after-connect".into() } },
-            ack(ms(700), HostId::Client, PacketDirection::Out),
-            ack(ms(700), HostId::Server, PacketDirection::In),
-        ]);
-        annotate_faults(&mut timeline, &plan);
-        let marks: Vec<Option<&str>> = timeline
-            .events
-            .iter()
-            .filter_map(|e| match &e.kind {
-                EventKind::Packet(p) => Some(p.fault.as_deref()),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(marks, vec![None, None, Some("after-connect"), Some("after-connect")]);
-    }
-
-    #[test]
-    fn a_capture_that_lost_frames_is_a_harness_error_naming_its_host() {
-        let whole = CaptureStats { packets: 40, bytes: 4000, kernel_drops: 0, interface_frames: 40 };
-        let dropped = CaptureStats { packets: 37, bytes: 3700, kernel_drops: 3, interface_frames: 40 };
-        let unseen = CaptureStats { packets: 38, bytes: 3800, kernel_drops: 0, interface_frames: 40 };
-        assert!(capture_losses(&[whole, whole]).is_empty());
-        let errors = capture_losses(&[whole, dropped]);
-        assert_eq!(errors.len(), 1);
-        assert!(errors[0].starts_with("capture of server lost 3 of the 40 frames"), "{}", errors[0]);
-        assert!(errors[0].contains("(3 dropped by the kernel)") && errors[0].contains("ring: 64MiB"), "{}", errors[0]);
-        let errors = capture_losses(&[unseen, whole]);
-        assert!(errors[0].starts_with("capture of client lost 2 of the 40 frames"), "{}", errors[0]);
-    }
-}
+mod tests;

@@ -1,12 +1,13 @@
 //! The seam between the engine and what carries faults out inside a host's namespace. A backend installs the
 //! host's faults switched off, switches each on and off when its trigger fires, says how many packets each
-//! took, and is closed at the end of the run. nftables ([`Firewall`]: drop and reject rules) is the backend
-//! of the faults a host's own firewall carries out; the impairments (loss, delay, reordering, duplication,
-//! corruption, rate, forged segments) are carried out by the wire between the hosts ([`Backend::Wire`],
-//! `run::impair`), which is no host's and which the engine runs beside the hosts' backends.
+//! took, and is closed at the end of the run. nftables ([`Firewall`]: drop and reject rules) and the conntrack
+//! table ([`ConntrackTable`]: a router's flush) are the backends of the faults a host carries out itself; the
+//! impairments (loss, delay, reordering, duplication, corruption, rate, forged segments) are carried out by the
+//! wire on the link ([`Backend::Wire`], `run::impair`), which is no host's and which the engine runs beside the
+//! hosts' backends.
 
 use crate::error::{Error, Result};
-use crate::run::firewall::Firewall;
+use crate::run::firewall::{ConntrackTable, Firewall, Nat};
 use crate::run::netns::Netns;
 use crate::scenario::plan::{FaultAction, FaultPlan, HostId};
 
@@ -15,6 +16,8 @@ use crate::scenario::plan::{FaultAction, FaultPlan, HostId};
 pub enum Backend {
     /// An nftables rule in table `inet netfault` (`nft add rule ... drop`, `reject with ...`).
     Nftables,
+    /// The host's conntrack table, flushed when the fault switches on (`conntrack -F`).
+    Conntrack,
     /// The impairment wire in the namespace between the hosts.
     Wire,
 }
@@ -29,6 +32,7 @@ impl Backend {
             | FaultAction::RejectIcmpHostUnreachable
             | FaultAction::RejectIcmpNetUnreachable
             | FaultAction::RejectIcmpAdminProhibited => Backend::Nftables,
+            FaultAction::FlushConntrack => Backend::Conntrack,
             FaultAction::Impair(_) => Backend::Wire,
         }
     }
@@ -62,6 +66,23 @@ impl FaultBackend for Firewall {
     }
 }
 
+impl FaultBackend for ConntrackTable {
+    /// Switching on flushes; a flush has nothing to switch off.
+    fn switch(&mut self, _fault: &str, on: bool) -> Result<()> {
+        if on {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// A flush takes no packets.
+    fn hits(&mut self) -> Result<Vec<(String, u64)>> {
+        Ok(Vec::new())
+    }
+
+    fn close(self: Box<Self>) {}
+}
+
 /// Every fault of one host, each installed (switched off) on the backend that carries it out.
 pub struct HostFaults {
     host: HostId,
@@ -69,16 +90,23 @@ pub struct HostFaults {
 }
 
 impl HostFaults {
-    /// Installs `host`'s faults of `faults` on their backends, all off. Must run inside the host's namespace.
-    /// The nftables table is installed even when the host has no fault, so every host's firewall looks alike.
-    pub fn install(ns: &Netns, host: HostId, faults: &[FaultPlan]) -> Result<HostFaults> {
-        let nftables: Vec<FaultPlan> = faults
-            .iter()
-            .filter(|fault| fault.host == host && Backend::of(fault) == Backend::Nftables)
-            .cloned()
-            .collect();
-        let firewall: Box<dyn FaultBackend> = Box::new(Firewall::install(ns, host, &nftables)?);
-        Ok(HostFaults { host, backends: vec![(Backend::Nftables, firewall)] })
+    /// Installs `host`'s faults of `faults` on their backends, all off, with the router's NAT when `nat` is
+    /// given. Must run inside the host's namespace. The nftables table is installed even when the host has no
+    /// fault, so every host's firewall looks alike.
+    pub fn install(ns: &Netns, host: HostId, faults: &[FaultPlan], nat: Option<&Nat>) -> Result<HostFaults> {
+        let of = |backend: Backend| -> Vec<FaultPlan> {
+            faults.iter().filter(|fault| fault.host == host && Backend::of(fault) == backend).cloned().collect()
+        };
+        let firewall: Box<dyn FaultBackend> = Box::new(Firewall::install(ns, host, &of(Backend::Nftables), nat)?);
+        let mut backends = vec![(Backend::Nftables, firewall)];
+        if !of(Backend::Conntrack).is_empty() {
+            backends.push((Backend::Conntrack, Box::new(ConntrackTable::open(ns, host)?) as Box<dyn FaultBackend>));
+        }
+        Ok(HostFaults { host, backends })
+    }
+
+    pub fn host(&self) -> HostId {
+        self.host
     }
 
     /// Switches `fault` (one of this host's) on or off on its backend.

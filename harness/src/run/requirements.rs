@@ -103,7 +103,8 @@ fn probe_nftables(feature: NftFeature) -> Option<bool> {
     let plan = crate::scenario::parse("probe", Path::new("<nftables probe>"), yaml).ok()?;
     let ns = Netns::new_anonymous().ok()?;
     let installed = ns.run(|| {
-        Ok(crate::run::firewall::Firewall::install(&ns, crate::scenario::plan::HostId::Client, &plan.faults).is_ok())
+        Ok(crate::run::firewall::Firewall::install(&ns, crate::scenario::plan::HostId::Client, &plan.faults, None)
+            .is_ok())
     });
     installed.ok()
 }
@@ -163,6 +164,7 @@ pub fn specialize(mut plan: Plan, kernel: &mut Kernel) -> Plan {
                     step.expect.outcome = None;
                     step.expect.after = None;
                     step.expect.at = None;
+                    step.expect.since = None;
                 }
             }
             ExpectationRef::Packet(i) => drop(plan.expect.packets.remove(i)),

@@ -4,6 +4,7 @@
 //! firewall, actors, observer, verdict, report) reads the plan and never the YAML.
 
 mod expect;
+mod fault;
 mod requires;
 
 use std::fmt;
@@ -15,6 +16,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 pub use expect::*;
+pub use fault::*;
 pub use requires::*;
 
 /// A position in the scenario file, 1-based, as editors show it.
@@ -30,35 +32,43 @@ impl fmt::Display for Location {
     }
 }
 
-/// One of the two hosts of a scenario; each is its own network namespace.
+/// A host of a scenario; each is its own network namespace. Client and server are in every scenario and run
+/// the programs; a router, when the scenario declares one, sits between them and runs none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum HostId {
     Client,
     Server,
+    Router,
 }
 
 impl HostId {
+    /// The hosts that run programs, in every scenario.
     pub const ALL: [HostId; 2] = [HostId::Client, HostId::Server];
 
     pub fn name(self) -> &'static str {
         match self {
             HostId::Client => "client",
             HostId::Server => "server",
+            HostId::Router => "router",
         }
     }
 
+    /// The other program host; the router, which runs no program, has none but itself.
     pub fn peer(self) -> HostId {
         match self {
             HostId::Client => HostId::Server,
             HostId::Server => HostId::Client,
+            HostId::Router => HostId::Router,
         }
     }
 
+    /// Position among the program hosts (`ALL`), and 2 for the router.
     pub fn index(self) -> usize {
         match self {
             HostId::Client => 0,
             HostId::Server => 1,
+            HostId::Router => 2,
         }
     }
 
@@ -66,6 +76,7 @@ impl HostId {
         match name {
             "client" => Some(HostId::Client),
             "server" => Some(HostId::Server),
+            "router" => Some(HostId::Router),
             _ => None,
         }
     }
@@ -130,10 +141,15 @@ pub struct Plan {
     pub tolerance: Tolerance,
     /// Observer sampling interval (`ss` polling period).
     pub sample_interval: Duration,
+    /// Settings of every link.
     pub link: LinkPlan,
     pub capture: CapturePlan,
-    /// Indexed by `HostId::index()`.
-    pub hosts: [HostPlan; 2],
+    /// In the order they stand on the wire: client, the router if there is one, server.
+    pub hosts: Vec<HostPlan>,
+    /// The veth pairs between them: client-server, or client-router and router-server.
+    pub links: Vec<Link>,
+    /// What the router does besides forwarding, when there is one.
+    pub router: Option<RouterPlan>,
     /// Sorted by name.
     pub faults: Vec<FaultPlan>,
     pub expect: RunExpectations,
@@ -147,8 +163,21 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The host `id`. Client and server are in every plan; asking for the router of a plan without one is a
+    /// harness bug, answered with the client so that nothing panics (validation refuses any reference to an
+    /// undeclared router).
     pub fn host(&self, id: HostId) -> &HostPlan {
-        &self.hosts[id.index()]
+        self.hosts.iter().find(|host| host.id == id).unwrap_or(&self.hosts[0])
+    }
+
+    /// Position of host `id` in `hosts` (the wire's order).
+    pub fn position(&self, id: HostId) -> Option<usize> {
+        self.hosts.iter().position(|host| host.id == id)
+    }
+
+    /// Every interface of every link, in the wire's order: `(link index, end)`.
+    pub fn link_ends(&self) -> impl Iterator<Item = (usize, &LinkEnd)> {
+        self.links.iter().enumerate().flat_map(|(index, link)| link.ends.iter().map(move |end| (index, end)))
     }
 
     /// Finds a step by host and name.
@@ -157,12 +186,49 @@ impl Plan {
     }
 }
 
-/// `ip link add ... type veth peer ...` with `mtu`.
+/// `ip link add ... type veth peer ...` with `mtu`: the settings of every link.
 #[derive(Debug, Clone, Serialize)]
 pub struct LinkPlan {
     pub mtu: u32,
     /// Keep IPv6 enabled on the link (off by default so router solicitations stay out of the capture).
     pub ipv6: bool,
+}
+
+/// One veth pair between two hosts (`ip link add <a> type veth peer name <b> netns <other>`), or, through the
+/// impairment wire, two: each end paired with the wire's end facing its host.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Link {
+    pub ends: [LinkEnd; 2],
+    /// Frames between the ends pass through the impairment wire (`run::impair`): a namespace of its own in which
+    /// each end's peer (`to-<host>`) lives. Set for the link of a scenario with impairments.
+    pub wire: bool,
+}
+
+/// One host's end of a link: its interface and address (`ip addr add <address>/<prefix_len> dev <ifname>`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LinkEnd {
+    pub host: HostId,
+    pub ifname: String,
+    pub address: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+/// What the router does to what it forwards (`nft add rule ip nat ...`).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct RouterPlan {
+    /// `oifname <server side> masquerade`: connections from the client side leave with the router's
+    /// server-side address.
+    pub masquerade: bool,
+    /// `iifname <client side> tcp dport <port> dnat to <server>:<to_port>`, port forwards to the server.
+    pub dnat: Vec<PortForward>,
+}
+
+/// One DNAT port forward: connections to the router's client-side address on `port` go to the server on
+/// `to_port`.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct PortForward {
+    pub port: u16,
+    pub to_port: u16,
 }
 
 /// How both ends of the link are captured (`tcpdump -B`).
@@ -172,12 +238,15 @@ pub struct CapturePlan {
     pub ring_bytes: Option<u64>,
 }
 
-/// One host: `ip netns` + `ip addr add` + `sysctl -w` + its socket program.
+/// One host: `ip netns` + `ip addr add` + `ip route add default via` + `sysctl -w` + its socket program.
 #[derive(Debug, Clone, Serialize)]
 pub struct HostPlan {
     pub id: HostId,
+    /// The address the other hosts reach it at (the router's: its client-side one).
     pub address: Ipv4Addr,
     pub prefix_len: u8,
+    /// `ip route add default via <gateway>`: the router, for client and server when there is one.
+    pub gateway: Option<Ipv4Addr>,
     /// `sysctl -w name=value` inside the host's namespace, sorted by name.
     pub sysctls: Vec<Sysctl>,
     pub steps: Vec<StepPlan>,
@@ -466,8 +535,11 @@ pub struct StepExpectation {
     pub outcome: Option<ExpectedOutcome>,
     /// Elapsed time from the step's start to its end.
     pub after: Option<Duration>,
-    /// Scenario time at which the step ends.
+    /// Scenario time at which the step ends, or time since `since`.
     pub at: Option<Duration>,
+    /// What `at` counts from instead of t0: a step's end or a packet (a program's exit counted from the
+    /// request it sent, not from its start, which on a slow machine takes seconds).
+    pub since: Option<Since>,
     /// Tolerance for `after` / `at`; the scenario default when not given.
     pub tolerance: Tolerance,
     pub location: Location,
@@ -561,167 +633,6 @@ impl fmt::Display for Errno {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.name())
     }
-}
-
-/// `nft add rule inet netfault <chain> <match> <action>`, or an impairment of the wire, switched on and off by
-/// triggers.
-#[derive(Debug, Clone, Serialize)]
-pub struct FaultPlan {
-    pub name: String,
-    /// Host whose namespace holds the rule.
-    pub host: HostId,
-    pub direction: Direction,
-    pub matcher: PacketMatch,
-    pub action: FaultAction,
-    pub from: Trigger,
-    pub until: Option<Trigger>,
-    pub location: Location,
-}
-
-impl FaultPlan {
-    /// The host the packets a wire impairment acts on travel to: `at` for ingress, its peer for egress.
-    pub fn toward(&self) -> HostId {
-        match self.direction {
-            Direction::Ingress => self.host,
-            Direction::Egress => self.host.peer(),
-        }
-    }
-}
-
-impl Plan {
-    /// Whether any fault is carried out by the wire, which then joins the hosts (`run::impair`).
-    pub fn has_impairments(&self) -> bool {
-        self.faults.iter().any(|fault| fault.action.impairment().is_some())
-    }
-}
-
-/// Which netfilter hook the rule sits on.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    /// `hook input`: packets arriving at the host (the default, as a lossy network would).
-    Ingress,
-    /// `hook output`: packets the host sends (its own TCP sees local congestion).
-    Egress,
-}
-
-/// What a fault rule matches; `None` fields match anything.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
-pub struct PacketMatch {
-    pub protocol: Option<Protocol>,
-    pub sport: Option<u16>,
-    pub dport: Option<u16>,
-    /// `tcp flags & mask == value`.
-    pub tcp_flags: Option<TcpFlagsMatch>,
-    pub payload: Option<PayloadMatch>,
-}
-
-/// A transport protocol a fault or an expectation selects (`meta l4proto`).
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    Tcp,
-    Udp,
-    Icmp,
-}
-
-impl Protocol {
-    /// As `nft` and tcpdump name it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-            Protocol::Icmp => "icmp",
-        }
-    }
-
-    /// The IP protocol number (`/etc/protocols`).
-    pub fn number(self) -> u8 {
-        match self {
-            Protocol::Tcp => libc::IPPROTO_TCP as u8,
-            Protocol::Udp => libc::IPPROTO_UDP as u8,
-            Protocol::Icmp => libc::IPPROTO_ICMP as u8,
-        }
-    }
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// `tcp flags & mask == value`, with flags as in the TCP header (FIN=0x01 ... CWR=0x80).
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
-pub struct TcpFlagsMatch {
-    pub mask: u8,
-    pub value: u8,
-}
-
-impl TcpFlagsMatch {
-    /// Exactly these flags and no other (`flags: "F."`).
-    pub const fn exactly(flags: u8) -> TcpFlagsMatch {
-        TcpFlagsMatch { mask: 0xff, value: flags }
-    }
-
-    pub fn matches(&self, flags: u8) -> bool {
-        flags & self.mask == self.value
-    }
-}
-
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum PayloadMatch {
-    /// No TCP payload (pure ACKs, SYNs, FINs without data).
-    Empty,
-    NonEmpty,
-}
-
-/// What the fault does to a matched packet: an nftables verdict in the host's firewall, or an impairment of the
-/// wire between the hosts (`run::impair`).
-#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
-#[serde(rename_all = "kebab-case")]
-pub enum FaultAction {
-    /// `drop`.
-    Drop,
-    /// `reject with tcp reset`.
-    RejectTcpReset,
-    /// `reject with icmp type port-unreachable`.
-    RejectIcmpPortUnreachable,
-    /// `reject with icmp type host-unreachable`.
-    RejectIcmpHostUnreachable,
-    /// `reject with icmp type net-unreachable`.
-    RejectIcmpNetUnreachable,
-    /// `reject with icmp type admin-prohibited`.
-    RejectIcmpAdminProhibited,
-    /// Done by the wire to packets travelling toward [`FaultPlan::toward`].
-    Impair(crate::scenario::impairment::Impairment),
-}
-
-impl FaultAction {
-    /// The impairment, for a fault the wire carries out; `None` for a firewall rule.
-    pub fn impairment(&self) -> Option<&crate::scenario::impairment::Impairment> {
-        match self {
-            FaultAction::Impair(impairment) => Some(impairment),
-            _ => None,
-        }
-    }
-}
-
-/// When a fault switches on or off.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-#[serde(rename_all = "snake_case")]
-pub enum Trigger {
-    /// Scenario time since t0.
-    At(Duration),
-    /// A host's named step started or finished, plus an optional delay.
-    Step { step: StepRef, edge: StepEdge, delay: Duration },
-    /// A socket of the host reached a TCP state (as `ss` names it, e.g. `ESTABLISHED`).
-    State { host: HostId, state: TcpState, delay: Duration },
-    /// The n-th packet (1-based) matching the filter, seen on the host's interface.
-    Packet { host: HostId, filter: PacketFilter, nth: u32, delay: Duration },
-    /// At least `bytes` of TCP payload left the host.
-    Bytes { host: HostId, bytes: u64, delay: Duration },
 }
 
 /// TCP states as `ss` prints them, plus `CLOSED` for a socket that is gone.

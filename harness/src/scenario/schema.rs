@@ -275,6 +275,43 @@ pub struct RequiresWire {
 pub struct HostsWire {
     pub client: Option<HostWire>,
     pub server: Option<HostWire>,
+    pub router: Option<RouterWire>,
+}
+
+/// `hosts: { router: ... }`: a router between client and server.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterWire {
+    #[serde(rename = "client-side")]
+    pub client_side: Option<Scalar>,
+    #[serde(rename = "server-side")]
+    pub server_side: Option<Scalar>,
+    pub nat: Option<ScalarOr<NatWire>>,
+    pub conntrack: Option<ConntrackWire>,
+}
+
+/// `nat: { masquerade: true, forward: [{ port: 8080, to: 9000 }] }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatWire {
+    pub masquerade: Option<Scalar>,
+    pub forward: Option<Vec<PortForwardWire>>,
+}
+
+/// `{ port: 8080, to: 9000 }`: a DNAT port forward to the server.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortForwardWire {
+    pub port: Option<Scalar>,
+    pub to: Option<Scalar>,
+}
+
+/// `conntrack: { loose: false, timeouts: { established: 5s } }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConntrackWire {
+    pub loose: Option<Scalar>,
+    pub timeouts: Option<Entries<Scalar>>,
 }
 
 /// `hosts: { client: ... }`.
@@ -305,6 +342,7 @@ pub struct CaptureWire {
 pub struct SysctlWire {
     pub client: Option<Entries<Scalar>>,
     pub server: Option<Entries<Scalar>>,
+    pub router: Option<Entries<Scalar>>,
 }
 
 /// One item of `faults:`.
@@ -569,6 +607,7 @@ pub struct StepExpectWire {
     pub exit: Option<Scalar>,
     pub after: Option<Scalar>,
     pub at: Option<Scalar>,
+    pub since: Option<ScalarOr<SinceWire>>,
     pub tolerance: Option<ScalarOr<ToleranceWire>>,
     pub requires: Option<RequiresWire>,
 }
@@ -724,6 +763,10 @@ pub const MAP_DESCRIPTIONS: &[(&str, &str)] = &[
     ("ScenarioWire", "a map with keys description, timeout, faults, client, server, ..."),
     ("HostsWire", "a map like { client: { address: 10.0.0.1/24 } }"),
     ("HostWire", "a map like { address: 10.0.0.1/24 }"),
+    ("RouterWire", "a map like { nat: masquerade, conntrack: { timeouts: { established: 5s } } }"),
+    ("NatWire", "masquerade, or a map like { masquerade: true, forward: [{ port: 8080, to: 9000 }] }"),
+    ("PortForwardWire", "a map like { port: 8080, to: 9000 }"),
+    ("ConntrackWire", "a map like { loose: false, timeouts: { established: 5s } }"),
     ("LinkWire", "a map like { mtu: 1500, ipv6: false }"),
     ("CaptureWire", "a map like { ring: 64MiB }"),
     ("SysctlWire", "a map like { client: { net.ipv4.tcp_syn_retries: 2 } }"),

@@ -1196,6 +1196,12 @@ fn more_bad_inputs_with_positions() {
         "at 61s is beyond the scenario timeout 60s",
     );
     refused(
+        "description: d\nclient:\n  - exec: { program: x }\n    expect: { exit: 1, since: server.accept }\n",
+        4,
+        24,
+        "`since` says what `at` counts from; give `at` too",
+    );
+    refused(
         "description: d\nclient:\n  - exec: { program: x, env: { 1X: y } }\n",
         3,
         32,
@@ -1376,7 +1382,7 @@ fn more_bad_inputs_with_positions() {
         "description: d\nsysctl:\n  router: {}\n",
         3,
         3,
-        "unknown key \"router\" in `sysctl`; allowed: client, server",
+        "sysctls for the router, but the scenario has no router; declare one with `hosts: { router: { nat: masquerade } }`",
     );
     refused("description:\n", 1, 1, "missing \"description\"");
     refused("description: d\ntimeout: !x 5s\n", 2, 10, "found a YAML tag (!name)");
@@ -1570,4 +1576,88 @@ fn a_connect_waits_for_the_peers_startup_listen_on_its_port() {
     assert_eq!(awaited(connect, "  - sleep: 1s\n  - listen: { port: 9000 }\n"), None, "a listen after the setup");
     assert_eq!(awaited(connect, "  - listen: { port: 9001 }\n"), None, "another port");
     assert_eq!(awaited(connect, "  - sleep: 1s\n"), None, "no listen");
+}
+
+#[test]
+fn a_payload_condition_requires_inner_payload_loads() {
+    let fault = "faults:\n  - { name: acks, at: server, match: { payload: empty }, action: drop }\n";
+    let implied = plan(&format!("description: d\n{fault}"));
+    assert_eq!(implied.requires.items, vec![Requirement::Nftables(NftFeature::InnerPayload)]);
+    // The reason points at the fault.
+    assert_eq!(implied.requires.location.map(|l| l.line), Some(3));
+    let stated = plan(&format!("description: d\nrequires: {{ nftables: [inner-payload] }}\n{fault}"));
+    assert_eq!(stated.requires.items, vec![Requirement::Nftables(NftFeature::InnerPayload)]);
+    assert_eq!(stated.requires.location.map(|l| l.line), Some(2));
+    let without = plan("description: d\nfaults:\n  - { name: all, at: server, match: { dport: 9 }, action: drop }\n");
+    assert!(without.requires.items.is_empty());
+}
+
+#[test]
+fn a_router_stands_between_client_and_server_on_two_links() {
+    let plan = plan(
+        "description: d\nhosts:\n  router:\n    nat: { masquerade: true, forward: [{ port: 8080, to: 9000 }] }\n\
+         \x20   conntrack: { loose: false, timeouts: { established: 5s, time-wait: 10s } }\n\
+         sysctl:\n  router: { net.ipv4.tcp_syn_retries: 2 }\n\
+         faults:\n  - { name: gone, at: router, action: flush-conntrack, from: 2s }\n\
+         \x20 - { name: cut, at: router, action: drop, match: { protocol: tcp, dport: 9000 } }\n\
+         client:\n  - connect: { to: router, port: 8080 }\nserver:\n  - listen: { port: 9000 }\n",
+    );
+    let order: Vec<HostId> = plan.hosts.iter().map(|host| host.id).collect();
+    assert_eq!(order, [HostId::Client, HostId::Router, HostId::Server]);
+    let address = |host: HostId| plan.host(host).address.to_string();
+    assert_eq!(
+        (address(HostId::Client), address(HostId::Router), address(HostId::Server)),
+        ("10.0.1.2".into(), "10.0.1.1".into(), "10.0.2.2".into())
+    );
+    assert_eq!(plan.host(HostId::Client).gateway, Some(std::net::Ipv4Addr::new(10, 0, 1, 1)));
+    assert_eq!(plan.host(HostId::Server).gateway, Some(std::net::Ipv4Addr::new(10, 0, 2, 1)));
+    assert_eq!(plan.host(HostId::Router).gateway, None);
+    let ends: Vec<(HostId, &str, String)> = plan
+        .link_ends()
+        .map(|(_, end)| (end.host, end.ifname.as_str(), format!("{}/{}", end.address, end.prefix_len)))
+        .collect();
+    assert_eq!(
+        ends,
+        [
+            (HostId::Client, "nf0", "10.0.1.2/24".to_string()),
+            (HostId::Router, "nf0", "10.0.1.1/24".to_string()),
+            (HostId::Router, "nf1", "10.0.2.1/24".to_string()),
+            (HostId::Server, "nf0", "10.0.2.2/24".to_string()),
+        ]
+    );
+    assert_eq!(
+        plan.router,
+        Some(RouterPlan { masquerade: true, dnat: vec![PortForward { port: 8080, to_port: 9000 }] })
+    );
+    let sysctls: Vec<(&str, &str)> =
+        plan.host(HostId::Router).sysctls.iter().map(|s| (s.name.as_str(), s.value.as_str())).collect();
+    assert_eq!(
+        sysctls,
+        [
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv4.tcp_syn_retries", "2"),
+            ("net.netfilter.nf_conntrack_tcp_loose", "0"),
+            ("net.netfilter.nf_conntrack_tcp_timeout_established", "5"),
+            ("net.netfilter.nf_conntrack_tcp_timeout_time_wait", "10"),
+        ]
+    );
+    assert_eq!((plan.faults[0].name.as_str(), plan.faults[0].direction), ("cut", Direction::Forward));
+    assert_eq!(plan.faults[1].action, FaultAction::FlushConntrack);
+    // A connect to a port the router forwards waits for the server's listen on the port it goes to.
+    match &plan.host(HostId::Client).steps[0].action {
+        Action::Connect { to, address, after_listen, .. } => {
+            assert_eq!((*to, address.to_string()), (HostId::Router, "10.0.1.1".to_string()));
+            assert_eq!(after_listen.as_ref().map(|listen| (listen.host, listen.index)), Some((HostId::Server, 0)));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn without_a_router_the_default_wire_is_one_link() {
+    let plan = plan("description: d\n");
+    assert_eq!(plan.hosts.len(), 2);
+    assert_eq!(plan.links.len(), 1);
+    assert_eq!(plan.router, None);
+    assert!(plan.hosts.iter().all(|host| host.gateway.is_none()));
 }

@@ -20,6 +20,7 @@ use crate::scenario::variables::{Scope, Variables};
 mod counters;
 mod expect;
 mod faults;
+mod hosts;
 mod impair;
 mod program;
 mod requires;
@@ -38,6 +39,12 @@ pub const MAX_SAMPLE: Duration = Duration::from_secs(1);
 pub const DEFAULT_CLIENT_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 pub const DEFAULT_SERVER_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 pub const DEFAULT_PREFIX_LEN: u8 = 24;
+/// With a router: client and the router's client side on 10.0.1.0/24, the router's server side and server on
+/// 10.0.2.0/24, the router at .1 of each.
+pub const DEFAULT_ROUTED_CLIENT_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 2);
+pub const DEFAULT_ROUTER_CLIENT_SIDE: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);
+pub const DEFAULT_ROUTER_SERVER_SIDE: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 1);
+pub const DEFAULT_ROUTED_SERVER_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
 pub const DEFAULT_MTU: u32 = 1500;
 /// Smallest and largest `capture: { ring }`: one ring block, and more kernel memory than any transfer a
 /// scenario can run needs (64 MiB lost nothing at 1 GiB over the veth).
@@ -76,7 +83,8 @@ pub fn validate(
         tolerance: Tolerance::either_side(DEFAULT_TOLERANCE),
         step_names: [Vec::new(), Vec::new()],
         step_index: [HashMap::new(), HashMap::new()],
-        addresses: [Ipv4Addr::UNSPECIFIED; 2],
+        addresses: Vec::new(),
+        has_router: false,
         traced: [false, false],
     };
     let root = NodePath::root();
@@ -132,11 +140,13 @@ pub fn validate(
         None => false,
     };
 
-    let addresses = v.hosts(&root.key("hosts"), wire.hosts.as_ref())?;
-    v.addresses = addresses.map(|(address, _)| address);
+    let layout = v.hosts(&root.key("hosts"), wire.hosts.as_ref())?;
+    v.addresses = layout.hosts.iter().map(|&(host, address, ..)| (host, address)).collect();
+    v.has_router = layout.router.is_some();
     let link = v.link(&root.key("link"), wire.link.as_ref())?;
     let capture = v.capture(&root.key("capture"), wire.capture.as_ref())?;
-    let sysctls = v.sysctls(&root.key("sysctl"), wire.sysctl.as_ref())?;
+    let mut sysctls = v.sysctls(&root.key("sysctl"), wire.sysctl.as_ref())?;
+    v.merge_router_sysctls(&root, &mut sysctls[HostId::Router.index()], &layout.router_sysctls)?;
 
     let programs = [wire.client.as_deref().unwrap_or(&[]), wire.server.as_deref().unwrap_or(&[])];
     for host in HostId::ALL {
@@ -147,18 +157,30 @@ pub fn validate(
         steps[host.index()] = v.program(host, programs[host.index()])?;
     }
     v.check_wait_deadlocks(&steps)?;
-    program::link_connects_to_listens(&mut steps);
+    program::link_connects_to_listens(&mut steps, layout.router.as_ref());
     v.traced = HostId::ALL
         .map(|host| steps[host.index()].iter().any(|step| matches!(&step.action, Action::Exec(exec) if exec.trace)));
 
     let faults = v.faults(&root.key("faults"), wire.faults.as_deref().unwrap_or(&[]))?;
     let expect = v.run_expectations(&root.key("expect"), wire.expect.as_ref())?;
-    let requires = v.requirements(&root.key("requires"), wire.requires.as_ref())?;
+    let mut requires = v.requirements(&root.key("requires"), wire.requires.as_ref())?;
+    require_what_faults_need(&mut requires, &faults);
     let conditional = v.conditional_expectations(wire)?;
 
     let [client_steps, server_steps] = steps;
-    let [client_sysctls, server_sysctls] = sysctls;
-    let [(client_address, client_prefix), (server_address, server_prefix)] = addresses;
+    let mut steps = [client_steps, server_steps, Vec::new()];
+    let hosts = layout
+        .hosts
+        .iter()
+        .map(|&(id, address, prefix_len, gateway)| HostPlan {
+            id,
+            address,
+            prefix_len,
+            gateway,
+            sysctls: std::mem::take(&mut sysctls[id.index()]),
+            steps: std::mem::take(&mut steps[id.index()]),
+        })
+        .collect();
     Ok(Plan {
         name: name.to_string(),
         file: file.to_path_buf(),
@@ -170,28 +192,28 @@ pub fn validate(
         sample_interval,
         link,
         capture,
-        hosts: [
-            HostPlan {
-                id: HostId::Client,
-                address: client_address,
-                prefix_len: client_prefix,
-                sysctls: client_sysctls,
-                steps: client_steps,
-            },
-            HostPlan {
-                id: HostId::Server,
-                address: server_address,
-                prefix_len: server_prefix,
-                sysctls: server_sysctls,
-                steps: server_steps,
-            },
-        ],
+        hosts,
+        links: layout.links,
+        router: layout.router,
         faults,
         expect,
         requires,
         conditional,
         not_applicable: Vec::new(),
     })
+}
+
+/// A fault's `payload:` condition needs nftables' inner-header loads (`@ih`, Linux >= 6.2 or a kernel with
+/// them backported): the scenario requires them whether or not its `requires:` says so, so that a kernel
+/// without them makes it not applicable, with that reason, rather than a harness error when the rule is
+/// refused. The reason points at the scenario's `requires:`, or at the first such fault.
+fn require_what_faults_need(requires: &mut Requirements, faults: &[FaultPlan]) {
+    let needed = Requirement::Nftables(NftFeature::InnerPayload);
+    let Some(fault) = faults.iter().find(|fault| fault.matcher.payload.is_some()) else { return };
+    if !requires.items.contains(&needed) {
+        requires.items.push(needed);
+        requires.location.get_or_insert(fault.location);
+    }
 }
 
 struct Validator<'a> {
@@ -206,8 +228,10 @@ struct Validator<'a> {
     step_names: [Vec<(String, usize)>; 2],
     /// The same names to their index, so that a program of thousands of named steps is checked in linear time.
     step_index: [HashMap<String, usize>; 2],
-    /// Each host's address (by `HostId::index()`), known before the programs are read.
-    addresses: [Ipv4Addr; 2],
+    /// Each host's address (the one the others reach it at), known before the programs are read.
+    addresses: Vec<(HostId, Ipv4Addr)>,
+    /// Whether the scenario declares a router, which faults and packet filters may then name.
+    has_router: bool,
     /// Whether the host runs an exec step with `trace: true` (by `HostId::index()`): `errors` expect one.
     traced: [bool; 2],
 }
@@ -264,6 +288,7 @@ const FAULT_ACTIONS: &[(&str, FaultAction)] = &[
     ("reject-icmp-host-unreachable", FaultAction::RejectIcmpHostUnreachable),
     ("reject-icmp-net-unreachable", FaultAction::RejectIcmpNetUnreachable),
     ("reject-icmp-admin-prohibited", FaultAction::RejectIcmpAdminProhibited),
+    ("flush-conntrack", FaultAction::FlushConntrack),
 ];
 
 fn is_name(text: &str, upper_allowed: bool) -> bool {
@@ -442,16 +467,40 @@ impl Validator<'_> {
         Err(self.fail(path, format!("unknown {what} {value}{}allowed: {}", suggestion(&given, names()), list(names()))))
     }
 
+    /// A host by name: client, server, or the router when the scenario declares one.
     fn host(&self, path: &NodePath, value: &Scalar) -> Checked<HostId> {
+        let names: &[&str] = if self.has_router { &["client", "router", "server"] } else { &["client", "server"] };
         if let Scalar::Str(text) = value {
-            if let Some(host) = HostId::parse(text) {
-                return Ok(host);
+            match HostId::parse(text) {
+                Some(HostId::Router) if !self.has_router => return Err(self.fail(path, self.no_router("router named"))),
+                Some(host) => return Ok(host),
+                None => {}
             }
         }
         Err(self.fail(
             path,
-            format!("unknown host {value}{}hosts are: client, server", suggestion(&value.text(), ["client", "server"])),
+            format!(
+                "unknown host {value}{}hosts are: {}",
+                suggestion(&value.text(), names.iter().copied()),
+                names.join(", ")
+            ),
         ))
+    }
+
+    /// The address the other hosts reach `host` at (`host` was checked to exist).
+    fn address_of(&self, host: HostId) -> Ipv4Addr {
+        self.addresses.iter().find(|(id, _)| *id == host).map_or(Ipv4Addr::UNSPECIFIED, |(_, address)| *address)
+    }
+
+    /// A host that runs a program (client or server): the router has no program and no sockets of its own.
+    fn program_host(&self, path: &NodePath, value: &Scalar) -> Checked<HostId> {
+        match self.host(path, value)? {
+            HostId::Router => {
+                Err(self
+                    .fail(path, "the router runs no program and has no sockets of its own; name client or server here"))
+            }
+            host => Ok(host),
+        }
     }
 
     fn tcp_state(&self, path: &NodePath, value: &Scalar) -> Checked<TcpState> {
@@ -531,74 +580,6 @@ impl Validator<'_> {
         ))
     }
 
-    fn hosts(&self, path: &NodePath, hosts: Option<&HostsWire>) -> Checked<[(Ipv4Addr, u8); 2]> {
-        let defaults = [(DEFAULT_CLIENT_ADDRESS, DEFAULT_PREFIX_LEN), (DEFAULT_SERVER_ADDRESS, DEFAULT_PREFIX_LEN)];
-        let Some(hosts) = hosts else {
-            return Ok(defaults);
-        };
-        let mut addresses = defaults;
-        let mut given = [None, None];
-        for (host, wire) in [(HostId::Client, &hosts.client), (HostId::Server, &hosts.server)] {
-            let Some(wire) = wire else { continue };
-            let host_path = path.key(host.name());
-            let address =
-                self.required(&wire.address, &host_path, &format!("host {host}"), "address", "e.g. 10.0.0.1/24")?;
-            let address_path = host_path.key("address");
-            addresses[host.index()] = self.address(&address_path, address)?;
-            given[host.index()] = Some(address_path);
-        }
-        let blame = given[1].clone().or(given[0].clone()).unwrap_or_else(|| path.clone());
-        let [(client, client_len), (server, server_len)] = addresses;
-        if client == server {
-            return Err(
-                self.fail(&blame, format!("client and server have the same address {client}; give each its own"))
-            );
-        }
-        let network = |addr: Ipv4Addr, len: u8| Ipv4Addr::from(u32::from(addr) & (u32::MAX << (32 - u32::from(len))));
-        if network(server, client_len) != network(client, client_len)
-            || network(client, server_len) != network(server, server_len)
-        {
-            return Err(self.fail(
-                &blame,
-                format!(
-                    "client {client}/{client_len} and server {server}/{server_len} are not in the same subnet; the veth \
-                     link has no router, so both addresses must share one subnet, e.g. 10.0.0.1/24 and 10.0.0.2/24"
-                ),
-            ));
-        }
-        Ok(addresses)
-    }
-
-    fn address(&self, path: &NodePath, value: &Scalar) -> Checked<(Ipv4Addr, u8)> {
-        let text = value.text();
-        let Some((address, prefix)) = text.split_once('/') else {
-            return Err(self.fail(path, format!("address {value} needs a prefix length 8..30, e.g. \"{text}/24\"")));
-        };
-        let address: Ipv4Addr = address
-            .parse()
-            .map_err(|_| self.fail(path, format!("{value} is not an IPv4 address with prefix, e.g. 10.0.0.1/24")))?;
-        let prefix_len = match prefix.parse::<u8>() {
-            Ok(len) if (8..=30).contains(&len) => len,
-            _ => {
-                return Err(self
-                    .fail(path, format!("prefix length \"{prefix}\" of {value} is not allowed; use 8..30, e.g. /24")))
-            }
-        };
-        if address.is_loopback() || address.is_multicast() || address.is_unspecified() || address.is_broadcast() {
-            return Err(self.fail(path, format!("{address} is not a unicast host address; use e.g. 10.0.0.1/24")));
-        }
-        let host_bits = u32::from(address) & (u32::MAX >> prefix_len);
-        if host_bits == 0 || host_bits == u32::MAX >> prefix_len {
-            return Err(self.fail(
-                path,
-                format!(
-                    "{text} is the network or broadcast address of its subnet; use a host address such as .1 or .2"
-                ),
-            ));
-        }
-        Ok((address, prefix_len))
-    }
-
     fn link(&self, path: &NodePath, link: Option<&LinkWire>) -> Checked<LinkPlan> {
         let Some(link) = link else {
             return Ok(LinkPlan { mtu: DEFAULT_MTU, ipv6: false });
@@ -634,12 +615,18 @@ impl Validator<'_> {
         Ok(CapturePlan { ring_bytes: Some(bytes) })
     }
 
-    fn sysctls(&self, path: &NodePath, wire: Option<&SysctlWire>) -> Checked<[Vec<Sysctl>; 2]> {
-        let mut result = [Vec::new(), Vec::new()];
+    /// Each host's sysctls, by `HostId::index()` (client, server, router).
+    fn sysctls(&self, path: &NodePath, wire: Option<&SysctlWire>) -> Checked<[Vec<Sysctl>; 3]> {
+        let mut result = [Vec::new(), Vec::new(), Vec::new()];
         let Some(wire) = wire else { return Ok(result) };
-        for (host, entries) in [(HostId::Client, &wire.client), (HostId::Server, &wire.server)] {
+        for (host, entries) in
+            [(HostId::Client, &wire.client), (HostId::Server, &wire.server), (HostId::Router, &wire.router)]
+        {
             let Some(entries) = entries else { continue };
             let host_path = path.key(host.name());
+            if host == HostId::Router && !self.has_router {
+                return Err(self.fail_key(&host_path, self.no_router("sysctls for the router")));
+            }
             for (name, value) in &entries.0 {
                 let entry_path = host_path.key(name);
                 if !allowed_sysctls().any(|allowed| allowed == name) {
@@ -683,5 +670,29 @@ impl Validator<'_> {
             result[host.index()].sort_by(|a, b| a.name.cmp(&b.name));
         }
         Ok(result)
+    }
+
+    /// Adds what the router's settings mean as sysctls to those the scenario gives the router; one sysctl set
+    /// both ways is refused.
+    fn merge_router_sysctls(&self, root: &NodePath, given: &mut Vec<Sysctl>, implied: &[Sysctl]) -> Checked<()> {
+        for sysctl in implied {
+            if let Some(twice) = given.iter().find(|g| g.name == sysctl.name) {
+                return Err(self.fail_key(
+                    &root.key("sysctl").key("router").key(&twice.name),
+                    format!(
+                        "sysctl {} is already set by the router's settings (hosts: router: ... gives {}); set it in one place",
+                        twice.name, sysctl.value
+                    ),
+                ));
+            }
+        }
+        given.extend(implied.iter().cloned());
+        given.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(())
+    }
+
+    /// Why a scenario without a router cannot mention one.
+    fn no_router(&self, what: &str) -> String {
+        format!("{what}, but the scenario has no router; declare one with `hosts: {{ router: {{ nat: masquerade }} }}`")
     }
 }

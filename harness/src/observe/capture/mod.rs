@@ -26,7 +26,7 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
@@ -99,10 +99,17 @@ const IDLE_POLL: Duration = Duration::from_millis(100);
 const DRAIN_MAX: Duration = Duration::from_millis(500);
 /// How often the counters are compared while frames are still missing on stop.
 const DRAIN_POLL: Duration = Duration::from_millis(1);
-/// `stop` gives up on a capture that has not finished by then: normally it takes well under a millisecond,
-/// but the pcap writer first writes out what is queued (at most `MAX_QUEUED_CHUNKS`), which a slow disk may
-/// take a while for.
-const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// `stop` gives up on a capture that has recorded no frame and written no chunk for this long: normally
+/// stopping takes well under a millisecond, but the capture first records the frames still queued and the pcap
+/// writer writes out what is queued (at most `MAX_QUEUED_CHUNKS`). Both go on for seconds on a starved
+/// machine: in a 2-vCPU TCG VM running 50 scenarios at once, a 16 MiB transfer's 23,000 frames per end took
+/// more than 5 s to record and write out, while making progress all the while.
+const STOP_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// ... and on one still making progress after this long: under the runner's grace past a scenario's deadline
+/// (`runner::CHILD_GRACE`, 20 s), so a run that hit its deadline still writes its report.
+const STOP_MAX: Duration = Duration::from_secs(15);
+/// How often `stop` looks at the capture's progress.
+const STOP_POLL: Duration = Duration::from_millis(100);
 /// Longest frame written whole (tcpdump's default `-s`); with offloads off no frame comes close.
 pub const SNAPLEN: u32 = 262_144;
 /// The pcap travels to the writer thread in chunks of at least this many bytes.
@@ -123,6 +130,8 @@ pub struct Capture {
     command: String,
     stop_signal: Arc<OwnedFd>,
     finished: mpsc::Receiver<Result<CaptureStats>>,
+    /// Frames recorded plus chunks written so far: what tells a slow capture from a stuck one.
+    progress: Arc<AtomicU64>,
 }
 
 impl Capture {
@@ -162,7 +171,15 @@ impl Capture {
         let (to_disk, chunks) = mpsc::sync_channel(MAX_QUEUED_CHUNKS);
         let (spare_tx, spare) = mpsc::sync_channel(SPARE_CHUNKS);
         let (done, finished) = mpsc::sync_channel(1);
-        let disk = DiskWriter { command: command.clone(), file, chunks, spare: spare_tx, done };
+        let progress = Arc::new(AtomicU64::new(0));
+        let disk = DiskWriter {
+            command: command.clone(),
+            file,
+            chunks,
+            spare: spare_tx,
+            done,
+            progress: Arc::clone(&progress),
+        };
         thread::Builder::new()
             .name(format!("pcap-{host}"))
             .spawn(move || disk.run())
@@ -193,13 +210,14 @@ impl Capture {
                 sink,
                 host,
                 stats: CaptureStats::default(),
+                progress: Arc::clone(&progress),
             },
         };
         thread::Builder::new()
             .name(format!("capture-{host}"))
             .spawn(move || reader.run())
             .map_err(|e| Error::sys(format!("spawn capture thread ({command})"), e))?;
-        Ok(Capture { command, stop_signal, finished })
+        Ok(Capture { command, stop_signal, finished, progress })
     }
 
     /// Tells the capture to stop, without waiting for it: [`Capture::stop`] then collects the counts, so
@@ -210,16 +228,32 @@ impl Capture {
 
     /// Stops the capture (`kill -INT` to tcpdump): takes the frames the interface counted until then (waiting
     /// at most `DRAIN_MAX` for those still on their way), writes out and closes the pcap, and returns the
-    /// counts.
+    /// counts. Waits as long as the capture makes progress, up to [`STOP_MAX`], and [`STOP_IDLE_TIMEOUT`]
+    /// for one that makes none.
     pub fn stop(self) -> Result<CaptureStats> {
         self.request_stop();
-        match self.finished.recv_timeout(STOP_TIMEOUT) {
-            Ok(result) => result,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                Err(Error::Internal(format!("{}: capture did not stop within {STOP_TIMEOUT:?}", self.command)))
+        let started = Instant::now();
+        let mut last_progress = (self.progress.load(Ordering::Relaxed), started);
+        loop {
+            match self.finished.recv_timeout(STOP_POLL) {
+                Ok(result) => return result,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(Error::Internal(format!("{}: capture thread panicked", self.command)))
+                }
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                Err(Error::Internal(format!("{}: capture thread panicked", self.command)))
+            let now = Instant::now();
+            let progress = self.progress.load(Ordering::Relaxed);
+            if progress != last_progress.0 {
+                last_progress = (progress, now);
+            }
+            if now.duration_since(last_progress.1) >= STOP_IDLE_TIMEOUT || now.duration_since(started) >= STOP_MAX {
+                return Err(Error::Internal(format!(
+                    "{}: capture did not stop within {:.1}s ({STOP_IDLE_TIMEOUT:?} without recording a frame or \
+                     writing a chunk; at most {STOP_MAX:?})",
+                    self.command,
+                    now.duration_since(started).as_secs_f64()
+                )));
             }
         }
     }
@@ -300,11 +334,13 @@ struct Recorder {
     sink: EventSink,
     host: HostId,
     stats: CaptureStats,
+    progress: Arc<AtomicU64>,
 }
 
 impl Recorder {
     fn record(&mut self, frame: Frame<'_>) -> Result<()> {
         self.stats.packets += 1;
+        self.progress.fetch_add(1, Ordering::Relaxed);
         self.stats.bytes += u64::from(frame.wire_len);
         let captured = &frame.data[..frame.data.len().min(SNAPLEN as usize)];
         let packet = PcapPacket::new(frame.wall_time, frame.wire_len.max(captured.len() as u32), captured);

@@ -56,11 +56,13 @@ pub(super) struct DiskWriter {
     pub(super) chunks: mpsc::Receiver<ToDisk>,
     pub(super) spare: mpsc::SyncSender<Vec<u8>>,
     pub(super) done: mpsc::SyncSender<Result<CaptureStats>>,
+    /// Counts each chunk written, as [`Recorder`] counts frames.
+    pub(super) progress: Arc<AtomicU64>,
 }
 
 impl DiskWriter {
     pub(super) fn run(self) {
-        let DiskWriter { command, mut file, chunks, spare, done } = self;
+        let DiskWriter { command, mut file, chunks, spare, done, progress } = self;
         let mut failure = None;
         // Ends with `Finished`, or when the capture thread is gone without it (it panicked), which drops `done`
         // and so tells `stop`.
@@ -72,6 +74,7 @@ impl DiskWriter {
                             failure = Some(Error::sys(format!("write pcap ({command})"), e));
                         }
                     }
+                    progress.fetch_add(1, Ordering::Relaxed);
                     bytes.clear();
                     // Full means enough spares are kept already.
                     let _ = spare.try_send(bytes);

@@ -90,7 +90,7 @@ pub fn judge(plan: &Plan, timeline: &Timeline) -> Verdict {
         for step in &host.steps {
             let record = step_record(timeline, host.id, step.index);
             let failures_before = verdict.failures.len();
-            judge_step(&mut verdict, host.id, step, &record);
+            judge_step(&mut verdict, timeline, host.id, step, &record);
             let judgement = match (step.expect.is_set(), verdict.failures.len() > failures_before) {
                 (false, false) => StepJudgement::Recorded,
                 (_, true) => StepJudgement::Fail,
@@ -172,7 +172,7 @@ pub fn resolve_anchor(timeline: &Timeline, since: Option<&Since>, location: Loca
     }
 }
 
-fn judge_step(verdict: &mut Verdict, host: HostId, step: &StepPlan, record: &StepRecord) {
+fn judge_step(verdict: &mut Verdict, timeline: &Timeline, host: HostId, step: &StepPlan, record: &StepRecord) {
     let expect = &step.expect;
     let subject = format!("{host} step {}", step.label());
     let failure = |expected: String, actual: String, around: Option<Duration>| Failure {
@@ -213,7 +213,12 @@ fn judge_step(verdict: &mut Verdict, host: HostId, step: &StepPlan, record: &Ste
         verdict.check(judge_time("after", after, elapsed, expect, outcome).map_err(|(e, a)| failure(e, a, Some(end))));
     }
     if let Some(at) = expect.at {
-        verdict.check(judge_time("at", at, end, expect, outcome).map_err(|(e, a)| failure(e, a, Some(end))));
+        let judged = match resolve_anchor(timeline, expect.since.as_ref(), expect.location) {
+            Ok(anchor) => judge_time("at", at, end.saturating_sub(anchor.t), expect, outcome)
+                .map_err(|(e, a)| failure(format!("{e}{}", anchor.label), a, Some(end))),
+            Err(missing) => Err(missing),
+        };
+        verdict.check(judged);
     }
 }
 

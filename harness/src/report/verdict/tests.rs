@@ -186,3 +186,27 @@ fn states_must_come_in_order() {
     let history = vec![(TcpState::SynSent, ms(1)), (TcpState::Established, ms(2)), (TcpState::Gone, ms(7000))];
     assert!(history_matches(&history, expectation, Duration::ZERO));
 }
+
+#[test]
+fn a_step_end_at_a_time_since_a_packet_counts_from_that_packet() {
+    // The send ends with the connect: 4.01 s after the third SYN (3.03 s).
+    let scenario = SCENARIO.replace(
+        "  - send: { bytes: 11 }\n",
+        "  - send: { bytes: 11 }\n    expect: { at: 4s, since: { packet: { from: client, flags: S }, nth: 3 } }\n",
+    );
+    let plan = crate::scenario::parse("verdict", Path::new("verdict.yaml"), &scenario).unwrap();
+    let in_time = judge(&plan, &kernel_run(ms(7040), Outcome::Error("ETIMEDOUT".into())));
+    assert!(in_time.passed(), "{:?}", in_time.failures);
+    let late = judge(&plan, &kernel_run(ms(7140), Outcome::Error("ETIMEDOUT".into())));
+    let failure = late.failures.iter().find(|f| f.subject.contains("#2 send")).expect("the send is late");
+    assert_eq!(
+        failure.expected,
+        "to end at 4.000000s ± 0.100000s since the 3rd of the packets from client [S] (3.030000s)"
+    );
+    assert_eq!(failure.actual, "EPIPE at 4.110000s");
+    // A run without a third SYN cannot place the end: the expectation fails, naming the packet.
+    let two_syns =
+        Timeline::new(vec![syn(ms(1)), syn(ms(1010)), step(ms(2000), 1, None), step(ms(2000), 1, Some(Outcome::Ok))]);
+    let missing = judge(&plan, &two_syns);
+    assert!(missing.failures.iter().any(|f| f.actual == "2 such packets"), "{:?}", missing.failures);
+}

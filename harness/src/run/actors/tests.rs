@@ -38,10 +38,9 @@ fn on_socket(socket: &str, action: Action) -> StepPlan {
 
 fn program(id: HostId, steps: Vec<StepPlan>) -> HostPlan {
     let steps = steps.into_iter().enumerate().map(|(index, s)| StepPlan { index, ..s }).collect();
-    HostPlan { id, address: Ipv4Addr::LOCALHOST, prefix_len: 8, sysctls: vec![], steps }
+    HostPlan { id, address: Ipv4Addr::LOCALHOST, prefix_len: 8, gateway: None, sysctls: vec![], steps }
 }
 
-/// Named `listening`, so that clients can `wait` for it before they connect.
 /// The plan of the two programs, with each `wait` pointed at its target's index and each `connect` at the
 /// peer's start-up listen, as validation does.
 fn plan(client: Vec<StepPlan>, server: Vec<StepPlan>, deadline: Duration) -> Plan {
@@ -56,9 +55,9 @@ fn plan(client: Vec<StepPlan>, server: Vec<StepPlan>, deadline: Duration) -> Pla
     }
     let [client, server] = hosts;
     let mut steps = [client.steps, server.steps];
-    crate::scenario::validate::link_connects_to_listens(&mut steps);
+    crate::scenario::validate::link_connects_to_listens(&mut steps, None);
     let [client, server] = steps;
-    let hosts = [program(HostId::Client, client), program(HostId::Server, server)];
+    let hosts = vec![program(HostId::Client, client), program(HostId::Server, server)];
     Plan {
         name: "actors-test".into(),
         file: "actors-test.yaml".into(),
@@ -71,6 +70,8 @@ fn plan(client: Vec<StepPlan>, server: Vec<StepPlan>, deadline: Duration) -> Pla
         link: LinkPlan { mtu: 1500, ipv6: false },
         capture: CapturePlan::default(),
         hosts,
+        links: vec![],
+        router: None,
         faults: vec![],
         expect: RunExpectations::default(),
         requires: Default::default(),
@@ -79,6 +80,7 @@ fn plan(client: Vec<StepPlan>, server: Vec<StepPlan>, deadline: Duration) -> Pla
     }
 }
 
+/// Named `listening`, so that clients can `wait` for it before they connect.
 fn listen() -> StepPlan {
     named("listening", Action::Listen { port: Some(PORT), backlog: 4 })
 }

@@ -26,6 +26,9 @@ pub(super) struct Selection {
 /// Resolves the protocol a match implies, the way `nft` adds `meta l4proto` dependencies:
 /// `tcp flags`, a payload condition or `reject with tcp reset` imply TCP; ports alone mean TCP or UDP.
 pub(super) fn selection(matcher: &PacketMatch, action: FaultAction) -> Result<Selection, String> {
+    if action == FaultAction::FlushConntrack {
+        return Err("flush-conntrack empties the conntrack table; it is not a rule".to_string());
+    }
     let needs_tcp = matcher.tcp_flags.is_some() || matcher.payload.is_some() || action == FaultAction::RejectTcpReset;
     let has_ports = matcher.sport.is_some() || matcher.dport.is_some();
     if let Some(flags) = matcher.tcp_flags {
@@ -86,8 +89,9 @@ pub fn selects(matcher: &PacketMatch, packet: &PacketEvent) -> bool {
 /// matches nothing. Packets an egress fault stops never reach the capture (AF_PACKET sees outgoing
 /// packets after the output hook); ingress ones are captured before the input hook drops them.
 pub fn matches(fault: &FaultPlan, host: HostId, packet: &PacketEvent) -> bool {
+    // A router's fault acts in the forward hook, after its ingress interface captured the packet.
     let hook_direction = match fault.direction {
-        Direction::Ingress => PacketDirection::In,
+        Direction::Ingress | Direction::Forward => PacketDirection::In,
         Direction::Egress => PacketDirection::Out,
     };
     fault.action.impairment().is_none()

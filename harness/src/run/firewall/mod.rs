@@ -10,8 +10,10 @@
 //! when that load succeeds. This is exact for any IP or TCP option length, unlike comparing
 //! `ip length` with fixed header sizes.
 
+mod conntrack;
 mod expr;
 mod matcher;
+mod nat;
 mod socket;
 #[cfg(test)]
 mod tests;
@@ -23,7 +25,9 @@ use std::thread;
 use nftnl::expr::{Bitwise, Cmp, CmpOp, IcmpCode, Meta, RejectionType, Verdict};
 use nftnl::{Batch, Chain, ChainType, FinalizedBatch, Hook, MsgType, Policy, ProtoFamily, Rule, Table};
 
+pub use conntrack::ConntrackTable;
 pub use matcher::{matches, selects};
+pub use nat::Nat;
 
 use expr::{CounterObject, CounterRef, PayloadBase, RawPayload};
 use matcher::{Alternative, Selection};
@@ -94,26 +98,28 @@ impl Firewall {
     /// `nft add rule inet netfault input|output jump fault_<name>`, all in one batch. Every fault
     /// starts off (its chain is empty); the batch also adds and flushes each fault's rules, so the
     /// kernel checks them now rather than at their first activation mid-run. Faults of other hosts
-    /// in `faults` are skipped, and so are impairments (the wire's). A table left from an earlier install in
-    /// the same namespace is replaced.
-    pub fn install(ns: &Netns, host: HostId, faults: &[FaultPlan]) -> Result<Firewall> {
-        let mut own = faults
-            .iter()
-            .filter(|fault| fault.host == host && fault.action.impairment().is_none())
-            .map(InstalledFault::new)
-            .collect::<Result<Vec<_>>>()?;
+    /// in `faults` are skipped. A table left from an earlier install in the same namespace is
+    /// replaced.
+    ///
+    /// A router's faults sit in base chain `forward` (`hook forward`), and its NAT (`nat`) in chains
+    /// `prerouting` and `postrouting` of the same table.
+    pub fn install(ns: &Netns, host: HostId, faults: &[FaultPlan], nat: Option<&Nat>) -> Result<Firewall> {
+        let mut own =
+            faults.iter().filter(|fault| fault.host == host).map(InstalledFault::new).collect::<Result<Vec<_>>>()?;
         own.sort_by(|a, b| a.name.cmp(&b.name));
         if let Some(pair) = own.windows(2).find(|pair| pair[0].name == pair[1].name) {
             return Err(Error::Internal(format!("two faults named {} on host {host}", pair[0].name)));
         }
         let mut socket = NetfilterSocket::open(ns)?;
         let has_payload = own.iter().any(|fault| fault.selection.payload.is_some());
-        socket.apply(&install_batch(&own)).map_err(|e| {
+        socket.apply(&install_batch(&own, nat)).map_err(|e| {
+            let nat_rules: String =
+                nat.map(Nat::text).unwrap_or_default().iter().map(|rule| format!("; {rule}")).collect();
             Error::sys(
                 format!(
                     "install {} fault(s) of {host} (nft add table inet netfault; nft add chain \
                      inet netfault input {{ type filter hook input priority filter; policy \
-                     accept; }}; ...)",
+                     accept; }}; ...{nat_rules})",
                     own.len()
                 ),
                 payload_hint(e, has_payload),
@@ -204,10 +210,11 @@ fn base_chain<'a>(table: &'a Table, name: &CStr, hook: Hook) -> Chain<'a> {
     chain
 }
 
-fn install_batch(faults: &[InstalledFault]) -> FinalizedBatch {
+fn install_batch(faults: &[InstalledFault], nat: Option<&Nat>) -> FinalizedBatch {
     let table = Table::new(TABLE, FAMILY);
     let input = base_chain(&table, c"input", Hook::In);
     let output = base_chain(&table, c"output", Hook::Out);
+    let forward = base_chain(&table, c"forward", Hook::Forward);
     let mut batch = Batch::new();
     // `add table; delete table; add table` replaces a leftover table and never fails on a fresh one.
     batch.add(&table, MsgType::Add);
@@ -215,12 +222,20 @@ fn install_batch(faults: &[InstalledFault]) -> FinalizedBatch {
     batch.add(&table, MsgType::Add);
     batch.add(&input, MsgType::Add);
     batch.add(&output, MsgType::Add);
+    let forwards = faults.iter().any(|fault| fault.direction == Direction::Forward);
+    if forwards {
+        batch.add(&forward, MsgType::Add);
+    }
+    if let Some(nat) = nat {
+        nat.add_to(&mut batch, &table);
+    }
     for fault in faults {
         batch.add(&CounterObject::new(FAMILY, TABLE, &fault.chain), MsgType::Add);
         batch.add(&Chain::new(&fault.chain, &table), MsgType::Add);
         let base = match fault.direction {
             Direction::Ingress => &input,
             Direction::Egress => &output,
+            Direction::Forward => &forward,
         };
         let mut jump = Rule::new(base);
         jump.add_expr(&Verdict::Jump { chain: fault.chain.clone() });
@@ -307,7 +322,8 @@ fn add_alternative(rule: &mut Rule, alternative: &Alternative) {
 
 /// `drop`, `reject with tcp reset`, or `reject with icmpx <code>`, and how `nft` writes it: the inet family's
 /// ICMPX codes become ICMP net-unreachable (code 0), host-unreachable (1), port-unreachable (3) and
-/// communication administratively prohibited (13) for IPv4. `None` for an impairment, which no rule carries out.
+/// communication administratively prohibited (13) for IPv4. `None` for a conntrack flush or an impairment,
+/// which no rule carries out.
 fn verdict(action: FaultAction) -> Option<(Verdict, &'static str)> {
     Some(match action {
         FaultAction::Drop => (Verdict::Drop, "drop"),
@@ -324,7 +340,7 @@ fn verdict(action: FaultAction) -> Option<(Verdict, &'static str)> {
         FaultAction::RejectIcmpAdminProhibited => {
             (Verdict::Reject(RejectionType::Icmp(IcmpCode::AdminProhibited)), "reject with icmpx admin-prohibited")
         }
-        FaultAction::Impair(_) => return None,
+        FaultAction::FlushConntrack | FaultAction::Impair(_) => return None,
     })
 }
 

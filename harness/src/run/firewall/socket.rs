@@ -154,6 +154,33 @@ impl NetfilterSocket {
         result
     }
 
+    /// `conntrack -F`: an IPCTNL_MSG_CT_DELETE of ctnetlink without a tuple, which deletes every IPv4 entry of
+    /// the namespace; waits for the kernel's ack.
+    pub fn flush_conntrack(&mut self) -> io::Result<()> {
+        const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+        const IPCTNL_MSG_CT_DELETE: u16 = 2;
+        self.dump_seq = self.dump_seq.wrapping_add(1).max(FIRST_DUMP_SEQ);
+        let seq = self.dump_seq;
+        let header_len = mem::size_of::<libc::nlmsghdr>();
+        // nlmsghdr, then nfgenmsg: family, version (NFNETLINK_V0), resource id (0, big-endian).
+        let mut message = vec![0u8; header_len + 4];
+        let len = message.len() as u32;
+        message[0..4].copy_from_slice(&len.to_ne_bytes());
+        message[4..6].copy_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE).to_ne_bytes());
+        message[6..8].copy_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16).to_ne_bytes());
+        message[8..12].copy_from_slice(&seq.to_ne_bytes());
+        message[header_len] = libc::AF_INET as u8;
+        let sent = self.socket.send(&message)?;
+        if sent != message.len() {
+            return Err(io::Error::other(format!("sent {sent} of {} bytes of the conntrack flush", message.len())));
+        }
+        let result = self.wait_for_acks(seq..seq + 1);
+        if result.is_err() {
+            self.drain();
+        }
+        result
+    }
+
     fn collect_dump(&mut self, seq: u32, table: &CStr) -> io::Result<Vec<CounterValue>> {
         let table = table.to_string_lossy();
         let mut counters = Vec::new();

@@ -1,12 +1,12 @@
-//! The wire between the two hosts of a scenario: sysctls, `lo`, the veth pair, addresses and offloads,
-//! all set up over rtnetlink and ethtool ioctls from sockets that live in the hosts' namespaces.
+//! The wire between the hosts of a scenario: sysctls, `lo`, a veth pair per link (two through the impairment
+//! wire's namespace, for a link with impairments), addresses, offloads and routes, all set up over rtnetlink
+//! and ethtool ioctls from sockets that live in the hosts' namespaces.
 //!
 //! Nothing here runs `ip` or `ethtool`: one scenario's topology is a handful of netlink round trips.
 
 mod ethtool;
 mod rtnl;
 mod sysctl;
-mod wire;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
@@ -16,18 +16,21 @@ use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressSco
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
 };
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use crate::error::{Context, Error, Result};
 use crate::run::netns::Netns;
-use crate::scenario::plan::{HostId, HostPlan, Plan, Sysctl};
+use crate::scenario::plan::{HostId, Link, LinkEnd, Plan, Sysctl};
+use ethtool::turn_off_rx_checksum;
 pub use ethtool::{active_offloads, turn_off_offloads};
 use rtnl::{Request, Rtnl};
 pub use sysctl::{effective_sysctls, tcp_sysctl_files, Ipv4Sysctls};
 use sysctl::{write_sysctl, SysctlError};
-pub use wire::{build_with_wire, WireLinks, WIRE_LINK_NAMES};
 
-/// Name of the veth end in each host's namespace; both ends share it since they live in different namespaces.
+/// Name of the veth end of client and server; ends in different namespaces may share a name.
 pub const LINK_NAME: &str = "nf0";
 
 /// Longest wait for a veth end to become operational after `ip link set nf0 up`: the kernel's link-watch work
@@ -37,67 +40,135 @@ const OPERATIONAL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait for a link notification before the link state is asked for again anyway.
 const OPERATIONAL_POLL: Duration = Duration::from_millis(50);
 
-/// One host's end of the veth pair (`ip -o addr show dev nf0`).
+/// One host's end of a link (`ip -o addr show dev nf0`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostLink {
+    pub host: HostId,
     pub ifindex: u32,
     pub ifname: String,
     pub address: Ipv4Addr,
     pub mac: [u8; 6],
 }
 
-/// Both ends of the wire, as built by [`build`].
+/// The MAC address of the impairment wire's end facing `host`: 02:00:00:00:10:01 facing the client, :02 facing
+/// the server.
+pub fn wire_mac(host: HostId) -> [u8; 6] {
+    [0x02, 0, 0, 0, 0x10, host.index() as u8 + 1]
+}
+
+/// The name of the impairment wire's end facing `host`, in the wire's namespace: `to-client`, `to-server`.
+pub fn wire_end_name(host: HostId) -> String {
+    format!("to-{host}")
+}
+
+/// The impairment wire's namespace (`ip netns add`), with IPv6 off so that it sends nothing of its own. Its ends
+/// come with the hosts' (see [`HostWire::create_veth_to_wire`]).
+pub fn wire_namespace() -> Result<Netns> {
+    let namespace = Netns::new_anonymous()?;
+    namespace.run(|| disable_ipv6().map_err(|e| e.into_error_in("the wire")))?;
+    Ok(namespace)
+}
+
+/// The ifindex of the wire's end facing each program host (`ip -n <wire> link show to-client`, `to-server`),
+/// by `HostId::index()`.
+pub fn wire_ends(wire: &Netns) -> Result<[u32; 2]> {
+    let mut rtnl = wire.run(Rtnl::open)?;
+    let mut facing = [0; 2];
+    for host in HostId::ALL {
+        let name = wire_end_name(host);
+        facing[host.index()] = rtnl.get_link(&name, &format!("look up {name} in the wire (ip link show {name})"))?.header.index;
+    }
+    Ok(facing)
+}
+
+/// Every end of every link, as built by [`build`]: two per link, in the plan's link order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
-    pub client: HostLink,
-    pub server: HostLink,
-    /// The wire's own veth ends when the hosts are joined through a wire namespace ([`build_with_wire`]).
-    pub wire: Option<WireLinks>,
+    pub ends: Vec<HostLink>,
 }
 
 impl Topology {
-    pub fn link(&self, host: HostId) -> &HostLink {
-        match host {
-            HostId::Client => &self.client,
-            HostId::Server => &self.server,
-        }
+    /// The interfaces of `host`, in link order (client and server have one; the router two).
+    pub fn ends_of(&self, host: HostId) -> impl Iterator<Item = &HostLink> {
+        self.ends.iter().filter(move |end| end.host == host)
+    }
+
+    /// The first interface of `host`: the only one of client and server.
+    pub fn link(&self, host: HostId) -> Option<&HostLink> {
+        self.ends_of(host).next()
     }
 }
 
-/// The MAC address of a host's veth end: locally administered and fixed, so pcaps of two runs compare equal.
-pub fn link_mac(host: HostId) -> [u8; 6] {
-    [0x02, 0, 0, 0, 0, host.index() as u8 + 1]
+/// The MAC address of a host's `n`-th interface: locally administered and fixed, so pcaps of two runs compare
+/// equal (client 02:00:00:00:00:01, server :02, the router's :03 and 02:00:00:00:01:03).
+pub fn link_mac(host: HostId, n: usize) -> [u8; 6] {
+    [0x02, 0, 0, 0, n as u8, host.index() as u8 + 1]
 }
 
-/// Builds the wire of `plan` inside the two namespaces. In command-line terms:
+/// Builds the wire of `plan` inside the hosts' namespaces (`namespaces[i]` is `plan.hosts[i]`'s), and a link
+/// with impairments through `wire` ([`wire_namespace`]). In command-line terms:
 ///
 /// ```text
 /// each host:    sysctl -w net.ipv6.conf.{all,default}.disable_ipv6=1   (unless link.ipv6)
 ///                sysctl -w <the host's sysctls>
 ///                ip link set lo up
-/// client:        ip link add nf0 mtu M address 02:00:00:00:00:01 type veth
-///                    peer name nf0 netns <server> mtu M address 02:00:00:00:00:02
-/// each host:     ethtool -K nf0 tx off sg off tso off gso off gro off
+/// each link:     ip link add nf0 mtu M address 02:00:00:00:00:01 type veth
+///                    peer name nf0 netns <other host> mtu M address 02:00:00:00:00:02
+/// each end:      ethtool -K nf0 tx off sg off tso off gso off gro off
 ///                ip addr add <address>/<prefix> dev nf0
 ///                ip link set nf0 up
+/// with a router: ip route add default via <router>          (client and server)
+/// through the impairment wire, instead of the link's one pair, each end:
+///                ip link add nf0 mtu M address <its own> type veth
+///                    peer name to-<host> netns <wire> mtu M address 02:00:00:00:10:0N
+///                ip -n <wire> link set to-<host> up   (offloads off first, as on every end)
+///                ethtool -K nf0 rx off
 /// ```
 ///
-/// Offloads go off before the link goes up, so no frame ever leaves with a deferred checksum or as a
-/// super-segment. `build` returns once both ends are operational (`ip link show nf0` says `state UP`); see
-/// [`HostWire::wait_operational`]. A run builds the same wire with [`HostWire`], each host from a thread of its
-/// own.
-pub fn build(plan: &Plan, client: &Netns, server: &Netns) -> Result<Topology> {
-    let mut client_wire = client.run(|| HostWire::prepare(plan, HostId::Client))?;
-    let mut server_wire = server.run(|| HostWire::prepare(plan, HostId::Server))?;
-    client_wire.create_veth_pair(plan.link.mtu, server)?;
-    let topology = Topology {
-        client: client_wire.configure(plan.host(HostId::Client))?,
-        server: server_wire.configure(plan.host(HostId::Server))?,
-        wire: None,
+/// A host on the wire verifies received checksums itself (`rx off`): a veth end otherwise marks every frame
+/// from its peer as checked, and a frame the wire corrupted would reach TCP as good data.
+///
+/// Offloads go off before a link goes up, so no frame ever leaves with a deferred checksum or as a
+/// super-segment. `build` returns once every end is operational (`ip link show nf0` says `state UP`); see
+/// [`HostWire::wait_operational`]. `namespaces` are in `plan.hosts` order. A run builds the same wire with
+/// [`HostWire`], each host from a thread of its own.
+pub fn build(plan: &Plan, namespaces: &[&Netns], wire: Option<&Netns>) -> Result<Topology> {
+    let mut wires = Vec::with_capacity(plan.hosts.len());
+    for (host, ns) in plan.hosts.iter().zip(namespaces) {
+        wires.push(ns.run(|| HostWire::prepare(plan, host.id))?);
+    }
+    let position = |host: HostId| {
+        plan.position(host).ok_or_else(|| Error::Internal(format!("a link names {host}, which the plan lacks")))
     };
-    client_wire.wait_operational()?;
-    server_wire.wait_operational()?;
-    Ok(topology)
+    for link in &plan.links {
+        let [near, far] = &link.ends;
+        if !link.wire {
+            wires[position(near.host)?].create_veth_pair(plan, link, namespaces[position(far.host)?])?;
+            continue;
+        }
+        let wire = wire.ok_or_else(|| Error::Internal("a link through the wire, but no wire namespace".into()))?;
+        for end in [near, far] {
+            wires[position(end.host)?].create_veth_to_wire(plan, end, wire)?;
+        }
+    }
+    let mut by_host = Vec::with_capacity(wires.len());
+    for wire in &mut wires {
+        by_host.push(wire.configure(plan)?);
+    }
+    for wire in &mut wires {
+        wire.wait_operational(plan)?;
+    }
+    // In the wire's order: each link's two ends.
+    let mut ends = Vec::new();
+    for (_, end) in plan.link_ends() {
+        let configured = by_host.iter().flatten().find(|link| link.host == end.host && link.ifname == end.ifname);
+        ends.push(
+            configured
+                .cloned()
+                .ok_or_else(|| Error::Internal(format!("{} {} was not configured", end.host, end.ifname)))?,
+        );
+    }
+    Ok(Topology { ends })
 }
 
 /// One host's side of the wire while it is built: an rtnetlink socket of the host's namespace, opened once the
@@ -106,38 +177,77 @@ pub fn build(plan: &Plan, client: &Netns, server: &Netns) -> Result<Topology> {
 pub struct HostWire {
     host: HostId,
     rtnl: Rtnl,
+    /// The impairment wire's ends this host created, each with a socket of the wire's namespace.
+    wire_ends: Vec<(Rtnl, String)>,
 }
 
 impl HostWire {
     /// Runs on a thread inside the host's namespace: `sysctl -w` (IPv6 off unless asked for, then the host's
     /// own, which resolve against the calling thread's namespace) and `ip link set lo up`.
     pub fn prepare(plan: &Plan, host: HostId) -> Result<HostWire> {
-        Ok(HostWire { host, rtnl: prepare_host(plan, host)? })
+        Ok(HostWire { host, rtnl: prepare_host(plan, host)?, wire_ends: Vec::new() })
     }
 
-    /// The client's side, once: one `RTM_NEWLINK` creates both ends, the peer born in `server`'s namespace.
-    pub fn create_veth_pair(&mut self, mtu: u32, server: &Netns) -> Result<()> {
-        create_veth(
-            &mut self.rtnl,
-            (LINK_NAME, link_mac(HostId::Client)),
-            (LINK_NAME, link_mac(HostId::Server), server, "<server>"),
-            mtu,
-        )
+    /// The side of the link's first end, once per link: one `RTM_NEWLINK` creates both ends, the peer born in
+    /// `far`'s namespace.
+    pub fn create_veth_pair(&mut self, plan: &Plan, link: &Link, far: &Netns) -> Result<()> {
+        let mac = |end: &LinkEnd| {
+            let n = plan.link_ends().filter(|(_, other)| other.host == end.host).position(|(_, other)| other == end);
+            link_mac(end.host, n.unwrap_or_default())
+        };
+        let [near, far_end] = &link.ends;
+        let near = VethEnd { netns: near.host.name(), ifname: &near.ifname, mac: mac(near) };
+        let far_end = VethEnd { netns: far_end.host.name(), ifname: &far_end.ifname, mac: mac(far_end) };
+        create_veth_pair(&mut self.rtnl, near, far_end, plan.link.mtu, far)
     }
 
-    /// Offloads off, address, link up, once the pair exists.
-    pub fn configure(&mut self, host: &HostPlan) -> Result<HostLink> {
-        configure_link_end(&mut self.rtnl, host)
+    /// This host's side of a link through the impairment wire: its end `end` paired with the wire's end facing
+    /// it, `to-<host>`, born in `wire`'s namespace; then that end's offloads off and its link up, from a socket
+    /// of the wire's namespace (each host sets up its own side of the wire, at the same time as the others).
+    pub fn create_veth_to_wire(&mut self, plan: &Plan, end: &LinkEnd, wire: &Netns) -> Result<()> {
+        let n = plan.link_ends().filter(|(_, other)| other.host == end.host).position(|(_, other)| other == end);
+        let name = wire_end_name(self.host);
+        let own = VethEnd { netns: self.host.name(), ifname: &end.ifname, mac: link_mac(end.host, n.unwrap_or_default()) };
+        let wire_end = VethEnd { netns: "wire", ifname: &name, mac: wire_mac(self.host) };
+        create_veth_pair(&mut self.rtnl, own, wire_end, plan.link.mtu, wire)?;
+        let mut wire_rtnl = wire.run(Rtnl::open).map_err(|e| in_place(e, "the wire"))?;
+        configure_wire_end(&mut wire_rtnl, &name)?;
+        self.wire_ends.push((wire_rtnl, name));
+        Ok(())
     }
 
-    /// Returns once this end is operational, which needs the other end up too: each host's side may wait at
-    /// the same time, once both are configured.
-    pub fn wait_operational(&mut self) -> Result<()> {
-        wait_operational(&mut self.rtnl, LINK_NAME, self.host.name())
+    /// Once every pair exists: offloads off, address and link up on each of this host's ends, in link order,
+    /// then its default route through the router when it has one.
+    pub fn configure(&mut self, plan: &Plan) -> Result<Vec<HostLink>> {
+        let mut links = Vec::new();
+        for (link, end) in plan.link_ends().filter(|(_, end)| end.host == self.host) {
+            links.push(configure_link_end(&mut self.rtnl, end)?);
+            if plan.links[link].wire {
+                let (host, ifname) = (self.host, &end.ifname);
+                turn_off_rx_checksum(self.rtnl.raw_fd(), ifname)
+                    .context(|| format!("verify checksums on {ifname} in {host} (ethtool -K {ifname} rx off)"))?;
+            }
+        }
+        if let Some(gateway) = plan.host(self.host).gateway {
+            add_default_route(&mut self.rtnl, self.host, gateway)?;
+        }
+        Ok(links)
+    }
+
+    /// Returns once each of this host's ends is operational, which needs the other end of its link up too:
+    /// each host's side may wait at the same time, once all are configured.
+    pub fn wait_operational(&mut self, plan: &Plan) -> Result<()> {
+        for (_, end) in plan.link_ends().filter(|(_, end)| end.host == self.host) {
+            wait_operational(&mut self.rtnl, &end.ifname, end.host.name())?;
+        }
+        for (rtnl, name) in &mut self.wire_ends {
+            wait_operational(rtnl, name, "the wire")?;
+        }
+        Ok(())
     }
 }
 
-/// Waits until the host's veth end is operational (`ip link show nf0` says `state UP`), at most
+/// Waits until a veth end is operational (`ip link show nf0` says `state UP`), at most
 /// [`OPERATIONAL_TIMEOUT`], looking again at each link notification of the namespace (`ip monitor link`).
 ///
 /// `ip link set up` brings the carrier up at once, but the kernel attaches the link's queueing discipline
@@ -146,13 +256,13 @@ impl HostWire {
 /// request and SYN, and after three lost ARP requests its connect fails with EHOSTUNREACH. Idle, the work
 /// runs within a millisecond; with 200 scenarios setting up at once, 55 of 200 runs had to wait (90th
 /// percentile 9 ms, longest 5.2 s). Without this wait 111 of 200 such runs failed, most of them on this.
-fn wait_operational(rtnl: &mut Rtnl, name: &str, place: &str) -> Result<()> {
+fn wait_operational(rtnl: &mut Rtnl, ifname: &str, place: &str) -> Result<()> {
     let started = Instant::now();
-    let what = format!("wait for {name} in {place} to be up (ip link show {name}: state UP)");
+    let what = format!("wait for {ifname} in {place} to be up (ip link show {ifname}: state UP)");
     // Subscribed before the first look, so the change cannot slip between a look and the wait for the next.
     rtnl.watch_links().context(|| format!("{what}: ip monitor link (join RTNLGRP_LINK)"))?;
     loop {
-        let link = rtnl.get_link(name, &what)?;
+        let link = rtnl.get_link(ifname, &what)?;
         let state = link.attributes.iter().find_map(|attribute| match attribute {
             LinkAttribute::OperState(state) => Some(*state),
             _ => None,
@@ -163,7 +273,7 @@ fn wait_operational(rtnl: &mut Rtnl, name: &str, place: &str) -> Result<()> {
         let waited = started.elapsed();
         if waited >= OPERATIONAL_TIMEOUT {
             return Err(Error::Internal(format!(
-                "{what}: still {state:?} {}s after ip link set {name} up",
+                "{what}: still {state:?} {}s after ip link set {ifname} up",
                 OPERATIONAL_TIMEOUT.as_secs()
             )));
         }
@@ -175,14 +285,7 @@ fn wait_operational(rtnl: &mut Rtnl, name: &str, place: &str) -> Result<()> {
 /// namespace), then an rtnetlink socket that stays bound to this namespace wherever it is used from.
 fn prepare_host(plan: &Plan, host: HostId) -> Result<Rtnl> {
     if !plan.link.ipv6 {
-        for name in ["net.ipv6.conf.all.disable_ipv6", "net.ipv6.conf.default.disable_ipv6"] {
-            let sysctl = Sysctl { name: name.to_string(), value: "1".to_string() };
-            match write_sysctl(&sysctl) {
-                // A kernel without IPv6 sends no router solicitations either.
-                Err(SysctlError::Absent(_)) => {}
-                other => other.map_err(|e| e.into_error(host))?,
-            }
-        }
+        disable_ipv6().map_err(|e| e.into_error(host))?;
     }
     for sysctl in &plan.host(host).sysctls {
         write_sysctl(sysctl).map_err(|e| e.into_error(host))?;
@@ -194,6 +297,19 @@ fn prepare_host(plan: &Plan, host: HostId) -> Result<Rtnl> {
         format!("set lo up in {host} (ip link set lo up)"),
     )])?;
     Ok(rtnl)
+}
+
+/// `sysctl -w net.ipv6.conf.{all,default}.disable_ipv6=1` in the calling thread's namespace.
+fn disable_ipv6() -> std::result::Result<(), SysctlError> {
+    for name in ["net.ipv6.conf.all.disable_ipv6", "net.ipv6.conf.default.disable_ipv6"] {
+        let sysctl = Sysctl { name: name.to_string(), value: "1".to_string() };
+        match write_sysctl(&sysctl) {
+            // A kernel without IPv6 sends no router solicitations either.
+            Err(SysctlError::Absent(_)) => {}
+            other => other?,
+        }
+    }
+    Ok(())
 }
 
 fn in_host(error: Error, host: HostId) -> Error {
@@ -219,45 +335,86 @@ fn format_mac(mac: [u8; 6]) -> String {
     mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
-/// One RTM_NEWLINK creates both ends: `(name, mac)` in the namespace of `rtnl`, the peer born in `peer_ns`
-/// (`peer_label` names it in messages).
-fn create_veth(
-    rtnl: &mut Rtnl,
-    (name, mac): (&str, [u8; 6]),
-    (peer_name, peer_mac, peer_ns, peer_label): (&str, [u8; 6], &Netns, &str),
-    mtu: u32,
-) -> Result<()> {
-    let mut peer = LinkMessage::default();
-    peer.attributes.push(LinkAttribute::IfName(peer_name.to_string()));
-    peer.attributes.push(LinkAttribute::Mtu(mtu));
-    peer.attributes.push(LinkAttribute::Address(peer_mac.to_vec()));
-    peer.attributes.push(LinkAttribute::NetNsFd(peer_ns.raw_fd()));
+/// One end of a veth pair being created: its name and MAC, and the namespace it is born in (a host's, or
+/// `wire`), for messages.
+struct VethEnd<'a> {
+    netns: &'a str,
+    ifname: &'a str,
+    mac: [u8; 6],
+}
 
-    let mut link = LinkMessage::default();
-    link.attributes.push(LinkAttribute::IfName(name.to_string()));
-    link.attributes.push(LinkAttribute::Mtu(mtu));
-    link.attributes.push(LinkAttribute::Address(mac.to_vec()));
-    link.attributes.push(LinkAttribute::LinkInfo(vec![
+/// One RTM_NEWLINK from the namespace of the near end creates both ends; the peer is born in `far`'s namespace
+/// (the other host's, or the wire's).
+fn create_veth_pair(rtnl: &mut Rtnl, near: VethEnd<'_>, far_end: VethEnd<'_>, mtu: u32, far: &Netns) -> Result<()> {
+    let mut peer = LinkMessage::default();
+    peer.attributes.push(LinkAttribute::IfName(far_end.ifname.to_string()));
+    peer.attributes.push(LinkAttribute::Mtu(mtu));
+    peer.attributes.push(LinkAttribute::Address(far_end.mac.to_vec()));
+    peer.attributes.push(LinkAttribute::NetNsFd(far.raw_fd()));
+
+    let mut veth = LinkMessage::default();
+    veth.attributes.push(LinkAttribute::IfName(near.ifname.to_string()));
+    veth.attributes.push(LinkAttribute::Mtu(mtu));
+    veth.attributes.push(LinkAttribute::Address(near.mac.to_vec()));
+    veth.attributes.push(LinkAttribute::LinkInfo(vec![
         LinkInfo::Kind(InfoKind::Veth),
         LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
     ]));
 
     rtnl.execute(vec![Request::new(
-        RouteNetlinkMessage::NewLink(link),
+        RouteNetlinkMessage::NewLink(veth),
         NLM_F_CREATE | NLM_F_EXCL,
         format!(
-            "create veth pair (ip link add {name} mtu {mtu} address {} type veth peer name {peer_name} \
-             netns {peer_label} mtu {mtu} address {})",
-            format_mac(mac),
-            format_mac(peer_mac)
+            "create veth pair {} - {} (ip link add {} mtu {mtu} address {} type veth peer name {} netns <{}> mtu {mtu} \
+             address {})",
+            near.netns,
+            far_end.netns,
+            near.ifname,
+            format_mac(near.mac),
+            far_end.ifname,
+            far_end.netns,
+            format_mac(far_end.mac)
         ),
     )])
 }
 
+/// Offloads off and the link up for one of the impairment wire's ends, from a socket of the wire's namespace.
+fn configure_wire_end(rtnl: &mut Rtnl, name: &str) -> Result<()> {
+    let link = rtnl.get_link(name, &format!("look up {name} in the wire (ip link show {name})"))?;
+    turn_off_offloads(rtnl.raw_fd(), name).context(|| {
+        format!("turn off offloads on {name} in the wire (ethtool -K {name} tx off sg off tso off gso off gro off)")
+    })?;
+    let mut up = LinkMessage::default();
+    up.header.index = link.header.index;
+    up.header.flags = LinkFlags::Up;
+    up.header.change_mask = LinkFlags::Up;
+    rtnl.execute(vec![Request::new(
+        RouteNetlinkMessage::NewLink(up),
+        0,
+        format!("set {name} up in the wire (ip link set {name} up)"),
+    )])
+}
+
+/// `ip route add default via <gateway>` in the host's namespace.
+fn add_default_route(rtnl: &mut Rtnl, host: HostId, gateway: Ipv4Addr) -> Result<()> {
+    let mut route = RouteMessage::default();
+    route.header.address_family = AddressFamily::Inet;
+    route.header.table = RouteHeader::RT_TABLE_MAIN;
+    route.header.protocol = RouteProtocol::Boot;
+    route.header.scope = RouteScope::Universe;
+    route.header.kind = RouteType::Unicast;
+    route.attributes.push(RouteAttribute::Gateway(RouteAddress::Inet(gateway)));
+    rtnl.execute(vec![Request::new(
+        RouteNetlinkMessage::NewRoute(route),
+        NLM_F_CREATE | NLM_F_EXCL,
+        format!("add the default route of {host} (ip route add default via {gateway})"),
+    )])
+}
+
 /// Offloads, address and link state of one veth end, through the socket that lives in its namespace.
-fn configure_link_end(rtnl: &mut Rtnl, host: &HostPlan) -> Result<HostLink> {
-    let id = host.id;
-    let link = rtnl.get_link(LINK_NAME, &format!("look up {LINK_NAME} in {id} (ip link show {LINK_NAME})"))?;
+fn configure_link_end(rtnl: &mut Rtnl, end: &LinkEnd) -> Result<HostLink> {
+    let (id, ifname) = (end.host, end.ifname.as_str());
+    let link = rtnl.get_link(ifname, &format!("look up {ifname} in {id} (ip link show {ifname})"))?;
     let mac = link
         .attributes
         .iter()
@@ -265,22 +422,20 @@ fn configure_link_end(rtnl: &mut Rtnl, host: &HostPlan) -> Result<HostLink> {
             LinkAttribute::Address(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok(),
             _ => None,
         })
-        .ok_or_else(|| Error::Internal(format!("{LINK_NAME} in {id} has no Ethernet address")))?;
+        .ok_or_else(|| Error::Internal(format!("{ifname} in {id} has no Ethernet address")))?;
     let ifindex = link.header.index;
 
-    turn_off_offloads(rtnl.raw_fd(), LINK_NAME).context(|| {
-        format!(
-            "turn off offloads on {LINK_NAME} in {id} (ethtool -K {LINK_NAME} tx off sg off tso off gso off gro off)"
-        )
+    turn_off_offloads(rtnl.raw_fd(), ifname).context(|| {
+        format!("turn off offloads on {ifname} in {id} (ethtool -K {ifname} tx off sg off tso off gso off gro off)")
     })?;
 
     let mut address = AddressMessage::default();
     address.header.family = AddressFamily::Inet;
-    address.header.prefix_len = host.prefix_len;
+    address.header.prefix_len = end.prefix_len;
     address.header.scope = AddressScope::Universe;
     address.header.index = ifindex;
-    address.attributes.push(AddressAttribute::Local(IpAddr::V4(host.address)));
-    address.attributes.push(AddressAttribute::Address(IpAddr::V4(host.address)));
+    address.attributes.push(AddressAttribute::Local(IpAddr::V4(end.address)));
+    address.attributes.push(AddressAttribute::Address(IpAddr::V4(end.address)));
 
     let mut up = LinkMessage::default();
     up.header.index = ifindex;
@@ -292,18 +447,14 @@ fn configure_link_end(rtnl: &mut Rtnl, host: &HostPlan) -> Result<HostLink> {
             RouteNetlinkMessage::NewAddress(address),
             NLM_F_CREATE | NLM_F_EXCL,
             format!(
-                "add address {}/{} to {LINK_NAME} in {id} (ip addr add {}/{} dev {LINK_NAME})",
-                host.address, host.prefix_len, host.address, host.prefix_len
+                "add address {}/{} to {ifname} in {id} (ip addr add {}/{} dev {ifname})",
+                end.address, end.prefix_len, end.address, end.prefix_len
             ),
         ),
-        Request::new(
-            RouteNetlinkMessage::NewLink(up),
-            0,
-            format!("set {LINK_NAME} up in {id} (ip link set {LINK_NAME} up)"),
-        ),
+        Request::new(RouteNetlinkMessage::NewLink(up), 0, format!("set {ifname} up in {id} (ip link set {ifname} up)")),
     ])?;
 
-    Ok(HostLink { ifindex, ifname: LINK_NAME.to_string(), address: host.address, mac })
+    Ok(HostLink { host: id, ifindex, ifname: ifname.to_string(), address: end.address, mac })
 }
 
 #[cfg(test)]

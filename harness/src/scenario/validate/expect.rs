@@ -35,7 +35,7 @@ impl Validator<'_> {
     fn error_expectation(&self, path: &NodePath, wire: &ErrorExpectWire) -> Checked<ErrorExpectation> {
         let host = self.required(&wire.host, path, "errors expectation", "host", "client or server")?;
         let host_path = path.key("host");
-        let host = self.host(&host_path, host)?;
+        let host = self.program_host(&host_path, host)?;
         if !self.traced[host.index()] {
             return Err(self.fail(
                 &host_path,
@@ -84,7 +84,7 @@ impl Validator<'_> {
 
     fn queue_expectation(&self, path: &NodePath, wire: &QueueExpectWire) -> Checked<QueueExpectation> {
         let host = self.required(&wire.host, path, "queue expectation", "host", "client or server")?;
-        let host = self.host(&path.key("host"), host)?;
+        let host = self.program_host(&path.key("host"), host)?;
         let port = match &wire.port {
             Some(port) => Some(self.port(&path.key("port"), port, "port")?),
             None => None,
@@ -154,7 +154,7 @@ impl Validator<'_> {
 
     /// `since: client.connect` (the named step whose end the expectation's times count from) or
     /// `since: { packet: {...}, nth: 2 }` (the n-th packet matching the filter).
-    fn anchor(&self, path: &NodePath, since: Option<&ScalarOr<SinceWire>>) -> Checked<Option<Since>> {
+    pub(super) fn anchor(&self, path: &NodePath, since: Option<&ScalarOr<SinceWire>>) -> Checked<Option<Since>> {
         let path = path.key("since");
         let map = match since {
             None => return Ok(None),
@@ -276,7 +276,7 @@ impl Validator<'_> {
 
     fn state_expectation(&self, path: &NodePath, wire: &StateExpectWire) -> Checked<StateExpectation> {
         let host = self.required(&wire.host, path, "state expectation", "host", "client or server")?;
-        let host = self.host(&path.key("host"), host)?;
+        let host = self.program_host(&path.key("host"), host)?;
         let port = match &wire.port {
             Some(port) => Some(self.port(&path.key("port"), port, "port")?),
             None => None,
@@ -317,7 +317,7 @@ impl Validator<'_> {
 
     fn timer_expectation(&self, path: &NodePath, wire: &TimerExpectWire) -> Checked<TimerExpectation> {
         let host = self.required(&wire.host, path, "timer expectation", "host", "client or server")?;
-        let host = self.host(&path.key("host"), host)?;
+        let host = self.program_host(&path.key("host"), host)?;
         let timer =
             self.required(&wire.timer, path, "timer expectation", "timer", "on, keepalive, timewait or persist")?;
         let timer = self.timer(&path.key("timer"), timer)?;

@@ -44,9 +44,14 @@ impl Validator<'_> {
         let host =
             self.required(&wire.at, path, "fault", "at", "the host whose firewall holds the rule, client or server")?;
         let host = self.host(&path.key("at"), host)?;
-        let direction = match &wire.direction {
-            Some(direction) => self.pick(&path.key("direction"), direction, DIRECTIONS, "direction")?,
-            None => Direction::Ingress,
+        let direction = match (&wire.direction, host) {
+            (Some(_), HostId::Router) => return Err(self.fail_key(
+                &path.key("direction"),
+                "a router's faults act on the packets it forwards (hook forward); direction is for client and server",
+            )),
+            (None, HostId::Router) => Direction::Forward,
+            (Some(direction), _) => self.pick(&path.key("direction"), direction, DIRECTIONS, "direction")?,
+            (None, _) => Direction::Ingress,
         };
         let mut matcher = match &wire.matcher {
             Some(matcher) => self.packet_match(&path.key("match"), matcher)?,
@@ -66,6 +71,9 @@ impl Validator<'_> {
             ScalarOr::Scalar(action) => self.pick(&action_path, action, FAULT_ACTIONS, "fault action")?,
             ScalarOr::Map(map) => self.action_map(&action_path, map)?,
         };
+        if action == FaultAction::FlushConntrack {
+            self.check_flush(path, wire, host)?;
+        }
         if action == FaultAction::RejectTcpReset {
             match matcher.protocol {
                 Some(Protocol::Tcp) => {}
@@ -105,6 +113,29 @@ impl Validator<'_> {
             FaultPlan { name, host, direction, matcher, action, from, until, location: self.index.value(path) };
         self.check_impairment_fault(path, wire, &mut fault)?;
         Ok(fault)
+    }
+
+    /// `conntrack -F` happens once, at the router, when the fault switches on: it matches nothing and never
+    /// switches off.
+    fn check_flush(&self, path: &NodePath, wire: &FaultWire, host: HostId) -> Checked<()> {
+        if host != HostId::Router {
+            return Err(self.fail(
+                &path.key("at"),
+                "flush-conntrack empties the router's connection tracking table; it is a fault of the router (at: router)",
+            ));
+        }
+        if wire.matcher.is_some() {
+            return Err(
+                self.fail_key(&path.key("match"), "flush-conntrack forgets every connection; it takes no match")
+            );
+        }
+        if wire.until.is_some() {
+            return Err(self.fail_key(
+                &path.key("until"),
+                "flush-conntrack happens once, when its `from` trigger fires; it has no `until`",
+            ));
+        }
+        Ok(())
     }
 
     fn packet_match(&self, path: &NodePath, wire: &MatchWire) -> Checked<PacketMatch> {
@@ -193,7 +224,10 @@ impl Validator<'_> {
             Some(delay) => self.run_time(&path.key("delay"), delay, "delay")?,
             None => Duration::ZERO,
         };
+        // A state trigger watches sockets, which only client and server have; packets and bytes are seen by
+        // every host's interfaces, the router's too.
         let host = match &map.host {
+            Some(host) if kind == "state" => Some(self.program_host(&path.key("host"), host)?),
             Some(host) => Some(self.host(&path.key("host"), host)?),
             None => None,
         };

@@ -314,7 +314,7 @@ impl Validator<'_> {
                 Some(value) => self.boolean(&path.key("nonblocking"), value, "nonblocking")?,
                 None => false,
             };
-            let address = self.addresses[to.index()];
+            let address = self.address_of(to);
             return Ok(Action::Connect { to, address, port, nonblocking, after_listen: None });
         }
         if let Some(poll) = &map.poll {
@@ -673,6 +673,13 @@ impl Validator<'_> {
         if let Some(at) = &map.at {
             expect.at = Some(self.run_time(&path.key("at"), at, "at")?);
         }
+        if map.since.is_some() && map.at.is_none() {
+            return Err(self.fail_key(
+                &path.key("since"),
+                "`since` says what `at` counts from; give `at` too (e.g. at: 19s, since: { packet: { from: client, flags: \"P.\" } })",
+            ));
+        }
+        expect.since = self.anchor(path, map.since.as_ref())?;
         if let Some(tolerance) = &map.tolerance {
             expect.tolerance = self.tolerance(&path.key("tolerance"), tolerance)?;
         }

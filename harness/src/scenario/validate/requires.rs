@@ -93,11 +93,7 @@ impl Validator<'_> {
     pub(super) fn conditional_expectations(&self, wire: &ScenarioWire) -> Checked<Vec<Conditional>> {
         let root = NodePath::root();
         let mut conditional = Vec::new();
-        for host in HostId::ALL {
-            let program = match host {
-                HostId::Client => wire.client.as_deref(),
-                HostId::Server => wire.server.as_deref(),
-            };
+        for (host, program) in [(HostId::Client, wire.client.as_deref()), (HostId::Server, wire.server.as_deref())] {
             for (index, step) in program.unwrap_or(&[]).iter().enumerate() {
                 if let ScalarOr::Map(StepMapWire { expect: Some(ScalarOr::Map(expect)), .. }) = step {
                     if let Some(requires) = &expect.requires {

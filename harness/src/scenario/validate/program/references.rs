@@ -102,7 +102,7 @@ impl Validator<'_> {
         }
         let port = self.port(&path.key("listening"), port, "listening port")?;
         let target = match &map.host {
-            Some(target) => self.host(&path.key("host"), target)?,
+            Some(target) => self.program_host(&path.key("host"), target)?,
             None => host.peer(),
         };
         Ok(Action::WaitListening { host: target, port })
@@ -174,16 +174,27 @@ impl Validator<'_> {
 /// start at once, and a connect must not race the listen the peer makes as its first thing. Only a listen on
 /// the connect's port within the peer's setup (its first steps, all `socket` / `setsockopt` / `bind` /
 /// `listen`) counts; a listen the peer makes later (after a `sleep` or a `wait`) is ordered by the scenario
-/// itself, which may mean a connect to be refused.
-pub(crate) fn link_connects_to_listens(steps: &mut [Vec<StepPlan>; 2]) {
+/// itself, which may mean a connect to be refused. A connect to a port the router forwards (DNAT) waits for the
+/// server's listen on the port it is forwarded to.
+pub(crate) fn link_connects_to_listens(steps: &mut [Vec<StepPlan>; 2], router: Option<&RouterPlan>) {
     let listens: [Vec<(u16, StepRef)>; 2] = HostId::ALL.map(|host| startup_listens(host, &steps[host.index()]));
+    let forwards = router.map_or(&[][..], |router| &router.dnat[..]);
     for host in HostId::ALL {
         for step in &mut steps[host.index()] {
-            if let Action::Connect { to, port, after_listen, .. } = &mut step.action {
-                if *to != host {
-                    *after_listen =
-                        listens[to.index()].iter().find(|(listen_port, _)| listen_port == port).map(|(_, s)| s.clone());
-                }
+            let Action::Connect { to, port, after_listen, .. } = &mut step.action else { continue };
+            let (listener, listen_port) = match *to {
+                HostId::Router => match forwards.iter().find(|forward| forward.port == *port) {
+                    Some(forward) => (HostId::Server, forward.to_port),
+                    None => continue,
+                },
+                to if to == host => continue,
+                to => (to, *port),
+            };
+            if listener != host {
+                *after_listen = listens[listener.index()]
+                    .iter()
+                    .find(|(listening, _)| *listening == listen_port)
+                    .map(|(_, listen)| listen.clone());
             }
         }
     }
