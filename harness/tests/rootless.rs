@@ -245,7 +245,7 @@ fn rootless_run() -> Result<String> {
     let start = Instant::now();
     let client = Netns::new_anonymous()?;
     let server = Netns::new_anonymous()?;
-    let topology = topology::build(&plan()?, &[&client, &server])?;
+    let topology = topology::build(&plan()?, &[&client, &server], None)?;
     let address = |host: HostId| {
         topology
             .link(host)

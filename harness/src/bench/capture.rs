@@ -104,7 +104,7 @@ pub fn bench_capture(options: &CaptureOptions) -> Result<Report> {
     let scratch = ScratchDir::new("capture")?;
     let plan = fixture_plan(&scratch.path().join("fixture.yaml"))?;
     let namespaces = [Netns::new_anonymous()?, Netns::new_anonymous()?];
-    let topology = topology::build(&plan, &[&namespaces[0], &namespaces[1]])?;
+    let topology = topology::build(&plan, &[&namespaces[0], &namespaces[1]], None)?;
     let mut rounds: Vec<Round> = Vec::new();
     'runs: for run in 0..options.runs {
         for arrangement in Arrangement::ALL {
@@ -419,7 +419,7 @@ Inter-|   Receive                                                |  Transmit
     fn a_bulk_transfer_is_counted_on_both_interfaces() {
         let plan = fixture_plan(Path::new("fixture.yaml")).unwrap();
         let ns = [Netns::new_anonymous().unwrap(), Netns::new_anonymous().unwrap()];
-        let topology = topology::build(&plan, &[&ns[0], &ns[1]]).unwrap();
+        let topology = topology::build(&plan, &[&ns[0], &ns[1]], None).unwrap();
         let before = interface_frames(&ns).unwrap();
         let seconds = transfer(&ns, &topology, 8 << 20).unwrap();
         let after = interface_frames(&ns).unwrap();

@@ -33,7 +33,7 @@ use crate::run::clock::{Clock, EventSink};
 use crate::run::impair::frame::TcpSegment;
 use crate::run::impair::{Wire, WireFault};
 use crate::run::netns::Netns;
-use crate::run::topology::{self, Topology, WIRE_LINK_NAMES};
+use crate::run::topology::{self, wire_end_name, Topology};
 use crate::scenario::impairment::{Distribution as Jitter, Impairment, LossModel};
 use crate::scenario::plan::{HostId, PacketMatch};
 
@@ -118,6 +118,8 @@ struct Rig {
     hosts: [Netns; 2],
     middle: Netns,
     topology: Topology,
+    /// The ifindex of the middle's end facing each host, by `HostId::index()`.
+    facing: [u32; 2],
 }
 
 /// What a [`Middle`] installed, removed by [`Installed::remove`].
@@ -167,8 +169,7 @@ impl Rig {
                     impairment: *impairment,
                 })
                 .collect();
-            let facing = self.topology.wire.map(|wire| wire.facing).unwrap_or_default();
-            let wire = Wire::start(&self.middle, facing, faults.clone(), seed, None)?;
+            let wire = Wire::start(&self.middle, self.facing, faults.clone(), seed, None)?;
             for fault in &faults {
                 wire.switch(&fault.name, true)?;
             }
@@ -177,8 +178,8 @@ impl Rig {
         }
         self.exec(MIDDLE, &["ip", "link", "add", "br0", "type", "bridge"])?;
         installed.undo.push((MIDDLE, strings(&["ip", "link", "del", "br0"])));
-        for end in WIRE_LINK_NAMES {
-            self.exec(MIDDLE, &["ip", "link", "set", end, "master", "br0"])?;
+        for host in HostId::ALL {
+            self.exec(MIDDLE, &["ip", "link", "set", &wire_end_name(host), "master", "br0"])?;
         }
         self.exec(MIDDLE, &["ip", "link", "set", "br0", "up"])?;
         let queued = matches!(middle, Middle::BridgeQueue(_));
@@ -198,7 +199,7 @@ impl Rig {
             }
             Middle::BridgeTbf(rate) => {
                 let (rate, limit) = (format!("{rate}bit"), RATE_QUEUE_BYTES.to_string());
-                let end = WIRE_LINK_NAMES[HostId::Server.index()];
+                let end = &wire_end_name(HostId::Server);
                 self.exec(
                     MIDDLE,
                     &["tc", "qdisc", "add", "dev", end, "root", "tbf", "rate", &rate, "burst", "32k", "limit", &limit],
@@ -291,8 +292,15 @@ pub fn bench_impair(options: &ImpairOptions) -> Result<Report> {
     let mut report = Report::new("impair");
     let scratch = ScratchDir::new("impair")?;
     let plan = fixture_plan(&scratch.path().join("fixture.yaml"))?;
-    let (hosts, middle, topology) = topology::build_with_wire(&plan)?;
-    let rig = Rig { hosts, middle, topology };
+    // The fixture's link through the wire's namespace, as a scenario with impairments has it; the bridge and
+    // queue alternatives join the same two ends there instead of the wire.
+    let mut through_wire = plan.clone();
+    through_wire.links.iter_mut().for_each(|link| link.wire = true);
+    let hosts = [Netns::new_anonymous()?, Netns::new_anonymous()?];
+    let middle = topology::wire_namespace()?;
+    let topology = topology::build(&through_wire, &[&hosts[0], &hosts[1]], Some(&middle))?;
+    let facing = topology::wire_ends(&middle)?;
+    let rig = Rig { hosts, middle, topology, facing };
     let fixed_delay =
         Impairment::Delay { delay: DELAY, jitter: Duration::ZERO, distribution: Jitter::Uniform, in_order: true };
     let mut rounds: Vec<Round> = Vec::new();
@@ -337,7 +345,7 @@ pub fn bench_impair(options: &ImpairOptions) -> Result<Report> {
     }
     let mut direct_throughput = Vec::new();
     let direct_ns = [Netns::new_anonymous()?, Netns::new_anonymous()?];
-    let direct = topology::build(&plan, &direct_ns[0], &direct_ns[1])?;
+    let direct = topology::build(&plan, &[&direct_ns[0], &direct_ns[1]], None)?;
     for _ in 0..options.runs {
         let seconds = transfer_paced(&direct_ns, &direct, THROUGHPUT_BYTES, None)?;
         direct_throughput.push(THROUGHPUT_BYTES as f64 * 8.0 / seconds / 1e9);
@@ -411,7 +419,7 @@ fn captured(rig: &Rig, dir: &Path, traffic: impl FnOnce() -> Result<()>) -> Resu
     let drain = thread::spawn(move || events.iter().count());
     let mut captures = Vec::with_capacity(2);
     for host in HostId::ALL {
-        let ifindex = rig.topology.link(host).ifindex;
+        let ifindex = rig.topology.link(host).ok_or_else(|| Error::Internal(format!("no {host} end")))?.ifindex;
         let ring = CaptureBuffer::ring_of(64 << 20);
         captures.push(Capture::start(
             &rig.hosts[host.index()],
@@ -522,7 +530,10 @@ fn udp_receive_errors(rig: &Rig) -> Result<u64> {
 /// Sends `count` numbered datagrams from the client to the server at `DATAGRAM_RATE`; returns how many were
 /// sent and the numbers that arrived.
 fn datagrams(rig: &Rig, count: u64) -> Result<(u64, BTreeSet<u64>)> {
-    let server = SocketAddrV4::new(rig.topology.server.address, UDP_PORT);
+    let server = SocketAddrV4::new(
+        rig.topology.link(HostId::Server).ok_or_else(|| Error::Internal("no server end".into()))?.address,
+        UDP_PORT,
+    );
     let receiver = rig.hosts[SERVER].run(|| {
         let socket = UdpSocket::bind(server).context(|| format!("bind {server} in server"))?;
         let big: libc::c_int = 16 << 20;

@@ -148,7 +148,9 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -
     // count (`nstat`).
     for (host, namespace) in plan.hosts.iter().zip(&namespaces) {
         match namespace.run(crate::observe::counters::read_counters) {
-            Ok(counters) => collected.push(Event { t: duration, host: host.id, kind: EventKind::Counters { counters } }),
+            Ok(counters) => {
+                collected.push(Event { t: duration, host: host.id, kind: EventKind::Counters { counters } })
+            }
             Err(e) => harness_errors.push(e.to_string()),
         }
     }
@@ -550,8 +552,7 @@ fn set_up_host(
     for meeting in &meetings {
         match meeting {
             WireMeeting::Creates { link, far, created } => {
-                let far =
-                    far.recv_timeout(SETUP_LIMIT).map_err(|_| peer_failed("the other namespace never came"))?;
+                let far = far.recv_timeout(SETUP_LIMIT).map_err(|_| peer_failed("the other namespace never came"))?;
                 wire.create_veth_pair(plan, &plan.links[*link], &far)?;
                 // The other host is gone only when its set-up failed, which it reports itself.
                 let _ = created.send(());
@@ -717,8 +718,8 @@ fn apply_due(
 ) -> Result<()> {
     for (fault, on) in schedule.due(clock.now()) {
         if Backend::of(fault) == Backend::Wire {
-            let wire = wire
-                .ok_or_else(|| Error::Internal(format!("impairment {} has no wire to run on", fault.name)))?;
+            let wire =
+                wire.ok_or_else(|| Error::Internal(format!("impairment {} has no wire to run on", fault.name)))?;
             wire.switch(&fault.name, on)?;
         } else {
             let host_faults =

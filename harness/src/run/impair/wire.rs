@@ -495,9 +495,12 @@ struct Connections {
 
 impl Connections {
     fn saw(&mut self, sender: HostId, segment: &TcpSegment) {
-        let key = match sender {
-            HostId::Client => (segment.src, segment.sport, segment.dst, segment.dport),
-            HostId::Server => (segment.dst, segment.dport, segment.src, segment.sport),
+        // The wire joins client and server (validation refuses impairments with a router): the other sender is
+        // the server.
+        let key = if sender == HostId::Client {
+            (segment.src, segment.sport, segment.dst, segment.dport)
+        } else {
+            (segment.dst, segment.dport, segment.src, segment.sport)
         };
         self.frames += 1;
         let connection = self.by_ends.entry(key).or_default();
@@ -564,10 +567,7 @@ mod tests {
 
     fn segment(sender: HostId, seq: u32, ack: u32, flags: u8, window: u16, len: u32) -> TcpSegment {
         let (client, server) = ((Ipv4Addr::new(10, 0, 0, 1), 40000), (Ipv4Addr::new(10, 0, 0, 2), 9000));
-        let ((src, sport), (dst, dport)) = match sender {
-            HostId::Client => (client, server),
-            HostId::Server => (server, client),
-        };
+        let ((src, sport), (dst, dport)) = if sender == HostId::Client { (client, server) } else { (server, client) };
         TcpSegment {
             src_mac: [2, 0, 0, 0, 0, sender.index() as u8 + 1],
             dst_mac: [2, 0, 0, 0, 0, sender.peer().index() as u8 + 1],

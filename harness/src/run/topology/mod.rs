@@ -76,7 +76,8 @@ pub fn wire_ends(wire: &Netns) -> Result<[u32; 2]> {
     let mut facing = [0; 2];
     for host in HostId::ALL {
         let name = wire_end_name(host);
-        facing[host.index()] = rtnl.get_link(&name, &format!("look up {name} in the wire (ip link show {name})"))?.header.index;
+        facing[host.index()] =
+            rtnl.get_link(&name, &format!("look up {name} in the wire (ip link show {name})"))?.header.index;
     }
     Ok(facing)
 }
@@ -207,7 +208,8 @@ impl HostWire {
     pub fn create_veth_to_wire(&mut self, plan: &Plan, end: &LinkEnd, wire: &Netns) -> Result<()> {
         let n = plan.link_ends().filter(|(_, other)| other.host == end.host).position(|(_, other)| other == end);
         let name = wire_end_name(self.host);
-        let own = VethEnd { netns: self.host.name(), ifname: &end.ifname, mac: link_mac(end.host, n.unwrap_or_default()) };
+        let own =
+            VethEnd { netns: self.host.name(), ifname: &end.ifname, mac: link_mac(end.host, n.unwrap_or_default()) };
         let wire_end = VethEnd { netns: "wire", ifname: &name, mac: wire_mac(self.host) };
         create_veth_pair(&mut self.rtnl, own, wire_end, plan.link.mtu, wire)?;
         let mut wire_rtnl = wire.run(Rtnl::open).map_err(|e| in_place(e, "the wire"))?;

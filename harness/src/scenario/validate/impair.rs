@@ -332,15 +332,25 @@ impl Validator<'_> {
         Ok(Impairment::Inject(Injection { segment, seq }))
     }
 
-    /// What an impairment asks of the rest of its fault: an injection forges one TCP segment when `from` fires,
-    /// into a connection picked by protocol and ports.
+    /// What an impairment asks of the rest of its fault and of the scenario: the wire sits on the one link
+    /// between client and server, so there is no router; an injection forges one TCP segment when `from`
+    /// fires, into a connection picked by protocol and ports.
     pub(super) fn check_impairment_fault(
         &self,
         path: &NodePath,
         wire: &FaultWire,
         fault: &mut FaultPlan,
     ) -> Checked<()> {
-        let Some(Impairment::Inject(_)) = fault.action.impairment() else { return Ok(()) };
+        let Some(impairment) = fault.action.impairment() else { return Ok(()) };
+        if self.has_router {
+            return Err(self.fail(
+                &path.key("action"),
+                "impairments run on the wire of the link between client and server; a scenario with a router has \
+                 two links, and the wire sits on neither yet: leave out the router (`hosts: { router: ... }`) or \
+                 the impairment",
+            ));
+        }
+        let Impairment::Inject(_) = impairment else { return Ok(()) };
         if wire.until.is_some() {
             return Err(self.fail_key(
                 &path.key("until"),
