@@ -17,9 +17,11 @@ use crate::scenario::schema::*;
 use crate::scenario::size::parse_size;
 use crate::scenario::variables::{Scope, Variables};
 
+mod counters;
 mod expect;
 mod faults;
 mod hosts;
+mod impair;
 mod program;
 mod requires;
 
@@ -165,6 +167,11 @@ pub fn validate(
     require_what_faults_need(&mut requires, &faults);
     let conditional = v.conditional_expectations(wire)?;
 
+    // The impairments run on the wire, which then sits on the link between client and server.
+    let mut links = layout.links;
+    let impaired = faults.iter().any(|fault| fault.action.impairment().is_some());
+    links.iter_mut().for_each(|link| link.wire = impaired);
+
     let [client_steps, server_steps] = steps;
     let mut steps = [client_steps, server_steps, Vec::new()];
     let hosts = layout
@@ -191,7 +198,7 @@ pub fn validate(
         link,
         capture,
         hosts,
-        links: layout.links,
+        links,
         router: layout.router,
         faults,
         expect,
