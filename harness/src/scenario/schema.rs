@@ -632,8 +632,15 @@ pub struct RunExpectWire {
 pub struct CounterExpectWire {
     pub host: Option<Scalar>,
     pub counter: Option<ScalarList>,
-    pub min: Option<Scalar>,
-    pub max: Option<Scalar>,
+    pub min: Option<ScalarOr<CounterBoundWire>>,
+    pub max: Option<ScalarOr<CounterBoundWire>>,
+}
+
+/// A counter's bound counted by the wire: `{ decisions: bitrot }`, how many decisions the impairment made.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CounterBoundWire {
+    pub decisions: Option<Scalar>,
 }
 
 /// One item of `expect: { tcp_info: [...] }`: `{ host: client, port: 9000, rtt: { min: 90ms, max: 150ms } }`.
@@ -797,6 +804,7 @@ pub const MAP_DESCRIPTIONS: &[(&str, &str)] = &[
     ("CounterExpectWire", "a map like { host: client, counter: TcpRetransSegs, min: 1 }"),
     ("TcpInfoExpectWire", "a map like { host: client, port: 9000, rtt: { min: 90ms, max: 150ms } }"),
     ("RangeWire", "a map like { min: 90ms, max: 150ms }"),
+    ("CounterBoundWire", "a number like 1, or a map like { decisions: bitrot }"),
     ("PacketExpectWire", "a map like { from: client, flags: \"R\", count: 1 }"),
     ("StateExpectWire", "a map like { host: server, sequence: [SYN-RECV, GONE] }"),
     ("StateStepWire", "a map like { state: GONE, at: 7s }"),

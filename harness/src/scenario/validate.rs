@@ -85,6 +85,7 @@ pub fn validate(
         step_index: [HashMap::new(), HashMap::new()],
         addresses: Vec::new(),
         has_router: false,
+        impairments: Vec::new(),
         traced: [false, false],
     };
     let root = NodePath::root();
@@ -162,6 +163,8 @@ pub fn validate(
         .map(|host| steps[host.index()].iter().any(|step| matches!(&step.action, Action::Exec(exec) if exec.trace)));
 
     let faults = v.faults(&root.key("faults"), wire.faults.as_deref().unwrap_or(&[]))?;
+    v.impairments =
+        faults.iter().filter(|fault| fault.action.impairment().is_some()).map(|fault| fault.name.clone()).collect();
     let expect = v.run_expectations(&root.key("expect"), wire.expect.as_ref())?;
     let mut requires = v.requirements(&root.key("requires"), wire.requires.as_ref())?;
     require_what_faults_need(&mut requires, &faults);
@@ -237,6 +240,9 @@ struct Validator<'a> {
     addresses: Vec<(HostId, Ipv4Addr)>,
     /// Whether the scenario declares a router, which faults and packet filters may then name.
     has_router: bool,
+    /// Names of the scenario's impairments, whose decisions a counter expectation may count; known once the
+    /// faults are read.
+    impairments: Vec<String>,
     /// Whether the host runs an exec step with `trace: true` (by `HostId::index()`): `errors` expect one.
     traced: [bool; 2],
 }

@@ -159,6 +159,13 @@ pub fn counters(timeline: &Timeline, host: HostId) -> Option<(Duration, &std::co
     })
 }
 
+/// How many decisions the impairment named `fault` made (its `impairment` events).
+pub fn decisions_of(timeline: &Timeline, fault: &str) -> u64 {
+    let made =
+        |event: &&Event| matches!(&event.kind, EventKind::Impairment(impairment) if impairment.decision.fault == fault);
+    timeline.events.iter().filter(made).count() as u64
+}
+
 /// The last socket sample of `host` that carries `tcp_info` (a full socket), of a socket with `port` as its
 /// local or remote port when one is given.
 pub fn last_tcp_info(timeline: &Timeline, host: HostId, port: Option<u16>) -> Option<(Duration, &SocketEvent)> {

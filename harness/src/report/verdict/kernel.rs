@@ -4,16 +4,30 @@
 use std::time::Duration;
 
 use super::Failure;
-use crate::scenario::plan::{CounterExpectation, DurationRange, TcpInfoExpectation};
-use crate::timeline::query::{counters, last_tcp_info};
+use crate::scenario::plan::{CounterBound, CounterExpectation, DurationRange, TcpInfoExpectation};
+use crate::timeline::query::{counters, decisions_of, last_tcp_info};
 use crate::timeline::{format_secs, Timeline};
 
-/// `min <= value <= max` for a counter, as `at least 1`, `at most 3` or `1..3`.
-fn describe_bounds(min: Option<u64>, max: Option<u64>) -> String {
+/// A bound's value in this run: a number, or how many decisions the impairment made, said with its source
+/// (`14 (the decisions of bitrot)`).
+fn resolve(bound: &Option<CounterBound>, timeline: &Timeline) -> Option<(u64, String)> {
+    match bound.as_ref()? {
+        CounterBound::Count(n) => Some((*n, n.to_string())),
+        CounterBound::Decisions(fault) => {
+            let n = decisions_of(timeline, fault);
+            Some((n, format!("{n} (the decisions of {fault})")))
+        }
+    }
+}
+
+/// `min <= value <= max` for a counter, as `at least 1`, `at most 3`, `1..3` or `exactly 14 (the decisions of
+/// bitrot)`.
+fn describe_bounds(min: &Option<(u64, String)>, max: &Option<(u64, String)>) -> String {
     match (min, max) {
-        (Some(min), Some(max)) => format!("{min}..{max}"),
-        (Some(min), None) => format!("at least {min}"),
-        (None, Some(max)) => format!("at most {max}"),
+        (Some((low, min)), Some((high, _))) if low == high => format!("exactly {min}"),
+        (Some((_, min)), Some((_, max))) => format!("{min}..{max}"),
+        (Some((_, min)), None) => format!("at least {min}"),
+        (None, Some((_, max))) => format!("at most {max}"),
         (None, None) => "any value".into(),
     }
 }
@@ -23,7 +37,8 @@ pub(super) fn judge_counter(expectation: &CounterExpectation, timeline: &Timelin
         [one] => format!("{} counter {one}", expectation.host),
         several => format!("{} counters {}", expectation.host, several.join(" + ")),
     };
-    let expected = describe_bounds(expectation.min, expectation.max);
+    let (min, max) = (resolve(&expectation.min, timeline), resolve(&expectation.max, timeline));
+    let expected = describe_bounds(&min, &max);
     let Some((t, counters)) = counters(timeline, expectation.host) else {
         return Err(Failure {
             location: expectation.location,
@@ -35,7 +50,7 @@ pub(super) fn judge_counter(expectation: &CounterExpectation, timeline: &Timelin
     };
     // A counter the kernel knows but never incremented is left out of the reading: it is zero.
     let value: u64 = expectation.counters.iter().map(|name| counters.get(name).copied().unwrap_or(0)).sum();
-    if expectation.min.is_none_or(|min| value >= min) && expectation.max.is_none_or(|max| value <= max) {
+    if min.is_none_or(|(min, _)| value >= min) && max.is_none_or(|(max, _)| value <= max) {
         return Ok(());
     }
     Err(Failure { location: expectation.location, subject, expected, actual: value.to_string(), around: Some(t) })
@@ -97,7 +112,7 @@ mod tests {
 
     use super::*;
     use crate::scenario::plan::{HostId, Location, TcpState};
-    use crate::timeline::{Event, EventKind, SocketEvent};
+    use crate::timeline::{Decision, DecisionKind, Event, EventKind, ImpairmentEvent, SocketEvent};
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
@@ -110,6 +125,7 @@ mod tests {
 
     fn counter(host: HostId, name: &str, min: Option<u64>, max: Option<u64>) -> CounterExpectation {
         let counters = name.split('+').map(|name| name.trim().to_string()).collect();
+        let (min, max) = (min.map(CounterBound::Count), max.map(CounterBound::Count));
         CounterExpectation { host, counters, min, max, location: Location { line: 9, column: 7 } }
     }
 
@@ -134,6 +150,44 @@ mod tests {
         let failure =
             judge_counter(&counter(HostId::Client, "X", Some(1), None), &Timeline::new(Vec::new())).unwrap_err();
         assert!(failure.actual.contains("no reading"), "{failure}");
+    }
+
+    fn decision(t: Duration, fault: &str, n: u64) -> Event {
+        let decision = Decision { fault: fault.into(), n, kind: DecisionKind::Corrupted { byte: 40, bit: 7 } };
+        Event {
+            t,
+            host: HostId::Server,
+            kind: EventKind::Impairment(ImpairmentEvent { toward: HostId::Server, decision, packet: None }),
+        }
+    }
+
+    #[test]
+    fn a_bound_may_be_the_number_of_an_impairment_s_decisions() {
+        let timeline = Timeline::new(vec![
+            decision(ms(10), "bitrot", 1),
+            decision(ms(20), "bitrot", 2),
+            decision(ms(30), "other", 1),
+            counters_at(ms(1000), HostId::Server, &[("TcpInErrs", 2), ("TcpInCsumErrors", 1)]),
+        ]);
+        let exactly = |name: &str| CounterExpectation {
+            min: Some(CounterBound::Decisions("bitrot".into())),
+            max: Some(CounterBound::Decisions("bitrot".into())),
+            ..counter(HostId::Server, name, None, None)
+        };
+        assert!(judge_counter(&exactly("TcpInErrs"), &timeline).is_ok());
+        let failure = judge_counter(&exactly("TcpInCsumErrors"), &timeline).unwrap_err();
+        assert_eq!((failure.expected.as_str(), failure.actual.as_str()), ("exactly 2 (the decisions of bitrot)", "1"));
+        let at_most = CounterExpectation {
+            min: Some(CounterBound::Count(1)),
+            max: Some(CounterBound::Decisions("bitrot".into())),
+            ..counter(HostId::Server, "TcpInCsumErrors", None, None)
+        };
+        assert!(judge_counter(&at_most, &timeline).is_ok());
+        let none = CounterExpectation {
+            min: Some(CounterBound::Decisions("missing".into())),
+            ..counter(HostId::Server, "TcpInErrs", None, None)
+        };
+        assert!(judge_counter(&none, &timeline).is_ok(), "an impairment that decided nothing counts 0");
     }
 
     fn sample(t: Duration, remote_port: u16, rtt: Option<u64>, rto: Option<u64>) -> Event {

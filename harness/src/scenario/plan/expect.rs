@@ -25,9 +25,19 @@ pub struct RunExpectations {
 pub struct CounterExpectation {
     pub host: HostId,
     pub counters: Vec<String>,
-    pub min: Option<u64>,
-    pub max: Option<u64>,
+    pub min: Option<CounterBound>,
+    pub max: Option<CounterBound>,
     pub location: Location,
+}
+
+/// One bound of a counter expectation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CounterBound {
+    Count(u64),
+    /// How many decisions the impairment of this name made in the run (its `impairment` events): the kernel's
+    /// count of what the wire did, asserted exactly whatever the seed.
+    Decisions(String),
 }
 
 /// The last `tcp_info` sample (`ss -i`) of a connection of `host` shows `rtt` and `rto` in their ranges.

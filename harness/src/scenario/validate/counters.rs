@@ -44,23 +44,53 @@ impl Validator<'_> {
         if names.is_empty() {
             return Err(self.fail(&path.key("counter"), "counter needs at least one name, e.g. TcpRetransSegs"));
         }
-        let bound = |key: &str, value: &Option<Scalar>| -> Checked<Option<u64>> {
-            match value {
-                Some(value) => Ok(Some(self.int(&path.key(key), value, key, 0, i128::from(u64::MAX))? as u64)),
-                None => Ok(None),
-            }
-        };
-        let (min, max) = (bound("min", &wire.min)?, bound("max", &wire.max)?);
-        match (min, max) {
+        let (min, max) = (self.counter_bound(path, "min", &wire.min)?, self.counter_bound(path, "max", &wire.max)?);
+        match (&min, &max) {
             (None, None) => {
                 return Err(self.fail(path, "a counter expectation needs `min`, `max` or both, e.g. { min: 1 }"));
             }
-            (Some(min), Some(max)) if min > max => {
+            (Some(CounterBound::Count(min)), Some(CounterBound::Count(max))) if min > max => {
                 return Err(self.fail(&path.key("max"), format!("max {max} is below min {min}; nothing could match")));
             }
             _ => {}
         }
         Ok(CounterExpectation { host, counters: names, min, max, location: self.index.value(path) })
+    }
+
+    /// `min: 1`, or `min: { decisions: bitrot }`: the number of decisions of an impairment of the scenario.
+    fn counter_bound(
+        &self,
+        path: &NodePath,
+        key: &str,
+        wire: &Option<ScalarOr<CounterBoundWire>>,
+    ) -> Checked<Option<CounterBound>> {
+        let path = path.key(key);
+        let decisions = match wire {
+            None => return Ok(None),
+            Some(ScalarOr::Scalar(value)) => {
+                return Ok(Some(CounterBound::Count(self.int(&path, value, key, 0, i128::from(u64::MAX))? as u64)))
+            }
+            Some(ScalarOr::Map(map)) => self.required(
+                &map.decisions,
+                &path,
+                key,
+                "decisions",
+                "an impairment's name, e.g. { decisions: bitrot }",
+            )?,
+        };
+        let name = decisions.text();
+        if !self.impairments.contains(&name) {
+            let known = if self.impairments.is_empty() {
+                "the scenario has no impairment".to_string()
+            } else {
+                format!("its impairments are {}", list(&self.impairments))
+            };
+            return Err(self.fail(
+                &path.key("decisions"),
+                format!("no impairment named {decisions} makes decisions to count; {known}"),
+            ));
+        }
+        Ok(Some(CounterBound::Decisions(name)))
     }
 
     pub(super) fn tcp_info_expectation(
