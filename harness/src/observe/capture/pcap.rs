@@ -10,17 +10,21 @@ use super::*;
 /// Bytes of a pcap record header: seconds, nanoseconds, captured length, length on the wire (u32 each).
 pub(super) const RECORD_HEADER_LEN: usize = 16;
 
-/// The pcap file header (`tcpdump -w` with nanosecond stamps): Ethernet, [`SNAPLEN`], this machine's byte
-/// order, as pcap-file writes it.
-pub(super) fn file_header(command: &str) -> Result<Vec<u8>> {
-    let header = PcapHeader {
+/// What the pcap says of itself (`tcpdump -w` with nanosecond stamps): Ethernet, [`SNAPLEN`], this machine's
+/// byte order.
+fn pcap_header() -> PcapHeader {
+    PcapHeader {
         snaplen: SNAPLEN,
         datalink: DataLink::ETHERNET,
         ts_resolution: TsResolution::NanoSecond,
         endianness: Endianness::native(),
         ..PcapHeader::default()
-    };
-    let writer = PcapWriter::with_header(Vec::with_capacity(24), header)
+    }
+}
+
+/// The pcap file header, as pcap-file writes it.
+pub(super) fn file_header(command: &str) -> Result<Vec<u8>> {
+    let writer = PcapWriter::with_header(Vec::with_capacity(24), pcap_header())
         .map_err(|e| Error::sys(format!("write pcap header ({command})"), io::Error::other(e)))?;
     Ok(writer.into_writer())
 }
@@ -264,14 +268,7 @@ mod tests {
         let mut ours = file_header("test").unwrap();
         ours.extend_from_slice(&chunk.records);
 
-        let header = PcapHeader {
-            snaplen: SNAPLEN,
-            datalink: DataLink::ETHERNET,
-            ts_resolution: TsResolution::NanoSecond,
-            endianness: Endianness::native(),
-            ..PcapHeader::default()
-        };
-        let mut theirs = PcapWriter::with_header(Vec::new(), header).unwrap();
+        let mut theirs = PcapWriter::with_header(Vec::new(), pcap_header()).unwrap();
         for f in &frames {
             let captured = &f.data[..f.data.len().min(SNAPLEN as usize)];
             theirs
