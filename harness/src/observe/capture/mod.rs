@@ -182,10 +182,6 @@ impl Capture {
             done,
             progress: Arc::clone(&progress),
         };
-        thread::Builder::new()
-            .name(format!("pcap-{host}"))
-            .spawn(move || disk.run())
-            .map_err(|e| Error::sys(format!("spawn pcap writer thread ({command})"), e))?;
         let decoder = ChunkDecoder {
             chunks,
             to_disk,
@@ -195,10 +191,6 @@ impl Capture {
             host,
             progress: Arc::clone(&progress),
         };
-        thread::Builder::new()
-            .name(format!("decode-{host}"))
-            .spawn(move || decoder.run())
-            .map_err(|e| Error::sys(format!("spawn packet decoding thread ({command})"), e))?;
 
         let stop_signal = Arc::new(new_eventfd(&command)?);
         let reader = Reader {
@@ -215,7 +207,20 @@ impl Capture {
         };
         thread::Builder::new()
             .name(format!("capture-{host}"))
-            .spawn(move || reader.run())
+            .spawn(move || {
+                // The capture thread starts the other two, so that the caller's set-up waits for one thread's start.
+                let report = disk.done.clone();
+                match start_pipeline(host, disk, decoder) {
+                    Ok(()) => {
+                        drop(report);
+                        reader.run();
+                    }
+                    // Nothing was captured: `stop` reports why.
+                    Err(e) => {
+                        let _ = report.send(Err(e));
+                    }
+                }
+            })
             .map_err(|e| Error::sys(format!("spawn capture thread ({command})"), e))?;
         Ok(Capture { command, stop_signal, finished, progress })
     }
@@ -264,6 +269,20 @@ impl Drop for Capture {
     fn drop(&mut self) {
         signal(&self.stop_signal);
     }
+}
+
+/// Starts the pcap writer thread, then the decoding thread that feeds it.
+fn start_pipeline(host: HostId, disk: DiskWriter, decoder: ChunkDecoder) -> Result<()> {
+    let command = disk.command.clone();
+    thread::Builder::new()
+        .name(format!("pcap-{host}"))
+        .spawn(move || disk.run())
+        .map_err(|e| Error::sys(format!("spawn pcap writer thread ({command})"), e))?;
+    thread::Builder::new()
+        .name(format!("decode-{host}"))
+        .spawn(move || decoder.run())
+        .map_err(|e| Error::sys(format!("spawn packet decoding thread ({command})"), e))?;
+    Ok(())
 }
 
 /// Keeps the kernel stamping every frame as it passes, for as long as this process lives.
