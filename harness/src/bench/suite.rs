@@ -311,6 +311,7 @@ fn run_instances(file: &Path, root: &Path, deadline: Duration, instances: usize,
                 reports: reports.join(format!("{i}")),
                 run: None,
                 ring_memory: 0,
+                seed: super::BENCH_SEED,
             };
             (job, deadline)
         })

@@ -647,7 +647,7 @@ mod tests {
             "description: d\nclient:\n  - exec: { program: curl }\n  - exec: { program: /bin/true }\nserver:\n  - exec: { program: nc }\n",
         )
         .unwrap();
-        let job = Job::new(PathBuf::from("t.yaml"), PathBuf::new(), PathBuf::new(), &plan);
+        let job = Job::new(PathBuf::from("t.yaml"), PathBuf::new(), PathBuf::new(), &plan, 0);
         assert_eq!(exec_programs(&[(job, plan)]).into_iter().collect::<Vec<_>>(), vec!["curl", "nc"]);
     }
 }

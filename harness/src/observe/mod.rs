@@ -3,6 +3,7 @@
 //! kernel's own tracepoint. All of them only produce timeline events.
 
 pub mod capture;
+pub mod counters;
 pub mod decode;
 pub mod sockets;
 pub mod transitions;

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::run::clock::Clock;
-use crate::run::faults::HostFaults;
+use crate::run::faults::{Backend, HostFaults};
+use crate::run::impair::Wire;
 use crate::scenario::plan::{FaultPlan, Plan, Protocol, StepEdge, Trigger};
 use crate::timeline::query;
 use crate::timeline::{Event, EventKind, IpProtocol, PacketDirection};
@@ -35,14 +36,18 @@ struct State {
     schedule: FaultSchedule,
     /// Taken back by [`Switchboard::finish`]; nothing is switched after that.
     installed: Option<Vec<HostFaults>>,
+    /// The impairment wire of a link with impairments; taken back by [`Switchboard::finish`].
+    wire: Option<Wire>,
     /// Every switch made, as timeline events.
     events: Vec<Event>,
 }
 
 impl Switchboard {
-    /// `installed` holds each host's faults, with `plan`'s faults installed and off.
-    pub fn new(plan: &Plan, installed: Vec<HostFaults>, clock: Clock) -> Switchboard {
-        let state = State { schedule: FaultSchedule::new(plan), installed: Some(installed), events: Vec::new() };
+    /// `installed` holds each host's faults, with `plan`'s faults installed and off; `wire` carries out its
+    /// impairments.
+    pub fn new(plan: &Plan, installed: Vec<HostFaults>, wire: Option<Wire>, clock: Clock) -> Switchboard {
+        let state =
+            State { schedule: FaultSchedule::new(plan), installed: Some(installed), wire, events: Vec::new() };
         Switchboard { state: Mutex::new(state), clock }
     }
 
@@ -50,7 +55,7 @@ impl Switchboard {
     #[cfg(test)]
     pub fn without_faults(clock: Clock) -> Switchboard {
         let schedule = FaultSchedule { entries: Vec::new() };
-        Switchboard { state: Mutex::new(State { schedule, installed: None, events: Vec::new() }), clock }
+        Switchboard { state: Mutex::new(State { schedule, installed: None, wire: None, events: Vec::new() }), clock }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -78,21 +83,29 @@ impl Switchboard {
         self.lock().schedule.next_due()
     }
 
-    /// Ends the switching: hands back the hosts' faults (to read their counters) and the switch events.
-    pub fn finish(&self) -> (Vec<HostFaults>, Vec<Event>) {
+    /// Ends the switching: hands back the hosts' faults (to read their counters), the wire (to stop it) and the
+    /// switch events.
+    pub fn finish(&self) -> (Vec<HostFaults>, Option<Wire>, Vec<Event>) {
         let mut state = self.lock();
-        (state.installed.take().unwrap_or_default(), std::mem::take(&mut state.events))
+        (state.installed.take().unwrap_or_default(), state.wire.take(), std::mem::take(&mut state.events))
     }
 
     fn switch(&self, state: &mut State) -> Result<()> {
-        let State { schedule, installed, events } = state;
+        let State { schedule, installed, wire, events } = state;
         let Some(installed) = installed else { return Ok(()) };
         for (fault, on) in schedule.due(self.clock.now()) {
-            let host_faults =
-                installed.iter_mut().find(|host_faults| host_faults.host() == fault.host).ok_or_else(|| {
-                    Error::Internal(format!("fault {} is at {}, which has no faults installed", fault.name, fault.host))
-                })?;
-            host_faults.switch(fault, on).map_err(|e| e.at(fault.location))?;
+            if Backend::of(fault) == Backend::Wire {
+                let wire = wire
+                    .as_ref()
+                    .ok_or_else(|| Error::Internal(format!("impairment {} has no wire to run on", fault.name)))?;
+                wire.switch(&fault.name, on).map_err(|e| e.at(fault.location))?;
+            } else {
+                let host_faults =
+                    installed.iter_mut().find(|host_faults| host_faults.host() == fault.host).ok_or_else(|| {
+                        Error::Internal(format!("fault {} is at {}, which has no faults installed", fault.name, fault.host))
+                    })?;
+                host_faults.switch(fault, on).map_err(|e| e.at(fault.location))?;
+            }
             let kind = if on {
                 EventKind::FaultOn { fault: fault.name.clone() }
             } else {
@@ -375,10 +388,10 @@ client:
             .map(|host| HostFaults::install(&namespaces[host.index()], *host, &plan.faults, None).unwrap())
             .collect();
         let clock = Clock::started();
-        let board = Switchboard::new(&plan, installed, clock.clone());
+        let board = Switchboard::new(&plan, installed, None, clock.clone());
         let end = connect_end(clock.now());
         board.observe(&end).unwrap();
-        let (_, events) = board.finish();
+        let (_, _, events) = board.finish();
         let switched: Vec<&EventKind> = events.iter().map(|e| &e.kind).collect();
         assert_eq!(switched, vec![&EventKind::FaultOn { fault: "right-after-connect".into() }]);
         assert!(events[0].t >= end.t, "switched after the step's end, before observe returned");

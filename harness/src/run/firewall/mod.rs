@@ -27,7 +27,7 @@ use nftnl::expr::{Bitwise, Cmp, CmpOp, IcmpCode, Immediate, Meta, Register, Reje
 use nftnl::{Batch, Chain, ChainType, FinalizedBatch, Hook, MsgType, Policy, ProtoFamily, Rule, Table};
 
 pub use conntrack::ConntrackTable;
-pub use matcher::matches;
+pub use matcher::{matches, selects};
 pub use nat::Nat;
 pub use qdisc::install_qdisc_drops;
 
@@ -60,15 +60,21 @@ pub struct Firewall {
     faults: Vec<InstalledFault>,
 }
 
+/// What a fault's rule does to the packets it matches.
+enum RuleAction {
+    /// A verdict (`drop`, `reject with ...`), and how `nft` writes it.
+    Verdict(Verdict, &'static str),
+    /// `meta mark set <mark>`: the packet goes on, for the host's queueing discipline to drop (`qdisc-drop`).
+    Mark(u32),
+}
+
 struct InstalledFault {
     name: String,
     /// `fault_<name>`: the chain and its counter.
     chain: CString,
     direction: Direction,
     selection: Selection,
-    action: FaultAction,
-    /// The packet mark a `qdisc-drop` fault sets for the host's queueing discipline to drop.
-    mark: u32,
+    action: RuleAction,
 }
 
 impl InstalledFault {
@@ -77,13 +83,20 @@ impl InstalledFault {
         let selection = matcher::selection(&fault.matcher, fault.action).map_err(refused)?;
         let chain = CString::new(format!("fault_{}", fault.name))
             .map_err(|_| refused("the name contains a NUL byte".into()))?;
+        let action = match fault.action {
+            FaultAction::QdiscDrop => RuleAction::Mark(mark),
+            action => {
+                let (verdict, text) = verdict(action)
+                    .ok_or_else(|| refused("an impairment is the wire's to carry out, not a rule".into()))?;
+                RuleAction::Verdict(verdict, text)
+            }
+        };
         Ok(InstalledFault {
             name: fault.name.clone(),
             chain,
             direction: fault.direction,
             selection,
-            action: fault.action,
-            mark,
+            action,
         })
     }
 
@@ -302,11 +315,11 @@ fn add_fault_rules(batch: &mut Batch, chain: &Chain, fault: &InstalledFault) {
             add_payload_exists(&mut rule);
         }
         rule.add_expr(&CounterRef { name: &fault.chain });
-        match verdict(fault.action) {
-            Some(verdict) => rule.add_expr(&verdict),
+        match &fault.action {
+            RuleAction::Verdict(verdict, _) => rule.add_expr(verdict),
             // `meta mark set <mark>`, no verdict: the packet goes on, to be dropped by the queueing discipline.
-            None => {
-                rule.add_expr(&Immediate::new(fault.mark, Register::Reg1));
+            RuleAction::Mark(mark) => {
+                rule.add_expr(&Immediate::new(*mark, Register::Reg1));
                 rule.add_expr(&Meta::Mark { set: true });
             }
         }
@@ -348,21 +361,27 @@ fn add_alternative(rule: &mut Rule, alternative: &Alternative) {
     }
 }
 
-/// `drop`, `reject with tcp reset`, or `reject with icmpx <code>`: the inet family's ICMPX codes
-/// become ICMP net-unreachable (code 0), host-unreachable (1), port-unreachable (3) and
-/// communication administratively prohibited (13) for IPv4. `None` for `qdisc-drop`, which marks the packet
-/// instead.
-fn verdict(action: FaultAction) -> Option<Verdict> {
+/// `drop`, `reject with tcp reset`, or `reject with icmpx <code>`, and how `nft` writes it: the inet family's
+/// ICMPX codes become ICMP net-unreachable (code 0), host-unreachable (1), port-unreachable (3) and
+/// communication administratively prohibited (13) for IPv4. `None` for a conntrack flush or an impairment,
+/// which no rule carries out, and for `qdisc-drop`, whose rule marks the packet instead.
+fn verdict(action: FaultAction) -> Option<(Verdict, &'static str)> {
     Some(match action {
-        FaultAction::Drop => Verdict::Drop,
-        FaultAction::RejectTcpReset => Verdict::Reject(RejectionType::TcpRst),
-        FaultAction::RejectIcmpPortUnreachable => Verdict::Reject(RejectionType::Icmp(IcmpCode::PortUnreach)),
-        FaultAction::RejectIcmpHostUnreachable => Verdict::Reject(RejectionType::Icmp(IcmpCode::HostUnreach)),
-        FaultAction::RejectIcmpNetUnreachable => Verdict::Reject(RejectionType::Icmp(IcmpCode::NoRoute)),
-        FaultAction::RejectIcmpAdminProhibited => Verdict::Reject(RejectionType::Icmp(IcmpCode::AdminProhibited)),
-        FaultAction::QdiscDrop => return None,
-        // Never a rule: `matcher::selection` refuses it, so no InstalledFault has it.
-        FaultAction::FlushConntrack => Verdict::Continue,
+        FaultAction::Drop => (Verdict::Drop, "drop"),
+        FaultAction::RejectTcpReset => (Verdict::Reject(RejectionType::TcpRst), "reject with tcp reset"),
+        FaultAction::RejectIcmpPortUnreachable => {
+            (Verdict::Reject(RejectionType::Icmp(IcmpCode::PortUnreach)), "reject with icmpx port-unreachable")
+        }
+        FaultAction::RejectIcmpHostUnreachable => {
+            (Verdict::Reject(RejectionType::Icmp(IcmpCode::HostUnreach)), "reject with icmpx host-unreachable")
+        }
+        FaultAction::RejectIcmpNetUnreachable => {
+            (Verdict::Reject(RejectionType::Icmp(IcmpCode::NoRoute)), "reject with icmpx no-route")
+        }
+        FaultAction::RejectIcmpAdminProhibited => {
+            (Verdict::Reject(RejectionType::Icmp(IcmpCode::AdminProhibited)), "reject with icmpx admin-prohibited")
+        }
+        FaultAction::FlushConntrack | FaultAction::QdiscDrop | FaultAction::Impair(_) => return None,
     })
 }
 
@@ -390,15 +409,9 @@ fn rule_text(fault: &InstalledFault) -> Vec<String> {
             parts.push("@ih,0,8 >= 0x0".to_string());
         }
         parts.push(format!("counter name {}", fault.chain_name()));
-        parts.push(match fault.action {
-            FaultAction::QdiscDrop => format!("meta mark set {:#x}", fault.mark),
-            FaultAction::Drop => "drop".to_string(),
-            FaultAction::RejectTcpReset => "reject with tcp reset".to_string(),
-            FaultAction::RejectIcmpPortUnreachable => "reject with icmpx port-unreachable".to_string(),
-            FaultAction::RejectIcmpHostUnreachable => "reject with icmpx host-unreachable".to_string(),
-            FaultAction::RejectIcmpNetUnreachable => "reject with icmpx no-route".to_string(),
-            FaultAction::RejectIcmpAdminProhibited => "reject with icmpx admin-prohibited".to_string(),
-            FaultAction::FlushConntrack => "continue".to_string(),
+        parts.push(match &fault.action {
+            RuleAction::Verdict(_, text) => text.to_string(),
+            RuleAction::Mark(mark) => format!("meta mark set {mark:#x}"),
         });
         rules.push(parts.join(" "));
     }

@@ -72,16 +72,14 @@ impl Validator<'_> {
             path,
             "fault",
             "action",
-            "drop, qdisc-drop, flush-conntrack (at: router), or { reject: tcp-reset | icmp-port-unreachable | icmp-host-unreachable | icmp-net-unreachable | icmp-admin-prohibited }",
+            "drop, qdisc-drop, flush-conntrack (at: router), { reject: tcp-reset | icmp-port-unreachable | icmp-host-unreachable | icmp-net-unreachable | icmp-admin-prohibited }, \
+             or an impairment: { loss: 1% }, { delay: 100ms }, { reorder: 5% }, { duplicate: 1% }, { corrupt: 1% }, \
+             { rate: 10mbit }, { inject: rst }",
         )?;
         let action_path = path.key("action");
         let action = match action {
             ScalarOr::Scalar(action) => self.pick(&action_path, action, FAULT_ACTIONS, "fault action")?,
-            ScalarOr::Map(reject) => {
-                let kind =
-                    self.required(&reject.reject, &action_path, "reject", "reject", "e.g. `reject: tcp-reset`")?;
-                self.pick(&action_path.key("reject"), kind, REJECTS, "reject kind")?
-            }
+            ScalarOr::Map(map) => self.action_map(&action_path, map)?,
         };
         // A queueing discipline sits on the way out: qdisc-drop is egress, and says so without `direction`.
         let direction = match (action, direction) {
@@ -140,7 +138,10 @@ impl Validator<'_> {
                 ));
             }
         }
-        Ok(FaultPlan { name, host, direction, matcher, action, from, until, location: self.index.value(path) })
+        let mut fault =
+            FaultPlan { name, host, direction, matcher, action, from, until, location: self.index.value(path) };
+        self.check_impairment_fault(path, wire, &mut fault)?;
+        Ok(fault)
     }
 
     /// `conntrack -F` happens once, at the router, when the fault switches on: it matches nothing and never
