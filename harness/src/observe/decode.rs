@@ -68,7 +68,7 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    #[cfg(test)]
+    /// A decoder that learns initial sequence numbers from the SYNs it sees itself.
     pub fn new() -> Decoder {
         Decoder::default()
     }
@@ -116,7 +116,8 @@ impl Decoder {
             len: ip.payload_len,
             options: String::new(),
             fault: None,
-            dropped: None,            impairments: Vec::new(),
+            dropped: None,
+            impairments: Vec::new(),
         };
         if ip.fragment_offset != 0 {
             // Only the first fragment carries the transport header.

@@ -359,7 +359,8 @@ mod tests {
             len: 0,
             options: String::new(),
             fault: fault.map(String::from),
-            dropped: None,            impairments: Vec::new(),
+            dropped: None,
+            impairments: Vec::new(),
         };
         Frame {
             end,

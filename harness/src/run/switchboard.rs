@@ -46,8 +46,7 @@ impl Switchboard {
     /// `installed` holds each host's faults, with `plan`'s faults installed and off; `wire` carries out its
     /// impairments.
     pub fn new(plan: &Plan, installed: Vec<HostFaults>, wire: Option<Wire>, clock: Clock) -> Switchboard {
-        let state =
-            State { schedule: FaultSchedule::new(plan), installed: Some(installed), wire, events: Vec::new() };
+        let state = State { schedule: FaultSchedule::new(plan), installed: Some(installed), wire, events: Vec::new() };
         Switchboard { state: Mutex::new(state), clock }
     }
 
@@ -102,7 +101,10 @@ impl Switchboard {
             } else {
                 let host_faults =
                     installed.iter_mut().find(|host_faults| host_faults.host() == fault.host).ok_or_else(|| {
-                        Error::Internal(format!("fault {} is at {}, which has no faults installed", fault.name, fault.host))
+                        Error::Internal(format!(
+                            "fault {} is at {}, which has no faults installed",
+                            fault.name, fault.host
+                        ))
                     })?;
                 host_faults.switch(fault, on).map_err(|e| e.at(fault.location))?;
             }
@@ -321,6 +323,7 @@ client:
                 options: String::new(),
                 fault: None,
                 dropped: None,
+                impairments: Vec::new(),
             }),
         }
     }

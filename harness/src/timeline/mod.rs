@@ -339,6 +339,9 @@ impl fmt::Display for Event {
                 if !marks.is_empty() {
                     write!(f, "  << {}", marks.join("; "))?;
                 }
+                if let Some(dropped) = p.dropped {
+                    write!(f, " (dropped by {} before it left)", dropped.name())?;
+                }
                 Ok(())
             }
             EventKind::Impairment(impairment) => {
@@ -346,9 +349,6 @@ impl fmt::Display for Event {
                 write!(f, "wire   {} #{}: {}", decision.fault, decision.n, decision.kind)?;
                 if let Some(packet) = &impairment.packet {
                     write!(f, ": {packet}")?;
-                }
-                if let Some(dropped) = p.dropped {
-                    write!(f, " (dropped by {} before it left)", dropped.name())?;
                 }
                 Ok(())
             }

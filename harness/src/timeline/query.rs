@@ -320,8 +320,7 @@ pub fn counters(timeline: &Timeline, host: HostId) -> Option<(Duration, &std::co
 
 /// How many decisions the impairment named `fault` made (its `impairment` events).
 pub fn decisions_of(timeline: &Timeline, fault: &str) -> u64 {
-    let made =
-        |event: &&Event| matches!(&event.kind, EventKind::Impairment(impairment) if impairment.decision.fault == fault);
+    let made = |event: &&super::Event| matches!(&event.kind, EventKind::Impairment(impairment) if impairment.decision.fault == fault);
     timeline.events.iter().filter(made).count() as u64
 }
 
@@ -370,6 +369,8 @@ mod tests {
                 retrans: 0,
                 recv_q: 0,
                 send_q: 0,
+                rtt: None,
+                rto: None,
             }),
         }
     }

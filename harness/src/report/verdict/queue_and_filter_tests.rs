@@ -49,7 +49,8 @@ fn packet(t: u64, host: HostId, protocol: Protocol, flags: u8, window: u16, len:
             len,
             options: String::new(),
             fault: None,
-            dropped: None,            impairments: Vec::new(),
+            dropped: None,
+            impairments: Vec::new(),
         }),
     }
 }

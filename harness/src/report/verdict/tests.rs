@@ -53,7 +53,8 @@ fn syn(t: Duration) -> Event {
             len: 0,
             options: String::new(),
             fault: None,
-            dropped: None,            impairments: Vec::new(),
+            dropped: None,
+            impairments: Vec::new(),
         }),
     }
 }

@@ -142,7 +142,8 @@ mod tests {
             len,
             options: String::new(),
             fault: None,
-            dropped: None,            impairments: Vec::new(),
+            dropped: None,
+            impairments: Vec::new(),
         }
     }
 

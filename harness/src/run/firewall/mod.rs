@@ -91,13 +91,7 @@ impl InstalledFault {
                 RuleAction::Verdict(verdict, text)
             }
         };
-        Ok(InstalledFault {
-            name: fault.name.clone(),
-            chain,
-            direction: fault.direction,
-            selection,
-            action,
-        })
+        Ok(InstalledFault { name: fault.name.clone(), chain, direction: fault.direction, selection, action })
     }
 
     fn chain_name(&self) -> String {

@@ -237,6 +237,7 @@ mod tests {
             len,
             options: String::new(),
             fault: None,
+            dropped: None,
             impairments: Vec::new(),
         }
     }
