@@ -95,6 +95,9 @@ struct Round {
     gbit_per_s: f64,
     /// Client end, server end; absent without capture.
     ends: Option<[EndFigures; 2]>,
+    /// From the stop request (100 ms after the transfer) until both captures had every frame written out
+    /// (and, for netfault, decoded into the timeline); absent without capture.
+    stop_ms: Option<f64>,
     timeline_events: Option<u64>,
 }
 
@@ -119,6 +122,10 @@ pub fn bench_capture(options: &CaptureOptions) -> Result<Report> {
     for arrangement in Arrangement::ALL {
         let throughput: Vec<f64> = of(arrangement).map(|r| r.gbit_per_s).collect();
         report.row(format!("throughput, {}", arrangement.label()), "Gb/s", &throughput);
+    }
+    for arrangement in &Arrangement::ALL[1..] {
+        let stop: Vec<f64> = of(*arrangement).filter_map(|r| r.stop_ms).collect();
+        report.row(format!("stop after the transfer, {}", arrangement.label()), "ms", &stop);
     }
     for arrangement in &Arrangement::ALL[1..] {
         for (end, host) in HostId::ALL.iter().enumerate() {
@@ -187,7 +194,9 @@ pub fn bench_capture(options: &CaptureOptions) -> Result<Report> {
         "one veth pair (MTU 1500, offloads off, as every scenario has) between two namespaces; a client thread \
          writes the bytes in 1 MiB writes, the time runs from connect to the server's EOF; pcaps go to the \
          system temp dir; interface frames are rx+tx packets of nf0 from /proc/thread-self/net/dev inside the \
-         namespace, read after the capture started and before it stopped; tcpdump runs through nsenter --net",
+         namespace, read after the capture started and before it stopped; tcpdump runs through nsenter --net; the stop \
+         time runs from the stop request until every frame is written out (netfault: and decoded into timeline \
+         events, counted by an ordinary thread as the engine's hub would take them)",
     );
     report.extra = json!({ "rounds": rounds });
     drop(namespaces);
@@ -206,6 +215,7 @@ fn round(
     let pcaps = HostId::ALL.map(|host| dir.join(format!("{host}.pcap")));
     let mut figures = [EndFigures::default(); 2];
     let mut timeline_events = None;
+    let mut stop_ms = None;
     let (seconds, counted) = match arrangement {
         Arrangement::None => (transfer(ns, topology, bytes)?, None),
         Arrangement::NetfaultQueue | Arrangement::NetfaultRing => {
@@ -227,10 +237,12 @@ fn round(
             let seconds = transfer(ns, topology, bytes)?;
             thread::sleep(SETTLE);
             let after = interface_frames(ns)?;
+            let stopping = Instant::now();
             let mut stats: Vec<CaptureStats> = Vec::with_capacity(2);
             for capture in captures {
                 stats.push(capture.stop()?);
             }
+            stop_ms = Some(stopping.elapsed().as_secs_f64() * 1e3);
             for (end, stat) in figures.iter_mut().zip(&stats) {
                 end.tool_count = stat.packets;
                 end.tool_drops = stat.kernel_drops;
@@ -253,10 +265,12 @@ fn round(
             let seconds = transfer(ns, topology, bytes)?;
             thread::sleep(SETTLE);
             let after = interface_frames(ns)?;
+            let stopping = Instant::now();
             let mut stats: Vec<TcpdumpStats> = Vec::with_capacity(2);
             for tcpdump in tcpdumps {
                 stats.push(tcpdump.stop()?);
             }
+            stop_ms = Some(stopping.elapsed().as_secs_f64() * 1e3);
             for (end, stat) in figures.iter_mut().zip(&stats) {
                 end.tool_count = stat.captured;
                 end.tool_drops = stat.dropped;
@@ -281,6 +295,7 @@ fn round(
         seconds,
         gbit_per_s: bytes as f64 * 8.0 / seconds / 1e9,
         ends,
+        stop_ms,
         timeline_events,
     })
 }
