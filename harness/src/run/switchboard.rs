@@ -258,7 +258,6 @@ fn fires_on(trigger: &Trigger, event: &Event, counter: &mut u64) -> Option<Durat
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::net::Ipv4Addr;
     use std::path::Path;
 
     use super::*;
@@ -309,21 +308,11 @@ client:
             host,
             kind: EventKind::Packet(PacketEvent {
                 direction,
-                src: Ipv4Addr::new(10, 0, 0, 1),
-                dst: Ipv4Addr::new(10, 0, 0, 2),
-                protocol: IpProtocol::Known(Protocol::Tcp),
                 ip_id: t.as_millis() as u16,
-                sport: 40000,
-                dport: 9000,
-                flags: 0x10,
                 seq: 1,
                 ack: 1,
                 window: 63,
-                len: 0,
-                options: String::new(),
-                fault: None,
-                dropped: None,
-                impairments: Vec::new(),
+                ..PacketEvent::test_segment(0x10, 0)
             }),
         }
     }
