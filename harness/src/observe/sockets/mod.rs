@@ -120,7 +120,12 @@ impl Sampler {
             match signals.recv_timeout(wake.saturating_duration_since(now)) {
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Ok(Signal::SampleNow) => {
+                    // One sample answers every poke already waiting (thousands of quick steps poke in a burst).
+                    let stop = signals.try_iter().any(|signal| matches!(signal, Signal::Stop));
                     self.sample()?;
+                    if stop {
+                        return Ok(self.stats());
+                    }
                     packet_waiting = false;
                     last_sample = Instant::now();
                     next_periodic = next_periodic.max(last_sample + interval);

@@ -4,7 +4,7 @@ use std::net::Ipv4Addr;
 
 use super::*;
 use crate::scenario::plan::{PacketFilter, Protocol, QueueKind, QueueStep, StepRef, TcpFlagsMatch, Tolerance};
-use crate::timeline::{Event, IpProtocol, Outcome, PacketDirection, PacketEvent, SocketEvent};
+use crate::timeline::{Event, EventKind, IpProtocol, Outcome, PacketDirection, PacketEvent, SocketEvent};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -49,6 +49,7 @@ fn packet(t: u64, host: HostId, protocol: Protocol, flags: u8, window: u16, len:
             len,
             options: String::new(),
             fault: None,
+            dropped: None,
             impairments: Vec::new(),
         }),
     }
@@ -84,7 +85,8 @@ fn queue(listener: bool, sequence: &[(u32, Option<u64>)], max: Option<u32>) -> Q
 }
 
 fn judge_queue_t0(expectation: &QueueExpectation, timeline: &Timeline) -> Result<(), Failure> {
-    judge_queue(expectation, Anchor::t0(), timeline)
+    let events = socket_events_by_host(timeline);
+    judge_queue(expectation, Anchor::t0(), &events[expectation.host.index()])
 }
 
 #[test]
@@ -129,8 +131,9 @@ fn packet_filter_by_flag_mask_and_its_description() {
         packet(3, HostId::Client, Protocol::Tcp, 0x14, 0, 100),
         packet(4, HostId::Client, Protocol::Tcp, 0x10, 0, 100),
     ]);
+    let sent = sent_by_all(&timeline);
     let count = |flags: TcpFlagsMatch| {
-        sent_packets(&timeline, &PacketFilter { flags: Some(flags), ..PacketFilter::default() }).count()
+        sent_packets(&sent, &PacketFilter { flags: Some(flags), ..PacketFilter::default() }).count()
     };
     let fin_without_rst = TcpFlagsMatch { mask: 0x01 | 0x04, value: 0x01 };
     assert_eq!(count(fin_without_rst), 2, "F. and FP. alike");
@@ -150,7 +153,8 @@ fn packet_filter_by_window_and_protocol() {
         packet(2, HostId::Server, Protocol::Tcp, 0x10, 576, 0),
         packet(3, HostId::Server, Protocol::Icmp, 0, 0, 0),
     ]);
-    let count = |filter: PacketFilter| sent_packets(&timeline, &filter).count();
+    let sent = sent_by_all(&timeline);
+    let count = |filter: PacketFilter| sent_packets(&sent, &filter).count();
     let zero_window =
         PacketFilter { flags: Some(TcpFlagsMatch::exactly(0x10)), window: Some(0), ..PacketFilter::default() };
     assert_eq!(count(zero_window.clone()), 1);
@@ -161,6 +165,21 @@ fn packet_filter_by_window_and_protocol() {
     assert_eq!(count(PacketFilter { from: Some(HostId::Client), ..icmp.clone() }), 0);
     assert_eq!(describe_filter(&zero_window), "packets [.] win 0");
     assert_eq!(describe_filter(&icmp), "packets from server (icmp)");
+}
+
+#[test]
+fn packets_dropped_before_they_left_are_counted_only_when_asked_for() {
+    let mut dropped = packet(2, HostId::Server, Protocol::Tcp, 0x10, 0, 0);
+    if let EventKind::Packet(packet) = &mut dropped.kind {
+        packet.dropped = Some(crate::timeline::DroppedBy::Netfilter);
+    }
+    let timeline = Timeline::new(vec![packet(1, HostId::Server, Protocol::Tcp, 0x10, 0, 0), dropped]);
+    let sent = sent_by_all(&timeline);
+    let at = |filter: PacketFilter| sent_packets(&sent, &filter).map(|(t, _)| t).collect::<Vec<_>>();
+    assert_eq!(at(PacketFilter::default()), vec![ms(1)], "packets that left, by default");
+    let only_dropped = PacketFilter { dropped: true, ..PacketFilter::default() };
+    assert_eq!(at(only_dropped.clone()), vec![ms(2)]);
+    assert_eq!(describe_filter(&only_dropped), "packets dropped before they left");
 }
 
 fn step_event(t: u64, host: HostId, step: usize, end: bool) -> Event {
@@ -213,6 +232,43 @@ fn times_since_a_step_count_from_its_end() {
     assert_eq!(failure.subject, "packets from server [.] since client.connect (1.500000s)");
     assert_eq!(failure.actual, "1 at 3.500000s");
     assert_eq!(failure.around, Some(ms(6500)));
+}
+
+#[test]
+fn times_since_a_steps_start_count_from_its_start() {
+    // Found by the issue-12 cases: `since: { started: ... }` was refused, though triggers have `started`.
+    let plan = crate::scenario::parse(
+        "anchor",
+        std::path::Path::new("anchor.yaml"),
+        "description: d\nclient:\n  - sleep: 1s\n  - connect: { port: 9000 }\n    name: connect\n\
+         expect:\n  packets:\n    - { from: server, flags: \".\", at: [2s], since: { started: client.connect }, tolerance: 50ms }\n",
+    )
+    .unwrap();
+    assert_eq!(
+        plan.expect.packets[0].since,
+        Some(Since::Started(StepRef { host: HostId::Client, index: 1, name: "connect".into() }))
+    );
+    let timeline = |packet_at: u64| {
+        Timeline::new(vec![
+            step_event(1000, HostId::Client, 1, false),
+            step_event(1500, HostId::Client, 1, true),
+            packet(packet_at, HostId::Server, Protocol::Tcp, 0x10, 64, 0),
+        ])
+    };
+    assert_eq!(judge(&plan, &timeline(3000)).failures, vec![], "2 s after the start at 1 s");
+    let late = judge(&plan, &timeline(3500)).failures;
+    assert_eq!(late.len(), 1, "2 s after the end is not 2 s after the start");
+    assert_eq!(late[0].subject, "packets from server [.] since the start of client.connect (1.000000s)");
+    let never = judge(&plan, &Timeline::new(vec![])).failures;
+    assert_eq!((never[0].expected.as_str(), never[0].actual.as_str()), ("client.connect to start", "it never started"));
+    let both = crate::scenario::parse(
+        "anchor",
+        std::path::Path::new("anchor.yaml"),
+        "description: d\nclient:\n  - connect: { port: 9000 }\n    name: connect\n\
+         expect:\n  packets:\n    - { from: server, count: 0, since: { started: client.connect, nth: 2 } }\n",
+    )
+    .unwrap_err();
+    assert!(both.to_string().contains("since counts from one moment"), "{both}");
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! Nothing here runs `ip` or `ethtool`: one scenario's topology is a handful of netlink round trips.
 
 mod ethtool;
-mod rtnl;
+pub(crate) mod rtnl;
 mod sysctl;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -304,7 +304,7 @@ fn prepare_host(plan: &Plan, host: HostId) -> Result<Rtnl> {
 /// `sysctl -w net.ipv6.conf.{all,default}.disable_ipv6=1` in the calling thread's namespace.
 fn disable_ipv6() -> std::result::Result<(), SysctlError> {
     for name in ["net.ipv6.conf.all.disable_ipv6", "net.ipv6.conf.default.disable_ipv6"] {
-        let sysctl = Sysctl { name: name.to_string(), value: "1".to_string() };
+        let sysctl = Sysctl { name: name.to_string(), value: "1".to_string(), location: None };
         match write_sysctl(&sysctl) {
             // A kernel without IPv6 sends no router solicitations either.
             Err(SysctlError::Absent(_)) => {}

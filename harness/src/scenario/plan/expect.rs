@@ -107,6 +107,8 @@ pub struct ErrorExpectation {
 pub enum Since {
     /// The end of a named step: `since: client.connect`.
     Step(StepRef),
+    /// The start of a named step: `since: { started: client.connect }`.
+    Started(StepRef),
     /// The n-th (1-based) packet matching the filter, as its sender's capture saw it leave:
     /// `since: { packet: { from: server, window: 0 }, nth: 1 }`. Its kernel timestamp is exact, where a
     /// step's end is stamped by a thread that may run late.

@@ -152,8 +152,9 @@ impl Validator<'_> {
         })
     }
 
-    /// `since: client.connect` (the named step whose end the expectation's times count from) or
-    /// `since: { packet: {...}, nth: 2 }` (the n-th packet matching the filter).
+    /// `since: client.connect` (the named step whose end the expectation's times count from),
+    /// `since: { started: client.connect }` (its start) or `since: { packet: {...}, nth: 2 }` (the n-th packet
+    /// matching the filter).
     pub(super) fn anchor(&self, path: &NodePath, since: Option<&ScalarOr<SinceWire>>) -> Checked<Option<Since>> {
         let path = path.key("since");
         let map = match since {
@@ -163,7 +164,16 @@ impl Validator<'_> {
             }
             Some(ScalarOr::Map(map)) => map,
         };
-        let example = "e.g. { packet: { from: server, window: 0 }, nth: 1 }";
+        if let Some(step) = &map.started {
+            if map.packet.is_some() || map.nth.is_some() {
+                return Err(self.fail(
+                    &path,
+                    "since counts from one moment: `{ started: host.step }` or `{ packet: {...}, nth: N }`, not both",
+                ));
+            }
+            return Ok(Some(Since::Started(self.step_ref(&path.key("started"), step)?)));
+        }
+        let example = "e.g. { packet: { from: server, window: 0 }, nth: 1 }, or { started: client.connect }";
         let packet = self.required(&map.packet, &path, "since", "packet", example)?;
         let filter = self.packet_filter(&path.key("packet"), packet)?;
         let nth = match &map.nth {
@@ -182,6 +192,7 @@ impl Validator<'_> {
                 len: wire.len.clone(),
                 window: wire.window.clone(),
                 protocol: wire.protocol.clone(),
+                dropped: wire.dropped.clone(),
             },
         )?;
         let EventTimes { count, at, window } = self.event_times(path, "packet", &wire.count, &wire.at, &wire.within)?;
