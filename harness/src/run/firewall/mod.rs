@@ -25,7 +25,7 @@ use std::thread;
 use nftnl::expr::{Bitwise, Cmp, CmpOp, IcmpCode, Meta, RejectionType, Verdict};
 use nftnl::{Batch, Chain, ChainType, FinalizedBatch, Hook, MsgType, Policy, ProtoFamily, Rule, Table};
 
-pub use conntrack::ConntrackTable;
+pub use conntrack::{load_conntrack_here, ConntrackTable};
 pub use matcher::matches;
 pub use nat::Nat;
 
