@@ -15,6 +15,7 @@ mod pidns;
 pub(crate) mod priority;
 pub mod requirements;
 pub mod runner;
+pub(crate) mod sampling;
 pub(crate) mod supervise;
 pub mod topology;
 pub mod userns;
