@@ -90,9 +90,10 @@ impl Sampler {
     }
 
     /// Samples every `interval` and when asked, until told to stop (or the `Observer` is dropped), then once
-    /// more. Samples asked for by a SYN, FIN, RST or a step's end are taken at once; those asked for by other
-    /// packets at most one per [`PACKET_SAMPLE_GAP`]; periodic ones within the observer's CPU [`Budget`], shared
-    /// among the scenarios of the runner running their programs now ([`SamplingCount`]).
+    /// more. Samples asked for by a SYN, FIN, RST or a step's end are taken at once and again
+    /// [`PACKET_SAMPLE_GAP`] later; those asked for by other packets at most one per [`PACKET_SAMPLE_GAP`];
+    /// periodic ones within the observer's CPU [`Budget`], shared among the scenarios of the runner running
+    /// their programs now ([`SamplingCount`]).
     fn run(mut self, interval: Duration, signals: mpsc::Receiver<Signal>) -> Result<ObserverStats> {
         let sampling = SamplingCount::inherited();
         let observers_at_once = || 2 * sampling.read().unwrap_or_else(scenarios_at_once);
@@ -127,7 +128,10 @@ impl Sampler {
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Ok(Signal::SampleNow) => {
                     self.sample()?;
-                    packet_waiting = false;
+                    // And once more a packet gap later: a capture sees an arriving packet before TCP has
+                    // processed it, and on a slow machine this sample can win that race (in the 6.12 TCG VM a
+                    // FIN's CLOSE-WAIT went unseen for the 500 ms it lasted, the next paced sample coming later).
+                    packet_waiting = true;
                     last_sample = Instant::now();
                     next_periodic = next_periodic.max(last_sample + interval);
                 }
