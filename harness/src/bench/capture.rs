@@ -34,7 +34,7 @@ pub struct CaptureOptions {
     pub runs: usize,
 }
 
-const PORT: u16 = 5001;
+pub(super) const PORT: u16 = 5001;
 const CHUNK: usize = 1 << 20;
 /// Longest a bulk socket call may block; a stalled transfer fails instead of hanging the benchmark.
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -95,6 +95,9 @@ struct Round {
     gbit_per_s: f64,
     /// Client end, server end; absent without capture.
     ends: Option<[EndFigures; 2]>,
+    /// From the stop request (100 ms after the transfer) until both captures had every frame written out
+    /// (and, for netfault, decoded into the timeline); absent without capture.
+    stop_ms: Option<f64>,
     timeline_events: Option<u64>,
 }
 
@@ -104,7 +107,7 @@ pub fn bench_capture(options: &CaptureOptions) -> Result<Report> {
     let scratch = ScratchDir::new("capture")?;
     let plan = fixture_plan(&scratch.path().join("fixture.yaml"))?;
     let namespaces = [Netns::new_anonymous()?, Netns::new_anonymous()?];
-    let topology = topology::build(&plan, &[&namespaces[0], &namespaces[1]])?;
+    let topology = topology::build(&plan, &[&namespaces[0], &namespaces[1]], None)?;
     let mut rounds: Vec<Round> = Vec::new();
     'runs: for run in 0..options.runs {
         for arrangement in Arrangement::ALL {
@@ -119,6 +122,10 @@ pub fn bench_capture(options: &CaptureOptions) -> Result<Report> {
     for arrangement in Arrangement::ALL {
         let throughput: Vec<f64> = of(arrangement).map(|r| r.gbit_per_s).collect();
         report.row(format!("throughput, {}", arrangement.label()), "Gb/s", &throughput);
+    }
+    for arrangement in &Arrangement::ALL[1..] {
+        let stop: Vec<f64> = of(*arrangement).filter_map(|r| r.stop_ms).collect();
+        report.row(format!("stop after the transfer, {}", arrangement.label()), "ms", &stop);
     }
     for arrangement in &Arrangement::ALL[1..] {
         for (end, host) in HostId::ALL.iter().enumerate() {
@@ -187,7 +194,9 @@ pub fn bench_capture(options: &CaptureOptions) -> Result<Report> {
         "one veth pair (MTU 1500, offloads off, as every scenario has) between two namespaces; a client thread \
          writes the bytes in 1 MiB writes, the time runs from connect to the server's EOF; pcaps go to the \
          system temp dir; interface frames are rx+tx packets of nf0 from /proc/thread-self/net/dev inside the \
-         namespace, read after the capture started and before it stopped; tcpdump runs through nsenter --net",
+         namespace, read after the capture started and before it stopped; tcpdump runs through nsenter --net; the stop \
+         time runs from the stop request until every frame is written out (netfault: and decoded into timeline \
+         events, counted by an ordinary thread as the engine's hub would take them)",
     );
     report.extra = json!({ "rounds": rounds });
     drop(namespaces);
@@ -206,6 +215,7 @@ fn round(
     let pcaps = HostId::ALL.map(|host| dir.join(format!("{host}.pcap")));
     let mut figures = [EndFigures::default(); 2];
     let mut timeline_events = None;
+    let mut stop_ms = None;
     let (seconds, counted) = match arrangement {
         Arrangement::None => (transfer(ns, topology, bytes)?, None),
         Arrangement::NetfaultQueue | Arrangement::NetfaultRing => {
@@ -227,10 +237,12 @@ fn round(
             let seconds = transfer(ns, topology, bytes)?;
             thread::sleep(SETTLE);
             let after = interface_frames(ns)?;
+            let stopping = Instant::now();
             let mut stats: Vec<CaptureStats> = Vec::with_capacity(2);
             for capture in captures {
                 stats.push(capture.stop()?);
             }
+            stop_ms = Some(stopping.elapsed().as_secs_f64() * 1e3);
             for (end, stat) in figures.iter_mut().zip(&stats) {
                 end.tool_count = stat.packets;
                 end.tool_drops = stat.kernel_drops;
@@ -253,10 +265,12 @@ fn round(
             let seconds = transfer(ns, topology, bytes)?;
             thread::sleep(SETTLE);
             let after = interface_frames(ns)?;
+            let stopping = Instant::now();
             let mut stats: Vec<TcpdumpStats> = Vec::with_capacity(2);
             for tcpdump in tcpdumps {
                 stats.push(tcpdump.stop()?);
             }
+            stop_ms = Some(stopping.elapsed().as_secs_f64() * 1e3);
             for (end, stat) in figures.iter_mut().zip(&stats) {
                 end.tool_count = stat.captured;
                 end.tool_drops = stat.dropped;
@@ -281,6 +295,7 @@ fn round(
         seconds,
         gbit_per_s: bytes as f64 * 8.0 / seconds / 1e9,
         ends,
+        stop_ms,
         timeline_events,
     })
 }
@@ -332,6 +347,12 @@ fn frames_in_pcap(path: &Path) -> Result<u64> {
 
 /// Sends `bytes` from the client to the server over the veth; the seconds from connect to the server's EOF.
 fn transfer(ns: &[Netns; 2], topology: &Topology, bytes: u64) -> Result<f64> {
+    transfer_paced(ns, topology, bytes, None)
+}
+
+/// [`transfer`] with the client's socket paced to `pacing` bytes per second (`SO_MAX_PACING_RATE`: the
+/// kernel's own TCP pacing, which needs no qdisc).
+pub(super) fn transfer_paced(ns: &[Netns; 2], topology: &Topology, bytes: u64, pacing: Option<u64>) -> Result<f64> {
     let server_address = SocketAddrV4::new(
         topology.link(HostId::Server).ok_or_else(|| Error::Internal("no server end".into()))?.address,
         PORT,
@@ -356,6 +377,11 @@ fn transfer(ns: &[Netns; 2], topology: &Topology, bytes: u64) -> Result<f64> {
         let mut stream = TcpStream::connect_timeout(&server_address.into(), IO_TIMEOUT)
             .context(|| format!("connect to {server_address} from client"))?;
         stream.set_write_timeout(Some(IO_TIMEOUT)).context(|| "set SO_SNDTIMEO".into())?;
+        if let Some(rate) = pacing {
+            let rate = rate as libc::c_uint;
+            crate::observe::capture::set_option(&stream, libc::SOL_SOCKET, libc::SO_MAX_PACING_RATE, &rate)
+                .context(|| "setsockopt(SO_MAX_PACING_RATE) in client".into())?;
+        }
         let chunk = vec![0x5au8; CHUNK];
         let mut left = bytes;
         while left > 0 {
@@ -408,7 +434,7 @@ Inter-|   Receive                                                |  Transmit
     fn a_bulk_transfer_is_counted_on_both_interfaces() {
         let plan = fixture_plan(Path::new("fixture.yaml")).unwrap();
         let ns = [Netns::new_anonymous().unwrap(), Netns::new_anonymous().unwrap()];
-        let topology = topology::build(&plan, &[&ns[0], &ns[1]]).unwrap();
+        let topology = topology::build(&plan, &[&ns[0], &ns[1]], None).unwrap();
         let before = interface_frames(&ns).unwrap();
         let seconds = transfer(&ns, &topology, 8 << 20).unwrap();
         let after = interface_frames(&ns).unwrap();

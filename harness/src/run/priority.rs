@@ -23,7 +23,17 @@ pub fn raise_current_thread() -> io::Result<bool> {
     set_current_thread(libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, PRIORITY)
 }
 
-/// The priority of the capture readers: one above the other real-time threads of netfault.
+/// The real-time priority of the impairment wire's threads: one above the harness's own threads, because the
+/// wire is the network the scenario runs on, and a frame it releases late is a delay nobody asked for (the
+/// captures and observers stamp with kernel times and keep their frames in kernel buffers meanwhile).
+const WIRE_PRIORITY: libc::c_int = PRIORITY + 1;
+
+/// [`raise_current_thread`] for a wire thread: `chrt --fifo --reset-on-fork -p 2 <tid>`.
+pub fn raise_wire_thread() -> io::Result<bool> {
+    set_current_thread(libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, WIRE_PRIORITY)
+}
+
+/// The priority of the capture readers: the wire's, one above the observers and programs.
 const CAPTURE_PRIORITY: libc::c_int = PRIORITY + 1;
 
 /// As [`raise_current_thread`], one priority higher (`chrt --fifo --reset-on-fork -p 2 <tid>`), for the capture

@@ -8,8 +8,9 @@
 //! needs, but setting it up waits for an RCU grace period (`setsockopt(PACKET_RX_RING)` calls
 //! `synchronize_net()`, about 10 ms at HZ=250), which would otherwise be most of a scenario's set-up.
 //!
-//! A second thread writes the pcap, so a write that stalls on page-cache writeback holds up neither the
-//! kernel's buffer nor the timeline. On stop, the capture reads the interface's own packet counters and takes
+//! The capture thread only appends each frame to a chunk of pcap records: a second thread decodes the chunk's
+//! frames into timeline events, a third writes the chunks to the pcap, so neither decoding nor a write that
+//! stalls on page-cache writeback holds up the kernel's buffer. On stop, the capture reads the interface's own packet counters and takes
 //! frames until it holds every frame they counted (or the kernel's count of those it dropped): it neither
 //! waits longer than needed nor stops with a frame still on its way, and a frame it lost is counted.
 
@@ -32,7 +33,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
+use pcap_file::pcap::{PcapHeader, PcapWriter};
 use pcap_file::{DataLink, Endianness, TsResolution};
 
 use crate::error::{Error, Result};
@@ -43,14 +44,15 @@ use crate::run::netns::Netns;
 use crate::run::priority;
 use crate::scenario::plan::HostId;
 use crate::timeline::EventKind;
-use pcap::{ChunkQueue, DiskWriter};
-use queue::QueueSource;
+use pcap::{file_header, Chunk, ChunkDecoder, ChunkQueue, DiskWriter};
+pub(crate) use queue::QueueSource;
 use ring::RingSource;
 #[cfg(feature = "bench")]
 pub(crate) use socket::rx_tx_packets;
-use socket::{
+use socket::InterfaceCounters;
+/// The packet-socket plumbing the impairment wire forwards frames with.
+pub(crate) use socket::{
     bind, interface_mtu, interface_name, new_eventfd, open_socket, set_option, signal, take_kernel_drops,
-    InterfaceCounters,
 };
 
 /// Where the kernel keeps the frames the capture thread has not taken yet (`tcpdump -B`).
@@ -114,11 +116,11 @@ pub const SNAPLEN: u32 = 262_144;
 /// The pcap travels to the writer thread in chunks of at least this many bytes.
 const CHUNK_SIZE: usize = 1 << 20;
 /// A chunk's allocation: room for one more record of the longest frame, so a chunk never reallocates.
-const CHUNK_CAPACITY: usize = CHUNK_SIZE + SNAPLEN as usize + PCAP_RECORD_HEADER_LEN;
-const PCAP_RECORD_HEADER_LEN: usize = 16;
-/// Most chunks waiting for the disk: what absorbs a write() stalled on writeback (measured: up to 100 ms)
-/// during a bulk transfer. Memory is taken only while the disk is behind.
-const MAX_QUEUED_CHUNKS: usize = 256;
+const CHUNK_CAPACITY: usize = CHUNK_SIZE + SNAPLEN as usize + pcap::RECORD_HEADER_LEN;
+/// Most chunks waiting for the decoding thread, and again for the disk: what absorbs a write() stalled on
+/// writeback (measured: up to 100 ms) during a bulk transfer, or decoding falling behind it. Memory is taken
+/// only while they are behind.
+const MAX_QUEUED_CHUNKS: usize = 128;
 /// Written chunks kept for reuse instead of freed.
 const SPARE_CHUNKS: usize = 4;
 
@@ -167,33 +169,29 @@ impl Capture {
         let command = format!("tcpdump -i {} -w {} in {host}", counters.ifname, pcap.display());
 
         let file = File::create(pcap).map_err(|e| Error::sys(format!("create {} ({command})", pcap.display()), e))?;
-        let (to_disk, chunks) = mpsc::sync_channel(MAX_QUEUED_CHUNKS);
+        let (to_decoder, chunks) = mpsc::sync_channel(MAX_QUEUED_CHUNKS);
+        let (to_disk, decoded) = mpsc::sync_channel(MAX_QUEUED_CHUNKS);
         let (spare_tx, spare) = mpsc::sync_channel(SPARE_CHUNKS);
         let (done, finished) = mpsc::sync_channel(1);
         let progress = Arc::new(AtomicU64::new(0));
         let disk = DiskWriter {
             command: command.clone(),
             file,
-            chunks,
+            header: file_header(&command)?,
+            chunks: decoded,
             spare: spare_tx,
             done,
             progress: Arc::clone(&progress),
         };
-        thread::Builder::new()
-            .name(format!("pcap-{host}"))
-            .spawn(move || disk.run())
-            .map_err(|e| Error::sys(format!("spawn pcap writer thread ({command})"), e))?;
-
-        let header = PcapHeader {
-            snaplen: SNAPLEN,
-            datalink: DataLink::ETHERNET,
-            ts_resolution: TsResolution::NanoSecond,
-            endianness: Endianness::native(),
-            ..PcapHeader::default()
+        let decoder = ChunkDecoder {
+            chunks,
+            to_disk,
+            decoder: Decoder::new(),
+            clock: sink.clock().clone(),
+            sink,
+            host,
+            progress: Arc::clone(&progress),
         };
-        let queue = ChunkQueue { current: Vec::with_capacity(CHUNK_CAPACITY), to_disk, spare };
-        let writer = PcapWriter::with_header(queue, header)
-            .map_err(|e| Error::sys(format!("write pcap header ({command})"), io::Error::other(e)))?;
 
         let stop_signal = Arc::new(new_eventfd(&command)?);
         let reader = Reader {
@@ -203,18 +201,27 @@ impl Capture {
             stop_signal: Arc::clone(&stop_signal),
             recorder: Recorder {
                 command: command.clone(),
-                pcap: writer,
-                decoder: Decoder::new(),
-                clock: sink.clock().clone(),
-                sink,
-                host,
+                chunks: ChunkQueue { current: Chunk::with_capacity(), to_decoder, spare },
                 stats: CaptureStats::default(),
                 progress: Arc::clone(&progress),
             },
         };
         thread::Builder::new()
             .name(format!("capture-{host}"))
-            .spawn(move || reader.run())
+            .spawn(move || {
+                // The capture thread starts the other two, so that the caller's set-up waits for one thread's start.
+                let report = disk.done.clone();
+                match start_pipeline(host, disk, decoder) {
+                    Ok(()) => {
+                        drop(report);
+                        reader.run();
+                    }
+                    // Nothing was captured: `stop` reports why.
+                    Err(e) => {
+                        let _ = report.send(Err(e));
+                    }
+                }
+            })
             .map_err(|e| Error::sys(format!("spawn capture thread ({command})"), e))?;
         Ok(Capture { command, stop_signal, finished, progress })
     }
@@ -265,6 +272,20 @@ impl Drop for Capture {
     }
 }
 
+/// Starts the pcap writer thread, then the decoding thread that feeds it.
+fn start_pipeline(host: HostId, disk: DiskWriter, decoder: ChunkDecoder) -> Result<()> {
+    let command = disk.command.clone();
+    thread::Builder::new()
+        .name(format!("pcap-{host}"))
+        .spawn(move || disk.run())
+        .map_err(|e| Error::sys(format!("spawn pcap writer thread ({command})"), e))?;
+    thread::Builder::new()
+        .name(format!("decode-{host}"))
+        .spawn(move || decoder.run())
+        .map_err(|e| Error::sys(format!("spawn packet decoding thread ({command})"), e))?;
+    Ok(())
+}
+
 /// Keeps the kernel stamping every frame as it passes, for as long as this process lives.
 ///
 /// A queue capture's frames carry the time the kernel stamped them on the way in or out, but the kernel only
@@ -292,11 +313,11 @@ pub fn keep_kernel_timestamps_on() -> Result<()> {
 }
 
 /// One frame as the kernel describes it.
-struct Frame<'a> {
-    wall_time: Duration,
-    wire_len: u32,
-    outgoing: bool,
-    data: &'a [u8],
+pub(crate) struct Frame<'a> {
+    pub wall_time: Duration,
+    pub wire_len: u32,
+    pub outgoing: bool,
+    pub data: &'a [u8],
 }
 
 /// Where the capture thread takes frames from.
@@ -324,14 +345,11 @@ impl Source {
     }
 }
 
-/// What becomes of each frame: a pcap record, and an event on the timeline if it is IPv4.
+/// What becomes of each frame on the capture thread: a pcap record in the current chunk, counted. Nothing
+/// else happens here, so that the capture keeps up with a bulk transfer; decoding is the next thread's.
 struct Recorder {
     command: String,
-    pcap: PcapWriter<ChunkQueue>,
-    decoder: Decoder,
-    clock: Clock,
-    sink: EventSink,
-    host: HostId,
+    chunks: ChunkQueue,
     stats: CaptureStats,
     progress: Arc<AtomicU64>,
 }
@@ -341,16 +359,7 @@ impl Recorder {
         self.stats.packets += 1;
         self.progress.fetch_add(1, Ordering::Relaxed);
         self.stats.bytes += u64::from(frame.wire_len);
-        let captured = &frame.data[..frame.data.len().min(SNAPLEN as usize)];
-        let packet = PcapPacket::new(frame.wall_time, frame.wire_len.max(captured.len() as u32), captured);
-        self.pcap
-            .write_packet(&packet)
-            .map_err(|e| Error::sys(format!("write packet to pcap ({})", self.command), io::Error::other(e)))?;
-        if let Some(event) = self.decoder.decode(frame.data, frame.outgoing) {
-            let t = self.clock.since_t0(SystemTime::UNIX_EPOCH + frame.wall_time);
-            self.sink.emit_at(t, self.host, EventKind::Packet(event));
-        }
-        Ok(())
+        self.chunks.push(&frame).map_err(|e| Error::sys(format!("write packet to pcap ({})", self.command), e))
     }
 }
 
@@ -377,7 +386,7 @@ impl Reader {
         let _ = priority::raise_capture_thread();
         let captured = self.capture_until_stopped().map(|()| self.recorder.stats);
         let Reader { socket, source, recorder, .. } = self;
-        recorder.pcap.into_writer().finish(captured);
+        recorder.chunks.finish(captured);
         drop(source);
         drop(socket);
     }
@@ -419,9 +428,11 @@ impl Reader {
         Ok(())
     }
 
+    /// Records every frame the kernel has ready and hands them on.
     fn take_ready(&mut self) -> Result<()> {
         let recorder = &mut self.recorder;
-        self.source.take_ready(&self.socket, &mut |frame| recorder.record(frame))
+        self.source.take_ready(&self.socket, &mut |frame| recorder.record(frame))?;
+        recorder.chunks.hand_over().map_err(|e| Error::sys(format!("write packet to pcap ({})", recorder.command), e))
     }
 
     /// Sleeps until frames are ready or `timeout` passes; with `watch_stop`, also wakes on a stop request
@@ -579,6 +590,38 @@ mod tests {
             times.push(packet.timestamp);
         }
         (count, bytes, times)
+    }
+
+    /// What Wireshark reads from the pcap: each frame's stamp as `tshark` prints it (seconds with nine
+    /// decimals, which only a nanosecond pcap gives) and its length on the wire.
+    fn tshark_read(pcap: &Path) -> Vec<(String, u64)> {
+        let output = unprivileged_command("tshark")
+            .args(["-n", "-r"])
+            .arg(pcap)
+            .args(["-T", "fields", "-e", "frame.time_epoch", "-e", "frame.len"])
+            .output()
+            .unwrap_or_else(|e| panic!("tshark -r {}: {e}", pcap.display()));
+        assert!(output.status.success(), "tshark -r {}: {}", pcap.display(), String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|line| {
+                let (time, len) = line.split_once('\t').unwrap_or_else(|| panic!("tshark line {line:?}"));
+                (time.to_string(), len.parse().unwrap_or_else(|e| panic!("tshark length {len:?}: {e}")))
+            })
+            .collect()
+    }
+
+    /// Each record's stamp and length on the wire as pcap-file reads them, in tshark's notation.
+    fn stamps_and_lengths(pcap: &Path) -> Vec<(String, u64)> {
+        let mut reader = PcapReader::new(File::open(pcap).unwrap()).unwrap();
+        assert_eq!(reader.header().ts_resolution, TsResolution::NanoSecond);
+        let mut records = Vec::new();
+        while let Some(packet) = reader.next_packet() {
+            let packet = packet.unwrap();
+            let t = packet.timestamp;
+            records.push((format!("{}.{:09}", t.as_secs(), t.subsec_nanos()), u64::from(packet.orig_len)));
+        }
+        records
     }
 
     fn summary(p: &PacketEvent) -> (PacketDirection, String, u32, u32, u32) {
@@ -845,6 +888,11 @@ mod tests {
             assert_eq!(stats.packets + stats.kernel_drops, stats.interface_frames, "{stats:?}");
             assert_eq!(stats.lost(), stats.kernel_drops, "{stats:?}");
             assert_eq!(tcpdump_read(pcap, &["-q"]).len() as u64, stats.packets);
+            // Wireshark reads every record with its nanosecond stamp and length, as written.
+            let records = stamps_and_lengths(pcap);
+            assert_eq!(records.len() as u64, stats.packets);
+            assert_eq!(records.iter().map(|(_, len)| len).sum::<u64>(), stats.bytes);
+            assert_eq!(tshark_read(pcap), records, "tshark -r {}", pcap.display());
             ipv4_frames += tcpdump_read(pcap, &["-q", "ip"]).len();
         }
         // One event per IPv4 frame; the ARP exchange is in the pcaps only.

@@ -24,6 +24,11 @@ pub(super) enum SysctlError {
 
 impl SysctlError {
     pub(super) fn into_error(self, host: HostId) -> Error {
+        self.into_error_in(host.name())
+    }
+
+    /// The error, naming the namespace it happened in (`client`, `server`, `the wire`).
+    pub(super) fn into_error_in(self, host: &str) -> Error {
         match self {
             SysctlError::Absent(s) => Error::sys(
                 format!(
@@ -117,8 +122,10 @@ impl Ipv4Sysctls {
     pub fn read(&self, file: &str) -> crate::error::Result<String> {
         let failed = |e| Error::sys(format!("read sysctl net.ipv4.{file} ({IPV4_DIR}/{file})"), e);
         let fd = openat(&self.dir, file, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()).map_err(failed)?;
-        // A sysctl's value fits a page; the kernel hands it over in one read.
-        let mut buffer = [0u8; 4096];
+        // The kernel hands a value over whole, newline last, in one read if the buffer holds it, and allocates
+        // (and zeroes) a buffer the size asked for on every read: ask for little, and stop at the newline
+        // instead of reading again for the end of the file.
+        let mut buffer = vec![0u8; 256];
         let mut len = 0;
         loop {
             match read(&fd, &mut buffer[len..]) {
@@ -127,8 +134,11 @@ impl Ipv4Sysctls {
                 Err(Errno::EINTR) => continue,
                 Err(e) => return Err(failed(e)),
             }
-            if len == buffer.len() {
+            if buffer[..len].ends_with(b"\n") {
                 break;
+            }
+            if len == buffer.len() {
+                buffer.resize(len * 2, 0);
             }
         }
         Ok(one_line(&String::from_utf8_lossy(&buffer[..len])))
