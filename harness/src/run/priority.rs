@@ -33,18 +33,6 @@ pub fn raise_wire_thread() -> io::Result<bool> {
     set_current_thread(libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, WIRE_PRIORITY)
 }
 
-/// The priority of the capture readers: the wire's, one above the observers and programs.
-const CAPTURE_PRIORITY: libc::c_int = PRIORITY + 1;
-
-/// As [`raise_current_thread`], one priority higher (`chrt --fifo --reset-on-fork -p 2 <tid>`), for the capture
-/// readers: what they are late to drain the kernel drops for good (a harness error of the run), where a late
-/// sample or step end is only late. With 56 scenarios at once in a 2-vCPU emulated machine, equal priority left
-/// a reader waiting behind other scenarios' observers (dumps of up to 40 ms there) until its ring was full:
-/// 2 of 12,631 frames lost. A reader's work per wake-up is a copy of what arrived, bounded by the traffic.
-pub fn raise_capture_thread() -> io::Result<bool> {
-    set_current_thread(libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, CAPTURE_PRIORITY)
-}
-
 /// Gives the calling thread the ordinary policy back (`chrt --other -p 0 <tid>`), before work that may take
 /// long (teardown, decoding) and must not hold a CPU against everything else.
 pub fn lower_current_thread() -> io::Result<()> {
@@ -92,22 +80,6 @@ mod tests {
             assert_eq!(child, libc::SCHED_OTHER, "reset on fork: a thread it starts is ordinary");
             lower_current_thread().unwrap();
             assert_eq!(current_policy(), libc::SCHED_OTHER);
-        })
-        .join()
-        .unwrap();
-    }
-
-    #[test]
-    fn capture_readers_run_above_the_other_real_time_threads() {
-        if test_privilege() == Privilege::Rootless {
-            return;
-        }
-        std::thread::spawn(|| {
-            assert!(raise_capture_thread().unwrap());
-            let mut param = libc::sched_param { sched_priority: 0 };
-            // SAFETY: pid 0 is the calling thread; `param` lives across the call.
-            assert_eq!(unsafe { libc::sched_getparam(0, &mut param) }, 0);
-            assert_eq!((current_policy(), param.sched_priority), (libc::SCHED_FIFO, PRIORITY + 1));
         })
         .join()
         .unwrap();
