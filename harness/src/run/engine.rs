@@ -30,8 +30,11 @@ use crate::timeline::{Decision, DecisionKind, Event, EventKind, PacketDirection,
 
 /// How often the hub wakes to look at time triggers and the programs when nothing happens.
 const IDLE_TICK: Duration = Duration::from_millis(5);
-/// How long a host's program may wait to be told to start once its host is set up (measured: up to 0.7 s to
-/// start a thread with 200 scenarios at once on 2 cores). The set-up itself is bounded by [`SETUP_LIMIT`].
+/// How long a host's program may wait to be told to start once the engine has every host set up (measured: up
+/// to 0.7 s to start a thread with 200 scenarios at once on 2 cores). Its own host may be set up long before
+/// the others: the wait is [`SETUP_LIMIT`] (the bound of every host's set-up) plus this. With 56 scenarios at
+/// once in the 6.12 TCG VM, a router's set-up took more than 30 s past its client's, and the client's program,
+/// waiting 30 s in all, gave up ("never told to start") as the engine was about to start it.
 const PROGRAM_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the teardown waits for the programs to end once their processes are killed: the step a kill ended
 /// (`killed (SIGKILL) at the scenario deadline`) belongs in the record, and on a busy machine its thread may not
@@ -558,7 +561,7 @@ fn host_thread(
     drop(ready);
     let gate = program
         .gate
-        .recv_timeout(PROGRAM_START_TIMEOUT)
+        .recv_timeout(SETUP_LIMIT + PROGRAM_START_TIMEOUT)
         .map_err(|_| Error::Internal(format!("{host} program was never told to start")))?;
     // t0 is taken by the first program thread to run (the clock keeps the first start), not by the engine:
     // on a busy machine the woken threads may wait tens of ms for a CPU.

@@ -17,6 +17,7 @@ pub(crate) mod priority;
 pub mod requirements;
 pub mod ring_budget;
 pub mod runner;
+pub(crate) mod sampling;
 pub(crate) mod supervise;
 pub(crate) mod switchboard;
 pub mod topology;

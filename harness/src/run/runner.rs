@@ -24,7 +24,7 @@ use crate::report::verdict;
 use crate::report::{self, Status, Summary};
 use crate::run::ring_budget::RingBudget;
 use crate::run::supervise::{self, StopReason, Supervisor, SETUP_LIMIT};
-use crate::run::{engine, netns, pidns, requirements, userns};
+use crate::run::{engine, netns, pidns, requirements, sampling, userns};
 use crate::scenario::{self, plan::Plan, variables::Variables};
 
 /// How many scenario processes this runner runs at once, for its children's observers to pace themselves by.
@@ -164,6 +164,9 @@ fn spawn_and_wait(exe: &Path, job: &Job, deadline: Duration, supervisor: &Superv
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     command.envs(transitions::layouts_for_children());
     command.env(SCENARIOS_AT_ONCE_ENV, SCENARIOS_AT_ONCE.load(Ordering::Relaxed).max(1).to_string());
+    if let Some((name, fd)) = sampling::child_env() {
+        command.env(name, fd);
+    }
     if let Some(namespace) = netns::private_parent_for_children() {
         command.env(netns::PRIVATE_PARENT_ENV, namespace);
     }
@@ -230,6 +233,8 @@ struct ChildOutput {
     text: [Vec<u8>; 2],
     /// When its [`STARTED_LINE`] was read.
     programs_started: Option<Instant>,
+    /// Counted among the scenarios sampling from its [`STARTED_LINE`] until this output is dropped.
+    sampling: Option<sampling::Sampling>,
 }
 
 impl ChildOutput {
@@ -238,6 +243,7 @@ impl ChildOutput {
             pipes: [child.stdout.take().map(OwnedFd::from), child.stderr.take().map(OwnedFd::from)],
             text: [Vec::new(), Vec::new()],
             programs_started: None,
+            sampling: None,
         }
     }
 
@@ -255,6 +261,7 @@ impl ChildOutput {
         }
         if self.programs_started.is_none() && self.lines(0).any(|line| line == STARTED_LINE) {
             self.programs_started = Some(Instant::now());
+            self.sampling = Some(sampling::programs_started());
         }
     }
 

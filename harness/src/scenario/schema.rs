@@ -703,6 +703,7 @@ pub struct PacketExpectWire {
     pub count: Option<Scalar>,
     pub at: Option<ScalarList>,
     pub within: Option<ScalarList>,
+    pub doubling: Option<Scalar>,
     pub tolerance: Option<ScalarOr<ToleranceWire>>,
     pub since: Option<ScalarOr<SinceWire>>,
     pub requires: Option<RequiresWire>,
@@ -763,13 +764,16 @@ pub struct ToleranceWire {
     pub late: Option<Scalar>,
 }
 
-/// The map form of `since:`: `{ packet: { from: server, window: 0 }, nth: 1 }` or `{ started: client.connect }`.
+/// The map forms of `since:`: `{ packet: { from: server, window: 0 }, nth: 1 }`, `{ started: client.connect }`
+/// or `{ next-retransmission: { from: client, len: 17 } }`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinceWire {
     pub packet: Option<PacketFilterWire>,
     pub nth: Option<Scalar>,
     pub started: Option<Scalar>,
+    #[serde(rename = "next-retransmission")]
+    pub next_retransmission: Option<PacketFilterWire>,
 }
 
 /// One item of `expect: { queues: [...] }`.

@@ -216,6 +216,19 @@ fn resolve_anchor(facts: &Facts<'_>, since: Option<&Since>, location: Location) 
             let t = seen.get(*nth as usize - 1).copied();
             (name.clone(), t, (format!("{name} to be sent"), format!("{} such packets", seen.len())))
         }
+        Some(Since::NextRetransmission { filter }) => {
+            let seen: Vec<Duration> = sent_packets(&facts.sent, filter).map(|(t, _)| t).collect();
+            let name = format!("the next retransmission of the {}", describe_filter(filter));
+            let t = match seen.as_slice() {
+                [.., before, last] => Some(*last + 2 * (*last - *before)),
+                _ => None,
+            };
+            let missing = (
+                format!("at least 2 {} (the timer's last interval)", describe_filter(filter)),
+                format!("{} such packets", seen.len()),
+            );
+            (name, t, missing)
+        }
     };
     match t {
         Some(t) => Ok(Anchor { t, label: format!(" since {name} ({}s)", format_secs(t)) }),
@@ -371,7 +384,46 @@ fn judge_packets(expectation: &PacketExpectation, anchor: Anchor, sent: &[SentPa
         tolerance: expectation.tolerance,
         location: expectation.location,
     };
-    judge_times(times, &wanted, subject, &anchor)
+    let times: Vec<Duration> = times.collect();
+    judge_times(times.iter().copied(), &wanted, subject.clone(), &anchor)?;
+    match expectation.doubling {
+        Some(doubling) => {
+            let selected = selected_times(times.into_iter(), expectation.window, &anchor);
+            judge_doubling(&selected, doubling, expectation, subject + &anchor.label)
+                .map_err(|failure| Failure { around: failure.around.map(|t| t + anchor.t), ..failure })
+        }
+        None => Ok(()),
+    }
+}
+
+/// The last `doubling` intervals between the packets (those the count and window selected, from the anchor on)
+/// each last twice the interval before, within the tolerance.
+fn judge_doubling(
+    times: &[Duration],
+    doubling: u32,
+    expectation: &PacketExpectation,
+    subject: String,
+) -> Result<(), Failure> {
+    let intervals: Vec<Duration> = times.windows(2).map(|pair| pair[1].saturating_sub(pair[0])).collect();
+    let compared = &intervals[intervals.len().saturating_sub(doubling as usize + 1)..];
+    let list = |ts: &[Duration]| ts.iter().map(|t| format!("{}s", format_secs(*t))).collect::<Vec<_>>().join(", ");
+    let fail = |around: Option<Duration>| Failure {
+        location: expectation.location,
+        subject: format!("{subject}: intervals between them"),
+        expected: format!("the last {doubling} each twice the one before {}", expectation.tolerance),
+        actual: list(&intervals),
+        around,
+    };
+    if compared.len() < doubling as usize + 1 {
+        return Err(fail(times.first().copied()));
+    }
+    let first = times.len() - compared.len();
+    for (i, pair) in compared.windows(2).enumerate() {
+        if !expectation.tolerance.admits(pair[1], 2 * pair[0]) {
+            return Err(fail(times.get(first + i + 1).copied()));
+        }
+    }
+    Ok(())
 }
 
 fn judge_errors(expectation: &ErrorExpectation, anchor: Anchor, timeline: &Timeline) -> Result<(), Failure> {
@@ -395,6 +447,18 @@ struct EventTimes<'a> {
     location: Location,
 }
 
+/// The times (scenario time) from the anchor on, counted from it, that fall in the window.
+fn selected_times(
+    times: impl Iterator<Item = Duration>,
+    window: Option<(Duration, Duration)>,
+    anchor: &Anchor,
+) -> Vec<Duration> {
+    times
+        .filter_map(|t| t.checked_sub(anchor.t))
+        .filter(|t| window.is_none_or(|(start, end)| *t >= start && *t <= end))
+        .collect()
+}
+
 /// Checks the times events were seen (`times`, scenario time) against the count and times wanted, counted from
 /// the anchor: events before it do not count.
 fn judge_times(
@@ -403,10 +467,7 @@ fn judge_times(
     mut subject: String,
     anchor: &Anchor,
 ) -> Result<(), Failure> {
-    let times: Vec<Duration> = times
-        .filter_map(|t| t.checked_sub(anchor.t))
-        .filter(|t| wanted.window.is_none_or(|(start, end)| *t >= start && *t <= end))
-        .collect();
+    let times = selected_times(times, wanted.window, anchor);
     if let Some((start, end)) = wanted.window {
         subject.push_str(&format!(" within [{}s, {}s]", format_secs(start), format_secs(end)));
     }

@@ -334,3 +334,79 @@ fn times_since_a_packet_count_from_its_kernel_timestamp() {
     assert_eq!(ordinal(13), "13th");
     assert_eq!(ordinal(23), "23rd");
 }
+
+/// Retransmissions of a 17-byte segment at `times` (ms), then a RST from the client at `rst` (ms).
+fn backoff_timeline(times: &[u64], rst: u64) -> Timeline {
+    let mut events: Vec<Event> =
+        times.iter().map(|t| packet(*t, HostId::Client, Protocol::Tcp, 0x18, 64, 17)).collect();
+    events.push(packet(rst, HostId::Client, Protocol::Tcp, 0x04, 0, 0));
+    Timeline::new(events)
+}
+
+fn backoff_plan() -> Plan {
+    crate::scenario::parse(
+        "backoff",
+        std::path::Path::new("backoff.yaml"),
+        "description: d\ntimeout: 30s\nexpect:\n  packets:\n\
+         \x20   - { from: client, len: 17, doubling: 4, tolerance: { early: 40ms, late: 40ms } }\n\
+         \x20   - { from: client, flags: R, at: [0s], since: { next-retransmission: { from: client, len: 17 } }, tolerance: 20ms }\n",
+    )
+    .unwrap()
+}
+
+#[test]
+fn doubling_intervals_and_the_next_retransmission_follow_the_connections_own_rto() {
+    let plan = backoff_plan();
+    assert_eq!(plan.expect.packets[0].doubling, Some(4));
+    assert_eq!(plan.expect.packets[0].count, None);
+    // This machine's 204 ms RTO, and an emulated machine's 220 ms with its timers firing a little late: the
+    // kernel's rule holds for both.
+    let fast = backoff_timeline(&[0, 204, 408, 816, 1632, 3264, 6528], 13056);
+    assert!(judge(&plan, &fast).failures.is_empty(), "{:?}", judge(&plan, &fast).failures);
+    let slow = backoff_timeline(&[0, 226, 454, 922, 1850, 3674, 7354], 14720);
+    assert!(judge(&plan, &slow).failures.is_empty(), "{:?}", judge(&plan, &slow).failures);
+}
+
+#[test]
+fn linear_intervals_and_an_early_or_late_give_up_fail() {
+    let plan = backoff_plan();
+    let linear = backoff_timeline(&[0, 200, 400, 600, 800, 1000, 1200], 1600);
+    let verdict = judge(&plan, &linear);
+    assert_eq!(verdict.failures.len(), 1, "{:?}", verdict.failures);
+    let failure = &verdict.failures[0];
+    assert_eq!(failure.subject, "packets from client length 17: intervals between them");
+    assert_eq!(failure.expected, "the last 4 each twice the one before ± 0.040000s");
+    assert_eq!(failure.actual, "0.200000s, 0.200000s, 0.200000s, 0.200000s, 0.200000s, 0.200000s");
+    // Given up one expiry early (at the last retransmission's own expiry), and one late.
+    for rst in [9792, 26112] {
+        let verdict = judge(&plan, &backoff_timeline(&[0, 204, 408, 816, 1632, 3264, 6528], rst));
+        assert_eq!(verdict.failures.len(), 1, "{:?}", verdict.failures);
+        assert!(
+            verdict.failures[0].subject.contains("since the next retransmission of the packets from client length 17"),
+            "{}",
+            verdict.failures[0].subject
+        );
+    }
+    // A single packet arms no timer whose interval can be doubled.
+    let verdict = judge(&plan, &backoff_timeline(&[0], 100));
+    let anchor = verdict.failures.iter().find(|f| f.subject.starts_with("times since")).expect("anchor failure");
+    assert_eq!(anchor.expected, "at least 2 packets from client length 17 (the timer's last interval)");
+    assert_eq!(anchor.actual, "1 such packets");
+}
+
+#[test]
+fn doubling_is_refused_without_enough_packets_and_next_retransmission_goes_alone() {
+    let parse = |expect: &str| {
+        crate::scenario::parse(
+            "x",
+            std::path::Path::new("x.yaml"),
+            &format!("description: d\nexpect:\n  packets:\n    - {expect}\n"),
+        )
+        .unwrap_err()
+        .to_string()
+    };
+    let error = parse("{ from: client, count: 4, doubling: 3 }");
+    assert!(error.contains("doubling: 3 compares 4 intervals, which takes 5 packets; count says 4"), "{error}");
+    let error = parse("{ from: client, count: 0, since: { next-retransmission: { from: client }, nth: 2 } }");
+    assert!(error.contains("`next-retransmission` goes alone"), "{error}");
+}

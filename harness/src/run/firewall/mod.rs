@@ -26,7 +26,7 @@ use std::thread;
 use nftnl::expr::{Bitwise, Cmp, CmpOp, IcmpCode, Immediate, Meta, Register, RejectionType, Verdict};
 use nftnl::{Batch, Chain, ChainType, FinalizedBatch, Hook, MsgType, Policy, ProtoFamily, Rule, Table};
 
-pub use conntrack::ConntrackTable;
+pub use conntrack::{load_conntrack_here, ConntrackTable};
 pub use matcher::{matches, selects};
 pub use nat::Nat;
 pub use qdisc::install_qdisc_drops;

@@ -604,3 +604,12 @@ fn switching_a_fault_takes_well_under_a_millisecond() {
     assert!(on < Duration::from_millis(1), "activate median {on:?}");
     assert!(off < Duration::from_millis(1), "deactivate median {off:?}");
 }
+
+#[test]
+fn loading_conntrack_registers_its_sysctls_and_leaves_no_table() {
+    let ns = Netns::new_anonymous().unwrap();
+    ns.run(load_conntrack_here).unwrap();
+    let tcp_loose = std::path::Path::new("/proc/sys/net/netfilter/nf_conntrack_tcp_loose");
+    assert!(ns.run(|| Ok(tcp_loose.exists())).unwrap(), "nf_conntrack's sysctls are there once it is loaded");
+    assert_eq!(run(&ns, "nft", &["list", "ruleset"]).trim(), "", "the scratch table is gone");
+}

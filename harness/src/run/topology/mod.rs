@@ -283,6 +283,9 @@ fn wait_operational(rtnl: &mut Rtnl, ifname: &str, place: &str) -> Result<()> {
     }
 }
 
+/// The sysctls nf_conntrack registers when it loads.
+const CONNTRACK_SYSCTLS: &str = "net.netfilter.nf_conntrack_";
+
 /// Runs on a thread inside the host's namespace: sysctls (which resolve against the calling thread's
 /// namespace), then an rtnetlink socket that stays bound to this namespace wherever it is used from.
 fn prepare_host(plan: &Plan, host: HostId) -> Result<Rtnl> {
@@ -290,7 +293,13 @@ fn prepare_host(plan: &Plan, host: HostId) -> Result<Rtnl> {
         disable_ipv6().map_err(|e| e.into_error(host))?;
     }
     for sysctl in &plan.host(host).sysctls {
-        write_sysctl(sysctl).map_err(|e| e.into_error(host))?;
+        match write_sysctl(sysctl) {
+            Err(SysctlError::Absent(_)) if sysctl.name.starts_with(CONNTRACK_SYSCTLS) => {
+                crate::run::firewall::load_conntrack_here()?;
+                write_sysctl(sysctl).map_err(|e| e.into_error(host))?;
+            }
+            other => other.map_err(|e| e.into_error(host))?,
+        }
     }
     let mut rtnl = Rtnl::open().map_err(|e| in_host(e, host))?;
     rtnl.execute(vec![Request::new(
