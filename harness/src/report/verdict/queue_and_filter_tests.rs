@@ -408,5 +408,8 @@ fn doubling_is_refused_without_enough_packets_and_next_retransmission_goes_alone
     let error = parse("{ from: client, count: 4, doubling: 3 }");
     assert!(error.contains("doubling: 3 compares 4 intervals, which takes 5 packets; count says 4"), "{error}");
     let error = parse("{ from: client, count: 0, since: { next-retransmission: { from: client }, nth: 2 } }");
-    assert!(error.contains("`next-retransmission` goes alone"), "{error}");
+    assert!(error.contains("since counts from one moment"), "{error}");
+    let error =
+        parse("{ from: client, count: 0, since: { next-retransmission: { from: client }, started: client.connect } }");
+    assert!(error.contains("not two of them"), "{error}");
 }
