@@ -394,9 +394,7 @@ mod tests {
     use super::*;
     use crate::scenario::impairment::{InjectedSegment, InjectedSeq};
     use crate::scenario::plan::{Location, TcpState, TimerKind};
-    use crate::timeline::{
-        DecisionKind, ErrnoEvent, EventKind, ImpairmentEvent, IpProtocol, PacketDirection, PacketEvent, SocketEvent,
-    };
+    use crate::timeline::{DecisionKind, ErrnoEvent, EventKind, ImpairmentEvent, PacketEvent, SocketEvent};
 
     #[test]
     fn result_schema_checked_in_is_the_one_the_types_give() {
@@ -419,21 +417,12 @@ mod tests {
 
     fn packet(fault: Option<&str>) -> PacketEvent {
         PacketEvent {
-            direction: PacketDirection::Out,
-            src: Ipv4Addr::new(10, 0, 0, 1),
-            dst: Ipv4Addr::new(10, 0, 0, 2),
-            protocol: IpProtocol::from_number(6),
             ip_id: 7,
-            sport: 40000,
-            dport: 9000,
-            flags: 0x12,
-            seq: 0,
             ack: 1,
             window: 64240,
-            len: 0,
             options: "mss 1460".into(),
             fault: fault.map(String::from),
-            impairments: Vec::new(),
+            ..PacketEvent::test_segment(0x12, 0)
         }
     }
 

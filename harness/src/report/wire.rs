@@ -328,8 +328,8 @@ fn signed_nanos(wall: Duration, t0: Duration) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scenario::plan::Protocol;
-    use crate::timeline::{IpProtocol, PacketDirection};
+
+    use crate::timeline::PacketDirection;
 
     fn end(host: HostId) -> End {
         End {
@@ -345,20 +345,12 @@ mod tests {
     fn frame(end: usize, micros: u64, data: &[u8], outgoing: bool, fault: Option<&str>) -> Frame {
         let event = PacketEvent {
             direction: if outgoing { PacketDirection::Out } else { PacketDirection::In },
-            src: Ipv4Addr::new(10, 0, 0, 1),
-            dst: Ipv4Addr::new(10, 0, 0, 2),
-            protocol: IpProtocol::Known(Protocol::Tcp),
             ip_id: 1,
-            sport: 40000,
-            dport: 9000,
-            flags: 0x10,
             seq: 1,
             ack: 1,
             window: 63,
-            len: 0,
-            options: String::new(),
             fault: fault.map(String::from),
-            impairments: Vec::new(),
+            ..PacketEvent::test_segment(0x10, 0)
         };
         Frame {
             end,

@@ -345,6 +345,31 @@ impl fmt::Display for Event {
 }
 
 /// The packet as `tcpdump -n` prints it, without the time: `10.0.0.1.35712 > 10.0.0.2.9000: Flags [.], ...`.
+#[cfg(test)]
+impl PacketEvent {
+    /// For tests: a TCP segment leaving the client (10.0.0.1:40000 > 10.0.0.2:9000) with these flags and this
+    /// much payload, every other field zero or empty; a test sets what else it needs with `..`.
+    pub fn test_segment(flags: u8, len: u32) -> PacketEvent {
+        PacketEvent {
+            direction: PacketDirection::Out,
+            src: Ipv4Addr::new(10, 0, 0, 1),
+            dst: Ipv4Addr::new(10, 0, 0, 2),
+            protocol: IpProtocol::Known(Protocol::Tcp),
+            ip_id: 0,
+            sport: 40000,
+            dport: 9000,
+            flags,
+            seq: 0,
+            ack: 0,
+            window: 0,
+            len,
+            options: String::new(),
+            fault: None,
+            impairments: Vec::new(),
+        }
+    }
+}
+
 impl fmt::Display for PacketEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let p = self;

@@ -1,11 +1,9 @@
 //! Verdict tests on hand-built timelines: step outcomes and times, packet and state expectations, anchors.
 
-use std::net::Ipv4Addr;
 use std::path::Path;
 
 use super::*;
-use crate::scenario::plan::Protocol;
-use crate::timeline::{Event, IpProtocol, PacketDirection, PacketEvent, SocketEvent};
+use crate::timeline::{Event, PacketEvent, SocketEvent};
 
 const SCENARIO: &str = r#"
 description: verdict test
@@ -38,23 +36,7 @@ fn syn(t: Duration) -> Event {
     Event {
         t,
         host: HostId::Client,
-        kind: EventKind::Packet(PacketEvent {
-            direction: PacketDirection::Out,
-            src: Ipv4Addr::new(10, 0, 0, 1),
-            dst: Ipv4Addr::new(10, 0, 0, 2),
-            protocol: IpProtocol::Known(Protocol::Tcp),
-            ip_id: 0,
-            sport: 40000,
-            dport: 9000,
-            flags: 0x02,
-            seq: 0,
-            ack: 0,
-            window: 64240,
-            len: 0,
-            options: String::new(),
-            fault: None,
-            impairments: Vec::new(),
-        }),
+        kind: EventKind::Packet(PacketEvent { window: 64240, ..PacketEvent::test_segment(0x02, 0) }),
     }
 }
 

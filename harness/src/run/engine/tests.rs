@@ -1,7 +1,6 @@
 //! The engine's pure parts: fault triggers (time, step, packet), fault marks on the timeline, capture losses
 //! as harness errors.
 
-use std::net::Ipv4Addr;
 use std::path::Path;
 
 use super::*;
@@ -45,20 +44,11 @@ fn ack(t: Duration, host: HostId, direction: PacketDirection) -> Event {
         host,
         kind: EventKind::Packet(PacketEvent {
             direction,
-            src: Ipv4Addr::new(10, 0, 0, 1),
-            dst: Ipv4Addr::new(10, 0, 0, 2),
-            protocol: IpProtocol::Known(Protocol::Tcp),
             ip_id: t.as_millis() as u16,
-            sport: 40000,
-            dport: 9000,
-            flags: 0x10,
             seq: 1,
             ack: 1,
             window: 63,
-            len: 0,
-            options: String::new(),
-            fault: None,
-            impairments: Vec::new(),
+            ..PacketEvent::test_segment(0x10, 0)
         }),
     }
 }
