@@ -226,7 +226,8 @@ fn read_end(index: usize, end: &End, timeline: &Timeline, t0: Duration) -> Resul
     let mut reader = PcapReader::new(file).map_err(|e| Error::Internal(format!("{}: {e}", what())))?;
     let mut events: HashMap<Duration, VecDeque<&PacketEvent>> = HashMap::new();
     for event in timeline.events.iter().filter(|e| e.host == end.host) {
-        if let EventKind::Packet(packet) = &event.kind {
+        // A packet dropped before it left is on the timeline but in no pcap.
+        if let EventKind::Packet(packet @ PacketEvent { dropped: None, .. }) = &event.kind {
             events.entry(event.t).or_default().push_back(packet);
         }
     }
