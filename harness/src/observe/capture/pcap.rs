@@ -98,32 +98,61 @@ pub(super) struct ChunkQueue {
 }
 
 impl ChunkQueue {
-    /// Appends `frame`; hands the chunk on once it holds [`CHUNK_SIZE`] bytes.
+    /// Appends `frame`; hands the chunk on once it holds [`CHUNK_SIZE`] bytes, waiting for room if the
+    /// decoding thread is [`MAX_QUEUED_CHUNKS`] behind.
     pub(super) fn push(&mut self, frame: &Frame<'_>) -> io::Result<()> {
         self.current.push(frame)?;
         if self.current.records.len() >= CHUNK_SIZE {
-            self.hand_over()?;
+            let full = std::mem::take(&mut self.current);
+            self.send(full)?;
+            self.current = self.fresh_chunk();
         }
         Ok(())
     }
 
-    /// Hands on what the chunk holds, if anything: called whenever the capture thread has taken every frame the
-    /// kernel had ready, so that a lone packet reaches the timeline at once.
+    /// Hands on what the chunk holds, if anything and if the decoding thread has room: called whenever the
+    /// capture thread has taken every frame the kernel had ready, so that a lone packet reaches the timeline
+    /// at once. Without room the frames stay and more join them: bounding the queue by chunks, a chunk per
+    /// lone packet made the capture thread wait on a decoder or writer held up for a few ms (a writeback
+    /// stall), while the kernel's buffer overflowed at 1,300 frames a second.
     pub(super) fn hand_over(&mut self) -> io::Result<()> {
         if self.current.is_empty() {
             return Ok(());
         }
-        let fresh = self.spare.try_recv().unwrap_or_else(|_| Chunk::with_capacity());
-        let full = std::mem::replace(&mut self.current, fresh);
-        // Blocks only while MAX_QUEUED_CHUNKS wait; the decoding thread lives until `Finished`.
-        self.to_decoder.send(ToDisk::Chunk(full)).map_err(|_| io::Error::other("pcap decoding thread is gone"))
+        match self.to_decoder.try_send(ToDisk::Chunk(std::mem::take(&mut self.current))) {
+            Ok(()) => {
+                self.current = self.fresh_chunk();
+                Ok(())
+            }
+            Err(mpsc::TrySendError::Full(ToDisk::Chunk(kept))) => {
+                self.current = kept;
+                Ok(())
+            }
+            Err(_) => Err(decoder_gone()),
+        }
     }
 
     pub(super) fn finish(mut self, result: Result<CaptureStats>) {
         // Either fails only if the decoding thread is gone, and then `stop` reports that.
-        let _ = self.hand_over();
+        if !self.current.is_empty() {
+            let last = std::mem::take(&mut self.current);
+            let _ = self.send(last);
+        }
         let _ = self.to_decoder.send(ToDisk::Finished(result));
     }
+
+    /// Blocks only while [`MAX_QUEUED_CHUNKS`] wait; the decoding thread lives until `Finished`.
+    fn send(&self, chunk: Chunk) -> io::Result<()> {
+        self.to_decoder.send(ToDisk::Chunk(chunk)).map_err(|_| decoder_gone())
+    }
+
+    fn fresh_chunk(&self) -> Chunk {
+        self.spare.try_recv().unwrap_or_else(|_| Chunk::with_capacity())
+    }
+}
+
+fn decoder_gone() -> io::Error {
+    io::Error::other("pcap decoding thread is gone")
 }
 
 /// The decoding thread: one [`EventKind::Packet`] per IPv4 record, at the kernel's stamp of it, then the chunk
