@@ -24,7 +24,7 @@ use crate::run::priority;
 use crate::run::supervise::SETUP_LIMIT;
 use crate::run::switchboard::Switchboard;
 use crate::run::topology::{self, HostWire};
-use crate::scenario::plan::{Action, Direction, HostId, HostPlan, Plan};
+use crate::scenario::plan::{Action, Direction, FaultPlan, HostId, HostPlan, Plan};
 use crate::timeline::query::{self, StepRecords};
 use crate::timeline::{Decision, DecisionKind, Event, EventKind, PacketDirection, PacketEvent, Timeline};
 
@@ -792,6 +792,22 @@ fn mark_running_steps(timeline: &mut Timeline, plan: &Plan) {
     }
 }
 
+/// The first fault of `host` in `direction`, switched on at this point of the timeline, whose rule matches `packet`.
+fn active_fault<'p>(
+    plan: &'p Plan,
+    active: &HashMap<&str, bool>,
+    direction: Direction,
+    host: HostId,
+    packet: &PacketEvent,
+) -> Option<&'p FaultPlan> {
+    plan.faults.iter().find(|fault| {
+        fault.host == host
+            && fault.direction == direction
+            && active.get(fault.name.as_str()).copied().unwrap_or(false)
+            && firewall::matches(fault, host, packet)
+    })
+}
+
 /// Marks each captured packet that an active ingress fault's rule matched on arrival, and the sender's copy of it
 /// (the last packet that host sent with the same IP id, addresses, flags and length), and each packet dropped
 /// before it left with the host's active egress fault that matches it, in one pass.
@@ -810,13 +826,7 @@ pub fn annotate_faults(timeline: &mut Timeline, plan: &Plan) {
             }
             // Dropped before it left: the host's own egress fault took it.
             EventKind::Packet(packet) if packet.dropped.is_some() => {
-                let hit = plan.faults.iter().find(|fault| {
-                    fault.host == event.host
-                        && fault.direction == Direction::Egress
-                        && active.get(fault.name.as_str()).copied().unwrap_or(false)
-                        && firewall::matches(fault, event.host, packet)
-                });
-                if let Some(fault) = hit {
+                if let Some(fault) = active_fault(plan, &active, Direction::Egress, event.host, packet) {
                     hits.push((index, fault.name.clone()));
                 }
             }
@@ -824,13 +834,7 @@ pub fn annotate_faults(timeline: &mut Timeline, plan: &Plan) {
                 last_sent.insert((event.host, packet.ip_id, packet.src, packet.dst, packet.flags, packet.len), index);
             }
             EventKind::Packet(packet) => {
-                let hit = plan.faults.iter().find(|fault| {
-                    fault.host == event.host
-                        && fault.direction == Direction::Ingress
-                        && active.get(fault.name.as_str()).copied().unwrap_or(false)
-                        && firewall::matches(fault, event.host, packet)
-                });
-                if let Some(fault) = hit {
+                if let Some(fault) = active_fault(plan, &active, Direction::Ingress, event.host, packet) {
                     hits.push((index, fault.name.clone()));
                     let key = (event.host.peer(), packet.ip_id, packet.src, packet.dst, packet.flags, packet.len);
                     if let Some(sent) = last_sent.get(&key) {
