@@ -9,6 +9,7 @@ packages=(
   strace                               # exec steps with `trace: true` run their program under it
   tshark chromium fonts-dejavu-core    # report tests: tshark reads capture.pcapng, headless Chromium draws report.html
   qemu-system-x86 busybox-static xz-utils   # netfault matrix: VMs, their userland, compressed modules
+  iptables                             # netfault bench impair: the NFQUEUE alternative (iptables-nft, xt compat)
   jq                                   # ci/check-kernel-differences.sh reads the matrix's result.json files
 )
 missing=()

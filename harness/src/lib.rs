@@ -14,17 +14,10 @@
 //! scenario under a folder becomes one `cargo test` trial, each in a child process of its own:
 //!
 //! ```rust,no_run
-//! // tests/scenarios.rs, with `harness = false` for it in Cargo.toml
-//! use std::path::Path;
-//!
+//! // tests/scenarios.rs, with `harness = false` for it in Cargo.toml (`netfault::scenarios!("scenarios");` is
+//! // the same, with reports under the target folder)
 //! fn main() -> std::process::ExitCode {
-//!     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-//!     netfault::run::runner::test_main(
-//!         &workspace.join("scenarios"),
-//!         &workspace.join("reports"),
-//!         Path::new(env!("CARGO_BIN_EXE_netfault")),
-//!         libtest_mimic::Arguments::from_args(),
-//!     )
+//!     netfault::testing::Suite::new("scenarios").reports("reports").main()
 //! }
 //! ```
 //!
@@ -33,7 +26,10 @@
 //! ```rust,no_run
 //! use std::path::Path;
 //!
-//! let plan = netfault::scenario::load(Path::new("scenarios"), Path::new("scenarios/keepalive/idle.yaml"))
+//! use netfault::scenario::variables::Variables;
+//!
+//! let file = Path::new("scenarios/keepalive/idle.yaml");
+//! let plan = netfault::scenario::load(Path::new("scenarios"), file, &Variables::from_environment())
 //!     .unwrap_or_else(|error| panic!("{error}"));
 //! for host in &plan.hosts {
 //!     println!("{}: {} steps", host.id, host.steps.len());

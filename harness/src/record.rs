@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::scenario::plan::HostId;
-use crate::timeline::Timeline;
+use crate::timeline::{Decision, Timeline};
 
 /// What a run produced, before judging: the timeline and the harness's own figures, as plain data.
 #[derive(Debug, Clone)]
@@ -31,8 +31,15 @@ pub struct RunRecord {
     pub capture: Vec<CaptureStats>,
     /// One per host, in the wire's order.
     pub observer: Vec<(HostId, ObserverStats)>,
-    /// Packets each fault's rule matched, per fault name.
+    /// Packets each fault's rule matched (the packets an impairment selected), per fault name.
     pub fault_hits: Vec<(String, u64)>,
+    /// The seed every impairment's decisions came from.
+    pub seed: u64,
+    /// What the wire did, toward the client and toward the server (`None` without impairments).
+    pub wire: Option<[WireStats; 2]>,
+    /// Every decision of the impairments, sorted by fault and packet number: the same seed gives the same list
+    /// for the same packets. Each is also on the timeline, with its time and packet, as an impairment event.
+    pub decisions: Vec<Decision>,
     /// What went wrong inside the harness, not by the kernel's doing: a host program that failed (an error or
     /// a panic), a capture that lost frames. The run is a harness error; its timeline and captures are still
     /// reported.
@@ -83,4 +90,22 @@ pub struct ObserverStats {
     /// Mean wall time of one dump (request, receive, decode), without the comparison with the previous sample.
     pub mean_dump_time: Duration,
     pub max_dump_time: Duration,
+}
+
+/// What one direction of the wire did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct WireStats {
+    /// Frames taken from the sending side.
+    pub frames_in: u64,
+    /// Frames put on the receiving side (duplicates and forged segments included).
+    pub frames_out: u64,
+    /// Frames lost by a fault's decision or a full rate queue.
+    pub dropped: u64,
+    /// Frames still held when the wire stopped (discarded).
+    pub held_at_stop: u64,
+    /// Frames the kernel dropped before the wire could take them (its socket's buffer was full): losses nobody
+    /// asked for, reported as a harness error.
+    pub kernel_drops: u64,
+    /// Sends the kernel refused: also a harness error.
+    pub send_errors: u64,
 }

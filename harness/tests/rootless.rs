@@ -85,7 +85,7 @@ fn run_scenario_process(exe: &Path, dir: &Path) -> Result<String, String> {
     fs::write(&file, EXCHANGE).map_err(|e| format!("write {}: {e}", file.display()))?;
     let as_root = nix::unistd::geteuid().is_root();
     let uid = if as_root { NOBODY } else { nix::unistd::geteuid().as_raw() };
-    let job = Job { file, root, reports: reports.clone(), run: None };
+    let job = Job { file, root, reports: reports.clone(), run: None, seed: 0 };
     let child = start_copy(exe, dir, |copy| {
         let mut command = Command::new(copy);
         if as_root {
@@ -245,7 +245,7 @@ fn rootless_run() -> Result<String> {
     let start = Instant::now();
     let client = Netns::new_anonymous()?;
     let server = Netns::new_anonymous()?;
-    let topology = topology::build(&plan()?, &[&client, &server])?;
+    let topology = topology::build(&plan()?, &[&client, &server], None)?;
     let address = |host: HostId| {
         topology
             .link(host)

@@ -34,7 +34,7 @@ pub struct CaptureOptions {
     pub runs: usize,
 }
 
-const PORT: u16 = 5001;
+pub(super) const PORT: u16 = 5001;
 const CHUNK: usize = 1 << 20;
 /// Longest a bulk socket call may block; a stalled transfer fails instead of hanging the benchmark.
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -107,7 +107,7 @@ pub fn bench_capture(options: &CaptureOptions) -> Result<Report> {
     let scratch = ScratchDir::new("capture")?;
     let plan = fixture_plan(&scratch.path().join("fixture.yaml"))?;
     let namespaces = [Netns::new_anonymous()?, Netns::new_anonymous()?];
-    let topology = topology::build(&plan, &[&namespaces[0], &namespaces[1]])?;
+    let topology = topology::build(&plan, &[&namespaces[0], &namespaces[1]], None)?;
     let mut rounds: Vec<Round> = Vec::new();
     'runs: for run in 0..options.runs {
         for arrangement in Arrangement::ALL {
@@ -347,6 +347,12 @@ fn frames_in_pcap(path: &Path) -> Result<u64> {
 
 /// Sends `bytes` from the client to the server over the veth; the seconds from connect to the server's EOF.
 fn transfer(ns: &[Netns; 2], topology: &Topology, bytes: u64) -> Result<f64> {
+    transfer_paced(ns, topology, bytes, None)
+}
+
+/// [`transfer`] with the client's socket paced to `pacing` bytes per second (`SO_MAX_PACING_RATE`: the
+/// kernel's own TCP pacing, which needs no qdisc).
+pub(super) fn transfer_paced(ns: &[Netns; 2], topology: &Topology, bytes: u64, pacing: Option<u64>) -> Result<f64> {
     let server_address = SocketAddrV4::new(
         topology.link(HostId::Server).ok_or_else(|| Error::Internal("no server end".into()))?.address,
         PORT,
@@ -371,6 +377,11 @@ fn transfer(ns: &[Netns; 2], topology: &Topology, bytes: u64) -> Result<f64> {
         let mut stream = TcpStream::connect_timeout(&server_address.into(), IO_TIMEOUT)
             .context(|| format!("connect to {server_address} from client"))?;
         stream.set_write_timeout(Some(IO_TIMEOUT)).context(|| "set SO_SNDTIMEO".into())?;
+        if let Some(rate) = pacing {
+            let rate = rate as libc::c_uint;
+            crate::observe::capture::set_option(&stream, libc::SOL_SOCKET, libc::SO_MAX_PACING_RATE, &rate)
+                .context(|| "setsockopt(SO_MAX_PACING_RATE) in client".into())?;
+        }
         let chunk = vec![0x5au8; CHUNK];
         let mut left = bytes;
         while left > 0 {
@@ -423,7 +434,7 @@ Inter-|   Receive                                                |  Transmit
     fn a_bulk_transfer_is_counted_on_both_interfaces() {
         let plan = fixture_plan(Path::new("fixture.yaml")).unwrap();
         let ns = [Netns::new_anonymous().unwrap(), Netns::new_anonymous().unwrap()];
-        let topology = topology::build(&plan, &[&ns[0], &ns[1]]).unwrap();
+        let topology = topology::build(&plan, &[&ns[0], &ns[1]], None).unwrap();
         let before = interface_frames(&ns).unwrap();
         let seconds = transfer(&ns, &topology, 8 << 20).unwrap();
         let after = interface_frames(&ns).unwrap();

@@ -7,6 +7,8 @@
 
 mod capture;
 mod exec;
+mod impair;
+mod nfqueue;
 mod recipe;
 mod report;
 mod run;
@@ -27,6 +29,7 @@ use crate::scenario::{self, plan::Plan};
 
 pub use capture::{bench_capture, CaptureOptions};
 pub use exec::{bench_exec, ExecOptions};
+pub use impair::{bench_impair, ImpairOptions};
 pub use report::{bench_report, ReportOptions};
 pub use run::{bench_run, RunOptions};
 pub use setup::{bench_setup, SetupOptions};
@@ -45,6 +48,11 @@ usage: netfault bench <what> [options] [--json FILE] [--keep]
   capture [--bytes 1GiB] [--runs 2] bulk TCP over the veth: packets captured vs sent, drops, throughput with
                                    no capture, netfault's default queue and 64 MiB ring, tcpdump -w with its
                                    default buffer and with -B 65536 (same run)
+  impair [--runs 3] [--seconds 3] [--n 100000] [--only MEASUREMENT]
+                                   impairments against the kernel's alternatives, alternating: delay accuracy at
+                                   100 Mb/s (wire vs bridge + NFQUEUE), rate (wire vs tc tbf), loss over N UDP
+                                   datagrams (seeded wire vs nft numgen), throughput, delay placed on the sender;
+                                   --only runs the measurements whose name contains it (e.g. delay)
   timing [--n 100] [--sample 10ms] [--scenario FILE]
                                    keepalive-idle N times in parallel: observed minus kernel-defined times,
                                    observer state-change latency against the packet that caused it
@@ -52,6 +60,9 @@ usage: netfault bench <what> [options] [--json FILE] [--keep]
                                    confined per program with unshare + setpriv (same run); making a confinement
   report [--n 50000] [--runs 5]    report.html with N packets (synthetic) in headless Chromium: laid out, loaded,
                                    first paint; against the same packets as a plain-text page (same browser)";
+
+/// The seed of every scenario a benchmark runs: their impairments decide the same way in every run.
+pub const BENCH_SEED: u64 = 15;
 
 /// `--keep`: scratch folders (reports, pcaps) stay for inspection.
 static KEEP_SCRATCH: AtomicBool = AtomicBool::new(false);
@@ -104,6 +115,12 @@ pub fn main(args: &[String]) -> ExitCode {
         "capture" => {
             bench_capture(&CaptureOptions { bytes: options.bytes.unwrap_or(1 << 30), runs: options.runs.unwrap_or(2) })
         }
+        "impair" => bench_impair(&ImpairOptions {
+            runs: options.runs.unwrap_or(3),
+            seconds: options.seconds.unwrap_or(3),
+            datagrams: options.n.unwrap_or(100_000) as u64,
+            only: options.only.clone(),
+        }),
         "timing" => bench_timing(&TimingOptions {
             instances: options.n.unwrap_or(100),
             sample: options.sample,
@@ -157,6 +174,8 @@ fn prepare() -> Result<()> {
 struct BenchArgs {
     n: Option<usize>,
     runs: Option<usize>,
+    seconds: Option<u64>,
+    only: Option<String>,
     concurrent: Option<usize>,
     scenario: Option<PathBuf>,
     bytes: Option<u64>,
@@ -178,6 +197,8 @@ impl BenchArgs {
             match arg.as_str() {
                 "--n" | "-n" => parsed.n = Some(count(value()?)?),
                 "--runs" => parsed.runs = Some(count(value()?)?),
+                "--seconds" => parsed.seconds = Some(count(value()?)? as u64),
+                "--only" => parsed.only = Some(value()?),
                 "--concurrent" => parsed.concurrent = Some(count(value()?)?),
                 "--scenario" => parsed.scenario = Some(PathBuf::from(value()?)),
                 "--json" => parsed.json = Some(PathBuf::from(value()?)),

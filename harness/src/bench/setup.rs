@@ -259,7 +259,7 @@ fn phases_once(plan: &Plan, dir: &Path) -> Result<Phases> {
     let mut lap = Lap::start();
     let namespaces = [Netns::new_anonymous()?, Netns::new_anonymous()?];
     lap.lap(&mut phases.setup);
-    let topology = topology::build(plan, &[&namespaces[0], &namespaces[1]])?;
+    let topology = topology::build(plan, &[&namespaces[0], &namespaces[1]], None)?;
     lap.lap(&mut phases.setup);
     let mut firewalls = Vec::with_capacity(2);
     for host in HostId::ALL {

@@ -309,6 +309,7 @@ fn run_instances(file: &Path, root: &Path, deadline: Duration, instances: usize,
                 root: root.to_path_buf(),
                 reports: reports.join(format!("{i}")),
                 run: None,
+                seed: super::BENCH_SEED,
             };
             (job, deadline)
         })

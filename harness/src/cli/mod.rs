@@ -31,6 +31,10 @@ line shows what still runs, and verdicts are coloured (not with NO_COLOR set).
 --deadline: past it every scenario still running is killed and reported, exit status 2; SIGINT and SIGTERM do
 the same with exit status 128 + signal. The cargo-test driver takes its limit from NETFAULT_SUITE_DEADLINE.
 
+--seed: the impairments' random decisions (loss, jitter, reordering, ...) come from it, packet by packet; the
+same seed gives the same decision list. Without it a seed is chosen and printed; every result.json records it.
+The cargo-test driver takes it from NETFAULT_SEED.
+
 Exit status: 0 every scenario passed; 1 a scenario failed; 2 invalid input (nothing was run), a harness error,
 or the deadline passed; 128 + N stopped by signal N.";
 
@@ -102,6 +106,9 @@ struct RunArgs {
     /// Also run the minutes-long `slow: true` scenarios
     #[arg(long)]
     slow: bool,
+    /// Seed of the impairments' random decisions [default: chosen and printed]
+    #[arg(long, value_name = "N", value_parser = runner::parse_seed)]
+    seed: Option<u64>,
     /// Write DIR/<scenario>.tar.gz (as `netfault bundle`) for each scenario that fails
     #[arg(long)]
     bundle_failures: bool,
@@ -189,13 +196,17 @@ fn run(args: RunArgs) -> ExitCode {
         return ExitCode::from(2);
     };
     let reports = args.reports;
+    let seed = args.seed.unwrap_or_else(runner::fresh_seed);
+    if loaded.iter().any(|(_, plan)| plan.has_impairments()) {
+        println!("impairments seeded with {seed} (--seed {seed} repeats their decisions)");
+    }
     let (loaded, skipped): (Vec<_>, Vec<_>) = loaded.into_iter().partition(|(_, plan)| args.slow || !plan.slow);
     let mut jobs: Vec<(Job, Duration)> = Vec::new();
     let mut runs: Vec<(String, usize)> = Vec::new();
     match args.repeat {
         None => {
             for (job, plan) in loaded {
-                jobs.push((Job { reports: reports.clone(), ..job }, plan.deadline));
+                jobs.push((Job { reports: reports.clone(), seed, ..job }, plan.deadline));
                 runs.push((plan.name, 1));
             }
         }
@@ -208,7 +219,7 @@ fn run(args: RunArgs) -> ExitCode {
             }
             for run in 1..=repeat {
                 for (job, plan) in &loaded {
-                    jobs.push((Job { reports: reports.clone(), run: Some(run), ..job.clone() }, plan.deadline));
+                    jobs.push((Job { reports: reports.clone(), run: Some(run), seed, ..job.clone() }, plan.deadline));
                     runs.push((plan.name.clone(), run));
                 }
             }

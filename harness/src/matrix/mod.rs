@@ -642,7 +642,8 @@ mod tests {
             "description: d\nclient:\n  - exec: { program: curl }\n  - exec: { program: /bin/true }\nserver:\n  - exec: { program: nc }\n",
         )
         .unwrap();
-        let job = Job { file: PathBuf::from("t.yaml"), root: PathBuf::new(), reports: PathBuf::new(), run: None };
+        let job =
+            Job { file: PathBuf::from("t.yaml"), root: PathBuf::new(), reports: PathBuf::new(), run: None, seed: 0 };
         assert_eq!(exec_programs(&[(job, plan)]).into_iter().collect::<Vec<_>>(), vec!["curl", "nc"]);
     }
 }

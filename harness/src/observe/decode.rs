@@ -80,6 +80,7 @@ impl Decoder {
             len: ip.payload_len,
             options: String::new(),
             fault: None,
+            impairments: Vec::new(),
         };
         if ip.fragment_offset != 0 {
             // Only the first fragment carries the transport header.
@@ -307,15 +308,16 @@ fn tcp_options(mut bytes: &[u8], peer_isn: Option<u32>) -> String {
     out
 }
 
-fn be16(bytes: &[u8], at: usize) -> Option<u16> {
+/// Big-endian u16 at `at`, if the bytes are there (also what the impairment wire reads frames with).
+pub(crate) fn be16(bytes: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes(bytes.get(at..at + 2)?.try_into().ok()?))
 }
 
-fn be32(bytes: &[u8], at: usize) -> Option<u32> {
+pub(crate) fn be32(bytes: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_be_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
 }
 
-fn ipv4(bytes: &[u8], at: usize) -> Option<Ipv4Addr> {
+pub(crate) fn ipv4(bytes: &[u8], at: usize) -> Option<Ipv4Addr> {
     let octets: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
     Some(Ipv4Addr::from(octets))
 }

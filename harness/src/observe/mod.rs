@@ -2,5 +2,6 @@
 //! every TCP socket's state sampled through sock_diag. Both only produce timeline events.
 
 pub mod capture;
+pub mod counters;
 pub mod decode;
 pub mod sockets;

@@ -154,6 +154,9 @@ pub fn write(plan: &Plan, record: &RunRecord, verdict: &Verdict, dir: &Path) -> 
         capture: &record.capture,
         observer: record.observer.iter().map(|&(host, stats)| ObserverReport::of(host, stats)).collect(),
         fault_hits: record.fault_hits.iter().map(|(fault, hits)| (fault.as_str(), *hits)).collect(),
+        seed: record.seed,
+        decisions: &record.decisions,
+        wire: record.wire,
         harness_errors: &record.harness_errors,
         not_applicable: &plan.not_applicable,
         events: &record.timeline.events,
@@ -224,16 +227,16 @@ fn fault_notes(plan: &Plan) -> Vec<FaultNote> {
                 Direction::Egress => "egress",
                 Direction::Forward => "forward",
             },
-            verb: match fault.action {
-                FaultAction::Drop => "dropped",
-                FaultAction::RejectTcpReset => "rejected with a TCP reset",
-                FaultAction::RejectIcmpPortUnreachable => "rejected with ICMP port unreachable",
-                FaultAction::RejectIcmpHostUnreachable => "rejected with ICMP host unreachable",
-                FaultAction::RejectIcmpNetUnreachable => "rejected with ICMP net unreachable",
-                FaultAction::RejectIcmpAdminProhibited => "rejected with ICMP admin prohibited",
-                FaultAction::FlushConntrack => "forgotten by a conntrack flush",
-            }
-            .to_string(),
+            verb: match &fault.action {
+                FaultAction::Impair(impairment) => format!("impaired on the wire ({impairment})"),
+                FaultAction::Drop => "dropped".to_string(),
+                FaultAction::RejectTcpReset => "rejected with a TCP reset".to_string(),
+                FaultAction::RejectIcmpPortUnreachable => "rejected with ICMP port unreachable".to_string(),
+                FaultAction::RejectIcmpHostUnreachable => "rejected with ICMP host unreachable".to_string(),
+                FaultAction::RejectIcmpNetUnreachable => "rejected with ICMP net unreachable".to_string(),
+                FaultAction::RejectIcmpAdminProhibited => "rejected with ICMP admin prohibited".to_string(),
+                FaultAction::FlushConntrack => "forgotten by a conntrack flush".to_string(),
+            },
         })
         .collect()
 }
@@ -338,14 +341,18 @@ pub fn explain(plan: &Plan, failure: &Failure, timeline: &Timeline) -> String {
 }
 
 /// The events timeline.txt shows: each packet once, from its sender's capture (arrivals appear only when a
-/// fault took them, which the sender's copy then also says).
+/// fault took them or an impairment acted on them, which the sender's copy then also says). The impairments'
+/// decisions show as those marks rather than as lines of their own.
 pub fn readable(timeline: &Timeline) -> Timeline {
     Timeline {
         events: timeline
             .events
             .iter()
             .filter(|e| match &e.kind {
-                EventKind::Packet(p) => p.direction == PacketDirection::Out || p.fault.is_some(),
+                EventKind::Packet(p) => {
+                    p.direction == PacketDirection::Out || p.fault.is_some() || !p.impairments.is_empty()
+                }
+                EventKind::Impairment(_) => false,
                 _ => true,
             })
             .cloned()
@@ -385,6 +392,17 @@ fn render_timeline(plan: &Plan, record: &RunRecord, verdict: &Verdict) -> String
     }
     for (fault, hits) in &record.fault_hits {
         text.push_str(&format!("# fault {fault}: {hits} packets matched\n"));
+    }
+    if let Some(wire) = &record.wire {
+        text.push_str(&format!(
+            "# wire: seed {}, {} decisions; toward client {} frames in, {} out; toward server {} frames in, {} out\n",
+            record.seed,
+            record.decisions.len(),
+            wire[0].frames_in,
+            wire[0].frames_out,
+            wire[1].frames_in,
+            wire[1].frames_out
+        ));
     }
     for error in &record.harness_errors {
         text.push_str(&format!("# HARNESS ERROR {error}\n"));

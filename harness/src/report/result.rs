@@ -14,9 +14,9 @@ use serde::Serialize;
 use super::verdict::{Failure, StepJudgement};
 use super::Status;
 use crate::error::{Context, Error, Result};
-use crate::record::{CaptureStats, CapturedInterface, ObserverStats};
+use crate::record::{CaptureStats, CapturedInterface, ObserverStats, WireStats};
 use crate::scenario::plan::{HostId, Plan};
-use crate::timeline::{query::StepRecord, Event, Outcome};
+use crate::timeline::{query::StepRecord, Decision, Event, Outcome};
 
 /// The version of the format this netfault writes. 2: `capture` is one entry per captured interface (listed in
 /// `interfaces`), no longer client then server, and `observer` one per host, each naming its host: a scenario
@@ -133,8 +133,15 @@ pub struct ResultFile<'a> {
     pub capture: &'a [CaptureStats],
     /// The socket observers, one per host in the wire's order (client, router if any, server).
     pub observer: Vec<ObserverReport>,
-    /// Packets each fault's rule matched, by fault name.
+    /// Packets each fault's rule matched (the packets an impairment selected), by fault name.
     pub fault_hits: BTreeMap<&'a str, u64>,
+    /// The seed of the impairments' random decisions: `netfault run --seed` with it repeats them.
+    pub seed: u64,
+    /// Every decision of the impairments, sorted by fault and packet number: plain data for tools (each also
+    /// appears in `events` as an `impairment` event with its time and packet, and marks the packets it concerns).
+    pub decisions: &'a [Decision],
+    /// What the wire did toward the client and toward the server; `null` without impairments.
+    pub wire: Option<[WireStats; 2]>,
     /// What went wrong in the harness itself (the status is then `error`).
     pub harness_errors: &'a [String],
     /// Expectations left out on this kernel (their `requires:` is not met), each with its line and why.
@@ -385,8 +392,11 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::scenario::impairment::{InjectedSegment, InjectedSeq};
     use crate::scenario::plan::{Location, TcpState, TimerKind};
-    use crate::timeline::{ErrnoEvent, EventKind, IpProtocol, PacketDirection, PacketEvent, SocketEvent};
+    use crate::timeline::{
+        DecisionKind, ErrnoEvent, EventKind, ImpairmentEvent, IpProtocol, PacketDirection, PacketEvent, SocketEvent,
+    };
 
     #[test]
     fn result_schema_checked_in_is_the_one_the_types_give() {
@@ -423,6 +433,7 @@ mod tests {
             len: 0,
             options: "mss 1460".into(),
             fault: fault.map(String::from),
+            impairments: Vec::new(),
         }
     }
 
@@ -437,6 +448,8 @@ mod tests {
             retrans: 1,
             recv_q: 0,
             send_q: 11,
+            rtt: Some(Duration::from_micros(10_250)),
+            rto: expires.map(|_| Duration::from_millis(204)),
         }
     }
 
@@ -487,6 +500,31 @@ mod tests {
                 }),
             ),
         ];
+        let decision_kinds = [
+            DecisionKind::Lost,
+            DecisionKind::Corrupted { byte: 13, bit: 2 },
+            DecisionKind::Duplicated,
+            DecisionKind::Delayed { by: Duration::from_micros(102_117) },
+            DecisionKind::Reordered { gap: 3 },
+            DecisionKind::QueueFull,
+            DecisionKind::Injected { segment: InjectedSegment::Rst, seq: InjectedSeq::InWindow },
+            DecisionKind::Injected { segment: InjectedSegment::Data { bytes: 10 }, seq: InjectedSeq::OutOfWindow },
+        ];
+        let decisions: Vec<Decision> = decision_kinds
+            .into_iter()
+            .enumerate()
+            .map(|(n, kind)| Decision { fault: "lossy".into(), n: n as u64 + 1, kind })
+            .collect();
+        for (i, decision) in decisions.iter().enumerate() {
+            let mut marked = packet(None);
+            marked.impairments = vec![format!("{} #{}: {}", decision.fault, decision.n, decision.kind)];
+            // A forged segment's packet may not be in the captures.
+            let packet = (i % 2 == 0).then_some(marked);
+            let impairment = ImpairmentEvent { toward: HostId::Server, decision: decision.clone(), packet };
+            events.push(at(0.7, HostId::Server, EventKind::Impairment(impairment)));
+        }
+        let counters = BTreeMap::from([("TcpExtTCPDSACKRecv".to_string(), 4), ("TcpRetransSegs".to_string(), 17)]);
+        events.push(at(9.0, HostId::Client, EventKind::Counters { counters }));
         for (step, outcome) in outcomes.iter().enumerate() {
             // Left out of the event when empty.
             let unmatched = if step % 2 == 0 { vec!["^HTTP/1.1 200".to_string()] } else { Vec::new() };
@@ -562,7 +600,10 @@ mod tests {
             interfaces: captured.iter().map(InterfaceReport::from).collect(),
             capture: &[stats, stats, stats, stats],
             observer: [HostId::Client, HostId::Router, HostId::Server].map(observer).into(),
-            fault_hits: BTreeMap::from([("blackhole", 3)]),
+            fault_hits: BTreeMap::from([("blackhole", 3), ("lossy", 8)]),
+            seed: 42,
+            decisions: &decisions,
+            wire: Some([WireStats { frames_in: 10, frames_out: 9, dropped: 1, ..WireStats::default() }; 2]),
             harness_errors: &errors,
             not_applicable: &left_out,
             events: &events,
@@ -575,6 +616,7 @@ mod tests {
         let mut never_started = value.clone();
         never_started["t0"] = serde_json::Value::Null;
         never_started["source"] = serde_json::Value::Null;
+        never_started["wire"] = serde_json::Value::Null;
         assert!(validator.is_valid(&never_started));
         assert_eq!(value["interfaces"][1]["mac"], "02:00:00:00:00:01");
         assert_eq!(value["interfaces"][2]["address"], "10.0.1.3");
@@ -593,7 +635,7 @@ mod tests {
 
         // The schema says no to what a reader could not rely on.
         type Damage = fn(&mut serde_json::Value);
-        let broken_runs: [(&str, Damage); 10] = [
+        let broken_runs: [(&str, Damage); 13] = [
             ("no interfaces", |v| drop(v.as_object_mut().unwrap().remove("interfaces"))),
             ("an interface without its link", |v| drop(v["interfaces"][0].as_object_mut().unwrap().remove("link"))),
             ("a MAC address not as ip link prints it", |v| v["interfaces"][0]["mac"] = "02-00-00-00-00-01".into()),
@@ -604,6 +646,9 @@ mod tests {
             ("a run that says it was not applicable", |v| v["status"] = "not-applicable".into()),
             ("an event of no known kind", |v| v["events"][0]["event"] = "teleport".into()),
             ("a negative packet count", |v| v["capture"][0]["packets"] = (-1).into()),
+            ("no seed", |v| drop(v.as_object_mut().unwrap().remove("seed"))),
+            ("a decision of no known kind", |v| v["decisions"][0]["decision"] = "teleported".into()),
+            ("a delay that is not a number", |v| v["decisions"][3]["by"] = "102ms".into()),
         ];
         let broken_not_applicable: [(&str, Damage); 5] = [
             ("no format_version", |v| drop(v.as_object_mut().unwrap().remove("format_version"))),

@@ -132,7 +132,8 @@ impl Wire {
         Ok(wire)
     }
 
-    /// The packet comments: the fault that took a packet, and packets seen at one end only.
+    /// The packet comments: the fault that took a packet, what the wire's impairments did to it, and packets seen
+    /// at one end only.
     fn comment(&mut self, faults: &[FaultNote]) {
         for packet in self.packets.clone() {
             let copies = [packet.sent, packet.received];
@@ -156,6 +157,8 @@ impl Wire {
                     }
                     self.frames[i].comments.push(text);
                 }
+                let impaired: Vec<String> = self.frames[i].event.iter().flat_map(|e| e.impairments.clone()).collect();
+                self.frames[i].comments.extend(impaired.into_iter().map(|label| format!("wire impairment {label}")));
                 if other.is_none() {
                     let peer = peer_end(&self.links, self.frames[i].end).map(|end| self.ends[end].host);
                     self.frames[i].comments.push(match peer {
@@ -355,6 +358,7 @@ mod tests {
             len: 0,
             options: String::new(),
             fault: fault.map(String::from),
+            impairments: Vec::new(),
         };
         Frame {
             end,
@@ -412,6 +416,25 @@ mod tests {
         assert_eq!(comments[2], ["seen at client only: not in server's capture"]);
         assert_eq!(comments[3], ["seen at server only: not in client's capture"]);
         assert_eq!(wire.packets.len(), 3);
+    }
+
+    #[test]
+    fn what_the_wire_did_to_a_packet_is_commented_on_each_copy() {
+        let mark = |mut frame: Frame, label: &str| {
+            if let Some(event) = frame.event.as_mut() {
+                event.impairments.push(label.to_string());
+            }
+            frame
+        };
+        let wire = wire(vec![
+            mark(frame(0, 1, b"slow", true, None), "slow #3: delayed 102.117ms"),
+            mark(frame(1, 2, b"slow", false, None), "slow #3: delayed 102.117ms"),
+            mark(frame(0, 3, b"gone", true, None), "lossy #9: lost"),
+        ]);
+        let comments: Vec<&[String]> = wire.frames.iter().map(|f| f.comments.as_slice()).collect();
+        assert_eq!(comments[0], ["wire impairment slow #3: delayed 102.117ms"]);
+        assert_eq!(comments[1], ["wire impairment slow #3: delayed 102.117ms"]);
+        assert_eq!(comments[2], ["wire impairment lossy #9: lost", "seen at client only: not in server's capture"]);
     }
 
     #[test]

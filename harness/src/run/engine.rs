@@ -11,18 +11,19 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::observe::capture::{Capture, CaptureBuffer};
 use crate::observe::sockets::{DiagSocket, Observer};
-use crate::record::{CaptureStats, CapturedInterface, ObserverStats, RunRecord};
+use crate::record::{CaptureStats, CapturedInterface, ObserverStats, RunRecord, WireStats};
 use crate::run::actors::{self, ActorContext, ProcessRegistry, StepBoard};
 use crate::run::clock::{Clock, EventSink};
 use crate::run::confine::Confinement;
-use crate::run::faults::HostFaults;
+use crate::run::faults::{Backend, HostFaults};
 use crate::run::firewall::{self, Nat};
+use crate::run::impair::{Wire, WireFault};
 use crate::run::netns::Netns;
 use crate::run::priority;
 use crate::run::supervise::SETUP_LIMIT;
 use crate::run::topology::{self, HostWire};
 use crate::scenario::plan::{Action, Direction, FaultPlan, HostId, HostPlan, Plan, Protocol, StepEdge, Trigger};
-use crate::timeline::{Event, EventKind, IpProtocol, PacketDirection, Timeline};
+use crate::timeline::{Decision, DecisionKind, Event, EventKind, IpProtocol, PacketDirection, PacketEvent, Timeline};
 
 /// How often the hub wakes to look at time triggers and the programs when nothing happens.
 const IDLE_TICK: Duration = Duration::from_millis(5);
@@ -34,9 +35,10 @@ const PROGRAM_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// have run yet when the recording is collected.
 const PROGRAM_END_LIMIT: Duration = Duration::from_secs(1);
 
-/// Runs `plan`, writing the pcaps into `report_dir`. Returns harness errors only; the verdict comes later.
-/// `on_start` is called once the programs have been told to start (t0), after the set-up.
-pub fn run(plan: &Plan, report_dir: &Path, on_start: impl FnOnce()) -> Result<RunRecord> {
+/// Runs `plan`, writing the pcaps into `report_dir`; the impairments' random decisions come from `seed`. Returns
+/// harness errors only; the verdict comes later. `on_start` is called once the programs have been told to
+/// start (t0), after the set-up.
+pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -> Result<RunRecord> {
     let setup_started = Instant::now();
     let clock = Clock::unstarted();
     let (sink, events) = EventSink::new(clock.clone());
@@ -64,8 +66,19 @@ pub fn run(plan: &Plan, report_dir: &Path, on_start: impl FnOnce()) -> Result<Ru
         HostId::Server => server.take(),
         HostId::Router => None,
     });
-    let (rig, threads) = start_hosts(plan, report_dir, &sink, programs.collect())?;
+    // A link with impairments goes through the wire's namespace, whose ends the hosts' threads create with
+    // their own.
+    let wire_namespace = plan.links.iter().any(|link| link.wire).then(topology::wire_namespace).transpose()?;
+    let (rig, threads) = start_hosts(plan, report_dir, &sink, programs.collect(), wire_namespace.as_ref())?;
     let Rig { namespaces, interfaces, mut faults, captures, observers, listen_watchers } = rig;
+    // Every impairment starts off; its decisions come from `seed`.
+    let wire = match &wire_namespace {
+        Some(namespace) => {
+            let facing = topology::wire_ends(namespace)?;
+            Some(Wire::start(namespace, facing, wire_faults(plan), seed, Some(sink.clone()))?)
+        }
+        None => None,
+    };
     let setup = setup_started.elapsed();
     // Each host's thread until it ends and is joined: the program's, or the router's, which ends after its
     // set-up.
@@ -76,7 +89,7 @@ pub fn run(plan: &Plan, report_dir: &Path, on_start: impl FnOnce()) -> Result<Ru
     // taken (their events read 0 s): an nftables commit can take tens of ms on a busy machine.
     let mut schedule = FaultSchedule::new(&plan.faults);
     let mut fault_events = Vec::new();
-    apply_due(&mut schedule, &mut faults, &clock, &mut fault_events)?;
+    apply_due(&mut schedule, &mut faults, wire.as_ref(), &clock, &mut fault_events)?;
     // Each host's sysctls in force, for the report: read while the scenario runs, by a thread per host at the
     // ordinary priority (so never ahead of the scenario's own threads), and joined after it. Reading them
     // after the programs ended put 1.2 ms of opening /proc/sys files into every run's teardown. The values
@@ -136,7 +149,7 @@ pub fn run(plan: &Plan, report_dir: &Path, on_start: impl FnOnce()) -> Result<Ru
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
-        apply_due(&mut schedule, &mut faults, &clock, &mut fault_events)?;
+        apply_due(&mut schedule, &mut faults, wire.as_ref(), &clock, &mut fault_events)?;
     }
     let duration = clock.now();
     // The recording ends with the run: every observer and capture is told at once, while this thread still
@@ -146,6 +159,16 @@ pub fn run(plan: &Plan, report_dir: &Path, on_start: impl FnOnce()) -> Result<Ru
     observers.iter().for_each(Observer::request_stop);
     captures.iter().for_each(Capture::request_stop);
     let _ = priority::lower_current_thread();
+    // Read once the programs are done, before anything is torn down: what the run made each host's kernel
+    // count (`nstat`).
+    for (host, namespace) in plan.hosts.iter().zip(&namespaces) {
+        match namespace.run(crate::observe::counters::read_counters) {
+            Ok(counters) => {
+                collected.push(Event { t: duration, host: host.id, kind: EventKind::Counters { counters } })
+            }
+            Err(e) => harness_errors.push(e.to_string()),
+        }
+    }
     let mut sysctls = Vec::with_capacity(plan.hosts.len());
     for (host, reader) in plan.hosts.iter().zip(readers) {
         let values = reader.and_then(|thread| {
@@ -160,6 +183,18 @@ pub fn run(plan: &Plan, report_dir: &Path, on_start: impl FnOnce()) -> Result<Ru
     let teardown_started = Instant::now();
     board.close();
     processes.kill_all();
+    let (wire_stats, wire_hits) = match wire.map(Wire::stop) {
+        Some(Ok(stopped)) => {
+            harness_errors.extend(stopped.errors);
+            harness_errors.extend(wire_losses(&stopped.stats));
+            (Some(stopped.stats), stopped.selected)
+        }
+        Some(Err(e)) => {
+            harness_errors.push(e.to_string());
+            (None, Vec::new())
+        }
+        None => (None, Vec::new()),
+    };
     if deadline_hit {
         collected.push(Event { t: duration, host: HostId::Client, kind: EventKind::Deadline { step: None } });
     }
@@ -184,6 +219,7 @@ pub fn run(plan: &Plan, report_dir: &Path, on_start: impl FnOnce()) -> Result<Ru
             Err(e) => harness_errors.push(e.to_string()),
         }
     }
+    fault_hits.extend(wire_hits);
     fault_hits.sort();
     wait_for_programs(&programs, PROGRAM_END_LIMIT);
     harness_errors.extend(join_finished(&mut programs));
@@ -195,8 +231,11 @@ pub fn run(plan: &Plan, report_dir: &Path, on_start: impl FnOnce()) -> Result<Ru
         mark_running_steps(&mut timeline, plan);
     }
     annotate_faults(&mut timeline, plan);
+    annotate_impairments(&mut timeline);
+    let decisions = decisions(&timeline);
     faults.into_iter().for_each(HostFaults::close);
     drop(namespaces);
+    drop(wire_namespace);
     let teardown = teardown_started.elapsed();
     Ok(RunRecord {
         timeline,
@@ -210,6 +249,9 @@ pub fn run(plan: &Plan, report_dir: &Path, on_start: impl FnOnce()) -> Result<Ru
         capture: capture_stats,
         observer: plan.hosts.iter().map(|host| host.id).zip(observer_stats).collect(),
         fault_hits,
+        seed,
+        wire: wire_stats,
+        decisions,
         harness_errors,
     })
 }
@@ -287,7 +329,10 @@ pub struct Rig {
 /// their events to `sink`: [`start_hosts`] without programs (what `netfault bench setup` times).
 #[cfg(feature = "bench")]
 pub fn set_up(plan: &Plan, report_dir: &Path, sink: &EventSink) -> Result<Rig> {
-    let (rig, threads) = start_hosts(plan, report_dir, sink, plan.hosts.iter().map(|_| None).collect())?;
+    if plan.has_impairments() {
+        return Err(Error::Internal("the set-up benchmark times scenarios without impairments".into()));
+    }
+    let (rig, threads) = start_hosts(plan, report_dir, sink, plan.hosts.iter().map(|_| None).collect(), None)?;
     for thread in threads {
         thread.join().map_err(|_| Error::Internal("host set-up thread panicked".into()))??;
     }
@@ -322,25 +367,33 @@ struct HostRig {
 }
 
 /// How the two hosts of one link meet to create its veth pair: the link's second host hands the first its
-/// namespace, and the first tells the second once the pair exists.
+/// namespace, and the first tells the second once the pair exists. On a link through the impairment wire each
+/// host instead creates its own pair into the wire's namespace, which it is handed at once.
 enum WireMeeting {
     Creates { link: usize, far: mpsc::Receiver<Netns>, created: mpsc::Sender<()> },
     Joins { namespace: mpsc::Sender<Netns>, created: mpsc::Receiver<()> },
+    ToWire { link: usize, end: usize, wire: Netns },
 }
 
 /// Each host's meetings, in `plan.hosts` order: one per link it is an end of.
-fn wire_meetings(plan: &Plan) -> Vec<Vec<WireMeeting>> {
+fn wire_meetings(plan: &Plan, wire: Option<&Netns>) -> Result<Vec<Vec<WireMeeting>>> {
     let mut meetings: Vec<Vec<WireMeeting>> = plan.hosts.iter().map(|_| Vec::new()).collect();
-    for (link, wire) in plan.links.iter().enumerate() {
+    for (link, pair) in plan.links.iter().enumerate() {
+        let [near, far_end] = &pair.ends;
+        let (Some(near), Some(far_end)) = (plan.position(near.host), plan.position(far_end.host)) else { continue };
+        if pair.wire {
+            let wire = wire.ok_or_else(|| Error::Internal("a link through the wire, but no wire namespace".into()))?;
+            for (end, position) in [near, far_end].into_iter().enumerate() {
+                meetings[position].push(WireMeeting::ToWire { link, end, wire: wire.try_clone()? });
+            }
+            continue;
+        }
         let (namespace, far) = mpsc::channel();
         let (created, joined) = mpsc::channel();
-        let [near, far_end] = &wire.ends;
-        if let (Some(near), Some(far_end)) = (plan.position(near.host), plan.position(far_end.host)) {
-            meetings[near].push(WireMeeting::Creates { link, far, created });
-            meetings[far_end].push(WireMeeting::Joins { namespace, created: joined });
-        }
+        meetings[near].push(WireMeeting::Creates { link, far, created });
+        meetings[far_end].push(WireMeeting::Joins { namespace, created: joined });
     }
-    meetings
+    Ok(meetings)
 }
 
 /// Starts one thread per host, each of which creates its host's namespace (`unshare(CLONE_NEWNET)`, so the
@@ -357,11 +410,12 @@ fn start_hosts(
     report_dir: &Path,
     sink: &EventSink,
     programs: Vec<Option<Program>>,
+    wire: Option<&Netns>,
 ) -> Result<(Rig, Vec<JoinHandle<Result<()>>>)> {
     let shared = Arc::new(plan.clone());
     let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<HostRig>)>();
     let mut threads = Vec::with_capacity(plan.hosts.len());
-    for (position, (meetings, program)) in wire_meetings(plan).into_iter().zip(programs).enumerate() {
+    for (position, (meetings, program)) in wire_meetings(plan, wire)?.into_iter().zip(programs).enumerate() {
         let plan = Arc::clone(&shared);
         let host = plan.hosts[position].id;
         let report_dir = report_dir.to_path_buf();
@@ -500,11 +554,17 @@ fn set_up_host(
         }
     }
     for meeting in &meetings {
-        if let WireMeeting::Creates { link, far, created } = meeting {
-            let far = far.recv_timeout(SETUP_LIMIT).map_err(|_| peer_failed("the other namespace never came"))?;
-            wire.create_veth_pair(plan, &plan.links[*link], &far)?;
-            // The other host is gone only when its set-up failed, which it reports itself.
-            let _ = created.send(());
+        match meeting {
+            WireMeeting::Creates { link, far, created } => {
+                let far = far.recv_timeout(SETUP_LIMIT).map_err(|_| peer_failed("the other namespace never came"))?;
+                wire.create_veth_pair(plan, &plan.links[*link], &far)?;
+                // The other host is gone only when its set-up failed, which it reports itself.
+                let _ = created.send(());
+            }
+            WireMeeting::ToWire { link, end, wire: impairment_wire } => {
+                wire.create_veth_to_wire(plan, &plan.links[*link].ends[*end], impairment_wire)?;
+            }
+            WireMeeting::Joins { .. } => {}
         }
     }
     for meeting in &meetings {
@@ -608,6 +668,40 @@ fn capture_losses(interfaces: &[CapturedInterface], stats: &[CaptureStats]) -> V
         .collect()
 }
 
+/// The plan's impairments as the wire applies them.
+fn wire_faults(plan: &Plan) -> Vec<WireFault> {
+    plan.faults
+        .iter()
+        .filter_map(|fault| {
+            fault.action.impairment().map(|impairment| WireFault {
+                name: fault.name.clone(),
+                toward: fault.toward(),
+                matcher: fault.matcher.clone(),
+                impairment: *impairment,
+            })
+        })
+        .collect()
+}
+
+/// Frames the wire lost without being asked to (its socket's buffer overflowed, or the kernel refused a send):
+/// the scenario would be judged on a network that misbehaved more than it says.
+fn wire_losses(stats: &[WireStats; 2]) -> Vec<String> {
+    HostId::ALL
+        .into_iter()
+        .zip(stats)
+        .filter(|(_, stats)| stats.kernel_drops > 0 || stats.send_errors > 0)
+        .map(|(toward, stats)| {
+            format!(
+                "the wire toward {toward} lost {} frames it was not asked to lose ({} dropped by the kernel before \
+                 the wire took them, {} sends refused): the network misbehaved more than the scenario says",
+                stats.kernel_drops + stats.send_errors,
+                stats.kernel_drops,
+                stats.send_errors
+            )
+        })
+        .collect()
+}
+
 /// `Capture::stop` on every capture at once: each takes the frames its interface counted that are still on
 /// their way (a ring's last block comes within its 4 ms retire timeout), and those waits overlap.
 pub fn stop_captures(captures: Vec<Capture>) -> Result<Vec<CaptureStats>> {
@@ -617,18 +711,27 @@ pub fn stop_captures(captures: Vec<Capture>) -> Result<Vec<CaptureStats>> {
     stopped.into_iter().collect()
 }
 
-/// Switches the faults that are due now and records each switch on the timeline.
+/// Switches the faults that are due now, each where it is carried out (its host's backend, or the impairment
+/// wire on the link), and records each switch on the timeline.
 fn apply_due(
     schedule: &mut FaultSchedule<'_>,
     faults: &mut [HostFaults],
+    wire: Option<&Wire>,
     clock: &Clock,
     events: &mut Vec<Event>,
 ) -> Result<()> {
     for (fault, on) in schedule.due(clock.now()) {
-        let host_faults = faults.iter_mut().find(|host_faults| host_faults.host() == fault.host).ok_or_else(|| {
-            Error::Internal(format!("fault {} is at {}, which has no faults installed", fault.name, fault.host))
-        })?;
-        host_faults.switch(fault, on)?;
+        if Backend::of(fault) == Backend::Wire {
+            let wire =
+                wire.ok_or_else(|| Error::Internal(format!("impairment {} has no wire to run on", fault.name)))?;
+            wire.switch(&fault.name, on)?;
+        } else {
+            let host_faults =
+                faults.iter_mut().find(|host_faults| host_faults.host() == fault.host).ok_or_else(|| {
+                    Error::Internal(format!("fault {} is at {}, which has no faults installed", fault.name, fault.host))
+                })?;
+            host_faults.switch(fault, on)?;
+        }
         let kind = if on {
             EventKind::FaultOn { fault: fault.name.clone() }
         } else {
@@ -819,6 +922,63 @@ fn fires_on(trigger: &Trigger, event: &Event, counter: &mut u64) -> Option<Durat
         }
         _ => None,
     }
+}
+
+/// Marks the captured copies of each packet the wire decided about with the decision: the sender's copy (it
+/// left) and every copy the receiver's capture saw (none when lost, two when duplicated, the forged segment of
+/// an injection). A packet is known by its addresses, IP id, flags, sequence number and length, as both
+/// captures decode it; its sender's copy is the last one seen before the wire took it, the receiver's are
+/// those seen after.
+pub fn annotate_impairments(timeline: &mut Timeline) {
+    type Key = (std::net::Ipv4Addr, std::net::Ipv4Addr, u16, u8, u32, u32);
+    let key = |p: &PacketEvent| (p.src, p.dst, p.ip_id, p.flags, p.seq, p.len);
+    let mut marks: Vec<(usize, String)> = Vec::new();
+    for event in &timeline.events {
+        let EventKind::Impairment(impairment) = &event.kind else { continue };
+        let Some(packet) = &impairment.packet else { continue };
+        let wanted: Key = key(packet);
+        let label = format!("{} #{}: {}", impairment.decision.fault, impairment.decision.n, impairment.decision.kind);
+        let sender = impairment.toward.peer();
+        let is_copy = |e: &Event, host: HostId, direction: PacketDirection| {
+            e.host == host && matches!(&e.kind, EventKind::Packet(p) if p.direction == direction && key(p) == wanted)
+        };
+        // The sender's capture stamps a frame a few microseconds before the wire does; a little slack covers
+        // frames stamped in the other order.
+        let slack = Duration::from_millis(1);
+        let sent =
+            timeline.events.iter().rposition(|e| e.t <= event.t + slack && is_copy(e, sender, PacketDirection::Out));
+        if !matches!(impairment.decision.kind, DecisionKind::Injected { .. }) {
+            marks.extend(sent.map(|position| (position, label.clone())));
+        }
+        let start = timeline.events.partition_point(|e| e.t + slack < event.t);
+        let arrivals = (start..timeline.events.len())
+            .filter(|&position| is_copy(&timeline.events[position], impairment.toward, PacketDirection::In));
+        let copies = match impairment.decision.kind {
+            DecisionKind::Lost | DecisionKind::QueueFull => 0,
+            DecisionKind::Duplicated => 2,
+            _ => 1,
+        };
+        marks.extend(arrivals.take(copies).map(|position| (position, label.clone())));
+    }
+    for (position, label) in marks {
+        if let EventKind::Packet(packet) = &mut timeline.events[position].kind {
+            packet.impairments.push(label);
+        }
+    }
+}
+
+/// The impairments' decisions of a timeline, sorted by fault and packet number.
+fn decisions(timeline: &Timeline) -> Vec<Decision> {
+    let mut decisions: Vec<Decision> = timeline
+        .events
+        .iter()
+        .filter_map(|event| match &event.kind {
+            EventKind::Impairment(impairment) => Some(impairment.decision.clone()),
+            _ => None,
+        })
+        .collect();
+    decisions.sort_by(|a, b| (&a.fault, a.n).cmp(&(&b.fault, b.n)));
+    decisions
 }
 
 #[cfg(test)]

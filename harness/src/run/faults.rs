@@ -1,9 +1,10 @@
 //! The seam between the engine and what carries faults out inside a host's namespace. A backend installs the
 //! host's faults switched off, switches each on and off when its trigger fires, says how many packets each
 //! took, and is closed at the end of the run. nftables ([`Firewall`]: drop and reject rules) and the conntrack
-//! table ([`ConntrackTable`]: a router's flush) are today's backends; a queueing-discipline backend (loss,
-//! delay, rate) plugs in beside them by adding a [`Backend`] and saying in [`Backend::of`] which actions it
-//! carries out.
+//! table ([`ConntrackTable`]: a router's flush) are the backends of the faults a host carries out itself; the
+//! impairments (loss, delay, reordering, duplication, corruption, rate, forged segments) are carried out by the
+//! wire on the link ([`Backend::Wire`], `run::impair`), which is no host's and which the engine runs beside the
+//! hosts' backends.
 
 use crate::error::{Error, Result};
 use crate::run::firewall::{ConntrackTable, Firewall, Nat};
@@ -17,6 +18,8 @@ pub enum Backend {
     Nftables,
     /// The host's conntrack table, flushed when the fault switches on (`conntrack -F`).
     Conntrack,
+    /// The impairment wire in the namespace between the hosts.
+    Wire,
 }
 
 impl Backend {
@@ -30,6 +33,7 @@ impl Backend {
             | FaultAction::RejectIcmpNetUnreachable
             | FaultAction::RejectIcmpAdminProhibited => Backend::Nftables,
             FaultAction::FlushConntrack => Backend::Conntrack,
+            FaultAction::Impair(_) => Backend::Wire,
         }
     }
 }

@@ -10,6 +10,7 @@ pub(crate) mod confine;
 pub(crate) mod engine;
 pub(crate) mod faults;
 pub(crate) mod firewall;
+pub(crate) mod impair;
 pub mod netns;
 mod pidns;
 pub(crate) mod priority;

@@ -23,6 +23,16 @@ pub fn raise_current_thread() -> io::Result<bool> {
     set_current_thread(libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, PRIORITY)
 }
 
+/// The real-time priority of the impairment wire's threads: one above the harness's own threads, because the
+/// wire is the network the scenario runs on, and a frame it releases late is a delay nobody asked for (the
+/// captures and observers stamp with kernel times and keep their frames in kernel buffers meanwhile).
+const WIRE_PRIORITY: libc::c_int = PRIORITY + 1;
+
+/// [`raise_current_thread`] for a wire thread: `chrt --fifo --reset-on-fork -p 2 <tid>`.
+pub fn raise_wire_thread() -> io::Result<bool> {
+    set_current_thread(libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, WIRE_PRIORITY)
+}
+
 /// Gives the calling thread the ordinary policy back (`chrt --other -p 0 <tid>`), before work that may take
 /// long (teardown, decoding) and must not hold a CPU against everything else.
 pub fn lower_current_thread() -> io::Result<()> {

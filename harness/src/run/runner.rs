@@ -56,6 +56,8 @@ pub struct Job {
     /// Which repetition of the scenario this is (`netfault run --repeat`): its report goes to
     /// `reports/<scenario>/run-<n>/`.
     pub run: Option<usize>,
+    /// Where the impairments' random decisions come from (`netfault run --seed`).
+    pub seed: u64,
 }
 
 impl Job {
@@ -66,6 +68,7 @@ impl Job {
         if let Some(run) = self.run {
             args.extend(["--run".into(), run.to_string().into()]);
         }
+        args.extend(["--seed".into(), self.seed.to_string().into()]);
         args.push(self.file.clone().into());
         args
     }
@@ -81,7 +84,7 @@ impl Job {
 }
 
 /// What follows [`CHILD_COMMAND`] on a scenario process's command line, as [`Job::child_args`] writes it:
-/// `--root ROOT --reports DIR [--run N] FILE`. Parsed by `netfault __run-one` and by a test binary's
+/// `--root ROOT --reports DIR [--run N] --seed N FILE`. Parsed by `netfault __run-one` and by a test binary's
 /// [`crate::testing::Suite`] alike.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ChildArgs {
@@ -92,12 +95,15 @@ pub struct ChildArgs {
     /// Which repetition of `run --repeat` this is.
     #[arg(long)]
     run: Option<usize>,
+    /// The seed of the impairments' random decisions.
+    #[arg(long, default_value = "0", value_parser = parse_seed)]
+    seed: u64,
     file: PathBuf,
 }
 
 impl From<ChildArgs> for Job {
     fn from(args: ChildArgs) -> Job {
-        Job { file: args.file, root: args.root, reports: args.reports, run: args.run }
+        Job { file: args.file, root: args.root, reports: args.reports, run: args.run, seed: args.seed }
     }
 }
 
@@ -436,7 +442,7 @@ fn reaped_within(child: &mut Child, limit: Duration) -> bool {
 /// The hidden child command: runs one scenario in this process and prints its summary as the last stdout line.
 /// Exit code: 0 pass, 1 verdict failure, 2 harness error.
 pub fn child_main(job: &Job, variables: &Variables) -> ExitCode {
-    let summary = match run_here(&job.root, &job.reports, &job.file, job.run, variables) {
+    let summary = match run_here(job, variables) {
         Ok(summary) => summary,
         Err(e) => Summary::harness_error(display_name(&job.root, &job.file), &job.reports, e.to_string()),
     };
@@ -471,26 +477,26 @@ fn close_standard_streams() {
     }
 }
 
-fn run_here(root: &Path, reports: &Path, file: &Path, run: Option<usize>, variables: &Variables) -> Result<Summary> {
+fn run_here(job: &Job, variables: &Variables) -> Result<Summary> {
     // Entering a user namespace needs a single-threaded process: do it before anything spawns a thread.
     userns::acquire()?;
     // From here on this process is pid 1 of its own PID namespace: what its programs start dies with it.
     pidns::become_init()?;
     netns::ensure_private_parent()?;
     capture::keep_kernel_timestamps_on()?;
-    let plan = scenario::load(root, file, variables)?;
+    let plan = scenario::load(&job.root, &job.file, variables)?;
     let mut kernel = requirements::Kernel::running();
     let unmet = requirements::scenario_unmet(&plan, &mut kernel);
     let plan = requirements::specialize(plan, &mut kernel);
-    let mut dir = report::report_dir(reports, &plan.name)?;
-    if let Some(run) = run {
+    let mut dir = report::report_dir(&job.reports, &plan.name)?;
+    if let Some(run) = job.run {
         dir.push(run_folder(run));
     }
     // Written aside, then moved over the old report: a killed run leaves the old one whole.
     let staging = report::files::stage(&dir)?;
     let reported = match unmet {
         Some(reason) => report::write_not_applicable(&plan, reason, &staging),
-        None => engine::run(&plan, &staging, || {
+        None => engine::run(&plan, &staging, job.seed, || {
             // The runner counts the scenario's deadline from here, set-up done; a lost line only leaves it
             // counting from the process's start.
             println!("{STARTED_LINE}");
@@ -506,6 +512,23 @@ fn run_here(root: &Path, reports: &Path, file: &Path, run: Option<usize>, variab
     let summary = reported?;
     published?;
     Ok(Summary { report: dir, ..summary })
+}
+
+/// The environment variable that gives the cargo-test driver its seed (`netfault run --seed` for the others).
+pub const SEED_ENV: &str = "NETFAULT_SEED";
+
+/// A seed as given on the command line or in [`SEED_ENV`]: a whole number 0 .. 2^64 - 1.
+pub fn parse_seed(text: &str) -> std::result::Result<u64, String> {
+    text.trim().parse::<u64>().map_err(|_| format!("seed {text:?}: need a whole number 0..18446744073709551615"))
+}
+
+/// A seed for a run that was given none: from the clock and the process, printed so the run can be repeated.
+/// Kept below 2^53 so that it survives JSON readers that hold numbers as doubles.
+pub fn fresh_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos() as u64);
+    super::impair::rng::Stream::new(nanos, &std::process::id().to_string()).bits(0, 0) >> 11
 }
 
 /// The scenario's name for humans and test filters: its path relative to the root.
@@ -534,7 +557,8 @@ pub fn load_all(paths: &[PathBuf], variables: &Variables) -> Result<Vec<(Job, Pl
             match scenario::load(&root, &file, variables) {
                 // Refused here too, not only by the child: `check` must say so, and `run` must run nothing.
                 Ok(plan) => match report::report_dir(Path::new("reports"), &plan.name) {
-                    Ok(_) => plans.push((Job { file, root: root.clone(), reports: PathBuf::new(), run: None }, plan)),
+                    Ok(_) => plans
+                        .push((Job { file, root: root.clone(), reports: PathBuf::new(), run: None, seed: 0 }, plan)),
                     Err(e) => errors.push(format!("{}: {e}", file.display())),
                 },
                 Err(e) => errors.push(e.to_string()),
@@ -713,6 +737,22 @@ pub fn test_main(root: &Path, reports: &Path, exe: &Path, variables: &Variables,
         eprintln!("netfault: {e}");
         return ExitCode::from(2);
     }
+    let seed = match std::env::var(SEED_ENV) {
+        Ok(text) => match parse_seed(&text) {
+            Ok(seed) => seed,
+            Err(e) => {
+                eprintln!("netfault: {SEED_ENV}: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        Err(_) => fresh_seed(),
+    };
+    // A listing runs nothing: no seed to repeat.
+    let impaired =
+        plans.iter().any(|(_, _, candidate)| matches!(candidate, Candidate::Loaded(plan) if plan.has_impairments()));
+    if impaired && !args.list {
+        eprintln!("netfault: impairments seeded with {seed} ({SEED_ENV}={seed} repeats their decisions)");
+    }
     let mut kernel = requirements::Kernel::running();
     let trials: Vec<Trial> = plans
         .into_iter()
@@ -723,7 +763,7 @@ pub fn test_main(root: &Path, reports: &Path, exe: &Path, variables: &Variables,
                 if let Some(reason) = &unmet {
                     eprintln!("netfault: {name}: {reason} (ignored)");
                 }
-                let job = Job { file, root: root.to_path_buf(), reports: reports.to_path_buf(), run: None };
+                let job = Job { file, root: root.to_path_buf(), reports: reports.to_path_buf(), run: None, seed };
                 let exe = exe.to_path_buf();
                 let deadline = plan.deadline;
                 Trial::test(name, move || trial_result(run_in_child(&exe, &job, deadline, &supervisor)))
@@ -832,11 +872,18 @@ mod tests {
             root: "scenarios".into(),
             reports: "/tmp/r".into(),
             run: Some(3),
+            seed: 18_446_744_073_709_551_615,
         };
         let back = parse_child_args(job.child_args()).unwrap();
-        assert_eq!((back.file, back.root, back.reports, back.run), (job.file, job.root, job.reports, job.run));
+        assert_eq!(
+            (back.file, back.root, back.reports, back.run, back.seed),
+            (job.file, job.root, job.reports, job.run, job.seed)
+        );
         let plain = parse_child_args(["x.yaml".into()]).unwrap();
-        assert_eq!((plain.root, plain.reports, plain.run), (PathBuf::from("."), PathBuf::from("reports"), None));
+        assert_eq!(
+            (plain.root, plain.reports, plain.run, plain.seed),
+            (PathBuf::from("."), PathBuf::from("reports"), None, 0)
+        );
         let problem = |args: &[&str]| parse_child_args(args.iter().map(OsString::from)).unwrap_err().kind();
         assert_eq!(problem(&["a.yaml", "b.yaml"]), clap::error::ErrorKind::UnknownArgument);
         assert_eq!(problem(&["--run", "x", "a.yaml"]), clap::error::ErrorKind::ValueValidation);
@@ -850,8 +897,13 @@ mod tests {
         assert_eq!(scenario_root(Path::new("some/where/x.yaml")), PathBuf::from("some/where"));
         assert_eq!(scenario_root(Path::new("a/scenarios/b/x.yaml")), PathBuf::from("a/scenarios"));
         // The root survives the child command line (clap refuses an empty --root).
-        let job =
-            Job { file: "x.yaml".into(), root: scenario_root(Path::new("x.yaml")), reports: "r".into(), run: None };
+        let job = Job {
+            file: "x.yaml".into(),
+            root: scenario_root(Path::new("x.yaml")),
+            reports: "r".into(),
+            run: None,
+            seed: 0,
+        };
         assert_eq!(parse_child_args(job.child_args()).unwrap().root, PathBuf::from("."));
     }
 

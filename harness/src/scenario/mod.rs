@@ -5,6 +5,7 @@
 //! Every error names the file, line and column, what is wrong and what is allowed.
 
 pub mod duration;
+pub mod impairment;
 pub mod locate;
 pub mod names;
 pub mod plan;

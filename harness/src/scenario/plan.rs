@@ -194,10 +194,14 @@ pub struct LinkPlan {
     pub ipv6: bool,
 }
 
-/// One veth pair between two hosts (`ip link add <a> type veth peer name <b> netns <other>`).
+/// One veth pair between two hosts (`ip link add <a> type veth peer name <b> netns <other>`), or, through the
+/// impairment wire, two: each end paired with the wire's end facing its host.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Link {
     pub ends: [LinkEnd; 2],
+    /// Frames between the ends pass through the impairment wire (`run::impair`): a namespace of its own in which
+    /// each end's peer (`to-<host>`) lives. Set for the link of a scenario with impairments.
+    pub wire: bool,
 }
 
 /// One host's end of a link: its interface and address (`ip addr add <address>/<prefix_len> dev <ifname>`).

@@ -354,7 +354,7 @@ pub struct FaultWire {
     pub direction: Option<Scalar>,
     #[serde(rename = "match")]
     pub matcher: Option<MatchWire>,
-    pub action: Option<ScalarOr<RejectWire>>,
+    pub action: Option<ScalarOr<ActionWire>>,
     pub from: Option<ScalarOr<TriggerWire>>,
     pub until: Option<ScalarOr<TriggerWire>>,
 }
@@ -378,11 +378,65 @@ pub struct FlagMaskWire {
     pub value: Option<Scalar>,
 }
 
-/// `action: { reject: tcp-reset }`.
+/// The map form of `action:`: `{ reject: tcp-reset }`, or one impairment of the wire between the hosts.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RejectWire {
+pub struct ActionWire {
     pub reject: Option<Scalar>,
+    pub loss: Option<ScalarOr<LossWire>>,
+    pub delay: Option<ScalarOr<DelayWire>>,
+    pub reorder: Option<ScalarOr<ReorderWire>>,
+    pub duplicate: Option<Scalar>,
+    pub corrupt: Option<Scalar>,
+    pub rate: Option<ScalarOr<RateWire>>,
+    pub inject: Option<ScalarOr<InjectWire>>,
+}
+
+/// `loss: { probability: 1% }` or Gilbert-Elliott `loss: { p: 1%, r: 30%, bad: 100%, good: 0% }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LossWire {
+    pub probability: Option<Scalar>,
+    pub p: Option<Scalar>,
+    pub r: Option<Scalar>,
+    pub bad: Option<Scalar>,
+    pub good: Option<Scalar>,
+}
+
+/// `delay: { time: 100ms, jitter: 20ms, distribution: normal, reorder: false }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DelayWire {
+    pub time: Option<Scalar>,
+    pub jitter: Option<Scalar>,
+    pub distribution: Option<Scalar>,
+    pub reorder: Option<Scalar>,
+}
+
+/// `reorder: { probability: 5%, gap: 3, max: 100ms }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReorderWire {
+    pub probability: Option<Scalar>,
+    pub gap: Option<Scalar>,
+    pub max: Option<Scalar>,
+}
+
+/// `rate: { bandwidth: 10mbit, queue: 64KiB }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateWire {
+    pub bandwidth: Option<Scalar>,
+    pub queue: Option<Scalar>,
+}
+
+/// `inject: { segment: rst, seq: in-window }` or `{ segment: data, bytes: 100, seq: exact }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InjectWire {
+    pub segment: Option<Scalar>,
+    pub seq: Option<Scalar>,
+    pub bytes: Option<Scalar>,
 }
 
 /// The map form of `from:` / `until:`.
@@ -567,6 +621,44 @@ pub struct RunExpectWire {
     pub timers: Option<Vec<TimerExpectWire>>,
     pub queues: Option<Vec<QueueExpectWire>>,
     pub errors: Option<Vec<ErrorExpectWire>>,
+    pub counters: Option<Vec<CounterExpectWire>>,
+    pub tcp_info: Option<Vec<TcpInfoExpectWire>>,
+}
+
+/// One item of `expect: { counters: [...] }`: `{ host: client, counter: TcpExtTCPSackRecovery, min: 1 }`, or
+/// several counters summed: `counter: [TcpExtTCPPartialUndo, TcpExtTCPDSACKUndo]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CounterExpectWire {
+    pub host: Option<Scalar>,
+    pub counter: Option<ScalarList>,
+    pub min: Option<ScalarOr<CounterBoundWire>>,
+    pub max: Option<ScalarOr<CounterBoundWire>>,
+}
+
+/// A counter's bound counted by the wire: `{ decisions: bitrot }`, how many decisions the impairment made.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CounterBoundWire {
+    pub decisions: Option<Scalar>,
+}
+
+/// One item of `expect: { tcp_info: [...] }`: `{ host: client, port: 9000, rtt: { min: 90ms, max: 150ms } }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpInfoExpectWire {
+    pub host: Option<Scalar>,
+    pub port: Option<Scalar>,
+    pub rtt: Option<RangeWire>,
+    pub rto: Option<RangeWire>,
+}
+
+/// `{ min: 90ms, max: 150ms }`: either bound may be left out.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RangeWire {
+    pub min: Option<Scalar>,
+    pub max: Option<Scalar>,
 }
 
 /// One item of `expect: { packets: [...] }`.
@@ -659,6 +751,7 @@ pub struct QueueExpectWire {
     pub queue: Option<Scalar>,
     pub sequence: Option<Vec<ScalarOr<QueueStepWire>>>,
     pub max: Option<Scalar>,
+    pub reaches: Option<Scalar>,
     pub tolerance: Option<ScalarOr<ToleranceWire>>,
     pub since: Option<ScalarOr<SinceWire>>,
     pub requires: Option<RequiresWire>,
@@ -687,7 +780,12 @@ pub const MAP_DESCRIPTIONS: &[(&str, &str)] = &[
     ("FaultWire", "a map like { name: blackhole, at: server, action: drop }"),
     ("MatchWire", "a map like { protocol: tcp, dport: 9000, flags: \"S\" }"),
     ("FlagMaskWire", "a map like { mask: \"SAFR\", value: \"A\" }"),
-    ("RejectWire", "a map like { reject: tcp-reset }"),
+    ("ActionWire", "a map like { reject: tcp-reset }, { loss: 1% } or { delay: { time: 100ms, jitter: 20ms } }"),
+    ("LossWire", "a map like { probability: 1% } or { p: 1%, r: 30% }"),
+    ("DelayWire", "a map like { time: 100ms, jitter: 20ms, distribution: normal }"),
+    ("ReorderWire", "a map like { probability: 5%, gap: 3 }"),
+    ("RateWire", "a map like { bandwidth: 10mbit, queue: 64KiB }"),
+    ("InjectWire", "a map like { segment: rst, seq: in-window }"),
     ("TriggerWire", "a map like { after: client.connect, delay: 1s }"),
     ("PacketFilterWire", "a map like { from: client, flags: \".\", len: 0 }"),
     ("StepMapWire", "a map with one action, like { connect: { port: 9000 } }"),
@@ -702,7 +800,11 @@ pub const MAP_DESCRIPTIONS: &[(&str, &str)] = &[
     ("WaitWire", "a map like { for: client.connect, edge: started }"),
     ("ExecWire", "a map like { program: curl, args: [\"-s\", \"http://10.0.0.2:9000/\"] }"),
     ("StepExpectWire", "a map like { result: ETIMEDOUT, after: 14s }"),
-    ("RunExpectWire", "a map with keys packets, states, timers, queues"),
+    ("RunExpectWire", "a map with keys packets, states, timers, queues, counters, tcp_info"),
+    ("CounterExpectWire", "a map like { host: client, counter: TcpRetransSegs, min: 1 }"),
+    ("TcpInfoExpectWire", "a map like { host: client, port: 9000, rtt: { min: 90ms, max: 150ms } }"),
+    ("RangeWire", "a map like { min: 90ms, max: 150ms }"),
+    ("CounterBoundWire", "a number like 1, or a map like { decisions: bitrot }"),
     ("PacketExpectWire", "a map like { from: client, flags: \"R\", count: 1 }"),
     ("StateExpectWire", "a map like { host: server, sequence: [SYN-RECV, GONE] }"),
     ("StateStepWire", "a map like { state: GONE, at: 7s }"),

@@ -17,9 +17,11 @@ use crate::scenario::schema::*;
 use crate::scenario::size::parse_size;
 use crate::scenario::variables::{Scope, Variables};
 
+mod counters;
 mod expect;
 mod faults;
 mod hosts;
+mod impair;
 mod program;
 mod requires;
 
@@ -83,6 +85,7 @@ pub fn validate(
         step_index: [HashMap::new(), HashMap::new()],
         addresses: Vec::new(),
         has_router: false,
+        impairments: Vec::new(),
         traced: [false, false],
     };
     let root = NodePath::root();
@@ -160,10 +163,17 @@ pub fn validate(
         .map(|host| steps[host.index()].iter().any(|step| matches!(&step.action, Action::Exec(exec) if exec.trace)));
 
     let faults = v.faults(&root.key("faults"), wire.faults.as_deref().unwrap_or(&[]))?;
+    v.impairments =
+        faults.iter().filter(|fault| fault.action.impairment().is_some()).map(|fault| fault.name.clone()).collect();
     let expect = v.run_expectations(&root.key("expect"), wire.expect.as_ref())?;
     let mut requires = v.requirements(&root.key("requires"), wire.requires.as_ref())?;
     require_what_faults_need(&mut requires, &faults);
     let conditional = v.conditional_expectations(wire)?;
+
+    // The impairments run on the wire, which then sits on the link between client and server.
+    let mut links = layout.links;
+    let impaired = faults.iter().any(|fault| fault.action.impairment().is_some());
+    links.iter_mut().for_each(|link| link.wire = impaired);
 
     let [client_steps, server_steps] = steps;
     let mut steps = [client_steps, server_steps, Vec::new()];
@@ -191,7 +201,7 @@ pub fn validate(
         link,
         capture,
         hosts,
-        links: layout.links,
+        links,
         router: layout.router,
         faults,
         expect,
@@ -230,6 +240,9 @@ struct Validator<'a> {
     addresses: Vec<(HostId, Ipv4Addr)>,
     /// Whether the scenario declares a router, which faults and packet filters may then name.
     has_router: bool,
+    /// Names of the scenario's impairments, whose decisions a counter expectation may count; known once the
+    /// faults are read.
+    impairments: Vec<String>,
     /// Whether the host runs an exec step with `trace: true` (by `HostId::index()`): `errors` expect one.
     traced: [bool; 2],
 }

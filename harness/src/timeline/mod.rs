@@ -4,6 +4,7 @@
 //! what the verdict reads and what timeline.txt shows, one line per event. It is the run's read model: the
 //! questions asked of a run ([`query`]) live here, so the engine, the verdict and the report ask them alike.
 
+mod decision;
 pub mod query;
 
 use std::fmt;
@@ -12,6 +13,8 @@ use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::Serialize;
+
+pub use decision::{Decision, DecisionKind, ImpairmentEvent};
 
 use crate::scenario::plan::{HostId, Protocol, TcpState, TimerKind};
 
@@ -51,6 +54,12 @@ pub enum EventKind {
     },
     Packet(PacketEvent),
     Socket(SocketEvent),
+    /// What the wire's impairments did to a packet (or a segment they forged), when it reached the wire.
+    Impairment(ImpairmentEvent),
+    /// The host's kernel counters at the end of the run (`nstat`), those that are not zero.
+    Counters {
+        counters: std::collections::BTreeMap<String, u64>,
+    },
     /// A socket call of a traced exec program that failed, or an error it read with `getsockopt(SO_ERROR)`.
     Errno(ErrnoEvent),
     /// The run was cut at the deadline with this step still running.
@@ -128,6 +137,10 @@ pub struct PacketEvent {
     pub options: String,
     /// Name of the fault whose rule dropped or rejected this packet.
     pub fault: Option<String>,
+    /// What the wire's impairments did to this packet, one label per decision (`lossy #17: lost`), on the
+    /// sender's copy and on each copy the receiver got.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub impairments: Vec<String>,
 }
 
 /// The IPv4 protocol of a captured packet: one the scenario format names, or another by its number. Written
@@ -179,6 +192,14 @@ pub struct SocketEvent {
     pub retrans: u32,
     pub recv_q: u32,
     pub send_q: u32,
+    /// `ss -i` `rtt:` (the smoothed round-trip time) and `rto:`, for full sockets (`tcp_info`); sampled with the
+    /// changes above, not a change of their own. Seconds.
+    #[serde(serialize_with = "serialize_opt_secs")]
+    #[schemars(with = "Option<f64>")]
+    pub rtt: Option<Duration>,
+    #[serde(serialize_with = "serialize_opt_secs")]
+    #[schemars(with = "Option<f64>")]
+    pub rto: Option<Duration>,
 }
 
 /// A socket call of a program started by an `exec` step with `trace: true`, as `strace -f -yy` shows it: a
@@ -278,8 +299,17 @@ impl fmt::Display for Event {
                     PacketDirection::In => "in ",
                 };
                 write!(f, "{arrow}    {p}")?;
-                if let Some(fault) = &p.fault {
-                    write!(f, "  << {fault}")?;
+                let marks: Vec<&str> = p.fault.iter().chain(&p.impairments).map(String::as_str).collect();
+                if !marks.is_empty() {
+                    write!(f, "  << {}", marks.join("; "))?;
+                }
+                Ok(())
+            }
+            EventKind::Impairment(impairment) => {
+                let decision = &impairment.decision;
+                write!(f, "wire   {} #{}: {}", decision.fault, decision.n, decision.kind)?;
+                if let Some(packet) = &impairment.packet {
+                    write!(f, ": {packet}")?;
                 }
                 Ok(())
             }
@@ -288,6 +318,13 @@ impl fmt::Display for Event {
                 if let Some(timer) = s.timer {
                     let expires = s.expires.map(|e| format!("{}ms", e.as_millis())).unwrap_or_default();
                     write!(f, " timer:({timer},{expires},{})", s.retrans)?;
+                }
+                Ok(())
+            }
+            EventKind::Counters { counters } => {
+                f.write_str("nstat ")?;
+                for (name, value) in counters {
+                    write!(f, " {name} {value}")?;
                 }
                 Ok(())
             }

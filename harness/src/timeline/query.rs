@@ -151,6 +151,36 @@ pub fn queue_histories(timeline: &Timeline, expectation: &QueueExpectation) -> V
     histories
 }
 
+/// The host's kernel counters as read at the end of the run (`nstat`), and when.
+pub fn counters(timeline: &Timeline, host: HostId) -> Option<(Duration, &std::collections::BTreeMap<String, u64>)> {
+    timeline.events.iter().rev().find_map(|event| match &event.kind {
+        EventKind::Counters { counters } if event.host == host => Some((event.t, counters)),
+        _ => None,
+    })
+}
+
+/// How many decisions the impairment named `fault` made (its `impairment` events).
+pub fn decisions_of(timeline: &Timeline, fault: &str) -> u64 {
+    let made =
+        |event: &&Event| matches!(&event.kind, EventKind::Impairment(impairment) if impairment.decision.fault == fault);
+    timeline.events.iter().filter(made).count() as u64
+}
+
+/// The last socket sample of `host` that carries `tcp_info` (a full socket), of a socket with `port` as its
+/// local or remote port when one is given.
+pub fn last_tcp_info(timeline: &Timeline, host: HostId, port: Option<u16>) -> Option<(Duration, &SocketEvent)> {
+    timeline.events.iter().rev().find_map(|event| match &event.kind {
+        EventKind::Socket(socket)
+            if event.host == host
+                && socket.rtt.is_some()
+                && port.is_none_or(|port| socket.local_port == port || socket.remote_port == port) =>
+        {
+            Some((event.t, socket))
+        }
+        _ => None,
+    })
+}
+
 fn secs_opt<S: serde::Serializer>(t: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
     match t {
         Some(t) => s.serialize_some(&t.as_secs_f64()),

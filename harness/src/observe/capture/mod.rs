@@ -45,13 +45,14 @@ use crate::run::priority;
 use crate::scenario::plan::HostId;
 use crate::timeline::EventKind;
 use pcap::{file_header, Chunk, ChunkDecoder, ChunkQueue, DiskWriter};
-use queue::QueueSource;
+pub(crate) use queue::QueueSource;
 use ring::RingSource;
 #[cfg(feature = "bench")]
 pub(crate) use socket::rx_tx_packets;
-use socket::{
+use socket::InterfaceCounters;
+/// The packet-socket plumbing the impairment wire forwards frames with.
+pub(crate) use socket::{
     bind, interface_mtu, interface_name, new_eventfd, open_socket, set_option, signal, take_kernel_drops,
-    InterfaceCounters,
 };
 
 /// Where the kernel keeps the frames the capture thread has not taken yet (`tcpdump -B`).
@@ -312,11 +313,11 @@ pub fn keep_kernel_timestamps_on() -> Result<()> {
 }
 
 /// One frame as the kernel describes it.
-struct Frame<'a> {
-    wall_time: Duration,
-    wire_len: u32,
-    outgoing: bool,
-    data: &'a [u8],
+pub(crate) struct Frame<'a> {
+    pub wall_time: Duration,
+    pub wire_len: u32,
+    pub outgoing: bool,
+    pub data: &'a [u8],
 }
 
 /// Where the capture thread takes frames from.

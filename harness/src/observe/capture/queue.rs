@@ -4,7 +4,7 @@
 use super::*;
 
 /// The frames of a queue socket, taken `BATCH` at a time into buffers reused for the whole capture.
-pub(super) struct QueueSource {
+pub(crate) struct QueueSource {
     /// Bytes per frame in `frames`.
     frame_room: usize,
     frames: Vec<u8>,
@@ -15,7 +15,7 @@ pub(super) struct QueueSource {
 
 impl QueueSource {
     /// Sizes the socket's receive queue and asks for the kernel's timestamp of every frame.
-    pub(super) fn new(socket: &OwnedFd, bytes: usize, mtu: usize, command: &str) -> Result<QueueSource> {
+    pub(crate) fn new(socket: &OwnedFd, bytes: usize, mtu: usize, command: &str) -> Result<QueueSource> {
         let bytes = c_int::try_from(bytes).unwrap_or(c_int::MAX);
         // SO_RCVBUFFORCE goes past net.core.rmem_max, a machine-wide setting this never changes; in a user
         // namespace it is refused and SO_RCVBUF gives what rmem_max allows (drops are then counted).
@@ -34,7 +34,7 @@ impl QueueSource {
         })
     }
 
-    pub(super) fn take_ready(&mut self, socket: &OwnedFd, each: &mut dyn FnMut(Frame<'_>) -> Result<()>) -> Result<()> {
+    pub(crate) fn take_ready(&mut self, socket: &OwnedFd, each: &mut dyn FnMut(Frame<'_>) -> Result<()>) -> Result<()> {
         loop {
             let received = self.receive_batch(socket)?;
             for (index, &(wire_len, wall_time)) in received.iter().enumerate() {

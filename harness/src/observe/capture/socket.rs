@@ -4,7 +4,7 @@
 use super::*;
 
 /// `ip link show` name of `ifindex` in the calling thread's namespace.
-pub(super) fn interface_name(ifindex: u32) -> io::Result<String> {
+pub(crate) fn interface_name(ifindex: u32) -> io::Result<String> {
     let mut name = [0u8; libc::IF_NAMESIZE];
     // SAFETY: name has the IF_NAMESIZE bytes if_indextoname may write.
     let found = unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr().cast()) };
@@ -16,7 +16,7 @@ pub(super) fn interface_name(ifindex: u32) -> io::Result<String> {
 }
 
 /// `ip link show <ifname>`'s `mtu`, asked through any socket of the interface's namespace.
-pub(super) fn interface_mtu(socket: &OwnedFd, ifname: &str) -> io::Result<usize> {
+pub(crate) fn interface_mtu(socket: &OwnedFd, ifname: &str) -> io::Result<usize> {
     // SAFETY: ifreq is plain old data; all-zero is a valid value.
     let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
     for (slot, byte) in request.ifr_name.iter_mut().zip(ifname.bytes().take(libc::IF_NAMESIZE - 1)) {
@@ -31,7 +31,7 @@ pub(super) fn interface_mtu(socket: &OwnedFd, ifname: &str) -> io::Result<usize>
     usize::try_from(mtu).map_err(|_| io::Error::other(format!("negative MTU {mtu}")))
 }
 
-pub(super) fn new_eventfd(command: &str) -> Result<OwnedFd> {
+pub(crate) fn new_eventfd(command: &str) -> Result<OwnedFd> {
     // SAFETY: eventfd has no memory arguments; a non-negative result is a new descriptor we own.
     let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
     if fd < 0 {
@@ -41,14 +41,14 @@ pub(super) fn new_eventfd(command: &str) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-pub(super) fn signal(eventfd: &OwnedFd) {
+pub(crate) fn signal(eventfd: &OwnedFd) {
     // Writing can only fail if the counter would overflow, which a few signals never do.
     // SAFETY: eventfd is a valid eventfd descriptor.
     unsafe { libc::eventfd_write(eventfd.as_raw_fd(), 1) };
 }
 
 /// An AF_PACKET socket that receives nothing yet: must run inside the interface's namespace.
-pub(super) fn open_socket(command: &str) -> Result<OwnedFd> {
+pub(crate) fn open_socket(command: &str) -> Result<OwnedFd> {
     // Protocol 0 until bind: the socket receives nothing before it is bound to the one interface.
     // SAFETY: plain system call without memory arguments.
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
@@ -67,7 +67,7 @@ pub(super) fn open_socket(command: &str) -> Result<OwnedFd> {
 }
 
 /// Binds the socket to every protocol on `ifindex`: from here on it receives the interface's frames.
-pub(super) fn bind(socket: &OwnedFd, ifindex: u32, command: &str) -> Result<()> {
+pub(crate) fn bind(socket: &OwnedFd, ifindex: u32, command: &str) -> Result<()> {
     // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
     let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     address.sll_family = libc::AF_PACKET as u16;
@@ -87,7 +87,7 @@ pub(super) fn bind(socket: &OwnedFd, ifindex: u32, command: &str) -> Result<()> 
     Ok(())
 }
 
-pub(super) fn set_option<T>(socket: &OwnedFd, level: c_int, option: c_int, value: &T) -> io::Result<()> {
+pub(crate) fn set_option<T>(socket: &impl AsRawFd, level: c_int, option: c_int, value: &T) -> io::Result<()> {
     // SAFETY: value points to a live T and the length passed is its size.
     let result = unsafe {
         libc::setsockopt(
@@ -106,7 +106,7 @@ pub(super) fn set_option<T>(socket: &OwnedFd, level: c_int, option: c_int, value
 
 /// `PACKET_STATISTICS`: frames dropped since the previous call (the kernel resets the counters on read).
 /// The ring's `tpacket_stats_v3` starts with the same two counters as a queue socket's `tpacket_stats`.
-pub(super) fn take_kernel_drops(socket: &OwnedFd) -> io::Result<u64> {
+pub(crate) fn take_kernel_drops(socket: &OwnedFd) -> io::Result<u64> {
     // SAFETY: tpacket_stats_v3 is plain old data; all-zero is a valid value.
     let mut stats: libc::tpacket_stats_v3 = unsafe { std::mem::zeroed() };
     let mut len = size_of::<libc::tpacket_stats_v3>() as libc::socklen_t;

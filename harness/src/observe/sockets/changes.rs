@@ -36,6 +36,8 @@ impl SocketKey {
             retrans: 0,
             recv_q: 0,
             send_q: 0,
+            rtt: None,
+            rto: None,
         }
     }
 }

@@ -46,6 +46,8 @@ pub(super) const RECEIVE_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct TcpInfoSummary {
     /// `tcpi_rto` (`ss -i` `rto:`).
     pub rto: Duration,
+    /// `tcpi_rtt` (`ss -i` `rtt:`, the smoothed round-trip time).
+    pub rtt: Duration,
     /// `tcpi_retransmits`: retransmission timeouts in a row for the oldest unacknowledged segment.
     pub retransmits: u8,
     /// `tcpi_probes`: unanswered keepalive or zero-window probes.
@@ -104,6 +106,8 @@ impl SocketSample {
             retrans: self.retrans,
             recv_q: self.recv_q,
             send_q: self.send_q,
+            rtt: self.tcpi.map(|info| info.rtt),
+            rto: self.tcpi.map(|info| info.rto),
         }
     }
 }
@@ -309,6 +313,7 @@ pub(super) fn summarize_tcp_info(payload: &[u8]) -> Option<TcpInfoSummary> {
     let info = TcpInfo::parse(payload).ok()?;
     Some(TcpInfoSummary {
         rto: Duration::from_micros(u64::from(info.rto)),
+        rtt: Duration::from_micros(u64::from(info.rtt)),
         retransmits: info.retransmits,
         probes: info.probes,
         backoff: info.backoff,

@@ -153,6 +153,7 @@ fn keepalive_row_keeps_probe_count_and_expiry() {
             inode: 42,
             tcpi: Some(TcpInfoSummary {
                 rto: Duration::from_millis(204),
+                rtt: Duration::ZERO,
                 retransmits: 0,
                 probes: 3,
                 backoff: 0,

@@ -3,6 +3,7 @@
 //! A verdict failure means the kernel behaved otherwise than the scenario says; it is not a harness error.
 
 mod describe;
+mod kernel;
 
 use describe::{at_text, ordinal};
 pub use describe::{describe_errors, describe_expectation, describe_filter, describe_outcome};
@@ -113,6 +114,12 @@ pub fn judge(plan: &Plan, timeline: &Timeline) -> Verdict {
     for expectation in &plan.expect.queues {
         let anchor = resolve_anchor(timeline, expectation.since.as_ref(), expectation.location);
         verdict.check(anchor.and_then(|anchor| judge_queue(expectation, anchor, timeline)));
+    }
+    for expectation in &plan.expect.counters {
+        verdict.check(kernel::judge_counter(expectation, timeline));
+    }
+    for expectation in &plan.expect.tcp_info {
+        verdict.check(kernel::judge_tcp_info(expectation, timeline));
     }
     for expectation in &plan.expect.errors {
         let anchor = resolve_anchor(timeline, expectation.since.as_ref(), expectation.location);
@@ -512,6 +519,21 @@ fn judge_queue(expectation: &QueueExpectation, anchor: Anchor, timeline: &Timeli
                 expected: format!("a socket to observe, never more than {max}"),
                 actual: seen(),
                 around: None,
+            });
+        }
+    }
+    if let Some(reaches) = expectation.reaches {
+        let peak = histories.iter().flat_map(|(_, history)| history.iter()).max_by_key(|(value, _)| *value);
+        if peak.is_none_or(|(value, _)| *value < reaches) {
+            return Err(Failure {
+                location: expectation.location,
+                subject,
+                expected: format!("at least {reaches} at some time"),
+                actual: match peak {
+                    Some((value, t)) => format!("at most {value} (at {}s)", format_secs(*t)),
+                    None => seen(),
+                },
+                around: peak.map(|(_, t)| *t),
             });
         }
     }

@@ -24,6 +24,8 @@ fn socket(t: u64, label: &str, remote_port: u16, state: TcpState, recv_q: u32, s
             retrans: 0,
             recv_q,
             send_q,
+            rtt: None,
+            rto: None,
         }),
     }
 }
@@ -47,6 +49,7 @@ fn packet(t: u64, host: HostId, protocol: Protocol, flags: u8, window: u16, len:
             len,
             options: String::new(),
             fault: None,
+            impairments: Vec::new(),
         }),
     }
 }
@@ -73,6 +76,7 @@ fn queue(listener: bool, sequence: &[(u32, Option<u64>)], max: Option<u32>) -> Q
         queue: QueueKind::Recv,
         sequence: sequence.iter().map(|(value, at)| QueueStep { value: *value, at: at.map(ms) }).collect(),
         max,
+        reaches: None,
         tolerance: Tolerance::either_side(ms(100)),
         since: None,
         location: Location { line: 3, column: 7 },

@@ -53,6 +53,7 @@ fn syn(t: Duration) -> Event {
             len: 0,
             options: String::new(),
             fault: None,
+            impairments: Vec::new(),
         }),
     }
 }
@@ -71,6 +72,8 @@ fn socket(t: Duration, state: TcpState, retrans: u32) -> Event {
             retrans,
             recv_q: 0,
             send_q: 1,
+            rtt: None,
+            rto: None,
         }),
     }
 }

@@ -58,6 +58,7 @@ fn ack(t: Duration, host: HostId, direction: PacketDirection) -> Event {
             len: 0,
             options: String::new(),
             fault: None,
+            impairments: Vec::new(),
         }),
     }
 }

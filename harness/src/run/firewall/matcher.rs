@@ -79,7 +79,12 @@ impl Selection {
     }
 }
 
-/// Would this fault's rule select this packet, seen on `host`'s veth end in the packet's direction?
+/// Whether a fault with this match selects `packet`, wherever it is seen: what the wire's impairments use.
+pub fn selects(matcher: &PacketMatch, packet: &PacketEvent) -> bool {
+    selection(matcher, FaultAction::Drop).is_ok_and(|sel| sel.selects(packet))
+}
+
+/// Would this fault's rule (a firewall fault's: impairments have none) select this packet, seen on `host`'s veth end in the packet's direction?
 /// Used to mark the captured packets a fault dropped or rejected. A fault that `check` refuses
 /// matches nothing. Packets an egress fault stops never reach the capture (AF_PACKET sees outgoing
 /// packets after the output hook); ingress ones are captured before the input hook drops them.
@@ -89,7 +94,8 @@ pub fn matches(fault: &FaultPlan, host: HostId, packet: &PacketEvent) -> bool {
         Direction::Ingress | Direction::Forward => PacketDirection::In,
         Direction::Egress => PacketDirection::Out,
     };
-    fault.host == host
+    fault.action.impairment().is_none()
+        && fault.host == host
         && packet.direction == hook_direction
         && selection(&fault.matcher, fault.action).is_ok_and(|sel| sel.selects(packet))
 }
@@ -136,6 +142,7 @@ mod tests {
             len,
             options: String::new(),
             fault: None,
+            impairments: Vec::new(),
         }
     }
 

@@ -26,7 +26,7 @@ use nftnl::expr::{Bitwise, Cmp, CmpOp, IcmpCode, Meta, RejectionType, Verdict};
 use nftnl::{Batch, Chain, ChainType, FinalizedBatch, Hook, MsgType, Policy, ProtoFamily, Rule, Table};
 
 pub use conntrack::ConntrackTable;
-pub use matcher::matches;
+pub use matcher::{matches, selects};
 pub use nat::Nat;
 
 use expr::{CounterObject, CounterRef, PayloadBase, RawPayload};
@@ -64,7 +64,9 @@ struct InstalledFault {
     chain: CString,
     direction: Direction,
     selection: Selection,
-    action: FaultAction,
+    verdict: Verdict,
+    /// The verdict as `nft` writes it, for messages.
+    verdict_text: &'static str,
 }
 
 impl InstalledFault {
@@ -73,12 +75,15 @@ impl InstalledFault {
         let selection = matcher::selection(&fault.matcher, fault.action).map_err(refused)?;
         let chain = CString::new(format!("fault_{}", fault.name))
             .map_err(|_| refused("the name contains a NUL byte".into()))?;
+        let (verdict, verdict_text) = verdict(fault.action)
+            .ok_or_else(|| refused("an impairment is the wire's to carry out, not a rule".into()))?;
         Ok(InstalledFault {
             name: fault.name.clone(),
             chain,
             direction: fault.direction,
             selection,
-            action: fault.action,
+            verdict,
+            verdict_text,
         })
     }
 
@@ -276,7 +281,7 @@ fn add_fault_rules(batch: &mut Batch, chain: &Chain, fault: &InstalledFault) {
             add_payload_exists(&mut rule);
         }
         rule.add_expr(&CounterRef { name: &fault.chain });
-        rule.add_expr(&verdict(fault.action));
+        rule.add_expr(&fault.verdict);
         batch.add(&rule, MsgType::Add);
     }
 }
@@ -315,20 +320,28 @@ fn add_alternative(rule: &mut Rule, alternative: &Alternative) {
     }
 }
 
-/// `drop`, `reject with tcp reset`, or `reject with icmpx <code>`: the inet family's ICMPX codes
-/// become ICMP net-unreachable (code 0), host-unreachable (1), port-unreachable (3) and
-/// communication administratively prohibited (13) for IPv4.
-fn verdict(action: FaultAction) -> Verdict {
-    match action {
-        FaultAction::Drop => Verdict::Drop,
-        FaultAction::RejectTcpReset => Verdict::Reject(RejectionType::TcpRst),
-        FaultAction::RejectIcmpPortUnreachable => Verdict::Reject(RejectionType::Icmp(IcmpCode::PortUnreach)),
-        FaultAction::RejectIcmpHostUnreachable => Verdict::Reject(RejectionType::Icmp(IcmpCode::HostUnreach)),
-        FaultAction::RejectIcmpNetUnreachable => Verdict::Reject(RejectionType::Icmp(IcmpCode::NoRoute)),
-        FaultAction::RejectIcmpAdminProhibited => Verdict::Reject(RejectionType::Icmp(IcmpCode::AdminProhibited)),
-        // Never a rule: `matcher::selection` refuses it, so no InstalledFault has it.
-        FaultAction::FlushConntrack => Verdict::Continue,
-    }
+/// `drop`, `reject with tcp reset`, or `reject with icmpx <code>`, and how `nft` writes it: the inet family's
+/// ICMPX codes become ICMP net-unreachable (code 0), host-unreachable (1), port-unreachable (3) and
+/// communication administratively prohibited (13) for IPv4. `None` for a conntrack flush or an impairment,
+/// which no rule carries out.
+fn verdict(action: FaultAction) -> Option<(Verdict, &'static str)> {
+    Some(match action {
+        FaultAction::Drop => (Verdict::Drop, "drop"),
+        FaultAction::RejectTcpReset => (Verdict::Reject(RejectionType::TcpRst), "reject with tcp reset"),
+        FaultAction::RejectIcmpPortUnreachable => {
+            (Verdict::Reject(RejectionType::Icmp(IcmpCode::PortUnreach)), "reject with icmpx port-unreachable")
+        }
+        FaultAction::RejectIcmpHostUnreachable => {
+            (Verdict::Reject(RejectionType::Icmp(IcmpCode::HostUnreach)), "reject with icmpx host-unreachable")
+        }
+        FaultAction::RejectIcmpNetUnreachable => {
+            (Verdict::Reject(RejectionType::Icmp(IcmpCode::NoRoute)), "reject with icmpx no-route")
+        }
+        FaultAction::RejectIcmpAdminProhibited => {
+            (Verdict::Reject(RejectionType::Icmp(IcmpCode::AdminProhibited)), "reject with icmpx admin-prohibited")
+        }
+        FaultAction::FlushConntrack | FaultAction::Impair(_) => return None,
+    })
 }
 
 /// The fault's rules as `nft add rule` commands, for messages.
@@ -355,18 +368,7 @@ fn rule_text(fault: &InstalledFault) -> Vec<String> {
             parts.push("@ih,0,8 >= 0x0".to_string());
         }
         parts.push(format!("counter name {}", fault.chain_name()));
-        parts.push(
-            match fault.action {
-                FaultAction::Drop => "drop",
-                FaultAction::RejectTcpReset => "reject with tcp reset",
-                FaultAction::RejectIcmpPortUnreachable => "reject with icmpx port-unreachable",
-                FaultAction::RejectIcmpHostUnreachable => "reject with icmpx host-unreachable",
-                FaultAction::RejectIcmpNetUnreachable => "reject with icmpx no-route",
-                FaultAction::RejectIcmpAdminProhibited => "reject with icmpx admin-prohibited",
-                FaultAction::FlushConntrack => "continue",
-            }
-            .to_string(),
-        );
+        parts.push(fault.verdict_text.to_string());
         rules.push(parts.join(" "));
     }
     rules

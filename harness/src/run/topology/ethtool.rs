@@ -20,6 +20,19 @@ pub fn turn_off_offloads(socket: RawFd, ifname: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// `ethtool -K <ifname> rx off`: the device no longer vouches for received checksums, so the stack verifies
+/// them (and drops and counts a frame whose checksum fails).
+pub fn turn_off_rx_checksum(socket: RawFd, ifname: &str) -> io::Result<()> {
+    let names = feature_names(socket, ifname)?;
+    let rx_checksum: Vec<usize> = (0..names.len()).filter(|&bit| names[bit] == "rx-checksum").collect();
+    set_features_off(socket, ifname, names.len(), &rx_checksum)?;
+    let state = features(socket, ifname, names.len())?;
+    if rx_checksum.iter().any(|&bit| state.active(bit)) {
+        return Err(io::Error::other("cannot turn off rx-checksum"));
+    }
+    Ok(())
+}
+
 /// Names (as `ethtool -k` prints them) of the offloads [`turn_off_offloads`] deals with that are active.
 pub fn active_offloads(socket: RawFd, ifname: &str) -> io::Result<Vec<String>> {
     let names = feature_names(socket, ifname)?;

@@ -1,5 +1,6 @@
-//! The wire between the hosts of a scenario: sysctls, `lo`, a veth pair per link, addresses, offloads and
-//! routes, all set up over rtnetlink and ethtool ioctls from sockets that live in the hosts' namespaces.
+//! The wire between the hosts of a scenario: sysctls, `lo`, a veth pair per link (two through the impairment
+//! wire's namespace, for a link with impairments), addresses, offloads and routes, all set up over rtnetlink
+//! and ethtool ioctls from sockets that live in the hosts' namespaces.
 //!
 //! Nothing here runs `ip` or `ethtool`: one scenario's topology is a handful of netlink round trips.
 
@@ -23,6 +24,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use crate::error::{Context, Error, Result};
 use crate::run::netns::Netns;
 use crate::scenario::plan::{HostId, Link, LinkEnd, Plan, Sysctl};
+use ethtool::turn_off_rx_checksum;
 pub use ethtool::{active_offloads, turn_off_offloads};
 use rtnl::{Request, Rtnl};
 pub use sysctl::{effective_sysctls, tcp_sysctl_files, Ipv4Sysctls};
@@ -46,6 +48,38 @@ pub struct HostLink {
     pub ifname: String,
     pub address: Ipv4Addr,
     pub mac: [u8; 6],
+}
+
+/// The MAC address of the impairment wire's end facing `host`: 02:00:00:00:10:01 facing the client, :02 facing
+/// the server.
+pub fn wire_mac(host: HostId) -> [u8; 6] {
+    [0x02, 0, 0, 0, 0x10, host.index() as u8 + 1]
+}
+
+/// The name of the impairment wire's end facing `host`, in the wire's namespace: `to-client`, `to-server`.
+pub fn wire_end_name(host: HostId) -> String {
+    format!("to-{host}")
+}
+
+/// The impairment wire's namespace (`ip netns add`), with IPv6 off so that it sends nothing of its own. Its ends
+/// come with the hosts' (see [`HostWire::create_veth_to_wire`]).
+pub fn wire_namespace() -> Result<Netns> {
+    let namespace = Netns::new_anonymous()?;
+    namespace.run(|| disable_ipv6().map_err(|e| e.into_error_in("the wire")))?;
+    Ok(namespace)
+}
+
+/// The ifindex of the wire's end facing each program host (`ip -n <wire> link show to-client`, `to-server`),
+/// by `HostId::index()`.
+pub fn wire_ends(wire: &Netns) -> Result<[u32; 2]> {
+    let mut rtnl = wire.run(Rtnl::open)?;
+    let mut facing = [0; 2];
+    for host in HostId::ALL {
+        let name = wire_end_name(host);
+        facing[host.index()] =
+            rtnl.get_link(&name, &format!("look up {name} in the wire (ip link show {name})"))?.header.index;
+    }
+    Ok(facing)
 }
 
 /// Every end of every link, as built by [`build`]: two per link, in the plan's link order.
@@ -72,8 +106,8 @@ pub fn link_mac(host: HostId, n: usize) -> [u8; 6] {
     [0x02, 0, 0, 0, n as u8, host.index() as u8 + 1]
 }
 
-/// Builds the wire of `plan` inside the hosts' namespaces (`namespaces[i]` is `plan.hosts[i]`'s). In command-line
-/// terms:
+/// Builds the wire of `plan` inside the hosts' namespaces (`namespaces[i]` is `plan.hosts[i]`'s), and a link
+/// with impairments through `wire` ([`wire_namespace`]). In command-line terms:
 ///
 /// ```text
 /// each host:    sysctl -w net.ipv6.conf.{all,default}.disable_ipv6=1   (unless link.ipv6)
@@ -85,13 +119,21 @@ pub fn link_mac(host: HostId, n: usize) -> [u8; 6] {
 ///                ip addr add <address>/<prefix> dev nf0
 ///                ip link set nf0 up
 /// with a router: ip route add default via <router>          (client and server)
+/// through the impairment wire, instead of the link's one pair, each end:
+///                ip link add nf0 mtu M address <its own> type veth
+///                    peer name to-<host> netns <wire> mtu M address 02:00:00:00:10:0N
+///                ip -n <wire> link set to-<host> up   (offloads off first, as on every end)
+///                ethtool -K nf0 rx off
 /// ```
+///
+/// A host on the wire verifies received checksums itself (`rx off`): a veth end otherwise marks every frame
+/// from its peer as checked, and a frame the wire corrupted would reach TCP as good data.
 ///
 /// Offloads go off before a link goes up, so no frame ever leaves with a deferred checksum or as a
 /// super-segment. `build` returns once every end is operational (`ip link show nf0` says `state UP`); see
 /// [`HostWire::wait_operational`]. `namespaces` are in `plan.hosts` order. A run builds the same wire with
 /// [`HostWire`], each host from a thread of its own.
-pub fn build(plan: &Plan, namespaces: &[&Netns]) -> Result<Topology> {
+pub fn build(plan: &Plan, namespaces: &[&Netns], wire: Option<&Netns>) -> Result<Topology> {
     let mut wires = Vec::with_capacity(plan.hosts.len());
     for (host, ns) in plan.hosts.iter().zip(namespaces) {
         wires.push(ns.run(|| HostWire::prepare(plan, host.id))?);
@@ -101,7 +143,14 @@ pub fn build(plan: &Plan, namespaces: &[&Netns]) -> Result<Topology> {
     };
     for link in &plan.links {
         let [near, far] = &link.ends;
-        wires[position(near.host)?].create_veth_pair(plan, link, namespaces[position(far.host)?])?;
+        if !link.wire {
+            wires[position(near.host)?].create_veth_pair(plan, link, namespaces[position(far.host)?])?;
+            continue;
+        }
+        let wire = wire.ok_or_else(|| Error::Internal("a link through the wire, but no wire namespace".into()))?;
+        for end in [near, far] {
+            wires[position(end.host)?].create_veth_to_wire(plan, end, wire)?;
+        }
     }
     let mut by_host = Vec::with_capacity(wires.len());
     for wire in &mut wires {
@@ -129,13 +178,15 @@ pub fn build(plan: &Plan, namespaces: &[&Netns]) -> Result<Topology> {
 pub struct HostWire {
     host: HostId,
     rtnl: Rtnl,
+    /// The impairment wire's ends this host created, each with a socket of the wire's namespace.
+    wire_ends: Vec<(Rtnl, String)>,
 }
 
 impl HostWire {
     /// Runs on a thread inside the host's namespace: `sysctl -w` (IPv6 off unless asked for, then the host's
     /// own, which resolve against the calling thread's namespace) and `ip link set lo up`.
     pub fn prepare(plan: &Plan, host: HostId) -> Result<HostWire> {
-        Ok(HostWire { host, rtnl: prepare_host(plan, host)? })
+        Ok(HostWire { host, rtnl: prepare_host(plan, host)?, wire_ends: Vec::new() })
     }
 
     /// The side of the link's first end, once per link: one `RTM_NEWLINK` creates both ends, the peer born in
@@ -146,15 +197,38 @@ impl HostWire {
             link_mac(end.host, n.unwrap_or_default())
         };
         let [near, far_end] = &link.ends;
-        create_veth_pair(&mut self.rtnl, link, [mac(near), mac(far_end)], plan.link.mtu, far)
+        let near = VethEnd { netns: near.host.name(), ifname: &near.ifname, mac: mac(near) };
+        let far_end = VethEnd { netns: far_end.host.name(), ifname: &far_end.ifname, mac: mac(far_end) };
+        create_veth_pair(&mut self.rtnl, near, far_end, plan.link.mtu, far)
+    }
+
+    /// This host's side of a link through the impairment wire: its end `end` paired with the wire's end facing
+    /// it, `to-<host>`, born in `wire`'s namespace; then that end's offloads off and its link up, from a socket
+    /// of the wire's namespace (each host sets up its own side of the wire, at the same time as the others).
+    pub fn create_veth_to_wire(&mut self, plan: &Plan, end: &LinkEnd, wire: &Netns) -> Result<()> {
+        let n = plan.link_ends().filter(|(_, other)| other.host == end.host).position(|(_, other)| other == end);
+        let name = wire_end_name(self.host);
+        let own =
+            VethEnd { netns: self.host.name(), ifname: &end.ifname, mac: link_mac(end.host, n.unwrap_or_default()) };
+        let wire_end = VethEnd { netns: "wire", ifname: &name, mac: wire_mac(self.host) };
+        create_veth_pair(&mut self.rtnl, own, wire_end, plan.link.mtu, wire)?;
+        let mut wire_rtnl = wire.run(Rtnl::open).map_err(|e| in_place(e, "the wire"))?;
+        configure_wire_end(&mut wire_rtnl, &name)?;
+        self.wire_ends.push((wire_rtnl, name));
+        Ok(())
     }
 
     /// Once every pair exists: offloads off, address and link up on each of this host's ends, in link order,
     /// then its default route through the router when it has one.
     pub fn configure(&mut self, plan: &Plan) -> Result<Vec<HostLink>> {
         let mut links = Vec::new();
-        for (_, end) in plan.link_ends().filter(|(_, end)| end.host == self.host) {
+        for (link, end) in plan.link_ends().filter(|(_, end)| end.host == self.host) {
             links.push(configure_link_end(&mut self.rtnl, end)?);
+            if plan.links[link].wire {
+                let (host, ifname) = (self.host, &end.ifname);
+                turn_off_rx_checksum(self.rtnl.raw_fd(), ifname)
+                    .context(|| format!("verify checksums on {ifname} in {host} (ethtool -K {ifname} rx off)"))?;
+            }
         }
         if let Some(gateway) = plan.host(self.host).gateway {
             add_default_route(&mut self.rtnl, self.host, gateway)?;
@@ -166,7 +240,10 @@ impl HostWire {
     /// each host's side may wait at the same time, once all are configured.
     pub fn wait_operational(&mut self, plan: &Plan) -> Result<()> {
         for (_, end) in plan.link_ends().filter(|(_, end)| end.host == self.host) {
-            wait_operational(&mut self.rtnl, end)?;
+            wait_operational(&mut self.rtnl, &end.ifname, end.host.name())?;
+        }
+        for (rtnl, name) in &mut self.wire_ends {
+            wait_operational(rtnl, name, "the wire")?;
         }
         Ok(())
     }
@@ -181,10 +258,9 @@ impl HostWire {
 /// request and SYN, and after three lost ARP requests its connect fails with EHOSTUNREACH. Idle, the work
 /// runs within a millisecond; with 200 scenarios setting up at once, 55 of 200 runs had to wait (90th
 /// percentile 9 ms, longest 5.2 s). Without this wait 111 of 200 such runs failed, most of them on this.
-fn wait_operational(rtnl: &mut Rtnl, end: &LinkEnd) -> Result<()> {
+fn wait_operational(rtnl: &mut Rtnl, ifname: &str, place: &str) -> Result<()> {
     let started = Instant::now();
-    let (host, ifname) = (end.host, &end.ifname);
-    let what = format!("wait for {ifname} in {host} to be up (ip link show {ifname}: state UP)");
+    let what = format!("wait for {ifname} in {place} to be up (ip link show {ifname}: state UP)");
     // Subscribed before the first look, so the change cannot slip between a look and the wait for the next.
     rtnl.watch_links().context(|| format!("{what}: ip monitor link (join RTNLGRP_LINK)"))?;
     loop {
@@ -211,14 +287,7 @@ fn wait_operational(rtnl: &mut Rtnl, end: &LinkEnd) -> Result<()> {
 /// namespace), then an rtnetlink socket that stays bound to this namespace wherever it is used from.
 fn prepare_host(plan: &Plan, host: HostId) -> Result<Rtnl> {
     if !plan.link.ipv6 {
-        for name in ["net.ipv6.conf.all.disable_ipv6", "net.ipv6.conf.default.disable_ipv6"] {
-            let sysctl = Sysctl { name: name.to_string(), value: "1".to_string() };
-            match write_sysctl(&sysctl) {
-                // A kernel without IPv6 sends no router solicitations either.
-                Err(SysctlError::Absent(_)) => {}
-                other => other.map_err(|e| e.into_error(host))?,
-            }
-        }
+        disable_ipv6().map_err(|e| e.into_error(host))?;
     }
     for sysctl in &plan.host(host).sysctls {
         write_sysctl(sysctl).map_err(|e| e.into_error(host))?;
@@ -232,9 +301,26 @@ fn prepare_host(plan: &Plan, host: HostId) -> Result<Rtnl> {
     Ok(rtnl)
 }
 
+/// `sysctl -w net.ipv6.conf.{all,default}.disable_ipv6=1` in the calling thread's namespace.
+fn disable_ipv6() -> std::result::Result<(), SysctlError> {
+    for name in ["net.ipv6.conf.all.disable_ipv6", "net.ipv6.conf.default.disable_ipv6"] {
+        let sysctl = Sysctl { name: name.to_string(), value: "1".to_string() };
+        match write_sysctl(&sysctl) {
+            // A kernel without IPv6 sends no router solicitations either.
+            Err(SysctlError::Absent(_)) => {}
+            other => other?,
+        }
+    }
+    Ok(())
+}
+
 fn in_host(error: Error, host: HostId) -> Error {
+    in_place(error, host.name())
+}
+
+fn in_place(error: Error, place: &str) -> Error {
     match error {
-        Error::Sys { what, source } => Error::Sys { what: format!("{what} in {host}"), source },
+        Error::Sys { what, source } => Error::Sys { what: format!("{what} in {place}"), source },
         other => other,
     }
 }
@@ -251,26 +337,27 @@ fn format_mac(mac: [u8; 6]) -> String {
     mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
-/// One RTM_NEWLINK from the namespace of the link's first end creates both ends; the peer is born in the
-/// other end's namespace.
-fn create_veth_pair(
-    rtnl: &mut Rtnl,
-    link: &Link,
-    [near_mac, far_mac]: [[u8; 6]; 2],
-    mtu: u32,
-    far: &Netns,
-) -> Result<()> {
-    let [near, far_end] = &link.ends;
+/// One end of a veth pair being created: its name and MAC, and the namespace it is born in (a host's, or
+/// `wire`), for messages.
+struct VethEnd<'a> {
+    netns: &'a str,
+    ifname: &'a str,
+    mac: [u8; 6],
+}
+
+/// One RTM_NEWLINK from the namespace of the near end creates both ends; the peer is born in `far`'s namespace
+/// (the other host's, or the wire's).
+fn create_veth_pair(rtnl: &mut Rtnl, near: VethEnd<'_>, far_end: VethEnd<'_>, mtu: u32, far: &Netns) -> Result<()> {
     let mut peer = LinkMessage::default();
-    peer.attributes.push(LinkAttribute::IfName(far_end.ifname.clone()));
+    peer.attributes.push(LinkAttribute::IfName(far_end.ifname.to_string()));
     peer.attributes.push(LinkAttribute::Mtu(mtu));
-    peer.attributes.push(LinkAttribute::Address(far_mac.to_vec()));
+    peer.attributes.push(LinkAttribute::Address(far_end.mac.to_vec()));
     peer.attributes.push(LinkAttribute::NetNsFd(far.raw_fd()));
 
     let mut veth = LinkMessage::default();
-    veth.attributes.push(LinkAttribute::IfName(near.ifname.clone()));
+    veth.attributes.push(LinkAttribute::IfName(near.ifname.to_string()));
     veth.attributes.push(LinkAttribute::Mtu(mtu));
-    veth.attributes.push(LinkAttribute::Address(near_mac.to_vec()));
+    veth.attributes.push(LinkAttribute::Address(near.mac.to_vec()));
     veth.attributes.push(LinkAttribute::LinkInfo(vec![
         LinkInfo::Kind(InfoKind::Veth),
         LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
@@ -282,14 +369,31 @@ fn create_veth_pair(
         format!(
             "create veth pair {} - {} (ip link add {} mtu {mtu} address {} type veth peer name {} netns <{}> mtu {mtu} \
              address {})",
-            near.host,
-            far_end.host,
+            near.netns,
+            far_end.netns,
             near.ifname,
-            format_mac(near_mac),
+            format_mac(near.mac),
             far_end.ifname,
-            far_end.host,
-            format_mac(far_mac)
+            far_end.netns,
+            format_mac(far_end.mac)
         ),
+    )])
+}
+
+/// Offloads off and the link up for one of the impairment wire's ends, from a socket of the wire's namespace.
+fn configure_wire_end(rtnl: &mut Rtnl, name: &str) -> Result<()> {
+    let link = rtnl.get_link(name, &format!("look up {name} in the wire (ip link show {name})"))?;
+    turn_off_offloads(rtnl.raw_fd(), name).context(|| {
+        format!("turn off offloads on {name} in the wire (ethtool -K {name} tx off sg off tso off gso off gro off)")
+    })?;
+    let mut up = LinkMessage::default();
+    up.header.index = link.header.index;
+    up.header.flags = LinkFlags::Up;
+    up.header.change_mask = LinkFlags::Up;
+    rtnl.execute(vec![Request::new(
+        RouteNetlinkMessage::NewLink(up),
+        0,
+        format!("set {name} up in the wire (ip link set {name} up)"),
     )])
 }
 

@@ -24,6 +24,11 @@ pub(super) enum SysctlError {
 
 impl SysctlError {
     pub(super) fn into_error(self, host: HostId) -> Error {
+        self.into_error_in(host.name())
+    }
+
+    /// The error, naming the namespace it happened in (`client`, `server`, `the wire`).
+    pub(super) fn into_error_in(self, host: &str) -> Error {
         match self {
             SysctlError::Absent(s) => Error::sys(
                 format!(

@@ -56,6 +56,7 @@ fn plan_with(mtu: u32, client_sysctls: &[(&str, &str)], server_sysctls: &[(&str,
                 LinkEnd { host: HostId::Client, ifname: LINK_NAME.into(), address: CLIENT_ADDRESS, prefix_len: 24 },
                 LinkEnd { host: HostId::Server, ifname: LINK_NAME.into(), address: SERVER_ADDRESS, prefix_len: 24 },
             ],
+            wire: false,
         }],
         router: None,
         faults: Vec::new(),
@@ -159,7 +160,7 @@ fn connect_across(client: &Netns, server: &Netns, port: u16) -> (TcpStream, TcpS
 fn builds_addresses_mtu_macs_and_links_up() {
     let (client, server) = namespaces();
     let plan = plan_with(1400, &[], &[]);
-    let topology = build(&plan, &[&client, &server]).unwrap();
+    let topology = build(&plan, &[&client, &server], None).unwrap();
 
     for (id, ns, address) in [(HostId::Client, &client, CLIENT_ADDRESS), (HostId::Server, &server, SERVER_ADDRESS)] {
         let link = topology.link(id).unwrap();
@@ -186,7 +187,7 @@ fn builds_addresses_mtu_macs_and_links_up() {
 #[test]
 fn offloads_are_off_on_both_ends() {
     let (client, server) = namespaces();
-    build(&default_plan(), &[&client, &server]).unwrap();
+    build(&default_plan(), &[&client, &server], None).unwrap();
     for ns in [&client, &server] {
         let features = in_namespace(ns, "ethtool", &["-k", "nf0"]);
         for name in [
@@ -228,7 +229,7 @@ fn offload_names_cover_what_ethtool_k_toggles() {
 #[test]
 fn tcp_connects_right_after_build() {
     let (client, server) = namespaces();
-    build(&default_plan(), &[&client, &server]).unwrap();
+    build(&default_plan(), &[&client, &server], None).unwrap();
     let (mut stream, mut accepted) = connect_across(&client, &server, 7000);
     assert_eq!(stream.local_addr().unwrap().ip(), IpAddr::V4(CLIENT_ADDRESS));
     stream.write_all(b"ping").unwrap();
@@ -247,7 +248,7 @@ fn sysctls_apply_to_the_scenario_namespace_only() {
         &[("net.ipv4.tcp_syn_retries", "2")],
         &[("net.ipv4.tcp_keepalive_time", "77"), ("net.ipv4.tcp_syn_retries", "3")],
     );
-    build(&plan, &[&client, &server]).unwrap();
+    build(&plan, &[&client, &server], None).unwrap();
 
     assert_eq!(read_sysctl_in(Some(&client), "net.ipv4.tcp_syn_retries"), "2");
     assert_eq!(read_sysctl_in(Some(&server), "net.ipv4.tcp_syn_retries"), "3");
@@ -266,7 +267,7 @@ fn ipv6_stays_on_when_the_plan_asks_for_it() {
     let (client, server) = namespaces();
     let mut plan = default_plan();
     plan.link.ipv6 = true;
-    build(&plan, &[&client, &server]).unwrap();
+    build(&plan, &[&client, &server], None).unwrap();
     assert_eq!(read_sysctl_in(Some(&client), "net.ipv6.conf.nf0.disable_ipv6"), "0");
 }
 
@@ -274,7 +275,7 @@ fn ipv6_stays_on_when_the_plan_asks_for_it() {
 fn a_sysctl_missing_from_network_namespaces_is_a_clear_error() {
     let (client, server) = namespaces();
     let plan = plan_with(1500, &[], &[("net.core.netdev_max_backlog", "10")]);
-    let error = build(&plan, &[&client, &server]).unwrap_err().to_string();
+    let error = build(&plan, &[&client, &server], None).unwrap_err().to_string();
     assert!(
         error.contains(
             "sysctl net.core.netdev_max_backlog does not exist in a network namespace on this kernel \
@@ -289,7 +290,7 @@ fn a_sysctl_missing_from_network_namespaces_is_a_clear_error() {
 fn a_sysctl_outside_net_is_refused() {
     let (client, server) = namespaces();
     let plan = plan_with(1500, &[("kernel.hostname", "oops")], &[]);
-    let error = build(&plan, &[&client, &server]).unwrap_err().to_string();
+    let error = build(&plan, &[&client, &server], None).unwrap_err().to_string();
     assert!(error.contains("kernel.hostname") && error.contains("not a net.* sysctl"), "{error}");
 }
 
@@ -297,14 +298,14 @@ fn a_sysctl_outside_net_is_refused() {
 fn a_bad_sysctl_value_names_the_command() {
     let (client, server) = namespaces();
     let plan = plan_with(1500, &[("net.ipv4.tcp_syn_retries", "many")], &[]);
-    let error = build(&plan, &[&client, &server]).unwrap_err().to_string();
+    let error = build(&plan, &[&client, &server], None).unwrap_err().to_string();
     assert!(error.contains("sysctl -w net.ipv4.tcp_syn_retries=many"), "{error}");
 }
 
 #[test]
 fn a_rejected_veth_reports_the_ip_command() {
     let (client, server) = namespaces();
-    let error = build(&plan_with(10, &[], &[]), &[&client, &server]).unwrap_err();
+    let error = build(&plan_with(10, &[], &[]), &[&client, &server], None).unwrap_err();
     let Error::Sys { what, source } = &error else { panic!("{error}") };
     assert!(what.contains("ip link add nf0 mtu 10"), "{what}");
     assert_eq!(source.raw_os_error(), Some(libc::EINVAL));
@@ -315,7 +316,7 @@ fn a_rejected_address_reports_the_ip_command_and_the_kernels_reason() {
     let (client, server) = namespaces();
     let mut plan = default_plan();
     plan.links[0].ends[1].prefix_len = 33;
-    let error = build(&plan, &[&client, &server]).unwrap_err();
+    let error = build(&plan, &[&client, &server], None).unwrap_err();
     let Error::Sys { what, source } = &error else { panic!("{error}") };
     assert!(what.contains("in server (ip addr add 10.0.0.2/33 dev nf0)"), "{what}");
     assert!(what.contains("[kernel: "), "extended ACK message expected: {what}");
@@ -326,7 +327,7 @@ fn a_rejected_address_reports_the_ip_command_and_the_kernels_reason() {
 fn the_host_namespace_gets_no_link() {
     let before = host_link_names();
     let (client, server) = namespaces();
-    build(&default_plan(), &[&client, &server]).unwrap();
+    build(&default_plan(), &[&client, &server], None).unwrap();
     let after = host_link_names();
     assert!(!after.iter().any(|name| name.starts_with(LINK_NAME)), "{after:?}");
     assert!(after.is_subset(&before), "new host links: {:?}", after.difference(&before).collect::<Vec<_>>());
@@ -338,7 +339,7 @@ fn the_host_namespace_gets_no_link() {
 fn dropping_a_namespace_removes_the_pair() {
     for dropped in HostId::ALL {
         let (client, server) = namespaces();
-        build(&default_plan(), &[&client, &server]).unwrap();
+        build(&default_plan(), &[&client, &server], None).unwrap();
         let (kept, gone) = if dropped == HostId::Client { (server, client) } else { (client, server) };
         let mut rtnl = kept.run(Rtnl::open).unwrap();
         rtnl.get_link(LINK_NAME, "nf0 before the drop").unwrap();
@@ -362,7 +363,7 @@ fn dropping_a_namespace_removes_the_pair() {
 fn capture_shows_wire_sized_segments_with_correct_checksums() {
     const MTU: u32 = 1400;
     let (client, server) = namespaces();
-    let topology = build(&plan_with(MTU, &[], &[]), &[&client, &server]).unwrap();
+    let topology = build(&plan_with(MTU, &[], &[]), &[&client, &server], None).unwrap();
     let pcap = std::env::temp_dir().join(format!("netfault-topology-{}.pcap", std::process::id()));
     let (sink, _events) = EventSink::new(Clock::started());
     let capture = client
@@ -437,7 +438,7 @@ fn build_timing() {
         let start = Instant::now();
         let (client, server) = namespaces();
         let built = Instant::now();
-        build(&plan, &[&client, &server]).unwrap();
+        build(&plan, &[&client, &server], None).unwrap();
         builds.push(built.elapsed());
         totals.push(start.elapsed());
     }

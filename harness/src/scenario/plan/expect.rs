@@ -1,5 +1,5 @@
 //! Whole-run expectations of the plan: packets, traced errors, socket states, timers and queues, each with the
-//! zero its times count from.
+//! zero its times count from; and the kernel's counters and a connection's tcp_info at the end.
 
 use std::time::Duration;
 
@@ -15,6 +15,53 @@ pub struct RunExpectations {
     pub timers: Vec<TimerExpectation>,
     pub queues: Vec<QueueExpectation>,
     pub errors: Vec<ErrorExpectation>,
+    pub counters: Vec<CounterExpectation>,
+    pub tcp_info: Vec<TcpInfoExpectation>,
+}
+
+/// A kernel counter of `host` (`nstat` name), or the sum of several, at the end of the run lies in [`min`,
+/// `max`].
+#[derive(Debug, Clone, Serialize)]
+pub struct CounterExpectation {
+    pub host: HostId,
+    pub counters: Vec<String>,
+    pub min: Option<CounterBound>,
+    pub max: Option<CounterBound>,
+    pub location: Location,
+}
+
+/// One bound of a counter expectation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CounterBound {
+    Count(u64),
+    /// How many decisions the impairment of this name made in the run (its `impairment` events): the kernel's
+    /// count of what the wire did, asserted exactly whatever the seed.
+    Decisions(String),
+}
+
+/// The last `tcp_info` sample (`ss -i`) of a connection of `host` shows `rtt` and `rto` in their ranges.
+#[derive(Debug, Clone, Serialize)]
+pub struct TcpInfoExpectation {
+    pub host: HostId,
+    /// Local or remote port of the socket (any connection when `None`).
+    pub port: Option<u16>,
+    pub rtt: Option<DurationRange>,
+    pub rto: Option<DurationRange>,
+    pub location: Location,
+}
+
+/// Inclusive bounds; `None` leaves that side open.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct DurationRange {
+    pub min: Option<Duration>,
+    pub max: Option<Duration>,
+}
+
+impl DurationRange {
+    pub fn contains(&self, value: Duration) -> bool {
+        self.min.is_none_or(|min| value >= min) && self.max.is_none_or(|max| value <= max)
+    }
 }
 
 /// Packets matching `filter`: how many, and when.
@@ -131,6 +178,8 @@ pub struct QueueExpectation {
     pub sequence: Vec<QueueStep>,
     /// No selected socket ever shows more than this.
     pub max: Option<u32>,
+    /// Some selected socket shows at least this at some time.
+    pub reaches: Option<u32>,
     pub tolerance: Tolerance,
     /// `at` times count from this step's end or packet.
     pub since: Option<Since>,

@@ -1,14 +1,16 @@
-//! Faults in the plan: an nftables rule per fault (`nft add rule inet netfault <chain> <match> <action>`), what
-//! it matches, what it does, and the triggers that switch it on and off.
+//! Faults in the plan: an nftables rule per fault (`nft add rule inet netfault <chain> <match> <action>`) or an
+//! impairment of the wire on the link, what it matches, what it does, and the triggers that switch it on and off.
 
 use std::fmt;
 use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{HostId, Location, PacketFilter, StepEdge, StepRef, TcpState};
+use super::{HostId, Location, PacketFilter, Plan, StepEdge, StepRef, TcpState};
+use crate::scenario::impairment::Impairment;
 
-/// `nft add rule inet netfault <chain> <match> <action>` switched on and off by triggers.
+/// `nft add rule inet netfault <chain> <match> <action>`, or an impairment of the wire, switched on and off by
+/// triggers.
 #[derive(Debug, Clone, Serialize)]
 pub struct FaultPlan {
     pub name: String,
@@ -20,6 +22,25 @@ pub struct FaultPlan {
     pub from: Trigger,
     pub until: Option<Trigger>,
     pub location: Location,
+}
+
+impl FaultPlan {
+    /// The host the packets a wire impairment acts on travel to: `at` for ingress, its peer for egress. A
+    /// router's faults are never impairments (validation refuses them), so `Forward` only names the router.
+    pub fn toward(&self) -> HostId {
+        match self.direction {
+            Direction::Ingress | Direction::Forward => self.host,
+            Direction::Egress => self.host.peer(),
+        }
+    }
+}
+
+impl Plan {
+    /// Whether any fault is carried out by the wire, which then sits on the link between the hosts
+    /// (`run::impair`).
+    pub fn has_impairments(&self) -> bool {
+        self.faults.iter().any(|fault| fault.action.impairment().is_some())
+    }
 }
 
 /// Which netfilter hook the rule sits on.
@@ -106,8 +127,9 @@ pub enum PayloadMatch {
     NonEmpty,
 }
 
-/// What the rule does to a matched packet.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+/// What the fault does to a matched packet: an nftables verdict in the host's firewall, a router's conntrack
+/// flush, or an impairment of the wire on the link (`run::impair`).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
 #[serde(rename_all = "kebab-case")]
 pub enum FaultAction {
     /// `drop`.
@@ -124,6 +146,18 @@ pub enum FaultAction {
     RejectIcmpAdminProhibited,
     /// `conntrack -F` on the router when the fault switches on: every connection it tracks is forgotten.
     FlushConntrack,
+    /// Done by the wire to packets travelling toward [`FaultPlan::toward`].
+    Impair(Impairment),
+}
+
+impl FaultAction {
+    /// The impairment, for a fault the wire carries out; `None` otherwise.
+    pub fn impairment(&self) -> Option<&Impairment> {
+        match self {
+            FaultAction::Impair(impairment) => Some(impairment),
+            _ => None,
+        }
+    }
 }
 
 /// When a fault switches on or off.

@@ -20,6 +20,12 @@ impl Validator<'_> {
         for (i, queue) in wire.queues.as_deref().unwrap_or(&[]).iter().enumerate() {
             expect.queues.push(self.queue_expectation(&path.key("queues").index(i), queue)?);
         }
+        for (i, counter) in wire.counters.as_deref().unwrap_or(&[]).iter().enumerate() {
+            expect.counters.push(self.counter_expectation(&path.key("counters").index(i), counter)?);
+        }
+        for (i, info) in wire.tcp_info.as_deref().unwrap_or(&[]).iter().enumerate() {
+            expect.tcp_info.push(self.tcp_info_expectation(&path.key("tcp_info").index(i), info)?);
+        }
         for (i, error) in wire.errors.as_deref().unwrap_or(&[]).iter().enumerate() {
             expect.errors.push(self.error_expectation(&path.key("errors").index(i), error)?);
         }
@@ -93,6 +99,16 @@ impl Validator<'_> {
             Some(max) => Some(self.int(&path.key("max"), max, "max", 0, i128::from(u32::MAX))? as u32),
             None => None,
         };
+        let reaches = match &wire.reaches {
+            Some(reaches) => Some(self.int(&path.key("reaches"), reaches, "reaches", 1, i128::from(u32::MAX))? as u32),
+            None => None,
+        };
+        if let (Some(max), Some(reaches)) = (max, reaches) {
+            if reaches > max {
+                return Err(self
+                    .fail(&path.key("reaches"), format!("reaches {reaches} is above max {max}; nothing could match")));
+            }
+        }
         let mut sequence = Vec::new();
         for (i, step) in wire.sequence.as_deref().unwrap_or(&[]).iter().enumerate() {
             let step_path = path.key("sequence").index(i);
@@ -114,10 +130,11 @@ impl Validator<'_> {
                 }
             });
         }
-        if sequence.is_empty() && max.is_none() {
+        if sequence.is_empty() && max.is_none() && reaches.is_none() {
             return Err(self.fail(
                 path,
-                "a queue expectation needs a `sequence` of values (e.g. [0, { value: 1, at: 8s }]) or a `max`, or both",
+                "a queue expectation needs a `sequence` of values (e.g. [0, { value: 1, at: 8s }]), a `max` or a \
+                 `reaches`, or several of them",
             ));
         }
         let tolerance = self.own_tolerance(path, wire.tolerance.as_ref())?;
@@ -128,6 +145,7 @@ impl Validator<'_> {
             queue,
             sequence,
             max,
+            reaches,
             tolerance,
             since: self.anchor(path, wire.since.as_ref())?,
             location: self.index.value(path),

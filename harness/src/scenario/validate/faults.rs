@@ -62,16 +62,14 @@ impl Validator<'_> {
             path,
             "fault",
             "action",
-            "drop, or { reject: tcp-reset | icmp-port-unreachable | icmp-host-unreachable | icmp-net-unreachable | icmp-admin-prohibited }",
+            "drop, { reject: tcp-reset | icmp-port-unreachable | icmp-host-unreachable | icmp-net-unreachable | icmp-admin-prohibited }, \
+             or an impairment: { loss: 1% }, { delay: 100ms }, { reorder: 5% }, { duplicate: 1% }, { corrupt: 1% }, \
+             { rate: 10mbit }, { inject: rst }",
         )?;
         let action_path = path.key("action");
         let action = match action {
             ScalarOr::Scalar(action) => self.pick(&action_path, action, FAULT_ACTIONS, "fault action")?,
-            ScalarOr::Map(reject) => {
-                let kind =
-                    self.required(&reject.reject, &action_path, "reject", "reject", "e.g. `reject: tcp-reset`")?;
-                self.pick(&action_path.key("reject"), kind, REJECTS, "reject kind")?
-            }
+            ScalarOr::Map(map) => self.action_map(&action_path, map)?,
         };
         if action == FaultAction::FlushConntrack {
             self.check_flush(path, wire, host)?;
@@ -111,7 +109,10 @@ impl Validator<'_> {
                 ));
             }
         }
-        Ok(FaultPlan { name, host, direction, matcher, action, from, until, location: self.index.value(path) })
+        let mut fault =
+            FaultPlan { name, host, direction, matcher, action, from, until, location: self.index.value(path) };
+        self.check_impairment_fault(path, wire, &mut fault)?;
+        Ok(fault)
     }
 
     /// `conntrack -F` happens once, at the router, when the fault switches on: it matches nothing and never

@@ -108,12 +108,14 @@ impl Validator<'_> {
                         end(HostId::Client, HOST_INTERFACE, client_address),
                         end(HostId::Router, ROUTER_CLIENT_SIDE, client_side_address),
                     ],
+                    wire: false,
                 },
                 Link {
                     ends: [
                         end(HostId::Router, ROUTER_SERVER_SIDE, server_side_address),
                         end(HostId::Server, HOST_INTERFACE, server_address),
                     ],
+                    wire: false,
                 },
             ],
             router: Some(nat),
@@ -157,6 +159,7 @@ impl Validator<'_> {
             hosts: vec![(HostId::Client, client.0, client.1, None), (HostId::Server, server.0, server.1, None)],
             links: vec![Link {
                 ends: [end(HostId::Client, HOST_INTERFACE, client), end(HostId::Server, HOST_INTERFACE, server)],
+                wire: false,
             }],
             router: None,
             router_sysctls: Vec::new(),

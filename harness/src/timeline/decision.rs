@@ -1,0 +1,117 @@
+//! The impairments' decisions as the timeline records them: what the wire did to which packet, by which fault,
+//! as plain data (result.json's decision list, the packets' marks, and the records a pcapng writer can turn
+//! into packet comments).
+
+use std::fmt;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::Serialize;
+
+use super::PacketEvent;
+use crate::scenario::impairment::{InjectedSegment, InjectedSeq, Injection};
+use crate::scenario::plan::HostId;
+
+/// One decision of the wire's impairments, with the packet it was about as the captures decode it.
+#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq)]
+pub struct ImpairmentEvent {
+    /// The host the packet was travelling to.
+    pub toward: HostId,
+    #[serde(flatten)]
+    pub decision: Decision,
+    pub packet: Option<PacketEvent>,
+}
+
+/// What the wire did to a packet, and why: one entry of the run's decision list.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(tag = "decision", rename_all = "kebab-case")]
+pub enum DecisionKind {
+    Lost,
+    /// Flipped bit `bit` of byte `byte` of the TCP/UDP segment.
+    Corrupted {
+        byte: usize,
+        bit: u8,
+    },
+    Duplicated,
+    /// Held for `by` (jitter included; in-order waiting and queueing are not decisions and not counted).
+    Delayed {
+        /// Microseconds.
+        #[serde(serialize_with = "serialize_micros")]
+        #[schemars(with = "u64")]
+        by: Duration,
+    },
+    /// Held back until `gap` later packets went past (or its time ran out).
+    Reordered {
+        gap: u32,
+    },
+    /// The rate limit's queue was full.
+    QueueFull,
+    /// A forged segment: what and where in the window.
+    Injected {
+        segment: InjectedSegment,
+        seq: InjectedSeq,
+    },
+}
+
+impl fmt::Display for DecisionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecisionKind::Lost => f.write_str("lost"),
+            DecisionKind::Corrupted { byte, bit } => write!(f, "corrupted (bit {bit} of segment byte {byte})"),
+            DecisionKind::Duplicated => f.write_str("duplicated"),
+            DecisionKind::Delayed { by } => write!(f, "delayed {:.3}ms", by.as_secs_f64() * 1e3),
+            DecisionKind::Reordered { gap } => write!(f, "held back behind {gap} packets"),
+            DecisionKind::QueueFull => f.write_str("dropped: rate queue full"),
+            DecisionKind::Injected { segment, seq } => {
+                write!(f, "forged {}", Injection { segment: *segment, seq: *seq })
+            }
+        }
+    }
+}
+
+/// A decision about the `n`-th packet (from 1) a fault selected.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+pub struct Decision {
+    pub fault: String,
+    pub n: u64,
+    #[serde(flatten)]
+    pub kind: DecisionKind,
+}
+
+/// A duration as whole microseconds, for decisions in result.json.
+fn serialize_micros<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_micros() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The labels timeline.txt, the ladder and the pcapng packet comments show.
+    #[test]
+    fn each_decision_reads_as_what_the_wire_did() {
+        let labels = [
+            (DecisionKind::Lost, "lost"),
+            (DecisionKind::Corrupted { byte: 13, bit: 2 }, "corrupted (bit 2 of segment byte 13)"),
+            (DecisionKind::Duplicated, "duplicated"),
+            (DecisionKind::Delayed { by: Duration::from_micros(102_117) }, "delayed 102.117ms"),
+            (DecisionKind::Reordered { gap: 5 }, "held back behind 5 packets"),
+            (DecisionKind::QueueFull, "dropped: rate queue full"),
+            (
+                DecisionKind::Injected { segment: InjectedSegment::Rst, seq: InjectedSeq::Exact },
+                "forged RST at RCV.NXT",
+            ),
+            (
+                DecisionKind::Injected { segment: InjectedSegment::Data { bytes: 10 }, seq: InjectedSeq::OutOfWindow },
+                "forged 10 bytes of data out of window",
+            ),
+            (
+                DecisionKind::Injected { segment: InjectedSegment::Rst, seq: InjectedSeq::InWindow },
+                "forged RST in window",
+            ),
+        ];
+        for (kind, label) in labels {
+            assert_eq!(kind.to_string(), label);
+        }
+    }
+}
