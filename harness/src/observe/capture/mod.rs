@@ -121,8 +121,10 @@ const CHUNK_CAPACITY: usize = CHUNK_SIZE + SNAPLEN as usize + pcap::RECORD_HEADE
 /// writeback (measured: up to 100 ms) during a bulk transfer, or decoding falling behind it. Memory is taken
 /// only while they are behind.
 const MAX_QUEUED_CHUNKS: usize = 128;
-/// Written chunks kept for reuse instead of freed.
-const SPARE_CHUNKS: usize = 4;
+/// Written chunks kept for reuse instead of freed: a capture hands on a chunk each time it has taken every frame
+/// ready, so a scenario's traffic keeps several small ones in flight, and fresh memory costs a page fault for
+/// every few frames written into it.
+const SPARE_CHUNKS: usize = 16;
 
 /// A running `tcpdump -i <ifname> -w <pcap>` on one interface of a host's namespace.
 #[derive(Debug)]
@@ -377,13 +379,14 @@ impl Reader {
     /// once the file is complete. The socket is closed only after that: closing a packet socket waits for an
     /// RCU grace period, which `stop` need not wait for.
     ///
-    /// The thread is real-time, as the observer is: a packet trigger waits on this thread's events, and
-    /// under a bulk transfer the capture must win over the traffic it records, so the transfer slows down
-    /// instead of overflowing the kernel's buffer.
+    /// The thread is real-time, one priority above the observers, the programs and its own decoding and writer
+    /// threads: under a bulk transfer the capture must win over the traffic it records, so the transfer slows
+    /// down instead of overflowing the kernel's buffer, and with many scenarios at once it must not wait behind
+    /// their other real-time threads.
     fn run(mut self) {
         // Refused only without CAP_SYS_NICE (rootless): the capture then runs at the ordinary priority and
         // `kernel_drops` says what that cost.
-        let _ = priority::raise_current_thread();
+        let _ = priority::raise_current_thread_first();
         let captured = self.capture_until_stopped().map(|()| self.recorder.stats);
         let Reader { socket, source, recorder, .. } = self;
         recorder.chunks.finish(captured);
