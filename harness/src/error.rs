@@ -23,9 +23,10 @@ impl ScenarioError {
 
 impl fmt::Display for ScenarioError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = crate::scenario::printable_path(&self.file);
         match self.location {
-            Some(loc) => write!(f, "{}:{}:{}: {}", self.file.display(), loc.line, loc.column, self.message),
-            None => write!(f, "{}: {}", self.file.display(), self.message),
+            Some(loc) => write!(f, "{file}:{}:{}: {}", loc.line, loc.column, self.message),
+            None => write!(f, "{file}: {}", self.message),
         }
     }
 }
@@ -48,6 +49,12 @@ pub enum Error {
     },
     /// Anything else that went wrong inside the harness.
     Internal(String),
+    /// What the part of the scenario at `location` asked for could not be done (a fault rule or a sysctl the
+    /// kernel refused); [`Error::in_file`] names the file.
+    Located {
+        location: Location,
+        error: Box<Error>,
+    },
 }
 
 impl Error {
@@ -59,6 +66,21 @@ impl Error {
     pub fn last_os(what: impl Into<String>) -> Error {
         Error::sys(what, io::Error::last_os_error())
     }
+
+    /// This error, caused by what the scenario writes at `location`.
+    pub fn at(self, location: Location) -> Error {
+        Error::Located { location, error: Box::new(self) }
+    }
+
+    /// A located error as `file:line:column: what`; any other error as it is.
+    pub fn in_file(self, file: &Path) -> Error {
+        match self {
+            Error::Located { location, error } => {
+                Error::Scenario(ScenarioError::new(file, Some(location), error.to_string()))
+            }
+            other => other,
+        }
+    }
 }
 
 impl fmt::Display for Error {
@@ -68,6 +90,7 @@ impl fmt::Display for Error {
             Error::Sys { what, source } => write!(f, "{what}: {source}"),
             Error::Missing { what, hint } => write!(f, "missing {what}: {hint}"),
             Error::Internal(msg) => f.write_str(msg),
+            Error::Located { location, error } => write!(f, "line {location}: {error}"),
         }
     }
 }
@@ -76,6 +99,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Sys { source, .. } => Some(source),
+            Error::Located { error, .. } => Some(error.as_ref()),
             _ => None,
         }
     }

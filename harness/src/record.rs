@@ -31,6 +31,8 @@ pub struct RunRecord {
     pub capture: Vec<CaptureStats>,
     /// One per host, in the wire's order.
     pub observer: Vec<(HostId, ObserverStats)>,
+    /// Where the socket states came from: the kernel's transitions, or only samples (and why).
+    pub states: StateSource,
     /// Packets each fault's rule matched (the packets an impairment selected), per fault name.
     pub fault_hits: Vec<(String, u64)>,
     /// The seed every impairment's decisions came from.
@@ -80,6 +82,72 @@ impl CaptureStats {
     /// Frames the interface counted that are not in the pcap: dropped by the kernel, or never seen.
     pub fn lost(&self) -> u64 {
         self.interface_frames.saturating_sub(self.packets).max(self.kernel_drops)
+    }
+}
+
+/// What a tracer recorded, and what it cost.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, schemars::JsonSchema)]
+pub struct TracerStats {
+    /// Transitions recorded.
+    pub transitions: u64,
+    /// Packets the sending host dropped before they left (by netfilter or its queueing discipline), shown on
+    /// the timeline though no capture has them.
+    pub dropped_packets: u64,
+    /// Why such packets cannot be shown, if they cannot (a kernel without drop reasons).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drops_untraced: Option<String>,
+    /// Transitions the ring buffer had no room for (a harness error when not zero).
+    pub lost: u64,
+    /// From the kernel's transition to the reader holding it, in microseconds: median and largest.
+    pub median_latency_us: f64,
+    pub max_latency_us: f64,
+}
+
+/// Where a run's socket states came from.
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case", tag = "source")]
+pub enum StateSource {
+    /// Every transition from the kernel's tracepoint; sock_diag samples for timers, queues, request and
+    /// TIME-WAIT sockets.
+    Traced(TracerStats),
+    /// Only sock_diag samples: states are seen when sampled, short ones may be missed.
+    Sampled { reason: String },
+}
+
+impl StateSource {
+    /// A harness error when the tracer lost transitions: the states would be judged on part of them.
+    pub fn losses(&self) -> Option<String> {
+        match self {
+            StateSource::Traced(stats) if stats.lost > 0 => Some(format!(
+                "the transition tracer lost {} of {} transitions (its ring buffer was full): the socket states are \
+                 incomplete",
+                stats.lost,
+                stats.lost + stats.transitions
+            )),
+            _ => None,
+        }
+    }
+
+    /// One line for timeline.txt.
+    pub fn describe(&self) -> String {
+        match self {
+            StateSource::Traced(stats) => {
+                let drops = match &stats.drops_untraced {
+                    None => format!("; {} packets dropped by their sender before they left", stats.dropped_packets),
+                    Some(reason) => format!("; packets dropped before they left not shown: {reason}"),
+                };
+                format!(
+                    "socket states: {} transitions from the kernel's tracepoint sock:inet_sock_set_state (kernel \
+                     timestamps; read {:.0} us after them, median), timers and queues sampled{drops}",
+                    stats.transitions, stats.median_latency_us
+                )
+            }
+            StateSource::Sampled { reason } => {
+                format!(
+                    "socket states: sampled only (sock_diag), the kernel's transitions could not be traced: {reason}"
+                )
+            }
+        }
     }
 }
 

@@ -237,6 +237,96 @@ fn a_terminal_gets_colour_and_a_progress_line_unless_no_color() {
     assert!(plain.contains("running 1, done 1 of 2"), "the progress line is no colour: {plain:?}");
 }
 
+/// A folder of copies of a quick passing scenario at the given relative paths.
+fn scenarios_at(name: &str, files: &[&str]) -> PathBuf {
+    let dir = scratch(name);
+    let text = "description: d\nclient:\n  - sleep: 10ms\n";
+    for file in files {
+        let path = dir.join(file);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn colliding_report_folders_are_refused_before_anything_runs() {
+    // Found by the issue-12 campaign: these pairs wrote one report folder, or one deleted the other's.
+    let dir = scenarios_at("collide", &["x.yaml", "x.yml", "d/y.yaml", "d/y/z.yaml"]);
+    let reports = dir.join("reports");
+    let output = netfault(&["run", "--reports", reports.to_str().unwrap(), dir.to_str().unwrap()]);
+    let said = text(&output);
+    assert_eq!(output.status.code(), Some(2), "{said}");
+    assert!(said.contains("x.yml: scenario name \"x\" is also the name of"), "{said}");
+    assert!(said.contains("d/y/z.yaml: its report folder `d/y/z` lies inside `d/y`, the report folder of"), "{said}");
+    assert!(said.contains("2 invalid scenario(s); nothing was run"), "{said}");
+    assert!(!reports.exists(), "nothing was written");
+    // Two roots with the same relative name: each file is named after its own folder.
+    let other = scenarios_at("collide-other", &["d/y.yaml"]);
+    let output = netfault(&["check", dir.join("d").to_str().unwrap(), other.join("d").to_str().unwrap()]);
+    let said = text(&output);
+    assert_eq!(output.status.code(), Some(2), "{said}");
+    assert!(said.contains("scenario name \"y\" is also the name of"), "{said}");
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&other);
+}
+
+#[test]
+fn check_of_a_folder_names_every_invalid_file() {
+    let dir = scratch("check-every");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("a.yaml"), "description: a\nclient:\n  - bogus: 1\n").unwrap();
+    std::fs::write(dir.join("b.yaml"), "description: b\nserver:\n  - sleep: forever\n").unwrap();
+    std::fs::write(dir.join("c.yaml"), "description: c\nclient:\n  - sleep: 10ms\n").unwrap();
+    let output = netfault(&["check", dir.to_str().unwrap()]);
+    let said = text(&output);
+    assert_eq!(output.status.code(), Some(2), "{said}");
+    assert!(said.contains("a.yaml:3:5: unknown key \"bogus\""), "{said}");
+    assert!(said.contains("b.yaml:3:12:"), "not only the first invalid file: {said}");
+    assert!(said.contains("2 invalid scenario(s); nothing was run"), "{said}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_file_given_twice_runs_once() {
+    let dir = scenarios_at("twice", &["x.yaml"]);
+    let file = dir.join("x.yaml");
+    let reports = dir.join("reports");
+    let output = netfault(&[
+        "run",
+        "--reports",
+        reports.to_str().unwrap(),
+        file.to_str().unwrap(),
+        file.to_str().unwrap(),
+        dir.to_str().unwrap(),
+    ]);
+    let said = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{said}");
+    assert!(said.contains("x.yaml: skipped: the same file as"), "{said}");
+    assert!(said.contains("1 passed, 0 failed"), "one run, not three: {said}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn impossible_repeats_and_a_scenario_file_as_reports_folder_are_refused() {
+    // Found by the issue-12 campaign: the repeat count aborted the runner allocating its job list; `--reports
+    // x.yaml` made every scenario a harness error.
+    let output =
+        netfault(&["run", "--repeat", "9223372036854775808", "harness/tests/fixtures/hang/setsid-escape.yaml"]);
+    let said = text(&output);
+    assert_eq!(output.status.code(), Some(2), "{said}");
+    assert!(said.contains("is more than 100000 runs; repeat fewer times; nothing was run"), "{said}");
+    let output = netfault(&[
+        "run",
+        "--reports",
+        "harness/tests/fixtures/hang/read-forever.yaml",
+        "harness/tests/fixtures/hang/setsid-escape.yaml",
+    ]);
+    let said = text(&output);
+    assert_eq!(output.status.code(), Some(2), "{said}");
+    assert!(said.contains("read-forever.yaml: is a file, not a folder; nothing was run"), "{said}");
+}
+
 #[test]
 fn result_json_t0_maps_pcap_timestamps_to_timeline_times() {
     let reports = scratch("t0");

@@ -105,6 +105,35 @@ fn a_read_nobody_answers_ends_at_the_deadline_naming_the_steps() {
 }
 
 #[test]
+fn a_step_that_ends_only_when_the_deadline_kills_its_peer_fails() {
+    // Found by the issue-12 campaign: the read blocked at the deadline ended with EOF once the run killed the
+    // server's nc, and the scenario passed.
+    let reports = scratch("peer-killed");
+    let (output, took) = netfault(
+        "peer-killed",
+        &[],
+        &["run", "--reports", reports.to_str().unwrap(), "harness/tests/fixtures/hang/peer-killed.yaml"],
+    );
+    let text = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(
+        text.contains(
+            "peer-killed.yaml:14:5: line 14: client step blocked-read (recv): expected to end before the scenario \
+             deadline (2.000000s), got still running at the deadline (started at"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("it ended only after it, EOF at"), "{text}");
+    let result = result_json(&reports.join("peer-killed"));
+    let step = result["steps"].as_array().unwrap().iter().find(|s| s["name"] == "blocked-read").unwrap().clone();
+    assert_eq!(step["verdict"], "fail", "{step}");
+    assert_eq!(step["outcome"], "eof", "the outcome it ended with is still recorded: {step}");
+    assert_no_process_left("peer-killed");
+    let _ = fs::remove_dir_all(&reports);
+}
+
+#[test]
 fn a_program_that_never_exits_is_killed_at_the_deadline() {
     let reports = scratch("exec-forever");
     let (output, took) = netfault(
@@ -199,6 +228,27 @@ fn a_bad_suite_deadline_is_refused() {
     let text = text(&output);
     assert_eq!(output.status.code(), Some(2), "{text}");
     assert!(text.contains("suite deadline: duration \"10\" needs a unit"), "{text}");
+}
+
+#[test]
+fn a_sysctl_the_kernel_refuses_is_an_error_at_its_line() {
+    // Found by the issue-12 campaign: the run-time error said which sysctl but not where it was written.
+    let reports = scratch("sysctl-refused");
+    let (output, _) = netfault(
+        "sysctl-refused",
+        &[],
+        &["run", "--reports", reports.to_str().unwrap(), "harness/tests/fixtures/runtime/sysctl-refused.yaml"],
+    );
+    let text = text(&output);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains(
+            "harness/tests/fixtures/runtime/sysctl-refused.yaml:8:39: set sysctl in client (sysctl -w \
+             net.ipv4.tcp_syn_retries=1000): Invalid argument"
+        ),
+        "{text}"
+    );
+    let _ = fs::remove_dir_all(&reports);
 }
 
 #[test]

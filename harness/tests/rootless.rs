@@ -58,6 +58,7 @@ fn main() -> ExitCode {
             }
             Err(message) => Err(Failed::from(message)),
         }),
+        Trial::test("rootless-scenario-samples-states-and-says-why", || rootless_scenario().map_err(Failed::from)),
     ];
     libtest_mimic::run(&Arguments::from_args(), trials).exit_code()
 }
@@ -85,7 +86,7 @@ fn run_scenario_process(exe: &Path, dir: &Path) -> Result<String, String> {
     fs::write(&file, EXCHANGE).map_err(|e| format!("write {}: {e}", file.display()))?;
     let as_root = nix::unistd::geteuid().is_root();
     let uid = if as_root { NOBODY } else { nix::unistd::geteuid().as_raw() };
-    let job = Job { file, root, reports: reports.clone(), run: None, seed: 0 };
+    let job = Job { file, root, reports: reports.clone(), run: None, ring_memory: 0, seed: 0 };
     let child = start_copy(exe, dir, |copy| {
         let mut command = Command::new(copy);
         if as_root {
@@ -162,6 +163,48 @@ fn unprivileged_run() -> Result<String, String> {
     .and_then(|child| run_child(child).map(|report| format!("as uid {NOBODY}: {report}")));
     fs::remove_dir_all(&dir).map_err(|e| format!("rm -r {}: {e}", dir.display()))?;
     result
+}
+
+/// `netfault run` of a scenario without root (as uid 65534 when root): it passes, its socket states are sampled,
+/// and the report says why the kernel's transitions were not traced.
+fn rootless_scenario() -> Result<(), String> {
+    let dir = std::env::temp_dir().join(format!("netfault-rootless-run-{}", std::process::id()));
+    let reports = dir.join("reports");
+    fs::create_dir_all(&reports).map_err(|e| format!("mkdir {}: {e}", reports.display()))?;
+    let result = rootless_scenario_in(&dir, &reports);
+    fs::remove_dir_all(&dir).map_err(|e| format!("rm -r {}: {e}", dir.display()))?;
+    result
+}
+
+fn rootless_scenario_in(dir: &Path, reports: &Path) -> Result<(), String> {
+    fs::set_permissions(reports, fs::Permissions::from_mode(0o777)).map_err(|e| e.to_string())?;
+    let scenario = dir.join("quick.yaml");
+    let text = "description: d\nserver:\n  - listen: { port: 9000 }\n  - accept\nclient:\n  - connect: { to: server, port: 9000 }\n";
+    fs::write(&scenario, text).map_err(|e| e.to_string())?;
+    let child = start_copy(Path::new(env!("CARGO_BIN_EXE_netfault")), dir, |copy| {
+        let mut command = Command::new(copy);
+        command.args(["run", "--reports"]).arg(reports).arg(&scenario);
+        if nix::unistd::geteuid().is_root() {
+            command.uid(NOBODY).gid(NOBODY);
+        }
+        command
+    })?;
+    let output = wait_bounded(child)?;
+    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    if !output.status.success() || !said.contains("PASS  quick") {
+        return Err(format!("rootless `netfault run` failed ({}): {said}", output.status));
+    }
+    let timeline = fs::read_to_string(reports.join("quick/timeline.txt")).map_err(|e| e.to_string())?;
+    let line = timeline.lines().find(|l| l.starts_with("# socket states:")).unwrap_or_default().to_string();
+    let expected = "# socket states: sampled only (sock_diag), the kernel's transitions could not be traced: missing \
+                    permission to load BPF programs";
+    if !line.starts_with(expected) || !line.contains("rootless mode cannot") {
+        return Err(format!("timeline.txt says {line:?}, not {expected:?}...rootless mode cannot"));
+    }
+    if timeline.lines().any(|l| l.contains(" tcp    ")) {
+        return Err(format!("transitions recorded without root:\n{timeline}"));
+    }
+    Ok(())
 }
 
 /// Held while a copy of this binary is written and while any child is started: a child forked by one trial

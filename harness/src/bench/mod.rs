@@ -14,6 +14,7 @@ mod report;
 mod run;
 mod setup;
 mod suite;
+mod transitions;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -34,6 +35,7 @@ pub use report::{bench_report, ReportOptions};
 pub use run::{bench_run, RunOptions};
 pub use setup::{bench_setup, SetupOptions};
 pub use suite::{bench_concurrent, bench_suite, bench_timing, ConcurrentOptions, SuiteOptions, TimingOptions};
+pub use transitions::{bench_transitions, TransitionOptions};
 
 /// `netfault bench --help`.
 pub const USAGE: &str = "\
@@ -59,7 +61,10 @@ usage: netfault bench <what> [options] [--json FILE] [--keep]
   exec [--n 200]                   one exec step's program started and waited for: unconfined, confined, and
                                    confined per program with unshare + setpriv (same run); making a confinement
   report [--n 50000] [--runs 5]    report.html with N packets (synthetic) in headless Chromium: laid out, loaded,
-                                   first paint; against the same packets as a plain-text page (same browser)";
+                                   first paint; against the same packets as a plain-text page (same browser)
+  transitions [--n 1000] [--sample 10ms]
+                                   the kernel's state transitions (tracepoint) against sock_diag sampling on
+                                   the same short connections; BPF program cost, tracer latency, start/stop";
 
 /// The seed of every scenario a benchmark runs: their impairments decide the same way in every run.
 pub const BENCH_SEED: u64 = 15;
@@ -125,6 +130,10 @@ pub fn main(args: &[String]) -> ExitCode {
             instances: options.n.unwrap_or(100),
             sample: options.sample,
             scenario: options.scenario.clone().unwrap_or_else(|| PathBuf::from("scenarios/keepalive/idle.yaml")),
+        }),
+        "transitions" => bench_transitions(&TransitionOptions {
+            connections: options.n.unwrap_or(1000),
+            sample: options.sample.unwrap_or(Duration::from_millis(10)),
         }),
         "exec" => bench_exec(&ExecOptions { repetitions: options.n.unwrap_or(200) }),
         "report" => {

@@ -14,6 +14,7 @@ use super::{fixture_plan, interrupted, millis, Comparison, Distribution, Report,
 use crate::error::{Context, Error, Result};
 use crate::observe::capture::{Capture, CaptureBuffer};
 use crate::observe::sockets::Observer;
+use crate::observe::transitions::Tracer;
 use crate::run::clock::{Clock, EventSink};
 use crate::run::engine::{self, Rig};
 use crate::run::faults::HostFaults;
@@ -36,21 +37,24 @@ const TARGET_TOTAL_MS: f64 = 5.0;
 const TARGET_SPEEDUP: f64 = 20.0;
 
 const ENGINE_SETUP: [&str; 1] = ["engine::set_up + activate the fault"];
-const ENGINE_TEARDOWN: [&str; 4] = [
+const ENGINE_TEARDOWN: [&str; 5] = [
     "engine teardown: Observer::stop x2",
+    "engine teardown: Tracer::stop",
     "engine teardown: engine::stop_captures (parallel)",
     "engine teardown: firewall counters, close in background",
     "engine teardown: drop namespaces",
 ];
-const NETFAULT_SETUP: [&str; 5] = [
+const NETFAULT_SETUP: [&str; 6] = [
     "netfault setup: 2 namespaces (unshare)",
     "netfault setup: topology::build (veth, addrs, up)",
     "netfault setup: Firewall::install x2 + activate",
     "netfault setup: Capture::start x2",
     "netfault setup: Observer::start x2",
+    "netfault setup: Tracer::start (BTF, BPF maps, program, attach)",
 ];
-const NETFAULT_TEARDOWN: [&str; 4] = [
+const NETFAULT_TEARDOWN: [&str; 5] = [
     "netfault teardown: Observer::stop x2",
+    "netfault teardown: Tracer::stop",
     "netfault teardown: Capture::stop x2",
     "netfault teardown: close firewalls inline (reference)",
     "netfault teardown: drop namespaces",
@@ -230,7 +234,8 @@ fn engine_once(plan: &Plan, dir: &Path) -> Result<Phases> {
     let mut phases = Phases::default();
     let (sink, _events) = EventSink::new(Clock::unstarted());
     let mut lap = Lap::start();
-    let Rig { namespaces, mut faults, captures, observers, .. } = engine::set_up(plan, dir, &sink)?;
+    let Rig { namespaces, mut faults, captures, observers, tracer, .. } = engine::set_up(plan, dir, &sink)?;
+    let tracer = tracer.map_err(|reason| Error::Internal(format!("the transition tracer: {reason}")))?;
     for fault in &plan.faults {
         faults[fault.host.index()].switch(fault, true)?;
     }
@@ -240,6 +245,8 @@ fn engine_once(plan: &Plan, dir: &Path) -> Result<Phases> {
     for observer in observers {
         observer.stop()?;
     }
+    lap.lap(&mut phases.teardown);
+    tracer.stop()?;
     lap.lap(&mut phases.teardown);
     engine::stop_captures(captures)?;
     lap.lap(&mut phases.teardown);
@@ -288,11 +295,15 @@ fn phases_once(plan: &Plan, dir: &Path) -> Result<Phases> {
         observers.push(Observer::start(&namespaces[host.index()], host, plan.sample_interval, sink.clone())?);
     }
     lap.lap(&mut phases.setup);
+    let tracer = Tracer::start(HostId::ALL.into_iter().zip(&namespaces), sink.clone())?;
+    lap.lap(&mut phases.setup);
 
     let mut lap = Lap::start();
     for observer in observers {
         observer.stop()?;
     }
+    lap.lap(&mut phases.teardown);
+    tracer.stop()?;
     lap.lap(&mut phases.teardown);
     for capture in captures {
         capture.stop()?;

@@ -73,6 +73,7 @@ pub fn bench_suite(options: &SuiteOptions) -> Result<Report> {
     // As `netfault run` without --slow: the minutes-long variants are not part of the suite's wall time.
     let (loaded, slow): (Vec<_>, Vec<_>) =
         runner::load_all(std::slice::from_ref(&options.path), &Variables::from_environment())
+            .into_result()
             .map_err(|errors| Error::Internal(format!("invalid scenarios: {}", errors.join("; "))))?
             .into_iter()
             .partition(|(_, plan)| !plan.slow);
@@ -309,6 +310,7 @@ fn run_instances(file: &Path, root: &Path, deadline: Duration, instances: usize,
                 root: root.to_path_buf(),
                 reports: reports.join(format!("{i}")),
                 run: None,
+                ring_memory: 0,
                 seed: super::BENCH_SEED,
             };
             (job, deadline)

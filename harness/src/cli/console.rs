@@ -8,6 +8,7 @@ use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use crate::report::{Status, Summary};
+use crate::scenario::{printable, printable_path};
 
 /// Whether to colour a stream: only a terminal, and neither `NO_COLOR` (any non-empty value, as
 /// no-color.org says) nor `TERM=dumb`.
@@ -41,9 +42,9 @@ pub fn result_line(summary: &Summary, colour: bool) -> String {
     format!(
         "{} {:<40} {:>8.3}s  {}",
         verdict_word(summary.status, colour),
-        summary.name,
+        printable(&summary.name),
         summary.duration,
-        summary.report.display()
+        printable_path(&summary.report)
     )
 }
 
@@ -109,7 +110,7 @@ impl Console {
         for message in &summary.messages {
             for line in message.lines() {
                 text.push_str("\n      ");
-                text.push_str(line);
+                text.push_str(&printable(line));
             }
         }
         println!("{text}");

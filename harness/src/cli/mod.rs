@@ -192,9 +192,19 @@ fn exe() -> PathBuf {
 }
 
 fn run(args: RunArgs) -> ExitCode {
+    if let Err(e) = runner::check_reports_folder(&args.reports) {
+        eprintln!("netfault: {e}; nothing was run");
+        return ExitCode::from(2);
+    }
     let Some(loaded) = load_or_report(&args.paths.paths) else {
         return ExitCode::from(2);
     };
+    if let Some(repeat) = args.repeat {
+        if let Err(e) = runner::check_repeat(repeat, loaded.len()) {
+            eprintln!("netfault: {e}; nothing was run");
+            return ExitCode::from(2);
+        }
+    }
     let reports = args.reports;
     let seed = args.seed.unwrap_or_else(runner::fresh_seed);
     if loaded.iter().any(|(_, plan)| plan.has_impairments()) {
@@ -326,7 +336,7 @@ fn sorted_summary(summaries: &[Summary], colour: bool) -> String {
         text.push('\n');
         for message in &summary.messages {
             if let Some(first) = message.lines().next() {
-                text.push_str(&format!("      {first}\n"));
+                text.push_str(&format!("      {}\n", crate::scenario::printable(first)));
             }
         }
     }
@@ -381,9 +391,14 @@ fn repeat_table(runs: &[(String, usize)], summaries: &[Summary], repeat: usize, 
     text
 }
 
-/// Loads every scenario under `paths`, or prints every invalid one with where and what (stderr).
+/// Loads every scenario under `paths`, printing what was skipped, or prints every invalid one with where and
+/// what (stderr).
 fn load_or_report(paths: &[PathBuf]) -> Option<Vec<(Job, crate::scenario::plan::Plan)>> {
-    match runner::load_all(paths, &Variables::from_environment()) {
+    let loaded = runner::load_all(paths, &Variables::from_environment());
+    for skipped in &loaded.skipped {
+        eprintln!("netfault: {skipped}");
+    }
+    match loaded.into_result() {
         Ok(loaded) => Some(loaded),
         Err(errors) => {
             for error in &errors {
@@ -410,7 +425,12 @@ fn list(paths: &[PathBuf]) -> ExitCode {
     for (_, plan) in loaded {
         let first_line = plan.description.lines().next().unwrap_or_default();
         let slow = if plan.slow { " slow" } else { "" };
-        println!("{:<40} {:>5}s{slow:<5}  {first_line}", plan.name, plan.deadline.as_secs());
+        println!(
+            "{:<40} {:>5}s{slow:<5}  {}",
+            crate::scenario::printable(&plan.name),
+            plan.deadline.as_secs(),
+            crate::scenario::printable(first_line)
+        );
     }
     ExitCode::SUCCESS
 }

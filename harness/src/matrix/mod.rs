@@ -128,7 +128,11 @@ pub fn main(args: &[String]) -> ExitCode {
         Ok(options) => options,
         Err(e) => return usage_error(&e),
     };
-    let loaded = match runner::load_all(&options.paths, &Variables::from_environment()) {
+    let loaded = runner::load_all(&options.paths, &Variables::from_environment());
+    for skipped in &loaded.skipped {
+        eprintln!("netfault: {skipped}");
+    }
+    let loaded = match loaded.into_result() {
         Ok(loaded) => loaded,
         Err(errors) => {
             for error in &errors {
@@ -274,8 +278,9 @@ fn run_suite(
     slow: bool,
     on_done: impl FnMut(&Summary),
 ) -> Result<Vec<Summary>> {
-    let loaded =
-        runner::load_all(paths, &Variables::from_environment()).map_err(|errors| Error::Internal(errors.join("\n")))?;
+    let loaded = runner::load_all(paths, &Variables::from_environment())
+        .into_result()
+        .map_err(|errors| Error::Internal(errors.join("\n")))?;
     let jobs: Vec<(Job, Duration)> = loaded
         .into_iter()
         .filter(|(_, plan)| slow || !plan.slow)
@@ -642,8 +647,7 @@ mod tests {
             "description: d\nclient:\n  - exec: { program: curl }\n  - exec: { program: /bin/true }\nserver:\n  - exec: { program: nc }\n",
         )
         .unwrap();
-        let job =
-            Job { file: PathBuf::from("t.yaml"), root: PathBuf::new(), reports: PathBuf::new(), run: None, seed: 0 };
+        let job = Job::new(PathBuf::from("t.yaml"), PathBuf::new(), PathBuf::new(), &plan, 0);
         assert_eq!(exec_programs(&[(job, plan)]).into_iter().collect::<Vec<_>>(), vec!["curl", "nc"]);
     }
 }

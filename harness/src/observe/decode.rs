@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::timeline::{IpProtocol, PacketDirection, PacketEvent};
 
@@ -43,16 +44,51 @@ impl FlowKey {
     }
 }
 
+/// The initial sequence numbers every decoder of a run has learnt, shared by them: a packet the kernel dropped
+/// before it left (which no capture saw) is numbered as its connection's captured packets are.
+#[derive(Debug, Clone, Default)]
+pub struct SharedIsns(Arc<Mutex<HashMap<FlowKey, u32>>>);
+
+impl SharedIsns {
+    fn get(&self, key: &FlowKey) -> Option<u32> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).get(key).copied()
+    }
+
+    fn learn(&self, key: FlowKey, isn: u32) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).insert(key, isn);
+    }
+}
+
 /// Decodes the frames of one capture (one interface), remembering each TCP direction's ISN so that
 /// seq/ack come out relative, as `tcpdump -n -r file.pcap` shows them.
 #[derive(Debug, Default)]
 pub struct Decoder {
     initial_seq: HashMap<FlowKey, u32>,
+    shared: Option<SharedIsns>,
 }
 
 impl Decoder {
+    /// A decoder that learns initial sequence numbers from the SYNs it sees itself.
     pub fn new() -> Decoder {
         Decoder::default()
+    }
+
+    /// A decoder that also learns from, and tells, the run's other decoders.
+    pub fn sharing(shared: SharedIsns) -> Decoder {
+        Decoder { initial_seq: HashMap::new(), shared: Some(shared) }
+    }
+
+    /// A packet that starts at its IPv4 header (as a drop inside the kernel shows it), as [`Decoder::decode`]
+    /// decodes a frame.
+    pub fn decode_ip(&mut self, packet: &[u8], outgoing: bool) -> Option<PacketEvent> {
+        let mut frame = vec![0u8; ETHERNET_HEADER_LEN];
+        frame[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+        frame.extend_from_slice(packet);
+        self.decode(&frame, outgoing)
+    }
+
+    fn isn(&self, key: &FlowKey) -> Option<u32> {
+        self.initial_seq.get(key).copied().or_else(|| self.shared.as_ref()?.get(key))
     }
 
     /// The event tcpdump would print for `frame` (Ethernet, starting at the destination MAC), or `None` for
@@ -80,6 +116,7 @@ impl Decoder {
             len: ip.payload_len,
             options: String::new(),
             fault: None,
+            dropped: None,
             impairments: Vec::new(),
         };
         if ip.fragment_offset != 0 {
@@ -111,9 +148,12 @@ impl Decoder {
         let flags = tcp[13];
         if flags & TCP_SYN != 0 {
             self.initial_seq.insert(key, seq);
+            if let Some(shared) = &self.shared {
+                shared.learn(key, seq);
+            }
         }
-        let own_isn = self.initial_seq.get(&key).copied();
-        let peer_isn = self.initial_seq.get(&key.reversed()).copied();
+        let own_isn = self.isn(&key);
+        let peer_isn = self.isn(&key.reversed());
 
         event.sport = key.sport;
         event.dport = key.dport;
@@ -475,6 +515,33 @@ mod tests {
     }
 
     #[test]
+    fn a_packet_dropped_before_it_left_is_numbered_from_the_isns_the_captures_learnt() {
+        // The drop tracer has the packet from its IPv4 header on, and never saw the handshake: the captures did.
+        let shared = SharedIsns::default();
+        let mut client_capture = Decoder::sharing(shared.clone());
+        let mut server_capture = Decoder::sharing(shared.clone());
+        client_capture.decode(&syn(40000, 5000), true).unwrap();
+        server_capture.decode(&syn_ack(40000, 90_000, 5000), true).unwrap();
+        let probe = Segment {
+            sport: 40000,
+            dport: 9000,
+            seq: 5000 + 1152,
+            ack: 90_001,
+            flags: 0x10,
+            window: 63,
+            options: &[],
+            data: &[],
+        };
+        let mut tracer = Decoder::sharing(shared);
+        let event = tracer.decode_ip(&ip_packet(CLIENT, SERVER, IPPROTO_TCP, 9, &tcp(&probe)), true).unwrap();
+        assert_eq!((event.seq, event.ack, event.sport, event.dport), (1152, 1, 40000, 9000));
+        assert_eq!(event.direction, PacketDirection::Out);
+        // Without the shared numbers it would print them absolute.
+        let event = Decoder::new().decode_ip(&ip_packet(CLIENT, SERVER, IPPROTO_TCP, 9, &tcp(&probe)), true).unwrap();
+        assert_eq!((event.seq, event.ack), (6152, 90_001));
+    }
+
+    #[test]
     fn connections_are_kept_apart_and_unseen_syns_leave_numbers_absolute() {
         let mut decoder = Decoder::new();
         decoder.decode(&syn(40000, 5000), true).unwrap();
@@ -504,7 +571,7 @@ mod tests {
     }
 
     #[test]
-    fn rst_without_ack_shows_relative_seq_and_zero_ack() {
+    fn rst_without_ack_shows_relative_seq_and_prints_no_ack() {
         let mut decoder = Decoder::new();
         decoder.decode(&syn(40000, 1000), true).unwrap();
         decoder.decode(&syn_ack(40000, 50_000, 1000), false).unwrap();
@@ -522,6 +589,12 @@ mod tests {
         assert_eq!(event.flags, 0x04);
         assert_eq!((event.seq, event.ack, event.window, event.len), (1, 0, 0, 0));
         assert_eq!(crate::timeline::format_tcp_flags(event.flags), "R");
+        // Found by the issue-12 cases: printed `ack 0`, which tcpdump does not print for a segment without ACK.
+        assert_eq!(event.to_string(), "10.0.0.2.9000 > 10.0.0.1.40000: Flags [R], seq 1, win 0, length 0");
+        let syn = decoder.decode(&syn(40001, 7), true).unwrap();
+        assert!(syn.to_string().starts_with("10.0.0.1.40001 > 10.0.0.2.9000: Flags [S], seq 0, win 64240, length 0"));
+        let syn_ack = decoder.decode(&syn_ack(40001, 70, 7), false).unwrap();
+        assert!(syn_ack.to_string().contains("Flags [S.], seq 0, ack 1, win 65160"), "{syn_ack}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::verdict::{describe_expectation, Failure, StepJudgement, StepVerdict};
 use super::wire::{FaultNote, Wire};
 use crate::scenario::plan::{HostId, Plan, Protocol};
-use crate::timeline::query::step_record;
+use crate::timeline::query::{StepRecord, StepRecords};
 use crate::timeline::{format_tcp_flags, EventKind, IpProtocol, Outcome, Timeline};
 
 const STYLE: &str = include_str!("ladder.css");
@@ -188,9 +188,13 @@ impl Ladder {
                 _ => {}
             }
         }
+        let records = StepRecords::of(plan, timeline);
         for judged in judged {
             let step = &plan.host(judged.host).steps[judged.index];
-            let record = step_record(timeline, judged.host, judged.index);
+            let record = records
+                .get(judged.host, judged.index)
+                .cloned()
+                .unwrap_or_else(|| StepRecord::empty(judged.host, judged.index));
             let outcome = record.outcome.as_ref().map(|outcome| match (outcome, &record.detail) {
                 (Outcome::Unfinished, _) | (_, None) => outcome.to_string(),
                 (_, Some(detail)) => format!("{outcome} ({detail})"),
@@ -257,7 +261,8 @@ fn arrows(wire: &Wire, column: impl Fn(HostId) -> usize) -> Vec<Arrow> {
             let event = first.event.as_ref();
             let label = match event {
                 Some(p) if p.protocol == IpProtocol::Known(Protocol::Tcp) => {
-                    format!("{} seq {} ack {} win {} len {}", format_tcp_flags(p.flags), p.seq, p.ack, p.window, p.len)
+                    let ack = p.shown_ack().map(|ack| format!(" ack {ack}")).unwrap_or_default();
+                    format!("{} seq {}{ack} win {} len {}", format_tcp_flags(p.flags), p.seq, p.window, p.len)
                 }
                 Some(p) => format!("{} {}", p.protocol, p.options),
                 None => first.summary.clone(),

@@ -20,7 +20,8 @@ use crate::error::{Context, Error, Result};
 use crate::record::{CapturedInterface, RunRecord};
 use crate::run::topology;
 use crate::scenario::plan::{Direction, FaultAction, Plan};
-use crate::timeline::query::step_record;
+use crate::scenario::{printable, printable_path};
+use crate::timeline::query::{StepRecord, StepRecords};
 use crate::timeline::{format_secs, EventKind, PacketDirection, Timeline};
 use ladder::Ladder;
 use pcapng::Section;
@@ -123,13 +124,17 @@ pub fn write_not_applicable(plan: &Plan, reason: String, dir: &Path) -> Result<S
 /// next to the pcaps; returns the summary.
 pub fn write(plan: &Plan, record: &RunRecord, verdict: &Verdict, dir: &Path) -> Result<Summary> {
     let status = status_of(record, verdict);
+    let records = StepRecords::of(plan, &record.timeline);
     let steps = verdict
         .steps
         .iter()
         .map(|judged| {
             let step = &plan.host(judged.host).steps[judged.index];
             StepReport::new(
-                step_record(&record.timeline, judged.host, judged.index),
+                records
+                    .get(judged.host, judged.index)
+                    .cloned()
+                    .unwrap_or_else(|| StepRecord::empty(judged.host, judged.index)),
                 step.name.as_deref(),
                 step.action.kind(),
                 step.expect.is_set().then(|| describe_expectation(&step.expect)),
@@ -153,6 +158,7 @@ pub fn write(plan: &Plan, record: &RunRecord, verdict: &Verdict, dir: &Path) -> 
         interfaces: record.interfaces.iter().map(InterfaceReport::from).collect(),
         capture: &record.capture,
         observer: record.observer.iter().map(|&(host, stats)| ObserverReport::of(host, stats)).collect(),
+        states: &record.states,
         fault_hits: record.fault_hits.iter().map(|(fault, hits)| (fault.as_str(), *hits)).collect(),
         seed: record.seed,
         decisions: &record.decisions,
@@ -189,12 +195,7 @@ pub fn write(plan: &Plan, record: &RunRecord, verdict: &Verdict, dir: &Path) -> 
         setup_ms: record.setup.as_secs_f64() * 1e3,
         teardown_ms: record.teardown.as_secs_f64() * 1e3,
         report: dir.to_path_buf(),
-        messages: record
-            .harness_errors
-            .iter()
-            .map(|e| format!("harness error: {e}"))
-            .chain(verdict.failures.iter().map(|f| explain(plan, f, &record.timeline)))
-            .collect(),
+        messages: messages(plan, record, verdict),
     })
 }
 
@@ -235,6 +236,7 @@ fn fault_notes(plan: &Plan) -> Vec<FaultNote> {
                 FaultAction::RejectIcmpHostUnreachable => "rejected with ICMP host unreachable".to_string(),
                 FaultAction::RejectIcmpNetUnreachable => "rejected with ICMP net unreachable".to_string(),
                 FaultAction::RejectIcmpAdminProhibited => "rejected with ICMP admin prohibited".to_string(),
+                FaultAction::QdiscDrop => "dropped by the queueing discipline".to_string(),
                 FaultAction::FlushConntrack => "forgotten by a conntrack flush".to_string(),
             },
         })
@@ -323,11 +325,10 @@ fn status_of(record: &RunRecord, verdict: &Verdict) -> Status {
 }
 
 /// A failure with the timeline lines around it, as shown by `cargo test` and `netfault run`.
-pub fn explain(plan: &Plan, failure: &Failure, timeline: &Timeline) -> String {
+pub fn explain(plan: &Plan, failure: &Failure, view: &Timeline) -> String {
     let mut text =
-        format!("{}:{}:{}: {}", plan.file.display(), failure.location.line, failure.location.column, failure);
+        format!("{}:{}:{}: {}", printable_path(&plan.file), failure.location.line, failure.location.column, failure);
     if let Some(t) = failure.around {
-        let view = readable(timeline);
         let lines = view.lines_around(t, 6, 4);
         if !lines.is_empty() {
             text.push_str(&format!("\n  timeline around {}s:", format_secs(t)));
@@ -338,6 +339,24 @@ pub fn explain(plan: &Plan, failure: &Failure, timeline: &Timeline) -> String {
         }
     }
     text
+}
+
+/// Failures explained with their timeline in the summary (what `netfault run` and `cargo test` print); the rest
+/// are counted there and listed in full in result.json and timeline.txt.
+const EXPLAINED_FAILURES: usize = 20;
+
+/// The summary's messages: every harness error, then the first failures with the timeline around each.
+fn messages(plan: &Plan, record: &RunRecord, verdict: &Verdict) -> Vec<String> {
+    let view = readable(&record.timeline);
+    let mut messages: Vec<String> = record.harness_errors.iter().map(|e| format!("harness error: {e}")).collect();
+    messages.extend(verdict.failures.iter().take(EXPLAINED_FAILURES).map(|f| explain(plan, f, &view)));
+    if verdict.failures.len() > EXPLAINED_FAILURES {
+        messages.push(format!(
+            "... and {} more failures: every one is in result.json and at the top of timeline.txt",
+            verdict.failures.len() - EXPLAINED_FAILURES
+        ));
+    }
+    messages
 }
 
 /// The events timeline.txt shows: each packet once, from its sender's capture (arrivals appear only when a
@@ -362,7 +381,7 @@ pub fn readable(timeline: &Timeline) -> Timeline {
 
 fn render_timeline(plan: &Plan, record: &RunRecord, verdict: &Verdict) -> String {
     let mut text = String::new();
-    text.push_str(&format!("# {} ({})\n", plan.name, plan.file.display()));
+    text.push_str(&format!("# {} ({})\n", printable(&plan.name), printable_path(&plan.file)));
     for line in plan.description.lines() {
         text.push_str(&format!("# {line}\n"));
     }
@@ -390,6 +409,7 @@ fn render_timeline(plan: &Plan, record: &RunRecord, verdict: &Verdict) -> String
             .collect();
         text.push_str(&format!("# {host}: {}; {} socket samples\n", captures.join(", "), observer.samples));
     }
+    text.push_str(&format!("# {}\n", record.states.describe()));
     for (fault, hits) in &record.fault_hits {
         text.push_str(&format!("# fault {fault}: {hits} packets matched\n"));
     }

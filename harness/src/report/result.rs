@@ -14,7 +14,7 @@ use serde::Serialize;
 use super::verdict::{Failure, StepJudgement};
 use super::Status;
 use crate::error::{Context, Error, Result};
-use crate::record::{CaptureStats, CapturedInterface, ObserverStats, WireStats};
+use crate::record::{CaptureStats, CapturedInterface, ObserverStats, StateSource, WireStats};
 use crate::scenario::plan::{HostId, Plan};
 use crate::timeline::{query::StepRecord, Decision, Event, Outcome};
 
@@ -133,6 +133,8 @@ pub struct ResultFile<'a> {
     pub capture: &'a [CaptureStats],
     /// The socket observers, one per host in the wire's order (client, router if any, server).
     pub observer: Vec<ObserverReport>,
+    /// Where the socket states came from: the kernel's transitions, or samples only (and why).
+    pub states: &'a StateSource,
     /// Packets each fault's rule matched (the packets an impairment selected), by fault name.
     pub fault_hits: BTreeMap<&'a str, u64>,
     /// The seed of the impairments' random decisions: `netfault run --seed` with it repeats them.
@@ -392,10 +394,11 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::record::TracerStats;
     use crate::scenario::impairment::{InjectedSegment, InjectedSeq};
     use crate::scenario::plan::{Location, TcpState, TimerKind};
     use crate::timeline::{
-        DecisionKind, ErrnoEvent, EventKind, ImpairmentEvent, IpProtocol, PacketDirection, PacketEvent, SocketEvent,
+        DecisionKind, DroppedBy, ErrnoEvent, EventKind, ImpairmentEvent, PacketEvent, SocketEvent, TransitionEvent,
     };
 
     #[test]
@@ -419,21 +422,12 @@ mod tests {
 
     fn packet(fault: Option<&str>) -> PacketEvent {
         PacketEvent {
-            direction: PacketDirection::Out,
-            src: Ipv4Addr::new(10, 0, 0, 1),
-            dst: Ipv4Addr::new(10, 0, 0, 2),
-            protocol: IpProtocol::from_number(6),
             ip_id: 7,
-            sport: 40000,
-            dport: 9000,
-            flags: 0x12,
-            seq: 0,
             ack: 1,
             window: 64240,
-            len: 0,
             options: "mss 1460".into(),
             fault: fault.map(String::from),
-            impairments: Vec::new(),
+            ..PacketEvent::test_segment(0x12, 0)
         }
     }
 
@@ -476,6 +470,18 @@ mod tests {
             at(0.1, HostId::Client, EventKind::StepStart { step: 0, label: "#1 connect".into() }),
             at(0.2, HostId::Client, EventKind::Packet(packet(None))),
             at(0.3, HostId::Server, EventKind::Packet(packet(Some("blackhole")))),
+            at(0.3, HostId::Client, EventKind::Packet(PacketEvent { dropped: Some(DroppedBy::Qdisc), ..packet(None) })),
+            at(
+                0.35,
+                HostId::Client,
+                EventKind::Transition(TransitionEvent {
+                    socket: "10.0.0.1:40000 -> 10.0.0.2:9000".into(),
+                    local_port: 40000,
+                    remote_port: 9000,
+                    from: TcpState::SynSent,
+                    to: TcpState::Established,
+                }),
+            ),
             at(0.4, HostId::Client, EventKind::Socket(socket(None, None))),
             at(
                 0.5,
@@ -600,6 +606,14 @@ mod tests {
             interfaces: captured.iter().map(InterfaceReport::from).collect(),
             capture: &[stats, stats, stats, stats],
             observer: [HostId::Client, HostId::Router, HostId::Server].map(observer).into(),
+            states: &StateSource::Traced(TracerStats {
+                transitions: 4,
+                dropped_packets: 1,
+                drops_untraced: None,
+                lost: 0,
+                median_latency_us: 900.0,
+                max_latency_us: 1500.0,
+            }),
             fault_hits: BTreeMap::from([("blackhole", 3), ("lossy", 8)]),
             seed: 42,
             decisions: &decisions,
@@ -623,6 +637,9 @@ mod tests {
         let mut two_hosts = value.clone();
         drop(two_hosts["sysctls"].as_object_mut().unwrap().remove("router"));
         assert!(validator.is_valid(&two_hosts), "a scenario without a router has no router sysctls");
+        let mut sampled = value.clone();
+        sampled["states"] = serde_json::to_value(StateSource::Sampled { reason: "rootless".into() }).unwrap();
+        assert!(validator.is_valid(&sampled), "{sampled}");
         let not_applicable = serde_json::to_value(ResultJson::NotApplicable(NotApplicableFile {
             heading: Heading { source: None, ..heading("6.8.0-1017-azure".into()) },
             status: Status::NotApplicable,

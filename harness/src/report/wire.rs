@@ -226,7 +226,8 @@ fn read_end(index: usize, end: &End, timeline: &Timeline, t0: Duration) -> Resul
     let mut reader = PcapReader::new(file).map_err(|e| Error::Internal(format!("{}: {e}", what())))?;
     let mut events: HashMap<Duration, VecDeque<&PacketEvent>> = HashMap::new();
     for event in timeline.events.iter().filter(|e| e.host == end.host) {
-        if let EventKind::Packet(packet) = &event.kind {
+        // A packet dropped before it left is on the timeline but in no pcap.
+        if let EventKind::Packet(packet @ PacketEvent { dropped: None, .. }) = &event.kind {
             events.entry(event.t).or_default().push_back(packet);
         }
     }
@@ -328,8 +329,8 @@ fn signed_nanos(wall: Duration, t0: Duration) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scenario::plan::Protocol;
-    use crate::timeline::{IpProtocol, PacketDirection};
+
+    use crate::timeline::PacketDirection;
 
     fn end(host: HostId) -> End {
         End {
@@ -345,20 +346,12 @@ mod tests {
     fn frame(end: usize, micros: u64, data: &[u8], outgoing: bool, fault: Option<&str>) -> Frame {
         let event = PacketEvent {
             direction: if outgoing { PacketDirection::Out } else { PacketDirection::In },
-            src: Ipv4Addr::new(10, 0, 0, 1),
-            dst: Ipv4Addr::new(10, 0, 0, 2),
-            protocol: IpProtocol::Known(Protocol::Tcp),
             ip_id: 1,
-            sport: 40000,
-            dport: 9000,
-            flags: 0x10,
             seq: 1,
             ack: 1,
             window: 63,
-            len: 0,
-            options: String::new(),
             fault: fault.map(String::from),
-            impairments: Vec::new(),
+            ..PacketEvent::test_segment(0x10, 0)
         };
         Frame {
             end,

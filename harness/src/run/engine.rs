@@ -11,24 +11,30 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::observe::capture::{Capture, CaptureBuffer};
 use crate::observe::sockets::{DiagSocket, Observer};
-use crate::record::{CaptureStats, CapturedInterface, ObserverStats, RunRecord, WireStats};
+use crate::observe::transitions::Tracer;
+use crate::record::{CaptureStats, CapturedInterface, ObserverStats, RunRecord, StateSource, WireStats};
 use crate::run::actors::{self, ActorContext, ProcessRegistry, StepBoard};
 use crate::run::clock::{Clock, EventSink};
 use crate::run::confine::Confinement;
-use crate::run::faults::{Backend, HostFaults};
+use crate::run::faults::HostFaults;
 use crate::run::firewall::{self, Nat};
 use crate::run::impair::{Wire, WireFault};
 use crate::run::netns::Netns;
 use crate::run::priority;
 use crate::run::supervise::SETUP_LIMIT;
+use crate::run::switchboard::Switchboard;
 use crate::run::topology::{self, HostWire};
-use crate::scenario::plan::{Action, Direction, FaultPlan, HostId, HostPlan, Plan, Protocol, StepEdge, Trigger};
-use crate::timeline::{Decision, DecisionKind, Event, EventKind, IpProtocol, PacketDirection, PacketEvent, Timeline};
+use crate::scenario::plan::{Action, Direction, HostId, HostPlan, Plan};
+use crate::timeline::query::{self, StepRecords};
+use crate::timeline::{Decision, DecisionKind, Event, EventKind, PacketDirection, PacketEvent, Timeline};
 
 /// How often the hub wakes to look at time triggers and the programs when nothing happens.
 const IDLE_TICK: Duration = Duration::from_millis(5);
-/// How long a host's program may wait to be told to start once its host is set up (measured: up to 0.7 s to
-/// start a thread with 200 scenarios at once on 2 cores). The set-up itself is bounded by [`SETUP_LIMIT`].
+/// How long a host's program may wait to be told to start once the engine has every host set up (measured: up
+/// to 0.7 s to start a thread with 200 scenarios at once on 2 cores). Its own host may be set up long before
+/// the others: the wait is [`SETUP_LIMIT`] (the bound of every host's set-up) plus this. With 56 scenarios at
+/// once in the 6.12 TCG VM, a router's set-up took more than 30 s past its client's, and the client's program,
+/// waiting 30 s in all, gave up ("never told to start") as the engine was about to start it.
 const PROGRAM_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the teardown waits for the programs to end once their processes are killed: the step a kill ended
 /// (`killed (SIGKILL) at the scenario deadline`) belongs in the record, and on a busy machine its thread may not
@@ -70,7 +76,7 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -
     // their own.
     let wire_namespace = plan.links.iter().any(|link| link.wire).then(topology::wire_namespace).transpose()?;
     let (rig, threads) = start_hosts(plan, report_dir, &sink, programs.collect(), wire_namespace.as_ref())?;
-    let Rig { namespaces, interfaces, mut faults, captures, observers, listen_watchers } = rig;
+    let Rig { namespaces, interfaces, faults, captures, observers, listen_watchers, tracer } = rig;
     // Every impairment starts off; its decisions come from `seed`.
     let wire = match &wire_namespace {
         Some(namespace) => {
@@ -80,6 +86,7 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -
         None => None,
     };
     let setup = setup_started.elapsed();
+    let switches = Arc::new(Switchboard::new(plan, faults, wire, clock.clone()));
     // Each host's thread until it ends and is joined: the program's, or the router's, which ends after its
     // set-up.
     let mut programs: Vec<(HostId, Option<JoinHandle<Result<()>>>)> =
@@ -87,9 +94,7 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -
 
     // Faults due at t0 are on before either program makes its first call. They are switched before t0 is
     // taken (their events read 0 s): an nftables commit can take tens of ms on a busy machine.
-    let mut schedule = FaultSchedule::new(&plan.faults);
-    let mut fault_events = Vec::new();
-    apply_due(&mut schedule, &mut faults, wire.as_ref(), &clock, &mut fault_events)?;
+    switches.switch_due()?;
     // Each host's sysctls in force, for the report: read while the scenario runs, by a thread per host at the
     // ordinary priority (so never ahead of the scenario's own threads), and joined after it. Reading them
     // after the programs ended put 1.2 ms of opening /proc/sys files into every run's teardown. The values
@@ -112,7 +117,7 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -
     let deadline = Instant::now() + plan.deadline;
     for (gate, sock_diag) in gates.iter().zip(listen_watchers) {
         // A program thread that is gone already reports its own error when joined.
-        let _ = gate.send(Gate { deadline, sock_diag });
+        let _ = gate.send(Gate { deadline, sock_diag, switches: Arc::clone(&switches) });
     }
     drop(sink);
     on_start();
@@ -131,7 +136,7 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -
             deadline_hit = true;
             break;
         }
-        let wake = schedule.next_due().map_or(IDLE_TICK, |due| due.saturating_sub(now).min(IDLE_TICK));
+        let wake = switches.next_due().map_or(IDLE_TICK, |due| due.saturating_sub(now).min(IDLE_TICK));
         match events.recv_timeout(wake) {
             Ok(event) => {
                 // Only the host that saw the packet or ran the step: a packet changes the sender's socket when
@@ -143,13 +148,14 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -
                         None => {}
                     }
                 }
-                schedule.observe(&event);
+                // A program has switched what its own steps trigger already; this arms the rest.
+                switches.observe(&event)?;
                 collected.push(event);
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
-        apply_due(&mut schedule, &mut faults, wire.as_ref(), &clock, &mut fault_events)?;
+        switches.switch_due()?;
     }
     let duration = clock.now();
     // The recording ends with the run: every observer and capture is told at once, while this thread still
@@ -183,6 +189,7 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -
     let teardown_started = Instant::now();
     board.close();
     processes.kill_all();
+    let (mut faults, wire, fault_events) = switches.finish();
     let (wire_stats, wire_hits) = match wire.map(Wire::stop) {
         Some(Ok(stopped)) => {
             harness_errors.extend(stopped.errors);
@@ -195,9 +202,6 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -
         }
         None => (None, Vec::new()),
     };
-    if deadline_hit {
-        collected.push(Event { t: duration, host: HostId::Client, kind: EventKind::Deadline { step: None } });
-    }
     // A part that fails to stop (on a starved machine: not within its bounded wait) is a harness error of this
     // run, not the end of it: what the others recorded still makes the report, timeline and pcaps included.
     let mut observer_stats = Vec::with_capacity(observers.len());
@@ -207,6 +211,14 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -
             ObserverStats::default()
         }));
     }
+    let states = match tracer {
+        Ok(tracer) => tracer.stop().map(StateSource::Traced).unwrap_or_else(|e| {
+            harness_errors.push(e.to_string());
+            StateSource::Sampled { reason: format!("the transition tracer failed to stop: {e}") }
+        }),
+        Err(reason) => StateSource::Sampled { reason },
+    };
+    harness_errors.extend(states.losses());
     let capture_stats = stop_captures(captures).unwrap_or_else(|e| {
         harness_errors.push(e.to_string());
         vec![CaptureStats::default(); interfaces.len()]
@@ -226,6 +238,13 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -
     // Everything else is still queued in the channel: packets decoded during stop, last samples.
     collected.extend(events.try_iter());
     collected.extend(fault_events);
+    // The deadline is the instant the programs were given, not when the hub noticed it: a step that ended
+    // between the two ran past it too, and so did one whose program ended just after it, before the hub looked.
+    let deadline_t = clock.at(deadline);
+    deadline_hit |= collected.iter().any(|e| matches!(e.kind, EventKind::StepEnd { .. }) && e.t >= deadline_t);
+    if deadline_hit {
+        collected.push(Event { t: deadline_t, host: HostId::Client, kind: EventKind::Deadline { step: None } });
+    }
     let mut timeline = Timeline::new(collected);
     if deadline_hit {
         mark_running_steps(&mut timeline, plan);
@@ -248,6 +267,7 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -
         sysctls,
         capture: capture_stats,
         observer: plan.hosts.iter().map(|host| host.id).zip(observer_stats).collect(),
+        states,
         fault_hits,
         seed,
         wire: wire_stats,
@@ -323,6 +343,8 @@ pub struct Rig {
     /// For each program host's program (client, server), a sock_diag socket in each program host's namespace
     /// its `wait: { listening }` steps name (see [`actors::listening_hosts`]).
     pub listen_watchers: [[Option<DiagSocket>; 2]; 2],
+    /// The kernel's state transitions in every host's namespace, or why they cannot be traced here.
+    pub tracer: std::result::Result<Tracer, String>,
 }
 
 /// Namespaces, the wire, the faults (all off), a capture per interface and an observer per host, all sending
@@ -349,10 +371,12 @@ struct Program {
     gate: mpsc::Receiver<Gate>,
 }
 
-/// What opens a program's gate: its deadline, and its sock_diag sockets for `wait: { listening }` steps.
+/// What opens a program's gate: its deadline, its sock_diag sockets for `wait: { listening }` steps, and the
+/// switchboard through which it switches the faults its own steps trigger.
 struct Gate {
     deadline: Instant,
     sock_diag: [Option<DiagSocket>; 2],
+    switches: Arc<Switchboard>,
 }
 
 /// What one host's thread set up in its namespace.
@@ -414,6 +438,7 @@ fn start_hosts(
 ) -> Result<(Rig, Vec<JoinHandle<Result<()>>>)> {
     let shared = Arc::new(plan.clone());
     let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<HostRig>)>();
+    let (namespace_tx, namespace_rx) = mpsc::channel::<(usize, Netns)>();
     let mut threads = Vec::with_capacity(plan.hosts.len());
     for (position, (meetings, program)) in wire_meetings(plan, wire)?.into_iter().zip(programs).enumerate() {
         let plan = Arc::clone(&shared);
@@ -421,21 +446,28 @@ fn start_hosts(
         let report_dir = report_dir.to_path_buf();
         let sink = sink.clone();
         let ready = ready_tx.clone();
+        let namespace = (position, namespace_tx.clone());
         let thread = thread::Builder::new()
             .name(format!("host-{host}"))
             .spawn(move || {
-                let rig = set_up_host(&plan, host, &report_dir, sink.clone(), meetings);
+                let rig = set_up_host(&plan, host, &report_dir, sink.clone(), meetings, namespace);
                 host_thread(host, rig, sink, (position, ready), program)
             })
             .map_err(|e| Error::sys(format!("spawn the thread of host {host}"), e))?;
         threads.push(thread);
     }
-    drop(ready_tx);
+    drop((ready_tx, namespace_tx));
+    // The tracer loads its programs while the hosts set themselves up: it needs only their namespaces.
+    let tracer = start_tracer(plan, &namespace_rx, sink);
     let mut rigs: Vec<Option<HostRig>> = plan.hosts.iter().map(|_| None).collect();
     let mut failures = Vec::new();
+    // A set-up step the scenario caused to fail (a sysctl the kernel refuses) is the error to report, at its
+    // line: the other hosts' failures then only follow from it.
+    let mut caused_by_scenario = None;
     for _ in &plan.hosts {
         match ready_rx.recv_timeout(SETUP_LIMIT) {
             Ok((position, Ok(rig))) => rigs[position] = Some(rig),
+            Ok((_, Err(e @ Error::Located { .. }))) if caused_by_scenario.is_none() => caused_by_scenario = Some(e),
             Ok((position, Err(e))) => failures.push(format!("set-up of {}: {e}", plan.hosts[position].id)),
             Err(_) => failures
                 .push(format!("the hosts were not set up {}s after their threads started", SETUP_LIMIT.as_secs())),
@@ -444,7 +476,7 @@ fn start_hosts(
     // A thread waiting at its gate gives up when the gates go with the caller's `Program`s.
     let rigs: Vec<HostRig> = match rigs.into_iter().collect::<Option<Vec<_>>>() {
         Some(rigs) if failures.is_empty() => rigs,
-        _ => return Err(Error::Internal(failures.join("; "))),
+        _ => return Err(caused_by_scenario.unwrap_or_else(|| Error::Internal(failures.join("; ")))),
     };
     let mut rig = Rig {
         namespaces: Vec::new(),
@@ -453,6 +485,7 @@ fn start_hosts(
         captures: Vec::new(),
         observers: Vec::new(),
         listen_watchers: [[None, None], [None, None]],
+        tracer,
     };
     let mut interfaces = Vec::new();
     for (host, host_rig) in plan.hosts.iter().zip(rigs) {
@@ -473,6 +506,26 @@ fn start_hosts(
         rig.captures.push(capture);
     }
     Ok((rig, threads))
+}
+
+/// The transition tracer of every host's namespace, the router's too (watched from outside them), started as
+/// soon as each host's thread has made its namespace; `Err` says why the run's states are only sampled.
+fn start_tracer(
+    plan: &Plan,
+    namespaces: &mpsc::Receiver<(usize, Netns)>,
+    sink: &EventSink,
+) -> std::result::Result<Tracer, String> {
+    let mut received: Vec<Option<Netns>> = plan.hosts.iter().map(|_| None).collect();
+    for _ in &plan.hosts {
+        // A host whose set-up failed before its namespace existed sends none; its failure is the run's error.
+        let (position, namespace) = namespaces
+            .recv_timeout(SETUP_LIMIT)
+            .map_err(|_| "a host's namespace never came (its set-up failed)".to_string())?;
+        received[position] = Some(namespace);
+    }
+    let namespaces: Vec<(HostId, &Netns)> =
+        plan.hosts.iter().zip(&received).filter_map(|(host, ns)| Some((host.id, ns.as_ref()?))).collect();
+    Tracer::start(namespaces, sink.clone()).map_err(|e| e.to_string())
 }
 
 /// The rest of one host's thread (see [`start_hosts`]) once its host is set up: report, then the program if
@@ -508,7 +561,7 @@ fn host_thread(
     drop(ready);
     let gate = program
         .gate
-        .recv_timeout(PROGRAM_START_TIMEOUT)
+        .recv_timeout(SETUP_LIMIT + PROGRAM_START_TIMEOUT)
         .map_err(|_| Error::Internal(format!("{host} program was never told to start")))?;
     // t0 is taken by the first program thread to run (the clock keeps the first start), not by the engine:
     // on a busy machine the woken threads may wait tens of ms for a CPU.
@@ -519,6 +572,7 @@ fn host_thread(
         board: program.board,
         processes: program.processes,
         sink,
+        switches: gate.switches,
         deadline: gate.deadline,
         sock_diag: gate.sock_diag,
         report_dir: program.report_dir,
@@ -542,8 +596,12 @@ fn set_up_host(
     report_dir: &Path,
     sink: EventSink,
     meetings: Vec<WireMeeting>,
+    (position, to_tracer): (usize, mpsc::Sender<(usize, Netns)>),
 ) -> Result<HostRig> {
     let namespace = Netns::unshare_current_thread()?;
+    // The engine is gone only when it gave up waiting.
+    let _ = to_tracer.send((position, namespace.try_clone()?));
+    drop(to_tracer);
     let mut wire = HostWire::prepare(plan, host)?;
     let peer_failed = |what: &str| Error::Internal(format!("{what} (the other host's set-up failed)"));
     // Every namespace is handed over before any pair is created, so no host waits for one that waits too.
@@ -576,6 +634,9 @@ fn set_up_host(
     wire.wait_operational(plan)?;
     let nat = router_nat(plan).filter(|_| host == HostId::Router);
     let faults = HostFaults::install(&namespace, host, &plan.faults, nat.as_ref())?;
+    for link in &links {
+        firewall::install_qdisc_drops(host, link.ifindex, &plan.faults)?;
+    }
     let observer = Observer::start(&namespace, host, plan.sample_interval, sink.clone())?;
     let mut listen_watchers = [None, None];
     for (program, watcher) in HostId::ALL.into_iter().zip(&mut listen_watchers) {
@@ -711,52 +772,15 @@ pub fn stop_captures(captures: Vec<Capture>) -> Result<Vec<CaptureStats>> {
     stopped.into_iter().collect()
 }
 
-/// Switches the faults that are due now, each where it is carried out (its host's backend, or the impairment
-/// wire on the link), and records each switch on the timeline.
-fn apply_due(
-    schedule: &mut FaultSchedule<'_>,
-    faults: &mut [HostFaults],
-    wire: Option<&Wire>,
-    clock: &Clock,
-    events: &mut Vec<Event>,
-) -> Result<()> {
-    for (fault, on) in schedule.due(clock.now()) {
-        if Backend::of(fault) == Backend::Wire {
-            let wire =
-                wire.ok_or_else(|| Error::Internal(format!("impairment {} has no wire to run on", fault.name)))?;
-            wire.switch(&fault.name, on)?;
-        } else {
-            let host_faults =
-                faults.iter_mut().find(|host_faults| host_faults.host() == fault.host).ok_or_else(|| {
-                    Error::Internal(format!("fault {} is at {}, which has no faults installed", fault.name, fault.host))
-                })?;
-            host_faults.switch(fault, on)?;
-        }
-        let kind = if on {
-            EventKind::FaultOn { fault: fault.name.clone() }
-        } else {
-            EventKind::FaultOff { fault: fault.name.clone() }
-        };
-        events.push(Event { t: clock.now(), host: fault.host, kind });
-    }
-    Ok(())
-}
-
-/// Names, in the deadline event, the steps that were still running: not ended, or ended only as the run
-/// stopped them (an exec killed by `kill_all` ends after the deadline event; one the actor's own bounded wait
-/// cut ends `unfinished`).
+/// Names, in the deadline event, the steps that were still running when the run reached it (see
+/// [`query::ran_into_deadline`]).
 fn mark_running_steps(timeline: &mut Timeline, plan: &Plan) {
-    let deadline_at = timeline.events.iter().find_map(|e| matches!(e.kind, EventKind::Deadline { .. }).then_some(e.t));
+    let deadline = query::deadline_of(timeline);
+    let records = StepRecords::of(plan, timeline);
     let mut running: Vec<String> = Vec::new();
     for host in HostId::ALL {
         for step in &plan.host(host).steps {
-            let record = crate::timeline::query::step_record(timeline, host, step.index);
-            let cut = match (record.end, &record.outcome) {
-                (None, _) => true,
-                (Some(_), Some(crate::timeline::Outcome::Unfinished)) => true,
-                (Some(end), _) => deadline_at.is_some_and(|deadline| end >= deadline),
-            };
-            if record.start.is_some() && cut {
+            if records.get(host, step.index).is_some_and(|record| query::ran_into_deadline(record, deadline)) {
                 running.push(format!("{host} step {}", step.label()));
             }
         }
@@ -768,9 +792,13 @@ fn mark_running_steps(timeline: &mut Timeline, plan: &Plan) {
     }
 }
 
-/// Marks each captured packet that an active ingress fault's rule matched on arrival, and the sender's copy of it.
+/// Marks each captured packet that an active ingress fault's rule matched on arrival, and the sender's copy of it
+/// (the last packet that host sent with the same IP id, addresses, flags and length), and each packet dropped
+/// before it left with the host's active egress fault that matches it, in one pass.
 pub fn annotate_faults(timeline: &mut Timeline, plan: &Plan) {
+    type Key = (HostId, u16, std::net::Ipv4Addr, std::net::Ipv4Addr, u8, u32);
     let mut active: HashMap<&str, bool> = HashMap::new();
+    let mut last_sent: HashMap<Key, usize> = HashMap::new();
     let mut hits: Vec<(usize, String)> = Vec::new();
     for (index, event) in timeline.events.iter().enumerate() {
         match &event.kind {
@@ -780,7 +808,22 @@ pub fn annotate_faults(timeline: &mut Timeline, plan: &Plan) {
             EventKind::FaultOff { fault } => {
                 active.insert(fault.as_str(), false);
             }
-            EventKind::Packet(packet) if packet.direction == PacketDirection::In => {
+            // Dropped before it left: the host's own egress fault took it.
+            EventKind::Packet(packet) if packet.dropped.is_some() => {
+                let hit = plan.faults.iter().find(|fault| {
+                    fault.host == event.host
+                        && fault.direction == Direction::Egress
+                        && active.get(fault.name.as_str()).copied().unwrap_or(false)
+                        && firewall::matches(fault, event.host, packet)
+                });
+                if let Some(fault) = hit {
+                    hits.push((index, fault.name.clone()));
+                }
+            }
+            EventKind::Packet(packet) if packet.direction == PacketDirection::Out => {
+                last_sent.insert((event.host, packet.ip_id, packet.src, packet.dst, packet.flags, packet.len), index);
+            }
+            EventKind::Packet(packet) => {
                 let hit = plan.faults.iter().find(|fault| {
                     fault.host == event.host
                         && fault.direction == Direction::Ingress
@@ -789,138 +832,19 @@ pub fn annotate_faults(timeline: &mut Timeline, plan: &Plan) {
                 });
                 if let Some(fault) = hit {
                     hits.push((index, fault.name.clone()));
+                    let key = (event.host.peer(), packet.ip_id, packet.src, packet.dst, packet.flags, packet.len);
+                    if let Some(sent) = last_sent.get(&key) {
+                        hits.push((*sent, fault.name.clone()));
+                    }
                 }
             }
             _ => {}
         }
     }
     for (index, fault) in hits {
-        let event = &timeline.events[index];
-        let EventKind::Packet(arrived) = &event.kind else { continue };
-        let sender = event.host.peer();
-        let key = (arrived.ip_id, arrived.src, arrived.dst, arrived.flags, arrived.len);
-        let sent = timeline.events[..index].iter().rposition(|e| {
-            e.host == sender
-                && matches!(&e.kind, EventKind::Packet(p)
-                    if p.direction == PacketDirection::Out && (p.ip_id, p.src, p.dst, p.flags, p.len) == key)
-        });
-        for position in [Some(index), sent].into_iter().flatten() {
-            if let EventKind::Packet(packet) = &mut timeline.events[position].kind {
-                packet.fault = Some(fault.clone());
-            }
+        if let EventKind::Packet(packet) = &mut timeline.events[index].kind {
+            packet.fault = Some(fault);
         }
-    }
-}
-
-/// One side (on or off) of a fault's schedule.
-#[derive(Debug, Clone, PartialEq)]
-enum Arm {
-    Waiting,
-    Due(Duration),
-    Done,
-}
-
-/// The faults' triggers: armed by events, due at a time, applied once.
-struct FaultSchedule<'a> {
-    faults: Vec<(&'a FaultPlan, Arm, Arm, u64)>,
-}
-
-impl<'a> FaultSchedule<'a> {
-    fn new(faults: &'a [FaultPlan]) -> FaultSchedule<'a> {
-        let arm = |trigger: Option<&Trigger>| match trigger {
-            Some(Trigger::At(t)) => Arm::Due(*t),
-            Some(_) => Arm::Waiting,
-            None => Arm::Done,
-        };
-        FaultSchedule { faults: faults.iter().map(|f| (f, arm(Some(&f.from)), arm(f.until.as_ref()), 0)).collect() }
-    }
-
-    /// Arms the triggers that `event` satisfies.
-    fn observe(&mut self, event: &Event) {
-        for (fault, on, off, counter) in &mut self.faults {
-            for (trigger, arm) in [(Some(&fault.from), &mut *on), (fault.until.as_ref(), &mut *off)] {
-                let Some(trigger) = trigger else { continue };
-                if *arm != Arm::Waiting {
-                    continue;
-                }
-                if let Some(delay) = fires_on(trigger, event, counter) {
-                    *arm = Arm::Due(event.t + delay);
-                }
-            }
-        }
-    }
-
-    fn next_due(&self) -> Option<Duration> {
-        self.faults
-            .iter()
-            .flat_map(|(_, on, off, _)| [on, off])
-            .filter_map(|arm| match arm {
-                Arm::Due(t) => Some(*t),
-                _ => None,
-            })
-            .min()
-    }
-
-    /// Switches due now, in fault order: `(fault, true)` to switch on, `(fault, false)` to switch off.
-    fn due(&mut self, now: Duration) -> Vec<(&'a FaultPlan, bool)> {
-        let mut switches = Vec::new();
-        for (fault, on, off, _) in &mut self.faults {
-            if matches!(on, Arm::Due(t) if *t <= now) {
-                *on = Arm::Done;
-                switches.push((*fault, true));
-            }
-            // A fault switches off only after it was on; an `until` that fires first cancels it.
-            if matches!(off, Arm::Due(t) if *t <= now) {
-                let was_on = *on == Arm::Done;
-                *off = Arm::Done;
-                if was_on {
-                    switches.push((*fault, false));
-                } else {
-                    *on = Arm::Done;
-                }
-            }
-        }
-        switches
-    }
-}
-
-/// Whether `event` fires `trigger`; returns the trigger's delay. `counter` counts packets or bytes seen so far.
-fn fires_on(trigger: &Trigger, event: &Event, counter: &mut u64) -> Option<Duration> {
-    match (trigger, &event.kind) {
-        (Trigger::Step { step, edge, delay }, EventKind::StepStart { step: index, .. })
-            if *edge == StepEdge::Started && event.host == step.host && step.index == *index =>
-        {
-            Some(*delay)
-        }
-        (Trigger::Step { step, edge, delay }, EventKind::StepEnd { step: index, .. })
-            if *edge == StepEdge::Finished && event.host == step.host && step.index == *index =>
-        {
-            Some(*delay)
-        }
-        (Trigger::State { host, state, delay }, EventKind::Socket(socket))
-            if event.host == *host && socket.state == *state =>
-        {
-            Some(*delay)
-        }
-        (Trigger::Packet { host, filter, nth, delay }, EventKind::Packet(packet))
-            if event.host == *host
-                && (filter
-                    .from
-                    .is_none_or(|from| (from == event.host) == (packet.direction == PacketDirection::Out)))
-                && crate::timeline::query::packet_matches(filter, packet) =>
-        {
-            *counter += 1;
-            (*counter >= u64::from(*nth)).then_some(*delay)
-        }
-        (Trigger::Bytes { host, bytes, delay }, EventKind::Packet(packet))
-            if event.host == *host
-                && packet.direction == PacketDirection::Out
-                && packet.protocol == IpProtocol::Known(Protocol::Tcp) =>
-        {
-            *counter += u64::from(packet.len);
-            (*counter >= *bytes).then_some(*delay)
-        }
-        _ => None,
     }
 }
 

@@ -31,7 +31,9 @@ impl Backend {
             | FaultAction::RejectIcmpPortUnreachable
             | FaultAction::RejectIcmpHostUnreachable
             | FaultAction::RejectIcmpNetUnreachable
-            | FaultAction::RejectIcmpAdminProhibited => Backend::Nftables,
+            | FaultAction::RejectIcmpAdminProhibited
+            // The rule marks what the host's queueing discipline then drops (`run::firewall::qdisc`).
+            | FaultAction::QdiscDrop => Backend::Nftables,
             FaultAction::FlushConntrack => Backend::Conntrack,
             FaultAction::Impair(_) => Backend::Wire,
         }

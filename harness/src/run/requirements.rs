@@ -160,7 +160,8 @@ pub fn specialize(mut plan: Plan, kernel: &mut Kernel) -> Plan {
     for target in dropped {
         match target {
             ExpectationRef::Step { host, index } => {
-                if let Some(step) = plan.hosts[host.index()].steps.iter_mut().find(|s| s.index == index) {
+                let program = plan.position(host).and_then(|position| plan.hosts.get_mut(position));
+                if let Some(step) = program.and_then(|program| program.steps.iter_mut().find(|s| s.index == index)) {
                     step.expect.outcome = None;
                     step.expect.after = None;
                     step.expect.at = None;

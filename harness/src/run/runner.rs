@@ -1,9 +1,11 @@
 //! Running scenarios: one child process each (the harness re-executes itself), many at once, each bounded by
 //! its deadline; and the libtest-mimic glue that makes every scenario one `cargo test` trial.
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -16,12 +18,13 @@ use libtest_mimic::{Arguments, Failed, Trial};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::error::{Context, Error, Result};
-use crate::observe::capture;
 use crate::observe::sockets::SCENARIOS_AT_ONCE_ENV;
+use crate::observe::{capture, transitions};
 use crate::report::verdict;
 use crate::report::{self, Status, Summary};
+use crate::run::ring_budget::RingBudget;
 use crate::run::supervise::{self, StopReason, Supervisor, SETUP_LIMIT};
-use crate::run::{engine, netns, pidns, requirements, userns};
+use crate::run::{engine, netns, pidns, requirements, sampling, userns};
 use crate::scenario::{self, plan::Plan, variables::Variables};
 
 /// How many scenario processes this runner runs at once, for its children's observers to pace themselves by.
@@ -56,11 +59,19 @@ pub struct Job {
     /// Which repetition of the scenario this is (`netfault run --repeat`): its report goes to
     /// `reports/<scenario>/run-<n>/`.
     pub run: Option<usize>,
+    /// Kernel memory the run pins besides its sockets: its capture rings (both ends).
+    pub ring_memory: u64,
     /// Where the impairments' random decisions come from (`netfault run --seed`).
     pub seed: u64,
 }
 
 impl Job {
+    /// One run of `plan`, read from `file` under `root`, reporting under `reports`, its impairments seeded
+    /// with `seed`.
+    pub fn new(file: PathBuf, root: PathBuf, reports: PathBuf, plan: &Plan, seed: u64) -> Job {
+        Job { file, root, reports, run: None, ring_memory: 2 * plan.capture.ring_bytes.unwrap_or(0), seed }
+    }
+
     /// The arguments after [`CHILD_COMMAND`] that make a scenario process run this job ([`ChildArgs`]).
     pub fn child_args(&self) -> Vec<OsString> {
         let mut args: Vec<OsString> =
@@ -103,7 +114,7 @@ pub struct ChildArgs {
 
 impl From<ChildArgs> for Job {
     fn from(args: ChildArgs) -> Job {
-        Job { file: args.file, root: args.root, reports: args.reports, run: args.run, seed: args.seed }
+        Job { file: args.file, root: args.root, reports: args.reports, run: args.run, ring_memory: 0, seed: args.seed }
     }
 }
 
@@ -136,6 +147,11 @@ pub fn run_in_child(exe: &Path, job: &Job, deadline: Duration, supervisor: &Supe
     if let Err(e) = capture::keep_kernel_timestamps_on() {
         return Summary::harness_error(name, &job.reports, e.to_string());
     }
+    let budget = RingBudget::of_this_machine();
+    let Some(_rings) = budget.reserve(job.ring_memory, || supervisor.stop_reason().is_some()) else {
+        let reason = supervisor.stop_reason().map_or_else(String::new, |reason| reason.to_string());
+        return Summary::harness_error(name, &job.reports, format!("not started: {reason}"));
+    };
     match spawn_and_wait(exe, job, deadline, supervisor) {
         Ok(summary) => summary,
         Err(e) => Summary::harness_error(name, &job.reports, e.to_string()),
@@ -146,7 +162,11 @@ fn spawn_and_wait(exe: &Path, job: &Job, deadline: Duration, supervisor: &Superv
     let mut command = Command::new(exe);
     command.arg(CHILD_COMMAND).args(job.child_args());
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    command.envs(transitions::layouts_for_children());
     command.env(SCENARIOS_AT_ONCE_ENV, SCENARIOS_AT_ONCE.load(Ordering::Relaxed).max(1).to_string());
+    if let Some((name, fd)) = sampling::child_env() {
+        command.env(name, fd);
+    }
     if let Some(namespace) = netns::private_parent_for_children() {
         command.env(netns::PRIVATE_PARENT_ENV, namespace);
     }
@@ -213,6 +233,8 @@ struct ChildOutput {
     text: [Vec<u8>; 2],
     /// When its [`STARTED_LINE`] was read.
     programs_started: Option<Instant>,
+    /// Counted among the scenarios sampling from its [`STARTED_LINE`] until this output is dropped.
+    sampling: Option<sampling::Sampling>,
 }
 
 impl ChildOutput {
@@ -221,6 +243,7 @@ impl ChildOutput {
             pipes: [child.stdout.take().map(OwnedFd::from), child.stderr.take().map(OwnedFd::from)],
             text: [Vec::new(), Vec::new()],
             programs_started: None,
+            sampling: None,
         }
     }
 
@@ -238,6 +261,7 @@ impl ChildOutput {
         }
         if self.programs_started.is_none() && self.lines(0).any(|line| line == STARTED_LINE) {
             self.programs_started = Some(Instant::now());
+            self.sampling = Some(sampling::programs_started());
         }
     }
 
@@ -502,6 +526,7 @@ fn run_here(job: &Job, variables: &Variables) -> Result<Summary> {
             println!("{STARTED_LINE}");
             let _ = std::io::Write::flush(&mut std::io::stdout());
         })
+        .map_err(|e| e.in_file(&plan.file))
         .and_then(|record| {
             let verdict = verdict::judge(&plan, &record.timeline);
             report::write(&plan, &record, &verdict, &staging)
@@ -534,41 +559,146 @@ pub fn fresh_seed() -> u64 {
 /// The scenario's name for humans and test filters: its path relative to the root.
 pub fn display_name(root: &Path, file: &Path) -> String {
     let relative = file.strip_prefix(root).unwrap_or(file);
-    relative.to_string_lossy().replace('\\', "/")
+    scenario::printable(&relative.to_string_lossy().replace('\\', "/"))
 }
 
-/// Loads every scenario under the given paths, or reports every invalid one.
-pub fn load_all(paths: &[PathBuf], variables: &Variables) -> Result<Vec<(Job, Plan)>, Vec<String>> {
-    let mut plans = Vec::new();
-    let mut errors = Vec::new();
+/// What `run`, `check` and `list` loaded from their paths.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Every valid scenario, in the order found (each path's files sorted), each file once.
+    pub plans: Vec<(Job, Plan)>,
+    /// What was left out and why (not regular files, folders reached twice, files given twice).
+    pub skipped: Vec<String>,
+    /// Every invalid scenario, and every path that could not be searched: nothing may run if there is one.
+    pub errors: Vec<String>,
+}
+
+impl Loaded {
+    /// The plans, or every error if there is one.
+    pub fn into_result(self) -> Result<Vec<(Job, Plan)>, Vec<String>> {
+        if self.errors.is_empty() {
+            Ok(self.plans)
+        } else {
+            Err(self.errors)
+        }
+    }
+}
+
+/// Loads every scenario under the given paths, reporting every invalid one and every pair of scenarios whose
+/// report folders would collide.
+pub fn load_all(paths: &[PathBuf], variables: &Variables) -> Loaded {
+    let mut loaded = Loaded::default();
+    let mut seen_files: HashMap<(u64, u64), PathBuf> = HashMap::new();
     for path in paths {
         let root = scenario_root(path);
-        let files = match scenario::discover(path) {
-            Ok(files) => files,
+        let discovered = match scenario::discover(path) {
+            Ok(discovered) => discovered,
             Err(e) => {
-                errors.push(format!("{}: cannot read: {e}", path.display()));
+                loaded.errors.push(format!("{}: cannot read: {e}", scenario::printable_path(path)));
                 continue;
             }
         };
-        if files.is_empty() {
-            errors.push(format!("{}: no scenario files (*.yaml) found", path.display()));
+        loaded.skipped.extend(discovered.skipped);
+        if discovered.files.is_empty() {
+            loaded.errors.push(format!("{}: no scenario files (*.yaml) found", scenario::printable_path(path)));
         }
-        for file in files {
+        for file in discovered.files {
+            if let Ok(metadata) = std::fs::metadata(&file) {
+                if let Some(first) = seen_files.get(&(metadata.dev(), metadata.ino())) {
+                    loaded.skipped.push(format!(
+                        "{}: skipped: the same file as {} (each scenario runs once)",
+                        scenario::printable_path(&file),
+                        scenario::printable_path(first)
+                    ));
+                    continue;
+                }
+                seen_files.insert((metadata.dev(), metadata.ino()), file.clone());
+            }
             match scenario::load(&root, &file, variables) {
                 // Refused here too, not only by the child: `check` must say so, and `run` must run nothing.
                 Ok(plan) => match report::report_dir(Path::new("reports"), &plan.name) {
-                    Ok(_) => plans
-                        .push((Job { file, root: root.clone(), reports: PathBuf::new(), run: None, seed: 0 }, plan)),
-                    Err(e) => errors.push(format!("{}: {e}", file.display())),
+                    Ok(_) => {
+                        let job = Job::new(file, root.clone(), PathBuf::new(), &plan, 0);
+                        loaded.plans.push((job, plan));
+                    }
+                    Err(e) => loaded.errors.push(format!("{}: {e}", scenario::printable_path(&file))),
                 },
-                Err(e) => errors.push(e.to_string()),
+                Err(e) => loaded.errors.push(e.to_string()),
             }
         }
     }
-    if errors.is_empty() {
-        Ok(plans)
-    } else {
-        Err(errors)
+    let names: Vec<(&str, &Path)> =
+        loaded.plans.iter().map(|(job, plan)| (plan.name.as_str(), job.file.as_path())).collect();
+    let conflicts: Vec<String> = report_conflicts(&names).into_iter().map(|(_, message)| message).collect();
+    loaded.errors.extend(conflicts);
+    loaded
+}
+
+/// Scenarios whose report folders would collide, by index into `names` (scenario name, file): two scenarios of
+/// one name (`x.yaml` and `x.yml`, or `a/x.yaml` and `b/x.yaml` given as two roots), or one whose folder lies
+/// inside another's (`x.yaml` and `x/y.yaml`: clearing `x`'s old report would delete `x/y`'s). Each conflict is
+/// reported once, on the later file, naming the earlier.
+pub fn report_conflicts(names: &[(&str, &Path)]) -> Vec<(usize, String)> {
+    let mut first_of: HashMap<&str, usize> = HashMap::new();
+    let mut conflicts = Vec::new();
+    for (index, (name, _)) in names.iter().enumerate() {
+        first_of.entry(name).or_insert(index);
+    }
+    for (index, (name, file)) in names.iter().enumerate() {
+        let file = scenario::printable_path(file);
+        let shown = scenario::printable(name);
+        match first_of.get(name) {
+            Some(first) if *first != index => {
+                conflicts.push((
+                    index,
+                    format!(
+                        "{file}: scenario name \"{shown}\" is also the name of {}: both would write the report \
+                         folder `{shown}`; rename one of them",
+                        scenario::printable_path(names[*first].1)
+                    ),
+                ));
+                continue;
+            }
+            _ => {}
+        }
+        let enclosing = name.match_indices('/').find_map(|(cut, _)| first_of.get(&name[..cut]).map(|i| (cut, *i)));
+        if let Some((cut, outer)) = enclosing {
+            conflicts.push((
+                index,
+                format!(
+                    "{file}: its report folder `{shown}` lies inside `{}`, the report folder of {}: rename one of them",
+                    scenario::printable(&name[..cut]),
+                    scenario::printable_path(names[outer].1)
+                ),
+            ));
+        }
+    }
+    conflicts
+}
+
+/// Most scenario runs one `netfault run` makes (`--repeat N` times the scenarios): each is a process of its
+/// own, and the run keeps every summary.
+pub const MAX_RUNS: usize = 100_000;
+
+/// Refuses a `--repeat` that would make more than [`MAX_RUNS`] runs of `scenarios` scenarios.
+pub fn check_repeat(repeat: usize, scenarios: usize) -> Result<(), String> {
+    match repeat.checked_mul(scenarios) {
+        Some(runs) if runs <= MAX_RUNS => Ok(()),
+        _ => Err(format!(
+            "--repeat {repeat} of {scenarios} scenario(s) is more than {MAX_RUNS} runs; repeat fewer times"
+        )),
+    }
+}
+
+/// Refuses a reports folder that is a file (most likely a scenario file that `--reports` took as its value).
+pub fn check_reports_folder(reports: &Path) -> Result<(), String> {
+    let shown = scenario::printable_path(reports);
+    match std::fs::metadata(reports) {
+        Ok(metadata) if !metadata.is_dir() => Err(format!("--reports {shown}: is a file, not a folder")),
+        _ if scenario::is_scenario_file(reports) => Err(format!(
+            "--reports {shown}: looks like a scenario file, not a folder (the scenarios to run come after the options)"
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -689,22 +819,33 @@ const TRIAL_KIND: &str = "scenario";
 /// `supervise::default_budget` of the selected scenarios' deadlines. SIGINT / SIGTERM or the deadline kill
 /// every scenario process and fail its trial with the reason.
 pub fn test_main(root: &Path, reports: &Path, exe: &Path, variables: &Variables, mut args: Arguments) -> ExitCode {
-    let files = match scenario::discover(root) {
-        Ok(files) => files,
+    let discovered = match scenario::discover(root) {
+        Ok(discovered) => discovered,
         Err(e) => {
-            eprintln!("netfault: cannot read scenarios in {}: {e}", root.display());
+            eprintln!("netfault: cannot read scenarios in {}: {e}", scenario::printable_path(root));
             return ExitCode::from(2);
         }
     };
-    let plans: Vec<(PathBuf, String, Candidate)> = files
+    for skipped in &discovered.skipped {
+        eprintln!("netfault: {skipped}");
+    }
+    // Report folders are named after the files, so collisions are found among every file, selected or not.
+    let names: Vec<String> = discovered.files.iter().map(|file| scenario::scenario_name(root, file)).collect();
+    let named: Vec<(&str, &Path)> =
+        names.iter().zip(&discovered.files).map(|(name, file)| (name.as_str(), file.as_path())).collect();
+    let mut conflicts: HashMap<usize, String> = report_conflicts(&named).into_iter().collect();
+    let plans: Vec<(PathBuf, String, Candidate)> = discovered
+        .files
         .into_iter()
-        .map(|file| {
+        .enumerate()
+        .map(|(index, file)| {
             let name = display_name(root, &file);
             let candidate = match selected_by_name(&args, &name) {
                 false => Candidate::FilteredOut,
-                true => match scenario::load(root, &file, variables) {
-                    Ok(plan) => Candidate::Loaded(Box::new(plan)),
-                    Err(e) => Candidate::Invalid(e.to_string()),
+                true => match (conflicts.remove(&index), scenario::load(root, &file, variables)) {
+                    (_, Err(e)) => Candidate::Invalid(e.to_string()),
+                    (Some(conflict), Ok(_)) => Candidate::Invalid(conflict),
+                    (None, Ok(plan)) => Candidate::Loaded(Box::new(plan)),
                 },
             };
             (file, name, candidate)
@@ -763,7 +904,7 @@ pub fn test_main(root: &Path, reports: &Path, exe: &Path, variables: &Variables,
                 if let Some(reason) = &unmet {
                     eprintln!("netfault: {name}: {reason} (ignored)");
                 }
-                let job = Job { file, root: root.to_path_buf(), reports: reports.to_path_buf(), run: None, seed };
+                let job = Job::new(file, root.to_path_buf(), reports.to_path_buf(), &plan, seed);
                 let exe = exe.to_path_buf();
                 let deadline = plan.deadline;
                 Trial::test(name, move || trial_result(run_in_child(&exe, &job, deadline, &supervisor)))
@@ -807,9 +948,9 @@ fn trial_result(summary: Summary) -> Result<(), Failed> {
             let what = if status == Status::Fail { "FAILED" } else { "HARNESS ERROR" };
             Err(Failed::from(format!(
                 "{what}: {}\n{}\n  report: {} (report.html, capture.pcapng, timeline.txt, result.json)",
-                summary.name,
-                summary.messages.join("\n"),
-                summary.report.display()
+                scenario::printable(&summary.name),
+                scenario::printable_lines(&summary.messages.join("\n")),
+                scenario::printable_path(&summary.report)
             )))
         }
     }
@@ -818,6 +959,55 @@ fn trial_result(summary: Summary) -> Result<(), Failed> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn report_folders_that_would_collide_are_named_with_both_files() {
+        // Found by the issue-12 campaign: each pair wrote one report folder, or one deleted the other's.
+        let names = [
+            ("x", Path::new("s/x.yaml")),
+            ("x", Path::new("s/x.yml")),
+            ("a/b", Path::new("one/a/b.yaml")),
+            ("a/b", Path::new("two/a/b.yaml")),
+            ("x/y", Path::new("s/x/y.yaml")),
+            ("x/y/z", Path::new("s/x/y/z.yaml")),
+            ("xy", Path::new("s/xy.yaml")),
+            ("a", Path::new("s/a.yaml")),
+        ];
+        let conflicts = report_conflicts(&names);
+        let at: Vec<usize> = conflicts.iter().map(|(index, _)| *index).collect();
+        assert_eq!(at, vec![1, 2, 3, 4, 5], "{conflicts:?}");
+        assert_eq!(
+            conflicts[0].1,
+            "s/x.yml: scenario name \"x\" is also the name of s/x.yaml: both would write the report folder `x`; \
+             rename one of them"
+        );
+        assert_eq!(
+            conflicts[1].1,
+            "one/a/b.yaml: its report folder `a/b` lies inside `a`, the report folder of s/a.yaml: rename one of them"
+        );
+        assert!(conflicts[2].1.starts_with("two/a/b.yaml: scenario name \"a/b\" is also the name of one/a/b.yaml"));
+        assert!(conflicts[3].1.starts_with("s/x/y.yaml: its report folder `x/y` lies inside `x`"), "{conflicts:?}");
+        assert!(conflicts[4].1.starts_with("s/x/y/z.yaml: its report folder `x/y/z` lies inside `x`"));
+    }
+
+    #[test]
+    fn repeats_and_reports_folders_are_checked_before_anything_runs() {
+        // Found by the issue-12 campaign: `--repeat 9223372036854775808` aborted allocating its job list.
+        assert!(check_repeat(1000, 50).is_ok());
+        assert_eq!(
+            check_repeat(9_223_372_036_854_775_808, 2).unwrap_err(),
+            "--repeat 9223372036854775808 of 2 scenario(s) is more than 100000 runs; repeat fewer times"
+        );
+        assert!(check_repeat(usize::MAX, 1).is_err());
+        // `run --reports x.yaml` took the scenario file for the reports folder.
+        let file = std::env::temp_dir().join(format!("netfault-reports-file-{}.yaml", std::process::id()));
+        std::fs::write(&file, "description: d\n").unwrap();
+        let refused = check_reports_folder(&file).unwrap_err();
+        std::fs::remove_file(&file).unwrap();
+        assert!(refused.ends_with(".yaml: is a file, not a folder"), "{refused}");
+        assert!(check_reports_folder(Path::new("not-there/x.yml")).unwrap_err().contains("looks like a scenario file"));
+        assert!(check_reports_folder(Path::new("reports")).is_ok());
+    }
 
     #[test]
     fn the_deadline_counts_from_the_programs_start_line_not_from_the_process_start() {
@@ -872,6 +1062,7 @@ mod tests {
             root: "scenarios".into(),
             reports: "/tmp/r".into(),
             run: Some(3),
+            ring_memory: 0,
             seed: 18_446_744_073_709_551_615,
         };
         let back = parse_child_args(job.child_args()).unwrap();
@@ -902,6 +1093,7 @@ mod tests {
             root: scenario_root(Path::new("x.yaml")),
             reports: "r".into(),
             run: None,
+            ring_memory: 0,
             seed: 0,
         };
         assert_eq!(parse_child_args(job.child_args()).unwrap().root, PathBuf::from("."));

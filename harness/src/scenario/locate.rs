@@ -17,6 +17,11 @@ pub const MAX_DEPTH: usize = 64;
 /// hundred. Counted before serde expands anything, so an alias bomb costs neither time nor memory.
 pub const MAX_EXPANDED_NODES: u64 = 100_000;
 
+/// Most bytes of text (keys and scalar values) a file may hold once its `*aliases` are expanded: four times the
+/// largest file. Without aliases a file holds at most its own size; a few aliases of a long string cost no more
+/// nodes than aliases of a short one, but each copy is materialised by serde.
+pub const MAX_EXPANDED_BYTES: u64 = 4 * 1024 * 1024;
+
 /// A path to a node as serde_norway prints it: `client[2].expect.result`, `faults[0].from`; empty = the top.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodePath {
@@ -116,38 +121,59 @@ enum Frame {
     Seq { node: usize, next: usize },
 }
 
-/// Counts nodes as serde will see them, with every alias replaced by a copy of its anchor.
+/// How much of the file serde will materialise: nodes, and bytes of scalar text.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Size {
+    nodes: u64,
+    bytes: u64,
+}
+
+impl Size {
+    fn add(&mut self, other: Size) {
+        self.nodes = self.nodes.saturating_add(other.nodes);
+        self.bytes = self.bytes.saturating_add(other.bytes);
+    }
+
+    fn since(self, before: Size) -> Size {
+        Size { nodes: self.nodes - before.nodes, bytes: self.bytes - before.bytes }
+    }
+}
+
+/// Counts nodes and text as serde will see them, with every alias replaced by a copy of its anchor.
 #[derive(Default)]
 struct Expansion {
-    total: u64,
-    anchor_sizes: HashMap<usize, u64>,
+    total: Size,
+    anchor_sizes: HashMap<usize, Size>,
     /// Anchor id and `total` before each open map or list.
-    open: Vec<(usize, u64)>,
+    open: Vec<(usize, Size)>,
 }
 
 impl Expansion {
-    fn scalar(&mut self, anchor: usize) {
-        self.total += 1;
+    fn scalar(&mut self, anchor: usize, len: usize) {
+        let size = Size { nodes: 1, bytes: len as u64 };
+        self.total.add(size);
         if anchor != 0 {
-            self.anchor_sizes.insert(anchor, 1);
+            self.anchor_sizes.insert(anchor, size);
         }
     }
 
     fn start(&mut self, anchor: usize) {
         self.open.push((anchor, self.total));
-        self.total += 1;
+        self.total.nodes += 1;
     }
 
     fn end(&mut self) {
         if let Some((anchor, before)) = self.open.pop() {
             if anchor != 0 {
-                self.anchor_sizes.insert(anchor, self.total - before);
+                self.anchor_sizes.insert(anchor, self.total.since(before));
             }
         }
     }
 
-    fn alias(&mut self, anchor: usize) -> u64 {
-        self.total = self.total.saturating_add(self.anchor_sizes.get(&anchor).copied().unwrap_or(1));
+    /// The total once the alias is expanded.
+    fn alias(&mut self, anchor: usize) -> Size {
+        let copy = self.anchor_sizes.get(&anchor).copied().unwrap_or(Size { nodes: 1, bytes: 0 });
+        self.total.add(copy);
         self.total
     }
 }
@@ -205,7 +231,7 @@ impl SourceIndex {
                     expansion.end();
                 }
                 Event::Scalar(text, style, anchor, _) => {
-                    expansion.scalar(anchor);
+                    expansion.scalar(anchor, text.len());
                     if let Some(Frame::Map { pending_key: pending @ None, keys, node, first_key_seen }) =
                         stack.last_mut()
                     {
@@ -231,12 +257,20 @@ impl SourceIndex {
                 }
                 Event::Alias(anchor) => {
                     index.reject_complex_key(&stack, here)?;
-                    if expansion.alias(anchor) > MAX_EXPANDED_NODES {
+                    let expanded = expansion.alias(anchor);
+                    let too_much = if expanded.nodes > MAX_EXPANDED_NODES {
+                        Some(format!("more than {MAX_EXPANDED_NODES} values"))
+                    } else if expanded.bytes > MAX_EXPANDED_BYTES {
+                        Some(format!("more than {} MiB of text", MAX_EXPANDED_BYTES / (1024 * 1024)))
+                    } else {
+                        None
+                    };
+                    if let Some(what) = too_much {
                         return Err(StructureError {
                             location: here,
                             message: format!(
-                                "aliases (*name) expand this file to more than {MAX_EXPANDED_NODES} values; a \
-                                 scenario needs far fewer: write the values out or use fewer aliases"
+                                "aliases (*name) expand this file to {what}; a scenario needs far fewer: write the \
+                                 values out or use fewer aliases"
                             ),
                             syntax: false,
                         });
@@ -519,12 +553,22 @@ server: []
     fn counts_aliases_of_scalars_and_maps() {
         let mut expansion = Expansion::default();
         expansion.start(1);
-        expansion.scalar(0);
-        expansion.scalar(2);
+        expansion.scalar(0, 5);
+        expansion.scalar(2, 7);
         expansion.end();
-        assert_eq!(expansion.anchor_sizes.get(&1), Some(&3));
-        assert_eq!(expansion.alias(1), 6);
-        assert_eq!(expansion.alias(2), 7);
+        assert_eq!(expansion.anchor_sizes.get(&1), Some(&Size { nodes: 3, bytes: 12 }));
+        assert_eq!(expansion.alias(1), Size { nodes: 6, bytes: 24 });
+        assert_eq!(expansion.alias(2), Size { nodes: 7, bytes: 31 });
+    }
+
+    #[test]
+    fn refuses_few_aliases_of_a_long_string_before_expanding() {
+        // Found by the issue-12 campaign: 90000 aliases of a 400 KB string passed the node limit, and serde
+        // aborted on out of memory while expanding them (36 GB).
+        let text = format!("a: &a \"{}\"\nb: [{}]\n", "x".repeat(400_000), vec!["*a"; 90_000].join(", "));
+        let err = SourceIndex::build(&text).unwrap_err();
+        assert!(err.message.contains("expand this file to more than 4 MiB of text"), "{}", err.message);
+        assert_eq!(err.location, at(2, 5 + 4 * 9), "the tenth copy passes 4 MiB");
     }
 
     #[test]

@@ -14,8 +14,10 @@ pub mod size;
 pub mod validate;
 pub mod variables;
 
-use std::fs::File;
+use std::collections::HashMap;
+use std::fs::OpenOptions;
 use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::LazyLock;
 
@@ -39,10 +41,37 @@ pub fn load(root: &Path, file: &Path, variables: &Variables) -> Result<Plan, Sce
     let unreadable = |e: std::io::Error| {
         ScenarioError::new(file, None, format!("cannot read the scenario file (cat {}): {e}", file.display()))
     };
+    // Opened without blocking, so that a FIFO (which would wait for a writer forever) is refused, not read.
+    let opened = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(file).map_err(unreadable)?;
+    let kind = opened.metadata().map_err(unreadable)?.file_type();
+    if !kind.is_file() {
+        return Err(ScenarioError::new(
+            file,
+            None,
+            format!("not a regular file ({}): a scenario is a YAML file", file_kind(kind)),
+        ));
+    }
     // Reading one byte past the limit is enough to refuse a file without reading all of a huge one.
     let mut bytes = Vec::new();
-    File::open(file).and_then(|f| f.take(MAX_FILE_SIZE as u64 + 1).read_to_end(&mut bytes)).map_err(unreadable)?;
+    opened.take(MAX_FILE_SIZE as u64 + 1).read_to_end(&mut bytes).map_err(unreadable)?;
     parse_bytes(&scenario_name(root, file), file, &bytes, variables)
+}
+
+/// What `ls -l` would say a file that is not a regular file is.
+fn file_kind(kind: std::fs::FileType) -> &'static str {
+    if kind.is_dir() {
+        "a folder"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else {
+        "not a regular file"
+    }
 }
 
 /// Refuses oversized or non-UTF-8 `bytes` read from `file`, then parses and validates them into a plan called
@@ -72,11 +101,18 @@ pub fn parse(name: &str, file: &Path, text: &str) -> Result<Plan, ScenarioError>
 /// Parses and validates scenario `text` read from `file` into a plan called `name`, resolving variables against
 /// `variables`.
 pub fn parse_with(name: &str, file: &Path, text: &str, variables: &Variables) -> Result<Plan, ScenarioError> {
+    // A byte order mark may open a YAML stream; it sits before column 1 of line 1, so positions stay as they are.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     parse_text(name, file, text, variables).map_err(|mut error| {
         error.message = printable(&error.message);
         error.location = error.location.map(|at| within(text, at));
         error
     })
+}
+
+/// Each line of `text` made [`printable`], the line breaks kept.
+pub fn printable_lines(text: &str) -> String {
+    text.split('\n').map(printable).collect::<Vec<_>>().join("\n")
 }
 
 /// `at` moved back inside `text` if a parser put it past the end of its line (yaml-rust2 does at the end of
@@ -94,7 +130,7 @@ fn within(text: &str, at: Location) -> Location {
 
 /// `text` with control and other invisible characters escaped as Rust writes them (`\u{1b}`, `\t`): messages
 /// quote names and values from the file, which must not move the terminal's cursor or hide text.
-fn printable(text: &str) -> String {
+pub fn printable(text: &str) -> String {
     text.chars()
         .map(|c| match c {
             '"' | '\'' | '\\' => c.to_string(),
@@ -111,28 +147,65 @@ fn parse_text(name: &str, file: &Path, text: &str, variables: &Variables) -> Res
     validate::validate(name, file, &wire, &index, text, variables)
 }
 
-/// Every `*.yaml` / `*.yml` file under `root`, recursively, sorted by path; just `root` if it is a file.
-pub fn discover(root: &Path) -> std::io::Result<Vec<PathBuf>> {
-    if root.is_file() {
-        return Ok(vec![root.to_path_buf()]);
+/// What [`discover`] found under a path.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Discovered {
+    /// Scenario files, sorted by path.
+    pub files: Vec<PathBuf>,
+    /// What was left out and why, one line each: `*.yaml` entries that are not regular files (a FIFO would
+    /// block the reader forever), and folders reached a second time (a symlink loop would be searched forever
+    /// and its files run many times).
+    pub skipped: Vec<String>,
+}
+
+/// Every `*.yaml` / `*.yml` file under `root`, recursively (`find -L root -name '*.yaml' -type f`), sorted by
+/// path, each folder searched once however many links lead to it; just `root` if it is not a folder.
+pub fn discover(root: &Path) -> std::io::Result<Discovered> {
+    let mut discovered = Discovered::default();
+    if !std::fs::metadata(root)?.is_dir() {
+        discovered.files.push(root.to_path_buf());
+        return Ok(discovered);
     }
-    let mut found = Vec::new();
+    let mut searched: HashMap<(u64, u64), PathBuf> = HashMap::new();
     let mut pending = vec![root.to_path_buf()];
     while let Some(dir) = pending.pop() {
+        let metadata = std::fs::metadata(&dir)?;
+        if let Some(first) = searched.get(&(metadata.dev(), metadata.ino())) {
+            discovered.skipped.push(format!(
+                "{}: skipped: the same folder as {} (searched once; a symlink loop or a second link to it)",
+                printable_path(&dir),
+                printable_path(first)
+            ));
+            continue;
+        }
+        searched.insert((metadata.dev(), metadata.ino()), dir.clone());
         for entry in std::fs::read_dir(&dir)? {
             let path = entry?.path();
-            if path.is_dir() {
-                pending.push(path);
-            } else if is_scenario_file(&path) {
-                found.push(path);
+            match std::fs::metadata(&path) {
+                Ok(metadata) if metadata.is_dir() => pending.push(path),
+                Ok(metadata) if is_scenario_file(&path) && !metadata.is_file() => discovered.skipped.push(format!(
+                    "{}: skipped: not a regular file ({})",
+                    printable_path(&path),
+                    file_kind(metadata.file_type())
+                )),
+                // A link to nowhere is listed: loading it says why it cannot be read.
+                _ if is_scenario_file(&path) => discovered.files.push(path),
+                _ => {}
             }
         }
     }
-    found.sort();
-    Ok(found)
+    discovered.files.sort();
+    Ok(discovered)
 }
 
-fn is_scenario_file(path: &Path) -> bool {
+/// A path as messages show it: control and other invisible characters escaped as Rust writes them, so that a
+/// file name cannot move the cursor or print a line of its own (a forged `PASS`).
+pub fn printable_path(path: &Path) -> String {
+    printable(&path.to_string_lossy())
+}
+
+/// Whether the path names a scenario file (`*.yaml`, `*.yml`).
+pub fn is_scenario_file(path: &Path) -> bool {
     matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
 }
 

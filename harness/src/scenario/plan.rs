@@ -20,7 +20,7 @@ pub use fault::*;
 pub use requires::*;
 
 /// A position in the scenario file, 1-based, as editors show it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, JsonSchema, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, JsonSchema, Default)]
 pub struct Location {
     pub line: usize,
     pub column: usize,
@@ -45,6 +45,8 @@ pub enum HostId {
 impl HostId {
     /// The hosts that run programs, in every scenario.
     pub const ALL: [HostId; 2] = [HostId::Client, HostId::Server];
+    /// Every host a scenario can have, in `index()` order.
+    pub const EVERY: [HostId; 3] = [HostId::Client, HostId::Server, HostId::Router];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -257,6 +259,8 @@ pub struct Sysctl {
     /// Dotted name, e.g. `net.ipv4.tcp_syn_retries`.
     pub name: String,
     pub value: String,
+    /// Where the scenario sets it; `None` for the harness's own (IPv6 off).
+    pub location: Option<Location>,
 }
 
 impl Sysctl {
@@ -318,7 +322,8 @@ pub enum Action {
     /// `bind` (if a port is given) then `listen(backlog)`.
     Listen { port: Option<u16>, backlog: u32 },
     /// `accept()`; the new socket becomes the current one and may be named.
-    Accept { name: Option<String> },
+    /// `nonblocking`: this call alone with O_NONBLOCK (EAGAIN when no connection is queued).
+    Accept { name: Option<String>, nonblocking: bool },
     /// `connect(address, port)` to host `to`; nonblocking returns EINPROGRESS at once. `after_listen` is the
     /// peer's start-up `listen` on that port, which the connect waits for so the two programs do not race.
     Connect { to: HostId, address: Ipv4Addr, port: u16, nonblocking: bool, after_listen: Option<StepRef> },
@@ -613,6 +618,16 @@ pub const ERRNO_NAMES: &[(&str, i32)] = &[
     ("EALREADY", libc::EALREADY),
     ("EINPROGRESS", libc::EINPROGRESS),
     ("EPROTO", libc::EPROTO),
+    // What an `exec` whose program cannot start gets (execve(2)).
+    ("E2BIG", libc::E2BIG),
+    ("ENOEXEC", libc::ENOEXEC),
+    ("ENOTDIR", libc::ENOTDIR),
+    ("EISDIR", libc::EISDIR),
+    ("ELOOP", libc::ELOOP),
+    ("ENAMETOOLONG", libc::ENAMETOOLONG),
+    ("ETXTBSY", libc::ETXTBSY),
+    // Another name of EAGAIN (the same number): accepted, printed as EAGAIN.
+    ("EWOULDBLOCK", libc::EWOULDBLOCK),
 ];
 
 impl Errno {
@@ -778,4 +793,7 @@ pub struct PacketFilter {
     pub window: Option<u16>,
     /// `None` means TCP; `icmp` selects the ICMP errors a host sends (e.g. from a reject rule).
     pub protocol: Option<Protocol>,
+    /// `dropped: true`: the packets the sender's own kernel dropped on their way out (an egress fault's, seen
+    /// by the transition tracer) instead of those that left.
+    pub dropped: bool,
 }

@@ -69,6 +69,11 @@ impl<'de> Visitor<'de> for ScalarVisitor {
         Ok(Scalar::Int(v))
     }
 
+    /// Integers over 2^64 arrive here; past i128 (about 1.7e38) only their size matters to the range checks.
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<Scalar, E> {
+        Ok(i128::try_from(v).map_or(Scalar::Float(v as f64), Scalar::Int))
+    }
+
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
         Ok(Scalar::Float(v))
     }
@@ -118,6 +123,14 @@ impl<'de, M: Deserialize<'de>> Visitor<'de> for ScalarOrVisitor<M> {
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
         ScalarVisitor.visit_u64(v).map(ScalarOr::Scalar)
+    }
+
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<Self::Value, E> {
+        ScalarVisitor.visit_i128(v).map(ScalarOr::Scalar)
+    }
+
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<Self::Value, E> {
+        ScalarVisitor.visit_u128(v).map(ScalarOr::Scalar)
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
@@ -173,6 +186,14 @@ impl<'de> Visitor<'de> for ScalarListVisitor {
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<ScalarList, E> {
         Ok(ScalarList { items: vec![Scalar::Int(i128::from(v))], list: false })
+    }
+
+    fn visit_i128<E: de::Error>(self, v: i128) -> Result<ScalarList, E> {
+        Ok(ScalarList { items: vec![ScalarVisitor.visit_i128(v)?], list: false })
+    }
+
+    fn visit_u128<E: de::Error>(self, v: u128) -> Result<ScalarList, E> {
+        Ok(ScalarList { items: vec![ScalarVisitor.visit_u128(v)?], list: false })
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<ScalarList, E> {
@@ -463,6 +484,7 @@ pub struct PacketFilterWire {
     pub len: Option<Scalar>,
     pub window: Option<Scalar>,
     pub protocol: Option<Scalar>,
+    pub dropped: Option<Scalar>,
 }
 
 /// One item of a host's program: a bare action name or a map with one action key.
@@ -486,7 +508,7 @@ pub struct StepMapWire {
     #[serde(default, deserialize_with = "present")]
     pub listen: Option<ListenWire>,
     #[serde(default, deserialize_with = "present")]
-    pub accept: Option<EmptyWire>,
+    pub accept: Option<AcceptWire>,
     #[serde(default, deserialize_with = "present")]
     pub connect: Option<ConnectWire>,
     #[serde(default, deserialize_with = "present")]
@@ -535,6 +557,13 @@ pub struct BindWire {
 pub struct ListenWire {
     pub port: Option<Scalar>,
     pub backlog: Option<Scalar>,
+}
+
+/// `accept: { nonblocking }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcceptWire {
+    pub nonblocking: Option<Scalar>,
 }
 
 /// `connect: { to, port, nonblocking }`.
@@ -670,9 +699,11 @@ pub struct PacketExpectWire {
     pub len: Option<Scalar>,
     pub window: Option<Scalar>,
     pub protocol: Option<Scalar>,
+    pub dropped: Option<Scalar>,
     pub count: Option<Scalar>,
     pub at: Option<ScalarList>,
     pub within: Option<ScalarList>,
+    pub doubling: Option<Scalar>,
     pub tolerance: Option<ScalarOr<ToleranceWire>>,
     pub since: Option<ScalarOr<SinceWire>>,
     pub requires: Option<RequiresWire>,
@@ -733,12 +764,16 @@ pub struct ToleranceWire {
     pub late: Option<Scalar>,
 }
 
-/// The map form of `since:`: `{ packet: { from: server, window: 0 }, nth: 1 }`.
+/// The map forms of `since:`: `{ packet: { from: server, window: 0 }, nth: 1 }`, `{ started: client.connect }`
+/// or `{ next-retransmission: { from: client, len: 17 } }`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinceWire {
     pub packet: Option<PacketFilterWire>,
     pub nth: Option<Scalar>,
+    pub started: Option<Scalar>,
+    #[serde(rename = "next-retransmission")]
+    pub next_retransmission: Option<PacketFilterWire>,
 }
 
 /// One item of `expect: { queues: [...] }`.
@@ -793,6 +828,7 @@ pub const MAP_DESCRIPTIONS: &[(&str, &str)] = &[
     ("EmptyWire", "nothing or {}"),
     ("BindWire", "a map like { port: 9000 }"),
     ("ListenWire", "a map like { port: 9000, backlog: 16 }"),
+    ("AcceptWire", "nothing, {} or { nonblocking: true }"),
     ("ConnectWire", "a map like { to: server, port: 9000 }"),
     ("PollWire", "a map like { events: [POLLIN], timeout: 5s }"),
     ("SendWire", "a map like { bytes: 1000, repeat: 3, every: 1s }"),
@@ -810,7 +846,7 @@ pub const MAP_DESCRIPTIONS: &[(&str, &str)] = &[
     ("StateStepWire", "a map like { state: GONE, at: 7s }"),
     ("QueueExpectWire", "a map like { host: server, listener: true, queue: recv, sequence: [0, 1] }"),
     ("QueueStepWire", "a map like { value: 1, at: 8s }"),
-    ("SinceWire", "a step like client.connect, or a map like { packet: { from: server, window: 0 }, nth: 1 }"),
+    ("SinceWire", "a step like client.connect, or a map like { packet: { from: server, window: 0 }, nth: 1 } or { started: client.connect }"),
     ("ToleranceWire", "a duration like 250ms, or a map like { early: 0s, late: 500ms }"),
     ("TimerExpectWire", "a map like { host: client, timer: keepalive }"),
     ("RequiresWire", "a map like { kernel: \">= 6.7\", sysctl: { net.ipv4.tcp_rto_max_ms: present } }"),

@@ -92,13 +92,20 @@ fn complete_scenario_becomes_the_expected_plan() {
     assert_eq!(
         client.sysctls,
         vec![
-            Sysctl { name: "net.ipv4.tcp_rmem".into(), value: "4096 131072 6291456".into() },
-            Sysctl { name: "net.ipv4.tcp_syn_retries".into(), value: "2".into() },
+            Sysctl {
+                name: "net.ipv4.tcp_rmem".into(),
+                value: "4096 131072 6291456".into(),
+                location: Some(at(15, 61))
+            },
+            Sysctl { name: "net.ipv4.tcp_syn_retries".into(), value: "2".into(), location: Some(at(15, 39)) },
         ]
     );
     let server = plan.host(HostId::Server);
     assert_eq!(server.address.to_string(), "10.0.0.2");
-    assert_eq!(server.sysctls, vec![Sysctl { name: "net.core.somaxconn".into(), value: "64".into() }]);
+    assert_eq!(
+        server.sysctls,
+        vec![Sysctl { name: "net.core.somaxconn".into(), value: "64".into(), location: Some(at(17, 25)) }]
+    );
 
     assert_eq!(client.steps.len(), 5);
     let socket = &client.steps[0];
@@ -146,7 +153,7 @@ fn complete_scenario_becomes_the_expected_plan() {
 
     assert_eq!(server.steps.len(), 3);
     assert!(matches!(server.steps[0].action, Action::Listen { port: Some(9000), backlog: 16 }));
-    assert!(matches!(&server.steps[1].action, Action::Accept { name: Some(n) } if n == "conn"));
+    assert!(matches!(&server.steps[1].action, Action::Accept { name: Some(n), nonblocking: false } if n == "conn"));
     assert_eq!(server.steps[2].socket.as_deref(), Some("conn"));
 
     let names: Vec<&str> = plan.faults.iter().map(|f| f.name.as_str()).collect();
@@ -289,13 +296,25 @@ fn bare_steps_and_empty_parameters() {
     );
     assert!(matches!(got[0], Action::Socket { name: None, ref options, nonblocking: false } if options.is_empty()));
     assert!(matches!(got[1], Action::Listen { port: None, backlog: 128 }));
-    assert!(matches!(got[2], Action::Accept { name: None }));
+    assert!(matches!(got[2], Action::Accept { name: None, nonblocking: false }));
     assert!(matches!(got[3], Action::Recv { max: 65536, until_eof: false }));
     assert!(matches!(got[4], Action::Recv { max: 65536, until_eof: false }));
     assert!(matches!(got[5], Action::Close));
-    assert!(matches!(got[6], Action::Accept { name: None }));
+    assert!(matches!(got[6], Action::Accept { name: None, nonblocking: false }));
     assert!(matches!(got[7], Action::Close));
     assert!(matches!(got[8], Action::Close));
+}
+
+#[test]
+fn a_nonblocking_accept_and_a_poll_for_errors_only() {
+    // Found by the issue-12 cases: neither could be written.
+    let got = actions(
+        "server:\n  - listen: { port: 9000 }\n  - accept: { nonblocking: true }\n  - accept: { nonblocking: false }\n  \
+         - poll: { events: [], timeout: 1s }\n",
+    );
+    assert!(matches!(got[1], Action::Accept { name: None, nonblocking: true }));
+    assert!(matches!(got[2], Action::Accept { name: None, nonblocking: false }));
+    assert!(matches!(&got[3], Action::Poll { events, .. } if events.is_empty()));
 }
 
 #[test]
@@ -827,17 +846,66 @@ fn discover_finds_yaml_files_sorted() {
     }
     let found: Vec<String> = discover(&dir.0)
         .unwrap()
+        .files
         .iter()
         .map(|p| p.strip_prefix(&dir.0).unwrap().to_string_lossy().into_owned())
         .collect();
     assert_eq!(found, ["a.yaml", "b/a.yml", "b/z.yaml", "c/d/e.yaml"]);
     let single = dir.0.join("a.yaml");
-    assert_eq!(discover(&single).unwrap(), vec![single.clone()]);
+    assert_eq!(discover(&single).unwrap().files, vec![single.clone()]);
     assert!(discover(&dir.0.join("missing")).is_err());
 
     let plan = load(&dir.0, &dir.0.join("c/d/e.yaml"), &Variables::default()).unwrap();
     assert_eq!(plan.name, "c/d/e");
     assert_eq!(plan.file, dir.0.join("c/d/e.yaml"));
+}
+
+#[test]
+fn discover_searches_each_folder_once_and_skips_what_is_not_a_file() {
+    // Found by the issue-12 campaign: two symlink loops made the search run forever (2^40 paths), one loop ran
+    // the same file 41 times, and a FIFO named x.yaml blocked the run reading it.
+    let dir = TempDir::new("discover-loops");
+    std::fs::create_dir_all(dir.0.join("sub")).unwrap();
+    std::fs::write(dir.0.join("sub/a.yaml"), "description: d\n").unwrap();
+    std::os::unix::fs::symlink("..", dir.0.join("sub/up")).unwrap();
+    std::os::unix::fs::symlink(".", dir.0.join("sub/here")).unwrap();
+    std::os::unix::fs::symlink("sub", dir.0.join("again")).unwrap();
+    let fifo = dir.0.join("x.yaml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let (done, finished) = std::sync::mpsc::channel();
+    let root = dir.0.clone();
+    std::thread::spawn(move || done.send(discover(&root).unwrap()));
+    let found = finished.recv_timeout(secs(10)).expect("the search ends");
+    let relative: Vec<String> =
+        found.files.iter().map(|p| p.strip_prefix(&dir.0).unwrap().to_string_lossy().into_owned()).collect();
+    assert_eq!(relative.len(), 1, "one file, found once: {relative:?}");
+    assert!(relative[0].ends_with("a.yaml"), "{relative:?}");
+    assert_eq!(found.skipped.len(), 4, "{:?}", found.skipped);
+    assert!(
+        found.skipped.iter().any(|s| s.contains("x.yaml: skipped: not a regular file (a FIFO)")),
+        "{:?}",
+        found.skipped
+    );
+    let repeated = found.skipped.iter().filter(|s| s.contains("skipped: the same folder as")).count();
+    assert_eq!(repeated, 3, "sub/up, sub/here and one of again / sub: {:?}", found.skipped);
+
+    // Named directly, the FIFO is refused at once rather than waited on.
+    let (done, finished) = std::sync::mpsc::channel();
+    let root = dir.0.clone();
+    std::thread::spawn(move || done.send(load(&root, &fifo, &Variables::default()).map(|_| ())));
+    let error = finished.recv_timeout(secs(10)).expect("loading a FIFO does not block").unwrap_err();
+    assert_eq!(error.message, "not a regular file (a FIFO): a scenario is a YAML file");
+}
+
+#[test]
+fn control_characters_in_file_names_are_escaped_in_messages() {
+    // Found by the issue-12 campaign: a file name holding a line break and `PASS` printed a forged result line.
+    let dir = TempDir::new("control-name");
+    let file = dir.0.join("x\nPASS  forged\u{1b}[2K.yaml");
+    std::fs::write(&file, "description: d\nbogus: 1\n").unwrap();
+    let shown = load(&dir.0, &file, &Variables::default()).unwrap_err().to_string();
+    assert!(!shown.contains('\n') && !shown.contains('\u{1b}'), "{shown:?}");
+    assert!(shown.contains("x\\nPASS  forged\\u{1b}[2K.yaml:2:1: unknown key"), "{shown}");
 }
 
 #[test]
@@ -887,6 +955,39 @@ fn wide_alias_bomb_fails_fast() {
     assert!(started.elapsed() < secs(2), "took {:?}", started.elapsed());
     assert!(error.message.contains("expand this file"), "{}", error.message);
     assert_eq!(error.location, Some(at(7, 13)), "the third copy passes 100000 values");
+}
+
+#[test]
+fn an_alias_bomb_of_long_strings_fails_before_expanding() {
+    // Found by the issue-12 campaign: few aliases of a long string pass the node limit; serde aborted on out of
+    // memory expanding 90000 copies of 400 KB.
+    let text = format!(
+        "description: &a \"{}\"\nclient:\n  - exec: {{ program: true, args: [{}] }}\n",
+        "x".repeat(400_000),
+        vec!["*a"; 90_000].join(", ")
+    );
+    assert!(text.len() < MAX_FILE_SIZE);
+    let started = Instant::now();
+    let error = parse_text(&text).unwrap_err();
+    assert!(started.elapsed() < secs(2), "took {:?}", started.elapsed());
+    assert!(error.message.contains("expand this file to more than 4 MiB of text"), "{}", error.message);
+    assert_eq!(error.location, Some(at(3, 35 + 4 * 9)), "the tenth copy passes 4 MiB");
+}
+
+#[test]
+fn an_alias_bomb_of_slow_patterns_compiles_each_pattern_once() {
+    // Found by the issue-12 campaign: 15000 aliases of one pattern that takes milliseconds to compile hung
+    // `check` (over 100 s); each distinct pattern is compiled once.
+    let pattern = format!("{}{}", "(a+)+".repeat(20), "[a-z]{1,100}".repeat(10));
+    let text = format!(
+        "description: d\nclient:\n  - exec: {{ program: true, stdout: [&p \"{pattern}\", {}] }}\n",
+        vec!["*p"; 15_000].join(", ")
+    );
+    let started = Instant::now();
+    let plan = parse_text(&text).unwrap();
+    assert!(started.elapsed() < secs(10), "took {:?}", started.elapsed());
+    let Action::Exec(exec) = &plan.host(HostId::Client).steps[0].action else { panic!("an exec step") };
+    assert_eq!(exec.stdout.len(), 15_001);
 }
 
 /// Fuzz finding: after a lone `\r` libyaml counted lines the file does not have (error at 56:3 of 8 lines).
@@ -1117,7 +1218,7 @@ fn more_bad_inputs_with_positions() {
         "description: d\nclient:\n  - accept: { backlog: 3 }\n",
         3,
         15,
-        "unknown key \"backlog\" in accept `client[0].accept`; it takes no keys",
+        "unknown key \"backlog\" in accept `client[0].accept`; allowed: nonblocking",
     );
     refused(
         "description: d\nclient:\n  - listen: { port: 1 }\n  - accept: {}\n    as: 9\n",
@@ -1252,7 +1353,12 @@ fn more_bad_inputs_with_positions() {
         "SO_KEEPALIVE 2 is out of range; allowed: 0..1",
     );
     refused("description: d\nclient:\n  - setsockopt: {}\n", 3, 17, "setsockopt needs at least one option");
-    refused("description: d\nclient:\n  - poll: { events: [], timeout: 1s }\n", 3, 21, "poll needs at least one event");
+    refused(
+        "description: d\nserver:\n  - listen\n  - accept: { nonblocking: 2 }\n",
+        4,
+        28,
+        "nonblocking must be true or false, not 2",
+    );
     refused("description: d\nclient:\n  - poll: { events: [POLLIN] }\n", 3, 11, "poll needs \"timeout\"");
     refused("description: d\nclient:\n  - close: {}\n    name: 'a b'\n", 4, 11, "step name \"a b\" is not allowed");
     refused(

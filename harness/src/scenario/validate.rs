@@ -1,6 +1,7 @@
 //! Validation: turns the wire schema into a [`Plan`], checking every name, number, duration and reference
 //! against what the format allows, and pointing each error at the line and column of the offending node.
 
+use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -52,6 +53,8 @@ const MIN_CAPTURE_RING: u64 = 1 << 20;
 const MAX_CAPTURE_RING: u64 = 1 << 30;
 pub const DEFAULT_BACKLOG: u32 = 128;
 pub const DEFAULT_RECV_MAX: usize = 65536;
+/// Longest fault name: it names an nftables chain and counter (`fault_<name>`, at most 255 bytes in the kernel).
+pub const MAX_FAULT_NAME: usize = 64;
 /// Largest single send or recv buffer.
 pub const MAX_BUFFER: usize = 16 * 1024 * 1024;
 
@@ -87,6 +90,7 @@ pub fn validate(
         has_router: false,
         impairments: Vec::new(),
         traced: [false, false],
+        valid_patterns: RefCell::default(),
     };
     let root = NodePath::root();
 
@@ -245,6 +249,8 @@ struct Validator<'a> {
     impairments: Vec<String>,
     /// Whether the host runs an exec step with `trace: true` (by `HostId::index()`): `errors` expect one.
     traced: [bool; 2],
+    /// Output patterns already compiled: `*aliases` can repeat one slow pattern thousands of times.
+    valid_patterns: RefCell<HashSet<String>>,
 }
 
 /// What a step acts with, known while walking one host's program in order.
@@ -294,6 +300,7 @@ const REJECTS: &[(&str, FaultAction)] = &[
 ];
 const FAULT_ACTIONS: &[(&str, FaultAction)] = &[
     ("drop", FaultAction::Drop),
+    ("qdisc-drop", FaultAction::QdiscDrop),
     ("reject-tcp-reset", FaultAction::RejectTcpReset),
     ("reject-icmp-port-unreachable", FaultAction::RejectIcmpPortUnreachable),
     ("reject-icmp-host-unreachable", FaultAction::RejectIcmpHostUnreachable),
@@ -676,7 +683,11 @@ impl Validator<'_> {
                         ))
                     }
                 };
-                result[host.index()].push(Sysctl { name: name.clone(), value });
+                result[host.index()].push(Sysctl {
+                    name: name.clone(),
+                    value,
+                    location: Some(self.index.value(&entry_path)),
+                });
             }
             result[host.index()].sort_by(|a, b| a.name.cmp(&b.name));
         }

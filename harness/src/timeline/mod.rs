@@ -54,6 +54,8 @@ pub enum EventKind {
     },
     Packet(PacketEvent),
     Socket(SocketEvent),
+    /// A TCP socket changed state, as the kernel's own `sock:inet_sock_set_state` event says, at its time.
+    Transition(TransitionEvent),
     /// What the wire's impairments did to a packet (or a segment they forged), when it reached the wire.
     Impairment(ImpairmentEvent),
     /// The host's kernel counters at the end of the run (`nstat`), those that are not zero.
@@ -137,6 +139,10 @@ pub struct PacketEvent {
     pub options: String,
     /// Name of the fault whose rule dropped or rejected this packet.
     pub fault: Option<String>,
+    /// The sending host's kernel dropped it before it reached the wire (no capture has it: the transition
+    /// tracer saw the drop).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dropped: Option<DroppedBy>,
     /// What the wire's impairments did to this packet, one label per decision (`lossy #17: lost`), on the
     /// sender's copy and on each copy the receiver got.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -200,6 +206,36 @@ pub struct SocketEvent {
     #[serde(serialize_with = "serialize_opt_secs")]
     #[schemars(with = "Option<f64>")]
     pub rto: Option<Duration>,
+}
+
+/// What dropped a packet inside its sender, as the kernel's drop reason says.
+#[derive(Debug, Clone, Copy, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DroppedBy {
+    /// An nftables rule (`SKB_DROP_REASON_NETFILTER_DROP`): the sender's TCP sees a failed transmit (-EPERM).
+    Netfilter,
+    /// The queueing discipline (`SKB_DROP_REASON_TC_EGRESS` or `QDISC_DROP`): TCP sees local congestion.
+    Qdisc,
+}
+
+impl DroppedBy {
+    pub fn name(self) -> &'static str {
+        match self {
+            DroppedBy::Netfilter => "netfilter",
+            DroppedBy::Qdisc => "its queueing discipline",
+        }
+    }
+}
+
+/// One TCP state transition of a full socket (request and TIME-WAIT sockets have none: sock_diag shows those).
+#[derive(Debug, Clone, Serialize, JsonSchema, PartialEq)]
+pub struct TransitionEvent {
+    /// `local:port -> remote:port` (remote `*:*` for a listener), as socket samples name it.
+    pub socket: String,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub from: TcpState,
+    pub to: TcpState,
 }
 
 /// A socket call of a program started by an `exec` step with `trace: true`, as `strace -f -yy` shows it: a
@@ -303,6 +339,9 @@ impl fmt::Display for Event {
                 if !marks.is_empty() {
                     write!(f, "  << {}", marks.join("; "))?;
                 }
+                if let Some(dropped) = p.dropped {
+                    write!(f, " (dropped by {} before it left)", dropped.name())?;
+                }
                 Ok(())
             }
             EventKind::Impairment(impairment) => {
@@ -320,6 +359,9 @@ impl fmt::Display for Event {
                     write!(f, " timer:({timer},{expires},{})", s.retrans)?;
                 }
                 Ok(())
+            }
+            EventKind::Transition(t) => {
+                write!(f, "tcp    {} -> {} {}", t.from.name(), t.to.name(), t.socket)
             }
             EventKind::Counters { counters } => {
                 f.write_str("nstat ")?;
@@ -344,6 +386,41 @@ impl fmt::Display for Event {
     }
 }
 
+impl PacketEvent {
+    /// The acknowledgment number, when the segment carries one (its ACK flag is set): tcpdump prints none for
+    /// a SYN or a RST without ACK, whose field means nothing.
+    pub fn shown_ack(&self) -> Option<u32> {
+        const TCP_ACK: u8 = 0x10;
+        (self.flags & TCP_ACK != 0).then_some(self.ack)
+    }
+}
+
+#[cfg(test)]
+impl PacketEvent {
+    /// For tests: a TCP segment leaving the client (10.0.0.1:40000 > 10.0.0.2:9000) with these flags and this
+    /// much payload, every other field zero or empty; a test sets what else it needs with `..`.
+    pub fn test_segment(flags: u8, len: u32) -> PacketEvent {
+        PacketEvent {
+            direction: PacketDirection::Out,
+            src: Ipv4Addr::new(10, 0, 0, 1),
+            dst: Ipv4Addr::new(10, 0, 0, 2),
+            protocol: IpProtocol::Known(Protocol::Tcp),
+            ip_id: 0,
+            sport: 40000,
+            dport: 9000,
+            flags,
+            seq: 0,
+            ack: 0,
+            window: 0,
+            len,
+            options: String::new(),
+            fault: None,
+            dropped: None,
+            impairments: Vec::new(),
+        }
+    }
+}
+
 /// The packet as `tcpdump -n` prints it, without the time: `10.0.0.1.35712 > 10.0.0.2.9000: Flags [.], ...`.
 impl fmt::Display for PacketEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -353,17 +430,18 @@ impl fmt::Display for PacketEvent {
         }
         write!(
             f,
-            "{}.{} > {}.{}: Flags [{}], seq {}, ack {}, win {}, length {}",
+            "{}.{} > {}.{}: Flags [{}], seq {}",
             p.src,
             p.sport,
             p.dst,
             p.dport,
             format_tcp_flags(p.flags),
-            p.seq,
-            p.ack,
-            p.window,
-            p.len
+            p.seq
         )?;
+        if let Some(ack) = p.shown_ack() {
+            write!(f, ", ack {ack}")?;
+        }
+        write!(f, ", win {}, length {}", p.window, p.len)?;
         if !p.options.is_empty() {
             write!(f, ", [{}]", p.options)?;
         }

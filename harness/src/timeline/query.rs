@@ -1,13 +1,19 @@
 //! Queries on the timeline, the run's read model: a step's start and end, the packets a host sent, each
-//! socket's history of states or queue values, the errno events of traced programs. The verdict, the engine's triggers and the report all read the
-//! run through these.
+//! socket's history of states or queue values, the errno events of traced programs. The verdict, the engine's
+//! triggers and the report all read the run through these. Each is one pass over the events (or over what an
+//! earlier pass sorted out), so a run of tens of thousands of steps is read in time linear in its events.
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{ErrnoEvent, Event, EventKind, IpProtocol, Outcome, PacketDirection, PacketEvent, SocketEvent, Timeline};
-use crate::scenario::plan::{ErrorExpectation, HostId, PacketFilter, Protocol, QueueExpectation, QueueKind, TcpState};
+use super::{
+    ErrnoEvent, EventKind, IpProtocol, Outcome, PacketDirection, PacketEvent, SocketEvent, Timeline, TransitionEvent,
+};
+use crate::scenario::plan::{
+    ErrorExpectation, HostId, PacketFilter, Plan, Protocol, QueueExpectation, QueueKind, TcpState,
+};
 
 /// The start and end of one step as the timeline recorded them.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -31,24 +37,71 @@ impl StepRecord {
     }
 }
 
-/// Finds the start and end events of a host's step.
-pub fn step_record(timeline: &Timeline, host: HostId, index: usize) -> StepRecord {
-    let mut record =
-        StepRecord { host, index, start: None, end: None, outcome: None, detail: None, unmatched: Vec::new() };
-    for event in timeline.events.iter().filter(|e| e.host == host) {
-        match &event.kind {
-            EventKind::StepStart { step, .. } if *step == index => record.start = Some(event.t),
-            EventKind::StepEnd { step, outcome, detail, unmatched, .. } if *step == index => {
-                record.end = Some(event.t);
-                record.outcome = Some(outcome.clone());
-                record.detail.clone_from(detail);
-                record.unmatched.clone_from(unmatched);
-            }
-            _ => {}
-        }
-    }
-    record
+/// Every step's record, indexed by host and step, found in one pass over the timeline.
+#[derive(Debug, Clone)]
+pub struct StepRecords {
+    /// By `HostId::index()`, then by step index.
+    by_host: [Vec<StepRecord>; 2],
 }
+
+impl StepRecords {
+    pub fn of(plan: &Plan, timeline: &Timeline) -> StepRecords {
+        let mut by_host = HostId::ALL.map(|host| {
+            (0..plan.host(host).steps.len()).map(|index| StepRecord::empty(host, index)).collect::<Vec<_>>()
+        });
+        for event in &timeline.events {
+            // A router runs no steps.
+            let Some(records) = by_host.get_mut(event.host.index()) else { continue };
+            match &event.kind {
+                EventKind::StepStart { step, .. } => {
+                    if let Some(record) = records.get_mut(*step) {
+                        record.start = Some(event.t);
+                    }
+                }
+                EventKind::StepEnd { step, outcome, detail, unmatched, .. } => {
+                    if let Some(record) = records.get_mut(*step) {
+                        record.end = Some(event.t);
+                        record.outcome = Some(outcome.clone());
+                        record.detail.clone_from(detail);
+                        record.unmatched.clone_from(unmatched);
+                    }
+                }
+                _ => {}
+            }
+        }
+        StepRecords { by_host }
+    }
+
+    /// The record of `host`'s step `index`; `None` for a step the plan does not have.
+    pub fn get(&self, host: HostId, index: usize) -> Option<&StepRecord> {
+        self.by_host.get(host.index())?.get(index)
+    }
+}
+
+impl StepRecord {
+    /// A step that neither started nor ended.
+    pub fn empty(host: HostId, index: usize) -> StepRecord {
+        StepRecord { host, index, start: None, end: None, outcome: None, detail: None, unmatched: Vec::new() }
+    }
+}
+
+/// When the run was cut at its deadline (scenario time), if it was.
+pub fn deadline_of(timeline: &Timeline) -> Option<Duration> {
+    timeline.events.iter().find_map(|e| matches!(e.kind, EventKind::Deadline { .. }).then_some(e.t))
+}
+
+/// Whether a step was still running when the run reached its `deadline`: it started and had not ended by then
+/// (it never ended, the deadline cut it `unfinished`, or it ended only afterwards, as when the run stopped the
+/// peer program it was blocked on).
+pub fn ran_into_deadline(record: &StepRecord, deadline: Option<Duration>) -> bool {
+    let Some(deadline) = deadline else { return false };
+    record.start.is_some()
+        && match (record.end, &record.outcome) {
+            (None, _) | (_, Some(Outcome::Unfinished)) => true,
+            (Some(end), _) => end >= deadline,
+        }
+}
+
 /// The errno events of `host`'s traced programs that the expectation selects (port, errno, call).
 pub fn errno_events<'a>(
     timeline: &'a Timeline,
@@ -67,21 +120,31 @@ pub fn errno_events<'a>(
     })
 }
 
-/// Packets sent by a host as its own capture saw them leave (each packet once).
+/// A packet as its sender's capture saw it leave: time, sender, packet.
+pub type SentPacket<'a> = (Duration, HostId, &'a PacketEvent);
+
+/// Every packet as its sender's capture saw it leave (each packet once), in time order.
+pub fn sent_by_all(timeline: &Timeline) -> Vec<SentPacket<'_>> {
+    timeline
+        .events
+        .iter()
+        .filter_map(|event| match &event.kind {
+            EventKind::Packet(packet) if packet.direction == PacketDirection::Out => {
+                Some((event.t, event.host, packet))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The packets of `sent` that match `filter` (its `from` included).
 pub fn sent_packets<'a>(
-    timeline: &'a Timeline,
+    sent: &'a [SentPacket<'a>],
     filter: &'a PacketFilter,
 ) -> impl Iterator<Item = (Duration, &'a PacketEvent)> + 'a {
-    timeline.events.iter().filter_map(move |event| match &event.kind {
-        EventKind::Packet(packet)
-            if packet.direction == PacketDirection::Out
-                && filter.from.is_none_or(|from| from == event.host)
-                && packet_matches(filter, packet) =>
-        {
-            Some((event.t, packet))
-        }
-        _ => None,
-    })
+    sent.iter()
+        .filter(move |(_, host, packet)| filter.from.is_none_or(|from| from == *host) && packet_matches(filter, packet))
+        .map(|(t, _, packet)| (*t, *packet))
 }
 
 /// Whether a packet has the filter's protocol (TCP unless it says otherwise), flags, payload length and window;
@@ -91,50 +154,146 @@ pub fn packet_matches(filter: &PacketFilter, packet: &PacketEvent) -> bool {
         && filter.flags.is_none_or(|flags| flags.matches(packet.flags))
         && filter.len.is_none_or(|len| len == packet.len)
         && filter.window.is_none_or(|window| window == packet.window)
+        && filter.dropped == packet.dropped.is_some()
 }
 
-/// Appends `value` at `t` to the history of `socket` (created on first sight) when it differs from the last.
-fn record_change<T: PartialEq>(histories: &mut Vec<(String, Vec<(T, Duration)>)>, socket: &str, value: T, t: Duration) {
-    let position = match histories.iter().position(|(name, _)| name == socket) {
-        Some(position) => position,
-        None => {
-            histories.push((socket.to_string(), Vec::new()));
-            histories.len() - 1
+/// One host's socket events with their times, in time order.
+pub type SocketEvents<'a> = Vec<(Duration, &'a SocketEvent)>;
+
+/// Each host's socket events (by `HostId::index()`).
+pub fn socket_events_by_host(timeline: &Timeline) -> [SocketEvents<'_>; 3] {
+    let mut by_host: [SocketEvents<'_>; 3] = Default::default();
+    for event in &timeline.events {
+        if let EventKind::Socket(socket) = &event.kind {
+            by_host[event.host.index()].push((event.t, socket));
         }
-    };
-    let history = &mut histories[position].1;
-    if history.last().map(|(last, _)| last) != Some(&value) {
-        history.push((value, t));
+    }
+    by_host
+}
+
+/// Each host's state transitions (by `HostId::index()`), in time order.
+pub fn transitions_by_host(timeline: &Timeline) -> [Vec<(Duration, &TransitionEvent)>; 3] {
+    let mut by_host: [Vec<(Duration, &TransitionEvent)>; 3] = Default::default();
+    for event in &timeline.events {
+        if let EventKind::Transition(transition) = &event.kind {
+            by_host[event.host.index()].push((event.t, transition));
+        }
+    }
+    by_host
+}
+
+/// A socket as histories name it: its label and ports.
+#[derive(Clone, Copy)]
+struct Named<'a> {
+    socket: &'a str,
+    local_port: u16,
+    remote_port: u16,
+}
+
+impl<'a> From<&'a SocketEvent> for Named<'a> {
+    fn from(event: &'a SocketEvent) -> Named<'a> {
+        Named { socket: &event.socket, local_port: event.local_port, remote_port: event.remote_port }
     }
 }
 
-/// Each socket's consecutive distinct states with the time it entered them, in first-seen order.
-pub fn socket_histories(timeline: &Timeline, host: HostId) -> Vec<(String, Vec<(TcpState, Duration)>)> {
-    let mut histories: Vec<(String, Vec<(TcpState, Duration)>)> = Vec::new();
-    for event in timeline.events.iter().filter(|e| e.host == host) {
-        let EventKind::Socket(socket) = &event.kind else { continue };
-        record_change(&mut histories, &socket.socket, socket.state, event.t);
+impl<'a> From<&'a TransitionEvent> for Named<'a> {
+    fn from(event: &'a TransitionEvent) -> Named<'a> {
+        Named { socket: &event.socket, local_port: event.local_port, remote_port: event.remote_port }
+    }
+}
+
+/// Consecutive distinct values of something per socket, in first-seen order: one entry per socket label.
+struct Histories<'a, T> {
+    entries: Vec<(Named<'a>, Vec<(T, Duration)>)>,
+    position: HashMap<&'a str, usize>,
+}
+
+impl<'a, T: PartialEq> Histories<'a, T> {
+    fn new() -> Histories<'a, T> {
+        Histories { entries: Vec::new(), position: HashMap::new() }
+    }
+
+    /// Appends `value` at `t` to the history of `socket` (created on first sight) when it differs from the last.
+    fn record(&mut self, socket: Named<'a>, value: T, t: Duration) {
+        let entries = &mut self.entries;
+        let position = *self.position.entry(socket.socket).or_insert_with(|| {
+            entries.push((socket, Vec::new()));
+            entries.len() - 1
+        });
+        let history = &mut self.entries[position].1;
+        if history.last().map(|(last, _)| last) != Some(&value) {
+            history.push((value, t));
+        }
+    }
+}
+
+/// One socket's consecutive distinct states with the time it entered each, and its ports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SocketHistory {
+    /// `local -> remote`, as the socket events name it.
+    pub socket: String,
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub states: Vec<(TcpState, Duration)>,
+}
+
+impl SocketHistory {
+    pub fn is_listener(&self) -> bool {
+        self.socket.ends_with("*:*")
+    }
+}
+
+/// Each socket's consecutive distinct states, in first-seen order, from one host's socket samples and state
+/// transitions. A socket the kernel's transitions were traced for takes its states from them, at the kernel's
+/// times; its samples add only what no transition shows: its request socket (SYN-RECV), its TIME-WAIT
+/// successor, and its disappearance (GONE). A socket without transitions (the tracer was not available) takes
+/// its states from the samples, at the times they were taken.
+pub fn socket_histories(
+    samples: &[(Duration, &SocketEvent)],
+    transitions: &[(Duration, &TransitionEvent)],
+) -> Vec<SocketHistory> {
+    let traced: HashSet<&str> = transitions.iter().map(|(_, transition)| transition.socket.as_str()).collect();
+    let untraceable = |state: TcpState| matches!(state, TcpState::SynRecv | TcpState::TimeWait | TcpState::Gone);
+    let mut histories = Histories::new();
+    let (mut samples, mut transitions) = (samples.iter().peekable(), transitions.iter().peekable());
+    loop {
+        // In time order; at equal times the kernel's transition first.
+        let transition_first = match (samples.peek(), transitions.peek()) {
+            (None, None) => break,
+            (Some((sampled, _)), Some((traced_at, _))) => traced_at <= sampled,
+            (None, Some(_)) => true,
+            (Some(_), None) => false,
+        };
+        if transition_first {
+            if let Some((t, transition)) = transitions.next() {
+                histories.record(Named::from(*transition), transition.to, *t);
+            }
+        } else if let Some((t, sample)) = samples.next() {
+            if !traced.contains(sample.socket.as_str()) || untraceable(sample.state) {
+                histories.record(Named::from(*sample), sample.state, *t);
+            }
+        }
     }
     histories
-}
-
-pub fn socket_events<'a>(
-    timeline: &'a Timeline,
-    host: HostId,
-    socket: &'a str,
-) -> impl Iterator<Item = &'a SocketEvent> {
-    timeline.events.iter().filter_map(move |e: &Event| match &e.kind {
-        EventKind::Socket(s) if e.host == host && s.socket == socket => Some(s),
-        _ => None,
-    })
+        .entries
+        .into_iter()
+        .map(|(named, states)| SocketHistory {
+            socket: named.socket.to_string(),
+            local_port: named.local_port,
+            remote_port: named.remote_port,
+            states,
+        })
+        .collect()
 }
 
 /// Each selected socket's consecutive distinct values of one queue with the time it took them, in first-seen
-/// order; a socket's history ends when it is gone.
-pub fn queue_histories(timeline: &Timeline, expectation: &QueueExpectation) -> Vec<(String, Vec<(u32, Duration)>)> {
-    let mut histories: Vec<(String, Vec<(u32, Duration)>)> = Vec::new();
-    for event in timeline.events.iter().filter(|e| e.host == expectation.host) {
-        let EventKind::Socket(socket) = &event.kind else { continue };
+/// order, from the socket events of the expectation's host; a socket's history ends when it is gone.
+pub fn queue_histories(
+    events: &[(Duration, &SocketEvent)],
+    expectation: &QueueExpectation,
+) -> Vec<(String, Vec<(u32, Duration)>)> {
+    let mut histories = Histories::new();
+    for (t, socket) in events {
         let is_listener = socket.socket.ends_with("*:*");
         if socket.state == TcpState::Gone
             || is_listener != expectation.listener
@@ -146,9 +305,9 @@ pub fn queue_histories(timeline: &Timeline, expectation: &QueueExpectation) -> V
             QueueKind::Recv => socket.recv_q,
             QueueKind::Send => socket.send_q,
         };
-        record_change(&mut histories, &socket.socket, value, event.t);
+        histories.record(Named::from(*socket), value, *t);
     }
-    histories
+    histories.entries.into_iter().map(|(named, values)| (named.socket.to_string(), values)).collect()
 }
 
 /// The host's kernel counters as read at the end of the run (`nstat`), and when.
@@ -161,8 +320,7 @@ pub fn counters(timeline: &Timeline, host: HostId) -> Option<(Duration, &std::co
 
 /// How many decisions the impairment named `fault` made (its `impairment` events).
 pub fn decisions_of(timeline: &Timeline, fault: &str) -> u64 {
-    let made =
-        |event: &&Event| matches!(&event.kind, EventKind::Impairment(impairment) if impairment.decision.fault == fault);
+    let made = |event: &&super::Event| matches!(&event.kind, EventKind::Impairment(impairment) if impairment.decision.fault == fault);
     timeline.events.iter().filter(made).count() as u64
 }
 
@@ -185,5 +343,98 @@ fn secs_opt<S: serde::Serializer>(t: &Option<Duration>, s: S) -> Result<S::Ok, S
     match t {
         Some(t) => s.serialize_some(&t.as_secs_f64()),
         None => s.serialize_none(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::timeline::Event;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn sample(t: u64, socket: &str, state: TcpState) -> Event {
+        Event {
+            t: ms(t),
+            host: HostId::Client,
+            kind: EventKind::Socket(SocketEvent {
+                socket: socket.into(),
+                local_port: 40000,
+                remote_port: 9000,
+                state,
+                timer: None,
+                expires: None,
+                retrans: 0,
+                recv_q: 0,
+                send_q: 0,
+                rtt: None,
+                rto: None,
+            }),
+        }
+    }
+
+    fn transition(t: u64, socket: &str, from: TcpState, to: TcpState) -> Event {
+        Event {
+            t: ms(t),
+            host: HostId::Client,
+            kind: EventKind::Transition(TransitionEvent {
+                socket: socket.into(),
+                local_port: 40000,
+                remote_port: 9000,
+                from,
+                to,
+            }),
+        }
+    }
+
+    fn histories(events: Vec<Event>) -> Vec<(String, Vec<(TcpState, u64)>)> {
+        let timeline = Timeline::new(events);
+        let samples = socket_events_by_host(&timeline);
+        let transitions = transitions_by_host(&timeline);
+        socket_histories(&samples[0], &transitions[0])
+            .into_iter()
+            .map(|h| (h.socket, h.states.into_iter().map(|(s, t)| (s, t.as_millis() as u64)).collect()))
+            .collect()
+    }
+
+    #[test]
+    fn a_traced_socket_takes_its_states_from_the_kernels_transitions() {
+        use TcpState::*;
+        let traced = "10.0.0.1:40000 -> 10.0.0.2:9000";
+        let sampled = "10.0.0.1:40001 -> 10.0.0.2:9000";
+        let got = histories(vec![
+            transition(1, traced, Close, SynSent),
+            transition(2, traced, SynSent, Established),
+            // A sample stamped when it was asked for, before the kernel's FIN-WAIT-1 it then showed.
+            sample(3, traced, FinWait1),
+            transition(4, traced, Established, FinWait1),
+            transition(6, traced, FinWait1, FinWait2),
+            transition(8, traced, FinWait2, Close),
+            // What no transition shows: the TIME-WAIT successor and its end.
+            sample(9, traced, TimeWait),
+            sample(70, traced, Gone),
+            sample(1, sampled, SynSent),
+            sample(5, sampled, Established),
+        ]);
+        assert_eq!(
+            got,
+            vec![
+                (
+                    traced.to_string(),
+                    vec![
+                        (SynSent, 1),
+                        (Established, 2),
+                        (FinWait1, 4),
+                        (FinWait2, 6),
+                        (Close, 8),
+                        (TimeWait, 9),
+                        (Gone, 70)
+                    ]
+                ),
+                (sampled.to_string(), vec![(SynSent, 1), (Established, 5)]),
+            ]
+        );
     }
 }

@@ -188,7 +188,7 @@ impl Capture {
         let decoder = ChunkDecoder {
             chunks,
             to_disk,
-            decoder: Decoder::new(),
+            decoder: Decoder::sharing(sink.initial_seqs().clone()),
             clock: sink.clock().clone(),
             sink,
             host,

@@ -13,6 +13,11 @@ pub const OBSERVERS_CPU_SHARE: f64 = 0.25;
 /// Dumps' worth of credit saved up at most: after a quiet spell, a few periodic samples in a row.
 const MOST_CREDIT: f64 = 4.0;
 
+/// CPU seconds per second for one observer among `observers_at_once` on `cpus` CPUs.
+fn rate(observers_at_once: usize, cpus: usize) -> f64 {
+    OBSERVERS_CPU_SHARE * cpus.max(1) as f64 / observers_at_once.max(1) as f64
+}
+
 /// Credit in CPU time, earned at a fixed rate, spent by each dump at what it cost.
 #[derive(Debug, Clone)]
 pub struct Budget {
@@ -26,8 +31,14 @@ pub struct Budget {
 impl Budget {
     /// The budget of one observer among `observers_at_once` on `cpus` CPUs, starting with full credit.
     pub fn new(observers_at_once: usize, cpus: usize, now: Instant) -> Budget {
-        let rate = OBSERVERS_CPU_SHARE * cpus.max(1) as f64 / observers_at_once.max(1) as f64;
-        Budget { rate, credit: f64::INFINITY, updated: now }
+        Budget { rate: rate(observers_at_once, cpus), credit: f64::INFINITY, updated: now }
+    }
+
+    /// From `now` on, the budget of one observer among `observers_at_once`: what was earned until now at the
+    /// former rate is kept.
+    pub fn share(&mut self, now: Instant, observers_at_once: usize, cpus: usize, dump_cost: Duration) {
+        self.earn(now, dump_cost);
+        self.rate = rate(observers_at_once, cpus);
     }
 
     fn earn(&mut self, now: Instant, dump_cost: Duration) {
@@ -100,6 +111,22 @@ mod tests {
             budget.spend(later, dump, dump);
         }
         assert_close(budget.periodic_at(later, dump), later + ms(200));
+    }
+
+    #[test]
+    fn the_share_grows_as_other_scenarios_end() {
+        // 100 observers, 1 ms dumps: one every 200 ms; once only 10 run, one every 20 ms.
+        let t0 = Instant::now();
+        let dump = ms(1);
+        let mut budget = Budget::new(100, 2, t0);
+        for _ in 0..4 {
+            budget.spend(t0, dump, dump);
+        }
+        assert_close(budget.periodic_at(t0, dump), t0 + ms(200));
+        let later = t0 + ms(100);
+        budget.share(later, 10, 2, dump);
+        // Half a dump earned in the first 100 ms at the former rate, the other half in 10 ms at the new one.
+        assert_close(budget.periodic_at(later, dump), later + ms(10));
     }
 
     #[test]

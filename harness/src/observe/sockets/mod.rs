@@ -13,6 +13,7 @@ use crate::error::{Context, Error, Result};
 use crate::record::ObserverStats;
 use crate::run::clock::EventSink;
 use crate::run::netns::Netns;
+use crate::run::sampling::SamplingCount;
 use crate::scenario::plan::HostId;
 use crate::timeline::EventKind;
 use budget::Budget;
@@ -89,12 +90,15 @@ impl Sampler {
     }
 
     /// Samples every `interval` and when asked, until told to stop (or the `Observer` is dropped), then once
-    /// more. Samples asked for by a SYN, FIN, RST or a step's end are taken at once; those asked for by other
-    /// packets at most one per [`PACKET_SAMPLE_GAP`]; periodic ones within the observer's CPU [`Budget`].
+    /// more. Samples asked for by a SYN, FIN, RST or a step's end are taken at once and again
+    /// [`PACKET_SAMPLE_GAP`] later; those asked for by other packets at most one per [`PACKET_SAMPLE_GAP`];
+    /// periodic ones within the observer's CPU [`Budget`], shared among the scenarios of the runner running
+    /// their programs now ([`SamplingCount`]).
     fn run(mut self, interval: Duration, signals: mpsc::Receiver<Signal>) -> Result<ObserverStats> {
-        let observers_at_once = 2 * scenarios_at_once();
+        let sampling = SamplingCount::inherited();
+        let observers_at_once = || 2 * sampling.read().unwrap_or_else(scenarios_at_once);
         let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-        let mut budget = Budget::new(observers_at_once, cpus, Instant::now());
+        let mut budget = Budget::new(observers_at_once(), cpus, Instant::now());
         let mut next_periodic = Instant::now() + interval;
         let mut last_sample = Instant::now();
         let mut packet_waiting = false;
@@ -102,8 +106,11 @@ impl Sampler {
             let now = Instant::now();
             let dump_cost = self.recent_dump_cpu.unwrap_or_default();
             let periodic_due = now >= next_periodic && {
-                next_periodic = budget.periodic_at(now, dump_cost);
-                next_periodic <= now
+                budget.share(now, observers_at_once(), cpus, dump_cost);
+                let affordable = budget.periodic_at(now, dump_cost);
+                // Waiting for credit, the share is read again now and then: scenarios ending make it larger.
+                next_periodic = affordable.min(now + SHARE_RECHECK);
+                affordable <= now
             };
             let packet_at = last_sample + PACKET_SAMPLE_GAP;
             if periodic_due || (packet_waiting && packet_at <= now) {
@@ -120,8 +127,16 @@ impl Sampler {
             match signals.recv_timeout(wake.saturating_duration_since(now)) {
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Ok(Signal::SampleNow) => {
+                    // One sample answers every poke already waiting (thousands of quick steps poke in a burst).
+                    let stop = signals.try_iter().any(|signal| matches!(signal, Signal::Stop));
                     self.sample()?;
-                    packet_waiting = false;
+                    if stop {
+                        return Ok(self.stats());
+                    }
+                    // And once more a packet gap later: a capture sees an arriving packet before TCP has
+                    // processed it, and on a slow machine this sample can win that race (in the 6.12 TCG VM a
+                    // FIN's CLOSE-WAIT went unseen for the 500 ms it lasted, the next paced sample coming later).
+                    packet_waiting = true;
                     last_sample = Instant::now();
                     next_periodic = next_periodic.max(last_sample + interval);
                 }
@@ -135,6 +150,9 @@ impl Sampler {
     }
 }
 
+/// How often an observer waiting for credit reads again how many scenarios share the budget.
+const SHARE_RECHECK: Duration = Duration::from_millis(100);
+
 /// Samples asked for by packets other than SYN, FIN and RST are at least this far apart (many packets make
 /// one sample), and outside the [`Budget`], as those asked for by SYN, FIN, RST and step ends are: they are
 /// as many as the scenario's packets, which are few but for bulk transfers, where this bounds them to 50 a
@@ -143,7 +161,8 @@ impl Sampler {
 const PACKET_SAMPLE_GAP: Duration = Duration::from_millis(20);
 
 /// The environment variable through which the runner tells each scenario process how many scenarios it runs
-/// at once (absent: this one alone).
+/// at once (absent: this one alone); the count of those running now ([`SamplingCount`]) takes its place where
+/// the runner shares one.
 pub const SCENARIOS_AT_ONCE_ENV: &str = "NETFAULT_SCENARIOS_AT_ONCE";
 
 fn scenarios_at_once() -> usize {

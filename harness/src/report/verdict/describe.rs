@@ -74,6 +74,9 @@ pub fn describe_filter(filter: &PacketFilter) -> String {
     if let Some(protocol) = filter.protocol.filter(|p| *p != Protocol::Tcp) {
         parts.push(format!("({protocol})"));
     }
+    if filter.dropped {
+        parts.push("dropped before they left".into());
+    }
     parts.join(" ")
 }
 /// `errno events of client's traced programs on port 7000: recvfrom EAGAIN`.

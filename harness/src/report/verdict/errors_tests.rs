@@ -1,7 +1,7 @@
 //! Verdict tests of errno expectations (`errors:`) on hand-built timelines.
 
 use super::*;
-use crate::timeline::{ErrnoEvent, Event};
+use crate::timeline::{ErrnoEvent, Event, EventKind};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)

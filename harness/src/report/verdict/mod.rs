@@ -15,13 +15,14 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::scenario::plan::{
-    ErrorExpectation, ExpectedOutcome, HostId, Location, PacketExpectation, Plan, QueueExpectation, Since,
+    Action, ErrorExpectation, ExpectedOutcome, HostId, Location, PacketExpectation, Plan, QueueExpectation, Since,
     StateExpectation, StepExpectation, StepPlan, TcpState, TimerExpectation, Tolerance,
 };
 use crate::timeline::query::{
-    errno_events, queue_histories, sent_packets, socket_events, socket_histories, step_record, StepRecord,
+    deadline_of, errno_events, queue_histories, ran_into_deadline, sent_by_all, sent_packets, socket_events_by_host,
+    socket_histories, transitions_by_host, SentPacket, SocketEvents, SocketHistory, StepRecord, StepRecords,
 };
-use crate::timeline::{format_secs, EventKind, Outcome, SocketEvent, Timeline};
+use crate::timeline::{format_secs, Outcome, SocketEvent, Timeline};
 
 /// One expectation the run did not meet.
 #[derive(Debug, Clone, Serialize, JsonSchema, PartialEq, Eq)]
@@ -83,14 +84,17 @@ impl Verdict {
     }
 }
 
-/// Judges a run: every step expectation, then every whole-run expectation.
+/// Judges a run: every step expectation, then every whole-run expectation. Each check reads the timeline
+/// sorted once into steps, sent packets and socket events, so a run of tens of thousands of steps is judged in
+/// time linear in its events.
 pub fn judge(plan: &Plan, timeline: &Timeline) -> Verdict {
     let mut verdict = Verdict::default();
+    let facts = Facts::of(plan, timeline);
     for host in &plan.hosts {
         for step in &host.steps {
-            let record = step_record(timeline, host.id, step.index);
+            let Some(record) = facts.steps.get(host.id, step.index) else { continue };
             let failures_before = verdict.failures.len();
-            judge_step(&mut verdict, timeline, host.id, step, &record);
+            judge_step(&mut verdict, &facts, host.id, step, record, plan.deadline);
             let judgement = match (step.expect.is_set(), verdict.failures.len() > failures_before) {
                 (false, false) => StepJudgement::Recorded,
                 (_, true) => StepJudgement::Fail,
@@ -99,21 +103,39 @@ pub fn judge(plan: &Plan, timeline: &Timeline) -> Verdict {
             verdict.steps.push(StepVerdict { host: host.id, index: step.index, judgement });
         }
     }
-    judge_deadline(&mut verdict, plan, timeline);
     for expectation in &plan.expect.packets {
-        let anchor = resolve_anchor(timeline, expectation.since.as_ref(), expectation.location);
-        verdict.check(anchor.and_then(|anchor| judge_packets(expectation, anchor, timeline)));
+        let anchor = resolve_anchor(&facts, expectation.since.as_ref(), expectation.location);
+        let failed = anchor.and_then(|anchor| judge_packets(expectation, anchor, &facts.sent));
+        verdict.check(failed.map_err(|mut failure| {
+            if expectation.filter.dropped && !facts.traced {
+                failure.actual.push_str(
+                    " (packets dropped before they left are seen by the transition tracer only, which this run did \
+                     not have; timeline.txt says why)",
+                );
+            }
+            failure
+        }));
     }
     for expectation in &plan.expect.states {
-        let anchor = resolve_anchor(timeline, expectation.since.as_ref(), expectation.location);
-        verdict.check(anchor.and_then(|anchor| judge_states(expectation, anchor, timeline)));
+        let anchor = resolve_anchor(&facts, expectation.since.as_ref(), expectation.location);
+        let histories = &facts.histories[expectation.host.index()];
+        let failed = anchor.and_then(|anchor| judge_states(expectation, anchor, histories));
+        verdict.check(failed.map_err(|mut failure| {
+            if !facts.traced {
+                failure.actual.push_str(
+                    " (states sampled only: the run recorded none of the kernel's transitions; timeline.txt says why)",
+                );
+            }
+            failure
+        }));
     }
     for expectation in &plan.expect.timers {
-        verdict.check(judge_timer(expectation, timeline));
+        verdict.check(judge_timer(expectation, &facts.sockets[expectation.host.index()]));
     }
     for expectation in &plan.expect.queues {
-        let anchor = resolve_anchor(timeline, expectation.since.as_ref(), expectation.location);
-        verdict.check(anchor.and_then(|anchor| judge_queue(expectation, anchor, timeline)));
+        let anchor = resolve_anchor(&facts, expectation.since.as_ref(), expectation.location);
+        let events = &facts.sockets[expectation.host.index()];
+        verdict.check(anchor.and_then(|anchor| judge_queue(expectation, anchor, events)));
     }
     for expectation in &plan.expect.counters {
         verdict.check(kernel::judge_counter(expectation, timeline));
@@ -122,10 +144,40 @@ pub fn judge(plan: &Plan, timeline: &Timeline) -> Verdict {
         verdict.check(kernel::judge_tcp_info(expectation, timeline));
     }
     for expectation in &plan.expect.errors {
-        let anchor = resolve_anchor(timeline, expectation.since.as_ref(), expectation.location);
+        let anchor = resolve_anchor(&facts, expectation.since.as_ref(), expectation.location);
         verdict.check(anchor.and_then(|anchor| judge_errors(expectation, anchor, timeline)));
     }
     verdict
+}
+
+/// The timeline sorted into what the checks read, each part in one pass.
+struct Facts<'a> {
+    steps: StepRecords,
+    deadline: Option<Duration>,
+    sent: Vec<SentPacket<'a>>,
+    /// By `HostId::index()`.
+    sockets: [SocketEvents<'a>; 3],
+    /// By `HostId::index()`.
+    histories: [Vec<SocketHistory>; 3],
+    /// Whether the kernel's transitions were recorded (else states come from samples only).
+    traced: bool,
+}
+
+impl<'a> Facts<'a> {
+    fn of(plan: &Plan, timeline: &'a Timeline) -> Facts<'a> {
+        let sockets = socket_events_by_host(timeline);
+        let transitions = transitions_by_host(timeline);
+        let histories = HostId::EVERY.map(|host| socket_histories(&sockets[host.index()], &transitions[host.index()]));
+        let traced = transitions.iter().any(|host| !host.is_empty());
+        Facts {
+            steps: StepRecords::of(plan, timeline),
+            deadline: deadline_of(timeline),
+            sent: sent_by_all(timeline),
+            sockets,
+            histories,
+            traced,
+        }
+    }
 }
 
 /// The zero of an expectation's times: t0, or the end of its `since` step.
@@ -145,19 +197,37 @@ impl Anchor {
 
 /// Finds when the `since` step ended or its packet left; a step that never ended, or a packet never seen,
 /// fails the expectation that counts from it.
-pub fn resolve_anchor(timeline: &Timeline, since: Option<&Since>, location: Location) -> Result<Anchor, Failure> {
+fn resolve_anchor(facts: &Facts<'_>, since: Option<&Since>, location: Location) -> Result<Anchor, Failure> {
     let (name, t, missing) = match since {
         None => return Ok(Anchor::t0()),
         Some(Since::Step(step)) => {
             let name = step.to_string();
-            let end = step_record(timeline, step.host, step.index).end;
+            let end = facts.steps.get(step.host, step.index).and_then(|record| record.end);
             (name.clone(), end, (format!("{name} to finish"), "it never finished".to_string()))
+        }
+        Some(Since::Started(step)) => {
+            let name = format!("the start of {step}");
+            let start = facts.steps.get(step.host, step.index).and_then(|record| record.start);
+            (name, start, (format!("{step} to start"), "it never started".to_string()))
         }
         Some(Since::Packet { filter, nth }) => {
             let name = format!("the {} of the {}", ordinal(*nth), describe_filter(filter));
-            let seen: Vec<Duration> = sent_packets(timeline, filter).map(|(t, _)| t).collect();
+            let seen: Vec<Duration> = sent_packets(&facts.sent, filter).map(|(t, _)| t).collect();
             let t = seen.get(*nth as usize - 1).copied();
             (name.clone(), t, (format!("{name} to be sent"), format!("{} such packets", seen.len())))
+        }
+        Some(Since::NextRetransmission { filter }) => {
+            let seen: Vec<Duration> = sent_packets(&facts.sent, filter).map(|(t, _)| t).collect();
+            let name = format!("the next retransmission of the {}", describe_filter(filter));
+            let t = match seen.as_slice() {
+                [.., before, last] => Some(*last + 2 * (*last - *before)),
+                _ => None,
+            };
+            let missing = (
+                format!("at least 2 {} (the timer's last interval)", describe_filter(filter)),
+                format!("{} such packets", seen.len()),
+            );
+            (name, t, missing)
         }
     };
     match t {
@@ -172,7 +242,17 @@ pub fn resolve_anchor(timeline: &Timeline, since: Option<&Since>, location: Loca
     }
 }
 
-fn judge_step(verdict: &mut Verdict, timeline: &Timeline, host: HostId, step: &StepPlan, record: &StepRecord) {
+/// A step's expectation, and the deadline: a step still running when the run reached its deadline fails the
+/// run, named at its line, with or without an expectation, whatever it ended with afterwards.
+fn judge_step(
+    verdict: &mut Verdict,
+    facts: &Facts<'_>,
+    host: HostId,
+    step: &StepPlan,
+    record: &StepRecord,
+    scenario_deadline: Duration,
+) {
+    let deadline = facts.deadline;
     let expect = &step.expect;
     let subject = format!("{host} step {}", step.label());
     let failure = |expected: String, actual: String, around: Option<Duration>| Failure {
@@ -186,10 +266,31 @@ fn judge_step(verdict: &mut Verdict, timeline: &Timeline, host: HostId, step: &S
         let actual = format!("no match for {}", record.unmatched.join(", "));
         verdict.check(Err(failure("output matching every pattern".into(), actual, record.end)));
     }
+    if ran_into_deadline(record, deadline) {
+        let expected = if expect.is_set() {
+            describe_expectation(expect)
+        } else {
+            format!("to end before the scenario deadline ({}s)", format_secs(scenario_deadline))
+        };
+        let actual = cut_by_deadline(record, expect.is_set());
+        verdict.check(Err(failure(expected, actual, deadline.or(record.end).or(record.start))));
+        return;
+    }
+    // A program that cannot start (missing, not executable, a folder) is no test of the kernel: the step fails
+    // unless the scenario expects exactly that errno.
+    if let (Action::Exec(_), Some(Outcome::Error(errno))) = (&step.action, &record.outcome) {
+        if !matches!(expect.outcome, Some(ExpectedOutcome::Error(_))) {
+            let detail = record.detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default();
+            verdict.check(Err(failure("the program to start".into(), format!("{errno}{detail}"), record.end)));
+            return;
+        }
+    }
     if !expect.is_set() {
         return;
     }
     let (Some(end), Some(outcome)) = (record.end, record.outcome.as_ref()) else {
+        // Without a deadline a step is left unended only by a program that failed in the harness, which the run
+        // reports as a harness error.
         let actual = match record.start {
             Some(start) => format!("still running at the end of the run (started at {}s)", format_secs(start)),
             None => "never started".to_string(),
@@ -197,10 +298,6 @@ fn judge_step(verdict: &mut Verdict, timeline: &Timeline, host: HostId, step: &S
         verdict.check(Err(failure(describe_expectation(expect), actual, record.start)));
         return;
     };
-    if *outcome == Outcome::Unfinished {
-        verdict.check(Err(failure(describe_expectation(expect), "unfinished at the deadline".into(), Some(end))));
-        return;
-    }
     if let Some(expected) = &expect.outcome {
         let result = if outcome_matches(expected, outcome) {
             Ok(())
@@ -213,12 +310,31 @@ fn judge_step(verdict: &mut Verdict, timeline: &Timeline, host: HostId, step: &S
         verdict.check(judge_time("after", after, elapsed, expect, outcome).map_err(|(e, a)| failure(e, a, Some(end))));
     }
     if let Some(at) = expect.at {
-        let judged = match resolve_anchor(timeline, expect.since.as_ref(), expect.location) {
+        let judged = match resolve_anchor(facts, expect.since.as_ref(), expect.location) {
             Ok(anchor) => judge_time("at", at, end.saturating_sub(anchor.t), expect, outcome)
                 .map_err(|(e, a)| failure(format!("{e}{}", anchor.label), a, Some(end))),
             Err(missing) => Err(missing),
         };
         verdict.check(judged);
+    }
+}
+
+/// What a step the deadline cut did, in words: still blocked, cut by its own bounded wait, or ended only after
+/// the deadline (when the run killed the programs it was blocked on).
+fn cut_by_deadline(record: &StepRecord, has_expectation: bool) -> String {
+    let started = record.start.map(format_secs).unwrap_or_default();
+    match (record.end, &record.outcome) {
+        (Some(end), Some(Outcome::Unfinished)) => match (&record.detail, has_expectation) {
+            (_, true) => "unfinished at the deadline".to_string(),
+            (Some(detail), false) => format!("unfinished at {}s: {detail}", format_secs(end)),
+            (None, false) => format!("unfinished at {}s", format_secs(end)),
+        },
+        (Some(end), Some(outcome)) => format!(
+            "still running at the deadline (started at {started}s; it ended only after it, {outcome} at {}s, when \
+             the run stopped)",
+            format_secs(end)
+        ),
+        _ => format!("still running at the deadline (started at {started}s)"),
     }
 }
 
@@ -237,41 +353,6 @@ fn judge_time(
         format!("to end {word} {}s {}", format_secs(expected), expect.tolerance),
         format!("{outcome} {word} {}s", format_secs(actual)),
     ))
-}
-
-/// A run must end by itself: a step the scenario deadline cut (still running then, or ended `unfinished` by
-/// it) fails the run, named at its line, even when it expects nothing. A step with an expectation has already
-/// failed on it in [`judge_step`].
-fn judge_deadline(verdict: &mut Verdict, plan: &Plan, timeline: &Timeline) {
-    let deadline_at = timeline.events.iter().find_map(|e| matches!(e.kind, EventKind::Deadline { .. }).then_some(e.t));
-    for host in &plan.hosts {
-        for step in &host.steps {
-            let expect = &step.expect;
-            if expect.is_set() {
-                continue;
-            }
-            let record = step_record(timeline, host.id, step.index);
-            let Some(start) = record.start else { continue };
-            let actual = match (record.end, &record.outcome) {
-                // Without a deadline a step can only be left unended by a program that failed in the harness,
-                // which the run reports as a harness error.
-                (None, _) if deadline_at.is_none() => continue,
-                (None, _) => format!("still running at the deadline (started at {}s)", format_secs(start)),
-                (Some(end), Some(Outcome::Unfinished)) => match &record.detail {
-                    Some(detail) => format!("unfinished at {}s: {detail}", format_secs(end)),
-                    None => format!("unfinished at {}s", format_secs(end)),
-                },
-                _ => continue,
-            };
-            verdict.check(Err(Failure {
-                location: step.location,
-                subject: format!("{} step {}", host.id, step.label()),
-                expected: format!("to end before the scenario deadline ({}s)", format_secs(plan.deadline)),
-                actual,
-                around: deadline_at.or(record.end).or(Some(start)),
-            }));
-        }
-    }
 }
 
 fn outcome_matches(expected: &ExpectedOutcome, actual: &Outcome) -> bool {
@@ -293,8 +374,8 @@ fn outcome_matches(expected: &ExpectedOutcome, actual: &Outcome) -> bool {
     }
 }
 
-fn judge_packets(expectation: &PacketExpectation, anchor: Anchor, timeline: &Timeline) -> Result<(), Failure> {
-    let times = sent_packets(timeline, &expectation.filter).map(|(t, _)| t);
+fn judge_packets(expectation: &PacketExpectation, anchor: Anchor, sent: &[SentPacket<'_>]) -> Result<(), Failure> {
+    let times = sent_packets(sent, &expectation.filter).map(|(t, _)| t);
     let subject = describe_filter(&expectation.filter);
     let wanted = EventTimes {
         count: expectation.count,
@@ -303,7 +384,46 @@ fn judge_packets(expectation: &PacketExpectation, anchor: Anchor, timeline: &Tim
         tolerance: expectation.tolerance,
         location: expectation.location,
     };
-    judge_times(times, &wanted, subject, &anchor)
+    let times: Vec<Duration> = times.collect();
+    judge_times(times.iter().copied(), &wanted, subject.clone(), &anchor)?;
+    match expectation.doubling {
+        Some(doubling) => {
+            let selected = selected_times(times.into_iter(), expectation.window, &anchor);
+            judge_doubling(&selected, doubling, expectation, subject + &anchor.label)
+                .map_err(|failure| Failure { around: failure.around.map(|t| t + anchor.t), ..failure })
+        }
+        None => Ok(()),
+    }
+}
+
+/// The last `doubling` intervals between the packets (those the count and window selected, from the anchor on)
+/// each last twice the interval before, within the tolerance.
+fn judge_doubling(
+    times: &[Duration],
+    doubling: u32,
+    expectation: &PacketExpectation,
+    subject: String,
+) -> Result<(), Failure> {
+    let intervals: Vec<Duration> = times.windows(2).map(|pair| pair[1].saturating_sub(pair[0])).collect();
+    let compared = &intervals[intervals.len().saturating_sub(doubling as usize + 1)..];
+    let list = |ts: &[Duration]| ts.iter().map(|t| format!("{}s", format_secs(*t))).collect::<Vec<_>>().join(", ");
+    let fail = |around: Option<Duration>| Failure {
+        location: expectation.location,
+        subject: format!("{subject}: intervals between them"),
+        expected: format!("the last {doubling} each twice the one before {}", expectation.tolerance),
+        actual: list(&intervals),
+        around,
+    };
+    if compared.len() < doubling as usize + 1 {
+        return Err(fail(times.first().copied()));
+    }
+    let first = times.len() - compared.len();
+    for (i, pair) in compared.windows(2).enumerate() {
+        if !expectation.tolerance.admits(pair[1], 2 * pair[0]) {
+            return Err(fail(times.get(first + i + 1).copied()));
+        }
+    }
+    Ok(())
 }
 
 fn judge_errors(expectation: &ErrorExpectation, anchor: Anchor, timeline: &Timeline) -> Result<(), Failure> {
@@ -327,6 +447,18 @@ struct EventTimes<'a> {
     location: Location,
 }
 
+/// The times (scenario time) from the anchor on, counted from it, that fall in the window.
+fn selected_times(
+    times: impl Iterator<Item = Duration>,
+    window: Option<(Duration, Duration)>,
+    anchor: &Anchor,
+) -> Vec<Duration> {
+    times
+        .filter_map(|t| t.checked_sub(anchor.t))
+        .filter(|t| window.is_none_or(|(start, end)| *t >= start && *t <= end))
+        .collect()
+}
+
 /// Checks the times events were seen (`times`, scenario time) against the count and times wanted, counted from
 /// the anchor: events before it do not count.
 fn judge_times(
@@ -335,10 +467,7 @@ fn judge_times(
     mut subject: String,
     anchor: &Anchor,
 ) -> Result<(), Failure> {
-    let times: Vec<Duration> = times
-        .filter_map(|t| t.checked_sub(anchor.t))
-        .filter(|t| wanted.window.is_none_or(|(start, end)| *t >= start && *t <= end))
-        .collect();
+    let times = selected_times(times, wanted.window, anchor);
     if let Some((start, end)) = wanted.window {
         subject.push_str(&format!(" within [{}s, {}s]", format_secs(start), format_secs(end)));
     }
@@ -376,27 +505,21 @@ fn judge_times(
     Ok(())
 }
 
-fn socket_selected(socket: &str, events: &[&SocketEvent], port: Option<u16>, listeners: bool) -> bool {
-    let is_listener = socket.ends_with("*:*");
-    if is_listener && !listeners {
-        return false;
-    }
-    port.is_none_or(|port| events.iter().any(|e| e.local_port == port || e.remote_port == port))
-}
-
-fn judge_states(expectation: &StateExpectation, anchor: Anchor, timeline: &Timeline) -> Result<(), Failure> {
+fn judge_states(expectation: &StateExpectation, anchor: Anchor, histories: &[SocketHistory]) -> Result<(), Failure> {
     let wants_listener = expectation.sequence.iter().any(|s| s.state == TcpState::Listen);
     let mut seen = Vec::new();
-    for (socket, history) in socket_histories(timeline, expectation.host) {
-        let events: Vec<&SocketEvent> = socket_events(timeline, expectation.host, &socket).collect();
-        if !socket_selected(&socket, &events, expectation.port, wants_listener) {
+    for history in histories {
+        if (history.is_listener() && !wants_listener)
+            || expectation.port.is_some_and(|port| history.local_port != port && history.remote_port != port)
+        {
             continue;
         }
-        if history_matches(&history, expectation, anchor.t) {
+        if history_matches(&history.states, expectation, anchor.t) {
             return Ok(());
         }
-        let states: Vec<String> = history.iter().map(|(state, t)| format!("{state}@{}s", format_secs(*t))).collect();
-        seen.push(format!("{socket}: {}", states.join(" ")));
+        let states: Vec<String> =
+            history.states.iter().map(|(state, t)| format!("{state}@{}s", format_secs(*t))).collect();
+        seen.push(format!("{}: {}", history.socket, states.join(" ")));
     }
     let mut subject = format!("{} socket states", expectation.host);
     if let Some(port) = expectation.port {
@@ -443,10 +566,9 @@ fn history_matches(history: &[(TcpState, Duration)], expectation: &StateExpectat
     })
 }
 
-fn judge_timer(expectation: &TimerExpectation, timeline: &Timeline) -> Result<(), Failure> {
+fn judge_timer(expectation: &TimerExpectation, events: &[(Duration, &SocketEvent)]) -> Result<(), Failure> {
     let mut best: Option<(u32, Duration)> = None;
-    for event in timeline.events.iter().filter(|e| e.host == expectation.host) {
-        let EventKind::Socket(socket) = &event.kind else { continue };
+    for (t, socket) in events {
         if expectation.port.is_some_and(|port| socket.local_port != port && socket.remote_port != port) {
             continue;
         }
@@ -454,7 +576,7 @@ fn judge_timer(expectation: &TimerExpectation, timeline: &Timeline) -> Result<()
             continue;
         }
         if best.is_none_or(|(retrans, _)| socket.retrans > retrans) {
-            best = Some((socket.retrans, event.t));
+            best = Some((socket.retrans, *t));
         }
         if expectation.retrans.is_none_or(|wanted| socket.retrans >= wanted) {
             return Ok(());
@@ -479,8 +601,12 @@ fn judge_timer(expectation: &TimerExpectation, timeline: &Timeline) -> Result<()
     })
 }
 
-fn judge_queue(expectation: &QueueExpectation, anchor: Anchor, timeline: &Timeline) -> Result<(), Failure> {
-    let histories = queue_histories(timeline, expectation);
+fn judge_queue(
+    expectation: &QueueExpectation,
+    anchor: Anchor,
+    events: &[(Duration, &SocketEvent)],
+) -> Result<(), Failure> {
+    let histories = queue_histories(events, expectation);
     let mut subject = format!(
         "{} {}{} {}",
         expectation.host,

@@ -4,7 +4,7 @@ use std::net::Ipv4Addr;
 
 use super::*;
 use crate::scenario::plan::{PacketFilter, Protocol, QueueKind, QueueStep, StepRef, TcpFlagsMatch, Tolerance};
-use crate::timeline::{Event, IpProtocol, Outcome, PacketDirection, PacketEvent, SocketEvent};
+use crate::timeline::{Event, EventKind, IpProtocol, Outcome, PacketDirection, PacketEvent, SocketEvent};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -49,6 +49,7 @@ fn packet(t: u64, host: HostId, protocol: Protocol, flags: u8, window: u16, len:
             len,
             options: String::new(),
             fault: None,
+            dropped: None,
             impairments: Vec::new(),
         }),
     }
@@ -84,7 +85,8 @@ fn queue(listener: bool, sequence: &[(u32, Option<u64>)], max: Option<u32>) -> Q
 }
 
 fn judge_queue_t0(expectation: &QueueExpectation, timeline: &Timeline) -> Result<(), Failure> {
-    judge_queue(expectation, Anchor::t0(), timeline)
+    let events = socket_events_by_host(timeline);
+    judge_queue(expectation, Anchor::t0(), &events[expectation.host.index()])
 }
 
 #[test]
@@ -129,8 +131,9 @@ fn packet_filter_by_flag_mask_and_its_description() {
         packet(3, HostId::Client, Protocol::Tcp, 0x14, 0, 100),
         packet(4, HostId::Client, Protocol::Tcp, 0x10, 0, 100),
     ]);
+    let sent = sent_by_all(&timeline);
     let count = |flags: TcpFlagsMatch| {
-        sent_packets(&timeline, &PacketFilter { flags: Some(flags), ..PacketFilter::default() }).count()
+        sent_packets(&sent, &PacketFilter { flags: Some(flags), ..PacketFilter::default() }).count()
     };
     let fin_without_rst = TcpFlagsMatch { mask: 0x01 | 0x04, value: 0x01 };
     assert_eq!(count(fin_without_rst), 2, "F. and FP. alike");
@@ -150,7 +153,8 @@ fn packet_filter_by_window_and_protocol() {
         packet(2, HostId::Server, Protocol::Tcp, 0x10, 576, 0),
         packet(3, HostId::Server, Protocol::Icmp, 0, 0, 0),
     ]);
-    let count = |filter: PacketFilter| sent_packets(&timeline, &filter).count();
+    let sent = sent_by_all(&timeline);
+    let count = |filter: PacketFilter| sent_packets(&sent, &filter).count();
     let zero_window =
         PacketFilter { flags: Some(TcpFlagsMatch::exactly(0x10)), window: Some(0), ..PacketFilter::default() };
     assert_eq!(count(zero_window.clone()), 1);
@@ -161,6 +165,21 @@ fn packet_filter_by_window_and_protocol() {
     assert_eq!(count(PacketFilter { from: Some(HostId::Client), ..icmp.clone() }), 0);
     assert_eq!(describe_filter(&zero_window), "packets [.] win 0");
     assert_eq!(describe_filter(&icmp), "packets from server (icmp)");
+}
+
+#[test]
+fn packets_dropped_before_they_left_are_counted_only_when_asked_for() {
+    let mut dropped = packet(2, HostId::Server, Protocol::Tcp, 0x10, 0, 0);
+    if let EventKind::Packet(packet) = &mut dropped.kind {
+        packet.dropped = Some(crate::timeline::DroppedBy::Netfilter);
+    }
+    let timeline = Timeline::new(vec![packet(1, HostId::Server, Protocol::Tcp, 0x10, 0, 0), dropped]);
+    let sent = sent_by_all(&timeline);
+    let at = |filter: PacketFilter| sent_packets(&sent, &filter).map(|(t, _)| t).collect::<Vec<_>>();
+    assert_eq!(at(PacketFilter::default()), vec![ms(1)], "packets that left, by default");
+    let only_dropped = PacketFilter { dropped: true, ..PacketFilter::default() };
+    assert_eq!(at(only_dropped.clone()), vec![ms(2)]);
+    assert_eq!(describe_filter(&only_dropped), "packets dropped before they left");
 }
 
 fn step_event(t: u64, host: HostId, step: usize, end: bool) -> Event {
@@ -213,6 +232,43 @@ fn times_since_a_step_count_from_its_end() {
     assert_eq!(failure.subject, "packets from server [.] since client.connect (1.500000s)");
     assert_eq!(failure.actual, "1 at 3.500000s");
     assert_eq!(failure.around, Some(ms(6500)));
+}
+
+#[test]
+fn times_since_a_steps_start_count_from_its_start() {
+    // Found by the issue-12 cases: `since: { started: ... }` was refused, though triggers have `started`.
+    let plan = crate::scenario::parse(
+        "anchor",
+        std::path::Path::new("anchor.yaml"),
+        "description: d\nclient:\n  - sleep: 1s\n  - connect: { port: 9000 }\n    name: connect\n\
+         expect:\n  packets:\n    - { from: server, flags: \".\", at: [2s], since: { started: client.connect }, tolerance: 50ms }\n",
+    )
+    .unwrap();
+    assert_eq!(
+        plan.expect.packets[0].since,
+        Some(Since::Started(StepRef { host: HostId::Client, index: 1, name: "connect".into() }))
+    );
+    let timeline = |packet_at: u64| {
+        Timeline::new(vec![
+            step_event(1000, HostId::Client, 1, false),
+            step_event(1500, HostId::Client, 1, true),
+            packet(packet_at, HostId::Server, Protocol::Tcp, 0x10, 64, 0),
+        ])
+    };
+    assert_eq!(judge(&plan, &timeline(3000)).failures, vec![], "2 s after the start at 1 s");
+    let late = judge(&plan, &timeline(3500)).failures;
+    assert_eq!(late.len(), 1, "2 s after the end is not 2 s after the start");
+    assert_eq!(late[0].subject, "packets from server [.] since the start of client.connect (1.000000s)");
+    let never = judge(&plan, &Timeline::new(vec![])).failures;
+    assert_eq!((never[0].expected.as_str(), never[0].actual.as_str()), ("client.connect to start", "it never started"));
+    let both = crate::scenario::parse(
+        "anchor",
+        std::path::Path::new("anchor.yaml"),
+        "description: d\nclient:\n  - connect: { port: 9000 }\n    name: connect\n\
+         expect:\n  packets:\n    - { from: server, count: 0, since: { started: client.connect, nth: 2 } }\n",
+    )
+    .unwrap_err();
+    assert!(both.to_string().contains("since counts from one moment"), "{both}");
 }
 
 #[test]
@@ -277,4 +333,83 @@ fn times_since_a_packet_count_from_its_kernel_timestamp() {
     assert_eq!(ordinal(2), "2nd");
     assert_eq!(ordinal(13), "13th");
     assert_eq!(ordinal(23), "23rd");
+}
+
+/// Retransmissions of a 17-byte segment at `times` (ms), then a RST from the client at `rst` (ms).
+fn backoff_timeline(times: &[u64], rst: u64) -> Timeline {
+    let mut events: Vec<Event> =
+        times.iter().map(|t| packet(*t, HostId::Client, Protocol::Tcp, 0x18, 64, 17)).collect();
+    events.push(packet(rst, HostId::Client, Protocol::Tcp, 0x04, 0, 0));
+    Timeline::new(events)
+}
+
+fn backoff_plan() -> Plan {
+    crate::scenario::parse(
+        "backoff",
+        std::path::Path::new("backoff.yaml"),
+        "description: d\ntimeout: 30s\nexpect:\n  packets:\n\
+         \x20   - { from: client, len: 17, doubling: 4, tolerance: { early: 40ms, late: 40ms } }\n\
+         \x20   - { from: client, flags: R, at: [0s], since: { next-retransmission: { from: client, len: 17 } }, tolerance: 20ms }\n",
+    )
+    .unwrap()
+}
+
+#[test]
+fn doubling_intervals_and_the_next_retransmission_follow_the_connections_own_rto() {
+    let plan = backoff_plan();
+    assert_eq!(plan.expect.packets[0].doubling, Some(4));
+    assert_eq!(plan.expect.packets[0].count, None);
+    // This machine's 204 ms RTO, and an emulated machine's 220 ms with its timers firing a little late: the
+    // kernel's rule holds for both.
+    let fast = backoff_timeline(&[0, 204, 408, 816, 1632, 3264, 6528], 13056);
+    assert!(judge(&plan, &fast).failures.is_empty(), "{:?}", judge(&plan, &fast).failures);
+    let slow = backoff_timeline(&[0, 226, 454, 922, 1850, 3674, 7354], 14720);
+    assert!(judge(&plan, &slow).failures.is_empty(), "{:?}", judge(&plan, &slow).failures);
+}
+
+#[test]
+fn linear_intervals_and_an_early_or_late_give_up_fail() {
+    let plan = backoff_plan();
+    let linear = backoff_timeline(&[0, 200, 400, 600, 800, 1000, 1200], 1600);
+    let verdict = judge(&plan, &linear);
+    assert_eq!(verdict.failures.len(), 1, "{:?}", verdict.failures);
+    let failure = &verdict.failures[0];
+    assert_eq!(failure.subject, "packets from client length 17: intervals between them");
+    assert_eq!(failure.expected, "the last 4 each twice the one before ± 0.040000s");
+    assert_eq!(failure.actual, "0.200000s, 0.200000s, 0.200000s, 0.200000s, 0.200000s, 0.200000s");
+    // Given up one expiry early (at the last retransmission's own expiry), and one late.
+    for rst in [9792, 26112] {
+        let verdict = judge(&plan, &backoff_timeline(&[0, 204, 408, 816, 1632, 3264, 6528], rst));
+        assert_eq!(verdict.failures.len(), 1, "{:?}", verdict.failures);
+        assert!(
+            verdict.failures[0].subject.contains("since the next retransmission of the packets from client length 17"),
+            "{}",
+            verdict.failures[0].subject
+        );
+    }
+    // A single packet arms no timer whose interval can be doubled.
+    let verdict = judge(&plan, &backoff_timeline(&[0], 100));
+    let anchor = verdict.failures.iter().find(|f| f.subject.starts_with("times since")).expect("anchor failure");
+    assert_eq!(anchor.expected, "at least 2 packets from client length 17 (the timer's last interval)");
+    assert_eq!(anchor.actual, "1 such packets");
+}
+
+#[test]
+fn doubling_is_refused_without_enough_packets_and_next_retransmission_goes_alone() {
+    let parse = |expect: &str| {
+        crate::scenario::parse(
+            "x",
+            std::path::Path::new("x.yaml"),
+            &format!("description: d\nexpect:\n  packets:\n    - {expect}\n"),
+        )
+        .unwrap_err()
+        .to_string()
+    };
+    let error = parse("{ from: client, count: 4, doubling: 3 }");
+    assert!(error.contains("doubling: 3 compares 4 intervals, which takes 5 packets; count says 4"), "{error}");
+    let error = parse("{ from: client, count: 0, since: { next-retransmission: { from: client }, nth: 2 } }");
+    assert!(error.contains("since counts from one moment"), "{error}");
+    let error =
+        parse("{ from: client, count: 0, since: { next-retransmission: { from: client }, started: client.connect } }");
+    assert!(error.contains("not two of them"), "{error}");
 }

@@ -1,11 +1,10 @@
 //! Verdict tests on hand-built timelines: step outcomes and times, packet and state expectations, anchors.
 
-use std::net::Ipv4Addr;
 use std::path::Path;
 
 use super::*;
-use crate::scenario::plan::Protocol;
-use crate::timeline::{Event, IpProtocol, PacketDirection, PacketEvent, SocketEvent};
+use crate::scenario::plan::Errno;
+use crate::timeline::{Event, EventKind, PacketEvent, SocketEvent};
 
 const SCENARIO: &str = r#"
 description: verdict test
@@ -38,23 +37,7 @@ fn syn(t: Duration) -> Event {
     Event {
         t,
         host: HostId::Client,
-        kind: EventKind::Packet(PacketEvent {
-            direction: PacketDirection::Out,
-            src: Ipv4Addr::new(10, 0, 0, 1),
-            dst: Ipv4Addr::new(10, 0, 0, 2),
-            protocol: IpProtocol::Known(Protocol::Tcp),
-            ip_id: 0,
-            sport: 40000,
-            dport: 9000,
-            flags: 0x02,
-            seq: 0,
-            ack: 0,
-            window: 64240,
-            len: 0,
-            options: String::new(),
-            fault: None,
-            impairments: Vec::new(),
-        }),
+        kind: EventKind::Packet(PacketEvent { window: 64240, ..PacketEvent::test_segment(0x02, 0) }),
     }
 }
 
@@ -158,6 +141,144 @@ fn a_step_that_never_ended_is_reported_as_still_running() {
     timeline.events.retain(|e| !matches!(e.kind, EventKind::StepEnd { step: 0, .. }));
     let verdict = judge(&plan(), &timeline);
     assert!(verdict.failures[0].actual.starts_with("still running at the end of the run"), "{verdict:?}");
+}
+
+fn deadline(t: Duration) -> Event {
+    Event { t, host: HostId::Client, kind: EventKind::Deadline { step: None } }
+}
+
+#[test]
+fn a_step_that_ends_only_after_the_deadline_fails_with_or_without_an_expectation() {
+    // Found by the issue-12 campaign: a read blocked at the deadline ended with ECONNRESET or EOF when the run
+    // killed the peer's program, and passed (only "recorded", or meeting an `eof` expectation).
+    let plan = crate::scenario::parse(
+        "deadline",
+        Path::new("deadline.yaml"),
+        "description: d\ntimeout: 2s\nclient:\n  - recv: { max: 10 }\n    name: blocked\n  - recv: { max: 10 }\n\
+         \x20   expect: eof\n  - close: {}\n",
+    )
+    .unwrap();
+    let timeline = Timeline::new(vec![
+        step(ms(0), 0, None),
+        deadline(ms(2000)),
+        step(ms(2003), 0, Some(Outcome::Error("ECONNRESET".into()))),
+    ]);
+    let verdict = judge(&plan, &timeline);
+    assert_eq!(verdict.failures.len(), 2, "{:?}", verdict.failures);
+    assert_eq!(verdict.failures[1].actual, "never started", "the expectation of the step the deadline left out");
+    let failure = &verdict.failures[0];
+    assert_eq!(failure.location.line, 4, "named at the step");
+    assert_eq!(failure.expected, "to end before the scenario deadline (2.000000s)");
+    assert_eq!(
+        failure.actual,
+        "still running at the deadline (started at 0.000000s; it ended only after it, ECONNRESET at 2.003000s, \
+         when the run stopped)"
+    );
+
+    let timeline = Timeline::new(vec![
+        step(ms(0), 0, None),
+        step(ms(5), 0, Some(Outcome::Bytes(10))),
+        step(ms(5), 1, None),
+        deadline(ms(2000)),
+        step(ms(2000), 1, Some(Outcome::Eof)),
+    ]);
+    let verdict = judge(&plan, &timeline);
+    assert_eq!(verdict.failures.len(), 1, "{:?}", verdict.failures);
+    assert_eq!(verdict.failures[0].location.line, 7, "named at its expectation");
+    assert_eq!(verdict.failures[0].expected, "EOF");
+    assert!(verdict.failures[0].actual.starts_with("still running at the deadline"), "{:?}", verdict.failures);
+
+    // Ended just before the deadline: judged as usual; never started: nothing to say.
+    let timeline = Timeline::new(vec![
+        step(ms(0), 0, None),
+        step(ms(5), 0, Some(Outcome::Bytes(10))),
+        step(ms(5), 1, None),
+        step(ms(1999), 1, Some(Outcome::Eof)),
+        deadline(ms(2000)),
+    ]);
+    assert!(judge(&plan, &timeline).passed());
+}
+
+#[test]
+fn an_exec_whose_program_cannot_start_fails_unless_that_errno_is_expected() {
+    // Found by the issue-12 campaign: a missing program, a relative path or a folder passed as "recorded".
+    let plan = crate::scenario::parse(
+        "exec",
+        Path::new("exec.yaml"),
+        "description: d\nclient:\n  - exec: { program: /nonexistent }\n  - exec: { program: /tmp }\n\
+         \x20   expect: { after: 0s }\n  - exec: { program: /nonexistent }\n    expect: ENOENT\n\
+         \x20 - exec: { program: /usr/bin/true }\n",
+    )
+    .unwrap();
+    let cannot = |errno: &str, program: &str| {
+        Some(Outcome::Error(errno.into())).map(|outcome| (outcome, format!("cannot run {program}: ...")))
+    };
+    let mut events = Vec::new();
+    for (index, result) in [
+        cannot("ENOENT", "/nonexistent"),
+        cannot("EACCES", "/tmp"),
+        cannot("ENOENT", "/nonexistent"),
+        Some((Outcome::Exit { code: Some(0), signal: None }, String::new())),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (outcome, detail) = result.unwrap();
+        events.push(step(ms(index as u64), index, None));
+        let label = format!("#{}", index + 1);
+        let detail = (!detail.is_empty()).then_some(detail);
+        events.push(Event {
+            t: ms(index as u64),
+            host: HostId::Client,
+            kind: EventKind::StepEnd { step: index, label, outcome, detail, unmatched: Vec::new() },
+        });
+    }
+    let verdict = judge(&plan, &Timeline::new(events));
+    let failed: Vec<(usize, &str, &str)> =
+        verdict.failures.iter().map(|f| (f.location.line, f.expected.as_str(), f.actual.as_str())).collect();
+    assert_eq!(
+        failed,
+        vec![
+            (3, "the program to start", "ENOENT (cannot run /nonexistent: ...)"),
+            (5, "the program to start", "EACCES (cannot run /tmp: ...)"),
+        ]
+    );
+    assert_eq!(Errno(libc::E2BIG).name(), "E2BIG", "found by the issue-12 campaign: it printed as errno 7");
+    assert_eq!(Errno::parse("EWOULDBLOCK"), Some(Errno(libc::EAGAIN)));
+    assert_eq!(Errno(libc::EWOULDBLOCK).name(), "EAGAIN");
+}
+
+#[test]
+fn fifty_thousand_steps_are_judged_in_linear_time() {
+    // Found by the issue-12 campaign: each step searched the whole timeline, 15 s for 30000 steps (release
+    // build), which ran the verdict past the child's grace. Here every step fails (each ran into the
+    // deadline), the worst case.
+    const STEPS: usize = 50_000;
+    let program: String = (0..STEPS).map(|_| "  - close: {}\n").collect();
+    let plan =
+        crate::scenario::parse("many", Path::new("many.yaml"), &format!("description: d\nclient:\n{program}")).unwrap();
+    let mut events = Vec::with_capacity(2 * STEPS + 1);
+    for index in 0..STEPS {
+        events.push(step(ms(index as u64), index, None));
+        events.push(step(ms(60_000), index, Some(Outcome::Error("EBADF".into()))));
+    }
+    events.push(deadline(ms(59_000)));
+    let timeline = Timeline::new(events);
+    let started = thread_cpu_time();
+    let verdict = judge(&plan, &timeline);
+    let spent = thread_cpu_time() - started;
+    assert_eq!(verdict.failures.len(), STEPS);
+    // Linear: about 0.3 s of CPU unoptimized; the quadratic search took minutes.
+    assert!(spent < Duration::from_secs(10), "{spent:?}");
+}
+
+/// CPU time of the calling thread: unlike wall time, not stretched by other work on the machine.
+fn thread_cpu_time() -> Duration {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into the valid one given.
+    let status = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    assert_eq!(status, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
 #[test]

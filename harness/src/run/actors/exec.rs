@@ -9,7 +9,7 @@
 //! by the actor's thread, which outlives them; background programs by a keeper thread that lives until
 //! [`ProcessRegistry::kill_all`] (or shortly after the deadline).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -415,17 +415,22 @@ pub fn run_foreground(
     Ok(StepEnd { outcome, detail: exec_detail(note, &stdout, &stderr), unmatched })
 }
 
-/// The `stdout` / `stderr` patterns that match nowhere in the output, as `stdout /re/`. Patterns are
+/// The `stdout` / `stderr` patterns that match nowhere in the output, as `stdout /re/`, each distinct pattern
+/// judged once per stream (a scenario's `*aliases` may repeat one thousands of times). Patterns are
 /// multi-line: `^` and `$` match at line boundaries.
 pub fn pattern_failures(plan: &ExecPlan, stdout: &str, stderr: &str) -> Vec<String> {
     let mut failures = Vec::new();
     for (stream, patterns, text) in [("stdout", &plan.stdout, stdout), ("stderr", &plan.stderr, stderr)] {
+        let mut judged: HashMap<&str, Option<String>> = HashMap::new();
         for pattern in patterns {
-            match RegexBuilder::new(pattern).multi_line(true).build() {
-                Ok(re) if re.is_match(text) => {}
-                Ok(_) => failures.push(format!("{stream} /{pattern}/")),
-                Err(e) => failures.push(format!("{stream} /{pattern}/ (invalid regex: {e})")),
-            }
+            let failure = judged.entry(pattern.as_str()).or_insert_with(|| {
+                match RegexBuilder::new(pattern).multi_line(true).build() {
+                    Ok(re) if re.is_match(text) => None,
+                    Ok(_) => Some(format!("{stream} /{pattern}/")),
+                    Err(e) => Some(format!("{stream} /{pattern}/ (invalid regex: {e})")),
+                }
+            });
+            failures.extend(failure.clone());
         }
     }
     failures

@@ -47,11 +47,12 @@ use crate::error::{Context, Error, Result};
 use crate::observe::sockets::{self as observe, DiagSocket};
 use crate::run::clock::EventSink;
 use crate::run::confine::Confinement;
+use crate::run::switchboard::Switchboard;
 use crate::scenario::plan::{
     Action, Errno, ExecPlan, HostId, HostPlan, PollEvent, SendRepeat, SendUntil, SockOpt, SockOptName, SockOptValue,
     StepEdge, StepPlan, StepRef, TcpState,
 };
-use crate::timeline::{ErrnoEvent, EventKind, Outcome};
+use crate::timeline::{ErrnoEvent, Event, EventKind, Outcome};
 use exec::BackgroundLauncher;
 use sockets::{HostSockets, Lookup};
 
@@ -65,6 +66,9 @@ pub struct ActorContext {
     pub board: Arc<StepBoard>,
     pub processes: Arc<ProcessRegistry>,
     pub sink: EventSink,
+    /// The run's fault switches: a step's start and end switch the faults they trigger before the program goes
+    /// on.
+    pub switches: Arc<Switchboard>,
     /// The scenario deadline.
     pub deadline: Instant,
     /// A sock_diag socket in each host's namespace (by `HostId::index()`) for the `wait: { listening }` steps
@@ -109,11 +113,11 @@ pub fn run_host(host: &HostPlan, ctx: ActorContext) -> Result<()> {
             break;
         }
         let label = step.label();
-        actor.ctx.sink.emit(host.id, EventKind::StepStart { step: step.index, label: label.clone() });
+        actor.record(EventKind::StepStart { step: step.index, label: label.clone() })?;
         actor.ctx.board.mark(host.id, step.index, StepEdge::Started);
         crate::selftest::panic_if_chosen(host.id, step);
         let StepEnd { outcome, detail, unmatched } = actor.run_step(step)?;
-        actor.ctx.sink.emit(host.id, EventKind::StepEnd { step: step.index, label, outcome, detail, unmatched });
+        actor.record(EventKind::StepEnd { step: step.index, label, outcome, detail, unmatched })?;
         actor.ctx.board.mark(host.id, step.index, StepEdge::Finished);
     }
     drop(actor.sockets);
@@ -201,6 +205,15 @@ fn sleep_bounded(duration: Duration, deadline: Instant) -> bool {
 }
 
 impl Actor {
+    /// Records a step's start or end now, after switching the faults it triggers: a fault a step's end turns on
+    /// is in force before the next step starts, one its start turns on before its call is made.
+    fn record(&self, kind: EventKind) -> Result<()> {
+        let event = Event { t: self.ctx.sink.clock().now(), host: self.ctx.host, kind };
+        self.ctx.switches.observe(&event)?;
+        self.ctx.sink.emit_at(event.t, event.host, event.kind);
+        Ok(())
+    }
+
     fn run_step(&mut self, step: &StepPlan) -> Result<StepEnd> {
         let named = step.socket.as_deref();
         let result = match &step.action {
@@ -213,7 +226,7 @@ impl Actor {
             Action::SetOpt { options } => self.set_options(named, options),
             Action::Bind { port } => self.bind(named, *port),
             Action::Listen { port, backlog } => self.listen(named, *port, *backlog),
-            Action::Accept { name } => self.accept(named, name.clone()),
+            Action::Accept { name, nonblocking } => self.accept(named, name.clone(), *nonblocking),
             Action::Connect { address, port, nonblocking, .. } => self.connect(named, *address, *port, *nonblocking),
             Action::Poll { events, timeout } => self.poll(named, events, *timeout),
             Action::Send { bytes, repeat, every, until } => self.send(named, *bytes, *repeat, *every, *until),
@@ -339,9 +352,9 @@ impl Actor {
         }
     }
 
-    fn accept(&mut self, named: Option<&str>, name: Option<String>) -> StepResult {
+    fn accept(&mut self, named: Option<&str>, name: Option<String>, nonblocking: bool) -> StepResult {
         let lookup = self.sockets.lookup(named);
-        match sockets::accept(lookup.fd()) {
+        match sockets::accept(lookup.fd(), nonblocking) {
             Ok((fd, peer)) => {
                 self.sockets.add(name, fd);
                 (Outcome::Ok, Some(format!("from {peer}")))

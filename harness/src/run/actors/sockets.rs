@@ -135,13 +135,14 @@ pub fn listen(fd: RawFd, backlog: u32) -> io::Result<()> {
     check(unsafe { libc::listen(fd, backlog) }).map(drop)
 }
 
-/// `accept4(fd, &peer, SOCK_CLOEXEC)`: blocks until a connection is queued (unless `fd` is nonblocking).
-pub fn accept(fd: RawFd) -> io::Result<(OwnedFd, SocketAddrV4)> {
+/// `accept4(fd, &peer, SOCK_CLOEXEC)`: blocks until a connection is queued, unless `fd` is nonblocking or
+/// `nonblocking` asks for this call alone not to block (EAGAIN when the accept queue is empty).
+pub fn accept(fd: RawFd, nonblocking: bool) -> io::Result<(OwnedFd, SocketAddrV4)> {
     let mut peer = empty_sockaddr();
     let mut len = SOCKADDR_IN_LEN;
-    // SAFETY: `peer` is a writable sockaddr_in and `len` its size.
-    let new_fd = check(unsafe {
-        libc::accept4(fd, (&mut peer as *mut libc::sockaddr_in).cast(), &mut len, libc::SOCK_CLOEXEC)
+    let new_fd = without_blocking_if(fd, nonblocking, || {
+        // SAFETY: `peer` is a writable sockaddr_in and `len` its size.
+        check(unsafe { libc::accept4(fd, (&mut peer as *mut libc::sockaddr_in).cast(), &mut len, libc::SOCK_CLOEXEC) })
     })?;
     // SAFETY: `new_fd` was just returned by accept4(2).
     Ok((unsafe { OwnedFd::from_raw_fd(new_fd) }, from_sockaddr(&peer)))
@@ -152,10 +153,15 @@ pub fn accept(fd: RawFd) -> io::Result<(OwnedFd, SocketAddrV4)> {
 /// steps block as written.
 pub fn connect(fd: RawFd, addr: SocketAddrV4, nonblocking: bool) -> io::Result<()> {
     let raw = sockaddr(addr);
-    let call = || {
+    without_blocking_if(fd, nonblocking, || {
         // SAFETY: `raw` is a valid sockaddr_in of the length passed.
         check(unsafe { libc::connect(fd, (&raw as *const libc::sockaddr_in).cast(), SOCKADDR_IN_LEN) }).map(drop)
-    };
+    })
+}
+
+/// Runs `call` on `fd`, with O_NONBLOCK set for it alone when `nonblocking` (`fcntl(fd, F_SETFL, flags |
+/// O_NONBLOCK)` before, the previous flags after, whatever the outcome).
+fn without_blocking_if<T>(fd: RawFd, nonblocking: bool, call: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
     if !nonblocking {
         return call();
     }

@@ -90,7 +90,7 @@ fn wait_listening() -> StepPlan {
 }
 
 fn accept() -> Action {
-    Action::Accept { name: None }
+    Action::Accept { name: None, nonblocking: false }
 }
 
 fn connect() -> Action {
@@ -252,6 +252,7 @@ fn run_with_server_late(
             board: Arc::clone(&board),
             processes: Arc::clone(&processes),
             sink: sink.clone(),
+            switches: Arc::new(Switchboard::without_faults(sink.clock().clone())),
             deadline,
             sock_diag: [DiagSocket::open_in(&netns).ok(), DiagSocket::open_in(&netns).ok()],
             report_dir: report_dir.clone(),
@@ -374,9 +375,9 @@ fn send_to_a_peer_that_closed_with_unread_data_is_reset() {
     assert_eq!(outcomes[7], Outcome::Eof, "and reads give EOF");
 }
 
-#[test]
-fn nonblocking_connect_to_a_closed_port_is_refused_through_so_error() {
-    let client = vec![
+/// A socket and its nonblocking connect to a port nobody listens on (EINPROGRESS, then refused).
+fn nonblocking_connect_to_closed_port() -> Vec<StepPlan> {
+    vec![
         step(Action::Socket { name: Some("c".into()), options: vec![], nonblocking: false }),
         step(Action::Connect {
             to: HostId::Server,
@@ -385,10 +386,17 @@ fn nonblocking_connect_to_a_closed_port_is_refused_through_so_error() {
             nonblocking: true,
             after_listen: None,
         }),
+    ]
+}
+
+#[test]
+fn nonblocking_connect_to_a_closed_port_is_refused_through_so_error() {
+    let mut client = nonblocking_connect_to_closed_port();
+    client.extend([
         step(Action::Poll { events: vec![PollEvent::Out], timeout: Duration::from_secs(3) }),
         step(Action::GetOpt { option: SockOptName::SO_ERROR }),
         step(Action::GetOpt { option: SockOptName::SO_ERROR }),
-    ];
+    ]);
     let run = run(client, vec![], Duration::from_secs(10));
     let outcomes = run.outcomes(HostId::Client);
     assert_eq!(outcomes[0], Outcome::Ok);
@@ -695,6 +703,7 @@ fn a_program_for_the_wrong_host_is_refused() {
         own_address: Ipv4Addr::LOCALHOST,
         board: StepBoard::new(),
         processes: ProcessRegistry::new(),
+        switches: Arc::new(Switchboard::without_faults(sink.clock().clone())),
         sink,
         deadline: Instant::now(),
         sock_diag: [None, None],
@@ -770,4 +779,26 @@ fn a_traced_program_puts_its_socket_errors_on_the_timeline_when_they_happened() 
     for (t, _) in &errors {
         assert!(*t >= started && *t <= ends[1].t, "errno at {t:?}, step from {started:?} to {:?}", ends[1].t);
     }
+}
+
+#[test]
+fn a_nonblocking_accept_with_nothing_queued_gives_eagain_and_leaves_the_listener_blocking() {
+    // Found by the issue-12 cases (packetdrill's nonblocking accept): the format could not write it.
+    let server = vec![listen(), named("tried", Action::Accept { name: None, nonblocking: true }), step(accept())];
+    let client = vec![step(wait(HostId::Server, "tried")), step(sleep(50)), step(connect())];
+    let run = run(client, server, Duration::from_secs(10));
+    let outcomes = run.outcomes(HostId::Server);
+    assert_eq!(outcomes[1], error("EAGAIN"), "nothing queued yet");
+    assert_eq!(outcomes[2], Outcome::Ok, "the next accept blocks until the client connects");
+    let waited = run.ends(HostId::Server)[2].t - run.start_time(HostId::Server, 2);
+    assert!(waited >= Duration::from_millis(50), "it blocked for the client's connect: {waited:?}");
+}
+
+#[test]
+fn a_poll_for_no_events_wakes_on_errors_and_hangups_only() {
+    let mut client = nonblocking_connect_to_closed_port();
+    client.push(step(Action::Poll { events: vec![], timeout: Duration::from_secs(3) }));
+    let run = run(client, vec![], Duration::from_secs(10));
+    let outcomes = run.outcomes(HostId::Client);
+    assert_eq!(outcomes[2], Outcome::Events(vec!["POLLERR".into(), "POLLHUP".into()]), "no POLLOUT: not asked");
 }

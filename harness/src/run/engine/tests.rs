@@ -1,116 +1,19 @@
-//! The engine's pure parts: fault triggers (time, step, packet), fault marks on the timeline, capture losses
-//! as harness errors.
-
-use std::net::Ipv4Addr;
-use std::path::Path;
+//! The engine's pure parts: fault marks on the timeline (the fault triggers are `run::switchboard`'s), capture
+//! losses as harness errors.
 
 use super::*;
-use crate::timeline::{Outcome, PacketEvent};
+use crate::run::switchboard::tests::{ack, ms, plan};
 
-const SCENARIO: &str = r#"
-description: schedule test
-faults:
-  - name: at-two
-    at: server
-    action: drop
-    from: 2s
-    until: 3s
-  - name: after-connect
-    at: server
-    match: { flags: "." }
-    action: drop
-    from: { after: client.connect, delay: 500ms }
-  - name: third-ack
-    at: client
-    action: drop
-    from: { packet: { from: client, flags: "." }, nth: 3 }
-server:
-  - listen: { port: 9000 }
-client:
-  - connect: { to: server, port: 9000 }
-    name: connect
-"#;
-
-fn plan() -> Plan {
-    crate::scenario::parse("schedule", Path::new("schedule.yaml"), SCENARIO).unwrap()
-}
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn ack(t: Duration, host: HostId, direction: PacketDirection) -> Event {
-    Event {
-        t,
-        host,
-        kind: EventKind::Packet(PacketEvent {
-            direction,
-            src: Ipv4Addr::new(10, 0, 0, 1),
-            dst: Ipv4Addr::new(10, 0, 0, 2),
-            protocol: IpProtocol::Known(Protocol::Tcp),
-            ip_id: t.as_millis() as u16,
-            sport: 40000,
-            dport: 9000,
-            flags: 0x10,
-            seq: 1,
-            ack: 1,
-            window: 63,
-            len: 0,
-            options: String::new(),
-            fault: None,
-            impairments: Vec::new(),
-        }),
-    }
-}
-
-fn names(switches: Vec<(&FaultPlan, bool)>) -> Vec<(String, bool)> {
-    switches.into_iter().map(|(f, on)| (f.name.clone(), on)).collect()
-}
-
-#[test]
-fn timed_faults_switch_on_and_off_at_their_times() {
-    let plan = plan();
-    let mut schedule = FaultSchedule::new(&plan.faults);
-    assert_eq!(schedule.next_due(), Some(ms(2000)));
-    assert!(schedule.due(ms(1999)).is_empty());
-    assert_eq!(names(schedule.due(ms(2000))), vec![("at-two".to_string(), true)]);
-    assert_eq!(schedule.next_due(), Some(ms(3000)));
-    assert_eq!(names(schedule.due(ms(3000))), vec![("at-two".to_string(), false)]);
-    assert_eq!(schedule.next_due(), None);
-}
-
-#[test]
-fn a_step_trigger_fires_after_its_delay() {
-    let plan = plan();
-    let mut schedule = FaultSchedule::new(&plan.faults);
-    let end = Event {
-        t: ms(100),
-        host: HostId::Client,
-        kind: EventKind::StepEnd {
-            step: 0,
-            label: "connect".into(),
-            outcome: Outcome::Ok,
-            detail: None,
-            unmatched: Vec::new(),
-        },
-    };
-    schedule.observe(&end);
-    assert!(schedule.due(ms(599)).iter().all(|(f, _)| f.name != "after-connect"));
-    assert_eq!(names(schedule.due(ms(600))), vec![("after-connect".to_string(), true)]);
-}
-
-#[test]
-fn a_packet_trigger_counts_matching_packets_from_the_sender() {
-    let plan = plan();
-    let mut schedule = FaultSchedule::new(&plan.faults);
-    for t in [10, 20] {
-        schedule.observe(&ack(ms(t), HostId::Client, PacketDirection::Out));
-        // The receiver's copy of the same packet is not counted twice.
-        schedule.observe(&ack(ms(t), HostId::Server, PacketDirection::In));
-    }
-    assert!(schedule.due(ms(25)).is_empty());
-    schedule.observe(&ack(ms(30), HostId::Client, PacketDirection::Out));
-    assert_eq!(names(schedule.due(ms(30))), vec![("third-ack".to_string(), true)]);
+/// The fault mark of each packet of the timeline, in order.
+fn fault_marks(timeline: &Timeline) -> Vec<Option<&str>> {
+    timeline
+        .events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Packet(p) => Some(p.fault.as_deref()),
+            _ => None,
+        })
+        .collect()
 }
 
 #[test]
@@ -124,15 +27,40 @@ fn packets_taken_by_an_active_ingress_fault_are_marked_on_both_copies() {
         ack(ms(700), HostId::Server, PacketDirection::In),
     ]);
     annotate_faults(&mut timeline, &plan);
-    let marks: Vec<Option<&str>> = timeline
-        .events
-        .iter()
-        .filter_map(|e| match &e.kind {
-            EventKind::Packet(p) => Some(p.fault.as_deref()),
-            _ => None,
-        })
-        .collect();
+    let marks = fault_marks(&timeline);
     assert_eq!(marks, vec![None, None, Some("after-connect"), Some("after-connect")]);
+}
+
+#[test]
+fn a_packet_dropped_before_it_left_is_marked_with_the_active_egress_fault_that_matches_it() {
+    let plan = crate::scenario::parse(
+        "egress",
+        Path::new("egress.yaml"),
+        "description: d\nfaults:\n  - { name: local, at: client, match: { dport: 9000 }, action: qdisc-drop, from: 1s }\n  \
+         - { name: other-port, at: client, direction: egress, match: { dport: 9001 }, action: drop }\nclient:\n  \
+         - sleep: 2s\n",
+    )
+    .unwrap();
+    let dropped = |t: u64| {
+        let mut event = ack(ms(t), HostId::Client, PacketDirection::Out);
+        if let EventKind::Packet(packet) = &mut event.kind {
+            packet.dropped = Some(crate::timeline::DroppedBy::Qdisc);
+        }
+        event
+    };
+    let mut timeline = Timeline::new(vec![
+        Event { t: ms(0), host: HostId::Client, kind: EventKind::FaultOn { fault: "other-port".into() } },
+        // Before `local` is on: dropped, but by no fault of the plan that was on.
+        dropped(500),
+        Event { t: ms(1000), host: HostId::Client, kind: EventKind::FaultOn { fault: "local".into() } },
+        dropped(1200),
+        // One that left is not the egress fault's, even while it is on.
+        ack(ms(1300), HostId::Client, PacketDirection::Out),
+        ack(ms(1300), HostId::Server, PacketDirection::In),
+    ]);
+    annotate_faults(&mut timeline, &plan);
+    let marks = fault_marks(&timeline);
+    assert_eq!(marks, vec![None, Some("local"), None, None]);
 }
 
 #[test]

@@ -102,7 +102,6 @@ pub fn matches(fault: &FaultPlan, host: HostId, packet: &PacketEvent) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
 
     use super::*;
     use crate::scenario::plan::{Location, Trigger};
@@ -127,23 +126,7 @@ mod tests {
     }
 
     fn tcp(direction: PacketDirection, sport: u16, dport: u16, flags: u8, len: u32) -> PacketEvent {
-        PacketEvent {
-            direction,
-            ip_id: 0,
-            src: Ipv4Addr::new(10, 0, 0, 1),
-            dst: Ipv4Addr::new(10, 0, 0, 2),
-            protocol: IpProtocol::Known(Protocol::Tcp),
-            sport,
-            dport,
-            flags,
-            seq: 0,
-            ack: 0,
-            window: 0,
-            len,
-            options: String::new(),
-            fault: None,
-            impairments: Vec::new(),
-        }
+        PacketEvent { direction, sport, dport, ..PacketEvent::test_segment(flags, len) }
     }
 
     fn udp(direction: PacketDirection, sport: u16, dport: u16) -> PacketEvent {

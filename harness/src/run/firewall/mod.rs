@@ -14,6 +14,7 @@ mod conntrack;
 mod expr;
 mod matcher;
 mod nat;
+mod qdisc;
 mod socket;
 #[cfg(test)]
 mod tests;
@@ -22,12 +23,13 @@ use std::ffi::{CStr, CString};
 use std::io;
 use std::thread;
 
-use nftnl::expr::{Bitwise, Cmp, CmpOp, IcmpCode, Meta, RejectionType, Verdict};
+use nftnl::expr::{Bitwise, Cmp, CmpOp, IcmpCode, Immediate, Meta, Register, RejectionType, Verdict};
 use nftnl::{Batch, Chain, ChainType, FinalizedBatch, Hook, MsgType, Policy, ProtoFamily, Rule, Table};
 
-pub use conntrack::ConntrackTable;
+pub use conntrack::{load_conntrack_here, ConntrackTable};
 pub use matcher::{matches, selects};
 pub use nat::Nat;
+pub use qdisc::install_qdisc_drops;
 
 use expr::{CounterObject, CounterRef, PayloadBase, RawPayload};
 use matcher::{Alternative, Selection};
@@ -58,33 +60,38 @@ pub struct Firewall {
     faults: Vec<InstalledFault>,
 }
 
+/// What a fault's rule does to the packets it matches.
+enum RuleAction {
+    /// A verdict (`drop`, `reject with ...`), and how `nft` writes it.
+    Verdict(Verdict, &'static str),
+    /// `meta mark set <mark>`: the packet goes on, for the host's queueing discipline to drop (`qdisc-drop`).
+    Mark(u32),
+}
+
 struct InstalledFault {
     name: String,
     /// `fault_<name>`: the chain and its counter.
     chain: CString,
     direction: Direction,
     selection: Selection,
-    verdict: Verdict,
-    /// The verdict as `nft` writes it, for messages.
-    verdict_text: &'static str,
+    action: RuleAction,
 }
 
 impl InstalledFault {
-    fn new(fault: &FaultPlan) -> Result<InstalledFault> {
+    fn new(fault: &FaultPlan, mark: u32) -> Result<InstalledFault> {
         let refused = |why: String| Error::Internal(format!("fault {} (line {}): {why}", fault.name, fault.location));
         let selection = matcher::selection(&fault.matcher, fault.action).map_err(refused)?;
         let chain = CString::new(format!("fault_{}", fault.name))
             .map_err(|_| refused("the name contains a NUL byte".into()))?;
-        let (verdict, verdict_text) = verdict(fault.action)
-            .ok_or_else(|| refused("an impairment is the wire's to carry out, not a rule".into()))?;
-        Ok(InstalledFault {
-            name: fault.name.clone(),
-            chain,
-            direction: fault.direction,
-            selection,
-            verdict,
-            verdict_text,
-        })
+        let action = match fault.action {
+            FaultAction::QdiscDrop => RuleAction::Mark(mark),
+            action => {
+                let (verdict, text) = verdict(action)
+                    .ok_or_else(|| refused("an impairment is the wire's to carry out, not a rule".into()))?;
+                RuleAction::Verdict(verdict, text)
+            }
+        };
+        Ok(InstalledFault { name: fault.name.clone(), chain, direction: fault.direction, selection, action })
     }
 
     fn chain_name(&self) -> String {
@@ -95,37 +102,51 @@ impl InstalledFault {
 impl Firewall {
     /// `nft add table inet netfault`, its base chains, and for each of `host`'s faults
     /// `nft add counter inet netfault fault_<name>`, `nft add chain inet netfault fault_<name>` and
-    /// `nft add rule inet netfault input|output jump fault_<name>`, all in one batch. Every fault
-    /// starts off (its chain is empty); the batch also adds and flushes each fault's rules, so the
-    /// kernel checks them now rather than at their first activation mid-run. Faults of other hosts
-    /// in `faults` are skipped. A table left from an earlier install in the same namespace is
-    /// replaced.
+    /// `nft add rule inet netfault input|output jump fault_<name>`: the table in one batch, then each
+    /// fault in one of its own. Every fault starts off (its chain is empty); its batch also adds and
+    /// flushes its rules, so the kernel checks them now rather than at their first activation mid-run.
+    /// Faults of other hosts in `faults` are skipped. A table left from an earlier install in the
+    /// same namespace is replaced. A fault the kernel refuses is an error at its line.
     ///
     /// A router's faults sit in base chain `forward` (`hook forward`), and its NAT (`nat`) in chains
-    /// `prerouting` and `postrouting` of the same table.
+    /// `prerouting` and `postrouting` of the same table, installed with the table.
     pub fn install(ns: &Netns, host: HostId, faults: &[FaultPlan], nat: Option<&Nat>) -> Result<Firewall> {
-        let mut own =
-            faults.iter().filter(|fault| fault.host == host).map(InstalledFault::new).collect::<Result<Vec<_>>>()?;
-        own.sort_by(|a, b| a.name.cmp(&b.name));
-        if let Some(pair) = own.windows(2).find(|pair| pair[0].name == pair[1].name) {
-            return Err(Error::Internal(format!("two faults named {} on host {host}", pair[0].name)));
+        let mut own = qdisc::marks(faults)
+            .filter(|(fault, _)| fault.host == host)
+            .map(|(fault, mark)| Ok((InstalledFault::new(fault, mark)?, fault.location)))
+            .collect::<Result<Vec<_>>>()?;
+        own.sort_by(|(a, _), (b, _)| a.name.cmp(&b.name));
+        if let Some(pair) = own.windows(2).find(|pair| pair[0].0.name == pair[1].0.name) {
+            return Err(Error::Internal(format!("two faults named {} on host {host}", pair[0].0.name)));
         }
         let mut socket = NetfilterSocket::open(ns)?;
-        let has_payload = own.iter().any(|fault| fault.selection.payload.is_some());
-        socket.apply(&install_batch(&own, nat)).map_err(|e| {
+        let forwards = own.iter().any(|(fault, _)| fault.direction == Direction::Forward);
+        socket.apply(&table_batch(forwards, nat)).map_err(|e| {
             let nat_rules: String =
                 nat.map(Nat::text).unwrap_or_default().iter().map(|rule| format!("; {rule}")).collect();
             Error::sys(
                 format!(
-                    "install {} fault(s) of {host} (nft add table inet netfault; nft add chain \
-                     inet netfault input {{ type filter hook input priority filter; policy \
-                     accept; }}; ...{nat_rules})",
-                    own.len()
+                    "install the fault table of {host} (nft add table inet netfault; nft add chain inet netfault \
+                     input {{ type filter hook input priority filter; policy accept; }}; ...{nat_rules})"
                 ),
-                payload_hint(e, has_payload),
+                e,
             )
         })?;
-        Ok(Firewall { socket, host, faults: own })
+        // One batch per fault: the kernel acknowledges every message of a batch, and the acknowledgements of
+        // dozens of faults at once overflow the socket's receive buffer (ENOBUFS); a fault the kernel refuses is
+        // then also named with its line.
+        for (fault, location) in &own {
+            socket.apply(&fault_batch(fault)).map_err(|e| {
+                let what = format!(
+                    "install fault {} on {host} (nft add chain inet netfault {}; {})",
+                    fault.name,
+                    fault.chain_name(),
+                    rule_text(fault).join("; ")
+                );
+                Error::sys(what, payload_hint(e, fault.selection.payload.is_some())).at(*location)
+            })?;
+        }
+        Ok(Firewall { socket, host, faults: own.into_iter().map(|(fault, _)| fault).collect() })
     }
 
     /// `nft add rule inet netfault fault_<name> <match> counter name fault_<name> <action>`, in one
@@ -210,40 +231,47 @@ fn base_chain<'a>(table: &'a Table, name: &CStr, hook: Hook) -> Chain<'a> {
     chain
 }
 
-fn install_batch(faults: &[InstalledFault], nat: Option<&Nat>) -> FinalizedBatch {
+/// The table and its base chains (`forward` when the host has faults on forwarded packets) and the host's NAT,
+/// replacing a table left from an earlier install.
+fn table_batch(forwards: bool, nat: Option<&Nat>) -> FinalizedBatch {
     let table = Table::new(TABLE, FAMILY);
-    let input = base_chain(&table, c"input", Hook::In);
-    let output = base_chain(&table, c"output", Hook::Out);
-    let forward = base_chain(&table, c"forward", Hook::Forward);
-    let mut batch = Batch::new();
+    let mut batch = Batch::with_page_size(BATCH_PAGE_SIZE);
     // `add table; delete table; add table` replaces a leftover table and never fails on a fresh one.
     batch.add(&table, MsgType::Add);
     batch.add(&table, MsgType::Del);
     batch.add(&table, MsgType::Add);
-    batch.add(&input, MsgType::Add);
-    batch.add(&output, MsgType::Add);
-    let forwards = faults.iter().any(|fault| fault.direction == Direction::Forward);
+    batch.add(&base_chain(&table, c"input", Hook::In), MsgType::Add);
+    batch.add(&base_chain(&table, c"output", Hook::Out), MsgType::Add);
     if forwards {
-        batch.add(&forward, MsgType::Add);
+        batch.add(&base_chain(&table, c"forward", Hook::Forward), MsgType::Add);
     }
     if let Some(nat) = nat {
         nat.add_to(&mut batch, &table);
     }
-    for fault in faults {
-        batch.add(&CounterObject::new(FAMILY, TABLE, &fault.chain), MsgType::Add);
-        batch.add(&Chain::new(&fault.chain, &table), MsgType::Add);
-        let base = match fault.direction {
-            Direction::Ingress => &input,
-            Direction::Egress => &output,
-            Direction::Forward => &forward,
-        };
-        let mut jump = Rule::new(base);
-        jump.add_expr(&Verdict::Jump { chain: fault.chain.clone() });
-        batch.add(&jump, MsgType::Add);
-        let chain = Chain::new(&fault.chain, &table);
-        add_fault_rules(&mut batch, &chain, fault);
-        flush(&mut batch, &chain);
-    }
+    batch.finalize()
+}
+
+/// One fault, off: its counter, its chain and the base chain's jump to it; its rules are added and flushed
+/// again, so that the kernel checks them now rather than at their first activation mid-run.
+fn fault_batch(fault: &InstalledFault) -> FinalizedBatch {
+    let table = Table::new(TABLE, FAMILY);
+    let base = Chain::new(
+        match fault.direction {
+            Direction::Ingress => c"input",
+            Direction::Egress => c"output",
+            Direction::Forward => c"forward",
+        },
+        &table,
+    );
+    let mut batch = Batch::with_page_size(BATCH_PAGE_SIZE);
+    batch.add(&CounterObject::new(FAMILY, TABLE, &fault.chain), MsgType::Add);
+    batch.add(&Chain::new(&fault.chain, &table), MsgType::Add);
+    let mut jump = Rule::new(&base);
+    jump.add_expr(&Verdict::Jump { chain: fault.chain.clone() });
+    batch.add(&jump, MsgType::Add);
+    let chain = Chain::new(&fault.chain, &table);
+    add_fault_rules(&mut batch, &chain, fault);
+    flush(&mut batch, &chain);
     batch.finalize()
 }
 
@@ -281,7 +309,14 @@ fn add_fault_rules(batch: &mut Batch, chain: &Chain, fault: &InstalledFault) {
             add_payload_exists(&mut rule);
         }
         rule.add_expr(&CounterRef { name: &fault.chain });
-        rule.add_expr(&fault.verdict);
+        match &fault.action {
+            RuleAction::Verdict(verdict, _) => rule.add_expr(verdict),
+            // `meta mark set <mark>`, no verdict: the packet goes on, to be dropped by the queueing discipline.
+            RuleAction::Mark(mark) => {
+                rule.add_expr(&Immediate::new(*mark, Register::Reg1));
+                rule.add_expr(&Meta::Mark { set: true });
+            }
+        }
         batch.add(&rule, MsgType::Add);
     }
 }
@@ -323,7 +358,7 @@ fn add_alternative(rule: &mut Rule, alternative: &Alternative) {
 /// `drop`, `reject with tcp reset`, or `reject with icmpx <code>`, and how `nft` writes it: the inet family's
 /// ICMPX codes become ICMP net-unreachable (code 0), host-unreachable (1), port-unreachable (3) and
 /// communication administratively prohibited (13) for IPv4. `None` for a conntrack flush or an impairment,
-/// which no rule carries out.
+/// which no rule carries out, and for `qdisc-drop`, whose rule marks the packet instead.
 fn verdict(action: FaultAction) -> Option<(Verdict, &'static str)> {
     Some(match action {
         FaultAction::Drop => (Verdict::Drop, "drop"),
@@ -340,7 +375,7 @@ fn verdict(action: FaultAction) -> Option<(Verdict, &'static str)> {
         FaultAction::RejectIcmpAdminProhibited => {
             (Verdict::Reject(RejectionType::Icmp(IcmpCode::AdminProhibited)), "reject with icmpx admin-prohibited")
         }
-        FaultAction::FlushConntrack | FaultAction::Impair(_) => return None,
+        FaultAction::FlushConntrack | FaultAction::QdiscDrop | FaultAction::Impair(_) => return None,
     })
 }
 
@@ -368,7 +403,10 @@ fn rule_text(fault: &InstalledFault) -> Vec<String> {
             parts.push("@ih,0,8 >= 0x0".to_string());
         }
         parts.push(format!("counter name {}", fault.chain_name()));
-        parts.push(fault.verdict_text.to_string());
+        parts.push(match &fault.action {
+            RuleAction::Verdict(_, text) => text.to_string(),
+            RuleAction::Mark(mark) => format!("meta mark set {mark:#x}"),
+        });
         rules.push(parts.join(" "));
     }
     rules

@@ -40,26 +40,30 @@ unsafe impl Send for NetfilterSocket {}
 impl NetfilterSocket {
     /// Opens the socket on a thread inside `ns` and checks that it belongs to `ns`.
     pub fn open(ns: &Netns) -> Result<NetfilterSocket> {
-        let socket = ns.run(|| {
-            let socket = mnl::Socket::new(mnl::Bus::Netfilter)
-                .context(|| "open netlink socket NETLINK_NETFILTER (nft)".to_string())?;
-            Ok(NetfilterSocket {
-                socket,
-                buffer: vec![0; nftnl::nft_nlmsg_maxsize().div_ceil(8) as usize],
-                dump_seq: FIRST_DUMP_SEQ,
-            })
-        })?;
+        let socket = ns.run(NetfilterSocket::here)?;
+        if !socket.belongs_to(ns)? {
+            return Err(Error::Internal(
+                "the nftables socket created inside the host namespace belongs to another namespace".into(),
+            ));
+        }
+        Ok(socket)
+    }
+
+    /// Opens the socket in the calling thread's namespace.
+    pub fn here() -> Result<NetfilterSocket> {
+        let socket = mnl::Socket::new(mnl::Bus::Netfilter)
+            .context(|| "open netlink socket NETLINK_NETFILTER (nft)".to_string())?;
+        let socket = NetfilterSocket {
+            socket,
+            buffer: vec![0; nftnl::nft_nlmsg_maxsize().div_ceil(8) as usize],
+            dump_seq: FIRST_DUMP_SEQ,
+        };
         setsockopt(
             &socket.fd(),
             sockopt::ReceiveTimeout,
             &TimeVal::from(libc::timeval { tv_sec: REPLY_TIMEOUT.as_secs() as libc::time_t, tv_usec: 0 }),
         )
         .context(|| "setsockopt(SO_RCVTIMEO) on the nftables socket".to_string())?;
-        if !socket.belongs_to(ns)? {
-            return Err(Error::Internal(
-                "the nftables socket created inside the host namespace belongs to another namespace".into(),
-            ));
-        }
         Ok(socket)
     }
 

@@ -214,31 +214,14 @@ fn jittered(delay: Duration, jitter: Duration, distribution: Distribution, strea
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
 
     use super::super::frame::TcpSegment;
     use super::*;
     use crate::scenario::plan::Protocol;
-    use crate::timeline::{IpProtocol, PacketDirection};
+    use crate::timeline::IpProtocol;
 
     fn packet(len: u32) -> PacketEvent {
-        PacketEvent {
-            direction: PacketDirection::Out,
-            src: Ipv4Addr::new(10, 0, 0, 1),
-            dst: Ipv4Addr::new(10, 0, 0, 2),
-            protocol: IpProtocol::Known(Protocol::Tcp),
-            ip_id: 1,
-            sport: 40000,
-            dport: 9000,
-            flags: 0x18,
-            seq: 1,
-            ack: 1,
-            window: 502,
-            len,
-            options: String::new(),
-            fault: None,
-            impairments: Vec::new(),
-        }
+        PacketEvent { ip_id: 1, seq: 1, ack: 1, window: 502, ..PacketEvent::test_segment(0x18, len) }
     }
 
     fn fault(name: &str, impairment: Impairment) -> WireFault {

@@ -5,7 +5,7 @@
 //! Nothing here runs `ip` or `ethtool`: one scenario's topology is a handful of netlink round trips.
 
 mod ethtool;
-mod rtnl;
+pub(crate) mod rtnl;
 mod sysctl;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -283,6 +283,9 @@ fn wait_operational(rtnl: &mut Rtnl, ifname: &str, place: &str) -> Result<()> {
     }
 }
 
+/// The sysctls nf_conntrack registers when it loads.
+const CONNTRACK_SYSCTLS: &str = "net.netfilter.nf_conntrack_";
+
 /// Runs on a thread inside the host's namespace: sysctls (which resolve against the calling thread's
 /// namespace), then an rtnetlink socket that stays bound to this namespace wherever it is used from.
 fn prepare_host(plan: &Plan, host: HostId) -> Result<Rtnl> {
@@ -290,7 +293,13 @@ fn prepare_host(plan: &Plan, host: HostId) -> Result<Rtnl> {
         disable_ipv6().map_err(|e| e.into_error(host))?;
     }
     for sysctl in &plan.host(host).sysctls {
-        write_sysctl(sysctl).map_err(|e| e.into_error(host))?;
+        match write_sysctl(sysctl) {
+            Err(SysctlError::Absent(_)) if sysctl.name.starts_with(CONNTRACK_SYSCTLS) => {
+                crate::run::firewall::load_conntrack_here()?;
+                write_sysctl(sysctl).map_err(|e| e.into_error(host))?;
+            }
+            other => other.map_err(|e| e.into_error(host))?,
+        }
     }
     let mut rtnl = Rtnl::open().map_err(|e| in_host(e, host))?;
     rtnl.execute(vec![Request::new(
@@ -304,7 +313,7 @@ fn prepare_host(plan: &Plan, host: HostId) -> Result<Rtnl> {
 /// `sysctl -w net.ipv6.conf.{all,default}.disable_ipv6=1` in the calling thread's namespace.
 fn disable_ipv6() -> std::result::Result<(), SysctlError> {
     for name in ["net.ipv6.conf.all.disable_ipv6", "net.ipv6.conf.default.disable_ipv6"] {
-        let sysctl = Sysctl { name: name.to_string(), value: "1".to_string() };
+        let sysctl = Sysctl { name: name.to_string(), value: "1".to_string(), location: None };
         match write_sysctl(&sysctl) {
             // A kernel without IPv6 sends no router solicitations either.
             Err(SysctlError::Absent(_)) => {}

@@ -22,21 +22,21 @@ pub(super) const NETLINK_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Large enough for any single answer we ask for (a link message is about 1.5 KiB).
 pub(super) const NETLINK_RECV_BUFFER: usize = 64 * 1024;
 /// One request of a batch, with what it does in `ip` terms for the error message.
-pub(super) struct Request {
+pub(crate) struct Request {
     message: RouteNetlinkMessage,
     flags: u16,
     what: String,
 }
 
 impl Request {
-    pub(super) fn new(message: RouteNetlinkMessage, flags: u16, what: String) -> Request {
+    pub(crate) fn new(message: RouteNetlinkMessage, flags: u16, what: String) -> Request {
         Request { message, flags, what }
     }
 }
 
 /// A synchronous rtnetlink socket of one namespace: requests go out in batches, every answer is awaited with
 /// a bounded receive.
-pub(super) struct Rtnl {
+pub(crate) struct Rtnl {
     socket: Socket,
     next_sequence: u32,
     buffer: Vec<u8>,
@@ -44,7 +44,7 @@ pub(super) struct Rtnl {
 
 impl Rtnl {
     /// `socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE)` in the calling thread's namespace.
-    pub(super) fn open() -> Result<Rtnl> {
+    pub(crate) fn open() -> Result<Rtnl> {
         let what = || "open rtnetlink socket (socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE))".to_string();
         let mut socket = Socket::new(NETLINK_ROUTE).context(what)?;
         socket.bind_auto().context(what)?;
@@ -63,7 +63,7 @@ impl Rtnl {
     }
 
     /// Sends every request in one datagram and waits for all their ACKs; the first NACK is the error.
-    pub(super) fn execute(&mut self, requests: Vec<Request>) -> Result<()> {
+    pub(crate) fn execute(&mut self, requests: Vec<Request>) -> Result<()> {
         let first_sequence = self.next_sequence;
         let mut whats = Vec::with_capacity(requests.len());
         let mut datagram = Vec::new();

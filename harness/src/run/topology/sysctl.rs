@@ -27,25 +27,33 @@ impl SysctlError {
         self.into_error_in(host.name())
     }
 
-    /// The error, naming the namespace it happened in (`client`, `server`, `the wire`).
+    /// The error, naming the namespace it happened in (`client`, `server`, `the wire`), at the line of the
+    /// scenario that sets the sysctl when it is the scenario's.
     pub(super) fn into_error_in(self, host: &str) -> Error {
-        match self {
-            SysctlError::Absent(s) => Error::sys(
-                format!(
-                    "sysctl {} does not exist in a network namespace on this kernel (not per-namespace?) \
-                     (in {host})",
+        let (sysctl, error) = match self {
+            SysctlError::Absent(s) => {
+                let message = format!(
+                    "sysctl {} does not exist in a network namespace on this kernel (not per-namespace?) (in {host})",
                     s.name
-                ),
-                io::Error::from(io::ErrorKind::NotFound),
-            ),
-            SysctlError::NotNamespaced(s) => Error::Internal(format!(
-                "sysctl {} of {host} is not a net.* sysctl: only per-namespace network sysctls can be set \
-                 for one scenario host",
-                s.name
-            )),
-            SysctlError::Write(s, e) => {
-                Error::sys(format!("set sysctl in {host} (sysctl -w {}={})", s.name, s.value), e)
+                );
+                (s, Error::sys(message, io::Error::from(io::ErrorKind::NotFound)))
             }
+            SysctlError::NotNamespaced(s) => {
+                let message = format!(
+                    "sysctl {} of {host} is not a net.* sysctl: only per-namespace network sysctls can be set for one \
+                     scenario host",
+                    s.name
+                );
+                (s, Error::Internal(message))
+            }
+            SysctlError::Write(s, e) => {
+                let message = format!("set sysctl in {host} (sysctl -w {}={})", s.name, s.value);
+                (s, Error::sys(message, e))
+            }
+        };
+        match sysctl.location {
+            Some(location) => error.at(location),
+            None => error,
         }
     }
 }
@@ -74,7 +82,8 @@ pub fn effective_sysctls(tcp_files: &[String], also: &[Sysctl]) -> crate::error:
     for file in tcp_files {
         values.insert(format!("net.ipv4.{file}"), ipv4.read(file)?);
     }
-    for sysctl in [&Sysctl { name: "net.core.somaxconn".into(), value: String::new() }].into_iter().chain(also) {
+    let somaxconn = Sysctl { name: "net.core.somaxconn".into(), value: String::new(), location: None };
+    for sysctl in [&somaxconn].into_iter().chain(also) {
         let path = sysctl.proc_path();
         let value = fs::read_to_string(&path)
             .map_err(|e| Error::sys(format!("read sysctl {} ({})", sysctl.name, path.display()), e))?;

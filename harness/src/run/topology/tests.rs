@@ -29,7 +29,7 @@ fn host_plan(id: HostId, address: Ipv4Addr, sysctls: &[(&str, &str)]) -> HostPla
         gateway: None,
         sysctls: sysctls
             .iter()
-            .map(|(name, value)| Sysctl { name: name.to_string(), value: value.to_string() })
+            .map(|(name, value)| Sysctl { name: name.to_string(), value: value.to_string(), location: None })
             .collect(),
         steps: Vec::new(),
     }
@@ -115,7 +115,7 @@ fn host_link_names() -> BTreeSet<String> {
 }
 
 fn read_sysctl_in(ns: Option<&Netns>, name: &str) -> String {
-    let path = Sysctl { name: name.into(), value: String::new() }.proc_path();
+    let path = Sysctl { name: name.into(), value: String::new(), location: None }.proc_path();
     let read = move || std::fs::read_to_string(&path).context(|| format!("read {}", path.display()));
     match ns {
         Some(ns) => ns.run(read).unwrap().trim().to_string(),

@@ -74,6 +74,9 @@ pub struct PacketExpectation {
     pub at: Vec<Duration>,
     /// Only packets seen in this scenario-time window count.
     pub window: Option<(Duration, Duration)>,
+    /// The last this many intervals between the packets each last twice the one before (`tolerance` of it):
+    /// a retransmission timer's exponential backoff, whatever RTO the connection started from.
+    pub doubling: Option<u32>,
     pub tolerance: Tolerance,
     /// Times (`at`, `window`) count from this step's end or packet, and only packets from then on count.
     pub since: Option<Since>,
@@ -107,10 +110,17 @@ pub struct ErrorExpectation {
 pub enum Since {
     /// The end of a named step: `since: client.connect`.
     Step(StepRef),
+    /// The start of a named step: `since: { started: client.connect }`.
+    Started(StepRef),
     /// The n-th (1-based) packet matching the filter, as its sender's capture saw it leave:
     /// `since: { packet: { from: server, window: 0 }, nth: 1 }`. Its kernel timestamp is exact, where a
     /// step's end is stamped by a thread that may run late.
     Packet { filter: PacketFilter, nth: u32 },
+    /// When the retransmission timer armed by the last packet matching the filter expires: that packet's time
+    /// plus twice the interval since the one before it, the kernel doubling the RTO at each expiry
+    /// (`since: { next-retransmission: { from: client, len: 17 } }`). What the kernel does there (give up
+    /// with ETIMEDOUT, or retransmit once more) is then timed by the connection's own RTO, not a figure.
+    NextRetransmission { filter: PacketFilter },
 }
 
 /// A socket of `host` goes through these states in order (other states may come between).

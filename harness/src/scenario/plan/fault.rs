@@ -49,7 +49,8 @@ impl Plan {
 pub enum Direction {
     /// `hook input`: packets arriving at the host (the default, as a lossy network would).
     Ingress,
-    /// `hook output`: packets the host sends (its own TCP sees local congestion).
+    /// `hook output`: packets the host sends, dropped after its TCP handed them on (TCP sees a loss, not local
+    /// congestion: that is [`FaultAction::QdiscDrop`]).
     Egress,
     /// `hook forward`: packets the router forwards (every fault of the router).
     Forward,
@@ -146,6 +147,10 @@ pub enum FaultAction {
     RejectIcmpAdminProhibited,
     /// `conntrack -F` on the router when the fault switches on: every connection it tracks is forgotten.
     FlushConntrack,
+    /// Dropped by the sending host's queueing discipline (`tc filter add dev <veth> egress ... action drop`,
+    /// as packetdrill drops): the transmit returns NET_XMIT_DROP, which TCP takes for local congestion. Egress
+    /// only.
+    QdiscDrop,
     /// Done by the wire to packets travelling toward [`FaultPlan::toward`].
     Impair(Impairment),
 }

@@ -66,7 +66,8 @@ impl Validator<'_> {
             }
             None => None,
         };
-        let EventTimes { count, at, window } = self.event_times(path, "errors", &wire.count, &wire.at, &wire.within)?;
+        let EventTimes { count, at, window } =
+            self.event_times(path, "errors", &wire.count, &wire.at, &wire.within, true)?;
         let tolerance = self.own_tolerance(path, wire.tolerance.as_ref())?;
         Ok(ErrorExpectation {
             host,
@@ -152,8 +153,10 @@ impl Validator<'_> {
         })
     }
 
-    /// `since: client.connect` (the named step whose end the expectation's times count from) or
-    /// `since: { packet: {...}, nth: 2 }` (the n-th packet matching the filter).
+    /// `since: client.connect` (the named step whose end the expectation's times count from),
+    /// `since: { started: client.connect }` (its start), `since: { packet: {...}, nth: 2 }` (the n-th packet
+    /// matching the filter) or `since: { next-retransmission: {...} }` (the expiry of the timer the last such
+    /// packet armed).
     pub(super) fn anchor(&self, path: &NodePath, since: Option<&ScalarOr<SinceWire>>) -> Checked<Option<Since>> {
         let path = path.key("since");
         let map = match since {
@@ -163,7 +166,24 @@ impl Validator<'_> {
             }
             Some(ScalarOr::Map(map)) => map,
         };
-        let example = "e.g. { packet: { from: server, window: 0 }, nth: 1 }";
+        let moments =
+            [map.started.is_some(), map.packet.is_some() || map.nth.is_some(), map.next_retransmission.is_some()];
+        if moments.iter().filter(|given| **given).count() > 1 {
+            return Err(self.fail(
+                &path,
+                "since counts from one moment: `{ started: host.step }`, `{ packet: {...}, nth: N }` or \
+                 `{ next-retransmission: {...} }`, not two of them",
+            ));
+        }
+        if let Some(step) = &map.started {
+            return Ok(Some(Since::Started(self.step_ref(&path.key("started"), step)?)));
+        }
+        if let Some(filter) = &map.next_retransmission {
+            let filter = self.packet_filter(&path.key("next-retransmission"), filter)?;
+            return Ok(Some(Since::NextRetransmission { filter }));
+        }
+        let example = "e.g. { packet: { from: server, window: 0 }, nth: 1 }, { started: client.connect } or \
+                       { next-retransmission: { from: client, len: 17 } }";
         let packet = self.required(&map.packet, &path, "since", "packet", example)?;
         let filter = self.packet_filter(&path.key("packet"), packet)?;
         let nth = match &map.nth {
@@ -182,23 +202,46 @@ impl Validator<'_> {
                 len: wire.len.clone(),
                 window: wire.window.clone(),
                 protocol: wire.protocol.clone(),
+                dropped: wire.dropped.clone(),
             },
         )?;
-        let EventTimes { count, at, window } = self.event_times(path, "packet", &wire.count, &wire.at, &wire.within)?;
+        let EventTimes { count, at, window } =
+            self.event_times(path, "packet", &wire.count, &wire.at, &wire.within, wire.doubling.is_none())?;
+        let doubling = match &wire.doubling {
+            Some(doubling) => {
+                let doubling_path = path.key("doubling");
+                let doubling = self.int(&doubling_path, doubling, "doubling", 1, i128::from(u16::MAX))? as u32;
+                if count.is_some_and(|count| count < doubling + 2) {
+                    return Err(self.fail(
+                        &doubling_path,
+                        format!(
+                            "doubling: {doubling} compares {} intervals, which takes {} packets; count says {}",
+                            doubling + 1,
+                            doubling + 2,
+                            count.unwrap_or(0)
+                        ),
+                    ));
+                }
+                Some(doubling)
+            }
+            None => None,
+        };
         let tolerance = self.own_tolerance(path, wire.tolerance.as_ref())?;
         Ok(PacketExpectation {
             filter,
             count,
             at,
             window,
+            doubling,
             tolerance,
             since: self.anchor(path, wire.since.as_ref())?,
             location: self.index.value(path),
         })
     }
 
-    /// `count`, `at` and `within` of a packet or errno expectation (`what`): one of `count` and `at` at least,
-    /// the count agreeing with the times, the times in order, the window in order.
+    /// `count`, `at` and `within` of a packet or errno expectation (`what`): one of `count` and `at` at least
+    /// (unless `needs_count` is false: a packet expectation's `doubling` says how many it takes), the count
+    /// agreeing with the times, the times in order, the window in order.
     fn event_times(
         &self,
         path: &NodePath,
@@ -206,6 +249,7 @@ impl Validator<'_> {
         count: &Option<Scalar>,
         times: &Option<ScalarList>,
         within: &Option<ScalarList>,
+        needs_count: bool,
     ) -> Checked<EventTimes> {
         let mut at = Vec::new();
         if let Some(times) = times {
@@ -236,7 +280,7 @@ impl Validator<'_> {
             }
             count = Some(times);
         }
-        if count.is_none() {
+        if count.is_none() && needs_count {
             return Err(self.fail(
                 path,
                 format!(

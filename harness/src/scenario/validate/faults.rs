@@ -31,6 +31,16 @@ impl Validator<'_> {
             "a unique name of a-z, 0-9, _ and -, e.g. `name: blackhole`",
         )?;
         let name = match name {
+            Scalar::Str(text) if is_name(text, false) && text.len() > MAX_FAULT_NAME => {
+                return Err(self.fail(
+                    &path.key("name"),
+                    format!(
+                        "fault name of {} characters is too long; at most {MAX_FAULT_NAME} (it names the fault's \
+                         nftables chain and counter)",
+                        text.len()
+                    ),
+                ))
+            }
             Scalar::Str(text) if is_name(text, false) => text.clone(),
             other => {
                 return Err(self.fail(
@@ -49,9 +59,9 @@ impl Validator<'_> {
                 &path.key("direction"),
                 "a router's faults act on the packets it forwards (hook forward); direction is for client and server",
             )),
-            (None, HostId::Router) => Direction::Forward,
-            (Some(direction), _) => self.pick(&path.key("direction"), direction, DIRECTIONS, "direction")?,
-            (None, _) => Direction::Ingress,
+            (None, HostId::Router) => Some(Direction::Forward),
+            (Some(direction), _) => Some(self.pick(&path.key("direction"), direction, DIRECTIONS, "direction")?),
+            (None, _) => None,
         };
         let mut matcher = match &wire.matcher {
             Some(matcher) => self.packet_match(&path.key("match"), matcher)?,
@@ -62,7 +72,7 @@ impl Validator<'_> {
             path,
             "fault",
             "action",
-            "drop, { reject: tcp-reset | icmp-port-unreachable | icmp-host-unreachable | icmp-net-unreachable | icmp-admin-prohibited }, \
+            "drop, qdisc-drop, flush-conntrack (at: router), { reject: tcp-reset | icmp-port-unreachable | icmp-host-unreachable | icmp-net-unreachable | icmp-admin-prohibited }, \
              or an impairment: { loss: 1% }, { delay: 100ms }, { reorder: 5% }, { duplicate: 1% }, { corrupt: 1% }, \
              { rate: 10mbit }, { inject: rst }",
         )?;
@@ -70,6 +80,25 @@ impl Validator<'_> {
         let action = match action {
             ScalarOr::Scalar(action) => self.pick(&action_path, action, FAULT_ACTIONS, "fault action")?,
             ScalarOr::Map(map) => self.action_map(&action_path, map)?,
+        };
+        // A queueing discipline sits on the way out: qdisc-drop is egress, and says so without `direction`.
+        let direction = match (action, direction) {
+            (FaultAction::QdiscDrop, Some(Direction::Forward)) => {
+                return Err(self.fail(
+                    &path.key("action"),
+                    "qdisc-drop makes the sending host's own TCP see local congestion, and a router sends no TCP \
+                     of its own; at the router use `drop`",
+                ))
+            }
+            (FaultAction::QdiscDrop, Some(Direction::Ingress)) => {
+                return Err(self.fail(
+                    &path.key("direction"),
+                    "qdisc-drop drops the host's own packets on their way out (its queueing discipline): it is \
+                     egress only; for packets arriving at the host use `drop`",
+                ))
+            }
+            (FaultAction::QdiscDrop, _) => Direction::Egress,
+            (_, direction) => direction.unwrap_or(Direction::Ingress),
         };
         if action == FaultAction::FlushConntrack {
             self.check_flush(path, wire, host)?;
@@ -325,6 +354,10 @@ impl Validator<'_> {
                 None => None,
             },
             protocol,
+            dropped: match &wire.dropped {
+                Some(dropped) => self.boolean(&path.key("dropped"), dropped, "dropped")?,
+                None => false,
+            },
         })
     }
 

@@ -222,7 +222,7 @@ impl Validator<'_> {
                 }
             }
         }
-        let mut sysctls = vec![Sysctl { name: "net.ipv4.ip_forward".into(), value: "1".into() }];
+        let mut sysctls = vec![Sysctl { name: "net.ipv4.ip_forward".into(), value: "1".into(), location: None }];
         if let Some(conntrack) = &router.conntrack {
             let conntrack_path = path.key("conntrack");
             if let Some(loose) = &conntrack.loose {
@@ -230,6 +230,7 @@ impl Validator<'_> {
                 sysctls.push(Sysctl {
                     name: "net.netfilter.nf_conntrack_tcp_loose".into(),
                     value: u8::from(loose).to_string(),
+                    location: Some(self.index.value(&conntrack_path.key("loose"))),
                 });
             }
             for (state, value) in conntrack.timeouts.as_ref().map_or(&[][..], |timeouts| &timeouts.0[..]) {
@@ -259,6 +260,7 @@ impl Validator<'_> {
                 sysctls.push(Sysctl {
                     name: format!("net.netfilter.nf_conntrack_tcp_timeout_{sysctl_state}"),
                     value: timeout.as_secs().to_string(),
+                    location: Some(self.index.value(&entry_path)),
                 });
             }
         }
@@ -283,6 +285,15 @@ impl Validator<'_> {
         };
         if address.is_loopback() || address.is_multicast() || address.is_unspecified() || address.is_broadcast() {
             return Err(self.fail(path, format!("{address} is not a unicast host address; use e.g. 10.0.0.1/24")));
+        }
+        if address.octets()[0] == 0 {
+            return Err(self.fail(
+                path,
+                format!(
+                    "{address} is in 0.0.0.0/8, \"this network\" (RFC 1122), which no host may use as its address; \
+                     use e.g. 10.0.0.1/24"
+                ),
+            ));
         }
         let host_bits = u32::from(address) & (u32::MAX >> prefix_len);
         if host_bits == 0 || host_bits == u32::MAX >> prefix_len {

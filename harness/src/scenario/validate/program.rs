@@ -225,7 +225,7 @@ impl Validator<'_> {
             }
             "accept" => {
                 self.require_listener(path, state)?;
-                Ok(Action::Accept { name: None })
+                Ok(Action::Accept { name: None, nonblocking: false })
             }
             "recv" | "read" => Ok(Action::Recv { max: DEFAULT_RECV_MAX, until_eof: false }),
             "close" => Ok(Action::Close),
@@ -293,9 +293,13 @@ impl Validator<'_> {
             state.listening = true;
             return Ok(Action::Listen { port, backlog });
         }
-        if map.accept.is_some() {
+        if let Some(accept) = &map.accept {
             self.require_listener(path, state)?;
-            return Ok(Action::Accept { name: as_name });
+            let nonblocking = match &accept.nonblocking {
+                Some(value) => self.boolean(&path.key("nonblocking"), value, "nonblocking")?,
+                None => false,
+            };
+            return Ok(Action::Accept { name: as_name, nonblocking });
         }
         if let Some(connect) = &map.connect {
             let to = match &connect.to {
@@ -320,10 +324,8 @@ impl Validator<'_> {
         if let Some(poll) = &map.poll {
             let events_wire =
                 self.required(&poll.events, path, "poll", "events", "e.g. `events: [POLLIN, POLLOUT]`")?;
+            // `events: []` is allowed: poll then wakes on POLLERR and POLLHUP alone, which it always reports.
             let events = self.poll_events(&path.key("events"), events_wire)?;
-            if events.is_empty() {
-                return Err(self.fail(&path.key("events"), "poll needs at least one event, e.g. [POLLIN]"));
-            }
             let timeout =
                 self.required(&poll.timeout, path, "poll", "timeout", "how long poll waits, e.g. `timeout: 5s`")?;
             let timeout = self.run_time(&path.key("timeout"), timeout, "poll timeout")?;
@@ -596,6 +598,10 @@ impl Validator<'_> {
         for (i, pattern) in patterns.items.iter().enumerate() {
             let pattern_path = if patterns.list { path.index(i) } else { path.clone() };
             let text = pattern.text();
+            if self.valid_patterns.borrow().contains(&text) {
+                result.push(text);
+                continue;
+            }
             if let Err(e) = Regex::new(&text) {
                 let reason = e.to_string();
                 let reason = reason
@@ -608,6 +614,7 @@ impl Validator<'_> {
                     format!("{what} pattern \"{text}\" is not a valid regular expression: {reason} (syntax: Rust regex crate)"),
                 ));
             }
+            self.valid_patterns.borrow_mut().insert(text.clone());
             result.push(text);
         }
         Ok(result)

@@ -1,0 +1,441 @@
+//! Every TCP state transition in the run's namespaces, from the kernel's own event: a BPF program at the
+//! `sock:inet_sock_set_state` tracepoint (what `bpftrace -e 'tracepoint:sock:inet_sock_set_state'` would
+//! print), filtered by network namespace, stamped by the kernel at the transition, read from a ring buffer by a
+//! thread that turns each into an `EventKind::Transition`. Sampling (`observe::sockets`) misses states that last
+//! microseconds and stamps what it sees when it asks; this sees each change when the kernel makes it.
+//!
+//! Needs root (CAP_BPF and CAP_PERFMON in the initial user namespace), Linux >= 5.8 and the kernel's BTF.
+//! Where any of that is missing (rootless mode) [`Tracer::start`] says why, and the run's socket states are
+//! sampled instead.
+//!
+//! A connecting socket enters SYN-SENT before it has a local port, and a listener's new connection enters
+//! SYN-RECV before it has its peer's address: such a transition is held back until a later one of the same
+//! socket names its four-tuple, and is then recorded with its own time; one still unnamed when the run stops is
+//! recorded with port 0.
+
+pub(crate) mod bpf;
+mod btf;
+pub(crate) mod program;
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, OnceLock};
+use std::thread;
+use std::time::Duration;
+
+use bpf::{Map, Program, RingReader};
+use program::{record, Maps, SkbLayout, SockLayout};
+
+use crate::error::{Context, Error, Result};
+use crate::observe::decode::Decoder;
+use crate::record::TracerStats;
+use crate::run::clock::{monotonic_ns, EventSink};
+use crate::run::netns::Netns;
+use crate::scenario::plan::{HostId, TcpState};
+use crate::timeline::{DroppedBy, EventKind, TransitionEvent};
+
+#[cfg(any(test, feature = "bench"))]
+pub use bpf::run_time_stats;
+
+/// The environment variables a runner passes the running kernel's [`SockLayout`] and [`SkbLayout`] in to the
+/// scenario processes it starts, so that each does not read the kernel's 5 MB of type information again.
+pub const LAYOUT_ENV: &str = "NETFAULT_SOCK_LAYOUT";
+/// See [`LAYOUT_ENV`].
+pub const SKB_LAYOUT_ENV: &str = "NETFAULT_SKB_LAYOUT";
+
+/// The running kernel's layouts, or why each cannot be had (the first reading's error, word for word: it says
+/// what is missing).
+struct Layouts {
+    sock: std::result::Result<SockLayout, String>,
+    skb: std::result::Result<SkbLayout, String>,
+}
+
+/// From [`LAYOUT_ENV`] and [`SKB_LAYOUT_ENV`] when the runner passed them, else from one reading of the kernel's
+/// type information; once per process.
+fn running_layouts() -> &'static Layouts {
+    static LAYOUTS: OnceLock<Layouts> = OnceLock::new();
+    LAYOUTS.get_or_init(|| {
+        let passed = |name: &str| std::env::var(name).ok();
+        let sock = passed(LAYOUT_ENV).and_then(|text| SockLayout::parse(&text));
+        let skb = passed(SKB_LAYOUT_ENV).and_then(|text| SkbLayout::parse(&text));
+        if let (Some(sock), Some(skb)) = (sock, skb) {
+            return Layouts { sock: Ok(sock), skb: Ok(skb) };
+        }
+        match btf::Btf::of_running_kernel() {
+            Ok(btf) => Layouts {
+                sock: sock.map_or_else(|| SockLayout::of(&btf).map_err(|e| e.to_string()), Ok),
+                skb: skb.map_or_else(|| SkbLayout::of(&btf).map_err(|e| e.to_string()), Ok),
+            },
+            Err(e) => Layouts { sock: sock.ok_or_else(|| e.to_string()), skb: skb.ok_or_else(|| e.to_string()) },
+        }
+    })
+}
+
+fn running_kernel_layout() -> Result<SockLayout> {
+    running_layouts().sock.clone().map_err(Error::Internal)
+}
+
+fn running_skb_layout() -> Result<SkbLayout> {
+    running_layouts().skb.clone().map_err(Error::Internal)
+}
+
+/// The running kernel's layouts as [`LAYOUT_ENV`] and [`SKB_LAYOUT_ENV`] carry them to the scenario processes:
+/// those the kernel's type information has (the scenario processes say themselves why one is missing).
+pub fn layouts_for_children() -> Vec<(&'static str, String)> {
+    let mut env = Vec::new();
+    if let Ok(layout) = running_kernel_layout() {
+        env.push((LAYOUT_ENV, layout.to_string()));
+    }
+    if let Ok(layout) = running_skb_layout() {
+        env.push((SKB_LAYOUT_ENV, layout.to_string()));
+    }
+    env
+}
+
+/// Ring buffer size: 5,400 records waiting (a run makes about ten per connection); kernel memory held by every
+/// scenario running.
+const RING_BYTES: u32 = 256 << 10;
+/// The longest the reader sleeps between looks at the ring (records and `stop` wake it at once).
+const READ_TICK: Duration = Duration::from_millis(100);
+/// After reading records, how long the reader lets more gather before it waits to be woken again.
+const READ_GAP: Duration = Duration::from_millis(1);
+/// How long `stop` waits for the reader's last pass.
+const STOP_TIMEOUT: Duration = Duration::from_secs(3);
+/// The kernel's `TCP_CLOSE` and `TCP_LISTEN`.
+const TCP_CLOSE: u32 = 7;
+const TCP_LISTEN: u32 = 10;
+/// Every BPF program the kernel accepts with `bpf_probe_read_kernel` must say it is GPL-compatible.
+const LICENSE: &std::ffi::CStr = c"Dual MIT/GPL";
+
+/// The transition tracer of one run. Dropping it stops the reader and detaches the program.
+pub struct Tracer {
+    /// The attachment: closing it detaches the program.
+    _link: OwnedFd,
+    /// The drop program's attachment, when the kernel has what it needs.
+    _drop_link: Option<OwnedFd>,
+    /// Why packets dropped inside a host cannot be shown, if they cannot.
+    drops_untraced: Option<String>,
+    /// Kept for its run statistics (the attachment holds the program itself).
+    _program: Program,
+    lost: Map,
+    stop: Arc<AtomicBool>,
+    /// Readable once `stop` is set: wakes the reader at once.
+    wake: Arc<OwnedFd>,
+    finished: mpsc::Receiver<Result<TracerStats>>,
+}
+
+impl Tracer {
+    /// Loads and attaches the program for the namespaces of the run's hosts (a router's too), and starts the
+    /// reader that sends their transitions to `sink`. `Err` says why the kernel's transitions cannot be
+    /// recorded here.
+    pub fn start<'a>(namespaces: impl IntoIterator<Item = (HostId, &'a Netns)>, sink: EventSink) -> Result<Tracer> {
+        let layout = running_kernel_layout()?;
+        let refused = |what: &str, e: std::io::Error| {
+            if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES)) {
+                Error::Missing {
+                    what: format!("permission to load BPF programs ({what}: {e})"),
+                    hint: "run as root (CAP_BPF and CAP_PERFMON in the initial user namespace); rootless mode cannot"
+                        .into(),
+                }
+            } else {
+                Error::Missing {
+                    what: format!("kernel support for the transition tracer ({what}: {e})"),
+                    hint: "Linux >= 5.8 with BPF ring buffers and raw tracepoints".into(),
+                }
+            }
+        };
+        let inodes = namespaces
+            .into_iter()
+            .map(|(host, namespace)| Ok((namespace_inode(namespace)?, host.index() as u32)))
+            .collect::<Result<Vec<_>>>()?;
+        let ring = Map::create(bpf::MAP_TYPE_RINGBUF, 0, 0, RING_BYTES)
+            .map_err(|e| refused("bpf(BPF_MAP_CREATE) of a ring buffer", e))?;
+        let lost =
+            Map::create(bpf::MAP_TYPE_ARRAY, 4, 8, 1).map_err(|e| refused("bpf(BPF_MAP_CREATE) of an array", e))?;
+        let maps = Maps { ring: ring.fd(), lost: lost.fd() };
+        let insns = program::instructions(&layout, &inodes, maps);
+        let program =
+            Program::load(bpf::PROG_TYPE_RAW_TRACEPOINT, "netfault_tcp", &insns, LICENSE).map_err(|refusal| {
+                let log: String = refusal.log.lines().rev().take(3).collect::<Vec<_>>().join(" / ");
+                refused(&format!("the transition tracer's BPF program (verifier: {log})"), refusal.error)
+            })?;
+        let link = program
+            .attach_raw_tracepoint(c"inet_sock_set_state")
+            .map_err(|e| refused("attach to the tracepoint sock:inet_sock_set_state", e))?;
+        let drops = drop_tracer(&layout, &inodes, maps);
+        let reader = RingReader::new(ring, RING_BYTES as usize).map_err(|e| refused("map the BPF ring buffer", e))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let wake = Arc::new(bpf::wake_event().context(|| "eventfd for the transition tracer".to_string())?);
+        let (finished_tx, finished) = mpsc::channel();
+        let (told_to_stop, woken) = (Arc::clone(&stop), Arc::clone(&wake));
+        thread::Builder::new()
+            .name("transitions".into())
+            .spawn(move || {
+                // An ordinary thread, unlike the observers: a real-time reader woken by every record preempts the
+                // programs at every transition (measured: a short connection took 80 us instead of 37 us). The
+                // records carry the kernel's own times, so reading them late changes nothing but when a `state`
+                // trigger sees them, and the observers' samples fire those as fast as before.
+                let _ = finished_tx.send(read_until_stopped(reader, &sink, &told_to_stop, woken.as_raw_fd()));
+            })
+            .context(|| "spawn the transition tracer's reader thread".to_string())?;
+        let (drop_link, drops_untraced) = match drops {
+            Ok(link) => (Some(link), None),
+            Err(reason) => (None, Some(reason)),
+        };
+        Ok(Tracer { _link: link, _drop_link: drop_link, drops_untraced, _program: program, lost, stop, wake, finished })
+    }
+
+    /// Reads what is left, stops the reader and detaches the program.
+    pub fn stop(self) -> Result<TracerStats> {
+        self.stop.store(true, Ordering::SeqCst);
+        bpf::signal(&self.wake);
+        let mut stats = match self.finished.recv_timeout(STOP_TIMEOUT) {
+            Ok(result) => result?,
+            Err(_) => return Err(Error::Internal("the transition tracer's reader did not stop".into())),
+        };
+        let mut lost = [0u8; 8];
+        self.lost
+            .lookup(&0u32.to_ne_bytes(), &mut lost)
+            .map_err(|e| Error::sys("read the transition tracer's lost count (bpftool map lookup)", e))?;
+        stats.lost = u64::from_ne_bytes(lost);
+        stats.drops_untraced.clone_from(&self.drops_untraced);
+        Ok(stats)
+    }
+
+    /// Runs of the program so far and their total time, as the kernel counts them while a
+    /// [`run_time_stats`] descriptor is held.
+    #[cfg(any(test, feature = "bench"))]
+    pub fn run_stats(&self) -> Result<(u64, Duration)> {
+        self._program.run_stats().map_err(|e| Error::sys("read the tracer program's run statistics", e))
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        // The program is detached when `_link` is closed after this.
+        self.stop.store(true, Ordering::SeqCst);
+        bpf::signal(&self.wake);
+    }
+}
+
+/// Loads and attaches the drop program (`skb:kfree_skb`, Linux >= 5.17 for drop reasons), writing into the
+/// transition program's maps; `Err` says why it cannot be.
+fn drop_tracer(sock: &SockLayout, namespaces: &[(u32, u32)], maps: Maps) -> std::result::Result<OwnedFd, String> {
+    let skb = running_skb_layout().map_err(|e| e.to_string())?;
+    let insns = program::drop_instructions(sock, &skb, namespaces, maps);
+    let program =
+        Program::load(bpf::PROG_TYPE_RAW_TRACEPOINT, "netfault_drop", &insns, LICENSE).map_err(|refusal| {
+            let log: String = refusal.log.lines().rev().take(3).collect::<Vec<_>>().join(" / ");
+            format!("the drop tracer's BPF program was refused: {} (verifier: {log})", refusal.error)
+        })?;
+    program.attach_raw_tracepoint(c"kfree_skb").map_err(|e| format!("attach to the tracepoint skb:kfree_skb: {e}"))
+}
+
+/// The inode number of a network namespace (`ls -iL /proc/<pid>/ns/net`), as the kernel's `net->ns.inum`.
+fn namespace_inode(ns: &Netns) -> Result<u32> {
+    let inode = nix::sys::stat::fstat(ns.fd()).context(|| "fstat a network namespace".to_string())?.st_ino;
+    u32::try_from(inode).map_err(|_| Error::Internal(format!("namespace inode {inode} over 32 bits")))
+}
+
+/// One transition record as the program wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Record {
+    time_ns: u64,
+    sock: u64,
+    from: u32,
+    to: u32,
+    host: u32,
+    local: SocketAddrV4,
+    remote: SocketAddrV4,
+}
+
+/// What a ring buffer record holds.
+enum Parsed<'a> {
+    Transition(Record),
+    /// A packet dropped inside host `host` at `time_ns`, by `by`, from its IPv4 header on.
+    Drop {
+        host: u32,
+        time_ns: u64,
+        by: DroppedBy,
+        packet: &'a [u8],
+    },
+}
+
+fn parse(bytes: &[u8]) -> Option<Parsed<'_>> {
+    let u32_at = |at: usize| Some(u32::from_ne_bytes(bytes.get(at..at + 4)?.try_into().ok()?));
+    let u64_at = |at: usize| Some(u64::from_ne_bytes(bytes.get(at..at + 8)?.try_into().ok()?));
+    match u32_at(record::KIND)? {
+        record::TRANSITION => Record::parse(bytes).map(Parsed::Transition),
+        record::DROP => Some(Parsed::Drop {
+            host: u32_at(record::HOST)?,
+            time_ns: u64_at(record::TIME_NS)?,
+            by: if u32_at(record::DROPPED_BY)? == record::BY_QDISC { DroppedBy::Qdisc } else { DroppedBy::Netfilter },
+            packet: bytes.get(record::PACKET..record::PACKET + record::PACKET_BYTES)?,
+        }),
+        _ => None,
+    }
+}
+
+impl Record {
+    fn parse(bytes: &[u8]) -> Option<Record> {
+        let u64_at = |at: usize| Some(u64::from_ne_bytes(bytes.get(at..at + 8)?.try_into().ok()?));
+        let u32_at = |at: usize| Some(u32::from_ne_bytes(bytes.get(at..at + 4)?.try_into().ok()?));
+        let address = |at: usize| Some(Ipv4Addr::from(<[u8; 4]>::try_from(bytes.get(at..at + 4)?).ok()?));
+        let remote_port = u16::from_be_bytes(bytes.get(record::REMOTE_PORT..record::REMOTE_PORT + 2)?.try_into().ok()?);
+        let local_port = u16::from_ne_bytes(bytes.get(record::LOCAL_PORT..record::LOCAL_PORT + 2)?.try_into().ok()?);
+        Some(Record {
+            time_ns: u64_at(record::TIME_NS)?,
+            sock: u64_at(record::SOCK)?,
+            from: u32_at(record::OLD_STATE)?,
+            to: u32_at(record::NEW_STATE)?,
+            host: u32_at(record::HOST)?,
+            local: SocketAddrV4::new(address(record::LOCAL_ADDRESS)?, local_port),
+            remote: SocketAddrV4::new(address(record::REMOTE_ADDRESS)?, remote_port),
+        })
+    }
+
+    fn is_listener(&self) -> bool {
+        self.to == TCP_LISTEN || (self.from == TCP_LISTEN && self.to == TCP_CLOSE)
+    }
+
+    /// Whether the four-tuple is known: a listener's is its local address; any other socket's needs both ports.
+    fn named(&self) -> bool {
+        self.is_listener() || (self.local.port() != 0 && self.remote.port() != 0)
+    }
+}
+
+/// Turns records into transition events, each named by its socket's four-tuple: a record that lacks it takes
+/// the one its socket had earlier in its life (a socket entering TIME-WAIT leaves as port 0), or is held back
+/// until a later record of the socket names it.
+#[derive(Default)]
+struct Namer {
+    /// The last named record of each socket (by kernel address) in its current life.
+    names: HashMap<u64, Record>,
+    /// Records of a socket waiting for its four-tuple.
+    waiting: HashMap<u64, Vec<Record>>,
+}
+
+impl Namer {
+    /// The events `record` makes now: none while its socket's four-tuple is unknown, else its own and those
+    /// held back for the socket.
+    fn take(&mut self, record: Record) -> Vec<(Record, TransitionEvent)> {
+        // Leaving CLOSE, or a listener's clone leaving LISTEN, starts a socket's life (a freed socket's address
+        // is reused by a new one).
+        if record.from == TCP_CLOSE || (record.from == TCP_LISTEN && record.to != TCP_CLOSE) {
+            self.names.remove(&record.sock);
+        }
+        let name = if record.named() {
+            self.names.insert(record.sock, record);
+            record
+        } else if let Some(known) = self.names.get(&record.sock) {
+            *known
+        } else {
+            self.waiting.entry(record.sock).or_default().push(record);
+            return Vec::new();
+        };
+        let mut ready: Vec<Record> = self.waiting.remove(&record.sock).unwrap_or_default();
+        ready.push(record);
+        ready.into_iter().filter_map(|held| Some((held, event(&held, &name)?))).collect()
+    }
+
+    /// What is still held back at the end of the run, named as it is (port 0 where unknown).
+    fn flush(&mut self) -> Vec<(Record, TransitionEvent)> {
+        let mut left: Vec<Record> = self.waiting.drain().flat_map(|(_, records)| records).collect();
+        left.sort_by_key(|record| record.time_ns);
+        left.iter().filter_map(|record| Some((*record, event(record, record)?))).collect()
+    }
+}
+
+/// The event of `record`, named by the four-tuple of `named` (the same socket, maybe later).
+fn event(record: &Record, named: &Record) -> Option<TransitionEvent> {
+    let from = TcpState::from_kernel(u8::try_from(record.from).ok()?)?;
+    let to = TcpState::from_kernel(u8::try_from(record.to).ok()?)?;
+    if from == to {
+        return None;
+    }
+    let socket = if named.is_listener() {
+        format!("{} -> *:*", named.local)
+    } else {
+        format!("{} -> {}", named.local, named.remote)
+    };
+    Some(TransitionEvent { socket, local_port: named.local.port(), remote_port: named.remote.port(), from, to })
+}
+
+/// Sleeps `timeout`, or less if `fd` becomes readable (a stop).
+fn wait_readable(fd: RawFd, timeout: Duration) {
+    let mut poll = [libc::pollfd { fd, events: libc::POLLIN, revents: 0 }];
+    let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: one valid pollfd; an interrupted or failed poll only ends the pause early.
+    unsafe { libc::poll(poll.as_mut_ptr(), 1, millis) };
+}
+
+/// The reader thread: every record to `sink` until `stop`, then a last pass.
+fn read_until_stopped(mut reader: RingReader, sink: &EventSink, stop: &AtomicBool, wake: RawFd) -> Result<TracerStats> {
+    let mut namer = Namer::default();
+    let mut decoder = Decoder::sharing(sink.initial_seqs().clone());
+    let mut latencies: Vec<u64> = Vec::new();
+    let mut transitions = 0;
+    let mut dropped_packets = 0;
+    let mut emit = |pairs: Vec<(Record, TransitionEvent)>| {
+        for (record, event) in pairs {
+            let Some(host) = HostId::EVERY.into_iter().find(|host| host.index() as u32 == record.host) else {
+                continue;
+            };
+            transitions += 1;
+            sink.emit_at(sink.clock().since_t0_monotonic(record.time_ns), host, EventKind::Transition(event));
+        }
+    };
+    loop {
+        let stopping = stop.load(Ordering::SeqCst);
+        let mut records = Vec::new();
+        let mut drops = Vec::new();
+        reader
+            .read(if stopping { Duration::ZERO } else { READ_TICK }, wake, |bytes| match parse(bytes) {
+                Some(Parsed::Transition(record)) => records.push(record),
+                Some(Parsed::Drop { host, time_ns, by, packet }) => {
+                    let host = HostId::EVERY.into_iter().find(|h| h.index() as u32 == host);
+                    let event = decoder.decode_ip(packet, true);
+                    if let (Some(host), Some(mut event)) = (host, event) {
+                        event.dropped = Some(by);
+                        drops.push((host, time_ns, event));
+                    }
+                }
+                None => {}
+            })
+            .map_err(|e| Error::sys("read the transition tracer's ring buffer", e))?;
+        let now = monotonic_ns();
+        let busy = !records.is_empty() || !drops.is_empty();
+        for record in records {
+            latencies.push(now.saturating_sub(record.time_ns));
+            emit(namer.take(record));
+        }
+        for (host, time_ns, event) in drops {
+            dropped_packets += 1;
+            sink.emit_at(sink.clock().since_t0_monotonic(time_ns), host, EventKind::Packet(event));
+        }
+        if stopping {
+            emit(namer.flush());
+            break;
+        }
+        if busy {
+            // Let the next records gather: the kernel wakes a waiting reader for the first record after it caught
+            // up, and every such wakeup costs the CPU making the transition a few microseconds.
+            wait_readable(wake, READ_GAP);
+        }
+    }
+    latencies.sort_unstable();
+    let micros = |ns: u64| ns as f64 / 1e3;
+    Ok(TracerStats {
+        transitions,
+        dropped_packets,
+        drops_untraced: None,
+        lost: 0,
+        median_latency_us: latencies.get(latencies.len() / 2).copied().map_or(0.0, micros),
+        max_latency_us: latencies.last().copied().map_or(0.0, micros),
+    })
+}
+
+#[cfg(test)]
+mod tests;

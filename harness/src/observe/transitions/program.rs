@@ -1,0 +1,635 @@
+//! The transition tracer's BPF program, written out instruction by instruction: run at the kernel's
+//! `sock:inet_sock_set_state` tracepoint (as a raw tracepoint: `sk`, `oldstate`, `newstate`), it keeps the
+//! transitions of IPv4 TCP sockets whose network namespace is one of the run's and hands each to user space
+//! through a ring buffer, stamped with the kernel's monotonic clock at the transition.
+
+use super::btf::{Btf, Field};
+use crate::error::Result;
+
+/// `AF_INET`, `IPPROTO_TCP`.
+const AF_INET: i32 = 2;
+const IPPROTO_TCP: i32 = 6;
+
+/// One record in the ring buffer, as the programs write it (native byte order unless said otherwise): a
+/// header, then a transition's or a dropped packet's fields.
+pub mod record {
+    /// [`TRANSITION`] or [`DROP`].
+    pub const KIND: usize = 0;
+    pub const TRANSITION: u32 = 1;
+    pub const DROP: u32 = 2;
+    /// Index of the host whose namespace the socket is in (by `HostId::index()`).
+    pub const HOST: usize = 4;
+    /// `bpf_ktime_get_ns()` at the transition or drop (CLOCK_MONOTONIC).
+    pub const TIME_NS: usize = 8;
+    /// A transition: the socket's kernel address (tells sockets apart across their transitions, never shown),
+    /// the two states, the remote and local IPv4 address (network byte order), the remote port (network byte
+    /// order) and the local port (native order, 0 until the socket has one).
+    pub const SOCK: usize = 16;
+    pub const OLD_STATE: usize = 24;
+    pub const NEW_STATE: usize = 28;
+    pub const REMOTE_ADDRESS: usize = 32;
+    pub const LOCAL_ADDRESS: usize = 36;
+    pub const REMOTE_PORT: usize = 40;
+    pub const LOCAL_PORT: usize = 42;
+    pub const TRANSITION_LEN: usize = 44;
+    /// A dropped packet: who dropped it ([`BY_NETFILTER`] or [`BY_QDISC`]) and its first bytes from its IPv4
+    /// header on.
+    pub const DROPPED_BY: usize = 16;
+    pub const BY_NETFILTER: u32 = 1;
+    pub const BY_QDISC: u32 = 2;
+    pub const PACKET: usize = 24;
+    pub const PACKET_BYTES: usize = 64;
+    pub const DROP_LEN: usize = PACKET + PACKET_BYTES;
+}
+
+/// Where the program finds what it reads in the running kernel's `struct sock` and `struct net`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SockLayout {
+    /// `sk->__sk_common.skc_net.net`: the socket's `struct net *`.
+    net: Field,
+    /// `net->ns.inum`: the namespace's inode number, as `ls -i /proc/<pid>/ns/net` shows it.
+    inum: Field,
+    family: Field,
+    protocol: Field,
+    remote_address: Field,
+    local_address: Field,
+    remote_port: Field,
+    local_port: Field,
+}
+
+/// `offset:size` of each field, comma-separated: how a layout travels to the scenario processes.
+fn fields_text(fields: &[Field]) -> String {
+    fields.iter().map(|field| format!("{}:{}", field.offset, field.size)).collect::<Vec<_>>().join(",")
+}
+
+/// The fields [`fields_text`] wrote; `None` unless there are exactly `N`.
+fn parse_fields<const N: usize>(text: &str) -> Option<[Field; N]> {
+    let fields: Vec<Field> = text
+        .split(',')
+        .map(|pair| {
+            let (offset, size) = pair.split_once(':')?;
+            Some(Field { offset: offset.parse().ok()?, size: size.parse().ok()? })
+        })
+        .collect::<Option<_>>()?;
+    fields.try_into().ok()
+}
+
+impl std::fmt::Display for SockLayout {
+    /// `offset:size` of each field, comma-separated, in declaration order.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&fields_text(&self.fields()))
+    }
+}
+
+impl SockLayout {
+    fn fields(&self) -> [Field; 8] {
+        [
+            self.net,
+            self.inum,
+            self.family,
+            self.protocol,
+            self.remote_address,
+            self.local_address,
+            self.remote_port,
+            self.local_port,
+        ]
+    }
+
+    /// A layout as [`Display`](std::fmt::Display) writes it; `None` unless it is exactly that, with sizes the
+    /// program can read (the namespace pointer 8 bytes; inode, addresses 4; family, protocol, ports 2).
+    pub fn parse(text: &str) -> Option<SockLayout> {
+        let [net, inum, family, protocol, remote_address, local_address, remote_port, local_port] = parse_fields(text)?;
+        let layout = SockLayout { net, inum, family, protocol, remote_address, local_address, remote_port, local_port };
+        let sizes = layout.fields().map(|field| field.size);
+        (sizes == [8, 4, 2, 2, 4, 4, 2, 2] && layout.span().1 <= MAX_SPAN).then_some(layout)
+    }
+
+    /// The bytes of `struct sock` that hold the namespace pointer, family, addresses and ports, read at once.
+    fn span(&self) -> (u32, u32) {
+        let fields =
+            [self.net, self.family, self.remote_address, self.local_address, self.remote_port, self.local_port];
+        let start = fields.iter().map(|f| f.offset).min().unwrap_or(0);
+        let end = fields.iter().map(|f| f.offset + f.size).max().unwrap_or(0);
+        (start, end - start)
+    }
+
+    /// The layout of the running kernel, from its type information.
+    pub fn of(btf: &Btf) -> Result<SockLayout> {
+        let (sock, net) = (btf.struct_named("sock")?, btf.struct_named("net")?);
+        let common = |member: &str| btf.field_in(sock, "sock", &["__sk_common", member]);
+        let layout = SockLayout {
+            net: btf.field_in(sock, "sock", &["__sk_common", "skc_net", "net"])?,
+            inum: btf.field_in(net, "net", &["ns", "inum"])?,
+            family: common("skc_family")?,
+            protocol: btf.field_in(sock, "sock", &["sk_protocol"])?,
+            remote_address: common("skc_daddr")?,
+            local_address: common("skc_rcv_saddr")?,
+            remote_port: common("skc_dport")?,
+            local_port: common("skc_num")?,
+        };
+        let (_, len) = layout.span();
+        if len > MAX_SPAN {
+            return Err(crate::error::Error::Missing {
+                what: format!("struct sock_common with its addresses and namespace within {MAX_SPAN} bytes ({len})"),
+                hint: "a kernel whose struct layout the transition tracer knows (Linux >= 5.8)".into(),
+            });
+        }
+        Ok(layout)
+    }
+}
+
+/// The sizes of `sk`, `head`, `network_header` and `skb_iif` as the drop program reads them.
+const SKB_SIZES: [u32; 4] = [8, 8, 2, 4];
+
+/// Where the drop program finds a packet in the running kernel's `struct sk_buff`, and the kernel's drop
+/// reasons it keeps (`enum skb_drop_reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SkbLayout {
+    sk: Field,
+    head: Field,
+    network_header: Field,
+    /// The interface a packet arrived on; 0 for one the host made (the only drops kept).
+    skb_iif: Field,
+    netfilter_drop: u32,
+    tc_egress: u32,
+    qdisc_drop: u32,
+}
+
+impl std::fmt::Display for SkbLayout {
+    /// The fields as [`SockLayout`] writes its own, then `;` and the three drop reasons' values.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let fields = fields_text(&[self.sk, self.head, self.network_header, self.skb_iif]);
+        write!(f, "{fields};{},{},{}", self.netfilter_drop, self.tc_egress, self.qdisc_drop)
+    }
+}
+
+impl SkbLayout {
+    /// A layout as [`Display`](std::fmt::Display) writes it; `None` unless it is exactly that, with the sizes
+    /// the program reads.
+    pub fn parse(text: &str) -> Option<SkbLayout> {
+        let (fields, reasons) = text.split_once(';')?;
+        let [sk, head, network_header, skb_iif] = parse_fields(fields)?;
+        let reasons: Vec<u32> = reasons.split(',').map(|reason| reason.parse().ok()).collect::<Option<_>>()?;
+        let [netfilter_drop, tc_egress, qdisc_drop] = reasons.try_into().ok()?;
+        let layout = SkbLayout { sk, head, network_header, skb_iif, netfilter_drop, tc_egress, qdisc_drop };
+        (layout.sizes() == SKB_SIZES).then_some(layout)
+    }
+
+    fn sizes(&self) -> [u32; 4] {
+        [self.sk.size, self.head.size, self.network_header.size, self.skb_iif.size]
+    }
+
+    pub fn of(btf: &Btf) -> Result<SkbLayout> {
+        let skb = btf.struct_named("sk_buff")?;
+        let reason = |name: &str| btf.enum_value("skb_drop_reason", name);
+        let layout = SkbLayout {
+            sk: btf.field_in(skb, "sk_buff", &["sk"])?,
+            head: btf.field_in(skb, "sk_buff", &["head"])?,
+            network_header: btf.field_in(skb, "sk_buff", &["network_header"])?,
+            skb_iif: btf.field_in(skb, "sk_buff", &["skb_iif"])?,
+            netfilter_drop: reason("SKB_DROP_REASON_NETFILTER_DROP")?,
+            tc_egress: reason("SKB_DROP_REASON_TC_EGRESS")?,
+            qdisc_drop: reason("SKB_DROP_REASON_QDISC_DROP")?,
+        };
+        let sizes = layout.sizes();
+        if sizes != SKB_SIZES {
+            return Err(crate::error::Error::Missing {
+                what: format!(
+                    "struct sk_buff with sk, head, network_header and skb_iif as the drop tracer reads them \
+                     ({sizes:?})"
+                ),
+                hint: "a kernel whose struct layout the transition tracer knows (Linux >= 5.17)".into(),
+            });
+        }
+        Ok(layout)
+    }
+}
+
+/// The maps the program uses, by descriptor.
+#[derive(Debug, Clone, Copy)]
+pub struct Maps {
+    /// Ring buffer of records.
+    pub ring: i32,
+    /// Array of one u64: records the ring buffer had no room for.
+    pub lost: i32,
+}
+
+/// The most bytes of `struct sock_common` the program copies at once: the namespace pointer, family,
+/// addresses and ports lie within its first 64 bytes on every kernel the tracer knows.
+const MAX_SPAN: u32 = 128;
+
+const R0: u8 = 0;
+const R1: u8 = 1;
+const R2: u8 = 2;
+const R3: u8 = 3;
+const R6: u8 = 6;
+const R7: u8 = 7;
+const R8: u8 = 8;
+const R9: u8 = 9;
+const FP: u8 = 10;
+
+const HELPER_MAP_LOOKUP_ELEM: i32 = 1;
+const HELPER_KTIME_GET_NS: i32 = 5;
+const HELPER_PROBE_READ_KERNEL: i32 = 113;
+const HELPER_RINGBUF_RESERVE: i32 = 131;
+const HELPER_RINGBUF_SUBMIT: i32 = 132;
+
+const LDX: u8 = 0x01;
+/// Jumps comparing the low 32 bits (an inode number is a u32; a 64-bit compare would sign-extend the immediate).
+const JMP32: u8 = 0x06;
+const ST: u8 = 0x02;
+const STX: u8 = 0x03;
+const JMP: u8 = 0x05;
+const ALU64: u8 = 0x07;
+const SIZE_W: u8 = 0x00;
+const SIZE_H: u8 = 0x08;
+const SIZE_DW: u8 = 0x18;
+const MODE_MEM: u8 = 0x60;
+const MODE_ATOMIC: u8 = 0xc0;
+const SOURCE_REG: u8 = 0x08;
+const OP_ADD: u8 = 0x00;
+const OP_MOV: u8 = 0xb0;
+const OP_JA: u8 = 0x00;
+const OP_JEQ: u8 = 0x10;
+const OP_JNE: u8 = 0x50;
+const OP_CALL: u8 = 0x80;
+const OP_EXIT: u8 = 0x90;
+/// `ld_imm64` of a map by descriptor (`BPF_LD | BPF_IMM | BPF_DW`, source `BPF_PSEUDO_MAP_FD`).
+const LD_IMM64: u8 = 0x18;
+const PSEUDO_MAP_FD: u8 = 1;
+
+/// Stack slots (offsets from the frame pointer): the copied span of the socket first.
+const SLOT_SPAN: i16 = -(MAX_SPAN as i16);
+const SLOT_INUM: i16 = SLOT_SPAN - 8;
+const SLOT_PROTOCOL: i16 = SLOT_SPAN - 16;
+const SLOT_TIME: i16 = SLOT_SPAN - 24;
+const SLOT_ZERO: i16 = SLOT_SPAN - 28;
+/// The drop program's own slots (its packet copy where the transition program copies the socket).
+const SLOT_PACKET: i16 = -(record::PACKET_BYTES as i16);
+const SLOT_SOCK: i16 = SLOT_PACKET - 8;
+const SLOT_NET_POINTER: i16 = SLOT_PACKET - 16;
+const SLOT_HEAD: i16 = SLOT_PACKET - 32;
+const SLOT_NETWORK_HEADER: i16 = SLOT_PACKET - 40;
+const SLOT_IIF: i16 = SLOT_PACKET - 48;
+
+/// Jump targets, patched once the program is complete.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Label {
+    Out,
+    Lost,
+    Ours,
+    ByQdisc,
+    Dropped,
+}
+
+#[derive(Default)]
+struct Assembler {
+    insns: Vec<u64>,
+    jumps: Vec<(usize, Label)>,
+    labels: Vec<(Label, usize)>,
+}
+
+impl Assembler {
+    fn raw(&mut self, code: u8, dst: u8, src: u8, off: i16, imm: i32) {
+        let registers = if cfg!(target_endian = "little") { (src << 4) | dst } else { (dst << 4) | src };
+        let mut bytes = [0u8; 8];
+        bytes[0] = code;
+        bytes[1] = registers;
+        bytes[2..4].copy_from_slice(&off.to_ne_bytes());
+        bytes[4..8].copy_from_slice(&imm.to_ne_bytes());
+        self.insns.push(u64::from_ne_bytes(bytes));
+    }
+
+    fn load(&mut self, size: u8, dst: u8, src: u8, off: i16) {
+        self.raw(LDX | size | MODE_MEM, dst, src, off, 0);
+    }
+
+    fn store(&mut self, size: u8, dst: u8, off: i16, src: u8) {
+        self.raw(STX | size | MODE_MEM, dst, src, off, 0);
+    }
+
+    fn mov(&mut self, dst: u8, src: u8) {
+        self.raw(ALU64 | OP_MOV | SOURCE_REG, dst, src, 0, 0);
+    }
+
+    fn mov_imm(&mut self, dst: u8, imm: i32) {
+        self.raw(ALU64 | OP_MOV, dst, 0, 0, imm);
+    }
+
+    fn add_imm(&mut self, dst: u8, imm: i32) {
+        self.raw(ALU64 | OP_ADD, dst, 0, 0, imm);
+    }
+
+    fn add(&mut self, dst: u8, src: u8) {
+        self.raw(ALU64 | OP_ADD | SOURCE_REG, dst, src, 0, 0);
+    }
+
+    fn store_imm(&mut self, size: u8, dst: u8, off: i16, imm: i32) {
+        self.raw(ST | size | MODE_MEM, dst, 0, off, imm);
+    }
+
+    fn call(&mut self, helper: i32) {
+        self.raw(JMP | OP_CALL, 0, 0, 0, helper);
+    }
+
+    fn jump(&mut self, op: u8, dst: u8, imm: i32, to: Label) {
+        self.jumps.push((self.insns.len(), to));
+        self.raw(JMP | op, dst, 0, 0, imm);
+    }
+
+    fn jump32(&mut self, op: u8, dst: u8, imm: u32, to: Label) {
+        self.jumps.push((self.insns.len(), to));
+        self.raw(JMP32 | op, dst, 0, 0, imm as i32);
+    }
+
+    fn jump_if_registers(&mut self, op: u8, dst: u8, src: u8, to: Label) {
+        self.jumps.push((self.insns.len(), to));
+        self.raw(JMP | op | SOURCE_REG, dst, src, 0, 0);
+    }
+
+    fn label(&mut self, label: Label) {
+        self.labels.push((label, self.insns.len()));
+    }
+
+    fn map(&mut self, dst: u8, fd: i32) {
+        self.raw(LD_IMM64, dst, PSEUDO_MAP_FD, 0, fd);
+        self.raw(0, 0, 0, 0, 0);
+    }
+
+    /// `bpf_probe_read_kernel(fp + slot, size, base + field)`, leaving the program when it fails.
+    fn probe(&mut self, slot: i16, base: u8, field: Field) {
+        self.mov(R1, FP);
+        self.add_imm(R1, i32::from(slot));
+        self.mov_imm(R2, field.size as i32);
+        self.mov(R3, base);
+        self.add_imm(R3, field.offset as i32);
+        self.call(HELPER_PROBE_READ_KERNEL);
+        self.jump(OP_JNE, R0, 0, Label::Out);
+    }
+
+    fn finish(mut self) -> Vec<u64> {
+        for (at, label) in std::mem::take(&mut self.jumps) {
+            let target = self.labels.iter().find(|(l, _)| *l == label).map(|(_, at)| *at).unwrap_or(at + 1);
+            let off = (target as i64 - at as i64 - 1) as i16;
+            let mut bytes = self.insns[at].to_ne_bytes();
+            bytes[2..4].copy_from_slice(&off.to_ne_bytes());
+            self.insns[at] = u64::from_ne_bytes(bytes);
+        }
+        self.insns
+    }
+}
+
+/// The program's instructions for `layout`, the run's namespaces (each one's inode number and its host's
+/// number, `HostId::index()`) and `maps`.
+pub fn instructions(layout: &SockLayout, namespaces: &[(u32, u32)], maps: Maps) -> Vec<u64> {
+    let mut a = Assembler::default();
+    let (span_start, span_len) = layout.span();
+    let in_span = |field: Field| SLOT_SPAN + (field.offset - span_start) as i16;
+    // Raw tracepoint arguments: (struct sock *sk, int oldstate, int newstate).
+    a.load(SIZE_DW, R6, R1, 0);
+    a.load(SIZE_DW, R7, R1, 8);
+    a.load(SIZE_DW, R8, R1, 16);
+    // The time first: closest to the transition.
+    a.call(HELPER_KTIME_GET_NS);
+    a.store(SIZE_DW, FP, SLOT_TIME, R0);
+    // `tcp_close` of a socket that never connected "changes" CLOSE to CLOSE: nothing to record.
+    a.jump_if_registers(OP_JEQ, R7, R8, Label::Out);
+    // One copy of the socket's common part: namespace pointer, family, addresses, ports.
+    a.probe(SLOT_SPAN, R6, Field { offset: span_start, size: span_len });
+    // The namespace's inode: one of the run's two, else not ours.
+    a.load(SIZE_DW, R9, FP, in_span(layout.net));
+    a.host_of_namespace(R9, layout.inum, namespaces);
+    // IPv4 TCP only (the tracepoint fires for SCTP and MPTCP too, and for IPv6).
+    a.load(SIZE_H, R1, FP, in_span(layout.family));
+    a.jump(OP_JNE, R1, AF_INET, Label::Out);
+    a.probe(SLOT_PROTOCOL, R6, layout.protocol);
+    a.load(SIZE_H, R1, FP, SLOT_PROTOCOL);
+    a.jump(OP_JNE, R1, IPPROTO_TCP, Label::Out);
+    a.reserve(maps.ring, record::TRANSITION_LEN, record::TRANSITION);
+    a.store(SIZE_DW, R0, record::SOCK as i16, R6);
+    a.store(SIZE_W, R0, record::OLD_STATE as i16, R7);
+    a.store(SIZE_W, R0, record::NEW_STATE as i16, R8);
+    for (size, field, at) in [
+        (SIZE_W, layout.remote_address, record::REMOTE_ADDRESS),
+        (SIZE_W, layout.local_address, record::LOCAL_ADDRESS),
+        (SIZE_H, layout.remote_port, record::REMOTE_PORT),
+        (SIZE_H, layout.local_port, record::LOCAL_PORT),
+    ] {
+        a.load(size, R1, FP, in_span(field));
+        a.store(size, R0, at as i16, R1);
+    }
+    a.submit_and_exit(maps.lost);
+    a.finish()
+}
+
+/// The drop program's instructions: run at the `skb:kfree_skb` tracepoint (`skb`, `location`, `reason`), it
+/// keeps the packets the run's namespaces made (not those they received) that netfilter or a queueing
+/// discipline dropped (the kernel's drop reasons NETFILTER_DROP, TC_EGRESS, QDISC_DROP) and hands their first bytes to user space, stamped with the
+/// kernel's monotonic clock at the drop. Such a packet never reaches the wire, so no capture has it.
+pub fn drop_instructions(sock: &SockLayout, skb: &SkbLayout, namespaces: &[(u32, u32)], maps: Maps) -> Vec<u64> {
+    let mut a = Assembler::default();
+    a.load(SIZE_DW, R6, R1, 0);
+    a.load(SIZE_DW, R7, R1, 16);
+    a.mov_imm(R8, record::BY_NETFILTER as i32);
+    a.jump32(OP_JEQ, R7, skb.netfilter_drop, Label::Dropped);
+    a.jump32(OP_JEQ, R7, skb.tc_egress, Label::ByQdisc);
+    a.jump32(OP_JEQ, R7, skb.qdisc_drop, Label::ByQdisc);
+    a.jump(OP_JA, 0, 0, Label::Out);
+    a.label(Label::ByQdisc);
+    a.mov_imm(R8, record::BY_QDISC as i32);
+    a.label(Label::Dropped);
+    a.call(HELPER_KTIME_GET_NS);
+    a.store(SIZE_DW, FP, SLOT_TIME, R0);
+    // Made by the host, not received: an arriving packet early demux gave a socket is the capture's to show.
+    a.probe(SLOT_IIF, R6, skb.skb_iif);
+    a.load(SIZE_W, R1, FP, SLOT_IIF);
+    a.jump(OP_JNE, R1, 0, Label::Out);
+    // The packet's socket, its namespace: one of the run's.
+    a.probe(SLOT_SOCK, R6, skb.sk);
+    a.load(SIZE_DW, R9, FP, SLOT_SOCK);
+    a.jump(OP_JEQ, R9, 0, Label::Out);
+    a.probe(SLOT_NET_POINTER, R9, sock.net);
+    a.load(SIZE_DW, R9, FP, SLOT_NET_POINTER);
+    a.host_of_namespace(R9, sock.inum, namespaces);
+    // skb->head + skb->network_header: the IPv4 header.
+    a.probe(SLOT_HEAD, R6, skb.head);
+    a.probe(SLOT_NETWORK_HEADER, R6, skb.network_header);
+    a.load(SIZE_DW, R7, FP, SLOT_HEAD);
+    a.load(SIZE_H, R1, FP, SLOT_NETWORK_HEADER);
+    a.add(R7, R1);
+    a.probe(SLOT_PACKET, R7, Field { offset: 0, size: record::PACKET_BYTES as u32 });
+    a.reserve(maps.ring, record::DROP_LEN, record::DROP);
+    a.store(SIZE_W, R0, record::DROPPED_BY as i16, R8);
+    for word in 0..record::PACKET_BYTES / 8 {
+        a.load(SIZE_DW, R1, FP, SLOT_PACKET + 8 * word as i16);
+        a.store(SIZE_DW, R0, (record::PACKET + 8 * word) as i16, R1);
+    }
+    a.submit_and_exit(maps.lost);
+    a.finish()
+}
+
+/// `struct __sk_buff`'s `mark`, what a `tc` program reads of the packet's mark.
+const SKB_MARK: i16 = 8;
+/// `TC_ACT_OK` (let the packet go on) and `TC_ACT_SHOT` (drop it; the transmit returns NET_XMIT_DROP).
+const TC_ACT_OK: i32 = 0;
+const TC_ACT_SHOT: i32 = 2;
+const OP_AND: u8 = 0x50;
+const ALU32: u8 = 0x04;
+
+/// A `tc` direct-action program (`BPF_PROG_TYPE_SCHED_CLS`, as `tc filter add ... bpf da` loads it): drops the
+/// packets whose mark, under `mask`, is `mark`; lets every other packet go on.
+pub fn tc_drop_marked_instructions(mark: u32, mask: u32) -> Vec<u64> {
+    let mut a = Assembler::default();
+    a.load(SIZE_W, R0, R1, SKB_MARK);
+    a.raw(ALU32 | OP_AND, R0, 0, 0, mask as i32);
+    a.jump32(OP_JEQ, R0, mark, Label::Dropped);
+    a.mov_imm(R0, TC_ACT_OK);
+    a.raw(JMP | OP_EXIT, 0, 0, 0, 0);
+    a.label(Label::Dropped);
+    a.mov_imm(R0, TC_ACT_SHOT);
+    a.raw(JMP | OP_EXIT, 0, 0, 0, 0);
+    a.finish()
+}
+
+impl Assembler {
+    /// The host whose namespace `net` (a `struct net *` in a register) is, into R9 (the host's number that
+    /// `namespaces` pairs with the namespace's inode), read through its inode number field `inum`; the program
+    /// leaves through [`Label::Out`] for any other namespace.
+    fn host_of_namespace(&mut self, net: u8, inum: Field, namespaces: &[(u32, u32)]) {
+        self.probe(SLOT_INUM, net, inum);
+        self.load(SIZE_W, R1, FP, SLOT_INUM);
+        for &(inode, host) in namespaces {
+            self.mov_imm(R9, host as i32);
+            self.jump32(OP_JEQ, R1, inode, Label::Ours);
+        }
+        self.jump(OP_JA, 0, 0, Label::Out);
+        self.label(Label::Ours);
+    }
+
+    /// `bpf_ringbuf_reserve(ring, len)`, the program leaving through [`Label::Lost`] when there is no room; then
+    /// the record's kind, host (R9) and time (from [`SLOT_TIME`]). The record is in R0.
+    fn reserve(&mut self, ring: i32, len: usize, kind: u32) {
+        self.map(R1, ring);
+        self.mov_imm(R2, len as i32);
+        self.mov_imm(R3, 0);
+        self.call(HELPER_RINGBUF_RESERVE);
+        self.jump(OP_JEQ, R0, 0, Label::Lost);
+        self.store_imm(SIZE_W, R0, record::KIND as i16, kind as i32);
+        self.store(SIZE_W, R0, record::HOST as i16, R9);
+        self.load(SIZE_DW, R1, FP, SLOT_TIME);
+        self.store(SIZE_DW, R0, record::TIME_NS as i16, R1);
+    }
+
+    /// `bpf_ringbuf_submit(record)` and the program's two exits: the lost count (`lock *(u64 *)(r0 + 0) += 1`
+    /// when the ring buffer had no room) and the ordinary one.
+    fn submit_and_exit(&mut self, lost: i32) {
+        self.mov(R1, R0);
+        self.mov_imm(R2, 0);
+        self.call(HELPER_RINGBUF_SUBMIT);
+        self.jump(OP_JA, 0, 0, Label::Out);
+        self.label(Label::Lost);
+        self.store_imm(SIZE_W, FP, SLOT_ZERO, 0);
+        self.map(R1, lost);
+        self.mov(R2, FP);
+        self.add_imm(R2, i32::from(SLOT_ZERO));
+        self.call(HELPER_MAP_LOOKUP_ELEM);
+        self.jump(OP_JEQ, R0, 0, Label::Out);
+        self.mov_imm(R1, 1);
+        self.raw(STX | SIZE_DW | MODE_ATOMIC, R0, R1, 0, i32::from(OP_ADD));
+        self.label(Label::Out);
+        self.mov_imm(R0, 0);
+        self.raw(JMP | OP_EXIT, 0, 0, 0, 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout() -> SockLayout {
+        let field = |offset, size| Field { offset, size };
+        SockLayout {
+            net: field(48, 8),
+            inum: field(200, 4),
+            family: field(16, 2),
+            protocol: field(520, 2),
+            remote_address: field(0, 4),
+            local_address: field(4, 4),
+            remote_port: field(12, 2),
+            local_port: field(14, 2),
+        }
+    }
+
+    fn decode(insn: u64) -> (u8, u8, u8, i16, i32) {
+        let bytes = insn.to_ne_bytes();
+        let (dst, src) = if cfg!(target_endian = "little") {
+            (bytes[1] & 0xf, bytes[1] >> 4)
+        } else {
+            (bytes[1] >> 4, bytes[1] & 0xf)
+        };
+        (
+            bytes[0],
+            dst,
+            src,
+            i16::from_ne_bytes([bytes[2], bytes[3]]),
+            i32::from_ne_bytes(bytes[4..8].try_into().unwrap()),
+        )
+    }
+
+    #[test]
+    fn every_jump_lands_inside_the_program_and_it_ends_in_exit() {
+        let insns = instructions(&layout(), &[(7, 0), (u32::MAX - 1, 1), (9, 2)], Maps { ring: 4, lost: 5 });
+        let last = decode(*insns.last().unwrap());
+        assert_eq!(last.0, JMP | OP_EXIT);
+        for (at, insn) in insns.iter().enumerate() {
+            let (code, ..) = decode(*insn);
+            if matches!(code & 0x07, JMP | JMP32) && !matches!(code & 0xf0, OP_CALL | OP_EXIT) {
+                let target = at as i64 + 1 + i64::from(decode(*insn).3);
+                assert!((0..insns.len() as i64).contains(&target), "jump at {at} to {target}");
+            }
+        }
+        let maps: Vec<i32> = insns.iter().map(|i| decode(*i)).filter(|d| d.0 == LD_IMM64).map(|d| d.4).collect();
+        assert_eq!(maps, vec![4, 5], "each map is loaded by descriptor");
+        let inodes: Vec<u32> =
+            insns.iter().map(|i| decode(*i)).filter(|d| d.0 == JMP32 | OP_JEQ).map(|d| d.4 as u32).collect();
+        assert_eq!(inodes, vec![7, u32::MAX - 1, 9], "every namespace compared as u32");
+    }
+
+    #[test]
+    fn the_common_part_is_copied_once_and_the_far_fields_apart() {
+        let insns = instructions(&layout(), &[(7, 0), (8, 1)], Maps { ring: 4, lost: 5 });
+        // Each probe adds its offset to its base just before setting up the call: (size, offset).
+        let probes: Vec<(i32, i32)> = insns
+            .windows(4)
+            .filter(|w| decode(w[3]).0 == JMP | OP_CALL && decode(w[3]).4 == HELPER_PROBE_READ_KERNEL)
+            .map(|w| (decode(w[0]).4, decode(w[2]).4))
+            .collect();
+        assert_eq!(probes, vec![(56, 0), (4, 200), (2, 520)], "span 0..56, net->ns.inum, sk_protocol");
+        assert_eq!(layout().span(), (0, 56));
+    }
+
+    #[test]
+    fn a_layout_travels_as_text() {
+        let text = layout().to_string();
+        assert_eq!(text, "48:8,200:4,16:2,520:2,0:4,4:4,12:2,14:2");
+        assert_eq!(SockLayout::parse(&text), Some(layout()));
+        assert_eq!(SockLayout::parse("48:8,200:4"), None, "every field");
+        assert_eq!(SockLayout::parse("48:4,200:4,16:2,520:2,0:4,4:4,12:2,14:2"), None, "a pointer is 8 bytes");
+        assert_eq!(SockLayout::parse("4800:8,200:4,16:2,520:2,0:4,4:4,12:2,14:2"), None, "the span is too wide");
+        let field = |offset, size| Field { offset, size };
+        let skb = SkbLayout {
+            sk: field(24, 8),
+            head: field(200, 8),
+            network_header: field(182, 2),
+            skb_iif: field(144, 4),
+            netfilter_drop: 5,
+            tc_egress: 62,
+            qdisc_drop: 41,
+        };
+        let text = skb.to_string();
+        assert_eq!(text, "24:8,200:8,182:2,144:4;5,62,41");
+        assert_eq!(SkbLayout::parse(&text), Some(skb));
+        assert_eq!(SkbLayout::parse("24:8,200:8,182:2,144:4"), None, "the drop reasons");
+        assert_eq!(SkbLayout::parse("24:8,200:8,182:4,144:4;5,62,41"), None, "network_header is 2 bytes");
+    }
+}
