@@ -33,13 +33,6 @@ pub fn raise_wire_thread() -> io::Result<bool> {
     set_current_thread(libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, WIRE_PRIORITY)
 }
 
-/// As [`raise_current_thread`], one priority higher (`chrt --fifo --reset-on-fork -p 2 <tid>`): for a capture
-/// thread, the one thread whose delay loses data (its kernel buffer overflows), so that it never waits behind
-/// the other real-time threads of the scenarios running at once (their decoding and pcap writing only queue).
-pub fn raise_current_thread_first() -> io::Result<bool> {
-    set_current_thread(libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, PRIORITY + 1)
-}
-
 /// Gives the calling thread the ordinary policy back (`chrt --other -p 0 <tid>`), before work that may take
 /// long (teardown, decoding) and must not hold a CPU against everything else.
 pub fn lower_current_thread() -> io::Result<()> {

@@ -379,14 +379,13 @@ impl Reader {
     /// once the file is complete. The socket is closed only after that: closing a packet socket waits for an
     /// RCU grace period, which `stop` need not wait for.
     ///
-    /// The thread is real-time, one priority above the observers, the programs and its own decoding and writer
-    /// threads: under a bulk transfer the capture must win over the traffic it records, so the transfer slows
-    /// down instead of overflowing the kernel's buffer, and with many scenarios at once it must not wait behind
-    /// their other real-time threads.
+    /// The thread is real-time, as the observer is: a packet trigger waits on this thread's events, and
+    /// under a bulk transfer the capture must win over the traffic it records, so the transfer slows down
+    /// instead of overflowing the kernel's buffer.
     fn run(mut self) {
         // Refused only without CAP_SYS_NICE (rootless): the capture then runs at the ordinary priority and
         // `kernel_drops` says what that cost.
-        let _ = priority::raise_current_thread_first();
+        let _ = priority::raise_current_thread();
         let captured = self.capture_until_stopped().map(|()| self.recorder.stats);
         let Reader { socket, source, recorder, .. } = self;
         recorder.chunks.finish(captured);
