@@ -121,8 +121,10 @@ const CHUNK_CAPACITY: usize = CHUNK_SIZE + SNAPLEN as usize + pcap::RECORD_HEADE
 /// writeback (measured: up to 100 ms) during a bulk transfer, or decoding falling behind it. Memory is taken
 /// only while they are behind.
 const MAX_QUEUED_CHUNKS: usize = 128;
-/// Written chunks kept for reuse instead of freed.
-const SPARE_CHUNKS: usize = 4;
+/// Written chunks kept for reuse instead of freed: a capture hands on a chunk each time it has taken every frame
+/// ready, so a scenario's traffic keeps several small ones in flight, and fresh memory costs a page fault for
+/// every few frames written into it.
+const SPARE_CHUNKS: usize = 16;
 
 /// A running `tcpdump -i <ifname> -w <pcap>` on one interface of a host's namespace.
 #[derive(Debug)]
