@@ -422,26 +422,3 @@ fn decode_pcap(pcap: &Path) -> String {
     assert!(status.success());
     reader.join().unwrap().unwrap()
 }
-
-/// Namespaces + build, median of 100; run with `cargo test --lib build_timing -- --ignored --nocapture`.
-#[test]
-#[ignore = "benchmark: times 100 namespace + topology builds; run with --ignored --nocapture"]
-fn build_timing() {
-    fn summary(mut times: Vec<Duration>) -> String {
-        times.sort();
-        let at = |fraction: f64| times[((times.len() - 1) as f64 * fraction) as usize];
-        format!("min {:?}, median {:?}, p90 {:?}, max {:?}", at(0.0), at(0.5), at(0.9), at(1.0))
-    }
-    let plan = default_plan();
-    let (mut totals, mut builds) = (Vec::new(), Vec::new());
-    for _ in 0..100 {
-        let start = Instant::now();
-        let (client, server) = namespaces();
-        let built = Instant::now();
-        build(&plan, &[&client, &server], None).unwrap();
-        builds.push(built.elapsed());
-        totals.push(start.elapsed());
-    }
-    println!("namespaces + build over 100 runs: {}", summary(totals));
-    println!("build alone over 100 runs: {}", summary(builds));
-}
