@@ -107,10 +107,15 @@ mod tests {
         // Credit saved up is capped at 4 dumps.
         let later = t0 + Duration::from_secs(60);
         assert_close(budget.periodic_at(later, dump), later);
-        for _ in 0..4 {
-            budget.spend(later, dump, dump);
-        }
+        spend_saved_credit(&mut budget, later, dump);
         assert_close(budget.periodic_at(later, dump), later + ms(200));
+    }
+
+    /// Spends the 4 dumps' worth of credit a budget may save up, so that the next periodic sample waits.
+    fn spend_saved_credit(budget: &mut Budget, at: Instant, dump: Duration) {
+        for _ in 0..4 {
+            budget.spend(at, dump, dump);
+        }
     }
 
     #[test]
@@ -119,9 +124,7 @@ mod tests {
         let t0 = Instant::now();
         let dump = ms(1);
         let mut budget = Budget::new(100, 2, t0);
-        for _ in 0..4 {
-            budget.spend(t0, dump, dump);
-        }
+        spend_saved_credit(&mut budget, t0, dump);
         assert_close(budget.periodic_at(t0, dump), t0 + ms(200));
         let later = t0 + ms(100);
         budget.share(later, 10, 2, dump);
