@@ -208,7 +208,7 @@ impl Capture {
                 progress: Arc::clone(&progress),
             },
         };
-        thread::Builder::new()
+        let capture_thread = thread::Builder::new()
             .name(format!("capture-{host}"))
             .spawn(move || {
                 // The capture thread starts the other two, so that the caller's set-up waits for one thread's start.
@@ -225,6 +225,7 @@ impl Capture {
                 }
             })
             .map_err(|e| Error::sys(format!("spawn capture thread ({command})"), e))?;
+        raise_spawned(&capture_thread);
         Ok(Capture { command, stop_signal, finished, progress })
     }
 
@@ -277,15 +278,26 @@ impl Drop for Capture {
 /// Starts the pcap writer thread, then the decoding thread that feeds it.
 fn start_pipeline(host: HostId, disk: DiskWriter, decoder: ChunkDecoder) -> Result<()> {
     let command = disk.command.clone();
-    thread::Builder::new()
+    let writer = thread::Builder::new()
         .name(format!("pcap-{host}"))
         .spawn(move || disk.run())
         .map_err(|e| Error::sys(format!("spawn pcap writer thread ({command})"), e))?;
-    thread::Builder::new()
+    raise_spawned(&writer);
+    let decoding = thread::Builder::new()
         .name(format!("decode-{host}"))
         .spawn(move || decoder.run())
         .map_err(|e| Error::sys(format!("spawn packet decoding thread ({command})"), e))?;
+    raise_spawned(&decoding);
     Ok(())
+}
+
+/// Makes a capture's thread real-time before it first runs ([`priority::raise_spawned`]): the capture thread
+/// must read the kernel's buffer from the moment the socket is bound, and under a bulk transfer all three must
+/// win over the traffic they record, so the transfer slows down instead of overflowing the kernel's buffer.
+/// Best effort: refused without CAP_SYS_NICE (rootless), the threads run at the ordinary priority and
+/// `kernel_drops` says what that cost.
+fn raise_spawned<T>(thread: &thread::JoinHandle<T>) {
+    let _ = priority::raise_spawned(thread);
 }
 
 /// Keeps the kernel stamping every frame as it passes, for as long as this process lives.
@@ -379,13 +391,8 @@ impl Reader {
     /// once the file is complete. The socket is closed only after that: closing a packet socket waits for an
     /// RCU grace period, which `stop` need not wait for.
     ///
-    /// The thread is real-time, as the observer is: a packet trigger waits on this thread's events, and
-    /// under a bulk transfer the capture must win over the traffic it records, so the transfer slows down
-    /// instead of overflowing the kernel's buffer.
+    /// The thread is real-time from its start ([`raise_spawned`]).
     fn run(mut self) {
-        // Refused only without CAP_SYS_NICE (rootless): the capture then runs at the ordinary priority and
-        // `kernel_drops` says what that cost.
-        let _ = priority::raise_current_thread();
         let captured = self.capture_until_stopped().map(|()| self.recorder.stats);
         let Reader { socket, source, recorder, .. } = self;
         recorder.chunks.finish(captured);
@@ -809,6 +816,74 @@ mod tests {
         assert!(took < Duration::from_millis(100), "stop took {took:?}");
         assert_eq!(stats, CaptureStats::default());
         assert!(tcpdump_read(&pcap, &[]).is_empty());
+    }
+
+    /// Name, policy (as `chrt -p` gives it) and allowed CPUs of every other thread of this process.
+    fn other_threads() -> Vec<(String, libc::c_int, String)> {
+        // SAFETY: plain system call without arguments.
+        let me = unsafe { libc::gettid() }.to_string();
+        let mut found = Vec::new();
+        for task in fs::read_dir("/proc/self/task").unwrap().flatten() {
+            let path = task.path();
+            let read = |name: &str| fs::read_to_string(path.join(name));
+            // A thread that ended meanwhile has no files left.
+            let (Ok(comm), Ok(stat), Ok(status)) = (read("comm"), read("stat"), read("status")) else { continue };
+            if task.file_name() == me.as_str() {
+                continue;
+            }
+            // proc(5): policy is field 41; the fields after the command's closing parenthesis start at 3.
+            let after_comm = &stat[stat.rfind(')').unwrap() + 1..];
+            let policy: libc::c_int = after_comm.split_whitespace().nth(41 - 3).unwrap().parse().unwrap();
+            let cpus = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap().trim().to_string();
+            found.push((comm.trim().to_string(), policy, cpus));
+        }
+        found
+    }
+
+    /// The capture's threads are real-time from their first instruction, not from whenever an ordinary thread
+    /// gets a CPU: a real-time caller alone on one CPU starts a capture, whose thread can run only once the
+    /// caller blocks, and finds it real-time already; its decoding and writer threads are real-time too.
+    #[test]
+    fn capture_threads_are_real_time_before_they_first_run() {
+        if test_privilege() == Privilege::Rootless {
+            return; // CAP_SYS_NICE of a user namespace does not count for the scheduler (priority's own test).
+        }
+        let pair = veth_pair();
+        let dir = TestDir::new("priority");
+        let pcap = dir.file("client.pcap");
+        thread::spawn(move || {
+            let cpu = priority::pin_to_one_cpu().to_string();
+            assert!(priority::raise_current_thread().unwrap());
+            // Only the threads this one starts from now on are confined to its CPU: they inherit its affinity.
+            let ours = || -> Vec<(String, libc::c_int)> {
+                let mut threads: Vec<_> = other_threads()
+                    .into_iter()
+                    .filter(|(_, _, cpus)| *cpus == cpu)
+                    .map(|(name, policy, _)| (name, policy))
+                    .collect();
+                threads.sort();
+                threads
+            };
+            let (sink, _events) = EventSink::new(Clock::started());
+            let ring = CaptureBuffer::ring_of(1 << 20);
+            let capture = Capture::start(&pair.client, HostId::Client, pair.client_ifindex, &pcap, sink, ring).unwrap();
+            // A thread names itself when it first runs: until then it bears its spawner's name.
+            let before_first_run = ours();
+            assert_eq!(before_first_run.len(), 1, "{before_first_run:?}");
+            assert_eq!(before_first_run[0].1, libc::SCHED_FIFO, "the capture thread before it first ran");
+            // Now the caller blocks: the capture thread runs and starts its two helpers.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while ours().len() < 3 && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(1));
+            }
+            let fifo = libc::SCHED_FIFO;
+            let expected = [("capture-client", fifo), ("decode-client", fifo), ("pcap-client", fifo)];
+            assert_eq!(ours(), expected.map(|(name, policy)| (name.to_string(), policy)));
+            capture.stop().unwrap();
+            priority::lower_current_thread().unwrap();
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

@@ -169,9 +169,8 @@ pub(super) struct ChunkDecoder {
 }
 
 impl ChunkDecoder {
-    /// Real-time as the capture thread is: a packet trigger waits on these events.
+    /// Real-time as the capture thread is, from its start: a packet trigger waits on these events.
     pub(super) fn run(mut self) {
-        let _ = priority::raise_current_thread();
         // Ends with `Finished`, or when the capture thread is gone without it (it panicked): dropping `to_disk`
         // then ends the writer, which drops `done` and so tells `stop`.
         for message in self.chunks.iter() {
@@ -206,12 +205,11 @@ pub(super) struct DiskWriter {
 }
 
 impl DiskWriter {
-    /// Real-time as the capture thread is: an ordinary writer falls behind a bulk transfer's own threads (it
+    /// Real-time as the capture thread is, from its start: an ordinary writer falls behind a bulk transfer's own threads (it
     /// did on this machine: 170,000 of 1.5 M frames lost when its queue filled), while a real-time one
     /// slows the transfer down instead. Writing mostly copies into the page cache; waiting on writeback sleeps.
     pub(super) fn run(self) {
         let DiskWriter { command, mut file, header, chunks, spare, done, progress } = self;
-        let _ = priority::raise_current_thread();
         let mut failure = file.write_all(&header).err().map(|e| Error::sys(format!("write pcap ({command})"), e));
         let mut waiting: Vec<Chunk> = Vec::new();
         loop {

@@ -218,14 +218,15 @@ impl Observer {
         let thread = thread::Builder::new()
             .name(format!("observe-{host}"))
             .spawn(move || {
-                // A sample is stamped when it is requested: on a loaded machine an ordinary thread was seen to
-                // miss short-lived states entirely (no sample for hundreds of ms). Best effort, as for the
-                // program threads; a dump costs tens of microseconds, so the real-time thread takes little.
-                let _ = crate::run::priority::raise_current_thread();
                 // Nobody waits for the result only when `stop` already gave up on this thread.
                 let _ = finished_tx.send(sampler.run(interval, stop_rx));
             })
             .context(|| format!("spawn the socket observer thread of {host}"))?;
+        // A sample is stamped when it is requested: on a loaded machine an ordinary thread was seen to miss
+        // short-lived states entirely (no sample for hundreds of ms). Best effort, as for the program threads; a
+        // dump costs tens of microseconds, so the real-time thread takes little. Raised by this thread, so the
+        // observer is real-time from its first run (`raise_spawned` says why).
+        let _ = crate::run::priority::raise_spawned(&thread);
         Ok(Observer { host, stop, finished, thread })
     }
 
