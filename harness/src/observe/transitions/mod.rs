@@ -20,6 +20,7 @@ pub(crate) mod program;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, OnceLock};
 use std::thread;
@@ -52,8 +53,8 @@ struct Layouts {
     skb: std::result::Result<SkbLayout, String>,
 }
 
-/// From [`LAYOUT_ENV`] and [`SKB_LAYOUT_ENV`] when the runner passed them, else from one reading of the kernel's
-/// type information; once per process.
+/// From [`LAYOUT_ENV`] and [`SKB_LAYOUT_ENV`] when the runner passed them, else from the [`LayoutCache`] of this
+/// boot, else from one reading of the kernel's type information (which then fills the cache); once per process.
 fn running_layouts() -> &'static Layouts {
     static LAYOUTS: OnceLock<Layouts> = OnceLock::new();
     LAYOUTS.get_or_init(|| {
@@ -63,14 +64,81 @@ fn running_layouts() -> &'static Layouts {
         if let (Some(sock), Some(skb)) = (sock, skb) {
             return Layouts { sock: Ok(sock), skb: Ok(skb) };
         }
+        let cache = LayoutCache::of_running_kernel();
+        if let Some((cached_sock, cached_skb)) = cache.as_ref().and_then(LayoutCache::read) {
+            return Layouts { sock: Ok(sock.unwrap_or(cached_sock)), skb: Ok(skb.unwrap_or(cached_skb)) };
+        }
         match btf::Btf::of_running_kernel() {
-            Ok(btf) => Layouts {
-                sock: sock.map_or_else(|| SockLayout::of(&btf).map_err(|e| e.to_string()), Ok),
-                skb: skb.map_or_else(|| SkbLayout::of(&btf).map_err(|e| e.to_string()), Ok),
-            },
+            Ok(btf) => {
+                let layouts = Layouts {
+                    sock: sock.map_or_else(|| SockLayout::of(&btf).map_err(|e| e.to_string()), Ok),
+                    skb: skb.map_or_else(|| SkbLayout::of(&btf).map_err(|e| e.to_string()), Ok),
+                };
+                if let (Some(cache), Ok(sock), Ok(skb)) = (&cache, &layouts.sock, &layouts.skb) {
+                    // Best effort: without a writable cache the next process reads the BTF again.
+                    let _ = cache.write(sock, skb);
+                }
+                layouts
+            }
             Err(e) => Layouts { sock: sock.ok_or_else(|| e.to_string()), skb: skb.ok_or_else(|| e.to_string()) },
         }
     })
+}
+
+/// The running kernel's layouts kept in a file between processes, so that only the first run after a boot reads
+/// the kernel's 5 MB of type information (7 ms of every `netfault run` otherwise). The file names the boot it
+/// was written in (`/proc/sys/kernel/random/boot_id`) and the size of the kernel's BTF: the layouts of a kernel
+/// cannot change while it runs, and another kernel, or the same one booted again, is another boot. The file is
+/// `$XDG_CACHE_HOME/netfault/kernel-layouts` (else `~/.cache/netfault/`), as cargo keeps its caches per user.
+struct LayoutCache {
+    path: PathBuf,
+    /// `boot <boot_id> btf <bytes>`: the first line of a file that holds this kernel's layouts.
+    key: String,
+}
+
+impl LayoutCache {
+    fn of_running_kernel() -> Option<LayoutCache> {
+        let dir =
+            std::env::var_os("XDG_CACHE_HOME").filter(|dir| !dir.is_empty()).map(PathBuf::from).or_else(|| {
+                std::env::var_os("HOME").filter(|dir| !dir.is_empty()).map(|home| Path::new(&home).join(".cache"))
+            })?;
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+        let btf_bytes = std::fs::metadata(btf::VMLINUX).ok()?.len();
+        Some(LayoutCache {
+            path: dir.join("netfault").join("kernel-layouts"),
+            key: layout_cache_key(boot.trim(), btf_bytes),
+        })
+    }
+
+    /// The layouts the file holds for this kernel; `None` if it holds none, another kernel's, or anything else.
+    fn read(&self) -> Option<(SockLayout, SkbLayout)> {
+        parse_layout_cache(&std::fs::read_to_string(&self.path).ok()?, &self.key)
+    }
+
+    /// Replaces the file whole (written aside, then renamed), so a reader never sees half of it.
+    fn write(&self, sock: &SockLayout, skb: &SkbLayout) -> std::io::Result<()> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let aside = dir.join(format!(".kernel-layouts.{}", std::process::id()));
+        std::fs::write(&aside, format!("{}\n{sock}\n{skb}\n", self.key))?;
+        std::fs::rename(&aside, &self.path).inspect_err(|_| {
+            let _ = std::fs::remove_file(&aside);
+        })
+    }
+}
+
+fn layout_cache_key(boot_id: &str, btf_bytes: u64) -> String {
+    format!("boot {boot_id} btf {btf_bytes}")
+}
+
+/// The layouts of a [`LayoutCache`] file's text if its first line is `key` and both layouts read back whole.
+fn parse_layout_cache(text: &str, key: &str) -> Option<(SockLayout, SkbLayout)> {
+    let mut lines = text.lines();
+    if lines.next()? != key {
+        return None;
+    }
+    let (sock, skb) = (SockLayout::parse(lines.next()?)?, SkbLayout::parse(lines.next()?)?);
+    lines.next().is_none().then_some((sock, skb))
 }
 
 fn running_kernel_layout() -> Result<SockLayout> {

@@ -182,3 +182,29 @@ fn the_kernel_counts_and_times_every_run_of_the_program() {
     let per_run = time / u32::try_from(runs).unwrap();
     assert!(per_run > Duration::ZERO && per_run < Duration::from_micros(100), "{per_run:?} per run");
 }
+
+/// The layouts cached for this kernel read back exactly as the kernel's BTF gives them; a file of another boot or
+/// kernel, a half-written one or one with more in it gives none, so the BTF is read again.
+#[test]
+fn cached_layouts_are_the_btfs_and_only_for_the_same_kernel() {
+    let btf = btf::Btf::of_running_kernel().unwrap();
+    let (sock, skb) = (SockLayout::of(&btf).unwrap(), SkbLayout::of(&btf).unwrap());
+    let dir = std::env::temp_dir().join(format!("netfault-layout-cache-{}", std::process::id()));
+    let key = layout_cache_key("0f2c6c0e-1d1e-4c4b-9a51-1d8a4f1f7d2e", 5_000_000);
+    let cache = LayoutCache { path: dir.join("netfault").join("kernel-layouts"), key: key.clone() };
+    assert_eq!(cache.read(), None, "no file yet");
+    cache.write(&sock, &skb).unwrap();
+    assert_eq!(cache.read(), Some((sock, skb)));
+
+    let text = std::fs::read_to_string(&cache.path).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(parse_layout_cache(&text, &key), Some((sock, skb)));
+    let other_boot = layout_cache_key("5d9e2a61-7c1b-4f0e-8d7a-2b3c4d5e6f70", 5_000_000);
+    assert_eq!(parse_layout_cache(&text, &other_boot), None);
+    assert_eq!(parse_layout_cache(&text, &layout_cache_key("0f2c6c0e-1d1e-4c4b-9a51-1d8a4f1f7d2e", 5_000_001)), None);
+    let first_two_lines: String = text.lines().take(2).map(|line| format!("{line}\n")).collect();
+    assert_eq!(parse_layout_cache(&first_two_lines, &key), None);
+    assert_eq!(parse_layout_cache(&format!("{text}more\n"), &key), None);
+    let cut = &text[..text.len() / 2];
+    assert_eq!(parse_layout_cache(cut, &key), None, "{cut}");
+}
