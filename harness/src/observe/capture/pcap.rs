@@ -320,6 +320,36 @@ mod tests {
         assert!(chunk.is_empty());
     }
 
+    /// A decoding thread that takes nothing (stalled, or starved of CPU) never holds up the capture thread on a
+    /// lone packet: once it is MAX_QUEUED_CHUNKS behind, the packets handed over join the chunk being filled
+    /// instead of waiting for room, and nothing is lost.
+    #[test]
+    fn a_stalled_decoder_never_blocks_the_capture_thread() {
+        let (to_decoder, stalled) = mpsc::sync_channel(MAX_QUEUED_CHUNKS);
+        let (_spare_tx, spare) = mpsc::sync_channel(SPARE_CHUNKS);
+        let (done_tx, done) = mpsc::channel();
+        let lone_packets = MAX_QUEUED_CHUNKS * 4;
+        std::thread::spawn(move || {
+            let mut queue = ChunkQueue { current: Chunk::with_capacity(), to_decoder, spare };
+            let data = [0x45u8; 60];
+            for i in 0..lone_packets {
+                queue.push(&frame(1_764_900_000, i as u32, 60, false, &data)).unwrap();
+                queue.hand_over().unwrap();
+            }
+            let _ = done_tx.send(queue.current.outgoing.len());
+        });
+        let waiting = done.recv_timeout(Duration::from_secs(10)).expect("the capture thread blocked on the decoder");
+        let handed_on: Vec<usize> = stalled
+            .try_iter()
+            .map(|message| match message {
+                ToDisk::Chunk(chunk) => chunk.outgoing.len(),
+                ToDisk::Finished(_) => panic!("no capture finished"),
+            })
+            .collect();
+        assert_eq!(handed_on, vec![1; MAX_QUEUED_CHUNKS], "one chunk per lone packet while there was room");
+        assert_eq!(waiting, lone_packets - MAX_QUEUED_CHUNKS, "the rest wait in the chunk being filled");
+    }
+
     /// Chunks gathered into one `writev` land in order and whole.
     #[test]
     fn chunks_are_written_in_order() {
