@@ -124,6 +124,22 @@ fn ip_and_transport(frame: &[u8], protocol: u8) -> Option<(&[u8], &[u8])> {
     Some((ip, transport))
 }
 
+/// The IPv4 protocol number of a frame that is IPv4 and its payload: after the UDP header for an unfragmented
+/// UDP datagram (its source port may be any), after the IPv4 header otherwise.
+pub fn datagram_payload(frame: &[u8]) -> Option<(u8, &[u8])> {
+    if be16(frame, 12)? != ETHERTYPE_IPV4 {
+        return None;
+    }
+    let ip = frame.get(ETHERNET_HEADER_LEN..)?;
+    let protocol = *ip.get(9)?;
+    if let Some((_, udp)) = ip_and_transport(frame, IPPROTO_UDP) {
+        return Some((protocol, udp.get(8..)?));
+    }
+    let header_len = usize::from(*ip.first()? & 0x0f) * 4;
+    let total_len = usize::from(be16(ip, 2)?);
+    Some((protocol, ip.get(header_len..total_len.min(ip.len())).unwrap_or_default()))
+}
+
 /// Where the transport segment (TCP or UDP header and payload) of an IPv4 frame lies in the frame: the bytes
 /// whose checksum the receiver verifies. `None` for other frames.
 pub fn transport_range(frame: &[u8]) -> Option<Range<usize>> {
@@ -211,6 +227,22 @@ pub fn sample_header() -> TcpSegment {
         window_scale: None,
         timestamps: Some((100, 200)),
     }
+}
+
+/// An IPv4 UDP frame carrying `payload` (checksums left zero), for tests of what names packets.
+#[cfg(test)]
+pub fn udp_frame_for_tests(payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0u8; ETHERNET_HEADER_LEN + IPV4_HEADER_LEN + 8];
+    frame[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+    frame[14] = 0x45;
+    let total_len = (IPV4_HEADER_LEN + 8 + payload.len()) as u16;
+    frame[16..18].copy_from_slice(&total_len.to_be_bytes());
+    frame[14 + 9] = IPPROTO_UDP;
+    frame[34..36].copy_from_slice(&40000u16.to_be_bytes());
+    frame[36..38].copy_from_slice(&9000u16.to_be_bytes());
+    frame[38..40].copy_from_slice(&(8 + payload.len() as u16).to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
 }
 
 /// The sum of the IPv4 pseudo-header a TCP checksum covers.
