@@ -34,9 +34,9 @@ pub use exec::{bench_exec, ExecOptions};
 pub use impair::{bench_impair, ImpairOptions};
 pub use report::{bench_report, ReportOptions};
 pub use run::{bench_run, RunOptions};
+pub use seeded::{bench_seeded, SeededOptions};
 pub use setup::{bench_setup, SetupOptions};
 pub use suite::{bench_concurrent, bench_suite, bench_timing, ConcurrentOptions, SuiteOptions, TimingOptions};
-pub use seeded::{bench_seeded, SeededOptions};
 pub use transitions::{bench_transitions, TransitionOptions};
 
 /// `netfault bench --help`.

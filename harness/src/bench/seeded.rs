@@ -51,15 +51,16 @@ pub fn bench_seeded(options: &SeededOptions) -> Result<Report> {
         let reports = scratch.path().join(format!("run{run}"));
         let jobs: Vec<(Job, Duration)> = loaded
             .iter()
-            .map(|(job, plan)| (Job { reports: reports.clone(), seed: super::BENCH_SEED, ..job.clone() }, plan.deadline))
+            .map(|(job, plan)| {
+                (Job { reports: reports.clone(), seed: super::BENCH_SEED, ..job.clone() }, plan.deadline)
+            })
             .collect();
         let parallel = runner::default_parallelism(jobs.len());
         let summaries = runner::run_all(&exe, jobs, parallel, &Supervisor::new(BENCH_BUDGET), |_| {});
         failures.extend(describe_failures(&summaries, &format!("run {}", run + 1)));
         for summary in summaries {
             let path = summary.report.join("result.json");
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| Error::sys(format!("read {}", path.display()), e))?;
+            let text = std::fs::read_to_string(&path).map_err(|e| Error::sys(format!("read {}", path.display()), e))?;
             let result: Value = serde_json::from_str(&text)
                 .map_err(|e| Error::Internal(format!("{}: not JSON: {e}", path.display())))?;
             results.entry(summary.name).or_default().push(result);
@@ -70,8 +71,8 @@ pub fn bench_seeded(options: &SeededOptions) -> Result<Report> {
         let mut pairs = Pairs::default();
         for i in 0..runs.len() {
             for j in i + 1..runs.len() {
-                let agreement = agreement::compare(&runs[i], &runs[j])
-                    .map_err(|e| Error::Internal(format!("{scenario}: {e}")))?;
+                let agreement =
+                    agreement::compare(&runs[i], &runs[j]).map_err(|e| Error::Internal(format!("{scenario}: {e}")))?;
                 pairs.pairs += 1;
                 pairs.identical += usize::from(agreement.identical());
                 pairs.agreed.push(agreement.agreed as f64);

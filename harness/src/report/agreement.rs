@@ -3,9 +3,9 @@
 //! TCP itself does not send the same packets in every run (a retransmission more, an ACK less, a segment cut
 //! elsewhere), so "the same decisions" means: every decision one run made about a packet the other run also
 //! sent past the wire is in the other run's list too, with the same outcome (the same jitter, the same bit).
-//! A packet "also sent" is one with the same key (connection, sender, relative sequence number, length, flags,
-//! relative acknowledgement for a packet without sequence space, occurrence) among the packets the other
-//! run's sending host captured leaving; forged segments and datagrams (whose payload the captures do not keep)
+//! A packet "also sent" is one with the same key (connection, sender, the MSS-sized block of the stream it
+//! starts nearest to, length, flags, relative acknowledgement for a packet without sequence space,
+//! occurrence) among the packets the other run's sending host captured leaving; forged segments and datagrams (whose payload the captures do not keep)
 //! are compared whatever the other run sent. A rate limit's `queue-full` drops depend on when packets arrive,
 //! not on the seed: they are counted apart, not compared.
 
@@ -109,7 +109,7 @@ fn decision_key(key: &Value) -> Option<Key> {
             let stem = tcp_stem(
                 key["connection"].as_u64()?,
                 key["from"].as_str()?,
-                key["seq"].as_u64()?,
+                key["block"].as_u64()?,
                 key["ack"].as_u64(),
                 key["len"].as_u64()?,
                 key["flags"].as_str()?,
@@ -121,16 +121,31 @@ fn decision_key(key: &Value) -> Option<Key> {
 }
 
 /// A TCP packet's key without its occurrence.
-fn tcp_stem(connection: u64, from: &str, seq: u64, ack: Option<u64>, len: u64, flags: &str) -> Key {
+fn tcp_stem(connection: u64, from: &str, block: u64, ack: Option<u64>, len: u64, flags: &str) -> Key {
     let ack = ack.map(|ack| format!(" ack {ack}")).unwrap_or_default();
-    format!("tcp connection {connection} {from} [{flags}] seq {seq}{ack} length {len}")
+    format!("tcp connection {connection} {from} [{flags}] block {block}{ack} length {len}")
+}
+
+/// What a connection's SYNs announced, by side (client, server): the MSS option and timestamps.
+#[derive(Default)]
+struct Announced {
+    mss: [Option<u64>; 2],
+    timestamps: [bool; 2],
+}
+
+impl Announced {
+    /// The block side `side`'s sequence numbers are counted in (as `run::impair::identity` counts them).
+    fn block(&self, side: usize) -> u64 {
+        let options = if self.timestamps == [true, true] { 12 } else { 0 };
+        self.mss[1 - side].map_or(1, |mss| mss.saturating_sub(options).max(1))
+    }
 }
 
 /// The keys of the TCP packets each host's capture saw it send (in the wire's terms: connections numbered by
 /// their first packet, numbers relative as the captures decode them, occurrences counted).
 fn sent_keys(result: &Value) -> Result<BTreeSet<Key>, String> {
     let events = result["events"].as_array().ok_or("result.json has no event list")?;
-    let mut connections: BTreeMap<(u64, u64), u64> = BTreeMap::new();
+    let mut connections: BTreeMap<(u64, u64), (u64, Announced)> = BTreeMap::new();
     let mut occurrences: BTreeMap<Key, u64> = BTreeMap::new();
     let mut sent = BTreeSet::new();
     for event in events {
@@ -147,7 +162,15 @@ fn sent_keys(result: &Value) -> Result<BTreeSet<Key>, String> {
         let (sport, dport, flags, len) = (field("sport")?, field("dport")?, field("flags")?, field("len")?);
         let ends = if sender == "client" { (sport, dport) } else { (dport, sport) };
         let numbered = connections.len() as u64;
-        let connection = *connections.entry(ends).or_insert(numbered + 1);
+        let (connection, announced) = connections.entry(ends).or_insert((numbered + 1, Announced::default()));
+        let side = usize::from(sender == "server");
+        if flags & SYN != 0 {
+            let options = event["options"].as_str().unwrap_or_default();
+            announced.mss[side] =
+                options.split(',').find_map(|option| option.trim().strip_prefix("mss ")?.parse().ok());
+            announced.timestamps[side] = options.contains("TS val");
+        }
+        let block = announced.block(side);
         let takes_space = len > 0 || flags & (SYN | FIN) != 0;
         let ack = match (takes_space, flags & ACK != 0) {
             (true, _) => None,
@@ -155,7 +178,7 @@ fn sent_keys(result: &Value) -> Result<BTreeSet<Key>, String> {
             (false, false) => Some(0),
         };
         let flags_text = format_tcp_flags((flags & KEY_FLAGS) as u8);
-        let stem = tcp_stem(connection, sender, field("seq")?, ack, len, &flags_text);
+        let stem = tcp_stem(*connection, sender, (field("seq")? + block / 2) / block, ack, len, &flags_text);
         let count = occurrences.entry(stem.clone()).or_insert(0);
         *count += 1;
         sent.insert(format!("{stem} #{count}"));
@@ -170,13 +193,15 @@ mod tests {
     use super::*;
 
     fn packet(host: &str, seq: u64, len: u64, flags: u64) -> Value {
-        json!({ "event": "packet", "host": host, "direction": "out", "protocol": "tcp", "sport": 40000,
-                "dport": 9000, "seq": seq, "ack": 1, "len": len, "flags": flags })
+        let (sport, dport) = if host == "client" { (40000, 9000) } else { (9000, 40000) };
+        json!({ "event": "packet", "host": host, "direction": "out", "protocol": "tcp", "sport": sport,
+                "dport": dport, "seq": seq, "ack": 1, "len": len, "flags": flags, "options": "" })
     }
 
+    /// A decision about the segment that starts at `seq` (no MSS announced: blocks of one byte).
     fn decision(seq: u64, occurrence: u64, outcome: Value) -> Value {
         let mut decision = json!({ "fault": "lossy", "key": { "kind": "tcp", "connection": 1, "from": "client",
-                                   "seq": seq, "len": 1448, "flags": ".", "occurrence": occurrence } });
+                                   "block": seq, "len": 1448, "flags": ".", "occurrence": occurrence } });
         if let (Some(fields), Some(more)) = (decision.as_object_mut(), outcome.as_object()) {
             fields.extend(more.clone());
         }
@@ -234,5 +259,17 @@ mod tests {
         assert!(compare(&json!({}), &json!({})).is_err());
         let no_key = json!({ "events": [], "decisions": [{ "fault": "x", "decision": "lost" }] });
         assert!(compare(&no_key, &no_key).unwrap_err().contains("without a key"));
+    }
+
+    #[test]
+    fn captured_segments_are_named_by_the_block_the_syns_announced() {
+        let mut syn = packet("client", 0, 0, SYN);
+        syn["options"] = "mss 1460,sackOK,TS val 1 ecr 0,nop,wscale 7".into();
+        let mut syn_ack = packet("server", 0, 0, SYN | ACK);
+        syn_ack["options"] = "mss 1460,sackOK,TS val 2 ecr 1,nop,wscale 7".into();
+        // Shifted 1256 bytes into block 4 by an earlier short segment: block 4 still.
+        let events = vec![syn, syn_ack, packet("client", 1 + 1448 * 3 + 1256, 1448, ACK)];
+        let sent = sent_keys(&json!({ "events": events })).unwrap();
+        assert!(sent.contains("tcp connection 1 client [.] block 4 length 1448 #1"), "{sent:?}");
     }
 }

@@ -527,7 +527,7 @@ mod tests {
                     0 | 1 => PacketKey::Tcp {
                         connection: 1,
                         from: HostId::Client,
-                        seq: 1 + 1448 * n as u32,
+                        block: n as u32,
                         ack: (n % 4 == 1).then_some(1),
                         len: if n % 4 == 1 { 0 } else { 1448 },
                         flags: 0x10,

@@ -92,8 +92,13 @@ pub enum PacketKey {
         connection: u32,
         /// The host that sent it.
         from: HostId,
-        /// Relative to the sender's initial sequence number (its SYN's), as tcpdump prints it without -S.
-        seq: u32,
+        /// Which MSS-sized block of the sender's stream the segment starts nearest to: its sequence number
+        /// relative to the sender's ISN (as tcpdump prints it without -S) plus half a block, divided by the
+        /// block (the payload the peer's SYN allows: its MSS option, less 12 bytes when both SYNs carried
+        /// timestamps). Two runs that cut the stream at different places (a short segment pushed in the middle
+        /// of a write, when the writer waited) so name alike the segments covering the same bytes; the sequence
+        /// number itself when no SYN was seen.
+        block: u32,
         /// Relative to the peer's initial sequence number; only for segments that take no sequence space (a
         /// pure ACK or a RST), which their acknowledgement tells apart. A retransmission may carry a newer one.
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -127,8 +132,8 @@ pub enum PacketKey {
 impl fmt::Display for PacketKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            PacketKey::Tcp { connection, from, seq, ack, len, flags, occurrence } => {
-                write!(f, "#{connection} {from} [{}] seq {seq}", super::format_tcp_flags(*flags))?;
+            PacketKey::Tcp { connection, from, block, ack, len, flags, occurrence } => {
+                write!(f, "#{connection} {from} [{}] block {block}", super::format_tcp_flags(*flags))?;
                 if let Some(ack) = ack {
                     write!(f, " ack {ack}")?;
                 }

@@ -1,13 +1,16 @@
 //! Which packet is which, named the same way in every run: a TCP segment by its connection's number on the
-//! wire, its sender, its sequence number relative to the sender's ISN, its length and control flags (and, for
-//! a segment that takes no sequence space, its relative acknowledgement), and how many times the wire has seen
-//! that same segment before; any other IPv4 packet by a digest of its payload and its occurrence.
+//! wire, its sender, the MSS-sized block of the sender's stream it starts nearest to (sequence numbers
+//! relative to the sender's ISN), its length and control flags (and, for a segment that takes no sequence
+//! space, its relative acknowledgement), and how many times the wire has seen that same segment before; any
+//! other IPv4 packet by a digest of its payload and its occurrence.
 //!
 //! The impairments draw their decisions from this key and the seed rather than from the order packets arrive
 //! in: TCP sends a different number of packets from run to run (a retransmission more, an ACK less), and a
 //! segment both runs send must meet the same fate in both. The kernel randomizes each connection's ISN, hence
 //! numbers relative to the SYN's, and each client port, hence connections numbered in the order the wire saw
-//! their handshakes.
+//! their handshakes. Blocks rather than sequence numbers, because TCP cuts a bulk stream differently from run
+//! to run (a write that waits for buffer space first pushes the segment it has half filled), and after one
+//! short segment every later one starts elsewhere: the segment covering the same bytes keeps its name.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
@@ -64,11 +67,31 @@ struct Connection {
     furthest: [u32; 2],
     /// Each side's new segments by relative start, with the place they took.
     places: [BTreeMap<u32, u64>; 2],
+    /// What each side's SYN announced: its MSS option, and whether it carried timestamps.
+    mss: [Option<u16>; 2],
+    timestamps: [bool; 2],
 }
+
+/// The TCP timestamps option as every segment carries it once both SYNs agreed on it (with two NOPs).
+const TIMESTAMPS_LEN: u32 = 12;
 
 impl Connection {
     fn new(number: u32) -> Connection {
-        Connection { number, isn: [None; 2], furthest: [0; 2], places: [BTreeMap::new(), BTreeMap::new()] }
+        Connection {
+            number,
+            isn: [None; 2],
+            furthest: [0; 2],
+            places: [BTreeMap::new(), BTreeMap::new()],
+            mss: [None; 2],
+            timestamps: [false; 2],
+        }
+    }
+
+    /// The largest payload side `side` sends: the MSS its peer announced, less the timestamps both use; 1 (every
+    /// sequence number its own block) before the peer's SYN is seen.
+    fn block(&self, side: usize) -> u32 {
+        let options = if self.timestamps == [true, true] { TIMESTAMPS_LEN } else { 0 };
+        self.mss[1 - side].map_or(1, |mss| u32::from(mss).saturating_sub(options).max(1))
     }
 }
 
@@ -110,6 +133,10 @@ impl Identities {
                 entry.insert(Connection::new(*numbered))
             }
         };
+        if flags & TCP_SYN != 0 {
+            connection.mss[side] = segment.mss;
+            connection.timestamps[side] = segment.timestamps.is_some();
+        }
         // Without a SYN seen (a connection older than the wire), numbers count from the first segment seen.
         let isn = *connection.isn[side].get_or_insert(segment.seq);
         let seq = segment.seq.wrapping_sub(isn);
@@ -118,10 +145,11 @@ impl Identities {
             Some(peer_isn) if flags & TCP_ACK != 0 => segment.ack.wrapping_sub(peer_isn),
             _ => 0,
         });
+        let block = connection.block(side);
         let key = PacketKey::Tcp {
             connection: connection.number,
             from,
-            seq,
+            block: ((u64::from(seq) + u64::from(block / 2)) / u64::from(block)) as u32,
             ack,
             len: segment.payload_len,
             flags,
@@ -162,8 +190,8 @@ impl Occurrences {
 
 fn with_occurrence(key: PacketKey, n: u32) -> PacketKey {
     match key {
-        PacketKey::Tcp { connection, from, seq, ack, len, flags, .. } => {
-            PacketKey::Tcp { connection, from, seq, ack, len, flags, occurrence: n }
+        PacketKey::Tcp { connection, from, block, ack, len, flags, .. } => {
+            PacketKey::Tcp { connection, from, block, ack, len, flags, occurrence: n }
         }
         PacketKey::Datagram { from, protocol, digest, .. } => {
             PacketKey::Datagram { from, protocol, digest, occurrence: n }
@@ -177,9 +205,10 @@ mod tests {
     use super::super::frame::{forge, sample_header, TCP_PSH};
     use super::*;
 
-    /// A segment `from` sends on the connection with client port `port`, absolute numbers.
+    /// A segment `from` sends on the connection with client port `port`, absolute numbers; SYNs announce an
+    /// MSS of 1460, and every segment carries timestamps.
     fn frame(from: HostId, port: u16, seq: u32, ack: u32, flags: u8, len: usize) -> Vec<u8> {
-        let client = sample_header();
+        let client = TcpSegment { mss: (flags & TCP_SYN != 0).then_some(1460), ..sample_header() };
         let header = if from == HostId::Client {
             TcpSegment { sport: port, seq, ack, flags, ..client }
         } else {
@@ -228,7 +257,7 @@ mod tests {
             PacketKey::Tcp {
                 connection: 1,
                 from: HostId::Client,
-                seq: 1449,
+                block: 1,
                 ack: None,
                 len: 1448,
                 flags: TCP_ACK,
@@ -291,5 +320,34 @@ mod tests {
         let Place::New(place) = a.place else { panic!("{a:?}") };
         assert_eq!(a_again.place, Place::Again(place));
         assert!(identities.identify(HostId::Client, &[0xff; 42]).is_none(), "ARP is not named");
+    }
+
+    #[test]
+    fn a_stream_cut_elsewhere_keeps_the_names_of_the_segments_covering_the_same_bytes() {
+        // The second run pushed a 1256-byte segment in the middle of a write: every later segment starts 1256
+        // bytes further into its block of 1448 (1460 less 12 for timestamps), and still names that block.
+        let whole: Vec<(u32, usize, u8)> = (0..8).map(|i| (1 + 1448 * i, 1448, 0)).collect();
+        let mut cut: Vec<(u32, usize, u8)> = (0..3).map(|i| (1 + 1448 * i, 1448, 0)).collect();
+        cut.push((1 + 1448 * 3, 1256, TCP_PSH));
+        cut.extend((0..4).map(|i| (1 + 1448 * 3 + 1256 + 1448 * i, 1448, 0)));
+        let names = |segments: &[(u32, usize, u8)]| -> Vec<PacketKey> {
+            keys(5, 6, 40_000, segments).into_iter().skip(3).map(|identity| identity.key).collect()
+        };
+        let (whole, cut) = (names(&whole), names(&cut));
+        let blocks = |keys: &[PacketKey]| -> Vec<(u32, u32)> {
+            keys.iter()
+                .map(|key| match key {
+                    PacketKey::Tcp { block, len, .. } => (*block, *len),
+                    _ => panic!("{key:?}"),
+                })
+                .collect()
+        };
+        assert_eq!(blocks(&whole), (0..8).map(|i| (i, 1448)).collect::<Vec<_>>());
+        assert_eq!(
+            blocks(&cut),
+            [(0, 1448), (1, 1448), (2, 1448), (3, 1256), (4, 1448), (5, 1448), (6, 1448), (7, 1448)]
+        );
+        let both = cut.iter().filter(|key| whole.contains(key)).count();
+        assert_eq!(both, 7, "all but the short segment are the same packets in both runs");
     }
 }

@@ -247,7 +247,7 @@ mod tests {
         let key = |occurrence| PacketKey::Tcp {
             connection: 1,
             from: HostId::Client,
-            seq: 1 + 1460 * i as u32,
+            block: i as u32,
             ack: None,
             len: 1460,
             flags: 0x10,

@@ -36,9 +36,9 @@ fn fnv(start: u64, bytes: &[u8]) -> u64 {
 /// keyed by.
 pub fn key_hash(key: &PacketKey) -> u64 {
     let words: [u64; 5] = match *key {
-        PacketKey::Tcp { connection, from, seq, ack, len, flags, occurrence } => [
+        PacketKey::Tcp { connection, from, block, ack, len, flags, occurrence } => [
             u64::from(connection) << 8 | from.index() as u64,
-            u64::from(seq),
+            u64::from(block),
             ack.map_or(u64::MAX, u64::from),
             u64::from(len) << 8 | u64::from(flags),
             u64::from(occurrence),

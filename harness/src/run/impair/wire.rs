@@ -604,6 +604,7 @@ mod tests {
             window,
             payload_len: len,
             window_scale: (flags & TCP_SYN != 0).then_some(7),
+            mss: None,
             timestamps: Some((1000, 2000)),
         }
     }
