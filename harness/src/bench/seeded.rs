@@ -31,7 +31,6 @@ struct Pairs {
     identical: usize,
     agreed: Vec<f64>,
     unmatched: Vec<f64>,
-    queue_full: usize,
     first_difference: Option<String>,
 }
 
@@ -77,7 +76,6 @@ pub fn bench_seeded(options: &SeededOptions) -> Result<Report> {
                 pairs.identical += usize::from(agreement.identical());
                 pairs.agreed.push(agreement.agreed as f64);
                 pairs.unmatched.push(agreement.unmatched as f64);
-                pairs.queue_full += agreement.queue_full;
                 if pairs.first_difference.is_none() {
                     pairs.first_difference = agreement.differing.first().map(|d| format!("runs {i} and {j}: {d}"));
                 }
@@ -85,8 +83,13 @@ pub fn bench_seeded(options: &SeededOptions) -> Result<Report> {
         }
         report.row(format!("{scenario}: decisions compared per pair"), "", &pairs.agreed);
         report.row(format!("{scenario}: decisions about packets only one run sent"), "", &pairs.unmatched);
-        let queue_full = if pairs.queue_full > 0 {
-            format!("; {} queue-full drops (timing) not compared", pairs.queue_full)
+        let queue_full: usize = runs
+            .iter()
+            .flat_map(|run| run["decisions"].as_array().into_iter().flatten())
+            .filter(|decision| decision["decision"] == "queue-full")
+            .count();
+        let queue_full = if queue_full > 0 {
+            format!("; {queue_full} queue-full drops in the {} runs (timing) not compared", runs.len())
         } else {
             String::new()
         };
