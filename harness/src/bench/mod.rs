@@ -12,6 +12,7 @@ mod nfqueue;
 mod recipe;
 mod report;
 mod run;
+mod seeded;
 mod setup;
 mod suite;
 mod transitions;
@@ -33,6 +34,7 @@ pub use exec::{bench_exec, ExecOptions};
 pub use impair::{bench_impair, ImpairOptions};
 pub use report::{bench_report, ReportOptions};
 pub use run::{bench_run, RunOptions};
+pub use seeded::{bench_seeded, SeededOptions};
 pub use setup::{bench_setup, SetupOptions};
 pub use suite::{bench_concurrent, bench_suite, bench_timing, ConcurrentOptions, SuiteOptions, TimingOptions};
 pub use transitions::{bench_transitions, TransitionOptions};
@@ -55,6 +57,8 @@ usage: netfault bench <what> [options] [--json FILE] [--keep]
                                    100 Mb/s (wire vs bridge + NFQUEUE), rate (wire vs tc tbf), loss over N UDP
                                    datagrams (seeded wire vs nft numgen), throughput, delay placed on the sender;
                                    --only runs the measurements whose name contains it (e.g. delay)
+  seeded [--runs 5] [PATH]         the scenarios of PATH (default scenarios/impair) run N times with one seed:
+                                   per scenario, pairs of runs whose decisions about the packets both sent agree
   timing [--n 100] [--sample 10ms] [--scenario FILE]
                                    keepalive-idle N times in parallel: observed minus kernel-defined times,
                                    observer state-change latency against the packet that caused it
@@ -125,6 +129,10 @@ pub fn main(args: &[String]) -> ExitCode {
             seconds: options.seconds.unwrap_or(3),
             datagrams: options.n.unwrap_or(100_000) as u64,
             only: options.only.clone(),
+        }),
+        "seeded" => bench_seeded(&SeededOptions {
+            runs: options.runs.unwrap_or(5),
+            path: options.paths.first().cloned().unwrap_or_else(|| PathBuf::from("scenarios/impair")),
         }),
         "timing" => bench_timing(&TimingOptions {
             instances: options.n.unwrap_or(100),

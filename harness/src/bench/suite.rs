@@ -20,7 +20,7 @@ use crate::scenario;
 use crate::scenario::variables::Variables;
 
 /// Longest a benchmark run of the suite may take before its scenarios are stopped.
-const BENCH_BUDGET: Duration = Duration::from_secs(3600);
+pub(super) const BENCH_BUDGET: Duration = Duration::from_secs(3600);
 
 /// The target: the suite takes at most this much longer than its longest scenario.
 const TARGET_SUITE_RATIO: f64 = 1.15;
@@ -61,7 +61,7 @@ pub struct TimingOptions {
     pub scenario: PathBuf,
 }
 
-fn exe() -> Result<PathBuf> {
+pub(super) fn exe() -> Result<PathBuf> {
     std::env::current_exe().context(|| "find the netfault binary (/proc/self/exe)".to_string())
 }
 
@@ -347,7 +347,7 @@ impl Batch {
 }
 
 /// One line per scenario that did not pass: where, its status, and the first line of each message.
-fn describe_failures(summaries: &[Summary], context: &str) -> Vec<String> {
+pub(super) fn describe_failures(summaries: &[Summary], context: &str) -> Vec<String> {
     summaries
         .iter()
         .filter(|s| s.status != Status::Pass)

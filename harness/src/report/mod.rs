@@ -2,6 +2,7 @@
 //! timeline.txt, scenario.yaml, environment.txt, next to the capture's client.pcap and server.pcap), and the
 //! verdict they state.
 
+pub mod agreement;
 pub mod browser;
 pub mod bundle;
 pub mod files;

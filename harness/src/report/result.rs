@@ -21,7 +21,7 @@ use crate::timeline::{query::StepRecord, Decision, Event, Outcome};
 /// The version of the format this netfault writes. 2: `capture` is one entry per captured interface (listed in
 /// `interfaces`), no longer client then server, and `observer` one per host, each naming its host: a scenario
 /// may have a router between client and server.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 /// The checked-in JSON Schema of result.json.
 pub const SCHEMA: &str = include_str!("result.schema.json");
@@ -398,7 +398,8 @@ mod tests {
     use crate::scenario::impairment::{InjectedSegment, InjectedSeq};
     use crate::scenario::plan::{Location, TcpState, TimerKind};
     use crate::timeline::{
-        DecisionKind, DroppedBy, ErrnoEvent, EventKind, ImpairmentEvent, PacketEvent, SocketEvent, TransitionEvent,
+        DecisionKind, DroppedBy, ErrnoEvent, EventKind, ImpairmentEvent, PacketEvent, PacketKey, SocketEvent,
+        TransitionEvent,
     };
 
     #[test]
@@ -519,14 +520,32 @@ mod tests {
         let decisions: Vec<Decision> = decision_kinds
             .into_iter()
             .enumerate()
-            .map(|(n, kind)| Decision { fault: "lossy".into(), n: n as u64 + 1, kind })
+            .map(|(n, kind)| {
+                // Every kind of packet key: a TCP segment with and without an acknowledgement, a datagram, a
+                // forged segment.
+                let key = match n % 4 {
+                    0 | 1 => PacketKey::Tcp {
+                        connection: 1,
+                        from: HostId::Client,
+                        block: n as u32,
+                        ack: (n % 4 == 1).then_some(1),
+                        len: if n % 4 == 1 { 0 } else { 1448 },
+                        flags: 0x10,
+                        occurrence: 1,
+                    },
+                    2 => PacketKey::Datagram { from: HostId::Client, protocol: 17, digest: 0xabcdef, occurrence: 2 },
+                    _ => PacketKey::Forged { number: 1 },
+                };
+                Decision { fault: "lossy".into(), key, kind }
+            })
             .collect();
         for (i, decision) in decisions.iter().enumerate() {
+            let n = i as u64 + 1;
             let mut marked = packet(None);
-            marked.impairments = vec![format!("{} #{}: {}", decision.fault, decision.n, decision.kind)];
+            marked.impairments = vec![format!("{} #{n}: {}", decision.fault, decision.kind)];
             // A forged segment's packet may not be in the captures.
             let packet = (i % 2 == 0).then_some(marked);
-            let impairment = ImpairmentEvent { toward: HostId::Server, decision: decision.clone(), packet };
+            let impairment = ImpairmentEvent { toward: HostId::Server, n, decision: decision.clone(), packet };
             events.push(at(0.7, HostId::Server, EventKind::Impairment(impairment)));
         }
         let counters = BTreeMap::from([("TcpExtTCPDSACKRecv".to_string(), 4), ("TcpRetransSegs".to_string(), 17)]);

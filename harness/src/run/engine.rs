@@ -865,7 +865,7 @@ pub fn annotate_impairments(timeline: &mut Timeline) {
         let EventKind::Impairment(impairment) = &event.kind else { continue };
         let Some(packet) = &impairment.packet else { continue };
         let wanted: Key = key(packet);
-        let label = format!("{} #{}: {}", impairment.decision.fault, impairment.decision.n, impairment.decision.kind);
+        let label = format!("{} #{}: {}", impairment.decision.fault, impairment.n, impairment.decision.kind);
         let sender = impairment.toward.peer();
         let is_copy = |e: &Event, host: HostId, direction: PacketDirection| {
             e.host == host && matches!(&e.kind, EventKind::Packet(p) if p.direction == direction && key(p) == wanted)
@@ -895,7 +895,8 @@ pub fn annotate_impairments(timeline: &mut Timeline) {
     }
 }
 
-/// The impairments' decisions of a timeline, sorted by fault and packet number.
+/// The impairments' decisions of a timeline, sorted by fault and packet key: two runs that sent the same
+/// packets list the same decisions in the same order.
 fn decisions(timeline: &Timeline) -> Vec<Decision> {
     let mut decisions: Vec<Decision> = timeline
         .events
@@ -905,7 +906,7 @@ fn decisions(timeline: &Timeline) -> Vec<Decision> {
             _ => None,
         })
         .collect();
-    decisions.sort_by(|a, b| (&a.fault, a.n).cmp(&(&b.fault, b.n)));
+    decisions.sort_by(|a, b| (&a.fault, a.key).cmp(&(&b.fault, b.key)));
     decisions
 }
 

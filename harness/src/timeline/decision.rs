@@ -17,6 +17,8 @@ use crate::scenario::plan::HostId;
 pub struct ImpairmentEvent {
     /// The host the packet was travelling to.
     pub toward: HostId,
+    /// The packet's number (from 1) among those the fault selected, in the order they reached the wire.
+    pub n: u64,
     #[serde(flatten)]
     pub decision: Decision,
     pub packet: Option<PacketEvent>,
@@ -69,13 +71,88 @@ impl fmt::Display for DecisionKind {
     }
 }
 
-/// A decision about the `n`-th packet (from 1) a fault selected.
+/// A decision of a fault about one packet, named as every run that sends that packet names it.
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct Decision {
     pub fault: String,
-    pub n: u64,
+    pub key: PacketKey,
     #[serde(flatten)]
     pub kind: DecisionKind,
+}
+
+/// Which packet a decision was about, independent of when it arrived and of how many packets came before it:
+/// two runs that send the same segment name it the same way, so its decisions (drawn from this key and the
+/// seed) are the same in both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum PacketKey {
+    /// A TCP segment.
+    Tcp {
+        /// The connection's number on this wire: 1 for the first handshake the wire saw, 2 for the next, ...
+        connection: u32,
+        /// The host that sent it.
+        from: HostId,
+        /// Which MSS-sized block of the sender's stream the segment starts nearest to: its sequence number
+        /// relative to the sender's ISN (as tcpdump prints it without -S) plus half a block, divided by the
+        /// block (the payload the peer's SYN allows: its MSS option, less 12 bytes when both SYNs carried
+        /// timestamps). Two runs that cut the stream at different places (a short segment pushed in the middle
+        /// of a write, when the writer waited) so name alike the segments covering the same bytes; the sequence
+        /// number itself when no SYN was seen.
+        block: u32,
+        /// Relative to the peer's initial sequence number; only for segments that take no sequence space (a
+        /// pure ACK or a RST), which their acknowledgement tells apart. A retransmission may carry a newer one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ack: Option<u32>,
+        /// Payload bytes.
+        len: u32,
+        /// SYN, FIN, RST and ACK as tcpdump prints them (PSH, URG, ECE and CWR left out: a retransmission may
+        /// carry others than the original).
+        #[serde(serialize_with = "serialize_flags")]
+        #[schemars(with = "String")]
+        flags: u8,
+        /// 1 the first time the wire saw this segment, 2 for its first retransmission, ...
+        occurrence: u32,
+    },
+    /// Any other IPv4 packet (UDP, ICMP): a digest of its transport payload.
+    Datagram {
+        from: HostId,
+        /// The IPv4 protocol number.
+        protocol: u8,
+        /// FNV-1a of the payload after the UDP header (after the IPv4 header for other protocols), in hex.
+        #[serde(serialize_with = "serialize_hex")]
+        #[schemars(with = "String")]
+        digest: u64,
+        /// 1 the first time the wire saw this payload from this host, 2 the next, ...
+        occurrence: u32,
+    },
+    /// A segment an injection forged: the how-manieth it forged.
+    Forged { number: u64 },
+}
+
+impl fmt::Display for PacketKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PacketKey::Tcp { connection, from, block, ack, len, flags, occurrence } => {
+                write!(f, "#{connection} {from} [{}] block {block}", super::format_tcp_flags(*flags))?;
+                if let Some(ack) = ack {
+                    write!(f, " ack {ack}")?;
+                }
+                write!(f, " length {len} (seen {occurrence})")
+            }
+            PacketKey::Datagram { from, protocol, digest, occurrence } => {
+                write!(f, "{from} protocol {protocol} payload {digest:016x} (seen {occurrence})")
+            }
+            PacketKey::Forged { number } => write!(f, "forged #{number}"),
+        }
+    }
+}
+
+fn serialize_flags<S: serde::Serializer>(flags: &u8, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&super::format_tcp_flags(*flags))
+}
+
+fn serialize_hex<S: serde::Serializer>(digest: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{digest:016x}"))
 }
 
 /// A duration as whole microseconds, for decisions in result.json.

@@ -14,7 +14,7 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::Serialize;
 
-pub use decision::{Decision, DecisionKind, ImpairmentEvent};
+pub use decision::{Decision, DecisionKind, ImpairmentEvent, PacketKey};
 
 use crate::scenario::plan::{HostId, Protocol, TcpState, TimerKind};
 
@@ -346,7 +346,7 @@ impl fmt::Display for Event {
             }
             EventKind::Impairment(impairment) => {
                 let decision = &impairment.decision;
-                write!(f, "wire   {} #{}: {}", decision.fault, decision.n, decision.kind)?;
+                write!(f, "wire   {} #{}: {}", decision.fault, impairment.n, decision.kind)?;
                 if let Some(packet) = &impairment.packet {
                     write!(f, ": {packet}")?;
                 }

@@ -112,7 +112,7 @@ mod tests {
 
     use super::*;
     use crate::scenario::plan::{HostId, Location, TcpState};
-    use crate::timeline::{Decision, DecisionKind, Event, EventKind, ImpairmentEvent, SocketEvent};
+    use crate::timeline::{Decision, DecisionKind, Event, EventKind, ImpairmentEvent, PacketKey, SocketEvent};
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
@@ -153,11 +153,12 @@ mod tests {
     }
 
     fn decision(t: Duration, fault: &str, n: u64) -> Event {
-        let decision = Decision { fault: fault.into(), n, kind: DecisionKind::Corrupted { byte: 40, bit: 7 } };
+        let key = PacketKey::Forged { number: n };
+        let decision = Decision { fault: fault.into(), key, kind: DecisionKind::Corrupted { byte: 40, bit: 7 } };
         Event {
             t,
             host: HostId::Server,
-            kind: EventKind::Impairment(ImpairmentEvent { toward: HostId::Server, decision, packet: None }),
+            kind: EventKind::Impairment(ImpairmentEvent { toward: HostId::Server, n, decision, packet: None }),
         }
     }
 

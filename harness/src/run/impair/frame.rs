@@ -15,6 +15,7 @@ const TCP_HEADER_LEN: usize = 20;
 /// TCP option kinds.
 const OPTION_END: u8 = 0;
 const OPTION_NOP: u8 = 1;
+const OPTION_MSS: u8 = 2;
 const OPTION_WINDOW_SCALE: u8 = 3;
 const OPTION_TIMESTAMPS: u8 = 8;
 /// The TTL Linux gives its own packets (`net.ipv4.ip_default_ttl`).
@@ -45,6 +46,8 @@ pub struct TcpSegment {
     pub payload_len: u32,
     /// The window scale option (SYN and SYN-ACK only).
     pub window_scale: Option<u8>,
+    /// The maximum segment size option (SYN and SYN-ACK only): the largest payload the sender will take.
+    pub mss: Option<u16>,
     /// The timestamps option: (TSval, TSecr).
     pub timestamps: Option<(u32, u32)>,
 }
@@ -80,6 +83,7 @@ impl TcpSegment {
             window: be16(tcp, 14)?,
             payload_len,
             window_scale: None,
+            mss: None,
             timestamps: None,
         };
         let mut options = &tcp[TCP_HEADER_LEN..header_len];
@@ -94,6 +98,7 @@ impl TcpSegment {
                     }
                     match (kind, len) {
                         (OPTION_WINDOW_SCALE, 3) => segment.window_scale = Some(options[2]),
+                        (OPTION_MSS, 4) => segment.mss = be16(options, 2),
                         (OPTION_TIMESTAMPS, 10) => {
                             segment.timestamps = Some((be32(options, 2)?, be32(options, 6)?));
                         }
@@ -124,6 +129,22 @@ fn ip_and_transport(frame: &[u8], protocol: u8) -> Option<(&[u8], &[u8])> {
     Some((ip, transport))
 }
 
+/// The IPv4 protocol number of a frame that is IPv4 and its payload: after the UDP header for an unfragmented
+/// UDP datagram (its source port may be any), after the IPv4 header otherwise.
+pub fn datagram_payload(frame: &[u8]) -> Option<(u8, &[u8])> {
+    if be16(frame, 12)? != ETHERTYPE_IPV4 {
+        return None;
+    }
+    let ip = frame.get(ETHERNET_HEADER_LEN..)?;
+    let protocol = *ip.get(9)?;
+    if let Some((_, udp)) = ip_and_transport(frame, IPPROTO_UDP) {
+        return Some((protocol, udp.get(8..)?));
+    }
+    let header_len = usize::from(*ip.first()? & 0x0f) * 4;
+    let total_len = usize::from(be16(ip, 2)?);
+    Some((protocol, ip.get(header_len..total_len.min(ip.len())).unwrap_or_default()))
+}
+
 /// Where the transport segment (TCP or UDP header and payload) of an IPv4 frame lies in the frame: the bytes
 /// whose checksum the receiver verifies. `None` for other frames.
 pub fn transport_range(frame: &[u8]) -> Option<Range<usize>> {
@@ -151,10 +172,10 @@ pub fn flip_bit(frame: &mut [u8], range: Range<usize>, bit: u64) -> (usize, u8) 
 }
 
 /// The Ethernet frame of a segment with `header`'s addresses, ports, numbers, flags, window and timestamps
-/// option (its `payload_len` and `window_scale` are not used), IP id `ip_id`, carrying `payload`, IPv4 and TCP
+/// and MSS options (its `payload_len` and `window_scale` are not used), IP id `ip_id`, carrying `payload`, IPv4 and TCP
 /// checksums correct: a segment the receiver's stack takes as its peer's.
 pub fn forge(header: &TcpSegment, ip_id: u16, payload: &[u8]) -> Vec<u8> {
-    let options_len = if header.timestamps.is_some() { 12 } else { 0 };
+    let options_len = if header.timestamps.is_some() { 12 } else { 0 } + if header.mss.is_some() { 4 } else { 0 };
     let tcp_len = TCP_HEADER_LEN + options_len + payload.len();
     let total_len = IPV4_HEADER_LEN + tcp_len;
     let mut frame = Vec::with_capacity(ETHERNET_HEADER_LEN + total_len);
@@ -182,6 +203,10 @@ pub fn forge(header: &TcpSegment, ip_id: u16, payload: &[u8]) -> Vec<u8> {
     frame.push(header.flags);
     frame.extend_from_slice(&header.window.to_be_bytes());
     frame.extend_from_slice(&[0, 0, 0, 0]);
+    if let Some(mss) = header.mss {
+        frame.extend_from_slice(&[OPTION_MSS, 4]);
+        frame.extend_from_slice(&mss.to_be_bytes());
+    }
     if let Some((value, echo)) = header.timestamps {
         frame.extend_from_slice(&[OPTION_NOP, OPTION_NOP, OPTION_TIMESTAMPS, 10]);
         frame.extend_from_slice(&value.to_be_bytes());
@@ -209,8 +234,25 @@ pub fn sample_header() -> TcpSegment {
         window: 502,
         payload_len: 0,
         window_scale: None,
+        mss: None,
         timestamps: Some((100, 200)),
     }
+}
+
+/// An IPv4 UDP frame carrying `payload` (checksums left zero), for tests of what names packets.
+#[cfg(test)]
+pub fn udp_frame_for_tests(payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0u8; ETHERNET_HEADER_LEN + IPV4_HEADER_LEN + 8];
+    frame[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+    frame[14] = 0x45;
+    let total_len = (IPV4_HEADER_LEN + 8 + payload.len()) as u16;
+    frame[16..18].copy_from_slice(&total_len.to_be_bytes());
+    frame[14 + 9] = IPPROTO_UDP;
+    frame[34..36].copy_from_slice(&40000u16.to_be_bytes());
+    frame[36..38].copy_from_slice(&9000u16.to_be_bytes());
+    frame[38..40].copy_from_slice(&(8 + payload.len() as u16).to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
 }
 
 /// The sum of the IPv4 pseudo-header a TCP checksum covers.
@@ -290,15 +332,16 @@ mod tests {
     }
 
     #[test]
-    fn window_scale_and_syn_are_read_from_a_syn() {
-        let syn = TcpSegment { flags: TCP_SYN, timestamps: None, ..sample_header() };
+    fn window_scale_mss_and_syn_are_read_from_a_syn() {
+        let syn = TcpSegment { flags: TCP_SYN, timestamps: None, mss: Some(1460), ..sample_header() };
         let mut frame = forge(&syn, 7, &[]);
-        // Replace nothing: append a window scale option by hand (nop, wscale 7) and fix the lengths.
+        // After the forged MSS option, a window scale option by hand (nop, wscale 7), the lengths fixed.
         frame.extend_from_slice(&[OPTION_NOP, OPTION_WINDOW_SCALE, 3, 7]);
         frame[14 + 3] += 4;
-        frame[34 + 12] = 6 << 4;
+        frame[34 + 12] = 7 << 4;
         let segment = TcpSegment::parse(&frame).unwrap();
         assert_eq!(segment.window_scale, Some(7));
+        assert_eq!(segment.mss, Some(1460));
         assert_eq!(segment.end_seq(), 0xffff_fff1, "a SYN takes one sequence number");
     }
 

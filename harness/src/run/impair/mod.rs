@@ -7,6 +7,7 @@
 //! this against the alternatives (README, Performance).
 
 pub mod frame;
+pub mod identity;
 pub mod model;
 pub mod rng;
 pub mod wire;

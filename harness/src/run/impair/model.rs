@@ -1,14 +1,18 @@
 //! What each impairment does to a packet, as pure data and pure decisions: the wire thread feeds every frame
 //! through [`Pipeline::decide`] and gets back whether to drop it, how many copies to send, and when.
 //!
-//! Every random choice comes from the fault's [`Stream`] keyed by the packet's number among the packets that
-//! fault selected, so a seed gives the same decisions packet by packet. Times are wall-clock times (the
-//! kernel's frame timestamps) as `Duration`s since the Unix epoch.
+//! Every random choice comes from the fault's [`Stream`] keyed by the packet's [`Identity`] (its connection,
+//! sender, relative sequence number, length, flags and occurrence), so a seed gives the same decision about a
+//! segment in every run that sends it, however many other packets came before. Gilbert-Elliott's state is the
+//! one sequential choice: its chain steps once per new packet (new data in sequence order, for one TCP
+//! direction), and a packet sent again is decided from the state its original had, stepped once by its own
+//! draw. Times are wall-clock times (the kernel's frame timestamps) as `Duration`s since the Unix epoch.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use super::frame;
+use super::identity::{Identity, Place};
 use super::rng::Stream;
 use crate::scenario::impairment::{Distribution, Impairment, LossModel};
 use crate::scenario::plan::{HostId, PacketMatch};
@@ -33,7 +37,8 @@ pub struct Fate {
     pub release: Duration,
     /// Held back until this many later packets have gone, but no later than the time.
     pub hold: Option<(u32, Duration)>,
-    pub decisions: Vec<Decision>,
+    /// Each decision, with the packet's number among those its fault selected.
+    pub decisions: Vec<(u64, Decision)>,
 }
 
 /// A fault's running state on the wire.
@@ -43,8 +48,9 @@ struct FaultState {
     stream: Stream,
     /// Packets selected so far.
     selected: u64,
-    /// Gilbert-Elliott: in the bad state.
+    /// Gilbert-Elliott: in the bad state, and the state each new packet found, by its place.
     bad: bool,
+    places: HashMap<u64, bool>,
     /// In-order delay: when the previous packet it selected leaves.
     last_release: Duration,
     /// Rate: when the link finishes sending what it has accepted, and each queued frame's end and size.
@@ -75,6 +81,7 @@ impl Pipeline {
                 fault: fault.clone(),
                 selected: 0,
                 bad: false,
+                places: HashMap::new(),
                 last_release: Duration::ZERO,
                 link_free: Duration::ZERO,
                 queued: VecDeque::new(),
@@ -102,17 +109,19 @@ impl Pipeline {
         self.faults.iter().map(|state| (state.fault.name.clone(), state.selected)).collect()
     }
 
-    /// Decides the fate of `frame`, which arrived at `at`, decoded as `packet` (`None` for frames that are not
-    /// IPv4: they pass untouched). `active` says which faults are on, by name. May flip a bit of `frame`.
+    /// Decides the fate of `frame`, which arrived at `at`, decoded as `packet` and named `identity` (`None` for
+    /// frames that are not IPv4: they pass untouched). `active` says which faults are on, by name. May flip a
+    /// bit of `frame`.
     pub fn decide(
         &mut self,
         frame: &mut [u8],
-        packet: Option<&PacketEvent>,
+        packet: Option<(&PacketEvent, &Identity)>,
         at: Duration,
         active: &dyn Fn(&str) -> bool,
     ) -> Fate {
         let mut fate = Fate { copies: 1, release: at, hold: None, decisions: Vec::new() };
-        let Some(packet) = packet else { return fate };
+        let Some((packet, identity)) = packet else { return fate };
+        let h = identity.hash;
         for state in &mut self.faults {
             if !active(&state.fault.name) || !crate::run::firewall::selects(&state.fault.matcher, packet) {
                 continue;
@@ -120,17 +129,26 @@ impl Pipeline {
             state.selected += 1;
             let n = state.selected;
             let stream = state.stream;
-            let mut decide =
-                |kind: DecisionKind| fate.decisions.push(Decision { fault: state.fault.name.clone(), n, kind });
+            let mut decide = |kind: DecisionKind| {
+                fate.decisions.push((n, Decision { fault: state.fault.name.clone(), key: identity.key, kind }))
+            };
             match &state.fault.impairment {
                 Impairment::Loss(model) => {
                     let lost = match *model {
-                        LossModel::Random { probability } => stream.chance(n, SLOT_CHANCE, probability),
+                        LossModel::Random { probability } => stream.chance(h, SLOT_CHANCE, probability),
                         LossModel::GilbertElliott { p, r, loss_good, loss_bad } => {
-                            let lost = stream.chance(n, SLOT_CHANCE, if state.bad { loss_bad } else { loss_good });
-                            let switch = stream.chance(n, SLOT_STATE, if state.bad { r } else { p });
-                            state.bad ^= switch;
-                            lost
+                            let step = |bad: bool| bad ^ stream.chance(h, SLOT_STATE, if bad { r } else { p });
+                            let bad = match identity.place {
+                                Place::New(place) => {
+                                    let bad = state.bad;
+                                    state.places.insert(place, bad);
+                                    state.bad = step(bad);
+                                    bad
+                                }
+                                // The original's state one step on (good when the fault did not see the original).
+                                Place::Again(place) => step(state.places.get(&place).copied().unwrap_or(false)),
+                            };
+                            stream.chance(h, SLOT_CHANCE, if bad { loss_bad } else { loss_good })
                         }
                     };
                     if lost {
@@ -140,15 +158,15 @@ impl Pipeline {
                     }
                 }
                 Impairment::Corrupt { probability } => {
-                    if stream.chance(n, SLOT_CHANCE, *probability) {
+                    if stream.chance(h, SLOT_CHANCE, *probability) {
                         if let Some(range) = frame::transport_range(frame) {
-                            let (byte, bit) = frame::flip_bit(frame, range, stream.bits(n, SLOT_AMOUNT));
+                            let (byte, bit) = frame::flip_bit(frame, range, stream.bits(h, SLOT_AMOUNT));
                             decide(DecisionKind::Corrupted { byte, bit });
                         }
                     }
                 }
                 Impairment::Duplicate { probability } => {
-                    if stream.chance(n, SLOT_CHANCE, *probability) {
+                    if stream.chance(h, SLOT_CHANCE, *probability) {
                         decide(DecisionKind::Duplicated);
                         fate.copies += 1;
                     }
@@ -172,7 +190,7 @@ impl Pipeline {
                     fate.release = end;
                 }
                 Impairment::Delay { delay, jitter, distribution, in_order } => {
-                    let by = jittered(*delay, *jitter, *distribution, &stream, n);
+                    let by = jittered(*delay, *jitter, *distribution, &stream, h);
                     decide(DecisionKind::Delayed { by });
                     let mut release = fate.release + by;
                     if *in_order {
@@ -182,7 +200,7 @@ impl Pipeline {
                     fate.release = release;
                 }
                 Impairment::Reorder { probability, gap, max } => {
-                    if stream.chance(n, SLOT_CHANCE, *probability) {
+                    if stream.chance(h, SLOT_CHANCE, *probability) {
                         decide(DecisionKind::Reordered { gap: *gap });
                         fate.hold = Some((*gap, fate.release + *max));
                     }
@@ -218,10 +236,30 @@ mod tests {
     use super::super::frame::TcpSegment;
     use super::*;
     use crate::scenario::plan::Protocol;
-    use crate::timeline::IpProtocol;
+    use crate::timeline::{IpProtocol, PacketKey};
 
     fn packet(len: u32) -> PacketEvent {
         PacketEvent { ip_id: 1, seq: 1, ack: 1, window: 502, ..PacketEvent::test_segment(0x18, len) }
+    }
+
+    /// The `i`-th 1460-byte data segment of the client's first connection, seen for the `occurrence`-th time.
+    fn segment(i: u64, occurrence: u32) -> Identity {
+        let key = |occurrence| PacketKey::Tcp {
+            connection: 1,
+            from: HostId::Client,
+            block: i as u32,
+            ack: None,
+            len: 1460,
+            flags: 0x10,
+            occurrence,
+        };
+        let place = super::super::rng::key_hash(&key(1));
+        let hash = super::super::rng::key_hash(&key(occurrence));
+        Identity {
+            key: key(occurrence),
+            hash,
+            place: if occurrence == 1 { Place::New(place) } else { Place::Again(place) },
+        }
     }
 
     fn fault(name: &str, impairment: Impairment) -> WireFault {
@@ -252,7 +290,7 @@ mod tests {
         (0..count)
             .map(|i| {
                 let mut frame = frame.clone();
-                pipeline.decide(&mut frame, Some(&packet(1460)), spacing * i as u32, &always)
+                pipeline.decide(&mut frame, Some((&packet(1460), &segment(i, 1))), spacing * i as u32, &always)
             })
             .collect()
     }
@@ -261,14 +299,14 @@ mod tests {
     fn random_loss_loses_its_share_and_the_same_seed_loses_the_same_packets() {
         let lossy = [fault("lossy", Impairment::Loss(LossModel::Random { probability: 0.1 }))];
         let fates = run(7, &lossy, 100_000, ms(0));
-        let lost: Vec<u64> = fates.iter().filter(|f| f.copies == 0).map(|f| f.decisions[0].n).collect();
+        let lost: Vec<u64> = fates.iter().filter(|f| f.copies == 0).map(|f| f.decisions[0].0).collect();
         // Binomial(1e5, 0.1): mean 10000, standard deviation 95; 5 sigma.
         assert!((9_525..=10_475).contains(&lost.len()), "{}", lost.len());
         let again: Vec<u64> =
-            run(7, &lossy, 100_000, ms(0)).iter().filter(|f| f.copies == 0).map(|f| f.decisions[0].n).collect();
+            run(7, &lossy, 100_000, ms(0)).iter().filter(|f| f.copies == 0).map(|f| f.decisions[0].0).collect();
         assert_eq!(lost, again);
         let other: Vec<u64> =
-            run(8, &lossy, 100_000, ms(0)).iter().filter(|f| f.copies == 0).map(|f| f.decisions[0].n).collect();
+            run(8, &lossy, 100_000, ms(0)).iter().filter(|f| f.copies == 0).map(|f| f.decisions[0].0).collect();
         assert_ne!(lost, other);
     }
 
@@ -296,7 +334,7 @@ mod tests {
         for (i, fate) in fates.iter().enumerate() {
             assert!(fate.release >= previous, "packet {i} leaves before the one before it");
             previous = fate.release;
-            let DecisionKind::Delayed { by } = fate.decisions[0].kind else { panic!("{fate:?}") };
+            let DecisionKind::Delayed { by } = fate.decisions[0].1.kind else { panic!("{fate:?}") };
             assert!(by >= ms(80) && by <= ms(120), "{by:?}");
         }
     }
@@ -310,7 +348,7 @@ mod tests {
         assert!(overtaken > 1000, "{overtaken}");
         let delays: Vec<f64> = fates
             .iter()
-            .map(|f| match f.decisions[0].kind {
+            .map(|f| match f.decisions[0].1.kind {
                 DecisionKind::Delayed { by } => by.as_secs_f64() * 1e3,
                 _ => panic!(),
             })
@@ -329,7 +367,7 @@ mod tests {
         assert_eq!(sent.len(), 10);
         assert_eq!(sent[0].release, Duration::from_nanos(121_120));
         assert_eq!(sent[9].release, Duration::from_nanos(1_211_200));
-        assert!(fates[10..].iter().all(|f| f.decisions[0].kind == DecisionKind::QueueFull));
+        assert!(fates[10..].iter().all(|f| f.decisions[0].1.kind == DecisionKind::QueueFull));
         // Spaced slower than the link, nothing waits.
         let fates = run(1, &[fault("thin", rate)], 100, Duration::from_micros(200));
         for (i, fate) in fates.iter().enumerate() {
@@ -347,12 +385,12 @@ mod tests {
         let names: Vec<&str> = pipeline.names().collect();
         assert_eq!(names, vec!["rot", "dup"], "corruption comes before duplication");
         let mut frame = super::super::frame::forge(&super::super::frame::sample_header(), 1, &[1, 2, 3]);
-        let fate = pipeline.decide(&mut frame, Some(&packet(3)), ms(5), &always);
+        let fate = pipeline.decide(&mut frame, Some((&packet(3), &segment(0, 1))), ms(5), &always);
         assert_eq!(fate.copies, 2);
         assert_eq!(fate.release, ms(5));
         assert!(!super::super::frame::tcp_checksum_holds(&frame));
-        assert!(matches!(fate.decisions[0].kind, DecisionKind::Corrupted { .. }));
-        assert_eq!(fate.decisions[1].kind, DecisionKind::Duplicated);
+        assert!(matches!(fate.decisions[0].1.kind, DecisionKind::Corrupted { .. }));
+        assert_eq!(fate.decisions[1].1.kind, DecisionKind::Duplicated);
     }
 
     #[test]
@@ -360,16 +398,20 @@ mod tests {
         let lossy = [fault("lossy", Impairment::Loss(LossModel::Random { probability: 1.0 }))];
         let mut pipeline = Pipeline::new(1, HostId::Server, &lossy);
         let mut frame = vec![0u8; 60];
-        let fate = pipeline.decide(&mut frame, Some(&packet(0)), ms(1), &|_| false);
+        let id = segment(0, 1);
+        let fate = pipeline.decide(&mut frame, Some((&packet(0), &id)), ms(1), &|_| false);
         assert_eq!((fate.copies, fate.decisions.len()), (1, 0));
         let mut udp = packet(0);
         udp.protocol = IpProtocol::Known(Protocol::Udp);
-        let fate = pipeline.decide(&mut frame, Some(&udp), ms(1), &always);
+        let fate = pipeline.decide(&mut frame, Some((&udp, &id)), ms(1), &always);
         assert_eq!(fate.copies, 1);
         let fate = pipeline.decide(&mut frame, None, ms(1), &always);
         assert_eq!(fate.copies, 1, "frames that are not IPv4 pass");
-        let fate = pipeline.decide(&mut frame, Some(&packet(0)), ms(1), &always);
-        assert_eq!(fate.decisions, vec![Decision { fault: "lossy".into(), n: 1, kind: DecisionKind::Lost }]);
+        let fate = pipeline.decide(&mut frame, Some((&packet(0), &id)), ms(1), &always);
+        assert_eq!(
+            fate.decisions,
+            vec![(1, Decision { fault: "lossy".into(), key: id.key, kind: DecisionKind::Lost })]
+        );
         assert!(Pipeline::new(1, HostId::Client, &lossy).names().next().is_none(), "the other direction");
     }
 
@@ -383,5 +425,85 @@ mod tests {
             let (gap, until) = fate.hold.unwrap();
             assert_eq!((gap, until), (3, fate.release + ms(50)));
         }
+    }
+
+    /// Feeds `arrivals` (segment number, occurrence) through `faults` and returns each decision by the
+    /// packet's key.
+    fn decided(faults: &[WireFault], arrivals: &[(u64, u32)]) -> std::collections::BTreeMap<PacketKey, String> {
+        let mut pipeline = Pipeline::new(11, HostId::Server, faults);
+        let frame = super::super::frame::forge(&super::super::frame::sample_header(), 1, &[0; 1460]);
+        let mut decided = std::collections::BTreeMap::new();
+        for (t, &(i, occurrence)) in arrivals.iter().enumerate() {
+            let mut frame = frame.clone();
+            let id = segment(i, occurrence);
+            let fate = pipeline.decide(&mut frame, Some((&packet(1460), &id)), ms(t as u64), &always);
+            let kinds: Vec<String> = fate.decisions.iter().map(|(_, d)| d.kind.to_string()).collect();
+            decided.insert(id.key, kinds.join(", "));
+        }
+        decided
+    }
+
+    /// Two runs of one bulk transfer: the second retransmits other segments (each right after the segment
+    /// after it, as fast retransmission would), so every segment arrives at another position.
+    fn two_runs() -> [Vec<(u64, u32)>; 2] {
+        let mut first = Vec::new();
+        let mut second = Vec::new();
+        for i in 0..5000 {
+            first.push((i, 1));
+            second.push((i, 1));
+            if i % 37 == 5 {
+                first.push((i - 1, 2));
+            }
+            if i % 23 == 7 {
+                second.push((i - 1, 2));
+                second.push((i - 3, 2));
+            }
+        }
+        [first, second]
+    }
+
+    #[test]
+    fn a_segment_meets_the_same_fate_whatever_arrived_before_it() {
+        let faults = [
+            fault("lossy", Impairment::Loss(LossModel::Random { probability: 0.1 })),
+            fault("dup", Impairment::Duplicate { probability: 0.05 }),
+            fault("rot", Impairment::Corrupt { probability: 0.05 }),
+            fault(
+                "slow",
+                Impairment::Delay { delay: ms(10), jitter: ms(5), distribution: Distribution::Normal, in_order: false },
+            ),
+        ];
+        let [first, second] = two_runs();
+        let (a, b) = (decided(&faults, &first), decided(&faults, &second));
+        let both: Vec<&PacketKey> = a.keys().filter(|key| b.contains_key(key)).collect();
+        assert!(both.len() >= 5000, "{}", both.len());
+        for key in &both {
+            assert_eq!(a[*key], b[*key], "{key}");
+        }
+        let lost = both.iter().filter(|key| a[**key] == "lost").count();
+        assert!((400..=600).contains(&lost), "10 % of ~5000 lost: {lost}");
+        // Retransmissions draw afresh: not every one shares its original's fate.
+        let retransmitted: Vec<&&PacketKey> =
+            both.iter().filter(|key| matches!(key, PacketKey::Tcp { occurrence: 2, .. })).collect();
+        assert!(!retransmitted.is_empty());
+    }
+
+    #[test]
+    fn gilbert_elliott_decides_a_segment_alike_whatever_was_retransmitted_around_it() {
+        let model = LossModel::GilbertElliott { p: 0.05, r: 0.3, loss_good: 0.0, loss_bad: 1.0 };
+        let faults = [fault("bursty", Impairment::Loss(model))];
+        let [first, second] = two_runs();
+        let (a, b) = (decided(&faults, &first), decided(&faults, &second));
+        let both: Vec<&PacketKey> = a.keys().filter(|key| b.contains_key(key)).collect();
+        for key in &both {
+            assert_eq!(a[*key], b[*key], "{key}");
+        }
+        // Still bursts: the chain is bad p / (p + r) = 1/7 of the time; new segments are lost in runs.
+        let new_lost: Vec<bool> = (0..5000).map(|i| a[&segment(i, 1).key] == "lost").collect();
+        let rate = new_lost.iter().filter(|&&lost| lost).count() as f64 / 5000.0;
+        assert!((rate - 1.0 / 7.0).abs() < 0.03, "{rate}");
+        let bursts = new_lost.windows(2).filter(|w| !w[0] && w[1]).count();
+        let mean_burst = new_lost.iter().filter(|&&lost| lost).count() as f64 / bursts as f64;
+        assert!((mean_burst - 1.0 / 0.3).abs() < 0.6, "{mean_burst}");
     }
 }

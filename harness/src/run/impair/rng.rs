@@ -1,9 +1,11 @@
-//! Seeded draws for the impairments: a counter-based generator, so that the n-th packet a fault selects gets
-//! the same draws for the same seed whatever happened before it (which packets other faults took, how the
+//! Seeded draws for the impairments: a counter-based generator, so that a packet gets the same draws for the
+//! same seed whatever happened before it (which packets other faults took, how many packets TCP sent, how the
 //! threads were scheduled).
 //!
 //! Each draw is SplitMix64's output function applied to a key made of the run's seed, the fault's name and the
-//! packet's number: no state is carried from one packet to the next.
+//! packet's key ([`super::identity`]): no state is carried from one packet to the next.
+
+use crate::timeline::PacketKey;
 
 /// One fault's stream of draws under one seed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,18 +23,41 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// FNV-1a of the fault's name: stable across builds and platforms, unlike `std`'s hasher.
-fn name_hash(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
+/// FNV-1a of `bytes`: stable across builds and platforms, unlike `std`'s hasher.
+pub fn digest(bytes: &[u8]) -> u64 {
+    fnv(0xcbf2_9ce4_8422_2325, bytes)
+}
+
+fn fnv(start: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(start, |hash, &byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// A packet's key as 64 bits, from its fields alone (stable across builds and platforms): what its draws are
+/// keyed by.
+pub fn key_hash(key: &PacketKey) -> u64 {
+    let words: [u64; 5] = match *key {
+        PacketKey::Tcp { connection, from, block, ack, len, flags, occurrence } => [
+            u64::from(connection) << 8 | from.index() as u64,
+            u64::from(block),
+            ack.map_or(u64::MAX, u64::from),
+            u64::from(len) << 8 | u64::from(flags),
+            u64::from(occurrence),
+        ],
+        PacketKey::Datagram { from, protocol, digest, occurrence } => {
+            [1 << 40 | u64::from(protocol) << 8 | from.index() as u64, digest, 0, 0, u64::from(occurrence)]
+        }
+        PacketKey::Forged { number } => [2 << 40, number, 0, 0, 0],
+    };
+    words.iter().fold(0, |hash, &word| mix(hash.wrapping_mul(GOLDEN) ^ word))
 }
 
 impl Stream {
     /// The draws of the fault named `fault` in a run seeded with `seed`.
     pub fn new(seed: u64, fault: &str) -> Stream {
-        Stream { key: mix(seed ^ mix(name_hash(fault))) }
+        Stream { key: mix(seed ^ mix(digest(fault.as_bytes()))) }
     }
 
-    /// Draw number `slot` (a few per packet) of the packet numbered `n`: 64 uniform bits.
+    /// Draw number `slot` (a few per packet) of the packet whose key hashes to `n`: 64 uniform bits.
     pub fn bits(&self, n: u64, slot: u64) -> u64 {
         mix(self.key ^ mix(n.wrapping_mul(GOLDEN) ^ slot.wrapping_mul(0xd6e8_feb8_6659_fd93)))
     }

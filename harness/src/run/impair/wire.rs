@@ -19,6 +19,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, SystemTime};
 
 use super::frame::{self, TcpSegment, TCP_ACK, TCP_PSH, TCP_RST, TCP_SYN};
+use super::identity::Identities;
 use super::model::{Pipeline, WireFault};
 use crate::error::{Error, Result};
 use crate::observe::capture::{self, QueueSource};
@@ -29,7 +30,7 @@ use crate::run::netns::Netns;
 use crate::run::priority;
 use crate::scenario::impairment::{Impairment, InjectedSegment, InjectedSeq, Injection};
 use crate::scenario::plan::HostId;
-use crate::timeline::{Decision, DecisionKind, EventKind, ImpairmentEvent, PacketEvent};
+use crate::timeline::{Decision, DecisionKind, EventKind, ImpairmentEvent, PacketEvent, PacketKey};
 
 /// Kernel memory for frames waiting on a wire socket before its thread takes them: a bulk transfer's burst.
 const RECEIVE_BUFFER: usize = 16 << 20;
@@ -74,6 +75,8 @@ struct Shared {
     /// Injections waiting for the thread of their direction, by `HostId::index()` of the receiver.
     injections: [Mutex<Vec<usize>>; 2],
     connections: Mutex<Connections>,
+    /// Names for the packets both ways, so that a decision is keyed by the packet rather than its arrival.
+    identities: Mutex<Identities>,
     /// Failures that do not stop the wire (an injection that found no connection).
     errors: Mutex<Vec<String>>,
     /// Injections forged so far, by fault index.
@@ -88,10 +91,10 @@ impl Shared {
         self.faults.iter().zip(&self.active).any(|(fault, active)| fault.name == name && active.load(Ordering::Relaxed))
     }
 
-    fn record(&self, at: Duration, toward: HostId, decision: Decision, packet: Option<PacketEvent>) {
+    fn record(&self, at: Duration, toward: HostId, (n, decision): (u64, Decision), packet: Option<PacketEvent>) {
         if let Some(sink) = &self.sink {
             let t = sink.clock().since_t0(SystemTime::UNIX_EPOCH + at);
-            sink.emit_at(t, toward, EventKind::Impairment(ImpairmentEvent { toward, decision, packet }));
+            sink.emit_at(t, toward, EventKind::Impairment(ImpairmentEvent { toward, n, decision, packet }));
         }
     }
 
@@ -124,6 +127,7 @@ impl Wire {
             stop: AtomicBool::new(false),
             injections: [Mutex::new(Vec::new()), Mutex::new(Vec::new())],
             connections: Mutex::new(Connections::default()),
+            identities: Mutex::new(Identities::default()),
             decoder: Mutex::new(Decoder::new()),
             sink,
         });
@@ -357,9 +361,10 @@ impl Direction {
             // Decoding (what matching and the decision records need) is the costly part of a frame's way:
             // skipped while no fault of this direction is on, except for the SYNs that fix the relative
             // sequence numbers of later decisions.
+            let identity = lock(&shared.identities).identify(self.toward.peer(), &frame);
             let syn = segment.is_some_and(|segment| segment.flags & TCP_SYN != 0);
             let packet = if syn || self.pipeline.any_active(&active) { shared.decode(&frame) } else { None };
-            let fate = self.pipeline.decide(&mut frame, packet.as_ref(), at, &active);
+            let fate = self.pipeline.decide(&mut frame, packet.as_ref().zip(identity.as_ref()), at, &active);
             for decision in fate.decisions {
                 shared.record(at, self.toward, decision, packet.clone());
             }
@@ -471,16 +476,16 @@ impl Direction {
                 ));
                 continue;
             };
-            self.shared.forged[index].fetch_add(1, Ordering::Relaxed);
+            let number = self.shared.forged[index].fetch_add(1, Ordering::Relaxed) + 1;
             let at = wall_now();
             let packet = self.shared.decode(&forged);
             self.transmit(std::slice::from_ref(&forged))?;
             let decision = Decision {
                 fault: fault.name.clone(),
-                n: 1,
+                key: PacketKey::Forged { number },
                 kind: DecisionKind::Injected { segment: injection.segment, seq: injection.seq },
             };
-            self.shared.record(at, self.toward, decision, packet);
+            self.shared.record(at, self.toward, (number, decision), packet);
         }
         Ok(())
     }
@@ -599,6 +604,7 @@ mod tests {
             window,
             payload_len: len,
             window_scale: (flags & TCP_SYN != 0).then_some(7),
+            mss: None,
             timestamps: Some((1000, 2000)),
         }
     }
