@@ -451,8 +451,6 @@ fn read_until_stopped(mut reader: RingReader, sink: &EventSink, stop: &AtomicBoo
     let mut latencies: Vec<u64> = Vec::new();
     let mut transitions = 0;
     let mut dropped_packets = 0;
-    let mut raw = 0;
-    let mut per_instance = [0u64; 2];
     let mut emit = |pairs: Vec<(Record, TransitionEvent)>| {
         for (record, event) in pairs {
             let Some(host) = HostId::EVERY.into_iter().find(|host| host.index() as u32 == record.host) else {
@@ -469,7 +467,6 @@ fn read_until_stopped(mut reader: RingReader, sink: &EventSink, stop: &AtomicBoo
         reader
             .read(if stopping { Duration::ZERO } else { READ_TICK }, wake, |bytes| match parse(bytes) {
                 Some(Parsed::Transition(record)) => {
-                    per_instance[record.instance.number() as usize] += 1;
                     if transition_pairs.first_of_hit(record.instance, (record.sock, record.from, record.to)) {
                         records.push(record);
                     }
@@ -489,7 +486,6 @@ fn read_until_stopped(mut reader: RingReader, sink: &EventSink, stop: &AtomicBoo
         let now = monotonic_ns();
         let busy = !records.is_empty() || !drops.is_empty();
         for record in records {
-            raw += 1;
             latencies.push(now.saturating_sub(record.time_ns));
             emit(namer.take(record));
         }
@@ -507,7 +503,6 @@ fn read_until_stopped(mut reader: RingReader, sink: &EventSink, stop: &AtomicBoo
             wait_readable(wake, READ_GAP);
         }
     }
-    eprintln!("DEBUG raw transition records {raw} per instance {per_instance:?}");
     latencies.sort_unstable();
     let micros = |ns: u64| ns as f64 / 1e3;
     Ok(TracerStats {
