@@ -98,6 +98,10 @@ pub struct TracerStats {
     pub drops_untraced: Option<String>,
     /// Transitions the ring buffer had no room for (a harness error when not zero).
     pub lost: u64,
+    /// Runs of one of the two instances of the transition program that the kernel skipped, because the
+    /// transition came in an interrupt of that instance's run on the same CPU: the other instance recorded
+    /// those transitions (not losses).
+    pub skipped_runs: u64,
     /// From the kernel's transition to the reader holding it, in microseconds: median and largest.
     pub median_latency_us: f64,
     pub max_latency_us: f64,

@@ -630,6 +630,7 @@ mod tests {
                 dropped_packets: 1,
                 drops_untraced: None,
                 lost: 0,
+                skipped_runs: 0,
                 median_latency_us: 900.0,
                 max_latency_us: 1500.0,
             }),

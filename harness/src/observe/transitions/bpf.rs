@@ -10,7 +10,6 @@ use std::time::Duration;
 const BPF_MAP_CREATE: libc::c_int = 0;
 const BPF_MAP_LOOKUP_ELEM: libc::c_int = 1;
 const BPF_PROG_LOAD: libc::c_int = 5;
-#[cfg(any(test, feature = "bench"))]
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_int = 15;
 const BPF_RAW_TRACEPOINT_OPEN: libc::c_int = 17;
 #[cfg(any(test, feature = "bench"))]
@@ -21,13 +20,14 @@ pub const MAP_TYPE_RINGBUF: u32 = 27;
 pub const PROG_TYPE_SCHED_CLS: u32 = 3;
 pub const PROG_TYPE_RAW_TRACEPOINT: u32 = 17;
 
-/// `struct bpf_prog_info`: where its run statistics lie (Linux >= 5.1), and how much of it is asked for.
+/// `struct bpf_prog_info`: where its run statistics lie (Linux >= 5.1) and its count of runs the kernel skipped
+/// (Linux >= 5.12), and how much of it is asked for.
 #[cfg(any(test, feature = "bench"))]
 const PROG_INFO_RUN_TIME_NS: usize = 192;
 #[cfg(any(test, feature = "bench"))]
 const PROG_INFO_RUN_CNT: usize = 200;
-#[cfg(any(test, feature = "bench"))]
-const PROG_INFO_LEN: usize = 208;
+const PROG_INFO_RECURSION_MISSES: usize = 208;
+const PROG_INFO_LEN: usize = 216;
 
 /// `union bpf_attr` is larger than any command's part of it; the kernel checks that bytes it does not know are 0.
 const ATTR_LEN: usize = 128;
@@ -167,16 +167,31 @@ impl Program {
     /// a [`run_time_stats`] descriptor is held.
     #[cfg(any(test, feature = "bench"))]
     pub fn run_stats(&self) -> io::Result<(u64, Duration)> {
-        // struct bpf_prog_info up to run_cnt: run_time_ns at 192, run_cnt at 200.
+        let info = self.info()?;
+        Ok((info_word(&info, PROG_INFO_RUN_CNT), Duration::from_nanos(info_word(&info, PROG_INFO_RUN_TIME_NS))))
+    }
+
+    /// How many times the kernel skipped the program because it was already running on the same CPU (`bpftool
+    /// prog show`'s recursion_misses): a hook hit in an interrupt that came while the program ran.
+    pub fn recursion_misses(&self) -> io::Result<u64> {
+        Ok(info_word(&self.info()?, PROG_INFO_RECURSION_MISSES))
+    }
+
+    /// `BPF_OBJ_GET_INFO_BY_FD`: `struct bpf_prog_info` up to its recursion misses.
+    fn info(&self) -> io::Result<[u8; PROG_INFO_LEN]> {
         let mut info = [0u8; PROG_INFO_LEN];
         let mut attr = [0u8; ATTR_LEN];
         put_u32(&mut attr, 0, self.fd.as_raw_fd() as u32);
         put_u32(&mut attr, 4, info.len() as u32);
         put_u64(&mut attr, 8, info.as_mut_ptr() as u64);
         bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-        let word = |at: usize| u64::from_ne_bytes(info[at..at + 8].try_into().unwrap_or([0; 8]));
-        Ok((word(PROG_INFO_RUN_CNT), Duration::from_nanos(word(PROG_INFO_RUN_TIME_NS))))
+        Ok(info)
     }
+}
+
+/// The u64 at `at` in a `struct bpf_prog_info`.
+fn info_word(info: &[u8; PROG_INFO_LEN], at: usize) -> u64 {
+    info.get(at..at + 8).and_then(|bytes| bytes.try_into().ok()).map_or(0, u64::from_ne_bytes)
 }
 
 #[cfg(any(test, feature = "bench"))]

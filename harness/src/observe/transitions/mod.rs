@@ -18,6 +18,7 @@ mod btf;
 pub(crate) mod program;
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -27,7 +28,7 @@ use std::thread;
 use std::time::Duration;
 
 use bpf::{Map, Program, RingReader};
-use program::{record, Maps, SkbLayout, SockLayout};
+use program::{record, Instance, Maps, SkbLayout, SockLayout};
 
 use crate::error::{Context, Error, Result};
 use crate::observe::decode::Decoder;
@@ -162,9 +163,9 @@ pub fn layouts_for_children() -> Vec<(&'static str, String)> {
     env
 }
 
-/// Ring buffer size: 5,400 records waiting (a run makes about ten per connection); kernel memory held by every
-/// scenario running.
-const RING_BYTES: u32 = 256 << 10;
+/// Ring buffer size: 9,300 records waiting, two for each transition (a run makes about ten transitions per
+/// connection); kernel memory held by every scenario running.
+const RING_BYTES: u32 = 512 << 10;
 /// The longest the reader sleeps between looks at the ring (records and `stop` wake it at once).
 const READ_TICK: Duration = Duration::from_millis(100);
 /// After reading records, how long the reader lets more gather before it waits to be woken again.
@@ -177,16 +178,17 @@ const TCP_LISTEN: u32 = 10;
 /// Every BPF program the kernel accepts with `bpf_probe_read_kernel` must say it is GPL-compatible.
 const LICENSE: &std::ffi::CStr = c"Dual MIT/GPL";
 
-/// The transition tracer of one run. Dropping it stops the reader and detaches the program.
+/// The transition tracer of one run. Dropping it stops the reader and detaches the programs.
 pub struct Tracer {
-    /// The attachment: closing it detaches the program.
-    _link: OwnedFd,
-    /// The drop program's attachment, when the kernel has what it needs.
-    _drop_link: Option<OwnedFd>,
+    /// The attachments of the two instances ([`Instance`]): closing them detaches the program.
+    _links: Vec<OwnedFd>,
+    /// The drop program's two attachments, when the kernel has what it needs.
+    _drop_links: Vec<OwnedFd>,
     /// Why packets dropped inside a host cannot be shown, if they cannot.
     drops_untraced: Option<String>,
-    /// Kept for its run statistics (the attachment holds the program itself).
-    _program: Program,
+    /// The two instances of the transition program, kept for their run statistics (the attachments hold the
+    /// programs themselves).
+    programs: Vec<Program>,
     lost: Map,
     stop: Arc<AtomicBool>,
     /// Readable once `stop` is set: wakes the reader at once.
@@ -223,15 +225,22 @@ impl Tracer {
         let lost =
             Map::create(bpf::MAP_TYPE_ARRAY, 4, 8, 1).map_err(|e| refused("bpf(BPF_MAP_CREATE) of an array", e))?;
         let maps = Maps { ring: ring.fd(), lost: lost.fd() };
-        let insns = program::instructions(&layout, &inodes, maps);
-        let program =
-            Program::load(bpf::PROG_TYPE_RAW_TRACEPOINT, "netfault_tcp", &insns, LICENSE).map_err(|refusal| {
-                let log: String = refusal.log.lines().rev().take(3).collect::<Vec<_>>().join(" / ");
-                refused(&format!("the transition tracer's BPF program (verifier: {log})"), refusal.error)
-            })?;
-        let link = program
-            .attach_raw_tracepoint(c"inet_sock_set_state")
-            .map_err(|e| refused("attach to the tracepoint sock:inet_sock_set_state", e))?;
+        let mut programs = Vec::with_capacity(Instance::BOTH.len());
+        let mut links = Vec::with_capacity(Instance::BOTH.len());
+        for instance in Instance::BOTH {
+            let insns = program::instructions(&layout, &inodes, maps, instance);
+            let program =
+                Program::load(bpf::PROG_TYPE_RAW_TRACEPOINT, "netfault_tcp", &insns, LICENSE).map_err(|refusal| {
+                    let log: String = refusal.log.lines().rev().take(3).collect::<Vec<_>>().join(" / ");
+                    refused(&format!("the transition tracer's BPF program (verifier: {log})"), refusal.error)
+                })?;
+            links.push(
+                program
+                    .attach_raw_tracepoint(c"inet_sock_set_state")
+                    .map_err(|e| refused("attach to the tracepoint sock:inet_sock_set_state", e))?,
+            );
+            programs.push(program);
+        }
         let drops = drop_tracer(&layout, &inodes, maps);
         let reader = RingReader::new(ring, RING_BYTES as usize).map_err(|e| refused("map the BPF ring buffer", e))?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -248,11 +257,11 @@ impl Tracer {
                 let _ = finished_tx.send(read_until_stopped(reader, &sink, &told_to_stop, woken.as_raw_fd()));
             })
             .context(|| "spawn the transition tracer's reader thread".to_string())?;
-        let (drop_link, drops_untraced) = match drops {
-            Ok(link) => (Some(link), None),
-            Err(reason) => (None, Some(reason)),
+        let (drop_links, drops_untraced) = match drops {
+            Ok(links) => (links, None),
+            Err(reason) => (Vec::new(), Some(reason)),
         };
-        Ok(Tracer { _link: link, _drop_link: drop_link, drops_untraced, _program: program, lost, stop, wake, finished })
+        Ok(Tracer { _links: links, _drop_links: drop_links, drops_untraced, programs, lost, stop, wake, finished })
     }
 
     /// Reads what is left, stops the reader and detaches the program.
@@ -268,15 +277,33 @@ impl Tracer {
             .lookup(&0u32.to_ne_bytes(), &mut lost)
             .map_err(|e| Error::sys("read the transition tracer's lost count (bpftool map lookup)", e))?;
         stats.lost = u64::from_ne_bytes(lost);
+        stats.skipped_runs = self.skipped_runs()?.iter().sum();
         stats.drops_untraced.clone_from(&self.drops_untraced);
         Ok(stats)
     }
 
-    /// Runs of the program so far and their total time, as the kernel counts them while a
-    /// [`run_time_stats`] descriptor is held.
+    /// Runs of the transition program's two instances so far and their total time, as the kernel counts them
+    /// while a [`run_time_stats`] descriptor is held.
     #[cfg(any(test, feature = "bench"))]
     pub fn run_stats(&self) -> Result<(u64, Duration)> {
-        self._program.run_stats().map_err(|e| Error::sys("read the tracer program's run statistics", e))
+        let mut total = (0, Duration::ZERO);
+        for program in &self.programs {
+            let (runs, time) =
+                program.run_stats().map_err(|e| Error::sys("read the tracer program's run statistics", e))?;
+            total = (total.0 + runs, total.1 + time);
+        }
+        Ok(total)
+    }
+
+    /// Runs of each instance of the transition program the kernel skipped so far, because the hit came in an
+    /// interrupt of that instance's run on the same CPU (see [`Program::recursion_misses`]).
+    pub fn skipped_runs(&self) -> Result<Vec<u64>> {
+        self.programs
+            .iter()
+            .map(|program| {
+                program.recursion_misses().map_err(|e| Error::sys("read the tracer program's recursion misses", e))
+            })
+            .collect()
     }
 }
 
@@ -288,17 +315,24 @@ impl Drop for Tracer {
     }
 }
 
-/// Loads and attaches the drop program (`skb:kfree_skb`, Linux >= 5.17 for drop reasons), writing into the
-/// transition program's maps; `Err` says why it cannot be.
-fn drop_tracer(sock: &SockLayout, namespaces: &[(u32, u32)], maps: Maps) -> std::result::Result<OwnedFd, String> {
+/// Loads and attaches the two instances of the drop program (`skb:kfree_skb`, Linux >= 5.17 for drop reasons),
+/// writing into the transition program's maps; `Err` says why it cannot be.
+fn drop_tracer(sock: &SockLayout, namespaces: &[(u32, u32)], maps: Maps) -> std::result::Result<Vec<OwnedFd>, String> {
     let skb = running_skb_layout().map_err(|e| e.to_string())?;
-    let insns = program::drop_instructions(sock, &skb, namespaces, maps);
-    let program =
-        Program::load(bpf::PROG_TYPE_RAW_TRACEPOINT, "netfault_drop", &insns, LICENSE).map_err(|refusal| {
-            let log: String = refusal.log.lines().rev().take(3).collect::<Vec<_>>().join(" / ");
-            format!("the drop tracer's BPF program was refused: {} (verifier: {log})", refusal.error)
-        })?;
-    program.attach_raw_tracepoint(c"kfree_skb").map_err(|e| format!("attach to the tracepoint skb:kfree_skb: {e}"))
+    Instance::BOTH
+        .into_iter()
+        .map(|instance| {
+            let insns = program::drop_instructions(sock, &skb, namespaces, maps, instance);
+            let program =
+                Program::load(bpf::PROG_TYPE_RAW_TRACEPOINT, "netfault_drop", &insns, LICENSE).map_err(|refusal| {
+                    let log: String = refusal.log.lines().rev().take(3).collect::<Vec<_>>().join(" / ");
+                    format!("the drop tracer's BPF program was refused: {} (verifier: {log})", refusal.error)
+                })?;
+            program
+                .attach_raw_tracepoint(c"kfree_skb")
+                .map_err(|e| format!("attach to the tracepoint skb:kfree_skb: {e}"))
+        })
+        .collect()
 }
 
 /// The inode number of a network namespace (`ls -iL /proc/<pid>/ns/net`), as the kernel's `net->ns.inum`.
@@ -310,6 +344,7 @@ fn namespace_inode(ns: &Netns) -> Result<u32> {
 /// One transition record as the program wrote it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Record {
+    instance: Instance,
     time_ns: u64,
     sock: u64,
     from: u32,
@@ -322,12 +357,15 @@ struct Record {
 /// What a ring buffer record holds.
 enum Parsed<'a> {
     Transition(Record),
-    /// A packet dropped inside host `host` at `time_ns`, by `by`, from its IPv4 header on.
+    /// A packet dropped inside host `host` at `time_ns`, by `by`, from its IPv4 header on; `skb` is its
+    /// kernel address.
     Drop {
+        instance: Instance,
         host: u32,
         time_ns: u64,
         by: DroppedBy,
         packet: &'a [u8],
+        skb: u64,
     },
 }
 
@@ -337,10 +375,12 @@ fn parse(bytes: &[u8]) -> Option<Parsed<'_>> {
     match u32_at(record::KIND)? {
         record::TRANSITION => Record::parse(bytes).map(Parsed::Transition),
         record::DROP => Some(Parsed::Drop {
+            instance: Instance::of_number(u32_at(record::DROP_INSTANCE)?)?,
             host: u32_at(record::HOST)?,
             time_ns: u64_at(record::TIME_NS)?,
             by: if u32_at(record::DROPPED_BY)? == record::BY_QDISC { DroppedBy::Qdisc } else { DroppedBy::Netfilter },
             packet: bytes.get(record::PACKET..record::PACKET + record::PACKET_BYTES)?,
+            skb: u64_at(record::SKB)?,
         }),
         _ => None,
     }
@@ -354,6 +394,7 @@ impl Record {
         let remote_port = u16::from_be_bytes(bytes.get(record::REMOTE_PORT..record::REMOTE_PORT + 2)?.try_into().ok()?);
         let local_port = u16::from_ne_bytes(bytes.get(record::LOCAL_PORT..record::LOCAL_PORT + 2)?.try_into().ok()?);
         Some(Record {
+            instance: Instance::of_number(u32_at(record::TRANSITION_INSTANCE)?)?,
             time_ns: u64_at(record::TIME_NS)?,
             sock: u64_at(record::SOCK)?,
             from: u32_at(record::OLD_STATE)?,
@@ -371,6 +412,36 @@ impl Record {
     /// Whether the four-tuple is known: a listener's is its local address; any other socket's needs both ports.
     fn named(&self) -> bool {
         self.is_listener() || (self.local.port() != 0 && self.remote.port() != 0)
+    }
+}
+
+/// Keeps one record of each pair the two instances of a program wrote for one hit of its tracepoint
+/// ([`Instance`]). A record pairs with an earlier record of the other instance with the same key that nothing
+/// paired with yet; the two can come in either order, and a hit that one instance was skipped for has one
+/// record, kept. A transition's key is its socket's address and its two states, which no later hit repeats
+/// before the socket has moved on (a socket makes its transitions one at a time, under its lock); a drop's is
+/// its packet's `sk_buff` address and first bytes.
+struct Pairs<K> {
+    unpaired: HashMap<(Instance, K), u32>,
+}
+
+impl<K: Hash + Eq + Clone> Pairs<K> {
+    fn new() -> Pairs<K> {
+        Pairs { unpaired: HashMap::new() }
+    }
+
+    /// Whether a record of `instance` with `key` is the first of its hit's (to be kept).
+    fn first_of_hit(&mut self, instance: Instance, key: K) -> bool {
+        let partner = (instance.other(), key);
+        if let Some(waiting) = self.unpaired.get_mut(&partner) {
+            *waiting -= 1;
+            if *waiting == 0 {
+                self.unpaired.remove(&partner);
+            }
+            return false;
+        }
+        *self.unpaired.entry((instance, partner.1)).or_default() += 1;
+        true
     }
 }
 
@@ -442,6 +513,8 @@ fn wait_readable(fd: RawFd, timeout: Duration) {
 /// The reader thread: every record to `sink` until `stop`, then a last pass.
 fn read_until_stopped(mut reader: RingReader, sink: &EventSink, stop: &AtomicBool, wake: RawFd) -> Result<TracerStats> {
     let mut namer = Namer::default();
+    let mut transition_pairs = Pairs::new();
+    let mut drop_pairs = Pairs::new();
     let mut decoder = Decoder::sharing(sink.initial_seqs().clone());
     let mut latencies: Vec<u64> = Vec::new();
     let mut transitions = 0;
@@ -461,8 +534,13 @@ fn read_until_stopped(mut reader: RingReader, sink: &EventSink, stop: &AtomicBoo
         let mut drops = Vec::new();
         reader
             .read(if stopping { Duration::ZERO } else { READ_TICK }, wake, |bytes| match parse(bytes) {
-                Some(Parsed::Transition(record)) => records.push(record),
-                Some(Parsed::Drop { host, time_ns, by, packet }) => {
+                Some(Parsed::Transition(record)) => {
+                    if transition_pairs.first_of_hit(record.instance, (record.sock, record.from, record.to)) {
+                        records.push(record);
+                    }
+                }
+                Some(Parsed::Drop { instance, skb, packet, .. }) if !drop_pairs.first_of_hit(instance, (skb, packet.to_vec())) => {}
+                Some(Parsed::Drop { host, time_ns, by, packet, .. }) => {
                     let host = HostId::EVERY.into_iter().find(|h| h.index() as u32 == host);
                     let event = decoder.decode_ip(packet, true);
                     if let (Some(host), Some(mut event)) = (host, event) {
@@ -500,6 +578,7 @@ fn read_until_stopped(mut reader: RingReader, sink: &EventSink, stop: &AtomicBoo
         dropped_packets,
         drops_untraced: None,
         lost: 0,
+        skipped_runs: 0,
         median_latency_us: latencies.get(latencies.len() / 2).copied().map_or(0.0, micros),
         max_latency_us: latencies.last().copied().map_or(0.0, micros),
     })

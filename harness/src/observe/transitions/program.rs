@@ -31,15 +31,57 @@ pub mod record {
     pub const LOCAL_ADDRESS: usize = 36;
     pub const REMOTE_PORT: usize = 40;
     pub const LOCAL_PORT: usize = 42;
-    pub const TRANSITION_LEN: usize = 44;
-    /// A dropped packet: who dropped it ([`BY_NETFILTER`] or [`BY_QDISC`]) and its first bytes from its IPv4
-    /// header on.
+    /// Which of the two instances of the program wrote the record (see [`super::Instance`]).
+    pub const TRANSITION_INSTANCE: usize = 44;
+    pub const TRANSITION_LEN: usize = 48;
+    /// A dropped packet: who dropped it ([`BY_NETFILTER`] or [`BY_QDISC`]), the instance of the program that
+    /// wrote the record, its first bytes from its IPv4 header on, and its `struct sk_buff`'s kernel address (tells the
+    /// second instance's record of a drop from another drop, never shown).
     pub const DROPPED_BY: usize = 16;
+    pub const DROP_INSTANCE: usize = 20;
     pub const BY_NETFILTER: u32 = 1;
     pub const BY_QDISC: u32 = 2;
     pub const PACKET: usize = 24;
     pub const PACKET_BYTES: usize = 64;
-    pub const DROP_LEN: usize = PACKET + PACKET_BYTES;
+    pub const SKB: usize = PACKET + PACKET_BYTES;
+    pub const DROP_LEN: usize = SKB + 8;
+}
+
+/// Each program is loaded and attached twice, as two instances, because the kernel runs a tracepoint's program
+/// at most once per CPU at a time: a hit in an interrupt (or in the softirq work run at its end) that came
+/// while the same program ran on that CPU is skipped, and only counted (`bpftool prog show`'s
+/// recursion_misses). A transition made in a softirq that interrupted the program's run for some other
+/// socket (any socket of the machine: the program sees them all before it filters) was lost that way. Such an
+/// interrupt comes during one of the two instances at most, and the other records the hit; the reader keeps
+/// one record of each pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Instance {
+    First,
+    Second,
+}
+
+impl Instance {
+    pub const BOTH: [Instance; 2] = [Instance::First, Instance::Second];
+
+    /// The number the program writes into its records.
+    pub fn number(self) -> u32 {
+        match self {
+            Instance::First => 0,
+            Instance::Second => 1,
+        }
+    }
+
+    /// The copy `number` names; `None` for any other number.
+    pub fn of_number(number: u32) -> Option<Instance> {
+        Instance::BOTH.into_iter().find(|instance| instance.number() == number)
+    }
+
+    pub fn other(self) -> Instance {
+        match self {
+            Instance::First => Instance::Second,
+            Instance::Second => Instance::First,
+        }
+    }
 }
 
 /// Where the program finds what it reads in the running kernel's `struct sock` and `struct net`.
@@ -380,8 +422,8 @@ impl Assembler {
 }
 
 /// The program's instructions for `layout`, the run's namespaces (each one's inode number and its host's
-/// number, `HostId::index()`) and `maps`.
-pub fn instructions(layout: &SockLayout, namespaces: &[(u32, u32)], maps: Maps) -> Vec<u64> {
+/// number, `HostId::index()`), `maps`, and which `instance` of the program it is.
+pub fn instructions(layout: &SockLayout, namespaces: &[(u32, u32)], maps: Maps, instance: Instance) -> Vec<u64> {
     let mut a = Assembler::default();
     let (span_start, span_len) = layout.span();
     let in_span = |field: Field| SLOT_SPAN + (field.offset - span_start) as i16;
@@ -418,6 +460,7 @@ pub fn instructions(layout: &SockLayout, namespaces: &[(u32, u32)], maps: Maps) 
         a.load(size, R1, FP, in_span(field));
         a.store(size, R0, at as i16, R1);
     }
+    a.store_imm(SIZE_W, R0, record::TRANSITION_INSTANCE as i16, instance.number() as i32);
     a.submit_and_exit(maps.lost);
     a.finish()
 }
@@ -426,7 +469,13 @@ pub fn instructions(layout: &SockLayout, namespaces: &[(u32, u32)], maps: Maps) 
 /// keeps the packets the run's namespaces made (not those they received) that netfilter or a queueing
 /// discipline dropped (the kernel's drop reasons NETFILTER_DROP, TC_EGRESS, QDISC_DROP) and hands their first bytes to user space, stamped with the
 /// kernel's monotonic clock at the drop. Such a packet never reaches the wire, so no capture has it.
-pub fn drop_instructions(sock: &SockLayout, skb: &SkbLayout, namespaces: &[(u32, u32)], maps: Maps) -> Vec<u64> {
+pub fn drop_instructions(
+    sock: &SockLayout,
+    skb: &SkbLayout,
+    namespaces: &[(u32, u32)],
+    maps: Maps,
+    instance: Instance,
+) -> Vec<u64> {
     let mut a = Assembler::default();
     a.load(SIZE_DW, R6, R1, 0);
     a.load(SIZE_DW, R7, R1, 16);
@@ -460,6 +509,8 @@ pub fn drop_instructions(sock: &SockLayout, skb: &SkbLayout, namespaces: &[(u32,
     a.probe(SLOT_PACKET, R7, Field { offset: 0, size: record::PACKET_BYTES as u32 });
     a.reserve(maps.ring, record::DROP_LEN, record::DROP);
     a.store(SIZE_W, R0, record::DROPPED_BY as i16, R8);
+    a.store_imm(SIZE_W, R0, record::DROP_INSTANCE as i16, instance.number() as i32);
+    a.store(SIZE_DW, R0, record::SKB as i16, R6);
     for word in 0..record::PACKET_BYTES / 8 {
         a.load(SIZE_DW, R1, FP, SLOT_PACKET + 8 * word as i16);
         a.store(SIZE_DW, R0, (record::PACKET + 8 * word) as i16, R1);
@@ -578,7 +629,7 @@ mod tests {
 
     #[test]
     fn every_jump_lands_inside_the_program_and_it_ends_in_exit() {
-        let insns = instructions(&layout(), &[(7, 0), (u32::MAX - 1, 1), (9, 2)], Maps { ring: 4, lost: 5 });
+        let insns = instructions(&layout(), &[(7, 0), (u32::MAX - 1, 1), (9, 2)], Maps { ring: 4, lost: 5 }, Instance::Second);
         let last = decode(*insns.last().unwrap());
         assert_eq!(last.0, JMP | OP_EXIT);
         for (at, insn) in insns.iter().enumerate() {
@@ -597,7 +648,7 @@ mod tests {
 
     #[test]
     fn the_common_part_is_copied_once_and_the_far_fields_apart() {
-        let insns = instructions(&layout(), &[(7, 0), (8, 1)], Maps { ring: 4, lost: 5 });
+        let insns = instructions(&layout(), &[(7, 0), (8, 1)], Maps { ring: 4, lost: 5 }, Instance::First);
         // Each probe adds its offset to its base just before setting up the call: (size, offset).
         let probes: Vec<(i32, i32)> = insns
             .windows(4)

@@ -134,6 +134,7 @@ fn transitions_are_stamped_with_the_kernels_time_on_the_runs_clock() {
 #[test]
 fn records_are_held_until_their_socket_is_named() {
     let record = |sock: u64, from: u32, to: u32, local: &str, remote: &str| Record {
+        instance: Instance::First,
         time_ns: 1,
         sock,
         from,
@@ -207,4 +208,29 @@ fn cached_layouts_are_the_btfs_and_only_for_the_same_kernel() {
     assert_eq!(parse_layout_cache(&format!("{text}more\n"), &key), None);
     let cut = &text[..text.len() / 2];
     assert_eq!(parse_layout_cache(cut, &key), None, "{cut}");
+}
+
+#[test]
+fn one_record_of_each_hit_is_kept_whichever_instance_ran() {
+    use Instance::{First, Second};
+    let mut pairs = Pairs::new();
+    let mut keep = |instance, key: u32| pairs.first_of_hit(instance, key);
+    // A hit both instances ran for: the second record of the pair goes, in either order.
+    assert!(keep(First, 1));
+    assert!(!keep(Second, 1));
+    assert!(keep(Second, 2));
+    assert!(!keep(First, 2));
+    // A hit in an interrupt of the first instance's run: only the second wrote it, and it is kept, though the
+    // interrupted run's own pair comes around it.
+    assert!(keep(First, 3));
+    assert!(keep(Second, 4));
+    assert!(!keep(Second, 3));
+    // A hit in an interrupt of the second instance's run: only the first wrote it.
+    assert!(keep(First, 5));
+    assert!(keep(First, 6));
+    assert!(!keep(Second, 5));
+    // The same key again later (a new hit): kept once more.
+    assert!(keep(First, 1));
+    assert!(!keep(Second, 1));
+    assert!(pairs.unpaired.keys().all(|(_, key)| *key == 4 || *key == 6), "{:?}", pairs.unpaired);
 }
