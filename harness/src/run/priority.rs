@@ -11,7 +11,11 @@
 //! what a runaway one could take. Threads and programs they start get the ordinary policy back
 //! (SCHED_RESET_ON_FORK), so an `exec`'d program never runs real-time.
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::io;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
 /// The lowest real-time priority: above every ordinary thread, below the kernel's own real-time threads.
 const PRIORITY: libc::c_int = 1;
@@ -21,6 +25,58 @@ const PRIORITY: libc::c_int = 1;
 /// the run goes on; `Ok(false)` says so.
 pub fn raise_current_thread() -> io::Result<bool> {
     set_current_thread(libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, PRIORITY)
+}
+
+/// CPU time this process's threads have spent real-time, by role: the thread's name up to its first `-`
+/// (`capture-client` is a `capture`; the hub is `main`). What a run reports as `realtime_cpu_ms`.
+static REALTIME_CPU: Mutex<BTreeMap<String, Duration>> = Mutex::new(BTreeMap::new());
+
+/// The calling thread's stretch at real-time priority: its role and its CPU time when raised. Charged to
+/// [`REALTIME_CPU`] when it is lowered or ends.
+struct RealTimeStretch(RefCell<Option<(String, Duration)>>);
+
+impl RealTimeStretch {
+    fn begin(&self) {
+        let mut stretch = self.0.borrow_mut();
+        if stretch.is_none() {
+            let name = std::thread::current().name().unwrap_or("unnamed").to_string();
+            let role = name.split('-').next().unwrap_or_default().to_string();
+            *stretch = Some((role, thread_cpu_time()));
+        }
+    }
+
+    fn end(&self) {
+        if let Some((role, raised_at)) = self.0.borrow_mut().take() {
+            let used = thread_cpu_time().saturating_sub(raised_at);
+            *REALTIME_CPU.lock().unwrap_or_else(PoisonError::into_inner).entry(role).or_default() += used;
+        }
+    }
+}
+
+impl Drop for RealTimeStretch {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+thread_local! {
+    static STRETCH: RealTimeStretch = const { RealTimeStretch(RefCell::new(None)) };
+}
+
+/// CPU time the calling thread has used so far (`CLOCK_THREAD_CPUTIME_ID`); zero where the clock is refused.
+pub fn thread_cpu_time() -> Duration {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `now` is a valid timespec the call fills in.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(u64::try_from(now.tv_sec).unwrap_or(0), u32::try_from(now.tv_nsec).unwrap_or(0))
+}
+
+/// CPU time this process's threads have spent real-time so far, by role (ended stretches only: call it once
+/// the threads are lowered or gone).
+pub fn realtime_cpu() -> BTreeMap<String, Duration> {
+    REALTIME_CPU.lock().unwrap_or_else(PoisonError::into_inner).clone()
 }
 
 /// The real-time priority of the impairment wire's threads: one above the harness's own threads, because the
@@ -39,11 +95,28 @@ pub fn lower_current_thread() -> io::Result<()> {
     set_current_thread(libc::SCHED_OTHER, 0).map(|_| ())
 }
 
+/// Runs `f` with the calling thread at the ordinary policy, then gives it back its real-time one if it had it:
+/// bulk work of a thread that must wake at once but need not finish at once (a socket observer's paced
+/// dumps), so that it never holds a CPU against the kernel's own ordinary threads (`ksoftirqd`).
+pub fn ordinary_while<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: plain system call on the calling thread.
+    let policy = unsafe { libc::sched_getscheduler(0) } & !libc::SCHED_RESET_ON_FORK;
+    let raised = policy == libc::SCHED_FIFO && lower_current_thread().is_ok();
+    let result = f();
+    if raised {
+        // Refused only without CAP_SYS_NICE, which the thread had a moment ago.
+        let _ = raise_current_thread();
+    }
+    result
+}
+
 fn set_current_thread(policy: libc::c_int, priority: libc::c_int) -> io::Result<bool> {
     let param = libc::sched_param { sched_priority: priority };
     // SAFETY: pid 0 is the calling thread; `param` lives across the call.
     let rc = unsafe { libc::sched_setscheduler(0, policy, &param) };
     if rc == 0 {
+        // A thread being torn down has no stretch left to charge: its end was charged already.
+        let _ = STRETCH.try_with(|stretch| if policy == libc::SCHED_OTHER { stretch.end() } else { stretch.begin() });
         return Ok(true);
     }
     let error = io::Error::last_os_error();
@@ -78,8 +151,12 @@ mod tests {
             assert_eq!(current_policy(), libc::SCHED_FIFO);
             let child = std::thread::spawn(current_policy).join().unwrap();
             assert_eq!(child, libc::SCHED_OTHER, "reset on fork: a thread it starts is ordinary");
+            let inside = ordinary_while(current_policy);
+            assert_eq!((inside, current_policy()), (libc::SCHED_OTHER, libc::SCHED_FIFO), "ordinary only inside");
             lower_current_thread().unwrap();
             assert_eq!(current_policy(), libc::SCHED_OTHER);
+            assert_eq!(ordinary_while(current_policy), libc::SCHED_OTHER);
+            assert_eq!(current_policy(), libc::SCHED_OTHER, "an ordinary thread is not raised afterwards");
         })
         .join()
         .unwrap();
