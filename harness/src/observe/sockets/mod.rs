@@ -51,14 +51,16 @@ fn fold_in(recent: Option<Duration>, latest: Duration) -> Duration {
 }
 
 impl Sampler {
-    /// One dump, and its changes as events stamped with the time the dump was requested: the kernel walks its
-    /// socket table after that instant, so a change seen at `t` happened before `t` + the dump time (20 to 200
-    /// microseconds, see `ObserverStats`) and after the previous sample's `t`.
+    /// One dump, and its changes as events stamped with the time the dump ended: the kernel walked its socket
+    /// table before that instant, so a change seen at `t` happened before `t` and after the previous sample's
+    /// dump began (`t` - the dump time: 20 to 200 microseconds, see `ObserverStats`). Stamped with its start, a
+    /// paced dump that was preempted (it runs at the ordinary policy) showed a state up to 200 ms before it
+    /// came about in the 6.1 TCG VM: a Recv-Q of 11 before the segment carrying those bytes had left.
     fn sample(&mut self) -> Result<Duration> {
         let requested = Instant::now();
-        let t = self.sink.clock().at(requested);
         let cpu_before = thread_cpu_time();
         dump_into(&mut self.socket, &mut self.samples)?;
+        let t = self.sink.clock().now();
         let took = requested.elapsed();
         self.count += 1;
         self.total_dump_time += took;
@@ -191,7 +193,7 @@ impl Observer {
     /// with the same 4-tuple is the same socket changing state.
     ///
     /// The first sample is taken before this returns, so a namespace without sock_diag fails here. Events are
-    /// stamped with the time their dump was requested.
+    /// stamped with the time their dump ended.
     pub fn start(ns: &Netns, host: HostId, interval: Duration, sink: EventSink) -> Result<Observer> {
         if interval.is_zero() {
             return Err(Error::Internal(format!("observer of {host}: the sampling interval must not be zero")));
@@ -213,7 +215,7 @@ impl Observer {
         let thread = thread::Builder::new()
             .name(format!("observe-{host}"))
             .spawn(move || {
-                // A sample is stamped when it is requested: on a loaded machine an ordinary thread was seen to
+                // A sample asked for must be taken at once: on a loaded machine an ordinary thread was seen to
                 // miss short-lived states entirely (no sample for hundreds of ms). Best effort, as for the
                 // program threads; real-time for its wake-ups and the samples events ask for, ordinary for the
                 // paced ones (see `run`).
