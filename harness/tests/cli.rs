@@ -48,6 +48,13 @@ fn wrong_errno_fails_run_with_location_and_both_outcomes() {
     ] {
         assert!(report.join(file).is_file(), "{file} written in {}", report.display());
     }
+    // Each host's sysctls as the run read them in its namespace; this scenario sets none, so none is marked.
+    let environment = std::fs::read_to_string(report.join("environment.txt")).unwrap();
+    for host in ["client 10.0.0.1/24", "server 10.0.0.2/24"] {
+        assert!(environment.contains(&format!("{host}: sysctls in force")), "{environment}");
+    }
+    assert!(environment.contains("\n  net.ipv4.tcp_retries2 = 15\n"), "{environment}");
+    assert!(!environment.contains("\n *"), "nothing marked as set by the scenario: {environment}");
     // The failing run's report as one archive to attach to a bug report.
     let archive = reports.join("x.tar.gz");
     let output = netfault(&["bundle", report.to_str().unwrap(), "-o", archive.to_str().unwrap()]);

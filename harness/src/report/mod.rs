@@ -18,7 +18,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Context, Error, Result};
 use crate::record::{CapturedInterface, RunRecord};
-use crate::run::topology;
 use crate::scenario::plan::{Direction, FaultAction, Plan};
 use crate::scenario::{printable, printable_path};
 use crate::timeline::query::{StepRecord, StepRecords};
@@ -260,9 +259,8 @@ fn section(plan: &Plan, status: Status) -> Section {
     }
 }
 
-/// environment.txt: what the run ran on. Written in the run's own process, which is in a network namespace of
-/// its own: the `net.*` values read here are this kernel's defaults for a new namespace, which each host
-/// started from before its scenario's sysctls.
+/// environment.txt: what the run ran on, and each host's sysctls in force during the run (read by the run, in
+/// the host's namespace), those the scenario set marked `*`.
 fn environment(plan: &Plan, record: &RunRecord) -> String {
     let read = |path: &str| fs::read_to_string(path).map_or_else(|_| "unknown".into(), |s| s.trim().to_string());
     let mut text = format!(
@@ -278,37 +276,28 @@ fn environment(plan: &Plan, record: &RunRecord) -> String {
     }
     text.push_str(&format!("scenario {} ({})\n", plan.name, plan.file.display()));
     for host in &plan.hosts {
-        text.push_str(&format!("\n{} {}/{}: sysctls the scenario sets\n", host.id, host.address, host.prefix_len));
-        for sysctl in &host.sysctls {
-            text.push_str(&format!("  {} = {}\n", sysctl.name, sysctl.value));
-        }
-        if host.sysctls.is_empty() {
-            text.push_str("  (none)\n");
-        }
-    }
-    text.push_str("\nevery host started from this kernel's defaults for a new network namespace:\n");
-    for (name, value) in namespace_sysctls() {
-        text.push_str(&format!("  {name} = {value}\n"));
-    }
-    text
-}
-
-/// `sysctl net.ipv4.tcp_* net.ipv4.ip_local_port_range net.core.somaxconn` of the calling thread's network
-/// namespace, sorted by name; what cannot be read is left out.
-fn namespace_sysctls() -> Vec<(String, String)> {
-    let mut values = Vec::new();
-    if let (Ok(files), Ok(ipv4)) = (topology::tcp_sysctl_files(), topology::Ipv4Sysctls::open()) {
-        for file in files.iter().map(String::as_str).chain(["ip_local_port_range"]) {
-            if let Ok(value) = ipv4.read(file) {
-                values.push((format!("net.ipv4.{file}"), value));
+        text.push_str(&format!(
+            "\n{} {}/{}: sysctls in force (* set by the scenario, the rest this kernel's defaults for a new \
+             namespace)\n",
+            host.id, host.address, host.prefix_len
+        ));
+        let in_force = record.sysctls.iter().find(|(id, _)| *id == host.id).map(|(_, values)| values);
+        match in_force {
+            Some(values) => {
+                for (name, value) in values {
+                    let set = if host.sysctls.iter().any(|sysctl| sysctl.name == *name) { '*' } else { ' ' };
+                    text.push_str(&format!(" {set}{name} = {value}\n"));
+                }
+            }
+            None => {
+                text.push_str("  (not read: the run ended before its hosts were set up); the scenario sets:\n");
+                for sysctl in &host.sysctls {
+                    text.push_str(&format!(" *{} = {}\n", sysctl.name, sysctl.value));
+                }
             }
         }
     }
-    if let Ok(value) = fs::read_to_string("/proc/sys/net/core/somaxconn") {
-        values.push(("net.core.somaxconn".into(), value.trim().to_string()));
-    }
-    values.sort();
-    values
+    text
 }
 
 /// `netfault 0.1.0 (commit 1a2b3c4d5e6f)`.

@@ -27,7 +27,7 @@ use crate::scenario::plan::{HostId, Link, LinkEnd, Plan, Sysctl};
 use ethtool::turn_off_rx_checksum;
 pub use ethtool::{active_offloads, turn_off_offloads};
 use rtnl::{Request, Rtnl};
-pub use sysctl::{effective_sysctls, tcp_sysctl_files, Ipv4Sysctls};
+pub use sysctl::{effective_sysctls, tcp_sysctl_files};
 use sysctl::{write_sysctl, SysctlError};
 
 /// Name of the veth end of client and server; ends in different namespaces may share a name.
