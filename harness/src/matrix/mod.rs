@@ -293,7 +293,7 @@ fn run_suite(
         .collect();
     let parallel = parallel.unwrap_or_else(|| runner::default_parallelism(jobs.len()));
     let limits: Vec<Duration> = jobs.iter().map(|(_, deadline)| *deadline + runner::CHILD_GRACE).collect();
-    let supervisor = Supervisor::new(supervise::default_budget(&limits, parallel));
+    let supervisor = Supervisor::new(supervise::default_budget(&limits));
     supervisor.start_watchdog(runner::STOP_GRACE)?;
     let mut on_done = on_done;
     let summaries = runner::run_all(&exe(), jobs, parallel, &supervisor, |event| {
@@ -366,8 +366,7 @@ fn run_in_vm(kernel: &kernel::Kernel, loaded: &[(Job, Plan)], options: &Options,
         .filter(|(_, plan)| options.slow || !plan.slow)
         .map(|(_, plan)| plan.deadline + runner::CHILD_GRACE)
         .collect();
-    let parallel = options.jobs.unwrap_or_else(|| runner::default_parallelism(limits.len()));
-    let limit = supervise::default_budget(&limits, parallel) + runner::STOP_GRACE + VM_MARGIN;
+    let limit = supervise::default_budget(&limits) + runner::STOP_GRACE + VM_MARGIN;
     let machine = vm::Machine {
         image: kernel.image.clone(),
         initramfs: initramfs.clone(),

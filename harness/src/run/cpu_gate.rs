@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 
 /// The share of the machine's CPUs the running scenario processes may keep busy before the next one waits:
 /// the rest is for the kernel's own work, the programs the scenarios `exec`, and the wake-up latency of
-/// everything that measures.
-pub const CPU_SHARE: f64 = 0.5;
+/// everything that measures. Measured in the 6.1 TCG VM (2 vCPUs, 72 scenarios): with half, the guest's CPUs
+/// were still 83% busy, `ksoftirqd` waited 29.8 s for a CPU and 10 scenarios failed on late timers.
+pub const CPU_SHARE: f64 = 0.25;
 
 /// The span the scenarios' CPU use is measured over: long against the 10 ms granule of `/proc/<pid>/stat`,
 /// short against a scenario.
@@ -168,8 +169,12 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
 fn process_ticks(stat: &str) -> Option<u64> {
     let after_name = stat.get(stat.rfind(')')? + 1..)?;
     // Field 3 (state) is the first after the name.
-    let fields: Vec<u64> =
-        after_name.split_whitespace().skip(14 - 3).take(4).map(|n| n.parse::<i64>().ok().map(|n| n.max(0) as u64)).collect::<Option<_>>()?;
+    let fields: Vec<u64> = after_name
+        .split_whitespace()
+        .skip(14 - 3)
+        .take(4)
+        .map(|n| n.parse::<i64>().ok().map(|n| n.max(0) as u64))
+        .collect::<Option<_>>()?;
     (fields.len() == 4).then(|| fields.iter().sum())
 }
 
@@ -207,7 +212,7 @@ mod tests {
     }
 
     #[test]
-    fn a_start_waits_while_the_running_scenarios_keep_half_the_cpus_busy() {
+    fn a_start_waits_while_the_running_scenarios_keep_a_quarter_of_the_cpus_busy() {
         let gate = CpuGate::new(2);
         // Process 10 (a scenario and its programs) keeps one and a half CPUs busy: 150 ticks a second.
         let started = Instant::now();
@@ -222,7 +227,7 @@ mod tests {
             asked.set(asked.get() + 1);
             asked.get() > 20
         };
-        assert!(gate.admit_by(stop, busy).is_none(), "1.5 CPUs of two busy: not below half");
+        assert!(gate.admit_by(stop, busy).is_none(), "1.5 CPUs of two busy: not below a quarter");
         assert!(asked.get() > 20, "it looked again until told to stop");
         // It ends: the next starts at once.
         drop(running);
@@ -233,17 +238,17 @@ mod tests {
     fn a_start_goes_on_while_the_running_scenarios_use_little() {
         let gate = CpuGate::new(2);
         let started = Instant::now();
-        // A tenth of a CPU each.
-        let light: HashMap<u32, ()> = (1..=5).map(|pid| (pid, ())).collect();
+        // A tenth of a CPU each, three of them.
+        let light: HashMap<u32, ()> = (1..=3).map(|pid| (pid, ())).collect();
         let ticks = |pid| light.get(&pid).map(|_| (started.elapsed().as_secs_f64() * 10.0) as u64);
         let mut admitted = Vec::new();
-        for pid in 1..=5 {
+        for pid in 1..=3 {
             let mut admission = gate.admit_by(|| false, ticks).unwrap();
             admission.spawned(pid);
             admission.programs_started();
             admitted.push(admission);
         }
         std::thread::sleep(WINDOW * 2);
-        assert!(gate.admit_by(|| true, ticks).is_some(), "half a CPU of two busy");
+        assert!(gate.admit_by(|| true, ticks).is_some(), "0.3 CPUs of two busy, below the 0.5 of a quarter");
     }
 }

@@ -889,7 +889,7 @@ pub fn test_main(root: &Path, reports: &Path, exe: &Path, variables: &Variables,
                 return ExitCode::from(2);
             }
         },
-        Err(_) => supervise::default_budget(&limits, args.test_threads.unwrap_or(1)),
+        Err(_) => supervise::default_budget(&limits),
     };
     let supervisor = Supervisor::new(budget);
     share_private_parent();
