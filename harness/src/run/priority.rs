@@ -73,8 +73,19 @@ pub fn thread_cpu_time() -> Duration {
     Duration::new(u64::try_from(now.tv_sec).unwrap_or(0), u32::try_from(now.tv_nsec).unwrap_or(0))
 }
 
+/// Counts what the calling thread has spent real-time so far, and goes on counting from now, without changing
+/// its priority: for a thread about to report its end, whose report the run's own may come before it exits.
+pub fn count_realtime_cpu() {
+    let _ = STRETCH.try_with(|stretch| {
+        if stretch.0.borrow().is_some() {
+            stretch.end();
+            stretch.begin();
+        }
+    });
+}
+
 /// CPU time this process's threads have spent real-time so far, by role (ended stretches only: call it once
-/// the threads are lowered or gone).
+/// the threads are lowered or gone, or have counted theirs).
 pub fn realtime_cpu() -> BTreeMap<String, Duration> {
     REALTIME_CPU.lock().unwrap_or_else(PoisonError::into_inner).clone()
 }
@@ -151,6 +162,8 @@ mod tests {
             assert_eq!(current_policy(), libc::SCHED_FIFO);
             let child = std::thread::spawn(current_policy).join().unwrap();
             assert_eq!(child, libc::SCHED_OTHER, "reset on fork: a thread it starts is ordinary");
+            count_realtime_cpu();
+            assert_eq!(current_policy(), libc::SCHED_FIFO, "counting leaves the thread real-time");
             let inside = ordinary_while(current_policy);
             assert_eq!((inside, current_policy()), (libc::SCHED_OTHER, libc::SCHED_FIFO), "ordinary only inside");
             lower_current_thread().unwrap();
@@ -160,5 +173,36 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    #[test]
+    fn the_cpu_a_thread_spends_real_time_is_counted_under_its_role() {
+        let spun = std::thread::Builder::new()
+            .name("spinning-test".into())
+            .spawn(|| {
+                let raised = raise_current_thread().unwrap();
+                let started = std::time::Instant::now();
+                let mut spin = 0u64;
+                while started.elapsed() < Duration::from_millis(30) {
+                    spin = std::hint::black_box(spin.wrapping_add(1));
+                }
+                lower_current_thread().unwrap();
+                // Ordinary again: this is not counted.
+                while started.elapsed() < Duration::from_millis(60) {
+                    spin = std::hint::black_box(spin.wrapping_add(1));
+                }
+                raised
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        let counted = realtime_cpu().get("spinning").copied();
+        if !spun {
+            assert_eq!(counted, None, "rootless: never real-time, nothing counted");
+            return;
+        }
+        let counted = counted.expect("counted under the name up to its first -");
+        // 30 ms of wall time busy: some of it on a CPU, none of the ordinary 30 ms after.
+        assert!(counted > Duration::ZERO && counted <= Duration::from_millis(40), "{counted:?}");
     }
 }

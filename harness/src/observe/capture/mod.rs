@@ -388,7 +388,7 @@ impl Reader {
         let _ = priority::raise_current_thread();
         let captured = self.capture_until_stopped().map(|()| self.recorder.stats);
         // Its real-time CPU is counted for the run's report before the report can be made.
-        let _ = priority::lower_current_thread();
+        priority::count_realtime_cpu();
         let Reader { socket, source, recorder, .. } = self;
         recorder.chunks.finish(captured);
         drop(source);

@@ -178,7 +178,7 @@ impl ChunkDecoder {
             let finished = matches!(message, ToDisk::Finished(_));
             if finished {
                 // Its real-time CPU is counted for the run's report before the report can be made.
-                let _ = priority::lower_current_thread();
+                priority::count_realtime_cpu();
             }
             if let ToDisk::Chunk(chunk) = &message {
                 for frame in chunk.frames() {
@@ -246,7 +246,7 @@ impl DiskWriter {
                 let _ = spare.try_send(chunk);
             }
             if let Some(result) = finished {
-                let _ = priority::lower_current_thread();
+                priority::count_realtime_cpu();
                 drop(file);
                 // The receiver is gone only if the Capture was dropped without stop(): nobody is waiting.
                 let _ = done.send(failure.map_or(result, Err));
