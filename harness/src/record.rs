@@ -46,6 +46,8 @@ pub struct RunRecord {
     /// a panic), a capture that lost frames. The run is a harness error; its timeline and captures are still
     /// reported.
     pub harness_errors: Vec<String>,
+    /// CPU time the harness's threads spent real-time, by role (`run::priority::realtime_cpu`).
+    pub realtime_cpu: BTreeMap<String, Duration>,
 }
 
 /// One captured interface: a host's end of the veth and the pcap its capture wrote into the report folder

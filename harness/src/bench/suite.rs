@@ -254,7 +254,7 @@ pub fn bench_timing(options: &TimingOptions) -> Result<Report> {
     report.note(
         "reference",
         "kernel-defined time = client's SYN-ACK arrival + 14 s (KEEPIDLE 5 + KEEPCNT 3 x KEEPINTVL 3); \
-         observer events are stamped with the time their dump was requested",
+         observer events are stamped with the time their dump ended",
     );
     for failure in batch.failures() {
         report.note("not passed", failure);

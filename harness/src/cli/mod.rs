@@ -237,7 +237,7 @@ fn run(args: RunArgs) -> ExitCode {
     }
     let parallel = args.jobs.unwrap_or_else(|| runner::default_parallelism(jobs.len()));
     let limits: Vec<Duration> = jobs.iter().map(|(_, deadline)| *deadline + runner::CHILD_GRACE).collect();
-    let supervisor = Supervisor::new(args.deadline.unwrap_or_else(|| supervise::default_budget(&limits, parallel)));
+    let supervisor = Supervisor::new(args.deadline.unwrap_or_else(|| supervise::default_budget(&limits)));
     runner::share_private_parent();
     if let Err(e) = supervise::catch_stop_signals().and_then(|()| supervisor.start_watchdog(runner::STOP_GRACE)) {
         eprintln!("netfault: {e}");

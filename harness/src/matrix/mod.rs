@@ -11,7 +11,7 @@ pub mod load;
 pub mod modules;
 pub mod vm;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -208,6 +208,11 @@ pub fn main(args: &[String]) -> ExitCode {
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
+    for column in &columns {
+        if let Some(line) = realtime_line(&column.summaries) {
+            println!("{}: {line}", column.release);
+        }
+    }
     print!("{}", table(&names, &columns));
     let mut failed = false;
     let mut broken = false;
@@ -288,7 +293,7 @@ fn run_suite(
         .collect();
     let parallel = parallel.unwrap_or_else(|| runner::default_parallelism(jobs.len()));
     let limits: Vec<Duration> = jobs.iter().map(|(_, deadline)| *deadline + runner::CHILD_GRACE).collect();
-    let supervisor = Supervisor::new(supervise::default_budget(&limits, parallel));
+    let supervisor = Supervisor::new(supervise::default_budget(&limits));
     supervisor.start_watchdog(runner::STOP_GRACE)?;
     let mut on_done = on_done;
     let summaries = runner::run_all(&exe(), jobs, parallel, &supervisor, |event| {
@@ -361,8 +366,7 @@ fn run_in_vm(kernel: &kernel::Kernel, loaded: &[(Job, Plan)], options: &Options,
         .filter(|(_, plan)| options.slow || !plan.slow)
         .map(|(_, plan)| plan.deadline + runner::CHILD_GRACE)
         .collect();
-    let parallel = options.jobs.unwrap_or_else(|| runner::default_parallelism(limits.len()));
-    let limit = supervise::default_budget(&limits, parallel) + runner::STOP_GRACE + VM_MARGIN;
+    let limit = supervise::default_budget(&limits) + runner::STOP_GRACE + VM_MARGIN;
     let machine = vm::Machine {
         image: kernel.image.clone(),
         initramfs: initramfs.clone(),
@@ -525,6 +529,31 @@ fn table(names: &[String], columns: &[Column]) -> String {
     }
     text.push('\n');
     text
+}
+
+/// `harness real-time CPU 12.3s: observe 5.1s, main 3.0s, ...` summed over the scenarios' result.json
+/// (`realtime_cpu_ms`), the largest first; `None` when no report has the figure.
+fn realtime_line(summaries: &[Summary]) -> Option<String> {
+    let mut roles: BTreeMap<String, f64> = BTreeMap::new();
+    for summary in summaries {
+        let Some(result) = std::fs::read_to_string(summary.report.join("result.json"))
+            .ok()
+            .and_then(|json| serde_json::from_str::<serde_json::Value>(&json).ok())
+        else {
+            continue;
+        };
+        for (role, ms) in result.get("realtime_cpu_ms").and_then(|v| v.as_object()).into_iter().flatten() {
+            *roles.entry(role.clone()).or_default() += ms.as_f64().unwrap_or(0.0);
+        }
+    }
+    if roles.is_empty() {
+        return None;
+    }
+    let total: f64 = roles.values().sum();
+    let mut roles: Vec<(String, f64)> = roles.into_iter().collect();
+    roles.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let parts: Vec<String> = roles.iter().map(|(role, ms)| format!("{role} {:.1}s", ms / 1e3)).collect();
+    Some(format!("harness real-time CPU {:.1}s: {}", total / 1e3, parts.join(", ")))
 }
 
 /// `PASS 14.48s (recv 14.39s)`: verdict, duration, and each step with a timing expectation, as measured.

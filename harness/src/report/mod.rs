@@ -150,6 +150,11 @@ pub fn write(plan: &Plan, record: &RunRecord, verdict: &Verdict, dir: &Path) -> 
         duration: record.duration.as_secs_f64(),
         setup_ms: record.setup.as_secs_f64() * 1e3,
         teardown_ms: record.teardown.as_secs_f64() * 1e3,
+        realtime_cpu_ms: record
+            .realtime_cpu
+            .iter()
+            .map(|(role, cpu)| (role.clone(), cpu.as_secs_f64() * 1e3))
+            .collect(),
         deadline_hit: record.deadline_hit,
         checks: verdict.checks,
         failures: &verdict.failures,

@@ -114,6 +114,11 @@ pub struct ResultFile<'a> {
     pub setup_ms: f64,
     /// Milliseconds to tear all of it down.
     pub teardown_ms: f64,
+    /// CPU milliseconds the harness's own threads ran at real-time priority, by role (a thread's name up to
+    /// its first `-`: `host` program threads, `observe` socket observers, `capture`, `decode` and `pcap`
+    /// capture threads, `wire` impairment threads, `main` the hub): what the run took from the kernel's
+    /// ordinary threads (`ksoftirqd`) on a busy machine.
+    pub realtime_cpu_ms: BTreeMap<String, f64>,
     /// Whether the scenario's deadline ended the run.
     pub deadline_hit: bool,
     /// How many expectations were checked.
@@ -617,6 +622,7 @@ mod tests {
             duration: 9.0,
             setup_ms: 3.4,
             teardown_ms: 0.8,
+            realtime_cpu_ms: BTreeMap::from([("host".to_string(), 1.5), ("observe".to_string(), 0.25)]),
             deadline_hit: true,
             checks: 12,
             failures: &failures,

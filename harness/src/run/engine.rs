@@ -273,6 +273,7 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -
         wire: wire_stats,
         decisions,
         harness_errors,
+        realtime_cpu: priority::realtime_cpu(),
     })
 }
 

@@ -7,6 +7,7 @@
 mod actors;
 pub(crate) mod clock;
 pub(crate) mod confine;
+pub mod cpu_gate;
 pub(crate) mod engine;
 pub(crate) mod faults;
 pub(crate) mod firewall;

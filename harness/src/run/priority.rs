@@ -11,9 +11,13 @@
 //! what a runaway one could take. Threads and programs they start get the ordinary policy back
 //! (SCHED_RESET_ON_FORK), so an `exec`'d program never runs real-time.
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::io;
 use std::os::unix::thread::JoinHandleExt;
+use std::sync::{Mutex, PoisonError};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 /// The lowest real-time priority: above every ordinary thread, below the kernel's own real-time threads.
 const PRIORITY: libc::c_int = 1;
@@ -47,6 +51,84 @@ pub fn raise_spawned<T>(thread: &JoinHandle<T>) -> io::Result<bool> {
     }
 }
 
+/// CPU time this process's threads have spent real-time, by role: the thread's name up to its first `-`
+/// (`capture-client` is a `capture`; the hub is `main`). What a run reports as `realtime_cpu_ms`.
+static REALTIME_CPU: Mutex<BTreeMap<String, Duration>> = Mutex::new(BTreeMap::new());
+
+/// The calling thread's stretch at real-time priority: its role and its CPU time when raised. Charged to
+/// [`REALTIME_CPU`] when it is lowered or ends.
+struct RealTimeStretch(RefCell<Option<(String, Duration)>>);
+
+impl RealTimeStretch {
+    /// Starts the stretch of a thread its spawner raised before it first ran ([`raise_spawned`]): all its CPU
+    /// time so far was real-time.
+    fn adopt_raised_by_spawner(&self) {
+        let mut stretch = self.0.borrow_mut();
+        if stretch.is_none() && current_policy() == libc::SCHED_FIFO {
+            let name = std::thread::current().name().unwrap_or("unnamed").to_string();
+            *stretch = Some((role_of(&name), Duration::ZERO));
+        }
+    }
+
+    fn begin(&self) {
+        let mut stretch = self.0.borrow_mut();
+        if stretch.is_none() {
+            let name = std::thread::current().name().unwrap_or("unnamed").to_string();
+            *stretch = Some((role_of(&name), thread_cpu_time()));
+        }
+    }
+
+    fn end(&self) {
+        if let Some((role, raised_at)) = self.0.borrow_mut().take() {
+            let used = thread_cpu_time().saturating_sub(raised_at);
+            *REALTIME_CPU.lock().unwrap_or_else(PoisonError::into_inner).entry(role).or_default() += used;
+        }
+    }
+}
+
+impl Drop for RealTimeStretch {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+/// A thread's role: its name up to its first `-`.
+fn role_of(name: &str) -> String {
+    name.split('-').next().unwrap_or_default().to_string()
+}
+
+thread_local! {
+    static STRETCH: RealTimeStretch = const { RealTimeStretch(RefCell::new(None)) };
+}
+
+/// CPU time the calling thread has used so far (`CLOCK_THREAD_CPUTIME_ID`); zero where the clock is refused.
+pub fn thread_cpu_time() -> Duration {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `now` is a valid timespec the call fills in.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(u64::try_from(now.tv_sec).unwrap_or(0), u32::try_from(now.tv_nsec).unwrap_or(0))
+}
+
+/// Counts what the calling thread has spent real-time so far, and goes on counting from now, without changing
+/// its priority: for a thread about to report its end, whose report the run's own may come before it exits.
+pub fn count_realtime_cpu() {
+    let _ = STRETCH.try_with(|stretch| {
+        stretch.adopt_raised_by_spawner();
+        if stretch.0.borrow().is_some() {
+            stretch.end();
+            stretch.begin();
+        }
+    });
+}
+
+/// CPU time this process's threads have spent real-time so far, by role (ended stretches only: call it once
+/// the threads are lowered or gone, or have counted theirs).
+pub fn realtime_cpu() -> BTreeMap<String, Duration> {
+    REALTIME_CPU.lock().unwrap_or_else(PoisonError::into_inner).clone()
+}
+
 /// The real-time priority of the impairment wire's threads: one above the harness's own threads, because the
 /// wire is the network the scenario runs on, and a frame it releases late is a delay nobody asked for (the
 /// captures and observers stamp with kernel times and keep their frames in kernel buffers meanwhile).
@@ -63,11 +145,27 @@ pub fn lower_current_thread() -> io::Result<()> {
     set_current_thread(libc::SCHED_OTHER, 0).map(|_| ())
 }
 
+/// Runs `f` with the calling thread at the ordinary policy, then gives it back its real-time one if it had it:
+/// bulk work of a thread that must wake at once but need not finish at once (a socket observer's paced
+/// dumps), so that it never holds a CPU against the kernel's own ordinary threads (`ksoftirqd`).
+pub fn ordinary_while<T>(f: impl FnOnce() -> T) -> T {
+    let raised = current_policy() == libc::SCHED_FIFO && lower_current_thread().is_ok();
+    let result = f();
+    if raised {
+        // Refused only without CAP_SYS_NICE, which the thread had a moment ago.
+        let _ = raise_current_thread();
+    }
+    result
+}
+
 fn set_current_thread(policy: libc::c_int, priority: libc::c_int) -> io::Result<bool> {
     let param = libc::sched_param { sched_priority: priority };
+    let _ = STRETCH.try_with(RealTimeStretch::adopt_raised_by_spawner);
     // SAFETY: pid 0 is the calling thread; `param` lives across the call.
     let rc = unsafe { libc::sched_setscheduler(0, policy, &param) };
     if rc == 0 {
+        // A thread being torn down has no stretch left to charge: its end was charged already.
+        let _ = STRETCH.try_with(|stretch| if policy == libc::SCHED_OTHER { stretch.end() } else { stretch.begin() });
         return Ok(true);
     }
     let error = io::Error::last_os_error();
@@ -78,7 +176,6 @@ fn set_current_thread(policy: libc::c_int, priority: libc::c_int) -> io::Result<
 }
 
 /// The calling thread's scheduling policy (`chrt -p <tid>`), without the reset-on-fork flag.
-#[cfg(test)]
 pub fn current_policy() -> libc::c_int {
     // SAFETY: plain system call on the calling thread.
     unsafe { libc::sched_getscheduler(0) & !libc::SCHED_RESET_ON_FORK }
@@ -118,8 +215,14 @@ mod tests {
             assert_eq!(current_policy(), libc::SCHED_FIFO);
             let child = std::thread::spawn(current_policy).join().unwrap();
             assert_eq!(child, libc::SCHED_OTHER, "reset on fork: a thread it starts is ordinary");
+            count_realtime_cpu();
+            assert_eq!(current_policy(), libc::SCHED_FIFO, "counting leaves the thread real-time");
+            let inside = ordinary_while(current_policy);
+            assert_eq!((inside, current_policy()), (libc::SCHED_OTHER, libc::SCHED_FIFO), "ordinary only inside");
             lower_current_thread().unwrap();
             assert_eq!(current_policy(), libc::SCHED_OTHER);
+            assert_eq!(ordinary_while(current_policy), libc::SCHED_OTHER);
+            assert_eq!(current_policy(), libc::SCHED_OTHER, "an ordinary thread is not raised afterwards");
         })
         .join()
         .unwrap();
@@ -139,18 +242,61 @@ mod tests {
             pin_to_one_cpu();
             assert!(raise_current_thread().unwrap());
             let (started_tx, started) = std::sync::mpsc::channel();
-            let child = std::thread::spawn(move || {
-                let _ = started_tx.send(());
-                current_policy()
-            });
+            let child = std::thread::Builder::new()
+                .name("spawnraised-test".into())
+                .spawn(move || {
+                    let _ = started_tx.send(());
+                    let policy = current_policy();
+                    let started = std::time::Instant::now();
+                    let mut spin = 0u64;
+                    while started.elapsed() < Duration::from_millis(10) {
+                        spin = std::hint::black_box(spin.wrapping_add(1));
+                    }
+                    count_realtime_cpu();
+                    policy
+                })
+                .unwrap();
             assert!(raise_spawned(&child).unwrap(), "as root, with CAP_SYS_NICE");
             assert!(started.try_recv().is_err(), "the child ran before its spawner blocked");
             assert_eq!(child.join().unwrap(), libc::SCHED_FIFO, "the child's first instruction ran real-time");
+            let counted = realtime_cpu().get("spawnraised").copied().unwrap_or_default();
+            assert!(counted > Duration::ZERO, "a thread raised by its spawner counts its real-time CPU");
             let grandchild = std::thread::spawn(current_policy).join().unwrap();
             assert_eq!(grandchild, libc::SCHED_OTHER, "reset on fork still applies to the spawner's other threads");
             lower_current_thread().unwrap();
         })
         .join()
         .unwrap();
+    }
+
+    #[test]
+    fn the_cpu_a_thread_spends_real_time_is_counted_under_its_role() {
+        let spun = std::thread::Builder::new()
+            .name("spinning-test".into())
+            .spawn(|| {
+                let raised = raise_current_thread().unwrap();
+                let started = std::time::Instant::now();
+                let mut spin = 0u64;
+                while started.elapsed() < Duration::from_millis(30) {
+                    spin = std::hint::black_box(spin.wrapping_add(1));
+                }
+                lower_current_thread().unwrap();
+                // Ordinary again: this is not counted.
+                while started.elapsed() < Duration::from_millis(60) {
+                    spin = std::hint::black_box(spin.wrapping_add(1));
+                }
+                raised
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        let counted = realtime_cpu().get("spinning").copied();
+        if !spun {
+            assert_eq!(counted, None, "rootless: never real-time, nothing counted");
+            return;
+        }
+        let counted = counted.expect("counted under the name up to its first -");
+        // 30 ms of wall time busy: some of it on a CPU, none of the ordinary 30 ms after.
+        assert!(counted > Duration::ZERO && counted <= Duration::from_millis(40), "{counted:?}");
     }
 }

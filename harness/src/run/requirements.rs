@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::run::netns::Netns;
 use crate::scenario::plan::{ExpectationRef, NftFeature, Plan, Requirement, Requirements, VersionBound, VersionOp};
 
 /// Facts about the running kernel, each probed once, on first use.
@@ -93,20 +92,11 @@ fn nft_feature_text(feature: NftFeature) -> &'static str {
     }
 }
 
-/// A scenario with one fault that needs the feature, installed for real.
+/// The feature asked of nf_tables for real, in a scratch network namespace.
 fn probe_nftables(feature: NftFeature) -> Option<bool> {
-    let yaml = match feature {
-        NftFeature::InnerPayload => {
-            "description: probe\nfaults:\n  - { name: probe, at: client, match: { payload: nonempty }, action: drop }\n"
-        }
-    };
-    let plan = crate::scenario::parse("probe", Path::new("<nftables probe>"), yaml).ok()?;
-    let ns = Netns::new_anonymous().ok()?;
-    let installed = ns.run(|| {
-        Ok(crate::run::firewall::Firewall::install(&ns, crate::scenario::plan::HostId::Client, &plan.faults, None)
-            .is_ok())
-    });
-    installed.ok()
+    match feature {
+        NftFeature::InnerPayload => crate::run::firewall::inner_header_loads(),
+    }
 }
 
 fn version_of(release: &str) -> [u32; 3] {

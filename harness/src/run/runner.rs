@@ -22,6 +22,7 @@ use crate::observe::sockets::SCENARIOS_AT_ONCE_ENV;
 use crate::observe::{capture, transitions};
 use crate::report::verdict;
 use crate::report::{self, Status, Summary};
+use crate::run::cpu_gate::{Admission, CpuGate};
 use crate::run::ring_budget::RingBudget;
 use crate::run::supervise::{self, StopReason, Supervisor, SETUP_LIMIT};
 use crate::run::{engine, netns, pidns, requirements, sampling, userns};
@@ -152,13 +153,23 @@ pub fn run_in_child(exe: &Path, job: &Job, deadline: Duration, supervisor: &Supe
         let reason = supervisor.stop_reason().map_or_else(String::new, |reason| reason.to_string());
         return Summary::harness_error(name, &job.reports, format!("not started: {reason}"));
     };
-    match spawn_and_wait(exe, job, deadline, supervisor) {
+    let Some(admission) = CpuGate::of_this_machine().admit(|| supervisor.stop_reason().is_some()) else {
+        let reason = supervisor.stop_reason().map_or_else(String::new, |reason| reason.to_string());
+        return Summary::harness_error(name, &job.reports, format!("not started: {reason}"));
+    };
+    match spawn_and_wait(exe, job, deadline, supervisor, admission) {
         Ok(summary) => summary,
         Err(e) => Summary::harness_error(name, &job.reports, e.to_string()),
     }
 }
 
-fn spawn_and_wait(exe: &Path, job: &Job, deadline: Duration, supervisor: &Supervisor) -> Result<Summary> {
+fn spawn_and_wait(
+    exe: &Path,
+    job: &Job,
+    deadline: Duration,
+    supervisor: &Supervisor,
+    mut admission: Admission<'static>,
+) -> Result<Summary> {
     let mut command = Command::new(exe);
     command.arg(CHILD_COMMAND).args(job.child_args());
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -180,7 +191,9 @@ fn spawn_and_wait(exe: &Path, job: &Job, deadline: Duration, supervisor: &Superv
         });
     }
     let mut child = command.spawn().context(|| format!("start {} {CHILD_COMMAND}", exe.display()))?;
+    admission.spawned(child.id());
     let mut output = ChildOutput::take(&mut child);
+    output.admission = Some(admission);
     let limit = deadline + CHILD_GRACE;
     let started = Instant::now();
     let ended = wait_bounded(&mut child, &mut output, limit, supervisor)?;
@@ -235,6 +248,8 @@ struct ChildOutput {
     programs_started: Option<Instant>,
     /// Counted among the scenarios sampling from its [`STARTED_LINE`] until this output is dropped.
     sampling: Option<sampling::Sampling>,
+    /// Its place among the scenarios running on the machine's CPUs, setting up until its [`STARTED_LINE`].
+    admission: Option<Admission<'static>>,
 }
 
 impl ChildOutput {
@@ -244,6 +259,7 @@ impl ChildOutput {
             text: [Vec::new(), Vec::new()],
             programs_started: None,
             sampling: None,
+            admission: None,
         }
     }
 
@@ -262,6 +278,9 @@ impl ChildOutput {
         if self.programs_started.is_none() && self.lines(0).any(|line| line == STARTED_LINE) {
             self.programs_started = Some(Instant::now());
             self.sampling = Some(sampling::programs_started());
+            if let Some(admission) = &mut self.admission {
+                admission.programs_started();
+            }
         }
     }
 
@@ -870,7 +889,7 @@ pub fn test_main(root: &Path, reports: &Path, exe: &Path, variables: &Variables,
                 return ExitCode::from(2);
             }
         },
-        Err(_) => supervise::default_budget(&limits, args.test_threads.unwrap_or(1)),
+        Err(_) => supervise::default_budget(&limits),
     };
     let supervisor = Supervisor::new(budget);
     share_private_parent();

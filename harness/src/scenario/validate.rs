@@ -170,8 +170,7 @@ pub fn validate(
     v.impairments =
         faults.iter().filter(|fault| fault.action.impairment().is_some()).map(|fault| fault.name.clone()).collect();
     let expect = v.run_expectations(&root.key("expect"), wire.expect.as_ref())?;
-    let mut requires = v.requirements(&root.key("requires"), wire.requires.as_ref())?;
-    require_what_faults_need(&mut requires, &faults);
+    let requires = v.requirements(&root.key("requires"), wire.requires.as_ref())?;
     let conditional = v.conditional_expectations(wire)?;
 
     // The impairments run on the wire, which then sits on the link between client and server.
@@ -213,19 +212,6 @@ pub fn validate(
         conditional,
         not_applicable: Vec::new(),
     })
-}
-
-/// A fault's `payload:` condition needs nftables' inner-header loads (`@ih`, Linux >= 6.2 or a kernel with
-/// them backported): the scenario requires them whether or not its `requires:` says so, so that a kernel
-/// without them makes it not applicable, with that reason, rather than a harness error when the rule is
-/// refused. The reason points at the scenario's `requires:`, or at the first such fault.
-fn require_what_faults_need(requires: &mut Requirements, faults: &[FaultPlan]) {
-    let needed = Requirement::Nftables(NftFeature::InnerPayload);
-    let Some(fault) = faults.iter().find(|fault| fault.matcher.payload.is_some()) else { return };
-    if !requires.items.contains(&needed) {
-        requires.items.push(needed);
-        requires.location.get_or_insert(fault.location);
-    }
 }
 
 struct Validator<'a> {

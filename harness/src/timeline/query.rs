@@ -246,8 +246,13 @@ impl SocketHistory {
 /// Each socket's consecutive distinct states, in first-seen order, from one host's socket samples and state
 /// transitions. A socket the kernel's transitions were traced for takes its states from them, at the kernel's
 /// times; its samples add only what no transition shows: its request socket (SYN-RECV), its TIME-WAIT
-/// successor, and its disappearance (GONE). A socket without transitions (the tracer was not available) takes
-/// its states from the samples, at the times they were taken.
+/// successor, and its disappearance (GONE) where the transitions cannot tell it. A traced socket that goes to
+/// CLOSE from any state but FIN-WAIT-2 and CLOSING is GONE at that instant too: the kernel takes a socket out of
+/// its tables as it enters CLOSE (`inet_unhash`), so no sample can show it after that, while one that takes
+/// those two ways may have left a TIME-WAIT successor, which only samples show. (A socket that lasted less
+/// than a sample's interval, a SYN-SENT answered at once by an ICMP error in a slow VM, was seen in no sample,
+/// and its disappearance then in none either.) A socket without transitions (the tracer was not available)
+/// takes its states from the samples, at the times they were taken.
 pub fn socket_histories(
     samples: &[(Duration, &SocketEvent)],
     transitions: &[(Duration, &TransitionEvent)],
@@ -267,6 +272,10 @@ pub fn socket_histories(
         if transition_first {
             if let Some((t, transition)) = transitions.next() {
                 histories.record(Named::from(*transition), transition.to, *t);
+                let may_leave_time_wait = matches!(transition.from, TcpState::FinWait2 | TcpState::Closing);
+                if transition.to == TcpState::Close && !may_leave_time_wait {
+                    histories.record(Named::from(*transition), TcpState::Gone, *t);
+                }
             }
         } else if let Some((t, sample)) = samples.next() {
             if !traced.contains(sample.socket.as_str()) || untraceable(sample.state) {
@@ -434,6 +443,37 @@ mod tests {
                     ]
                 ),
                 (sampled.to_string(), vec![(SynSent, 1), (Established, 5)]),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_traced_socket_is_gone_as_it_closes_unless_it_may_leave_a_time_wait_successor() {
+        use TcpState::*;
+        let refused = "10.0.0.1:40000 -> 10.0.0.2:9000";
+        let reset = "10.0.0.1:40001 -> 10.0.0.2:9000";
+        let timed_wait = "10.0.0.1:40002 -> 10.0.0.2:9000";
+        let got = histories(vec![
+            // An ICMP error ends a SYN-SENT before any sample saw it.
+            transition(1, refused, Close, SynSent),
+            transition(2, refused, SynSent, Close),
+            // A RST in FIN-WAIT-1, then the sample that no longer finds it.
+            transition(1, reset, Close, Established),
+            transition(3, reset, Established, FinWait1),
+            transition(5, reset, FinWait1, Close),
+            sample(40, reset, Gone),
+            // FIN-WAIT-2 to CLOSE: its TIME-WAIT successor is there, and gone only when a sample says so.
+            transition(1, timed_wait, Close, Established),
+            transition(4, timed_wait, FinWait2, Close),
+            sample(6, timed_wait, TimeWait),
+            sample(60, timed_wait, Gone),
+        ]);
+        assert_eq!(
+            got,
+            vec![
+                (refused.to_string(), vec![(SynSent, 1), (Close, 2), (Gone, 2)]),
+                (reset.to_string(), vec![(Established, 1), (FinWait1, 3), (Close, 5), (Gone, 5)]),
+                (timed_wait.to_string(), vec![(Established, 1), (Close, 4), (TimeWait, 6), (Gone, 60)]),
             ]
         );
     }

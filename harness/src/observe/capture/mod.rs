@@ -400,6 +400,8 @@ impl Reader {
     /// The thread is real-time from its start ([`raise_spawned`]).
     fn run(mut self) {
         let captured = self.capture_until_stopped().map(|()| self.recorder.stats);
+        // Its real-time CPU is counted for the run's report before the report can be made.
+        priority::count_realtime_cpu();
         let Reader { socket, source, recorder, .. } = self;
         recorder.chunks.finish(captured);
         drop(source);

@@ -175,6 +175,10 @@ impl ChunkDecoder {
         // then ends the writer, which drops `done` and so tells `stop`.
         for message in self.chunks.iter() {
             let finished = matches!(message, ToDisk::Finished(_));
+            if finished {
+                // Its real-time CPU is counted for the run's report before the report can be made.
+                priority::count_realtime_cpu();
+            }
             if let ToDisk::Chunk(chunk) = &message {
                 for frame in chunk.frames() {
                     if let Some(event) = self.decoder.decode(frame.data, frame.outgoing) {
@@ -240,6 +244,7 @@ impl DiskWriter {
                 let _ = spare.try_send(chunk);
             }
             if let Some(result) = finished {
+                priority::count_realtime_cpu();
                 drop(file);
                 // The receiver is gone only if the Capture was dropped without stop(): nobody is waiting.
                 let _ = done.send(failure.map_or(result, Err));

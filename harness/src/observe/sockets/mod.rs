@@ -13,6 +13,7 @@ use crate::error::{Context, Error, Result};
 use crate::record::ObserverStats;
 use crate::run::clock::EventSink;
 use crate::run::netns::Netns;
+use crate::run::priority::thread_cpu_time;
 use crate::run::sampling::SamplingCount;
 use crate::scenario::plan::HostId;
 use crate::timeline::EventKind;
@@ -42,16 +43,6 @@ struct Sampler {
 /// Weight of the newest dump in [`Sampler::recent_dump_cpu`]: an eighth, so one odd dump moves it little.
 const RECENT_WEIGHT: f64 = 0.125;
 
-/// CPU time the calling thread has used so far (`CLOCK_THREAD_CPUTIME_ID`); zero where the clock is refused.
-fn thread_cpu_time() -> Duration {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `now` is a valid timespec the call fills in.
-    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } != 0 {
-        return Duration::ZERO;
-    }
-    Duration::new(u64::try_from(now.tv_sec).unwrap_or(0), u32::try_from(now.tv_nsec).unwrap_or(0))
-}
-
 /// The moving average of a dump's CPU cost with `latest` folded in, taken as at most 4 times the average: in a
 /// VM, a thread's CPU time also counts the time the host did not run its virtual CPU, and one such dump must
 /// not space the periodic samples seconds apart.
@@ -60,14 +51,16 @@ fn fold_in(recent: Option<Duration>, latest: Duration) -> Duration {
 }
 
 impl Sampler {
-    /// One dump, and its changes as events stamped with the time the dump was requested: the kernel walks its
-    /// socket table after that instant, so a change seen at `t` happened before `t` + the dump time (20 to 200
-    /// microseconds, see `ObserverStats`) and after the previous sample's `t`.
+    /// One dump, and its changes as events stamped with the time the dump ended: the kernel walked its socket
+    /// table before that instant, so a change seen at `t` happened before `t` and after the previous sample's
+    /// dump began (`t` - the dump time: 20 to 200 microseconds, see `ObserverStats`). Stamped with its start, a
+    /// paced dump that was preempted (it runs at the ordinary policy) showed a state up to 200 ms before it
+    /// came about in the 6.1 TCG VM: a Recv-Q of 11 before the segment carrying those bytes had left.
     fn sample(&mut self) -> Result<Duration> {
         let requested = Instant::now();
-        let t = self.sink.clock().at(requested);
         let cpu_before = thread_cpu_time();
         dump_into(&mut self.socket, &mut self.samples)?;
+        let t = self.sink.clock().now();
         let took = requested.elapsed();
         self.count += 1;
         self.total_dump_time += took;
@@ -114,7 +107,11 @@ impl Sampler {
             };
             let packet_at = last_sample + PACKET_SAMPLE_GAP;
             if periodic_due || (packet_waiting && packet_at <= now) {
-                let cost = self.sample()?;
+                // Bulk work, at the ordinary policy: only a sample asked for by a SYN, FIN, RST or a step's end
+                // is taken real-time. Real-time, these dumps were the larger part of the real-time threads' CPU
+                // in the 6.1 TCG VM (70.8 s of 183 s at `--jobs 4`), and every millisecond of it kept
+                // `ksoftirqd`, and with it that kernel's timers and packets, off a CPU.
+                let cost = crate::run::priority::ordinary_while(|| self.sample())?;
                 if periodic_due {
                     budget.spend(Instant::now(), cost, self.recent_dump_cpu.unwrap_or_default());
                 }
@@ -196,7 +193,7 @@ impl Observer {
     /// with the same 4-tuple is the same socket changing state.
     ///
     /// The first sample is taken before this returns, so a namespace without sock_diag fails here. Events are
-    /// stamped with the time their dump was requested.
+    /// stamped with the time their dump ended.
     pub fn start(ns: &Netns, host: HostId, interval: Duration, sink: EventSink) -> Result<Observer> {
         if interval.is_zero() {
             return Err(Error::Internal(format!("observer of {host}: the sampling interval must not be zero")));
@@ -222,10 +219,10 @@ impl Observer {
                 let _ = finished_tx.send(sampler.run(interval, stop_rx));
             })
             .context(|| format!("spawn the socket observer thread of {host}"))?;
-        // A sample is stamped when it is requested: on a loaded machine an ordinary thread was seen to miss
-        // short-lived states entirely (no sample for hundreds of ms). Best effort, as for the program threads; a
-        // dump costs tens of microseconds, so the real-time thread takes little. Raised by this thread, so the
-        // observer is real-time from its first run (`raise_spawned` says why).
+        // A sample asked for must be taken at once: on a loaded machine an ordinary thread was seen to miss
+        // short-lived states entirely (no sample for hundreds of ms). Best effort, as for the program threads;
+        // real-time for its wake-ups and the samples events ask for, ordinary for the paced ones (see `run`).
+        // Raised by this thread, so the observer is real-time from its first run (`raise_spawned` says why).
         let _ = crate::run::priority::raise_spawned(&thread);
         Ok(Observer { host, stop, finished, thread })
     }

@@ -534,12 +534,13 @@ fn read_until_stopped(mut reader: RingReader, sink: &EventSink, stop: &AtomicBoo
         let mut drops = Vec::new();
         reader
             .read(if stopping { Duration::ZERO } else { READ_TICK }, wake, |bytes| match parse(bytes) {
-                Some(Parsed::Transition(record)) => {
-                    if transition_pairs.first_of_hit(record.instance, (record.sock, record.from, record.to)) {
-                        records.push(record);
-                    }
+                Some(Parsed::Transition(record))
+                    if transition_pairs.first_of_hit(record.instance, (record.sock, record.from, record.to)) =>
+                {
+                    records.push(record);
                 }
-                Some(Parsed::Drop { instance, skb, packet, .. }) if !drop_pairs.first_of_hit(instance, (skb, packet.to_vec())) => {}
+                Some(Parsed::Drop { instance, skb, packet, .. })
+                    if !drop_pairs.first_of_hit(instance, (skb, packet.to_vec())) => {}
                 Some(Parsed::Drop { host, time_ns, by, packet, .. }) => {
                     let host = HostId::EVERY.into_iter().find(|h| h.index() as u32 == host);
                     let event = decoder.decode_ip(packet, true);
@@ -548,7 +549,7 @@ fn read_until_stopped(mut reader: RingReader, sink: &EventSink, stop: &AtomicBoo
                         drops.push((host, time_ns, event));
                     }
                 }
-                None => {}
+                Some(Parsed::Transition(_)) | None => {}
             })
             .map_err(|e| Error::sys("read the transition tracer's ring buffer", e))?;
         let now = monotonic_ns();

@@ -629,7 +629,8 @@ mod tests {
 
     #[test]
     fn every_jump_lands_inside_the_program_and_it_ends_in_exit() {
-        let insns = instructions(&layout(), &[(7, 0), (u32::MAX - 1, 1), (9, 2)], Maps { ring: 4, lost: 5 }, Instance::Second);
+        let insns =
+            instructions(&layout(), &[(7, 0), (u32::MAX - 1, 1), (9, 2)], Maps { ring: 4, lost: 5 }, Instance::Second);
         let last = decode(*insns.last().unwrap());
         assert_eq!(last.0, JMP | OP_EXIT);
         for (at, insn) in insns.iter().enumerate() {

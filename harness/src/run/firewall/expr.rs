@@ -1,5 +1,6 @@
 //! nftables pieces the `nftnl` crate lacks, added through its own `Expression` and `NlMsg` traits:
-//! raw payload loads (including the inner header `@ih`), named counters and references to them.
+//! raw payload loads (including the inner header `@ih`) into any register, bitwise masks and set lookups on any
+//! register, named counters and references to them.
 
 use std::ffi::{c_void, CStr};
 use std::os::raw::c_char;
@@ -19,11 +20,17 @@ const NFT_PAYLOAD_INNER_HEADER: u32 = 3;
 /// Where a raw payload load starts counting its offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum PayloadBase {
+    /// nft `@nh`: the IP header.
+    Network,
     /// nft `@th`.
     Transport,
     /// nft `@ih`.
     Inner,
 }
+
+/// `NFT_REG32_00` in linux/netfilter/nf_tables.h: the first 32-bit data register, where register 1 (the
+/// 16-byte `NFT_REG_1`) starts; a concatenation's fields go into consecutive ones, each padded to 4 bytes.
+pub(super) const NFT_REG32_00: u32 = 8;
 
 /// nft `@th,<8*offset>,<8*len>` / `@ih,...`: loads `len` bytes at byte `offset` into register 1.
 /// A load past the end of the packet ends the rule there (the kernel's NFT_BREAK), which is how an
@@ -41,8 +48,23 @@ fn allocated<T>(ptr: *mut T) -> NonNull<T> {
 }
 
 impl Expression for RawPayload {
+    fn to_expr(&self, rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        LoadInto { payload: *self, register: libc::NFT_REG_1 as u32 }.to_expr(rule)
+    }
+}
+
+/// [`RawPayload`] into another register (the bytes after the load's length up to the next 4 are zeroed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct LoadInto {
+    pub payload: RawPayload,
+    pub register: u32,
+}
+
+impl Expression for LoadInto {
     fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
-        let base = match self.base {
+        let RawPayload { base, offset, len } = self.payload;
+        let base = match base {
+            PayloadBase::Network => libc::NFT_PAYLOAD_NETWORK_HEADER as u32,
             PayloadBase::Transport => libc::NFT_PAYLOAD_TRANSPORT_HEADER as u32,
             PayloadBase::Inner => NFT_PAYLOAD_INNER_HEADER,
         };
@@ -51,9 +73,59 @@ impl Expression for RawPayload {
         unsafe {
             let raw = expr.as_ptr();
             sys::nftnl_expr_set_u32(raw, sys::NFTNL_EXPR_PAYLOAD_BASE as u16, base);
-            sys::nftnl_expr_set_u32(raw, sys::NFTNL_EXPR_PAYLOAD_OFFSET as u16, self.offset);
-            sys::nftnl_expr_set_u32(raw, sys::NFTNL_EXPR_PAYLOAD_LEN as u16, self.len);
-            sys::nftnl_expr_set_u32(raw, sys::NFTNL_EXPR_PAYLOAD_DREG as u16, libc::NFT_REG_1 as u32);
+            sys::nftnl_expr_set_u32(raw, sys::NFTNL_EXPR_PAYLOAD_OFFSET as u16, offset);
+            sys::nftnl_expr_set_u32(raw, sys::NFTNL_EXPR_PAYLOAD_LEN as u16, len);
+            sys::nftnl_expr_set_u32(raw, sys::NFTNL_EXPR_PAYLOAD_DREG as u16, self.register);
+        }
+        expr
+    }
+}
+
+/// nft `& <mask>` on the one-byte value in `register`, in place.
+pub(super) struct MaskByte {
+    pub register: u32,
+    pub mask: u8,
+}
+
+impl Expression for MaskByte {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        let expr = allocated(unsafe { sys::nftnl_expr_alloc(c"bitwise".as_ptr()) });
+        let (mask, xor) = ([self.mask], [0u8]);
+        // SAFETY: `expr` is a live bitwise expression; libnftnl copies the one-byte mask and xor.
+        unsafe {
+            let raw = expr.as_ptr();
+            sys::nftnl_expr_set_u32(raw, sys::NFTNL_EXPR_BITWISE_SREG as u16, self.register);
+            sys::nftnl_expr_set_u32(raw, sys::NFTNL_EXPR_BITWISE_DREG as u16, self.register);
+            sys::nftnl_expr_set_u32(raw, sys::NFTNL_EXPR_BITWISE_LEN as u16, 1);
+            sys::nftnl_expr_set(raw, sys::NFTNL_EXPR_BITWISE_MASK as u16, mask.as_ptr().cast(), 1);
+            sys::nftnl_expr_set(raw, sys::NFTNL_EXPR_BITWISE_XOR as u16, xor.as_ptr().cast(), 1);
+        }
+        expr
+    }
+}
+
+/// `NFT_LOOKUP_F_INV`: the lookup matches when the key is not in the set.
+const NFT_LOOKUP_F_INV: u32 = 1;
+
+/// nft `<key> @<set>` (or `!= @<set>`): the key that starts at `register` is (not) an element of the set named
+/// `set`, a set of the rule's table.
+pub(super) struct SetLookup<'a> {
+    pub set: &'a CStr,
+    pub register: u32,
+    pub absent: bool,
+}
+
+impl Expression for SetLookup<'_> {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        let expr = allocated(unsafe { sys::nftnl_expr_alloc(c"lookup".as_ptr()) });
+        // SAFETY: `expr` is a live lookup expression; libnftnl copies the set's name.
+        unsafe {
+            let raw = expr.as_ptr();
+            sys::nftnl_expr_set_u32(raw, sys::NFTNL_EXPR_LOOKUP_SREG as u16, self.register);
+            sys::nftnl_expr_set_str(raw, sys::NFTNL_EXPR_LOOKUP_SET as u16, self.set.as_ptr());
+            if self.absent {
+                sys::nftnl_expr_set_u32(raw, sys::NFTNL_EXPR_LOOKUP_FLAGS as u16, NFT_LOOKUP_F_INV);
+            }
         }
         expr
     }

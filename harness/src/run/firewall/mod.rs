@@ -3,24 +3,23 @@
 //! off mid-connection. Built with libnftnl through `nftnl`; no `nft` binary is run.
 //!
 //! A fault's match becomes rules as `nft` would write them: `meta l4proto`, `th sport`/`th dport`,
-//! `tcp flags & mask == value` (a load of TCP header byte 13), and the TCP payload condition through
-//! the inner-header payload base (`@ih`, Linux >= 6.2), which starts right after the TCP header as
-//! its data offset says. "Payload nonempty" is a one-byte `@ih` load, which the kernel can only do
-//! when a payload byte exists; "payload empty" is a first rule that returns from the fault's chain
-//! when that load succeeds. This is exact for any IP or TCP option length, unlike comparing
-//! `ip length` with fixed header sizes.
+//! `tcp flags & mask == value` (a load of TCP header byte 13), and the TCP payload condition ([`payload`]:
+//! through the inner-header payload base `@ih` where the kernel has it, Linux >= 6.2, through the header
+//! lengths where it does not). "Payload nonempty" is a condition of the fault's rule; "payload empty" is a
+//! first rule that returns from the fault's chain when the payload is not empty. Both encodings are exact for
+//! any IP or TCP option length, unlike comparing `ip length` with fixed header sizes.
 
 mod conntrack;
 mod expr;
 mod matcher;
 mod nat;
+mod payload;
 mod qdisc;
 mod socket;
 #[cfg(test)]
 mod tests;
 
 use std::ffi::{CStr, CString};
-use std::io;
 use std::thread;
 
 use nftnl::expr::{Bitwise, Cmp, CmpOp, IcmpCode, Immediate, Meta, Register, RejectionType, Verdict};
@@ -29,10 +28,12 @@ use nftnl::{Batch, Chain, ChainType, FinalizedBatch, Hook, MsgType, Policy, Prot
 pub use conntrack::{load_conntrack_here, ConntrackTable};
 pub use matcher::{matches, selects};
 pub use nat::Nat;
+pub use payload::{inner_header_loads, PayloadEncoding};
 pub use qdisc::install_qdisc_drops;
 
 use expr::{CounterObject, CounterRef, PayloadBase, RawPayload};
 use matcher::{Alternative, Selection};
+use payload::{add_no_payload_set, add_payload_nonempty, nonempty_text};
 use socket::NetfilterSocket;
 
 use crate::error::{Error, Result};
@@ -75,10 +76,12 @@ struct InstalledFault {
     direction: Direction,
     selection: Selection,
     action: RuleAction,
+    /// How its payload condition, if any, is written.
+    encoding: PayloadEncoding,
 }
 
 impl InstalledFault {
-    fn new(fault: &FaultPlan, mark: u32) -> Result<InstalledFault> {
+    fn new(fault: &FaultPlan, mark: u32, encoding: PayloadEncoding) -> Result<InstalledFault> {
         let refused = |why: String| Error::Internal(format!("fault {} (line {}): {why}", fault.name, fault.location));
         let selection = matcher::selection(&fault.matcher, fault.action).map_err(refused)?;
         let chain = CString::new(format!("fault_{}", fault.name))
@@ -91,7 +94,7 @@ impl InstalledFault {
                 RuleAction::Verdict(verdict, text)
             }
         };
-        Ok(InstalledFault { name: fault.name.clone(), chain, direction: fault.direction, selection, action })
+        Ok(InstalledFault { name: fault.name.clone(), chain, direction: fault.direction, selection, action, encoding })
     }
 
     fn chain_name(&self) -> String {
@@ -111,9 +114,23 @@ impl Firewall {
     /// A router's faults sit in base chain `forward` (`hook forward`), and its NAT (`nat`) in chains
     /// `prerouting` and `postrouting` of the same table, installed with the table.
     pub fn install(ns: &Netns, host: HostId, faults: &[FaultPlan], nat: Option<&Nat>) -> Result<Firewall> {
+        let needs_encoding = faults.iter().any(|fault| fault.host == host && fault.matcher.payload.is_some());
+        let encoding = if needs_encoding { PayloadEncoding::of_this_kernel() } else { PayloadEncoding::InnerHeader };
+        Firewall::install_encoded(ns, host, faults, nat, |_| encoding)
+    }
+
+    /// [`Firewall::install`] with each fault's payload condition written as `encoding` says, whatever the kernel
+    /// has: to show both encodings select the same packets.
+    pub(crate) fn install_encoded(
+        ns: &Netns,
+        host: HostId,
+        faults: &[FaultPlan],
+        nat: Option<&Nat>,
+        encoding: impl Fn(&FaultPlan) -> PayloadEncoding,
+    ) -> Result<Firewall> {
         let mut own = qdisc::marks(faults)
             .filter(|(fault, _)| fault.host == host)
-            .map(|(fault, mark)| Ok((InstalledFault::new(fault, mark)?, fault.location)))
+            .map(|(fault, mark)| Ok((InstalledFault::new(fault, mark, encoding(fault))?, fault.location)))
             .collect::<Result<Vec<_>>>()?;
         own.sort_by(|(a, _), (b, _)| a.name.cmp(&b.name));
         if let Some(pair) = own.windows(2).find(|pair| pair[0].0.name == pair[1].0.name) {
@@ -121,7 +138,10 @@ impl Firewall {
         }
         let mut socket = NetfilterSocket::open(ns)?;
         let forwards = own.iter().any(|(fault, _)| fault.direction == Direction::Forward);
-        socket.apply(&table_batch(forwards, nat)).map_err(|e| {
+        let lengths = own
+            .iter()
+            .any(|(fault, _)| fault.selection.payload.is_some() && fault.encoding == PayloadEncoding::HeaderLengths);
+        socket.apply(&table_batch(forwards, nat, lengths)).map_err(|e| {
             let nat_rules: String =
                 nat.map(Nat::text).unwrap_or_default().iter().map(|rule| format!("; {rule}")).collect();
             Error::sys(
@@ -143,7 +163,7 @@ impl Firewall {
                     fault.chain_name(),
                     rule_text(fault).join("; ")
                 );
-                Error::sys(what, payload_hint(e, fault.selection.payload.is_some())).at(*location)
+                Error::sys(what, e).at(*location)
             })?;
         }
         Ok(Firewall { socket, host, faults: own.into_iter().map(|(fault, _)| fault).collect() })
@@ -156,10 +176,7 @@ impl Firewall {
         self.socket.apply(&switch_batch(installed, true)).map_err(|e| {
             let chain = installed.chain_name();
             let rules = rule_text(installed).join("; ");
-            Error::sys(
-                format!("switch fault {fault} on (nft flush chain inet netfault {chain}; {rules})"),
-                payload_hint(e, installed.selection.payload.is_some()),
-            )
+            Error::sys(format!("switch fault {fault} on (nft flush chain inet netfault {chain}; {rules})"), e)
         })
     }
 
@@ -214,15 +231,6 @@ fn find<'a>(faults: &'a [InstalledFault], host: HostId, fault: &str) -> Result<&
         .ok_or_else(|| Error::Internal(format!("host {host} has no fault named {fault}")))
 }
 
-/// Kernels before 6.2 refuse the inner-header payload base that payload conditions use.
-fn payload_hint(error: io::Error, has_payload: bool) -> io::Error {
-    if has_payload && error.raw_os_error() == Some(libc::EOPNOTSUPP) {
-        io::Error::new(error.kind(), format!("{error}; payload conditions need Linux >= 6.2 (nft @ih)"))
-    } else {
-        error
-    }
-}
-
 fn base_chain<'a>(table: &'a Table, name: &CStr, hook: Hook) -> Chain<'a> {
     let mut chain = Chain::new(name, table);
     chain.set_hook(hook, PRIORITY_FILTER);
@@ -233,7 +241,7 @@ fn base_chain<'a>(table: &'a Table, name: &CStr, hook: Hook) -> Chain<'a> {
 
 /// The table and its base chains (`forward` when the host has faults on forwarded packets) and the host's NAT,
 /// replacing a table left from an earlier install.
-fn table_batch(forwards: bool, nat: Option<&Nat>) -> FinalizedBatch {
+fn table_batch(forwards: bool, nat: Option<&Nat>, no_payload_set: bool) -> FinalizedBatch {
     let table = Table::new(TABLE, FAMILY);
     let mut batch = Batch::with_page_size(BATCH_PAGE_SIZE);
     // `add table; delete table; add table` replaces a leftover table and never fails on a fresh one.
@@ -247,6 +255,9 @@ fn table_batch(forwards: bool, nat: Option<&Nat>) -> FinalizedBatch {
     }
     if let Some(nat) = nat {
         nat.add_to(&mut batch, &table);
+    }
+    if no_payload_set {
+        add_no_payload_set(&mut batch, &table);
     }
     batch.finalize()
 }
@@ -296,7 +307,7 @@ fn add_fault_rules(batch: &mut Batch, chain: &Chain, fault: &InstalledFault) {
     if fault.selection.payload == Some(PayloadMatch::Empty) {
         let mut skip_data = Rule::new(chain);
         add_protocol(&mut skip_data, Protocol::Tcp.number());
-        add_payload_exists(&mut skip_data);
+        add_payload_nonempty(&mut skip_data, fault.encoding);
         skip_data.add_expr(&Verdict::Return);
         // A constant far below NFTNL_UDATA_COMMENT_MAXLEN (128 bytes): it always fits.
         let _ = skip_data.set_comment(c"tcp payload not empty: not this fault's packet");
@@ -306,7 +317,7 @@ fn add_fault_rules(batch: &mut Batch, chain: &Chain, fault: &InstalledFault) {
         let mut rule = Rule::new(chain);
         add_alternative(&mut rule, alternative);
         if fault.selection.payload == Some(PayloadMatch::NonEmpty) {
-            add_payload_exists(&mut rule);
+            add_payload_nonempty(&mut rule, fault.encoding);
         }
         rule.add_expr(&CounterRef { name: &fault.chain });
         match &fault.action {
@@ -319,13 +330,6 @@ fn add_fault_rules(batch: &mut Batch, chain: &Chain, fault: &InstalledFault) {
         }
         batch.add(&rule, MsgType::Add);
     }
-}
-
-/// `@ih,0,8 >= 0x0`: the load succeeds only if the transport payload has a first byte, and the
-/// always-true comparison makes `nft list` show the condition (it hides a load nothing reads).
-fn add_payload_exists(rule: &mut Rule) {
-    rule.add_expr(&RawPayload { base: PayloadBase::Inner, offset: 0, len: 1 });
-    rule.add_expr(&Cmp::new(CmpOp::Gte, 0u8));
 }
 
 /// TCP header byte 13 holds the flags (FIN=0x01 ... CWR=0x80).
@@ -383,7 +387,11 @@ fn verdict(action: FaultAction) -> Option<(Verdict, &'static str)> {
 fn rule_text(fault: &InstalledFault) -> Vec<String> {
     let mut rules = Vec::new();
     if fault.selection.payload == Some(PayloadMatch::Empty) {
-        rules.push(format!("nft add rule inet netfault {} meta l4proto tcp @ih,0,8 >= 0x0 return", fault.chain_name()));
+        rules.push(format!(
+            "nft add rule inet netfault {} meta l4proto tcp {} return",
+            fault.chain_name(),
+            nonempty_text(fault.encoding)
+        ));
     }
     for alternative in &fault.selection.alternatives {
         let mut parts = vec![format!("nft add rule inet netfault {}", fault.chain_name())];
@@ -400,7 +408,7 @@ fn rule_text(fault: &InstalledFault) -> Vec<String> {
             parts.push(format!("tcp flags & {:#04x} == {:#04x}", flags.mask, flags.value));
         }
         if fault.selection.payload == Some(PayloadMatch::NonEmpty) {
-            parts.push("@ih,0,8 >= 0x0".to_string());
+            parts.push(nonempty_text(fault.encoding));
         }
         parts.push(format!("counter name {}", fault.chain_name()));
         parts.push(match &fault.action {

@@ -613,3 +613,97 @@ fn loading_conntrack_registers_its_sysctls_and_leaves_no_table() {
     assert!(ns.run(|| Ok(tcp_loose.exists())).unwrap(), "nf_conntrack's sysctls are there once it is loaded");
     assert_eq!(run(&ns, "nft", &["list", "ruleset"]).trim(), "", "the scratch table is gone");
 }
+
+/// A connection from the client with the given IP options (`IP_OPTIONS`: they make the IP header longer) and
+/// TCP timestamps on or off (the TCP header 32 or 20 bytes long for data), which sends `sizes` bytes in turn,
+/// each echoed back by the server, then closes both ends.
+fn exchange(pair: &Pair, listener: &TcpListener, ip_options: &[u8], timestamps: bool, sizes: &[usize]) {
+    let value = if timestamps { "1" } else { "0" };
+    run(&pair.client, "sysctl", &["-qw", &format!("net.ipv4.tcp_timestamps={value}")]);
+    let client = pair
+        .client
+        .run(|| {
+            let socket = socket::socket(AddressFamily::Inet, SockType::Stream, SockFlag::empty(), None).unwrap();
+            if !ip_options.is_empty() {
+                // SAFETY: IP_OPTIONS takes the option bytes, passed by pointer with their length.
+                let set = unsafe {
+                    libc::setsockopt(
+                        socket.as_raw_fd(),
+                        libc::IPPROTO_IP,
+                        libc::IP_OPTIONS,
+                        ip_options.as_ptr().cast(),
+                        ip_options.len() as libc::socklen_t,
+                    )
+                };
+                assert_eq!(set, 0, "setsockopt(IP_OPTIONS)");
+            }
+            socket::connect(socket.as_raw_fd(), &SockaddrIn::from(SocketAddrV4::new(SERVER, PORT))).unwrap();
+            Ok(TcpStream::from(socket))
+        })
+        .unwrap();
+    let mut client = client;
+    let mut server = accept_within(listener, Duration::from_secs(2)).expect("accepted");
+    server.set_nonblocking(false).unwrap();
+    for &size in sizes {
+        let data = vec![0x5a; size];
+        client.write_all(&data).unwrap();
+        let mut echoed = vec![0; size];
+        server.read_exact(&mut echoed).unwrap();
+        server.write_all(&echoed).unwrap();
+        client.read_exact(&mut echoed).unwrap();
+    }
+    drop(client);
+    let mut rest = Vec::new();
+    server.read_to_end(&mut rest).unwrap();
+}
+
+#[test]
+fn both_payload_encodings_select_the_same_packets() {
+    // The header-lengths encoding is what kernels without `@ih` (6.1) get; this kernel has both, so the two
+    // are installed side by side on the server's input and counted on the same packets: segments with and
+    // without payload, IP headers of 20 and 24 bytes, TCP headers of 20, 32 and 40 bytes (SYN).
+    let pair = Pair::new();
+    let with = |name: &str, payload| {
+        let matcher = PacketMatch { dport: Some(PORT), payload: Some(payload), ..PacketMatch::default() };
+        // Marked for a queueing discipline that is not there: every packet goes on, and the counter counts it.
+        fault(name, HostId::Server, Direction::Ingress, matcher, FaultAction::QdiscDrop)
+    };
+    let faults = [
+        with("data-ih", PayloadMatch::NonEmpty),
+        with("data-lengths", PayloadMatch::NonEmpty),
+        with("empty-ih", PayloadMatch::Empty),
+        with("empty-lengths", PayloadMatch::Empty),
+    ];
+    let encoding = |fault: &FaultPlan| {
+        if fault.name.ends_with("-ih") {
+            PayloadEncoding::InnerHeader
+        } else {
+            PayloadEncoding::HeaderLengths
+        }
+    };
+    let mut firewall = Firewall::install_encoded(&pair.server, HostId::Server, &faults, None, encoding).unwrap();
+    for fault in &faults {
+        firewall.activate(&fault.name).unwrap();
+    }
+    assert_eq!(
+        rules(&pair.server, "data-lengths"),
+        ["tcp dport 9000 ip length . @nh,0,8 . tcp doff != @tcp_no_payload counter name \"fault_data-lengths\" meta mark set 0x6e660001"],
+        "{}",
+        run(&pair.server, "nft", &["list", "ruleset"])
+    );
+    let listener = listen(&pair);
+    // NOP, NOP, NOP, end of options: a 24-byte IP header.
+    let nops = [1, 1, 1, 0];
+    exchange(&pair, &listener, &[], true, &[1, 100, 5000]);
+    exchange(&pair, &listener, &nops, true, &[1, 3000]);
+    exchange(&pair, &listener, &[], false, &[7, 2000]);
+    exchange(&pair, &listener, &nops, false, &[1]);
+
+    let (data, empty) = (counter(&mut firewall, "data-ih"), counter(&mut firewall, "empty-ih"));
+    assert_eq!(counter(&mut firewall, "data-lengths"), data, "segments with payload");
+    assert_eq!(counter(&mut firewall, "empty-lengths"), empty, "segments without payload");
+    // At least the 8 sends of the client (a large one may arrive in several segments), and its handshakes' and
+    // closes' segments (SYN, ACK, FIN) per connection.
+    assert!(data >= 8, "{data} segments with payload");
+    assert!(empty >= 4 * 3, "{empty} segments without payload");
+}

@@ -299,6 +299,8 @@ impl Direction {
                 unsafe { libc::sched_yield() };
             }
         }
+        // Its real-time CPU is counted for the run's report before the report can be made.
+        priority::count_realtime_cpu();
         self.stats.held_at_stop = self.schedule.len() as u64 + self.held.len() as u64;
         self.stats.kernel_drops += capture::take_kernel_drops(&self.receive)
             .map_err(|e| Error::sys(format!("{}: getsockopt(PACKET_STATISTICS)", self.command), e))?;

@@ -1,0 +1,254 @@
+//! When the runner starts its next scenario process on this machine's CPUs: at most one setting up per CPU,
+//! and only while the scenario processes running used less than [`CPU_SHARE`] of the CPUs over the last
+//! [`WINDOW`] (`/proc/<pid>/stat` utime + stime, their children's included: `top` for the suite's processes).
+//!
+//! Why: the kernel does its deferred network and timer work (softirqs spilled over to `ksoftirqd`) in
+//! ordinary threads, and netfault's own measuring threads are real-time. A machine whose CPUs the scenarios
+//! keep busy therefore delays the very timers and packets the scenarios assert on; before Linux 6.5 it
+//! delays all of them, since while `ksoftirqd` waits for a CPU no softirq runs at interrupt exit either.
+//! Measured in a 2-vCPU TCG VM running Debian's 6.1 with the 67 scenarios started at once: CPUs 96% busy,
+//! `ksoftirqd` waited 89.8 s for a CPU, and 28 scenarios failed on late keepalive probes, late SYN-ACKs and
+//! RTOs. On a fast machine the gate costs only the set-ups' serialisation: scenarios use a few percent of a
+//! CPU, so every one of them still runs at once.
+
+use std::collections::BTreeMap;
+use std::sync::{Condvar, LazyLock, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+/// The share of the machine's CPUs the running scenario processes may keep busy before the next one waits:
+/// the rest is for the kernel's own work, the programs the scenarios `exec`, and the wake-up latency of
+/// everything that measures. Measured in the 6.1 TCG VM (2 vCPUs, 72 scenarios): with half, the guest's CPUs
+/// were still 83% busy, `ksoftirqd` waited 29.8 s for a CPU and 10 scenarios failed on late timers.
+pub const CPU_SHARE: f64 = 0.25;
+
+/// The span the scenarios' CPU use is measured over: long against the 10 ms granule of `/proc/<pid>/stat`,
+/// short against a scenario.
+pub const WINDOW: Duration = Duration::from_millis(250);
+
+/// How often a waiting start looks again (a scenario ending or reaching its programs wakes it sooner).
+const RECHECK: Duration = Duration::from_millis(50);
+
+/// `USER_HZ`: the unit of `/proc/<pid>/stat`'s times on every Linux architecture netfault runs on.
+const TICKS_PER_SECOND: f64 = 100.0;
+
+static MACHINE: LazyLock<CpuGate> =
+    LazyLock::new(|| CpuGate::new(std::thread::available_parallelism().map_or(1, usize::from)));
+
+/// The gate of one runner.
+#[derive(Debug)]
+pub struct CpuGate {
+    cpus: usize,
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Admitted and not yet running their programs.
+    setting_up: usize,
+    /// Scenario processes spawned and not yet ended, by pid: their CPU ticks at the last reading.
+    processes: BTreeMap<u32, u64>,
+    /// When the CPU use was last read, and what it was then, in CPUs.
+    read_at: Option<Instant>,
+    busy_cpus: f64,
+}
+
+/// One admitted scenario: it counts as setting up until [`Admission::programs_started`], and its process's CPU
+/// counts from [`Admission::spawned`]; everything is given back when it is dropped.
+#[derive(Debug)]
+pub struct Admission<'a> {
+    gate: &'a CpuGate,
+    pid: Option<u32>,
+    setting_up: bool,
+}
+
+impl CpuGate {
+    /// The gate every scenario this process starts goes through.
+    pub fn of_this_machine() -> &'static CpuGate {
+        &MACHINE
+    }
+
+    pub fn new(cpus: usize) -> CpuGate {
+        CpuGate { cpus: cpus.max(1), state: Mutex::new(State::default()), changed: Condvar::new() }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits until a scenario may start (at once when none is setting up or running), or until `stop` says to
+    /// give up (`None`).
+    pub fn admit(&self, stop: impl Fn() -> bool) -> Option<Admission<'_>> {
+        self.admit_by(stop, cpu_ticks)
+    }
+
+    fn admit_by(&self, stop: impl Fn() -> bool, ticks: impl Fn(u32) -> Option<u64>) -> Option<Admission<'_>> {
+        let mut state = self.lock();
+        loop {
+            state.measure(&ticks);
+            let idle = state.setting_up == 0 && state.processes.is_empty();
+            if idle || (state.setting_up < self.cpus && state.busy_cpus < CPU_SHARE * self.cpus as f64) {
+                state.setting_up += 1;
+                return Some(Admission { gate: self, pid: None, setting_up: true });
+            }
+            if stop() {
+                return None;
+            }
+            state = self.changed.wait_timeout(state, RECHECK).unwrap_or_else(PoisonError::into_inner).0;
+        }
+    }
+}
+
+impl State {
+    /// Reads the processes' CPU ticks again if the last reading is a [`WINDOW`] old: the CPUs they kept busy
+    /// since then. A process that started in between counts from zero.
+    fn measure(&mut self, ticks: impl Fn(u32) -> Option<u64>) {
+        let now = Instant::now();
+        if self.read_at.is_some_and(|at| now.duration_since(at) < WINDOW) {
+            return;
+        }
+        let mut used = 0;
+        for (pid, last) in &mut self.processes {
+            if let Some(total) = ticks(*pid) {
+                used += total.saturating_sub(*last);
+                *last = total;
+            }
+        }
+        self.busy_cpus = match self.read_at.map(|at| now.duration_since(at)) {
+            Some(elapsed) if !elapsed.is_zero() => used as f64 / TICKS_PER_SECOND / elapsed.as_secs_f64(),
+            _ => 0.0,
+        };
+        self.read_at = Some(now);
+    }
+}
+
+impl Admission<'_> {
+    /// The scenario's process is `pid`: its CPU counts from now on.
+    pub fn spawned(&mut self, pid: u32) {
+        self.gate.lock().processes.insert(pid, 0);
+        self.pid = Some(pid);
+    }
+
+    /// The scenario's programs started: its set-up no longer holds a CPU's slot.
+    pub fn programs_started(&mut self) {
+        if std::mem::take(&mut self.setting_up) {
+            self.gate.lock().setting_up -= 1;
+            self.gate.changed.notify_all();
+        }
+    }
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        let mut state = self.gate.lock();
+        if self.setting_up {
+            state.setting_up -= 1;
+        }
+        if let Some(pid) = self.pid {
+            state.processes.remove(&pid);
+        }
+        drop(state);
+        self.gate.changed.notify_all();
+    }
+}
+
+/// CPU ticks used so far by process `pid`, its threads and its waited-for children, and by its children
+/// still running (the scenario runs in a child of the process the runner starts: see `pidns`).
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let own = process_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)?;
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let running_children: u64 = children
+        .split_whitespace()
+        .filter_map(|child| std::fs::read_to_string(format!("/proc/{child}/stat")).ok())
+        .filter_map(|stat| process_ticks(&stat))
+        .sum();
+    Some(own + running_children)
+}
+
+/// utime + stime + cutime + cstime of a `/proc/<pid>/stat` line (fields 14 to 17).
+fn process_ticks(stat: &str) -> Option<u64> {
+    let after_name = stat.get(stat.rfind(')')? + 1..)?;
+    // Field 3 (state) is the first after the name.
+    let fields: Vec<u64> = after_name
+        .split_whitespace()
+        .skip(14 - 3)
+        .take(4)
+        .map(|n| n.parse::<i64>().ok().map(|n| n.max(0) as u64))
+        .collect::<Option<_>>()?;
+    (fields.len() == 4).then(|| fields.iter().sum())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::collections::HashMap;
+
+    use super::*;
+
+    #[test]
+    fn the_ticks_are_the_four_cpu_times_of_the_stat_line() {
+        let stat = "77 (netfault (x)) S 1 77 77 0 -1 4194560 10 0 0 0 250 50 7 3 20 0 9 0 100 1000 10";
+        assert_eq!(process_ticks(stat), Some(310));
+        assert_eq!(process_ticks("77 (x) S 1"), None);
+        let own = cpu_ticks(std::process::id()).unwrap();
+        let mut spin = 0u64;
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_millis(60) {
+            spin = std::hint::black_box(spin.wrapping_add(1));
+        }
+        assert!(cpu_ticks(std::process::id()).unwrap() > own, "60 ms of CPU are at least one 10 ms tick");
+    }
+
+    #[test]
+    fn one_scenario_sets_up_per_cpu_at_a_time() {
+        let gate = CpuGate::new(2);
+        let idle = |_| Some(0);
+        let mut first = gate.admit_by(|| false, idle).unwrap();
+        let _second = gate.admit_by(|| false, idle).unwrap();
+        assert!(gate.admit_by(|| true, idle).is_none(), "both CPUs have a set-up");
+        first.spawned(10);
+        first.programs_started();
+        assert!(gate.admit_by(|| true, idle).is_some(), "the first is running and uses no CPU");
+    }
+
+    #[test]
+    fn a_start_waits_while_the_running_scenarios_keep_a_quarter_of_the_cpus_busy() {
+        let gate = CpuGate::new(2);
+        // Process 10 (a scenario and its programs) keeps one and a half CPUs busy: 150 ticks a second.
+        let started = Instant::now();
+        let busy = |pid| (pid == 10).then(|| (started.elapsed().as_secs_f64() * 150.0) as u64);
+        let mut running = gate.admit_by(|| false, busy).unwrap();
+        running.spawned(10);
+        running.programs_started();
+        // What it used shows once a window has passed.
+        std::thread::sleep(WINDOW);
+        let asked = Cell::new(0);
+        let stop = || {
+            asked.set(asked.get() + 1);
+            asked.get() > 20
+        };
+        assert!(gate.admit_by(stop, busy).is_none(), "1.5 CPUs of two busy: not below a quarter");
+        assert!(asked.get() > 20, "it looked again until told to stop");
+        // It ends: the next starts at once.
+        drop(running);
+        assert!(gate.admit_by(|| true, busy).is_some());
+    }
+
+    #[test]
+    fn a_start_goes_on_while_the_running_scenarios_use_little() {
+        let gate = CpuGate::new(2);
+        let started = Instant::now();
+        // A tenth of a CPU each, three of them.
+        let light: HashMap<u32, ()> = (1..=3).map(|pid| (pid, ())).collect();
+        let ticks = |pid| light.get(&pid).map(|_| (started.elapsed().as_secs_f64() * 10.0) as u64);
+        let mut admitted = Vec::new();
+        for pid in 1..=3 {
+            let mut admission = gate.admit_by(|| false, ticks).unwrap();
+            admission.spawned(pid);
+            admission.programs_started();
+            admitted.push(admission);
+        }
+        std::thread::sleep(WINDOW * 2);
+        assert!(gate.admit_by(|| true, ticks).is_some(), "0.3 CPUs of two busy, below the 0.5 of a quarter");
+    }
+}
