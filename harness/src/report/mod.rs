@@ -158,6 +158,7 @@ pub fn write(plan: &Plan, record: &RunRecord, verdict: &Verdict, dir: &Path) -> 
         deadline_hit: record.deadline_hit,
         checks: verdict.checks,
         failures: &verdict.failures,
+        untraced_states: &verdict.untraced,
         steps,
         sysctls: PerHost::of(&record.sysctls, &no_sysctls),
         interfaces: record.interfaces.iter().map(InterfaceReport::from).collect(),
@@ -424,6 +425,9 @@ fn render_timeline(plan: &Plan, record: &RunRecord, verdict: &Verdict) -> String
     }
     for left_out in &plan.not_applicable {
         text.push_str(&format!("# NOT APPLICABLE {left_out}\n"));
+    }
+    for untraced in &verdict.untraced {
+        text.push_str(&format!("# UNTRACED {untraced}\n"));
     }
     for failure in &verdict.failures {
         text.push_str(&format!("# FAIL {failure}\n"));

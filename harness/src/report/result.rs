@@ -16,7 +16,10 @@ use super::Status;
 use crate::error::{Context, Error, Result};
 use crate::record::{CaptureStats, CapturedInterface, ObserverStats, StateSource, WireStats};
 use crate::scenario::plan::{HostId, Plan};
-use crate::timeline::{query::StepRecord, Decision, Event, Outcome};
+use crate::timeline::{
+    query::{StepRecord, UntracedState},
+    Decision, Event, Outcome,
+};
 
 /// The version of the format this netfault writes. 2: `capture` is one entry per captured interface (listed in
 /// `interfaces`), no longer client then server, and `observer` one per host, each naming its host: a scenario
@@ -125,6 +128,9 @@ pub struct ResultFile<'a> {
     pub checks: usize,
     /// The expectations the run did not meet.
     pub failures: &'a [Failure],
+    /// States of traced sockets that only their sock_diag samples showed (the transition tracer recorded no
+    /// transition into them): judged at the samples' times, and listed here.
+    pub untraced_states: &'a [UntracedState],
     /// Every step of both programs, in order, client first.
     pub steps: Vec<StepReport<'a>>,
     /// Each host's TCP settings in force during the run: every `net.ipv4.tcp_*` sysctl of the kernel,
@@ -586,6 +592,14 @@ mod tests {
             actual: "ECONNREFUSED".into(),
             around: None,
         }];
+        let untraced = [UntracedState {
+            host: HostId::Client,
+            socket: "10.0.0.1:40000 -> 10.0.0.2:9000".into(),
+            state: TcpState::FinWait2,
+            sampled_at: Duration::from_millis(2261),
+            traced: TcpState::FinWait1,
+            traced_since: Duration::from_millis(3),
+        }];
         let sysctls = BTreeMap::from([("net.ipv4.tcp_rmem".to_string(), "4096 131072 6291456".to_string())]);
         let stats = CaptureStats { packets: 3, bytes: 180, kernel_drops: 0, interface_frames: 3 };
         let errors = ["client program panicked: deliberate".to_string()];
@@ -626,6 +640,7 @@ mod tests {
             deadline_hit: true,
             checks: 12,
             failures: &failures,
+            untraced_states: &untraced,
             steps,
             sysctls: PerHost { client: &sysctls, server: &sysctls, router: Some(&sysctls) },
             interfaces: captured.iter().map(InterfaceReport::from).collect(),
@@ -658,6 +673,11 @@ mod tests {
         never_started["source"] = serde_json::Value::Null;
         never_started["wire"] = serde_json::Value::Null;
         assert!(validator.is_valid(&never_started));
+        assert_eq!(value["untraced_states"][0]["state"], "FIN-WAIT2");
+        assert_eq!(value["untraced_states"][0]["sampled_at"], 2.261);
+        let mut untraced_unknown = value.clone();
+        untraced_unknown["untraced_states"][0]["state"] = "HALF-OPEN".into();
+        assert!(!validator.is_valid(&untraced_unknown), "an untraced state is a TCP state");
         assert_eq!(value["interfaces"][1]["mac"], "02:00:00:00:00:01");
         assert_eq!(value["interfaces"][2]["address"], "10.0.1.3");
         let mut two_hosts = value.clone();

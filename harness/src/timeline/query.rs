@@ -3,7 +3,7 @@
 //! triggers and the report all read the run through these. Each is one pass over the events (or over what an
 //! earlier pass sorted out), so a run of tens of thousands of steps is read in time linear in its events.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -213,17 +213,20 @@ impl<'a, T: PartialEq> Histories<'a, T> {
         Histories { entries: Vec::new(), position: HashMap::new() }
     }
 
-    /// Appends `value` at `t` to the history of `socket` (created on first sight) when it differs from the last.
-    fn record(&mut self, socket: Named<'a>, value: T, t: Duration) {
+    /// Appends `value` at `t` to the history of `socket` (created on first sight) when it differs from the last;
+    /// whether it did.
+    fn record(&mut self, socket: Named<'a>, value: T, t: Duration) -> bool {
         let entries = &mut self.entries;
         let position = *self.position.entry(socket.socket).or_insert_with(|| {
             entries.push((socket, Vec::new()));
             entries.len() - 1
         });
         let history = &mut self.entries[position].1;
-        if history.last().map(|(last, _)| last) != Some(&value) {
+        let changed = history.last().map(|(last, _)| last) != Some(&value);
+        if changed {
             history.push((value, t));
         }
+        changed
     }
 }
 
@@ -235,6 +238,103 @@ pub struct SocketHistory {
     pub local_port: u16,
     pub remote_port: u16,
     pub states: Vec<(TcpState, Duration)>,
+    /// The states of `states` that only a sample showed, though the socket's transitions were traced: the
+    /// tracer recorded no transition into them at that time ([`UntracedState`]).
+    pub untraced: Vec<UntracedState>,
+}
+
+/// A state a traced socket's sock_diag sample showed that its recorded transitions never had it in while the
+/// sample's dump ran (since the host's previous sample), or GONE with no recorded CLOSE: the kernel's
+/// transition into it was not recorded (the kernel ran no tracing program for it). The state is judged at the
+/// sample's time, as untraced sockets' states are, and this says so.
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
+pub struct UntracedState {
+    pub host: HostId,
+    /// `local -> remote`.
+    pub socket: String,
+    /// What the sample showed, and when it was taken (seconds from t0).
+    pub state: TcpState,
+    #[serde(serialize_with = "secs")]
+    #[schemars(with = "f64")]
+    pub sampled_at: Duration,
+    /// The state the recorded transitions had the socket in then, and since when (seconds from t0).
+    pub traced: TcpState,
+    #[serde(serialize_with = "secs")]
+    #[schemars(with = "f64")]
+    pub traced_since: Duration,
+}
+
+impl std::fmt::Display for UntracedState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: sock_diag showed {} at {}s, but the recorded transitions had it in {} since {}s (no transition into \
+             {} was traced): judged with the sampled state at the sample's time",
+            self.host,
+            self.socket,
+            self.state,
+            super::format_secs(self.sampled_at),
+            self.traced,
+            super::format_secs(self.traced_since),
+            self.state
+        )
+    }
+}
+
+/// The recorded transitions of one socket, in time order: what they say of a sample of it.
+struct Traced<'a> {
+    transitions: Vec<(Duration, &'a TransitionEvent)>,
+}
+
+impl Traced<'_> {
+    /// The state the transitions have the socket in at `t`, and since when (its first transition's old state
+    /// before it).
+    fn state_at(&self, t: Duration) -> Option<(TcpState, Duration)> {
+        let before = self.transitions.partition_point(|(at, _)| *at <= t);
+        match before.checked_sub(1).and_then(|last| self.transitions.get(last)) {
+            Some((at, transition)) => Some((transition.to, *at)),
+            None => self.transitions.first().map(|(_, transition)| (transition.from, Duration::ZERO)),
+        }
+    }
+
+    /// Whether a sample stamped at `t` (when its dump ended), whose dump began after `since` (the host's
+    /// previous sample), can show `state` other than GONE. The kernel stores a socket's new state just after
+    /// the tracepoint fires (`inet_sk_state_store`), so a dump reads a state only once the transition into it
+    /// is recorded: the socket was in `state` at some instant of [`since`, `t`]. FIN-WAIT-2 after the socket
+    /// closed from FIN-WAIT-2 or CLOSING is its TIME-WAIT successor's, under the same name.
+    fn admits(&self, state: TcpState, since: Duration, t: Duration) -> bool {
+        let held_at_since = self.state_at(since).is_some_and(|(held, _)| held == state);
+        let entered = self.transitions.iter().any(|(at, transition)| *at > since && *at <= t && transition.to == state);
+        let successor = state == TcpState::FinWait2
+            && self.transitions.iter().any(|(at, transition)| *at <= t && leaves_time_wait_successor(transition));
+        held_at_since || entered || successor
+    }
+
+    /// Whether the transitions close the socket (without a TIME-WAIT successor) after `t` and by `until`, the
+    /// host's next sample: the kernel takes a closing socket out of its tables just before the tracepoint fires
+    /// (`tcp_set_state` unhashes, then `inet_sk_state_store` traces), so a dump can miss it before its CLOSE is
+    /// recorded; that transition says when it went.
+    fn closes_after(&self, t: Duration, until: Option<Duration>) -> bool {
+        self.transitions.iter().any(|(at, transition)| {
+            *at > t && until.is_none_or(|until| *at <= until) && closes_without_successor(transition)
+        })
+    }
+
+    /// Whether the transitions had the socket enter CLOSE by `t`, so a sample may find it gone.
+    fn closed_by(&self, t: Duration) -> bool {
+        self.transitions.iter().any(|(at, transition)| *at <= t && transition.to == TcpState::Close)
+    }
+}
+
+/// A transition into CLOSE from FIN-WAIT-2 or CLOSING: the kernel may have put a TIME-WAIT successor (in
+/// FIN-WAIT-2 or TIME-WAIT) in its tables under the same name, which only samples show.
+fn leaves_time_wait_successor(transition: &TransitionEvent) -> bool {
+    transition.to == TcpState::Close && matches!(transition.from, TcpState::FinWait2 | TcpState::Closing)
+}
+
+/// A transition into CLOSE from any other state: the socket leaves the kernel's tables then, GONE.
+fn closes_without_successor(transition: &TransitionEvent) -> bool {
+    transition.to == TcpState::Close && !leaves_time_wait_successor(transition)
 }
 
 impl SocketHistory {
@@ -245,20 +345,36 @@ impl SocketHistory {
 
 /// Each socket's consecutive distinct states, in first-seen order, from one host's socket samples and state
 /// transitions. A socket the kernel's transitions were traced for takes its states from them, at the kernel's
-/// times; its samples add only what no transition shows: its request socket (SYN-RECV), its TIME-WAIT
-/// successor, and its disappearance (GONE) where the transitions cannot tell it. A traced socket that goes to
-/// CLOSE from any state but FIN-WAIT-2 and CLOSING is GONE at that instant too: the kernel takes a socket out of
-/// its tables as it enters CLOSE (`inet_unhash`), so no sample can show it after that, while one that takes
-/// those two ways may have left a TIME-WAIT successor, which only samples show. (A socket that lasted less
-/// than a sample's interval, a SYN-SENT answered at once by an ICMP error in a slow VM, was seen in no sample,
-/// and its disappearance then in none either.) A socket without transitions (the tracer was not available)
-/// takes its states from the samples, at the times they were taken.
+/// times; its samples add what no transition shows: its request socket (SYN-RECV), its TIME-WAIT successor,
+/// and its disappearance (GONE) where the transitions cannot tell it, and any state a sample showed that the
+/// transitions never had it in while that sample could have seen it (marked as [`UntracedState`]). A traced
+/// socket that goes to CLOSE from any state but FIN-WAIT-2 and CLOSING is GONE at that instant too: the kernel
+/// takes a socket out of its tables as it enters CLOSE (`inet_unhash`), so no sample can show it after that,
+/// while one that takes those two ways may have left a TIME-WAIT successor, which only samples show. (A socket
+/// that lasted less than a sample's interval, a SYN-SENT answered at once by an ICMP error in a slow VM, was
+/// seen in no sample, and its disappearance then in none either.) A socket without transitions (the tracer was
+/// not available) takes its states from the samples, at the times they were taken.
 pub fn socket_histories(
+    host: HostId,
     samples: &[(Duration, &SocketEvent)],
     transitions: &[(Duration, &TransitionEvent)],
 ) -> Vec<SocketHistory> {
-    let traced: HashSet<&str> = transitions.iter().map(|(_, transition)| transition.socket.as_str()).collect();
-    let untraceable = |state: TcpState| matches!(state, TcpState::SynRecv | TcpState::TimeWait | TcpState::Gone);
+    let mut traced: HashMap<&str, Traced<'_>> = HashMap::new();
+    for (t, transition) in transitions {
+        traced
+            .entry(transition.socket.as_str())
+            .or_insert(Traced { transitions: Vec::new() })
+            .transitions
+            .push((*t, *transition));
+    }
+    // Each host's samples are taken one after the other: a dump began after the previous one ended.
+    let mut sample_times: Vec<Duration> = samples.iter().map(|(t, _)| *t).collect();
+    sample_times.dedup();
+    let previous_sample = |t: Duration| {
+        sample_times.partition_point(|at| *at < t).checked_sub(1).and_then(|i| sample_times.get(i)).copied()
+    };
+    let next_sample = |t: Duration| sample_times.get(sample_times.partition_point(|at| *at <= t)).copied();
+    let mut untraced: HashMap<&str, Vec<UntracedState>> = HashMap::new();
     let mut histories = Histories::new();
     let (mut samples, mut transitions) = (samples.iter().peekable(), transitions.iter().peekable());
     loop {
@@ -272,15 +388,37 @@ pub fn socket_histories(
         if transition_first {
             if let Some((t, transition)) = transitions.next() {
                 histories.record(Named::from(*transition), transition.to, *t);
-                let may_leave_time_wait = matches!(transition.from, TcpState::FinWait2 | TcpState::Closing);
-                if transition.to == TcpState::Close && !may_leave_time_wait {
+                if closes_without_successor(transition) {
                     histories.record(Named::from(*transition), TcpState::Gone, *t);
                 }
             }
-        } else if let Some((t, sample)) = samples.next() {
-            if !traced.contains(sample.socket.as_str()) || untraceable(sample.state) {
+            continue;
+        }
+        let Some((t, sample)) = samples.next() else { continue };
+        let Some(socket) = traced.get(sample.socket.as_str()) else {
+            histories.record(Named::from(*sample), sample.state, *t);
+            continue;
+        };
+        let untraced_sample = match sample.state {
+            // No transition shows a request socket or a TIME-WAIT successor.
+            TcpState::SynRecv | TcpState::TimeWait => {
                 histories.record(Named::from(*sample), sample.state, *t);
+                false
             }
+            TcpState::Gone if socket.closes_after(*t, next_sample(*t)) => false,
+            TcpState::Gone => histories.record(Named::from(*sample), sample.state, *t) && !socket.closed_by(*t),
+            state if socket.admits(state, previous_sample(*t).unwrap_or_default(), *t) => false,
+            state => histories.record(Named::from(*sample), state, *t),
+        };
+        if let (true, Some((held, since))) = (untraced_sample, socket.state_at(*t)) {
+            untraced.entry(sample.socket.as_str()).or_default().push(UntracedState {
+                host,
+                socket: sample.socket.clone(),
+                state: sample.state,
+                sampled_at: *t,
+                traced: held,
+                traced_since: since,
+            });
         }
     }
     histories
@@ -291,6 +429,7 @@ pub fn socket_histories(
             local_port: named.local_port,
             remote_port: named.remote_port,
             states,
+            untraced: untraced.remove(named.socket).unwrap_or_default(),
         })
         .collect()
 }
@@ -348,6 +487,10 @@ pub fn last_tcp_info(timeline: &Timeline, host: HostId, port: Option<u16>) -> Op
     })
 }
 
+fn secs<S: serde::Serializer>(t: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(t.as_secs_f64())
+}
+
 fn secs_opt<S: serde::Serializer>(t: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
     match t {
         Some(t) => s.serialize_some(&t.as_secs_f64()),
@@ -399,13 +542,124 @@ mod tests {
     }
 
     fn histories(events: Vec<Event>) -> Vec<(String, Vec<(TcpState, u64)>)> {
-        let timeline = Timeline::new(events);
-        let samples = socket_events_by_host(&timeline);
-        let transitions = transitions_by_host(&timeline);
-        socket_histories(&samples[0], &transitions[0])
+        full_histories(events)
             .into_iter()
             .map(|h| (h.socket, h.states.into_iter().map(|(s, t)| (s, t.as_millis() as u64)).collect()))
             .collect()
+    }
+
+    fn full_histories(events: Vec<Event>) -> Vec<SocketHistory> {
+        let timeline = Timeline::new(events);
+        let samples = socket_events_by_host(&timeline);
+        let transitions = transitions_by_host(&timeline);
+        socket_histories(HostId::Client, &samples[0], &transitions[0])
+    }
+
+    /// The untraced states of every history: (state, sampled at, traced state, traced since), in ms.
+    fn untraced(histories: &[SocketHistory]) -> Vec<(TcpState, u64, TcpState, u64)> {
+        let ms = |t: Duration| t.as_millis() as u64;
+        histories
+            .iter()
+            .flat_map(|h| &h.untraced)
+            .map(|u| (u.state, ms(u.sampled_at), u.traced, ms(u.traced_since)))
+            .collect()
+    }
+
+    #[test]
+    fn a_state_only_the_samples_show_is_judged_at_the_sample_and_marked() {
+        use TcpState::*;
+        let socket = "10.0.0.1:40000 -> 10.0.0.2:9000";
+        // pacing/late-reader as one CI run recorded it: the kernel ran no tracing program for FIN-WAIT-1 ->
+        // FIN-WAIT-2 -> CLOSE, and the samples show the TIME-WAIT successor in FIN-WAIT-2, then nothing.
+        let got = full_histories(vec![
+            transition(1, socket, Close, SynSent),
+            transition(2, socket, SynSent, Established),
+            transition(3, socket, Established, FinWait1),
+            sample(4, socket, FinWait1),
+            sample(2210, socket, FinWait1),
+            sample(2261, socket, FinWait2),
+            sample(3000, socket, FinWait2),
+            sample(7295, socket, Gone),
+        ]);
+        let states: Vec<(TcpState, u64)> = got[0].states.iter().map(|(s, t)| (*s, t.as_millis() as u64)).collect();
+        assert_eq!(states, vec![(SynSent, 1), (Established, 2), (FinWait1, 3), (FinWait2, 2261), (Gone, 7295)]);
+        assert_eq!(
+            untraced(&got),
+            vec![(FinWait2, 2261, FinWait1, 3), (Gone, 7295, FinWait1, 3)],
+            "each marked once, with both times: the lost FIN-WAIT-2 and the lost CLOSE"
+        );
+        let text = got[0].untraced[0].to_string();
+        assert!(text.contains("FIN-WAIT-2 at 2.261") && text.contains("FIN-WAIT-1 since 0.003"), "{text}");
+    }
+
+    #[test]
+    fn a_sample_the_transitions_explain_is_not_marked() {
+        use TcpState::*;
+        let socket = "10.0.0.1:40000 -> 10.0.0.2:9000";
+        let other = "10.0.0.1:40001 -> 10.0.0.2:9000";
+        let got = full_histories(vec![
+            transition(1, socket, Close, SynSent),
+            transition(2, socket, SynSent, Established),
+            sample(3, socket, Established),
+            transition(6, socket, Established, FinWait1),
+            transition(7, socket, FinWait1, FinWait2),
+            // Its dump began after 3 and read the socket while it was in FIN-WAIT-1 (6 to 7); stamped at its end.
+            sample(9, socket, FinWait1),
+            sample(10, socket, FinWait2),
+            transition(11, socket, FinWait2, Close),
+            sample(12, other, Established),
+            // The TIME-WAIT successor, under the same name, after the socket closed from FIN-WAIT-2: no
+            // transition had the socket in FIN-WAIT-2 since the previous sample (12), but the successor is.
+            sample(20, socket, FinWait2),
+            sample(30, socket, TimeWait),
+            sample(90, socket, Gone),
+        ]);
+        assert_eq!(untraced(&got), vec![], "{got:?}");
+        let states: Vec<(TcpState, u64)> = got[0].states.iter().map(|(s, t)| (*s, t.as_millis() as u64)).collect();
+        assert_eq!(
+            states,
+            vec![(SynSent, 1), (Established, 2), (FinWait1, 6), (FinWait2, 7), (Close, 11), (TimeWait, 30), (Gone, 90)]
+        );
+    }
+
+    #[test]
+    fn a_sample_at_a_time_the_transitions_put_the_socket_elsewhere_is_marked() {
+        use TcpState::*;
+        let socket = "10.0.0.1:40000 -> 10.0.0.2:9000";
+        let other = "10.0.0.1:40001 -> 10.0.0.2:9000";
+        let got = full_histories(vec![
+            transition(1, socket, Close, SynSent),
+            transition(2, socket, SynSent, Established),
+            transition(4, socket, Established, FinWait1),
+            sample(20, other, Established),
+            // Its dump began after 20, when the socket had been in FIN-WAIT-1 since 4.
+            sample(30, socket, Established),
+            // FIN-WAIT-2 is entered only after this dump ended: it cannot show it.
+            sample(40, socket, FinWait2),
+            sample(41, socket, FinWait1),
+            transition(42, socket, FinWait1, FinWait2),
+        ]);
+        assert_eq!(untraced(&got), vec![(Established, 30, FinWait1, 4), (FinWait2, 40, FinWait1, 4)]);
+    }
+
+    #[test]
+    fn a_socket_gone_before_its_close_was_traced_is_gone_at_the_kernels_close() {
+        use TcpState::*;
+        let socket = "10.0.0.1:40000 -> 10.0.0.2:9000";
+        let other = "10.0.0.1:40001 -> 10.0.0.2:9000";
+        let got = full_histories(vec![
+            transition(1, socket, Close, SynSent),
+            transition(2, socket, SynSent, Established),
+            transition(3, socket, Established, FinWait1),
+            sample(10, other, Established),
+            // The kernel unhashed the socket, the dump missed it, and only then did the tracepoint fire.
+            sample(20, socket, Gone),
+            transition(21, socket, FinWait1, Close),
+            sample(25, other, Close),
+        ]);
+        assert_eq!(untraced(&got), vec![], "{got:?}");
+        let states: Vec<(TcpState, u64)> = got[0].states.iter().map(|(s, t)| (*s, t.as_millis() as u64)).collect();
+        assert_eq!(states, vec![(SynSent, 1), (Established, 2), (FinWait1, 3), (Close, 21), (Gone, 21)]);
     }
 
     #[test]
@@ -416,9 +670,10 @@ mod tests {
         let got = histories(vec![
             transition(1, traced, Close, SynSent),
             transition(2, traced, SynSent, Established),
-            // A sample stamped when it was asked for, before the kernel's FIN-WAIT-1 it then showed.
-            sample(3, traced, FinWait1),
             transition(4, traced, Established, FinWait1),
+            // A sample stamped when its dump ended, after the kernel's FIN-WAIT-1 it showed: the transition
+            // says when the socket entered it.
+            sample(5, traced, FinWait1),
             transition(6, traced, FinWait1, FinWait2),
             transition(8, traced, FinWait2, Close),
             // What no transition shows: the TIME-WAIT successor and its end.

@@ -21,6 +21,7 @@ use crate::scenario::plan::{
 use crate::timeline::query::{
     deadline_of, errno_events, queue_histories, ran_into_deadline, sent_by_all, sent_packets, socket_events_by_host,
     socket_histories, transitions_by_host, SentPacket, SocketEvents, SocketHistory, StepRecord, StepRecords,
+    UntracedState,
 };
 use crate::timeline::{format_secs, Outcome, SocketEvent, Timeline};
 
@@ -49,6 +50,9 @@ impl fmt::Display for Failure {
 pub struct Verdict {
     pub checks: usize,
     pub failures: Vec<Failure>,
+    /// States of traced sockets that only their samples showed (the tracer recorded no transition into them),
+    /// judged at the samples' times.
+    pub untraced: Vec<UntracedState>,
     /// Each step's own judgement, in plan order (hosts in order, steps in order).
     pub steps: Vec<StepVerdict>,
 }
@@ -90,6 +94,7 @@ impl Verdict {
 pub fn judge(plan: &Plan, timeline: &Timeline) -> Verdict {
     let mut verdict = Verdict::default();
     let facts = Facts::of(plan, timeline);
+    verdict.untraced = facts.histories.iter().flatten().flat_map(|history| history.untraced.iter().cloned()).collect();
     for host in &plan.hosts {
         for step in &host.steps {
             let Some(record) = facts.steps.get(host.id, step.index) else { continue };
@@ -167,7 +172,8 @@ impl<'a> Facts<'a> {
     fn of(plan: &Plan, timeline: &'a Timeline) -> Facts<'a> {
         let sockets = socket_events_by_host(timeline);
         let transitions = transitions_by_host(timeline);
-        let histories = HostId::EVERY.map(|host| socket_histories(&sockets[host.index()], &transitions[host.index()]));
+        let histories =
+            HostId::EVERY.map(|host| socket_histories(host, &sockets[host.index()], &transitions[host.index()]));
         let traced = transitions.iter().any(|host| !host.is_empty());
         Facts {
             steps: StepRecords::of(plan, timeline),
@@ -517,8 +523,14 @@ fn judge_states(expectation: &StateExpectation, anchor: Anchor, histories: &[Soc
         if history_matches(&history.states, expectation, anchor.t) {
             return Ok(());
         }
-        let states: Vec<String> =
-            history.states.iter().map(|(state, t)| format!("{state}@{}s", format_secs(*t))).collect();
+        let states: Vec<String> = history
+            .states
+            .iter()
+            .map(|(state, t)| {
+                let sampled = history.untraced.iter().any(|u| u.state == *state && u.sampled_at == *t);
+                format!("{state}@{}s{}", format_secs(*t), if sampled { "(sampled, untraced)" } else { "" })
+            })
+            .collect();
         seen.push(format!("{}: {}", history.socket, states.join(" ")));
     }
     let mut subject = format!("{} socket states", expectation.host);

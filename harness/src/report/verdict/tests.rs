@@ -331,3 +331,36 @@ fn a_step_end_at_a_time_since_a_packet_counts_from_that_packet() {
     let missing = judge(&plan, &two_syns);
     assert!(missing.failures.iter().any(|f| f.actual == "2 such packets"), "{:?}", missing.failures);
 }
+
+fn transition(t: Duration, from: TcpState, to: TcpState) -> Event {
+    Event {
+        t,
+        host: HostId::Client,
+        kind: EventKind::Transition(crate::timeline::TransitionEvent {
+            socket: "10.0.0.1:40000 -> 10.0.0.2:9000".into(),
+            local_port: 40000,
+            remote_port: 9000,
+            from,
+            to,
+        }),
+    }
+}
+
+#[test]
+fn a_state_only_a_sample_of_a_traced_socket_shows_is_judged_and_listed_as_untraced() {
+    // The kernel's SYN-SENT was traced; its CLOSE at the timeout was not, and the sample that found the socket
+    // gone came 7.101 s in: judged there (late), listed, and marked in the failure.
+    let mut events = kernel_run(ms(7101), Outcome::Error("ETIMEDOUT".into())).events;
+    events.push(transition(ms(1), TcpState::Close, TcpState::SynSent));
+    let verdict = judge(&plan(), &Timeline::new(events.clone()));
+    assert_eq!(verdict.untraced.len(), 1, "{:?}", verdict.untraced);
+    assert_eq!((verdict.untraced[0].state, verdict.untraced[0].traced), (TcpState::Gone, TcpState::SynSent));
+    let states = verdict.failures.iter().find(|f| f.subject.contains("socket states")).expect("GONE at 7.101 is late");
+    assert!(states.actual.contains("GONE@7.101000s(sampled, untraced)"), "{}", states.actual);
+    assert!(!states.actual.contains("SYN-SENT@0.001000s(sampled"), "{}", states.actual);
+    // The same run with its CLOSE traced in time: GONE from the transition, nothing untraced.
+    events.push(transition(ms(7040), TcpState::SynSent, TcpState::Close));
+    let verdict = judge(&plan(), &Timeline::new(events));
+    assert_eq!(verdict.untraced, vec![]);
+    assert!(!verdict.failures.iter().any(|f| f.subject.contains("socket states")), "{:?}", verdict.failures);
+}
