@@ -3,7 +3,7 @@
 //! triggers and the report all read the run through these. Each is one pass over the events (or over what an
 //! earlier pass sorted out), so a run of tens of thousands of steps is read in time linear in its events.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -310,13 +310,15 @@ impl Traced<'_> {
         held_at_since || entered || successor
     }
 
-    /// Whether the transitions close the socket (without a TIME-WAIT successor) after `t` and by `until`, the
-    /// host's next sample: the kernel takes a closing socket out of its tables just before the tracepoint fires
-    /// (`tcp_set_state` unhashes, then `inet_sk_state_store` traces), so a dump can miss it before its CLOSE is
-    /// recorded; that transition says when it went.
+    /// Whether the transitions close the socket after `t` and by `until`, the host's next sample: the kernel
+    /// takes a closing socket out of its tables just before the tracepoint fires (`tcp_set_state` unhashes,
+    /// then `inet_sk_state_store` traces), so a dump can miss it before its CLOSE is recorded (12 µs before, in
+    /// one suite run); that transition says when it went. A TIME-WAIT successor is put in the tables before
+    /// the socket closes, so a socket a dump missed then left none, from whatever state it closed (FIN-WAIT-2
+    /// with unread data sends a RST instead).
     fn closes_after(&self, t: Duration, until: Option<Duration>) -> bool {
         self.transitions.iter().any(|(at, transition)| {
-            *at > t && until.is_none_or(|until| *at <= until) && closes_without_successor(transition)
+            *at > t && until.is_none_or(|until| *at <= until) && transition.to == TcpState::Close
         })
     }
 
@@ -375,6 +377,8 @@ pub fn socket_histories(
     };
     let next_sample = |t: Duration| sample_times.get(sample_times.partition_point(|at| *at <= t)).copied();
     let mut untraced: HashMap<&str, Vec<UntracedState>> = HashMap::new();
+    // Sockets a sample found gone before their CLOSE was traced: GONE as they enter it.
+    let mut gone_before_close: HashSet<&str> = HashSet::new();
     let mut histories = Histories::new();
     let (mut samples, mut transitions) = (samples.iter().peekable(), transitions.iter().peekable());
     loop {
@@ -388,7 +392,9 @@ pub fn socket_histories(
         if transition_first {
             if let Some((t, transition)) = transitions.next() {
                 histories.record(Named::from(*transition), transition.to, *t);
-                if closes_without_successor(transition) {
+                let gone_early =
+                    transition.to == TcpState::Close && gone_before_close.remove(transition.socket.as_str());
+                if gone_early || closes_without_successor(transition) {
                     histories.record(Named::from(*transition), TcpState::Gone, *t);
                 }
             }
@@ -405,7 +411,10 @@ pub fn socket_histories(
                 histories.record(Named::from(*sample), sample.state, *t);
                 false
             }
-            TcpState::Gone if socket.closes_after(*t, next_sample(*t)) => false,
+            TcpState::Gone if socket.closes_after(*t, next_sample(*t)) => {
+                gone_before_close.insert(sample.socket.as_str());
+                false
+            }
             TcpState::Gone => histories.record(Named::from(*sample), sample.state, *t) && !socket.closed_by(*t),
             state if socket.admits(state, previous_sample(*t).unwrap_or_default(), *t) => false,
             state => histories.record(Named::from(*sample), state, *t),
@@ -647,19 +656,29 @@ mod tests {
         use TcpState::*;
         let socket = "10.0.0.1:40000 -> 10.0.0.2:9000";
         let other = "10.0.0.1:40001 -> 10.0.0.2:9000";
+        let unread = "10.0.0.1:40002 -> 10.0.0.2:9000";
         let got = full_histories(vec![
             transition(1, socket, Close, SynSent),
             transition(2, socket, SynSent, Established),
             transition(3, socket, Established, FinWait1),
+            transition(1, unread, SynRecv, Established),
+            transition(2, unread, Established, FinWait1),
+            transition(3, unread, FinWait1, FinWait2),
             sample(10, other, Established),
             // The kernel unhashed the socket, the dump missed it, and only then did the tracepoint fire.
             sample(20, socket, Gone),
+            sample(20, unread, Gone),
             transition(21, socket, FinWait1, Close),
+            // A close in FIN-WAIT-2 with unread data: a RST, and no TIME-WAIT successor.
+            transition(22, unread, FinWait2, Close),
             sample(25, other, Close),
         ]);
         assert_eq!(untraced(&got), vec![], "{got:?}");
-        let states: Vec<(TcpState, u64)> = got[0].states.iter().map(|(s, t)| (*s, t.as_millis() as u64)).collect();
-        assert_eq!(states, vec![(SynSent, 1), (Established, 2), (FinWait1, 3), (Close, 21), (Gone, 21)]);
+        let states = |n: usize| -> Vec<(TcpState, u64)> {
+            got[n].states.iter().map(|(s, t)| (*s, t.as_millis() as u64)).collect()
+        };
+        assert_eq!(states(0), vec![(SynSent, 1), (Established, 2), (FinWait1, 3), (Close, 21), (Gone, 21)]);
+        assert_eq!(states(1), vec![(Established, 1), (FinWait1, 2), (FinWait2, 3), (Close, 22), (Gone, 22)]);
     }
 
     #[test]
