@@ -104,6 +104,9 @@ pub struct TracerStats {
     /// transition came in an interrupt of that instance's run on the same CPU: the other instance recorded
     /// those transitions (not losses).
     pub skipped_runs: u64,
+    /// The same for the two instances of the drop program (`skb:kfree_skb`, which fires for every packet the
+    /// machine frees, so it is interrupted by itself far more often).
+    pub drop_skipped_runs: u64,
     /// From the kernel's transition to the reader holding it, in microseconds: median and largest.
     pub median_latency_us: f64,
     pub max_latency_us: f64,

@@ -652,6 +652,7 @@ mod tests {
                 drops_untraced: None,
                 lost: 0,
                 skipped_runs: 0,
+                drop_skipped_runs: 3,
                 median_latency_us: 900.0,
                 max_latency_us: 1500.0,
             }),

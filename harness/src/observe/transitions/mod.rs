@@ -184,6 +184,8 @@ pub struct Tracer {
     _links: Vec<OwnedFd>,
     /// The drop program's two attachments, when the kernel has what it needs.
     _drop_links: Vec<OwnedFd>,
+    /// Its two instances, kept for their recursion misses.
+    drop_programs: Vec<Program>,
     /// Why packets dropped inside a host cannot be shown, if they cannot.
     drops_untraced: Option<String>,
     /// The two instances of the transition program, kept for their run statistics (the attachments hold the
@@ -257,11 +259,24 @@ impl Tracer {
                 let _ = finished_tx.send(read_until_stopped(reader, &sink, &told_to_stop, woken.as_raw_fd()));
             })
             .context(|| "spawn the transition tracer's reader thread".to_string())?;
-        let (drop_links, drops_untraced) = match drops {
-            Ok(links) => (links, None),
-            Err(reason) => (Vec::new(), Some(reason)),
+        let (drop_links, drop_programs, drops_untraced) = match drops {
+            Ok(attached) => {
+                let (links, programs) = attached.into_iter().unzip();
+                (links, programs, None)
+            }
+            Err(reason) => (Vec::new(), Vec::new(), Some(reason)),
         };
-        Ok(Tracer { _links: links, _drop_links: drop_links, drops_untraced, programs, lost, stop, wake, finished })
+        Ok(Tracer {
+            _links: links,
+            _drop_links: drop_links,
+            drop_programs,
+            drops_untraced,
+            programs,
+            lost,
+            stop,
+            wake,
+            finished,
+        })
     }
 
     /// Reads what is left, stops the reader and detaches the program.
@@ -278,6 +293,7 @@ impl Tracer {
             .map_err(|e| Error::sys("read the transition tracer's lost count (bpftool map lookup)", e))?;
         stats.lost = u64::from_ne_bytes(lost);
         stats.skipped_runs = self.skipped_runs()?.iter().sum();
+        stats.drop_skipped_runs = recursion_misses(&self.drop_programs)?.iter().sum();
         stats.drops_untraced.clone_from(&self.drops_untraced);
         Ok(stats)
     }
@@ -298,13 +314,18 @@ impl Tracer {
     /// Runs of each instance of the transition program the kernel skipped so far, because the hit came in an
     /// interrupt of that instance's run on the same CPU (see [`Program::recursion_misses`]).
     pub fn skipped_runs(&self) -> Result<Vec<u64>> {
-        self.programs
-            .iter()
-            .map(|program| {
-                program.recursion_misses().map_err(|e| Error::sys("read the tracer program's recursion misses", e))
-            })
-            .collect()
+        recursion_misses(&self.programs)
     }
+}
+
+/// Each program's runs the kernel skipped so far (see [`Program::recursion_misses`]).
+fn recursion_misses(programs: &[Program]) -> Result<Vec<u64>> {
+    programs
+        .iter()
+        .map(|program| {
+            program.recursion_misses().map_err(|e| Error::sys("read a tracer program's recursion misses", e))
+        })
+        .collect()
 }
 
 impl Drop for Tracer {
@@ -316,8 +337,12 @@ impl Drop for Tracer {
 }
 
 /// Loads and attaches the two instances of the drop program (`skb:kfree_skb`, Linux >= 5.17 for drop reasons),
-/// writing into the transition program's maps; `Err` says why it cannot be.
-fn drop_tracer(sock: &SockLayout, namespaces: &[(u32, u32)], maps: Maps) -> std::result::Result<Vec<OwnedFd>, String> {
+/// writing into the transition program's maps: each attachment with its program; `Err` says why it cannot be.
+fn drop_tracer(
+    sock: &SockLayout,
+    namespaces: &[(u32, u32)],
+    maps: Maps,
+) -> std::result::Result<Vec<(OwnedFd, Program)>, String> {
     let skb = running_skb_layout().map_err(|e| e.to_string())?;
     Instance::BOTH
         .into_iter()
@@ -328,9 +353,10 @@ fn drop_tracer(sock: &SockLayout, namespaces: &[(u32, u32)], maps: Maps) -> std:
                     let log: String = refusal.log.lines().rev().take(3).collect::<Vec<_>>().join(" / ");
                     format!("the drop tracer's BPF program was refused: {} (verifier: {log})", refusal.error)
                 })?;
-            program
+            let link = program
                 .attach_raw_tracepoint(c"kfree_skb")
-                .map_err(|e| format!("attach to the tracepoint skb:kfree_skb: {e}"))
+                .map_err(|e| format!("attach to the tracepoint skb:kfree_skb: {e}"))?;
+            Ok((link, program))
         })
         .collect()
 }
@@ -580,6 +606,7 @@ fn read_until_stopped(mut reader: RingReader, sink: &EventSink, stop: &AtomicBoo
         drops_untraced: None,
         lost: 0,
         skipped_runs: 0,
+        drop_skipped_runs: 0,
         median_latency_us: latencies.get(latencies.len() / 2).copied().map_or(0.0, micros),
         max_latency_us: latencies.last().copied().map_or(0.0, micros),
     })
