@@ -198,3 +198,33 @@ fn identity(fd: BorrowedFd<'_>) -> std::io::Result<(u64, u64)> {
 }
 
 const CHILD_EHASH_SYSCTL: &str = "/proc/sys/net/ipv4/tcp_child_ehash_entries";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proc_name() -> String {
+        std::fs::read_link("/proc/thread-self/ns/net").unwrap().to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn a_threads_namespace_is_the_one_proc_names_and_run_inside_it_stays_on_the_thread() {
+        assert_eq!(current_name().unwrap(), proc_name());
+        let ns = Netns::new_anonymous().unwrap();
+        assert!(!ns.holds_current_thread());
+        let handle = ns.try_clone().unwrap();
+        let (inside, by_proc, ran_here) = ns
+            .spawn("netns-test", move || {
+                let here = thread::current().id();
+                let ran_on = handle.run(|| Ok(thread::current().id()))?;
+                Ok((current_name().unwrap(), proc_name(), ran_on == here))
+            })
+            .unwrap()
+            .join()
+            .unwrap()
+            .unwrap();
+        assert_eq!(inside, by_proc);
+        assert_ne!(inside, current_name().unwrap(), "the new namespace is not the test's own");
+        assert!(ran_here, "run() on a thread already inside the namespace runs on that thread");
+    }
+}
