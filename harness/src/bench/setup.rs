@@ -31,10 +31,17 @@ pub struct SetupOptions {
 
 /// Repetitions of each side run first and not counted: they fault in the binaries and warm the caches.
 const WARM_UP: usize = 3;
-/// Target of the issue: at most this per scenario ...
-const TARGET_TOTAL_MS: f64 = 5.0;
+/// Target of issue 17: at most this per scenario (median) ...
+const TARGET_TOTAL_MS: f64 = 2.5;
+/// ... under this at the 90th percentile ...
+const TARGET_P90_MS: f64 = 4.0;
 /// ... and at least this many times faster than the recipe.
 const TARGET_SPEEDUP: f64 = 20.0;
+/// Pause after each side of a repetition. The kernel destroys a network namespace in a work queue once its last
+/// user is gone, holding the RTNL lock for parts of it, and creating a namespace or a link waits for that lock:
+/// without the pause, each side's set-up would wait for the teardown of the side before it (a user's single run
+/// starts from a settled kernel). As in `netfault bench run`.
+const SETTLE: Duration = Duration::from_millis(100);
 
 const ENGINE_SETUP: [&str; 1] = ["engine::set_up + activate the fault"];
 const ENGINE_TEARDOWN: [&str; 5] = [
@@ -130,9 +137,13 @@ pub fn bench_setup(options: &SetupOptions) -> Result<Report> {
             break;
         }
         let ours = engine_once(&plan, scratch.path())?;
+        std::thread::sleep(SETTLE);
         let steps = phases_once(&plan, scratch.path())?;
+        std::thread::sleep(SETTLE);
         let theirs = recipe_once(i, scratch.path(), &nft_file)?;
+        std::thread::sleep(SETTLE);
         let (grace_period, plain_socket) = capture_references()?;
+        std::thread::sleep(SETTLE);
         if i >= WARM_UP {
             engine.push(ours);
             netfault.push(steps);
@@ -161,8 +172,10 @@ pub fn bench_setup(options: &SetupOptions) -> Result<Report> {
             netfault: format!("{:.2} ms (p90 {:.2})", ours.median, ours.p90),
             alternative: format!("{:.1} ms (p90 {:.1})", theirs.median, theirs.p90),
             ratio: Some(ratio),
-            target: format!("netfault <= {TARGET_TOTAL_MS} ms and >= {TARGET_SPEEDUP}x faster"),
-            met: ours.median <= TARGET_TOTAL_MS && ratio >= TARGET_SPEEDUP,
+            target: format!(
+                "netfault <= {TARGET_TOTAL_MS} ms median, p90 < {TARGET_P90_MS} ms, >= {TARGET_SPEEDUP}x faster"
+            ),
+            met: ours.median <= TARGET_TOTAL_MS && ours.p90 < TARGET_P90_MS && ratio >= TARGET_SPEEDUP,
         });
     }
     if let (Some(ours), Some(theirs)) = (Distribution::of(&veth_part(&netfault)), Distribution::of(&veth_part(&shell)))
@@ -179,9 +192,10 @@ pub fn bench_setup(options: &SetupOptions) -> Result<Report> {
     report.note(
         "method",
         format!(
-            "{WARM_UP} warm-up repetitions of each side not counted, then netfault and the recipe alternate; the \
-             recipe runs each command as a process (no shell), waits for tcpdump's `listening on`, and also sets \
-             up less than netfault (no lo up, no IPv6 off, no offloads off, no socket observer)"
+            "{WARM_UP} warm-up repetitions of each side not counted, then netfault and the recipe alternate, {} ms \
+             apart (the kernel's teardown of the namespaces before them done); the recipe runs each command as a process (no shell), waits for tcpdump's `listening on`, and also sets \
+             up less than netfault (no lo up, no IPv6 off, no offloads off, no socket observer)",
+            SETTLE.as_millis()
         ),
     );
     report.extra = json!({
