@@ -141,6 +141,7 @@ pub fn raise_wire_thread() -> io::Result<bool> {
 
 /// Keeps the calling thread, and the threads it spawns from then on, on the CPU it runs on now (`taskset -p -c
 /// <cpu> <tid>`); returns that CPU.
+#[cfg(test)]
 pub fn pin_current_thread() -> io::Result<usize> {
     // SAFETY: plain system call without arguments.
     let cpu = unsafe { libc::sched_getcpu() };
