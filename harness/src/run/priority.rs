@@ -139,6 +139,25 @@ pub fn raise_wire_thread() -> io::Result<bool> {
     set_current_thread(libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, WIRE_PRIORITY)
 }
 
+/// Keeps the calling thread, and the threads it spawns from then on, on the CPU it runs on now (`taskset -p -c
+/// <cpu> <tid>`); returns that CPU.
+#[cfg(test)]
+pub fn pin_current_thread() -> io::Result<usize> {
+    // SAFETY: plain system call without arguments.
+    let cpu = unsafe { libc::sched_getcpu() };
+    let cpu = usize::try_from(cpu).map_err(|_| io::Error::last_os_error())?;
+    // SAFETY: cpu_set_t is plain old data; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the kernel numbered `cpu`, so it is below CPU_SETSIZE and its bit lies inside `set`.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: pid 0 is the calling thread; `set` lives across the call and the size passed is its size.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cpu)
+}
+
 /// Gives the calling thread the ordinary policy back (`chrt --other -p 0 <tid>`), before work that may take
 /// long (teardown, decoding) and must not hold a CPU against everything else.
 pub fn lower_current_thread() -> io::Result<()> {
@@ -181,22 +200,6 @@ pub fn current_policy() -> libc::c_int {
     unsafe { libc::sched_getscheduler(0) & !libc::SCHED_RESET_ON_FORK }
 }
 
-/// Restricts the calling thread, and the threads it spawns from then on, to the CPU it is on (`taskset -p`);
-/// returns that CPU.
-#[cfg(test)]
-pub fn pin_to_one_cpu() -> usize {
-    // SAFETY: plain system call without memory arguments.
-    let cpu = unsafe { libc::sched_getcpu() };
-    assert!(cpu >= 0, "sched_getcpu: {}", io::Error::last_os_error());
-    // SAFETY: cpu_set_t is plain old data; all-zero is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: cpu is below CPU_SETSIZE (the kernel numbered it), so the bit lies inside `set`.
-    unsafe { libc::CPU_SET(cpu as usize, &mut set) };
-    // SAFETY: `set` lives across the call and the size passed is its size.
-    let rc = unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) };
-    assert_eq!(rc, 0, "sched_setaffinity: {}", io::Error::last_os_error());
-    cpu as usize
-}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,7 +242,7 @@ mod tests {
             return;
         }
         std::thread::spawn(|| {
-            pin_to_one_cpu();
+            pin_current_thread().unwrap();
             assert!(raise_current_thread().unwrap());
             let (started_tx, started) = std::sync::mpsc::channel();
             let child = std::thread::Builder::new()

@@ -860,7 +860,7 @@ mod tests {
         let dir = TestDir::new("priority");
         let pcap = dir.file("client.pcap");
         thread::spawn(move || {
-            let cpu = priority::pin_to_one_cpu().to_string();
+            let cpu = priority::pin_current_thread().unwrap().to_string();
             assert!(priority::raise_current_thread().unwrap());
             // Only the threads this one starts from now on are confined to its CPU: they inherit its affinity.
             let ours = || -> Vec<(String, libc::c_int)> {
