@@ -10,8 +10,13 @@
 //! `ksoftirqd` waited 89.8 s for a CPU, and 28 scenarios failed on late keepalive probes, late SYN-ACKs and
 //! RTOs. On a fast machine the gate costs only the set-ups' serialisation: scenarios use a few percent of a
 //! CPU, so every one of them still runs at once.
+//!
+//! Who goes first: of the scenarios waiting, the one with the longest deadline (then the one that asked first),
+//! as a suite ends no sooner than its longest scenario does: a long one held back while short ones start makes
+//! the suite that much longer. The deadline is the only length a scenario declares before it runs.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Condvar, LazyLock, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -51,6 +56,9 @@ struct State {
     /// When the CPU use was last read, and what it was then, in CPUs.
     read_at: Option<Instant>,
     busy_cpus: f64,
+    /// The starts waiting, in the order they go: longest deadline first, then by ticket (first come).
+    waiting: BTreeSet<(Reverse<Duration>, u64)>,
+    next_ticket: u64,
 }
 
 /// One admitted scenario: it counts as setting up until [`Admission::programs_started`], and its process's CPU
@@ -76,22 +84,36 @@ impl CpuGate {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Waits until a scenario may start (at once when none is setting up or running), or until `stop` says to
-    /// give up (`None`).
-    pub fn admit(&self, stop: impl Fn() -> bool) -> Option<Admission<'_>> {
-        self.admit_by(stop, cpu_ticks)
+    /// Waits until a scenario whose deadline is `deadline` may start (at once when none is setting up or
+    /// running), or until `stop` says to give up (`None`). While several wait, the longest deadline goes first.
+    pub fn admit(&self, deadline: Duration, stop: impl Fn() -> bool) -> Option<Admission<'_>> {
+        self.admit_by(deadline, stop, cpu_ticks)
     }
 
-    fn admit_by(&self, stop: impl Fn() -> bool, ticks: impl Fn(u32) -> Option<u64>) -> Option<Admission<'_>> {
+    fn admit_by(
+        &self,
+        deadline: Duration,
+        stop: impl Fn() -> bool,
+        ticks: impl Fn(u32) -> Option<u64>,
+    ) -> Option<Admission<'_>> {
         let mut state = self.lock();
+        let place = (Reverse(deadline), state.next_ticket);
+        state.next_ticket += 1;
+        state.waiting.insert(place);
         loop {
             state.measure(&ticks);
             let idle = state.setting_up == 0 && state.processes.is_empty();
-            if idle || (state.setting_up < self.cpus && state.busy_cpus < CPU_SHARE * self.cpus as f64) {
+            let room = idle || (state.setting_up < self.cpus && state.busy_cpus < CPU_SHARE * self.cpus as f64);
+            if room && state.waiting.first() == Some(&place) {
+                state.waiting.remove(&place);
                 state.setting_up += 1;
+                // The next in line may fit too (another CPU's set-up slot).
+                self.changed.notify_all();
                 return Some(Admission { gate: self, pid: None, setting_up: true });
             }
             if stop() {
+                state.waiting.remove(&place);
+                self.changed.notify_all();
                 return None;
             }
             state = self.changed.wait_timeout(state, RECHECK).unwrap_or_else(PoisonError::into_inner).0;
@@ -185,6 +207,8 @@ mod tests {
 
     use super::*;
 
+    const SECOND: Duration = Duration::from_secs(1);
+
     #[test]
     fn the_ticks_are_the_four_cpu_times_of_the_stat_line() {
         let stat = "77 (netfault (x)) S 1 77 77 0 -1 4194560 10 0 0 0 250 50 7 3 20 0 9 0 100 1000 10";
@@ -203,12 +227,12 @@ mod tests {
     fn one_scenario_sets_up_per_cpu_at_a_time() {
         let gate = CpuGate::new(2);
         let idle = |_| Some(0);
-        let mut first = gate.admit_by(|| false, idle).unwrap();
-        let _second = gate.admit_by(|| false, idle).unwrap();
-        assert!(gate.admit_by(|| true, idle).is_none(), "both CPUs have a set-up");
+        let mut first = gate.admit_by(SECOND, || false, idle).unwrap();
+        let _second = gate.admit_by(SECOND, || false, idle).unwrap();
+        assert!(gate.admit_by(SECOND, || true, idle).is_none(), "both CPUs have a set-up");
         first.spawned(10);
         first.programs_started();
-        assert!(gate.admit_by(|| true, idle).is_some(), "the first is running and uses no CPU");
+        assert!(gate.admit_by(SECOND, || true, idle).is_some(), "the first is running and uses no CPU");
     }
 
     #[test]
@@ -217,7 +241,7 @@ mod tests {
         // Process 10 (a scenario and its programs) keeps one and a half CPUs busy: 150 ticks a second.
         let started = Instant::now();
         let busy = |pid| (pid == 10).then(|| (started.elapsed().as_secs_f64() * 150.0) as u64);
-        let mut running = gate.admit_by(|| false, busy).unwrap();
+        let mut running = gate.admit_by(SECOND, || false, busy).unwrap();
         running.spawned(10);
         running.programs_started();
         // What it used shows once a window has passed.
@@ -227,11 +251,11 @@ mod tests {
             asked.set(asked.get() + 1);
             asked.get() > 20
         };
-        assert!(gate.admit_by(stop, busy).is_none(), "1.5 CPUs of two busy: not below a quarter");
+        assert!(gate.admit_by(SECOND, stop, busy).is_none(), "1.5 CPUs of two busy: not below a quarter");
         assert!(asked.get() > 20, "it looked again until told to stop");
         // It ends: the next starts at once.
         drop(running);
-        assert!(gate.admit_by(|| true, busy).is_some());
+        assert!(gate.admit_by(SECOND, || true, busy).is_some());
     }
 
     #[test]
@@ -243,12 +267,52 @@ mod tests {
         let ticks = |pid| light.get(&pid).map(|_| (started.elapsed().as_secs_f64() * 10.0) as u64);
         let mut admitted = Vec::new();
         for pid in 1..=3 {
-            let mut admission = gate.admit_by(|| false, ticks).unwrap();
+            let mut admission = gate.admit_by(SECOND, || false, ticks).unwrap();
             admission.spawned(pid);
             admission.programs_started();
             admitted.push(admission);
         }
         std::thread::sleep(WINDOW * 2);
-        assert!(gate.admit_by(|| true, ticks).is_some(), "0.3 CPUs of two busy, below the 0.5 of a quarter");
+        assert!(gate.admit_by(SECOND, || true, ticks).is_some(), "0.3 CPUs of two busy, below the 0.5 of a quarter");
+    }
+
+    #[test]
+    fn of_the_starts_waiting_the_longest_deadline_goes_first() {
+        let gate = CpuGate::new(1);
+        let idle = |_| Some(0);
+        let setting_up = gate.admit_by(SECOND, || false, idle).unwrap();
+        let admitted = Mutex::new(Vec::new());
+        let waiting = |n: usize| {
+            let bound = Instant::now() + Duration::from_secs(10);
+            while gate.lock().waiting.len() < n {
+                assert!(Instant::now() < bound, "{n} starts never waited");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        std::thread::scope(|threads| {
+            // Asked in this order: a short one, a long one, one as short as the first.
+            for (asked, (name, secs)) in [("short", 2), ("long", 24), ("short again", 2)].into_iter().enumerate() {
+                let (gate, admitted) = (&gate, &admitted);
+                threads.spawn(move || {
+                    let admission = gate.admit_by(Duration::from_secs(secs), || false, idle).unwrap();
+                    // Written while it holds the one CPU's set-up slot: the order of the admissions.
+                    admitted.lock().unwrap().push(name);
+                    drop(admission);
+                });
+                waiting(asked + 1);
+            }
+            drop(setting_up);
+        });
+        assert_eq!(admitted.into_inner().unwrap(), ["long", "short", "short again"]);
+    }
+
+    #[test]
+    fn a_start_that_gives_up_leaves_the_line() {
+        let gate = CpuGate::new(1);
+        let idle = |_| Some(0);
+        let setting_up = gate.admit_by(SECOND, || false, idle).unwrap();
+        assert!(gate.admit_by(Duration::from_secs(60), || true, idle).is_none(), "the CPU's slot is taken");
+        drop(setting_up);
+        assert!(gate.admit_by(SECOND, || true, idle).is_some(), "the start that gave up no longer goes first");
     }
 }

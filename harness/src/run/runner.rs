@@ -153,7 +153,7 @@ pub fn run_in_child(exe: &Path, job: &Job, deadline: Duration, supervisor: &Supe
         let reason = supervisor.stop_reason().map_or_else(String::new, |reason| reason.to_string());
         return Summary::harness_error(name, &job.reports, format!("not started: {reason}"));
     };
-    let Some(admission) = CpuGate::of_this_machine().admit(|| supervisor.stop_reason().is_some()) else {
+    let Some(admission) = CpuGate::of_this_machine().admit(deadline, || supervisor.stop_reason().is_some()) else {
         let reason = supervisor.stop_reason().map_or_else(String::new, |reason| reason.to_string());
         return Summary::harness_error(name, &job.reports, format!("not started: {reason}"));
     };
@@ -775,7 +775,7 @@ pub fn run_all(
     let total = jobs.len();
     SCENARIOS_AT_ONCE.store(parallel.clamp(1, total.max(1)), Ordering::Relaxed);
     let labels: Vec<(String, PathBuf)> = jobs.iter().map(|(job, _)| (job.name(), job.reports.clone())).collect();
-    let queue = Arc::new(Mutex::new(jobs.into_iter().enumerate().collect::<Vec<_>>().into_iter()));
+    let queue = Arc::new(Mutex::new(longest_deadline_first(jobs).into_iter()));
     let (tx, rx) = mpsc::channel();
     // The workers end by themselves once the queue is empty; nobody waits for that.
     (0..parallel.clamp(1, total.max(1))).for_each(|_| {
@@ -818,6 +818,15 @@ pub fn run_all(
             summary.unwrap_or_else(|| Summary::harness_error(name, &reports, "its worker thread died".into()))
         })
         .collect()
+}
+
+/// The jobs with their index, in the order they start: longest deadline first, as the CPU gate admits them
+/// (see `cpu_gate`), so that with fewer workers than jobs (`--jobs`) the longest is not left for last either.
+fn longest_deadline_first<T>(jobs: Vec<(T, Duration)>) -> Vec<(usize, (T, Duration))> {
+    let mut ordered: Vec<_> = jobs.into_iter().enumerate().collect();
+    // Stable: jobs of equal deadlines keep their order.
+    ordered.sort_by_key(|(_, (_, deadline))| std::cmp::Reverse(*deadline));
+    ordered
 }
 
 /// Default parallelism: every scenario at once, since they mostly wait on kernel timers (capped to keep a
@@ -978,6 +987,15 @@ fn trial_result(summary: Summary) -> Result<(), Failed> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jobs_start_longest_deadline_first_and_keep_their_index() {
+        let secs = Duration::from_secs;
+        let jobs = vec![("a", secs(12)), ("b", secs(24)), ("c", secs(12)), ("d", secs(40))];
+        let order: Vec<(usize, &str)> =
+            longest_deadline_first(jobs).into_iter().map(|(index, (name, _))| (index, name)).collect();
+        assert_eq!(order, [(3, "d"), (1, "b"), (0, "a"), (2, "c")]);
+    }
 
     #[test]
     fn report_folders_that_would_collide_are_named_with_both_files() {
