@@ -127,6 +127,16 @@ fn lsns_net() -> String {
     command_output("lsns", &args)
 }
 
+/// Whether the namespace numbered `ns` is another one now: the kernel gives a freed namespace's inode number to
+/// the next namespace made, and with many tests at once (nextest) another test's scenario made one within
+/// seconds. A namespace of the run is held by a process carrying its token or by a mount (no process); one
+/// held only by processes without the token is a new namespace under the old number.
+fn is_recycled(ns: u64, token: &str) -> bool {
+    let of_the_run: BTreeSet<u32> = run_processes(token).into_iter().map(|(pid, _)| pid).collect();
+    let held_by: Vec<u32> = pids().into_iter().filter(|pid| namespaces_of(*pid).contains(&ns)).collect();
+    !held_by.is_empty() && held_by.iter().all(|pid| !of_the_run.contains(pid))
+}
+
 /// Who holds each of `namespaces` now: the processes in it or with a descriptor of it, or none (a mount).
 fn holders(namespaces: &[u64]) -> String {
     let processes: Vec<(u32, BTreeSet<u64>)> = pids().into_iter().map(|pid| (pid, namespaces_of(pid))).collect();
@@ -284,7 +294,8 @@ fn assert_nothing_left(run: &Run, running: &Running, before: &HostState) {
     // grace periods), and the namespaces go with them.
     loop {
         let existing = all_namespaces();
-        let leaked: Vec<u64> = running.namespaces.intersection(&existing).copied().collect();
+        let leaked: Vec<u64> =
+            running.namespaces.intersection(&existing).copied().filter(|ns| !is_recycled(*ns, &run.token)).collect();
         if leaked.is_empty() {
             break;
         }
