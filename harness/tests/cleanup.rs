@@ -131,22 +131,31 @@ fn lsns_net() -> String {
 /// the next namespace made, and with many tests at once (nextest) another test's scenario made one within
 /// seconds. A namespace of the run is held by a process carrying its token or by a mount (no process); one
 /// held only by processes without the token is a new namespace under the old number.
-fn is_recycled(ns: u64, token: &str) -> bool {
+fn is_recycled(ns: u64, token: &str, processes: &[(u32, BTreeSet<u64>)]) -> bool {
     let of_the_run: BTreeSet<u32> = run_processes(token).into_iter().map(|(pid, _)| pid).collect();
-    let held_by: Vec<u32> = pids().into_iter().filter(|pid| namespaces_of(*pid).contains(&ns)).collect();
+    let held_by = holding(ns, processes);
     !held_by.is_empty() && held_by.iter().all(|pid| !of_the_run.contains(pid))
+}
+
+/// Every process with the network namespaces it is in or holds open.
+fn processes_with_namespaces() -> Vec<(u32, BTreeSet<u64>)> {
+    pids().into_iter().map(|pid| (pid, namespaces_of(pid))).collect()
+}
+
+/// The processes of `processes` in namespace `ns` or holding it open.
+fn holding(ns: u64, processes: &[(u32, BTreeSet<u64>)]) -> Vec<u32> {
+    processes.iter().filter(|(_, held)| held.contains(&ns)).map(|(pid, _)| *pid).collect()
 }
 
 /// Who holds each of `namespaces` now: the processes in it or with a descriptor of it, or none (a mount).
 fn holders(namespaces: &[u64]) -> String {
-    let processes: Vec<(u32, BTreeSet<u64>)> = pids().into_iter().map(|pid| (pid, namespaces_of(pid))).collect();
+    let processes = processes_with_namespaces();
     let described: Vec<String> = namespaces
         .iter()
         .map(|ns| {
-            let held_by: Vec<String> = processes
-                .iter()
-                .filter(|(_, held)| held.contains(ns))
-                .map(|(pid, _)| {
+            let held_by: Vec<String> = holding(*ns, &processes)
+                .into_iter()
+                .map(|pid| {
                     let cmdline = fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
                     format!("{pid} {}", cmdline.replace('\0', " ").trim_end())
                 })
@@ -294,8 +303,13 @@ fn assert_nothing_left(run: &Run, running: &Running, before: &HostState) {
     // grace periods), and the namespaces go with them.
     loop {
         let existing = all_namespaces();
-        let leaked: Vec<u64> =
-            running.namespaces.intersection(&existing).copied().filter(|ns| !is_recycled(*ns, &run.token)).collect();
+        let processes = processes_with_namespaces();
+        let leaked: Vec<u64> = running
+            .namespaces
+            .intersection(&existing)
+            .copied()
+            .filter(|ns| !is_recycled(*ns, &run.token, &processes))
+            .collect();
         if leaked.is_empty() {
             break;
         }
