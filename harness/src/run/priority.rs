@@ -63,18 +63,21 @@ impl RealTimeStretch {
     /// Starts the stretch of a thread its spawner raised before it first ran ([`raise_spawned`]): all its CPU
     /// time so far was real-time.
     fn adopt_raised_by_spawner(&self) {
-        let mut stretch = self.0.borrow_mut();
-        if stretch.is_none() && current_policy() == libc::SCHED_FIFO {
-            let name = std::thread::current().name().unwrap_or("unnamed").to_string();
-            *stretch = Some((role_of(&name), Duration::ZERO));
+        if current_policy() == libc::SCHED_FIFO {
+            self.begin_at(Duration::ZERO);
         }
     }
 
     fn begin(&self) {
+        self.begin_at(thread_cpu_time());
+    }
+
+    /// Starts a stretch that counts the thread's CPU time from `raised_at`, unless one is running already.
+    fn begin_at(&self, raised_at: Duration) {
         let mut stretch = self.0.borrow_mut();
         if stretch.is_none() {
             let name = std::thread::current().name().unwrap_or("unnamed").to_string();
-            *stretch = Some((role_of(&name), thread_cpu_time()));
+            *stretch = Some((role_of(&name), raised_at));
         }
     }
 
