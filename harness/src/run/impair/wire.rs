@@ -198,10 +198,11 @@ impl Wire {
     /// Stops both threads and returns what each direction did, what each fault selected and what failed.
     pub fn stop(self) -> Result<Stopped> {
         self.shared.stop.store(true, Ordering::Relaxed);
+        // Both are told before either is waited for: the waits overlap, [`STOP_TIMEOUT`] in all.
+        self.threads.iter().for_each(|(_, _, wake)| capture::signal(wake));
+        let started = std::time::Instant::now();
         let mut stopped = Stopped::default();
-        for (toward, handle, wake) in self.threads {
-            capture::signal(&wake);
-            let started = std::time::Instant::now();
+        for (toward, handle, _) in self.threads {
             while !handle.is_finished() {
                 if started.elapsed() > STOP_TIMEOUT {
                     return Err(Error::Internal(format!("wire toward {toward} did not stop within {STOP_TIMEOUT:?}")));
@@ -400,6 +401,7 @@ impl Direction {
         let mut burst: Vec<Vec<u8>> = Vec::new();
         while self.schedule.peek().is_some_and(|Reverse(pending)| pending.release <= now) {
             let Some(Reverse(pending)) = self.schedule.pop() else { break };
+            self.stats.count_lateness(now.saturating_sub(pending.release));
             for _ in 0..pending.copies {
                 burst.push(pending.frame.clone());
                 self.count_down_held(&mut burst);
@@ -407,6 +409,7 @@ impl Direction {
         }
         let (late, waiting): (Vec<Held>, Vec<Held>) = self.held.drain(..).partition(|held| held.deadline <= now);
         self.held = waiting;
+        late.iter().for_each(|held| self.stats.count_lateness(now.saturating_sub(held.deadline)));
         burst.extend(late.into_iter().map(|held| held.frame));
         self.transmit(&burst)
     }
