@@ -180,6 +180,11 @@ fn the_cargo_test_driver_names_the_blocked_step() {
 #[test]
 fn run_stops_at_its_suite_deadline_and_reports_every_scenario() {
     let reports = scratch("suite-deadline");
+    // An earlier run's report, which the killed run must not leave to pass for its own.
+    let folder = reports.join("long");
+    fs::create_dir_all(&folder).unwrap();
+    fs::write(folder.join("result.json"), "{}").unwrap();
+    fs::write(folder.join("timeline.txt"), "an earlier run\n").unwrap();
     let (output, took) = netfault(
         "suite-deadline",
         &[],
@@ -201,6 +206,21 @@ fn run_stops_at_its_suite_deadline_and_reports_every_scenario() {
     assert!(text.contains("ERROR long") && text.contains("stopped: the suite deadline (3s) passed"), "{text}");
     assert!(text.contains("not started: the suite deadline (3s) passed"), "the queued scenario is reported: {text}");
     assert!(text.contains("1 running scenario(s) killed, 1 not started"), "{text}");
+    // The killed scenario's line names its own folder, which holds what it wrote before the kill (the captures
+    // write as the frames come) and nothing of the earlier run.
+    let error_line = text.lines().find(|line| line.starts_with("ERROR long")).unwrap_or_default();
+    assert!(error_line.ends_with(&folder.display().to_string()), "{error_line}\n{text}");
+    assert!(
+        text.contains(&format!("what it wrote before: client.pcap, server.pcap in {}", folder.display())),
+        "{text}"
+    );
+    for file in ["client.pcap", "server.pcap"] {
+        assert!(folder.join(file).is_file(), "{file} kept");
+    }
+    for stale in ["result.json", "timeline.txt"] {
+        assert!(!folder.join(stale).exists(), "the earlier run's {stale} is gone");
+    }
+    assert!(!folder.join(".netfault-partial").exists(), "nothing left staged");
     assert_no_process_left("suite-deadline");
     let _ = fs::remove_dir_all(&reports);
 }

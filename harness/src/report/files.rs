@@ -36,6 +36,11 @@ pub fn stage(dir: &Path) -> Result<PathBuf> {
     Ok(staging)
 }
 
+/// Whether a run has staged files in `dir` and not published them (it is running, or was killed).
+pub fn is_staged(dir: &Path) -> bool {
+    dir.join(STAGING).is_dir()
+}
+
 /// Moves every file the run wrote from the staging folder into `dir` (`mv -f`), removes netfault's own files
 /// the run did not write, then the staging folder.
 pub fn publish(dir: &Path) -> Result<()> {

@@ -85,6 +85,18 @@ impl Job {
         args
     }
 
+    /// The folder its report goes to, as its scenario process names it: `reports/<scenario>[/run-<n>]`; the
+    /// reports root when the name cannot be a folder (the scenario process says why).
+    pub fn report_folder(&self) -> PathBuf {
+        match report::report_dir(&self.reports, &scenario::scenario_name(&self.root, &self.file)) {
+            Ok(dir) => match self.run {
+                Some(run) => dir.join(run_folder(run)),
+                None => dir,
+            },
+            Err(_) => self.reports.clone(),
+        }
+    }
+
     /// The scenario's name, with `#<run>` for a repetition.
     pub fn name(&self) -> String {
         let name = display_name(&self.root, &self.file);
@@ -159,7 +171,38 @@ pub fn run_in_child(exe: &Path, job: &Job, deadline: Duration, supervisor: &Supe
     };
     match spawn_and_wait(exe, job, deadline, supervisor, admission) {
         Ok(summary) => summary,
-        Err(e) => Summary::harness_error(name, &job.reports, e.to_string()),
+        Err(e) => Summary::harness_error(name, &job.report_folder(), e.to_string()),
+    }
+}
+
+/// After its scenario process was killed: publishes what it had written of its report (the pcaps are written
+/// as the frames come), which also removes an earlier run's files from the folder, so that nothing there
+/// passes for this run's report. Says what the folder holds now.
+fn publish_partial(job: &Job) -> String {
+    let dir = job.report_folder();
+    if !report::files::is_staged(&dir) {
+        return format!("; it wrote nothing into {}", dir.display());
+    }
+    match report::files::publish(&dir) {
+        Ok(()) => {
+            let mut files: Vec<String> = std::fs::read_dir(&dir)
+                .map(|entries| {
+                    entries
+                        .filter_map(|entry| entry.ok())
+                        .filter(|entry| entry.path().is_file())
+                        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                        .filter(|name| report::files::OWN_FILES.contains(&name.as_str()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            files.sort();
+            if files.is_empty() {
+                format!("; it wrote nothing into {}", dir.display())
+            } else {
+                format!("; what it wrote before: {} in {}", files.join(", "), dir.display())
+            }
+        }
+        Err(e) => format!("; what it wrote before could not be kept: {e}"),
     }
 }
 
@@ -208,20 +251,23 @@ fn spawn_and_wait(
         }
         (Ended::Exited(_), Some(summary)) => Ok(summary),
         (Ended::Stopped(reason), _) => Err(Error::Internal(format!(
-            "stopped: {reason}; the scenario process was killed after {:.1}s, before its report{}",
+            "stopped: {reason}; the scenario process was killed after {:.1}s, before its report{}{}",
             started.elapsed().as_secs_f64(),
+            publish_partial(job),
             tail("child stderr", &stderr)
         ))),
         (Ended::TimedOut(Phase::SettingUp), _) => Err(Error::Internal(format!(
-            "scenario process still setting up {}s after its start: killed{}",
+            "scenario process still setting up {}s after its start: killed{}{}",
             SETUP_LIMIT.as_secs(),
+            publish_partial(job),
             tail("child stderr", &stderr)
         ))),
         (Ended::TimedOut(Phase::Running), _) => Err(Error::Internal(format!(
-            "scenario still running {}s after its programs started (deadline {}s + {}s grace): killed{}",
+            "scenario still running {}s after its programs started (deadline {}s + {}s grace): killed{}{}",
             limit.as_secs(),
             deadline.as_secs(),
             CHILD_GRACE.as_secs(),
+            publish_partial(job),
             tail("child stderr", &stderr)
         ))),
         (Ended::Exited(status), None) => Err(Error::Internal(format!(
