@@ -387,6 +387,8 @@ cd /netfault
 {command} 2>&1
 echo "$?" > /out/exit-status
 read_load after >> /out/load
+# The guest kernel's own messages (RT throttling, stalls, oopses) beside its reports.
+mkdir -p /out/reports && dmesg > /out/reports/kernel.log
 [ -b /dev/vda ] && tar -cf /dev/vda -C /out . && sync && echo "{WRITTEN} $(cut -d' ' -f1 /proc/uptime)"
 poweroff -f
 "#
