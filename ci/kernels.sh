@@ -17,8 +17,14 @@ meta_package() {
 }
 
 mkdir -p "$cache"
+updated=no
 for line in "${lines[@]}"; do
   meta="$(meta_package "$line")"
+  # A fresh machine's apt may not have read its archive's package lists yet.
+  if ! apt-cache show "$meta" >/dev/null 2>&1 && [ "$updated" = no ] && [ "$(id -u)" -eq 0 ]; then
+    apt-get update -qq
+    updated=yes
+  fi
   image="$(apt-cache depends "$meta" 2>/dev/null | sed -n "s/^ *Depends: \(linux-image-${line//./\\.}[.-][^ ]*-cloud-amd64\)$/\1/p" | head -n1)"
   if [ -z "$image" ]; then
     echo "ci/kernels.sh: no Debian package for kernel $line ($meta unknown to apt: run apt-get update, on Debian 12)" >&2

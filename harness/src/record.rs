@@ -187,7 +187,7 @@ pub struct WireStats {
     pub send_errors: u64,
     /// Frames that left more than 10 ms ([`WIRE_LATE_US`]) after their time (the kernel's receive timestamp, plus the
     /// delay or link time a fault gave them): the wire thread had no CPU then, and the network was slower than
-    /// the scenario says. Reported as a harness error.
+    /// the scenario says. A failed verdict with late frames is reported as a harness error.
     pub late_frames: u64,
     /// How late the latest frame left, in microseconds.
     pub max_late_us: u64,

@@ -194,7 +194,6 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -
         Some(Ok(stopped)) => {
             harness_errors.extend(stopped.errors);
             harness_errors.extend(wire_losses(&stopped.stats));
-            harness_errors.extend(wire_lateness(&stopped.stats));
             (Some(stopped.stats), stopped.selected)
         }
         Some(Err(e)) => {
@@ -765,17 +764,25 @@ fn wire_losses(stats: &[WireStats; 2]) -> Vec<String> {
         .collect()
 }
 
-/// Frames the wire forwarded late, its thread without a CPU when they were due: the network was slower than the
-/// scenario says (a 10 Mbit/s link idle while its queue waited), and a verdict on times or on what the
-/// senders did about it would blame the kernel for this machine's load.
-fn wire_lateness(stats: &[WireStats; 2]) -> Vec<String> {
+/// When a run failed its verdict and its wire forwarded frames late (its thread without a CPU when they were
+/// due): a harness error naming that, since the network was slower than the scenario says (a 10 Mbit/s link
+/// idle while its queue waited for the thread) and the failures may be this machine's load rather than the
+/// kernel's behaviour. A run that passed keeps its verdict: late frames only ever make a network worse.
+pub fn blame_late_wire(record: &mut RunRecord, passed: bool) {
+    record.harness_errors.extend(late_wire(record.wire, passed));
+}
+
+fn late_wire(wire: Option<[WireStats; 2]>, passed: bool) -> Vec<String> {
+    let Some(stats) = wire.filter(|_| !passed) else { return Vec::new() };
     HostId::ALL
         .into_iter()
         .zip(stats)
         .filter(|(_, stats)| stats.late_frames > 0)
         .map(|(toward, stats)| {
             format!(
-                "the wire toward {toward} fell behind: {} of its {} frames left more than {} ms after their time,                  the latest {:.1} ms late (its thread had no CPU; the machine is too busy): the network was slower                  than the scenario says",
+                "the wire toward {toward} fell behind: {} of its {} frames left more than {} ms after their time, \
+                 the latest {:.1} ms late (its thread had no CPU: the machine is too busy); the network was slower \
+                 than the scenario says, so the failures below may be this machine's, not the kernel's",
                 stats.late_frames,
                 stats.frames_out,
                 WIRE_LATE_US / 1000,

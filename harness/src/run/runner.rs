@@ -592,8 +592,9 @@ fn run_here(job: &Job, variables: &Variables) -> Result<Summary> {
             let _ = std::io::Write::flush(&mut std::io::stdout());
         })
         .map_err(|e| e.in_file(&plan.file))
-        .and_then(|record| {
+        .and_then(|mut record| {
             let verdict = verdict::judge(&plan, &record.timeline);
+            engine::blame_late_wire(&mut record, verdict.passed());
             report::write(&plan, &record, &verdict, &staging)
         }),
     };

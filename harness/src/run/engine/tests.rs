@@ -88,3 +88,24 @@ fn a_capture_that_lost_frames_is_a_harness_error_naming_its_host() {
     let errors = capture_losses(&ends, &[whole, whole, unseen]);
     assert!(errors[0].starts_with("capture of router nf1 lost 2 of the 40 frames"), "{}", errors[0]);
 }
+
+#[test]
+fn a_failed_run_whose_wire_fell_behind_blames_the_wire_and_a_passed_one_keeps_its_verdict() {
+    let mut late = WireStats { frames_out: 2905, ..WireStats::default() };
+    [4_000, 60_000, 12_000].map(|us| late.count_lateness(Duration::from_micros(us)));
+    assert_eq!((late.late_frames, late.max_late_us), (2, 60_000));
+    let wire = Some([WireStats::default(), late]);
+    let errors = late_wire(wire, false);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with(
+            "the wire toward server fell behind: 2 of its 2905 frames left more than 10 ms after their time, the \
+             latest 60.0 ms late"
+        ),
+        "{}",
+        errors[0]
+    );
+    assert!(late_wire(wire, true).is_empty(), "a pass stands: late frames only make a network worse");
+    assert!(late_wire(Some([WireStats::default(); 2]), false).is_empty(), "a wire on time blames nothing");
+    assert!(late_wire(None, false).is_empty());
+}
