@@ -92,7 +92,9 @@ fn a_capture_that_lost_frames_is_a_harness_error_naming_its_host() {
 #[test]
 fn a_failed_run_whose_wire_fell_behind_blames_the_wire_and_a_passed_one_keeps_its_verdict() {
     let mut late = WireStats { frames_out: 2905, ..WireStats::default() };
-    [4_000, 60_000, 12_000].map(|us| late.count_lateness(Duration::from_micros(us)));
+    for us in [4_000, 60_000, 12_000] {
+        late.count_lateness(Duration::from_micros(us));
+    }
     assert_eq!((late.late_frames, late.max_late_us), (2, 60_000));
     let wire = Some([WireStats::default(), late]);
     let errors = late_wire(wire, false);
