@@ -64,13 +64,24 @@ pub struct Job {
     pub ring_memory: u64,
     /// Where the impairments' random decisions come from (`netfault run --seed`).
     pub seed: u64,
+    /// Whether it moves a bulk transfer through the wire ([`Plan::bulk_through_wire`]): such runs go one at a
+    /// time ([`CpuGate`]).
+    pub bulk_through_wire: bool,
 }
 
 impl Job {
     /// One run of `plan`, read from `file` under `root`, reporting under `reports`, its impairments seeded
     /// with `seed`.
     pub fn new(file: PathBuf, root: PathBuf, reports: PathBuf, plan: &Plan, seed: u64) -> Job {
-        Job { file, root, reports, run: None, ring_memory: 2 * plan.capture.ring_bytes.unwrap_or(0), seed }
+        Job {
+            file,
+            root,
+            reports,
+            run: None,
+            ring_memory: 2 * plan.capture.ring_bytes.unwrap_or(0),
+            seed,
+            bulk_through_wire: plan.bulk_through_wire(),
+        }
     }
 
     /// The arguments after [`CHILD_COMMAND`] that make a scenario process run this job ([`ChildArgs`]).
@@ -127,7 +138,15 @@ pub struct ChildArgs {
 
 impl From<ChildArgs> for Job {
     fn from(args: ChildArgs) -> Job {
-        Job { file: args.file, root: args.root, reports: args.reports, run: args.run, ring_memory: 0, seed: args.seed }
+        Job {
+            file: args.file,
+            root: args.root,
+            reports: args.reports,
+            run: args.run,
+            ring_memory: 0,
+            seed: args.seed,
+            bulk_through_wire: false,
+        }
     }
 }
 
@@ -165,7 +184,9 @@ pub fn run_in_child(exe: &Path, job: &Job, deadline: Duration, supervisor: &Supe
         let reason = supervisor.stop_reason().map_or_else(String::new, |reason| reason.to_string());
         return Summary::harness_error(name, &job.reports, format!("not started: {reason}"));
     };
-    let Some(admission) = CpuGate::of_this_machine().admit(deadline, || supervisor.stop_reason().is_some()) else {
+    let Some(admission) =
+        CpuGate::of_this_machine().admit(deadline, job.bulk_through_wire, || supervisor.stop_reason().is_some())
+    else {
         let reason = supervisor.stop_reason().map_or_else(String::new, |reason| reason.to_string());
         return Summary::harness_error(name, &job.reports, format!("not started: {reason}"));
     };
@@ -1148,6 +1169,7 @@ mod tests {
             run: Some(3),
             ring_memory: 0,
             seed: 18_446_744_073_709_551_615,
+            bulk_through_wire: false,
         };
         let back = parse_child_args(job.child_args()).unwrap();
         assert_eq!(
@@ -1179,6 +1201,7 @@ mod tests {
             run: None,
             ring_memory: 0,
             seed: 0,
+            bulk_through_wire: false,
         };
         assert_eq!(parse_child_args(job.child_args()).unwrap().root, PathBuf::from("."));
     }

@@ -186,7 +186,25 @@ impl Plan {
     pub fn step(&self, host: HostId, name: &str) -> Option<&StepPlan> {
         self.host(host).steps.iter().find(|s| s.name.as_deref() == Some(name))
     }
+
+    /// Whether the scenario's hosts send [`BULK_BYTES`] or more through the impairment wire (counting the
+    /// `send` steps with a fixed count): its wire threads then need the CPU for most of the run.
+    pub fn bulk_through_wire(&self) -> bool {
+        let sent: u64 = self
+            .hosts
+            .iter()
+            .flat_map(|host| &host.steps)
+            .map(|step| match step.action {
+                Action::Send { bytes, repeat: SendRepeat::Times(times), .. } => bytes as u64 * u64::from(times),
+                _ => 0,
+            })
+            .sum();
+        self.links.iter().any(|link| link.wire) && sent >= BULK_BYTES
+    }
 }
+
+/// A bulk transfer ([`Plan::bulk_through_wire`]): the smallest of the impairment scenarios' transfers (1 MiB).
+pub const BULK_BYTES: u64 = 1 << 20;
 
 /// `ip link add ... type veth peer ...` with `mtu`: the settings of every link.
 #[derive(Debug, Clone, Serialize)]

@@ -1764,3 +1764,16 @@ fn without_a_router_the_default_wire_is_one_link() {
     assert_eq!(plan.router, None);
     assert!(plan.hosts.iter().all(|host| host.gateway.is_none()));
 }
+
+#[test]
+fn a_bulk_transfer_through_the_wire_is_a_mebibyte_or_more_sent_across_impairments() {
+    let scenario = |action: &str, repeat: u32| {
+        plan(&format!(
+            "description: d\nfaults:\n  - {{ name: f, at: server, action: {action} }}\nserver:\n  - listen: {{ port: 9000 }}\n  - accept\n  - recv: {{ until: eof }}\nclient:\n  - connect: {{ to: server, port: 9000 }}\n  - send: {{ bytes: 65536, repeat: {repeat} }}\n  - shutdown: WR\n"
+        ))
+    };
+    assert!(scenario("{ rate: { bandwidth: 10mbit, queue: 64KiB } }", 64).bulk_through_wire(), "4 MiB through a wire");
+    assert!(scenario("{ duplicate: 5% }", 16).bulk_through_wire(), "1 MiB through a wire");
+    assert!(!scenario("{ duplicate: 5% }", 15).bulk_through_wire(), "960 KiB");
+    assert!(!scenario("drop", 64).bulk_through_wire(), "a fault in nftables: no wire");
+}

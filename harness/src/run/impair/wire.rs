@@ -356,9 +356,13 @@ impl Direction {
             Ok(())
         })?;
         let count = arrived.len();
-        let shared = &self.shared;
+        let shared = Arc::clone(&self.shared);
         let active = |name: &str| shared.is_active(name);
         for (at, mut frame) in arrived {
+            // Deciding a frame's fate costs a few µs here and 0.3-0.6 ms of CPU in an emulated (TCG) VM, where a
+            // burst of 40 frames arriving together kept the frames due meanwhile waiting 20-55 ms: those leave
+            // between the arrivals instead.
+            self.release_due(wall_now())?;
             self.stats.frames_in += 1;
             let segment = TcpSegment::parse(&frame);
             if let Some(segment) = &segment {
