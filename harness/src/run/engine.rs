@@ -81,6 +81,16 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -
     let wire = match &wire_namespace {
         Some(namespace) => {
             let facing = topology::wire_ends(namespace)?;
+            topology::steer::steer_flows(namespace, &HostId::ALL.map(topology::wire_end_name))?;
+            // And from the wire to each host: the wire's thread may send from either CPU.
+            for (host, host_namespace) in plan.hosts.iter().zip(&namespaces) {
+                let ifnames: Vec<String> = interfaces
+                    .iter()
+                    .filter(|interface| interface.host == host.id)
+                    .map(|interface| interface.ifname.clone())
+                    .collect();
+                topology::steer::steer_flows(host_namespace, &ifnames)?;
+            }
             Some(Wire::start(namespace, facing, wire_faults(plan), seed, Some(sink.clone()))?)
         }
         None => None,

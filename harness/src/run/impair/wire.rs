@@ -292,7 +292,8 @@ impl Direction {
         // `start` is gone only when it gave up waiting, and then stops this thread.
         let _ = running.send(());
         while !self.shared.stop.load(Ordering::Relaxed) {
-            self.release_due(wall_now())?;
+            let now = wall_now();
+            self.release_due(now, now)?;
             self.wait()?;
             self.forge_requested()?;
             if self.take_arrivals()? > 0 {
@@ -356,13 +357,21 @@ impl Direction {
             Ok(())
         })?;
         let count = arrived.len();
+        // The earliest arrival time among each frame and those after it: the socket's order is not always the
+        // order of the kernel's timestamps (frames sent on two CPUs reach it through two CPUs' backlogs), and
+        // the schedule puts such frames back in timestamp order only while they are in it together.
+        let mut earliest_after: Vec<Duration> = arrived.iter().map(|(at, _)| *at).collect();
+        for i in (1..earliest_after.len()).rev() {
+            earliest_after[i - 1] = earliest_after[i - 1].min(earliest_after[i]);
+        }
         let shared = Arc::clone(&self.shared);
         let active = |name: &str| shared.is_active(name);
-        for (at, mut frame) in arrived {
-            // Deciding a frame's fate costs a few µs here and 0.3-0.6 ms of CPU in an emulated (TCG) VM, where a
-            // burst of 40 frames arriving together kept the frames due meanwhile waiting 20-55 ms: those leave
-            // between the arrivals instead.
-            self.release_due(wall_now())?;
+        for ((at, mut frame), earliest) in arrived.into_iter().zip(earliest_after) {
+            // Deciding a frame's fate costs a few µs here and about 0.6 ms of CPU in an emulated (TCG) VM, where
+            // a burst of 40 frames arriving together kept the frames due meanwhile waiting 20-55 ms: those leave
+            // between the arrivals instead, up to the earliest arrival still to be decided.
+            let now = wall_now();
+            self.release_due(now, now.min(earliest.saturating_sub(Duration::from_nanos(1))))?;
             self.stats.frames_in += 1;
             let segment = TcpSegment::parse(&frame);
             if let Some(segment) = &segment {
@@ -398,12 +407,13 @@ impl Direction {
         Ok(count)
     }
 
-    /// Sends every frame due by `now`, and the held frames whose turn or time has come.
+    /// Sends every frame due by `until` (at the latest `now`, the time it is), and the held frames whose turn or
+    /// time has come.
     /// A burst (frames due together) goes out in one `sendmmsg`: per frame, the wire then costs about what the
     /// kernel's own bridge does.
-    fn release_due(&mut self, now: Duration) -> Result<()> {
+    fn release_due(&mut self, now: Duration, until: Duration) -> Result<()> {
         let mut burst: Vec<Vec<u8>> = Vec::new();
-        while self.schedule.peek().is_some_and(|Reverse(pending)| pending.release <= now) {
+        while self.schedule.peek().is_some_and(|Reverse(pending)| pending.release <= until) {
             let Some(Reverse(pending)) = self.schedule.pop() else { break };
             self.stats.count_lateness(now.saturating_sub(pending.release));
             for _ in 0..pending.copies {
@@ -411,7 +421,7 @@ impl Direction {
                 self.count_down_held(&mut burst);
             }
         }
-        let (late, waiting): (Vec<Held>, Vec<Held>) = self.held.drain(..).partition(|held| held.deadline <= now);
+        let (late, waiting): (Vec<Held>, Vec<Held>) = self.held.drain(..).partition(|held| held.deadline <= until);
         self.held = waiting;
         late.iter().for_each(|held| self.stats.count_lateness(now.saturating_sub(held.deadline)));
         burst.extend(late.into_iter().map(|held| held.frame));

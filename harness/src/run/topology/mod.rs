@@ -6,6 +6,7 @@
 
 mod ethtool;
 pub(crate) mod rtnl;
+pub mod steer;
 mod sysctl;
 
 use std::net::{IpAddr, Ipv4Addr};
