@@ -13,7 +13,7 @@ use std::collections::{BinaryHeap, HashMap};
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, SystemTime};
@@ -63,8 +63,52 @@ type DirectionResult = Result<(WireStats, Vec<(String, u64)>)>;
 /// A running wire between the two hosts.
 pub struct Wire {
     shared: Arc<Shared>,
-    /// The thread forwarding toward each host, by `HostId::index()`, and the eventfd that wakes it.
-    threads: Vec<(HostId, JoinHandle<DirectionResult>, Arc<OwnedFd>)>,
+    /// The thread forwarding toward each host, by `HostId::index()`.
+    threads: Vec<WireThread>,
+}
+
+/// One direction's thread, the eventfd that wakes it and what it is doing.
+struct WireThread {
+    toward: HostId,
+    handle: JoinHandle<DirectionResult>,
+    wake: Arc<OwnedFd>,
+    doing: Arc<AtomicU8>,
+}
+
+/// What a wire thread is doing, for the message of a thread that does not stop: each is a place it can wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Phase {
+    Starting,
+    /// In ppoll, until a frame is due, arrives, or a command comes.
+    Waiting,
+    /// Taking the frames that arrived and deciding their fate (the locks it shares with the other direction).
+    Receiving,
+    /// In sendmmsg, or waiting for room in the send socket's buffer (frames sent earlier not yet received).
+    Sending,
+    Forging,
+    Ending,
+}
+
+impl Phase {
+    const ALL: [Phase; 6] =
+        [Phase::Starting, Phase::Waiting, Phase::Receiving, Phase::Sending, Phase::Forging, Phase::Ending];
+
+    fn describe(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Waiting => "waiting in ppoll",
+            Phase::Receiving => "taking the frames that arrived",
+            Phase::Sending => "sending frames (sendmmsg, or waiting for room in its socket's send buffer)",
+            Phase::Forging => "forging an injected segment",
+            Phase::Ending => "counting its statistics",
+        }
+    }
+
+    fn of(doing: &AtomicU8) -> Phase {
+        let value = doing.load(Ordering::Relaxed);
+        Phase::ALL.into_iter().find(|phase| *phase as u8 == value).unwrap_or(Phase::Starting)
+    }
 }
 
 /// What the threads share: which faults are on, injections waiting, the connections seen.
@@ -142,6 +186,7 @@ impl Wire {
                 capture::interface_mtu(&sockets[toward.index()], &ifname)
                     .map_err(|e| Error::sys(format!("{command}: read the MTU of {ifname}: SIOCGIFMTU"), e))
             })?;
+            let doing = Arc::new(AtomicU8::new(Phase::Starting as u8));
             let direction = Direction {
                 toward,
                 receive: Arc::clone(&sockets[toward.peer().index()]),
@@ -155,13 +200,14 @@ impl Wire {
                 order: 0,
                 stats: WireStats::default(),
                 command: command.clone(),
+                doing: Arc::clone(&doing),
             };
             let running = running.clone();
             let handle = thread::Builder::new()
                 .name(format!("wire-{toward}"))
                 .spawn(move || direction.run(running))
                 .map_err(|e| Error::sys(format!("spawn {command} thread"), e))?;
-            threads.push((toward, handle, wake));
+            threads.push(WireThread { toward, handle, wake, doing });
         }
         drop(running);
         // Returns once both threads run at their priority: a thread not yet scheduled on a busy machine held
@@ -188,8 +234,8 @@ impl Wire {
         let toward = self.shared.faults[index].toward;
         if on && matches!(self.shared.faults[index].impairment, Impairment::Inject(_)) {
             lock(&self.shared.injections[toward.index()]).push(index);
-            if let Some((_, _, wake)) = self.threads.iter().find(|(host, _, _)| *host == toward) {
-                capture::signal(wake);
+            if let Some(thread) = self.threads.iter().find(|thread| thread.toward == toward) {
+                capture::signal(&thread.wake);
             }
         }
         Ok(())
@@ -199,13 +245,16 @@ impl Wire {
     pub fn stop(self) -> Result<Stopped> {
         self.shared.stop.store(true, Ordering::Relaxed);
         // Both are told before either is waited for: the waits overlap, [`STOP_TIMEOUT`] in all.
-        self.threads.iter().for_each(|(_, _, wake)| capture::signal(wake));
+        self.threads.iter().for_each(|thread| capture::signal(&thread.wake));
         let started = std::time::Instant::now();
         let mut stopped = Stopped::default();
-        for (toward, handle, _) in self.threads {
+        for WireThread { toward, handle, doing, .. } in self.threads {
             while !handle.is_finished() {
                 if started.elapsed() > STOP_TIMEOUT {
-                    return Err(Error::Internal(format!("wire toward {toward} did not stop within {STOP_TIMEOUT:?}")));
+                    return Err(Error::Internal(format!(
+                        "wire toward {toward} did not stop within {STOP_TIMEOUT:?}: it was {}",
+                        Phase::of(&doing).describe()
+                    )));
                 }
                 thread::sleep(Duration::from_millis(1));
             }
@@ -279,6 +328,7 @@ struct Direction {
     order: u64,
     stats: WireStats,
     command: String,
+    doing: Arc<AtomicU8>,
 }
 
 impl Direction {
@@ -294,8 +344,11 @@ impl Direction {
         while !self.shared.stop.load(Ordering::Relaxed) {
             let now = wall_now();
             self.release_due(now, now)?;
+            self.enter(Phase::Waiting);
             self.wait()?;
+            self.enter(Phase::Forging);
             self.forge_requested()?;
+            self.enter(Phase::Receiving);
             if self.take_arrivals()? > 0 {
                 // A bulk transfer keeps a wire thread busy without ever blocking, and real-time threads of one
                 // priority run until they block: the wires of other scenarios on the machine (a delay's timer
@@ -304,12 +357,17 @@ impl Direction {
                 unsafe { libc::sched_yield() };
             }
         }
+        self.enter(Phase::Ending);
         // Its real-time CPU is counted for the run's report before the report can be made.
         priority::count_realtime_cpu();
-        self.stats.held_at_stop = self.schedule.len() as u64 + self.held.len() as u64;
+        self.stats.held_at_stop += self.schedule.len() as u64 + self.held.len() as u64;
         self.stats.kernel_drops += capture::take_kernel_drops(&self.receive)
             .map_err(|e| Error::sys(format!("{}: getsockopt(PACKET_STATISTICS)", self.command), e))?;
         Ok((self.stats, self.pipeline.selected()))
+    }
+
+    fn enter(&self, phase: Phase) {
+        self.doing.store(phase as u8, Ordering::Relaxed);
     }
 
     /// Sleeps until the next frame is due, a frame arrives or a command comes, with nanosecond precision (a
@@ -439,8 +497,14 @@ impl Direction {
     }
 
     /// Sends `frames` in order (`sendmmsg`, up to [`SEND_BATCH`] per call). A frame the kernel refuses (its
-    /// queue full) is counted and skipped.
+    /// device's queue full) is counted and skipped. While the socket's send buffer is full (the frames sent
+    /// before are still on their way into the host), it waits for room, and gives up the rest when told to
+    /// stop: a blocking send would hold the thread for as long as the receiving CPU leaves them there.
     fn transmit(&mut self, frames: &[Vec<u8>]) -> Result<()> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        self.enter(Phase::Sending);
         let mut next = 0;
         while next < frames.len() {
             let chunk = &frames[next..(next + SEND_BATCH).min(frames.len())];
@@ -459,12 +523,20 @@ impl Direction {
                 })
                 .collect();
             // SAFETY: every header points at one live iovec of a live frame; the socket is bound to the device.
-            let sent = unsafe { libc::sendmmsg(self.send.as_raw_fd(), headers.as_mut_ptr(), headers.len() as _, 0) };
+            let sent = unsafe {
+                libc::sendmmsg(self.send.as_raw_fd(), headers.as_mut_ptr(), headers.len() as _, libc::MSG_DONTWAIT)
+            };
             if sent < 0 {
                 let error = io::Error::last_os_error();
                 match error.raw_os_error() {
+                    Some(libc::EAGAIN) => {
+                        if !self.wait_for_send_room()? {
+                            self.stats.held_at_stop += (frames.len() - next) as u64;
+                            return Ok(());
+                        }
+                    }
                     // The first frame was refused: count it and go on with the next.
-                    Some(libc::ENOBUFS | libc::EAGAIN) => {
+                    Some(libc::ENOBUFS) => {
                         self.stats.send_errors += 1;
                         next += 1;
                     }
@@ -477,6 +549,37 @@ impl Direction {
             next += sent as usize;
         }
         Ok(())
+    }
+
+    /// Waits until the send socket has room again (POLLOUT) or the wire is told to stop; returns whether there
+    /// is room.
+    fn wait_for_send_room(&mut self) -> Result<bool> {
+        loop {
+            if self.shared.stop.load(Ordering::Relaxed) {
+                return Ok(false);
+            }
+            let mut fds = [
+                libc::pollfd { fd: self.send.as_raw_fd(), events: libc::POLLOUT, revents: 0 },
+                libc::pollfd { fd: self.wake.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            ];
+            let millis = IDLE_WAIT.as_millis() as libc::c_int;
+            // SAFETY: two valid pollfds, live for the call.
+            if unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, millis) } < 0 {
+                let error = io::Error::last_os_error();
+                if error.kind() != io::ErrorKind::Interrupted {
+                    return Err(Error::sys(format!("{}: poll for room to send", self.command), error));
+                }
+            }
+            if fds[0].revents & libc::POLLOUT != 0 {
+                return Ok(true);
+            }
+            if fds[1].revents & libc::POLLIN != 0 {
+                // A stop (seen above) or an injection (forged once the burst is out).
+                let mut value: libc::eventfd_t = 0;
+                // SAFETY: a valid eventfd and a live u64; resets the counter.
+                unsafe { libc::eventfd_read(self.wake.as_raw_fd(), &mut value) };
+            }
+        }
     }
 
     /// Forges the segments of the injections switched on since the last look.

@@ -6,7 +6,7 @@
 
 mod ethtool;
 pub(crate) mod rtnl;
-pub mod steer;
+mod steering;
 mod sysctl;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -28,6 +28,7 @@ use crate::scenario::plan::{HostId, Link, LinkEnd, Plan, Sysctl};
 use ethtool::turn_off_rx_checksum;
 pub use ethtool::{active_offloads, turn_off_offloads};
 use rtnl::{Request, Rtnl};
+use steering::Sysfs;
 pub use sysctl::{effective_sysctls, tcp_sysctl_files};
 use sysctl::{write_sysctl, SysctlError};
 
@@ -116,14 +117,15 @@ pub fn link_mac(host: HostId, n: usize) -> [u8; 6] {
 ///                ip link set lo up
 /// each link:     ip link add nf0 mtu M address 02:00:00:00:00:01 type veth
 ///                    peer name nf0 netns <other host> mtu M address 02:00:00:00:00:02
-/// each end:      ethtool -K nf0 tx off sg off tso off gso off gro off
+/// each end:      echo <one CPU> > /sys/class/net/nf0/queues/rx-*/rps_cpus   (not rootless; see steering)
+///                ethtool -K nf0 tx off sg off tso off gso off gro off
 ///                ip addr add <address>/<prefix> dev nf0
 ///                ip link set nf0 up
 /// with a router: ip route add default via <router>          (client and server)
 /// through the impairment wire, instead of the link's one pair, each end:
 ///                ip link add nf0 mtu M address <its own> type veth
 ///                    peer name to-<host> netns <wire> mtu M address 02:00:00:00:10:0N
-///                ip -n <wire> link set to-<host> up   (offloads off first, as on every end)
+///                ip -n <wire> link set to-<host> up   (receives steered and offloads off first, as on every end)
 ///                ethtool -K nf0 rx off
 /// ```
 ///
@@ -179,6 +181,8 @@ pub fn build(plan: &Plan, namespaces: &[&Netns], wire: Option<&Netns>) -> Result
 pub struct HostWire {
     host: HostId,
     rtnl: Rtnl,
+    /// The sysfs of the host's namespace, to steer its ends' receives ([`steering`]); none in rootless mode.
+    sysfs: Option<Sysfs>,
     /// The impairment wire's ends this host created, each with a socket of the wire's namespace.
     wire_ends: Vec<(Rtnl, String)>,
 }
@@ -187,7 +191,8 @@ impl HostWire {
     /// Runs on a thread inside the host's namespace: `sysctl -w` (IPv6 off unless asked for, then the host's
     /// own, which resolve against the calling thread's namespace) and `ip link set lo up`.
     pub fn prepare(plan: &Plan, host: HostId) -> Result<HostWire> {
-        Ok(HostWire { host, rtnl: prepare_host(plan, host)?, wire_ends: Vec::new() })
+        let rtnl = prepare_host(plan, host)?;
+        Ok(HostWire { host, rtnl, sysfs: Sysfs::of_current_namespace()?, wire_ends: Vec::new() })
     }
 
     /// The side of the link's first end, once per link: one `RTM_NEWLINK` creates both ends, the peer born in
@@ -213,17 +218,27 @@ impl HostWire {
             VethEnd { netns: self.host.name(), ifname: &end.ifname, mac: link_mac(end.host, n.unwrap_or_default()) };
         let wire_end = VethEnd { netns: "wire", ifname: &name, mac: wire_mac(self.host) };
         create_veth_pair(&mut self.rtnl, own, wire_end, plan.link.mtu, wire)?;
-        let mut wire_rtnl = wire.run(Rtnl::open).map_err(|e| in_place(e, "the wire"))?;
+        let mut wire_rtnl = wire
+            .run(|| {
+                if let Some(sysfs) = Sysfs::of_current_namespace()? {
+                    sysfs.steer_to_one_cpu(&name)?;
+                }
+                Rtnl::open()
+            })
+            .map_err(|e| in_place(e, "the wire"))?;
         configure_wire_end(&mut wire_rtnl, &name)?;
         self.wire_ends.push((wire_rtnl, name));
         Ok(())
     }
 
-    /// Once every pair exists: offloads off, address and link up on each of this host's ends, in link order,
+    /// Once every pair exists: receives steered to one CPU, offloads off, address and link up on each of this host's ends, in link order,
     /// then its default route through the router when it has one.
     pub fn configure(&mut self, plan: &Plan) -> Result<Vec<HostLink>> {
         let mut links = Vec::new();
         for (link, end) in plan.link_ends().filter(|(_, end)| end.host == self.host) {
+            if let Some(sysfs) = &self.sysfs {
+                sysfs.steer_to_one_cpu(&end.ifname).map_err(|e| in_host(e, self.host))?;
+            }
             links.push(configure_link_end(&mut self.rtnl, end)?);
             if plan.links[link].wire {
                 let (host, ifname) = (self.host, &end.ifname);
@@ -347,6 +362,9 @@ fn format_mac(mac: [u8; 6]) -> String {
     mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
+/// Transmit and receive queues of each veth end (`ip link add ... numtxqueues 1 numrxqueues 1`).
+const VETH_QUEUES: u32 = 1;
+
 /// One end of a veth pair being created: its name and MAC, and the namespace it is born in (a host's, or
 /// `wire`), for messages.
 struct VethEnd<'a> {
@@ -357,17 +375,25 @@ struct VethEnd<'a> {
 
 /// One RTM_NEWLINK from the namespace of the near end creates both ends; the peer is born in `far`'s namespace
 /// (the other host's, or the wire's).
+///
+/// Each end is asked for one transmit and one receive queue, which is what a veth ends up with anyway: asked
+/// for none, it is made with a queue per possible CPU and then cut down to one, and each cut waits for an RCU
+/// grace period (`synchronize_net()` in `netif_set_real_num_tx_queues`): two per pair, 0.3-0.5 ms each here.
 fn create_veth_pair(rtnl: &mut Rtnl, near: VethEnd<'_>, far_end: VethEnd<'_>, mtu: u32, far: &Netns) -> Result<()> {
     let mut peer = LinkMessage::default();
     peer.attributes.push(LinkAttribute::IfName(far_end.ifname.to_string()));
     peer.attributes.push(LinkAttribute::Mtu(mtu));
     peer.attributes.push(LinkAttribute::Address(far_end.mac.to_vec()));
+    peer.attributes.push(LinkAttribute::NumTxQueues(VETH_QUEUES));
+    peer.attributes.push(LinkAttribute::NumRxQueues(VETH_QUEUES));
     peer.attributes.push(LinkAttribute::NetNsFd(far.raw_fd()));
 
     let mut veth = LinkMessage::default();
     veth.attributes.push(LinkAttribute::IfName(near.ifname.to_string()));
     veth.attributes.push(LinkAttribute::Mtu(mtu));
     veth.attributes.push(LinkAttribute::Address(near.mac.to_vec()));
+    veth.attributes.push(LinkAttribute::NumTxQueues(VETH_QUEUES));
+    veth.attributes.push(LinkAttribute::NumRxQueues(VETH_QUEUES));
     veth.attributes.push(LinkAttribute::LinkInfo(vec![
         LinkInfo::Kind(InfoKind::Veth),
         LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
@@ -377,8 +403,8 @@ fn create_veth_pair(rtnl: &mut Rtnl, near: VethEnd<'_>, far_end: VethEnd<'_>, mt
         RouteNetlinkMessage::NewLink(veth),
         NLM_F_CREATE | NLM_F_EXCL,
         format!(
-            "create veth pair {} - {} (ip link add {} mtu {mtu} address {} type veth peer name {} netns <{}> mtu {mtu} \
-             address {})",
+            "create veth pair {} - {} (ip link add {} mtu {mtu} address {} numtxqueues 1 numrxqueues 1 type veth \
+             peer name {} netns <{}> mtu {mtu} address {} numtxqueues 1 numrxqueues 1)",
             near.netns,
             far_end.netns,
             near.ifname,

@@ -96,10 +96,15 @@ pub fn effective_sysctls(tcp_files: &[String], also: &[Sysctl]) -> crate::error:
 /// an entry for each of the directory's 200-odd files, and the set is the kernel's, the same in every namespace
 /// but the host's own (which also has the machine-wide ones, `tcp_mem`): netfault's processes never list there.
 pub fn tcp_sysctl_files() -> crate::error::Result<&'static [String]> {
-    static FILES: OnceLock<Vec<String>> = OnceLock::new();
-    if let Some(files) = FILES.get() {
-        return Ok(files);
+    // The first caller lists; one calling meanwhile (the other host's reader) waits for that listing.
+    static FILES: OnceLock<std::result::Result<Vec<String>, String>> = OnceLock::new();
+    match FILES.get_or_init(|| list_tcp_sysctl_files().map_err(|e| e.to_string())) {
+        Ok(files) => Ok(files),
+        Err(e) => Err(Error::Internal(e.clone())),
     }
+}
+
+fn list_tcp_sysctl_files() -> crate::error::Result<Vec<String>> {
     let listing = fs::read_dir(IPV4_DIR).map_err(|e| Error::sys("list /proc/sys/net/ipv4 (sysctl -a)", e))?;
     let mut files = Vec::new();
     for entry in listing {
@@ -109,7 +114,7 @@ pub fn tcp_sysctl_files() -> crate::error::Result<&'static [String]> {
         }
     }
     files.sort();
-    Ok(FILES.get_or_init(|| files))
+    Ok(files)
 }
 
 const IPV4_DIR: &str = "/proc/sys/net/ipv4";

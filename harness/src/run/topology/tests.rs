@@ -208,6 +208,50 @@ fn offloads_are_off_on_both_ends() {
 }
 
 #[test]
+fn each_end_receives_on_one_cpu_except_rootless() {
+    let (client, server) = namespaces();
+    build(&default_plan(), &[&client, &server], None).unwrap();
+    for ns in [&client, &server] {
+        let masks = ns
+            .run(|| {
+                let Some(sysfs) = steering::Sysfs::of_current_namespace()? else {
+                    return Ok(None);
+                };
+                let mut masks = Vec::new();
+                for queue in 0.. {
+                    match fs_read(&sysfs, &format!("class/net/nf0/queues/rx-{queue}/rps_cpus")) {
+                        Some(text) => masks.push(text.trim().replace(',', "")),
+                        None => break,
+                    }
+                }
+                Ok(Some(masks))
+            })
+            .unwrap();
+        match (crate::run::userns::test_privilege(), masks) {
+            (crate::run::userns::Privilege::Root, Some(masks)) => {
+                assert!(!masks.is_empty(), "nf0 has receive queues");
+                for mask in masks {
+                    let cpus: u32 = mask.chars().map(|c| c.to_digit(16).map_or(0, u32::count_ones)).sum();
+                    assert_eq!(cpus, 1, "one CPU in rps_cpus {mask}");
+                }
+            }
+            (crate::run::userns::Privilege::Root, None) => panic!("root may mount a sysfs"),
+            (crate::run::userns::Privilege::Rootless, masks) => {
+                // The kernel lets only the machine's CAP_NET_ADMIN write rps_cpus: nothing is steered.
+                for mask in masks.into_iter().flatten() {
+                    assert!(mask.chars().all(|c| c == '0'), "rootless, yet rps_cpus {mask}");
+                }
+            }
+        }
+    }
+}
+
+/// A file under a detached sysfs mount, through the mount's descriptor (`/proc/self/fd/<fd>/<path>`).
+fn fs_read(sysfs: &steering::Sysfs, path: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/self/fd/{}/{path}", sysfs.raw_fd())).ok()
+}
+
+#[test]
 fn offload_names_cover_what_ethtool_k_toggles() {
     for name in [
         "tx-checksum-ip-generic",
