@@ -1,7 +1,7 @@
 //! One scenario run inside the child process: set up, start the programs, switch faults on their triggers,
 //! stop at the end or the deadline, and hand back the timeline.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
@@ -853,13 +853,16 @@ fn active_fault<'p>(
     })
 }
 
-/// Marks each captured packet that an active ingress fault's rule matched on arrival, and the sender's copy of it
-/// (the last packet that host sent with the same IP id, addresses, flags and length), and each packet dropped
-/// before it left with the host's active egress fault that matches it, in one pass.
+/// Marks each captured packet that an active ingress fault's rule matched on arrival, and the sender's copy of it,
+/// and each packet dropped before it left with the host's active egress fault that matches it, in one pass.
+///
+/// A received packet's copy is the oldest packet its sender sent with the same addresses, IP id, flags, length,
+/// sequence and acknowledgement numbers, window and options that no earlier arrival took: a link delivers in
+/// order. Request sockets send every SYN-ACK with IP id 0, and under load a retransmitted SYN-ACK left before
+/// the previous one arrived: "the last one sent" then named the newer copy twice and the older one never.
 pub fn annotate_faults(timeline: &mut Timeline, plan: &Plan) {
-    type Key = (HostId, u16, std::net::Ipv4Addr, std::net::Ipv4Addr, u8, u32);
     let mut active: HashMap<&str, bool> = HashMap::new();
-    let mut last_sent: HashMap<Key, usize> = HashMap::new();
+    let mut unreceived: HashMap<CopyKey, VecDeque<usize>> = HashMap::new();
     let mut hits: Vec<(usize, String)> = Vec::new();
     for (index, event) in timeline.events.iter().enumerate() {
         match &event.kind {
@@ -876,14 +879,14 @@ pub fn annotate_faults(timeline: &mut Timeline, plan: &Plan) {
                 }
             }
             EventKind::Packet(packet) if packet.direction == PacketDirection::Out => {
-                last_sent.insert((event.host, packet.ip_id, packet.src, packet.dst, packet.flags, packet.len), index);
+                unreceived.entry(CopyKey::of(event.host, packet)).or_default().push_back(index);
             }
             EventKind::Packet(packet) => {
+                let sent = unreceived.get_mut(&CopyKey::of(event.host.peer(), packet)).and_then(VecDeque::pop_front);
                 if let Some(fault) = active_fault(plan, &active, Direction::Ingress, event.host, packet) {
                     hits.push((index, fault.name.clone()));
-                    let key = (event.host.peer(), packet.ip_id, packet.src, packet.dst, packet.flags, packet.len);
-                    if let Some(sent) = last_sent.get(&key) {
-                        hits.push((*sent, fault.name.clone()));
+                    if let Some(sent) = sent {
+                        hits.push((sent, fault.name.clone()));
                     }
                 }
             }
@@ -893,6 +896,39 @@ pub fn annotate_faults(timeline: &mut Timeline, plan: &Plan) {
     for (index, fault) in hits {
         if let EventKind::Packet(packet) = &mut timeline.events[index].kind {
             packet.fault = Some(fault);
+        }
+    }
+}
+
+/// What a packet's two captured copies (the sender's and the receiver's) have in common: its sender and every
+/// header field both captures decode alike.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct CopyKey {
+    sender: HostId,
+    ip_id: u16,
+    src: std::net::Ipv4Addr,
+    dst: std::net::Ipv4Addr,
+    flags: u8,
+    len: u32,
+    seq: u32,
+    ack: u32,
+    window: u16,
+    options: String,
+}
+
+impl CopyKey {
+    fn of(sender: HostId, packet: &PacketEvent) -> CopyKey {
+        CopyKey {
+            sender,
+            ip_id: packet.ip_id,
+            src: packet.src,
+            dst: packet.dst,
+            flags: packet.flags,
+            len: packet.len,
+            seq: packet.seq,
+            ack: packet.ack,
+            window: packet.window,
+            options: packet.options.clone(),
         }
     }
 }

@@ -32,6 +32,31 @@ fn packets_taken_by_an_active_ingress_fault_are_marked_on_both_copies() {
 }
 
 #[test]
+fn each_arrival_taken_by_a_fault_marks_its_own_sent_copy_when_identical_ones_overlap() {
+    let plan = plan();
+    // Three packets with IP id 0, as a request socket sends its SYN-ACKs: two alike, one with another window.
+    // The later ones leave before the first arrives.
+    let copy = |t: u64, host: HostId, direction: PacketDirection, window: u16| {
+        let mut event = ack(ms(t), host, direction);
+        if let EventKind::Packet(packet) = &mut event.kind {
+            (packet.ip_id, packet.window) = (0, window);
+        }
+        event
+    };
+    let mut timeline = Timeline::new(vec![
+        Event { t: ms(0), host: HostId::Server, kind: EventKind::FaultOn { fault: "after-connect".into() } },
+        copy(10, HostId::Client, PacketDirection::Out, 63),
+        copy(11, HostId::Client, PacketDirection::Out, 63),
+        copy(12, HostId::Client, PacketDirection::Out, 7),
+        copy(13, HostId::Server, PacketDirection::In, 63),
+        copy(14, HostId::Server, PacketDirection::In, 63),
+        copy(15, HostId::Server, PacketDirection::In, 7),
+    ]);
+    annotate_faults(&mut timeline, &plan);
+    assert_eq!(fault_marks(&timeline), vec![Some("after-connect"); 6], "every copy marked once");
+}
+
+#[test]
 fn a_packet_dropped_before_it_left_is_marked_with_the_active_egress_fault_that_matches_it() {
     let plan = crate::scenario::parse(
         "egress",
