@@ -310,6 +310,11 @@ impl Traced<'_> {
         held_at_since || entered || successor
     }
 
+    /// Whether `t` comes before every transition of the socket.
+    fn before_first(&self, t: Duration) -> bool {
+        self.transitions.first().is_some_and(|(at, _)| *at > t)
+    }
+
     /// Whether the transitions close the socket after `t` and by `until`, the host's next sample: the kernel
     /// takes a closing socket out of its tables just before the tracepoint fires (`tcp_set_state` unhashes,
     /// then `inet_sk_state_store` traces), so a dump can miss it before its CLOSE is recorded (12 µs before, in
@@ -416,7 +421,15 @@ pub fn socket_histories(
                 false
             }
             TcpState::Gone => histories.record(Named::from(*sample), sample.state, *t) && !socket.closed_by(*t),
-            state if socket.admits(state, previous_sample(*t).unwrap_or_default(), *t) => false,
+            state if socket.admits(state, previous_sample(*t).unwrap_or_default(), *t) => {
+                // Before the socket's first traced transition, the state that transition leaves is its state so
+                // far, and a sample that shows it starts the history: the transition into it was not traced (a
+                // server's accepted socket once began with ESTABLISHED -> FIN-WAIT-1 nine seconds later).
+                if socket.before_first(*t) {
+                    histories.record(Named::from(*sample), state, *t);
+                }
+                false
+            }
             state => histories.record(Named::from(*sample), state, *t),
         };
         if let (true, Some((held, since))) = (untraced_sample, socket.state_at(*t)) {
@@ -599,6 +612,23 @@ mod tests {
         );
         let text = got[0].untraced[0].to_string();
         assert!(text.contains("FIN-WAIT-2 at 2.261") && text.contains("FIN-WAIT-1 since 0.003"), "{text}");
+    }
+
+    #[test]
+    fn a_state_sampled_before_the_first_traced_transition_starts_the_history() {
+        use TcpState::*;
+        let socket = "10.0.2.2:9000 -> 10.0.2.1:44004";
+        // middlebox/nat-idle-expiry-strict in one CI run: the accepted socket's SYN-RECV -> ESTABLISHED was not
+        // traced; a sample showed it ESTABLISHED, and its first traced transition leaves ESTABLISHED.
+        let got = full_histories(vec![
+            sample(21, socket, Established),
+            sample(4000, socket, Established),
+            transition(9001, socket, Established, FinWait1),
+            transition(9002, socket, FinWait1, Close),
+        ]);
+        let states: Vec<(TcpState, u64)> = got[0].states.iter().map(|(s, t)| (*s, t.as_millis() as u64)).collect();
+        assert_eq!(states, vec![(Established, 21), (FinWait1, 9001), (Close, 9002), (Gone, 9002)]);
+        assert_eq!(untraced(&got), vec![], "the samples agree with the transitions");
     }
 
     #[test]
