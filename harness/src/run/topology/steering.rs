@@ -64,10 +64,10 @@ impl Sysfs {
 
     /// Queues every frame `ifname` receives on one CPU's backlog, on each of its receive queues
     /// (`echo <mask> > /sys/class/net/<ifname>/queues/rx-*/rps_cpus`): the calling thread's CPU, which
-    /// spreads the links of scenarios set up at once over the machine's CPUs. Returns whether it did: the
-    /// kernel refuses it without CAP_NET_ADMIN in the machine's user namespace (rootless mode), and a kernel
-    /// without receive packet steering (CONFIG_RPS) or a machine of one CPU never reorders this way.
-    pub fn steer_to_one_cpu(&self, ifname: &str) -> Result<bool> {
+    /// spreads the links of scenarios set up at once over the machine's CPUs. Nothing is steered where the
+    /// kernel refuses it without CAP_NET_ADMIN in the machine's user namespace (rootless mode), nor on a kernel
+    /// without receive packet steering (CONFIG_RPS), which has no `rps_cpus` files.
+    pub fn steer_to_one_cpu(&self, ifname: &str) -> Result<()> {
         // SAFETY: plain system call without arguments.
         let cpu = unsafe { libc::sched_getcpu() };
         let cpu = usize::try_from(cpu).map_err(|_| Error::last_os("sched_getcpu"))?;
@@ -76,17 +76,17 @@ impl Sysfs {
             let path = format!("class/net/{ifname}/queues/rx-{queue}/rps_cpus");
             let mut file = match self.open_for_writing(&path) {
                 Ok(file) => file,
-                Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(queue > 0),
-                Err(error) if error.kind() == io::ErrorKind::PermissionDenied => return Ok(false),
+                Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(error) if error.kind() == io::ErrorKind::PermissionDenied => return Ok(()),
                 Err(error) => return Err(Error::sys(format!("open /sys/{path}"), error)),
             };
             match file.write_all(mask.as_bytes()) {
                 Ok(()) => {}
-                Err(error) if error.raw_os_error() == Some(libc::EPERM) => return Ok(false),
+                Err(error) if error.raw_os_error() == Some(libc::EPERM) => return Ok(()),
                 Err(error) => return Err(Error::sys(format!("echo {mask} > /sys/{path}"), error)),
             }
         }
-        Ok(true)
+        Ok(())
     }
 
     #[cfg(test)]
