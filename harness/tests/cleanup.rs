@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 use common::{pids, run_processes, workspace, TOKEN_VAR};
 
 const FIXTURE: &str = "harness/tests/fixtures/cleanup/long.yaml";
+/// A 3 s scenario whose client step `block` and server step #4 run into the deadline.
+const HANG_FIXTURE: &str = "harness/tests/fixtures/killed/hang.yaml";
 /// The fixture's background programs: a `sleep 1000` on each host and a `setsid sleep 1000` on the client.
 const SLEEPS: usize = 3;
 /// How long the fixture's background programs take to be up, at most, on a loaded machine.
@@ -190,11 +192,16 @@ fn read_in_background(mut pipe: impl Read + Send + 'static) -> mpsc::Receiver<St
 
 /// `netfault run` on the long fixture, with the run's token and `env` in its environment.
 fn start(name: &str, env: &[(&str, &str)]) -> Run {
+    start_fixture(FIXTURE, name, env)
+}
+
+/// `netfault run` on `fixture`, with the run's token and `env` in its environment.
+fn start_fixture(fixture: &str, name: &str, env: &[(&str, &str)]) -> Run {
     let token = format!("{name}-{}", std::process::id());
     let reports = std::env::temp_dir().join(format!("netfault-cleanup-{token}"));
     let _ = fs::remove_dir_all(&reports);
     let mut child = Command::new(env!("CARGO_BIN_EXE_netfault"))
-        .args(["run", "--reports", reports.to_str().unwrap(), FIXTURE])
+        .args(["run", "--reports", reports.to_str().unwrap(), fixture])
         .current_dir(workspace())
         .env(TOKEN_VAR, &token)
         .envs(env.iter().copied())
@@ -353,6 +360,13 @@ fn interrupt(name: &str, signo: i32, signame: &str) {
     assert!(text.contains(&format!("interrupted by {signame}")), "{text}");
     assert!(text.contains("ERROR long"), "the stopped scenario is reported: {text}");
     assert!(took < STOP_WAIT, "stopped in {took:?}");
+    // Its report folder says it was killed, and why; it had recorded nothing yet (its watchdog writes only
+    // past the deadline).
+    let result = contract::checked_result(&run.reports.join("long/result.json")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(result["status"], "killed", "{result}");
+    let reason = result["reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with(&format!("stopped: interrupted by {signame}")), "{reason}");
+    assert!(result["stage"].is_null() && result["events"].as_array().is_some_and(Vec::is_empty), "{result}");
     // An orderly stop waits for the scenario's PID namespace to be empty before the runner exits.
     let left = run_processes(&run.token);
     assert!(left.is_empty(), "processes of the run outlived the stopped runner: {left:?}");
@@ -408,4 +422,62 @@ fn a_panicking_step_is_a_reported_harness_error_and_leaves_nothing() {
         assert!(run.reports.join("long").join(pcap).is_file(), "{pcap} is still written");
     }
     assert_nothing_left(&run, &running, &before);
+}
+
+#[test]
+fn a_scenario_process_hung_past_its_grace_is_killed_and_leaves_its_partial_report() {
+    let before = host_state();
+    let mut run = start_fixture(HANG_FIXTURE, "hang", &[("NETFAULT_TEST_HANG_STAGE", "stopping the captures")]);
+    // Deadline 3 s, grace 20 s, counted from the programs' start: killed some 25 s after the start.
+    let started = Instant::now();
+    let status = wait_exit(&mut run, Duration::from_secs(90));
+    let took = started.elapsed();
+    let text = output(&run);
+    assert_eq!(status.code(), Some(2), "{text}");
+    assert!(took >= Duration::from_secs(23), "killed after {took:?}, before its deadline and grace: {text}");
+    let killed = "scenario still running 23s after its programs started (deadline 3s + 20s grace): killed";
+    assert!(text.contains(killed), "{text}");
+    // The line names the scenario's report folder, not the reports root.
+    let folder = run.reports.join("hang");
+    let result_line = text.lines().find(|line| line.starts_with("ERROR")).unwrap_or_else(|| panic!("{text}"));
+    assert!(result_line.trim_end().ends_with(&folder.display().to_string()), "{result_line}");
+    assert!(text.contains("hanging at \"stopping the captures\""), "the hook did hang it: {text}");
+
+    let result = contract::checked_result(&folder.join("result.json")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(result["status"], "killed", "{result}");
+    assert!(result["reason"].as_str().is_some_and(|reason| reason.starts_with(killed)), "{result}");
+    assert_eq!(result["stage"], "stopping the captures", "{result}");
+    assert_eq!(result["deadline_hit"], true, "{result}");
+    // Written by its watchdog 12 s past the deadline (on a busy machine, later).
+    assert!(result["recorded_at"].as_f64().is_some_and(|t| t >= 15.0), "{result}");
+    let running = serde_json::json!(["client step block (recv)", "server step #4 recv"]);
+    assert_eq!(result["running_steps"], running, "{result}");
+    let steps = result["steps"].as_array().unwrap();
+    let ended = |host: &str, action: &str| {
+        steps.iter().any(|step| step["host"] == host && step["action"] == action && !step["end"].is_null())
+    };
+    assert!(ended("client", "connect") && ended("client", "send") && ended("server", "recv"), "{steps:?}");
+    // The handshake's SYN, as the client's capture saw it.
+    let events = result["events"].as_array().unwrap();
+    let syn = |e: &&serde_json::Value| e["event"] == "packet" && e["flags"].as_u64().is_some_and(|f| f == 0x02);
+    assert!(events.iter().any(|e| syn(&e)), "{events:?}");
+
+    let timeline = fs::read_to_string(folder.join("timeline.txt")).unwrap();
+    assert!(timeline.contains(&format!("# KILLED {killed}")), "{timeline}");
+    assert!(timeline.contains("# RUNNING client step block (recv)\n# RUNNING server step #4 recv\n"), "{timeline}");
+    assert!(timeline.contains("while the scenario process was stopping the captures"), "{timeline}");
+    assert!(timeline.contains("client step   #1 connect -> ok"), "{timeline}");
+    for pcap in ["client.pcap", "server.pcap"] {
+        let size = fs::metadata(folder.join(pcap)).map(|m| m.len()).unwrap_or(0);
+        assert!(size > 24, "{pcap}: {size} bytes, no packets");
+    }
+    assert!(!folder.join(".netfault-partial").exists(), "the staging folder was published");
+    // Nothing of the run is left.
+    let until = Instant::now() + VANISH_WAIT;
+    while !run_processes(&run.token).is_empty() {
+        assert!(Instant::now() < until, "{:?}", run_processes(&run.token));
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(host_state(), before, "the host's links, nftables ruleset or sysctls changed");
+    let _ = fs::remove_dir_all(&run.reports);
 }

@@ -206,20 +206,26 @@ fn run_stops_at_its_suite_deadline_and_reports_every_scenario() {
     assert!(text.contains("ERROR long") && text.contains("stopped: the suite deadline (3s) passed"), "{text}");
     assert!(text.contains("not started: the suite deadline (3s) passed"), "the queued scenario is reported: {text}");
     assert!(text.contains("1 running scenario(s) killed, 1 not started"), "{text}");
-    // The killed scenario's line names its own folder, which holds what it wrote before the kill (the captures
-    // write as the frames come) and nothing of the earlier run.
+    // The killed scenario's line names its own folder, which holds its report as far as it got (the captures
+    // write as the frames come; result.json and timeline.txt say it was killed, and why) and nothing of the
+    // earlier run.
     let error_line = text.lines().find(|line| line.starts_with("ERROR long")).unwrap_or_default();
     assert!(error_line.ends_with(&folder.display().to_string()), "{error_line}\n{text}");
-    assert!(
-        text.contains(&format!("what it wrote before: client.pcap, server.pcap in {}", folder.display())),
-        "{text}"
+    let kept = format!(
+        "its report as far as it got: client.pcap, result.json, server.pcap, timeline.txt in {}",
+        folder.display()
     );
+    assert!(text.contains(&kept), "{text}");
     for file in ["client.pcap", "server.pcap"] {
         assert!(folder.join(file).is_file(), "{file} kept");
     }
-    for stale in ["result.json", "timeline.txt"] {
-        assert!(!folder.join(stale).exists(), "the earlier run's {stale} is gone");
-    }
+    let result = contract::checked_result(&folder.join("result.json")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(result["status"], "killed", "{result}");
+    let reason = result["reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("stopped: the suite deadline (3s) passed"), "{reason}");
+    let timeline = fs::read_to_string(folder.join("timeline.txt")).unwrap();
+    assert!(timeline.contains("# KILLED stopped: the suite deadline (3s) passed"), "{timeline}");
+    assert!(!timeline.contains("an earlier run"), "the earlier run's timeline is gone: {timeline}");
     assert!(!folder.join(".netfault-partial").exists(), "nothing left staged");
     assert_no_process_left("suite-deadline");
     let _ = fs::remove_dir_all(&reports);

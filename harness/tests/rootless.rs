@@ -86,8 +86,16 @@ fn run_scenario_process(exe: &Path, dir: &Path) -> Result<String, String> {
     fs::write(&file, EXCHANGE).map_err(|e| format!("write {}: {e}", file.display()))?;
     let as_root = nix::unistd::geteuid().is_root();
     let uid = if as_root { NOBODY } else { nix::unistd::geteuid().as_raw() };
-    let job =
-        Job { file, root, reports: reports.clone(), run: None, ring_memory: 0, seed: 0, bulk_through_wire: false };
+    let job = Job {
+        file,
+        root,
+        reports: reports.clone(),
+        run: None,
+        ring_memory: 0,
+        seed: 0,
+        bulk_through_wire: false,
+        about: None,
+    };
     let child = start_copy(exe, dir, |copy| {
         let mut command = Command::new(copy);
         if as_root {

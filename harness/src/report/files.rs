@@ -36,6 +36,11 @@ pub fn stage(dir: &Path) -> Result<PathBuf> {
     Ok(staging)
 }
 
+/// The staging folder of `dir` ([`stage`] makes it).
+pub fn staging_of(dir: &Path) -> PathBuf {
+    dir.join(STAGING)
+}
+
 /// Whether a run has staged files in `dir` and not published them (it is running, or was killed).
 pub fn is_staged(dir: &Path) -> bool {
     dir.join(STAGING).is_dir()

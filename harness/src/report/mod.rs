@@ -26,8 +26,8 @@ use crate::timeline::{format_secs, EventKind, PacketDirection, Timeline};
 use ladder::Ladder;
 use pcapng::Section;
 use result::{
-    kernel_release, Heading, InterfaceReport, NotApplicableFile, ObserverReport, PerHost, ResultFile, ResultJson,
-    StepReport, WallClock,
+    kernel_release, Heading, InterfaceReport, KilledFile, KilledStep, NotApplicableFile, ObserverReport, PerHost,
+    ResultFile, ResultJson, StepReport, WallClock,
 };
 use verdict::{describe_expectation, Failure, Verdict};
 use wire::{End, FaultNote, Link, Wire};
@@ -118,6 +118,135 @@ pub fn write_not_applicable(plan: &Plan, reason: String, dir: &Path) -> Result<S
     let result = NotApplicableFile { heading: Heading::of(plan), status: Status::NotApplicable, reason: &reason };
     ResultJson::NotApplicable(result).write(dir)?;
     Ok(Summary::not_applicable(plan.name.clone(), dir, reason))
+}
+
+/// What a scenario process had recorded when it wrote its report ahead of being killed ([`write_killed`]).
+pub struct Recorded<'a> {
+    /// What it was doing then: `running the programs`, `stopping the captures`, ...; `None` for the report a
+    /// run stages before anything runs.
+    pub stage: Option<&'a str>,
+    /// Time since t0 then; `None` before the programs started.
+    pub at: Option<std::time::Duration>,
+    pub deadline_hit: bool,
+    /// The events recorded until then, annotated as a finished run's are.
+    pub timeline: &'a Timeline,
+}
+
+/// The reason a killed run's report gives until the runner that kills it writes its own ([`set_killed_reason`]).
+pub const KILLED_REASON_UNSAID: &str = "killed before it finished its report (the runner did not say why)";
+
+/// The line of a killed run's timeline.txt that says why; [`set_killed_reason`] rewrites it.
+const KILLED_LINE: &str = "# KILLED ";
+
+/// Writes result.json (the killed shape: no verdict) and timeline.txt of a run that may not finish, from what it
+/// has recorded, into `dir`, next to the pcaps its captures are writing. The reason is left to the runner.
+pub fn write_killed(plan: &Plan, recorded: &Recorded, dir: &Path) -> Result<()> {
+    let records = StepRecords::of(plan, recorded.timeline);
+    let mut steps = Vec::new();
+    let mut running_steps = Vec::new();
+    for host in crate::scenario::plan::HostId::ALL {
+        for step in &plan.host(host).steps {
+            let Some(record) = records.get(host, step.index) else { continue };
+            let Some(start) = record.start else { continue };
+            if record.end.is_none() {
+                running_steps.push(format!("{host} step {}", step.label()));
+            }
+            steps.push(KilledStep {
+                host,
+                index: step.index,
+                name: step.name.as_deref(),
+                action: step.action.kind(),
+                start: start.as_secs_f64(),
+                end: record.end.map(|t| t.as_secs_f64()),
+                outcome: record.outcome.clone(),
+                detail: record.detail.clone(),
+            });
+        }
+    }
+    let result = KilledFile {
+        heading: Heading::of(plan),
+        status: "killed",
+        reason: KILLED_REASON_UNSAID.to_string(),
+        stage: recorded.stage,
+        recorded_at: recorded.at.map(|t| t.as_secs_f64()),
+        deadline_hit: recorded.deadline_hit,
+        running_steps: running_steps.clone(),
+        steps,
+        events: &recorded.timeline.events,
+    };
+    ResultJson::Killed(result).write(dir)?;
+    let mut text = String::new();
+    text.push_str(&format!("# {} ({})\n", printable(&plan.name), printable_path(&plan.file)));
+    for line in plan.description.lines() {
+        text.push_str(&format!("# {line}\n"));
+    }
+    text.push_str(&format!("{KILLED_LINE}{KILLED_REASON_UNSAID}\n"));
+    match (recorded.stage, recorded.at) {
+        (Some(stage), Some(t)) => {
+            let deadline = if recorded.deadline_hit { "past the deadline" } else { "before the deadline" };
+            text.push_str(&format!(
+                "# no verdict: a partial report, written at {}s ({deadline}) while the scenario process was {stage}\n",
+                format_secs(t)
+            ));
+        }
+        (Some(stage), None) => text.push_str(&format!(
+            "# no verdict: a partial report, written before the programs started, while the scenario process was \
+             {stage}\n"
+        )),
+        (None, _) => text.push_str("# no verdict: the scenario process was killed before it recorded anything\n"),
+    }
+    for step in &running_steps {
+        text.push_str(&format!("# RUNNING {step}\n"));
+    }
+    text.push_str("#\n#    time(s) host   what\n");
+    text.push_str(&readable(recorded.timeline).to_string());
+    fs::write(dir.join("timeline.txt"), text).context(|| format!("write {}", dir.join("timeline.txt").display()))
+}
+
+/// Writes the result.json of a scenario whose process was killed without writing one (the killed shape, with
+/// nothing recorded) into `dir`: `heading` says which scenario, `reason` why it was killed.
+pub fn write_killed_unrecorded(heading: Heading, reason: &str, dir: &Path) -> Result<()> {
+    let result = KilledFile {
+        heading,
+        status: "killed",
+        reason: reason.to_string(),
+        stage: None,
+        recorded_at: None,
+        deadline_hit: false,
+        running_steps: Vec::new(),
+        steps: Vec::new(),
+        events: &[],
+    };
+    ResultJson::Killed(result).write(dir)
+}
+
+/// Gives the killed run's report in `dir` (written by [`write_killed`]) the runner's `reason`: in result.json's
+/// `reason` and in timeline.txt's `# KILLED` line. Says whether `dir` holds a readable result.json; a finished
+/// run's (another status) is left as it is.
+pub fn set_killed_reason(dir: &Path, reason: &str) -> Result<bool> {
+    let path = dir.join("result.json");
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::sys(format!("read {}", path.display()), e)),
+    };
+    // Written by a process that may have been killed in the middle of it: unreadable is the same as absent.
+    let Ok(mut result) = serde_json::from_str::<serde_json::Value>(&text) else { return Ok(false) };
+    if result["status"] != "killed" {
+        return Ok(true);
+    }
+    result["reason"] = serde_json::Value::String(reason.to_string());
+    let json =
+        serde_json::to_string_pretty(&result).map_err(|e| Error::Internal(format!("encode result.json: {e}")))?;
+    fs::write(&path, json).context(|| format!("write {}", path.display()))?;
+    let timeline = dir.join("timeline.txt");
+    if let Ok(text) = fs::read_to_string(&timeline) {
+        let said = format!("{KILLED_LINE}{}", printable(reason).replace('\n', " "));
+        let lines: Vec<&str> =
+            text.lines().map(|line| if line.starts_with(KILLED_LINE) { said.as_str() } else { line }).collect();
+        fs::write(&timeline, lines.join("\n") + "\n").context(|| format!("write {}", timeline.display()))?;
+    }
+    Ok(true)
 }
 
 /// Writes result.json, timeline.txt, capture.pcapng, report.html, scenario.yaml and environment.txt into `dir`,

@@ -29,10 +29,11 @@ pub const FORMAT_VERSION: u32 = 3;
 /// The checked-in JSON Schema of result.json.
 pub const SCHEMA: &str = include_str!("result.schema.json");
 
-/// result.json, in one of its two shapes: a scenario that ran, or one this kernel cannot run.
+/// result.json, in one of its three shapes: a scenario that ran, one this kernel cannot run, or one whose
+/// scenario process was killed before it finished its report.
 ///
-/// One schema covers both, as a `oneOf` of two closed objects told apart by `status` (`pass`, `fail` or `error`
-/// in one, `not-applicable` in the other), so a reader needs one rule: read `format_version`, which both carry,
+/// One schema covers them, as a `oneOf` of closed objects told apart by `status` (`pass`, `fail` or `error` in
+/// the first, `not-applicable` in the second, `killed` in the third), so a reader needs one rule: read `format_version`, which both carry,
 /// then `status`, then the fields that shape promises. Both also say which netfault and which kernel, since a
 /// scenario is not applicable to a kernel. The N/A shape is not the ran shape with empty fields: a run's
 /// figures (duration, steps, captures, events) would be zeros that look measured, and a reader could not tell
@@ -44,6 +45,7 @@ pub const SCHEMA: &str = include_str!("result.schema.json");
 pub enum ResultJson<'a> {
     Ran(Box<ResultFile<'a>>),
     NotApplicable(NotApplicableFile<'a>),
+    Killed(KilledFile<'a>),
 }
 
 impl ResultJson<'_> {
@@ -87,14 +89,19 @@ pub struct Heading<'a> {
 impl<'a> Heading<'a> {
     /// The heading of `plan`'s result.json, written by this netfault on this kernel.
     pub fn of(plan: &'a Plan) -> Heading<'a> {
+        Heading::new(&plan.name, &plan.file, &plan.description, plan.source.as_deref())
+    }
+
+    /// The heading of a scenario named `scenario`, read from `file`, written by this netfault on this kernel.
+    pub fn new(scenario: &'a str, file: &Path, description: &'a str, source: Option<&'a str>) -> Heading<'a> {
         Heading {
             format_version: FORMAT_VERSION,
             netfault: Build::this(),
             kernel: Kernel { release: kernel_release() },
-            scenario: &plan.name,
-            file: canonical_file(&plan.file),
-            description: &plan.description,
-            source: plan.source.as_deref(),
+            scenario,
+            file: canonical_file(file),
+            description,
+            source,
         }
     }
 }
@@ -174,6 +181,56 @@ pub struct NotApplicableFile<'a> {
     pub status: Status,
     /// The requirement not met, with its line and column in the scenario, and what this kernel has instead.
     pub reason: &'a str,
+}
+
+/// result.json of a scenario whose process the runner killed before it finished its report (still running past
+/// its deadline and grace, or stopped by `--deadline`, SIGINT or SIGTERM). It has no verdict: what it holds is
+/// what the scenario process had recorded when it last wrote this file, a few seconds before it was killed
+/// (nothing when the runner wrote the file alone).
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KilledFile<'a> {
+    #[serde(flatten)]
+    pub heading: Heading<'a>,
+    /// Always `killed`.
+    #[schemars(extend("const" = "killed"))]
+    pub status: &'static str,
+    /// Why the runner killed it, in the runner's words.
+    pub reason: String,
+    /// What the scenario process was doing when it last wrote this file: `setting up`, `running the programs`,
+    /// `stopping the wire`, `stopping the captures`, ... `writing the report`; `null` when it never wrote it.
+    pub stage: Option<&'a str>,
+    /// Seconds since t0 when the scenario process wrote the steps and events below; `null` when it wrote them
+    /// before t0 (nothing ran yet) or never.
+    pub recorded_at: Option<f64>,
+    /// Whether the scenario's deadline had passed when it wrote them.
+    pub deadline_hit: bool,
+    /// The steps that had started and not ended then (`client step #4 read`).
+    pub running_steps: Vec<String>,
+    /// Every step that had started then, in order, client first.
+    pub steps: Vec<KilledStep<'a>>,
+    /// Every event recorded until then, in time order, as the partial timeline.txt shows them.
+    pub events: &'a [Event],
+}
+
+/// A step of a killed run, as far as it got: no verdict is given on a run that did not finish.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KilledStep<'a> {
+    pub host: HostId,
+    /// The step's place in its host's program, from 0.
+    pub index: usize,
+    /// The step's `name:`, if it has one.
+    pub name: Option<&'a str>,
+    /// The step's action: `connect`, `send`, `exec`, ...
+    pub action: &'static str,
+    /// Seconds since t0 the step started.
+    pub start: f64,
+    /// Seconds since t0 it ended; `null` if it had not.
+    pub end: Option<f64>,
+    pub outcome: Option<Outcome>,
+    /// More about the outcome: the addresses of a connect, what an exec printed, ...
+    pub detail: Option<String>,
 }
 
 /// Which netfault wrote the report.
@@ -696,6 +753,48 @@ mod tests {
         let errors: Vec<String> =
             validator.iter_errors(&not_applicable).map(|e| format!("{e} at {}", e.instance_path())).collect();
         assert!(errors.is_empty(), "{errors:#?}");
+        let killed = serde_json::to_value(ResultJson::Killed(KilledFile {
+            heading: heading("6.1.0-57-cloud-amd64".into()),
+            status: "killed",
+            reason: "scenario still running 22s after its programs started (deadline 2s + 20s grace): killed".into(),
+            stage: Some("stopping the captures"),
+            recorded_at: Some(14.02),
+            deadline_hit: true,
+            running_steps: vec!["client step block (read)".into()],
+            steps: vec![
+                KilledStep {
+                    host: HostId::Client,
+                    index: 0,
+                    name: None,
+                    action: "connect",
+                    start: 0.0,
+                    end: Some(0.001),
+                    outcome: Some(Outcome::Ok),
+                    detail: Some("10.0.0.1:40000 -> 10.0.0.2:9000".into()),
+                },
+                KilledStep {
+                    host: HostId::Client,
+                    index: 1,
+                    name: Some("block"),
+                    action: "read",
+                    start: 0.001,
+                    end: None,
+                    outcome: None,
+                    detail: None,
+                },
+            ],
+            events: &events,
+        }))
+        .unwrap();
+        let errors: Vec<String> =
+            validator.iter_errors(&killed).map(|e| format!("{e} at {}", e.instance_path())).collect();
+        assert!(errors.is_empty(), "{errors:#?}");
+        let mut unrecorded = killed.clone();
+        unrecorded["stage"] = serde_json::Value::Null;
+        unrecorded["recorded_at"] = serde_json::Value::Null;
+        unrecorded["steps"] = serde_json::json!([]);
+        unrecorded["events"] = serde_json::json!([]);
+        assert!(validator.is_valid(&unrecorded), "what the runner writes alone: {unrecorded}");
 
         // The schema says no to what a reader could not rely on.
         type Damage = fn(&mut serde_json::Value);
@@ -721,9 +820,18 @@ mod tests {
             ("a status other than not-applicable", |v| v["status"] = "pass".into()),
             ("figures of a run that did not happen", |v| v["events"] = serde_json::json!([])),
         ];
-        for (shape, original, broken) in
-            [("a run", &never_started, &broken_runs[..]), ("N/A", &not_applicable, &broken_not_applicable[..])]
-        {
+        let broken_killed: [(&str, Damage); 5] = [
+            ("no reason", |v| drop(v.as_object_mut().unwrap().remove("reason"))),
+            ("a verdict on a run that did not finish", |v| v["steps"][0]["verdict"] = "pass".into()),
+            ("a status other than killed", |v| v["status"] = "error".into()),
+            ("failures of a run that was not judged", |v| v["failures"] = serde_json::json!([])),
+            ("a step that never started", |v| v["steps"][1]["start"] = serde_json::Value::Null),
+        ];
+        for (shape, original, broken) in [
+            ("a run", &never_started, &broken_runs[..]),
+            ("N/A", &not_applicable, &broken_not_applicable[..]),
+            ("killed", &killed, &broken_killed[..]),
+        ] {
             for (what, damage) in broken {
                 let mut copy = original.clone();
                 damage(&mut copy);

@@ -20,6 +20,7 @@ use crate::run::faults::HostFaults;
 use crate::run::firewall::{self, Nat};
 use crate::run::impair::{Wire, WireFault};
 use crate::run::netns::Netns;
+use crate::run::partial::{Progress, Stage};
 use crate::run::priority;
 use crate::run::supervise::SETUP_LIMIT;
 use crate::run::switchboard::Switchboard;
@@ -43,8 +44,15 @@ const PROGRAM_END_LIMIT: Duration = Duration::from_secs(1);
 
 /// Runs `plan`, writing the pcaps into `report_dir`; the impairments' random decisions come from `seed`. Returns
 /// harness errors only; the verdict comes later. `on_start` is called once the programs have been told to
-/// start (t0), after the set-up.
-pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -> Result<RunRecord> {
+/// start (t0), after the set-up. What the run records, and what it is doing, goes into `progress` as it goes,
+/// for a partial report if the run does not finish.
+pub fn run(
+    plan: &Plan,
+    report_dir: &Path,
+    seed: u64,
+    progress: &Progress,
+    on_start: impl FnOnce(),
+) -> Result<RunRecord> {
     let setup_started = Instant::now();
     let clock = Clock::unstarted();
     let (sink, events) = EventSink::new(clock.clone());
@@ -123,9 +131,9 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -
         let _ = gate.send(Gate { deadline, sock_diag, switches: Arc::clone(&switches) });
     }
     drop(sink);
+    progress.started(&clock, deadline);
     on_start();
 
-    let mut collected: Vec<Event> = Vec::new();
     let mut deadline_hit = false;
     let mut harness_errors = Vec::new();
     loop {
@@ -153,7 +161,7 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -
                 }
                 // A program has switched what its own steps trigger already; this arms the rest.
                 switches.observe(&event)?;
-                collected.push(event);
+                progress.record(event);
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
@@ -168,6 +176,7 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -
     observers.iter().for_each(Observer::request_stop);
     captures.iter().for_each(Capture::request_stop);
     let _ = priority::lower_current_thread();
+    progress.stage(Stage::ReadingCounters);
     // Read once the programs are done, before anything is torn down: what the run made each host's kernel
     // count (`nstat`), every host at once, by real-time threads: the sysctl readers, ordinary, may still be at
     // it, and shared the CPUs with them (measured: 1.5-2.4 ms from the scenario's end to its teardown).
@@ -182,7 +191,7 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -
     for (host, reader) in plan.hosts.iter().zip(counters) {
         match joined(reader, "the kernel's counters") {
             Ok(counters) => {
-                collected.push(Event { t: duration, host: host.id, kind: EventKind::Counters { counters } })
+                progress.record(Event { t: duration, host: host.id, kind: EventKind::Counters { counters } })
             }
             Err(e) => harness_errors.push(e.to_string()),
         }
@@ -192,6 +201,7 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -
     board.close();
     processes.kill_all();
     let (mut faults, wire, fault_events) = switches.finish();
+    progress.stage(Stage::StoppingWire);
     let (wire_stats, wire_hits) = match wire.map(Wire::stop) {
         Some(Ok(stopped)) => {
             harness_errors.extend(stopped.errors);
@@ -206,6 +216,7 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -
     };
     // A part that fails to stop (on a starved machine: not within its bounded wait) is a harness error of this
     // run, not the end of it: what the others recorded still makes the report, timeline and pcaps included.
+    progress.stage(Stage::StoppingObservers);
     let mut observer_stats = Vec::with_capacity(observers.len());
     for observer in observers {
         observer_stats.push(observer.stop().unwrap_or_else(|e| {
@@ -213,6 +224,7 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -
             ObserverStats::default()
         }));
     }
+    progress.stage(Stage::StoppingTracer);
     let states = match tracer {
         Ok(tracer) => tracer.stop().map(StateSource::Traced).unwrap_or_else(|e| {
             harness_errors.push(e.to_string());
@@ -221,6 +233,7 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -
         Err(reason) => StateSource::Sampled { reason },
     };
     harness_errors.extend(states.losses());
+    progress.stage(Stage::StoppingCaptures);
     let capture_stats = stop_captures(captures).unwrap_or_else(|e| {
         harness_errors.push(e.to_string());
         vec![CaptureStats::default(); interfaces.len()]
@@ -235,11 +248,14 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -
     }
     fault_hits.extend(wire_hits);
     fault_hits.sort();
+    progress.stage(Stage::EndingPrograms);
     wait_for_programs(&programs, PROGRAM_END_LIMIT);
     harness_errors.extend(join_finished(&mut programs));
     // Everything else is still queued in the channel: packets decoded during stop, last samples.
-    collected.extend(events.try_iter());
-    collected.extend(fault_events);
+    progress.record_all(events.try_iter());
+    progress.record_all(fault_events);
+    progress.stage(Stage::WritingReport);
+    let mut collected = progress.take_events();
     // The deadline is the instant the programs were given, not when the hub noticed it: a step that ended
     // between the two ran past it too, and so did one whose program ended just after it, before the hub looked.
     let deadline_t = clock.at(deadline);

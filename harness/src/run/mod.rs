@@ -13,6 +13,7 @@ pub(crate) mod faults;
 pub(crate) mod firewall;
 pub(crate) mod impair;
 pub mod netns;
+pub(crate) mod partial;
 mod pidns;
 pub(crate) mod priority;
 pub mod requirements;

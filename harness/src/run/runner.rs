@@ -24,7 +24,7 @@ use crate::report::{self, Status, Summary};
 use crate::run::cpu_gate::{Admission, CpuGate};
 use crate::run::ring_budget::RingBudget;
 use crate::run::supervise::{self, StopReason, Supervisor, SETUP_LIMIT};
-use crate::run::{engine, netns, pidns, requirements, sampling, userns};
+use crate::run::{engine, netns, partial, pidns, requirements, sampling, userns};
 use crate::scenario::{self, plan::Plan, variables::Variables};
 
 /// How many scenario processes this runner runs at once, for its children's observers to pace themselves by.
@@ -66,6 +66,17 @@ pub struct Job {
     /// Whether it moves a bulk transfer through the wire ([`Plan::bulk_through_wire`]): such runs go one at a
     /// time ([`CpuGate`]).
     pub bulk_through_wire: bool,
+    /// The scenario's name, description and source, for the result.json the runner writes when its scenario
+    /// process was killed without writing one; `None` in the scenario process.
+    pub about: Option<Arc<About>>,
+}
+
+/// What result.json's heading says of a scenario ([`report::result::Heading`]), kept by the runner.
+#[derive(Debug)]
+pub struct About {
+    pub name: String,
+    pub description: String,
+    pub source: Option<String>,
 }
 
 impl Job {
@@ -80,6 +91,11 @@ impl Job {
             ring_memory: 2 * plan.capture.ring_bytes.unwrap_or(0),
             seed,
             bulk_through_wire: plan.bulk_through_wire(),
+            about: Some(Arc::new(About {
+                name: plan.name.clone(),
+                description: plan.description.clone(),
+                source: plan.source.clone(),
+            })),
         }
     }
 
@@ -145,6 +161,7 @@ impl From<ChildArgs> for Job {
             ring_memory: 0,
             seed: args.seed,
             bulk_through_wire: false,
+            about: None,
         }
     }
 }
@@ -195,14 +212,38 @@ pub fn run_in_child(exe: &Path, job: &Job, deadline: Duration, supervisor: &Supe
     }
 }
 
-/// After its scenario process was killed: publishes what it had written of its report (the pcaps are written
-/// as the frames come), which also removes an earlier run's files from the folder, so that nothing there
-/// passes for this run's report. Says what the folder holds now.
-fn publish_partial(job: &Job) -> String {
+/// After its scenario process was killed for `reason`: publishes what it had written of its report (the pcaps
+/// are written as the frames come; result.json and timeline.txt as far as its watchdog got, given `reason`
+/// here), which also removes an earlier run's files from the folder, so that nothing there passes for this
+/// run's report. A process killed before it wrote a result.json gets the runner's, which says why. Says what
+/// the folder holds now.
+fn publish_partial(job: &Job, reason: &str) -> String {
     let dir = job.report_folder();
-    if !report::files::is_staged(&dir) {
-        return format!("; it wrote nothing into {}", dir.display());
+    // A name that cannot be a folder: the scenario process says so, and there is no folder to write into.
+    if dir == job.reports {
+        return String::new();
     }
+    let staging = if report::files::is_staged(&dir) {
+        report::files::staging_of(&dir)
+    } else {
+        match report::files::stage(&dir) {
+            Ok(staging) => staging,
+            Err(e) => return format!("; no report could be written: {e}"),
+        }
+    };
+    let marked = match report::set_killed_reason(&staging, reason) {
+        Ok(true) => Ok(()),
+        Ok(false) => match &job.about {
+            Some(about) => {
+                let heading =
+                    report::result::Heading::new(&about.name, &job.file, &about.description, about.source.as_deref());
+                report::write_killed_unrecorded(heading, reason, &staging)
+            }
+            None => Ok(()),
+        },
+        Err(e) => Err(e),
+    };
+    let unmarked = marked.err().map_or_else(String::new, |e| format!(" (its result.json could not say why: {e})"));
     match report::files::publish(&dir) {
         Ok(()) => {
             let mut files: Vec<String> = std::fs::read_dir(&dir)
@@ -217,9 +258,9 @@ fn publish_partial(job: &Job) -> String {
                 .unwrap_or_default();
             files.sort();
             if files.is_empty() {
-                format!("; it wrote nothing into {}", dir.display())
+                format!("; it wrote nothing into {}{unmarked}", dir.display())
             } else {
-                format!("; what it wrote before: {} in {}", files.join(", "), dir.display())
+                format!("; its report as far as it got: {} in {}{unmarked}", files.join(", "), dir.display())
             }
         }
         Err(e) => format!("; what it wrote before could not be kept: {e}"),
@@ -257,6 +298,10 @@ fn spawn_and_wait(
     let ended = wait_bounded(&mut child, &mut output, limit, supervisor)?;
     let summary = output.summary();
     let stderr = output.stderr_text();
+    let killed = |reason: String| {
+        let kept = publish_partial(job, &reason);
+        Error::Internal(format!("{reason}{kept}{}", tail("child stderr", &stderr)))
+    };
     match (ended, summary) {
         (Ended::Reported(summary), _) => {
             // The scenario process is only exiting (see `pidns`); the process started here exits at once, and
@@ -265,30 +310,21 @@ fn spawn_and_wait(
             Ok(*summary)
         }
         (Ended::Exited(_), Some(summary)) => Ok(summary),
-        (Ended::Stopped(reason), _) => Err(Error::Internal(format!(
-            "stopped: {reason}; the scenario process was killed after {:.1}s, before its report{}{}",
+        (Ended::Stopped(reason), _) => Err(killed(format!(
+            "stopped: {reason}; the scenario process was killed after {:.1}s, before its report",
             started.elapsed().as_secs_f64(),
-            publish_partial(job),
-            tail("child stderr", &stderr)
         ))),
-        (Ended::TimedOut(Phase::SettingUp), _) => Err(Error::Internal(format!(
-            "scenario process still setting up {}s after its start: killed{}{}",
+        (Ended::TimedOut(Phase::SettingUp), _) => Err(killed(format!(
+            "scenario process still setting up {}s after its start: killed",
             SETUP_LIMIT.as_secs(),
-            publish_partial(job),
-            tail("child stderr", &stderr)
         ))),
-        (Ended::TimedOut(Phase::Running), _) => Err(Error::Internal(format!(
-            "scenario still running {}s after its programs started (deadline {}s + {}s grace): killed{}{}",
+        (Ended::TimedOut(Phase::Running), _) => Err(killed(format!(
+            "scenario still running {}s after its programs started (deadline {}s + {}s grace): killed",
             limit.as_secs(),
             deadline.as_secs(),
             CHILD_GRACE.as_secs(),
-            publish_partial(job),
-            tail("child stderr", &stderr)
         ))),
-        (Ended::Exited(status), None) => Err(Error::Internal(format!(
-            "scenario process ended ({status}) without a verdict{}",
-            tail("child stderr", &stderr)
-        ))),
+        (Ended::Exited(status), None) => Err(killed(format!("scenario process ended ({status}) without a verdict"))),
     }
 }
 
@@ -570,7 +606,7 @@ fn die_with_runner() -> Result<()> {
 pub fn child_main(job: &Job, variables: &Variables) -> ExitCode {
     let summary = match run_here(job, variables) {
         Ok(summary) => summary,
-        Err(e) => Summary::harness_error(display_name(&job.root, &job.file), &job.reports, e.to_string()),
+        Err(e) => Summary::harness_error(display_name(&job.root, &job.file), &job.report_folder(), e.to_string()),
     };
     match serde_json::to_string(&summary) {
         Ok(line) => println!("{line}"),
@@ -621,20 +657,33 @@ fn run_here(job: &Job, variables: &Variables) -> Result<Summary> {
     }
     // Written aside, then moved over the old report: a killed run leaves the old one whole.
     let staging = report::files::stage(&dir)?;
+    let progress = partial::Progress::new();
+    if unmet.is_none() {
+        // From here on a killed run leaves a result.json; at its deadline plus a part of its grace, one that
+        // says what the run recorded.
+        partial::write_provisional(&plan, &staging)?;
+        progress.watch(plan.clone(), staging.clone())?;
+    }
     let reported = match unmet {
         Some(reason) => report::write_not_applicable(&plan, reason, &staging),
-        None => engine::run(&plan, &staging, job.seed, || {
-            // The runner counts the scenario's deadline from here, set-up done; a lost line only leaves it
-            // counting from the process's start.
-            println!("{STARTED_LINE}");
-            let _ = std::io::Write::flush(&mut std::io::stdout());
-        })
-        .map_err(|e| e.in_file(&plan.file))
-        .and_then(|mut record| {
-            let verdict = verdict::judge(&plan, &record.timeline);
-            engine::blame_late_wire(&mut record, verdict.passed());
-            report::write(&plan, &record, &verdict, &staging)
-        }),
+        None => {
+            let ran = engine::run(&plan, &staging, job.seed, &progress, || {
+                // The runner counts the scenario's deadline from here, set-up done; a lost line only leaves it
+                // counting from the process's start.
+                println!("{STARTED_LINE}");
+                let _ = std::io::Write::flush(&mut std::io::stdout());
+            });
+            progress.finish();
+            match ran {
+                Ok(mut record) => {
+                    let verdict = verdict::judge(&plan, &record.timeline);
+                    engine::blame_late_wire(&mut record, verdict.passed());
+                    report::write(&plan, &record, &verdict, &staging)
+                }
+                // Not killed: the provisional report would say it was. The summary says what went wrong.
+                Err(e) => partial::remove_provisional(&staging).and(Err(e.in_file(&plan.file))),
+            }
+        }
     };
     // Even a run that ended in a harness error shows what it captured; its own error is the one to report.
     let published = report::files::publish(&dir);
@@ -1195,6 +1244,7 @@ mod tests {
             ring_memory: 0,
             seed: 18_446_744_073_709_551_615,
             bulk_through_wire: false,
+            about: None,
         };
         let back = parse_child_args(job.child_args()).unwrap();
         assert_eq!(
@@ -1227,6 +1277,7 @@ mod tests {
             ring_memory: 0,
             seed: 0,
             bulk_through_wire: false,
+            about: None,
         };
         assert_eq!(parse_child_args(job.child_args()).unwrap().root, PathBuf::from("."));
     }
