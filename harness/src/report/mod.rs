@@ -302,7 +302,6 @@ pub fn write(plan: &Plan, record: &RunRecord, verdict: &Verdict, dir: &Path) -> 
         not_applicable: &plan.not_applicable,
         events: &record.timeline.events,
     };
-    ResultJson::Ran(Box::new(result)).write(dir)?;
     fs::write(dir.join("timeline.txt"), render_timeline(plan, record, verdict))
         .context(|| format!("write {}", dir.join("timeline.txt").display()))?;
     let faults = fault_notes(plan);
@@ -323,6 +322,9 @@ pub fn write(plan: &Plan, record: &RunRecord, verdict: &Verdict, dir: &Path) -> 
         .context(|| format!("copy {} to {}", plan.file.display(), dir.join("scenario.yaml").display()))?;
     fs::write(dir.join("environment.txt"), environment(plan, record))
         .context(|| format!("write {}", dir.join("environment.txt").display()))?;
+    // Last: a scenario process killed while writing the files above leaves its partial result.json, which says
+    // so, rather than one that reads as a finished run.
+    ResultJson::Ran(Box::new(result)).write(dir)?;
     Ok(Summary {
         name: plan.name.clone(),
         status,

@@ -197,8 +197,10 @@ pub struct KilledFile<'a> {
     pub status: &'static str,
     /// Why the runner killed it, in the runner's words.
     pub reason: String,
-    /// What the scenario process was doing when it last wrote this file: `setting up`, `running the programs`,
-    /// `stopping the wire`, `stopping the captures`, ... `writing the report`; `null` when it never wrote it.
+    /// What the scenario process was doing when its watchdog wrote this file: `running the programs`,
+    /// `stopping the wire`, `stopping the captures`, `closing the namespaces`, ... `judging the run`; `null` when
+    /// it recorded nothing: killed before its watchdog wrote (within 12 s past its deadline), or while writing
+    /// its own report.
     pub stage: Option<&'a str>,
     /// Seconds since t0 when the scenario process wrote the steps and events below; `null` when it wrote them
     /// before t0 (nothing ran yet) or never.
@@ -209,7 +211,9 @@ pub struct KilledFile<'a> {
     pub running_steps: Vec<String>,
     /// Every step that had started then, in order, client first.
     pub steps: Vec<KilledStep<'a>>,
-    /// Every event recorded until then, in time order, as the partial timeline.txt shows them.
+    /// Every event recorded until then, in time order, as the partial timeline.txt shows them; none once the
+    /// run was past `waiting for the programs to end` (it had handed them to its own report; the pcaps hold
+    /// the packets).
     pub events: &'a [Event],
 }
 

@@ -254,8 +254,8 @@ pub fn run(
     // Everything else is still queued in the channel: packets decoded during stop, last samples.
     progress.record_all(events.try_iter());
     progress.record_all(fault_events);
-    progress.stage(Stage::WritingReport);
     let mut collected = progress.take_events();
+    progress.stage(Stage::Annotating);
     // The deadline is the instant the programs were given, not when the hub noticed it: a step that ended
     // between the two ran past it too, and so did one whose program ended just after it, before the hub looked.
     let deadline_t = clock.at(deadline);
@@ -270,12 +270,15 @@ pub fn run(
     annotate_faults(&mut timeline, plan);
     annotate_impairments(&mut timeline);
     let decisions = decisions(&timeline);
+    progress.stage(Stage::ClosingFaults);
     faults.into_iter().for_each(HostFaults::close);
+    progress.stage(Stage::ClosingNamespaces);
     drop(namespaces);
     drop(wire_namespace);
     let teardown = teardown_started.elapsed();
     // The sysctl readers run at the ordinary priority and may still be at it when a short scenario ends: they
     // are waited for last, so that the teardown overlaps them instead of coming after them.
+    progress.stage(Stage::ReadingSysctls);
     let mut sysctls = Vec::with_capacity(plan.hosts.len());
     for (host, reader) in plan.hosts.iter().zip(readers) {
         match joined(reader, "the sysctls") {

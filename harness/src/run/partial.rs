@@ -34,7 +34,11 @@ pub enum Stage {
     StoppingTracer,
     StoppingCaptures,
     EndingPrograms,
-    WritingReport,
+    Annotating,
+    ClosingFaults,
+    ClosingNamespaces,
+    ReadingSysctls,
+    Judging,
 }
 
 impl Stage {
@@ -48,7 +52,11 @@ impl Stage {
             Stage::StoppingTracer => "stopping the transition tracer",
             Stage::StoppingCaptures => "stopping the captures",
             Stage::EndingPrograms => "waiting for the programs to end",
-            Stage::WritingReport => "writing the report",
+            Stage::Annotating => "annotating the timeline",
+            Stage::ClosingFaults => "removing the faults' nftables tables",
+            Stage::ClosingNamespaces => "closing the namespaces",
+            Stage::ReadingSysctls => "waiting for the sysctl readers",
+            Stage::Judging => "judging the run",
         }
     }
 }
@@ -67,7 +75,7 @@ struct State {
     started: Option<(Clock, Instant)>,
     /// The run wrote (or is writing) its own report: the watchdog has nothing to do.
     finished: bool,
-    /// Events the engine took back for its report: the watchdog must not write a partial report without them.
+    /// The engine took the events back for its report: a partial report has none to show, only the stage.
     taken: bool,
 }
 
@@ -114,16 +122,17 @@ impl Progress {
         self.lock().events.extend(events);
     }
 
-    /// Every event recorded, for the run's own report: from here on a partial report could only be an empty
-    /// one, and the watchdog leaves the provisional one ([`write_provisional`]) as it is.
+    /// Every event recorded, for the run's own report: from here on a partial report shows the stage the run
+    /// is at, and no events (the pcaps hold the packets).
     pub fn take_events(&self) -> Vec<Event> {
         let mut state = self.lock();
         state.taken = true;
         std::mem::take(&mut state.events)
     }
 
-    /// The run writes its own report now; waits for a partial report being written to be done, so the run's
-    /// own is written over it, never under it.
+    /// The run writes its own report now (result.json last, so that one killed while writing it keeps the
+    /// partial result.json); waits for a partial report being written to be done, so the run's own is written
+    /// over it, never under it.
     pub fn finish(&self) {
         self.lock().finished = true;
         self.changed.notify_all();
@@ -159,7 +168,7 @@ impl Progress {
             let left = due.saturating_duration_since(Instant::now());
             state = self.changed.wait_timeout(state, left).unwrap_or_else(|poisoned| poisoned.into_inner()).0;
         }
-        if state.finished || state.taken {
+        if state.finished {
             return;
         }
         // Written holding the lock: the run's own report, if it comes, waits for this one and replaces it.
@@ -171,7 +180,8 @@ impl Progress {
 
 /// Writes the partial report of what `state` holds.
 fn write_partial(plan: &Plan, state: &State, staging: &std::path::Path) -> Result<()> {
-    let mut timeline = Timeline::new(state.events.clone());
+    // Empty once taken: the run's own report has them, and the run is past its recording.
+    let mut timeline = Timeline::new(if state.taken { Vec::new() } else { state.events.clone() });
     engine::annotate_faults(&mut timeline, plan);
     engine::annotate_impairments(&mut timeline);
     let (at, deadline_hit) = match &state.started {

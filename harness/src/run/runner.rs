@@ -673,15 +673,19 @@ fn run_here(job: &Job, variables: &Variables) -> Result<Summary> {
                 println!("{STARTED_LINE}");
                 let _ = std::io::Write::flush(&mut std::io::stdout());
             });
-            progress.finish();
             match ran {
                 Ok(mut record) => {
+                    progress.stage(partial::Stage::Judging);
                     let verdict = verdict::judge(&plan, &record.timeline);
                     engine::blame_late_wire(&mut record, verdict.passed());
+                    progress.finish();
                     report::write(&plan, &record, &verdict, &staging)
                 }
                 // Not killed: the provisional report would say it was. The summary says what went wrong.
-                Err(e) => partial::remove_provisional(&staging).and(Err(e.in_file(&plan.file))),
+                Err(e) => {
+                    progress.finish();
+                    partial::remove_provisional(&staging).and(Err(e.in_file(&plan.file)))
+                }
             }
         }
     };
