@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::observe::capture::{Capture, CaptureBuffer};
 use crate::observe::sockets::{DiagSocket, Observer};
-use crate::observe::transitions::Tracer;
+use crate::observe::transitions::{RingMaps, Tracer};
 use crate::record::{CaptureStats, CapturedInterface, ObserverStats, RunRecord, StateSource, WireStats, WIRE_LATE_US};
 use crate::run::actors::{self, ActorContext, ProcessRegistry, StepBoard};
 use crate::run::clock::{Clock, EventSink};
@@ -454,6 +454,10 @@ fn start_hosts(
     wire: Option<&Netns>,
 ) -> Result<(Rig, Vec<JoinHandle<Result<()>>>)> {
     let shared = Arc::new(plan.clone());
+    // The tracer's ring exists before any host is set up: the `tc` programs of qdisc-drop faults, loaded in
+    // the set-up, record their drops into it. Without it (rootless mode) nothing is traced, and the tracer says
+    // why.
+    let ring_maps = RingMaps::create();
     let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<HostRig>)>();
     let (namespace_tx, namespace_rx) = mpsc::channel::<(usize, Netns)>();
     let mut threads = Vec::with_capacity(plan.hosts.len());
@@ -464,10 +468,11 @@ fn start_hosts(
         let sink = sink.clone();
         let ready = ready_tx.clone();
         let namespace = (position, namespace_tx.clone());
+        let drops_to = ring_maps.as_ref().ok().map(RingMaps::try_clone).transpose()?;
         let thread = thread::Builder::new()
             .name(format!("host-{host}"))
             .spawn(move || {
-                let rig = set_up_host(&plan, host, &report_dir, sink.clone(), meetings, namespace);
+                let rig = set_up_host(&plan, host, &report_dir, (sink.clone(), drops_to), meetings, namespace);
                 host_thread(host, rig, sink, (position, ready), program)
             })
             .map_err(|e| Error::sys(format!("spawn the thread of host {host}"), e))?;
@@ -475,7 +480,7 @@ fn start_hosts(
     }
     drop((ready_tx, namespace_tx));
     // The tracer loads its programs while the hosts set themselves up: it needs only their namespaces.
-    let tracer = start_tracer(plan, &namespace_rx, sink);
+    let tracer = ring_maps.map_err(|e| e.to_string()).and_then(|maps| start_tracer(plan, &namespace_rx, maps, sink));
     let mut rigs: Vec<Option<HostRig>> = plan.hosts.iter().map(|_| None).collect();
     let mut failures = Vec::new();
     // A set-up step the scenario caused to fail (a sysctl the kernel refuses) is the error to report, at its
@@ -530,6 +535,7 @@ fn start_hosts(
 fn start_tracer(
     plan: &Plan,
     namespaces: &mpsc::Receiver<(usize, Netns)>,
+    maps: RingMaps,
     sink: &EventSink,
 ) -> std::result::Result<Tracer, String> {
     let mut received: Vec<Option<Netns>> = plan.hosts.iter().map(|_| None).collect();
@@ -542,7 +548,7 @@ fn start_tracer(
     }
     let namespaces: Vec<(HostId, &Netns)> =
         plan.hosts.iter().zip(&received).filter_map(|(host, ns)| Some((host.id, ns.as_ref()?))).collect();
-    Tracer::start(namespaces, sink.clone()).map_err(|e| e.to_string())
+    Tracer::start(namespaces, maps, sink.clone()).map_err(|e| e.to_string())
 }
 
 /// The rest of one host's thread (see [`start_hosts`]) once its host is set up: report, then the program if
@@ -606,12 +612,13 @@ fn exec_confinement(program: &HostPlan, namespace: &Netns) -> Result<Option<Arc<
     Ok(Some(Arc::new(Confinement::new(namespace, program.id.name())?)))
 }
 
-/// One host's set-up, on its own thread, which stays in the namespace it creates.
+/// One host's set-up, on its own thread, which stays in the namespace it creates. Its `qdisc-drop` faults
+/// record their drops into `drops_to`, the tracer's maps.
 fn set_up_host(
     plan: &Plan,
     host: HostId,
     report_dir: &Path,
-    sink: EventSink,
+    (sink, drops_to): (EventSink, Option<RingMaps>),
     meetings: Vec<WireMeeting>,
     (position, to_tracer): (usize, mpsc::Sender<(usize, Netns)>),
 ) -> Result<HostRig> {
@@ -652,7 +659,7 @@ fn set_up_host(
     let nat = router_nat(plan).filter(|_| host == HostId::Router);
     let faults = HostFaults::install(&namespace, host, &plan.faults, nat.as_ref())?;
     for link in &links {
-        firewall::install_qdisc_drops(host, link.ifindex, &plan.faults)?;
+        firewall::install_qdisc_drops(host, link.ifindex, &plan.faults, drops_to.as_ref())?;
     }
     let observer = Observer::start(&namespace, host, plan.sample_interval, sink.clone())?;
     let mut listen_watchers = [None, None];
