@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::observe::capture::{Capture, CaptureBuffer};
+use crate::observe::counters::CounterFiles;
 use crate::observe::sockets::{DiagSocket, Observer};
 use crate::observe::transitions::{RingMaps, Tracer};
 use crate::record::{CaptureStats, CapturedInterface, ObserverStats, RunRecord, StateSource, WireStats, WIRE_LATE_US};
@@ -76,7 +77,7 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -
     // their own.
     let wire_namespace = plan.links.iter().any(|link| link.wire).then(topology::wire_namespace).transpose()?;
     let (rig, threads) = start_hosts(plan, report_dir, &sink, programs.collect(), wire_namespace.as_ref())?;
-    let Rig { namespaces, interfaces, faults, captures, observers, listen_watchers, tracer } = rig;
+    let Rig { namespaces, interfaces, faults, captures, observers, listen_watchers, tracer, counters } = rig;
     // Every impairment starts off; its decisions come from `seed`.
     let wire = match &wire_namespace {
         Some(namespace) => {
@@ -99,17 +100,23 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -
     // ordinary priority (so never ahead of the scenario's own threads), and joined after it. Reading them
     // after the programs ended put 1.2 ms of opening /proc/sys files into every run's teardown. The values
     // cannot change during the run: netfault wrote its own before this, and exec programs run without the
-    // capabilities to write any.
+    // capabilities to write any. The first host reads every TCP sysctl, for all; each host reads those that
+    // can differ between the scenario's namespaces (see `topology::differing_sysctls`): opening a /proc/sys
+    // file in a namespace makes the kernel build its entry there, about 90 files per host.
+    let set_in_any_host: Vec<_> = plan.hosts.iter().flat_map(|host| host.sysctls.iter().cloned()).collect();
     let readers: Vec<_> = plan
         .hosts
         .iter()
         .zip(&namespaces)
-        .map(|(host, namespace)| {
-            let own = host.sysctls.clone();
+        .enumerate()
+        .map(|(position, (host, namespace))| {
+            let (own, set_in_any_host) = (host.sysctls.clone(), set_in_any_host.clone());
             // The names are listed by the first reader, off this thread: listing builds the directory's 200-odd
             // entries, 0.3 ms that came before t0.
             namespace.spawn(&format!("sysctls-{}", host.id), move || {
-                topology::effective_sysctls(topology::tcp_sysctl_files()?, &own)
+                let files = topology::tcp_sysctl_files()?;
+                let common = if position == 0 { Some(topology::common_sysctls(files)?) } else { None };
+                Ok((common, topology::differing_sysctls(&own, &set_in_any_host, files)?))
             })
         })
         .collect();
@@ -167,26 +174,20 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -
     // sent then, answered with a RST by the server's closed port, failed a scenario that expects no RST.
     observers.iter().for_each(Observer::request_stop);
     captures.iter().for_each(Capture::request_stop);
-    let _ = priority::lower_current_thread();
     // Read once the programs are done, before anything is torn down: what the run made each host's kernel
-    // count (`nstat`), every host at once, by real-time threads: the sysctl readers, ordinary, may still be at
-    // it, and shared the CPUs with them (measured: 1.5-2.4 ms from the scenario's end to its teardown).
-    let counters: Vec<_> = namespaces
-        .iter()
-        .map(|namespace| {
-            let reader = namespace.spawn("counters", crate::observe::counters::read_counters)?;
-            let _ = priority::raise_spawned(&reader);
-            Ok(reader)
-        })
-        .collect();
-    for (host, reader) in plan.hosts.iter().zip(counters) {
-        match joined(reader, "the kernel's counters") {
+    // count (`nstat`), from the files each host opened in its namespace, by this thread while it still runs
+    // real-time (the sysctl readers, ordinary, may still be at it). A thread per host entering its namespace
+    // did it before, between the scenario's end and its teardown: two threads made, moved and joined.
+    for (host, files) in plan.hosts.iter().zip(&counters) {
+        match files.read() {
             Ok(counters) => {
                 collected.push(Event { t: duration, host: host.id, kind: EventKind::Counters { counters } })
             }
             Err(e) => harness_errors.push(e.to_string()),
         }
     }
+    drop(counters);
+    let _ = priority::lower_current_thread();
 
     let teardown_started = Instant::now();
     board.close();
@@ -265,13 +266,21 @@ pub fn run(plan: &Plan, report_dir: &Path, seed: u64, on_start: impl FnOnce()) -
     let teardown = teardown_started.elapsed();
     // The sysctl readers run at the ordinary priority and may still be at it when a short scenario ends: they
     // are waited for last, so that the teardown overlaps them instead of coming after them.
-    let mut sysctls = Vec::with_capacity(plan.hosts.len());
+    let mut common = None;
+    let mut differing = Vec::with_capacity(plan.hosts.len());
     for (host, reader) in plan.hosts.iter().zip(readers) {
         match joined(reader, "the sysctls") {
-            Ok(values) => sysctls.push((host.id, values)),
+            Ok((read_for_all, own)) => {
+                common = common.or(read_for_all);
+                differing.push((host.id, own));
+            }
             Err(e) => harness_errors.push(format!("{} sysctls: {e}", host.id)),
         }
     }
+    let sysctls = match common {
+        Some(common) => differing.into_iter().map(|(host, own)| (host, topology::host_sysctls(&common, own))).collect(),
+        None => Vec::new(),
+    };
     Ok(RunRecord {
         timeline,
         interfaces,
@@ -367,6 +376,8 @@ pub struct Rig {
     pub listen_watchers: [[Option<DiagSocket>; 2]; 2],
     /// The kernel's state transitions in every host's namespace, or why they cannot be traced here.
     pub tracer: std::result::Result<Tracer, String>,
+    /// Each host's counter files (`nstat`), in `plan.hosts` order.
+    pub counters: Vec<CounterFiles>,
 }
 
 /// Namespaces, the wire, the faults (all off), a capture per interface and an observer per host, all sending
@@ -410,6 +421,8 @@ struct HostRig {
     observer: Observer,
     /// By the program's host: a sock_diag socket in this namespace for the programs that wait for it to listen.
     listen_watchers: [Option<DiagSocket>; 2],
+    /// The kernel's counters of this namespace, opened here and read after the scenario.
+    counters: CounterFiles,
 }
 
 /// How the two hosts of one link meet to create its veth pair: the link's second host hands the first its
@@ -513,12 +526,14 @@ fn start_hosts(
         observers: Vec::new(),
         listen_watchers: [[None, None], [None, None]],
         tracer,
+        counters: Vec::new(),
     };
     let mut interfaces = Vec::new();
     for (host, host_rig) in plan.hosts.iter().zip(rigs) {
         rig.namespaces.push(host_rig.namespace);
         rig.faults.push(host_rig.faults);
         rig.observers.push(host_rig.observer);
+        rig.counters.push(host_rig.counters);
         interfaces.extend(host_rig.interfaces);
         // Regrouped by the program that uses them.
         if let Some(opened_in) = HostId::ALL.iter().position(|&id| id == host.id) {
@@ -667,6 +682,7 @@ fn set_up_host(
         firewall::install_qdisc_drops(host, link.ifindex, &plan.faults, drops_to.as_ref())?;
     }
     let observer = Observer::start(&namespace, host, plan.sample_interval, sink.clone())?;
+    let counters = CounterFiles::open()?;
     let mut listen_watchers = [None, None];
     for (program, watcher) in HostId::ALL.into_iter().zip(&mut listen_watchers) {
         if actors::listening_hosts(plan.host(program)).get(host.index()) == Some(&true) {
@@ -699,7 +715,7 @@ fn set_up_host(
         };
         interfaces.push((place, interface, capture));
     }
-    Ok(HostRig { namespace, interfaces, faults, observer, listen_watchers })
+    Ok(HostRig { namespace, interfaces, faults, observer, listen_watchers, counters })
 }
 
 /// The router's NAT rules, when the plan has a router: its interface towards the client and towards the
