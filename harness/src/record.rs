@@ -98,7 +98,8 @@ pub struct TracerStats {
     /// Why such packets cannot be shown, if they cannot (a kernel without drop reasons).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drops_untraced: Option<String>,
-    /// Transitions the ring buffer had no room for (a harness error when not zero).
+    /// Records the ring buffer had no room for, transitions or dropped packets (and a packet a `qdisc-drop`
+    /// fault dropped that was too short to show); a harness error when not zero.
     pub lost: u64,
     /// Runs of one of the two instances of the transition program that the kernel skipped, because the
     /// transition came in an interrupt of that instance's run on the same CPU: the other instance recorded
@@ -128,10 +129,10 @@ impl StateSource {
     pub fn losses(&self) -> Option<String> {
         match self {
             StateSource::Traced(stats) if stats.lost > 0 => Some(format!(
-                "the transition tracer lost {} of {} transitions (its ring buffer was full): the socket states are \
-                 incomplete",
+                "the transition tracer lost {} of {} records (its ring buffer was full): the socket states or the \
+                 packets dropped before they left are incomplete",
                 stats.lost,
-                stats.lost + stats.transitions
+                stats.lost + stats.transitions + stats.dropped_packets
             )),
             _ => None,
         }

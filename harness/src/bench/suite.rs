@@ -17,6 +17,7 @@ use crate::report::{Status, Summary};
 use crate::run::runner::{self, Job};
 use crate::run::supervise::Supervisor;
 use crate::scenario;
+use crate::scenario::plan::Plan;
 use crate::scenario::variables::Variables;
 
 /// Longest a benchmark run of the suite may take before its scenarios are stopped.
@@ -165,7 +166,7 @@ pub fn bench_concurrent(options: &ConcurrentOptions) -> Result<Report> {
     let memory_before = mem_available_kib();
     let sampler = MemorySampler::start();
     let started = Instant::now();
-    let batch = run_instances(&options.scenario, &root, plan.deadline, options.instances, scratch.path())?;
+    let batch = run_instances(&options.scenario, &root, &plan, options.instances, scratch.path())?;
     let wall = started.elapsed().as_secs_f64();
     let memory = sampler.stop();
     let children_maxrss = children_max_rss_kib();
@@ -227,7 +228,7 @@ pub fn bench_timing(options: &TimingOptions) -> Result<Report> {
     };
     let plan = scenario::load(&root, &file, &Variables::from_environment())?;
     let started = Instant::now();
-    let batch = run_instances(&file, &root, plan.deadline, options.instances, &scratch.path().join("reports"))?;
+    let batch = run_instances(&file, &root, &plan, options.instances, &scratch.path().join("reports"))?;
     let wall = started.elapsed().as_secs_f64();
     let figures = batch.analyse();
     let passed = batch.summaries.iter().filter(|s| s.status == Status::Pass).count();
@@ -301,19 +302,13 @@ struct Batch {
     summaries: Vec<Summary>,
 }
 
-fn run_instances(file: &Path, root: &Path, deadline: Duration, instances: usize, reports: &Path) -> Result<Batch> {
+fn run_instances(file: &Path, root: &Path, plan: &Plan, instances: usize, reports: &Path) -> Result<Batch> {
     let exe = exe()?;
     let jobs: Vec<(Job, Duration)> = (0..instances)
         .map(|i| {
-            let job = Job {
-                file: file.to_path_buf(),
-                root: root.to_path_buf(),
-                reports: reports.join(format!("{i}")),
-                run: None,
-                ring_memory: 0,
-                seed: super::BENCH_SEED,
-            };
-            (job, deadline)
+            let job =
+                Job::new(file.to_path_buf(), root.to_path_buf(), reports.join(format!("{i}")), plan, super::BENCH_SEED);
+            (job, plan.deadline)
         })
         .collect();
     let summaries = runner::run_all(&exe, jobs, instances, &Supervisor::new(BENCH_BUDGET), |_| {});

@@ -887,6 +887,14 @@ pub fn start_private_parent() -> Option<netns::PendingParent> {
 /// Moves the runner into the namespace [`start_private_parent`] made, before it starts any scenario process:
 /// they inherit it instead of each making one. Call it before spawning the threads that start them.
 pub fn share_private_parent(pending: Option<netns::PendingParent>) {
+    // While the parent is still being made on its thread, what the first scenario process's start would read
+    // after it (`perf trace`: about 1 ms between the runner entering the parent and starting the child): the
+    // CPU gate's CPU count (cgroup files), the ring budget's memory (/proc/meminfo), the kernel's layouts for
+    // the tracer (the cache file), the sampling count's memfd. Each is made once per process.
+    CpuGate::of_this_machine();
+    RingBudget::of_this_machine();
+    transitions::layouts_for_children();
+    sampling::child_env();
     if let Some(pending) = pending {
         // As above: the scenario processes make their own if this failed.
         let _ = pending.enter();

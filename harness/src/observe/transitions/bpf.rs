@@ -80,6 +80,11 @@ impl Map {
         self.fd.as_raw_fd()
     }
 
+    /// The same map under a new descriptor (`dup`).
+    pub fn try_clone(&self) -> io::Result<Map> {
+        Ok(Map { fd: self.fd.try_clone()? })
+    }
+
     /// `BPF_MAP_LOOKUP_ELEM` into `value`.
     pub fn lookup(&self, key: &[u8], value: &mut [u8]) -> io::Result<()> {
         let mut attr = [0u8; ATTR_LEN];

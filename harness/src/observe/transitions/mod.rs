@@ -178,6 +178,53 @@ const TCP_LISTEN: u32 = 10;
 /// Every BPF program the kernel accepts with `bpf_probe_read_kernel` must say it is GPL-compatible.
 const LICENSE: &std::ffi::CStr = c"Dual MIT/GPL";
 
+/// Why the kernel refused the tracer `what`: no permission (rootless mode) or no support.
+fn refused(what: &str, e: std::io::Error) -> Error {
+    if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES)) {
+        Error::Missing {
+            what: format!("permission to load BPF programs ({what}: {e})"),
+            hint: "run as root (CAP_BPF and CAP_PERFMON in the initial user namespace); rootless mode cannot".into(),
+        }
+    } else {
+        Error::Missing {
+            what: format!("kernel support for the transition tracer ({what}: {e})"),
+            hint: "Linux >= 5.8 with BPF ring buffers and raw tracepoints".into(),
+        }
+    }
+}
+
+/// The tracer's ring buffer and its lost count (`bpftool map create ... type ringbuf`, `... type array`), made
+/// before the run's hosts are set up: the `tc` programs of `qdisc-drop` faults, loaded during the set-up,
+/// write their drops into the same ring ([`program::tc_drop_marked_instructions`]), which [`Tracer::start`]
+/// then reads.
+pub struct RingMaps {
+    ring: Map,
+    lost: Map,
+}
+
+impl RingMaps {
+    pub fn create() -> Result<RingMaps> {
+        Ok(RingMaps {
+            ring: Map::create(bpf::MAP_TYPE_RINGBUF, 0, 0, RING_BYTES)
+                .map_err(|e| refused("bpf(BPF_MAP_CREATE) of a ring buffer", e))?,
+            lost: Map::create(bpf::MAP_TYPE_ARRAY, 4, 8, 1)
+                .map_err(|e| refused("bpf(BPF_MAP_CREATE) of an array", e))?,
+        })
+    }
+
+    /// The same maps under new descriptors, for a host's set-up thread (the maps live while any is open, and
+    /// while a program that uses them is loaded).
+    pub fn try_clone(&self) -> Result<RingMaps> {
+        let clone = |map: &Map| map.try_clone().context(|| "dup a BPF map's descriptor".to_string());
+        Ok(RingMaps { ring: clone(&self.ring)?, lost: clone(&self.lost)? })
+    }
+
+    /// The descriptors, as a program loaded now refers to the maps.
+    pub fn fds(&self) -> Maps {
+        Maps { ring: self.ring.fd(), lost: self.lost.fd() }
+    }
+}
+
 /// The transition tracer of one run. Dropping it stops the reader and detaches the programs.
 pub struct Tracer {
     /// The attachments of the two instances ([`Instance`]), in the order they were made: closing them detaches
@@ -201,32 +248,19 @@ pub struct Tracer {
 
 impl Tracer {
     /// Loads and attaches the program for the namespaces of the run's hosts (a router's too), and starts the
-    /// reader that sends their transitions to `sink`. `Err` says why the kernel's transitions cannot be
-    /// recorded here.
-    pub fn start<'a>(namespaces: impl IntoIterator<Item = (HostId, &'a Netns)>, sink: EventSink) -> Result<Tracer> {
+    /// reader that sends their transitions, and the drops recorded in `maps`, to `sink`. `Err` says why the
+    /// kernel's transitions cannot be recorded here.
+    pub fn start<'a>(
+        namespaces: impl IntoIterator<Item = (HostId, &'a Netns)>,
+        maps: RingMaps,
+        sink: EventSink,
+    ) -> Result<Tracer> {
         let layout = running_kernel_layout()?;
-        let refused = |what: &str, e: std::io::Error| {
-            if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES)) {
-                Error::Missing {
-                    what: format!("permission to load BPF programs ({what}: {e})"),
-                    hint: "run as root (CAP_BPF and CAP_PERFMON in the initial user namespace); rootless mode cannot"
-                        .into(),
-                }
-            } else {
-                Error::Missing {
-                    what: format!("kernel support for the transition tracer ({what}: {e})"),
-                    hint: "Linux >= 5.8 with BPF ring buffers and raw tracepoints".into(),
-                }
-            }
-        };
         let inodes = namespaces
             .into_iter()
             .map(|(host, namespace)| Ok((namespace_inode(namespace)?, host.index() as u32)))
             .collect::<Result<Vec<_>>>()?;
-        let ring = Map::create(bpf::MAP_TYPE_RINGBUF, 0, 0, RING_BYTES)
-            .map_err(|e| refused("bpf(BPF_MAP_CREATE) of a ring buffer", e))?;
-        let lost =
-            Map::create(bpf::MAP_TYPE_ARRAY, 4, 8, 1).map_err(|e| refused("bpf(BPF_MAP_CREATE) of an array", e))?;
+        let RingMaps { ring, lost } = maps;
         let maps = Maps { ring: ring.fd(), lost: lost.fd() };
         let mut programs = Vec::with_capacity(Instance::BOTH.len());
         let mut links = Vec::with_capacity(Instance::BOTH.len());
@@ -400,33 +434,36 @@ struct Record {
 /// What a ring buffer record holds.
 enum Parsed<'a> {
     Transition(Record),
-    /// A packet dropped inside host `host` at `time_ns`, by `by`, from its IPv4 header on; `skb` is its
-    /// kernel address.
+    /// A packet dropped inside host `host` at `time_ns`, by `by`, from its IPv4 header on. `pair` is what
+    /// tells the two records of one drop the kfree_skb program's two instances write from those of other
+    /// drops: the instance and the packet's `struct sk_buff` address; `None` for a record the `tc` program of
+    /// a `qdisc-drop` fault wrote, the only one of its drop.
     Drop {
-        instance: Instance,
+        pair: Option<(Instance, u64)>,
         host: u32,
         time_ns: u64,
         by: DroppedBy,
         packet: &'a [u8],
-        skb: u64,
     },
 }
 
 fn parse(bytes: &[u8]) -> Option<Parsed<'_>> {
     let u32_at = |at: usize| Some(u32::from_ne_bytes(bytes.get(at..at + 4)?.try_into().ok()?));
     let u64_at = |at: usize| Some(u64::from_ne_bytes(bytes.get(at..at + 8)?.try_into().ok()?));
-    match u32_at(record::KIND)? {
-        record::TRANSITION => Record::parse(bytes).map(Parsed::Transition),
-        record::DROP => Some(Parsed::Drop {
-            instance: Instance::of_number(u32_at(record::DROP_INSTANCE)?)?,
-            host: u32_at(record::HOST)?,
-            time_ns: u64_at(record::TIME_NS)?,
-            by: if u32_at(record::DROPPED_BY)? == record::BY_QDISC { DroppedBy::Qdisc } else { DroppedBy::Netfilter },
-            packet: bytes.get(record::PACKET..record::PACKET + record::PACKET_BYTES)?,
-            skb: u64_at(record::SKB)?,
-        }),
-        _ => None,
-    }
+    let kind = u32_at(record::KIND)?;
+    let pair = match kind {
+        record::TRANSITION => return Record::parse(bytes).map(Parsed::Transition),
+        record::DROP => Some((Instance::of_number(u32_at(record::DROP_INSTANCE)?)?, u64_at(record::SKB)?)),
+        record::TC_DROP => None,
+        _ => return None,
+    };
+    Some(Parsed::Drop {
+        pair,
+        host: u32_at(record::HOST)?,
+        time_ns: u64_at(record::TIME_NS)?,
+        by: if u32_at(record::DROPPED_BY)? == record::BY_QDISC { DroppedBy::Qdisc } else { DroppedBy::Netfilter },
+        packet: bytes.get(record::PACKET..record::PACKET + record::PACKET_BYTES)?,
+    })
 }
 
 impl Record {
@@ -582,7 +619,7 @@ fn read_until_stopped(mut reader: RingReader, sink: &EventSink, stop: &AtomicBoo
                 {
                     records.push(record);
                 }
-                Some(Parsed::Drop { instance, skb, packet, .. })
+                Some(Parsed::Drop { pair: Some((instance, skb)), packet, .. })
                     if !drop_pairs.first_of_hit(instance, (skb, packet.to_vec())) => {}
                 Some(Parsed::Drop { host, time_ns, by, packet, .. }) => {
                     let host = HostId::EVERY.into_iter().find(|h| h.index() as u32 == host);

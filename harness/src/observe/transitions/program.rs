@@ -13,10 +13,15 @@ const IPPROTO_TCP: i32 = 6;
 /// One record in the ring buffer, as the programs write it (native byte order unless said otherwise): a
 /// header, then a transition's or a dropped packet's fields.
 pub mod record {
-    /// [`TRANSITION`] or [`DROP`].
+    /// [`TRANSITION`], [`DROP`] or [`TC_DROP`].
     pub const KIND: usize = 0;
     pub const TRANSITION: u32 = 1;
     pub const DROP: u32 = 2;
+    /// A packet a `qdisc-drop` fault's own `tc` program dropped, written by that program as it returns
+    /// TC_ACT_SHOT (see [`super::tc_drop_marked_instructions`]): laid out as a [`DROP`] record, [`DROPPED_BY`]
+    /// [`BY_QDISC`], [`DROP_INSTANCE`] and [`SKB`] 0. One record per drop: the program is not a tracepoint's,
+    /// so no run of it is skipped and none is doubled.
+    pub const TC_DROP: u32 = 3;
     /// Index of the host whose namespace the socket is in (by `HostId::index()`).
     pub const HOST: usize = 4;
     /// `bpf_ktime_get_ns()` at the transition or drop (CLOCK_MONOTONIC).
@@ -193,15 +198,14 @@ pub struct SkbLayout {
     /// The interface a packet arrived on; 0 for one the host made (the only drops kept).
     skb_iif: Field,
     netfilter_drop: u32,
-    tc_egress: u32,
     qdisc_drop: u32,
 }
 
 impl std::fmt::Display for SkbLayout {
-    /// The fields as [`SockLayout`] writes its own, then `;` and the three drop reasons' values.
+    /// The fields as [`SockLayout`] writes its own, then `;` and the two drop reasons' values.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let fields = fields_text(&[self.sk, self.head, self.network_header, self.skb_iif]);
-        write!(f, "{fields};{},{},{}", self.netfilter_drop, self.tc_egress, self.qdisc_drop)
+        write!(f, "{fields};{},{}", self.netfilter_drop, self.qdisc_drop)
     }
 }
 
@@ -212,8 +216,8 @@ impl SkbLayout {
         let (fields, reasons) = text.split_once(';')?;
         let [sk, head, network_header, skb_iif] = parse_fields(fields)?;
         let reasons: Vec<u32> = reasons.split(',').map(|reason| reason.parse().ok()).collect::<Option<_>>()?;
-        let [netfilter_drop, tc_egress, qdisc_drop] = reasons.try_into().ok()?;
-        let layout = SkbLayout { sk, head, network_header, skb_iif, netfilter_drop, tc_egress, qdisc_drop };
+        let [netfilter_drop, qdisc_drop] = reasons.try_into().ok()?;
+        let layout = SkbLayout { sk, head, network_header, skb_iif, netfilter_drop, qdisc_drop };
         (layout.sizes() == SKB_SIZES).then_some(layout)
     }
 
@@ -230,7 +234,6 @@ impl SkbLayout {
             network_header: btf.field_in(skb, "sk_buff", &["network_header"])?,
             skb_iif: btf.field_in(skb, "sk_buff", &["skb_iif"])?,
             netfilter_drop: reason("SKB_DROP_REASON_NETFILTER_DROP")?,
-            tc_egress: reason("SKB_DROP_REASON_TC_EGRESS")?,
             qdisc_drop: reason("SKB_DROP_REASON_QDISC_DROP")?,
         };
         let sizes = layout.sizes();
@@ -264,6 +267,7 @@ const R0: u8 = 0;
 const R1: u8 = 1;
 const R2: u8 = 2;
 const R3: u8 = 3;
+const R4: u8 = 4;
 const R6: u8 = 6;
 const R7: u8 = 7;
 const R8: u8 = 8;
@@ -272,6 +276,7 @@ const FP: u8 = 10;
 
 const HELPER_MAP_LOOKUP_ELEM: i32 = 1;
 const HELPER_KTIME_GET_NS: i32 = 5;
+const HELPER_SKB_LOAD_BYTES: i32 = 26;
 const HELPER_PROBE_READ_KERNEL: i32 = 113;
 const HELPER_RINGBUF_RESERVE: i32 = 131;
 const HELPER_RINGBUF_SUBMIT: i32 = 132;
@@ -294,6 +299,9 @@ const OP_MOV: u8 = 0xb0;
 const OP_JA: u8 = 0x00;
 const OP_JEQ: u8 = 0x10;
 const OP_JNE: u8 = 0x50;
+/// Signed compares: `if dst s< imm`, `if dst s<= imm`.
+const OP_JSLT: u8 = 0xc0;
+const OP_JSLE: u8 = 0xd0;
 const OP_CALL: u8 = 0x80;
 const OP_EXIT: u8 = 0x90;
 /// `ld_imm64` of a map by descriptor (`BPF_LD | BPF_IMM | BPF_DW`, source `BPF_PSEUDO_MAP_FD`).
@@ -317,11 +325,14 @@ const SLOT_IIF: i16 = SLOT_PACKET - 48;
 /// Jump targets, patched once the program is complete.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Label {
+    /// Nothing to record: the program returns 0.
     Out,
     Lost,
+    /// After the record (or its loss): the program returns its verdict.
+    Done,
     Ours,
-    ByQdisc,
     Dropped,
+    Copy,
 }
 
 #[derive(Default)]
@@ -461,14 +472,18 @@ pub fn instructions(layout: &SockLayout, namespaces: &[(u32, u32)], maps: Maps, 
         a.store(size, R0, at as i16, R1);
     }
     a.store_imm(SIZE_W, R0, record::TRANSITION_INSTANCE as i16, instance.number() as i32);
-    a.submit_and_exit(maps.lost);
+    a.submit_and_exit(maps.lost, 0);
     a.finish()
 }
 
 /// The drop program's instructions: run at the `skb:kfree_skb` tracepoint (`skb`, `location`, `reason`), it
 /// keeps the packets the run's namespaces made (not those they received) that netfilter or a queueing
-/// discipline dropped (the kernel's drop reasons NETFILTER_DROP, TC_EGRESS, QDISC_DROP) and hands their first bytes to user space, stamped with the
-/// kernel's monotonic clock at the drop. Such a packet never reaches the wire, so no capture has it.
+/// discipline dropped (the kernel's drop reasons NETFILTER_DROP and QDISC_DROP) and hands their first bytes to
+/// user space, stamped with the kernel's monotonic clock at the drop. Such a packet never reaches the wire, so
+/// no capture has it. TC_EGRESS drops are not kept here: the only `tc` program in a run's namespaces is a
+/// `qdisc-drop` fault's, which records each drop it makes itself ([`tc_drop_marked_instructions`]), because the
+/// kernel fires the tracepoint only when it frees the packet's last reference, and under load it freed some of
+/// them without firing it.
 pub fn drop_instructions(
     sock: &SockLayout,
     skb: &SkbLayout,
@@ -481,10 +496,7 @@ pub fn drop_instructions(
     a.load(SIZE_DW, R7, R1, 16);
     a.mov_imm(R8, record::BY_NETFILTER as i32);
     a.jump32(OP_JEQ, R7, skb.netfilter_drop, Label::Dropped);
-    a.jump32(OP_JEQ, R7, skb.tc_egress, Label::ByQdisc);
-    a.jump32(OP_JEQ, R7, skb.qdisc_drop, Label::ByQdisc);
-    a.jump(OP_JA, 0, 0, Label::Out);
-    a.label(Label::ByQdisc);
+    a.jump32(OP_JNE, R7, skb.qdisc_drop, Label::Out);
     a.mov_imm(R8, record::BY_QDISC as i32);
     a.label(Label::Dropped);
     a.call(HELPER_KTIME_GET_NS);
@@ -511,34 +523,80 @@ pub fn drop_instructions(
     a.store(SIZE_W, R0, record::DROPPED_BY as i16, R8);
     a.store_imm(SIZE_W, R0, record::DROP_INSTANCE as i16, instance.number() as i32);
     a.store(SIZE_DW, R0, record::SKB as i16, R6);
-    for word in 0..record::PACKET_BYTES / 8 {
-        a.load(SIZE_DW, R1, FP, SLOT_PACKET + 8 * word as i16);
-        a.store(SIZE_DW, R0, (record::PACKET + 8 * word) as i16, R1);
-    }
-    a.submit_and_exit(maps.lost);
+    a.copy_packet_into_record();
+    a.submit_and_exit(maps.lost, 0);
     a.finish()
 }
 
-/// `struct __sk_buff`'s `mark`, what a `tc` program reads of the packet's mark.
+/// `struct __sk_buff`'s `len` and `mark`: what a `tc` program reads of the packet's length and mark.
+const SKB_LEN: i16 = 0;
 const SKB_MARK: i16 = 8;
 /// `TC_ACT_OK` (let the packet go on) and `TC_ACT_SHOT` (drop it; the transmit returns NET_XMIT_DROP).
 const TC_ACT_OK: i32 = 0;
 const TC_ACT_SHOT: i32 = 2;
+/// A veth's packet at `tc` egress starts with its Ethernet header; its IPv4 header follows.
+const ETH_HLEN: i32 = 14;
+/// The least a drop record shows of a packet: an IPv4 header without options.
+const IPV4_HEADER_BYTES: i32 = 20;
 const OP_AND: u8 = 0x50;
 const ALU32: u8 = 0x04;
 
+/// Where a `qdisc-drop` fault's `tc` program records the drops it makes: the tracer's maps, and the number of
+/// the host whose veth end it sits on (`HostId::index()`).
+#[derive(Debug, Clone, Copy)]
+pub struct TcRecording {
+    pub maps: Maps,
+    pub host: u32,
+}
+
 /// A `tc` direct-action program (`BPF_PROG_TYPE_SCHED_CLS`, as `tc filter add ... bpf da` loads it): drops the
-/// packets whose mark, under `mask`, is `mark`; lets every other packet go on.
-pub fn tc_drop_marked_instructions(mark: u32, mask: u32) -> Vec<u64> {
+/// packets whose mark, under `mask`, is `mark`; lets every other packet go on. With `recording`, before it
+/// returns TC_ACT_SHOT it writes a [`record::TC_DROP`] record of the packet (its first bytes from the IPv4
+/// header on, the kernel's monotonic time) into the tracer's ring buffer; a drop it cannot record (no room in
+/// the ring, a packet too short for an IPv4 header) counts in the tracer's lost count, which the run reports.
+pub fn tc_drop_marked_instructions(mark: u32, mask: u32, recording: Option<TcRecording>) -> Vec<u64> {
     let mut a = Assembler::default();
-    a.load(SIZE_W, R0, R1, SKB_MARK);
+    a.mov(R6, R1);
+    a.load(SIZE_W, R0, R6, SKB_MARK);
     a.raw(ALU32 | OP_AND, R0, 0, 0, mask as i32);
-    a.jump32(OP_JEQ, R0, mark, Label::Dropped);
-    a.mov_imm(R0, TC_ACT_OK);
-    a.raw(JMP | OP_EXIT, 0, 0, 0, 0);
-    a.label(Label::Dropped);
-    a.mov_imm(R0, TC_ACT_SHOT);
-    a.raw(JMP | OP_EXIT, 0, 0, 0, 0);
+    a.jump32(OP_JNE, R0, mark, Label::Out);
+    let Some(recording) = recording else {
+        a.mov_imm(R0, TC_ACT_SHOT);
+        a.raw(JMP | OP_EXIT, 0, 0, 0, 0);
+        a.label(Label::Out);
+        a.mov_imm(R0, TC_ACT_OK);
+        a.raw(JMP | OP_EXIT, 0, 0, 0, 0);
+        return a.finish();
+    };
+    a.call(HELPER_KTIME_GET_NS);
+    a.store(SIZE_DW, FP, SLOT_TIME, R0);
+    // The bytes to copy, from the IPv4 header on: at least its 20, at most what a record holds (the verifier
+    // needs both bounds on the length `bpf_skb_load_bytes` is given).
+    a.load(SIZE_W, R7, R6, SKB_LEN);
+    a.add_imm(R7, -ETH_HLEN);
+    a.jump(OP_JSLT, R7, IPV4_HEADER_BYTES, Label::Lost);
+    a.jump(OP_JSLE, R7, record::PACKET_BYTES as i32, Label::Copy);
+    a.mov_imm(R7, record::PACKET_BYTES as i32);
+    a.label(Label::Copy);
+    // Zeroed first: a short packet's record ends in zeros, as the kfree_skb program's shows what lies past it.
+    for word in 0..record::PACKET_BYTES / 8 {
+        a.store_imm(SIZE_DW, FP, SLOT_PACKET + 8 * word as i16, 0);
+    }
+    // bpf_skb_load_bytes(skb, ETH_HLEN, fp + SLOT_PACKET, len)
+    a.mov(R1, R6);
+    a.mov_imm(R2, ETH_HLEN);
+    a.mov(R3, FP);
+    a.add_imm(R3, i32::from(SLOT_PACKET));
+    a.mov(R4, R7);
+    a.call(HELPER_SKB_LOAD_BYTES);
+    a.jump(OP_JNE, R0, 0, Label::Lost);
+    a.mov_imm(R9, recording.host as i32);
+    a.reserve(recording.maps.ring, record::DROP_LEN, record::TC_DROP);
+    a.store_imm(SIZE_W, R0, record::DROPPED_BY as i16, record::BY_QDISC as i32);
+    a.store_imm(SIZE_W, R0, record::DROP_INSTANCE as i16, 0);
+    a.store_imm(SIZE_DW, R0, record::SKB as i16, 0);
+    a.copy_packet_into_record();
+    a.submit_and_exit(recording.maps.lost, TC_ACT_SHOT);
     a.finish()
 }
 
@@ -571,22 +629,34 @@ impl Assembler {
         self.store(SIZE_DW, R0, record::TIME_NS as i16, R1);
     }
 
-    /// `bpf_ringbuf_submit(record)` and the program's two exits: the lost count (`lock *(u64 *)(r0 + 0) += 1`
-    /// when the ring buffer had no room) and the ordinary one.
-    fn submit_and_exit(&mut self, lost: i32) {
+    /// The packet's bytes from [`SLOT_PACKET`] into the record in R0.
+    fn copy_packet_into_record(&mut self) {
+        for word in 0..record::PACKET_BYTES / 8 {
+            self.load(SIZE_DW, R1, FP, SLOT_PACKET + 8 * word as i16);
+            self.store(SIZE_DW, R0, (record::PACKET + 8 * word) as i16, R1);
+        }
+    }
+
+    /// `bpf_ringbuf_submit(record)` and the program's exits: after the record, or after counting it lost
+    /// (`lock *(u64 *)(r0 + 0) += 1` when the ring buffer had no room), it returns `verdict`; through
+    /// [`Label::Out`] (nothing to record) it returns 0.
+    fn submit_and_exit(&mut self, lost: i32, verdict: i32) {
         self.mov(R1, R0);
         self.mov_imm(R2, 0);
         self.call(HELPER_RINGBUF_SUBMIT);
-        self.jump(OP_JA, 0, 0, Label::Out);
+        self.jump(OP_JA, 0, 0, Label::Done);
         self.label(Label::Lost);
         self.store_imm(SIZE_W, FP, SLOT_ZERO, 0);
         self.map(R1, lost);
         self.mov(R2, FP);
         self.add_imm(R2, i32::from(SLOT_ZERO));
         self.call(HELPER_MAP_LOOKUP_ELEM);
-        self.jump(OP_JEQ, R0, 0, Label::Out);
+        self.jump(OP_JEQ, R0, 0, Label::Done);
         self.mov_imm(R1, 1);
         self.raw(STX | SIZE_DW | MODE_ATOMIC, R0, R1, 0, i32::from(OP_ADD));
+        self.label(Label::Done);
+        self.mov_imm(R0, verdict);
+        self.raw(JMP | OP_EXIT, 0, 0, 0, 0);
         self.label(Label::Out);
         self.mov_imm(R0, 0);
         self.raw(JMP | OP_EXIT, 0, 0, 0, 0);
@@ -675,13 +745,13 @@ mod tests {
             network_header: field(182, 2),
             skb_iif: field(144, 4),
             netfilter_drop: 5,
-            tc_egress: 62,
             qdisc_drop: 41,
         };
         let text = skb.to_string();
-        assert_eq!(text, "24:8,200:8,182:2,144:4;5,62,41");
+        assert_eq!(text, "24:8,200:8,182:2,144:4;5,41");
         assert_eq!(SkbLayout::parse(&text), Some(skb));
         assert_eq!(SkbLayout::parse("24:8,200:8,182:2,144:4"), None, "the drop reasons");
-        assert_eq!(SkbLayout::parse("24:8,200:8,182:4,144:4;5,62,41"), None, "network_header is 2 bytes");
+        assert_eq!(SkbLayout::parse("24:8,200:8,182:2,144:4;5,62,41"), None, "a layout of before TC_DROP records");
+        assert_eq!(SkbLayout::parse("24:8,200:8,182:4,144:4;5,41"), None, "network_header is 2 bytes");
     }
 }

@@ -2,6 +2,7 @@
 //! losses as harness errors.
 
 use super::*;
+use crate::record::TracerStats;
 use crate::run::switchboard::tests::{ack, ms, plan};
 
 /// The fault mark of each packet of the timeline, in order.
@@ -86,6 +87,56 @@ fn a_packet_dropped_before_it_left_is_marked_with_the_active_egress_fault_that_m
     annotate_faults(&mut timeline, &plan);
     let marks = fault_marks(&timeline);
     assert_eq!(marks, vec![None, Some("local"), None, None]);
+}
+
+#[test]
+fn drops_a_fault_counted_that_the_timeline_lacks_are_a_harness_error_per_host_and_dropper() {
+    let plan = crate::scenario::parse(
+        "egress",
+        Path::new("egress.yaml"),
+        "description: d\nfaults:\n  - { name: local, at: client, match: { dport: 9000 }, action: qdisc-drop }\n  \
+         - { name: refused, at: client, direction: egress, match: { dport: 9001 }, action: drop }\n  \
+         - { name: inbound, at: server, direction: ingress, match: { dport: 9000 }, action: drop }\nclient:\n  \
+         - sleep: 2s\n",
+    )
+    .unwrap();
+    let dropped = |t: u64, by: DroppedBy| {
+        let mut event = ack(ms(t), HostId::Client, PacketDirection::Out);
+        if let EventKind::Packet(packet) = &mut event.kind {
+            packet.dropped = Some(by);
+        }
+        event
+    };
+    let timeline = Timeline::new(vec![
+        dropped(100, DroppedBy::Qdisc),
+        dropped(200, DroppedBy::Qdisc),
+        dropped(300, DroppedBy::Netfilter),
+        // After the counters were read: not compared with them.
+        dropped(2100, DroppedBy::Netfilter),
+        ack(ms(400), HostId::Client, PacketDirection::Out),
+    ]);
+    let traced = StateSource::Traced(TracerStats::default());
+    let hits = |local: u64, refused: u64| {
+        vec![("inbound".to_string(), 50), ("local".to_string(), local), ("refused".to_string(), refused)]
+    };
+    let gaps = |hits: &[(String, u64)], states: &StateSource| drop_gaps(&timeline, &plan, hits, ms(2000), states);
+    assert_eq!(gaps(&hits(2, 1), &traced), Vec::<String>::new(), "every counted drop shown; ingress drops are not");
+    assert_eq!(
+        gaps(&hits(3, 2), &traced),
+        vec![
+            "client's faults refused made netfilter drop 2 packets before they left (their nftables counters), but \
+             the timeline shows 1: the drop tracer did not record 1 of them"
+                .to_string(),
+            "client's faults local made its queueing discipline drop 3 packets before they left (their nftables \
+             counters), but the timeline shows 2: the drop tracer did not record 1 of them"
+                .to_string(),
+        ]
+    );
+    // Without the kfree_skb program, netfilter drops are not shown at all (the run says so): only the
+    // qdisc-drop fault's own records are compared.
+    let no_netfilter = StateSource::Traced(TracerStats { drops_untraced: Some("no BTF".into()), ..Default::default() });
+    assert_eq!(gaps(&hits(2, 9), &no_netfilter), Vec::<String>::new());
+    assert_eq!(gaps(&hits(9, 9), &StateSource::Sampled { reason: "rootless".into() }), Vec::<String>::new());
 }
 
 #[test]

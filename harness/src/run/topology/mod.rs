@@ -29,7 +29,9 @@ use ethtool::turn_off_rx_checksum;
 pub use ethtool::{active_offloads, turn_off_offloads};
 use rtnl::{Request, Rtnl};
 use steering::Sysfs;
-pub use sysctl::{effective_sysctls, tcp_sysctl_files};
+#[cfg(test)]
+use sysctl::effective_sysctls;
+pub use sysctl::{common_sysctls, differing_sysctls, host_sysctls, tcp_sysctl_files};
 use sysctl::{write_sysctl, SysctlError};
 
 /// Name of the veth end of client and server; ends in different namespaces may share a name.

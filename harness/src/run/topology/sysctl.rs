@@ -75,15 +75,74 @@ pub(super) fn write_sysctl(sysctl: &Sysctl) -> std::result::Result<(), SysctlErr
 
 /// The TCP settings in force in the calling thread's namespace (`sysctl net.ipv4.tcp_ net.core.somaxconn`):
 /// each of `tcp_files` ([`tcp_sysctl_files`]), `net.core.somaxconn`, and each of `also` (the host's own). A value
-/// of several fields (`tcp_rmem`) keeps one space between them.
+/// of several fields (`tcp_rmem`) keeps one space between them. What a run reports reads less (see
+/// [`differing_sysctls`]); this is what that must equal.
+#[cfg(test)]
 pub fn effective_sysctls(tcp_files: &[String], also: &[Sysctl]) -> crate::error::Result<BTreeMap<String, String>> {
+    let mut values = common_sysctls(tcp_files)?;
+    values.extend(named_sysctls(also)?);
+    Ok(values)
+}
+
+/// `net.core.somaxconn`, which the report gives with the TCP sysctls.
+const SOMAXCONN: &str = "net.core.somaxconn";
+
+/// The TCP sysctls whose value one namespace has of its own however it was made: the TCP Fast Open key is
+/// drawn at random when a namespace first needs one.
+const OWN_IN_EACH_NAMESPACE: [&str; 1] = ["tcp_fastopen_key"];
+
+/// `sysctl net.ipv4.tcp_ net.core.somaxconn` in the calling thread's namespace: each of `tcp_files`
+/// ([`tcp_sysctl_files`]) and `net.core.somaxconn`. A value of several fields (`tcp_rmem`) keeps one space
+/// between them.
+pub fn common_sysctls(tcp_files: &[String]) -> crate::error::Result<BTreeMap<String, String>> {
     let ipv4 = Ipv4Sysctls::open()?;
     let mut values = BTreeMap::new();
     for file in tcp_files {
         values.insert(format!("net.ipv4.{file}"), ipv4.read(file)?);
     }
-    let somaxconn = Sysctl { name: "net.core.somaxconn".into(), value: String::new(), location: None };
-    for sysctl in [&somaxconn].into_iter().chain(also) {
+    values.extend(named_sysctls(&[Sysctl { name: SOMAXCONN.into(), value: String::new(), location: None }])?);
+    Ok(values)
+}
+
+/// What one host of a scenario reads of its own for the report, besides the [`common_sysctls`] that one host
+/// reads for all: every namespace of a scenario is made the same way (by its own thread, from the same parent,
+/// within the same milliseconds) and starts with the same values (those derived from how it was made too:
+/// the hash table's size, and with it `tcp_max_syn_backlog` and `tcp_max_tw_buckets`). What can differ is
+/// what the scenario writes in one host and not in another, and what each draws for itself
+/// ([`OWN_IN_EACH_NAMESPACE`]). So each host reads the sysctls of its own, every TCP one (and
+/// `net.core.somaxconn`) the scenario sets in any host, and those drawn per namespace (when the kernel has
+/// them); `tcp_files` is [`tcp_sysctl_files`].
+pub fn differing_sysctls(
+    own: &[Sysctl],
+    set_in_any_host: &[Sysctl],
+    tcp_files: &[String],
+) -> crate::error::Result<BTreeMap<String, String>> {
+    let common = |sysctl: &&Sysctl| sysctl.name.starts_with("net.ipv4.tcp_") || sysctl.name == SOMAXCONN;
+    let mut names: Vec<Sysctl> = own.iter().chain(set_in_any_host.iter().filter(common)).cloned().collect();
+    for file in OWN_IN_EACH_NAMESPACE.into_iter().filter(|file| tcp_files.iter().any(|listed| listed == file)) {
+        names.push(Sysctl { name: format!("net.ipv4.{file}"), value: String::new(), location: None });
+    }
+    named_sysctls(&names)
+}
+
+/// A host's sysctls in force: the [`common_sysctls`] one host of its scenario read, with what the host read of
+/// its own ([`differing_sysctls`]) over them.
+pub fn host_sysctls(
+    common: &BTreeMap<String, String>,
+    differing: BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut values = common.clone();
+    values.extend(differing);
+    values
+}
+
+/// `sysctl -n` of each of `sysctls`, by name, in the calling thread's namespace.
+fn named_sysctls(sysctls: &[Sysctl]) -> crate::error::Result<BTreeMap<String, String>> {
+    let mut values = BTreeMap::new();
+    for sysctl in sysctls {
+        if values.contains_key(&sysctl.name) {
+            continue;
+        }
         let path = sysctl.proc_path();
         let value = fs::read_to_string(&path)
             .map_err(|e| Error::sys(format!("read sysctl {} ({})", sysctl.name, path.display()), e))?;

@@ -306,6 +306,69 @@ fn sysctls_apply_to_the_scenario_namespace_only() {
     assert_eq!(host_before, host_after, "the host's sysctls must not change");
 }
 
+/// What a run reports of each host's sysctls, read the short way (one host reads every TCP sysctl, each host
+/// only those that can differ), equals what each host's namespace holds, read whole: hosts made as a run makes
+/// them (each from the same private parent, whose hash table size their derived values follow), each setting
+/// its own, and one having drawn a TCP Fast Open key.
+#[test]
+fn each_hosts_sysctls_read_the_short_way_equal_a_whole_reading() {
+    let readings = thread::spawn(|| {
+        crate::run::netns::enter_private_parent()?;
+        let (client, server) = namespaces();
+        let plan = plan_with(
+            1500,
+            &[("net.ipv4.tcp_syn_retries", "2"), ("net.core.somaxconn", "64")],
+            &[("net.ipv4.tcp_keepalive_time", "77"), ("net.ipv4.tcp_syn_retries", "3")],
+        );
+        build(&plan, &[&client, &server], None)?;
+        // A listener asking for TCP Fast Open makes its namespace draw a key.
+        server.run(|| {
+            let listener = TcpListener::bind("127.0.0.1:0").context(|| "bind".to_string())?;
+            let queue: libc::c_int = 5;
+            // SAFETY: setsockopt on a live socket with a pointer to an int of the size given.
+            let set = unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&listener),
+                    libc::IPPROTO_TCP,
+                    libc::TCP_FASTOPEN,
+                    (&queue as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(set, 0, "setsockopt(TCP_FASTOPEN): {}", io::Error::last_os_error());
+            Ok(())
+        })?;
+        let files = client.run(tcp_sysctl_files)?;
+        let set_in_any_host: Vec<Sysctl> = plan.hosts.iter().flat_map(|host| host.sysctls.clone()).collect();
+        let common = client.run(|| common_sysctls(files))?;
+        let mut readings = Vec::new();
+        for (ns, host) in [&client, &server].into_iter().zip(&plan.hosts) {
+            let whole = ns.run(|| effective_sysctls(files, &host.sysctls))?;
+            let short = host_sysctls(&common, ns.run(|| differing_sysctls(&host.sysctls, &set_in_any_host, files))?);
+            readings.push((whole, short));
+        }
+        Ok::<_, crate::error::Error>(readings)
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    for (whole, short) in &readings {
+        assert_eq!(whole, short);
+        assert!(whole.len() > 50, "every TCP sysctl: {}", whole.len());
+    }
+    let (client, server) = (&readings[0].0, &readings[1].0);
+    assert_eq!(client["net.ipv4.tcp_syn_retries"], "2");
+    assert_eq!(server["net.ipv4.tcp_syn_retries"], "3");
+    assert_eq!((&*client["net.core.somaxconn"], &*server["net.core.somaxconn"]), ("64", "4096"));
+    assert_eq!((&*client["net.ipv4.tcp_keepalive_time"], &*server["net.ipv4.tcp_keepalive_time"]), ("7200", "77"));
+    if let (Some(client_key), Some(server_key)) =
+        (client.get("net.ipv4.tcp_fastopen_key"), server.get("net.ipv4.tcp_fastopen_key"))
+    {
+        assert_ne!(client_key, server_key, "only the server drew a key");
+    }
+    assert_eq!(client["net.ipv4.tcp_ehash_entries"], "1024", "the private parent's child hash size");
+}
+
 #[test]
 fn ipv6_stays_on_when_the_plan_asks_for_it() {
     let (client, server) = namespaces();
