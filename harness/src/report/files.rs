@@ -13,8 +13,9 @@ use crate::error::{Error, Result};
 
 /// What netfault writes into a report folder. A file of these that a run did not write again is removed when
 /// its new files are published, so that no report mixes two runs.
-pub const OWN_FILES: [&str; 8] = [
+pub const OWN_FILES: [&str; 9] = [
     "result.json",
+    "killed.txt",
     "timeline.txt",
     "client.pcap",
     "server.pcap",

@@ -1,6 +1,6 @@
 //! Reports: what a run leaves under `reports/<scenario>/` (report.html, capture.pcapng, result.json,
-//! timeline.txt, scenario.yaml, environment.txt, next to the capture's client.pcap and server.pcap), and the
-//! verdict they state.
+//! timeline.txt, scenario.yaml, environment.txt, next to the capture's client.pcap and server.pcap; a killed
+//! run's partial result.json and timeline.txt, and killed.txt), and the verdict they state.
 
 pub mod agreement;
 pub mod browser;

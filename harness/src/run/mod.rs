@@ -20,6 +20,7 @@ pub mod requirements;
 pub mod ring_budget;
 pub mod runner;
 pub(crate) mod sampling;
+pub(crate) mod snapshot;
 pub(crate) mod supervise;
 pub(crate) mod switchboard;
 pub mod topology;

@@ -24,7 +24,7 @@ use crate::report::{self, Status, Summary};
 use crate::run::cpu_gate::{Admission, CpuGate};
 use crate::run::ring_budget::RingBudget;
 use crate::run::supervise::{self, StopReason, Supervisor, SETUP_LIMIT};
-use crate::run::{engine, netns, partial, pidns, requirements, sampling, userns};
+use crate::run::{engine, netns, partial, pidns, requirements, sampling, snapshot, userns};
 use crate::scenario::{self, plan::Plan, variables::Variables};
 
 /// How many scenario processes this runner runs at once, for its children's observers to pace themselves by.
@@ -214,10 +214,11 @@ pub fn run_in_child(exe: &Path, job: &Job, deadline: Duration, supervisor: &Supe
 
 /// After its scenario process was killed for `reason`: publishes what it had written of its report (the pcaps
 /// are written as the frames come; result.json and timeline.txt as far as its watchdog got, given `reason`
-/// here), which also removes an earlier run's files from the folder, so that nothing there passes for this
-/// run's report. A process killed before it wrote a result.json gets the runner's, which says why. Says what
-/// the folder holds now.
-fn publish_partial(job: &Job, reason: &str) -> String {
+/// here), with killed.txt, what its threads were doing when the runner killed it (`threads`, [`snapshot`]),
+/// which also removes an earlier run's files from the folder, so that nothing there passes for this run's
+/// report. A process killed before it wrote a result.json gets the runner's, which says why. Says what the
+/// folder holds now.
+fn publish_partial(job: &Job, reason: &str, threads: Option<&str>) -> String {
     let dir = job.report_folder();
     // A name that cannot be a folder: the scenario process says so, and there is no folder to write into.
     if dir == job.reports {
@@ -243,7 +244,16 @@ fn publish_partial(job: &Job, reason: &str) -> String {
         },
         Err(e) => Err(e),
     };
-    let unmarked = marked.err().map_or_else(String::new, |e| format!(" (its result.json could not say why: {e})"));
+    let mut unmarked = marked.err().map_or_else(String::new, |e| format!(" (its result.json could not say why: {e})"));
+    if let Some(threads) = threads {
+        let text = format!(
+            "# {reason}\n# Its process tree's threads just before the kill (pid, tid, name, state, scheduling, CPU time, \
+             wchan, kernel stack):\n{threads}"
+        );
+        if let Err(e) = std::fs::write(staging.join("killed.txt"), text) {
+            unmarked.push_str(&format!(" (killed.txt: {e})"));
+        }
+    }
     match report::files::publish(&dir) {
         Ok(()) => {
             let mut files: Vec<String> = std::fs::read_dir(&dir)
@@ -298,8 +308,9 @@ fn spawn_and_wait(
     let ended = wait_bounded(&mut child, &mut output, limit, supervisor)?;
     let summary = output.summary();
     let stderr = output.stderr_text();
+    let threads = output.threads_at_kill.take();
     let killed = |reason: String| {
-        let kept = publish_partial(job, &reason);
+        let kept = publish_partial(job, &reason, threads.as_deref());
         Error::Internal(format!("{reason}{kept}{}", tail("child stderr", &stderr)))
     };
     match (ended, summary) {
@@ -347,6 +358,8 @@ struct ChildOutput {
     sampling: Option<sampling::Sampling>,
     /// Its place among the scenarios running on the machine's CPUs, setting up until its [`STARTED_LINE`].
     admission: Option<Admission<'static>>,
+    /// What its threads were doing when its time ran out, read just before it was killed ([`snapshot`]).
+    threads_at_kill: Option<String>,
 }
 
 impl ChildOutput {
@@ -357,6 +370,7 @@ impl ChildOutput {
             programs_started: None,
             sampling: None,
             admission: None,
+            threads_at_kill: None,
         }
     }
 
@@ -474,6 +488,10 @@ fn wait_bounded(
         };
         if let Some(ended) = stop {
             if exited.is_none() {
+                // Past its time, the evidence of what it is stuck in goes first; a stop is not a hang.
+                if matches!(ended, Ended::TimedOut(_)) {
+                    output.threads_at_kill = Some(snapshot::describe(child.id()));
+                }
                 stop_child(child);
             }
             output.read_ready([true, true]);
