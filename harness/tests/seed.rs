@@ -102,14 +102,16 @@ fn run_folder(path: &str, seed: &str, name: &str) -> Vec<(String, Value)> {
         .expect("the netfault binary runs");
     let mut results = Vec::new();
     collect_results(&reports, &mut results);
-    let _ = std::fs::remove_dir_all(&reports);
+    // A failed run's reports stay, for what they say (a killed scenario's killed.txt above all).
     assert_eq!(
         output.status.code(),
         Some(0),
-        "{}{}",
+        "{}{}(reports kept in {})",
         String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+        String::from_utf8_lossy(&output.stderr),
+        reports.display()
     );
+    let _ = std::fs::remove_dir_all(&reports);
     results.sort_by(|a, b| a.0.cmp(&b.0));
     results
 }
