@@ -567,10 +567,23 @@ fn cell(summary: &Summary, result_file: &Path) -> String {
         .and_then(|json| serde_json::from_str::<serde_json::Value>(&json).ok())
         .map(|result| timed_steps(&result))
         .unwrap_or_default();
-    if !key_times.is_empty() {
-        text.push_str(&format!(" ({})", key_times.join(", ")));
-    }
+    text.push_str(&key_times_text(&key_times));
     text
+}
+
+/// How many of a scenario's timed steps a cell shows: impair/delay-jitter's eleven made every column of the
+/// table 150 characters wide. The rest are counted; each kernel's result.json has them all.
+const KEY_TIMES_SHOWN: usize = 3;
+
+/// ` (recv 0.11s, recv 0.12s, recv 0.11s, 8 more)`, or nothing for no timed step.
+fn key_times_text(key_times: &[String]) -> String {
+    if key_times.is_empty() {
+        return String::new();
+    }
+    let shown = key_times.len().min(KEY_TIMES_SHOWN);
+    let more = key_times.len() - shown;
+    let rest = if more > 0 { format!(", {more} more") } else { String::new() };
+    format!(" ({}{rest})", key_times[..shown].join(", "))
 }
 
 /// `recv 14.39s` for every step of a result.json whose expectation has a time (`after` or `at`): the step's
@@ -666,6 +679,14 @@ mod tests {
             { "action": "accept", "start": 0.1, "end": null, "expected": null },
         ]});
         assert_eq!(timed_steps(&result), vec!["recv 14.38s", "poll @7.20s"]);
+    }
+
+    #[test]
+    fn a_cell_shows_the_first_timed_steps_and_counts_the_rest() {
+        let times = |n: usize| (0..n).map(|i| format!("recv 0.{i}s")).collect::<Vec<_>>();
+        assert_eq!(key_times_text(&[]), "");
+        assert_eq!(key_times_text(&times(3)), " (recv 0.0s, recv 0.1s, recv 0.2s)");
+        assert_eq!(key_times_text(&times(11)), " (recv 0.0s, recv 0.1s, recv 0.2s, 8 more)");
     }
 
     #[test]
