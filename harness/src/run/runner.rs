@@ -1246,10 +1246,11 @@ mod tests {
     #[test]
     fn a_process_that_closes_its_stdout_with_a_summary_has_reported_before_it_exits() {
         // What a scenario process does: summary, stdout closed, then a long exit (a packet socket's grace
-        // period; a sleep here). The wait ends with the summary, not with the exit.
+        // period; a sleep here, exec'd so that the kill below ends it rather than leaving it to hold the test's
+        // stderr, which nextest reports as a leak). The wait ends with the summary, not with the exit.
         let summary = serde_json::to_string(&Summary::harness_error("x".into(), Path::new("r"), "m".into())).unwrap();
         let mut child = Command::new("sh")
-            .args(["-c", &format!("echo '{STARTED_LINE}'; echo '{summary}'; exec >&-; sleep 3")])
+            .args(["-c", &format!("echo '{STARTED_LINE}'; echo '{summary}'; exec >&-; exec sleep 3")])
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
