@@ -122,9 +122,8 @@ pub fn write_not_applicable(plan: &Plan, reason: String, dir: &Path) -> Result<S
 
 /// What a scenario process had recorded when it wrote its report ahead of being killed ([`write_killed`]).
 pub struct Recorded<'a> {
-    /// What it was doing then: `running the programs`, `stopping the captures`, ...; `None` for the report a
-    /// run stages before anything runs.
-    pub stage: Option<&'a str>,
+    /// What it was doing then: `running the programs`, `stopping the captures`, ...
+    pub stage: &'a str,
     /// Time since t0 then; `None` before the programs started.
     pub at: Option<std::time::Duration>,
     pub deadline_hit: bool,
@@ -167,7 +166,7 @@ pub fn write_killed(plan: &Plan, recorded: &Recorded, dir: &Path) -> Result<()> 
         heading: Heading::of(plan),
         status: "killed",
         reason: KILLED_REASON_UNSAID.to_string(),
-        stage: recorded.stage,
+        stage: Some(recorded.stage),
         recorded_at: recorded.at.map(|t| t.as_secs_f64()),
         deadline_hit: recorded.deadline_hit,
         running_steps: running_steps.clone(),
@@ -175,37 +174,50 @@ pub fn write_killed(plan: &Plan, recorded: &Recorded, dir: &Path) -> Result<()> 
         events: &recorded.timeline.events,
     };
     ResultJson::Killed(result).write(dir)?;
-    let mut text = String::new();
-    text.push_str(&format!("# {} ({})\n", printable(&plan.name), printable_path(&plan.file)));
-    for line in plan.description.lines() {
-        text.push_str(&format!("# {line}\n"));
-    }
-    text.push_str(&format!("{KILLED_LINE}{KILLED_REASON_UNSAID}\n"));
-    match (recorded.stage, recorded.at) {
-        (Some(stage), Some(t)) => {
+    let mut text = killed_timeline_heading(&plan.name, &plan.file, &plan.description, KILLED_REASON_UNSAID);
+    let stage = recorded.stage;
+    match recorded.at {
+        Some(t) => {
             let deadline = if recorded.deadline_hit { "past the deadline" } else { "before the deadline" };
             text.push_str(&format!(
                 "# no verdict: a partial report, written at {}s ({deadline}) while the scenario process was {stage}\n",
                 format_secs(t)
             ));
         }
-        (Some(stage), None) => text.push_str(&format!(
+        None => text.push_str(&format!(
             "# no verdict: a partial report, written before the programs started, while the scenario process was \
              {stage}\n"
         )),
-        (None, _) => text.push_str("# no verdict: the scenario process was killed before it recorded anything\n"),
     }
     for step in &running_steps {
         text.push_str(&format!("# RUNNING {step}\n"));
     }
     text.push_str("#\n#    time(s) host   what\n");
     text.push_str(&readable(recorded.timeline).to_string());
+    write_killed_timeline(dir, text)
+}
+
+/// The first lines of a killed run's timeline.txt: the scenario, its description and why it was killed.
+fn killed_timeline_heading(name: &str, file: &Path, description: &str, reason: &str) -> String {
+    let mut text = format!("# {} ({})\n", printable(name), printable_path(file));
+    for line in description.lines() {
+        text.push_str(&format!("# {line}\n"));
+    }
+    text.push_str(&format!("{KILLED_LINE}{}\n", printable(reason).replace('\n', " ")));
+    text
+}
+
+fn write_killed_timeline(dir: &Path, text: String) -> Result<()> {
     fs::write(dir.join("timeline.txt"), text).context(|| format!("write {}", dir.join("timeline.txt").display()))
 }
 
-/// Writes the result.json of a scenario whose process was killed without writing one (the killed shape, with
-/// nothing recorded) into `dir`: `heading` says which scenario, `reason` why it was killed.
-pub fn write_killed_unrecorded(heading: Heading, reason: &str, dir: &Path) -> Result<()> {
+/// Writes result.json (the killed shape, with nothing recorded) and timeline.txt of a scenario whose process was
+/// killed before it wrote them into `dir`: `heading` and `file` say which scenario, `reason` why it was killed.
+pub fn write_killed_unrecorded(heading: Heading, file: &Path, reason: &str, dir: &Path) -> Result<()> {
+    let mut text = killed_timeline_heading(heading.scenario, file, heading.description, reason);
+    text.push_str(
+        "# no verdict: the scenario process was killed before it recorded anything\n#\n#    time(s) host   what\n",
+    );
     let result = KilledFile {
         heading,
         status: "killed",
@@ -217,7 +229,8 @@ pub fn write_killed_unrecorded(heading: Heading, reason: &str, dir: &Path) -> Re
         steps: Vec::new(),
         events: &[],
     };
-    ResultJson::Killed(result).write(dir)
+    ResultJson::Killed(result).write(dir)?;
+    write_killed_timeline(dir, text)
 }
 
 /// Gives the killed run's report in `dir` (written by [`write_killed`]) the runner's `reason`: in result.json's

@@ -188,29 +188,6 @@ fn write_partial(plan: &Plan, state: &State, staging: &std::path::Path) -> Resul
         Some((clock, deadline)) => (Some(clock.now()), Instant::now() >= *deadline),
         None => (None, false),
     };
-    let recorded = Recorded { stage: Some(state.stage.describe()), at, deadline_hit, timeline: &timeline };
+    let recorded = Recorded { stage: state.stage.describe(), at, deadline_hit, timeline: &timeline };
     report::write_killed(plan, &recorded, staging)
-}
-
-/// Writes the report a run has before anything ran: result.json in the killed shape with nothing recorded, and
-/// timeline.txt saying so. A scenario process killed before its watchdog writes anything leaves this.
-pub fn write_provisional(plan: &Plan, staging: &std::path::Path) -> Result<()> {
-    let timeline = Timeline::new(Vec::new());
-    let recorded = Recorded { stage: None, at: None, deadline_hit: false, timeline: &timeline };
-    report::write_killed(plan, &recorded, staging)
-}
-
-/// Removes what [`write_provisional`] (or the watchdog) wrote, for a run that ended in a harness error of its
-/// own: it was not killed.
-pub fn remove_provisional(staging: &std::path::Path) -> Result<()> {
-    for name in ["result.json", "timeline.txt"] {
-        let path = staging.join(name);
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(Error::sys(format!("rm {}", path.display()), e))
-            }
-            _ => {}
-        }
-    }
-    Ok(())
 }

@@ -238,7 +238,7 @@ fn publish_partial(job: &Job, reason: &str, threads: Option<&str>) -> String {
             Some(about) => {
                 let heading =
                     report::result::Heading::new(&about.name, &job.file, &about.description, about.source.as_deref());
-                report::write_killed_unrecorded(heading, reason, &staging)
+                report::write_killed_unrecorded(heading, &job.file, reason, &staging)
             }
             None => Ok(()),
         },
@@ -677,9 +677,8 @@ fn run_here(job: &Job, variables: &Variables) -> Result<Summary> {
     let staging = report::files::stage(&dir)?;
     let progress = partial::Progress::new();
     if unmet.is_none() {
-        // From here on a killed run leaves a result.json; at its deadline plus a part of its grace, one that
-        // says what the run recorded.
-        partial::write_provisional(&plan, &staging)?;
+        // At its deadline plus a part of its grace, a killed run leaves a report of what it recorded; killed
+        // before that, the runner writes one that says so.
         progress.watch(plan.clone(), staging.clone())?;
     }
     let reported = match unmet {
@@ -699,10 +698,10 @@ fn run_here(job: &Job, variables: &Variables) -> Result<Summary> {
                     progress.finish();
                     report::write(&plan, &record, &verdict, &staging)
                 }
-                // Not killed: the provisional report would say it was. The summary says what went wrong.
+                // The summary says what went wrong.
                 Err(e) => {
                     progress.finish();
-                    partial::remove_provisional(&staging).and(Err(e.in_file(&plan.file)))
+                    Err(e.in_file(&plan.file))
                 }
             }
         }
