@@ -557,8 +557,7 @@ fn children_of(parent: u32) -> Vec<u32> {
 
 /// The ppid of a `/proc/<pid>/stat` line: the second field after the parenthesised command name.
 fn parent_pid(stat: &str) -> Option<u32> {
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    after_name.split_whitespace().nth(1)?.parse().ok()
+    crate::run::procstat::ProcStat::parse(stat)?.field(4)?.parse().ok()
 }
 
 fn vm_hwm_kib(pid: u32) -> Option<u64> {

@@ -207,15 +207,8 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
 
 /// utime + stime + cutime + cstime of a `/proc/<pid>/stat` line (fields 14 to 17).
 fn process_ticks(stat: &str) -> Option<u64> {
-    let after_name = stat.get(stat.rfind(')')? + 1..)?;
-    // Field 3 (state) is the first after the name.
-    let fields: Vec<u64> = after_name
-        .split_whitespace()
-        .skip(14 - 3)
-        .take(4)
-        .map(|n| n.parse::<i64>().ok().map(|n| n.max(0) as u64))
-        .collect::<Option<_>>()?;
-    (fields.len() == 4).then(|| fields.iter().sum())
+    let stat = crate::run::procstat::ProcStat::parse(stat)?;
+    (14..=17).map(|n| stat.field(n)?.parse::<i64>().ok().map(|ticks| ticks.max(0) as u64)).sum()
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ pub mod netns;
 pub(crate) mod partial;
 mod pidns;
 pub(crate) mod priority;
+pub(crate) mod procstat;
 pub mod requirements;
 pub mod ring_budget;
 pub mod runner;

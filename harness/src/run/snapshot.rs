@@ -7,6 +7,8 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::Path;
 
+use crate::run::procstat::ProcStat;
+
 /// At most this many processes and threads are read: a tree that forks without end is described in part.
 const MAX_PROCESSES: usize = 64;
 const MAX_THREADS: usize = 512;
@@ -25,23 +27,16 @@ struct ThreadStat {
     nice: i64,
 }
 
-/// Parses a stat line: `pid (comm) state ppid ...`; comm may hold spaces and parentheses, so the fields are
-/// counted from its last `)`.
+/// Parses a thread's stat line ([`ProcStat`]).
 fn parse_stat(line: &str) -> Option<ThreadStat> {
-    let open = line.find('(')?;
-    let close = line.rfind(')')?;
-    let comm = line.get(open + 1..close)?.to_string();
-    // Fields from 3 (state) on.
-    let rest: Vec<&str> = line.get(close + 1..)?.split_whitespace().collect();
-    let field = |n: usize| rest.get(n - 3).copied();
-    let number = |n: usize| field(n).and_then(|text| text.parse::<u64>().ok());
+    let stat = ProcStat::parse(line)?;
     Some(ThreadStat {
-        comm,
-        state: field(3)?.chars().next()?,
-        cpu_ticks: number(14)? + number(15)?,
-        nice: field(19)?.parse().ok()?,
-        rt_priority: number(40)?,
-        policy: number(41)?,
+        comm: stat.comm.to_string(),
+        state: stat.field(3)?.chars().next()?,
+        cpu_ticks: stat.number(14)? + stat.number(15)?,
+        nice: stat.field(19)?.parse().ok()?,
+        rt_priority: stat.number(40)?,
+        policy: stat.number(41)?,
     })
 }
 
