@@ -302,7 +302,7 @@ fn round(
 
 /// Counts the timeline events the captures emit (as the engine's hub would receive them), until every sender
 /// is gone; sends the count.
-fn count_in_background(events: mpsc::Receiver<crate::timeline::Event>) -> mpsc::Receiver<u64> {
+fn count_in_background(events: crate::run::handoff::Receiver<crate::timeline::Event>) -> mpsc::Receiver<u64> {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         let mut count = 0u64;

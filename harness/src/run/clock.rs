@@ -1,6 +1,7 @@
 //! The run's single clock: t0 taken once, every event stamped relative to it.
 
-use std::sync::{mpsc, Arc, OnceLock};
+use crate::run::handoff;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::observe::decode::SharedIsns;
@@ -83,15 +84,15 @@ impl Clock {
 /// Where every producer (actors, capture, observer, schedule) sends its events, stamped on the one clock.
 #[derive(Debug, Clone)]
 pub struct EventSink {
-    tx: mpsc::Sender<Event>,
+    tx: handoff::Sender<Event>,
     clock: Clock,
     /// The run's TCP sequence number bases, so that every producer of packet events numbers them alike.
     initial_seqs: SharedIsns,
 }
 
 impl EventSink {
-    pub fn new(clock: Clock) -> (EventSink, mpsc::Receiver<Event>) {
-        let (tx, rx) = mpsc::channel();
+    pub fn new(clock: Clock) -> (EventSink, handoff::Receiver<Event>) {
+        let (tx, rx) = handoff::channel();
         (EventSink { tx, clock, initial_seqs: SharedIsns::default() }, rx)
     }
 

@@ -1,9 +1,9 @@
 //! One scenario run inside the child process: set up, start the programs, switch faults on their triggers,
 //! stop at the end or the deadline, and hand back the timeline.
 
+use crate::run::handoff::{self, RecvTimeoutError};
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -62,9 +62,9 @@ pub fn run(
     // thread, never count as scenario time.
     let board = StepBoard::new();
     let processes = ProcessRegistry::new();
-    let mut gates: Vec<mpsc::Sender<Gate>> = Vec::with_capacity(2);
+    let mut gates: Vec<handoff::Sender<Gate>> = Vec::with_capacity(2);
     let programs = HostId::ALL.map(|host| {
-        let (gate, waiting) = mpsc::channel();
+        let (gate, waiting) = handoff::channel();
         gates.push(gate);
         Program {
             plan: plan.host(host).clone(),
@@ -420,7 +420,7 @@ struct Program {
     processes: Arc<ProcessRegistry>,
     report_dir: PathBuf,
     clock: Clock,
-    gate: mpsc::Receiver<Gate>,
+    gate: handoff::Receiver<Gate>,
 }
 
 /// What opens a program's gate: its deadline, its sock_diag sockets for `wait: { listening }` steps, and the
@@ -448,8 +448,8 @@ struct HostRig {
 /// namespace, and the first tells the second once the pair exists. On a link through the impairment wire each
 /// host instead creates its own pair into the wire's namespace, which it is handed at once.
 enum WireMeeting {
-    Creates { link: usize, far: mpsc::Receiver<Netns>, created: mpsc::Sender<()> },
-    Joins { namespace: mpsc::Sender<Netns>, created: mpsc::Receiver<()> },
+    Creates { link: usize, far: handoff::Receiver<Netns>, created: handoff::Sender<()> },
+    Joins { namespace: handoff::Sender<Netns>, created: handoff::Receiver<()> },
     ToWire { link: usize, end: usize, wire: Netns },
 }
 
@@ -466,8 +466,8 @@ fn wire_meetings(plan: &Plan, wire: Option<&Netns>) -> Result<Vec<Vec<WireMeetin
             }
             continue;
         }
-        let (namespace, far) = mpsc::channel();
-        let (created, joined) = mpsc::channel();
+        let (namespace, far) = handoff::channel();
+        let (created, joined) = handoff::channel();
         meetings[near].push(WireMeeting::Creates { link, far, created });
         meetings[far_end].push(WireMeeting::Joins { namespace, created: joined });
     }
@@ -495,8 +495,8 @@ fn start_hosts(
     // the set-up, record their drops into it. Without it (rootless mode) nothing is traced, and the tracer says
     // why.
     let ring_maps = RingMaps::create();
-    let (ready_tx, ready_rx) = mpsc::channel::<(usize, Result<HostRig>)>();
-    let (namespace_tx, namespace_rx) = mpsc::channel::<(usize, Netns)>();
+    let (ready_tx, ready_rx) = handoff::channel::<(usize, Result<HostRig>)>();
+    let (namespace_tx, namespace_rx) = handoff::channel::<(usize, Netns)>();
     let mut threads = Vec::with_capacity(plan.hosts.len());
     for (position, (meetings, program)) in wire_meetings(plan, wire)?.into_iter().zip(programs).enumerate() {
         let plan = Arc::clone(&shared);
@@ -573,7 +573,7 @@ fn start_hosts(
 /// soon as each host's thread has made its namespace; `Err` says why the run's states are only sampled.
 fn start_tracer(
     plan: &Plan,
-    namespaces: &mpsc::Receiver<(usize, Netns)>,
+    namespaces: &handoff::Receiver<(usize, Netns)>,
     maps: RingMaps,
     sink: &EventSink,
 ) -> std::result::Result<Tracer, String> {
@@ -596,7 +596,7 @@ fn host_thread(
     host: HostId,
     mut rig: Result<HostRig>,
     sink: EventSink,
-    (position, ready): (usize, mpsc::Sender<(usize, Result<HostRig>)>),
+    (position, ready): (usize, handoff::Sender<(usize, Result<HostRig>)>),
     program: Option<Program>,
 ) -> Result<()> {
     let Some(program) = program else {
@@ -659,7 +659,7 @@ fn set_up_host(
     report_dir: &Path,
     (sink, drops_to): (EventSink, Option<RingMaps>),
     meetings: Vec<WireMeeting>,
-    (position, to_tracer): (usize, mpsc::Sender<(usize, Netns)>),
+    (position, to_tracer): (usize, handoff::Sender<(usize, Netns)>),
 ) -> Result<HostRig> {
     let namespace = Netns::unshare_current_thread()?;
     // The engine is gone only when it gave up waiting.

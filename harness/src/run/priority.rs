@@ -247,7 +247,7 @@ mod tests {
         std::thread::spawn(|| {
             pin_current_thread().unwrap();
             assert!(raise_current_thread().unwrap());
-            let (started_tx, started) = std::sync::mpsc::channel();
+            let (started_tx, started) = crate::run::handoff::channel();
             let child = std::thread::Builder::new()
                 .name("spawnraised-test".into())
                 .spawn(move || {

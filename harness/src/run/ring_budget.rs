@@ -84,7 +84,7 @@ fn meminfo_available(meminfo: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::mpsc;
+    use crate::run::handoff;
     use std::sync::Arc;
     use std::thread;
 
@@ -96,7 +96,7 @@ mod tests {
     fn a_ring_that_does_not_fit_waits_for_one_to_end() {
         let budget = Arc::new(RingBudget::with_limit(3 * GIB));
         let first = budget.reserve(2 * GIB, || false).unwrap();
-        let (started, started_rx) = mpsc::channel();
+        let (started, started_rx) = handoff::channel();
         let waiting = {
             let budget = Arc::clone(&budget);
             thread::spawn(move || {

@@ -19,6 +19,7 @@ mod queue;
 mod ring;
 mod socket;
 
+use crate::run::handoff;
 use std::ffi::c_int;
 use std::fs::File;
 use std::io::{self, Write};
@@ -28,7 +29,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -138,7 +139,7 @@ pub struct Capture {
     /// `tcpdump -i <ifname> -w <pcap>` in `host`, for messages.
     command: String,
     stop_signal: Arc<OwnedFd>,
-    finished: mpsc::Receiver<Result<CaptureStats>>,
+    finished: handoff::Receiver<Result<CaptureStats>>,
     /// Frames recorded plus chunks written so far: what tells a slow capture from a stuck one.
     progress: Arc<AtomicU64>,
 }
@@ -177,10 +178,10 @@ impl Capture {
         let command = format!("tcpdump -i {} -w {} in {host}", counters.ifname, pcap.display());
 
         let file = File::create(pcap).map_err(|e| Error::sys(format!("create {} ({command})", pcap.display()), e))?;
-        let (to_decoder, chunks) = mpsc::sync_channel(MAX_QUEUED_CHUNKS);
-        let (to_disk, decoded) = mpsc::sync_channel(MAX_QUEUED_CHUNKS);
-        let (spare_tx, spare) = mpsc::sync_channel(SPARE_CHUNKS);
-        let (done, finished) = mpsc::sync_channel(1);
+        let (to_decoder, chunks) = handoff::sync_channel(MAX_QUEUED_CHUNKS);
+        let (to_disk, decoded) = handoff::sync_channel(MAX_QUEUED_CHUNKS);
+        let (spare_tx, spare) = handoff::sync_channel(SPARE_CHUNKS);
+        let (done, finished) = handoff::sync_channel(1);
         let progress = Arc::new(AtomicU64::new(0));
         let disk = DiskWriter {
             command: command.clone(),
@@ -252,8 +253,8 @@ impl Capture {
         loop {
             match self.finished.recv_timeout(STOP_POLL) {
                 Ok(result) => return result,
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Err(handoff::RecvTimeoutError::Timeout) => {}
+                Err(handoff::RecvTimeoutError::Disconnected) => {
                     return Err(Error::Internal(format!("{}: capture thread panicked", self.command)))
                 }
             }

@@ -93,8 +93,8 @@ pub(super) enum ToDisk {
 /// The chunk the capture thread is filling, and where full ones go.
 pub(super) struct ChunkQueue {
     pub(super) current: Chunk,
-    pub(super) to_decoder: mpsc::SyncSender<ToDisk>,
-    pub(super) spare: mpsc::Receiver<Chunk>,
+    pub(super) to_decoder: handoff::SyncSender<ToDisk>,
+    pub(super) spare: handoff::Receiver<Chunk>,
 }
 
 impl ChunkQueue {
@@ -124,7 +124,7 @@ impl ChunkQueue {
                 self.current = self.fresh_chunk();
                 Ok(())
             }
-            Err(mpsc::TrySendError::Full(ToDisk::Chunk(kept))) => {
+            Err(handoff::TrySendError::Full(ToDisk::Chunk(kept))) => {
                 self.current = kept;
                 Ok(())
             }
@@ -158,8 +158,8 @@ fn decoder_gone() -> io::Error {
 /// The decoding thread: one [`EventKind::Packet`] per IPv4 record, at the kernel's stamp of it, then the chunk
 /// goes on to the pcap writer.
 pub(super) struct ChunkDecoder {
-    pub(super) chunks: mpsc::Receiver<ToDisk>,
-    pub(super) to_disk: mpsc::SyncSender<ToDisk>,
+    pub(super) chunks: handoff::Receiver<ToDisk>,
+    pub(super) to_disk: handoff::SyncSender<ToDisk>,
     pub(super) decoder: Decoder,
     pub(super) clock: Clock,
     pub(super) sink: EventSink,
@@ -201,9 +201,9 @@ pub(super) struct DiskWriter {
     pub(super) command: String,
     pub(super) file: File,
     pub(super) header: Vec<u8>,
-    pub(super) chunks: mpsc::Receiver<ToDisk>,
-    pub(super) spare: mpsc::SyncSender<Chunk>,
-    pub(super) done: mpsc::SyncSender<Result<CaptureStats>>,
+    pub(super) chunks: handoff::Receiver<ToDisk>,
+    pub(super) spare: handoff::SyncSender<Chunk>,
+    pub(super) done: handoff::SyncSender<Result<CaptureStats>>,
     /// Counts each chunk written, as the capture thread counts frames.
     pub(super) progress: Arc<AtomicU64>,
 }
@@ -330,9 +330,9 @@ mod tests {
     /// instead of waiting for room, and nothing is lost.
     #[test]
     fn a_stalled_decoder_never_blocks_the_capture_thread() {
-        let (to_decoder, stalled) = mpsc::sync_channel(MAX_QUEUED_CHUNKS);
-        let (_spare_tx, spare) = mpsc::sync_channel(SPARE_CHUNKS);
-        let (done_tx, done) = mpsc::channel();
+        let (to_decoder, stalled) = handoff::sync_channel(MAX_QUEUED_CHUNKS);
+        let (_spare_tx, spare) = handoff::sync_channel(SPARE_CHUNKS);
+        let (done_tx, done) = handoff::channel();
         let lone_packets = MAX_QUEUED_CHUNKS * 4;
         std::thread::spawn(move || {
             let mut queue = ChunkQueue { current: Chunk::with_capacity(), to_decoder, spare };

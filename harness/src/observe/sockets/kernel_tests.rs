@@ -181,7 +181,7 @@ fn assert_same_as_ss(samples: &[SocketSample], rows: &[SsRow], compare_retrans: 
     }
 }
 
-fn socket_events(rx: &mpsc::Receiver<Event>, host: HostId) -> Vec<SocketEvent> {
+fn socket_events(rx: &crate::run::handoff::Receiver<Event>, host: HostId) -> Vec<SocketEvent> {
     rx.try_iter()
         .filter(|event| event.host == host)
         .filter_map(|event| match event.kind {

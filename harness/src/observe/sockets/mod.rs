@@ -5,7 +5,7 @@ mod budget;
 mod changes;
 mod diag;
 
-use std::sync::mpsc;
+use crate::run::handoff;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -87,7 +87,7 @@ impl Sampler {
     /// [`PACKET_SAMPLE_GAP`] later; those asked for by other packets at most one per [`PACKET_SAMPLE_GAP`];
     /// periodic ones within the observer's CPU [`Budget`], shared among the scenarios of the runner running
     /// their programs now ([`SamplingCount`]).
-    fn run(mut self, interval: Duration, signals: mpsc::Receiver<Signal>) -> Result<ObserverStats> {
+    fn run(mut self, interval: Duration, signals: handoff::Receiver<Signal>) -> Result<ObserverStats> {
         let sampling = SamplingCount::inherited();
         let observers_at_once = || 2 * sampling.read().unwrap_or_else(scenarios_at_once);
         let cpus = std::thread::available_parallelism().map_or(1, usize::from);
@@ -126,7 +126,7 @@ impl Sampler {
             }
             let wake = if packet_waiting { next_periodic.min(packet_at) } else { next_periodic };
             match signals.recv_timeout(wake.saturating_duration_since(now)) {
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(handoff::RecvTimeoutError::Timeout) => {}
                 Ok(Signal::SampleNow) => {
                     // One sample answers every poke already waiting (thousands of quick steps poke in a burst).
                     let stop = signals.try_iter().any(|signal| matches!(signal, Signal::Stop));
@@ -142,7 +142,7 @@ impl Sampler {
                     next_periodic = next_periodic.max(last_sample + interval);
                 }
                 Ok(Signal::PacketSeen) => packet_waiting = true,
-                Ok(Signal::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Ok(Signal::Stop) | Err(handoff::RecvTimeoutError::Disconnected) => {
                     self.sample()?;
                     return Ok(self.stats());
                 }
@@ -197,8 +197,8 @@ enum Signal {
 #[derive(Debug)]
 pub struct Observer {
     host: HostId,
-    stop: mpsc::Sender<Signal>,
-    finished: mpsc::Receiver<Result<ObserverStats>>,
+    stop: handoff::Sender<Signal>,
+    finished: handoff::Receiver<Result<ObserverStats>>,
     thread: thread::JoinHandle<()>,
 }
 
@@ -227,8 +227,8 @@ impl Observer {
             recent_dump_cpu: None,
         };
         sampler.sample()?;
-        let (stop, stop_rx) = mpsc::channel();
-        let (finished_tx, finished) = mpsc::channel();
+        let (stop, stop_rx) = handoff::channel();
+        let (finished_tx, finished) = handoff::channel();
         let thread = thread::Builder::new()
             .name(format!("observe-{host}"))
             .spawn(move || {
@@ -276,10 +276,10 @@ impl Observer {
                     .map_err(|_| Error::Internal(format!("socket observer thread of {} panicked", self.host)))?;
                 result
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
+            Err(handoff::RecvTimeoutError::Timeout) => {
                 Err(Error::Internal(format!("socket observer of {} did not stop within {STOP_TIMEOUT:?}", self.host)))
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
+            Err(handoff::RecvTimeoutError::Disconnected) => {
                 Err(Error::Internal(format!("socket observer thread of {} panicked", self.host)))
             }
         }

@@ -17,13 +17,14 @@ pub(crate) mod bpf;
 mod btf;
 pub(crate) mod program;
 
+use crate::run::handoff;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::Duration;
 
@@ -243,7 +244,7 @@ pub struct Tracer {
     stop: Arc<AtomicBool>,
     /// Readable once `stop` is set: wakes the reader at once.
     wake: Arc<OwnedFd>,
-    finished: mpsc::Receiver<Result<TracerStats>>,
+    finished: handoff::Receiver<Result<TracerStats>>,
 }
 
 impl Tracer {
@@ -282,7 +283,7 @@ impl Tracer {
         let reader = RingReader::new(ring, RING_BYTES as usize).map_err(|e| refused("map the BPF ring buffer", e))?;
         let stop = Arc::new(AtomicBool::new(false));
         let wake = Arc::new(bpf::wake_event().context(|| "eventfd for the transition tracer".to_string())?);
-        let (finished_tx, finished) = mpsc::channel();
+        let (finished_tx, finished) = handoff::channel();
         let (told_to_stop, woken) = (Arc::clone(&stop), Arc::clone(&wake));
         thread::Builder::new()
             .name("transitions".into())

@@ -9,13 +9,14 @@
 //! by the actor's thread, which outlives them; background programs by a keeper thread that lives until
 //! [`ProcessRegistry::kill_all`] (or shortly after the deadline).
 
+use crate::run::handoff;
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -265,13 +266,13 @@ impl Capture {
 /// A stream being read on its own thread: what it gave so far, and a signal at its end of file.
 struct Reader {
     capture: Arc<Mutex<Capture>>,
-    done: mpsc::Receiver<()>,
+    done: handoff::Receiver<()>,
 }
 
 /// Reads `source` to its end on its own thread.
 fn spawn_reader(name: &str, mut source: impl Read + Send + 'static) -> Result<Reader> {
     let capture = Arc::new(Mutex::new(Capture::default()));
-    let (done_tx, done) = mpsc::channel();
+    let (done_tx, done) = handoff::channel();
     let shared = Arc::clone(&capture);
     thread::Builder::new()
         .name(name.to_string())
@@ -473,7 +474,7 @@ type Job = Box<dyn FnOnce() + Send>;
 /// Starts background programs from a keeper thread that stays alive (so their PR_SET_PDEATHSIG does not
 /// fire) until `kill_all` or shortly after the deadline, even once the actor's program has ended.
 pub struct BackgroundLauncher {
-    jobs: mpsc::Sender<Job>,
+    jobs: handoff::Sender<Job>,
     registry: Arc<ProcessRegistry>,
     confinement: Arc<Confinement>,
 }
@@ -485,7 +486,7 @@ impl BackgroundLauncher {
         confinement: Arc<Confinement>,
         deadline: Instant,
     ) -> Result<BackgroundLauncher> {
-        let (jobs, queue) = mpsc::channel::<Job>();
+        let (jobs, queue) = handoff::channel::<Job>();
         let keeper_registry = Arc::clone(&registry);
         let until = deadline + KEEPER_GRACE;
         thread::Builder::new()
@@ -495,8 +496,8 @@ impl BackgroundLauncher {
                     let left = until.saturating_duration_since(Instant::now());
                     match queue.recv_timeout(left) {
                         Ok(job) => job(),
-                        Err(mpsc::RecvTimeoutError::Timeout) => return,
-                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                        Err(handoff::RecvTimeoutError::Timeout) => return,
+                        Err(handoff::RecvTimeoutError::Disconnected) => break,
                     }
                 }
                 keeper_registry.wait_closed(until);
@@ -512,7 +513,7 @@ impl BackgroundLauncher {
         let mut command = command(plan, &self.confinement, false, None);
         let stdin = plan.stdin.clone();
         let registry = Arc::clone(&self.registry);
-        let (reply, answer) = mpsc::channel();
+        let (reply, answer) = handoff::channel();
         let job: Job = Box::new(move || {
             let _ = reply.send(start_background(&mut command, stdin, &registry));
         });

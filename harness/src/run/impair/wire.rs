@@ -176,7 +176,7 @@ impl Wire {
             sink,
         });
         let mut threads = Vec::with_capacity(2);
-        let (running, started) = std::sync::mpsc::channel();
+        let (running, started) = crate::run::handoff::channel();
         for toward in HostId::ALL {
             let command = format!("wire toward {toward}");
             let wake = Arc::new(capture::new_eventfd(&command)?);
@@ -333,7 +333,7 @@ struct Direction {
 
 impl Direction {
     /// Forwards until told to stop; says on `running` when it has started.
-    fn run(mut self, running: std::sync::mpsc::Sender<()>) -> DirectionResult {
+    fn run(mut self, running: crate::run::handoff::Sender<()>) -> DirectionResult {
         // Refused only without CAP_SYS_NICE (rootless): delays are then as exact as an ordinary thread's sleep.
         let _ = priority::raise_wire_thread();
         // Not pinned to a CPU: pinned, a wire thread cannot leave a CPU that other wires keep busy for the idle
