@@ -254,9 +254,11 @@ fn read_end(index: usize, end: &End, timeline: &Timeline, t0: Duration) -> Resul
 }
 
 /// Pairs each frame an end sent with the same bytes arriving at the other end of its link (a veth changes
-/// nothing in a frame), first sent with first arrived; frames without a copy stay packets of their own.
+/// nothing in a frame), first sent with first arrived; frames without a copy stay packets of their own. With a
+/// snap length the bytes are the frame's first ones, headers included (IP id, sequence numbers, checksums:
+/// what tells two packets apart), and the length on the wire must agree too.
 fn pair_copies(frames: &[Frame], links: &[Link]) -> Vec<WirePacket> {
-    let mut sent_on: HashMap<(usize, &[u8]), VecDeque<usize>> = HashMap::new();
+    let mut sent_on: HashMap<(usize, u32, &[u8]), VecDeque<usize>> = HashMap::new();
     let mut packets: Vec<WirePacket> = Vec::new();
     let mut packet_of_sent: HashMap<usize, usize> = HashMap::new();
     for (i, frame) in frames.iter().enumerate() {
@@ -264,11 +266,12 @@ fn pair_copies(frames: &[Frame], links: &[Link]) -> Vec<WirePacket> {
             packet_of_sent.insert(i, packets.len());
             packets.push(WirePacket { sent: Some(i), received: None });
             if let Some(peer) = peer_end(links, frame.end) {
-                sent_on.entry((peer, frame.data.as_slice())).or_default().push_back(i);
+                sent_on.entry((peer, frame.original_len, frame.data.as_slice())).or_default().push_back(i);
             }
             continue;
         }
-        let sender = sent_on.get_mut(&(frame.end, frame.data.as_slice())).and_then(VecDeque::pop_front);
+        let sender =
+            sent_on.get_mut(&(frame.end, frame.original_len, frame.data.as_slice())).and_then(VecDeque::pop_front);
         match sender {
             Some(sent) => packets[packet_of_sent[&sent]].received = Some(i),
             None => packets.push(WirePacket { sent: None, received: Some(i) }),
@@ -393,6 +396,21 @@ mod tests {
         let pairs: Vec<(Option<usize>, Option<usize>)> = wire.packets.iter().map(|p| (p.sent, p.received)).collect();
         assert_eq!(pairs, [(Some(0), Some(2)), (Some(1), Some(5)), (Some(3), Some(4))]);
         assert!(wire.frames.iter().all(|f| f.comments.is_empty()));
+    }
+
+    /// Cut to a snap length, two frames may share their captured bytes: a copy pairs only with a frame that
+    /// was as long on the wire.
+    #[test]
+    fn cut_copies_pair_only_with_a_frame_of_the_same_length_on_the_wire() {
+        let cut = |frame: Frame, original_len: u32| Frame { original_len, ..frame };
+        let wire = wire(vec![
+            cut(frame(0, 1, b"head", true, None), 1514),
+            cut(frame(0, 2, b"head", true, None), 600),
+            cut(frame(1, 3, b"head", false, None), 600),
+            cut(frame(1, 4, b"head", false, None), 1514),
+        ]);
+        let pairs: Vec<(Option<usize>, Option<usize>)> = wire.packets.iter().map(|p| (p.sent, p.received)).collect();
+        assert_eq!(pairs, [(Some(0), Some(3)), (Some(1), Some(2))]);
     }
 
     #[test]

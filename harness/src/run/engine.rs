@@ -9,7 +9,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::observe::capture::{Capture, CaptureBuffer};
+use crate::observe::capture::{Capture, CaptureBuffer, CaptureSettings};
 use crate::observe::counters::CounterFiles;
 use crate::observe::sockets::{DiagSocket, Observer};
 use crate::observe::transitions::{RingMaps, Tracer};
@@ -721,7 +721,7 @@ fn set_up_host(
             link.ifindex,
             &report_dir.join(&pcap),
             sink.clone(),
-            capture_buffer(plan),
+            capture_settings(plan),
         )?;
         let interface = CapturedInterface {
             link: link_index,
@@ -730,7 +730,7 @@ fn set_up_host(
             mac: link.mac,
             address: link.address,
             pcap,
-            snaplen: crate::observe::capture::SNAPLEN,
+            snaplen: plan.capture.snaplen.unwrap_or(crate::observe::capture::SNAPLEN),
         };
         interfaces.push((place, interface, capture));
     }
@@ -767,9 +767,13 @@ fn pcap_name(host: HostId, ifname: &str, interfaces_of_host: usize) -> String {
     }
 }
 
-/// `tcpdump -B` for the plan: the socket's own queue unless the scenario asks for a ring.
-fn capture_buffer(plan: &Plan) -> CaptureBuffer {
-    plan.capture.ring_bytes.map_or(CaptureBuffer::DEFAULT, CaptureBuffer::ring_of)
+/// `tcpdump -B -s` for the plan: the socket's own queue unless the scenario asks for a ring, whole frames
+/// unless it asks for a snap length.
+fn capture_settings(plan: &Plan) -> CaptureSettings {
+    CaptureSettings {
+        buffer: plan.capture.ring_bytes.map_or(CaptureBuffer::DEFAULT, CaptureBuffer::ring_of),
+        snaplen: plan.capture.snaplen,
+    }
 }
 
 /// A capture that lost frames makes the timeline incomplete: every packet expectation and packet trigger

@@ -256,6 +256,9 @@ pub struct PortForward {
 pub struct CapturePlan {
     /// A TPACKET_V3 ring of this many bytes instead of the socket's own queue, for bulk transfers.
     pub ring_bytes: Option<u64>,
+    /// `tcpdump -s`: each frame cut to this many bytes in the kernel, its full length kept on record; whole
+    /// frames when `None`.
+    pub snaplen: Option<u32>,
 }
 
 /// One host: `ip netns` + `ip addr add` + `ip route add default via` + `sysctl -w` + its socket program.

@@ -355,6 +355,7 @@ pub struct LinkWire {
 #[serde(deny_unknown_fields)]
 pub struct CaptureWire {
     pub ring: Option<Scalar>,
+    pub snaplen: Option<Scalar>,
 }
 
 /// `sysctl:` per host.
@@ -810,7 +811,7 @@ pub const MAP_DESCRIPTIONS: &[(&str, &str)] = &[
     ("PortForwardWire", "a map like { port: 8080, to: 9000 }"),
     ("ConntrackWire", "a map like { loose: false, timeouts: { established: 5s } }"),
     ("LinkWire", "a map like { mtu: 1500, ipv6: false }"),
-    ("CaptureWire", "a map like { ring: 64MiB }"),
+    ("CaptureWire", "a map like { ring: 64MiB, snaplen: 160B }"),
     ("SysctlWire", "a map like { client: { net.ipv4.tcp_syn_retries: 2 } }"),
     ("FaultWire", "a map like { name: blackhole, at: server, action: drop }"),
     ("MatchWire", "a map like { protocol: tcp, dport: 9000, flags: \"S\" }"),

@@ -1,8 +1,8 @@
-//! Byte sizes of the scenario format: a whole number with a binary unit (`64MiB`, `512KiB`, `1GiB`), never a
-//! bare number, as `tcpdump -B` and the kernel's buffers count them.
+//! Byte sizes of the scenario format: a whole number with a unit (`160B`, `64MiB`, `512KiB`, `1GiB`), never a
+//! bare number, as `tcpdump -s`/`-B` and the kernel's buffers count them.
 
 /// Units a size may carry, in the order the error messages list them.
-pub const UNITS: [(&str, u64); 3] = [("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30)];
+pub const UNITS: [(&str, u64); 4] = [("B", 1), ("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30)];
 
 /// The size `text` names in bytes, or a message saying what is allowed.
 pub fn parse_size(text: &str) -> Result<u64, String> {
@@ -35,6 +35,7 @@ mod tests {
         assert_eq!(parse_size("512KiB"), Ok(512 << 10));
         assert_eq!(parse_size("1GiB"), Ok(1 << 30));
         assert_eq!(parse_size("0KiB"), Ok(0));
+        assert_eq!(parse_size("160B"), Ok(160));
     }
 
     #[test]

@@ -289,6 +289,37 @@ fn top_level_settings() {
     assert_eq!(only_server.hosts[1].address.to_string(), "10.0.0.9");
 }
 
+/// `capture: { snaplen }` takes any size from what the decoder reads of a frame to the link's longest frame:
+/// 150 bytes to MTU + 18, at the default MTU and at a jumbo one.
+#[test]
+fn capture_snap_lengths_from_the_headers_to_the_longest_frame() {
+    let capture = |text: &str| plan(&format!("description: d\n{text}")).capture;
+    assert_eq!(capture(""), CapturePlan { ring_bytes: None, snaplen: None });
+    assert_eq!(
+        capture("capture: { ring: 16MiB, snaplen: 160B }\n"),
+        CapturePlan { ring_bytes: Some(16 << 20), snaplen: Some(160) }
+    );
+    assert_eq!(capture("capture: { snaplen: 150B }\n").snaplen, Some(150));
+    assert_eq!(capture("capture: { snaplen: 1518B }\n").snaplen, Some(1518));
+    assert_eq!(capture("link: { mtu: 9000 }\ncapture: { snaplen: 8KiB }\n").snaplen, Some(8192));
+    assert_eq!(capture("link: { mtu: 9000 }\ncapture: { snaplen: 9018B }\n").snaplen, Some(9018));
+    refused("description: d\ncapture: { snaplen: 149B }\n", 2, 21, "less than the timeline's decoding reads");
+    refused("description: d\ncapture: { snaplen: 1519B }\n", 2, 21, "allowed: 150B..1518B");
+    refused("description: d\nlink: { mtu: 9000 }\ncapture: { snaplen: 9019B }\n", 3, 21, "150B..9018B");
+    refused("description: d\ncapture: { snaplen: 0B }\n", 2, 21, "allowed: 150B..1518B");
+    refused("description: d\ncapture: { snaplen: true }\n", 2, 21, "capture snaplen must be a size like \"160B\"");
+    // Any impairment but corruption goes with a snap length.
+    let faults = |action: &str| {
+        format!(
+            "description: d\ncapture: {{ snaplen: 160B }}\nfaults:\n  - name: f\n    at: server\n    \
+             match: {{ protocol: tcp }}\n    action: {action}\n"
+        )
+    };
+    assert_eq!(plan(&faults("{ loss: 1% }")).capture.snaplen, Some(160));
+    assert_eq!(plan(&faults("{ duplicate: 1% }")).capture.snaplen, Some(160));
+    refused(&faults("{ corrupt: 1% }"), 2, 21, "cannot go with fault f's corrupt impairment");
+}
+
 #[test]
 fn bare_steps_and_empty_parameters() {
     let got = actions(

@@ -10,12 +10,14 @@ use std::time::Duration;
 use regex::Regex;
 
 use crate::error::ScenarioError;
+use crate::observe::capture::{LINK_HEADER_ROOM, MIN_SNAPLEN};
 use crate::scenario::duration::{format_duration, parse_duration, DurationError};
+use crate::scenario::impairment::Impairment;
 use crate::scenario::locate::{location_of_offset, offset_of_location, NodePath, SourceIndex};
 use crate::scenario::names::{closest, suggestion, ACTION_KEYS, BARE_ACTIONS, SOCKOPT_NAMES, TCP_FLAG_LETTERS};
 use crate::scenario::plan::*;
 use crate::scenario::schema::*;
-use crate::scenario::size::parse_size;
+use crate::scenario::size::{parse_size, UNITS};
 use crate::scenario::variables::{Scope, Variables};
 
 mod counters;
@@ -149,7 +151,7 @@ pub fn validate(
     v.addresses = layout.hosts.iter().map(|&(host, address, ..)| (host, address)).collect();
     v.has_router = layout.router.is_some();
     let link = v.link(&root.key("link"), wire.link.as_ref())?;
-    let capture = v.capture(&root.key("capture"), wire.capture.as_ref())?;
+    let capture = v.capture(&root.key("capture"), wire.capture.as_ref(), link.mtu)?;
     let mut sysctls = v.sysctls(&root.key("sysctl"), wire.sysctl.as_ref())?;
     v.merge_router_sysctls(&root, &mut sysctls[HostId::Router.index()], &layout.router_sysctls)?;
 
@@ -167,6 +169,7 @@ pub fn validate(
         .map(|host| steps[host.index()].iter().any(|step| matches!(&step.action, Action::Exec(exec) if exec.trace)));
 
     let faults = v.faults(&root.key("faults"), wire.faults.as_deref().unwrap_or(&[]))?;
+    v.snaplen_fits_faults(&root.key("capture"), &capture, &faults)?;
     v.impairments =
         faults.iter().filter(|fault| fault.action.impairment().is_some()).map(|fault| fault.name.clone()).collect();
     let expect = v.run_expectations(&root.key("expect"), wire.expect.as_ref())?;
@@ -599,24 +602,94 @@ impl Validator<'_> {
         Ok(LinkPlan { mtu, ipv6 })
     }
 
-    fn capture(&self, path: &NodePath, capture: Option<&CaptureWire>) -> Checked<CapturePlan> {
-        let Some(CaptureWire { ring: Some(ring) }) = capture else {
+    fn capture(&self, path: &NodePath, capture: Option<&CaptureWire>, mtu: u32) -> Checked<CapturePlan> {
+        let Some(capture) = capture else {
             return Ok(CapturePlan::default());
         };
-        let path = path.key("ring");
-        let text = match ring {
-            Scalar::Str(text) => text.trim().to_string(),
-            Scalar::Int(n) => n.to_string(),
-            other => return Err(self.fail(&path, format!("capture ring must be a size like \"64MiB\", not {other}"))),
+        let ring_bytes = match &capture.ring {
+            Some(ring) => {
+                let path = path.key("ring");
+                let (text, bytes) = self.size(&path, ring, "capture ring", "64MiB")?;
+                if !(MIN_CAPTURE_RING..=MAX_CAPTURE_RING).contains(&bytes) {
+                    return Err(self.fail(
+                        &path,
+                        format!("capture ring {text} is out of range; allowed: 1MiB..1GiB (rounded up to whole MiB)"),
+                    ));
+                }
+                Some(bytes)
+            }
+            None => None,
         };
-        let bytes = parse_size(&text).map_err(|message| self.fail(&path, message))?;
-        if !(MIN_CAPTURE_RING..=MAX_CAPTURE_RING).contains(&bytes) {
-            return Err(self.fail(
-                &path,
-                format!("capture ring {text} is out of range; allowed: 1MiB..1GiB (rounded up to whole MiB)"),
-            ));
+        let snaplen = match &capture.snaplen {
+            Some(snaplen) => {
+                let path = path.key("snaplen");
+                let (text, bytes) = self.size(&path, snaplen, "capture snaplen", "160B")?;
+                let longest = u64::from(mtu) + LINK_HEADER_ROOM as u64;
+                let allowed = format!("allowed: {MIN_SNAPLEN}B..{longest}B");
+                if bytes < u64::from(MIN_SNAPLEN) {
+                    return Err(self.fail(
+                        &path,
+                        format!(
+                            "capture snaplen {text} is less than the timeline's decoding reads of a frame: \
+                             {MIN_SNAPLEN} bytes (Ethernet 14 + IPv4 header with options 60 + ICMP 8 + the IPv4 \
+                             header an ICMP error quotes 60 + its ports 8; a TCP segment's headers with options \
+                             take 134); {allowed}"
+                        ),
+                    ));
+                }
+                if bytes > longest {
+                    return Err(self.fail(
+                        &path,
+                        format!(
+                            "capture snaplen {text} is more than the longest frame of the link ({longest} bytes: mtu \
+                             {mtu} + {LINK_HEADER_ROOM} of Ethernet header and VLAN tag); {allowed}, or leave snaplen \
+                             out to capture whole frames"
+                        ),
+                    ));
+                }
+                // Within the link's longest frame, so it fits a u32.
+                Some(bytes as u32)
+            }
+            None => None,
+        };
+        Ok(CapturePlan { ring_bytes, snaplen })
+    }
+
+    /// A size (`64MiB`, `160B`) in bytes, with the text it was written as; `example` is one in the unit the
+    /// setting is usually given in, which a bare number is pointed to.
+    fn size(&self, path: &NodePath, value: &Scalar, what: &str, example: &str) -> Checked<(String, u64)> {
+        let text = match value {
+            Scalar::Str(text) => text.trim().to_string(),
+            Scalar::Int(n) => {
+                let unit = example.trim_start_matches(|c: char| c.is_ascii_digit());
+                let units: Vec<&str> = UNITS.iter().map(|(unit, _)| *unit).collect();
+                return Err(
+                    self.fail(path, format!("size \"{n}\" needs a unit ({}), e.g. \"{n}{unit}\"", units.join(", ")))
+                );
+            }
+            other => return Err(self.fail(path, format!("{what} must be a size like \"{example}\", not {other}"))),
+        };
+        let bytes = parse_size(&text).map_err(|message| self.fail(path, message))?;
+        Ok((text, bytes))
+    }
+
+    /// The report pairs each packet's copies at the two ends of a link by their captured bytes; a bit the wire
+    /// flipped past the snap length is in neither copy, so the two would pass for the same bytes.
+    fn snaplen_fits_faults(&self, path: &NodePath, capture: &CapturePlan, faults: &[FaultPlan]) -> Checked<()> {
+        let Some(snaplen) = capture.snaplen else { return Ok(()) };
+        let corrupting = faults.iter().find(|f| matches!(f.action.impairment(), Some(Impairment::Corrupt { .. })));
+        match corrupting {
+            Some(fault) => Err(self.fail(
+                &path.key("snaplen"),
+                format!(
+                    "capture snaplen {snaplen}B cannot go with fault {}'s corrupt impairment: the report tells a \
+                     corrupted copy from the one sent by its bytes, and the flipped bit may lie past the snap \
+                     length; leave snaplen out to capture whole frames",
+                    fault.name
+                ),
+            )),
+            None => Ok(()),
         }
-        Ok(CapturePlan { ring_bytes: Some(bytes) })
     }
 
     /// Each host's sysctls, by `HostId::index()` (client, server, router).

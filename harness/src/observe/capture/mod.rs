@@ -77,6 +77,23 @@ impl CaptureBuffer {
     }
 }
 
+/// How a capture keeps frames: where the kernel holds them until the capture thread takes them, and how much
+/// of each frame it keeps (`tcpdump -B <buffer> -s <snaplen>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CaptureSettings {
+    pub buffer: CaptureBuffer,
+    /// Each frame cut to this many bytes by the kernel, before it is copied to the capture (`tcpdump -s`);
+    /// `None`: whole frames.
+    pub snaplen: Option<u32>,
+}
+
+/// Whole frames in `buffer`.
+impl From<CaptureBuffer> for CaptureSettings {
+    fn from(buffer: CaptureBuffer) -> CaptureSettings {
+        CaptureSettings { buffer, snaplen: None }
+    }
+}
+
 /// Size of one ring block; any frame up to this size fits whole (a veth's largest MTU is 65,535).
 ///
 /// The kernel hands a block over when it is full or [`BLOCK_RETIRE_TIMEOUT_MS`] after its first frame, so below
@@ -95,9 +112,10 @@ const BATCH: usize = 32;
 /// Room for one frame taken from a queue socket beyond the link's MTU: an Ethernet header and a VLAN tag. With
 /// offloads off no frame is longer; one that were would be written cut to this length, with its full length
 /// on record, as a snap length cuts it.
-const LINK_HEADER_ROOM: usize = 14 + 4;
-/// Room for a frame's control messages: its SO_TIMESTAMPNS `timespec` (`CMSG_SPACE(16)` = 32 bytes), and spare.
-const CONTROL_ROOM: usize = 64;
+pub(crate) const LINK_HEADER_ROOM: usize = 14 + 4;
+/// Room for a frame's control messages: its SO_TIMESTAMPNS `timespec` (`CMSG_SPACE(16)` = 32 bytes), with a
+/// snap length its `tpacket_auxdata` (`CMSG_SPACE(20)` = 40 bytes), and spare.
+const CONTROL_ROOM: usize = 128;
 /// Longest sleep of an idle capture thread; kernel drop counters are read at least this often.
 const IDLE_POLL: Duration = Duration::from_millis(100);
 /// On stop, how long the capture waits at most for frames the interface counted but the capture has not
@@ -120,6 +138,10 @@ const STOP_MAX: Duration = Duration::from_secs(15);
 const STOP_POLL: Duration = Duration::from_millis(100);
 /// Longest frame written whole (tcpdump's default `-s`); with offloads off no frame comes close.
 pub const SNAPLEN: u32 = 262_144;
+/// Shortest snap length a scenario may ask for: all the timeline's decoding reads of a frame. The longest is
+/// an ICMP error: Ethernet 14 + IPv4 header with options 60 + ICMP header 8 + the IPv4 header it quotes, with
+/// options, 60 + that packet's ports 8. A TCP segment's headers with the longest options take 134.
+pub const MIN_SNAPLEN: u32 = 14 + 60 + 8 + 60 + 8;
 /// The pcap travels to the writer thread in chunks of at least this many bytes.
 const CHUNK_SIZE: usize = 1 << 20;
 /// A chunk's allocation: room for one more record of the longest frame, so a chunk never reallocates.
@@ -145,28 +167,32 @@ pub struct Capture {
 }
 
 impl Capture {
-    /// `tcpdump -i <ifname> -B <buffer> -w <pcap>` inside `ns`: opens an AF_PACKET socket on a thread inside
-    /// `ns`, bound to `ifindex` before this returns (so nothing sent afterwards is missed), and starts a thread
-    /// that writes every frame to `pcap` (Ethernet link type, nanosecond wall-clock timestamps) and emits
-    /// [`EventKind::Packet`] for each IPv4 frame at the kernel's timestamp of it.
+    /// `tcpdump -i <ifname> -B <buffer> [-s <snaplen>] -w <pcap>` inside `ns`: opens an AF_PACKET socket on a
+    /// thread inside `ns`, bound to `ifindex` before this returns (so nothing sent afterwards is missed), and
+    /// starts a thread that writes every frame to `pcap` (Ethernet link type, nanosecond wall-clock
+    /// timestamps) and emits [`EventKind::Packet`] for each IPv4 frame at the kernel's timestamp of it.
     pub fn start(
         ns: &Netns,
         host: HostId,
         ifindex: u32,
         pcap: &Path,
         sink: EventSink,
-        buffer: CaptureBuffer,
+        settings: impl Into<CaptureSettings>,
     ) -> Result<Capture> {
+        let CaptureSettings { buffer, snaplen } = settings.into();
         let (socket, source, counters) = ns.run(|| {
             let ifname = interface_name(ifindex)
                 .map_err(|e| Error::sys(format!("find interface {ifindex} of {host} to capture (ip link show)"), e))?;
             let command = format!("tcpdump -i {ifname} in {host}");
             let socket = open_socket(&command)?;
+            if let Some(snaplen) = snaplen {
+                attach_snaplen_filter(&socket, snaplen, &command)?;
+            }
             let source = match buffer {
                 CaptureBuffer::Queue { bytes } => {
                     let mtu = interface_mtu(&socket, &ifname)
                         .map_err(|e| Error::sys(format!("read the MTU of {ifname} ({command}): SIOCGIFMTU"), e))?;
-                    Source::Queue(QueueSource::new(&socket, bytes, mtu, &command)?)
+                    Source::Queue(QueueSource::new(&socket, bytes, mtu, snaplen, &command)?)
                 }
                 CaptureBuffer::Ring { blocks } => Source::Ring(RingSource::new(&socket, blocks, &command)?),
             };
@@ -186,7 +212,7 @@ impl Capture {
         let disk = DiskWriter {
             command: command.clone(),
             file,
-            header: file_header(&command)?,
+            header: file_header(&command, snaplen.unwrap_or(SNAPLEN))?,
             chunks: decoded,
             spare: spare_tx,
             done,
@@ -305,6 +331,21 @@ fn start_pipeline(host: HostId, disk: DiskWriter, decoder: ChunkDecoder) -> Resu
 /// `kernel_drops` says what that cost.
 fn raise_spawned<T>(thread: &thread::JoinHandle<T>) {
     let _ = priority::raise_spawned(thread);
+}
+
+/// `tcpdump -s <snaplen>`: a classic BPF socket filter of one instruction, `ret #snaplen`, which keeps every
+/// frame and tells the kernel to cut it to `snaplen` bytes before it queues or copies it to the capture (its
+/// full length stays in the frame's metadata). Attached before the socket is bound, so no whole frame slips in.
+fn attach_snaplen_filter(socket: &OwnedFd, snaplen: u32, command: &str) -> Result<()> {
+    let mut program = [libc::sock_filter { code: (libc::BPF_RET | libc::BPF_K) as u16, jt: 0, jf: 0, k: snaplen }];
+    let filter = libc::sock_fprog { len: program.len() as u16, filter: program.as_mut_ptr() };
+    // The kernel copies the program during the call; `program` outlives it.
+    set_option(socket, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &filter).map_err(|e| {
+        Error::sys(
+            format!("cut frames to {snaplen} bytes ({command}): setsockopt(SO_ATTACH_FILTER, ret #{snaplen})"),
+            e,
+        )
+    })
 }
 
 /// Keeps the kernel stamping every frame as it passes, for as long as this process lives.

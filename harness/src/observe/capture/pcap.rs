@@ -10,11 +10,11 @@ use super::*;
 /// Bytes of a pcap record header: seconds, nanoseconds, captured length, length on the wire (u32 each).
 pub(super) const RECORD_HEADER_LEN: usize = 16;
 
-/// What the pcap says of itself (`tcpdump -w` with nanosecond stamps): Ethernet, [`SNAPLEN`], this machine's
-/// byte order.
-fn pcap_header() -> PcapHeader {
+/// What the pcap says of itself (`tcpdump -s <snaplen> -w` with nanosecond stamps): Ethernet, the longest
+/// part of a frame kept, this machine's byte order.
+fn pcap_header(snaplen: u32) -> PcapHeader {
     PcapHeader {
-        snaplen: SNAPLEN,
+        snaplen,
         datalink: DataLink::ETHERNET,
         ts_resolution: TsResolution::NanoSecond,
         endianness: Endianness::native(),
@@ -23,8 +23,8 @@ fn pcap_header() -> PcapHeader {
 }
 
 /// The pcap file header, as pcap-file writes it.
-pub(super) fn file_header(command: &str) -> Result<Vec<u8>> {
-    let writer = PcapWriter::with_header(Vec::with_capacity(24), pcap_header())
+pub(super) fn file_header(command: &str, snaplen: u32) -> Result<Vec<u8>> {
+    let writer = PcapWriter::with_header(Vec::with_capacity(24), pcap_header(snaplen))
         .map_err(|e| Error::sys(format!("write pcap header ({command})"), io::Error::other(e)))?;
     Ok(writer.into_writer())
 }
@@ -297,10 +297,10 @@ mod tests {
         for f in &frames {
             chunk.push(f).unwrap();
         }
-        let mut ours = file_header("test").unwrap();
+        let mut ours = file_header("test", SNAPLEN).unwrap();
         ours.extend_from_slice(&chunk.records);
 
-        let mut theirs = PcapWriter::with_header(Vec::new(), pcap_header()).unwrap();
+        let mut theirs = PcapWriter::with_header(Vec::new(), pcap_header(SNAPLEN)).unwrap();
         for f in &frames {
             let captured = &f.data[..f.data.len().min(SNAPLEN as usize)];
             theirs

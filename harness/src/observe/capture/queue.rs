@@ -1,5 +1,6 @@
 //! The default capture source: frames the kernel queues on the packet socket itself, taken a batch per
-//! `recvmmsg` with their `SO_TIMESTAMPNS` stamps.
+//! `recvmmsg` with their `SO_TIMESTAMPNS` stamps (and, when the kernel cuts them to a snap length, each one's
+//! full length from its `PACKET_AUXDATA`).
 
 use super::*;
 
@@ -14,8 +15,16 @@ pub(crate) struct QueueSource {
 }
 
 impl QueueSource {
-    /// Sizes the socket's receive queue and asks for the kernel's timestamp of every frame.
-    pub(crate) fn new(socket: &OwnedFd, bytes: usize, mtu: usize, command: &str) -> Result<QueueSource> {
+    /// Sizes the socket's receive queue and asks for the kernel's timestamp of every frame; with a snap length
+    /// (a filter on the socket cuts the frames), for each frame's full length too, and takes no more than
+    /// `snaplen` bytes of each.
+    pub(crate) fn new(
+        socket: &OwnedFd,
+        bytes: usize,
+        mtu: usize,
+        snaplen: Option<u32>,
+        command: &str,
+    ) -> Result<QueueSource> {
         let bytes = c_int::try_from(bytes).unwrap_or(c_int::MAX);
         // SO_RCVBUFFORCE goes past net.core.rmem_max, a machine-wide setting this never changes; in a user
         // namespace it is refused and SO_RCVBUF gives what rmem_max allows (drops are then counted).
@@ -24,11 +33,18 @@ impl QueueSource {
             .map_err(|e| Error::sys(format!("size the capture queue ({command}): setsockopt(SO_RCVBUF)"), e))?;
         set_option(socket, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, &(1 as c_int))
             .map_err(|e| Error::sys(format!("ask for frame timestamps ({command}): setsockopt(SO_TIMESTAMPNS)"), e))?;
+        // A frame the filter cut reports its cut length to recvmmsg, even with MSG_TRUNC: only the auxiliary
+        // data says how long it was on the wire.
+        if snaplen.is_some() {
+            set_option(socket, libc::SOL_PACKET, libc::PACKET_AUXDATA, &(1 as c_int))
+                .map_err(|e| Error::sys(format!("ask for frame lengths ({command}): setsockopt(PACKET_AUXDATA)"), e))?;
+        }
+        let frame_room = snaplen.map_or(usize::MAX, |s| s as usize).min(mtu + LINK_HEADER_ROOM);
         // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
         let no_address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         Ok(QueueSource {
-            frame_room: mtu + LINK_HEADER_ROOM,
-            frames: vec![0; BATCH * (mtu + LINK_HEADER_ROOM)],
+            frame_room,
+            frames: vec![0; BATCH * frame_room],
             addresses: vec![no_address; BATCH],
             controls: vec![[0; CONTROL_ROOM / 8]; BATCH],
         })
@@ -53,7 +69,7 @@ impl QueueSource {
     }
 
     /// One `recvmmsg` without waiting: each frame's length on the wire and kernel timestamp, its bytes in
-    /// `frames` and its address in `addresses` at the same index.
+    /// `frames` (at most `frame_room` of them) and its address in `addresses` at the same index.
     pub(super) fn receive_batch(&mut self, socket: &OwnedFd) -> Result<Vec<(u32, Duration)>> {
         let (frames, frame_room) = (self.frames.as_mut_ptr(), self.frame_room);
         // SAFETY: iovec is plain old data; all-zero is a valid value.
@@ -93,22 +109,36 @@ impl QueueSource {
                 _ => return Err(Error::sys("take frames from the capture socket: recvmmsg", error)),
             }
         };
-        Ok(headers[..received].iter().map(|header| (header.msg_len, frame_timestamp(&header.msg_hdr))).collect())
+        Ok(headers[..received]
+            .iter()
+            .map(|header| {
+                let (stamp, wire_len) = frame_controls(&header.msg_hdr);
+                (wire_len.unwrap_or(header.msg_len), stamp)
+            })
+            .collect())
     }
 }
 
-/// The SO_TIMESTAMPNS stamp of a received frame; the time of reading if the kernel gave none.
-pub(super) fn frame_timestamp(header: &libc::msghdr) -> Duration {
-    // SAFETY: header's control buffer and length are the ones recvmmsg filled in; CMSG_* walk only inside it.
+/// The SO_TIMESTAMPNS stamp of a received frame (the time of reading if the kernel gave none), and its length
+/// on the wire from its PACKET_AUXDATA, if asked for.
+pub(super) fn frame_controls(header: &libc::msghdr) -> (Duration, Option<u32>) {
+    let (mut stamp, mut wire_len) = (None, None);
+    // SAFETY: header's control buffer and length are the ones recvmmsg filled in; CMSG_* walk only inside it,
+    // and each message's data is as long as its type says.
     unsafe {
         let mut message = libc::CMSG_FIRSTHDR(header);
         while !message.is_null() {
-            if (*message).cmsg_level == libc::SOL_SOCKET && (*message).cmsg_type == libc::SCM_TIMESTAMPNS {
-                let stamp: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(message).cast());
-                return Duration::new(stamp.tv_sec as u64, stamp.tv_nsec as u32);
+            let (level, kind) = ((*message).cmsg_level, (*message).cmsg_type);
+            if level == libc::SOL_SOCKET && kind == libc::SCM_TIMESTAMPNS {
+                let time: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(message).cast());
+                stamp = Some(Duration::new(time.tv_sec as u64, time.tv_nsec as u32));
+            } else if level == libc::SOL_PACKET && kind == libc::PACKET_AUXDATA {
+                let aux: libc::tpacket_auxdata = std::ptr::read_unaligned(libc::CMSG_DATA(message).cast());
+                wire_len = Some(aux.tp_len);
             }
             message = libc::CMSG_NXTHDR(header, message);
         }
     }
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default()
+    let stamp = stamp.unwrap_or_else(|| SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default());
+    (stamp, wire_len)
 }

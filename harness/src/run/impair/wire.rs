@@ -191,7 +191,7 @@ impl Wire {
                 toward,
                 receive: Arc::clone(&sockets[toward.peer().index()]),
                 send: Arc::clone(&sockets[toward.index()]),
-                source: QueueSource::new(&sockets[toward.peer().index()], RECEIVE_BUFFER, mtu, &command)?,
+                source: QueueSource::new(&sockets[toward.peer().index()], RECEIVE_BUFFER, mtu, None, &command)?,
                 wake: Arc::clone(&wake),
                 pipeline: Pipeline::new(seed, toward, &shared.faults),
                 shared: Arc::clone(&shared),
