@@ -292,8 +292,9 @@ fn three_host_columns(dir: &Path, browser: &Mutex<Option<Browser>>) -> Result<()
 fn pcap_frames(pcap: &Path) -> Result<Vec<Vec<u8>>, Failed> {
     let mut reader = PcapReader::new(File::open(pcap)?)?;
     let mut frames = Vec::new();
-    while let Some(packet) = reader.next_packet() {
-        frames.push(packet?.data.into_owned());
+    // Raw records: pcap-file's checked ones refuse frames cut by a snap length (`capture: { snaplen }`).
+    while let Some(record) = reader.next_raw_packet() {
+        frames.push(record?.data.into_owned());
     }
     Ok(frames)
 }

@@ -14,6 +14,7 @@ use pcap_file::pcap::PcapReader;
 
 use super::pcapng::{self, InterfaceStatistics, PcapngWriter, Section};
 use crate::error::{Context, Error, Result};
+use crate::observe::capture::next_record;
 use crate::record::CapturedInterface;
 use crate::scenario::plan::HostId;
 use crate::timeline::{EventKind, PacketEvent, Timeline};
@@ -232,7 +233,7 @@ fn read_end(index: usize, end: &End, timeline: &Timeline, t0: Duration) -> Resul
         }
     }
     let mut frames = Vec::new();
-    while let Some(packet) = reader.next_packet() {
+    while let Some(packet) = next_record(&mut reader) {
         let packet = packet.map_err(|e| Error::Internal(format!("{}: {e}", what())))?;
         let ipv4 = packet.data.get(12..14) == Some(&ETHERTYPE_IPV4[..]);
         let since_t0 = packet.timestamp.saturating_sub(t0);

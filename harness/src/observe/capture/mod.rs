@@ -34,7 +34,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use pcap_file::pcap::{PcapHeader, PcapWriter};
+use pcap_file::pcap::{PcapHeader, PcapReader, PcapWriter};
 use pcap_file::{DataLink, Endianness, TsResolution};
 
 use crate::error::{Error, Result};
@@ -45,6 +45,7 @@ use crate::run::netns::Netns;
 use crate::run::priority;
 use crate::scenario::plan::HostId;
 use crate::timeline::EventKind;
+pub use pcap::next_record;
 use pcap::{file_header, Chunk, ChunkDecoder, ChunkQueue, DiskWriter};
 pub(crate) use queue::QueueSource;
 use ring::RingSource;
@@ -1026,6 +1027,129 @@ mod tests {
         assert_eq!(counting.join().unwrap(), ipv4_frames);
         // The ring hands over its last block within a retire timeout (4 ms): stopping never waits out DRAIN_MAX.
         assert!(stop_took < DRAIN_MAX, "stopping took {stop_took:?}");
+    }
+
+    /// Every record of a pcap: stamp, length on the wire, captured bytes; and the header's snap length.
+    fn records(pcap: &Path) -> (u32, Vec<(Duration, u32, Vec<u8>)>) {
+        let mut reader = PcapReader::new(File::open(pcap).unwrap()).unwrap();
+        let snaplen = reader.header().snaplen;
+        let mut records = Vec::new();
+        while let Some(record) = next_record(&mut reader) {
+            let record = record.unwrap();
+            records.push((record.timestamp, record.orig_len, record.data.into_owned()));
+        }
+        (snaplen, records)
+    }
+
+    /// `tshark -T fields -e frame.len -e frame.cap_len`: each frame's length on the wire and as captured.
+    fn tshark_lengths(pcap: &Path) -> Vec<(u32, u32)> {
+        let output = unprivileged_command("tshark")
+            .args(["-n", "-r"])
+            .arg(pcap)
+            .args(["-T", "fields", "-e", "frame.len", "-e", "frame.cap_len"])
+            .output()
+            .unwrap_or_else(|e| panic!("tshark -r {}: {e}", pcap.display()));
+        assert!(output.status.success(), "tshark -r {}: {}", pcap.display(), String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|line| {
+                let (len, captured) = line.split_once('\t').unwrap_or_else(|| panic!("tshark line {line:?}"));
+                (len.parse().unwrap(), captured.parse().unwrap())
+            })
+            .collect()
+    }
+
+    /// `capture: { snaplen }`: each end of a transfer is captured twice at once, whole and cut to 160 bytes
+    /// in the kernel (the client's cut capture on a queue, the server's on a ring). Each cut record is the whole
+    /// record's first 160 bytes with the same length on the wire; the pcap header says 160; tcpdump prints the
+    /// same packets for both files and tshark reads the lengths; the timeline gets the same packets; and neither
+    /// capture misses a frame the interface counted. (The kernel stamps and queues a frame for each packet
+    /// socket as it hands it over, so the two captures' stamps differ by microseconds and sent and received
+    /// frames may interleave differently: the files are compared as sets of frames.)
+    #[test]
+    fn a_snap_length_cuts_frames_in_the_kernel_and_keeps_their_lengths_and_timeline() {
+        const CUT: u32 = 160;
+        let pair = veth_pair();
+        let dir = TestDir::new("snaplen");
+        let clock = Clock::started();
+        let (whole_sink, whole_events) = EventSink::new(clock.clone());
+        let (cut_sink, cut_events) = EventSink::new(clock);
+        let ring = CaptureBuffer::ring_of(8 << 20);
+        let mut captures = Vec::new();
+        for (host, ns, ifindex, cut_buffer) in [
+            (HostId::Client, &pair.client, pair.client_ifindex, CaptureBuffer::DEFAULT),
+            (HostId::Server, &pair.server, pair.server_ifindex, ring),
+        ] {
+            let whole = dir.file(&format!("{host}-whole.pcap"));
+            let cut = dir.file(&format!("{host}-cut.pcap"));
+            let settings = CaptureSettings { buffer: cut_buffer, snaplen: Some(CUT) };
+            captures.push((
+                whole.clone(),
+                Capture::start(ns, host, ifindex, &whole, whole_sink.clone(), CaptureBuffer::DEFAULT).unwrap(),
+                cut.clone(),
+                Capture::start(ns, host, ifindex, &cut, cut_sink.clone(), settings).unwrap(),
+            ));
+        }
+        drop((whole_sink, cut_sink));
+        let whole_counting = thread::spawn(move || whole_events.iter().collect::<Vec<Event>>());
+        let cut_counting = thread::spawn(move || cut_events.iter().collect::<Vec<Event>>());
+        transfer(&pair, 9302, 4 << 20);
+        let mut long_frames = 0;
+        for (whole_pcap, whole, cut_pcap, cut) in captures {
+            let (whole_stats, cut_stats) = (whole.stop().unwrap(), cut.stop().unwrap());
+            if test_privilege() == Privilege::Root {
+                assert_eq!((whole_stats.lost(), cut_stats.lost()), (0, 0), "{whole_stats:?} {cut_stats:?}");
+            }
+            assert_eq!(cut_stats.packets + cut_stats.kernel_drops, cut_stats.interface_frames, "{cut_stats:?}");
+            let ((whole_snaplen, whole_records), (cut_snaplen, cut_records)) =
+                (records(&whole_pcap), records(&cut_pcap));
+            assert_eq!((whole_snaplen, cut_snaplen), (SNAPLEN, CUT));
+            assert_eq!(cut_records.len() as u64, cut_stats.packets);
+            assert_eq!(cut_stats.bytes, whole_stats.bytes, "lengths on the wire add up the same");
+            assert_eq!(cut_records.len(), whole_records.len(), "{}", cut_pcap.display());
+            for (_, len, data) in &cut_records {
+                assert_eq!(data.len(), (*len).min(CUT) as usize, "captured bytes of a {len}-byte frame");
+                long_frames += usize::from(*len > CUT);
+            }
+            for (_, len, data) in &whole_records {
+                assert_eq!(data.len(), *len as usize, "a whole record holds the whole frame");
+            }
+            // Each socket gets the frames in the order the kernel queued them to it, and sent and received
+            // frames are queued from different CPUs: the same frames, not always in the same order.
+            let sorted = |records: &[(Duration, u32, Vec<u8>)]| {
+                let mut cut: Vec<(u32, Vec<u8>)> = records
+                    .iter()
+                    .map(|(_, len, data)| (*len, data[..data.len().min(CUT as usize)].to_vec()))
+                    .collect();
+                cut.sort();
+                cut
+            };
+            assert!(sorted(&cut_records) == sorted(&whole_records), "cut records are the whole ones' first bytes");
+            let lengths: Vec<(u32, u32)> = cut_records.iter().map(|(_, len, data)| (*len, data.len() as u32)).collect();
+            assert_eq!(tshark_lengths(&cut_pcap), lengths, "tshark -r {}", cut_pcap.display());
+            let tcpdump_sorted = |pcap: &Path| {
+                let mut lines = tcpdump_read(pcap, &["-t"]);
+                lines.sort();
+                lines
+            };
+            let (cut_lines, whole_lines) = (tcpdump_sorted(&cut_pcap), tcpdump_sorted(&whole_pcap));
+            assert_eq!(cut_lines.len(), cut_records.len());
+            assert!(cut_lines == whole_lines, "tcpdump -r prints a cut pcap's packets as the whole one's");
+        }
+        // 4 MiB each way in 1448-byte segments: over 2,800 data frames of 1514 bytes at each end.
+        assert!(long_frames > 2 * 2_800, "{long_frames} frames longer than the snap length");
+        let (whole_events, cut_events) = (whole_counting.join().unwrap(), cut_counting.join().unwrap());
+        for host in HostId::ALL {
+            let packets = |events: &[Event]| -> Vec<String> {
+                let mut packets: Vec<String> =
+                    packets_of(events, host).into_iter().map(|(_, packet)| format!("{packet:?}")).collect();
+                packets.sort();
+                packets
+            };
+            let (whole, cut) = (packets(&whole_events), packets(&cut_events));
+            assert!(whole.len() > 2_800, "{host}: {} packets", whole.len());
+            assert!(cut == whole, "{host}'s timeline packets, cut against whole");
+        }
     }
 
     /// A ring holds 4 ms of traffic per block however slow it is (the kernel hands a block over 4 ms after its

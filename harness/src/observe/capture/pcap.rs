@@ -3,6 +3,7 @@
 //! events; a writer thread puts the chunks on disk, as many as are waiting in one `writev`. A write stalled on
 //! writeback, or decoding falling behind a bulk transfer, holds up neither the kernel's buffer nor the capture.
 
+use std::borrow::Cow;
 use std::io::IoSlice;
 
 use super::*;
@@ -27,6 +28,48 @@ pub(super) fn file_header(command: &str, snaplen: u32) -> Result<Vec<u8>> {
     let writer = PcapWriter::with_header(Vec::with_capacity(24), pcap_header(snaplen))
         .map_err(|e| Error::sys(format!("write pcap header ({command})"), io::Error::other(e)))?;
     Ok(writer.into_writer())
+}
+
+/// One record of a pcap file as read back: its stamp, its length on the wire and the bytes captured of it.
+#[derive(Debug)]
+pub struct Record<'a> {
+    pub timestamp: Duration,
+    pub orig_len: u32,
+    pub data: Cow<'a, [u8]>,
+}
+
+/// The next record of `reader` (`tcpdump -r`), or what is wrong with it. pcap-file's own `next_packet`
+/// refuses a record longer on the wire than the file's snap length, which is every frame a snap length cut
+/// (in tcpdump's files too), so the raw record is read and checked here: no more bytes captured than the
+/// file's snap length or than the frame had, and a valid stamp.
+pub fn next_record<R: io::Read>(reader: &mut PcapReader<R>) -> Option<std::result::Result<Record<'_>, String>> {
+    let header = reader.header();
+    let raw = match reader.next_raw_packet()? {
+        Ok(raw) => raw,
+        Err(e) => return Some(Err(e.to_string())),
+    };
+    let nanos = match header.ts_resolution {
+        TsResolution::MicroSecond => raw.ts_frac.checked_mul(1000),
+        TsResolution::NanoSecond => Some(raw.ts_frac),
+    };
+    let record = match nanos {
+        Some(nanos) if nanos < 1_000_000_000 => {
+            if raw.incl_len > header.snaplen || raw.incl_len > raw.orig_len {
+                Err(format!(
+                    "record of {} bytes captured, {} on the wire, in a file of snap length {}",
+                    raw.incl_len, raw.orig_len, header.snaplen
+                ))
+            } else {
+                Ok(Record {
+                    timestamp: Duration::new(u64::from(raw.ts_sec), nanos),
+                    orig_len: raw.orig_len,
+                    data: raw.data,
+                })
+            }
+        }
+        _ => Err(format!("record stamped {}.{} is no valid time", raw.ts_sec, raw.ts_frac)),
+    };
+    Some(record)
 }
 
 /// A run of consecutive pcap records (the file's bytes after its header), and for each record whether the
