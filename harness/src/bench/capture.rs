@@ -1,6 +1,7 @@
 //! `netfault bench capture`: a bulk TCP transfer over a scenario's veth with no capture, with netfault's
-//! capture on both ends, and with `tcpdump -w` on both ends, alternating in one run on the same interfaces:
-//! throughput, and frames written to the pcaps against the interfaces' own packet counters.
+//! capture on both ends, and with `tcpdump -w` on both ends, whole frames and cut to a snap length
+//! (`capture: { snaplen }`, `tcpdump -s`), alternating in one run on the same interfaces: throughput, and
+//! frames written to the pcaps against the interfaces' own packet counters.
 
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
@@ -18,7 +19,7 @@ use serde_json::json;
 use super::recipe::{Tcpdump, TcpdumpStats};
 use super::{fixture_plan, interrupted, Comparison, Distribution, Report, ScratchDir};
 use crate::error::{Context, Error, Result};
-use crate::observe::capture::{rx_tx_packets, Capture, CaptureBuffer};
+use crate::observe::capture::{rx_tx_packets, Capture, CaptureBuffer, CaptureSettings};
 use crate::record::CaptureStats;
 use crate::run::clock::{Clock, EventSink};
 use crate::run::netns::Netns;
@@ -30,7 +31,8 @@ use crate::scenario::plan::HostId;
 pub struct CaptureOptions {
     /// Bytes the client sends in each transfer.
     pub bytes: u64,
-    /// Rounds of (no capture, netfault's default queue, netfault's 64 MiB ring, tcpdump, tcpdump -B 65536).
+    /// Rounds of (no capture, netfault's default queue, netfault's 64 MiB ring, tcpdump, tcpdump -B 65536, and
+    /// with a snap length: netfault's queue, netfault's ring, tcpdump -s).
     pub runs: usize,
 }
 
@@ -44,6 +46,9 @@ const SETTLE: Duration = Duration::from_millis(100);
 const BULK_RING_BYTES: u64 = 64 << 20;
 /// ... and tcpdump's `-B` (KiB) matching it, for the second tcpdump variant.
 const TCPDUMP_LARGE_BUFFER_KIB: &str = "65536";
+/// The snap length of the cut variants (`capture: { snaplen: 160B }`, `tcpdump -s 160`): every header the
+/// timeline decodes, with room to spare.
+const CUT_SNAPLEN: u32 = 160;
 
 /// The capture arrangements compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,15 +60,24 @@ enum Arrangement {
     NetfaultRing,
     Tcpdump,
     TcpdumpLargeBuffer,
+    /// `capture: { snaplen: 160B }`.
+    NetfaultQueueCut,
+    /// `capture: { ring: 64MiB, snaplen: 160B }`.
+    NetfaultRingCut,
+    /// `tcpdump -s 160 -w`.
+    TcpdumpCut,
 }
 
 impl Arrangement {
-    const ALL: [Arrangement; 5] = [
+    const ALL: [Arrangement; 8] = [
         Arrangement::None,
         Arrangement::NetfaultQueue,
         Arrangement::NetfaultRing,
         Arrangement::Tcpdump,
         Arrangement::TcpdumpLargeBuffer,
+        Arrangement::NetfaultQueueCut,
+        Arrangement::NetfaultRingCut,
+        Arrangement::TcpdumpCut,
     ];
 
     fn label(self) -> &'static str {
@@ -73,6 +87,34 @@ impl Arrangement {
             Arrangement::NetfaultRing => "netfault Capture x2, ring: 64MiB",
             Arrangement::Tcpdump => "tcpdump -w x2 (default -B 2 MiB)",
             Arrangement::TcpdumpLargeBuffer => "tcpdump -w -B 65536 x2",
+            Arrangement::NetfaultQueueCut => "netfault Capture x2, snaplen: 160B",
+            Arrangement::NetfaultRingCut => "netfault Capture x2, ring: 64MiB, snaplen: 160B",
+            Arrangement::TcpdumpCut => "tcpdump -s 160 -w x2",
+        }
+    }
+
+    /// What netfault's capture is given, for its arrangements.
+    fn netfault_settings(self) -> Option<CaptureSettings> {
+        let ring = CaptureBuffer::ring_of(BULK_RING_BYTES);
+        let (buffer, snaplen) = match self {
+            Arrangement::NetfaultQueue => (CaptureBuffer::DEFAULT, None),
+            Arrangement::NetfaultRing => (ring, None),
+            Arrangement::NetfaultQueueCut => (CaptureBuffer::DEFAULT, Some(CUT_SNAPLEN)),
+            Arrangement::NetfaultRingCut => (ring, Some(CUT_SNAPLEN)),
+            Arrangement::None | Arrangement::Tcpdump | Arrangement::TcpdumpLargeBuffer | Arrangement::TcpdumpCut => {
+                return None
+            }
+        };
+        Some(CaptureSettings { buffer, snaplen })
+    }
+
+    /// tcpdump's own options, for its arrangements.
+    fn tcpdump_options(self) -> Option<Vec<String>> {
+        match self {
+            Arrangement::Tcpdump => Some(Vec::new()),
+            Arrangement::TcpdumpLargeBuffer => Some(vec!["-B".into(), TCPDUMP_LARGE_BUFFER_KIB.into()]),
+            Arrangement::TcpdumpCut => Some(vec!["-s".into(), CUT_SNAPLEN.to_string()]),
+            _ => None,
         }
     }
 }
@@ -101,7 +143,7 @@ struct Round {
     timeline_events: Option<u64>,
 }
 
-/// `runs` rounds of the five arrangements on one veth pair: throughput and frames lost by each capture.
+/// `runs` rounds of the eight arrangements on one veth pair: throughput and frames lost by each capture.
 pub fn bench_capture(options: &CaptureOptions) -> Result<Report> {
     let mut report = Report::new(&format!("capture ({} MiB per transfer)", options.bytes >> 20));
     let scratch = ScratchDir::new("capture")?;
@@ -160,6 +202,8 @@ pub fn bench_capture(options: &CaptureOptions) -> Result<Report> {
     };
     let (none, ours, theirs) =
         (median(Arrangement::None), median(Arrangement::NetfaultRing), median(Arrangement::Tcpdump));
+    let (ours_cut, ours_queue_cut, theirs_cut) =
+        (median(Arrangement::NetfaultRingCut), median(Arrangement::NetfaultQueueCut), median(Arrangement::TcpdumpCut));
     report.compare(Comparison {
         what: "frames lost by the capture over all rounds (both ends), with the bulk ring".into(),
         netfault: missing(Arrangement::NetfaultRing).to_string(),
@@ -188,6 +232,31 @@ pub fn bench_capture(options: &CaptureOptions) -> Result<Report> {
         ratio: Some(ours / theirs),
         target: "netfault / tcpdump >= 1".into(),
         met: ours >= theirs,
+    });
+    report.compare(Comparison {
+        what: format!("frames lost by the capture over all rounds (both ends), snap length {CUT_SNAPLEN}"),
+        netfault: format!(
+            "{} (ring), {} (default queue)",
+            missing(Arrangement::NetfaultRingCut),
+            missing(Arrangement::NetfaultQueueCut)
+        ),
+        alternative: format!("{} (tcpdump -s {CUT_SNAPLEN})", missing(Arrangement::TcpdumpCut)),
+        ratio: None,
+        target: "0".into(),
+        met: missing(Arrangement::NetfaultRingCut) == 0,
+    });
+    report.compare(Comparison {
+        what: format!("throughput with capture on both ends cut to {CUT_SNAPLEN} bytes (median)"),
+        netfault: format!(
+            "{ours_cut:.2} Gb/s with the ring ({:.0}% of {none:.2} without capture), {ours_queue_cut:.2} with the \
+             default queue ({:.0}%)",
+            ours_cut / none * 100.0,
+            ours_queue_cut / none * 100.0
+        ),
+        alternative: format!("{theirs_cut:.2} Gb/s with tcpdump -s {CUT_SNAPLEN} ({:.0}%)", theirs_cut / none * 100.0),
+        ratio: Some(ours_cut / theirs_cut),
+        target: "issue 17: >= 90% of uncaptured, netfault / tcpdump > 1".into(),
+        met: ours_cut >= 0.9 * none && ours_cut > theirs_cut,
     });
     report.note(
         "method",
@@ -218,19 +287,18 @@ fn round(
     let mut stop_ms = None;
     let (seconds, counted) = match arrangement {
         Arrangement::None => (transfer(ns, topology, bytes)?, None),
-        Arrangement::NetfaultQueue | Arrangement::NetfaultRing => {
-            let buffer = if arrangement == Arrangement::NetfaultRing {
-                CaptureBuffer::ring_of(BULK_RING_BYTES)
-            } else {
-                CaptureBuffer::DEFAULT
-            };
+        Arrangement::NetfaultQueue
+        | Arrangement::NetfaultRing
+        | Arrangement::NetfaultQueueCut
+        | Arrangement::NetfaultRingCut => {
+            let settings = arrangement.netfault_settings().ok_or_else(|| Error::Internal("no settings".into()))?;
             let (sink, events) = EventSink::new(Clock::started());
             let counter = count_in_background(events);
             let mut captures = Vec::with_capacity(2);
             for host in HostId::ALL {
                 let ifindex = topology.link(host).ok_or_else(|| Error::Internal(format!("no {host} end")))?.ifindex;
                 let pcap = &pcaps[host.index()];
-                captures.push(Capture::start(&ns[host.index()], host, ifindex, pcap, sink.clone(), buffer)?);
+                captures.push(Capture::start(&ns[host.index()], host, ifindex, pcap, sink.clone(), settings)?);
             }
             drop(sink);
             let before = interface_frames(ns)?;
@@ -250,16 +318,13 @@ fn round(
             timeline_events = counter.recv_timeout(IO_TIMEOUT).ok();
             (seconds, Some((before, after)))
         }
-        Arrangement::Tcpdump | Arrangement::TcpdumpLargeBuffer => {
+        Arrangement::Tcpdump | Arrangement::TcpdumpLargeBuffer | Arrangement::TcpdumpCut => {
+            let options = arrangement.tcpdump_options().ok_or_else(|| Error::Internal("no tcpdump options".into()))?;
+            let options: Vec<&str> = options.iter().map(String::as_str).collect();
             let mut tcpdumps = Vec::with_capacity(2);
             for host in HostId::ALL {
                 let net = format!("--net=/proc/{}/fd/{}", std::process::id(), ns[host.index()].raw_fd());
-                let buffer: &[&str] = if arrangement == Arrangement::TcpdumpLargeBuffer {
-                    &["-B", TCPDUMP_LARGE_BUFFER_KIB]
-                } else {
-                    &[]
-                };
-                tcpdumps.push(Tcpdump::start_with(&["nsenter", &net], buffer, LINK_NAME, &pcaps[host.index()])?);
+                tcpdumps.push(Tcpdump::start_with(&["nsenter", &net], &options, LINK_NAME, &pcaps[host.index()])?);
             }
             let before = interface_frames(ns)?;
             let seconds = transfer(ns, topology, bytes)?;

@@ -51,7 +51,8 @@ usage: netfault bench <what> [options] [--json FILE] [--keep]
                                    N instances at once: passes, ETIMEDOUT/RST error, peak memory per child
   capture [--bytes 1GiB] [--runs 2] bulk TCP over the veth: packets captured vs sent, drops, throughput with
                                    no capture, netfault's default queue and 64 MiB ring, tcpdump -w with its
-                                   default buffer and with -B 65536 (same run)
+                                   default buffer and with -B 65536, and all cut to 160 bytes: netfault's
+                                   snaplen with the queue and the ring, tcpdump -s 160 (same run)
   impair [--runs 3] [--seconds 3] [--n 100000] [--only MEASUREMENT]
                                    impairments against the kernel's alternatives, alternating: delay accuracy at
                                    100 Mb/s (wire vs bridge + NFQUEUE), rate (wire vs tc tbf), loss over N UDP
