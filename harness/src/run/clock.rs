@@ -110,4 +110,10 @@ impl EventSink {
         // The receiver is gone only once the run is over; late events have nowhere to go.
         let _ = self.tx.send(Event { t, host, kind });
     }
+
+    /// Records events measured elsewhere, in order, with one hand-over (a capture's chunk of packets).
+    pub fn emit_all(&self, events: impl IntoIterator<Item = Event>) {
+        // As for `emit_at`.
+        let _ = self.tx.send_all(events);
+    }
 }

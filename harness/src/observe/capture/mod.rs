@@ -44,7 +44,7 @@ use crate::run::clock::{Clock, EventSink};
 use crate::run::netns::Netns;
 use crate::run::priority;
 use crate::scenario::plan::HostId;
-use crate::timeline::EventKind;
+use crate::timeline::{Event, EventKind};
 pub use pcap::next_record;
 use pcap::{file_header, Chunk, ChunkDecoder, ChunkQueue, DiskWriter};
 pub(crate) use queue::QueueSource;
@@ -226,6 +226,7 @@ impl Capture {
             clock: sink.clock().clone(),
             sink,
             host,
+            batch: Vec::new(),
             progress: Arc::clone(&progress),
         };
 

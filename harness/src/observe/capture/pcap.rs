@@ -207,6 +207,8 @@ pub(super) struct ChunkDecoder {
     pub(super) clock: Clock,
     pub(super) sink: EventSink,
     pub(super) host: HostId,
+    /// The events of the chunk being decoded, its allocation kept from chunk to chunk.
+    pub(super) batch: Vec<Event>,
     /// Counts each chunk decoded, as the capture thread counts frames.
     pub(super) progress: Arc<AtomicU64>,
 }
@@ -223,12 +225,15 @@ impl ChunkDecoder {
                 priority::count_realtime_cpu();
             }
             if let ToDisk::Chunk(chunk) = &message {
-                for frame in chunk.frames() {
-                    if let Some(event) = self.decoder.decode(frame.data, frame.outgoing) {
-                        let t = self.clock.since_t0(SystemTime::UNIX_EPOCH + frame.wall_time);
-                        self.sink.emit_at(t, self.host, EventKind::Packet(event));
-                    }
-                }
+                // A chunk's events go to the run's event hub in one hand-over: one lock and at most one
+                // wake-up of the hub per chunk rather than per frame (a bulk transfer's chunk holds thousands).
+                let events = chunk.frames().filter_map(|frame| {
+                    let event = self.decoder.decode(frame.data, frame.outgoing)?;
+                    let t = self.clock.since_t0(SystemTime::UNIX_EPOCH + frame.wall_time);
+                    Some(Event { t, host: self.host, kind: EventKind::Packet(event) })
+                });
+                self.batch.extend(events);
+                self.sink.emit_all(self.batch.drain(..));
                 self.progress.fetch_add(1, Ordering::Relaxed);
             }
             if self.to_disk.send(message).is_err() || finished {
