@@ -34,6 +34,8 @@ pub struct CaptureOptions {
     /// Rounds of (no capture, netfault's default queue, netfault's 64 MiB ring, tcpdump, tcpdump -B 65536, and
     /// with a snap length: netfault's queue, netfault's ring, tcpdump -s).
     pub runs: usize,
+    /// Only the arrangements whose label contains this (`--only`), e.g. to profile one of them.
+    pub only: Option<String>,
 }
 
 pub(super) const PORT: u16 = 5001;
@@ -155,6 +157,9 @@ pub fn bench_capture(options: &CaptureOptions) -> Result<Report> {
         for arrangement in Arrangement::ALL {
             if interrupted() {
                 break 'runs;
+            }
+            if options.only.as_ref().is_some_and(|only| !arrangement.label().contains(only.as_str())) {
+                continue;
             }
             rounds.push(round(run, arrangement, &namespaces, &topology, options.bytes, scratch.path())?);
         }

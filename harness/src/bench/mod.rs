@@ -52,7 +52,8 @@ usage: netfault bench <what> [options] [--json FILE] [--keep]
   capture [--bytes 1GiB] [--runs 2] bulk TCP over the veth: packets captured vs sent, drops, throughput with
                                    no capture, netfault's default queue and 64 MiB ring, tcpdump -w with its
                                    default buffer and with -B 65536, and all cut to 160 bytes: netfault's
-                                   snaplen with the queue and the ring, tcpdump -s 160 (same run)
+                                   snaplen with the queue and the ring, tcpdump -s 160 (same run); --only
+                                   keeps the arrangements whose label contains it (e.g. snaplen)
   impair [--runs 3] [--seconds 3] [--n 100000] [--only MEASUREMENT]
                                    impairments against the kernel's alternatives, alternating: delay accuracy at
                                    100 Mb/s (wire vs bridge + NFQUEUE), rate (wire vs tc tbf), loss over N UDP
@@ -122,9 +123,11 @@ pub fn main(args: &[String]) -> ExitCode {
                 path: options.paths.first().cloned().unwrap_or_else(|| PathBuf::from("scenarios")),
             }),
         },
-        "capture" => {
-            bench_capture(&CaptureOptions { bytes: options.bytes.unwrap_or(1 << 30), runs: options.runs.unwrap_or(2) })
-        }
+        "capture" => bench_capture(&CaptureOptions {
+            bytes: options.bytes.unwrap_or(1 << 30),
+            runs: options.runs.unwrap_or(2),
+            only: options.only.clone(),
+        }),
         "impair" => bench_impair(&ImpairOptions {
             runs: options.runs.unwrap_or(3),
             seconds: options.seconds.unwrap_or(3),
