@@ -400,7 +400,8 @@ fn push_decimal(out: &mut String, mut n: u32) {
             break;
         }
     }
-    digits[start..].iter().for_each(|&digit| out.push(char::from(digit)));
+    // ASCII digits only: always UTF-8, and one copy rather than a push per character.
+    out.push_str(std::str::from_utf8(&digits[start..]).unwrap_or_default());
 }
 
 /// Big-endian u16 at `at`, if the bytes are there (also what the impairment wire reads frames with).
