@@ -125,6 +125,25 @@ macro_rules! opaque_debug {
 
 opaque_debug!(Sender, SyncSender, Receiver);
 
+/// A sender's copies are counted: the receiver sees the end once the last one is dropped.
+macro_rules! counted_sender {
+    ($($name:ident),*) => {$(
+        impl<T> Clone for $name<T> {
+            fn clone(&self) -> Self {
+                $name { shared: self.shared.add_sender() }
+            }
+        }
+
+        impl<T> Drop for $name<T> {
+            fn drop(&mut self) {
+                self.shared.drop_sender();
+            }
+        }
+    )*};
+}
+
+counted_sender!(Sender, SyncSender);
+
 /// The sending half of [`channel`].
 pub struct Sender<T> {
     shared: Arc<Shared<T>>,
@@ -139,18 +158,6 @@ impl<T> Sender<T> {
         }
         self.shared.push(state, item);
         Ok(())
-    }
-}
-
-impl<T> Clone for Sender<T> {
-    fn clone(&self) -> Self {
-        Sender { shared: self.shared.add_sender() }
-    }
-}
-
-impl<T> Drop for Sender<T> {
-    fn drop(&mut self) {
-        self.shared.drop_sender();
     }
 }
 
@@ -187,18 +194,6 @@ impl<T> SyncSender<T> {
         }
         self.shared.push(state, item);
         Ok(())
-    }
-}
-
-impl<T> Clone for SyncSender<T> {
-    fn clone(&self) -> Self {
-        SyncSender { shared: self.shared.add_sender() }
-    }
-}
-
-impl<T> Drop for SyncSender<T> {
-    fn drop(&mut self) {
-        self.shared.drop_sender();
     }
 }
 
