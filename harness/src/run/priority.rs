@@ -51,6 +51,41 @@ pub fn raise_spawned<T>(thread: &JoinHandle<T>) -> io::Result<bool> {
     }
 }
 
+/// Makes a thread just spawned SCHED_IDLE (`chrt --idle -p 0 <tid>`), done by its spawner, so that it runs only
+/// on a CPU nothing else wants: background work started early to soak up the gaps of a set-up whose threads
+/// wait on the kernel and on each other. Only where [`ordinary_spawned`] can undo it (CAP_SYS_NICE: leaving
+/// SCHED_IDLE is privileged); `Ok(false)` says the thread was left ordinary.
+pub fn idle_spawned<T>(thread: &JoinHandle<T>) -> io::Result<bool> {
+    if !may_leave_idle() {
+        return Ok(false);
+    }
+    set_spawned(thread, libc::SCHED_IDLE)
+}
+
+/// Gives a thread of this process the ordinary policy (`chrt --other -p 0 <tid>`): a thread [`idle_spawned`]
+/// made idle, once what it does is wanted soon.
+pub fn ordinary_spawned<T>(thread: &JoinHandle<T>) -> io::Result<bool> {
+    set_spawned(thread, libc::SCHED_OTHER)
+}
+
+fn set_spawned<T>(thread: &JoinHandle<T>, policy: libc::c_int) -> io::Result<bool> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: the handle keeps the thread joinable, so its pthread_t stays valid for the call; `param` lives
+    // across it.
+    let rc = unsafe { libc::pthread_setschedparam(thread.as_pthread_t(), policy, &param) };
+    match rc {
+        0 => Ok(true),
+        libc::EPERM => Ok(false),
+        _ => Err(io::Error::from_raw_os_error(rc)),
+    }
+}
+
+/// Whether this process may move a thread out of SCHED_IDLE: CAP_SYS_NICE as the scheduler counts it, i.e. root
+/// in the initial user namespace, not rootless mode (nor a process that never asked, which is left alone).
+fn may_leave_idle() -> bool {
+    crate::run::userns::acquired() == Some(crate::run::userns::Privilege::Root)
+}
+
 /// CPU time this process's threads have spent real-time, by role: the thread's name up to its first `-`
 /// (`capture-client` is a `capture`; the hub is `main`). What a run reports as `realtime_cpu_ms`.
 static REALTIME_CPU: Mutex<BTreeMap<String, Duration>> = Mutex::new(BTreeMap::new());
@@ -304,5 +339,32 @@ mod tests {
         let counted = counted.expect("counted under the name up to its first -");
         // 30 ms of wall time busy: some of it on a CPU, none of the ordinary 30 ms after.
         assert!(counted > Duration::ZERO && counted <= Duration::from_millis(40), "{counted:?}");
+    }
+
+    #[test]
+    fn a_spawned_thread_is_made_idle_then_ordinary_by_its_spawner() {
+        use std::sync::{Arc, Barrier};
+        // Each step waits for the other side at a barrier: policy set, read, set again, read.
+        let steps: [Arc<Barrier>; 3] = std::array::from_fn(|_| Arc::new(Barrier::new(2)));
+        let at = steps.clone();
+        let thread = std::thread::spawn(move || {
+            at[0].wait();
+            let idle = current_policy();
+            at[1].wait();
+            at[2].wait();
+            (idle, current_policy())
+        });
+        let made_idle = idle_spawned(&thread).unwrap();
+        steps[0].wait();
+        steps[1].wait();
+        assert!(ordinary_spawned(&thread).unwrap(), "ordinary is always allowed back from where it was put");
+        steps[2].wait();
+        let (idle, ordinary) = thread.join().unwrap();
+        assert_eq!(ordinary, libc::SCHED_OTHER);
+        match test_privilege() {
+            Privilege::Root => assert!(made_idle && idle == libc::SCHED_IDLE, "{made_idle} {idle}"),
+            // Leaving SCHED_IDLE needs CAP_SYS_NICE in the initial user namespace: never entered.
+            Privilege::Rootless => assert!(!made_idle && idle == libc::SCHED_OTHER, "{made_idle} {idle}"),
+        }
     }
 }
