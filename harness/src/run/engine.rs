@@ -22,7 +22,7 @@ use crate::run::firewall::{self, Nat};
 use crate::run::impair::{Wire, WireFault};
 use crate::run::netns::Netns;
 use crate::run::partial::{Progress, Stage};
-use crate::run::priority;
+use crate::run::priority::{self, Background};
 use crate::run::supervise::SETUP_LIMIT;
 use crate::run::switchboard::Switchboard;
 use crate::run::topology::{self, HostWire};
@@ -130,19 +130,16 @@ pub fn run(
     // during the set-up, ordinary from here on); each host reads those that can differ between the scenario's
     // namespaces (see `topology::differing_sysctls`): opening a /proc/sys file in a namespace makes the kernel
     // build its entry there, about 90 files per host.
-    let common_reader = match common_reader {
-        Some(reader) => {
+    let common_reader = match common_reader.or_else(|| namespaces.first().map(spawn_common_reader)) {
+        Some((background, reader)) => {
             if let Ok(thread) = &reader {
-                // Failing, it stays idle and is waited for all the same.
-                let _ = priority::ordinary_spawned(thread);
+                background.want(thread);
             }
             reader
         }
-        // Without the tracer's ring (rootless) no namespace was shown before the set-up was done.
-        None => match namespaces.first() {
-            Some(namespace) => spawn_common_reader(namespace),
-            None => Err(Error::Internal("a scenario without hosts".into())),
-        },
+        // Without the tracer's ring (rootless) no namespace was shown before the set-up was done; a plan has
+        // hosts.
+        None => Err(Error::Internal("a scenario without hosts".into())),
     };
     let set_in_any_host: Vec<_> = plan.hosts.iter().flat_map(|host| host.sysctls.iter().cloned()).collect();
     let readers: Vec<_> = plan
@@ -369,14 +366,20 @@ fn fresh_sample(event: &Event) -> Option<Urgency> {
 }
 
 /// A thread reading the TCP sysctls every namespace of the scenario starts with (`topology::common_sysctls`) in
-/// `namespace`, idle until [`priority::ordinary_spawned`] (see [`run`]). It lists the names for every reader:
+/// `namespace`, idle until wanted ([`Background`], see [`run`]). It lists the names for every reader:
 /// listing builds the directory's 200-odd entries.
-fn spawn_common_reader(namespace: &Netns) -> Result<JoinHandle<Result<BTreeMap<String, String>>>> {
-    let reader = namespace.spawn("sysctls", || topology::common_sysctls(topology::tcp_sysctl_files()?))?;
-    // Refused (rootless), it stays ordinary, as when it was started at t0.
-    let _ = priority::idle_spawned(&reader);
-    Ok(reader)
+fn spawn_common_reader(namespace: &Netns) -> CommonReader {
+    let background = Arc::new(Background::default());
+    let idle = Arc::clone(&background);
+    let reader = namespace.spawn("sysctls", move || {
+        idle.start_idle();
+        topology::common_sysctls(topology::tcp_sysctl_files()?)
+    });
+    (background, reader)
 }
+
+/// The thread reading the common sysctls, and how to want its result.
+type CommonReader = (Arc<Background>, Result<JoinHandle<Result<BTreeMap<String, String>>>>);
 
 /// What a thread started by [`Netns::spawn`] to read `what` returned, once it has ended.
 fn joined<T>(reader: Result<JoinHandle<Result<T>>>, what: &str) -> Result<T> {
