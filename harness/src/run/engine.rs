@@ -2,7 +2,7 @@
 //! stop at the end or the deadline, and hand back the timeline.
 
 use crate::run::handoff::{self, RecvTimeoutError};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -22,7 +22,7 @@ use crate::run::firewall::{self, Nat};
 use crate::run::impair::{Wire, WireFault};
 use crate::run::netns::Netns;
 use crate::run::partial::{Progress, Stage};
-use crate::run::priority;
+use crate::run::priority::{self, Background};
 use crate::run::supervise::SETUP_LIMIT;
 use crate::run::switchboard::Switchboard;
 use crate::run::topology::{self, HostWire};
@@ -84,7 +84,25 @@ pub fn run(
     // A link with impairments goes through the wire's namespace, whose ends the hosts' threads create with
     // their own.
     let wire_namespace = plan.links.iter().any(|link| link.wire).then(topology::wire_namespace).transpose()?;
-    let (rig, threads) = start_hosts(plan, report_dir, &sink, programs.collect(), wire_namespace.as_ref())?;
+    // The TCP sysctls a fresh namespace of the scenario starts with (what one host reads for all, see below):
+    // about 90 /proc/sys files, 1-2 ms of CPU. Read from the first host's namespace as soon as it exists, by a
+    // thread that runs only on a CPU the set-up leaves idle (its threads wait on the kernel and on each other)
+    // until t0, when it becomes ordinary. Started at t0 instead, it was still reading when a short scenario's
+    // teardown was done, and the report waited for it. The scenario's own sysctls, written during the set-up,
+    // may come before or after this reading: every host reads those of its own again after t0.
+    let mut common_reader = None;
+    let (rig, threads) = start_hosts(
+        plan,
+        report_dir,
+        &sink,
+        programs.collect(),
+        wire_namespace.as_ref(),
+        &mut |position, namespace| {
+            if position == 0 && common_reader.is_none() {
+                common_reader = Some(spawn_common_reader(namespace));
+            }
+        },
+    )?;
     let Rig { namespaces, interfaces, faults, captures, observers, listen_watchers, tracer, counters } = rig;
     // Every impairment starts off; its decisions come from `seed`.
     let wire = match &wire_namespace {
@@ -108,23 +126,30 @@ pub fn run(
     // ordinary priority (so never ahead of the scenario's own threads), and joined after it. Reading them
     // after the programs ended put 1.2 ms of opening /proc/sys files into every run's teardown. The values
     // cannot change during the run: netfault wrote its own before this, and exec programs run without the
-    // capabilities to write any. The first host reads every TCP sysctl, for all; each host reads those that
-    // can differ between the scenario's namespaces (see `topology::differing_sysctls`): opening a /proc/sys
-    // file in a namespace makes the kernel build its entry there, about 90 files per host.
+    // capabilities to write any. The first host's namespace gives every TCP sysctl, for all (its reader started
+    // during the set-up, ordinary from here on); each host reads those that can differ between the scenario's
+    // namespaces (see `topology::differing_sysctls`): opening a /proc/sys file in a namespace makes the kernel
+    // build its entry there, about 90 files per host.
+    let common_reader = match common_reader.or_else(|| namespaces.first().map(spawn_common_reader)) {
+        Some((background, reader)) => {
+            if let Ok(thread) = &reader {
+                background.want(thread);
+            }
+            reader
+        }
+        // Without the tracer's ring (rootless) no namespace was shown before the set-up was done; a plan has
+        // hosts.
+        None => Err(Error::Internal("a scenario without hosts".into())),
+    };
     let set_in_any_host: Vec<_> = plan.hosts.iter().flat_map(|host| host.sysctls.iter().cloned()).collect();
     let readers: Vec<_> = plan
         .hosts
         .iter()
         .zip(&namespaces)
-        .enumerate()
-        .map(|(position, (host, namespace))| {
+        .map(|(host, namespace)| {
             let (own, set_in_any_host) = (host.sysctls.clone(), set_in_any_host.clone());
-            // The names are listed by the first reader, off this thread: listing builds the directory's 200-odd
-            // entries, 0.3 ms that came before t0.
             namespace.spawn(&format!("sysctls-{}", host.id), move || {
-                let files = topology::tcp_sysctl_files()?;
-                let common = if position == 0 { Some(topology::common_sysctls(files)?) } else { None };
-                Ok((common, topology::differing_sysctls(&own, &set_in_any_host, files)?))
+                topology::differing_sysctls(&own, &set_in_any_host, topology::tcp_sysctl_files()?)
             })
         })
         .collect();
@@ -285,14 +310,13 @@ pub fn run(
     // The sysctl readers run at the ordinary priority and may still be at it when a short scenario ends: they
     // are waited for last, so that the teardown overlaps them instead of coming after them.
     progress.stage(Stage::ReadingSysctls);
-    let mut common = None;
+    let common = joined(common_reader, "the sysctls")
+        .map_err(|e| harness_errors.push(format!("{} sysctls: {e}", plan.hosts[0].id)))
+        .ok();
     let mut differing = Vec::with_capacity(plan.hosts.len());
     for (host, reader) in plan.hosts.iter().zip(readers) {
         match joined(reader, "the sysctls") {
-            Ok((read_for_all, own)) => {
-                common = common.or(read_for_all);
-                differing.push((host.id, own));
-            }
+            Ok(own) => differing.push((host.id, own)),
             Err(e) => harness_errors.push(format!("{} sysctls: {e}", host.id)),
         }
     }
@@ -340,6 +364,22 @@ fn fresh_sample(event: &Event) -> Option<Urgency> {
         _ => None,
     }
 }
+
+/// A thread reading the TCP sysctls every namespace of the scenario starts with (`topology::common_sysctls`) in
+/// `namespace`, idle until wanted ([`Background`], see [`run`]). It lists the names for every reader:
+/// listing builds the directory's 200-odd entries.
+fn spawn_common_reader(namespace: &Netns) -> CommonReader {
+    let background = Arc::new(Background::default());
+    let idle = Arc::clone(&background);
+    let reader = namespace.spawn("sysctls", move || {
+        idle.start_idle();
+        topology::common_sysctls(topology::tcp_sysctl_files()?)
+    });
+    (background, reader)
+}
+
+/// The thread reading the common sysctls, and how to want its result.
+type CommonReader = (Arc<Background>, Result<JoinHandle<Result<BTreeMap<String, String>>>>);
 
 /// What a thread started by [`Netns::spawn`] to read `what` returned, once it has ended.
 fn joined<T>(reader: Result<JoinHandle<Result<T>>>, what: &str) -> Result<T> {
@@ -406,7 +446,8 @@ pub fn set_up(plan: &Plan, report_dir: &Path, sink: &EventSink) -> Result<Rig> {
     if plan.has_impairments() {
         return Err(Error::Internal("the set-up benchmark times scenarios without impairments".into()));
     }
-    let (rig, threads) = start_hosts(plan, report_dir, sink, plan.hosts.iter().map(|_| None).collect(), None)?;
+    let hosts = plan.hosts.iter().map(|_| None).collect();
+    let (rig, threads) = start_hosts(plan, report_dir, sink, hosts, None, &mut |_, _| {})?;
     for thread in threads {
         thread.join().map_err(|_| Error::Internal("host set-up thread panicked".into()))??;
     }
@@ -489,6 +530,7 @@ fn start_hosts(
     sink: &EventSink,
     programs: Vec<Option<Program>>,
     wire: Option<&Netns>,
+    on_namespace: &mut dyn FnMut(usize, &Netns),
 ) -> Result<(Rig, Vec<JoinHandle<Result<()>>>)> {
     let shared = Arc::new(plan.clone());
     // The tracer's ring exists before any host is set up: the `tc` programs of qdisc-drop faults, loaded in
@@ -517,7 +559,9 @@ fn start_hosts(
     }
     drop((ready_tx, namespace_tx));
     // The tracer loads its programs while the hosts set themselves up: it needs only their namespaces.
-    let tracer = ring_maps.map_err(|e| e.to_string()).and_then(|maps| start_tracer(plan, &namespace_rx, maps, sink));
+    let tracer = ring_maps
+        .map_err(|e| e.to_string())
+        .and_then(|maps| start_tracer(plan, &namespace_rx, maps, sink, on_namespace));
     let mut rigs: Vec<Option<HostRig>> = plan.hosts.iter().map(|_| None).collect();
     let mut failures = Vec::new();
     // A set-up step the scenario caused to fail (a sysctl the kernel refuses) is the error to report, at its
@@ -570,12 +614,14 @@ fn start_hosts(
 }
 
 /// The transition tracer of every host's namespace, the router's too (watched from outside them), started as
-/// soon as each host's thread has made its namespace; `Err` says why the run's states are only sampled.
+/// soon as each host's thread has made its namespace; `Err` says why the run's states are only sampled. Each
+/// namespace is shown to `on_namespace` (with the host's position) as it comes.
 fn start_tracer(
     plan: &Plan,
     namespaces: &handoff::Receiver<(usize, Netns)>,
     maps: RingMaps,
     sink: &EventSink,
+    on_namespace: &mut dyn FnMut(usize, &Netns),
 ) -> std::result::Result<Tracer, String> {
     let mut received: Vec<Option<Netns>> = plan.hosts.iter().map(|_| None).collect();
     for _ in &plan.hosts {
@@ -583,6 +629,7 @@ fn start_tracer(
         let (position, namespace) = namespaces
             .recv_timeout(SETUP_LIMIT)
             .map_err(|_| "a host's namespace never came (its set-up failed)".to_string())?;
+        on_namespace(position, &namespace);
         received[position] = Some(namespace);
     }
     let namespaces: Vec<(HostId, &Netns)> =

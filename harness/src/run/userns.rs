@@ -26,6 +26,7 @@ pub enum Privilege {
 pub fn acquire() -> Result<Privilege> {
     let uid = nix::unistd::geteuid();
     if uid.is_root() {
+        let _ = ACQUIRED.set(Privilege::Root);
         return Ok(Privilege::Root);
     }
     let gid = nix::unistd::getegid();
@@ -35,7 +36,17 @@ pub fn acquire() -> Result<Privilege> {
     write_proc_file("/proc/self/setgroups", "deny\n")?;
     write_proc_file("/proc/self/uid_map", &format!("0 {uid} 1\n"))?;
     write_proc_file("/proc/self/gid_map", &format!("0 {gid} 1\n"))?;
+    let _ = ACQUIRED.set(Privilege::Rootless);
     Ok(Privilege::Rootless)
+}
+
+/// What [`acquire`] found or made in this process.
+static ACQUIRED: std::sync::OnceLock<Privilege> = std::sync::OnceLock::new();
+
+/// What [`acquire`] found or made, once it has run in this process: root, or rootless (whose capabilities do
+/// not count where the kernel asks the initial user namespace, e.g. for scheduling policies).
+pub fn acquired() -> Option<Privilege> {
+    ACQUIRED.get().copied()
 }
 
 fn write_proc_file(path: &str, content: &str) -> Result<()> {

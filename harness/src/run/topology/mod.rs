@@ -17,6 +17,7 @@ use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressSco
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
 };
+use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
@@ -110,6 +111,12 @@ pub fn link_mac(host: HostId, n: usize) -> [u8; 6] {
     [0x02, 0, 0, 0, n as u8, host.index() as u8 + 1]
 }
 
+/// The MAC address `end` is given: [`link_mac`] of its host and its place among that host's ends.
+fn end_mac(plan: &Plan, end: &LinkEnd) -> [u8; 6] {
+    let n = plan.link_ends().filter(|(_, other)| other.host == end.host).position(|(_, other)| other == end);
+    link_mac(end.host, n.unwrap_or_default())
+}
+
 /// Builds the wire of `plan` inside the hosts' namespaces (`namespaces[i]` is `plan.hosts[i]`'s), and a link
 /// with impairments through `wire` ([`wire_namespace`]). In command-line terms:
 ///
@@ -123,6 +130,7 @@ pub fn link_mac(host: HostId, n: usize) -> [u8; 6] {
 ///                ethtool -K nf0 tx off sg off tso off gso off gro off
 ///                ip addr add <address>/<prefix> dev nf0
 ///                ip link set nf0 up
+///                ip neigh add <peer> lladdr <peer's MAC> dev nf0 nud permanent
 /// with a router: ip route add default via <router>          (client and server)
 /// through the impairment wire, instead of the link's one pair, each end:
 ///                ip link add nf0 mtu M address <its own> type veth
@@ -200,13 +208,9 @@ impl HostWire {
     /// The side of the link's first end, once per link: one `RTM_NEWLINK` creates both ends, the peer born in
     /// `far`'s namespace.
     pub fn create_veth_pair(&mut self, plan: &Plan, link: &Link, far: &Netns) -> Result<()> {
-        let mac = |end: &LinkEnd| {
-            let n = plan.link_ends().filter(|(_, other)| other.host == end.host).position(|(_, other)| other == end);
-            link_mac(end.host, n.unwrap_or_default())
-        };
         let [near, far_end] = &link.ends;
-        let near = VethEnd { netns: near.host.name(), ifname: &near.ifname, mac: mac(near) };
-        let far_end = VethEnd { netns: far_end.host.name(), ifname: &far_end.ifname, mac: mac(far_end) };
+        let near = VethEnd { netns: near.host.name(), ifname: &near.ifname, mac: end_mac(plan, near) };
+        let far_end = VethEnd { netns: far_end.host.name(), ifname: &far_end.ifname, mac: end_mac(plan, far_end) };
         create_veth_pair(&mut self.rtnl, near, far_end, plan.link.mtu, far)
     }
 
@@ -214,10 +218,8 @@ impl HostWire {
     /// it, `to-<host>`, born in `wire`'s namespace; then that end's offloads off and its link up, from a socket
     /// of the wire's namespace (each host sets up its own side of the wire, at the same time as the others).
     pub fn create_veth_to_wire(&mut self, plan: &Plan, end: &LinkEnd, wire: &Netns) -> Result<()> {
-        let n = plan.link_ends().filter(|(_, other)| other.host == end.host).position(|(_, other)| other == end);
         let name = wire_end_name(self.host);
-        let own =
-            VethEnd { netns: self.host.name(), ifname: &end.ifname, mac: link_mac(end.host, n.unwrap_or_default()) };
+        let own = VethEnd { netns: self.host.name(), ifname: &end.ifname, mac: end_mac(plan, end) };
         let wire_end = VethEnd { netns: "wire", ifname: &name, mac: wire_mac(self.host) };
         create_veth_pair(&mut self.rtnl, own, wire_end, plan.link.mtu, wire)?;
         let mut wire_rtnl = wire
@@ -241,7 +243,11 @@ impl HostWire {
             if let Some(sysfs) = &self.sysfs {
                 sysfs.steer_to_one_cpu(&end.ifname).map_err(|e| in_host(e, self.host))?;
             }
-            links.push(configure_link_end(&mut self.rtnl, end)?);
+            let peer =
+                plan.links[link].ends.iter().find(|other| *other != end).ok_or_else(|| {
+                    Error::Internal(format!("the link of {} {} has no other end", end.host, end.ifname))
+                })?;
+            links.push(configure_link_end(&mut self.rtnl, end, (peer.address, end_mac(plan, peer)))?);
             if plan.links[link].wire {
                 let (host, ifname) = (self.host, &end.ifname);
                 turn_off_rx_checksum(self.rtnl.raw_fd(), ifname)
@@ -451,8 +457,14 @@ fn add_default_route(rtnl: &mut Rtnl, host: HostId, gateway: Ipv4Addr) -> Result
     )])
 }
 
-/// Offloads, address and link state of one veth end, through the socket that lives in its namespace.
-fn configure_link_end(rtnl: &mut Rtnl, end: &LinkEnd) -> Result<HostLink> {
+/// Offloads, address and link state of one veth end, and its peer's address as a permanent neighbour, through
+/// the socket that lives in its namespace.
+///
+/// The permanent neighbour (`ip neigh add <peer> lladdr <its MAC> dev nf0 nud permanent`) means no ARP
+/// exchange: a connect's first SYN otherwise waits for the ARP reply, while its retransmission timer already
+/// runs from the connect, so the SYN left 10-35 ms late in a loaded TCG VM and its retransmission looked that
+/// much early against it. Nor does an ARP probe come between a scenario's packets later.
+fn configure_link_end(rtnl: &mut Rtnl, end: &LinkEnd, (peer, peer_mac): (Ipv4Addr, [u8; 6])) -> Result<HostLink> {
     let (id, ifname) = (end.host, end.ifname.as_str());
     let link = rtnl.get_link(ifname, &format!("look up {ifname} in {id} (ip link show {ifname})"))?;
     let mac = link
@@ -492,9 +504,28 @@ fn configure_link_end(rtnl: &mut Rtnl, end: &LinkEnd) -> Result<HostLink> {
             ),
         ),
         Request::new(RouteNetlinkMessage::NewLink(up), 0, format!("set {ifname} up in {id} (ip link set {ifname} up)")),
+        Request::new(
+            RouteNetlinkMessage::NewNeighbour(permanent_neighbour(ifindex, peer, peer_mac)),
+            NLM_F_CREATE | NLM_F_EXCL,
+            format!(
+                "add {peer}'s address to {ifname} in {id} (ip neigh add {peer} lladdr {} dev {ifname} nud permanent)",
+                format_mac(peer_mac)
+            ),
+        ),
     ])?;
 
     Ok(HostLink { host: id, ifindex, ifname: ifname.to_string(), address: end.address, mac })
+}
+
+/// `ip neigh add <address> lladdr <mac> dev <ifindex> nud permanent`.
+fn permanent_neighbour(ifindex: u32, address: Ipv4Addr, mac: [u8; 6]) -> NeighbourMessage {
+    let mut neighbour = NeighbourMessage::default();
+    neighbour.header.family = AddressFamily::Inet;
+    neighbour.header.ifindex = ifindex;
+    neighbour.header.state = NeighbourState::Permanent;
+    neighbour.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(address)));
+    neighbour.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+    neighbour
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr as InetAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::thread;
@@ -181,7 +182,40 @@ fn builds_addresses_mtu_macs_and_links_up() {
         assert_eq!(ipv6, "", "{id}: IPv6 must be off");
         let links = in_namespace(ns, "ip", &["-o", "link"]);
         assert_eq!(links.lines().count(), 2, "{id}: only lo and nf0: {links}");
+        let (peer, peer_address) = match id {
+            HostId::Server => (HostId::Client, CLIENT_ADDRESS),
+            _ => (HostId::Server, SERVER_ADDRESS),
+        };
+        let neighbours = in_namespace(ns, "ip", &["neigh", "show", "dev", "nf0"]);
+        assert_eq!(
+            neighbours.trim(),
+            format!("{peer_address} lladdr {} PERMANENT", format_mac(link_mac(peer, 0))),
+            "{id}: its peer known from the start, no ARP"
+        );
     }
+}
+
+/// A connect's first frame on the wire is its SYN: the peer's MAC is known (no ARP request before it).
+#[test]
+fn the_first_frame_of_a_connect_is_its_syn() {
+    let (client, server) = namespaces();
+    let plan = default_plan();
+    let topology = build(&plan, &[&client, &server], None).unwrap();
+    let ifindex = topology.link(HostId::Client).unwrap().ifindex;
+    let socket = client
+        .run(|| {
+            let socket = crate::observe::capture::open_socket("the test's capture")?;
+            crate::observe::capture::bind(&socket, ifindex, "the test's capture")?;
+            Ok(socket)
+        })
+        .unwrap();
+    connect_across(&client, &server, 9100);
+    let mut frame = [0u8; 128];
+    // SAFETY: a valid socket and a live buffer of the length given; the frames are queued already.
+    let length = unsafe { libc::recv(socket.as_raw_fd(), frame.as_mut_ptr().cast(), frame.len(), libc::MSG_DONTWAIT) };
+    assert!(length >= 54, "a frame was captured: {length}");
+    assert_eq!(frame[12..14], [0x08, 0x00], "the first frame is IPv4, not ARP: {:02x?}", &frame[..length as usize]);
+    assert_eq!((frame[23], frame[47] & 0x3f), (6, 0x02), "the first frame is a SYN: {:02x?}", &frame[..54]);
 }
 
 #[test]
