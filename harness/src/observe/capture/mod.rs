@@ -656,18 +656,29 @@ mod tests {
     /// What Wireshark reads from the pcap: each frame's stamp as `tshark` prints it (seconds with nine
     /// decimals, which only a nanosecond pcap gives) and its length on the wire.
     fn tshark_read(pcap: &Path) -> Vec<(String, u64)> {
+        tshark_fields(pcap, ["frame.time_epoch", "frame.len"])
+            .into_iter()
+            .map(|(time, len)| {
+                let len = len.parse().unwrap_or_else(|e| panic!("tshark length {len:?}: {e}"));
+                (time, len)
+            })
+            .collect()
+    }
+
+    /// `tshark -n -r <pcap> -T fields -e <first> -e <second>`: the two fields of each frame.
+    fn tshark_fields(pcap: &Path, [first, second]: [&str; 2]) -> Vec<(String, String)> {
         let output = unprivileged_command("tshark")
             .args(["-n", "-r"])
             .arg(pcap)
-            .args(["-T", "fields", "-e", "frame.time_epoch", "-e", "frame.len"])
+            .args(["-T", "fields", "-e", first, "-e", second])
             .output()
             .unwrap_or_else(|e| panic!("tshark -r {}: {e}", pcap.display()));
         assert!(output.status.success(), "tshark -r {}: {}", pcap.display(), String::from_utf8_lossy(&output.stderr));
         String::from_utf8_lossy(&output.stdout)
             .lines()
             .map(|line| {
-                let (time, len) = line.split_once('\t').unwrap_or_else(|| panic!("tshark line {line:?}"));
-                (time.to_string(), len.parse().unwrap_or_else(|e| panic!("tshark length {len:?}: {e}")))
+                let (first, second) = line.split_once('\t').unwrap_or_else(|| panic!("tshark line {line:?}"));
+                (first.to_string(), second.to_string())
             })
             .collect()
     }
@@ -1044,19 +1055,9 @@ mod tests {
 
     /// `tshark -T fields -e frame.len -e frame.cap_len`: each frame's length on the wire and as captured.
     fn tshark_lengths(pcap: &Path) -> Vec<(u32, u32)> {
-        let output = unprivileged_command("tshark")
-            .args(["-n", "-r"])
-            .arg(pcap)
-            .args(["-T", "fields", "-e", "frame.len", "-e", "frame.cap_len"])
-            .output()
-            .unwrap_or_else(|e| panic!("tshark -r {}: {e}", pcap.display()));
-        assert!(output.status.success(), "tshark -r {}: {}", pcap.display(), String::from_utf8_lossy(&output.stderr));
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .map(|line| {
-                let (len, captured) = line.split_once('\t').unwrap_or_else(|| panic!("tshark line {line:?}"));
-                (len.parse().unwrap(), captured.parse().unwrap())
-            })
+        tshark_fields(pcap, ["frame.len", "frame.cap_len"])
+            .into_iter()
+            .map(|(len, captured)| (len.parse().unwrap(), captured.parse().unwrap()))
             .collect()
     }
 
