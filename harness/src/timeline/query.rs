@@ -597,6 +597,11 @@ mod tests {
         socket_histories(HostId::Client, &samples[0], &transitions[0])
     }
 
+    /// A history's states and their times in ms.
+    fn states_ms(history: &SocketHistory) -> Vec<(TcpState, u64)> {
+        history.states.iter().map(|(state, t)| (*state, t.as_millis() as u64)).collect()
+    }
+
     /// The untraced states of every history: (state, sampled at, traced state, traced since), in ms.
     fn untraced(histories: &[SocketHistory]) -> Vec<(TcpState, u64, TcpState, u64)> {
         let ms = |t: Duration| t.as_millis() as u64;
@@ -623,7 +628,7 @@ mod tests {
             sample(3000, socket, FinWait2),
             sample(7295, socket, Gone),
         ]);
-        let states: Vec<(TcpState, u64)> = got[0].states.iter().map(|(s, t)| (*s, t.as_millis() as u64)).collect();
+        let states = states_ms(&got[0]);
         assert_eq!(states, vec![(SynSent, 1), (Established, 2), (FinWait1, 3), (FinWait2, 2261), (Gone, 7295)]);
         assert_eq!(
             untraced(&got),
@@ -653,7 +658,7 @@ mod tests {
             sample(2264, socket, FinWait2),
             sample(7310, socket, Gone),
         ]);
-        let states: Vec<(TcpState, u64)> = got[0].states.iter().map(|(s, t)| (*s, t.as_millis() as u64)).collect();
+        let states = states_ms(&got[0]);
         assert_eq!(
             states,
             vec![(SynSent, 1), (Established, 2), (FinWait1, 3), (FinWait2, 2260), (Close, 2260), (Gone, 7310)]
@@ -683,7 +688,7 @@ mod tests {
             transition(9001, socket, Established, FinWait1),
             transition(9002, socket, FinWait1, Close),
         ]);
-        let states: Vec<(TcpState, u64)> = got[0].states.iter().map(|(s, t)| (*s, t.as_millis() as u64)).collect();
+        let states = states_ms(&got[0]);
         assert_eq!(states, vec![(Established, 21), (FinWait1, 9001), (Close, 9002), (Gone, 9002)]);
         assert_eq!(untraced(&got), vec![], "the samples agree with the transitions");
     }
@@ -711,7 +716,7 @@ mod tests {
             sample(90, socket, Gone),
         ]);
         assert_eq!(untraced(&got), vec![], "{got:?}");
-        let states: Vec<(TcpState, u64)> = got[0].states.iter().map(|(s, t)| (*s, t.as_millis() as u64)).collect();
+        let states = states_ms(&got[0]);
         assert_eq!(
             states,
             vec![(SynSent, 1), (Established, 2), (FinWait1, 6), (FinWait2, 7), (Close, 11), (TimeWait, 30), (Gone, 90)]
@@ -761,9 +766,7 @@ mod tests {
             sample(25, other, Close),
         ]);
         assert_eq!(untraced(&got), vec![], "{got:?}");
-        let states = |n: usize| -> Vec<(TcpState, u64)> {
-            got[n].states.iter().map(|(s, t)| (*s, t.as_millis() as u64)).collect()
-        };
+        let states = |n: usize| states_ms(&got[n]);
         assert_eq!(states(0), vec![(SynSent, 1), (Established, 2), (FinWait1, 3), (Close, 21), (Gone, 21)]);
         assert_eq!(states(1), vec![(Established, 1), (FinWait1, 2), (FinWait2, 3), (Close, 22), (Gone, 22)]);
     }
