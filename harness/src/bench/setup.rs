@@ -90,6 +90,8 @@ table inet netfault {
 struct Phases {
     setup: Vec<Duration>,
     teardown: Vec<Duration>,
+    /// CPU time of every thread of the process during the set-up (`getrusage(RUSAGE_SELF)`), where measured.
+    setup_cpu: Duration,
 }
 
 impl Phases {
@@ -154,6 +156,8 @@ pub fn bench_setup(options: &SetupOptions) -> Result<Report> {
     }
 
     add_phase_rows(&mut report, &engine, &ENGINE_SETUP, &ENGINE_TEARDOWN, "netfault (engine)");
+    let setup_cpu: Vec<f64> = engine.iter().map(|p| millis(p.setup_cpu)).collect();
+    report.row("netfault (engine) SETUP CPU, all threads (getrusage)", "ms", &setup_cpu);
     add_phase_rows(&mut report, &netfault, &NETFAULT_SETUP, &NETFAULT_TEARDOWN, "one phase at a time");
     report.row("reference: setsockopt(PACKET_RX_RING), 1 block", "ms", &grace_periods);
     report.row("reference: packet socket + bind, no ring", "ms", &plain_sockets);
@@ -200,6 +204,7 @@ pub fn bench_setup(options: &SetupOptions) -> Result<Report> {
     );
     report.extra = json!({
         "engine_ms": phases_json(&engine),
+        "engine_setup_cpu_ms": setup_cpu,
         "phases_ms": phases_json(&netfault),
         "ring_setsockopt_ms": grace_periods,
         "plain_socket_ms": plain_sockets,
@@ -247,6 +252,7 @@ fn phases_json(phases: &[Phases]) -> serde_json::Value {
 fn engine_once(plan: &Plan, dir: &Path) -> Result<Phases> {
     let mut phases = Phases::default();
     let (sink, _events) = EventSink::new(Clock::unstarted());
+    let cpu_before = process_cpu()?;
     let mut lap = Lap::start();
     let Rig { namespaces, mut faults, captures, observers, tracer, .. } = engine::set_up(plan, dir, &sink)?;
     let tracer = tracer.map_err(|reason| Error::Internal(format!("the transition tracer: {reason}")))?;
@@ -254,6 +260,7 @@ fn engine_once(plan: &Plan, dir: &Path) -> Result<Phases> {
         faults[fault.host.index()].switch(fault, true)?;
     }
     lap.lap(&mut phases.setup);
+    phases.setup_cpu = process_cpu()?.saturating_sub(cpu_before);
 
     let mut lap = Lap::start();
     for observer in observers {
@@ -419,6 +426,19 @@ fn capture_references() -> Result<(Duration, Duration)> {
     // capture does.
     std::thread::spawn(move || drop((plain, ring)));
     Ok((ring_took, plain_took))
+}
+
+/// User and system CPU time of every thread of this process so far, the ended ones included
+/// (`getrusage(RUSAGE_SELF)`): what the set-up asks of a machine's CPUs, against the wall time it takes.
+fn process_cpu() -> Result<Duration> {
+    // SAFETY: rusage is plain old data; all-zero is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a live, writable rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return Err(Error::last_os("getrusage(RUSAGE_SELF)"));
+    }
+    let time = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
+    Ok(time(usage.ru_utime) + time(usage.ru_stime))
 }
 
 /// `lo` is always interface 1 of a network namespace.
