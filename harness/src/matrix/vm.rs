@@ -364,22 +364,12 @@ fn unpack(disk: &Path, out: &Path) -> Result<()> {
 }
 
 /// Modules loaded before the suite (`modprobe` names or aliases): veth, nf_tables with the expressions the
-/// faults use (objref for named counters, reject, xtables' `bpf` match through nft_compat, which the kernel
-/// cannot ask for by itself from an `inet` table), the TCP sock_diag handler the observers dump through, and
-/// the qdiscs impairments use.
+/// faults use (objref for named counters, reject), the TCP sock_diag handler the observers dump through, and
+/// the qdiscs impairments use. (nft_compat and xt_bpf, which egress faults record their drops with, are not
+/// here: the firewall asks for them as `iptables` would, and the guest loads them then.)
 /// Those a kernel builds into another module (6.12 has objref inside nf_tables) are left out by the caller.
-pub const PRELOAD: [&str; 10] = [
-    "rtnl-link-veth",
-    "nf_tables",
-    "nft_objref",
-    "nft_reject_inet",
-    "nft_compat",
-    "xt_bpf",
-    "inet_diag",
-    "tcp_diag",
-    "sch_netem",
-    "sch_tbf",
-];
+pub const PRELOAD: [&str; 8] =
+    ["rtnl-link-veth", "nf_tables", "nft_objref", "nft_reject_inet", "inet_diag", "tcp_diag", "sch_netem", "sch_tbf"];
 
 /// The guest's `/init`: mounts, the disk driver, the suite, the reports onto the disk, power off. `command`
 /// is the netfault command line to run, from `/netfault`.

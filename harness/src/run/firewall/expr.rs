@@ -265,7 +265,7 @@ const XT_BPF_INFO_V1_BYTES: usize = 528;
 /// `XT_BPF_MODE_FD_ELF`: the match runs the loaded program whose descriptor `fd` is, in the process adding the
 /// rule (the kernel takes its own reference when it checks the rule).
 const XT_BPF_MODE_FD_ELF: u16 = 2;
-const XT_BPF_REVISION: u32 = 1;
+pub(super) const XT_BPF_REVISION: u32 = 1;
 
 /// iptables `-m bpf` (revision 1) through `nft_compat`: runs the socket-filter program `program_fd` on the
 /// packet and matches when it returns anything but 0. `nft` can list such a rule but not write one.

@@ -31,7 +31,7 @@ pub use nat::Nat;
 pub use payload::{inner_header_loads, PayloadEncoding};
 pub use qdisc::install_qdisc_drops;
 
-use expr::{CounterObject, CounterRef, PayloadBase, RawPayload, XtBpfMatch};
+use expr::{CounterObject, CounterRef, PayloadBase, RawPayload, XtBpfMatch, XT_BPF_REVISION};
 use matcher::{Alternative, Selection};
 use payload::{add_no_payload_set, add_payload_nonempty, nonempty_text};
 use socket::NetfilterSocket;
@@ -179,6 +179,14 @@ impl Firewall {
             return Err(Error::Internal(format!("two faults named {} on host {host}", pair[0].0.name)));
         }
         let mut socket = NetfilterSocket::open(ns)?;
+        if recorder.is_some() {
+            socket.load_xt_match(c"bpf", XT_BPF_REVISION).map_err(|e| Error::Missing {
+                what: format!("xtables' bpf match for the egress faults of {host} to record what they drop ({e})"),
+                hint: "a kernel with nft_compat and xt_bpf (CONFIG_NFT_COMPAT, CONFIG_NETFILTER_XT_MATCH_BPF): \
+                       modprobe nft_compat xt_bpf"
+                    .into(),
+            })?;
+        }
         let forwards = own.iter().any(|(fault, _)| fault.direction == Direction::Forward);
         let lengths = own
             .iter()
@@ -199,14 +207,8 @@ impl Firewall {
         // then also named with its line.
         for (fault, location) in &own {
             socket.apply(&fault_batch(fault)).map_err(|e| {
-                // An `inet` table's rule cannot make the kernel load xt_bpf by itself.
-                let needs = if fault.recorder.is_some() {
-                    "; its bpf match needs the kernel's nft_compat and xt_bpf: modprobe nft_compat xt_bpf"
-                } else {
-                    ""
-                };
                 let what = format!(
-                    "install fault {} on {host} (nft add chain inet netfault {}; {}{needs})",
+                    "install fault {} on {host} (nft add chain inet netfault {}; {})",
                     fault.name,
                     fault.chain_name(),
                     rule_text(fault).join("; ")

@@ -708,3 +708,14 @@ fn both_payload_encodings_select_the_same_packets() {
     assert!(data >= 8, "{data} segments with payload");
     assert!(empty >= 4 * 3, "{empty} segments without payload");
 }
+
+#[test]
+fn asking_for_an_xtables_match_finds_bpf_and_refuses_one_that_does_not_exist() {
+    let ns = Netns::new_anonymous().unwrap();
+    let mut socket = NetfilterSocket::open(&ns).unwrap();
+    socket.load_xt_match(c"bpf", expr::XT_BPF_REVISION).unwrap();
+    let refused = socket.load_xt_match(c"netfault_none", 0).unwrap_err();
+    assert_eq!(refused.raw_os_error(), Some(libc::ENOENT), "{refused}");
+    // The socket still answers after a refusal.
+    socket.load_xt_match(c"bpf", expr::XT_BPF_REVISION).unwrap();
+}
