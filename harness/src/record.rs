@@ -95,7 +95,9 @@ pub struct TracerStats {
     /// Packets the sending host dropped before they left (by netfilter or its queueing discipline), shown on
     /// the timeline though no capture has them.
     pub dropped_packets: u64,
-    /// Why such packets cannot be shown, if they cannot (a kernel without drop reasons).
+    /// Why the packets a queueing discipline dropped of itself (a rate impairment's full queue) cannot be shown,
+    /// if they cannot (a kernel without drop reasons); the drops of faults are recorded by the faults' own
+    /// programs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drops_untraced: Option<String>,
     /// Records the ring buffer had no room for, transitions or dropped packets (and a packet a `qdisc-drop`
@@ -144,7 +146,11 @@ impl StateSource {
             StateSource::Traced(stats) => {
                 let drops = match &stats.drops_untraced {
                     None => format!("; {} packets dropped by their sender before they left", stats.dropped_packets),
-                    Some(reason) => format!("; packets dropped before they left not shown: {reason}"),
+                    Some(reason) => format!(
+                        "; {} packets dropped by their sender's faults before they left; a full queue's drops not \
+                         shown: {reason}",
+                        stats.dropped_packets
+                    ),
                 };
                 format!(
                     "socket states: {} transitions from the kernel's tracepoint sock:inet_sock_set_state (kernel \

@@ -291,7 +291,7 @@ fn phases_once(plan: &Plan, dir: &Path) -> Result<Phases> {
     lap.lap(&mut phases.setup);
     let mut firewalls = Vec::with_capacity(2);
     for host in HostId::ALL {
-        firewalls.push(Firewall::install(&namespaces[host.index()], host, &plan.faults, None)?);
+        firewalls.push(Firewall::install(&namespaces[host.index()], host, &plan.faults, None, None)?);
     }
     for fault in &plan.faults {
         firewalls[fault.host.index()].activate(&fault.name)?;

@@ -365,7 +365,8 @@ fn unpack(disk: &Path, out: &Path) -> Result<()> {
 
 /// Modules loaded before the suite (`modprobe` names or aliases): veth, nf_tables with the expressions the
 /// faults use (objref for named counters, reject), the TCP sock_diag handler the observers dump through, and
-/// the qdiscs impairments use.
+/// the qdiscs impairments use. (nft_compat and xt_bpf, which egress faults record their drops with, are not
+/// here: the firewall asks for them as `iptables` would, and the guest loads them then.)
 /// Those a kernel builds into another module (6.12 has objref inside nf_tables) are left out by the caller.
 pub const PRELOAD: [&str; 8] =
     ["rtnl-link-veth", "nf_tables", "nft_objref", "nft_reject_inet", "inet_diag", "tcp_diag", "sch_netem", "sch_tbf"];

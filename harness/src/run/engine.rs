@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::observe::capture::{Capture, CaptureBuffer, CaptureSettings};
 use crate::observe::counters::CounterFiles;
 use crate::observe::sockets::{DiagSocket, Observer};
+use crate::observe::transitions::program::DropRecording;
 use crate::observe::transitions::{RingMaps, Tracer};
 use crate::record::{CaptureStats, CapturedInterface, ObserverStats, RunRecord, StateSource, WireStats, WIRE_LATE_US};
 use crate::run::actors::{self, ActorContext, ProcessRegistry, StepBoard};
@@ -743,7 +744,8 @@ fn set_up_host(
     let links = wire.configure(plan)?;
     wire.wait_operational(plan)?;
     let nat = router_nat(plan).filter(|_| host == HostId::Router);
-    let faults = HostFaults::install(&namespace, host, &plan.faults, nat.as_ref())?;
+    let recording = drops_to.as_ref().map(|maps| DropRecording { maps: maps.fds(), host: host.index() as u32 });
+    let faults = HostFaults::install(&namespace, host, &plan.faults, nat.as_ref(), recording)?;
     for link in &links {
         firewall::install_qdisc_drops(host, link.ifindex, &plan.faults, drops_to.as_ref())?;
     }
@@ -952,22 +954,18 @@ fn active_fault<'p>(
 }
 
 /// Each host's drops before the wire that its egress faults' counters count and the timeline lacks: a harness
-/// error for each host and dropper with any, so that a drop the tracer did not record is never a silent hole
-/// in the timeline. Counted: the packets of `qdisc-drop` faults (each recorded by the fault's own `tc`
-/// program) and, where the kfree_skb drop program runs, those netfilter dropped for egress `drop` and `reject`
-/// faults of the client and server (a router's dropped packets were received, which that program leaves to the
-/// captures). Compared: the counters, read at `counted_at`, with the packets the timeline shows the host's
-/// queueing discipline or netfilter dropped by then (nothing else drops a client's or server's own packets
-/// before they leave; a fault's name is not what is compared, since a drop just before the fault's `on`
-/// event is stamped has none).
+/// error for each host and dropper with any, so that a drop the run did not record is never a silent hole in
+/// the timeline. Counted: the packets of `qdisc-drop` faults and those netfilter dropped for egress `drop` and
+/// `reject` faults of the client and server (a router's dropped packets were received, which the captures
+/// show), each recorded by a program in the fault's own path (its `tc` program, its rule's `bpf` match) into
+/// the tracer's ring. Compared: the counters, read at `counted_at`, with the packets the timeline shows the
+/// host's queueing discipline or netfilter dropped by then (nothing else drops a client's or server's own
+/// packets before they leave; a fault's name is not what is compared, since a drop just before the fault's
+/// `on` event is stamped has none).
 ///
-/// The kernel fires `skb:kfree_skb` only when it frees a packet's last reference, and under load it freed a
-/// few packets that `qdisc-drop` faults dropped without firing it (7 of 60 runs of egress/qdisc-drop-probes
-/// beside a loaded suite missed one drop); those are now recorded at the source. A netfilter drop was missed
-/// the same way once in such measurements, and the cause was not found (the nftables `drop` frees the packet
-/// through `kfree_skb_reason` too). Recording those at the source would take a program in the rule's path
-/// (an NFLOG group read by the harness, stamped when read rather than when dropped); this check is cheap and
-/// exact about how many are missing.
+/// The kernel's `skb:kfree_skb` tracepoint recorded these drops before, and under load it missed some: it
+/// fires only when the packet's last reference goes. A recording program skips nothing, so a gap now means
+/// records were lost (also reported on its own) or a fault's rule ran without its recorder.
 fn drop_gaps(
     timeline: &Timeline,
     plan: &Plan,
@@ -977,7 +975,7 @@ fn drop_gaps(
 ) -> Vec<String> {
     // The timeline shows a dropped packet decoded as IPv4; with IPv6 on the link, a fault may also drop the
     // hosts' own IPv6 packets (router solicitations), which it cannot show.
-    let StateSource::Traced(stats) = states else { return Vec::new() };
+    let StateSource::Traced(_) = states else { return Vec::new() };
     if plan.link.ipv6 {
         return Vec::new();
     }
@@ -992,9 +990,7 @@ fn drop_gaps(
             | FaultAction::RejectIcmpPortUnreachable
             | FaultAction::RejectIcmpHostUnreachable
             | FaultAction::RejectIcmpNetUnreachable
-            | FaultAction::RejectIcmpAdminProhibited => {
-                (stats.drops_untraced.is_none() && fault.host != HostId::Router).then_some(DroppedBy::Netfilter)
-            }
+            | FaultAction::RejectIcmpAdminProhibited => (fault.host != HostId::Router).then_some(DroppedBy::Netfilter),
             FaultAction::FlushConntrack | FaultAction::Impair(_) => None,
         }
     };

@@ -7,6 +7,7 @@
 //! hosts' backends.
 
 use crate::error::{Error, Result};
+use crate::observe::transitions::program::DropRecording;
 use crate::run::firewall::{ConntrackTable, Firewall, Nat};
 use crate::run::netns::Netns;
 use crate::scenario::plan::{FaultAction, FaultPlan, HostId};
@@ -95,11 +96,20 @@ impl HostFaults {
     /// Installs `host`'s faults of `faults` on their backends, all off, with the router's NAT when `nat` is
     /// given. Must run inside the host's namespace. The nftables table is installed even when the host has no
     /// fault, so every host's firewall looks alike.
-    pub fn install(ns: &Netns, host: HostId, faults: &[FaultPlan], nat: Option<&Nat>) -> Result<HostFaults> {
+    /// With `recording`, the drops and rejects of the host's own packets are recorded into the tracer's ring
+    /// ([`Firewall::install`]).
+    pub fn install(
+        ns: &Netns,
+        host: HostId,
+        faults: &[FaultPlan],
+        nat: Option<&Nat>,
+        recording: Option<DropRecording>,
+    ) -> Result<HostFaults> {
         let of = |backend: Backend| -> Vec<FaultPlan> {
             faults.iter().filter(|fault| fault.host == host && Backend::of(fault) == backend).cloned().collect()
         };
-        let firewall: Box<dyn FaultBackend> = Box::new(Firewall::install(ns, host, &of(Backend::Nftables), nat)?);
+        let firewall: Box<dyn FaultBackend> =
+            Box::new(Firewall::install(ns, host, &of(Backend::Nftables), nat, recording)?);
         let mut backends = vec![(Backend::Nftables, firewall)];
         if !of(Backend::Conntrack).is_empty() {
             backends.push((Backend::Conntrack, Box::new(ConntrackTable::open(ns, host)?) as Box<dyn FaultBackend>));

@@ -377,7 +377,7 @@ client:
         let namespaces = [Netns::new_anonymous().unwrap(), Netns::new_anonymous().unwrap()];
         let installed = HostId::ALL
             .iter()
-            .map(|host| HostFaults::install(&namespaces[host.index()], *host, &plan.faults, None).unwrap())
+            .map(|host| HostFaults::install(&namespaces[host.index()], *host, &plan.faults, None, None).unwrap())
             .collect();
         let clock = Clock::started();
         let board = Switchboard::new(&plan, installed, None, clock.clone());

@@ -17,6 +17,7 @@ const BPF_ENABLE_STATS: libc::c_int = 32;
 
 pub const MAP_TYPE_ARRAY: u32 = 2;
 pub const MAP_TYPE_RINGBUF: u32 = 27;
+pub const PROG_TYPE_SOCKET_FILTER: u32 = 1;
 pub const PROG_TYPE_SCHED_CLS: u32 = 3;
 pub const PROG_TYPE_RAW_TRACEPOINT: u32 = 17;
 

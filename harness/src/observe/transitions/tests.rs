@@ -277,7 +277,7 @@ fn ring_records(maps: RingMaps) -> (Vec<Vec<u8>>, u64) {
 #[test]
 fn a_qdisc_drop_program_records_each_drop_it_makes_and_only_those() {
     let maps = RingMaps::create().unwrap();
-    let recording = program::TcRecording { maps: maps.fds(), host: HostId::Server.index() as u32 };
+    let recording = program::DropRecording { maps: maps.fds(), host: HostId::Server.index() as u32 };
     let insns = program::tc_drop_marked_instructions(QDISC_MARK, QDISC_MASK, Some(recording));
     let loaded = Program::load(bpf::PROG_TYPE_SCHED_CLS, "test_qdrop", &insns, LICENSE);
     let program = loaded.unwrap_or_else(|refused| panic!("{}: {}", refused.error, refused.log));
@@ -315,6 +315,38 @@ fn a_qdisc_drop_program_records_each_drop_it_makes_and_only_those() {
         }
     }
     assert_eq!(drops, vec![(1, 40000, 9000, 0x10, 0), (2, 40000, 9000, 0x10, 1000)]);
+}
+
+#[test]
+fn a_netfilter_drop_recorder_records_every_packet_its_rule_takes_and_always_matches() {
+    let maps = RingMaps::create().unwrap();
+    let recording = program::DropRecording { maps: maps.fds(), host: HostId::Client.index() as u32 };
+    let insns = program::netfilter_drop_instructions(recording);
+    let loaded = Program::load(bpf::PROG_TYPE_SOCKET_FILTER, "test_nfdrop", &insns, LICENSE);
+    let program = loaded.unwrap_or_else(|refused| panic!("{}: {}", refused.error, refused.log));
+    // A socket filter's test run starts the packet at its IPv4 header, as a netfilter hook does.
+    let run = |frame: &[u8]| program.test_run(frame, &marked(0)).unwrap();
+    let before = monotonic_ns();
+    assert_eq!(run(&tcp_frame(7, 0)), 1, "a zero-window probe: matched");
+    assert_eq!(run(&tcp_frame(8, 1000)), 1, "a full segment: matched");
+    let after = monotonic_ns();
+    let mut short = tcp_frame(9, 0)[..14 + 19].to_vec();
+    short[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
+    assert_eq!(run(&short), 1, "matched even when it cannot be shown, so the fault still takes it");
+    drop(program);
+
+    let (records, lost) = ring_records(maps);
+    assert_eq!(lost, 1, "the packet too short to show");
+    let mut decoder = Decoder::new();
+    let mut drops = Vec::new();
+    for bytes in &records {
+        let Some(Parsed::Drop { pair, host, time_ns, by, packet }) = parse(bytes) else { panic!("{bytes:?}") };
+        assert_eq!((pair, host, by), (None, HostId::Client.index() as u32, DroppedBy::Netfilter));
+        assert!((before..=after).contains(&time_ns), "{time_ns} outside [{before}, {after}]");
+        let event = decoder.decode_ip(packet, true).unwrap();
+        drops.push((event.ip_id, event.dport, event.len));
+    }
+    assert_eq!(drops, vec![(7, 9000, 0), (8, 9000, 1000)], "one record per packet, in order");
 }
 
 #[test]

@@ -258,3 +258,44 @@ pub(super) fn parse_counter(message: &libc::nlmsghdr) -> Option<CounterValue> {
         })
     }
 }
+
+/// `struct xt_bpf_info_v1` in linux/netfilter/xt_bpf.h: `mode`, `bpf_program_num_elem`, `fd`, a union of 64
+/// classic BPF instructions or a 512-byte path, and a kernel-only program pointer (8-aligned): 528 bytes.
+const XT_BPF_INFO_V1_BYTES: usize = 528;
+/// `XT_BPF_MODE_FD_ELF`: the match runs the loaded program whose descriptor `fd` is, in the process adding the
+/// rule (the kernel takes its own reference when it checks the rule).
+const XT_BPF_MODE_FD_ELF: u16 = 2;
+pub(super) const XT_BPF_REVISION: u32 = 1;
+
+/// iptables `-m bpf` (revision 1) through `nft_compat`: runs the socket-filter program `program_fd` on the
+/// packet and matches when it returns anything but 0. `nft` can list such a rule but not write one.
+pub(super) struct XtBpfMatch {
+    pub program_fd: i32,
+}
+
+impl Expression for XtBpfMatch {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        let expr = allocated(unsafe { sys::nftnl_expr_alloc(c"match".as_ptr()) });
+        let mut info = [0u8; XT_BPF_INFO_V1_BYTES];
+        info[0..2].copy_from_slice(&XT_BPF_MODE_FD_ELF.to_ne_bytes());
+        info[4..8].copy_from_slice(&self.program_fd.to_ne_bytes());
+        // libnftnl keeps the match's info pointer as given and frees it with the expression: it must come
+        // from malloc.
+        let data = allocated(unsafe { libc::malloc(XT_BPF_INFO_V1_BYTES) }.cast::<u8>());
+        // SAFETY: `data` holds XT_BPF_INFO_V1_BYTES bytes; `expr` is a live match expression, which takes
+        // `data` over; libnftnl copies the name and the revision.
+        unsafe {
+            std::ptr::copy_nonoverlapping(info.as_ptr(), data.as_ptr(), XT_BPF_INFO_V1_BYTES);
+            let raw = expr.as_ptr();
+            sys::nftnl_expr_set_str(raw, sys::NFTNL_EXPR_MT_NAME as u16, c"bpf".as_ptr());
+            sys::nftnl_expr_set_u32(raw, sys::NFTNL_EXPR_MT_REV as u16, XT_BPF_REVISION);
+            sys::nftnl_expr_set(
+                raw,
+                sys::NFTNL_EXPR_MT_INFO as u16,
+                data.as_ptr().cast::<c_void>(),
+                XT_BPF_INFO_V1_BYTES as u32,
+            );
+        }
+        expr
+    }
+}

@@ -31,12 +31,14 @@ pub use nat::Nat;
 pub use payload::{inner_header_loads, PayloadEncoding};
 pub use qdisc::install_qdisc_drops;
 
-use expr::{CounterObject, CounterRef, PayloadBase, RawPayload};
+use expr::{CounterObject, CounterRef, PayloadBase, RawPayload, XtBpfMatch, XT_BPF_REVISION};
 use matcher::{Alternative, Selection};
 use payload::{add_no_payload_set, add_payload_nonempty, nonempty_text};
 use socket::NetfilterSocket;
 
 use crate::error::{Error, Result};
+use crate::observe::transitions::bpf::{Program, PROG_TYPE_SOCKET_FILTER};
+use crate::observe::transitions::program::{netfilter_drop_instructions, DropRecording};
 use crate::run::netns::Netns;
 use crate::scenario::plan::{Direction, FaultAction, FaultPlan, HostId, PayloadMatch, Protocol};
 
@@ -59,6 +61,9 @@ pub struct Firewall {
     host: HostId,
     /// Sorted by name.
     faults: Vec<InstalledFault>,
+    /// The program egress faults' rules run to record the packets they drop; it must outlive their rules'
+    /// every activation, which refers to it by descriptor.
+    _recorder: Option<Program>,
 }
 
 /// What a fault's rule does to the packets it matches.
@@ -78,6 +83,10 @@ struct InstalledFault {
     action: RuleAction,
     /// How its payload condition, if any, is written.
     encoding: PayloadEncoding,
+    /// The descriptor of the program its rules run on each packet they are about to drop or reject, to record
+    /// it for the timeline ([`netfilter_drop_instructions`]): for the drops and rejects of a client's or
+    /// server's own packets, when the run traces drops.
+    recorder: Option<i32>,
 }
 
 impl InstalledFault {
@@ -94,7 +103,21 @@ impl InstalledFault {
                 RuleAction::Verdict(verdict, text)
             }
         };
-        Ok(InstalledFault { name: fault.name.clone(), chain, direction: fault.direction, selection, action, encoding })
+        Ok(InstalledFault {
+            name: fault.name.clone(),
+            chain,
+            direction: fault.direction,
+            selection,
+            action,
+            encoding,
+            recorder: None,
+        })
+    }
+
+    /// Whether the fault drops packets its own host made (an egress drop or reject of a client or server),
+    /// which no capture sees.
+    fn drops_own_packets(&self, host: HostId) -> bool {
+        self.direction == Direction::Egress && host != HostId::Router && matches!(self.action, RuleAction::Verdict(..))
     }
 
     fn chain_name(&self) -> String {
@@ -109,14 +132,22 @@ impl Firewall {
     /// fault in one of its own. Every fault starts off (its chain is empty); its batch also adds and
     /// flushes its rules, so the kernel checks them now rather than at their first activation mid-run.
     /// Faults of other hosts in `faults` are skipped. A table left from an earlier install in the
-    /// same namespace is replaced. A fault the kernel refuses is an error at its line.
+    /// same namespace is replaced. A fault the kernel refuses is an error at its line. With `recording` (the
+    /// tracer's maps), the rules of egress drops and rejects of a client or server record every packet they
+    /// take into the tracer's ring ([`netfilter_drop_instructions`], through xtables' `bpf` match).
     ///
     /// A router's faults sit in base chain `forward` (`hook forward`), and its NAT (`nat`) in chains
     /// `prerouting` and `postrouting` of the same table, installed with the table.
-    pub fn install(ns: &Netns, host: HostId, faults: &[FaultPlan], nat: Option<&Nat>) -> Result<Firewall> {
+    pub fn install(
+        ns: &Netns,
+        host: HostId,
+        faults: &[FaultPlan],
+        nat: Option<&Nat>,
+        recording: Option<DropRecording>,
+    ) -> Result<Firewall> {
         let needs_encoding = faults.iter().any(|fault| fault.host == host && fault.matcher.payload.is_some());
         let encoding = if needs_encoding { PayloadEncoding::of_this_kernel() } else { PayloadEncoding::InnerHeader };
-        Firewall::install_encoded(ns, host, faults, nat, |_| encoding)
+        Firewall::install_encoded(ns, host, faults, (nat, recording), |_| encoding)
     }
 
     /// [`Firewall::install`] with each fault's payload condition written as `encoding` says, whatever the kernel
@@ -125,7 +156,7 @@ impl Firewall {
         ns: &Netns,
         host: HostId,
         faults: &[FaultPlan],
-        nat: Option<&Nat>,
+        (nat, recording): (Option<&Nat>, Option<DropRecording>),
         encoding: impl Fn(&FaultPlan) -> PayloadEncoding,
     ) -> Result<Firewall> {
         let mut own = qdisc::marks(faults)
@@ -133,10 +164,29 @@ impl Firewall {
             .map(|(fault, mark)| Ok((InstalledFault::new(fault, mark, encoding(fault))?, fault.location)))
             .collect::<Result<Vec<_>>>()?;
         own.sort_by(|(a, _), (b, _)| a.name.cmp(&b.name));
+        let recorder = match recording {
+            Some(recording) if own.iter().any(|(fault, _)| fault.drops_own_packets(host)) => {
+                Some(drop_recorder(recording)?)
+            }
+            _ => None,
+        };
+        if let Some(program) = &recorder {
+            for (fault, _) in own.iter_mut().filter(|(fault, _)| fault.drops_own_packets(host)) {
+                fault.recorder = Some(program.fd());
+            }
+        }
         if let Some(pair) = own.windows(2).find(|pair| pair[0].0.name == pair[1].0.name) {
             return Err(Error::Internal(format!("two faults named {} on host {host}", pair[0].0.name)));
         }
         let mut socket = NetfilterSocket::open(ns)?;
+        if recorder.is_some() {
+            socket.load_xt_match(c"bpf", XT_BPF_REVISION).map_err(|e| Error::Missing {
+                what: format!("xtables' bpf match for the egress faults of {host} to record what they drop ({e})"),
+                hint: "a kernel with nft_compat and xt_bpf (CONFIG_NFT_COMPAT, CONFIG_NETFILTER_XT_MATCH_BPF): \
+                       modprobe nft_compat xt_bpf"
+                    .into(),
+            })?;
+        }
         let forwards = own.iter().any(|(fault, _)| fault.direction == Direction::Forward);
         let lengths = own
             .iter()
@@ -166,7 +216,7 @@ impl Firewall {
                 Error::sys(what, e).at(*location)
             })?;
         }
-        Ok(Firewall { socket, host, faults: own.into_iter().map(|(fault, _)| fault).collect() })
+        Ok(Firewall { socket, host, faults: own.into_iter().map(|(fault, _)| fault).collect(), _recorder: recorder })
     }
 
     /// `nft add rule inet netfault fault_<name> <match> counter name fault_<name> <action>`, in one
@@ -222,6 +272,18 @@ impl Firewall {
             })
             .collect()
     }
+}
+
+/// The program that records the packets egress faults drop ([`netfilter_drop_instructions`]), loaded.
+fn drop_recorder(recording: DropRecording) -> Result<Program> {
+    let insns = netfilter_drop_instructions(recording);
+    Program::load(PROG_TYPE_SOCKET_FILTER, "netfault_nfdrop", &insns, c"Dual MIT/GPL").map_err(|refusal| {
+        let log: String = refusal.log.lines().rev().take(3).collect::<Vec<_>>().join(" / ");
+        Error::sys(
+            format!("load the program that records the packets egress faults drop (verifier: {log})"),
+            refusal.error,
+        )
+    })
 }
 
 fn find<'a>(faults: &'a [InstalledFault], host: HostId, fault: &str) -> Result<&'a InstalledFault> {
@@ -319,6 +381,9 @@ fn add_fault_rules(batch: &mut Batch, chain: &Chain, fault: &InstalledFault) {
         if fault.selection.payload == Some(PayloadMatch::NonEmpty) {
             add_payload_nonempty(&mut rule, fault.encoding);
         }
+        if let Some(program_fd) = fault.recorder {
+            rule.add_expr(&XtBpfMatch { program_fd });
+        }
         rule.add_expr(&CounterRef { name: &fault.chain });
         match &fault.action {
             RuleAction::Verdict(verdict, _) => rule.add_expr(verdict),
@@ -409,6 +474,9 @@ fn rule_text(fault: &InstalledFault) -> Vec<String> {
         }
         if fault.selection.payload == Some(PayloadMatch::NonEmpty) {
             parts.push(nonempty_text(fault.encoding));
+        }
+        if fault.recorder.is_some() {
+            parts.push("bpf-match <records the packet for the timeline>".into());
         }
         parts.push(format!("counter name {}", fault.chain_name()));
         parts.push(match &fault.action {

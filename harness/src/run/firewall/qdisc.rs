@@ -21,7 +21,7 @@ use netlink_packet_route::RouteNetlinkMessage;
 
 use crate::error::{Error, Result};
 use crate::observe::transitions::bpf::{Program, PROG_TYPE_SCHED_CLS};
-use crate::observe::transitions::program::{tc_drop_marked_instructions, TcRecording};
+use crate::observe::transitions::program::{tc_drop_marked_instructions, DropRecording};
 use crate::observe::transitions::RingMaps;
 use crate::run::topology::rtnl::{Request, Rtnl};
 use crate::scenario::plan::{FaultAction, FaultPlan, HostId};
@@ -46,7 +46,7 @@ pub(super) fn marks(faults: &[FaultPlan]) -> impl Iterator<Item = (&FaultPlan, u
 }
 
 /// The `tc` program that drops marked packets, loaded; with `recording`, it records each drop.
-fn drop_program(recording: Option<TcRecording>) -> Result<Program> {
+fn drop_program(recording: Option<DropRecording>) -> Result<Program> {
     let insns = tc_drop_marked_instructions(MARK_BASE, MARK_MASK, recording);
     Program::load(PROG_TYPE_SCHED_CLS, PROGRAM_NAME, &insns, c"Dual MIT/GPL").map_err(|refusal| {
         if refusal.error.raw_os_error() == Some(libc::EPERM) {
@@ -72,11 +72,11 @@ pub fn install_qdisc_drops(host: HostId, ifindex: u32, faults: &[FaultPlan], tra
     let Some(first) = faults.iter().find(|fault| fault.host == host && fault.action == FaultAction::QdiscDrop) else {
         return Ok(());
     };
-    let recording = tracer.map(|maps| TcRecording { maps: maps.fds(), host: host.index() as u32 });
+    let recording = tracer.map(|maps| DropRecording { maps: maps.fds(), host: host.index() as u32 });
     install(host, ifindex, recording).map_err(|e| e.at(first.location))
 }
 
-fn install(host: HostId, ifindex: u32, recording: Option<TcRecording>) -> Result<()> {
+fn install(host: HostId, ifindex: u32, recording: Option<DropRecording>) -> Result<()> {
     let program = drop_program(recording)?;
     let index = i32::try_from(ifindex).unwrap_or(i32::MAX);
     let mut rtnl = Rtnl::open()?;

@@ -185,6 +185,51 @@ impl NetfilterSocket {
         result
     }
 
+    /// What `iptables -m <name>` does before it adds a rule: asks nft_compat for the newest revision of the
+    /// xtables match `name` (at least `revision`) for IPv4 (NFNL_MSG_COMPAT_GET). The kernel loads nft_compat
+    /// and the match's module (`ipt_<name>`) for the question if they are not loaded; a rule of an `inet`
+    /// table cannot make it load them.
+    pub fn load_xt_match(&mut self, name: &CStr, revision: u32) -> io::Result<()> {
+        const NFNL_SUBSYS_NFT_COMPAT: u16 = 11;
+        const NFNL_MSG_COMPAT_GET: u16 = 0;
+        const NFTA_COMPAT_NAME: u16 = 1;
+        const NFTA_COMPAT_REV: u16 = 2;
+        const NFTA_COMPAT_TYPE: u16 = 3;
+        const COMPAT_TYPE_MATCH: u32 = 0;
+        self.dump_seq = self.dump_seq.wrapping_add(1).max(FIRST_DUMP_SEQ);
+        let seq = self.dump_seq;
+        let header_len = mem::size_of::<libc::nlmsghdr>();
+        // nlmsghdr, nfgenmsg (family, version NFNETLINK_V0, resource id 0), then the attributes, each padded to
+        // 4 bytes: the name with its NUL, the revision and the type in network byte order.
+        let mut message = vec![0u8; header_len + 4];
+        message[header_len] = libc::AF_INET as u8;
+        let mut attribute = |kind: u16, value: &[u8]| {
+            let len = 4 + value.len();
+            message.extend_from_slice(&(len as u16).to_ne_bytes());
+            message.extend_from_slice(&kind.to_ne_bytes());
+            message.extend_from_slice(value);
+            message.resize(message.len().next_multiple_of(4), 0);
+        };
+        attribute(NFTA_COMPAT_NAME, name.to_bytes_with_nul());
+        attribute(NFTA_COMPAT_REV, &revision.to_be_bytes());
+        attribute(NFTA_COMPAT_TYPE, &COMPAT_TYPE_MATCH.to_be_bytes());
+        let len = message.len() as u32;
+        message[0..4].copy_from_slice(&len.to_ne_bytes());
+        message[4..6].copy_from_slice(&((NFNL_SUBSYS_NFT_COMPAT << 8) | NFNL_MSG_COMPAT_GET).to_ne_bytes());
+        // No NLM_F_ACK: the kernel answers with the revision, or with an error.
+        message[6..8].copy_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+        message[8..12].copy_from_slice(&seq.to_ne_bytes());
+        let sent = self.socket.send(&message)?;
+        if sent != message.len() {
+            return Err(io::Error::other(format!("sent {sent} of {} bytes of the match query", message.len())));
+        }
+        let result = self.wait_for_acks(seq..seq + 1);
+        if result.is_err() {
+            self.drain();
+        }
+        result
+    }
+
     fn collect_dump(&mut self, seq: u32, table: &CStr) -> io::Result<Vec<CounterValue>> {
         let table = table.to_string_lossy();
         let mut counters = Vec::new();

@@ -236,7 +236,7 @@ fn install_creates_the_table_with_every_fault_off() {
         fault("out", HostId::Server, Direction::Egress, PacketMatch::default(), FaultAction::Drop),
         fault("theirs", HostId::Client, Direction::Ingress, PacketMatch::default(), FaultAction::Drop),
     ];
-    let mut firewall = Firewall::install(&pair.server, HostId::Server, &faults, None).unwrap();
+    let mut firewall = Firewall::install(&pair.server, HostId::Server, &faults, None, None).unwrap();
     assert!(firewall.socket.belongs_to(&pair.server).unwrap());
     assert!(!firewall.socket.belongs_to(&pair.client).unwrap());
 
@@ -278,7 +278,7 @@ fn install_creates_the_table_with_every_fault_off() {
     }
 
     // A second install in the same namespace replaces the table instead of doubling it.
-    let mut again = Firewall::install(&pair.server, HostId::Server, &faults, None).unwrap();
+    let mut again = Firewall::install(&pair.server, HostId::Server, &faults, None, None).unwrap();
     let ruleset = run(&pair.server, "nft", &["list", "ruleset"]);
     assert_eq!(ruleset.matches("jump fault_syn").count(), 1, "{ruleset}");
     assert_eq!(again.counters().unwrap().len(), 2);
@@ -287,7 +287,7 @@ fn install_creates_the_table_with_every_fault_off() {
 #[test]
 fn unknown_faults_and_impossible_matches_are_refused() {
     let ns = Netns::new_anonymous().unwrap();
-    let mut firewall = Firewall::install(&ns, HostId::Server, &[], None).unwrap();
+    let mut firewall = Firewall::install(&ns, HostId::Server, &[], None, None).unwrap();
     let err = firewall.activate("nope").unwrap_err().to_string();
     assert_eq!(err, "host server has no fault named nope");
     assert!(firewall.deactivate("nope").is_err());
@@ -295,7 +295,7 @@ fn unknown_faults_and_impossible_matches_are_refused() {
 
     let icmp_with_port = PacketMatch { protocol: Some(Protocol::Icmp), dport: Some(PORT), ..PacketMatch::default() };
     let faults = [fault("bad", HostId::Server, Direction::Ingress, icmp_with_port, FaultAction::Drop)];
-    let err = Firewall::install(&ns, HostId::Server, &faults, None).err().unwrap().to_string();
+    let err = Firewall::install(&ns, HostId::Server, &faults, None, None).err().unwrap().to_string();
     assert!(err.contains("fault bad") && err.contains("icmp has no ports"), "{err}");
 }
 
@@ -310,7 +310,7 @@ fn fifty_faults_on_one_host_install_and_switch() {
             fault(&format!("f{i:02}"), HostId::Server, Direction::Ingress, matcher, FaultAction::Drop)
         })
         .collect();
-    let mut firewall = Firewall::install(&ns, HostId::Server, &faults, None).unwrap();
+    let mut firewall = Firewall::install(&ns, HostId::Server, &faults, None, None).unwrap();
     firewall.activate("f49").unwrap();
     let ruleset = run(&ns, "nft", &["list", "ruleset"]);
     assert_eq!(ruleset.matches("jump fault_f").count(), 50, "{ruleset}");
@@ -325,7 +325,7 @@ fn a_fault_the_kernel_refuses_is_an_error_at_its_line() {
     let ns = Netns::new_anonymous().unwrap();
     let mut refused = fault(&"f".repeat(300), HostId::Server, Direction::Ingress, syn_to_server(), FaultAction::Drop);
     refused.location = Location { line: 7, column: 5 };
-    let error = Firewall::install(&ns, HostId::Server, &[refused], None).err().unwrap();
+    let error = Firewall::install(&ns, HostId::Server, &[refused], None, None).err().unwrap();
     let shown = error.in_file(std::path::Path::new("s.yaml")).to_string();
     assert!(shown.starts_with("s.yaml:7:5: install fault fffff"), "{shown}");
     assert!(shown.ends_with("Numerical result out of range (os error 34)"), "{shown}");
@@ -382,7 +382,7 @@ fn each_reject_gives_the_sender_its_errno() {
         .iter()
         .map(|(name, action, _, _, _)| fault(name, HostId::Server, Direction::Ingress, syn_to_server(), *action))
         .collect();
-    let mut firewall = Firewall::install(&pair.server, HostId::Server, &faults, None).unwrap();
+    let mut firewall = Firewall::install(&pair.server, HostId::Server, &faults, None, None).unwrap();
     let listener = listen(&pair);
     for (name, _, reject_text, errno, icmp) in cases {
         let lock_dropped_before = tcp_ext(&pair.client, "LockDroppedIcmps");
@@ -421,7 +421,7 @@ fn each_reject_gives_the_sender_its_errno() {
 fn drop_times_connect_out_until_switched_off() {
     let pair = Pair::new();
     let faults = [fault("blackhole", HostId::Server, Direction::Ingress, syn_to_server(), FaultAction::Drop)];
-    let mut firewall = Firewall::install(&pair.server, HostId::Server, &faults, None).unwrap();
+    let mut firewall = Firewall::install(&pair.server, HostId::Server, &faults, None, None).unwrap();
     let listener = listen(&pair);
 
     firewall.activate("blackhole").unwrap();
@@ -463,7 +463,7 @@ fn dropping_pure_acks_leaves_the_server_in_syn_recv() {
         ..PacketMatch::default()
     };
     let faults = [fault("acks", HostId::Server, Direction::Ingress, pure_ack, FaultAction::Drop)];
-    let mut firewall = Firewall::install(&pair.server, HostId::Server, &faults, None).unwrap();
+    let mut firewall = Firewall::install(&pair.server, HostId::Server, &faults, None, None).unwrap();
     let listener = listen(&pair);
     firewall.activate("acks").unwrap();
     assert_eq!(
@@ -507,7 +507,7 @@ fn dropping_data_spares_the_handshake() {
     let pair = Pair::new();
     let data = PacketMatch { dport: Some(PORT), payload: Some(PayloadMatch::NonEmpty), ..PacketMatch::default() };
     let faults = [fault("data", HostId::Server, Direction::Ingress, data, FaultAction::Drop)];
-    let mut firewall = Firewall::install(&pair.server, HostId::Server, &faults, None).unwrap();
+    let mut firewall = Firewall::install(&pair.server, HostId::Server, &faults, None, None).unwrap();
     let listener = listen(&pair);
     firewall.activate("data").unwrap();
     assert_eq!(rules(&pair.server, "data"), ["tcp dport 9000 @ih,0,8 >= 0x0 counter name \"fault_data\" drop"]);
@@ -537,7 +537,7 @@ fn egress_faults_hold_the_hosts_own_packets() {
     let pair = Pair::new();
     let to_server = PacketMatch { protocol: Some(Protocol::Tcp), dport: Some(PORT), ..PacketMatch::default() };
     let faults = [fault("out", HostId::Client, Direction::Egress, to_server, FaultAction::Drop)];
-    let mut firewall = Firewall::install(&pair.client, HostId::Client, &faults, None).unwrap();
+    let mut firewall = Firewall::install(&pair.client, HostId::Client, &faults, None, None).unwrap();
     let listener = listen(&pair);
     firewall.activate("out").unwrap();
 
@@ -573,7 +573,7 @@ fn switching_a_fault_takes_well_under_a_millisecond() {
     for _ in 0..20 {
         let ns = Netns::new_anonymous().unwrap();
         let start = Instant::now();
-        let firewall = Firewall::install(&ns, HostId::Server, &faults, None).unwrap();
+        let firewall = Firewall::install(&ns, HostId::Server, &faults, None, None).unwrap();
         installs.push(start.elapsed());
         // Closing the socket waits for nf_tables to finish destroying what the batches removed
         // (an RCU grace period), so it is measured apart.
@@ -582,7 +582,7 @@ fn switching_a_fault_takes_well_under_a_millisecond() {
         drops.push(start.elapsed());
     }
     let ns = Netns::new_anonymous().unwrap();
-    let mut firewall = Firewall::install(&ns, HostId::Server, &faults, None).unwrap();
+    let mut firewall = Firewall::install(&ns, HostId::Server, &faults, None, None).unwrap();
     let (mut on, mut off, mut reads) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..100 {
         let start = Instant::now();
@@ -681,7 +681,8 @@ fn both_payload_encodings_select_the_same_packets() {
             PayloadEncoding::HeaderLengths
         }
     };
-    let mut firewall = Firewall::install_encoded(&pair.server, HostId::Server, &faults, None, encoding).unwrap();
+    let mut firewall =
+        Firewall::install_encoded(&pair.server, HostId::Server, &faults, (None, None), encoding).unwrap();
     for fault in &faults {
         firewall.activate(&fault.name).unwrap();
     }
@@ -706,4 +707,15 @@ fn both_payload_encodings_select_the_same_packets() {
     // closes' segments (SYN, ACK, FIN) per connection.
     assert!(data >= 8, "{data} segments with payload");
     assert!(empty >= 4 * 3, "{empty} segments without payload");
+}
+
+#[test]
+fn asking_for_an_xtables_match_finds_bpf_and_refuses_one_that_does_not_exist() {
+    let ns = Netns::new_anonymous().unwrap();
+    let mut socket = NetfilterSocket::open(&ns).unwrap();
+    socket.load_xt_match(c"bpf", expr::XT_BPF_REVISION).unwrap();
+    let refused = socket.load_xt_match(c"netfault_none", 0).unwrap_err();
+    assert_eq!(refused.raw_os_error(), Some(libc::ENOENT), "{refused}");
+    // The socket still answers after a refusal.
+    socket.load_xt_match(c"bpf", expr::XT_BPF_REVISION).unwrap();
 }
