@@ -163,26 +163,8 @@ impl NetfilterSocket {
     pub fn flush_conntrack(&mut self) -> io::Result<()> {
         const NFNL_SUBSYS_CTNETLINK: u16 = 1;
         const IPCTNL_MSG_CT_DELETE: u16 = 2;
-        self.dump_seq = self.dump_seq.wrapping_add(1).max(FIRST_DUMP_SEQ);
-        let seq = self.dump_seq;
-        let header_len = mem::size_of::<libc::nlmsghdr>();
-        // nlmsghdr, then nfgenmsg: family, version (NFNETLINK_V0), resource id (0, big-endian).
-        let mut message = vec![0u8; header_len + 4];
-        let len = message.len() as u32;
-        message[0..4].copy_from_slice(&len.to_ne_bytes());
-        message[4..6].copy_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE).to_ne_bytes());
-        message[6..8].copy_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16).to_ne_bytes());
-        message[8..12].copy_from_slice(&seq.to_ne_bytes());
-        message[header_len] = libc::AF_INET as u8;
-        let sent = self.socket.send(&message)?;
-        if sent != message.len() {
-            return Err(io::Error::other(format!("sent {sent} of {} bytes of the conntrack flush", message.len())));
-        }
-        let result = self.wait_for_acks(seq..seq + 1);
-        if result.is_err() {
-            self.drain();
-        }
-        result
+        let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
+        self.request((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE, flags, &[], "conntrack flush")
     }
 
     /// What `iptables -m <name>` does before it adds a rule: asks nft_compat for the newest revision of the
@@ -196,32 +178,41 @@ impl NetfilterSocket {
         const NFTA_COMPAT_REV: u16 = 2;
         const NFTA_COMPAT_TYPE: u16 = 3;
         const COMPAT_TYPE_MATCH: u32 = 0;
+        // The name with its NUL, the revision and the type in network byte order. No NLM_F_ACK: the kernel
+        // answers with the revision, or with an error.
+        let attributes: [(u16, &[u8]); 3] = [
+            (NFTA_COMPAT_NAME, name.to_bytes_with_nul()),
+            (NFTA_COMPAT_REV, &revision.to_be_bytes()),
+            (NFTA_COMPAT_TYPE, &COMPAT_TYPE_MATCH.to_be_bytes()),
+        ];
+        let message_type = (NFNL_SUBSYS_NFT_COMPAT << 8) | NFNL_MSG_COMPAT_GET;
+        self.request(message_type, libc::NLM_F_REQUEST as u16, &attributes, "match query")
+    }
+
+    /// Sends one nfnetlink request of `message_type` (subsystem << 8 | message) with `flags`, for the IPv4
+    /// family, carrying `attributes` (each padded to 4 bytes), and waits for the kernel's first answer to it
+    /// (its ack or its reply; an error fails). `what` names the request in a short send's error.
+    fn request(&mut self, message_type: u16, flags: u16, attributes: &[(u16, &[u8])], what: &str) -> io::Result<()> {
         self.dump_seq = self.dump_seq.wrapping_add(1).max(FIRST_DUMP_SEQ);
         let seq = self.dump_seq;
         let header_len = mem::size_of::<libc::nlmsghdr>();
-        // nlmsghdr, nfgenmsg (family, version NFNETLINK_V0, resource id 0), then the attributes, each padded to
-        // 4 bytes: the name with its NUL, the revision and the type in network byte order.
+        // nlmsghdr, then nfgenmsg: family, version (NFNETLINK_V0), resource id (0, big-endian).
         let mut message = vec![0u8; header_len + 4];
         message[header_len] = libc::AF_INET as u8;
-        let mut attribute = |kind: u16, value: &[u8]| {
-            let len = 4 + value.len();
-            message.extend_from_slice(&(len as u16).to_ne_bytes());
+        for (kind, value) in attributes {
+            message.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
             message.extend_from_slice(&kind.to_ne_bytes());
             message.extend_from_slice(value);
             message.resize(message.len().next_multiple_of(4), 0);
-        };
-        attribute(NFTA_COMPAT_NAME, name.to_bytes_with_nul());
-        attribute(NFTA_COMPAT_REV, &revision.to_be_bytes());
-        attribute(NFTA_COMPAT_TYPE, &COMPAT_TYPE_MATCH.to_be_bytes());
+        }
         let len = message.len() as u32;
         message[0..4].copy_from_slice(&len.to_ne_bytes());
-        message[4..6].copy_from_slice(&((NFNL_SUBSYS_NFT_COMPAT << 8) | NFNL_MSG_COMPAT_GET).to_ne_bytes());
-        // No NLM_F_ACK: the kernel answers with the revision, or with an error.
-        message[6..8].copy_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+        message[4..6].copy_from_slice(&message_type.to_ne_bytes());
+        message[6..8].copy_from_slice(&flags.to_ne_bytes());
         message[8..12].copy_from_slice(&seq.to_ne_bytes());
         let sent = self.socket.send(&message)?;
         if sent != message.len() {
-            return Err(io::Error::other(format!("sent {sent} of {} bytes of the match query", message.len())));
+            return Err(io::Error::other(format!("sent {sent} of {} bytes of the {what}", message.len())));
         }
         let result = self.wait_for_acks(seq..seq + 1);
         if result.is_err() {
