@@ -3,18 +3,13 @@
 //! A namespace exists as long as a file descriptor or a thread refers to it; nothing is created in the host
 //! namespace, so a killed run leaves nothing behind.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::OnceLock;
 use std::thread;
-use std::time::Duration;
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sched::{setns, unshare, CloneFlags};
-use nix::sys::socket::{
-    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
-};
 
 use crate::error::{Context, Error, Result};
-use crate::run::handoff;
 
 /// A network namespace held by a descriptor of it (what `/proc/thread-self/ns/net` opens).
 #[derive(Debug)]
@@ -119,13 +114,14 @@ const SCENARIO_EHASH_ENTRIES: u32 = 1024;
 /// Moves the calling thread, and every thread it spawns later, into a fresh namespace of its own that the
 /// scenario namespaces are then created from.
 ///
-/// Two reasons: a scenario process's threads never sit in the host's namespace, and `tcp_child_ehash_entries`
-/// set there gives each scenario namespace a private TCP hash table, so a sock_diag dump walks 1024 buckets
+/// Two reasons: the runner's own threads never sit in the host's namespace, and `tcp_child_ehash_entries` set
+/// there gives each scenario namespace a private TCP hash table, so a sock_diag dump walks 1024 buckets
 /// instead of the host's shared table (measured: 17 µs instead of 163 µs per dump).
 ///
-/// The runner makes one (when it may: as root, [`PendingParent`]) and hands it to every scenario process it
-/// starts ([`hand_over`], [`ensure_private_parent`]): one namespace per run instead of one more per scenario,
-/// whose creation the kernel serialises with every other namespace's.
+/// The runner enters one before it starts any scenario process (when it may: as root) and names it in their
+/// environment ([`PRIVATE_PARENT_ENV`]); they inherit it and keep it ([`ensure_private_parent`]): one
+/// namespace per run instead of one more per scenario, whose creation the kernel serialises with every other
+/// namespace's.
 pub fn enter_private_parent() -> Result<()> {
     unshare(CloneFlags::CLONE_NEWNET).context(|| "unshare(CLONE_NEWNET) for the runner (ip netns add)".to_string())?;
     // Older kernels (< 6.1) lack the sysctl: scenarios then share the global table, which is only slower.
@@ -133,117 +129,77 @@ pub fn enter_private_parent() -> Result<()> {
         std::fs::write(CHILD_EHASH_SYSCTL, format!("{SCENARIO_EHASH_ENTRIES}\n"))
             .context(|| format!("sysctl -w net.ipv4.tcp_child_ehash_entries={SCENARIO_EHASH_ENTRIES}"))?;
     }
+    if let Ok(name) = current_name() {
+        let _ = PRIVATE_PARENT.set(name);
+    }
     Ok(())
 }
 
 /// [`enter_private_parent`] done on a thread of its own while the caller goes on (making a namespace takes the
-/// kernel 0.5 ms: a loopback device, the namespace's sysctls); [`PendingParent::wait`] then gives it.
+/// kernel 0.5 ms: a loopback device, the namespace's sysctls); [`PendingParent::enter`] then moves the caller
+/// into it.
 pub struct PendingParent {
-    made: handoff::Receiver<Result<Netns>>,
+    worker: thread::JoinHandle<Result<Netns>>,
 }
 
 impl PendingParent {
     /// Starts making the private parent.
     pub fn start() -> Result<PendingParent> {
-        let (done, made) = handoff::channel();
         let worker = thread::Builder::new()
             .name("netns-parent".into())
-            .spawn(move || {
-                let namespace = enter_private_parent().and_then(|()| {
-                    current_namespace().context(|| "open the private parent (ioctl SIOCGSKNS)".to_string())
-                });
-                let _ = done.send(namespace.map(|fd| Netns { fd }));
+            .spawn(|| {
+                enter_private_parent()?;
+                Ok(Netns {
+                    fd: current_namespace().context(|| "open the private parent (ioctl SIOCGSKNS)".to_string())?,
+                })
             })
             .context(|| "spawn the thread making the private parent namespace".to_string())?;
-        // Real-time from its first run: a scenario process waits for it, and an ordinary thread woken beside a
-        // busy CPU's task waited 1.4-2.5 ms for it (ftrace, with another session's build running). It makes a
-        // namespace and ends. Refused without CAP_SYS_NICE: it stays ordinary.
+        // Real-time from its first run: the runner waits for it, and an ordinary thread woken beside a busy
+        // CPU's task waited 1.4-2.5 ms for it (ftrace, with another session's build running), longer than the
+        // loading it overlaps. It makes a namespace and ends. Refused without CAP_SYS_NICE: it stays ordinary.
         let _ = crate::run::priority::raise_spawned(&worker);
-        Ok(PendingParent { made })
+        Ok(PendingParent { worker })
     }
 
-    /// The private parent once made, waiting at most `limit` for it; `None` if it could not be made in time.
-    pub fn wait(self, limit: Duration) -> Option<Netns> {
-        self.made.recv_timeout(limit).ok().and_then(Result::ok)
+    /// Waits for the private parent and moves the calling thread into it (`ip netns exec`), and with it every
+    /// thread it spawns later.
+    pub fn enter(self) -> Result<()> {
+        let namespace =
+            self.worker.join().map_err(|_| Error::Internal("the private parent's thread panicked".into()))??;
+        namespace.enter()
     }
 }
 
-/// Environment variable with which the runner tells a scenario process that it hands over the private parent
-/// on its standard input ([`hand_over`]); its value is [`ON_STDIN`].
+/// Environment variable with which the runner tells a scenario process the private parent namespace it
+/// inherits (`net:[<inode>]`, as `readlink /proc/self/ns/net` says).
 pub const PRIVATE_PARENT_ENV: &str = "NETFAULT_PRIVATE_NETNS";
-/// See [`PRIVATE_PARENT_ENV`].
-pub const ON_STDIN: &str = "stdin";
 
-/// How long a scenario process waits on its standard input for the private parent: the runner sends it as soon
-/// as it is made, within a millisecond of the process's start, or closes the socket if it cannot be made.
-const HAND_OVER_WAIT: Duration = Duration::from_secs(10);
+/// The private parent this process entered, by name.
+static PRIVATE_PARENT: OnceLock<String> = OnceLock::new();
 
-/// The two ends of the socket a private parent is handed over on (`socketpair(AF_UNIX, SOCK_SEQPACKET)`): the
-/// runner's, and the scenario process's, to be its standard input.
-pub fn hand_over_socket() -> Result<(OwnedFd, OwnedFd)> {
-    socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
-        .context(|| "socketpair(AF_UNIX, SOCK_SEQPACKET) to hand over the private parent".to_string())
+/// The value of [`PRIVATE_PARENT_ENV`] for a process started from the calling thread: the private parent this
+/// process entered, if the calling thread is in it.
+pub fn private_parent_for_children() -> Option<&'static str> {
+    let entered = PRIVATE_PARENT.get()?;
+    current_name().is_ok_and(|current| &current == entered).then_some(entered.as_str())
 }
 
-/// Sends a descriptor of `namespace` to the process at the other end of `socket` (`SCM_RIGHTS`), then closes
-/// the socket; with no namespace, only closes it (the process then makes its own).
-pub fn hand_over(socket: OwnedFd, namespace: Option<&Netns>) {
-    if let Some(namespace) = namespace {
-        let fds = [namespace.raw_fd()];
-        let message = [std::io::IoSlice::new(&[1])];
-        // A failed send leaves the process to make its own namespace, as a closed socket does.
-        let _ =
-            sendmsg::<()>(socket.as_raw_fd(), &message, &[ControlMessage::ScmRights(&fds)], MsgFlags::empty(), None);
-    }
-}
-
-/// In a scenario process: moves the calling thread into the private parent the runner hands over on standard
-/// input when [`PRIVATE_PARENT_ENV`] says so, else (or if none comes) into one of its own
-/// ([`enter_private_parent`]). Takes the variable out of the environment, so the scenario's programs never see
-/// it, and points standard input at /dev/null: call it while the process is single-threaded.
+/// [`enter_private_parent`], unless [`PRIVATE_PARENT_ENV`] names the namespace the calling thread is in (the
+/// runner's, inherited). Takes the variable out of the environment, so the scenario's programs never see it:
+/// call it while the process is single-threaded.
 pub fn ensure_private_parent() -> Result<()> {
-    let handed_over = std::env::var(PRIVATE_PARENT_ENV).is_ok_and(|value| value == ON_STDIN);
+    let named = std::env::var(PRIVATE_PARENT_ENV).ok();
     std::env::remove_var(PRIVATE_PARENT_ENV);
-    if handed_over {
-        let received = receive_on_stdin(HAND_OVER_WAIT);
-        let null = std::fs::File::open("/dev/null").context(|| "open /dev/null for standard input".to_string())?;
-        dup2_stdin(null.as_fd())?;
-        if let Some(namespace) = received {
-            return namespace.enter();
-        }
+    if named.is_some_and(|named| current_name().is_ok_and(|current| current == named)) {
+        return Ok(());
     }
     enter_private_parent()
 }
 
-/// The namespace the runner sent on standard input ([`hand_over`]), waiting at most `limit`; `None` if the
-/// runner closed the socket without one or nothing came in time.
-fn receive_on_stdin(limit: Duration) -> Option<Netns> {
-    // SAFETY: standard input stays open for the call; the borrow does not outlive it.
-    let stdin = unsafe { BorrowedFd::borrow_raw(libc::STDIN_FILENO) };
-    let millis = u16::try_from(limit.as_millis()).unwrap_or(u16::MAX);
-    let mut fds = [PollFd::new(stdin, PollFlags::POLLIN)];
-    if poll(&mut fds, PollTimeout::from(millis)).ok()? == 0 {
-        return None;
-    }
-    let mut byte = [0u8; 1];
-    let mut buffer = [std::io::IoSliceMut::new(&mut byte)];
-    let mut space = nix::cmsg_space!(RawFd);
-    let message = recvmsg::<()>(libc::STDIN_FILENO, &mut buffer, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC).ok()?;
-    let received = message.cmsgs().ok()?.find_map(|cmsg| match cmsg {
-        ControlMessageOwned::ScmRights(fds) => fds.first().copied(),
-        _ => None,
-    })?;
-    // SAFETY: the kernel just installed this descriptor in this process for us (SCM_RIGHTS); nobody else owns it.
-    Some(Netns { fd: unsafe { OwnedFd::from_raw_fd(received) } })
-}
-
-/// `dup2(fd, 0)`: the process's standard input becomes `fd`.
-fn dup2_stdin(fd: BorrowedFd<'_>) -> Result<()> {
-    // SAFETY: plain system call on two descriptors this process owns.
-    if unsafe { libc::dup2(fd.as_raw_fd(), libc::STDIN_FILENO) } < 0 {
-        return Err(Error::last_os("dup2(/dev/null, 0) after the private parent's hand-over"));
-    }
-    Ok(())
+/// `readlink /proc/thread-self/ns/net`: `net:[<inode>]`, without /proc (see [`current_namespace`]).
+fn current_name() -> std::io::Result<String> {
+    let (_, inode) = identity(current_namespace()?.as_fd())?;
+    Ok(format!("net:[{inode}]"))
 }
 
 /// The calling thread's network namespace (`/proc/thread-self/ns/net`), asked of a socket made in it
@@ -281,12 +237,6 @@ const CHILD_EHASH_SYSCTL: &str = "/proc/sys/net/ipv4/tcp_child_ehash_entries";
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// `readlink /proc/thread-self/ns/net`, without /proc: `net:[<inode>]`.
-    fn current_name() -> std::io::Result<String> {
-        let (_, inode) = identity(current_namespace()?.as_fd())?;
-        Ok(format!("net:[{inode}]"))
-    }
 
     fn proc_name() -> String {
         std::fs::read_link("/proc/thread-self/ns/net").unwrap().to_string_lossy().into_owned()

@@ -9,7 +9,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -286,38 +286,21 @@ fn spawn_and_wait(
 ) -> Result<Summary> {
     let mut command = Command::new(exe);
     command.arg(CHILD_COMMAND).args(job.child_args());
-    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     command.envs(transitions::layouts_for_children());
     command.env(SCENARIOS_AT_ONCE_ENV, SCENARIOS_AT_ONCE.load(Ordering::Relaxed).max(1).to_string());
     if let Some((name, fd)) = sampling::child_env() {
         command.env(name, fd);
     }
-    // The private parent goes to the child on its standard input once made: the child starts while it is
-    // being made, instead of after.
-    let parent = PRIVATE_PARENT.get();
-    let hand_over = match parent {
-        Some(_) => {
-            let (ours, theirs) = netns::hand_over_socket()?;
-            command.stdin(Stdio::from(theirs)).env(netns::PRIVATE_PARENT_ENV, netns::ON_STDIN);
-            Some(ours)
-        }
-        None => {
-            command.stdin(Stdio::null());
-            None
-        }
-    };
+    if let Some(namespace) = netns::private_parent_for_children() {
+        command.env(netns::PRIVATE_PARENT_ENV, namespace);
+    }
     // The child, and with it its namespaces, must not outlive the runner, whatever kills the runner: it asks
     // for that itself ([`die_with_runner`]). Done here between fork and exec, it made the standard library
     // fork this whole process instead of spawning the child (`posix_spawn`, a vfork): 0.5-1 ms more per run.
     command.env(RUNNER_PID_ENV, std::process::id().to_string());
-    let spawned = command.spawn().context(|| format!("start {} {CHILD_COMMAND}", exe.display()));
-    // The child's end of the socket is the child's alone.
-    drop(command);
-    let mut child = spawned?;
+    let mut child = command.spawn().context(|| format!("start {} {CHILD_COMMAND}", exe.display()))?;
     admission.spawned(child.id());
-    if let (Some(parent), Some(socket)) = (parent, hand_over) {
-        netns::hand_over(socket, parent.namespace());
-    }
     let mut output = ChildOutput::take(&mut child);
     output.admission = Some(admission);
     let limit = deadline + CHILD_GRACE;
@@ -918,45 +901,20 @@ pub fn start_private_parent() -> Option<netns::PendingParent> {
     nix::unistd::geteuid().is_root().then(netns::PendingParent::start).and_then(Result::ok)
 }
 
-/// The private parent the scenario processes of this runner are given ([`share_private_parent`]).
-static PRIVATE_PARENT: OnceLock<SharedParent> = OnceLock::new();
-
-/// How long a runner's job waits for the private parent before its scenario process makes its own: making one
-/// takes the kernel under a millisecond, seconds only on a machine where namespaces queue for its locks.
-const PRIVATE_PARENT_WAIT: Duration = Duration::from_secs(5);
-
-/// The private parent while it is being made, and once it is (`None`: it could not be).
-struct SharedParent {
-    pending: Mutex<Option<netns::PendingParent>>,
-    made: OnceLock<Option<netns::Netns>>,
-}
-
-impl SharedParent {
-    /// The namespace, waiting for it the first time (later callers wait for the first).
-    fn namespace(&self) -> Option<&netns::Netns> {
-        self.made
-            .get_or_init(|| {
-                let pending = self.pending.lock().ok().and_then(|mut pending| pending.take());
-                pending.and_then(|pending| pending.wait(PRIVATE_PARENT_WAIT))
-            })
-            .as_ref()
-    }
-}
-
-/// Has every scenario process started from now on given the namespace [`start_private_parent`] makes, without
-/// waiting for it here: each process starts while it is being made and receives it on its standard input
-/// ([`netns::hand_over`]), instead of each making one. Call it before starting any.
+/// Moves the runner into the namespace [`start_private_parent`] made, before it starts any scenario process:
+/// they inherit it instead of each making one. Call it before spawning the threads that start them.
 pub fn share_private_parent(pending: Option<netns::PendingParent>) {
-    // What the first scenario process's start reads (once per process, here while the parent is being made):
-    // the CPU gate's CPU count (cgroup files), the ring budget's memory (/proc/meminfo), the kernel's layouts
-    // for the tracer (the cache file), the sampling count's memfd.
+    // While the parent is still being made on its thread, what the first scenario process's start would read
+    // after it (`perf trace`: about 1 ms between the runner entering the parent and starting the child): the
+    // CPU gate's CPU count (cgroup files), the ring budget's memory (/proc/meminfo), the kernel's layouts for
+    // the tracer (the cache file), the sampling count's memfd. Each is made once per process.
     CpuGate::of_this_machine();
     RingBudget::of_this_machine();
     transitions::layouts_for_children();
     sampling::child_env();
     if let Some(pending) = pending {
-        // Made once per runner: a second call's namespace is dropped, the first one's stays in use.
-        let _ = PRIVATE_PARENT.set(SharedParent { pending: Mutex::new(Some(pending)), made: OnceLock::new() });
+        // As above: the scenario processes make their own if this failed.
+        let _ = pending.enter();
     }
 }
 
