@@ -92,7 +92,7 @@ pub fn run(
     // teardown was done, and the report waited for it. The scenario's own sysctls, written during the set-up,
     // may come before or after this reading: every host reads those of its own again after t0.
     let mut common_reader = None;
-    let (rig, threads) = start_hosts(
+    let started = start_hosts(
         plan,
         report_dir,
         &sink,
@@ -103,7 +103,11 @@ pub fn run(
                 common_reader = Some(spawn_common_reader(namespace));
             }
         },
-    )?;
+    );
+    // A set-up that failed is reported at the ordinary priority, as a teardown is.
+    let (rig, threads) = started.inspect_err(|_| {
+        let _ = priority::lower_current_thread();
+    })?;
     let Rig { namespaces, interfaces, faults, captures, observers, listen_watchers, tracer, counters } = rig;
     // Every impairment starts off; its decisions come from `seed`.
     let wire = match &wire_namespace {
@@ -154,8 +158,8 @@ pub fn run(
             })
         })
         .collect();
-    // The hub too reacts to events in time (fault triggers); it goes back to ordinary before the teardown.
-    let _ = priority::raise_current_thread();
+    // The hub, real-time since the set-up, reacts to events in time (fault triggers); it goes back to ordinary
+    // before the teardown.
     // t0 is the moment the programs start (scenario times read as the seed scripts' times): the first program
     // thread to run takes it. The deadline counts from the start signal, a little before.
     let deadline = Instant::now() + plan.deadline;
@@ -448,10 +452,15 @@ pub fn set_up(plan: &Plan, report_dir: &Path, sink: &EventSink) -> Result<Rig> {
         return Err(Error::Internal("the set-up benchmark times scenarios without impairments".into()));
     }
     let hosts = plan.hosts.iter().map(|_| None).collect();
-    let (rig, threads) = start_hosts(plan, report_dir, sink, hosts, None, &mut |_, _| {})?;
+    let started = start_hosts(plan, report_dir, sink, hosts, None, &mut |_, _| {});
+    let (rig, threads) = started.inspect_err(|_| {
+        let _ = priority::lower_current_thread();
+    })?;
     for thread in threads {
         thread.join().map_err(|_| Error::Internal("host set-up thread panicked".into()))??;
     }
+    // As a run's hub before its teardown.
+    let _ = priority::lower_current_thread();
     Ok(rig)
 }
 
@@ -534,6 +543,13 @@ fn start_hosts(
     on_namespace: &mut dyn FnMut(usize, &Netns),
 ) -> Result<(Rig, Vec<JoinHandle<Result<()>>>)> {
     let shared = Arc::new(plan.clone());
+    // The set-up is real-time, the hub (this thread, which loads the tracer's programs) and each host's thread
+    // from its first run: on a machine busy with other work, an ordinary thread woken or started during the
+    // set-up waits for a CPU behind it (ftrace, another session's build on both CPUs: a host's thread first ran
+    // 1.1-3.9 ms after it was started, the two namespaces then made one after the other). The set-up takes a
+    // few ms of CPU, blocking in the kernel for most of it; the CPU gate lets at most one per CPU run at once.
+    // The hub stays real-time until the teardown; refused without CAP_SYS_NICE, everything stays ordinary.
+    let _ = priority::raise_current_thread();
     // The tracer's ring exists before any host is set up: the `tc` programs of qdisc-drop faults, loaded in
     // the set-up, record their drops into it. Without it (rootless mode) nothing is traced, and the tracer says
     // why.
@@ -556,6 +572,7 @@ fn start_hosts(
                 host_thread(host, rig, sink, (position, ready), program)
             })
             .map_err(|e| Error::sys(format!("spawn the thread of host {host}"), e))?;
+        let _ = priority::raise_spawned(&thread);
         threads.push(thread);
     }
     drop((ready_tx, namespace_tx));
