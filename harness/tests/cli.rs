@@ -444,3 +444,24 @@ fn a_scenario_the_kernel_cannot_run_is_not_applicable_in_run_and_in_the_test_dri
     assert!(driven.contains("old-kernel-only.yaml: not applicable: 4:1: needs kernel < 3.0"), "the reason: {driven}");
     assert!(driven.contains("1 passed; 0 failed; 1 ignored"), "ignored, not passed or failed: {driven}");
 }
+
+#[test]
+fn output_that_cannot_be_written_is_a_harness_error_not_a_panic() {
+    // /dev/full refuses every write with ENOSPC, as a full disk does under `> file`.
+    for command in ["list", "check scenarios", "--help"] {
+        let output = Command::new("sh")
+            .arg("-c")
+            .arg(format!("{} {command} > /dev/full", env!("CARGO_BIN_EXE_netfault")))
+            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{command}: {stderr}");
+        assert!(
+            stderr.contains("netfault: failed printing to stdout: No space left on device")
+                && stderr.contains("the output is incomplete")
+                && !stderr.contains("panicked"),
+            "{command}: {stderr}"
+        );
+    }
+}
