@@ -1,7 +1,7 @@
 //! Real-time scheduling for the threads whose clock readings are the measurement: each host's program thread
 //! (a step's end is stamped when the blocked call returns to it), the socket observers (a sample is stamped
 //! when requested) and the hub (which switches faults on
-//! events). `chrt --fifo --reset-on-fork 1` for the calling thread only; 2 for the impairment wire
+//! events); and the set-up's threads (the hub and each host's), so that a busy machine does not stretch it. `chrt --fifo --reset-on-fork 1` for the calling thread only; 2 for the impairment wire
 //! ([`WIRE_PRIORITY`]).
 //!
 //! Why: on a loaded machine a thread woken from a blocking call waits for a CPU behind every runnable
