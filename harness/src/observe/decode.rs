@@ -94,6 +94,45 @@ impl SharedIsns {
     fn learn(&self, key: FlowKey, isn: u32) {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).insert(key, isn);
     }
+
+    /// Learns the initial sequence number of `frame` if it is a TCP SYN, as [`Decoder::decode`] would while
+    /// decoding it, without decoding anything else: what a capture that decodes after it stops does during
+    /// the run, so that the other decoders number the connection's packets as before.
+    pub fn learn_from_frame(&self, frame: &[u8]) {
+        if let Some((key, seq, flags)) = tcp_segment(frame) {
+            if flags & TCP_SYN != 0 {
+                self.learn(key, seq);
+            }
+        }
+    }
+}
+
+/// TCP flags that change a socket's state: FIN, SYN, RST.
+pub const STATE_CHANGING_FLAGS: u8 = 0x01 | TCP_SYN | 0x04;
+
+/// Whether `frame` is a TCP segment with a flag in [`STATE_CHANGING_FLAGS`], under the checks `decode` makes
+/// before it reads the flags; nothing else is decoded.
+pub fn changes_tcp_state(frame: &[u8]) -> bool {
+    tcp_segment(frame).is_some_and(|(_, _, flags)| flags & STATE_CHANGING_FLAGS != 0)
+}
+
+/// The direction, sequence number and flags of a TCP segment, under the checks `decode` makes before it reads
+/// them (an IPv4 frame, not a later fragment, a complete enough TCP header).
+fn tcp_segment(frame: &[u8]) -> Option<(FlowKey, u32, u8)> {
+    if u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]) != ETHERTYPE_IPV4 {
+        return None;
+    }
+    let ip = Ipv4Header::parse(frame.get(ETHERNET_HEADER_LEN..)?)?;
+    let tcp = ip.payload;
+    if ip.fragment_offset != 0
+        || ip.protocol != IPPROTO_TCP
+        || tcp.len() < TCP_MIN_HEADER_LEN
+        || usize::from(tcp[12] >> 4) * 4 < TCP_MIN_HEADER_LEN
+    {
+        return None;
+    }
+    let key = FlowKey { src: ip.src, sport: be16(tcp, 0)?, dst: ip.dst, dport: be16(tcp, 2)? };
+    Some((key, be32(tcp, 4)?, tcp[13]))
 }
 
 /// Decodes the frames of one capture (one interface), remembering each TCP direction's ISN so that
@@ -595,6 +634,50 @@ mod tests {
         // Without the shared numbers it would print them absolute.
         let event = Decoder::new().decode_ip(&ip_packet(CLIENT, SERVER, IPPROTO_TCP, 9, &tcp(&probe)), true).unwrap();
         assert_eq!((event.seq, event.ack), (6152, 90_001));
+    }
+
+    /// What a capture that decodes after it stops learns during the run, from the raw frames, numbers the
+    /// tracer's drops as a live decoder's learning does: the same SYNs, and nothing from other frames.
+    #[test]
+    fn isns_learnt_from_raw_frames_number_a_drop_as_decoding_them_does() {
+        let probe = Segment {
+            sport: 40000,
+            dport: 9000,
+            seq: 5000 + 1152,
+            ack: 90_001,
+            flags: 0x10,
+            window: 63,
+            options: &[],
+            data: &[],
+        };
+        let frames =
+            [syn(40000, 5000), syn_ack(40000, 90_000, 5000), frame(CLIENT, SERVER, IPPROTO_TCP, 9, &tcp(&probe))];
+        let (decoded, sniffed) = (SharedIsns::default(), SharedIsns::default());
+        let mut live = Decoder::sharing(decoded.clone());
+        for frame in &frames {
+            live.decode(frame, true).unwrap();
+            sniffed.learn_from_frame(frame);
+        }
+        let (mut from_decoded, mut from_sniffed) = (Decoder::sharing(decoded), Decoder::sharing(sniffed.clone()));
+        let drop = ip_packet(CLIENT, SERVER, IPPROTO_TCP, 9, &tcp(&probe));
+        let expected = from_decoded.decode_ip(&drop, true).unwrap();
+        assert_eq!((expected.seq, expected.ack), (1152, 1));
+        assert_eq!(from_sniffed.decode_ip(&drop, true), Some(expected));
+        // Two directions learnt, by the SYNs only; an ARP frame or a cut header teaches nothing.
+        assert_eq!(sniffed.0.lock().unwrap().len(), 2);
+        let mut arp = syn(40001, 1);
+        arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+        sniffed.learn_from_frame(&arp);
+        sniffed.learn_from_frame(&syn(40002, 1)[..14 + 20 + 10]);
+        assert_eq!(sniffed.0.lock().unwrap().len(), 2);
+        // The SYN and SYN-ACK change a socket's state, the ACK does not; neither does anything but TCP.
+        assert_eq!(frames.map(|frame| changes_tcp_state(&frame)), [true, true, false]);
+        assert!(!changes_tcp_state(&arp));
+        let fin = Segment { flags: 0x11, ..probe };
+        let rst = Segment { flags: 0x04, ..probe };
+        for segment in [fin, rst] {
+            assert!(changes_tcp_state(&frame(CLIENT, SERVER, IPPROTO_TCP, 9, &tcp(&segment))));
+        }
     }
 
     #[test]
