@@ -174,6 +174,13 @@ pub struct ObserverStats {
     /// Mean wall time of one dump (request, receive, decode), without the comparison with the previous sample.
     pub mean_dump_time: Duration,
     pub max_dump_time: Duration,
+    /// Samples asked for at once (a step's end, a SYN, FIN or RST) and taken more than
+    /// [`LATE_ANSWER`](crate::observe::sockets::LATE_ANSWER) later: the observer's thread waited for a CPU, and
+    /// what it would have seen meanwhile may be missing.
+    pub late_answers: u64,
+    /// The longest such wait, and the scenario time of the ask.
+    pub max_answer_delay: Duration,
+    pub max_answer_delay_asked_at: Duration,
 }
 
 /// What one direction of the wire did.

@@ -547,7 +547,17 @@ fn render_timeline(plan: &Plan, record: &RunRecord, verdict: &Verdict) -> String
                 )
             })
             .collect();
-        text.push_str(&format!("# {host}: {}; {} socket samples\n", captures.join(", "), observer.samples));
+        text.push_str(&format!("# {host}: {}; {} socket samples", captures.join(", "), observer.samples));
+        if observer.late_answers > 0 {
+            text.push_str(&format!(
+                ", {} asked for at once taken late (the latest asked at {}s, taken {:.1} ms later: the observer \
+                 waited for a CPU)",
+                observer.late_answers,
+                format_secs(observer.max_answer_delay_asked_at),
+                observer.max_answer_delay.as_secs_f64() * 1e3
+            ));
+        }
+        text.push('\n');
     }
     text.push_str(&format!("# {}\n", record.states.describe()));
     for (fault, hits) in &record.fault_hits {

@@ -421,6 +421,13 @@ pub struct ObserverReport {
     pub mean_dump_us: f64,
     /// The longest, in microseconds.
     pub max_dump_us: f64,
+    /// Samples asked for at once (a step's end, a SYN, FIN or RST) and taken more than 50 ms later: the
+    /// observer's thread waited that long for a CPU.
+    pub late_answers: u64,
+    /// The longest wait of a sample asked for at once, in microseconds.
+    pub max_answer_delay_us: f64,
+    /// When that sample was asked for, in seconds since t0.
+    pub max_answer_delay_asked_at: f64,
 }
 
 impl ObserverReport {
@@ -430,6 +437,9 @@ impl ObserverReport {
             samples: stats.samples,
             mean_dump_us: stats.mean_dump_time.as_secs_f64() * 1e6,
             max_dump_us: stats.max_dump_time.as_secs_f64() * 1e6,
+            late_answers: stats.late_answers,
+            max_answer_delay_us: stats.max_answer_delay.as_secs_f64() * 1e6,
+            max_answer_delay_asked_at: stats.max_answer_delay_asked_at.as_secs_f64(),
         }
     }
 }
@@ -665,7 +675,15 @@ mod tests {
         let stats = CaptureStats { packets: 3, bytes: 180, kernel_drops: 0, interface_frames: 3 };
         let errors = ["client program panicked: deliberate".to_string()];
         let left_out = ["line 9: client step #1's expectation left out: needs kernel >= 6.15".to_string()];
-        let observer = |host| ObserverReport { host, samples: 10, mean_dump_us: 40.5, max_dump_us: 90.0 };
+        let observer = |host| ObserverReport {
+            host,
+            samples: 10,
+            mean_dump_us: 40.5,
+            max_dump_us: 90.0,
+            late_answers: 0,
+            max_answer_delay_us: 120.0,
+            max_answer_delay_asked_at: 0.25,
+        };
         // A router between client and server: two links, four captured interfaces, three hosts.
         let captured: Vec<CapturedInterface> =
             [(0, HostId::Client), (0, HostId::Router), (1, HostId::Router), (1, HostId::Server)]

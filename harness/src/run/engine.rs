@@ -12,10 +12,11 @@ use crate::error::{Error, Result};
 use crate::observe::capture::{Capture, CaptureBuffer, CaptureSettings, Decoding};
 use crate::observe::counters::CounterFiles;
 use crate::observe::decode::STATE_CHANGING_FLAGS;
-use crate::observe::sockets::{DiagSocket, Observer};
+use crate::observe::sockets::{DiagSocket, Observer, LATE_ANSWER};
 use crate::observe::transitions::program::DropRecording;
 use crate::observe::transitions::{RingMaps, Tracer};
 use crate::record::{CaptureStats, CapturedInterface, ObserverStats, RunRecord, StateSource, WireStats, WIRE_LATE_US};
+use crate::report::verdict::Verdict;
 use crate::run::actors::{self, ActorContext, ProcessRegistry, StepBoard};
 use crate::run::clock::{Clock, EventSink};
 use crate::run::confine::Confinement;
@@ -30,7 +31,9 @@ use crate::run::switchboard::Switchboard;
 use crate::run::topology::{self, HostWire};
 use crate::scenario::plan::{Action, Direction, FaultAction, FaultPlan, HostId, HostPlan, Plan, Trigger};
 use crate::timeline::query::{self, StepRecords};
-use crate::timeline::{Decision, DecisionKind, DroppedBy, Event, EventKind, PacketDirection, PacketEvent, Timeline};
+use crate::timeline::{
+    format_secs, Decision, DecisionKind, DroppedBy, Event, EventKind, PacketDirection, PacketEvent, Timeline,
+};
 
 /// How often the hub wakes to look at time triggers and the programs when nothing happens.
 const IDLE_TICK: Duration = Duration::from_millis(5);
@@ -911,6 +914,37 @@ fn late_wire(wire: Option<[WireStats; 2]>, passed: bool) -> Vec<String> {
                 stats.frames_out,
                 WIRE_LATE_US / 1000,
                 stats.max_late_us as f64 / 1000.0
+            )
+        })
+        .collect()
+}
+
+/// When a run failed a check that reads a host's socket samples (states, timers, queues) and that host's
+/// observer took a sample asked for at once more than [`LATE_ANSWER`] late (its thread had no CPU): a harness
+/// error naming that, since a value that lasted less than the wait may be missing from the samples for this
+/// machine's load rather than the kernel's behaviour. A run that passed keeps its verdict, and so does a failure
+/// of a check that does not read samples.
+pub fn blame_late_observers(record: &mut RunRecord, verdict: &Verdict) {
+    record.harness_errors.extend(late_observers(&record.observer, &verdict.sampled_failures));
+}
+
+fn late_observers(observers: &[(HostId, ObserverStats)], sampled_failures: &[HostId]) -> Vec<String> {
+    observers
+        .iter()
+        .filter(|(host, stats)| stats.late_answers > 0 && sampled_failures.contains(host))
+        .map(|(host, stats)| {
+            format!(
+                "the socket observer of {host} fell behind: {} a sample asked for at once was taken more than {} ms \
+                 later, the latest asked at {}s and taken {:.1} ms later (its thread had no CPU: the machine is too \
+                 busy); a queue, timer or state that lasted less may be missing from its samples, so the failures \
+                 below about {host}'s sockets may be this machine's, not the kernel's",
+                match stats.late_answers {
+                    1 => "once".to_string(),
+                    times => format!("{times} times"),
+                },
+                LATE_ANSWER.as_millis(),
+                format_secs(stats.max_answer_delay_asked_at),
+                stats.max_answer_delay.as_secs_f64() * 1e3
             )
         })
         .collect()

@@ -695,6 +695,7 @@ fn run_here(job: &Job, variables: &Variables) -> Result<Summary> {
                     progress.stage(partial::Stage::Judging);
                     let verdict = verdict::judge(&plan, &record.timeline);
                     engine::blame_late_wire(&mut record, verdict.passed());
+                    engine::blame_late_observers(&mut record, &verdict);
                     progress.finish();
                     report::write(&plan, &record, &verdict, &staging)
                 }

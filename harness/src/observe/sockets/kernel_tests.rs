@@ -443,3 +443,58 @@ fn dump_time_median_of_1000() {
         -shared_entries
     );
 }
+
+#[test]
+fn a_sample_asked_for_is_taken_at_once_beside_a_busy_harness_thread_and_late_beside_a_busy_observer() {
+    use crate::run::priority::{
+        lower_current_thread, pin_current_thread, raise_current_thread, raise_current_thread_as_observer,
+    };
+    use crate::run::userns::{test_privilege, Privilege};
+    let ns = namespace_with_loopback();
+    let (sink, _events) = EventSink::new(Clock::started());
+    let hold = Duration::from_millis(150);
+    // Spins on the CPU at the policy `raise` gives, after asking the observer for a sample.
+    let busy = |observer: &Observer, raise: fn() -> std::io::Result<bool>| -> bool {
+        if !raise().unwrap() {
+            return false;
+        }
+        observer.poke();
+        let spinning = Instant::now();
+        let mut spins = 0u64;
+        while spinning.elapsed() < hold {
+            spins = std::hint::black_box(spins.wrapping_add(1));
+        }
+        lower_current_thread().unwrap();
+        true
+    };
+    // On a thread of its own, pinned, with the observer it starts pinned to the same CPU (the affinity is
+    // inherited). The kernel preempts a SCHED_FIFO thread only for one of a higher priority: busy as a program,
+    // capture or decoding thread, this one leaves the observer its CPU; busy as another observer, it holds
+    // the CPU until it stops spinning.
+    let stats = thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                pin_current_thread().unwrap();
+                let observer = Observer::start(&ns, HostId::Server, Duration::from_secs(10), sink.clone()).unwrap();
+                // The observer's first run: it waits for signals from then on.
+                thread::sleep(Duration::from_millis(20));
+                if !busy(&observer, raise_current_thread) {
+                    assert_eq!(test_privilege(), Privilege::Rootless, "only rootless refuses SCHED_FIFO");
+                    return None;
+                }
+                let beside_harness = observer.stop().unwrap();
+                let observer = Observer::start(&ns, HostId::Server, Duration::from_secs(10), sink).unwrap();
+                thread::sleep(Duration::from_millis(20));
+                assert!(busy(&observer, raise_current_thread_as_observer));
+                Some((beside_harness, observer.stop().unwrap()))
+            })
+            .join()
+            .unwrap()
+    });
+    let Some((beside_harness, beside_observer)) = stats else { return };
+    assert_eq!(beside_harness.late_answers, 0, "{beside_harness:?}");
+    assert!(beside_harness.max_answer_delay < hold / 2, "{beside_harness:?}");
+    assert_eq!(beside_observer.late_answers, 1, "{beside_observer:?}");
+    assert!(beside_observer.max_answer_delay >= hold, "{beside_observer:?}");
+    assert!(beside_observer.max_answer_delay_asked_at >= Duration::from_millis(20), "{beside_observer:?}");
+}

@@ -55,6 +55,11 @@ pub struct Verdict {
     pub untraced: Vec<UntracedState>,
     /// Each step's own judgement, in plan order (hosts in order, steps in order).
     pub steps: Vec<StepVerdict>,
+    /// The hosts with a failed check that read their socket samples (states, timers, queues), in the order
+    /// failed: a late sample there may be the machine's load rather than the kernel (see
+    /// `engine::blame_late_observers`).
+    #[serde(skip)]
+    pub sampled_failures: Vec<HostId>,
 }
 
 /// How one step fared.
@@ -85,6 +90,14 @@ impl Verdict {
         if let Err(failure) = result {
             self.failures.push(failure);
         }
+    }
+
+    /// [`Verdict::check`] of a check that read `host`'s socket samples.
+    fn check_sampled(&mut self, host: HostId, result: Result<(), Failure>) {
+        if result.is_err() && !self.sampled_failures.contains(&host) {
+            self.sampled_failures.push(host);
+        }
+        self.check(result);
     }
 }
 
@@ -125,22 +138,25 @@ pub fn judge(plan: &Plan, timeline: &Timeline) -> Verdict {
         let anchor = resolve_anchor(&facts, expectation.since.as_ref(), expectation.location);
         let histories = &facts.histories[expectation.host.index()];
         let failed = anchor.and_then(|anchor| judge_states(expectation, anchor, histories));
-        verdict.check(failed.map_err(|mut failure| {
-            if !facts.traced {
-                failure.actual.push_str(
+        verdict.check_sampled(
+            expectation.host,
+            failed.map_err(|mut failure| {
+                if !facts.traced {
+                    failure.actual.push_str(
                     " (states sampled only: the run recorded none of the kernel's transitions; timeline.txt says why)",
                 );
-            }
-            failure
-        }));
+                }
+                failure
+            }),
+        );
     }
     for expectation in &plan.expect.timers {
-        verdict.check(judge_timer(expectation, &facts.sockets[expectation.host.index()]));
+        verdict.check_sampled(expectation.host, judge_timer(expectation, &facts.sockets[expectation.host.index()]));
     }
     for expectation in &plan.expect.queues {
         let anchor = resolve_anchor(&facts, expectation.since.as_ref(), expectation.location);
         let events = &facts.sockets[expectation.host.index()];
-        verdict.check(anchor.and_then(|anchor| judge_queue(expectation, anchor, events)));
+        verdict.check_sampled(expectation.host, anchor.and_then(|anchor| judge_queue(expectation, anchor, events)));
     }
     for expectation in &plan.expect.counters {
         verdict.check(kernel::judge_counter(expectation, timeline));

@@ -226,12 +226,19 @@ fn times_since_a_step_count_from_its_end() {
     // The same packet 5 s after t0 is not 5 s after the connect.
     events.retain(|e| !matches!(e.kind, EventKind::Packet(_)) || e.t != ms(6520));
     events.push(packet(5000, HostId::Server, Protocol::Tcp, 0x10, 64, 0));
-    let verdict = judge(&plan, &Timeline::new(events));
+    let verdict = judge(&plan, &Timeline::new(events.clone()));
     assert_eq!(verdict.failures.len(), 1);
     let failure = &verdict.failures[0];
     assert_eq!(failure.subject, "packets from server [.] since client.connect (1.500000s)");
     assert_eq!(failure.actual, "1 at 3.500000s");
     assert_eq!(failure.around, Some(ms(6500)));
+    assert_eq!(verdict.sampled_failures, [], "a packet check reads no socket samples");
+
+    // Without the sample of the queue holding one, the queue check fails: one that read the server's samples.
+    events.retain(|e| !matches!(&e.kind, EventKind::Socket(socket) if socket.recv_q == 1));
+    let verdict = judge(&plan, &Timeline::new(events));
+    assert_eq!(verdict.failures.len(), 2, "{:?}", verdict.failures);
+    assert_eq!(verdict.sampled_failures, [HostId::Server]);
 }
 
 #[test]

@@ -187,3 +187,26 @@ fn a_failed_run_whose_wire_fell_behind_blames_the_wire_and_a_passed_one_keeps_it
     assert!(late_wire(Some([WireStats::default(); 2]), false).is_empty(), "a wire on time blames nothing");
     assert!(late_wire(None, false).is_empty());
 }
+
+#[test]
+fn a_failed_sampled_check_of_a_host_whose_observer_answered_late_blames_the_observer() {
+    let late = ObserverStats {
+        samples: 118,
+        late_answers: 1,
+        max_answer_delay: Duration::from_micros(560_197),
+        max_answer_delay_asked_at: Duration::from_micros(102),
+        ..ObserverStats::default()
+    };
+    let on_time = ObserverStats { samples: 149, max_answer_delay: ms(3), ..ObserverStats::default() };
+    let observers = [(HostId::Client, on_time), (HostId::Server, late)];
+    let errors = late_observers(&observers, &[HostId::Server]);
+    assert_eq!(
+        errors,
+        ["the socket observer of server fell behind: once a sample asked for at once was taken more than 50 ms \
+          later, the latest asked at 0.000102s and taken 560.2 ms later (its thread had no CPU: the machine is too busy); \
+          a queue, timer or state that lasted less may be missing from its samples, so the failures below about \
+          server's sockets may be this machine's, not the kernel's"]
+    );
+    assert!(late_observers(&observers, &[HostId::Client]).is_empty(), "the client's samples were on time");
+    assert!(late_observers(&observers, &[]).is_empty(), "no failed check read samples: the verdict stands");
+}
