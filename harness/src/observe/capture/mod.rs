@@ -8,11 +8,18 @@
 //! needs, but setting it up waits for an RCU grace period (`setsockopt(PACKET_RX_RING)` calls
 //! `synchronize_net()`, about 10 ms at HZ=250), which would otherwise be most of a scenario's set-up.
 //!
-//! The capture thread only appends each frame to a chunk of pcap records: a second thread decodes the chunk's
-//! frames into timeline events, a third writes the chunks to the pcap, so neither decoding nor a write that
-//! stalls on page-cache writeback holds up the kernel's buffer. On stop, the capture reads the interface's own packet counters and takes
-//! frames until it holds every frame they counted (or the kernel's count of those it dropped): it neither
-//! waits longer than needed nor stops with a frame still on its way, and a frame it lost is counted.
+//! The capture thread only appends each frame to a chunk of pcap records, and another thread writes the chunks
+//! to the pcap, so that a write that stalls on page-cache writeback does not hold up the kernel's buffer.
+//! When the frames become timeline events is the rule of [`Decoding`]: a scenario run decodes them live, on a
+//! third thread between the two, only when a fault switches on packets or bytes (the switchboard must see every
+//! packet as it passes); otherwise the writer decodes them from the complete pcap after the stop, and during
+//! the run only learns each SYN's sequence number (for the drop tracer's decoding) and announces every SYN,
+//! FIN and RST and the first packet of each chunk (the socket observers sample on packets). Either way the
+//! timeline gets the same events with the same stamps.
+//!
+//! On stop, the capture reads the interface's own packet counters and takes frames until it holds every frame
+//! they counted (or the kernel's count of those it dropped): it neither waits longer than needed nor stops
+//! with a frame still on its way, and a frame it lost is counted.
 
 mod pcap;
 mod queue;
@@ -140,9 +147,10 @@ const IDLE_POLL: Duration = Duration::from_millis(100);
 const DRAIN_MAX: Duration = Duration::from_millis(500);
 /// How often the counters are compared while frames are still missing on stop.
 const DRAIN_POLL: Duration = Duration::from_millis(1);
-/// `stop` gives up on a capture that has recorded no frame and written no chunk for this long: normally
-/// stopping takes well under a millisecond, but the capture first records the frames still queued and the pcap
-/// writer writes out what is queued (at most `MAX_QUEUED_CHUNKS`). Both go on for seconds on a starved
+/// `stop` gives up on a capture that has recorded no frame, written no chunk and decoded no batch of events
+/// for this long: normally stopping takes well under a millisecond (plus, decoding after the stop, about
+/// 0.2-0.4 s per GiB captured), but the capture first records the frames still queued and the pcap writer
+/// writes out what is queued (at most `MAX_QUEUED_CHUNKS`). Both go on for seconds on a starved
 /// machine: in a 2-vCPU TCG VM running 50 scenarios at once, a 16 MiB transfer's 23,000 frames per end took
 /// more than 5 s to record and write out, while making progress all the while.
 const STOP_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -309,8 +317,8 @@ impl Capture {
     }
 
     /// Stops the capture (`kill -INT` to tcpdump): takes the frames the interface counted until then (waiting
-    /// at most `DRAIN_MAX` for those still on their way), writes out and closes the pcap, and returns the
-    /// counts. Waits as long as the capture makes progress, up to [`STOP_MAX`], and [`STOP_IDLE_TIMEOUT`]
+    /// at most `DRAIN_MAX` for those still on their way), writes out and closes the pcap, decodes it when
+    /// decoding after the stop (every event is emitted before this returns), and returns the counts. Waits as long as the capture makes progress, up to [`STOP_MAX`], and [`STOP_IDLE_TIMEOUT`]
     /// for one that makes none.
     pub fn stop(self) -> Result<CaptureStats> {
         self.request_stop();
