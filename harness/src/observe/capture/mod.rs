@@ -148,8 +148,8 @@ const DRAIN_MAX: Duration = Duration::from_millis(500);
 /// How often the counters are compared while frames are still missing on stop.
 const DRAIN_POLL: Duration = Duration::from_millis(1);
 /// `stop` gives up on a capture that has recorded no frame, written no chunk and decoded no batch of events
-/// for this long: normally stopping takes well under a millisecond (plus, decoding after the stop, about
-/// 0.2-0.4 s per GiB captured), but the capture first records the frames still queued and the pcap writer
+/// for this long: normally stopping takes well under a millisecond (plus, decoding after the stop, 0.16-0.65 s
+/// per GiB captured, measured), but the capture first records the frames still queued and the pcap writer
 /// writes out what is queued (at most `MAX_QUEUED_CHUNKS`). Both go on for seconds on a starved
 /// machine: in a 2-vCPU TCG VM running 50 scenarios at once, a 16 MiB transfer's 23,000 frames per end took
 /// more than 5 s to record and write out, while making progress all the while.
