@@ -182,15 +182,20 @@ fn short_and_equals_forms_of_options() {
     }
 }
 
+/// `netfault <command> <redirect>` through `sh -c`, from the project root.
+fn netfault_in_shell(command: &str, redirect: &str) -> Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("{} {command} {redirect}", env!("CARGO_BIN_EXE_netfault")))
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn a_closed_pipe_ends_netfault_quietly() {
     for command in ["--help", "list", "test -- --list"] {
-        let output = Command::new("sh")
-            .arg("-c")
-            .arg(format!("{} {command} | head -1", env!("CARGO_BIN_EXE_netfault")))
-            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
-            .output()
-            .unwrap();
+        let output = netfault_in_shell(command, "| head -1");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.is_empty(), "{command}: {stderr}");
         assert_eq!(String::from_utf8_lossy(&output.stdout).lines().count(), 1, "{command}");
@@ -443,4 +448,20 @@ fn a_scenario_the_kernel_cannot_run_is_not_applicable_in_run_and_in_the_test_dri
     assert_eq!(output.status.code(), Some(0), "{driven}");
     assert!(driven.contains("old-kernel-only.yaml: not applicable: 4:1: needs kernel < 3.0"), "the reason: {driven}");
     assert!(driven.contains("1 passed; 0 failed; 1 ignored"), "ignored, not passed or failed: {driven}");
+}
+
+#[test]
+fn output_that_cannot_be_written_is_a_harness_error_not_a_panic() {
+    // /dev/full refuses every write with ENOSPC, as a full disk does under `> file`.
+    for command in ["list", "check scenarios", "--help"] {
+        let output = netfault_in_shell(command, "> /dev/full");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{command}: {stderr}");
+        assert!(
+            stderr.contains("netfault: failed printing to stdout: No space left on device")
+                && stderr.contains("the output is incomplete")
+                && !stderr.contains("panicked"),
+            "{command}: {stderr}"
+        );
+    }
 }

@@ -2,6 +2,7 @@
 //! command. Exit status: 0 every scenario passed, 1 a scenario failed, 2 invalid input or a harness error,
 //! 128 + N stopped by signal N.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -153,7 +154,10 @@ fn positive(text: &str) -> Result<usize, String> {
 
 /// Parses `std::env::args()` and runs the command.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(refused_or_help) => return clap_exit(&refused_or_help),
+    };
     match cli.command {
         // These two run socket programs in this process: a write to a reset socket must give EPIPE, not kill it.
         Command::RunOne(args) => return child(args),
@@ -164,6 +168,7 @@ pub fn main() -> ExitCode {
     // any Unix tool, instead of a panic in println!.
     // SAFETY: restores the default action of one signal before any thread exists.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    end_on_failed_output();
     match cli.command {
         Command::Run(args) => run(args),
         Command::Check(paths) => check(&paths.paths),
@@ -174,6 +179,40 @@ pub fn main() -> ExitCode {
         Command::MatrixGuest { args } => crate::matrix::guest_main(&args),
         Command::Bench { .. } | Command::RunOne(_) => unreachable!("handled above"),
     }
+}
+
+/// `--help`, `--version`, or arguments clap refused: its text and its status (0, or 2), as `Cli::parse` would
+/// give them, but for a text that cannot be written (`> file` on a full disk), which is a harness error (2).
+/// A closed pipe is not (`netfault --help | head -1`).
+fn clap_exit(error: &clap::Error) -> ExitCode {
+    let status = ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2));
+    match error.print() {
+        Ok(()) => status,
+        Err(write) if write.kind() == std::io::ErrorKind::BrokenPipe => status,
+        Err(write) => {
+            let _ =
+                writeln!(std::io::stderr(), "netfault: failed printing to stdout: {write}: the output is incomplete");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// A write of the results that fails (`> file` on a full disk: `println!` panics) ends the command as a harness
+/// error, exit 2, saying what failed, rather than as a panic (exit 101). Any other panic is reported as before.
+fn end_on_failed_output() {
+    let report_panic = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload.downcast_ref::<String>().map(String::as_str).or(payload.downcast_ref::<&str>().copied());
+        match message {
+            Some(message) if message.starts_with("failed printing to std") => {
+                // Where stderr fails too, the exit status is all that is left to say it.
+                let _ = writeln!(std::io::stderr(), "netfault: {message}: the output is incomplete");
+                std::process::exit(2);
+            }
+            _ => report_panic(info),
+        }
+    }));
 }
 
 #[cfg(feature = "bench")]

@@ -18,12 +18,22 @@
 //! 3.51 s; on this machine, all 72 at once, impair/reorder's wire sent 859 frames more than 10 ms late. One
 //! at a time, each has the CPUs the others leave.
 //!
+//! Bulk transfers through the wire run one at a time across this machine's netfault processes too (an `flock`
+//! on [`machine_bulk_lock_path`]): `cargo nextest run` runs each scenario in a test process of its own, each
+//! with a gate of its own, so without it every bulk scenario of the suite and its twin in the report test ran at
+//! once, and their real-time threads starved the kernel's timers and the other scenarios' hubs (see the
+//! README: under `cargo nextest run --profile ci`, a fault switched on 265 ms after its step, a FIN-WAIT-2
+//! timeout seen 311 ms late).
+//!
 //! Who goes first: of the scenarios waiting, the one with the longest deadline (then the one that asked first),
 //! as a suite ends no sooner than its longest scenario does: a long one held back while short ones start makes
 //! the suite that much longer. The deadline is the only length a scenario declares before it runs.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::sync::{Condvar, LazyLock, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -43,8 +53,16 @@ const RECHECK: Duration = Duration::from_millis(50);
 /// `USER_HZ`: the unit of `/proc/<pid>/stat`'s times on every Linux architecture netfault runs on.
 const TICKS_PER_SECOND: f64 = 100.0;
 
-static MACHINE: LazyLock<CpuGate> =
-    LazyLock::new(|| CpuGate::new(std::thread::available_parallelism().map_or(1, usize::from)));
+static MACHINE: LazyLock<CpuGate> = LazyLock::new(|| {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    CpuGate::with_bulk_lock(cpus, &machine_bulk_lock_path())
+});
+
+/// The file whose `flock` a runner holds while it runs a bulk transfer through the wire: in the temporary
+/// directory (`$TMPDIR`, else `/tmp`), which every netfault process of the machine sees.
+pub fn machine_bulk_lock_path() -> PathBuf {
+    std::env::temp_dir().join("netfault-bulk.lock")
+}
 
 /// The gate of one runner.
 #[derive(Debug)]
@@ -52,6 +70,9 @@ pub struct CpuGate {
     cpus: usize,
     state: Mutex<State>,
     changed: Condvar,
+    /// Locked (`flock -x`) while a bulk transfer of this runner runs; `None` where it could not be opened (the
+    /// gate then orders this runner's bulk transfers only).
+    bulk_lock: Option<File>,
 }
 
 #[derive(Debug, Default)]
@@ -69,6 +90,8 @@ struct State {
     next_ticket: u64,
     /// Bulk transfers through the wire admitted and not yet ended: at most one.
     bulk: usize,
+    /// Whether this runner holds the machine's bulk lock ([`CpuGate::with_bulk_lock`]).
+    holds_machine_bulk: bool,
 }
 
 /// One admitted scenario: it counts as setting up until [`Admission::programs_started`], and its process's CPU
@@ -88,7 +111,48 @@ impl CpuGate {
     }
 
     pub fn new(cpus: usize) -> CpuGate {
-        CpuGate { cpus: cpus.max(1), state: Mutex::new(State::default()), changed: Condvar::new() }
+        CpuGate { cpus: cpus.max(1), state: Mutex::new(State::default()), changed: Condvar::new(), bulk_lock: None }
+    }
+
+    /// [`CpuGate::new`], whose bulk transfers also wait for those of every other gate locking the file at
+    /// `path`. Opened read-only where another user made it (an `flock` needs no write access).
+    pub fn with_bulk_lock(cpus: usize, path: &Path) -> CpuGate {
+        let bulk_lock = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .or_else(|_| File::open(path))
+            .ok();
+        CpuGate { bulk_lock, ..CpuGate::new(cpus) }
+    }
+
+    /// Whether a bulk transfer may start now: none of this runner's runs, and the machine's lock is this
+    /// runner's (taken now if no other process holds it). Asked only while a bulk transfer waits.
+    fn bulk_slot_free(&self, state: &mut State) -> bool {
+        if state.bulk > 0 {
+            return false;
+        }
+        if !state.holds_machine_bulk {
+            state.holds_machine_bulk = self.bulk_lock.as_ref().is_none_or(|lock| {
+                // SAFETY: flock on a descriptor the gate owns; non-blocking.
+                unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+            });
+        }
+        state.holds_machine_bulk
+    }
+
+    /// Gives the machine's lock back when this runner neither runs nor waits to run a bulk transfer.
+    fn release_bulk_slot_if_unused(&self, state: &mut State) {
+        let waiting = state.waiting.iter().any(|(_, _, bulk)| *bulk);
+        if state.holds_machine_bulk && state.bulk == 0 && !waiting {
+            if let Some(lock) = &self.bulk_lock {
+                // SAFETY: flock on a descriptor the gate owns.
+                unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_UN) };
+            }
+            state.holds_machine_bulk = false;
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -117,7 +181,10 @@ impl CpuGate {
             state.measure(&ticks);
             let idle = state.setting_up == 0 && state.processes.is_empty();
             let room = idle || (state.setting_up < self.cpus && state.busy_cpus < CPU_SHARE * self.cpus as f64);
-            let next = state.waiting.iter().find(|(_, _, bulk)| !bulk || state.bulk == 0);
+            // A bulk transfer waiting for another process's to end does not hold back the others.
+            let bulk_waiting = state.waiting.iter().any(|(_, _, bulk)| *bulk);
+            let bulk_free = bulk_waiting && self.bulk_slot_free(&mut state);
+            let next = state.waiting.iter().find(|(_, _, bulk)| !bulk || bulk_free);
             if room && next == Some(&place) {
                 state.waiting.remove(&place);
                 state.setting_up += 1;
@@ -128,6 +195,7 @@ impl CpuGate {
             }
             if stop() {
                 state.waiting.remove(&place);
+                self.release_bulk_slot_if_unused(&mut state);
                 self.changed.notify_all();
                 return None;
             }
@@ -183,6 +251,7 @@ impl Drop for Admission<'_> {
         }
         if self.bulk {
             state.bulk -= 1;
+            self.gate.release_bulk_slot_if_unused(&mut state);
         }
         if let Some(pid) = self.pid {
             state.processes.remove(&pid);
@@ -356,5 +425,40 @@ mod tests {
             drop(rate);
             assert_eq!(waiting.join().unwrap(), Some(true), "the first ended: the second starts");
         });
+    }
+
+    #[test]
+    fn bulk_transfers_of_two_runners_sharing_the_machines_lock_run_one_at_a_time() {
+        let path = std::env::temp_dir().join(format!("netfault-gate-test-{}.lock", std::process::id()));
+        // Two runners, as two test processes of `cargo nextest run` are: two gates, two open files.
+        let (ours, theirs) = (CpuGate::with_bulk_lock(2, &path), CpuGate::with_bulk_lock(2, &path));
+        let idle = |_| Some(0);
+        let mut rate = theirs.admit_by(SECOND * 30, true, || false, idle).unwrap();
+        rate.spawned(10);
+        rate.programs_started();
+        let asked = Cell::new(0);
+        let a_few_looks = || {
+            asked.set(asked.get() + 1);
+            asked.get() > 3
+        };
+        assert!(ours.admit_by(SECOND * 60, true, a_few_looks, idle).is_none(), "the other runner's runs");
+        assert!(!ours.lock().holds_machine_bulk && ours.lock().waiting.is_empty(), "given up, it holds nothing");
+        std::thread::scope(|threads| {
+            let waiting = threads.spawn(|| ours.admit_by(SECOND * 60, true, || false, idle).map(|a| a.bulk));
+            let bound = Instant::now() + Duration::from_secs(10);
+            while ours.lock().waiting.is_empty() {
+                assert!(Instant::now() < bound, "the second bulk transfer never waited");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let short = ours.admit_by(SECOND, false, || true, idle);
+            assert!(short.is_some(), "a scenario without a bulk transfer starts beside the other runner's");
+            drop(short);
+            drop(rate);
+            assert_eq!(waiting.join().unwrap(), Some(true), "the other runner's ended: ours starts");
+        });
+        assert!(!ours.lock().holds_machine_bulk, "its bulk transfer done, it gave the machine's lock back");
+        let again = theirs.admit_by(SECOND, true, || true, idle);
+        assert!(again.is_some(), "so the other runner's next one starts");
+        let _ = std::fs::remove_file(&path);
     }
 }

@@ -1,8 +1,8 @@
 //! Real-time scheduling for the threads whose clock readings are the measurement: each host's program thread
 //! (a step's end is stamped when the blocked call returns to it), the socket observers (a sample is stamped
 //! when requested) and the hub (which switches faults on
-//! events). `chrt --fifo --reset-on-fork 1` for the calling thread only; 2 for the observers, 3 for the
-//! impairment wire (see [`OBSERVER_PRIORITY`], [`WIRE_PRIORITY`]).
+//! events). `chrt --fifo --reset-on-fork 1` for the calling thread only; 2 for the impairment wire
+//! ([`WIRE_PRIORITY`]).
 //!
 //! Why: on a loaded machine a thread woken from a blocking call waits for a CPU behind every runnable
 //! ordinary thread. Measured with 200 scenarios at once on 2 cores: program threads started up to 0.3 s after
@@ -40,31 +40,7 @@ pub fn raise_current_thread() -> io::Result<bool> {
 /// 787 more than 64 ms: a transfer that started meanwhile filled the capture's ring before its thread ever read
 /// it, and the kernel dropped the rest (reorder-beyond-rtt: the last 828 of 4,940 frames).
 pub fn raise_spawned<T>(thread: &JoinHandle<T>) -> io::Result<bool> {
-    raise_spawned_to(thread, PRIORITY)
-}
-
-/// The real-time priority of the socket observers: one above the harness's other threads (a host's program,
-/// its captures and their decoding). Those may run for long stretches without blocking in a bulk transfer, and
-/// SCHED_FIFO leaves the CPU to the thread running until it blocks or one of a higher priority wakes: at one
-/// priority, an observer asked for a sample by a step's end waited 0.56 s behind other scenarios' threads
-/// (128 tests at once on 2 CPUs) and never saw a listener's Recv-Q of 1 that lasted 0.5 s. What an observer
-/// does real-time is short: one dump per ask, tens of microseconds here.
-const OBSERVER_PRIORITY: libc::c_int = PRIORITY + 1;
-
-/// [`raise_spawned`] for a socket observer's thread, at [`OBSERVER_PRIORITY`] (`chrt --fifo --reset-on-fork
-/// -p 2 <tid>`).
-pub fn raise_spawned_observer<T>(thread: &JoinHandle<T>) -> io::Result<bool> {
-    raise_spawned_to(thread, OBSERVER_PRIORITY)
-}
-
-/// [`raise_current_thread`] at the observers' priority: a test's stand-in for a busy thread of theirs.
-#[cfg(test)]
-pub fn raise_current_thread_as_observer() -> io::Result<bool> {
-    set_current_thread(libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, OBSERVER_PRIORITY)
-}
-
-fn raise_spawned_to<T>(thread: &JoinHandle<T>, priority: libc::c_int) -> io::Result<bool> {
-    let param = libc::sched_param { sched_priority: priority };
+    let param = libc::sched_param { sched_priority: PRIORITY };
     // SAFETY: the handle keeps the thread joinable, so its pthread_t stays valid for the call; `param` lives
     // across it.
     let rc = unsafe {
@@ -202,12 +178,12 @@ pub fn realtime_cpu() -> BTreeMap<String, Duration> {
     REALTIME_CPU.lock().unwrap_or_else(PoisonError::into_inner).clone()
 }
 
-/// The real-time priority of the impairment wire's threads: above every other thread of the harness, because
-/// the wire is the network the scenario runs on, and a frame it releases late is a delay nobody asked for (the
-/// captures stamp with kernel times and keep their frames in kernel buffers meanwhile).
-const WIRE_PRIORITY: libc::c_int = OBSERVER_PRIORITY + 1;
+/// The real-time priority of the impairment wire's threads: one above the harness's own threads, because the
+/// wire is the network the scenario runs on, and a frame it releases late is a delay nobody asked for (the
+/// captures and observers stamp with kernel times and keep their frames in kernel buffers meanwhile).
+const WIRE_PRIORITY: libc::c_int = PRIORITY + 1;
 
-/// [`raise_current_thread`] for a wire thread: `chrt --fifo --reset-on-fork -p 3 <tid>`.
+/// [`raise_current_thread`] for a wire thread: `chrt --fifo --reset-on-fork -p 2 <tid>`.
 pub fn raise_wire_thread() -> io::Result<bool> {
     set_current_thread(libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, WIRE_PRIORITY)
 }
@@ -242,7 +218,7 @@ pub fn lower_current_thread() -> io::Result<()> {
 /// dumps), so that it never holds a CPU against the kernel's own ordinary threads (`ksoftirqd`).
 ///
 /// Unless `urgent` is set: then urgent work waits behind `f`, which must not wait for a CPU, and whoever sets
-/// it raises the thread again itself ([`raise_spawned_observer`]). Checked after lowering, so that a flag set
+/// it raises the thread again itself ([`raise_spawned`]). Checked after lowering, so that a flag set
 /// before or while the thread lowered itself is seen either here or by the raise that follows it.
 pub fn ordinary_unless<T>(urgent: &AtomicBool, f: impl FnOnce() -> T) -> T {
     let raised = current_realtime_priority().filter(|_| lower_current_thread().is_ok());
@@ -313,16 +289,12 @@ mod tests {
             let inside = ordinary_unless(&not_urgent, current_policy);
             assert_eq!((inside, current_policy()), (libc::SCHED_OTHER, libc::SCHED_FIFO), "ordinary only inside");
             assert_eq!(current_realtime_priority(), Some(PRIORITY));
-            assert!(raise_current_thread_as_observer().unwrap());
+            assert!(raise_wire_thread().unwrap());
             assert_eq!(ordinary_unless(&not_urgent, current_realtime_priority), None);
-            assert_eq!(current_realtime_priority(), Some(OBSERVER_PRIORITY), "its own priority back, not the lowest");
+            assert_eq!(current_realtime_priority(), Some(WIRE_PRIORITY), "its own priority back, not the lowest");
             let urgent = AtomicBool::new(true);
-            assert_eq!(
-                ordinary_unless(&urgent, current_realtime_priority),
-                Some(OBSERVER_PRIORITY),
-                "urgent: not lowered"
-            );
-            assert_eq!(current_realtime_priority(), Some(OBSERVER_PRIORITY));
+            assert_eq!(ordinary_unless(&urgent, current_realtime_priority), Some(WIRE_PRIORITY), "urgent: not lowered");
+            assert_eq!(current_realtime_priority(), Some(WIRE_PRIORITY));
             lower_current_thread().unwrap();
             assert_eq!(current_policy(), libc::SCHED_OTHER);
             assert_eq!(ordinary_unless(&not_urgent, current_policy), libc::SCHED_OTHER);

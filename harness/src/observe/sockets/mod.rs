@@ -285,9 +285,8 @@ impl Observer {
         // A sample asked for must be taken at once: on a loaded machine an ordinary thread was seen to miss
         // short-lived states entirely (no sample for hundreds of ms). Best effort, as for the program threads;
         // real-time for its wake-ups and the samples events ask for, ordinary for the paced ones (see `run`).
-        // Raised by this thread, so the observer is real-time from its first run (`raise_spawned` says why),
-        // above the captures and programs (`raise_spawned_observer` says why).
-        let _ = crate::run::priority::raise_spawned_observer(&thread);
+        // Raised by this thread, so the observer is real-time from its first run (`raise_spawned` says why).
+        let _ = crate::run::priority::raise_spawned(&thread);
         Ok(Observer { host, stop, finished, thread, asked })
     }
 
@@ -300,7 +299,7 @@ impl Observer {
         // Real-time again if it is in a paced dump at the ordinary policy, which real-time threads elsewhere
         // may keep off the CPU for as long as their bulk transfer lasts (a sample asked for at a step's end
         // waited 300 ms behind such a dump, capture/bulk-snaplen beside the suite). Best effort, as when started.
-        let _ = crate::run::priority::raise_spawned_observer(&self.thread);
+        let _ = crate::run::priority::raise_spawned(&self.thread);
     }
 
     /// A packet other than a SYN, FIN or RST left or arrived: asks for a sample as soon as the CPU budget
