@@ -94,17 +94,6 @@ impl SharedIsns {
     fn learn(&self, key: FlowKey, isn: u32) {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).insert(key, isn);
     }
-
-    /// Learns the initial sequence number of `frame` if it is a TCP SYN, as [`Decoder::decode`] would while
-    /// decoding it, without decoding anything else: what a capture that decodes after it stops does during
-    /// the run, so that the other decoders number the connection's packets as before.
-    pub fn learn_from_frame(&self, frame: &[u8]) {
-        if let Some((key, seq, flags)) = tcp_segment(frame) {
-            if flags & TCP_SYN != 0 {
-                self.learn(key, seq);
-            }
-        }
-    }
 }
 
 /// TCP flags that change a socket's state: FIN, SYN, RST.
@@ -113,12 +102,12 @@ pub const STATE_CHANGING_FLAGS: u8 = 0x01 | TCP_SYN | 0x04;
 /// Whether `frame` is a TCP segment with a flag in [`STATE_CHANGING_FLAGS`], under the checks `decode` makes
 /// before it reads the flags; nothing else is decoded.
 pub fn changes_tcp_state(frame: &[u8]) -> bool {
-    tcp_segment(frame).is_some_and(|(_, _, flags)| flags & STATE_CHANGING_FLAGS != 0)
+    tcp_flags(frame).is_some_and(|flags| flags & STATE_CHANGING_FLAGS != 0)
 }
 
-/// The direction, sequence number and flags of a TCP segment, under the checks `decode` makes before it reads
-/// them (an IPv4 frame, not a later fragment, a complete enough TCP header).
-fn tcp_segment(frame: &[u8]) -> Option<(FlowKey, u32, u8)> {
+/// The flags of a TCP segment, under the checks `decode` makes before it reads them (an IPv4 frame, not a
+/// later fragment, a complete enough TCP header).
+fn tcp_flags(frame: &[u8]) -> Option<u8> {
     if u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]) != ETHERTYPE_IPV4 {
         return None;
     }
@@ -131,8 +120,7 @@ fn tcp_segment(frame: &[u8]) -> Option<(FlowKey, u32, u8)> {
     {
         return None;
     }
-    let key = FlowKey { src: ip.src, sport: be16(tcp, 0)?, dst: ip.dst, dport: be16(tcp, 2)? };
-    Some((key, be32(tcp, 4)?, tcp[13]))
+    Some(tcp[13])
 }
 
 /// Decodes the frames of one capture (one interface), remembering each TCP direction's ISN so that
@@ -636,10 +624,11 @@ mod tests {
         assert_eq!((event.seq, event.ack), (6152, 90_001));
     }
 
-    /// What a capture that decodes after it stops learns during the run, from the raw frames, numbers the
-    /// tracer's drops as a live decoder's learning does: the same SYNs, and nothing from other frames.
+    /// A capture that decodes after it stops decodes during the run only the frames that change a TCP state
+    /// (and a few more): every SYN among them, so the tracer's drops are numbered as when every frame is
+    /// decoded live.
     #[test]
-    fn isns_learnt_from_raw_frames_number_a_drop_as_decoding_them_does() {
+    fn decoding_only_state_changing_frames_numbers_a_drop_as_decoding_all_does() {
         let probe = Segment {
             sport: 40000,
             dport: 9000,
@@ -652,27 +641,27 @@ mod tests {
         };
         let frames =
             [syn(40000, 5000), syn_ack(40000, 90_000, 5000), frame(CLIENT, SERVER, IPPROTO_TCP, 9, &tcp(&probe))];
-        let (decoded, sniffed) = (SharedIsns::default(), SharedIsns::default());
-        let mut live = Decoder::sharing(decoded.clone());
+        let (decoded, announced) = (SharedIsns::default(), SharedIsns::default());
+        let (mut live, mut announcer) = (Decoder::sharing(decoded.clone()), Decoder::sharing(announced.clone()));
         for frame in &frames {
             live.decode(frame, true).unwrap();
-            sniffed.learn_from_frame(frame);
+            if changes_tcp_state(frame) {
+                announcer.decode(frame, true).unwrap();
+            }
         }
-        let (mut from_decoded, mut from_sniffed) = (Decoder::sharing(decoded), Decoder::sharing(sniffed.clone()));
+        let (mut from_decoded, mut from_sniffed) = (Decoder::sharing(decoded), Decoder::sharing(announced.clone()));
         let drop = ip_packet(CLIENT, SERVER, IPPROTO_TCP, 9, &tcp(&probe));
         let expected = from_decoded.decode_ip(&drop, true).unwrap();
         assert_eq!((expected.seq, expected.ack), (1152, 1));
         assert_eq!(from_sniffed.decode_ip(&drop, true), Some(expected));
-        // Two directions learnt, by the SYNs only; an ARP frame or a cut header teaches nothing.
-        assert_eq!(sniffed.0.lock().unwrap().len(), 2);
+        assert_eq!(announced.0.lock().unwrap().len(), 2, "both directions' ISNs");
+        // The SYN and SYN-ACK change a socket's state, the ACK does not; neither does anything but TCP, nor a
+        // SYN whose TCP header was cut.
+        assert_eq!(frames.map(|frame| changes_tcp_state(&frame)), [true, true, false]);
         let mut arp = syn(40001, 1);
         arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-        sniffed.learn_from_frame(&arp);
-        sniffed.learn_from_frame(&syn(40002, 1)[..14 + 20 + 10]);
-        assert_eq!(sniffed.0.lock().unwrap().len(), 2);
-        // The SYN and SYN-ACK change a socket's state, the ACK does not; neither does anything but TCP.
-        assert_eq!(frames.map(|frame| changes_tcp_state(&frame)), [true, true, false]);
         assert!(!changes_tcp_state(&arp));
+        assert!(!changes_tcp_state(&syn(40002, 1)[..14 + 20 + 10]));
         let fin = Segment { flags: 0x11, ..probe };
         let rst = Segment { flags: 0x04, ..probe };
         for segment in [fin, rst] {

@@ -13,8 +13,8 @@
 //! When the frames become timeline events is the rule of [`Decoding`]: a scenario run decodes them live, on a
 //! third thread between the two, only when a fault switches on packets or bytes (the switchboard must see every
 //! packet as it passes); otherwise the writer decodes them from the complete pcap after the stop, and during
-//! the run only learns each SYN's sequence number (for the drop tracer's decoding) and announces every SYN,
-//! FIN and RST and the first packet of each chunk (the socket observers sample on packets). Either way the
+//! the run only decodes and announces every SYN, FIN and RST and the first packet of each chunk (the socket
+//! observers sample on packets; the SYNs' sequence numbers are the drop tracer's too). Either way the
 //! timeline gets the same events with the same stamps.
 //!
 //! On stop, the capture reads the interface's own packet counters and takes frames until it holds every frame
@@ -89,12 +89,12 @@ impl CaptureBuffer {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decoding {
     /// As the frames arrive, by a decoding thread between the capture thread and the pcap writer: for a run
-    /// in which something acts on packet events while it goes on (a fault or step triggered by packets, the
-    /// socket observer sampling on them).
+    /// in which something needs every packet event while it goes on (a fault switched on packets or bytes).
     Live,
     /// After the capture stopped, from the pcap it wrote: during the run the frames only go to disk, in large
-    /// blocks. The writer still learns each TCP SYN's initial sequence number as its chunk passes, so that
-    /// the run's other decoders (the drop tracer's) number a connection's packets as before.
+    /// blocks, and the writer decodes and announces at once only every SYN, FIN and RST and the first packet
+    /// of each chunk (what the socket observers sample on); decoding the SYNs, it still tells the run's other
+    /// decoders (the drop tracer's) each connection's initial sequence numbers as it opens.
     AfterStop,
 }
 
@@ -255,7 +255,6 @@ impl Capture {
                     pcap: pcap.to_path_buf(),
                     announcer: Decoder::sharing(sink.initial_seqs().clone()),
                     decoder,
-                    initial_seqs: sink.initial_seqs().clone(),
                     clock,
                     sink,
                     host,
@@ -1223,7 +1222,6 @@ mod tests {
             pcap: pcap.to_path_buf(),
             announcer: Decoder::new(),
             decoder: Decoder::sharing(sink.initial_seqs().clone()),
-            initial_seqs: sink.initial_seqs().clone(),
             clock: clock.clone(),
             sink,
             host,

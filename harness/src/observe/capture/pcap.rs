@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use std::io::IoSlice;
 use std::path::PathBuf;
 
-use crate::observe::decode::{changes_tcp_state, SharedIsns};
+use crate::observe::decode::changes_tcp_state;
 
 use super::*;
 
@@ -322,10 +322,11 @@ impl DiskWriter {
 }
 
 /// Decoding after the stop ([`Decoding::AfterStop`]). During the run the writer notes, as each chunk passes
-/// on its way to disk, each record's direction (a pcap record has no room for it) and each TCP SYN's initial
-/// sequence number for the run's other decoders, and announces a few packets to the run at once: every one
-/// that changes a TCP state (SYN, FIN, RST) and the first of each chunk, so that what the run does on packets
-/// (the socket observer samples on them) still happens when they pass. Once the file is complete it reads it
+/// on its way to disk, each record's direction (a pcap record has no room for it), and announces a few packets
+/// to the run at once: every one that changes a TCP state (SYN, FIN, RST) and the first of each chunk, so that
+/// what the run does on packets (the socket observer samples on them) still happens when they pass. Decoding
+/// every SYN as it passes, the announcing decoder also tells the run's other decoders (the drop tracer's) each
+/// connection's initial sequence numbers, as the decoding thread does. Once the file is complete it reads it
 /// back and emits the other events. Each event is the one the decoding thread would have emitted, with the
 /// same stamp: the announcing decoder sees every SYN of the capture, in order, and a decoder's numbering
 /// depends on nothing else.
@@ -335,7 +336,6 @@ pub(super) struct AfterStop {
     pub(super) announcer: Decoder,
     /// Decodes the file after the stop.
     pub(super) decoder: Decoder,
-    pub(super) initial_seqs: SharedIsns,
     pub(super) clock: Clock,
     pub(super) sink: EventSink,
     pub(super) host: HostId,
@@ -362,7 +362,6 @@ impl AfterStop {
     pub(super) fn note(&mut self, chunk: &Chunk) {
         let mut announced_one = false;
         for frame in chunk.frames() {
-            self.initial_seqs.learn_from_frame(frame.data);
             let mut noted = Noted { outgoing: frame.outgoing, announced: false };
             if !announced_one || changes_tcp_state(frame.data) {
                 if let Some(event) = self.announcer.decode(frame.data, frame.outgoing) {
