@@ -19,7 +19,7 @@ use serde_json::json;
 use super::recipe::{Tcpdump, TcpdumpStats};
 use super::{fixture_plan, interrupted, Comparison, Distribution, Report, ScratchDir};
 use crate::error::{Context, Error, Result};
-use crate::observe::capture::{rx_tx_packets, Capture, CaptureBuffer, CaptureSettings};
+use crate::observe::capture::{rx_tx_packets, Capture, CaptureBuffer, CaptureSettings, Decoding};
 use crate::record::CaptureStats;
 use crate::run::clock::{Clock, EventSink};
 use crate::run::netns::Netns;
@@ -31,8 +31,9 @@ use crate::scenario::plan::HostId;
 pub struct CaptureOptions {
     /// Bytes the client sends in each transfer.
     pub bytes: u64,
-    /// Rounds of (no capture, netfault's default queue, netfault's 64 MiB ring, tcpdump, tcpdump -B 65536, and
-    /// with a snap length: netfault's queue, netfault's ring, tcpdump -s).
+    /// Rounds of (no capture, netfault's default queue, netfault's 64 MiB ring, tcpdump, tcpdump -B 65536, with
+    /// a snap length: netfault's queue, netfault's ring, tcpdump -s; and netfault's ring decoded after the stop,
+    /// whole and cut).
     pub runs: usize,
     /// Only the arrangements whose label contains this (`--only`), e.g. to profile one of them.
     pub only: Option<String>,
@@ -68,10 +69,14 @@ enum Arrangement {
     NetfaultRingCut,
     /// `tcpdump -s 160 -w`.
     TcpdumpCut,
+    /// The ring, its frames decoded into timeline events after the capture stopped ([`Decoding::AfterStop`]).
+    NetfaultRingAfterStop,
+    /// The ring cut to the snap length, decoded after the capture stopped.
+    NetfaultRingCutAfterStop,
 }
 
 impl Arrangement {
-    const ALL: [Arrangement; 8] = [
+    const ALL: [Arrangement; 10] = [
         Arrangement::None,
         Arrangement::NetfaultQueue,
         Arrangement::NetfaultRing,
@@ -80,6 +85,8 @@ impl Arrangement {
         Arrangement::NetfaultQueueCut,
         Arrangement::NetfaultRingCut,
         Arrangement::TcpdumpCut,
+        Arrangement::NetfaultRingAfterStop,
+        Arrangement::NetfaultRingCutAfterStop,
     ];
 
     fn label(self) -> &'static str {
@@ -92,22 +99,28 @@ impl Arrangement {
             Arrangement::NetfaultQueueCut => "netfault Capture x2, snaplen: 160B",
             Arrangement::NetfaultRingCut => "netfault Capture x2, ring: 64MiB, snaplen: 160B",
             Arrangement::TcpdumpCut => "tcpdump -s 160 -w x2",
+            Arrangement::NetfaultRingAfterStop => "netfault Capture x2, ring: 64MiB, decoded after stop",
+            Arrangement::NetfaultRingCutAfterStop => {
+                "netfault Capture x2, ring: 64MiB, snaplen: 160B, decoded after stop"
+            }
         }
     }
 
     /// What netfault's capture is given, for its arrangements.
     fn netfault_settings(self) -> Option<CaptureSettings> {
         let ring = CaptureBuffer::ring_of(BULK_RING_BYTES);
-        let (buffer, snaplen) = match self {
-            Arrangement::NetfaultQueue => (CaptureBuffer::DEFAULT, None),
-            Arrangement::NetfaultRing => (ring, None),
-            Arrangement::NetfaultQueueCut => (CaptureBuffer::DEFAULT, Some(CUT_SNAPLEN)),
-            Arrangement::NetfaultRingCut => (ring, Some(CUT_SNAPLEN)),
+        let (buffer, snaplen, decoding) = match self {
+            Arrangement::NetfaultQueue => (CaptureBuffer::DEFAULT, None, Decoding::Live),
+            Arrangement::NetfaultRing => (ring, None, Decoding::Live),
+            Arrangement::NetfaultQueueCut => (CaptureBuffer::DEFAULT, Some(CUT_SNAPLEN), Decoding::Live),
+            Arrangement::NetfaultRingCut => (ring, Some(CUT_SNAPLEN), Decoding::Live),
+            Arrangement::NetfaultRingAfterStop => (ring, None, Decoding::AfterStop),
+            Arrangement::NetfaultRingCutAfterStop => (ring, Some(CUT_SNAPLEN), Decoding::AfterStop),
             Arrangement::None | Arrangement::Tcpdump | Arrangement::TcpdumpLargeBuffer | Arrangement::TcpdumpCut => {
                 return None
             }
         };
-        Some(CaptureSettings { buffer, snaplen })
+        Some(CaptureSettings { buffer, snaplen, decoding })
     }
 
     /// tcpdump's own options, for its arrangements.
@@ -263,6 +276,40 @@ pub fn bench_capture(options: &CaptureOptions) -> Result<Report> {
         target: "issue 17: >= 90% of uncaptured, netfault / tcpdump > 1".into(),
         met: ours_cut >= 0.9 * none && ours_cut > theirs_cut,
     });
+    let (after, after_cut) =
+        (median(Arrangement::NetfaultRingAfterStop), median(Arrangement::NetfaultRingCutAfterStop));
+    report.compare(Comparison {
+        what: "frames lost over all rounds (both ends), ring, decoded after stop, whole and cut".into(),
+        netfault: format!(
+            "{} (whole), {} (snap length {CUT_SNAPLEN})",
+            missing(Arrangement::NetfaultRingAfterStop),
+            missing(Arrangement::NetfaultRingCutAfterStop)
+        ),
+        alternative: format!(
+            "{} (tcpdump), {} (tcpdump -s {CUT_SNAPLEN})",
+            missing(Arrangement::Tcpdump),
+            missing(Arrangement::TcpdumpCut)
+        ),
+        ratio: None,
+        target: "0".into(),
+        met: missing(Arrangement::NetfaultRingAfterStop) + missing(Arrangement::NetfaultRingCutAfterStop) == 0,
+    });
+    report.compare(Comparison {
+        what: "throughput with capture on both ends, ring, decoded after stop (median)".into(),
+        netfault: format!("{after:.2} Gb/s ({:.0}% of {none:.2} without capture)", after / none * 100.0),
+        alternative: format!("{theirs:.2} Gb/s with tcpdump ({:.0}%)", theirs / none * 100.0),
+        ratio: Some(after / theirs),
+        target: "issue 17: >= 90% of uncaptured, netfault / tcpdump > 1".into(),
+        met: after >= 0.9 * none && after > theirs,
+    });
+    report.compare(Comparison {
+        what: format!("throughput, ring cut to {CUT_SNAPLEN} bytes, decoded after stop (median)"),
+        netfault: format!("{after_cut:.2} Gb/s ({:.0}% of {none:.2} without capture)", after_cut / none * 100.0),
+        alternative: format!("{theirs_cut:.2} Gb/s with tcpdump -s {CUT_SNAPLEN} ({:.0}%)", theirs_cut / none * 100.0),
+        ratio: Some(after_cut / theirs_cut),
+        target: "issue 17: >= 90% of uncaptured, netfault / tcpdump > 1".into(),
+        met: after_cut >= 0.9 * none && after_cut > theirs_cut,
+    });
     report.note(
         "method",
         "one veth pair (MTU 1500, offloads off, as every scenario has) between two namespaces; a client thread \
@@ -270,7 +317,8 @@ pub fn bench_capture(options: &CaptureOptions) -> Result<Report> {
          system temp dir; interface frames are rx+tx packets of nf0 from /proc/thread-self/net/dev inside the \
          namespace, read after the capture started and before it stopped; tcpdump runs through nsenter --net; the stop \
          time runs from the stop request until every frame is written out (netfault: and decoded into timeline \
-         events, counted by an ordinary thread as the engine's hub would take them)",
+         events, counted by an ordinary thread as the engine's hub would take them: live, or read back from the \
+         pcap after the stop)",
     );
     report.extra = json!({ "rounds": rounds });
     drop(namespaces);
@@ -295,7 +343,9 @@ fn round(
         Arrangement::NetfaultQueue
         | Arrangement::NetfaultRing
         | Arrangement::NetfaultQueueCut
-        | Arrangement::NetfaultRingCut => {
+        | Arrangement::NetfaultRingCut
+        | Arrangement::NetfaultRingAfterStop
+        | Arrangement::NetfaultRingCutAfterStop => {
             let settings = arrangement.netfault_settings().ok_or_else(|| Error::Internal("no settings".into()))?;
             let (sink, events) = EventSink::new(Clock::started());
             let counter = count_in_background(events);

@@ -52,8 +52,9 @@ usage: netfault bench <what> [options] [--json FILE] [--keep]
   capture [--bytes 1GiB] [--runs 2] bulk TCP over the veth: packets captured vs sent, drops, throughput with
                                    no capture, netfault's default queue and 64 MiB ring, tcpdump -w with its
                                    default buffer and with -B 65536, and all cut to 160 bytes: netfault's
-                                   snaplen with the queue and the ring, tcpdump -s 160 (same run); --only
-                                   keeps the arrangements whose label contains it (e.g. snaplen)
+                                   snaplen with the queue and the ring, tcpdump -s 160; and the ring decoded
+                                   after the stop, whole and cut (same run); --only keeps the arrangements
+                                   whose label contains it (e.g. snaplen, after stop)
   impair [--runs 3] [--seconds 3] [--n 100000] [--only MEASUREMENT]
                                    impairments against the kernel's alternatives, alternating: delay accuracy at
                                    100 Mb/s (wire vs bridge + NFQUEUE), rate (wire vs tc tbf), loss over N UDP

@@ -96,6 +96,33 @@ impl SharedIsns {
     }
 }
 
+/// TCP flags that change a socket's state: FIN, SYN, RST.
+pub const STATE_CHANGING_FLAGS: u8 = 0x01 | TCP_SYN | 0x04;
+
+/// Whether `frame` is a TCP segment with a flag in [`STATE_CHANGING_FLAGS`], under the checks `decode` makes
+/// before it reads the flags; nothing else is decoded.
+pub fn changes_tcp_state(frame: &[u8]) -> bool {
+    tcp_flags(frame).is_some_and(|flags| flags & STATE_CHANGING_FLAGS != 0)
+}
+
+/// The flags of a TCP segment, under the checks `decode` makes before it reads them (an IPv4 frame, not a
+/// later fragment, a complete enough TCP header).
+fn tcp_flags(frame: &[u8]) -> Option<u8> {
+    if u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]) != ETHERTYPE_IPV4 {
+        return None;
+    }
+    let ip = Ipv4Header::parse(frame.get(ETHERNET_HEADER_LEN..)?)?;
+    let tcp = ip.payload;
+    if ip.fragment_offset != 0
+        || ip.protocol != IPPROTO_TCP
+        || tcp.len() < TCP_MIN_HEADER_LEN
+        || usize::from(tcp[12] >> 4) * 4 < TCP_MIN_HEADER_LEN
+    {
+        return None;
+    }
+    Some(tcp[13])
+}
+
 /// Decodes the frames of one capture (one interface), remembering each TCP direction's ISN so that
 /// seq/ack come out relative, as `tcpdump -n -r file.pcap` shows them.
 #[derive(Debug, Default)]
@@ -595,6 +622,51 @@ mod tests {
         // Without the shared numbers it would print them absolute.
         let event = Decoder::new().decode_ip(&ip_packet(CLIENT, SERVER, IPPROTO_TCP, 9, &tcp(&probe)), true).unwrap();
         assert_eq!((event.seq, event.ack), (6152, 90_001));
+    }
+
+    /// A capture that decodes after it stops decodes during the run only the frames that change a TCP state
+    /// (and a few more): every SYN among them, so the tracer's drops are numbered as when every frame is
+    /// decoded live.
+    #[test]
+    fn decoding_only_state_changing_frames_numbers_a_drop_as_decoding_all_does() {
+        let probe = Segment {
+            sport: 40000,
+            dport: 9000,
+            seq: 5000 + 1152,
+            ack: 90_001,
+            flags: 0x10,
+            window: 63,
+            options: &[],
+            data: &[],
+        };
+        let frames =
+            [syn(40000, 5000), syn_ack(40000, 90_000, 5000), frame(CLIENT, SERVER, IPPROTO_TCP, 9, &tcp(&probe))];
+        let (decoded, announced) = (SharedIsns::default(), SharedIsns::default());
+        let (mut live, mut announcer) = (Decoder::sharing(decoded.clone()), Decoder::sharing(announced.clone()));
+        for frame in &frames {
+            live.decode(frame, true).unwrap();
+            if changes_tcp_state(frame) {
+                announcer.decode(frame, true).unwrap();
+            }
+        }
+        let (mut from_decoded, mut from_sniffed) = (Decoder::sharing(decoded), Decoder::sharing(announced.clone()));
+        let drop = ip_packet(CLIENT, SERVER, IPPROTO_TCP, 9, &tcp(&probe));
+        let expected = from_decoded.decode_ip(&drop, true).unwrap();
+        assert_eq!((expected.seq, expected.ack), (1152, 1));
+        assert_eq!(from_sniffed.decode_ip(&drop, true), Some(expected));
+        assert_eq!(announced.0.lock().unwrap().len(), 2, "both directions' ISNs");
+        // The SYN and SYN-ACK change a socket's state, the ACK does not; neither does anything but TCP, nor a
+        // SYN whose TCP header was cut.
+        assert_eq!(frames.map(|frame| changes_tcp_state(&frame)), [true, true, false]);
+        let mut arp = syn(40001, 1);
+        arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+        assert!(!changes_tcp_state(&arp));
+        assert!(!changes_tcp_state(&syn(40002, 1)[..14 + 20 + 10]));
+        let fin = Segment { flags: 0x11, ..probe };
+        let rst = Segment { flags: 0x04, ..probe };
+        for segment in [fin, rst] {
+            assert!(changes_tcp_state(&frame(CLIENT, SERVER, IPPROTO_TCP, 9, &tcp(&segment))));
+        }
     }
 
     #[test]

@@ -9,8 +9,9 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::observe::capture::{Capture, CaptureBuffer, CaptureSettings};
+use crate::observe::capture::{Capture, CaptureBuffer, CaptureSettings, Decoding};
 use crate::observe::counters::CounterFiles;
+use crate::observe::decode::STATE_CHANGING_FLAGS;
 use crate::observe::sockets::{DiagSocket, Observer, LATE_ANSWER};
 use crate::observe::transitions::program::DropRecording;
 use crate::observe::transitions::{RingMaps, Tracer};
@@ -28,7 +29,7 @@ use crate::run::priority::{self, Background};
 use crate::run::supervise::SETUP_LIMIT;
 use crate::run::switchboard::Switchboard;
 use crate::run::topology::{self, HostWire};
-use crate::scenario::plan::{Action, Direction, FaultAction, FaultPlan, HostId, HostPlan, Plan};
+use crate::scenario::plan::{Action, Direction, FaultAction, FaultPlan, HostId, HostPlan, Plan, Trigger};
 use crate::timeline::query::{self, StepRecords};
 use crate::timeline::{
     format_secs, Decision, DecisionKind, DroppedBy, Event, EventKind, PacketDirection, PacketEvent, Timeline,
@@ -364,7 +365,6 @@ enum Urgency {
 }
 
 fn fresh_sample(event: &Event) -> Option<Urgency> {
-    const STATE_CHANGING_FLAGS: u8 = 0x01 | 0x02 | 0x04;
     match &event.kind {
         EventKind::Packet(packet) if packet.flags & STATE_CHANGING_FLAGS != 0 => Some(Urgency::AtOnce),
         EventKind::Packet(_) => Some(Urgency::WithinBudget),
@@ -838,10 +838,18 @@ fn pcap_name(host: HostId, ifname: &str, interfaces_of_host: usize) -> String {
 
 /// `tcpdump -B -s` for the plan: the socket's own queue unless the scenario asks for a ring, whole frames
 /// unless it asks for a snap length.
+/// The captures decode their frames into timeline events after they stop, unless a fault switches on packets
+/// or bytes: the switchboard must then see every packet as it passes. Nothing else during the run reads
+/// packet events but the socket observers' pokes (`fresh_sample`), which the packets a capture announces at
+/// once (every SYN, FIN and RST, and the first of each batch it takes) still give.
 fn capture_settings(plan: &Plan) -> CaptureSettings {
+    let on_packets = |trigger: &Trigger| matches!(trigger, Trigger::Packet { .. } | Trigger::Bytes { .. });
+    let switched_on_packets =
+        plan.faults.iter().any(|fault| on_packets(&fault.from) || fault.until.as_ref().is_some_and(on_packets));
     CaptureSettings {
         buffer: plan.capture.ring_bytes.map_or(CaptureBuffer::DEFAULT, CaptureBuffer::ring_of),
         snaplen: plan.capture.snaplen,
+        decoding: if switched_on_packets { Decoding::Live } else { Decoding::AfterStop },
     }
 }
 

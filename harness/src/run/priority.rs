@@ -1,8 +1,8 @@
 //! Real-time scheduling for the threads whose clock readings are the measurement: each host's program thread
 //! (a step's end is stamped when the blocked call returns to it), the socket observers (a sample is stamped
 //! when requested) and the hub (which switches faults on
-//! events); and the set-up's threads (the hub and each host's), so that a busy machine does not stretch it. `chrt --fifo --reset-on-fork 1` for the calling thread only; 2 for the impairment wire
-//! ([`WIRE_PRIORITY`]).
+//! events); and the set-up's threads (the hub and each host's), so that a busy machine does not stretch it.
+//! `chrt --fifo --reset-on-fork 1` for the calling thread only.
 //!
 //! Why: on a loaded machine a thread woken from a blocking call waits for a CPU behind every runnable
 //! ordinary thread. Measured with 200 scenarios at once on 2 cores: program threads started up to 0.3 s after
@@ -216,30 +216,14 @@ pub fn lower_current_thread() -> io::Result<()> {
 /// Runs `f` with the calling thread at the ordinary policy, then gives it back its real-time one if it had it:
 /// bulk work of a thread that must wake at once but need not finish at once (a socket observer's paced
 /// dumps), so that it never holds a CPU against the kernel's own ordinary threads (`ksoftirqd`).
-///
-/// Unless `urgent` is set: then urgent work waits behind `f`, which must not wait for a CPU, and whoever sets
-/// it raises the thread again itself ([`raise_spawned`]). Checked after lowering, so that a flag set
-/// before or while the thread lowered itself is seen either here or by the raise that follows it.
-pub fn ordinary_unless<T>(urgent: &AtomicBool, f: impl FnOnce() -> T) -> T {
-    let raised = current_realtime_priority().filter(|_| lower_current_thread().is_ok());
-    let raise_again = |priority| {
-        // Refused only without CAP_SYS_NICE, which the thread had a moment ago.
-        let _ = set_current_thread(libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, priority);
-    };
-    if let Some(priority) = raised.filter(|_| urgent.load(Ordering::SeqCst)) {
-        raise_again(priority);
-    }
+pub fn ordinary_while<T>(f: impl FnOnce() -> T) -> T {
+    let raised = current_policy() == libc::SCHED_FIFO && lower_current_thread().is_ok();
     let result = f();
-    raised.map(raise_again);
+    if raised {
+        // Refused only without CAP_SYS_NICE, which the thread had a moment ago.
+        let _ = raise_current_thread();
+    }
     result
-}
-
-/// The calling thread's SCHED_FIFO priority (`chrt -p <tid>`), if it has that policy.
-fn current_realtime_priority() -> Option<libc::c_int> {
-    let mut param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: pid 0 is the calling thread; `param` lives across the call.
-    let read = unsafe { libc::sched_getparam(0, &mut param) } == 0;
-    (read && current_policy() == libc::SCHED_FIFO).then_some(param.sched_priority)
 }
 
 fn set_current_thread(policy: libc::c_int, priority: libc::c_int) -> io::Result<bool> {
@@ -285,19 +269,11 @@ mod tests {
             assert_eq!(child, libc::SCHED_OTHER, "reset on fork: a thread it starts is ordinary");
             count_realtime_cpu();
             assert_eq!(current_policy(), libc::SCHED_FIFO, "counting leaves the thread real-time");
-            let not_urgent = AtomicBool::new(false);
-            let inside = ordinary_unless(&not_urgent, current_policy);
+            let inside = ordinary_while(current_policy);
             assert_eq!((inside, current_policy()), (libc::SCHED_OTHER, libc::SCHED_FIFO), "ordinary only inside");
-            assert_eq!(current_realtime_priority(), Some(PRIORITY));
-            assert!(raise_wire_thread().unwrap());
-            assert_eq!(ordinary_unless(&not_urgent, current_realtime_priority), None);
-            assert_eq!(current_realtime_priority(), Some(WIRE_PRIORITY), "its own priority back, not the lowest");
-            let urgent = AtomicBool::new(true);
-            assert_eq!(ordinary_unless(&urgent, current_realtime_priority), Some(WIRE_PRIORITY), "urgent: not lowered");
-            assert_eq!(current_realtime_priority(), Some(WIRE_PRIORITY));
             lower_current_thread().unwrap();
             assert_eq!(current_policy(), libc::SCHED_OTHER);
-            assert_eq!(ordinary_unless(&not_urgent, current_policy), libc::SCHED_OTHER);
+            assert_eq!(ordinary_while(current_policy), libc::SCHED_OTHER);
             assert_eq!(current_policy(), libc::SCHED_OTHER, "an ordinary thread is not raised afterwards");
         })
         .join()

@@ -8,11 +8,18 @@
 //! needs, but setting it up waits for an RCU grace period (`setsockopt(PACKET_RX_RING)` calls
 //! `synchronize_net()`, about 10 ms at HZ=250), which would otherwise be most of a scenario's set-up.
 //!
-//! The capture thread only appends each frame to a chunk of pcap records: a second thread decodes the chunk's
-//! frames into timeline events, a third writes the chunks to the pcap, so neither decoding nor a write that
-//! stalls on page-cache writeback holds up the kernel's buffer. On stop, the capture reads the interface's own packet counters and takes
-//! frames until it holds every frame they counted (or the kernel's count of those it dropped): it neither
-//! waits longer than needed nor stops with a frame still on its way, and a frame it lost is counted.
+//! The capture thread only appends each frame to a chunk of pcap records, and another thread writes the chunks
+//! to the pcap, so that a write that stalls on page-cache writeback does not hold up the kernel's buffer.
+//! When the frames become timeline events is the rule of [`Decoding`]: a scenario run decodes them live, on a
+//! third thread between the two, only when a fault switches on packets or bytes (the switchboard must see every
+//! packet as it passes); otherwise the writer decodes them from the complete pcap after the stop, and during
+//! the run only decodes and announces every SYN, FIN and RST and the first packet of each chunk (the socket
+//! observers sample on packets; the SYNs' sequence numbers are the drop tracer's too). Either way the
+//! timeline gets the same events with the same stamps.
+//!
+//! On stop, the capture reads the interface's own packet counters and takes frames until it holds every frame
+//! they counted (or the kernel's count of those it dropped): it neither waits longer than needed nor stops
+//! with a frame still on its way, and a frame it lost is counted.
 
 mod pcap;
 mod queue;
@@ -46,7 +53,7 @@ use crate::run::priority;
 use crate::scenario::plan::HostId;
 use crate::timeline::{Event, EventKind};
 pub use pcap::next_record;
-use pcap::{file_header, Chunk, ChunkDecoder, ChunkQueue, DiskWriter};
+use pcap::{file_header, AfterStop, Chunk, ChunkDecoder, ChunkQueue, DiskWriter};
 pub(crate) use queue::QueueSource;
 use ring::RingSource;
 #[cfg(feature = "bench")]
@@ -78,20 +85,34 @@ impl CaptureBuffer {
     }
 }
 
-/// How a capture keeps frames: where the kernel holds them until the capture thread takes them, and how much
-/// of each frame it keeps (`tcpdump -B <buffer> -s <snaplen>`).
+/// When a capture's frames become timeline events (`tcpdump -w` then `tcpdump -r`, or both at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decoding {
+    /// As the frames arrive, by a decoding thread between the capture thread and the pcap writer: for a run
+    /// in which something needs every packet event while it goes on (a fault switched on packets or bytes).
+    Live,
+    /// After the capture stopped, from the pcap it wrote: during the run the frames only go to disk, in large
+    /// blocks, and the writer decodes and announces at once only every SYN, FIN and RST and the first packet
+    /// of each chunk (what the socket observers sample on); decoding the SYNs, it still tells the run's other
+    /// decoders (the drop tracer's) each connection's initial sequence numbers as it opens.
+    AfterStop,
+}
+
+/// How a capture keeps frames: where the kernel holds them until the capture thread takes them, how much
+/// of each frame it keeps (`tcpdump -B <buffer> -s <snaplen>`), and when they are decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CaptureSettings {
     pub buffer: CaptureBuffer,
     /// Each frame cut to this many bytes by the kernel, before it is copied to the capture (`tcpdump -s`);
     /// `None`: whole frames.
     pub snaplen: Option<u32>,
+    pub decoding: Decoding,
 }
 
-/// Whole frames in `buffer`.
+/// Whole frames in `buffer`, decoded live.
 impl From<CaptureBuffer> for CaptureSettings {
     fn from(buffer: CaptureBuffer) -> CaptureSettings {
-        CaptureSettings { buffer, snaplen: None }
+        CaptureSettings { buffer, snaplen: None, decoding: Decoding::Live }
     }
 }
 
@@ -126,9 +147,10 @@ const IDLE_POLL: Duration = Duration::from_millis(100);
 const DRAIN_MAX: Duration = Duration::from_millis(500);
 /// How often the counters are compared while frames are still missing on stop.
 const DRAIN_POLL: Duration = Duration::from_millis(1);
-/// `stop` gives up on a capture that has recorded no frame and written no chunk for this long: normally
-/// stopping takes well under a millisecond, but the capture first records the frames still queued and the pcap
-/// writer writes out what is queued (at most `MAX_QUEUED_CHUNKS`). Both go on for seconds on a starved
+/// `stop` gives up on a capture that has recorded no frame, written no chunk and decoded no batch of events
+/// for this long: normally stopping takes well under a millisecond (plus, decoding after the stop, 0.16-0.65 s
+/// per GiB captured, measured), but the capture first records the frames still queued and the pcap writer
+/// writes out what is queued (at most `MAX_QUEUED_CHUNKS`). Both go on for seconds on a starved
 /// machine: in a 2-vCPU TCG VM running 50 scenarios at once, a 16 MiB transfer's 23,000 frames per end took
 /// more than 5 s to record and write out, while making progress all the while.
 const STOP_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -147,7 +169,8 @@ pub const MIN_SNAPLEN: u32 = 14 + 60 + 8 + 60 + 8;
 const CHUNK_SIZE: usize = 1 << 20;
 /// A chunk's allocation: room for one more record of the longest frame, so a chunk never reallocates.
 const CHUNK_CAPACITY: usize = CHUNK_SIZE + SNAPLEN as usize + pcap::RECORD_HEADER_LEN;
-/// Most chunks waiting for the decoding thread, and again for the disk: what absorbs a write() stalled on
+/// Most chunks waiting for the decoding thread, and again for the disk (twice as many for the disk when
+/// decoding after the stop, see `Capture::start`): what absorbs a write() stalled on
 /// writeback (measured: up to 100 ms) during a bulk transfer, or decoding falling behind it. Memory is taken
 /// only while they are behind.
 const MAX_QUEUED_CHUNKS: usize = 128;
@@ -180,7 +203,7 @@ impl Capture {
         sink: EventSink,
         settings: impl Into<CaptureSettings>,
     ) -> Result<Capture> {
-        let CaptureSettings { buffer, snaplen } = settings.into();
+        let CaptureSettings { buffer, snaplen, decoding } = settings.into();
         let (socket, source, counters) = ns.run(|| {
             let ifname = interface_name(ifindex)
                 .map_err(|e| Error::sys(format!("find interface {ifindex} of {host} to capture (ip link show)"), e))?;
@@ -205,29 +228,51 @@ impl Capture {
         let command = format!("tcpdump -i {} -w {} in {host}", counters.ifname, pcap.display());
 
         let file = File::create(pcap).map_err(|e| Error::sys(format!("create {} ({command})", pcap.display()), e))?;
-        let (to_decoder, chunks) = handoff::sync_channel(MAX_QUEUED_CHUNKS);
-        let (to_disk, decoded) = handoff::sync_channel(MAX_QUEUED_CHUNKS);
+        // Decoding after the stop, the writer's queue keeps the room both queues give when decoding live: with
+        // half of it, one round of three of a 1 GiB `bench capture` lost 72,825 of 746,444 frames at one end
+        // (kernel drops: the ring overflowed).
+        let queued = match decoding {
+            Decoding::Live => MAX_QUEUED_CHUNKS,
+            Decoding::AfterStop => 2 * MAX_QUEUED_CHUNKS,
+        };
+        let (to_decoder, chunks) = handoff::sync_channel(queued);
         let (spare_tx, spare) = handoff::sync_channel(SPARE_CHUNKS);
         let (done, finished) = handoff::sync_channel(1);
         let progress = Arc::new(AtomicU64::new(0));
+        let clock = sink.clock().clone();
+        let decoder = Decoder::sharing(sink.initial_seqs().clone());
+        // Live, the chunks go through the decoding thread to the writer; after the stop, straight to the writer.
+        let (decoding_thread, to_writer, after_stop) = match decoding {
+            Decoding::Live => {
+                let (to_disk, decoded) = handoff::sync_channel(MAX_QUEUED_CHUNKS);
+                let progress = Arc::clone(&progress);
+                let decoding =
+                    ChunkDecoder { chunks, to_disk, decoder, clock, sink, host, batch: Vec::new(), progress };
+                (Some(decoding), decoded, None)
+            }
+            Decoding::AfterStop => {
+                let after_stop = AfterStop {
+                    pcap: pcap.to_path_buf(),
+                    announcer: Decoder::sharing(sink.initial_seqs().clone()),
+                    decoder,
+                    clock,
+                    sink,
+                    host,
+                    records: Vec::new(),
+                    batch: Vec::new(),
+                };
+                (None, chunks, Some(after_stop))
+            }
+        };
         let disk = DiskWriter {
             command: command.clone(),
             file,
             header: file_header(&command, snaplen.unwrap_or(SNAPLEN))?,
-            chunks: decoded,
+            chunks: to_writer,
             spare: spare_tx,
             done,
             progress: Arc::clone(&progress),
-        };
-        let decoder = ChunkDecoder {
-            chunks,
-            to_disk,
-            decoder: Decoder::sharing(sink.initial_seqs().clone()),
-            clock: sink.clock().clone(),
-            sink,
-            host,
-            batch: Vec::new(),
-            progress: Arc::clone(&progress),
+            after_stop,
         };
 
         let stop_signal = Arc::new(new_eventfd(&command)?);
@@ -248,7 +293,7 @@ impl Capture {
             .spawn(move || {
                 // The capture thread starts the other two, so that the caller's set-up waits for one thread's start.
                 let report = disk.done.clone();
-                match start_pipeline(host, disk, decoder) {
+                match start_pipeline(host, disk, decoding_thread) {
                     Ok(()) => {
                         drop(report);
                         reader.run();
@@ -271,8 +316,8 @@ impl Capture {
     }
 
     /// Stops the capture (`kill -INT` to tcpdump): takes the frames the interface counted until then (waiting
-    /// at most `DRAIN_MAX` for those still on their way), writes out and closes the pcap, and returns the
-    /// counts. Waits as long as the capture makes progress, up to [`STOP_MAX`], and [`STOP_IDLE_TIMEOUT`]
+    /// at most `DRAIN_MAX` for those still on their way), writes out and closes the pcap, decodes it when
+    /// decoding after the stop (every event is emitted before this returns), and returns the counts. Waits as long as the capture makes progress, up to [`STOP_MAX`], and [`STOP_IDLE_TIMEOUT`]
     /// for one that makes none.
     pub fn stop(self) -> Result<CaptureStats> {
         self.request_stop();
@@ -310,14 +355,15 @@ impl Drop for Capture {
     }
 }
 
-/// Starts the pcap writer thread, then the decoding thread that feeds it.
-fn start_pipeline(host: HostId, disk: DiskWriter, decoder: ChunkDecoder) -> Result<()> {
+/// Starts the pcap writer thread, then the decoding thread that feeds it, if decoding live.
+fn start_pipeline(host: HostId, disk: DiskWriter, decoder: Option<ChunkDecoder>) -> Result<()> {
     let command = disk.command.clone();
     let writer = thread::Builder::new()
         .name(format!("pcap-{host}"))
         .spawn(move || disk.run())
         .map_err(|e| Error::sys(format!("spawn pcap writer thread ({command})"), e))?;
     raise_spawned(&writer);
+    let Some(decoder) = decoder else { return Ok(()) };
     let decoding = thread::Builder::new()
         .name(format!("decode-{host}"))
         .spawn(move || decoder.run())
@@ -533,9 +579,10 @@ mod tests {
     use pcap_file::pcap::PcapReader;
 
     use super::*;
+    use crate::observe::decode::STATE_CHANGING_FLAGS;
     use crate::run::userns::{test_privilege, unprivileged_command, Privilege};
     use crate::scenario::plan::Protocol;
-    use crate::timeline::{format_tcp_flags, Event, IpProtocol, PacketDirection, PacketEvent};
+    use crate::timeline::{format_tcp_flags, Event, IpProtocol, PacketDirection, PacketEvent, Timeline};
 
     const CLIENT_IF: &str = "nfc";
     const SERVER_IF: &str = "nfs";
@@ -1084,7 +1131,7 @@ mod tests {
         ] {
             let whole = dir.file(&format!("{host}-whole.pcap"));
             let cut = dir.file(&format!("{host}-cut.pcap"));
-            let settings = CaptureSettings { buffer: cut_buffer, snaplen: Some(CUT) };
+            let settings = CaptureSettings { buffer: cut_buffer, snaplen: Some(CUT), decoding: Decoding::Live };
             captures.push((
                 whole.clone(),
                 Capture::start(ns, host, ifindex, &whole, whole_sink.clone(), CaptureBuffer::DEFAULT).unwrap(),
@@ -1151,6 +1198,144 @@ mod tests {
             let (whole, cut) = (packets(&whole_events), packets(&cut_events));
             assert!(whole.len() > 2_800, "{host}: {} packets", whole.len());
             assert!(cut == whole, "{host}'s timeline packets, cut against whole");
+        }
+    }
+
+    /// The interface's MAC address, as `ip -br link show` prints it in its namespace.
+    fn mac_of(ns: &Netns, ifname: &str) -> [u8; 6] {
+        let line = ns.run(|| Ok(run_command(&["ip", "-br", "link", "show", ifname]))).unwrap();
+        let text = line.split_whitespace().nth(2).unwrap_or_else(|| panic!("no MAC in {line:?}"));
+        let bytes: Vec<u8> = text.split(':').map(|byte| u8::from_str_radix(byte, 16).unwrap()).collect();
+        bytes.try_into().unwrap_or_else(|_| panic!("{text} is no MAC address"))
+    }
+
+    /// Decodes `pcap` as a capture decoding after the stop does, with each record's direction told by its
+    /// source MAC (a veth end sends with its own): the events it emits.
+    fn decode_after_stop(pcap: &Path, own_mac: [u8; 6], host: HostId, clock: &Clock) -> Vec<Event> {
+        let records = records(pcap)
+            .1
+            .iter()
+            .map(|(_, _, data)| pcap::Noted { outgoing: data[6..12] == own_mac, announced: false })
+            .collect();
+        let (sink, events) = EventSink::new(clock.clone());
+        let after_stop = AfterStop {
+            pcap: pcap.to_path_buf(),
+            announcer: Decoder::new(),
+            decoder: Decoder::sharing(sink.initial_seqs().clone()),
+            clock: clock.clone(),
+            sink,
+            host,
+            records,
+            batch: Vec::new(),
+        };
+        after_stop.decode(&AtomicU64::new(0)).unwrap();
+        events.try_iter().collect()
+    }
+
+    /// Decoding after the stop gives the timeline what live decoding gives it. At each end of a real transfer
+    /// (connect, 4 MiB, close) a live capture and one decoding after the stop run side by side, on the same
+    /// clock. The live capture's events are exactly, in order and stamp, what decoding its pcap after the stop
+    /// gives. The other capture's timeline (its events as [`Timeline::new`] orders them: announced packets
+    /// reach the run first) is exactly what its own pcap gives, one event per IPv4 record; its announced
+    /// packets are every SYN, FIN and RST and at least one more; and its packets are the live capture's.
+    /// (Two sockets on an interface may get sent and received frames in a different order, see the snap length
+    /// test, so the two captures' packets are compared as sorted lists, without the stamps.)
+    #[test]
+    fn decoding_after_the_stop_gives_the_events_of_live_decoding() {
+        let pair = veth_pair();
+        let dir = TestDir::new("after-stop");
+        let clock = Clock::started();
+        let (live_sink, live_events) = EventSink::new(clock.clone());
+        let (later_sink, later_events) = EventSink::new(clock.clone());
+        let ring = CaptureBuffer::ring_of(8 << 20);
+        let mut captures = Vec::new();
+        for (host, ns, ifname, ifindex) in [
+            (HostId::Client, &pair.client, CLIENT_IF, pair.client_ifindex),
+            (HostId::Server, &pair.server, SERVER_IF, pair.server_ifindex),
+        ] {
+            let (live_pcap, later_pcap) =
+                (dir.file(&format!("{host}-live.pcap")), dir.file(&format!("{host}-later.pcap")));
+            let later = CaptureSettings { buffer: ring, snaplen: None, decoding: Decoding::AfterStop };
+            captures.push((
+                host,
+                mac_of(ns, ifname),
+                Capture::start(ns, host, ifindex, &live_pcap, live_sink.clone(), ring).unwrap(),
+                live_pcap,
+                Capture::start(ns, host, ifindex, &later_pcap, later_sink.clone(), later).unwrap(),
+                later_pcap,
+            ));
+        }
+        drop((live_sink, later_sink));
+        transfer(&pair, 9303, 4 << 20);
+        // What the run sees while the captures run: the announced packets, among them the handshake's and the
+        // close's at each end (SYN, SYN-ACK, FIN, FIN), which reach it within a ring block's retire timeout.
+        let state_changing = |events: &[Event], host: HostId| {
+            events
+                .iter()
+                .filter(|e| e.host == host)
+                .filter(|e| matches!(&e.kind, EventKind::Packet(p) if p.flags & STATE_CHANGING_FLAGS != 0))
+                .count()
+        };
+        let mut announced: Vec<Event> = Vec::new();
+        let waiting = Instant::now();
+        while HostId::ALL.iter().any(|&host| state_changing(&announced, host) < 4) {
+            assert!(waiting.elapsed() < IO_TIMEOUT, "announced while capturing: {announced:?}");
+            announced.extend(later_events.recv_timeout(Duration::from_millis(10)));
+        }
+        let mut stopped = Vec::new();
+        for (host, mac, live, live_pcap, later, later_pcap) in captures {
+            let (live_stats, later_stats) = (live.stop().unwrap(), later.stop().unwrap());
+            if test_privilege() == Privilege::Root {
+                assert_eq!((live_stats.lost(), later_stats.lost()), (0, 0), "{live_stats:?} {later_stats:?}");
+            }
+            assert_eq!(later_stats.packets + later_stats.kernel_drops, later_stats.interface_frames, "{later_stats:?}");
+            stopped.push((host, mac, live_pcap, later_pcap));
+        }
+        // Every capture has stopped, so every event is queued.
+        let live_events: Vec<Event> = live_events.try_iter().collect();
+        let later_events: Vec<Event> = announced.iter().cloned().chain(later_events.try_iter()).collect();
+        for (host, mac, live_pcap, later_pcap) in stopped {
+            let of_host =
+                |events: &[Event]| -> Vec<Event> { events.iter().filter(|e| e.host == host).cloned().collect() };
+            let (live, later) = (of_host(&live_events), of_host(&later_events));
+            // 4 MiB in 1448-byte segments: over 2,800 data frames, and their ACKs.
+            assert!(live.len() > 2_800, "{host}: {} live events", live.len());
+            assert!(decode_after_stop(&live_pcap, mac, host, &clock) == live, "{host}: live events against its pcap");
+            let timeline = |events: Vec<Event>| Timeline::new(events).events;
+            let later = timeline(later);
+            assert!(
+                timeline(decode_after_stop(&later_pcap, mac, host, &clock)) == later,
+                "{host}: timeline against its pcap"
+            );
+            // Every SYN, FIN and RST was announced, and the first packet of each later batch.
+            let in_timeline = state_changing(&later, host);
+            assert_eq!(state_changing(&announced, host), in_timeline, "{host}: SYN, FIN and RST announced");
+            let announced_here = announced.iter().filter(|e| e.host == host).count();
+            assert!(announced_here > in_timeline, "{host}: {announced_here} announced");
+            assert_eq!(
+                later.len(),
+                tcpdump_read(&later_pcap, &["-q", "ip"]).len(),
+                "{host}: one event per IPv4 record"
+            );
+            let sorted = |events: Vec<Event>| {
+                let mut lines: Vec<String> = events.iter().map(|e| format!("{e:?}")).collect();
+                lines.sort();
+                lines
+            };
+            let (live, later) = (sorted(live), sorted(later));
+            // The two sockets' stamps of a frame differ by the kernel's time between queueing it to each.
+            let without_stamps = |lines: &[String]| -> Vec<String> {
+                let mut lines: Vec<String> = lines
+                    .iter()
+                    .map(|line| line.split_once(", host").map_or(line.clone(), |(_, rest)| rest.to_string()))
+                    .collect();
+                lines.sort();
+                lines
+            };
+            assert!(
+                without_stamps(&live) == without_stamps(&later),
+                "{host}: the same packets, live and after the stop"
+            );
         }
     }
 

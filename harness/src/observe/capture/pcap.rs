@@ -1,10 +1,15 @@
 //! The pcap file of a capture and the chunks it travels in: the capture thread appends each frame as a pcap
-//! record to a chunk and does nothing else with it; a decoding thread turns the chunk's records into timeline
-//! events; a writer thread puts the chunks on disk, as many as are waiting in one `writev`. A write stalled on
-//! writeback, or decoding falling behind a bulk transfer, holds up neither the kernel's buffer nor the capture.
+//! record to a chunk and does nothing else with it; with live decoding a decoding thread turns the chunk's
+//! records into timeline events; a writer thread puts the chunks on disk, as many as are waiting in one
+//! `writev`, and with decoding after the stop reads the file back once it is complete and decodes it. A write
+//! stalled on writeback, or decoding falling behind a bulk transfer, holds up neither the kernel's buffer nor
+//! the capture.
 
 use std::borrow::Cow;
 use std::io::IoSlice;
+use std::path::PathBuf;
+
+use crate::observe::decode::changes_tcp_state;
 
 use super::*;
 
@@ -126,7 +131,8 @@ impl Chunk {
     }
 }
 
-/// What travels from the capture thread through the decoding thread to the pcap writer thread.
+/// What travels from the capture thread (through the decoding thread, when decoding live) to the pcap writer
+/// thread.
 pub(super) enum ToDisk {
     Chunk(Chunk),
     /// The capture is over with this result: close the file, then report.
@@ -136,6 +142,7 @@ pub(super) enum ToDisk {
 /// The chunk the capture thread is filling, and where full ones go.
 pub(super) struct ChunkQueue {
     pub(super) current: Chunk,
+    /// The decoding thread, or with decoding after the stop the pcap writer.
     pub(super) to_decoder: handoff::SyncSender<ToDisk>,
     pub(super) spare: handoff::Receiver<Chunk>,
 }
@@ -195,7 +202,7 @@ impl ChunkQueue {
 }
 
 fn decoder_gone() -> io::Error {
-    io::Error::other("pcap decoding thread is gone")
+    io::Error::other("pcap decoding or writer thread is gone")
 }
 
 /// The decoding thread: one [`EventKind::Packet`] per IPv4 record, at the kernel's stamp of it, then the chunk
@@ -254,6 +261,8 @@ pub(super) struct DiskWriter {
     pub(super) done: handoff::SyncSender<Result<CaptureStats>>,
     /// Counts each chunk written, as the capture thread counts frames.
     pub(super) progress: Arc<AtomicU64>,
+    /// With decoding after the stop: what decodes the file once it is complete.
+    pub(super) after_stop: Option<AfterStop>,
 }
 
 impl DiskWriter {
@@ -261,7 +270,7 @@ impl DiskWriter {
     /// did on this machine: 170,000 of 1.5 M frames lost when its queue filled), while a real-time one
     /// slows the transfer down instead. Writing mostly copies into the page cache; waiting on writeback sleeps.
     pub(super) fn run(self) {
-        let DiskWriter { command, mut file, header, chunks, spare, done, progress } = self;
+        let DiskWriter { command, mut file, header, chunks, spare, done, progress, mut after_stop } = self;
         let mut failure = file.write_all(&header).err().map(|e| Error::sys(format!("write pcap ({command})"), e));
         let mut waiting: Vec<Chunk> = Vec::new();
         loop {
@@ -280,6 +289,9 @@ impl DiskWriter {
                     next = chunks.try_recv().ok();
                 }
             }
+            if let Some(after_stop) = &mut after_stop {
+                waiting.iter().for_each(|chunk| after_stop.note(chunk));
+            }
             if failure.is_none() {
                 if let Err(e) = write_all_chunks(&mut file, &waiting) {
                     failure = Some(Error::sys(format!("write pcap ({command})"), e));
@@ -294,11 +306,102 @@ impl DiskWriter {
             if let Some(result) = finished {
                 priority::count_realtime_cpu();
                 drop(file);
+                if let (Some(after_stop), None) = (after_stop, &failure) {
+                    // Decoding is no longer in a race with the kernel's buffer: it runs at the ordinary
+                    // priority, beside whatever else the machine runs.
+                    let _ = priority::lower_current_thread();
+                    failure =
+                        after_stop.decode(&progress).err().map(|e| Error::sys(format!("decode pcap ({command})"), e));
+                }
                 // The receiver is gone only if the Capture was dropped without stop(): nobody is waiting.
                 let _ = done.send(failure.map_or(result, Err));
                 return;
             }
         }
+    }
+}
+
+/// Decoding after the stop ([`Decoding::AfterStop`]). During the run the writer notes, as each chunk passes
+/// on its way to disk, each record's direction (a pcap record has no room for it), and announces a few packets
+/// to the run at once: every one that changes a TCP state (SYN, FIN, RST) and the first of each chunk, so that
+/// what the run does on packets (the socket observer samples on them) still happens when they pass. Decoding
+/// every SYN as it passes, the announcing decoder also tells the run's other decoders (the drop tracer's) each
+/// connection's initial sequence numbers, as the decoding thread does. Once the file is complete it reads it
+/// back and emits the other events. Each event is the one the decoding thread would have emitted, with the
+/// same stamp: the announcing decoder sees every SYN of the capture, in order, and a decoder's numbering
+/// depends on nothing else.
+pub(super) struct AfterStop {
+    pub(super) pcap: PathBuf,
+    /// Decodes the packets announced during the run.
+    pub(super) announcer: Decoder,
+    /// Decodes the file after the stop.
+    pub(super) decoder: Decoder,
+    pub(super) clock: Clock,
+    pub(super) sink: EventSink,
+    pub(super) host: HostId,
+    /// Each record of the file, in order: whether the host sent it, and whether its event was announced.
+    pub(super) records: Vec<Noted>,
+    /// The events of the packets being announced, their allocation kept from chunk to chunk.
+    pub(super) batch: Vec<Event>,
+}
+
+/// What the writer notes of each record when decoding after the stop.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Noted {
+    pub(super) outgoing: bool,
+    pub(super) announced: bool,
+}
+
+/// Events handed to the run's event hub at once when decoding after the stop.
+const EVENTS_PER_HAND_OVER: usize = 4096;
+/// Bytes read from the pcap at once when decoding after the stop.
+const READ_BLOCK: usize = 1 << 20;
+
+impl AfterStop {
+    /// A chunk on its way to disk: its records' directions and SYNs, and the packets it announces.
+    pub(super) fn note(&mut self, chunk: &Chunk) {
+        let mut announced_one = false;
+        for frame in chunk.frames() {
+            let mut noted = Noted { outgoing: frame.outgoing, announced: false };
+            if !announced_one || changes_tcp_state(frame.data) {
+                if let Some(event) = self.announcer.decode(frame.data, frame.outgoing) {
+                    let t = self.clock.since_t0(SystemTime::UNIX_EPOCH + frame.wall_time);
+                    self.batch.push(Event { t, host: self.host, kind: EventKind::Packet(event) });
+                    (noted.announced, announced_one) = (true, true);
+                }
+            }
+            self.records.push(noted);
+        }
+        self.sink.emit_all(self.batch.drain(..));
+    }
+
+    /// Reads the complete pcap back (`tcpdump -r`) and emits one [`EventKind::Packet`] per IPv4 record, at
+    /// the kernel's stamp of it, a batch at a time; counts each batch in `progress`.
+    pub(super) fn decode(mut self, progress: &AtomicU64) -> io::Result<()> {
+        let file = File::open(&self.pcap)?;
+        let mut reader = PcapReader::new(io::BufReader::with_capacity(READ_BLOCK, file)).map_err(io::Error::other)?;
+        let mut batch = Vec::with_capacity(EVENTS_PER_HAND_OVER);
+        let mut noted = self.records.iter();
+        while let Some(record) = next_record(&mut reader) {
+            let record = record.map_err(io::Error::other)?;
+            let Noted { outgoing, announced } =
+                *noted.next().ok_or_else(|| io::Error::other("the pcap holds more records than the capture wrote"))?;
+            // An announced packet is decoded again all the same: the decoder learns from every SYN in order.
+            let event = self.decoder.decode(&record.data, outgoing);
+            if let (Some(event), false) = (event, announced) {
+                let t = self.clock.since_t0(SystemTime::UNIX_EPOCH + record.timestamp);
+                batch.push(Event { t, host: self.host, kind: EventKind::Packet(event) });
+            }
+            if batch.len() == EVENTS_PER_HAND_OVER {
+                self.sink.emit_all(batch.drain(..));
+                progress.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if noted.next().is_some() {
+            return Err(io::Error::other("the pcap holds fewer records than the capture wrote"));
+        }
+        self.sink.emit_all(batch);
+        Ok(())
     }
 }
 

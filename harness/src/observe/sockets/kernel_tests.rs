@@ -445,65 +445,41 @@ fn dump_time_median_of_1000() {
 }
 
 #[test]
-fn a_sample_asked_for_during_a_paced_dump_held_off_the_cpu_is_taken_at_once_and_one_held_up_is_counted_late() {
+fn a_sample_asked_for_while_a_real_time_thread_holds_the_cpu_is_counted_late() {
     use crate::run::priority::{lower_current_thread, pin_current_thread, raise_current_thread};
     use crate::run::userns::{test_privilege, Privilege};
     let ns = namespace_with_loopback();
     let (sink, _events) = EventSink::new(Clock::started());
-    let hold = Duration::from_millis(300);
-    // Real-time, on the observer's CPU, for `hold`, giving the CPU to real-time threads of its priority every
-    // millisecond if `yielding` (what a program or capture thread blocking now and then does), never if not;
-    // it asks the observer for a sample 50 ms in, when the observer, paced every 2 ms, has been held inside
-    // one of its dumps at the ordinary policy since its first one after this began.
-    let busy = |observer: &Observer, yielding: bool| -> bool {
-        if !raise_current_thread().unwrap() {
-            return false;
-        }
-        let spinning = Instant::now();
-        let mut last_yield = spinning;
-        let mut poked = false;
-        while spinning.elapsed() < hold {
-            if !poked && spinning.elapsed() >= Duration::from_millis(50) {
-                observer.poke();
-                poked = true;
-            }
-            if yielding && last_yield.elapsed() >= Duration::from_millis(1) {
-                // SAFETY: plain system call.
-                unsafe { libc::sched_yield() };
-                last_yield = Instant::now();
-            }
-        }
-        lower_current_thread().unwrap();
-        true
-    };
-    // On a thread of its own, pinned, with the observers it starts pinned to the same CPU (the affinity is
-    // inherited).
+    let hold = Duration::from_millis(150);
+    // On a thread of its own: pinned, with the observer it starts pinned to the same CPU (the affinity is
+    // inherited), then real-time at the observer's priority. The kernel does not preempt a SCHED_FIFO thread for
+    // another of the same priority, so the observer woken by the poke waits until this one stops spinning: what
+    // another scenario's busy bulk transfer does to it on a loaded machine.
     let stats = thread::scope(|scope| {
         scope
             .spawn(|| {
                 pin_current_thread().unwrap();
-                let mut stats = Vec::new();
-                for yielding in [true, false] {
-                    let observer =
-                        Observer::start(&ns, HostId::Server, Duration::from_millis(2), sink.clone()).unwrap();
-                    thread::sleep(Duration::from_millis(20));
-                    if !busy(&observer, yielding) {
-                        assert_eq!(test_privilege(), Privilege::Rootless, "only rootless refuses SCHED_FIFO");
-                        return None;
-                    }
-                    stats.push(observer.stop().unwrap());
+                let observer = Observer::start(&ns, HostId::Server, Duration::from_secs(10), sink).unwrap();
+                // The observer's first run: it waits for signals from then on.
+                thread::sleep(Duration::from_millis(20));
+                if !raise_current_thread().unwrap() {
+                    assert_eq!(test_privilege(), Privilege::Rootless, "only rootless refuses SCHED_FIFO");
+                    return None;
                 }
-                Some(stats)
+                observer.poke();
+                let spinning = Instant::now();
+                let mut spins = 0u64;
+                while spinning.elapsed() < hold {
+                    spins = std::hint::black_box(spins.wrapping_add(1));
+                }
+                lower_current_thread().unwrap();
+                Some(observer.stop().unwrap())
             })
             .join()
             .unwrap()
     });
-    let Some([beside_yielding, beside_spinning]) = stats.as_deref() else { return };
-    // The poke made the held dump real-time again: done at the spinner's next yield.
-    assert_eq!(beside_yielding.late_answers, 0, "{beside_yielding:?}");
-    assert!(beside_yielding.max_answer_delay < Duration::from_millis(20), "{beside_yielding:?}");
-    // A real-time thread that never gives up the CPU holds the observer until it stops: counted late.
-    assert_eq!(beside_spinning.late_answers, 1, "{beside_spinning:?}");
-    assert!(beside_spinning.max_answer_delay >= hold - Duration::from_millis(60), "{beside_spinning:?}");
-    assert!(beside_spinning.max_answer_delay_asked_at >= Duration::from_millis(50), "{beside_spinning:?}");
+    let Some(stats) = stats else { return };
+    assert_eq!(stats.late_answers, 1, "{stats:?}");
+    assert!(stats.max_answer_delay >= hold, "{stats:?}");
+    assert!(stats.max_answer_delay_asked_at >= Duration::from_millis(20), "{stats:?}");
 }

@@ -6,8 +6,6 @@ mod changes;
 mod diag;
 
 use crate::run::handoff;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -41,8 +39,6 @@ struct Sampler {
     /// and its periodic samples 30 s apart, while its dumps cost under a millisecond of CPU.
     recent_dump_cpu: Option<Duration>,
     answers: AnswerDelays,
-    /// Set by [`Observer::poke`] until its sample is taken: a paced dump then stays real-time.
-    asked: Arc<AtomicBool>,
 }
 
 /// How long the samples asked for at once (a step's end, a SYN, FIN or RST) waited for this thread.
@@ -55,9 +51,10 @@ struct AnswerDelays {
     max_asked_at: Duration,
 }
 
-/// A sample asked for at once and taken later than this waited for a CPU, not for the kernel: a dump takes
-/// 20-200 microseconds here, and 27 ms at worst was measured with 128 tests at once on 2 CPUs. What it would
-/// have seen meanwhile (a Recv-Q, a timer, a state lasting tens of milliseconds) may be missing.
+/// A sample asked for at once and taken later than this waited for a CPU, not for the kernel: a dump costs
+/// tens of microseconds of CPU here in a release build, about a millisecond in a debug build or a TCG VM, and
+/// took 27 ms of wall time at worst with 128 tests at once on 2 CPUs. What it would have seen meanwhile (a
+/// Recv-Q, a timer, a state lasting tens of milliseconds) may be missing.
 pub const LATE_ANSWER: Duration = Duration::from_millis(50);
 
 /// Weight of the newest dump in [`Sampler::recent_dump_cpu`]: an eighth, so one odd dump moves it little.
@@ -147,8 +144,7 @@ impl Sampler {
                 // in the 6.1 TCG VM (70.8 s of 183 s at `--jobs 4`), and every millisecond of it kept
                 // `ksoftirqd`, and with it that kernel's timers and packets, off a CPU.
                 let cost = if periodic_due || !is_cheap(self.recent_dump_cpu) {
-                    let asked = Arc::clone(&self.asked);
-                    crate::run::priority::ordinary_unless(&asked, || self.sample())?
+                    crate::run::priority::ordinary_while(|| self.sample())?
                 } else {
                     self.sample()?
                 };
@@ -165,9 +161,7 @@ impl Sampler {
                 Err(handoff::RecvTimeoutError::Timeout) => {}
                 Ok(Signal::SampleNow { asked }) => {
                     // One sample answers every poke already waiting (thousands of quick steps poke in a burst);
-                    // this one, the first, waited longest. Cleared first: a poke from now on raises the flag
-                    // again, whether this sample answers it or the next.
-                    self.asked.store(false, Ordering::SeqCst);
+                    // this one, the first, waited longest.
                     let stop = signals.try_iter().any(|signal| matches!(signal, Signal::Stop));
                     self.sample()?;
                     self.answered(asked);
@@ -242,7 +236,6 @@ pub struct Observer {
     stop: handoff::Sender<Signal>,
     finished: handoff::Receiver<Result<ObserverStats>>,
     thread: thread::JoinHandle<()>,
-    asked: Arc<AtomicBool>,
 }
 
 impl Observer {
@@ -269,9 +262,7 @@ impl Observer {
             max_dump_time: Duration::ZERO,
             recent_dump_cpu: None,
             answers: AnswerDelays::default(),
-            asked: Arc::new(AtomicBool::new(false)),
         };
-        let asked = Arc::clone(&sampler.asked);
         sampler.sample()?;
         let (stop, stop_rx) = handoff::channel();
         let (finished_tx, finished) = handoff::channel();
@@ -287,19 +278,14 @@ impl Observer {
         // real-time for its wake-ups and the samples events ask for, ordinary for the paced ones (see `run`).
         // Raised by this thread, so the observer is real-time from its first run (`raise_spawned` says why).
         let _ = crate::run::priority::raise_spawned(&thread);
-        Ok(Observer { host, stop, finished, thread, asked })
+        Ok(Observer { host, stop, finished, thread })
     }
 
     /// `ss -tanoi` right now: asks for a sample between ticks, so short-lived states (a handshake, a FIN
     /// exchange) are seen even when they last less than the sampling interval.
     pub fn poke(&self) {
-        self.asked.store(true, Ordering::SeqCst);
         // A stopped thread needs no sample.
         let _ = self.stop.send(Signal::SampleNow { asked: Instant::now() });
-        // Real-time again if it is in a paced dump at the ordinary policy, which real-time threads elsewhere
-        // may keep off the CPU for as long as their bulk transfer lasts (a sample asked for at a step's end
-        // waited 300 ms behind such a dump, capture/bulk-snaplen beside the suite). Best effort, as when started.
-        let _ = crate::run::priority::raise_spawned(&self.thread);
     }
 
     /// A packet other than a SYN, FIN or RST left or arrived: asks for a sample as soon as the CPU budget
