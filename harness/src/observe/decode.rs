@@ -597,15 +597,9 @@ mod tests {
         assert_eq!(event.options, format!("nop,nop,sack 1 {{{expected_left}:{expected_right}}}"));
     }
 
-    #[test]
-    fn a_packet_dropped_before_it_left_is_numbered_from_the_isns_the_captures_learnt() {
-        // The drop tracer has the packet from its IPv4 header on, and never saw the handshake: the captures did.
-        let shared = SharedIsns::default();
-        let mut client_capture = Decoder::sharing(shared.clone());
-        let mut server_capture = Decoder::sharing(shared.clone());
-        client_capture.decode(&syn(40000, 5000), true).unwrap();
-        server_capture.decode(&syn_ack(40000, 90_000, 5000), true).unwrap();
-        let probe = Segment {
+    /// The client's zero-window probe 1152 bytes into a connection whose ISNs are 5000 and 90,000.
+    fn zero_window_probe() -> Segment<'static> {
+        Segment {
             sport: 40000,
             dport: 9000,
             seq: 5000 + 1152,
@@ -614,7 +608,18 @@ mod tests {
             window: 63,
             options: &[],
             data: &[],
-        };
+        }
+    }
+
+    #[test]
+    fn a_packet_dropped_before_it_left_is_numbered_from_the_isns_the_captures_learnt() {
+        // The drop tracer has the packet from its IPv4 header on, and never saw the handshake: the captures did.
+        let shared = SharedIsns::default();
+        let mut client_capture = Decoder::sharing(shared.clone());
+        let mut server_capture = Decoder::sharing(shared.clone());
+        client_capture.decode(&syn(40000, 5000), true).unwrap();
+        server_capture.decode(&syn_ack(40000, 90_000, 5000), true).unwrap();
+        let probe = zero_window_probe();
         let mut tracer = Decoder::sharing(shared);
         let event = tracer.decode_ip(&ip_packet(CLIENT, SERVER, IPPROTO_TCP, 9, &tcp(&probe)), true).unwrap();
         assert_eq!((event.seq, event.ack, event.sport, event.dport), (1152, 1, 40000, 9000));
@@ -629,16 +634,7 @@ mod tests {
     /// decoded live.
     #[test]
     fn decoding_only_state_changing_frames_numbers_a_drop_as_decoding_all_does() {
-        let probe = Segment {
-            sport: 40000,
-            dport: 9000,
-            seq: 5000 + 1152,
-            ack: 90_001,
-            flags: 0x10,
-            window: 63,
-            options: &[],
-            data: &[],
-        };
+        let probe = zero_window_probe();
         let frames =
             [syn(40000, 5000), syn_ack(40000, 90_000, 5000), frame(CLIENT, SERVER, IPPROTO_TCP, 9, &tcp(&probe))];
         let (decoded, announced) = (SharedIsns::default(), SharedIsns::default());
