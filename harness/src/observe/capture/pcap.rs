@@ -10,6 +10,7 @@ use std::io::IoSlice;
 use std::path::PathBuf;
 
 use crate::observe::decode::changes_tcp_state;
+use crate::timeline::PacketEvent;
 
 use super::*;
 
@@ -236,8 +237,7 @@ impl ChunkDecoder {
                 // wake-up of the hub per chunk rather than per frame (a bulk transfer's chunk holds thousands).
                 let events = chunk.frames().filter_map(|frame| {
                     let event = self.decoder.decode(frame.data, frame.outgoing)?;
-                    let t = self.clock.since_t0(SystemTime::UNIX_EPOCH + frame.wall_time);
-                    Some(Event { t, host: self.host, kind: EventKind::Packet(event) })
+                    Some(packet_event(&self.clock, self.host, frame.wall_time, event))
                 });
                 self.batch.extend(events);
                 self.sink.emit_all(self.batch.drain(..));
@@ -365,8 +365,7 @@ impl AfterStop {
             let mut noted = Noted { outgoing: frame.outgoing, announced: false };
             if !announced_one || changes_tcp_state(frame.data) {
                 if let Some(event) = self.announcer.decode(frame.data, frame.outgoing) {
-                    let t = self.clock.since_t0(SystemTime::UNIX_EPOCH + frame.wall_time);
-                    self.batch.push(Event { t, host: self.host, kind: EventKind::Packet(event) });
+                    self.batch.push(packet_event(&self.clock, self.host, frame.wall_time, event));
                     (noted.announced, announced_one) = (true, true);
                 }
             }
@@ -389,8 +388,7 @@ impl AfterStop {
             // An announced packet is decoded again all the same: the decoder learns from every SYN in order.
             let event = self.decoder.decode(&record.data, outgoing);
             if let (Some(event), false) = (event, announced) {
-                let t = self.clock.since_t0(SystemTime::UNIX_EPOCH + record.timestamp);
-                batch.push(Event { t, host: self.host, kind: EventKind::Packet(event) });
+                batch.push(packet_event(&self.clock, self.host, record.timestamp, event));
             }
             if batch.len() == EVENTS_PER_HAND_OVER {
                 self.sink.emit_all(batch.drain(..));
@@ -403,6 +401,13 @@ impl AfterStop {
         self.sink.emit_all(batch);
         Ok(())
     }
+}
+
+/// The timeline event of a packet `host`'s capture decoded, at the kernel's stamp of it (`wall_time` since the
+/// epoch): live, announced during the run or decoded after the stop alike.
+fn packet_event(clock: &Clock, host: HostId, wall_time: Duration, packet: PacketEvent) -> Event {
+    let t = clock.since_t0(SystemTime::UNIX_EPOCH + wall_time);
+    Event { t, host, kind: EventKind::Packet(packet) }
 }
 
 /// Most chunks gathered into one `writev` (the kernel takes at most IOV_MAX = 1024 slices).
