@@ -108,19 +108,29 @@ pub fn changes_tcp_state(frame: &[u8]) -> bool {
 /// The flags of a TCP segment, under the checks `decode` makes before it reads them (an IPv4 frame, not a
 /// later fragment, a complete enough TCP header).
 fn tcp_flags(frame: &[u8]) -> Option<u8> {
+    let ip = ipv4_of(frame)?;
+    if ip.fragment_offset != 0 || ip.protocol != IPPROTO_TCP {
+        return None;
+    }
+    tcp_header_len(ip.payload)?;
+    Some(ip.payload[13])
+}
+
+/// The IPv4 header of an Ethernet frame, if it carries a complete enough one.
+fn ipv4_of(frame: &[u8]) -> Option<Ipv4Header<'_>> {
     if u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]) != ETHERTYPE_IPV4 {
         return None;
     }
-    let ip = Ipv4Header::parse(frame.get(ETHERNET_HEADER_LEN..)?)?;
-    let tcp = ip.payload;
-    if ip.fragment_offset != 0
-        || ip.protocol != IPPROTO_TCP
-        || tcp.len() < TCP_MIN_HEADER_LEN
-        || usize::from(tcp[12] >> 4) * 4 < TCP_MIN_HEADER_LEN
-    {
+    Ipv4Header::parse(frame.get(ETHERNET_HEADER_LEN..)?)
+}
+
+/// The length a TCP header says it has, if the segment holds its fixed part and the length is a valid one.
+fn tcp_header_len(tcp: &[u8]) -> Option<usize> {
+    if tcp.len() < TCP_MIN_HEADER_LEN {
         return None;
     }
-    Some(tcp[13])
+    let header_len = usize::from(tcp[12] >> 4) * 4;
+    (header_len >= TCP_MIN_HEADER_LEN).then_some(header_len)
 }
 
 /// Decodes the frames of one capture (one interface), remembering each TCP direction's ISN so that
@@ -159,11 +169,7 @@ impl Decoder {
     /// anything that is not a complete enough IPv4 packet (ARP, IPv6, truncated headers). `outgoing` is
     /// whether the host sent it (`sll_pkttype == PACKET_OUTGOING`).
     pub fn decode(&mut self, frame: &[u8], outgoing: bool) -> Option<PacketEvent> {
-        let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
-        if ethertype != ETHERTYPE_IPV4 {
-            return None;
-        }
-        let ip = Ipv4Header::parse(frame.get(ETHERNET_HEADER_LEN..)?)?;
+        let ip = ipv4_of(frame)?;
         let direction = if outgoing { PacketDirection::Out } else { PacketDirection::In };
         let mut event = PacketEvent {
             direction,
@@ -199,13 +205,7 @@ impl Decoder {
 
     fn decode_tcp(&mut self, ip: &Ipv4Header, event: &mut PacketEvent) -> Option<()> {
         let tcp = ip.payload;
-        if tcp.len() < TCP_MIN_HEADER_LEN {
-            return None;
-        }
-        let header_len = usize::from(tcp[12] >> 4) * 4;
-        if header_len < TCP_MIN_HEADER_LEN {
-            return None;
-        }
+        let header_len = tcp_header_len(tcp)?;
         let key = FlowKey { src: ip.src, sport: be16(tcp, 0)?, dst: ip.dst, dport: be16(tcp, 2)? };
         let seq = be32(tcp, 4)?;
         let ack = be32(tcp, 8)?;
@@ -645,11 +645,11 @@ mod tests {
                 announcer.decode(frame, true).unwrap();
             }
         }
-        let (mut from_decoded, mut from_sniffed) = (Decoder::sharing(decoded), Decoder::sharing(announced.clone()));
+        let (mut from_decoded, mut from_announced) = (Decoder::sharing(decoded), Decoder::sharing(announced.clone()));
         let drop = ip_packet(CLIENT, SERVER, IPPROTO_TCP, 9, &tcp(&probe));
         let expected = from_decoded.decode_ip(&drop, true).unwrap();
         assert_eq!((expected.seq, expected.ack), (1152, 1));
-        assert_eq!(from_sniffed.decode_ip(&drop, true), Some(expected));
+        assert_eq!(from_announced.decode_ip(&drop, true), Some(expected));
         assert_eq!(announced.0.lock().unwrap().len(), 2, "both directions' ISNs");
         // The SYN and SYN-ACK change a socket's state, the ACK does not; neither does anything but TCP, nor a
         // SYN whose TCP header was cut.

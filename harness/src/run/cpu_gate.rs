@@ -19,11 +19,10 @@
 //! at a time, each has the CPUs the others leave.
 //!
 //! Bulk transfers through the wire run one at a time across this machine's netfault processes too (an `flock`
-//! on [`machine_bulk_lock_path`]): `cargo nextest run` runs each scenario in a test process of its own, each
-//! with a gate of its own, so without it every bulk scenario of the suite and its twin in the report test ran at
-//! once, and their real-time threads starved the kernel's timers and the other scenarios' hubs (see the
-//! README: under `cargo nextest run --profile ci`, a fault switched on 265 ms after its step, a FIN-WAIT-2
-//! timeout seen 311 ms late).
+//! on [`machine_bulk_lock_path`]): `cargo nextest run` runs each scenario, and each report test's copy of it,
+//! in a test process of its own with a gate of its own, which alone would start every bulk transfer of the
+//! suite at once. (How much this reduces the nextest profile's failures on a busy machine is not measured:
+//! those also come from everything else starting at once, which only a machine-wide CPU share would order.)
 //!
 //! Who goes first: of the scenarios waiting, the one with the longest deadline (then the one that asked first),
 //! as a suite ends no sooner than its longest scenario does: a long one held back while short ones start makes
@@ -60,7 +59,7 @@ static MACHINE: LazyLock<CpuGate> = LazyLock::new(|| {
 
 /// The file whose `flock` a runner holds while it runs a bulk transfer through the wire: in the temporary
 /// directory (`$TMPDIR`, else `/tmp`), which every netfault process of the machine sees.
-pub fn machine_bulk_lock_path() -> PathBuf {
+fn machine_bulk_lock_path() -> PathBuf {
     std::env::temp_dir().join("netfault-bulk.lock")
 }
 
