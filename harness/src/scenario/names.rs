@@ -23,6 +23,15 @@ pub const SOCKOPT_NAMES: &[(&str, SockOptName)] = &[
     ("TCP_MAXSEG", SockOptName::TCP_MAXSEG),
     ("TCP_QUICKACK", SockOptName::TCP_QUICKACK),
     ("TCP_NOTSENT_LOWAT", SockOptName::TCP_NOTSENT_LOWAT),
+    ("SO_RCVTIMEO", SockOptName::SO_RCVTIMEO),
+    ("SO_SNDTIMEO", SockOptName::SO_SNDTIMEO),
+    ("SO_RCVLOWAT", SockOptName::SO_RCVLOWAT),
+    ("TCP_CORK", SockOptName::TCP_CORK),
+    ("TCP_WINDOW_CLAMP", SockOptName::TCP_WINDOW_CLAMP),
+    ("TCP_THIN_LINEAR_TIMEOUTS", SockOptName::TCP_THIN_LINEAR_TIMEOUTS),
+    ("TCP_FASTOPEN", SockOptName::TCP_FASTOPEN),
+    ("TCP_FASTOPEN_CONNECT", SockOptName::TCP_FASTOPEN_CONNECT),
+    ("IP_TOS", SockOptName::IP_TOS),
 ];
 
 /// The Linux name of a socket option, e.g. `TCP_KEEPIDLE`.

@@ -352,8 +352,9 @@ pub enum Action {
     Poll { events: Vec<PollEvent>, timeout: Duration },
     /// `send()` of `bytes` bytes, `repeat` times, `every` apart; `until` stops the loop on a condition.
     Send { bytes: usize, repeat: SendRepeat, every: Option<Duration>, until: Option<SendUntil> },
-    /// `recv(max)`; `until_eof` reads until EOF or an error.
-    Recv { max: usize, until_eof: bool },
+    /// `recv(max)`; `until_eof` reads until EOF or an error; `nonblocking`: this call alone with
+    /// MSG_DONTWAIT (EAGAIN when nothing is queued).
+    Recv { max: usize, until_eof: bool, nonblocking: bool },
     /// `shutdown(how)`.
     Shutdown { how: ShutdownHow },
     /// `close()`.
@@ -494,10 +495,19 @@ pub enum SockOptName {
     TCP_MAXSEG,
     TCP_QUICKACK,
     TCP_NOTSENT_LOWAT,
+    SO_RCVTIMEO,
+    SO_SNDTIMEO,
+    SO_RCVLOWAT,
+    TCP_CORK,
+    TCP_WINDOW_CLAMP,
+    TCP_THIN_LINEAR_TIMEOUTS,
+    TCP_FASTOPEN,
+    TCP_FASTOPEN_CONNECT,
+    IP_TOS,
 }
 
 impl SockOptName {
-    pub const ALL: [SockOptName; 18] = [
+    pub const ALL: [SockOptName; 27] = [
         SockOptName::SO_KEEPALIVE,
         SockOptName::SO_RCVBUF,
         SockOptName::SO_SNDBUF,
@@ -516,6 +526,15 @@ impl SockOptName {
         SockOptName::TCP_MAXSEG,
         SockOptName::TCP_QUICKACK,
         SockOptName::TCP_NOTSENT_LOWAT,
+        SockOptName::SO_RCVTIMEO,
+        SockOptName::SO_SNDTIMEO,
+        SockOptName::SO_RCVLOWAT,
+        SockOptName::TCP_CORK,
+        SockOptName::TCP_WINDOW_CLAMP,
+        SockOptName::TCP_THIN_LINEAR_TIMEOUTS,
+        SockOptName::TCP_FASTOPEN,
+        SockOptName::TCP_FASTOPEN_CONNECT,
+        SockOptName::IP_TOS,
     ];
 }
 
@@ -535,6 +554,8 @@ pub enum SockOptValue {
         on: bool,
         seconds: i32,
     },
+    /// `struct timeval` (SO_RCVTIMEO, SO_SNDTIMEO); zero means no timeout.
+    Timeout(Duration),
 }
 
 /// A real program run inside a host's namespace.

@@ -594,12 +594,13 @@ pub struct SendWire {
     pub until: Option<Scalar>,
 }
 
-/// `recv: { max, until }` (also `read:`).
+/// `recv: { max, until, nonblocking }` (also `read:`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecvWire {
     pub max: Option<Scalar>,
     pub until: Option<Scalar>,
+    pub nonblocking: Option<Scalar>,
 }
 
 /// `wait: { for: client.connect, edge: started }` or `wait: { listening: 7000, host: server }`.

@@ -143,7 +143,7 @@ fn complete_scenario_becomes_the_expected_plan() {
     assert_eq!(connect.location, at(44, 5));
     let read = &client.steps[3];
     assert_eq!(read.socket.as_deref(), Some("main"));
-    assert!(matches!(read.action, Action::Recv { max: 10, until_eof: false }));
+    assert!(matches!(read.action, Action::Recv { max: 10, until_eof: false, nonblocking: false }));
     assert_eq!(read.expect.outcome, Some(ExpectedOutcome::Error(Errno(libc::ETIMEDOUT))));
     assert_eq!(read.expect.after, Some(secs(14)));
     assert_eq!(read.expect.tolerance, Tolerance::either_side(ms(300)));
@@ -328,8 +328,8 @@ fn bare_steps_and_empty_parameters() {
     assert!(matches!(got[0], Action::Socket { name: None, ref options, nonblocking: false } if options.is_empty()));
     assert!(matches!(got[1], Action::Listen { port: None, backlog: 128 }));
     assert!(matches!(got[2], Action::Accept { name: None, nonblocking: false }));
-    assert!(matches!(got[3], Action::Recv { max: 65536, until_eof: false }));
-    assert!(matches!(got[4], Action::Recv { max: 65536, until_eof: false }));
+    assert!(matches!(got[3], Action::Recv { max: 65536, until_eof: false, nonblocking: false }));
+    assert!(matches!(got[4], Action::Recv { max: 65536, until_eof: false, nonblocking: false }));
     assert!(matches!(got[5], Action::Close));
     assert!(matches!(got[6], Action::Accept { name: None, nonblocking: false }));
     assert!(matches!(got[7], Action::Close));
@@ -382,6 +382,36 @@ fn socket_options_in_every_form() {
 }
 
 #[test]
+fn timeouts_flags_and_nonblocking_reads() {
+    let got = actions(
+        "client:\n  - socket: { SO_RCVTIMEO: 500ms, SO_SNDTIMEO: 0s, TCP_CORK: true, IP_TOS: 16 }\n\
+         \x20 - recv: { max: 10, nonblocking: true }\n  - recv: { nonblocking: false }\n",
+    );
+    match &got[0] {
+        Action::Socket { options, .. } => assert_eq!(
+            options,
+            &vec![
+                SockOpt { name: SockOptName::SO_RCVTIMEO, value: SockOptValue::Timeout(Duration::from_millis(500)) },
+                SockOpt { name: SockOptName::SO_SNDTIMEO, value: SockOptValue::Timeout(Duration::ZERO) },
+                SockOpt { name: SockOptName::TCP_CORK, value: SockOptValue::Int(1) },
+                SockOpt { name: SockOptName::IP_TOS, value: SockOptValue::Int(16) },
+            ]
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(got[1], Action::Recv { max: 10, until_eof: false, nonblocking: true }));
+    assert!(matches!(got[2], Action::Recv { max: 65536, until_eof: false, nonblocking: false }));
+    refused("description: d\nclient:\n  - socket: { SO_RCVTIMEO: 5 }\n", 3, 28, "SO_RCVTIMEO: ");
+    refused("description: d\nclient:\n  - socket: { IP_TOS: 256 }\n", 3, 23, "IP_TOS");
+    refused(
+        "description: d\nclient:\n  - recv: { until: eof, nonblocking: true }\n",
+        3,
+        38,
+        "a nonblocking recv cannot read `until: eof`",
+    );
+}
+
+#[test]
 fn connect_bind_listen_poll() {
     let got = actions(
         "client:\n  - bind: { port: 5555 }\n  - connect: { port: \"9000\", nonblocking: true }\n\
@@ -430,8 +460,8 @@ fn send_and_recv_forms() {
         got[3],
         Action::Send { bytes: 1, repeat: SendRepeat::Times(1), until: Some(SendUntil::Error), .. }
     ));
-    assert!(matches!(got[4], Action::Recv { max: 10, until_eof: false }));
-    assert!(matches!(got[5], Action::Recv { max: 65536, until_eof: true }));
+    assert!(matches!(got[4], Action::Recv { max: 10, until_eof: false, nonblocking: false }));
+    assert!(matches!(got[5], Action::Recv { max: 65536, until_eof: true, nonblocking: false }));
 }
 
 #[test]

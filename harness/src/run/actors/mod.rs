@@ -230,7 +230,7 @@ impl Actor {
             Action::Connect { address, port, nonblocking, .. } => self.connect(named, *address, *port, *nonblocking),
             Action::Poll { events, timeout } => self.poll(named, events, *timeout),
             Action::Send { bytes, repeat, every, until } => self.send(named, *bytes, *repeat, *every, *until),
-            Action::Recv { max, until_eof } => self.recv(named, *max, *until_eof),
+            Action::Recv { max, until_eof, nonblocking } => self.recv(named, *max, *until_eof, *nonblocking),
             Action::Shutdown { how } => {
                 let lookup = self.sockets.lookup(named);
                 match sockets::shutdown(lookup.fd(), *how) {
@@ -441,12 +441,13 @@ impl Actor {
         }
     }
 
-    fn recv(&self, named: Option<&str>, max: usize, until_eof: bool) -> StepResult {
+    fn recv(&self, named: Option<&str>, max: usize, until_eof: bool, nonblocking: bool) -> StepResult {
         let lookup = self.sockets.lookup(named);
         let fd = lookup.fd();
         let mut buf = vec![0u8; max];
         if !until_eof {
-            return match sockets::recv(fd, &mut buf) {
+            let flags = if nonblocking { libc::MSG_DONTWAIT } else { 0 };
+            return match sockets::recv(fd, &mut buf, flags) {
                 Ok(0) => (Outcome::Eof, None),
                 Ok(n) => (Outcome::Bytes(n as u64), None),
                 Err(e) => failed(&e, socket_note(lookup, named)),
@@ -457,7 +458,7 @@ impl Actor {
             if Instant::now() >= self.ctx.deadline {
                 return (Outcome::Unfinished, Some(format!("{total} bytes before the scenario deadline")));
             }
-            match sockets::recv(fd, &mut buf) {
+            match sockets::recv(fd, &mut buf, 0) {
                 Ok(0) => return (Outcome::Eof, Some(format!("{total} bytes before EOF"))),
                 Ok(n) => total += n as u64,
                 Err(e) => {

@@ -201,10 +201,10 @@ pub fn send(fd: RawFd, buf: &[u8], flags: libc::c_int) -> io::Result<usize> {
     check_size(unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), flags) })
 }
 
-/// `recv(fd, buf, len, 0)`: 0 means the peer's FIN (end of file).
-pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+/// `recv(fd, buf, len, flags)`: 0 means the peer's FIN (end of file).
+pub fn recv(fd: RawFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
     // SAFETY: `buf` is writable for its length.
-    check_size(unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) })
+    check_size(unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags) })
 }
 
 /// `shutdown(fd, SHUT_RD | SHUT_WR | SHUT_RDWR)`.

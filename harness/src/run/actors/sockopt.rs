@@ -4,7 +4,9 @@
 use std::io;
 use std::mem;
 use std::os::fd::RawFd;
+use std::time::Duration;
 
+use crate::scenario::duration::format_duration;
 use crate::scenario::plan::{SockOpt, SockOptName, SockOptValue};
 
 /// How the kernel takes and gives an option's value.
@@ -14,6 +16,8 @@ pub enum ValueKind {
     Int,
     /// `struct linger { int l_onoff; int l_linger; }`.
     Linger,
+    /// `struct timeval { tv_sec; tv_usec; }`.
+    Timeval,
 }
 
 /// Where an option lives: `setsockopt(fd, level, optname, ...)`.
@@ -46,6 +50,15 @@ pub fn spec(name: SockOptName) -> OptionSpec {
         TCP_MAXSEG => (libc::IPPROTO_TCP, libc::TCP_MAXSEG, ValueKind::Int),
         TCP_QUICKACK => (libc::IPPROTO_TCP, libc::TCP_QUICKACK, ValueKind::Int),
         TCP_NOTSENT_LOWAT => (libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT, ValueKind::Int),
+        SO_RCVTIMEO => (libc::SOL_SOCKET, libc::SO_RCVTIMEO, ValueKind::Timeval),
+        SO_SNDTIMEO => (libc::SOL_SOCKET, libc::SO_SNDTIMEO, ValueKind::Timeval),
+        SO_RCVLOWAT => (libc::SOL_SOCKET, libc::SO_RCVLOWAT, ValueKind::Int),
+        TCP_CORK => (libc::IPPROTO_TCP, libc::TCP_CORK, ValueKind::Int),
+        TCP_WINDOW_CLAMP => (libc::IPPROTO_TCP, libc::TCP_WINDOW_CLAMP, ValueKind::Int),
+        TCP_THIN_LINEAR_TIMEOUTS => (libc::IPPROTO_TCP, libc::TCP_THIN_LINEAR_TIMEOUTS, ValueKind::Int),
+        TCP_FASTOPEN => (libc::IPPROTO_TCP, libc::TCP_FASTOPEN, ValueKind::Int),
+        TCP_FASTOPEN_CONNECT => (libc::IPPROTO_TCP, libc::TCP_FASTOPEN_CONNECT, ValueKind::Int),
+        IP_TOS => (libc::IPPROTO_IP, libc::IP_TOS, ValueKind::Int),
     };
     OptionSpec { level, optname, kind }
 }
@@ -61,6 +74,7 @@ fn describe_value(value: SockOptValue) -> String {
         SockOptValue::Linger { on, seconds } => {
             format!("{{{},{seconds}}}", if on { "on" } else { "off" })
         }
+        SockOptValue::Timeout(duration) => format_duration(duration),
     }
 }
 
@@ -75,11 +89,20 @@ pub fn set(fd: RawFd, option: &SockOpt) -> io::Result<()> {
             let linger = libc::linger { l_onoff: libc::c_int::from(on), l_linger: seconds };
             raw_set(fd, spec, &linger)
         }
+        SockOptValue::Timeout(duration) => raw_set(fd, spec, &timeval_of(duration)),
     };
     if rc == 0 {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+/// A timeout as the kernel takes it; one longer than `time_t` seconds holds cannot be written in a scenario.
+fn timeval_of(duration: Duration) -> libc::timeval {
+    libc::timeval {
+        tv_sec: libc::time_t::try_from(duration.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_usec: libc::suseconds_t::from(duration.subsec_micros()),
     }
 }
 
@@ -103,6 +126,10 @@ pub fn get(fd: RawFd, name: SockOptName) -> io::Result<SockOptValue> {
         ValueKind::Int => raw_get::<libc::c_int>(fd, spec, 0).map(SockOptValue::Int),
         ValueKind::Linger => raw_get(fd, spec, libc::linger { l_onoff: 0, l_linger: 0 })
             .map(|l| SockOptValue::Linger { on: l.l_onoff != 0, seconds: l.l_linger }),
+        ValueKind::Timeval => raw_get(fd, spec, timeval_of(Duration::ZERO)).map(|t| {
+            let micros = Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0));
+            SockOptValue::Timeout(Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0)) + micros)
+        }),
     }
 }
 
@@ -125,6 +152,8 @@ pub fn describe_read(value: SockOptValue) -> String {
         SockOptValue::Int(n) => format!("value {n}"),
         SockOptValue::Linger { on: true, seconds } => format!("on, {seconds} s"),
         SockOptValue::Linger { on: false, .. } => "off".to_string(),
+        SockOptValue::Timeout(Duration::ZERO) => "no timeout".to_string(),
+        SockOptValue::Timeout(duration) => format_duration(duration),
     }
 }
 
@@ -154,7 +183,11 @@ mod tests {
         use SockOptName::*;
         let all = SockOptName::ALL;
         for name in all {
-            let expected = if format!("{name:?}").starts_with("SO_") { libc::SOL_SOCKET } else { libc::IPPROTO_TCP };
+            let expected = match format!("{name:?}") {
+                so if so.starts_with("SO_") => libc::SOL_SOCKET,
+                ip if ip.starts_with("IP_") => libc::IPPROTO_IP,
+                _ => libc::IPPROTO_TCP,
+            };
             assert_eq!(spec(name).level, expected, "{name:?}");
         }
         assert_eq!(spec(SO_LINGER).kind, ValueKind::Linger);
@@ -170,12 +203,29 @@ mod tests {
                 SockOpt { name: SockOptName::TCP_USER_TIMEOUT, value: SockOptValue::Int(2500) },
                 SockOpt { name: SockOptName::SO_LINGER, value: SockOptValue::Linger { on: true, seconds: 3 } },
                 SockOpt { name: SockOptName::TCP_NODELAY, value: SockOptValue::Int(1) },
+                SockOpt { name: SockOptName::SO_RCVTIMEO, value: SockOptValue::Timeout(Duration::from_millis(1500)) },
+                SockOpt { name: SockOptName::SO_SNDTIMEO, value: SockOptValue::Timeout(Duration::from_millis(40)) },
+                SockOpt { name: SockOptName::SO_RCVLOWAT, value: SockOptValue::Int(100) },
+                SockOpt { name: SockOptName::TCP_CORK, value: SockOptValue::Int(1) },
+                SockOpt { name: SockOptName::TCP_WINDOW_CLAMP, value: SockOptValue::Int(8192) },
+                SockOpt { name: SockOptName::TCP_THIN_LINEAR_TIMEOUTS, value: SockOptValue::Int(1) },
+                SockOpt { name: SockOptName::TCP_FASTOPEN_CONNECT, value: SockOptValue::Int(1) },
+                SockOpt { name: SockOptName::IP_TOS, value: SockOptValue::Int(0x10) },
             ];
             for option in &options {
                 set(fd, option).unwrap();
                 assert_eq!(get(fd, option.name).unwrap(), option.value, "{}", describe(option));
             }
             assert_eq!(get(fd, SockOptName::SO_ERROR).unwrap(), SockOptValue::Int(0));
+            // The kernel keeps a timeout in jiffies, rounded up (`sock_set_timeout`): 250 us reads back as one
+            // jiffy, 1 to 10 ms whatever HZ the kernel was built with.
+            let short =
+                SockOpt { name: SockOptName::SO_RCVTIMEO, value: SockOptValue::Timeout(Duration::from_micros(250)) };
+            set(fd, &short).unwrap();
+            let SockOptValue::Timeout(kept) = get(fd, SockOptName::SO_RCVTIMEO).unwrap() else {
+                panic!("not a timeout")
+            };
+            assert!((Duration::from_millis(1)..=Duration::from_millis(10)).contains(&kept), "{kept:?}");
         });
     }
 
@@ -196,5 +246,9 @@ mod tests {
         assert_eq!(describe_read(SockOptValue::Int(5)), "value 5");
         assert_eq!(describe_read(SockOptValue::Linger { on: true, seconds: 3 }), "on, 3 s");
         assert_eq!(describe_read(SockOptValue::Linger { on: false, seconds: 9 }), "off");
+        let timeout =
+            SockOpt { name: SockOptName::SO_RCVTIMEO, value: SockOptValue::Timeout(Duration::from_millis(500)) };
+        assert_eq!(describe(&timeout), "SO_RCVTIMEO=500ms");
+        assert_eq!(describe_read(SockOptValue::Timeout(Duration::ZERO)), "no timeout");
     }
 }

@@ -108,7 +108,7 @@ fn send(bytes: usize) -> Action {
 }
 
 fn recv(max: usize) -> Action {
-    Action::Recv { max, until_eof: false }
+    Action::Recv { max, until_eof: false, nonblocking: false }
 }
 
 /// Waits for `host`'s step `name` to finish; [`plan`] resolves the name.
@@ -620,7 +620,7 @@ fn send_until_would_block_fills_the_buffers_and_recv_until_eof_drains() {
         wait_listening(),
         step(connect()),
         step(wait(HostId::Server, "full")),
-        step(Action::Recv { max: 500, until_eof: true }),
+        step(Action::Recv { max: 500, until_eof: true, nonblocking: false }),
     ];
     let run = run(client, server, Duration::from_secs(10));
     let server = run.ends(HostId::Server);
@@ -637,7 +637,7 @@ fn send_until_would_block_fills_the_buffers_and_recv_until_eof_drains() {
 
 #[test]
 fn repeated_sends_are_paced_and_counted() {
-    let server = vec![listen(), step(accept()), step(Action::Recv { max: 100, until_eof: true })];
+    let server = vec![listen(), step(accept()), step(Action::Recv { max: 100, until_eof: true, nonblocking: false })];
     let client = vec![
         wait_listening(),
         step(connect()),
@@ -663,7 +663,7 @@ fn repeated_sends_are_paced_and_counted() {
 #[test]
 fn calls_on_a_closed_socket_get_ebadf_and_poll_gets_pollnval() {
     let client = vec![
-        step(Action::Recv { max: 10, until_eof: false }),
+        step(Action::Recv { max: 10, until_eof: false, nonblocking: false }),
         step(Action::Socket { name: None, options: vec![], nonblocking: false }),
         step(Action::Close),
         step(send(1)),

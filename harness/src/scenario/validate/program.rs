@@ -227,7 +227,7 @@ impl Validator<'_> {
                 self.require_listener(path, state)?;
                 Ok(Action::Accept { name: None, nonblocking: false })
             }
-            "recv" | "read" => Ok(Action::Recv { max: DEFAULT_RECV_MAX, until_eof: false }),
+            "recv" | "read" => Ok(Action::Recv { max: DEFAULT_RECV_MAX, until_eof: false, nonblocking: false }),
             "close" => Ok(Action::Close),
             known if ACTION_KEYS.contains(&known) => Err(self.fail(
                 path,
@@ -348,7 +348,18 @@ impl Validator<'_> {
                 }
                 None => false,
             };
-            return Ok(Action::Recv { max, until_eof });
+            let nonblocking = match &recv.nonblocking {
+                Some(value) => self.boolean(&path.key("nonblocking"), value, "nonblocking")?,
+                None => false,
+            };
+            if nonblocking && until_eof {
+                return Err(self.fail(
+                    &path.key("nonblocking"),
+                    "a nonblocking recv cannot read `until: eof` (it would spin while nothing is queued); \
+                     read once with `nonblocking: true`, or until EOF blocking",
+                ));
+            }
+            return Ok(Action::Recv { max, until_eof, nonblocking });
         }
         if let Some(how) = &map.shutdown {
             return Ok(Action::Shutdown { how: self.pick(path, how, SHUTDOWN_HOW, "shutdown mode")? });
@@ -429,8 +440,19 @@ impl Validator<'_> {
             let seconds = self.int(path, scalar, "SO_LINGER seconds", 0, i128::from(i32::MAX))? as i32;
             return Ok(SockOptValue::Linger { on: true, seconds });
         }
+        if matches!(option, SO_RCVTIMEO | SO_SNDTIMEO) {
+            // `0s` is the kernel's "no timeout".
+            return Ok(SockOptValue::Timeout(self.duration(path, scalar, name)?));
+        }
         let (min, max) = match option {
-            SO_KEEPALIVE | SO_REUSEADDR | SO_REUSEPORT | TCP_NODELAY | TCP_QUICKACK => {
+            SO_KEEPALIVE
+            | SO_REUSEADDR
+            | SO_REUSEPORT
+            | TCP_NODELAY
+            | TCP_QUICKACK
+            | TCP_CORK
+            | TCP_THIN_LINEAR_TIMEOUTS
+            | TCP_FASTOPEN_CONNECT => {
                 if let Scalar::Bool(b) = scalar {
                     return Ok(SockOptValue::Int(i32::from(*b)));
                 }
@@ -438,6 +460,7 @@ impl Validator<'_> {
             }
             TCP_KEEPIDLE | TCP_KEEPINTVL => (1, 32767),
             TCP_KEEPCNT | TCP_SYNCNT => (1, 127),
+            IP_TOS => (0, 255),
             _ => (0, i128::from(i32::MAX)),
         };
         Ok(SockOptValue::Int(self.int(path, scalar, name, min, max)? as i32))
