@@ -32,6 +32,7 @@ pub const SOCKOPT_NAMES: &[(&str, SockOptName)] = &[
     ("TCP_FASTOPEN", SockOptName::TCP_FASTOPEN),
     ("TCP_FASTOPEN_CONNECT", SockOptName::TCP_FASTOPEN_CONNECT),
     ("IP_TOS", SockOptName::IP_TOS),
+    ("TCP_CONGESTION", SockOptName::TCP_CONGESTION),
 ];
 
 /// The Linux name of a socket option, e.g. `TCP_KEEPIDLE`.

@@ -504,10 +504,11 @@ pub enum SockOptName {
     TCP_FASTOPEN,
     TCP_FASTOPEN_CONNECT,
     IP_TOS,
+    TCP_CONGESTION,
 }
 
 impl SockOptName {
-    pub const ALL: [SockOptName; 27] = [
+    pub const ALL: [SockOptName; 28] = [
         SockOptName::SO_KEEPALIVE,
         SockOptName::SO_RCVBUF,
         SockOptName::SO_SNDBUF,
@@ -535,6 +536,7 @@ impl SockOptName {
         SockOptName::TCP_FASTOPEN,
         SockOptName::TCP_FASTOPEN_CONNECT,
         SockOptName::IP_TOS,
+        SockOptName::TCP_CONGESTION,
     ];
 }
 
@@ -556,7 +558,32 @@ pub enum SockOptValue {
     },
     /// `struct timeval` (SO_RCVTIMEO, SO_SNDTIMEO); zero means no timeout.
     Timeout(Duration),
+    /// A congestion control algorithm's name (TCP_CONGESTION), one of [`CONGESTION_CONTROLS`].
+    Algorithm(&'static str),
 }
+
+/// The congestion control algorithms of mainline Linux (`net/ipv4/tcp_*.c`), as `TCP_CONGESTION` and
+/// `sysctl net.ipv4.tcp_available_congestion_control` name them. Which of them a kernel has is its own affair
+/// (`cubic` and `reno` always, the others built in or as modules): one it lacks fails the step with ENOENT.
+pub const CONGESTION_CONTROLS: &[&str] = &[
+    "bbr",
+    "bic",
+    "cdg",
+    "cubic",
+    "dctcp",
+    "highspeed",
+    "htcp",
+    "hybla",
+    "illinois",
+    "lp",
+    "nv",
+    "reno",
+    "scalable",
+    "vegas",
+    "veno",
+    "westwood",
+    "yeah",
+];
 
 /// A real program run inside a host's namespace.
 #[derive(Debug, Clone, Serialize)]

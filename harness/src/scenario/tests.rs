@@ -403,6 +403,15 @@ fn timeouts_flags_and_nonblocking_reads() {
     assert!(matches!(got[2], Action::Recv { max: 65536, until_eof: false, nonblocking: false }));
     refused("description: d\nclient:\n  - socket: { SO_RCVTIMEO: 5 }\n", 3, 28, "SO_RCVTIMEO: ");
     refused("description: d\nclient:\n  - socket: { IP_TOS: 256 }\n", 3, 23, "IP_TOS");
+    let congestion = actions("client:\n  - setsockopt: { TCP_CONGESTION: reno }\n");
+    let reno = SockOpt { name: SockOptName::TCP_CONGESTION, value: SockOptValue::Algorithm("reno") };
+    assert!(matches!(&congestion[0], Action::SetOpt { options } if options == &vec![reno]));
+    refused(
+        "description: d\nclient:\n  - setsockopt: { TCP_CONGESTION: cubik }\n",
+        3,
+        35,
+        "unknown congestion control \"cubik\"; did you mean cubic? allowed: bbr, bic,",
+    );
     refused(
         "description: d\nclient:\n  - recv: { until: eof, nonblocking: true }\n",
         3,

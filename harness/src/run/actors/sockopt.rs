@@ -7,7 +7,7 @@ use std::os::fd::RawFd;
 use std::time::Duration;
 
 use crate::scenario::duration::format_duration;
-use crate::scenario::plan::{SockOpt, SockOptName, SockOptValue};
+use crate::scenario::plan::{SockOpt, SockOptName, SockOptValue, CONGESTION_CONTROLS};
 
 /// How the kernel takes and gives an option's value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,7 +18,12 @@ pub enum ValueKind {
     Linger,
     /// `struct timeval { tv_sec; tv_usec; }`.
     Timeval,
+    /// A NUL-padded name of at most `TCP_CA_NAME_MAX` (16) bytes.
+    Name,
 }
+
+/// `TCP_CA_NAME_MAX`: the longest congestion control name the kernel keeps, with its NUL.
+const CA_NAME_MAX: usize = 16;
 
 /// Where an option lives: `setsockopt(fd, level, optname, ...)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +64,7 @@ pub fn spec(name: SockOptName) -> OptionSpec {
         TCP_FASTOPEN => (libc::IPPROTO_TCP, libc::TCP_FASTOPEN, ValueKind::Int),
         TCP_FASTOPEN_CONNECT => (libc::IPPROTO_TCP, libc::TCP_FASTOPEN_CONNECT, ValueKind::Int),
         IP_TOS => (libc::IPPROTO_IP, libc::IP_TOS, ValueKind::Int),
+        TCP_CONGESTION => (libc::IPPROTO_TCP, libc::TCP_CONGESTION, ValueKind::Name),
     };
     OptionSpec { level, optname, kind }
 }
@@ -75,6 +81,7 @@ fn describe_value(value: SockOptValue) -> String {
             format!("{{{},{seconds}}}", if on { "on" } else { "off" })
         }
         SockOptValue::Timeout(duration) => format_duration(duration),
+        SockOptValue::Algorithm(name) => name.to_string(),
     }
 }
 
@@ -90,6 +97,12 @@ pub fn set(fd: RawFd, option: &SockOpt) -> io::Result<()> {
             raw_set(fd, spec, &linger)
         }
         SockOptValue::Timeout(duration) => raw_set(fd, spec, &timeval_of(duration)),
+        SockOptValue::Algorithm(name) => {
+            let mut padded = [0u8; CA_NAME_MAX];
+            let length = name.len().min(CA_NAME_MAX - 1);
+            padded[..length].copy_from_slice(&name.as_bytes()[..length]);
+            raw_set(fd, spec, &padded)
+        }
     };
     if rc == 0 {
         Ok(())
@@ -130,6 +143,19 @@ pub fn get(fd: RawFd, name: SockOptName) -> io::Result<SockOptValue> {
             let micros = Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0));
             SockOptValue::Timeout(Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0)) + micros)
         }),
+        ValueKind::Name => raw_get(fd, spec, [0u8; CA_NAME_MAX]).and_then(|padded| {
+            let name = padded.split(|&byte| byte == 0).next().unwrap_or_default();
+            CONGESTION_CONTROLS
+                .iter()
+                .find(|known| known.as_bytes() == name)
+                .map(|known| SockOptValue::Algorithm(known))
+                .ok_or_else(|| {
+                    io::Error::other(format!(
+                        "congestion control {:?} is not one netfault knows",
+                        String::from_utf8_lossy(name)
+                    ))
+                })
+        }),
     }
 }
 
@@ -154,6 +180,7 @@ pub fn describe_read(value: SockOptValue) -> String {
         SockOptValue::Linger { on: false, .. } => "off".to_string(),
         SockOptValue::Timeout(Duration::ZERO) => "no timeout".to_string(),
         SockOptValue::Timeout(duration) => format_duration(duration),
+        SockOptValue::Algorithm(name) => name.to_string(),
     }
 }
 
@@ -211,6 +238,7 @@ mod tests {
                 SockOpt { name: SockOptName::TCP_THIN_LINEAR_TIMEOUTS, value: SockOptValue::Int(1) },
                 SockOpt { name: SockOptName::TCP_FASTOPEN_CONNECT, value: SockOptValue::Int(1) },
                 SockOpt { name: SockOptName::IP_TOS, value: SockOptValue::Int(0x10) },
+                SockOpt { name: SockOptName::TCP_CONGESTION, value: SockOptValue::Algorithm("reno") },
             ];
             for option in &options {
                 set(fd, option).unwrap();

@@ -440,6 +440,10 @@ impl Validator<'_> {
             let seconds = self.int(path, scalar, "SO_LINGER seconds", 0, i128::from(i32::MAX))? as i32;
             return Ok(SockOptValue::Linger { on: true, seconds });
         }
+        if option == TCP_CONGESTION {
+            let algorithms: Vec<(&str, &'static str)> = CONGESTION_CONTROLS.iter().map(|name| (*name, *name)).collect();
+            return Ok(SockOptValue::Algorithm(self.pick(path, scalar, &algorithms, "congestion control")?));
+        }
         if matches!(option, SO_RCVTIMEO | SO_SNDTIMEO) {
             // `0s` is the kernel's "no timeout".
             return Ok(SockOptValue::Timeout(self.duration(path, scalar, name)?));
