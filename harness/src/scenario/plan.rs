@@ -351,10 +351,11 @@ pub enum Action {
     /// `poll()` for the given events with a timeout; outcome is the returned events or `timeout`.
     Poll { events: Vec<PollEvent>, timeout: Duration },
     /// `send()` of `bytes` bytes, `repeat` times, `every` apart; `until` stops the loop on a condition.
-    Send { bytes: usize, repeat: SendRepeat, every: Option<Duration>, until: Option<SendUntil> },
+    /// `flags`: passed to every `send` call, sorted.
+    Send { bytes: usize, repeat: SendRepeat, every: Option<Duration>, until: Option<SendUntil>, flags: Vec<MsgFlag> },
     /// `recv(max)`; `until_eof` reads until EOF or an error; `nonblocking`: this call alone with
-    /// MSG_DONTWAIT (EAGAIN when nothing is queued).
-    Recv { max: usize, until_eof: bool, nonblocking: bool },
+    /// MSG_DONTWAIT (EAGAIN when nothing is queued); `flags`: passed to every `recv` call, sorted.
+    Recv { max: usize, until_eof: bool, nonblocking: bool, flags: Vec<MsgFlag> },
     /// `shutdown(how)`.
     Shutdown { how: ShutdownHow },
     /// `close()`.
@@ -424,6 +425,57 @@ pub enum ShutdownHow {
 pub enum StepEdge {
     Started,
     Finished,
+}
+
+/// A flag of `send(2)` / `recv(2)` a step may pass, by its Linux name.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub enum MsgFlag {
+    /// `MSG_OOB`: send one byte as urgent data (the segment carries URG), or read the urgent byte.
+    #[serde(rename = "MSG_OOB")]
+    Oob,
+    /// `MSG_MORE`: more is coming, hold a partial segment back (TCP_CORK for this call).
+    #[serde(rename = "MSG_MORE")]
+    More,
+    /// `MSG_PEEK`: read without taking the data off the queue.
+    #[serde(rename = "MSG_PEEK")]
+    Peek,
+    /// `MSG_WAITALL`: block until `max` bytes came, or EOF, an error or a signal.
+    #[serde(rename = "MSG_WAITALL")]
+    WaitAll,
+    /// `MSG_TRUNC`: on TCP, discard the bytes instead of copying them; the count is what was discarded.
+    #[serde(rename = "MSG_TRUNC")]
+    Trunc,
+}
+
+impl MsgFlag {
+    /// The flags `send` takes (MSG_NOSIGNAL is always passed: a write to a reset connection gives EPIPE, never
+    /// a signal; MSG_DONTWAIT is `until: would-block`).
+    pub const SEND: [MsgFlag; 2] = [MsgFlag::Oob, MsgFlag::More];
+    /// The flags `recv` takes (MSG_DONTWAIT is `nonblocking: true`).
+    pub const RECV: [MsgFlag; 4] = [MsgFlag::Oob, MsgFlag::Peek, MsgFlag::WaitAll, MsgFlag::Trunc];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            MsgFlag::Oob => "MSG_OOB",
+            MsgFlag::More => "MSG_MORE",
+            MsgFlag::Peek => "MSG_PEEK",
+            MsgFlag::WaitAll => "MSG_WAITALL",
+            MsgFlag::Trunc => "MSG_TRUNC",
+        }
+    }
+
+    /// The flags as the `flags` argument of the call.
+    pub fn bits(flags: &[MsgFlag]) -> i32 {
+        flags.iter().fold(0, |bits, flag| {
+            bits | match flag {
+                MsgFlag::Oob => libc::MSG_OOB,
+                MsgFlag::More => libc::MSG_MORE,
+                MsgFlag::Peek => libc::MSG_PEEK,
+                MsgFlag::WaitAll => libc::MSG_WAITALL,
+                MsgFlag::Trunc => libc::MSG_TRUNC,
+            }
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, PartialOrd, Ord)]

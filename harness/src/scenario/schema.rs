@@ -584,7 +584,7 @@ pub struct PollWire {
     pub timeout: Option<Scalar>,
 }
 
-/// `send: { bytes, repeat, every, until }` (also `write:`).
+/// `send: { bytes, repeat, every, until, flags }` (also `write:`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SendWire {
@@ -592,15 +592,17 @@ pub struct SendWire {
     pub repeat: Option<Scalar>,
     pub every: Option<Scalar>,
     pub until: Option<Scalar>,
+    pub flags: Option<ScalarList>,
 }
 
-/// `recv: { max, until, nonblocking }` (also `read:`).
+/// `recv: { max, until, nonblocking, flags }` (also `read:`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecvWire {
     pub max: Option<Scalar>,
     pub until: Option<Scalar>,
     pub nonblocking: Option<Scalar>,
+    pub flags: Option<ScalarList>,
 }
 
 /// `wait: { for: client.connect, edge: started }` or `wait: { listening: 7000, host: server }`.

@@ -143,7 +143,9 @@ fn complete_scenario_becomes_the_expected_plan() {
     assert_eq!(connect.location, at(44, 5));
     let read = &client.steps[3];
     assert_eq!(read.socket.as_deref(), Some("main"));
-    assert!(matches!(read.action, Action::Recv { max: 10, until_eof: false, nonblocking: false }));
+    assert!(
+        matches!(&read.action, Action::Recv { max: 10, until_eof: false, nonblocking: false, flags } if flags.is_empty())
+    );
     assert_eq!(read.expect.outcome, Some(ExpectedOutcome::Error(Errno(libc::ETIMEDOUT))));
     assert_eq!(read.expect.after, Some(secs(14)));
     assert_eq!(read.expect.tolerance, Tolerance::either_side(ms(300)));
@@ -328,8 +330,12 @@ fn bare_steps_and_empty_parameters() {
     assert!(matches!(got[0], Action::Socket { name: None, ref options, nonblocking: false } if options.is_empty()));
     assert!(matches!(got[1], Action::Listen { port: None, backlog: 128 }));
     assert!(matches!(got[2], Action::Accept { name: None, nonblocking: false }));
-    assert!(matches!(got[3], Action::Recv { max: 65536, until_eof: false, nonblocking: false }));
-    assert!(matches!(got[4], Action::Recv { max: 65536, until_eof: false, nonblocking: false }));
+    assert!(
+        matches!(&got[3], Action::Recv { max: 65536, until_eof: false, nonblocking: false, flags } if flags.is_empty())
+    );
+    assert!(
+        matches!(&got[4], Action::Recv { max: 65536, until_eof: false, nonblocking: false, flags } if flags.is_empty())
+    );
     assert!(matches!(got[5], Action::Close));
     assert!(matches!(got[6], Action::Accept { name: None, nonblocking: false }));
     assert!(matches!(got[7], Action::Close));
@@ -399,10 +405,31 @@ fn timeouts_flags_and_nonblocking_reads() {
         ),
         other => panic!("{other:?}"),
     }
-    assert!(matches!(got[1], Action::Recv { max: 10, until_eof: false, nonblocking: true }));
-    assert!(matches!(got[2], Action::Recv { max: 65536, until_eof: false, nonblocking: false }));
+    assert!(
+        matches!(&got[1], Action::Recv { max: 10, until_eof: false, nonblocking: true, flags } if flags.is_empty())
+    );
+    assert!(
+        matches!(&got[2], Action::Recv { max: 65536, until_eof: false, nonblocking: false, flags } if flags.is_empty())
+    );
     refused("description: d\nclient:\n  - socket: { SO_RCVTIMEO: 5 }\n", 3, 28, "SO_RCVTIMEO: ");
     refused("description: d\nclient:\n  - socket: { IP_TOS: 256 }\n", 3, 23, "IP_TOS");
+    let flagged = actions(
+        "client:\n  - send: { bytes: 1, flags: [MSG_MORE, MSG_OOB, MSG_MORE] }\n  - recv: { flags: MSG_PEEK }\n",
+    );
+    assert!(matches!(&flagged[0], Action::Send { flags, .. } if flags == &vec![MsgFlag::Oob, MsgFlag::More]));
+    assert!(matches!(&flagged[1], Action::Recv { flags, .. } if flags == &vec![MsgFlag::Peek]));
+    refused(
+        "description: d\nclient:\n  - send: { bytes: 1, flags: [MSG_OOB, MSG_PEEK] }\n",
+        3,
+        40,
+        "unknown send flag \"MSG_PEEK\"; allowed: MSG_OOB, MSG_MORE",
+    );
+    refused(
+        "description: d\nclient:\n  - recv: { until: eof, flags: MSG_PEEK }\n",
+        3,
+        32,
+        "MSG_PEEK cannot read `until: eof`",
+    );
     let congestion = actions("client:\n  - setsockopt: { TCP_CONGESTION: reno }\n");
     let reno = SockOpt { name: SockOptName::TCP_CONGESTION, value: SockOptValue::Algorithm("reno") };
     assert!(matches!(&congestion[0], Action::SetOpt { options } if options == &vec![reno]));
@@ -457,20 +484,24 @@ fn send_and_recv_forms() {
          \x20 - send: { bytes: 65536, repeat: forever, until: would-block }\n  - write: { bytes: 1, until: error }\n\
          \x20 - read: { max: 10 }\n  - recv: { until: eof }\n",
     );
-    assert!(matches!(got[0], Action::Send { bytes: 1000, repeat: SendRepeat::Times(1), every: None, until: None }));
+    assert!(matches!(got[0], Action::Send { bytes: 1000, repeat: SendRepeat::Times(1), every: None, until: None, .. }));
     assert!(
-        matches!(got[1], Action::Send { bytes: 10, repeat: SendRepeat::Times(5), every: Some(d), until: None } if d == ms(200))
+        matches!(got[1], Action::Send { bytes: 10, repeat: SendRepeat::Times(5), every: Some(d), until: None, .. } if d == ms(200))
     );
     assert!(matches!(
         got[2],
-        Action::Send { bytes: 65536, repeat: SendRepeat::Forever, every: None, until: Some(SendUntil::WouldBlock) }
+        Action::Send { bytes: 65536, repeat: SendRepeat::Forever, every: None, until: Some(SendUntil::WouldBlock), .. }
     ));
     assert!(matches!(
         got[3],
         Action::Send { bytes: 1, repeat: SendRepeat::Times(1), until: Some(SendUntil::Error), .. }
     ));
-    assert!(matches!(got[4], Action::Recv { max: 10, until_eof: false, nonblocking: false }));
-    assert!(matches!(got[5], Action::Recv { max: 65536, until_eof: true, nonblocking: false }));
+    assert!(
+        matches!(&got[4], Action::Recv { max: 10, until_eof: false, nonblocking: false, flags } if flags.is_empty())
+    );
+    assert!(
+        matches!(&got[5], Action::Recv { max: 65536, until_eof: true, nonblocking: false, flags } if flags.is_empty())
+    );
 }
 
 #[test]

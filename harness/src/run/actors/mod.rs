@@ -49,8 +49,8 @@ use crate::run::clock::EventSink;
 use crate::run::confine::Confinement;
 use crate::run::switchboard::Switchboard;
 use crate::scenario::plan::{
-    Action, Errno, ExecPlan, HostId, HostPlan, PollEvent, SendRepeat, SendUntil, SockOpt, SockOptName, SockOptValue,
-    StepEdge, StepPlan, StepRef, TcpState,
+    Action, Errno, ExecPlan, HostId, HostPlan, MsgFlag, PollEvent, SendRepeat, SendUntil, SockOpt, SockOptName,
+    SockOptValue, StepEdge, StepPlan, StepRef, TcpState,
 };
 use crate::timeline::{ErrnoEvent, Event, EventKind, Outcome};
 use exec::BackgroundLauncher;
@@ -229,8 +229,12 @@ impl Actor {
             Action::Accept { name, nonblocking } => self.accept(named, name.clone(), *nonblocking),
             Action::Connect { address, port, nonblocking, .. } => self.connect(named, *address, *port, *nonblocking),
             Action::Poll { events, timeout } => self.poll(named, events, *timeout),
-            Action::Send { bytes, repeat, every, until } => self.send(named, *bytes, *repeat, *every, *until),
-            Action::Recv { max, until_eof, nonblocking } => self.recv(named, *max, *until_eof, *nonblocking),
+            Action::Send { bytes, repeat, every, until, flags } => {
+                self.send(named, *bytes, *repeat, *every, *until, MsgFlag::bits(flags))
+            }
+            Action::Recv { max, until_eof, nonblocking, flags } => {
+                self.recv(named, *max, *until_eof, *nonblocking, MsgFlag::bits(flags))
+            }
             Action::Shutdown { how } => {
                 let lookup = self.sockets.lookup(named);
                 match sockets::shutdown(lookup.fd(), *how) {
@@ -404,12 +408,13 @@ impl Actor {
         repeat: SendRepeat,
         every: Option<Duration>,
         until: Option<SendUntil>,
+        asked_flags: libc::c_int,
     ) -> StepResult {
         let lookup = self.sockets.lookup(named);
         let fd = lookup.fd();
         let chunk = send_pattern(bytes);
         let would_block_ends = until == Some(SendUntil::WouldBlock);
-        let flags = libc::MSG_NOSIGNAL | if would_block_ends { libc::MSG_DONTWAIT } else { 0 };
+        let flags = asked_flags | libc::MSG_NOSIGNAL | if would_block_ends { libc::MSG_DONTWAIT } else { 0 };
         let mut total: u64 = 0;
         let mut sends: u32 = 0;
         loop {
@@ -441,12 +446,19 @@ impl Actor {
         }
     }
 
-    fn recv(&self, named: Option<&str>, max: usize, until_eof: bool, nonblocking: bool) -> StepResult {
+    fn recv(
+        &self,
+        named: Option<&str>,
+        max: usize,
+        until_eof: bool,
+        nonblocking: bool,
+        flags: libc::c_int,
+    ) -> StepResult {
         let lookup = self.sockets.lookup(named);
         let fd = lookup.fd();
         let mut buf = vec![0u8; max];
         if !until_eof {
-            let flags = if nonblocking { libc::MSG_DONTWAIT } else { 0 };
+            let flags = flags | if nonblocking { libc::MSG_DONTWAIT } else { 0 };
             return match sockets::recv(fd, &mut buf, flags) {
                 Ok(0) => (Outcome::Eof, None),
                 Ok(n) => (Outcome::Bytes(n as u64), None),
@@ -458,7 +470,7 @@ impl Actor {
             if Instant::now() >= self.ctx.deadline {
                 return (Outcome::Unfinished, Some(format!("{total} bytes before the scenario deadline")));
             }
-            match sockets::recv(fd, &mut buf, 0) {
+            match sockets::recv(fd, &mut buf, flags) {
                 Ok(0) => return (Outcome::Eof, Some(format!("{total} bytes before EOF"))),
                 Ok(n) => total += n as u64,
                 Err(e) => {

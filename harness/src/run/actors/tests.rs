@@ -104,11 +104,11 @@ fn connect() -> Action {
 }
 
 fn send(bytes: usize) -> Action {
-    Action::Send { bytes, repeat: SendRepeat::Times(1), every: None, until: None }
+    Action::Send { bytes, repeat: SendRepeat::Times(1), every: None, until: None, flags: Vec::new() }
 }
 
 fn recv(max: usize) -> Action {
-    Action::Recv { max, until_eof: false, nonblocking: false }
+    Action::Recv { max, until_eof: false, nonblocking: false, flags: Vec::new() }
 }
 
 /// Waits for `host`'s step `name` to finish; [`plan`] resolves the name.
@@ -606,10 +606,22 @@ fn send_until_would_block_fills_the_buffers_and_recv_until_eof_drains() {
         step(accept()),
         named(
             "full",
-            Action::Send { bytes: 1000, repeat: SendRepeat::Forever, every: None, until: Some(SendUntil::WouldBlock) },
+            Action::Send {
+                bytes: 1000,
+                repeat: SendRepeat::Forever,
+                every: None,
+                until: Some(SendUntil::WouldBlock),
+                flags: Vec::new(),
+            },
         ),
         step(Action::Shutdown { how: ShutdownHow::Wr }),
-        step(Action::Send { bytes: 5, repeat: SendRepeat::Times(3), every: None, until: Some(SendUntil::Error) }),
+        step(Action::Send {
+            bytes: 5,
+            repeat: SendRepeat::Times(3),
+            every: None,
+            until: Some(SendUntil::Error),
+            flags: Vec::new(),
+        }),
     ];
     let client = vec![
         step(Action::Socket {
@@ -620,7 +632,7 @@ fn send_until_would_block_fills_the_buffers_and_recv_until_eof_drains() {
         wait_listening(),
         step(connect()),
         step(wait(HostId::Server, "full")),
-        step(Action::Recv { max: 500, until_eof: true, nonblocking: false }),
+        step(Action::Recv { max: 500, until_eof: true, nonblocking: false, flags: Vec::new() }),
     ];
     let run = run(client, server, Duration::from_secs(10));
     let server = run.ends(HostId::Server);
@@ -637,7 +649,11 @@ fn send_until_would_block_fills_the_buffers_and_recv_until_eof_drains() {
 
 #[test]
 fn repeated_sends_are_paced_and_counted() {
-    let server = vec![listen(), step(accept()), step(Action::Recv { max: 100, until_eof: true, nonblocking: false })];
+    let server = vec![
+        listen(),
+        step(accept()),
+        step(Action::Recv { max: 100, until_eof: true, nonblocking: false, flags: Vec::new() }),
+    ];
     let client = vec![
         wait_listening(),
         step(connect()),
@@ -646,6 +662,7 @@ fn repeated_sends_are_paced_and_counted() {
             repeat: SendRepeat::Times(4),
             every: Some(Duration::from_millis(100)),
             until: None,
+            flags: Vec::new(),
         }),
         step(Action::Close),
     ];
@@ -663,7 +680,7 @@ fn repeated_sends_are_paced_and_counted() {
 #[test]
 fn calls_on_a_closed_socket_get_ebadf_and_poll_gets_pollnval() {
     let client = vec![
-        step(Action::Recv { max: 10, until_eof: false, nonblocking: false }),
+        step(Action::Recv { max: 10, until_eof: false, nonblocking: false, flags: Vec::new() }),
         step(Action::Socket { name: None, options: vec![], nonblocking: false }),
         step(Action::Close),
         step(send(1)),

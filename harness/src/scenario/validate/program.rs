@@ -227,7 +227,9 @@ impl Validator<'_> {
                 self.require_listener(path, state)?;
                 Ok(Action::Accept { name: None, nonblocking: false })
             }
-            "recv" | "read" => Ok(Action::Recv { max: DEFAULT_RECV_MAX, until_eof: false, nonblocking: false }),
+            "recv" | "read" => {
+                Ok(Action::Recv { max: DEFAULT_RECV_MAX, until_eof: false, nonblocking: false, flags: Vec::new() })
+            }
             "close" => Ok(Action::Close),
             known if ACTION_KEYS.contains(&known) => Err(self.fail(
                 path,
@@ -359,7 +361,15 @@ impl Validator<'_> {
                      read once with `nonblocking: true`, or until EOF blocking",
                 ));
             }
-            return Ok(Action::Recv { max, until_eof, nonblocking });
+            let flags = self.msg_flags(&path.key("flags"), recv.flags.as_ref(), &MsgFlag::RECV, "recv")?;
+            if until_eof && flags.contains(&MsgFlag::Peek) {
+                return Err(self.fail(
+                    &path.key("flags"),
+                    "MSG_PEEK cannot read `until: eof` (a peek leaves the data queued, so it would never end); \
+                     peek once, without `until`",
+                ));
+            }
+            return Ok(Action::Recv { max, until_eof, nonblocking, flags });
         }
         if let Some(how) = &map.shutdown {
             return Ok(Action::Shutdown { how: self.pick(path, how, SHUTDOWN_HOW, "shutdown mode")? });
@@ -470,6 +480,38 @@ impl Validator<'_> {
         Ok(SockOptValue::Int(self.int(path, scalar, name, min, max)? as i32))
     }
 
+    /// `flags: [MSG_OOB, ...]` (or one name) of a `send` or `recv`, of those `allowed` for it; sorted, each once.
+    fn msg_flags(
+        &self,
+        path: &NodePath,
+        flags: Option<&ScalarList>,
+        allowed: &[MsgFlag],
+        call: &str,
+    ) -> Checked<Vec<MsgFlag>> {
+        let Some(flags) = flags else { return Ok(Vec::new()) };
+        let mut result = BTreeSet::new();
+        for (i, flag) in flags.items.iter().enumerate() {
+            let flag_path = if flags.list { path.index(i) } else { path.clone() };
+            let names = allowed.iter().map(|flag| flag.name());
+            match allowed.iter().find(|known| matches!(flag, Scalar::Str(text) if text == known.name())) {
+                Some(known) => {
+                    result.insert(*known);
+                }
+                None => {
+                    return Err(self.fail(
+                        &flag_path,
+                        format!(
+                            "unknown {call} flag {flag}{}allowed: {}",
+                            suggestion(&flag.text(), names.clone()),
+                            list(names)
+                        ),
+                    ))
+                }
+            }
+        }
+        Ok(result.into_iter().collect())
+    }
+
     fn poll_events(&self, path: &NodePath, events: &ScalarList) -> Checked<Vec<PollEvent>> {
         let mut result = BTreeSet::new();
         for (i, event) in events.items.iter().enumerate() {
@@ -539,7 +581,8 @@ impl Validator<'_> {
                 "`repeat: forever` needs `until: error` or `until: would-block` to end the loop",
             ));
         }
-        Ok(Action::Send { bytes, repeat, every, until })
+        let flags = self.msg_flags(&path.key("flags"), send.flags.as_ref(), &MsgFlag::SEND, "send")?;
+        Ok(Action::Send { bytes, repeat, every, until, flags })
     }
 
     fn exec(&self, path: &NodePath, exec: &ExecWire) -> Checked<Action> {
