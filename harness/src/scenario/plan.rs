@@ -347,7 +347,8 @@ pub enum Action {
     Accept { name: Option<String>, nonblocking: bool },
     /// `connect(address, port)` to host `to`; nonblocking returns EINPROGRESS at once. `after_listen` is the
     /// peer's start-up `listen` on that port, which the connect waits for so the two programs do not race.
-    Connect { to: HostId, address: Ipv4Addr, port: u16, nonblocking: bool, after_listen: Option<StepRef> },
+    /// `to` is `None` for an address that is no host's (nothing answers there: the kernel's own errors).
+    Connect { to: Option<HostId>, address: Ipv4Addr, port: u16, nonblocking: bool, after_listen: Option<StepRef> },
     /// `poll()` for the given events with a timeout; outcome is the returned events or `timeout`.
     Poll { events: Vec<PollEvent>, timeout: Duration },
     /// `send()` of `bytes` bytes, `repeat` times, `every` apart; `until` stops the loop on a condition.

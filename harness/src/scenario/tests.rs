@@ -135,7 +135,7 @@ fn complete_scenario_becomes_the_expected_plan() {
     let connect = plan.step(HostId::Client, "connect").unwrap();
     assert_eq!(connect.index, 2);
     assert_eq!(connect.label(), "connect (connect)");
-    assert!(matches!(connect.action, Action::Connect { to: HostId::Server, port: 9000, nonblocking: false, .. }));
+    assert!(matches!(connect.action, Action::Connect { to: Some(HostId::Server), port: 9000, nonblocking: false, .. }));
     assert_eq!(connect.expect.outcome, Some(ExpectedOutcome::Ok));
     assert_eq!(connect.expect.after, Some(Duration::ZERO));
     assert_eq!(connect.expect.tolerance, Tolerance::either_side(ms(50)));
@@ -430,6 +430,16 @@ fn timeouts_flags_and_nonblocking_reads() {
         32,
         "MSG_PEEK cannot read `until: eof`",
     );
+    let addressed =
+        actions("client:\n  - connect: { to: 10.0.0.9, port: 9000 }\n  - connect: { to: 10.0.0.2, port: 9000 }\n");
+    assert!(matches!(&addressed[0], Action::Connect { to: None, address, .. } if address.to_string() == "10.0.0.9"));
+    assert!(matches!(&addressed[1], Action::Connect { to: Some(HostId::Server), .. }));
+    refused(
+        "description: d\nclient:\n  - connect: { to: 10.0.0.256, port: 9000 }\n",
+        3,
+        20,
+        "unknown host \"10.0.0.256\"; hosts are: client, server; or an IPv4 address",
+    );
     let congestion = actions("client:\n  - setsockopt: { TCP_CONGESTION: reno }\n");
     let reno = SockOpt { name: SockOptName::TCP_CONGESTION, value: SockOptValue::Algorithm("reno") };
     assert!(matches!(&congestion[0], Action::SetOpt { options } if options == &vec![reno]));
@@ -455,7 +465,7 @@ fn connect_bind_listen_poll() {
          server:\n  - listen: { port: 9000 }\n  - connect: { to: server, port: 22 }\n",
     );
     assert!(matches!(got[0], Action::Bind { port: 5555 }));
-    assert!(matches!(got[1], Action::Connect { to: HostId::Server, port: 9000, nonblocking: true, .. }));
+    assert!(matches!(got[1], Action::Connect { to: Some(HostId::Server), port: 9000, nonblocking: true, .. }));
     match &got[2] {
         Action::Poll { events, timeout } => {
             assert_eq!(events, &vec![PollEvent::Out, PollEvent::Err]);
@@ -467,14 +477,14 @@ fn connect_bind_listen_poll() {
         matches!(&got[3], Action::Poll { events, timeout } if events == &vec![PollEvent::In] && *timeout == secs(3))
     );
     assert!(matches!(got[4], Action::Listen { port: Some(9000), backlog: 128 }));
-    assert!(matches!(got[5], Action::Connect { to: HostId::Server, port: 22, nonblocking: false, .. }));
+    assert!(matches!(got[5], Action::Connect { to: Some(HostId::Server), port: 22, nonblocking: false, .. }));
 }
 
 #[test]
 fn connect_defaults_to_the_peer() {
     let got = actions("server:\n  - connect: { port: 9000 }\nclient:\n  - connect: { port: 9000 }\n");
-    assert!(matches!(got[0], Action::Connect { to: HostId::Server, .. }), "client connects to server");
-    assert!(matches!(got[1], Action::Connect { to: HostId::Client, .. }), "server connects to client");
+    assert!(matches!(got[0], Action::Connect { to: Some(HostId::Server), .. }), "client connects to server");
+    assert!(matches!(got[1], Action::Connect { to: Some(HostId::Client), .. }), "server connects to client");
 }
 
 #[test]
@@ -1850,7 +1860,7 @@ fn a_router_stands_between_client_and_server_on_two_links() {
     // A connect to a port the router forwards waits for the server's listen on the port it goes to.
     match &plan.host(HostId::Client).steps[0].action {
         Action::Connect { to, address, after_listen, .. } => {
-            assert_eq!((*to, address.to_string()), (HostId::Router, "10.0.1.1".to_string()));
+            assert_eq!((*to, address.to_string()), (Some(HostId::Router), "10.0.1.1".to_string()));
             assert_eq!(after_listen.as_ref().map(|listen| (listen.host, listen.index)), Some((HostId::Server, 0)));
         }
         other => panic!("{other:?}"),

@@ -95,7 +95,7 @@ fn accept() -> Action {
 
 fn connect() -> Action {
     Action::Connect {
-        to: HostId::Server,
+        to: Some(HostId::Server),
         address: Ipv4Addr::LOCALHOST,
         port: PORT,
         nonblocking: false,
@@ -380,7 +380,7 @@ fn nonblocking_connect_to_closed_port() -> Vec<StepPlan> {
     vec![
         step(Action::Socket { name: Some("c".into()), options: vec![], nonblocking: false }),
         step(Action::Connect {
-            to: HostId::Server,
+            to: Some(HostId::Server),
             address: Ipv4Addr::LOCALHOST,
             port: CLOSED_PORT,
             nonblocking: true,

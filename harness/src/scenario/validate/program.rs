@@ -304,9 +304,9 @@ impl Validator<'_> {
             return Ok(Action::Accept { name: as_name, nonblocking });
         }
         if let Some(connect) = &map.connect {
-            let to = match &connect.to {
-                Some(to) => self.host(&path.key("to"), to)?,
-                None => host.peer(),
+            let (to, address) = match &connect.to {
+                Some(to) => self.connect_target(&path.key("to"), to)?,
+                None => (Some(host.peer()), self.address_of(host.peer())),
             };
             let port = self.required(
                 &connect.port,
@@ -320,7 +320,6 @@ impl Validator<'_> {
                 Some(value) => self.boolean(&path.key("nonblocking"), value, "nonblocking")?,
                 None => false,
             };
-            let address = self.address_of(to);
             return Ok(Action::Connect { to, address, port, nonblocking, after_listen: None });
         }
         if let Some(poll) = &map.poll {
@@ -478,6 +477,24 @@ impl Validator<'_> {
             _ => (0, i128::from(i32::MAX)),
         };
         Ok(SockOptValue::Int(self.int(path, scalar, name, min, max)? as i32))
+    }
+
+    /// `connect: { to }`: a host by name, or an IPv4 address (a host's, or one no host has: nothing answers
+    /// there, so the connect meets the kernel's own errors, such as EHOSTUNREACH once ARP gives up).
+    fn connect_target(&self, path: &NodePath, value: &Scalar) -> Checked<(Option<HostId>, Ipv4Addr)> {
+        if let Scalar::Str(text) = value {
+            if let Ok(address) = text.parse::<Ipv4Addr>() {
+                let owner = self.addresses.iter().find(|(_, own)| *own == address).map(|(host, _)| *host);
+                return Ok((owner, address));
+            }
+        }
+        match self.host(path, value) {
+            Ok(host) => Ok((Some(host), self.address_of(host))),
+            Err(mut error) => {
+                error.message.push_str("; or an IPv4 address, such as 10.0.0.9 (no host's: nothing answers)");
+                Err(error)
+            }
+        }
     }
 
     /// `flags: [MSG_OOB, ...]` (or one name) of a `send` or `recv`, of those `allowed` for it; sorted, each once.

@@ -181,7 +181,7 @@ pub(crate) fn link_connects_to_listens(steps: &mut [Vec<StepPlan>; 2], router: O
     let forwards = router.map_or(&[][..], |router| &router.dnat[..]);
     for host in HostId::ALL {
         for step in &mut steps[host.index()] {
-            let Action::Connect { to, port, after_listen, .. } = &mut step.action else { continue };
+            let Action::Connect { to: Some(to), port, after_listen, .. } = &mut step.action else { continue };
             let (listener, listen_port) = match *to {
                 HostId::Router => match forwards.iter().find(|forward| forward.port == *port) {
                     Some(forward) => (HostId::Server, forward.to_port),
