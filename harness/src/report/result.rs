@@ -547,6 +547,7 @@ mod tests {
             Outcome::Exit { code: Some(0), signal: None },
             Outcome::Exit { code: None, signal: Some(9) },
             Outcome::Unfinished,
+            Outcome::Value("{on,3}".into()),
         ];
         let mut events = vec![
             at(0.0, HostId::Server, EventKind::FaultOn { fault: "blackhole".into() }),

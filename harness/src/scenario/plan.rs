@@ -615,6 +615,19 @@ pub enum SockOptValue {
     Algorithm(&'static str),
 }
 
+/// The canonical text of a value, as a step's detail and a `getsockopt`'s result show it: `5`, `{on,3}`,
+/// `500ms`, `cubic`. Two values are equal exactly when their texts are.
+impl fmt::Display for SockOptValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SockOptValue::Int(n) => write!(f, "{n}"),
+            SockOptValue::Linger { on, seconds } => write!(f, "{{{},{seconds}}}", if *on { "on" } else { "off" }),
+            SockOptValue::Timeout(duration) => f.write_str(&crate::scenario::duration::format_duration(*duration)),
+            SockOptValue::Algorithm(name) => f.write_str(name),
+        }
+    }
+}
+
 /// The congestion control algorithms of mainline Linux (`net/ipv4/tcp_*.c`), as `TCP_CONGESTION` and
 /// `sysctl net.ipv4.tcp_available_congestion_control` name them. Which of them a kernel has is its own affair
 /// (`cubic` and `reno` always, the others built in or as modules): one it lacks fails the step with ENOENT.
@@ -694,6 +707,8 @@ pub enum ExpectedOutcome {
     Timeout,
     /// An exec'd program's exit status.
     Exit(i32),
+    /// What a `getsockopt` reads.
+    Value(SockOptValue),
 }
 
 /// An errno value with its Linux name.

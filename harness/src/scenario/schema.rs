@@ -638,6 +638,7 @@ pub struct StepExpectWire {
     pub result: Option<Scalar>,
     pub events: Option<ScalarList>,
     pub exit: Option<Scalar>,
+    pub value: Option<ScalarOr<LingerWire>>,
     pub after: Option<Scalar>,
     pub at: Option<Scalar>,
     pub since: Option<ScalarOr<SinceWire>>,

@@ -440,6 +440,30 @@ fn timeouts_flags_and_nonblocking_reads() {
         20,
         "unknown host \"10.0.0.256\"; hosts are: client, server; or an IPv4 address",
     );
+    let plan = plan(
+        "description: d\nclient:\n  - getsockopt: SO_RCVBUF\n    expect: { value: 131072 }\n  - getsockopt: SO_RCVTIMEO\n    expect: { value: 1500ms }\n",
+    );
+    let values: Vec<_> = plan.hosts[0].steps.iter().map(|step| step.expect.outcome.clone()).collect();
+    assert_eq!(
+        values,
+        [
+            Some(ExpectedOutcome::Value(SockOptValue::Int(131072))),
+            Some(ExpectedOutcome::Value(SockOptValue::Timeout(Duration::from_millis(1500))))
+        ]
+    );
+    refused(
+        "description: d\nclient:\n  - getsockopt: SO_ERROR\n    expect: { value: 0 }\n",
+        4,
+        15,
+        "SO_ERROR reads as a result",
+    );
+    refused(
+        "description: d\nclient:\n  - read: { max: 10 }\n    expect: { value: 10 }\n",
+        4,
+        15,
+        "`value` only fits getsockopt steps; this is a recv step",
+    );
+    refused("description: d\nclient:\n  - getsockopt: TCP_KEEPIDLE\n    expect: { value: 0 }\n", 4, 22, "TCP_KEEPIDLE");
     let congestion = actions("client:\n  - setsockopt: { TCP_CONGESTION: reno }\n");
     let reno = SockOpt { name: SockOptName::TCP_CONGESTION, value: SockOptValue::Algorithm("reno") };
     assert!(matches!(&congestion[0], Action::SetOpt { options } if options == &vec![reno]));

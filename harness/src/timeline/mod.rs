@@ -86,6 +86,8 @@ pub enum Outcome {
     },
     /// The step was still running when the scenario ended.
     Unfinished,
+    /// A `getsockopt` read this value (as `SockOptValue`'s canonical text: `2304`, `500ms`, `{on,3}`, `cubic`).
+    Value(String),
 }
 
 impl fmt::Display for Outcome {
@@ -102,6 +104,7 @@ impl fmt::Display for Outcome {
             Outcome::Exit { signal: Some(signal), .. } => write!(f, "killed by signal {signal}"),
             Outcome::Exit { .. } => f.write_str("exit ?"),
             Outcome::Unfinished => f.write_str("unfinished"),
+            Outcome::Value(value) => write!(f, "value {value}"),
         }
     }
 }

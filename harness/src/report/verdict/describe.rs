@@ -24,6 +24,7 @@ pub fn describe_outcome(expected: &ExpectedOutcome) -> String {
     match expected {
         ExpectedOutcome::Ok => "ok".into(),
         ExpectedOutcome::Bytes(n) => format!("{n} bytes"),
+        ExpectedOutcome::Value(value) => format!("value {value}"),
         ExpectedOutcome::Eof => "EOF".into(),
         ExpectedOutcome::Error(errno) => errno.name(),
         ExpectedOutcome::Events(events) => events.iter().map(|e| e.name()).collect::<Vec<_>>().join("|"),

@@ -312,7 +312,7 @@ impl Actor {
             Ok(SockOptValue::Int(errno)) if option == SockOptName::SO_ERROR => {
                 (Outcome::Error(Errno(errno).name()), Some(format!("SO_ERROR {errno}")))
             }
-            Ok(value) => (Outcome::Ok, Some(sockopt::describe_read(value))),
+            Ok(value) => (Outcome::Value(value.to_string()), None),
         }
     }
 

@@ -6,7 +6,6 @@ use std::mem;
 use std::os::fd::RawFd;
 use std::time::Duration;
 
-use crate::scenario::duration::format_duration;
 use crate::scenario::plan::{SockOpt, SockOptName, SockOptValue, CONGESTION_CONTROLS};
 
 /// How the kernel takes and gives an option's value.
@@ -71,18 +70,7 @@ pub fn spec(name: SockOptName) -> OptionSpec {
 
 /// `name=value` as a step's detail shows it, e.g. `TCP_KEEPIDLE=5` or `SO_LINGER={on,0}`.
 pub fn describe(option: &SockOpt) -> String {
-    format!("{:?}={}", option.name, describe_value(option.value))
-}
-
-fn describe_value(value: SockOptValue) -> String {
-    match value {
-        SockOptValue::Int(n) => n.to_string(),
-        SockOptValue::Linger { on, seconds } => {
-            format!("{{{},{seconds}}}", if on { "on" } else { "off" })
-        }
-        SockOptValue::Timeout(duration) => format_duration(duration),
-        SockOptValue::Algorithm(name) => name.to_string(),
-    }
+    format!("{:?}={}", option.name, option.value)
 }
 
 /// `setsockopt(fd, level, name, &value, sizeof value)`. A value whose shape does not fit the option (an
@@ -169,18 +157,6 @@ fn raw_get<T: Copy>(fd: RawFd, spec: OptionSpec, mut value: T) -> io::Result<T> 
         Ok(value)
     } else {
         Err(io::Error::last_os_error())
-    }
-}
-
-/// A value read back, as a step's detail shows it: `value 5`, `on, 3 s`, `off`.
-pub fn describe_read(value: SockOptValue) -> String {
-    match value {
-        SockOptValue::Int(n) => format!("value {n}"),
-        SockOptValue::Linger { on: true, seconds } => format!("on, {seconds} s"),
-        SockOptValue::Linger { on: false, .. } => "off".to_string(),
-        SockOptValue::Timeout(Duration::ZERO) => "no timeout".to_string(),
-        SockOptValue::Timeout(duration) => format_duration(duration),
-        SockOptValue::Algorithm(name) => name.to_string(),
     }
 }
 
@@ -271,12 +247,12 @@ mod tests {
     fn descriptions() {
         let linger = SockOpt { name: SockOptName::SO_LINGER, value: SockOptValue::Linger { on: true, seconds: 0 } };
         assert_eq!(describe(&linger), "SO_LINGER={on,0}");
-        assert_eq!(describe_read(SockOptValue::Int(5)), "value 5");
-        assert_eq!(describe_read(SockOptValue::Linger { on: true, seconds: 3 }), "on, 3 s");
-        assert_eq!(describe_read(SockOptValue::Linger { on: false, seconds: 9 }), "off");
+        assert_eq!(SockOptValue::Int(5).to_string(), "5");
+        assert_eq!(SockOptValue::Linger { on: false, seconds: 9 }.to_string(), "{off,9}");
+        assert_eq!(SockOptValue::Algorithm("cubic").to_string(), "cubic");
         let timeout =
             SockOpt { name: SockOptName::SO_RCVTIMEO, value: SockOptValue::Timeout(Duration::from_millis(500)) };
         assert_eq!(describe(&timeout), "SO_RCVTIMEO=500ms");
-        assert_eq!(describe_read(SockOptValue::Timeout(Duration::ZERO)), "no timeout");
+        assert_eq!(SockOptValue::Timeout(Duration::ZERO).to_string(), "0s");
     }
 }

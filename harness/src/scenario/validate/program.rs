@@ -751,12 +751,31 @@ impl Validator<'_> {
             }
             expect.outcome = Some(ExpectedOutcome::Exit(self.int(&exit_path, exit, "exit", 0, 255)? as i32));
         }
+        if let Some(value) = &map.value {
+            let value_path = path.key("value");
+            given.push(("value", value_path.clone()));
+            let Action::GetOpt { option } = action else {
+                return Err(self.fail_key(
+                    &value_path,
+                    format!("`value` only fits getsockopt steps; this is a {} step", action.kind()),
+                ));
+            };
+            if *option == SockOptName::SO_ERROR {
+                return Err(self.fail_key(
+                    &value_path,
+                    "SO_ERROR reads as a result: `expect: ok` (none pending) or the errno, e.g. `expect: ETIMEDOUT`",
+                ));
+            }
+            let value =
+                self.sockopt_value(&value_path, *option, crate::scenario::names::sockopt_name(*option), value)?;
+            expect.outcome = Some(ExpectedOutcome::Value(value));
+        }
         if given.len() > 1 {
             given.sort_by_key(|(_, p)| self.index.key(p));
             return Err(self.fail_key(
                 &given[1].1,
                 format!(
-                    "give only one of result, events, exit; this expect has {}",
+                    "give only one of result, events, exit, value; this expect has {}",
                     list(given.iter().map(|(k, _)| *k))
                 ),
             ));
