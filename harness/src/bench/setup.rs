@@ -14,7 +14,7 @@ use super::{fixture_plan, interrupted, millis, Comparison, Distribution, Report,
 use crate::error::{Context, Error, Result};
 use crate::observe::capture::{Capture, CaptureBuffer};
 use crate::observe::sockets::Observer;
-use crate::observe::transitions::{RingMaps, Tracer};
+use crate::observe::transitions::{QueueDrops, RingMaps, Tracer};
 use crate::run::clock::{Clock, EventSink};
 use crate::run::engine::{self, Rig};
 use crate::run::faults::HostFaults;
@@ -316,7 +316,12 @@ fn phases_once(plan: &Plan, dir: &Path) -> Result<Phases> {
         observers.push(Observer::start(&namespaces[host.index()], host, plan.sample_interval, sink.clone())?);
     }
     lap.lap(&mut phases.setup);
-    let tracer = Tracer::start(HostId::ALL.into_iter().zip(&namespaces), RingMaps::create()?, sink.clone())?;
+    let tracer = Tracer::start(
+        HostId::ALL.into_iter().zip(&namespaces),
+        RingMaps::create()?,
+        sink.clone(),
+        QueueDrops::of(plan),
+    )?;
     lap.lap(&mut phases.setup);
 
     let mut lap = Lap::start();
