@@ -14,7 +14,7 @@ use super::{fixture_plan, interrupted, millis, Comparison, Distribution, Report,
 use crate::error::{Context, Error, Result};
 use crate::observe::capture::{Capture, CaptureBuffer};
 use crate::observe::sockets::Observer;
-use crate::observe::transitions::{RingMaps, Tracer};
+use crate::observe::transitions::{QueueDrops, RingMaps, Tracer};
 use crate::run::clock::{Clock, EventSink};
 use crate::run::engine::{self, Rig};
 use crate::run::faults::HostFaults;
@@ -133,18 +133,22 @@ pub fn bench_setup(options: &SetupOptions) -> Result<Report> {
     let mut shell = Vec::new();
     let mut grace_periods = Vec::new();
     let mut plain_sockets = Vec::new();
+    let (mut engine_dir, mut phases_dir) =
+        (fresh_folder(scratch.path(), "engine")?, fresh_folder(scratch.path(), "phases")?);
     for i in 0..WARM_UP + options.repetitions {
         if interrupted() {
             report.note("interrupted", format!("after {} repetitions", engine.len()));
             break;
         }
-        let ours = engine_once(&plan, scratch.path())?;
+        let ours = engine_once(&plan, &engine_dir)?;
         std::thread::sleep(SETTLE);
-        let steps = phases_once(&plan, scratch.path())?;
+        let steps = phases_once(&plan, &phases_dir)?;
         std::thread::sleep(SETTLE);
         let theirs = recipe_once(i, scratch.path(), &nft_file)?;
         std::thread::sleep(SETTLE);
         let (grace_period, plain_socket) = capture_references()?;
+        // The next repetition's folders, made while the kernel settles.
+        (engine_dir, phases_dir) = (fresh_folder(scratch.path(), "engine")?, fresh_folder(scratch.path(), "phases")?);
         std::thread::sleep(SETTLE);
         if i >= WARM_UP {
             engine.push(ours);
@@ -197,7 +201,9 @@ pub fn bench_setup(options: &SetupOptions) -> Result<Report> {
         "method",
         format!(
             "{WARM_UP} warm-up repetitions of each side not counted, then netfault and the recipe alternate, {} ms \
-             apart (the kernel's teardown of the namespaces before them done); the recipe runs each command as a process (no shell), waits for tcpdump's `listening on`, and also sets \
+             apart (the kernel's teardown of the namespaces before them done); netfault writes its pcaps into a \
+             new folder each time, as a run does (its staging folder), the recipe's tcpdump over the last ones; the \
+             recipe runs each command as a process (no shell), waits for tcpdump's `listening on`, and also sets \
              up less than netfault (no lo up, no IPv6 off, no offloads off, no socket observer)",
             SETTLE.as_millis()
         ),
@@ -246,6 +252,21 @@ fn phases_json(phases: &[Phases]) -> serde_json::Value {
             "teardown": p.teardown.iter().map(|d| millis(*d)).collect::<Vec<_>>(),
         }))
         .collect::<Vec<_>>())
+}
+
+/// `dir/name`, new and empty (the previous repetition's removed), as a run's staging folder is: a run creates
+/// its pcaps in a new folder, and creating one over an old file instead (`O_TRUNC`) makes ext4 write it out
+/// when it is closed (`auto_da_alloc`), in the teardown.
+fn fresh_folder(dir: &Path, name: &str) -> Result<std::path::PathBuf> {
+    let folder = dir.join(name);
+    match std::fs::remove_dir_all(&folder) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(Error::sys(format!("rm -r {}", folder.display()), e))
+        }
+        _ => {}
+    }
+    std::fs::create_dir(&folder).context(|| format!("mkdir {}", folder.display()))?;
+    Ok(folder)
 }
 
 /// The engine's own set-up and teardown code, with the fixture's one fault switched on.
@@ -316,7 +337,12 @@ fn phases_once(plan: &Plan, dir: &Path) -> Result<Phases> {
         observers.push(Observer::start(&namespaces[host.index()], host, plan.sample_interval, sink.clone())?);
     }
     lap.lap(&mut phases.setup);
-    let tracer = Tracer::start(HostId::ALL.into_iter().zip(&namespaces), RingMaps::create()?, sink.clone())?;
+    let tracer = Tracer::start(
+        HostId::ALL.into_iter().zip(&namespaces),
+        RingMaps::create()?,
+        sink.clone(),
+        QueueDrops::of(plan),
+    )?;
     lap.lap(&mut phases.setup);
 
     let mut lap = Lap::start();

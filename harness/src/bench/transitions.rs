@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::{interrupted, millis, Comparison, Report};
 use crate::error::{Context, Error, Result};
 use crate::observe::sockets::Observer;
-use crate::observe::transitions::{run_time_stats, RingMaps, Tracer};
+use crate::observe::transitions::{run_time_stats, QueueDrops, RingMaps, Tracer};
 use crate::run::clock::{Clock, EventSink};
 use crate::run::netns::Netns;
 use crate::scenario::plan::{HostId, TcpState};
@@ -110,7 +110,8 @@ pub fn bench_transitions(options: &TransitionOptions) -> Result<Report> {
     let clock = Clock::started();
     let (sink, received) = EventSink::new(clock);
     let stats_on = run_time_stats().context(|| "bpf(BPF_ENABLE_STATS) (sysctl kernel.bpf_stats_enabled)".into())?;
-    let tracer = Tracer::start(HostId::ALL.into_iter().zip(&namespaces), RingMaps::create()?, sink.clone())?;
+    let tracer =
+        Tracer::start(HostId::ALL.into_iter().zip(&namespaces), RingMaps::create()?, sink.clone(), QueueDrops::Traced)?;
     let observer = Observer::start(&namespaces[0], HostId::Client, options.sample, sink)?;
     short_connections(&namespaces[0], 9000, options.connections)?;
     // Transitions elsewhere on the machine run the program too, and are left out by its namespace filter.
@@ -156,7 +157,12 @@ pub fn bench_transitions(options: &TransitionOptions) -> Result<Report> {
         let traced = round % 2 == 0;
         let (sink, _received) = EventSink::new(Clock::started());
         let tracer = if traced {
-            Some(Tracer::start(HostId::ALL.into_iter().zip(&namespaces), RingMaps::create()?, sink)?)
+            Some(Tracer::start(
+                HostId::ALL.into_iter().zip(&namespaces),
+                RingMaps::create()?,
+                sink,
+                QueueDrops::Traced,
+            )?)
         } else {
             None
         };
@@ -182,7 +188,8 @@ pub fn bench_transitions(options: &TransitionOptions) -> Result<Report> {
         }
         let (sink, _received) = EventSink::new(Clock::started());
         let started = Instant::now();
-        let tracer = Tracer::start(HostId::ALL.into_iter().zip(&namespaces), RingMaps::create()?, sink)?;
+        let tracer =
+            Tracer::start(HostId::ALL.into_iter().zip(&namespaces), RingMaps::create()?, sink, QueueDrops::Traced)?;
         if apart { &mut starts_apart } else { &mut starts }.push(millis(started.elapsed()));
         let stopping = Instant::now();
         tracer.stop()?;

@@ -14,7 +14,7 @@ use crate::observe::counters::CounterFiles;
 use crate::observe::decode::STATE_CHANGING_FLAGS;
 use crate::observe::sockets::{DiagSocket, Observer, LATE_ANSWER};
 use crate::observe::transitions::program::DropRecording;
-use crate::observe::transitions::{RingMaps, Tracer};
+use crate::observe::transitions::{QueueDrops, RingMaps, Tracer};
 use crate::record::{CaptureStats, CapturedInterface, ObserverStats, RunRecord, StateSource, WireStats, WIRE_LATE_US};
 use crate::report::verdict::Verdict;
 use crate::run::actors::{self, ActorContext, ProcessRegistry, StepBoard};
@@ -655,7 +655,7 @@ fn start_tracer(
     }
     let namespaces: Vec<(HostId, &Netns)> =
         plan.hosts.iter().zip(&received).filter_map(|(host, ns)| Some((host.id, ns.as_ref()?))).collect();
-    Tracer::start(namespaces, maps, sink.clone()).map_err(|e| e.to_string())
+    Tracer::start(namespaces, maps, sink.clone(), QueueDrops::of(plan)).map_err(|e| e.to_string())
 }
 
 /// The rest of one host's thread (see [`start_hosts`]) once its host is set up: report, then the program if

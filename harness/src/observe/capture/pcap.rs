@@ -9,6 +9,9 @@ use std::borrow::Cow;
 use std::io::IoSlice;
 use std::path::PathBuf;
 
+use pcap_file::pcap::{PcapParser, RawPcapPacket};
+use pcap_file::PcapError;
+
 use crate::observe::decode::changes_tcp_state;
 use crate::timeline::PacketEvent;
 
@@ -50,15 +53,16 @@ pub struct Record<'a> {
 /// file's snap length or than the frame had, and a valid stamp.
 pub fn next_record<R: io::Read>(reader: &mut PcapReader<R>) -> Option<std::result::Result<Record<'_>, String>> {
     let header = reader.header();
-    let raw = match reader.next_raw_packet()? {
-        Ok(raw) => raw,
-        Err(e) => return Some(Err(e.to_string())),
-    };
+    Some(reader.next_raw_packet()?.map_err(|e| e.to_string()).and_then(|raw| checked(&header, raw)))
+}
+
+/// `raw` as a [`Record`], if it is one a file with `header` can hold (see [`next_record`]).
+fn checked<'a>(header: &PcapHeader, raw: RawPcapPacket<'a>) -> std::result::Result<Record<'a>, String> {
     let nanos = match header.ts_resolution {
         TsResolution::MicroSecond => raw.ts_frac.checked_mul(1000),
         TsResolution::NanoSecond => Some(raw.ts_frac),
     };
-    let record = match nanos {
+    match nanos {
         Some(nanos) if nanos < 1_000_000_000 => {
             if raw.incl_len > header.snaplen || raw.incl_len > raw.orig_len {
                 Err(format!(
@@ -74,8 +78,87 @@ pub fn next_record<R: io::Read>(reader: &mut PcapReader<R>) -> Option<std::resul
             }
         }
         _ => Err(format!("record stamped {}.{} is no valid time", raw.ts_sec, raw.ts_frac)),
-    };
-    Some(record)
+    }
+}
+
+/// A pcap file's records (`tcpdump -r`), checked as [`next_record`] checks them, read into a buffer no larger
+/// than asked: pcap-file's `PcapReader` makes and zeroes one of 8 MB for every file, however short (0.3-0.5 ms
+/// of CPU for each capture's stop when decoding after it, in the teardown).
+pub(super) struct PcapRecords<R> {
+    reader: R,
+    parser: PcapParser,
+    /// The bytes read and not yet parsed are `buffer[start..end]`.
+    buffer: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl<R: io::Read> PcapRecords<R> {
+    /// Reads the file header; `capacity` is the most read at once, unless a record needs more.
+    pub(super) fn new(mut reader: R, capacity: usize) -> std::result::Result<PcapRecords<R>, String> {
+        let mut buffer = vec![0; capacity.max(RECORD_HEADER_LEN + 24)];
+        let mut end = 0;
+        let (parser, start) = loop {
+            match PcapParser::new(&buffer[..end]) {
+                Ok((rest, parser)) => break (parser, end - rest.len()),
+                Err(PcapError::IncompleteBuffer) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+            match reader.read(&mut buffer[end..]) {
+                Ok(0) => return Err("the file ends inside the pcap header".into()),
+                Ok(read) => end += read,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        };
+        Ok(PcapRecords { reader, parser, buffer, start, end })
+    }
+
+    /// The next record, or what is wrong with it; `None` at the end of the file.
+    pub(super) fn read_next(&mut self) -> Option<std::result::Result<Record<'_>, String>> {
+        // Read until a whole record is buffered, then parse it again to hand it out.
+        loop {
+            match self.parser.next_raw_packet(&self.buffer[self.start..self.end]) {
+                Ok(_) => break,
+                Err(PcapError::IncompleteBuffer) => match self.fill() {
+                    Ok(0) if self.start == self.end => return None,
+                    Ok(0) => return Some(Err("the file ends inside a record".into())),
+                    Ok(_) => {}
+                    Err(e) => return Some(Err(e.to_string())),
+                },
+                Err(e) => return Some(Err(e.to_string())),
+            }
+        }
+        let header = self.parser.header();
+        let parsed = self.parser.next_raw_packet(&self.buffer[self.start..self.end]);
+        let (rest, raw) = match parsed {
+            Ok(parsed) => parsed,
+            Err(e) => return Some(Err(e.to_string())),
+        };
+        self.start = self.end - rest.len();
+        Some(checked(&header, raw))
+    }
+
+    /// Moves what is left to the front and reads more after it (into a larger buffer if a record fills it);
+    /// how many bytes were read, 0 at the end of the file.
+    fn fill(&mut self) -> io::Result<usize> {
+        self.buffer.copy_within(self.start..self.end, 0);
+        self.end -= self.start;
+        self.start = 0;
+        if self.end == self.buffer.len() {
+            self.buffer.resize(self.buffer.len() * 2, 0);
+        }
+        loop {
+            match self.reader.read(&mut self.buffer[self.end..]) {
+                Ok(read) => {
+                    self.end += read;
+                    return Ok(read);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
 }
 
 /// A run of consecutive pcap records (the file's bytes after its header), and for each record whether the
@@ -354,7 +437,7 @@ pub(super) struct Noted {
 
 /// Events handed to the run's event hub at once when decoding after the stop.
 const EVENTS_PER_HAND_OVER: usize = 4096;
-/// Bytes read from the pcap at once when decoding after the stop.
+/// Bytes read from the pcap at once when decoding after the stop (fewer for a shorter file).
 const READ_BLOCK: usize = 1 << 20;
 
 impl AfterStop {
@@ -378,10 +461,11 @@ impl AfterStop {
     /// the kernel's stamp of it, a batch at a time; counts each batch in `progress`.
     pub(super) fn decode(mut self, progress: &AtomicU64) -> io::Result<()> {
         let file = File::open(&self.pcap)?;
-        let mut reader = PcapReader::new(io::BufReader::with_capacity(READ_BLOCK, file)).map_err(io::Error::other)?;
+        let bytes = file.metadata()?.len();
+        let mut reader = PcapRecords::new(file, READ_BLOCK.min(bytes as usize)).map_err(io::Error::other)?;
         let mut batch = Vec::with_capacity(EVENTS_PER_HAND_OVER);
         let mut noted = self.records.iter();
-        while let Some(record) = next_record(&mut reader) {
+        while let Some(record) = reader.read_next() {
             let record = record.map_err(io::Error::other)?;
             let Noted { outgoing, announced } =
                 *noted.next().ok_or_else(|| io::Error::other("the pcap holds more records than the capture wrote"))?;
@@ -471,6 +555,44 @@ mod tests {
             .map(|f| (f.wall_time, f.wire_len, f.outgoing, f.data[..f.data.len().min(SNAPLEN as usize)].to_vec()))
             .collect();
         assert_eq!(back, expected);
+    }
+
+    /// Every record as `PcapReader` and [`next_record`] read it, whatever the buffer: one smaller than a record
+    /// (it grows), one a few records long (refilled between them), one larger than the file; and a file cut
+    /// inside a record or a header is an error, not a shorter list.
+    #[test]
+    fn pcap_records_reads_what_pcap_reader_reads_with_any_buffer() {
+        let long = vec![0xabu8; 3000];
+        let mut chunk = Chunk::with_capacity();
+        for i in 0..50u32 {
+            let data = &long[..(i as usize * 61) % long.len()];
+            chunk.push(&frame(1_764_900_000 + u64::from(i), i * 7, 3000, i % 2 == 0, data)).unwrap();
+        }
+        let mut file = file_header("test", SNAPLEN).unwrap();
+        file.extend_from_slice(&chunk.records);
+        let mut reader = PcapReader::new(file.as_slice()).unwrap();
+        let mut expected = Vec::new();
+        while let Some(record) = next_record(&mut reader) {
+            let record = record.unwrap();
+            expected.push((record.timestamp, record.orig_len, record.data.to_vec()));
+        }
+        assert_eq!(expected.len(), 50);
+        for capacity in [1, 100, 5000, file.len() * 2] {
+            let mut records = PcapRecords::new(file.as_slice(), capacity).unwrap();
+            let mut read = Vec::new();
+            while let Some(record) = records.read_next() {
+                let record = record.unwrap();
+                read.push((record.timestamp, record.orig_len, record.data.to_vec()));
+            }
+            assert_eq!(read, expected, "capacity {capacity}");
+        }
+        let cut = &file[..file.len() - 1];
+        let mut records = PcapRecords::new(cut, 100).unwrap();
+        for _ in 0..49 {
+            assert!(records.read_next().is_some_and(|record| record.is_ok()));
+        }
+        assert_eq!(records.read_next().map(|r| r.map(|_| ())), Some(Err("the file ends inside a record".into())));
+        assert_eq!(PcapRecords::new(&file[..20], 100).err(), Some("the file ends inside the pcap header".into()));
     }
 
     #[test]

@@ -36,7 +36,7 @@ use crate::observe::decode::Decoder;
 use crate::record::TracerStats;
 use crate::run::clock::{monotonic_ns, EventSink};
 use crate::run::netns::Netns;
-use crate::scenario::plan::{HostId, TcpState};
+use crate::scenario::plan::{Action, HostId, Plan, TcpState};
 use crate::timeline::{DroppedBy, EventKind, TransitionEvent};
 
 #[cfg(any(test, feature = "bench"))]
@@ -226,6 +226,32 @@ impl RingMaps {
     }
 }
 
+/// Whether the tracer keeps the packets a queueing discipline drops of itself (the drop program at
+/// `skb:kfree_skb`, drop reason QDISC_DROP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueDrops {
+    /// A host may have a queue that drops: a program's `exec` step can add one (`tc qdisc add dev nf0 root tbf`).
+    Traced,
+    /// No host can have one: netfault's set-up leaves every interface without a queue (veth and `lo` are
+    /// `noqueue`, see the topology's kernel tests) and adds none (a `qdisc-drop` fault's `clsact` holds no
+    /// packets, and its program records its own drops), so the kernel makes no such drop. The drop program is
+    /// not loaded: its two loads and two attachments (each attachment, and later each detach, rewrites the
+    /// tracepoint's call sites on every CPU) were 0.6-0.8 ms of a scenario's set-up CPU.
+    NoQueues,
+}
+
+impl QueueDrops {
+    /// [`QueueDrops::Traced`] when any host's program has an `exec` step, else [`QueueDrops::NoQueues`].
+    pub fn of(plan: &Plan) -> QueueDrops {
+        let exec = plan.hosts.iter().flat_map(|host| &host.steps).any(|step| matches!(step.action, Action::Exec(_)));
+        if exec {
+            QueueDrops::Traced
+        } else {
+            QueueDrops::NoQueues
+        }
+    }
+}
+
 /// The transition tracer of one run. Dropping it stops the reader and detaches the programs.
 pub struct Tracer {
     /// The attachments of the two instances ([`Instance`]), in the order they were made: closing them detaches
@@ -248,13 +274,14 @@ pub struct Tracer {
 }
 
 impl Tracer {
-    /// Loads and attaches the program for the namespaces of the run's hosts (a router's too), and starts the
-    /// reader that sends their transitions, and the drops recorded in `maps`, to `sink`. `Err` says why the
-    /// kernel's transitions cannot be recorded here.
+    /// Loads and attaches the program for the namespaces of the run's hosts (a router's too), with the drop
+    /// program if `queue_drops` says so, and starts the reader that sends their transitions, and the drops
+    /// recorded in `maps`, to `sink`. `Err` says why the kernel's transitions cannot be recorded here.
     pub fn start<'a>(
         namespaces: impl IntoIterator<Item = (HostId, &'a Netns)>,
         maps: RingMaps,
         sink: EventSink,
+        queue_drops: QueueDrops,
     ) -> Result<Tracer> {
         let layout = running_kernel_layout()?;
         let inodes = namespaces
@@ -279,7 +306,10 @@ impl Tracer {
             );
             programs.push(program);
         }
-        let drops = drop_tracer(&layout, &inodes, maps);
+        let drops = match queue_drops {
+            QueueDrops::Traced => drop_tracer(&layout, &inodes, maps),
+            QueueDrops::NoQueues => Ok(Vec::new()),
+        };
         let reader = RingReader::new(ring, RING_BYTES as usize).map_err(|e| refused("map the BPF ring buffer", e))?;
         let stop = Arc::new(AtomicBool::new(false));
         let wake = Arc::new(bpf::wake_event().context(|| "eventfd for the transition tracer".to_string())?);

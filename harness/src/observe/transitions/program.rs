@@ -475,7 +475,7 @@ pub fn instructions(layout: &SockLayout, namespaces: &[(u32, u32)], maps: Maps, 
 
 /// The drop program's instructions: run at the `skb:kfree_skb` tracepoint (`skb`, `location`, `reason`), it
 /// keeps the packets the run's namespaces made (not those they received) that a queueing discipline dropped
-/// (the kernel's drop reason QDISC_DROP: a full queue of a rate impairment's shaper) and hands their first
+/// (the kernel's drop reason QDISC_DROP: a full queue a program added, `tc qdisc add ... tbf`) and hands their first
 /// bytes to user space, stamped with the kernel's monotonic clock at the drop. Such a packet never reaches the
 /// wire, so no capture has it. The drops of faults are not kept here: a `qdisc-drop` fault's `tc` program
 /// ([`tc_drop_marked_instructions`]) and an egress fault's rule ([`netfilter_drop_instructions`]) record each

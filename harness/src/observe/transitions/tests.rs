@@ -45,7 +45,9 @@ fn every_transition_of_the_runs_namespaces_and_none_of_others() {
     let elsewhere = Netns::new_anonymous().unwrap();
     let clock = Clock::started();
     let (sink, received) = EventSink::new(clock);
-    let tracer = Tracer::start(HostId::ALL.into_iter().zip(&namespaces), RingMaps::create().unwrap(), sink).unwrap();
+    let tracer =
+        Tracer::start(HostId::ALL.into_iter().zip(&namespaces), RingMaps::create().unwrap(), sink, QueueDrops::Traced)
+            .unwrap();
     short_connection(&namespaces[1], 9000);
     short_connection(&elsewhere, 9001);
     let stats = tracer.stop().unwrap();
@@ -100,7 +102,9 @@ fn a_routers_namespace_is_traced_as_the_routers() {
     let hosts = [HostId::Client, HostId::Router, HostId::Server];
     let namespaces = hosts.map(|_| Netns::new_anonymous().unwrap());
     let (sink, received) = EventSink::new(Clock::started());
-    let tracer = Tracer::start(hosts.into_iter().zip(&namespaces), RingMaps::create().unwrap(), sink).unwrap();
+    let tracer =
+        Tracer::start(hosts.into_iter().zip(&namespaces), RingMaps::create().unwrap(), sink, QueueDrops::Traced)
+            .unwrap();
     short_connection(&namespaces[1], 9002);
     short_connection(&namespaces[2], 9000);
     tracer.stop().unwrap();
@@ -120,7 +124,9 @@ fn transitions_are_stamped_with_the_kernels_time_on_the_runs_clock() {
     let namespaces = [Netns::new_anonymous().unwrap(), Netns::new_anonymous().unwrap()];
     let clock = Clock::started();
     let (sink, received) = EventSink::new(clock.clone());
-    let tracer = Tracer::start(HostId::ALL.into_iter().zip(&namespaces), RingMaps::create().unwrap(), sink).unwrap();
+    let tracer =
+        Tracer::start(HostId::ALL.into_iter().zip(&namespaces), RingMaps::create().unwrap(), sink, QueueDrops::Traced)
+            .unwrap();
     let before = clock.at(Instant::now());
     short_connection(&namespaces[0], 9000);
     let after = clock.at(Instant::now());
@@ -175,7 +181,9 @@ fn the_kernel_counts_and_times_every_run_of_the_program() {
     let stats_on = run_time_stats().unwrap();
     let namespaces = [Netns::new_anonymous().unwrap(), Netns::new_anonymous().unwrap()];
     let (sink, _received) = EventSink::new(Clock::started());
-    let tracer = Tracer::start(HostId::ALL.into_iter().zip(&namespaces), RingMaps::create().unwrap(), sink).unwrap();
+    let tracer =
+        Tracer::start(HostId::ALL.into_iter().zip(&namespaces), RingMaps::create().unwrap(), sink, QueueDrops::Traced)
+            .unwrap();
     short_connection(&namespaces[0], 9000);
     let (runs, time) = tracer.run_stats().unwrap();
     let recorded = tracer.stop().unwrap().transitions;
@@ -379,4 +387,28 @@ fn drop_records_pair_by_instance_and_skb_and_tc_records_stand_alone() {
     assert!(parse(&bytes[..program::record::PACKET + 8]).is_none(), "a cut record");
     put(&mut bytes, program::record::KIND, &4u32.to_ne_bytes());
     assert!(parse(&bytes).is_none(), "an unknown kind");
+}
+
+#[test]
+fn the_drop_program_is_loaded_only_where_an_exec_step_can_add_a_queue() {
+    let plan = |server_step: &str| {
+        let yaml = format!(
+            "description: t\ntimeout: 5s\nserver:\n  - listen: {{ port: 9000 }}\n  - {server_step}\nclient:\n  - connect: {{ \
+             to: server, port: 9000 }}\n"
+        );
+        crate::scenario::parse("t", Path::new("t.yaml"), &yaml).unwrap()
+    };
+    assert_eq!(QueueDrops::of(&plan("accept")), QueueDrops::NoQueues);
+    assert_eq!(QueueDrops::of(&plan("exec: { program: tc, args: [qdisc, show] }")), QueueDrops::Traced);
+}
+
+#[test]
+fn a_tracer_without_queue_drops_attaches_no_drop_program_and_says_nothing_is_untraced() {
+    let namespaces = [Netns::new_anonymous().unwrap(), Netns::new_anonymous().unwrap()];
+    let (sink, _received) = EventSink::new(Clock::started());
+    let maps = RingMaps::create().unwrap();
+    let tracer = Tracer::start(HostId::ALL.into_iter().zip(&namespaces), maps, sink, QueueDrops::NoQueues).unwrap();
+    assert_eq!((tracer.links.len(), tracer.drop_links.len(), tracer.drop_programs.len()), (2, 0, 0));
+    let stats = tracer.stop().unwrap();
+    assert_eq!((stats.drops_untraced, stats.drop_skipped_runs), (None, 0));
 }

@@ -182,6 +182,11 @@ fn builds_addresses_mtu_macs_and_links_up() {
         assert_eq!(ipv6, "", "{id}: IPv6 must be off");
         let links = in_namespace(ns, "ip", &["-o", "link"]);
         assert_eq!(links.lines().count(), 2, "{id}: only lo and nf0: {links}");
+        // No queue on either, so no queueing discipline drops a packet (the tracer's drop program is loaded only
+        // for scenarios whose exec steps could add one: `QueueDrops`).
+        let qdiscs = in_namespace(ns, "tc", &["qdisc", "show"]);
+        assert_eq!(qdiscs.lines().count(), 2, "{id}: {qdiscs}");
+        assert!(qdiscs.lines().all(|line| line.starts_with("qdisc noqueue 0: dev ")), "{id}: {qdiscs}");
         let (peer, peer_address) = match id {
             HostId::Server => (HostId::Client, CLIENT_ADDRESS),
             _ => (HostId::Server, SERVER_ADDRESS),
