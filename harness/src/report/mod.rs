@@ -427,8 +427,8 @@ fn environment(plan: &Plan, record: &RunRecord) -> String {
     text.push_str(&format!("scenario {} ({})\n", plan.name, plan.file.display()));
     for host in &plan.hosts {
         text.push_str(&format!(
-            "\n{} {}/{}: sysctls in force (* set by the scenario, the rest this kernel's defaults for a new \
-             namespace)\n",
+            "\n{} {}/{}: sysctls in force (* set by the scenario; the rest this kernel's defaults for a new \
+             namespace, but for net.ipv4.tcp_congestion_control, which Linux copies from the machine's own)\n",
             host.id, host.address, host.prefix_len
         ));
         let in_force = record.sysctls.iter().find(|(id, _)| *id == host.id).map(|(_, values)| values);
