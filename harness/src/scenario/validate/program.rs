@@ -297,10 +297,7 @@ impl Validator<'_> {
         }
         if let Some(accept) = &map.accept {
             self.require_listener(path, state)?;
-            let nonblocking = match &accept.nonblocking {
-                Some(value) => self.boolean(&path.key("nonblocking"), value, "nonblocking")?,
-                None => false,
-            };
+            let nonblocking = self.optional_flag(path, "nonblocking", accept.nonblocking.as_ref())?;
             return Ok(Action::Accept { name: as_name, nonblocking });
         }
         if let Some(connect) = &map.connect {
@@ -316,10 +313,7 @@ impl Validator<'_> {
                 "the peer's port, e.g. `connect: { port: 9000 }`",
             )?;
             let port = self.port(&path.key("port"), port, "port")?;
-            let nonblocking = match &connect.nonblocking {
-                Some(value) => self.boolean(&path.key("nonblocking"), value, "nonblocking")?,
-                None => false,
-            };
+            let nonblocking = self.optional_flag(path, "nonblocking", connect.nonblocking.as_ref())?;
             return Ok(Action::Connect { to, address, port, nonblocking, after_listen: None });
         }
         if let Some(poll) = &map.poll {
@@ -349,10 +343,7 @@ impl Validator<'_> {
                 }
                 None => false,
             };
-            let nonblocking = match &recv.nonblocking {
-                Some(value) => self.boolean(&path.key("nonblocking"), value, "nonblocking")?,
-                None => false,
-            };
+            let nonblocking = self.optional_flag(path, "nonblocking", recv.nonblocking.as_ref())?;
             if nonblocking && until_eof {
                 return Err(self.fail(
                     &path.key("nonblocking"),
@@ -477,6 +468,11 @@ impl Validator<'_> {
             _ => (0, i128::from(i32::MAX)),
         };
         Ok(SockOptValue::Int(self.int(path, scalar, name, min, max)? as i32))
+    }
+
+    /// A boolean key of a step's action that may be left out (then false), e.g. `nonblocking`.
+    fn optional_flag(&self, path: &NodePath, key: &str, value: Option<&Scalar>) -> Checked<bool> {
+        value.map_or(Ok(false), |value| self.boolean(&path.key(key), value, key))
     }
 
     /// `connect: { to }`: a host by name, or an IPv4 address (a host's, or one no host has: nothing answers
@@ -657,16 +653,10 @@ impl Validator<'_> {
             }
             None => self.deadline,
         };
-        let background = match &exec.background {
-            Some(value) => self.boolean(&path.key("background"), value, "background")?,
-            None => false,
-        };
+        let background = self.optional_flag(path, "background", exec.background.as_ref())?;
         let stdout = self.patterns(&path.key("stdout"), exec.stdout.as_ref(), "stdout")?;
         let stderr = self.patterns(&path.key("stderr"), exec.stderr.as_ref(), "stderr")?;
-        let trace = match &exec.trace {
-            Some(value) => self.boolean(&path.key("trace"), value, "trace")?,
-            None => false,
-        };
+        let trace = self.optional_flag(path, "trace", exec.trace.as_ref())?;
         if trace && background {
             return Err(self.fail_key(
                 &path.key("trace"),
