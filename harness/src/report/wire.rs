@@ -5,16 +5,16 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
-use std::io::BufWriter;
+use std::io::{BufWriter, Read};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use pcap_file::pcap::PcapReader;
+use pcap_file::pcap::{PcapParser, PcapReader};
 
 use super::pcapng::{self, InterfaceStatistics, PcapngWriter, Section};
 use crate::error::{Context, Error, Result};
-use crate::observe::capture::next_record;
+use crate::observe::capture::{next_parsed_record, next_record, Record};
 use crate::record::CapturedInterface;
 use crate::scenario::plan::HostId;
 use crate::timeline::{EventKind, PacketEvent, Timeline};
@@ -223,8 +223,7 @@ impl Wire {
 /// the frame's own kernel timestamp, so the two meet at the same time since t0, in capture order).
 fn read_end(index: usize, end: &End, timeline: &Timeline, t0: Duration) -> Result<Vec<Frame>> {
     let what = || format!("read {} (the capture of {})", end.pcap.display(), end.label());
-    let file = File::open(&end.pcap).context(what)?;
-    let mut reader = PcapReader::new(file).map_err(|e| Error::Internal(format!("{}: {e}", what())))?;
+    let mut file = File::open(&end.pcap).context(what)?;
     let mut events: HashMap<Duration, VecDeque<&PacketEvent>> = HashMap::new();
     for event in timeline.events.iter().filter(|e| e.host == end.host) {
         // A packet dropped before it left is on the timeline but in no pcap.
@@ -233,8 +232,7 @@ fn read_end(index: usize, end: &End, timeline: &Timeline, t0: Duration) -> Resul
         }
     }
     let mut frames = Vec::new();
-    while let Some(packet) = next_record(&mut reader) {
-        let packet = packet.map_err(|e| Error::Internal(format!("{}: {e}", what())))?;
+    let mut add = |packet: Record<'_>| {
         let ipv4 = packet.data.get(12..14) == Some(&ETHERTYPE_IPV4[..]);
         let since_t0 = packet.timestamp.saturating_sub(t0);
         let event = if ipv4 { events.get_mut(&since_t0).and_then(VecDeque::pop_front).cloned() } else { None };
@@ -250,9 +248,31 @@ fn read_end(index: usize, end: &End, timeline: &Timeline, t0: Duration) -> Resul
             summary,
             comments: Vec::new(),
         });
+    };
+    let size = file.metadata().context(what)?.len();
+    if size > WHOLE_READ_LIMIT {
+        let mut reader = PcapReader::new(file).map_err(|e| Error::Internal(format!("{}: {e}", what())))?;
+        while let Some(packet) = next_record(&mut reader) {
+            add(packet.map_err(|e| Error::Internal(format!("{}: {e}", what())))?);
+        }
+        return Ok(frames);
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    file.read_to_end(&mut bytes).context(what)?;
+    let (mut rest, parser) = PcapParser::new(&bytes).map_err(|e| Error::Internal(format!("{}: {e}", what())))?;
+    while let Some(parsed) = next_parsed_record(&parser, rest) {
+        let (after, packet) = parsed.map_err(|e| Error::Internal(format!("{}: {e}", what())))?;
+        rest = after;
+        add(packet);
     }
     Ok(frames)
 }
+
+/// Up to this size a pcap is read whole and parsed in memory: pcap-file's reader allocates and zeroes an 8 MB
+/// buffer for each file, whatever its size, which for the two pcaps of a short run was 16 MB of zeroing and
+/// about 1900 page faults, 3-5 ms of the report (`perf stat`, page faults per `netfault run`: 2660 -> 715 with
+/// no such buffer).
+const WHOLE_READ_LIMIT: u64 = 8 << 20;
 
 /// Pairs each frame an end sent with the same bytes arriving at the other end of its link (a veth changes
 /// nothing in a frame), first sent with first arrived; frames without a copy stay packets of their own. With a

@@ -52,7 +52,7 @@ use crate::run::netns::Netns;
 use crate::run::priority;
 use crate::scenario::plan::HostId;
 use crate::timeline::{Event, EventKind};
-pub use pcap::next_record;
+pub use pcap::{next_parsed_record, next_record, Record};
 use pcap::{file_header, AfterStop, Chunk, ChunkDecoder, ChunkQueue, DiskWriter};
 pub(crate) use queue::QueueSource;
 use ring::RingSource;

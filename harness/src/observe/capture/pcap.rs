@@ -9,6 +9,8 @@ use std::borrow::Cow;
 use std::io::IoSlice;
 use std::path::PathBuf;
 
+use pcap_file::pcap::{PcapParser, RawPcapPacket};
+
 use crate::observe::decode::changes_tcp_state;
 use crate::timeline::PacketEvent;
 
@@ -50,15 +52,34 @@ pub struct Record<'a> {
 /// file's snap length or than the frame had, and a valid stamp.
 pub fn next_record<R: io::Read>(reader: &mut PcapReader<R>) -> Option<std::result::Result<Record<'_>, String>> {
     let header = reader.header();
-    let raw = match reader.next_raw_packet()? {
-        Ok(raw) => raw,
-        Err(e) => return Some(Err(e.to_string())),
-    };
+    Some(match reader.next_raw_packet()? {
+        Ok(raw) => checked_record(&header, raw),
+        Err(e) => Err(e.to_string()),
+    })
+}
+
+/// [`next_record`] of a whole pcap file in memory (`parser` made from its first bytes, `rest` what follows the
+/// records read so far): the record and what follows it.
+pub fn next_parsed_record<'a>(
+    parser: &PcapParser,
+    rest: &'a [u8],
+) -> Option<std::result::Result<(&'a [u8], Record<'a>), String>> {
+    if rest.is_empty() {
+        return None;
+    }
+    Some(match parser.next_raw_packet(rest) {
+        Ok((rest, raw)) => checked_record(&parser.header(), raw).map(|record| (rest, record)),
+        Err(e) => Err(e.to_string()),
+    })
+}
+
+/// A raw record checked as [`next_record`] says.
+fn checked_record<'a>(header: &PcapHeader, raw: RawPcapPacket<'a>) -> std::result::Result<Record<'a>, String> {
     let nanos = match header.ts_resolution {
         TsResolution::MicroSecond => raw.ts_frac.checked_mul(1000),
         TsResolution::NanoSecond => Some(raw.ts_frac),
     };
-    let record = match nanos {
+    match nanos {
         Some(nanos) if nanos < 1_000_000_000 => {
             if raw.incl_len > header.snaplen || raw.incl_len > raw.orig_len {
                 Err(format!(
@@ -66,16 +87,11 @@ pub fn next_record<R: io::Read>(reader: &mut PcapReader<R>) -> Option<std::resul
                     raw.incl_len, raw.orig_len, header.snaplen
                 ))
             } else {
-                Ok(Record {
-                    timestamp: Duration::new(u64::from(raw.ts_sec), nanos),
-                    orig_len: raw.orig_len,
-                    data: raw.data,
-                })
+                Ok(Record { timestamp: Duration::new(u64::from(raw.ts_sec), nanos), orig_len: raw.orig_len, data: raw.data })
             }
         }
         _ => Err(format!("record stamped {}.{} is no valid time", raw.ts_sec, raw.ts_frac)),
-    };
-    Some(record)
+    }
 }
 
 /// A run of consecutive pcap records (the file's bytes after its header), and for each record whether the
