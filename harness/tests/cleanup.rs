@@ -332,6 +332,15 @@ fn assert_nothing_left(run: &Run, running: &Running, before: &HostState) {
     let _ = fs::remove_dir_all(&run.reports);
 }
 
+/// Whether the process is pid 1 of a PID namespace below this test's (`NSpid:` in /proc/<pid>/status ends in 1).
+fn pid_namespace_init(pid: u32) -> bool {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().find_map(|line| line.strip_prefix("NSpid:")).is_some_and(|pids| {
+        let pids: Vec<&str> = pids.split_whitespace().collect();
+        pids.len() > 1 && pids.last() == Some(&"1")
+    })
+}
+
 fn signal(pid: u32, signal: i32) {
     // SAFETY: plain system call; the pid is a child of this test that has not been reaped.
     assert_eq!(unsafe { libc::kill(pid as libc::pid_t, signal) }, 0, "kill -{signal} {pid}");
@@ -392,7 +401,7 @@ fn sigkill_of_the_scenario_process_is_reported_and_leaves_nothing() {
     let scenario = running
         .processes
         .iter()
-        .filter(|(pid, cmd)| cmd.contains("__run-one") && namespaces_of(*pid).len() > 2)
+        .filter(|(pid, _)| pid_namespace_init(*pid) && namespaces_of(*pid).len() > 2)
         .map(|(pid, _)| *pid)
         .next()
         .unwrap_or_else(|| panic!("no scenario process among {:?}", running.processes));

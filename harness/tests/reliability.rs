@@ -42,12 +42,14 @@ fn scratch(name: &str) -> PathBuf {
 const EXIT_WAIT: Duration = Duration::from_secs(5);
 
 /// No process of the run is alive: `netfault` has returned, so every program it started must be gone already
-/// (the scenario process kills and reaps every other process of its PID namespace before it reports). The
-/// scenario process itself (`__run-one`) may be finishing its exit, and must be gone within [`EXIT_WAIT`].
+/// (the scenario process kills and reaps every other process of its PID namespace before it reports). netfault's
+/// own processes (the scenario process, forked by the runner's fork server, or `__run-one`; the fork server,
+/// which ends when the runner has) may be finishing their exit, and must be gone within [`EXIT_WAIT`].
 fn assert_no_process_left(token: &str) {
     let token = format!("{token}-{}", std::process::id());
     let left = run_processes(&token);
-    let programs: Vec<_> = left.iter().filter(|(_, command)| !command.contains(" __run-one ")).collect();
+    let programs: Vec<_> =
+        left.iter().filter(|(_, command)| !command.starts_with(env!("CARGO_BIN_EXE_netfault"))).collect();
     assert!(programs.is_empty(), "processes of the run outlived it: {programs:?}");
     let until = Instant::now() + EXIT_WAIT;
     loop {

@@ -2,7 +2,12 @@
 //! single-threaded and had loaded its scenarios (a fork server), instead of netfault executed again for each
 //! (`netfault __run-one FILE`): no second `execve` and dynamic loader (1.1-1.5 ms of a process start on this
 //! machine's VM, whose `cpuid` probes trap), no second parse of the scenario. One scenario process per
-//! scenario stays, with the same shape (a relaying parent and the PID namespace's init, see `pidns`).
+//! scenario stays, and it is pid 1 of a PID namespace of its own as before (`pidns`), forked straight into it
+//! (`unshare(CLONE_NEWPID)`, `fork`, and `setns` back to the server's own): the relaying parent an executed
+//! scenario process leaves outside its namespace is not needed, as the server reaps it and the runner takes
+//! its result from its summary, not from its exit (which waits for its packet sockets' RCU grace periods).
+//! Without the privilege for that (rootless) it is forked as it would have been executed, and makes its user
+//! namespace and its relaying parent itself.
 //!
 //! `fork` copies only the calling thread: a process with other threads may hold locks (the allocator's, the
 //! standard streams', any `Mutex`) in threads the child never gets. The server is forked only where
@@ -27,6 +32,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{
     recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
 };
+use nix::sched::CloneFlags;
 use nix::unistd::{fork, pipe2, ForkResult, Pid};
 
 use crate::error::{Context, Error, Result};
@@ -45,8 +51,9 @@ const ANSWER_WAIT: Duration = Duration::from_secs(30);
 /// A request: plan index (u32), repetition (u64, `u64::MAX` for none), seed (u64), scenarios at once (u32).
 const REQUEST_BYTES: usize = 24;
 
-/// Tags of the server's answers: forked (then the pid; the pidfd rides along), could not fork (then why, as
-/// text), reaped (then the raw wait status).
+/// Tags of the server's answers: forked (then the pid, and 1 if it is its PID namespace's init, 0 if it makes
+/// that namespace itself; the pidfd rides along), could not fork (then why, as text), reaped (then the raw wait
+/// status).
 const FORKED: u8 = b'P';
 const FAILED: u8 = b'E';
 const REAPED: u8 = b'S';
@@ -91,6 +98,8 @@ pub fn running() -> bool {
 /// parent and reaps it), so watched and signalled through its pidfd, its status sent by the server.
 pub struct Forked {
     pid: u32,
+    /// Pid 1 of its own PID namespace, with no relaying parent.
+    init: bool,
     pidfd: OwnedFd,
     answers: OwnedFd,
     status: Option<ExitStatus>,
@@ -137,9 +146,9 @@ pub fn spawn(job: &Job, plan: usize, at_once: usize) -> Result<(Forked, OwnedFd,
     let (length, received) = receive(answers.as_raw_fd(), &mut bytes, MsgFlags::empty())
         .context(|| "read the fork server's answer (recvmsg)".to_string())?;
     match (bytes.first(), received.into_iter().next()) {
-        (Some(&FORKED), Some(pidfd)) if length == 5 => {
+        (Some(&FORKED), Some(pidfd)) if length == 6 => {
             let pid = u32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
-            Ok((Forked { pid, pidfd, answers, status: None }, stdout, stderr))
+            Ok((Forked { pid, init: bytes[5] == 1, pidfd, answers, status: None }, stdout, stderr))
         }
         (Some(&FAILED), _) => Err(Error::Internal(format!(
             "the fork server could not start {}: {}",
@@ -185,8 +194,18 @@ impl Forked {
         self.answers.as_fd()
     }
 
+    /// Whether its summary is the last the runner waits for: as its PID namespace's init it has ended every
+    /// other process of the scenario before it printed it, and the server reaps it; a relaying parent (rootless)
+    /// exits at once after it, and is waited for.
+    pub fn is_init(&self) -> bool {
+        self.init
+    }
+
     /// `kill -SIGNAL PID`, through its pidfd (`pidfd_send_signal`): never another process that got its pid.
+    /// A PID namespace's init takes from outside only the signals it handles and SIGKILL: SIGTERM, which a
+    /// relaying parent turns into a SIGKILL of its child, is SIGKILL for it.
     pub fn signal(&self, signal: i32) {
+        let signal = if self.init && signal == libc::SIGTERM { libc::SIGKILL } else { signal };
         // SAFETY: a descriptor this handle owns, a signal number, no siginfo, no flags.
         unsafe {
             libc::syscall(libc::SYS_pidfd_send_signal, self.pidfd.as_raw_fd(), signal, std::ptr::null::<u8>(), 0)
@@ -225,6 +244,17 @@ fn readable(fd: BorrowedFd<'_>, limit: Duration) -> bool {
     }
 }
 
+/// What the server's children inherit from it besides the runner's state.
+struct Inherited {
+    /// The server's own PID namespace (`/proc/self/ns/pid`), to return to after each `unshare(CLONE_NEWPID)`
+    /// (the kernel takes one such unshare per namespace the caller is in; `setns` resets that).
+    own_pid_namespace: Option<OwnedFd>,
+    /// Read end of a pipe whose write end only the server holds: a child sees it closed once the server is gone.
+    server_alive: OwnedFd,
+    server_holds: OwnedFd,
+    server_pid: u32,
+}
+
 /// A process the server forked and has not reaped yet.
 struct Live {
     pid: Pid,
@@ -253,7 +283,13 @@ fn serve(requests: OwnedFd, table: Vec<(Job, Plan)>, runner_pid: u32) -> ! {
     for (name, value) in runner::scenario_environment() {
         std::env::set_var(name, value);
     }
-    let server_pid = std::process::id();
+    let Ok((server_alive, server_holds)) = pipe2(nix::fcntl::OFlag::O_CLOEXEC) else { std::process::exit(2) };
+    let inherited = Inherited {
+        own_pid_namespace: std::fs::File::open("/proc/self/ns/pid").ok().map(OwnedFd::from),
+        server_alive,
+        server_holds,
+        server_pid: std::process::id(),
+    };
     let mut live: Vec<Live> = Vec::new();
     loop {
         let mut fds = vec![PollFd::new(requests.as_fd(), PollFlags::POLLIN)];
@@ -278,7 +314,7 @@ fn serve(requests: OwnedFd, table: Vec<(Job, Plan)>, runner_pid: u32) -> ! {
             match receive(requests.as_raw_fd(), &mut bytes, MsgFlags::empty()) {
                 Ok((0, _)) => std::process::exit(0),
                 Ok((length, fds)) => {
-                    if let Some(process) = fork_scenario(&bytes[..length], fds, &table, &requests, &live, server_pid) {
+                    if let Some(process) = fork_scenario(&bytes[..length], fds, &table, &requests, &live, &inherited) {
                         live.push(process);
                     }
                 }
@@ -312,7 +348,7 @@ fn fork_scenario(
     table: &[(Job, Plan)],
     requests: &OwnedFd,
     live: &[Live],
-    server_pid: u32,
+    inherited: &Inherited,
 ) -> Option<Live> {
     let mut fds = fds.into_iter();
     let (Some(stdout), Some(stderr), Some(answers), None) = (fds.next(), fds.next(), fds.next(), fds.next()) else {
@@ -342,19 +378,36 @@ fn fork_scenario(
     };
     let job = Job { run, seed: word(12..20), about: None, ..template.clone() };
     let at_once = word(20..24);
+    // Its next child is pid 1 of a new PID namespace, where the privilege allows it.
+    let init = inherited.own_pid_namespace.is_some() && nix::sched::unshare(CloneFlags::CLONE_NEWPID).is_ok();
     // SAFETY: this process never starts a thread (module docs): the child may run any code after the fork.
-    match unsafe { fork() } {
+    let forked = unsafe { fork() };
+    if let (true, Some(own)) = (init, &inherited.own_pid_namespace) {
+        if matches!(forked, Ok(ForkResult::Parent { .. }) | Err(_)) {
+            if let Err(e) = nix::sched::setns(own, CloneFlags::CLONE_NEWPID) {
+                // Its next children would all be in this child's namespace: none can be made any more.
+                let _ = failed(format!("setns back to the fork server's PID namespace: {e}"));
+                std::process::exit(2);
+            }
+        }
+    }
+    match forked {
         Ok(ForkResult::Child) => {
             // Only its own descriptors: the server's sockets and the other processes' pidfds are not its.
-            for fd in std::iter::once(requests.as_raw_fd())
+            for fd in [requests.as_raw_fd(), answers.as_raw_fd(), inherited.server_holds.as_raw_fd()]
+                .into_iter()
                 .chain(live.iter().flat_map(|process| [process.pidfd.as_raw_fd(), process.answers.as_raw_fd()]))
-                .chain(std::iter::once(answers.as_raw_fd()))
+                .chain(inherited.own_pid_namespace.as_ref().map(AsRawFd::as_raw_fd))
             {
                 // SAFETY: closing descriptors of this (forked) process that nothing in it uses from here on;
                 // their owners are never dropped, since this branch ends in `exit`.
                 unsafe { libc::close(fd) };
             }
-            become_scenario(job, plan.clone(), stdout, stderr, at_once, server_pid)
+            let shape = match init {
+                true => Shape::Init(inherited.server_alive.as_raw_fd()),
+                false => Shape::Relayed(inherited.server_pid),
+            };
+            become_scenario(job, plan.clone(), stdout, stderr, at_once, shape)
         }
         Ok(ForkResult::Parent { child }) => {
             // SAFETY: pidfd_open takes a pid and flags; our unreaped child's pid cannot have been reused.
@@ -368,7 +421,7 @@ fn fork_scenario(
             }
             // SAFETY: raw was just returned by pidfd_open and is owned by nobody else.
             let pidfd = unsafe { OwnedFd::from_raw_fd(raw as RawFd) };
-            let mut answer = [FORKED, 0, 0, 0, 0];
+            let mut answer = [FORKED, 0, 0, 0, 0, u8::from(init)];
             answer[1..5].copy_from_slice(&child.as_raw().to_le_bytes());
             let sent = sendmsg::<()>(
                 answers.as_raw_fd(),
@@ -389,7 +442,7 @@ fn fork_scenario(
 
 /// In the forked process: the standard streams and the state an executed `__run-one` would start from, then
 /// the scenario.
-fn become_scenario(job: Job, plan: Plan, stdout: OwnedFd, stderr: OwnedFd, at_once: u64, server_pid: u32) -> ! {
+fn become_scenario(job: Job, plan: Plan, stdout: OwnedFd, stderr: OwnedFd, at_once: u64, shape: Shape) -> ! {
     if let Ok(null) = std::fs::File::open("/dev/null") {
         // SAFETY: plain system call on descriptors this process owns.
         unsafe { libc::dup2(null.as_raw_fd(), libc::STDIN_FILENO) };
@@ -408,5 +461,14 @@ fn become_scenario(job: Job, plan: Plan, stdout: OwnedFd, stderr: OwnedFd, at_on
     drop(std::panic::take_hook());
     // Single-threaded (module docs): changing the environment races with no reader.
     std::env::set_var(SCENARIOS_AT_ONCE_ENV, at_once.to_string());
-    runner::forked_child_main(&job, plan, server_pid)
+    runner::forked_child_main(&job, plan, shape)
+}
+
+/// How a forked scenario process stands to the server.
+pub(crate) enum Shape {
+    /// Pid 1 of its PID namespace; the descriptor is the read end of the server's pipe that closes when the
+    /// server is gone.
+    Init(RawFd),
+    /// In the server's PID namespace, a child of this pid: it makes its own namespace and relaying parent.
+    Relayed(u32),
 }

@@ -6,6 +6,7 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -345,7 +346,10 @@ fn spawn_and_wait(
             deadline.as_secs(),
             CHILD_GRACE.as_secs(),
         ))),
-        (Ended::Exited(status), None) => Err(killed(format!("scenario process ended ({status}) without a verdict"))),
+        (Ended::Exited(status), None) => Err(killed(match status.signal().map(nix::sys::signal::Signal::try_from) {
+            Some(Ok(signal)) => format!("the scenario process was killed by {signal}, without a verdict"),
+            _ => format!("scenario process ended ({status}) without a verdict"),
+        })),
     }
 }
 
@@ -649,6 +653,8 @@ impl Process {
     fn wait_gone(&mut self, limit: Duration) -> Result<()> {
         match self {
             Process::Executed(child, _) => wait_with_timeout(child, limit).map(drop),
+            // Nothing of the scenario but this process is left, and its exit waits for the kernel (`pidns`).
+            Process::Forked(forked) if forked.is_init() => Ok(()),
             Process::Forked(forked) => {
                 // Its exit is what counts, not the server's word on it: the scenario is gone when it has exited.
                 if !forked.exited_within(limit) {
@@ -713,14 +719,22 @@ fn die_with_parent(runner: OsString) -> Result<()> {
 /// The hidden child command: runs one scenario in this process and prints its summary as the last stdout line.
 /// Exit code: 0 pass, 1 verdict failure, 2 harness error.
 pub fn child_main(job: &Job, variables: &Variables) -> ExitCode {
-    let ran = die_with_runner().and_then(|()| run_here(job, PlanSource::File(variables)));
+    let ran = die_with_runner().and_then(|()| run_here(job, PlanSource::File(variables), false));
     finish_child(job, ran)
 }
 
-/// A scenario process forked by the fork server (`server`, its parent): runs `plan`, the runner's copy of
-/// the job's scenario, loaded and checked before the fork, as [`child_main`] runs the file it loads.
-pub(crate) fn forked_child_main(job: &Job, plan: Plan, server: u32) -> ! {
-    let ran = die_with_parent(server.to_string().into()).and_then(|()| run_here(job, PlanSource::Loaded(plan)));
+/// A scenario process forked by the fork server: runs `plan`, the runner's copy of the job's scenario, loaded
+/// and checked before the fork, as [`child_main`] runs the file it loads.
+pub(crate) fn forked_child_main(job: &Job, plan: Plan, shape: forkserver::Shape) -> ! {
+    let ran = match shape {
+        forkserver::Shape::Init(server_alive) => {
+            // SAFETY: the descriptor was inherited from the server, and nothing else in this process owns it.
+            let server_alive = unsafe { OwnedFd::from_raw_fd(server_alive) };
+            pidns::forked_init(server_alive).and_then(|()| run_here(job, PlanSource::Loaded(plan), true))
+        }
+        forkserver::Shape::Relayed(server) => die_with_parent(server.to_string().into())
+            .and_then(|()| run_here(job, PlanSource::Loaded(plan), false)),
+    };
     finish_child(job, ran)
 }
 
@@ -769,11 +783,14 @@ fn close_standard_streams() {
     }
 }
 
-fn run_here(job: &Job, source: PlanSource<'_>) -> Result<Summary> {
+/// Runs the job's scenario in this process; `init`: it is pid 1 of its own PID namespace already.
+fn run_here(job: &Job, source: PlanSource<'_>, init: bool) -> Result<Summary> {
     // Entering a user namespace needs a single-threaded process: do it before anything spawns a thread.
     userns::acquire()?;
-    // From here on this process is pid 1 of its own PID namespace: what its programs start dies with it.
-    pidns::become_init()?;
+    if !init {
+        // From here on this process is pid 1 of its own PID namespace: what its programs start dies with it.
+        pidns::become_init()?;
+    }
     netns::ensure_private_parent()?;
     capture::keep_kernel_timestamps_on()?;
     let plan = match source {
