@@ -301,6 +301,9 @@ fn run(args: RunArgs) -> ExitCode {
         RunEvent::Idle => console.redraw(),
     });
     console.clear();
+    if supervisor.stop_reason().is_none() {
+        runner::release_fork_server();
+    }
     if args.bundle_failures {
         for summary in summaries.iter().filter(|s| s.status != Status::Pass) {
             let out = summary.report.with_extension("tar.gz");
@@ -331,6 +334,7 @@ fn run(args: RunArgs) -> ExitCode {
         started.elapsed().as_secs_f64()
     );
     if let Some(reason) = supervisor.stop_reason() {
+        runner::stop_fork_server();
         let stopped = summaries.iter().filter(|s| s.messages.iter().any(|m| m.starts_with("stopped: "))).count();
         let unstarted = summaries.iter().filter(|s| s.messages.iter().any(|m| m.starts_with("not started: "))).count();
         eprintln!(

@@ -29,10 +29,10 @@ use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sched::CloneFlags;
 use nix::sys::socket::{
     recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
 };
-use nix::sched::CloneFlags;
 use nix::unistd::{fork, pipe2, ForkResult, Pid};
 
 use crate::error::{Context, Error, Result};
@@ -41,8 +41,17 @@ use crate::run::runner::{self, Job};
 use crate::run::userns;
 use crate::scenario::plan::Plan;
 
-/// The runner's end of the request socket, once [`start`] has forked the server.
-static SERVER: OnceLock<Mutex<OwnedFd>> = OnceLock::new();
+/// The runner's end of the request socket (`None` once [`stop`] closed it) and the server's pid, once [`start`]
+/// has forked the server.
+static SERVER: OnceLock<(Mutex<Option<OwnedFd>>, Pid)> = OnceLock::new();
+
+/// How long the server, once the runner said it is done ([`release`]), waits for the processes it forked to
+/// exit (each has reported by then, and only removes the old report files it set aside and waits for the
+/// kernel's release of its sockets) before it exits, which kills those left (`PR_SET_PDEATHSIG`).
+const LAST_EXITS_WAIT: Duration = Duration::from_secs(10);
+
+/// The runner's last request: it starts no more scenarios, and every one it started has reported.
+const DONE: u8 = b'Q';
 
 /// How long a job thread waits for the server to say it forked: a fork takes well under a millisecond, but a
 /// loaded machine may leave the server waiting for a CPU.
@@ -68,22 +77,20 @@ pub fn start(table: Vec<(Job, Plan)>) -> Result<()> {
         debug_assert!(false, "the fork server needs a single-threaded runner: {e}");
         return Err(e);
     }
-    let (runner_end, server_end) =
-        socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
-            .context(|| "socketpair(AF_UNIX, SOCK_SEQPACKET) for the fork server".to_string())?;
-    let runner_pid = std::process::id();
+    let (runner_end, server_end) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
+        .context(|| "socketpair(AF_UNIX, SOCK_SEQPACKET) for the fork server".to_string())?;
     // What is buffered would otherwise be written twice, once by each process.
     let _ = std::io::stdout().flush();
     // SAFETY: the process is single-threaded (checked above): the child may run any code after the fork.
     match unsafe { fork() }.context(|| "fork() the fork server".to_string())? {
         ForkResult::Child => {
             drop(runner_end);
-            serve(server_end, table, runner_pid)
+            serve(server_end, table)
         }
-        ForkResult::Parent { .. } => {
+        ForkResult::Parent { child } => {
             drop(server_end);
             SERVER
-                .set(Mutex::new(runner_end))
+                .set((Mutex::new(Some(runner_end)), child))
                 .map_err(|_| Error::Internal("the fork server was started twice".into()))
         }
     }
@@ -92,6 +99,38 @@ pub fn start(table: Vec<(Job, Plan)>) -> Result<()> {
 /// Whether [`start`] forked a server in this process.
 pub fn running() -> bool {
     SERVER.get().is_some()
+}
+
+/// Tells the server that every scenario process has reported and none will be asked for, and closes the
+/// runner's end: the server exits once they have exited (at most [`LAST_EXITS_WAIT`]), with nobody waiting for
+/// it. Without this word, the end of the socket (the runner died) makes the server kill them all and exit.
+pub fn release() {
+    let Some((requests, _)) = SERVER.get() else { return };
+    if let Some(requests) = requests.lock().ok().and_then(|mut requests| requests.take()) {
+        let _ = nix::sys::socket::send(requests.as_raw_fd(), &[DONE], MsgFlags::empty());
+    }
+}
+
+/// [`release`], then waits for the server to exit, at most `limit` (SIGKILL past it): after a stop, the
+/// runner's scenario processes have been killed and reaped, and nothing of the run outlives the runner.
+pub fn stop(limit: Duration) {
+    release();
+    let Some((_, server)) = SERVER.get() else { return };
+    let until = std::time::Instant::now() + limit;
+    loop {
+        match nix::sys::wait::waitpid(*server, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+            Ok(nix::sys::wait::WaitStatus::StillAlive) if std::time::Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Ok(nix::sys::wait::WaitStatus::StillAlive) => {
+                let _ = nix::sys::signal::kill(*server, nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::wait::waitpid(*server, None);
+                return;
+            }
+            Err(Errno::EINTR) => {}
+            _ => return,
+        }
+    }
 }
 
 /// A scenario process the server forked, as the runner's job thread sees it: not its child (the server is its
@@ -108,14 +147,13 @@ pub struct Forked {
 /// The scenario process of `job` (whose [`Job::forked_plan`] is `plan`), forked by the server, with its
 /// stdout and stderr: the read ends of its pipes.
 pub fn spawn(job: &Job, plan: usize, at_once: usize) -> Result<(Forked, OwnedFd, OwnedFd)> {
-    let server = SERVER.get().ok_or_else(|| Error::Internal("no fork server in this process".into()))?;
+    let (server, _) = SERVER.get().ok_or_else(|| Error::Internal("no fork server in this process".into()))?;
     let (stdout, child_stdout) =
         pipe2(nix::fcntl::OFlag::O_CLOEXEC).context(|| "pipe2() for a scenario's stdout".to_string())?;
     let (stderr, child_stderr) =
         pipe2(nix::fcntl::OFlag::O_CLOEXEC).context(|| "pipe2() for a scenario's stderr".to_string())?;
-    let (answers, server_answers) =
-        socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
-            .context(|| "socketpair(AF_UNIX, SOCK_SEQPACKET) for the fork server's answer".to_string())?;
+    let (answers, server_answers) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
+        .context(|| "socketpair(AF_UNIX, SOCK_SEQPACKET) for the fork server's answer".to_string())?;
     let mut request = [0u8; REQUEST_BYTES];
     request[0..4].copy_from_slice(&u32::try_from(plan).unwrap_or(u32::MAX).to_le_bytes());
     request[4..12].copy_from_slice(&job.run.map_or(u64::MAX, |run| run as u64).to_le_bytes());
@@ -124,6 +162,7 @@ pub fn spawn(job: &Job, plan: usize, at_once: usize) -> Result<(Forked, OwnedFd,
     let fds = [child_stdout.as_raw_fd(), child_stderr.as_raw_fd(), server_answers.as_raw_fd()];
     {
         let requests = server.lock().map_err(|_| Error::Internal("the fork server's socket lock".into()))?;
+        let requests = requests.as_ref().ok_or_else(|| Error::Internal("the fork server was stopped".into()))?;
         sendmsg::<()>(
             requests.as_raw_fd(),
             &[IoSlice::new(&request)],
@@ -262,14 +301,12 @@ struct Live {
     answers: OwnedFd,
 }
 
-/// The server: forks a scenario process for each request, reaps each as it exits, and exits when the runner
-/// closes its end (or with the runner: `PR_SET_PDEATHSIG`). Its waits are as long as the runner's life.
-fn serve(requests: OwnedFd, table: Vec<(Job, Plan)>, runner_pid: u32) -> ! {
-    // SAFETY: plain system call with integer arguments.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) };
-    if nix::unistd::getppid().as_raw() as u32 != runner_pid {
-        std::process::exit(0);
-    }
+/// The server: forks a scenario process for each request, reaps each as it exits, and exits once the runner
+/// said it is done and they have exited ([`release`]), or at once when the runner's end closes without that word
+/// (the runner died, however: the kernel closes its descriptors), which kills every process it forked
+/// (`PR_SET_PDEATHSIG`: they die with it, their namespaces with them). Its waits are as long as the runner's
+/// life, then at most [`LAST_EXITS_WAIT`].
+fn serve(requests: OwnedFd, table: Vec<(Job, Plan)>) -> ! {
     // The runner's output is the runner's: a pipe reader (`netfault run | cat`) must see its end when the
     // runner exits, not when this process does. Every answer goes over the socket.
     if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
@@ -291,10 +328,26 @@ fn serve(requests: OwnedFd, table: Vec<(Job, Plan)>, runner_pid: u32) -> ! {
         server_pid: std::process::id(),
     };
     let mut live: Vec<Live> = Vec::new();
+    // Once the runner has closed its end: when the server stops waiting for the last exits.
+    let mut closing: Option<std::time::Instant> = None;
     loop {
-        let mut fds = vec![PollFd::new(requests.as_fd(), PollFlags::POLLIN)];
+        let timeout = match closing {
+            None => PollTimeout::NONE,
+            Some(until) if live.is_empty() || std::time::Instant::now() >= until => std::process::exit(0),
+            Some(until) => PollTimeout::from(
+                u16::try_from(until.saturating_duration_since(std::time::Instant::now()).as_millis().max(1))
+                    .unwrap_or(u16::MAX),
+            ),
+        };
+        // The request socket is looked at (first) only until the runner closed it: a closed socket is always
+        // ready.
+        let mut fds = Vec::with_capacity(live.len() + 1);
+        if closing.is_none() {
+            fds.push(PollFd::new(requests.as_fd(), PollFlags::POLLIN));
+        }
+        let first = fds.len();
         fds.extend(live.iter().map(|process| PollFd::new(process.pidfd.as_fd(), PollFlags::POLLIN)));
-        match poll(&mut fds, PollTimeout::NONE) {
+        match poll(&mut fds, timeout) {
             Ok(_) => {}
             Err(Errno::EINTR) => continue,
             Err(_) => std::process::exit(2),
@@ -304,15 +357,16 @@ fn serve(requests: OwnedFd, table: Vec<(Job, Plan)>, runner_pid: u32) -> ! {
         let mut index = live.len();
         while index > 0 {
             index -= 1;
-            if ready[index + 1] {
+            if ready[first + index] {
                 let process = live.swap_remove(index);
                 reap(&process);
             }
         }
-        if ready[0] {
+        if first == 1 && ready[0] {
             let mut bytes = [0u8; REQUEST_BYTES + 1];
             match receive(requests.as_raw_fd(), &mut bytes, MsgFlags::empty()) {
                 Ok((0, _)) => std::process::exit(0),
+                Ok((1, _)) if bytes[0] == DONE => closing = Some(std::time::Instant::now() + LAST_EXITS_WAIT),
                 Ok((length, fds)) => {
                     if let Some(process) = fork_scenario(&bytes[..length], fds, &table, &requests, &live, &inherited) {
                         live.push(process);

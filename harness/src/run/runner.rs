@@ -732,8 +732,9 @@ pub(crate) fn forked_child_main(job: &Job, plan: Plan, shape: forkserver::Shape)
             let server_alive = unsafe { OwnedFd::from_raw_fd(server_alive) };
             pidns::forked_init(server_alive).and_then(|()| run_here(job, PlanSource::Loaded(plan), true))
         }
-        forkserver::Shape::Relayed(server) => die_with_parent(server.to_string().into())
-            .and_then(|()| run_here(job, PlanSource::Loaded(plan), false)),
+        forkserver::Shape::Relayed(server) => {
+            die_with_parent(server.to_string().into()).and_then(|()| run_here(job, PlanSource::Loaded(plan), false))
+        }
     };
     finish_child(job, ran)
 }
@@ -767,6 +768,11 @@ fn finish_child(job: &Job, ran: Result<Summary>) -> ! {
     // sockets (see [`pidns`]).
     pidns::end_others();
     close_standard_streams();
+    // Off the runner's wait where this process is its namespace's init (forked: the runner has its result
+    // now); a relaying parent exits only after it.
+    if let Some(replaced) = REPLACED.lock().ok().and_then(|mut replaced| replaced.take()) {
+        replaced.remove();
+    }
     pidns::report_done(code);
     // Threads still blocked in a socket call at the deadline die with the process; the report is written.
     std::process::exit(i32::from(code))
@@ -839,11 +845,18 @@ fn run_here(job: &Job, source: PlanSource<'_>, init: bool) -> Result<Summary> {
         }
     };
     // Even a run that ended in a harness error shows what it captured; its own error is the one to report.
-    let published = report::files::publish(&dir);
+    let published = report::files::publish_setting_aside(&dir);
     let summary = reported?;
-    published?;
+    let published = published?;
+    if let Ok(mut replaced) = REPLACED.lock() {
+        *replaced = Some(published);
+    }
     Ok(Summary { report: dir, ..summary })
 }
+
+/// The old report files the scenario process's publish set aside, removed after its summary is out
+/// ([`finish_child`]).
+static REPLACED: Mutex<Option<report::files::Replaced>> = Mutex::new(None);
 
 /// The environment variable that gives the cargo-test driver its seed (`netfault run --seed` for the others).
 pub const SEED_ENV: &str = "NETFAULT_SEED";
@@ -1058,6 +1071,18 @@ pub fn start_fork_server(table: Vec<(Job, Plan)>) {
     if let Err(e) = forkserver::start(table) {
         eprintln!("netfault: the scenario processes are executed, not forked: {e}");
     }
+}
+
+/// Once every scenario has reported: tells the fork server that no more will be asked for; it exits once their
+/// processes have (they remove the report files their runs replaced after reporting), with nobody waiting.
+pub fn release_fork_server() {
+    forkserver::release();
+}
+
+/// After a stop (signal, suite deadline), once every scenario process has been stopped: ends the fork server
+/// and waits for it, at most [`STOP_GRACE`], so that nothing of the run outlives the runner.
+pub fn stop_fork_server() {
+    forkserver::stop(STOP_GRACE);
 }
 
 /// What [`run_all`] reports while it runs, for a live display.

@@ -52,8 +52,8 @@ use crate::run::netns::Netns;
 use crate::run::priority;
 use crate::scenario::plan::HostId;
 use crate::timeline::{Event, EventKind};
-pub use pcap::{next_parsed_record, next_record, Record};
 use pcap::{file_header, AfterStop, Chunk, ChunkDecoder, ChunkQueue, DiskWriter};
+pub use pcap::{next_parsed_record, next_record, Record};
 pub(crate) use queue::QueueSource;
 use ring::RingSource;
 #[cfg(feature = "bench")]

@@ -87,7 +87,11 @@ fn checked_record<'a>(header: &PcapHeader, raw: RawPcapPacket<'a>) -> std::resul
                     raw.incl_len, raw.orig_len, header.snaplen
                 ))
             } else {
-                Ok(Record { timestamp: Duration::new(u64::from(raw.ts_sec), nanos), orig_len: raw.orig_len, data: raw.data })
+                Ok(Record {
+                    timestamp: Duration::new(u64::from(raw.ts_sec), nanos),
+                    orig_len: raw.orig_len,
+                    data: raw.data,
+                })
             }
         }
         _ => Err(format!("record stamped {}.{} is no valid time", raw.ts_sec, raw.ts_frac)),
