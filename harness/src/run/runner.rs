@@ -730,11 +730,10 @@ pub(crate) fn forked_child_main(job: &Job, plan: Plan, shape: forkserver::Shape)
         forkserver::Shape::Init(server_alive) => {
             // SAFETY: the descriptor was inherited from the server, and nothing else in this process owns it.
             let server_alive = unsafe { OwnedFd::from_raw_fd(server_alive) };
-            pidns::forked_init(server_alive).and_then(|()| run_here(job, PlanSource::Loaded(plan), true))
+            pidns::forked_init(server_alive).and_then(|()| run_here(job, PlanSource::Loaded(Box::new(plan)), true))
         }
-        forkserver::Shape::Relayed(server) => {
-            die_with_parent(server.to_string().into()).and_then(|()| run_here(job, PlanSource::Loaded(plan), false))
-        }
+        forkserver::Shape::Relayed(server) => die_with_parent(server.to_string().into())
+            .and_then(|()| run_here(job, PlanSource::Loaded(Box::new(plan)), false)),
     };
     finish_child(job, ran)
 }
@@ -744,7 +743,7 @@ enum PlanSource<'a> {
     /// The job's file, loaded with these variables (`__run-one`).
     File(&'a Variables),
     /// The runner's copy (a forked scenario process).
-    Loaded(Plan),
+    Loaded(Box<Plan>),
 }
 
 /// Prints the summary, tells the relaying parent, exits.
@@ -801,7 +800,7 @@ fn run_here(job: &Job, source: PlanSource<'_>, init: bool) -> Result<Summary> {
     capture::keep_kernel_timestamps_on()?;
     let plan = match source {
         PlanSource::File(variables) => scenario::load(&job.root, &job.file, variables)?,
-        PlanSource::Loaded(plan) => plan,
+        PlanSource::Loaded(plan) => *plan,
     };
     let mut kernel = requirements::Kernel::running();
     let unmet = requirements::scenario_unmet(&plan, &mut kernel);
