@@ -53,6 +53,9 @@ const LAST_EXITS_WAIT: Duration = Duration::from_secs(10);
 /// The runner's last request: it starts no more scenarios, and every one it started has reported.
 const DONE: u8 = b'Q';
 
+// Every send here is MSG_NOSIGNAL: the runner ends quietly on a closed pipe (SIGPIPE's default action) and the
+// server inherits that, while a peer that is gone (a job thread that gave up, a server that died) is only an error.
+
 /// How long a job thread waits for the server to say it forked: a fork takes well under a millisecond, but a
 /// loaded machine may leave the server waiting for a CPU.
 const ANSWER_WAIT: Duration = Duration::from_secs(30);
@@ -107,7 +110,7 @@ pub fn running() -> bool {
 pub fn release() {
     let Some((requests, _)) = SERVER.get() else { return };
     if let Some(requests) = requests.lock().ok().and_then(|mut requests| requests.take()) {
-        let _ = nix::sys::socket::send(requests.as_raw_fd(), &[DONE], MsgFlags::empty());
+        let _ = nix::sys::socket::send(requests.as_raw_fd(), &[DONE], MsgFlags::MSG_NOSIGNAL);
     }
 }
 
@@ -167,7 +170,7 @@ pub fn spawn(job: &Job, plan: usize, at_once: usize) -> Result<(Forked, OwnedFd,
             requests.as_raw_fd(),
             &[IoSlice::new(&request)],
             &[ControlMessage::ScmRights(&fds)],
-            MsgFlags::empty(),
+            MsgFlags::MSG_NOSIGNAL,
             None,
         )
         .context(|| "ask the fork server for a scenario process (sendmsg)".to_string())?;
@@ -392,7 +395,8 @@ fn reap(process: &Live) {
     let mut answer = [REAPED, 0, 0, 0, 0];
     answer[1..5].copy_from_slice(&status.to_le_bytes());
     // A runner thread that is gone has nobody to tell.
-    let _ = nix::sys::socket::send(process.answers.as_raw_fd(), &answer, MsgFlags::MSG_DONTWAIT);
+    let _ =
+        nix::sys::socket::send(process.answers.as_raw_fd(), &answer, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL);
 }
 
 /// Serves one request: forks the scenario process it asks for and answers with its pid and pidfd (or why not).
@@ -411,7 +415,7 @@ fn fork_scenario(
     let failed = |why: String| {
         let mut answer = vec![FAILED];
         answer.extend_from_slice(why.as_bytes());
-        let _ = nix::sys::socket::send(answers.as_raw_fd(), &answer, MsgFlags::MSG_DONTWAIT);
+        let _ = nix::sys::socket::send(answers.as_raw_fd(), &answer, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL);
         None
     };
     if request.len() != REQUEST_BYTES {
@@ -481,7 +485,7 @@ fn fork_scenario(
                 answers.as_raw_fd(),
                 &[IoSlice::new(&answer)],
                 &[ControlMessage::ScmRights(&[pidfd.as_raw_fd()])],
-                MsgFlags::MSG_DONTWAIT,
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
                 None,
             );
             if sent.is_err() {
