@@ -75,7 +75,7 @@ const REAPED: u8 = b'S';
 /// or dies. Call it once every thread the runner made so far has ended and before it starts any other;
 /// refused (and the scenario processes are then executed as before) in a process with more than one thread.
 pub fn start(table: Vec<(Job, Plan)>) -> Result<()> {
-    if let Err(e) = userns::require_single_thread() {
+    if let Err(e) = single_threaded() {
         // A regression, not a condition of the machine: the runner started a thread too early.
         debug_assert!(false, "the fork server needs a single-threaded runner: {e}");
         return Err(e);
@@ -98,6 +98,22 @@ pub fn start(table: Vec<(Job, Plan)>) -> Result<()> {
         }
     }
 }
+
+/// [`userns::require_single_thread`], looking again for up to [`JOINED_EXIT_WAIT`]: a thread that was joined
+/// has left user space, but the kernel counts it among the process's threads until the end of its exit, which a
+/// busy machine may delay (nothing of it can then hold a lock the fork would copy).
+fn single_threaded() -> Result<()> {
+    let until = std::time::Instant::now() + JOINED_EXIT_WAIT;
+    loop {
+        match userns::require_single_thread() {
+            Err(_) if std::time::Instant::now() < until => std::thread::sleep(Duration::from_micros(200)),
+            checked => return checked,
+        }
+    }
+}
+
+/// How long [`single_threaded`] waits for joined threads to be gone.
+const JOINED_EXIT_WAIT: Duration = Duration::from_millis(50);
 
 /// Whether [`start`] forked a server in this process.
 pub fn running() -> bool {
