@@ -332,6 +332,15 @@ fn assert_nothing_left(run: &Run, running: &Running, before: &HostState) {
     let _ = fs::remove_dir_all(&run.reports);
 }
 
+/// Whether the process is pid 1 of a PID namespace below this test's (`NSpid:` in /proc/<pid>/status ends in 1).
+fn pid_namespace_init(pid: u32) -> bool {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().find_map(|line| line.strip_prefix("NSpid:")).is_some_and(|pids| {
+        let pids: Vec<&str> = pids.split_whitespace().collect();
+        pids.len() > 1 && pids.last() == Some(&"1")
+    })
+}
+
 fn signal(pid: u32, signal: i32) {
     // SAFETY: plain system call; the pid is a child of this test that has not been reaped.
     assert_eq!(unsafe { libc::kill(pid as libc::pid_t, signal) }, 0, "kill -{signal} {pid}");
@@ -392,7 +401,7 @@ fn sigkill_of_the_scenario_process_is_reported_and_leaves_nothing() {
     let scenario = running
         .processes
         .iter()
-        .filter(|(pid, cmd)| cmd.contains("__run-one") && namespaces_of(*pid).len() > 2)
+        .filter(|(pid, _)| pid_namespace_init(*pid) && namespaces_of(*pid).len() > 2)
         .map(|(pid, _)| *pid)
         .next()
         .unwrap_or_else(|| panic!("no scenario process among {:?}", running.processes));
@@ -473,13 +482,14 @@ fn a_scenario_process_hung_past_its_grace_is_killed_and_leaves_its_partial_repor
         let size = fs::metadata(folder.join(pcap)).map(|m| m.len()).unwrap_or(0);
         assert!(size > 24, "{pcap}: {size} bytes, no packets");
     }
-    // What its threads were doing, read just before the kill: the relaying parent's and the scenario process's,
-    // the client's program thread blocked in its read, and the main thread in the sleep it hangs in.
+    // What its threads were doing, read just before the kill: the scenario process's (forked by the runner's
+    // fork server straight into its PID namespace, with no relaying parent), the client's program thread
+    // blocked in its read, and the main thread in the sleep it hangs in.
     let threads = fs::read_to_string(folder.join("killed.txt")).unwrap();
     assert!(threads.starts_with(&format!("# {killed}")), "{threads}");
     let pids: BTreeSet<&str> =
         threads.lines().filter_map(|line| line.strip_prefix("pid ")?.split_whitespace().next()).collect();
-    assert!(pids.len() >= 2, "the relaying parent and the scenario process: {threads}");
+    assert_eq!(pids.len(), 1, "the scenario process, and no relaying parent: {threads}");
     assert!(threads.contains("\"host-client\" state S"), "{threads}");
     if !threads.contains("kernel stack not readable") {
         assert!(threads.contains("nanosleep") && threads.contains("tcp_recvmsg"), "{threads}");

@@ -42,12 +42,13 @@ fn scratch(name: &str) -> PathBuf {
 const EXIT_WAIT: Duration = Duration::from_secs(5);
 
 /// No process of the run is alive: `netfault` has returned, so every program it started must be gone already
-/// (the scenario process kills and reaps every other process of its PID namespace before it reports). The
-/// scenario process itself (`__run-one`) may be finishing its exit, and must be gone within [`EXIT_WAIT`].
+/// (the scenario process kills and reaps every other process of its PID namespace before it reports). netfault's
+/// own processes (the scenario process, forked by the runner's fork server, or `__run-one`; the fork server,
+/// which ends when the runner has) may be finishing their exit, and must be gone within [`EXIT_WAIT`].
 fn assert_no_process_left(token: &str) {
     let token = format!("{token}-{}", std::process::id());
     let left = run_processes(&token);
-    let programs: Vec<_> = left.iter().filter(|(_, command)| !command.contains(" __run-one ")).collect();
+    let programs: Vec<_> = left.iter().filter(|(pid, command)| !is_netfault(*pid, command)).collect();
     assert!(programs.is_empty(), "processes of the run outlived it: {programs:?}");
     let until = Instant::now() + EXIT_WAIT;
     loop {
@@ -58,6 +59,13 @@ fn assert_no_process_left(token: &str) {
         assert!(Instant::now() < until, "scenario processes still alive {EXIT_WAIT:?} after the run: {left:?}");
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Whether the process is netfault's own: its command line is the binary's, or, once an exiting process has
+/// released its memory (its command line then reads empty), its name is.
+fn is_netfault(pid: u32, command: &str) -> bool {
+    let name = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    command.starts_with(env!("CARGO_BIN_EXE_netfault")) || (command.is_empty() && name.trim_end() == "netfault")
 }
 
 fn result_json(dir: &Path) -> serde_json::Value {

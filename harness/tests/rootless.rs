@@ -95,6 +95,7 @@ fn run_scenario_process(exe: &Path, dir: &Path) -> Result<String, String> {
         seed: 0,
         bulk_through_wire: false,
         about: None,
+        forked_plan: None,
     };
     let child = start_copy(exe, dir, |copy| {
         let mut command = Command::new(copy);

@@ -252,13 +252,19 @@ fn run(args: RunArgs) -> ExitCode {
         println!("impairments seeded with {seed} (--seed {seed} repeats their decisions)");
     }
     let (loaded, skipped): (Vec<_>, Vec<_>) = loaded.into_iter().partition(|(_, plan)| args.slow || !plan.slow);
+    // Each job's scenario process is forked with the plan loaded here (`runner::start_fork_server`).
+    let loaded: Vec<(Job, crate::scenario::plan::Plan)> = loaded
+        .into_iter()
+        .enumerate()
+        .map(|(index, (job, plan))| (Job { reports: reports.clone(), seed, forked_plan: Some(index), ..job }, plan))
+        .collect();
     let mut jobs: Vec<(Job, Duration)> = Vec::new();
     let mut runs: Vec<(String, usize)> = Vec::new();
     match args.repeat {
         None => {
-            for (job, plan) in loaded {
-                jobs.push((Job { reports: reports.clone(), seed, ..job }, plan.deadline));
-                runs.push((plan.name, 1));
+            for (job, plan) in &loaded {
+                jobs.push((job.clone(), plan.deadline));
+                runs.push((plan.name.clone(), 1));
             }
         }
         Some(repeat) => {
@@ -270,7 +276,7 @@ fn run(args: RunArgs) -> ExitCode {
             }
             for run in 1..=repeat {
                 for (job, plan) in &loaded {
-                    jobs.push((Job { reports: reports.clone(), run: Some(run), seed, ..job.clone() }, plan.deadline));
+                    jobs.push((Job { run: Some(run), ..job.clone() }, plan.deadline));
                     runs.push((plan.name.clone(), run));
                 }
             }
@@ -280,6 +286,7 @@ fn run(args: RunArgs) -> ExitCode {
     let limits: Vec<Duration> = jobs.iter().map(|(_, deadline)| *deadline + runner::CHILD_GRACE).collect();
     let supervisor = Supervisor::new(args.deadline.unwrap_or_else(|| supervise::default_budget(&limits)));
     runner::share_private_parent(parent);
+    runner::start_fork_server(loaded);
     if let Err(e) = supervise::catch_stop_signals().and_then(|()| supervisor.start_watchdog(runner::STOP_GRACE)) {
         eprintln!("netfault: {e}");
         return ExitCode::from(2);
@@ -294,6 +301,9 @@ fn run(args: RunArgs) -> ExitCode {
         RunEvent::Idle => console.redraw(),
     });
     console.clear();
+    if supervisor.stop_reason().is_none() {
+        runner::release_fork_server();
+    }
     if args.bundle_failures {
         for summary in summaries.iter().filter(|s| s.status != Status::Pass) {
             let out = summary.report.with_extension("tar.gz");
@@ -324,6 +334,7 @@ fn run(args: RunArgs) -> ExitCode {
         started.elapsed().as_secs_f64()
     );
     if let Some(reason) = supervisor.stop_reason() {
+        runner::stop_fork_server();
         let stopped = summaries.iter().filter(|s| s.messages.iter().any(|m| m.starts_with("stopped: "))).count();
         let unstarted = summaries.iter().filter(|s| s.messages.iter().any(|m| m.starts_with("not started: "))).count();
         eprintln!(

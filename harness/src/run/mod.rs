@@ -11,6 +11,7 @@ pub mod cpu_gate;
 pub(crate) mod engine;
 pub(crate) mod faults;
 pub(crate) mod firewall;
+mod forkserver;
 pub(crate) mod handoff;
 pub(crate) mod impair;
 pub mod netns;

@@ -24,7 +24,7 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Mutex;
 
 use nix::errno::Errno;
@@ -46,6 +46,9 @@ static SCENARIO_PID: AtomicI32 = AtomicI32::new(0);
 
 /// The scenario process's end of the pipe on which it tells the relaying parent its exit code.
 static DONE: Mutex<Option<File>> = Mutex::new(None);
+
+/// Whether this process is a scenario's init ([`become_init`], [`forked_init`]).
+static INIT: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn kill_scenario(_signal: libc::c_int) {
     let pid = SCENARIO_PID.load(Ordering::SeqCst);
@@ -86,11 +89,7 @@ pub fn become_init() -> Result<()> {
             if let Ok(mut done) = DONE.lock() {
                 *done = Some(File::from(done_write));
             }
-            die_with_parent()?;
-            if parent_gone(&parent_alive)? {
-                std::process::exit(SIGNAL_EXIT_BASE + libc::SIGKILL);
-            }
-            Ok(())
+            forked_init(parent_alive)
         }
         ForkResult::Parent { child } => {
             drop(parent_alive);
@@ -110,13 +109,26 @@ pub fn become_init() -> Result<()> {
     }
 }
 
+/// In a process forked as pid 1 of a new PID namespace (by [`become_init`], or by the runner's fork server,
+/// which then needs no relaying parent: it reaps the process itself and the runner waits for its summary, not
+/// its exit): dies with its parent (PR_SET_PDEATHSIG), and exits at once if the parent is gone already, which
+/// the parent tells by holding the write end of `parent_alive` for as long as it lives.
+pub fn forked_init(parent_alive: OwnedFd) -> Result<()> {
+    die_with_parent()?;
+    if parent_gone(&parent_alive)? {
+        std::process::exit(SIGNAL_EXIT_BASE + libc::SIGKILL);
+    }
+    INIT.store(true, Ordering::SeqCst);
+    Ok(())
+}
+
 /// Ends every other process of the namespace (`kill -KILL -1` from its init) and reaps them, at most
 /// [`REAP_OTHERS_TIMEOUT`]: the programs the scenario started, including any that left their process group
 /// and were handed to init when their parent died. Call it once the scenario is over, before
 /// [`report_done`], so that everything of the scenario but this process is gone when the runner hears of the
 /// result. Does nothing in a process that is not a scenario's init.
 pub fn end_others() {
-    if DONE.lock().map_or(true, |done| done.is_none()) {
+    if !INIT.load(Ordering::SeqCst) {
         return;
     }
     // SAFETY: plain system call; from init of a PID namespace, -1 means every other process of it.
@@ -141,7 +153,7 @@ const REAP_OTHERS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 
 /// Tells the relaying parent that the scenario is done and what its exit code is; the parent exits with it at
 /// once. Call it last, after everything the runner reads (report files, the summary on stdout) is written and
-/// the standard streams are closed. Does nothing in a process that is not a scenario's init.
+/// the standard streams are closed. Does nothing in a process without a relaying parent.
 pub fn report_done(code: u8) {
     let Ok(mut done) = DONE.lock() else { return };
     if let Some(mut pipe) = done.take() {

@@ -4,8 +4,9 @@
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,7 +25,7 @@ use crate::report::{self, Status, Summary};
 use crate::run::cpu_gate::{Admission, CpuGate};
 use crate::run::ring_budget::RingBudget;
 use crate::run::supervise::{self, StopReason, Supervisor, SETUP_LIMIT};
-use crate::run::{engine, netns, partial, pidns, requirements, sampling, snapshot, userns};
+use crate::run::{engine, forkserver, netns, partial, pidns, requirements, sampling, snapshot, userns};
 use crate::scenario::{self, plan::Plan, variables::Variables};
 
 /// How many scenario processes this runner runs at once, for its children's observers to pace themselves by.
@@ -69,6 +70,9 @@ pub struct Job {
     /// The scenario's name, description and source, for the result.json the runner writes when its scenario
     /// process was killed without writing one; `None` in the scenario process.
     pub about: Option<Arc<About>>,
+    /// Its plan's place in the table of the runner's fork server ([`forkserver`]), whose copy of the loaded
+    /// plan its scenario process then runs; `None`: the process executes netfault (`__run-one FILE`).
+    pub forked_plan: Option<usize>,
 }
 
 /// What result.json's heading says of a scenario ([`report::result::Heading`]), kept by the runner.
@@ -96,6 +100,7 @@ impl Job {
                 description: plan.description.clone(),
                 source: plan.source.clone(),
             })),
+            forked_plan: None,
         }
     }
 
@@ -162,6 +167,7 @@ impl From<ChildArgs> for Job {
             seed: args.seed,
             bulk_through_wire: false,
             about: None,
+            forked_plan: None,
         }
     }
 }
@@ -284,24 +290,29 @@ fn spawn_and_wait(
     supervisor: &Supervisor,
     mut admission: Admission<'static>,
 ) -> Result<Summary> {
-    let mut command = Command::new(exe);
-    command.arg(CHILD_COMMAND).args(job.child_args());
-    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    command.envs(transitions::layouts_for_children());
-    command.env(SCENARIOS_AT_ONCE_ENV, SCENARIOS_AT_ONCE.load(Ordering::Relaxed).max(1).to_string());
-    if let Some((name, fd)) = sampling::child_env() {
-        command.env(name, fd);
-    }
-    if let Some(namespace) = netns::private_parent_for_children() {
-        command.env(netns::PRIVATE_PARENT_ENV, namespace);
-    }
-    // The child, and with it its namespaces, must not outlive the runner, whatever kills the runner: it asks
-    // for that itself ([`die_with_runner`]). Done here between fork and exec, it made the standard library
-    // fork this whole process instead of spawning the child (`posix_spawn`, a vfork): 0.5-1 ms more per run.
-    command.env(RUNNER_PID_ENV, std::process::id().to_string());
-    let mut child = command.spawn().context(|| format!("start {} {CHILD_COMMAND}", exe.display()))?;
+    let at_once = SCENARIOS_AT_ONCE.load(Ordering::Relaxed).max(1);
+    let (mut child, mut output) = match job.forked_plan.filter(|_| forkserver::running()) {
+        Some(plan) => {
+            let (forked, stdout, stderr) = forkserver::spawn(job, plan, at_once)?;
+            (Process::Forked(forked), ChildOutput::new(Some(stdout), Some(stderr)))
+        }
+        None => {
+            let mut command = Command::new(exe);
+            command.arg(CHILD_COMMAND).args(job.child_args());
+            command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+            command.envs(scenario_environment());
+            command.env(SCENARIOS_AT_ONCE_ENV, at_once.to_string());
+            // The child, and with it its namespaces, must not outlive the runner, whatever kills the runner: it
+            // asks for that itself ([`die_with_runner`]). Done here between fork and exec, it made the standard
+            // library fork this whole process instead of spawning the child (`posix_spawn`, a vfork): 0.5-1 ms
+            // more per run.
+            command.env(RUNNER_PID_ENV, std::process::id().to_string());
+            let mut child = command.spawn().context(|| format!("start {} {CHILD_COMMAND}", exe.display()))?;
+            let output = ChildOutput::take(&mut child);
+            (Process::executed(child), output)
+        }
+    };
     admission.spawned(child.id());
-    let mut output = ChildOutput::take(&mut child);
     output.admission = Some(admission);
     let limit = deadline + CHILD_GRACE;
     let started = Instant::now();
@@ -317,7 +328,7 @@ fn spawn_and_wait(
         (Ended::Reported(summary), _) => {
             // The scenario process is only exiting (see `pidns`); the process started here exits at once, and
             // with it the last of the scenario.
-            wait_with_timeout(&mut child, OUTPUT_AFTER_EXIT_WAIT)?;
+            child.wait_gone(OUTPUT_AFTER_EXIT_WAIT)?;
             Ok(*summary)
         }
         (Ended::Exited(_), Some(summary)) => Ok(summary),
@@ -335,7 +346,10 @@ fn spawn_and_wait(
             deadline.as_secs(),
             CHILD_GRACE.as_secs(),
         ))),
-        (Ended::Exited(status), None) => Err(killed(format!("scenario process ended ({status}) without a verdict"))),
+        (Ended::Exited(status), None) => Err(killed(match status.signal().map(nix::sys::signal::Signal::try_from) {
+            Some(Ok(signal)) => format!("the scenario process was killed by {signal}, without a verdict"),
+            _ => format!("scenario process ended ({status}) without a verdict"),
+        })),
     }
 }
 
@@ -364,8 +378,13 @@ struct ChildOutput {
 
 impl ChildOutput {
     fn take(child: &mut Child) -> ChildOutput {
+        ChildOutput::new(child.stdout.take().map(OwnedFd::from), child.stderr.take().map(OwnedFd::from))
+    }
+
+    /// The read ends of a scenario process's stdout and stderr.
+    fn new(stdout: Option<OwnedFd>, stderr: Option<OwnedFd>) -> ChildOutput {
         ChildOutput {
-            pipes: [child.stdout.take().map(OwnedFd::from), child.stderr.take().map(OwnedFd::from)],
+            pipes: [stdout, stderr],
             text: [Vec::new(), Vec::new()],
             programs_started: None,
             sampling: None,
@@ -449,13 +468,12 @@ const SUPERVISOR_TICK: Duration = Duration::from_millis(20);
 /// the supervisor says stop. Stops it in those last cases. After an exit with its output still open, reads on
 /// until both streams close, at most [`OUTPUT_AFTER_EXIT_WAIT`].
 fn wait_bounded(
-    child: &mut Child,
+    child: &mut Process,
     output: &mut ChildOutput,
     limit: Duration,
     supervisor: &Supervisor,
 ) -> Result<Ended> {
     let spawned = Instant::now();
-    let exit_signal = pidfd(child);
     let mut exited: Option<(std::process::ExitStatus, Instant)> = None;
     loop {
         match exited {
@@ -472,7 +490,7 @@ fn wait_bounded(
             None => {}
         }
         if exited.is_none() {
-            if let Some(status) = child.try_wait().context(|| "wait for scenario process".to_string())? {
+            if let Some(status) = child.try_wait()? {
                 exited = Some((status, Instant::now()));
                 continue;
             }
@@ -501,14 +519,14 @@ fn wait_bounded(
             Some(_) => SUPERVISOR_TICK,
             None => until.saturating_duration_since(Instant::now()),
         };
-        let ready = wait_for_output(output, exit_signal.as_ref().filter(|_| exited.is_none()), nap);
+        let ready = wait_for_output(output, child.exit_signal().filter(|_| exited.is_none()), nap);
         output.read_ready(ready);
     }
 }
 
 /// Sleeps at most `limit` (and one [`SUPERVISOR_TICK`]), waking at once when a pipe of `output` has data or is
 /// closed, or the process behind `exit_signal` exits. Says which pipes to read.
-fn wait_for_output(output: &ChildOutput, exit_signal: Option<&OwnedFd>, limit: Duration) -> [bool; 2] {
+fn wait_for_output(output: &ChildOutput, exit_signal: Option<BorrowedFd<'_>>, limit: Duration) -> [bool; 2] {
     let limit = limit.min(SUPERVISOR_TICK);
     let millis = u16::try_from(limit.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
     let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(3);
@@ -520,7 +538,7 @@ fn wait_for_output(output: &ChildOutput, exit_signal: Option<&OwnedFd>, limit: D
         }
     }
     if let Some(fd) = exit_signal {
-        fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+        fds.push(PollFd::new(fd, PollFlags::POLLIN));
     }
     // Nothing to wait on (no pidfd, pipes closed) sleeps the whole tick. An interrupted or failed poll only ends
     // this nap early; the caller looks again.
@@ -571,22 +589,85 @@ fn nap_until_exit(exit_signal: Option<&OwnedFd>, limit: Duration) {
 /// [`pidns`]), so that when it has exited every process of the scenario is gone; SIGKILL if it has not
 /// exited within [`OUTPUT_CLOSE_WAIT`] (the namespace then dies shortly after, through PR_SET_PDEATHSIG).
 /// Each wait is bounded; a process stuck in the kernel is left to the watchdog.
-fn stop_child(child: &mut Child) {
-    if let Ok(pid) = i32::try_from(child.id()) {
-        // SAFETY: plain system call; the child is not reaped yet, so its pid cannot have been reused.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
-    }
+fn stop_child(child: &mut Process) {
+    child.signal(libc::SIGTERM);
     if reaped_within(child, OUTPUT_CLOSE_WAIT) {
         return;
     }
-    let _ = child.kill();
+    child.signal(libc::SIGKILL);
     reaped_within(child, OUTPUT_CLOSE_WAIT);
 }
 
+/// A scenario process, as the job thread that waits for it sees it.
+enum Process {
+    /// netfault executed again (`__run-one`), a child of the runner; with its pidfd, readable once it exits.
+    Executed(Child, Option<OwnedFd>),
+    /// Forked by the fork server ([`forkserver`]), which reaps it.
+    Forked(forkserver::Forked),
+}
+
+impl Process {
+    fn executed(child: Child) -> Process {
+        let exit_signal = pidfd(&child);
+        Process::Executed(child, exit_signal)
+    }
+
+    fn id(&self) -> u32 {
+        match self {
+            Process::Executed(child, _) => child.id(),
+            Process::Forked(forked) => forked.id(),
+        }
+    }
+
+    /// Its exit status once it has exited and been reaped.
+    fn try_wait(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        match self {
+            Process::Executed(child, _) => child.try_wait().context(|| "wait for scenario process".to_string()),
+            Process::Forked(forked) => forked.try_wait(),
+        }
+    }
+
+    /// Readable once [`Process::try_wait`] has a status to give (`None`: look every tick).
+    fn exit_signal(&self) -> Option<BorrowedFd<'_>> {
+        match self {
+            Process::Executed(_, pidfd) => pidfd.as_ref().map(AsFd::as_fd),
+            Process::Forked(forked) => Some(forked.status_signal()),
+        }
+    }
+
+    /// `kill -SIGNAL`; the process is not reaped before the job thread has seen it exit, so its pid (a pidfd
+    /// for a forked one) is still its own.
+    fn signal(&mut self, signal: i32) {
+        match self {
+            Process::Executed(child, _) => {
+                if let Ok(pid) = i32::try_from(child.id()) {
+                    // SAFETY: plain system call; the child is not reaped yet, so its pid cannot have been reused.
+                    unsafe { libc::kill(pid, signal) };
+                }
+            }
+            Process::Forked(forked) => forked.signal(signal),
+        }
+    }
+
+    /// Waits until it has exited, at most `limit`, and kills it (SIGKILL) past that.
+    fn wait_gone(&mut self, limit: Duration) -> Result<()> {
+        match self {
+            Process::Executed(child, _) => wait_with_timeout(child, limit).map(drop),
+            // Nothing of the scenario but this process is left, and its exit waits for the kernel (`pidns`).
+            Process::Forked(forked) if forked.is_init() => Ok(()),
+            Process::Forked(forked) => {
+                // Its exit is what counts, not the server's word on it: the scenario is gone when it has exited.
+                if !forked.exited_within(limit) {
+                    forked.signal(libc::SIGKILL);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// Whether the child exited (and was reaped) within `limit`.
-fn reaped_within(child: &mut Child, limit: Duration) -> bool {
+fn reaped_within(child: &mut Process, limit: Duration) -> bool {
     let until = Instant::now() + limit;
     while Instant::now() < until {
         match child.try_wait() {
@@ -595,6 +676,17 @@ fn reaped_within(child: &mut Child, limit: Duration) -> bool {
         }
     }
     false
+}
+
+/// What a scenario process's environment gets from its runner besides [`SCENARIOS_AT_ONCE_ENV`]: the kernel's
+/// layouts for the transition tracer, the descriptor of the sampling count, the private parent it inherits.
+pub(crate) fn scenario_environment() -> Vec<(&'static str, String)> {
+    let mut environment = transitions::layouts_for_children();
+    environment.extend(sampling::child_env());
+    if let Some(namespace) = netns::private_parent_for_children() {
+        environment.push((netns::PRIVATE_PARENT_ENV, namespace.to_string()));
+    }
+    environment
 }
 
 /// Environment variable with which the runner gives a scenario process its own pid (`$$`).
@@ -607,6 +699,11 @@ const RUNNER_PID_ENV: &str = "NETFAULT_RUNNER_PID";
 /// (started by hand) it does nothing.
 fn die_with_runner() -> Result<()> {
     let Some(runner) = std::env::var_os(RUNNER_PID_ENV) else { return Ok(()) };
+    die_with_parent(runner)
+}
+
+/// `prctl(PR_SET_PDEATHSIG, SIGKILL)`, then exits at once if the parent is no longer `runner` (a pid).
+fn die_with_parent(runner: OsString) -> Result<()> {
     std::env::remove_var(RUNNER_PID_ENV);
     // SAFETY: plain system call with integer arguments.
     if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) } != 0 {
@@ -622,7 +719,36 @@ fn die_with_runner() -> Result<()> {
 /// The hidden child command: runs one scenario in this process and prints its summary as the last stdout line.
 /// Exit code: 0 pass, 1 verdict failure, 2 harness error.
 pub fn child_main(job: &Job, variables: &Variables) -> ExitCode {
-    let summary = match run_here(job, variables) {
+    let ran = die_with_runner().and_then(|()| run_here(job, PlanSource::File(variables), false));
+    finish_child(job, ran)
+}
+
+/// A scenario process forked by the fork server: runs `plan`, the runner's copy of the job's scenario, loaded
+/// and checked before the fork, as [`child_main`] runs the file it loads.
+pub(crate) fn forked_child_main(job: &Job, plan: Plan, shape: forkserver::Shape) -> ! {
+    let ran = match shape {
+        forkserver::Shape::Init(server_alive) => {
+            // SAFETY: the descriptor was inherited from the server, and nothing else in this process owns it.
+            let server_alive = unsafe { OwnedFd::from_raw_fd(server_alive) };
+            pidns::forked_init(server_alive).and_then(|()| run_here(job, PlanSource::Loaded(Box::new(plan)), true))
+        }
+        forkserver::Shape::Relayed(server) => die_with_parent(server.to_string().into())
+            .and_then(|()| run_here(job, PlanSource::Loaded(Box::new(plan)), false)),
+    };
+    finish_child(job, ran)
+}
+
+/// Where a scenario process's plan comes from.
+enum PlanSource<'a> {
+    /// The job's file, loaded with these variables (`__run-one`).
+    File(&'a Variables),
+    /// The runner's copy (a forked scenario process).
+    Loaded(Box<Plan>),
+}
+
+/// Prints the summary, tells the relaying parent, exits.
+fn finish_child(job: &Job, ran: Result<Summary>) -> ! {
+    let summary = match ran {
         Ok(summary) => summary,
         Err(e) => Summary::harness_error(display_name(&job.root, &job.file), &job.report_folder(), e.to_string()),
     };
@@ -641,6 +767,11 @@ pub fn child_main(job: &Job, variables: &Variables) -> ExitCode {
     // sockets (see [`pidns`]).
     pidns::end_others();
     close_standard_streams();
+    // Off the runner's wait where this process is its namespace's init (forked: the runner has its result
+    // now); a relaying parent exits only after it.
+    if let Some(replaced) = REPLACED.lock().ok().and_then(|mut replaced| replaced.take()) {
+        replaced.remove();
+    }
     pidns::report_done(code);
     // Threads still blocked in a socket call at the deadline die with the process; the report is written.
     std::process::exit(i32::from(code))
@@ -657,15 +788,20 @@ fn close_standard_streams() {
     }
 }
 
-fn run_here(job: &Job, variables: &Variables) -> Result<Summary> {
-    die_with_runner()?;
+/// Runs the job's scenario in this process; `init`: it is pid 1 of its own PID namespace already.
+fn run_here(job: &Job, source: PlanSource<'_>, init: bool) -> Result<Summary> {
     // Entering a user namespace needs a single-threaded process: do it before anything spawns a thread.
     userns::acquire()?;
-    // From here on this process is pid 1 of its own PID namespace: what its programs start dies with it.
-    pidns::become_init()?;
+    if !init {
+        // From here on this process is pid 1 of its own PID namespace: what its programs start dies with it.
+        pidns::become_init()?;
+    }
     netns::ensure_private_parent()?;
     capture::keep_kernel_timestamps_on()?;
-    let plan = scenario::load(&job.root, &job.file, variables)?;
+    let plan = match source {
+        PlanSource::File(variables) => scenario::load(&job.root, &job.file, variables)?,
+        PlanSource::Loaded(plan) => *plan,
+    };
     let mut kernel = requirements::Kernel::running();
     let unmet = requirements::scenario_unmet(&plan, &mut kernel);
     let plan = requirements::specialize(plan, &mut kernel);
@@ -708,11 +844,18 @@ fn run_here(job: &Job, variables: &Variables) -> Result<Summary> {
         }
     };
     // Even a run that ended in a harness error shows what it captured; its own error is the one to report.
-    let published = report::files::publish(&dir);
+    let published = report::files::publish_setting_aside(&dir);
     let summary = reported?;
-    published?;
+    let published = published?;
+    if let Ok(mut replaced) = REPLACED.lock() {
+        *replaced = Some(published);
+    }
     Ok(Summary { report: dir, ..summary })
 }
+
+/// The old report files the scenario process's publish set aside, removed after its summary is out
+/// ([`finish_child`]).
+static REPLACED: Mutex<Option<report::files::Replaced>> = Mutex::new(None);
 
 /// The environment variable that gives the cargo-test driver its seed (`netfault run --seed` for the others).
 pub const SEED_ENV: &str = "NETFAULT_SEED";
@@ -917,6 +1060,28 @@ pub fn share_private_parent(pending: Option<netns::PendingParent>) {
         // As above: the scenario processes make their own if this failed.
         let _ = pending.enter();
     }
+}
+
+/// Starts the fork server ([`forkserver`]) with `table`, the jobs' plans, each job's [`Job::forked_plan`] its
+/// place there: call it after [`share_private_parent`] (the scenario processes inherit the namespace the
+/// server is in) and before the runner starts any thread. Where it cannot start, the scenario processes are
+/// executed as before, and the runner says why.
+pub fn start_fork_server(table: Vec<(Job, Plan)>) {
+    if let Err(e) = forkserver::start(table) {
+        eprintln!("netfault: the scenario processes are executed, not forked: {e}");
+    }
+}
+
+/// Once every scenario has reported: tells the fork server that no more will be asked for; it exits once their
+/// processes have (they remove the report files their runs replaced after reporting), with nobody waiting.
+pub fn release_fork_server() {
+    forkserver::release();
+}
+
+/// After a stop (signal, suite deadline), once every scenario process has been stopped: ends the fork server
+/// and waits for it, at most [`STOP_GRACE`], so that nothing of the run outlives the runner.
+pub fn stop_fork_server() {
+    forkserver::stop(STOP_GRACE);
 }
 
 /// What [`run_all`] reports while it runs, for a live display.
@@ -1228,6 +1393,7 @@ mod tests {
             .spawn()
             .unwrap();
         let mut output = ChildOutput::take(&mut child);
+        let mut child = Process::executed(child);
         let supervisor = Supervisor::new(Duration::from_secs(60));
         let ended = wait_bounded(&mut child, &mut output, Duration::from_millis(400), &supervisor);
         assert!(matches!(ended.unwrap(), Ended::Exited(status) if status.success()));
@@ -1239,6 +1405,7 @@ mod tests {
             .spawn()
             .unwrap();
         let mut output = ChildOutput::take(&mut child);
+        let mut child = Process::executed(child);
         let ended = wait_bounded(&mut child, &mut output, Duration::from_millis(300), &supervisor).unwrap();
         assert!(matches!(ended, Ended::TimedOut(Phase::Running)));
     }
@@ -1255,14 +1422,15 @@ mod tests {
             .spawn()
             .unwrap();
         let mut output = ChildOutput::take(&mut child);
+        let mut child = Process::executed(child);
         let supervisor = Supervisor::new(Duration::from_secs(60));
         let started = Instant::now();
         let ended = wait_bounded(&mut child, &mut output, Duration::from_secs(10), &supervisor).unwrap();
         assert!(matches!(ended, Ended::Reported(ref reported) if reported.name == "x"));
         assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
         assert!(output.programs_started.is_some());
-        child.kill().unwrap();
-        child.wait().unwrap();
+        child.signal(libc::SIGKILL);
+        assert!(reaped_within(&mut child, Duration::from_secs(5)));
     }
 
     #[test]
@@ -1276,6 +1444,7 @@ mod tests {
             seed: 18_446_744_073_709_551_615,
             bulk_through_wire: false,
             about: None,
+            forked_plan: None,
         };
         let back = parse_child_args(job.child_args()).unwrap();
         assert_eq!(
@@ -1309,6 +1478,7 @@ mod tests {
             seed: 0,
             bulk_through_wire: false,
             about: None,
+            forked_plan: None,
         };
         assert_eq!(parse_child_args(job.child_args()).unwrap().root, PathBuf::from("."));
     }

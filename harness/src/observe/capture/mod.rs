@@ -41,7 +41,9 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use pcap_file::pcap::{PcapHeader, PcapReader, PcapWriter};
+#[cfg(test)]
+use pcap_file::pcap::PcapReader;
+use pcap_file::pcap::{PcapHeader, PcapWriter};
 use pcap_file::{DataLink, Endianness, TsResolution};
 
 use crate::error::{Error, Result};
@@ -52,8 +54,10 @@ use crate::run::netns::Netns;
 use crate::run::priority;
 use crate::scenario::plan::HostId;
 use crate::timeline::{Event, EventKind};
-pub use pcap::next_record;
+#[cfg(test)]
+use pcap::next_record;
 use pcap::{file_header, AfterStop, Chunk, ChunkDecoder, ChunkQueue, DiskWriter};
+pub use pcap::{PcapRecords, Record, READ_BLOCK};
 pub(crate) use queue::QueueSource;
 use ring::RingSource;
 #[cfg(feature = "bench")]

@@ -47,16 +47,17 @@ pub struct Record<'a> {
     pub data: Cow<'a, [u8]>,
 }
 
-/// The next record of `reader` (`tcpdump -r`), or what is wrong with it. pcap-file's own `next_packet`
-/// refuses a record longer on the wire than the file's snap length, which is every frame a snap length cut
-/// (in tcpdump's files too), so the raw record is read and checked here: no more bytes captured than the
-/// file's snap length or than the frame had, and a valid stamp.
-pub fn next_record<R: io::Read>(reader: &mut PcapReader<R>) -> Option<std::result::Result<Record<'_>, String>> {
+/// The next record of `reader` through pcap-file's own reader: the tests' reference for [`PcapRecords`].
+#[cfg(test)]
+pub(crate) fn next_record<R: io::Read>(reader: &mut PcapReader<R>) -> Option<std::result::Result<Record<'_>, String>> {
     let header = reader.header();
     Some(reader.next_raw_packet()?.map_err(|e| e.to_string()).and_then(|raw| checked(&header, raw)))
 }
 
-/// `raw` as a [`Record`], if it is one a file with `header` can hold (see [`next_record`]).
+/// `raw` as a [`Record`], if it is one a file with `header` can hold. pcap-file's own `next_packet` refuses a
+/// record longer on the wire than the file's snap length, which is every frame a snap length cut (in tcpdump's
+/// files too), so the raw record is checked here: no more bytes captured than the file's snap length or than
+/// the frame had, and a valid stamp.
 fn checked<'a>(header: &PcapHeader, raw: RawPcapPacket<'a>) -> std::result::Result<Record<'a>, String> {
     let nanos = match header.ts_resolution {
         TsResolution::MicroSecond => raw.ts_frac.checked_mul(1000),
@@ -81,10 +82,10 @@ fn checked<'a>(header: &PcapHeader, raw: RawPcapPacket<'a>) -> std::result::Resu
     }
 }
 
-/// A pcap file's records (`tcpdump -r`), checked as [`next_record`] checks them, read into a buffer no larger
+/// A pcap file's records (`tcpdump -r`), each checked (see [`checked`]), read into a buffer no larger
 /// than asked: pcap-file's `PcapReader` makes and zeroes one of 8 MB for every file, however short (0.3-0.5 ms
 /// of CPU for each capture's stop when decoding after it, in the teardown).
-pub(super) struct PcapRecords<R> {
+pub struct PcapRecords<R> {
     reader: R,
     parser: PcapParser,
     /// The bytes read and not yet parsed are `buffer[start..end]`.
@@ -95,7 +96,7 @@ pub(super) struct PcapRecords<R> {
 
 impl<R: io::Read> PcapRecords<R> {
     /// Reads the file header; `capacity` is the most read at once, unless a record needs more.
-    pub(super) fn new(mut reader: R, capacity: usize) -> std::result::Result<PcapRecords<R>, String> {
+    pub fn new(mut reader: R, capacity: usize) -> std::result::Result<PcapRecords<R>, String> {
         let mut buffer = vec![0; capacity.max(RECORD_HEADER_LEN + 24)];
         let mut end = 0;
         let (parser, start) = loop {
@@ -115,7 +116,7 @@ impl<R: io::Read> PcapRecords<R> {
     }
 
     /// The next record, or what is wrong with it; `None` at the end of the file.
-    pub(super) fn read_next(&mut self) -> Option<std::result::Result<Record<'_>, String>> {
+    pub fn read_next(&mut self) -> Option<std::result::Result<Record<'_>, String>> {
         // Read until a whole record is buffered, then parse it again to hand it out.
         loop {
             match self.parser.next_raw_packet(&self.buffer[self.start..self.end]) {
@@ -438,7 +439,7 @@ pub(super) struct Noted {
 /// Events handed to the run's event hub at once when decoding after the stop.
 const EVENTS_PER_HAND_OVER: usize = 4096;
 /// Bytes read from the pcap at once when decoding after the stop (fewer for a shorter file).
-const READ_BLOCK: usize = 1 << 20;
+pub const READ_BLOCK: usize = 1 << 20;
 
 impl AfterStop {
     /// A chunk on its way to disk: its records' directions and SYNs, and the packets it announces.
