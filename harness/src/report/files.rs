@@ -191,13 +191,25 @@ mod tests {
         dir
     }
 
-    #[test]
-    fn a_rerun_replaces_netfaults_files_and_leaves_the_users() {
-        let dir = scratch("rerun");
-        for (name, text) in [("result.json", "old"), ("server.pcap", "old"), ("notes.txt", "mine")] {
+    /// A scratch report folder holding `files` (name, text), and its staging folder.
+    fn report_with(name: &str, files: [(&str, &str); 3]) -> (PathBuf, PathBuf) {
+        let dir = scratch(name);
+        for (name, text) in files {
             fs::write(dir.join(name), text).unwrap();
         }
         let staging = stage(&dir).unwrap();
+        (dir, staging)
+    }
+
+    /// The names in `dir`, in no particular order.
+    fn names_in(dir: &Path) -> Vec<String> {
+        fs::read_dir(dir).unwrap().map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned()).collect()
+    }
+
+    #[test]
+    fn a_rerun_replaces_netfaults_files_and_leaves_the_users() {
+        let (dir, staging) =
+            report_with("rerun", [("result.json", "old"), ("server.pcap", "old"), ("notes.txt", "mine")]);
         fs::write(staging.join("result.json"), "new").unwrap();
         fs::write(staging.join("client.pcap"), "new").unwrap();
         // Until it is published, the old report is whole.
@@ -208,21 +220,15 @@ mod tests {
         assert!(!dir.join("server.pcap").exists(), "an old own file this run did not write is gone");
         assert_eq!(fs::read_to_string(dir.join("notes.txt")).unwrap(), "mine");
         assert!(!staging.exists());
-        let names: Vec<String> = fs::read_dir(&dir)
-            .unwrap()
-            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
+        let names = names_in(&dir);
         assert_eq!(names.len(), 3, "nothing set aside is left: {names:?}");
         fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn the_replaced_files_are_set_aside_until_removed_and_a_killed_runs_are_cleared_by_the_next() {
-        let dir = scratch("aside");
-        for (name, text) in [("result.json", "old"), ("killed.txt", "old"), ("notes.txt", "mine")] {
-            fs::write(dir.join(name), text).unwrap();
-        }
-        let staging = stage(&dir).unwrap();
+        let (dir, staging) =
+            report_with("aside", [("result.json", "old"), ("killed.txt", "old"), ("notes.txt", "mine")]);
         fs::write(staging.join("result.json"), "new").unwrap();
         let replaced = publish_setting_aside(&dir).unwrap();
         assert_eq!(fs::read_to_string(dir.join("result.json")).unwrap(), "new");
@@ -230,10 +236,7 @@ mod tests {
         assert!(!staging.exists());
         let aside = replaced.folder.clone();
         assert!(aside.starts_with(&dir) && aside.file_name().unwrap().to_string_lossy().starts_with(REPLACED));
-        let mut old: Vec<String> = fs::read_dir(&aside)
-            .unwrap()
-            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
+        let mut old = names_in(&aside);
         old.sort();
         assert_eq!(old, ["killed.txt", "result.json"]);
         assert_eq!(fs::read_to_string(aside.join("result.json")).unwrap(), "old");
@@ -242,9 +245,10 @@ mod tests {
         // Set aside by a run killed before it removed them: the next run's staging clears them.
         let staging = stage(&dir).unwrap();
         fs::write(staging.join("result.json"), "newer").unwrap();
-        let _ = publish_setting_aside(&dir).unwrap();
+        let killed_aside = publish_setting_aside(&dir).unwrap().folder;
+        assert!(killed_aside.is_dir(), "set aside and never removed, as by a run killed then");
         stage(&dir).unwrap();
-        assert!(!aside.exists(), "the next run cleared what a killed one set aside");
+        assert!(!killed_aside.exists(), "the next run cleared what a killed one set aside");
         assert_eq!(fs::read_to_string(dir.join("notes.txt")).unwrap(), "mine");
         fs::remove_dir_all(&dir).unwrap();
     }
