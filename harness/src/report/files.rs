@@ -67,10 +67,10 @@ pub fn publish(dir: &Path) -> Result<()> {
 }
 
 /// [`publish`], but the old files it replaces, and netfault's own files the run did not write, are only set
-/// aside, in a folder of their own inside `dir` ([`Replaced`]), for the caller to remove once the run's result
-/// is out: an unlink on this machine's ext4 (mounted with `discard`) took 0.9 ms for a report's eight old files
-/// written back, once 28 ms during a journal commit, and the `rmdir` of the staging folder 0.15-0.65 ms.
-pub fn publish_setting_aside(dir: &Path) -> Result<Replaced> {
+/// aside, in a folder of their own inside `dir` ([`Replaced`]), all in one rename: the new report is complete
+/// before any old file is unlinked (an unlink on this machine's ext4, mounted with `discard`, took 0.9 ms for a
+/// report's eight old files written back, once 28 ms during a journal commit).
+fn publish_setting_aside(dir: &Path) -> Result<Replaced> {
     let staging = dir.join(STAGING);
     let mut written = Vec::new();
     for entry in fs::read_dir(&staging).map_err(|e| Error::sys(format!("list {}", staging.display()), e))? {
@@ -106,13 +106,13 @@ pub fn publish_setting_aside(dir: &Path) -> Result<Replaced> {
 /// The files a publish replaced, in a folder of their own inside the report folder (not a report: no report
 /// file list or bundle looks there, and the next run of the scenario clears any left over).
 #[must_use = "the replaced files stay on disk until removed"]
-pub struct Replaced {
+struct Replaced {
     folder: PathBuf,
 }
 
 impl Replaced {
     /// `rm -r` of the folder (best effort: what a failure leaves, the next run of the scenario clears).
-    pub fn remove(self) {
+    fn remove(self) {
         if !self.folder.as_os_str().is_empty() {
             let _ = fs::remove_dir_all(&self.folder);
         }

@@ -767,11 +767,6 @@ fn finish_child(job: &Job, ran: Result<Summary>) -> ! {
     // sockets (see [`pidns`]).
     pidns::end_others();
     close_standard_streams();
-    // Off the runner's wait where this process is its namespace's init (forked: the runner has its result
-    // now); a relaying parent exits only after it.
-    if let Some(replaced) = REPLACED.lock().ok().and_then(|mut replaced| replaced.take()) {
-        replaced.remove();
-    }
     pidns::report_done(code);
     // Threads still blocked in a socket call at the deadline die with the process; the report is written.
     std::process::exit(i32::from(code))
@@ -843,19 +838,14 @@ fn run_here(job: &Job, source: PlanSource<'_>, init: bool) -> Result<Summary> {
             }
         }
     };
-    // Even a run that ended in a harness error shows what it captured; its own error is the one to report.
-    let published = report::files::publish_setting_aside(&dir);
+    // Even a run that ended in a harness error shows what it captured; its own error is the one to report. The
+    // old files go before the summary: once `netfault run` has exited, the report folder holds the report alone
+    // (removed after the summary, off the runner's wait, a rerun's folder still held them when a script looked).
+    let published = report::files::publish(&dir);
     let summary = reported?;
-    let published = published?;
-    if let Ok(mut replaced) = REPLACED.lock() {
-        *replaced = Some(published);
-    }
+    published?;
     Ok(Summary { report: dir, ..summary })
 }
-
-/// The old report files the scenario process's publish set aside, removed after its summary is out
-/// ([`finish_child`]).
-static REPLACED: Mutex<Option<report::files::Replaced>> = Mutex::new(None);
 
 /// The environment variable that gives the cargo-test driver its seed (`netfault run --seed` for the others).
 pub const SEED_ENV: &str = "NETFAULT_SEED";
