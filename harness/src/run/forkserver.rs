@@ -46,8 +46,8 @@ use crate::scenario::plan::Plan;
 static SERVER: OnceLock<(Mutex<Option<OwnedFd>>, Pid)> = OnceLock::new();
 
 /// How long the server, once the runner said it is done ([`release`]), waits for the processes it forked to
-/// exit (each has reported by then, and only removes the old report files it set aside and waits for the
-/// kernel's release of its sockets) before it exits, which kills those left (`PR_SET_PDEATHSIG`).
+/// exit (each has reported by then, and only waits for the kernel's release of its sockets) before it exits,
+/// which kills those left (`PR_SET_PDEATHSIG`).
 const LAST_EXITS_WAIT: Duration = Duration::from_secs(10);
 
 /// The runner's last request: it starts no more scenarios, and every one it started has reported.
