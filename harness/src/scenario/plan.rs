@@ -560,39 +560,6 @@ pub enum SockOptName {
     TCP_CONGESTION,
 }
 
-impl SockOptName {
-    pub const ALL: [SockOptName; 28] = [
-        SockOptName::SO_KEEPALIVE,
-        SockOptName::SO_RCVBUF,
-        SockOptName::SO_SNDBUF,
-        SockOptName::SO_LINGER,
-        SockOptName::SO_REUSEADDR,
-        SockOptName::SO_REUSEPORT,
-        SockOptName::SO_ERROR,
-        SockOptName::TCP_NODELAY,
-        SockOptName::TCP_KEEPIDLE,
-        SockOptName::TCP_KEEPINTVL,
-        SockOptName::TCP_KEEPCNT,
-        SockOptName::TCP_USER_TIMEOUT,
-        SockOptName::TCP_SYNCNT,
-        SockOptName::TCP_DEFER_ACCEPT,
-        SockOptName::TCP_LINGER2,
-        SockOptName::TCP_MAXSEG,
-        SockOptName::TCP_QUICKACK,
-        SockOptName::TCP_NOTSENT_LOWAT,
-        SockOptName::SO_RCVTIMEO,
-        SockOptName::SO_SNDTIMEO,
-        SockOptName::SO_RCVLOWAT,
-        SockOptName::TCP_CORK,
-        SockOptName::TCP_WINDOW_CLAMP,
-        SockOptName::TCP_THIN_LINEAR_TIMEOUTS,
-        SockOptName::TCP_FASTOPEN,
-        SockOptName::TCP_FASTOPEN_CONNECT,
-        SockOptName::IP_TOS,
-        SockOptName::TCP_CONGESTION,
-    ];
-}
-
 /// `setsockopt(level, name, value)`.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 pub struct SockOpt {
