@@ -33,6 +33,9 @@ pub const SOCKOPT_NAMES: &[(&str, SockOptName)] = &[
     ("TCP_FASTOPEN_CONNECT", SockOptName::TCP_FASTOPEN_CONNECT),
     ("IP_TOS", SockOptName::IP_TOS),
     ("TCP_CONGESTION", SockOptName::TCP_CONGESTION),
+    ("IP_RECVERR", SockOptName::IP_RECVERR),
+    ("IP_TTL", SockOptName::IP_TTL),
+    ("SO_OOBINLINE", SockOptName::SO_OOBINLINE),
 ];
 
 /// The Linux name of a socket option, e.g. `TCP_KEEPIDLE`.

@@ -558,6 +558,9 @@ pub enum SockOptName {
     TCP_FASTOPEN_CONNECT,
     IP_TOS,
     TCP_CONGESTION,
+    IP_RECVERR,
+    IP_TTL,
+    SO_OOBINLINE,
 }
 
 /// `setsockopt(level, name, value)`.

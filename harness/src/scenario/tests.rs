@@ -413,6 +413,18 @@ fn timeouts_flags_and_nonblocking_reads() {
     );
     refused("description: d\nclient:\n  - socket: { SO_RCVTIMEO: 5 }\n", 3, 28, "SO_RCVTIMEO: ");
     refused("description: d\nclient:\n  - socket: { IP_TOS: 256 }\n", 3, 23, "IP_TOS");
+    refused("description: d\nclient:\n  - socket: { IP_TTL: 0 }\n", 3, 23, "IP_TTL");
+    match &actions("client:\n  - socket: { IP_RECVERR: true, SO_OOBINLINE: 1, IP_TTL: 64 }\n")[0] {
+        Action::Socket { options, .. } => assert_eq!(
+            options,
+            &vec![
+                SockOpt { name: SockOptName::IP_RECVERR, value: SockOptValue::Int(1) },
+                SockOpt { name: SockOptName::SO_OOBINLINE, value: SockOptValue::Int(1) },
+                SockOpt { name: SockOptName::IP_TTL, value: SockOptValue::Int(64) },
+            ]
+        ),
+        other => panic!("{other:?}"),
+    }
     let flagged = actions(
         "client:\n  - send: { bytes: 1, flags: [MSG_MORE, MSG_OOB, MSG_MORE] }\n  - recv: { flags: MSG_PEEK }\n",
     );

@@ -64,6 +64,9 @@ pub fn spec(name: SockOptName) -> OptionSpec {
         TCP_FASTOPEN_CONNECT => (libc::IPPROTO_TCP, libc::TCP_FASTOPEN_CONNECT, ValueKind::Int),
         IP_TOS => (libc::IPPROTO_IP, libc::IP_TOS, ValueKind::Int),
         TCP_CONGESTION => (libc::IPPROTO_TCP, libc::TCP_CONGESTION, ValueKind::Name),
+        IP_RECVERR => (libc::IPPROTO_IP, libc::IP_RECVERR, ValueKind::Int),
+        IP_TTL => (libc::IPPROTO_IP, libc::IP_TTL, ValueKind::Int),
+        SO_OOBINLINE => (libc::SOL_SOCKET, libc::SO_OOBINLINE, ValueKind::Int),
     };
     OptionSpec { level, optname, kind }
 }
@@ -216,6 +219,9 @@ mod tests {
                 SockOpt { name: SockOptName::TCP_FASTOPEN_CONNECT, value: SockOptValue::Int(1) },
                 SockOpt { name: SockOptName::IP_TOS, value: SockOptValue::Int(0x10) },
                 SockOpt { name: SockOptName::TCP_CONGESTION, value: SockOptValue::Algorithm("reno") },
+                SockOpt { name: SockOptName::IP_RECVERR, value: SockOptValue::Int(1) },
+                SockOpt { name: SockOptName::IP_TTL, value: SockOptValue::Int(3) },
+                SockOpt { name: SockOptName::SO_OOBINLINE, value: SockOptValue::Int(1) },
             ];
             for option in &options {
                 set(fd, option).unwrap();

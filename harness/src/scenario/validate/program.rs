@@ -456,7 +456,9 @@ impl Validator<'_> {
             | TCP_QUICKACK
             | TCP_CORK
             | TCP_THIN_LINEAR_TIMEOUTS
-            | TCP_FASTOPEN_CONNECT => {
+            | TCP_FASTOPEN_CONNECT
+            | IP_RECVERR
+            | SO_OOBINLINE => {
                 if let Scalar::Bool(b) = scalar {
                     return Ok(SockOptValue::Int(i32::from(*b)));
                 }
@@ -465,6 +467,7 @@ impl Validator<'_> {
             TCP_KEEPIDLE | TCP_KEEPINTVL => (1, 32767),
             TCP_KEEPCNT | TCP_SYNCNT => (1, 127),
             IP_TOS => (0, 255),
+            IP_TTL => (1, 255),
             _ => (0, i128::from(i32::MAX)),
         };
         Ok(SockOptValue::Int(self.int(path, scalar, name, min, max)? as i32))
