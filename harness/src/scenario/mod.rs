@@ -11,6 +11,7 @@ pub mod names;
 pub mod plan;
 pub mod schema;
 pub mod size;
+pub mod tcp_info;
 pub mod validate;
 pub mod variables;
 

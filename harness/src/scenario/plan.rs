@@ -365,6 +365,9 @@ pub enum Action {
     Sleep { duration: Duration },
     /// `getsockopt(level, name)`; SO_ERROR gives `ok` or the pending errno.
     GetOpt { option: SockOptName },
+    /// `getsockopt(IPPROTO_TCP, TCP_INFO)`: the connection's `struct tcp_info` (`ss -ti`), every field of
+    /// [`crate::scenario::tcp_info::FIELDS`] the kernel has.
+    GetTcpInfo,
     /// Waits until another host's named step has started or finished.
     Wait { step: StepRef, edge: StepEdge },
     /// Waits until a socket of `host` listens on `port` (`until ss -Htln 'sport = :PORT' | grep -q .`), such
@@ -389,7 +392,7 @@ impl Action {
             Action::Shutdown { .. } => "shutdown",
             Action::Close => "close",
             Action::Sleep { .. } => "sleep",
-            Action::GetOpt { .. } => "getsockopt",
+            Action::GetOpt { .. } | Action::GetTcpInfo => "getsockopt",
             Action::Wait { .. } | Action::WaitListening { .. } => "wait",
             Action::Exec(_) => "exec",
         }
@@ -679,6 +682,8 @@ pub enum ExpectedOutcome {
     Exit(i32),
     /// What a `getsockopt` reads.
     Value(SockOptValue),
+    /// Bounds on fields of what a `getsockopt: TCP_INFO` reads.
+    TcpInfo(Vec<crate::scenario::tcp_info::Bound>),
 }
 
 /// An errno value with its Linux name.

@@ -639,6 +639,7 @@ pub struct StepExpectWire {
     pub events: Option<ScalarList>,
     pub exit: Option<Scalar>,
     pub value: Option<ScalarOr<LingerWire>>,
+    pub tcp_info: Option<Entries<ScalarOr<RangeWire>>>,
     pub after: Option<Scalar>,
     pub at: Option<Scalar>,
     pub since: Option<ScalarOr<SinceWire>>,

@@ -414,6 +414,30 @@ fn timeouts_flags_and_nonblocking_reads() {
     refused("description: d\nclient:\n  - socket: { SO_RCVTIMEO: 5 }\n", 3, 28, "SO_RCVTIMEO: ");
     refused("description: d\nclient:\n  - socket: { IP_TOS: 256 }\n", 3, 23, "IP_TOS");
     refused("description: d\nclient:\n  - socket: { IP_TTL: 0 }\n", 3, 23, "IP_TTL");
+    let info = steps(
+        "client:\n  - getsockopt: TCP_INFO\n    expect: { tcp_info: { snd_cwnd: 10, rto: { min: 200ms }, total_retrans: { max: 3 } } }\n",
+    );
+    assert!(matches!(info[0].action, Action::GetTcpInfo));
+    assert_eq!(
+        info[0].expect.outcome,
+        Some(ExpectedOutcome::TcpInfo(vec![
+            tcp_info::Bound { field: "snd_cwnd", min: Some(10), max: Some(10) },
+            tcp_info::Bound { field: "rto", min: Some(200_000), max: None },
+            tcp_info::Bound { field: "total_retrans", min: None, max: Some(3) },
+        ]))
+    );
+    let getsockopt = "description: d\nclient:\n  - getsockopt: TCP_INFO\n    expect: ";
+    refused(&format!("{getsockopt}{{ tcp_info: {{ snd_cwd: 10 }} }}\n"), 4, 27, "did you mean snd_cwnd?");
+    refused(&format!("{getsockopt}{{ tcp_info: {{ rto: 5 }} }}\n"), 4, 32, "tcp_info rto");
+    refused(&format!("{getsockopt}{{ tcp_info: {{ lost: {{ min: 3, max: 1 }} }} }}\n"), 4, 48, "max is below min");
+    refused(&format!("{getsockopt}{{ value: 3 }}\n"), 4, 15, "TCP_INFO reads as fields");
+    refused(
+        "description: d\nclient:\n  - getsockopt: TCP_MAXSEG\n    expect: { tcp_info: { lost: 0 } }\n",
+        4,
+        15,
+        "only fits `getsockopt: TCP_INFO`",
+    );
+    refused("description: d\nclient:\n  - getsockopt: TCP_INFOS\n", 3, 17, "and TCP_INFO");
     match &actions("client:\n  - socket: { IP_RECVERR: true, SO_OOBINLINE: 1, IP_TTL: 64 }\n")[0] {
         Action::Socket { options, .. } => assert_eq!(
             options,

@@ -18,6 +18,7 @@ use crate::scenario::names::{closest, suggestion, ACTION_KEYS, BARE_ACTIONS, SOC
 use crate::scenario::plan::*;
 use crate::scenario::schema::*;
 use crate::scenario::size::{parse_size, UNITS};
+use crate::scenario::tcp_info;
 use crate::scenario::variables::{Scope, Variables};
 
 mod counters;

@@ -7,6 +7,7 @@
 mod decision;
 pub mod query;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -88,6 +89,9 @@ pub enum Outcome {
     Unfinished,
     /// A `getsockopt` read this value (as `SockOptValue`'s canonical text: `2304`, `500ms`, `{on,3}`, `cubic`).
     Value(String),
+    /// A `getsockopt: TCP_INFO` read these fields of `struct tcp_info`, by name (times in the kernel's units:
+    /// microseconds, or milliseconds for the `last_*` fields and `total_rto_time`).
+    TcpInfo(BTreeMap<String, u64>),
 }
 
 impl fmt::Display for Outcome {
@@ -105,6 +109,7 @@ impl fmt::Display for Outcome {
             Outcome::Exit { .. } => f.write_str("exit ?"),
             Outcome::Unfinished => f.write_str("unfinished"),
             Outcome::Value(value) => write!(f, "value {value}"),
+            Outcome::TcpInfo(read) => write!(f, "tcp_info {}", crate::scenario::tcp_info::describe(read)),
         }
     }
 }

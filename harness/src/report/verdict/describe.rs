@@ -25,6 +25,9 @@ pub fn describe_outcome(expected: &ExpectedOutcome) -> String {
         ExpectedOutcome::Ok => "ok".into(),
         ExpectedOutcome::Bytes(n) => format!("{n} bytes"),
         ExpectedOutcome::Value(value) => format!("value {value}"),
+        ExpectedOutcome::TcpInfo(bounds) => {
+            format!("tcp_info {}", bounds.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))
+        }
         ExpectedOutcome::Eof => "EOF".into(),
         ExpectedOutcome::Error(errno) => errno.name(),
         ExpectedOutcome::Events(events) => events.iter().map(|e| e.name()).collect::<Vec<_>>().join("|"),

@@ -324,7 +324,7 @@ fn judge_step(
         let result = if outcome_matches(expected, outcome) {
             Ok(())
         } else {
-            Err(failure(describe_outcome(expected), outcome.to_string(), Some(end)))
+            Err(failure(describe_outcome(expected), describe_actual(expected, outcome), Some(end)))
         };
         verdict.check(result);
     }
@@ -377,10 +377,24 @@ fn judge_time(
     ))
 }
 
+/// What a step gave, for a failure: a `tcp_info` read by the fields the expectation names that missed.
+fn describe_actual(expected: &ExpectedOutcome, actual: &Outcome) -> String {
+    match (expected, actual) {
+        (ExpectedOutcome::TcpInfo(bounds), Outcome::TcpInfo(read)) => format!(
+            "tcp_info {}",
+            bounds.iter().filter_map(|bound| bound.judge(read).err()).collect::<Vec<_>>().join(", ")
+        ),
+        _ => actual.to_string(),
+    }
+}
+
 fn outcome_matches(expected: &ExpectedOutcome, actual: &Outcome) -> bool {
     match (expected, actual) {
         // A getsockopt that read a value succeeded.
-        (ExpectedOutcome::Ok, Outcome::Ok | Outcome::Value(_)) => true,
+        (ExpectedOutcome::Ok, Outcome::Ok | Outcome::Value(_) | Outcome::TcpInfo(_)) => true,
+        (ExpectedOutcome::TcpInfo(bounds), Outcome::TcpInfo(read)) => {
+            bounds.iter().all(|bound| bound.judge(read).is_ok())
+        }
         (ExpectedOutcome::Value(expected), Outcome::Value(read)) => expected.to_string() == *read,
         (ExpectedOutcome::Bytes(n), Outcome::Bytes(m)) => n == m,
         (ExpectedOutcome::Eof, Outcome::Eof) => true,

@@ -251,6 +251,13 @@ impl Actor {
                 }
             }
             Action::GetOpt { option } => self.get_option(named, *option),
+            Action::GetTcpInfo => {
+                let lookup = self.sockets.lookup(named);
+                match sockopt::get_tcp_info(lookup.fd()) {
+                    Ok(read) => (Outcome::TcpInfo(read), None),
+                    Err(e) => failed(&e, socket_note(lookup, named)),
+                }
+            }
             Action::Wait { step, edge } => self.wait(step, *edge),
             Action::WaitListening { host, port } => self.wait_listening(*host, *port)?,
         };

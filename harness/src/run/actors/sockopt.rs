@@ -7,6 +7,7 @@ use std::os::fd::RawFd;
 use std::time::Duration;
 
 use crate::scenario::plan::{SockOpt, SockOptName, SockOptValue, CONGESTION_CONTROLS};
+use crate::scenario::tcp_info;
 
 /// How the kernel takes and gives an option's value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +151,22 @@ pub fn get(fd: RawFd, name: SockOptName) -> io::Result<SockOptValue> {
     }
 }
 
+/// `getsockopt(fd, IPPROTO_TCP, TCP_INFO)`: every field of `struct tcp_info` this kernel fills, by name.
+pub fn get_tcp_info(fd: RawFd) -> io::Result<std::collections::BTreeMap<String, u64>> {
+    let mut buffer = [0u8; tcp_info::READ_LEN];
+    let mut len = buffer.len() as libc::socklen_t;
+    // SAFETY: `buffer` is live and `len` tells the kernel its size; it writes at most that much and says how
+    // much it wrote.
+    let rc = unsafe {
+        libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, buffer.as_mut_ptr().cast::<libc::c_void>(), &mut len)
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let filled = usize::try_from(len).unwrap_or(0).min(buffer.len());
+    Ok(tcp_info::decode(&buffer[..filled]))
+}
+
 fn raw_get<T: Copy>(fd: RawFd, spec: OptionSpec, mut value: T) -> io::Result<T> {
     let mut len = mem::size_of::<T>() as libc::socklen_t;
     // SAFETY: `value` is a live `T` and `len` tells the kernel its size.
@@ -237,6 +254,19 @@ mod tests {
                 panic!("not a timeout")
             };
             assert!((Duration::from_millis(1)..=Duration::from_millis(10)).contains(&kept), "{kept:?}");
+        });
+    }
+
+    #[test]
+    fn tcp_info_of_a_new_socket_is_the_kernel_s_initial_state() {
+        with_tcp_socket(|fd| {
+            let read = get_tcp_info(fd).unwrap();
+            // TCP_CLOSE, the initial window of 10 segments (TCP_INIT_CWND) and the initial RTO of 1 s.
+            assert_eq!(read["state"], 7);
+            assert_eq!(read["snd_cwnd"], 10);
+            assert_eq!(read["rto"], 1_000_000);
+            assert_eq!(read["total_retrans"], 0);
+            assert!(read.contains_key("snd_wnd"), "every kernel netfault runs on fills up to snd_wnd: {read:?}");
         });
     }
 

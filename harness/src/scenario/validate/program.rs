@@ -375,7 +375,16 @@ impl Validator<'_> {
             return Ok(Action::Sleep { duration });
         }
         if let Some(option) = &map.getsockopt {
-            return Ok(Action::GetOpt { option: self.pick(path, option, SOCKOPT_NAMES, "socket option")? });
+            if matches!(option, Scalar::Str(text) if text == "TCP_INFO") {
+                return Ok(Action::GetTcpInfo);
+            }
+            return match self.pick(path, option, SOCKOPT_NAMES, "socket option") {
+                Ok(option) => Ok(Action::GetOpt { option }),
+                Err(mut error) => {
+                    error.message.push_str(", and TCP_INFO (struct tcp_info, read only)");
+                    Err(error)
+                }
+            };
         }
         if let Some(wait) = &map.wait {
             return self.wait(host, path, wait);
@@ -747,6 +756,12 @@ impl Validator<'_> {
         if let Some(value) = &map.value {
             let value_path = path.key("value");
             given.push(("value", value_path.clone()));
+            if matches!(action, Action::GetTcpInfo) {
+                return Err(self.fail_key(
+                    &value_path,
+                    "TCP_INFO reads as fields: `expect: { tcp_info: { snd_cwnd: 10, rto: { min: 200ms } } }`",
+                ));
+            }
             let Action::GetOpt { option } = action else {
                 return Err(self.fail_key(
                     &value_path,
@@ -763,12 +778,23 @@ impl Validator<'_> {
                 self.sockopt_value(&value_path, *option, crate::scenario::names::sockopt_name(*option), value)?;
             expect.outcome = Some(ExpectedOutcome::Value(value));
         }
+        if let Some(fields) = &map.tcp_info {
+            let fields_path = path.key("tcp_info");
+            given.push(("tcp_info", fields_path.clone()));
+            if !matches!(action, Action::GetTcpInfo) {
+                return Err(self.fail_key(
+                    &fields_path,
+                    format!("`tcp_info` only fits `getsockopt: TCP_INFO` steps; this is a {} step", action.kind()),
+                ));
+            }
+            expect.outcome = Some(ExpectedOutcome::TcpInfo(self.tcp_info_bounds(&fields_path, fields)?));
+        }
         if given.len() > 1 {
             given.sort_by_key(|(_, p)| self.index.key(p));
             return Err(self.fail_key(
                 &given[1].1,
                 format!(
-                    "give only one of result, events, exit, value; this expect has {}",
+                    "give only one of result, events, exit, value, tcp_info; this expect has {}",
                     list(given.iter().map(|(k, _)| *k))
                 ),
             ));
@@ -790,6 +816,70 @@ impl Validator<'_> {
             expect.tolerance = self.tolerance(&path.key("tolerance"), tolerance)?;
         }
         Ok(expect)
+    }
+
+    /// `tcp_info: { snd_cwnd: 10, total_retrans: { min: 1 }, rto: { max: 300ms } }`: a value or a range per
+    /// field of `struct tcp_info`, times as durations.
+    fn tcp_info_bounds(&self, path: &NodePath, fields: &Entries<ScalarOr<RangeWire>>) -> Checked<Vec<tcp_info::Bound>> {
+        if fields.0.is_empty() {
+            return Err(self.fail(path, "tcp_info needs at least one field, e.g. { snd_cwnd: 10 }"));
+        }
+        let names = || tcp_info::FIELDS.iter().map(|field| field.name);
+        let mut bounds = Vec::with_capacity(fields.0.len());
+        for (name, wire) in &fields.0 {
+            let field_path = path.key(name);
+            let Some(field) = tcp_info::lookup(name) else {
+                return Err(self.fail_key(
+                    &field_path,
+                    format!(
+                        "unknown tcp_info field {name}{}fields are those of struct tcp_info without `tcpi_`: {}",
+                        suggestion(name, names()),
+                        list(names())
+                    ),
+                ));
+            };
+            let value = |key: &NodePath, scalar: &Scalar| -> Checked<u64> {
+                let what = format!("tcp_info {name}");
+                match field.unit {
+                    tcp_info::Unit::Count => Ok(self.int(key, scalar, &what, 0, i128::from(u64::MAX))? as u64),
+                    tcp_info::Unit::Micros => {
+                        Ok(u64::try_from(self.duration(key, scalar, &what)?.as_micros()).unwrap_or(u64::MAX))
+                    }
+                    tcp_info::Unit::Millis => {
+                        Ok(u64::try_from(self.duration(key, scalar, &what)?.as_millis()).unwrap_or(u64::MAX))
+                    }
+                }
+            };
+            let bound = match wire {
+                ScalarOr::Scalar(scalar) => {
+                    let exact = value(&field_path, scalar)?;
+                    tcp_info::Bound { field: field.name, min: Some(exact), max: Some(exact) }
+                }
+                ScalarOr::Map(range) => {
+                    let end = |key: &str, scalar: &Option<Scalar>| {
+                        scalar.as_ref().map(|scalar| value(&field_path.key(key), scalar)).transpose()
+                    };
+                    let (min, max) = (end("min", &range.min)?, end("max", &range.max)?);
+                    match (min, max) {
+                        (None, None) => {
+                            return Err(self.fail(
+                                &field_path,
+                                format!("tcp_info {name} needs a value, or `min`, `max` or both, e.g. {{ min: 1 }}"),
+                            ))
+                        }
+                        (Some(low), Some(high)) if low > high => {
+                            return Err(self.fail(
+                                &field_path.key("max"),
+                                format!("tcp_info {name}: max is below min; nothing could match"),
+                            ))
+                        }
+                        _ => tcp_info::Bound { field: field.name, min, max },
+                    }
+                }
+            };
+            bounds.push(bound);
+        }
+        Ok(bounds)
     }
 
     fn outcome(&self, path: &NodePath, value: &Scalar, action: &Action) -> Checked<ExpectedOutcome> {
