@@ -132,8 +132,11 @@ struct Entry {
     fault: FaultPlan,
     on: Arm,
     off: Arm,
-    /// Packets or bytes seen so far by a packet or bytes trigger.
-    counter: u64,
+    /// Packets or bytes seen so far by the `from` trigger, if it counts them.
+    on_counter: u64,
+    /// The same for the `until` trigger: each trigger counts its own, so that `until: { packet, nth: 2 }` is
+    /// the second matching packet, not the first counted again.
+    off_counter: u64,
 }
 
 /// The faults' triggers: armed by events, due at a time, applied once.
@@ -155,7 +158,8 @@ impl FaultSchedule {
                 fault: fault.clone(),
                 on: arm(Some(&fault.from)),
                 off: arm(fault.until.as_ref()),
-                counter: 0,
+                on_counter: 0,
+                off_counter: 0,
             })
             .collect();
         FaultSchedule { entries }
@@ -163,8 +167,9 @@ impl FaultSchedule {
 
     /// Arms the triggers that `event` satisfies.
     fn observe(&mut self, event: &Event) {
-        for Entry { fault, on, off, counter } in &mut self.entries {
-            for (trigger, arm) in [(Some(&fault.from), &mut *on), (fault.until.as_ref(), &mut *off)] {
+        for Entry { fault, on, off, on_counter, off_counter } in &mut self.entries {
+            let triggers = [(Some(&fault.from), &mut *on, on_counter), (fault.until.as_ref(), &mut *off, off_counter)];
+            for (trigger, arm, counter) in triggers {
                 let Some(trigger) = trigger else { continue };
                 if *arm != Arm::Waiting {
                     continue;
@@ -287,6 +292,11 @@ faults:
     match: { payload: nonempty }
     action: drop
     from: client.connect
+  - name: second-ack-only
+    at: server
+    action: drop
+    from: { packet: { from: client, flags: "." }, nth: 1 }
+    until: { packet: { from: client, flags: "." }, nth: 2 }
 server:
   - listen: { port: 9000 }
 client:
@@ -364,9 +374,25 @@ client:
             // The receiver's copy of the same packet is not counted twice.
             schedule.observe(&ack(ms(t), HostId::Server, PacketDirection::In));
         }
-        assert!(schedule.due(ms(25)).is_empty());
+        let third_ack = |switches: Vec<(&FaultPlan, bool)>| {
+            names(switches).into_iter().filter(|(name, _)| name == "third-ack").collect::<Vec<_>>()
+        };
+        assert!(third_ack(schedule.due(ms(25))).is_empty());
         schedule.observe(&ack(ms(30), HostId::Client, PacketDirection::Out));
-        assert_eq!(names(schedule.due(ms(30))), vec![("third-ack".to_string(), true)]);
+        assert_eq!(third_ack(schedule.due(ms(30))), vec![("third-ack".to_string(), true)]);
+    }
+
+    #[test]
+    fn from_and_until_count_their_packets_each() {
+        let plan = plan();
+        let mut schedule = FaultSchedule::new(&plan);
+        let second_ack_only = |switches: Vec<(&FaultPlan, bool)>| {
+            names(switches).into_iter().filter(|(name, _)| name == "second-ack-only").collect::<Vec<_>>()
+        };
+        schedule.observe(&ack(ms(10), HostId::Client, PacketDirection::Out));
+        assert_eq!(second_ack_only(schedule.due(ms(10))), vec![("second-ack-only".to_string(), true)]);
+        schedule.observe(&ack(ms(20), HostId::Client, PacketDirection::Out));
+        assert_eq!(second_ack_only(schedule.due(ms(20))), vec![("second-ack-only".to_string(), false)]);
     }
 
     #[test]
