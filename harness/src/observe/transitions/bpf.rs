@@ -115,6 +115,17 @@ impl Map {
         bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).map(drop)
     }
 
+    /// The map's id (`bpftool map show`'s first column): unique among the machine's maps while it exists.
+    pub fn id(&self) -> io::Result<u32> {
+        let mut info = [0u8; 8];
+        let mut attr = [0u8; ATTR_LEN];
+        put_u32(&mut attr, 0, self.fd() as u32);
+        put_u32(&mut attr, 4, info.len() as u32);
+        put_u64(&mut attr, 8, info.as_mut_ptr() as u64);
+        bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+        Ok(u32::from_ne_bytes([info[4], info[5], info[6], info[7]]))
+    }
+
     /// `BPF_MAP_UPDATE_ELEM` (`BPF_ANY`: added or replaced); for a map of maps `value` is a map's descriptor.
     pub fn update(&self, key: &[u8], value: &[u8]) -> io::Result<()> {
         let mut attr = [0u8; ATTR_LEN];

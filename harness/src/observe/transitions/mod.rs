@@ -285,37 +285,44 @@ pub fn forget_owner(owner: u32) {
             && entry[namespace_entry::OWNER..namespace_entry::OWNER + 4] == owner.to_ne_bytes()
         {
             let _ = shared.namespaces.delete(&inode.to_ne_bytes());
-            let _ = shared.rings.delete(&inode.to_ne_bytes());
+            // The server waits here for a grace period per ring (a killed process's only).
+            let _ = shared.rings.delete(&entry[namespace_entry::RING..namespace_entry::RING + 4]);
         }
     }
 }
 
+/// How long [`Tracer::start`] waits for the scenario's ring to show in the shared hash of maps ([`RingMaps::publish`]):
+/// the kernel adds it as soon as the publishing thread runs.
+const PUBLISH_WAIT: Duration = Duration::from_secs(2);
+/// How often it looks meanwhile.
+const PUBLISH_LOOK: Duration = Duration::from_micros(50);
+
 /// A scenario's namespaces in the [`Shared`] maps, each with its host's number and the scenario's ring;
-/// dropping it removes them (`bpftool map delete`).
+/// dropping it removes them (`bpftool map delete`), the ring on a thread of its own (see [`RingMaps::publish`]).
 struct Registration {
     shared: &'static Shared,
     inodes: Vec<u32>,
+    /// Removed after the namespaces (fields drop after `drop`).
+    _ring: Published,
 }
 
 impl Registration {
-    /// Registers `namespaces` (inode number, host number) with `ring`: the program writes their transitions into
-    /// it from here on.
-    fn new(shared: &'static Shared, namespaces: &[(u32, u32)], ring: &Map) -> Result<Registration> {
-        let mut registration = Registration { shared, inodes: Vec::with_capacity(namespaces.len()) };
+    /// Registers `namespaces` (inode number, host number) with the ring the shared maps know as `ring`
+    /// ([`RingMaps::publish`]): the program writes their transitions into it from here on.
+    fn new(shared: &'static Shared, namespaces: &[(u32, u32)], ring: Published) -> Result<Registration> {
+        let id = ring.id;
+        let mut registration = Registration { shared, inodes: Vec::with_capacity(namespaces.len()), _ring: ring };
         let owner = OWNER.load(Ordering::Relaxed);
         for &(inode, host) in namespaces {
-            let key = inode.to_ne_bytes();
-            // The ring first: the program looks for it once it found the namespace.
-            let ring_fd = u32::try_from(ring.fd()).unwrap_or(u32::MAX).to_ne_bytes();
-            shared.rings.update(&key, &ring_fd).map_err(|e| refused("bpf(BPF_MAP_UPDATE_ELEM) of a ring", e))?;
-            registration.inodes.push(inode);
             let mut entry = [0u8; namespace_entry::LEN];
             entry[namespace_entry::HOST..namespace_entry::HOST + 4].copy_from_slice(&host.to_ne_bytes());
             entry[namespace_entry::OWNER..namespace_entry::OWNER + 4].copy_from_slice(&owner.to_ne_bytes());
+            entry[namespace_entry::RING..namespace_entry::RING + 4].copy_from_slice(&id.to_ne_bytes());
             shared
                 .namespaces
-                .update(&key, &entry)
+                .update(&inode.to_ne_bytes(), &entry)
                 .map_err(|e| refused("bpf(BPF_MAP_UPDATE_ELEM) of a namespace", e))?;
+            registration.inodes.push(inode);
         }
         Ok(registration)
     }
@@ -339,9 +346,29 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         for inode in &self.inodes {
-            // The namespace first: the program stops looking for its ring.
+            // The namespaces first, at once: the program no longer looks for the ring.
             let _ = self.shared.namespaces.delete(&inode.to_ne_bytes());
-            let _ = self.shared.rings.delete(&inode.to_ne_bytes());
+        }
+    }
+}
+
+/// A scenario's ring in the shared hash of maps, under its id ([`RingMaps::publish`]). Dropping it removes it
+/// there on a thread of its own: the kernel waits for an RCU grace period in every change of a map of maps
+/// (8-16 ms measured here, `strace -T`), which nothing of the run needs to wait for. A process that exits
+/// meanwhile finishes it in its exit.
+struct Published {
+    shared: &'static Shared,
+    id: u32,
+}
+
+impl Drop for Published {
+    fn drop(&mut self) {
+        let (shared, id) = (self.shared, self.id);
+        let remove = move || {
+            let _ = shared.rings.delete(&id.to_ne_bytes());
+        };
+        if thread::Builder::new().name("tracer-unpublish".into()).spawn(remove).is_err() {
+            remove();
         }
     }
 }
@@ -353,6 +380,8 @@ impl Drop for Registration {
 pub struct RingMaps {
     ring: Map,
     lost: Map,
+    /// The ring once [`RingMaps::publish`] started adding it to the shared hash of maps.
+    published: Option<Published>,
 }
 
 impl RingMaps {
@@ -362,6 +391,7 @@ impl RingMaps {
                 .map_err(|e| refused("bpf(BPF_MAP_CREATE) of a ring buffer", e))?,
             lost: Map::create(bpf::MAP_TYPE_ARRAY, 4, 8, 1)
                 .map_err(|e| refused("bpf(BPF_MAP_CREATE) of an array", e))?,
+            published: None,
         })
     }
 
@@ -369,7 +399,55 @@ impl RingMaps {
     /// while a program that uses them is loaded).
     pub fn try_clone(&self) -> Result<RingMaps> {
         let clone = |map: &Map| map.try_clone().context(|| "dup a BPF map's descriptor".to_string());
-        Ok(RingMaps { ring: clone(&self.ring)?, lost: clone(&self.lost)? })
+        Ok(RingMaps { ring: clone(&self.ring)?, lost: clone(&self.lost)?, published: None })
+    }
+
+    /// Starts adding the ring to the [`Shared`] hash of maps under its id (`bpftool map update ... value id`),
+    /// on a thread of its own: the kernel makes the entry at once, and then waits for an RCU grace period
+    /// before the call returns (every change of a map of maps does, 8-16 ms here: `strace -T`), which the
+    /// run need not wait for. [`Tracer::start`] does it if nothing did earlier; the set-up does it as soon as
+    /// its hosts' threads are started, so the entry is there when their namespaces are.
+    pub fn publish(&mut self, shared: &'static Shared) -> Result<()> {
+        if self.published.is_some() {
+            return Ok(());
+        }
+        let id = self.ring.id().map_err(|e| Error::sys("read a ring buffer's id (bpftool map show)", e))?;
+        let ring = self.ring.try_clone().context(|| "dup a BPF map's descriptor".to_string())?;
+        let publisher = thread::Builder::new()
+            .name("tracer-publish".into())
+            .spawn(move || {
+                let fd = u32::try_from(ring.fd()).unwrap_or(u32::MAX).to_ne_bytes();
+                // A failure shows as the entry missing, which `Tracer::start` reports.
+                let _ = shared.rings.update(&id.to_ne_bytes(), &fd);
+            })
+            .context(|| "spawn the thread publishing the tracer's ring".to_string())?;
+        // Real-time as the set-up's threads are (an ordinary one waited 2 ms for a CPU behind them in a trace);
+        // it then sleeps through the grace period. Refused without CAP_SYS_NICE: it stays ordinary.
+        let _ = crate::run::priority::raise_spawned(&publisher);
+        self.published = Some(Published { shared, id });
+        Ok(())
+    }
+
+    /// Waits until the shared hash of maps has the ring [`RingMaps::publish`] added, at most [`PUBLISH_WAIT`]: its
+    /// id. The entry is made microseconds after the publishing thread runs, but its call returns only a grace
+    /// period later, so it is looked for instead.
+    fn published(&mut self, shared: &'static Shared) -> Result<u32> {
+        self.publish(shared)?;
+        let id = self.published.as_ref().map(|published| published.id);
+        let id = id.ok_or_else(|| Error::Internal("the tracer's ring was not published".into()))?;
+        let until = std::time::Instant::now() + PUBLISH_WAIT;
+        loop {
+            if shared.rings.lookup(&id.to_ne_bytes(), &mut [0u8; 4]).is_ok() {
+                return Ok(id);
+            }
+            if std::time::Instant::now() >= until {
+                return Err(Error::Internal(format!(
+                    "the tracer's ring was not in the shared map {}s after it was added",
+                    PUBLISH_WAIT.as_secs()
+                )));
+            }
+            thread::sleep(PUBLISH_LOOK);
+        }
     }
 
     /// The descriptors, as a program loaded now refers to the maps.
@@ -440,10 +518,13 @@ impl Tracer {
             .into_iter()
             .map(|(host, namespace)| Ok((namespace_inode(namespace)?, host.index() as u32)))
             .collect::<Result<Vec<_>>>()?;
-        let RingMaps { ring, lost } = maps;
+        let mut maps = maps;
+        maps.published(shared)?;
+        let RingMaps { ring, lost, published } = maps;
+        let published = published.ok_or_else(|| Error::Internal("the tracer's ring was not published".into()))?;
         let maps = Maps { ring: ring.fd(), lost: lost.fd() };
         let skipped_before = recursion_misses(&shared.programs)?.iter().sum();
-        let registration = Registration::new(shared, &inodes, &ring)?;
+        let registration = Registration::new(shared, &inodes, published)?;
         let drops = match queue_drops {
             QueueDrops::Traced => running_kernel_layout()
                 .map_err(|e| e.to_string())

@@ -312,6 +312,7 @@ const SLOT_INUM: i16 = SLOT_SPAN - 8;
 const SLOT_PROTOCOL: i16 = SLOT_SPAN - 16;
 const SLOT_TIME: i16 = SLOT_SPAN - 24;
 const SLOT_ZERO: i16 = SLOT_SPAN - 28;
+const SLOT_RING: i16 = SLOT_SPAN - 32;
 /// The drop program's own slots (its packet copy where the transition program copies the socket).
 const SLOT_PACKET: i16 = -(record::PACKET_BYTES as i16);
 const SLOT_SOCK: i16 = SLOT_PACKET - 8;
@@ -436,17 +437,19 @@ pub struct SharedMaps {
     /// Hash: a namespace's inode number -> [`namespace_entry`] (`bpftool map update ... key <inum>`): the
     /// namespaces whose transitions are kept.
     pub namespaces: i32,
-    /// Hash of maps: a namespace's inode number -> the ring buffer of the scenario that registered it.
+    /// Hash of maps: a ring's id ([`namespace_entry::RING`]) -> the ring buffer of a scenario.
     pub rings: i32,
 }
 
 /// A [`SharedMaps::namespaces`] value: the host's number (`HostId::index()`), who registered it (see
-/// [`super::set_owner`]), and the count of its records the scenario's ring had no room for.
+/// [`super::set_owner`]), the count of its records the scenario's ring had no room for, and the scenario's
+/// ring (its key in [`SharedMaps::rings`]: the ring's map id).
 pub mod namespace_entry {
     pub const HOST: usize = 0;
     pub const OWNER: usize = 4;
     pub const LOST: usize = 8;
-    pub const LEN: usize = 16;
+    pub const RING: usize = 16;
+    pub const LEN: usize = 24;
 }
 
 /// The program's instructions for `layout`, `maps` and which `instance` of the program it is. They hold no
@@ -476,12 +479,17 @@ pub fn instructions(layout: &SockLayout, maps: SharedMaps, instance: Instance) -
     a.lookup_namespace(maps.namespaces);
     a.jump(OP_JEQ, R0, 0, Label::Out);
     a.load(SIZE_W, R9, R0, namespace_entry::HOST as i16);
+    a.load(SIZE_W, R1, R0, namespace_entry::RING as i16);
+    a.store(SIZE_W, FP, SLOT_RING, R1);
     // TCP only (the tracepoint fires for SCTP and MPTCP too).
     a.probe(SLOT_PROTOCOL, R6, layout.protocol);
     a.load(SIZE_H, R1, FP, SLOT_PROTOCOL);
     a.jump(OP_JNE, R1, IPPROTO_TCP, Label::Out);
     // The scenario's own ring.
-    a.lookup_namespace(maps.rings);
+    a.map(R1, maps.rings);
+    a.mov(R2, FP);
+    a.add_imm(R2, i32::from(SLOT_RING));
+    a.call(HELPER_MAP_LOOKUP_ELEM);
     a.jump(OP_JEQ, R0, 0, Label::Out);
     a.mov(R1, R0);
     a.reserve_in_r1(record::TRANSITION_LEN, record::TRANSITION);

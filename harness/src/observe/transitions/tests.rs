@@ -455,26 +455,29 @@ fn two_runs_at_once_share_the_program_and_each_reads_only_its_own_namespaces() {
 fn what_a_killed_scenario_process_left_registered_is_forgotten_by_its_owner_number_only() {
     let namespaces = [Netns::new_anonymous().unwrap(), Netns::new_anonymous().unwrap()];
     let inodes: Vec<u32> = namespaces.iter().map(|ns| namespace_inode(ns).unwrap()).collect();
-    let ring = RingMaps::create().unwrap();
+    let mut ring = RingMaps::create().unwrap();
     // As a forked scenario process registers (its owner number set at the fork, here written over the entries:
     // the number is the process's), and then dies without its teardown: the registration is never dropped.
     let owner = 0x7e57_0001;
-    let registration = Registration::new(shared().unwrap(), &[(inodes[0], 0), (inodes[1], 1)], &ring.ring).unwrap();
+    let id = ring.published(shared().unwrap()).unwrap();
+    let published = ring.published.take().unwrap();
+    let registration = Registration::new(shared().unwrap(), &[(inodes[0], 0), (inodes[1], 1)], published).unwrap();
     let registration = std::mem::ManuallyDrop::new(registration);
     for (host, inode) in inodes.iter().enumerate() {
-        registration.shared.namespaces.update(&inode.to_ne_bytes(), &entry_of(host as u32, owner)).unwrap();
+        registration.shared.namespaces.update(&inode.to_ne_bytes(), &entry_of(host as u32, owner, id)).unwrap();
     }
     forget_owner(owner + 1);
     assert_eq!(registered(&inodes), inodes, "another owner's number removes nothing");
     forget_owner(owner);
     assert_eq!(registered(&inodes), Vec::<u32>::new(), "the dead process's namespaces are gone");
-    let ring_left = shared().unwrap().rings.lookup(&inodes[0].to_ne_bytes(), &mut [0u8; 4]);
+    let ring_left = shared().unwrap().rings.lookup(&id.to_ne_bytes(), &mut [0u8; 4]);
     assert!(ring_left.is_err(), "its ring is gone from the hash of maps too");
 }
 
 /// A namespace entry as [`Registration::new`] writes it, for host `host` and owner `owner`.
-fn entry_of(host: u32, owner: u32) -> [u8; namespace_entry::LEN] {
+fn entry_of(host: u32, owner: u32, ring: u32) -> [u8; namespace_entry::LEN] {
     let mut entry = [0u8; namespace_entry::LEN];
+    entry[namespace_entry::RING..namespace_entry::RING + 4].copy_from_slice(&ring.to_ne_bytes());
     entry[namespace_entry::HOST..namespace_entry::HOST + 4].copy_from_slice(&host.to_ne_bytes());
     entry[namespace_entry::OWNER..namespace_entry::OWNER + 4].copy_from_slice(&owner.to_ne_bytes());
     entry
