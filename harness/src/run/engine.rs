@@ -1140,8 +1140,8 @@ pub fn annotate_faults(timeline: &mut Timeline, plan: &Plan) {
 struct CopyKey {
     sender: HostId,
     ip_id: u16,
-    src: std::net::Ipv4Addr,
-    dst: std::net::Ipv4Addr,
+    src: std::net::IpAddr,
+    dst: std::net::IpAddr,
     flags: u8,
     len: u32,
     seq: u32,
@@ -1173,7 +1173,7 @@ impl CopyKey {
 /// captures decode it; its sender's copy is the last one seen before the wire took it, the receiver's are
 /// those seen after.
 pub fn annotate_impairments(timeline: &mut Timeline) {
-    type Key = (std::net::Ipv4Addr, std::net::Ipv4Addr, u16, u8, u32, u32);
+    type Key = (std::net::IpAddr, std::net::IpAddr, u16, u8, u32, u32);
     let key = |p: &PacketEvent| (p.src, p.dst, p.ip_id, p.flags, p.seq, p.len);
     let mut marks: Vec<(usize, String)> = Vec::new();
     for event in &timeline.events {

@@ -33,6 +33,7 @@ pub const SOCKOPT_NAMES: &[(&str, SockOptName)] = &[
     ("TCP_FASTOPEN_CONNECT", SockOptName::TCP_FASTOPEN_CONNECT),
     ("IP_TOS", SockOptName::IP_TOS),
     ("TCP_CONGESTION", SockOptName::TCP_CONGESTION),
+    ("IPV6_V6ONLY", SockOptName::IPV6_V6ONLY),
 ];
 
 /// The Linux name of a socket option, e.g. `TCP_KEEPIDLE`.

@@ -1,13 +1,14 @@
 //! The transition tracer's BPF program, written out instruction by instruction: run at the kernel's
 //! `sock:inet_sock_set_state` tracepoint (as a raw tracepoint: `sk`, `oldstate`, `newstate`), it keeps the
-//! transitions of IPv4 TCP sockets whose network namespace is one of the run's and hands each to user space
+//! transitions of IPv4 and IPv6 TCP sockets whose network namespace is one of the run's and hands each to user space
 //! through a ring buffer, stamped with the kernel's monotonic clock at the transition.
 
 use super::btf::{Btf, Field};
 use crate::error::Result;
 
-/// `AF_INET`, `IPPROTO_TCP`.
+/// `AF_INET`, `AF_INET6`, `IPPROTO_TCP`.
 const AF_INET: i32 = 2;
+pub const AF_INET6: i32 = 10;
 const IPPROTO_TCP: i32 = 6;
 
 /// One record in the ring buffer, as the programs write it (native byte order unless said otherwise): a
@@ -40,7 +41,13 @@ pub mod record {
     pub const LOCAL_PORT: usize = 42;
     /// Which of the two instances of the program wrote the record (see [`super::Instance`]).
     pub const TRANSITION_INSTANCE: usize = 44;
-    pub const TRANSITION_LEN: usize = 48;
+    /// The socket's family (`AF_INET` or `AF_INET6`), and for an IPv6 socket its remote and local IPv6
+    /// addresses (network byte order; a v4-mapped address for an IPv4 peer of a dual-stack socket). An IPv4
+    /// socket's copy of those fields is not read.
+    pub const FAMILY: usize = 48;
+    pub const REMOTE_ADDRESS6: usize = 56;
+    pub const LOCAL_ADDRESS6: usize = 72;
+    pub const TRANSITION_LEN: usize = 88;
     /// A dropped packet: who dropped it ([`BY_NETFILTER`] or [`BY_QDISC`]), the instance of the program that
     /// wrote the record, its first bytes from its IPv4 header on, and its `struct sk_buff`'s kernel address (tells the
     /// second instance's record of a drop from another drop, never shown).
@@ -104,6 +111,9 @@ pub struct SockLayout {
     local_address: Field,
     remote_port: Field,
     local_port: Field,
+    /// `skc_v6_daddr`, `skc_v6_rcv_saddr`: an IPv6 socket's addresses, read on their own (outside the span).
+    remote_address6: Field,
+    local_address6: Field,
 }
 
 /// `offset:size` of each field, comma-separated: how a layout travels to the scenario processes.
@@ -131,7 +141,7 @@ impl std::fmt::Display for SockLayout {
 }
 
 impl SockLayout {
-    fn fields(&self) -> [Field; 8] {
+    fn fields(&self) -> [Field; 10] {
         [
             self.net,
             self.inum,
@@ -141,16 +151,31 @@ impl SockLayout {
             self.local_address,
             self.remote_port,
             self.local_port,
+            self.remote_address6,
+            self.local_address6,
         ]
     }
 
     /// A layout as [`Display`](std::fmt::Display) writes it; `None` unless it is exactly that, with sizes the
-    /// program can read (the namespace pointer 8 bytes; inode, addresses 4; family, protocol, ports 2).
+    /// program can read (the namespace pointer 8 bytes; inode, IPv4 addresses 4; family, protocol, ports 2;
+    /// IPv6 addresses 16).
     pub fn parse(text: &str) -> Option<SockLayout> {
-        let [net, inum, family, protocol, remote_address, local_address, remote_port, local_port] = parse_fields(text)?;
-        let layout = SockLayout { net, inum, family, protocol, remote_address, local_address, remote_port, local_port };
+        let [net, inum, family, protocol, remote_address, local_address, remote_port, local_port, remote_address6, local_address6] =
+            parse_fields(text)?;
+        let layout = SockLayout {
+            net,
+            inum,
+            family,
+            protocol,
+            remote_address,
+            local_address,
+            remote_port,
+            local_port,
+            remote_address6,
+            local_address6,
+        };
         let sizes = layout.fields().map(|field| field.size);
-        (sizes == [8, 4, 2, 2, 4, 4, 2, 2] && layout.span().1 <= MAX_SPAN).then_some(layout)
+        (sizes == [8, 4, 2, 2, 4, 4, 2, 2, 16, 16] && layout.span().1 <= MAX_SPAN).then_some(layout)
     }
 
     /// The bytes of `struct sock` that hold the namespace pointer, family, addresses and ports, read at once.
@@ -175,6 +200,8 @@ impl SockLayout {
             local_address: common("skc_rcv_saddr")?,
             remote_port: common("skc_dport")?,
             local_port: common("skc_num")?,
+            remote_address6: common("skc_v6_daddr")?,
+            local_address6: common("skc_v6_rcv_saddr")?,
         };
         let (_, len) = layout.span();
         if len > MAX_SPAN {
@@ -312,6 +339,9 @@ const SLOT_INUM: i16 = SLOT_SPAN - 8;
 const SLOT_PROTOCOL: i16 = SLOT_SPAN - 16;
 const SLOT_TIME: i16 = SLOT_SPAN - 24;
 const SLOT_ZERO: i16 = SLOT_SPAN - 28;
+/// An IPv6 socket's remote and local addresses, 16 bytes each.
+const SLOT_REMOTE6: i16 = SLOT_SPAN - 48;
+const SLOT_LOCAL6: i16 = SLOT_SPAN - 64;
 /// The drop program's own slots (its packet copy where the transition program copies the socket).
 const SLOT_PACKET: i16 = -(record::PACKET_BYTES as i16);
 const SLOT_SOCK: i16 = SLOT_PACKET - 8;
@@ -330,6 +360,8 @@ enum Label {
     Done,
     Ours,
     Copy,
+    /// An IPv4 or IPv6 socket: go on to the protocol check.
+    Inet,
 }
 
 #[derive(Default)]
@@ -449,12 +481,18 @@ pub fn instructions(layout: &SockLayout, namespaces: &[(u32, u32)], maps: Maps, 
     // The namespace's inode: one of the run's two, else not ours.
     a.load(SIZE_DW, R9, FP, in_span(layout.net));
     a.host_of_namespace(R9, layout.inum, namespaces);
-    // IPv4 TCP only (the tracepoint fires for SCTP and MPTCP too, and for IPv6).
+    // IPv4 and IPv6 TCP only (the tracepoint fires for SCTP and MPTCP too).
     a.load(SIZE_H, R1, FP, in_span(layout.family));
-    a.jump(OP_JNE, R1, AF_INET, Label::Out);
+    a.jump(OP_JEQ, R1, AF_INET, Label::Inet);
+    a.jump(OP_JNE, R1, AF_INET6, Label::Out);
+    a.label(Label::Inet);
     a.probe(SLOT_PROTOCOL, R6, layout.protocol);
     a.load(SIZE_H, R1, FP, SLOT_PROTOCOL);
     a.jump(OP_JNE, R1, IPPROTO_TCP, Label::Out);
+    // Both sockets' IPv6 address fields, before the record is reserved (a failed read leaves the program,
+    // which must not hold a reservation then); user space reads them for an IPv6 socket only.
+    a.probe(SLOT_REMOTE6, R6, layout.remote_address6);
+    a.probe(SLOT_LOCAL6, R6, layout.local_address6);
     a.reserve(maps.ring, record::TRANSITION_LEN, record::TRANSITION);
     a.store(SIZE_DW, R0, record::SOCK as i16, R6);
     a.store(SIZE_W, R0, record::OLD_STATE as i16, R7);
@@ -467,6 +505,14 @@ pub fn instructions(layout: &SockLayout, namespaces: &[(u32, u32)], maps: Maps, 
     ] {
         a.load(size, R1, FP, in_span(field));
         a.store(size, R0, at as i16, R1);
+    }
+    a.load(SIZE_H, R1, FP, in_span(layout.family));
+    a.store(SIZE_W, R0, record::FAMILY as i16, R1);
+    for (slot, at) in [(SLOT_REMOTE6, record::REMOTE_ADDRESS6), (SLOT_LOCAL6, record::LOCAL_ADDRESS6)] {
+        for half in [0, 8] {
+            a.load(SIZE_DW, R1, FP, slot + half);
+            a.store(SIZE_DW, R0, (at as i16) + half, R1);
+        }
     }
     a.store_imm(SIZE_W, R0, record::TRANSITION_INSTANCE as i16, instance.number() as i32);
     a.submit_and_exit(maps.lost, 0);
@@ -699,6 +745,8 @@ mod tests {
             local_address: field(4, 4),
             remote_port: field(12, 2),
             local_port: field(14, 2),
+            remote_address6: field(56, 16),
+            local_address6: field(72, 16),
         }
     }
 

@@ -64,6 +64,7 @@ pub fn spec(name: SockOptName) -> OptionSpec {
         TCP_FASTOPEN_CONNECT => (libc::IPPROTO_TCP, libc::TCP_FASTOPEN_CONNECT, ValueKind::Int),
         IP_TOS => (libc::IPPROTO_IP, libc::IP_TOS, ValueKind::Int),
         TCP_CONGESTION => (libc::IPPROTO_TCP, libc::TCP_CONGESTION, ValueKind::Name),
+        IPV6_V6ONLY => (libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, ValueKind::Int),
     };
     OptionSpec { level, optname, kind }
 }

@@ -140,7 +140,7 @@ fn exec(program: &str, args: &[&str]) -> ExecPlan {
 
 /// `ip link set lo up`, with SIOCSIFFLAGS on the calling thread's namespace.
 fn lo_up() -> Result<()> {
-    let socket = sockets::tcp_socket(false).map_err(|e| Error::sys("socket for SIOCSIFFLAGS", e))?;
+    let socket = sockets::tcp_socket(Family::Ipv4, false).map_err(|e| Error::sys("socket for SIOCSIFFLAGS", e))?;
     // SAFETY: ifreq is plain old data; all zero is a valid value.
     let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in request.ifr_name.iter_mut().zip(b"lo") {
