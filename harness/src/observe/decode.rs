@@ -562,6 +562,91 @@ mod tests {
 
     const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
     const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+    const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
+    const SERVER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+
+    /// An IPv6 packet in an Ethernet frame: `next` is the first next header, `payload` what follows the fixed
+    /// header (extension headers included).
+    fn frame6(src: Ipv6Addr, dst: Ipv6Addr, next: u8, payload: &[u8]) -> Vec<u8> {
+        let mut frame = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1, 0x86, 0xdd];
+        frame.extend_from_slice(&ip6_packet(src, dst, next, payload));
+        frame
+    }
+
+    fn ip6_packet(src: Ipv6Addr, dst: Ipv6Addr, next: u8, payload: &[u8]) -> Vec<u8> {
+        let mut ip = vec![0x60, 0, 0, 0];
+        ip.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        ip.extend_from_slice(&[next, 64]);
+        ip.extend_from_slice(&src.octets());
+        ip.extend_from_slice(&dst.octets());
+        ip.extend_from_slice(payload);
+        ip
+    }
+
+    #[test]
+    fn ipv6_segments_are_decoded_like_ipv4_ones() {
+        let mut decoder = Decoder::new();
+        let syn = Segment {
+            sport: 40000,
+            dport: 9000,
+            seq: 5000,
+            ack: 0,
+            flags: 0x02,
+            window: 64800,
+            options: &SYN_OPTIONS,
+            data: &[],
+        };
+        let event = decoder.decode(&frame6(CLIENT6, SERVER6, IPPROTO_TCP, &tcp(&syn)), true).unwrap();
+        assert_eq!((event.src, event.dst), (IpAddr::V6(CLIENT6), IpAddr::V6(SERVER6)));
+        assert_eq!(event.protocol, IpProtocol::Known(Protocol::Tcp));
+        assert_eq!((event.sport, event.dport, event.flags, event.seq, event.len, event.ip_id), (40000, 9000, 2, 0, 0, 0));
+        assert_eq!(event.to_string(), "fd00::1.40000 > fd00::2.9000: Flags [S], seq 0, win 64800, length 0, [mss 1460,sackOK,TS val 123 ecr 0,nop,wscale 7]");
+        // Data behind a destination options header: the header is skipped, its length not counted as payload.
+        let data = Segment { seq: 5001, ack: 1, flags: 0x18, data: b"hello", options: &[], ..syn };
+        let mut with_options = vec![IPPROTO_TCP, 0, 1, 4, 0, 0, 0, 0];
+        with_options.extend_from_slice(&tcp(&data));
+        let event = decoder.decode(&frame6(CLIENT6, SERVER6, IPV6_DESTINATION, &with_options), true).unwrap();
+        assert_eq!((event.flags, event.seq, event.len), (0x18, 1, 5));
+        // The same packet as a drop inside the kernel shows it, from its IPv6 header on.
+        let packet = ip6_packet(CLIENT6, SERVER6, IPPROTO_TCP, &tcp(&data));
+        assert_eq!(decoder.decode_ip(&packet, true).map(|e| (e.src, e.len)), Some((IpAddr::V6(CLIENT6), 5)));
+        assert!(changes_tcp_state(&frame6(CLIENT6, SERVER6, IPPROTO_TCP, &tcp(&syn))));
+    }
+
+    #[test]
+    fn icmpv6_errors_name_their_code_and_the_packet_they_quote() {
+        let mut decoder = Decoder::new();
+        let syn = Segment { sport: 40000, dport: 9000, seq: 1, ack: 0, flags: 2, window: 1, options: &[], data: &[] };
+        let quoted = ip6_packet(CLIENT6, SERVER6, IPPROTO_TCP, &tcp(&syn));
+        let error = |code: u8| {
+            let mut icmp = vec![1, code, 0, 0, 0, 0, 0, 0];
+            icmp.extend_from_slice(&quoted);
+            frame6(SERVER6, CLIENT6, IPPROTO_ICMPV6, &icmp)
+        };
+        let texts: Vec<String> = [4, 3, 0, 1]
+            .into_iter()
+            .map(|code| {
+                let event = decoder.decode(&error(code), true).unwrap();
+                assert_eq!(event.protocol, IpProtocol::Known(Protocol::Icmpv6));
+                event.options
+            })
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                "destination unreachable, unreachable port, fd00::2 tcp port 9000",
+                "destination unreachable, unreachable address, fd00::2 tcp port 9000",
+                "destination unreachable, no route, fd00::2 tcp port 9000",
+                "destination unreachable, unreachable prohibited, fd00::2 tcp port 9000",
+            ]
+        );
+        let event = decoder.decode(&error(4), true).unwrap();
+        assert_eq!(event.to_string(), "fd00::2 > fd00::1: icmpv6 destination unreachable, unreachable port, fd00::2 tcp port 9000");
+        let mut too_big = vec![2, 0, 0, 0, 0, 0, 0x05, 0x00];
+        too_big.extend_from_slice(&quoted);
+        let event = decoder.decode(&frame6(SERVER6, CLIENT6, IPPROTO_ICMPV6, &too_big), true).unwrap();
+        assert_eq!(event.options, "packet too big, mtu 1280, fd00::2 tcp port 9000");
+    }
 
     /// An IPv4 packet in an Ethernet frame; checksums are left zero (the decoder does not verify them).
     fn frame(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, id: u16, payload: &[u8]) -> Vec<u8> {
@@ -650,7 +735,7 @@ mod tests {
         let mut decoder = Decoder::new();
         let event = decoder.decode(&syn(40000, 1_000_000), true).unwrap();
         assert_eq!(event.direction, PacketDirection::Out);
-        assert_eq!((event.src, event.dst), (CLIENT, SERVER));
+        assert_eq!((event.src, event.dst), (IpAddr::V4(CLIENT), IpAddr::V4(SERVER)));
         assert_eq!(event.protocol, IpProtocol::Known(Protocol::Tcp));
         assert_eq!(event.ip_id, 0x1234);
         assert_eq!((event.sport, event.dport), (40000, 9000));
@@ -848,7 +933,7 @@ mod tests {
         icmp.extend_from_slice(&quoted[..28]); // the quoted IP header and 8 bytes of TCP, as the kernel sends
         let event = Decoder::new().decode(&frame(SERVER, CLIENT, IPPROTO_ICMP, 9, &icmp), false).unwrap();
         assert_eq!(event.protocol, IpProtocol::Known(Protocol::Icmp));
-        assert_eq!((event.src, event.dst, event.ip_id), (SERVER, CLIENT, 9));
+        assert_eq!((event.src, event.dst, event.ip_id), (IpAddr::V4(SERVER), IpAddr::V4(CLIENT), 9));
         assert_eq!(event.options, "10.0.0.2 tcp port 9000 unreachable");
         assert_eq!((event.sport, event.dport, event.flags), (0, 0, 0));
     }
@@ -890,9 +975,14 @@ mod tests {
         arp.extend_from_slice(&[0; 28]);
         assert_eq!(decoder.decode(&arp, true), None);
 
-        let mut ipv6 = vec![0x33, 0x33, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 1, 0x86, 0xdd];
-        ipv6.extend_from_slice(&[0x60; 40]);
-        assert_eq!(decoder.decode(&ipv6, true), None);
+        // A multicast listener report, with its hop-by-hop header (router alert), from `::`: a host's own.
+        let mut hop_by_hop = vec![IPPROTO_ICMPV6, 0, 5, 2, 0, 0, 1, 0];
+        hop_by_hop.extend_from_slice(&[143, 0, 0, 0, 0, 0, 0, 1]);
+        let report = frame6(Ipv6Addr::UNSPECIFIED, "ff02::16".parse().unwrap(), IPV6_HOP_BY_HOP, &hop_by_hop);
+        assert_eq!(decoder.decode(&report, true), None, "MLD report");
+        let solicitation = frame6(CLIENT6, SERVER6, IPPROTO_ICMPV6, &[135, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(decoder.decode(&solicitation, true), None, "neighbour solicitation");
+        assert_eq!(decoder.decode(&report[..14 + 39], true), None, "IPv6 header cut short");
 
         let whole = syn(40000, 1);
         assert_eq!(decoder.decode(&whole[..14 + 20 + 10], true), None, "TCP header cut short");

@@ -792,8 +792,13 @@ fn set_up_host(
             sink.clone(),
             capture_settings(plan),
         )?;
+        let address6 = plan
+            .link_ends()
+            .find(|(_, end)| end.host == host && end.ifname == link.ifname)
+            .and_then(|(_, end)| end.address6);
         let interface = CapturedInterface {
             link: link_index,
+            address6,
             host,
             ifname: link.ifname,
             mac: link.mac,

@@ -406,8 +406,8 @@ impl PacketEvent {
     pub fn test_segment(flags: u8, len: u32) -> PacketEvent {
         PacketEvent {
             direction: PacketDirection::Out,
-            src: Ipv4Addr::new(10, 0, 0, 1),
-            dst: Ipv4Addr::new(10, 0, 0, 2),
+            src: std::net::Ipv4Addr::new(10, 0, 0, 1).into(),
+            dst: std::net::Ipv4Addr::new(10, 0, 0, 2).into(),
             protocol: IpProtocol::Known(Protocol::Tcp),
             ip_id: 0,
             sport: 40000,

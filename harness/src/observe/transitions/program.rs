@@ -795,18 +795,36 @@ mod tests {
             .filter(|w| decode(w[3]).0 == JMP | OP_CALL && decode(w[3]).4 == HELPER_PROBE_READ_KERNEL)
             .map(|w| (decode(w[0]).4, decode(w[2]).4))
             .collect();
-        assert_eq!(probes, vec![(56, 0), (4, 200), (2, 520)], "span 0..56, net->ns.inum, sk_protocol");
+        assert_eq!(
+            probes,
+            vec![(56, 0), (4, 200), (2, 520), (16, 56), (16, 72)],
+            "span 0..56, net->ns.inum, sk_protocol, skc_v6_daddr, skc_v6_rcv_saddr"
+        );
         assert_eq!(layout().span(), (0, 56));
     }
 
     #[test]
     fn a_layout_travels_as_text() {
         let text = layout().to_string();
-        assert_eq!(text, "48:8,200:4,16:2,520:2,0:4,4:4,12:2,14:2");
+        assert_eq!(text, "48:8,200:4,16:2,520:2,0:4,4:4,12:2,14:2,56:16,72:16");
         assert_eq!(SockLayout::parse(&text), Some(layout()));
         assert_eq!(SockLayout::parse("48:8,200:4"), None, "every field");
-        assert_eq!(SockLayout::parse("48:4,200:4,16:2,520:2,0:4,4:4,12:2,14:2"), None, "a pointer is 8 bytes");
-        assert_eq!(SockLayout::parse("4800:8,200:4,16:2,520:2,0:4,4:4,12:2,14:2"), None, "the span is too wide");
+        assert_eq!(SockLayout::parse("48:8,200:4,16:2,520:2,0:4,4:4,12:2,14:2"), None, "the IPv6 addresses too");
+        assert_eq!(
+            SockLayout::parse("48:4,200:4,16:2,520:2,0:4,4:4,12:2,14:2,56:16,72:16"),
+            None,
+            "a pointer is 8 bytes"
+        );
+        assert_eq!(
+            SockLayout::parse("48:8,200:4,16:2,520:2,0:4,4:4,12:2,14:2,56:4,72:16"),
+            None,
+            "an IPv6 address is 16 bytes"
+        );
+        assert_eq!(
+            SockLayout::parse("4800:8,200:4,16:2,520:2,0:4,4:4,12:2,14:2,56:16,72:16"),
+            None,
+            "the span is too wide"
+        );
         let field = |offset, size| Field { offset, size };
         let skb = SkbLayout {
             sk: field(24, 8),
