@@ -265,8 +265,8 @@ impl HostWire {
     pub fn wait_operational(&mut self, plan: &Plan) -> Result<()> {
         for (_, end) in plan.link_ends().filter(|(_, end)| end.host == self.host) {
             wait_operational(&mut self.rtnl, &end.ifname, end.host.name())?;
-            if end.address6.is_some() {
-                wait_ipv6_usable(&mut self.rtnl, &end.ifname, end.host.name())?;
+            if let Some(address6) = end.address6 {
+                wait_ipv6_usable(&mut self.rtnl, &end.ifname, address6, end.host.name())?;
             }
         }
         for (rtnl, name) in &mut self.wire_ends {
@@ -310,19 +310,24 @@ fn wait_operational(rtnl: &mut Rtnl, ifname: &str, place: &str) -> Result<()> {
     }
 }
 
-/// Waits until the interface's IPv6 address is no longer tentative (`ip -6 addr show dev nf0` without
-/// `tentative`), at most [`OPERATIONAL_TIMEOUT`], looking again at each address or link notification.
+/// Waits until the interface's IPv6 address is usable: no longer tentative (`ip -6 addr show dev nf0`
+/// without `tentative`) and delivered locally (`ip -6 route get <address>` says `local`), at most
+/// [`OPERATIONAL_TIMEOUT`], looking again at each address or link notification.
 ///
 /// Even with `nodad`, an address stays tentative until the kernel's IPv6 layer sees the link ready, which its
-/// own notifier does after the operational state changes: a SYN that arrives before then is dropped unseen by
-/// TCP (measured: a connect at t0 to a closed port got no RST, and its SYN's retransmission 1 s later did;
-/// the address's MLD report, sent when it becomes usable, left 9 ms after t0).
-fn wait_ipv6_usable(rtnl: &mut Rtnl, ifname: &str, place: &str) -> Result<()> {
+/// own notifier does after the operational state changes, and its local route goes in after that: a SYN that
+/// arrives before then is dropped unseen by TCP (measured: a connect at t0 to a closed port got no RST, and
+/// its SYN's retransmission 1 s later did; the address's MLD report, sent when it becomes usable, left 9 ms
+/// after t0; waiting for the tentative flag alone still let 2 of 30 runs start 11 ms early).
+fn wait_ipv6_usable(rtnl: &mut Rtnl, ifname: &str, address: std::net::Ipv6Addr, place: &str) -> Result<()> {
     let started = Instant::now();
-    let what = format!("wait for the IPv6 address of {ifname} in {place} to be usable (ip -6 addr show: not tentative)");
+    let what = format!(
+        "wait for {address} on {ifname} in {place} to be usable (ip -6 addr show: not tentative; ip -6 route get \
+         {address}: local)"
+    );
     rtnl.watch_links().context(|| format!("{what}: ip monitor link address (join RTNLGRP_LINK, RTNLGRP_IPV6_IFADDR)"))?;
     let ifindex = rtnl.get_link(ifname, &what)?.header.index;
-    while rtnl.has_tentative_ipv6(ifindex, &what)? {
+    while rtnl.has_tentative_ipv6(ifindex, &what)? || !rtnl.is_local_ipv6(address, &what)? {
         let waited = started.elapsed();
         if waited >= OPERATIONAL_TIMEOUT {
             return Err(Error::Internal(format!(
