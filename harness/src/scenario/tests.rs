@@ -1998,6 +1998,10 @@ fn ipv6_that_cannot_be_run_is_refused_where_it_is_written() {
         32,
         "fault lossy: impairments (loss, delay, reorder, duplicate, corrupt, rate, inject) act on IPv4 frames only",
     );
+    let payload = "description: d\nfaults:\n  - { name: data, at: server, match: { payload: nonempty }, action: drop }\n\
+                   client:\n  - connect: { to: server, port: 9000, family: ipv6 }\n";
+    refused(payload, 3, 40, "add `requires: { nftables: [inner-payload] }`");
+    assert!(parse_text(&format!("{payload}requires: {{ nftables: [inner-payload] }}\n")).is_ok());
     refused(
         "description: d\nfaults:\n  - { name: icmp6, at: server, match: { protocol: icmpv6, dport: 1 }, action: drop }\n",
         3,

@@ -176,6 +176,9 @@ pub fn validate(
         faults.iter().filter(|fault| fault.action.impairment().is_some()).map(|fault| fault.name.clone()).collect();
     let expect = v.run_expectations(&root.key("expect"), wire.expect.as_ref())?;
     let requires = v.requirements(&root.key("requires"), wire.requires.as_ref())?;
+    if link.ipv6 {
+        v.ipv6_payload_needs_inner_header(&root.key("faults"), &faults, &requires)?;
+    }
     let conditional = v.conditional_expectations(wire)?;
 
     // The impairments run on the wire, which then sits on the link between client and server.
@@ -659,6 +662,27 @@ impl Validator<'_> {
             ));
         }
         Ok(ipv6)
+    }
+
+    /// A fault's `payload:` condition matches IPv6 packets only when written as a load after the transport
+    /// header (`@ih`); the other encoding, kept for kernels without it, reads IPv4 header lengths. With IPv6
+    /// on the link such a fault needs the scenario to require the feature (not applicable elsewhere).
+    fn ipv6_payload_needs_inner_header(
+        &self,
+        path: &NodePath,
+        faults: &[FaultPlan],
+        requires: &Requirements,
+    ) -> Checked<()> {
+        if requires.items.contains(&Requirement::Nftables(NftFeature::InnerPayload)) {
+            return Ok(());
+        }
+        let Some(i) = faults.iter().position(|fault| fault.matcher.payload.is_some()) else { return Ok(()) };
+        Err(self.fail_key(
+            &path.index(i).key("match").key("payload"),
+            "a payload condition matches IPv6 packets only through nftables' inner-header loads (@ih, Linux >= \
+             6.2); with IPv6 on the link, add `requires: { nftables: [inner-payload] }` (the scenario is then not \
+             applicable where the kernel lacks them) or drop `payload`",
+        ))
     }
 
     /// The wire's impairments read IPv4 frames only (others pass untouched): with IPv6 on the link they would
