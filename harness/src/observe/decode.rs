@@ -599,7 +599,10 @@ mod tests {
         let event = decoder.decode(&frame6(CLIENT6, SERVER6, IPPROTO_TCP, &tcp(&syn)), true).unwrap();
         assert_eq!((event.src, event.dst), (IpAddr::V6(CLIENT6), IpAddr::V6(SERVER6)));
         assert_eq!(event.protocol, IpProtocol::Known(Protocol::Tcp));
-        assert_eq!((event.sport, event.dport, event.flags, event.seq, event.len, event.ip_id), (40000, 9000, 2, 0, 0, 0));
+        assert_eq!(
+            (event.sport, event.dport, event.flags, event.seq, event.len, event.ip_id),
+            (40000, 9000, 2, 0, 0, 0)
+        );
         assert_eq!(event.to_string(), "fd00::1.40000 > fd00::2.9000: Flags [S], seq 0, win 64800, length 0, [mss 1460,sackOK,TS val 123 ecr 0,nop,wscale 7]");
         // Data behind a destination options header: the header is skipped, its length not counted as payload.
         let data = Segment { seq: 5001, ack: 1, flags: 0x18, data: b"hello", options: &[], ..syn };
@@ -641,7 +644,10 @@ mod tests {
             ]
         );
         let event = decoder.decode(&error(4), true).unwrap();
-        assert_eq!(event.to_string(), "fd00::2 > fd00::1: icmpv6 destination unreachable, unreachable port, fd00::2 tcp port 9000");
+        assert_eq!(
+            event.to_string(),
+            "fd00::2 > fd00::1: icmpv6 destination unreachable, unreachable port, fd00::2 tcp port 9000"
+        );
         let mut too_big = vec![2, 0, 0, 0, 0, 0, 0x05, 0x00];
         too_big.extend_from_slice(&quoted);
         let event = decoder.decode(&frame6(SERVER6, CLIENT6, IPPROTO_ICMPV6, &too_big), true).unwrap();

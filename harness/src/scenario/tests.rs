@@ -1950,7 +1950,9 @@ fn ipv6_sockets_get_ipv6_on_the_link_and_the_hosts_their_ula_addresses() {
     assert_eq!(client, ["Some(Server) fd00::2 true", "None fd00::9 false", "None ::ffff:10.0.0.2 false"]);
     // An IPv6 address implies the family; an IPv4 step leaves the link as it was written.
     assert!(plan("description: d\nclient:\n  - connect: { to: \"fd00::2\", port: 9000 }\n").link.ipv6);
-    assert!(plan("description: d\nlink: { ipv6: true }\nclient:\n  - connect: { port: 9000 }\n").hosts[0].address6.is_some());
+    assert!(plan("description: d\nlink: { ipv6: true }\nclient:\n  - connect: { port: 9000 }\n").hosts[0]
+        .address6
+        .is_some());
 }
 
 #[test]
@@ -1961,12 +1963,7 @@ fn ipv6_that_cannot_be_run_is_refused_where_it_is_written() {
         15,
         "ipv6: false, and the step at line 4 makes an IPv6 socket",
     );
-    refused(
-        "description: d\nclient:\n  - socket: { family: ipv7 }\n",
-        3,
-        23,
-        "allowed: ipv4, ipv6",
-    );
+    refused("description: d\nclient:\n  - socket: { family: ipv7 }\n", 3, 23, "allowed: ipv4, ipv6");
     refused(
         "description: d\nclient:\n  - socket: { family: ipv6 }\n  - connect: { port: 9000, family: ipv4 }\n",
         4,
@@ -1998,7 +1995,8 @@ fn ipv6_that_cannot_be_run_is_refused_where_it_is_written() {
         32,
         "fault lossy: impairments (loss, delay, reorder, duplicate, corrupt, rate, inject) act on IPv4 frames only",
     );
-    let payload = "description: d\nfaults:\n  - { name: data, at: server, match: { payload: nonempty }, action: drop }\n\
+    let payload =
+        "description: d\nfaults:\n  - { name: data, at: server, match: { payload: nonempty }, action: drop }\n\
                    client:\n  - connect: { to: server, port: 9000, family: ipv6 }\n";
     refused(payload, 3, 40, "add `requires: { nftables: [inner-payload] }`");
     assert!(parse_text(&format!("{payload}requires: {{ nftables: [inner-payload] }}\n")).is_ok());

@@ -631,7 +631,11 @@ impl Validator<'_> {
         steps: &[Vec<StepPlan>; 2],
         written: bool,
     ) -> Checked<bool> {
-        let first_ipv6 = steps.iter().flatten().filter(|step| step_family(&step.action) == Some(Family::Ipv6)).min_by_key(|step| step.location);
+        let first_ipv6 = steps
+            .iter()
+            .flatten()
+            .filter(|step| step_family(&step.action) == Some(Family::Ipv6))
+            .min_by_key(|step| step.location);
         let explicit = link.and_then(|link| link.ipv6.as_ref()).is_some();
         if let Some(step) = first_ipv6 {
             if explicit && !written {

@@ -32,8 +32,8 @@ mod sockets;
 pub mod sockopt;
 pub mod trace;
 
-use std::io;
 use crate::scenario::plan::Family;
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::RawFd;
 use std::path::PathBuf;

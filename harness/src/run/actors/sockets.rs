@@ -142,7 +142,10 @@ fn from_sockaddr(raw: &libc::sockaddr_storage) -> SocketAddr {
         libc::AF_INET => {
             // SAFETY: the family says the storage holds a sockaddr_in.
             let v4: libc::sockaddr_in = unsafe { std::ptr::read((raw as *const libc::sockaddr_storage).cast()) };
-            SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr)), u16::from_be(v4.sin_port)))
+            SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr)),
+                u16::from_be(v4.sin_port),
+            ))
         }
         _ => SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
     }

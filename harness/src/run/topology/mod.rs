@@ -325,7 +325,8 @@ fn wait_ipv6_usable(rtnl: &mut Rtnl, ifname: &str, address: std::net::Ipv6Addr, 
         "wait for {address} on {ifname} in {place} to be usable (ip -6 addr show: not tentative; ip -6 route get \
          {address}: local)"
     );
-    rtnl.watch_links().context(|| format!("{what}: ip monitor link address (join RTNLGRP_LINK, RTNLGRP_IPV6_IFADDR)"))?;
+    rtnl.watch_links()
+        .context(|| format!("{what}: ip monitor link address (join RTNLGRP_LINK, RTNLGRP_IPV6_IFADDR)"))?;
     let ifindex = rtnl.get_link(ifname, &what)?.header.index;
     while rtnl.has_tentative_ipv6(ifindex, &what)? || !rtnl.is_local_ipv6(address, &what)? {
         let waited = started.elapsed();
@@ -388,12 +389,8 @@ fn disable_ipv6() -> std::result::Result<(), SysctlError> {
 /// detection, which would hold it "tentative" for a second). What it still sends of its own are the MLD
 /// reports of the multicast group its address joins (the solicited-node group), which the timeline leaves
 /// out as it leaves out ARP.
-const QUIET_IPV6: &[(&str, &str)] = &[
-    ("addr_gen_mode", "1"),
-    ("accept_dad", "0"),
-    ("router_solicitations", "0"),
-    ("accept_ra", "0"),
-];
+const QUIET_IPV6: &[(&str, &str)] =
+    &[("addr_gen_mode", "1"), ("accept_dad", "0"), ("router_solicitations", "0"), ("accept_ra", "0")];
 
 /// `sysctl -w net.ipv6.conf.{all,default}.<name>=<value>` for [`QUIET_IPV6`] in the calling thread's namespace.
 fn quiet_ipv6() -> std::result::Result<(), SysctlError> {

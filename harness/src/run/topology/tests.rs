@@ -55,8 +55,20 @@ fn plan_with(mtu: u32, client_sysctls: &[(&str, &str)], server_sysctls: &[(&str,
         ],
         links: vec![Link {
             ends: [
-                LinkEnd { host: HostId::Client, ifname: LINK_NAME.into(), address: CLIENT_ADDRESS, prefix_len: 24, address6: None },
-                LinkEnd { host: HostId::Server, ifname: LINK_NAME.into(), address: SERVER_ADDRESS, prefix_len: 24, address6: None },
+                LinkEnd {
+                    host: HostId::Client,
+                    ifname: LINK_NAME.into(),
+                    address: CLIENT_ADDRESS,
+                    prefix_len: 24,
+                    address6: None,
+                },
+                LinkEnd {
+                    host: HostId::Server,
+                    ifname: LINK_NAME.into(),
+                    address: SERVER_ADDRESS,
+                    prefix_len: 24,
+                    address6: None,
+                },
             ],
             wire: false,
         }],

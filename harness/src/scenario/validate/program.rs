@@ -223,7 +223,9 @@ impl Validator<'_> {
 
     fn bare_action(&self, path: &NodePath, name: &str, state: &mut ProgramState) -> Checked<Action> {
         match name {
-            "socket" => Ok(Action::Socket { name: None, family: Family::Ipv4, options: Vec::new(), nonblocking: false }),
+            "socket" => {
+                Ok(Action::Socket { name: None, family: Family::Ipv4, options: Vec::new(), nonblocking: false })
+            }
             "listen" => {
                 state.listening = true;
                 Ok(Action::Listen { port: None, backlog: DEFAULT_BACKLOG, family: state.current.unwrap_or_default() })
@@ -278,7 +280,12 @@ impl Validator<'_> {
         };
         if let Some(options) = &map.socket {
             let (family, options) = self.socket_family(path, options)?;
-            return Ok(Action::Socket { name: as_name, family, options: self.sockopts(path, &options)?, nonblocking: false });
+            return Ok(Action::Socket {
+                name: as_name,
+                family,
+                options: self.sockopts(path, &options)?,
+                nonblocking: false,
+            });
         }
         if let Some(options) = &map.setsockopt {
             if options.0.is_empty() {
@@ -513,9 +520,9 @@ impl Validator<'_> {
         match self.host(path, value) {
             Ok(host) => Ok((Some(host), self.address_in(host, family))),
             Err(mut error) => {
-                error.message.push_str(
-                    "; or an IPv4 or IPv6 address, such as 10.0.0.9 or fd00::9 (no host's: nothing answers)",
-                );
+                error
+                    .message
+                    .push_str("; or an IPv4 or IPv6 address, such as 10.0.0.9 or fd00::9 (no host's: nothing answers)");
                 Err(error)
             }
         }
