@@ -101,13 +101,8 @@ fn ipv6_sockets_are_traced_with_their_ipv6_and_v4_mapped_addresses() {
     let namespace = Netns::new_anonymous().unwrap();
     let clock = Clock::started();
     let (sink, received) = EventSink::new(clock);
-    let tracer = Tracer::start(
-        [(HostId::Server, &namespace)].into_iter(),
-        RingMaps::create().unwrap(),
-        sink,
-        QueueDrops::Traced,
-    )
-    .unwrap();
+    let tracer =
+        Tracer::start([(HostId::Server, &namespace)], RingMaps::create().unwrap(), sink, QueueDrops::Traced).unwrap();
     namespace
         .run(|| {
             let lo = std::process::Command::new("ip").args(["link", "set", "lo", "up"]).status();

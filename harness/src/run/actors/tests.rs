@@ -248,7 +248,7 @@ fn run_with_server_late(
     for host in plan.hosts.clone() {
         let ctx = ActorContext {
             host: host.id,
-            own_address: Ipv4Addr::LOCALHOST.into(),
+            own_address: Ipv4Addr::LOCALHOST,
             board: Arc::clone(&board),
             processes: Arc::clone(&processes),
             sink: sink.clone(),
@@ -721,7 +721,7 @@ fn a_program_for_the_wrong_host_is_refused() {
     let (sink, _events) = EventSink::new(Clock::started());
     let ctx = ActorContext {
         host: HostId::Client,
-        own_address: Ipv4Addr::LOCALHOST.into(),
+        own_address: Ipv4Addr::LOCALHOST,
         board: StepBoard::new(),
         processes: ProcessRegistry::new(),
         switches: Arc::new(Switchboard::without_faults(sink.clock().clone())),
