@@ -1037,8 +1037,8 @@ fn drop_gaps(
     counted_at: Duration,
     states: &StateSource,
 ) -> Vec<String> {
-    // The timeline shows a dropped packet decoded as IPv4; with IPv6 on the link, a fault may also drop the
-    // hosts' own IPv6 packets (router solicitations), which it cannot show.
+    // With IPv6 on the link, a fault may also drop the hosts' own IPv6 housekeeping (their MLD reports), which
+    // the timeline leaves out as it leaves out ARP: counted and never shown, they would look like gaps.
     let StateSource::Traced(_) = states else { return Vec::new() };
     if plan.link.ipv6 {
         return Vec::new();
