@@ -191,6 +191,7 @@ mod tests {
             let expected = match format!("{name:?}") {
                 so if so.starts_with("SO_") => libc::SOL_SOCKET,
                 ip if ip.starts_with("IP_") => libc::IPPROTO_IP,
+                ipv6 if ipv6.starts_with("IPV6_") => libc::IPPROTO_IPV6,
                 _ => libc::IPPROTO_TCP,
             };
             assert_eq!(spec(name).level, expected, "{name:?}");
