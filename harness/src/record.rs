@@ -60,6 +60,8 @@ pub struct CapturedInterface {
     pub ifname: String,
     pub mac: [u8; 6],
     pub address: Ipv4Addr,
+    /// `ip -6 addr`: its IPv6 address, when the link has IPv6.
+    pub address6: Option<std::net::Ipv6Addr>,
     /// The pcap's file name in the report folder.
     pub pcap: String,
     pub snaplen: u32,

@@ -9,17 +9,27 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::timeline::{IpProtocol, PacketDirection, PacketEvent};
 
 const ETHERNET_HEADER_LEN: usize = 14;
 const ETHERTYPE_IPV4: u16 = 0x0800;
+const ETHERTYPE_IPV6: u16 = 0x86dd;
 
 const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ICMPV6: u8 = 58;
+
+/// IPv6 extension headers a packet may carry before its transport header (RFC 8200 4.1), skipped to reach it:
+/// hop-by-hop options, routing, destination options. A fragment header (44) is read for its offset.
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_DESTINATION: u8 = 60;
+const IPV6_HEADER_LEN: usize = 40;
 
 const IPV4_MIN_HEADER_LEN: usize = 20;
 const IPV4_FRAGMENT_OFFSET_MASK: u16 = 0x1fff;
@@ -69,9 +79,9 @@ type FlowMap<V> = HashMap<FlowKey, V, BuildHasherDefault<FlowHasher>>;
 /// One direction of a TCP connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct FlowKey {
-    src: Ipv4Addr,
+    src: IpAddr,
     sport: u16,
-    dst: Ipv4Addr,
+    dst: IpAddr,
     dport: u16,
 }
 
@@ -105,10 +115,10 @@ pub fn changes_tcp_state(frame: &[u8]) -> bool {
     tcp_flags(frame).is_some_and(|flags| flags & STATE_CHANGING_FLAGS != 0)
 }
 
-/// The flags of a TCP segment, under the checks `decode` makes before it reads them (an IPv4 frame, not a
-/// later fragment, a complete enough TCP header).
+/// The flags of a TCP segment, under the checks `decode` makes before it reads them (an IPv4 or IPv6 frame,
+/// not a later fragment, a complete enough TCP header).
 fn tcp_flags(frame: &[u8]) -> Option<u8> {
-    let ip = ipv4_of(frame)?;
+    let ip = ip_of(frame)?;
     if ip.fragment_offset != 0 || ip.protocol != IPPROTO_TCP {
         return None;
     }
@@ -116,12 +126,14 @@ fn tcp_flags(frame: &[u8]) -> Option<u8> {
     Some(ip.payload[13])
 }
 
-/// The IPv4 header of an Ethernet frame, if it carries a complete enough one.
-fn ipv4_of(frame: &[u8]) -> Option<Ipv4Header<'_>> {
-    if u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]) != ETHERTYPE_IPV4 {
-        return None;
+/// The IPv4 or IPv6 header of an Ethernet frame, if it carries a complete enough one.
+fn ip_of(frame: &[u8]) -> Option<IpHeader<'_>> {
+    let packet = frame.get(ETHERNET_HEADER_LEN..)?;
+    match u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]) {
+        ETHERTYPE_IPV4 => IpHeader::parse_v4(packet),
+        ETHERTYPE_IPV6 => IpHeader::parse_v6(packet),
+        _ => None,
     }
-    Ipv4Header::parse(frame.get(ETHERNET_HEADER_LEN..)?)
 }
 
 /// The length a TCP header says it has, if the segment holds its fixed part and the length is a valid one.
@@ -152,11 +164,12 @@ impl Decoder {
         Decoder { initial_seq: FlowMap::default(), shared: Some(shared) }
     }
 
-    /// A packet that starts at its IPv4 header (as a drop inside the kernel shows it), as [`Decoder::decode`]
-    /// decodes a frame.
+    /// A packet that starts at its IPv4 or IPv6 header (as a drop inside the kernel shows it; the version
+    /// nibble says which), as [`Decoder::decode`] decodes a frame.
     pub fn decode_ip(&mut self, packet: &[u8], outgoing: bool) -> Option<PacketEvent> {
+        let ethertype = if packet.first()? >> 4 == 6 { ETHERTYPE_IPV6 } else { ETHERTYPE_IPV4 };
         let mut frame = vec![0u8; ETHERNET_HEADER_LEN];
-        frame[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+        frame[12..14].copy_from_slice(&ethertype.to_be_bytes());
         frame.extend_from_slice(packet);
         self.decode(&frame, outgoing)
     }
@@ -166,10 +179,12 @@ impl Decoder {
     }
 
     /// The event tcpdump would print for `frame` (Ethernet, starting at the destination MAC), or `None` for
-    /// anything that is not a complete enough IPv4 packet (ARP, IPv6, truncated headers). `outgoing` is
-    /// whether the host sent it (`sll_pkttype == PACKET_OUTGOING`).
+    /// anything that is not a complete enough IPv4 or IPv6 packet (ARP, truncated headers) and for the ICMPv6
+    /// messages a host sends of its own (neighbour discovery, multicast listener reports), which the timeline
+    /// leaves out as it leaves out ARP. `outgoing` is whether the host sent it (`sll_pkttype ==
+    /// PACKET_OUTGOING`).
     pub fn decode(&mut self, frame: &[u8], outgoing: bool) -> Option<PacketEvent> {
-        let ip = ipv4_of(frame)?;
+        let ip = ip_of(frame)?;
         let direction = if outgoing { PacketDirection::Out } else { PacketDirection::In };
         let mut event = PacketEvent {
             direction,
@@ -198,12 +213,13 @@ impl Decoder {
             IPPROTO_TCP => self.decode_tcp(&ip, &mut event)?,
             IPPROTO_UDP => decode_udp(&ip, &mut event)?,
             IPPROTO_ICMP => decode_icmp(&ip, &mut event)?,
+            IPPROTO_ICMPV6 => decode_icmpv6(&ip, &mut event)?,
             _ => event.options = format!("length {}", ip.payload_len),
         }
         Some(event)
     }
 
-    fn decode_tcp(&mut self, ip: &Ipv4Header, event: &mut PacketEvent) -> Option<()> {
+    fn decode_tcp(&mut self, ip: &IpHeader, event: &mut PacketEvent) -> Option<()> {
         let tcp = ip.payload;
         let header_len = tcp_header_len(tcp)?;
         let key = FlowKey { src: ip.src, sport: be16(tcp, 0)?, dst: ip.dst, dport: be16(tcp, 2)? };
@@ -240,22 +256,25 @@ fn relative(number: u32, initial: Option<u32>) -> u32 {
     }
 }
 
-/// The IPv4 header fields the timeline needs, and the captured bytes after the header.
-struct Ipv4Header<'a> {
+/// The IP header fields the timeline needs (IPv4, or IPv6 with its extension headers skipped), and the
+/// captured bytes after the header.
+struct IpHeader<'a> {
+    /// IPv4's identification field; IPv6 has none outside a fragment header (0).
     id: u16,
     /// In bytes.
     fragment_offset: u32,
+    /// IPv4's protocol, IPv6's last next header.
     protocol: u8,
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    /// Total length minus header length, from the header (not from what was captured).
+    src: IpAddr,
+    dst: IpAddr,
+    /// The transport payload's length, from the header (not from what was captured).
     payload_len: u32,
     /// Captured bytes of the payload, at most `payload_len` of them (Ethernet padding cut off).
     payload: &'a [u8],
 }
 
-impl<'a> Ipv4Header<'a> {
-    fn parse(packet: &'a [u8]) -> Option<Ipv4Header<'a>> {
+impl<'a> IpHeader<'a> {
+    fn parse_v4(packet: &'a [u8]) -> Option<IpHeader<'a>> {
         let first = *packet.first()?;
         let header_len = usize::from(first & 0x0f) * 4;
         if first >> 4 != 4 || header_len < IPV4_MIN_HEADER_LEN || packet.len() < header_len {
@@ -264,19 +283,70 @@ impl<'a> Ipv4Header<'a> {
         let total_len = usize::from(be16(packet, 2)?);
         let payload_len = total_len.checked_sub(header_len)?;
         let payload_end = total_len.min(packet.len());
-        Some(Ipv4Header {
+        Some(IpHeader {
             id: be16(packet, 4)?,
             fragment_offset: u32::from(be16(packet, 6)? & IPV4_FRAGMENT_OFFSET_MASK) * 8,
             protocol: packet[9],
-            src: ipv4(packet, 12)?,
-            dst: ipv4(packet, 16)?,
+            src: IpAddr::V4(ipv4(packet, 12)?),
+            dst: IpAddr::V4(ipv4(packet, 16)?),
             payload_len: payload_len as u32,
-            payload: &packet[header_len..payload_end],
+            payload: packet.get(header_len..payload_end)?,
         })
+    }
+
+    /// The fixed header, then hop-by-hop, routing, fragment and destination options headers up to the
+    /// transport header (an ICMPv6 error quotes the packet it answers the same way).
+    fn parse_v6(packet: &'a [u8]) -> Option<IpHeader<'a>> {
+        if packet.first()? >> 4 != 6 || packet.len() < IPV6_HEADER_LEN {
+            return None;
+        }
+        let total_len = IPV6_HEADER_LEN + usize::from(be16(packet, 4)?);
+        let end = total_len.min(packet.len());
+        let mut next = packet[6];
+        let mut at = IPV6_HEADER_LEN;
+        let (mut id, mut fragment_offset) = (0, 0);
+        loop {
+            match next {
+                IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DESTINATION => {
+                    next = *packet.get(at)?;
+                    at += (usize::from(*packet.get(at + 1)?) + 1) * 8;
+                }
+                IPV6_FRAGMENT => {
+                    next = *packet.get(at)?;
+                    fragment_offset = u32::from(be16(packet, at + 2)? & 0xfff8);
+                    // The low 16 bits of the identification: IPv4's field is 16 bits wide too.
+                    id = be16(packet, at + 6)?;
+                    at += 8;
+                }
+                _ => break,
+            }
+        }
+        let address = |at: usize| -> Option<IpAddr> {
+            let octets: [u8; 16] = packet.get(at..at + 16)?.try_into().ok()?;
+            Some(IpAddr::V6(Ipv6Addr::from(octets)))
+        };
+        Some(IpHeader {
+            id,
+            fragment_offset,
+            protocol: next,
+            src: address(8)?,
+            dst: address(24)?,
+            payload_len: total_len.checked_sub(at)? as u32,
+            payload: packet.get(at..end.max(at))?,
+        })
+    }
+
+    /// Either version, by the version nibble: the header an ICMP error quotes.
+    fn parse(packet: &'a [u8]) -> Option<IpHeader<'a>> {
+        match packet.first()? >> 4 {
+            4 => IpHeader::parse_v4(packet),
+            6 => IpHeader::parse_v6(packet),
+            _ => None,
+        }
     }
 }
 
-fn decode_udp(ip: &Ipv4Header, event: &mut PacketEvent) -> Option<()> {
+fn decode_udp(ip: &IpHeader, event: &mut PacketEvent) -> Option<()> {
     let udp = ip.payload;
     event.sport = be16(udp, 0)?;
     event.dport = be16(udp, 2)?;
@@ -285,7 +355,7 @@ fn decode_udp(ip: &Ipv4Header, event: &mut PacketEvent) -> Option<()> {
     Some(())
 }
 
-fn decode_icmp(ip: &Ipv4Header, event: &mut PacketEvent) -> Option<()> {
+fn decode_icmp(ip: &IpHeader, event: &mut PacketEvent) -> Option<()> {
     let icmp = ip.payload;
     let (icmp_type, code) = (*icmp.first()?, *icmp.get(1)?);
     event.options = match icmp_type {
@@ -307,15 +377,55 @@ fn decode_icmp(ip: &Ipv4Header, event: &mut PacketEvent) -> Option<()> {
     Some(())
 }
 
+/// ICMPv6 as tcpdump prints it (`ICMP6, destination unreachable, unreachable port, fd00::2 tcp port 9000`),
+/// errors and echoes; `None` for the rest (neighbour discovery, multicast listener reports: a host's own
+/// housekeeping, left out of the timeline as ARP is).
+fn decode_icmpv6(ip: &IpHeader, event: &mut PacketEvent) -> Option<()> {
+    let icmp = ip.payload;
+    let (icmp_type, code) = (*icmp.first()?, *icmp.get(1)?);
+    let quoted = quoted_packet(icmp.get(ICMP_HEADER_LEN..).unwrap_or_default());
+    let about = |quoted: &Option<QuotedPacket>| match quoted {
+        Some(QuotedPacket { dst, protocol, dport: Some(port) }) => {
+            format!(", {dst} {} port {port}", IpProtocol::from_number(*protocol))
+        }
+        Some(QuotedPacket { dst, .. }) => format!(", {dst}"),
+        None => String::new(),
+    };
+    event.options = match icmp_type {
+        1 => {
+            let why = match code {
+                0 => "no route".to_string(),
+                1 => "unreachable prohibited".to_string(),
+                2 => "beyond scope".to_string(),
+                3 => "unreachable address".to_string(),
+                4 => "unreachable port".to_string(),
+                5 => "source address failed policy".to_string(),
+                6 => "reject route".to_string(),
+                other => format!("code {other}"),
+            };
+            format!("destination unreachable, {why}{}", about(&quoted))
+        }
+        2 => format!("packet too big, mtu {}{}", be32(icmp, 4)?, about(&quoted)),
+        3 => format!("time exceeded in-transit{}", about(&quoted)),
+        4 => format!("parameter problem, code {code}{}", about(&quoted)),
+        128 | 129 => {
+            let kind = if icmp_type == 128 { "echo request" } else { "echo reply" };
+            format!("{kind}, id {}, seq {}, length {}", be16(icmp, 4)?, be16(icmp, 6)?, ip.payload_len)
+        }
+        _ => return None,
+    };
+    Some(())
+}
+
 /// The header an ICMP error quotes: the original packet's addresses and, for TCP and UDP, its ports.
 struct QuotedPacket {
-    dst: Ipv4Addr,
+    dst: IpAddr,
     protocol: u8,
     dport: Option<u16>,
 }
 
 fn quoted_packet(bytes: &[u8]) -> Option<QuotedPacket> {
-    let header = Ipv4Header::parse(bytes)?;
+    let header = IpHeader::parse(bytes)?;
     let dport = match header.protocol {
         IPPROTO_TCP | IPPROTO_UDP => be16(header.payload, 2),
         _ => None,
@@ -452,6 +562,97 @@ mod tests {
 
     const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
     const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+    const CLIENT6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
+    const SERVER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2);
+
+    /// An IPv6 packet in an Ethernet frame: `next` is the first next header, `payload` what follows the fixed
+    /// header (extension headers included).
+    fn frame6(src: Ipv6Addr, dst: Ipv6Addr, next: u8, payload: &[u8]) -> Vec<u8> {
+        let mut frame = vec![0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1, 0x86, 0xdd];
+        frame.extend_from_slice(&ip6_packet(src, dst, next, payload));
+        frame
+    }
+
+    fn ip6_packet(src: Ipv6Addr, dst: Ipv6Addr, next: u8, payload: &[u8]) -> Vec<u8> {
+        let mut ip = vec![0x60, 0, 0, 0];
+        ip.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        ip.extend_from_slice(&[next, 64]);
+        ip.extend_from_slice(&src.octets());
+        ip.extend_from_slice(&dst.octets());
+        ip.extend_from_slice(payload);
+        ip
+    }
+
+    #[test]
+    fn ipv6_segments_are_decoded_like_ipv4_ones() {
+        let mut decoder = Decoder::new();
+        let syn = Segment {
+            sport: 40000,
+            dport: 9000,
+            seq: 5000,
+            ack: 0,
+            flags: 0x02,
+            window: 64800,
+            options: &SYN_OPTIONS,
+            data: &[],
+        };
+        let event = decoder.decode(&frame6(CLIENT6, SERVER6, IPPROTO_TCP, &tcp(&syn)), true).unwrap();
+        assert_eq!((event.src, event.dst), (IpAddr::V6(CLIENT6), IpAddr::V6(SERVER6)));
+        assert_eq!(event.protocol, IpProtocol::Known(Protocol::Tcp));
+        assert_eq!(
+            (event.sport, event.dport, event.flags, event.seq, event.len, event.ip_id),
+            (40000, 9000, 2, 0, 0, 0)
+        );
+        assert_eq!(event.to_string(), "fd00::1.40000 > fd00::2.9000: Flags [S], seq 0, win 64800, length 0, [mss 1460,sackOK,TS val 123 ecr 0,nop,wscale 7]");
+        // Data behind a destination options header: the header is skipped, its length not counted as payload.
+        let data = Segment { seq: 5001, ack: 1, flags: 0x18, data: b"hello", options: &[], ..syn };
+        let mut with_options = vec![IPPROTO_TCP, 0, 1, 4, 0, 0, 0, 0];
+        with_options.extend_from_slice(&tcp(&data));
+        let event = decoder.decode(&frame6(CLIENT6, SERVER6, IPV6_DESTINATION, &with_options), true).unwrap();
+        assert_eq!((event.flags, event.seq, event.len), (0x18, 1, 5));
+        // The same packet as a drop inside the kernel shows it, from its IPv6 header on.
+        let packet = ip6_packet(CLIENT6, SERVER6, IPPROTO_TCP, &tcp(&data));
+        assert_eq!(decoder.decode_ip(&packet, true).map(|e| (e.src, e.len)), Some((IpAddr::V6(CLIENT6), 5)));
+        assert!(changes_tcp_state(&frame6(CLIENT6, SERVER6, IPPROTO_TCP, &tcp(&syn))));
+    }
+
+    #[test]
+    fn icmpv6_errors_name_their_code_and_the_packet_they_quote() {
+        let mut decoder = Decoder::new();
+        let syn = Segment { sport: 40000, dport: 9000, seq: 1, ack: 0, flags: 2, window: 1, options: &[], data: &[] };
+        let quoted = ip6_packet(CLIENT6, SERVER6, IPPROTO_TCP, &tcp(&syn));
+        let error = |code: u8| {
+            let mut icmp = vec![1, code, 0, 0, 0, 0, 0, 0];
+            icmp.extend_from_slice(&quoted);
+            frame6(SERVER6, CLIENT6, IPPROTO_ICMPV6, &icmp)
+        };
+        let texts: Vec<String> = [4, 3, 0, 1]
+            .into_iter()
+            .map(|code| {
+                let event = decoder.decode(&error(code), true).unwrap();
+                assert_eq!(event.protocol, IpProtocol::Known(Protocol::Icmpv6));
+                event.options
+            })
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                "destination unreachable, unreachable port, fd00::2 tcp port 9000",
+                "destination unreachable, unreachable address, fd00::2 tcp port 9000",
+                "destination unreachable, no route, fd00::2 tcp port 9000",
+                "destination unreachable, unreachable prohibited, fd00::2 tcp port 9000",
+            ]
+        );
+        let event = decoder.decode(&error(4), true).unwrap();
+        assert_eq!(
+            event.to_string(),
+            "fd00::2 > fd00::1: icmpv6 destination unreachable, unreachable port, fd00::2 tcp port 9000"
+        );
+        let mut too_big = vec![2, 0, 0, 0, 0, 0, 0x05, 0x00];
+        too_big.extend_from_slice(&quoted);
+        let event = decoder.decode(&frame6(SERVER6, CLIENT6, IPPROTO_ICMPV6, &too_big), true).unwrap();
+        assert_eq!(event.options, "packet too big, mtu 1280, fd00::2 tcp port 9000");
+    }
 
     /// An IPv4 packet in an Ethernet frame; checksums are left zero (the decoder does not verify them).
     fn frame(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, id: u16, payload: &[u8]) -> Vec<u8> {
@@ -540,7 +741,7 @@ mod tests {
         let mut decoder = Decoder::new();
         let event = decoder.decode(&syn(40000, 1_000_000), true).unwrap();
         assert_eq!(event.direction, PacketDirection::Out);
-        assert_eq!((event.src, event.dst), (CLIENT, SERVER));
+        assert_eq!((event.src, event.dst), (IpAddr::V4(CLIENT), IpAddr::V4(SERVER)));
         assert_eq!(event.protocol, IpProtocol::Known(Protocol::Tcp));
         assert_eq!(event.ip_id, 0x1234);
         assert_eq!((event.sport, event.dport), (40000, 9000));
@@ -738,7 +939,7 @@ mod tests {
         icmp.extend_from_slice(&quoted[..28]); // the quoted IP header and 8 bytes of TCP, as the kernel sends
         let event = Decoder::new().decode(&frame(SERVER, CLIENT, IPPROTO_ICMP, 9, &icmp), false).unwrap();
         assert_eq!(event.protocol, IpProtocol::Known(Protocol::Icmp));
-        assert_eq!((event.src, event.dst, event.ip_id), (SERVER, CLIENT, 9));
+        assert_eq!((event.src, event.dst, event.ip_id), (IpAddr::V4(SERVER), IpAddr::V4(CLIENT), 9));
         assert_eq!(event.options, "10.0.0.2 tcp port 9000 unreachable");
         assert_eq!((event.sport, event.dport, event.flags), (0, 0, 0));
     }
@@ -780,9 +981,14 @@ mod tests {
         arp.extend_from_slice(&[0; 28]);
         assert_eq!(decoder.decode(&arp, true), None);
 
-        let mut ipv6 = vec![0x33, 0x33, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 1, 0x86, 0xdd];
-        ipv6.extend_from_slice(&[0x60; 40]);
-        assert_eq!(decoder.decode(&ipv6, true), None);
+        // A multicast listener report, with its hop-by-hop header (router alert), from `::`: a host's own.
+        let mut hop_by_hop = vec![IPPROTO_ICMPV6, 0, 5, 2, 0, 0, 1, 0];
+        hop_by_hop.extend_from_slice(&[143, 0, 0, 0, 0, 0, 0, 1]);
+        let report = frame6(Ipv6Addr::UNSPECIFIED, "ff02::16".parse().unwrap(), IPV6_HOP_BY_HOP, &hop_by_hop);
+        assert_eq!(decoder.decode(&report, true), None, "MLD report");
+        let solicitation = frame6(CLIENT6, SERVER6, IPPROTO_ICMPV6, &[135, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(decoder.decode(&solicitation, true), None, "neighbour solicitation");
+        assert_eq!(decoder.decode(&report[..14 + 39], true), None, "IPv6 header cut short");
 
         let whole = syn(40000, 1);
         assert_eq!(decoder.decode(&whole[..14 + 20 + 10], true), None, "TCP header cut short");

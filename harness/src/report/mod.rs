@@ -613,6 +613,7 @@ mod tests {
             ifname: "nf0".into(),
             mac: [2, 0, 0, 0, 0, 1],
             address: std::net::Ipv4Addr::new(10, 0, 0, 1),
+            address6: None,
             pcap: format!("{host}.pcap"),
             snaplen: 262_144,
         };

@@ -340,6 +340,9 @@ pub struct InterfaceReport<'a> {
     #[schemars(regex(pattern = "^([0-9a-f]{2}:){5}[0-9a-f]{2}$"))]
     pub mac: String,
     pub address: std::net::Ipv4Addr,
+    /// Its IPv6 address (`fd00::1`), when the link has IPv6.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address6: Option<std::net::Ipv6Addr>,
     /// The pcap's file name in the report folder.
     pub pcap: &'a str,
     /// The longest part of a frame the capture kept.
@@ -354,6 +357,7 @@ impl<'a> From<&'a CapturedInterface> for InterfaceReport<'a> {
             ifname: &interface.ifname,
             mac: interface.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"),
             address: interface.address,
+            address6: interface.address6,
             pcap: &interface.pcap,
             snaplen: interface.snaplen,
         }
@@ -696,6 +700,7 @@ mod tests {
                     ifname: format!("nf{link}"),
                     mac: [2, 0, 0, 0, link as u8, n as u8],
                     address: Ipv4Addr::new(10, 0, link as u8, n as u8 + 1),
+                    address6: None,
                     pcap: format!("{host}-nf{link}.pcap"),
                     snaplen: 262_144,
                 })

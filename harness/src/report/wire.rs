@@ -17,8 +17,6 @@ use crate::record::CapturedInterface;
 use crate::scenario::plan::HostId;
 use crate::timeline::{EventKind, PacketEvent, Timeline};
 
-const ETHERTYPE_IPV4: [u8; 2] = [0x08, 0x00];
-
 /// One captured interface: a host's end of a link, and the pcap its capture wrote.
 #[derive(Debug, Clone)]
 pub struct End {
@@ -231,9 +229,11 @@ fn read_end(index: usize, end: &End, timeline: &Timeline, t0: Duration) -> Resul
     }
     let mut frames = Vec::new();
     let mut add = |packet: Record<'_>| {
-        let ipv4 = packet.data.get(12..14) == Some(&ETHERTYPE_IPV4[..]);
+        // An IPv4 or IPv6 frame is the timeline packet of its time, if the timeline has one (an IPv6 host's
+        // MLD reports have none: they stay summarized).
+        let ip = matches!(packet.data.get(12..14), Some([0x08, 0x00] | [0x86, 0xdd]));
         let since_t0 = packet.timestamp.saturating_sub(t0);
-        let event = if ipv4 { events.get_mut(&since_t0).and_then(VecDeque::pop_front).cloned() } else { None };
+        let event = if ip { events.get_mut(&since_t0).and_then(VecDeque::pop_front).cloned() } else { None };
         let summary = if event.is_none() { summarize(&packet.data) } else { String::new() };
         frames.push(Frame {
             end: index,

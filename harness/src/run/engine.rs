@@ -798,8 +798,13 @@ fn set_up_host(
             sink.clone(),
             capture_settings(plan),
         )?;
+        let address6 = plan
+            .link_ends()
+            .find(|(_, end)| end.host == host && end.ifname == link.ifname)
+            .and_then(|(_, end)| end.address6);
         let interface = CapturedInterface {
             link: link_index,
+            address6,
             host,
             ifname: link.ifname,
             mac: link.mac,
@@ -1038,8 +1043,8 @@ fn drop_gaps(
     counted_at: Duration,
     states: &StateSource,
 ) -> Vec<String> {
-    // The timeline shows a dropped packet decoded as IPv4; with IPv6 on the link, a fault may also drop the
-    // hosts' own IPv6 packets (router solicitations), which it cannot show.
+    // With IPv6 on the link, a fault may also drop the hosts' own IPv6 housekeeping (their MLD reports), which
+    // the timeline leaves out as it leaves out ARP: counted and never shown, they would look like gaps.
     let StateSource::Traced(_) = states else { return Vec::new() };
     if plan.link.ipv6 {
         return Vec::new();
@@ -1146,8 +1151,8 @@ pub fn annotate_faults(timeline: &mut Timeline, plan: &Plan) {
 struct CopyKey {
     sender: HostId,
     ip_id: u16,
-    src: std::net::Ipv4Addr,
-    dst: std::net::Ipv4Addr,
+    src: std::net::IpAddr,
+    dst: std::net::IpAddr,
     flags: u8,
     len: u32,
     seq: u32,
@@ -1179,7 +1184,7 @@ impl CopyKey {
 /// captures decode it; its sender's copy is the last one seen before the wire took it, the receiver's are
 /// those seen after.
 pub fn annotate_impairments(timeline: &mut Timeline) {
-    type Key = (std::net::Ipv4Addr, std::net::Ipv4Addr, u16, u8, u32, u32);
+    type Key = (std::net::IpAddr, std::net::IpAddr, u16, u8, u32, u32);
     let key = |p: &PacketEvent| (p.src, p.dst, p.ip_id, p.flags, p.seq, p.len);
     let mut marks: Vec<(usize, String)> = Vec::new();
     for event in &timeline.events {

@@ -36,6 +36,7 @@ pub const SOCKOPT_NAMES: &[(&str, SockOptName)] = &[
     ("IP_RECVERR", SockOptName::IP_RECVERR),
     ("IP_TTL", SockOptName::IP_TTL),
     ("SO_OOBINLINE", SockOptName::SO_OOBINLINE),
+    ("IPV6_V6ONLY", SockOptName::IPV6_V6ONLY),
 ];
 
 /// The Linux name of a socket option, e.g. `TCP_KEEPIDLE`.

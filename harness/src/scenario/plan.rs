@@ -8,7 +8,7 @@ mod fault;
 mod requires;
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -210,8 +210,53 @@ pub const BULK_BYTES: u64 = 1 << 20;
 #[derive(Debug, Clone, Serialize)]
 pub struct LinkPlan {
     pub mtu: u32,
-    /// Keep IPv6 enabled on the link (off by default so router solicitations stay out of the capture).
+    /// IPv6 on the link: each host gets its [`HostPlan::address6`] (`ip -6 addr add fd00::1/64 dev nf0 nodad`),
+    /// with no link-local address, no router solicitation and no duplicate address detection, so that the
+    /// capture holds the scenario's own packets. On when a step makes an IPv6 socket or `link: { ipv6: true }`;
+    /// otherwise IPv6 is disabled in the hosts' namespaces.
     pub ipv6: bool,
+}
+
+/// The address family of a socket a step makes: `socket(AF_INET, ...)` or `socket(AF_INET6, ...)`.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    #[default]
+    Ipv4,
+    Ipv6,
+}
+
+impl Family {
+    /// As the scenario writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Ipv4 => "ipv4",
+            Family::Ipv6 => "ipv6",
+        }
+    }
+
+    /// The family of an address.
+    pub fn of(address: IpAddr) -> Family {
+        match address {
+            IpAddr::V4(_) => Family::Ipv4,
+            IpAddr::V6(_) => Family::Ipv6,
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The IPv6 prefix of a two-host scenario's link (a unique local address, RFC 4193): the client is
+/// `fd00::1/64`, the server `fd00::2/64`.
+pub const IPV6_PREFIX_LEN: u8 = 64;
+
+/// A host's IPv6 address on a two-host link (see [`IPV6_PREFIX_LEN`]).
+pub fn ipv6_address_of(host: HostId) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, host.index() as u16 + 1)
 }
 
 /// One veth pair between two hosts (`ip link add <a> type veth peer name <b> netns <other>`), or, through the
@@ -231,6 +276,8 @@ pub struct LinkEnd {
     pub ifname: String,
     pub address: Ipv4Addr,
     pub prefix_len: u8,
+    /// `ip -6 addr add <address6>/64 dev <ifname> nodad`, when the link has IPv6.
+    pub address6: Option<Ipv6Addr>,
 }
 
 /// What the router does to what it forwards (`nft add rule ip nat ...`).
@@ -268,6 +315,9 @@ pub struct HostPlan {
     /// The address the other hosts reach it at (the router's: its client-side one).
     pub address: Ipv4Addr,
     pub prefix_len: u8,
+    /// Its IPv6 address, when the link has IPv6 ([`LinkPlan::ipv6`]): an IPv6 socket's `bind`, and a
+    /// `connect` to it from one.
+    pub address6: Option<Ipv6Addr>,
     /// `ip route add default via <gateway>`: the router, for client and server when there is one.
     pub gateway: Option<Ipv4Addr>,
     /// `sysctl -w name=value` inside the host's namespace, sorted by name.
@@ -334,21 +384,25 @@ impl StepPlan {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
-    /// `socket(AF_INET, SOCK_STREAM)` then `setsockopt` for each option; `as` names it.
-    Socket { name: Option<String>, options: Vec<SockOpt>, nonblocking: bool },
+    /// `socket(AF_INET or AF_INET6, SOCK_STREAM)` then `setsockopt` for each option; `as` names it.
+    Socket { name: Option<String>, family: Family, options: Vec<SockOpt>, nonblocking: bool },
     /// `setsockopt` on the step's socket.
     SetOpt { options: Vec<SockOpt> },
-    /// `bind(port)` on the host's address.
-    Bind { port: u16 },
-    /// `bind` (if a port is given) then `listen(backlog)`.
-    Listen { port: Option<u16>, backlog: u32 },
+    /// `bind(port)` on the host's address (an IPv6 socket: `[::]`, see [`Action::Listen`]); `family` is that
+    /// of the socket it makes when there is no current one.
+    Bind { port: u16, family: Family },
+    /// `bind` (if a port is given) then `listen(backlog)`. An IPv4 socket binds the host's address; an IPv6
+    /// socket binds the wildcard `[::]`, the only address at which it can also take IPv4 connections as
+    /// v4-mapped peers (unless IPV6_V6ONLY). `family` as for [`Action::Bind`].
+    Listen { port: Option<u16>, backlog: u32, family: Family },
     /// `accept()`; the new socket becomes the current one and may be named.
     /// `nonblocking`: this call alone with O_NONBLOCK (EAGAIN when no connection is queued).
     Accept { name: Option<String>, nonblocking: bool },
     /// `connect(address, port)` to host `to`; nonblocking returns EINPROGRESS at once. `after_listen` is the
     /// peer's start-up `listen` on that port, which the connect waits for so the two programs do not race.
     /// `to` is `None` for an address that is no host's (nothing answers there: the kernel's own errors).
-    Connect { to: Option<HostId>, address: Ipv4Addr, port: u16, nonblocking: bool, after_listen: Option<StepRef> },
+    /// `family` is that of the socket it makes when there is no current one (the address's).
+    Connect { to: Option<HostId>, address: IpAddr, port: u16, nonblocking: bool, after_listen: Option<StepRef> },
     /// `poll()` for the given events with a timeout; outcome is the returned events or `timeout`.
     Poll { events: Vec<PollEvent>, timeout: Duration },
     /// `send()` of `bytes` bytes, `repeat` times, `every` apart; `until` stops the loop on a condition.
@@ -564,6 +618,7 @@ pub enum SockOptName {
     IP_RECVERR,
     IP_TTL,
     SO_OOBINLINE,
+    IPV6_V6ONLY,
 }
 
 /// `setsockopt(level, name, value)`.

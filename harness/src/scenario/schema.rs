@@ -545,19 +545,21 @@ pub struct LingerWire {
 #[serde(deny_unknown_fields)]
 pub struct EmptyWire {}
 
-/// `bind: { port }`.
+/// `bind: { port, family }`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BindWire {
     pub port: Option<Scalar>,
+    pub family: Option<Scalar>,
 }
 
-/// `listen: { port, backlog }`.
+/// `listen: { port, backlog, family }`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenWire {
     pub port: Option<Scalar>,
     pub backlog: Option<Scalar>,
+    pub family: Option<Scalar>,
 }
 
 /// `accept: { nonblocking }`.
@@ -567,13 +569,14 @@ pub struct AcceptWire {
     pub nonblocking: Option<Scalar>,
 }
 
-/// `connect: { to, port, nonblocking }`.
+/// `connect: { to, port, nonblocking, family }`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectWire {
     pub to: Option<Scalar>,
     pub port: Option<Scalar>,
     pub nonblocking: Option<Scalar>,
+    pub family: Option<Scalar>,
 }
 
 /// `poll: { events, timeout }`.

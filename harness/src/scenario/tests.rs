@@ -112,7 +112,7 @@ fn complete_scenario_becomes_the_expected_plan() {
     assert_eq!(socket.index, 0);
     assert_eq!(socket.location, at(41, 5));
     match &socket.action {
-        Action::Socket { name, options, nonblocking } => {
+        Action::Socket { name, options, nonblocking, .. } => {
             assert_eq!(name.as_deref(), Some("main"));
             assert!(!nonblocking);
             assert_eq!(
@@ -154,7 +154,7 @@ fn complete_scenario_becomes_the_expected_plan() {
     assert_eq!(client.steps[4].expect.location, client.steps[4].location);
 
     assert_eq!(server.steps.len(), 3);
-    assert!(matches!(server.steps[0].action, Action::Listen { port: Some(9000), backlog: 16 }));
+    assert!(matches!(server.steps[0].action, Action::Listen { port: Some(9000), backlog: 16, .. }));
     assert!(matches!(&server.steps[1].action, Action::Accept { name: Some(n), nonblocking: false } if n == "conn"));
     assert_eq!(server.steps[2].socket.as_deref(), Some("conn"));
 
@@ -327,8 +327,8 @@ fn bare_steps_and_empty_parameters() {
     let got = actions(
         "server:\n  - socket\n  - listen\n  - accept\n  - read\n  - recv\n  - close\n  - accept: {}\n  - close: {}\n  - close:\n",
     );
-    assert!(matches!(got[0], Action::Socket { name: None, ref options, nonblocking: false } if options.is_empty()));
-    assert!(matches!(got[1], Action::Listen { port: None, backlog: 128 }));
+    assert!(matches!(got[0], Action::Socket { name: None, ref options, nonblocking: false, .. } if options.is_empty()));
+    assert!(matches!(got[1], Action::Listen { port: None, backlog: 128, .. }));
     assert!(matches!(got[2], Action::Accept { name: None, nonblocking: false }));
     assert!(
         matches!(&got[3], Action::Recv { max: 65536, until_eof: false, nonblocking: false, flags } if flags.is_empty())
@@ -474,7 +474,7 @@ fn timeouts_flags_and_nonblocking_reads() {
         "description: d\nclient:\n  - connect: { to: 10.0.0.256, port: 9000 }\n",
         3,
         20,
-        "unknown host \"10.0.0.256\"; hosts are: client, server; or an IPv4 address",
+        "unknown host \"10.0.0.256\"; hosts are: client, server; or an IPv4 or IPv6 address",
     );
     let plan = plan(
         "description: d\nclient:\n  - getsockopt: SO_RCVBUF\n    expect: { value: 131072 }\n  - getsockopt: SO_RCVTIMEO\n    expect: { value: 1500ms }\n",
@@ -524,7 +524,7 @@ fn connect_bind_listen_poll() {
          \x20 - poll: { events: [POLLOUT, POLLERR, POLLOUT], timeout: 0s }\n  - poll: { events: POLLIN, timeout: 3s }\n\
          server:\n  - listen: { port: 9000 }\n  - connect: { to: server, port: 22 }\n",
     );
-    assert!(matches!(got[0], Action::Bind { port: 5555 }));
+    assert!(matches!(got[0], Action::Bind { port: 5555, .. }));
     assert!(matches!(got[1], Action::Connect { to: Some(HostId::Server), port: 9000, nonblocking: true, .. }));
     match &got[2] {
         Action::Poll { events, timeout } => {
@@ -536,7 +536,7 @@ fn connect_bind_listen_poll() {
     assert!(
         matches!(&got[3], Action::Poll { events, timeout } if events == &vec![PollEvent::In] && *timeout == secs(3))
     );
-    assert!(matches!(got[4], Action::Listen { port: Some(9000), backlog: 128 }));
+    assert!(matches!(got[4], Action::Listen { port: Some(9000), backlog: 128, .. }));
     assert!(matches!(got[5], Action::Connect { to: Some(HostId::Server), port: 22, nonblocking: false, .. }));
 }
 
@@ -1947,4 +1947,99 @@ fn a_bulk_transfer_through_the_wire_is_a_mebibyte_or_more_sent_across_impairment
     assert!(scenario("{ duplicate: 5% }", 16).bulk_through_wire(), "1 MiB through a wire");
     assert!(!scenario("{ duplicate: 5% }", 15).bulk_through_wire(), "960 KiB");
     assert!(!scenario("drop", 64).bulk_through_wire(), "a fault in nftables: no wire");
+}
+
+#[test]
+fn ipv6_sockets_get_ipv6_on_the_link_and_the_hosts_their_ula_addresses() {
+    let ipv4 = plan("description: d\nclient:\n  - connect: { port: 9000 }\n");
+    assert!(!ipv4.link.ipv6);
+    assert!(ipv4.hosts.iter().all(|host| host.address6.is_none()));
+    let text = "description: d\nserver:\n  - socket: { family: ipv6, IPV6_V6ONLY: 1 }\n  - listen: { port: 9000 }\n\
+                client:\n  - connect: { to: server, port: 9000, family: ipv6 }\n  - connect: { to: \"fd00::9\", port: 1 }\n\
+                \x20 - connect: { to: \"::ffff:10.0.0.2\", port: 9000 }\n";
+    let v6 = plan(text);
+    assert!(v6.link.ipv6);
+    let address6 = |host: HostId| v6.host(host).address6.map(|a| a.to_string());
+    assert_eq!(address6(HostId::Client).as_deref(), Some("fd00::1"));
+    assert_eq!(address6(HostId::Server).as_deref(), Some("fd00::2"));
+    assert!(v6.links[0].ends.iter().all(|end| end.address6.is_some()));
+    let server = &v6.host(HostId::Server).steps;
+    match &server[0].action {
+        Action::Socket { family, options, .. } => {
+            assert_eq!(*family, Family::Ipv6);
+            assert_eq!(options, &vec![SockOpt { name: SockOptName::IPV6_V6ONLY, value: SockOptValue::Int(1) }]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(server[1].action, Action::Listen { family: Family::Ipv6, .. }), "the socket's family");
+    let client: Vec<String> = v6
+        .host(HostId::Client)
+        .steps
+        .iter()
+        .map(|step| match &step.action {
+            Action::Connect { to, address, after_listen, .. } => {
+                format!("{to:?} {address} {}", after_listen.is_some())
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(client, ["Some(Server) fd00::2 true", "None fd00::9 false", "None ::ffff:10.0.0.2 false"]);
+    // An IPv6 address implies the family; an IPv4 step leaves the link as it was written.
+    assert!(plan("description: d\nclient:\n  - connect: { to: \"fd00::2\", port: 9000 }\n").link.ipv6);
+    assert!(plan("description: d\nlink: { ipv6: true }\nclient:\n  - connect: { port: 9000 }\n").hosts[0]
+        .address6
+        .is_some());
+}
+
+#[test]
+fn ipv6_that_cannot_be_run_is_refused_where_it_is_written() {
+    refused(
+        "description: d\nlink: { ipv6: false }\nclient:\n  - connect: { port: 9000, family: ipv6 }\n",
+        2,
+        15,
+        "ipv6: false, and the step at line 4 makes an IPv6 socket",
+    );
+    refused("description: d\nclient:\n  - socket: { family: ipv7 }\n", 3, 23, "allowed: ipv4, ipv6");
+    refused(
+        "description: d\nclient:\n  - socket: { family: ipv6 }\n  - connect: { port: 9000, family: ipv4 }\n",
+        4,
+        36,
+        "family ipv4: this connect acts on an ipv6 socket made by an earlier step",
+    );
+    refused(
+        "description: d\nclient:\n  - socket: {}\n  - connect: { to: \"fd00::2\", port: 9000 }\n",
+        4,
+        20,
+        "an ipv6 address, and the socket is ipv4",
+    );
+    refused(
+        "description: d\nclient:\n  - connect: { to: \"10.0.0.2\", port: 9000, family: ipv6 }\n",
+        3,
+        20,
+        "an ipv4 address, and the socket is ipv6",
+    );
+    refused(
+        "description: d\nhosts:\n  router: {}\nclient:\n  - connect: { to: server, port: 9000, family: ipv6 }\n",
+        3,
+        3,
+        "IPv6 is not supported with a router yet (the step at line 5 makes an IPv6 socket)",
+    );
+    refused(
+        "description: d\nfaults:\n  - { name: lossy, at: server, action: { loss: 1% } }\n\
+         client:\n  - connect: { to: server, port: 9000, family: ipv6 }\n",
+        3,
+        32,
+        "fault lossy: impairments (loss, delay, reorder, duplicate, corrupt, rate, inject) act on IPv4 frames only",
+    );
+    let payload =
+        "description: d\nfaults:\n  - { name: data, at: server, match: { payload: nonempty }, action: drop }\n\
+                   client:\n  - connect: { to: server, port: 9000, family: ipv6 }\n";
+    refused(payload, 3, 40, "add `requires: { nftables: [inner-payload] }`");
+    assert!(parse_text(&format!("{payload}requires: {{ nftables: [inner-payload] }}\n")).is_ok());
+    refused(
+        "description: d\nfaults:\n  - { name: icmp6, at: server, match: { protocol: icmpv6, dport: 1 }, action: drop }\n",
+        3,
+        59,
+        "icmpv6 has no ports",
+    );
 }

@@ -9,7 +9,7 @@ pub mod query;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use schemars::JsonSchema;
@@ -126,12 +126,13 @@ pub enum PacketDirection {
 #[derive(Debug, Clone, Serialize, JsonSchema, PartialEq)]
 pub struct PacketEvent {
     pub direction: PacketDirection,
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
-    /// `tcp`, `udp`, `icmp`, or the protocol number.
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// `tcp`, `udp`, `icmp`, `icmpv6`, or the protocol number.
     #[schemars(with = "String")]
     pub protocol: IpProtocol,
-    /// IPv4 identification field (tells a retransmission from the original: `tcpdump -v` shows it as `id`).
+    /// IPv4 identification field (tells a retransmission from the original: `tcpdump -v` shows it as `id`);
+    /// IPv6 has none (0, or a fragment header's low 16 bits).
     pub ip_id: u16,
     pub sport: u16,
     pub dport: u16,
@@ -167,7 +168,7 @@ pub enum IpProtocol {
 
 impl IpProtocol {
     pub fn from_number(number: u8) -> IpProtocol {
-        [Protocol::Tcp, Protocol::Udp, Protocol::Icmp]
+        [Protocol::Tcp, Protocol::Udp, Protocol::Icmp, Protocol::Icmpv6]
             .into_iter()
             .find(|known| known.number() == number)
             .map_or(IpProtocol::Other(number), IpProtocol::Known)
@@ -410,8 +411,8 @@ impl PacketEvent {
     pub fn test_segment(flags: u8, len: u32) -> PacketEvent {
         PacketEvent {
             direction: PacketDirection::Out,
-            src: Ipv4Addr::new(10, 0, 0, 1),
-            dst: Ipv4Addr::new(10, 0, 0, 2),
+            src: std::net::Ipv4Addr::new(10, 0, 0, 1).into(),
+            dst: std::net::Ipv4Addr::new(10, 0, 0, 2).into(),
             protocol: IpProtocol::Known(Protocol::Tcp),
             ip_id: 0,
             sport: 40000,

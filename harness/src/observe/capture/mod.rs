@@ -826,7 +826,7 @@ mod tests {
         let syn = &client_packets[0].1;
         assert_eq!(
             (syn.src, syn.dst, syn.dport, syn.protocol),
-            (CLIENT_ADDR, SERVER_ADDR, 9000, IpProtocol::Known(Protocol::Tcp))
+            (CLIENT_ADDR.into(), SERVER_ADDR.into(), 9000, IpProtocol::Known(Protocol::Tcp))
         );
         assert!(syn.options.starts_with("mss 1460,sackOK,TS val "), "SYN options: {}", syn.options);
         assert!(syn.options.contains(" ecr 0,nop,wscale "), "SYN options: {}", syn.options);
@@ -909,7 +909,7 @@ mod tests {
         let udp = packets.iter().find(|p| p.protocol == IpProtocol::Known(Protocol::Udp)).expect("UDP datagram");
         assert_eq!((udp.direction, udp.sport, udp.dport, udp.len), (PacketDirection::Out, 5000, 9999, 7));
         let icmp = packets.iter().find(|p| p.protocol == IpProtocol::Known(Protocol::Icmp)).expect("ICMP reply");
-        assert_eq!((icmp.direction, icmp.src, icmp.dst), (PacketDirection::In, SERVER_ADDR, CLIENT_ADDR));
+        assert_eq!((icmp.direction, icmp.src, icmp.dst), (PacketDirection::In, SERVER_ADDR.into(), CLIENT_ADDR.into()));
         assert_eq!(icmp.options, "10.0.0.2 udp port 9999 unreachable");
         assert_eq!(tcpdump_read(&pcap, &[]).len() as u64, stats.packets);
     }

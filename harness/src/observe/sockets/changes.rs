@@ -1,7 +1,7 @@
 //! What changed between two samples of a namespace's sockets: which socket each row is, and the timeline
 //! events for sockets that appeared, changed or went.
 
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 use super::diag::SocketSample;
 use crate::scenario::plan::{TcpState, TimerKind};
@@ -12,8 +12,8 @@ use crate::timeline::SocketEvent;
 /// it share the 4-tuple and so are one socket changing state; so are a socket and its TIME-WAIT successor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct SocketKey {
-    local: SocketAddrV4,
-    remote: SocketAddrV4,
+    local: SocketAddr,
+    remote: SocketAddr,
     listener_inode: Option<u32>,
 }
 

@@ -10,7 +10,7 @@
 //! layout (`TcpInfo`, feature `rich_nlas`).
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr as InetAddr};
 use std::time::Duration;
 
 use netlink_packet_sock_diag::constants::{AF_INET, INET_DIAG_INFO, IPPROTO_TCP, SOCK_DIAG_BY_FAMILY};
@@ -63,9 +63,11 @@ pub struct TcpInfoSummary {
 /// One row of `ss -tanoi`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SocketSample {
-    pub local: SocketAddrV4,
-    /// `0.0.0.0:0` for a listener (`ss` prints `0.0.0.0:*`).
-    pub remote: SocketAddrV4,
+    /// An IPv4 or IPv6 address and port, as `ss` prints them (`10.0.0.1:9000`, `[fd00::1]:9000`; a dual-stack
+    /// socket's IPv4 peer as `[::ffff:10.0.0.1]:40000`).
+    pub local: InetAddr,
+    /// `0.0.0.0:0` (`[::]:0`) for a listener (`ss` prints `0.0.0.0:*`).
+    pub remote: InetAddr,
     pub state: TcpState,
     /// `ss -o` `timer:(<kind>,...)`.
     pub timer: Option<TimerKind>,
@@ -119,6 +121,9 @@ pub struct DiagSocket {
     socket: Socket,
     buffer: Vec<u8>,
     seq: u32,
+    /// Whether the namespace has IPv6 (not `disable_ipv6`): each dump then asks for AF_INET6 sockets too
+    /// (`ss -tanoi` without `-4`), where a namespace without IPv6 takes one request, not two.
+    ipv6: bool,
 }
 
 impl DiagSocket {
@@ -134,7 +139,9 @@ impl DiagSocket {
         let timeout = TimeVal::milliseconds(RECEIVE_TIMEOUT.as_millis() as i64);
         setsockopt(&socket, sockopt::ReceiveTimeout, &timeout)
             .context(|| "set SO_RCVTIMEO on the sock_diag socket".into())?;
-        Ok(DiagSocket { socket, buffer: vec![0; RECEIVE_BUFFER_LEN], seq: 0 })
+        // /proc/sys/net is the calling thread's namespace's: IPv6 sockets are dumped where IPv6 is on.
+        let ipv6 = std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/disable_ipv6").is_ok_and(|v| v.trim() == "0");
+        Ok(DiagSocket { socket, buffer: vec![0; RECEIVE_BUFFER_LEN], seq: 0, ipv6 })
     }
 
     pub(super) fn next_seq(&mut self) -> u32 {
@@ -152,12 +159,23 @@ pub fn dump(socket: &mut DiagSocket) -> Result<Vec<SocketSample>> {
     Ok(samples)
 }
 
-/// `ss -tanoi` once, into `samples` (cleared first), so that a sampler reuses one vector.
+/// `ss -tanoi` once, into `samples` (cleared first), so that a sampler reuses one vector: the IPv4 sockets, then
+/// the IPv6 ones where the namespace has IPv6 (one dump request per family, as `ss` makes them).
 pub fn dump_into(socket: &mut DiagSocket, samples: &mut Vec<SocketSample>) -> Result<()> {
     samples.clear();
+    dump_family(socket, AF_INET, samples)?;
+    if socket.ipv6 {
+        dump_family(socket, AF_INET6, samples)?;
+    }
+    Ok(())
+}
+
+fn dump_family(socket: &mut DiagSocket, family: u8, samples: &mut Vec<SocketSample>) -> Result<()> {
     let seq = socket.next_seq();
-    let sent =
-        socket.socket.send(&encode_request(seq), 0).context(|| "send sock_diag dump request (ss -tan)".into())?;
+    let sent = socket
+        .socket
+        .send(&encode_request(seq, family), 0)
+        .context(|| "send sock_diag dump request (ss -tan)".into())?;
     if sent != REQUEST_LEN {
         return Err(Error::Internal(format!("sock_diag dump request (ss -tan): sent {sent} of {REQUEST_LEN} bytes")));
     }
@@ -196,8 +214,12 @@ pub(super) enum Progress {
     Done,
 }
 
-/// `nlmsghdr` + `inet_diag_req_v2`: dump all AF_INET TCP sockets in every state, with `INET_DIAG_INFO`.
-pub(super) fn encode_request(seq: u32) -> [u8; REQUEST_LEN] {
+/// `AF_INET6`, as `inet_diag_req_v2.sdiag_family` takes it.
+pub(super) const AF_INET6: u8 = libc::AF_INET6 as u8;
+
+/// `nlmsghdr` + `inet_diag_req_v2`: dump all TCP sockets of `family` (AF_INET or AF_INET6) in every state, with
+/// `INET_DIAG_INFO`.
+pub(super) fn encode_request(seq: u32, family: u8) -> [u8; REQUEST_LEN] {
     let mut request = [0u8; REQUEST_LEN];
     request[0..4].copy_from_slice(&(REQUEST_LEN as u32).to_ne_bytes());
     request[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
@@ -206,7 +228,7 @@ pub(super) fn encode_request(seq: u32) -> [u8; REQUEST_LEN] {
     request[8..12].copy_from_slice(&seq.to_ne_bytes());
     // nlmsg_pid 0 (the kernel), then inet_diag_req_v2; its inet_diag_sockid stays all zero: no filter.
     let diag = &mut request[NLMSG_HEADER_LEN..];
-    diag[0] = AF_INET;
+    diag[0] = family;
     diag[1] = IPPROTO_TCP;
     diag[2] = 1 << (INET_DIAG_INFO - 1);
     diag[4..8].copy_from_slice(&ALL_TCP_STATES.to_ne_bytes());
@@ -268,16 +290,27 @@ pub(super) fn parse_inet_diag_msg(message: &[u8]) -> Result<Option<SocketSample>
             message.len()
         )));
     }
-    if message[0] != AF_INET {
+    let family = message[0];
+    if family != AF_INET && family != AF_INET6 {
         return Ok(None);
     }
     let Some(state) = TcpState::from_kernel(message[1]) else {
         return Ok(None);
     };
     let timer = TimerKind::from_kernel(message[2]);
-    // inet_diag_sockid: sport, dport (big endian), src[4], dst[4] (an IPv4 address in the first word), if, cookie.
-    let local = SocketAddrV4::new(ipv4_at(message, 8), u16::from_be_bytes([message[4], message[5]]));
-    let remote = SocketAddrV4::new(ipv4_at(message, 24), u16::from_be_bytes([message[6], message[7]]));
+    // inet_diag_sockid: sport, dport (big endian), src[4], dst[4] (32-bit words: an IPv4 address in the first
+    // one, an IPv6 address in all four), if, cookie.
+    let address = |at: usize| -> IpAddr {
+        if family == AF_INET6 {
+            let mut octets = [0u8; 16];
+            octets.copy_from_slice(&message[at..at + 16]);
+            IpAddr::V6(Ipv6Addr::from(octets))
+        } else {
+            IpAddr::V4(ipv4_at(message, at))
+        }
+    };
+    let local = InetAddr::new(address(8), u16::from_be_bytes([message[4], message[5]]));
+    let remote = InetAddr::new(address(24), u16::from_be_bytes([message[6], message[7]]));
     let mut tcpi = None;
     let mut attributes = &message[INET_DIAG_MSG_LEN..];
     while attributes.len() >= ATTRIBUTE_HEADER_LEN {

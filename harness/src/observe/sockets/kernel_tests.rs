@@ -167,10 +167,20 @@ fn ss(ns: &Netns) -> Vec<SsRow> {
 fn assert_same_as_ss(samples: &[SocketSample], rows: &[SsRow], compare_retrans: bool) {
     assert_eq!(samples.len(), rows.len(), "dump {samples:#?}\nss {rows:#?}");
     for sample in samples {
-        let peer = if sample.is_listener() { format!("{}:*", sample.remote.ip()) } else { sample.remote.to_string() };
+        // ss prints a dual-stack wildcard listener ([::] without IPV6_V6ONLY) as `*:9000`, peer `*:*`.
+        let (local, peer) = match (sample.local, sample.remote) {
+            (std::net::SocketAddr::V6(local), _) if sample.is_listener() && local.ip().is_unspecified() => {
+                (format!("*:{}", local.port()), "*:*".to_string())
+            }
+            (local, std::net::SocketAddr::V6(remote)) if sample.is_listener() => {
+                (local.to_string(), format!("[{}]:*", remote.ip()))
+            }
+            (local, remote) if sample.is_listener() => (local.to_string(), format!("{}:*", remote.ip())),
+            (local, remote) => (local.to_string(), remote.to_string()),
+        };
         let row = rows
             .iter()
-            .find(|r| r.local == sample.local.to_string() && r.peer == peer)
+            .find(|r| r.local == local && r.peer == peer)
             .unwrap_or_else(|| panic!("{} missing from ss {rows:#?}", sample.label()));
         assert_eq!((row.state, row.recv_q, row.send_q), (sample.state, sample.recv_q, sample.send_q), "{row:?}");
         let timer = row.timer.as_ref().map(|(name, _)| name.as_str());
@@ -230,6 +240,35 @@ fn listener_queues_and_established_pairs_match_ss() {
         assert!(tcpi.rto >= Duration::from_millis(200), "{label}: rto {:?}", tcpi.rto);
     }
     assert_eq!(find(&samples, &server_side(second_port)).unwrap().recv_q, 0);
+}
+
+#[test]
+fn ipv6_and_v4_mapped_sockets_are_dumped_as_ss_lists_them() {
+    let ns = namespace_with_loopback();
+    let (listener, v6, v4) = ns
+        .run(|| {
+            // A dual-stack listener (IPV6_V6ONLY off, the namespace's default), one IPv6 and one IPv4 client.
+            let listener = TcpListener::bind("[::]:9000").map_err(|e| Error::sys("bind [::]:9000", e))?;
+            let v6 = TcpStream::connect("[::1]:9000").map_err(|e| Error::sys("connect [::1]:9000", e))?;
+            let v4 = TcpStream::connect("127.0.0.1:9000").map_err(|e| Error::sys("connect 127.0.0.1:9000", e))?;
+            Ok((listener, v6, v4))
+        })
+        .unwrap();
+    let (v6_port, v4_port) = (v6.local_addr().unwrap().port(), v4.local_addr().unwrap().port());
+    let mut diag = DiagSocket::open_in(&ns).unwrap();
+    let samples = wait_for(&mut diag, "both connections established", |s| s.len() == 5);
+    assert_same_as_ss(&samples, &ss(&ns), true);
+    let labels: Vec<String> = samples.iter().map(SocketSample::label).collect();
+    for label in [
+        "[::]:9000 -> *:*".to_string(),
+        format!("[::1]:{v6_port} -> [::1]:9000"),
+        format!("[::1]:9000 -> [::1]:{v6_port}"),
+        format!("127.0.0.1:{v4_port} -> 127.0.0.1:9000"),
+        format!("[::ffff:127.0.0.1]:9000 -> [::ffff:127.0.0.1]:{v4_port}"),
+    ] {
+        assert!(labels.contains(&label), "{label} not in {labels:?}");
+    }
+    drop((listener, v6, v4));
 }
 
 #[test]

@@ -1,8 +1,8 @@
 //! Unit tests of the sock_diag codec on hand-made datagrams and of the change tracker on sample sequences.
 
-use std::net::SocketAddrV4;
+use std::net::{IpAddr, SocketAddr};
 
-use netlink_packet_sock_diag::constants::{AF_INET, INET_DIAG_INFO, SOCK_DIAG_BY_FAMILY};
+use netlink_packet_sock_diag::constants::{AF_INET, INET_DIAG_INFO, IPPROTO_TCP, SOCK_DIAG_BY_FAMILY};
 
 use super::changes::*;
 use super::diag::*;
@@ -36,8 +36,8 @@ struct DiagRow {
     state: u8,
     timer: u8,
     retrans: u8,
-    local: SocketAddrV4,
-    remote: SocketAddrV4,
+    local: SocketAddr,
+    remote: SocketAddr,
     expires: u32,
     recv_q: u32,
     send_q: u32,
@@ -64,10 +64,16 @@ fn diag_message(seq: u32, row: &DiagRow, attributes: &[(u16, Vec<u8>)]) -> Vec<u
     let mut body = vec![row.family, row.state, row.timer, row.retrans];
     body.extend_from_slice(&row.local.port().to_be_bytes());
     body.extend_from_slice(&row.remote.port().to_be_bytes());
-    body.extend_from_slice(&row.local.ip().octets());
-    body.extend_from_slice(&[0; 12]);
-    body.extend_from_slice(&row.remote.ip().octets());
-    body.extend_from_slice(&[0; 12]);
+    // Four 32-bit words per address: an IPv4 address in the first, an IPv6 address in all four.
+    for address in [row.local.ip(), row.remote.ip()] {
+        match address {
+            IpAddr::V4(v4) => {
+                body.extend_from_slice(&v4.octets());
+                body.extend_from_slice(&[0; 12]);
+            }
+            IpAddr::V6(v6) => body.extend_from_slice(&v6.octets()),
+        }
+    }
     body.extend_from_slice(&[0; 12]); // interface, cookie
     for word in [row.expires, row.recv_q, row.send_q, 0, row.inode] {
         body.extend_from_slice(&word.to_ne_bytes());
@@ -119,7 +125,7 @@ fn sockets_and_observers_can_move_between_threads() {
 
 #[test]
 fn request_asks_for_every_ipv4_tcp_socket_with_tcp_info() {
-    let request = encode_request(7);
+    let request = encode_request(7, AF_INET);
     assert_eq!(read_u32(&request, 0), 72);
     assert_eq!(u16::from_ne_bytes([request[4], request[5]]), 20);
     assert_eq!(u16::from_ne_bytes([request[6], request[7]]), 0x301);
@@ -189,9 +195,9 @@ fn request_socket_and_time_wait_rows_have_timers_but_no_tcp_info() {
 #[test]
 fn rows_of_other_dumps_families_and_states_are_skipped() {
     let mut datagram = diag_message(3, &diag_row(1, "10.0.0.1:1", "10.0.0.2:2"), &[]);
-    let mut ipv6 = diag_row(1, "10.0.0.1:3", "10.0.0.2:4");
-    ipv6.family = libc::AF_INET6 as u8;
-    datagram.extend(diag_message(4, &ipv6, &[]));
+    let mut unix = diag_row(1, "10.0.0.1:3", "10.0.0.2:4");
+    unix.family = libc::AF_UNIX as u8;
+    datagram.extend(diag_message(4, &unix, &[]));
     datagram.extend(diag_message(4, &diag_row(13, "10.0.0.1:5", "0.0.0.0:0"), &[]));
     datagram.extend(diag_message(4, &diag_row(10, "10.0.0.1:6", "0.0.0.0:0"), &[]));
     datagram.extend(done(3, 0));
@@ -201,6 +207,36 @@ fn rows_of_other_dumps_families_and_states_are_skipped() {
     assert_eq!(samples.len(), 1);
     assert_eq!(samples[0].label(), "10.0.0.1:6 -> *:*");
     assert!(samples[0].is_listener());
+}
+
+#[test]
+fn ipv6_rows_read_all_four_words_of_each_address() {
+    let mut established = diag_row(1, "[fd00::1]:40000", "[fd00::2]:9000");
+    established.family = libc::AF_INET6 as u8;
+    let mut mapped = diag_row(1, "[::ffff:10.0.0.2]:9000", "[::ffff:10.0.0.1]:40001");
+    mapped.family = libc::AF_INET6 as u8;
+    let mut listener = diag_row(10, "[::]:9000", "[::]:0");
+    listener.family = libc::AF_INET6 as u8;
+    let mut datagram = Vec::new();
+    for row in [&established, &mapped, &listener] {
+        datagram.extend(diag_message(5, row, &[]));
+    }
+    datagram.extend(done(5, 0));
+    let mut samples = Vec::new();
+    assert_eq!(parse_datagram(&datagram, 5, &mut samples).unwrap(), Progress::Done);
+    let labels: Vec<String> = samples.iter().map(|s| s.label()).collect();
+    assert_eq!(
+        labels,
+        ["[fd00::1]:40000 -> [fd00::2]:9000", "[::ffff:10.0.0.2]:9000 -> [::ffff:10.0.0.1]:40001", "[::]:9000 -> *:*"]
+    );
+    assert!(samples[2].is_listener());
+}
+
+#[test]
+fn a_request_asks_for_the_family_given() {
+    let request = encode_request(9, AF_INET6);
+    assert_eq!(request[16], libc::AF_INET6 as u8, "inet_diag_req_v2.sdiag_family");
+    assert_eq!(request[17], IPPROTO_TCP);
 }
 
 #[test]

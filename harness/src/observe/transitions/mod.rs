@@ -20,7 +20,7 @@ pub(crate) mod program;
 use crate::run::handoff;
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -689,8 +689,8 @@ struct Record {
     from: u32,
     to: u32,
     host: u32,
-    local: SocketAddrV4,
-    remote: SocketAddrV4,
+    local: SocketAddr,
+    remote: SocketAddr,
 }
 
 /// What a ring buffer record holds.
@@ -732,7 +732,14 @@ impl Record {
     fn parse(bytes: &[u8]) -> Option<Record> {
         let u64_at = |at: usize| Some(u64::from_ne_bytes(bytes.get(at..at + 8)?.try_into().ok()?));
         let u32_at = |at: usize| Some(u32::from_ne_bytes(bytes.get(at..at + 4)?.try_into().ok()?));
-        let address = |at: usize| Some(Ipv4Addr::from(<[u8; 4]>::try_from(bytes.get(at..at + 4)?).ok()?));
+        let ipv6 = u32_at(record::FAMILY)? == program::AF_INET6 as u32;
+        let address = |v4: usize, v6: usize| -> Option<IpAddr> {
+            Some(if ipv6 {
+                IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(bytes.get(v6..v6 + 16)?).ok()?))
+            } else {
+                IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(bytes.get(v4..v4 + 4)?).ok()?))
+            })
+        };
         let remote_port = u16::from_be_bytes(bytes.get(record::REMOTE_PORT..record::REMOTE_PORT + 2)?.try_into().ok()?);
         let local_port = u16::from_ne_bytes(bytes.get(record::LOCAL_PORT..record::LOCAL_PORT + 2)?.try_into().ok()?);
         Some(Record {
@@ -742,8 +749,8 @@ impl Record {
             from: u32_at(record::OLD_STATE)?,
             to: u32_at(record::NEW_STATE)?,
             host: u32_at(record::HOST)?,
-            local: SocketAddrV4::new(address(record::LOCAL_ADDRESS)?, local_port),
-            remote: SocketAddrV4::new(address(record::REMOTE_ADDRESS)?, remote_port),
+            local: SocketAddr::new(address(record::LOCAL_ADDRESS, record::LOCAL_ADDRESS6)?, local_port),
+            remote: SocketAddr::new(address(record::REMOTE_ADDRESS, record::REMOTE_ADDRESS6)?, remote_port),
         })
     }
 

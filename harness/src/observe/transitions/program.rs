@@ -1,13 +1,14 @@
 //! The transition tracer's BPF program, written out instruction by instruction: run at the kernel's
 //! `sock:inet_sock_set_state` tracepoint (as a raw tracepoint: `sk`, `oldstate`, `newstate`), it keeps the
-//! transitions of IPv4 TCP sockets whose network namespace is one of the run's and hands each to user space
+//! transitions of IPv4 and IPv6 TCP sockets whose network namespace is one of the run's and hands each to user space
 //! through a ring buffer, stamped with the kernel's monotonic clock at the transition.
 
 use super::btf::{Btf, Field};
 use crate::error::Result;
 
-/// `AF_INET`, `IPPROTO_TCP`.
+/// `AF_INET`, `AF_INET6`, `IPPROTO_TCP`.
 const AF_INET: i32 = 2;
+pub const AF_INET6: i32 = 10;
 const IPPROTO_TCP: i32 = 6;
 
 /// One record in the ring buffer, as the programs write it (native byte order unless said otherwise): a
@@ -40,7 +41,13 @@ pub mod record {
     pub const LOCAL_PORT: usize = 42;
     /// Which of the two instances of the program wrote the record (see [`super::Instance`]).
     pub const TRANSITION_INSTANCE: usize = 44;
-    pub const TRANSITION_LEN: usize = 48;
+    /// The socket's family (`AF_INET` or `AF_INET6`), and for an IPv6 socket its remote and local IPv6
+    /// addresses (network byte order; a v4-mapped address for an IPv4 peer of a dual-stack socket). An IPv4
+    /// socket's copy of those fields is not read.
+    pub const FAMILY: usize = 48;
+    pub const REMOTE_ADDRESS6: usize = 56;
+    pub const LOCAL_ADDRESS6: usize = 72;
+    pub const TRANSITION_LEN: usize = 88;
     /// A dropped packet: who dropped it ([`BY_NETFILTER`] or [`BY_QDISC`]), the instance of the program that
     /// wrote the record, its first bytes from its IPv4 header on, and its `struct sk_buff`'s kernel address (tells the
     /// second instance's record of a drop from another drop, never shown).
@@ -104,6 +111,9 @@ pub struct SockLayout {
     local_address: Field,
     remote_port: Field,
     local_port: Field,
+    /// `skc_v6_daddr`, `skc_v6_rcv_saddr`: an IPv6 socket's addresses, read on their own (outside the span).
+    remote_address6: Field,
+    local_address6: Field,
 }
 
 /// `offset:size` of each field, comma-separated: how a layout travels to the scenario processes.
@@ -131,7 +141,7 @@ impl std::fmt::Display for SockLayout {
 }
 
 impl SockLayout {
-    fn fields(&self) -> [Field; 8] {
+    fn fields(&self) -> [Field; 10] {
         [
             self.net,
             self.inum,
@@ -141,16 +151,31 @@ impl SockLayout {
             self.local_address,
             self.remote_port,
             self.local_port,
+            self.remote_address6,
+            self.local_address6,
         ]
     }
 
     /// A layout as [`Display`](std::fmt::Display) writes it; `None` unless it is exactly that, with sizes the
-    /// program can read (the namespace pointer 8 bytes; inode, addresses 4; family, protocol, ports 2).
+    /// program can read (the namespace pointer 8 bytes; inode, IPv4 addresses 4; family, protocol, ports 2;
+    /// IPv6 addresses 16).
     pub fn parse(text: &str) -> Option<SockLayout> {
-        let [net, inum, family, protocol, remote_address, local_address, remote_port, local_port] = parse_fields(text)?;
-        let layout = SockLayout { net, inum, family, protocol, remote_address, local_address, remote_port, local_port };
+        let [net, inum, family, protocol, remote_address, local_address, remote_port, local_port, remote_address6, local_address6] =
+            parse_fields(text)?;
+        let layout = SockLayout {
+            net,
+            inum,
+            family,
+            protocol,
+            remote_address,
+            local_address,
+            remote_port,
+            local_port,
+            remote_address6,
+            local_address6,
+        };
         let sizes = layout.fields().map(|field| field.size);
-        (sizes == [8, 4, 2, 2, 4, 4, 2, 2] && layout.span().1 <= MAX_SPAN).then_some(layout)
+        (sizes == [8, 4, 2, 2, 4, 4, 2, 2, 16, 16] && layout.span().1 <= MAX_SPAN).then_some(layout)
     }
 
     /// The bytes of `struct sock` that hold the namespace pointer, family, addresses and ports, read at once.
@@ -175,6 +200,8 @@ impl SockLayout {
             local_address: common("skc_rcv_saddr")?,
             remote_port: common("skc_dport")?,
             local_port: common("skc_num")?,
+            remote_address6: common("skc_v6_daddr")?,
+            local_address6: common("skc_v6_rcv_saddr")?,
         };
         let (_, len) = layout.span();
         if len > MAX_SPAN {
@@ -313,6 +340,9 @@ const SLOT_PROTOCOL: i16 = SLOT_SPAN - 16;
 const SLOT_TIME: i16 = SLOT_SPAN - 24;
 const SLOT_ZERO: i16 = SLOT_SPAN - 28;
 const SLOT_RING: i16 = SLOT_SPAN - 32;
+/// An IPv6 socket's remote and local addresses, 16 bytes each.
+const SLOT_REMOTE6: i16 = SLOT_SPAN - 48;
+const SLOT_LOCAL6: i16 = SLOT_SPAN - 64;
 /// The drop program's own slots (its packet copy where the transition program copies the socket).
 const SLOT_PACKET: i16 = -(record::PACKET_BYTES as i16);
 const SLOT_SOCK: i16 = SLOT_PACKET - 8;
@@ -331,6 +361,8 @@ enum Label {
     Done,
     Ours,
     Copy,
+    /// An IPv4 or IPv6 socket: go on to the protocol check.
+    Inet,
 }
 
 #[derive(Default)]
@@ -470,9 +502,11 @@ pub fn instructions(layout: &SockLayout, maps: SharedMaps, instance: Instance) -
     a.jump_if_registers(OP_JEQ, R7, R8, Label::Out);
     // One copy of the socket's common part: namespace pointer, family, addresses, ports.
     a.probe(SLOT_SPAN, R6, Field { offset: span_start, size: span_len });
-    // IPv4 only (the tracepoint fires for IPv6 too): the cheapest test first, from the copy.
+    // IPv4 and IPv6 only (the tracepoint fires for other families too): the cheapest test first, from the copy.
     a.load(SIZE_H, R1, FP, in_span(layout.family));
-    a.jump(OP_JNE, R1, AF_INET, Label::Out);
+    a.jump(OP_JEQ, R1, AF_INET, Label::Inet);
+    a.jump(OP_JNE, R1, AF_INET6, Label::Out);
+    a.label(Label::Inet);
     // The namespace's inode: one a scenario registered, else not ours. Its host's number into R9.
     a.load(SIZE_DW, R9, FP, in_span(layout.net));
     a.probe(SLOT_INUM, R9, layout.inum);
@@ -485,6 +519,10 @@ pub fn instructions(layout: &SockLayout, maps: SharedMaps, instance: Instance) -
     a.probe(SLOT_PROTOCOL, R6, layout.protocol);
     a.load(SIZE_H, R1, FP, SLOT_PROTOCOL);
     a.jump(OP_JNE, R1, IPPROTO_TCP, Label::Out);
+    // Both sockets' IPv6 address fields, before the record is reserved (a failed read leaves the program,
+    // which must not hold a reservation then); user space reads them for an IPv6 socket only.
+    a.probe(SLOT_REMOTE6, R6, layout.remote_address6);
+    a.probe(SLOT_LOCAL6, R6, layout.local_address6);
     // The scenario's own ring.
     a.map(R1, maps.rings);
     a.mov(R2, FP);
@@ -504,6 +542,14 @@ pub fn instructions(layout: &SockLayout, maps: SharedMaps, instance: Instance) -
     ] {
         a.load(size, R1, FP, in_span(field));
         a.store(size, R0, at as i16, R1);
+    }
+    a.load(SIZE_H, R1, FP, in_span(layout.family));
+    a.store(SIZE_W, R0, record::FAMILY as i16, R1);
+    for (slot, at) in [(SLOT_REMOTE6, record::REMOTE_ADDRESS6), (SLOT_LOCAL6, record::LOCAL_ADDRESS6)] {
+        for half in [0, 8] {
+            a.load(SIZE_DW, R1, FP, slot + half);
+            a.store(SIZE_DW, R0, (at as i16) + half, R1);
+        }
     }
     a.store_imm(SIZE_W, R0, record::TRANSITION_INSTANCE as i16, instance.number() as i32);
     a.submit_and_exit(Lost::Namespace(maps.namespaces), 0);
@@ -768,6 +814,8 @@ mod tests {
             local_address: field(4, 4),
             remote_port: field(12, 2),
             local_port: field(14, 2),
+            remote_address6: field(56, 16),
+            local_address6: field(72, 16),
         }
     }
 
@@ -816,18 +864,36 @@ mod tests {
             .filter(|w| decode(w[3]).0 == JMP | OP_CALL && decode(w[3]).4 == HELPER_PROBE_READ_KERNEL)
             .map(|w| (decode(w[0]).4, decode(w[2]).4))
             .collect();
-        assert_eq!(probes, vec![(56, 0), (4, 200), (2, 520)], "span 0..56, net->ns.inum, sk_protocol");
+        assert_eq!(
+            probes,
+            vec![(56, 0), (4, 200), (2, 520), (16, 56), (16, 72)],
+            "span 0..56, net->ns.inum, sk_protocol, skc_v6_daddr, skc_v6_rcv_saddr"
+        );
         assert_eq!(layout().span(), (0, 56));
     }
 
     #[test]
     fn a_layout_travels_as_text() {
         let text = layout().to_string();
-        assert_eq!(text, "48:8,200:4,16:2,520:2,0:4,4:4,12:2,14:2");
+        assert_eq!(text, "48:8,200:4,16:2,520:2,0:4,4:4,12:2,14:2,56:16,72:16");
         assert_eq!(SockLayout::parse(&text), Some(layout()));
         assert_eq!(SockLayout::parse("48:8,200:4"), None, "every field");
-        assert_eq!(SockLayout::parse("48:4,200:4,16:2,520:2,0:4,4:4,12:2,14:2"), None, "a pointer is 8 bytes");
-        assert_eq!(SockLayout::parse("4800:8,200:4,16:2,520:2,0:4,4:4,12:2,14:2"), None, "the span is too wide");
+        assert_eq!(SockLayout::parse("48:8,200:4,16:2,520:2,0:4,4:4,12:2,14:2"), None, "the IPv6 addresses too");
+        assert_eq!(
+            SockLayout::parse("48:4,200:4,16:2,520:2,0:4,4:4,12:2,14:2,56:16,72:16"),
+            None,
+            "a pointer is 8 bytes"
+        );
+        assert_eq!(
+            SockLayout::parse("48:8,200:4,16:2,520:2,0:4,4:4,12:2,14:2,56:4,72:16"),
+            None,
+            "an IPv6 address is 16 bytes"
+        );
+        assert_eq!(
+            SockLayout::parse("4800:8,200:4,16:2,520:2,0:4,4:4,12:2,14:2,56:16,72:16"),
+            None,
+            "the span is too wide"
+        );
         let field = |offset, size| Field { offset, size };
         let skb = SkbLayout {
             sk: field(24, 8),

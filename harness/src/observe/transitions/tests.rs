@@ -97,6 +97,50 @@ fn every_transition_of_the_runs_namespaces_and_none_of_others() {
 }
 
 #[test]
+fn ipv6_sockets_are_traced_with_their_ipv6_and_v4_mapped_addresses() {
+    let namespace = Netns::new_anonymous().unwrap();
+    let clock = Clock::started();
+    let (sink, received) = EventSink::new(clock);
+    let tracer =
+        Tracer::start([(HostId::Server, &namespace)], RingMaps::create().unwrap(), sink, QueueDrops::Traced).unwrap();
+    namespace
+        .run(|| {
+            let lo = std::process::Command::new("ip").args(["link", "set", "lo", "up"]).status();
+            assert!(lo.is_ok_and(|s| s.success()), "ip link set lo up");
+            // A dual-stack listener (IPV6_V6ONLY off, the namespace's default): one IPv6 client, one IPv4.
+            let listener = TcpListener::bind("[::]:9002").unwrap();
+            for client in ["[::1]:9002", "127.0.0.1:9002"] {
+                let client = TcpStream::connect(client).unwrap();
+                let (server, _) = listener.accept().unwrap();
+                drop(client);
+                drop(server);
+            }
+            Ok(())
+        })
+        .unwrap();
+    tracer.stop().unwrap();
+    let events = Timeline::new(received.try_iter().collect()).events;
+    let seen = transitions(&events);
+    let sockets: Vec<&str> = seen.iter().map(|(_, socket, ..)| socket.as_str()).collect();
+    assert!(sockets.contains(&"[::]:9002 -> *:*"), "the IPv6 listener: {sockets:?}");
+    let named = |prefix: &str, suffix: &str| {
+        sockets.iter().any(|socket| socket.starts_with(prefix) && socket.ends_with(suffix) && !socket.contains("]:0 "))
+    };
+    assert!(named("[::1]:", " -> [::1]:9002"), "the IPv6 client, with its port: {sockets:?}");
+    assert!(named("[::1]:9002 -> [::1]:", ""), "its accepted socket: {sockets:?}");
+    assert!(named("127.0.0.1:", " -> 127.0.0.1:9002"), "the IPv4 client: {sockets:?}");
+    assert!(
+        named("[::ffff:127.0.0.1]:9002 -> [::ffff:127.0.0.1]:", ""),
+        "the IPv4 client's connection, accepted by the IPv6 listener, with v4-mapped addresses: {sockets:?}"
+    );
+    let mapped = seen.iter().find(|(_, socket, ..)| socket.starts_with("[::ffff:")).map(|(_, socket, ..)| socket);
+    let states: Vec<(TcpState, TcpState)> =
+        seen.iter().filter(|(_, socket, ..)| Some(socket) == mapped).map(|(_, _, from, to)| (*from, *to)).collect();
+    assert_eq!(states.first(), Some(&(TcpState::Listen, TcpState::SynRecv)), "{states:?}");
+    assert!(states.contains(&(TcpState::SynRecv, TcpState::Established)), "{states:?}");
+}
+
+#[test]
 fn a_routers_namespace_is_traced_as_the_routers() {
     // The hosts in the wire's order (client, router, server), which is not `HostId::index()` order.
     let hosts = [HostId::Client, HostId::Router, HostId::Server];

@@ -36,8 +36,8 @@ fn packet(t: u64, host: HostId, protocol: Protocol, flags: u8, window: u16, len:
         host,
         kind: EventKind::Packet(PacketEvent {
             direction: PacketDirection::Out,
-            src: Ipv4Addr::new(10, 0, 0, 2),
-            dst: Ipv4Addr::new(10, 0, 0, 1),
+            src: Ipv4Addr::new(10, 0, 0, 2).into(),
+            dst: Ipv4Addr::new(10, 0, 0, 1).into(),
             protocol: IpProtocol::Known(protocol),
             ip_id: 0,
             sport: 9000,

@@ -32,8 +32,9 @@ mod sockets;
 pub mod sockopt;
 pub mod trace;
 
+use crate::scenario::plan::Family;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -61,7 +62,7 @@ use sockets::{HostSockets, Lookup};
 pub struct ActorContext {
     /// The host whose program runs; must be the `HostPlan`'s id.
     pub host: HostId,
-    /// The host's own address: `bind` / `listen` bind to it.
+    /// The host's own address: `bind` / `listen` of an IPv4 socket bind to it (an IPv6 socket binds `[::]`).
     pub own_address: Ipv4Addr,
     pub board: Arc<StepBoard>,
     pub processes: Arc<ProcessRegistry>,
@@ -222,10 +223,12 @@ impl Actor {
             Action::Exec(plan) => {
                 return exec::run_foreground(plan, self.confinement()?, &self.ctx.processes, self.ctx.deadline, None)
             }
-            Action::Socket { name, options, nonblocking } => self.socket(name.clone(), options, *nonblocking),
+            Action::Socket { name, family, options, nonblocking } => {
+                self.socket(name.clone(), *family, options, *nonblocking)
+            }
             Action::SetOpt { options } => self.set_options(named, options),
-            Action::Bind { port } => self.bind(named, *port),
-            Action::Listen { port, backlog } => self.listen(named, *port, *backlog),
+            Action::Bind { port, family } => self.bind(named, *family, *port),
+            Action::Listen { port, backlog, family } => self.listen(named, *family, *port, *backlog),
             Action::Accept { name, nonblocking } => self.accept(named, name.clone(), *nonblocking),
             Action::Connect { address, port, nonblocking, .. } => self.connect(named, *address, *port, *nonblocking),
             Action::Poll { events, timeout } => self.poll(named, events, *timeout),
@@ -283,26 +286,36 @@ impl Actor {
         })
     }
 
-    /// The step's socket; when the step names none and there is no open current socket, a new one
-    /// (`socket(AF_INET, SOCK_STREAM)`) becomes current. `Err` is the outcome of a failed creation.
-    fn socket_or_create(&mut self, named: Option<&str>) -> Result<Lookup, StepResult> {
+    /// The step's socket; when the step names none and there is no open current socket, a new one of `family`
+    /// (`socket(AF_INET or AF_INET6, SOCK_STREAM)`) becomes current. `Err` is the outcome of a failed creation.
+    fn socket_or_create(&mut self, named: Option<&str>, family: Family) -> Result<Lookup, StepResult> {
         let lookup = self.sockets.lookup(named);
         if named.is_some() || matches!(lookup, Lookup::Open(_)) {
             return Ok(lookup);
         }
-        match sockets::tcp_socket(false) {
+        match sockets::tcp_socket(family, false) {
             Ok(fd) => Ok(Lookup::Open(self.sockets.add(None, fd))),
-            Err(e) => Err(failed(&e, Some("socket(AF_INET, SOCK_STREAM)".into()))),
+            Err(e) => Err(failed(&e, Some(socket_call(family)))),
         }
     }
 
-    fn socket(&mut self, name: Option<String>, options: &[SockOpt], nonblocking: bool) -> StepResult {
-        match sockets::tcp_socket(nonblocking) {
+    fn socket(&mut self, name: Option<String>, family: Family, options: &[SockOpt], nonblocking: bool) -> StepResult {
+        match sockets::tcp_socket(family, nonblocking) {
             Ok(fd) => {
                 let fd = self.sockets.add(name, fd);
                 apply_options(fd, options, None)
             }
-            Err(e) => failed(&e, Some("socket(AF_INET, SOCK_STREAM)".into())),
+            Err(e) => failed(&e, Some(socket_call(family))),
+        }
+    }
+
+    /// Where `bind` and `listen` bind a socket: the host's address for IPv4, the wildcard `[::]` for IPv6 (so
+    /// that a dual-stack listener takes IPv4 peers too). The socket's own family decides (`SO_DOMAIN`), not
+    /// the step's: a step acting on an existing socket binds it as what it is.
+    fn bind_address(&self, fd: RawFd, port: u16) -> SocketAddr {
+        match sockets::family(fd) {
+            Ok(Family::Ipv6) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
+            _ => SocketAddr::V4(SocketAddrV4::new(self.ctx.own_address, port)),
         }
     }
 
@@ -323,12 +336,12 @@ impl Actor {
         }
     }
 
-    fn bind(&mut self, named: Option<&str>, port: u16) -> StepResult {
-        let lookup = match self.socket_or_create(named) {
+    fn bind(&mut self, named: Option<&str>, family: Family, port: u16) -> StepResult {
+        let lookup = match self.socket_or_create(named, family) {
             Ok(lookup) => lookup,
             Err(result) => return result,
         };
-        let addr = SocketAddrV4::new(self.ctx.own_address, port);
+        let addr = self.bind_address(lookup.fd(), port);
         match sockets::bind(lookup.fd(), addr) {
             Ok(()) => (Outcome::Ok, Some(format!("bound to {addr}"))),
             Err(e) => failed(&e, join_detail([Some(format!("bind {addr}")), socket_note(lookup, named)])),
@@ -337,8 +350,8 @@ impl Actor {
 
     /// With a port: `SO_REUSEADDR` then `bind` to it first, so a scenario can listen again on a port whose
     /// earlier connection is in TIME-WAIT.
-    fn listen(&mut self, named: Option<&str>, port: Option<u16>, backlog: u32) -> StepResult {
-        let lookup = match self.socket_or_create(named) {
+    fn listen(&mut self, named: Option<&str>, family: Family, port: Option<u16>, backlog: u32) -> StepResult {
+        let lookup = match self.socket_or_create(named, family) {
             Ok(lookup) => lookup,
             Err(result) => return result,
         };
@@ -349,7 +362,7 @@ impl Actor {
             if let Err(e) = sockopt::set(fd, &reuse) {
                 return failed(&e, join_detail([Some(format!("setsockopt {}", sockopt::describe(&reuse))), note]));
             }
-            let addr = SocketAddrV4::new(self.ctx.own_address, port);
+            let addr = self.bind_address(fd, port);
             if let Err(e) = sockets::bind(fd, addr) {
                 return failed(&e, join_detail([Some(format!("bind {addr}")), note]));
             }
@@ -374,12 +387,12 @@ impl Actor {
         }
     }
 
-    fn connect(&mut self, named: Option<&str>, address: Ipv4Addr, port: u16, nonblocking: bool) -> StepResult {
-        let lookup = match self.socket_or_create(named) {
+    fn connect(&mut self, named: Option<&str>, address: IpAddr, port: u16, nonblocking: bool) -> StepResult {
+        let lookup = match self.socket_or_create(named, Family::of(address)) {
             Ok(lookup) => lookup,
             Err(result) => return result,
         };
-        let target = SocketAddrV4::new(address, port);
+        let target = SocketAddr::new(address, port);
         let result = sockets::connect(lookup.fd(), target, nonblocking);
         let route = match sockets::local_addr(lookup.fd()) {
             Ok(local) if local.port() != 0 => format!("{local} -> {target}"),
@@ -600,3 +613,11 @@ fn apply_options(fd: RawFd, options: &[SockOpt], note: Option<String>) -> StepRe
 
 #[cfg(test)]
 mod tests;
+
+/// The `socket` call a step makes, for its detail when it fails.
+fn socket_call(family: Family) -> String {
+    match family {
+        Family::Ipv4 => "socket(AF_INET, SOCK_STREAM)".into(),
+        Family::Ipv6 => "socket(AF_INET6, SOCK_STREAM)".into(),
+    }
+}

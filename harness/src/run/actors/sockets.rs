@@ -3,11 +3,11 @@
 
 use std::io;
 use std::mem;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-use crate::scenario::plan::ShutdownHow;
+use crate::scenario::plan::{Family, ShutdownHow};
 
 /// The descriptor number given to calls on a socket that is closed or was never made: the kernel answers
 /// EBADF, as it would for the stale number, without the risk of hitting a descriptor another thread has
@@ -93,39 +93,98 @@ fn check_size(rc: libc::ssize_t) -> io::Result<usize> {
     usize::try_from(rc).map_err(|_| io::Error::last_os_error())
 }
 
-fn sockaddr(addr: SocketAddrV4) -> libc::sockaddr_in {
-    libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: addr.port().to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from(*addr.ip()).to_be() },
-        sin_zero: [0; 8],
+/// `addr` as the kernel takes it: a `sockaddr_in` or a `sockaddr_in6` in a `sockaddr_storage`, and its length.
+fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: an all-zero sockaddr_storage is a valid (AF_UNSPEC) value.
+    let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(addr) => {
+            let raw = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: addr.port().to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from(*addr.ip()).to_be() },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than, and aligned for, every sockaddr type.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), raw) };
+            mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(addr) => {
+            let raw = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: addr.port().to_be(),
+                sin6_flowinfo: addr.flowinfo().to_be(),
+                sin6_addr: libc::in6_addr { s6_addr: addr.ip().octets() },
+                sin6_scope_id: addr.scope_id(),
+            };
+            // SAFETY: as above.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), raw) };
+            mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+/// The address in a `sockaddr_storage` the kernel filled in (AF_INET or AF_INET6; anything else reads as
+/// `0.0.0.0:0`).
+fn from_sockaddr(raw: &libc::sockaddr_storage) -> SocketAddr {
+    match i32::from(raw.ss_family) {
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let v6: libc::sockaddr_in6 = unsafe { std::ptr::read((raw as *const libc::sockaddr_storage).cast()) };
+            SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(v6.sin6_addr.s6_addr),
+                u16::from_be(v6.sin6_port),
+                u32::from_be(v6.sin6_flowinfo),
+                v6.sin6_scope_id,
+            ))
+        }
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let v4: libc::sockaddr_in = unsafe { std::ptr::read((raw as *const libc::sockaddr_storage).cast()) };
+            SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr)),
+                u16::from_be(v4.sin_port),
+            ))
+        }
+        _ => SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
     }
 }
 
-fn from_sockaddr(raw: &libc::sockaddr_in) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::from(u32::from_be(raw.sin_addr.s_addr)), u16::from_be(raw.sin_port))
+fn empty_sockaddr() -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: an all-zero sockaddr_storage is a valid (AF_UNSPEC) value.
+    (unsafe { mem::zeroed() }, mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t)
 }
 
-const SOCKADDR_IN_LEN: libc::socklen_t = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-
-fn empty_sockaddr() -> libc::sockaddr_in {
-    sockaddr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))
-}
-
-/// `socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC [| SOCK_NONBLOCK], 0)`.
-pub fn tcp_socket(nonblocking: bool) -> io::Result<OwnedFd> {
+/// `socket(AF_INET or AF_INET6, SOCK_STREAM | SOCK_CLOEXEC [| SOCK_NONBLOCK], 0)`.
+pub fn tcp_socket(family: Family, nonblocking: bool) -> io::Result<OwnedFd> {
     let flags = libc::SOCK_STREAM | libc::SOCK_CLOEXEC | if nonblocking { libc::SOCK_NONBLOCK } else { 0 };
+    let domain = match family {
+        Family::Ipv4 => libc::AF_INET,
+        Family::Ipv6 => libc::AF_INET6,
+    };
     // SAFETY: plain system call; a non-negative result is a new descriptor owned by no one else.
-    let fd = check(unsafe { libc::socket(libc::AF_INET, flags, 0) })?;
+    let fd = check(unsafe { libc::socket(domain, flags, 0) })?;
     // SAFETY: `fd` was just returned by socket(2).
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// `getsockopt(fd, SOL_SOCKET, SO_DOMAIN)`: whether the socket is IPv4 or IPv6.
+pub fn family(fd: RawFd) -> io::Result<Family> {
+    let mut domain: libc::c_int = 0;
+    let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `domain` is a writable int and `len` its size.
+    check(unsafe {
+        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_DOMAIN, (&mut domain as *mut libc::c_int).cast(), &mut len)
+    })?;
+    Ok(if domain == libc::AF_INET6 { Family::Ipv6 } else { Family::Ipv4 })
+}
+
 /// `bind(fd, addr)`.
-pub fn bind(fd: RawFd, addr: SocketAddrV4) -> io::Result<()> {
-    let raw = sockaddr(addr);
-    // SAFETY: `raw` is a valid sockaddr_in of the length passed.
-    check(unsafe { libc::bind(fd, (&raw as *const libc::sockaddr_in).cast(), SOCKADDR_IN_LEN) }).map(drop)
+pub fn bind(fd: RawFd, addr: SocketAddr) -> io::Result<()> {
+    let (raw, len) = sockaddr(addr);
+    // SAFETY: `raw` holds a valid sockaddr of the length passed.
+    check(unsafe { libc::bind(fd, (&raw as *const libc::sockaddr_storage).cast(), len) }).map(drop)
 }
 
 /// `listen(fd, backlog)`.
@@ -137,12 +196,13 @@ pub fn listen(fd: RawFd, backlog: u32) -> io::Result<()> {
 
 /// `accept4(fd, &peer, SOCK_CLOEXEC)`: blocks until a connection is queued, unless `fd` is nonblocking or
 /// `nonblocking` asks for this call alone not to block (EAGAIN when the accept queue is empty).
-pub fn accept(fd: RawFd, nonblocking: bool) -> io::Result<(OwnedFd, SocketAddrV4)> {
-    let mut peer = empty_sockaddr();
-    let mut len = SOCKADDR_IN_LEN;
+pub fn accept(fd: RawFd, nonblocking: bool) -> io::Result<(OwnedFd, SocketAddr)> {
+    let (mut peer, mut len) = empty_sockaddr();
     let new_fd = without_blocking_if(fd, nonblocking, || {
-        // SAFETY: `peer` is a writable sockaddr_in and `len` its size.
-        check(unsafe { libc::accept4(fd, (&mut peer as *mut libc::sockaddr_in).cast(), &mut len, libc::SOCK_CLOEXEC) })
+        // SAFETY: `peer` is a writable sockaddr_storage and `len` its size.
+        check(unsafe {
+            libc::accept4(fd, (&mut peer as *mut libc::sockaddr_storage).cast(), &mut len, libc::SOCK_CLOEXEC)
+        })
     })?;
     // SAFETY: `new_fd` was just returned by accept4(2).
     Ok((unsafe { OwnedFd::from_raw_fd(new_fd) }, from_sockaddr(&peer)))
@@ -151,11 +211,11 @@ pub fn accept(fd: RawFd, nonblocking: bool) -> io::Result<(OwnedFd, SocketAddrV4
 /// `connect(fd, addr)`. With `nonblocking`, O_NONBLOCK is set just for this call (so it returns EINPROGRESS
 /// at once) and the descriptor's previous mode is restored afterwards, whatever the outcome, so that later
 /// steps block as written.
-pub fn connect(fd: RawFd, addr: SocketAddrV4, nonblocking: bool) -> io::Result<()> {
-    let raw = sockaddr(addr);
+pub fn connect(fd: RawFd, addr: SocketAddr, nonblocking: bool) -> io::Result<()> {
+    let (raw, len) = sockaddr(addr);
     without_blocking_if(fd, nonblocking, || {
-        // SAFETY: `raw` is a valid sockaddr_in of the length passed.
-        check(unsafe { libc::connect(fd, (&raw as *const libc::sockaddr_in).cast(), SOCKADDR_IN_LEN) }).map(drop)
+        // SAFETY: `raw` holds a valid sockaddr of the length passed.
+        check(unsafe { libc::connect(fd, (&raw as *const libc::sockaddr_storage).cast(), len) }).map(drop)
     })
 }
 
@@ -187,11 +247,10 @@ fn fcntl_setfl(fd: RawFd, flags: libc::c_int) -> io::Result<()> {
 }
 
 /// `getsockname(fd)`.
-pub fn local_addr(fd: RawFd) -> io::Result<SocketAddrV4> {
-    let mut local = empty_sockaddr();
-    let mut len = SOCKADDR_IN_LEN;
-    // SAFETY: `local` is a writable sockaddr_in and `len` its size.
-    check(unsafe { libc::getsockname(fd, (&mut local as *mut libc::sockaddr_in).cast(), &mut len) })?;
+pub fn local_addr(fd: RawFd) -> io::Result<SocketAddr> {
+    let (mut local, mut len) = empty_sockaddr();
+    // SAFETY: `local` is a writable sockaddr_storage and `len` its size.
+    check(unsafe { libc::getsockname(fd, (&mut local as *mut libc::sockaddr_storage).cast(), &mut len) })?;
     Ok(from_sockaddr(&local))
 }
 
@@ -253,8 +312,8 @@ mod tests {
                 let mut sockets = HostSockets::default();
                 assert_eq!(sockets.lookup(None), Lookup::Missing);
                 assert_eq!(Lookup::Missing.fd(), NO_SOCKET);
-                let first = sockets.add(Some("a".into()), tcp_socket(false).unwrap());
-                let second = sockets.add(None, tcp_socket(false).unwrap());
+                let first = sockets.add(Some("a".into()), tcp_socket(Family::Ipv4, false).unwrap());
+                let second = sockets.add(None, tcp_socket(Family::Ipv4, false).unwrap());
                 assert_eq!(sockets.lookup(None), Lookup::Open(second));
                 assert_eq!(sockets.lookup(Some("a")), Lookup::Open(first));
                 assert_eq!(sockets.lookup(Some("b")), Lookup::Missing);
@@ -273,14 +332,14 @@ mod tests {
         let netns = Netns::new_anonymous().unwrap();
         netns
             .run(|| {
-                let socket = tcp_socket(false).unwrap();
+                let socket = tcp_socket(Family::Ipv4, false).unwrap();
                 let fd = socket.as_raw_fd();
                 // `lo` is down in a new namespace: the kernel refuses at once, still through the O_NONBLOCK path.
-                let target = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9);
+                let target = SocketAddr::from((Ipv4Addr::LOCALHOST, 9));
                 let err = connect(fd, target, true).unwrap_err();
                 assert_eq!(err.raw_os_error(), Some(libc::ENETUNREACH), "{err}");
                 assert_eq!(fcntl_getfl(fd).unwrap() & libc::O_NONBLOCK, 0);
-                let nonblocking = tcp_socket(true).unwrap();
+                let nonblocking = tcp_socket(Family::Ipv4, true).unwrap();
                 let _ = connect(nonblocking.as_raw_fd(), target, true);
                 assert_ne!(fcntl_getfl(nonblocking.as_raw_fd()).unwrap() & libc::O_NONBLOCK, 0);
                 Ok(())
@@ -293,7 +352,7 @@ mod tests {
         let netns = Netns::new_anonymous().unwrap();
         netns
             .run(|| {
-                let socket = tcp_socket(false).unwrap();
+                let socket = tcp_socket(Family::Ipv4, false).unwrap();
                 let start = std::time::Instant::now();
                 // An unconnected TCP socket (state CLOSE) reports POLLHUP at once, whatever the timeout.
                 let revents = poll(socket.as_raw_fd(), libc::POLLIN, Duration::from_secs(5)).unwrap();

@@ -68,6 +68,7 @@ pub fn spec(name: SockOptName) -> OptionSpec {
         IP_RECVERR => (libc::IPPROTO_IP, libc::IP_RECVERR, ValueKind::Int),
         IP_TTL => (libc::IPPROTO_IP, libc::IP_TTL, ValueKind::Int),
         SO_OOBINLINE => (libc::SOL_SOCKET, libc::SO_OOBINLINE, ValueKind::Int),
+        IPV6_V6ONLY => (libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, ValueKind::Int),
     };
     OptionSpec { level, optname, kind }
 }
@@ -210,6 +211,7 @@ mod tests {
             let expected = match format!("{name:?}") {
                 so if so.starts_with("SO_") => libc::SOL_SOCKET,
                 ip if ip.starts_with("IP_") => libc::IPPROTO_IP,
+                ipv6 if ipv6.starts_with("IPV6_") => libc::IPPROTO_IPV6,
                 _ => libc::IPPROTO_TCP,
             };
             assert_eq!(spec(name).level, expected, "{name:?}");

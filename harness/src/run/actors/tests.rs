@@ -38,7 +38,7 @@ fn on_socket(socket: &str, action: Action) -> StepPlan {
 
 fn program(id: HostId, steps: Vec<StepPlan>) -> HostPlan {
     let steps = steps.into_iter().enumerate().map(|(index, s)| StepPlan { index, ..s }).collect();
-    HostPlan { id, address: Ipv4Addr::LOCALHOST, prefix_len: 8, gateway: None, sysctls: vec![], steps }
+    HostPlan { id, address: Ipv4Addr::LOCALHOST, prefix_len: 8, address6: None, gateway: None, sysctls: vec![], steps }
 }
 
 /// The plan of the two programs, with each `wait` pointed at its target's index and each `connect` at the
@@ -82,7 +82,7 @@ fn plan(client: Vec<StepPlan>, server: Vec<StepPlan>, deadline: Duration) -> Pla
 
 /// Named `listening`, so that clients can `wait` for it before they connect.
 fn listen() -> StepPlan {
-    named("listening", Action::Listen { port: Some(PORT), backlog: 4 })
+    named("listening", Action::Listen { port: Some(PORT), backlog: 4, family: Family::Ipv4 })
 }
 
 fn wait_listening() -> StepPlan {
@@ -96,7 +96,7 @@ fn accept() -> Action {
 fn connect() -> Action {
     Action::Connect {
         to: Some(HostId::Server),
-        address: Ipv4Addr::LOCALHOST,
+        address: Ipv4Addr::LOCALHOST.into(),
         port: PORT,
         nonblocking: false,
         after_listen: None,
@@ -140,7 +140,7 @@ fn exec(program: &str, args: &[&str]) -> ExecPlan {
 
 /// `ip link set lo up`, with SIOCSIFFLAGS on the calling thread's namespace.
 fn lo_up() -> Result<()> {
-    let socket = sockets::tcp_socket(false).map_err(|e| Error::sys("socket for SIOCSIFFLAGS", e))?;
+    let socket = sockets::tcp_socket(Family::Ipv4, false).map_err(|e| Error::sys("socket for SIOCSIFFLAGS", e))?;
     // SAFETY: ifreq is plain old data; all zero is a valid value.
     let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in request.ifr_name.iter_mut().zip(b"lo") {
@@ -322,9 +322,9 @@ fn conversation_then_peer_close_gives_eof() {
 fn connect_waits_for_the_peers_setup_listen() {
     // As scenarios are written: no explicit wait, and here the server's program even starts late.
     let server = vec![
-        step(Action::Socket { name: None, options: vec![], nonblocking: false }),
-        step(Action::Bind { port: PORT }),
-        step(Action::Listen { port: None, backlog: 4 }),
+        step(Action::Socket { name: None, family: Family::Ipv4, options: vec![], nonblocking: false }),
+        step(Action::Bind { port: PORT, family: Family::Ipv4 }),
+        step(Action::Listen { port: None, backlog: 4, family: Family::Ipv4 }),
         step(accept()),
     ];
     let client = vec![step(connect())];
@@ -378,10 +378,10 @@ fn send_to_a_peer_that_closed_with_unread_data_is_reset() {
 /// A socket and its nonblocking connect to a port nobody listens on (EINPROGRESS, then refused).
 fn nonblocking_connect_to_closed_port() -> Vec<StepPlan> {
     vec![
-        step(Action::Socket { name: Some("c".into()), options: vec![], nonblocking: false }),
+        step(Action::Socket { name: Some("c".into()), family: Family::Ipv4, options: vec![], nonblocking: false }),
         step(Action::Connect {
             to: Some(HostId::Server),
-            address: Ipv4Addr::LOCALHOST,
+            address: Ipv4Addr::LOCALHOST.into(),
             port: CLOSED_PORT,
             nonblocking: true,
             after_listen: None,
@@ -568,12 +568,13 @@ fn socket_options_are_applied_and_refusals_reported() {
         SockOpt { name: SockOptName::SO_LINGER, value: SockOptValue::Linger { on: true, seconds: 3 } },
     ];
     let client = vec![
-        step(Action::Socket { name: Some("a".into()), options, nonblocking: false }),
+        step(Action::Socket { name: Some("a".into()), family: Family::Ipv4, options, nonblocking: false }),
         step(Action::GetOpt { option: SockOptName::SO_KEEPALIVE }),
         step(Action::GetOpt { option: SockOptName::TCP_KEEPIDLE }),
         step(Action::GetOpt { option: SockOptName::TCP_USER_TIMEOUT }),
         step(Action::GetOpt { option: SockOptName::SO_LINGER }),
         step(Action::Socket {
+            family: Family::Ipv4,
             name: Some("b".into()),
             options: vec![SockOpt { name: SockOptName::TCP_KEEPCNT, value: SockOptValue::Int(0) }],
             nonblocking: false,
@@ -603,7 +604,7 @@ fn socket_options_are_applied_and_refusals_reported() {
 fn send_until_would_block_fills_the_buffers_and_recv_until_eof_drains() {
     let small_buffer = SockOpt { name: SockOptName::SO_SNDBUF, value: SockOptValue::Int(4096) };
     let server = vec![
-        step(Action::Socket { name: None, options: vec![small_buffer], nonblocking: false }),
+        step(Action::Socket { name: None, family: Family::Ipv4, options: vec![small_buffer], nonblocking: false }),
         listen(),
         step(accept()),
         named(
@@ -627,6 +628,7 @@ fn send_until_would_block_fills_the_buffers_and_recv_until_eof_drains() {
     ];
     let client = vec![
         step(Action::Socket {
+            family: Family::Ipv4,
             name: None,
             options: vec![SockOpt { name: SockOptName::SO_RCVBUF, value: SockOptValue::Int(4096) }],
             nonblocking: false,
@@ -683,14 +685,14 @@ fn repeated_sends_are_paced_and_counted() {
 fn calls_on_a_closed_socket_get_ebadf_and_poll_gets_pollnval() {
     let client = vec![
         step(Action::Recv { max: 10, until_eof: false, nonblocking: false, flags: Vec::new() }),
-        step(Action::Socket { name: None, options: vec![], nonblocking: false }),
+        step(Action::Socket { name: None, family: Family::Ipv4, options: vec![], nonblocking: false }),
         step(Action::Close),
         step(send(1)),
         step(Action::Close),
         step(Action::Poll { events: vec![PollEvent::In], timeout: Duration::from_secs(5) }),
         // A creating step after a close makes a new socket implicitly.
-        step(Action::Bind { port: 0 }),
-        step(Action::Listen { port: None, backlog: 1 }),
+        step(Action::Bind { port: 0, family: Family::Ipv4 }),
+        step(Action::Listen { port: None, backlog: 1, family: Family::Ipv4 }),
         step(Action::Poll { events: vec![PollEvent::In], timeout: Duration::from_millis(50) }),
     ];
     let run = run(client, vec![], Duration::from_secs(10));

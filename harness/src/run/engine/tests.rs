@@ -150,6 +150,7 @@ fn a_capture_that_lost_frames_is_a_harness_error_naming_its_host() {
         ifname: ifname.into(),
         mac: [2, 0, 0, 0, 0, 1],
         address: std::net::Ipv4Addr::new(10, 0, 0, 1),
+        address6: None,
         pcap: format!("{host}.pcap"),
         snaplen: 262_144,
     };

@@ -44,8 +44,8 @@ pub(super) fn selection(matcher: &PacketMatch, action: FaultAction) -> Result<Se
         Some(other) if needs_tcp => {
             return Err(format!("protocol {} cannot have tcp flags, a payload condition or a tcp-reset action", other))
         }
-        Some(Protocol::Icmp) if has_ports => {
-            return Err("protocol icmp has no ports".to_string());
+        Some(icmp @ (Protocol::Icmp | Protocol::Icmpv6)) if has_ports => {
+            return Err(format!("protocol {icmp} has no ports"));
         }
         Some(other) => vec![Some(other)],
         None if needs_tcp => vec![Some(Protocol::Tcp)],

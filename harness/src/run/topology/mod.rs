@@ -13,7 +13,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
-use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage, AddressScope};
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
 };
@@ -25,7 +25,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use crate::error::{Context, Error, Result};
 use crate::run::netns::Netns;
-use crate::scenario::plan::{HostId, Link, LinkEnd, Plan, Sysctl};
+use crate::scenario::plan::{HostId, Link, LinkEnd, Plan, Sysctl, IPV6_PREFIX_LEN};
 use ethtool::turn_off_rx_checksum;
 pub use ethtool::{active_offloads, turn_off_offloads};
 use rtnl::{Request, Rtnl};
@@ -247,7 +247,7 @@ impl HostWire {
                 plan.links[link].ends.iter().find(|other| *other != end).ok_or_else(|| {
                     Error::Internal(format!("the link of {} {} has no other end", end.host, end.ifname))
                 })?;
-            links.push(configure_link_end(&mut self.rtnl, end, (peer.address, end_mac(plan, peer)))?);
+            links.push(configure_link_end(&mut self.rtnl, end, (peer, end_mac(plan, peer)))?);
             if plan.links[link].wire {
                 let (host, ifname) = (self.host, &end.ifname);
                 turn_off_rx_checksum(self.rtnl.raw_fd(), ifname)
@@ -265,6 +265,9 @@ impl HostWire {
     pub fn wait_operational(&mut self, plan: &Plan) -> Result<()> {
         for (_, end) in plan.link_ends().filter(|(_, end)| end.host == self.host) {
             wait_operational(&mut self.rtnl, &end.ifname, end.host.name())?;
+            if let Some(address6) = end.address6 {
+                wait_ipv6_usable(&mut self.rtnl, &end.ifname, address6, end.host.name())?;
+            }
         }
         for (rtnl, name) in &mut self.wire_ends {
             wait_operational(rtnl, name, "the wire")?;
@@ -307,13 +310,46 @@ fn wait_operational(rtnl: &mut Rtnl, ifname: &str, place: &str) -> Result<()> {
     }
 }
 
+/// Waits until the interface's IPv6 address is usable: no longer tentative (`ip -6 addr show dev nf0`
+/// without `tentative`) and delivered locally (`ip -6 route get <address>` says `local`), at most
+/// [`OPERATIONAL_TIMEOUT`], looking again at each address or link notification.
+///
+/// Even with `nodad`, an address stays tentative until the kernel's IPv6 layer sees the link ready, which its
+/// own notifier does after the operational state changes, and its local route goes in after that: a SYN that
+/// arrives before then is dropped unseen by TCP (measured: a connect at t0 to a closed port got no RST, and
+/// its SYN's retransmission 1 s later did; the address's MLD report, sent when it becomes usable, left 9 ms
+/// after t0; waiting for the tentative flag alone still let 2 of 30 runs start 11 ms early).
+fn wait_ipv6_usable(rtnl: &mut Rtnl, ifname: &str, address: std::net::Ipv6Addr, place: &str) -> Result<()> {
+    let started = Instant::now();
+    let what = format!(
+        "wait for {address} on {ifname} in {place} to be usable (ip -6 addr show: not tentative; ip -6 route get \
+         {address}: local)"
+    );
+    rtnl.watch_links()
+        .context(|| format!("{what}: ip monitor link address (join RTNLGRP_LINK, RTNLGRP_IPV6_IFADDR)"))?;
+    let ifindex = rtnl.get_link(ifname, &what)?.header.index;
+    while rtnl.has_tentative_ipv6(ifindex, &what)? || !rtnl.is_local_ipv6(address, &what)? {
+        let waited = started.elapsed();
+        if waited >= OPERATIONAL_TIMEOUT {
+            return Err(Error::Internal(format!(
+                "{what}: still tentative {}s after ip link set {ifname} up",
+                OPERATIONAL_TIMEOUT.as_secs()
+            )));
+        }
+        rtnl.wait_for_notification(OPERATIONAL_POLL.min(OPERATIONAL_TIMEOUT - waited), &what)?;
+    }
+    Ok(())
+}
+
 /// The sysctls nf_conntrack registers when it loads.
 const CONNTRACK_SYSCTLS: &str = "net.netfilter.nf_conntrack_";
 
 /// Runs on a thread inside the host's namespace: sysctls (which resolve against the calling thread's
 /// namespace), then an rtnetlink socket that stays bound to this namespace wherever it is used from.
 fn prepare_host(plan: &Plan, host: HostId) -> Result<Rtnl> {
-    if !plan.link.ipv6 {
+    if plan.link.ipv6 {
+        quiet_ipv6().map_err(|e| e.into_error(host))?;
+    } else {
         disable_ipv6().map_err(|e| e.into_error(host))?;
     }
     for sysctl in &plan.host(host).sysctls {
@@ -342,6 +378,31 @@ fn disable_ipv6() -> std::result::Result<(), SysctlError> {
             // A kernel without IPv6 sends no router solicitations either.
             Err(SysctlError::Absent(_)) => {}
             other => other?,
+        }
+    }
+    Ok(())
+}
+
+/// The IPv6 settings of a host whose link has IPv6, written before its interface exists so that it inherits
+/// them (`default`) and on `all`: the interface gets no link-local address (`addr_gen_mode` 1), sends no
+/// router solicitation and accepts no advertisement, and its address is usable at once (no duplicate address
+/// detection, which would hold it "tentative" for a second). What it still sends of its own are the MLD
+/// reports of the multicast group its address joins (the solicited-node group), which the timeline leaves
+/// out as it leaves out ARP.
+const QUIET_IPV6: &[(&str, &str)] =
+    &[("addr_gen_mode", "1"), ("accept_dad", "0"), ("router_solicitations", "0"), ("accept_ra", "0")];
+
+/// `sysctl -w net.ipv6.conf.{all,default}.<name>=<value>` for [`QUIET_IPV6`] in the calling thread's namespace.
+fn quiet_ipv6() -> std::result::Result<(), SysctlError> {
+    for (name, value) in QUIET_IPV6 {
+        for scope in ["all", "default"] {
+            let sysctl =
+                Sysctl { name: format!("net.ipv6.conf.{scope}.{name}"), value: value.to_string(), location: None };
+            match write_sysctl(&sysctl) {
+                // `all.addr_gen_mode` is refused by some kernels: `default` is what a new interface takes.
+                Err(SysctlError::Absent(_)) if scope == "all" => {}
+                other => other?,
+            }
         }
     }
     Ok(())
@@ -464,7 +525,10 @@ fn add_default_route(rtnl: &mut Rtnl, host: HostId, gateway: Ipv4Addr) -> Result
 /// exchange: a connect's first SYN otherwise waits for the ARP reply, while its retransmission timer already
 /// runs from the connect, so the SYN left 10-35 ms late in a loaded TCG VM and its retransmission looked that
 /// much early against it. Nor does an ARP probe come between a scenario's packets later.
-fn configure_link_end(rtnl: &mut Rtnl, end: &LinkEnd, (peer, peer_mac): (Ipv4Addr, [u8; 6])) -> Result<HostLink> {
+/// With IPv6 on the link, the same for its IPv6 address (`ip -6 addr add fd00::1/64 dev nf0 nodad`, `ip -6 neigh
+/// add fd00::2 lladdr ... nud permanent`): no neighbour solicitation comes between a scenario's packets.
+fn configure_link_end(rtnl: &mut Rtnl, end: &LinkEnd, (peer_end, peer_mac): (&LinkEnd, [u8; 6])) -> Result<HostLink> {
+    let peer = peer_end.address;
     let (id, ifname) = (end.host, end.ifname.as_str());
     let link = rtnl.get_link(ifname, &format!("look up {ifname} in {id} (ip link show {ifname})"))?;
     let mac = link
@@ -494,7 +558,35 @@ fn configure_link_end(rtnl: &mut Rtnl, end: &LinkEnd, (peer, peer_mac): (Ipv4Add
     up.header.flags = LinkFlags::Up;
     up.header.change_mask = LinkFlags::Up;
 
-    rtnl.execute(vec![
+    let mut requests = Vec::with_capacity(5);
+    if let (Some(own), Some(peer6)) = (end.address6, peer_end.address6) {
+        let mut address6 = AddressMessage::default();
+        address6.header.family = AddressFamily::Inet6;
+        address6.header.prefix_len = IPV6_PREFIX_LEN;
+        address6.header.scope = AddressScope::Universe;
+        address6.header.index = ifindex;
+        address6.attributes.push(AddressAttribute::Local(IpAddr::V6(own)));
+        address6.attributes.push(AddressAttribute::Address(IpAddr::V6(own)));
+        address6.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+        requests.push(Request::new(
+            RouteNetlinkMessage::NewAddress(address6),
+            NLM_F_CREATE | NLM_F_EXCL,
+            format!(
+                "add address {own}/{IPV6_PREFIX_LEN} to {ifname} in {id} (ip -6 addr add {own}/{IPV6_PREFIX_LEN} dev \
+                 {ifname} nodad)"
+            ),
+        ));
+        requests.push(Request::new(
+            RouteNetlinkMessage::NewNeighbour(permanent_neighbour(ifindex, IpAddr::V6(peer6), peer_mac)),
+            NLM_F_CREATE | NLM_F_EXCL,
+            format!(
+                "add {peer6}'s address to {ifname} in {id} (ip -6 neigh add {peer6} lladdr {} dev {ifname} nud \
+                 permanent)",
+                format_mac(peer_mac)
+            ),
+        ));
+    }
+    let mut requests_v4 = vec![
         Request::new(
             RouteNetlinkMessage::NewAddress(address),
             NLM_F_CREATE | NLM_F_EXCL,
@@ -505,25 +597,34 @@ fn configure_link_end(rtnl: &mut Rtnl, end: &LinkEnd, (peer, peer_mac): (Ipv4Add
         ),
         Request::new(RouteNetlinkMessage::NewLink(up), 0, format!("set {ifname} up in {id} (ip link set {ifname} up)")),
         Request::new(
-            RouteNetlinkMessage::NewNeighbour(permanent_neighbour(ifindex, peer, peer_mac)),
+            RouteNetlinkMessage::NewNeighbour(permanent_neighbour(ifindex, IpAddr::V4(peer), peer_mac)),
             NLM_F_CREATE | NLM_F_EXCL,
             format!(
                 "add {peer}'s address to {ifname} in {id} (ip neigh add {peer} lladdr {} dev {ifname} nud permanent)",
                 format_mac(peer_mac)
             ),
         ),
-    ])?;
+    ];
+    // The IPv6 address and neighbour go in before the link comes up, with the IPv4 address.
+    requests_v4.splice(1..1, requests);
+    rtnl.execute(requests_v4)?;
 
     Ok(HostLink { host: id, ifindex, ifname: ifname.to_string(), address: end.address, mac })
 }
 
 /// `ip neigh add <address> lladdr <mac> dev <ifindex> nud permanent`.
-fn permanent_neighbour(ifindex: u32, address: Ipv4Addr, mac: [u8; 6]) -> NeighbourMessage {
+fn permanent_neighbour(ifindex: u32, address: IpAddr, mac: [u8; 6]) -> NeighbourMessage {
     let mut neighbour = NeighbourMessage::default();
-    neighbour.header.family = AddressFamily::Inet;
+    neighbour.header.family = match address {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    };
     neighbour.header.ifindex = ifindex;
     neighbour.header.state = NeighbourState::Permanent;
-    neighbour.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(address)));
+    neighbour.attributes.push(NeighbourAttribute::Destination(match address {
+        IpAddr::V4(address) => NeighbourAddress::Inet(address),
+        IpAddr::V6(address) => NeighbourAddress::Inet6(address),
+    }));
     neighbour.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
     neighbour
 }

@@ -6,14 +6,18 @@ use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_DUMP, NLM_F_REQUEST,
 };
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteType};
+use netlink_packet_route::AddressFamily;
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{setsockopt, sockopt};
 use nix::sys::time::TimeVal;
+use std::net::Ipv6Addr;
 
 use crate::error::{Context, Error, Result};
 
@@ -119,11 +123,82 @@ impl Rtnl {
         }
     }
 
+    /// `ip -6 addr show dev <ifindex> tentative`: whether an IPv6 address of the interface is still tentative
+    /// (not yet usable: it neither receives nor sends until the interface is ready, even with `nodad`).
+    pub(super) fn has_tentative_ipv6(&mut self, ifindex: u32, what: &str) -> Result<bool> {
+        let mut query = AddressMessage::default();
+        query.header.family = AddressFamily::Inet6;
+        let sequence = self.take_sequence();
+        let mut datagram = Vec::new();
+        append_message(&mut datagram, RouteNetlinkMessage::GetAddress(query), NLM_F_DUMP, sequence);
+        self.send(&datagram, what)?;
+        let deadline = Instant::now() + NETLINK_REPLY_TIMEOUT;
+        let mut tentative = false;
+        loop {
+            for message in self.receive(what, deadline)? {
+                if message.header.sequence_number != sequence {
+                    continue;
+                }
+                match message.payload {
+                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(address))
+                        if address.header.index == ifindex =>
+                    {
+                        tentative |= address.header.flags.contains(AddressHeaderFlags::Tentative)
+                            || address.attributes.iter().any(|attribute| {
+                                matches!(attribute, AddressAttribute::Flags(flags) if flags.contains(AddressFlags::Tentative))
+                            });
+                    }
+                    NetlinkPayload::Done(_) => return Ok(tentative),
+                    NetlinkPayload::Error(ref error) if error.code.is_some() => {
+                        return Err(nack_error(what, &message.header, error))
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// `ip -6 route get <address>`: whether the kernel delivers packets to `address` locally (route type
+    /// `local`), which it does once the address is usable: its local route goes in after the address leaves
+    /// the tentative state.
+    pub(super) fn is_local_ipv6(&mut self, address: Ipv6Addr, what: &str) -> Result<bool> {
+        let mut query = RouteMessage::default();
+        query.header.address_family = AddressFamily::Inet6;
+        query.header.destination_prefix_length = 128;
+        query.attributes.push(RouteAttribute::Destination(RouteAddress::Inet6(address)));
+        let sequence = self.take_sequence();
+        let mut datagram = Vec::new();
+        append_message(&mut datagram, RouteNetlinkMessage::GetRoute(query), 0, sequence);
+        self.send(&datagram, what)?;
+        let deadline = Instant::now() + NETLINK_REPLY_TIMEOUT;
+        loop {
+            for message in self.receive(what, deadline)? {
+                if message.header.sequence_number != sequence {
+                    continue;
+                }
+                match message.payload {
+                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(route)) => {
+                        return Ok(route.header.kind == RouteType::Local)
+                    }
+                    // No route to it at all yet (ENETUNREACH, EHOSTUNREACH): not local either.
+                    NetlinkPayload::Error(ref error) if error.code.is_some() => return Ok(false),
+                    _ => {}
+                }
+            }
+        }
+    }
+
     /// `ip monitor link`: the socket also receives a notification for every link change of its namespace
     /// (the answers to requests are told apart by their sequence numbers).
     pub(super) fn watch_links(&self) -> io::Result<()> {
         const RTNLGRP_LINK: u32 = 1;
-        self.socket.add_membership(RTNLGRP_LINK)
+        // `ip monitor address route` for IPv6: an address leaving the tentative state, and its local route
+        // going in, are announced there.
+        const RTNLGRP_IPV6_IFADDR: u32 = 9;
+        const RTNLGRP_IPV6_ROUTE: u32 = 11;
+        self.socket.add_membership(RTNLGRP_LINK)?;
+        self.socket.add_membership(RTNLGRP_IPV6_IFADDR)?;
+        self.socket.add_membership(RTNLGRP_IPV6_ROUTE)
     }
 
     /// Waits at most `timeout` for a notification (or anything else) to arrive, and drops what came.

@@ -27,6 +27,7 @@ fn host_plan(id: HostId, address: Ipv4Addr, sysctls: &[(&str, &str)]) -> HostPla
         id,
         address,
         prefix_len: 24,
+        address6: None,
         gateway: None,
         sysctls: sysctls
             .iter()
@@ -54,8 +55,20 @@ fn plan_with(mtu: u32, client_sysctls: &[(&str, &str)], server_sysctls: &[(&str,
         ],
         links: vec![Link {
             ends: [
-                LinkEnd { host: HostId::Client, ifname: LINK_NAME.into(), address: CLIENT_ADDRESS, prefix_len: 24 },
-                LinkEnd { host: HostId::Server, ifname: LINK_NAME.into(), address: SERVER_ADDRESS, prefix_len: 24 },
+                LinkEnd {
+                    host: HostId::Client,
+                    ifname: LINK_NAME.into(),
+                    address: CLIENT_ADDRESS,
+                    prefix_len: 24,
+                    address6: None,
+                },
+                LinkEnd {
+                    host: HostId::Server,
+                    ifname: LINK_NAME.into(),
+                    address: SERVER_ADDRESS,
+                    prefix_len: 24,
+                    address6: None,
+                },
             ],
             wire: false,
         }],

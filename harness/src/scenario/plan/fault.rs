@@ -74,6 +74,8 @@ pub enum Protocol {
     Tcp,
     Udp,
     Icmp,
+    /// ICMP for IPv6 (next header 58): what an IPv6 host answers errors with.
+    Icmpv6,
 }
 
 impl Protocol {
@@ -83,6 +85,7 @@ impl Protocol {
             Protocol::Tcp => "tcp",
             Protocol::Udp => "udp",
             Protocol::Icmp => "icmp",
+            Protocol::Icmpv6 => "icmpv6",
         }
     }
 
@@ -92,6 +95,7 @@ impl Protocol {
             Protocol::Tcp => libc::IPPROTO_TCP as u8,
             Protocol::Udp => libc::IPPROTO_UDP as u8,
             Protocol::Icmp => libc::IPPROTO_ICMP as u8,
+            Protocol::Icmpv6 => libc::IPPROTO_ICMPV6 as u8,
         }
     }
 }

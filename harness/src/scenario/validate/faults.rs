@@ -177,16 +177,16 @@ impl Validator<'_> {
             [("sport", &wire.sport, &mut matcher.sport), ("dport", &wire.dport, &mut matcher.dport)]
         {
             if let Some(value) = value {
-                if protocol == Some(Protocol::Icmp) {
+                if let Some(icmp @ (Protocol::Icmp | Protocol::Icmpv6)) = protocol {
                     return Err(
-                        self.fail_key(&path.key(key), format!("icmp has no ports; drop `{key}` or match tcp or udp"))
+                        self.fail_key(&path.key(key), format!("{icmp} has no ports; drop `{key}` or match tcp or udp"))
                     );
                 }
                 *slot = Some(self.port(&path.key(key), value, key)?);
             }
         }
         let tcp_only = |key: &str| -> Checked<()> {
-            if matches!(protocol, Some(Protocol::Udp | Protocol::Icmp)) {
+            if matches!(protocol, Some(Protocol::Udp | Protocol::Icmp | Protocol::Icmpv6)) {
                 return Err(self.fail_key(
                     &path.key(key),
                     format!("`{key}` only matches TCP packets; set `protocol: tcp` or drop it"),

@@ -34,7 +34,7 @@ pub(super) struct Layout {
 }
 
 fn end(host: HostId, ifname: &str, (address, prefix_len): (Ipv4Addr, u8)) -> LinkEnd {
-    LinkEnd { host, ifname: ifname.to_string(), address, prefix_len }
+    LinkEnd { host, ifname: ifname.to_string(), address, prefix_len, address6: None }
 }
 
 impl Validator<'_> {

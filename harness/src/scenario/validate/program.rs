@@ -60,6 +60,7 @@ impl Validator<'_> {
         let map = match wire {
             ScalarOr::Scalar(Scalar::Str(name)) => {
                 let action = self.bare_action(path, name, state)?;
+                track_family(state, &action, false);
                 return Ok(StepPlan {
                     index,
                     name: None,
@@ -169,7 +170,11 @@ impl Validator<'_> {
         };
 
         let action = self.action(host, key, &action_path, map, as_name.clone(), state)?;
+        track_family(state, &action, map.on.is_some());
         if let Some(name) = as_name {
+            if let Some(family) = state.current {
+                state.families.insert(name.clone(), family);
+            }
             state.socket_set.insert(name.clone());
             state.sockets.push(name);
         }
@@ -218,10 +223,12 @@ impl Validator<'_> {
 
     fn bare_action(&self, path: &NodePath, name: &str, state: &mut ProgramState) -> Checked<Action> {
         match name {
-            "socket" => Ok(Action::Socket { name: None, options: Vec::new(), nonblocking: false }),
+            "socket" => {
+                Ok(Action::Socket { name: None, family: Family::Ipv4, options: Vec::new(), nonblocking: false })
+            }
             "listen" => {
                 state.listening = true;
-                Ok(Action::Listen { port: None, backlog: DEFAULT_BACKLOG })
+                Ok(Action::Listen { port: None, backlog: DEFAULT_BACKLOG, family: state.current.unwrap_or_default() })
             }
             "accept" => {
                 self.require_listener(path, state)?;
@@ -266,8 +273,19 @@ impl Validator<'_> {
         as_name: Option<String>,
         state: &mut ProgramState,
     ) -> Checked<Action> {
+        // The family of the socket the step acts on, when it is known: the named one's, or the current one's.
+        let acting = match &map.on {
+            Some(name) => state.families.get(&name.text()).copied(),
+            None => state.current,
+        };
         if let Some(options) = &map.socket {
-            return Ok(Action::Socket { name: as_name, options: self.sockopts(path, options)?, nonblocking: false });
+            let (family, options) = self.socket_family(path, options)?;
+            return Ok(Action::Socket {
+                name: as_name,
+                family,
+                options: self.sockopts(path, &options)?,
+                nonblocking: false,
+            });
         }
         if let Some(options) = &map.setsockopt {
             if options.0.is_empty() {
@@ -281,7 +299,9 @@ impl Validator<'_> {
         if let Some(bind) = &map.bind {
             let port =
                 self.required(&bind.port, path, "bind", "port", "the local port, e.g. `bind: { port: 9000 }`")?;
-            return Ok(Action::Bind { port: self.port(&path.key("port"), port, "port")? });
+            let port = self.port(&path.key("port"), port, "port")?;
+            let family = self.step_family(path, "bind", bind.family.as_ref(), acting, None)?;
+            return Ok(Action::Bind { port, family });
         }
         if let Some(listen) = &map.listen {
             let port = match &listen.port {
@@ -292,8 +312,9 @@ impl Validator<'_> {
                 Some(backlog) => self.int(&path.key("backlog"), backlog, "backlog", 0, 65535)? as u32,
                 None => DEFAULT_BACKLOG,
             };
+            let family = self.step_family(path, "listen", listen.family.as_ref(), acting, None)?;
             state.listening = true;
-            return Ok(Action::Listen { port, backlog });
+            return Ok(Action::Listen { port, backlog, family });
         }
         if let Some(accept) = &map.accept {
             self.require_listener(path, state)?;
@@ -301,9 +322,16 @@ impl Validator<'_> {
             return Ok(Action::Accept { name: as_name, nonblocking });
         }
         if let Some(connect) = &map.connect {
+            let to_path = path.key("to");
+            let literal = match &connect.to {
+                Some(Scalar::Str(text)) => text.parse::<IpAddr>().ok().map(|address| (address, to_path.clone())),
+                _ => None,
+            };
+            let literal_family = literal.as_ref().map(|(address, path)| (Family::of(*address), path));
+            let family = self.step_family(path, "connect", connect.family.as_ref(), acting, literal_family)?;
             let (to, address) = match &connect.to {
-                Some(to) => self.connect_target(&path.key("to"), to)?,
-                None => (Some(host.peer()), self.address_of(host.peer())),
+                Some(to) => self.connect_target(&to_path, to, family)?,
+                None => (Some(host.peer()), self.address_in(host.peer(), family)),
             };
             let port = self.required(
                 &connect.port,
@@ -467,7 +495,8 @@ impl Validator<'_> {
             | TCP_THIN_LINEAR_TIMEOUTS
             | TCP_FASTOPEN_CONNECT
             | IP_RECVERR
-            | SO_OOBINLINE => {
+            | SO_OOBINLINE
+            | IPV6_V6ONLY => {
                 if let Scalar::Bool(b) = scalar {
                     return Ok(SockOptValue::Int(i32::from(*b)));
                 }
@@ -487,22 +516,108 @@ impl Validator<'_> {
         value.map_or(Ok(false), |value| self.boolean(&path.key(key), value, key))
     }
 
-    /// `connect: { to }`: a host by name, or an IPv4 address (a host's, or one no host has: nothing answers
-    /// there, so the connect meets the kernel's own errors, such as EHOSTUNREACH once ARP gives up).
-    fn connect_target(&self, path: &NodePath, value: &Scalar) -> Checked<(Option<HostId>, Ipv4Addr)> {
+    /// `connect: { to }`: a host by name (its address of the socket's `family`), or an IPv4 or IPv6 address (a
+    /// host's, or one no host has: nothing answers there, so the connect meets the kernel's own errors, such as
+    /// EHOSTUNREACH once ARP or neighbour discovery gives up).
+    fn connect_target(&self, path: &NodePath, value: &Scalar, family: Family) -> Checked<(Option<HostId>, IpAddr)> {
         if let Scalar::Str(text) = value {
-            if let Ok(address) = text.parse::<Ipv4Addr>() {
-                let owner = self.addresses.iter().find(|(_, own)| *own == address).map(|(host, _)| *host);
+            if let Ok(address) = text.parse::<IpAddr>() {
+                let owner = HostId::EVERY
+                    .into_iter()
+                    .find(|&host| self.address_in(host, Family::of(address)) == address)
+                    .filter(|host| *host != HostId::Router || self.has_router);
                 return Ok((owner, address));
             }
         }
         match self.host(path, value) {
-            Ok(host) => Ok((Some(host), self.address_of(host))),
+            Ok(host) => Ok((Some(host), self.address_in(host, family))),
             Err(mut error) => {
-                error.message.push_str("; or an IPv4 address, such as 10.0.0.9 (no host's: nothing answers)");
+                error
+                    .message
+                    .push_str("; or an IPv4 or IPv6 address, such as 10.0.0.9 or fd00::9 (no host's: nothing answers)");
                 Err(error)
             }
         }
+    }
+
+    /// The address of `host` in `family`: its IPv4 address, or its IPv6 one (`fd00::1` client, `fd00::2` server;
+    /// the router has none: a scenario with a router and IPv6 is refused).
+    fn address_in(&self, host: HostId, family: Family) -> IpAddr {
+        match family {
+            Family::Ipv4 => IpAddr::V4(self.address_of(host)),
+            Family::Ipv6 if host == HostId::Router => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            Family::Ipv6 => IpAddr::V6(ipv6_address_of(host)),
+        }
+    }
+
+    /// `socket: { family: ipv6, OPTION: value, ... }`: the family (default ipv4) and the options without it.
+    fn socket_family(
+        &self,
+        path: &NodePath,
+        entries: &Entries<ScalarOr<LingerWire>>,
+    ) -> Checked<(Family, Entries<ScalarOr<LingerWire>>)> {
+        let mut family = Family::Ipv4;
+        let mut options = Vec::with_capacity(entries.0.len());
+        for (name, value) in &entries.0 {
+            if name != "family" {
+                options.push((name.clone(), value.clone()));
+                continue;
+            }
+            let family_path = path.key("family");
+            match value {
+                ScalarOr::Scalar(scalar) => family = self.family(&family_path, scalar)?,
+                ScalarOr::Map(_) => return Err(self.fail(&family_path, "family is ipv4 or ipv6, not a map")),
+            }
+        }
+        Ok((family, Entries(options)))
+    }
+
+    /// `family: ipv4 | ipv6`.
+    fn family(&self, path: &NodePath, value: &Scalar) -> Checked<Family> {
+        self.pick(path, value, &[("ipv4", Family::Ipv4), ("ipv6", Family::Ipv6)], "family")
+    }
+
+    /// The family of the socket a bind, listen or connect acts on or makes: `family:` as written, the family of
+    /// the socket it acts on (`acting`, when known), or the family of the address it connects to (`literal`);
+    /// they must agree. Default ipv4.
+    fn step_family(
+        &self,
+        path: &NodePath,
+        action: &str,
+        written: Option<&Scalar>,
+        acting: Option<Family>,
+        literal: Option<(Family, &NodePath)>,
+    ) -> Checked<Family> {
+        let written = match written {
+            Some(value) => Some((self.family(&path.key("family"), value)?, path.key("family"))),
+            None => None,
+        };
+        if let (Some((written, written_path)), Some(acting)) = (&written, acting) {
+            if *written != acting {
+                return Err(self.fail(
+                    written_path,
+                    format!(
+                        "family {written}: this {action} acts on an {acting} socket made by an earlier step; `family` \
+                         only says what socket a step makes when there is none, so drop it or give the earlier \
+                         step `family: {written}`"
+                    ),
+                ));
+            }
+        }
+        let family = written.as_ref().map(|(family, _)| *family).or(acting);
+        if let (Some((address_family, address_path)), Some(family)) = (literal, family) {
+            if address_family != family {
+                return Err(self.fail(
+                    address_path,
+                    format!(
+                        "an {address_family} address, and the socket is {family}; connect an {family} socket to an \
+                         {family} address (an IPv6 socket reaches an IPv4 host at its v4-mapped address, such as \
+                         ::ffff:10.0.0.2)"
+                    ),
+                ));
+            }
+        }
+        Ok(family.or(literal.map(|(family, _)| family)).unwrap_or_default())
     }
 
     /// `flags: [MSG_OOB, ...]` (or one name) of a `send` or `recv`, of those `allowed` for it; sorted, each once.
@@ -951,5 +1066,24 @@ fn example_of(action: &str) -> &'static str {
         "wait" => "wait: server.accept (or wait: { listening: 9000 })",
         "exec" => "exec: { program: curl, args: [\"http://10.0.0.2:9000/\"] }",
         _ => "close",
+    }
+}
+
+/// What a step does to the families [`ProgramState`] knows: a socket it makes becomes current, with its family;
+/// an unnamed close leaves no current socket.
+fn track_family(state: &mut ProgramState, action: &Action, named: bool) {
+    match action {
+        Action::Socket { family, .. } => state.current = Some(*family),
+        Action::Accept { .. } => state.current = Some(state.listener.unwrap_or_default()),
+        Action::Listen { family, .. } => {
+            state.listener = Some(*family);
+            if !named {
+                state.current = Some(*family);
+            }
+        }
+        Action::Bind { family, .. } if !named => state.current = Some(*family),
+        Action::Connect { address, .. } if !named => state.current = Some(Family::of(*address)),
+        Action::Close if !named => state.current = None,
+        _ => {}
     }
 }

@@ -212,7 +212,7 @@ fn startup_listens(host: HostId, steps: &[StepPlan]) -> Vec<(u16, StepRef)> {
                     listens.push((port, StepRef { host, index: step.index, name }));
                 }
             }
-            Action::Bind { port } => bound = Some(port),
+            Action::Bind { port, .. } => bound = Some(port),
             Action::Socket { .. } | Action::SetOpt { .. } => {}
             _ => break,
         }
