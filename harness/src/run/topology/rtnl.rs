@@ -102,25 +102,11 @@ impl Rtnl {
     pub(super) fn get_link(&mut self, name: &str, what: &str) -> Result<LinkMessage> {
         let mut query = LinkMessage::default();
         query.attributes.push(LinkAttribute::IfName(name.to_string()));
-        let sequence = self.take_sequence();
-        let mut datagram = Vec::new();
-        append_message(&mut datagram, RouteNetlinkMessage::GetLink(query), 0, sequence);
-        self.send(&datagram, what)?;
-        let deadline = Instant::now() + NETLINK_REPLY_TIMEOUT;
-        loop {
-            for message in self.receive(what, deadline)? {
-                if message.header.sequence_number != sequence {
-                    continue;
-                }
-                match message.payload {
-                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => return Ok(link),
-                    NetlinkPayload::Error(ref error) if error.code.is_some() => {
-                        return Err(nack_error(what, &message.header, error))
-                    }
-                    _ => {}
-                }
-            }
-        }
+        self.request(RouteNetlinkMessage::GetLink(query), 0, what, |message| match &message.payload {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) => Some(Ok(link.clone())),
+            NetlinkPayload::Error(error) if error.code.is_some() => Some(Err(nack_error(what, &message.header, error))),
+            _ => None,
+        })
     }
 
     /// `ip -6 addr show dev <ifindex> tentative`: whether an IPv6 address of the interface is still tentative
@@ -128,34 +114,21 @@ impl Rtnl {
     pub(super) fn has_tentative_ipv6(&mut self, ifindex: u32, what: &str) -> Result<bool> {
         let mut query = AddressMessage::default();
         query.header.family = AddressFamily::Inet6;
-        let sequence = self.take_sequence();
-        let mut datagram = Vec::new();
-        append_message(&mut datagram, RouteNetlinkMessage::GetAddress(query), NLM_F_DUMP, sequence);
-        self.send(&datagram, what)?;
-        let deadline = Instant::now() + NETLINK_REPLY_TIMEOUT;
         let mut tentative = false;
-        loop {
-            for message in self.receive(what, deadline)? {
-                if message.header.sequence_number != sequence {
-                    continue;
-                }
-                match message.payload {
-                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(address))
-                        if address.header.index == ifindex =>
-                    {
-                        tentative |= address.header.flags.contains(AddressHeaderFlags::Tentative)
-                            || address.attributes.iter().any(|attribute| {
-                                matches!(attribute, AddressAttribute::Flags(flags) if flags.contains(AddressFlags::Tentative))
-                            });
-                    }
-                    NetlinkPayload::Done(_) => return Ok(tentative),
-                    NetlinkPayload::Error(ref error) if error.code.is_some() => {
-                        return Err(nack_error(what, &message.header, error))
-                    }
-                    _ => {}
-                }
+        self.request(RouteNetlinkMessage::GetAddress(query), NLM_F_DUMP, what, |message| match &message.payload {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(address))
+                if address.header.index == ifindex =>
+            {
+                tentative |= address.header.flags.contains(AddressHeaderFlags::Tentative)
+                    || address.attributes.iter().any(|attribute| {
+                        matches!(attribute, AddressAttribute::Flags(flags) if flags.contains(AddressFlags::Tentative))
+                    });
+                None
             }
-        }
+            NetlinkPayload::Done(_) => Some(Ok(tentative)),
+            NetlinkPayload::Error(error) if error.code.is_some() => Some(Err(nack_error(what, &message.header, error))),
+            _ => None,
+        })
     }
 
     /// `ip -6 route get <address>`: whether the kernel delivers packets to `address` locally (route type
@@ -166,9 +139,28 @@ impl Rtnl {
         query.header.address_family = AddressFamily::Inet6;
         query.header.destination_prefix_length = 128;
         query.attributes.push(RouteAttribute::Destination(RouteAddress::Inet6(address)));
+        self.request(RouteNetlinkMessage::GetRoute(query), 0, what, |message| match &message.payload {
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(route)) => {
+                Some(Ok(route.header.kind == RouteType::Local))
+            }
+            // No route to it at all yet (ENETUNREACH, EHOSTUNREACH): not local either.
+            NetlinkPayload::Error(error) if error.code.is_some() => Some(Ok(false)),
+            _ => None,
+        })
+    }
+
+    /// One request and its answer: each message of the answer goes to `answer` until it gives the result;
+    /// bounded by [`NETLINK_REPLY_TIMEOUT`].
+    fn request<T>(
+        &mut self,
+        request: RouteNetlinkMessage,
+        flags: u16,
+        what: &str,
+        mut answer: impl FnMut(&NetlinkMessage<RouteNetlinkMessage>) -> Option<Result<T>>,
+    ) -> Result<T> {
         let sequence = self.take_sequence();
         let mut datagram = Vec::new();
-        append_message(&mut datagram, RouteNetlinkMessage::GetRoute(query), 0, sequence);
+        append_message(&mut datagram, request, flags, sequence);
         self.send(&datagram, what)?;
         let deadline = Instant::now() + NETLINK_REPLY_TIMEOUT;
         loop {
@@ -176,13 +168,8 @@ impl Rtnl {
                 if message.header.sequence_number != sequence {
                     continue;
                 }
-                match message.payload {
-                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(route)) => {
-                        return Ok(route.header.kind == RouteType::Local)
-                    }
-                    // No route to it at all yet (ENETUNREACH, EHOSTUNREACH): not local either.
-                    NetlinkPayload::Error(ref error) if error.code.is_some() => return Ok(false),
-                    _ => {}
+                if let Some(result) = answer(&message) {
+                    return result;
                 }
             }
         }
