@@ -286,27 +286,43 @@ impl HostWire {
 /// runs within a millisecond; with 200 scenarios setting up at once, 55 of 200 runs had to wait (90th
 /// percentile 9 ms, longest 5.2 s). Without this wait 111 of 200 such runs failed, most of them on this.
 fn wait_operational(rtnl: &mut Rtnl, ifname: &str, place: &str) -> Result<()> {
-    let started = Instant::now();
     let what = format!("wait for {ifname} in {place} to be up (ip link show {ifname}: state UP)");
-    // Subscribed before the first look, so the change cannot slip between a look and the wait for the next.
-    rtnl.watch_links().context(|| format!("{what}: ip monitor link (join RTNLGRP_LINK)"))?;
-    loop {
+    wait_for(rtnl, &what, "ip monitor link (join RTNLGRP_LINK)", |rtnl| {
         let link = rtnl.get_link(ifname, &what)?;
         let state = link.attributes.iter().find_map(|attribute| match attribute {
             LinkAttribute::OperState(state) => Some(*state),
             _ => None,
         });
-        if state == Some(State::Up) {
-            return Ok(());
-        }
+        Ok(if state == Some(State::Up) {
+            Ok(())
+        } else {
+            Err(format!("still {state:?} {}s after ip link set {ifname} up", OPERATIONAL_TIMEOUT.as_secs()))
+        })
+    })
+}
+
+/// Looks with `ready` until it says yes (`Ok(())`) or says what it still sees (`Err`) for
+/// [`OPERATIONAL_TIMEOUT`], looking again at each link or address notification and at least every
+/// [`OPERATIONAL_POLL`]. Subscribed before the first look, so a change cannot slip between a look and the wait
+/// for the next.
+fn wait_for(
+    rtnl: &mut Rtnl,
+    what: &str,
+    subscription: &str,
+    mut ready: impl FnMut(&mut Rtnl) -> Result<std::result::Result<(), String>>,
+) -> Result<()> {
+    let started = Instant::now();
+    rtnl.watch_links().context(|| format!("{what}: {subscription}"))?;
+    loop {
+        let still = match ready(rtnl)? {
+            Ok(()) => return Ok(()),
+            Err(still) => still,
+        };
         let waited = started.elapsed();
         if waited >= OPERATIONAL_TIMEOUT {
-            return Err(Error::Internal(format!(
-                "{what}: still {state:?} {}s after ip link set {ifname} up",
-                OPERATIONAL_TIMEOUT.as_secs()
-            )));
+            return Err(Error::Internal(format!("{what}: {still}")));
         }
-        rtnl.wait_for_notification(OPERATIONAL_POLL.min(OPERATIONAL_TIMEOUT - waited), &what)?;
+        rtnl.wait_for_notification(OPERATIONAL_POLL.min(OPERATIONAL_TIMEOUT - waited), what)?;
     }
 }
 
@@ -320,25 +336,19 @@ fn wait_operational(rtnl: &mut Rtnl, ifname: &str, place: &str) -> Result<()> {
 /// its SYN's retransmission 1 s later did; the address's MLD report, sent when it becomes usable, left 9 ms
 /// after t0; waiting for the tentative flag alone still let 2 of 30 runs start 11 ms early).
 fn wait_ipv6_usable(rtnl: &mut Rtnl, ifname: &str, address: std::net::Ipv6Addr, place: &str) -> Result<()> {
-    let started = Instant::now();
     let what = format!(
         "wait for {address} on {ifname} in {place} to be usable (ip -6 addr show: not tentative; ip -6 route get \
          {address}: local)"
     );
-    rtnl.watch_links()
-        .context(|| format!("{what}: ip monitor link address (join RTNLGRP_LINK, RTNLGRP_IPV6_IFADDR)"))?;
     let ifindex = rtnl.get_link(ifname, &what)?.header.index;
-    while rtnl.has_tentative_ipv6(ifindex, &what)? || !rtnl.is_local_ipv6(address, &what)? {
-        let waited = started.elapsed();
-        if waited >= OPERATIONAL_TIMEOUT {
-            return Err(Error::Internal(format!(
-                "{what}: still tentative {}s after ip link set {ifname} up",
-                OPERATIONAL_TIMEOUT.as_secs()
-            )));
-        }
-        rtnl.wait_for_notification(OPERATIONAL_POLL.min(OPERATIONAL_TIMEOUT - waited), &what)?;
-    }
-    Ok(())
+    wait_for(rtnl, &what, "ip monitor link address (join RTNLGRP_LINK, RTNLGRP_IPV6_IFADDR)", |rtnl| {
+        let usable = !rtnl.has_tentative_ipv6(ifindex, &what)? && rtnl.is_local_ipv6(address, &what)?;
+        Ok(if usable {
+            Ok(())
+        } else {
+            Err(format!("still tentative {}s after ip link set {ifname} up", OPERATIONAL_TIMEOUT.as_secs()))
+        })
+    })
 }
 
 /// The sysctls nf_conntrack registers when it loads.
@@ -545,28 +555,22 @@ fn configure_link_end(rtnl: &mut Rtnl, end: &LinkEnd, (peer_end, peer_mac): (&Li
         format!("turn off offloads on {ifname} in {id} (ethtool -K {ifname} tx off sg off tso off gso off gro off)")
     })?;
 
-    let mut address = AddressMessage::default();
-    address.header.family = AddressFamily::Inet;
-    address.header.prefix_len = end.prefix_len;
-    address.header.scope = AddressScope::Universe;
-    address.header.index = ifindex;
-    address.attributes.push(AddressAttribute::Local(IpAddr::V4(end.address)));
-    address.attributes.push(AddressAttribute::Address(IpAddr::V4(end.address)));
-
     let mut up = LinkMessage::default();
     up.header.index = ifindex;
     up.header.flags = LinkFlags::Up;
     up.header.change_mask = LinkFlags::Up;
 
-    let mut requests = Vec::with_capacity(5);
+    let mut requests = vec![Request::new(
+        RouteNetlinkMessage::NewAddress(interface_address(ifindex, IpAddr::V4(end.address), end.prefix_len)),
+        NLM_F_CREATE | NLM_F_EXCL,
+        format!(
+            "add address {}/{} to {ifname} in {id} (ip addr add {}/{} dev {ifname})",
+            end.address, end.prefix_len, end.address, end.prefix_len
+        ),
+    )];
+    // The IPv6 address and neighbour go in before the link comes up, with the IPv4 address.
     if let (Some(own), Some(peer6)) = (end.address6, peer_end.address6) {
-        let mut address6 = AddressMessage::default();
-        address6.header.family = AddressFamily::Inet6;
-        address6.header.prefix_len = IPV6_PREFIX_LEN;
-        address6.header.scope = AddressScope::Universe;
-        address6.header.index = ifindex;
-        address6.attributes.push(AddressAttribute::Local(IpAddr::V6(own)));
-        address6.attributes.push(AddressAttribute::Address(IpAddr::V6(own)));
+        let mut address6 = interface_address(ifindex, IpAddr::V6(own), IPV6_PREFIX_LEN);
         address6.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
         requests.push(Request::new(
             RouteNetlinkMessage::NewAddress(address6),
@@ -586,39 +590,48 @@ fn configure_link_end(rtnl: &mut Rtnl, end: &LinkEnd, (peer_end, peer_mac): (&Li
             ),
         ));
     }
-    let mut requests_v4 = vec![
-        Request::new(
-            RouteNetlinkMessage::NewAddress(address),
-            NLM_F_CREATE | NLM_F_EXCL,
-            format!(
-                "add address {}/{} to {ifname} in {id} (ip addr add {}/{} dev {ifname})",
-                end.address, end.prefix_len, end.address, end.prefix_len
-            ),
+    requests.push(Request::new(
+        RouteNetlinkMessage::NewLink(up),
+        0,
+        format!("set {ifname} up in {id} (ip link set {ifname} up)"),
+    ));
+    requests.push(Request::new(
+        RouteNetlinkMessage::NewNeighbour(permanent_neighbour(ifindex, IpAddr::V4(peer), peer_mac)),
+        NLM_F_CREATE | NLM_F_EXCL,
+        format!(
+            "add {peer}'s address to {ifname} in {id} (ip neigh add {peer} lladdr {} dev {ifname} nud permanent)",
+            format_mac(peer_mac)
         ),
-        Request::new(RouteNetlinkMessage::NewLink(up), 0, format!("set {ifname} up in {id} (ip link set {ifname} up)")),
-        Request::new(
-            RouteNetlinkMessage::NewNeighbour(permanent_neighbour(ifindex, IpAddr::V4(peer), peer_mac)),
-            NLM_F_CREATE | NLM_F_EXCL,
-            format!(
-                "add {peer}'s address to {ifname} in {id} (ip neigh add {peer} lladdr {} dev {ifname} nud permanent)",
-                format_mac(peer_mac)
-            ),
-        ),
-    ];
-    // The IPv6 address and neighbour go in before the link comes up, with the IPv4 address.
-    requests_v4.splice(1..1, requests);
-    rtnl.execute(requests_v4)?;
+    ));
+    rtnl.execute(requests)?;
 
     Ok(HostLink { host: id, ifindex, ifname: ifname.to_string(), address: end.address, mac })
+}
+
+/// `inet` or `inet6`, as `ip` says.
+fn family_of(address: IpAddr) -> AddressFamily {
+    match address {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    }
+}
+
+/// `ip addr add <address>/<prefix_len> dev <ifindex>` (either family), scope global.
+fn interface_address(ifindex: u32, address: IpAddr, prefix_len: u8) -> AddressMessage {
+    let mut message = AddressMessage::default();
+    message.header.family = family_of(address);
+    message.header.prefix_len = prefix_len;
+    message.header.scope = AddressScope::Universe;
+    message.header.index = ifindex;
+    message.attributes.push(AddressAttribute::Local(address));
+    message.attributes.push(AddressAttribute::Address(address));
+    message
 }
 
 /// `ip neigh add <address> lladdr <mac> dev <ifindex> nud permanent`.
 fn permanent_neighbour(ifindex: u32, address: IpAddr, mac: [u8; 6]) -> NeighbourMessage {
     let mut neighbour = NeighbourMessage::default();
-    neighbour.header.family = match address {
-        IpAddr::V4(_) => AddressFamily::Inet,
-        IpAddr::V6(_) => AddressFamily::Inet6,
-    };
+    neighbour.header.family = family_of(address);
     neighbour.header.ifindex = ifindex;
     neighbour.header.state = NeighbourState::Permanent;
     neighbour.attributes.push(NeighbourAttribute::Destination(match address {
