@@ -3,9 +3,11 @@
 
 use std::io;
 use std::mem;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::time::Duration;
+
+use nix::sys::socket::{SockaddrLike, SockaddrStorage};
 
 use crate::scenario::plan::{Family, ShutdownHow};
 
@@ -93,63 +95,24 @@ fn check_size(rc: libc::ssize_t) -> io::Result<usize> {
     usize::try_from(rc).map_err(|_| io::Error::last_os_error())
 }
 
-/// `addr` as the kernel takes it: a `sockaddr_in` or a `sockaddr_in6` in a `sockaddr_storage`, and its length.
-fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: an all-zero sockaddr_storage is a valid (AF_UNSPEC) value.
-    let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(addr) => {
-            let raw = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: addr.port().to_be(),
-                sin_addr: libc::in_addr { s_addr: u32::from(*addr.ip()).to_be() },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_storage is larger than, and aligned for, every sockaddr type.
-            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), raw) };
-            mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(addr) => {
-            let raw = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: addr.port().to_be(),
-                sin6_flowinfo: addr.flowinfo().to_be(),
-                sin6_addr: libc::in6_addr { s6_addr: addr.ip().octets() },
-                sin6_scope_id: addr.scope_id(),
-            };
-            // SAFETY: as above.
-            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), raw) };
-            mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (storage, len as libc::socklen_t)
+/// `addr` as the kernel takes it: a `sockaddr_in` or a `sockaddr_in6`.
+fn sockaddr(addr: SocketAddr) -> SockaddrStorage {
+    SockaddrStorage::from(addr)
 }
 
-/// The address in a `sockaddr_storage` the kernel filled in (AF_INET or AF_INET6; anything else reads as
+/// The address the kernel wrote into `raw`, `len` bytes of it (AF_INET or AF_INET6; anything else reads as
 /// `0.0.0.0:0`).
-fn from_sockaddr(raw: &libc::sockaddr_storage) -> SocketAddr {
-    match i32::from(raw.ss_family) {
-        libc::AF_INET6 => {
-            // SAFETY: the family says the storage holds a sockaddr_in6.
-            let v6: libc::sockaddr_in6 = unsafe { std::ptr::read((raw as *const libc::sockaddr_storage).cast()) };
-            SocketAddr::V6(SocketAddrV6::new(
-                Ipv6Addr::from(v6.sin6_addr.s6_addr),
-                u16::from_be(v6.sin6_port),
-                u32::from_be(v6.sin6_flowinfo),
-                v6.sin6_scope_id,
-            ))
-        }
-        libc::AF_INET => {
-            // SAFETY: the family says the storage holds a sockaddr_in.
-            let v4: libc::sockaddr_in = unsafe { std::ptr::read((raw as *const libc::sockaddr_storage).cast()) };
-            SocketAddr::V4(SocketAddrV4::new(
-                Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr)),
-                u16::from_be(v4.sin_port),
-            ))
-        }
-        _ => SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
+fn from_sockaddr(raw: &libc::sockaddr_storage, len: libc::socklen_t) -> SocketAddr {
+    // SAFETY: the kernel filled `raw` and said how much of it in `len`.
+    let storage = unsafe { SockaddrStorage::from_raw((raw as *const libc::sockaddr_storage).cast(), Some(len)) };
+    let Some(storage) = storage else { return UNSPECIFIED };
+    if let Some(v6) = storage.as_sockaddr_in6() {
+        return SocketAddr::V6(SocketAddrV6::from(*v6));
     }
+    storage.as_sockaddr_in().map_or(UNSPECIFIED, |v4| SocketAddr::V4(SocketAddrV4::from(*v4)))
 }
+
+const UNSPECIFIED: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
 
 fn empty_sockaddr() -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: an all-zero sockaddr_storage is a valid (AF_UNSPEC) value.
@@ -182,9 +145,9 @@ pub fn family(fd: RawFd) -> io::Result<Family> {
 
 /// `bind(fd, addr)`.
 pub fn bind(fd: RawFd, addr: SocketAddr) -> io::Result<()> {
-    let (raw, len) = sockaddr(addr);
+    let raw = sockaddr(addr);
     // SAFETY: `raw` holds a valid sockaddr of the length passed.
-    check(unsafe { libc::bind(fd, (&raw as *const libc::sockaddr_storage).cast(), len) }).map(drop)
+    check(unsafe { libc::bind(fd, raw.as_ptr(), raw.len()) }).map(drop)
 }
 
 /// `listen(fd, backlog)`.
@@ -205,17 +168,17 @@ pub fn accept(fd: RawFd, nonblocking: bool) -> io::Result<(OwnedFd, SocketAddr)>
         })
     })?;
     // SAFETY: `new_fd` was just returned by accept4(2).
-    Ok((unsafe { OwnedFd::from_raw_fd(new_fd) }, from_sockaddr(&peer)))
+    Ok((unsafe { OwnedFd::from_raw_fd(new_fd) }, from_sockaddr(&peer, len)))
 }
 
 /// `connect(fd, addr)`. With `nonblocking`, O_NONBLOCK is set just for this call (so it returns EINPROGRESS
 /// at once) and the descriptor's previous mode is restored afterwards, whatever the outcome, so that later
 /// steps block as written.
 pub fn connect(fd: RawFd, addr: SocketAddr, nonblocking: bool) -> io::Result<()> {
-    let (raw, len) = sockaddr(addr);
+    let raw = sockaddr(addr);
     without_blocking_if(fd, nonblocking, || {
         // SAFETY: `raw` holds a valid sockaddr of the length passed.
-        check(unsafe { libc::connect(fd, (&raw as *const libc::sockaddr_storage).cast(), len) }).map(drop)
+        check(unsafe { libc::connect(fd, raw.as_ptr(), raw.len()) }).map(drop)
     })
 }
 
@@ -251,7 +214,7 @@ pub fn local_addr(fd: RawFd) -> io::Result<SocketAddr> {
     let (mut local, mut len) = empty_sockaddr();
     // SAFETY: `local` is a writable sockaddr_storage and `len` its size.
     check(unsafe { libc::getsockname(fd, (&mut local as *mut libc::sockaddr_storage).cast(), &mut len) })?;
-    Ok(from_sockaddr(&local))
+    Ok(from_sockaddr(&local, len))
 }
 
 /// `send(fd, buf, len, flags)`: the bytes the kernel took (possibly fewer than `buf.len()`).
