@@ -23,13 +23,13 @@ use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::Duration;
 
 use bpf::{Map, Program, RingReader};
-use program::{record, Instance, Maps, SkbLayout, SockLayout};
+use program::{namespace_entry, record, Instance, Maps, SharedMaps, SkbLayout, SockLayout};
 
 use crate::error::{Context, Error, Result};
 use crate::observe::decode::Decoder;
@@ -194,6 +194,185 @@ fn refused(what: &str, e: std::io::Error) -> Error {
     }
 }
 
+/// How many namespaces the shared maps hold at once: three per scenario (two hosts and a router), for more
+/// scenarios than a process runs at once (the CPU gate admits a few per CPU; `bench suite --concurrent 500`
+/// runs each in a process of its own).
+const NAMESPACES_MAX: u32 = 8192;
+
+/// The transition program's two instances ([`Instance`]), loaded and attached once per process and shared by
+/// every scenario it runs: the program holds no namespace, it looks each socket's up in a map
+/// ([`SharedMaps::namespaces`]) where each scenario registers its hosts' namespaces, and writes the record into
+/// the ring buffer the scenario put beside it ([`SharedMaps::rings`], a hash of maps keyed by the namespace's
+/// inode number), so each scenario reads its own transitions only. Loading (mostly the verifier) and attaching
+/// (each attachment, and later each detach, rewrites the tracepoint's call sites on every CPU) were 0.8-1.5 ms of
+/// every scenario's set-up CPU, and as much again at its teardown. `netfault run` loads them in the runner
+/// while it loads the scenarios, before it forks its fork server: the scenario processes inherit the
+/// descriptors (`fork`), and the server holds them until it exits. An executed scenario process (`__run-one`:
+/// the test drivers, `matrix`, `bench suite`) loads them itself on its first use ([`shared`]).
+pub struct Shared {
+    namespaces: Map,
+    rings: Map,
+    /// The two instances, kept for their statistics (the attachments hold the programs themselves).
+    programs: Vec<Program>,
+    /// The attachments: the programs run at the tracepoint while any copy of these is open.
+    _links: Vec<OwnedFd>,
+}
+
+impl Shared {
+    /// Makes the maps, loads and attaches the two instances (`bpftool prog load` + attach to
+    /// `raw_tracepoint/inet_sock_set_state`). `Err` says why the kernel's transitions cannot be recorded here.
+    pub fn load() -> Result<Shared> {
+        let layout = running_kernel_layout()?;
+        // A ring as the scenarios' will be: a hash of maps takes only maps of the same type and size.
+        let like = Map::create(bpf::MAP_TYPE_RINGBUF, 0, 0, RING_BYTES)
+            .map_err(|e| refused("bpf(BPF_MAP_CREATE) of a ring buffer", e))?;
+        let entry = namespace_entry::LEN as u32;
+        let namespaces = Map::create_with(bpf::MAP_TYPE_HASH, [4, entry, NAMESPACES_MAX], bpf::NO_PREALLOC, None)
+            .map_err(|e| refused("bpf(BPF_MAP_CREATE) of a hash", e))?;
+        let rings = Map::create_with(bpf::MAP_TYPE_HASH_OF_MAPS, [4, 4, NAMESPACES_MAX], bpf::NO_PREALLOC, Some(&like))
+            .map_err(|e| refused("bpf(BPF_MAP_CREATE) of a hash of ring buffers", e))?;
+        drop(like);
+        let maps = SharedMaps { namespaces: namespaces.fd(), rings: rings.fd() };
+        let mut programs = Vec::with_capacity(Instance::BOTH.len());
+        let mut links = Vec::with_capacity(Instance::BOTH.len());
+        for instance in Instance::BOTH {
+            let insns = program::instructions(&layout, maps, instance);
+            let program =
+                Program::load(bpf::PROG_TYPE_RAW_TRACEPOINT, "netfault_tcp", &insns, LICENSE).map_err(|refusal| {
+                    let log: String = refusal.log.lines().rev().take(3).collect::<Vec<_>>().join(" / ");
+                    refused(&format!("the transition tracer's BPF program (verifier: {log})"), refusal.error)
+                })?;
+            links.push(
+                program
+                    .attach_raw_tracepoint(c"inet_sock_set_state")
+                    .map_err(|e| refused("attach to the tracepoint sock:inet_sock_set_state", e))?,
+            );
+            programs.push(program);
+        }
+        Ok(Shared { namespaces, rings, programs, _links: links })
+    }
+}
+
+/// This process's [`Shared`] tracer, or why it has none: loaded by the first caller.
+static SHARED: OnceLock<std::result::Result<Shared, String>> = OnceLock::new();
+
+/// This process's [`Shared`] tracer, loaded now if no one did before (a runner does it before its fork
+/// server forks: its scenario processes then find it loaded). `Err` says why there is none.
+pub fn shared() -> Result<&'static Shared> {
+    SHARED.get_or_init(|| Shared::load().map_err(|e| e.to_string())).as_ref().map_err(|e| Error::Internal(e.clone()))
+}
+
+/// Which scenario process of its fork server this one is (0 for any other process): its namespaces' entries
+/// say so, and the server removes those a process killed before its teardown left ([`forget_owner`]).
+static OWNER: AtomicU32 = AtomicU32::new(0);
+
+/// Called in a process the fork server forked, with the number the server knows it by.
+pub fn set_owner(owner: u32) {
+    OWNER.store(owner, Ordering::Relaxed);
+}
+
+/// Removes from the shared maps what the scenario process `owner` registered and did not remove (it was
+/// killed): its rings (512 KiB of kernel memory each) would otherwise stay until the server exits, and a later
+/// namespace given the same inode number would be traced into them. (A scenario that registers a namespace
+/// with that number between this look and the removal loses its entry: the kernel frees a dead namespace's
+/// number only after its last process has been reaped, in a work queue.)
+pub fn forget_owner(owner: u32) {
+    let Some(Ok(shared)) = SHARED.get() else { return };
+    let Ok(keys) = shared.namespaces.keys_u32(NAMESPACES_MAX as usize) else { return };
+    for inode in keys {
+        let mut entry = [0u8; namespace_entry::LEN];
+        if shared.namespaces.lookup(&inode.to_ne_bytes(), &mut entry).is_ok()
+            && entry[namespace_entry::OWNER..namespace_entry::OWNER + 4] == owner.to_ne_bytes()
+        {
+            let _ = shared.namespaces.delete(&inode.to_ne_bytes());
+            // The server waits here for a grace period per ring (a killed process's only).
+            let _ = shared.rings.delete(&entry[namespace_entry::RING..namespace_entry::RING + 4]);
+        }
+    }
+}
+
+/// How long [`Tracer::start`] waits for the scenario's ring to show in the shared hash of maps ([`RingMaps::publish`]):
+/// the kernel adds it as soon as the publishing thread runs.
+const PUBLISH_WAIT: Duration = Duration::from_secs(2);
+/// How often it looks meanwhile.
+const PUBLISH_LOOK: Duration = Duration::from_micros(50);
+
+/// A scenario's namespaces in the [`Shared`] maps, each with its host's number and the scenario's ring;
+/// dropping it removes them (`bpftool map delete`), the ring on a thread of its own (see [`RingMaps::publish`]).
+struct Registration {
+    shared: &'static Shared,
+    inodes: Vec<u32>,
+    /// Removed after the namespaces (fields drop after `drop`).
+    _ring: Published,
+}
+
+impl Registration {
+    /// Registers `namespaces` (inode number, host number) with the ring the shared maps know as `ring`
+    /// ([`RingMaps::publish`]): the program writes their transitions into it from here on.
+    fn new(shared: &'static Shared, namespaces: &[(u32, u32)], ring: Published) -> Result<Registration> {
+        let id = ring.id;
+        let mut registration = Registration { shared, inodes: Vec::with_capacity(namespaces.len()), _ring: ring };
+        let owner = OWNER.load(Ordering::Relaxed);
+        for &(inode, host) in namespaces {
+            let mut entry = [0u8; namespace_entry::LEN];
+            entry[namespace_entry::HOST..namespace_entry::HOST + 4].copy_from_slice(&host.to_ne_bytes());
+            entry[namespace_entry::OWNER..namespace_entry::OWNER + 4].copy_from_slice(&owner.to_ne_bytes());
+            entry[namespace_entry::RING..namespace_entry::RING + 4].copy_from_slice(&id.to_ne_bytes());
+            shared
+                .namespaces
+                .update(&inode.to_ne_bytes(), &entry)
+                .map_err(|e| refused("bpf(BPF_MAP_UPDATE_ELEM) of a namespace", e))?;
+            registration.inodes.push(inode);
+        }
+        Ok(registration)
+    }
+
+    /// The records of its namespaces the ring had no room for.
+    fn lost(&self) -> Result<u64> {
+        let mut total = 0;
+        for inode in &self.inodes {
+            let mut entry = [0u8; namespace_entry::LEN];
+            self.shared
+                .namespaces
+                .lookup(&inode.to_ne_bytes(), &mut entry)
+                .map_err(|e| Error::sys("read a namespace's lost count (bpftool map lookup)", e))?;
+            let lost = &entry[namespace_entry::LOST..namespace_entry::LOST + 8];
+            total += u64::from_ne_bytes(lost.try_into().unwrap_or_default());
+        }
+        Ok(total)
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        for inode in &self.inodes {
+            // The namespaces first, at once: the program no longer looks for the ring.
+            let _ = self.shared.namespaces.delete(&inode.to_ne_bytes());
+        }
+    }
+}
+
+/// A scenario's ring in the shared hash of maps, under its id ([`RingMaps::publish`]). Dropping it removes it
+/// there on a thread of its own: the kernel waits for an RCU grace period in every change of a map of maps
+/// (8-16 ms measured here, `strace -T`), which nothing of the run needs to wait for. A process that exits
+/// meanwhile finishes it in its exit.
+struct Published {
+    shared: &'static Shared,
+    id: u32,
+}
+
+impl Drop for Published {
+    fn drop(&mut self) {
+        let (shared, id) = (self.shared, self.id);
+        let remove = move || {
+            let _ = shared.rings.delete(&id.to_ne_bytes());
+        };
+        if thread::Builder::new().name("tracer-unpublish".into()).spawn(remove).is_err() {
+            remove();
+        }
+    }
+}
+
 /// The tracer's ring buffer and its lost count (`bpftool map create ... type ringbuf`, `... type array`), made
 /// before the run's hosts are set up: the `tc` programs of `qdisc-drop` faults, loaded during the set-up,
 /// write their drops into the same ring ([`program::tc_drop_marked_instructions`]), which [`Tracer::start`]
@@ -201,6 +380,8 @@ fn refused(what: &str, e: std::io::Error) -> Error {
 pub struct RingMaps {
     ring: Map,
     lost: Map,
+    /// The ring once [`RingMaps::publish`] started adding it to the shared hash of maps.
+    published: Option<Published>,
 }
 
 impl RingMaps {
@@ -210,6 +391,7 @@ impl RingMaps {
                 .map_err(|e| refused("bpf(BPF_MAP_CREATE) of a ring buffer", e))?,
             lost: Map::create(bpf::MAP_TYPE_ARRAY, 4, 8, 1)
                 .map_err(|e| refused("bpf(BPF_MAP_CREATE) of an array", e))?,
+            published: None,
         })
     }
 
@@ -217,7 +399,55 @@ impl RingMaps {
     /// while a program that uses them is loaded).
     pub fn try_clone(&self) -> Result<RingMaps> {
         let clone = |map: &Map| map.try_clone().context(|| "dup a BPF map's descriptor".to_string());
-        Ok(RingMaps { ring: clone(&self.ring)?, lost: clone(&self.lost)? })
+        Ok(RingMaps { ring: clone(&self.ring)?, lost: clone(&self.lost)?, published: None })
+    }
+
+    /// Starts adding the ring to the [`Shared`] hash of maps under its id (`bpftool map update ... value id`),
+    /// on a thread of its own: the kernel makes the entry at once, and then waits for an RCU grace period
+    /// before the call returns (every change of a map of maps does, 8-16 ms here: `strace -T`), which the
+    /// run need not wait for. [`Tracer::start`] does it if nothing did earlier; the set-up does it as soon as
+    /// its hosts' threads are started, so the entry is there when their namespaces are.
+    pub fn publish(&mut self, shared: &'static Shared) -> Result<()> {
+        if self.published.is_some() {
+            return Ok(());
+        }
+        let id = self.ring.id().map_err(|e| Error::sys("read a ring buffer's id (bpftool map show)", e))?;
+        let ring = self.ring.try_clone().context(|| "dup a BPF map's descriptor".to_string())?;
+        let publisher = thread::Builder::new()
+            .name("tracer-publish".into())
+            .spawn(move || {
+                let fd = u32::try_from(ring.fd()).unwrap_or(u32::MAX).to_ne_bytes();
+                // A failure shows as the entry missing, which `Tracer::start` reports.
+                let _ = shared.rings.update(&id.to_ne_bytes(), &fd);
+            })
+            .context(|| "spawn the thread publishing the tracer's ring".to_string())?;
+        // Real-time as the set-up's threads are (an ordinary one waited 2 ms for a CPU behind them in a trace);
+        // it then sleeps through the grace period. Refused without CAP_SYS_NICE: it stays ordinary.
+        let _ = crate::run::priority::raise_spawned(&publisher);
+        self.published = Some(Published { shared, id });
+        Ok(())
+    }
+
+    /// Waits until the shared hash of maps has the ring [`RingMaps::publish`] added, at most [`PUBLISH_WAIT`]: its
+    /// id. The entry is made microseconds after the publishing thread runs, but its call returns only a grace
+    /// period later, so it is looked for instead.
+    fn published(&mut self, shared: &'static Shared) -> Result<u32> {
+        self.publish(shared)?;
+        let id = self.published.as_ref().map(|published| published.id);
+        let id = id.ok_or_else(|| Error::Internal("the tracer's ring was not published".into()))?;
+        let until = std::time::Instant::now() + PUBLISH_WAIT;
+        loop {
+            if shared.rings.lookup(&id.to_ne_bytes(), &mut [0u8; 4]).is_ok() {
+                return Ok(id);
+            }
+            if std::time::Instant::now() >= until {
+                return Err(Error::Internal(format!(
+                    "the tracer's ring was not in the shared map {}s after it was added",
+                    PUBLISH_WAIT.as_secs()
+                )));
+            }
+            thread::sleep(PUBLISH_LOOK);
+        }
     }
 
     /// The descriptors, as a program loaded now refers to the maps.
@@ -252,20 +482,19 @@ impl QueueDrops {
     }
 }
 
-/// The transition tracer of one run. Dropping it stops the reader and detaches the programs.
+/// The transition tracer of one run. Dropping it stops the reader, removes the run's namespaces from the
+/// [`Shared`] maps and detaches the drop program.
 pub struct Tracer {
-    /// The attachments of the two instances ([`Instance`]), in the order they were made: closing them detaches
-    /// the program (newest first, see the `Drop`).
-    links: Vec<OwnedFd>,
     /// The drop program's two attachments, when the kernel has what it needs.
     drop_links: Vec<OwnedFd>,
     /// Its two instances, kept for their recursion misses.
     drop_programs: Vec<Program>,
     /// Why packets dropped inside a host cannot be shown, if they cannot.
     drops_untraced: Option<String>,
-    /// The two instances of the transition program, kept for their run statistics (the attachments hold the
-    /// programs themselves).
-    programs: Vec<Program>,
+    /// The run's namespaces in the shared maps.
+    registration: Registration,
+    /// The shared program's skipped runs when the run's namespaces were registered.
+    skipped_before: u64,
     lost: Map,
     stop: Arc<AtomicBool>,
     /// Readable once `stop` is set: wakes the reader at once.
@@ -274,40 +503,32 @@ pub struct Tracer {
 }
 
 impl Tracer {
-    /// Loads and attaches the program for the namespaces of the run's hosts (a router's too), with the drop
-    /// program if `queue_drops` says so, and starts the reader that sends their transitions, and the drops
-    /// recorded in `maps`, to `sink`. `Err` says why the kernel's transitions cannot be recorded here.
+    /// Registers the namespaces of the run's hosts (a router's too) with the process's [`Shared`] program
+    /// (loading it if nothing did before), loads and attaches the drop program if `queue_drops` says so, and
+    /// starts the reader that sends their transitions, and the drops recorded in `maps`, to `sink`. `Err` says
+    /// why the kernel's transitions cannot be recorded here.
     pub fn start<'a>(
         namespaces: impl IntoIterator<Item = (HostId, &'a Netns)>,
         maps: RingMaps,
         sink: EventSink,
         queue_drops: QueueDrops,
     ) -> Result<Tracer> {
-        let layout = running_kernel_layout()?;
+        let shared = shared()?;
         let inodes = namespaces
             .into_iter()
             .map(|(host, namespace)| Ok((namespace_inode(namespace)?, host.index() as u32)))
             .collect::<Result<Vec<_>>>()?;
-        let RingMaps { ring, lost } = maps;
+        let mut maps = maps;
+        maps.published(shared)?;
+        let RingMaps { ring, lost, published } = maps;
+        let published = published.ok_or_else(|| Error::Internal("the tracer's ring was not published".into()))?;
         let maps = Maps { ring: ring.fd(), lost: lost.fd() };
-        let mut programs = Vec::with_capacity(Instance::BOTH.len());
-        let mut links = Vec::with_capacity(Instance::BOTH.len());
-        for instance in Instance::BOTH {
-            let insns = program::instructions(&layout, &inodes, maps, instance);
-            let program =
-                Program::load(bpf::PROG_TYPE_RAW_TRACEPOINT, "netfault_tcp", &insns, LICENSE).map_err(|refusal| {
-                    let log: String = refusal.log.lines().rev().take(3).collect::<Vec<_>>().join(" / ");
-                    refused(&format!("the transition tracer's BPF program (verifier: {log})"), refusal.error)
-                })?;
-            links.push(
-                program
-                    .attach_raw_tracepoint(c"inet_sock_set_state")
-                    .map_err(|e| refused("attach to the tracepoint sock:inet_sock_set_state", e))?,
-            );
-            programs.push(program);
-        }
+        let skipped_before = recursion_misses(&shared.programs)?.iter().sum();
+        let registration = Registration::new(shared, &inodes, published)?;
         let drops = match queue_drops {
-            QueueDrops::Traced => drop_tracer(&layout, &inodes, maps),
+            QueueDrops::Traced => running_kernel_layout()
+                .map_err(|e| e.to_string())
+                .and_then(|layout| drop_tracer(&layout, &inodes, maps)),
             QueueDrops::NoQueues => Ok(Vec::new()),
         };
         let reader = RingReader::new(ring, RING_BYTES as usize).map_err(|e| refused("map the BPF ring buffer", e))?;
@@ -332,7 +553,17 @@ impl Tracer {
             }
             Err(reason) => (Vec::new(), Vec::new(), Some(reason)),
         };
-        Ok(Tracer { links, drop_links, drop_programs, drops_untraced, programs, lost, stop, wake, finished })
+        Ok(Tracer {
+            drop_links,
+            drop_programs,
+            drops_untraced,
+            registration,
+            skipped_before,
+            lost,
+            stop,
+            wake,
+            finished,
+        })
     }
 
     /// Reads what is left, stops the reader and detaches the program.
@@ -347,19 +578,20 @@ impl Tracer {
         self.lost
             .lookup(&0u32.to_ne_bytes(), &mut lost)
             .map_err(|e| Error::sys("read the transition tracer's lost count (bpftool map lookup)", e))?;
-        stats.lost = u64::from_ne_bytes(lost);
-        stats.skipped_runs = self.skipped_runs()?.iter().sum();
+        stats.lost = u64::from_ne_bytes(lost) + self.registration.lost()?;
+        let skipped_now: u64 = self.skipped_runs()?.iter().sum();
+        stats.skipped_runs = skipped_now.saturating_sub(self.skipped_before);
         stats.drop_skipped_runs = recursion_misses(&self.drop_programs)?.iter().sum();
         stats.drops_untraced.clone_from(&self.drops_untraced);
         Ok(stats)
     }
 
     /// Runs of the transition program's two instances so far and their total time, as the kernel counts them
-    /// while a [`run_time_stats`] descriptor is held.
+    /// while a [`run_time_stats`] descriptor is held (the process's shared program: every scenario's runs).
     #[cfg(any(test, feature = "bench"))]
     pub fn run_stats(&self) -> Result<(u64, Duration)> {
         let mut total = (0, Duration::ZERO);
-        for program in &self.programs {
+        for program in &self.registration.shared.programs {
             let (runs, time) =
                 program.run_stats().map_err(|e| Error::sys("read the tracer program's run statistics", e))?;
             total = (total.0 + runs, total.1 + time);
@@ -367,10 +599,10 @@ impl Tracer {
         Ok(total)
     }
 
-    /// Runs of each instance of the transition program the kernel skipped so far, because the hit came in an
-    /// interrupt of that instance's run on the same CPU (see [`Program::recursion_misses`]).
+    /// Runs of each instance of the (shared) transition program the kernel skipped so far, because the hit came
+    /// in an interrupt of that instance's run on the same CPU (see [`Program::recursion_misses`]).
     pub fn skipped_runs(&self) -> Result<Vec<u64>> {
-        recursion_misses(&self.programs)
+        recursion_misses(&self.registration.shared.programs)
     }
 }
 
@@ -388,32 +620,31 @@ impl Drop for Tracer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         bpf::signal(&self.wake);
-        // Every detach rewrites the tracepoint's call sites on each CPU (0.1 ms apiece, 0.4 ms for the four):
-        // they are done on a thread of their own, so that a run's teardown does not wait for them.
-        let attachments =
-            Attachments { tracepoints: [std::mem::take(&mut self.drop_links), std::mem::take(&mut self.links)] };
+        if self.drop_links.is_empty() {
+            return;
+        }
+        // Every detach rewrites the tracepoint's call sites on each CPU (0.1 ms apiece): done on a thread of its
+        // own, so that a run's teardown does not wait for them.
+        let attachments = Attachments { links: std::mem::take(&mut self.drop_links) };
         // Should the thread not start, the closure is dropped here, and with it the attachments, in order.
         let _ = thread::Builder::new().name("tracer-detach".into()).spawn(move || drop(attachments));
     }
 }
 
-/// The attachments of each tracepoint's instances, in the order they were made; dropping this detaches them.
+/// The drop program's attachments, in the order they were made; dropping this detaches them.
 struct Attachments {
-    tracepoints: [Vec<OwnedFd>; 2],
+    links: Vec<OwnedFd>,
 }
 
 impl Drop for Attachments {
     fn drop(&mut self) {
-        // Each tracepoint's attachments are closed newest first. The kernel keeps a tracepoint's programs in the
-        // order they were attached, and removing the first while another stays makes the removal wait for an RCU
-        // grace period (kernel/tracepoint.c, the 2->1 transition with a new first function): closing the first
-        // instance before the second cost one grace period per tracepoint, 20 ms of every `Tracer::stop`
-        // (median of 100 in `netfault bench setup`). Removing the last one of a tracepoint's programs waits for
-        // nothing.
-        for links in &mut self.tracepoints {
-            while let Some(link) = links.pop() {
-                drop(link);
-            }
+        // Closed newest first. The kernel keeps a tracepoint's programs in the order they were attached, and
+        // removing the first while another stays makes the removal wait for an RCU grace period
+        // (kernel/tracepoint.c, the 2->1 transition with a new first function): closing the first instance before
+        // the second cost one grace period per tracepoint, 20 ms of every `Tracer::stop` (median of 100 in
+        // `netfault bench setup`). Removing the last one of a tracepoint's programs waits for nothing.
+        while let Some(link) = self.links.pop() {
+            drop(link);
         }
     }
 }

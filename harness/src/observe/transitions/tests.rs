@@ -452,7 +452,77 @@ fn a_tracer_without_queue_drops_attaches_no_drop_program_and_says_nothing_is_unt
     let (sink, _received) = EventSink::new(Clock::started());
     let maps = RingMaps::create().unwrap();
     let tracer = Tracer::start(HostId::ALL.into_iter().zip(&namespaces), maps, sink, QueueDrops::NoQueues).unwrap();
-    assert_eq!((tracer.links.len(), tracer.drop_links.len(), tracer.drop_programs.len()), (2, 0, 0));
+    let programs = tracer.registration.shared.programs.len();
+    assert_eq!((programs, tracer.drop_links.len(), tracer.drop_programs.len()), (2, 0, 0));
     let stats = tracer.stop().unwrap();
     assert_eq!((stats.drops_untraced, stats.drop_skipped_runs), (None, 0));
+}
+
+/// The keys of the shared namespace map that are among `inodes`.
+fn registered(inodes: &[u32]) -> Vec<u32> {
+    let shared = shared().unwrap();
+    let keys = shared.namespaces.keys_u32(NAMESPACES_MAX as usize).unwrap();
+    inodes.iter().copied().filter(|inode| keys.contains(inode)).collect()
+}
+
+#[test]
+fn two_runs_at_once_share_the_program_and_each_reads_only_its_own_namespaces() {
+    let first = [Netns::new_anonymous().unwrap(), Netns::new_anonymous().unwrap()];
+    let second = [Netns::new_anonymous().unwrap(), Netns::new_anonymous().unwrap()];
+    let (first_sink, first_received) = EventSink::new(Clock::started());
+    let (second_sink, second_received) = EventSink::new(Clock::started());
+    let start = |namespaces: &[Netns; 2], sink| {
+        Tracer::start(HostId::ALL.into_iter().zip(namespaces), RingMaps::create().unwrap(), sink, QueueDrops::NoQueues)
+            .unwrap()
+    };
+    let (first_tracer, second_tracer) = (start(&first, first_sink), start(&second, second_sink));
+    let inodes: Vec<u32> = first.iter().chain(&second).map(|ns| namespace_inode(ns).unwrap()).collect();
+    assert_eq!(registered(&inodes), inodes, "both runs' namespaces registered at once");
+    short_connection(&first[0], 9100);
+    short_connection(&second[1], 9200);
+    first_tracer.stop().unwrap();
+    assert_eq!(registered(&inodes), inodes[2..].to_vec(), "a stopped run's namespaces are removed, the other's stay");
+    second_tracer.stop().unwrap();
+    assert_eq!(registered(&inodes), Vec::<u32>::new());
+    let seen = |received: handoff::Receiver<Event>| transitions(&Timeline::new(received.try_iter().collect()).events);
+    let (first_seen, second_seen) = (seen(first_received), seen(second_received));
+    let listener = |port: u16, seen: &[(HostId, String, TcpState, TcpState)]| {
+        seen.iter().any(|(_, socket, _, to)| *socket == format!("127.0.0.1:{port} -> *:*") && *to == TcpState::Listen)
+    };
+    assert!(listener(9100, &first_seen), "the first run's own listener: {first_seen:?}");
+    assert!(listener(9200, &second_seen), "the second run's own listener: {second_seen:?}");
+    assert!(first_seen.iter().all(|(host, socket, ..)| *host == HostId::Client && !socket.contains(":9200")));
+    assert!(second_seen.iter().all(|(host, socket, ..)| *host == HostId::Server && !socket.contains(":9100")));
+}
+
+#[test]
+fn what_a_killed_scenario_process_left_registered_is_forgotten_by_its_owner_number_only() {
+    let namespaces = [Netns::new_anonymous().unwrap(), Netns::new_anonymous().unwrap()];
+    let inodes: Vec<u32> = namespaces.iter().map(|ns| namespace_inode(ns).unwrap()).collect();
+    let mut ring = RingMaps::create().unwrap();
+    // As a forked scenario process registers (its owner number set at the fork, here written over the entries:
+    // the number is the process's), and then dies without its teardown: the registration is never dropped.
+    let owner = 0x7e57_0001;
+    let id = ring.published(shared().unwrap()).unwrap();
+    let published = ring.published.take().unwrap();
+    let registration = Registration::new(shared().unwrap(), &[(inodes[0], 0), (inodes[1], 1)], published).unwrap();
+    let registration = std::mem::ManuallyDrop::new(registration);
+    for (host, inode) in inodes.iter().enumerate() {
+        registration.shared.namespaces.update(&inode.to_ne_bytes(), &entry_of(host as u32, owner, id)).unwrap();
+    }
+    forget_owner(owner + 1);
+    assert_eq!(registered(&inodes), inodes, "another owner's number removes nothing");
+    forget_owner(owner);
+    assert_eq!(registered(&inodes), Vec::<u32>::new(), "the dead process's namespaces are gone");
+    let ring_left = shared().unwrap().rings.lookup(&id.to_ne_bytes(), &mut [0u8; 4]);
+    assert!(ring_left.is_err(), "its ring is gone from the hash of maps too");
+}
+
+/// A namespace entry as [`Registration::new`] writes it, for host `host` and owner `owner`.
+fn entry_of(host: u32, owner: u32, ring: u32) -> [u8; namespace_entry::LEN] {
+    let mut entry = [0u8; namespace_entry::LEN];
+    entry[namespace_entry::RING..namespace_entry::RING + 4].copy_from_slice(&ring.to_ne_bytes());
+    entry[namespace_entry::HOST..namespace_entry::HOST + 4].copy_from_slice(&host.to_ne_bytes());
+    entry[namespace_entry::OWNER..namespace_entry::OWNER + 4].copy_from_slice(&owner.to_ne_bytes());
+    entry
 }
