@@ -237,7 +237,7 @@ fn run(args: RunArgs) -> ExitCode {
     }
     // Made while the scenarios load.
     let parent = runner::start_private_parent();
-    let tracer = runner::start_tracer_programs();
+    let tracer = runner::start_tracer_programs(&args.paths.paths, args.repeat);
     let Some(loaded) = load_or_report(&args.paths.paths) else {
         return ExitCode::from(2);
     };

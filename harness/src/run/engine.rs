@@ -14,7 +14,7 @@ use crate::observe::counters::CounterFiles;
 use crate::observe::decode::STATE_CHANGING_FLAGS;
 use crate::observe::sockets::{DiagSocket, Observer, LATE_ANSWER};
 use crate::observe::transitions::program::DropRecording;
-use crate::observe::transitions::{self, QueueDrops, RingMaps, Tracer};
+use crate::observe::transitions::{QueueDrops, RingMaps, Tracer};
 use crate::record::{CaptureStats, CapturedInterface, ObserverStats, RunRecord, StateSource, WireStats, WIRE_LATE_US};
 use crate::report::verdict::Verdict;
 use crate::run::actors::{self, ActorContext, ProcessRegistry, StepBoard};
@@ -640,16 +640,10 @@ fn start_hosts(
 fn start_tracer(
     plan: &Plan,
     namespaces: &handoff::Receiver<(usize, Netns)>,
-    mut maps: RingMaps,
+    maps: RingMaps,
     sink: &EventSink,
     on_namespace: &mut dyn FnMut(usize, &Netns),
 ) -> std::result::Result<Tracer, String> {
-    // The program is loaded once per process: in an executed scenario process (`__run-one`) here, while the
-    // hosts make their namespaces (it needs none of them); a forked one inherited it from the runner.
-    // Its ring is added to the program's shared map meanwhile too (see `RingMaps::publish`).
-    if let Ok(shared) = transitions::shared() {
-        let _ = maps.publish(shared);
-    }
     let mut received: Vec<Option<Netns>> = plan.hosts.iter().map(|_| None).collect();
     for _ in &plan.hosts {
         // A host whose set-up failed before its namespace existed sends none; its failure is the run's error.

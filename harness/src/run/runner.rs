@@ -1038,15 +1038,21 @@ pub fn start_private_parent() -> Option<netns::PendingParent> {
 /// As root, starts loading the transition tracer's programs ([`transitions::Shared`]) on a thread of its own
 /// while the caller loads the scenarios: the scenario processes the fork server forks inherit them, and only
 /// register their namespaces. Without root `None`: each scenario process tries itself and says why it cannot.
-pub fn start_tracer_programs() -> Option<std::thread::JoinHandle<()>> {
+/// Its ring slots are as many as the scenarios `paths` may hold at once, by a guess made before they are
+/// loaded: one per file, [`transitions::RUNNER_SLOTS`] for a folder (each ring costs its making and kernel
+/// memory; a scenario without a free slot loads a program of its own).
+pub fn start_tracer_programs(paths: &[PathBuf], repeat: Option<usize>) -> Option<std::thread::JoinHandle<()>> {
     if !nix::unistd::geteuid().is_root() {
         return None;
     }
+    let per_path = |path: &PathBuf| if path.is_dir() { transitions::RUNNER_SLOTS } else { 1 };
+    let guess = paths.iter().map(per_path).sum::<usize>().saturating_mul(repeat.unwrap_or(1));
+    let slots = guess.clamp(1, transitions::RUNNER_SLOTS);
     // A failure is each scenario's to report (its tracer says why its states are sampled).
     std::thread::Builder::new()
         .name("tracer-load".into())
-        .spawn(|| {
-            let _ = transitions::shared();
+        .spawn(move || {
+            let _ = transitions::load_shared(slots);
         })
         .ok()
 }

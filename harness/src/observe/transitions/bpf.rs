@@ -20,10 +20,11 @@ const BPF_ENABLE_STATS: libc::c_int = 32;
 
 pub const MAP_TYPE_HASH: u32 = 1;
 pub const MAP_TYPE_ARRAY: u32 = 2;
-pub const MAP_TYPE_HASH_OF_MAPS: u32 = 13;
 pub const MAP_TYPE_RINGBUF: u32 = 27;
 /// `BPF_F_NO_PREALLOC`: a hash map's entries are allocated as they are added, not all when it is made.
 pub const NO_PREALLOC: u32 = 1;
+/// `BPF_NOEXIST`: an update that adds the key only if it is not there (else `EEXIST`).
+pub const NOEXIST: u64 = 1;
 pub const PROG_TYPE_SOCKET_FILTER: u32 = 1;
 pub const PROG_TYPE_SCHED_CLS: u32 = 3;
 pub const PROG_TYPE_RAW_TRACEPOINT: u32 = 17;
@@ -76,24 +77,17 @@ pub struct Map {
 impl Map {
     /// `BPF_MAP_CREATE`.
     pub fn create(map_type: u32, key_size: u32, value_size: u32, max_entries: u32) -> io::Result<Map> {
-        Map::create_with(map_type, [key_size, value_size, max_entries], 0, None)
+        Map::create_with(map_type, [key_size, value_size, max_entries], 0)
     }
 
-    /// `BPF_MAP_CREATE` with `map_flags` and, for a map of maps, a map like those it will hold (`inner`, whose
-    /// type and size the kernel checks each added map against).
-    pub fn create_with(
-        map_type: u32,
-        [key_size, value_size, max_entries]: [u32; 3],
-        flags: u32,
-        inner: Option<&Map>,
-    ) -> io::Result<Map> {
+    /// `BPF_MAP_CREATE` with `map_flags`.
+    pub fn create_with(map_type: u32, [key_size, value_size, max_entries]: [u32; 3], flags: u32) -> io::Result<Map> {
         let mut attr = [0u8; ATTR_LEN];
         put_u32(&mut attr, 0, map_type);
         put_u32(&mut attr, 4, key_size);
         put_u32(&mut attr, 8, value_size);
         put_u32(&mut attr, 12, max_entries);
         put_u32(&mut attr, 16, flags);
-        put_u32(&mut attr, 20, inner.map_or(0, |map| map.fd() as u32));
         Ok(Map { fd: fd_of(bpf(BPF_MAP_CREATE, &mut attr)?)? })
     }
 
@@ -115,23 +109,18 @@ impl Map {
         bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).map(drop)
     }
 
-    /// The map's id (`bpftool map show`'s first column): unique among the machine's maps while it exists.
-    pub fn id(&self) -> io::Result<u32> {
-        let mut info = [0u8; 8];
-        let mut attr = [0u8; ATTR_LEN];
-        put_u32(&mut attr, 0, self.fd() as u32);
-        put_u32(&mut attr, 4, info.len() as u32);
-        put_u64(&mut attr, 8, info.as_mut_ptr() as u64);
-        bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-        Ok(u32::from_ne_bytes([info[4], info[5], info[6], info[7]]))
+    /// `BPF_MAP_UPDATE_ELEM` (`BPF_ANY`: added or replaced).
+    pub fn update(&self, key: &[u8], value: &[u8]) -> io::Result<()> {
+        self.update_with(key, value, 0)
     }
 
-    /// `BPF_MAP_UPDATE_ELEM` (`BPF_ANY`: added or replaced); for a map of maps `value` is a map's descriptor.
-    pub fn update(&self, key: &[u8], value: &[u8]) -> io::Result<()> {
+    /// `BPF_MAP_UPDATE_ELEM` with `flags` ([`NOEXIST`]: added only if the key is not there).
+    pub fn update_with(&self, key: &[u8], value: &[u8], flags: u64) -> io::Result<()> {
         let mut attr = [0u8; ATTR_LEN];
         put_u32(&mut attr, 0, self.fd() as u32);
         put_u64(&mut attr, 8, key.as_ptr() as u64);
         put_u64(&mut attr, 16, value.as_ptr() as u64);
+        put_u64(&mut attr, 24, flags);
         bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
     }
 
@@ -377,6 +366,12 @@ impl RingReader {
             consumer.store(at, Ordering::Release);
         }
         Ok(count)
+    }
+
+    /// Skips every record written so far (the consumer's position set to the producer's): another reader's.
+    pub fn skip_all(&self) {
+        let end = self.producer_position().load(Ordering::Acquire);
+        self.consumer_position().store(end, Ordering::Release);
     }
 
     fn has_records(&self) -> bool {

@@ -199,44 +199,66 @@ fn refused(what: &str, e: std::io::Error) -> Error {
 /// runs each in a process of its own).
 const NAMESPACES_MAX: u32 = 8192;
 
+/// How many ring slots ([`Shared`]) `netfault run`'s runner makes for the scenario processes its fork server
+/// forks: a scenario beyond them (all taken) loads a program of its own ([`RingMaps::create`]). Each ring is
+/// [`RING_BYTES`] of kernel memory for the runner's life, and making one took about 0.1 ms (`bench setup`'s
+/// load row), paid once per run while the scenarios load.
+pub const RUNNER_SLOTS: usize = 8;
+
+/// How many ring slots any other process's [`shared`] program has: an executed scenario process
+/// (`__run-one`) runs one scenario. The library's tests run many tracers at once in one process.
+const PROCESS_SLOTS: usize = if cfg!(test) { 8 } else { 1 };
+
 /// The transition program's two instances ([`Instance`]), loaded and attached once per process and shared by
-/// every scenario it runs: the program holds no namespace, it looks each socket's up in a map
-/// ([`SharedMaps::namespaces`]) where each scenario registers its hosts' namespaces, and writes the record into
-/// the ring buffer the scenario put beside it ([`SharedMaps::rings`], a hash of maps keyed by the namespace's
-/// inode number), so each scenario reads its own transitions only. Loading (mostly the verifier) and attaching
-/// (each attachment, and later each detach, rewrites the tracepoint's call sites on every CPU) were 0.8-1.5 ms of
-/// every scenario's set-up CPU, and as much again at its teardown. `netfault run` loads them in the runner
-/// while it loads the scenarios, before it forks its fork server: the scenario processes inherit the
-/// descriptors (`fork`), and the server holds them until it exits. An executed scenario process (`__run-one`:
-/// the test drivers, `matrix`, `bench suite`) loads them itself on its first use ([`shared`]).
+/// every scenario it runs: the program holds no namespace, it looks each socket's up in a hash map
+/// ([`SharedMaps::namespaces`]) where each scenario registers its hosts' namespaces, each with the scenario's
+/// ring slot, and writes the record into that slot's ring buffer, one of a fixed set made with the program and
+/// named in it. A scenario claims a free slot ([`RingMaps::create`]) and reads only the records its claim's
+/// token marks. No map of maps: every change of one waits for an RCU grace period in the kernel
+/// (`maybe_wait_bpf_programs`, 8-16 ms here), and a design that added each scenario's ring to one, then
+/// waited for it at real-time priority, was reverted after a stalled CI run. Every change here is to plain
+/// hash maps, which wait for nothing.
+///
+/// Loading (mostly the verifier) and attaching (each attachment, and later each detach, rewrites the
+/// tracepoint's call sites on every CPU) were 0.8-1.5 ms of every scenario's set-up CPU, and as much again at
+/// its teardown. `netfault run` loads them in the runner while it loads the scenarios, before it forks its fork
+/// server: the scenario processes inherit the descriptors (`fork`), and the server holds them until it exits.
+/// An executed scenario process (`__run-one`: the test drivers, `matrix`, `bench suite`) loads them itself on
+/// its first use ([`shared`]).
 pub struct Shared {
     namespaces: Map,
-    rings: Map,
+    /// Which slots are claimed: slot -> the claim's token (`BPF_NOEXIST` adds one only if free).
+    slots: Map,
+    /// One ring buffer per slot.
+    rings: Vec<Map>,
     /// The two instances, kept for their statistics (the attachments hold the programs themselves).
     programs: Vec<Program>,
     /// The attachments: the programs run at the tracepoint while any copy of these is open.
-    _links: Vec<OwnedFd>,
+    links: Vec<OwnedFd>,
 }
 
 impl Shared {
-    /// Makes the maps, loads and attaches the two instances (`bpftool prog load` + attach to
+    /// Makes the maps and `slots` rings, loads and attaches the two instances (`bpftool prog load` + attach to
     /// `raw_tracepoint/inet_sock_set_state`). `Err` says why the kernel's transitions cannot be recorded here.
-    pub fn load() -> Result<Shared> {
+    pub fn load(slots: usize) -> Result<Shared> {
         let layout = running_kernel_layout()?;
-        // A ring as the scenarios' will be: a hash of maps takes only maps of the same type and size.
-        let like = Map::create(bpf::MAP_TYPE_RINGBUF, 0, 0, RING_BYTES)
-            .map_err(|e| refused("bpf(BPF_MAP_CREATE) of a ring buffer", e))?;
         let entry = namespace_entry::LEN as u32;
-        let namespaces = Map::create_with(bpf::MAP_TYPE_HASH, [4, entry, NAMESPACES_MAX], bpf::NO_PREALLOC, None)
+        let namespaces = Map::create_with(bpf::MAP_TYPE_HASH, [4, entry, NAMESPACES_MAX], bpf::NO_PREALLOC)
             .map_err(|e| refused("bpf(BPF_MAP_CREATE) of a hash", e))?;
-        let rings = Map::create_with(bpf::MAP_TYPE_HASH_OF_MAPS, [4, 4, NAMESPACES_MAX], bpf::NO_PREALLOC, Some(&like))
-            .map_err(|e| refused("bpf(BPF_MAP_CREATE) of a hash of ring buffers", e))?;
-        drop(like);
-        let maps = SharedMaps { namespaces: namespaces.fd(), rings: rings.fd() };
+        let count = slots.clamp(1, program::SLOTS_MAX);
+        let claims = Map::create(bpf::MAP_TYPE_HASH, 4, 8, count as u32)
+            .map_err(|e| refused("bpf(BPF_MAP_CREATE) of a hash", e))?;
+        let rings = (0..count)
+            .map(|_| {
+                Map::create(bpf::MAP_TYPE_RINGBUF, 0, 0, RING_BYTES)
+                    .map_err(|e| refused("bpf(BPF_MAP_CREATE) of a ring buffer", e))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let maps = SharedMaps { namespaces: namespaces.fd(), rings: rings.iter().map(Map::fd).collect() };
         let mut programs = Vec::with_capacity(Instance::BOTH.len());
         let mut links = Vec::with_capacity(Instance::BOTH.len());
         for instance in Instance::BOTH {
-            let insns = program::instructions(&layout, maps, instance);
+            let insns = program::instructions(&layout, &maps, instance);
             let program =
                 Program::load(bpf::PROG_TYPE_RAW_TRACEPOINT, "netfault_tcp", &insns, LICENSE).map_err(|refusal| {
                     let log: String = refusal.log.lines().rev().take(3).collect::<Vec<_>>().join(" / ");
@@ -249,21 +271,49 @@ impl Shared {
             );
             programs.push(program);
         }
-        Ok(Shared { namespaces, rings, programs, _links: links })
+        Ok(Shared { namespaces, slots: claims, rings, programs, links })
+    }
+
+    /// Claims a free slot for `token` (`bpftool map update ... noexist`): its number, `None` when all are taken.
+    fn claim(&self, token: u64) -> Result<Option<u32>> {
+        for slot in 0..self.rings.len() as u32 {
+            match self.slots.update_with(&slot.to_ne_bytes(), &token.to_ne_bytes(), bpf::NOEXIST) {
+                Ok(()) => return Ok(Some(slot)),
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
+                Err(e) => return Err(refused("bpf(BPF_MAP_UPDATE_ELEM) of a ring slot", e)),
+            }
+        }
+        Ok(None)
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // A scenario's own program (all slots were taken): detached on a thread of its own, newest first, as
+        // the drop program is (see `Attachments`); the process's shared one lives as long as the process.
+        let attachments = Attachments { links: std::mem::take(&mut self.links) };
+        let _ = thread::Builder::new().name("tracer-detach".into()).spawn(move || drop(attachments));
     }
 }
 
 /// This process's [`Shared`] tracer, or why it has none: loaded by the first caller.
-static SHARED: OnceLock<std::result::Result<Shared, String>> = OnceLock::new();
+static SHARED: OnceLock<std::result::Result<Arc<Shared>, String>> = OnceLock::new();
 
-/// This process's [`Shared`] tracer, loaded now if no one did before (a runner does it before its fork
-/// server forks: its scenario processes then find it loaded). `Err` says why there is none.
-pub fn shared() -> Result<&'static Shared> {
-    SHARED.get_or_init(|| Shared::load().map_err(|e| e.to_string())).as_ref().map_err(|e| Error::Internal(e.clone()))
+/// This process's [`Shared`] tracer, loaded now with [`PROCESS_SLOTS`] slots if no one did before (a runner
+/// loads it with [`RUNNER_SLOTS`] before its fork server forks: its scenario processes then find it loaded).
+/// `Err` says why there is none.
+pub fn shared() -> Result<Arc<Shared>> {
+    load_shared(PROCESS_SLOTS)
 }
 
-/// Which scenario process of its fork server this one is (0 for any other process): its namespaces' entries
-/// say so, and the server removes those a process killed before its teardown left ([`forget_owner`]).
+/// [`shared`], made with `slots` ring slots if no one loaded it before.
+pub fn load_shared(slots: usize) -> Result<Arc<Shared>> {
+    SHARED.get_or_init(|| Shared::load(slots).map(Arc::new).map_err(|e| e.to_string())).clone().map_err(Error::Internal)
+}
+
+/// Which scenario process of its fork server this one is (0 for any other process): its claims and
+/// namespaces' entries say so, and the server removes those a process killed before its teardown left
+/// ([`forget_owner`]).
 static OWNER: AtomicU32 = AtomicU32::new(0);
 
 /// Called in a process the fork server forked, with the number the server knows it by.
@@ -271,54 +321,110 @@ pub fn set_owner(owner: u32) {
     OWNER.store(owner, Ordering::Relaxed);
 }
 
+/// The token of a new claim: its owner ([`OWNER`]) in the high half, this process's count of claims in the
+/// low half, so that no two claims of the processes sharing a [`Shared`] have the same.
+fn next_token() -> u64 {
+    static CLAIMS: AtomicU32 = AtomicU32::new(0);
+    let count = CLAIMS.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+    (u64::from(OWNER.load(Ordering::Relaxed)) << 32) | u64::from(count)
+}
+
 /// Removes from the shared maps what the scenario process `owner` registered and did not remove (it was
-/// killed): its rings (512 KiB of kernel memory each) would otherwise stay until the server exits, and a later
-/// namespace given the same inode number would be traced into them. (A scenario that registers a namespace
-/// with that number between this look and the removal loses its entry: the kernel frees a dead namespace's
-/// number only after its last process has been reaped, in a work queue.)
+/// killed): its slots, which would otherwise stay taken until the server exits, and its namespaces, a later one
+/// of which given the same inode number would be traced into its slot. Plain hash map deletes: nothing waits.
+/// (A scenario that registers a namespace with that number between this look and the removal loses its entry:
+/// the kernel frees a dead namespace's number only after its last process has been reaped, in a work queue.)
 pub fn forget_owner(owner: u32) {
     let Some(Ok(shared)) = SHARED.get() else { return };
-    let Ok(keys) = shared.namespaces.keys_u32(NAMESPACES_MAX as usize) else { return };
-    for inode in keys {
-        let mut entry = [0u8; namespace_entry::LEN];
-        if shared.namespaces.lookup(&inode.to_ne_bytes(), &mut entry).is_ok()
-            && entry[namespace_entry::OWNER..namespace_entry::OWNER + 4] == owner.to_ne_bytes()
-        {
-            let _ = shared.namespaces.delete(&inode.to_ne_bytes());
-            // The server waits here for a grace period per ring (a killed process's only).
-            let _ = shared.rings.delete(&entry[namespace_entry::RING..namespace_entry::RING + 4]);
+    if let Ok(keys) = shared.namespaces.keys_u32(NAMESPACES_MAX as usize) {
+        for inode in keys {
+            let mut entry = [0u8; namespace_entry::LEN];
+            if shared.namespaces.lookup(&inode.to_ne_bytes(), &mut entry).is_ok()
+                && entry[namespace_entry::OWNER..namespace_entry::OWNER + 4] == owner.to_ne_bytes()
+            {
+                let _ = shared.namespaces.delete(&inode.to_ne_bytes());
+            }
+        }
+    }
+    if let Ok(slots) = shared.slots.keys_u32(shared.rings.len()) {
+        for slot in slots {
+            let mut token = [0u8; 8];
+            if shared.slots.lookup(&slot.to_ne_bytes(), &mut token).is_ok()
+                && u64::from_ne_bytes(token) >> 32 == u64::from(owner)
+            {
+                let _ = shared.slots.delete(&slot.to_ne_bytes());
+            }
         }
     }
 }
 
-/// How long [`Tracer::start`] waits for the scenario's ring to show in the shared hash of maps ([`RingMaps::publish`]):
-/// the kernel adds it as soon as the publishing thread runs.
-const PUBLISH_WAIT: Duration = Duration::from_secs(2);
-/// How often it looks meanwhile.
-const PUBLISH_LOOK: Duration = Duration::from_micros(50);
+/// A scenario's slot in a [`Shared`] program: released (the slot's entry deleted) when the last of its
+/// scenario's [`RingMaps`] and [`Registration`] goes.
+struct Claim {
+    shared: Arc<Shared>,
+    slot: u32,
+    token: u64,
+}
 
-/// A scenario's namespaces in the [`Shared`] maps, each with its host's number and the scenario's ring;
-/// dropping it removes them (`bpftool map delete`), the ring on a thread of its own (see [`RingMaps::publish`]).
+impl Claim {
+    /// Claims a slot of the process's [`shared`] program; when all are taken, of a program of the scenario's
+    /// own (loaded and attached now, as every scenario did before, detached when the scenario is done). The
+    /// ring's records of earlier claims are skipped: they are not this scenario's.
+    fn new() -> Result<Claim> {
+        let token = next_token();
+        if let Some(claim) = Claim::in_shared(shared()?, token)? {
+            return Ok(claim);
+        }
+        let own = Arc::new(Shared::load(1)?);
+        Claim::in_shared(own, token)?.ok_or_else(|| Error::Internal("a new ring slot was taken".into()))
+    }
+
+    /// A free slot of `shared` claimed for `token`, its ring's earlier records skipped; `None` if all are taken.
+    fn in_shared(shared: Arc<Shared>, token: u64) -> Result<Option<Claim>> {
+        let Some(slot) = shared.claim(token)? else { return Ok(None) };
+        let claim = Claim { shared, slot, token };
+        let ring = claim.ring()?;
+        RingReader::new(ring, RING_BYTES as usize).map_err(|e| refused("map the BPF ring buffer", e))?.skip_all();
+        Ok(Some(claim))
+    }
+
+    /// The slot's ring buffer, under a new descriptor.
+    fn ring(&self) -> Result<Map> {
+        let ring = self.shared.rings.get(self.slot as usize);
+        let ring = ring.ok_or_else(|| Error::Internal(format!("no ring slot {}", self.slot)))?;
+        ring.try_clone().context(|| "dup a BPF map's descriptor".to_string())
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        // Only its own claim: after a kill the fork server may have released the slot to another scenario.
+        let mut token = [0u8; 8];
+        let key = self.slot.to_ne_bytes();
+        if self.shared.slots.lookup(&key, &mut token).is_ok() && u64::from_ne_bytes(token) == self.token {
+            let _ = self.shared.slots.delete(&key);
+        }
+    }
+}
+
+/// A scenario's namespaces in the [`Shared`] maps, each with its host's number, the scenario's slot and token;
+/// dropping it removes them (`bpftool map delete`), then the claim goes when nothing else holds it.
 struct Registration {
-    shared: &'static Shared,
     inodes: Vec<u32>,
-    /// Removed after the namespaces (fields drop after `drop`).
-    _ring: Published,
+    claim: Arc<Claim>,
 }
 
 impl Registration {
-    /// Registers `namespaces` (inode number, host number) with the ring the shared maps know as `ring`
-    /// ([`RingMaps::publish`]): the program writes their transitions into it from here on.
-    fn new(shared: &'static Shared, namespaces: &[(u32, u32)], ring: Published) -> Result<Registration> {
-        let id = ring.id;
-        let mut registration = Registration { shared, inodes: Vec::with_capacity(namespaces.len()), _ring: ring };
+    /// Registers `namespaces` (inode number, host number) with `claim`'s slot and token: the program writes
+    /// their transitions into the slot's ring from here on.
+    fn new(claim: Arc<Claim>, namespaces: &[(u32, u32)]) -> Result<Registration> {
+        let mut registration = Registration { inodes: Vec::with_capacity(namespaces.len()), claim };
         let owner = OWNER.load(Ordering::Relaxed);
         for &(inode, host) in namespaces {
-            let mut entry = [0u8; namespace_entry::LEN];
-            entry[namespace_entry::HOST..namespace_entry::HOST + 4].copy_from_slice(&host.to_ne_bytes());
-            entry[namespace_entry::OWNER..namespace_entry::OWNER + 4].copy_from_slice(&owner.to_ne_bytes());
-            entry[namespace_entry::RING..namespace_entry::RING + 4].copy_from_slice(&id.to_ne_bytes());
-            shared
+            let entry = namespace_entry_of(host, owner, registration.claim.slot, registration.claim.token);
+            registration
+                .claim
+                .shared
                 .namespaces
                 .update(&inode.to_ne_bytes(), &entry)
                 .map_err(|e| refused("bpf(BPF_MAP_UPDATE_ELEM) of a namespace", e))?;
@@ -327,12 +433,16 @@ impl Registration {
         Ok(registration)
     }
 
+    fn shared(&self) -> &Shared {
+        &self.claim.shared
+    }
+
     /// The records of its namespaces the ring had no room for.
     fn lost(&self) -> Result<u64> {
         let mut total = 0;
         for inode in &self.inodes {
             let mut entry = [0u8; namespace_entry::LEN];
-            self.shared
+            self.shared()
                 .namespaces
                 .lookup(&inode.to_ne_bytes(), &mut entry)
                 .map_err(|e| Error::sys("read a namespace's lost count (bpftool map lookup)", e))?;
@@ -346,52 +456,44 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         for inode in &self.inodes {
-            // The namespaces first, at once: the program no longer looks for the ring.
-            let _ = self.shared.namespaces.delete(&inode.to_ne_bytes());
+            let _ = self.shared().namespaces.delete(&inode.to_ne_bytes());
         }
     }
 }
 
-/// A scenario's ring in the shared hash of maps, under its id ([`RingMaps::publish`]). Dropping it removes it
-/// there on a thread of its own: the kernel waits for an RCU grace period in every change of a map of maps
-/// (8-16 ms measured here, `strace -T`), which nothing of the run needs to wait for. A process that exits
-/// meanwhile finishes it in its exit.
-struct Published {
-    shared: &'static Shared,
-    id: u32,
+/// A [`SharedMaps::namespaces`] value as [`Registration::new`] writes it.
+fn namespace_entry_of(host: u32, owner: u32, slot: u32, token: u64) -> [u8; namespace_entry::LEN] {
+    let mut entry = [0u8; namespace_entry::LEN];
+    entry[namespace_entry::HOST..namespace_entry::HOST + 4].copy_from_slice(&host.to_ne_bytes());
+    entry[namespace_entry::OWNER..namespace_entry::OWNER + 4].copy_from_slice(&owner.to_ne_bytes());
+    entry[namespace_entry::SLOT..namespace_entry::SLOT + 4].copy_from_slice(&slot.to_ne_bytes());
+    entry[namespace_entry::TOKEN..namespace_entry::TOKEN + 8].copy_from_slice(&token.to_ne_bytes());
+    entry
 }
 
-impl Drop for Published {
-    fn drop(&mut self) {
-        let (shared, id) = (self.shared, self.id);
-        let remove = move || {
-            let _ = shared.rings.delete(&id.to_ne_bytes());
-        };
-        if thread::Builder::new().name("tracer-unpublish".into()).spawn(remove).is_err() {
-            remove();
-        }
-    }
-}
-
-/// The tracer's ring buffer and its lost count (`bpftool map create ... type ringbuf`, `... type array`), made
-/// before the run's hosts are set up: the `tc` programs of `qdisc-drop` faults, loaded during the set-up,
-/// write their drops into the same ring ([`program::tc_drop_marked_instructions`]), which [`Tracer::start`]
-/// then reads.
+/// The tracer's ring buffer (a slot's, claimed: [`Claim`]) and its lost count (`bpftool map create ... type
+/// array`), had before the run's hosts are set up: the `tc` programs of `qdisc-drop` faults, loaded during the
+/// set-up, write their drops into the same ring ([`program::tc_drop_marked_instructions`]), which
+/// [`Tracer::start`] then reads.
 pub struct RingMaps {
     ring: Map,
     lost: Map,
-    /// The ring once [`RingMaps::publish`] started adding it to the shared hash of maps.
-    published: Option<Published>,
+    claim: Arc<Claim>,
 }
 
 impl RingMaps {
+    /// The maps of a slot the scenario claims ([`Claim`]): one of the process's [`shared`] program if one is
+    /// free, else of a program of the scenario's own.
     pub fn create() -> Result<RingMaps> {
+        RingMaps::of_claim(Claim::new()?)
+    }
+
+    fn of_claim(claim: Claim) -> Result<RingMaps> {
         Ok(RingMaps {
-            ring: Map::create(bpf::MAP_TYPE_RINGBUF, 0, 0, RING_BYTES)
-                .map_err(|e| refused("bpf(BPF_MAP_CREATE) of a ring buffer", e))?,
+            ring: claim.ring()?,
             lost: Map::create(bpf::MAP_TYPE_ARRAY, 4, 8, 1)
                 .map_err(|e| refused("bpf(BPF_MAP_CREATE) of an array", e))?,
-            published: None,
+            claim: Arc::new(claim),
         })
     }
 
@@ -399,60 +501,12 @@ impl RingMaps {
     /// while a program that uses them is loaded).
     pub fn try_clone(&self) -> Result<RingMaps> {
         let clone = |map: &Map| map.try_clone().context(|| "dup a BPF map's descriptor".to_string());
-        Ok(RingMaps { ring: clone(&self.ring)?, lost: clone(&self.lost)?, published: None })
+        Ok(RingMaps { ring: clone(&self.ring)?, lost: clone(&self.lost)?, claim: Arc::clone(&self.claim) })
     }
 
-    /// Starts adding the ring to the [`Shared`] hash of maps under its id (`bpftool map update ... value id`),
-    /// on a thread of its own: the kernel makes the entry at once, and then waits for an RCU grace period
-    /// before the call returns (every change of a map of maps does, 8-16 ms here: `strace -T`), which the
-    /// run need not wait for. [`Tracer::start`] does it if nothing did earlier; the set-up does it as soon as
-    /// its hosts' threads are started, so the entry is there when their namespaces are.
-    pub fn publish(&mut self, shared: &'static Shared) -> Result<()> {
-        if self.published.is_some() {
-            return Ok(());
-        }
-        let id = self.ring.id().map_err(|e| Error::sys("read a ring buffer's id (bpftool map show)", e))?;
-        let ring = self.ring.try_clone().context(|| "dup a BPF map's descriptor".to_string())?;
-        let publisher = thread::Builder::new()
-            .name("tracer-publish".into())
-            .spawn(move || {
-                let fd = u32::try_from(ring.fd()).unwrap_or(u32::MAX).to_ne_bytes();
-                // A failure shows as the entry missing, which `Tracer::start` reports.
-                let _ = shared.rings.update(&id.to_ne_bytes(), &fd);
-            })
-            .context(|| "spawn the thread publishing the tracer's ring".to_string())?;
-        // Real-time as the set-up's threads are (an ordinary one waited 2 ms for a CPU behind them in a trace);
-        // it then sleeps through the grace period. Refused without CAP_SYS_NICE: it stays ordinary.
-        let _ = crate::run::priority::raise_spawned(&publisher);
-        self.published = Some(Published { shared, id });
-        Ok(())
-    }
-
-    /// Waits until the shared hash of maps has the ring [`RingMaps::publish`] added, at most [`PUBLISH_WAIT`]: its
-    /// id. The entry is made microseconds after the publishing thread runs, but its call returns only a grace
-    /// period later, so it is looked for instead.
-    fn published(&mut self, shared: &'static Shared) -> Result<u32> {
-        self.publish(shared)?;
-        let id = self.published.as_ref().map(|published| published.id);
-        let id = id.ok_or_else(|| Error::Internal("the tracer's ring was not published".into()))?;
-        let until = std::time::Instant::now() + PUBLISH_WAIT;
-        loop {
-            if shared.rings.lookup(&id.to_ne_bytes(), &mut [0u8; 4]).is_ok() {
-                return Ok(id);
-            }
-            if std::time::Instant::now() >= until {
-                return Err(Error::Internal(format!(
-                    "the tracer's ring was not in the shared map {}s after it was added",
-                    PUBLISH_WAIT.as_secs()
-                )));
-            }
-            thread::sleep(PUBLISH_LOOK);
-        }
-    }
-
-    /// The descriptors, as a program loaded now refers to the maps.
+    /// The descriptors, as a program loaded now refers to the maps, and the token its records must carry.
     pub fn fds(&self) -> Maps {
-        Maps { ring: self.ring.fd(), lost: self.lost.fd() }
+        Maps { ring: self.ring.fd(), lost: self.lost.fd(), token: self.claim.token }
     }
 }
 
@@ -513,22 +567,19 @@ impl Tracer {
         sink: EventSink,
         queue_drops: QueueDrops,
     ) -> Result<Tracer> {
-        let shared = shared()?;
         let inodes = namespaces
             .into_iter()
             .map(|(host, namespace)| Ok((namespace_inode(namespace)?, host.index() as u32)))
             .collect::<Result<Vec<_>>>()?;
-        let mut maps = maps;
-        maps.published(shared)?;
-        let RingMaps { ring, lost, published } = maps;
-        let published = published.ok_or_else(|| Error::Internal("the tracer's ring was not published".into()))?;
-        let maps = Maps { ring: ring.fd(), lost: lost.fd() };
-        let skipped_before = recursion_misses(&shared.programs)?.iter().sum();
-        let registration = Registration::new(shared, &inodes, published)?;
+        let fds = maps.fds();
+        let RingMaps { ring, lost, claim } = maps;
+        let token = claim.token;
+        let skipped_before = recursion_misses(&claim.shared.programs)?.iter().sum();
+        let registration = Registration::new(claim, &inodes)?;
         let drops = match queue_drops {
-            QueueDrops::Traced => running_kernel_layout()
-                .map_err(|e| e.to_string())
-                .and_then(|layout| drop_tracer(&layout, &inodes, maps)),
+            QueueDrops::Traced => {
+                running_kernel_layout().map_err(|e| e.to_string()).and_then(|layout| drop_tracer(&layout, &inodes, fds))
+            }
             QueueDrops::NoQueues => Ok(Vec::new()),
         };
         let reader = RingReader::new(ring, RING_BYTES as usize).map_err(|e| refused("map the BPF ring buffer", e))?;
@@ -543,7 +594,7 @@ impl Tracer {
                 // programs at every transition (measured: a short connection took 80 us instead of 37 us). The
                 // records carry the kernel's own times, so reading them late changes nothing but when a `state`
                 // trigger sees them, and the observers' samples fire those as fast as before.
-                let _ = finished_tx.send(read_until_stopped(reader, &sink, &told_to_stop, woken.as_raw_fd()));
+                let _ = finished_tx.send(read_until_stopped(reader, token, &sink, &told_to_stop, woken.as_raw_fd()));
             })
             .context(|| "spawn the transition tracer's reader thread".to_string())?;
         let (drop_links, drop_programs, drops_untraced) = match drops {
@@ -591,7 +642,7 @@ impl Tracer {
     #[cfg(any(test, feature = "bench"))]
     pub fn run_stats(&self) -> Result<(u64, Duration)> {
         let mut total = (0, Duration::ZERO);
-        for program in &self.registration.shared.programs {
+        for program in &self.registration.shared().programs {
             let (runs, time) =
                 program.run_stats().map_err(|e| Error::sys("read the tracer program's run statistics", e))?;
             total = (total.0 + runs, total.1 + time);
@@ -602,7 +653,7 @@ impl Tracer {
     /// Runs of each instance of the (shared) transition program the kernel skipped so far, because the hit came
     /// in an interrupt of that instance's run on the same CPU (see [`Program::recursion_misses`]).
     pub fn skipped_runs(&self) -> Result<Vec<u64>> {
-        recursion_misses(&self.registration.shared.programs)
+        recursion_misses(&self.registration.shared().programs)
     }
 }
 
@@ -709,10 +760,15 @@ enum Parsed<'a> {
     },
 }
 
-fn parse(bytes: &[u8]) -> Option<Parsed<'_>> {
+/// The record in `bytes` if it carries `token` (is the run's), else `None`.
+fn parse(bytes: &[u8], token: u64) -> Option<Parsed<'_>> {
     let u32_at = |at: usize| Some(u32::from_ne_bytes(bytes.get(at..at + 4)?.try_into().ok()?));
     let u64_at = |at: usize| Some(u64::from_ne_bytes(bytes.get(at..at + 8)?.try_into().ok()?));
     let kind = u32_at(record::KIND)?;
+    let token_at = if kind == record::TRANSITION { record::TRANSITION_TOKEN } else { record::DROP_TOKEN };
+    if u64_at(token_at)? != token {
+        return None;
+    }
     let pair = match kind {
         record::TRANSITION => return Record::parse(bytes).map(Parsed::Transition),
         record::DROP => Some((Instance::of_number(u32_at(record::DROP_INSTANCE)?)?, u64_at(record::SKB)?)),
@@ -860,7 +916,14 @@ fn wait_readable(fd: RawFd, timeout: Duration) {
 }
 
 /// The reader thread: every record to `sink` until `stop`, then a last pass.
-fn read_until_stopped(mut reader: RingReader, sink: &EventSink, stop: &AtomicBool, wake: RawFd) -> Result<TracerStats> {
+/// Only the records that carry `token` are the run's: the ring's slot may have served another scenario before.
+fn read_until_stopped(
+    mut reader: RingReader,
+    token: u64,
+    sink: &EventSink,
+    stop: &AtomicBool,
+    wake: RawFd,
+) -> Result<TracerStats> {
     let mut namer = Namer::default();
     let mut transition_pairs = Pairs::new();
     let mut drop_pairs = Pairs::new();
@@ -882,7 +945,7 @@ fn read_until_stopped(mut reader: RingReader, sink: &EventSink, stop: &AtomicBoo
         let mut records = Vec::new();
         let mut drops = Vec::new();
         reader
-            .read(if stopping { Duration::ZERO } else { READ_TICK }, wake, |bytes| match parse(bytes) {
+            .read(if stopping { Duration::ZERO } else { READ_TICK }, wake, |bytes| match parse(bytes, token) {
                 Some(Parsed::Transition(record))
                     if transition_pairs.first_of_hit(record.instance, (record.sock, record.from, record.to)) =>
                 {

@@ -47,7 +47,10 @@ pub mod record {
     pub const FAMILY: usize = 48;
     pub const REMOTE_ADDRESS6: usize = 56;
     pub const LOCAL_ADDRESS6: usize = 72;
-    pub const TRANSITION_LEN: usize = 88;
+    /// The registration the record was written for ([`TRANSITION_TOKEN`], [`DROP_TOKEN`]): a ring is used by one
+    /// scenario after another, and a reader keeps only its own scenario's records (see `super::super::Claim`).
+    pub const TRANSITION_TOKEN: usize = 88;
+    pub const TRANSITION_LEN: usize = 96;
     /// A dropped packet: who dropped it ([`BY_NETFILTER`] or [`BY_QDISC`]), the instance of the program that
     /// wrote the record, its first bytes from its IPv4 header on, and its `struct sk_buff`'s kernel address (tells the
     /// second instance's record of a drop from another drop, never shown).
@@ -58,7 +61,8 @@ pub mod record {
     pub const PACKET: usize = 24;
     pub const PACKET_BYTES: usize = 64;
     pub const SKB: usize = PACKET + PACKET_BYTES;
-    pub const DROP_LEN: usize = SKB + 8;
+    pub const DROP_TOKEN: usize = SKB + 8;
+    pub const DROP_LEN: usize = DROP_TOKEN + 8;
 }
 
 /// Each program is loaded and attached twice, as two instances, because the kernel runs a tracepoint's program
@@ -275,13 +279,15 @@ impl SkbLayout {
     }
 }
 
-/// The maps the program uses, by descriptor.
+/// The maps a scenario's own programs (drops) use, by descriptor, and the token their records carry.
 #[derive(Debug, Clone, Copy)]
 pub struct Maps {
     /// Ring buffer of records.
     pub ring: i32,
     /// Array of one u64: records the ring buffer had no room for.
     pub lost: i32,
+    /// What the scenario's records carry at [`record::DROP_TOKEN`] (its claim of the ring).
+    pub token: u64,
 }
 
 /// The most bytes of `struct sock_common` the program copies at once: the namespace pointer, family,
@@ -339,10 +345,12 @@ const SLOT_INUM: i16 = SLOT_SPAN - 8;
 const SLOT_PROTOCOL: i16 = SLOT_SPAN - 16;
 const SLOT_TIME: i16 = SLOT_SPAN - 24;
 const SLOT_ZERO: i16 = SLOT_SPAN - 28;
+/// The namespace entry's ring slot and token.
 const SLOT_RING: i16 = SLOT_SPAN - 32;
 /// An IPv6 socket's remote and local addresses, 16 bytes each.
 const SLOT_REMOTE6: i16 = SLOT_SPAN - 48;
 const SLOT_LOCAL6: i16 = SLOT_SPAN - 64;
+const SLOT_TOKEN: i16 = SLOT_SPAN - 72;
 /// The drop program's own slots (its packet copy where the transition program copies the socket).
 const SLOT_PACKET: i16 = -(record::PACKET_BYTES as i16);
 const SLOT_SOCK: i16 = SLOT_PACKET - 8;
@@ -363,6 +371,10 @@ enum Label {
     Copy,
     /// An IPv4 or IPv6 socket: go on to the protocol check.
     Inet,
+    /// The ring buffer of the slot with this number is chosen (see [`instructions`]).
+    Slot(u16),
+    /// A ring buffer is in R1: reserve the record.
+    Reserve,
 }
 
 #[derive(Default)]
@@ -464,30 +476,36 @@ impl Assembler {
 
 /// The maps of the transition program, shared by every scenario of a process ([`super::Shared`]), by
 /// descriptor.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SharedMaps {
     /// Hash: a namespace's inode number -> [`namespace_entry`] (`bpftool map update ... key <inum>`): the
     /// namespaces whose transitions are kept.
     pub namespaces: i32,
-    /// Hash of maps: a ring's id ([`namespace_entry::RING`]) -> the ring buffer of a scenario.
-    pub rings: i32,
+    /// The ring buffers, one per slot (a scenario claims one: [`namespace_entry::SLOT`]), each named in the
+    /// program itself: no map of maps, whose every change waits for an RCU grace period in the kernel.
+    pub rings: Vec<i32>,
 }
 
+/// The most ring slots one program names: the kernel takes at most 64 maps per program, the namespaces' one
+/// among them.
+pub const SLOTS_MAX: usize = 63;
+
 /// A [`SharedMaps::namespaces`] value: the host's number (`HostId::index()`), who registered it (see
-/// [`super::set_owner`]), the count of its records the scenario's ring had no room for, and the scenario's
-/// ring (its key in [`SharedMaps::rings`]: the ring's map id).
+/// [`super::set_owner`]), the count of its records the scenario's ring had no room for, the scenario's ring
+/// slot (an index into [`SharedMaps::rings`]) and the token its records carry ([`record::TRANSITION_TOKEN`]).
 pub mod namespace_entry {
     pub const HOST: usize = 0;
     pub const OWNER: usize = 4;
     pub const LOST: usize = 8;
-    pub const RING: usize = 16;
-    pub const LEN: usize = 24;
+    pub const SLOT: usize = 16;
+    pub const TOKEN: usize = 24;
+    pub const LEN: usize = 32;
 }
 
 /// The program's instructions for `layout`, `maps` and which `instance` of the program it is. They hold no
 /// scenario's namespaces: each scenario registers its own in `maps` (its hosts' inode numbers, each with its
-/// host's number and its scenario's ring), so one loaded program serves every scenario of a process.
-pub fn instructions(layout: &SockLayout, maps: SharedMaps, instance: Instance) -> Vec<u64> {
+/// host's number, its scenario's ring slot and token), so one loaded program serves every scenario of a process.
+pub fn instructions(layout: &SockLayout, maps: &SharedMaps, instance: Instance) -> Vec<u64> {
     let mut a = Assembler::default();
     let (span_start, span_len) = layout.span();
     let in_span = |field: Field| SLOT_SPAN + (field.offset - span_start) as i16;
@@ -507,14 +525,17 @@ pub fn instructions(layout: &SockLayout, maps: SharedMaps, instance: Instance) -
     a.jump(OP_JEQ, R1, AF_INET, Label::Inet);
     a.jump(OP_JNE, R1, AF_INET6, Label::Out);
     a.label(Label::Inet);
-    // The namespace's inode: one a scenario registered, else not ours. Its host's number into R9.
+    // The namespace's inode: one a scenario registered, else not ours. Its host's number into R9, its slot and
+    // token onto the stack.
     a.load(SIZE_DW, R9, FP, in_span(layout.net));
     a.probe(SLOT_INUM, R9, layout.inum);
     a.lookup_namespace(maps.namespaces);
     a.jump(OP_JEQ, R0, 0, Label::Out);
     a.load(SIZE_W, R9, R0, namespace_entry::HOST as i16);
-    a.load(SIZE_W, R1, R0, namespace_entry::RING as i16);
+    a.load(SIZE_W, R1, R0, namespace_entry::SLOT as i16);
     a.store(SIZE_W, FP, SLOT_RING, R1);
+    a.load(SIZE_DW, R1, R0, namespace_entry::TOKEN as i16);
+    a.store(SIZE_DW, FP, SLOT_TOKEN, R1);
     // TCP only (the tracepoint fires for SCTP and MPTCP too).
     a.probe(SLOT_PROTOCOL, R6, layout.protocol);
     a.load(SIZE_H, R1, FP, SLOT_PROTOCOL);
@@ -523,13 +544,19 @@ pub fn instructions(layout: &SockLayout, maps: SharedMaps, instance: Instance) -
     // which must not hold a reservation then); user space reads them for an IPv6 socket only.
     a.probe(SLOT_REMOTE6, R6, layout.remote_address6);
     a.probe(SLOT_LOCAL6, R6, layout.local_address6);
-    // The scenario's own ring.
-    a.map(R1, maps.rings);
-    a.mov(R2, FP);
-    a.add_imm(R2, i32::from(SLOT_RING));
-    a.call(HELPER_MAP_LOOKUP_ELEM);
-    a.jump(OP_JEQ, R0, 0, Label::Out);
-    a.mov(R1, R0);
+    // The scenario's own ring: the one of its slot, named here by descriptor (a slot no ring has: not ours).
+    a.load(SIZE_W, R2, FP, SLOT_RING);
+    let slots = maps.rings.len().min(SLOTS_MAX);
+    for slot in 0..slots {
+        a.jump(OP_JEQ, R2, slot as i32, Label::Slot(slot as u16));
+    }
+    a.jump(OP_JA, 0, 0, Label::Out);
+    for (slot, &ring) in maps.rings.iter().take(slots).enumerate() {
+        a.label(Label::Slot(slot as u16));
+        a.map(R1, ring);
+        a.jump(OP_JA, 0, 0, Label::Reserve);
+    }
+    a.label(Label::Reserve);
     a.reserve_in_r1(record::TRANSITION_LEN, record::TRANSITION);
     a.store(SIZE_DW, R0, record::SOCK as i16, R6);
     a.store(SIZE_W, R0, record::OLD_STATE as i16, R7);
@@ -552,6 +579,8 @@ pub fn instructions(layout: &SockLayout, maps: SharedMaps, instance: Instance) -
         }
     }
     a.store_imm(SIZE_W, R0, record::TRANSITION_INSTANCE as i16, instance.number() as i32);
+    a.load(SIZE_DW, R1, FP, SLOT_TOKEN);
+    a.store(SIZE_DW, R0, record::TRANSITION_TOKEN as i16, R1);
     a.submit_and_exit(Lost::Namespace(maps.namespaces), 0);
     a.finish()
 }
@@ -609,6 +638,7 @@ pub fn drop_instructions(
     a.store_imm(SIZE_W, R0, record::DROP_INSTANCE as i16, instance.number() as i32);
     a.store(SIZE_DW, R0, record::SKB as i16, R6);
     a.copy_packet_into_record();
+    a.store_token(maps.token);
     a.submit_and_exit(Lost::Array(maps.lost), 0);
     a.finish()
 }
@@ -708,6 +738,7 @@ impl Assembler {
         self.store_imm(SIZE_W, R0, record::DROP_INSTANCE as i16, 0);
         self.store_imm(SIZE_DW, R0, record::SKB as i16, 0);
         self.copy_packet_into_record();
+        self.store_token(recording.maps.token);
         self.submit_and_exit(Lost::Array(recording.maps.lost), verdict);
     }
 
@@ -741,7 +772,7 @@ impl Assembler {
         self.reserve_in_r1(len, kind);
     }
 
-    /// [`Assembler::reserve`] in the ring buffer R1 holds (one a map of maps gave).
+    /// [`Assembler::reserve`] in the ring buffer R1 holds (the slot's, see [`instructions`]).
     fn reserve_in_r1(&mut self, len: usize, kind: u32) {
         self.mov_imm(R2, len as i32);
         self.mov_imm(R3, 0);
@@ -751,6 +782,16 @@ impl Assembler {
         self.store(SIZE_W, R0, record::HOST as i16, R9);
         self.load(SIZE_DW, R1, FP, SLOT_TIME);
         self.store(SIZE_DW, R0, record::TIME_NS as i16, R1);
+    }
+
+    /// `token` into the drop record in R0, at [`record::DROP_TOKEN`] (two 32-bit halves: an instruction's
+    /// immediate is 32 bits).
+    fn store_token(&mut self, token: u64) {
+        let halves = token.to_ne_bytes();
+        for (at, half) in [(0, &halves[..4]), (4, &halves[4..])] {
+            let half = i32::from_ne_bytes([half[0], half[1], half[2], half[3]]);
+            self.store_imm(SIZE_W, R0, (record::DROP_TOKEN + at) as i16, half);
+        }
     }
 
     /// The packet's bytes from [`SLOT_PACKET`] into the record in R0.
@@ -837,7 +878,7 @@ mod tests {
 
     #[test]
     fn every_jump_lands_inside_the_program_and_it_ends_in_exit() {
-        let insns = instructions(&layout(), SharedMaps { namespaces: 4, rings: 5 }, Instance::Second);
+        let insns = instructions(&layout(), &SharedMaps { namespaces: 4, rings: vec![5, 6, 7] }, Instance::Second);
         let last = decode(*insns.last().unwrap());
         assert_eq!(last.0, JMP | OP_EXIT);
         for (at, insn) in insns.iter().enumerate() {
@@ -848,7 +889,11 @@ mod tests {
             }
         }
         let maps: Vec<i32> = insns.iter().map(|i| decode(*i)).filter(|d| d.0 == LD_IMM64).map(|d| d.4).collect();
-        assert_eq!(maps, vec![4, 5, 4], "the namespaces, the rings, the namespaces again for a lost record");
+        assert_eq!(
+            maps,
+            vec![4, 5, 6, 7, 4],
+            "the namespaces, each slot's ring, the namespaces again for a lost record"
+        );
         assert!(
             insns.iter().all(|i| decode(*i).0 & 0x07 != JMP32),
             "no namespace is written into the program: it looks each one up"
@@ -857,7 +902,7 @@ mod tests {
 
     #[test]
     fn the_common_part_is_copied_once_and_the_far_fields_apart() {
-        let insns = instructions(&layout(), SharedMaps { namespaces: 4, rings: 5 }, Instance::First);
+        let insns = instructions(&layout(), &SharedMaps { namespaces: 4, rings: vec![5] }, Instance::First);
         // Each probe adds its offset to its base just before setting up the call: (size, offset).
         let probes: Vec<(i32, i32)> = insns
             .windows(4)
