@@ -37,6 +37,7 @@ use nix::unistd::{fork, pipe2, ForkResult, Pid};
 
 use crate::error::{Context, Error, Result};
 use crate::observe::sockets::SCENARIOS_AT_ONCE_ENV;
+use crate::run::pool;
 use crate::run::runner::{self, Job};
 use crate::run::userns;
 use crate::scenario::plan::Plan;
@@ -339,6 +340,9 @@ fn serve(requests: OwnedFd, table: Vec<(Job, Plan)>) -> ! {
     for (name, value) in runner::scenario_environment() {
         std::env::set_var(name, value);
     }
+    // Hosts made ahead for the scenarios that fit them, by a process forked now, while this one is as it was
+    // forked (the maker must not hold the runner's socket).
+    let mut stock = pool::Stock::start(table.iter().map(|(_, plan)| plan), &[requests.as_raw_fd()]);
     let Ok((server_alive, server_holds)) = pipe2(nix::fcntl::OFlag::O_CLOEXEC) else { std::process::exit(2) };
     let inherited = Inherited {
         own_pid_namespace: std::fs::File::open("/proc/self/ns/pid").ok().map(OwnedFd::from),
@@ -366,6 +370,11 @@ fn serve(requests: OwnedFd, table: Vec<(Job, Plan)>) -> ! {
         }
         let first = fds.len();
         fds.extend(live.iter().map(|process| PollFd::new(process.pidfd.as_fd(), PollFlags::POLLIN)));
+        // Last: pairs the maker sent, taken in as they come.
+        let awaited = stock.as_ref().and_then(pool::Stock::awaited);
+        if let Some(fd) = awaited {
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        }
         match poll(&mut fds, timeout) {
             Ok(_) => {}
             Err(Errno::EINTR) => continue,
@@ -373,6 +382,9 @@ fn serve(requests: OwnedFd, table: Vec<(Job, Plan)>) -> ! {
         }
         let ready: Vec<bool> = fds.iter().map(|fd| fd.any().unwrap_or(false)).collect();
         drop(fds);
+        if let (Some(stock), Some(true)) = (&mut stock, ready.get(first + live.len())) {
+            stock.receive();
+        }
         let mut index = live.len();
         while index > 0 {
             index -= 1;
@@ -387,7 +399,8 @@ fn serve(requests: OwnedFd, table: Vec<(Job, Plan)>) -> ! {
                 Ok((0, _)) => std::process::exit(0),
                 Ok((1, _)) if bytes[0] == DONE => closing = Some(std::time::Instant::now() + LAST_EXITS_WAIT),
                 Ok((length, fds)) => {
-                    if let Some(process) = fork_scenario(&bytes[..length], fds, &table, &requests, &live, &inherited) {
+                    let server = Server { table: &table, requests: &requests, live: &live, inherited: &inherited };
+                    if let Some(process) = fork_scenario(&bytes[..length], fds, &server, stock.as_mut()) {
                         live.push(process);
                     }
                 }
@@ -415,15 +428,29 @@ fn reap(process: &Live) {
         nix::sys::socket::send(process.answers.as_raw_fd(), &answer, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL);
 }
 
+/// What the server holds that a request is served from.
+struct Server<'s> {
+    table: &'s [(Job, Plan)],
+    requests: &'s OwnedFd,
+    live: &'s [Live],
+    inherited: &'s Inherited,
+}
+
+/// How long a request whose plan fits the pool waits for the pair being made when none is ready, and only while
+/// no scenario process is running (a run's first scenario: the pair was started with the server, and waiting
+/// for the rest of it is shorter than making the hosts again); otherwise the scenario makes its own at once.
+const FIRST_PAIR_WAIT: Duration = Duration::from_millis(20);
+
 /// Serves one request: forks the scenario process it asks for and answers with its pid and pidfd (or why not).
+/// A plan that fits the pool takes a pair of its stock, which the scenario process inherits and the server
+/// then closes: each pair serves exactly one scenario.
 fn fork_scenario(
     request: &[u8],
     fds: Vec<OwnedFd>,
-    table: &[(Job, Plan)],
-    requests: &OwnedFd,
-    live: &[Live],
-    inherited: &Inherited,
+    server: &Server<'_>,
+    stock: Option<&mut pool::Stock>,
 ) -> Option<Live> {
+    let Server { table, requests, live, inherited } = *server;
     let mut fds = fds.into_iter();
     let (Some(stdout), Some(stderr), Some(answers), None) = (fds.next(), fds.next(), fds.next(), fds.next()) else {
         return None;
@@ -452,6 +479,16 @@ fn fork_scenario(
     };
     let job = Job { run, seed: word(12..20), about: None, ..template.clone() };
     let at_once = word(20..24);
+    // Pooled hosts only for a scenario process forked as its PID namespace's init: as root, as the maker.
+    let privileged = inherited.own_pid_namespace.is_some();
+    let (pooled, stock_fds) = match stock {
+        Some(stock) if privileged => {
+            let pooled = stock.take(plan, if live.is_empty() { FIRST_PAIR_WAIT } else { Duration::ZERO });
+            (pooled, stock.raw_fds())
+        }
+        Some(stock) => (None, stock.raw_fds()),
+        None => (None, Vec::new()),
+    };
     // Its next child is pid 1 of a new PID namespace, where the privilege allows it.
     let init = inherited.own_pid_namespace.is_some() && nix::sched::unshare(CloneFlags::CLONE_NEWPID).is_ok();
     // SAFETY: this process never starts a thread (module docs): the child may run any code after the fork.
@@ -472,6 +509,7 @@ fn fork_scenario(
                 .into_iter()
                 .chain(live.iter().flat_map(|process| [process.pidfd.as_raw_fd(), process.answers.as_raw_fd()]))
                 .chain(inherited.own_pid_namespace.as_ref().map(AsRawFd::as_raw_fd))
+                .chain(stock_fds.iter().copied())
             {
                 // SAFETY: closing descriptors of this (forked) process that nothing in it uses from here on;
                 // their owners are never dropped, since this branch ends in `exit`.
@@ -481,9 +519,14 @@ fn fork_scenario(
                 true => Shape::Init(inherited.server_alive.as_raw_fd()),
                 false => Shape::Relayed(inherited.server_pid),
             };
+            if let Some(hosts) = pooled {
+                pool::hand_over(hosts);
+            }
             become_scenario(job, plan.clone(), stdout, stderr, at_once, shape)
         }
         Ok(ForkResult::Parent { child }) => {
+            // The scenario process holds the pair now; the server's copies go.
+            drop(pooled);
             // SAFETY: pidfd_open takes a pid and flags; our unreaped child's pid cannot have been reused.
             let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, child.as_raw(), 0) };
             if raw < 0 {
