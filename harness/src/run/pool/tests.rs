@@ -242,10 +242,9 @@ const MAKER_TEST_ENV: &str = "NETFAULT_POOL_MAKER_TEST";
 /// The fork server's stock: its maker process makes pairs as they are taken, each new, and the maker and what
 /// it made go when the server's end of the socket goes.
 ///
-/// The maker is forked, as from the single-threaded fork server: here from a process of its own (this test
-/// binary again, this test alone), since `cargo test` runs other tests on other threads of this one, and a
-/// fork copies none of their locks' owners. (Forked beside them, the maker sent no pair within 10 s in two of
-/// five `cargo test --lib` runs; not explained further.)
+/// The maker is forked as from the single-threaded fork server: from a process of its own (this test binary
+/// again, this test alone), since `cargo test` runs other tests on other threads of this one, and a fork copies
+/// none of their locks' owners.
 #[test]
 fn the_maker_refills_and_dies_with_its_server() {
     if std::env::var_os(MAKER_TEST_ENV).is_none() {
@@ -264,8 +263,10 @@ fn the_maker_refills_and_dies_with_its_server() {
         return;
     }
     let plan = plan(PLAIN);
-    let mut stock = in_private_parent(move |_| Stock::start([&plan].into_iter(), &[]).unwrap());
-    let plan = self::plan(PLAIN);
+    // Forked from this thread, which stays: the maker dies with the thread that forked it (`PR_SET_PDEATHSIG`),
+    // as with the fork server's only thread. Two scenarios of the pool's shape: it keeps two pairs.
+    crate::run::netns::enter_private_parent().unwrap();
+    let mut stock = Stock::start([&plan, &plan].into_iter(), &[]).unwrap();
     let mut numbers = BTreeSet::new();
     for _ in 0..DEPTH + 2 {
         let hosts = stock.take(&plan, VANISH_WAIT).expect("the maker sends a pair within 10 s");
