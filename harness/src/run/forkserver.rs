@@ -436,14 +436,9 @@ struct Server<'s> {
     inherited: &'s Inherited,
 }
 
-/// How long a request whose plan fits the pool waits for the pair being made when none is ready, and only while
-/// no scenario process is running (a run's first scenario: the pair was started with the server, and waiting
-/// for the rest of it is shorter than making the hosts again); otherwise the scenario makes its own at once.
-const FIRST_PAIR_WAIT: Duration = Duration::from_millis(20);
-
 /// Serves one request: forks the scenario process it asks for and answers with its pid and pidfd (or why not).
-/// A plan that fits the pool takes a pair of its stock, which the scenario process inherits and the server
-/// then closes: each pair serves exactly one scenario.
+/// A plan that fits the pool takes a pair of its stock if one is ready (none is waited for), which the scenario
+/// process inherits and the server then closes: each pair serves exactly one scenario.
 fn fork_scenario(
     request: &[u8],
     fds: Vec<OwnedFd>,
@@ -483,7 +478,7 @@ fn fork_scenario(
     let privileged = inherited.own_pid_namespace.is_some();
     let (pooled, stock_fds) = match stock {
         Some(stock) if privileged => {
-            let pooled = stock.take(plan, if live.is_empty() { FIRST_PAIR_WAIT } else { Duration::ZERO });
+            let pooled = stock.take(plan);
             (pooled, stock.raw_fds())
         }
         Some(stock) => (None, stock.raw_fds()),

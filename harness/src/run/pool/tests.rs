@@ -269,7 +269,7 @@ fn the_maker_refills_and_dies_with_its_server() {
     let mut stock = Stock::start([&plan, &plan].into_iter(), &[]).unwrap();
     let mut numbers = BTreeSet::new();
     for _ in 0..DEPTH + 2 {
-        let hosts = stock.take(&plan, VANISH_WAIT).expect("the maker sends a pair within 10 s");
+        let hosts = stock.take_within(&plan, VANISH_WAIT).expect("the maker sends a pair within 10 s");
         for host in &hosts.hosts {
             assert!(numbers.insert(inode(&host.namespace)), "a pair made twice");
             assert!(inside(&host.namespace, "ip", &["-o", "link", "show", "up"]).contains(topology::LINK_NAME));
