@@ -1,6 +1,7 @@
 //! `netfault bench setup`: the fixed cost of one scenario (namespaces, veth, addresses, one nftables fault,
 //! capture and socket observation on both ends, then teardown), netfault in-process against the shell recipe,
-//! alternating repetitions in one run. (`netfault bench run` times a whole `netfault run`.)
+//! alternating repetitions in one run; netfault both ways, its hosts made in the set-up and taken from the pool
+//! (`run::pool`), with what making each pooled pair cost. (`netfault bench run` times a whole `netfault run`.)
 
 use std::mem::size_of;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -20,6 +21,7 @@ use crate::run::engine::{self, Rig};
 use crate::run::faults::HostFaults;
 use crate::run::firewall::Firewall;
 use crate::run::netns::Netns;
+use crate::run::pool;
 use crate::run::topology;
 use crate::scenario::plan::{HostId, Plan};
 
@@ -44,6 +46,7 @@ const TARGET_SPEEDUP: f64 = 20.0;
 const SETTLE: Duration = Duration::from_millis(100);
 
 const ENGINE_SETUP: [&str; 1] = ["engine::set_up + activate the fault"];
+const POOLED_SETUP: [&str; 1] = ["engine::set_up from pooled hosts + activate the fault"];
 const ENGINE_TEARDOWN: [&str; 5] = [
     "engine teardown: Observer::stop x2",
     "engine teardown: Tracer::stop",
@@ -127,6 +130,9 @@ pub fn bench_setup(options: &SetupOptions) -> Result<Report> {
     let nft_file = scratch.path().join("recipe.nft");
     std::fs::write(&nft_file, RECIPE_NFT).context(|| format!("write {}", nft_file.display()))?;
 
+    let template = pool::template(&plan)
+        .ok_or_else(|| Error::Internal("the bench's fixture does not fit the pool of hosts".into()))?;
+    let parent = Netns::current()?;
     let mut report = Report::new("setup");
     // What `netfault run`'s runner does once, on a thread of its own while it loads the scenarios, before it
     // forks the scenario processes (which inherit it): the tracer's programs loaded and attached. Every
@@ -141,18 +147,36 @@ pub fn bench_setup(options: &SetupOptions) -> Result<Report> {
     );
     report.row("  the same: its CPU", "ms", &[load_cpu]);
     let mut engine = Vec::new();
+    let mut pooled = Vec::new();
+    let mut refills = Vec::new();
     let mut netfault = Vec::new();
     let mut shell = Vec::new();
     let mut grace_periods = Vec::new();
     let mut plain_sockets = Vec::new();
     let (mut engine_dir, mut phases_dir) =
         (fresh_folder(scratch.path(), "engine")?, fresh_folder(scratch.path(), "phases")?);
+    let mut pooled_dir = fresh_folder(scratch.path(), "pooled")?;
+    let (mut stocked, _) = refill(&template, &parent)?;
+    std::thread::sleep(SETTLE);
     for i in 0..WARM_UP + options.repetitions {
         if interrupted() {
             report.note("interrupted", format!("after {} repetitions", engine.len()));
             break;
         }
-        let ours = engine_once(&plan, &engine_dir)?;
+        // ABBA: the set-up that makes its hosts and the one that takes them from the pool, in turn first.
+        let (ours, from_pool) = if i % 2 == 0 {
+            let ours = engine_once(&plan, &engine_dir, None)?;
+            std::thread::sleep(SETTLE);
+            (ours, engine_once(&plan, &pooled_dir, Some(stocked))?)
+        } else {
+            let from_pool = engine_once(&plan, &pooled_dir, Some(stocked))?;
+            std::thread::sleep(SETTLE);
+            (engine_once(&plan, &engine_dir, None)?, from_pool)
+        };
+        std::thread::sleep(SETTLE);
+        // The pool's refill, as its maker does it: a while after the pair was taken, off the scenario's set-up.
+        let made;
+        (stocked, made) = refill(&template, &parent)?;
         std::thread::sleep(SETTLE);
         let steps = phases_once(&plan, &phases_dir)?;
         std::thread::sleep(SETTLE);
@@ -161,9 +185,12 @@ pub fn bench_setup(options: &SetupOptions) -> Result<Report> {
         let (grace_period, plain_socket) = capture_references()?;
         // The next repetition's folders, made while the kernel settles.
         (engine_dir, phases_dir) = (fresh_folder(scratch.path(), "engine")?, fresh_folder(scratch.path(), "phases")?);
+        pooled_dir = fresh_folder(scratch.path(), "pooled")?;
         std::thread::sleep(SETTLE);
         if i >= WARM_UP {
             engine.push(ours);
+            pooled.push(from_pool);
+            refills.push(made);
             netfault.push(steps);
             shell.push(theirs);
             grace_periods.push(millis(grace_period));
@@ -174,6 +201,13 @@ pub fn bench_setup(options: &SetupOptions) -> Result<Report> {
     add_phase_rows(&mut report, &engine, &ENGINE_SETUP, &ENGINE_TEARDOWN, "netfault (engine)");
     let setup_cpu: Vec<f64> = engine.iter().map(|p| millis(p.setup_cpu)).collect();
     report.row("netfault (engine) SETUP CPU, all threads (getrusage)", "ms", &setup_cpu);
+    add_phase_rows(&mut report, &pooled, &POOLED_SETUP, &ENGINE_TEARDOWN, "netfault (engine, pooled hosts)");
+    let pooled_cpu: Vec<f64> = pooled.iter().map(|p| millis(p.setup_cpu)).collect();
+    report.row("netfault (engine, pooled hosts) SETUP CPU, all threads (getrusage)", "ms", &pooled_cpu);
+    let refill_wall: Vec<f64> = refills.iter().map(|r| millis(r.wall)).collect();
+    let refill_cpu: Vec<f64> = refills.iter().map(|r| millis(r.cpu)).collect();
+    report.row("pool: making one pair of hosts, wall (off the set-up)", "ms", &refill_wall);
+    report.row("pool: making one pair of hosts, CPU of its thread (off the set-up)", "ms", &refill_cpu);
     add_phase_rows(&mut report, &netfault, &NETFAULT_SETUP, &NETFAULT_TEARDOWN, "one phase at a time");
     report.row("reference: setsockopt(PACKET_RX_RING), 1 block", "ms", &grace_periods);
     report.row("reference: packet socket + bind, no ring", "ms", &plain_sockets);
@@ -185,6 +219,36 @@ pub fn bench_setup(options: &SetupOptions) -> Result<Report> {
         |phases: &[Phases]| -> Vec<f64> { phases.iter().map(|p| millis(p.setup[..3].iter().sum())).collect() };
     let ours_total = Distribution::of(&total(&engine));
     let theirs_total = Distribution::of(&total(&shell));
+    if let (Some(ours), Some(theirs), Some(made), Some(made_cpu), Some(without)) = (
+        Distribution::of(&total(&pooled)),
+        theirs_total.as_ref(),
+        Distribution::of(&refill_wall),
+        Distribution::of(&refill_cpu),
+        ours_total.as_ref(),
+    ) {
+        let ratio = theirs.median / ours.median;
+        report.compare(Comparison {
+            what: "fixed cost per scenario, hosts from the pool (setup + teardown, median)".into(),
+            netfault: format!(
+                "{:.2} ms (p90 {:.2}); making the pair beforehand {:.2} ms wall, {:.2} ms CPU (p90 {:.2} / {:.2}); \
+                 without the pool {:.2} ms (p90 {:.2}), same run",
+                ours.median,
+                ours.p90,
+                made.median,
+                made_cpu.median,
+                made.p90,
+                made_cpu.p90,
+                without.median,
+                without.p90
+            ),
+            alternative: format!("{:.1} ms (p90 {:.1})", theirs.median, theirs.p90),
+            ratio: Some(ratio),
+            target: format!(
+                "netfault <= {TARGET_TOTAL_MS} ms median, p90 < {TARGET_P90_MS} ms, >= {TARGET_SPEEDUP}x faster"
+            ),
+            met: ours.median <= TARGET_TOTAL_MS && ours.p90 < TARGET_P90_MS && ratio >= TARGET_SPEEDUP,
+        });
+    }
     if let (Some(ours), Some(theirs)) = (ours_total, theirs_total) {
         let ratio = theirs.median / ours.median;
         report.compare(Comparison {
@@ -213,12 +277,17 @@ pub fn bench_setup(options: &SetupOptions) -> Result<Report> {
         "method",
         format!(
             "{WARM_UP} warm-up repetitions of each side not counted, then netfault and the recipe alternate, {} ms \
-             apart (the kernel's teardown of the namespaces before them done); netfault writes its pcaps into a \
+             apart (the kernel's teardown of the namespaces before them done); netfault's engine twice, making its \
+             hosts and taking a pair from the pool, which of the two first alternating (ABBA); the pool's pair is \
+             made on the bench's thread between repetitions, {} ms after the pooled set-up's teardown and {} ms \
+             before the next set-up (timed: wall, and that thread's CPU); netfault writes its pcaps into a \
              new folder each time, as a run does (its staging folder), the recipe's tcpdump over the last ones; the \
              recipe runs each command as a process (no shell), waits for tcpdump's `listening on`, and also sets \
              up less than netfault (no lo up, no IPv6 off, no offloads off, no socket observer); the transition \
              tracer's programs are loaded and attached once, before the first repetition, as `netfault run`'s \
              runner does before its fork server (its own row), and each repetition registers its namespaces",
+            SETTLE.as_millis(),
+            SETTLE.as_millis(),
             SETTLE.as_millis()
         ),
     );
@@ -227,6 +296,10 @@ pub fn bench_setup(options: &SetupOptions) -> Result<Report> {
         "engine_setup_cpu_ms": setup_cpu,
         "tracer_load_once_ms": load_wall,
         "tracer_load_once_cpu_ms": load_cpu,
+        "pooled_ms": phases_json(&pooled),
+        "pooled_setup_cpu_ms": pooled_cpu,
+        "pool_make_wall_ms": refill_wall,
+        "pool_make_cpu_ms": refill_cpu,
         "phases_ms": phases_json(&netfault),
         "ring_setsockopt_ms": grace_periods,
         "plain_socket_ms": plain_sockets,
@@ -285,13 +358,36 @@ fn fresh_folder(dir: &Path, name: &str) -> Result<std::path::PathBuf> {
     Ok(folder)
 }
 
-/// The engine's own set-up and teardown code, with the fixture's one fault switched on.
-fn engine_once(plan: &Plan, dir: &Path) -> Result<Phases> {
+/// What making one pooled pair took: wall time, and the CPU of the thread that made it (all of it is made there).
+struct Refill {
+    wall: Duration,
+    cpu: Duration,
+}
+
+/// One pair for the pool, made on this thread as the fork server's maker makes it.
+fn refill(template: &Plan, parent: &Netns) -> Result<(pool::Hosts, Refill)> {
+    let cpu_before = thread_cpu()?;
+    let started = Instant::now();
+    let hosts = pool::make(template, parent)?;
+    let wall = started.elapsed();
+    Ok((hosts, Refill { wall, cpu: thread_cpu()?.saturating_sub(cpu_before) }))
+}
+
+/// The engine's own set-up and teardown code, with the fixture's one fault switched on; with `pooled`, the
+/// hosts are the pool's pair, handed over as the fork server hands one to a scenario process.
+fn engine_once(plan: &Plan, dir: &Path, pooled: Option<pool::Hosts>) -> Result<Phases> {
     let mut phases = Phases::default();
     let (sink, _events) = EventSink::new(Clock::unstarted());
+    let from_pool = pooled.is_some();
     let cpu_before = process_cpu()?;
     let mut lap = Lap::start();
+    if let Some(hosts) = pooled {
+        pool::hand_over(hosts);
+    }
     let Rig { namespaces, mut faults, captures, observers, tracer, .. } = engine::set_up(plan, dir, &sink)?;
+    if from_pool && pool::still_handed() {
+        return Err(Error::Internal("the set-up made its own hosts instead of taking the pooled pair".into()));
+    }
     let tracer = tracer.map_err(|reason| Error::Internal(format!("the transition tracer: {reason}")))?;
     for fault in &plan.faults {
         faults[fault.host.index()].switch(fault, true)?;
@@ -481,6 +577,17 @@ fn process_cpu() -> Result<Duration> {
     }
     let time = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
     Ok(time(usage.ru_utime) + time(usage.ru_stime))
+}
+
+/// CPU time of the calling thread so far (`clock_gettime(CLOCK_THREAD_CPUTIME_ID)`).
+fn thread_cpu() -> Result<Duration> {
+    // SAFETY: timespec is plain old data; all-zero is a valid value.
+    let mut now: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: `now` is a live, writable timespec.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) } != 0 {
+        return Err(Error::last_os("clock_gettime(CLOCK_THREAD_CPUTIME_ID)"));
+    }
+    Ok(Duration::new(now.tv_sec as u64, now.tv_nsec as u32))
 }
 
 /// `lo` is always interface 1 of a network namespace.

@@ -25,6 +25,7 @@ use crate::run::firewall::{self, Nat};
 use crate::run::impair::{Wire, WireFault};
 use crate::run::netns::Netns;
 use crate::run::partial::{Progress, Stage};
+use crate::run::pool::{self, PooledHost};
 use crate::run::priority::{self, Background};
 use crate::run::supervise::SETUP_LIMIT;
 use crate::run::switchboard::Switchboard;
@@ -560,7 +561,12 @@ fn start_hosts(
     let (ready_tx, ready_rx) = handoff::channel::<(usize, Result<HostRig>)>();
     let (namespace_tx, namespace_rx) = handoff::channel::<(usize, Netns)>();
     let mut threads = Vec::with_capacity(plan.hosts.len());
-    for (position, (meetings, program)) in wire_meetings(plan, wire)?.into_iter().zip(programs).enumerate() {
+    // Hosts made ahead (`pool`), when this process was handed a pair that fits: their link exists already.
+    let (pooled, meetings): (Vec<Option<PooledHost>>, _) = match pool::take_for(plan) {
+        Some(pooled) => (pooled.into_iter().map(Some).collect(), plan.hosts.iter().map(|_| Vec::new()).collect()),
+        None => (plan.hosts.iter().map(|_| None).collect(), wire_meetings(plan, wire)?),
+    };
+    for (position, ((meetings, program), pooled)) in meetings.into_iter().zip(programs).zip(pooled).enumerate() {
         let plan = Arc::clone(&shared);
         let host = plan.hosts[position].id;
         let report_dir = report_dir.to_path_buf();
@@ -571,7 +577,8 @@ fn start_hosts(
         let thread = thread::Builder::new()
             .name(format!("host-{host}"))
             .spawn(move || {
-                let rig = set_up_host(&plan, host, &report_dir, (sink.clone(), drops_to), meetings, namespace);
+                let rig =
+                    set_up_host(&plan, host, &report_dir, (sink.clone(), drops_to), (meetings, pooled), namespace);
                 host_thread(host, rig, sink, (position, ready), program)
             })
             .map_err(|e| Error::sys(format!("spawn the thread of host {host}"), e))?;
@@ -719,51 +726,36 @@ fn exec_confinement(program: &HostPlan, namespace: &Netns) -> Result<Option<Arc<
     Ok(Some(Arc::new(Confinement::new(namespace, program.id.name())?)))
 }
 
-/// One host's set-up, on its own thread, which stays in the namespace it creates. Its `qdisc-drop` faults
-/// record their drops into `drops_to`, the tracer's maps.
+/// One host's set-up, on its own thread, which stays in the namespace it creates, or enters the pooled host's
+/// (`pool`), whose link is made already: then only the host's sysctls are written before its faults. Its
+/// `qdisc-drop` faults record their drops into `drops_to`, the tracer's maps.
 fn set_up_host(
     plan: &Plan,
     host: HostId,
     report_dir: &Path,
     (sink, drops_to): (EventSink, Option<RingMaps>),
-    meetings: Vec<WireMeeting>,
+    (meetings, pooled): (Vec<WireMeeting>, Option<PooledHost>),
     (position, to_tracer): (usize, handoff::Sender<(usize, Netns)>),
 ) -> Result<HostRig> {
-    let namespace = Netns::unshare_current_thread()?;
+    let (namespace, pooled_link) = match pooled {
+        Some(PooledHost { namespace, link }) => {
+            namespace.enter()?;
+            (namespace, Some(link))
+        }
+        None => (Netns::unshare_current_thread()?, None),
+    };
     // The engine is gone only when it gave up waiting.
     let _ = to_tracer.send((position, namespace.try_clone()?));
     drop(to_tracer);
-    let mut wire = HostWire::prepare(plan, host)?;
-    let peer_failed = |what: &str| Error::Internal(format!("{what} (the other host's set-up failed)"));
-    // Every namespace is handed over before any pair is created, so no host waits for one that waits too.
-    for meeting in &meetings {
-        if let WireMeeting::Joins { namespace: to_creator, .. } = meeting {
-            // The creator is gone only when its set-up failed, which it reports itself.
-            let _ = to_creator.send(namespace.try_clone()?);
+    let links = match pooled_link {
+        Some(link) => {
+            topology::write_host_sysctls(plan, host)?;
+            vec![link]
         }
-    }
-    for meeting in &meetings {
-        match meeting {
-            WireMeeting::Creates { link, far, created } => {
-                let far = far.recv_timeout(SETUP_LIMIT).map_err(|_| peer_failed("the other namespace never came"))?;
-                wire.create_veth_pair(plan, &plan.links[*link], &far)?;
-                // The other host is gone only when its set-up failed, which it reports itself.
-                let _ = created.send(());
-            }
-            WireMeeting::ToWire { link, end, wire: impairment_wire } => {
-                wire.create_veth_to_wire(plan, &plan.links[*link].ends[*end], impairment_wire)?;
-            }
-            WireMeeting::Joins { .. } => {}
-        }
-    }
-    for meeting in &meetings {
-        if let WireMeeting::Joins { created, .. } = meeting {
-            created.recv_timeout(SETUP_LIMIT).map_err(|_| peer_failed("the veth pair was never created"))?;
-        }
-    }
-    let links = wire.configure(plan)?;
-    wire.wait_operational(plan)?;
+        None => build_host_wire(plan, host, &namespace, meetings)?,
+    };
     let nat = router_nat(plan).filter(|_| host == HostId::Router);
+
     let recording = drops_to.as_ref().map(|maps| DropRecording { maps: maps.fds(), host: host.index() as u32 });
     let faults = HostFaults::install(&namespace, host, &plan.faults, nat.as_ref(), recording)?;
     for link in &links {
@@ -809,6 +801,47 @@ fn set_up_host(
         interfaces.push((place, interface, capture));
     }
     Ok(HostRig { namespace, interfaces, faults, observer, listen_watchers, counters })
+}
+
+/// This host's side of the wire, made on its thread inside its new namespace: sysctls and `lo`, the veth pairs
+/// it meets the other hosts for (see [`WireMeeting`]), addresses and links up, until operational.
+fn build_host_wire(
+    plan: &Plan,
+    host: HostId,
+    namespace: &Netns,
+    meetings: Vec<WireMeeting>,
+) -> Result<Vec<topology::HostLink>> {
+    let mut wire = HostWire::prepare(plan, host)?;
+    let peer_failed = |what: &str| Error::Internal(format!("{what} (the other host's set-up failed)"));
+    // Every namespace is handed over before any pair is created, so no host waits for one that waits too.
+    for meeting in &meetings {
+        if let WireMeeting::Joins { namespace: to_creator, .. } = meeting {
+            // The creator is gone only when its set-up failed, which it reports itself.
+            let _ = to_creator.send(namespace.try_clone()?);
+        }
+    }
+    for meeting in &meetings {
+        match meeting {
+            WireMeeting::Creates { link, far, created } => {
+                let far = far.recv_timeout(SETUP_LIMIT).map_err(|_| peer_failed("the other namespace never came"))?;
+                wire.create_veth_pair(plan, &plan.links[*link], &far)?;
+                // The other host is gone only when its set-up failed, which it reports itself.
+                let _ = created.send(());
+            }
+            WireMeeting::ToWire { link, end, wire: impairment_wire } => {
+                wire.create_veth_to_wire(plan, &plan.links[*link].ends[*end], impairment_wire)?;
+            }
+            WireMeeting::Joins { .. } => {}
+        }
+    }
+    for meeting in &meetings {
+        if let WireMeeting::Joins { created, .. } = meeting {
+            created.recv_timeout(SETUP_LIMIT).map_err(|_| peer_failed("the veth pair was never created"))?;
+        }
+    }
+    let links = wire.configure(plan)?;
+    wire.wait_operational(plan)?;
+    Ok(links)
 }
 
 /// The router's NAT rules, when the plan has a router: its interface towards the client and towards the

@@ -38,6 +38,7 @@ use nix::unistd::{fork, pipe2, ForkResult, Pid};
 use crate::error::{Context, Error, Result};
 use crate::observe::sockets::SCENARIOS_AT_ONCE_ENV;
 use crate::observe::transitions;
+use crate::run::pool;
 use crate::run::runner::{self, Job};
 use crate::run::userns;
 use crate::scenario::plan::Plan;
@@ -342,6 +343,9 @@ fn serve(requests: OwnedFd, table: Vec<(Job, Plan)>) -> ! {
     for (name, value) in runner::scenario_environment() {
         std::env::set_var(name, value);
     }
+    // Hosts made ahead for the scenarios that fit them, by a process forked now, while this one is as it was
+    // forked (the maker must not hold the runner's socket).
+    let mut stock = pool::Stock::start(table.iter().map(|(_, plan)| plan), &[requests.as_raw_fd()]);
     let Ok((server_alive, server_holds)) = pipe2(nix::fcntl::OFlag::O_CLOEXEC) else { std::process::exit(2) };
     let inherited = Inherited {
         own_pid_namespace: std::fs::File::open("/proc/self/ns/pid").ok().map(OwnedFd::from),
@@ -371,6 +375,11 @@ fn serve(requests: OwnedFd, table: Vec<(Job, Plan)>) -> ! {
         }
         let first = fds.len();
         fds.extend(live.iter().map(|process| PollFd::new(process.pidfd.as_fd(), PollFlags::POLLIN)));
+        // Last: pairs the maker sent, taken in as they come.
+        let awaited = stock.as_ref().and_then(pool::Stock::awaited);
+        if let Some(fd) = awaited {
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        }
         match poll(&mut fds, timeout) {
             Ok(_) => {}
             Err(Errno::EINTR) => continue,
@@ -378,6 +387,9 @@ fn serve(requests: OwnedFd, table: Vec<(Job, Plan)>) -> ! {
         }
         let ready: Vec<bool> = fds.iter().map(|fd| fd.any().unwrap_or(false)).collect();
         drop(fds);
+        if let (Some(stock), Some(true)) = (&mut stock, ready.get(first + live.len())) {
+            stock.receive();
+        }
         let mut index = live.len();
         while index > 0 {
             index -= 1;
@@ -394,8 +406,8 @@ fn serve(requests: OwnedFd, table: Vec<(Job, Plan)>) -> ! {
                 Ok((length, fds)) => {
                     let owner = next_owner;
                     next_owner = next_owner.wrapping_add(1).max(1);
-                    let request = (&bytes[..length], fds, owner);
-                    if let Some(process) = fork_scenario(request, &table, &requests, &live, &inherited) {
+                    let server = Server { table: &table, requests: &requests, live: &live, inherited: &inherited };
+                    if let Some(process) = fork_scenario((&bytes[..length], fds, owner), &server, stock.as_mut()) {
                         live.push(process);
                     }
                 }
@@ -426,14 +438,23 @@ fn reap(process: &Live) {
     transitions::forget_owner(process.owner);
 }
 
+/// What the server holds that a request is served from.
+struct Server<'s> {
+    table: &'s [(Job, Plan)],
+    requests: &'s OwnedFd,
+    live: &'s [Live],
+    inherited: &'s Inherited,
+}
+
 /// Serves one request: forks the scenario process it asks for and answers with its pid and pidfd (or why not).
+/// A plan that fits the pool takes a pair of its stock if one is ready (none is waited for), which the scenario
+/// process inherits and the server then closes: each pair serves exactly one scenario.
 fn fork_scenario(
     (request, fds, owner): (&[u8], Vec<OwnedFd>, u32),
-    table: &[(Job, Plan)],
-    requests: &OwnedFd,
-    live: &[Live],
-    inherited: &Inherited,
+    server: &Server<'_>,
+    stock: Option<&mut pool::Stock>,
 ) -> Option<Live> {
+    let Server { table, requests, live, inherited } = *server;
     let mut fds = fds.into_iter();
     let (Some(stdout), Some(stderr), Some(answers), None) = (fds.next(), fds.next(), fds.next(), fds.next()) else {
         return None;
@@ -462,6 +483,16 @@ fn fork_scenario(
     };
     let job = Job { run, seed: word(12..20), about: None, ..template.clone() };
     let at_once = word(20..24);
+    // Pooled hosts only for a scenario process forked as its PID namespace's init: as root, as the maker.
+    let privileged = inherited.own_pid_namespace.is_some();
+    let (pooled, stock_fds) = match stock {
+        Some(stock) if privileged => {
+            let pooled = stock.take(plan);
+            (pooled, stock.raw_fds())
+        }
+        Some(stock) => (None, stock.raw_fds()),
+        None => (None, Vec::new()),
+    };
     // Its next child is pid 1 of a new PID namespace, where the privilege allows it.
     let init = inherited.own_pid_namespace.is_some() && nix::sched::unshare(CloneFlags::CLONE_NEWPID).is_ok();
     // SAFETY: this process never starts a thread (module docs): the child may run any code after the fork.
@@ -482,6 +513,7 @@ fn fork_scenario(
                 .into_iter()
                 .chain(live.iter().flat_map(|process| [process.pidfd.as_raw_fd(), process.answers.as_raw_fd()]))
                 .chain(inherited.own_pid_namespace.as_ref().map(AsRawFd::as_raw_fd))
+                .chain(stock_fds.iter().copied())
             {
                 // SAFETY: closing descriptors of this (forked) process that nothing in it uses from here on;
                 // their owners are never dropped, since this branch ends in `exit`.
@@ -492,9 +524,14 @@ fn fork_scenario(
                 true => Shape::Init(inherited.server_alive.as_raw_fd()),
                 false => Shape::Relayed(inherited.server_pid),
             };
+            if let Some(hosts) = pooled {
+                pool::hand_over(hosts);
+            }
             become_scenario(job, plan.clone(), stdout, stderr, at_once, shape)
         }
         Ok(ForkResult::Parent { child }) => {
+            // The scenario process holds the pair now; the server's copies go.
+            drop(pooled);
             // SAFETY: pidfd_open takes a pid and flags; our unreaped child's pid cannot have been reused.
             let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, child.as_raw(), 0) };
             if raw < 0 {

@@ -17,6 +17,7 @@ pub(crate) mod impair;
 pub mod netns;
 pub(crate) mod partial;
 mod pidns;
+pub mod pool;
 pub(crate) mod priority;
 pub(crate) mod procstat;
 pub mod requirements;

@@ -94,6 +94,16 @@ impl Netns {
         })
     }
 
+    /// The namespace a descriptor refers to, taken as it is (one passed by `SCM_RIGHTS` or inherited).
+    pub(crate) fn from_fd(fd: OwnedFd) -> Netns {
+        Netns { fd }
+    }
+
+    /// The calling thread's namespace (`/proc/thread-self/ns/net`).
+    pub(crate) fn current() -> Result<Netns> {
+        Ok(Netns { fd: current_namespace().context(|| "open this thread's namespace (ioctl SIOCGSKNS)".to_string())? })
+    }
+
     /// Another handle on the same namespace (`dup` of its descriptor).
     pub fn try_clone(&self) -> Result<Netns> {
         Ok(Netns { fd: self.fd.try_clone().context(|| "dup namespace fd".to_string())? })

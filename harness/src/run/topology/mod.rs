@@ -362,6 +362,19 @@ fn prepare_host(plan: &Plan, host: HostId) -> Result<Rtnl> {
     } else {
         disable_ipv6().map_err(|e| e.into_error(host))?;
     }
+    write_host_sysctls(plan, host)?;
+    let mut rtnl = Rtnl::open().map_err(|e| in_host(e, host))?;
+    rtnl.execute(vec![Request::new(
+        RouteNetlinkMessage::NewLink(link_up_by_name("lo")),
+        0,
+        format!("set lo up in {host} (ip link set lo up)"),
+    )])?;
+    Ok(rtnl)
+}
+
+/// `sysctl -w <the host's sysctls>` on a thread inside the host's namespace (they resolve against the calling
+/// thread's), nf_conntrack loaded first where one of them is its own.
+pub fn write_host_sysctls(plan: &Plan, host: HostId) -> Result<()> {
     for sysctl in &plan.host(host).sysctls {
         match write_sysctl(sysctl) {
             Err(SysctlError::Absent(_)) if sysctl.name.starts_with(CONNTRACK_SYSCTLS) => {
@@ -371,13 +384,7 @@ fn prepare_host(plan: &Plan, host: HostId) -> Result<Rtnl> {
             other => other.map_err(|e| e.into_error(host))?,
         }
     }
-    let mut rtnl = Rtnl::open().map_err(|e| in_host(e, host))?;
-    rtnl.execute(vec![Request::new(
-        RouteNetlinkMessage::NewLink(link_up_by_name("lo")),
-        0,
-        format!("set lo up in {host} (ip link set lo up)"),
-    )])?;
-    Ok(rtnl)
+    Ok(())
 }
 
 /// `sysctl -w net.ipv6.conf.{all,default}.disable_ipv6=1` in the calling thread's namespace.
