@@ -370,9 +370,9 @@ fn syn_retransmissions_to_a_full_accept_queue_count_up_without_countdown_events(
     thread::sleep(Duration::from_millis(50));
     let stats = observer.stop().unwrap();
     // About 100 samples at 10 ms while the SYN timer counts down for 1 s; under a loaded CI run periodic samples
-    // are ordinary priority and 41 came (dumps of up to 55 ms). Twenty countdown readings without an event
-    // still show that the countdown is not reported.
-    assert!(stats.samples >= 20, "{stats:?}");
+    // are ordinary priority and 41 came (dumps of up to 55 ms), under a loaded nextest run 18 (dumps of up to
+    // 100 ms). Ten countdown readings without an event still show that the countdown is not reported.
+    assert!(stats.samples >= 10, "{stats:?}");
     let events: Vec<_> =
         socket_events(&events, HostId::Client).into_iter().filter(|e| e.socket == client_side(port)).collect();
     assert_eq!(
