@@ -268,13 +268,17 @@ fn the_maker_refills_and_dies_with_its_server() {
     crate::run::netns::enter_private_parent().unwrap();
     let mut stock = Stock::start([&plan, &plan].into_iter(), &[]).unwrap();
     let mut numbers = BTreeSet::new();
+    // Kept until every pair is compared: a freed namespace's inode number goes to the next one made.
+    let mut taken = Vec::new();
     for _ in 0..DEPTH + 2 {
         let hosts = stock.take_within(&plan, VANISH_WAIT).expect("the maker sends a pair within 10 s");
         for host in &hosts.hosts {
             assert!(numbers.insert(inode(&host.namespace)), "a pair made twice");
             assert!(inside(&host.namespace, "ip", &["-o", "link", "show", "up"]).contains(topology::LINK_NAME));
         }
+        taken.push(hosts);
     }
+    drop(taken);
     // Wait for the refills, then drop the server's end while they are in its stock or in flight.
     let until = Instant::now() + VANISH_WAIT;
     while stock.ready.len() < DEPTH {
