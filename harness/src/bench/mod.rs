@@ -43,8 +43,9 @@ pub use transitions::{bench_transitions, TransitionOptions};
 pub const USAGE: &str = "\
 usage: netfault bench <what> [options] [--json FILE] [--keep]
   (as root; a release build gives the real figures; --keep leaves reports and pcaps in the temp dir)
-  run [--n 50]                     a trivial scenario through `netfault run`, start to exit, vs a shell script
-                                   doing the same job (ip, nft, tcpdump, socat, ss); where netfault's time goes
+  run [--n 50] [--netfault EXE]    a trivial scenario through `netfault run`, start to exit, vs a shell script
+                                   doing the same job (ip, nft, tcpdump, socat, ss); where netfault's time goes;
+                                   the CPU of all its processes; --netfault times another build the same way
   setup [--n 200]                  fixed cost per scenario: netfault in-process vs the ip/nft/tcpdump recipe
   suite [--runs 3] [PATH]          suite wall time vs its longest scenario (PATH default: scenarios)
   suite --concurrent 200 [--scenario scenarios/keepalive/idle.yaml]
@@ -112,7 +113,7 @@ pub fn main(args: &[String]) -> ExitCode {
         KEEP_SCRATCH.store(true, Ordering::Relaxed);
     }
     let result = prepare().and_then(|()| match what.as_str() {
-        "run" => bench_run(&RunOptions { repetitions: options.n.unwrap_or(50) }),
+        "run" => bench_run(&RunOptions { repetitions: options.n.unwrap_or(50), netfault: options.netfault.clone() }),
         "setup" => bench_setup(&SetupOptions { repetitions: options.n.unwrap_or(200) }),
         "suite" => match options.concurrent {
             Some(instances) => bench_concurrent(&ConcurrentOptions {
@@ -203,6 +204,7 @@ struct BenchArgs {
     bytes: Option<u64>,
     sample: Option<Duration>,
     json: Option<PathBuf>,
+    netfault: Option<PathBuf>,
     keep: bool,
     paths: Vec<PathBuf>,
 }
@@ -224,6 +226,7 @@ impl BenchArgs {
                 "--concurrent" => parsed.concurrent = Some(count(value()?)?),
                 "--scenario" => parsed.scenario = Some(PathBuf::from(value()?)),
                 "--json" => parsed.json = Some(PathBuf::from(value()?)),
+                "--netfault" => parsed.netfault = Some(PathBuf::from(value()?)),
                 "--keep" => parsed.keep = true,
                 "--bytes" => {
                     let text = value()?;

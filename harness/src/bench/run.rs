@@ -19,6 +19,8 @@ use crate::run::runner::wait_with_timeout;
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub repetitions: usize,
+    /// The netfault binary to time; `None`: this one. Another build (main's, say) measured by the same code.
+    pub netfault: Option<std::path::PathBuf>,
 }
 
 /// Repetitions of each side run first and not counted: they fault in the binaries and warm the caches.
@@ -85,6 +87,8 @@ table inet netfault {
 /// One `netfault run` of the fixture: its wall time, and what its report says of its own phases.
 struct NetfaultRun {
     wall: f64,
+    /// CPU time of all its processes (user + system): the runner, the fork server and the scenario process.
+    cpu: f64,
     setup: f64,
     scenario: f64,
     teardown: f64,
@@ -93,7 +97,16 @@ struct NetfaultRun {
 /// Both sides `repetitions` times, alternating; the table of each, and netfault's time split by its report.
 pub fn bench_run(options: &RunOptions) -> Result<Report> {
     recipe::remove_stale_namespaces()?;
-    let exe = std::env::current_exe().context(|| "find the netfault binary (/proc/self/exe)".to_string())?;
+    let exe = match &options.netfault {
+        Some(exe) => exe.clone(),
+        None => std::env::current_exe().context(|| "find the netfault binary (/proc/self/exe)".to_string())?,
+    };
+    // The processes a run leaves behind it (its fork server, which reaps the scenario process and exits once it
+    // has) become this process's children, so that their CPU time is counted when they are reaped.
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(Error::last_os("prctl(PR_SET_CHILD_SUBREAPER)"));
+    }
     let scratch = ScratchDir::new("run")?;
     let scenario = scratch.path().join("trivial.yaml");
     let script = scratch.path().join("trivial.sh");
@@ -125,6 +138,11 @@ pub fn bench_run(options: &RunOptions) -> Result<Report> {
     let outside: Vec<f64> = ours.iter().map(|r| r.wall - r.setup - r.scenario - r.teardown).collect();
     report.row("netfault run: wall, start to exit", "ms", &walls);
     report.row(
+        "netfault run: CPU of all its processes (runner, fork server, scenario)",
+        "ms",
+        &ours.iter().map(|r| r.cpu).collect::<Vec<_>>(),
+    );
+    report.row(
         "  of which the scenario's set-up (result.json)",
         "ms",
         &ours.iter().map(|r| r.setup).collect::<Vec<_>>(),
@@ -149,14 +167,20 @@ pub fn bench_run(options: &RunOptions) -> Result<Report> {
         format!(
             "{WARM_UP} warm-up repetitions of each side not counted, then the two alternate, {} ms apart (the \
              kernel's teardown of the namespaces before them done); netfault: `netfault run --reports DIR \
-             trivial.yaml` started as a process, wall time from spawn to its exit, which must be 0, split by the \
-             set-up, scenario and teardown times of its result.json; the script: `sh trivial.sh` (printed by \
+             trivial.yaml` started as a process ({}), wall time from spawn to its exit, which must be 0, split by \
+             the set-up, scenario and teardown times of its result.json; its CPU: user + system time of the \
+             runner and of every process it left (this process is their subreaper and reaps them, at most {} s \
+             after the runner's exit, outside the wall time); the script: `sh trivial.sh` (printed by \
              `--keep`), each command a process, tcpdump and the listener waited for by polling every 1 ms",
-            SETTLE.as_millis()
+            SETTLE.as_millis(),
+            exe.display(),
+            LEFT_BEHIND_WAIT.as_secs(),
         ),
     );
     report.extra = json!({
+        "netfault": exe.display().to_string(),
         "netfault_wall_ms": walls,
+        "netfault_cpu_ms": ours.iter().map(|r| r.cpu).collect::<Vec<_>>(),
         "netfault_setup_ms": ours.iter().map(|r| r.setup).collect::<Vec<_>>(),
         "netfault_scenario_ms": ours.iter().map(|r| r.scenario).collect::<Vec<_>>(),
         "netfault_teardown_ms": ours.iter().map(|r| r.teardown).collect::<Vec<_>>(),
@@ -169,6 +193,7 @@ pub fn bench_run(options: &RunOptions) -> Result<Report> {
 /// `netfault run --reports <dir>/reports <scenario>`, timed from spawn to exit; the run must pass.
 fn netfault_once(exe: &Path, scenario: &Path, dir: &Path) -> Result<NetfaultRun> {
     let reports = dir.join("reports");
+    let cpu_before = children_cpu()?;
     let started = Instant::now();
     let mut child = Command::new(exe)
         .arg("run")
@@ -182,6 +207,8 @@ fn netfault_once(exe: &Path, scenario: &Path, dir: &Path) -> Result<NetfaultRun>
         .context(|| format!("start {} run", exe.display()))?;
     let status = wait_with_timeout(&mut child, RUN_TIMEOUT)?;
     let wall = millis(started.elapsed());
+    reap_left_behind()?;
+    let cpu = millis(children_cpu()?.saturating_sub(cpu_before));
     if !status.is_some_and(|status| status.success()) {
         return Err(Error::Internal(format!(
             "`netfault run {}` did not pass ({status:?}); see {}",
@@ -198,10 +225,46 @@ fn netfault_once(exe: &Path, scenario: &Path, dir: &Path) -> Result<NetfaultRun>
     };
     Ok(NetfaultRun {
         wall,
+        cpu,
         setup: figure("setup_ms")?,
         scenario: figure("duration")? * 1e3,
         teardown: figure("teardown_ms")?,
     })
+}
+
+/// How long the processes a run left behind may take to exit: its fork server exits once its scenario process
+/// has, which waits for the kernel's release of its packet sockets.
+const LEFT_BEHIND_WAIT: Duration = Duration::from_secs(10);
+
+/// Reaps every child of this process (the processes a run left, reparented here), waiting at most
+/// [`LEFT_BEHIND_WAIT`] for them to exit.
+fn reap_left_behind() -> Result<()> {
+    let until = Instant::now() + LEFT_BEHIND_WAIT;
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid on any child, WNOHANG; `status` is a valid place for the kernel to write.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        match pid {
+            0 if Instant::now() < until => std::thread::sleep(Duration::from_micros(500)),
+            0 => return Err(Error::Internal("a run's processes were still alive 10 s after it exited".into())),
+            pid if pid > 0 => {}
+            _ if std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) => return Ok(()),
+            _ if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => {}
+            _ => return Err(Error::last_os("waitpid(-1)")),
+        }
+    }
+}
+
+/// User + system time of this process's reaped children and their reaped descendants (`getrusage(RUSAGE_CHILDREN)`).
+fn children_cpu() -> Result<Duration> {
+    // SAFETY: rusage is plain old data; all-zero is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a live, writable rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) } != 0 {
+        return Err(Error::last_os("getrusage(RUSAGE_CHILDREN)"));
+    }
+    let time = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
+    Ok(time(usage.ru_utime) + time(usage.ru_stime))
 }
 
 /// `sh trivial.sh ...` in a process group of its own, timed from spawn to exit; it must succeed. A failed run's

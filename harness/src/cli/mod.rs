@@ -237,6 +237,7 @@ fn run(args: RunArgs) -> ExitCode {
     }
     // Made while the scenarios load.
     let parent = runner::start_private_parent();
+    let tracer = runner::start_tracer_programs(&args.paths.paths, args.repeat);
     let Some(loaded) = load_or_report(&args.paths.paths) else {
         return ExitCode::from(2);
     };
@@ -285,7 +286,7 @@ fn run(args: RunArgs) -> ExitCode {
     let parallel = args.jobs.unwrap_or_else(|| runner::default_parallelism(jobs.len()));
     let limits: Vec<Duration> = jobs.iter().map(|(_, deadline)| *deadline + runner::CHILD_GRACE).collect();
     let supervisor = Supervisor::new(args.deadline.unwrap_or_else(|| supervise::default_budget(&limits)));
-    runner::share_private_parent(parent);
+    runner::share_private_parent(parent, tracer);
     runner::start_fork_server(loaded);
     if let Err(e) = supervise::catch_stop_signals().and_then(|()| supervisor.start_watchdog(runner::STOP_GRACE)) {
         eprintln!("netfault: {e}");

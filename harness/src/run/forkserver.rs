@@ -37,6 +37,7 @@ use nix::unistd::{fork, pipe2, ForkResult, Pid};
 
 use crate::error::{Context, Error, Result};
 use crate::observe::sockets::SCENARIOS_AT_ONCE_ENV;
+use crate::observe::transitions;
 use crate::run::pool;
 use crate::run::runner::{self, Job};
 use crate::run::userns;
@@ -319,6 +320,8 @@ struct Live {
     pid: Pid,
     pidfd: OwnedFd,
     answers: OwnedFd,
+    /// The number its entries in the transition tracer's shared maps carry ([`transitions::set_owner`]).
+    owner: u32,
 }
 
 /// The server: forks a scenario process for each request, reaps each as it exits, and exits once the runner
@@ -351,6 +354,8 @@ fn serve(requests: OwnedFd, table: Vec<(Job, Plan)>) -> ! {
         server_pid: std::process::id(),
     };
     let mut live: Vec<Live> = Vec::new();
+    // The number of the next process forked (0 is any process not forked here).
+    let mut next_owner: u32 = 1;
     // Once the runner has closed its end: when the server stops waiting for the last exits.
     let mut closing: Option<std::time::Instant> = None;
     loop {
@@ -399,8 +404,10 @@ fn serve(requests: OwnedFd, table: Vec<(Job, Plan)>) -> ! {
                 Ok((0, _)) => std::process::exit(0),
                 Ok((1, _)) if bytes[0] == DONE => closing = Some(std::time::Instant::now() + LAST_EXITS_WAIT),
                 Ok((length, fds)) => {
+                    let owner = next_owner;
+                    next_owner = next_owner.wrapping_add(1).max(1);
                     let server = Server { table: &table, requests: &requests, live: &live, inherited: &inherited };
-                    if let Some(process) = fork_scenario(&bytes[..length], fds, &server, stock.as_mut()) {
+                    if let Some(process) = fork_scenario((&bytes[..length], fds, owner), &server, stock.as_mut()) {
                         live.push(process);
                     }
                 }
@@ -411,7 +418,9 @@ fn serve(requests: OwnedFd, table: Vec<(Job, Plan)>) -> ! {
     }
 }
 
-/// Waits for a process whose pidfd said it exited, and sends its raw wait status to the runner.
+/// Waits for a process whose pidfd said it exited, sends its raw wait status to the runner, and removes what it
+/// left in the transition tracer's shared maps (a process killed before its teardown leaves its namespaces
+/// there).
 fn reap(process: &Live) {
     let mut status: libc::c_int = 0;
     loop {
@@ -426,6 +435,7 @@ fn reap(process: &Live) {
     // A runner thread that is gone has nobody to tell.
     let _ =
         nix::sys::socket::send(process.answers.as_raw_fd(), &answer, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL);
+    transitions::forget_owner(process.owner);
 }
 
 /// What the server holds that a request is served from.
@@ -440,8 +450,7 @@ struct Server<'s> {
 /// A plan that fits the pool takes a pair of its stock if one is ready (none is waited for), which the scenario
 /// process inherits and the server then closes: each pair serves exactly one scenario.
 fn fork_scenario(
-    request: &[u8],
-    fds: Vec<OwnedFd>,
+    (request, fds, owner): (&[u8], Vec<OwnedFd>, u32),
     server: &Server<'_>,
     stock: Option<&mut pool::Stock>,
 ) -> Option<Live> {
@@ -510,6 +519,7 @@ fn fork_scenario(
                 // their owners are never dropped, since this branch ends in `exit`.
                 unsafe { libc::close(fd) };
             }
+            transitions::set_owner(owner);
             let shape = match init {
                 true => Shape::Init(inherited.server_alive.as_raw_fd()),
                 false => Shape::Relayed(inherited.server_pid),
@@ -546,7 +556,7 @@ fn fork_scenario(
                 // Nobody waits for it: the runner's thread is gone.
                 let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
             }
-            Some(Live { pid: child, pidfd, answers })
+            Some(Live { pid: child, pidfd, answers, owner })
         }
         Err(e) => failed(format!("fork: {e}")),
     }

@@ -1035,9 +1035,32 @@ pub fn start_private_parent() -> Option<netns::PendingParent> {
     nix::unistd::geteuid().is_root().then(netns::PendingParent::start).and_then(Result::ok)
 }
 
-/// Moves the runner into the namespace [`start_private_parent`] made, before it starts any scenario process:
-/// they inherit it instead of each making one. Call it before spawning the threads that start them.
-pub fn share_private_parent(pending: Option<netns::PendingParent>) {
+/// As root, starts loading the transition tracer's programs ([`transitions::Shared`]) on a thread of its own
+/// while the caller loads the scenarios: the scenario processes the fork server forks inherit them, and only
+/// register their namespaces. Without root `None`: each scenario process tries itself and says why it cannot.
+/// Its ring slots are as many as the scenarios `paths` may hold at once, by a guess made before they are
+/// loaded: one per file, [`transitions::RUNNER_SLOTS`] for a folder (each ring costs its making and kernel
+/// memory; a scenario without a free slot loads a program of its own).
+pub fn start_tracer_programs(paths: &[PathBuf], repeat: Option<usize>) -> Option<std::thread::JoinHandle<()>> {
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    let per_path = |path: &PathBuf| if path.is_dir() { transitions::RUNNER_SLOTS } else { 1 };
+    let guess = paths.iter().map(per_path).sum::<usize>().saturating_mul(repeat.unwrap_or(1));
+    let slots = guess.clamp(1, transitions::RUNNER_SLOTS);
+    // A failure is each scenario's to report (its tracer says why its states are sampled).
+    std::thread::Builder::new()
+        .name("tracer-load".into())
+        .spawn(move || {
+            let _ = transitions::load_shared(slots);
+        })
+        .ok()
+}
+
+/// Moves the runner into the namespace [`start_private_parent`] made, and waits for the tracer's programs
+/// ([`start_tracer_programs`]), before it starts any scenario process: they inherit both instead of each making
+/// its own. Call it before spawning the threads that start them.
+pub fn share_private_parent(pending: Option<netns::PendingParent>, tracer: Option<std::thread::JoinHandle<()>>) {
     // While the parent is still being made on its thread, what the first scenario process's start would read
     // after it (`perf trace`: about 1 ms between the runner entering the parent and starting the child): the
     // CPU gate's CPU count (cgroup files), the ring budget's memory (/proc/meminfo), the kernel's layouts for
@@ -1049,6 +1072,10 @@ pub fn share_private_parent(pending: Option<netns::PendingParent>) {
     if let Some(pending) = pending {
         // As above: the scenario processes make their own if this failed.
         let _ = pending.enter();
+    }
+    if let Some(tracer) = tracer {
+        // A panic there leaves the programs unloaded: each scenario process then loads its own.
+        let _ = tracer.join();
     }
 }
 
@@ -1228,7 +1255,7 @@ pub fn test_main(root: &Path, reports: &Path, exe: &Path, variables: &Variables,
         Err(_) => supervise::default_budget(&limits),
     };
     let supervisor = Supervisor::new(budget);
-    share_private_parent(parent);
+    share_private_parent(parent, None);
     if let Err(e) = supervise::catch_stop_signals().and_then(|()| supervisor.start_watchdog(STOP_GRACE)) {
         eprintln!("netfault: {e}");
         return ExitCode::from(2);

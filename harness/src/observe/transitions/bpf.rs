@@ -9,14 +9,22 @@ use std::time::Duration;
 
 const BPF_MAP_CREATE: libc::c_int = 0;
 const BPF_MAP_LOOKUP_ELEM: libc::c_int = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_int = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_int = 3;
+const BPF_MAP_GET_NEXT_KEY: libc::c_int = 4;
 const BPF_PROG_LOAD: libc::c_int = 5;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_int = 15;
 const BPF_RAW_TRACEPOINT_OPEN: libc::c_int = 17;
 #[cfg(any(test, feature = "bench"))]
 const BPF_ENABLE_STATS: libc::c_int = 32;
 
+pub const MAP_TYPE_HASH: u32 = 1;
 pub const MAP_TYPE_ARRAY: u32 = 2;
 pub const MAP_TYPE_RINGBUF: u32 = 27;
+/// `BPF_F_NO_PREALLOC`: a hash map's entries are allocated as they are added, not all when it is made.
+pub const NO_PREALLOC: u32 = 1;
+/// `BPF_NOEXIST`: an update that adds the key only if it is not there (else `EEXIST`).
+pub const NOEXIST: u64 = 1;
 pub const PROG_TYPE_SOCKET_FILTER: u32 = 1;
 pub const PROG_TYPE_SCHED_CLS: u32 = 3;
 pub const PROG_TYPE_RAW_TRACEPOINT: u32 = 17;
@@ -69,11 +77,17 @@ pub struct Map {
 impl Map {
     /// `BPF_MAP_CREATE`.
     pub fn create(map_type: u32, key_size: u32, value_size: u32, max_entries: u32) -> io::Result<Map> {
+        Map::create_with(map_type, [key_size, value_size, max_entries], 0)
+    }
+
+    /// `BPF_MAP_CREATE` with `map_flags`.
+    pub fn create_with(map_type: u32, [key_size, value_size, max_entries]: [u32; 3], flags: u32) -> io::Result<Map> {
         let mut attr = [0u8; ATTR_LEN];
         put_u32(&mut attr, 0, map_type);
         put_u32(&mut attr, 4, key_size);
         put_u32(&mut attr, 8, value_size);
         put_u32(&mut attr, 12, max_entries);
+        put_u32(&mut attr, 16, flags);
         Ok(Map { fd: fd_of(bpf(BPF_MAP_CREATE, &mut attr)?)? })
     }
 
@@ -93,6 +107,49 @@ impl Map {
         put_u64(&mut attr, 8, key.as_ptr() as u64);
         put_u64(&mut attr, 16, value.as_mut_ptr() as u64);
         bpf(BPF_MAP_LOOKUP_ELEM, &mut attr).map(drop)
+    }
+
+    /// `BPF_MAP_UPDATE_ELEM` (`BPF_ANY`: added or replaced).
+    pub fn update(&self, key: &[u8], value: &[u8]) -> io::Result<()> {
+        self.update_with(key, value, 0)
+    }
+
+    /// `BPF_MAP_UPDATE_ELEM` with `flags` ([`NOEXIST`]: added only if the key is not there).
+    pub fn update_with(&self, key: &[u8], value: &[u8], flags: u64) -> io::Result<()> {
+        let mut attr = [0u8; ATTR_LEN];
+        put_u32(&mut attr, 0, self.fd() as u32);
+        put_u64(&mut attr, 8, key.as_ptr() as u64);
+        put_u64(&mut attr, 16, value.as_ptr() as u64);
+        put_u64(&mut attr, 24, flags);
+        bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
+    }
+
+    /// `BPF_MAP_DELETE_ELEM`.
+    pub fn delete(&self, key: &[u8]) -> io::Result<()> {
+        let mut attr = [0u8; ATTR_LEN];
+        put_u32(&mut attr, 0, self.fd() as u32);
+        put_u64(&mut attr, 8, key.as_ptr() as u64);
+        bpf(BPF_MAP_DELETE_ELEM, &mut attr).map(drop)
+    }
+
+    /// The keys of a hash map with 4-byte keys (`BPF_MAP_GET_NEXT_KEY` from none), at most `limit` (a key
+    /// removed meanwhile by another process makes the kernel start again from the first).
+    pub fn keys_u32(&self, limit: usize) -> io::Result<Vec<u32>> {
+        let mut keys = Vec::new();
+        let mut next = [0u8; 4];
+        while keys.len() < limit {
+            let mut attr = [0u8; ATTR_LEN];
+            put_u32(&mut attr, 0, self.fd() as u32);
+            let last = keys.last().map(|key: &u32| key.to_ne_bytes());
+            put_u64(&mut attr, 8, last.as_ref().map_or(0, |key| key.as_ptr() as u64));
+            put_u64(&mut attr, 16, next.as_mut_ptr() as u64);
+            match bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) {
+                Ok(_) => keys.push(u32::from_ne_bytes(next)),
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(keys),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(keys)
     }
 }
 
@@ -309,6 +366,12 @@ impl RingReader {
             consumer.store(at, Ordering::Release);
         }
         Ok(count)
+    }
+
+    /// Skips every record written so far (the consumer's position set to the producer's): another reader's.
+    pub fn skip_all(&self) {
+        let end = self.producer_position().load(Ordering::Acquire);
+        self.consumer_position().store(end, Ordering::Release);
     }
 
     fn has_records(&self) -> bool {

@@ -23,13 +23,13 @@ use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::Duration;
 
 use bpf::{Map, Program, RingReader};
-use program::{record, Instance, Maps, SkbLayout, SockLayout};
+use program::{namespace_entry, record, Instance, Maps, SharedMaps, SkbLayout, SockLayout};
 
 use crate::error::{Context, Error, Result};
 use crate::observe::decode::Decoder;
@@ -194,22 +194,306 @@ fn refused(what: &str, e: std::io::Error) -> Error {
     }
 }
 
-/// The tracer's ring buffer and its lost count (`bpftool map create ... type ringbuf`, `... type array`), made
-/// before the run's hosts are set up: the `tc` programs of `qdisc-drop` faults, loaded during the set-up,
-/// write their drops into the same ring ([`program::tc_drop_marked_instructions`]), which [`Tracer::start`]
-/// then reads.
+/// How many namespaces the shared maps hold at once: three per scenario (two hosts and a router), for more
+/// scenarios than a process runs at once (the CPU gate admits a few per CPU; `bench suite --concurrent 500`
+/// runs each in a process of its own).
+const NAMESPACES_MAX: u32 = 8192;
+
+/// How many ring slots ([`Shared`]) `netfault run`'s runner makes for the scenario processes its fork server
+/// forks: a scenario beyond them (all taken) loads a program of its own ([`RingMaps::create`]). Each ring is
+/// [`RING_BYTES`] of kernel memory for the runner's life, and making one took about 0.1 ms (`bench setup`'s
+/// load row), paid once per run while the scenarios load.
+pub const RUNNER_SLOTS: usize = 8;
+
+/// How many ring slots any other process's [`shared`] program has: an executed scenario process
+/// (`__run-one`) runs one scenario. The library's tests run many tracers at once in one process.
+const PROCESS_SLOTS: usize = if cfg!(test) { 8 } else { 1 };
+
+/// The transition program's two instances ([`Instance`]), loaded and attached once per process and shared by
+/// every scenario it runs: the program holds no namespace, it looks each socket's up in a hash map
+/// ([`SharedMaps::namespaces`]) where each scenario registers its hosts' namespaces, each with the scenario's
+/// ring slot, and writes the record into that slot's ring buffer, one of a fixed set made with the program and
+/// named in it. A scenario claims a free slot ([`RingMaps::create`]) and reads only the records its claim's
+/// token marks. No map of maps: every change of one waits for an RCU grace period in the kernel
+/// (`maybe_wait_bpf_programs`, 8-16 ms here), and a design that added each scenario's ring to one, then
+/// waited for it at real-time priority, was reverted after a stalled CI run. Every change here is to plain
+/// hash maps, which wait for nothing.
+///
+/// Loading (mostly the verifier) and attaching (each attachment, and later each detach, rewrites the
+/// tracepoint's call sites on every CPU) were 0.8-1.5 ms of every scenario's set-up CPU, and as much again at
+/// its teardown. `netfault run` loads them in the runner while it loads the scenarios, before it forks its fork
+/// server: the scenario processes inherit the descriptors (`fork`), and the server holds them until it exits.
+/// An executed scenario process (`__run-one`: the test drivers, `matrix`, `bench suite`) loads them itself on
+/// its first use ([`shared`]).
+pub struct Shared {
+    namespaces: Map,
+    /// Which slots are claimed: slot -> the claim's token (`BPF_NOEXIST` adds one only if free).
+    slots: Map,
+    /// One ring buffer per slot.
+    rings: Vec<Map>,
+    /// The two instances, kept for their statistics (the attachments hold the programs themselves).
+    programs: Vec<Program>,
+    /// The attachments: the programs run at the tracepoint while any copy of these is open.
+    links: Vec<OwnedFd>,
+}
+
+impl Shared {
+    /// Makes the maps and `slots` rings, loads and attaches the two instances (`bpftool prog load` + attach to
+    /// `raw_tracepoint/inet_sock_set_state`). `Err` says why the kernel's transitions cannot be recorded here.
+    pub fn load(slots: usize) -> Result<Shared> {
+        let layout = running_kernel_layout()?;
+        let entry = namespace_entry::LEN as u32;
+        let namespaces = Map::create_with(bpf::MAP_TYPE_HASH, [4, entry, NAMESPACES_MAX], bpf::NO_PREALLOC)
+            .map_err(|e| refused("bpf(BPF_MAP_CREATE) of a hash", e))?;
+        let count = slots.clamp(1, program::SLOTS_MAX);
+        let claims = Map::create(bpf::MAP_TYPE_HASH, 4, 8, count as u32)
+            .map_err(|e| refused("bpf(BPF_MAP_CREATE) of a hash", e))?;
+        let rings = (0..count)
+            .map(|_| {
+                Map::create(bpf::MAP_TYPE_RINGBUF, 0, 0, RING_BYTES)
+                    .map_err(|e| refused("bpf(BPF_MAP_CREATE) of a ring buffer", e))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let maps = SharedMaps { namespaces: namespaces.fd(), rings: rings.iter().map(Map::fd).collect() };
+        let mut programs = Vec::with_capacity(Instance::BOTH.len());
+        let mut links = Vec::with_capacity(Instance::BOTH.len());
+        for instance in Instance::BOTH {
+            let insns = program::instructions(&layout, &maps, instance);
+            let program =
+                Program::load(bpf::PROG_TYPE_RAW_TRACEPOINT, "netfault_tcp", &insns, LICENSE).map_err(|refusal| {
+                    let log: String = refusal.log.lines().rev().take(3).collect::<Vec<_>>().join(" / ");
+                    refused(&format!("the transition tracer's BPF program (verifier: {log})"), refusal.error)
+                })?;
+            links.push(
+                program
+                    .attach_raw_tracepoint(c"inet_sock_set_state")
+                    .map_err(|e| refused("attach to the tracepoint sock:inet_sock_set_state", e))?,
+            );
+            programs.push(program);
+        }
+        Ok(Shared { namespaces, slots: claims, rings, programs, links })
+    }
+
+    /// Claims a free slot for `token` (`bpftool map update ... noexist`): its number, `None` when all are taken.
+    fn claim(&self, token: u64) -> Result<Option<u32>> {
+        for slot in 0..self.rings.len() as u32 {
+            match self.slots.update_with(&slot.to_ne_bytes(), &token.to_ne_bytes(), bpf::NOEXIST) {
+                Ok(()) => return Ok(Some(slot)),
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
+                Err(e) => return Err(refused("bpf(BPF_MAP_UPDATE_ELEM) of a ring slot", e)),
+            }
+        }
+        Ok(None)
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // A scenario's own program (all slots were taken): detached on a thread of its own, newest first, as
+        // the drop program is (see `Attachments`); the process's shared one lives as long as the process.
+        let attachments = Attachments { links: std::mem::take(&mut self.links) };
+        let _ = thread::Builder::new().name("tracer-detach".into()).spawn(move || drop(attachments));
+    }
+}
+
+/// This process's [`Shared`] tracer, or why it has none: loaded by the first caller.
+static SHARED: OnceLock<std::result::Result<Arc<Shared>, String>> = OnceLock::new();
+
+/// This process's [`Shared`] tracer, loaded now with [`PROCESS_SLOTS`] slots if no one did before (a runner
+/// loads it with [`RUNNER_SLOTS`] before its fork server forks: its scenario processes then find it loaded).
+/// `Err` says why there is none.
+pub fn shared() -> Result<Arc<Shared>> {
+    load_shared(PROCESS_SLOTS)
+}
+
+/// [`shared`], made with `slots` ring slots if no one loaded it before.
+pub fn load_shared(slots: usize) -> Result<Arc<Shared>> {
+    SHARED.get_or_init(|| Shared::load(slots).map(Arc::new).map_err(|e| e.to_string())).clone().map_err(Error::Internal)
+}
+
+/// Which scenario process of its fork server this one is (0 for any other process): its claims and
+/// namespaces' entries say so, and the server removes those a process killed before its teardown left
+/// ([`forget_owner`]).
+static OWNER: AtomicU32 = AtomicU32::new(0);
+
+/// Called in a process the fork server forked, with the number the server knows it by.
+pub fn set_owner(owner: u32) {
+    OWNER.store(owner, Ordering::Relaxed);
+}
+
+/// The token of a new claim: its owner ([`OWNER`]) in the high half, this process's count of claims in the
+/// low half, so that no two claims of the processes sharing a [`Shared`] have the same.
+fn next_token() -> u64 {
+    static CLAIMS: AtomicU32 = AtomicU32::new(0);
+    let count = CLAIMS.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+    (u64::from(OWNER.load(Ordering::Relaxed)) << 32) | u64::from(count)
+}
+
+/// Removes from the shared maps what the scenario process `owner` registered and did not remove (it was
+/// killed): its slots, which would otherwise stay taken until the server exits, and its namespaces, a later one
+/// of which given the same inode number would be traced into its slot. Plain hash map deletes: nothing waits.
+/// (A scenario that registers a namespace with that number between this look and the removal loses its entry:
+/// the kernel frees a dead namespace's number only after its last process has been reaped, in a work queue.)
+pub fn forget_owner(owner: u32) {
+    let Some(Ok(shared)) = SHARED.get() else { return };
+    if let Ok(keys) = shared.namespaces.keys_u32(NAMESPACES_MAX as usize) {
+        for inode in keys {
+            let mut entry = [0u8; namespace_entry::LEN];
+            if shared.namespaces.lookup(&inode.to_ne_bytes(), &mut entry).is_ok()
+                && entry[namespace_entry::OWNER..namespace_entry::OWNER + 4] == owner.to_ne_bytes()
+            {
+                let _ = shared.namespaces.delete(&inode.to_ne_bytes());
+            }
+        }
+    }
+    if let Ok(slots) = shared.slots.keys_u32(shared.rings.len()) {
+        for slot in slots {
+            let mut token = [0u8; 8];
+            if shared.slots.lookup(&slot.to_ne_bytes(), &mut token).is_ok()
+                && u64::from_ne_bytes(token) >> 32 == u64::from(owner)
+            {
+                let _ = shared.slots.delete(&slot.to_ne_bytes());
+            }
+        }
+    }
+}
+
+/// A scenario's slot in a [`Shared`] program: released (the slot's entry deleted) when the last of its
+/// scenario's [`RingMaps`] and [`Registration`] goes.
+struct Claim {
+    shared: Arc<Shared>,
+    slot: u32,
+    token: u64,
+}
+
+impl Claim {
+    /// Claims a slot of the process's [`shared`] program; when all are taken, of a program of the scenario's
+    /// own (loaded and attached now, as every scenario did before, detached when the scenario is done). The
+    /// ring's records of earlier claims are skipped: they are not this scenario's.
+    fn new() -> Result<Claim> {
+        let token = next_token();
+        if let Some(claim) = Claim::in_shared(shared()?, token)? {
+            return Ok(claim);
+        }
+        let own = Arc::new(Shared::load(1)?);
+        Claim::in_shared(own, token)?.ok_or_else(|| Error::Internal("a new ring slot was taken".into()))
+    }
+
+    /// A free slot of `shared` claimed for `token`, its ring's earlier records skipped; `None` if all are taken.
+    fn in_shared(shared: Arc<Shared>, token: u64) -> Result<Option<Claim>> {
+        let Some(slot) = shared.claim(token)? else { return Ok(None) };
+        let claim = Claim { shared, slot, token };
+        let ring = claim.ring()?;
+        RingReader::new(ring, RING_BYTES as usize).map_err(|e| refused("map the BPF ring buffer", e))?.skip_all();
+        Ok(Some(claim))
+    }
+
+    /// The slot's ring buffer, under a new descriptor.
+    fn ring(&self) -> Result<Map> {
+        let ring = self.shared.rings.get(self.slot as usize);
+        let ring = ring.ok_or_else(|| Error::Internal(format!("no ring slot {}", self.slot)))?;
+        ring.try_clone().context(|| "dup a BPF map's descriptor".to_string())
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        // Only its own claim: after a kill the fork server may have released the slot to another scenario.
+        let mut token = [0u8; 8];
+        let key = self.slot.to_ne_bytes();
+        if self.shared.slots.lookup(&key, &mut token).is_ok() && u64::from_ne_bytes(token) == self.token {
+            let _ = self.shared.slots.delete(&key);
+        }
+    }
+}
+
+/// A scenario's namespaces in the [`Shared`] maps, each with its host's number, the scenario's slot and token;
+/// dropping it removes them (`bpftool map delete`), then the claim goes when nothing else holds it.
+struct Registration {
+    inodes: Vec<u32>,
+    claim: Arc<Claim>,
+}
+
+impl Registration {
+    /// Registers `namespaces` (inode number, host number) with `claim`'s slot and token: the program writes
+    /// their transitions into the slot's ring from here on.
+    fn new(claim: Arc<Claim>, namespaces: &[(u32, u32)]) -> Result<Registration> {
+        let mut registration = Registration { inodes: Vec::with_capacity(namespaces.len()), claim };
+        let owner = OWNER.load(Ordering::Relaxed);
+        for &(inode, host) in namespaces {
+            let entry = namespace_entry_of(host, owner, registration.claim.slot, registration.claim.token);
+            registration
+                .claim
+                .shared
+                .namespaces
+                .update(&inode.to_ne_bytes(), &entry)
+                .map_err(|e| refused("bpf(BPF_MAP_UPDATE_ELEM) of a namespace", e))?;
+            registration.inodes.push(inode);
+        }
+        Ok(registration)
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.claim.shared
+    }
+
+    /// The records of its namespaces the ring had no room for.
+    fn lost(&self) -> Result<u64> {
+        let mut total = 0;
+        for inode in &self.inodes {
+            let mut entry = [0u8; namespace_entry::LEN];
+            self.shared()
+                .namespaces
+                .lookup(&inode.to_ne_bytes(), &mut entry)
+                .map_err(|e| Error::sys("read a namespace's lost count (bpftool map lookup)", e))?;
+            let lost = &entry[namespace_entry::LOST..namespace_entry::LOST + 8];
+            total += u64::from_ne_bytes(lost.try_into().unwrap_or_default());
+        }
+        Ok(total)
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        for inode in &self.inodes {
+            let _ = self.shared().namespaces.delete(&inode.to_ne_bytes());
+        }
+    }
+}
+
+/// A [`SharedMaps::namespaces`] value as [`Registration::new`] writes it.
+fn namespace_entry_of(host: u32, owner: u32, slot: u32, token: u64) -> [u8; namespace_entry::LEN] {
+    let mut entry = [0u8; namespace_entry::LEN];
+    entry[namespace_entry::HOST..namespace_entry::HOST + 4].copy_from_slice(&host.to_ne_bytes());
+    entry[namespace_entry::OWNER..namespace_entry::OWNER + 4].copy_from_slice(&owner.to_ne_bytes());
+    entry[namespace_entry::SLOT..namespace_entry::SLOT + 4].copy_from_slice(&slot.to_ne_bytes());
+    entry[namespace_entry::TOKEN..namespace_entry::TOKEN + 8].copy_from_slice(&token.to_ne_bytes());
+    entry
+}
+
+/// The tracer's ring buffer (a slot's, claimed: [`Claim`]) and its lost count (`bpftool map create ... type
+/// array`), had before the run's hosts are set up: the `tc` programs of `qdisc-drop` faults, loaded during the
+/// set-up, write their drops into the same ring ([`program::tc_drop_marked_instructions`]), which
+/// [`Tracer::start`] then reads.
 pub struct RingMaps {
     ring: Map,
     lost: Map,
+    claim: Arc<Claim>,
 }
 
 impl RingMaps {
+    /// The maps of a slot the scenario claims ([`Claim`]): one of the process's [`shared`] program if one is
+    /// free, else of a program of the scenario's own.
     pub fn create() -> Result<RingMaps> {
+        RingMaps::of_claim(Claim::new()?)
+    }
+
+    fn of_claim(claim: Claim) -> Result<RingMaps> {
         Ok(RingMaps {
-            ring: Map::create(bpf::MAP_TYPE_RINGBUF, 0, 0, RING_BYTES)
-                .map_err(|e| refused("bpf(BPF_MAP_CREATE) of a ring buffer", e))?,
+            ring: claim.ring()?,
             lost: Map::create(bpf::MAP_TYPE_ARRAY, 4, 8, 1)
                 .map_err(|e| refused("bpf(BPF_MAP_CREATE) of an array", e))?,
+            claim: Arc::new(claim),
         })
     }
 
@@ -217,12 +501,12 @@ impl RingMaps {
     /// while a program that uses them is loaded).
     pub fn try_clone(&self) -> Result<RingMaps> {
         let clone = |map: &Map| map.try_clone().context(|| "dup a BPF map's descriptor".to_string());
-        Ok(RingMaps { ring: clone(&self.ring)?, lost: clone(&self.lost)? })
+        Ok(RingMaps { ring: clone(&self.ring)?, lost: clone(&self.lost)?, claim: Arc::clone(&self.claim) })
     }
 
-    /// The descriptors, as a program loaded now refers to the maps.
+    /// The descriptors, as a program loaded now refers to the maps, and the token its records must carry.
     pub fn fds(&self) -> Maps {
-        Maps { ring: self.ring.fd(), lost: self.lost.fd() }
+        Maps { ring: self.ring.fd(), lost: self.lost.fd(), token: self.claim.token }
     }
 }
 
@@ -252,20 +536,19 @@ impl QueueDrops {
     }
 }
 
-/// The transition tracer of one run. Dropping it stops the reader and detaches the programs.
+/// The transition tracer of one run. Dropping it stops the reader, removes the run's namespaces from the
+/// [`Shared`] maps and detaches the drop program.
 pub struct Tracer {
-    /// The attachments of the two instances ([`Instance`]), in the order they were made: closing them detaches
-    /// the program (newest first, see the `Drop`).
-    links: Vec<OwnedFd>,
     /// The drop program's two attachments, when the kernel has what it needs.
     drop_links: Vec<OwnedFd>,
     /// Its two instances, kept for their recursion misses.
     drop_programs: Vec<Program>,
     /// Why packets dropped inside a host cannot be shown, if they cannot.
     drops_untraced: Option<String>,
-    /// The two instances of the transition program, kept for their run statistics (the attachments hold the
-    /// programs themselves).
-    programs: Vec<Program>,
+    /// The run's namespaces in the shared maps.
+    registration: Registration,
+    /// The shared program's skipped runs when the run's namespaces were registered.
+    skipped_before: u64,
     lost: Map,
     stop: Arc<AtomicBool>,
     /// Readable once `stop` is set: wakes the reader at once.
@@ -274,40 +557,29 @@ pub struct Tracer {
 }
 
 impl Tracer {
-    /// Loads and attaches the program for the namespaces of the run's hosts (a router's too), with the drop
-    /// program if `queue_drops` says so, and starts the reader that sends their transitions, and the drops
-    /// recorded in `maps`, to `sink`. `Err` says why the kernel's transitions cannot be recorded here.
+    /// Registers the namespaces of the run's hosts (a router's too) with the process's [`Shared`] program
+    /// (loading it if nothing did before), loads and attaches the drop program if `queue_drops` says so, and
+    /// starts the reader that sends their transitions, and the drops recorded in `maps`, to `sink`. `Err` says
+    /// why the kernel's transitions cannot be recorded here.
     pub fn start<'a>(
         namespaces: impl IntoIterator<Item = (HostId, &'a Netns)>,
         maps: RingMaps,
         sink: EventSink,
         queue_drops: QueueDrops,
     ) -> Result<Tracer> {
-        let layout = running_kernel_layout()?;
         let inodes = namespaces
             .into_iter()
             .map(|(host, namespace)| Ok((namespace_inode(namespace)?, host.index() as u32)))
             .collect::<Result<Vec<_>>>()?;
-        let RingMaps { ring, lost } = maps;
-        let maps = Maps { ring: ring.fd(), lost: lost.fd() };
-        let mut programs = Vec::with_capacity(Instance::BOTH.len());
-        let mut links = Vec::with_capacity(Instance::BOTH.len());
-        for instance in Instance::BOTH {
-            let insns = program::instructions(&layout, &inodes, maps, instance);
-            let program =
-                Program::load(bpf::PROG_TYPE_RAW_TRACEPOINT, "netfault_tcp", &insns, LICENSE).map_err(|refusal| {
-                    let log: String = refusal.log.lines().rev().take(3).collect::<Vec<_>>().join(" / ");
-                    refused(&format!("the transition tracer's BPF program (verifier: {log})"), refusal.error)
-                })?;
-            links.push(
-                program
-                    .attach_raw_tracepoint(c"inet_sock_set_state")
-                    .map_err(|e| refused("attach to the tracepoint sock:inet_sock_set_state", e))?,
-            );
-            programs.push(program);
-        }
+        let fds = maps.fds();
+        let RingMaps { ring, lost, claim } = maps;
+        let token = claim.token;
+        let skipped_before = recursion_misses(&claim.shared.programs)?.iter().sum();
+        let registration = Registration::new(claim, &inodes)?;
         let drops = match queue_drops {
-            QueueDrops::Traced => drop_tracer(&layout, &inodes, maps),
+            QueueDrops::Traced => {
+                running_kernel_layout().map_err(|e| e.to_string()).and_then(|layout| drop_tracer(&layout, &inodes, fds))
+            }
             QueueDrops::NoQueues => Ok(Vec::new()),
         };
         let reader = RingReader::new(ring, RING_BYTES as usize).map_err(|e| refused("map the BPF ring buffer", e))?;
@@ -322,7 +594,7 @@ impl Tracer {
                 // programs at every transition (measured: a short connection took 80 us instead of 37 us). The
                 // records carry the kernel's own times, so reading them late changes nothing but when a `state`
                 // trigger sees them, and the observers' samples fire those as fast as before.
-                let _ = finished_tx.send(read_until_stopped(reader, &sink, &told_to_stop, woken.as_raw_fd()));
+                let _ = finished_tx.send(read_until_stopped(reader, token, &sink, &told_to_stop, woken.as_raw_fd()));
             })
             .context(|| "spawn the transition tracer's reader thread".to_string())?;
         let (drop_links, drop_programs, drops_untraced) = match drops {
@@ -332,7 +604,17 @@ impl Tracer {
             }
             Err(reason) => (Vec::new(), Vec::new(), Some(reason)),
         };
-        Ok(Tracer { links, drop_links, drop_programs, drops_untraced, programs, lost, stop, wake, finished })
+        Ok(Tracer {
+            drop_links,
+            drop_programs,
+            drops_untraced,
+            registration,
+            skipped_before,
+            lost,
+            stop,
+            wake,
+            finished,
+        })
     }
 
     /// Reads what is left, stops the reader and detaches the program.
@@ -347,19 +629,20 @@ impl Tracer {
         self.lost
             .lookup(&0u32.to_ne_bytes(), &mut lost)
             .map_err(|e| Error::sys("read the transition tracer's lost count (bpftool map lookup)", e))?;
-        stats.lost = u64::from_ne_bytes(lost);
-        stats.skipped_runs = self.skipped_runs()?.iter().sum();
+        stats.lost = u64::from_ne_bytes(lost) + self.registration.lost()?;
+        let skipped_now: u64 = self.skipped_runs()?.iter().sum();
+        stats.skipped_runs = skipped_now.saturating_sub(self.skipped_before);
         stats.drop_skipped_runs = recursion_misses(&self.drop_programs)?.iter().sum();
         stats.drops_untraced.clone_from(&self.drops_untraced);
         Ok(stats)
     }
 
     /// Runs of the transition program's two instances so far and their total time, as the kernel counts them
-    /// while a [`run_time_stats`] descriptor is held.
+    /// while a [`run_time_stats`] descriptor is held (the process's shared program: every scenario's runs).
     #[cfg(any(test, feature = "bench"))]
     pub fn run_stats(&self) -> Result<(u64, Duration)> {
         let mut total = (0, Duration::ZERO);
-        for program in &self.programs {
+        for program in &self.registration.shared().programs {
             let (runs, time) =
                 program.run_stats().map_err(|e| Error::sys("read the tracer program's run statistics", e))?;
             total = (total.0 + runs, total.1 + time);
@@ -367,10 +650,10 @@ impl Tracer {
         Ok(total)
     }
 
-    /// Runs of each instance of the transition program the kernel skipped so far, because the hit came in an
-    /// interrupt of that instance's run on the same CPU (see [`Program::recursion_misses`]).
+    /// Runs of each instance of the (shared) transition program the kernel skipped so far, because the hit came
+    /// in an interrupt of that instance's run on the same CPU (see [`Program::recursion_misses`]).
     pub fn skipped_runs(&self) -> Result<Vec<u64>> {
-        recursion_misses(&self.programs)
+        recursion_misses(&self.registration.shared().programs)
     }
 }
 
@@ -388,32 +671,31 @@ impl Drop for Tracer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         bpf::signal(&self.wake);
-        // Every detach rewrites the tracepoint's call sites on each CPU (0.1 ms apiece, 0.4 ms for the four):
-        // they are done on a thread of their own, so that a run's teardown does not wait for them.
-        let attachments =
-            Attachments { tracepoints: [std::mem::take(&mut self.drop_links), std::mem::take(&mut self.links)] };
+        if self.drop_links.is_empty() {
+            return;
+        }
+        // Every detach rewrites the tracepoint's call sites on each CPU (0.1 ms apiece): done on a thread of its
+        // own, so that a run's teardown does not wait for them.
+        let attachments = Attachments { links: std::mem::take(&mut self.drop_links) };
         // Should the thread not start, the closure is dropped here, and with it the attachments, in order.
         let _ = thread::Builder::new().name("tracer-detach".into()).spawn(move || drop(attachments));
     }
 }
 
-/// The attachments of each tracepoint's instances, in the order they were made; dropping this detaches them.
+/// The drop program's attachments, in the order they were made; dropping this detaches them.
 struct Attachments {
-    tracepoints: [Vec<OwnedFd>; 2],
+    links: Vec<OwnedFd>,
 }
 
 impl Drop for Attachments {
     fn drop(&mut self) {
-        // Each tracepoint's attachments are closed newest first. The kernel keeps a tracepoint's programs in the
-        // order they were attached, and removing the first while another stays makes the removal wait for an RCU
-        // grace period (kernel/tracepoint.c, the 2->1 transition with a new first function): closing the first
-        // instance before the second cost one grace period per tracepoint, 20 ms of every `Tracer::stop`
-        // (median of 100 in `netfault bench setup`). Removing the last one of a tracepoint's programs waits for
-        // nothing.
-        for links in &mut self.tracepoints {
-            while let Some(link) = links.pop() {
-                drop(link);
-            }
+        // Closed newest first. The kernel keeps a tracepoint's programs in the order they were attached, and
+        // removing the first while another stays makes the removal wait for an RCU grace period
+        // (kernel/tracepoint.c, the 2->1 transition with a new first function): closing the first instance before
+        // the second cost one grace period per tracepoint, 20 ms of every `Tracer::stop` (median of 100 in
+        // `netfault bench setup`). Removing the last one of a tracepoint's programs waits for nothing.
+        while let Some(link) = self.links.pop() {
+            drop(link);
         }
     }
 }
@@ -478,10 +760,15 @@ enum Parsed<'a> {
     },
 }
 
-fn parse(bytes: &[u8]) -> Option<Parsed<'_>> {
+/// The record in `bytes` if it carries `token` (is the run's), else `None`.
+fn parse(bytes: &[u8], token: u64) -> Option<Parsed<'_>> {
     let u32_at = |at: usize| Some(u32::from_ne_bytes(bytes.get(at..at + 4)?.try_into().ok()?));
     let u64_at = |at: usize| Some(u64::from_ne_bytes(bytes.get(at..at + 8)?.try_into().ok()?));
     let kind = u32_at(record::KIND)?;
+    let token_at = if kind == record::TRANSITION { record::TRANSITION_TOKEN } else { record::DROP_TOKEN };
+    if u64_at(token_at)? != token {
+        return None;
+    }
     let pair = match kind {
         record::TRANSITION => return Record::parse(bytes).map(Parsed::Transition),
         record::DROP => Some((Instance::of_number(u32_at(record::DROP_INSTANCE)?)?, u64_at(record::SKB)?)),
@@ -629,7 +916,14 @@ fn wait_readable(fd: RawFd, timeout: Duration) {
 }
 
 /// The reader thread: every record to `sink` until `stop`, then a last pass.
-fn read_until_stopped(mut reader: RingReader, sink: &EventSink, stop: &AtomicBool, wake: RawFd) -> Result<TracerStats> {
+/// Only the records that carry `token` are the run's: the ring's slot may have served another scenario before.
+fn read_until_stopped(
+    mut reader: RingReader,
+    token: u64,
+    sink: &EventSink,
+    stop: &AtomicBool,
+    wake: RawFd,
+) -> Result<TracerStats> {
     let mut namer = Namer::default();
     let mut transition_pairs = Pairs::new();
     let mut drop_pairs = Pairs::new();
@@ -651,7 +945,7 @@ fn read_until_stopped(mut reader: RingReader, sink: &EventSink, stop: &AtomicBoo
         let mut records = Vec::new();
         let mut drops = Vec::new();
         reader
-            .read(if stopping { Duration::ZERO } else { READ_TICK }, wake, |bytes| match parse(bytes) {
+            .read(if stopping { Duration::ZERO } else { READ_TICK }, wake, |bytes| match parse(bytes, token) {
                 Some(Parsed::Transition(record))
                     if transition_pairs.first_of_hit(record.instance, (record.sock, record.from, record.to)) =>
                 {

@@ -47,7 +47,10 @@ pub mod record {
     pub const FAMILY: usize = 48;
     pub const REMOTE_ADDRESS6: usize = 56;
     pub const LOCAL_ADDRESS6: usize = 72;
-    pub const TRANSITION_LEN: usize = 88;
+    /// The registration the record was written for ([`TRANSITION_TOKEN`], [`DROP_TOKEN`]): a ring is used by one
+    /// scenario after another, and a reader keeps only its own scenario's records (see `super::super::Claim`).
+    pub const TRANSITION_TOKEN: usize = 88;
+    pub const TRANSITION_LEN: usize = 96;
     /// A dropped packet: who dropped it ([`BY_NETFILTER`] or [`BY_QDISC`]), the instance of the program that
     /// wrote the record, its first bytes from its IPv4 header on, and its `struct sk_buff`'s kernel address (tells the
     /// second instance's record of a drop from another drop, never shown).
@@ -58,7 +61,8 @@ pub mod record {
     pub const PACKET: usize = 24;
     pub const PACKET_BYTES: usize = 64;
     pub const SKB: usize = PACKET + PACKET_BYTES;
-    pub const DROP_LEN: usize = SKB + 8;
+    pub const DROP_TOKEN: usize = SKB + 8;
+    pub const DROP_LEN: usize = DROP_TOKEN + 8;
 }
 
 /// Each program is loaded and attached twice, as two instances, because the kernel runs a tracepoint's program
@@ -275,13 +279,15 @@ impl SkbLayout {
     }
 }
 
-/// The maps the program uses, by descriptor.
+/// The maps a scenario's own programs (drops) use, by descriptor, and the token their records carry.
 #[derive(Debug, Clone, Copy)]
 pub struct Maps {
     /// Ring buffer of records.
     pub ring: i32,
     /// Array of one u64: records the ring buffer had no room for.
     pub lost: i32,
+    /// What the scenario's records carry at [`record::DROP_TOKEN`] (its claim of the ring).
+    pub token: u64,
 }
 
 /// The most bytes of `struct sock_common` the program copies at once: the namespace pointer, family,
@@ -339,9 +345,12 @@ const SLOT_INUM: i16 = SLOT_SPAN - 8;
 const SLOT_PROTOCOL: i16 = SLOT_SPAN - 16;
 const SLOT_TIME: i16 = SLOT_SPAN - 24;
 const SLOT_ZERO: i16 = SLOT_SPAN - 28;
+/// The namespace entry's ring slot and token.
+const SLOT_RING: i16 = SLOT_SPAN - 32;
 /// An IPv6 socket's remote and local addresses, 16 bytes each.
 const SLOT_REMOTE6: i16 = SLOT_SPAN - 48;
 const SLOT_LOCAL6: i16 = SLOT_SPAN - 64;
+const SLOT_TOKEN: i16 = SLOT_SPAN - 72;
 /// The drop program's own slots (its packet copy where the transition program copies the socket).
 const SLOT_PACKET: i16 = -(record::PACKET_BYTES as i16);
 const SLOT_SOCK: i16 = SLOT_PACKET - 8;
@@ -362,6 +371,10 @@ enum Label {
     Copy,
     /// An IPv4 or IPv6 socket: go on to the protocol check.
     Inet,
+    /// The ring buffer of the slot with this number is chosen (see [`instructions`]).
+    Slot(u16),
+    /// A ring buffer is in R1: reserve the record.
+    Reserve,
 }
 
 #[derive(Default)]
@@ -461,9 +474,38 @@ impl Assembler {
     }
 }
 
-/// The program's instructions for `layout`, the run's namespaces (each one's inode number and its host's
-/// number, `HostId::index()`), `maps`, and which `instance` of the program it is.
-pub fn instructions(layout: &SockLayout, namespaces: &[(u32, u32)], maps: Maps, instance: Instance) -> Vec<u64> {
+/// The maps of the transition program, shared by every scenario of a process ([`super::Shared`]), by
+/// descriptor.
+#[derive(Debug, Clone)]
+pub struct SharedMaps {
+    /// Hash: a namespace's inode number -> [`namespace_entry`] (`bpftool map update ... key <inum>`): the
+    /// namespaces whose transitions are kept.
+    pub namespaces: i32,
+    /// The ring buffers, one per slot (a scenario claims one: [`namespace_entry::SLOT`]), each named in the
+    /// program itself: no map of maps, whose every change waits for an RCU grace period in the kernel.
+    pub rings: Vec<i32>,
+}
+
+/// The most ring slots one program names: the kernel takes at most 64 maps per program, the namespaces' one
+/// among them.
+pub const SLOTS_MAX: usize = 63;
+
+/// A [`SharedMaps::namespaces`] value: the host's number (`HostId::index()`), who registered it (see
+/// [`super::set_owner`]), the count of its records the scenario's ring had no room for, the scenario's ring
+/// slot (an index into [`SharedMaps::rings`]) and the token its records carry ([`record::TRANSITION_TOKEN`]).
+pub mod namespace_entry {
+    pub const HOST: usize = 0;
+    pub const OWNER: usize = 4;
+    pub const LOST: usize = 8;
+    pub const SLOT: usize = 16;
+    pub const TOKEN: usize = 24;
+    pub const LEN: usize = 32;
+}
+
+/// The program's instructions for `layout`, `maps` and which `instance` of the program it is. They hold no
+/// scenario's namespaces: each scenario registers its own in `maps` (its hosts' inode numbers, each with its
+/// host's number, its scenario's ring slot and token), so one loaded program serves every scenario of a process.
+pub fn instructions(layout: &SockLayout, maps: &SharedMaps, instance: Instance) -> Vec<u64> {
     let mut a = Assembler::default();
     let (span_start, span_len) = layout.span();
     let in_span = |field: Field| SLOT_SPAN + (field.offset - span_start) as i16;
@@ -478,14 +520,23 @@ pub fn instructions(layout: &SockLayout, namespaces: &[(u32, u32)], maps: Maps, 
     a.jump_if_registers(OP_JEQ, R7, R8, Label::Out);
     // One copy of the socket's common part: namespace pointer, family, addresses, ports.
     a.probe(SLOT_SPAN, R6, Field { offset: span_start, size: span_len });
-    // The namespace's inode: one of the run's two, else not ours.
-    a.load(SIZE_DW, R9, FP, in_span(layout.net));
-    a.host_of_namespace(R9, layout.inum, namespaces);
-    // IPv4 and IPv6 TCP only (the tracepoint fires for SCTP and MPTCP too).
+    // IPv4 and IPv6 only (the tracepoint fires for other families too): the cheapest test first, from the copy.
     a.load(SIZE_H, R1, FP, in_span(layout.family));
     a.jump(OP_JEQ, R1, AF_INET, Label::Inet);
     a.jump(OP_JNE, R1, AF_INET6, Label::Out);
     a.label(Label::Inet);
+    // The namespace's inode: one a scenario registered, else not ours. Its host's number into R9, its slot and
+    // token onto the stack.
+    a.load(SIZE_DW, R9, FP, in_span(layout.net));
+    a.probe(SLOT_INUM, R9, layout.inum);
+    a.lookup_namespace(maps.namespaces);
+    a.jump(OP_JEQ, R0, 0, Label::Out);
+    a.load(SIZE_W, R9, R0, namespace_entry::HOST as i16);
+    a.load(SIZE_W, R1, R0, namespace_entry::SLOT as i16);
+    a.store(SIZE_W, FP, SLOT_RING, R1);
+    a.load(SIZE_DW, R1, R0, namespace_entry::TOKEN as i16);
+    a.store(SIZE_DW, FP, SLOT_TOKEN, R1);
+    // TCP only (the tracepoint fires for SCTP and MPTCP too).
     a.probe(SLOT_PROTOCOL, R6, layout.protocol);
     a.load(SIZE_H, R1, FP, SLOT_PROTOCOL);
     a.jump(OP_JNE, R1, IPPROTO_TCP, Label::Out);
@@ -493,7 +544,20 @@ pub fn instructions(layout: &SockLayout, namespaces: &[(u32, u32)], maps: Maps, 
     // which must not hold a reservation then); user space reads them for an IPv6 socket only.
     a.probe(SLOT_REMOTE6, R6, layout.remote_address6);
     a.probe(SLOT_LOCAL6, R6, layout.local_address6);
-    a.reserve(maps.ring, record::TRANSITION_LEN, record::TRANSITION);
+    // The scenario's own ring: the one of its slot, named here by descriptor (a slot no ring has: not ours).
+    a.load(SIZE_W, R2, FP, SLOT_RING);
+    let slots = maps.rings.len().min(SLOTS_MAX);
+    for slot in 0..slots {
+        a.jump(OP_JEQ, R2, slot as i32, Label::Slot(slot as u16));
+    }
+    a.jump(OP_JA, 0, 0, Label::Out);
+    for (slot, &ring) in maps.rings.iter().take(slots).enumerate() {
+        a.label(Label::Slot(slot as u16));
+        a.map(R1, ring);
+        a.jump(OP_JA, 0, 0, Label::Reserve);
+    }
+    a.label(Label::Reserve);
+    a.reserve_in_r1(record::TRANSITION_LEN, record::TRANSITION);
     a.store(SIZE_DW, R0, record::SOCK as i16, R6);
     a.store(SIZE_W, R0, record::OLD_STATE as i16, R7);
     a.store(SIZE_W, R0, record::NEW_STATE as i16, R8);
@@ -515,8 +579,19 @@ pub fn instructions(layout: &SockLayout, namespaces: &[(u32, u32)], maps: Maps, 
         }
     }
     a.store_imm(SIZE_W, R0, record::TRANSITION_INSTANCE as i16, instance.number() as i32);
-    a.submit_and_exit(maps.lost, 0);
+    a.load(SIZE_DW, R1, FP, SLOT_TOKEN);
+    a.store(SIZE_DW, R0, record::TRANSITION_TOKEN as i16, R1);
+    a.submit_and_exit(Lost::Namespace(maps.namespaces), 0);
     a.finish()
+}
+
+/// Where a program counts a record its ring had no room for.
+#[derive(Debug, Clone, Copy)]
+enum Lost {
+    /// The one u64 of an array map (a scenario's own, [`Maps::lost`]).
+    Array(i32),
+    /// The namespace's entry in [`SharedMaps::namespaces`] (its inode number at [`SLOT_INUM`]).
+    Namespace(i32),
 }
 
 /// The drop program's instructions: run at the `skb:kfree_skb` tracepoint (`skb`, `location`, `reason`), it
@@ -563,7 +638,8 @@ pub fn drop_instructions(
     a.store_imm(SIZE_W, R0, record::DROP_INSTANCE as i16, instance.number() as i32);
     a.store(SIZE_DW, R0, record::SKB as i16, R6);
     a.copy_packet_into_record();
-    a.submit_and_exit(maps.lost, 0);
+    a.store_token(maps.token);
+    a.submit_and_exit(Lost::Array(maps.lost), 0);
     a.finish()
 }
 
@@ -662,7 +738,8 @@ impl Assembler {
         self.store_imm(SIZE_W, R0, record::DROP_INSTANCE as i16, 0);
         self.store_imm(SIZE_DW, R0, record::SKB as i16, 0);
         self.copy_packet_into_record();
-        self.submit_and_exit(recording.maps.lost, verdict);
+        self.store_token(recording.maps.token);
+        self.submit_and_exit(Lost::Array(recording.maps.lost), verdict);
     }
 
     /// The host whose namespace `net` (a `struct net *` in a register) is, into R9 (the host's number that
@@ -679,10 +756,24 @@ impl Assembler {
         self.label(Label::Ours);
     }
 
+    /// `bpf_map_lookup_elem(map, fp + SLOT_INUM)`: the entry of the namespace whose inode number is there, or 0,
+    /// in R0.
+    fn lookup_namespace(&mut self, map: i32) {
+        self.map(R1, map);
+        self.mov(R2, FP);
+        self.add_imm(R2, i32::from(SLOT_INUM));
+        self.call(HELPER_MAP_LOOKUP_ELEM);
+    }
+
     /// `bpf_ringbuf_reserve(ring, len)`, the program leaving through [`Label::Lost`] when there is no room; then
     /// the record's kind, host (R9) and time (from [`SLOT_TIME`]). The record is in R0.
     fn reserve(&mut self, ring: i32, len: usize, kind: u32) {
         self.map(R1, ring);
+        self.reserve_in_r1(len, kind);
+    }
+
+    /// [`Assembler::reserve`] in the ring buffer R1 holds (the slot's, see [`instructions`]).
+    fn reserve_in_r1(&mut self, len: usize, kind: u32) {
         self.mov_imm(R2, len as i32);
         self.mov_imm(R3, 0);
         self.call(HELPER_RINGBUF_RESERVE);
@@ -691,6 +782,16 @@ impl Assembler {
         self.store(SIZE_W, R0, record::HOST as i16, R9);
         self.load(SIZE_DW, R1, FP, SLOT_TIME);
         self.store(SIZE_DW, R0, record::TIME_NS as i16, R1);
+    }
+
+    /// `token` into the drop record in R0, at [`record::DROP_TOKEN`] (two 32-bit halves: an instruction's
+    /// immediate is 32 bits).
+    fn store_token(&mut self, token: u64) {
+        let halves = token.to_ne_bytes();
+        for (at, half) in [(0, &halves[..4]), (4, &halves[4..])] {
+            let half = i32::from_ne_bytes([half[0], half[1], half[2], half[3]]);
+            self.store_imm(SIZE_W, R0, (record::DROP_TOKEN + at) as i16, half);
+        }
     }
 
     /// The packet's bytes from [`SLOT_PACKET`] into the record in R0.
@@ -705,20 +806,29 @@ impl Assembler {
     /// (`lock *(u64 *)(r0 + 0) += 1` when the ring buffer had no room), it returns `verdict`; through
     /// [`Label::Out`] (nothing to record), where the program has a jump to it, it returns 0 (the verifier
     /// refuses instructions no path reaches).
-    fn submit_and_exit(&mut self, lost: i32, verdict: i32) {
+    fn submit_and_exit(&mut self, lost: Lost, verdict: i32) {
         self.mov(R1, R0);
         self.mov_imm(R2, 0);
         self.call(HELPER_RINGBUF_SUBMIT);
         self.jump(OP_JA, 0, 0, Label::Done);
         self.label(Label::Lost);
-        self.store_imm(SIZE_W, FP, SLOT_ZERO, 0);
-        self.map(R1, lost);
-        self.mov(R2, FP);
-        self.add_imm(R2, i32::from(SLOT_ZERO));
-        self.call(HELPER_MAP_LOOKUP_ELEM);
+        let counter_at = match lost {
+            Lost::Array(map) => {
+                self.store_imm(SIZE_W, FP, SLOT_ZERO, 0);
+                self.map(R1, map);
+                self.mov(R2, FP);
+                self.add_imm(R2, i32::from(SLOT_ZERO));
+                self.call(HELPER_MAP_LOOKUP_ELEM);
+                0
+            }
+            Lost::Namespace(map) => {
+                self.lookup_namespace(map);
+                namespace_entry::LOST as i16
+            }
+        };
         self.jump(OP_JEQ, R0, 0, Label::Done);
         self.mov_imm(R1, 1);
-        self.raw(STX | SIZE_DW | MODE_ATOMIC, R0, R1, 0, i32::from(OP_ADD));
+        self.raw(STX | SIZE_DW | MODE_ATOMIC, R0, R1, counter_at, i32::from(OP_ADD));
         self.label(Label::Done);
         self.mov_imm(R0, verdict);
         self.raw(JMP | OP_EXIT, 0, 0, 0, 0);
@@ -768,8 +878,7 @@ mod tests {
 
     #[test]
     fn every_jump_lands_inside_the_program_and_it_ends_in_exit() {
-        let insns =
-            instructions(&layout(), &[(7, 0), (u32::MAX - 1, 1), (9, 2)], Maps { ring: 4, lost: 5 }, Instance::Second);
+        let insns = instructions(&layout(), &SharedMaps { namespaces: 4, rings: vec![5, 6, 7] }, Instance::Second);
         let last = decode(*insns.last().unwrap());
         assert_eq!(last.0, JMP | OP_EXIT);
         for (at, insn) in insns.iter().enumerate() {
@@ -780,15 +889,20 @@ mod tests {
             }
         }
         let maps: Vec<i32> = insns.iter().map(|i| decode(*i)).filter(|d| d.0 == LD_IMM64).map(|d| d.4).collect();
-        assert_eq!(maps, vec![4, 5], "each map is loaded by descriptor");
-        let inodes: Vec<u32> =
-            insns.iter().map(|i| decode(*i)).filter(|d| d.0 == JMP32 | OP_JEQ).map(|d| d.4 as u32).collect();
-        assert_eq!(inodes, vec![7, u32::MAX - 1, 9], "every namespace compared as u32");
+        assert_eq!(
+            maps,
+            vec![4, 5, 6, 7, 4],
+            "the namespaces, each slot's ring, the namespaces again for a lost record"
+        );
+        assert!(
+            insns.iter().all(|i| decode(*i).0 & 0x07 != JMP32),
+            "no namespace is written into the program: it looks each one up"
+        );
     }
 
     #[test]
     fn the_common_part_is_copied_once_and_the_far_fields_apart() {
-        let insns = instructions(&layout(), &[(7, 0), (8, 1)], Maps { ring: 4, lost: 5 }, Instance::First);
+        let insns = instructions(&layout(), &SharedMaps { namespaces: 4, rings: vec![5] }, Instance::First);
         // Each probe adds its offset to its base just before setting up the call: (size, offset).
         let probes: Vec<(i32, i32)> = insns
             .windows(4)

@@ -315,15 +315,16 @@ fn marked(mark: u32) -> Vec<u8> {
     skb
 }
 
-/// Every record in `maps`' ring.
-fn ring_records(maps: RingMaps) -> (Vec<Vec<u8>>, u64) {
+/// Every record in `maps`' ring, the lost count and the token of the ring's claim.
+fn ring_records(maps: RingMaps) -> (Vec<Vec<u8>>, u64, u64) {
+    let token = maps.claim.token;
     let mut lost = [0u8; 8];
     maps.lost.lookup(&0u32.to_ne_bytes(), &mut lost).unwrap();
     let mut reader = RingReader::new(maps.ring, RING_BYTES as usize).unwrap();
     let wake = bpf::wake_event().unwrap();
     let mut records = Vec::new();
     reader.read(Duration::ZERO, wake.as_raw_fd(), |bytes| records.push(bytes.to_vec())).unwrap();
-    (records, u64::from_ne_bytes(lost))
+    (records, u64::from_ne_bytes(lost), token)
 }
 
 #[test]
@@ -348,14 +349,14 @@ fn a_qdisc_drop_program_records_each_drop_it_makes_and_only_those() {
     assert_eq!(run(&short, QDISC_MARK), 2);
     drop(program);
 
-    let (records, lost) = ring_records(maps);
+    let (records, lost, token) = ring_records(maps);
     assert_eq!(lost, 1, "the packet too short to show");
     assert_eq!(records.len(), 2, "one record per drop shown");
     let mut decoder = Decoder::new();
     let mut drops = Vec::new();
     for bytes in &records {
         assert_eq!(bytes.len(), program::record::DROP_LEN);
-        let Some(Parsed::Drop { pair, host, time_ns, by, packet }) = parse(bytes) else { panic!("{bytes:?}") };
+        let Some(Parsed::Drop { pair, host, time_ns, by, packet }) = parse(bytes, token) else { panic!("{bytes:?}") };
         assert_eq!((pair, host, by), (None, HostId::Server.index() as u32, DroppedBy::Qdisc));
         assert!((before..=after).contains(&time_ns), "{time_ns} outside [{before}, {after}]");
         let event = decoder.decode_ip(packet, true).unwrap();
@@ -387,12 +388,12 @@ fn a_netfilter_drop_recorder_records_every_packet_its_rule_takes_and_always_matc
     assert_eq!(run(&short), 1, "matched even when it cannot be shown, so the fault still takes it");
     drop(program);
 
-    let (records, lost) = ring_records(maps);
+    let (records, lost, token) = ring_records(maps);
     assert_eq!(lost, 1, "the packet too short to show");
     let mut decoder = Decoder::new();
     let mut drops = Vec::new();
     for bytes in &records {
-        let Some(Parsed::Drop { pair, host, time_ns, by, packet }) = parse(bytes) else { panic!("{bytes:?}") };
+        let Some(Parsed::Drop { pair, host, time_ns, by, packet }) = parse(bytes, token) else { panic!("{bytes:?}") };
         assert_eq!((pair, host, by), (None, HostId::Client.index() as u32, DroppedBy::Netfilter));
         assert!((before..=after).contains(&time_ns), "{time_ns} outside [{before}, {after}]");
         let event = decoder.decode_ip(packet, true).unwrap();
@@ -419,18 +420,21 @@ fn drop_records_pair_by_instance_and_skb_and_tc_records_stand_alone() {
     put(&mut bytes, program::record::DROPPED_BY, &program::record::BY_NETFILTER.to_ne_bytes());
     put(&mut bytes, program::record::DROP_INSTANCE, &1u32.to_ne_bytes());
     put(&mut bytes, program::record::SKB, &0xffff_8880_1234_5600u64.to_ne_bytes());
-    let Some(Parsed::Drop { pair, host, time_ns, by, .. }) = parse(&bytes) else { panic!() };
+    let token: u64 = 0x0000_0007_0000_0003;
+    put(&mut bytes, program::record::DROP_TOKEN, &token.to_ne_bytes());
+    assert!(parse(&bytes, token + 1).is_none(), "a record of another claim of the ring");
+    let Some(Parsed::Drop { pair, host, time_ns, by, .. }) = parse(&bytes, token) else { panic!() };
     assert_eq!(
         (pair, host, time_ns, by),
         (Some((Instance::Second, 0xffff_8880_1234_5600)), 2, 77, DroppedBy::Netfilter)
     );
     put(&mut bytes, program::record::KIND, &program::record::TC_DROP.to_ne_bytes());
     put(&mut bytes, program::record::DROPPED_BY, &program::record::BY_QDISC.to_ne_bytes());
-    let Some(Parsed::Drop { pair, by, .. }) = parse(&bytes) else { panic!() };
+    let Some(Parsed::Drop { pair, by, .. }) = parse(&bytes, token) else { panic!() };
     assert_eq!((pair, by), (None, DroppedBy::Qdisc));
-    assert!(parse(&bytes[..program::record::PACKET + 8]).is_none(), "a cut record");
+    assert!(parse(&bytes[..program::record::PACKET + 8], token).is_none(), "a cut record");
     put(&mut bytes, program::record::KIND, &4u32.to_ne_bytes());
-    assert!(parse(&bytes).is_none(), "an unknown kind");
+    assert!(parse(&bytes, token).is_none(), "an unknown kind");
 }
 
 #[test]
@@ -452,7 +456,147 @@ fn a_tracer_without_queue_drops_attaches_no_drop_program_and_says_nothing_is_unt
     let (sink, _received) = EventSink::new(Clock::started());
     let maps = RingMaps::create().unwrap();
     let tracer = Tracer::start(HostId::ALL.into_iter().zip(&namespaces), maps, sink, QueueDrops::NoQueues).unwrap();
-    assert_eq!((tracer.links.len(), tracer.drop_links.len(), tracer.drop_programs.len()), (2, 0, 0));
+    let programs = tracer.registration.shared().programs.len();
+    assert_eq!((programs, tracer.drop_links.len(), tracer.drop_programs.len()), (2, 0, 0));
     let stats = tracer.stop().unwrap();
     assert_eq!((stats.drops_untraced, stats.drop_skipped_runs), (None, 0));
+}
+
+/// The keys of `shared`'s namespace map that are among `inodes`.
+fn registered_in(shared: &Shared, inodes: &[u32]) -> Vec<u32> {
+    let keys = shared.namespaces.keys_u32(NAMESPACES_MAX as usize).unwrap();
+    inodes.iter().copied().filter(|inode| keys.contains(inode)).collect()
+}
+
+/// The keys of the process's shared namespace map that are among `inodes`.
+fn registered(inodes: &[u32]) -> Vec<u32> {
+    registered_in(&shared().unwrap(), inodes)
+}
+
+/// Whether `shared`'s slot `slot` is claimed.
+fn claimed(shared: &Shared, slot: u32) -> bool {
+    shared.slots.lookup(&slot.to_ne_bytes(), &mut [0u8; 8]).is_ok()
+}
+
+#[test]
+fn two_runs_at_once_share_the_program_and_each_reads_only_its_own_namespaces() {
+    let first = [Netns::new_anonymous().unwrap(), Netns::new_anonymous().unwrap()];
+    let second = [Netns::new_anonymous().unwrap(), Netns::new_anonymous().unwrap()];
+    let (first_sink, first_received) = EventSink::new(Clock::started());
+    let (second_sink, second_received) = EventSink::new(Clock::started());
+    let start = |namespaces: &[Netns; 2], sink| {
+        Tracer::start(HostId::ALL.into_iter().zip(namespaces), RingMaps::create().unwrap(), sink, QueueDrops::NoQueues)
+            .unwrap()
+    };
+    let (first_tracer, second_tracer) = (start(&first, first_sink), start(&second, second_sink));
+    let process = shared().unwrap();
+    for tracer in [&first_tracer, &second_tracer] {
+        assert!(Arc::ptr_eq(&tracer.registration.claim.shared, &process), "the process's program, a slot of it");
+    }
+    let slots = [first_tracer.registration.claim.slot, second_tracer.registration.claim.slot];
+    assert_ne!(slots[0], slots[1], "a slot each");
+    let inodes: Vec<u32> = first.iter().chain(&second).map(|ns| namespace_inode(ns).unwrap()).collect();
+    assert_eq!(registered(&inodes), inodes, "both runs' namespaces registered at once");
+    short_connection(&first[0], 9100);
+    short_connection(&second[1], 9200);
+    first_tracer.stop().unwrap();
+    assert_eq!(registered(&inodes), inodes[2..].to_vec(), "a stopped run's namespaces are removed, the other's stay");
+    assert!(!claimed(&process, slots[0]) && claimed(&process, slots[1]), "the stopped run's slot is free again");
+    second_tracer.stop().unwrap();
+    assert_eq!(registered(&inodes), Vec::<u32>::new());
+    let seen = |received: handoff::Receiver<Event>| transitions(&Timeline::new(received.try_iter().collect()).events);
+    let (first_seen, second_seen) = (seen(first_received), seen(second_received));
+    let listener = |port: u16, seen: &[(HostId, String, TcpState, TcpState)]| {
+        seen.iter().any(|(_, socket, _, to)| *socket == format!("127.0.0.1:{port} -> *:*") && *to == TcpState::Listen)
+    };
+    assert!(listener(9100, &first_seen), "the first run's own listener: {first_seen:?}");
+    assert!(listener(9200, &second_seen), "the second run's own listener: {second_seen:?}");
+    assert!(first_seen.iter().all(|(host, socket, ..)| *host == HostId::Client && !socket.contains(":9200")));
+    assert!(second_seen.iter().all(|(host, socket, ..)| *host == HostId::Server && !socket.contains(":9100")));
+}
+
+#[test]
+fn what_a_killed_scenario_process_left_registered_is_forgotten_by_its_owner_number_only() {
+    let namespaces = [Netns::new_anonymous().unwrap(), Netns::new_anonymous().unwrap()];
+    let inodes: Vec<u32> = namespaces.iter().map(|ns| namespace_inode(ns).unwrap()).collect();
+    let process = shared().unwrap();
+    // As a forked scenario process claims and registers (its owner number, set at the fork, in its token and
+    // entries), and then dies without its teardown: neither is ever dropped.
+    let owner = 0x7e57_0001;
+    let token = (u64::from(owner) << 32) | 1;
+    let claim = Claim::in_shared(Arc::clone(&process), token).unwrap().expect("a free slot");
+    let slot = claim.slot;
+    for (host, inode) in inodes.iter().enumerate() {
+        process.namespaces.update(&inode.to_ne_bytes(), &namespace_entry_of(host as u32, owner, slot, token)).unwrap();
+    }
+    std::mem::forget(claim);
+    forget_owner(owner + 1);
+    assert_eq!(registered(&inodes), inodes, "another owner's number removes nothing");
+    assert!(claimed(&process, slot), "nor its slot");
+    forget_owner(owner);
+    assert_eq!(registered(&inodes), Vec::<u32>::new(), "the dead process's namespaces are gone");
+    assert!(!claimed(&process, slot), "its slot is free again");
+}
+
+#[test]
+fn a_slot_used_again_gives_the_next_scenario_none_of_the_earlier_ones_records() {
+    // A program of the test's own with one slot: the second scenario gets the slot the first left.
+    let own = Arc::new(Shared::load(1).unwrap());
+    let first = Netns::new_anonymous().unwrap();
+    let first_inode = namespace_inode(&first).unwrap();
+    let earlier = Claim::in_shared(Arc::clone(&own), 0x0000_0009_0000_0001).unwrap().expect("the free slot");
+    let entry = namespace_entry_of(HostId::Client.index() as u32, 9, earlier.slot, earlier.token);
+    own.namespaces.update(&first_inode.to_ne_bytes(), &entry).unwrap();
+    // Its transitions stay in the ring unread, as a killed scenario's would; and its namespace stays
+    // registered while the next scenario starts (a transition written late, after the slot changed hands).
+    short_connection(&first, 9300);
+    drop(earlier);
+    assert!(!claimed(&own, 0));
+    let second = [Netns::new_anonymous().unwrap(), Netns::new_anonymous().unwrap()];
+    let (sink, received) = EventSink::new(Clock::started());
+    let maps = RingMaps::of_claim(Claim::in_shared(Arc::clone(&own), next_token()).unwrap().expect("free")).unwrap();
+    assert_eq!(maps.claim.slot, 0, "the same slot");
+    let tracer = Tracer::start(HostId::ALL.into_iter().zip(&second), maps, sink, QueueDrops::NoQueues).unwrap();
+    short_connection(&first, 9301);
+    short_connection(&second[1], 9302);
+    let stats = tracer.stop().unwrap();
+    own.namespaces.delete(&first_inode.to_ne_bytes()).unwrap();
+    let seen = transitions(&Timeline::new(received.try_iter().collect()).events);
+    assert!(
+        seen.iter().any(|(host, socket, _, to)| *host == HostId::Server
+            && socket == "127.0.0.1:9302 -> *:*"
+            && *to == TcpState::Listen),
+        "its own listener: {seen:?}"
+    );
+    assert!(seen.iter().all(|(_, socket, ..)| !socket.contains(":9300") && !socket.contains(":9301")), "{seen:?}");
+    assert_eq!(stats.transitions, seen.len() as u64, "no other record counted");
+}
+
+#[test]
+fn a_scenario_finding_every_slot_taken_loads_a_program_of_its_own_and_reads_only_its_namespaces() {
+    let process = shared().unwrap();
+    // Every free slot taken (other tests running meanwhile find none free either, and load their own too).
+    let mut taken = Vec::new();
+    while let Some(claim) = Claim::in_shared(Arc::clone(&process), next_token()).unwrap() {
+        taken.push(claim);
+    }
+    let namespaces = [Netns::new_anonymous().unwrap(), Netns::new_anonymous().unwrap()];
+    let (sink, received) = EventSink::new(Clock::started());
+    let maps = RingMaps::create().unwrap();
+    drop(taken);
+    assert!(!Arc::ptr_eq(&maps.claim.shared, &process), "a program of its own");
+    let tracer = Tracer::start(HostId::ALL.into_iter().zip(&namespaces), maps, sink, QueueDrops::NoQueues).unwrap();
+    let inodes: Vec<u32> = namespaces.iter().map(|ns| namespace_inode(ns).unwrap()).collect();
+    assert_eq!(registered(&inodes), Vec::<u32>::new(), "not in the process's program");
+    assert_eq!(registered_in(tracer.registration.shared(), &inodes), inodes);
+    short_connection(&namespaces[0], 9400);
+    tracer.stop().unwrap();
+    let seen = transitions(&Timeline::new(received.try_iter().collect()).events);
+    assert!(
+        seen.iter().any(|(host, socket, _, to)| *host == HostId::Client
+            && socket == "127.0.0.1:9400 -> *:*"
+            && *to == TcpState::Listen),
+        "its own listener: {seen:?}"
+    );
+    assert!(seen.iter().all(|(host, ..)| *host == HostId::Client), "{seen:?}");
 }

@@ -123,6 +123,14 @@ impl InstalledFault {
     fn chain_name(&self) -> String {
         self.chain.to_string_lossy().into_owned()
     }
+
+    /// `fault_<name>_record`, the chain of a recording fault's one lasting rule (see [`fault_batch`]).
+    fn record_chain(&self) -> CString {
+        let mut name = self.chain.clone().into_bytes();
+        name.extend_from_slice(b"_record");
+        // The fault's chain name has no NUL byte (checked when it was made), and neither has the suffix.
+        CString::new(name).unwrap_or_default()
+    }
 }
 
 impl Firewall {
@@ -219,8 +227,9 @@ impl Firewall {
         Ok(Firewall { socket, host, faults: own.into_iter().map(|(fault, _)| fault).collect(), _recorder: recorder })
     }
 
-    /// `nft add rule inet netfault fault_<name> <match> counter name fault_<name> <action>`, in one
-    /// batch that first flushes the chain: switches the fault on, and is idempotent.
+    /// `nft add rule inet netfault fault_<name> <match> counter name fault_<name> <action>` (a recording
+    /// fault's rules `jump fault_<name>_record` instead), in one batch that first flushes the chain: switches
+    /// the fault on, and is idempotent.
     pub fn activate(&mut self, fault: &str) -> Result<()> {
         let installed = find(&self.faults, self.host, fault)?;
         self.socket.apply(&switch_batch(installed, true)).map_err(|e| {
@@ -326,6 +335,13 @@ fn table_batch(forwards: bool, nat: Option<&Nat>, no_payload_set: bool) -> Final
 
 /// One fault, off: its counter, its chain and the base chain's jump to it; its rules are added and flushed
 /// again, so that the kernel checks them now rather than at their first activation mid-run.
+///
+/// A fault that records what it drops (xtables' `bpf` match) keeps that match out of the rules it switches: its
+/// chain's rules end in `jump fault_<name>_record`, a chain made here whose one rule (the match, the counter, the
+/// verdict) stays for the whole run. Adding a rule with an xtables match first waits for nf_tables' pending
+/// destroy work of every namespace (`nft_compat_wait_for_destructors`), an RCU grace period: 11-15 ms on an idle
+/// machine and seconds with a suite running, which switched egress/netfilter-drop-probes' fault on after the
+/// probes it was to drop. A jump to an existing chain waits for nothing.
 fn fault_batch(fault: &InstalledFault) -> FinalizedBatch {
     let table = Table::new(TABLE, FAMILY);
     let base = Chain::new(
@@ -339,6 +355,15 @@ fn fault_batch(fault: &InstalledFault) -> FinalizedBatch {
     let mut batch = Batch::with_page_size(BATCH_PAGE_SIZE);
     batch.add(&CounterObject::new(FAMILY, TABLE, &fault.chain), MsgType::Add);
     batch.add(&Chain::new(&fault.chain, &table), MsgType::Add);
+    if let Some(program_fd) = fault.recorder {
+        let record_chain = fault.record_chain();
+        let record = Chain::new(&record_chain, &table);
+        batch.add(&record, MsgType::Add);
+        let mut rule = Rule::new(&record);
+        rule.add_expr(&XtBpfMatch { program_fd });
+        add_count_and_action(&mut rule, fault);
+        batch.add(&rule, MsgType::Add);
+    }
     let mut jump = Rule::new(&base);
     jump.add_expr(&Verdict::Jump { chain: fault.chain.clone() });
     batch.add(&jump, MsgType::Add);
@@ -381,19 +406,25 @@ fn add_fault_rules(batch: &mut Batch, chain: &Chain, fault: &InstalledFault) {
         if fault.selection.payload == Some(PayloadMatch::NonEmpty) {
             add_payload_nonempty(&mut rule, fault.encoding);
         }
-        if let Some(program_fd) = fault.recorder {
-            rule.add_expr(&XtBpfMatch { program_fd });
-        }
-        rule.add_expr(&CounterRef { name: &fault.chain });
-        match &fault.action {
-            RuleAction::Verdict(verdict, _) => rule.add_expr(verdict),
-            // `meta mark set <mark>`, no verdict: the packet goes on, to be dropped by the queueing discipline.
-            RuleAction::Mark(mark) => {
-                rule.add_expr(&Immediate::new(*mark, Register::Reg1));
-                rule.add_expr(&Meta::Mark { set: true });
-            }
+        if fault.recorder.is_some() {
+            rule.add_expr(&Verdict::Jump { chain: fault.record_chain() });
+        } else {
+            add_count_and_action(&mut rule, fault);
         }
         batch.add(&rule, MsgType::Add);
+    }
+}
+
+/// `counter name fault_<name>` and the fault's action.
+fn add_count_and_action(rule: &mut Rule, fault: &InstalledFault) {
+    rule.add_expr(&CounterRef { name: &fault.chain });
+    match &fault.action {
+        RuleAction::Verdict(verdict, _) => rule.add_expr(verdict),
+        // `meta mark set <mark>`, no verdict: the packet goes on, to be dropped by the queueing discipline.
+        RuleAction::Mark(mark) => {
+            rule.add_expr(&Immediate::new(*mark, Register::Reg1));
+            rule.add_expr(&Meta::Mark { set: true });
+        }
     }
 }
 
@@ -450,7 +481,22 @@ fn verdict(action: FaultAction) -> Option<(Verdict, &'static str)> {
 
 /// The fault's rules as `nft add rule` commands, for messages.
 fn rule_text(fault: &InstalledFault) -> Vec<String> {
+    let count_and_action = format!(
+        "counter name {} {}",
+        fault.chain_name(),
+        match &fault.action {
+            RuleAction::Verdict(_, text) => text.to_string(),
+            RuleAction::Mark(mark) => format!("meta mark set {mark:#x}"),
+        }
+    );
+    let record_chain = fault.record_chain().to_string_lossy().into_owned();
     let mut rules = Vec::new();
+    if fault.recorder.is_some() {
+        rules.push(format!(
+            "nft add rule inet netfault {record_chain} bpf-match <records the packet for the timeline> \
+             {count_and_action}"
+        ));
+    }
     if fault.selection.payload == Some(PayloadMatch::Empty) {
         rules.push(format!(
             "nft add rule inet netfault {} meta l4proto tcp {} return",
@@ -475,14 +521,7 @@ fn rule_text(fault: &InstalledFault) -> Vec<String> {
         if fault.selection.payload == Some(PayloadMatch::NonEmpty) {
             parts.push(nonempty_text(fault.encoding));
         }
-        if fault.recorder.is_some() {
-            parts.push("bpf-match <records the packet for the timeline>".into());
-        }
-        parts.push(format!("counter name {}", fault.chain_name()));
-        parts.push(match &fault.action {
-            RuleAction::Verdict(_, text) => text.to_string(),
-            RuleAction::Mark(mark) => format!("meta mark set {mark:#x}"),
-        });
+        parts.push(if fault.recorder.is_some() { format!("jump {record_chain}") } else { count_and_action.clone() });
         rules.push(parts.join(" "));
     }
     rules

@@ -11,6 +11,8 @@ use nix::errno::Errno;
 use nix::sys::socket::{self, sockopt, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, SockaddrIn};
 
 use super::*;
+use crate::observe::transitions::program::DropRecording;
+use crate::observe::transitions::RingMaps;
 use crate::run::userns::{test_privilege, Privilege};
 use crate::scenario::plan::{Location, PacketMatch, TcpFlagsMatch, Trigger};
 
@@ -718,4 +720,33 @@ fn asking_for_an_xtables_match_finds_bpf_and_refuses_one_that_does_not_exist() {
     assert_eq!(refused.raw_os_error(), Some(libc::ENOENT), "{refused}");
     // The socket still answers after a refusal.
     socket.load_xt_match(c"bpf", expr::XT_BPF_REVISION).unwrap();
+}
+
+/// A recording fault's switch adds no xtables match, which would first wait for the pending nf_tables destroy
+/// work of every namespace (an RCU grace period, seconds under a suite's load): the rule it switches jumps to a
+/// chain made at install, whose one rule holds the match, the counter and the verdict for the whole run.
+#[test]
+fn a_recording_fault_is_switched_by_a_jump_and_keeps_its_bpf_match_installed() {
+    let maps = RingMaps::create().unwrap();
+    let recording = DropRecording { maps: maps.fds(), host: HostId::Client.index() as u32 };
+    let faults = [fault("probes", HostId::Client, Direction::Egress, syn_to_server(), FaultAction::Drop)];
+    let ns = Netns::new_anonymous().unwrap();
+    let mut firewall = Firewall::install(&ns, HostId::Client, &faults, None, Some(recording)).unwrap();
+    let chain = |name: &str| {
+        let listed = ns
+            .run(|| Ok(Command::new("nft").args(["list", "chain", "inet", "netfault", name]).output().unwrap()))
+            .unwrap();
+        assert!(listed.status.success(), "nft list chain {name}: {}", String::from_utf8_lossy(&listed.stderr));
+        String::from_utf8(listed.stdout).unwrap()
+    };
+    let record = chain("fault_probes_record");
+    assert!(record.contains("bpf") && record.contains("counter name \"fault_probes\" drop"), "{record}");
+    assert!(!chain("fault_probes").contains("jump"), "off: {}", chain("fault_probes"));
+    firewall.activate("probes").unwrap();
+    let switched = chain("fault_probes");
+    assert!(switched.contains("tcp dport 9000") && switched.contains("jump fault_probes_record"), "{switched}");
+    assert!(!switched.contains("bpf"), "the switched rule holds no xtables match: {switched}");
+    firewall.deactivate("probes").unwrap();
+    assert!(!chain("fault_probes").contains("jump"), "off again: {}", chain("fault_probes"));
+    assert_eq!(chain("fault_probes_record"), record, "the recording rule stays as it was");
 }
