@@ -187,12 +187,14 @@ pub(crate) struct Stock {
 
 impl Stock {
     /// Forks the maker for the shape most of `plans` have (none fitting: no stock), from a single-threaded
-    /// process (the fork server) whose descriptors `close_in_maker` the maker must not hold. Without the
-    /// privilege to make namespaces (rootless) there is none either, nor for a run of a single scenario file:
+    /// process (the fork server, in the runner's private parent) whose descriptors `close_in_maker` the maker
+    /// must not hold. Without the privilege to make namespaces (rootless) there is none either, nor for a run of a single scenario file:
     /// its first scenario would wait for the first pair or make its hosts beside it, and either was slower than
     /// without a pool (`bench run`: 14.6 / 15.1 ms against 14.0 / 14.2, waiting for the pair).
     pub(crate) fn start<'p>(plans: impl Iterator<Item = &'p Plan>, close_in_maker: &[RawFd]) -> Option<Stock> {
-        if !nix::unistd::geteuid().is_root() {
+        // Pairs are made from the runner's private parent, as the scenario processes' own hosts are; a server
+        // outside it (the runner could not make it) has no pool.
+        if !nix::unistd::geteuid().is_root() || crate::run::netns::private_parent_for_children().is_none() {
             return None;
         }
         let plans: Vec<&Plan> = plans.collect();

@@ -268,8 +268,7 @@ fn the_maker_refills_and_dies_with_its_server() {
     crate::run::netns::enter_private_parent().unwrap();
     let mut stock = Stock::start([&plan, &plan].into_iter(), &[]).unwrap();
     let mut numbers = BTreeSet::new();
-    // Every pair taken is held until all are compared: the kernel gives a freed namespace's inode number to the
-    // next namespace made, so a pair dropped at once could pass for a later one.
+    // Kept until every pair is compared: a freed namespace's inode number goes to the next one made.
     let mut taken = Vec::new();
     for _ in 0..DEPTH + 2 {
         let hosts = stock.take_within(&plan, VANISH_WAIT).expect("the maker sends a pair within 10 s");
