@@ -77,6 +77,9 @@ impl Suite {
 /// netfault::scenarios!("tests/faults");
 /// ```
 ///
+/// (Not compiled as a doctest: the macro reads `CARGO_TARGET_TMPDIR`, which cargo sets only when it builds an
+/// integration test; examples/downstream/tests/faults.rs is this very line, built and run by `cargo test`.)
+///
 /// The folder is relative to the package (`CARGO_MANIFEST_DIR`); reports go to
 /// `target/tmp/netfault-reports/<package>/<folder>/<scenario>/` (or under `NETFAULT_REPORTS`). Scenarios name the
 /// package's binaries as `${CARGO_BIN_EXE_<name>}`; `bins = ["name", ...]` also sets them at build time, for a
