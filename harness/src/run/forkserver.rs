@@ -274,7 +274,7 @@ impl Forked {
 }
 
 /// `recvmsg` of one message into `bytes`, with the descriptors it carried.
-fn receive(socket: RawFd, bytes: &mut [u8], flags: MsgFlags) -> nix::Result<(usize, Vec<OwnedFd>)> {
+pub(crate) fn receive(socket: RawFd, bytes: &mut [u8], flags: MsgFlags) -> nix::Result<(usize, Vec<OwnedFd>)> {
     let mut space = nix::cmsg_space!([RawFd; 3]);
     let mut iov = [IoSliceMut::new(bytes)];
     let message = recvmsg::<()>(socket, &mut iov, Some(&mut space), flags | MsgFlags::MSG_CMSG_CLOEXEC)?;
@@ -289,7 +289,7 @@ fn receive(socket: RawFd, bytes: &mut [u8], flags: MsgFlags) -> nix::Result<(usi
 }
 
 /// Whether `fd` became readable within `limit` (an interrupted poll counts as time gone by, and looks again).
-fn readable(fd: BorrowedFd<'_>, limit: Duration) -> bool {
+pub(crate) fn readable(fd: BorrowedFd<'_>, limit: Duration) -> bool {
     let until = std::time::Instant::now() + limit;
     loop {
         let left = until.saturating_duration_since(std::time::Instant::now());

@@ -17,19 +17,17 @@
 //! (`PR_SET_PDEATHSIG`). Nothing is bind-mounted.
 
 use std::collections::VecDeque;
-use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::io::IoSlice;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::socket::{
-    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
-};
+use nix::sys::socket::{sendmsg, socketpair, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType};
 use nix::unistd::{fork, ForkResult};
 
 use crate::error::{Error, Result};
+use crate::run::forkserver;
 use crate::run::netns::Netns;
 use crate::run::topology::{HostLink, HostWire};
 use crate::scenario::plan::{HostId, LinkEnd, Plan};
@@ -289,16 +287,10 @@ impl Stock {
             let until = Instant::now() + wait;
             while self.ready.is_empty() && self.ordered > 0 {
                 let left = until.saturating_duration_since(Instant::now());
-                if left.is_zero() {
+                if left.is_zero() || !forkserver::readable(self.socket.as_fd(), left) {
                     break;
                 }
-                let millis = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
-                let mut fds = [PollFd::new(self.socket.as_fd(), PollFlags::POLLIN)];
-                match poll(&mut fds, PollTimeout::from(millis)) {
-                    Ok(0) | Err(Errno::EINTR) => continue,
-                    Ok(_) => self.receive(),
-                    Err(_) => break,
-                }
+                self.receive();
             }
         }
         let hosts = self.ready.pop_front()?;
@@ -316,18 +308,7 @@ impl Stock {
 
     fn receive_one(&self, flags: MsgFlags) -> nix::Result<Hosts> {
         let mut bytes = [0u8; PAIR_BYTES];
-        let mut space = nix::cmsg_space!([RawFd; 2]);
-        let mut iov = [IoSliceMut::new(&mut bytes)];
-        let message =
-            recvmsg::<()>(self.socket.as_raw_fd(), &mut iov, Some(&mut space), flags | MsgFlags::MSG_CMSG_CLOEXEC)?;
-        let length = message.bytes;
-        let mut fds = Vec::new();
-        for control in message.cmsgs()? {
-            if let ControlMessageOwned::ScmRights(received) = control {
-                // SAFETY: each descriptor was just installed in this process by recvmsg and belongs to nobody else.
-                fds.extend(received.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
-            }
-        }
+        let (length, fds) = forkserver::receive(self.socket.as_raw_fd(), &mut bytes, flags)?;
         if length != PAIR_BYTES || bytes[0] != PAIR || fds.len() != 2 {
             return Err(Errno::EPIPE);
         }
