@@ -755,7 +755,6 @@ fn set_up_host(
         None => build_host_wire(plan, host, &namespace, meetings)?,
     };
     let nat = router_nat(plan).filter(|_| host == HostId::Router);
-
     let recording = drops_to.as_ref().map(|maps| DropRecording { maps: maps.fds(), host: host.index() as u32 });
     let faults = HostFaults::install(&namespace, host, &plan.faults, nat.as_ref(), recording)?;
     for link in &links {

@@ -39,6 +39,14 @@ fn transitions(events: &[Event]) -> Vec<(HostId, String, TcpState, TcpState)> {
         .collect()
 }
 
+/// Whether `seen` ([`transitions`]) has a listener on 127.0.0.1:`port` coming up, of `host` (any host: `None`).
+fn saw_listener(seen: &[(HostId, String, TcpState, TcpState)], host: Option<HostId>, port: u16) -> bool {
+    let listener = format!("127.0.0.1:{port} -> *:*");
+    seen.iter().any(|(by, socket, _, to)| {
+        host.is_none_or(|host| host == *by) && *socket == listener && *to == TcpState::Listen
+    })
+}
+
 #[test]
 fn every_transition_of_the_runs_namespaces_and_none_of_others() {
     let namespaces = [Netns::new_anonymous().unwrap(), Netns::new_anonymous().unwrap()];
@@ -506,11 +514,8 @@ fn two_runs_at_once_share_the_program_and_each_reads_only_its_own_namespaces() {
     assert_eq!(registered(&inodes), Vec::<u32>::new());
     let seen = |received: handoff::Receiver<Event>| transitions(&Timeline::new(received.try_iter().collect()).events);
     let (first_seen, second_seen) = (seen(first_received), seen(second_received));
-    let listener = |port: u16, seen: &[(HostId, String, TcpState, TcpState)]| {
-        seen.iter().any(|(_, socket, _, to)| *socket == format!("127.0.0.1:{port} -> *:*") && *to == TcpState::Listen)
-    };
-    assert!(listener(9100, &first_seen), "the first run's own listener: {first_seen:?}");
-    assert!(listener(9200, &second_seen), "the second run's own listener: {second_seen:?}");
+    assert!(saw_listener(&first_seen, None, 9100), "the first run's own listener: {first_seen:?}");
+    assert!(saw_listener(&second_seen, None, 9200), "the second run's own listener: {second_seen:?}");
     assert!(first_seen.iter().all(|(host, socket, ..)| *host == HostId::Client && !socket.contains(":9200")));
     assert!(second_seen.iter().all(|(host, socket, ..)| *host == HostId::Server && !socket.contains(":9100")));
 }
@@ -562,12 +567,7 @@ fn a_slot_used_again_gives_the_next_scenario_none_of_the_earlier_ones_records() 
     let stats = tracer.stop().unwrap();
     own.namespaces.delete(&first_inode.to_ne_bytes()).unwrap();
     let seen = transitions(&Timeline::new(received.try_iter().collect()).events);
-    assert!(
-        seen.iter().any(|(host, socket, _, to)| *host == HostId::Server
-            && socket == "127.0.0.1:9302 -> *:*"
-            && *to == TcpState::Listen),
-        "its own listener: {seen:?}"
-    );
+    assert!(saw_listener(&seen, Some(HostId::Server), 9302), "its own listener: {seen:?}");
     assert!(seen.iter().all(|(_, socket, ..)| !socket.contains(":9300") && !socket.contains(":9301")), "{seen:?}");
     assert_eq!(stats.transitions, seen.len() as u64, "no other record counted");
 }
@@ -592,11 +592,6 @@ fn a_scenario_finding_every_slot_taken_loads_a_program_of_its_own_and_reads_only
     short_connection(&namespaces[0], 9400);
     tracer.stop().unwrap();
     let seen = transitions(&Timeline::new(received.try_iter().collect()).events);
-    assert!(
-        seen.iter().any(|(host, socket, _, to)| *host == HostId::Client
-            && socket == "127.0.0.1:9400 -> *:*"
-            && *to == TcpState::Listen),
-        "its own listener: {seen:?}"
-    );
+    assert!(saw_listener(&seen, Some(HostId::Client), 9400), "its own listener: {seen:?}");
     assert!(seen.iter().all(|(host, ..)| *host == HostId::Client), "{seen:?}");
 }
