@@ -177,7 +177,7 @@ pub struct ObserverStats {
     pub mean_dump_time: Duration,
     pub max_dump_time: Duration,
     /// Samples asked for at once (a step's end, a SYN, FIN or RST) and taken more than
-    /// [`LATE_ANSWER`](crate::observe::sockets::LATE_ANSWER) later: the observer's thread waited for a CPU, and
+    /// `observe::sockets::LATE_ANSWER` later: the observer's thread waited for a CPU, and
     /// what it would have seen meanwhile may be missing.
     pub late_answers: u64,
     /// The longest such wait, and the scenario time of the ask.

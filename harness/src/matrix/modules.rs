@@ -23,7 +23,7 @@ pub struct Module {
     pub object: Vec<u8>,
 }
 
-/// The modules of [`SUBTREES`] in `tree` (`/lib/modules/<release>`), sorted by name.
+/// The modules of `SUBTREES` in `tree` (`/lib/modules/<release>`), sorted by name.
 pub fn collect(tree: &Path) -> Result<Vec<Module>> {
     let kernel = tree.join("kernel");
     let mut files = Vec::new();

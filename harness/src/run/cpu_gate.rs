@@ -19,7 +19,7 @@
 //! at a time, each has the CPUs the others leave.
 //!
 //! Bulk transfers through the wire run one at a time across this machine's netfault processes too (an `flock`
-//! on [`machine_bulk_lock_path`]): `cargo nextest run` runs each scenario, and each report test's copy of it,
+//! on `machine_bulk_lock_path`): `cargo nextest run` runs each scenario, and each report test's copy of it,
 //! in a test process of its own with a gate of its own, which alone would start every bulk transfer of the
 //! suite at once. (How much this reduces the nextest profile's failures on a busy machine is not measured:
 //! those also come from everything else starting at once, which only a machine-wide CPU share would order.)

@@ -70,7 +70,7 @@ pub struct Job {
     /// The scenario's name, description and source, for the result.json the runner writes when its scenario
     /// process was killed without writing one; `None` in the scenario process.
     pub about: Option<Arc<About>>,
-    /// Its plan's place in the table of the runner's fork server ([`forkserver`]), whose copy of the loaded
+    /// Its plan's place in the table of the runner's fork server (`run::forkserver`), whose copy of the loaded
     /// plan its scenario process then runs; `None`: the process executes netfault (`__run-one FILE`).
     pub forked_plan: Option<usize>,
 }
@@ -1035,11 +1035,11 @@ pub fn start_private_parent() -> Option<netns::PendingParent> {
     nix::unistd::geteuid().is_root().then(netns::PendingParent::start).and_then(Result::ok)
 }
 
-/// As root, starts loading the transition tracer's programs ([`transitions::Shared`]) on a thread of its own
+/// As root, starts loading the transition tracer's programs (`transitions::Shared`) on a thread of its own
 /// while the caller loads the scenarios: the scenario processes the fork server forks inherit them, and only
 /// register their namespaces. Without root `None`: each scenario process tries itself and says why it cannot.
 /// Its ring slots are as many as the scenarios `paths` may hold at once, by a guess made before they are
-/// loaded: one per file, [`transitions::RUNNER_SLOTS`] for a folder (each ring costs its making and kernel
+/// loaded: one per file, `transitions::RUNNER_SLOTS` for a folder (each ring costs its making and kernel
 /// memory; a scenario without a free slot loads a program of its own).
 pub fn start_tracer_programs(paths: &[PathBuf], repeat: Option<usize>) -> Option<std::thread::JoinHandle<()>> {
     if !nix::unistd::geteuid().is_root() {
@@ -1079,7 +1079,7 @@ pub fn share_private_parent(pending: Option<netns::PendingParent>, tracer: Optio
     }
 }
 
-/// Starts the fork server ([`forkserver`]) with `table`, the jobs' plans, each job's [`Job::forked_plan`] its
+/// Starts the fork server (`run::forkserver`) with `table`, the jobs' plans, each job's [`Job::forked_plan`] its
 /// place there: call it after [`share_private_parent`] (the scenario processes inherit the namespace the
 /// server is in) and before the runner starts any thread. Where it cannot start, the scenario processes are
 /// executed as before, and the runner says why.

@@ -109,7 +109,7 @@ pub fn common_sysctls(tcp_files: &[String]) -> crate::error::Result<BTreeMap<Str
 /// within the same milliseconds) and starts with the same values (those derived from how it was made too:
 /// the hash table's size, and with it `tcp_max_syn_backlog` and `tcp_max_tw_buckets`). What can differ is
 /// what the scenario writes in one host and not in another, and what each draws for itself
-/// ([`OWN_IN_EACH_NAMESPACE`]). So each host reads the sysctls of its own, every TCP one (and
+/// (`OWN_IN_EACH_NAMESPACE`). So each host reads the sysctls of its own, every TCP one (and
 /// `net.core.somaxconn`) the scenario sets in any host, and those drawn per namespace (when the kernel has
 /// them); `tcp_files` is [`tcp_sysctl_files`].
 pub fn differing_sysctls(
