@@ -23,6 +23,9 @@ pub struct RunRecord {
     pub duration: Duration,
     /// Namespaces, veth, addresses, nftables and capture set up, then torn down.
     pub setup: Duration,
+    /// Whether the namespaces and their link were made before the scenario asked (`netfault run`'s pool of
+    /// hosts): `setup` then leaves out making them.
+    pub hosts_made_ahead: bool,
     pub teardown: Duration,
     pub deadline_hit: bool,
     /// Each host's TCP sysctls in force during the run, by name, one per host in the wire's order.

@@ -394,6 +394,39 @@ fn the_file_in_result_json_is_the_same_whatever_ran_the_scenario() {
 }
 
 #[test]
+fn result_json_and_the_timeline_say_whose_hosts_were_made_ahead() {
+    // A folder run one scenario at a time: the pool's maker has a pair ready for each plain scenario after the
+    // first (each lasts 200 ms, the maker needs milliseconds); one behind a router, or with another MTU, makes
+    // its own; so does a single file's scenario.
+    let dir = scratch("ahead");
+    std::fs::create_dir_all(&dir).unwrap();
+    let plain = "description: d\nclient:\n  - sleep: 200ms\n";
+    for name in ["a", "b", "c"] {
+        std::fs::write(dir.join(format!("{name}.yaml")), plain).unwrap();
+    }
+    std::fs::write(dir.join("jumbo.yaml"), format!("link: {{ mtu: 9000 }}\n{plain}")).unwrap();
+    std::fs::write(dir.join("routed.yaml"), format!("hosts:\n  router: {{}}\n{plain}")).unwrap();
+    let reports = scratch("ahead-reports");
+    let output = netfault(&["run", "--jobs", "1", "--reports", reports.to_str().unwrap(), dir.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let made_ahead = |report: &Path| {
+        let result = contract::checked_result(&report.join("result.json")).unwrap_or_else(|e| panic!("{e}"));
+        let ahead = result["hosts_made_ahead"].as_bool().expect("hosts_made_ahead is a boolean");
+        let timeline = std::fs::read_to_string(report.join("timeline.txt")).unwrap();
+        assert_eq!(timeline.contains("(hosts made ahead)"), ahead, "{}: {timeline}", report.display());
+        ahead
+    };
+    let plain_ahead = ["a", "b", "c"].iter().filter(|name| made_ahead(&reports.join(name))).count();
+    assert!(plain_ahead >= 2, "{plain_ahead} of 3 plain scenarios took hosts made ahead");
+    assert!(!made_ahead(&reports.join("jumbo")), "another MTU fits no pooled pair");
+    assert!(!made_ahead(&reports.join("routed")), "a router scenario makes its own hosts");
+    let single = scratch("ahead-single");
+    let output = netfault(&["run", "--reports", single.to_str().unwrap(), dir.join("a.yaml").to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert!(!made_ahead(&single.join("a")), "a single file's scenario makes its own hosts");
+}
+
+#[test]
 fn a_rerun_replaces_the_report_and_keeps_the_users_files() {
     let reports = scratch("rerun");
     let args = ["run", "--reports", reports.to_str().unwrap(), "scenarios/own-socket/closed.yaml"];

@@ -291,6 +291,7 @@ pub fn write(plan: &Plan, record: &RunRecord, verdict: &Verdict, dir: &Path) -> 
         t0: record.t0_wall.map(WallClock::of),
         duration: record.duration.as_secs_f64(),
         setup_ms: record.setup.as_secs_f64() * 1e3,
+        hosts_made_ahead: record.hosts_made_ahead,
         teardown_ms: record.teardown.as_secs_f64() * 1e3,
         realtime_cpu_ms: record
             .realtime_cpu
@@ -526,12 +527,13 @@ fn render_timeline(plan: &Plan, record: &RunRecord, verdict: &Verdict) -> String
         text.push_str(&format!("# {line}\n"));
     }
     text.push_str(&format!(
-        "# verdict: {} ({} checks, {} failed); ran {}s; setup {:.1} ms, teardown {:.1} ms\n",
+        "# verdict: {} ({} checks, {} failed); ran {}s; setup {:.1} ms{}, teardown {:.1} ms\n",
         status_of(record, verdict).label().trim_end(),
         verdict.checks,
         verdict.failures.len(),
         format_secs(record.duration),
         record.setup.as_secs_f64() * 1e3,
+        if record.hosts_made_ahead { " (hosts made ahead)" } else { "" },
         record.teardown.as_secs_f64() * 1e3,
     ));
     for (host, observer) in &record.observer {

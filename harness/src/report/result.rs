@@ -122,6 +122,10 @@ pub struct ResultFile<'a> {
     pub duration: f64,
     /// Milliseconds to set up the namespaces, the wire, the faults, the captures and the observers.
     pub setup_ms: f64,
+    /// Whether the two hosts' namespaces and their veth pair were made before the scenario asked (`netfault
+    /// run`'s pool of hosts, for a folder or several files): `setup_ms` then leaves out making them, most of
+    /// a set-up's kernel work.
+    pub hosts_made_ahead: bool,
     /// Milliseconds to tear all of it down.
     pub teardown_ms: f64,
     /// CPU milliseconds the harness's own threads ran at real-time priority, by role (a thread's name up to
@@ -720,6 +724,7 @@ mod tests {
             t0: Some(WallClock::of(SystemTime::now())),
             duration: 9.0,
             setup_ms: 3.4,
+            hosts_made_ahead: false,
             teardown_ms: 0.8,
             realtime_cpu_ms: BTreeMap::from([("host".to_string(), 1.5), ("observe".to_string(), 0.25)]),
             deadline_hit: true,

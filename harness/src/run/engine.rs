@@ -113,7 +113,17 @@ pub fn run(
     let (rig, threads) = started.inspect_err(|_| {
         let _ = priority::lower_current_thread();
     })?;
-    let Rig { namespaces, interfaces, faults, captures, observers, listen_watchers, tracer, counters } = rig;
+    let Rig {
+        namespaces,
+        interfaces,
+        faults,
+        captures,
+        observers,
+        listen_watchers,
+        tracer,
+        counters,
+        hosts_made_ahead,
+    } = rig;
     // Every impairment starts off; its decisions come from `seed`.
     let wire = match &wire_namespace {
         Some(namespace) => {
@@ -340,6 +350,7 @@ pub fn run(
         t0_wall: clock.t0_wall(),
         duration,
         setup,
+        hosts_made_ahead,
         teardown,
         deadline_hit,
         sysctls,
@@ -446,6 +457,8 @@ pub struct Rig {
     pub tracer: std::result::Result<Tracer, String>,
     /// Each host's counter files (`nstat`), in `plan.hosts` order.
     pub counters: Vec<CounterFiles>,
+    /// Whether the hosts' namespaces and link were made before the scenario asked ([`pool`]).
+    pub hosts_made_ahead: bool,
 }
 
 /// Namespaces, the wire, the faults (all off), a capture per interface and an observer per host, all sending
@@ -566,6 +579,7 @@ fn start_hosts(
         Some(pooled) => (pooled.into_iter().map(Some).collect(), plan.hosts.iter().map(|_| Vec::new()).collect()),
         None => (plan.hosts.iter().map(|_| None).collect(), wire_meetings(plan, wire)?),
     };
+    let hosts_made_ahead = pooled.iter().any(Option::is_some);
     for (position, ((meetings, program), pooled)) in meetings.into_iter().zip(programs).zip(pooled).enumerate() {
         let plan = Arc::clone(&shared);
         let host = plan.hosts[position].id;
@@ -618,6 +632,7 @@ fn start_hosts(
         listen_watchers: [[None, None], [None, None]],
         tracer,
         counters: Vec::new(),
+        hosts_made_ahead,
     };
     let mut interfaces = Vec::new();
     for (host, host_rig) in plan.hosts.iter().zip(rigs) {
