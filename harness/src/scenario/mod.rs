@@ -433,7 +433,7 @@ fn serde_error(file: &Path, text: &str, index: &SourceIndex, error: &serde_norwa
 }
 
 /// Keys of a step's `expect:` map, suggested when one of them is written on the step itself.
-const STEP_EXPECT_KEYS: [&str; 6] = ["result", "events", "exit", "after", "at", "tolerance"];
+const STEP_EXPECT_KEYS: [&str; 7] = ["result", "events", "events_include", "exit", "after", "at", "tolerance"];
 
 /// How messages name the node at a serde path: `step client[2]`, `fault faults[0]`, `the top level`.
 fn describe_path(path: &str) -> String {

@@ -731,6 +731,10 @@ pub enum ExpectedOutcome {
     Error(Errno),
     /// Exactly these `poll` events returned.
     Events(Vec<PollEvent>),
+    /// At least these `poll` events returned, others allowed: for events the kernel sets at different moments
+    /// of one change (before 6.10, a socket's error wakes a poll before the socket is closed: POLLERR comes
+    /// first, POLLHUP an instant later).
+    EventsInclude(Vec<PollEvent>),
     /// `poll` timed out with no event.
     Timeout,
     /// An exec'd program's exit status.

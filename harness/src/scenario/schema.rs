@@ -640,6 +640,7 @@ pub struct ExecWire {
 pub struct StepExpectWire {
     pub result: Option<Scalar>,
     pub events: Option<ScalarList>,
+    pub events_include: Option<ScalarList>,
     pub exit: Option<Scalar>,
     pub value: Option<ScalarOr<LingerWire>>,
     pub tcp_info: Option<Entries<ScalarOr<RangeWire>>>,

@@ -761,6 +761,7 @@ fn step_expectations_in_every_form() {
          \x20 - read: { max: 5 }\n    expect: eof\n  - read: { max: 5 }\n    expect: 5\n\
          \x20 - poll: { events: [POLLIN], timeout: 1s }\n    expect: timeout\n\
          \x20 - poll: { events: [POLLIN], timeout: 1s }\n    expect: { events: [POLLIN, POLLRDHUP], at: 3s }\n\
+         \x20 - poll: { events: [POLLOUT], timeout: 9s }\n    expect: { events_include: [POLLHUP, POLLERR] }\n\
          \x20 - send: { bytes: 10 }\n    expect: { result: 10, after: 2s, tolerance: 1s }\n  - close: {}\n    expect: { at: 4s }\n",
     );
     let outcomes: Vec<_> = steps.iter().map(|s| s.expect.outcome.clone()).collect();
@@ -773,15 +774,16 @@ fn step_expectations_in_every_form() {
             Some(ExpectedOutcome::Bytes(5)),
             Some(ExpectedOutcome::Timeout),
             Some(ExpectedOutcome::Events(vec![PollEvent::In, PollEvent::RdHup])),
+            Some(ExpectedOutcome::EventsInclude(vec![PollEvent::Err, PollEvent::Hup])),
             Some(ExpectedOutcome::Bytes(10)),
             None,
         ]
     );
     assert_eq!(steps[5].expect.at, Some(secs(3)));
     assert_eq!(steps[5].expect.tolerance, Tolerance::either_side(ms(100)));
-    assert_eq!(steps[6].expect.after, Some(secs(2)));
-    assert_eq!(steps[6].expect.tolerance, Tolerance::either_side(secs(1)));
-    assert_eq!(steps[7].expect.at, Some(secs(4)));
+    assert_eq!(steps[7].expect.after, Some(secs(2)));
+    assert_eq!(steps[7].expect.tolerance, Tolerance::either_side(secs(1)));
+    assert_eq!(steps[8].expect.at, Some(secs(4)));
     assert_eq!(steps[1].expect.location, at(7, 13));
 }
 
@@ -1459,7 +1461,31 @@ fn more_bad_inputs_with_positions() {
         "description: d\nclient:\n  - exec: { program: x }\n    expect: { result: ok, exit: 1 }\n",
         4,
         27,
-        "give only one of result, events, exit",
+        "give only one of result, events, events_include, exit",
+    );
+    refused(
+        "description: d\nclient:\n  - poll: { events: [POLLIN], timeout: 1s }\n    expect: { events: [POLLIN], events_include: [POLLIN] }\n",
+        4,
+        33,
+        "give only one of result, events, events_include, exit",
+    );
+    refused(
+        "description: d\nclient:\n  - recv: { max: 1 }\n    expect: { events_include: [POLLERR] }\n",
+        4,
+        15,
+        "`events_include` only fits poll steps; this is a recv step",
+    );
+    refused(
+        "description: d\nclient:\n  - poll: { events: [POLLIN], timeout: 1s }\n    expect: { events_include: [] }\n",
+        4,
+        15,
+        "`events_include: []` asks nothing",
+    );
+    refused(
+        "description: d\nclient:\n  - poll: { events: [POLLIN], timeout: 1s }\n    expect: { events_include: [POLLER] }\n",
+        4,
+        32,
+        "unknown poll event \"POLLER\"; did you mean POLLERR?",
     );
     refused(
         "description: d\nclient:\n  - connect: { port: 1 }\n    expect: { at: 61s }\n",

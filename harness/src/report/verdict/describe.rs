@@ -31,6 +31,9 @@ pub fn describe_outcome(expected: &ExpectedOutcome) -> String {
         ExpectedOutcome::Eof => "EOF".into(),
         ExpectedOutcome::Error(errno) => errno.name(),
         ExpectedOutcome::Events(events) => events.iter().map(|e| e.name()).collect::<Vec<_>>().join("|"),
+        ExpectedOutcome::EventsInclude(events) => {
+            format!("at least {}", events.iter().map(|e| e.name()).collect::<Vec<_>>().join("|"))
+        }
         ExpectedOutcome::Timeout => "timeout".into(),
         ExpectedOutcome::Exit(code) => format!("exit {code}"),
     }

@@ -200,6 +200,40 @@ fn a_step_that_ends_only_after_the_deadline_fails_with_or_without_an_expectation
 }
 
 #[test]
+fn poll_events_are_judged_exactly_or_as_a_set_that_must_be_included() {
+    let plan = crate::scenario::parse(
+        "poll",
+        Path::new("poll.yaml"),
+        "description: d\nclient:\n  - poll: { events: [POLLOUT], timeout: 9s }\n    expect: { events: [POLLOUT, POLLERR, POLLHUP] }\n\
+         \x20 - poll: { events: [POLLOUT], timeout: 9s }\n    expect: { events_include: [POLLERR] }\n",
+    )
+    .unwrap();
+    let events = |names: &[&str]| Outcome::Events(names.iter().map(|name| name.to_string()).collect());
+    let run = |first: &[&str], second: &[&str]| {
+        judge(
+            &plan,
+            &Timeline::new(vec![
+                step(ms(0), 0, None),
+                step(ms(7000), 0, Some(events(first))),
+                step(ms(7000), 1, None),
+                step(ms(7000), 1, Some(events(second))),
+            ]),
+        )
+    };
+    // What 6.10 and later give, and what earlier kernels may give the instant before they close the socket.
+    let settled = ["POLLOUT", "POLLERR", "POLLHUP"];
+    assert!(run(&settled, &settled).passed());
+    assert!(run(&["POLLHUP", "POLLOUT", "POLLERR"], &["POLLERR"]).passed(), "order is not compared");
+    let verdict = run(&["POLLERR"], &["POLLOUT", "POLLHUP"]);
+    assert_eq!(verdict.failures.len(), 2, "{:?}", verdict.failures);
+    assert_eq!(verdict.failures[0].expected, "POLLOUT|POLLERR|POLLHUP");
+    assert_eq!(verdict.failures[0].actual, "POLLERR");
+    assert_eq!(verdict.failures[1].expected, "at least POLLERR");
+    assert_eq!(verdict.failures[1].location.line, 6);
+    assert!(!run(&settled, &[]).passed(), "no events include none of POLLERR");
+}
+
+#[test]
 fn an_exec_whose_program_cannot_start_fails_unless_that_errno_is_expected() {
     // Found by the issue-12 campaign: a missing program, a relative path or a folder passed as "recorded".
     let plan = crate::scenario::parse(

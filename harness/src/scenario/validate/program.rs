@@ -847,16 +847,25 @@ impl Validator<'_> {
             given.push(("result", path.key("result")));
             expect.outcome = Some(self.outcome(&path.key("result"), result, action)?);
         }
-        if let Some(events) = &map.events {
-            let events_path = path.key("events");
-            given.push(("events", events_path.clone()));
+        for (key, events, exact) in [("events", &map.events, true), ("events_include", &map.events_include, false)] {
+            let Some(events) = events else { continue };
+            let events_path = path.key(key);
+            given.push((key, events_path.clone()));
             if !matches!(action, Action::Poll { .. }) {
                 return Err(self.fail_key(
                     &events_path,
-                    format!("`events` only fits poll steps; this is a {} step", action.kind()),
+                    format!("`{key}` only fits poll steps; this is a {} step", action.kind()),
                 ));
             }
-            expect.outcome = Some(ExpectedOutcome::Events(self.poll_events(&events_path, events)?));
+            let events = self.poll_events(&events_path, events)?;
+            if !exact && events.is_empty() {
+                return Err(self.fail_key(
+                    &events_path,
+                    "`events_include: []` asks nothing; name the events that must be there, e.g. [POLLERR]",
+                ));
+            }
+            expect.outcome =
+                Some(if exact { ExpectedOutcome::Events(events) } else { ExpectedOutcome::EventsInclude(events) });
         }
         if let Some(exit) = &map.exit {
             let exit_path = path.key("exit");
@@ -909,7 +918,7 @@ impl Validator<'_> {
             return Err(self.fail_key(
                 &given[1].1,
                 format!(
-                    "give only one of result, events, exit, value, tcp_info; this expect has {}",
+                    "give only one of result, events, events_include, exit, value, tcp_info; this expect has {}",
                     list(given.iter().map(|(k, _)| *k))
                 ),
             ));
