@@ -27,6 +27,7 @@ use crate::run::netns::Netns;
 use crate::run::partial::{Progress, Stage};
 use crate::run::pool::{self, PooledHost};
 use crate::run::priority::{self, Background};
+use crate::run::runaway;
 use crate::run::supervise::SETUP_LIMIT;
 use crate::run::switchboard::Switchboard;
 use crate::run::topology::{self, HostWire};
@@ -60,6 +61,8 @@ pub fn run(
     progress: &Progress,
     on_start: impl FnOnce(),
 ) -> Result<RunRecord> {
+    // Before any thread of the run is real-time.
+    runaway::install();
     let setup_started = Instant::now();
     let clock = Clock::unstarted();
     let (sink, events) = EventSink::new(clock.clone());
@@ -296,6 +299,7 @@ pub fn run(
         vec![CaptureStats::default(); interfaces.len()]
     });
     harness_errors.extend(capture_losses(&interfaces, &capture_stats));
+    harness_errors.extend(runaway::report());
     fault_hits.extend(wire_hits);
     fault_hits.sort();
     progress.stage(Stage::EndingPrograms);

@@ -22,6 +22,7 @@ pub(crate) mod priority;
 pub(crate) mod procstat;
 pub mod requirements;
 pub mod ring_budget;
+pub(crate) mod runaway;
 pub mod runner;
 pub(crate) mod sampling;
 pub(crate) mod snapshot;

@@ -8,8 +8,9 @@
 //! ordinary thread. Measured with 200 scenarios at once on 2 cores: program threads started up to 0.3 s after
 //! the hub woke them, and steps ended up to 0.6 s after the kernel's timers (which fire in softirq context and
 //! stayed within milliseconds). A SCHED_FIFO thread runs as soon as it is woken. These threads block in
-//! system calls nearly all the time, and the kernel's RT throttling (`kernel.sched_rt_runtime_us`) bounds
-//! what a runaway one could take. Threads and programs they start get the ordinary policy back
+//! system calls nearly all the time; the kernel's RT throttling (`kernel.sched_rt_runtime_us`) bounds what a
+//! runaway one could take from ordinary threads, and `runaway` what it could take from the others of the
+//! same real-time priority. Threads and programs they start get the ordinary policy back
 //! (SCHED_RESET_ON_FORK), so an `exec`'d program never runs real-time.
 
 use std::cell::RefCell;

@@ -202,6 +202,7 @@ fn command(
     unsafe {
         command.pre_exec(move || {
             die_with_forking_thread()?;
+            crate::run::runaway::restore_for_exec()?;
             confinement.enter()
         });
     }
