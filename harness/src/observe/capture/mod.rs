@@ -400,6 +400,21 @@ fn attach_snaplen_filter(socket: &OwnedFd, snaplen: u32, command: &str) -> Resul
     })
 }
 
+/// A packet socket on `ifindex` in `ns` that keeps no frame (its filter is `ret #0`): what the kernel does for
+/// every capture before the capture's own work (on transmit a clone of each frame for the taps, then the
+/// filter), measured by `netfault bench capture` as the floor of any AF_PACKET capture. Held open by the
+/// descriptor; never read.
+#[cfg(feature = "bench")]
+pub(crate) fn tap_only(ns: &Netns, ifindex: u32) -> Result<OwnedFd> {
+    ns.run(|| {
+        let command = format!("packet socket on interface {ifindex} keeping nothing");
+        let socket = open_socket(&command)?;
+        attach_snaplen_filter(&socket, 0, &command)?;
+        bind(&socket, ifindex, &command)?;
+        Ok(socket)
+    })
+}
+
 /// Keeps the kernel stamping every frame as it passes, for as long as this process lives.
 ///
 /// A queue capture's frames carry the time the kernel stamped them on the way in or out, but the kernel only
