@@ -54,8 +54,9 @@ usage: netfault bench <what> [options] [--json FILE] [--keep]
                                    no capture, netfault's default queue and 64 MiB ring, tcpdump -w with its
                                    default buffer and with -B 65536, and all cut to 160 bytes: netfault's
                                    snaplen with the queue and the ring, tcpdump -s 160; and the ring decoded
-                                   after the stop, whole and cut (same run); --only keeps the arrangements
-                                   whose label contains it (e.g. snaplen, after stop)
+                                   after the stop, whole and cut; and a packet socket keeping nothing, the
+                                   kernel's tap alone (same run); --only keeps the arrangements whose label
+                                   contains it (e.g. snaplen, after stop, tap)
   impair [--runs 3] [--seconds 3] [--n 100000] [--only MEASUREMENT]
                                    impairments against the kernel's alternatives, alternating: delay accuracy at
                                    100 Mb/s (wire vs bridge + NFQUEUE), rate (wire vs tc tbf), loss over N UDP
