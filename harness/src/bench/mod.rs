@@ -457,6 +457,24 @@ pub fn load_average() -> [f64; 3] {
     [fields.next().unwrap_or(0.0), fields.next().unwrap_or(0.0), fields.next().unwrap_or(0.0)]
 }
 
+/// `getrusage(who)`: what the kernel counted for this process's threads (`RUSAGE_SELF`, the ended ones
+/// included) or for its reaped children and their reaped descendants (`RUSAGE_CHILDREN`); `name` is `who`'s.
+pub fn rusage(who: libc::c_int, name: &str) -> Result<libc::rusage> {
+    // SAFETY: rusage is plain old data; all-zero is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a live, writable rusage.
+    if unsafe { libc::getrusage(who, &mut usage) } != 0 {
+        return Err(Error::last_os(format!("getrusage({name})")));
+    }
+    Ok(usage)
+}
+
+/// User + system CPU time of a [`rusage`].
+pub fn cpu_of(usage: &libc::rusage) -> Duration {
+    let time = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
+
 /// A duration in (fractional) milliseconds.
 pub fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3

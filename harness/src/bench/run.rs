@@ -257,14 +257,7 @@ fn reap_left_behind() -> Result<()> {
 
 /// User + system time of this process's reaped children and their reaped descendants (`getrusage(RUSAGE_CHILDREN)`).
 fn children_cpu() -> Result<Duration> {
-    // SAFETY: rusage is plain old data; all-zero is a valid value.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `usage` is a live, writable rusage.
-    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) } != 0 {
-        return Err(Error::last_os("getrusage(RUSAGE_CHILDREN)"));
-    }
-    let time = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
-    Ok(time(usage.ru_utime) + time(usage.ru_stime))
+    Ok(super::cpu_of(&super::rusage(libc::RUSAGE_CHILDREN, "RUSAGE_CHILDREN")?))
 }
 
 /// `sh trivial.sh ...` in a process group of its own, timed from spawn to exit; it must succeed. A failed run's

@@ -569,14 +569,7 @@ fn capture_references() -> Result<(Duration, Duration)> {
 /// User and system CPU time of every thread of this process so far, the ended ones included
 /// (`getrusage(RUSAGE_SELF)`): what the set-up asks of a machine's CPUs, against the wall time it takes.
 fn process_cpu() -> Result<Duration> {
-    // SAFETY: rusage is plain old data; all-zero is a valid value.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `usage` is a live, writable rusage.
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
-        return Err(Error::last_os("getrusage(RUSAGE_SELF)"));
-    }
-    let time = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
-    Ok(time(usage.ru_utime) + time(usage.ru_stime))
+    Ok(super::cpu_of(&super::rusage(libc::RUSAGE_SELF, "RUSAGE_SELF")?))
 }
 
 /// CPU time of the calling thread so far (`clock_gettime(CLOCK_THREAD_CPUTIME_ID)`).

@@ -488,13 +488,8 @@ fn mem_available_kib() -> u64 {
 
 /// `getrusage(RUSAGE_CHILDREN).ru_maxrss`: the largest peak RSS of any waited-for child, in KiB.
 fn children_max_rss_kib() -> u64 {
-    // SAFETY: rusage is plain old data and getrusage only writes into it.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: usage is a valid rusage to write into.
-    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) } != 0 {
-        return 0;
-    }
-    u64::try_from(usage.ru_maxrss).unwrap_or(0)
+    super::rusage(libc::RUSAGE_CHILDREN, "RUSAGE_CHILDREN")
+        .map_or(0, |usage| u64::try_from(usage.ru_maxrss).unwrap_or(0))
 }
 
 /// What the memory sampler saw.
