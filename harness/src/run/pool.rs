@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sys::socket::{sendmsg, socketpair, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType};
@@ -272,27 +272,13 @@ impl Stock {
         }
     }
 
-    /// A pair for `plan` if it fits the stock's shape and one is ready; each pair taken is ordered again.
+    /// A pair for `plan` if it fits the stock's shape and one is ready (none is waited for); each pair taken is
+    /// ordered again.
     pub(crate) fn take(&mut self, plan: &Plan) -> Option<Hosts> {
-        self.take_within(plan, Duration::ZERO)
-    }
-
-    /// [`Stock::take`], waiting up to `wait` for the pair being made when none is ready.
-    fn take_within(&mut self, plan: &Plan, wait: Duration) -> Option<Hosts> {
         if Shape::of(plan).as_ref() != Some(&self.shape) {
             return None;
         }
         self.receive();
-        if self.ready.is_empty() && self.ordered > 0 && !wait.is_zero() {
-            let until = Instant::now() + wait;
-            while self.ready.is_empty() && self.ordered > 0 {
-                let left = until.saturating_duration_since(Instant::now());
-                if left.is_zero() || !forkserver::readable(self.socket.as_fd(), left) {
-                    break;
-                }
-                self.receive();
-            }
-        }
         let hosts = self.ready.pop_front()?;
         self.order(REFILL);
         Some(hosts)

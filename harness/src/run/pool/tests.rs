@@ -7,6 +7,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::thread;
+use std::time::Instant;
 
 use super::*;
 use crate::run::topology;
@@ -74,6 +75,22 @@ fn looks(ns: &Netns) -> String {
 }
 
 /// The namespace's inode number (`ls -iL /proc/<pid>/fd/<fd>`).
+/// A pair for `plan` from `stock`, waiting up to `limit` for the one its maker is making (the fork server never
+/// waits: [`Stock::take`]).
+fn take_waiting(stock: &mut Stock, plan: &Plan, limit: Duration) -> Option<Hosts> {
+    let until = Instant::now() + limit;
+    loop {
+        if let Some(hosts) = stock.take(plan) {
+            return Some(hosts);
+        }
+        let awaited = stock.awaited()?;
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() || !crate::run::forkserver::readable(awaited, left) {
+            return None;
+        }
+    }
+}
+
 fn inode(ns: &Netns) -> u64 {
     nix::sys::stat::fstat(ns.fd()).unwrap().st_ino
 }
@@ -271,7 +288,7 @@ fn the_maker_refills_and_dies_with_its_server() {
     // Kept until every pair is compared: a freed namespace's inode number goes to the next one made.
     let mut taken = Vec::new();
     for _ in 0..DEPTH + 2 {
-        let hosts = stock.take_within(&plan, VANISH_WAIT).expect("the maker sends a pair within 10 s");
+        let hosts = take_waiting(&mut stock, &plan, VANISH_WAIT).expect("the maker sends a pair within 10 s");
         for host in &hosts.hosts {
             assert!(numbers.insert(inode(&host.namespace)), "a pair made twice");
             assert!(inside(&host.namespace, "ip", &["-o", "link", "show", "up"]).contains(topology::LINK_NAME));
