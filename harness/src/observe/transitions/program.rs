@@ -529,7 +529,7 @@ pub fn instructions(layout: &SockLayout, maps: &SharedMaps, instance: Instance) 
     // token onto the stack.
     a.load(SIZE_DW, R9, FP, in_span(layout.net));
     a.probe(SLOT_INUM, R9, layout.inum);
-    a.lookup_namespace(maps.namespaces);
+    a.lookup(maps.namespaces, SLOT_INUM);
     a.jump(OP_JEQ, R0, 0, Label::Out);
     a.load(SIZE_W, R9, R0, namespace_entry::HOST as i16);
     a.load(SIZE_W, R1, R0, namespace_entry::SLOT as i16);
@@ -756,12 +756,11 @@ impl Assembler {
         self.label(Label::Ours);
     }
 
-    /// `bpf_map_lookup_elem(map, fp + SLOT_INUM)`: the entry of the namespace whose inode number is there, or 0,
-    /// in R0.
-    fn lookup_namespace(&mut self, map: i32) {
+    /// `bpf_map_lookup_elem(map, fp + key_at)`: the value of the key on the stack there, or 0, in R0.
+    fn lookup(&mut self, map: i32, key_at: i16) {
         self.map(R1, map);
         self.mov(R2, FP);
-        self.add_imm(R2, i32::from(SLOT_INUM));
+        self.add_imm(R2, i32::from(key_at));
         self.call(HELPER_MAP_LOOKUP_ELEM);
     }
 
@@ -815,14 +814,11 @@ impl Assembler {
         let counter_at = match lost {
             Lost::Array(map) => {
                 self.store_imm(SIZE_W, FP, SLOT_ZERO, 0);
-                self.map(R1, map);
-                self.mov(R2, FP);
-                self.add_imm(R2, i32::from(SLOT_ZERO));
-                self.call(HELPER_MAP_LOOKUP_ELEM);
+                self.lookup(map, SLOT_ZERO);
                 0
             }
             Lost::Namespace(map) => {
-                self.lookup_namespace(map);
+                self.lookup(map, SLOT_INUM);
                 namespace_entry::LOST as i16
             }
         };
